@@ -1,0 +1,119 @@
+"""The one place that knows CuPy exists.
+
+Everything else gets its array module from its arrays (`array_module(x)`) and moves data
+between host and device only through a `Backend`. Solver code sticks to the subset of
+functions NumPy and CuPy share with the same meaning: matmul, linalg.cholesky (lower),
+linalg.inv, linalg.solve (batched), argmin/argsort, take_along_axis, where, diagonal,
+cumsum, maximum.accumulate is NOT shared (use `cummax` below).
+
+CuPy's cuSOLVER Cholesky does not raise on a non-positive-definite matrix: `cholesky`
+here checks the factor and raises `numpy.linalg.LinAlgError` on both backends.
+TF32 stays off: CuPy only uses it when CUPY_TF32 > 0, which we never set.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .errors import DeviceError
+
+
+def array_module(*arrays: Any) -> ModuleType:
+    """numpy, or cupy when any argument is a CuPy array (without importing CuPy otherwise)."""
+    for a in arrays:
+        if type(a).__module__.split(".")[0] == "cupy":
+            return sys.modules["cupy"]
+    return np
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """A host NumPy copy/view of `a`, whatever its module."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+def cholesky(A: Any) -> Any:
+    """Lower Cholesky factor of (a stack of) SPD matrices; LinAlgError if not SPD."""
+    xp = array_module(A)
+    L = xp.linalg.cholesky(A)
+    if xp is not np and not bool(xp.isfinite(L).all()):
+        raise np.linalg.LinAlgError("Matrix is not positive definite")
+    return L
+
+
+def cummax(a: Any, axis: int = -1) -> Any:
+    """Running maximum along `axis` (numpy.maximum.accumulate; CuPy lacks ufunc.accumulate)."""
+    xp = array_module(a)
+    if xp is np:
+        return np.maximum.accumulate(a, axis=axis)
+    out = a.copy()
+    out = xp.moveaxis(out, axis, 0)
+    for i in range(1, out.shape[0]):
+        xp.maximum(out[i], out[i - 1], out=out[i])
+    return xp.moveaxis(out, 0, axis)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where solver arrays live. `name` is "numpy" or "cupy"."""
+
+    name: str
+    xp: ModuleType
+
+    def to_device(self, a: np.ndarray) -> Any:
+        return self.xp.asarray(a)
+
+    def to_host(self, a: Any) -> np.ndarray:
+        return to_numpy(a)
+
+    def sync(self) -> None:
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def free(self) -> None:
+        if self.name == "cupy":
+            self.xp.get_default_memory_pool().free_all_blocks()
+
+    @property
+    def device_label(self) -> str:
+        if self.name == "numpy":
+            return "cpu (NumPy)"
+        props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"cuda (CuPy, {name})"
+
+
+def _cupy_or_reason() -> tuple[ModuleType | None, str]:
+    try:
+        import cupy  # the only CuPy import in the package
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return None, f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None, "CuPy sees no CUDA device"
+        cupy.zeros(1).sum()  # touches the driver and the runtime
+    except Exception as exc:
+        return None, f"CuPy cannot use the GPU ({type(exc).__name__}: {exc})"
+    return cupy, ""
+
+
+def get_backend(device: str = "auto") -> Backend:
+    """Backend for "auto" (CuPy if usable, else NumPy), "cpu" or "cuda"."""
+    if device == "cpu":
+        return Backend("numpy", np)
+    cupy, reason = _cupy_or_reason()
+    if cupy is not None:
+        return Backend("cupy", cupy)
+    if device == "cuda":
+        raise DeviceError(
+            f"--device cuda was requested but {reason}. Install the GPU extra "
+            "(pip install 'onnx-obc[gpu]', i.e. cupy-cuda12x) on a machine with an NVIDIA GPU, "
+            "or use --device cpu."
+        )
+    return Backend("numpy", np)

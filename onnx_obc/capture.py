@@ -1,0 +1,110 @@
+"""Capture layer inputs with onnxruntime: they are exposed as extra graph outputs.
+
+Graph optimizations are off (ORT_DISABLE_ALL) so fusions cannot hide the tensors. Each batch
+is handed to the caller (who reduces it into Hessians) and dropped. When one pass over all
+layers would hold more activations than the memory budget, layers are captured in groups,
+one pass over the calibration data per group.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from .errors import ModelError
+from .modelio import serialized_or_path
+
+
+def providers_for(backend_name: str) -> list[str]:
+    avail = ort.get_available_providers()
+    if backend_name == "cupy" and "CUDAExecutionProvider" in avail:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(model: onnx.ModelProto, providers: list[str], optimize: bool = False
+            ) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with tempfile.TemporaryDirectory(prefix="onnx-obc-") as tmp:
+        src = serialized_or_path(model, Path(tmp))
+        try:
+            return ort.InferenceSession(src, sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
+
+
+def augment(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """Copy of `model` whose outputs also include `names` (no duplicates)."""
+    aug = copy.deepcopy(model)
+    have = {o.name for o in aug.graph.output}
+    for name in names:
+        if name not in have:
+            aug.graph.output.append(helper.make_empty_tensor_value_info(name))
+            have.add(name)
+    return aug
+
+
+def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]
+                     ) -> dict[str, int | None]:
+    """Bytes of each named tensor for one batch shaped like `feed` (None when unknown)."""
+    m = copy.deepcopy(model)
+    for vi in m.graph.input:
+        if vi.name in feed:
+            dims = vi.type.tensor_type.shape.dim
+            for d, size in zip(dims, feed[vi.name].shape):
+                d.ClearField("dim_param")
+                d.dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    except Exception:
+        return {n: None for n in names}
+    infos = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output,
+                                     *inferred.graph.input]}
+    out: dict[str, int | None] = {}
+    for n in names:
+        vi = infos.get(n)
+        dims = [d.dim_value if d.HasField("dim_value") else 0
+                for d in vi.type.tensor_type.shape.dim] if vi is not None else []
+        if vi is None or not vi.type.tensor_type.HasField("shape") or 0 in dims:
+            out[n] = None
+        else:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(
+                vi.type.tensor_type.elem_type)).itemsize
+            out[n] = itemsize * math.prod(dims)
+    return out
+
+
+def plan_groups(names: list[str], sizes: dict[str, int | None], budget: int) -> list[list[str]]:
+    """Pack tensors (in order) into groups whose activations fit the budget together."""
+    known = [s for s in sizes.values() if s]
+    fallback = max(known) if known else budget // 8
+    groups: list[list[str]] = [[]]
+    used = 0
+    for n in names:
+        size = sizes.get(n) or fallback
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(n)
+        used += size
+    return groups
+
+
+def capture(sess: ort.InferenceSession | None, names: list[str],
+            batches: Iterable[tuple[int, dict[str, np.ndarray]]]
+            ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Run each batch; yield (samples, {tensor name: activation}), graph inputs included."""
+    for samples, feed in batches:
+        outs = sess.run(names, feed) if sess is not None and names else []
+        yield samples, {**feed, **dict(zip(names, outs))}

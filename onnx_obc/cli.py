@@ -1,0 +1,145 @@
+"""Command line: `onnx-obc IN OUT --sparsity 0.5 --calib data.npz` and `onnx-obc inspect IN`.
+
+A thin layer over `convert()`: parsing, logging set-up and printing only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .config import LAYER_OPS, CompressConfig
+from .errors import ObcError
+
+
+class _DefaultToCompress(click.Group):
+    """`onnx-obc IN OUT ...` means `onnx-obc compress IN OUT ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                       "--version"):
+            args = ["compress", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToCompress, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnx-obc")
+def main() -> None:
+    """Compress an ONNX model with Optimal Brain Compression (ExactOBS), no retraining.
+
+    \b
+      onnx-obc in.onnx out.onnx --sparsity 0.5 --calib calib.npz
+      onnx-obc inspect in.onnx
+    """
+
+
+def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    ops = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [o for o in ops if o not in LAYER_OPS]
+    if bad:
+        raise click.BadParameter(f"{bad} not in {','.join(LAYER_OPS)}")
+    return ops
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              required=True, help="Fraction of weights to zero in every layer, e.g. 0.5.")
+@click.option("--calib", type=click.Path(exists=True),
+              help=".npz (keys = input names, axis 0 = samples) or a directory of per-sample "
+                   ".npz/.npy files. Without it, random inputs are used (not representative).")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--method", type=click.Choice(["obc", "magnitude"]), default="obc",
+              show_default=True, help="ExactOBS, or the magnitude baseline.")
+@click.option("--damp", type=click.FloatRange(0, 10), default=0.01, show_default=True,
+              help="Relative dampening: H += damp * mean(diag H) * I.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Solver device: CuPy on a GPU, or NumPy.")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Only compress nodes whose name matches (glob; repeatable).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Never compress nodes whose name matches (glob; repeatable).")
+@click.option("--op-types", default=",".join(LAYER_OPS), show_default=True, callback=_ops,
+              help="Comma-separated layer kinds to compress.")
+@click.option("--eval", "eval_data", type=click.Path(exists=True, dir_okay=False),
+              help=".npz with the model inputs and `labels`, for accuracy.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2,
+              show_default=True, help="Fraction of calibration samples kept for fidelity.")
+@click.option("--memory-budget", type=click.IntRange(min=16), default=2048, show_default=True,
+              help="MB for captured activations per pass and for solver row batches.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also measure the magnitude-pruned model.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Weights in a side file (default: only when the model needs it, >2 GB).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the report as JSON.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Log details.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compress(model: str, output: str, calib: str | None, eval_data: str | None,
+             report_path: str | None, quiet: bool, verbose: bool, debug: bool,
+             **opts: Any) -> None:
+    """Prune MODEL with ExactOBS and write OUTPUT."""
+    from .pipeline import convert
+
+    _logging(verbose, debug)
+    try:
+        cfg = CompressConfig(
+            sparsity=opts["sparsity"], method=opts["method"], damp=opts["damp"],
+            device=opts["device"], include=opts["include"], exclude=opts["exclude"],
+            op_types=opts["op_types"], batch_size=opts["batch_size"],
+            calib_samples=opts["calib_samples"], holdout=opts["holdout"],
+            memory_budget_mb=opts["memory_budget"], seed=opts["seed"],
+            compare_baseline=opts["baseline"], external_data=opts["external_data"])
+        result = convert(model, output, calib=calib, eval_data=eval_data, config=cfg,
+                         report_path=report_path, progress=not quiet)
+    except ObcError as exc:
+        if debug:
+            raise
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.report.table())
+    click.echo(f"wrote {', '.join(str(p) for p in result.written)}"
+               + (f" and {report_path}" if report_path else ""))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--op-types", default=",".join(LAYER_OPS), callback=_ops)
+@click.option("--include", multiple=True, metavar="PATTERN")
+@click.option("--exclude", multiple=True, metavar="PATTERN")
+def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
+            exclude: tuple[str, ...]) -> None:
+    """List the layers onnx-obc would compress, and why the others are left alone."""
+    from .layers import find_layers
+    from .modelio import load_model
+
+    try:
+        proto = load_model(model)
+        cfg = CompressConfig(sparsity=0.5, op_types=op_types, include=include, exclude=exclude)
+        layers, skipped = find_layers(proto, cfg)
+    except ObcError as exc:
+        raise click.ClickException(str(exc)) from None
+    w = max([12] + [len(L.name) for L in layers] + [len(s.node) for s in skipped])
+    click.echo(f"{'layer':<{w}} {'op':<6} {'weight shape':<16} {'W [out,in]':>12} "
+               f"{'groups':>6} storage")
+    for L in layers:
+        G, r, d = L.matrix_shape
+        click.echo(f"{L.name:<{w}} {L.op:<6} {str(list(L.shape)):<16} {f'{G * r}x{d}':>12} "
+                   f"{G:>6} {L.storage}")
+    click.echo(f"{len(layers)} compressible layers")
+    if skipped:
+        click.echo(f"\nleft uncompressed ({len(skipped)}):")
+        for s in skipped:
+            click.echo(f"  {s.node} ({s.op}): {s.reason}")
+
+
+def _logging(verbose: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)

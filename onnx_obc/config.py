@@ -1,0 +1,97 @@
+"""Frozen, validated configuration for a compression run.
+
+`CompressConfig` holds every knob of `convert()` and the CLI. It is inert (no I/O) and
+validated on construction; invalid values raise `ConfigError` with the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+METHODS = ("obc", "magnitude")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressConfig:
+    """What to compress and how.
+
+    sparsity: fraction of weights set to zero in every compressed layer (0 < s < 1).
+    method: "obc" (ExactOBS, the default) or "magnitude" (the baseline).
+    damp: relative dampening, `H += damp * mean(diag H) * I`.
+    device: "auto" (CuPy GPU if usable, else NumPy), "cpu" or "cuda".
+    include / exclude: glob patterns on node names (fnmatch); a layer is compressed when it
+        matches an include pattern (or there are none) and no exclude pattern.
+    op_types: which layer kinds to compress.
+    batch_size: calibration samples per onnxruntime run.
+    calib_samples: use at most this many calibration samples (None: all).
+    holdout: fraction of calibration samples kept out of the Hessians to measure fidelity.
+    memory_budget_mb: bound for captured activations per pass (layers are captured in groups
+        when one pass over all would exceed it) and for the solver's row batches.
+    seed: seed for synthetic calibration data.
+    compare_baseline: also build the magnitude model and report its fidelity.
+    external_data: write weights to a side file (None: only when the model needs it).
+    """
+
+    sparsity: float | None = None
+    method: str = "obc"
+    damp: float = 0.01
+    device: str = "auto"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = LAYER_OPS
+    batch_size: int = 32
+    calib_samples: int | None = None
+    holdout: float = 0.2
+    memory_budget_mb: int = 2048
+    seed: int = 0
+    compare_baseline: bool = True
+    external_data: bool | None = None
+
+    def __post_init__(self) -> None:
+        s = self.sparsity
+        if s is None:
+            raise ConfigError("nothing to do: give a target sparsity, e.g. --sparsity 0.5")
+        if not isinstance(s, (int, float)) or not 0.0 < float(s) < 1.0:
+            raise ConfigError(
+                f"sparsity must be a fraction strictly between 0 and 1, got {s!r} "
+                "(for 50% use 0.5)"
+            )
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 <= self.damp <= 10.0:
+            raise ConfigError(f"damp must be in [0, 10] (relative to mean diag H), got {self.damp}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        bad = [t for t in self.op_types if t not in LAYER_OPS]
+        if bad or not self.op_types:
+            raise ConfigError(
+                f"op_types must be a non-empty subset of {', '.join(LAYER_OPS)}, got "
+                f"{list(self.op_types)}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
+        if self.memory_budget_mb < 16:
+            raise ConfigError(f"memory_budget_mb must be >= 16, got {self.memory_budget_mb}")
+        for name in ("include", "exclude", "op_types"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            else:
+                object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "sparsity", float(s))
+
+    def replace(self, **changes: Any) -> CompressConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,107 @@
+"""Layer inputs -> Hessians, on the solver's device, batch by batch.
+
+`columns(use, act)` turns one captured activation into X [G, d, n] (the columns that
+multiply W's rows: im2col for Conv, following ONNX Conv semantics exactly: explicit or
+auto_pad padding, strides, dilations, 1-D/2-D/3-D, groups). `HessianAccumulator` keeps the
+float64 sum of X X^T and the number of calibration samples; H = sum / samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from .backend import array_module
+from .layers import Layer, Use
+
+
+def conv_pads(use: Use, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(begin, end) padding per spatial axis, resolving auto_pad like onnxruntime."""
+    nd = len(spatial)
+    if use.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, dl in zip(spatial, use.kernel, use.strides, use.dilations):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * dl + 1 - size)
+            small = total // 2
+            pads.append((small, total - small) if use.auto_pad == "SAME_UPPER"
+                        else (total - small, small))
+        return pads
+    if use.auto_pad == "VALID":
+        return [(0, 0)] * nd
+    return [(use.pads[i], use.pads[i + nd]) for i in range(nd)]
+
+
+def conv_columns(use: Use, x: Any) -> Any:
+    """x [N, C, *S] -> X [G, C/G * prod(k), N * L] with W's (Cin, *kernel) column order."""
+    xp = array_module(x)
+    N, C = x.shape[:2]
+    pads = conv_pads(use, tuple(x.shape[2:]))
+    x = xp.pad(x, [(0, 0), (0, 0), *pads])
+    out = [
+        (size - ((k - 1) * dl + 1)) // s + 1
+        for size, k, s, dl in zip(x.shape[2:], use.kernel, use.strides, use.dilations)
+    ]
+    patches = []
+    for offs in itertools.product(*(range(k) for k in use.kernel)):
+        sl = tuple(
+            slice(o * dl, o * dl + (n - 1) * s + 1, s)
+            for o, dl, n, s in zip(offs, use.dilations, out, use.strides)
+        )
+        patches.append(x[(slice(None), slice(None), *sl)])  # [N, C, *out]
+    P = xp.stack(patches, axis=2)  # [N, C, K, *out]
+    G, K, L = use.group, len(patches), math.prod(out)
+    P = P.reshape(N, G, (C // G) * K, L)  # [N, G, d, L]
+    return xp.moveaxis(P, 0, 2).reshape(G, (C // G) * K, N * L)  # [G, d, N*L]
+
+
+def linear_columns(use: Use, x: Any, d: int) -> Any:
+    """MatMul/Gemm activation -> X [1, d, n]; Gemm alpha is folded in (output = alpha W x)."""
+    if use.trans_a:
+        X = x.reshape(d, -1)  # A [K, M]
+    else:
+        X = x.reshape(-1, d).T  # [..., K] -> [K, n]
+    if use.alpha != 1.0:
+        X = X * use.alpha
+    return X[None]
+
+
+def columns(layer: Layer, use: Use, act: Any, budget_bytes: int) -> Iterator[Any]:
+    """Yield X [G, d, n] chunks (float64) for one activation, each within budget_bytes."""
+    xp = array_module(act)
+    G, _, d = layer.matrix_shape
+    if layer.layout != "conv":
+        yield linear_columns(use, act, d).astype(xp.float64)
+        return
+    N = act.shape[0]
+    per_sample = 8 * d * G * max(1, math.prod(act.shape[2:])) * 2
+    step = max(1, budget_bytes // per_sample)
+    for n0 in range(0, N, step):
+        yield conv_columns(use, act[n0:n0 + step].astype(xp.float64))
+
+
+class HessianAccumulator:
+    """Running float64 sum of X X^T over calibration samples, per group: H = total / samples."""
+
+    def __init__(self, groups: int, d: int, xp: Any) -> None:
+        self.total = xp.zeros((groups, d, d), dtype=xp.float64)  # [G, d, d]
+        self.samples = 0
+
+    def add(self, X: Any) -> None:
+        """X [G, d, n] float64."""
+        self.total += X @ X.swapaxes(1, 2)
+
+    def count(self, samples: int) -> None:
+        self.samples += samples
+
+    def merge(self, other: HessianAccumulator) -> None:
+        self.total += other.total
+        self.samples += other.samples
+
+    def mean(self) -> Any:
+        """H [G, d, d] = X X^T / N (N = calibration samples, not tokens or positions)."""
+        if self.samples == 0:
+            raise ValueError("no calibration samples were accumulated")
+        return self.total / self.samples

@@ -1,0 +1,246 @@
+"""Find the compressible layers of an ONNX graph and map their weights to W [G, r, d].
+
+A layer is a constant weight tensor (an initializer or the output of a Constant node) and
+every node that uses it as its weight:
+  Conv(X, W[M, C/g, *k])   -> G = group, W_g [M/G, C/g * prod(k)] (im2col column order)
+  Gemm(A, B)               -> W = B (transB=1) or B^T (transB=0), rows = outputs
+  MatMul(X, B[K, N])       -> W = B^T [N, K], X of any rank (leading axes flattened)
+A weight used by several such nodes is compressed once with their merged Hessian. Every
+Conv/Gemm/MatMul node that is not compressed is returned as `Skipped` with its reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .config import CompressConfig
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+@dataclass(frozen=True)
+class Use:
+    """One node that consumes a layer's weight."""
+
+    node: str  # node label (name, or "<Op #i>" when unnamed)
+    op: str
+    input: str  # activation tensor
+    kernel: tuple[int, ...] = ()  # Conv only
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # begins then ends
+    auto_pad: str = "NOTSET"
+    group: int = 1
+    trans_a: bool = False  # Gemm only
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class Layer:
+    weight: str  # tensor name
+    storage: str  # "initializer" or "constant"
+    shape: tuple[int, ...]
+    dtype: str
+    op: str
+    layout: str  # "conv", "rows" (stored [out, in]) or "cols" (stored [in, out])
+    uses: tuple[Use, ...]
+    groups: int = 1
+
+    @property
+    def name(self) -> str:
+        return ", ".join(u.node for u in self.uses)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int, int]:
+        """(G, r, d) of the W view."""
+        if self.layout == "conv":
+            G = self.groups
+            return G, self.shape[0] // G, math.prod(self.shape[1:])
+        if self.layout == "rows":
+            return 1, self.shape[0], self.shape[1]
+        return 1, self.shape[1], self.shape[0]
+
+    def to_matrix(self, w: np.ndarray) -> np.ndarray:
+        """ONNX weight -> W [G, r, d]."""
+        if self.layout == "cols":
+            w = w.T
+        return np.ascontiguousarray(w).reshape(self.matrix_shape)
+
+    def from_matrix(self, m: np.ndarray) -> np.ndarray:
+        """W [G, r, d] -> ONNX weight layout (inverse of to_matrix)."""
+        G, r, d = self.matrix_shape
+        if self.layout == "cols":
+            return np.ascontiguousarray(m.reshape(r, d).T)
+        return m.reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    node: str
+    op: str
+    reason: str
+    weight: str | None = None
+
+
+@dataclass
+class _Candidate:
+    weight: str
+    uses: list[Use] = field(default_factory=list)
+    layouts: set[str] = field(default_factory=set)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (node, reason)
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"<{node.op_type} #{index}>"
+
+
+def constant_weights(graph: onnx.GraphProto) -> dict[str, tuple[str, onnx.TensorProto]]:
+    """tensor name -> (storage, TensorProto) for initializers and Constant(value=...)."""
+    inputs = {i.name for i in graph.input}
+    found: dict[str, tuple[str, onnx.TensorProto]] = {}
+    for init in graph.initializer:
+        if init.name not in inputs:  # an initializer that is also an input can be overridden
+            found[init.name] = ("initializer", init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value":
+                    found[node.output[0]] = ("constant", attr.t)
+    return found
+
+
+def _conv_use(node: onnx.NodeProto, label: str, wshape: tuple[int, ...]) -> Use:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    nd = len(wshape) - 2
+    ap = attrs.get("auto_pad", b"NOTSET")
+    return Use(
+        node=label, op="Conv", input=node.input[0],
+        kernel=tuple(attrs.get("kernel_shape", wshape[2:])),
+        strides=tuple(attrs.get("strides", [1] * nd)),
+        dilations=tuple(attrs.get("dilations", [1] * nd)),
+        pads=tuple(attrs.get("pads", [0] * (2 * nd))),
+        auto_pad=ap.decode() if isinstance(ap, bytes) else str(ap),
+        group=int(attrs.get("group", 1)),
+    )
+
+
+def _describe_use(
+    node: onnx.NodeProto, label: str, weights: dict[str, tuple[str, onnx.TensorProto]],
+    wname: str,
+) -> tuple[Use | None, str, str]:
+    """(use, layout, "") or (None, "", reason)."""
+    op = node.op_type
+    storage_t = weights[wname][1]
+    if storage_t.data_type not in FLOAT_TYPES:
+        return None, "", f"weight {wname!r} has non-float type " \
+            f"{onnx.TensorProto.DataType.Name(storage_t.data_type)}"
+    shape = tuple(storage_t.dims)
+    if op == "Conv":
+        if len(shape) < 3:
+            return None, "", f"Conv weight {wname!r} has rank {len(shape)}, expected >= 3"
+        use = _conv_use(node, label, shape)
+        if shape[0] % use.group:
+            return None, "", f"Conv group {use.group} does not divide {shape[0]} outputs"
+        return use, f"conv/{use.group}", ""
+    if len(shape) != 2:
+        return None, "", f"{op} weight {wname!r} has rank {len(shape)}; only 2-D weights are " \
+            "compressed"
+    if op == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        use = Use(node=label, op=op, input=node.input[0], trans_a=bool(attrs.get("transA", 0)),
+                  alpha=float(attrs.get("alpha", 1.0)))
+        return use, "rows" if attrs.get("transB", 0) else "cols", ""
+    return Use(node=label, op=op, input=node.input[0]), "cols", ""
+
+
+def find_layers(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[list[Layer], list[Skipped]]:
+    """Compressible layers (one per weight) and every skipped Conv/Gemm/MatMul with a reason."""
+    graph = model.graph
+    weights = constant_weights(graph)
+    consumers: dict[str, list[tuple[str, str]]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append((node_label(node, i), node.op_type))
+    graph_outputs = {o.name for o in graph.output}
+    skipped: list[Skipped] = []
+    cands: dict[str, _Candidate] = {}
+    for i, node in enumerate(graph.node):
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+            continue
+        label = node_label(node, i)
+        reason = _selection_reason(label, node.op_type, cfg)
+        wname = node.input[1] if len(node.input) > 1 else ""
+        if node.op_type == "MatMul" and wname not in weights and node.input[0] in weights:
+            reason = reason or "constant is the first MatMul input (W @ X); only X @ W is handled"
+        elif wname not in weights:
+            reason = reason or _not_constant_reason(graph, wname)
+        if reason and wname not in weights:
+            skipped.append(Skipped(label, node.op_type, reason, wname or None))
+            continue
+        cand = cands.setdefault(wname, _Candidate(wname))
+        use, layout, why = (None, "", reason) if reason else _describe_use(
+            node, label, weights, wname)
+        if use is None:
+            cand.problems.append((label, why))
+            cand.uses.append(Use(node=label, op=node.op_type, input=node.input[0]))
+            continue
+        cand.uses.append(use)
+        cand.layouts.add(layout)
+    layers: list[Layer] = []
+    for wname, cand in cands.items():
+        others = [f"{op} node {n}" for n, op in consumers.get(wname, [])
+                  if n not in {u.node for u in cand.uses}]
+        problem = ""
+        if cand.problems:
+            node, problem = cand.problems[0]
+            if len(cand.uses) > 1:
+                problem = f"{problem} [on {node}, which shares weight {wname!r}]"
+        if not problem and others:
+            problem = f"weight {wname!r} also feeds {', '.join(others)}, which would change too"
+        if not problem and wname in graph_outputs:
+            problem = f"weight {wname!r} is also a graph output"
+        if not problem and len(cand.layouts) > 1:
+            problem = f"weight {wname!r} is used with different layouts {sorted(cand.layouts)}"
+        if problem:
+            skipped.extend(Skipped(u.node, u.op, problem, wname) for u in cand.uses)
+            continue
+        storage, tensor = weights[wname]
+        layout = next(iter(cand.layouts))
+        groups = int(layout.split("/")[1]) if layout.startswith("conv") else 1
+        layers.append(Layer(
+            weight=wname, storage=storage, shape=tuple(tensor.dims),
+            dtype=str(helper.tensor_dtype_to_np_dtype(tensor.data_type)),
+            op=cand.uses[0].op, layout=layout.split("/")[0], uses=tuple(cand.uses),
+            groups=groups,
+        ))
+    return layers, skipped
+
+
+def _selection_reason(label: str, op: str, cfg: CompressConfig) -> str:
+    if op not in cfg.op_types:
+        return f"op type {op} not selected (--op-types {','.join(cfg.op_types)})"
+    if cfg.include and not any(fnmatch.fnmatchcase(label, p) for p in cfg.include):
+        return f"not matched by --include {' '.join(cfg.include)}"
+    for p in cfg.exclude:
+        if fnmatch.fnmatchcase(label, p):
+            return f"excluded by --exclude {p!r}"
+    return ""
+
+
+def _not_constant_reason(graph: onnx.GraphProto, wname: str) -> str:
+    if not wname:
+        return "node has no weight input"
+    if any(i.name == wname for i in graph.input):
+        return f"weight {wname!r} is a graph input, not a constant"
+    for node in graph.node:
+        if wname in node.output:
+            return (f"weight {wname!r} is computed by a {node.op_type} node (both inputs are "
+                    "activations, or the weight is transformed at run time)")
+    return f"weight {wname!r} is not a constant"

@@ -1,0 +1,145 @@
+"""The run report: per-layer results, skipped layers, model-level fidelity; table and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .verify import Fidelity
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    name: str  # consumer node(s)
+    op: str
+    weight: str
+    shape: tuple[int, ...]  # ONNX weight shape
+    rows: int  # W [rows, cols]: output channels x inputs per output (per group for Conv)
+    cols: int
+    groups: int
+    method: str
+    sparsity: float  # fraction of zeros reached
+    target: float
+    loss: float  # E = tr(dW H dW^T) = (1/N)||dW X||^2 on the calibration data
+    magnitude_loss: float  # same count, magnitude pruning
+    dead_inputs: int
+    damp: float
+    damp_failed: tuple[float, ...]  # dampening values whose Cholesky failed first
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        if self.magnitude_loss > 0:
+            return self.loss / self.magnitude_loss
+        return 1.0 if self.loss == 0 else math.inf
+
+
+@dataclass(frozen=True)
+class SkippedLayer:
+    name: str
+    op: str
+    reason: str
+    weight: str | None = None
+
+
+@dataclass
+class Report:
+    model: str
+    output: str | None
+    config: dict[str, Any]
+    device: str
+    calibration: dict[str, Any]
+    layers: list[LayerResult] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+    fidelity: dict[str, dict[str, Fidelity]] = field(default_factory=dict)  # set -> model -> F
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = [{**asdict(r), "ratio": r.ratio} for r in self.layers]
+        d["fidelity"] = {s: {m: f.to_dict() for m, f in v.items()}
+                         for s, v in self.fidelity.items()}
+        return d
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, default=_jsonable)
+        os.replace(tmp, path)
+
+    def table(self) -> str:
+        return "\n".join(_layer_lines(self) + _skip_lines(self) + _fidelity_lines(self)
+                         + _footer(self))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return str(x)
+
+
+def _layer_lines(r: Report) -> list[str]:
+    if not r.layers:
+        return ["no layer was compressed"]
+    w = max(12, min(40, max(len(x.name) for x in r.layers)))
+    head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'loss':>10} "
+            f"{'magnitude':>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'sec':>6}")
+    lines = [head, "-" * len(head)]
+    for x in r.layers:
+        name = x.name if len(x.name) <= w else x.name[: w - 1] + "…"
+        rows, cols = x.rows, x.cols
+        damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
+        lines.append(
+            f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {x.loss:>10.3g} "
+            f"{x.magnitude_loss:>10.3g} {x.ratio:>7.3f} {x.dead_inputs:>4} {damp:>7} "
+            f"{x.seconds:>6.2f}"
+        )
+    ratios = sorted(x.ratio for x in r.layers)
+    med = ratios[len(ratios) // 2] if len(ratios) % 2 else 0.5 * (
+        ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2])
+    total = sum(math.prod(x.shape) for x in r.layers)
+    zeros = sum(x.sparsity * math.prod(x.shape) for x in r.layers)
+    lines.append(f"{len(r.layers)} layers, {total:,} weights, {zeros / total:.2%} zeros; "
+                 f"loss/magnitude median {med:.3f}, worst {ratios[-1]:.3f}")
+    if any(x.damp_failed for x in r.layers):
+        lines.append("! dampening was escalated after a Cholesky failure (see damp_failed in JSON)")
+    return lines
+
+
+def _skip_lines(r: Report) -> list[str]:
+    if not r.skipped:
+        return []
+    lines = ["", f"left uncompressed ({len(r.skipped)}):"]
+    lines += [f"  {s.name} ({s.op}): {s.reason}" for s in r.skipped]
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _fidelity_lines(r: Report) -> list[str]:
+    lines = []
+    for set_name, models in r.fidelity.items():
+        any_f = next(iter(models.values()))
+        lines += ["", f"model fidelity on {set_name} ({any_f.samples} samples):",
+                  f"  {'model':<10} {'rel. output error':>18} {'top-1 agree':>12} {'accuracy':>9}"]
+        for m, f in models.items():
+            rel = max(f.rel_error.values()) if f.rel_error else 0.0
+            lines.append(f"  {m:<10} {rel:>18.4f} {_pct(f.top1_agreement):>12} "
+                         f"{_pct(f.accuracy):>9}")
+    return lines
+
+
+def _footer(r: Report) -> list[str]:
+    lines = [""]
+    t = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
+    lines.append(f"device: {r.device}; time: {t}" + (
+        f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else ""))
+    lines += [f"WARNING: {w}" for w in r.warnings]
+    return lines

@@ -1,0 +1,86 @@
+"""Turn a layer Hessian into what the OBS solvers need: dead inputs, dampening, H^-1.
+
+Notation (paper): W [rows, d] with rows = output channels and d = flattened inputs;
+H = X X^T / N [d, d] (the paper's 2 X X^T / N without the factor 2, which cancels in every
+OBS formula; see README "Numerics"). Grouped convolutions carry one Hessian per group, so
+arrays here have a leading group axis G: W [G, r, d], H [G, d, d].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import array_module, cholesky
+from ..errors import NotPositiveDefinite, ObcError
+
+# relative dampening steps tried, in order, after the configured one fails
+ESCALATION = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Solver-ready layer. Arrays live on the input's device."""
+
+    W: Any  # [G, r, d] float32, dead columns zeroed
+    H: Any  # [G, d, d] float64, dead diagonal filled and dampened
+    Hinv: Any  # [G, d, d] float64
+    dead: int  # dead input columns (zero diagonal of H), summed over groups
+    damp: float  # relative dampening finally used
+    escalations: tuple[float, ...]  # dampening values that failed before `damp`
+
+
+def prepare(W: Any, H: Any, damp: float) -> Prepared:
+    """Dead inputs -> H_jj = mean live diag and W[:, j] = 0; H += damp*mean(diag)*I; Hinv.
+
+    Dampening is relative (scale invariant). If Cholesky fails, dampening escalates through
+    ESCALATION; the failed values are returned so the report can show them. Raises
+    NotPositiveDefinite if even damp = 1 fails, and ObcError on non-finite H.
+    """
+    xp = array_module(H)
+    G, d, _ = H.shape
+    if not bool(xp.isfinite(H).all()):
+        raise ObcError(
+            "the Hessian contains NaN or inf: the calibration activations of this layer are "
+            "not finite. Check the calibration data (NaN/inf inputs, wrong scaling) before "
+            "compressing."
+        )
+    H = H.astype(xp.float64, copy=True)  # [G, d, d]
+    W = W.astype(xp.float32, copy=True)  # [G, r, d]
+    diag = xp.diagonal(H, axis1=1, axis2=2)  # [G, d] (view)
+    dead = diag <= 0  # [G, d]
+    n_dead = int(dead.sum())
+    if n_dead:
+        live_mean = xp.where(dead, 0.0, diag).sum(axis=1) / xp.maximum((~dead).sum(axis=1), 1)
+        fill = xp.where(live_mean > 0, live_mean, 1.0)  # [G]
+        g_idx, j_idx = xp.nonzero(dead)
+        H[g_idx, j_idx, j_idx] = fill[g_idx]
+        W = W * (~dead)[:, None, :]  # [G, r, d]
+    mean_diag = xp.diagonal(H, axis1=1, axis2=2).mean(axis=1)  # [G]
+    eye = xp.eye(d, dtype=xp.float64)
+    tried = [damp] + [x for x in ESCALATION if x > damp]
+    failed: list[float] = []
+    for lam in tried:
+        Hd = H + (lam * mean_diag)[:, None, None] * eye  # [G, d, d]
+        try:
+            L = cholesky(Hd)  # [G, d, d] lower
+        except np.linalg.LinAlgError:
+            failed.append(lam)
+            continue
+        Linv = xp.linalg.inv(L)  # [G, d, d]
+        Hinv = xp.swapaxes(Linv, 1, 2) @ Linv  # H^-1 = L^-T L^-1, symmetric by construction
+        return Prepared(W, Hd, Hinv, n_dead, lam, tuple(failed))
+    raise NotPositiveDefinite(
+        f"the Hessian stayed singular with relative dampening up to {tried[-1]} "
+        f"(tried {tried}). Add calibration samples, check for constant or duplicated inputs, "
+        "or exclude this layer."
+    )
+
+
+def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
+    """E = sum_g tr(dW_g H_g dW_g^T) = (1/N)||(W_hat - W) X||^2 for H = X X^T / N."""
+    xp = array_module(W, H)
+    dW = W_hat.astype(xp.float64) - W.astype(xp.float64)  # [G, r, d]
+    return float(((dW @ H) * dW).sum())

@@ -1,0 +1,69 @@
+"""Run models in onnxruntime and measure fidelity against the dense model.
+
+Streaming over batches: relative output error sqrt(sum|y_c - y|^2 / sum|y|^2) per output,
+top-1 agreement for outputs shaped [batch, classes], accuracy when labels are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from .calib import DataSet
+
+
+@dataclass
+class Fidelity:
+    """Fidelity of one model on one data set (dense model as the reference)."""
+
+    samples: int = 0
+    rel_error: dict[str, float] = field(default_factory=dict)
+    top1_agreement: float | None = None
+    accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "rel_error": self.rel_error,
+                "top1_agreement": self.top1_agreement, "accuracy": self.accuracy}
+
+
+def _is_logits(y: np.ndarray) -> bool:
+    return y.ndim == 2 and y.shape[1] > 1
+
+
+def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_size: int,
+             reference: str = "dense") -> dict[str, Fidelity]:
+    """Fidelity of every session on `data`, relative to sessions[reference]."""
+    out_names = [o.name for o in sessions[reference].get_outputs()]
+    err = {k: {n: 0.0 for n in out_names} for k in sessions}
+    ref_sq = {n: 0.0 for n in out_names}
+    agree = {k: 0 for k in sessions}
+    correct = {k: 0 for k in sessions}
+    seen = 0
+    logits = None
+    for samples, feed in data.batches(batch_size):
+        ys = {k: s.run(out_names, feed) for k, s in sessions.items()}
+        ref = ys[reference]
+        logits = _is_logits(ref[0]) if logits is None else logits
+        for n, y in zip(out_names, ref):
+            ref_sq[n] += float(np.square(y.astype(np.float64)).sum())
+        for k, outs in ys.items():
+            for n, y, y0 in zip(out_names, outs, ref):
+                err[k][n] += float(np.square(y.astype(np.float64) - y0).sum())
+            if logits:
+                agree[k] += int((outs[0].argmax(1) == ref[0].argmax(1)).sum())
+                if data.labels is not None:
+                    lab = data.labels[seen:seen + samples]
+                    correct[k] += int((outs[0].argmax(1) == lab).sum())
+        seen += samples
+    result = {}
+    for k in sessions:
+        rel = {n: float(np.sqrt(err[k][n] / ref_sq[n])) if ref_sq[n] > 0 else float(
+            np.sqrt(err[k][n])) for n in out_names}
+        result[k] = Fidelity(
+            samples=seen, rel_error=rel,
+            top1_agreement=agree[k] / seen if logits and seen else None,
+            accuracy=correct[k] / seen if logits and data.labels is not None and seen else None,
+        )
+    return result
