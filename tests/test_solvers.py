@@ -1,0 +1,210 @@
+"""Solver oracles: exact reductions, recorded-loss identity, exact sparsity, invariances,
+fast == plain, rebuild == greedy trace, and beating magnitude on correlated activations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnx_obc.backend import cummax
+from onnx_obc.errors import NotPositiveDefinite, ObcError
+from onnx_obc.solvers import layer_loss, magnitude_prune, prepare, prune_layer
+from onnx_obc.solvers.exact import greedy_order
+from onnx_obc.solvers.fast import greedy_order_fast
+from onnx_obc.solvers.select import rebuild, select_counts
+
+
+def correlated_H(d: int, seed: int, rank: int = 8, noise: float = 0.1, n: int = 512) -> np.ndarray:
+    """H = X X^T / n for low-rank-plus-noise activations X [d, n] (realistic correlation)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((d, rank)) @ rng.standard_normal((rank, n))
+    X += noise * rng.standard_normal((d, n))
+    return X @ X.T / n
+
+
+def iid_H(d: int, seed: int, n: int = 512) -> np.ndarray:
+    X = np.random.default_rng(seed).standard_normal((d, n))
+    return X @ X.T / n
+
+
+def weights(r: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed + 1000).standard_normal((1, r, d))
+
+
+def test_identity_hessian_gives_magnitude_pruning_exactly():
+    W = weights(16, 48, 0)
+    res = prune_layer(W, np.eye(48)[None], sparsity=0.5, damp=0.0)
+    mag = magnitude_prune(W, 16 * 48 // 2)
+    np.testing.assert_array_equal(res.W == 0, mag == 0)
+    kept = res.W != 0
+    np.testing.assert_allclose(res.W[kept], W[kept], rtol=1e-6)  # H = I: no compensation
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recorded_losses_sum_to_measured_layer_loss(seed):
+    d, r = 40, 12
+    H = correlated_H(d, seed)[None]
+    W = weights(r, d, seed)
+    res = prune_layer(W, H, sparsity=0.6, damp=0.0)
+    assert res.loss == pytest.approx(res.obs_loss, rel=1e-4)
+    # and the measured loss is the calibration output error (1/N)||dW X||^2
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((d, 8)) @ rng.standard_normal((8, 300))
+    Hx = (X @ X.T / 300)[None]
+    res2 = prune_layer(W, Hx, sparsity=0.6, damp=0.0)
+    direct = np.sum(((res2.W[0] - W[0]) @ X) ** 2) / 300
+    assert res2.loss == pytest.approx(direct, rel=1e-9)
+
+
+@pytest.mark.parametrize("s", [0.1, 0.37, 0.5, 0.9])
+def test_sparsity_is_exact(s):
+    W = weights(10, 33, 1)
+    res = prune_layer(W, correlated_H(33, 1)[None], sparsity=s)
+    assert res.zeros == round(s * W.size)
+    assert int((res.W == 0).sum()) == res.zeros
+
+
+def test_scale_invariance():
+    W = weights(8, 30, 2)
+    H = correlated_H(30, 2)[None]
+    a = prune_layer(W, H, sparsity=0.5)
+    b = prune_layer(W, 1e4 * H, sparsity=0.5)
+    np.testing.assert_array_equal(a.W == 0, b.W == 0)
+    np.testing.assert_allclose(a.W, b.W, rtol=1e-4, atol=1e-6)
+    assert b.loss == pytest.approx(1e4 * a.loss, rel=1e-4)
+
+
+def test_row_permutation_equivariance():
+    W = weights(9, 24, 3)
+    H = correlated_H(24, 3)[None]
+    perm = np.random.default_rng(0).permutation(9)
+    a = prune_layer(W, H, sparsity=0.5)
+    b = prune_layer(W[:, perm], H, sparsity=0.5)
+    np.testing.assert_array_equal(a.W[:, perm] == 0, b.W == 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_solver_makes_the_same_decisions_as_the_plain_one(seed):
+    d, r = 70, 9  # d not a multiple of the fold block
+    prep = prepare(weights(r, d, seed), correlated_H(d, seed)[None], 0.01)
+    rows, group = prep.W[0].astype(np.float64), np.zeros(r, dtype=int)
+    l1, o1 = greedy_order(rows, prep.Hinv, group, rows_per_batch=4)
+    l2, o2 = greedy_order_fast(rows, prep.Hinv, group, rows_per_batch=5, block=16)
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5, atol=1e-12)
+
+
+def _eager_state(w, Hinv, steps):
+    """Row after `steps` greedy OBS removals, by the textbook loop."""
+    w, Hinv = w.copy(), Hinv.copy()
+    free = np.ones_like(w, dtype=bool)
+    for _ in range(steps):
+        score = np.where(free, w**2 / np.where(free, np.diag(Hinv), 1), np.inf)
+        q = int(np.argmin(score))
+        w -= Hinv[:, q] * w[q] / Hinv[q, q]
+        w[q] = 0
+        free[q] = False
+        Hinv = Hinv - np.outer(Hinv[:, q], Hinv[q]) / Hinv[q, q]
+    return w
+
+
+def test_rebuild_equals_the_greedy_trace():
+    d, r = 30, 6
+    prep = prepare(weights(r, d, 4), correlated_H(d, 4)[None], 0.01)
+    rows = prep.W[0].astype(np.float64)
+    group = np.zeros(r, dtype=int)
+    _, order = greedy_order(rows, prep.Hinv, group, rows_per_batch=r)
+    counts = np.array([0, 1, 7, 15, 29, 30])
+    out = rebuild(rows, prep.Hinv, group, order, counts, rows_per_batch=4)
+    for i in range(r):
+        np.testing.assert_allclose(out[i], _eager_state(rows[i], prep.Hinv[0], counts[i]),
+                                   atol=1e-8)
+        assert int((out[i] == 0).sum()) == counts[i]
+
+
+def test_select_counts_prefixes_and_total():
+    rng = np.random.default_rng(0)
+    losses = rng.random((5, 12))
+    for count in (0, 1, 17, 59, 60):
+        c = select_counts(losses, count)
+        assert int(c.sum()) == count
+    key = cummax(losses, axis=1)
+    c = select_counts(losses, 23)
+    thr = max(key[i, c[i] - 1] for i in range(5) if c[i])
+    assert all(c[i] == 12 or key[i, c[i]] >= thr for i in range(5))  # rest are not cheaper
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_beats_magnitude_on_correlated_activations(seed):
+    W = weights(32, 64, seed)
+    res = prune_layer(W, correlated_H(64, seed)[None], sparsity=0.5)
+    assert res.loss <= 0.5 * res.baseline_loss, res.loss / res.baseline_loss
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_not_worse_than_magnitude_on_iid_activations(seed):
+    W = weights(32, 64, seed)
+    res = prune_layer(W, iid_H(64, seed)[None], sparsity=0.5)
+    assert res.loss <= 1.0 * res.baseline_loss
+
+
+def test_dead_inputs_are_zeroed_and_reported():
+    d = 20
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((d, 200))
+    X[[3, 11]] = 0.0
+    H = (X @ X.T / 200)[None]
+    W = weights(6, d, 5)
+    res = prune_layer(W, H, sparsity=0.3)
+    assert res.dead == 2
+    assert np.all(res.W[0][:, [3, 11]] == 0)
+    assert res.zeros == round(0.3 * W.size)
+
+
+def test_grouped_hessians_select_globally():
+    r, d = 4, 9
+    H = np.stack([correlated_H(d, 6), 100 * correlated_H(d, 7)])  # group 1 is costlier
+    W = np.random.default_rng(6).standard_normal((2, r, d))
+    res = prune_layer(W, H, sparsity=0.5)
+    z = (res.W == 0).sum(axis=(1, 2))
+    assert int(z.sum()) == round(0.5 * W.size)
+    assert z[0] > z[1]  # the cheap group gives up more weights
+    assert res.loss == pytest.approx(layer_loss(W, res.W, H), rel=1e-12)
+
+
+def test_singular_hessian_escalates_dampening_and_reports_it():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((3, 100))
+    X = np.vstack([X, X, X])  # rank 3 in 9 dims
+    H = (X @ X.T / 100)[None]
+    res = prune_layer(weights(4, 9, 7), H, sparsity=0.5, damp=0.0)
+    assert res.escalations and res.escalations[0] == 0.0
+    assert res.damp > 0.0
+
+
+def test_non_finite_hessian_is_a_clear_error():
+    H = np.eye(4)[None].copy()
+    H[0, 1, 1] = np.nan
+    with pytest.raises(ObcError, match="NaN or inf"):
+        prepare(weights(2, 4, 0), H, 0.01)
+
+
+def test_indefinite_hessian_raises_not_positive_definite():
+    H = np.eye(4)[None] + 10.0 * (np.ones((4, 4)) - np.eye(4))[None]  # eigenvalue -29
+    with pytest.raises(NotPositiveDefinite, match="dampening"):
+        prepare(weights(2, 4, 0), H, 0.0)
+
+
+def test_existing_zeros_count_towards_the_target():
+    W = weights(6, 20, 8)
+    W[0, :, :5] = 0.0  # 25% already zero
+    res = prune_layer(W, correlated_H(20, 8)[None], sparsity=0.5)
+    assert res.zeros == 60
+    assert np.all(res.W[0][:, :5] == 0)
+
+
+def test_magnitude_method_returns_the_baseline():
+    W = weights(6, 20, 9)
+    res = prune_layer(W, correlated_H(20, 9)[None], sparsity=0.4, method="magnitude")
+    assert res.loss == res.baseline_loss
+    np.testing.assert_array_equal(res.W, magnitude_prune(W, 48))
