@@ -108,19 +108,22 @@ def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
 
 def _from_file(path: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], Any]:
     try:
-        data = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:  # our handle: closed even when numpy fails mid-read
+            data = np.load(f, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                arrays = {"": data}
+            else:
+                arrays = {k: data[k] for k in data.files}
     except Exception as exc:
         raise CalibrationError(
             f"cannot read calibration data {path!r} ({exc}). Save it with "
-            "numpy.savez(path, **{input_name: array}) with axis 0 = samples."
+            "numpy.savez(path, **{input_name: array}) with axis 0 = samples, numeric arrays only."
         ) from None
-    if isinstance(data, np.ndarray):
+    if "" in arrays:
         if len(specs) != 1:
             raise CalibrationError(f"{path!r} is a single array but the model has "
                                    f"{len(specs)} inputs; use a .npz keyed by input name")
-        return {specs[0].name: data}, None
-    with data:
-        arrays = {k: data[k] for k in data.files}
+        return {specs[0].name: arrays[""]}, None
     labels = arrays.pop(LABELS, None)
     return arrays, labels
 
@@ -144,7 +147,7 @@ def _add_sample_axis(a: np.ndarray, name: str, specs: list[InputSpec]) -> np.nda
 
 
 def _from_iterable(source: Any) -> dict[str, np.ndarray]:
-    if hasattr(source, "get_next") and not hasattr(source, "__iter__"):
+    if hasattr(source, "get_next"):  # onnxruntime CalibrationDataReader protocol
         source = iter(source.get_next, None)
     try:
         items = list(source)

@@ -170,6 +170,14 @@ def find_layers(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[list[Layer
                 consumers.setdefault(name, []).append((node_label(node, i), node.op_type))
     graph_outputs = {o.name for o in graph.output}
     skipped: list[Skipped] = []
+    for owner, sub in _subgraph_nodes(graph):  # outer-scope weights read inside If/Loop/Scan
+        label = f"{sub.name or '<' + sub.op_type + '>'} (in a subgraph of {owner})"
+        for name in sub.input:
+            if name:
+                consumers.setdefault(name, []).append((label, sub.op_type))
+        if sub.op_type in ("Conv", "Gemm", "MatMul"):
+            skipped.append(Skipped(label, sub.op_type, "inside a control-flow subgraph "
+                                   "(If/Loop/Scan bodies are not compressed)"))
     cands: dict[str, _Candidate] = {}
     for i, node in enumerate(graph.node):
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
@@ -221,6 +229,16 @@ def find_layers(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[list[Layer
             groups=groups,
         ))
     return layers, skipped
+
+
+def _subgraph_nodes(graph: onnx.GraphProto):  # -> Iterator[(owner label, node)]
+    for i, node in enumerate(graph.node):
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for sub in subs:
+                for n in sub.node:
+                    yield node_label(node, i), n
+                yield from _subgraph_nodes(sub)
 
 
 def _selection_reason(label: str, op: str, cfg: CompressConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -19,12 +20,15 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not p.is_file():
         raise ModelError(f"model file {str(p)!r} does not exist")
     try:
-        return onnx.load(str(p), load_external_data=True)
-    except FileNotFoundError as exc:
-        raise ModelError(f"{p}: external data file missing ({exc}); keep the .data file next "
-                         "to the model") from None
+        model = onnx.load(str(p), load_external_data=True)
     except Exception as exc:
-        raise ModelError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        hint = (" Keep the external data file next to the model."
+                if "external" in str(exc).lower() or ".data" in str(exc) else "")
+        raise ModelError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc}).{hint}"
+                         ) from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"{p} is empty or not an ONNX model (no graph was read)")
+    return model
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
@@ -64,14 +68,14 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
     try:
         target = tmp / o.name
         data_name = o.name + ".data"
-        if external:
-            onnx.save_model(model, str(target), save_as_external_data=True,
+        if external:  # save_model moves tensors out of the proto it gets: give it a copy
+            onnx.save_model(copy.deepcopy(model), str(target), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name,
                             size_threshold=1024, convert_attribute=True)
         else:
             onnx.save_model(model, str(target))
         written = [o]
-        if external:
+        if external and (tmp / data_name).exists():  # absent when every tensor is tiny
             os.replace(tmp / data_name, o.parent / data_name)
             written.append(o.parent / data_name)
         os.replace(target, o)
@@ -85,6 +89,6 @@ def serialized_or_path(model: onnx.ModelProto, workdir: Path) -> bytes | str:
     if not needs_external(model):
         return model.SerializeToString()
     path = workdir / "model.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(copy.deepcopy(model), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="model.onnx.data", size_threshold=1024, convert_attribute=True)
     return str(path)

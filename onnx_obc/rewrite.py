@@ -40,9 +40,18 @@ def apply_weights(model: onnx.ModelProto, layers: list[Layer],
         new = np.asarray(weights[name]).astype(layer.dtype)
         if tuple(new.shape) != tuple(t.dims):
             raise ModelError(f"internal: weight {name!r} shape {new.shape} != {tuple(t.dims)}")
-        t.CopyFrom(numpy_helper.from_array(new, name=t.name))
+        _set_payload(t, new)
     check(out)
     return out
+
+
+def _set_payload(t: onnx.TensorProto, value: np.ndarray) -> None:
+    """Replace the data of `t` only (name, dims, dtype, doc_string and metadata stay)."""
+    for f in ("float_data", "int32_data", "string_data", "int64_data", "double_data",
+              "uint64_data", "external_data"):
+        t.ClearField(f)
+    t.ClearField("data_location")
+    t.raw_data = numpy_helper.from_array(value).raw_data
 
 
 def check(model: onnx.ModelProto) -> None:

@@ -1,0 +1,177 @@
+"""The command line, end to end on tiny builder models (CliRunner), plus the root cli.py shim."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnx_obc.cli import main
+
+from . import builders as b
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def mlp_files(saved):
+    return saved(b.mlp((8, 16, 4)), n=24)
+
+
+def test_compress_writes_the_model_and_prints_the_table(mlp_files, tmp_path):
+    model, data = mlp_files
+    out = tmp_path / "out.onnx"
+    res = invoke(model, out, "--sparsity", "0.5", "--calib", data, "-q")
+    assert res.exit_code == 0, res.output
+    assert out.is_file()
+    compressed = onnx.load(str(out))
+    for init in compressed.graph.initializer:
+        w = numpy_helper.to_array(init)
+        assert (w == 0).mean() == pytest.approx(0.5, abs=1 / w.size)
+    lines = res.output.splitlines()
+    assert lines[0].split()[:5] == ["layer", "op", "W", "[out,in]", "sparsity"]
+    assert any(line.startswith("fc1") and "16x8" in line and "50.00%" in line for line in lines)
+    assert any(line.startswith("fc2") and "4x16" in line for line in lines)
+    assert "model fidelity" in res.output
+    assert f"wrote {out}" in res.output
+    assert "capture:" not in res.output and "batch/s" not in res.output  # -q: no progress bars
+    assert "NOT representative" not in res.output
+
+
+def test_report_json(mlp_files, tmp_path):
+    model, data = mlp_files
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    res = invoke(model, out, "--sparsity", "0.25", "--calib", data, "-q", "--report", report)
+    assert res.exit_code == 0, res.output
+    assert str(report) in res.output
+    rep = json.loads(report.read_text())
+    assert [x["name"] for x in rep["layers"]] == ["fc1", "fc2"]
+    for x in rep["layers"]:
+        assert x["target"] == 0.25 and x["sparsity"] == pytest.approx(0.25, abs=0.02)
+        assert x["loss"] <= x["magnitude_loss"] + 1e-12
+    assert rep["config"]["sparsity"] == 0.25
+    assert rep["output"] == str(out)
+    assert rep["calibration"]["synthetic"] is False
+    assert rep["fidelity"]  # at least one data set
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_inspect_lists_layers_and_reasons(saved):
+    model, _ = saved(b.attention_scores())
+    res = invoke("inspect", model)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "2 compressible layers" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and line[0] in "qk"}
+    assert "MatMul" in rows["q"] and "6x6" in rows["q"] and "initializer" in rows["q"]
+    assert "left uncompressed (1)" in out
+    assert "scores (MatMul): weight 'kT' is computed by a Transpose node" in out
+
+
+def test_inspect_with_selection_options(saved):
+    model, _ = saved(b.cnn())
+    res = invoke("inspect", model, "--op-types", "Conv")
+    assert res.exit_code == 0, res.output
+    assert "1 compressible layers" in res.output
+    assert "fc (Gemm): op type Gemm not selected" in res.output
+    res = invoke("inspect", model, "--exclude", "conv")
+    assert "conv (Conv): excluded by --exclude 'conv'" in res.output
+    res = invoke("inspect", model, "--op-types", "Dense")
+    assert res.exit_code == 2 and "Dense" in res.output
+
+
+def test_constant_storage_is_shown(saved):
+    model, _ = saved(b.constant_weight())
+    res = invoke("inspect", model)
+    assert res.exit_code == 0 and "constant" in res.output
+
+
+def test_bad_sparsity_exits_2_naming_the_option(mlp_files, tmp_path):
+    model, data = mlp_files
+    out = tmp_path / "out.onnx"
+    res = invoke(model, out, "--sparsity", "1.5", "--calib", data, "-q")
+    assert res.exit_code == 2
+    assert "--sparsity" in res.output and "1.5" in res.output
+    assert not out.exists()
+
+
+def test_missing_sparsity_exits_2(mlp_files, tmp_path):
+    model, data = mlp_files
+    res = invoke(model, tmp_path / "out.onnx", "--calib", data)
+    assert res.exit_code == 2 and "--sparsity" in res.output
+
+
+def test_output_equal_to_input_exits_1_and_keeps_the_input(mlp_files):
+    model, data = mlp_files
+    original = model.read_bytes()
+    res = invoke(model, model, "--sparsity", "0.5", "--calib", data, "-q")
+    assert res.exit_code == 1
+    assert "is the input model" in res.output
+    assert model.read_bytes() == original
+
+
+def test_wrong_calibration_key_exits_1_naming_it(saved, tmp_path):
+    x = b.feeds(b.mlp((8, 16, 4)), 12)["x"]
+    model, data = saved(b.mlp((8, 16, 4)), data={"inputs": x})
+    out = tmp_path / "out.onnx"
+    res = invoke(model, out, "--sparsity", "0.5", "--calib", data, "-q")
+    assert res.exit_code == 1
+    assert "Error:" in res.output and "'inputs'" in res.output and "['x']" in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_model_without_compressible_layers_exits_1(saved, tmp_path):
+    model, data = saved(b.activation_matmul())
+    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--calib", data, "-q")
+    assert res.exit_code == 1
+    assert "no compressible layer" in res.output
+    assert "graph input, not a constant" in res.output  # the reason is passed on
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_without_calib_warns_loudly(mlp_files, tmp_path):
+    model, _ = mlp_files
+    out = tmp_path / "out.onnx"
+    res = invoke(model, out, "--sparsity", "0.5", "-q")
+    assert res.exit_code == 0, res.output
+    assert out.is_file()
+    assert "WARNING" in res.output and "NOT representative" in res.output
+
+
+def test_cnn_end_to_end(saved, tmp_path):
+    model, data = saved(b.cnn(), n=20)
+    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--calib", data, "-q",
+                 "--exclude", "fc")
+    assert res.exit_code == 0, res.output
+    assert "fc (Gemm): excluded by --exclude 'fc'" in res.output
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    w = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    src = {i.name: numpy_helper.to_array(i) for i in b.cnn().graph.initializer}
+    assert (w["Wc"] == 0).mean() == 0.5
+    np.testing.assert_array_equal(w["Wfc"], src["Wfc"])  # excluded: untouched
+
+
+def test_root_cli_shim_help():
+    res = subprocess.run([sys.executable, "cli.py", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "Usage:" in res.stdout and "inspect" in res.stdout and "compress" in res.stdout
+
+
+def test_root_cli_shim_compress_help():
+    res = subprocess.run([sys.executable, "cli.py", "compress", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "--sparsity" in res.stdout and "--calib" in res.stdout
