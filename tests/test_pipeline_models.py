@@ -82,8 +82,8 @@ def test_shared_weight_is_compressed_once_with_the_merged_hessian():
 
 def test_grouped_capture_gives_the_same_result(monkeypatch):
     """A memory budget too small for one pass captures layer by layer; nothing changes."""
-    model = b.mlp((8, 12, 12, 6))
-    feed = b.feeds(model, 40)
+    model = pipeline.load_model(MODELS / "digits_vit.onnx")
+    feed = {"input": np.load(MODELS / "digits_vit.calib.npz")["input"][:48]}
     kw = dict(sparsity=0.5, calib=[feed], progress=False, device="cpu", holdout=0.0)
     one = convert(model, None, **kw)
     calls = []
