@@ -193,7 +193,8 @@ def _solve(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, Hess
             name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
             groups=G, method=cfg.method, sparsity=res.zeros / (G * r * d), target=cfg.sparsity,
             loss=res.loss, magnitude_loss=res.baseline_loss, dead_inputs=res.dead,
-            damp=res.damp, damp_failed=res.escalations, seconds=time.perf_counter() - t))
+            damp=res.damp, damp_failed=res.escalations, seconds=time.perf_counter() - t,
+            work=res.steps_run / (G * r * d), rerun_rows=res.rerun_rows))
         if res.escalations:
             report.warnings.append(f"{L.name}: Cholesky failed with dampening "
                                    f"{list(res.escalations)}; used {res.damp}")

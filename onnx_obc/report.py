@@ -29,6 +29,8 @@ class LayerResult:
     damp: float
     damp_failed: tuple[float, ...]  # dampening values whose Cholesky failed first
     seconds: float
+    work: float = 1.0  # greedy steps computed / rows*cols (steps that could not be selected
+    rerun_rows: int = 0  # are skipped; rows re-run after a too-low threshold estimate)
 
     @property
     def ratio(self) -> float:
@@ -88,7 +90,7 @@ def _layer_lines(r: Report) -> list[str]:
         return ["no layer was compressed"]
     w = max(12, min(40, max(len(x.name) for x in r.layers)))
     head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'loss':>10} "
-            f"{'magnitude':>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'sec':>6}")
+            f"{'magnitude':>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'work':>5} {'sec':>6}")
     lines = [head, "-" * len(head)]
     for x in r.layers:
         name = x.name if len(x.name) <= w else x.name[: w - 1] + "…"
@@ -97,7 +99,7 @@ def _layer_lines(r: Report) -> list[str]:
         lines.append(
             f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {x.loss:>10.3g} "
             f"{x.magnitude_loss:>10.3g} {x.ratio:>7.3f} {x.dead_inputs:>4} {damp:>7} "
-            f"{x.seconds:>6.2f}"
+            f"{x.work:>5.0%} {x.seconds:>6.2f}"
         )
     ratios = sorted(x.ratio for x in r.layers)
     med = ratios[len(ratios) // 2] if len(ratios) % 2 else 0.5 * (

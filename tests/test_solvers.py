@@ -126,10 +126,10 @@ def test_select_counts_prefixes_and_total():
     rng = np.random.default_rng(0)
     losses = rng.random((5, 12))
     for count in (0, 1, 17, 59, 60):
-        c = select_counts(losses, count)
+        c = select_counts(cummax(losses, axis=1), count)
         assert int(c.sum()) == count
     key = cummax(losses, axis=1)
-    c = select_counts(losses, 23)
+    c = select_counts(key, 23)
     thr = max(key[i, c[i] - 1] for i in range(5) if c[i])
     assert all(c[i] == 12 or key[i, c[i]] >= thr for i in range(5))  # rest are not cheaper
 
@@ -208,3 +208,41 @@ def test_magnitude_method_returns_the_baseline():
     res = prune_layer(W, correlated_H(20, 9)[None], sparsity=0.4, method="magnitude")
     assert res.loss == res.baseline_loss
     np.testing.assert_array_equal(res.W, magnitude_prune(W, 48))
+
+
+def _selection(tr, count):
+    return select_counts(tr.keys, count)
+
+
+@pytest.mark.parametrize("rows_per_batch", [64, 7])  # one batch; several (sampled threshold)
+@pytest.mark.parametrize("s", [0.3, 0.5, 0.8])
+def test_skipping_rows_gives_the_selection_of_full_traces(rows_per_batch, s):
+    from onnx_obc.solvers.fast import greedy_traces
+
+    d, r = 48, 40
+    W = np.concatenate([weights(r // 2, d, 10), 5 * weights(r // 2, d, 11)], axis=1)  # uneven rows
+    prep = prepare(W, correlated_H(d, 10)[None], 0.01)
+    rows, group = prep.W[0].astype(np.float64), np.zeros(r, dtype=int)
+    count = round(s * r * d)
+    full = greedy_traces(rows, prep.Hinv, group, rows_per_batch, None, block=16)
+    part = greedy_traces(rows, prep.Hinv, group, rows_per_batch, count, block=16)
+    assert full.steps_run == r * d
+    assert part.steps_run < r * d if s <= 0.5 else part.steps_run <= r * d  # work skipped
+    np.testing.assert_array_equal(_selection(full, count), _selection(part, count))
+    c = _selection(part, count)
+    for i in range(r):  # the computed prefix is the same greedy
+        np.testing.assert_array_equal(full.order[i, :c[i]], part.order[i, :c[i]])
+
+
+def test_a_threshold_estimate_that_is_too_low_triggers_reruns(monkeypatch):
+    import onnx_obc.solvers.fast as fast
+
+    monkeypatch.setattr(fast, "MARGIN", 1e-3)  # absurdly optimistic: rows stop far too early
+    d, r = 32, 30
+    prep = prepare(weights(r, d, 12), correlated_H(d, 12)[None], 0.01)
+    rows, group = prep.W[0].astype(np.float64), np.zeros(r, dtype=int)
+    count = round(0.5 * r * d)
+    part = fast.greedy_traces(rows, prep.Hinv, group, 6, count, block=16)
+    full = fast.greedy_traces(rows, prep.Hinv, group, 6, None, block=16)
+    assert part.rerun_rows > 0
+    np.testing.assert_array_equal(_selection(full, count), _selection(part, count))

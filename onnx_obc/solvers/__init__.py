@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import array_module
-from .fast import greedy_order_fast
+from .fast import greedy_traces
 from .magnitude import magnitude_prune
 from .prepare import Prepared, layer_loss, prepare
 from .select import rebuild, select_counts
@@ -29,6 +29,8 @@ class PruneResult:
     dead: int
     damp: float
     escalations: tuple[float, ...]
+    steps_run: int = 0  # greedy steps computed (rows * cols when nothing was skipped)
+    rerun_rows: int = 0
 
 
 def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> int:
@@ -60,14 +62,15 @@ def prune_layer(
     rows = prep.W.reshape(G * r, d)  # [R, d]
     group = xp.repeat(xp.arange(G), r)  # [R]
     rb = rows_per_batch(d, G * r, budget_bytes)
-    losses, order = greedy_order_fast(rows, prep.Hinv, group, rb)
-    counts = select_counts(losses, count)
-    W_hat = rebuild(rows, prep.Hinv, group, order, counts, rb).reshape(G, r, d)
+    tr = greedy_traces(rows, prep.Hinv, group, rb, count)
+    counts = select_counts(tr.keys, count)
+    W_hat = rebuild(rows, prep.Hinv, group, tr.order, counts, rb).reshape(G, r, d)
     steps = xp.arange(d)[None, :] < counts[:, None]
-    obs_loss = float(xp.where(steps, losses, 0.0).sum())
+    obs_loss = float(xp.where(steps, tr.losses, 0.0).sum())
     loss = layer_loss(W, W_hat, H64)
     return PruneResult(
-        W_hat, baseline, loss, base_loss, obs_loss, _zeros(W_hat), prep.dead, prep.damp, prep.escalations
+        W_hat, baseline, loss, base_loss, obs_loss, _zeros(W_hat), prep.dead, prep.damp,
+        prep.escalations, tr.steps_run, tr.rerun_rows,
     )
 
 

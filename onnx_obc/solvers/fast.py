@@ -5,64 +5,164 @@ inverse. After t eliminations since the last fold, the current inverse is
     Hinv_t = Hb - U_t U_t^T ,   U_t = [u_1 .. u_t],  u_s = Hinv_{s-1}[:, q_s] / sqrt([Hinv_{s-1}]_qq)
 so  column q = Hb[:, q] - U_t (U_t[q, :])^T   (O(d t))  and  diag -= u_t^2   (O(d)).
 Every `block` steps the t updates are folded into Hb with one batched matrix product
-(Hb -= U U^T), which runs compute-bound instead of streaming d x d per step.
-The decisions are those of exact.py up to float rounding (tests compare both).
+(Hb -= U U^T), which is compute-bound instead of streaming d x d numbers per step.
+
+Skipping work the answer does not need: with a global target of `count` removals, the
+selection threshold T is the count-th smallest key (running max of a row's step losses)
+over all rows. Any `count` keys already computed give an upper bound on T, so a row whose
+key exceeds that bound can stop: its later steps can never be selected. When rows do not fit
+in one batch, a first batch (a seeded random sample of rows) runs to the end and estimates T;
+later rows stop at 1.5x that estimate, and after all rows are done every stopped row is
+checked against the exact threshold of the computed keys and re-run if it stopped too soon.
+The selection is therefore identical to running every row to the end.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..backend import array_module
 
-BLOCK = 32  # eliminations folded per batched product
+MARGIN = 1.5  # safety factor on a sampled threshold estimate
 
 
-def greedy_order_fast(
-    W: Any, Hinv: Any, group: Any, rows_per_batch: int, block: int = BLOCK
-) -> tuple[Any, Any]:
-    """Same contract as exact.greedy_order: losses [R, d] float64, order [R, d] int64."""
+@dataclass
+class Traces:
+    losses: Any  # [R, d] float64 step losses, +inf where a step was not computed
+    keys: Any  # [R, d] running max of losses along each row (selection keys), +inf likewise
+    order: Any  # [R, d] int64 removed column per step, -1 where not computed
+    steps_run: int  # greedy steps computed, summed over rows (R * d when nothing skipped)
+    rerun_rows: int  # rows re-run because a sampled threshold stopped them too early
+
+
+def fold_block(d: int) -> int:
+    """Eliminations folded per batched product: large enough to be compute-bound."""
+    return int(min(128, max(16, d // 8)))
+
+
+def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int | None = None,
+                  block: int | None = None, seed: int = 0) -> Traces:
+    """Greedy OBS removal order and step losses for every row of W [R, d].
+
+    Hinv [G, d, d] are the inverse Hessians, group [R] the one of each row. With `count`
+    (total removals wanted over all rows), rows stop once their steps cannot be selected.
+    """
     xp = array_module(W, Hinv)
     R, d = W.shape
-    losses = xp.empty((R, d), dtype=xp.float64)
-    order = xp.empty((R, d), dtype=xp.int64)
-    for r0 in range(0, R, rows_per_batch):
-        r1 = min(R, r0 + rows_per_batch)
-        Hb = Hinv[group[r0:r1]].astype(W.dtype)  # [B, d, d], one copy per row
-        lo, od = _greedy_batch_fast(W[r0:r1], Hb, block)
-        losses[r0:r1] = lo
-        order[r0:r1] = od
-    return losses, order
+    block = block or fold_block(d)
+    tr = Traces(xp.full((R, d), xp.inf), xp.full((R, d), xp.inf),
+                xp.full((R, d), -1, dtype=xp.int64), 0, 0)
+    skip = count is not None and 0 < count < R * d
+    if R <= rows_per_batch:
+        batches = [np.arange(R)]
+    else:
+        perm = np.random.default_rng(seed).permutation(R)
+        batches = [np.sort(perm[i:i + rows_per_batch]) for i in range(0, R, rows_per_batch)]
+    estimate = xp.inf
+    for i, rows in enumerate(batches):
+        sampled = skip and len(batches) > 1 and i == 0
+        limit = _Limit(tr, count if skip else None, estimate, sampled)
+        _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit)
+        if sampled:
+            keys = tr.keys[xp.asarray(rows)].reshape(-1)
+            frac = count / (R * d)
+            estimate = MARGIN * float(xp.quantile(keys, min(1.0, frac)))
+    if skip:
+        _rerun_stopped_too_early(W, Hinv, group, tr, block, count, rows_per_batch)
+    return tr
 
 
-def _greedy_batch_fast(w: Any, Hb: Any, block: int) -> tuple[Any, Any]:
-    xp = array_module(w, Hb)
-    B, d = w.shape
-    w = w.copy()  # [B, d]
-    ar = xp.arange(B)
-    free = xp.ones((B, d), dtype=bool)
-    losses = xp.empty((B, d), dtype=xp.float64)
-    order = xp.empty((B, d), dtype=xp.int64)
+class _Limit:
+    """When may a row stop? When its key exceeds min(valid bound, sampled estimate)."""
+
+    def __init__(self, tr: Traces, count: int | None, estimate: float, full: bool) -> None:
+        self.tr, self.count, self.estimate, self.full = tr, count, estimate, full
+
+    def threshold(self) -> float:
+        if self.count is None or self.full:
+            return float("inf")
+        xp = array_module(self.tr.losses)
+        flat = self.tr.keys.reshape(-1)
+        bound = float(xp.partition(flat, self.count - 1)[self.count - 1])  # inf if too few
+        return min(bound, self.estimate)
+
+
+def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
+              limit: _Limit) -> None:
+    """Run the greedy on `rows` (one batch), recording into `tr`, until done or stopped."""
+    xp = array_module(W, Hinv)
+    d = W.shape[1]
+    w = W[rows].astype(W.dtype, copy=True)  # [B, d]
+    Hb = Hinv[group[rows]].astype(W.dtype)  # [B, d, d], one inverse per row
+    free = xp.ones(w.shape, dtype=bool)
+    key = xp.zeros(len(rows), dtype=xp.float64)  # running max of step losses per row
     tiny = xp.finfo(w.dtype).tiny
-    U = xp.empty((B, d, block), dtype=w.dtype)  # pending eliminations
+    check = max(4, block // 4)  # steps between stop checks
     for k0 in range(0, d, block):
-        diag = xp.diagonal(Hb, axis1=1, axis2=2).copy()  # [B, d] exact at fold time
         nb = min(block, d - k0)
+        U = xp.empty((len(rows), d, nb), dtype=w.dtype)  # pending eliminations
+        diag = xp.diagonal(Hb, axis1=1, axis2=2).copy()  # [B, d] exact at fold time
+        ar = xp.arange(len(rows))
         for t in range(nb):
             safe = xp.where(free, xp.maximum(diag, tiny), 1.0)
-            score = xp.where(free, w * w / safe, xp.inf)  # [B, d]
+            score = xp.where(free, w * w / safe, xp.inf)  # [B, d] OBS loss of each removal
             q = xp.argmin(score, axis=1)  # [B]
-            losses[:, k0 + t] = score[ar, q]
-            order[:, k0 + t] = q
+            loss = score[ar, q]
+            tr.losses[rows, k0 + t] = loss
+            tr.order[rows, k0 + t] = q
+            key = xp.maximum(key, loss)
+            tr.keys[rows, k0 + t] = key
             col = Hb[ar, q, :]  # [B, d] row q of the folded inverse (= column, symmetric)
             if t:
                 col = col - (U[:, :, :t] @ U[ar, q, :t][:, :, None])[:, :, 0]
             dq = safe[ar, q]  # [B]
-            w -= col * (w[ar, q] / dq)[:, None]
+            w -= col * (w[ar, q] / dq)[:, None]  # OBS compensation
             w[ar, q] = 0.0
             free[ar, q] = False
             u = col / xp.sqrt(dq)[:, None]  # [B, d]
             U[:, :, t] = u
             diag -= u * u
-        Hb -= U[:, :, :nb] @ xp.swapaxes(U[:, :, :nb], 1, 2)  # fold: [B,d,nb] @ [B,nb,d]
-    return losses, order
+            tr.steps_run += len(rows)
+            if k0 + t + 1 == d:
+                return
+            if (t + 1) % check == 0 or t + 1 == nb:
+                keep = key <= limit.threshold()  # the others' later steps cannot be selected
+                n_keep = int(keep.sum())
+                if n_keep == 0:
+                    return
+                if n_keep <= len(rows) - max(1, len(rows) // 8):  # compact when worth a copy
+                    rows, w, free, key, U = rows[keep], w[keep], free[keep], key[keep], U[keep]
+                    Hb, diag = Hb[keep], diag[keep]
+                    ar = xp.arange(len(rows))
+        Hb -= U @ xp.swapaxes(U, 1, 2)  # fold: [B, d, nb] @ [B, nb, d]
+
+
+def _rerun_stopped_too_early(W: Any, Hinv: Any, group: Any, tr: Traces, block: int, count: int,
+                             rows_per_batch: int) -> None:
+    """Rows stopped at or below the exact threshold of the computed keys are run again."""
+    xp = array_module(W, Hinv)
+    d = W.shape[1]
+    keys = tr.keys
+    T = float(xp.partition(keys.reshape(-1), count - 1)[count - 1])
+    done = xp.isfinite(tr.losses).sum(axis=1)  # [R] steps computed
+    last = keys[xp.arange(W.shape[0]), xp.maximum(done - 1, 0)]
+    bad = xp.nonzero((done < d) & (last <= T))[0]
+    if len(bad) == 0:
+        return
+    tr.rerun_rows += int(len(bad))
+    tr.losses[bad] = xp.inf
+    tr.keys[bad] = xp.inf
+    tr.order[bad] = -1
+    for i in range(0, len(bad), rows_per_batch):
+        _run_rows(W, Hinv, group, bad[i:i + rows_per_batch], tr, block,
+                  _Limit(tr, count, float("inf"), False))
+
+
+def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,
+                      block: int | None = None) -> tuple[Any, Any]:
+    """Full traces (no skipping), same contract as exact.greedy_order."""
+    tr = greedy_traces(W, Hinv, group, rows_per_batch, None, block)
+    return tr.losses, tr.order

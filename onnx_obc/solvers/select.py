@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import array_module, cummax
+from ..backend import array_module
 
 
-def select_counts(losses: Any, count: int) -> Any:
-    """losses [R, d] -> removals per row [R] (int64), summing to `count`."""
-    xp = array_module(losses)
-    R, d = losses.shape
-    key = cummax(losses, axis=1).reshape(-1)  # [R*d], row-major: step index breaks ties
+def select_counts(keys: Any, count: int) -> Any:
+    """keys [R, d] (running max of each row's step losses) -> removals per row [R] (int64),
+    summing to `count`. Uncomputed steps carry +inf keys and are never selected."""
+    xp = array_module(keys)
+    R, d = keys.shape
+    key = keys.reshape(-1)  # [R*d], row-major: step index breaks ties
     if count <= 0:
         return xp.zeros(R, dtype=xp.int64)
     if count >= R * d:
@@ -44,8 +45,8 @@ def rebuild(
         if p == 0:
             continue
         w = out[r0:r1]  # [B, d] view
-        idx = order[r0:r1, :p]  # [B, p]
         valid = xp.arange(p)[None, :] < counts[r0:r1, None]  # [B, p]
+        idx = xp.where(valid, order[r0:r1, :p], 0)  # [B, p]; padding (maybe -1) -> column 0
         Hg = Hinv[group[r0:r1]]  # [B, d, d]
         cols = xp.take_along_axis(Hg, idx[:, None, :], axis=2)  # [B, d, p] = Hinv[:, M]
         sub = xp.take_along_axis(cols, idx[:, :, None], axis=1)  # [B, p, p] = Hinv[M, M]
@@ -55,7 +56,7 @@ def rebuild(
         rhs = xp.where(valid, xp.take_along_axis(w, idx, axis=1), 0.0)  # [B, p] = w_M
         z = xp.linalg.solve(sub, rhs[:, :, None])  # [B, p, 1]
         w -= (cols @ z)[:, :, 0]
-        removed = xp.zeros(w.shape, dtype=bool)  # [B, d]
-        removed[xp.arange(r1 - r0)[:, None], idx] = valid
-        w[removed] = 0.0  # exact zeros on the mask
+        removed = xp.zeros((r1 - r0, d + 1), dtype=bool)  # [B, d + 1]: padding hits column d
+        removed[xp.arange(r1 - r0)[:, None], xp.where(valid, idx, d)] = True
+        w[removed[:, :d]] = 0.0  # exact zeros on the mask
     return out
