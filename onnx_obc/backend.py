@@ -80,6 +80,13 @@ class Backend:
         if self.name == "cupy":
             self.xp.get_default_memory_pool().free_all_blocks()
 
+    def free_bytes(self) -> int | None:
+        """Free device memory (CuPy), None on the host."""
+        if self.name != "cupy":
+            return None
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
     @property
     def device_label(self) -> str:
         if self.name == "numpy":

@@ -71,7 +71,10 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2,
               show_default=True, help="Fraction of calibration samples kept for fidelity.")
 @click.option("--memory-budget", type=click.IntRange(min=16), default=2048, show_default=True,
-              help="MB for captured activations per pass and for solver row batches.")
+              help="MB for captured activations per pass (and solver row batches on CPU).")
+@click.option("--solver-memory", type=click.IntRange(min=16), default=None,
+              help="MB for the solver's row batches (default: --memory-budget on CPU, 60% "
+                   "of free GPU memory with --device cuda).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also measure the magnitude-pruned model.")
 @click.option("--external-data/--no-external-data", default=None,
@@ -95,7 +98,8 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
             device=opts["device"], include=opts["include"], exclude=opts["exclude"],
             op_types=opts["op_types"], batch_size=opts["batch_size"],
             calib_samples=opts["calib_samples"], holdout=opts["holdout"],
-            memory_budget_mb=opts["memory_budget"], seed=opts["seed"],
+            memory_budget_mb=opts["memory_budget"], solver_memory_mb=opts["solver_memory"],
+            seed=opts["seed"],
             compare_baseline=opts["baseline"], external_data=opts["external_data"])
         result = convert(model, output, calib=calib, eval_data=eval_data, config=cfg,
                          report_path=report_path, progress=not quiet)

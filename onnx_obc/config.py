@@ -32,7 +32,9 @@ class CompressConfig:
     calib_samples: use at most this many calibration samples (None: all).
     holdout: fraction of calibration samples kept out of the Hessians to measure fidelity.
     memory_budget_mb: bound for captured activations per pass (layers are captured in groups
-        when one pass over all would exceed it) and for the solver's row batches.
+        when one pass over all would exceed it) and for the solver's row batches on the CPU.
+    solver_memory_mb: bound for the solver's row batches (None: memory_budget_mb on the CPU,
+        60% of the free GPU memory on CuPy).
     seed: seed for synthetic calibration data.
     compare_baseline: also build the magnitude model and report its fidelity.
     external_data: write weights to a side file (None: only when the model needs it).
@@ -49,6 +51,7 @@ class CompressConfig:
     calib_samples: int | None = None
     holdout: float = 0.2
     memory_budget_mb: int = 2048
+    solver_memory_mb: int | None = None
     seed: int = 0
     compare_baseline: bool = True
     external_data: bool | None = None
@@ -82,6 +85,8 @@ class CompressConfig:
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout}")
         if self.memory_budget_mb < 16:
             raise ConfigError(f"memory_budget_mb must be >= 16, got {self.memory_budget_mb}")
+        if self.solver_memory_mb is not None and self.solver_memory_mb < 16:
+            raise ConfigError(f"solver_memory_mb must be >= 16, got {self.solver_memory_mb}")
         for name in ("include", "exclude", "op_types"):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -170,10 +170,18 @@ def _hessians(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataS
     return accs
 
 
+def _solver_budget(cfg: CompressConfig, backend: Backend) -> int:
+    if cfg.solver_memory_mb is not None:
+        return cfg.solver_memory_mb * MB
+    free = backend.free_bytes()
+    return int(0.6 * free) if free else cfg.memory_budget_mb * MB
+
+
 def _solve(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
            backend: Backend, cfg: CompressConfig, report: Report, progress: bool
            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     weights = constant_weights(proto.graph)
+    budget = _solver_budget(cfg, backend)
     new: dict[str, np.ndarray] = {}
     base: dict[str, np.ndarray] = {}
     bar = tqdm(layers, desc="solve", unit="layer", disable=not progress)
@@ -183,8 +191,7 @@ def _solve(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, Hess
         w = numpy_helper.to_array(weights[L.weight][1])
         W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
         res = prune_layer(W, hessians.pop(L.weight).mean(), sparsity=cfg.sparsity,
-                          method=cfg.method, damp=cfg.damp,
-                          budget_bytes=cfg.memory_budget_mb * MB)
+                          method=cfg.method, damp=cfg.damp, budget_bytes=budget)
         new[L.weight] = L.from_matrix(backend.to_host(res.W))
         base[L.weight] = L.from_matrix(backend.to_host(res.baseline))
         backend.sync()

@@ -11,10 +11,11 @@ Skipping work the answer does not need: with a global target of `count` removals
 selection threshold T is the count-th smallest key (running max of a row's step losses)
 over all rows. Any `count` keys already computed give an upper bound on T, so a row whose
 key exceeds that bound can stop: its later steps can never be selected. When rows do not fit
-in one batch, a first batch (a seeded random sample of rows) runs to the end and estimates T;
-later rows stop at 1.5x that estimate, and after all rows are done every stopped row is
-checked against the exact threshold of the computed keys and re-run if it stopped too soon.
-The selection is therefore identical to running every row to the end.
+in one batch (batches are seeded random samples of rows), rows also stop at 1.5x the
+threshold of the sub-problem made of the rows seen so far (same sparsity), an estimate of T;
+after all rows are done every stopped row is checked against the exact threshold of the
+computed keys and re-run if it stopped too soon. The selection is therefore identical to
+running every row to the end.
 """
 
 from __future__ import annotations
@@ -63,33 +64,36 @@ def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int
     else:
         perm = np.random.default_rng(seed).permutation(R)
         batches = [np.sort(perm[i:i + rows_per_batch]) for i in range(0, R, rows_per_batch)]
-    estimate = xp.inf
-    for i, rows in enumerate(batches):
-        sampled = skip and len(batches) > 1 and i == 0
-        limit = _Limit(tr, count if skip else None, estimate, sampled)
+    seen = 0
+    for rows in batches:
+        seen += len(rows)
+        limit = _Limit(tr, count if skip else None, seen, len(batches) > 1)
         _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit)
-        if sampled:
-            keys = tr.keys[xp.asarray(rows)].reshape(-1)
-            frac = count / (R * d)
-            estimate = MARGIN * float(xp.quantile(keys, min(1.0, frac)))
     if skip:
         _rerun_stopped_too_early(W, Hinv, group, tr, block, count, rows_per_batch)
     return tr
 
 
 class _Limit:
-    """When may a row stop? When its key exceeds min(valid bound, sampled estimate)."""
+    """When may a row stop? When its key exceeds the valid bound on the global threshold
+    (the count-th smallest computed key), or MARGIN x the bound of the sub-problem of the
+    rows seen so far (an estimate, checked afterwards)."""
 
-    def __init__(self, tr: Traces, count: int | None, estimate: float, full: bool) -> None:
-        self.tr, self.count, self.estimate, self.full = tr, count, estimate, full
+    def __init__(self, tr: Traces, count: int | None, seen_rows: int, estimate: bool) -> None:
+        self.tr, self.count, self.estimate = tr, count, estimate
+        R = tr.keys.shape[0]
+        self.local = None if count is None else max(1, round(count * seen_rows / R))
 
     def threshold(self) -> float:
-        if self.count is None or self.full:
+        if self.count is None:
             return float("inf")
-        xp = array_module(self.tr.losses)
+        xp = array_module(self.tr.keys)
         flat = self.tr.keys.reshape(-1)
         bound = float(xp.partition(flat, self.count - 1)[self.count - 1])  # inf if too few
-        return min(bound, self.estimate)
+        if self.estimate and self.local is not None:
+            local = float(xp.partition(flat, self.local - 1)[self.local - 1])
+            bound = min(bound, MARGIN * local)
+        return bound
 
 
 def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
@@ -165,7 +169,7 @@ def _rerun_stopped_too_early(W: Any, Hinv: Any, group: Any, tr: Traces, block: i
     tr.order[bad] = -1
     for i in range(0, len(bad), rows_per_batch):
         _run_rows(W, Hinv, group, bad[i:i + rows_per_batch], tr, block,
-                  _Limit(tr, count, float("inf"), False))
+                  _Limit(tr, count, W.shape[0], False))
 
 
 def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,

@@ -1,0 +1,66 @@
+"""The whole job on NumPy and on CuPy: same masks? same losses? how much faster?
+
+    python bench/device_parity.py [model.onnx calib.npz ...]
+
+Default: every shipped model in models/ (and bench/synthetic/ocr_like.onnx when present).
+Per model: per-layer mask agreement between the two devices, the largest relative loss
+difference, and the solve/total seconds on each (prints figures; asserts nothing).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnx_obc import convert  # noqa: E402
+
+
+def pairs() -> list[tuple[Path, Path]]:
+    if len(sys.argv) > 1:
+        a = sys.argv[1:]
+        return [(Path(a[i]), Path(a[i + 1])) for i in range(0, len(a), 2)]
+    found = [(p, p.with_name(p.name[:-5] + ".calib.npz"))
+             for p in sorted((ROOT / "models").glob("*.onnx"))]
+    syn = ROOT / "bench" / "synthetic" / "ocr_like.onnx"
+    if syn.exists():
+        found.append((syn, syn.with_name("ocr_like.calib.npz")))
+    return found
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def main() -> None:
+    for model, calib in pairs():
+        runs = {}
+        for device in ("cpu", "cuda"):
+            runs[device] = convert(model, None, sparsity=0.5, calib=calib, device=device,
+                                   progress=False, compare_baseline=False)
+        cpu, gpu = runs["cpu"], runs["cuda"]
+        wc, wg = weights(cpu.model), weights(gpu.model)
+        print(f"\n=== {model.name}: {gpu.report.device} vs {cpu.report.device} ===")
+        print(f"{'layer':<16} {'W':>10} {'same mask':>10} {'loss rel diff':>14} "
+              f"{'cpu s':>7} {'gpu s':>7}")
+        worst_mask, worst_loss = 1.0, 0.0
+        for a, b in zip(cpu.report.layers, gpu.report.layers):
+            same = float(((wc[a.weight] == 0) == (wg[b.weight] == 0)).mean())
+            rel = abs(a.loss - b.loss) / max(abs(a.loss), 1e-30)
+            worst_mask, worst_loss = min(worst_mask, same), max(worst_loss, rel)
+            print(f"{a.name[:16]:<16} {f'{a.rows}x{a.cols}':>10} {same:>10.4%} {rel:>14.2e} "
+                  f"{a.seconds:>7.2f} {b.seconds:>7.2f}")
+        sc, sg = cpu.report.seconds, gpu.report.seconds
+        print(f"worst mask agreement {worst_mask:.4%}, worst loss rel diff {worst_loss:.2e}; "
+              f"solve {sc['solve']:.2f}s cpu vs {sg['solve']:.2f}s gpu "
+              f"({sc['solve'] / max(sg['solve'], 1e-9):.1f}x); capture {sc['capture']:.2f}s vs "
+              f"{sg['capture']:.2f}s; total {sc['total']:.2f}s vs {sg['total']:.2f}s")
+
+
+if __name__ == "__main__":
+    main()
