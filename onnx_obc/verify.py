@@ -29,7 +29,8 @@ class Fidelity:
 
 
 def _is_logits(y: np.ndarray) -> bool:
-    return y.ndim == 2 and y.shape[1] > 1
+    """Scores over classes on the last axis: [batch, classes] or [batch, ..., classes]."""
+    return y.ndim >= 2 and y.shape[-1] > 1
 
 
 def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_size: int,
@@ -40,7 +41,7 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_siz
     ref_sq = {n: 0.0 for n in out_names}
     agree = {k: 0 for k in sessions}
     correct = {k: 0 for k in sessions}
-    seen = 0
+    seen = positions = 0
     logits = None
     for samples, feed in data.batches(batch_size):
         ys = {k: s.run(out_names, feed) for k, s in sessions.items()}
@@ -52,10 +53,12 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_siz
             for n, y, y0 in zip(out_names, outs, ref):
                 err[k][n] += float(np.square(y.astype(np.float64) - y0).sum())
             if logits:
-                agree[k] += int((outs[0].argmax(1) == ref[0].argmax(1)).sum())
+                agree[k] += int((outs[0].argmax(-1) == ref[0].argmax(-1)).sum())
                 if data.labels is not None:
                     lab = data.labels[seen:seen + samples]
-                    correct[k] += int((outs[0].argmax(1) == lab).sum())
+                    correct[k] += int((outs[0].argmax(-1) == lab.reshape(
+                        outs[0].shape[:-1])).sum())
+        positions += int(np.prod(ref[0].shape[:-1])) if logits else 0
         seen += samples
     result = {}
     for k in sessions:
@@ -63,7 +66,8 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_siz
             np.sqrt(err[k][n])) for n in out_names}
         result[k] = Fidelity(
             samples=seen, rel_error=rel,
-            top1_agreement=agree[k] / seen if logits and seen else None,
-            accuracy=correct[k] / seen if logits and data.labels is not None and seen else None,
+            top1_agreement=agree[k] / positions if logits and positions else None,
+            accuracy=correct[k] / positions if logits and data.labels is not None and positions
+            else None,
         )
     return result

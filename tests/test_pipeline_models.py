@@ -124,3 +124,15 @@ def test_calibration_reader_and_eval_labels(tmp_path):
                   progress=False, device="cpu")
     assert res.report.calibration["total"] == 60
     assert res.report.fidelity["eval"]["dense"].accuracy == 1.0
+
+
+def test_top1_agreement_for_sequence_outputs():
+    """Outputs [batch, positions, classes] get per-position top-1 agreement."""
+    model = b.matmul(12, 6, rank=3)
+    feed = b.feeds(model, 40)
+    res = convert(model, None, sparsity=0.5, calib=[feed], progress=False, device="cpu")
+    fid = next(iter(res.report.fidelity.values()))
+    assert fid["dense"].top1_agreement == 1.0
+    assert 0.0 < fid["compressed"].top1_agreement <= 1.0
+    err = {k: max(f.rel_error.values()) for k, f in fid.items()}
+    assert err["compressed"] < err["magnitude"]
