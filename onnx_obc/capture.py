@@ -8,7 +8,6 @@ one pass over the calibration data per group.
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,21 +43,24 @@ def session(model: onnx.ModelProto, providers: list[str], optimize: bool = False
             raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
 
 
-def augment(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """Copy of `model` whose outputs also include `names` (no duplicates)."""
-    aug = copy.deepcopy(model)
-    have = {o.name for o in aug.graph.output}
-    for name in names:
-        if name not in have:
-            aug.graph.output.append(helper.make_empty_tensor_value_info(name))
-            have.add(name)
-    return aug
+def capture_session(model: onnx.ModelProto, names: Iterable[str], providers: list[str]
+                    ) -> ort.InferenceSession:
+    """Session of `model` whose outputs also include `names`. The outputs are appended to
+    the proto only while the session is built (no copy of a possibly huge model)."""
+    have = {o.name for o in model.graph.output}
+    extra = [n for n in dict.fromkeys(names) if n not in have]
+    n0 = len(model.graph.output)
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra)
+    try:
+        return session(model, providers)
+    finally:
+        del model.graph.output[n0:]
 
 
 def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]
                      ) -> dict[str, int | None]:
     """Bytes of each named tensor for one batch shaped like `feed` (None when unknown)."""
-    m = copy.deepcopy(model)
+    m = _shapes_only(model)
     for vi in m.graph.input:
         if vi.name in feed:
             dims = vi.type.tensor_type.shape.dim
@@ -83,6 +85,30 @@ def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, n
                 vi.type.tensor_type.elem_type)).itemsize
             out[n] = itemsize * math.prod(dims)
     return out
+
+
+def _shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A light copy for shape inference: large float initializers (weights, which never
+    decide a shape) become typed graph inputs instead of carrying their data."""
+    m = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(m, field, getattr(model, field))
+    m.opset_import.extend(model.opset_import)
+    g = m.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    inputs = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        small = t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                    onnx.TensorProto.DOUBLE) or math.prod(t.dims) <= 4096
+        if small:
+            g.initializer.append(t)
+        elif t.name not in inputs:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
 
 
 def plan_groups(names: list[str], sizes: dict[str, int | None], budget: int) -> list[list[str]]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import calib as calib_mod
 from .backend import Backend, get_backend
-from .capture import activation_bytes, augment, capture, plan_groups, providers_for, session
+from .capture import activation_bytes, capture, capture_session, plan_groups, providers_for, session
 from .config import CompressConfig
 from .errors import ObcError
 from .hessian import HessianAccumulator, columns
@@ -156,7 +156,7 @@ def _hessians(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataS
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
-        sess = session(augment(proto, group), providers_for(backend.name)) if group else None
+        sess = capture_session(proto, group, providers_for(backend.name)) if group else None
         for samples, acts in capture(sess, group, data.batches(batch)):
             for L in todo:
                 for u in L.uses:

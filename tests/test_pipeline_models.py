@@ -136,3 +136,18 @@ def test_top1_agreement_for_sequence_outputs():
     assert 0.0 < fid["compressed"].top1_agreement <= 1.0
     err = {k: max(f.rel_error.values()) for k, f in fid.items()}
     assert err["compressed"] < err["magnitude"]
+
+
+def test_activation_sizes_are_inferred_without_weights():
+    from onnx_obc.capture import activation_bytes, capture, capture_session
+
+    model = pipeline.load_model(MODELS / "digits_vit.onnx")
+    feed = {"input": np.load(MODELS / "digits_vit.calib.npz")["input"][:7]}
+    names = [n.input[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    sizes = activation_bytes(model, names, feed)
+    n_out = len(model.graph.output)
+    sess = capture_session(model, names, ["CPUExecutionProvider"])
+    assert len(model.graph.output) == n_out  # the proto is left as it was
+    _, acts = next(capture(sess, names, [(7, feed)]))
+    for n in names:
+        assert sizes[n] == acts[n].nbytes, n
