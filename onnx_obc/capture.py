@@ -111,18 +111,24 @@ def _shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def plan_groups(names: list[str], sizes: dict[str, int | None], budget: int) -> list[list[str]]:
-    """Pack tensors (in order) into groups whose activations fit the budget together."""
+def plan_groups(units: list[list[str]], sizes: dict[str, int | None], budget: int
+                ) -> list[list[str]]:
+    """Pack units (the activations one layer needs, kept together) in order into groups of
+    tensor names whose activations fit the budget together; unknown sizes count as the
+    largest known one. A unit larger than the budget gets a group of its own."""
     known = [s for s in sizes.values() if s]
     fallback = max(known) if known else budget // 8
     groups: list[list[str]] = [[]]
     used = 0
-    for n in names:
-        size = sizes.get(n) or fallback
+    for unit in units:
+        new = [n for n in unit if n not in groups[-1]]
+        size = sum(sizes.get(n) or fallback for n in new)
         if groups[-1] and used + size > budget:
             groups.append([])
             used = 0
-        groups[-1].append(n)
+            new = list(dict.fromkeys(unit))
+            size = sum(sizes.get(n) or fallback for n in new)
+        groups[-1].extend(new)
         used += size
     return groups
 

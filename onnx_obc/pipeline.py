@@ -73,8 +73,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     fit, held = data.split(cfg.holdout, cfg.seed)
     backend = get_backend(cfg.device)
     report.device = backend.device_label
+    batch, fixed = _batch_size(proto, cfg, fit.n, report)
+    if fixed:  # a fixed batch axis takes full batches only
+        fit, held = _full_batches(fit, batch), None if held is None else _full_batches(held, batch)
     report.calibration.update(samples=fit.n, holdout=0 if held is None else held.n)
-    batch = _batch_size(proto, cfg, fit.n, report)
     timer["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -93,7 +95,13 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     sets = {"held-out calibration" if held is not None else "calibration (not held out)":
             held if held is not None else fit}
     if eval_data is not None:
-        sets["eval"] = calib_mod.load_data(eval_data, proto)
+        ev = calib_mod.load_data(eval_data, proto)
+        ev = _full_batches(ev, batch) if fixed else ev
+        if ev is None:
+            report.warnings.append(f"the eval set has fewer samples than the model's fixed "
+                                   f"batch of {batch}; it was not evaluated")
+        else:
+            sets["eval"] = ev
     providers = providers_for(backend.name)
     sessions = {k: session(m, providers, optimize=True) for k, m in models.items()}
     for name, ds in sets.items():
@@ -124,19 +132,26 @@ def _calibration(proto: onnx.ModelProto, calib: Any, cfg: CompressConfig,
     return data
 
 
-def _batch_size(proto: onnx.ModelProto, cfg: CompressConfig, n: int, report: Report) -> int:
+def _batch_size(proto: onnx.ModelProto, cfg: CompressConfig, n: int, report: Report
+                ) -> tuple[int, bool]:
+    """(batch size, whether the model fixes it)."""
     fixed = {s.shape[0] for s in calib_mod.input_specs(proto)
              if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
     if not fixed:
-        return min(cfg.batch_size, n)
+        return min(cfg.batch_size, n), False
     b = fixed.pop()
+    if n < b:
+        raise ObcError(f"the model's batch axis is fixed at {b} but only {n} calibration "
+                       "samples remain after the holdout; give more samples or --holdout 0")
     if n % b:
         report.warnings.append(f"the model's batch axis is fixed at {b}: the last {n % b} "
                                "calibration samples are not used")
-    if n < b:
-        raise ObcError(f"the model's batch axis is fixed at {b} but only {n} calibration "
-                       "samples remain; give at least that many")
-    return b
+    return b, True
+
+
+def _full_batches(data: calib_mod.DataSet, b: int) -> calib_mod.DataSet | None:
+    n = data.n - data.n % b
+    return data.take(np.arange(n)) if n else None
 
 
 def _hessians(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
@@ -146,10 +161,12 @@ def _hessians(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataS
     accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
             for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}
-    names = list(dict.fromkeys(u.input for L in layers for u in L.uses if u.input not in inputs))
+    units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
+             for L in layers]
+    names = list(dict.fromkeys(n for unit in units for n in unit))
     first = next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
-    groups = plan_groups(names, sizes, budget) if names else [[]]
+    groups = plan_groups(units, sizes, budget) if names else [[]]
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     done: set[str] = set()

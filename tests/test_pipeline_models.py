@@ -103,8 +103,35 @@ def test_grouped_capture_gives_the_same_result(monkeypatch):
 
 def test_plan_groups_respects_the_budget():
     sizes = {"a": 60, "b": 50, "c": 30, "d": None}
-    groups = pipeline.plan_groups(["a", "b", "c", "d"], sizes, 100)
+    groups = pipeline.plan_groups([["a"], ["b"], ["c"], ["d"]], sizes, 100)
     assert groups == [["a"], ["b", "c"], ["d"]]  # unknown size counts as the largest known
+    # a layer's activations stay together; a shared tensor is counted once per group
+    groups = pipeline.plan_groups([["a", "c"], ["c"], ["b", "d"]], sizes, 100)
+    assert groups == [["a", "c"], ["b", "d"]]
+
+
+def test_shared_weight_whose_uses_land_in_different_groups(monkeypatch):
+    model = b.shared_weight(16, 8)
+    feed = b.feeds(model, 64)
+    kw = dict(sparsity=0.5, calib=[feed], progress=False, device="cpu", holdout=0.0)
+    one = convert(model, None, **kw)
+    monkeypatch.setattr(pipeline, "plan_groups", lambda u, s, bud: [[n] for x in u for n in x]
+                        or [[]])
+    two = convert(model, None, **kw)
+    np.testing.assert_array_equal(numpy_helper.to_array(one.model.graph.initializer[0]),
+                                  numpy_helper.to_array(two.model.graph.initializer[0]))
+
+
+def test_fixed_batch_axis_uses_full_batches_only():
+    model = b.mlp((8, 16, 4))
+    feed = b.feeds(model, 8 * 7 + 3)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8  # batch fixed at 8
+    res = convert(model, None, sparsity=0.5, calib=[feed], progress=False, device="cpu",
+                  holdout=0.3)
+    assert res.report.calibration["samples"] % 8 == 0
+    held = next(iter(res.report.fidelity.values()))["dense"].samples
+    assert held % 8 == 0 and held > 0
+    assert any("fixed at 8" in w for w in res.report.warnings)
 
 
 def test_calibration_reader_and_eval_labels(tmp_path):
