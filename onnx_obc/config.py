@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .quant import QuantSpec
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
-METHODS = ("obc", "magnitude")
+METHODS = ("obc", "magnitude", "rtn")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -22,7 +23,12 @@ class CompressConfig:
     """What to compress and how.
 
     sparsity: fraction of weights set to zero in every compressed layer (0 < s < 1).
-    method: "obc" (ExactOBS, the default) or "magnitude" (the baseline).
+    bits: weight bits (2..8) for OBQ quantization; with sparsity, pruning comes first.
+    group_size: columns per quantization scale (None: one scale per output channel).
+    symmetric: symmetric grid, zero point 0 (TensorRT); False: asymmetric (uint codes).
+    clip_search: OBC's clipping search for the grid (False: plain min-max).
+    method: "obc" (ExactOBS / OBQ, the default), or the baselines "magnitude" (pruning) /
+        "rtn" (quantization); either name runs every requested stage's baseline.
     damp: relative dampening, `H += damp * mean(diag H) * I`.
     device: "auto" (CuPy GPU if usable, else NumPy), "cpu" or "cuda".
     include / exclude: glob patterns on node names (fnmatch); a layer is compressed when it
@@ -41,6 +47,10 @@ class CompressConfig:
     """
 
     sparsity: float | None = None
+    bits: int | None = None
+    group_size: int | None = None
+    symmetric: bool = True
+    clip_search: bool = True
     method: str = "obc"
     damp: float = 0.01
     device: str = "auto"
@@ -58,9 +68,22 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         s = self.sparsity
-        if s is None:
-            raise ConfigError("nothing to do: give a target sparsity, e.g. --sparsity 0.5")
-        if not isinstance(s, (int, float)) or not 0.0 < float(s) < 1.0:
+        if s is None and self.bits is None:
+            raise ConfigError("nothing to do: give a target sparsity (--sparsity 0.5) and/or "
+                              "weight bits (--bits 8)")
+        if self.bits is not None and (not isinstance(self.bits, int) or not 2 <= self.bits <= 8):
+            raise ConfigError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        if self.group_size is not None:
+            if self.bits is None:
+                raise ConfigError("--group-size only applies to quantization: add --bits")
+            if not isinstance(self.group_size, int) or self.group_size < 2:
+                raise ConfigError(f"group size must be an integer >= 2, got {self.group_size!r}"
+                                  " (e.g. --group-size 128)")
+        if self.method == "rtn" and self.bits is None:
+            raise ConfigError("--method rtn is the quantization baseline: add --bits")
+        if self.method == "magnitude" and s is None:
+            raise ConfigError("--method magnitude is the pruning baseline: add --sparsity")
+        if s is not None and (not isinstance(s, (int, float)) or not 0.0 < float(s) < 1.0):
             raise ConfigError(
                 f"sparsity must be a fraction strictly between 0 and 1, got {s!r} "
                 "(for 50% use 0.5)"
@@ -93,7 +116,14 @@ class CompressConfig:
                 object.__setattr__(self, name, (value,))
             else:
                 object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "sparsity", float(s))
+        if s is not None:
+            object.__setattr__(self, "sparsity", float(s))
+
+    def quant_spec(self) -> QuantSpec | None:
+        if self.bits is None:
+            return None
+        return QuantSpec(bits=self.bits, symmetric=self.symmetric, mse=self.clip_search,
+                         group_size=self.group_size)
 
     def replace(self, **changes: Any) -> CompressConfig:
         return dataclasses.replace(self, **changes)

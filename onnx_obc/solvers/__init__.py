@@ -1,36 +1,50 @@
 """Layer solvers: pure array math (NumPy or CuPy), no onnx, onnxruntime, I/O or printing.
 
-`prune_layer` is the entry point: W [G, r, d] and H [G, d, d] in, a `PruneResult` out.
+`solve_layer` is the entry point: W [G, r, d] and H [G, d, d] in, a `LayerSolution` out.
+It prunes (ExactOBS, global selection across rows), quantizes (OBQ on a grid fixed before the
+loop), or both (pruning first, then OBQ on the surviving weights with the zeros kept).
+Baselines at the same settings: magnitude pruning and round-to-nearest.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backend import array_module
+from ..quant import Grid, QuantSpec, codes, fit_grid, rtn
 from .fast import greedy_traces
 from .magnitude import magnitude_prune
 from .prepare import Prepared, layer_loss, prepare
+from .rules import QuantRule
 from .select import rebuild, select_counts
 
-__all__ = ["PruneResult", "prune_layer", "prepare", "layer_loss", "magnitude_prune"]
+__all__ = ["LayerSolution", "solve_layer", "prune_layer", "prepare", "layer_loss",
+           "magnitude_prune", "rows_per_batch"]
 
 
 @dataclass(frozen=True)
-class PruneResult:
-    W: Any  # [G, r, d] pruned weights, float64, exact zeros, on the input's device
-    baseline: Any  # [G, r, d] magnitude-pruned weights at the same count
+class LayerSolution:
+    W: Any  # [G, r, d] compressed weights (float64, exact zeros, values on the grid)
+    baseline: Any  # [G, r, d] magnitude pruning and/or RTN at the same settings
     loss: float  # E = tr(dW H dW^T) with the undampened H
-    baseline_loss: float  # magnitude pruning at the same count, same H
-    obs_loss: float  # sum of the recorded greedy step losses (dampened H); 0 for magnitude
+    baseline_loss: float
+    obs_loss: float  # sum of the recorded greedy step losses (dampened H)
     zeros: int
     dead: int
     damp: float
     escalations: tuple[float, ...]
-    steps_run: int = 0  # greedy steps computed (rows * cols when nothing was skipped)
+    steps_run: int = 0  # pruning greedy steps computed (rows * cols when nothing skipped)
     rerun_rows: int = 0
+    prune_loss: float | None = None  # after the pruning stage (compound runs)
+    grid: Grid | None = None  # over G * r rows
+    codes: Any = None  # [G, r, d] integer codes of W on `grid`
+    baseline_codes: Any = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+PruneResult = LayerSolution  # the name issue 2's callers know
 
 
 def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> int:
@@ -39,41 +53,68 @@ def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> i
     return max(1, min(rows, budget_bytes // per_row))
 
 
-def prune_layer(
-    W: Any, H: Any, *, sparsity: float, method: str = "obc", damp: float = 0.01,
-    budget_bytes: int = 1 << 30,
-) -> PruneResult:
-    """Prune W [G, r, d] (G Hessian groups of r rows) to `sparsity` given H [G, d, d].
+def solve_layer(
+    W: Any, H: Any, *, sparsity: float | None = None, quant: QuantSpec | None = None,
+    method: str = "obc", damp: float = 0.01, budget_bytes: int = 1 << 30,
+) -> LayerSolution:
+    """Compress W [G, r, d] (G Hessian groups of r rows) given H [G, d, d].
 
-    method "obc": ExactOBS greedy per row + global selection across all rows and groups.
-    method "magnitude": smallest |w| of the layer.
+    method "obc": ExactOBS / OBQ. "magnitude" / "rtn": the baselines (magnitude pruning,
+    round to nearest), which are also computed alongside "obc" for the report.
     """
     xp = array_module(W, H)
     G, r, d = W.shape
-    count = int(round(sparsity * G * r * d))
     H64 = H.astype(xp.float64)
-    baseline = magnitude_prune(W.astype(xp.float64), count)
-    base_loss = layer_loss(W, baseline, H64)
-    if method == "magnitude":
-        return PruneResult(
-            baseline, baseline, base_loss, base_loss, 0.0, _zeros(baseline), 0, 0.0, ()
-        )
+    W64 = W.astype(xp.float64)
+    count = int(round(sparsity * G * r * d)) if sparsity else 0
+    base = magnitude_prune(W64, count) if count else W64
+    base_grid = fit_grid(base.reshape(G * r, d), quant) if quant else None
+    if quant:
+        base = rtn(base.reshape(G * r, d), base_grid).reshape(G, r, d)  # zeros stay 0
+    base_loss = layer_loss(W, base, H64)
+    base_codes = codes(base.reshape(G * r, d), base_grid).reshape(G, r, d) if quant else None
+    if method in ("magnitude", "rtn"):
+        return LayerSolution(base, base, base_loss, base_loss, 0.0, _zeros(base), 0, 0.0, (),
+                             grid=base_grid, codes=base_codes, baseline_codes=base_codes)
     prep: Prepared = prepare(W, H64, damp)
-    rows = prep.W.reshape(G * r, d)  # [R, d]
+    rows = prep.W.reshape(G * r, d)  # [R, d] float32
     group = xp.repeat(xp.arange(G), r)  # [R]
     rb = rows_per_batch(d, G * r, budget_bytes)
-    tr = greedy_traces(rows, prep.Hinv, group, rb, count)
-    counts = select_counts(tr.keys, count)
-    W_hat = rebuild(rows, prep.Hinv, group, tr.order, counts, rb).reshape(G, r, d)
-    steps = xp.arange(d)[None, :] < counts[:, None]
-    obs_loss = float(xp.where(steps, tr.losses, 0.0).sum())
-    loss = layer_loss(W, W_hat, H64)
-    return PruneResult(
-        W_hat, baseline, loss, base_loss, obs_loss, _zeros(W_hat), prep.dead, prep.damp,
-        prep.escalations, tr.steps_run, tr.rerun_rows,
+    obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None
+    if count:
+        tr = greedy_traces(rows, prep.Hinv, group, rb, count)
+        counts = select_counts(tr.keys, count)
+        rows = rebuild(rows, prep.Hinv, group, tr.order, counts, rb).astype(xp.float32)
+        steps = xp.arange(d)[None, :] < counts[:, None]
+        obs_loss = float(xp.where(steps, tr.losses, 0.0).sum())
+        steps_run, reruns = tr.steps_run, tr.rerun_rows
+        prune_loss = layer_loss(W, rows.reshape(G, r, d), H64)
+    grid, out_codes = None, None
+    if quant:
+        grid = fit_grid(rows, quant)  # fixed before the loop, on the (pruned) weights
+        s, z = grid.columns()
+        pinned = (rows == 0) if count else None
+        rule = QuantRule(s.astype(xp.float32), z.astype(xp.float32), grid.qmin, grid.qmax,
+                         pinned)
+        tq = greedy_traces(rows, prep.Hinv, group, rb, None, rule=rule)
+        obs_loss += float(tq.losses.sum())
+        rows = tq.final
+        out_codes = codes(rows, grid).reshape(G, r, d)
+        s64, z64 = grid.columns()
+        rows = s64 * (out_codes.reshape(G * r, d) - z64)  # exactly on the grid
+    W_hat = rows.astype(xp.float64).reshape(G, r, d)
+    return LayerSolution(
+        W_hat, base, layer_loss(W, W_hat, H64), base_loss, obs_loss, _zeros(W_hat), prep.dead,
+        prep.damp, prep.escalations, steps_run, reruns, prune_loss, grid, out_codes, base_codes,
     )
 
 
+def prune_layer(W: Any, H: Any, *, sparsity: float, method: str = "obc", damp: float = 0.01,
+                budget_bytes: int = 1 << 30) -> LayerSolution:
+    """Pruning only (issue 2's entry point)."""
+    return solve_layer(W, H, sparsity=sparsity, method=method, damp=damp,
+                       budget_bytes=budget_bytes)
+
+
 def _zeros(W: Any) -> int:
-    xp = array_module(W)
     return int((W == 0).sum()) if math.prod(W.shape) else 0

@@ -16,48 +16,56 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import array_module
+from .rules import PruneRule
 
 
-def greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int) -> tuple[Any, Any]:
+def greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, rule: Any = None,
+                 final: Any = None) -> tuple[Any, Any]:
     """Run the greedy to the end on every row.
 
-    W [R, d] rows to prune; Hinv [G, d, d] inverse Hessians; group [R] the Hessian of each
-    row. Returns losses [R, d] (loss of step k: w_q^2/[Hinv]_qq, float64) and order [R, d]
-    (column removed at step k).
+    W [R, d] rows; Hinv [G, d, d] inverse Hessians; group [R] the Hessian of each row;
+    `rule` (rules.py) decides each step (pruning by default). Returns losses [R, d] (loss of
+    step k, float64) and order [R, d] (weight fixed at step k); the rows after the last step
+    are written into `final` [R, d] when given.
     """
     xp = array_module(W, Hinv)
+    rule = rule or PruneRule()
     R, d = W.shape
     losses = xp.empty((R, d), dtype=xp.float64)
     order = xp.empty((R, d), dtype=xp.int64)
     for r0 in range(0, R, rows_per_batch):
         r1 = min(R, r0 + rows_per_batch)
-        lo, od = _greedy_batch(W[r0:r1], Hinv[group[r0:r1]].astype(W.dtype))
+        rows = xp.arange(r0, r1)
+        lo, od, w = _greedy_batch(W[r0:r1], Hinv[group[r0:r1]].astype(W.dtype), rule.bind(rows))
         losses[r0:r1] = lo
         order[r0:r1] = od
+        if final is not None:
+            final[r0:r1] = w
     return losses, order
 
 
-def _greedy_batch(w: Any, Hb: Any) -> tuple[Any, Any]:
+def _greedy_batch(w: Any, Hb: Any, rule: Any) -> tuple[Any, Any, Any]:
     """w [B, d], Hb [B, d, d] (consumed). The eager loop of the paper."""
     xp = array_module(w, Hb)
     B, d = w.shape
     w = w.copy()
     ar = xp.arange(B)
-    free = xp.ones((B, d), dtype=bool)
+    pen = xp.zeros((B, d), dtype=w.dtype)  # +inf on fixed weights
+    fixed = xp.zeros_like(w)  # their values
     losses = xp.empty((B, d), dtype=xp.float64)
     order = xp.empty((B, d), dtype=xp.int64)
     tiny = xp.finfo(w.dtype).tiny
     for k in range(d):
         diag = xp.diagonal(Hb, axis1=1, axis2=2)  # [B, d]
-        safe = xp.where(free, xp.maximum(diag, tiny), 1.0)
-        score = xp.where(free, w * w / safe, xp.inf)  # [B, d]
-        q = xp.argmin(score, axis=1)  # [B]
-        losses[:, k] = score[ar, q]
+        safe = xp.where(pen == 0, xp.maximum(diag, tiny), 1.0)
+        q, loss, target = rule.pick(w, safe, pen, ar)
+        losses[:, k] = loss
         order[:, k] = q
         col = Hb[ar, q, :]  # [B, d] = Hinv[:, q] (symmetric)
         dq = safe[ar, q]  # [B]
-        w -= col * (w[ar, q] / dq)[:, None]
-        w[ar, q] = 0.0
-        free[ar, q] = False
+        w -= col * ((w[ar, q] - target) / dq)[:, None]
+        w[ar, q] = target
+        fixed[ar, q] = target
+        pen[ar, q] = xp.inf
         Hb -= col[:, :, None] * (col / dq[:, None])[:, None, :]  # rank-1, Lemma 1
-    return losses, order
+    return losses, order, fixed

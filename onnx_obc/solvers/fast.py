@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_module
+from .rules import PruneRule
 
 MARGIN = 1.5  # safety factor on a sampled threshold estimate
 
@@ -37,6 +38,7 @@ class Traces:
     order: Any  # [R, d] int64 removed column per step, -1 where not computed
     steps_run: int  # greedy steps computed, summed over rows (R * d when nothing skipped)
     rerun_rows: int  # rows re-run because a sampled threshold stopped them too early
+    final: Any = None  # [R, d] rows after their last step (kept for rules that run to the end)
 
 
 def fold_block(d: int) -> int:
@@ -47,18 +49,22 @@ def fold_block(d: int) -> int:
 
 
 def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int | None = None,
-                  block: int | None = None, seed: int = 0) -> Traces:
+                  block: int | None = None, seed: int = 0, rule: Any = None) -> Traces:
     """Greedy OBS removal order and step losses for every row of W [R, d].
 
     Hinv [G, d, d] are the inverse Hessians, group [R] the one of each row. With `count`
     (total removals wanted over all rows), rows stop once their steps cannot be selected.
+    `rule` (rules.py) decides each step: PruneRule by default; with a QuantRule (OBQ) every
+    row runs to the end and `final` holds the quantized rows.
     """
     xp = array_module(W, Hinv)
     R, d = W.shape
     block = block or fold_block(d)
+    rule = rule or PruneRule()
     tr = Traces(xp.full((R, d), xp.inf), xp.full((R, d), xp.inf),
-                xp.full((R, d), -1, dtype=xp.int64), 0, 0)
-    skip = count is not None and 0 < count < R * d
+                xp.full((R, d), -1, dtype=xp.int64), 0, 0,
+                None if isinstance(rule, PruneRule) else xp.empty_like(W))
+    skip = count is not None and 0 < count < R * d and isinstance(rule, PruneRule)
     if R <= rows_per_batch:
         batches = [np.arange(R)]
     else:
@@ -68,7 +74,7 @@ def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int
     for rows in batches:
         seen += len(rows)
         limit = _Limit(tr, count if skip else None, seen, len(batches) > 1)
-        _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit)
+        _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit, rule)
     if skip:
         _rerun_stopped_too_early(W, Hinv, group, tr, block, count, rows_per_batch)
     return tr
@@ -97,13 +103,15 @@ class _Limit:
 
 
 def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
-              limit: _Limit) -> None:
+              limit: _Limit, rule: Any) -> None:
     """Run the greedy on `rows` (one batch), recording into `tr`, until done or stopped."""
     xp = array_module(W, Hinv)
+    step = rule.bind(rows)
     d = W.shape[1]
     w = W[rows].astype(W.dtype, copy=True)  # [B, d]
     Hb = Hinv[group[rows]].astype(W.dtype)  # [B, d, d], one inverse per row
     free = xp.ones(w.shape, dtype=bool)
+    fixed = None if tr.final is None else xp.zeros_like(w)  # values of fixed weights
     key = xp.zeros(len(rows), dtype=xp.float64)  # running max of step losses per row
     tiny = xp.finfo(w.dtype).tiny  # clamps a diagonal that rounding drove to <= 0
     check = max(4, block // 4)  # steps between stop checks
@@ -115,11 +123,7 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
         pen = xp.where(free, 0.0, xp.inf).astype(w.dtype)  # [B, d] +inf on removed columns
         ar = xp.arange(len(rows))
         for t in range(nb):
-            score = w * w  # [B, d] OBS loss of each removal: w^2 / [Hinv]_jj
-            score /= xp.maximum(diag, tiny)
-            score += pen
-            q = xp.argmin(score, axis=1)  # [B]
-            loss = score[ar, q]
+            q, loss, target = step.pick(w, xp.maximum(diag, tiny), pen, ar)  # [B] each
             tr.losses[rows, k0 + t] = loss
             tr.order[rows, k0 + t] = q
             key = xp.maximum(key, loss)
@@ -128,8 +132,10 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
             if t:
                 col -= (U[ar, :t, q][:, None, :] @ U[:, :t, :])[:, 0, :]  # pending updates
             dq = xp.maximum(diag[ar, q], tiny)  # [B]
-            w -= col * (w[ar, q] / dq)[:, None]  # OBS compensation
-            w[ar, q] = 0.0
+            w -= col * ((w[ar, q] - target) / dq)[:, None]  # OBS compensation
+            w[ar, q] = target
+            if fixed is not None:
+                fixed[ar, q] = target  # exact: later rounding cannot move a fixed weight
             free[ar, q] = False
             pen[ar, q] = xp.inf
             col /= xp.sqrt(dq)[:, None]
@@ -138,15 +144,19 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
             diag[ar, q] = 1.0
             tr.steps_run += len(rows)
             if k0 + t + 1 == d:
+                if tr.final is not None:
+                    tr.final[rows] = fixed
                 return
-            if (t + 1) % check == 0 or t + 1 == nb:
+            if limit.count is not None and ((t + 1) % check == 0 or t + 1 == nb):
                 keep = key <= limit.threshold()  # the others' later steps cannot be selected
                 n_keep = int(keep.sum())
                 if n_keep == 0:
                     return
                 if n_keep <= len(rows) - max(1, len(rows) // 8):  # compact when worth a copy
                     rows, w, free, key, U = rows[keep], w[keep], free[keep], key[keep], U[keep]
+                    fixed = None if fixed is None else fixed[keep]
                     Hb, diag, pen = Hb[keep], diag[keep], pen[keep]
+                    step = step.take(keep)
                     ar = xp.arange(len(rows))
         Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,nb] @ [B,nb,d]
 
@@ -169,7 +179,7 @@ def _rerun_stopped_too_early(W: Any, Hinv: Any, group: Any, tr: Traces, block: i
     tr.order[bad] = -1
     for i in range(0, len(bad), rows_per_batch):
         _run_rows(W, Hinv, group, bad[i:i + rows_per_batch], tr, block,
-                  _Limit(tr, count, W.shape[0], False))
+                  _Limit(tr, count, W.shape[0], False), PruneRule())
 
 
 def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,

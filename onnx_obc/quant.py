@@ -1,0 +1,119 @@
+"""Quantization grids for weights: fixed per output row (and per column group) before OBQ.
+
+Symmetric (default, what TensorRT requires): zero point 0 and the narrow signed range
+[-(2^(b-1) - 1), 2^(b-1) - 1] (int8 weights in [-127, 127]), scale = max|w| / (2^(b-1) - 1).
+Asymmetric: codes [0, 2^b - 1], zero point round(-min/scale); 0 stays exactly representable.
+Clipping search (OBC's, on by default): shrink the range by p = 1, 0.99, ... , 0.21 and keep,
+per row (group), the p minimising sum |q(w) - w|^2.4. All arrays are NumPy or CuPy.
+
+    q(x) = scale * (clip(round(x / scale) + zero, qmin, qmax) - zero)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import array_module
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantSpec:
+    bits: int
+    symmetric: bool = True
+    mse: bool = True  # OBC clipping search; False = plain min-max
+    group_size: int | None = None  # columns per scale group (None: one per output channel)
+    norm: float = 2.4
+    grid: int = 100
+    maxshrink: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ConfigError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        g = self.group_size
+        if g is not None and (not isinstance(g, int) or g < 2):
+            raise ConfigError(f"group_size must be an integer >= 2, got {g!r}")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+
+@dataclass(frozen=True)
+class Grid:
+    """scale, zero [R, n_groups] (float64); column j uses group j // group_size."""
+
+    scale: Any
+    zero: Any
+    qmin: int
+    qmax: int
+    group_size: int
+
+    def columns(self) -> tuple[Any, Any]:
+        """Per-column scale and zero, each [R, d]."""
+        xp = array_module(self.scale)
+        s = xp.repeat(self.scale, self.group_size, axis=1)
+        z = xp.repeat(self.zero, self.group_size, axis=1)
+        return s, z
+
+
+def quantize(x: Any, scale: Any, zero: Any, qmin: int, qmax: int) -> Any:
+    """Fake-quantize x onto the grid (dequantized values, x's float dtype)."""
+    xp = array_module(x)
+    q = xp.clip(xp.round(x / scale) + zero, qmin, qmax)
+    return (scale * (q - zero)).astype(x.dtype, copy=False)
+
+
+def codes(x: Any, grid: Grid) -> Any:
+    """Integer codes [R, d] (signed for symmetric grids) of values already on the grid."""
+    xp = array_module(x)
+    s, z = grid.columns()
+    return xp.clip(xp.round(x / s) + z, grid.qmin, grid.qmax).astype(xp.int32)
+
+
+def _params(lo: Any, hi: Any, spec: QuantSpec) -> tuple[Any, Any]:
+    xp = array_module(lo)
+    if spec.symmetric:
+        amax = xp.maximum(xp.abs(lo), xp.abs(hi))
+        scale = xp.where(amax > 0, amax / spec.qmax, 1.0)
+        return scale, xp.zeros_like(scale)
+    scale = (hi - lo) / spec.qmax
+    scale = xp.where(scale > 0, scale, 1.0)
+    zero = xp.clip(xp.round(-lo / scale), 0, spec.qmax)
+    return scale, zero
+
+
+def fit_grid(W: Any, spec: QuantSpec) -> Grid:
+    """Grid for W [R, d], per row and column group (d must divide by group_size)."""
+    xp = array_module(W)
+    R, d = W.shape
+    g = spec.group_size or d
+    if d % g:
+        raise ConfigError(f"group size {g} does not divide the layer's {d} inputs per output")
+    Wg = W.astype(xp.float64).reshape(R, d // g, g)  # [R, G, g]
+    lo = xp.minimum(Wg.min(axis=2), 0.0)  # the range always contains 0
+    hi = xp.maximum(Wg.max(axis=2), 0.0)
+    scale, zero = _params(lo, hi, spec)
+    if spec.mse:
+        best = xp.full(scale.shape, xp.inf)
+        for i in range(int(spec.maxshrink * spec.grid)):
+            p = 1.0 - i / spec.grid
+            s, z = _params(p * lo, p * hi, spec)
+            q = quantize(Wg, s[..., None], z[..., None], spec.qmin, spec.qmax)
+            err = (xp.abs(q - Wg) ** spec.norm).sum(axis=2)  # [R, G]
+            better = err < best
+            best = xp.where(better, err, best)
+            scale = xp.where(better, s, scale)
+            zero = xp.where(better, z, zero)
+    return Grid(scale, zero, spec.qmin, spec.qmax, g)
+
+
+def rtn(W: Any, grid: Grid) -> Any:
+    """Round to nearest on the grid: the baseline."""
+    s, z = grid.columns()
+    return quantize(W.astype(s.dtype), s, z, grid.qmin, grid.qmax)
