@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .config import LAYER_OPS, CompressConfig
-from .errors import ObcError
+from .errors import ConfigError, ObcError
 
 
 class _DefaultToCompress(click.Group):
@@ -48,14 +48,35 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              required=True, help="Fraction of weights to zero in every layer, e.g. 0.5.")
+              help="Fraction of weights to zero in every layer, e.g. 0.5.")
+@click.option("--bits", type=click.IntRange(2, 8),
+              help="Quantize weights with OBQ to this many bits (QDQ output); with "
+                   "--sparsity, pruning comes first and the zeros are kept.")
+@click.option("--group-size", type=click.IntRange(min=2),
+              help="Columns per quantization scale (blocked QDQ, opset 21), e.g. 128.")
+@click.option("--asymmetric", is_flag=True,
+              help="Asymmetric weight grid (uint codes, zero points); default symmetric, "
+                   "zero point 0 as TensorRT requires.")
+@click.option("--act-bits", type=click.Choice(["8"]), default=None,
+              help="Static per-tensor symmetric int8 Q/DQ on the inputs of compressed layers "
+                   "(and residual Add inputs), placed as TensorRT expects.")
+@click.option("--act-calibration", type=click.Choice(["minmax", "percentile"]),
+              default="minmax", show_default=True, help="Activation range estimate.")
+@click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
+              default=99.99, show_default=True)
+@click.option("--minmax", is_flag=True,
+              help="Plain min-max weight ranges instead of OBC's clipping search.")
 @click.option("--calib", type=click.Path(exists=True),
               help=".npz (keys = input names, axis 0 = samples) or a directory of per-sample "
                    ".npz/.npy files. Without it, random inputs are used (not representative).")
 @click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--method", type=click.Choice(["obc", "magnitude"]), default="obc",
-              show_default=True, help="ExactOBS, or the magnitude baseline.")
+@click.option("--method", type=click.Choice(["obc", "gptq", "magnitude", "rtn"]),
+              default="obc", show_default=True,
+              help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT in one pass); or the "
+                   "baselines (magnitude pruning / round to nearest).")
+@click.option("--act-order", is_flag=True,
+              help="With --method gptq: columns by descending Hessian diagonal.")
 @click.option("--damp", type=click.FloatRange(0, 10), default=0.01, show_default=True,
               help="Relative dampening: H += damp * mean(diag H) * I.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -88,13 +109,17 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 def compress(model: str, output: str, calib: str | None, eval_data: str | None,
              report_path: str | None, quiet: bool, verbose: bool, debug: bool,
              **opts: Any) -> None:
-    """Prune MODEL with ExactOBS and write OUTPUT."""
+    """Compress MODEL (ExactOBS pruning and/or OBQ quantization) and write OUTPUT."""
     from .pipeline import convert
 
     _logging(verbose, debug)
     try:
         cfg = CompressConfig(
-            sparsity=opts["sparsity"], method=opts["method"], damp=opts["damp"],
+            sparsity=opts["sparsity"], bits=opts["bits"], group_size=opts["group_size"],
+            symmetric=not opts["asymmetric"], clip_search=not opts["minmax"],
+            act_bits=None if opts["act_bits"] is None else int(opts["act_bits"]),
+            act_calibration=opts["act_calibration"], act_percentile=opts["act_percentile"],
+            method=opts["method"], act_order=opts["act_order"], damp=opts["damp"],
             device=opts["device"], include=opts["include"], exclude=opts["exclude"],
             op_types=opts["op_types"], batch_size=opts["batch_size"],
             calib_samples=opts["calib_samples"], holdout=opts["holdout"],
@@ -103,6 +128,8 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
             compare_baseline=opts["baseline"], external_data=opts["external_data"])
         result = convert(model, output, calib=calib, eval_data=eval_data, config=cfg,
                          report_path=report_path, progress=not quiet)
+    except ConfigError as exc:  # contradictory or missing options: a usage error (exit 2)
+        raise click.UsageError(str(exc)) from None
     except ObcError as exc:
         if debug:
             raise

@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .quant import QuantSpec
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
-METHODS = ("obc", "magnitude", "rtn")
+METHODS = ("obc", "gptq", "magnitude", "rtn")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -27,8 +27,13 @@ class CompressConfig:
     group_size: columns per quantization scale (None: one scale per output channel).
     symmetric: symmetric grid, zero point 0 (TensorRT); False: asymmetric (uint codes).
     clip_search: OBC's clipping search for the grid (False: plain min-max).
+    act_bits: 8 = static per-tensor symmetric int8 Q/DQ on the inputs of compressed layers
+        (and residual Add inputs), ranges from the calibration capture.
+    act_calibration: "minmax" or "percentile" (act_percentile of |x|).
     method: "obc" (ExactOBS / OBQ, the default), or the baselines "magnitude" (pruning) /
-        "rtn" (quantization); either name runs every requested stage's baseline.
+        "rtn" (quantization); either name runs every requested stage's baseline; "gptq"
+        is the fast path (GPTQ quantization / SparseGPT pruning, jointly in one pass).
+    act_order: with "gptq", process columns by descending Hessian diagonal.
     damp: relative dampening, `H += damp * mean(diag H) * I`.
     device: "auto" (CuPy GPU if usable, else NumPy), "cpu" or "cuda".
     include / exclude: glob patterns on node names (fnmatch); a layer is compressed when it
@@ -51,7 +56,11 @@ class CompressConfig:
     group_size: int | None = None
     symmetric: bool = True
     clip_search: bool = True
+    act_bits: int | None = None
+    act_calibration: str = "minmax"
+    act_percentile: float = 99.99
     method: str = "obc"
+    act_order: bool = False
     damp: float = 0.01
     device: str = "auto"
     include: tuple[str, ...] = ()
@@ -79,6 +88,13 @@ class CompressConfig:
             if not isinstance(self.group_size, int) or self.group_size < 2:
                 raise ConfigError(f"group size must be an integer >= 2, got {self.group_size!r}"
                                   " (e.g. --group-size 128)")
+        if self.act_bits is not None and self.act_bits != 8:
+            raise ConfigError(f"act_bits must be 8 (int8 activations), got {self.act_bits!r}")
+        if self.act_calibration not in ("minmax", "percentile"):
+            raise ConfigError("act_calibration must be 'minmax' or 'percentile', got "
+                              f"{self.act_calibration!r}")
+        if not 50.0 < self.act_percentile <= 100.0:
+            raise ConfigError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
         if self.method == "rtn" and self.bits is None:
             raise ConfigError("--method rtn is the quantization baseline: add --bits")
         if self.method == "magnitude" and s is None:

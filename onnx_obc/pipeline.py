@@ -1,7 +1,8 @@
 """convert(): load -> select layers -> capture -> Hessians -> solve -> rewrite -> verify -> save.
 
-The only module that wires the stages together, and the only place where arrays cross
-between host (onnx, onnxruntime) and the solver's device.
+The only module that wires the stages together. Arrays cross between the host (onnx,
+onnxruntime) and the solver's device only in the two stages that need it: collect.py
+(activations in) and solve.py (weights in, results out).
 """
 
 from __future__ import annotations
@@ -16,24 +17,22 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-from tqdm.auto import tqdm
 
 from . import calib as calib_mod
-from .backend import Backend, get_backend
-from .capture import activation_bytes, capture, capture_session, plan_groups, providers_for, session
+from .backend import get_backend
+from .capture import providers_for, session
+from .collect import collect
 from .config import CompressConfig
 from .errors import ObcError
-from .hessian import HessianAccumulator, columns
-from .layers import Layer, constant_weights, find_layers
+from .layers import Layer, find_layers
 from .modelio import check_output_path, load_model, save_model
-from .report import LayerResult, Report, SkippedLayer
+from .qdq import quantize_activations, quantize_weights, residual_add_inputs
+from .report import Report, SkippedLayer
 from .rewrite import apply_weights
-from .solvers import prune_layer
+from .solve import solve_all
 from .verify import evaluate
 
 log = logging.getLogger(__name__)
-MB = 1 << 20
 
 
 @dataclass
@@ -80,18 +79,24 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     timer["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    hessians = _hessians(proto, layers, fit, batch, backend, cfg, progress)
+    observe = _act_tensors(proto, layers) if cfg.act_bits else []
+    hessians, observers = collect(proto, layers, fit, batch, backend, cfg, progress, observe)
     timer["capture"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    new, base = _solve(proto, layers, hessians, backend, cfg, report, progress)
+    new, base, qweights = solve_all(proto, layers, hessians, backend, cfg, report, progress)
     timer["solve"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    out_model = apply_weights(proto, layers, new)
+    if qweights:  # integer weights behind DequantizeLinear (QDQ), zeros exact
+        out_model = quantize_weights(proto, layers, qweights)
+    else:
+        out_model = apply_weights(proto, layers, new)
+    if cfg.act_bits:
+        out_model = _quantize_activations(out_model, layers, observers, cfg)
     models = {"dense": proto, "compressed": out_model}
-    if cfg.compare_baseline and cfg.method != "magnitude":
-        models["magnitude"] = apply_weights(proto, layers, base)
+    if cfg.compare_baseline and cfg.method not in ("magnitude", "rtn"):
+        models[baseline_name(cfg)] = apply_weights(proto, layers, base)
     sets = {"held-out calibration" if held is not None else "calibration (not held out)":
             held if held is not None else fit}
     if eval_data is not None:
@@ -154,73 +159,27 @@ def _full_batches(data: calib_mod.DataSet, b: int) -> calib_mod.DataSet | None:
     return data.take(np.arange(n)) if n else None
 
 
-def _hessians(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
-              backend: Backend, cfg: CompressConfig, progress: bool
-              ) -> dict[str, HessianAccumulator]:
-    budget = cfg.memory_budget_mb * MB
-    accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
-            for L in layers}
-    inputs = {s.name for s in calib_mod.input_specs(proto)}
-    units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
-             for L in layers]
-    names = list(dict.fromkeys(n for unit in units for n in unit))
-    first = next(data.batches(batch))[1]
-    sizes = activation_bytes(proto, names, first) if names else {}
-    groups = plan_groups(units, sizes, budget) if names else [[]]
-    n_batches = -(-data.n // batch)
-    bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
-    done: set[str] = set()
-    for group in groups:
-        todo = [L for L in layers if L.weight not in done
-                and all(u.input in inputs or u.input in group for u in L.uses)]
-        sess = capture_session(proto, group, providers_for(backend.name)) if group else None
-        for samples, acts in capture(sess, group, data.batches(batch)):
-            for L in todo:
-                for u in L.uses:
-                    for X in columns(L, u, backend.to_device(acts[u.input]), budget // 4):
-                        accs[L.weight].add(X)
-                accs[L.weight].count(samples)
-            bar.update(1)
-        done.update(L.weight for L in todo)
-        backend.free()
-    bar.close()
-    return accs
+def _act_tensors(proto: onnx.ModelProto, layers: list[Layer]) -> list[str]:
+    """Tensors to quantize: the inputs of the compressed layers, and residual Add inputs."""
+    names = list(dict.fromkeys(u.input for L in layers for u in L.uses))
+    return names + [n for n in residual_add_inputs(proto, names) if n not in names]
 
 
-def _solver_budget(cfg: CompressConfig, backend: Backend) -> int:
-    if cfg.solver_memory_mb is not None:
-        return cfg.solver_memory_mb * MB
-    free = backend.free_bytes()
-    return int(0.6 * free) if free else cfg.memory_budget_mb * MB
+def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers: dict,
+                          cfg: CompressConfig) -> onnx.ModelProto:
+    layer_inputs = list(dict.fromkeys(u.input for L in layers for u in L.uses))
+    consumers = {n: [] for n in layer_inputs}
+    for L in layers:
+        for u in L.uses:
+            consumers[u.input].append(u.node)
+    for n, adds in residual_add_inputs(model, layer_inputs).items():
+        consumers.setdefault(n, []).extend(adds)
+    scales = {n: observers[n].scale(cfg.act_calibration, cfg.act_percentile)
+              for n in consumers if n in observers}
+    return quantize_activations(model, scales, bits=8,
+                                consumers={n: consumers[n] for n in scales})
 
 
-def _solve(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
-           backend: Backend, cfg: CompressConfig, report: Report, progress: bool
-           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    weights = constant_weights(proto.graph)
-    budget = _solver_budget(cfg, backend)
-    new: dict[str, np.ndarray] = {}
-    base: dict[str, np.ndarray] = {}
-    bar = tqdm(layers, desc="solve", unit="layer", disable=not progress)
-    for L in bar:
-        bar.set_postfix_str(L.name[:40])
-        t = time.perf_counter()
-        w = numpy_helper.to_array(weights[L.weight][1])
-        W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
-        res = prune_layer(W, hessians.pop(L.weight).mean(), sparsity=cfg.sparsity,
-                          method=cfg.method, damp=cfg.damp, budget_bytes=budget)
-        new[L.weight] = L.from_matrix(backend.to_host(res.W))
-        base[L.weight] = L.from_matrix(backend.to_host(res.baseline))
-        backend.sync()
-        G, r, d = L.matrix_shape
-        report.layers.append(LayerResult(
-            name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
-            groups=G, method=cfg.method, sparsity=res.zeros / (G * r * d), target=cfg.sparsity,
-            loss=res.loss, magnitude_loss=res.baseline_loss, dead_inputs=res.dead,
-            damp=res.damp, damp_failed=res.escalations, seconds=time.perf_counter() - t,
-            work=res.steps_run / (G * r * d), rerun_rows=res.rerun_rows))
-        if res.escalations:
-            report.warnings.append(f"{L.name}: Cholesky failed with dampening "
-                                   f"{list(res.escalations)}; used {res.damp}")
-        backend.free()
-    return new, base
+def baseline_name(cfg: CompressConfig) -> str:
+    """The baseline model's name in the report: magnitude, rtn or magnitude+rtn."""
+    return "+".join(n for n, on in (("magnitude", cfg.sparsity), ("rtn", cfg.bits)) if on)

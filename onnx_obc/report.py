@@ -24,13 +24,16 @@ class LayerResult:
     sparsity: float  # fraction of zeros reached
     target: float
     loss: float  # E = tr(dW H dW^T) = (1/N)||dW X||^2 on the calibration data
-    magnitude_loss: float  # same count, magnitude pruning
+    magnitude_loss: float  # the baseline (magnitude pruning / RTN) at the same settings
     dead_inputs: int
     damp: float
     damp_failed: tuple[float, ...]  # dampening values whose Cholesky failed first
     seconds: float
     work: float = 1.0  # greedy steps computed / rows*cols (steps that could not be selected
     rerun_rows: int = 0  # are skipped; rows re-run after a too-low threshold estimate)
+    bits: int | None = None  # weight bits (None: not quantized)
+    group_size: int | None = None  # columns per scale (None: per output channel)
+    prune_loss: float | None = None  # loss after pruning, before quantization (compound)
 
     @property
     def ratio(self) -> float:
@@ -89,17 +92,22 @@ def _layer_lines(r: Report) -> list[str]:
     if not r.layers:
         return ["no layer was compressed"]
     w = max(12, min(40, max(len(x.name) for x in r.layers)))
-    head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'loss':>10} "
-            f"{'magnitude':>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'work':>5} {'sec':>6}")
+    base = "baseline" if any(x.bits for x in r.layers) else "magnitude"
+    head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'bits':>6} "
+            f"{'loss':>10} {base:>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'work':>5} "
+            f"{'sec':>6}")
     lines = [head, "-" * len(head)]
     for x in r.layers:
         name = x.name if len(x.name) <= w else x.name[: w - 1] + "…"
         rows, cols = x.rows, x.cols
         damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
+        work = f"{x.work:.0%}" if x.target else "-"
+        bits = "-" if not x.bits else f"{x.bits}" + (f"/g{x.group_size}" if x.group_size else "")
         lines.append(
-            f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {x.loss:>10.3g} "
+            f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {bits:>6} "
+            f"{x.loss:>10.3g} "
             f"{x.magnitude_loss:>10.3g} {x.ratio:>7.3f} {x.dead_inputs:>4} {damp:>7} "
-            f"{x.work:>5.0%} {x.seconds:>6.2f}"
+            f"{work:>5} {x.seconds:>6.2f}"
         )
     ratios = sorted(x.ratio for x in r.layers)
     med = ratios[len(ratios) // 2] if len(ratios) % 2 else 0.5 * (
@@ -107,7 +115,7 @@ def _layer_lines(r: Report) -> list[str]:
     total = sum(math.prod(x.shape) for x in r.layers)
     zeros = sum(x.sparsity * math.prod(x.shape) for x in r.layers)
     lines.append(f"{len(r.layers)} layers, {total:,} weights, {zeros / total:.2%} zeros; "
-                 f"loss/magnitude median {med:.3f}, worst {ratios[-1]:.3f}")
+                 f"loss/{base} median {med:.3f}, worst {ratios[-1]:.3f}")
     if any(x.damp_failed for x in r.layers):
         lines.append("! dampening was escalated after a Cholesky failure (see damp_failed in JSON)")
     return lines

@@ -15,7 +15,7 @@ from onnx_obc.backend import get_backend
 from onnx_obc.config import CompressConfig
 from onnx_obc.hessian import HessianAccumulator, columns, conv_pads
 from onnx_obc.layers import Layer, Use, constant_weights, find_layers, node_label
-from onnx_obc.pipeline import _hessians
+from onnx_obc.collect import collect
 
 from . import builders as b
 
@@ -243,7 +243,7 @@ def test_mean_without_samples_raises():
 def _pipeline_hessians(model: onnx.ModelProto, n: int, batch: int, **cfg):
     layers, _ = find_layers(model, CFG)
     data = calib.load_data([b.feeds(model, n, seed=3)], model)
-    accs = _hessians(model, layers, data, batch, get_backend("cpu"), CFG.replace(**cfg),
+    accs, _ = collect(model, layers, data, batch, get_backend("cpu"), CFG.replace(**cfg),
                      progress=False)
     return layers, data, accs
 

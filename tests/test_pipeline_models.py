@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+import onnx_obc.collect as collect_mod
 import onnx_obc.pipeline as pipeline
 from onnx_obc import convert
 from onnx_obc.layers import constant_weights
@@ -87,14 +88,14 @@ def test_grouped_capture_gives_the_same_result(monkeypatch):
     kw = dict(sparsity=0.5, calib=[feed], progress=False, device="cpu", holdout=0.0)
     one = convert(model, None, **kw)
     calls = []
-    real = pipeline.plan_groups
+    real = collect_mod.plan_groups
 
     def singletons(names, sizes, budget):
         groups = real(names, sizes, 1)  # a 1-byte budget: one tensor per group
         calls.append(len(groups))
         return groups
 
-    monkeypatch.setattr(pipeline, "plan_groups", singletons)
+    monkeypatch.setattr(collect_mod, "plan_groups", singletons)
     many = convert(model, None, **kw)
     assert calls and calls[0] > 1  # several capture passes really happened
     for a, c in zip(one.model.graph.initializer, many.model.graph.initializer):
@@ -103,10 +104,10 @@ def test_grouped_capture_gives_the_same_result(monkeypatch):
 
 def test_plan_groups_respects_the_budget():
     sizes = {"a": 60, "b": 50, "c": 30, "d": None}
-    groups = pipeline.plan_groups([["a"], ["b"], ["c"], ["d"]], sizes, 100)
+    groups = collect_mod.plan_groups([["a"], ["b"], ["c"], ["d"]], sizes, 100)
     assert groups == [["a"], ["b", "c"], ["d"]]  # unknown size counts as the largest known
     # a layer's activations stay together; a shared tensor is counted once per group
-    groups = pipeline.plan_groups([["a", "c"], ["c"], ["b", "d"]], sizes, 100)
+    groups = collect_mod.plan_groups([["a", "c"], ["c"], ["b", "d"]], sizes, 100)
     assert groups == [["a", "c"], ["b", "d"]]
 
 
@@ -115,7 +116,7 @@ def test_shared_weight_whose_uses_land_in_different_groups(monkeypatch):
     feed = b.feeds(model, 64)
     kw = dict(sparsity=0.5, calib=[feed], progress=False, device="cpu", holdout=0.0)
     one = convert(model, None, **kw)
-    monkeypatch.setattr(pipeline, "plan_groups", lambda u, s, bud: [[n] for x in u for n in x]
+    monkeypatch.setattr(collect_mod, "plan_groups", lambda u, s, bud: [[n] for x in u for n in x]
                         or [[]])
     two = convert(model, None, **kw)
     np.testing.assert_array_equal(numpy_helper.to_array(one.model.graph.initializer[0]),

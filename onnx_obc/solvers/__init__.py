@@ -15,6 +15,7 @@ from typing import Any
 from ..backend import array_module
 from ..quant import Grid, QuantSpec, codes, fit_grid, rtn
 from .fast import greedy_traces
+from .gptq import gptq
 from .magnitude import magnitude_prune
 from .prepare import Prepared, layer_loss, prepare
 from .rules import QuantRule
@@ -56,11 +57,13 @@ def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> i
 def solve_layer(
     W: Any, H: Any, *, sparsity: float | None = None, quant: QuantSpec | None = None,
     method: str = "obc", damp: float = 0.01, budget_bytes: int = 1 << 30,
+    act_order: bool = False,
 ) -> LayerSolution:
     """Compress W [G, r, d] (G Hessian groups of r rows) given H [G, d, d].
 
-    method "obc": ExactOBS / OBQ. "magnitude" / "rtn": the baselines (magnitude pruning,
-    round to nearest), which are also computed alongside "obc" for the report.
+    method "obc": ExactOBS / OBQ. "gptq": the fast path (GPTQ / SparseGPT, one pass).
+    "magnitude" / "rtn": the baselines (magnitude pruning, round to nearest), which are also
+    computed alongside the others for the report.
     """
     xp = array_module(W, H)
     G, r, d = W.shape
@@ -78,6 +81,9 @@ def solve_layer(
                              grid=base_grid, codes=base_codes, baseline_codes=base_codes)
     prep: Prepared = prepare(W, H64, damp)
     rows = prep.W.reshape(G * r, d)  # [R, d] float32
+    if method == "gptq":
+        return _fast_path(W, H64, prep, rows, sparsity or 0.0, quant, act_order, base,
+                          base_loss, base_codes)
     group = xp.repeat(xp.arange(G), r)  # [R]
     rb = rows_per_batch(d, G * r, budget_bytes)
     obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None
@@ -107,6 +113,34 @@ def solve_layer(
         W_hat, base, layer_loss(W, W_hat, H64), base_loss, obs_loss, _zeros(W_hat), prep.dead,
         prep.damp, prep.escalations, steps_run, reruns, prune_loss, grid, out_codes, base_codes,
     )
+
+
+def _fast_path(W: Any, H64: Any, prep: Prepared, rows: Any, sparsity: float,
+               quant: QuantSpec | None, act_order: bool, base: Any, base_loss: float,
+               base_codes: Any) -> LayerSolution:
+    xp = array_module(W, H64)
+    G, r, d = W.shape
+    grid = fit_grid(rows, quant) if quant else None  # on the dense weights, fixed
+    s, z = grid.columns() if grid else (None, None)
+    out = xp.empty((G * r, d), dtype=xp.float64)
+    obs_loss = 0.0
+    for g in range(G):
+        sl = slice(g * r, (g + 1) * r)
+        out[sl], loss = gptq(
+            rows[sl], prep.Hinv[g], scale=None if s is None else s[sl],
+            zero=None if z is None else z[sl], qmin=grid.qmin if grid else 0,
+            qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=act_order,
+            diagH=xp.diagonal(prep.H[g]))
+        obs_loss += loss
+    out_codes = None
+    if grid:
+        out_codes = codes(out, grid).reshape(G, r, d)
+        s64, z64 = grid.columns()
+        out = s64 * (out_codes.reshape(G * r, d) - z64)
+    W_hat = out.reshape(G, r, d)
+    return LayerSolution(
+        W_hat, base, layer_loss(W, W_hat, H64), base_loss, obs_loss, _zeros(W_hat), prep.dead,
+        prep.damp, prep.escalations, grid=grid, codes=out_codes, baseline_codes=base_codes)
 
 
 def prune_layer(W: Any, H: Any, *, sparsity: float, method: str = "obc", damp: float = 0.01,

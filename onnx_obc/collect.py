@@ -1,0 +1,61 @@
+"""Calibration pass: capture layer inputs with onnxruntime and reduce each batch, on the
+solver's device, into per-layer Hessians (and, for activation quantization, into streaming
+range observers); activations are dropped batch by batch."""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+import onnx
+
+from . import calib as calib_mod
+from .actrange import RangeObserver
+from .backend import Backend
+from .capture import activation_bytes, capture, capture_session, plan_groups, providers_for
+from .config import CompressConfig
+from .hessian import HessianAccumulator, columns
+from .layers import Layer
+
+MB = 1 << 20
+
+
+def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
+            backend: Backend, cfg: CompressConfig, progress: bool,
+            observe: list[str] | None = None,
+            ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
+    """Hessians of every layer; range observers for the `observe` tensors (host side)."""
+    budget = cfg.memory_budget_mb * MB
+    accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
+            for L in layers}
+    inputs = {s.name for s in calib_mod.input_specs(proto)}
+    units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
+             for L in layers]
+    observers = {n: RangeObserver() for n in observe or []}
+    units += [[n] for n in observers if n not in inputs]
+    names = list(dict.fromkeys(n for unit in units for n in unit))
+    first = next(data.batches(batch))[1]
+    sizes = activation_bytes(proto, names, first) if names else {}
+    groups = plan_groups(units, sizes, budget) if names else [[]]
+    n_batches = -(-data.n // batch)
+    bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
+    done: set[str] = set()
+    for group in groups:
+        todo = [L for L in layers if L.weight not in done
+                and all(u.input in inputs or u.input in group for u in L.uses)]
+        sess = capture_session(proto, group, providers_for(backend.name)) if group else None
+        for samples, acts in capture(sess, group, data.batches(batch)):
+            for n, obs in observers.items():
+                if n in acts and (n in group or (n in inputs and group is groups[0])):
+                    obs.add(acts[n])
+            for L in todo:
+                for u in L.uses:
+                    for X in columns(L, u, backend.to_device(acts[u.input]), budget // 4):
+                        accs[L.weight].add(X)
+                accs[L.weight].count(samples)
+            bar.update(1)
+        done.update(L.weight for L in todo)
+        backend.free()
+    bar.close()
+    return accs, observers
+
+

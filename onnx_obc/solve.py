@@ -1,0 +1,78 @@
+"""Solve every layer on the backend: ExactOBS / OBQ (or the baselines), collect the
+compressed and baseline weights in ONNX layout, the integer weights for QDQ export, and the
+per-layer report rows."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from tqdm.auto import tqdm
+
+from .backend import Backend
+from .config import CompressConfig
+from .hessian import HessianAccumulator
+from .layers import Layer, constant_weights
+from .qdq import QuantizedWeight
+from .quant import Grid
+from .qweights import group_size_for, to_onnx
+from .report import LayerResult, Report
+from .solvers import solve_layer
+
+MB = 1 << 20
+
+
+def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
+    if cfg.solver_memory_mb is not None:
+        return cfg.solver_memory_mb * MB
+    free = backend.free_bytes()
+    return int(0.6 * free) if free else cfg.memory_budget_mb * MB
+
+
+def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
+           backend: Backend, cfg: CompressConfig, report: Report, progress: bool
+           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, QuantizedWeight]]:
+    """Solve every layer: compressed and baseline weights (float, ONNX layout) and, when
+    quantizing, the integer weights for QDQ export."""
+    weights = constant_weights(proto.graph)
+    budget = solver_budget(cfg, backend)
+    spec = cfg.quant_spec()
+    new: dict[str, np.ndarray] = {}
+    base: dict[str, np.ndarray] = {}
+    qweights: dict[str, QuantizedWeight] = {}
+    bar = tqdm(layers, desc="solve", unit="layer", disable=not progress)
+    for L in bar:
+        bar.set_postfix_str(L.name[:40])
+        t = time.perf_counter()
+        lspec, why = group_size_for(L, spec) if spec else (None, "")
+        if why:
+            report.warnings.append(why)
+        w = numpy_helper.to_array(weights[L.weight][1])
+        W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
+        res = solve_layer(W, hessians.pop(L.weight).mean(), sparsity=cfg.sparsity, quant=lspec,
+                          method=cfg.method, damp=cfg.damp, budget_bytes=budget,
+                          act_order=cfg.act_order)
+        new[L.weight] = L.from_matrix(backend.to_host(res.W))
+        base[L.weight] = L.from_matrix(backend.to_host(res.baseline))
+        if lspec is not None:
+            g = res.grid
+            host = Grid(backend.to_host(g.scale), backend.to_host(g.zero), g.qmin, g.qmax,
+                        g.group_size)
+            qweights[L.weight] = to_onnx(L, backend.to_host(res.codes), host, lspec.bits)
+        backend.sync()
+        G, r, d = L.matrix_shape
+        report.layers.append(LayerResult(
+            name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
+            groups=G, method=cfg.method, sparsity=res.zeros / (G * r * d),
+            target=cfg.sparsity or 0.0, loss=res.loss, magnitude_loss=res.baseline_loss,
+            dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
+            seconds=time.perf_counter() - t, work=res.steps_run / (G * r * d),
+            rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,
+            group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss))
+        if res.escalations:
+            report.warnings.append(f"{L.name}: Cholesky failed with dampening "
+                                   f"{list(res.escalations)}; used {res.damp}")
+        backend.free()
+    return new, base, qweights

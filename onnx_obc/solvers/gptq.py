@@ -1,0 +1,66 @@
+"""The fast path: GPTQ quantization and SparseGPT pruning (jointly, in one pass).
+
+One column order shared by all rows (left to right, or by descending diag(H) with
+act_order). With U the upper Cholesky factor of H^-1 (H^-1 = U^T U), row i of U holds what
+the OBS update after fixing column i needs for the columns still free (the inverse of
+H[i:, i:] without re-inverting), so fixing column i of every row at once is
+    err = (w_i - target_i) / U_ii ;   W[:, i:] -= err U[i, i:] ;   loss += err^2
+done inside blocks of 128 columns, with the rest of the matrix updated lazily once per
+block (one matrix product). Pruning (SparseGPT): inside each block, the weights with the
+smallest w^2 / U_ii^2 of the current (updated) block are set to 0; the per-block counts add
+up to the layer's exact target. Quantization: targets are rounded on a grid fixed before the
+loop, in the original column order (so act_order needs no change at inference).
+Approximate OBS (later columns compensate, earlier ones do not), O(d^3 + rows d^2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import array_module, cholesky
+from ..quant import quantize
+
+BLOCK = 128
+
+
+def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 0,
+         qmax: int = 0, sparsity: float = 0.0, act_order: bool = False, diagH: Any = None,
+         block: int = BLOCK) -> tuple[Any, float]:
+    """W [r, d] rows sharing Hinv [d, d]; scale/zero [r, d] per column (None: no rounding).
+    Returns (W_hat [r, d], loss = sum of err^2, i.e. tr(dW H dW^T) with the damped H)."""
+    xp = array_module(W, Hinv)
+    r, d = W.shape
+    perm = xp.argsort(-diagH, kind="stable") if act_order else xp.arange(d)
+    inv = xp.argsort(perm)
+    W = W.astype(xp.float64)[:, perm]  # [r, d] in processing order
+    U = xp.swapaxes(cholesky(Hinv[perm][:, perm]), 0, 1)  # [d, d] upper: Hinv = U^T U
+    if scale is not None:
+        scale, zero = scale[:, perm], zero[:, perm]
+    total = int(round(sparsity * r * d))
+    Q = xp.zeros_like(W)
+    loss = 0.0
+    for i1 in range(0, d, block):
+        i2 = min(d, i1 + block)
+        W1 = W[:, i1:i2].copy()  # [r, b]
+        U1 = U[i1:i2, i1:i2]  # [b, b]
+        Err = xp.zeros_like(W1)
+        prune = None
+        if total:  # this block's share of the exact layer count
+            k = int(round(total * i2 / d)) - int(round(total * i1 / d))
+            sal = (W1 / xp.diagonal(U1)[None, :]) ** 2  # [r, b] OBS saliency
+            prune = xp.zeros(W1.size, dtype=bool)
+            prune[xp.argsort(sal.reshape(-1), kind="stable")[:k]] = True
+            prune = prune.reshape(W1.shape)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            t = w if prune is None else xp.where(prune[:, i], 0.0, w)
+            if scale is not None:
+                c = i1 + i
+                t = quantize(t, scale[:, c], zero[:, c], qmin, qmax)
+            Q[:, i1 + i] = t
+            err = (w - t) / U1[i, i]  # [r]
+            loss += float((err * err).sum())
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            Err[:, i] = err
+        W[:, i2:] -= Err @ U[i1:i2, i2:]  # lazy update of the remaining columns
+    return Q[:, inv], loss
