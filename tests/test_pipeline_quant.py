@@ -1,0 +1,102 @@
+"""End to end with quantization: QDQ output on the shipped models (issue 3's acceptance
+figures as regressions), compound pruning + OBQ, group-wise and asymmetric export, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnx_obc import convert
+from onnx_obc.cli import main
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear"}
+FORBIDDEN = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits",
+             "DynamicQuantizeLinear"}
+
+
+def _run(name, **kw):
+    return convert(MODELS / f"{name}.onnx", None, calib=MODELS / f"{name}.calib.npz",
+                   eval_data=MODELS / f"{name}.eval.npz", progress=False, device="cpu", **kw)
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
+def test_w8a8_is_plain_qdq_symmetric_and_accurate(name):
+    res = _run(name, bits=8, act_bits=8)
+    ops = {n.op_type for n in res.model.graph.node}
+    assert QUANT_OPS <= ops and not ops & FORBIDDEN
+    inits = _inits(res.model)
+    zps = [v for k, v in inits.items() if k.endswith("_zero_point")]
+    assert zps and all(np.all(z == 0) for z in zps)  # symmetric: TensorRT's rule
+    outputs = {o.name for o in res.model.graph.output}
+    assert not {n.output[0] for n in res.model.graph.node
+                if n.op_type == "DequantizeLinear"} & outputs  # nothing quantized at outputs
+    ev = res.report.fidelity["eval"]
+    assert ev["dense"].accuracy - ev["compressed"].accuracy <= 0.005
+    for layer in res.report.layers:  # every stored integer on the grid and in range
+        codes = inits[f"{layer.weight}_quantized"]
+        assert codes.dtype == np.int8 and codes.min() >= -127 and codes.max() <= 127
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
+def test_obq_4bit_halves_rtn_loss_on_wide_layers(name):
+    res = _run(name, bits=4)
+    wide = [x.ratio for x in res.report.layers if x.cols >= 64]
+    assert wide and max(wide) <= 0.5, wide
+
+
+def test_compound_keeps_every_zero_in_the_qdq_model():
+    res = _run("digits_cnn", sparsity=0.5, bits=8)
+    inits = _inits(res.model)
+    for layer in res.report.layers:
+        codes = inits[f"{layer.weight}_quantized"]
+        n = codes.size
+        assert abs(int((codes == 0).sum()) - n // 2) <= 1, layer.name
+        assert layer.prune_loss is not None and layer.loss >= layer.prune_loss
+    ev = res.report.fidelity["eval"]
+    assert ev["dense"].accuracy - ev["compressed"].accuracy <= 0.01
+    assert "magnitude+rtn" in ev
+
+
+def test_group_wise_int4_uses_blocked_dequantize_at_opset_21():
+    res = _run("digits_vit", bits=4, group_size=32)
+    dq = [n for n in res.model.graph.node if n.op_type == "DequantizeLinear"]
+    blocked = [n for n in dq if any(a.name == "block_size" and a.i == 32 for a in n.attribute)]
+    assert blocked
+    assert {o.version for o in res.model.opset_import if o.domain in ("", "ai.onnx")} == {21}
+    q = [t for t in res.model.graph.initializer if t.name.endswith("_quantized")]
+    assert {t.data_type for t in q} == {onnx.TensorProto.INT4}
+    assert res.report.fidelity["eval"]["compressed"].accuracy >= 0.95
+
+
+def test_asymmetric_grid_stores_uint8_with_zero_points():
+    res = _run("digits_cnn", bits=8, symmetric=False)
+    inits = _inits(res.model)
+    zps = [v for k, v in inits.items() if k.endswith("_zero_point")]
+    assert all(z.dtype == np.uint8 for z in zps) and any(np.any(z != 0) for z in zps)
+    ev = res.report.fidelity["eval"]
+    assert ev["dense"].accuracy - ev["compressed"].accuracy <= 0.005
+
+
+def test_cli_quantization_options(tmp_path):
+    model, calib = str(MODELS / "digits_vit.onnx"), str(MODELS / "digits_vit.calib.npz")
+    out = str(tmp_path / "o.onnx")
+    r = CliRunner().invoke(main, [model, out, "--bits", "12", "--calib", calib])
+    assert r.exit_code == 2 and "--bits" in r.output
+    r = CliRunner().invoke(main, [model, out, "--group-size", "32", "--sparsity", "0.5",
+                                  "--calib", calib])
+    assert r.exit_code == 2 and "add --bits" in r.output
+    r = CliRunner().invoke(main, [model, out, "--bits", "4", "--group-size", "48", "--calib",
+                                  calib, "-q"])
+    assert r.exit_code == 0, r.output
+    assert "quantized per output channel instead" in r.output  # 48 does not divide 64
+    assert Path(out).exists()
