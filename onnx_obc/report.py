@@ -114,8 +114,14 @@ def _layer_lines(r: Report) -> list[str]:
         ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2])
     total = sum(math.prod(x.shape) for x in r.layers)
     zeros = sum(x.sparsity * math.prod(x.shape) for x in r.layers)
-    lines.append(f"{len(r.layers)} layers, {total:,} weights, {zeros / total:.2%} zeros; "
-                 f"loss/{base} median {med:.3f}, worst {ratios[-1]:.3f}")
+    methods = ", ".join(sorted({x.method for x in r.layers}))
+    lines.append(f"{len(r.layers)} layers ({methods}), {total:,} weights, {zeros / total:.2%} "
+                 f"zeros; loss/{base} median {med:.3f}, worst {ratios[-1]:.3f}")
+    compound = [x for x in r.layers if x.bits and x.prune_loss is not None]
+    if compound:
+        p = sum(x.prune_loss for x in compound)
+        lines.append(f"loss after pruning {p:.4g}, after quantization {sum(x.loss for x in compound):.4g}"
+                     " (per layer: prune_loss and loss in the JSON report)")
     if any(x.damp_failed for x in r.layers):
         lines.append("! dampening was escalated after a Cholesky failure (see damp_failed in JSON)")
     return lines
