@@ -47,3 +47,21 @@ def test_cupy_hessian_matches_numpy():
     a = conv_columns(use, x)
     b = be.to_host(conv_columns(use, be.to_device(x)))
     np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["obc", "gptq"])
+@pytest.mark.parametrize("sparsity", [None, 0.5])
+def test_cupy_quantization_matches_numpy(method, sparsity):
+    from onnx_obc.quant import QuantSpec
+    from onnx_obc.solvers import solve_layer
+
+    be = _cupy_backend()
+    W = weights(48, 96, 3)
+    H = correlated_H(96, 3)[None]
+    spec = QuantSpec(bits=4)
+    cpu = solve_layer(W, H, sparsity=sparsity, quant=spec, method=method)
+    gpu = solve_layer(be.to_device(W), be.to_device(H), sparsity=sparsity, quant=spec,
+                      method=method)
+    same = (be.to_host(gpu.codes) == cpu.codes).mean()
+    assert same >= 0.99  # float32 near-ties may flip a few roundings
+    assert gpu.loss == pytest.approx(cpu.loss, rel=1e-3)
