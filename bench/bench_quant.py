@@ -62,20 +62,22 @@ class Reader(CalibrationDataReader):
         self.i = 0
 
 
-def opts(threads: int | None = None) -> ort.SessionOptions:
+def opts(threads: int | None = None, level: str = "ALL") -> ort.SessionOptions:
     o = ort.SessionOptions()
     o.log_severity_level = 3
-    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    o.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     if threads:
         o.intra_op_num_threads = threads
     return o
 
 
-def fidelity(dense: Path, models: dict[str, Path], ev) -> dict[str, tuple[float, float]]:
-    """{name: (accuracy, rel. output error)} on the eval set, dense model as reference."""
-    sess = {"dense": ort.InferenceSession(str(dense), opts(), providers=["CPUExecutionProvider"])}
-    for k, p in models.items():
-        sess[k] = ort.InferenceSession(str(p), opts(), providers=["CPUExecutionProvider"])
+def fidelity(dense: Path, models: dict[str, Path], ev, level: str = "ALL"
+             ) -> dict[str, tuple[float, float]]:
+    """{name: (accuracy, rel. output error)} on the eval set, dense model as reference.
+    level ALL: what the CPU EP runs (int8 kernels fused from QDQ); BASIC: the QDQ graph's
+    own float math (no QDQ fusion)."""
+    sess = {k: ort.InferenceSession(str(p), opts(level=level), providers=["CPUExecutionProvider"])
+            for k, p in {"dense": dense, **models}.items()}
     f = evaluate(sess, ev, 32)
     return {k: (v.accuracy, max(v.rel_error.values())) for k, v in f.items()}
 
@@ -159,21 +161,23 @@ def main() -> None:
         # 2. W8A8: ours vs ORT quantize_static
         rep, ours_a8, wall = run("w8a8", bits=8, act_bits=8, method="obc")
         ortq = {}
-        for sym in (False, True):
-            p = tmp / f"{name}.ort_w8a8_{'sym' if sym else 'asym'}.onnx"
+        for tag, sym, rr in (("asym (default)", False, False), ("sym", True, False),
+                             ("asym reduce_range", False, True)):
+            p = tmp / f"{name}.ort_w8a8_{tag.split()[0]}{'_rr' if rr else ''}.onnx"
             try:
                 quantize_static(src, p, Reader(fit), quant_format=QuantFormat.QDQ,
-                                per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                                per_channel=True, reduce_range=rr,
+                                calibrate_method=CalibrationMethod.MinMax,
                                 weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                                 extra_options={"ActivationSymmetric": sym})
-                ortq["ORT act " + ("sym" if sym else "asym (default)")] = p
+                ortq[f"ORT act {tag}"] = p
             except Exception as exc:  # report, do not stop the bench
-                out["notes"].append(f"{name}: quantize_static(sym={sym}) failed: {exc!r}")
+                out["notes"].append(f"{name}: quantize_static({tag}) failed: {exc!r}")
         models2 = {"ours W8A8 (obc)": ours_a8, **ortq}
-        fid = fidelity(src, models2, ev)
+        fid, fid_b = fidelity(src, models2, ev), fidelity(src, models2, ev, "BASIC")
         for k, p in models2.items():
             out["s2"].append(dict(model=name, what=k, acc=fid[k][0], err=fid[k][1], kb=kb(p),
-                                  dense=fid["dense"][0]))
+                                  dense=fid["dense"][0], acc_b=fid_b[k][0], err_b=fid_b[k][1]))
         # 3. 4-bit MatMul weight-only: ORT MatMulNBits vs ours
         if any(n.op_type == "MatMul" for n in proto.graph.node):
             m3 = {"ours obc 4b per-channel": paths["obc", 4]}
@@ -219,8 +223,11 @@ def main() -> None:
         lat = {"fp32": src, "ours W8A8": ours_a8, **{k: v for k, v in ortq.items()}}
         out["s6"].append(dict(model=name, **{k: latency_ms(p, feed) for k, p in lat.items()}))
 
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() \
+        else set()
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     print(f"(all models in {tmp}; device {args.device}; onnxruntime {ort.__version__}; "
-          f"{time.perf_counter() - t_all:.0f} s)")
+          f"CPU {' '.join(isa) or '?'}; {time.perf_counter() - t_all:.0f} s)")
     print("\n=== 1. weight-only quantization (eval accuracy %, rel. output error; loss ratio "
           "vs same-grid RTN over layers with >= 64 inputs) ===")
     print(f"{'model':<11} {'bits':>4} {'method':<8} {'dense':>6} {'acc':>6} {'rel.err':>8} "
@@ -238,10 +245,13 @@ def main() -> None:
               f"{v['gptq'][0]:>7.3f} {v['rtn'][1]:>10.4g}{star}")
     print("\n=== 2. W8A8 (int8 weights per channel + int8 activations per tensor): eval "
           "accuracy %, rel. output error vs fp32, file KB ===")
-    print(f"{'model':<11} {'model file':<26} {'dense':>6} {'acc':>6} {'rel.err':>8} {'KB':>7}")
+    print("    ALL = ORT_ENABLE_ALL (QDQ fused into int8 kernels, what ORT CPU runs); BASIC = "
+          "ORT_ENABLE_BASIC (the QDQ graph's float math)")
+    print(f"{'model':<11} {'model file':<26} {'dense':>6} {'acc ALL':>7} {'err ALL':>8} "
+          f"{'acc BASIC':>9} {'err BASIC':>9} {'KB':>7}")
     for r in out["s2"]:
-        print(f"{r['model']:<11} {r['what']:<26} {100 * r['dense']:>6.2f} {100 * r['acc']:>6.2f} "
-              f"{r['err']:>8.4f} {r['kb']:>7.1f}")
+        print(f"{r['model']:<11} {r['what']:<26} {100 * r['dense']:>6.2f} {100 * r['acc']:>7.2f} "
+              f"{r['err']:>8.4f} {100 * r['acc_b']:>9.2f} {r['err_b']:>9.4f} {r['kb']:>7.1f}")
     print("\n=== 3. 4-bit weight-only, models with MatMul (MatMulNBits is an ORT contrib op, "
           "not TensorRT) ===")
     print(f"{'model':<11} {'model file':<28} {'acc':>6} {'rel.err':>8} {'KB':>7}  ops")
