@@ -75,6 +75,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               default="obc", show_default=True,
               help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT in one pass); or the "
                    "baselines (magnitude pruning / round to nearest).")
+@click.option("--correct", is_flag=True,
+              help="Fold a per-output-channel mean correction (compressed vs dense outputs on "
+                   "the calibration data) into the biases.")
 @click.option("--act-order", is_flag=True,
               help="With --method gptq: columns by descending Hessian diagonal.")
 @click.option("--damp", type=click.FloatRange(0, 10), default=0.01, show_default=True,
@@ -119,7 +122,8 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
             symmetric=not opts["asymmetric"], clip_search=not opts["minmax"],
             act_bits=None if opts["act_bits"] is None else int(opts["act_bits"]),
             act_calibration=opts["act_calibration"], act_percentile=opts["act_percentile"],
-            method=opts["method"], act_order=opts["act_order"], damp=opts["damp"],
+            method=opts["method"], act_order=opts["act_order"], correct=opts["correct"],
+            damp=opts["damp"],
             device=opts["device"], include=opts["include"], exclude=opts["exclude"],
             op_types=opts["op_types"], batch_size=opts["batch_size"],
             calib_samples=opts["calib_samples"], holdout=opts["holdout"],

@@ -34,6 +34,8 @@ class CompressConfig:
         "rtn" (quantization); either name runs every requested stage's baseline; "gptq"
         is the fast path (GPTQ quantization / SparseGPT pruning, jointly in one pass).
     act_order: with "gptq", process columns by descending Hessian diagonal.
+    correct: fold a per-output-channel mean correction (compressed vs dense outputs on the
+        calibration data) into the biases.
     damp: relative dampening, `H += damp * mean(diag H) * I`.
     device: "auto" (CuPy GPU if usable, else NumPy), "cpu" or "cuda".
     include / exclude: glob patterns on node names (fnmatch); a layer is compressed when it
@@ -61,6 +63,7 @@ class CompressConfig:
     act_percentile: float = 99.99
     method: str = "obc"
     act_order: bool = False
+    correct: bool = False
     damp: float = 0.01
     device: str = "auto"
     include: tuple[str, ...] = ()

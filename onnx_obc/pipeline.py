@@ -23,6 +23,7 @@ from .backend import get_backend
 from .capture import providers_for, session
 from .collect import collect
 from .config import CompressConfig
+from .correct import correct_biases
 from .errors import ObcError
 from .layers import Layer, find_layers
 from .modelio import check_output_path, load_model, save_model
@@ -88,13 +89,21 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     timer["solve"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    out_model = apply_weights(proto, layers, new)  # float weights (on the grid if quantized)
+    uncorrected = None
+    if cfg.correct:
+        uncorrected = out_model
+        out_model, why, shifts = correct_biases(proto, out_model, layers, fit, batch,
+                                                providers_for(backend.name))
+        report.warnings.extend(f"bias correction skipped for {w}" for w in why)
+        report.correction = {"mean_abs_shift_per_pass": shifts}
     if qweights:  # integer weights behind DequantizeLinear (QDQ), zeros exact
-        out_model = quantize_weights(proto, layers, qweights)
-    else:
-        out_model = apply_weights(proto, layers, new)
+        out_model = quantize_weights(out_model, layers, qweights)
     if cfg.act_bits:
         out_model = _quantize_activations(out_model, layers, observers, cfg)
     models = {"dense": proto, "compressed": out_model}
+    if uncorrected is not None and cfg.compare_baseline:
+        models["uncorrected"] = uncorrected
     if cfg.compare_baseline and cfg.method not in ("magnitude", "rtn"):
         models[baseline_name(cfg)] = apply_weights(proto, layers, base)
     sets = {"held-out calibration" if held is not None else "calibration (not held out)":
