@@ -75,6 +75,11 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               default="obc", show_default=True,
               help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT in one pass); or the "
                    "baselines (magnitude pruning / round to nearest).")
+@click.option("--sequential", is_flag=True,
+              help="Compress layers in topological groups, calibrating each group on the "
+                   "model with the earlier groups already compressed.")
+@click.option("--sequential-groups", type=click.IntRange(min=1),
+              help="Number of groups for --sequential (default: one per layer).")
 @click.option("--correct", is_flag=True,
               help="Fold a per-output-channel mean correction (compressed vs dense outputs on "
                    "the calibration data) into the biases.")
@@ -123,6 +128,7 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
             act_bits=None if opts["act_bits"] is None else int(opts["act_bits"]),
             act_calibration=opts["act_calibration"], act_percentile=opts["act_percentile"],
             method=opts["method"], act_order=opts["act_order"], correct=opts["correct"],
+            sequential=opts["sequential"], sequential_groups=opts["sequential_groups"],
             damp=opts["damp"],
             device=opts["device"], include=opts["include"], exclude=opts["exclude"],
             op_types=opts["op_types"], batch_size=opts["batch_size"],

@@ -21,9 +21,13 @@ MB = 1 << 20
 
 def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
             backend: Backend, cfg: CompressConfig, progress: bool,
-            observe: list[str] | None = None,
+            observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
-    """Hessians of every layer; range observers for the `observe` tensors (host side)."""
+    """Hessians of every layer; range observers for the `observe` tensors (host side).
+
+    With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
+    the cross moments of the dense model's layer inputs X with these inputs X_hat (same
+    samples): the layer is then fitted to the dense model's output W X."""
     budget = cfg.memory_budget_mb * MB
     accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
             for L in layers}
@@ -43,14 +47,25 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
         sess = capture_session(proto, group, providers_for(backend.name)) if group else None
+        ref = capture_session(dense, group, providers_for(backend.name)) if (
+            group and dense is not None) else None
+        ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
         for samples, acts in capture(sess, group, data.batches(batch)):
+            dense_acts = next(ref_acts)[1] if ref_acts is not None else None
             for n, obs in observers.items():
                 if n in acts and (n in group or (n in inputs and group is groups[0])):
                     obs.add(acts[n])
             for L in todo:
                 for u in L.uses:
-                    for X in columns(L, u, backend.to_device(acts[u.input]), budget // 4):
-                        accs[L.weight].add(X)
+                    chunks = columns(L, u, backend.to_device(acts[u.input]), budget // 4)
+                    if dense_acts is None:
+                        for X in chunks:
+                            accs[L.weight].add(X)
+                        continue
+                    ref_chunks = columns(L, u, backend.to_device(dense_acts[u.input]),
+                                         budget // 4)
+                    for X, X0 in zip(chunks, ref_chunks):
+                        accs[L.weight].add(X, X0)
                 accs[L.weight].count(samples)
             bar.update(1)
         done.update(L.weight for L in todo)

@@ -34,6 +34,8 @@ class CompressConfig:
         "rtn" (quantization); either name runs every requested stage's baseline; "gptq"
         is the fast path (GPTQ quantization / SparseGPT pruning, jointly in one pass).
     act_order: with "gptq", process columns by descending Hessian diagonal.
+    sequential: compress layers in topological groups, each calibrated on the model with the
+        earlier groups already compressed (sequential_groups groups; None: one per layer).
     correct: fold a per-output-channel mean correction (compressed vs dense outputs on the
         calibration data) into the biases.
     damp: relative dampening, `H += damp * mean(diag H) * I`.
@@ -64,6 +66,8 @@ class CompressConfig:
     method: str = "obc"
     act_order: bool = False
     correct: bool = False
+    sequential: bool = False
+    sequential_groups: int | None = None
     damp: float = 0.01
     device: str = "auto"
     include: tuple[str, ...] = ()
@@ -91,6 +95,8 @@ class CompressConfig:
             if not isinstance(self.group_size, int) or self.group_size < 2:
                 raise ConfigError(f"group size must be an integer >= 2, got {self.group_size!r}"
                                   " (e.g. --group-size 128)")
+        if self.sequential_groups is not None and self.sequential_groups < 1:
+            raise ConfigError(f"sequential_groups must be >= 1, got {self.sequential_groups}")
         if self.act_bits is not None and self.act_bits != 8:
             raise ConfigError(f"act_bits must be 8 (int8 activations), got {self.act_bits!r}")
         if self.act_calibration not in ("minmax", "percentile"):

@@ -87,17 +87,24 @@ class HessianAccumulator:
 
     def __init__(self, groups: int, d: int, xp: Any) -> None:
         self.total = xp.zeros((groups, d, d), dtype=xp.float64)  # [G, d, d]
+        self.cross = None  # [G, d, d] sum of X0 X^T, when fitting to a reference's inputs X0
         self.samples = 0
 
-    def add(self, X: Any) -> None:
-        """X [G, d, n] float64."""
+    def add(self, X: Any, X0: Any = None) -> None:
+        """X [G, d, n] float64; X0 (optional, same shape): the dense model's inputs."""
         self.total += X @ X.swapaxes(1, 2)
+        if X0 is not None:
+            if self.cross is None:
+                self.cross = self.total * 0.0
+            self.cross += X0 @ X.swapaxes(1, 2)
 
     def count(self, samples: int) -> None:
         self.samples += samples
 
     def merge(self, other: HessianAccumulator) -> None:
         self.total += other.total
+        if other.cross is not None:
+            self.cross = other.cross.copy() if self.cross is None else self.cross + other.cross
         self.samples += other.samples
 
     def mean(self) -> Any:

@@ -79,14 +79,22 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     report.calibration.update(samples=fit.n, holdout=0 if held is None else held.n)
     timer["load"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     observe = _act_tensors(proto, layers) if cfg.act_bits else []
-    hessians, observers = collect(proto, layers, fit, batch, backend, cfg, progress, observe)
-    timer["capture"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    new, base, qweights = solve_all(proto, layers, hessians, backend, cfg, report, progress)
-    timer["solve"] = time.perf_counter() - t
+    new, base, qweights, observers = {}, {}, {}, {}
+    current = proto  # sequential: later groups are calibrated on the compressed model
+    for chunk in _layer_groups(layers, cfg):
+        t = time.perf_counter()
+        wanted = [n for n in observe if n not in observers]
+        hessians, obs = collect(current, chunk, fit, batch, backend, cfg, progress, wanted,
+                                dense=proto if current is not proto else None)
+        observers.update(obs)
+        timer["capture"] = timer.get("capture", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        n, b, q = solve_all(proto, chunk, hessians, backend, cfg, report, progress)
+        new.update(n), base.update(b), qweights.update(q)
+        if cfg.sequential:
+            current = apply_weights(current, chunk, n)
+        timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
     out_model = apply_weights(proto, layers, new)  # float weights (on the grid if quantized)
@@ -192,3 +200,12 @@ def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers
 def baseline_name(cfg: CompressConfig) -> str:
     """The baseline model's name in the report: magnitude, rtn or magnitude+rtn."""
     return "+".join(n for n, on in (("magnitude", cfg.sparsity), ("rtn", cfg.bits)) if on)
+
+
+def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]:
+    """All layers at once (one-shot, OBC's default), or topological groups (--sequential)."""
+    if not cfg.sequential:
+        return [layers]
+    k = cfg.sequential_groups or len(layers)
+    size = -(-len(layers) // k)
+    return [layers[i:i + size] for i in range(0, len(layers), size)]

@@ -20,6 +20,7 @@ from .quant import Grid
 from .qweights import group_size_for, to_onnx
 from .report import LayerResult, Report
 from .solvers import solve_layer
+from .solvers.prepare import fit_to_reference
 
 MB = 1 << 20
 
@@ -51,7 +52,11 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
             report.warnings.append(why)
         w = numpy_helper.to_array(weights[L.weight][1])
         W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
-        res = solve_layer(W, hessians.pop(L.weight).mean(), sparsity=cfg.sparsity, quant=lspec,
+        acc = hessians.pop(L.weight)
+        H = acc.mean()
+        if acc.cross is not None:  # sequential: fit the dense model's output
+            W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.damp, 1e-4))
+        res = solve_layer(W, H, sparsity=cfg.sparsity, quant=lspec,
                           method=cfg.method, damp=cfg.damp, budget_bytes=budget,
                           act_order=cfg.act_order)
         new[L.weight] = L.from_matrix(backend.to_host(res.W))

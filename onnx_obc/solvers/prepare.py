@@ -84,3 +84,19 @@ def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
     xp = array_module(W, H)
     dW = W_hat.astype(xp.float64) - W.astype(xp.float64)  # [G, r, d]
     return float(((dW @ H) * dW).sum())
+
+
+def fit_to_reference(W: Any, H: Any, C: Any, damp: float) -> Any:
+    """Sequential mode: the weights that best map this layer's (compressed-model) inputs X
+    to the dense model's output W X0, ridge-regularized towards W:
+        W_t = argmin ||W X0 - W' X||^2 + lam ||W' - W||^2 = W (C + lam I)(H + lam I)^-1
+    with H = X X^T / N, C = X0 X^T / N [G, d, d], lam = damp * mean(diag H). W_t = W when
+    X = X0. Compressing W_t against H then fits the dense output, upstream errors included."""
+    xp = array_module(W, H)
+    G, _, d = W.shape
+    lam = damp * xp.diagonal(H, axis1=1, axis2=2).mean(axis=1)[:, None, None]  # [G, 1, 1]
+    eye = xp.eye(d, dtype=xp.float64)
+    A = H + lam * eye  # [G, d, d] SPD
+    B = W.astype(xp.float64) @ (C + lam * eye)  # [G, r, d]
+    # W_t A = B  <=>  A W_t^T = B^T  (A symmetric)
+    return xp.swapaxes(xp.linalg.solve(A, xp.swapaxes(B, 1, 2)), 1, 2).astype(W.dtype)

@@ -1,0 +1,53 @@
+"""--sequential: later layer groups are calibrated on the compressed model and fitted to the
+dense model's outputs; one group is the one-shot run exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnx_obc import convert
+from onnx_obc.solvers.prepare import fit_to_reference
+
+from .test_solvers import correlated_H, weights
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _run(**kw):
+    return convert(MODELS / "digits_vit.onnx", None, calib=MODELS / "digits_vit.calib.npz",
+                   eval_data=MODELS / "digits_vit.eval.npz", progress=False, device="cpu", **kw)
+
+
+def test_sequential_lowers_the_output_error_on_held_out_data():
+    one = _run(sparsity=0.7)
+    seq = _run(sparsity=0.7, sequential=True)
+    e1 = max(one.report.fidelity["eval"]["compressed"].rel_error.values())
+    e2 = max(seq.report.fidelity["eval"]["compressed"].rel_error.values())
+    assert e2 < 0.8 * e1
+    for layer in seq.report.layers:  # still exactly at the target
+        n = layer.rows * layer.cols
+        assert abs(layer.sparsity * n - 0.7 * n) <= 1
+
+
+def test_one_sequential_group_is_the_one_shot_run():
+    a = _run(sparsity=0.5, compare_baseline=False)
+    b = _run(sparsity=0.5, sequential=True, sequential_groups=1, compare_baseline=False)
+    for x, y in zip(a.model.graph.initializer, b.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y))
+
+
+def test_fit_to_reference_is_identity_without_upstream_error_and_fits_otherwise():
+    W = weights(6, 20, 0)
+    H = correlated_H(20, 0)[None]
+    np.testing.assert_allclose(fit_to_reference(W, H, H, 0.01), W, rtol=1e-6, atol=1e-9)
+    rng = np.random.default_rng(1)
+    X0 = rng.standard_normal((20, 8)) @ rng.standard_normal((8, 500))
+    X = X0 + 0.3 * rng.standard_normal(X0.shape)  # inputs perturbed upstream
+    Hx, C = (X @ X.T / 500)[None], (X0 @ X.T / 500)[None]
+    Wt = fit_to_reference(W, Hx, C, 1e-6)
+    err_t = np.sum((W[0] @ X0 - Wt[0] @ X) ** 2)
+    err_w = np.sum((W[0] @ X0 - W[0] @ X) ** 2)
+    assert err_t < 0.5 * err_w
