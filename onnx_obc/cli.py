@@ -75,6 +75,23 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               default="obc", show_default=True,
               help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT in one pass); or the "
                    "baselines (magnitude pruning / round to nearest).")
+@click.option("--allocate", type=click.Choice(["uniform", "dp"]), default="uniform",
+              show_default=True,
+              help="dp: per-layer sparsity chosen by an exact DP to meet the global "
+                   "--sparsity with the least estimated error.")
+@click.option("--budget", type=click.Choice(["sparsity", "params", "flops"]),
+              default="sparsity", show_default=True,
+              help="What --sparsity removes globally with --allocate dp.")
+@click.option("--score", type=click.Choice(["loss", "output"]), default="loss",
+              show_default=True,
+              help="Level errors for the DP: normalised layer loss, or measured model "
+                   "output error with onnxruntime (slower).")
+@click.option("--max-sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.95, show_default=True, help="Largest per-layer level for the DP.")
+@click.option("--profile", type=click.Path(exists=True, dir_okay=False),
+              help="Apply a saved per-layer profile (JSON) instead of solving the DP.")
+@click.option("--save-profile", type=click.Path(dir_okay=False),
+              help="Write the chosen per-layer profile as JSON.")
 @click.option("--sequential", is_flag=True,
               help="Compress layers in topological groups, calibrating each group on the "
                    "model with the earlier groups already compressed.")
@@ -129,6 +146,9 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
             act_calibration=opts["act_calibration"], act_percentile=opts["act_percentile"],
             method=opts["method"], act_order=opts["act_order"], correct=opts["correct"],
             sequential=opts["sequential"], sequential_groups=opts["sequential_groups"],
+            allocate=opts["allocate"], budget=opts["budget"], score=opts["score"],
+            max_sparsity=opts["max_sparsity"], profile=opts["profile"],
+            save_profile=opts["save_profile"],
             damp=opts["damp"],
             device=opts["device"], include=opts["include"], exclude=opts["exclude"],
             op_types=opts["op_types"], batch_size=opts["batch_size"],

@@ -34,6 +34,13 @@ class CompressConfig:
         "rtn" (quantization); either name runs every requested stage's baseline; "gptq"
         is the fast path (GPTQ quantization / SparseGPT pruning, jointly in one pass).
     act_order: with "gptq", process columns by descending Hessian diagonal.
+    allocate: "uniform" (every layer at `sparsity`) or "dp" (per-layer levels chosen by an
+        exact DP so the model meets the global budget with the least estimated error).
+    budget: what `sparsity` removes globally with "dp": "sparsity"/"params" (weights) or
+        "flops". score: level errors from the normalised layer loss ("loss") or the
+        measured model output error ("output"). max_sparsity: the largest level.
+    profile: a saved profile (JSON, layer -> sparsity) to apply instead of solving the DP;
+        save_profile: where to write the chosen profile.
     sequential: compress layers in topological groups, each calibrated on the model with the
         earlier groups already compressed (sequential_groups groups; None: one per layer).
     correct: fold a per-output-channel mean correction (compressed vs dense outputs on the
@@ -66,6 +73,12 @@ class CompressConfig:
     method: str = "obc"
     act_order: bool = False
     correct: bool = False
+    allocate: str = "uniform"
+    budget: str = "sparsity"
+    score: str = "loss"
+    max_sparsity: float = 0.95
+    profile: str | None = None
+    save_profile: str | None = None
     sequential: bool = False
     sequential_groups: int | None = None
     damp: float = 0.01
@@ -95,6 +108,22 @@ class CompressConfig:
             if not isinstance(self.group_size, int) or self.group_size < 2:
                 raise ConfigError(f"group size must be an integer >= 2, got {self.group_size!r}"
                                   " (e.g. --group-size 128)")
+        if self.allocate not in ("uniform", "dp"):
+            raise ConfigError(f"allocate must be 'uniform' or 'dp', got {self.allocate!r}")
+        if self.budget not in ("sparsity", "params", "flops"):
+            raise ConfigError(f"budget must be sparsity, params or flops, got {self.budget!r}")
+        if self.score not in ("loss", "output"):
+            raise ConfigError(f"score must be 'loss' or 'output', got {self.score!r}")
+        if not 0.0 < self.max_sparsity < 1.0:
+            raise ConfigError(f"max_sparsity must be in (0, 1), got {self.max_sparsity}")
+        if (self.allocate == "dp" or self.profile) and s is None:
+            raise ConfigError("non-uniform allocation needs the global target: add --sparsity")
+        if self.allocate == "dp" and s is not None and float(s) >= self.max_sparsity:
+            raise ConfigError(f"the global sparsity {s} must stay below the largest level "
+                              f"{self.max_sparsity} (--max-sparsity)")
+        if self.sequential and (self.allocate == "dp" or self.profile):
+            raise ConfigError("--sequential cannot be combined with a non-uniform allocation "
+                              "yet; use one of them")
         if self.sequential_groups is not None and self.sequential_groups < 1:
             raise ConfigError(f"sequential_groups must be >= 1, got {self.sequential_groups}")
         if self.act_bits is not None and self.act_bits != 8:

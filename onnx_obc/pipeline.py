@@ -30,7 +30,9 @@ from .modelio import check_output_path, load_model, save_model
 from .qdq import quantize_activations, quantize_weights, residual_add_inputs
 from .report import Report, SkippedLayer
 from .rewrite import apply_weights
-from .solve import solve_all
+from .solve import solve_all, solver_budget
+from . import nonuniform
+from .allocate import allocate, load_profile, save_profile, target_budget
 from .verify import evaluate
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         observers.update(obs)
         timer["capture"] = timer.get("capture", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        n, b, q = solve_all(proto, chunk, hessians, backend, cfg, report, progress)
+        per_layer = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch)
+        n, b, q = solve_all(proto, chunk, hessians, backend, cfg, report, progress, per_layer)
         new.update(n), base.update(b), qweights.update(q)
         if cfg.sequential:
             current = apply_weights(current, chunk, n)
@@ -209,3 +212,32 @@ def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]
     k = cfg.sequential_groups or len(layers)
     size = -(-len(layers) // k)
     return [layers[i:i + size] for i in range(0, len(layers), size)]
+
+
+def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, backend: Any,
+                cfg: CompressConfig, report: Report, data: calib_mod.DataSet, batch: int
+                ) -> dict[str, float] | None:
+    """Per-layer sparsity from a profile or the DP (None: uniform)."""
+    if cfg.allocate != "dp" and not cfg.profile:
+        return None
+    if cfg.profile:
+        choice = load_profile(cfg.profile)
+        missing = [L.name for L in layers if L.name not in choice]
+        if missing:
+            raise ObcError(f"profile {cfg.profile} has no level for {missing}; it was made for "
+                           "another model or other --include/--exclude options")
+        report.profile = {"source": str(cfg.profile), "choice": choice}
+    else:
+        tables = nonuniform.build_tables(proto, layers, hessians, backend, cfg, data, batch,
+                                         solver_budget(cfg, backend))
+        kind = "flops" if cfg.budget == "flops" else "sparsity"
+        target = 1.0 / (1.0 - cfg.sparsity) if kind == "flops" else cfg.sparsity
+        alloc = allocate(tables, target_budget(tables, target, kind))
+        choice = alloc.choice
+        report.profile = {"choice": choice, "budget": cfg.budget, "score": cfg.score,
+                          "cost": alloc.cost, "dense_cost": nonuniform.dense_cost(tables),
+                          "error": alloc.error}
+        if cfg.save_profile:
+            save_profile(cfg.save_profile, alloc, {"budget_kind": cfg.budget,
+                                                   "score": cfg.score})
+    return {L.weight: float(choice[L.name]) for L in layers}

@@ -64,6 +64,7 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     correction: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)  # non-uniform levels per layer
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,8 +80,8 @@ class Report:
         os.replace(tmp, path)
 
     def table(self) -> str:
-        return "\n".join(_layer_lines(self) + _skip_lines(self) + _fidelity_lines(self)
-                         + _footer(self))
+        return "\n".join(_layer_lines(self) + _profile_lines(self) + _skip_lines(self)
+                         + _fidelity_lines(self) + _footer(self))
 
 
 def _jsonable(x: Any) -> Any:
@@ -125,6 +126,19 @@ def _layer_lines(r: Report) -> list[str]:
                      " (per layer: prune_loss and loss in the JSON report)")
     if any(x.damp_failed for x in r.layers):
         lines.append("! dampening was escalated after a Cholesky failure (see damp_failed in JSON)")
+    return lines
+
+
+def _profile_lines(r: Report) -> list[str]:
+    p = r.profile
+    if not p:
+        return []
+    lines = ["", "non-uniform profile: " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                     p["choice"].items())]
+    if "cost" in p:
+        lines.append(f"  {p['budget']} kept {p['cost']:.4g} of {p['dense_cost']:.4g} "
+                     f"({p['cost'] / p['dense_cost']:.1%}); estimated error {p['error']:.4g} "
+                     f"(score: {p['score']})")
     return lines
 
 

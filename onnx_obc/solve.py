@@ -33,7 +33,8 @@ def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
 
 
 def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
-           backend: Backend, cfg: CompressConfig, report: Report, progress: bool
+           backend: Backend, cfg: CompressConfig, report: Report, progress: bool,
+           sparsity_for: dict[str, float] | None = None,
            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, QuantizedWeight]]:
     """Solve every layer: compressed and baseline weights (float, ONNX layout) and, when
     quantizing, the integer weights for QDQ export."""
@@ -56,7 +57,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         H = acc.mean()
         if acc.cross is not None:  # sequential: fit the dense model's output
             W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.damp, 1e-4))
-        res = solve_layer(W, H, sparsity=cfg.sparsity, quant=lspec,
+        target = cfg.sparsity if sparsity_for is None else sparsity_for[L.weight]
+        res = solve_layer(W, H, sparsity=target or None, quant=lspec,
                           method=cfg.method, damp=cfg.damp, budget_bytes=budget,
                           act_order=cfg.act_order)
         new[L.weight] = L.from_matrix(backend.to_host(res.W))
@@ -71,7 +73,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         report.layers.append(LayerResult(
             name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
             groups=G, method=cfg.method, sparsity=res.zeros / (G * r * d),
-            target=cfg.sparsity or 0.0, loss=res.loss, magnitude_loss=res.baseline_loss,
+            target=target or 0.0, loss=res.loss, magnitude_loss=res.baseline_loss,
             dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
             seconds=time.perf_counter() - t, work=res.steps_run / (G * r * d),
             rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,

@@ -1,0 +1,139 @@
+"""Non-uniform sparsity: one ExactOBS run per layer gives its loss at every level; an exact
+DP (allocate.py) then picks the level of every layer under the global budget.
+
+Levels are OBC's grid (densities 0.9^k, k = 0.. up to the maximum sparsity, plus the maximum).
+A level's error is the layer loss normalised by the layer's output energy tr(W H W^T), so
+layers compare ("loss" score), or the measured increase of the model's output error on
+calibration samples with only that layer compressed ("output" score, onnxruntime, slower).
+A level's cost is the layer's remaining parameters, or its FLOPs (parameters times output
+positions per sample), depending on the budget kind.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .allocate import LevelTable
+from .backend import Backend, array_module
+from .calib import DataSet
+from .capture import activation_bytes, providers_for, session
+from .hessian import HessianAccumulator
+from .layers import Layer, constant_weights
+from .rewrite import apply_weights
+from .solvers import prepare, rows_per_batch
+from .solvers.fast import greedy_traces
+from .solvers.select import rebuild, select_counts
+
+MB = 1 << 20
+
+
+def level_grid(max_sparsity: float = 0.95) -> tuple[float, ...]:
+    """0, 0.1, 0.19, 0.271, ... (density 0.9^k) up to max_sparsity, which is appended."""
+    levels, k = [], 0
+    while 1 - 0.9**k < max_sparsity - 1e-9:
+        levels.append(round(1 - 0.9**k, 6))
+        k += 1
+    return tuple(levels + [max_sparsity])
+
+
+def positions_per_sample(proto: onnx.ModelProto, layers: list[Layer],
+                         feed: dict[str, np.ndarray]) -> dict[str, float]:
+    """Output positions per sample of each layer (FLOPs = params x positions), summed over
+    the layer's uses; 1 where the shape is unknown."""
+    out_of = {}
+    for i, node in enumerate(proto.graph.node):
+        out_of[node.name or f"<{node.op_type} #{i}>"] = node.output[0]
+    names = [out_of[u.node] for L in layers for u in L.uses]
+    sizes = activation_bytes(proto, names, feed)
+    n = next(iter(feed.values())).shape[0]
+    result = {}
+    for L in layers:
+        G, r, _ = L.matrix_shape
+        total = 0.0
+        for u in L.uses:
+            b = sizes.get(out_of[u.node])
+            total += b / 4 / n / (G * r) if b else 1.0
+        result[L.weight] = total
+    return result
+
+
+def layer_table(L: Layer, W: Any, H: Any, levels: tuple[float, ...], cost_per_weight: float,
+                damp: float, budget_bytes: int) -> LevelTable:
+    """Loss at every level from one greedy run (to the largest level), normalised."""
+    xp = array_module(W, H)
+    G, r, d = W.shape
+    n = G * r * d
+    prep = prepare(W, H, damp)
+    rows = prep.W.reshape(G * r, d)
+    group = xp.repeat(xp.arange(G), r)
+    rb = rows_per_batch(d, G * r, budget_bytes)
+    tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * n))
+    W64 = W.astype(np.float64)
+    energy = float(((W64 @ H) * W64).sum()) or 1.0
+    errors, costs = [], []
+    for s in levels:
+        c = round(s * n)
+        counts = select_counts(tr.keys, c)
+        steps = xp.arange(d)[None, :] < counts[:, None]
+        errors.append(float(xp.where(steps, tr.losses, 0.0).sum()) / energy)
+        costs.append((n - c) * cost_per_weight)
+    return LevelTable(L.name, levels, tuple(costs), tuple(errors))
+
+
+def output_errors(proto: onnx.ModelProto, L: Layer, W: Any, H: Any, levels: tuple[float, ...],
+                  damp: float, budget_bytes: int, data: DataSet, batch: int,
+                  backend: Backend) -> tuple[float, ...]:
+    """Relative increase of the model output error with only L compressed, per level."""
+    xp = backend.xp
+    G, r, d = W.shape
+    n = G * r * d
+    prep = prepare(W, H, damp)
+    rows = prep.W.reshape(G * r, d)
+    group = xp.repeat(xp.arange(G), r)
+    rb = rows_per_batch(d, G * r, budget_bytes)
+    tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * n))
+    providers = providers_for(backend.name)
+    dense = session(proto, providers, optimize=True)
+    ref = [dense.run(None, feed)[0] for _, feed in data.batches(batch)]
+    energy = sum(float(np.square(y).sum()) for y in ref) or 1.0
+    errs = []
+    for s in levels:
+        counts = select_counts(tr.keys, round(s * n))
+        Wl = backend.to_host(rebuild(rows, prep.Hinv, group, tr.order, counts, rb))
+        m = apply_weights(proto, [L], {L.weight: L.from_matrix(Wl.reshape(G, r, d))})
+        sess = session(m, providers, optimize=True)
+        e = sum(float(np.square(sess.run(None, feed)[0] - y).sum())
+                for (_, feed), y in zip(data.batches(batch), ref))
+        errs.append(e / energy)
+    return tuple(errs)
+
+
+def build_tables(proto: onnx.ModelProto, layers: list[Layer],
+                 hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
+                 data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
+    levels = level_grid(cfg.max_sparsity)
+    weights = constant_weights(proto.graph)
+    per_weight = (positions_per_sample(proto, layers, next(data.batches(batch))[1])
+                  if cfg.budget == "flops" else {L.weight: 1.0 for L in layers})
+    tables = []
+    for L in layers:
+        w = numpy_helper.to_array(weights[L.weight][1])
+        W = backend.to_device(L.to_matrix(w).astype(np.float32))
+        H = hessians[L.weight].mean()
+        t = layer_table(L, W, H, levels, per_weight[L.weight], cfg.damp, budget_bytes)
+        if cfg.score == "output":
+            sub = data.take(np.arange(min(data.n, 64)))
+            t = LevelTable(t.name, t.levels, t.cost,
+                           output_errors(proto, L, W, H, levels, cfg.damp, budget_bytes, sub,
+                                         batch, backend))
+        tables.append(t)
+    return tables
+
+
+def dense_cost(tables: list[LevelTable]) -> float:
+    return math.fsum(t.cost[0] for t in tables)
