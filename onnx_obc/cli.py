@@ -36,6 +36,16 @@ def main() -> None:
     """
 
 
+def _nm(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        n, m = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not N:M, e.g. 2:4", param_hint="--nm") from None
+    return n, m
+
+
 def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
     ops = tuple(v.strip() for v in value.split(",") if v.strip())
     bad = [o for o in ops if o not in LAYER_OPS]
@@ -49,6 +59,11 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Fraction of weights to zero in every layer, e.g. 0.5.")
+@click.option("--nm", callback=lambda c, p, v: _nm(v), metavar="N:M",
+              help="N:M sparsity along the axis TensorRT reads (2:4, 4:8): N zeros in every "
+                   "M consecutive input channels.")
+@click.option("--block", type=click.IntRange(min=2),
+              help="Prune blocks of this many consecutive input channels (with --sparsity).")
 @click.option("--bits", type=click.IntRange(2, 8),
               help="Quantize weights with OBQ to this many bits (QDQ output); with "
                    "--sparsity, pruning comes first and the zeros are kept.")
@@ -140,7 +155,8 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
     _logging(verbose, debug)
     try:
         cfg = CompressConfig(
-            sparsity=opts["sparsity"], bits=opts["bits"], group_size=opts["group_size"],
+            sparsity=opts["sparsity"], nm=opts["nm"], block=opts["block"], bits=opts["bits"],
+            group_size=opts["group_size"],
             symmetric=not opts["asymmetric"], clip_search=not opts["minmax"],
             act_bits=None if opts["act_bits"] is None else int(opts["act_bits"]),
             act_calibration=opts["act_calibration"], act_percentile=opts["act_percentile"],

@@ -23,6 +23,9 @@ class CompressConfig:
     """What to compress and how.
 
     sparsity: fraction of weights set to zero in every compressed layer (0 < s < 1).
+    nm: (n, m) N:M sparsity, n zeros in every m consecutive weights along the reduction axis
+        TensorRT reads (2:4, 4:8); layers whose axis does not divide by m stay dense.
+    block: prune blocks of this many consecutive input channels (with `sparsity`).
     bits: weight bits (2..8) for OBQ quantization; with sparsity, pruning comes first.
     group_size: columns per quantization scale (None: one scale per output channel).
     symmetric: symmetric grid, zero point 0 (TensorRT); False: asymmetric (uint codes).
@@ -63,6 +66,8 @@ class CompressConfig:
     """
 
     sparsity: float | None = None
+    nm: tuple[int, int] | None = None
+    block: int | None = None
     bits: int | None = None
     group_size: int | None = None
     symmetric: bool = True
@@ -97,7 +102,27 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         s = self.sparsity
-        if s is None and self.bits is None:
+        if self.nm is not None:
+            n, m = self.nm
+            if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+                raise ConfigError(f"N:M needs integers 0 < N < M, got {n}:{m} (e.g. --nm 2:4)")
+            if s is not None:
+                raise ConfigError("--nm sets the sparsity (N/M): drop --sparsity")
+            if self.block is not None:
+                raise ConfigError("use --nm or --block, not both")
+            object.__setattr__(self, "nm", (n, m))
+            s = None
+        if self.block is not None:
+            if not isinstance(self.block, int) or self.block < 2:
+                raise ConfigError(f"block size must be an integer >= 2, got {self.block!r}")
+            if s is None:
+                raise ConfigError("--block prunes a fraction of the blocks: add --sparsity")
+        if (self.nm or self.block) and (self.allocate == "dp" or self.profile):
+            raise ConfigError("non-uniform allocation is for unstructured sparsity for now")
+        if (self.nm or self.block) and self.method == "gptq":
+            raise ConfigError("--method gptq prunes unstructured only; use the default "
+                              "method for --nm / --block")
+        if s is None and self.bits is None and self.nm is None:
             raise ConfigError("nothing to do: give a target sparsity (--sparsity 0.5) and/or "
                               "weight bits (--bits 8)")
         if self.bits is not None and (not isinstance(self.bits, int) or not 2 <= self.bits <= 8):
@@ -135,7 +160,7 @@ class CompressConfig:
             raise ConfigError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
         if self.method == "rtn" and self.bits is None:
             raise ConfigError("--method rtn is the quantization baseline: add --bits")
-        if self.method == "magnitude" and s is None:
+        if self.method == "magnitude" and s is None and self.nm is None:
             raise ConfigError("--method magnitude is the pruning baseline: add --sparsity")
         if s is not None and (not isinstance(s, (int, float)) or not 0.0 < float(s) < 1.0):
             raise ConfigError(

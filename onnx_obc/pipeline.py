@@ -202,7 +202,8 @@ def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers
 
 def baseline_name(cfg: CompressConfig) -> str:
     """The baseline model's name in the report: magnitude, rtn or magnitude+rtn."""
-    return "+".join(n for n, on in (("magnitude", cfg.sparsity), ("rtn", cfg.bits)) if on)
+    pruned = cfg.sparsity or cfg.nm
+    return "+".join(n for n, on in (("magnitude", pruned), ("rtn", cfg.bits)) if on)
 
 
 def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]:

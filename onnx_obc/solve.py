@@ -4,6 +4,7 @@ per-layer report rows."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -18,8 +19,9 @@ from .layers import Layer, constant_weights
 from .qdq import QuantizedWeight
 from .quant import Grid
 from .qweights import group_size_for, to_onnx
-from .report import LayerResult, Report
-from .solvers import solve_layer
+from .report import LayerResult, Report, SkippedLayer
+from .solvers import Structure, solve_layer
+from .solvers.structured import conv_nm_groups, linear_nm_groups
 from .solvers.prepare import fit_to_reference
 
 MB = 1 << 20
@@ -58,7 +60,17 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         if acc.cross is not None:  # sequential: fit the dense model's output
             W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.damp, 1e-4))
         target = cfg.sparsity if sparsity_for is None else sparsity_for[L.weight]
-        res = solve_layer(W, H, sparsity=target or None, quant=lspec,
+        st = structure_for(L, cfg)
+        if (cfg.nm or cfg.block) and st is None:
+            m = cfg.nm[1] if cfg.nm else cfg.block
+            report.skipped.append(SkippedLayer(L.name, L.op, (
+                f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
+            if lspec is None:
+                continue
+            target = None
+        elif st is not None and st.kind == "nm":
+            target = st.n / st.m
+        res = solve_layer(W, H, sparsity=target or None, quant=lspec, structure=st,
                           method=cfg.method, damp=cfg.damp, budget_bytes=budget,
                           act_order=cfg.act_order)
         new[L.weight] = L.from_matrix(backend.to_host(res.W))
@@ -83,3 +95,25 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
                                    f"{list(res.escalations)}; used {res.damp}")
         backend.free()
     return new, base, qweights
+
+
+def _axis_len(L: Layer) -> int:
+    return L.shape[1] if L.layout == "conv" else L.matrix_shape[2]
+
+
+def structure_for(L: Layer, cfg: CompressConfig) -> Structure | None:
+    """N:M groups / blocks along the reduction axis TensorRT reads: for Conv, m consecutive
+    input channels at one kernel position; for MatMul / Gemm, m consecutive inputs (K)."""
+    if not cfg.nm and not cfg.block:
+        return None
+    m = cfg.nm[1] if cfg.nm else cfg.block
+    _, _, d = L.matrix_shape
+    if L.layout == "conv":
+        groups = conv_nm_groups(L.shape[1], math.prod(L.shape[2:]), m)
+    else:
+        groups = linear_nm_groups(d, m)
+    if groups is None:
+        return None
+    if cfg.nm:
+        return Structure("nm", groups, n=cfg.nm[0], m=m)
+    return Structure("block", groups, size=m)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backend import array_module
+from ..errors import ConfigError
 from ..quant import Grid, QuantSpec, codes, fit_grid, rtn
 from .fast import greedy_traces
 from .gptq import gptq
@@ -20,8 +21,9 @@ from .magnitude import magnitude_prune
 from .prepare import Prepared, layer_loss, prepare
 from .rules import QuantRule
 from .select import rebuild, select_counts
+from .structured import block_magnitude, block_prune, nm_magnitude, nm_prune
 
-__all__ = ["LayerSolution", "solve_layer", "prune_layer", "prepare", "layer_loss",
+__all__ = ["LayerSolution", "Structure", "solve_layer", "prune_layer", "prepare", "layer_loss",
            "magnitude_prune", "rows_per_batch"]
 
 
@@ -57,9 +59,12 @@ def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> i
 def solve_layer(
     W: Any, H: Any, *, sparsity: float | None = None, quant: QuantSpec | None = None,
     method: str = "obc", damp: float = 0.01, budget_bytes: int = 1 << 30,
-    act_order: bool = False,
+    act_order: bool = False, structure: Structure | None = None,
 ) -> LayerSolution:
     """Compress W [G, r, d] (G Hessian groups of r rows) given H [G, d, d].
+
+    structure: N:M (n zeros per group of m columns; the sparsity is n/m) or blocks of b
+    columns (`sparsity` of the blocks, selected globally), with the column grouping given.
 
     method "obc": ExactOBS / OBQ. "gptq": the fast path (GPTQ / SparseGPT, one pass).
     "magnitude" / "rtn": the baselines (magnitude pruning, round to nearest), which are also
@@ -69,8 +74,13 @@ def solve_layer(
     G, r, d = W.shape
     H64 = H.astype(xp.float64)
     W64 = W.astype(xp.float64)
+    st = structure
+    if st is not None and st.kind == "nm":
+        sparsity = st.n / st.m
     count = int(round(sparsity * G * r * d)) if sparsity else 0
-    base = magnitude_prune(W64, count) if count else W64
+    if st is not None and st.kind == "block":
+        count = st.size * int(round(sparsity * G * r * d / st.size)) if sparsity else 0
+    base = _magnitude(W64, count, st) if count else W64
     base_grid = fit_grid(base.reshape(G * r, d), quant) if quant else None
     if quant:
         base = rtn(base.reshape(G * r, d), base_grid).reshape(G, r, d)  # zeros stay 0
@@ -82,12 +92,20 @@ def solve_layer(
     prep: Prepared = prepare(W, H64, damp)
     rows = prep.W.reshape(G * r, d)  # [R, d] float32
     if method == "gptq":
+        if st is not None:
+            raise ConfigError("--method gptq supports unstructured pruning only; use the "
+                              "default method for N:M and blocks")
         return _fast_path(W, H64, prep, rows, sparsity or 0.0, quant, act_order, base,
                           base_loss, base_codes)
     group = xp.repeat(xp.arange(G), r)  # [R]
     rb = rows_per_batch(d, G * r, budget_bytes)
     obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None
-    if count:
+    if count and st is not None:  # N:M or blocks
+        rows, obs_loss = _structured(rows, prep.Hinv, group, rb, st, count)
+        rows = rows.astype(xp.float32)
+        steps_run = count // (st.size if st.kind == "block" else 1)
+        prune_loss = layer_loss(W, rows.reshape(G, r, d), H64)
+    elif count:
         tr = greedy_traces(rows, prep.Hinv, group, rb, count)
         counts = select_counts(tr.keys, count)
         rows = rebuild(rows, prep.Hinv, group, tr.order, counts, rb).astype(xp.float32)
@@ -113,6 +131,41 @@ def solve_layer(
         W_hat, base, layer_loss(W, W_hat, H64), base_loss, obs_loss, _zeros(W_hat), prep.dead,
         prep.damp, prep.escalations, steps_run, reruns, prune_loss, grid, out_codes, base_codes,
     )
+
+
+@dataclass(frozen=True)
+class Structure:
+    """N:M (kind "nm": n zeros in every group of m) or blocks (kind "block" of `size`
+    columns); col_groups [d] gives each column's group / block, along the axis the runtime
+    reads (conv: consecutive input channels at one kernel position)."""
+
+    kind: str
+    col_groups: Any
+    n: int = 0
+    m: int = 0
+    size: int = 0
+
+
+def _magnitude(W64: Any, count: int, st: Structure | None) -> Any:
+    if st is None:
+        return magnitude_prune(W64, count)
+    G, r, d = W64.shape
+    rows = W64.reshape(G * r, d)
+    if st.kind == "nm":
+        return nm_magnitude(rows, st.n, st.col_groups).reshape(G, r, d)
+    return block_magnitude(rows, st.col_groups, count // st.size).reshape(G, r, d)
+
+
+def _structured(rows: Any, Hinv: Any, group: Any, rb: int, st: Structure, count: int
+                ) -> tuple[Any, float]:
+    xp = array_module(rows, Hinv)
+    if st.kind == "nm":
+        W_hat, losses, _ = nm_prune(rows, Hinv, group, rb, st.n, st.m, st.col_groups)
+        return W_hat, float(losses.sum())
+    W_hat, losses, _, counts = block_prune(rows, Hinv, group, rb, st.size, st.col_groups,
+                                           count // st.size)
+    steps = xp.arange(losses.shape[1])[None, :] < counts[:, None]
+    return W_hat, float(xp.where(steps, losses, 0.0).sum())
 
 
 def _fast_path(W: Any, H64: Any, prep: Prepared, rows: Any, sparsity: float,

@@ -20,23 +20,25 @@ from .rules import PruneRule
 
 
 def greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, rule: Any = None,
-                 final: Any = None) -> tuple[Any, Any]:
-    """Run the greedy to the end on every row.
+                 final: Any = None, max_steps: int | None = None) -> tuple[Any, Any]:
+    """Run the greedy to the end (or for `max_steps` steps) on every row.
 
     W [R, d] rows; Hinv [G, d, d] inverse Hessians; group [R] the Hessian of each row;
     `rule` (rules.py) decides each step (pruning by default). Returns losses [R, d] (loss of
-    step k, float64) and order [R, d] (weight fixed at step k); the rows after the last step
-    are written into `final` [R, d] when given.
+    step k, float64) and order [R, d] (weight fixed at step k), [R, max_steps] with
+    `max_steps`; the rows after the last step are written into `final` [R, d] when given.
     """
     xp = array_module(W, Hinv)
     rule = rule or PruneRule()
     R, d = W.shape
-    losses = xp.empty((R, d), dtype=xp.float64)
-    order = xp.empty((R, d), dtype=xp.int64)
+    steps = d if max_steps is None else max(0, min(d, int(max_steps)))
+    losses = xp.empty((R, steps), dtype=xp.float64)
+    order = xp.empty((R, steps), dtype=xp.int64)
     for r0 in range(0, R, rows_per_batch):
         r1 = min(R, r0 + rows_per_batch)
         rows = xp.arange(r0, r1)
-        lo, od, w = _greedy_batch(W[r0:r1], Hinv[group[r0:r1]].astype(W.dtype), rule.bind(rows))
+        lo, od, w = _greedy_batch(W[r0:r1], Hinv[group[r0:r1]].astype(W.dtype), rule.bind(rows),
+                                  steps)
         losses[r0:r1] = lo
         order[r0:r1] = od
         if final is not None:
@@ -44,18 +46,20 @@ def greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, rule: Any =
     return losses, order
 
 
-def _greedy_batch(w: Any, Hb: Any, rule: Any) -> tuple[Any, Any, Any]:
-    """w [B, d], Hb [B, d, d] (consumed). The eager loop of the paper."""
+def _greedy_batch(w: Any, Hb: Any, rule: Any, steps: int | None = None) -> tuple[Any, Any, Any]:
+    """w [B, d], Hb [B, d, d] (consumed). The eager loop of the paper, for `steps` steps (all
+    by default). Returns losses, order [B, steps] and the rows (fixed weights at their targets)."""
     xp = array_module(w, Hb)
     B, d = w.shape
+    steps = d if steps is None else steps
     w = w.copy()
     ar = xp.arange(B)
     pen = xp.zeros((B, d), dtype=w.dtype)  # +inf on fixed weights
     fixed = xp.zeros_like(w)  # their values
-    losses = xp.empty((B, d), dtype=xp.float64)
-    order = xp.empty((B, d), dtype=xp.int64)
+    losses = xp.empty((B, steps), dtype=xp.float64)
+    order = xp.empty((B, steps), dtype=xp.int64)
     tiny = xp.finfo(w.dtype).tiny
-    for k in range(d):
+    for k in range(steps):
         diag = xp.diagonal(Hb, axis1=1, axis2=2)  # [B, d]
         safe = xp.where(pen == 0, xp.maximum(diag, tiny), 1.0)
         q, loss, target = rule.pick(w, safe, pen, ar)
@@ -68,4 +72,4 @@ def _greedy_batch(w: Any, Hb: Any, rule: Any) -> tuple[Any, Any, Any]:
         fixed[ar, q] = target
         pen[ar, q] = xp.inf
         Hb -= col[:, :, None] * (col / dq[:, None])[:, None, :]  # rank-1, Lemma 1
-    return losses, order, fixed
+    return losses, order, fixed if steps == d else xp.where(pen == 0, w, fixed)

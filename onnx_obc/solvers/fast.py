@@ -49,17 +49,21 @@ def fold_block(d: int) -> int:
 
 
 def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int | None = None,
-                  block: int | None = None, seed: int = 0, rule: Any = None) -> Traces:
+                  block: int | None = None, seed: int = 0, rule: Any = None,
+                  max_steps: int | None = None) -> Traces:
     """Greedy OBS removal order and step losses for every row of W [R, d].
 
     Hinv [G, d, d] are the inverse Hessians, group [R] the one of each row. With `count`
     (total removals wanted over all rows), rows stop once their steps cannot be selected.
     `rule` (rules.py) decides each step: PruneRule by default; with a QuantRule (OBQ) every
-    row runs to the end and `final` holds the quantized rows.
+    row runs to the end and `final` holds the quantized rows. `max_steps` stops every row
+    after that many steps (N:M): later steps stay uncomputed (+inf, -1) and `final` holds the
+    rows at that point (fixed weights at their targets, the others compensated).
     """
     xp = array_module(W, Hinv)
     R, d = W.shape
     block = block or fold_block(d)
+    steps = d if max_steps is None else max(0, min(d, int(max_steps)))
     rule = rule or PruneRule()
     tr = Traces(xp.full((R, d), xp.inf), xp.full((R, d), xp.inf),
                 xp.full((R, d), -1, dtype=xp.int64), 0, 0,
@@ -74,9 +78,9 @@ def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int
     for rows in batches:
         seen += len(rows)
         limit = _Limit(tr, count if skip else None, seen, len(batches) > 1)
-        _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit, rule)
+        _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit, rule, steps)
     if skip:
-        _rerun_stopped_too_early(W, Hinv, group, tr, block, count, rows_per_batch)
+        _rerun_stopped_too_early(W, Hinv, group, tr, block, count, rows_per_batch, steps)
     return tr
 
 
@@ -103,20 +107,26 @@ class _Limit:
 
 
 def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
-              limit: _Limit, rule: Any) -> None:
-    """Run the greedy on `rows` (one batch), recording into `tr`, until done or stopped."""
+              limit: _Limit, rule: Any, steps: int | None = None) -> None:
+    """Run the greedy on `rows` (one batch), recording into `tr`, until done or stopped
+    (after `steps` steps, all of them by default)."""
     xp = array_module(W, Hinv)
     step = rule.bind(rows)
     d = W.shape[1]
+    steps = d if steps is None else steps
     w = W[rows].astype(W.dtype, copy=True)  # [B, d]
+    if steps == 0:
+        if tr.final is not None:
+            tr.final[rows] = w
+        return
     Hb = Hinv[group[rows]].astype(W.dtype)  # [B, d, d], one inverse per row
     free = xp.ones(w.shape, dtype=bool)
     fixed = None if tr.final is None else xp.zeros_like(w)  # values of fixed weights
     key = xp.zeros(len(rows), dtype=xp.float64)  # running max of step losses per row
     tiny = xp.finfo(w.dtype).tiny  # clamps a diagonal that rounding drove to <= 0
     check = max(4, block // 4)  # steps between stop checks
-    for k0 in range(0, d, block):
-        nb = min(block, d - k0)
+    for k0 in range(0, steps, block):
+        nb = min(block, steps - k0)
         U = xp.empty((len(rows), nb, d), dtype=w.dtype)  # pending eliminations, u_t = U[:, t]
         diag = xp.diagonal(Hb, axis1=1, axis2=2).copy()  # [B, d] exact at fold time
         diag[~free] = 1.0  # removed columns: score 0/1 + inf
@@ -143,9 +153,9 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
             diag -= col * col
             diag[ar, q] = 1.0
             tr.steps_run += len(rows)
-            if k0 + t + 1 == d:
+            if k0 + t + 1 == steps:
                 if tr.final is not None:
-                    tr.final[rows] = fixed
+                    tr.final[rows] = fixed if steps == d else xp.where(free, w, fixed)
                 return
             if limit.count is not None and ((t + 1) % check == 0 or t + 1 == nb):
                 keep = key <= limit.threshold()  # the others' later steps cannot be selected
@@ -162,10 +172,10 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
 
 
 def _rerun_stopped_too_early(W: Any, Hinv: Any, group: Any, tr: Traces, block: int, count: int,
-                             rows_per_batch: int) -> None:
+                             rows_per_batch: int, steps: int | None = None) -> None:
     """Rows stopped at or below the exact threshold of the computed keys are run again."""
     xp = array_module(W, Hinv)
-    d = W.shape[1]
+    d = W.shape[1] if steps is None else steps
     keys = tr.keys
     T = float(xp.partition(keys.reshape(-1), count - 1)[count - 1])
     done = xp.isfinite(tr.losses).sum(axis=1)  # [R] steps computed
@@ -179,7 +189,7 @@ def _rerun_stopped_too_early(W: Any, Hinv: Any, group: Any, tr: Traces, block: i
     tr.order[bad] = -1
     for i in range(0, len(bad), rows_per_batch):
         _run_rows(W, Hinv, group, bad[i:i + rows_per_batch], tr, block,
-                  _Limit(tr, count, W.shape[0], False), PruneRule())
+                  _Limit(tr, count, W.shape[0], False), PruneRule(), d)
 
 
 def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,

@@ -63,3 +63,36 @@ class QuantRule:
             has_pin = pin.any(axis=1)
             q = xp.where(has_pin, xp.argmax(pin, axis=1), q)
         return q, score[ar, q], qw[ar, q]
+
+
+class NMRule:
+    """N:M pruning (OBC `nmprune`): q = argmin w_q^2 / [Hinv]_qq over the free weights whose
+    column group still has fewer than `n` removals, set to 0. `col_groups` [d] (int) is the
+    group of every column (groups of m columns, see structured.py); run it for exactly
+    n * n_groups steps, which leaves exactly n zeros in every group of every row.
+
+    State per batch: counts [B, n_groups] removals so far. `pick` commits its choice (the
+    solvers fix the picked weight every step), so it also counts it."""
+
+    def __init__(self, n: int, col_groups: Any, counts: Any = None) -> None:
+        self.n, self.col_groups, self.counts = n, col_groups, counts
+        self.n_groups = int(col_groups.max()) + 1 if len(col_groups) else 0
+
+    def bind(self, rows: Any) -> NMRule:
+        xp = array_module(rows, self.col_groups)
+        groups = xp.asarray(self.col_groups)
+        return NMRule(self.n, groups, xp.zeros((len(rows), self.n_groups), dtype=xp.int64))
+
+    def take(self, keep: Any) -> NMRule:
+        return NMRule(self.n, self.col_groups, self.counts[keep])
+
+    def pick(self, w: Any, diag: Any, pen: Any, ar: Any) -> tuple[Any, Any, Any]:
+        xp = array_module(w)
+        score = w * w  # [B, d]
+        score /= diag
+        score += pen
+        full = (self.counts >= self.n)[:, self.col_groups]  # [B, d] column's group is full
+        score[full] = xp.inf
+        q = xp.argmin(score, axis=1)  # [B]
+        self.counts[ar, self.col_groups[q]] += 1
+        return q, score[ar, q], xp.zeros(len(ar), dtype=w.dtype)

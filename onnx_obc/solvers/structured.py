@@ -1,0 +1,267 @@
+"""Structured ExactOBS: N:M sparsity and block pruning (OBC §2.4, §2.5), pure array math.
+
+Both group the columns of a row w [d] (d = Cin/g * prod(kernel) for a Conv, C-major; K for
+a MatMul/Gemm) into sets of consecutive input channels at one kernel position, the axis that
+TensorRT's 2:4 kernels and DeepSparse's 4-blocks read. `conv_nm_groups` / `linear_nm_groups`
+build that grouping; the solvers take any grouping `col_groups` [d] (group id per column).
+
+N:M (n zeros in every group of m columns): per row, greedy OBS removal
+    q = argmin_{j free, group(j) has < n removals} w_j^2 / [Hinv]_jj
+for exactly k = n * d/m steps, with the OBS compensation and Lemma-1 update (rules.NMRule,
+run by the deferred solver fast.py). Every row has the same count, so no selection is
+needed; the final row is the exact optimum on its mask (select.rebuild), with exact zeros.
+
+Blocks (group OBS, §1.4): for a block B of b columns, with F the free columns,
+    L_B     = w_B^T ([Hinv_F]_BB)^-1 w_B
+    delta   = - Hinv_F[:, B] ([Hinv_F]_BB)^-1 w_B
+    Hinv_F <- Hinv_F - Hinv_F[:, B] ([Hinv_F]_BB)^-1 Hinv_F[B, :]
+Removing B equals b sequential OBS eliminations of its columns: their losses sum to L_B and
+the updates compose (Gaussian elimination). Each step scores every free block (b x b
+eliminations, vectorised over rows and blocks), removes the cheapest one column by column
+with deferred Lemma-1 updates (as fast.py: Hinv_t = Hb - U U^T, folded every ~fold_block(d)
+eliminations), and records one loss (L_B) and the block id. Rows then get their counts from
+the global selection over all rows' block-step keys (select.py), the layer removing exactly
+`count` blocks, and are rebuilt exactly on their masks.
+
+Losses are in the units of H (H = X X^T / N, no factor 2): summed over the removed steps they
+equal tr(dW H dW^T) for the H whose inverse was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import array_module, cummax
+from .fast import fold_block, greedy_traces
+from .rules import NMRule
+from .select import rebuild, select_counts
+
+__all__ = ["conv_nm_groups", "linear_nm_groups", "nm_prune", "nm_magnitude",
+           "block_greedy_order", "block_prune", "block_magnitude"]
+
+
+# ----------------------------------------------------------------------------- groupings
+
+def conv_nm_groups(cin_per_group: int, kernel: int, m: int) -> np.ndarray | None:
+    """Group id [d] of every column of a Conv row (d = cin_per_group * kernel, C-major: column
+    c*kernel + k is input channel c at kernel position k). Group (j, k) = channels
+    j*m .. j*m+m-1 at kernel position k, id j*kernel + k. None if m does not divide
+    cin_per_group (the layer cannot be N:M / block structured on its input channels)."""
+    if m <= 0 or cin_per_group <= 0 or kernel <= 0 or cin_per_group % m:
+        return None
+    c = np.arange(cin_per_group)[:, None]  # [C, 1]
+    k = np.arange(kernel)[None, :]  # [1, K]
+    return ((c // m) * kernel + k).reshape(-1).astype(np.int64)  # [C*K]
+
+
+def linear_nm_groups(d: int, m: int) -> np.ndarray | None:
+    """Group id [d] for a MatMul/Gemm row (d = K, the reduction axis): m consecutive columns
+    per group. None if m does not divide d."""
+    if m <= 0 or d <= 0 or d % m:
+        return None
+    return (np.arange(d) // m).astype(np.int64)
+
+
+def _check_groups(col_groups: Any, d: int, size: int, what: str) -> np.ndarray:
+    g = np.asarray(col_groups.get() if hasattr(col_groups, "get") else col_groups)
+    if g.shape != (d,) or g.dtype.kind not in "iu":
+        raise ValueError(f"{what}: expected an integer array of shape ({d},), got {g.shape} "
+                         f"{g.dtype}")
+    sizes = np.bincount(g, minlength=1) if d else np.zeros(0, dtype=np.int64)
+    if d and (g.min() < 0 or np.any(sizes != size)):
+        raise ValueError(f"{what}: every group must have exactly {size} columns "
+                         f"(ids 0 .. d/{size}-1)")
+    return g.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- N:M
+
+def nm_prune(W: Any, Hinv: Any, group: Any, rows_per_batch: int, n: int, m: int,
+             col_groups: Any, block: int | None = None) -> tuple[Any, Any, Any]:
+    """N:M ExactOBS: n zeros in every group of m columns of every row.
+
+    W [R, d] rows (float32 or float64, the solver's dtype); Hinv [G, d, d] inverse (dampened)
+    Hessians; group [R] the Hessian of each row; col_groups [d] int the group of each column
+    (d/m groups of exactly m columns, from conv_nm_groups / linear_nm_groups); `n` zeros per
+    group (OBC's meaning: 2:4 prunes 2 of every 4). Returns
+      W_hat  [R, d] float64: rows rebuilt exactly on their masks (exact zeros),
+      losses [R, k] float64: OBS loss of each greedy step, k = n * d/m,
+      order  [R, k] int64: column removed at each step.
+    sum(losses) == tr(dW H dW^T) for H = inv(Hinv). Raises ValueError on a bad grouping.
+    """
+    xp = array_module(W, Hinv)
+    R, d = W.shape
+    if not 0 <= n <= m:
+        raise ValueError(f"N:M needs 0 <= n <= m, got n={n}, m={m}")
+    g = _check_groups(col_groups, d, m, "col_groups")
+    k = n * (d // m)
+    rule = NMRule(n, xp.asarray(g))
+    tr = greedy_traces(W, Hinv, group, rows_per_batch, None, block, rule=rule, max_steps=k)
+    losses, order = tr.losses[:, :k], tr.order[:, :k]
+    counts = xp.full(R, k, dtype=xp.int64)
+    W_hat = rebuild(W, Hinv, group, order, counts, rows_per_batch)
+    return W_hat, losses, order
+
+
+def nm_magnitude(W: Any, n: int, col_groups: Any) -> Any:
+    """Magnitude N:M baseline: the n smallest |w| of every group of every row set to 0.
+    W [R, d]; col_groups [d] (groups of equal size m). Returns a copy."""
+    xp = array_module(W)
+    R, d = W.shape
+    g = np.asarray(col_groups.get() if hasattr(col_groups, "get") else col_groups)
+    perm = np.argsort(g, kind="stable")  # columns grouped: group j = perm[j*m:(j+1)*m]
+    ng = int(g.max()) + 1 if d else 0
+    m = d // max(ng, 1)
+    idx = xp.asarray(perm.reshape(ng, m))  # [ng, m]
+    blocks = W[:, idx]  # [R, ng, m]
+    drop = xp.argsort(xp.abs(blocks), axis=2, kind="stable")[:, :, :n]  # [R, ng, n]
+    out = W.copy()
+    cols = xp.take_along_axis(xp.broadcast_to(idx, (R, ng, m)), drop, axis=2)  # [R, ng, n]
+    out[xp.arange(R)[:, None], cols.reshape(R, -1)] = 0
+    return out
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def _block_scores(wb: Any, D: Any) -> Any:
+    """w_B^T D^-1 w_B for wb [..., b], D [..., b, b] SPD, by b sequential eliminations (the
+    sequential OBS losses inside the block, which sum to the group-OBS loss)."""
+    xp = array_module(wb, D)
+    b = wb.shape[-1]
+    tiny = xp.finfo(wb.dtype).tiny
+    A = D.copy()
+    v = wb.copy()
+    score = xp.zeros(wb.shape[:-1], dtype=wb.dtype)
+    for i in range(b):
+        p = xp.maximum(A[..., i, i], tiny)  # [...]
+        score += v[..., i] ** 2 / p
+        if i + 1 < b:
+            f = A[..., i + 1:, i] / p[..., None]  # [..., b-i-1]
+            v[..., i + 1:] -= f * v[..., i, None]
+            A[..., i + 1:, i + 1:] -= f[..., :, None] * A[..., i, None, i + 1:]
+    return score
+
+
+def _diag_blocks(Hb: Any, b: int) -> Any:
+    """Hb [B, d, d] (columns grouped, block j = j*b .. j*b+b-1) -> [B, nb, b, b] copies."""
+    xp = array_module(Hb)
+    B, d, _ = Hb.shape
+    nb = d // b
+    H5 = Hb.reshape(B, nb, b, nb, b)
+    return xp.ascontiguousarray(xp.moveaxis(xp.diagonal(H5, axis1=1, axis2=3), -1, 1))
+
+
+def _block_batch(w: Any, Hb: Any, b: int, fold: int) -> tuple[Any, Any]:
+    """Greedy block removal to the end on one batch, columns grouped (block j = columns
+    j*b .. j*b+b-1). w [B, d], Hb [B, d, d] (consumed). Returns losses, order [B, nb]."""
+    xp = array_module(w, Hb)
+    B, d = w.shape
+    nb = d // b
+    w = w.copy()
+    ar = xp.arange(B)
+    tiny = xp.finfo(w.dtype).tiny
+    free = xp.ones((B, nb), dtype=bool)  # blocks still in the row
+    losses = xp.empty((B, nb), dtype=xp.float64)
+    order = xp.empty((B, nb), dtype=xp.int64)
+    eye = xp.eye(b, dtype=w.dtype)
+    per = max(1, fold // b)  # block steps per fold
+    for s0 in range(0, nb, per):
+        ns = min(per, nb - s0)
+        U = xp.empty((B, ns * b, d), dtype=w.dtype)  # pending eliminations u_t = U[:, t]
+        D = _diag_blocks(Hb, b)  # [B, nb, b, b] diagonal blocks of the current inverse
+        D[~free] = eye  # removed blocks: decoupled, masked below
+        for s in range(ns):
+            score = _block_scores(w.reshape(B, nb, b), D)  # [B, nb]
+            score = xp.where(free, score, xp.inf)
+            j = xp.argmin(score, axis=1)  # [B]
+            losses[:, s0 + s] = score[ar, j]
+            order[:, s0 + s] = j
+            for i in range(b):  # b sequential OBS eliminations = the group-OBS update
+                t = s * b + i
+                c = j * b + i  # [B]
+                col = Hb[ar, c, :]  # [B, d] row c of the folded inverse (= column)
+                if t:
+                    col -= (U[ar, :t, c][:, None, :] @ U[:, :t, :])[:, 0, :]  # pending
+                dc = xp.maximum(col[ar, c], tiny)  # [B] current [Hinv]_cc
+                w -= col * (w[ar, c] / dc)[:, None]  # OBS compensation
+                w[ar, c] = 0.0
+                col /= xp.sqrt(dc)[:, None]
+                U[:, t, :] = col
+                ub = col.reshape(B, nb, b)
+                D -= ub[:, :, :, None] * ub[:, :, None, :]  # diagonal blocks, rank 1
+            free[ar, j] = False
+            D[ar, j] = eye
+        Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,nb] @ [B,nb,d]
+    return losses, order
+
+
+def block_greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int,
+                       col_blocks: Any, fold: int | None = None) -> tuple[Any, Any]:
+    """Greedy group-OBS block removal to the end on every row.
+
+    W [R, d]; Hinv [G, d, d]; group [R]; col_blocks [d] int block id per column (d/b blocks
+    of exactly b columns). Returns losses [R, nb] float64 (L_B of the block removed at each
+    step) and order [R, nb] int64 (its block id). `fold`: eliminations per deferred fold.
+    """
+    xp = array_module(W, Hinv)
+    R, d = W.shape
+    g = _check_groups(col_blocks, d, b, "col_blocks")
+    nb = d // b
+    perm = xp.asarray(np.argsort(g, kind="stable"))  # [d] block j = perm[j*b:(j+1)*b]
+    Hp = Hinv[:, perm][:, :, perm]  # [G, d, d] columns grouped by block
+    fold = fold or fold_block(d)
+    losses = xp.empty((R, nb), dtype=xp.float64)
+    order = xp.empty((R, nb), dtype=xp.int64)
+    for r0 in range(0, R, rows_per_batch):
+        r1 = min(R, r0 + rows_per_batch)
+        w = W[r0:r1][:, perm]  # [B, d]
+        Hb = Hp[group[r0:r1]].astype(W.dtype)  # [B, d, d]
+        losses[r0:r1], order[r0:r1] = _block_batch(w, Hb, b, fold)
+    # the block id at grouped position j is the id of its columns
+    ids = xp.asarray(g)[perm[::b]]  # [nb]
+    return losses, ids[order]
+
+
+def block_prune(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col_blocks: Any,
+                count: int, fold: int | None = None) -> tuple[Any, Any, Any, Any]:
+    """Block ExactOBS with global selection: `count` blocks removed over the whole layer.
+
+    W [R, d]; Hinv [G, d, d]; group [R]; b block size; col_blocks [d] block id per column
+    (conv_nm_groups / linear_nm_groups with m = b); count blocks to remove over all rows
+    (e.g. round(s * R * d/b)). Rows are ranked by the running max of their block-step losses
+    (select.select_counts), so rows get different block counts. Returns
+      W_hat  [R, d] float64: rows rebuilt exactly on their masks (exact zeros),
+      losses [R, nb] float64: group-OBS loss of each block step,
+      order  [R, nb] int64: block id removed at each step,
+      counts [R] int64: blocks removed per row (summing to count).
+    sum over rows of losses[r, :counts[r]] == tr(dW H dW^T).
+    """
+    xp = array_module(W, Hinv)
+    R, d = W.shape
+    losses, order = block_greedy_order(W, Hinv, group, rows_per_batch, b, col_blocks, fold)
+    nb = d // b
+    counts = select_counts(cummax(losses, axis=1), int(count))  # [R]
+    g = _check_groups(col_blocks, d, b, "col_blocks")
+    cols = xp.asarray(np.argsort(g, kind="stable").reshape(nb, b))  # [nb, b] columns of block
+    col_order = cols[order].reshape(R, nb * b)  # [R, d] block order expanded to columns
+    W_hat = rebuild(W, Hinv, group, col_order, counts * b, rows_per_batch)
+    return W_hat, losses, order, counts
+
+
+def block_magnitude(W: Any, col_blocks: Any, count: int) -> Any:
+    """Magnitude block baseline: the `count` blocks with the smallest ||w_B||^2 over the whole
+    layer W [R, d] set to 0. col_blocks [d] (blocks of equal size). Returns a copy."""
+    xp = array_module(W)
+    R, d = W.shape
+    g = np.asarray(col_blocks.get() if hasattr(col_blocks, "get") else col_blocks)
+    nb = int(g.max()) + 1 if d else 0
+    cols = xp.asarray(np.argsort(g, kind="stable").reshape(nb, d // max(nb, 1)))  # [nb, b]
+    norms = (W[:, cols] ** 2).sum(axis=2).reshape(-1)  # [R*nb]
+    out = W.copy()
+    if count > 0:
+        drop = xp.argsort(norms, kind="stable")[:count]  # flat r*nb + j
+        r, j = drop // nb, drop % nb
+        out[r[:, None], cols[j]] = 0
+    return out
