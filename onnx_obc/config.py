@@ -117,8 +117,9 @@ class CompressConfig:
                 raise ConfigError(f"block size must be an integer >= 2, got {self.block!r}")
             if s is None:
                 raise ConfigError("--block prunes a fraction of the blocks: add --sparsity")
-        if (self.nm or self.block) and (self.allocate == "dp" or self.profile):
-            raise ConfigError("non-uniform allocation is for unstructured sparsity for now")
+        if self.nm and (self.allocate == "dp" or self.profile):
+            raise ConfigError("N:M fixes every layer's sparsity (N/M): no non-uniform "
+                              "allocation; use --sparsity with --block or unstructured")
         if (self.nm or self.block) and self.method == "gptq":
             raise ConfigError("--method gptq prunes unstructured only; use the default "
                               "method for --nm / --block")

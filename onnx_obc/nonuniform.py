@@ -19,15 +19,17 @@ import onnx
 from onnx import numpy_helper
 
 from .allocate import LevelTable
-from .backend import Backend, array_module
+from .backend import Backend, array_module, cummax
 from .calib import DataSet
 from .capture import activation_bytes, providers_for, session
 from .hessian import HessianAccumulator
 from .layers import Layer, constant_weights
 from .rewrite import apply_weights
+from .solve import structure_for
 from .solvers import prepare, rows_per_batch
 from .solvers.fast import greedy_traces
 from .solvers.select import rebuild, select_counts
+from .solvers.structured import block_greedy_order
 
 MB = 1 << 20
 
@@ -63,8 +65,9 @@ def positions_per_sample(proto: onnx.ModelProto, layers: list[Layer],
 
 
 def layer_table(L: Layer, W: Any, H: Any, levels: tuple[float, ...], cost_per_weight: float,
-                damp: float, budget_bytes: int) -> LevelTable:
-    """Loss at every level from one greedy run (to the largest level), normalised."""
+                damp: float, budget_bytes: int, blocks: Any = None) -> LevelTable:
+    """Loss at every level from one greedy run (to the largest level), normalised.
+    With `blocks` (Structure of kind "block") the levels count whole blocks."""
     xp = array_module(W, H)
     G, r, d = W.shape
     n = G * r * d
@@ -72,16 +75,22 @@ def layer_table(L: Layer, W: Any, H: Any, levels: tuple[float, ...], cost_per_we
     rows = prep.W.reshape(G * r, d)
     group = xp.repeat(xp.arange(G), r)
     rb = rows_per_batch(d, G * r, budget_bytes)
-    tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * n))
+    size = 1 if blocks is None else blocks.size
+    if blocks is None:
+        tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * n))
+        keys, losses = tr.keys, tr.losses
+    else:
+        losses, _ = block_greedy_order(rows, prep.Hinv, group, rb, size, blocks.col_groups)
+        keys = cummax(losses, axis=1)
     W64 = W.astype(np.float64)
     energy = float(((W64 @ H) * W64).sum()) or 1.0
     errors, costs = [], []
     for s in levels:
-        c = round(s * n)
-        counts = select_counts(tr.keys, c)
-        steps = xp.arange(d)[None, :] < counts[:, None]
-        errors.append(float(xp.where(steps, tr.losses, 0.0).sum()) / energy)
-        costs.append((n - c) * cost_per_weight)
+        c = round(s * n / size)  # removals: weights, or blocks
+        counts = select_counts(keys, c)
+        steps = xp.arange(keys.shape[1])[None, :] < counts[:, None]
+        errors.append(float(xp.where(steps, losses, 0.0).sum()) / energy)
+        costs.append((n - c * size) * cost_per_weight)
     return LevelTable(L.name, levels, tuple(costs), tuple(errors))
 
 
@@ -125,7 +134,12 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
         w = numpy_helper.to_array(weights[L.weight][1])
         W = backend.to_device(L.to_matrix(w).astype(np.float32))
         H = hessians[L.weight].mean()
-        t = layer_table(L, W, H, levels, per_weight[L.weight], cfg.damp, budget_bytes)
+        st = structure_for(L, cfg) if cfg.block else None
+        if cfg.block and st is None:  # cannot hold blocks: stays dense, one level
+            n = math.prod(L.matrix_shape)
+            tables.append(LevelTable(L.name, (0.0,), (n * per_weight[L.weight],), (0.0,)))
+            continue
+        t = layer_table(L, W, H, levels, per_weight[L.weight], cfg.damp, budget_bytes, st)
         if cfg.score == "output":
             sub = data.take(np.arange(min(data.n, 64)))
             t = LevelTable(t.name, t.levels, t.cost,

@@ -53,3 +53,11 @@ def test_flops_budget():
     p = dp.report.profile
     assert p["cost"] <= 0.3 * p["dense_cost"] + 1e-6
     assert _err(dp) < _err(_run(sparsity=0.7))
+
+
+def test_block_levels_from_block_traces():
+    uni = _run(sparsity=0.7, block=4)
+    dp = _run(sparsity=0.7, block=4, allocate="dp")
+    assert dp.report.profile["choice"]["patch"] == 0.0  # 1 input channel: no 4-blocks
+    assert dp.report.profile["cost"] <= 0.3 * dp.report.profile["dense_cost"] + 1e-6
+    assert _err(dp) < _err(uni)
