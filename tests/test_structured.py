@@ -261,3 +261,44 @@ def test_blocks_beat_magnitude_blocks_and_rows_get_different_counts(seed):
     ratio = layer_loss(W, W_hat[None], H) / layer_loss(W, mag[None], H)
     assert ratio <= 0.6, ratio
     assert int(counts.sum()) == count and len(set(counts.tolist())) > 1  # global selection
+
+
+@pytest.mark.parametrize("rows_per_batch", [64, 7])  # one batch; several (sampled threshold)
+@pytest.mark.parametrize("s", [0.3, 0.5, 0.8])
+def test_block_skipping_gives_the_selection_of_full_traces(rows_per_batch, s):
+    from onnx_obc.solvers.select import select_counts
+    from onnx_obc.solvers.structured import block_traces
+
+    r, d, b = 40, 48, 4
+    W = np.concatenate([weights(r // 2, d, 10), 5 * weights(r // 2, d, 11)], axis=1)
+    prep = prepare(W, correlated_H(d, 10)[None], 0.01)
+    rows, group = prep.W[0].astype(np.float64), np.zeros(r, dtype=int)
+    col_blocks = linear_nm_groups(d, b)
+    count = round(s * r * d / b)
+    full = block_traces(rows, prep.Hinv, group, rows_per_batch, b, col_blocks, None, fold=8)
+    part = block_traces(rows, prep.Hinv, group, rows_per_batch, b, col_blocks, count, fold=8)
+    assert full.steps_run == r * d // b
+    if s <= 0.5:
+        assert part.steps_run < full.steps_run  # work skipped
+    c = select_counts(part.keys, count)
+    np.testing.assert_array_equal(select_counts(full.keys, count), c)
+    for i in range(r):  # the computed prefix is the same greedy
+        np.testing.assert_array_equal(full.order[i, :c[i]], part.order[i, :c[i]])
+
+
+def test_block_threshold_estimate_too_low_triggers_reruns(monkeypatch):
+    import onnx_obc.solvers.fast as fast
+    from onnx_obc.solvers.select import select_counts
+    from onnx_obc.solvers.structured import block_traces
+
+    monkeypatch.setattr(fast, "MARGIN", 1e-3)  # rows stop far too early, then are re-run
+    r, d, b = 30, 32, 4
+    prep = prepare(weights(r, d, 12), correlated_H(d, 12)[None], 0.01)
+    rows, group = prep.W[0].astype(np.float64), np.zeros(r, dtype=int)
+    col_blocks = linear_nm_groups(d, b)
+    count = round(0.5 * r * d / b)
+    part = block_traces(rows, prep.Hinv, group, 6, b, col_blocks, count, fold=8)
+    full = block_traces(rows, prep.Hinv, group, 6, b, col_blocks, None, fold=8)
+    assert part.rerun_rows > 0
+    np.testing.assert_array_equal(select_counts(full.keys, count),
+                                  select_counts(part.keys, count))

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module, cummax
-from .fast import fold_block, greedy_traces
+from ..backend import array_module
+from .fast import Traces, _Limit, fold_block, greedy_traces
 from .rules import NMRule
 from .select import rebuild, select_counts
 
 __all__ = ["conv_nm_groups", "linear_nm_groups", "nm_prune", "nm_magnitude",
-           "block_greedy_order", "block_prune", "block_magnitude"]
+           "block_traces", "block_greedy_order", "block_prune", "block_magnitude"]
 
 
 # ----------------------------------------------------------------------------- groupings
@@ -153,31 +153,37 @@ def _diag_blocks(Hb: Any, b: int) -> Any:
     return xp.ascontiguousarray(xp.moveaxis(xp.diagonal(H5, axis1=1, axis2=3), -1, 1))
 
 
-def _block_batch(w: Any, Hb: Any, b: int, fold: int) -> tuple[Any, Any]:
-    """Greedy block removal to the end on one batch, columns grouped (block j = columns
-    j*b .. j*b+b-1). w [B, d], Hb [B, d, d] (consumed). Returns losses, order [B, nb]."""
-    xp = array_module(w, Hb)
-    B, d = w.shape
+def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fold: int,
+                limit: _Limit) -> None:
+    """Greedy block removal on `rows` (one batch), recording into `tr`, until done or stopped.
+    Columns are grouped (block j = columns j*b .. j*b+b-1 of Wp [R, d], Hp [G, d, d])."""
+    xp = array_module(Wp, Hp)
+    d = Wp.shape[1]
     nb = d // b
-    w = w.copy()
-    ar = xp.arange(B)
+    w = Wp[rows].astype(Wp.dtype, copy=True)  # [B, d]
+    Hb = Hp[group[rows]].astype(Wp.dtype)  # [B, d, d] one inverse per row
+    free = xp.ones((len(rows), nb), dtype=bool)  # blocks still in the row
+    key = xp.zeros(len(rows), dtype=xp.float64)  # running max of block-step losses
     tiny = xp.finfo(w.dtype).tiny
-    free = xp.ones((B, nb), dtype=bool)  # blocks still in the row
-    losses = xp.empty((B, nb), dtype=xp.float64)
-    order = xp.empty((B, nb), dtype=xp.int64)
     eye = xp.eye(b, dtype=w.dtype)
     per = max(1, fold // b)  # block steps per fold
+    check = max(2, per // 4)  # block steps between stop checks
     for s0 in range(0, nb, per):
         ns = min(per, nb - s0)
+        B = len(rows)
+        ar = xp.arange(B)
         U = xp.empty((B, ns * b, d), dtype=w.dtype)  # pending eliminations u_t = U[:, t]
         D = _diag_blocks(Hb, b)  # [B, nb, b, b] diagonal blocks of the current inverse
         D[~free] = eye  # removed blocks: decoupled, masked below
         for s in range(ns):
-            score = _block_scores(w.reshape(B, nb, b), D)  # [B, nb]
+            score = _block_scores(w.reshape(B, nb, b), D)  # [B, nb] L_B of every block
             score = xp.where(free, score, xp.inf)
             j = xp.argmin(score, axis=1)  # [B]
-            losses[:, s0 + s] = score[ar, j]
-            order[:, s0 + s] = j
+            loss = score[ar, j]
+            tr.losses[rows, s0 + s] = loss
+            tr.order[rows, s0 + s] = j
+            key = xp.maximum(key, loss)
+            tr.keys[rows, s0 + s] = key
             for i in range(b):  # b sequential OBS eliminations = the group-OBS update
                 t = s * b + i
                 c = j * b + i  # [B]
@@ -193,35 +199,75 @@ def _block_batch(w: Any, Hb: Any, b: int, fold: int) -> tuple[Any, Any]:
                 D -= ub[:, :, :, None] * ub[:, :, None, :]  # diagonal blocks, rank 1
             free[ar, j] = False
             D[ar, j] = eye
-        Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,nb] @ [B,nb,d]
-    return losses, order
+            tr.steps_run += B
+            if s0 + s + 1 == nb:
+                return
+            if limit.count is not None and ((s + 1) % check == 0 or s + 1 == ns):
+                keep = key <= limit.threshold()  # the others' later steps cannot be selected
+                n_keep = int(keep.sum())
+                if n_keep == 0:
+                    return
+                if n_keep <= B - max(1, B // 8):  # compact when worth a copy
+                    rows, w, free, key, U = rows[keep], w[keep], free[keep], key[keep], U[keep]
+                    Hb, D = Hb[keep], D[keep]
+                    B = n_keep
+                    ar = xp.arange(B)
+        Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,t] @ [B,t,d]
 
 
-def block_greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int,
-                       col_blocks: Any, fold: int | None = None) -> tuple[Any, Any]:
-    """Greedy group-OBS block removal to the end on every row.
+def block_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col_blocks: Any,
+                 count: int | None = None, fold: int | None = None, seed: int = 0) -> Traces:
+    """Greedy group-OBS block removal on every row: Traces over block steps.
 
     W [R, d]; Hinv [G, d, d]; group [R]; col_blocks [d] int block id per column (d/b blocks
-    of exactly b columns). Returns losses [R, nb] float64 (L_B of the block removed at each
-    step) and order [R, nb] int64 (its block id). `fold`: eliminations per deferred fold.
+    of exactly b columns, ids 0 .. d/b-1). Returns Traces with losses [R, nb] (L_B of the block
+    removed at each step, float64), keys [R, nb] (their running max), order [R, nb] (block
+    id), steps_run and rerun_rows counted in block steps. With `count` (blocks removed over
+    all rows), rows stop once their later steps cannot be selected (+inf / -1 there), exactly
+    as fast.greedy_traces, so select_counts(keys, count) equals that of full traces.
+    `fold`: eliminations per deferred fold (fast.fold_block(d) by default).
     """
     xp = array_module(W, Hinv)
     R, d = W.shape
     g = _check_groups(col_blocks, d, b, "col_blocks")
     nb = d // b
-    perm = xp.asarray(np.argsort(g, kind="stable"))  # [d] block j = perm[j*b:(j+1)*b]
-    Hp = Hinv[:, perm][:, :, perm]  # [G, d, d] columns grouped by block
+    # stable sort by id: grouped position j holds block id j (every block has b columns)
+    perm = xp.asarray(np.argsort(g, kind="stable"))  # [d]
+    Wp = W[:, perm]  # [R, d]
+    Hp = Hinv[:, perm][:, :, perm]  # [G, d, d]
     fold = fold or fold_block(d)
-    losses = xp.empty((R, nb), dtype=xp.float64)
-    order = xp.empty((R, nb), dtype=xp.int64)
-    for r0 in range(0, R, rows_per_batch):
-        r1 = min(R, r0 + rows_per_batch)
-        w = W[r0:r1][:, perm]  # [B, d]
-        Hb = Hp[group[r0:r1]].astype(W.dtype)  # [B, d, d]
-        losses[r0:r1], order[r0:r1] = _block_batch(w, Hb, b, fold)
-    # the block id at grouped position j is the id of its columns
-    ids = xp.asarray(g)[perm[::b]]  # [nb]
-    return losses, ids[order]
+    tr = Traces(xp.full((R, nb), xp.inf), xp.full((R, nb), xp.inf),
+                xp.full((R, nb), -1, dtype=xp.int64), 0, 0)
+    skip = count is not None and 0 < count < R * nb
+    if R <= rows_per_batch:
+        batches = [np.arange(R)]
+    else:
+        perm_r = np.random.default_rng(seed).permutation(R)
+        batches = [np.sort(perm_r[i:i + rows_per_batch]) for i in range(0, R, rows_per_batch)]
+    seen = 0
+    for rows in batches:
+        seen += len(rows)
+        limit = _Limit(tr, count if skip else None, seen, len(batches) > 1)
+        _block_rows(Wp, Hp, group, xp.asarray(rows), tr, b, fold, limit)
+    if skip:  # rows stopped by a sampled estimate at or below the exact threshold: run again
+        T = float(xp.partition(tr.keys.reshape(-1), count - 1)[count - 1])
+        done = xp.isfinite(tr.losses).sum(axis=1)  # [R] steps computed
+        last = tr.keys[xp.arange(R), xp.maximum(done - 1, 0)]
+        bad = xp.nonzero((done < nb) & (last <= T))[0]
+        if len(bad):
+            tr.rerun_rows += int(len(bad))
+            tr.losses[bad], tr.keys[bad], tr.order[bad] = xp.inf, xp.inf, -1
+            for i in range(0, len(bad), rows_per_batch):
+                _block_rows(Wp, Hp, group, bad[i:i + rows_per_batch], tr, b, fold,
+                            _Limit(tr, count, R, False))
+    return tr
+
+
+def block_greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int,
+                       col_blocks: Any, fold: int | None = None) -> tuple[Any, Any]:
+    """Full block traces (no skipping): losses [R, nb] float64, order [R, nb] int64 block ids."""
+    tr = block_traces(W, Hinv, group, rows_per_batch, b, col_blocks, None, fold)
+    return tr.losses, tr.order
 
 
 def block_prune(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col_blocks: Any,
@@ -233,21 +279,26 @@ def block_prune(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col_
     (e.g. round(s * R * d/b)). Rows are ranked by the running max of their block-step losses
     (select.select_counts), so rows get different block counts. Returns
       W_hat  [R, d] float64: rows rebuilt exactly on their masks (exact zeros),
-      losses [R, nb] float64: group-OBS loss of each block step,
-      order  [R, nb] int64: block id removed at each step,
+      losses [R, nb] float64: group-OBS loss of each block step (+inf after a row stopped:
+             steps that could not be selected are not computed),
+      order  [R, nb] int64: block id removed at each step (-1 where not computed),
       counts [R] int64: blocks removed per row (summing to count).
     sum over rows of losses[r, :counts[r]] == tr(dW H dW^T).
     """
     xp = array_module(W, Hinv)
     R, d = W.shape
-    losses, order = block_greedy_order(W, Hinv, group, rows_per_batch, b, col_blocks, fold)
-    nb = d // b
-    counts = select_counts(cummax(losses, axis=1), int(count))  # [R]
+    nb = d // b if b > 0 else 0
+    if count <= 0:  # nothing to remove: no traces needed
+        g = _check_groups(col_blocks, d, b, "col_blocks")
+        return (W.astype(xp.float64, copy=True), xp.full((R, nb), xp.inf),
+                xp.full((R, nb), -1, dtype=xp.int64), xp.zeros(R, dtype=xp.int64))
+    tr = block_traces(W, Hinv, group, rows_per_batch, b, col_blocks, int(count), fold)
+    counts = select_counts(tr.keys, int(count))  # [R]
     g = _check_groups(col_blocks, d, b, "col_blocks")
     cols = xp.asarray(np.argsort(g, kind="stable").reshape(nb, b))  # [nb, b] columns of block
-    col_order = cols[order].reshape(R, nb * b)  # [R, d] block order expanded to columns
+    col_order = cols[xp.maximum(tr.order, 0)].reshape(R, nb * b)  # [R, d] in column order
     W_hat = rebuild(W, Hinv, group, col_order, counts * b, rows_per_batch)
-    return W_hat, losses, order, counts
+    return W_hat, tr.losses, tr.order, counts
 
 
 def block_magnitude(W: Any, col_blocks: Any, count: int) -> Any:
