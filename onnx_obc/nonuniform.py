@@ -12,6 +12,7 @@ positions per sample), depending on the budget kind.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,56 +65,72 @@ def positions_per_sample(proto: onnx.ModelProto, layers: list[Layer],
     return result
 
 
-def layer_table(L: Layer, W: Any, H: Any, levels: tuple[float, ...], cost_per_weight: float,
-                damp: float, budget_bytes: int, blocks: Any = None) -> LevelTable:
-    """Loss at every level from one greedy run (to the largest level), normalised.
-    With `blocks` (Structure of kind "block") the levels count whole blocks."""
+@dataclass
+class _Run:
+    """One greedy run of a layer to its largest level: what every level is read from."""
+
+    prep: Any
+    rows: Any  # [R, d]
+    group: Any  # [R]
+    rb: int
+    keys: Any  # [R, steps] running max of the step losses
+    losses: Any  # [R, steps]
+    order: Any  # [R, d] columns in removal order (blocks expanded)
+    size: int  # weights per step: 1, or the block size
+
+
+def _run(W: Any, H: Any, levels: tuple[float, ...], damp: float, budget_bytes: int,
+         blocks: Any = None) -> _Run:
     xp = array_module(W, H)
     G, r, d = W.shape
-    n = G * r * d
     prep = prepare(W, H, damp)
     rows = prep.W.reshape(G * r, d)
     group = xp.repeat(xp.arange(G), r)
     rb = rows_per_batch(d, G * r, budget_bytes)
-    size = 1 if blocks is None else blocks.size
     if blocks is None:
-        tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * n))
-        keys, losses = tr.keys, tr.losses
-    else:
-        losses, _ = block_greedy_order(rows, prep.Hinv, group, rb, size, blocks.col_groups)
-        keys = cummax(losses, axis=1)
+        tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * G * r * d))
+        return _Run(prep, rows, group, rb, tr.keys, tr.losses, tr.order, 1)
+    b = blocks.size
+    losses, order = block_greedy_order(rows, prep.Hinv, group, rb, b, blocks.col_groups)
+    cols = xp.asarray(np.argsort(np.asarray(blocks.col_groups), kind="stable").reshape(-1, b))
+    return _Run(prep, rows, group, rb, cummax(losses, axis=1), losses,
+                cols[order].reshape(G * r, d), b)
+
+
+def _removals(run: _Run, s: float, n: int) -> Any:
+    """Removal steps per row [R] at sparsity s (weights, or blocks)."""
+    return select_counts(run.keys, round(s * n / run.size))
+
+
+def layer_table(L: Layer, W: Any, H: Any, run: _Run, levels: tuple[float, ...],
+                cost_per_weight: float) -> LevelTable:
+    """Loss at every level from the layer's one run, normalised by its output energy."""
+    xp = array_module(W, H)
+    n = math.prod(W.shape)
     W64 = W.astype(np.float64)
     energy = float(((W64 @ H) * W64).sum()) or 1.0
     errors, costs = [], []
     for s in levels:
-        c = round(s * n / size)  # removals: weights, or blocks
-        counts = select_counts(keys, c)
-        steps = xp.arange(keys.shape[1])[None, :] < counts[:, None]
-        errors.append(float(xp.where(steps, losses, 0.0).sum()) / energy)
-        costs.append((n - c * size) * cost_per_weight)
+        counts = _removals(run, s, n)
+        steps = xp.arange(run.keys.shape[1])[None, :] < counts[:, None]
+        errors.append(float(xp.where(steps, run.losses, 0.0).sum()) / energy)
+        costs.append((n - int(counts.sum()) * run.size) * cost_per_weight)
     return LevelTable(L.name, levels, tuple(costs), tuple(errors))
 
 
-def output_errors(proto: onnx.ModelProto, L: Layer, W: Any, H: Any, levels: tuple[float, ...],
-                  damp: float, budget_bytes: int, data: DataSet, batch: int,
-                  backend: Backend) -> tuple[float, ...]:
+def output_errors(proto: onnx.ModelProto, L: Layer, run: _Run, levels: tuple[float, ...],
+                  data: DataSet, batch: int, backend: Backend) -> tuple[float, ...]:
     """Relative increase of the model output error with only L compressed, per level."""
-    xp = backend.xp
-    G, r, d = W.shape
-    n = G * r * d
-    prep = prepare(W, H, damp)
-    rows = prep.W.reshape(G * r, d)
-    group = xp.repeat(xp.arange(G), r)
-    rb = rows_per_batch(d, G * r, budget_bytes)
-    tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * n))
+    G, r, d = L.matrix_shape
     providers = providers_for(backend.name)
     dense = session(proto, providers, optimize=True)
     ref = [dense.run(None, feed)[0] for _, feed in data.batches(batch)]
     energy = sum(float(np.square(y).sum()) for y in ref) or 1.0
     errs = []
     for s in levels:
-        counts = select_counts(tr.keys, round(s * n))
-        Wl = backend.to_host(rebuild(rows, prep.Hinv, group, tr.order, counts, rb))
+        counts = _removals(run, s, G * r * d) * run.size
+        Wl = backend.to_host(rebuild(run.rows, run.prep.Hinv, run.group, run.order, counts,
+                                     run.rb))
         m = apply_weights(proto, [L], {L.weight: L.from_matrix(Wl.reshape(G, r, d))})
         sess = session(m, providers, optimize=True)
         e = sum(float(np.square(sess.run(None, feed)[0] - y).sum())
@@ -139,12 +156,12 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
             n = math.prod(L.matrix_shape)
             tables.append(LevelTable(L.name, (0.0,), (n * per_weight[L.weight],), (0.0,)))
             continue
-        t = layer_table(L, W, H, levels, per_weight[L.weight], cfg.damp, budget_bytes, st)
+        run = _run(W, H, levels, cfg.damp, budget_bytes, st)
+        t = layer_table(L, W, H, run, levels, per_weight[L.weight])
         if cfg.score == "output":
             sub = data.take(np.arange(min(data.n, 64)))
             t = LevelTable(t.name, t.levels, t.cost,
-                           output_errors(proto, L, W, H, levels, cfg.damp, budget_bytes, sub,
-                                         batch, backend))
+                           output_errors(proto, L, run, levels, sub, batch, backend))
         tables.append(t)
     return tables
 
