@@ -143,6 +143,8 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
                  data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
     levels = level_grid(cfg.max_sparsity)
+    if cfg.score == "output":  # one onnxruntime evaluation per level: a coarser grid
+        levels = levels[:-1:2] + levels[-1:]
     weights = constant_weights(proto.graph)
     per_weight = (positions_per_sample(proto, layers, next(data.batches(batch))[1])
                   if cfg.budget == "flops" else {L.weight: 1.0 for L in layers})

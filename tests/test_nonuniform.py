@@ -64,7 +64,8 @@ def test_block_levels_from_block_traces():
 
 
 def test_output_score_measures_the_model_and_beats_uniform():
-    dp = _run(sparsity=0.7, allocate="dp", score="output", max_sparsity=0.9)
+    only = ("attn.*", "mlp.*")
+    dp = _run(sparsity=0.7, allocate="dp", score="output", max_sparsity=0.9, include=only)
     assert dp.report.profile["score"] == "output"
     assert dp.report.profile["cost"] <= 0.3 * dp.report.profile["dense_cost"] + 1e-6
-    assert _err(dp) < 0.5 * _err(_run(sparsity=0.7))
+    assert _err(dp) < 0.8 * _err(_run(sparsity=0.7, include=only))
