@@ -302,3 +302,13 @@ def test_block_threshold_estimate_too_low_triggers_reruns(monkeypatch):
     assert part.rerun_rows > 0
     np.testing.assert_array_equal(select_counts(full.keys, count),
                                   select_counts(part.keys, count))
+
+
+def test_blocks_of_one_column_are_unstructured_exact_obs():
+    d, r = 40, 6
+    prep = prepare(weights(r, d, 13), correlated_H(d, 13)[None], 0.01)
+    rows, group = prep.W[0].astype(np.float64), np.zeros(r, dtype=int)
+    l1, o1 = greedy_order(rows, prep.Hinv, group, 4)
+    l2, o2 = block_greedy_order(rows, prep.Hinv, group, 4, 1, np.arange(d), fold=16)
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_allclose(l1, l2, rtol=1e-7, atol=1e-12)

@@ -125,32 +125,37 @@ def nm_magnitude(W: Any, n: int, col_groups: Any) -> Any:
 
 # ----------------------------------------------------------------------------- blocks
 
-def _block_scores(wb: Any, D: Any) -> Any:
-    """w_B^T D^-1 w_B for wb [..., b], D [..., b, b] SPD, by b sequential eliminations (the
-    sequential OBS losses inside the block, which sum to the group-OBS loss)."""
-    xp = array_module(wb, D)
-    b = wb.shape[-1]
-    tiny = xp.finfo(wb.dtype).tiny
-    A = D.copy()
-    v = wb.copy()
-    score = xp.zeros(wb.shape[:-1], dtype=wb.dtype)
+def _block_scores(v: Any, A: Any) -> Any:
+    """w_B^T D^-1 w_B for every block, block axes first (contiguous [B, nb] planes):
+    v [b, ...] = w_B, A [b, b, ...] = D = [Hinv]_BB (SPD; only its lower triangle is read).
+    Computed as b sequential eliminations, i.e. the sequential OBS losses inside the block,
+    which sum to the group-OBS loss."""
+    xp = array_module(v, A)
+    b = v.shape[0]
+    tiny = xp.finfo(v.dtype).tiny
+    A = A.copy()
+    v = v.copy()
+    score = xp.zeros(v.shape[1:], dtype=v.dtype)
     for i in range(b):
-        p = xp.maximum(A[..., i, i], tiny)  # [...]
-        score += v[..., i] ** 2 / p
-        if i + 1 < b:
-            f = A[..., i + 1:, i] / p[..., None]  # [..., b-i-1]
-            v[..., i + 1:] -= f * v[..., i, None]
-            A[..., i + 1:, i + 1:] -= f[..., :, None] * A[..., i, None, i + 1:]
+        p = xp.maximum(A[i, i], tiny)  # [...] pivot
+        score += v[i] * v[i] / p
+        for k in range(i + 1, b):  # Schur complement on the lower triangle
+            f = A[k, i] / p
+            v[k] -= f * v[i]
+            for m in range(i + 1, k + 1):
+                A[k, m] -= f * A[m, i]
     return score
 
 
 def _diag_blocks(Hb: Any, b: int) -> Any:
-    """Hb [B, d, d] (columns grouped, block j = j*b .. j*b+b-1) -> [B, nb, b, b] copies."""
+    """Hb [B, d, d] (columns grouped, block j = j*b .. j*b+b-1) -> diagonal blocks as
+    [b, b, B, nb] (contiguous: entry (p, q) of every block is one [B, nb] plane)."""
     xp = array_module(Hb)
     B, d, _ = Hb.shape
     nb = d // b
     H5 = Hb.reshape(B, nb, b, nb, b)
-    return xp.ascontiguousarray(xp.moveaxis(xp.diagonal(H5, axis1=1, axis2=3), -1, 1))
+    blocks = xp.diagonal(H5, axis1=1, axis2=3)  # [B, b, b, nb]
+    return xp.ascontiguousarray(xp.transpose(blocks, (1, 2, 0, 3)))
 
 
 def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fold: int,
@@ -165,7 +170,7 @@ def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fol
     free = xp.ones((len(rows), nb), dtype=bool)  # blocks still in the row
     key = xp.zeros(len(rows), dtype=xp.float64)  # running max of block-step losses
     tiny = xp.finfo(w.dtype).tiny
-    eye = xp.eye(b, dtype=w.dtype)
+    eye = xp.eye(b, dtype=w.dtype)[:, :, None]  # [b, b, 1]
     per = max(1, fold // b)  # block steps per fold
     check = max(2, per // 4)  # block steps between stop checks
     for s0 in range(0, nb, per):
@@ -173,10 +178,11 @@ def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fol
         B = len(rows)
         ar = xp.arange(B)
         U = xp.empty((B, ns * b, d), dtype=w.dtype)  # pending eliminations u_t = U[:, t]
-        D = _diag_blocks(Hb, b)  # [B, nb, b, b] diagonal blocks of the current inverse
-        D[~free] = eye  # removed blocks: decoupled, masked below
+        D = _diag_blocks(Hb, b)  # [b, b, B, nb] diagonal blocks of the current inverse
+        D[:, :, ~free] = eye  # removed blocks: decoupled, masked below
         for s in range(ns):
-            score = _block_scores(w.reshape(B, nb, b), D)  # [B, nb] L_B of every block
+            v = xp.ascontiguousarray(xp.moveaxis(w.reshape(B, nb, b), 2, 0))  # [b, B, nb]
+            score = _block_scores(v, D)  # [B, nb] L_B of every block
             score = xp.where(free, score, xp.inf)
             j = xp.argmin(score, axis=1)  # [B]
             loss = score[ar, j]
@@ -184,21 +190,25 @@ def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fol
             tr.order[rows, s0 + s] = j
             key = xp.maximum(key, loss)
             tr.keys[rows, s0 + s] = key
+            t0 = s * b
+            cB = j[:, None] * b + xp.arange(b)[None, :]  # [B, b] the block's columns
+            C = Hb[ar[:, None], cB, :]  # [B, b, d] their rows of the folded inverse
+            if t0:  # pending eliminations, all b columns in one product
+                C -= U[ar[:, None], :t0, cB] @ U[:, :t0, :]  # [B, b, t0] @ [B, t0, d]
             for i in range(b):  # b sequential OBS eliminations = the group-OBS update
-                t = s * b + i
-                c = j * b + i  # [B]
-                col = Hb[ar, c, :]  # [B, d] row c of the folded inverse (= column)
-                if t:
-                    col -= (U[ar, :t, c][:, None, :] @ U[:, :t, :])[:, 0, :]  # pending
+                c = cB[:, i]  # [B]
+                col = C[:, i, :]  # [B, d] column c of the current inverse
                 dc = xp.maximum(col[ar, c], tiny)  # [B] current [Hinv]_cc
                 w -= col * (w[ar, c] / dc)[:, None]  # OBS compensation
                 w[ar, c] = 0.0
-                col /= xp.sqrt(dc)[:, None]
-                U[:, t, :] = col
-                ub = col.reshape(B, nb, b)
-                D -= ub[:, :, :, None] * ub[:, :, None, :]  # diagonal blocks, rank 1
+                u = col / xp.sqrt(dc)[:, None]  # Hinv <- Hinv - u u^T (Lemma 1)
+                U[:, t0 + i, :] = u
+                if i + 1 < b:  # the block's later columns see this elimination
+                    C[:, i + 1:, :] -= u[:, None, :] * u[ar[:, None], cB[:, i + 1:]][:, :, None]
+                ub = xp.ascontiguousarray(xp.moveaxis(u.reshape(B, nb, b), 2, 0))  # [b,B,nb]
+                D -= ub[:, None] * ub[None, :]  # diagonal blocks, rank 1
             free[ar, j] = False
-            D[ar, j] = eye
+            D[:, :, ar, j] = eye
             tr.steps_run += B
             if s0 + s + 1 == nb:
                 return
@@ -209,7 +219,7 @@ def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fol
                     return
                 if n_keep <= B - max(1, B // 8):  # compact when worth a copy
                     rows, w, free, key, U = rows[keep], w[keep], free[keep], key[keep], U[keep]
-                    Hb, D = Hb[keep], D[keep]
+                    Hb, D = Hb[keep], D[:, :, keep]
                     B = n_keep
                     ar = xp.arange(B)
         Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,t] @ [B,t,d]
