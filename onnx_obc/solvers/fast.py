@@ -69,6 +69,17 @@ def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int
                 xp.full((R, d), -1, dtype=xp.int64), 0, 0,
                 None if isinstance(rule, PruneRule) else xp.empty_like(W))
     skip = count is not None and 0 < count < R * d and isinstance(rule, PruneRule)
+    drive(tr, R, steps, rows_per_batch, count if skip else None, seed,
+          lambda rows, limit: _run_rows(W, Hinv, group, rows, tr, block, limit, rule, steps))
+    return tr
+
+
+def drive(tr: Traces, R: int, steps: int, rows_per_batch: int, count: int | None, seed: int,
+          run: Any) -> None:
+    """Run `run(rows, limit)` over row batches (seeded random samples when they are several),
+    letting rows stop once their steps cannot be selected among `count`; afterwards re-run
+    the rows a sampled threshold estimate stopped at or below the exact threshold."""
+    xp = array_module(tr.keys)
     if R <= rows_per_batch:
         batches = [np.arange(R)]
     else:
@@ -77,11 +88,19 @@ def greedy_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, count: int
     seen = 0
     for rows in batches:
         seen += len(rows)
-        limit = _Limit(tr, count if skip else None, seen, len(batches) > 1)
-        _run_rows(W, Hinv, group, xp.asarray(rows), tr, block, limit, rule, steps)
-    if skip:
-        _rerun_stopped_too_early(W, Hinv, group, tr, block, count, rows_per_batch, steps)
-    return tr
+        run(xp.asarray(rows), _Limit(tr, count, seen, len(batches) > 1))
+    if count is None:
+        return
+    T = float(xp.partition(tr.keys.reshape(-1), count - 1)[count - 1])
+    done = xp.isfinite(tr.losses).sum(axis=1)  # [R] steps computed
+    last = tr.keys[xp.arange(R), xp.maximum(done - 1, 0)]
+    bad = xp.nonzero((done < steps) & (last <= T))[0]
+    if len(bad) == 0:
+        return
+    tr.rerun_rows += int(len(bad))
+    tr.losses[bad], tr.keys[bad], tr.order[bad] = xp.inf, xp.inf, -1
+    for i in range(0, len(bad), rows_per_batch):
+        run(bad[i:i + rows_per_batch], _Limit(tr, count, R, False))
 
 
 class _Limit:
@@ -169,27 +188,6 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
                     step = step.take(keep)
                     ar = xp.arange(len(rows))
         Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,nb] @ [B,nb,d]
-
-
-def _rerun_stopped_too_early(W: Any, Hinv: Any, group: Any, tr: Traces, block: int, count: int,
-                             rows_per_batch: int, steps: int | None = None) -> None:
-    """Rows stopped at or below the exact threshold of the computed keys are run again."""
-    xp = array_module(W, Hinv)
-    d = W.shape[1] if steps is None else steps
-    keys = tr.keys
-    T = float(xp.partition(keys.reshape(-1), count - 1)[count - 1])
-    done = xp.isfinite(tr.losses).sum(axis=1)  # [R] steps computed
-    last = keys[xp.arange(W.shape[0]), xp.maximum(done - 1, 0)]
-    bad = xp.nonzero((done < d) & (last <= T))[0]
-    if len(bad) == 0:
-        return
-    tr.rerun_rows += int(len(bad))
-    tr.losses[bad] = xp.inf
-    tr.keys[bad] = xp.inf
-    tr.order[bad] = -1
-    for i in range(0, len(bad), rows_per_batch):
-        _run_rows(W, Hinv, group, bad[i:i + rows_per_batch], tr, block,
-                  _Limit(tr, count, W.shape[0], False), PruneRule(), d)
 
 
 def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,

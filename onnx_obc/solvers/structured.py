@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_module
-from .fast import Traces, _Limit, fold_block, greedy_traces
+from .fast import Traces, _Limit, drive, fold_block, greedy_traces
 from .rules import NMRule
 from .select import rebuild, select_counts
 
@@ -249,27 +249,8 @@ def block_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col
     tr = Traces(xp.full((R, nb), xp.inf), xp.full((R, nb), xp.inf),
                 xp.full((R, nb), -1, dtype=xp.int64), 0, 0)
     skip = count is not None and 0 < count < R * nb
-    if R <= rows_per_batch:
-        batches = [np.arange(R)]
-    else:
-        perm_r = np.random.default_rng(seed).permutation(R)
-        batches = [np.sort(perm_r[i:i + rows_per_batch]) for i in range(0, R, rows_per_batch)]
-    seen = 0
-    for rows in batches:
-        seen += len(rows)
-        limit = _Limit(tr, count if skip else None, seen, len(batches) > 1)
-        _block_rows(Wp, Hp, group, xp.asarray(rows), tr, b, fold, limit)
-    if skip:  # rows stopped by a sampled estimate at or below the exact threshold: run again
-        T = float(xp.partition(tr.keys.reshape(-1), count - 1)[count - 1])
-        done = xp.isfinite(tr.losses).sum(axis=1)  # [R] steps computed
-        last = tr.keys[xp.arange(R), xp.maximum(done - 1, 0)]
-        bad = xp.nonzero((done < nb) & (last <= T))[0]
-        if len(bad):
-            tr.rerun_rows += int(len(bad))
-            tr.losses[bad], tr.keys[bad], tr.order[bad] = xp.inf, xp.inf, -1
-            for i in range(0, len(bad), rows_per_batch):
-                _block_rows(Wp, Hp, group, bad[i:i + rows_per_batch], tr, b, fold,
-                            _Limit(tr, count, R, False))
+    drive(tr, R, nb, rows_per_batch, count if skip else None, seed,
+          lambda rows, limit: _block_rows(Wp, Hp, group, rows, tr, b, fold, limit))
     return tr
 
 
