@@ -30,7 +30,7 @@ from .solve import structure_for
 from .solvers import prepare, rows_per_batch
 from .solvers.fast import greedy_traces
 from .solvers.select import rebuild, select_counts
-from .solvers.structured import block_greedy_order
+from .solvers.blocks import block_greedy_order
 
 MB = 1 << 20
 

@@ -15,13 +15,14 @@ from typing import Any
 from ..backend import array_module
 from ..errors import ConfigError
 from ..quant import Grid, QuantSpec, codes, fit_grid, rtn
+from .blocks import block_magnitude, block_prune
 from .fast import greedy_traces
 from .gptq import gptq
 from .magnitude import magnitude_prune
 from .prepare import Prepared, layer_loss, prepare
 from .rules import QuantRule
 from .select import rebuild, select_counts
-from .structured import block_magnitude, block_prune, nm_magnitude, nm_prune
+from .structured import nm_magnitude, nm_prune
 
 __all__ = ["LayerSolution", "Structure", "solve_layer", "prune_layer", "prepare", "layer_loss",
            "magnitude_prune", "rows_per_batch"]
