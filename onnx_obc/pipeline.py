@@ -27,7 +27,8 @@ from .correct import correct_biases
 from .errors import ObcError
 from .layers import Layer, find_layers
 from .modelio import check_output_path, load_model, save_model
-from .qdq import quantize_activations, quantize_weights, residual_add_inputs
+from .actqdq import quantize_activations, residual_add_inputs
+from .qdq import quantize_weights
 from .report import Report, SkippedLayer
 from .rewrite import apply_weights
 from .solve import solve_all, solver_budget

@@ -1,25 +1,22 @@
-"""Deployable QDQ output: integer weights behind DequantizeLinear, Q/DQ pairs on activations.
+"""Deployable QDQ output, weights: integer codes behind DequantizeLinear, and the shared
+graph-edit helpers (opset raise, tensor naming, export). Activations: actqdq.py.
 
-Weights: each quantized float weight `W` (initializer or Constant node) becomes
+Each quantized float weight `W` (initializer or Constant node) becomes
 
     W_quantized (INT8/UINT8, or INT4/UINT4 for bits <= 4), W_scale, W_zero_point
         --DequantizeLinear(axis[, block_size]) "W_DequantizeLinear"--> W
 
 so every consumer (also several consumers of a shared weight) reads the dequantized tensor
-under the original name; nothing else is rewired. Activations: `x` gets
-`x --QuantizeLinear--> x_quantized --DequantizeLinear--> x_dequantized` (per-tensor,
-symmetric, zero point 0) and only the chosen consumers read `x_dequantized`; graph outputs
-stay unquantized.
+under the original name; nothing else is rewired.
 
 Opsets: per-axis INT8/UINT8 needs opset 13; INT4/UINT4 storage or blocked scales need 21.
 A lower opset is raised with onnx's version converter before the edit, and the IR version
-to what the final opset requires. Only float32 weights and activations are handled.
+to what the final opset requires. Only float32 weights are handled.
 
 onnxruntime (checked with 1.31, CPU) runs all of these. Its optimizer fuses DQ -> MatMul
 into MatMulNBits, whose default accuracy level 4 quantizes the activations to int8 (~1e-3
 relative error; session config "session.qdq_matmulnbits_accuracy_level" = "0" keeps float
-math), and it drops a Relu before QuantizeLinear(INT4) at ORT_ENABLE_EXTENDED (wrong
-results with 4-bit activations; use ORT_ENABLE_BASIC there).
+math).
 """
 
 from __future__ import annotations
@@ -34,11 +31,10 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper, version_converter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from .errors import ConfigError, ModelError
-from .layers import Layer, node_label
+from .errors import ModelError
+from .layers import Layer
 from .rewrite import check
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -235,88 +231,3 @@ def quantize_weights(model: onnx.ModelProto, layers: list[Layer],
         graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", attrs,
                                    inputs=inputs, outputs=[w]))
     return _export(graph, model, opset)
-
-
-def quantize_activations(model: onnx.ModelProto, scales: dict[str, float], bits: int = 8,
-                         consumers: dict[str, list[str]] | None = None) -> onnx.ModelProto:
-    """Copy of `model` with a per-tensor symmetric QuantizeLinear -> DequantizeLinear pair on
-    each activation in `scales` (zero point 0; INT8, or INT4 at opset 21 for bits=4).
-
-    Only the nodes named in consumers[x] (node names, or "<Op #i>" labels of unnamed nodes)
-    read the dequantized tensor; a tensor missing from `consumers` (or consumers=None) is
-    rewired for all its top-level consumers. A graph output keeps its unquantized value.
-    `model` itself is returned when `scales` is empty.
-    """
-    if bits not in (4, 8):
-        raise ConfigError(f"activation bits={bits}: only 8 (INT8) and 4 (INT4) are supported")
-    if not scales:
-        return model
-    needed = 13 if bits == 8 else 21
-    why = ("QuantizeLinear/DequantizeLinear need opset 13" if bits == 8
-           else "4-bit activations are stored as INT4, which needs opset 21")
-    model = ensure_opset(model, needed, why)
-    opset = model_opset(model)
-    labels = [node_label(n, i) for i, n in enumerate(model.graph.node)]
-    graph = gs.import_onnx(model)
-    label_of = {id(node): labels[i] for i, node in enumerate(graph.nodes)}
-    tensors = graph.tensors()
-    zp_dtype = np.dtype(np.int8 if bits == 8 else ml_dtypes.int4)
-    for name, s in scales.items():
-        x = tensors.get(name)
-        if x is None or isinstance(x, gs.Constant):
-            raise ModelError(f"activation {name!r} is not a variable tensor of the graph")
-        if x.dtype is not None and np.dtype(x.dtype) != np.float32:
-            raise ModelError(f"activation {name!r} has dtype {np.dtype(x.dtype)}; only float32 "
-                             "activations are quantized")
-        if not (np.isfinite(s) and s > 0):
-            raise ModelError(f"activation {name!r}: scale {s} must be positive and finite")
-        wanted = None if consumers is None else consumers.get(name)
-        users = [n for n in x.outputs if wanted is None or label_of.get(id(n)) in wanted]
-        if wanted is not None:
-            missing = set(wanted) - {label_of.get(id(n)) for n in x.outputs}
-            if missing:
-                raise ModelError(f"activation {name!r} is not read by node(s) {sorted(missing)}")
-        if not users:  # e.g. only a graph output
-            continue
-        _fresh(tensors, *(f"{name}_{k}" for k in ("quantized", "dequantized", "scale",
-                                                   "zero_point")))
-        q = gs.Variable(f"{name}_quantized", dtype=zp_dtype, shape=x.shape)
-        dq = gs.Variable(f"{name}_dequantized", dtype=x.dtype, shape=x.shape)
-        scale = _constant(f"{name}_scale", np.array(s, dtype=np.float32))
-        zero = _constant(f"{name}_zero_point", np.zeros((), dtype=zp_dtype))
-        graph.nodes.append(gs.Node("QuantizeLinear", f"{name}_QuantizeLinear",
-                                   inputs=[x, scale, zero], outputs=[q]))
-        graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear",
-                                   inputs=[q, scale, zero], outputs=[dq]))
-        _rewire(x, dq, users)
-    return _export(graph, model, opset)
-
-
-def residual_add_inputs(model: onnx.ModelProto,
-                        layer_input_names: set[str] | list[str]) -> dict[str, list[str]]:
-    """Residual inputs of Adds fed by a quantized layer: {tensor: [Add node labels]}.
-
-    A Conv/Gemm/MatMul counts as quantized when its activation input (input 0) is in
-    `layer_input_names`. For an Add with one input produced directly by such a node, the
-    other input (if it is not a constant and not already in `layer_input_names`) is returned
-    with that Add as its only consumer to requantize: TensorRT fuses Conv+Add when the
-    residual input also carries Q/DQ. When both Add inputs come from quantized layers the
-    second input is the residual.
-    """
-    quantized = set(layer_input_names)
-    graph = model.graph
-    constants = {t.name for t in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    produced_by_layer = {
-        n.output[0] for n in graph.node
-        if n.op_type in LAYER_OPS and n.domain in _DEFAULT_DOMAINS and n.input
-        and n.input[0] in quantized}
-    found: dict[str, list[str]] = {}
-    for i, node in enumerate(graph.node):
-        if node.op_type != "Add" or node.domain not in _DEFAULT_DOMAINS or len(node.input) != 2:
-            continue
-        a, b = node.input
-        other = b if a in produced_by_layer else a if b in produced_by_layer else ""
-        if other and other not in quantized and other not in constants:
-            found.setdefault(other, []).append(node_label(node, i))
-    return found
