@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .levels import Level
 
 KINDS = ("sparsity", "flops", "params", "bops")
+LevelValue = float | str  # a sparsity, or a level label (levels.py) such as "2:4+w4"
 _RESERVED = ("version", "choice", "cost", "error", "budget")
 
 
@@ -46,12 +48,14 @@ class LevelTable:
     """One layer's options: `levels[i]` costs `cost[i]` and adds `error[i]` to the total."""
 
     name: str
-    levels: tuple[float, ...]
+    levels: tuple[LevelValue, ...]
     cost: tuple[float, ...]
     error: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        for field in ("levels", "cost", "error"):
+        object.__setattr__(self, "levels", tuple(v if isinstance(v, str) else float(v)
+                                                 for v in self.levels))
+        for field in ("cost", "error"):
             object.__setattr__(self, field, tuple(float(v) for v in getattr(self, field)))
         n = len(self.levels)
         if not self.name or n == 0 or len(self.cost) != n or len(self.error) != n:
@@ -68,7 +72,7 @@ class LevelTable:
 
 @dataclass(frozen=True)
 class Allocation:
-    choice: dict[str, float]  # layer name -> chosen level
+    choice: dict[str, LevelValue]  # layer name -> chosen level
     cost: float  # exact total cost of the choice (<= budget)
     error: float  # total error of the choice
     budget: float
@@ -230,7 +234,7 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def load_profile(path: str | os.PathLike) -> dict[str, float]:
+def load_profile(path: str | os.PathLike) -> dict[str, Level]:
     """Read a profile written by `save_profile`; returns layer name -> level."""
     where = f"profile {os.fspath(path)}"
     try:
@@ -248,7 +252,10 @@ def load_profile(path: str | os.PathLike) -> dict[str, float]:
     choice = doc.get("choice")
     if not isinstance(choice, dict) or not choice:
         raise ConfigError(f"{where}: 'choice' must be a non-empty object layer -> level")
+    out = {}
     for name, level in choice.items():
-        if not _is_num(level) or not 0.0 <= level < 1.0:
-            raise ConfigError(f"{where}: choice[{name!r}] = {level!r} is not a level in [0, 1)")
-    return {name: float(level) for name, level in choice.items()}
+        try:
+            out[name] = Level.parse(level)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: choice[{name!r}]: {e}") from None
+    return out

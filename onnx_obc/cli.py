@@ -46,6 +46,25 @@ def _nm(value: str | None) -> tuple[int, int] | None:
     return n, m
 
 
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, "
+                                 "e.g. 8,4") from None
+
+
+def _nm_or_none(ctx: click.Context, param: click.Parameter, value: str
+                ) -> tuple[int, int] | None:
+    if value.strip().lower() in ("", "none"):
+        return None
+    try:
+        n, m = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not N:M (e.g. 2:4) or 'none'") from None
+    return n, m
+
+
 def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
     ops = tuple(v.strip() for v in value.split(",") if v.strip())
     bad = [o for o in ops if o not in LAYER_OPS]
@@ -94,9 +113,17 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               show_default=True,
               help="dp: per-layer sparsity chosen by an exact DP to meet the global "
                    "--sparsity with the least estimated error.")
-@click.option("--budget", type=click.Choice(["sparsity", "params", "flops"]),
+@click.option("--budget", type=click.Choice(["sparsity", "params", "flops", "bops"]),
               default="sparsity", show_default=True,
-              help="What --sparsity removes globally with --allocate dp.")
+              help="What the global target bounds with --allocate dp. bops: bit-operations, "
+                   "each layer at one mixed level (fp32, w<b>, N:M, N:M+w<b>).")
+@click.option("--target", type=click.FloatRange(min=1),
+              help="Reduction factor of the --budget (flops/params/bops) relative to the "
+                   "dense FP32 model, e.g. 32 = 1/32 of its bit-operations.")
+@click.option("--level-bits", default="8,4", show_default=True, callback=_int_list,
+              help="Weight bits of the mixed levels (--budget bops).")
+@click.option("--level-nm", default="2:4", show_default=True, callback=_nm_or_none,
+              help="N:M pattern of the mixed levels (--budget bops), or 'none'.")
 @click.option("--score", type=click.Choice(["loss", "output"]), default="loss",
               show_default=True,
               help="Level errors for the DP: normalised layer loss, or measured model "
@@ -115,6 +142,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--correct", is_flag=True,
               help="Fold a per-output-channel mean correction (compressed vs dense outputs on "
                    "the calibration data) into the biases.")
+@click.option("--correct-scale", is_flag=True,
+              help="Also a per-output-channel scale (least squares vs the dense outputs), "
+                   "folded into the weights / QDQ scales. Implies --correct.")
 @click.option("--act-order", is_flag=True,
               help="With --method gptq: columns by descending Hessian diagonal.")
 @click.option("--damp", type=click.FloatRange(0, 10), default=0.01, show_default=True,
@@ -163,6 +193,8 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
             method=opts["method"], act_order=opts["act_order"], correct=opts["correct"],
             sequential=opts["sequential"], sequential_groups=opts["sequential_groups"],
             allocate=opts["allocate"], budget=opts["budget"], score=opts["score"],
+            target=opts["target"], level_bits=opts["level_bits"], level_nm=opts["level_nm"],
+            correct_scale=opts["correct_scale"],
             max_sparsity=opts["max_sparsity"], profile=opts["profile"],
             save_profile=opts["save_profile"],
             damp=opts["damp"],

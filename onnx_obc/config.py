@@ -7,6 +7,7 @@ validated on construction; invalid values raise `ConfigError` with the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +40,22 @@ class CompressConfig:
     act_order: with "gptq", process columns by descending Hessian diagonal.
     allocate: "uniform" (every layer at `sparsity`) or "dp" (per-layer levels chosen by an
         exact DP so the model meets the global budget with the least estimated error).
-    budget: what `sparsity` removes globally with "dp": "sparsity"/"params" (weights) or
-        "flops". score: level errors from the normalised layer loss ("loss") or the
+    budget: what the global target bounds with "dp": "sparsity"/"params" (weights), "flops",
+        or "bops" (bit-operations; each layer picks one of OBC's mixed levels: fp32, w<b>,
+        N:M, N:M + w<b> for b in level_bits and N:M = level_nm). target: reduction factor
+        of the budget relative to the dense FP32 model (flops/params/bops; 4.0 = a quarter;
+        for flops/params `sparsity` may give it instead, as 1 / (1 - sparsity)). score: level errors from the normalised layer loss ("loss") or the
         measured model output error ("output"). max_sparsity: the largest level.
     profile: a saved profile (JSON, layer -> sparsity) to apply instead of solving the DP;
         save_profile: where to write the chosen profile.
+    level_bits / level_nm: the weight bits and the N:M pattern (None: none) of the mixed
+        levels for "bops".
     sequential: compress layers in topological groups, each calibrated on the model with the
         earlier groups already compressed (sequential_groups groups; None: one per layer).
     correct: fold a per-output-channel mean correction (compressed vs dense outputs on the
-        calibration data) into the biases.
+        calibration data) into the biases. correct_scale: also a per-output-channel scale
+        (least squares against the dense outputs), folded into the weights (the QDQ scales
+        when quantized).
     damp: relative dampening, `H += damp * mean(diag H) * I`.
     device: "auto" (CuPy GPU if usable, else NumPy), "cpu" or "cuda".
     include / exclude: glob patterns on node names (fnmatch); a layer is compressed when it
@@ -78,8 +86,12 @@ class CompressConfig:
     method: str = "obc"
     act_order: bool = False
     correct: bool = False
+    correct_scale: bool = False
     allocate: str = "uniform"
     budget: str = "sparsity"
+    target: float | None = None
+    level_bits: tuple[int, ...] = (8, 4)
+    level_nm: tuple[int, int] | None = (2, 4)
     score: str = "loss"
     max_sparsity: float = 0.95
     profile: str | None = None
@@ -115,41 +127,36 @@ class CompressConfig:
         if self.block is not None:
             if not isinstance(self.block, int) or self.block < 2:
                 raise ConfigError(f"block size must be an integer >= 2, got {self.block!r}")
-            if s is None:
+            if s is None and not self.allocated:
                 raise ConfigError("--block prunes a fraction of the blocks: add --sparsity")
         if self.nm and (self.allocate == "dp" or self.profile):
             raise ConfigError("N:M fixes every layer's sparsity (N/M): no non-uniform "
-                              "allocation; use --sparsity with --block or unstructured")
+                              "allocation; use --sparsity with --block or unstructured, or "
+                              "--budget bops (N:M and bits as per-layer levels)")
+        self._check_allocation(s)
         if (self.nm or self.block) and self.method == "gptq":
             raise ConfigError("--method gptq prunes unstructured only; use the default "
                               "method for --nm / --block")
-        if s is None and self.bits is None and self.nm is None:
+        if s is None and self.bits is None and self.nm is None and not self.allocated:
             raise ConfigError("nothing to do: give a target sparsity (--sparsity 0.5) and/or "
                               "weight bits (--bits 8)")
         if self.bits is not None and (not isinstance(self.bits, int) or not 2 <= self.bits <= 8):
             raise ConfigError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
         if self.group_size is not None:
-            if self.bits is None:
+            if self.bits is None and self.budget != "bops":
                 raise ConfigError("--group-size only applies to quantization: add --bits")
             if not isinstance(self.group_size, int) or self.group_size < 2:
                 raise ConfigError(f"group size must be an integer >= 2, got {self.group_size!r}"
                                   " (e.g. --group-size 128)")
         if self.allocate not in ("uniform", "dp"):
             raise ConfigError(f"allocate must be 'uniform' or 'dp', got {self.allocate!r}")
-        if self.budget not in ("sparsity", "params", "flops"):
-            raise ConfigError(f"budget must be sparsity, params or flops, got {self.budget!r}")
         if self.score not in ("loss", "output"):
             raise ConfigError(f"score must be 'loss' or 'output', got {self.score!r}")
         if not 0.0 < self.max_sparsity < 1.0:
             raise ConfigError(f"max_sparsity must be in (0, 1), got {self.max_sparsity}")
-        if (self.allocate == "dp" or self.profile) and s is None:
-            raise ConfigError("non-uniform allocation needs the global target: add --sparsity")
         if self.allocate == "dp" and s is not None and float(s) >= self.max_sparsity:
             raise ConfigError(f"the global sparsity {s} must stay below the largest level "
                               f"{self.max_sparsity} (--max-sparsity)")
-        if self.sequential and (self.allocate == "dp" or self.profile):
-            raise ConfigError("--sequential cannot be combined with a non-uniform allocation "
-                              "yet; use one of them")
         if self.sequential_groups is not None and self.sequential_groups < 1:
             raise ConfigError(f"sequential_groups must be >= 1, got {self.sequential_groups}")
         if self.act_bits is not None and self.act_bits != 8:
@@ -161,7 +168,9 @@ class CompressConfig:
             raise ConfigError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
         if self.method == "rtn" and self.bits is None:
             raise ConfigError("--method rtn is the quantization baseline: add --bits")
-        if self.method == "magnitude" and s is None and self.nm is None:
+        if self.correct_scale and not self.correct:
+            object.__setattr__(self, "correct", True)  # the scale comes with the mean
+        if self.method == "magnitude" and s is None and self.nm is None and not self.allocated:
             raise ConfigError("--method magnitude is the pruning baseline: add --sparsity")
         if s is not None and (not isinstance(s, (int, float)) or not 0.0 < float(s) < 1.0):
             raise ConfigError(
@@ -199,10 +208,57 @@ class CompressConfig:
         if s is not None:
             object.__setattr__(self, "sparsity", float(s))
 
-    def quant_spec(self) -> QuantSpec | None:
-        if self.bits is None:
+    @property
+    def allocated(self) -> bool:
+        """Per-layer levels come from the DP or a profile."""
+        return self.allocate == "dp" or self.profile is not None
+
+    def _check_allocation(self, s: float | None) -> None:
+        if self.budget not in ("sparsity", "params", "flops", "bops"):
+            raise ConfigError(f"budget must be sparsity, params, flops or bops, got "
+                              f"{self.budget!r}")
+        bits = tuple(self.level_bits)
+        if not bits or any(not isinstance(b, int) or not 2 <= b <= 8 for b in bits) \
+                or len(set(bits)) != len(bits):
+            raise ConfigError(f"level_bits must be distinct integers from 2 to 8, got {bits}")
+        object.__setattr__(self, "level_bits", bits)
+        if self.level_nm is not None:
+            n, m = self.level_nm
+            if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+                raise ConfigError(f"level N:M needs integers 0 < N < M, got {n}:{m}")
+            object.__setattr__(self, "level_nm", (n, m))
+        t = self.target
+        if t is not None and (not isinstance(t, (int, float)) or not math.isfinite(t)
+                              or t < 1.0):
+            raise ConfigError(f"target is a reduction factor >= 1 relative to the dense FP32 "
+                              f"model (4.0 = a quarter), got {t!r}")
+        if t is not None and self.budget == "sparsity":
+            raise ConfigError("--target is a reduction factor for --budget flops/params/bops;"
+                              " with --budget sparsity give --sparsity")
+        if self.budget == "bops":
+            if self.allocate != "dp" and not self.profile:
+                raise ConfigError("--budget bops picks per-layer levels: add --allocate dp")
+            if s is not None or self.bits is not None or self.nm or self.block:
+                raise ConfigError("with --budget bops each layer's sparsity and bits come from "
+                                  "the mixed levels (--level-bits, --level-nm): drop --sparsity"
+                                  ", --bits, --nm and --block")
+            if self.method != "obc":
+                raise ConfigError("--budget bops runs OBC's solvers: drop --method")
+            if t is None and not self.profile:
+                raise ConfigError("--budget bops needs the reduction factor: add --target "
+                                  "(e.g. --target 32 = 1/32 of the dense FP32 bit-ops)")
+        elif self.allocate == "dp" and s is None and t is None:
+            raise ConfigError("non-uniform allocation needs the global target: add --sparsity"
+                              " (or --target with --budget flops/params)")
+        if s is not None and t is not None:
+            raise ConfigError("give the global target once: --sparsity or --target")
+
+    def quant_spec(self, bits: int | None = None) -> QuantSpec | None:
+        """The weight grid for `bits` (default: the configured bits)."""
+        bits = self.bits if bits is None else bits
+        if bits is None:
             return None
-        return QuantSpec(bits=self.bits, symmetric=self.symmetric, mse=self.clip_search,
+        return QuantSpec(bits=bits, symmetric=self.symmetric, mse=self.clip_search,
                          group_size=self.group_size)
 
     def replace(self, **changes: Any) -> CompressConfig:

@@ -1,17 +1,19 @@
-"""Non-uniform sparsity: one ExactOBS run per layer gives its loss at every level; an exact
-DP (allocate.py) then picks the level of every layer under the global budget.
+"""Non-uniform levels: one ExactOBS run per layer gives its loss at every sparsity level (or,
+under a BOP budget, one solve per mixed level); an exact DP (allocate.py) then picks the
+level of every layer under the global budget.
 
 Levels are OBC's grid (densities 0.9^k, k = 0.. up to the maximum sparsity, plus the maximum).
 A level's error is the layer loss normalised by the layer's output energy tr(W H W^T), so
 layers compare ("loss" score), or the measured increase of the model's output error on
 calibration samples with only that layer compressed ("output" score, onnxruntime, slower).
-A level's cost is the layer's remaining parameters, or its FLOPs (parameters times output
-positions per sample), depending on the budget kind.
+A level's cost is the layer's remaining parameters, its FLOPs (parameters times output
+positions per sample), or its bit-operations (levels.py), depending on the budget kind.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +27,12 @@ from .calib import DataSet
 from .capture import activation_bytes, providers_for, session
 from .hessian import HessianAccumulator
 from .layers import Layer, constant_weights
+from .levels import mixed_levels
+from .quant import QuantSpec
+from .qweights import group_size_for
 from .rewrite import apply_weights
 from .solve import structure_for
-from .solvers import prepare, rows_per_batch
+from .solvers import prepare, rows_per_batch, solve_layer
 from .solvers.fast import greedy_traces
 from .solvers.select import rebuild, select_counts
 from .solvers.blocks import block_greedy_order
@@ -118,19 +123,17 @@ def layer_table(L: Layer, W: Any, H: Any, run: _Run, levels: tuple[float, ...],
     return LevelTable(L.name, levels, tuple(costs), tuple(errors))
 
 
-def output_errors(proto: onnx.ModelProto, L: Layer, run: _Run, levels: tuple[float, ...],
+def output_errors(proto: onnx.ModelProto, L: Layer, weights: Iterator[np.ndarray],
                   data: DataSet, batch: int, backend: Backend) -> tuple[float, ...]:
-    """Relative increase of the model output error with only L compressed, per level."""
+    """Relative increase of the model output error with only L compressed, one value per
+    weight matrix [G, r, d] (host) that `weights` yields."""
     G, r, d = L.matrix_shape
     providers = providers_for(backend.name)
     dense = session(proto, providers, optimize=True)
     ref = [dense.run(None, feed)[0] for _, feed in data.batches(batch)]
     energy = sum(float(np.square(y).sum()) for y in ref) or 1.0
     errs = []
-    for s in levels:
-        counts = _removals(run, s, G * r * d) * run.size
-        Wl = backend.to_host(rebuild(run.rows, run.prep.Hinv, run.group, run.order, counts,
-                                     run.rb))
+    for Wl in weights:
         m = apply_weights(proto, [L], {L.weight: L.from_matrix(Wl.reshape(G, r, d))})
         sess = session(m, providers, optimize=True)
         e = sum(float(np.square(sess.run(None, feed)[0] - y).sum())
@@ -139,15 +142,36 @@ def output_errors(proto: onnx.ModelProto, L: Layer, run: _Run, levels: tuple[flo
     return tuple(errs)
 
 
+def _rebuilt(run: _Run, levels: tuple[float, ...], n: int, backend: Backend
+             ) -> Iterator[np.ndarray]:
+    for s in levels:
+        counts = _removals(run, s, n) * run.size
+        yield backend.to_host(rebuild(run.rows, run.prep.Hinv, run.group, run.order, counts,
+                                      run.rb))
+
+
+def _output_subset(data: DataSet) -> DataSet:
+    return data.take(np.arange(min(data.n, 64)))
+
+
+def _per_weight(proto: onnx.ModelProto, layers: list[Layer], cfg: Any, data: DataSet,
+                batch: int) -> dict[str, float]:
+    """Cost of one dense weight: 1 (params), or MACs per sample (flops, bops)."""
+    if cfg.budget in ("flops", "bops"):
+        return positions_per_sample(proto, layers, next(data.batches(batch))[1])
+    return {L.weight: 1.0 for L in layers}
+
+
 def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
                  data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
+    if cfg.budget == "bops":
+        return mixed_tables(proto, layers, hessians, backend, cfg, data, batch, budget_bytes)
     levels = level_grid(cfg.max_sparsity)
     if cfg.score == "output":  # one onnxruntime evaluation per level: a coarser grid
         levels = levels[:-1:2] + levels[-1:]
     weights = constant_weights(proto.graph)
-    per_weight = (positions_per_sample(proto, layers, next(data.batches(batch))[1])
-                  if cfg.budget == "flops" else {L.weight: 1.0 for L in layers})
+    per_weight = _per_weight(proto, layers, cfg, data, batch)
     tables = []
     for L in layers:
         w = numpy_helper.to_array(weights[L.weight][1])
@@ -161,11 +185,47 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
         run = _run(W, H, levels, cfg.damp, budget_bytes, st)
         t = layer_table(L, W, H, run, levels, per_weight[L.weight])
         if cfg.score == "output":
-            sub = data.take(np.arange(min(data.n, 64)))
-            t = LevelTable(t.name, t.levels, t.cost,
-                           output_errors(proto, L, run, levels, sub, batch, backend))
+            errs = output_errors(proto, L, _rebuilt(run, levels, math.prod(W.shape), backend),
+                                 _output_subset(data), batch, backend)
+            t = LevelTable(t.name, t.levels, t.cost, errs)
         tables.append(t)
     return tables
+
+
+def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
+                 hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
+                 data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
+    """OBC's mixed database under a BOP budget: every layer solved at every mixed level
+    (fp32, w<b>, N:M, N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
+    weights = constant_weights(proto.graph)
+    macs = _per_weight(proto, layers, cfg, data, batch)
+    tables = []
+    for L in layers:
+        w = numpy_helper.to_array(weights[L.weight][1])
+        W = backend.to_device(L.to_matrix(w).astype(np.float32))
+        H = hessians[L.weight].mean()
+        n = math.prod(W.shape)
+        st = structure_for(L, cfg, nm=cfg.level_nm) if cfg.level_nm else None
+        levels = mixed_levels(cfg.level_bits, cfg.level_nm, st is not None)
+        W64 = W.astype(np.float64)
+        energy = float(((W64 @ H) * W64).sum()) or 1.0
+        sols = [solve_layer(W, H, quant=_spec(L, cfg, lv.bits),
+                            structure=st if lv.nm else None, damp=cfg.damp,
+                            budget_bytes=budget_bytes) for lv in levels[1:]]  # [0]: fp32
+        if cfg.score == "output":
+            mats = (backend.to_host(sol.W) for sol in sols)
+            errs = (0.0,) + output_errors(proto, L, mats, _output_subset(data), batch, backend)
+        else:
+            errs = (0.0,) + tuple(sol.loss / energy for sol in sols)
+        cost = tuple(n * macs[L.weight] * lv.bops_per_mac(cfg.act_bits) for lv in levels)
+        tables.append(LevelTable(L.name, tuple(lv.label for lv in levels), cost, errs))
+        backend.free()
+    return tables
+
+
+def _spec(L: Layer, cfg: Any, bits: int | None) -> QuantSpec | None:
+    spec = cfg.quant_spec(bits) if bits is not None else None
+    return None if spec is None else group_size_for(L, spec)[0]
 
 
 def dense_cost(tables: list[LevelTable]) -> float:

@@ -8,6 +8,7 @@ onnxruntime) and the solver's device only in the two stages that need it: collec
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import time
@@ -23,9 +24,10 @@ from .backend import get_backend
 from .capture import providers_for, session
 from .collect import collect
 from .config import CompressConfig
-from .correct import correct_biases
+from .correct import correct_outputs
 from .errors import ObcError
 from .layers import Layer, find_layers
+from .levels import Level
 from .modelio import check_output_path, load_model, save_model
 from .actqdq import quantize_activations, residual_add_inputs
 from .qdq import quantize_weights
@@ -85,6 +87,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     observe = _act_tensors(proto, layers) if cfg.act_bits else []
     new, base, qweights, observers = {}, {}, {}, {}
     current = proto  # sequential: later groups are calibrated on the compressed model
+    level_for = None
+    if cfg.sequential and cfg.allocated:  # levels from the dense model, before any change
+        t = time.perf_counter()
+        hessians, _ = collect(proto, layers, fit, batch, backend, cfg, progress, [])
+        timer["capture"] = time.perf_counter() - t
+        t = time.perf_counter()
+        level_for = _allocation(proto, layers, hessians, backend, cfg, report, fit, batch)
+        timer["allocate"] = time.perf_counter() - t
     for chunk in _layer_groups(layers, cfg):
         t = time.perf_counter()
         wanted = [n for n in observe if n not in observers]
@@ -93,8 +103,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         observers.update(obs)
         timer["capture"] = timer.get("capture", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        per_layer = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch)
-        n, b, q = solve_all(proto, chunk, hessians, backend, cfg, report, progress, per_layer)
+        if level_for is None and cfg.allocated:  # one-shot: chunk = every layer
+            level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch)
+        n, b, q = solve_all(proto, chunk, hessians, backend, cfg, report, progress, level_for)
         new.update(n), base.update(b), qweights.update(q)
         if cfg.sequential:
             current = apply_weights(current, chunk, n)
@@ -103,16 +114,19 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     t = time.perf_counter()
     out_model = apply_weights(proto, layers, new)  # float weights (on the grid if quantized)
     uncorrected = None
+    done = [L for L in layers if L.weight in new]  # the layers the solver changed
     if cfg.correct:
         uncorrected = out_model
-        out_model, why, shifts = correct_biases(proto, out_model, layers, fit, batch,
-                                                providers_for(backend.name))
-        report.warnings.extend(f"bias correction skipped for {w}" for w in why)
-        report.correction = {"mean_abs_shift_per_pass": shifts}
+        out_model, why, corr = correct_outputs(proto, out_model, done, fit, batch,
+                                               providers_for(backend.name), cfg.correct_scale)
+        report.warnings.extend(f"correction skipped for {w}" for w in why)
+        report.correction = corr.summary()
+        qweights = corr.rescale_codes(qweights, done)
     if qweights:  # integer weights behind DequantizeLinear (QDQ), zeros exact
         out_model = quantize_weights(out_model, layers, qweights)
-    if cfg.act_bits:
-        out_model = _quantize_activations(out_model, layers, observers, cfg)
+    if cfg.act_bits:  # under a BOP budget, only layers at quantized levels
+        act_layers = [L for L in done if L.weight in qweights or cfg.budget != "bops"]
+        out_model = _quantize_activations(out_model, act_layers, observers, cfg)
     models = {"dense": proto, "compressed": out_model}
     if uncorrected is not None and cfg.compare_baseline:
         models["uncorrected"] = uncorrected
@@ -203,8 +217,12 @@ def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers
 
 def baseline_name(cfg: CompressConfig) -> str:
     """The baseline model's name in the report: magnitude, rtn or magnitude+rtn."""
-    pruned = cfg.sparsity or cfg.nm
-    return "+".join(n for n, on in (("magnitude", pruned), ("rtn", cfg.bits)) if on)
+    if cfg.budget == "bops":  # the mixed levels, each with its own baseline
+        pruned, quant = cfg.level_nm is not None, True
+    else:
+        pruned = cfg.sparsity or cfg.nm or cfg.target or cfg.profile
+        quant = cfg.bits
+    return "+".join(n for n, on in (("magnitude", pruned), ("rtn", quant)) if on)
 
 
 def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]:
@@ -218,28 +236,37 @@ def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]
 
 def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, backend: Any,
                 cfg: CompressConfig, report: Report, data: calib_mod.DataSet, batch: int
-                ) -> dict[str, float] | None:
-    """Per-layer sparsity from a profile or the DP (None: uniform)."""
-    if cfg.allocate != "dp" and not cfg.profile:
-        return None
+                ) -> dict[str, Level]:
+    """Per-layer levels from a profile or the DP."""
     if cfg.profile:
         choice = load_profile(cfg.profile)
         missing = [L.name for L in layers if L.name not in choice]
         if missing:
             raise ObcError(f"profile {cfg.profile} has no level for {missing}; it was made for "
                            "another model or other --include/--exclude options")
-        report.profile = {"source": str(cfg.profile), "choice": choice}
-    else:
-        tables = nonuniform.build_tables(proto, layers, hessians, backend, cfg, data, batch,
-                                         solver_budget(cfg, backend))
-        kind = "flops" if cfg.budget == "flops" else "sparsity"
-        target = 1.0 / (1.0 - cfg.sparsity) if kind == "flops" else cfg.sparsity
-        alloc = allocate(tables, target_budget(tables, target, kind))
-        choice = alloc.choice
-        report.profile = {"choice": choice, "budget": cfg.budget, "score": cfg.score,
-                          "cost": alloc.cost, "dense_cost": nonuniform.dense_cost(tables),
-                          "error": alloc.error}
-        if cfg.save_profile:
-            save_profile(cfg.save_profile, alloc, {"budget_kind": cfg.budget,
-                                                   "score": cfg.score})
-    return {L.weight: float(choice[L.name]) for L in layers}
+        report.profile = {"source": str(cfg.profile),
+                          "choice": {L.name: choice[L.name].label for L in layers}}
+        return {L.weight: choice[L.name] for L in layers}
+    tables = nonuniform.build_tables(proto, layers, hessians, backend, cfg, data, batch,
+                                     solver_budget(cfg, backend))
+    if cfg.budget == "sparsity" or (cfg.budget == "params" and cfg.target is None):
+        kind, target = "sparsity", cfg.sparsity
+    else:  # a reduction factor of the dense FP32 FLOPs / params / BOPs
+        kind = cfg.budget
+        target = cfg.target if cfg.target is not None else 1.0 / (1.0 - cfg.sparsity)
+    dense = nonuniform.dense_cost(tables)
+    budget = target_budget(tables, target, kind)
+    least = math.fsum(min(t.cost) for t in tables)
+    if least > budget:
+        hint = (" or quantize activations (--act-bits 8)" if kind == "bops" and not cfg.act_bits
+                else "")
+        raise ObcError(f"the {kind} target cannot be met: these levels reach at most "
+                       f"{dense / least:.3g}x less than the dense model (every layer at its "
+                       f"cheapest level), asked {dense / budget:.3g}x; lower the target{hint}")
+    alloc = allocate(tables, budget)
+    report.profile = {"choice": alloc.choice, "budget": cfg.budget, "score": cfg.score,
+                      "cost": alloc.cost, "dense_cost": dense, "error": alloc.error,
+                      "reduction": dense / alloc.cost if alloc.cost else math.inf}
+    if cfg.save_profile:
+        save_profile(cfg.save_profile, alloc, {"budget_kind": cfg.budget, "score": cfg.score})
+    return {L.weight: Level.parse(alloc.choice[L.name]) for L in layers}

@@ -133,12 +133,12 @@ def _profile_lines(r: Report) -> list[str]:
     p = r.profile
     if not p:
         return []
-    lines = ["", "non-uniform profile: " + ", ".join(f"{k} {v:.3f}" for k, v in
-                                                     p["choice"].items())]
+    lines = ["", "non-uniform profile: " + ", ".join(
+        f"{k} {v}" if isinstance(v, str) else f"{k} {v:.3f}" for k, v in p["choice"].items())]
     if "cost" in p:
         lines.append(f"  {p['budget']} kept {p['cost']:.4g} of {p['dense_cost']:.4g} "
-                     f"({p['cost'] / p['dense_cost']:.1%}); estimated error {p['error']:.4g} "
-                     f"(score: {p['score']})")
+                     f"({p['cost'] / p['dense_cost']:.1%}, {p['dense_cost'] / p['cost']:.3g}x "
+                     f"less); estimated error {p['error']:.4g} (score: {p['score']})")
     return lines
 
 

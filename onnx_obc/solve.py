@@ -16,6 +16,7 @@ from .backend import Backend
 from .config import CompressConfig
 from .hessian import HessianAccumulator
 from .layers import Layer, constant_weights
+from .levels import Level
 from .qdq import QuantizedWeight
 from .quant import Grid
 from .qweights import group_size_for, to_onnx
@@ -36,13 +37,13 @@ def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
 
 def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
            backend: Backend, cfg: CompressConfig, report: Report, progress: bool,
-           sparsity_for: dict[str, float] | None = None,
+           level_for: dict[str, Level] | None = None,
            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, QuantizedWeight]]:
     """Solve every layer: compressed and baseline weights (float, ONNX layout) and, when
-    quantizing, the integer weights for QDQ export."""
+    quantizing, the integer weights for QDQ export. `level_for` (weight -> Level): per-layer
+    levels from the allocation; a level's missing bits / structure come from `cfg`."""
     weights = constant_weights(proto.graph)
     budget = solver_budget(cfg, backend)
-    spec = cfg.quant_spec()
     new: dict[str, np.ndarray] = {}
     base: dict[str, np.ndarray] = {}
     qweights: dict[str, QuantizedWeight] = {}
@@ -50,6 +51,14 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
     for L in bar:
         bar.set_postfix_str(L.name[:40])
         t = time.perf_counter()
+        lv = None if level_for is None else level_for[L.weight]
+        if lv is not None and lv.is_dense and cfg.bits is None:
+            report.skipped.append(SkippedLayer(L.name, L.op, (
+                f"kept dense (fp32) by the non-uniform allocation (--budget {cfg.budget})"),
+                L.weight))
+            hessians.pop(L.weight)
+            continue
+        spec = cfg.quant_spec(lv.bits if lv is not None and lv.bits else None)
         lspec, why = group_size_for(L, spec) if spec else (None, "")
         if why:
             report.warnings.append(why)
@@ -59,10 +68,11 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         H = acc.mean()
         if acc.cross is not None:  # sequential: fit the dense model's output
             W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.damp, 1e-4))
-        target = cfg.sparsity if sparsity_for is None else sparsity_for[L.weight]
-        st = structure_for(L, cfg)
-        if (cfg.nm or cfg.block) and st is None:
-            m = cfg.nm[1] if cfg.nm else cfg.block
+        target = cfg.sparsity if lv is None else lv.sparsity
+        nm = cfg.nm if lv is None or lv.nm is None else lv.nm
+        st = structure_for(L, cfg, nm=nm)
+        if (nm or cfg.block) and st is None:
+            m = nm[1] if nm else cfg.block
             report.skipped.append(SkippedLayer(L.name, L.op, (
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
@@ -101,12 +111,16 @@ def _axis_len(L: Layer) -> int:
     return L.shape[1] if L.layout == "conv" else L.matrix_shape[2]
 
 
-def structure_for(L: Layer, cfg: CompressConfig) -> Structure | None:
+def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = None,
+                  block: int | None = None) -> Structure | None:
     """N:M groups / blocks along the reduction axis TensorRT reads: for Conv, m consecutive
-    input channels at one kernel position; for MatMul / Gemm, m consecutive inputs (K)."""
-    if not cfg.nm and not cfg.block:
+    input channels at one kernel position; for MatMul / Gemm, m consecutive inputs (K).
+    `nm` / `block` override the configured ones (a per-layer level)."""
+    nm = nm or (cfg.nm if block is None else None)
+    block = block or (cfg.block if nm is None else None)
+    if not nm and not block:
         return None
-    m = cfg.nm[1] if cfg.nm else cfg.block
+    m = nm[1] if nm else block
     _, _, d = L.matrix_shape
     if L.layout == "conv":
         groups = conv_nm_groups(L.shape[1], math.prod(L.shape[2:]), m)
@@ -114,6 +128,6 @@ def structure_for(L: Layer, cfg: CompressConfig) -> Structure | None:
         groups = linear_nm_groups(d, m)
     if groups is None:
         return None
-    if cfg.nm:
-        return Structure("nm", groups, n=cfg.nm[0], m=m)
+    if nm:
+        return Structure("nm", groups, n=nm[0], m=m)
     return Structure("block", groups, size=m)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import onnx_obc.allocate as allocate_mod
+from onnx_obc.levels import Level
 from onnx_obc.allocate import (LevelTable, allocate, load_profile, normalized_errors,
                                save_profile, target_budget)
 from onnx_obc.errors import ConfigError
@@ -218,7 +219,7 @@ def test_profile_round_trip(tmp_path):
     r = allocate(tables, target_budget(tables, 0.5, "sparsity"))
     path = tmp_path / "profile.json"
     save_profile(path, r, {"kind": "sparsity", "target": 0.5})
-    assert load_profile(path) == r.choice
+    assert {k: v.sparsity for k, v in load_profile(path).items()} == r.choice
     doc = json.loads(path.read_text())
     assert doc["version"] == 1 and doc["kind"] == "sparsity" and doc["budget"] == r.budget
     assert [p.name for p in tmp_path.iterdir()] == ["profile.json"]  # no tmp file left
@@ -231,9 +232,10 @@ def test_profile_round_trip(tmp_path):
     ({"version": None}, "'version' must be 1"),
     ({"choice": [0.5]}, "'choice' must be"),
     ({"choice": {}}, "'choice' must be"),
-    ({"choice": {"conv1": 1.0}}, r"choice\['conv1'\] = 1.0 is not a level in \[0, 1\)"),
+    ({"choice": {"conv1": 1.0}}, r"choice\['conv1'\]: level 1.0 is not a sparsity in \[0, 1\)"),
     ({"choice": {"conv1": -0.1}}, r"choice\['conv1'\]"),
-    ({"choice": {"conv1": "0.5"}}, r"choice\['conv1'\]"),
+    ({"choice": {"conv1": "w9"}}, r"choice\['conv1'\]: level bits must be 2..8"),
+    ({"choice": {"conv1": "half"}}, r"choice\['conv1'\]: level 'half' is not"),
     ({"choice": {"conv1": True}}, r"choice\['conv1'\]"),
     ({"cost": "12"}, "'cost' must be a finite number"),
     ({"error": None}, "'error' must be"),
@@ -262,3 +264,14 @@ def test_profile_not_json_or_not_object(tmp_path):
 
 def test_module_docstring_example():
     assert doctest.testmod(allocate_mod).failed == 0
+
+
+def test_profile_with_mixed_level_labels(tmp_path):
+    t = LevelTable("conv1", ("fp32", "w8", "2:4+w4"), (1024.0, 64.0, 16.0), (0.0, 0.1, 0.5))
+    u = LevelTable("fc", ("fp32", "w8", "0.5+w8"), (2048.0, 128.0, 64.0), (0.0, 0.01, 0.02))
+    r = allocate([t, u], 150.0)
+    assert r.choice == {"conv1": "w8", "fc": "0.5+w8"} and r.cost == 128.0
+    path = tmp_path / "p.json"
+    save_profile(path, r)
+    got = load_profile(path)
+    assert got["conv1"] == Level(bits=8) and got["fc"] == Level(sparsity=0.5, bits=8)

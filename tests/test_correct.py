@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx import numpy_helper
+
 from onnx_obc import convert
 from onnx_obc.config import CompressConfig
 from onnx_obc.correct import bias_targets
@@ -18,7 +20,7 @@ from . import builders as b
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-def _err(res, name):
+def _err(res, name="compressed"):
     return max(res.report.fidelity["eval"][name].rel_error.values())
 
 
@@ -54,3 +56,35 @@ def test_matmul_without_bias_is_reported():
     res = convert(model, None, sparsity=0.5, correct=True, calib=[feed], progress=False,
                   device="cpu")
     assert any("no bias to fold" in w for w in res.report.warnings)
+
+
+def test_scale_correction_lowers_the_error_beyond_the_mean_correction():
+    kw = dict(sparsity=0.7, calib=MODELS / "digits_cnn.calib.npz", progress=False,
+              device="cpu", eval_data=MODELS / "digits_cnn.eval.npz")
+    mean = convert(MODELS / "digits_cnn.onnx", None, correct=True, **kw)
+    scaled = convert(MODELS / "digits_cnn.onnx", None, correct_scale=True, **kw)
+    assert _err(scaled) < 0.8 * _err(mean) < _err(scaled, "uncorrected")
+    s = scaled.report.correction["scale"]
+    assert s["layers"] == 6 and 0 < s["mean_abs_deviation"] < s["max_abs_deviation"]
+
+
+def test_scale_correction_folds_into_the_qdq_scales_and_keeps_the_codes():
+    kw = dict(bits=4, nm=(2, 4), calib=MODELS / "digits_vit.calib.npz", progress=False,
+              device="cpu", eval_data=MODELS / "digits_vit.eval.npz")
+    mean = convert(MODELS / "digits_vit.onnx", None, correct=True, **kw)
+    scaled = convert(MODELS / "digits_vit.onnx", None, correct_scale=True, **kw)
+    a = {t.name: numpy_helper.to_array(t) for t in mean.model.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in scaled.model.graph.initializer}
+    for L in scaled.report.layers:
+        np.testing.assert_array_equal(a[f"{L.weight}_quantized"], b[f"{L.weight}_quantized"])
+        ratio = b[f"{L.weight}_scale"] / a[f"{L.weight}_scale"]
+        assert ratio.shape == (L.rows,) and not np.allclose(ratio, 1.0)
+    assert _err(scaled) < _err(mean) < _err(mean, "uncorrected")
+
+
+def test_shared_weight_gets_the_mean_but_no_scale():
+    model = b.shared_weight()
+    res = convert(model, None, sparsity=0.5, correct_scale=True, calib=[b.feeds(model, 40)],
+                  progress=False, device="cpu")
+    assert any("no scale correction (its weight is read by 2 nodes)" in w
+               for w in res.report.warnings)

@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from onnx import numpy_helper
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
 
 from onnx_obc import convert
+from onnx_obc.errors import ObcError
+from onnx_obc.levels import Level
 from onnx_obc.nonuniform import level_grid
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -69,3 +73,56 @@ def test_output_score_measures_the_model_and_beats_uniform():
     assert dp.report.profile["score"] == "output"
     assert dp.report.profile["cost"] <= 0.3 * dp.report.profile["dense_cost"] + 1e-6
     assert _err(dp) < 0.8 * _err(_run(sparsity=0.7, include=only))
+
+
+def _layer_inputs(model, node_name):
+    node = next(n for n in model.graph.node if n.name == node_name)
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [producer.get(x) for x in node.input]
+
+
+def test_bops_budget_mixes_levels_beats_uniform_and_deploys(tmp_path):
+    """OBC's mixed database under a BOP budget: 1/32 of the dense FP32 bit-ops is what every
+    layer at 4-bit weights and 8-bit activations costs; the DP's mix does better."""
+    uni = _run(bits=4, act_bits=8)
+    dp = _run(allocate="dp", budget="bops", target=32, act_bits=8,
+              save_profile=str(tmp_path / "p.json"))
+    p = dp.report.profile
+    assert p["budget"] == "bops" and p["cost"] <= p["dense_cost"] / 32 * (1 + 1e-9)
+    choice = {k: Level.parse(v) for k, v in p["choice"].items()}
+    assert len({lv.label for lv in choice.values()}) >= 3  # really mixed
+    assert _err(dp) < 0.9 * _err(uni)
+    # the exported model holds the chosen levels
+    inits = {t.name: t for t in dp.model.graph.initializer}
+    dense = {t.name: t for t in onnx.load(MODELS / "digits_vit.onnx").graph.initializer}
+    rows = {x.name: x for x in dp.report.layers}
+    skipped = {s.name: s.reason for s in dp.report.skipped}
+    for name, lv in choice.items():
+        if lv.is_dense:
+            assert "kept dense (fp32)" in skipped[name] and name not in rows
+            assert "DequantizeLinear" not in _layer_inputs(dp.model, name)  # float input
+            continue
+        r = rows[name]
+        assert r.bits == lv.bits
+        q = inits[f"{r.weight}_quantized"]
+        assert q.data_type == (TensorProto.INT4 if lv.bits == 4 else TensorProto.INT8)
+        codes = numpy_helper.to_array(q)
+        if lv.nm is not None:  # 2:4 along the reduction axis (K of a [K, N] MatMul weight)
+            assert r.sparsity >= 0.5  # quantization may round a few survivors to 0
+            k = codes.reshape(-1, 4, codes.shape[-1]) if codes.ndim == 2 else None
+            assert k is not None and ((k == 0).sum(axis=1) >= 2).all()
+        assert "DequantizeLinear" in _layer_inputs(dp.model, name)  # activation QDQ
+    kept = [x.weight for x in dp.report.skipped if "kept dense (fp32)" in x.reason]
+    assert len(kept) == sum(lv.is_dense for lv in choice.values())
+    for w in kept:  # fp32 layers keep their dense weights
+        np.testing.assert_array_equal(numpy_helper.to_array(inits[w]),
+                                      numpy_helper.to_array(dense[w]))
+    # the saved profile (labels) reproduces the model
+    again = _run(budget="bops", act_bits=8, profile=str(tmp_path / "p.json"))
+    for a, b in zip(dp.model.graph.initializer, again.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_bops_target_beyond_the_cheapest_levels_says_how_far_it_goes():
+    with pytest.raises(ObcError, match=r"reach at most .*x less .*--act-bits 8"):
+        _run(allocate="dp", budget="bops", target=40)  # weight-only: 2:4+w4 is 16x at most

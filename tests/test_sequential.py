@@ -51,3 +51,16 @@ def test_fit_to_reference_is_identity_without_upstream_error_and_fits_otherwise(
     err_t = np.sum((W[0] @ X0 - Wt[0] @ X) ** 2)
     err_w = np.sum((W[0] @ X0 - W[0] @ X) ** 2)
     assert err_t < 0.5 * err_w
+
+
+def test_sequential_with_the_dp_keeps_the_dense_allocation_and_lowers_the_error():
+    one = _run(sparsity=0.7, allocate="dp", compare_baseline=False)
+    seq = _run(sparsity=0.7, allocate="dp", sequential=True, compare_baseline=False)
+    assert seq.report.profile["choice"] == one.report.profile["choice"]  # from the dense model
+    e1 = max(one.report.fidelity["eval"]["compressed"].rel_error.values())
+    e2 = max(seq.report.fidelity["eval"]["compressed"].rel_error.values())
+    assert e2 < 0.9 * e1
+    levels = seq.report.profile["choice"]
+    for layer in seq.report.layers:  # each layer at its allocated level
+        n = layer.rows * layer.cols
+        assert abs(layer.sparsity * n - levels[layer.name] * n) <= 1
