@@ -6,12 +6,15 @@
 Per model, with the same calibration data: N:M (2:4, 4:8) and 4-blocks with ExactOBS next to
 magnitude at the same structure (accuracy, output error, layer loss ratio over layers with
 >= 64 inputs); uniform vs non-uniform (DP) 70% sparsity and the equivalent FLOP cut; and the
-effect of --correct and --sequential on the output error.
+effect of --correct, --correct-scale and --sequential on the output error; and OBC's mixed
+levels under a bit-operations budget next to the uniform level of the same BOPs (W8A8 = 16x,
+W4A8 = 32x, 2:4 + W4A8 = 64x less than dense FP32, where every layer can take it).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -20,7 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
 from onnx_obc import convert  # noqa: E402
+from onnx_obc.config import CompressConfig  # noqa: E402
+from onnx_obc.layers import find_layers  # noqa: E402
+from onnx_obc.nonuniform import positions_per_sample  # noqa: E402
 
 RUNS = [  # (label, options)
     ("2:4", dict(nm=(2, 4))),
@@ -32,7 +41,39 @@ RUNS = [  # (label, options)
     ("uniform 70% +correct", dict(sparsity=0.7, correct=True)),
     ("uniform 70% +sequential", dict(sparsity=0.7, sequential=True)),
     ("uniform 70% +seq +correct", dict(sparsity=0.7, sequential=True, correct=True)),
+    ("uniform 70% +correct-scale", dict(sparsity=0.7, correct_scale=True)),
+    ("dp 70% +sequential", dict(sparsity=0.7, allocate="dp", sequential=True)),
+    ("W8A8", dict(bits=8, act_bits=8)),
+    ("dp bops 16x", dict(allocate="dp", budget="bops", target=16, act_bits=8)),
+    ("W4A8", dict(bits=4, act_bits=8)),
+    ("dp bops 32x", dict(allocate="dp", budget="bops", target=32, act_bits=8)),
+    ("2:4+W4A8", dict(nm=(2, 4), bits=4, act_bits=8)),
+    ("dp bops 64x", dict(allocate="dp", budget="bops", target=64, act_bits=8)),
+    ("dp bops 32x (output)", dict(allocate="dp", budget="bops", target=32, act_bits=8,
+                                  score="output")),
 ]
+
+
+def bops_reduction(name: str, res, act_bits: int | None) -> float:
+    """Dense FP32 bit-ops / the compressed model's (MACs x density x w bits x a bits; layers
+    left dense count 32 x 32)."""
+    proto = onnx.load(ROOT / "models" / f"{name}.onnx")
+    layers, _ = find_layers(proto, CompressConfig(sparsity=0.5))
+    with np.load(ROOT / "models" / f"{name}.calib.npz") as z:
+        feed = {k: z[k][:8] for k in z.files if k != "labels"}
+    pos = positions_per_sample(proto, layers, feed)
+    rows = {x.weight: x for x in res.report.layers}
+    dense = total = 0.0
+    for L in layers:
+        macs = math.prod(L.matrix_shape) * pos[L.weight]
+        dense += macs * 1024
+        r = rows.get(L.weight)
+        if r is None:
+            total += macs * 1024
+            continue
+        a = act_bits if (act_bits and r.bits) else 32
+        total += macs * (1 - r.target) * (r.bits or 32) * a
+    return dense / total
 
 
 def main() -> None:
@@ -42,7 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     names = args.models or sorted(p.name[:-5] for p in (ROOT / "models").glob("*.onnx"))
     print(f"{'model':<11} {'run':<26} {'dense':>6} {'OBC':>6} {'magn.':>6} {'err OBC':>8} "
-          f"{'err mag':>8} {'ratio max':>9} {'ratio med':>9} {'zeros':>6} {'sec':>5}")
+          f"{'err mag':>8} {'ratio max':>9} {'ratio med':>9} {'zeros':>6} {'bops x':>6} "
+          f"{'sec':>5}")
     for name in names:
         for label, opts in RUNS:
             if args.runs and label not in args.runs:
@@ -72,7 +114,8 @@ def main() -> None:
                   f"{pct(ev[base].accuracy) if base else '     -'} {err:>8.4f} {err_b:>8.4f} "
                   f"{max(ratios) if ratios else float('nan'):>9.3f} "
                   f"{statistics.median(ratios) if ratios else float('nan'):>9.3f} "
-                  f"{zeros:>6.1%} {time.perf_counter() - t:>5.1f}", flush=True)
+                  f"{zeros:>6.1%} {bops_reduction(name, res, opts.get('act_bits')):>6.1f} "
+                  f"{time.perf_counter() - t:>5.1f}", flush=True)
             if "uncorrected" in ev:
                 print(f"{'':<11} {'  (before correction)':<26} {'':>6} "
                       f"{pct(ev['uncorrected'].accuracy)} {'':>6} "

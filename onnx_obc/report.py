@@ -158,11 +158,13 @@ def _fidelity_lines(r: Report) -> list[str]:
     lines = []
     for set_name, models in r.fidelity.items():
         any_f = next(iter(models.values()))
+        w = max([10] + [len(m) for m in models])
         lines += ["", f"model fidelity on {set_name} ({any_f.samples} samples):",
-                  f"  {'model':<10} {'rel. output error':>18} {'top-1 agree':>12} {'accuracy':>9}"]
+                  f"  {'model':<{w}} {'rel. output error':>18} {'top-1 agree':>12} "
+                  f"{'accuracy':>9}"]
         for m, f in models.items():
             rel = max(f.rel_error.values()) if f.rel_error else 0.0
-            lines.append(f"  {m:<10} {rel:>18.4f} {_pct(f.top1_agreement):>12} "
+            lines.append(f"  {m:<{w}} {rel:>18.4f} {_pct(f.top1_agreement):>12} "
                          f"{_pct(f.accuracy):>9}")
     return lines
 

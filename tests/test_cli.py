@@ -175,3 +175,21 @@ def test_root_cli_shim_compress_help():
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "--sparsity" in res.stdout and "--calib" in res.stdout
+
+
+def test_bops_budget_from_the_command_line(saved, tmp_path):
+    model, data = saved(b.mlp((8, 16, 4)), n=48)
+    out, prof = tmp_path / "out.onnx", tmp_path / "p.json"
+    res = invoke(model, out, "--allocate", "dp", "--budget", "bops", "--target", "20",
+                 "--level-bits", "8,4", "--level-nm", "none", "--act-bits", "8",
+                 "--calib", data, "-q", "--save-profile", prof, "--correct-scale")
+    assert res.exit_code == 0, res.output
+    assert "non-uniform profile:" in res.output and "bops kept" in res.output
+    choice = json.loads(prof.read_text())["choice"]
+    assert set(choice) == {"fc1", "fc2"} and set(choice.values()) <= {"fp32", "w8", "w4"}
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(out)).graph.node)
+    bad = invoke(model, out, "--allocate", "dp", "--budget", "bops", "--calib", data, "-q")
+    assert bad.exit_code == 2 and "--target" in bad.output
+    bad = invoke(model, out, "--allocate", "dp", "--budget", "bops", "--target", "8",
+                 "--level-nm", "2-4", "--calib", data, "-q")
+    assert bad.exit_code == 2 and "is not N:M" in bad.output
