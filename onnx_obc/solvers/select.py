@@ -35,28 +35,43 @@ def select_counts(keys: Any, count: int) -> Any:
 def rebuild(
     W: Any, Hinv: Any, group: Any, order: Any, counts: Any, rows_per_batch: int
 ) -> Any:
-    """Rows of W [R, d] after counts[r] removals in `order` [R, d]; Hinv [G, d, d]."""
+    """Rows of W [R, d] after counts[r] removals in `order` [R, d]; Hinv [G, d, d].
+
+    Rows are batched in order of their counts, so a batch's systems Hinv[M, M] z = w_M
+    (padded with identity to its largest count p) are nearly all of size p. Only those
+    [B, p, p] blocks are gathered; the update w -= Hinv[:, M] z is one product per Hessian,
+    with z scattered to its columns."""
     xp = array_module(W, Hinv)
     R, d = W.shape
     out = W.astype(xp.float64, copy=True)  # [R, d]
+    by_count = xp.argsort(counts, kind="stable")  # [R]
     for r0 in range(0, R, rows_per_batch):
-        r1 = min(R, r0 + rows_per_batch)
-        p = int(counts[r0:r1].max()) if r1 > r0 else 0
+        rows = by_count[r0:r0 + rows_per_batch]  # [B], counts non-decreasing
+        c = counts[rows]
+        p = int(c[-1])
         if p == 0:
             continue
-        w = out[r0:r1]  # [B, d] view
-        valid = xp.arange(p)[None, :] < counts[r0:r1, None]  # [B, p]
-        idx = xp.where(valid, order[r0:r1, :p], 0)  # [B, p]; padding (maybe -1) -> column 0
-        Hg = Hinv[group[r0:r1]]  # [B, d, d]
-        cols = xp.take_along_axis(Hg, idx[:, None, :], axis=2)  # [B, d, p] = Hinv[:, M]
-        sub = xp.take_along_axis(cols, idx[:, :, None], axis=1)  # [B, p, p] = Hinv[M, M]
-        pair = valid[:, :, None] & valid[:, None, :]
-        eye = xp.eye(p, dtype=sub.dtype)[None]
-        sub = xp.where(pair, sub, eye)  # padding -> identity, decoupled
+        B, ar = len(rows), xp.arange(p)
+        g = group[rows]
+        w = out[rows]  # [B, d] copy
+        valid = ar[None, :] < c[:, None]  # [B, p]
+        idx = xp.where(valid, order[rows, :p], 0)  # [B, p]; padding (maybe -1) -> column 0
+        sub = Hinv[g[:, None, None], idx[:, :, None], idx[:, None, :]]  # [B, p, p] Hinv[M, M]
+        sub *= valid[:, :, None] & valid[:, None, :]  # padding -> identity, decoupled
+        sub[:, ar, ar] += ~valid
         rhs = xp.where(valid, xp.take_along_axis(w, idx, axis=1), 0.0)  # [B, p] = w_M
-        z = xp.linalg.solve(sub, rhs[:, :, None])  # [B, p, 1]
-        w -= (cols @ z)[:, :, 0]
-        removed = xp.zeros((r1 - r0, d + 1), dtype=bool)  # [B, d + 1]: padding hits column d
-        removed[xp.arange(r1 - r0)[:, None], xp.where(valid, idx, d)] = True
+        z = xp.linalg.solve(sub, rhs[:, :, None])[:, :, 0]  # [B, p]; 0 on the padding
+        cols = xp.where(valid, idx, d)  # padding -> column d, dropped
+        zf = xp.zeros((B, d + 1), dtype=z.dtype)
+        zf[xp.arange(B)[:, None], cols] = z
+        hs = xp.unique(g).tolist()  # w -= Hinv[:, M] z = (Hinv zf)^T, one product per Hessian
+        if len(hs) == 1:
+            w -= zf[:, :d] @ Hinv[hs[0]].T
+        for h in hs if len(hs) > 1 else ():
+            sel = g == h
+            w[sel] -= zf[sel, :d] @ Hinv[h].T
+        removed = xp.zeros((B, d + 1), dtype=bool)  # [B, d + 1]: padding hits column d
+        removed[xp.arange(B)[:, None], cols] = True
         w[removed[:, :d]] = 0.0  # exact zeros on the mask
+        out[rows] = w
     return out
