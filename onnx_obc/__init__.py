@@ -1,4 +1,5 @@
-"""onnx-obc: Optimal Brain Compression for ONNX models (ExactOBS pruning), no retraining.
+"""onnx-obc: Optimal Brain Compression for ONNX models (ExactOBS pruning, OBQ quantization,
+N:M / block sparsity, non-uniform levels), no retraining.
 
     from onnx_obc import convert
     result = convert("in.onnx", "out.onnx", sparsity=0.5, calib="calib.npz")

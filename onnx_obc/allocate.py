@@ -14,7 +14,12 @@ total cost <= budget (exact multiple-choice knapsack by dynamic programming over
 
 (conv1 dense + fc at 0.9 costs 130 but errs 3.0; conv1 0.5 + fc 0.5 uses the whole budget.)
 
-Rounding guarantee. Costs above the per-layer minimum are discretised on a grid of step
+Exact case. When every cost is an integer (parameters, FLOPs, bit-operations) and the slack
+`budget - min_total` spans at most ~50M / layers multiples of the gcd of the cost increments,
+the DP runs on that lattice: no rounding, the optimum is exact, and a choice that meets the
+budget exactly (e.g. every layer at W4A8 for a 32x BOP target) is always reachable.
+
+Rounding guarantee (otherwise). Costs above the per-layer minimum are discretised on a grid of step
 `q = (budget - min_total) / buckets`, where `min_total` is the sum of each layer's cheapest
 cost, and rounded UP (exact rational arithmetic). Hence (1) the returned choice always has
 exact total cost <= budget, (2) its error is <= that of every choice with exact cost
@@ -110,14 +115,41 @@ def allocate(tables: Sequence[LevelTable], budget: float, *, buckets: int = 1000
                  for t in tables]
     else:
         slack = fbudget - min_total
-        units = [[_units(c, m, slack, buckets) for c in t.cost] for t, m in zip(tables, mins)]
-        picks = _dp(tables, units, buckets)
+        exact = _exact_units(tables, mins, slack)
+        if exact is not None:  # integer costs on a coarse enough lattice: no rounding at all
+            picks = _dp(tables, *exact)
+        else:
+            units = [[_units(c, m, slack, buckets) for c in t.cost]
+                     for t, m in zip(tables, mins)]
+            picks = _dp(tables, units, buckets)
     total = sum((Fraction(t.cost[s]) for t, s in zip(tables, picks)), Fraction(0))
     if total > fbudget:  # provably impossible with ceil rounding; guard against regressions
         raise RuntimeError(f"internal error: allocation cost {float(total)} > budget {budget}")
     return Allocation(choice={t.name: t.levels[s] for t, s in zip(tables, picks)},
                       cost=float(total),
                       error=math.fsum(t.error[s] for t, s in zip(tables, picks)), budget=budget)
+
+
+EXACT_CELLS = 50_000_000  # layers x (buckets + 1) of the exact DP's backtracking table
+
+
+def _exact_units(tables: Sequence[LevelTable], mins: list[float], slack: Fraction
+                 ) -> tuple[list[list[int]], int] | None:
+    """Exact integer units when every cost is an integer: unit g = gcd of all increments over
+    the layer minima, buckets = floor(slack / g); None when that table would be too large."""
+    if not all(float(c).is_integer() for t in tables for c in t.cost):
+        return None
+    incs = [int(c) - int(m) for t, m in zip(tables, mins) for c in t.cost]
+    g = 0
+    for x in incs:
+        g = math.gcd(g, x)
+    if g == 0:
+        return None
+    nb = int(slack // g)
+    if nb < 1 or len(tables) * (nb + 1) > EXACT_CELLS:
+        return None
+    return [[min((int(c) - int(m)) // g, nb + 1) for c in t.cost]
+            for t, m in zip(tables, mins)], nb
 
 
 def _units(cost: float, low: float, slack: Fraction, buckets: int) -> int:

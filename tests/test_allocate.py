@@ -87,6 +87,20 @@ def test_exact_grid_equals_brute_force():
         assert a.error == pytest.approx(_opt(costs, errors, budget), abs=1e-12)
 
 
+def test_integer_costs_are_solved_exactly_whatever_the_buckets():
+    """Integer costs run on the gcd lattice: the optimum even at a budget that a combination
+    meets exactly (e.g. every layer at W4A8 for a 32x BOP target), with buckets=7."""
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        C = rng.integers(1, 40, (4, 4)).astype(float) * 16
+        E = rng.uniform(0, 1, (4, 4))
+        combos, costs, errors = _brute(C, E)
+        budget = float(costs[rng.integers(len(costs))])  # tight: some choice costs exactly it
+        a = allocate(_tables(C, E), budget, buckets=7)
+        assert a.cost <= budget and a.error == pytest.approx(_opt(costs, errors, budget),
+                                                              abs=1e-12)
+
+
 def test_zero_cost_levels_are_used():
     # tiny rounds to 0 buckets of budget/10000 in the reference, which then skips it
     for tiny in (0.0, 2.0 ** -14):  # 2**-14: exact in binary, so 10 + tiny is too
