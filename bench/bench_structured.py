@@ -49,7 +49,9 @@ RUNS = [  # (label, options)
     ("dp bops = W4A8", dict(allocate="dp", budget="bops", target="W4A8", act_bits=8)),
     ("dp bops = W4A8 (output)", dict(allocate="dp", budget="bops", target="W4A8", act_bits=8,
                                      score="output")),
+    ("dp bops 24x", dict(allocate="dp", budget="bops", target=24, act_bits=8)),
     ("2:4+W4A8", dict(nm=(2, 4), bits=4, act_bits=8)),
+    ("dp bops 48x", dict(allocate="dp", budget="bops", target=48, act_bits=8)),
     ("dp bops = 2:4+W4A8", dict(allocate="dp", budget="bops", target="2:4+W4A8",
                                 act_bits=8)),
 ]  # target "RUN": the BOP reduction that uniform run measured on the same model

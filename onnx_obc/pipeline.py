@@ -124,14 +124,18 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         qweights = corr.rescale_codes(qweights, done)
     if qweights:  # integer weights behind DequantizeLinear (QDQ), zeros exact
         out_model = quantize_weights(out_model, layers, qweights)
-    if cfg.act_bits:  # under a BOP budget, only layers at quantized levels
-        act_layers = [L for L in done if L.weight in qweights or cfg.budget != "bops"]
-        out_model = _quantize_activations(out_model, act_layers, observers, cfg)
+    # under a BOP budget, only layers at quantized levels get activation Q/DQ
+    act_layers = [L for L in done if L.weight in qweights or cfg.budget != "bops"]
+
+    def acts(m: onnx.ModelProto) -> onnx.ModelProto:
+        return _quantize_activations(m, act_layers, observers, cfg) if cfg.act_bits else m
+
+    out_model = acts(out_model)
     models = {"dense": proto, "compressed": out_model}
-    if uncorrected is not None and cfg.compare_baseline:
-        models["uncorrected"] = uncorrected
+    if uncorrected is not None and cfg.compare_baseline:  # compared with the same activations
+        models["uncorrected"] = acts(uncorrected)
     if cfg.compare_baseline and cfg.method not in ("magnitude", "rtn"):
-        models[baseline_name(cfg)] = apply_weights(proto, layers, base)
+        models[baseline_name(cfg)] = acts(apply_weights(proto, layers, base))
     sets = {"held-out calibration" if held is not None else "calibration (not held out)":
             held if held is not None else fit}
     if eval_data is not None:
