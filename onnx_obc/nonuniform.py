@@ -162,6 +162,16 @@ def _per_weight(proto: onnx.ModelProto, layers: list[Layer], cfg: Any, data: Dat
     return {L.weight: 1.0 for L in layers}
 
 
+def _on_device(proto: onnx.ModelProto, layers: list[Layer],
+               hessians: dict[str, HessianAccumulator], backend: Backend
+               ) -> Iterator[tuple[Layer, Any, Any]]:
+    """(layer, W [G, r, d] float32, H [G, d, d]) on the solver's device, one at a time."""
+    weights = constant_weights(proto.graph)
+    for L in layers:
+        w = numpy_helper.to_array(weights[L.weight][1])
+        yield L, backend.to_device(L.to_matrix(w).astype(np.float32)), hessians[L.weight].mean()
+
+
 def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
                  data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
@@ -170,13 +180,9 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
     levels = level_grid(cfg.max_sparsity)
     if cfg.score == "output":  # one onnxruntime evaluation per level: a coarser grid
         levels = levels[:-1:2] + levels[-1:]
-    weights = constant_weights(proto.graph)
     per_weight = _per_weight(proto, layers, cfg, data, batch)
     tables = []
-    for L in layers:
-        w = numpy_helper.to_array(weights[L.weight][1])
-        W = backend.to_device(L.to_matrix(w).astype(np.float32))
-        H = hessians[L.weight].mean()
+    for L, W, H in _on_device(proto, layers, hessians, backend):
         st = structure_for(L, cfg) if cfg.block else None
         if cfg.block and st is None:  # cannot hold blocks: stays dense, one level
             n = math.prod(L.matrix_shape)
@@ -197,13 +203,9 @@ def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
                  data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
     """OBC's mixed database under a BOP budget: every layer solved at every mixed level
     (fp32, w<b>, N:M, N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
-    weights = constant_weights(proto.graph)
     macs = _per_weight(proto, layers, cfg, data, batch)
     tables = []
-    for L in layers:
-        w = numpy_helper.to_array(weights[L.weight][1])
-        W = backend.to_device(L.to_matrix(w).astype(np.float32))
-        H = hessians[L.weight].mean()
+    for L, W, H in _on_device(proto, layers, hessians, backend):
         n = math.prod(W.shape)
         st = structure_for(L, cfg, nm=cfg.level_nm) if cfg.level_nm else None
         levels = mixed_levels(cfg.level_bits, cfg.level_nm, st is not None)

@@ -124,8 +124,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         qweights = corr.rescale_codes(qweights, done)
     if qweights:  # integer weights behind DequantizeLinear (QDQ), zeros exact
         out_model = quantize_weights(out_model, layers, qweights)
-    # under a BOP budget, only layers at quantized levels get activation Q/DQ
-    act_layers = [L for L in done if L.weight in qweights or cfg.budget != "bops"]
+    # with quantized weights (mixed levels included) only the quantized layers get activation
+    # Q/DQ; with pruning alone every compressed layer does
+    act_layers = [L for L in done if not qweights or L.weight in qweights]
 
     def acts(m: onnx.ModelProto) -> onnx.ModelProto:
         return _quantize_activations(m, act_layers, observers, cfg) if cfg.act_bits else m
