@@ -85,7 +85,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     timer["load"] = time.perf_counter() - t
 
     observe = _act_tensors(proto, layers) if cfg.act_bits else []
-    new, base, qweights, observers = {}, {}, {}, {}
+    new, base, qweights, base_q, observers = {}, {}, {}, {}, {}
     current = proto  # sequential: later groups are calibrated on the compressed model
     level_for = None
     if cfg.sequential and cfg.allocated:  # levels from the dense model, before any change
@@ -105,8 +105,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         t = time.perf_counter()
         if level_for is None and cfg.allocated:  # one-shot: chunk = every layer
             level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch)
-        n, b, q = solve_all(proto, chunk, hessians, backend, cfg, report, progress, level_for)
-        new.update(n), base.update(b), qweights.update(q)
+        n, b, q, bq = solve_all(proto, chunk, hessians, backend, cfg, report, progress,
+                                level_for)
+        new.update(n), base.update(b), qweights.update(q), base_q.update(bq)
         if cfg.sequential:
             current = apply_weights(current, chunk, n)
         timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t
@@ -115,6 +116,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     out_model = apply_weights(proto, layers, new)  # float weights (on the grid if quantized)
     uncorrected = None
     done = [L for L in layers if L.weight in new]  # the layers the solver changed
+    raw_q = qweights  # before the scale correction touches the DQ scales
     if cfg.correct:
         uncorrected = out_model
         out_model, why, corr = correct_outputs(proto, out_model, done, fit, batch,
@@ -133,10 +135,15 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
 
     out_model = acts(out_model)
     models = {"dense": proto, "compressed": out_model}
-    if uncorrected is not None and cfg.compare_baseline:  # compared with the same activations
+    if uncorrected is not None and cfg.compare_baseline:  # deployed the same way
+        if raw_q:
+            uncorrected = quantize_weights(uncorrected, layers, raw_q)
         models["uncorrected"] = acts(uncorrected)
     if cfg.compare_baseline and cfg.method not in ("magnitude", "rtn"):
-        models[baseline_name(cfg)] = acts(apply_weights(proto, layers, base))
+        baseline = apply_weights(proto, layers, base)  # deployed like the compressed model:
+        if base_q:  # integer weights behind DequantizeLinear, same activation Q/DQ
+            baseline = quantize_weights(baseline, layers, base_q)
+        models[baseline_name(cfg)] = acts(baseline)
     sets = {"held-out calibration" if held is not None else "calibration (not held out)":
             held if held is not None else fit}
     if eval_data is not None:

@@ -38,15 +38,17 @@ def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
 def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
            backend: Backend, cfg: CompressConfig, report: Report, progress: bool,
            level_for: dict[str, Level] | None = None,
-           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, QuantizedWeight]]:
+           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, QuantizedWeight],
+                      dict[str, QuantizedWeight]]:
     """Solve every layer: compressed and baseline weights (float, ONNX layout) and, when
-    quantizing, the integer weights for QDQ export. `level_for` (weight -> Level): per-layer
+    quantizing, the integer weights of both for QDQ export. `level_for` (weight -> Level): per-layer
     levels from the allocation; a level's missing bits / structure come from `cfg`."""
     weights = constant_weights(proto.graph)
     budget = solver_budget(cfg, backend)
     new: dict[str, np.ndarray] = {}
     base: dict[str, np.ndarray] = {}
     qweights: dict[str, QuantizedWeight] = {}
+    base_q: dict[str, QuantizedWeight] = {}
     bar = tqdm(layers, desc="solve", unit="layer", disable=not progress)
     for L in bar:
         bar.set_postfix_str(L.name[:40])
@@ -86,10 +88,10 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         new[L.weight] = L.from_matrix(backend.to_host(res.W))
         base[L.weight] = L.from_matrix(backend.to_host(res.baseline))
         if lspec is not None:
-            g = res.grid
-            host = Grid(backend.to_host(g.scale), backend.to_host(g.zero), g.qmin, g.qmax,
-                        g.group_size)
-            qweights[L.weight] = to_onnx(L, backend.to_host(res.codes), host, lspec.bits)
+            qweights[L.weight] = to_onnx(L, backend.to_host(res.codes),
+                                         _host_grid(res.grid, backend), lspec.bits)
+            base_q[L.weight] = to_onnx(L, backend.to_host(res.baseline_codes),
+                                       _host_grid(res.baseline_grid, backend), lspec.bits)
         backend.sync()
         G, r, d = L.matrix_shape
         report.layers.append(LayerResult(
@@ -104,7 +106,11 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
             report.warnings.append(f"{L.name}: Cholesky failed with dampening "
                                    f"{list(res.escalations)}; used {res.damp}")
         backend.free()
-    return new, base, qweights
+    return new, base, qweights, base_q
+
+
+def _host_grid(g: Grid, backend: Backend) -> Grid:
+    return Grid(backend.to_host(g.scale), backend.to_host(g.zero), g.qmin, g.qmax, g.group_size)
 
 
 def _axis_len(L: Layer) -> int:

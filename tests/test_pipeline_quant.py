@@ -108,3 +108,11 @@ def test_the_baseline_is_measured_with_the_same_activation_quantization():
     a8 = _run("digits_vit", bits=8, act_bits=8).report.fidelity["eval"]["rtn"]
     w8 = _run("digits_vit", bits=8).report.fidelity["eval"]["rtn"]
     assert max(a8.rel_error.values()) > 1.5 * max(w8.rel_error.values())
+
+
+def test_the_baseline_is_deployed_like_the_rtn_method():
+    """The RTN model beside OBQ is exported as QDQ too: it measures exactly what
+    `--method rtn` writes (same codes, same kernels)."""
+    beside = _run("digits_vit", bits=8, act_bits=8).report.fidelity["eval"]["rtn"]
+    alone = _run("digits_vit", bits=8, act_bits=8, method="rtn").report.fidelity["eval"]
+    assert beside.rel_error == pytest.approx(alone["compressed"].rel_error, rel=1e-6)

@@ -8,6 +8,7 @@ Baselines at the same settings: magnitude pruning and round-to-nearest.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class LayerSolution:
     grid: Grid | None = None  # over G * r rows
     codes: Any = None  # [G, r, d] integer codes of W on `grid`
     baseline_codes: Any = None
+    baseline_grid: Grid | None = None  # the baseline's grid (RTN), for exporting it as QDQ
     stages: dict[str, float] = field(default_factory=dict)
 
 
@@ -89,15 +91,17 @@ def solve_layer(
     base_codes = codes(base.reshape(G * r, d), base_grid).reshape(G, r, d) if quant else None
     if method in ("magnitude", "rtn"):
         return LayerSolution(base, base, base_loss, base_loss, 0.0, _zeros(base), 0, 0.0, (),
-                             grid=base_grid, codes=base_codes, baseline_codes=base_codes)
+                             grid=base_grid, codes=base_codes, baseline_codes=base_codes,
+                             baseline_grid=base_grid)
     prep: Prepared = prepare(W, H64, damp)
     rows = prep.W.reshape(G * r, d)  # [R, d] float32
     if method == "gptq":
         if st is not None:
             raise ConfigError("--method gptq supports unstructured pruning only; use the "
                               "default method for N:M and blocks")
-        return _fast_path(W, H64, prep, rows, sparsity or 0.0, quant, act_order, base,
-                          base_loss, base_codes)
+        return dataclasses.replace(
+            _fast_path(W, H64, prep, rows, sparsity or 0.0, quant, act_order, base, base_loss,
+                       base_codes), baseline_grid=base_grid)
     group = xp.repeat(xp.arange(G), r)  # [R]
     rb = rows_per_batch(d, G * r, budget_bytes)
     obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None
@@ -131,6 +135,7 @@ def solve_layer(
     return LayerSolution(
         W_hat, base, layer_loss(W, W_hat, H64), base_loss, obs_loss, _zeros(W_hat), prep.dead,
         prep.damp, prep.escalations, steps_run, reruns, prune_loss, grid, out_codes, base_codes,
+        baseline_grid=base_grid,
     )
 
 
