@@ -211,9 +211,13 @@ def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
         levels = mixed_levels(cfg.level_bits, cfg.level_nm, st is not None)
         W64 = W.astype(np.float64)
         energy = float(((W64 @ H) * W64).sum()) or 1.0
-        sols = [solve_layer(W, H, quant=_spec(L, cfg, lv.bits),
-                            structure=st if lv.nm else None, damp=cfg.damp,
-                            budget_bytes=budget_bytes) for lv in levels[1:]]  # [0]: fp32
+        sols, alone = [], None  # alone: the N:M-only solution, which the N:M + w<b> reuse
+        for lv in levels[1:]:  # [0]: fp32
+            sols.append(solve_layer(W, H, quant=_spec(L, cfg, lv.bits), damp=cfg.damp,
+                                    structure=st if lv.nm else None, budget_bytes=budget_bytes,
+                                    pruned=alone if lv.nm else None))
+            if lv.nm and lv.bits is None:
+                alone = sols[-1]
         if cfg.score == "output":
             mats = (backend.to_host(sol.W) for sol in sols)
             errs = (0.0,) + output_errors(proto, L, mats, _output_subset(data), batch, backend)

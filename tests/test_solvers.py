@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnx_obc.backend import cummax
-from onnx_obc.errors import NotPositiveDefinite, ObcError
+from onnx_obc.errors import ConfigError, NotPositiveDefinite, ObcError
 from onnx_obc.solvers import layer_loss, magnitude_prune, prepare, prune_layer
 from onnx_obc.solvers.exact import greedy_order
 from onnx_obc.solvers.fast import greedy_order_fast
@@ -246,3 +246,27 @@ def test_a_threshold_estimate_that_is_too_low_triggers_reruns(monkeypatch):
     full = fast.greedy_traces(rows, prep.Hinv, group, 6, None, block=16)
     assert part.rerun_rows > 0
     np.testing.assert_array_equal(_selection(full, count), _selection(part, count))
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_quantizing_a_given_pruned_solution_is_the_compound_run(structured):
+    """`pruned=` skips the pruning stage and changes nothing: one pruned layer quantized at
+    several bit widths (the mixed levels) gives what the compound runs give."""
+    from onnx_obc.quant import QuantSpec
+    from onnx_obc.solvers import Structure, solve_layer
+    from onnx_obc.solvers.structured import linear_nm_groups
+
+    W = weights(24, 64, 7)
+    H = correlated_H(64, 7)[None]
+    kw = (dict(structure=Structure("nm", linear_nm_groups(64, 4), n=2, m=4)) if structured
+          else dict(sparsity=0.5))
+    alone = solve_layer(W, H, **kw)
+    for bits in (8, 4):
+        both = solve_layer(W, H, quant=QuantSpec(bits=bits), **kw)
+        reused = solve_layer(W, H, quant=QuantSpec(bits=bits), pruned=alone, **kw)
+        np.testing.assert_array_equal(reused.W, both.W)
+        np.testing.assert_array_equal(reused.codes, both.codes)
+        assert reused.loss == both.loss and reused.prune_loss == both.prune_loss
+    with pytest.raises(ConfigError, match="pruned"):
+        solve_layer(W, H, quant=QuantSpec(bits=4), pruned=solve_layer(W, H, sparsity=0.25),
+                    sparsity=0.5)

@@ -63,6 +63,7 @@ def solve_layer(
     W: Any, H: Any, *, sparsity: float | None = None, quant: QuantSpec | None = None,
     method: str = "obc", damp: float = 0.01, budget_bytes: int = 1 << 30,
     act_order: bool = False, structure: Structure | None = None,
+    pruned: LayerSolution | None = None,
 ) -> LayerSolution:
     """Compress W [G, r, d] (G Hessian groups of r rows) given H [G, d, d].
 
@@ -72,6 +73,10 @@ def solve_layer(
     method "obc": ExactOBS / OBQ. "gptq": the fast path (GPTQ / SparseGPT, one pass).
     "magnitude" / "rtn": the baselines (magnitude pruning, round to nearest), which are also
     computed alongside the others for the report.
+
+    pruned: the pruning-only solution of the same W, H, sparsity / structure and damp; its
+    weights start the quantization stage, which is then the only stage run (the result is
+    the same as running both; used to quantize one pruned layer at several bit widths).
     """
     xp = array_module(W, H)
     G, r, d = W.shape
@@ -105,7 +110,14 @@ def solve_layer(
     group = xp.repeat(xp.arange(G), r)  # [R]
     rb = rows_per_batch(d, G * r, budget_bytes)
     obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None
-    if count and st is not None:  # N:M or blocks
+    if count and pruned is not None:
+        if tuple(pruned.W.shape) != (G, r, d) or pruned.zeros < count:
+            raise ConfigError("pruned: not a pruning-only solution of this layer at this "
+                              "sparsity")
+        rows = pruned.W.reshape(G * r, d).astype(xp.float32)
+        obs_loss, steps_run, reruns = pruned.obs_loss, pruned.steps_run, pruned.rerun_rows
+        prune_loss = pruned.loss
+    elif count and st is not None:  # N:M or blocks
         rows, obs_loss = _structured(rows, prep.Hinv, group, rb, st, count)
         rows = rows.astype(xp.float32)
         steps_run = count // (st.size if st.kind == "block" else 1)
