@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from tqdm.auto import tqdm
 
 from .allocate import LevelTable
 from .backend import Backend, array_module, cummax
@@ -163,26 +164,31 @@ def _per_weight(proto: onnx.ModelProto, layers: list[Layer], cfg: Any, data: Dat
 
 
 def _on_device(proto: onnx.ModelProto, layers: list[Layer],
-               hessians: dict[str, HessianAccumulator], backend: Backend
+               hessians: dict[str, HessianAccumulator], backend: Backend, progress: bool
                ) -> Iterator[tuple[Layer, Any, Any]]:
-    """(layer, W [G, r, d] float32, H [G, d, d]) on the solver's device, one at a time."""
+    """(layer, W [G, r, d] float32, H [G, d, d]) on the solver's device, one at a time, with
+    a progress bar (levels for every layer before the DP)."""
     weights = constant_weights(proto.graph)
-    for L in layers:
+    bar = tqdm(layers, desc="levels", unit="layer", disable=not progress)
+    for L in bar:
+        bar.set_postfix_str(L.name[:40])
         w = numpy_helper.to_array(weights[L.weight][1])
         yield L, backend.to_device(L.to_matrix(w).astype(np.float32)), hessians[L.weight].mean()
 
 
 def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
-                 data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
+                 data: DataSet, batch: int, budget_bytes: int, progress: bool = False
+                 ) -> list[LevelTable]:
     if cfg.budget == "bops":
-        return mixed_tables(proto, layers, hessians, backend, cfg, data, batch, budget_bytes)
+        return mixed_tables(proto, layers, hessians, backend, cfg, data, batch, budget_bytes,
+                            progress)
     levels = level_grid(cfg.max_sparsity)
     if cfg.score == "output":  # one onnxruntime evaluation per level: a coarser grid
         levels = levels[:-1:2] + levels[-1:]
     per_weight = _per_weight(proto, layers, cfg, data, batch)
     tables = []
-    for L, W, H in _on_device(proto, layers, hessians, backend):
+    for L, W, H in _on_device(proto, layers, hessians, backend, progress):
         st = structure_for(L, cfg) if cfg.block else None
         if cfg.block and st is None:  # cannot hold blocks: stays dense, one level
             n = math.prod(L.matrix_shape)
@@ -200,12 +206,13 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
 
 def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
-                 data: DataSet, batch: int, budget_bytes: int) -> list[LevelTable]:
+                 data: DataSet, batch: int, budget_bytes: int, progress: bool = False
+                 ) -> list[LevelTable]:
     """OBC's mixed database under a BOP budget: every layer solved at every mixed level
     (fp32, w<b>, N:M, N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
     macs = _per_weight(proto, layers, cfg, data, batch)
     tables = []
-    for L, W, H in _on_device(proto, layers, hessians, backend):
+    for L, W, H in _on_device(proto, layers, hessians, backend, progress):
         n = math.prod(W.shape)
         st = structure_for(L, cfg, nm=cfg.level_nm) if cfg.level_nm else None
         levels = mixed_levels(cfg.level_bits, cfg.level_nm, st is not None)

@@ -93,7 +93,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         hessians, _ = collect(proto, layers, fit, batch, backend, cfg, progress, [])
         timer["capture"] = time.perf_counter() - t
         t = time.perf_counter()
-        level_for = _allocation(proto, layers, hessians, backend, cfg, report, fit, batch)
+        level_for = _allocation(proto, layers, hessians, backend, cfg, report, fit, batch,
+                                progress)
         timer["allocate"] = time.perf_counter() - t
     for chunk in _layer_groups(layers, cfg):
         t = time.perf_counter()
@@ -104,7 +105,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         timer["capture"] = timer.get("capture", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         if level_for is None and cfg.allocated:  # one-shot: chunk = every layer
-            level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch)
+            level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch,
+                                    progress)
         n, b, q, bq = solve_all(proto, chunk, hessians, backend, cfg, report, progress,
                                 level_for)
         new.update(n), base.update(b), qweights.update(q), base_q.update(bq)
@@ -247,8 +249,8 @@ def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]
 
 
 def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, backend: Any,
-                cfg: CompressConfig, report: Report, data: calib_mod.DataSet, batch: int
-                ) -> dict[str, Level]:
+                cfg: CompressConfig, report: Report, data: calib_mod.DataSet, batch: int,
+                progress: bool) -> dict[str, Level]:
     """Per-layer levels from a profile or the DP."""
     if cfg.profile:
         choice = load_profile(cfg.profile)
@@ -260,7 +262,7 @@ def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, bac
                           "choice": {L.name: choice[L.name].label for L in layers}}
         return {L.weight: choice[L.name] for L in layers}
     tables = nonuniform.build_tables(proto, layers, hessians, backend, cfg, data, batch,
-                                     solver_budget(cfg, backend))
+                                     solver_budget(cfg, backend), progress)
     if cfg.budget == "sparsity" or (cfg.budget == "params" and cfg.target is None):
         kind, target = "sparsity", cfg.sparsity
     else:  # a reduction factor of the dense FP32 FLOPs / params / BOPs
