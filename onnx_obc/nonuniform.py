@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 from tqdm.auto import tqdm
 
+from .actqdq import quantize_activations
 from .allocate import LevelTable
 from .backend import Backend, array_module, cummax
 from .calib import DataSet
@@ -125,17 +126,24 @@ def layer_table(L: Layer, W: Any, H: Any, run: _Run, levels: tuple[float, ...],
 
 
 def output_errors(proto: onnx.ModelProto, L: Layer, weights: Iterator[np.ndarray],
-                  data: DataSet, batch: int, backend: Backend) -> tuple[float, ...]:
+                  data: DataSet, batch: int, backend: Backend,
+                  act_scales: Iterator[float | None] | None = None) -> tuple[float, ...]:
     """Relative increase of the model output error with only L compressed, one value per
-    weight matrix [G, r, d] (host) that `weights` yields."""
+    weight matrix [G, r, d] (host) that `weights` yields; `act_scales` (one per matrix, None
+    for none) puts that layer's int8 input Q/DQ in place too, as it will be deployed."""
     G, r, d = L.matrix_shape
     providers = providers_for(backend.name)
     dense = session(proto, providers, optimize=True)
     ref = [dense.run(None, feed)[0] for _, feed in data.batches(batch)]
     energy = sum(float(np.square(y).sum()) for y in ref) or 1.0
     errs = []
+    scales = iter(act_scales) if act_scales is not None else None
     for Wl in weights:
         m = apply_weights(proto, [L], {L.weight: L.from_matrix(Wl.reshape(G, r, d))})
+        a = next(scales) if scales is not None else None
+        if a is not None:
+            x = L.uses[0].input
+            m = quantize_activations(m, {x: a}, 8, {x: [u.node for u in L.uses]})
         sess = session(m, providers, optimize=True)
         e = sum(float(np.square(sess.run(None, feed)[0] - y).sum())
                 for (_, feed), y in zip(data.batches(batch), ref))
@@ -178,11 +186,11 @@ def _on_device(proto: onnx.ModelProto, layers: list[Layer],
 
 def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
-                 data: DataSet, batch: int, budget_bytes: int, progress: bool = False
-                 ) -> list[LevelTable]:
+                 data: DataSet, batch: int, budget_bytes: int, progress: bool = False,
+                 act_scales: dict[str, float] | None = None) -> list[LevelTable]:
     if cfg.budget == "bops":
         return mixed_tables(proto, layers, hessians, backend, cfg, data, batch, budget_bytes,
-                            progress)
+                            progress, act_scales)
     levels = level_grid(cfg.max_sparsity)
     if cfg.score == "output":  # one onnxruntime evaluation per level: a coarser grid
         levels = levels[:-1:2] + levels[-1:]
@@ -206,8 +214,8 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
 
 def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
-                 data: DataSet, batch: int, budget_bytes: int, progress: bool = False
-                 ) -> list[LevelTable]:
+                 data: DataSet, batch: int, budget_bytes: int, progress: bool = False,
+                 act_scales: dict[str, float] | None = None) -> list[LevelTable]:
     """OBC's mixed database under a BOP budget: every layer solved at every mixed level
     (fp32, w<b>, N:M, N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
     macs = _per_weight(proto, layers, cfg, data, batch)
@@ -225,9 +233,13 @@ def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
                                     pruned=alone if lv.nm else None))
             if lv.nm and lv.bits is None:
                 alone = sols[-1]
-        if cfg.score == "output":
+        if cfg.score == "output":  # quantized levels with their int8 input, if deployed so
             mats = (backend.to_host(sol.W) for sol in sols)
-            errs = (0.0,) + output_errors(proto, L, mats, _output_subset(data), batch, backend)
+            a = (act_scales or {}).get(L.uses[0].input) if len(
+                {u.input for u in L.uses}) == 1 else None
+            acts = (a if lv.bits is not None else None for lv in levels[1:])
+            errs = (0.0,) + output_errors(proto, L, mats, _output_subset(data), batch, backend,
+                                          acts)
         else:
             errs = (0.0,) + tuple(sol.loss / energy for sol in sols)
         cost = tuple(n * macs[L.weight] * lv.bops_per_mac(cfg.act_bits) for lv in levels)

@@ -90,11 +90,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     level_for = None
     if cfg.sequential and cfg.allocated:  # levels from the dense model, before any change
         t = time.perf_counter()
-        hessians, _ = collect(proto, layers, fit, batch, backend, cfg, progress, [])
+        hessians, obs = collect(proto, layers, fit, batch, backend, cfg, progress, observe)
+        observers.update(obs)
         timer["capture"] = time.perf_counter() - t
         t = time.perf_counter()
         level_for = _allocation(proto, layers, hessians, backend, cfg, report, fit, batch,
-                                progress)
+                                progress, observers)
         timer["allocate"] = time.perf_counter() - t
     for chunk in _layer_groups(layers, cfg):
         t = time.perf_counter()
@@ -106,7 +107,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         t = time.perf_counter()
         if level_for is None and cfg.allocated:  # one-shot: chunk = every layer
             level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch,
-                                    progress)
+                                    progress, observers)
         n, b, q, bq = solve_all(proto, chunk, hessians, backend, cfg, report, progress,
                                 level_for)
         new.update(n), base.update(b), qweights.update(q), base_q.update(bq)
@@ -250,7 +251,7 @@ def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]
 
 def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, backend: Any,
                 cfg: CompressConfig, report: Report, data: calib_mod.DataSet, batch: int,
-                progress: bool) -> dict[str, Level]:
+                progress: bool, observers: dict) -> dict[str, Level]:
     """Per-layer levels from a profile or the DP."""
     if cfg.profile:
         choice = load_profile(cfg.profile)
@@ -261,8 +262,10 @@ def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, bac
         report.profile = {"source": str(cfg.profile),
                           "choice": {L.name: choice[L.name].label for L in layers}}
         return {L.weight: choice[L.name] for L in layers}
+    scales = ({n: o.scale(cfg.act_calibration, cfg.act_percentile) for n, o in observers.items()}
+              if cfg.act_bits else None)
     tables = nonuniform.build_tables(proto, layers, hessians, backend, cfg, data, batch,
-                                     solver_budget(cfg, backend), progress)
+                                     solver_budget(cfg, backend), progress, scales)
     if cfg.budget == "sparsity" or (cfg.budget == "params" and cfg.target is None):
         kind, target = "sparsity", cfg.sparsity
     else:  # a reduction factor of the dense FP32 FLOPs / params / BOPs

@@ -126,3 +126,27 @@ def test_bops_budget_mixes_levels_beats_uniform_and_deploys(tmp_path):
 def test_bops_target_beyond_the_cheapest_levels_says_how_far_it_goes():
     with pytest.raises(ObcError, match=r"reach at most .*x less .*--act-bits 8"):
         _run(allocate="dp", budget="bops", target=40)  # weight-only: 2:4+w4 is 16x at most
+
+
+def test_output_score_puts_the_deployed_input_qdq_in_place():
+    """Mixed levels are scored as deployed: a quantized level's layer reads its int8 input."""
+    from onnx_obc.backend import get_backend
+    from onnx_obc.calib import load_data
+    from onnx_obc.config import CompressConfig
+    from onnx_obc.layers import find_layers
+    from onnx_obc.nonuniform import output_errors
+
+    from . import builders as b
+
+    model = b.mlp((8, 16, 4))
+    data = load_data([b.feeds(model, 32)], model)
+    layers, _ = find_layers(model, CompressConfig(sparsity=0.5))
+    L = layers[0]
+    dense = L.to_matrix(next(numpy_helper.to_array(t) for t in model.graph.initializer
+                             if t.name == L.weight))
+    x = data.take(np.arange(data.n)).batches(32)
+    amax = float(np.abs(next(x)[1][L.uses[0].input]).max())
+    be = get_backend("cpu")
+    errs = output_errors(model, L, iter([dense, dense]), data, 32, be,
+                         iter([None, amax / 127]))
+    assert errs[0] == 0.0 and errs[1] > 1e-7  # same weights: only the input Q/DQ differs
