@@ -36,13 +36,13 @@ def main() -> None:
     """
 
 
-def _nm(value: str | None) -> tuple[int, int] | None:
+def _nm(value: str | None, hint: str = "--nm") -> tuple[int, int] | None:
     if value is None:
         return None
     try:
         n, m = (int(x) for x in value.split(":"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not N:M, e.g. 2:4", param_hint="--nm") from None
+        raise click.BadParameter(f"{value!r} is not N:M, e.g. 2:4", param_hint=hint) from None
     return n, m
 
 
@@ -58,11 +58,7 @@ def _nm_or_none(ctx: click.Context, param: click.Parameter, value: str
                 ) -> tuple[int, int] | None:
     if value.strip().lower() in ("", "none"):
         return None
-    try:
-        n, m = (int(v) for v in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not N:M (e.g. 2:4) or 'none'") from None
-    return n, m
+    return _nm(value, "--level-nm (N:M or 'none')")
 
 
 def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
