@@ -123,7 +123,7 @@ def main() -> None:
     logging.disable(logging.WARNING)  # ORT quantization tools log pre-processing advice
     names = args.models or sorted(p.name[:-5] for p in (ROOT / "models").glob("*.onnx"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-quant-"))
-    cfg0 = CompressConfig(bits=8)
+    cfg0 = CompressConfig.from_options(bits=8)
     out: dict = {"s1": [], "s2": [], "s3": [], "s4": [], "s5": [], "s6": [], "notes": []}
     per_layer: dict = {}
     t_all = time.perf_counter()

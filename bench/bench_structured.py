@@ -61,7 +61,7 @@ def bops_reduction(name: str, res, act_bits: int | None) -> float:
     """Dense FP32 bit-ops / the compressed model's (MACs x density x w bits x a bits; layers
     left dense count 32 x 32)."""
     proto = onnx.load(ROOT / "models" / f"{name}.onnx")
-    layers, _ = find_layers(proto, CompressConfig(sparsity=0.5))
+    layers, _ = find_layers(proto)
     with np.load(ROOT / "models" / f"{name}.calib.npz") as z:
         feed = {k: z[k][:8] for k in z.files if k != "labels"}
     pos = positions_per_sample(proto, layers, feed)

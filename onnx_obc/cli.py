@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from .config import LAYER_OPS, CompressConfig
+from .config import LAYER_OPS, Selection
+from .flags import config_from_flags, flags_in
 from .errors import ConfigError, ObcError
 
 
@@ -168,42 +169,28 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               help="Weights in a side file (default: only when the model needs it, >2 GB).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the report as JSON.")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False),
+              help="A recipe (JSON, the `config` of a report): the options it sets apply "
+                   "unless given on the command line.")
+@click.option("--custom-op-library", type=click.Path(exists=True, dir_okay=False),
+              help="Shared library of custom ops for onnxruntime (register_custom_ops_library).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log details.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compress(model: str, output: str, calib: str | None, eval_data: str | None,
-             report_path: str | None, quiet: bool, verbose: bool, debug: bool,
-             **opts: Any) -> None:
+             report_path: str | None, recipe: str | None, quiet: bool, verbose: bool,
+             debug: bool, **opts: Any) -> None:
     """Compress MODEL (ExactOBS pruning and/or OBQ quantization) and write OUTPUT."""
     from .pipeline import convert
 
     _logging(verbose, debug)
     try:
-        cfg = CompressConfig(
-            sparsity=opts["sparsity"], nm=opts["nm"], block=opts["block"], bits=opts["bits"],
-            group_size=opts["group_size"],
-            symmetric=not opts["asymmetric"], clip_search=not opts["minmax"],
-            act_bits=None if opts["act_bits"] is None else int(opts["act_bits"]),
-            act_calibration=opts["act_calibration"], act_percentile=opts["act_percentile"],
-            method=opts["method"], act_order=opts["act_order"], correct=opts["correct"],
-            sequential=opts["sequential"], sequential_groups=opts["sequential_groups"],
-            allocate=opts["allocate"], budget=opts["budget"], score=opts["score"],
-            target=opts["target"], level_bits=opts["level_bits"], level_nm=opts["level_nm"],
-            correct_scale=opts["correct_scale"],
-            max_sparsity=opts["max_sparsity"], profile=opts["profile"],
-            save_profile=opts["save_profile"],
-            damp=opts["damp"],
-            device=opts["device"], include=opts["include"], exclude=opts["exclude"],
-            op_types=opts["op_types"], batch_size=opts["batch_size"],
-            calib_samples=opts["calib_samples"], holdout=opts["holdout"],
-            memory_budget_mb=opts["memory_budget"], solver_memory_mb=opts["solver_memory"],
-            seed=opts["seed"],
-            compare_baseline=opts["baseline"], external_data=opts["external_data"])
+        cfg = config_from_flags(click.get_current_context(), recipe, opts)
         result = convert(model, output, calib=calib, eval_data=eval_data, config=cfg,
                          report_path=report_path, progress=not quiet)
     except ConfigError as exc:  # contradictory or missing options: a usage error (exit 2)
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(flags_in(str(exc))) from None
     except ObcError as exc:
         if debug:
             raise
@@ -226,8 +213,8 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
 
     try:
         proto = load_model(model)
-        cfg = CompressConfig(sparsity=0.5, op_types=op_types, include=include, exclude=exclude)
-        layers, skipped = find_layers(proto, cfg)
+        layers, skipped = find_layers(proto, Selection(op_types=op_types, include=include,
+                                                       exclude=exclude))
     except ObcError as exc:
         raise click.ClickException(str(exc)) from None
     w = max([12] + [len(L.name) for L in layers] + [len(s.node) for s in skipped])

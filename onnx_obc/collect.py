@@ -12,7 +12,6 @@ from . import calib as calib_mod
 from .actrange import RangeObserver
 from .backend import Backend
 from .capture import activation_bytes, capture, capture_session, plan_groups, providers_for
-from .config import CompressConfig
 from .hessian import HessianAccumulator, columns
 from .layers import Layer
 
@@ -20,7 +19,7 @@ MB = 1 << 20
 
 
 def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
-            backend: Backend, cfg: CompressConfig, progress: bool,
+            backend: Backend, memory_mb: int, progress: bool,
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
@@ -28,7 +27,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
     the cross moments of the dense model's layer inputs X with these inputs X_hat (same
     samples): the layer is then fitted to the dense model's output W X."""
-    budget = cfg.memory_budget_mb * MB
+    budget = memory_mb * MB
     accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
             for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}

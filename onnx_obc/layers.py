@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .config import CompressConfig
+from .specs import Selection
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 
@@ -159,8 +159,10 @@ def _describe_use(
     return Use(node=label, op=op, input=node.input[0]), "cols", ""
 
 
-def find_layers(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[list[Layer], list[Skipped]]:
+def find_layers(model: onnx.ModelProto, select: Selection | None = None
+                ) -> tuple[list[Layer], list[Skipped]]:
     """Compressible layers (one per weight) and every skipped Conv/Gemm/MatMul with a reason."""
+    select = select or Selection()
     graph = model.graph
     weights = constant_weights(graph)
     consumers: dict[str, list[tuple[str, str]]] = {}
@@ -183,7 +185,7 @@ def find_layers(model: onnx.ModelProto, cfg: CompressConfig) -> tuple[list[Layer
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
         label = node_label(node, i)
-        reason = _selection_reason(label, node.op_type, cfg)
+        reason = _selection_reason(label, node.op_type, select)
         wname = node.input[1] if len(node.input) > 1 else ""
         if node.op_type == "MatMul" and wname not in weights and node.input[0] in weights:
             reason = reason or "constant is the first MatMul input (W @ X); only X @ W is handled"
@@ -241,7 +243,7 @@ def _subgraph_nodes(graph: onnx.GraphProto):  # -> Iterator[(owner label, node)]
                 yield from _subgraph_nodes(sub)
 
 
-def _selection_reason(label: str, op: str, cfg: CompressConfig) -> str:
+def _selection_reason(label: str, op: str, cfg: Selection) -> str:
     if op not in cfg.op_types:
         return f"op type {op} not selected (--op-types {','.join(cfg.op_types)})"
     if cfg.include and not any(fnmatch.fnmatchcase(label, p) for p in cfg.include):

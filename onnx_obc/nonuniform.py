@@ -166,7 +166,7 @@ def _output_subset(data: DataSet) -> DataSet:
 def _per_weight(proto: onnx.ModelProto, layers: list[Layer], cfg: Any, data: DataSet,
                 batch: int) -> dict[str, float]:
     """Cost of one dense weight: 1 (params), or MACs per sample (flops, bops)."""
-    if cfg.budget in ("flops", "bops"):
+    if cfg.alloc.budget in ("flops", "bops"):
         return positions_per_sample(proto, layers, next(data.batches(batch))[1])
     return {L.weight: 1.0 for L in layers}
 
@@ -188,23 +188,23 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, cfg: Any,
                  data: DataSet, batch: int, budget_bytes: int, progress: bool = False,
                  act_scales: dict[str, float] | None = None) -> list[LevelTable]:
-    if cfg.budget == "bops":
+    if cfg.alloc.budget == "bops":
         return mixed_tables(proto, layers, hessians, backend, cfg, data, batch, budget_bytes,
                             progress, act_scales)
-    levels = level_grid(cfg.max_sparsity)
-    if cfg.score == "output":  # one onnxruntime evaluation per level: a coarser grid
+    levels = level_grid(cfg.alloc.max_sparsity)
+    if cfg.alloc.score == "output":  # one onnxruntime evaluation per level: a coarser grid
         levels = levels[:-1:2] + levels[-1:]
     per_weight = _per_weight(proto, layers, cfg, data, batch)
     tables = []
     for L, W, H in _on_device(proto, layers, hessians, backend, progress):
-        st = structure_for(L, cfg) if cfg.block else None
-        if cfg.block and st is None:  # cannot hold blocks: stays dense, one level
+        st = structure_for(L, cfg) if cfg.prune.block else None
+        if cfg.prune.block and st is None:  # cannot hold blocks: stays dense, one level
             n = math.prod(L.matrix_shape)
             tables.append(LevelTable(L.name, (0.0,), (n * per_weight[L.weight],), (0.0,)))
             continue
-        run = _run(W, H, levels, cfg.damp, budget_bytes, st)
+        run = _run(W, H, levels, cfg.solver.damp, budget_bytes, st)
         t = layer_table(L, W, H, run, levels, per_weight[L.weight])
-        if cfg.score == "output":
+        if cfg.alloc.score == "output":
             errs = output_errors(proto, L, _rebuilt(run, levels, math.prod(W.shape), backend),
                                  _output_subset(data), batch, backend)
             t = LevelTable(t.name, t.levels, t.cost, errs)
@@ -222,18 +222,18 @@ def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
     tables = []
     for L, W, H in _on_device(proto, layers, hessians, backend, progress):
         n = math.prod(W.shape)
-        st = structure_for(L, cfg, nm=cfg.level_nm) if cfg.level_nm else None
-        levels = mixed_levels(cfg.level_bits, cfg.level_nm, st is not None)
+        st = structure_for(L, cfg, nm=cfg.alloc.level_nm) if cfg.alloc.level_nm else None
+        levels = mixed_levels(cfg.alloc.level_bits, cfg.alloc.level_nm, st is not None)
         W64 = W.astype(np.float64)
         energy = float(((W64 @ H) * W64).sum()) or 1.0
         sols, alone = [], None  # alone: the N:M-only solution, which the N:M + w<b> reuse
         for lv in levels[1:]:  # [0]: fp32
-            sols.append(solve_layer(W, H, quant=_spec(L, cfg, lv.bits), damp=cfg.damp,
+            sols.append(solve_layer(W, H, quant=_spec(L, cfg, lv.bits), damp=cfg.solver.damp,
                                     structure=st if lv.nm else None, budget_bytes=budget_bytes,
                                     pruned=alone if lv.nm else None))
             if lv.nm and lv.bits is None:
                 alone = sols[-1]
-        if cfg.score == "output":  # quantized levels with their int8 input, if deployed so
+        if cfg.alloc.score == "output":  # quantized levels with their int8 input, if deployed so
             mats = (backend.to_host(sol.W) for sol in sols)
             a = (act_scales or {}).get(L.uses[0].input) if len(
                 {u.input for u in L.uses}) == 1 else None
@@ -242,14 +242,14 @@ def mixed_tables(proto: onnx.ModelProto, layers: list[Layer],
                                           acts)
         else:
             errs = (0.0,) + tuple(sol.loss / energy for sol in sols)
-        cost = tuple(n * macs[L.weight] * lv.bops_per_mac(cfg.act_bits) for lv in levels)
+        cost = tuple(n * macs[L.weight] * lv.bops_per_mac(cfg.quant.act_bits) for lv in levels)
         tables.append(LevelTable(L.name, tuple(lv.label for lv in levels), cost, errs))
         backend.free()
     return tables
 
 
 def _spec(L: Layer, cfg: Any, bits: int | None) -> QuantSpec | None:
-    spec = cfg.quant_spec(bits) if bits is not None else None
+    spec = cfg.quant.spec(bits) if bits is not None else None
     return None if spec is None else group_size_for(L, spec)[0]
 
 

@@ -59,14 +59,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     `eval_data`: optional .npz with the inputs and `labels`, for accuracy.
     `options`: CompressConfig fields (sparsity=0.5, method="obc", ...), or pass `config`.
     """
-    cfg = config.replace(**options) if config else CompressConfig(**options)
+    cfg = CompressConfig.from_options(config, **options)
     timer: dict[str, float] = {}
     t = time.perf_counter()
     src = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if output is not None:
         check_output_path(output, src)
     proto = model if src is None else load_model(src)
-    layers, skipped = find_layers(proto, cfg)
+    layers, skipped = find_layers(proto, cfg.select)
     report = Report(model=src or "<ModelProto>", output=None if output is None else
                     os.fspath(output), config=cfg.to_dict(), device="", calibration={},
                     skipped=[SkippedLayer(s.node, s.op, s.reason, s.weight) for s in skipped])
@@ -75,8 +75,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         raise ObcError(f"no compressible layer in the model ({reasons}). Check --op-types, "
                        "--include/--exclude, or run `onnx-obc inspect` on the model.")
     data = _calibration(proto, calib, cfg, report)
-    fit, held = data.split(cfg.holdout, cfg.seed)
-    backend = get_backend(cfg.device)
+    fit, held = data.split(cfg.run.holdout, cfg.run.seed)
+    backend = get_backend(cfg.run.device)
     report.device = backend.device_label
     batch, fixed = _batch_size(proto, cfg, fit.n, report)
     if fixed:  # a fixed batch axis takes full batches only
@@ -84,13 +84,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     report.calibration.update(samples=fit.n, holdout=0 if held is None else held.n)
     timer["load"] = time.perf_counter() - t
 
-    observe = _act_tensors(proto, layers) if cfg.act_bits else []
+    observe = _act_tensors(proto, layers) if cfg.quant.act_bits else []
     new, base, qweights, base_q, observers = {}, {}, {}, {}, {}
     current = proto  # sequential: later groups are calibrated on the compressed model
     level_for = None
-    if cfg.sequential and cfg.allocated:  # levels from the dense model, before any change
+    if cfg.run.sequential and cfg.alloc.active:  # levels from the dense model, before any change
         t = time.perf_counter()
-        hessians, obs = collect(proto, layers, fit, batch, backend, cfg, progress, observe)
+        hessians, obs = collect(proto, layers, fit, batch, backend, cfg.run.memory_budget_mb, progress,
+                                observe)
         observers.update(obs)
         timer["capture"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -100,18 +101,19 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     for chunk in _layer_groups(layers, cfg):
         t = time.perf_counter()
         wanted = [n for n in observe if n not in observers]
-        hessians, obs = collect(current, chunk, fit, batch, backend, cfg, progress, wanted,
+        hessians, obs = collect(current, chunk, fit, batch, backend, cfg.run.memory_budget_mb,
+                                progress, wanted,
                                 dense=proto if current is not proto else None)
         observers.update(obs)
         timer["capture"] = timer.get("capture", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
-        if level_for is None and cfg.allocated:  # one-shot: chunk = every layer
+        if level_for is None and cfg.alloc.active:  # one-shot: chunk = every layer
             level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch,
                                     progress, observers)
         n, b, q, bq = solve_all(proto, chunk, hessians, backend, cfg, report, progress,
                                 level_for)
         new.update(n), base.update(b), qweights.update(q), base_q.update(bq)
-        if cfg.sequential:
+        if cfg.run.sequential:
             current = apply_weights(current, chunk, n)
         timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t
 
@@ -120,10 +122,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     uncorrected = None
     done = [L for L in layers if L.weight in new]  # the layers the solver changed
     raw_q = qweights  # before the scale correction touches the DQ scales
-    if cfg.correct:
+    if cfg.correct.active:
         uncorrected = out_model
         out_model, why, corr = correct_outputs(proto, out_model, done, fit, batch,
-                                               providers_for(backend.name), cfg.correct_scale)
+                                               providers_for(backend.name), cfg.correct.scale)
         report.warnings.extend(f"correction skipped for {w}" for w in why)
         report.correction = corr.summary()
         qweights = corr.rescale_codes(qweights, done)
@@ -134,15 +136,15 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     act_layers = [L for L in done if not qweights or L.weight in qweights]
 
     def acts(m: onnx.ModelProto) -> onnx.ModelProto:
-        return _quantize_activations(m, act_layers, observers, cfg) if cfg.act_bits else m
+        return _quantize_activations(m, act_layers, observers, cfg) if cfg.quant.act_bits else m
 
     out_model = acts(out_model)
     models = {"dense": proto, "compressed": out_model}
-    if uncorrected is not None and cfg.compare_baseline:  # deployed the same way
+    if uncorrected is not None and cfg.run.compare_baseline:  # deployed the same way
         if raw_q:
             uncorrected = quantize_weights(uncorrected, layers, raw_q)
         models["uncorrected"] = acts(uncorrected)
-    if cfg.compare_baseline and cfg.method not in ("magnitude", "rtn"):
+    if cfg.run.compare_baseline and cfg.solver.method not in ("magnitude", "rtn"):
         baseline = apply_weights(proto, layers, base)  # deployed like the compressed model:
         if base_q:  # integer weights behind DequantizeLinear, same activation Q/DQ
             baseline = quantize_weights(baseline, layers, base_q)
@@ -165,7 +167,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
 
     written: list[Path] = []
     if output is not None:
-        written = save_model(out_model, output, inp=src, external=cfg.external_data)
+        written = save_model(out_model, output, inp=src, external=cfg.run.external_data)
     report.seconds = {**timer, "total": sum(timer.values())}
     report.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if report_path is not None:
@@ -176,13 +178,13 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
 def _calibration(proto: onnx.ModelProto, calib: Any, cfg: CompressConfig,
                  report: Report) -> calib_mod.DataSet:
     if calib is None:
-        data = calib_mod.synthesize(proto, cfg.calib_samples, cfg.seed)
+        data = calib_mod.synthesize(proto, cfg.run.calib_samples, cfg.run.seed)
         msg = ("NO CALIBRATION DATA: the Hessians come from random inputs, so the result is "
                "NOT representative of the model on real data. Pass --calib with real samples.")
         report.warnings.append(msg)
         log.warning(msg)
     else:
-        data = calib_mod.load_data(calib, proto, limit=cfg.calib_samples)
+        data = calib_mod.load_data(calib, proto, limit=cfg.run.calib_samples)
     report.calibration.update(source=data.source, synthetic=data.synthetic, total=data.n)
     return data
 
@@ -193,7 +195,7 @@ def _batch_size(proto: onnx.ModelProto, cfg: CompressConfig, n: int, report: Rep
     fixed = {s.shape[0] for s in calib_mod.input_specs(proto)
              if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
     if not fixed:
-        return min(cfg.batch_size, n), False
+        return min(cfg.run.batch_size, n), False
     b = fixed.pop()
     if n < b:
         raise ObcError(f"the model's batch axis is fixed at {b} but only {n} calibration "
@@ -224,7 +226,7 @@ def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers
             consumers[u.input].append(u.node)
     for n, adds in residual_add_inputs(model, layer_inputs).items():
         consumers.setdefault(n, []).extend(adds)
-    scales = {n: observers[n].scale(cfg.act_calibration, cfg.act_percentile)
+    scales = {n: observers[n].scale(cfg.quant.act_calibration, cfg.quant.act_percentile)
               for n in consumers if n in observers}
     return quantize_activations(model, scales, bits=8,
                                 consumers={n: consumers[n] for n in scales})
@@ -232,19 +234,19 @@ def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers
 
 def baseline_name(cfg: CompressConfig) -> str:
     """The baseline model's name in the report: magnitude, rtn or magnitude+rtn."""
-    if cfg.budget == "bops":  # the mixed levels, each with its own baseline
-        pruned, quant = cfg.level_nm is not None, True
+    if cfg.alloc.budget == "bops":  # the mixed levels, each with its own baseline
+        pruned, quant = cfg.alloc.level_nm is not None, True
     else:
-        pruned = cfg.sparsity or cfg.nm or cfg.target or cfg.profile
-        quant = cfg.bits
+        pruned = cfg.prune.sparsity or cfg.prune.nm or cfg.alloc.target or cfg.alloc.profile
+        quant = cfg.quant.bits
     return "+".join(n for n, on in (("magnitude", pruned), ("rtn", quant)) if on)
 
 
 def _layer_groups(layers: list[Layer], cfg: CompressConfig) -> list[list[Layer]]:
     """All layers at once (one-shot, OBC's default), or topological groups (--sequential)."""
-    if not cfg.sequential:
+    if not cfg.run.sequential:
         return [layers]
-    k = cfg.sequential_groups or len(layers)
+    k = cfg.run.sequential_groups or len(layers)
     size = -(-len(layers) // k)
     return [layers[i:i + size] for i in range(0, len(layers), size)]
 
@@ -253,37 +255,37 @@ def _allocation(proto: onnx.ModelProto, layers: list[Layer], hessians: dict, bac
                 cfg: CompressConfig, report: Report, data: calib_mod.DataSet, batch: int,
                 progress: bool, observers: dict) -> dict[str, Level]:
     """Per-layer levels from a profile or the DP."""
-    if cfg.profile:
-        choice = load_profile(cfg.profile)
+    if cfg.alloc.profile:
+        choice = load_profile(cfg.alloc.profile)
         missing = [L.name for L in layers if L.name not in choice]
         if missing:
-            raise ObcError(f"profile {cfg.profile} has no level for {missing}; it was made for "
+            raise ObcError(f"profile {cfg.alloc.profile} has no level for {missing}; it was made for "
                            "another model or other --include/--exclude options")
-        report.profile = {"source": str(cfg.profile),
+        report.profile = {"source": str(cfg.alloc.profile),
                           "choice": {L.name: choice[L.name].label for L in layers}}
         return {L.weight: choice[L.name] for L in layers}
-    scales = ({n: o.scale(cfg.act_calibration, cfg.act_percentile) for n, o in observers.items()}
-              if cfg.act_bits else None)
+    scales = ({n: o.scale(cfg.quant.act_calibration, cfg.quant.act_percentile) for n, o in observers.items()}
+              if cfg.quant.act_bits else None)
     tables = nonuniform.build_tables(proto, layers, hessians, backend, cfg, data, batch,
                                      solver_budget(cfg, backend), progress, scales)
-    if cfg.budget == "sparsity" or (cfg.budget == "params" and cfg.target is None):
-        kind, target = "sparsity", cfg.sparsity
+    if cfg.alloc.budget == "sparsity" or (cfg.alloc.budget == "params" and cfg.alloc.target is None):
+        kind, target = "sparsity", cfg.prune.sparsity
     else:  # a reduction factor of the dense FP32 FLOPs / params / BOPs
-        kind = cfg.budget
-        target = cfg.target if cfg.target is not None else 1.0 / (1.0 - cfg.sparsity)
+        kind = cfg.alloc.budget
+        target = cfg.alloc.target if cfg.alloc.target is not None else 1.0 / (1.0 - cfg.prune.sparsity)
     dense = nonuniform.dense_cost(tables)
     budget = target_budget(tables, target, kind)
     least = math.fsum(min(t.cost) for t in tables)
     if least > budget:
-        hint = (" or quantize activations (--act-bits 8)" if kind == "bops" and not cfg.act_bits
+        hint = (" or quantize activations (--act-bits 8)" if kind == "bops" and not cfg.quant.act_bits
                 else "")
         raise ObcError(f"the {kind} target cannot be met: these levels reach at most "
                        f"{dense / least:.3g}x less than the dense model (every layer at its "
                        f"cheapest level), asked {dense / budget:.3g}x; lower the target{hint}")
     alloc = allocate(tables, budget)
-    report.profile = {"choice": alloc.choice, "budget": cfg.budget, "score": cfg.score,
+    report.profile = {"choice": alloc.choice, "budget": cfg.alloc.budget, "score": cfg.alloc.score,
                       "cost": alloc.cost, "dense_cost": dense, "error": alloc.error,
                       "reduction": dense / alloc.cost if alloc.cost else math.inf}
-    if cfg.save_profile:
-        save_profile(cfg.save_profile, alloc, {"budget_kind": cfg.budget, "score": cfg.score})
+    if cfg.alloc.save_profile:
+        save_profile(cfg.alloc.save_profile, alloc, {"budget_kind": cfg.alloc.budget, "score": cfg.alloc.score})
     return {L.weight: Level.parse(alloc.choice[L.name]) for L in layers}

@@ -29,10 +29,10 @@ MB = 1 << 20
 
 
 def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
-    if cfg.solver_memory_mb is not None:
-        return cfg.solver_memory_mb * MB
+    if cfg.run.solver_memory_mb is not None:
+        return cfg.run.solver_memory_mb * MB
     free = backend.free_bytes()
-    return int(0.6 * free) if free else cfg.memory_budget_mb * MB
+    return int(0.6 * free) if free else cfg.run.memory_budget_mb * MB
 
 
 def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
@@ -54,13 +54,13 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         bar.set_postfix_str(L.name[:40])
         t = time.perf_counter()
         lv = None if level_for is None else level_for[L.weight]
-        if lv is not None and lv.is_dense and cfg.bits is None:
+        if lv is not None and lv.is_dense and cfg.quant.bits is None:
             report.skipped.append(SkippedLayer(L.name, L.op, (
-                f"kept dense (fp32) by the non-uniform allocation (--budget {cfg.budget})"),
+                f"kept dense (fp32) by the non-uniform allocation (--budget {cfg.alloc.budget})"),
                 L.weight))
             hessians.pop(L.weight)
             continue
-        spec = cfg.quant_spec(lv.bits if lv is not None and lv.bits else None)
+        spec = cfg.quant.spec(lv.bits if lv is not None and lv.bits else None)
         lspec, why = group_size_for(L, spec) if spec else (None, "")
         if why:
             report.warnings.append(why)
@@ -69,12 +69,12 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         acc = hessians.pop(L.weight)
         H = acc.mean()
         if acc.cross is not None:  # sequential: fit the dense model's output
-            W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.damp, 1e-4))
-        target = cfg.sparsity if lv is None else lv.sparsity
-        nm = cfg.nm if lv is None or lv.nm is None else lv.nm
+            W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.solver.damp, 1e-4))
+        target = cfg.prune.sparsity if lv is None else lv.sparsity
+        nm = cfg.prune.nm if lv is None or lv.nm is None else lv.nm
         st = structure_for(L, cfg, nm=nm)
-        if (nm or cfg.block) and st is None:
-            m = nm[1] if nm else cfg.block
+        if (nm or cfg.prune.block) and st is None:
+            m = nm[1] if nm else cfg.prune.block
             report.skipped.append(SkippedLayer(L.name, L.op, (
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
@@ -83,8 +83,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         elif st is not None and st.kind == "nm":
             target = st.n / st.m
         res = solve_layer(W, H, sparsity=target or None, quant=lspec, structure=st,
-                          method=cfg.method, damp=cfg.damp, budget_bytes=budget,
-                          act_order=cfg.act_order)
+                          method=cfg.solver.method, damp=cfg.solver.damp, budget_bytes=budget,
+                          act_order=cfg.solver.act_order)
         new[L.weight] = L.from_matrix(backend.to_host(res.W))
         base[L.weight] = L.from_matrix(backend.to_host(res.baseline))
         if lspec is not None:
@@ -96,7 +96,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, H
         G, r, d = L.matrix_shape
         report.layers.append(LayerResult(
             name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
-            groups=G, method=cfg.method, sparsity=res.zeros / (G * r * d),
+            groups=G, method=cfg.solver.method, sparsity=res.zeros / (G * r * d),
             target=target or 0.0, loss=res.loss, magnitude_loss=res.baseline_loss,
             dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
             seconds=time.perf_counter() - t, work=res.steps_run / (G * r * d),
@@ -122,8 +122,8 @@ def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = No
     """N:M groups / blocks along the reduction axis TensorRT reads: for Conv, m consecutive
     input channels at one kernel position; for MatMul / Gemm, m consecutive inputs (K).
     `nm` / `block` override the configured ones (a per-layer level)."""
-    nm = nm or (cfg.nm if block is None else None)
-    block = block or (cfg.block if nm is None else None)
+    nm = nm or (cfg.prune.nm if block is None else None)
+    block = block or (cfg.prune.block if nm is None else None)
     if not nm and not block:
         return None
     m = nm[1] if nm else block

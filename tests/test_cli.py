@@ -60,7 +60,7 @@ def test_report_json(mlp_files, tmp_path):
     for x in rep["layers"]:
         assert x["target"] == 0.25 and x["sparsity"] == pytest.approx(0.25, abs=0.02)
         assert x["loss"] <= x["magnitude_loss"] + 1e-12
-    assert rep["config"]["sparsity"] == 0.25
+    assert rep["config"]["prune"]["sparsity"] == 0.25
     assert rep["output"] == str(out)
     assert rep["calibration"]["synthetic"] is False
     assert rep["fidelity"]  # at least one data set

@@ -35,11 +35,11 @@ def test_correction_lowers_the_output_error_on_held_out_data():
 
 def test_conv_without_bias_gets_one_and_matmul_uses_its_add():
     cnn = onnx.load(MODELS / "digits_cnn.onnx")  # the stem Conv has no bias input
-    layers, _ = find_layers(cnn, CompressConfig(sparsity=0.5))
+    layers, _ = find_layers(cnn)
     targets, skipped = bias_targets(cnn, layers)
     assert set(targets) == {L.name for L in layers} and not skipped
     vit = onnx.load(MODELS / "digits_vit.onnx")
-    layers, _ = find_layers(vit, CompressConfig(sparsity=0.5))
+    layers, _ = find_layers(vit)
     targets, _ = bias_targets(vit, layers)
     assert targets["attn.q"][1][0] == "add"  # MatMul -> Add(bias)
     res = convert(cnn, None, sparsity=0.5, correct=True, progress=False, device="cpu",

@@ -19,7 +19,7 @@ from onnx_obc.collect import collect
 
 from . import builders as b
 
-CFG = CompressConfig(sparsity=0.5)
+CFG = CompressConfig.from_options(sparsity=0.5)
 BIG = 1 << 30
 
 
@@ -49,7 +49,7 @@ def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
 
 def check_layers_against_ort(model: onnx.ModelProto, n: int = 3, seed: int = 0,
                              budget: int = BIG, expect_layers: int = 1) -> None:
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     assert len(layers) == expect_layers
     feed = b.feeds(model, n, seed)
     nodes = {node_label(nd, i): nd for i, nd in enumerate(model.graph.node)}
@@ -132,7 +132,7 @@ def test_conv_columns_with_a_tiny_budget_match_onnxruntime(case):
 def test_oracle_is_sensitive_to_same_upper_vs_lower():
     """The two auto_pad modes give different columns here, so the oracle can tell them apart."""
     model = b.conv(**CONV_CASES["2d_same_upper_s1"])
-    (L,), _ = find_layers(model, CFG)
+    (L,), _ = find_layers(model)
     u = L.uses[0]
     assert conv_pads(u, (7, 7)) == [(0, 1), (1, 2)]
     lower = Use(**{**u.__dict__, "auto_pad": "SAME_LOWER"})
@@ -171,7 +171,7 @@ def test_multi_layer_models_reproduce_onnxruntime(builder, count):
 @pytest.mark.parametrize("case", ["2d_everything", "3d_strides_pads_group", "2d_depthwise"])
 def test_tiny_chunk_budget_gives_the_same_hessian(case):
     model = b.conv(**CONV_CASES[case])
-    (L,), _ = find_layers(model, CFG)
+    (L,), _ = find_layers(model)
     u = L.uses[0]
     x = b.feeds(model, 5)["x"]
     big = list(columns(L, u, x, BIG))
@@ -192,7 +192,7 @@ def test_tiny_chunk_budget_gives_the_same_hessian(case):
 
 def test_streaming_over_batches_equals_one_big_batch():
     model = b.conv(**CONV_CASES["2d_group"])
-    (L,), _ = find_layers(model, CFG)
+    (L,), _ = find_layers(model)
     u = L.uses[0]
     G, _, d = L.matrix_shape
     x = b.feeds(model, 7)["x"]
@@ -241,9 +241,9 @@ def test_mean_without_samples_raises():
 
 
 def _pipeline_hessians(model: onnx.ModelProto, n: int, batch: int, **cfg):
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     data = calib.load_data([b.feeds(model, n, seed=3)], model)
-    accs, _ = collect(model, layers, data, batch, get_backend("cpu"), CFG.replace(**cfg),
+    accs, _ = collect(model, layers, data, batch, get_backend("cpu"), CFG.replace(**cfg).run.memory_budget_mb,
                      progress=False)
     return layers, data, accs
 

@@ -11,16 +11,16 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnx_obc.config import CompressConfig
+from onnx_obc.config import CompressConfig, Selection
 from onnx_obc.layers import Layer, constant_weights, find_layers, node_label
 
 from . import builders as b
 
-CFG = CompressConfig(sparsity=0.5)
+CFG = CompressConfig.from_options(sparsity=0.5)
 
 
 def layers_of(model: onnx.ModelProto, **cfg):
-    return find_layers(model, CFG.replace(**cfg) if cfg else CFG)
+    return find_layers(model, Selection(**cfg))
 
 
 def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:

@@ -140,7 +140,7 @@ def test_output_score_puts_the_deployed_input_qdq_in_place():
 
     model = b.mlp((8, 16, 4))
     data = load_data([b.feeds(model, 32)], model)
-    layers, _ = find_layers(model, CompressConfig(sparsity=0.5))
+    layers, _ = find_layers(model)
     L = layers[0]
     dense = L.to_matrix(next(numpy_helper.to_array(t) for t in model.graph.initializer
                              if t.name == L.weight))

@@ -38,7 +38,7 @@ def _run(name, **kw):
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
 def test_nm_pattern_on_every_compressed_tensor(name, nm):
     res = _run(name, nm=nm)
-    layers, _ = find_layers(res.model, CompressConfig(sparsity=0.5))
+    layers, _ = find_layers(res.model)
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     compressed = {x.weight for x in res.report.layers}
     dense_reason = [s for s in res.report.skipped if "left dense" in s.reason]
@@ -71,9 +71,9 @@ def test_blocks_are_whole_and_the_count_exact():
 
 
 def test_structured_option_errors():
-    with pytest.raises(ConfigError, match="drop --sparsity"):
-        CompressConfig(nm=(2, 4), sparsity=0.5)
+    with pytest.raises(ConfigError, match="drop prune.sparsity"):
+        CompressConfig.from_options(nm=(2, 4), sparsity=0.5)
     with pytest.raises(ConfigError, match="0 < N < M"):
-        CompressConfig(nm=(4, 4))
-    with pytest.raises(ConfigError, match="add --sparsity"):
-        CompressConfig(block=4)
+        CompressConfig.from_options(nm=(4, 4))
+    with pytest.raises(ConfigError, match="add prune.sparsity"):
+        CompressConfig.from_options(block=4)

@@ -49,7 +49,7 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
 
 
 def layers_of(model: onnx.ModelProto):
-    return find_layers(model, CompressConfig(sparsity=0.5))[0]
+    return find_layers(model)[0]
 
 
 def float_weight(model: onnx.ModelProto, name: str) -> np.ndarray:

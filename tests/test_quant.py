@@ -55,12 +55,12 @@ def test_group_grid_shapes_and_bad_group_size():
 
 
 def test_config_rejects_bad_quant_combinations():
-    with pytest.raises(ConfigError, match="add --bits"):
-        CompressConfig(sparsity=0.5, group_size=64)
+    with pytest.raises(ConfigError, match="add quant.bits"):
+        CompressConfig.from_options(sparsity=0.5, group_size=64)
     with pytest.raises(ConfigError, match="2 to 8"):
-        CompressConfig(bits=1)
+        CompressConfig.from_options(bits=1)
     with pytest.raises(ConfigError, match=">= 2"):
-        CompressConfig(bits=4, group_size=1)
+        CompressConfig.from_options(bits=4, group_size=1)
 
 
 def test_identity_hessian_gives_rtn_exactly():

@@ -20,7 +20,7 @@ from onnx_obc.rewrite import apply_weights
 
 from . import builders as b
 
-CFG = CompressConfig(sparsity=0.5)
+CFG = CompressConfig.from_options(sparsity=0.5)
 
 
 def run(model_or_path, feed):
@@ -81,7 +81,7 @@ def assert_only_payloads_changed(before: onnx.ModelProto, after: onnx.ModelProto
 def test_apply_weights_writes_initializers_and_nothing_else():
     model = b.mlp((8, 12, 4))
     before = model.SerializeToString()
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     w = weights_of(model)
     new1 = half_zeroed(w["W1"])
     out = apply_weights(model, layers, {"W1": new1})
@@ -101,7 +101,7 @@ def test_apply_weights_writes_initializers_and_nothing_else():
 
 def test_apply_weights_writes_constant_nodes():
     model = b.constant_weight(6, 5)
-    (L,), _ = find_layers(model, CFG)
+    (L,), _ = find_layers(model)
     assert L.storage == "constant"
     new = half_zeroed(weights_of(model)["W"])
     out = apply_weights(model, [L], {"W": new})
@@ -115,7 +115,7 @@ def test_apply_weights_writes_constant_nodes():
 
 def test_apply_weights_keeps_float16():
     model = b.matmul(6, 5, dtype=np.float16)
-    (L,), _ = find_layers(model, CFG)
+    (L,), _ = find_layers(model)
     new = half_zeroed(weights_of(model)["W"].astype(np.float64))
     out = apply_weights(model, [L], {"W": new})
     assert_only_payloads_changed(model, out, {"W"})
@@ -127,7 +127,7 @@ def test_apply_weights_keeps_float16():
 
 def test_apply_weights_on_conv_and_gemm_in_their_own_layouts():
     model = b.cnn()
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     w = weights_of(model)
     new = {L.weight: L.from_matrix(half_zeroed(L.to_matrix(w[L.weight]))) for L in layers}
     out = apply_weights(model, layers, new)
@@ -140,21 +140,21 @@ def test_apply_weights_on_conv_and_gemm_in_their_own_layouts():
 
 def test_apply_weights_rejects_a_wrong_shape():
     model = b.matmul(6, 5)
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     with pytest.raises(ModelError, match="shape"):
         apply_weights(model, layers, {"W": np.zeros((5, 6))})
 
 
 def test_apply_weights_without_new_weights_is_identity():
     model = b.mlp()
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     assert apply_weights(model, layers, {}) == model
 
 
 def test_apply_weights_keeps_tensor_metadata():
     model = b.matmul(6, 5)
     model.graph.initializer[0].doc_string = "projection weight"
-    layers, _ = find_layers(model, CFG)
+    layers, _ = find_layers(model)
     out = apply_weights(model, layers, {"W": np.zeros((6, 5))})
     assert strip_payload(out.graph.initializer[0]) == strip_payload(model.graph.initializer[0])
 

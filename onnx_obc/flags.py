@@ -1,0 +1,78 @@
+"""CLI flags <-> the recipe's fields: building a CompressConfig from the `compress` options
+(and a recipe file), and rewriting field names in error messages into the flags a CLI user
+types (`prune.sparsity` -> `--sparsity`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from .config import FLAT, CompressConfig
+from .errors import ConfigError
+
+# click parameter -> (flat option name, how the flag's value becomes the option's)
+_PARAM: dict[str, tuple[str, Any]] = {
+    "asymmetric": ("symmetric", lambda v: not v),
+    "minmax": ("clip_search", lambda v: not v),
+    "act_bits": ("act_bits", lambda v: None if v is None else int(v)),
+    "memory_budget": ("memory_budget_mb", None),
+    "solver_memory": ("solver_memory_mb", None),
+    "baseline": ("compare_baseline", None),
+}
+
+
+def _flat(param: str) -> str:
+    return _PARAM.get(param, (param, None))[0]
+
+
+def load_recipe(path: str) -> CompressConfig:
+    """A recipe file: JSON {section: {field: value}} (the `config` of a report also works)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the recipe {path!r}: {exc}. A recipe is JSON like "
+                          '{"prune": {"sparsity": 0.5}, "quant": {"bits": 4}}') from None
+    if isinstance(d, dict) and "config" in d and isinstance(d["config"], dict):
+        d = d["config"]  # a report written with --report
+    return CompressConfig.from_dict(d)
+
+
+def config_from_flags(ctx: click.Context, recipe: str | None, opts: dict[str, Any]
+                      ) -> CompressConfig:
+    """The recipe's config (or the defaults) with the command-line options applied; with a
+    recipe, only the options given on the command line override it."""
+    base = load_recipe(recipe) if recipe else None
+    options = {}
+    for param, value in opts.items():
+        if base is not None and ctx.get_parameter_source(param) not in (
+                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        name, convert = _PARAM.get(param, (param, None))
+        options[name] = convert(value) if convert else value
+    return CompressConfig.from_options(base, **options)
+
+
+def _field_flags() -> dict[str, str]:
+    """'section.field' -> '--flag' for every option of the `compress` command."""
+    from .cli import compress
+
+    out = {}
+    for p in compress.params:
+        if isinstance(p, click.Option) and _flat(p.name) in FLAT:
+            s, f = FLAT[_flat(p.name)]
+            out[f"{s}.{f}"] = max(p.opts, key=len)
+    out["alloc.mode dp"] = "--allocate dp"
+    return out
+
+
+def flags_in(message: str) -> str:
+    """`message` with the recipe's field names replaced by the CLI's flags."""
+    table = _field_flags()
+    names = sorted(table, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in names) + r")\b")
+    return pattern.sub(lambda m: table[m.group(1)], message)

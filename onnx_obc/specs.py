@@ -1,0 +1,247 @@
+"""The specs a recipe is made of: one frozen dataclass per concern, each validated on
+construction and never changed afterwards. `config.CompressConfig` composes them and checks
+the rules that involve two of them. Errors name the Python field (`prune.sparsity`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .quant import QuantSpec
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+METHODS = ("obc", "gptq", "magnitude", "rtn")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _nm_ok(nm: Any, name: str) -> None:
+    if nm is None:
+        return
+    if not (isinstance(nm, tuple) and len(nm) == 2 and all(isinstance(x, int) for x in nm)
+            and 0 < nm[0] < nm[1]):
+        raise ConfigError(f"{name} needs a tuple of integers (N, M) with 0 < N < M, got {nm!r} "
+                          "(e.g. (2, 4))")
+
+
+def _fraction(value: Any, name: str, hint: str = "") -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0.0 < value < 1.0):
+        raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got "
+                          f"{value!r}{hint}")
+
+
+def _patterns(value: Any, name: str) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(p, str) for p in value):
+        raise ConfigError(f"{name} must be a tuple of strings, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which layers: op_types, and glob patterns on node names (fnmatch); a layer is
+    compressed when it matches an include pattern (or there are none) and no exclude."""
+
+    op_types: tuple[str, ...] = LAYER_OPS
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("op_types", "include", "exclude"):
+            _patterns(getattr(self, name), f"select.{name}")
+        bad = [t for t in self.op_types if t not in LAYER_OPS]
+        if bad or not self.op_types:
+            raise ConfigError(f"select.op_types must be a non-empty subset of "
+                              f"{', '.join(LAYER_OPS)}, got {list(self.op_types)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pruning:
+    """sparsity: fraction of zeros per layer (or the global target with allocation).
+    nm: (n, m), n zeros in every m consecutive weights along the axis TensorRT reads.
+    block: prune blocks of this many consecutive input channels (with sparsity)."""
+
+    sparsity: float | None = None
+    nm: tuple[int, int] | None = None
+    block: int | None = None
+
+    def __post_init__(self) -> None:
+        _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")
+        _nm_ok(self.nm, "prune.nm")
+        if self.nm is not None and self.sparsity is not None:
+            raise ConfigError("prune.nm sets the sparsity (N/M): drop prune.sparsity")
+        if self.block is not None:
+            if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 2:
+                raise ConfigError(f"prune.block must be an integer >= 2, got {self.block!r}")
+            if self.nm is not None:
+                raise ConfigError("use prune.nm or prune.block, not both")
+
+    @property
+    def active(self) -> bool:
+        return self.sparsity is not None or self.nm is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quantization:
+    """bits: weight bits (2..8, OBQ); group_size: columns per scale (None: per output
+    channel); symmetric grid (zero point 0, TensorRT) or asymmetric; clip_search: OBC's
+    clipping search (False: min-max). act_bits 8: static per-tensor int8 Q/DQ on the inputs
+    of the quantized layers, ranges from the capture ("minmax" or "percentile")."""
+
+    bits: int | None = None
+    group_size: int | None = None
+    symmetric: bool = True
+    clip_search: bool = True
+    act_bits: int | None = None
+    act_calibration: str = "minmax"
+    act_percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(
+                self.bits, int) or not 2 <= self.bits <= 8):
+            raise ConfigError(f"quant.bits must be an integer from 2 to 8, got {self.bits!r}")
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
+            raise ConfigError(f"quant.group_size must be an integer >= 2, got {g!r} "
+                              "(e.g. 128)")
+        if self.act_bits is not None and self.act_bits != 8:
+            raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got "
+                              f"{self.act_bits!r}")
+        if self.act_calibration not in ("minmax", "percentile"):
+            raise ConfigError("quant.act_calibration must be 'minmax' or 'percentile', got "
+                              f"{self.act_calibration!r}")
+        if not 50.0 < self.act_percentile <= 100.0:
+            raise ConfigError(f"quant.act_percentile must be in (50, 100], got "
+                              f"{self.act_percentile}")
+
+    def spec(self, bits: int | None = None) -> QuantSpec | None:
+        """The solver's weight grid for `bits` (default: quant.bits); None without bits."""
+        bits = self.bits if bits is None else bits
+        if bits is None:
+            return None
+        return QuantSpec(bits=bits, symmetric=self.symmetric, mse=self.clip_search,
+                         group_size=self.group_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverOptions:
+    """method: "obc" (ExactOBS / OBQ), "gptq" (the fast path: GPTQ / SparseGPT in one pass),
+    or the baselines "magnitude" / "rtn". act_order: gptq columns by descending diag H.
+    damp: relative dampening, H += damp * mean(diag H) * I."""
+
+    method: str = "obc"
+    act_order: bool = False
+    damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"solver.method must be one of {', '.join(METHODS)}, got "
+                              f"{self.method!r}")
+        if not 0.0 <= self.damp <= 10.0:
+            raise ConfigError(f"solver.damp must be in [0, 10] (relative to mean diag H), got "
+                              f"{self.damp}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allocation:
+    """mode "uniform" (every layer at the same level) or "dp" (per-layer levels by an exact
+    DP under the global budget: "sparsity"/"params", "flops" or "bops"). target: reduction
+    factor of the budget vs the dense FP32 model. score: level errors from the layer loss
+    ("loss") or the measured output error ("output"). profile: a saved per-layer profile to
+    apply instead of the DP; save_profile: where to write the chosen one. level_bits /
+    level_nm: the mixed levels of "bops"."""
+
+    mode: str = "uniform"
+    budget: str = "sparsity"
+    target: float | None = None
+    score: str = "loss"
+    max_sparsity: float = 0.95
+    level_bits: tuple[int, ...] = (8, 4)
+    level_nm: tuple[int, int] | None = (2, 4)
+    profile: str | None = None
+    save_profile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("uniform", "dp"):
+            raise ConfigError(f"alloc.mode must be 'uniform' or 'dp', got {self.mode!r}")
+        if self.budget not in ("sparsity", "params", "flops", "bops"):
+            raise ConfigError(f"alloc.budget must be sparsity, params, flops or bops, got "
+                              f"{self.budget!r}")
+        if self.score not in ("loss", "output"):
+            raise ConfigError(f"alloc.score must be 'loss' or 'output', got {self.score!r}")
+        if not 0.0 < self.max_sparsity < 1.0:
+            raise ConfigError(f"alloc.max_sparsity must be in (0, 1), got {self.max_sparsity}")
+        b = self.level_bits
+        if (not isinstance(b, tuple) or not b or len(set(b)) != len(b)
+                or any(isinstance(x, bool) or not isinstance(x, int) or not 2 <= x <= 8
+                       for x in b)):
+            raise ConfigError(f"alloc.level_bits must be a tuple of distinct integers from 2 "
+                              f"to 8, got {b!r}")
+        _nm_ok(self.level_nm, "alloc.level_nm")
+        t = self.target
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                              or not math.isfinite(t) or t < 1.0):
+            raise ConfigError(f"alloc.target is a reduction factor >= 1 relative to the dense "
+                              f"FP32 model (4.0 = a quarter), got {t!r}")
+        if t is not None and self.budget == "sparsity":
+            raise ConfigError("alloc.target is a reduction factor for alloc.budget "
+                              "flops/params/bops; with alloc.budget sparsity give "
+                              "prune.sparsity")
+
+    @property
+    def active(self) -> bool:
+        """Per-layer levels come from the DP or a profile."""
+        return self.mode == "dp" or self.profile is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Correction:
+    """mean: fold a per-output-channel mean correction (compressed vs dense outputs on the
+    calibration data) into the biases. scale: the mean plus a per-output-channel scale
+    (least squares), folded into the weights (the QDQ scales when quantized)."""
+
+    mean: bool = False
+    scale: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.mean or self.scale
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How the pipeline runs. sequential: compress layers in topological groups, each
+    calibrated on the model with the earlier groups compressed (sequential_groups; None:
+    one per layer). device: "auto" (CuPy GPU if usable), "cpu" or "cuda". batch_size:
+    samples per onnxruntime run; calib_samples: at most this many; holdout: fraction kept
+    out of the Hessians to measure fidelity. memory_budget_mb: captured activations per
+    pass (and solver row batches on the CPU); solver_memory_mb: solver row batches (None:
+    memory_budget_mb on the CPU, 60% of free GPU memory). seed: synthetic data and the
+    held-out split. compare_baseline: also build and measure the baseline model.
+    external_data: weights in a side file (None: only when needed, > 2 GB).
+    custom_op_library: a shared library of custom ops for onnxruntime."""
+
+    sequential: bool = False
+    sequential_groups: int | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    calib_samples: int | None = None
+    holdout: float = 0.2
+    memory_budget_mb: int = 2048
+    solver_memory_mb: int | None = None
+    seed: int = 0
+    compare_baseline: bool = True
+    external_data: bool | None = None
+    custom_op_library: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
+                              f"{self.device!r}")
+        for name, least in (("sequential_groups", 1), ("batch_size", 1), ("calib_samples", 1),
+                            ("memory_budget_mb", 16), ("solver_memory_mb", 16)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise ConfigError(f"run.{name} must be an integer >= {least}, got {v!r}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"run.holdout must be a fraction in [0, 1), got {self.holdout}")
