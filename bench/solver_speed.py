@@ -3,8 +3,8 @@
     python bench/solver_speed.py [--device cpu|cuda] [--sparsity 0.5] [--budget-s 20]
 
 For each shape (rows x cols) with a correlated Hessian (low-rank plus a noise floor, as
-real activations give): seconds of the plain eager solver (solvers/exact.py) and of the
-fast solver (solvers/fast.py + global selection + rebuild, i.e. the whole layer solve),
+real activations give): seconds of the plain eager solver (tests/solvers/oracles.py) and of
+the fast solver (solvers/fast.py + global selection + rebuild, i.e. the whole layer solve),
 measured in this run next to the machine's float32 matrix-product FLOP/s and memory copy
 bandwidth. From those:
   - eager memory bound: the eager update streams d x d floats per step and row,
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnx_obc.backend import cummax, get_backend  # noqa: E402
 from onnx_obc.solvers import prepare, rows_per_batch  # noqa: E402
-from onnx_obc.solvers.exact import greedy_order  # noqa: E402
 from onnx_obc.solvers.fast import greedy_traces  # noqa: E402
 from onnx_obc.solvers.select import rebuild, select_counts  # noqa: E402
+from tests.solvers.oracles import greedy_order  # noqa: E402  (the eager oracle)
 
 SHAPES = [(60, 2880), (480, 480), (480, 240), (6625, 120), (512, 4608), (2048, 512)]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,22 +21,19 @@ import onnx
 from onnx import numpy_helper
 from tqdm.auto import tqdm
 
-from .actqdq import quantize_activations
 from .allocate import LevelTable
-from .backend import Backend, array_module, cummax
+from .backend import Backend
 from .calib import DataSet
 from .capture import activation_bytes, providers_for, session
+from .export.qweights import group_size_for
+from .export.tensorrt import quantize_activations
+from .export.values import apply_weights
 from .hessian import HessianAccumulator
 from .layers import Layer, constant_weights
 from .levels import mixed_levels
 from .quant import QuantSpec
-from .qweights import group_size_for
-from .rewrite import apply_weights
 from .solve import structure_for
-from .solvers import prepare, rows_per_batch, solve_layer
-from .solvers.fast import greedy_traces
-from .solvers.select import rebuild, select_counts
-from .solvers.blocks import block_greedy_order
+from .solvers import LossTraces, rebuild_at, solve_layer, traces
 
 MB = 1 << 20
 
@@ -72,56 +68,18 @@ def positions_per_sample(proto: onnx.ModelProto, layers: list[Layer],
     return result
 
 
-@dataclass
-class _Run:
-    """One greedy run of a layer to its largest level: what every level is read from."""
-
-    prep: Any
-    rows: Any  # [R, d]
-    group: Any  # [R]
-    rb: int
-    keys: Any  # [R, steps] running max of the step losses
-    losses: Any  # [R, steps]
-    order: Any  # [R, d] columns in removal order (blocks expanded)
-    size: int  # weights per step: 1, or the block size
-
-
-def _run(W: Any, H: Any, levels: tuple[float, ...], damp: float, budget_bytes: int,
-         blocks: Any = None) -> _Run:
-    xp = array_module(W, H)
-    G, r, d = W.shape
-    prep = prepare(W, H, damp)
-    rows = prep.W.reshape(G * r, d)
-    group = xp.repeat(xp.arange(G), r)
-    rb = rows_per_batch(d, G * r, budget_bytes)
-    if blocks is None:
-        tr = greedy_traces(rows, prep.Hinv, group, rb, round(levels[-1] * G * r * d))
-        return _Run(prep, rows, group, rb, tr.keys, tr.losses, tr.order, 1)
-    b = blocks.size
-    losses, order = block_greedy_order(rows, prep.Hinv, group, rb, b, blocks.col_groups)
-    cols = xp.asarray(np.argsort(np.asarray(blocks.col_groups), kind="stable").reshape(-1, b))
-    return _Run(prep, rows, group, rb, cummax(losses, axis=1), losses,
-                cols[order].reshape(G * r, d), b)
-
-
-def _removals(run: _Run, s: float, n: int) -> Any:
-    """Removal steps per row [R] at sparsity s (weights, or blocks)."""
-    return select_counts(run.keys, round(s * n / run.size))
-
-
-def layer_table(L: Layer, W: Any, H: Any, run: _Run, levels: tuple[float, ...],
+def layer_table(L: Layer, W: Any, H: Any, run: LossTraces, levels: tuple[float, ...],
                 cost_per_weight: float) -> LevelTable:
-    """Loss at every level from the layer's one run, normalised by its output energy."""
-    xp = array_module(W, H)
+    """Loss at every level from the layer's one run (solvers.traces), normalised by its
+    output energy."""
     n = math.prod(W.shape)
     W64 = W.astype(np.float64)
     energy = float(((W64 @ H) * W64).sum()) or 1.0
     errors, costs = [], []
     for s in levels:
-        counts = _removals(run, s, n)
-        steps = xp.arange(run.keys.shape[1])[None, :] < counts[:, None]
-        errors.append(float(xp.where(steps, run.losses, 0.0).sum()) / energy)
-        costs.append((n - int(counts.sum()) * run.size) * cost_per_weight)
+        cut = run.at(s)
+        errors.append(cut.loss / energy)
+        costs.append((n - cut.removed) * cost_per_weight)
     return LevelTable(L.name, levels, tuple(costs), tuple(errors))
 
 
@@ -151,12 +109,10 @@ def output_errors(proto: onnx.ModelProto, L: Layer, weights: Iterator[np.ndarray
     return tuple(errs)
 
 
-def _rebuilt(run: _Run, levels: tuple[float, ...], n: int, backend: Backend
+def _rebuilt(run: LossTraces, levels: tuple[float, ...], backend: Backend
              ) -> Iterator[np.ndarray]:
     for s in levels:
-        counts = _removals(run, s, n) * run.size
-        yield backend.to_host(rebuild(run.rows, run.prep.Hinv, run.group, run.order, counts,
-                                      run.rb))
+        yield backend.to_host(rebuild_at(run, s))
 
 
 def _output_subset(data: DataSet) -> DataSet:
@@ -202,10 +158,10 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
             n = math.prod(L.matrix_shape)
             tables.append(LevelTable(L.name, (0.0,), (n * per_weight[L.weight],), (0.0,)))
             continue
-        run = _run(W, H, levels, cfg.solver.damp, budget_bytes, st)
+        run = traces(W, H, st, levels[-1], damp=cfg.solver.damp, budget_bytes=budget_bytes)
         t = layer_table(L, W, H, run, levels, per_weight[L.weight])
         if cfg.alloc.score == "output":
-            errs = output_errors(proto, L, _rebuilt(run, levels, math.prod(W.shape), backend),
+            errs = output_errors(proto, L, _rebuilt(run, levels, backend),
                                  _output_subset(data), batch, backend)
             t = LevelTable(t.name, t.levels, t.cost, errs)
         tables.append(t)

@@ -7,9 +7,9 @@ import pytest
 
 from onnx_obc.backend import get_backend
 from onnx_obc.errors import DeviceError
-from onnx_obc.solvers import prune_layer
+from onnx_obc.solvers import Unstructured, solve_layer
 
-from .test_solvers import correlated_H, weights
+from .solvers.data import correlated_H, weights
 
 
 def _cupy_backend():
@@ -29,8 +29,8 @@ def test_cupy_solver_matches_numpy(shape):
     G, r, d = shape
     W = np.concatenate([weights(r, d, g) for g in range(G)])
     H = np.stack([correlated_H(d, g) for g in range(G)])
-    cpu = prune_layer(W, H, sparsity=0.5)
-    gpu = prune_layer(be.to_device(W), be.to_device(H), sparsity=0.5)
+    cpu = solve_layer(W, H, structure=Unstructured(0.5))
+    gpu = solve_layer(be.to_device(W), be.to_device(H), structure=Unstructured(0.5))
     np.testing.assert_array_equal(be.to_host(gpu.W) == 0, cpu.W == 0)
     assert gpu.loss == pytest.approx(cpu.loss, rel=1e-4)
     assert gpu.baseline_loss == pytest.approx(cpu.baseline_loss, rel=1e-9)
@@ -53,14 +53,14 @@ def test_cupy_hessian_matches_numpy():
 @pytest.mark.parametrize("sparsity", [None, 0.5])
 def test_cupy_quantization_matches_numpy(method, sparsity):
     from onnx_obc.quant import QuantSpec
-    from onnx_obc.solvers import solve_layer
 
     be = _cupy_backend()
     W = weights(48, 96, 3)
     H = correlated_H(96, 3)[None]
     spec = QuantSpec(bits=4)
-    cpu = solve_layer(W, H, sparsity=sparsity, quant=spec, method=method)
-    gpu = solve_layer(be.to_device(W), be.to_device(H), sparsity=sparsity, quant=spec,
+    st = None if sparsity is None else Unstructured(sparsity)
+    cpu = solve_layer(W, H, structure=st, quant=spec, method=method)
+    gpu = solve_layer(be.to_device(W), be.to_device(H), structure=st, quant=spec,
                       method=method)
     same = (be.to_host(gpu.codes) == cpu.codes).mean()
     assert same >= 0.99  # float32 near-ties may flip a few roundings
@@ -69,18 +69,15 @@ def test_cupy_quantization_matches_numpy(method, sparsity):
 
 @pytest.mark.parametrize("kind", ["nm", "block"])
 def test_cupy_structured_matches_numpy(kind):
-    from onnx_obc.solvers import Structure, solve_layer
-    from onnx_obc.solvers.structured import linear_nm_groups
+    from onnx_obc.solvers import NM, Blocks, linear_nm_groups
 
     be = _cupy_backend()
     W = weights(64, 128, 4)
     H = correlated_H(128, 4)[None]
     groups = linear_nm_groups(128, 4)
-    st = (Structure("nm", groups, n=2, m=4) if kind == "nm"
-          else Structure("block", groups, size=4))
-    sparsity = None if kind == "nm" else 0.5
-    cpu = solve_layer(W, H, sparsity=sparsity, structure=st)
-    gpu = solve_layer(be.to_device(W), be.to_device(H), sparsity=sparsity,
+    st = (NM(2, 4) if kind == "nm" else Blocks(4, 0.5)).on_columns(groups)
+    cpu = solve_layer(W, H, structure=st)
+    gpu = solve_layer(be.to_device(W), be.to_device(H),
                       structure=st)  # host column groups, as the pipeline passes them
     same = ((be.to_host(gpu.W) == 0) == (cpu.W == 0)).mean()
     assert same >= 0.99 and gpu.zeros == cpu.zeros

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from onnx_obc import convert
 from onnx_obc.solvers.prepare import fit_to_reference
 
-from .test_solvers import correlated_H, weights
+from .solvers.data import correlated_H, weights
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

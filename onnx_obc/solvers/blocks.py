@@ -1,9 +1,9 @@
 """Block ExactOBS (group OBS, OBC §1.4, §2.5): whole blocks of b columns removed, pure
-array math.
+array math; registered as the "obc" pruning stage of Blocks, and its loss tracer.
 
 Blocks are groups of consecutive input channels at one kernel position (the axis
 DeepSparse's 4-blocks read), given as `col_blocks` [d] (block id per column, from
-structured.conv_nm_groups / linear_nm_groups with m = b). For a block B of b columns, with F
+structures.conv_nm_groups / linear_nm_groups with m = b). For a block B of b columns, with F
 the free columns,
     L_B     = w_B^T ([Hinv_F]_BB)^-1 w_B
     delta   = - Hinv_F[:, B] ([Hinv_F]_BB)^-1 w_B
@@ -26,12 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module
+from ..backend import array_module, cummax
 from .fast import Traces, _Limit, drive, fold_block
+from .registry import register_pruner, register_tracer
 from .select import rebuild, select_counts
-from .structured import _check_groups
+from .solution import Pruned, Stage
+from .structures import Blocks, check_groups
+from .traces import LossTraces
 
-__all__ = ["block_traces", "block_greedy_order", "block_prune", "block_magnitude"]
+__all__ = ["block_traces", "block_prune"]
 
 
 def _block_scores(v: Any, A: Any) -> Any:
@@ -148,7 +151,7 @@ def block_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col
     """
     xp = array_module(W, Hinv)
     R, d = W.shape
-    g = _check_groups(col_blocks, d, b, "col_blocks")
+    g = check_groups(col_blocks, d, b, "col_blocks")
     nb = d // b
     # stable sort by id: grouped position j holds block id j (every block has b columns)
     perm = xp.asarray(np.argsort(g, kind="stable"))  # [d]
@@ -161,13 +164,6 @@ def block_traces(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col
     drive(tr, R, nb, rows_per_batch, count if skip else None, seed,
           lambda rows, limit: _block_rows(Wp, Hp, group, rows, tr, b, fold, limit))
     return tr
-
-
-def block_greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int,
-                       col_blocks: Any, fold: int | None = None) -> tuple[Any, Any]:
-    """Full block traces (no skipping): losses [R, nb] float64, order [R, nb] int64 block ids."""
-    tr = block_traces(W, Hinv, group, rows_per_batch, b, col_blocks, None, fold)
-    return tr.losses, tr.order
 
 
 def block_prune(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col_blocks: Any,
@@ -189,30 +185,39 @@ def block_prune(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int, col_
     R, d = W.shape
     nb = d // b if b > 0 else 0
     if count <= 0:  # nothing to remove: no traces needed
-        g = _check_groups(col_blocks, d, b, "col_blocks")
+        g = check_groups(col_blocks, d, b, "col_blocks")
         return (W.astype(xp.float64, copy=True), xp.full((R, nb), xp.inf),
                 xp.full((R, nb), -1, dtype=xp.int64), xp.zeros(R, dtype=xp.int64))
     tr = block_traces(W, Hinv, group, rows_per_batch, b, col_blocks, int(count), fold)
     counts = select_counts(tr.keys, int(count))  # [R]
-    g = _check_groups(col_blocks, d, b, "col_blocks")
+    g = check_groups(col_blocks, d, b, "col_blocks")
     cols = xp.asarray(np.argsort(g, kind="stable").reshape(nb, b))  # [nb, b] columns of block
     col_order = cols[xp.maximum(tr.order, 0)].reshape(R, nb * b)  # [R, d] in column order
     W_hat = rebuild(W, Hinv, group, col_order, counts * b, rows_per_batch)
     return W_hat, tr.losses, tr.order, counts
 
 
-def block_magnitude(W: Any, col_blocks: Any, count: int) -> Any:
-    """Magnitude block baseline: the `count` blocks with the smallest ||w_B||^2 over the whole
-    layer W [R, d] set to 0. col_blocks [d] (blocks of equal size). Returns a copy."""
-    xp = array_module(W)
-    R, d = W.shape
-    g = np.asarray(col_blocks.get() if hasattr(col_blocks, "get") else col_blocks)
-    nb = int(g.max()) + 1 if d else 0
-    cols = xp.asarray(np.argsort(g, kind="stable").reshape(nb, d // max(nb, 1)))  # [nb, b]
-    norms = (W[:, cols] ** 2).sum(axis=2).reshape(-1)  # [R*nb]
-    out = W.copy()
-    if count > 0:
-        drop = xp.argsort(norms, kind="stable")[:count]  # flat r*nb + j
-        r, j = drop // nb, drop % nb
-        out[r[:, None], cols[j]] = 0
-    return out
+@register_pruner(Blocks, "obc")
+def obs_prune(stage: Stage, st: Blocks, count: int) -> Pruned:
+    """`count` weights (count / size blocks) removed, selected globally across rows."""
+    xp = array_module(stage.rows, stage.Hinv)
+    d = stage.rows.shape[1]
+    W_hat, losses, _, counts = block_prune(stage.rows, stage.Hinv, stage.group,
+                                           stage.rows_per_batch, st.size, st.groups(d),
+                                           count // st.size)
+    steps = xp.arange(losses.shape[1])[None, :] < counts[:, None]  # [R, nb] selected
+    return Pruned(rows=W_hat, obs_loss=float(xp.where(steps, losses, 0.0).sum()),
+                  steps_run=count // st.size)
+
+
+@register_tracer(Blocks)
+def obs_traces(stage: Stage, st: Blocks, max_count: int | None) -> LossTraces:
+    """Full block traces of every row (no row stops early: `max_count` is not used); keys are
+    the running max of the block-step losses, the order expanded to the blocks' columns."""
+    xp = array_module(stage.rows, stage.Hinv)
+    R, d = stage.rows.shape
+    b, g = st.size, st.groups(d)
+    tr = block_traces(stage.rows, stage.Hinv, stage.group, stage.rows_per_batch, b, g, None)
+    cols = xp.asarray(np.argsort(g, kind="stable").reshape(-1, b))  # [nb, b]
+    return LossTraces(stage, cummax(tr.losses, axis=1), tr.losses,
+                      cols[tr.order].reshape(R, d), b)

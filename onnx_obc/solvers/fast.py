@@ -189,9 +189,3 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
                     ar = xp.arange(len(rows))
         Hb -= xp.ascontiguousarray(xp.swapaxes(U, 1, 2)) @ U  # fold: [B,d,nb] @ [B,nb,d]
 
-
-def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,
-                      block: int | None = None) -> tuple[Any, Any]:
-    """Full traces (no skipping), same contract as exact.greedy_order."""
-    tr = greedy_traces(W, Hinv, group, rows_per_batch, None, block)
-    return tr.losses, tr.order

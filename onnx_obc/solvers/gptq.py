@@ -11,6 +11,7 @@ smallest w^2 / U_ii^2 of the current (updated) block are set to 0; the per-block
 up to the layer's exact target. Quantization: targets are rounded on a grid fixed before the
 loop, in the original column order (so act_order needs no change at inference).
 Approximate OBS (later columns compensate, earlier ones do not), O(d^3 + rows d^2).
+Registered as the "gptq" solver of Unstructured (the only structure it prunes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import array_module, cholesky
-from ..quant import quantize
+from ..quant import codes, fit_grid, quantize
+from .prepare import layer_loss, prepare
+from .registry import register_solver
+from .solution import LayerSolution, Task, count_zeros
+from .structures import Unstructured
 
 BLOCK = 128
 
@@ -64,3 +69,39 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
             Err[:, i] = err
         W[:, i2:] -= Err @ U[i1:i2, i2:]  # lazy update of the remaining columns
     return Q[:, inv], loss
+
+
+@register_solver(Unstructured, "gptq")
+def gptq_solver(task: Task) -> LayerSolution:
+    """The whole layer in one pass per Hessian group: SparseGPT pruning at the structure's
+    sparsity and / or GPTQ on a grid fitted to the dense weights, jointly."""
+    W, H64, quant = task.W, task.H, task.quant
+    xp = array_module(W, H64)
+    G, r, d = W.shape
+    prep = prepare(W, H64, task.damp)
+    rows = prep.W.reshape(G * r, d)  # [R, d] float32
+    sparsity = task.structure.sparsity or 0.0
+    grid = fit_grid(rows, quant) if quant else None  # on the dense weights, fixed
+    s, z = grid.columns() if grid else (None, None)
+    out = xp.empty((G * r, d), dtype=xp.float64)
+    obs_loss = 0.0
+    for g in range(G):
+        sl = slice(g * r, (g + 1) * r)
+        out[sl], loss = gptq(
+            rows[sl], prep.Hinv[g], scale=None if s is None else s[sl],
+            zero=None if z is None else z[sl], qmin=grid.qmin if grid else 0,
+            qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=task.act_order,
+            diagH=xp.diagonal(prep.H[g]))
+        obs_loss += loss
+    out_codes = None
+    if grid:
+        out_codes = codes(out, grid).reshape(G, r, d)
+        s64, z64 = grid.columns()
+        out = s64 * (out_codes.reshape(G * r, d) - z64)
+    W_hat = out.reshape(G, r, d)
+    b = task.baseline
+    return LayerSolution(
+        W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,
+        obs_loss=obs_loss, zeros=count_zeros(W_hat), dead=prep.dead, damp=prep.damp,
+        escalations=prep.escalations, grid=grid, codes=out_codes, baseline_codes=b.codes,
+        baseline_grid=b.grid)

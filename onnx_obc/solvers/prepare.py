@@ -15,6 +15,7 @@ import numpy as np
 
 from ..backend import array_module, cholesky
 from ..errors import NotPositiveDefinite, ObcError
+from .solution import Stage
 
 # relative dampening steps tried, in order, after the configured one fails
 ESCALATION = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -77,6 +78,21 @@ def prepare(W: Any, H: Any, damp: float) -> Prepared:
         f"(tried {tried}). Add calibration samples, check for constant or duplicated inputs, "
         "or exclude this layer."
     )
+
+
+def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> int:
+    """Rows whose d x d inverse Hessians (plus temporaries) fit in the budget."""
+    per_row = 3 * d * d * itemsize + 64 * d
+    return max(1, min(rows, budget_bytes // per_row))
+
+
+def stage_of(prep: Prepared, budget_bytes: int) -> Stage:
+    """The rows [R = G * r, d] of a prepared layer, with their groups and batch size."""
+    xp = array_module(prep.W, prep.Hinv)
+    G, r, d = prep.W.shape
+    group = xp.repeat(xp.arange(G), r)  # [R]
+    return Stage(prep.W.reshape(G * r, d), prep.Hinv, group,
+                 rows_per_batch(d, G * r, budget_bytes))
 
 
 def layer_loss(W: Any, W_hat: Any, H: Any) -> float:

@@ -1,6 +1,6 @@
 """What one greedy step does to a row: which weight goes next, at what loss, to what value.
 
-Shared by the eager (exact.py) and deferred (fast.py) solvers. `bind(rows)` gives the
+Shared by the deferred solver (fast.py) and the tests' eager oracle. `bind(rows)` gives the
 state of one batch of rows; `pick` sees w [B, d], the current diag(Hinv) [B, d] and `pen`
 [B, d] (+inf on weights already fixed) and returns (q [B], loss [B], target [B]): the
 weight q is set to `target` and the others compensate (w -= Hinv[:, q] (w_q - target)/d_q).
@@ -68,7 +68,7 @@ class QuantRule:
 class NMRule:
     """N:M pruning (OBC `nmprune`): q = argmin w_q^2 / [Hinv]_qq over the free weights whose
     column group still has fewer than `n` removals, set to 0. `col_groups` [d] (int) is the
-    group of every column (groups of m columns, see structured.py); run it for exactly
+    group of every column (groups of m columns, see structures.py); run it for exactly
     n * n_groups steps, which leaves exactly n zeros in every group of every row.
 
     State per batch: counts [B, n_groups] removals so far. `pick` commits its choice (the

@@ -1,5 +1,6 @@
-"""Solver oracles: exact reductions, recorded-loss identity, exact sparsity, invariances,
-fast == plain, rebuild == greedy trace, and beating magnitude on correlated activations."""
+"""Unstructured ExactOBS: exact reductions, recorded-loss identity, exact sparsity,
+invariances, fast == plain, rebuild == greedy trace, and beating magnitude on correlated
+activations."""
 
 from __future__ import annotations
 
@@ -8,32 +9,16 @@ import pytest
 
 from onnx_obc.backend import cummax
 from onnx_obc.errors import ConfigError, NotPositiveDefinite, ObcError
-from onnx_obc.solvers import layer_loss, magnitude_prune, prepare, prune_layer
-from onnx_obc.solvers.exact import greedy_order
-from onnx_obc.solvers.fast import greedy_order_fast
+from onnx_obc.solvers import Unstructured, layer_loss, magnitude_prune, prepare, solve_layer
 from onnx_obc.solvers.select import rebuild, select_counts
 
-
-def correlated_H(d: int, seed: int, rank: int = 8, noise: float = 0.1, n: int = 512) -> np.ndarray:
-    """H = X X^T / n for low-rank-plus-noise activations X [d, n] (realistic correlation)."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((d, rank)) @ rng.standard_normal((rank, n))
-    X += noise * rng.standard_normal((d, n))
-    return X @ X.T / n
-
-
-def iid_H(d: int, seed: int, n: int = 512) -> np.ndarray:
-    X = np.random.default_rng(seed).standard_normal((d, n))
-    return X @ X.T / n
-
-
-def weights(r: int, d: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed + 1000).standard_normal((1, r, d))
+from .data import correlated_H, iid_H, weights
+from .oracles import greedy_order, greedy_order_fast
 
 
 def test_identity_hessian_gives_magnitude_pruning_exactly():
     W = weights(16, 48, 0)
-    res = prune_layer(W, np.eye(48)[None], sparsity=0.5, damp=0.0)
+    res = solve_layer(W, np.eye(48)[None], structure=Unstructured(0.5), damp=0.0)
     mag = magnitude_prune(W, 16 * 48 // 2)
     np.testing.assert_array_equal(res.W == 0, mag == 0)
     kept = res.W != 0
@@ -45,13 +30,13 @@ def test_recorded_losses_sum_to_measured_layer_loss(seed):
     d, r = 40, 12
     H = correlated_H(d, seed)[None]
     W = weights(r, d, seed)
-    res = prune_layer(W, H, sparsity=0.6, damp=0.0)
+    res = solve_layer(W, H, structure=Unstructured(0.6), damp=0.0)
     assert res.loss == pytest.approx(res.obs_loss, rel=1e-4)
     # and the measured loss is the calibration output error (1/N)||dW X||^2
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((d, 8)) @ rng.standard_normal((8, 300))
     Hx = (X @ X.T / 300)[None]
-    res2 = prune_layer(W, Hx, sparsity=0.6, damp=0.0)
+    res2 = solve_layer(W, Hx, structure=Unstructured(0.6), damp=0.0)
     direct = np.sum(((res2.W[0] - W[0]) @ X) ** 2) / 300
     assert res2.loss == pytest.approx(direct, rel=1e-9)
 
@@ -59,7 +44,7 @@ def test_recorded_losses_sum_to_measured_layer_loss(seed):
 @pytest.mark.parametrize("s", [0.1, 0.37, 0.5, 0.9])
 def test_sparsity_is_exact(s):
     W = weights(10, 33, 1)
-    res = prune_layer(W, correlated_H(33, 1)[None], sparsity=s)
+    res = solve_layer(W, correlated_H(33, 1)[None], structure=Unstructured(s))
     assert res.zeros == round(s * W.size)
     assert int((res.W == 0).sum()) == res.zeros
 
@@ -67,8 +52,8 @@ def test_sparsity_is_exact(s):
 def test_scale_invariance():
     W = weights(8, 30, 2)
     H = correlated_H(30, 2)[None]
-    a = prune_layer(W, H, sparsity=0.5)
-    b = prune_layer(W, 1e4 * H, sparsity=0.5)
+    a = solve_layer(W, H, structure=Unstructured(0.5))
+    b = solve_layer(W, 1e4 * H, structure=Unstructured(0.5))
     np.testing.assert_array_equal(a.W == 0, b.W == 0)
     np.testing.assert_allclose(a.W, b.W, rtol=1e-4, atol=1e-6)
     assert b.loss == pytest.approx(1e4 * a.loss, rel=1e-4)
@@ -78,8 +63,8 @@ def test_row_permutation_equivariance():
     W = weights(9, 24, 3)
     H = correlated_H(24, 3)[None]
     perm = np.random.default_rng(0).permutation(9)
-    a = prune_layer(W, H, sparsity=0.5)
-    b = prune_layer(W[:, perm], H, sparsity=0.5)
+    a = solve_layer(W, H, structure=Unstructured(0.5))
+    b = solve_layer(W[:, perm], H, structure=Unstructured(0.5))
     np.testing.assert_array_equal(a.W[:, perm] == 0, b.W == 0)
 
 
@@ -137,14 +122,14 @@ def test_select_counts_prefixes_and_total():
 @pytest.mark.parametrize("seed", range(8))
 def test_beats_magnitude_on_correlated_activations(seed):
     W = weights(32, 64, seed)
-    res = prune_layer(W, correlated_H(64, seed)[None], sparsity=0.5)
+    res = solve_layer(W, correlated_H(64, seed)[None], structure=Unstructured(0.5))
     assert res.loss <= 0.5 * res.baseline_loss, res.loss / res.baseline_loss
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_not_worse_than_magnitude_on_iid_activations(seed):
     W = weights(32, 64, seed)
-    res = prune_layer(W, iid_H(64, seed)[None], sparsity=0.5)
+    res = solve_layer(W, iid_H(64, seed)[None], structure=Unstructured(0.5))
     assert res.loss <= 1.0 * res.baseline_loss
 
 
@@ -155,7 +140,7 @@ def test_dead_inputs_are_zeroed_and_reported():
     X[[3, 11]] = 0.0
     H = (X @ X.T / 200)[None]
     W = weights(6, d, 5)
-    res = prune_layer(W, H, sparsity=0.3)
+    res = solve_layer(W, H, structure=Unstructured(0.3))
     assert res.dead == 2
     assert np.all(res.W[0][:, [3, 11]] == 0)
     assert res.zeros == round(0.3 * W.size)
@@ -165,7 +150,7 @@ def test_grouped_hessians_select_globally():
     r, d = 4, 9
     H = np.stack([correlated_H(d, 6), 100 * correlated_H(d, 7)])  # group 1 is costlier
     W = np.random.default_rng(6).standard_normal((2, r, d))
-    res = prune_layer(W, H, sparsity=0.5)
+    res = solve_layer(W, H, structure=Unstructured(0.5))
     z = (res.W == 0).sum(axis=(1, 2))
     assert int(z.sum()) == round(0.5 * W.size)
     assert z[0] > z[1]  # the cheap group gives up more weights
@@ -177,7 +162,7 @@ def test_singular_hessian_escalates_dampening_and_reports_it():
     X = rng.standard_normal((3, 100))
     X = np.vstack([X, X, X])  # rank 3 in 9 dims
     H = (X @ X.T / 100)[None]
-    res = prune_layer(weights(4, 9, 7), H, sparsity=0.5, damp=0.0)
+    res = solve_layer(weights(4, 9, 7), H, structure=Unstructured(0.5), damp=0.0)
     assert res.escalations and res.escalations[0] == 0.0
     assert res.damp > 0.0
 
@@ -198,14 +183,15 @@ def test_indefinite_hessian_raises_not_positive_definite():
 def test_existing_zeros_count_towards_the_target():
     W = weights(6, 20, 8)
     W[0, :, :5] = 0.0  # 25% already zero
-    res = prune_layer(W, correlated_H(20, 8)[None], sparsity=0.5)
+    res = solve_layer(W, correlated_H(20, 8)[None], structure=Unstructured(0.5))
     assert res.zeros == 60
     assert np.all(res.W[0][:, :5] == 0)
 
 
 def test_magnitude_method_returns_the_baseline():
     W = weights(6, 20, 9)
-    res = prune_layer(W, correlated_H(20, 9)[None], sparsity=0.4, method="magnitude")
+    res = solve_layer(W, correlated_H(20, 9)[None], structure=Unstructured(0.4),
+                      method="magnitude")
     assert res.loss == res.baseline_loss
     np.testing.assert_array_equal(res.W, magnitude_prune(W, 48))
 
@@ -253,13 +239,12 @@ def test_quantizing_a_given_pruned_solution_is_the_compound_run(structured):
     """`pruned=` skips the pruning stage and changes nothing: one pruned layer quantized at
     several bit widths (the mixed levels) gives what the compound runs give."""
     from onnx_obc.quant import QuantSpec
-    from onnx_obc.solvers import Structure, solve_layer
-    from onnx_obc.solvers.structured import linear_nm_groups
+    from onnx_obc.solvers import NM, linear_nm_groups
 
     W = weights(24, 64, 7)
     H = correlated_H(64, 7)[None]
-    kw = (dict(structure=Structure("nm", linear_nm_groups(64, 4), n=2, m=4)) if structured
-          else dict(sparsity=0.5))
+    kw = dict(structure=NM(2, 4).on_columns(linear_nm_groups(64, 4)) if structured
+              else Unstructured(0.5))
     alone = solve_layer(W, H, **kw)
     for bits in (8, 4):
         both = solve_layer(W, H, quant=QuantSpec(bits=bits), **kw)
@@ -268,5 +253,6 @@ def test_quantizing_a_given_pruned_solution_is_the_compound_run(structured):
         np.testing.assert_array_equal(reused.codes, both.codes)
         assert reused.loss == both.loss and reused.prune_loss == both.prune_loss
     with pytest.raises(ConfigError, match="pruned"):
-        solve_layer(W, H, quant=QuantSpec(bits=4), pruned=solve_layer(W, H, sparsity=0.25),
-                    sparsity=0.5)
+        solve_layer(W, H, quant=QuantSpec(bits=4),
+                    pruned=solve_layer(W, H, structure=Unstructured(0.25)),
+                    structure=Unstructured(0.5))

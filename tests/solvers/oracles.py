@@ -1,4 +1,5 @@
-"""ExactOBS greedy pruning as the OBC paper describes it (the plain, eager implementation).
+"""Test oracles: ExactOBS greedy pruning as the OBC paper describes it (the plain, eager
+implementation), and the full traces of the fast solvers (no skipping) in the same contract.
 
 Per row w of W, with its own copy of Hinv = H^-1 restricted to the free weights F:
     q      = argmin_{j in F} w_j^2 / [Hinv]_jj                  (OBS loss of removing j)
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import array_module
-from .rules import PruneRule
+from onnx_obc.backend import array_module
+from onnx_obc.solvers.blocks import block_traces
+from onnx_obc.solvers.fast import greedy_traces
+from onnx_obc.solvers.rules import PruneRule
 
 
 def greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, rule: Any = None,
@@ -73,3 +76,17 @@ def _greedy_batch(w: Any, Hb: Any, rule: Any, steps: int | None = None) -> tuple
         pen[ar, q] = xp.inf
         Hb -= col[:, :, None] * (col / dq[:, None])[:, None, :]  # rank-1, Lemma 1
     return losses, order, fixed if steps == d else xp.where(pen == 0, w, fixed)
+
+
+def greedy_order_fast(W: Any, Hinv: Any, group: Any, rows_per_batch: int,
+                      block: int | None = None) -> tuple[Any, Any]:
+    """Full traces of the deferred solver (no skipping), same contract as greedy_order."""
+    tr = greedy_traces(W, Hinv, group, rows_per_batch, None, block)
+    return tr.losses, tr.order
+
+
+def block_greedy_order(W: Any, Hinv: Any, group: Any, rows_per_batch: int, b: int,
+                       col_blocks: Any, fold: int | None = None) -> tuple[Any, Any]:
+    """Full block traces (no skipping): losses [R, nb] float64, order [R, nb] int64 block ids."""
+    tr = block_traces(W, Hinv, group, rows_per_batch, b, col_blocks, None, fold)
+    return tr.losses, tr.order

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from onnx_obc.quant import QuantSpec, fit_grid, quantize
-from onnx_obc.solvers import prepare, solve_layer
+from onnx_obc.solvers import Unstructured, prepare, solve_layer
 from onnx_obc.solvers.gptq import gptq
 
-from .test_solvers import correlated_H, weights
+from .data import correlated_H, weights
 
 
 def _reinverting_reference(W, H, scale, zero, qmin, qmax, order):
@@ -56,7 +56,7 @@ def test_identity_hessian_gives_rtn_and_magnitude():
     W = weights(8, 32, 2)
     q = solve_layer(W, np.eye(32)[None], quant=QuantSpec(bits=4), method="gptq", damp=0.0)
     np.testing.assert_array_equal(q.codes, q.baseline_codes)
-    p = solve_layer(W, np.eye(32)[None], sparsity=0.5, method="gptq", damp=0.0)
+    p = solve_layer(W, np.eye(32)[None], structure=Unstructured(0.5), method="gptq", damp=0.0)
     # blockwise magnitude: the same count, every pruned weight small within its block
     assert p.zeros == 8 * 32 // 2
     assert p.loss <= p.baseline_loss * 1.2
@@ -68,8 +68,8 @@ def test_gptq_and_sparsegpt_beat_the_baselines_on_correlated_data(seed):
     H = correlated_H(64, seed)[None]
     q = solve_layer(W, H, quant=QuantSpec(bits=4), method="gptq", act_order=True)
     assert q.loss <= 0.5 * q.baseline_loss
-    p = solve_layer(W, H, sparsity=0.5, method="gptq")
+    p = solve_layer(W, H, structure=Unstructured(0.5), method="gptq")
     assert p.zeros == 32 * 64 // 2
     assert p.loss <= 0.5 * p.baseline_loss
-    j = solve_layer(W, H, sparsity=0.5, quant=QuantSpec(bits=8), method="gptq")
+    j = solve_layer(W, H, structure=Unstructured(0.5), quant=QuantSpec(bits=8), method="gptq")
     assert j.zeros >= 32 * 64 // 2  # joint: the pruned weights stay 0 after rounding

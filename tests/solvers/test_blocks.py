@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from onnx_obc.solvers import layer_loss, prepare
-from onnx_obc.solvers.blocks import block_greedy_order, block_magnitude, block_prune
-from onnx_obc.solvers.exact import greedy_order
-from onnx_obc.solvers.structured import conv_nm_groups, linear_nm_groups
+from onnx_obc.solvers.baselines import block_magnitude
+from onnx_obc.solvers.blocks import block_prune
+from onnx_obc.solvers.structures import conv_nm_groups, linear_nm_groups
 
-from .test_solvers import correlated_H, weights
+from .data import correlated_H, weights
+from .oracles import block_greedy_order, greedy_order
 
 
 def _block_oracle(w, Hinv, blocks):

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from onnx_obc.solvers import layer_loss, prepare
-from onnx_obc.solvers.exact import greedy_order
+from onnx_obc.solvers.baselines import nm_magnitude
+from onnx_obc.solvers.nm import nm_prune
 from onnx_obc.solvers.rules import NMRule
-from onnx_obc.solvers.structured import conv_nm_groups, linear_nm_groups, nm_magnitude, nm_prune
+from onnx_obc.solvers.structures import conv_nm_groups, linear_nm_groups
 
-from .test_solvers import correlated_H, weights
+from .data import correlated_H, weights
+from .oracles import greedy_order
 
 
 def check_nm(w_onnx: np.ndarray, axis: int, n: int, m: int) -> bool:
