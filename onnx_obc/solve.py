@@ -1,11 +1,14 @@
-"""Solve every layer on the backend: ExactOBS / OBQ (or the baselines), collect the
-compressed and baseline weights in ONNX layout, the integer weights for QDQ export, and the
-per-layer report rows."""
+"""Solve every layer on the backend: ExactOBS / OBQ (or the baselines). The result is
+host-side and holds no ONNX types: per layer the compressed and baseline weights in ONNX
+layout with, when quantized, their integer codes and grids (export/ turns them into
+DequantizeLinear parameters), plus the per-layer report rows, skipped layers and warnings."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,15 +17,14 @@ from tqdm.auto import tqdm
 
 from .backend import Backend
 from .config import CompressConfig
+from .export.qweights import group_size_for
 from .hessian import HessianAccumulator
 from .layers import Layer, constant_weights
 from .levels import Level
-from .qdq import QuantizedWeight
-from .quant import Grid
-from .qweights import group_size_for, to_onnx
-from .report import LayerResult, Report, SkippedLayer
-from .solvers import Structure, solve_layer
-from .solvers.structured import conv_nm_groups, linear_nm_groups
+from .quant import Grid, QuantSpec
+from .report import LayerResult, SkippedLayer
+from .specs import Pruning, Quantization, SolverOptions
+from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups, solve_layer
 from .solvers.prepare import fit_to_reference
 
 MB = 1 << 20
@@ -35,78 +37,139 @@ def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
     return int(0.6 * free) if free else cfg.run.memory_budget_mb * MB
 
 
-def solve_all(proto: onnx.ModelProto, layers: list[Layer], hessians: dict[str, HessianAccumulator],
-           backend: Backend, cfg: CompressConfig, report: Report, progress: bool,
-           level_for: dict[str, Level] | None = None,
-           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, QuantizedWeight],
-                      dict[str, QuantizedWeight]]:
-    """Solve every layer: compressed and baseline weights (float, ONNX layout) and, when
-    quantizing, the integer weights of both for QDQ export. `level_for` (weight -> Level): per-layer
-    levels from the allocation; a level's missing bits / structure come from `cfg`."""
+@dataclass(frozen=True)
+class HostWeights:
+    """One solved weight on the host (NumPy)."""
+
+    weight: np.ndarray  # ONNX layout (values on the grid when quantized, exact zeros)
+    codes: np.ndarray | None = None  # [G, r, d] integer codes of the W view; None: float
+    grid: Grid | None = None  # the codes' grid over the G * r rows (NumPy arrays)
+    bits: int | None = None
+
+
+@dataclass(frozen=True)
+class HostSolution:
+    compressed: HostWeights
+    baseline: HostWeights  # magnitude pruning and/or RTN at the same settings
+
+
+@dataclass(frozen=True)
+class Solved:
+    """What solving a group of layers gives: the convert stage assembles the report."""
+
+    solutions: dict[str, HostSolution] = field(default_factory=dict)  # weight -> solution
+    rows: list[LayerResult] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Specs:
+    """The specs solving reads (structure_for reads `prune`)."""
+
+    prune: Pruning
+    quant: Quantization
+    solver: SolverOptions
+
+
+def solve_all(proto: onnx.ModelProto, layers: list[Layer],
+              hessians: dict[str, HessianAccumulator], backend: Backend, *, prune: Pruning,
+              quant: Quantization, solver: SolverOptions, budget_bytes: int,
+              level_for: dict[str, Level] | None = None, alloc_budget: str = "sparsity",
+              progress: bool = False) -> Solved:
+    """Solve every layer (its Hessian is popped from `hessians`): compressed and baseline
+    weights in ONNX layout and, when quantizing, their integer codes and grids. `level_for`
+    (weight -> Level): per-layer levels from the allocation (`alloc_budget`: its budget
+    kind, for the message of layers it keeps dense); a level's missing bits / structure come
+    from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches."""
+    cfg = _Specs(prune, quant, solver)
     weights = constant_weights(proto.graph)
-    budget = solver_budget(cfg, backend)
-    new: dict[str, np.ndarray] = {}
-    base: dict[str, np.ndarray] = {}
-    qweights: dict[str, QuantizedWeight] = {}
-    base_q: dict[str, QuantizedWeight] = {}
+    budget = budget_bytes
+    out = Solved()
     bar = tqdm(layers, desc="solve", unit="layer", disable=not progress)
     for L in bar:
         bar.set_postfix_str(L.name[:40])
         t = time.perf_counter()
         lv = None if level_for is None else level_for[L.weight]
         if lv is not None and lv.is_dense and cfg.quant.bits is None:
-            report.skipped.append(SkippedLayer(L.name, L.op, (
-                f"kept dense (fp32) by the non-uniform allocation (--budget {cfg.alloc.budget})"),
+            out.skipped.append(SkippedLayer(L.name, L.op, (
+                f"kept dense (fp32) by the non-uniform allocation (--budget {alloc_budget})"),
                 L.weight))
             hessians.pop(L.weight)
             continue
-        spec = cfg.quant.spec(lv.bits if lv is not None and lv.bits else None)
-        lspec, why = group_size_for(L, spec) if spec else (None, "")
-        if why:
-            report.warnings.append(why)
-        w = numpy_helper.to_array(weights[L.weight][1])
-        W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
-        acc = hessians.pop(L.weight)
-        H = acc.mean()
-        if acc.cross is not None:  # sequential: fit the dense model's output
-            W = fit_to_reference(W, H, acc.cross / acc.samples, max(cfg.solver.damp, 1e-4))
+        lspec = _layer_spec(L, cfg.quant, lv, out.warnings)
+        W, H = _matrices(L, weights, hessians.pop(L.weight), backend, cfg.solver.damp)
         target = cfg.prune.sparsity if lv is None else lv.sparsity
         nm = cfg.prune.nm if lv is None or lv.nm is None else lv.nm
-        st = structure_for(L, cfg, nm=nm)
+        st = structure_for(L, cfg, nm=nm, sparsity=target)
         if (nm or cfg.prune.block) and st is None:
             m = nm[1] if nm else cfg.prune.block
-            report.skipped.append(SkippedLayer(L.name, L.op, (
+            out.skipped.append(SkippedLayer(L.name, L.op, (
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
                 continue
             target = None
-        elif st is not None and st.kind == "nm":
-            target = st.n / st.m
-        res = solve_layer(W, H, sparsity=target or None, quant=lspec, structure=st,
-                          method=cfg.solver.method, damp=cfg.solver.damp, budget_bytes=budget,
+        elif st is not None:
+            target = st.sparsity
+        elif target:
+            st = Unstructured(target)
+        res = solve_layer(W, H, structure=st, quant=lspec, method=cfg.solver.method,
+                          damp=cfg.solver.damp, budget_bytes=budget,
                           act_order=cfg.solver.act_order)
-        new[L.weight] = L.from_matrix(backend.to_host(res.W))
-        base[L.weight] = L.from_matrix(backend.to_host(res.baseline))
-        if lspec is not None:
-            qweights[L.weight] = to_onnx(L, backend.to_host(res.codes),
-                                         _host_grid(res.grid, backend), lspec.bits)
-            base_q[L.weight] = to_onnx(L, backend.to_host(res.baseline_codes),
-                                       _host_grid(res.baseline_grid, backend), lspec.bits)
+        out.solutions[L.weight] = HostSolution(
+            _host(L, res.W, res.codes, res.grid, lspec, backend),
+            _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
         backend.sync()
-        G, r, d = L.matrix_shape
-        report.layers.append(LayerResult(
-            name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
-            groups=G, method=cfg.solver.method, sparsity=res.zeros / (G * r * d),
-            target=target or 0.0, loss=res.loss, magnitude_loss=res.baseline_loss,
-            dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
-            seconds=time.perf_counter() - t, work=res.steps_run / (G * r * d),
-            rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,
-            group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss))
+        out.rows.append(_row(L, res, cfg.solver.method, target, lspec, time.perf_counter() - t))
         if res.escalations:
-            report.warnings.append(f"{L.name}: Cholesky failed with dampening "
-                                   f"{list(res.escalations)}; used {res.damp}")
+            out.warnings.append(f"{L.name}: Cholesky failed with dampening "
+                                f"{list(res.escalations)}; used {res.damp}")
         backend.free()
-    return new, base, qweights, base_q
+    return out
+
+
+def _layer_spec(L: Layer, quant: Quantization, lv: Level | None, warnings: list[str]
+                ) -> QuantSpec | None:
+    """The layer's weight grid spec (a level's bits, else quant.bits), or None; why it
+    differs from the requested group size goes to `warnings`."""
+    spec = quant.spec(lv.bits if lv is not None and lv.bits else None)
+    lspec, why = group_size_for(L, spec) if spec else (None, "")
+    if why:
+        warnings.append(why)
+    return lspec
+
+
+def _matrices(L: Layer, weights: dict[str, tuple[str, onnx.TensorProto]],
+              acc: HessianAccumulator, backend: Backend, damp: float) -> tuple[Any, Any]:
+    """W [G, r, d] float32 and H [G, d, d] on the device; sequential: W fitted to the dense
+    model's output."""
+    w = numpy_helper.to_array(weights[L.weight][1])
+    W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
+    H = acc.mean()
+    if acc.cross is not None:  # sequential: fit the dense model's output
+        W = fit_to_reference(W, H, acc.cross / acc.samples, max(damp, 1e-4))
+    return W, H
+
+
+def _host(L: Layer, W: Any, codes: Any, grid: Grid | None, spec: QuantSpec | None,
+          backend: Backend) -> HostWeights:
+    weight = L.from_matrix(backend.to_host(W))
+    if spec is None:
+        return HostWeights(weight)
+    return HostWeights(weight, backend.to_host(codes), _host_grid(grid, backend), spec.bits)
+
+
+def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec | None,
+         seconds: float) -> LayerResult:
+    G, r, d = L.matrix_shape
+    return LayerResult(
+        name=L.name, op=L.op, weight=L.weight, shape=L.shape, rows=G * r, cols=d,
+        groups=G, method=method, sparsity=res.zeros / (G * r * d),
+        target=target or 0.0, loss=res.loss, magnitude_loss=res.baseline_loss,
+        dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
+        seconds=seconds, work=res.steps_run / (G * r * d),
+        rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,
+        group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss)
 
 
 def _host_grid(g: Grid, backend: Backend) -> Grid:
@@ -118,10 +181,13 @@ def _axis_len(L: Layer) -> int:
 
 
 def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = None,
-                  block: int | None = None) -> Structure | None:
-    """N:M groups / blocks along the reduction axis TensorRT reads: for Conv, m consecutive
-    input channels at one kernel position; for MatMul / Gemm, m consecutive inputs (K).
-    `nm` / `block` override the configured ones (a per-layer level)."""
+                  block: int | None = None, *, sparsity: float | None = None
+                  ) -> NM | Blocks | None:
+    """The layer's N:M / block structure, bound to its column groups along the reduction axis
+    TensorRT reads: for Conv, m consecutive input channels at one kernel position; for
+    MatMul / Gemm, m consecutive inputs (K). None when unstructured, or when the axis does
+    not divide by m. `nm` / `block` override the configured ones (a per-layer level);
+    `sparsity` the fraction of blocks (default: prune.sparsity, or 0)."""
     nm = nm or (cfg.prune.nm if block is None else None)
     block = block or (cfg.prune.block if nm is None else None)
     if not nm and not block:
@@ -135,5 +201,6 @@ def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = No
     if groups is None:
         return None
     if nm:
-        return Structure("nm", groups, n=nm[0], m=m)
-    return Structure("block", groups, size=m)
+        return NM(nm[0], m).on_columns(groups)
+    s = cfg.prune.sparsity if sparsity is None else sparsity
+    return Blocks(m, s or 0.0).on_columns(groups)

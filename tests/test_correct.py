@@ -1,21 +1,26 @@
 """Bias correction after compression: it lowers the output error, folds into existing biases
-or adds a bias input, and reports the layers it cannot correct."""
+(initializers or Constant nodes) or adds a bias input, and reports the layers it cannot
+correct. How the exporter folds the factors: tests/export/test_values.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnx
-
+import onnxruntime as ort
+import pytest
 from onnx import numpy_helper
 
-from onnx_obc import convert
-from onnx_obc.config import CompressConfig
-from onnx_obc.correct import bias_targets
+from onnx_obc import calib as calib_mod
+from onnx_obc import convert, export
+from onnx_obc.correct import correct_outputs
+from onnx_obc.export import bias_targets
 from onnx_obc.layers import find_layers
 
 from . import builders as b
+from .export.helpers import mixed, paddle_convs, solutions, tensors
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -41,7 +46,7 @@ def test_conv_without_bias_gets_one_and_matmul_uses_its_add():
     vit = onnx.load(MODELS / "digits_vit.onnx")
     layers, _ = find_layers(vit)
     targets, _ = bias_targets(vit, layers)
-    assert targets["attn.q"][1][0] == "add"  # MatMul -> Add(bias)
+    assert targets["attn.q"].via_add  # MatMul -> Add(bias)
     res = convert(cnn, None, sparsity=0.5, correct=True, progress=False, device="cpu",
                   calib=MODELS / "digits_cnn.calib.npz")
     stem = next(n for n in res.model.graph.node if n.name == "stem")
@@ -88,3 +93,61 @@ def test_shared_weight_gets_the_mean_but_no_scale():
                   progress=False, device="cpu")
     assert any("no scale correction (its weight is read by 2 nodes)" in w
                for w in res.report.warnings)
+
+
+def test_paddle_constant_biases_take_the_correction_in_place():
+    """paddle2onnx: every Conv has x, w, b with weights and biases as Constant nodes. The
+    correction used to become a 4th Conv input, which onnxruntime refuses."""
+    model = paddle_convs()
+    res = convert(model, None, sparsity=0.5, correct=True, calib=[b.feeds(model, 40)],
+                  progress=False, device="cpu")
+    assert [list(n.input) for n in res.model.graph.node] == [
+        list(n.input) for n in model.graph.node]
+    assert len(res.model.graph.initializer) == 0
+    before, after = tensors(model), tensors(res.model)
+    for bias in ("b1", "b2"):
+        assert not np.allclose(after[bias], before[bias])
+    sess = ort.InferenceSession(res.model.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    sess.run(None, b.feeds(model, 2))
+    assert not any("correction skipped" in w for w in res.report.warnings)
+
+
+def test_conv_without_bias_gets_a_bias_input():
+    model = b.conv(bias=False)
+    res = convert(model, None, sparsity=0.5, correct=True, calib=[b.feeds(model, 40)],
+                  progress=False, device="cpu")
+    (conv,) = res.model.graph.node
+    assert list(conv.input) == ["x", "W", "conv_bias_correction"]
+    assert tensors(res.model)["conv_bias_correction"].shape == (6,)
+    ort.InferenceSession(res.model.SerializeToString(),
+                         providers=["CPUExecutionProvider"]).run(None, b.feeds(model, 2))
+
+
+def test_correct_outputs_returns_per_node_factors_that_the_exporter_folds():
+    model = mixed()
+    layers, _ = find_layers(model)
+    sols = solutions(model, layers)
+    data = calib_mod.load_data([b.feeds(model, 64)], model)
+    corr = correct_outputs(model, layers, sols, data, 32, ["CPUExecutionProvider"])
+    assert list(corr.fixes) == ["conv1", "conv2", "gemm", "mm"]  # topological levels
+    assert [f.shift.shape for f in corr.fixes.values()] == [(3,), (4,), (6,), (5,)]
+    assert all(f.scale is None for f in corr.fixes.values()) and not corr.skipped
+    assert len(corr.shifts) == 4 and corr.summary() == {
+        "mean_abs_shift_per_pass": list(corr.shifts)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        corr.fixes = {}
+    scaled = correct_outputs(model, layers, sols, data, 32, ["CPUExecutionProvider"],
+                             scale=True)
+    assert all(f.scale.shape == f.shift.shape for f in scaled.fixes.values())
+    assert scaled.summary()["scale"]["layers"] == 4
+
+    def output(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": data.arrays["x"]})[0]
+
+    ref = output(model)
+    err = {k: float(np.abs((output(m) - ref).mean(0)).mean()) for k, m in (
+        ("plain", export.build(model, layers, sols)),
+        ("fixed", export.build(model, layers, sols, corrections=corr.fixes)))}
+    assert err["fixed"] < 1e-4 < err["plain"]  # the output means match the dense model's

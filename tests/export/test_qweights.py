@@ -1,5 +1,5 @@
 """QDQ export of weights: integer codes behind DequantizeLinear, opset raise, file size,
-onnxruntime's MatMulNBits fusion. Activations: test_actqdq.py."""
+onnxruntime's MatMulNBits fusion. Activations: test_tensorrt.py."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnx_obc import qdq
-from onnx_obc.config import CompressConfig
 from onnx_obc.errors import ModelError
+from onnx_obc.export import graph
+from onnx_obc.export.qweights import QuantizedWeight, quantize_weights
+from onnx_obc.export.values import apply_weights
 from onnx_obc.layers import find_layers
-from onnx_obc.qdq import QuantizedWeight, quantize_weights
-from onnx_obc.rewrite import apply_weights
 
-from . import builders as b
+from .. import builders as b
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -187,7 +186,7 @@ def test_quantize_weights(case: str, scheme: str) -> None:
         assert zp.any()  # asymmetric grids really have nonzero zero points here
 
     # opset / IR: 8-bit per-axis keeps opset 17 (IR 8); INT4 / blocked need 21 (IR >= 10)
-    assert qdq.model_opset(out) == opset
+    assert graph.model_opset(out) == opset
     assert out.ir_version == (8 if opset == 17 else 10)
 
     # pruned zeros stay exactly zero after DQ, and DQ equals QuantizedWeight.dequantize()
@@ -207,7 +206,7 @@ def test_reference_evaluator_keeps_exact_zeros(scheme: str) -> None:
     model, layers, wname, w, q = make_case("matmul2", scheme)
     out = quantize_weights(model, layers, {wname: q})
     out.graph.output.append(b.vi(wname, list(w.shape)))
-    if qdq.model_opset(out) < 19:  # onnx 1.23's evaluator implements DequantizeLinear-19+ only
+    if graph.model_opset(out) < 19:  # onnx 1.23's evaluator implements DequantizeLinear-19+ only
         out.opset_import[0].version, out.ir_version = 19, 9
     feed = b.feeds(model, 2)
     y, wdq = ReferenceEvaluator(out).run(None, feed)
@@ -255,7 +254,7 @@ def test_two_layers_and_untouched_parts() -> None:
 def test_opset11_is_upgraded(case: str, scheme: str, opset: int) -> None:
     model, layers, wname, _, q = make_case(case, scheme, opset=11)
     out = quantize_weights(model, layers, {wname: q})
-    assert qdq.model_opset(out) == opset
+    assert graph.model_opset(out) == opset
     assert out.ir_version >= (10 if opset == 21 else 8)
     onnx.checker.check_model(out)
     fake = apply_weights(model, layers, {wname: q.dequantize()})
@@ -267,14 +266,14 @@ def test_higher_opset_is_kept() -> None:
     model, layers, wname, _, q = make_case("matmul2", "int4", opset=23)
     model.ir_version = 11
     out = quantize_weights(model, layers, {wname: q})
-    assert qdq.model_opset(out) == 23 and out.ir_version == 11
+    assert graph.model_opset(out) == 23 and out.ir_version == 11
 
 
 def test_failed_upgrade_is_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(model, target):
         raise RuntimeError("No Adapter For Foo")
 
-    monkeypatch.setattr(qdq.version_converter, "convert_version", boom)
+    monkeypatch.setattr(graph.version_converter, "convert_version", boom)
     model, layers, wname, _, q = make_case("matmul2", "int4_blocked", opset=11)
     with pytest.raises(ModelError) as exc:
         quantize_weights(model, layers, {wname: q})

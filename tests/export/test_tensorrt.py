@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_obc import qdq
-from onnx_obc.actqdq import quantize_activations, residual_add_inputs
 from onnx_obc.errors import ConfigError, ModelError
+from onnx_obc.export import graph
+from onnx_obc.export.tensorrt import quantize_activations, residual_add_inputs
 
-from . import builders as b
-from .test_qdq import float_weight, inits, rel_err, run
+from .. import builders as b
+from .test_qweights import float_weight, inits, rel_err, run
 
 
 def fake_quant(x: np.ndarray, s: float, bits: int = 8) -> np.ndarray:
@@ -45,7 +45,7 @@ def test_activation_qdq_matches_fake_quant(bits: int) -> None:
     assert t["x_scale"].data_type == TensorProto.FLOAT and list(t["x_scale"].dims) == []
     assert t["x_zero_point"].data_type == (TensorProto.INT8 if bits == 8 else TensorProto.INT4)
     assert numpy_helper.to_array(t["x_zero_point"]) == 0
-    assert qdq.model_opset(out) == (17 if bits == 8 else 21)
+    assert graph.model_opset(out) == (17 if bits == 8 else 21)
     ref = fake_quant(r, sr, bits) @ w2
     # onnxruntime 1.31 drops Relu before QuantizeLinear(INT4, zero point 0) at
     # ORT_ENABLE_EXTENDED (its Relu+Q fusion is only valid when the zero point is the

@@ -1,0 +1,34 @@
+"""The shared graph helpers: the checker on edited models, a bias input added through
+graph-surgeon."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from onnx_obc.errors import ModelError
+from onnx_obc.export.graph import check, set_inputs
+
+from .. import builders as b
+from .test_values import run
+
+
+def test_check_rejects_an_invalid_rewritten_model():
+    model = b.mlp()
+    model.graph.node.append(helper.make_node("Relu", ["undefined_tensor"], ["zz"]))
+    with pytest.raises(ModelError, match="fails onnx.checker"):
+        check(model)
+
+
+def test_set_inputs_adds_a_bias_and_refuses_a_taken_name():
+    model = b.conv(bias=False)
+    bias = np.arange(6, dtype=np.float32)
+    out = set_inputs(model, {0: (2, "conv_bias", bias)})
+    assert list(out.graph.node[0].input) == ["x", "W", "conv_bias"]
+    feed = b.feeds(model, 2)
+    np.testing.assert_allclose(run(out, feed)[0], run(model, feed)[0] + bias[:, None, None],
+                               rtol=1e-5, atol=1e-5)
+    assert set_inputs(model, {}) is model
+    with pytest.raises(ModelError, match="already has tensors"):
+        set_inputs(model, {0: (2, "W", bias)})
