@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -106,14 +107,25 @@ def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
     return ds
 
 
+MAGIC = (b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")  # .npy; .npz (a zip, or an empty one)
+FORMATS = ("a .npz with one array per model input (numpy.savez(path, **{input_name: array}), "
+           "axis 0 = samples), a .npy for a single-input model, or a directory of them")
+
+
 def _from_file(path: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], Any]:
     try:
         with open(path, "rb") as f:  # our handle: closed even when numpy fails mid-read
+            if not (head := f.read(6)).startswith(MAGIC):
+                raise CalibrationError(f"cannot read calibration data {path!r}: not an "
+                                       f".npz/.npy file (it starts with {head!r}); give {FORMATS}")
+            f.seek(0)
             data = np.load(f, allow_pickle=False)
             if isinstance(data, np.ndarray):
                 arrays = {"": data}
             else:
                 arrays = {k: data[k] for k in data.files}
+    except CalibrationError:
+        raise
     except Exception as exc:
         raise CalibrationError(
             f"cannot read calibration data {path!r} ({exc}). Save it with "
@@ -197,7 +209,7 @@ def _check(arrays: dict[str, np.ndarray], specs: list[InputSpec], desc: str) -> 
                                        f"expects {_fmt(s.shape)} (axis {ax} must be {want})")
         a = _cast(a, s, desc)
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise CalibrationError(f"{desc}: input {s.name!r} contains NaN or inf")
+            raise CalibrationError(_not_finite(a, s.name, desc))
         if n is not None and a.shape[0] != n:
             raise CalibrationError(f"{desc}: inputs have different sample counts "
                                    f"({n} vs {a.shape[0]} for {s.name!r})")
@@ -206,6 +218,48 @@ def _check(arrays: dict[str, np.ndarray], specs: list[InputSpec], desc: str) -> 
     if not n:
         raise CalibrationError(f"{desc}: no samples")
     return out
+
+
+def _not_finite(a: np.ndarray, name: str, desc: str) -> str:
+    """Which samples (axis 0) of input `name` hold NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))
+    shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+    return (f"{desc}: input {name!r} contains NaN or inf in sample(s) {shown} ({len(bad)} of "
+            f"{a.shape[0]}, counting from 0); drop or fix those samples (numpy.isfinite)")
+
+
+def count_samples(source: Any, model: onnx.ModelProto, limit: int | None = None) -> int | None:
+    """Samples in a calibration path, from the .npy headers alone; None if not cheaply known."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path, ranks = os.fspath(source), {s.name: len(s.shape) for s in input_specs(model)}
+    try:
+        if os.path.isdir(path):  # one sample per file, unless the files keep a batch axis
+            files = sorted(f for f in os.listdir(path) if f.endswith((".npz", ".npy")))
+            single = next(iter(ranks), None)  # a .npy feeds the only input
+            kept = [v[0] for k, v in _shapes(os.path.join(path, files[0])).items()
+                    if v and len(v) == ranks.get(k or single)]
+            n = len(files) * min(kept, default=1)
+        else:
+            n = min(v[0] for k, v in _shapes(path).items() if k != LABELS and v)
+    except Exception:
+        return None
+    return n if limit is None else min(n, limit)
+
+
+def _shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """{array name ("" for a .npy): shape}, read from the .npy headers only."""
+
+    def shape(f: Any) -> tuple[int, ...]:
+        fmt = np.lib.format
+        v = fmt.read_magic(f)
+        return (fmt.read_array_header_1_0 if v == (1, 0) else fmt.read_array_header_2_0)(f)[0]
+
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            return {"": shape(f)}
+    with zipfile.ZipFile(path) as z:
+        return {n[:-4]: shape(z.open(n)) for n in z.namelist() if n.endswith(".npy")}
 
 
 def _cast(a: np.ndarray, s: InputSpec, desc: str) -> np.ndarray:

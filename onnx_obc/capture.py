@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +23,66 @@ from .errors import ModelError
 from .modelio import serialized_or_path
 
 
-def providers_for(backend_name: str) -> list[str]:
+@dataclass(frozen=True)
+class Runtime:
+    """How every onnxruntime session of a run is built: the execution providers, and a
+    shared library of custom ops (SessionOptions.register_custom_ops_library) or None.
+    Passed along wherever sessions are made; a plain provider list still works."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    custom_op_library: str | None = None
+
+    @classmethod
+    def of(cls, value: Runtime | Iterable[str]) -> Runtime:
+        return value if isinstance(value, Runtime) else cls(tuple(value))
+
+    def options(self, optimize: bool = False) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if self.custom_op_library is not None:
+            register_library(opts, self.custom_op_library)
+        return opts
+
+
+def register_library(opts: ort.SessionOptions, path: str) -> None:
+    """Register a custom-op library with `opts`, or say clearly why it cannot be."""
+    if not Path(path).is_file():
+        raise ModelError(f"custom op library {path!r} does not exist; give the path of the "
+                         "shared library (.so/.dll/.dylib) that implements the model's custom ops")
+    try:
+        opts.register_custom_ops_library(str(path))
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load the custom op library {path!r} ({exc}); "
+                         "it must be a shared library built against this onnxruntime "
+                         f"({ort.__version__})") from None
+
+
+def providers_for(backend_name: str, custom_op_library: str | None = None) -> Runtime:
     avail = ort.get_available_providers()
     if backend_name == "cupy" and "CUDAExecutionProvider" in avail:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+        return Runtime(("CUDAExecutionProvider", "CPUExecutionProvider"), custom_op_library)
+    return Runtime(("CPUExecutionProvider",), custom_op_library)
 
 
-def session(model: onnx.ModelProto, providers: list[str], optimize: bool = False
+def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bool = False
             ) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    rt = Runtime.of(providers)
+    opts = rt.options(optimize)
     with tempfile.TemporaryDirectory(prefix="onnx-obc-") as tmp:
         src = serialized_or_path(model, Path(tmp))
         try:
-            return ort.InferenceSession(src, sess_options=opts, providers=providers)
+            return ort.InferenceSession(src, sess_options=opts, providers=list(rt.providers))
         except Exception as exc:
-            raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
+            hint = ("; if it is a custom op, pass the shared library that implements it with "
+                    "--custom-op-library" if "is not a registered function/op" in str(exc)
+                    and rt.custom_op_library is None else "")
+            raise ModelError(f"onnxruntime cannot load the model: {exc}{hint}") from None
 
 
-def capture_session(model: onnx.ModelProto, names: Iterable[str], providers: list[str]
-                    ) -> ort.InferenceSession:
+def capture_session(model: onnx.ModelProto, names: Iterable[str],
+                    providers: Runtime | list[str]) -> ort.InferenceSession:
     """Session of `model` whose outputs also include `names`. The outputs are appended to
     the proto only while the session is built (no copy of a possibly huge model)."""
     have = {o.name for o in model.graph.output}

@@ -25,6 +25,15 @@ class _DefaultToCompress(click.Group):
             args = ["compress", *args]
         return super().parse_args(ctx, args)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Ctrl-C: "interrupted" and exit 130 (the shell's code for SIGINT), no traceback;
+        a model being written is never left half-written (save_model cleans up)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(130)
+
 
 @click.group(cls=_DefaultToCompress, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnx-obc")
@@ -33,7 +42,21 @@ def main() -> None:
 
     \b
       onnx-obc in.onnx out.onnx --sparsity 0.5 --calib calib.npz
+      onnx-obc in.onnx out.onnx --bits 4 --calib calib.npz
       onnx-obc inspect in.onnx
+
+    `onnx-obc IN OUT ...` runs the compress command. All compression options are listed by
+    `onnx-obc compress --help`; the main ones:
+
+    \b
+      --sparsity S         fraction of weights set to zero (0.5)
+      --nm N:M             N:M sparsity (2:4)
+      --bits B             OBQ weight quantization, 2-8 bits (QDQ output)
+      --act-bits 8         int8 activation Q/DQ
+      --calib PATH         calibration data (.npz, or a directory of .npz/.npy)
+      --allocate dp        per-layer levels under a global budget
+      --include/--exclude  which layers (glob on node names)
+      --report PATH        the full report as JSON
     """
 
 
@@ -210,6 +233,8 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     """List the layers onnx-obc would compress, and why the others are left alone."""
     from .layers import find_layers
     from .modelio import load_model
+    from .preflight import input_initializers, unknown_ops
+    from .report import SKIP_NAME_WIDTH, short_name
 
     try:
         proto = load_model(model)
@@ -217,18 +242,29 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
                                                        exclude=exclude))
     except ObcError as exc:
         raise click.ClickException(str(exc)) from None
-    w = max([12] + [len(L.name) for L in layers] + [len(s.node) for s in skipped])
+    w = max([12] + [len(L.name) for L in layers])
+    w = min(w, SKIP_NAME_WIDTH)  # long (TensorFlow) names keep their head and tail
     click.echo(f"{'layer':<{w}} {'op':<6} {'weight shape':<16} {'W [out,in]':>12} "
                f"{'groups':>6} storage")
     for L in layers:
         G, r, d = L.matrix_shape
-        click.echo(f"{L.name:<{w}} {L.op:<6} {str(list(L.shape)):<16} {f'{G * r}x{d}':>12} "
-                   f"{G:>6} {L.storage}")
+        click.echo(f"{short_name(L.name, w):<{w}} {L.op:<6} {str(list(L.shape)):<16} "
+                   f"{f'{G * r}x{d}':>12} {G:>6} {L.storage}")
     click.echo(f"{len(layers)} compressible layers")
     if skipped:
         click.echo(f"\nleft uncompressed ({len(skipped)}):")
         for s in skipped:
-            click.echo(f"  {s.node} ({s.op}): {s.reason}")
+            click.echo(f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}")
+    notes = input_initializers(proto)
+    bad = unknown_ops(proto)
+    if bad:
+        shown = "; ".join(f"{short_name(n, SKIP_NAME_WIDTH)} ({op}, domain {dom!r})"
+                          for n, op, dom in bad[:8])
+        notes.append(f"onnxruntime does not know {len(bad)} op(s) of this model: {shown}"
+                     f"{' ...' if len(bad) > 8 else ''}; compressing it needs "
+                     "--custom-op-library PATH, the shared library that implements them")
+    for n in notes:
+        click.echo(f"\nWARNING: {n}")
 
 
 def _logging(verbose: bool, debug: bool) -> None:

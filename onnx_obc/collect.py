@@ -11,7 +11,8 @@ import onnx
 from . import calib as calib_mod
 from .actrange import RangeObserver
 from .backend import Backend
-from .capture import activation_bytes, capture, capture_session, plan_groups, providers_for
+from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
+                      providers_for)
 from .hessian import HessianAccumulator, columns
 from .layers import Layer
 
@@ -21,13 +22,16 @@ MB = 1 << 20
 def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
             backend: Backend, memory_mb: int, progress: bool,
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
+            runtime: Runtime | None = None,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
     With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
     the cross moments of the dense model's layer inputs X with these inputs X_hat (same
-    samples): the layer is then fitted to the dense model's output W X."""
+    samples): the layer is then fitted to the dense model's output W X. `runtime`: how
+    sessions are built (providers, custom-op library); default: the backend's providers."""
     budget = memory_mb * MB
+    rt = runtime or providers_for(backend.name)
     accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
             for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}
@@ -45,8 +49,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
-        sess = capture_session(proto, group, providers_for(backend.name)) if group else None
-        ref = capture_session(dense, group, providers_for(backend.name)) if (
+        sess = capture_session(proto, group, rt) if group else None
+        ref = capture_session(dense, group, rt) if (
             group and dense is not None) else None
         ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
         for samples, acts in capture(sess, group, data.batches(batch)):

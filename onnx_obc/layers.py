@@ -101,18 +101,28 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
 
 
 def constant_weights(graph: onnx.GraphProto) -> dict[str, tuple[str, onnx.TensorProto]]:
-    """tensor name -> (storage, TensorProto) for initializers and Constant(value=...)."""
-    inputs = {i.name for i in graph.input}
+    """tensor name -> (storage, TensorProto) for initializers and Constant(value=...).
+    Initializers that are also graph inputs are included (constants before IR 4, defaults
+    a caller may override from IR 4 on: see `overridable`)."""
     found: dict[str, tuple[str, onnx.TensorProto]] = {}
     for init in graph.initializer:
-        if init.name not in inputs:  # an initializer that is also an input can be overridden
-            found[init.name] = ("initializer", init)
+        found[init.name] = ("initializer", init)
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for attr in node.attribute:
                 if attr.name == "value":
                     found[node.output[0]] = ("constant", attr.t)
     return found
+
+
+def overridable(model: onnx.ModelProto) -> set[str]:
+    """Initializers a caller may override by feeding the graph input of the same name: from
+    IR 4 on (before, every weight is listed as an input and is a constant, as onnxruntime
+    treats it)."""
+    if model.ir_version < 4:
+        return set()
+    inits = {t.name for t in model.graph.initializer}
+    return {i.name for i in model.graph.input if i.name in inits}
 
 
 def _conv_use(node: onnx.NodeProto, label: str, wshape: tuple[int, ...]) -> Use:
@@ -164,7 +174,8 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
     """Compressible layers (one per weight) and every skipped Conv/Gemm/MatMul with a reason."""
     select = select or Selection()
     graph = model.graph
-    weights = constant_weights(graph)
+    fed = overridable(model)  # an initializer that is also an input can be overridden
+    weights = {k: v for k, v in constant_weights(graph).items() if k not in fed}
     consumers: dict[str, list[tuple[str, str]]] = {}
     for i, node in enumerate(graph.node):
         for name in node.input:
@@ -258,6 +269,9 @@ def _not_constant_reason(graph: onnx.GraphProto, wname: str) -> str:
     if not wname:
         return "node has no weight input"
     if any(i.name == wname for i in graph.input):
+        if any(t.name == wname for t in graph.initializer):
+            return (f"weight {wname!r} is a graph input, not a constant (its initializer is a "
+                    "default the caller may override; drop it from graph.input to compress it)")
         return f"weight {wname!r} is a graph input, not a constant"
     for node in graph.node:
         if wname in node.output:

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model
 
 from .errors import ModelError
 
 PROTO_LIMIT = 2_000_000_000  # protobuf's 2 GB message limit, with margin
+_READS: dict[Path, tuple[tuple[int, int], tuple[Path, ...]]] = {}  # memo: model -> files read
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model file {str(p)!r} does not exist")
-    try:
-        model = onnx.load(str(p), load_external_data=True)
+    try:  # as onnx.load does, in two steps to note the external data files the model reads
+        model = onnx.load(str(p), load_external_data=False)
+        _remember_reads(p, model)
+        load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
         hint = (" Keep the external data file next to the model."
                 if "external" in str(exc).lower() or ".data" in str(exc) else "")
@@ -29,6 +34,65 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{p} is empty or not an ONNX model (no graph was read)")
     return model
+
+
+def _external_locations(model: onnx.ModelProto, base: Path) -> tuple[Path, ...]:
+    """The external data files the (not yet loaded) model's tensors point to."""
+    found: dict[Path, None] = {}
+    for t in onnx.external_data_helper._get_all_tensors(model):  # what onnx.load reads
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = ExternalDataInfo(t).location
+            if loc:
+                found[(base / loc).resolve()] = None
+    return tuple(found)
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _remember_reads(p: Path, model: onnx.ModelProto) -> None:
+    key = p.resolve()
+    _READS[key] = (_stamp(key), (key, *_external_locations(model, key.parent)))
+    while len(_READS) > 16:
+        del _READS[next(iter(_READS))]
+
+
+def input_files(path: str | os.PathLike) -> tuple[Path, ...]:
+    """The model file and every external data file it reads (resolved paths): the files
+    onnx-obc must never write over. Remembered by load_model; read again (without the
+    external data) only for a model it has not loaded."""
+    key = Path(path).resolve()
+    if not key.is_file():
+        return (key,)
+    hit = _READS.get(key)
+    if hit is None or hit[0] != _stamp(key):
+        try:
+            _remember_reads(key, onnx.load(str(key), load_external_data=False))
+        except Exception:  # not a model: only the file itself is protected
+            return (key,)
+        hit = _READS[key]
+    return hit[1]
+
+
+def _is_one_of(p: Path, files: tuple[Path, ...]) -> bool:
+    if p in files:
+        return True
+    return p.exists() and any(f.exists() and os.path.samefile(p, f) for f in files)
+
+
+def data_file_name(out: str | os.PathLike, inp: str | os.PathLike | None) -> str:
+    """Name of the output's external data file: `OUT.onnx.data`, or `OUT.onnx.obc.data`
+    (`.obc2.data`, ...) when the input model reads a file of that name."""
+    o = Path(out).resolve()
+    for i in range(1, 100):
+        name = o.name + (".data" if i == 1 else ".obc.data" if i == 2 else f".obc{i - 1}.data")
+        p = o.parent / name
+        if inp is None or not p.exists() or not _is_one_of(p, input_files(inp)):
+            return name
+    raise ModelError(f"every external data name for {str(out)!r} is taken by the input model's "
+                     "files; choose another output name")
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
@@ -52,6 +116,9 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None) -> 
         if o == i or (o.exists() and os.path.samefile(o, i)):
             raise ModelError(f"output {str(out)!r} is the input model; choose another output path "
                              "(the input is never overwritten)")
+        if o.exists() and _is_one_of(o, input_files(i)):
+            raise ModelError(f"output {str(out)!r} is an external data file the input model "
+                             "reads; choose another output path (the input is never overwritten)")
     if not o.parent.is_dir():
         raise ModelError(f"output directory {str(o.parent)!r} does not exist; create it first")
     if o.suffix != ".onnx":
@@ -64,24 +131,45 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
     """Write atomically: into a temp dir beside `out`, then rename. Returns written paths."""
     o = check_output_path(out, inp)
     external = needs_external(model) if external is None else external
-    tmp = Path(tempfile.mkdtemp(prefix=".onnx-obc-", dir=o.parent))
+    data_name = data_file_name(o, inp) if external else ""  # never a file the input reads
+    written: list[Path] = []
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".onnx-obc-", dir=o.parent))
+    except OSError as exc:
+        raise ModelError(write_error(o, exc)) from None
     try:
         target = tmp / o.name
-        data_name = o.name + ".data"
         if external:  # save_model moves tensors out of the proto it gets: give it a copy
             onnx.save_model(copy.deepcopy(model), str(target), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name,
                             size_threshold=1024, convert_attribute=True)
         else:
             onnx.save_model(model, str(target))
-        written = [o]
         if external and (tmp / data_name).exists():  # absent when every tensor is tiny
             os.replace(tmp / data_name, o.parent / data_name)
             written.append(o.parent / data_name)
         os.replace(target, o)
-        return written
+        return [o, *written]
+    except BaseException as exc:  # a full disk, or Ctrl-C
+        for p in written:  # a data file without its model is a partial output
+            p.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelError(write_error(o, exc)) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_error(path: Path, exc: OSError) -> str:
+    """What went wrong writing `path`, and what to do about it."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"free space in {str(path.parent)!r} or write the output elsewhere"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "choose an output path in a directory you can write to"
+    else:
+        hint = "check the output directory, or write the output elsewhere"
+    return f"cannot write {str(path)!r} ({why}); {hint}"
 
 
 def serialized_or_path(model: onnx.ModelProto, workdir: Path) -> bytes | str:

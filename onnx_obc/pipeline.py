@@ -25,14 +25,12 @@ from .capture import providers_for, session
 from .collect import collect
 from .config import CompressConfig
 from .correct import correct_outputs
+from . import export
 from .errors import ObcError
 from .layers import Layer, find_layers
 from .levels import Level
 from .modelio import check_output_path, load_model, save_model
-from .actqdq import quantize_activations, residual_add_inputs
-from .qdq import quantize_weights
 from .report import Report, SkippedLayer
-from .rewrite import apply_weights
 from .solve import solve_all, solver_budget
 from . import nonuniform
 from .allocate import allocate, load_profile, save_profile, target_budget
@@ -74,6 +72,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         reasons = "; ".join(f"{s.node}: {s.reason}" for s in skipped[:8]) or "no Conv/Gemm/MatMul"
         raise ObcError(f"no compressible layer in the model ({reasons}). Check --op-types, "
                        "--include/--exclude, or run `onnx-obc inspect` on the model.")
+    from . import preflight  # every check that can be made before any work: see preflight.py
+    report.warnings.extend(preflight.check(
+        proto, layers, model_path=src, output=output, report_path=report_path,
+        external=cfg.run.external_data, bits=bool(cfg.quant.bits or cfg.alloc.budget == "bops"),
+        act_bits=bool(cfg.quant.act_bits), custom_op_library=cfg.run.custom_op_library,
+        calib=calib, calib_limit=cfg.run.calib_samples, sequential=cfg.run.sequential))
     data = _calibration(proto, calib, cfg, report)
     fit, held = data.split(cfg.run.holdout, cfg.run.seed)
     backend = get_backend(cfg.run.device)
@@ -84,8 +88,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     report.calibration.update(samples=fit.n, holdout=0 if held is None else held.n)
     timer["load"] = time.perf_counter() - t
 
-    observe = _act_tensors(proto, layers) if cfg.quant.act_bits else []
-    new, base, qweights, base_q, observers = {}, {}, {}, {}, {}
+    observe = export.act_tensors(proto, layers) if cfg.quant.act_bits else []
+    solutions, observers = {}, {}
     current = proto  # sequential: later groups are calibrated on the compressed model
     level_for = None
     if cfg.run.sequential and cfg.alloc.active:  # levels from the dense model, before any change
@@ -110,45 +114,38 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         if level_for is None and cfg.alloc.active:  # one-shot: chunk = every layer
             level_for = _allocation(proto, chunk, hessians, backend, cfg, report, fit, batch,
                                     progress, observers)
-        n, b, q, bq = solve_all(proto, chunk, hessians, backend, cfg, report, progress,
-                                level_for)
-        new.update(n), base.update(b), qweights.update(q), base_q.update(bq)
-        if cfg.run.sequential:
-            current = apply_weights(current, chunk, n)
+        solved = solve_all(proto, chunk, hessians, backend, prune=cfg.prune, quant=cfg.quant,
+                           solver=cfg.solver, budget_bytes=solver_budget(cfg, backend),
+                           level_for=level_for, alloc_budget=cfg.alloc.budget, progress=progress)
+        report.layers.extend(solved.rows)
+        report.skipped.extend(solved.skipped)
+        report.warnings.extend(solved.warnings)
+        solutions.update(solved.solutions)
+        if cfg.run.sequential:  # float weights (on the grid if quantized), as solved
+            current = export.apply_weights(current, chunk, {
+                k: s.compressed.weight for k, s in solved.solutions.items()})
         timer["solve"] = timer.get("solve", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    out_model = apply_weights(proto, layers, new)  # float weights (on the grid if quantized)
-    uncorrected = None
-    done = [L for L in layers if L.weight in new]  # the layers the solver changed
-    raw_q = qweights  # before the scale correction touches the DQ scales
+    done = [L for L in layers if L.weight in solutions]  # the layers the solver changed
+    fixes = None
     if cfg.correct.active:
-        uncorrected = out_model
-        out_model, why, corr = correct_outputs(proto, out_model, done, fit, batch,
-                                               providers_for(backend.name), cfg.correct.scale)
-        report.warnings.extend(f"correction skipped for {w}" for w in why)
+        corr = correct_outputs(proto, done, solutions, fit, batch, providers_for(backend.name),
+                               cfg.correct.scale)
+        report.warnings.extend(f"correction skipped for {w}" for w in corr.skipped)
         report.correction = corr.summary()
-        qweights = corr.rescale_codes(qweights, done)
-    if qweights:  # integer weights behind DequantizeLinear (QDQ), zeros exact
-        out_model = quantize_weights(out_model, layers, qweights)
-    # with quantized weights (mixed levels included) only the quantized layers get activation
-    # Q/DQ; with pruning alone every compressed layer does
-    act_layers = [L for L in done if not qweights or L.weight in qweights]
-
-    def acts(m: onnx.ModelProto) -> onnx.ModelProto:
-        return _quantize_activations(m, act_layers, observers, cfg) if cfg.quant.act_bits else m
-
-    out_model = acts(out_model)
-    models = {"dense": proto, "compressed": out_model}
-    if uncorrected is not None and cfg.run.compare_baseline:  # deployed the same way
-        if raw_q:
-            uncorrected = quantize_weights(uncorrected, layers, raw_q)
-        models["uncorrected"] = acts(uncorrected)
-    if cfg.run.compare_baseline and cfg.solver.method not in ("magnitude", "rtn"):
-        baseline = apply_weights(proto, layers, base)  # deployed like the compressed model:
-        if base_q:  # integer weights behind DequantizeLinear, same activation Q/DQ
-            baseline = quantize_weights(baseline, layers, base_q)
-        models[baseline_name(cfg)] = acts(baseline)
+        fixes = corr.fixes
+    which = ["compressed"]
+    if cfg.run.compare_baseline:  # deployed the same way as the compressed model
+        which += ["uncorrected"] if fixes is not None else []
+        which += ["baseline"] if cfg.solver.method not in ("magnitude", "rtn") else []
+    act_scales = ({n: o.scale(cfg.quant.act_calibration, cfg.quant.act_percentile)
+                   for n, o in observers.items()} if cfg.quant.act_bits else None)
+    built = export.build_all(proto, layers, solutions, which=which, corrections=fixes,
+                             act_scales=act_scales)
+    out_model = built["compressed"]
+    models = {"dense": proto, **{baseline_name(cfg) if k == "baseline" else k: m
+                                 for k, m in built.items()}}
     sets = {"held-out calibration" if held is not None else "calibration (not held out)":
             held if held is not None else fit}
     if eval_data is not None:
@@ -209,27 +206,6 @@ def _batch_size(proto: onnx.ModelProto, cfg: CompressConfig, n: int, report: Rep
 def _full_batches(data: calib_mod.DataSet, b: int) -> calib_mod.DataSet | None:
     n = data.n - data.n % b
     return data.take(np.arange(n)) if n else None
-
-
-def _act_tensors(proto: onnx.ModelProto, layers: list[Layer]) -> list[str]:
-    """Tensors to quantize: the inputs of the compressed layers, and residual Add inputs."""
-    names = list(dict.fromkeys(u.input for L in layers for u in L.uses))
-    return names + [n for n in residual_add_inputs(proto, names) if n not in names]
-
-
-def _quantize_activations(model: onnx.ModelProto, layers: list[Layer], observers: dict,
-                          cfg: CompressConfig) -> onnx.ModelProto:
-    layer_inputs = list(dict.fromkeys(u.input for L in layers for u in L.uses))
-    consumers = {n: [] for n in layer_inputs}
-    for L in layers:
-        for u in L.uses:
-            consumers[u.input].append(u.node)
-    for n, adds in residual_add_inputs(model, layer_inputs).items():
-        consumers.setdefault(n, []).extend(adds)
-    scales = {n: observers[n].scale(cfg.quant.act_calibration, cfg.quant.act_percentile)
-              for n in consumers if n in observers}
-    return quantize_activations(model, scales, bits=8,
-                                consumers={n: consumers[n] for n in scales})
 
 
 def baseline_name(cfg: CompressConfig) -> str:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import ObcError
 from .verify import Fidelity
+
+NAME_WIDTH = 40  # node names in the layer table (whole in the JSON)
+SKIP_NAME_WIDTH = 72  # node names in the list of skipped layers
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,56 @@ class Report:
         return d
 
     def write_json(self, path: str | os.PathLike) -> None:
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=_jsonable)
-        os.replace(tmp, path)
+        """Write atomically: a temp file beside `path`, then a rename; on any failure the
+        temp file is removed and an existing report at `path` is kept."""
+        path = os.fspath(path)
+        folder, base = os.path.split(os.path.abspath(path))
+        tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "x") as f:
+                json.dump(self.to_dict(), f, indent=2, default=_jsonable)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise ObcError(f"cannot write the report {path!r} ({exc.strerror or exc}); "
+                               + ("free space in its directory or " if exc.errno in (
+                                   errno.ENOSPC, errno.EDQUOT) else "")
+                               + "give --report a path in a writable directory") from None
+            raise
 
     def table(self) -> str:
         return "\n".join(_layer_lines(self) + _profile_lines(self) + _skip_lines(self)
                          + _fidelity_lines(self) + _footer(self))
+
+
+def short_name(name: str, width: int) -> str:
+    """`name` in at most `width` characters: its head and tail, "…" between (whole "/"
+    components where they fit: "StatefulPartitionedCall/model/…/conv2d_3/Conv2D")."""
+    if len(name) <= width:
+        return name
+    parts = name.split("/")
+    head, tail = parts[:1], parts[-1:]
+    if len(parts) > 2 and len(head[0]) + len(tail[0]) + 3 <= width:
+        i, j = 1, len(parts) - 2  # next head component, next tail component
+        while i <= j:
+            grew = False
+            for side in ("tail", "head"):
+                if i > j:
+                    break
+                h, t = (head, [parts[j], *tail]) if side == "tail" else ([*head, parts[i]], tail)
+                if len("/".join(h)) + len("/".join(t)) + 3 <= width and (i < j or side == "head"):
+                    head, tail = h, t
+                    i, j = (i, j - 1) if side == "tail" else (i + 1, j)
+                    grew = True
+            if not grew:
+                break
+        return "/".join(head) + "/…/" + "/".join(tail)
+    keep = width - 1
+    return name[: (keep + 1) // 2] + "…" + name[len(name) - keep // 2:]
 
 
 def _jsonable(x: Any) -> Any:
@@ -93,14 +141,14 @@ def _jsonable(x: Any) -> Any:
 def _layer_lines(r: Report) -> list[str]:
     if not r.layers:
         return ["no layer was compressed"]
-    w = max(12, min(40, max(len(x.name) for x in r.layers)))
+    w = max(12, min(NAME_WIDTH, max(len(x.name) for x in r.layers)))
     base = "baseline" if any(x.bits for x in r.layers) else "magnitude"
     head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'bits':>6} "
             f"{'loss':>10} {base:>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'work':>5} "
             f"{'sec':>6}")
     lines = [head, "-" * len(head)]
     for x in r.layers:
-        name = x.name if len(x.name) <= w else x.name[: w - 1] + "…"
+        name = short_name(x.name, w)
         rows, cols = x.rows, x.cols
         damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
         work = f"{x.work:.0%}" if x.target else "-"
@@ -134,7 +182,8 @@ def _profile_lines(r: Report) -> list[str]:
     if not p:
         return []
     lines = ["", "non-uniform profile: " + ", ".join(
-        f"{k} {v}" if isinstance(v, str) else f"{k} {v:.3f}" for k, v in p["choice"].items())]
+        f"{short_name(k, NAME_WIDTH)} {v}" if isinstance(v, str)
+        else f"{short_name(k, NAME_WIDTH)} {v:.3f}" for k, v in p["choice"].items())]
     if "cost" in p:
         lines.append(f"  {p['budget']} kept {p['cost']:.4g} of {p['dense_cost']:.4g} "
                      f"({p['cost'] / p['dense_cost']:.1%}, {p['dense_cost'] / p['cost']:.3g}x "
@@ -146,7 +195,7 @@ def _skip_lines(r: Report) -> list[str]:
     if not r.skipped:
         return []
     lines = ["", f"left uncompressed ({len(r.skipped)}):"]
-    lines += [f"  {s.name} ({s.op}): {s.reason}" for s in r.skipped]
+    lines += [f"  {short_name(s.name, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}" for s in r.skipped]
     return lines
 
 

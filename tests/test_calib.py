@@ -383,3 +383,46 @@ def test_synthesize_refuses_symbolic_non_batch_dims():
     with pytest.raises(CalibrationError, match=re.escape("axis 1 is symbolic ('T')")) as exc:
         synthesize(b.symbolic_feature(), 4, 0)
     assert "--calib" in str(exc.value)
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def test_nan_or_inf_names_the_input_and_the_samples():
+    arrays = good(30)
+    arrays["b"][[4, 17], 1] = [np.nan, -np.inf]
+    msg = bad([arrays])
+    assert "input 'b' contains NaN or inf in sample(s) 4, 17 (2 of 30, counting from 0)" in msg
+    arrays["b"][:] = np.nan
+    assert "sample(s) 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... (30 of 30" in bad([arrays])
+
+
+@pytest.mark.parametrize("content", [b"1.0 2.0 3.0\n", b"a,b\n1,2\n", b""])
+def test_a_text_file_is_not_an_npz_and_the_formats_are_named(tmp_path, content):
+    p = tmp_path / "calib.txt"
+    p.write_bytes(content)
+    msg = bad(p)
+    assert "not an .npz/.npy file" in msg and "numpy.savez" in msg and ".npy" in msg
+    assert "pickle" not in msg
+
+
+def test_count_samples_reads_headers_only(tmp_path):
+    from onnx_obc.calib import count_samples
+
+    np.savez(tmp_path / "c.npz", **good(7), labels=np.zeros(7))
+    assert count_samples(tmp_path / "c.npz", MODEL) == 7
+    assert count_samples(str(tmp_path / "c.npz"), MODEL, limit=3) == 3
+    model = b.matmul(6, 5)
+    np.save(tmp_path / "x.npy", b.feeds(model, 5)["x"])
+    assert count_samples(tmp_path / "x.npy", model) == 5
+    one, kept = tmp_path / "one", tmp_path / "kept"
+    one.mkdir(), kept.mkdir()
+    arrays = good(8)
+    for i in range(4):
+        np.savez(one / f"s{i}.npz", **{k: v[i] for k, v in arrays.items()})
+        np.savez(kept / f"s{i}.npz", **{k: v[2 * i:2 * i + 2] for k, v in arrays.items()})
+    assert count_samples(one, MODEL) == 4
+    assert count_samples(kept, MODEL) == 8  # files that keep a batch axis of 2
+    assert count_samples([arrays], MODEL) is None  # an iterable is not consumed
+    (tmp_path / "t.npz").write_text("text")
+    assert count_samples(tmp_path / "t.npz", MODEL) is None  # load_data says why

@@ -193,3 +193,94 @@ def test_bops_budget_from_the_command_line(saved, tmp_path):
     bad = invoke(model, out, "--allocate", "dp", "--budget", "bops", "--target", "8",
                  "--level-nm", "2-4", "--calib", data, "-q")
     assert bad.exit_code == 2 and "is not N:M" in bad.output
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def test_ctrl_c_prints_interrupted_and_exits_130(mlp_files, tmp_path, monkeypatch):
+    import onnx_obc.pipeline
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_obc.pipeline, "convert", interrupted)
+    model, data = mlp_files
+    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--calib", data, "-q")
+    assert res.exit_code == 130
+    assert "interrupted" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_group_help_points_to_the_compression_options():
+    res = invoke("--help")
+    assert res.exit_code == 0
+    assert "onnx-obc compress --help" in res.output
+    for flag in ("--sparsity", "--bits", "--calib", "--nm"):
+        assert flag in res.output
+
+
+def test_external_data_named_like_the_output_is_kept(tmp_path, saved):
+    """`onnx-obc a.onnx b.onnx --external-data` where a.onnx keeps its weights in b.onnx.data"""
+    import copy
+
+    model = b.mlp((32, 32, 8))
+    _, data = saved(model)
+    a = tmp_path / "a.onnx"
+    onnx.save_model(copy.deepcopy(model), str(a), save_as_external_data=True,
+                    location="b.onnx.data", size_threshold=0)
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    res = invoke(a, tmp_path / "b.onnx", "--sparsity", "0.5", "--calib", data, "-q",
+                 "--external-data")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
+    assert "b.onnx.obc.data" in res.output
+    onnx.checker.check_model(onnx.load(str(a)))  # the input still loads, weights and all
+
+
+def test_unwritable_output_exits_1_without_a_traceback(mlp_files):
+    model, data = mlp_files
+    res = invoke(model, "/proc/out.onnx", "--sparsity", "0.5", "--calib", data, "-q")
+    assert res.exit_code == 1
+    assert "cannot write the output model in '/proc'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_text_calibration_file_exits_1_naming_the_formats(mlp_files, tmp_path):
+    model, _ = mlp_files
+    txt = tmp_path / "calib.txt"
+    txt.write_text("0.1 0.2\n")
+    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--calib", txt, "-q")
+    assert res.exit_code == 1
+    assert "not an .npz/.npy file" in res.output and "Traceback" not in res.output
+
+
+def test_inspect_warns_about_custom_ops_and_shortens_long_names(tmp_path):
+    from onnx import helper
+
+    long = "StatefulPartitionedCall/model/" + "/".join(f"dense_{i}" for i in range(80)) + \
+        "/MatMul"
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name=long),
+             helper.make_node("Foo", ["h"], ["y"], name="foo", domain="my.custom")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [b.vi("x", [b.BATCH, 6])], [b.vi("y", [b.BATCH, 5])],
+                          [b.weight("W", (6, 5), 0)]),
+        opset_imports=[helper.make_opsetid("", b.OPSET), helper.make_opsetid("my.custom", 1)])
+    model.ir_version = b.IR_VERSION
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    res = invoke("inspect", tmp_path / "m.onnx")
+    assert res.exit_code == 0, res.output
+    assert "WARNING: onnxruntime does not know 1 op(s)" in res.output
+    assert "foo (Foo, domain 'my.custom')" in res.output and "--custom-op-library" in res.output
+    assert long not in res.output
+    assert "StatefulPartitionedCall/model/dense_0/" in res.output
+    assert "/…/dense_78/dense_79/MatMul" in res.output
+    assert max(len(line) for line in res.output.splitlines() if "WARNING" not in line) < 150
+
+
+def test_a_missing_custom_op_library_is_refused(mlp_files, tmp_path):
+    model, data = mlp_files
+    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--calib", data, "-q",
+                 "--custom-op-library", tmp_path / "missing.so")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    assert not (tmp_path / "out.onnx").exists()
