@@ -29,7 +29,7 @@ import onnx  # noqa: E402
 from onnx_obc import convert  # noqa: E402
 from onnx_obc.config import CompressConfig  # noqa: E402
 from onnx_obc.layers import find_layers  # noqa: E402
-from onnx_obc.nonuniform import positions_per_sample  # noqa: E402
+from onnx_obc.allocation import positions_per_sample  # noqa: E402
 
 RUNS = [  # (label, options)
     ("2:4", dict(nm=(2, 4))),

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
+from .errors import ModelError
 from .specs import Selection
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -113,6 +114,12 @@ def constant_weights(graph: onnx.GraphProto) -> dict[str, tuple[str, onnx.Tensor
                 if attr.name == "value":
                     found[node.output[0]] = ("constant", attr.t)
     return found
+
+
+def weight_matrix(weights: dict[str, tuple[str, onnx.TensorProto]], L: Layer) -> np.ndarray:
+    """L's weight as W [G, r, d] float32 on the host; `weights` is constant_weights(graph)
+    (built once per model, then one call per layer)."""
+    return L.to_matrix(numpy_helper.to_array(weights[L.weight][1])).astype(np.float32)
 
 
 def overridable(model: onnx.ModelProto) -> set[str]:
@@ -241,6 +248,17 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
             op=cand.uses[0].op, layout=layout.split("/")[0], uses=tuple(cand.uses),
             groups=groups,
         ))
+    return layers, skipped
+
+
+def select_layers(model: onnx.ModelProto, select: Selection | None = None
+                  ) -> tuple[list[Layer], list[Skipped]]:
+    """find_layers, refusing a model with nothing to compress (the reasons named)."""
+    layers, skipped = find_layers(model, select)
+    if not layers:
+        reasons = "; ".join(f"{s.node}: {s.reason}" for s in skipped[:8]) or "no Conv/Gemm/MatMul"
+        raise ModelError(f"no compressible layer in the model ({reasons}). Check select.op_types"
+                         ", select.include / select.exclude, or run `onnx-obc inspect` on it.")
     return layers, skipped
 
 

@@ -36,6 +36,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def open_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None
+               ) -> tuple[str | None, onnx.ModelProto]:
+    """(the input's path or None, the model), the output path checked first: never the input
+    model or a file it reads, in an existing directory, ending in .onnx."""
+    src = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    if output is not None:
+        check_output_path(output, src)
+    return src, model if src is None else load_model(src)
+
+
 def _external_locations(model: onnx.ModelProto, base: Path) -> tuple[Path, ...]:
     """The external data files the (not yet loaded) model's tensors point to."""
     found: dict[Path, None] = {}

@@ -20,22 +20,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import calib as calib_mod
 from . import modelio
 from .errors import ModelError, ObcError
 from .layers import Layer, constant_weights, node_label
 
 log = logging.getLogger(__name__)
-FEW_SAMPLES = 8  # fewer calibration samples than this get a warning
-ADVISED_SAMPLES = 128
 MARGIN = 1 << 20  # graph and headers, on top of the weights
 
 
 def check(proto: onnx.ModelProto, layers: list[Layer], *, model_path: str | None,
           output: str | os.PathLike | None, report_path: str | os.PathLike | None = None,
           external: bool | None = None, bits: bool = False, act_bits: bool = False,
-          custom_op_library: str | None = None, calib: Any = None,
-          calib_limit: int | None = None, sequential: bool = False,
+          custom_op_library: str | None = None, calib: Any = None, sequential: bool = False,
           memory_limit: int | None = None) -> list[str]:
     """Every up-front check; returns the warnings (logged too). bits / act_bits: weights /
     activations will be QDQ; memory_limit: bytes (None: what is available now)."""
@@ -56,7 +52,6 @@ def check(proto: onnx.ModelProto, layers: list[Layer], *, model_path: str | None
     check_memory(layers, available_memory() if memory_limit is None else memory_limit,
                  sequential)
     notes += input_initializers(proto)
-    notes += few_samples(calib_mod.count_samples(calib, proto, calib_limit))
     for n in notes:
         log.warning(n)
     return notes
@@ -288,12 +283,3 @@ def input_initializers(proto: onnx.ModelProto) -> list[str]:
     return [f"{len(shared)} graph input(s) also have initializers (IR version "
             f"{proto.ir_version}: before IR 4 every weight is listed as an input); they are "
             "treated as constants, as onnxruntime does, and need no calibration data"]
-
-
-def few_samples(n: int | None) -> list[str]:
-    if n is None or n >= FEW_SAMPLES:
-        return []
-    return [f"only {n} calibration sample(s): the Hessians rest on very little data and the "
-            f"result may not hold on other inputs; {ADVISED_SAMPLES} or more samples are "
-            "advisable (OBC used 1024)"]
-

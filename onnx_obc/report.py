@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ObcError
+from .layers import Skipped
 from .verify import Fidelity
 
 NAME_WIDTH = 40  # node names in the layer table (whole in the JSON)
@@ -48,14 +49,6 @@ class LayerResult:
         return 1.0 if self.loss == 0 else math.inf
 
 
-@dataclass(frozen=True)
-class SkippedLayer:
-    name: str
-    op: str
-    reason: str
-    weight: str | None = None
-
-
 @dataclass
 class Report:
     model: str
@@ -64,13 +57,14 @@ class Report:
     device: str
     calibration: dict[str, Any]
     layers: list[LayerResult] = field(default_factory=list)
-    skipped: list[SkippedLayer] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     fidelity: dict[str, dict[str, Fidelity]] = field(default_factory=dict)  # set -> model -> F
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     correction: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)  # non-uniform levels per layer
+    fusion: dict[str, Any] = field(default_factory=dict)  # export.fusion.Fusion.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,7 +97,7 @@ class Report:
 
     def table(self) -> str:
         return "\n".join(_layer_lines(self) + _profile_lines(self) + _skip_lines(self)
-                         + _fidelity_lines(self) + _footer(self))
+                         + _fidelity_lines(self) + _fusion_lines(self) + _footer(self))
 
 
 def short_name(name: str, width: int) -> str:
@@ -195,12 +189,27 @@ def _skip_lines(r: Report) -> list[str]:
     if not r.skipped:
         return []
     lines = ["", f"left uncompressed ({len(r.skipped)}):"]
-    lines += [f"  {short_name(s.name, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}" for s in r.skipped]
+    lines += [f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}" for s in r.skipped]
     return lines
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _fusion_lines(r: Report) -> list[str]:
+    """The fusion check: how many quantized layers onnxruntime runs on integer kernels, and
+    why the others are not."""
+    f = r.fusion
+    if not f or not f.get("layers"):
+        return []
+    if f.get("error"):
+        return ["", f"onnxruntime fusion check not run: {f['error']}"]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.get("kernels", {}).items()))
+    lines = ["", f"onnxruntime CPU (ORT_ENABLE_ALL): {f['integer']} of {f['layers']} quantized "
+                 f"layers run on integer kernels" + (f" ({kinds})" if kinds else "")]
+    lines += [f"  {u['why']}" for u in f.get("unfused", [])]
+    return lines
 
 
 def _fidelity_lines(r: Report) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -16,25 +16,29 @@ from onnx import numpy_helper
 from tqdm.auto import tqdm
 
 from .backend import Backend
-from .config import CompressConfig
 from .export.qweights import group_size_for
 from .hessian import HessianAccumulator
 from .layers import Layer, constant_weights
-from .levels import Level
 from .quant import Grid, QuantSpec
-from .report import LayerResult, SkippedLayer
-from .specs import Pruning, Quantization, SolverOptions
+from .layers import Skipped
+from .report import LayerResult
+from .specs import Pruning, Quantization, RunOptions, SolverOptions
 from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups, solve_layer
 from .solvers.prepare import fit_to_reference
+
+if TYPE_CHECKING:  # annotations only: the allocation package imports this module
+    from .allocation import Level
 
 MB = 1 << 20
 
 
-def solver_budget(cfg: CompressConfig, backend: Backend) -> int:
-    if cfg.run.solver_memory_mb is not None:
-        return cfg.run.solver_memory_mb * MB
+def solver_budget(run: RunOptions, backend: Backend) -> int:
+    """Bytes for the solver's row batches: run.solver_memory_mb, else 60% of the free GPU
+    memory on CuPy, else run.memory_budget_mb."""
+    if run.solver_memory_mb is not None:
+        return run.solver_memory_mb * MB
     free = backend.free_bytes()
-    return int(0.6 * free) if free else cfg.run.memory_budget_mb * MB
+    return int(0.6 * free) if free else run.memory_budget_mb * MB
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Solved:
 
     solutions: dict[str, HostSolution] = field(default_factory=dict)  # weight -> solution
     rows: list[LayerResult] = field(default_factory=list)
-    skipped: list[SkippedLayer] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -92,7 +96,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         t = time.perf_counter()
         lv = None if level_for is None else level_for[L.weight]
         if lv is not None and lv.is_dense and cfg.quant.bits is None:
-            out.skipped.append(SkippedLayer(L.name, L.op, (
+            out.skipped.append(Skipped(L.name, L.op, (
                 f"kept dense (fp32) by the non-uniform allocation (--budget {alloc_budget})"),
                 L.weight))
             hessians.pop(L.weight)
@@ -104,7 +108,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         st = structure_for(L, cfg, nm=nm, sparsity=target)
         if (nm or cfg.prune.block) and st is None:
             m = nm[1] if nm else cfg.prune.block
-            out.skipped.append(SkippedLayer(L.name, L.op, (
+            out.skipped.append(Skipped(L.name, L.op, (
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
                 continue

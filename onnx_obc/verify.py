@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from .calib import DataSet
+from .calib import CalibrationSource
+from .capture import Runtime, session
 
 
 @dataclass
@@ -33,7 +35,7 @@ def _is_logits(y: np.ndarray) -> bool:
     return y.ndim >= 2 and y.shape[-1] > 1
 
 
-def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_size: int,
+def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource, batch_size: int,
              reference: str = "dense") -> dict[str, Fidelity]:
     """Fidelity of every session on `data`, relative to sessions[reference]."""
     out_names = [o.name for o in sessions[reference].get_outputs()]
@@ -71,3 +73,11 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: DataSet, batch_siz
             else None,
         )
     return result
+
+
+def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
+            batch_size: int, runtime: Runtime) -> dict[str, dict[str, Fidelity]]:
+    """Fidelity of every model on every data set, each model run as onnxruntime deploys it
+    (graph optimizations on), relative to models["dense"]."""
+    sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
+    return {name: evaluate(sessions, ds, batch_size) for name, ds in sets.items()}

@@ -128,7 +128,7 @@ def test_correct_outputs_returns_per_node_factors_that_the_exporter_folds():
     model = mixed()
     layers, _ = find_layers(model)
     sols = solutions(model, layers)
-    data = calib_mod.load_data([b.feeds(model, 64)], model)
+    data = calib_mod.DataSet(b.feeds(model, 64), "feeds")
     corr = correct_outputs(model, layers, sols, data, 32, ["CPUExecutionProvider"])
     assert list(corr.fixes) == ["conv1", "conv2", "gemm", "mm"]  # topological levels
     assert [f.shift.shape for f in corr.fixes.values()] == [(3,), (4,), (6,), (5,)]

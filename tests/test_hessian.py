@@ -242,9 +242,9 @@ def test_mean_without_samples_raises():
 
 def _pipeline_hessians(model: onnx.ModelProto, n: int, batch: int, **cfg):
     layers, _ = find_layers(model)
-    data = calib.load_data([b.feeds(model, n, seed=3)], model)
-    accs, _ = collect(model, layers, data, batch, get_backend("cpu"), CFG.replace(**cfg).run.memory_budget_mb,
-                     progress=False)
+    data = calib.DataSet(b.feeds(model, n, seed=3), "feeds")  # arrays in memory
+    accs, _ = collect(model, layers, data, batch, get_backend("cpu"),
+                      CFG.replace(**cfg).run.memory_budget_mb, progress=False)
     return layers, data, accs
 
 

@@ -13,6 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 import onnx_obc.collect as collect_mod
+import onnx_obc.modelio as modelio
 import onnx_obc.pipeline as pipeline
 from onnx_obc import convert
 from onnx_obc.layers import constant_weights
@@ -43,7 +44,7 @@ def test_shipped_model_at_half_sparsity(name, tmp_path):
     assert ev["dense"].accuracy - ev["magnitude"].accuracy >= 0.02  # the model is sensitive
     # the written file is the reported model, and runs in onnxruntime
     data = np.load(MODELS / f"{name}.eval.npz")
-    logits = _run(pipeline.load_model(out), {"input": data["input"]})[0]
+    logits = _run(modelio.load_model(out), {"input": data["input"]})[0]
     assert (logits.argmax(1) == data["labels"]).mean() == pytest.approx(
         ev["compressed"].accuracy)
 
@@ -83,7 +84,7 @@ def test_shared_weight_is_compressed_once_with_the_merged_hessian():
 
 def test_grouped_capture_gives_the_same_result(monkeypatch):
     """A memory budget too small for one pass captures layer by layer; nothing changes."""
-    model = pipeline.load_model(MODELS / "digits_vit.onnx")
+    model = modelio.load_model(MODELS / "digits_vit.onnx")
     feed = {"input": np.load(MODELS / "digits_vit.calib.npz")["input"][:48]}
     kw = dict(sparsity=0.5, calib=[feed], progress=False, device="cpu", holdout=0.0)
     one = convert(model, None, **kw)
@@ -169,7 +170,7 @@ def test_top1_agreement_for_sequence_outputs():
 def test_activation_sizes_are_inferred_without_weights():
     from onnx_obc.capture import activation_bytes, capture, capture_session
 
-    model = pipeline.load_model(MODELS / "digits_vit.onnx")
+    model = modelio.load_model(MODELS / "digits_vit.onnx")
     feed = {"input": np.load(MODELS / "digits_vit.calib.npz")["input"][:7]}
     names = [n.input[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
     sizes = activation_bytes(model, names, feed)

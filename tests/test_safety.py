@@ -24,7 +24,8 @@ from onnx_obc import convert, modelio, preflight
 from onnx_obc.capture import Runtime, providers_for, session
 from onnx_obc.errors import CalibrationError, ModelError, ObcError
 from onnx_obc.layers import find_layers
-from onnx_obc.report import Report, LayerResult, SkippedLayer, short_name
+from onnx_obc.layers import Skipped
+from onnx_obc.report import Report, LayerResult, short_name
 
 from . import builders as b
 
@@ -195,7 +196,7 @@ def tiny_report(name: str = "fc1") -> Report:
                         magnitude_loss=2.0, dead_inputs=0, damp=0.01, damp_failed=(),
                         seconds=0.1)
     return Report(model="m.onnx", output="o.onnx", config={}, device="cpu", calibration={},
-                  layers=[layer], skipped=[SkippedLayer(name + "_skip", "MatMul", "why")])
+                  layers=[layer], skipped=[Skipped(name + "_skip", "MatMul", "why")])
 
 
 def test_write_json_failure_keeps_the_old_report_and_leaves_no_temp(tmp_path, monkeypatch):
@@ -447,4 +448,4 @@ def test_tables_shorten_long_names_and_json_keeps_them(tmp_path):
     assert max(len(line) for line in table.splitlines()) < 200
     r.write_json(tmp_path / "r.json")
     d = json.loads((tmp_path / "r.json").read_text())
-    assert d["layers"][0]["name"] == TF_NAME and d["skipped"][0]["name"] == TF_NAME + "_skip"
+    assert d["layers"][0]["name"] == TF_NAME and d["skipped"][0]["node"] == TF_NAME + "_skip"

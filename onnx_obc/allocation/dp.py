@@ -30,22 +30,17 @@ exact total cost <= budget, (2) its error is <= that of every choice with exact 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .levels import Level
+from ..errors import ConfigError
 
 KINDS = ("sparsity", "flops", "params", "bops")
 LevelValue = float | str  # a sparsity, or a level label (levels.py) such as "2:4+w4"
-_RESERVED = ("version", "choice", "cost", "error", "budget")
 
 
 @dataclass(frozen=True)
@@ -245,49 +240,3 @@ def normalized_errors(losses: Sequence[float], reference: float) -> tuple[float,
             raise ConfigError(f"reference is 0 but losses are not {vals}: cannot normalise")
         return tuple(0.0 for _ in vals)
     return tuple(x / reference for x in vals)
-
-
-def save_profile(path: str | os.PathLike, allocation: Allocation,
-                 extra: dict[str, Any] | None = None) -> None:
-    """Write `{"version": 1, "choice", "cost", "error", "budget", **extra}` atomically."""
-    extra = dict(extra or {})
-    clash = sorted(set(extra) & set(_RESERVED))
-    if clash:
-        raise ConfigError(f"save_profile: extra keys {clash} are reserved")
-    doc = {"version": 1, "choice": dict(allocation.choice), "cost": allocation.cost,
-           "error": allocation.error, "budget": allocation.budget, **extra}
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def load_profile(path: str | os.PathLike) -> dict[str, Level]:
-    """Read a profile written by `save_profile`; returns layer name -> level."""
-    where = f"profile {os.fspath(path)}"
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{where}: cannot read JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(doc).__name__}")
-    if doc.get("version") != 1:
-        raise ConfigError(f"{where}: 'version' must be 1, got {doc.get('version')!r}")
-    for key in ("cost", "error", "budget"):
-        if not _is_num(doc.get(key)):
-            raise ConfigError(f"{where}: '{key}' must be a finite number, got {doc.get(key)!r}")
-    choice = doc.get("choice")
-    if not isinstance(choice, dict) or not choice:
-        raise ConfigError(f"{where}: 'choice' must be a non-empty object layer -> level")
-    out = {}
-    for name, level in choice.items():
-        try:
-            out[name] = Level.parse(level)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: choice[{name!r}]: {e}") from None
-    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from onnx_obc.errors import ConfigError
-from onnx_obc.levels import Level, mixed_levels
+from onnx_obc.allocation import Level, mixed_levels
 
 
 @pytest.mark.parametrize("text, level", [

@@ -12,10 +12,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import onnx_obc.allocate as allocate_mod
-from onnx_obc.levels import Level
-from onnx_obc.allocate import (LevelTable, allocate, load_profile, normalized_errors,
-                               save_profile, target_budget)
+import onnx_obc.allocation.dp as allocate_mod
+from onnx_obc.allocation import (Level, LevelTable, allocate, load_profile, normalized_errors,
+                                 save_profile, target_budget)
 from onnx_obc.errors import ConfigError
 
 

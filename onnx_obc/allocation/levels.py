@@ -29,7 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _LABEL = re.compile(r"^(?:(?P<nm>\d+:\d+)|(?P<s>0(?:\.\d+)?|\.\d+))?(?:\+?w(?P<b>\d+))?$")
 

@@ -9,10 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from onnx_obc.calib import DataSet, input_specs, load_data, synthesize
+from onnx_obc.calib import DataSet, StreamSource, input_specs, load_data, synthesize
+from onnx_obc.calib.plan import held_out_count
 from onnx_obc.errors import CalibrationError
 
-from . import builders as b
+from .. import builders as b
 
 MODEL = b.two_inputs()  # a [N, 4] f32, b [N, 3] f32, ids [N, 2] int64
 
@@ -98,12 +99,18 @@ def test_single_npy_file_for_a_single_input_model(tmp_path):
     np.testing.assert_array_equal(load_data(tmp_path / "x.npy", model).arrays["x"], x)
 
 
-def test_iterable_of_feed_dicts_is_concatenated_in_order():
+def _all(source) -> dict[str, np.ndarray]:
+    """Every sample of one pass over `source`, concatenated."""
+    feeds = [f for _, f in source.batches(5)]
+    return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+
+
+def test_iterable_of_feed_dicts_is_streamed_in_order():
     parts = [good(2, seed=s) for s in range(3)]
     ds = load_data(parts, MODEL)
-    assert ds.n == 6
+    assert isinstance(ds, StreamSource) and ds.n == 6
     for k in parts[0]:
-        np.testing.assert_array_equal(ds.arrays[k], np.concatenate([p[k] for p in parts]))
+        np.testing.assert_array_equal(_all(ds)[k], np.concatenate([p[k] for p in parts]))
     assert ds.source == "list"
 
 
@@ -303,12 +310,15 @@ def test_iterable_items_with_different_keys():
     first, second = good(2), good(2)
     del second["ids"]
     msg = bad([first, second])
+    assert "item starting at sample 2" in msg and "missing ['ids']" in msg
+    msg = bad(iter([first, second]))  # a one-shot iterator is read into memory first
     assert "item 1 has keys ['a', 'b']" in msg
 
 
 @pytest.mark.parametrize("source", [[], [1, 2], ["a"]])
 def test_iterable_without_dicts(source):
-    assert "must yield at least one dict" in bad(source)
+    assert re.search("yielded no samples|not a feed dict", bad(source))
+    assert "must yield at least one dict" in bad(iter(source))
 
 
 def test_object_that_is_not_a_source():
@@ -319,6 +329,74 @@ def test_object_that_is_not_a_source():
 # --------------------------------------------------------------------------- split
 
 
+class CountingIterable:
+    """A re-iterable that counts its passes and never holds more than one item out."""
+
+    def __init__(self, parts):
+        self.parts, self.passes = parts, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(list(self.parts))
+
+
+def test_a_reiterable_is_read_one_item_at_a_time_and_never_materialised():
+    parts = [good(3, seed=s) for s in range(4)]
+    src = CountingIterable(parts)
+    ds = load_data(src, MODEL)
+    assert src.passes == 1 and ds.n == 12  # one checking / counting pass
+    got = list(ds.batches(5))  # re-batched across the items' boundaries
+    assert [k for k, _ in got] == [5, 5, 2] and src.passes == 2
+    np.testing.assert_array_equal(np.concatenate([f["a"] for _, f in got]),
+                                  np.concatenate([p["a"] for p in parts]))
+
+
+def test_stream_split_is_taken_by_count_from_the_start():
+    parts = [good(3, seed=s) for s in range(4)]
+    fit, held = load_data(parts, MODEL).split(4, seed=0)
+    allx = np.concatenate([p["a"] for p in parts])
+    assert (fit.n, held.n) == (8, 4)
+    np.testing.assert_array_equal(_all(held)["a"], allx[:4])
+    np.testing.assert_array_equal(_all(fit)["a"], allx[4:])
+    np.testing.assert_array_equal(_all(fit.head(3))["a"], allx[4:7])
+
+
+def test_stream_limit_and_a_bad_item_named_by_its_first_sample():
+    parts = [good(3, seed=s) for s in range(3)]
+    assert load_data(parts, MODEL, limit=4).n == 4
+    bad = parts[:2] + [{"a": parts[0]["a"]}]
+    with pytest.raises(CalibrationError, match="item starting at sample 6"):
+        load_data(bad, MODEL)
+
+
+class Rewindable:
+    """A CalibrationDataReader-style reader with rewind(): streamed, not materialised."""
+
+    def __init__(self, parts):
+        self.parts, self.i = parts, 0
+
+    def get_next(self):
+        self.i += 1
+        return self.parts[self.i - 1] if self.i <= len(self.parts) else None
+
+    def rewind(self):
+        self.i = 0
+
+
+def test_a_reader_with_rewind_is_streamed():
+    parts = [good(2, seed=s) for s in range(3)]
+    ds = load_data(Rewindable(parts), MODEL)
+    assert isinstance(ds, StreamSource) and ds.n == 6
+    np.testing.assert_array_equal(_all(ds)["b"], np.concatenate([p["b"] for p in parts]))
+    np.testing.assert_array_equal(_all(ds)["b"], np.concatenate([p["b"] for p in parts]))
+
+
+def test_held_out_count():
+    assert held_out_count(20, 0.25) == 5
+    assert held_out_count(3, 0.0) == 0 and held_out_count(3, 0.1) == 0  # round(0.3) = 0
+    assert held_out_count(1000, 0.5) == 256 and held_out_count(1, 0.9) == 0
+
+
 def _ds(n: int) -> DataSet:
     arrays = good(n)
     return DataSet(arrays, "t", labels=np.arange(n))
@@ -326,31 +404,17 @@ def _ds(n: int) -> DataSet:
 
 def test_split_is_disjoint_complete_and_deterministic():
     ds = _ds(20)
-    fit, held = ds.split(0.25, seed=7)
+    fit, held = ds.split(5, seed=7)
     assert (fit.n, held.n) == (15, 5)
     fit_ids, held_ids = set(fit.labels.tolist()), set(held.labels.tolist())
     assert not fit_ids & held_ids and fit_ids | held_ids == set(range(20))
     # samples travel with their labels
     np.testing.assert_array_equal(held.arrays["a"], ds.arrays["a"][held.labels])
-    fit2, held2 = ds.split(0.25, seed=7)
+    fit2, held2 = ds.split(5, seed=7)
     np.testing.assert_array_equal(held2.labels, held.labels)
     np.testing.assert_array_equal(fit2.arrays["b"], fit.arrays["b"])
-    others = [tuple(ds.split(0.25, seed=s)[1].labels) for s in range(8, 12)]
+    others = [tuple(ds.split(5, seed=s)[1].labels) for s in range(8, 12)]
     assert any(o != tuple(held.labels) for o in others)  # the seed matters
-
-
-def test_split_with_too_few_samples_or_zero_fraction_holds_nothing_out():
-    ds = _ds(3)
-    assert ds.split(0.0, 0) == (ds, None)
-    assert ds.split(0.1, 0) == (ds, None)  # round(0.3) = 0
-    fit, held = ds.split(0.5, 0)
-    assert fit.n + held.n == 3 and held.n >= 1
-
-
-def test_split_holds_out_at_most_256():
-    arrays = {"x": np.zeros((1000, 2), np.float32)}
-    fit, held = DataSet(arrays, "t").split(0.5, 0)
-    assert (fit.n, held.n) == (744, 256)
 
 
 def test_batches_cover_all_samples_in_order():
@@ -404,25 +468,3 @@ def test_a_text_file_is_not_an_npz_and_the_formats_are_named(tmp_path, content):
     msg = bad(p)
     assert "not an .npz/.npy file" in msg and "numpy.savez" in msg and ".npy" in msg
     assert "pickle" not in msg
-
-
-def test_count_samples_reads_headers_only(tmp_path):
-    from onnx_obc.calib import count_samples
-
-    np.savez(tmp_path / "c.npz", **good(7), labels=np.zeros(7))
-    assert count_samples(tmp_path / "c.npz", MODEL) == 7
-    assert count_samples(str(tmp_path / "c.npz"), MODEL, limit=3) == 3
-    model = b.matmul(6, 5)
-    np.save(tmp_path / "x.npy", b.feeds(model, 5)["x"])
-    assert count_samples(tmp_path / "x.npy", model) == 5
-    one, kept = tmp_path / "one", tmp_path / "kept"
-    one.mkdir(), kept.mkdir()
-    arrays = good(8)
-    for i in range(4):
-        np.savez(one / f"s{i}.npz", **{k: v[i] for k, v in arrays.items()})
-        np.savez(kept / f"s{i}.npz", **{k: v[2 * i:2 * i + 2] for k, v in arrays.items()})
-    assert count_samples(one, MODEL) == 4
-    assert count_samples(kept, MODEL) == 8  # files that keep a batch axis of 2
-    assert count_samples([arrays], MODEL) is None  # an iterable is not consumed
-    (tmp_path / "t.npz").write_text("text")
-    assert count_samples(tmp_path / "t.npz", MODEL) is None  # load_data says why

@@ -11,82 +11,34 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from .errors import CalibrationError
+from ..errors import CalibrationError
+from .arrays import DataSet, InputSpec, input_specs
+from .stream import StreamSource, reopenable
 
 log = logging.getLogger(__name__)
 LABELS = "labels"
-SYNTHETIC_SAMPLES = 64
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str | None, ...]  # int = fixed, str/None = symbolic
-
-
-@dataclass(frozen=True)
-class DataSet:
-    """Stacked samples: arrays[name] has axis 0 = samples."""
-
-    arrays: dict[str, np.ndarray]
-    source: str
-    synthetic: bool = False
-    labels: np.ndarray | None = None
-
-    @property
-    def n(self) -> int:
-        return next(iter(self.arrays.values())).shape[0]
-
-    def take(self, idx: np.ndarray) -> DataSet:
-        labels = None if self.labels is None else self.labels[idx]
-        return DataSet({k: v[idx] for k, v in self.arrays.items()}, self.source,
-                       self.synthetic, labels)
-
-    def batches(self, batch_size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        for i in range(0, self.n, batch_size):
-            feed = {k: v[i:i + batch_size] for k, v in self.arrays.items()}
-            yield next(iter(feed.values())).shape[0], feed
-
-    def split(self, fraction: float, seed: int) -> tuple[DataSet, DataSet | None]:
-        """(calibration part, held-out part or None when there are too few samples)."""
-        h = min(int(round(self.n * fraction)), 256)
-        if h < 1 or self.n - h < 1:
-            return self, None
-        perm = np.random.default_rng(seed).permutation(self.n)
-        return self.take(np.sort(perm[h:])), self.take(np.sort(perm[:h]))
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tt.shape.dim
-        )
-        specs.append(InputSpec(vi.name, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)),
-                               dims))
-    return specs
 
 
 def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
-              allow_labels: bool = True) -> DataSet:
-    """Load calibration/eval data from any accepted source and check it against the model."""
+              allow_labels: bool = True) -> DataSet | StreamSource:
+    """A calibration / eval source from any accepted input, checked against the model.
+
+    Files and directories are read into an array source (DataSet). A re-iterable of feed
+    dicts, or a CalibrationDataReader with rewind(), becomes a StreamSource read one item at
+    a time on every pass; this first pass checks every item and counts the samples. A
+    one-shot iterator cannot be read twice, so it is read into memory."""
     specs = input_specs(model)
-    if isinstance(source, (str, os.PathLike)):
+    if not isinstance(source, (str, os.PathLike)):
+        again = reopenable(source)
+        if again is not None:
+            return _stream(again, specs, type(source).__name__, limit)
+        arrays, labels, desc = _from_iterable(source), None, type(source).__name__
+    else:
         path = os.fspath(source)
         if os.path.isdir(path):
             arrays, labels = _from_directory(path, specs), None
@@ -95,8 +47,6 @@ def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
         else:
             raise CalibrationError(f"calibration data {path!r} does not exist")
         desc = path
-    else:
-        arrays, labels, desc = _from_iterable(source), None, type(source).__name__
     if labels is not None and not allow_labels:
         labels = None
     ds = DataSet(_check(arrays, specs, desc), desc, labels=labels)
@@ -105,6 +55,23 @@ def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
     if limit is not None and limit < ds.n:
         ds = ds.take(np.arange(limit))
     return ds
+
+
+def _stream(again: Any, specs: list[InputSpec], desc: str, limit: int | None) -> StreamSource:
+    def check(item: Any, first: int) -> dict[str, np.ndarray]:
+        if not isinstance(item, dict):
+            raise CalibrationError(f"{desc}: the item at sample {first} is a "
+                                   f"{type(item).__name__}, not a feed dict "
+                                   "{input_name: array with a leading batch axis}")
+        return _check({k: np.asarray(v) for k, v in item.items()}, specs,
+                      f"{desc} (the item starting at sample {first})")
+
+    src = StreamSource(open_pass=again, check=check, source=desc)
+    n = sum(k for k, _ in src.batches(1 << 30))  # one pass: every item checked, n counted
+    if not n:
+        raise CalibrationError(f"calibration iterable {desc} yielded no samples; it must yield "
+                               "dicts {input_name: array with a leading batch axis}")
+    return src.head(n if limit is None else min(n, limit))
 
 
 MAGIC = (b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")  # .npy; .npz (a zip, or an empty one)
@@ -228,40 +195,6 @@ def _not_finite(a: np.ndarray, name: str, desc: str) -> str:
             f"{a.shape[0]}, counting from 0); drop or fix those samples (numpy.isfinite)")
 
 
-def count_samples(source: Any, model: onnx.ModelProto, limit: int | None = None) -> int | None:
-    """Samples in a calibration path, from the .npy headers alone; None if not cheaply known."""
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    path, ranks = os.fspath(source), {s.name: len(s.shape) for s in input_specs(model)}
-    try:
-        if os.path.isdir(path):  # one sample per file, unless the files keep a batch axis
-            files = sorted(f for f in os.listdir(path) if f.endswith((".npz", ".npy")))
-            single = next(iter(ranks), None)  # a .npy feeds the only input
-            kept = [v[0] for k, v in _shapes(os.path.join(path, files[0])).items()
-                    if v and len(v) == ranks.get(k or single)]
-            n = len(files) * min(kept, default=1)
-        else:
-            n = min(v[0] for k, v in _shapes(path).items() if k != LABELS and v)
-    except Exception:
-        return None
-    return n if limit is None else min(n, limit)
-
-
-def _shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """{array name ("" for a .npy): shape}, read from the .npy headers only."""
-
-    def shape(f: Any) -> tuple[int, ...]:
-        fmt = np.lib.format
-        v = fmt.read_magic(f)
-        return (fmt.read_array_header_1_0 if v == (1, 0) else fmt.read_array_header_2_0)(f)[0]
-
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            return {"": shape(f)}
-    with zipfile.ZipFile(path) as z:
-        return {n[:-4]: shape(z.open(n)) for n in z.namelist() if n.endswith(".npy")}
-
-
 def _cast(a: np.ndarray, s: InputSpec, desc: str) -> np.ndarray:
     if a.dtype == s.dtype:
         return a
@@ -274,27 +207,3 @@ def _cast(a: np.ndarray, s: InputSpec, desc: str) -> np.ndarray:
 
 def _fmt(shape: tuple) -> str:
     return "[" + ", ".join(str(d) if d else "?" for d in shape) + "]"
-
-
-def synthesize(model: onnx.ModelProto, samples: int | None, seed: int) -> DataSet:
-    """Random inputs from the model's input spec. NOT representative: results are only a
-    smoke test. Refuses when a non-batch dimension is symbolic."""
-    rng = np.random.default_rng(seed)
-    n = samples or SYNTHETIC_SAMPLES
-    arrays = {}
-    for s in input_specs(model):
-        dims = list(s.shape)
-        for ax, dim in enumerate(dims[1:], start=1):
-            if not isinstance(dim, int) or dim <= 0:
-                raise CalibrationError(
-                    f"cannot synthesize input {s.name!r}: axis {ax} is symbolic ({dim!r}). "
-                    "Give real calibration data with --calib."
-                )
-        shape = (n, *dims[1:])
-        if s.dtype.kind == "f":
-            arrays[s.name] = rng.standard_normal(shape).astype(s.dtype)
-        elif s.dtype.kind in "iu":
-            arrays[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)
-        else:
-            arrays[s.name] = np.zeros(shape, dtype=s.dtype)
-    return DataSet(arrays, "synthetic (random normal)", synthetic=True)

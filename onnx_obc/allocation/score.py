@@ -1,0 +1,80 @@
+"""The "output" score: a level's error is the measured relative output error of the model
+with only that layer compressed, on a few calibration samples (onnxruntime).
+
+    score = OutputScore.measure(proto, data, batch, runtime)   # the dense outputs, once
+    errs = score.errors(L, weights, act_scales)                 # one value per candidate
+
+The dense model runs once per allocation; each candidate is the dense model with one
+layer's weights written in place and, when the level is deployed with an int8 input, that
+layer's input Q/DQ, built by the export package as the chosen target deploys it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .. import export
+from ..calib import CalibrationSource
+from ..capture import Runtime, session
+from ..layers import Layer
+from ..solve import HostSolution, HostWeights
+
+SAMPLES = 64  # calibration samples the output score runs on
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    """The dense model's outputs on `data`, and what scoring a candidate needs."""
+
+    proto: onnx.ModelProto
+    data: CalibrationSource
+    batch: int
+    runtime: Runtime
+    reference: tuple[np.ndarray, ...]  # the dense model's first output, per batch
+    energy: float  # sum of the reference's squares (1 when 0)
+    target: str = "tensorrt"  # the export target the candidates are deployed for
+
+    @classmethod
+    def measure(cls, proto: onnx.ModelProto, data: CalibrationSource, batch: int,
+                runtime: Runtime, *, samples: int = SAMPLES, target: str = "tensorrt"
+                ) -> OutputScore:
+        """Run the dense model once on the first `samples` samples of `data`."""
+        data = data.head(samples)
+        dense = session(proto, runtime, optimize=True)
+        ref = tuple(dense.run(None, feed)[0] for _, feed in data.batches(batch))
+        energy = sum(float(np.square(y).sum()) for y in ref) or 1.0
+        return cls(proto, data, batch, runtime, ref, energy, target)
+
+    def candidate(self, L: Layer, W: np.ndarray, act_scale: Any = None
+                  ) -> onnx.ModelProto:
+        """The dense model with L's weights W [G, r, d] (host) in place and, with
+        `act_scale` (the target's activation value: a scale for tensorrt), L's int8 input
+        Q/DQ."""
+        G, r, d = L.matrix_shape
+        w = HostWeights(L.from_matrix(np.asarray(W).reshape(G, r, d)))
+        scales = None if act_scale is None else {L.uses[0].input: act_scale}
+        return export.build(self.proto, [L], {L.weight: HostSolution(w, w)},
+                            act_scales=scales, target=self.target)
+
+    def error(self, model: onnx.ModelProto) -> float:
+        """Relative output error of `model` against the dense reference."""
+        sess = session(model, self.runtime, optimize=True)
+        e = sum(float(np.square(sess.run(None, feed)[0] - y).sum())
+                for (_, feed), y in zip(self.data.batches(self.batch), self.reference))
+        return e / self.energy
+
+    def errors(self, L: Layer, weights: Iterable[np.ndarray],
+               act_scales: Iterable[Any] | None = None) -> tuple[float, ...]:
+        """One error per weight matrix [G, r, d] that `weights` yields; `act_scales` (one
+        per matrix, None for none) puts L's int8 input Q/DQ in place too."""
+        scales = iter(act_scales) if act_scales is not None else None
+        errs = []
+        for W in weights:
+            a = next(scales) if scales is not None else None
+            errs.append(self.error(self.candidate(L, W, a)))
+        return tuple(errs)

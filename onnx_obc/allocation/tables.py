@@ -1,0 +1,193 @@
+"""Level tables: each layer's levels with their cost and error, the DP's input (dp.py).
+
+One ExactOBS run per layer gives its loss at every sparsity level (solvers.traces), or,
+under a BOP budget, one solve per mixed level (solvers.solve_layer). Levels are OBC's grid
+(densities 0.9^k, k = 0.. up to the maximum sparsity, plus the maximum). A level's error is
+the layer loss normalised by the layer's output energy tr(W H W^T), so layers compare
+("loss" score), or the measured increase of the model's output error on calibration
+samples with only that layer compressed ("output" score, score.py, slower). A level's cost
+is the layer's remaining parameters, its FLOPs (parameters times output positions per
+sample), or its bit-operations (levels.py), depending on the budget kind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from ..backend import Backend
+from ..calib import CalibrationSource
+from ..capture import activation_bytes
+from ..export.qweights import group_size_for
+from ..hessian import HessianAccumulator
+from ..layers import Layer, constant_weights, weight_matrix
+from ..quant import QuantSpec
+from ..solve import structure_for
+from ..solvers import LossTraces, rebuild_at, solve_layer, traces
+from ..specs import Allocation, Pruning, Quantization, SolverOptions
+from .dp import LevelTable
+from .levels import mixed_levels
+from .score import OutputScore
+
+
+@dataclass(frozen=True)
+class TableSpecs:
+    """The specs the tables read (structure_for reads `prune`)."""
+
+    prune: Pruning
+    quant: Quantization
+    solver: SolverOptions
+    alloc: Allocation
+
+
+def level_grid(max_sparsity: float = 0.95) -> tuple[float, ...]:
+    """0, 0.1, 0.19, 0.271, ... (density 0.9^k) up to max_sparsity, which is appended."""
+    levels, k = [], 0
+    while 1 - 0.9**k < max_sparsity - 1e-9:
+        levels.append(round(1 - 0.9**k, 6))
+        k += 1
+    return tuple(levels + [max_sparsity])
+
+
+def positions_per_sample(proto: onnx.ModelProto, layers: list[Layer],
+                         feed: dict[str, np.ndarray]) -> dict[str, float]:
+    """Output positions per sample of each layer (FLOPs = params x positions), summed over
+    the layer's uses; 1 where the shape is unknown."""
+    out_of = {}
+    for i, node in enumerate(proto.graph.node):
+        out_of[node.name or f"<{node.op_type} #{i}>"] = node.output[0]
+    names = [out_of[u.node] for L in layers for u in L.uses]
+    sizes = activation_bytes(proto, names, feed)
+    n = next(iter(feed.values())).shape[0]
+    result = {}
+    for L in layers:
+        G, r, _ = L.matrix_shape
+        total = 0.0
+        for u in L.uses:
+            b = sizes.get(out_of[u.node])
+            total += b / 4 / n / (G * r) if b else 1.0
+        result[L.weight] = total
+    return result
+
+
+def layer_table(L: Layer, W: Any, H: Any, run: LossTraces, levels: tuple[float, ...],
+                cost_per_weight: float) -> LevelTable:
+    """Loss at every level from the layer's one run (solvers.traces), normalised by its
+    output energy."""
+    n = math.prod(W.shape)
+    energy = _energy(W, H)
+    errors, costs = [], []
+    for s in levels:
+        cut = run.at(s)
+        errors.append(cut.loss / energy)
+        costs.append((n - cut.removed) * cost_per_weight)
+    return LevelTable(L.name, levels, tuple(costs), tuple(errors))
+
+
+def dense_cost(tables: list[LevelTable]) -> float:
+    return math.fsum(t.cost[0] for t in tables)
+
+
+def build_tables(proto: onnx.ModelProto, layers: list[Layer],
+                 hessians: dict[str, HessianAccumulator], backend: Backend, specs: TableSpecs,
+                 data: CalibrationSource, batch: int, budget_bytes: int, *,
+                 progress: bool = False, act_scales: dict[str, Any] | None = None,
+                 scorer: OutputScore | None = None) -> list[LevelTable]:
+    """One table per layer: sparsity levels, or the mixed levels under a BOP budget.
+    `scorer` (the "output" score) measures the errors; None: the normalised layer loss."""
+    per_weight = _per_weight(proto, layers, specs.alloc.budget, data, batch)
+    rows = _on_device(proto, layers, hessians, backend, progress)
+    if specs.alloc.budget == "bops":
+        return [_mixed_table(L, W, H, backend, specs, per_weight[L.weight], budget_bytes,
+                             scorer, act_scales) for L, W, H in rows]
+    levels = level_grid(specs.alloc.max_sparsity)
+    if scorer is not None:  # one onnxruntime evaluation per level: a coarser grid
+        levels = levels[:-1:2] + levels[-1:]
+    return [_sparsity_table(L, W, H, backend, specs, levels, per_weight[L.weight],
+                            budget_bytes, scorer) for L, W, H in rows]
+
+
+def _sparsity_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
+                    levels: tuple[float, ...], per_weight: float, budget_bytes: int,
+                    scorer: OutputScore | None) -> LevelTable:
+    st = structure_for(L, specs) if specs.prune.block else None
+    if specs.prune.block and st is None:  # cannot hold blocks: stays dense, one level
+        return LevelTable(L.name, (0.0,), (math.prod(L.matrix_shape) * per_weight,), (0.0,))
+    run = traces(W, H, st, levels[-1], damp=specs.solver.damp, budget_bytes=budget_bytes)
+    t = layer_table(L, W, H, run, levels, per_weight)
+    if scorer is None:
+        return t
+    rebuilt = (backend.to_host(rebuild_at(run, s)) for s in levels)
+    return LevelTable(t.name, t.levels, t.cost, scorer.errors(L, rebuilt))
+
+
+def _mixed_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
+                 per_weight: float, budget_bytes: int, scorer: OutputScore | None,
+                 act_scales: dict[str, Any] | None) -> LevelTable:
+    """OBC's mixed database for one layer: solved at every mixed level (fp32, w<b>, N:M,
+    N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
+    alloc = specs.alloc
+    st = structure_for(L, specs, nm=alloc.level_nm) if alloc.level_nm else None
+    levels = mixed_levels(alloc.level_bits, alloc.level_nm, st is not None)
+    sols, alone = [], None  # alone: the N:M-only solution, which the N:M + w<b> reuse
+    for lv in levels[1:]:  # [0]: fp32
+        sols.append(solve_layer(W, H, quant=_spec(L, specs.quant, lv.bits),
+                                damp=specs.solver.damp, structure=st if lv.nm else None,
+                                budget_bytes=budget_bytes, pruned=alone if lv.nm else None))
+        if lv.nm and lv.bits is None:
+            alone = sols[-1]
+    if scorer is not None:  # quantized levels with their int8 input, if deployed so
+        a = _input_scale(L, act_scales)
+        errs = (0.0,) + scorer.errors(L, (backend.to_host(sol.W) for sol in sols),
+                                      (a if lv.bits is not None else None for lv in levels[1:]))
+    else:
+        energy = _energy(W, H)
+        errs = (0.0,) + tuple(sol.loss / energy for sol in sols)
+    n = math.prod(W.shape)
+    cost = tuple(n * per_weight * lv.bops_per_mac(specs.quant.act_bits) for lv in levels)
+    backend.free()
+    return LevelTable(L.name, tuple(lv.label for lv in levels), cost, errs)
+
+
+def _input_scale(L: Layer, act_scales: dict[str, Any] | None) -> Any:
+    """The scale of L's int8 input Q/DQ (one input shared by all its uses), or None."""
+    if len({u.input for u in L.uses}) != 1:
+        return None
+    return (act_scales or {}).get(L.uses[0].input)
+
+
+def _energy(W: Any, H: Any) -> float:
+    """The layer's output energy tr(W H W^T) (1 when 0)."""
+    W64 = W.astype(np.float64)
+    return float(((W64 @ H) * W64).sum()) or 1.0
+
+
+def _spec(L: Layer, quant: Quantization, bits: int | None) -> QuantSpec | None:
+    spec = quant.spec(bits) if bits is not None else None
+    return None if spec is None else group_size_for(L, spec)[0]
+
+
+def _per_weight(proto: onnx.ModelProto, layers: list[Layer], budget: str,
+                data: CalibrationSource, batch: int) -> dict[str, float]:
+    """Cost of one dense weight: 1 (params), or MACs per sample (flops, bops)."""
+    if budget in ("flops", "bops"):
+        return positions_per_sample(proto, layers, next(data.batches(batch))[1])
+    return {L.weight: 1.0 for L in layers}
+
+
+def _on_device(proto: onnx.ModelProto, layers: list[Layer],
+               hessians: dict[str, HessianAccumulator], backend: Backend, progress: bool
+               ) -> Iterator[tuple[Layer, Any, Any]]:
+    """(layer, W [G, r, d] float32, H [G, d, d]) on the solver's device, one at a time, with
+    a progress bar (levels for every layer before the DP)."""
+    weights = constant_weights(proto.graph)
+    bar = tqdm(layers, desc="levels", unit="layer", disable=not progress)
+    for L in bar:
+        bar.set_postfix_str(L.name[:40])
+        yield L, backend.to_device(weight_matrix(weights, L)), hessians[L.weight].mean()

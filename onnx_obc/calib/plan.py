@@ -1,0 +1,98 @@
+"""A run's data: the calibration source split into the samples the Hessians see and a
+held-out part (taken by count), the evaluation set, and the batch size the model allows."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from ..errors import ObcError
+from ..specs import RunOptions
+from .arrays import input_specs, synthesize
+from .load import load_data
+from .stream import CalibrationSource
+
+log = logging.getLogger(__name__)
+MAX_HELD_OUT = 256
+FEW_SAMPLES = 8
+NOT_REPRESENTATIVE = ("NO CALIBRATION DATA: the Hessians come from random inputs, so the "
+                      "result is NOT representative of the model on real data. Pass --calib "
+                      "with real samples.")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    fit: CalibrationSource  # the samples the Hessians (and corrections) are built from
+    held: CalibrationSource | None  # kept out, to measure fidelity; None: too few samples
+    eval: CalibrationSource | None  # the user's evaluation set, if any
+    batch: int  # samples per onnxruntime run
+    info: dict[str, Any] = field(default_factory=dict)  # for the report
+    warnings: tuple[str, ...] = ()
+
+    def sets(self) -> dict[str, CalibrationSource]:
+        """The data sets fidelity is measured on, by report name."""
+        out = {"held-out calibration": self.held} if self.held is not None else {
+            "calibration (not held out)": self.fit}
+        return {**out, **({"eval": self.eval} if self.eval is not None else {})}
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """Samples kept out: round(n * fraction), at most 256, none when too few remain."""
+    h = min(int(round(n * fraction)), MAX_HELD_OUT)
+    return h if 1 <= h < n else 0
+
+
+def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) -> Calibration:
+    """Load (or synthesize) the calibration data, split it, choose the batch size."""
+    notes: list[str] = []
+    if calib is None:
+        data = synthesize(proto, run.calib_samples, run.seed)
+        notes.append(NOT_REPRESENTATIVE)
+        log.warning(NOT_REPRESENTATIVE)
+    else:
+        data = load_data(calib, proto, limit=run.calib_samples)
+    total = data.n
+    if calib is not None and total < FEW_SAMPLES:
+        notes.append(f"only {total} calibration sample(s): the Hessians rest on very little "
+                     "data and the result may not hold on other inputs; 128 or more samples "
+                     "are advisable (OBC used 1024)")
+        log.warning(notes[-1])
+    h = held_out_count(total, run.holdout)
+    fit, held = data.split(h, run.seed) if h else (data, None)
+    batch, fixed = _batch_size(proto, run.batch_size, fit.n, notes)
+    ev = load_data(eval_data, proto) if eval_data is not None else None
+    if fixed:  # a fixed batch axis takes full batches only
+        fit, held = _full_batches(fit, batch), _full_batches(held, batch)
+        if eval_data is not None and (ev := _full_batches(ev, batch)) is None:
+            notes.append(f"the eval set has fewer samples than the model's fixed batch of "
+                         f"{batch}; it was not evaluated")
+    info = {"source": data.source, "synthetic": data.synthetic, "total": total,
+            "samples": fit.n, "holdout": 0 if held is None else held.n}
+    return Calibration(fit, held, ev, batch, info, tuple(notes))
+
+
+def _batch_size(proto: onnx.ModelProto, wanted: int, n: int, notes: list[str]
+                ) -> tuple[int, bool]:
+    """(batch size, whether the model fixes it)."""
+    fixed = {s.shape[0] for s in input_specs(proto)
+             if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    if not fixed:
+        return min(wanted, n), False
+    b = fixed.pop()
+    if n < b:
+        raise ObcError(f"the model's batch axis is fixed at {b} but only {n} calibration "
+                       "samples remain after the holdout; give more samples or --holdout 0")
+    if n % b:
+        notes.append(f"the model's batch axis is fixed at {b}: the last {n % b} calibration "
+                     "samples are not used")
+    return b, True
+
+
+def _full_batches(data: CalibrationSource | None, b: int) -> CalibrationSource | None:
+    if data is None:
+        return None
+    n = data.n - data.n % b
+    return data.head(n) if n else None

@@ -1,0 +1,129 @@
+"""The layer-wise stages: capture -> Hessians -> allocate -> solve, for every layer at once
+(one-shot, OBC's default) or in topological groups (sequential: each group calibrated on
+the model with the earlier groups compressed and fitted to the dense model's outputs).
+
+Arrays cross to the solver's device in collect.py (activations, reduced into Hessians there)
+and in solve.py / allocation (each layer's weights); they come back to the host only as
+solve.py's host-side solutions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from . import export
+from .backend import Backend
+from .calib import Calibration
+from .capture import Runtime
+from .collect import collect
+from .config import CompressConfig
+from .layers import Layer, Skipped
+from .report import LayerResult
+from .solve import HostSolution, solve_all, solver_budget
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What the layer-wise stages give the rest of the run."""
+
+    solutions: dict[str, HostSolution]  # weight name -> compressed and baseline weights
+    rows: list[LayerResult]
+    skipped: list[Skipped]
+    warnings: list[str]
+    profile: dict[str, Any]  # the allocation's choice (empty when uniform)
+    act_scales: dict[str, float] | None  # activation ranges for the exporter
+    seconds: dict[str, float] = field(default_factory=dict)
+    act_values: dict[str, Any] | None = None  # what cfg.export.runtime's target takes
+    # (export.act_values: the scales above for tensorrt, (lo, hi) ranges for onnxruntime)
+
+
+def layer_groups(layers: list[Layer], run: Any) -> list[list[Layer]]:
+    """All layers at once, or `run.sequential_groups` topological groups (None: one per
+    layer) with --sequential."""
+    if not run.sequential:
+        return [layers]
+    k = run.sequential_groups or len(layers)
+    size = -(-len(layers) // k)
+    return [layers[i:i + size] for i in range(0, len(layers), size)]
+
+
+def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
+                    backend: Backend, cfg: CompressConfig, runtime: Runtime,
+                    progress: bool = False) -> Compressed:
+    """Capture, allocate (when asked) and solve every layer; see the module docstring."""
+    seconds: dict[str, float] = {}
+    observe = export.act_tensors(proto, layers, cfg.export.runtime) if cfg.quant.act_bits else []
+    budget = solver_budget(cfg.run, backend)
+    observers: dict[str, Any] = {}
+    solutions: dict[str, HostSolution] = {}
+    rows, skipped, warnings = [], [], []
+    levels, profile = None, {}
+    current = proto  # sequential: later groups are calibrated on the compressed model
+
+    def capture(model: onnx.ModelProto, group: list[Layer], wanted: list[str]) -> dict:
+        t = time.perf_counter()
+        hessians, obs = collect(model, group, data.fit, data.batch, backend,
+                                cfg.run.memory_budget_mb, progress, wanted,
+                                dense=proto if model is not proto else None, runtime=runtime)
+        observers.update(obs)
+        _add(seconds, "capture", t)
+        return hessians
+
+    def allocate(group: list[Layer], hessians: dict) -> None:
+        nonlocal levels, profile
+        t = time.perf_counter()
+        chosen = _choose_levels(proto, group, hessians, backend, cfg, data, budget,
+                                _scales(observers, cfg), runtime, progress)
+        levels, profile = chosen.levels, chosen.profile
+        warnings.extend(chosen.warnings)
+        _add(seconds, "allocate", t)
+
+    if cfg.run.sequential and cfg.alloc.active:  # levels from the dense model, once
+        allocate(layers, capture(proto, layers, observe))
+    for group in layer_groups(layers, cfg.run):
+        hessians = capture(current, group, [n for n in observe if n not in observers])
+        if levels is None and cfg.alloc.active:  # one-shot: the group is every layer
+            allocate(group, hessians)
+        t = time.perf_counter()
+        solved = solve_all(proto, group, hessians, backend, prune=cfg.prune, quant=cfg.quant,
+                           solver=cfg.solver, budget_bytes=budget, level_for=levels,
+                           alloc_budget=cfg.alloc.budget, progress=progress)
+        rows += solved.rows
+        skipped += solved.skipped
+        warnings += solved.warnings
+        solutions.update(solved.solutions)
+        if cfg.run.sequential:  # float weights (on the grid when quantized), as solved
+            current = export.apply_weights(current, group, {
+                k: s.compressed.weight for k, s in solved.solutions.items()})
+        _add(seconds, "solve", t)
+    values = (export.act_values(observers, cfg.export.runtime, cfg.quant.act_calibration,
+                                cfg.quant.act_percentile) if cfg.quant.act_bits else None)
+    return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
+                      seconds, values)
+
+
+def _scales(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, float] | None:
+    q = cfg.quant
+    if not q.act_bits:
+        return None
+    return {n: o.scale(q.act_calibration, q.act_percentile) for n, o in observers.items()}
+
+
+def _choose_levels(proto: onnx.ModelProto, layers: list[Layer], hessians: dict,
+                   backend: Backend, cfg: CompressConfig, data: Calibration, budget: int,
+                   act_scales: dict[str, float] | None, runtime: Runtime, progress: bool
+                   ) -> Any:
+    from .allocation import choose_levels
+
+    return choose_levels(proto, layers, hessians, backend, prune=cfg.prune, quant=cfg.quant,
+                         solver=cfg.solver, alloc=cfg.alloc, data=data.fit, batch=data.batch,
+                         budget_bytes=budget, act_scales=act_scales, runtime=runtime,
+                         progress=progress)
+
+
+def _add(seconds: dict[str, float], stage: str, t: float) -> None:
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t
