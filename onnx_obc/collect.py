@@ -15,8 +15,8 @@ from .capture import (Runtime, activation_bytes, capture, capture_session, plan_
                       providers_for)
 from .hessian import HessianAccumulator, columns
 from .layers import Layer
+from .specs import MB
 
-MB = 1 << 20
 
 
 def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,

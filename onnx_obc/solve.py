@@ -12,24 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from tqdm.auto import tqdm
 
 from .backend import Backend
 from .export.qweights import group_size_for
 from .hessian import HessianAccumulator
-from .layers import Layer, constant_weights
+from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
-from .layers import Skipped
 from .report import LayerResult
-from .specs import Pruning, Quantization, RunOptions, SolverOptions
+from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups, solve_layer
 from .solvers.prepare import fit_to_reference
 
 if TYPE_CHECKING:  # annotations only: the allocation package imports this module
     from .allocation import Level
 
-MB = 1 << 20
 
 
 def solver_budget(run: RunOptions, backend: Backend) -> int:
@@ -67,15 +64,6 @@ class Solved:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Specs:
-    """The specs solving reads (structure_for reads `prune`)."""
-
-    prune: Pruning
-    quant: Quantization
-    solver: SolverOptions
-
-
 def solve_all(proto: onnx.ModelProto, layers: list[Layer],
               hessians: dict[str, HessianAccumulator], backend: Backend, *, prune: Pruning,
               quant: Quantization, solver: SolverOptions, budget_bytes: int,
@@ -86,7 +74,6 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
     (weight -> Level): per-layer levels from the allocation (`alloc_budget`: its budget
     kind, for the message of layers it keeps dense); a level's missing bits / structure come
     from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches."""
-    cfg = _Specs(prune, quant, solver)
     weights = constant_weights(proto.graph)
     budget = budget_bytes
     out = Solved()
@@ -95,19 +82,19 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         bar.set_postfix_str(L.name[:40])
         t = time.perf_counter()
         lv = None if level_for is None else level_for[L.weight]
-        if lv is not None and lv.is_dense and cfg.quant.bits is None:
+        if lv is not None and lv.is_dense and quant.bits is None:
             out.skipped.append(Skipped(L.name, L.op, (
                 f"kept dense (fp32) by the non-uniform allocation (--budget {alloc_budget})"),
                 L.weight))
             hessians.pop(L.weight)
             continue
-        lspec = _layer_spec(L, cfg.quant, lv, out.warnings)
-        W, H = _matrices(L, weights, hessians.pop(L.weight), backend, cfg.solver.damp)
-        target = cfg.prune.sparsity if lv is None else lv.sparsity
-        nm = cfg.prune.nm if lv is None or lv.nm is None else lv.nm
-        st = structure_for(L, cfg, nm=nm, sparsity=target)
-        if (nm or cfg.prune.block) and st is None:
-            m = nm[1] if nm else cfg.prune.block
+        lspec = _layer_spec(L, quant, lv, out.warnings)
+        W, H = _matrices(L, weights, hessians.pop(L.weight), backend, solver.damp)
+        target = prune.sparsity if lv is None else lv.sparsity
+        nm = prune.nm if lv is None or lv.nm is None else lv.nm
+        st = structure_for(L, prune, nm=nm, sparsity=target)
+        if (nm or prune.block) and st is None:
+            m = nm[1] if nm else prune.block
             out.skipped.append(Skipped(L.name, L.op, (
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
@@ -117,14 +104,14 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
             target = st.sparsity
         elif target:
             st = Unstructured(target)
-        res = solve_layer(W, H, structure=st, quant=lspec, method=cfg.solver.method,
-                          damp=cfg.solver.damp, budget_bytes=budget,
-                          act_order=cfg.solver.act_order)
+        res = solve_layer(W, H, structure=st, quant=lspec, method=solver.method,
+                          damp=solver.damp, budget_bytes=budget,
+                          act_order=solver.act_order)
         out.solutions[L.weight] = HostSolution(
             _host(L, res.W, res.codes, res.grid, lspec, backend),
             _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
         backend.sync()
-        out.rows.append(_row(L, res, cfg.solver.method, target, lspec, time.perf_counter() - t))
+        out.rows.append(_row(L, res, solver.method, target, lspec, time.perf_counter() - t))
         if res.escalations:
             out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                                 f"{list(res.escalations)}; used {res.damp}")
@@ -147,8 +134,7 @@ def _matrices(L: Layer, weights: dict[str, tuple[str, onnx.TensorProto]],
               acc: HessianAccumulator, backend: Backend, damp: float) -> tuple[Any, Any]:
     """W [G, r, d] float32 and H [G, d, d] on the device; sequential: W fitted to the dense
     model's output."""
-    w = numpy_helper.to_array(weights[L.weight][1])
-    W = backend.to_device(L.to_matrix(w).astype(np.float32))  # [G, r, d]
+    W = backend.to_device(weight_matrix(weights, L))  # [G, r, d] float32
     H = acc.mean()
     if acc.cross is not None:  # sequential: fit the dense model's output
         W = fit_to_reference(W, H, acc.cross / acc.samples, max(damp, 1e-4))
@@ -184,7 +170,7 @@ def _axis_len(L: Layer) -> int:
     return L.shape[1] if L.layout == "conv" else L.matrix_shape[2]
 
 
-def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = None,
+def structure_for(L: Layer, prune: Pruning, nm: tuple[int, int] | None = None,
                   block: int | None = None, *, sparsity: float | None = None
                   ) -> NM | Blocks | None:
     """The layer's N:M / block structure, bound to its column groups along the reduction axis
@@ -192,8 +178,8 @@ def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = No
     MatMul / Gemm, m consecutive inputs (K). None when unstructured, or when the axis does
     not divide by m. `nm` / `block` override the configured ones (a per-layer level);
     `sparsity` the fraction of blocks (default: prune.sparsity, or 0)."""
-    nm = nm or (cfg.prune.nm if block is None else None)
-    block = block or (cfg.prune.block if nm is None else None)
+    nm = nm or (prune.nm if block is None else None)
+    block = block or (prune.block if nm is None else None)
     if not nm and not block:
         return None
     m = nm[1] if nm else block
@@ -206,5 +192,5 @@ def structure_for(L: Layer, cfg: CompressConfig, nm: tuple[int, int] | None = No
         return None
     if nm:
         return NM(nm[0], m).on_columns(groups)
-    s = cfg.prune.sparsity if sparsity is None else sparsity
+    s = prune.sparsity if sparsity is None else sparsity
     return Blocks(m, s or 0.0).on_columns(groups)

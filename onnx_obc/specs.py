@@ -11,7 +11,8 @@ from typing import Any
 from .errors import ConfigError
 from .quant import QuantSpec
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
+LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the layer kinds onnx-obc compresses
+MB = 1 << 20  # the unit of the *_mb options
 METHODS = ("obc", "gptq", "magnitude", "rtn")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -206,6 +207,35 @@ class Correction:
     @property
     def active(self) -> bool:
         return self.mean or self.scale
+
+
+RUNTIMES = ("tensorrt", "onnxruntime")
+ACT_TYPES = ("u8", "s8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """Where the quantized model is deployed, i.e. how the Q/DQ pairs are placed (export/).
+    runtime "tensorrt": activation Q/DQ on the inputs of the quantized layers (and residual
+    Adds), symmetric int8, as TensorRT's explicit quantization reads it; "onnxruntime": on
+    the inputs and outputs of every node onnxruntime's CPU optimizer can fuse into an integer
+    kernel (QLinearConv, QLinearMatMul, QGemm, QLinearAdd...), with int32 biases. act_type
+    (onnxruntime): "u8" asymmetric (uint8, zero point) or "s8" symmetric int8 activations."""
+
+    runtime: str = "tensorrt"
+    act_type: str = "u8"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
+                              f"{self.runtime!r}")
+        if self.act_type not in ACT_TYPES:
+            raise ConfigError(f"export.act_type must be one of {', '.join(ACT_TYPES)}, got "
+                              f"{self.act_type!r}")
+
+    def target_options(self) -> dict[str, Any]:
+        """The keyword options of the target's deploy (export.build)."""
+        return {"act_type": self.act_type} if self.runtime == "onnxruntime" else {}
 
 
 @dataclass(frozen=True, kw_only=True)

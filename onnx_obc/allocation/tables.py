@@ -38,7 +38,7 @@ from .score import OutputScore
 
 @dataclass(frozen=True)
 class TableSpecs:
-    """The specs the tables read (structure_for reads `prune`)."""
+    """The specs the tables read."""
 
     prune: Pruning
     quant: Quantization
@@ -116,7 +116,7 @@ def build_tables(proto: onnx.ModelProto, layers: list[Layer],
 def _sparsity_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
                     levels: tuple[float, ...], per_weight: float, budget_bytes: int,
                     scorer: OutputScore | None) -> LevelTable:
-    st = structure_for(L, specs) if specs.prune.block else None
+    st = structure_for(L, specs.prune) if specs.prune.block else None
     if specs.prune.block and st is None:  # cannot hold blocks: stays dense, one level
         return LevelTable(L.name, (0.0,), (math.prod(L.matrix_shape) * per_weight,), (0.0,))
     run = traces(W, H, st, levels[-1], damp=specs.solver.damp, budget_bytes=budget_bytes)
@@ -133,7 +133,7 @@ def _mixed_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
     """OBC's mixed database for one layer: solved at every mixed level (fp32, w<b>, N:M,
     N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
     alloc = specs.alloc
-    st = structure_for(L, specs, nm=alloc.level_nm) if alloc.level_nm else None
+    st = structure_for(L, specs.prune, nm=alloc.level_nm) if alloc.level_nm else None
     levels = mixed_levels(alloc.level_bits, alloc.level_nm, st is not None)
     sols, alone = [], None  # alone: the N:M-only solution, which the N:M + w<b> reuse
     for lv in levels[1:]:  # [0]: fp32

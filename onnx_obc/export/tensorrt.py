@@ -23,11 +23,11 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ConfigError, ModelError
 from ..layers import Layer, node_label
+from ..specs import LAYER_OPS
 from .graph import (DEFAULT_DOMAINS, constant, ensure_opset, export_graph, fresh, model_opset,
                     rewire)
 from .qweights import QuantizedWeight, quantize_weights
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
 NAME = "tensorrt"
 
 
