@@ -2,11 +2,13 @@
 N:M / block sparsity, non-uniform levels), no retraining.
 
     from onnx_obc import convert
-    result = convert("in.onnx", "out.onnx", sparsity=0.5, calib="calib.npz")
+    result = convert("models/digits_cnn.onnx", "out.onnx", sparsity=0.5,
+                     calib="models/digits_cnn.calib.npz")
     print(result.report.table())
 """
 
-from .config import CompressConfig
+from .config import (Allocation, CompressConfig, Correction, Pruning, Quantization, RunOptions,
+                     Selection, SolverOptions)
 from .errors import CalibrationError, ConfigError, ModelError, NotPositiveDefinite, ObcError
 from .layers import find_layers
 from .pipeline import ConvertResult, convert
@@ -14,6 +16,8 @@ from .report import Report
 
 __version__ = "0.1.0"
 __all__ = [
-    "convert", "ConvertResult", "CompressConfig", "Report", "find_layers", "ObcError",
-    "ConfigError", "ModelError", "CalibrationError", "NotPositiveDefinite", "__version__",
+    "convert", "ConvertResult", "CompressConfig", "Selection", "Pruning", "Quantization",
+    "SolverOptions", "Allocation", "Correction", "RunOptions", "Report", "find_layers",
+    "ObcError", "ConfigError", "ModelError", "CalibrationError", "NotPositiveDefinite",
+    "__version__",
 ]
