@@ -49,8 +49,10 @@ class LayerResult:
         return 1.0 if self.loss == 0 else math.inf
 
 
-@dataclass
+@dataclass(frozen=True)
 class Report:
+    """A run's report, assembled once from what the stages returned (pipeline._report)."""
+
     model: str
     output: str | None
     config: dict[str, Any]
