@@ -416,3 +416,22 @@ def feeds(model: onnx.ModelProto, n: int, seed: int = 0, correlated: bool = True
         a = np.moveaxis(a, 0, batch_ax) if batch_ax is not None else a[0]
         out[v.name] = np.ascontiguousarray(a).astype(dtype)
     return out
+
+
+def run(model_or_path: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of a model (proto or path) on `feed`, in onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) \
+        else str(model_or_path)
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def weights_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every constant weight (initializer or Constant node) by tensor name."""
+    from onnx import numpy_helper
+
+    from onnx_obc.layers import constant_weights
+
+    return {k: numpy_helper.to_array(t) for k, (_, t) in constant_weights(model.graph).items()}

@@ -8,29 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 from onnx_obc import modelio
 from onnx_obc.config import CompressConfig
 from onnx_obc.errors import ModelError
-from onnx_obc.layers import constant_weights
 
 from . import builders as b
+from .builders import run, weights_of
 
 CFG = CompressConfig.from_options(sparsity=0.5)
-
-
-def run(model_or_path, feed):
-    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) \
-        else str(model_or_path)
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
-
-
-def weights_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {k: numpy_helper.to_array(t) for k, (_, t) in constant_weights(model.graph).items()}
 
 
 # --------------------------------------------------------------------------- save_model

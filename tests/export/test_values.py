@@ -7,7 +7,6 @@ import copy
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -15,21 +14,11 @@ from onnx_obc import export
 from onnx_obc.errors import ModelError
 from onnx_obc.export import ChannelFix
 from onnx_obc.export.values import apply_weights, fold_biases
-from onnx_obc.layers import constant_weights, find_layers
+from onnx_obc.layers import find_layers
 
 from .. import builders as b
+from ..builders import run, weights_of
 from . import helpers as h
-
-
-def run(model_or_path, feed):
-    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) \
-        else str(model_or_path)
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
-
-
-def weights_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {k: numpy_helper.to_array(t) for k, (_, t) in constant_weights(model.graph).items()}
 
 
 def half_zeroed(w: np.ndarray, seed: int = 0) -> np.ndarray:
