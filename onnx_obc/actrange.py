@@ -3,7 +3,8 @@
 Each batch updates a running max|x| and a histogram of |x| (2048 bins). The histogram's
 range starts at the first batch's max and doubles, merging bins pairwise, whenever a batch
 exceeds it, so no activation is ever stored. Scales: max|x| / 127 ("minmax"), or the
-p-th percentile of |x| / 127 ("percentile", p = 99.99 by default).
+p-th percentile of |x| / 127 ("percentile", p = 99.99 by default). The signed extremes
+(min, max) are kept too, for asymmetric (uint8, zero point) ranges: `bounds`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ class RangeObserver:
         self.amax = 0.0
         self.top = 0.0  # histogram covers [0, top)
         self.hist = np.zeros(BINS, dtype=np.int64)
+        self.lo = 0.0  # running min(x) and max(x), each widened to include 0
+        self.hi = 0.0
 
     def add(self, x: np.ndarray) -> None:
-        a = np.abs(np.asarray(x, dtype=np.float32)).ravel()
+        x = np.asarray(x, dtype=np.float32)
+        a = np.abs(x).ravel()
         if a.size == 0:
             return
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
         m = float(a.max())
         self.amax = max(self.amax, m)
         if self.top == 0.0:
@@ -43,3 +49,9 @@ class RangeObserver:
             i = int(np.searchsorted(cdf, percentile / 100.0))
             value = min(self.amax, (i + 1) * self.top / BINS)
         return max(value, 1e-12) / qmax
+
+    def bounds(self, method: str = "minmax", percentile: float = 99.99) -> tuple[float, float]:
+        """(lo, hi) with lo <= 0 <= hi: the observed min and max ("minmax"), or each clipped
+        to the p-th percentile of |x| ("percentile"); for asymmetric (zero point) grids."""
+        cut = self.scale(method, percentile, qmax=1)
+        return max(self.lo, -cut), min(self.hi, cut)

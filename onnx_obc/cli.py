@@ -53,6 +53,7 @@ def main() -> None:
       --nm N:M             N:M sparsity (2:4)
       --bits B             OBQ weight quantization, 2-8 bits (QDQ output)
       --act-bits 8         int8 activation Q/DQ
+      --runtime R          Q/DQ placement for tensorrt or onnxruntime (integer kernels)
       --calib PATH         calibration data (.npz, or a directory of .npz/.npy)
       --allocate dp        per-layer levels under a global budget
       --include/--exclude  which layers (glob on node names)
@@ -103,6 +104,12 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
                    "M consecutive input channels.")
 @click.option("--block", type=click.IntRange(min=2),
               help="Prune blocks of this many consecutive input channels (with --sparsity).")
+@click.option("--channels", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Remove this fraction of the layers' FLOPs as whole channels (structured "
+                   "OBS; the graph shrinks), e.g. 0.3.")
+@click.option("--channel-align", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --channels: keep a multiple of this many channels per layer (8 suits "
+                   "onnxruntime's blocked CPU Conv kernels).")
 @click.option("--bits", type=click.IntRange(2, 8),
               help="Quantize weights with OBQ to this many bits (QDQ output); with "
                    "--sparsity, pruning comes first and the zeros are kept.")
@@ -118,6 +125,24 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               default="minmax", show_default=True, help="Activation range estimate.")
 @click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
               default=99.99, show_default=True)
+@click.option("--runtime", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt",
+              show_default=True,
+              help="Where the quantized model runs, i.e. how Q/DQ are placed: tensorrt (Q/DQ on "
+                   "layer inputs, symmetric int8) or onnxruntime (inputs and outputs of every "
+                   "op its CPU optimizer fuses into integer kernels: QLinearConv, QLinearMatMul"
+                   ", QGemm, QLinearAdd...; int32 biases).")
+@click.option("--act-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
+              help="With --runtime onnxruntime: uint8 asymmetric activations (fastest on x86) "
+                   "or int8 symmetric.")
+@click.option("--matmul-nbits/--no-matmul-nbits", default=True, show_default=True,
+              help="With --runtime onnxruntime: MatMul/Gemm weights of <= 4 bits as "
+                   "com.microsoft.MatMulNBits (Conv stays DequantizeLinear).")
+@click.option("--nbits-block-size", type=click.IntRange(min=16),
+              help="MatMulNBits block along K, a power of two >= 16 dividing --group-size "
+                   "(default: the group size, or K up to 128).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
+              help="MatMulNBits accuracy_level: 0 float activations, 4 int8 per block "
+                   "(faster for single rows and wide layers).")
 @click.option("--minmax", is_flag=True,
               help="Plain min-max weight ranges instead of OBC's clipping search.")
 @click.option("--calib", type=click.Path(exists=True),

@@ -8,7 +8,8 @@ Each spec validates itself on construction and is never changed afterwards; chec
 involve two specs are in `CompressConfig`. Errors name the Python field (`prune.sparsity`);
 the CLI rewrites them into its flags (`--sparsity`). Each stage receives only the specs it
 uses: selection `select`, solving `prune`/`quant`/`solver`, allocation `alloc`, correction
-`correct`, and `run` for the pipeline's own options.
+`correct`, the exporter `export` (which runtime the Q/DQ placement is for), and `run` for
+the pipeline's own options.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .specs import (DEVICES, LAYER_OPS, METHODS, Allocation, Correction, Pruning,
-                    Quantization, RunOptions, Selection, SolverOptions)
+from .specs import (DEVICES, LAYER_OPS, METHODS, Allocation, Correction, ExportOptions,
+                    Pruning, Quantization, RunOptions, Selection, SolverOptions)
 
 __all__ = ["CompressConfig", "Selection", "Pruning", "Quantization", "SolverOptions",
-           "Allocation", "Correction", "RunOptions", "LAYER_OPS", "METHODS", "DEVICES"]
+           "Allocation", "Correction", "ExportOptions", "RunOptions", "LAYER_OPS", "METHODS", "DEVICES"]
 
 
 SECTIONS: dict[str, type] = {"select": Selection, "prune": Pruning, "quant": Quantization,
                              "solver": SolverOptions, "alloc": Allocation,
-                             "correct": Correction, "run": RunOptions}
+                             "correct": Correction, "export": ExportOptions,
+                             "run": RunOptions}
 # flat option name -> (section, field); the flat names are those of `convert(**options)`
 RENAMED = {"allocate": ("alloc", "mode"), "correct": ("correct", "mean"),
            "correct_scale": ("correct", "scale")}
@@ -47,6 +49,7 @@ class CompressConfig:
     solver: SolverOptions = field(default_factory=SolverOptions)
     alloc: Allocation = field(default_factory=Allocation)
     correct: Correction = field(default_factory=Correction)
+    export: ExportOptions = field(default_factory=ExportOptions)
     run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
@@ -134,11 +137,31 @@ def _check_combination(c: CompressConfig) -> None:
     if (p.nm or p.block) and method == "gptq":
         raise ConfigError("solver.method gptq prunes unstructured only; use the default "
                           "solver.method for prune.nm / prune.block")
-    if not p.active and q.bits is None and not a.active:
+    if p.channels is not None and c.run.sequential:
+        raise ConfigError("prune.channels is not supported with run.sequential: drop one "
+                          "(channel pruning is one-shot, on the dense model's Hessians)")
+    if type(p.channel_align) is not int or p.channel_align < 1:  # bools are refused too
+        raise ConfigError(f"prune.channel_align must be an integer >= 1, got "
+                          f"{p.channel_align!r} (e.g. 8)")
+    if p.channels is not None and c.correct.active and not (p.active or q.bits or a.active):
+        raise ConfigError("correct.mean / correct.scale correct the layer solves: with "
+                          "prune.channels alone there are none; add prune.sparsity or quant.bits")
+    if p.channel_align != 1 and p.channels is None:
+        raise ConfigError("prune.channel_align only applies to channel pruning: add "
+                          "prune.channels")
+    if not p.active and q.bits is None and not a.active and p.channels is None:
         raise ConfigError("nothing to do: give a target sparsity (prune.sparsity 0.5) and/or "
                           "weight bits (quant.bits 8)")
     if q.group_size is not None and q.bits is None and a.budget != "bops":
         raise ConfigError("quant.group_size only applies to quantization: add quant.bits")
+    e = c.export
+    if e.runtime != "onnxruntime" and (e.nbits_block_size is not None or e.accuracy_level != 0):
+        raise ConfigError("export.nbits_block_size and export.accuracy_level set MatMulNBits "
+                          "(4-bit MatMul weights): add export.runtime onnxruntime")
+    if e.nbits_block_size and q.group_size and q.group_size % e.nbits_block_size:
+        raise ConfigError(f"export.nbits_block_size {e.nbits_block_size} must divide "
+                          f"quant.group_size {q.group_size} (a MatMulNBits block has one "
+                          "scale): use a smaller power of two, or leave it unset")
     if a.mode == "dp" and p.sparsity is not None and p.sparsity >= a.max_sparsity:
         raise ConfigError(f"the global sparsity {p.sparsity} must stay below the largest "
                           f"level {a.max_sparsity} (alloc.max_sparsity)")

@@ -23,6 +23,7 @@ from . import calib as calibration
 from . import export, preflight
 from .backend import get_backend
 from .capture import providers_for
+from .channels import ChannelResult, prune_channels
 from .config import CompressConfig
 from .correct import CorrectionResult, correct_outputs
 from .layers import select_layers
@@ -64,25 +65,38 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         data = calibration.plan(proto, calib, eval_data, cfg.run)
         backend = get_backend(cfg.run.device)
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
-    done = compress_layers(proto, layers, data, backend, cfg, runtime, progress)
+    dense, chan = proto, None
+    if cfg.prune.channels is not None:  # its own stage: the rest runs on the shrunk model
+        with _timed(clock, "channels"):
+            chan = prune_channels(proto, layers, data.fit, data.batch, backend,
+                                  cfg.prune.channels, cfg.solver.damp,
+                                  cfg.run.memory_budget_mb, runtime, progress,
+                                  align=cfg.prune.channel_align)
+            proto = chan.model
+            layers, skipped = select_layers(proto, cfg.select)
+    done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress)
+            if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
     with _timed(clock, "correct"):
         fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
                                 done.solutions, data.fit, data.batch, runtime,
-                                cfg.correct.scale) if cfg.correct.active else None
+                                cfg.correct.scale) if cfg.correct.active and done.solutions \
+            else None
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
                                   act_scales=done.act_values, target=cfg.export.runtime,
                                   target_options=cfg.export.target_options())
     with _timed(clock, "verify"):
-        named = {"dense": proto, **{baseline_name(cfg) if k == "baseline" else k: m
-                                    for k, m in models.items()}}
+        named = {"dense": dense, **{baseline_name(cfg) if k == "baseline" else k: m
+                                    for k, m in models.items()},
+                 **({"channels-l2": chan.baseline}
+                    if chan is not None and cfg.run.compare_baseline else {})}
         fidelity = measure(named, data.sets(), data.batch, runtime)
         fusion = export.fusion.check(models["compressed"], layers, runtime)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend.device_label, data, skipped, done, fixes,
-                     fidelity, checks, {**clock, **done.seconds}, fusion)
+                     fidelity, checks, {**clock, **done.seconds}, fusion, chan)
     if report_path is not None:
         report.write_json(report_path)
     return ConvertResult(models["compressed"], report, written)
@@ -92,10 +106,15 @@ def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
     """The models to build: the compressed one, and (to compare) the uncorrected one and
     the baseline, deployed the same way."""
     which = ["compressed"]
-    if cfg.run.compare_baseline:
+    if cfg.run.compare_baseline and _layerwise(cfg):
         which += ["uncorrected"] if fixes is not None else []
         which += ["baseline"] if cfg.solver.method not in ("magnitude", "rtn") else []
     return which
+
+
+def _layerwise(cfg: CompressConfig) -> bool:
+    """Whether the layer-wise stages have work (not with channel pruning alone)."""
+    return bool(cfg.prune.active or cfg.quant.bits or cfg.alloc.active)
 
 
 def baseline_name(cfg: CompressConfig) -> str:
@@ -111,11 +130,12 @@ def baseline_name(cfg: CompressConfig) -> str:
 def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
             data: calibration.Calibration, skipped: list, done: Compressed,
             fixes: CorrectionResult | None, fidelity: dict, checks: list[str],
-            seconds: dict[str, float], fusion: export.fusion.Fusion | None = None) -> Report:
+            seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
+            chan: ChannelResult | None = None) -> Report:
     """The run's report, assembled from what the stages returned."""
-    order = ("load", "capture", "allocate", "solve", "correct", "export", "verify")
+    order = ("load", "channels", "capture", "allocate", "solve", "correct", "export", "verify")
     seconds = {k: seconds[k] for k in order if k in seconds}
-    warnings = [*checks, *data.warnings, *done.warnings]
+    warnings = [*checks, *data.warnings, *(chan.warnings if chan else []), *done.warnings]
     if fixes is not None:
         warnings += [f"correction skipped for {w}" for w in fixes.skipped]
     return Report(
@@ -125,7 +145,8 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
         warnings=warnings, seconds={**seconds, "total": sum(seconds.values())},
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         correction={} if fixes is None else fixes.summary(), profile=dict(done.profile),
-        fusion={} if fusion is None or not fusion.layers else fusion.to_dict())
+        fusion={} if fusion is None or not fusion.layers else fusion.to_dict(),
+        channels={} if chan is None else chan.to_dict())
 
 
 @contextmanager

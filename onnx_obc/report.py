@@ -67,6 +67,7 @@ class Report:
     correction: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)  # non-uniform levels per layer
     fusion: dict[str, Any] = field(default_factory=dict)  # export.fusion.Fusion.to_dict()
+    channels: dict[str, Any] = field(default_factory=dict)  # channels.ChannelResult.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,8 +99,9 @@ class Report:
             raise
 
     def table(self) -> str:
-        return "\n".join(_layer_lines(self) + _profile_lines(self) + _skip_lines(self)
-                         + _fidelity_lines(self) + _fusion_lines(self) + _footer(self))
+        return "\n".join(_channel_lines(self) + _layer_lines(self) + _profile_lines(self)
+                         + _skip_lines(self) + _fidelity_lines(self) + _fusion_lines(self)
+                         + _footer(self))
 
 
 def short_name(name: str, width: int) -> str:
@@ -136,7 +138,7 @@ def _jsonable(x: Any) -> Any:
 
 def _layer_lines(r: Report) -> list[str]:
     if not r.layers:
-        return ["no layer was compressed"]
+        return [] if r.channels else ["no layer was compressed"]
     w = max(12, min(NAME_WIDTH, max(len(x.name) for x in r.layers)))
     base = "baseline" if any(x.bits for x in r.layers) else "magnitude"
     head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'bits':>6} "
@@ -236,3 +238,25 @@ def _footer(r: Report) -> list[str]:
         f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else ""))
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
+
+
+def _channel_lines(r: Report) -> list[str]:
+    """Channel pruning: removed channels per producer -> consumer, OBS vs L2-norm loss, and
+    one reason per producer whose channels stay."""
+    c = r.channels
+    if not c:
+        return []
+    head = (f"{'producer -> consumer':<34} {'removed':>9} {'loss/energy':>12} "
+            f"{'l2-norm':>10} {'ratio':>7}")
+    lines = [head, "-" * len(head)]
+    for row in c["rows"]:
+        e = row["energy"] or 1.0
+        pair = short_name(f"{row['producer']} -> {row['consumer']}", 34)
+        lines.append(f"{pair:<34} {row['removed']:>4}/{row['channels']:<4} "
+                     f"{row['loss'] / e:>12.4g} {row['norm_loss'] / e:>10.4g} "
+                     f"{row['ratio']:>7.3f}")
+    dense, pruned = c["macs_dense"], c["macs_pruned"]
+    lines.append(f"layer FLOPs {dense:,.0f} -> {pruned:,.0f} per sample "
+                 f"({1 - pruned / dense if dense else 0:.1%} fewer)")
+    lines += [f"  channels kept: {x['producer']}: {x['reason']}" for x in c["refused"]]
+    return lines + [""]

@@ -60,14 +60,19 @@ class Selection:
 class Pruning:
     """sparsity: fraction of zeros per layer (or the global target with allocation).
     nm: (n, m), n zeros in every m consecutive weights along the axis TensorRT reads.
-    block: prune blocks of this many consecutive input channels (with sparsity)."""
+    block: prune blocks of this many consecutive input channels (with sparsity).
+    channels: fraction of the layers' FLOPs to remove as whole channels (structured OBS, the
+    graph shrinks; first), keeping a multiple of channel_align channels per layer."""
 
     sparsity: float | None = None
     nm: tuple[int, int] | None = None
     block: int | None = None
+    channels: float | None = None
+    channel_align: int = 1
 
     def __post_init__(self) -> None:
         _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")
+        _fraction(self.channels, "prune.channels", " (for a 30% FLOP cut use 0.3)")
         _nm_ok(self.nm, "prune.nm")
         if self.nm is not None and self.sparsity is not None:
             raise ConfigError("prune.nm sets the sparsity (N/M): drop prune.sparsity")
@@ -220,10 +225,15 @@ class ExportOptions:
     Adds), symmetric int8, as TensorRT's explicit quantization reads it; "onnxruntime": on
     the inputs and outputs of every node onnxruntime's CPU optimizer can fuse into an integer
     kernel (QLinearConv, QLinearMatMul, QGemm, QLinearAdd...), with int32 biases. act_type
-    (onnxruntime): "u8" asymmetric (uint8, zero point) or "s8" symmetric int8 activations."""
+    (onnxruntime): "u8" asymmetric (uint8, zero point) or "s8" symmetric int8 activations.
+    matmul_nbits: <= 4-bit MatMul/Gemm weights as MatMulNBits (onnxruntime; export/nbits.py),
+    nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"
+    matmul_nbits: bool = True
+    nbits_block_size: int | None = None
+    accuracy_level: int = 0
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -232,10 +242,21 @@ class ExportOptions:
         if self.act_type not in ACT_TYPES:
             raise ConfigError(f"export.act_type must be one of {', '.join(ACT_TYPES)}, got "
                               f"{self.act_type!r}")
+        b = self.nbits_block_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16
+                              or b & (b - 1)):
+            raise ConfigError(f"export.nbits_block_size must be a power of two >= 16 (16, 32, "
+                              f"64, 128...), got {b!r}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4) or isinstance(self.accuracy_level, bool):
+            raise ConfigError(f"export.accuracy_level must be 0, 1, 2, 3 or 4, got "
+                              f"{self.accuracy_level!r}")
 
     def target_options(self) -> dict[str, Any]:
         """The keyword options of the target's deploy (export.build)."""
-        return {"act_type": self.act_type} if self.runtime == "onnxruntime" else {}
+        if self.runtime != "onnxruntime":
+            return {}
+        return {"act_type": self.act_type, "matmul_nbits": self.matmul_nbits,
+                "nbits_block_size": self.nbits_block_size, "accuracy_level": self.accuracy_level}
 
 
 @dataclass(frozen=True, kw_only=True)

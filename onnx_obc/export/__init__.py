@@ -11,9 +11,15 @@ integer weights and activation Q/DQ pairs. One module per target, registered in 
     tensorrt  weights as codes behind DequantizeLinear; activation Q/DQ on the inputs of the
               quantized layers and on the residual Add inputs (TensorRT's explicit
               quantization)
+    onnxruntime  the same weights; activation Q/DQ on the inputs and outputs of the quantized
+              layers and of the ops between them that onnxruntime runs on integers, so its
+              CPU optimizer fuses them into QLinearConv / QLinearMatMul / QGemm / QLinearAdd...
+              (u8 asymmetric or s8 symmetric activations, int32 biases)
 
 A target is a module (or object) with `act_tensors(proto, layers) -> [tensor]` (which
-activations need ranges) and `deploy(model, layers, solved, qweights, act_scales) -> model`.
+activations need ranges) and `deploy(model, layers, solved, qweights, act_scales, **options)
+-> model`; optionally `act_values(observers, method, percentile)` (what its deploy takes as
+`act_scales`; default: the symmetric int8 scale of each observer).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import tensorrt
+from . import fusion, onnxruntime, tensorrt
 from .qweights import QuantizedWeight, to_onnx
 from .values import (ChannelFix, apply_weights, bias_targets, channel_scales, fold_biases,
                      scale_codes, scale_rows)
@@ -33,9 +39,9 @@ from .values import (ChannelFix, apply_weights, bias_targets, channel_scales, fo
 if TYPE_CHECKING:
     from ..solve import HostSolution, HostWeights
 
-__all__ = ["TARGETS", "WHICH", "Target", "ChannelFix", "act_tensors", "apply_weights",
-           "bias_targets", "build", "build_all", "float_model", "quantized_weights",
-           "target_for"]
+__all__ = ["TARGETS", "WHICH", "Target", "ChannelFix", "act_tensors", "act_values",
+           "apply_weights", "bias_targets", "build", "build_all", "float_model",
+           "quantized_weights", "target_for"]
 
 WHICH = ("compressed", "uncorrected", "baseline")
 
@@ -48,7 +54,7 @@ class Target(Protocol):
                ) -> onnx.ModelProto: ...
 
 
-TARGETS: dict[str, Any] = {"tensorrt": tensorrt}
+TARGETS: dict[str, Any] = {"tensorrt": tensorrt, "onnxruntime": onnxruntime}
 
 
 def target_for(name: str) -> Target:
@@ -66,30 +72,43 @@ def act_tensors(proto: onnx.ModelProto, layers: list[Layer], target: str = "tens
     return target_for(target).act_tensors(proto, layers)
 
 
+def act_values(observers: Mapping[str, Any], target: str = "tensorrt", method: str = "minmax",
+               percentile: float = 99.99) -> dict[str, Any]:
+    """tensor -> what the target's deploy takes for it (`act_scales`): the symmetric int8
+    scale (tensorrt), or the (lo, hi) range (onnxruntime)."""
+    values = getattr(target_for(target), "act_values", None)
+    if values is not None:
+        return values(dict(observers), method, percentile)
+    return {n: o.scale(method, percentile) for n, o in observers.items()}
+
+
 def build(proto: onnx.ModelProto, layers: list[Layer], solutions: Mapping[str, HostSolution],
           *, which: str = "compressed", corrections: Mapping[str, ChannelFix] | None = None,
-          act_scales: dict[str, float] | None = None, target: str = "tensorrt"
-          ) -> onnx.ModelProto:
+          act_scales: dict[str, Any] | None = None, target: str = "tensorrt",
+          target_options: Mapping[str, Any] | None = None) -> onnx.ModelProto:
     """One model from the dense `proto`: "compressed" (with `corrections`, node label ->
     fix, folded in), "uncorrected" (the same without them) or "baseline" (the baseline
-    weights); `act_scales` (tensor -> scale) places activation Q/DQ pairs."""
+    weights); `act_scales` (tensor -> scale, or range: `act_values`) places activation Q/DQ
+    pairs; `target_options` go to the target's deploy (onnxruntime: act_type)."""
     deploy = target_for(target).deploy
     if which not in WHICH:
         raise ConfigError(f"unknown model {which!r} to build; expected one of {', '.join(WHICH)}")
     fixes = corrections if which == "compressed" else None
     model = float_model(proto, layers, solutions, which=which, corrections=fixes)
     qweights = quantized_weights(layers, solutions, which=which, corrections=fixes)
-    return deploy(model, layers, set(solutions), qweights, act_scales)
+    return deploy(model, layers, set(solutions), qweights, act_scales,
+                  **dict(target_options or {}))
 
 
 def build_all(proto: onnx.ModelProto, layers: list[Layer],
               solutions: Mapping[str, HostSolution], *, which: Sequence[str] = WHICH,
               corrections: Mapping[str, ChannelFix] | None = None,
-              act_scales: dict[str, float] | None = None, target: str = "tensorrt"
-              ) -> dict[str, onnx.ModelProto]:
+              act_scales: dict[str, Any] | None = None, target: str = "tensorrt",
+              target_options: Mapping[str, Any] | None = None) -> dict[str, onnx.ModelProto]:
     """{name: build(..., which=name)} for each name in `which`, in that order."""
     return {w: build(proto, layers, solutions, which=w, corrections=corrections,
-                     act_scales=act_scales, target=target) for w in which}
+                     act_scales=act_scales, target=target, target_options=target_options)
+            for w in which}
 
 
 def _side(solutions: Mapping[str, HostSolution], which: str) -> dict[str, HostWeights]:

@@ -105,9 +105,9 @@ def test_unknown_target_and_model_are_config_errors():
     model = b.mlp()
     layers, _ = find_layers(model)
     sols = h.solutions(model, layers)
-    with pytest.raises(ConfigError, match=r"unknown export target 'onnxruntime'; the targets "
-                                          r"are tensorrt"):
-        export.build(model, layers, sols, target="onnxruntime")
+    with pytest.raises(ConfigError, match=r"unknown export target 'openvino'; the targets "
+                                          r"are onnxruntime, tensorrt"):
+        export.build(model, layers, sols, target="openvino")
     with pytest.raises(ConfigError, match="unknown export target"):
         export.act_tensors(model, layers, target="openvino")
     with pytest.raises(ConfigError, match="compressed, uncorrected, baseline"):

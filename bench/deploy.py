@@ -1,0 +1,310 @@
+"""Deployed size, onnxruntime CPU latency and fidelity of W8A8 models, per export target.
+
+    python bench/make_synthetic.py && python bench/setup_models.py   # optional models
+    python bench/deploy.py [--models digits_cnn,digits_vit,ocr_like,common,common_det]
+                           [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
+                           [--out bench/results/deploy.json]
+
+Rows per model: fp32 (the dense model); W8A8 with each export target (`--runtime tensorrt`
+and `--runtime onnxruntime`, OBQ weights; GPTQ for the two large real models, where OBQ's
+per-row cost ~cols^3 takes hours on a 2-core CPU); and onnxruntime's own `quantize_static`
+(QDQ, per channel, MinMax, uint8 activations / int8 weights, the same calibration samples;
+models below opset 13 are converted to 13 first, as per-channel QDQ needs) as the reference.
+
+Columns: file size; latency = median of --runs runs per model, the models of one row set
+run alternately in the same process (so the ratios to fp32 compare like with like), with
+intra_op_num_threads=1 (median, and the minimum: steadier on a shared machine) and with all
+cores; output error = mean over the eval samples of
+||y - y_dense|| / ||y_dense|| (first output); agreement = top-1 (argmax over the last axis)
+agreement with dense; the task metric: accuracy on the labels (digits), text accuracy of the
+CTC-decoded recognizer output on the rendered captchas (common), box F1 against the dense
+detector's boxes (score > 0.5, IoU > 0.5; common_det); integer = quantized layers that
+onnxruntime runs on integer kernels (the run's fusion check). Every run uses --holdout 0
+(all calibration samples fit, for ours and quantize_static alike) and is evaluated on a
+separate eval set. Writes bench/results/deploy.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnx_obc import convert
+
+MODELS = {  # name -> (model, calib, eval, method)
+    "digits_cnn": ("models/digits_cnn.onnx", "models/digits_cnn.calib.npz",
+                   "models/digits_cnn.eval.npz", "obc"),
+    "digits_vit": ("models/digits_vit.onnx", "models/digits_vit.calib.npz",
+                   "models/digits_vit.eval.npz", "obc"),
+    "ocr_like": ("bench/synthetic/ocr_like.onnx", "bench/synthetic/ocr_like.calib.npz",
+                 "bench/synthetic/ocr_like.eval.npz", "obc"),
+    "common": ("bench/real/common.onnx", "bench/real/common.calib.npz",
+               "bench/real/common.eval.npz", "gptq"),
+    "common_det": ("bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
+                   "bench/real/common_det.eval.npz", "gptq"),
+}
+
+
+def _opts(threads: int) -> ort.SessionOptions:
+    o = ort.SessionOptions()
+    o.log_severity_level = 3
+    o.intra_op_num_threads = threads
+    return o
+
+
+def _session(path: str, threads: int = 0) -> ort.InferenceSession:
+    return ort.InferenceSession(path, _opts(threads), providers=["CPUExecutionProvider"])
+
+
+def _inputs(model: onnx.ModelProto, data: dict) -> list[str]:
+    init = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in init]
+
+
+def _batches(model: onnx.ModelProto, data: dict, n: int) -> list[dict]:
+    names = _inputs(model, data)
+    fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    step = 1 if fixed else 16
+    return [{k: data[k][i:min(i + step, n)] for k in names} for i in range(0, n, step)]
+
+
+def outputs(path: str, feeds: list[dict]) -> list[np.ndarray]:
+    s = _session(path)
+    return [s.run(None, f)[0] for f in feeds]
+
+
+def latency(paths: dict[str, str], feed: dict, runs: int, threads: int
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, min) ms per model; the models run alternately, `runs` times each."""
+    sessions = {k: _session(p, threads) for k, p in paths.items()}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - t)
+    return ({k: 1e3 * float(np.median(v)) for k, v in times.items()},
+            {k: 1e3 * float(np.min(v)) for k, v in times.items()})
+
+
+def ctc_texts(ys: list[np.ndarray], charset: list[str]) -> list[str]:
+    out = []
+    for y in ys:  # [T, 1, C] (time-major), one sample
+        idx = y.reshape(y.shape[0], -1).argmax(-1)
+        chars, prev = [], -1
+        for k in idx:
+            if k != prev and k != 0:
+                chars.append(charset[k])
+            prev = k
+        out.append("".join(chars).lower())
+    return out
+
+
+def boxes(y: np.ndarray, thr: float = 0.5) -> np.ndarray:
+    """YOLOX head [1, A, 6] (x, y, log w, log h, obj, cls) -> boxes [k, 4] in grid units
+    (the anchors' own grid: enough to compare two models' outputs)."""
+    sizes, strides = [52, 26, 13], [8, 16, 32]
+    grids = np.concatenate([np.stack(np.meshgrid(np.arange(s), np.arange(s)), -1).reshape(-1, 2)
+                            for s in sizes])
+    st = np.concatenate([np.full((s * s, 1), t) for s, t in zip(sizes, strides)])
+    y = y[0]
+    keep = y[:, 4] * y[:, 5] > thr
+    xy = (y[keep, :2] + grids[keep]) * st[keep]
+    wh = np.exp(np.clip(y[keep, 2:4], -10, 10)) * st[keep]
+    b = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
+    return _nms(b, (y[keep, 4] * y[keep, 5]))
+
+
+def _nms(b: np.ndarray, s: np.ndarray, thr: float = 0.45) -> np.ndarray:
+    order, keep = np.argsort(-s), []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        order = order[1:][_iou(b[i], b[order[1:]]) < thr]
+    return b[keep]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt, rb = np.maximum(a[:2], b[:, :2]), np.minimum(a[2:], b[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda x: np.prod(x[..., 2:] - x[..., :2], axis=-1)
+    return inter / (area(a) + area(b) - inter + 1e-9)
+
+
+def box_f1(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    tp = n_ref = n_got = 0
+    for y0, y1 in zip(ref, got):
+        b0, b1 = boxes(y0), boxes(y1)
+        n_ref, n_got = n_ref + len(b0), n_got + len(b1)
+        used = set()
+        for b in b0:
+            if len(b1):
+                iou = _iou(b, b1)
+                j = int(np.argmax(iou))
+                if iou[j] > 0.5 and j not in used:
+                    used.add(j)
+                    tp += 1
+    return 2 * tp / max(n_ref + n_got, 1)
+
+
+def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict
+                ) -> float | None:
+    if "labels" in ev:
+        pred = np.concatenate([y.argmax(-1) for y in ys])
+        return float(np.mean(pred == ev["labels"][:len(pred)]))
+    if "texts" in ev:
+        cs = json.loads((ROOT / "bench/real/charset.json").read_text())
+        got = ctc_texts(ys, cs)
+        return float(np.mean([a == b for a, b in zip(got, ev["texts"])]))
+    if name == "common_det":
+        return box_f1(dense, ys)
+    return None
+
+
+def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> None:
+    from onnx import version_converter
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+    )
+    from onnxruntime.quantization import quantize_static as qs
+
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        m13 = version_converter.convert_version(model, 13)
+        src = out + ".opset13.onnx"
+        onnx.save(m13, src)
+    feeds = _batches(model, calib, len(next(iter(calib.values()))))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    qs(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+       activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+       calibrate_method=CalibrationMethod.MinMax)
+
+
+def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str],
+              method_override: str | None = None) -> list[dict]:
+    mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
+    method = MODELS[name][3]
+    if quick or method_override:
+        method = "rtn" if quick else method_override
+    model = onnx.load(mpath)
+    calib = dict(np.load(cpath))
+    if not Path(epath).is_file() and name == "ocr_like":
+        sys.path.insert(0, str(ROOT / "bench"))
+        from make_synthetic import smooth_images
+        np.savez(epath, image=smooth_images(48, 2))
+    ev = dict(np.load(epath, allow_pickle=False))
+    n_eval = len(next(iter(v for k, v in ev.items() if k not in ("labels", "texts"))))
+    feeds = _batches(model, ev, n_eval)
+    paths = {"fp32": mpath}
+    info: dict[str, dict] = {"fp32": {"integer": None}}
+    targets = [("tensorrt", "u8")] + [("onnxruntime", a) for a in act_types]
+    for runtime, act_type in targets:
+        key = f"W8A8 {runtime}" + (f" {act_type}" if runtime == "onnxruntime" and (
+            len(act_types) > 1 or act_type != "u8") else "")
+        out = str(work / f"{name}.{runtime}.{act_type}.onnx")
+        t = time.perf_counter()
+        r = convert(mpath, out, calib=cpath, bits=8, act_bits=8, method=method,
+                    runtime=runtime, act_type=act_type, holdout=0.0,
+                    compare_baseline=False, progress=False)
+        f = r.report.fusion
+        info[key] = {"integer": f"{f.get('integer', 0)}/{f.get('layers', 0)}",
+                     "unfused": [u["why"] for u in f.get("unfused", [])],
+                     "seconds": time.perf_counter() - t, "method": method}
+        paths[key] = out
+        print(f"  {name} {key}: {info[key]['integer']} on integer kernels "
+              f"({info[key]['seconds']:.0f} s)", flush=True)
+    out = str(work / f"{name}.quantize_static.onnx")
+    quantize_static(mpath, out, calib, model)
+    paths["quantize_static"] = out
+    info["quantize_static"] = {"integer": None}
+    dense = outputs(mpath, feeds)
+    rows = []
+    (lat1, min1) = latency(paths, feeds[0] if len(next(iter(feeds[0].values()))) == 1 else
+                   {k: v[:1] for k, v in feeds[0].items()}, runs, 1)
+    (latn, _) = latency(paths, feeds[0] if len(next(iter(feeds[0].values()))) == 1 else
+                   {k: v[:1] for k, v in feeds[0].items()}, runs, 0)
+    for key, p in paths.items():
+        ys = dense if key == "fp32" else outputs(p, feeds)
+        err = float(np.mean([np.linalg.norm(y - d) / max(np.linalg.norm(d), 1e-12)
+                             for y, d in zip(ys, dense)]))
+        agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
+                                              for y, d in zip(ys, dense)])))
+        rows.append({"model": name, "format": key, "size_mb": os.path.getsize(p) / 1e6,
+                     "ms_1t": lat1[key], "ms_all": latn[key],
+                     "ratio_1t": lat1[key] / lat1["fp32"], "ratio_all": latn[key] / latn["fp32"],
+                     "min_1t": min1[key], "ratio_min_1t": min1[key] / min1["fp32"],
+                     "error": err, "agreement": agree,
+                     "task": task_metric(name, ys, dense, ev), **info[key]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | format | size MB | ms 1 thread | × fp32 | min × fp32 | ms all | × fp32 "
+            "| output error | top-1 agree | task metric | integer layers |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        task = "" if r["task"] is None else f"{100 * r['task']:.2f}"
+        lines.append(f"| {r['model']} | {r['format']} | {r['size_mb']:.2f} | {r['ms_1t']:.2f} "
+                     f"| {r['ratio_1t']:.3f} | {r['ratio_min_1t']:.3f} | {r['ms_all']:.2f} "
+                     f"| {r['ratio_all']:.3f} "
+                     f"| {r['error']:.4f} | {100 * r['agreement']:.2f} | {task} "
+                     f"| {r['integer'] or ''} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="RTN weights instead of OBQ/GPTQ")
+    ap.add_argument("--method", default=None, choices=["obc", "gptq", "rtn"],
+                    help="weights of every model by this method (default: per model)")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/deploy.json"))
+    ap.add_argument("--act-types", default="u8",
+                    help="activation types of the onnxruntime target rows (u8,s8: both)")
+    args = ap.parse_args()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
+        for name in args.models.split(","):
+            if not (ROOT / MODELS[name][0]).is_file():
+                print(f"skipping {name}: {MODELS[name][0]} is missing (bench/make_synthetic.py"
+                      " or bench/setup_models.py writes it)")
+                continue
+            print(f"{name} ...", flush=True)
+            rows += run_model(name, args.runs, Path(tmp), args.quick,
+                              args.act_types.split(","), args.method)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"onnxruntime": ort.__version__, "cpus": os.cpu_count(),
+                               "rows": rows}, indent=2))
+    print(table(rows))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

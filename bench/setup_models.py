@@ -1,0 +1,149 @@
+"""Install the real pretrained models for bench/deploy.py into bench/real/ (gitignored).
+
+    python bench/setup_models.py [--out bench/real] [--samples 96]
+
+The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
+common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
+13.5 M parameters, input [1, 1, 64, W] grey / 255), common_old.onnx (the same recognizer
+already dynamically quantized by its authors: ConvInteger / DynamicQuantizeLSTM, so nothing
+float is left to compress; copied for reference only) and common_det.onnx (a YOLOX-style
+character detector, 5.0 M parameters, input [1, 3, 416, 416] in 0..255 with 114 padding).
+Their charset is written beside them (charset.json) to decode the recognizer's CTC output.
+
+Calibration and evaluation data are rendered here with PIL (DejaVu fonts): captcha-like
+text lines of 4-6 characters at the recognizer's input height (64 x 192, per ddddocr's
+preprocessing: resize to height 64, grey, / 255) with their labels, and 416 x 416 scenes of
+scattered characters for the detector. Nothing here is committed: the models stay under
+bench/real/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import string
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+VERSION = "1.6.1"
+FILES = ("common.onnx", "common_det.onnx", "common_old.onnx")
+FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
+         "DejaVuSerif-Bold.ttf", "DejaVuSansCondensed.ttf")
+TEXT = string.digits + string.ascii_lowercase
+
+
+def fetch(out: Path) -> None:
+    """pip download the ddddocr wheel and extract its models and charset into `out`."""
+    if all((out / f).is_file() for f in FILES) and (out / "charset.json").is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", f"ddddocr=={VERSION}",
+                        "--no-deps", "--only-binary=:all:", "-q", "-d", tmp], check=True)
+        wheel = next(Path(tmp).glob("ddddocr-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            for f in FILES:
+                (out / f).write_bytes(z.read(f"ddddocr/{f}"))
+            charsets = z.read("ddddocr/charsets.py").decode("utf-8")
+    # a module of list literals; common.onnx is ddddocr's "beta" recognizer: CHARSET_BETA
+    tree = ast.parse(charsets)
+    beta = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "")
+                == "CHARSET_BETA")
+    (out / "charset.json").write_text(json.dumps(beta, ensure_ascii=False))
+
+
+def _font(rng: np.random.Generator, size: int):
+    from PIL import ImageFont
+
+    for name in rng.permutation(FONTS):
+        for folder in ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu"):
+            try:
+                return ImageFont.truetype(f"{folder}/{name}", int(size))
+            except OSError:
+                continue
+    return ImageFont.load_default()
+
+
+def text_lines(n: int, seed: int, width: int = 192, height: int = 64
+               ) -> tuple[np.ndarray, list[str]]:
+    """n captcha-like lines [n, 1, 64, width] in [0, 1] and their texts."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(n):
+        text = "".join(rng.choice(list(TEXT), size=int(rng.integers(4, 7))))
+        bg = tuple(int(v) for v in rng.integers(170, 256, 3))
+        img = Image.new("RGB", (width * 2, height * 2), bg)
+        d = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(0, 4))):  # clutter lines
+            d.line([tuple(int(v) for v in rng.integers(0, (width * 2, height * 2)))
+                    for _ in range(2)], fill=tuple(int(v) for v in rng.integers(0, 160, 3)),
+                   width=int(rng.integers(1, 4)))
+        x = int(rng.integers(4, 24))
+        for ch in text:
+            f = _font(rng, rng.integers(64, 92))
+            fg = tuple(int(v) for v in rng.integers(0, 110, 3))
+            d.text((x, int(rng.integers(0, 30))), ch, font=f, fill=fg)
+            x += int(f.getlength(ch)) + int(rng.integers(-4, 8))
+        img = img.crop((0, 0, max(x + 12, 64), height * 2)).filter(
+            ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
+        img = img.convert("L").resize((width, height))
+        images.append(np.asarray(img, dtype=np.float32)[None] / 255.0)
+        labels.append(text)
+    return np.stack(images), labels
+
+
+def scenes(n: int, seed: int, size: int = 416) -> np.ndarray:
+    """n detector inputs [n, 3, 416, 416] in 0..255: captcha-like images of scattered
+    characters, resized into the 416 square and padded with 114 (ddddocr's preproc)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w, h = int(rng.integers(260, 420)), int(rng.integers(120, 300))
+        img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(150, 256, 3)))
+        d = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(2, 8))):
+            d.line([tuple(int(v) for v in rng.integers(0, (w, h))) for _ in range(2)],
+                   fill=tuple(int(v) for v in rng.integers(0, 200, 3)), width=2)
+        for _ in range(int(rng.integers(3, 9))):
+            ch = str(rng.choice(list(TEXT + "的是不了人我在有他这")))
+            d.text((int(rng.integers(0, w - 40)), int(rng.integers(0, h - 50))), ch,
+                   font=_font(rng, rng.integers(24, 56)),
+                   fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+        r = min(size / h, size / w)
+        img = img.resize((int(w * r), int(h * r)))
+        pad = np.full((size, size, 3), 114, dtype=np.uint8)
+        pad[: img.size[1], : img.size[0]] = np.asarray(img)
+        out.append(pad.transpose(2, 0, 1).astype(np.float32))
+    return np.stack(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "real"))
+    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--eval", type=int, default=200)
+    args = ap.parse_args()
+    out = Path(args.out)
+    fetch(out)
+    x, _ = text_lines(args.samples, seed=1)
+    np.savez(out / "common.calib.npz", input1=x)
+    x, labels = text_lines(args.eval, seed=2)
+    np.savez(out / "common.eval.npz", input1=x, texts=np.array(labels))
+    np.savez(out / "common_det.calib.npz", images=scenes(max(args.samples // 2, 16), seed=3))
+    np.savez(out / "common_det.eval.npz", images=scenes(max(args.eval // 4, 16), seed=4))
+    print(f"wrote {', '.join(FILES)}, charset.json and calibration / eval data to {out}")
+
+
+if __name__ == "__main__":
+    main()

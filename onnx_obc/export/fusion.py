@@ -1,0 +1,236 @@
+"""Which quantized layers onnxruntime runs on integer kernels: the fusion check of a run.
+
+    result = check(model, layers)        # the model as exported, its quantized layers
+    print(result.line()); result.unfused  # [(node, why), ...]
+
+The model is loaded in an onnxruntime CPU session at ORT_ENABLE_ALL with
+`optimized_model_filepath` set (in a temporary directory, always removed); the optimized
+graph it writes tells, for each node that reads int8 codes through a DequantizeLinear, which
+kernel runs it: an integer one (QLinearConv, QLinearMatMul, QGemm, MatMulIntegerToFloat,
+MatMulNBits, ...) or a float op fed by dequantized weights. For a float one the exported
+graph is read to say why onnxruntime's QDQ rules did not match (see onnxruntime.py for the
+rules): an input that is not quantized, an output read by a float op, a graph output, a
+float bias, int8 activations on x86, 4-bit or blocked weights.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from ..layers import Layer, constant_weights, node_label
+
+INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
+                   "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits",
+                   "QAttention", "DynamicQuantizeLSTM")
+FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
+                 "NchwcConv", "ConvTranspose")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The fusion check's result (JSON-ready through to_dict)."""
+
+    layers: int  # quantized layer nodes (nodes that read int8/int4 codes through a DQ)
+    integer: int  # of these, run by an integer kernel
+    kernels: dict[str, int] = field(default_factory=dict)  # integer kernel -> layers
+    unfused: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
+    ops: dict[str, int] = field(default_factory=dict)  # op counts of the optimized graph
+    error: str = ""  # why the check could not run ("" when it ran)
+
+    def line(self) -> str:
+        if self.error:
+            return f"onnxruntime fusion check not run: {self.error}"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kernels.items()))
+        return (f"onnxruntime CPU (ORT_ENABLE_ALL): {self.integer} of {self.layers} quantized "
+                f"layers run on integer kernels" + (f" ({kinds})" if kinds else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["unfused"] = [{"node": n, "why": w} for n, w in self.unfused]
+        return d
+
+
+def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelProto:
+    """The graph onnxruntime's CPU session runs for `model` at ORT_ENABLE_ALL."""
+    from ..capture import Runtime
+    from ..modelio import serialized_or_path
+
+    rt = Runtime.of(runtime) if runtime is not None else Runtime()
+    with tempfile.TemporaryDirectory(prefix="onnx-obc-fusion-") as tmp:
+        opts = rt.options(optimize=True)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = os.path.join(tmp, "optimized.onnx")
+        opts.optimized_model_filepath = path
+        src = serialized_or_path(model, Path(tmp))
+        ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+        return onnx.load(path)
+
+
+def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None) -> Fusion:
+    """Which nodes of `layers` (those whose weight is stored as codes behind a
+    DequantizeLinear in `model`) onnxruntime's CPU optimizer runs on integer kernels."""
+    uses = _quantized_uses(model, layers)
+    if not uses:
+        return Fusion(0, 0)
+    try:
+        opt = optimized_graph(model, runtime)
+    except Exception as exc:  # onnxruntime refuses the model, or cannot write it (> 2 GB)
+        return Fusion(len(uses), 0, error=f"{type(exc).__name__}: {exc}"[:300])
+    kernels: Counter[str] = Counter()
+    unfused = []
+    for label, (codes, index) in uses.items():
+        kernel, integer = _kernel_of(opt, label, codes)
+        if integer:
+            kernels[kernel] += 1
+            continue
+        node = model.graph.node[index]
+        unfused.append((label, f"{node.op_type} {label}: float {kernel or node.op_type} with "
+                               f"DequantizeLinear inputs — {why_not(model, index)}"))
+    ops = Counter(n.op_type for n in opt.graph.node)
+    return Fusion(len(uses), sum(kernels.values()), dict(kernels), unfused,
+                  dict(sorted(ops.items())))
+
+
+def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tuple[str, int]]:
+    """node label -> (codes tensor, node index) for every node of `layers` whose weight is
+    the output of a DequantizeLinear of a constant."""
+    g = model.graph
+    consts = constant_weights(g)
+    dq_codes = {n.output[0]: n.input[0] for n in g.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    weights = {L.weight for L in layers}
+    out = {}
+    for i, n in enumerate(g.node):
+        if (n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1
+                and n.input[1] in weights and n.input[1] in dq_codes):
+            out[node_label(n, i)] = (dq_codes[n.input[1]], i)
+        elif n.op_type == "MatMulNBits" and n.domain == "com.microsoft":  # export/nbits.py
+            out[node_label(n, i)] = (n.input[1], i)
+    return out
+
+
+def _kernel_of(opt: onnx.ModelProto, label: str, codes: str) -> tuple[str, bool]:
+    """(the op that runs the layer in the optimized graph, whether it is an integer one)."""
+    named = [n for n in opt.graph.node
+             if n.name == label or (n.name.startswith(label) and n.name[len(label):][:1] in
+                                    ("_", "/"))]
+    for n in named:
+        if n.op_type in INTEGER_KERNELS:
+            return n.op_type, True
+    readers = [n for n in opt.graph.node if codes in n.input]
+    for n in readers:
+        if n.op_type in INTEGER_KERNELS and (not named or n in named or len(readers) == 1):
+            return n.op_type, True
+    floats = [n for n in named if n.op_type in FLOAT_KERNELS]
+    if floats:
+        return floats[0].op_type, False
+    for n in readers:  # codes -> DequantizeLinear -> a float op
+        if n.op_type == "DequantizeLinear":
+            nxt = [m for m in opt.graph.node if n.output[0] in m.input]
+            if nxt:
+                return nxt[0].op_type, False
+    return "", False
+
+
+def why_not(model: onnx.ModelProto, index: int) -> str:
+    """Why onnxruntime's QDQ rules do not turn graph.node[index] (a Conv / Gemm / MatMul
+    whose weight is dequantized) into an integer kernel, read from the exported graph (every
+    reason found, "; " between them)."""
+    g = model.graph
+    n = g.node[index]
+    producer = {t: m for m in g.node for t in m.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for m in g.node:
+        for t in m.input:
+            readers.setdefault(t, []).append(m)
+    outputs = {o.name for o in g.output}
+    consts = constant_weights(g)
+    why = []
+    wdq = producer.get(n.input[1])
+    if wdq is not None and wdq.op_type == "DequantizeLinear":
+        t = consts.get(wdq.input[0])
+        if t is not None and t[1].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            why.append("4-bit weights: onnxruntime has no QLinear kernel for them"
+                       + (" (MatMulNBits takes MatMul / Gemm weights only)"
+                          if n.op_type == "Conv" else ""))
+        if any(a.name == "block_size" and a.i for a in wdq.attribute):
+            why.append("blocked (--group-size) weight scales: no QLinear kernel for them")
+    xdq = producer.get(n.input[0])
+    x_type = None
+    if xdq is None or xdq.op_type != "DequantizeLinear":
+        why.append("its input activation is not quantized (no QuantizeLinear -> "
+                   "DequantizeLinear before it)")
+    else:
+        x_type = _zero_point_type(g, xdq, consts)
+    if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
+        bdq = producer.get(n.input[2])
+        t = (consts.get(bdq.input[0]) if bdq is not None and bdq.op_type == "DequantizeLinear"
+             else None)
+        if t is None or t[1].data_type != onnx.TensorProto.INT32:
+            why.append("its bias is float (onnxruntime needs int32 codes behind "
+                       "DequantizeLinear)")
+    if n.op_type == "Gemm" and any(a.name == "beta" and a.f != 1.0 for a in n.attribute):
+        why.append("Gemm beta != 1 with a bias")
+    out = n.output[0]
+    after = readers.get(out, [])
+    if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and out not in outputs:
+        clip = after[0]
+        nxt = readers.get(clip.output[0], [])
+        if (nxt and all(m.op_type == "QuantizeLinear" for m in nxt)
+                and not _zero_point_is_lowest(g, nxt[0], consts)):
+            why.append(f"the {clip.op_type} after it is not made redundant by its output "
+                       "quantization (zero point is not the lowest code)")
+        out, after = clip.output[0], nxt
+    qs = [m for m in after if m.op_type == "QuantizeLinear"]
+    if out in outputs and n.op_type == "Conv":
+        why.append("its output is a graph output (kept float)")
+    elif n.op_type == "Conv" and after and _only_to_outputs(out, readers, outputs):
+        why.append("its output only feeds graph outputs (through Concat / data movement), "
+                   "kept float for accuracy")
+    elif n.op_type == "Conv" and len(qs) < len(after):
+        shown = ", ".join(f"{m.op_type} {m.name!r}" for m in after
+                          if m.op_type != "QuantizeLinear")
+        why.append(f"output not quantized (read in float by {shown})")
+    elif qs and len(qs) < len(after):
+        why.append("its output is read both through a QuantizeLinear and in float")
+    if qs and x_type is not None and _zero_point_type(g, qs[0], consts) != x_type:
+        why.append("input and output are quantized to different types")
+    if not why and x_type == onnx.TensorProto.INT8 and n.op_type in ("Conv", "MatMul"):
+        why.append("int8 (s8) activations: onnxruntime fuses int8 Conv/MatMul groups only on "
+                   "ARM or with session option session.qdq_is_int8_allowed=1 (x86: use u8)")
+    return "; ".join(why) or "no onnxruntime QDQ rule matched"
+
+
+def _only_to_outputs(t: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str],
+                     depth: int = 0) -> bool:
+    """Whether `t` reaches only graph outputs, through Concat / data-movement ops."""
+    from .ortplan import MOVE_OPS
+
+    r = readers.get(t, [])
+    if depth > 64 or not (r or t in outputs):
+        return False
+    return all(m.op_type in MOVE_OPS + ("Concat",) and all(
+        _only_to_outputs(o, readers, outputs, depth + 1) for o in m.output) for m in r)
+
+
+def _zero_point_type(g: onnx.GraphProto, node: onnx.NodeProto, consts: dict) -> int | None:
+    if len(node.input) < 3 or node.input[2] not in consts:
+        return onnx.TensorProto.UINT8 if node.op_type == "QuantizeLinear" else None
+    return consts[node.input[2]][1].data_type
+
+
+def _zero_point_is_lowest(g: onnx.GraphProto, q: onnx.NodeProto, consts: dict) -> bool:
+    if len(q.input) < 3 or q.input[2] not in consts:
+        return True  # default uint8 zero point 0
+    t = consts[q.input[2]][1]
+    zp = int(numpy_helper.to_array(t).reshape(-1)[0])
+    return zp == {onnx.TensorProto.INT8: -128, onnx.TensorProto.UINT8: 0}.get(t.data_type, zp)

@@ -1,0 +1,123 @@
+"""The onnxruntime target: Q/DQ placed so that onnxruntime's CPU graph optimizer turns every
+quantized layer, and the ops between layers it can run on integers, into integer kernels.
+
+onnxruntime (QDQSelectorActionTransformer, ORT_ENABLE_EXTENDED and up) replaces a node group
+by an integer kernel only when the whole group is quantized (onnxruntime's
+qdq_selectors.cc / qdq_selector_action_transformer.cc, checked with 1.31):
+
+    DQ(x), DQ(w) [, DQ(bias int32)] -> Conv [-> Relu/Clip] -> Q       QLinearConv
+    DQ(a), DQ(b) -> MatMul -> Q                                        QLinearMatMul
+    DQ(a), DQ(b) -> MatMul                (no Q: float output)          MatMulIntegerToFloat
+    DQ(a), DQ(b) [, DQ(c int32)] -> Gemm [-> Q]                         QGemm
+    DQ, DQ -> Add / Mul -> Q;  DQ* -> Concat -> Q                      QLinearAdd/Mul/Concat
+    DQ -> GlobalAveragePool / AveragePool / Sigmoid / LeakyRelu / Softmax -> Q     QLinear*
+    DQ -> Reshape / Transpose / MaxPool / Resize / Slice / ... -> Q   (same scale and zero
+                                                     point): the op runs on the 8-bit codes
+
+Every DQ must feed only its target node, every output edge of the target must be a Q (a
+float reader of the output breaks the group) and the output must not be a graph output; a
+Relu/Clip between the node and its Q is dropped only when the Q's range makes it redundant
+(zero point = the type's lowest code); the int32 bias is used as is, so its scale must be
+x_scale * w_scale per channel; int8 (s8) activation groups are only fused where int8 is
+allowed (ARM, or the session option session.qdq_is_int8_allowed=1): measured on x86 with
+1.31, s8 Conv groups still became QLinearConv, s8 MatMul groups stayed float.
+
+Hence the placement (`plan`):
+  - integer nodes: the quantized layers (int8 symmetric per-channel weights from OBQ), Add /
+    Mul of two activations, Concat, the pooling and unary ops above, and the data-movement
+    ops whose input is quantized (their output keeps the input's scale and zero point).
+    Attention (MatMul of two activations, Softmax) and Add / Mul with a constant stay float
+    (ortplan.py: INTEGER_ATTENTION, QUANTIZE_CONSTANT_INPUTS; measured: less accurate, no
+    faster);
+  - every activation input of an integer node, and every output, is quantized: x -> Q ->
+    DQ, one DQ per integer reader; when the producer is an integer node, float readers read
+    a DQ too. A Relu/Clip that is the only reader of an integer node's output takes the
+    node's output quantization (its range starts at 0, so onnxruntime drops it);
+  - a MatMul/Gemm layer whose readers are all float keeps a float output
+    (MatMulIntegerToFloat / QGemm with float output), e.g. before its bias Add or a
+    LayerNorm, and so does any node whose output is a graph output or only reaches graph
+    outputs through Concat / data movement (the "tail", left float: quantizing detector
+    boxes and scores or logits to 8 bits costs accuracy; such a Conv runs in float);
+  - Conv / Gemm biases become int32 codes round(b / (x_scale * w_scale)) behind a
+    DequantizeLinear with that scale.
+
+Activations are "u8" (uint8, asymmetric: zero point from the observed min/max) or "s8"
+(int8, symmetric, zero point 0; a Relu/Clip output taken into its producer gets zero point
+-128 so the Relu stays redundant). Weights are int8 symmetric per channel, as for TensorRT
+(qweights.quantize_weights); layers with other grids (4-bit, blocked, asymmetric) keep their
+weight DQ and run in float between float activations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from ..errors import ConfigError
+from ..layers import Layer
+from . import nbits
+from .ortplace import QParams, place, qparams
+from .ortplan import Plan, float_tensors, layer_nodes, plan
+from .qweights import QuantizedWeight, quantize_weights
+
+log = logging.getLogger(__name__)
+NAME = "onnxruntime"
+ACT_TYPES = ("u8", "s8")
+DEFAULT_ACT_TYPE = "u8"
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def act_tensors(proto: onnx.ModelProto, layers: list[Layer]) -> list[str]:
+    """Every activation the placement may quantize when all `layers` are int8 layers."""
+    return plan(proto, layer_nodes(proto, layers)).observed
+
+
+def act_values(observers: dict, method: str = "minmax", percentile: float = 99.99
+               ) -> dict[str, tuple[float, float]]:
+    """tensor -> (lo, hi), the range deploy() turns into a scale and zero point."""
+    return {n: o.bounds(method, percentile) for n, o in observers.items()}
+
+
+def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
+           qweights: dict[str, QuantizedWeight],
+           act_scales: dict[str, tuple[float, float]] | None, act_type: str = DEFAULT_ACT_TYPE,
+           matmul_nbits: bool = False, nbits_block_size: int | None = None,
+           accuracy_level: int = 0) -> onnx.ModelProto:
+    """`model` (compressed float weights in place) as onnxruntime runs it fastest: `qweights`
+    behind DequantizeLinear and, with activation ranges (tensor -> (lo, hi)), Q/DQ pairs on
+    every tensor of the integer region (see the module docstring). matmul_nbits: MatMul /
+    Gemm weights of at most 4 bits as com.microsoft.MatMulNBits (nbits.py) instead."""
+    if act_type not in ACT_TYPES:
+        raise ConfigError(f"export.act_type must be one of {', '.join(ACT_TYPES)}, got "
+                          f"{act_type!r}")
+    if matmul_nbits and qweights:
+        packed, notes = nbits.select(model, layers, qweights, nbits_block_size)
+        for note in notes:
+            log.warning(note)
+        model = nbits.rewrite(model, layers, packed, accuracy_level)
+        qweights = {k: q for k, q in qweights.items() if k not in packed}
+    if qweights:
+        model = quantize_weights(model, layers, qweights)
+    if act_scales is None:
+        return model
+    integer = [L for L in layers if L.weight in solved and L.weight in qweights
+               and int8_layer(qweights[L.weight])]
+    if not integer:  # no int8 layer: nothing runs on integers, no activation Q/DQ
+        return model
+    p = plan(model, layer_nodes(model, integer))
+    if not p.tensors:
+        return model
+    return place(model, p, act_scales, qweights, act_type)
+
+
+def int8_layer(q: QuantizedWeight) -> bool:
+    """Whether onnxruntime has an integer kernel for this weight: 8-bit signed codes, one
+    scale per output channel, zero point 0."""
+    return (q.bits == 8 and q.signed and q.block_size is None
+            and not np.any(q.zero_point))
+
+
+__all__ = ["ACT_TYPES", "DEFAULT_ACT_TYPE", "NAME", "Plan", "QParams", "act_tensors",
+           "act_values", "deploy", "float_tensors", "int8_layer", "plan", "qparams"]

@@ -1,0 +1,210 @@
+"""The onnxruntime target's placement plan: which nodes run on integers and which tensors
+get a QuantizeLinear -> DequantizeLinear pair (onnxruntime.py says why, from onnxruntime's
+QDQ fusion rules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import numpy_helper
+
+from ..layers import Layer, constant_weights
+from .graph import DEFAULT_DOMAINS
+
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+# ops onnxruntime runs as QLinear* kernels when their inputs come from DQ and output goes to Q
+COMPUTE_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid",
+               "LeakyRelu", "Softmax", "MatMul")
+# ops that only move data: DQ -> op -> Q with equal parameters runs the op on the codes
+MOVE_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
+            "Gather", "Expand", "Tile", "Resize")
+CLIP_OPS = ("Relu", "Clip")
+# Add/Mul with one constant input: quantize the constant (QLinearAdd/QLinearMul) or leave the
+# node float. A MatMul's bias Add stays float: MatMulIntegerToFloat then adds it in float.
+# Measured (W8A8 RTN weights): quantizing them cost accuracy on digits_vit (eval output error
+# 0.023 -> 0.030) and gained no speed on the synthetic OCR model, so they stay float.
+QUANTIZE_CONSTANT_INPUTS = False
+BIAS_ADD_INTEGER = False
+# MatMul of two activations and Softmax (attention) on integers as well (same measurement)
+INTEGER_ATTENTION = False
+
+
+@dataclass
+class Plan:
+    """Where the Q/DQ pairs go. Node indices refer to the model `plan` was given."""
+
+    roles: dict[int, str] = field(default_factory=dict)  # "layer" | "compute" | "move" | "clip"
+    tensors: dict[str, str | None] = field(default_factory=dict)  # quantized: None = own
+    # range; a tensor name = same scale and zero point as that tensor (data movement)
+    consts: dict[str, int] = field(default_factory=dict)  # constant -> the node that reads it
+    absorbed: dict[int, int] = field(default_factory=dict)  # producer -> its Relu/Clip
+    float_out: dict[int, str] = field(default_factory=dict)  # integer node -> why its output
+    # stays float
+
+    @property
+    def observed(self) -> list[str]:
+        """The tensors whose ranges are captured (every quantized activation)."""
+        return list(self.tensors)
+
+
+def layer_nodes(model: onnx.ModelProto, layers: list[Layer]) -> set[int]:
+    """Indices of the nodes that read a layer's weight (input 1) and its activation."""
+    pairs = {(u.input, L.weight) for L in layers for u in L.uses}
+    return {i for i, n in enumerate(model.graph.node)
+            if n.op_type in LAYER_OPS and n.domain in DEFAULT_DOMAINS and len(n.input) > 1
+            and (n.input[0], n.input[1]) in pairs}
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors known to be float32 (graph inputs, node outputs by shape
+    inference, constants)."""
+    from ..capture import _shapes_only  # a light copy for shape inference (no weights)
+
+    m = _shapes_only(model)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    except Exception:  # unknown ops, bad shapes: only the declared types are known
+        pass
+    f32 = onnx.TensorProto.FLOAT
+    out = {vi.name for vi in [*m.graph.value_info, *m.graph.input, *m.graph.output]
+           if vi.type.tensor_type.elem_type == f32}
+    out |= {k for k, (_, t) in constant_weights(model.graph).items() if t.data_type == f32}
+    return out
+
+
+def data_inputs(node: onnx.NodeProto) -> list[str]:
+    """The activation inputs an integer kernel takes from DQ nodes."""
+    if node.op_type in ("Add", "Mul", "MatMul"):
+        return list(node.input[:2])
+    if node.op_type == "Concat":
+        return list(node.input)
+    return list(node.input[:1])
+
+
+def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
+    """The integer region and its quantized tensors for `model` (onnxruntime.py's docstring
+    says where and why); `layer_nodes`: the nodes of the layers with int8 weights."""
+    g = model.graph
+    consts = set(constant_weights(g))
+    consts |= {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in consts}  # dequantized weights count as constants
+    floats = float_tensors(model)
+    outputs = {o.name for o in g.output}
+    producer: dict[str, int] = {}
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(g.node):
+        for t in n.output:
+            producer[t] = i
+        for t in n.input:
+            if t:
+                readers.setdefault(t, []).append(i)
+    p = Plan()
+    bias_adds = _bias_adds(g, layer_nodes, consts, readers) if not BIAS_ADD_INTEGER else set()
+    for i, n in enumerate(g.node):  # candidate roles
+        if n.domain not in DEFAULT_DOMAINS:
+            continue
+        if i in layer_nodes:
+            p.roles[i] = "layer"
+            continue
+        op, data = n.op_type, data_inputs(n)
+        if not data or any(not t or t not in floats for t in data) or len(n.output) != 1:
+            continue
+        fixed = [t for t in data if t in consts]
+        if op in MOVE_OPS:
+            if not fixed:
+                p.roles[i] = "move"
+        elif op in CLIP_OPS:
+            p.roles[i] = "clip"
+        elif op in COMPUTE_OPS:
+            if op in ("Add", "Mul") and fixed:
+                if len(fixed) == 1 and QUANTIZE_CONSTANT_INPUTS and i not in bias_adds:
+                    p.roles[i] = "compute"
+                    p.consts[fixed[0]] = i
+            elif not fixed and (op not in ("MatMul", "Softmax") or INTEGER_ATTENTION):
+                p.roles[i] = "compute"
+    # the tail: Concat / data movement that only leads to graph outputs stays float, and so
+    # do the outputs that only feed it (detector boxes and scores, logits keep full precision)
+    tail: set[int] = set()
+    for i in range(len(g.node) - 1, -1, -1):
+        n = g.node[i]
+        if (n.op_type in MOVE_OPS + ("Concat",) and n.domain in DEFAULT_DOMAINS
+                and all(_feeds_outputs_only(t, readers, tail, outputs) for t in n.output)):
+            tail.add(i)
+            p.roles.pop(i, None)
+    # a Relu/Clip that alone reads an integer node's output takes over its quantization
+    for i, role in list(p.roles.items()):
+        if role != "clip":
+            continue
+        n = g.node[i]
+        j = producer.get(n.input[0])
+        if (j is not None and p.roles.get(j) in ("layer", "compute")
+                and readers.get(n.input[0]) == [i] and n.input[0] not in outputs
+                and n.output[0] not in outputs and _clip_starts_at_zero(n, g)):
+            p.absorbed[j] = i
+        del p.roles[i]
+    for i in list(p.absorbed.values()):
+        p.roles[i] = "clip"
+
+    def integer_reader(t: str) -> bool:
+        return any(p.roles.get(r) in ("layer", "compute", "move") for r in readers.get(t, []))
+
+    for i, role in p.roles.items():  # the activation inputs of layers and compute nodes
+        if role in ("layer", "compute"):
+            for t in data_inputs(g.node[i]):
+                if t not in consts:
+                    p.tensors.setdefault(t, None)
+    for i, n in enumerate(g.node):  # outputs, in topological order
+        role = p.roles.get(i)
+        if role == "move":
+            src = n.input[0]
+            if src in p.tensors and n.output[0] not in outputs:
+                p.tensors[n.output[0]] = src
+            else:
+                del p.roles[i]
+        elif role in ("layer", "compute"):
+            out = g.node[p.absorbed[i]].output[0] if i in p.absorbed else n.output[0]
+            if out in outputs:
+                p.float_out[i] = "its output is a graph output (kept float)"
+            elif _feeds_outputs_only(out, readers, tail, outputs):
+                p.float_out[i] = "its output only feeds graph outputs (kept float)"
+            elif (role == "layer" and n.op_type in ("MatMul", "Gemm")
+                  and not integer_reader(out)):
+                p.float_out[i] = "no integer reader: float output"
+            else:
+                p.tensors.setdefault(out, None)
+    return p
+
+
+def _feeds_outputs_only(t: str, readers: dict[str, list[int]], tail: set[int],
+                        outputs: set[str]) -> bool:
+    """Whether `t` is a graph output or read only by tail nodes."""
+    r = readers.get(t, [])
+    return (t in outputs or bool(r)) and all(i in tail for i in r)
+
+
+def _bias_adds(g: onnx.GraphProto, layer_nodes: set[int], consts: set[str],
+               readers: dict[str, list[int]]) -> set[int]:
+    """Adds of a constant to a MatMul layer's output that alone reads it (its bias)."""
+    found = set()
+    for i in layer_nodes:
+        n = g.node[i]
+        if n.op_type != "MatMul":
+            continue
+        r = readers.get(n.output[0], [])
+        if len(r) == 1 and g.node[r[0]].op_type == "Add" and any(
+                t in consts for t in g.node[r[0]].input):
+            found.add(r[0])
+    return found
+
+
+def _clip_starts_at_zero(node: onnx.NodeProto, g: onnx.GraphProto) -> bool:
+    """Relu, or a Clip whose min is a constant 0 (onnxruntime drops it before a Q whose
+    zero point is the lowest code)."""
+    if node.op_type == "Relu":
+        return True
+    lo = next((a.f for a in node.attribute if a.name == "min"), None)
+    if lo is None and len(node.input) > 1 and node.input[1]:
+        t = constant_weights(g).get(node.input[1])
+        lo = float(numpy_helper.to_array(t[1])) if t is not None else None
+    return lo == 0.0

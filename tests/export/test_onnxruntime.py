@@ -1,0 +1,262 @@
+"""The onnxruntime target: Q/DQ placed so that onnxruntime's CPU optimizer fuses the
+quantized layers (and the Add / pooling between them) into integer kernels; the result runs
+like its own QDQ graph executed in float (ORT_DISABLE_ALL); the fusion check counts the
+layers on integer kernels and says why the others are not."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_obc import convert
+from onnx_obc.actrange import RangeObserver
+from onnx_obc.capture import capture, capture_session
+from onnx_obc.config import CompressConfig
+from onnx_obc.errors import ConfigError
+from onnx_obc.export import act_tensors, act_values, build, fusion
+from onnx_obc.export.onnxruntime import plan, qparams
+from onnx_obc.flags import flags_in
+from onnx_obc.layers import find_layers
+
+from .. import builders as b
+from . import helpers as h
+
+ROOT = Path(__file__).resolve().parents[2]
+INTEGER = {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "QLinearAdd",
+           "QLinearGlobalAveragePool", "QLinearConcat", "QLinearMul", "QLinearSigmoid"}
+
+
+def residual_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv, a residual Add, Relu, GlobalAveragePool, Flatten, Gemm:
+
+        x [N, 4, 6, 6] --c1(W1, B1)--> Relu r1 --c2(W2, B2)--> c2 --Add(r1)--> Relu r2
+          --GlobalAveragePool--> Flatten --fc(Wf [5, 8], bf)--> y [N, 5]
+    """
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], name="c2", pads=[1] * 4),
+             helper.make_node("Add", ["c2", "r1"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1)]
+    inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             b.weight("W2", (8, 8, 3, 3), seed + 2), b.weight("B2", (8,), seed + 3),
+             b.weight("Wf", (5, 8), seed + 4), b.weight("bf", (5,), seed + 5)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 6, 6])], [b.vi("y", [b.BATCH, 5])], inits)
+
+
+def deep_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul -> Relu -> MatMul -> Relu -> MatMul (no biases): x [N, 8] -> y [N, 4]."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h1"], name="fc1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("MatMul", ["r1", "W2"], ["h2"], name="fc2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "W3"], ["y"], name="fc3")]
+    inits = [b.weight("W1", (8, 16), seed), b.weight("W2", (16, 16), seed + 1),
+             b.weight("W3", (16, 4), seed + 2)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 8])], [b.vi("y", [b.BATCH, 4])], inits)
+
+
+def ranges(model: onnx.ModelProto, feed: dict[str, np.ndarray], names: list[str]
+           ) -> dict[str, RangeObserver]:
+    """Observers of `names` over one batch, as collect() fills them."""
+    obs = {n: RangeObserver() for n in names}
+    sess = capture_session(model, names, ["CPUExecutionProvider"])
+    for _, acts in capture(sess, names, iter([(len(next(iter(feed.values()))), feed)])):
+        for n, o in obs.items():
+            o.add(acts[n])
+    return obs
+
+
+def compressed(model: onnx.ModelProto, runtime: str = "onnxruntime", act_type: str = "u8",
+               bits: int = 8, seed: int = 1) -> tuple[onnx.ModelProto, dict, list]:
+    layers = find_layers(model)[0]
+    sols = h.solutions(model, layers, bits=bits)
+    feed = b.feeds(model, 32, seed=seed)
+    obs = ranges(model, feed, act_tensors(model, layers, runtime))
+    out = build(model, layers, sols, act_scales=act_values(obs, runtime), target=runtime,
+                target_options={"act_type": act_type} if runtime == "onnxruntime" else None)
+    return out, feed, layers
+
+
+def optimized_ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in fusion.optimized_graph(model).graph.node)
+
+
+def run(model: onnx.ModelProto, feed: dict, level: ort.GraphOptimizationLevel) -> np.ndarray:
+    o = ort.SessionOptions()
+    o.graph_optimization_level = level
+    o.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
+    return s.run(None, feed)[0]
+
+
+def rel(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("builder, expected", [
+    (residual_cnn, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearGlobalAveragePool": 1,
+                    "QGemm": 1}),
+    (deep_mlp, {"QLinearMatMul": 2, "MatMulIntegerToFloat": 1}),
+    (b.gemm, {"QGemm": 1}),
+    (b.mlp, {"QLinearMatMul": 1, "MatMulIntegerToFloat": 1}),
+])
+def test_fuses_into_integer_kernels_and_matches_fake_quant(builder, expected) -> None:
+    model = builder()
+    out, feed, layers = compressed(model)
+    onnx.checker.check_model(out, full_check=True)
+    ops = optimized_ops(out)
+    assert {k: ops[k] for k in expected} == expected, ops
+    assert ops["Conv"] + ops["FusedConv"] + ops["MatMul"] + ops["Gemm"] == 0, ops
+    fused = run(out, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    fake = run(out, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # QDQ in float
+    assert rel(fused, fake) <= 0.02
+    trt, _, _ = compressed(model, runtime="tensorrt")
+    weights_only = build(model, layers, h.solutions(model, layers, bits=8))
+    ref = run(weights_only, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert rel(fused, ref) <= 0.05  # the error of 8-bit activations alone
+    assert rel(fused, run(trt, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)) <= 0.05
+    result = fusion.check(out, layers)
+    assert (result.layers, result.integer, result.unfused) == (
+        sum(len(L.uses) for L in layers), sum(len(L.uses) for L in layers), [])
+
+
+def test_int32_bias_and_output_quantization() -> None:
+    out, _, _ = compressed(residual_cnn())
+    nodes = {n.name: n for n in out.graph.node}
+    producer = {o: n for n in out.graph.node for o in n.output}
+    inits = {t.name: t for t in out.graph.initializer}
+    for conv in ("c1", "c2"):
+        bias_dq = producer[nodes[conv].input[2]]
+        assert bias_dq.op_type == "DequantizeLinear"
+        assert inits[bias_dq.input[0]].data_type == TensorProto.INT32
+        assert producer[nodes[conv].input[0]].op_type == "DequantizeLinear"
+    # c1's Relu output carries the quantization (zero point 0 = the lowest uint8 code)
+    readers = [n for n in out.graph.node if "r1" in n.input]
+    assert [n.op_type for n in readers] == ["QuantizeLinear"]
+    assert inits[readers[0].input[2]].data_type == TensorProto.UINT8
+    assert onnx.numpy_helper.to_array(inits[readers[0].input[2]]) == 0
+    assert [o.name for o in out.graph.output] == ["y"]
+
+
+def test_s8_activations_symmetric_and_relu_at_lowest_code() -> None:
+    out, feed, layers = compressed(residual_cnn(), act_type="s8")
+    inits = {t.name: t for t in out.graph.initializer}
+    zps = {n.input[0]: int(onnx.numpy_helper.to_array(inits[n.input[2]]))
+           for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert all(inits[n.input[2]].data_type == TensorProto.INT8
+               for n in out.graph.node if n.op_type == "QuantizeLinear")
+    assert zps["r1"] == -128 and zps["x"] == 0  # Relu taken into c1; the input symmetric
+    fake = run(out, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    weights_only = build(residual_cnn(), layers, h.solutions(residual_cnn(), layers, bits=8))
+    assert rel(fake, run(weights_only, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)) <= 0.05
+
+
+def test_fusion_check_names_the_layers_that_cannot_fuse() -> None:
+    trt, _, layers = compressed(residual_cnn(), runtime="tensorrt")
+    result = fusion.check(trt, layers)
+    assert result.layers == 3 and result.integer < 3
+    why = dict(result.unfused)
+    assert "c2" in why and "output not quantized (read in float by Add 'add')" in why["c2"]
+    assert why["c2"].startswith("Conv c2: float ")
+    assert "c1" in why and "bias is float" in why["c1"]
+    assert f"{result.integer} of 3 quantized layers run on integer kernels" in result.line()
+    # a Conv whose output is a graph output cannot fuse; the plan keeps it float and says so
+    model = b.conv(dims=2)
+    out, _, layers = compressed(model)
+    result = fusion.check(out, layers)
+    assert (result.layers, result.integer) == (1, 0)
+    assert "graph output" in result.unfused[0][1]
+
+
+def test_four_bit_layers_stay_float_and_are_reported() -> None:
+    out, _, layers = compressed(b.mlp(), bits=4)
+    result = fusion.check(out, layers)
+    assert result.integer < result.layers
+    assert all("4-bit" in w or "not quantized" in w for _, w in result.unfused)
+
+
+def test_plan_observes_the_integer_region() -> None:
+    model = residual_cnn()
+    layers = find_layers(model)[0]
+    names = act_tensors(model, layers, "onnxruntime")
+    # layer inputs, the Relu outputs taken into their producers, the Add and pool outputs;
+    # not the conv outputs a Relu takes over, not the graph output
+    assert {"x", "r1", "c2", "r2", "p", "f"} <= set(names)
+    assert "c1" not in names and "y" not in names
+    p = plan(model, {0, 2, 7})
+    assert p.tensors["f"] == "p"  # Flatten keeps the pool's scale and zero point
+    assert p.float_out == {7: "its output is a graph output (kept float)"}
+
+
+def test_qparams_and_bounds() -> None:
+    q = qparams(-1.0, 3.0, "u8")
+    assert q.dtype == np.uint8 and q.scale == pytest.approx(4 / 255) and q.zero_point == 64
+    assert qparams(0.0, 2.0, "u8").zero_point == 0
+    s = qparams(-1.0, 3.0, "s8")
+    assert s.dtype == np.int8 and s.zero_point == 0 and s.scale == pytest.approx(3 / 127)
+    assert qparams(0.0, 2.0, "s8", from_zero=True).zero_point == -128
+    o = RangeObserver()
+    o.add(np.array([-0.5, 0.25, 2.0], dtype=np.float32))
+    o.add(np.array([1.0, -1.5], dtype=np.float32))
+    assert o.bounds() == (-1.5, 2.0) and o.scale() == pytest.approx(2.0 / 127)
+
+
+def test_config_and_flags() -> None:
+    cfg = CompressConfig.from_options(bits=8, act_bits=8, runtime="onnxruntime",
+                                      act_type="s8")
+    assert (cfg.export.runtime, cfg.export.act_type) == ("onnxruntime", "s8")
+    assert cfg.export.target_options()["act_type"] == "s8"
+    assert CompressConfig.from_dict(cfg.to_dict()) == cfg
+    assert CompressConfig.from_options(bits=8).export.runtime == "tensorrt"  # as today
+    with pytest.raises(ConfigError, match="export.runtime"):
+        CompressConfig.from_options(bits=8, runtime="tvm")
+    with pytest.raises(ConfigError, match="export.act_type"):
+        CompressConfig.from_options(bits=8, act_type="u4")
+    assert flags_in("export.runtime and export.act_type") == "--runtime and --act-type"
+
+
+def test_convert_reports_the_fusion(tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    r = convert(str(ROOT / "models/digits_cnn.onnx"), out, bits=8, act_bits=8,
+                runtime="onnxruntime", calib=str(ROOT / "models/digits_cnn.calib.npz"),
+                calib_samples=64, progress=False, compare_baseline=False, method="rtn")
+    f = r.report.fusion
+    assert f["layers"] == 6 and f["integer"] == 6 and f["unfused"] == []
+    assert f["kernels"] == {"QLinearConv": 5, "QGemm": 1}
+    assert "6 of 6 quantized layers run on integer kernels" in r.report.table()
+    assert r.report.to_dict()["fusion"]["integer"] == 6
+    assert {k: r.report.to_dict()["config"]["export"][k] for k in ("runtime", "act_type")} \
+        == {"runtime": "onnxruntime", "act_type": "u8"}
+    err = r.report.fidelity["held-out calibration"]["compressed"]
+    assert max(err.rel_error.values()) < 0.05
+    # the same run for TensorRT: today's placement, and the check says why nothing fuses
+    r = convert(str(ROOT / "models/digits_cnn.onnx"), None, bits=8, act_bits=8,
+                calib=str(ROOT / "models/digits_cnn.calib.npz"), calib_samples=64,
+                progress=False, compare_baseline=False, method="rtn")
+    assert r.report.fusion["integer"] == 0 and len(r.report.fusion["unfused"]) == 6
+    assert "0 of 6 quantized layers" in r.report.table()
+
+
+def test_fusion_temp_dir_is_removed(monkeypatch) -> None:
+    made = []
+    real = tempfile.TemporaryDirectory
+
+    def spy(*a, **k):
+        d = real(*a, **k)
+        made.append(d.name)
+        return d
+
+    monkeypatch.setattr(fusion.tempfile, "TemporaryDirectory", spy)
+    out, _, layers = compressed(b.gemm())
+    assert fusion.check(out, layers).integer == 1
+    assert made and not any(Path(d).exists() for d in made)
