@@ -1,0 +1,289 @@
+"""Find where whole channels can go: a producer layer whose output channels reach exactly
+one consumer layer through per-channel nodes only.
+
+    Conv -> [BatchNormalization] -> [act] -> [depthwise Conv] -> [act] -> [pool] -> Conv
+    Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
+    MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
+
+Per-channel nodes: unary activations, Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
+when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
+weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
+residual Add, a Concat, a node that moves the channel axis, a graph output or more than
+one node stays, with one reason (`Refusal`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper, shape_inference
+
+from ..layers import Layer, constant_weights, node_label
+
+UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+         "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
+BINARY = {"Add", "Sub", "Mul", "Div", "PRelu"}
+POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+         "GlobalLpPool"}
+MOVES = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice",
+         "Gather", "DepthToSpace", "SpaceToDepth", "Softmax", "LayerNormalization",
+         "ReduceMean", "ReduceSum", "ReduceMax", "MatMul", "Gemm", "Conv"}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One producer -> consumer pair whose shared channels can be removed."""
+
+    producer: Layer
+    consumer: Layer
+    channels: int  # producer output channels = consumer input channels
+    width: int  # consumer W-view columns per channel (kernel positions of a Conv)
+    path: tuple[str, ...]  # labels of the per-channel nodes in between
+    sliced: tuple[tuple[str, int], ...]  # (initializer, axis) cut with the channels
+    grouped: tuple[str, ...]  # depthwise Conv node labels whose `group` follows the channels
+    macs: float  # multiply-adds saved per removed channel
+    cell: float = 0.0  # consumer MACs of one (row, channel) pair: counted twice when the
+    # consumer also loses rows as the producer of another site (see overlap)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    producer: str  # node label
+    weight: str
+    reason: str
+
+
+class _Refused(Exception):
+    pass
+
+
+@dataclass
+class _Graph:
+    nodes: dict[str, onnx.NodeProto]  # label -> node
+    users: dict[str, list[tuple[str, onnx.NodeProto]]]  # tensor -> (label, node) reading it
+    inits: dict[str, tuple[int, ...]]  # initializer -> shape
+    outputs: set[str]
+    shapes: dict[str, list[int | None]]
+
+    def spatial(self, tensor: str, conv: bool) -> int:
+        """Positions per channel (conv: the spatial dims; linear: the token dims)."""
+        dims = self.shapes.get(tensor)
+        if not dims:
+            return 1
+        inner = dims[2:] if conv else dims[1:-1]
+        return math.prod(d if d else 1 for d in inner)
+
+
+def graph_of(model: onnx.ModelProto) -> _Graph:
+    g = model.graph
+    nodes, users = {}, {}
+    for i, n in enumerate(g.node):
+        label = node_label(n, i)
+        nodes[label] = n
+        for t in n.input:
+            if t:
+                users.setdefault(t, []).append((label, n))
+    inits = {i.name: tuple(i.dims) for i in g.initializer}
+    try:
+        inferred = shape_inference.infer_shapes(model).graph
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        # shapes only size the FLOPs; without them every position counts 1
+        inferred = g
+    shapes = {}
+    for v in [*inferred.value_info, *inferred.input, *inferred.output]:
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes)
+
+
+def find_sites(model: onnx.ModelProto, layers: list[Layer]
+               ) -> tuple[list[Site], list[Refusal]]:
+    """Every channel-prunable site among `layers` (producer and consumer both selected),
+    and one refusal per other layer with the reason its output channels stay."""
+    g = graph_of(model)
+    by_node = {L.uses[0].node: L for L in layers if len(L.uses) == 1}
+    sites, refused = [], []
+    for L in layers:
+        try:
+            sites.append(_site(g, L, by_node))
+        except _Refused as r:
+            refused.append(Refusal(L.name, L.weight, str(r)))
+    return sites, refused
+
+
+def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
+    """(node, channels, channel axis from the end) of a usable producer, or _Refused."""
+    if len(L.uses) != 1:
+        raise _Refused(f"weight {L.weight!r} is shared by {len(L.uses)} nodes")
+    if L.storage != "initializer":
+        raise _Refused("weight is a Constant node output (only initializers are cut)")
+    node = g.nodes[L.uses[0].node]
+    if L.op == "Conv" and L.groups != 1:
+        raise _Refused(f"grouped Conv (group={L.groups}): its channels are tied to its inputs")
+    if L.op == "Gemm" and L.uses[0].trans_a:
+        raise _Refused("Gemm with transA")
+    channels = L.matrix_shape[1]
+    axis = -(len(L.shape) - 1) if L.op == "Conv" else -1
+    return node, channels, axis
+
+
+def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
+    node, C, axis = _producer_checks(g, L)
+    conv = L.op == "Conv"
+    sliced: list[tuple[str, int]] = []
+    if len(node.input) > 2 and node.input[2]:
+        sliced.append(_cut(g, node.input[2], C, -1, node))
+    macs = L.matrix_shape[2] * g.spatial(node.output[0], conv)
+    path, grouped = [], []
+    t, prev = node.output[0], node.op_type
+    while True:
+        label, nxt = _only_user(g, t)
+        if nxt.op_type in ("Conv", "Gemm", "MatMul") and label in by_node and \
+                nxt.input[0] == t and not _is_depthwise(g, nxt, C):
+            cons = _consumer_checks(by_node[label], C, label)
+            width = cons.matrix_shape[2] // C
+            cell = width * g.spatial(nxt.output[0], cons.op == "Conv")
+            macs += cons.matrix_shape[1] * cell
+            return Site(L, cons, C, width, tuple(path), tuple(sliced), tuple(grouped), macs,
+                        cell)
+        op = nxt.op_type
+        if op == "Conv" and conv and _is_depthwise(g, nxt, C):
+            ws = g.inits[nxt.input[1]]
+            sliced.append(_cut(g, nxt.input[1], C, -len(ws), nxt))
+            if len(nxt.input) > 2 and nxt.input[2]:
+                sliced.append(_cut(g, nxt.input[2], C, -1, nxt))
+            grouped.append(label)
+            macs += math.prod(ws[1:]) * g.spatial(nxt.output[0], True)
+        elif op in UNARY or op == "Clip":
+            _constant_inputs(g, nxt, label, first=1)
+        elif op in BINARY:
+            other = [x for x in nxt.input if x != t]
+            if len(other) != 1 or other[0] not in g.inits:
+                raise _Refused(_residual(nxt, label))
+            sliced += [x for x in [_cut(g, other[0], C, axis, nxt, optional=True)] if x]
+        elif op == "BatchNormalization" and (conv or L.op == "Gemm") and len(nxt.output) == 1:
+            _constant_inputs(g, nxt, label, first=1)
+            sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
+        elif op in POOLS and conv and len(nxt.output) == 1:
+            pass
+        elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
+            axis, conv = -1, False
+        else:
+            raise _Refused(_mixes(g, nxt, label))
+        path.append(label)
+        t, prev = nxt.output[0], op
+
+
+def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
+    if t in g.outputs:
+        raise _Refused(f"its channels reach the graph output {t!r}")
+    users = g.users.get(t, [])
+    if len(users) == 1:
+        return users[0]
+    for label, n in users:
+        if n.op_type in ("Add", "Sum", "Sub", "Mul") and not any(x in g.inits for x in n.input):
+            raise _Refused(f"its channels also reach the residual {n.op_type} {label!r}")
+    for label, n in users:
+        if n.op_type == "Concat":
+            raise _Refused(f"its channels also reach Concat {label!r}")
+    names = ", ".join(repr(lb) for lb, _ in users) or "none"
+    raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
+
+
+def _residual(n: onnx.NodeProto, label: str) -> str:
+    if n.op_type in ("Add", "Sub", "Mul"):
+        return f"its channels reach the residual {n.op_type} {label!r} (no constant operand)"
+    return f"{n.op_type} {label!r} has no single constant per-channel operand"
+
+
+def _mixes(g: _Graph, n: onnx.NodeProto, label: str) -> str:
+    if n.op_type == "Concat":
+        return f"its channels reach Concat {label!r}"
+    if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
+        return (f"its channels reach MatMul {label!r} of two activations (attention; heads "
+                "are not pruned)")
+    if n.op_type in ("Conv", "Gemm", "MatMul"):
+        return (f"the next layer {n.op_type} {label!r} is not a usable consumer (not "
+                "selected, shared or reads the channels as its weight)")
+    if n.op_type in MOVES:
+        return f"its channels reach {n.op_type} {label!r}, which mixes or moves the channel axis"
+    return f"its channels reach {n.op_type} {label!r}, which is not a per-channel op"
+
+
+def _consumer_checks(c: Layer, channels: int, label: str) -> Layer:
+    if c.storage != "initializer":
+        raise _Refused(f"consumer {label!r} weight is a Constant node output")
+    if c.op == "Conv" and c.groups != 1:
+        raise _Refused(f"consumer Conv {label!r} is grouped (group={c.groups})")
+    if c.op == "Gemm" and c.uses[0].trans_a:
+        raise _Refused(f"consumer Gemm {label!r} has transA")
+    if c.matrix_shape[2] % channels:
+        raise _Refused(f"consumer {label!r} reads {c.matrix_shape[2]} columns, not a "
+                       f"multiple of the {channels} channels")
+    return c
+
+
+def _is_depthwise(g: _Graph, n: onnx.NodeProto, C: int) -> bool:
+    ws = g.inits.get(n.input[1]) if len(n.input) > 1 else None
+    return (n.op_type == "Conv" and ws is not None and _attr(n, "group", 1) == C
+            and len(ws) > 2 and ws[0] == C and ws[1] == 1)
+
+
+def _constant_inputs(g: _Graph, n: onnx.NodeProto, label: str, first: int) -> None:
+    for x in n.input[first:]:
+        if x and x not in g.inits:
+            raise _Refused(f"{n.op_type} {label!r} reads the non-constant {x!r}")
+
+
+def _cut(g: _Graph, name: str, C: int, axis: int, n: onnx.NodeProto,
+         optional: bool = False) -> tuple[str, int] | None:
+    """(name, axis) when initializer `name` has the channel axis (from the end) of size C;
+    None when it broadcasts over it (optional); _Refused otherwise."""
+    if name not in g.inits:
+        raise _Refused(f"{n.op_type} reads {name!r}, which is not an initializer")
+    if len(g.users.get(name, [])) != 1:
+        raise _Refused(f"per-channel constant {name!r} is shared with other nodes")
+    shape = g.inits[name]
+    idx = len(shape) + axis
+    if idx < 0 or shape[idx] == 1:
+        if optional:
+            return None
+        raise _Refused(f"{name!r} {list(shape)} has no channel axis of size {C}")
+    if shape[idx] != C:
+        raise _Refused(f"{name!r} {list(shape)} does not broadcast per channel ({C})")
+    return name, idx
+
+
+def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
+    for a in n.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def saved_macs(sites: list[Site], counts: list[int]) -> float:
+    """Exact multiply-adds saved by removing counts[i] channels of sites[i]: the per-channel
+    savings less the (row, column) pairs of a layer that loses both (consumer of one site,
+    producer of another), which they count twice."""
+    total = sum(k * s.macs for s, k in zip(sites, counts))
+    rows = {s.producer.weight: k for s, k in zip(sites, counts)}
+    return total - sum(k * rows.get(s.consumer.weight, 0) * s.cell
+                       for s, k in zip(sites, counts))
+
+
+def layer_macs(model: onnx.ModelProto, layers: list[Layer]) -> float:
+    """Multiply-adds of `layers` on one sample (spatial/token sizes from shape inference;
+    unknown sizes count 1)."""
+    g = graph_of(model)
+    total = 0.0
+    for L in layers:
+        for u in L.uses:
+            node = g.nodes[u.node]
+            G, r, d = L.matrix_shape
+            total += G * r * d * g.spatial(node.output[0], L.op == "Conv")
+    return total
+
+
+__all__ = ["Refusal", "Site", "constant_weights", "find_sites", "graph_of", "layer_macs"]

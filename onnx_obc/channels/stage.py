@@ -1,0 +1,186 @@
+"""The channel-pruning stage: find the sites, capture the consumers' Hessians on the dense
+model, trace the greedy group OBS of every consumer, choose the channels across sites by
+normalised loss per FLOP until `prune.channels` of the layers' FLOPs are saved, and cut
+the graph (OBS-updated consumers; beside it the L2-norm baseline at the same counts).
+
+The rest of the run (sparsity, quantization) then works on the shrunk model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..backend import Backend
+from ..collect import collect
+from ..export.shrink import shrink
+from ..layers import Layer, constant_weights, weight_matrix
+from ..solvers.channels import (
+    ChannelTrace,
+    channel_trace,
+    norm_order,
+    obs_update,
+    output_energy,
+    select_channels,
+)
+from ..solvers.prepare import prepare
+from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    producer: str
+    consumer: str
+    channels: int
+    removed: int
+    loss: float  # consumer loss tr(dW H dW^T) of OBS (removal + update)
+    norm_loss: float  # the same for the L2-norm baseline (no update)
+    energy: float  # tr(W H W^T), the consumer's output energy
+    macs_saved: float
+    removed_ids: tuple[int, ...] = ()  # producer channels removed (dense numbering)
+
+    @property
+    def ratio(self) -> float:
+        return self.loss / self.norm_loss if self.norm_loss > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class ChannelResult:
+    model: onnx.ModelProto  # shrunk, consumers OBS-updated
+    baseline: onnx.ModelProto  # shrunk by producer row norm, no update
+    rows: list[ChannelRow]
+    refused: list[Refusal]
+    macs: tuple[float, float]  # layer multiply-adds per sample: dense, pruned
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"rows": [{**asdict(r), "ratio": r.ratio} for r in self.rows],
+                "refused": [asdict(r) for r in self.refused],
+                "macs_dense": self.macs[0], "macs_pruned": self.macs[1]}
+
+
+@dataclass(frozen=True)
+class _Solved:
+    site: Site
+    W: np.ndarray  # host [r, d] as prepared (dead columns zeroed)
+    H: Any  # device, dampened
+    Hinv: Any
+    trace: ChannelTrace
+    energy: float
+
+
+def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
+                   backend: Backend, fraction: float, damp: float, memory_mb: int,
+                   runtime: Any = None, progress: bool = False, align: int = 1
+                   ) -> ChannelResult:
+    """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
+    docstring); `data` is the calibration source the Hessians come from; every site keeps
+    a multiple of `align` channels."""
+    t0 = time.perf_counter()
+    sites, refused = find_sites(proto, layers)
+    dense = layer_macs(proto, layers)
+    if not sites:
+        return ChannelResult(proto, proto, [], refused, (dense, dense),
+                             ["channel pruning found no prunable producer -> consumer pair"],
+                             time.perf_counter() - t0)
+    consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
+    hessians, _ = collect(proto, consumers, data, batch, backend, memory_mb, progress,
+                          runtime=runtime)
+    weights = constant_weights(proto.graph)
+    solved, counts = _solve_all(sites, weights, hessians, backend, damp, fraction * dense,
+                                fraction, align)
+    warnings = []
+    saved = saved_macs(sites, counts)
+    if saved < fraction * dense:
+        warnings.append(f"channel pruning saves {saved / dense:.1%} of the layer FLOPs, short "
+                        f"of prune.channels {fraction:.1%}: the prunable sites cover too little")
+    rows, keep, keep_norm, updated = [], [], [], {}
+    for k, s in zip(counts, solved):
+        removed = s.trace.order[:k]
+        W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, removed)
+        updated[s.site.consumer.weight] = s.site.consumer.from_matrix(backend.to_host(W)[None])
+        base = _norm_removed(s.site, weights, k)
+        keep.append(np.setdiff1d(np.arange(s.site.channels), removed))
+        keep_norm.append(np.setdiff1d(np.arange(s.site.channels), base))
+        rows.append(ChannelRow(s.site.producer.name, s.site.consumer.name, s.site.channels, k,
+                               float(s.trace.losses[:k].sum()),
+                               _zeroed_loss(s, base, backend), s.energy, k * s.site.macs,
+                               tuple(int(c) for c in np.sort(removed))))
+    model = shrink(proto, sites, keep, updated)
+    baseline = shrink(proto, sites, keep_norm)
+    pruned = layer_macs(model, _relabel(layers, model))
+    return ChannelResult(model, baseline, rows, refused, (dense, pruned), warnings,
+                         time.perf_counter() - t0)
+
+
+def _solve_all(sites: list[Site], weights: dict, hessians: dict, backend: Backend,
+               damp: float, target: float, fraction: float, align: int
+               ) -> tuple[list[_Solved], list[int]]:
+    """Every site's greedy trace and the selected counts. The traces first cover the prefix
+    the selection is likely to use; a site whose trace runs out gets its whole greedy."""
+    steps = [min(s.channels - 1, int(np.ceil(s.channels * min(1.0, 2 * fraction + 0.25))))
+             for s in sites]
+    solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
+    counts = _select(solved, target, align)
+    short = [i for i, (k, s) in enumerate(zip(counts, solved))
+             if k == len(s.trace.losses) < s.site.channels - 1]
+    for i in short:
+        solved[i] = _solve(sites[i], weights, hessians, backend, damp, sites[i].channels - 1)
+    return solved, (_select(solved, target, align) if short else counts)
+
+
+def _select(solved: list[_Solved], target: float, align: int) -> list[int]:
+    """select_channels until the exact saving (saved_macs) reaches `target`: the first-order
+    per-channel savings overcount layers cut on both sides, so the goal is raised by the
+    shortfall a few times."""
+    goal, counts, last = target, [], None
+    for _ in range(8):
+        counts = select_channels([s.trace for s in solved], [s.energy for s in solved],
+                                 [s.site.macs for s in solved], goal,
+                                 [s.site.channels for s in solved], align)
+        saved = saved_macs([s.site for s in solved], counts)
+        if saved >= target or counts == last:  # reached, or nothing more to take
+            break
+        goal, last = goal + target - saved, counts
+    return counts
+
+
+def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: float,
+           steps: int) -> _Solved:
+    c = site.consumer
+    W = backend.to_device(weight_matrix(weights, c))  # [1, r, d]
+    prep = prepare(W, hessians[c.weight].mean(), damp)
+    trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps)
+    return _Solved(site, backend.to_host(prep.W[0]), prep.H[0], prep.Hinv[0], trace,
+                   output_energy(prep.W[0], prep.H[0]))
+
+
+def _norm_removed(site: Site, weights: dict, k: int) -> np.ndarray:
+    """The baseline's k channels: smallest L2 norm of the producer's output rows."""
+    rows = weight_matrix(weights, site.producer)[0]  # [C, d]
+    return np.sort(norm_order(rows)[:k])
+
+
+def _zeroed_loss(s: _Solved, removed: np.ndarray, backend: Backend) -> float:
+    """tr(dW H dW^T) with dW = -W on the removed channels' columns (no update)."""
+    w = s.site.width
+    cols = (removed[:, None] * w + np.arange(w)[None, :]).reshape(-1)
+    dW = np.zeros_like(s.W, dtype=np.float64)
+    dW[:, cols] = -s.W[:, cols]
+    dWd = backend.to_device(dW)
+    return float(((dWd @ s.H) * dWd).sum())
+
+
+def _relabel(layers: list[Layer], model: onnx.ModelProto) -> list[Layer]:
+    """`layers` as found again in `model` (their shapes changed)."""
+    from ..layers import find_layers
+
+    names = {L.weight for L in layers}
+    return [L for L in find_layers(model)[0] if L.weight in names]

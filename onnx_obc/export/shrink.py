@@ -1,0 +1,73 @@
+"""Physically remove channels: the producer's weight rows and bias, the per-channel
+constants in between (BatchNormalization parameters, Add/Mul/PRelu constants, depthwise
+Conv weight rows and bias, whose `group` follows), and the consumer's weight columns.
+
+The edit goes through onnx-graphsurgeon; intermediate shapes are cleared and re-inferred,
+and the result passes onnx.checker with full (strict) shape inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import ModelError
+from ..layers import Layer, node_label
+from .graph import export_graph, model_opset
+
+
+def weight_axes(L: Layer) -> tuple[int, int]:
+    """(output-channel axis, input-channel axis) of L's ONNX weight."""
+    return (1, 0) if L.layout == "cols" else (0, 1)
+
+
+def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarray],
+           weights: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Copy of `model` keeping channels `keep[i]` (sorted ids) of `sites[i]`
+    (channels.patterns.Site); `weights` (name -> ONNX-layout array) replace consumer
+    weights first (the OBS-updated values, full shape)."""
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    labels = {node_label(n, i): i for i, n in enumerate(model.graph.node)}
+    values: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (weights or {}).items()}
+
+    def cut(name: str, axis: int, kept: np.ndarray) -> None:
+        arr = values[name] if name in values else np.asarray(tensors[name].values)
+        values[name] = np.take(arr, kept, axis=axis)
+
+    for site, kept in zip(sites, keep):
+        kept = np.asarray(kept, dtype=np.int64)
+        if len(kept) == site.channels:
+            continue
+        if len(kept) == 0:
+            raise ModelError(f"cannot remove every channel of {site.producer.name!r}")
+        cut(site.producer.weight, weight_axes(site.producer)[0], kept)
+        cut(site.consumer.weight, weight_axes(site.consumer)[1], kept)
+        for name, axis in site.sliced:
+            cut(name, axis, kept)
+        for label in site.grouped:
+            graph.nodes[labels[label]].attrs["group"] = len(kept)
+    for name, arr in values.items():
+        tensors[name].values = np.ascontiguousarray(arr.astype(tensors[name].dtype))
+    outer = {t.name for t in [*graph.inputs, *graph.outputs]}
+    for t in tensors.values():
+        if isinstance(t, gs.Variable) and t.name not in outer:
+            t.shape = None
+    out = export_graph(graph, model, model_opset(model))
+    return checked(out)
+
+
+def checked(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its intermediate shapes re-inferred; ModelError when strict shape
+    inference or the full checker fails."""
+    del model.graph.value_info[:]
+    try:
+        out = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(out, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelError(f"the channel-pruned model fails shape inference: {exc}") from None
+    return out

@@ -1,0 +1,142 @@
+"""Structured OBS over input channels shared by every row (pure array math): the consumer
+side of channel pruning (channels/ finds the producer -> consumer sites, export/shrink.py
+cuts the tensors).
+
+Removing producer channel c makes the consumer's input columns S_c (one column for a
+MatMul/Gemm, every kernel position of c for a Conv: columns c*K .. c*K+K-1 of the im2col
+view) zero for every row. With W [r, d] the consumer's weights and Hinv = H^-1 [d, d]
+(H = X X^T / N on the dense producer output, dampened), group OBS gives
+    L_S   = tr(W_S ([Hinv]_SS)^-1 W_S^T)                (summed over the rows)
+    W    <- W - W_S ([Hinv]_SS)^-1 Hinv_S,:             (W_S becomes exactly 0)
+    Hinv <- Hinv - Hinv_:,S ([Hinv]_SS)^-1 Hinv_S,:
+Removing channels one at a time with these downdates gives each channel's incremental loss;
+the increments of a set sum to the joint loss of the set, which equals tr(dW H dW^T), and
+the final update depends only on the set (`obs_update`). Channels are chosen across layers
+by loss per FLOP saved, each loss normalised by the consumer's output energy tr(W H W^T)
+(`select_channels`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import array_module
+
+__all__ = [
+    "ChannelTrace",
+    "channel_trace",
+    "norm_order",
+    "obs_update",
+    "output_energy",
+    "select_channels",
+]
+
+
+@dataclass(frozen=True)
+class ChannelTrace:
+    """The greedy removal order of one consumer's input channels and its loss increments
+    (host arrays): order[i] is removed at step i with incremental loss losses[i]."""
+
+    order: np.ndarray  # [steps] channel ids
+    losses: np.ndarray  # [steps] float64, >= 0
+
+
+def _columns(channels: Any, width: int, xp: Any) -> Any:
+    """The consumer columns of `channels` [k]: [k, width] (channel-major im2col order)."""
+    return channels[:, None] * width + xp.arange(width)[None, :]
+
+
+def channel_trace(W: Any, Hinv: Any, width: int, steps: int) -> ChannelTrace:
+    """Greedy group OBS over the d // width input channels of W [r, d] (Hinv [d, d], the
+    dampened inverse Hessian): remove `steps` channels, each the one whose removal costs
+    least given the earlier ones, with the exact Hinv downdate in between."""
+    xp = array_module(W, Hinv)
+    W = W.astype(xp.float64, copy=True)
+    Hinv = Hinv.astype(xp.float64, copy=True)
+    C = W.shape[1] // width
+    alive = np.ones(C, dtype=bool)
+    order, losses = [], []
+    for _ in range(min(steps, C)):
+        idx = np.nonzero(alive)[0]
+        cols = _columns(xp.asarray(idx), width, xp)  # [k, w]
+        D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
+        Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
+        sol = xp.linalg.solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
+        score = (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))  # [k]
+        best = int(xp.argmin(score))
+        c, S = int(idx[best]), cols[best]
+        Dinv_rows = xp.linalg.solve(D[best], Hinv[S, :])  # [w, d] = D^-1 Hinv_S,:
+        W -= W[:, S] @ Dinv_rows
+        W[:, S] = 0.0
+        Hinv -= Hinv[:, S] @ Dinv_rows
+        alive[c] = False
+        order.append(c)
+        losses.append(max(float(score[best]), 0.0))
+    return ChannelTrace(np.asarray(order, dtype=np.int64), np.asarray(losses, dtype=np.float64))
+
+
+def obs_update(W: Any, Hinv: Any, width: int, removed: Any) -> Any:
+    """W [r, d] after removing the input channels `removed` jointly (group OBS with the
+    undowndated Hinv; equal to the greedy's sequential updates): W_S = 0 exactly."""
+    xp = array_module(W, Hinv)
+    W64 = W.astype(xp.float64)
+    if len(removed) == 0:
+        return W64.astype(W.dtype)
+    S = _columns(xp.asarray(np.asarray(removed, dtype=np.int64)), width, xp).reshape(-1)
+    D = Hinv[S[:, None], S[None, :]]
+    out = W64 - W64[:, S] @ xp.linalg.solve(D, Hinv[S, :])
+    out[:, S] = 0.0
+    return out.astype(W.dtype)
+
+
+def output_energy(W: Any, H: Any) -> float:
+    """tr(W H W^T): the consumer's mean squared output, the loss normaliser."""
+    W64 = W.astype(array_module(W, H).float64)
+    return float(((W64 @ H) * W64).sum())
+
+
+def select_channels(traces: list[ChannelTrace], energies: list[float],
+                    flops: list[float], target_flops: float, channels: list[int] | None = None,
+                    align: int = 1) -> list[int]:
+    """How many channels each site removes: repeatedly take the site whose next move costs
+    least normalised loss (loss / energy) per FLOP saved (flops[i] per channel of site i),
+    until the saved FLOPs reach `target_flops` or every trace is used up. A move is one
+    greedy step, or with `align` > 1 the steps up to the next count that leaves a multiple
+    of `align` channels (channels[i] in site i)."""
+    taken = [0] * len(traces)
+    saved = 0.0
+    while saved < target_flops:
+        best, key, size = -1, np.inf, 0
+        for i, t in enumerate(traces):
+            n = _move(taken[i], len(t.losses), 1 if channels is None else channels[i], align)
+            if n and flops[i] > 0:
+                k = t.losses[taken[i]:taken[i] + n].sum() / max(energies[i], 1e-30) / (
+                    n * flops[i])
+                if k < key:
+                    best, key, size = i, k, n
+        if best < 0:
+            break
+        taken[best] += size
+        saved += size * flops[best]
+    return taken
+
+
+def _move(taken: int, steps: int, C: int, align: int) -> int:
+    """Channels the next move removes (0: none left): up to the next count leaving a
+    multiple of `align` of the C channels (1 step when align is 1)."""
+    if align <= 1:
+        return 1 if taken < steps else 0
+    k = taken + 1
+    while k <= steps and (C - k) % align:
+        k += 1
+    return k - taken if k <= steps else 0
+
+
+def norm_order(rows: Any) -> np.ndarray:
+    """The L2-norm baseline: channel ids by ascending norm of the producer's rows [C, ...]."""
+    xp = array_module(rows)
+    norms = xp.sqrt((rows.reshape(rows.shape[0], -1).astype(xp.float64) ** 2).sum(axis=1))
+    return np.argsort(np.asarray(norms.tolist()), kind="stable")

@@ -1,0 +1,118 @@
+"""Small channel-pruning graphs built in code (opset 17), each with a producer -> consumer
+site or a pattern that must be refused."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+from tests import builders as b
+
+
+def _c(name: str, arr: np.ndarray):
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def _w(name: str, shape, seed: int):
+    return b.weight(name, shape, seed)
+
+
+def conv_bn_relu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0):
+    """Conv(3x3, bias) -> BatchNormalization -> Relu -> Conv(3x3, bias)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("p.w", (mid, c_in, 3, 3), seed), _c("p.b", rng.standard_normal(mid)),
+             _c("bn.s", 1 + 0.1 * rng.standard_normal(mid)), _c("bn.b", rng.standard_normal(mid)),
+             _c("bn.m", 0.1 * rng.standard_normal(mid)), _c("bn.v", 1 + rng.random(mid)),
+             _w("c.w", (c_out, mid, 3, 3), seed + 1), _c("c.b", rng.standard_normal(c_out))]
+    nodes = [helper.make_node("Conv", ["x", "p.w", "p.b"], ["p"], name="prod", pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["p", "bn.s", "bn.b", "bn.m", "bn.v"],
+                              ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "c.w", "c.b"], ["y"], name="cons", pads=[1] * 4)]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])], inits)
+
+
+def depthwise_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0):
+    """Conv 1x1 -> Relu -> depthwise Conv 3x3 (bias) -> Clip -> Conv 1x1, plus a per-channel
+    Mul constant [1, C, 1, 1] and PRelu slopes [C, 1, 1] on the way."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("p.w", (mid, c_in, 1, 1), seed), _c("dw.w", rng.standard_normal((mid, 1, 3, 3))),
+             _c("dw.b", rng.standard_normal(mid)), _c("s", 1 + rng.random((1, mid, 1, 1))),
+             _c("slope", 0.1 * rng.random((mid, 1, 1))), _c("lo", 0.0), _c("hi", 6.0),
+             _w("c.w", (c_out, mid, 1, 1), seed + 1)]
+    nodes = [helper.make_node("Conv", ["x", "p.w"], ["p"], name="prod"),
+             helper.make_node("PRelu", ["p", "slope"], ["a"], name="prelu"),
+             helper.make_node("Conv", ["a", "dw.w", "dw.b"], ["d"], name="dw", group=mid,
+                              pads=[1] * 4),
+             helper.make_node("Mul", ["d", "s"], ["m"], name="scale"),
+             helper.make_node("Clip", ["m", "lo", "hi"], ["r"], name="clip"),
+             helper.make_node("Conv", ["r", "c.w"], ["y"], name="cons")]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 5, 5])], [b.vi("y", ["N", c_out, 5, 5])], inits)
+
+
+def transformer_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0):
+    """[N, T, d] MatMul -> Add bias -> Relu -> MatMul -> Add bias."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("fc1.w", (d, hidden), seed), _c("fc1.b", rng.standard_normal(hidden)),
+             _w("fc2.w", (hidden, d), seed + 1), _c("fc2.b", rng.standard_normal(d))]
+    nodes = [helper.make_node("MatMul", ["x", "fc1.w"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "fc1.b"], ["hb"], name="bias1"),
+             helper.make_node("Relu", ["hb"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "fc2.w"], ["o"], name="fc2"),
+             helper.make_node("Add", ["o", "fc2.b"], ["y"], name="bias2")]
+    return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
+
+
+def gemm_pair(d: int = 8, hidden: int = 12, out: int = 5, seed: int = 0):
+    """Gemm(transB=1, bias) -> LeakyRelu -> Gemm(transB=0, bias)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("g1.w", (hidden, d), seed), _c("g1.b", rng.standard_normal(hidden)),
+             _w("g2.w", (hidden, out), seed + 1), _c("g2.b", rng.standard_normal(out))]
+    nodes = [helper.make_node("Gemm", ["x", "g1.w", "g1.b"], ["h"], name="g1", transB=1),
+             helper.make_node("LeakyRelu", ["h"], ["r"], name="act", alpha=0.1),
+             helper.make_node("Gemm", ["r", "g2.w", "g2.b"], ["y"], name="g2")]
+    return b.make(nodes, [b.vi("x", ["N", d])], [b.vi("y", ["N", out])], inits)
+
+
+def refused(kind: str, d: int = 6, seed: int = 0):
+    """A Gemm producer whose output channels cannot go: kind is residual, concat, reshape,
+    output or fanout."""
+    inits = [_w("p.w", (d, d), seed), _w("c.w", (d, d), seed + 1), _w("e.w", (d, d), seed + 2)]
+    nodes = [helper.make_node("Gemm", ["x", "p.w"], ["p"], name="prod", transB=1),
+             helper.make_node("Relu", ["p"], ["r"], name="act")]
+    outs = [b.vi("y", ["N", d])]
+    if kind == "residual":
+        nodes += [helper.make_node("Gemm", ["r", "c.w"], ["c"], name="cons", transB=1),
+                  helper.make_node("Add", ["r", "c"], ["y"], name="res")]
+    elif kind == "concat":
+        nodes += [helper.make_node("Concat", ["r", "x"], ["cat"], name="cat", axis=1),
+                  helper.make_node("MatMul", ["cat", "e.w2"], ["y"], name="cons")]
+        inits.append(_w("e.w2", (2 * d, d), seed + 3))
+    elif kind == "reshape":
+        inits.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), "shape"))
+        nodes += [helper.make_node("Reshape", ["r", "shape"], ["rs"], name="reshape"),
+                  helper.make_node("Gemm", ["rs", "c.w"], ["y"], name="cons", transB=1)]
+    elif kind == "output":
+        nodes += [helper.make_node("Gemm", ["r", "c.w"], ["y"], name="cons", transB=1)]
+        outs.append(b.vi("r", ["N", d]))
+    elif kind == "fanout":
+        nodes += [helper.make_node("Gemm", ["r", "c.w"], ["c"], name="cons", transB=1),
+                  helper.make_node("Gemm", ["r", "e.w"], ["e"], name="cons2", transB=1),
+                  helper.make_node("Sub", ["c", "e"], ["y"], name="sub")]
+    return b.make(nodes, [b.vi("x", ["N", d])], outs, inits)
+
+
+def chain(dims=(8, 12, 10, 4), seed: int = 0):
+    """MatMul -> Relu -> MatMul -> Relu -> MatMul: the middle layer is the consumer of one
+    site and the producer of the next."""
+    nodes, inits, t = [], [], "x"
+    for i, (a, c) in enumerate(itertools.pairwise(dims)):
+        inits.append(_w(f"w{i}", (a, c), seed + i))
+        nodes.append(helper.make_node("MatMul", [t, f"w{i}"], [f"m{i}"], name=f"fc{i}"))
+        t = f"m{i}"
+        if i < len(dims) - 2:
+            nodes.append(helper.make_node("Relu", [t], [f"r{i}"], name=f"act{i}"))
+            t = f"r{i}"
+    return b.make(nodes, [b.vi("x", ["N", dims[0]])], [b.vi(t, ["N", dims[-1]])], inits)

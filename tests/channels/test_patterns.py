@@ -1,0 +1,79 @@
+"""Pattern finding: which producer -> consumer sites can lose channels, and why the others
+stay (one reason per refused producer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnx_obc.channels import find_sites
+from onnx_obc.layers import find_layers
+from tests.channels import graphs
+
+
+def _find(model):
+    return find_sites(model, find_layers(model)[0])
+
+
+def test_conv_bn_relu_conv():
+    sites, refused = _find(graphs.conv_bn_relu_conv())
+    (s,) = sites
+    assert (s.producer.weight, s.consumer.weight, s.channels, s.width) == ("p.w", "c.w", 8, 9)
+    assert s.path == ("bn", "relu")
+    assert sorted(n for n, _ in s.sliced) == ["bn.b", "bn.m", "bn.s", "bn.v", "p.b"]
+    assert [r.producer for r in refused] == ["cons"]
+    assert "graph output" in refused[0].reason
+
+
+def test_depthwise_between_is_cut_with_its_group():
+    (s,), _ = _find(graphs.depthwise_block())
+    assert s.grouped == ("dw",) and s.width == 1
+    cut = dict(s.sliced)
+    assert cut == {"slope": 0, "dw.w": 0, "dw.b": 0, "s": 1}  # Clip bounds are scalars
+
+
+@pytest.mark.parametrize("build", [graphs.transformer_mlp, graphs.gemm_pair])
+def test_linear_pairs(build):
+    (s,), _ = _find(build())
+    assert s.width == 1 and s.channels in (12, 16)
+    assert len(s.sliced) == 1  # the producer's bias (Add constant or Gemm C)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("residual", "residual Add"), ("concat", "Concat"), ("reshape", "Reshape"),
+    ("output", "graph output"), ("fanout", "feeds 2 nodes")])
+def test_refused_patterns_name_their_reason(kind, words):
+    sites, refused = _find(graphs.refused(kind))
+    assert not sites
+    by = {r.producer: r.reason for r in refused}
+    assert words in by["prod"], by
+    assert len(refused) == len(find_layers(graphs.refused(kind))[0])  # one per producer
+
+
+def test_shipped_models():
+    import onnx
+
+    sites, refused = _find(onnx.load("models/digits_vit.onnx"))
+    assert [(s.producer.name, s.consumer.name) for s in sites] == [("mlp.fc1", "mlp.fc2")]
+    reasons = {r.producer: r.reason for r in refused}
+    assert "attention" in reasons["attn.q"] and "residual" in reasons["mlp.fc2"]
+    sites, refused = _find(onnx.load("models/digits_cnn.onnx"))
+    assert {(s.producer.name, s.consumer.name) for s in sites} == {
+        ("block1", "block2"), ("expand", "fc")}
+    assert {r.producer for r in refused} == {"stem", "block2", "down", "fc"}
+
+
+def test_saved_macs_is_exact_on_a_chain():
+    """Two chained sites (the middle layer loses rows and columns): saved_macs equals the
+    layer FLOPs measured on the cut model."""
+    import numpy as np
+
+    from onnx_obc.channels.patterns import layer_macs, saved_macs
+    from onnx_obc.export.shrink import shrink
+    model = graphs.chain((8, 12, 10, 4))
+    layers = find_layers(model)[0]
+    sites, _ = find_sites(model, layers)
+    assert len(sites) == 2
+    counts = [5, 3]
+    cut = shrink(model, sites, [np.arange(k, s.channels) for s, k in zip(sites, counts)])
+    after = layer_macs(cut, find_layers(cut)[0])
+    assert layer_macs(model, layers) - after == saved_macs(sites, counts)

@@ -1,0 +1,124 @@
+"""The channel-pruning stage against an oracle: the shrunk model equals the dense model
+whose consumer has the removed channels' columns zeroed and the rest updated by the group
+OBS formula; the tensors shrink, strict shape inference passes, onnxruntime runs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnx_obc.backend import get_backend
+from onnx_obc.calib import DataSet
+from onnx_obc.channels import find_sites, prune_channels
+from onnx_obc.collect import collect
+from onnx_obc.layers import constant_weights, find_layers, weight_matrix
+from tests import builders as b
+from tests.channels import graphs
+
+BUILDS = [graphs.conv_bn_relu_conv, graphs.depthwise_block, graphs.transformer_mlp,
+          graphs.gemm_pair]
+DAMP = 0.01
+
+
+def _run(model, fraction=0.3, n=96):
+    layers = find_layers(model)[0]
+    data = DataSet(b.feeds(model, n, seed=1), "feeds")
+    res = prune_channels(model, layers, data, 32, get_backend("cpu"), fraction, DAMP, 2048)
+    return res, layers, data
+
+
+def _oracle(model, layers, data, removed):
+    """Dense model with the consumer updated by W - W_S ([Hinv]_SS)^-1 Hinv_S,: (W_S = 0)."""
+    site = find_sites(model, layers)[0][0]
+    c = site.consumer
+    hess, _ = collect(model, [c], data, 32, get_backend("cpu"), 2048, False)
+    H = hess[c.weight].mean()[0]
+    H = H + DAMP * np.mean(np.diag(H)) * np.eye(len(H))
+    Hinv = np.linalg.inv(H)
+    W = weight_matrix(constant_weights(model.graph), c)[0].astype(np.float64)
+    S = (np.asarray(removed)[:, None] * site.width + np.arange(site.width)).ravel()
+    new = W - W[:, S] @ np.linalg.solve(Hinv[np.ix_(S, S)], Hinv[S, :])
+    new[:, S] = 0.0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name == c.weight:
+            t.CopyFrom(numpy_helper.from_array(
+                c.from_matrix(new[None].astype(np.float32)), c.weight))
+    return out, site, (new - W, H)
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=lambda f: f.__name__)
+def test_shrunk_model_equals_the_obs_oracle(build):
+    model = build()
+    res, layers, data = _run(model)
+    (row,) = res.rows
+    assert 0 < row.removed < row.channels and len(row.removed_ids) == row.removed
+    ref, site, (dW, H) = _oracle(model, layers, data, row.removed_ids)
+    feed = b.feeds(model, 8, seed=7)
+    np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0],
+                               rtol=1e-4, atol=1e-4)
+    # the greedy's summed losses are the consumer's measured loss tr(dW H dW^T)
+    assert row.loss == pytest.approx(np.trace(dW @ H @ dW.T), rel=1e-4)
+    # the tensors shrank, shapes are consistent, the baseline runs too
+    kept = row.channels - row.removed
+    w = b.weights_of(res.model)
+    assert w[site.producer.weight].shape[1 if site.producer.layout == "cols" else 0] == kept
+    assert w[site.consumer.weight].shape[0 if site.consumer.layout == "cols" else 1] == kept
+    for name, axis in site.sliced:
+        assert w[name].shape[axis] == kept
+    onnx.checker.check_model(res.model, full_check=True)
+    onnx.shape_inference.infer_shapes(res.model, check_type=True, strict_mode=True)
+    assert b.run(res.baseline, feed)[0].shape == b.run(model, feed)[0].shape
+    assert res.macs[1] < res.macs[0]
+
+
+def test_depthwise_group_follows_the_channels():
+    res, _, _ = _run(graphs.depthwise_block())
+    (dw,) = [n for n in res.model.graph.node if n.name == "dw"]
+    group = next(a.i for a in dw.attribute if a.name == "group")
+    assert group == res.rows[0].channels - res.rows[0].removed
+
+
+@pytest.mark.parametrize("build", [graphs.conv_bn_relu_conv, graphs.transformer_mlp],
+                         ids=lambda f: f.__name__)
+def test_obs_beats_the_norm_baseline(build):
+    res, _, _ = _run(build(), fraction=0.4)
+    (row,) = res.rows
+    assert row.loss < 0.7 * row.norm_loss, (row.loss, row.norm_loss)
+
+
+def test_no_site_leaves_the_model_and_says_why():
+    model = graphs.refused("residual")
+    res, _, _ = _run(model)
+    assert res.model is model and not res.rows and res.warnings
+    assert any("residual" in r.reason for r in res.refused)
+
+
+def test_chained_sites_reach_the_exact_flop_cut():
+    model = graphs.chain((8, 16, 12, 4))
+    res, _, _ = _run(model, fraction=0.3)
+    assert len(res.rows) == 2 and res.macs[1] <= 0.7 * res.macs[0]
+    feed = b.feeds(model, 4, seed=3)
+    assert b.run(res.model, feed)[0].shape == (4, 4)
+
+
+def test_short_traces_are_extended_when_the_selection_needs_them():
+    """A small site beside a big unprunable layer: the first trace prefix (2 of 4 steps)
+    runs out, the site gets its whole greedy and removes 3 of its 4 channels."""
+    from onnx import helper
+
+    inits = [graphs._w("big", (32, 32), 0), graphs._w("p.w", (4, 32), 1),
+             graphs._w("c.w", (2, 4), 2)]
+    nodes = [helper.make_node("Gemm", ["x", "big"], ["h"], name="big", transB=1),
+             helper.make_node("Add", ["h", "x"], ["s"], name="res"),
+             helper.make_node("Gemm", ["s", "p.w"], ["p"], name="prod", transB=1),
+             helper.make_node("Relu", ["p"], ["r"], name="act"),
+             helper.make_node("Gemm", ["r", "c.w"], ["y"], name="cons", transB=1)]
+    model = b.make(nodes, [b.vi("x", ["N", 32])], [b.vi("y", ["N", 2])], inits)
+    res, _, _ = _run(model, fraction=0.08)  # 93 of 1160 MACs: 3 channels of 34
+    (row,) = res.rows
+    assert row.removed == 3 and not res.warnings
+    assert _run(model, fraction=0.15)[0].warnings  # beyond the site: said, not hidden

@@ -1,0 +1,49 @@
+"""export/shrink.py: cutting channels equals zeroing the consumer's columns (no update),
+keeps every shape consistent and refuses to remove every channel."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnx_obc.channels import find_sites
+from onnx_obc.errors import ModelError
+from onnx_obc.export.shrink import shrink, weight_axes
+from onnx_obc.layers import find_layers
+from tests import builders as b
+from tests.channels import graphs
+
+
+@pytest.mark.parametrize("build", [graphs.conv_bn_relu_conv, graphs.depthwise_block,
+                                   graphs.transformer_mlp, graphs.gemm_pair],
+                         ids=lambda f: f.__name__)
+def test_cut_equals_zeroed_consumer_columns(build):
+    model = build()
+    (site,), _ = find_sites(model, find_layers(model)[0])
+    keep = np.arange(0, site.channels, 2)
+    out = shrink(model, [site], [keep])
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    axis = weight_axes(site.consumer)[1]
+    for t in zeroed.graph.initializer:
+        if t.name == site.consumer.weight:
+            w = numpy_helper.to_array(t).copy()
+            gone = np.setdiff1d(np.arange(site.channels), keep)
+            np.moveaxis(w, axis, 0)[gone] = 0
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    feed = b.feeds(model, 4, seed=2)
+    np.testing.assert_allclose(b.run(out, feed)[0], b.run(zeroed, feed)[0], rtol=1e-5,
+                               atol=1e-5)
+    onnx.checker.check_model(out, full_check=True)
+    assert len(out.graph.value_info) > 0  # re-inferred, with the new channel counts
+
+
+def test_keep_all_is_a_no_op_and_keep_none_is_refused():
+    model = graphs.gemm_pair()
+    (site,), _ = find_sites(model, find_layers(model)[0])
+    same = shrink(model, [site], [np.arange(site.channels)])
+    assert b.weights_of(same)["g1.w"].shape == b.weights_of(model)["g1.w"].shape
+    with pytest.raises(ModelError, match="every channel"):
+        shrink(model, [site], [np.array([], dtype=np.int64)])
