@@ -1,0 +1,68 @@
+"""Character accuracy of an OCR recognizer (ddddocr's common.onnx, beta charset) on the
+rendered lines of bench/real/calib.npz (or --data): 1 - edit distance / length, case-folded,
+as ddddocr decodes (argmax in the model, CTC collapse, blank 0).
+
+    python bench/real_eval.py bench/real/ddddocr/common.onnx [other.onnx ...]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+
+def edit(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def read(path: str, x: np.ndarray, charset: list[str]) -> list[str]:
+    import onnxruntime as ort
+    ort.set_default_logger_severity(3)
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = []
+    for i in range(len(x)):
+        y = s.run(None, {"input1": x[i:i + 1]})[0]
+        idx = (y.argmax(axis=-1) if y.ndim == 3 else y).reshape(-1)  # [T, 1, C] logits
+        chars, prev = [], None
+        for k in idx:
+            if k != prev and k != 0:
+                chars.append(charset[int(k)])
+            prev = k
+        out.append("".join(chars))
+    return out
+
+
+def main() -> None:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "charsets", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "real/ddddocr/charsets.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    CHARSET_BETA = mod.CHARSET_BETA
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--data", default="bench/real/eval.npz")
+    a = ap.parse_args()
+    d = np.load(a.data)
+    x, texts = d["input1"], [str(t) for t in d["texts"]]
+    for m in a.models:
+        got = read(m, x, CHARSET_BETA)
+        err = sum(edit(g.lower(), t.lower()) for g, t in zip(got, texts))
+        acc = 1 - err / sum(len(t) for t in texts)
+        exact = np.mean([g.lower() == t.lower() for g, t in zip(got, texts)])
+        print(f"{m}: char acc {acc:.4f}, line acc {exact:.4f} ({len(texts)} lines) "
+              f"e.g. {got[:3]} vs {texts[:3]}"[:300])
+
+
+if __name__ == "__main__":
+    main()
