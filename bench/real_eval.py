@@ -1,6 +1,8 @@
 """Character accuracy of an OCR recognizer (ddddocr's common.onnx, beta charset) on the
 rendered lines of bench/real/calib.npz (or --data): 1 - edit distance / length, case-folded,
-as ddddocr decodes (argmax in the model, CTC collapse, blank 0).
+as ddddocr decodes (argmax of the [T, 1, C] logits, CTC collapse, blank 0); and fidelity
+to the first model given (the dense one): relative logit error, per-frame argmax agreement
+and the share of lines read identically.
 
     python bench/real_eval.py bench/real/ddddocr/common.onnx [other.onnx ...]"""
 
@@ -24,13 +26,14 @@ def edit(a: str, b: str) -> int:
     return prev[-1]
 
 
-def read(path: str, x: np.ndarray, charset: list[str]) -> list[str]:
+def read(path: str, x: np.ndarray, charset: list[str]) -> tuple[list[str], list[np.ndarray]]:
     import onnxruntime as ort
     ort.set_default_logger_severity(3)
     s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    out = []
+    out, logits = [], []
     for i in range(len(x)):
         y = s.run(None, {"input1": x[i:i + 1]})[0]
+        logits.append(y)
         idx = (y.argmax(axis=-1) if y.ndim == 3 else y).reshape(-1)  # [T, 1, C] logits
         chars, prev = [], None
         for k in idx:
@@ -38,7 +41,7 @@ def read(path: str, x: np.ndarray, charset: list[str]) -> list[str]:
                 chars.append(charset[int(k)])
             prev = k
         out.append("".join(chars))
-    return out
+    return out, logits
 
 
 def main() -> None:
@@ -55,13 +58,21 @@ def main() -> None:
     a = ap.parse_args()
     d = np.load(a.data)
     x, texts = d["input1"], [str(t) for t in d["texts"]]
+    ref = None
     for m in a.models:
-        got = read(m, x, CHARSET_BETA)
+        got, logits = read(m, x, CHARSET_BETA)
+        if ref is None:
+            ref, ref_text = logits, got  # the first model is the reference (dense)
+        rel = np.mean([np.linalg.norm(y - y0) / np.linalg.norm(y0) for y, y0 in zip(logits, ref)])
+        agree = np.mean(np.concatenate([(y.argmax(-1) == y0.argmax(-1)).ravel()
+                                        for y, y0 in zip(logits, ref)]))
+        same = np.mean([g == t for g, t in zip(got, ref_text)])
         err = sum(edit(g.lower(), t.lower()) for g, t in zip(got, texts))
         acc = 1 - err / sum(len(t) for t in texts)
         exact = np.mean([g.lower() == t.lower() for g, t in zip(got, texts)])
-        print(f"{m}: char acc {acc:.4f}, line acc {exact:.4f} ({len(texts)} lines) "
-              f"e.g. {got[:3]} vs {texts[:3]}"[:300])
+        print(f"{m}: char acc {acc:.4f}, line acc {exact:.4f} ({len(texts)} lines); vs the "
+              f"first model: rel. logit error {rel:.4f}, frame argmax agree {agree:.4f}, "
+              f"same text {same:.4f}")
 
 
 if __name__ == "__main__":
