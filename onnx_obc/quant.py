@@ -4,7 +4,8 @@ Symmetric (default, what TensorRT requires): zero point 0 and the narrow signed 
 [-(2^(b-1) - 1), 2^(b-1) - 1] (int8 weights in [-127, 127]), scale = max|w| / (2^(b-1) - 1).
 Asymmetric: codes [0, 2^b - 1], zero point round(-min/scale); 0 stays exactly representable.
 Clipping search (OBC's, on by default): shrink the range by p = 1, 0.99, ... , 0.21 and keep,
-per row (group), the p minimising sum |q(w) - w|^2.4. All arrays are NumPy or CuPy.
+per row (group), the p minimising sum |q(w) - w|^2.4, weighted by H_jj when the layer
+Hessian is given (and never worse than min-max under H). All arrays are NumPy or CuPy.
 
     q(x) = scale * (clip(round(x / scale) + zero, qmin, qmax) - zero)
 """
@@ -88,8 +89,14 @@ def _params(lo: Any, hi: Any, spec: QuantSpec) -> tuple[Any, Any]:
     return scale, zero
 
 
-def fit_grid(W: Any, spec: QuantSpec) -> Grid:
-    """Grid for W [R, d], per row and column group (d must divide by group_size)."""
+def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
+    """Grid for W [R, d], per row and column group (d must divide by group_size).
+
+    H [G, d, d] (optional, undampened; rows are G blocks of R / G): the clipping search
+    weighs each column's error by H_jj, sum_j H_jj |q(w_j) - w_j|^norm, so it sees which
+    inputs matter to the layer's output (for equal H_jj, e.g. H = I, the same choice as
+    without H); then, per row, the grid is kept only where its round-to-nearest loss
+    tr(e H e^T) is no worse than min-max's, so the clipping never loses to min-max under H."""
     xp = array_module(W)
     R, d = W.shape
     g = spec.group_size or d
@@ -99,18 +106,42 @@ def fit_grid(W: Any, spec: QuantSpec) -> Grid:
     lo = xp.minimum(Wg.min(axis=2), 0.0)  # the range always contains 0
     hi = xp.maximum(Wg.max(axis=2), 0.0)
     scale, zero = _params(lo, hi, spec)
-    if spec.mse:
-        best = xp.full(scale.shape, xp.inf)
-        for i in range(int(spec.maxshrink * spec.grid)):
-            p = 1.0 - i / spec.grid
-            s, z = _params(p * lo, p * hi, spec)
-            q = quantize(Wg, s[..., None], z[..., None], spec.qmin, spec.qmax)
-            err = (xp.abs(q - Wg) ** spec.norm).sum(axis=2)  # [R, G]
-            better = err < best
-            best = xp.where(better, err, best)
-            scale = xp.where(better, s, scale)
-            zero = xp.where(better, z, zero)
+    if not spec.mse:
+        return Grid(scale, zero, spec.qmin, spec.qmax, g)
+    wts = 1.0 if H is None else _row_diag(H, R).reshape(R, d // g, g)  # [R, G, g]
+    s0, z0 = scale, zero
+    best = xp.full(scale.shape, xp.inf)
+    for i in range(int(spec.maxshrink * spec.grid)):
+        p = 1.0 - i / spec.grid
+        s, z = _params(p * lo, p * hi, spec)
+        q = quantize(Wg, s[..., None], z[..., None], spec.qmin, spec.qmax)
+        err = (wts * xp.abs(q - Wg) ** spec.norm).sum(axis=2)  # [R, G]
+        better = err < best
+        best = xp.where(better, err, best)
+        scale = xp.where(better, s, scale)
+        zero = xp.where(better, z, zero)
+    if H is not None:  # never worse than min-max under H, row by row
+        worse = _rtn_row_loss(W, scale, zero, spec, g, H) > _rtn_row_loss(W, s0, z0, spec, g, H)
+        scale = xp.where(worse[:, None], s0, scale)
+        zero = xp.where(worse[:, None], z0, zero)
     return Grid(scale, zero, spec.qmin, spec.qmax, g)
+
+
+def _row_diag(H: Any, R: int) -> Any:
+    """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks)."""
+    xp = array_module(H)
+    D = xp.diagonal(H, axis1=1, axis2=2).astype(xp.float64)  # [G, d]
+    return xp.repeat(D, R // D.shape[0], axis=0)
+
+
+def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any) -> Any:
+    """Round-to-nearest loss e H e^T of every row [R] on the grid (scale, zero [R, G])."""
+    xp = array_module(W)
+    R, d = W.shape
+    W64 = W.astype(xp.float64)
+    s, z = xp.repeat(scale, g, axis=1), xp.repeat(zero, g, axis=1)
+    E = (quantize(W64, s, z, spec.qmin, spec.qmax) - W64).reshape(H.shape[0], -1, d)
+    return ((E @ H.astype(xp.float64)) * E).sum(axis=2).reshape(R)
 
 
 def rtn(W: Any, grid: Grid) -> Any:

@@ -41,6 +41,10 @@ class LayerResult:
     bits: int | None = None  # weight bits (None: not quantized)
     group_size: int | None = None  # columns per scale (None: per output channel)
     prune_loss: float | None = None  # loss after pruning, before quantization (compound)
+    method_used: str = ""  # what produced the weights (obq, gptq, gptq+act-order, rtn, ...)
+    rank: int | None = None  # effective rank of H (eigenvalues > 1e-6 max, undampened), min
+    samples: int | None = None  # over groups; calibration samples N behind H
+    data_limited: bool = False  # rank < live inputs: H is singular on the calibration data
 
     @property
     def ratio(self) -> float:
@@ -142,8 +146,8 @@ def _layer_lines(r: Report) -> list[str]:
     w = max(12, min(NAME_WIDTH, max(len(x.name) for x in r.layers)))
     base = "baseline" if any(x.bits for x in r.layers) else "magnitude"
     head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'bits':>6} "
-            f"{'loss':>10} {base:>10} {'ratio':>7} {'dead':>4} {'damp':>7} {'work':>5} "
-            f"{'sec':>6}")
+            f"{'loss':>10} {base:>10} {'ratio':>7} {'dead':>4} {'rank':>10} {'damp':>7} "
+            f"{'work':>5} {'sec':>6}")
     lines = [head, "-" * len(head)]
     for x in r.layers:
         name = short_name(x.name, w)
@@ -151,10 +155,11 @@ def _layer_lines(r: Report) -> list[str]:
         damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
         work = f"{x.work:.0%}" if x.target else "-"
         bits = "-" if not x.bits else f"{x.bits}" + (f"/g{x.group_size}" if x.group_size else "")
+        rank = "-" if x.rank is None else f"{x.rank}/{cols}" + ("!" if x.data_limited else "")
         lines.append(
             f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {bits:>6} "
             f"{x.loss:>10.3g} "
-            f"{x.magnitude_loss:>10.3g} {x.ratio:>7.3f} {x.dead_inputs:>4} {damp:>7} "
+            f"{x.magnitude_loss:>10.3g} {x.ratio:>7.3f} {x.dead_inputs:>4} {rank:>10} {damp:>7} "
             f"{work:>5} {x.seconds:>6.2f}"
         )
     ratios = sorted(x.ratio for x in r.layers)
@@ -165,6 +170,11 @@ def _layer_lines(r: Report) -> list[str]:
     methods = ", ".join(sorted({x.method for x in r.layers}))
     lines.append(f"{len(r.layers)} layers ({methods}), {total:,} weights, {zeros / total:.2%} "
                  f"zeros; loss/{base} median {med:.3f}, worst {ratios[-1]:.3f}")
+    kept = [x.method_used for x in r.layers if x.bits and x.method == "obc" and x.method_used]
+    if kept:  # obc keeps, per layer, the least loss of OBQ, GPTQ and RTN (method_used)
+        used = {m: kept.count(m) for m in sorted(set(kept))}
+        lines.append("kept per layer by least loss: " + ", ".join(
+            f"{m} {n}" for m, n in used.items()) + " (method_used in the JSON report)")
     compound = [x for x in r.layers if x.bits and x.prune_loss is not None]
     if compound:
         p = sum(x.prune_loss for x in compound)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
-from .backend import Backend
+from .backend import Backend, array_module
 from .export.qweights import group_size_for
 from .hessian import HessianAccumulator
 from .layers import Layer, Skipped, constant_weights, weight_matrix
@@ -89,7 +89,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
             hessians.pop(L.weight)
             continue
         lspec = _layer_spec(L, quant, lv, out.warnings)
-        W, H = _matrices(L, weights, hessians.pop(L.weight), backend, solver.damp)
+        acc = hessians.pop(L.weight)
+        W, H = _matrices(L, weights, acc, backend, solver.damp)
         target = prune.sparsity if lv is None else lv.sparsity
         nm = prune.nm if lv is None or lv.nm is None else lv.nm
         st = structure_for(L, prune, nm=nm, sparsity=target)
@@ -111,12 +112,44 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
             _host(L, res.W, res.codes, res.grid, lspec, backend),
             _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
         backend.sync()
-        out.rows.append(_row(L, res, solver.method, target, lspec, time.perf_counter() - t))
+        rank = effective_rank(H)
+        out.rows.append(replace(
+            _row(L, res, solver.method, target, lspec, time.perf_counter() - t),
+            rank=rank, samples=acc.samples, data_limited=rank < L.matrix_shape[2] - res.dead))
         if res.escalations:
             out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                                 f"{list(res.escalations)}; used {res.damp}")
         backend.free()
+    limited = [x for x in out.rows if x.data_limited]
+    if limited:
+        out.warnings.append(data_warning(limited))
     return out
+
+
+def effective_rank(H: Any) -> int:
+    """Smallest over groups of the number of eigenvalues of H [G, d, d] (undampened) above
+    1e-6 of the largest: how many input directions the calibration data spans."""
+    xp = array_module(H)
+    ev = xp.linalg.eigvalsh(H.astype(xp.float64))  # [G, d] ascending
+    top = xp.maximum(ev[:, -1:], 0.0)
+    return int((ev > 1e-6 * top).sum(axis=1).min()) if top.size else 0
+
+
+def data_warning(rows: list[LayerResult]) -> str:
+    """Name the data-limited layers and the samples that would lift the limit."""
+    few = [x for x in rows if x.samples is not None and x.samples < x.cols - x.dead_inputs]
+    need = max((x.cols - x.dead_inputs for x in few), default=0)
+    names = ", ".join(f"{x.name} (rank {x.rank}/{x.cols}, {x.samples} samples)"
+                      for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+    msg = (f"{len(rows)} layer(s) data-limited (the calibration data spans fewer input "
+           f"directions than the layer has inputs; the dampening decides the rest): {names}.")
+    if few:
+        msg += f" At least {need} calibration samples would let every one of them reach full rank"
+        msg += (" (one column per sample, e.g. globally pooled inputs)." if need else ".")
+    if len(few) < len(rows):
+        msg += (" Where there are already more samples than inputs the inputs themselves are "
+                "collinear or constant; more samples of the same kind may not lift it.")
+    return msg
 
 
 def _layer_spec(L: Layer, quant: Quantization, lv: Level | None, warnings: list[str]
@@ -159,6 +192,7 @@ def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec
         dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
         seconds=seconds, work=res.steps_run / (G * r * d),
         rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,
+        method_used=res.method_used,
         group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss)
 
 

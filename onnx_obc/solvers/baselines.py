@@ -87,12 +87,13 @@ def _blocks(W64: Any, st: Blocks, count: int) -> Any:
 def baseline(W: Any, H64: Any, structure: Any, count: int, quant: QuantSpec | None
              ) -> Baseline:
     """W [G, r, d], H64 [G, d, d]: the structure's registered magnitude baseline removing
-    `count` weights, then RTN on a grid fitted to the result (zeros stay 0)."""
+    `count` weights, then RTN on a grid fitted to the result (zeros stay 0), the clipping
+    search weighted by diag(H) and never worse than min-max under H (quant.fit_grid)."""
     xp = array_module(W, H64)
     G, r, d = W.shape
     W64 = W.astype(xp.float64)
     base = baseline_for(structure)(W64, structure, count) if count else W64
-    grid = fit_grid(base.reshape(G * r, d), quant) if quant else None
+    grid = fit_grid(base.reshape(G * r, d), quant, H64) if quant else None
     if quant:
         base = rtn(base.reshape(G * r, d), grid).reshape(G, r, d)  # zeros stay 0
     loss = layer_loss(W, base, H64)
@@ -106,4 +107,5 @@ def baseline_solution(task: Task) -> LayerSolution:
     b = task.baseline
     return LayerSolution(W=b.W, baseline=b.W, loss=b.loss, baseline_loss=b.loss, obs_loss=0.0,
                          zeros=count_zeros(b.W), dead=0, damp=0.0, escalations=(), grid=b.grid,
-                         codes=b.codes, baseline_codes=b.codes, baseline_grid=b.grid)
+                         codes=b.codes, baseline_codes=b.codes, baseline_grid=b.grid,
+                         method_used="rtn" if task.quant else "magnitude")

@@ -71,37 +71,49 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
     return Q[:, inv], loss
 
 
-@register_solver(Unstructured, "gptq")
-def gptq_solver(task: Task) -> LayerSolution:
-    """The whole layer in one pass per Hessian group: SparseGPT pruning at the structure's
-    sparsity and / or GPTQ on a grid fitted to the dense weights, jointly."""
-    W, H64, quant = task.W, task.H, task.quant
-    xp = array_module(W, H64)
-    G, r, d = W.shape
-    prep = prepare(W, H64, task.damp)
-    rows = prep.W.reshape(G * r, d)  # [R, d] float32
-    sparsity = task.structure.sparsity or 0.0
-    grid = fit_grid(rows, quant) if quant else None  # on the dense weights, fixed
+def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
+              act_order: bool = False) -> tuple[Any, Any, float]:
+    """GPTQ / SparseGPT over every Hessian group of a prepared layer: rows [R = G * r, d].
+    Returns (W_hat [R, d] float64, exactly on `grid` when given; codes [R, d] or None;
+    the sum of the step losses, tr(dW H dW^T) with the dampened H)."""
+    xp = array_module(rows, prep.Hinv)
+    G = prep.Hinv.shape[0]
+    R, d = rows.shape
+    r = R // G
     s, z = grid.columns() if grid else (None, None)
-    out = xp.empty((G * r, d), dtype=xp.float64)
+    out = xp.empty((R, d), dtype=xp.float64)
     obs_loss = 0.0
     for g in range(G):
         sl = slice(g * r, (g + 1) * r)
         out[sl], loss = gptq(
             rows[sl], prep.Hinv[g], scale=None if s is None else s[sl],
             zero=None if z is None else z[sl], qmin=grid.qmin if grid else 0,
-            qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=task.act_order,
+            qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=act_order,
             diagH=xp.diagonal(prep.H[g]))
         obs_loss += loss
-    out_codes = None
-    if grid:
-        out_codes = codes(out, grid).reshape(G, r, d)
-        s64, z64 = grid.columns()
-        out = s64 * (out_codes.reshape(G * r, d) - z64)
+    if not grid:
+        return out, None, obs_loss
+    out_codes = codes(out, grid)
+    return s * (out_codes - z), out_codes, obs_loss
+
+
+@register_solver(Unstructured, "gptq")
+def gptq_solver(task: Task) -> LayerSolution:
+    """The whole layer in one pass per Hessian group: SparseGPT pruning at the structure's
+    sparsity and / or GPTQ on a grid fitted to the dense weights, jointly."""
+    W, H64, quant = task.W, task.H, task.quant
+    G, r, d = W.shape
+    prep = prepare(W, H64, task.damp)
+    rows = prep.W.reshape(G * r, d)  # [R, d] float32
+    grid = fit_grid(rows, quant) if quant else None  # on the dense weights, fixed
+    out, out_codes, obs_loss = gptq_rows(rows, prep, grid, task.structure.sparsity or 0.0,
+                                         task.act_order)
     W_hat = out.reshape(G, r, d)
     b = task.baseline
     return LayerSolution(
         W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,
         obs_loss=obs_loss, zeros=count_zeros(W_hat), dead=prep.dead, damp=prep.damp,
-        escalations=prep.escalations, grid=grid, codes=out_codes, baseline_codes=b.codes,
-        baseline_grid=b.grid)
+        escalations=prep.escalations, grid=grid,
+        codes=None if out_codes is None else out_codes.reshape(G, r, d),
+        baseline_codes=b.codes, baseline_grid=b.grid,
+        method_used="gptq+act-order" if task.act_order else "gptq")

@@ -11,6 +11,7 @@ from ..backend import array_module
 from ..errors import ConfigError
 from ..quant import QuantSpec, codes, fit_grid
 from .baselines import baseline
+from .choose import Candidate, best_quantized
 from .fast import greedy_traces
 from .prepare import layer_loss, prepare, stage_of
 from .registry import register_pipeline, solver_for
@@ -74,7 +75,8 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         rows = p.rows.astype(xp.float32)
         obs_loss, steps_run, reruns = p.obs_loss, p.steps_run, p.rerun_rows
         prune_loss = layer_loss(W, rows.reshape(G, r, d), H64)
-    grid, out_codes = None, None
+    grid, out_codes, method_used = None, None, ("obs" if count else "")
+    b = task.baseline
     if quant:
         grid = fit_grid(rows, quant)  # fixed before the loop, on the (pruned) weights
         s, z = grid.columns()
@@ -82,16 +84,19 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         rule = QuantRule(s.astype(xp.float32), z.astype(xp.float32), grid.qmin, grid.qmax,
                          pinned)
         tq = greedy_traces(rows, prep.Hinv, stage.group, stage.rows_per_batch, None, rule=rule)
-        obs_loss += float(tq.losses.sum())
-        rows = tq.final
-        out_codes = codes(rows, grid).reshape(G, r, d)
-        s64, z64 = grid.columns()
-        rows = s64 * (out_codes.reshape(G * r, d) - z64)  # exactly on the grid
+        out_codes = codes(tq.final, grid).reshape(G, r, d)
+        W_hat = (s * (out_codes.reshape(G * r, d) - z)).reshape(G, r, d)  # exactly on the grid
+        obq = Candidate("obs+obq" if count else "obq", W_hat, grid, out_codes,
+                        float(tq.losses.sum()), layer_loss(W, W_hat, H64))
+        if not count:  # quantization only: keep the least loss of OBQ, GPTQ, RTN
+            obq = best_quantized(W, H64, prep, obq, b)
+        grid, out_codes, method_used = obq.grid, obq.codes, obq.name
+        obs_loss += obq.obs_loss
+        rows = obq.W.reshape(G * r, d)
     W_hat = rows.astype(xp.float64).reshape(G, r, d)
-    b = task.baseline
     return LayerSolution(
         W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,
         obs_loss=obs_loss, zeros=count_zeros(W_hat), dead=prep.dead, damp=prep.damp,
         escalations=prep.escalations, steps_run=steps_run, rerun_rows=reruns,
         prune_loss=prune_loss, grid=grid, codes=out_codes, baseline_codes=b.codes,
-        baseline_grid=b.grid)
+        baseline_grid=b.grid, method_used=method_used)

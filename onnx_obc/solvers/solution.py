@@ -30,6 +30,7 @@ class LayerSolution:
     baseline_codes: Any = None
     baseline_grid: Grid | None = None  # the baseline's grid (RTN), for exporting it as QDQ
     stages: dict[str, float] = field(default_factory=dict)
+    method_used: str = ""  # what produced W: "obq", "gptq", "gptq+act-order", "rtn", ...
 
 
 @dataclass(frozen=True, kw_only=True)
