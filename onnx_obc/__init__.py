@@ -7,8 +7,8 @@ N:M / block sparsity, non-uniform levels), no retraining.
     print(result.report.table())
 """
 
-from .config import (Allocation, CompressConfig, Correction, Pruning, Quantization, RunOptions,
-                     Selection, SolverOptions)
+from .config import (Allocation, CompressConfig, Correction, ExportOptions, Pruning,
+                     Quantization, RunOptions, Selection, SolverOptions)
 from .errors import CalibrationError, ConfigError, ModelError, NotPositiveDefinite, ObcError
 from .layers import find_layers
 from .pipeline import ConvertResult, convert
@@ -17,7 +17,8 @@ from .report import Report
 __version__ = "0.1.0"
 __all__ = [
     "convert", "ConvertResult", "CompressConfig", "Selection", "Pruning", "Quantization",
-    "SolverOptions", "Allocation", "Correction", "RunOptions", "Report", "find_layers",
+    "SolverOptions", "Allocation", "Correction", "ExportOptions", "RunOptions", "Report",
+    "find_layers",
     "ObcError", "ConfigError", "ModelError", "CalibrationError", "NotPositiveDefinite",
     "__version__",
 ]
