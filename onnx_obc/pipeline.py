@@ -68,10 +68,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     dense, chan = proto, None
     if cfg.prune.channels is not None:  # its own stage: the rest runs on the shrunk model
         with _timed(clock, "channels"):
-            chan = prune_channels(proto, layers, data.fit, data.batch, backend,
-                                  cfg.prune.channels, cfg.solver.damp,
-                                  cfg.run.memory_budget_mb, runtime, progress,
-                                  align=cfg.prune.channel_align)
+            chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
             proto = chan.model
             layers, skipped = select_layers(proto, cfg.select)
     done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress)
@@ -100,6 +97,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     if report_path is not None:
         report.write_json(report_path)
     return ConvertResult(models["compressed"], report, written)
+
+
+def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibration,
+              backend: Any, cfg: CompressConfig, runtime: Any, progress: bool) -> Any:
+    """The channel-pruning stage: the shrunk model, its L2-norm baseline and the sites."""
+    return prune_channels(proto, layers, data.fit, data.batch, backend, cfg.prune.channels,
+                          cfg.solver.damp, cfg.run.memory_budget_mb, runtime, progress,
+                          align=cfg.prune.channel_align)
 
 
 def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
