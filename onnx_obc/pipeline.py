@@ -73,11 +73,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             layers, skipped = select_layers(proto, cfg.select)
     done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress)
             if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
-    with _timed(clock, "correct"):
-        fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
-                                done.solutions, data.fit, data.batch, runtime,
-                                cfg.correct.scale) if cfg.correct.active and done.solutions \
-            else None
+    fixes = None
+    if cfg.correct.active and done.solutions:  # timed only when it runs
+        with _timed(clock, "correct"):
+            fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
+                                    done.solutions, data.fit, data.batch, runtime,
+                                    cfg.correct.scale)
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
