@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -149,10 +150,8 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
         raise ModelError(write_error(o, exc)) from None
     try:
         target = tmp / o.name
-        if external:  # save_model moves tensors out of the proto it gets: give it a copy
-            onnx.save_model(copy.deepcopy(model), str(target), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name,
-                            size_threshold=1024, convert_attribute=True)
+        if external:
+            write_external(model, target, data_name)
         else:
             onnx.save_model(model, str(target))
         if external and (tmp / data_name).exists():  # absent when every tensor is tiny
@@ -187,6 +186,51 @@ def serialized_or_path(model: onnx.ModelProto, workdir: Path) -> bytes | str:
     if not needs_external(model):
         return model.SerializeToString()
     path = workdir / "model.onnx"
-    onnx.save_model(copy.deepcopy(model), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024, convert_attribute=True)
+    write_external(model, path, "model.onnx.data")
     return str(path)
+
+
+@contextlib.contextmanager
+def payloads_aside(model: onnx.ModelProto, over: int) -> Iterator[dict[str, bytes]]:
+    """The initializer payloads (raw_data) larger than `over` bytes, taken out of `model`
+    for the duration of the block and put back after it: a copy or serialisation of the
+    model inside the block is cheap and never meets protobuf's 2 GB limit."""
+    aside: dict[str, bytes] = {}
+    for t in model.graph.initializer:
+        if len(t.raw_data) > over:
+            aside[t.name] = t.raw_data
+            t.ClearField("raw_data")  # one copy of each payload at any time
+    try:
+        yield aside
+    finally:
+        for t in model.graph.initializer:
+            if t.name in aside:
+                t.raw_data = aside[t.name]
+
+
+def write_external(model: onnx.ModelProto, target: Path, data_name: str,
+                   over: int = 1024) -> None:
+    """Write `model` to `target` with every initializer payload over `over` bytes in
+    target's folder / `data_name` (4 KiB-aligned offsets), one tensor at a time and without
+    copying the model (onnx.save_model's external-data path empties the proto it is given,
+    so it needs a whole copy); `model` is left as it was."""
+    with payloads_aside(model, over) as aside:
+        shell = onnx.ModelProto()
+        shell.CopyFrom(model)  # everything but the large payloads
+        offset = 0
+        with open(target.parent / data_name, "wb") as f:
+            for t in shell.graph.initializer:
+                data = aside.get(t.name)
+                if data is None:
+                    continue
+                pad = -offset % 4096
+                f.write(b"\0" * pad)
+                offset += pad
+                f.write(data)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", data_name), ("offset", str(offset)),
+                             ("length", str(len(data)))):
+                    t.external_data.add(key=k, value=v)
+                offset += len(data)
+        onnx.save_model(shell, str(target))

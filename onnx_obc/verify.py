@@ -14,6 +14,9 @@ import onnxruntime as ort
 
 from .calib import CalibrationSource
 from .capture import Runtime, session
+from .modelio import tensor_bytes
+
+ONE_AT_A_TIME = 1 << 30  # bytes of weights over all the models measured
 
 
 @dataclass
@@ -78,6 +81,18 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource,
 def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
             batch_size: int, runtime: Runtime) -> dict[str, dict[str, Fidelity]]:
     """Fidelity of every model on every data set, each model run as onnxruntime deploys it
-    (graph optimizations on), relative to models["dense"]."""
-    sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
-    return {name: evaluate(sessions, ds, batch_size) for name, ds in sets.items()}
+    (graph optimizations on), relative to models["dense"]. Models over `ONE_AT_A_TIME`
+    bytes of weights hold only two sessions at once (dense + one, the dense model re-run
+    per model) instead of one per model."""
+    if sum(tensor_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
+        sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
+        return {name: evaluate(sessions, ds, batch_size) for name, ds in sets.items()}
+    dense = session(models["dense"], runtime, optimize=True)
+    out: dict[str, dict[str, Fidelity]] = {name: {} for name in sets}
+    for k, m in models.items():
+        pair = {"dense": dense} if k == "dense" else {
+            "dense": dense, k: session(m, runtime, optimize=True)}
+        for name, ds in sets.items():
+            out[name][k] = evaluate(pair, ds, batch_size)[k]
+        del pair
+    return out

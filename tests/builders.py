@@ -7,7 +7,9 @@ says otherwise) and runs in onnxruntime. Graph inputs use the symbolic batch dim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -369,6 +371,45 @@ def if_subgraph_weight(d_in: int = 4, d_out: int = 3, seed: int = 0) -> onnx.Mod
 
 
 # --------------------------------------------------------------------------- data
+
+
+def huge_external(folder: str | os.PathLike, table_rows: int = 540_000, dim: int = 1024,
+                  seed: int = 0) -> tuple[str, Callable[[int], dict[str, np.ndarray]]]:
+    """Write `folder`/huge.onnx + huge.onnx.data, a model of 2.2 GB (defaults): input_ids
+    [N, 16] -> Gather(table [rows, dim]) -> MatMul(dim x 256) -> Relu -> MatMul(256 x 64).
+    The table is written to the data file in chunks and referenced as external data (a
+    protobuf message cannot hold it), so building needs little memory. Returns the model path
+    and a feed function."""
+    data = Path(folder) / "huge.onnx.data"
+    rng = np.random.default_rng(seed)
+    with open(data, "wb") as f:
+        for start in range(0, table_rows, 65536):
+            rows = min(65536, table_rows - start)
+            f.write(rng.standard_normal((rows, dim), dtype=np.float32).tobytes())
+    table = onnx.TensorProto(name="table", data_type=TensorProto.FLOAT, dims=[table_rows, dim])
+    table.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", data.name), ("offset", "0"), ("length", str(table_rows * dim * 4))):
+        table.external_data.add(key=k, value=v)
+    fc1 = (rng.standard_normal((dim, 256)) / np.sqrt(dim)).astype(np.float32)
+    fc2 = (rng.standard_normal((256, 64)) / 16).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+             helper.make_node("MatMul", ["emb", "fc1.weight"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("MatMul", ["hr", "fc2.weight"], ["y"], name="fc2")]
+    graph = helper.make_graph(
+        nodes, "huge", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])],
+        [table, numpy_helper.from_array(fc1, "fc1.weight"),
+         numpy_helper.from_array(fc2, "fc2.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = Path(folder) / "huge.onnx"
+    onnx.save_model(model, str(path))  # the table stays where it is: only its reference
+
+    def feed(n: int) -> dict[str, np.ndarray]:
+        r = np.random.default_rng(seed + 1)
+        return {"ids": r.integers(0, table_rows, size=(n, 16)).astype(np.int64)}
+    return str(path), feed
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

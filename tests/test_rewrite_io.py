@@ -193,3 +193,22 @@ def test_save_model_in_an_unwritable_directory_is_a_model_error(tmp_path, monkey
                                          r"directory you can write to"):
         modelio.save_model(b.mlp(), tmp_path / "out.onnx", inp=None)
     assert listing(tmp_path) == []
+
+
+def test_write_external_streams_payloads_and_leaves_the_model_as_it_was(tmp_path):
+    model = b.mlp((300, 200, 4))  # a 240 kB and a 3 kB weight
+    before = model.SerializeToString()
+    modelio.write_external(model, tmp_path / "m.onnx", "m.onnx.data")
+    assert model.SerializeToString() == before  # payloads put back
+    assert listing(tmp_path) == ["m.onnx", "m.onnx.data"]
+    shell = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    ext = [t for t in shell.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(ext) == 2 and all(
+        int(next(e.value for e in t.external_data if e.key == "offset")) % 4096 == 0
+        for t in ext)
+    back = onnx.load(str(tmp_path / "m.onnx"))
+    assert weights_of(back).keys() == weights_of(model).keys()
+    for k, v in weights_of(model).items():
+        np.testing.assert_array_equal(weights_of(back)[k], v)
+    feed = b.feeds(model, 3)
+    np.testing.assert_array_equal(run(str(tmp_path / "m.onnx"), feed)[0], run(model, feed)[0])

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper, version_converter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import ModelError
-from ..modelio import needs_external
+from ..modelio import needs_external, payloads_aside
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -40,7 +40,11 @@ def ensure_opset(model: onnx.ModelProto, needed: int, why: str) -> onnx.ModelPro
         return model
     hint = " or use --bits 8 without --group-size to stay at opset 13" if needed >= 21 else ""
     try:
-        out = version_converter.convert_version(model, needed)
+        with payloads_aside(model, 1 << 20) as aside:  # the converter serialises
+            out = version_converter.convert_version(model, needed)
+            for t in out.graph.initializer:  # the converter keeps initializer names
+                if t.name in aside:
+                    t.raw_data = aside[t.name]
     except Exception as exc:  # the converter raises plain RuntimeError/ValueError
         raise ModelError(
             f"the model uses opset {current}, but {why}; onnx's version converter could not "

@@ -32,3 +32,31 @@ def test_set_inputs_adds_a_bias_and_refuses_a_taken_name():
     assert set_inputs(model, {}) is model
     with pytest.raises(ModelError, match="already has tensors"):
         set_inputs(model, {0: (2, "W", bias)})
+
+
+def test_opset_raise_sets_large_payloads_aside_and_restores_them(monkeypatch):
+    """The version converter serialises the model (it fails past 2 GB): large payloads are
+    held aside during the conversion, restored in the converted copy and in the input."""
+    from onnx import numpy_helper, version_converter
+
+    from onnx_obc.export.graph import ensure_opset
+
+    model = b.matmul(d_in=600, d_out=600)  # a 1.4 MB weight
+    before = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    seen = []
+    real = version_converter.convert_version
+
+    def spy(m, v):
+        seen.append(max(len(t.raw_data) for t in m.graph.initializer))
+        return real(m, v)
+
+    monkeypatch.setattr(version_converter, "convert_version", spy)
+    out = ensure_opset(model, 21, "a test needs it")
+    assert seen == [0]  # the converter saw no large payload
+    for m in (model, out):
+        got = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        assert got.keys() == before.keys()
+        for k, v in before.items():
+            np.testing.assert_array_equal(got[k], v)
+    feed = b.feeds(model, 3)
+    np.testing.assert_array_equal(run(out, feed)[0], run(model, feed)[0])
