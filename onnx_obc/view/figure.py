@@ -16,6 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..report import LayerResult, Report, short_name
 
@@ -34,7 +35,7 @@ def render(report: Report, fmt: str = "png") -> bytes:
 
 def level_text(x: LayerResult) -> str:
     """"50% w4/g32 gptq": sparsity, bits (group size), the method that produced it."""
-    parts = [f"{x.sparsity:.0%}"] if x.sparsity > 0 else []
+    parts = [f"{x.sparsity:.0%}"] if x.target else []  # quantization's zeros not shown
     if x.bits:
         parts.append(f"w{x.bits}" + (f"/g{x.group_size}" if x.group_size else ""))
     parts.append(x.method_used or x.method)
@@ -74,8 +75,15 @@ def _title(r: Report) -> str:
         if f is not None and f.rel_error:
             done.append(f"output error {max(f.rel_error.values()):.4f} on {set_name}"
                         + (f", accuracy {f.accuracy:.2%}" if f.accuracy is not None else ""))
-    return f"{name}: {len(r.layers)} layers compressed" + ("; " if done else "") + "; ".join(
-        done)
+    c = r.config
+    how = [f"sparsity {c['prune']['sparsity']}" if c["prune"].get("sparsity") else "",
+           f"{c['prune']['nm'][0]}:{c['prune']['nm'][1]}" if c["prune"].get("nm") else "",
+           f"w{c['quant']['bits']}" if c["quant"].get("bits") else "",
+           f"a{c['quant']['act_bits']}" if c["quant"].get("act_bits") else "",
+           f"dp over {c['alloc']['budget']}" if c["alloc"].get("mode") == "dp" else "",
+           c["solver"].get("method", "")] if c.get("prune") else []
+    return (f"{name} ({' '.join(h for h in how if h)}): {len(r.layers)} layers compressed"
+            + ("; " if done else "") + "; ".join(done))
 
 
 def _rows(ax: Any, layers: list[LayerResult]) -> list[int]:
@@ -106,6 +114,10 @@ def _ratio_panel(ax: Any, layers: list[LayerResult], r: Report) -> None:
                 color=DATA_LIMITED if limited else "#333333")
     ax.set_xscale("log")
     ax.set_xlim(floor, max(finite + [1.0]) * 4)
+    decades = math.log10(max(finite + [1.0]) * 4 / floor)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if decades < 2.5 else (1,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1.0, color="k", lw=0.8, ls="--")
     base = "baseline (RTN)" if any(x.bits for x in layers) else "baseline (magnitude)"
     ax.set_xlabel(f"layer loss / {base}  (log; < 1 beats it)")
@@ -113,19 +125,22 @@ def _ratio_panel(ax: Any, layers: list[LayerResult], r: Report) -> None:
     if any(x.data_limited for x in layers):
         handles.append(Patch(facecolor="white", edgecolor=DATA_LIMITED, hatch="///",
                              label="data-limited (rank < inputs)"))
-    ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.8)
-    ax.set_title("loss ratio to the baseline", fontsize=10)
+    ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=min(3, len(handles)), frameon=False, title="loss ratio to the baseline",
+              title_fontsize=10)
 
 
 def _level_panel(ax: Any, layers: list[LayerResult]) -> None:
     ys = _rows(ax, layers)
     ax.tick_params(axis="y", labelleft=False)
-    ax.barh(ys, [x.sparsity for x in layers], color="#9e9e9e", height=0.7)
-    for y, x in zip(ys, layers):
-        ax.text(x.sparsity + 0.01, y, level_text(x), va="center", fontsize=7)
-    ax.set_xlim(0, 1.35)
-    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
-    ax.set_xlabel("sparsity reached (bar); bits, method (text)")
+    pruned = any(x.target for x in layers)  # else the bars are the weight bits
+    bars = [x.sparsity if pruned else (x.bits or 32) / 8 for x in layers]
+    ax.barh(ys, bars, color="#9e9e9e", height=0.7)
+    for y, x, v in zip(ys, layers, bars):
+        ax.text(min(v, 1.0) + 0.01, y, level_text(x), va="center", fontsize=7)
+    ax.set_xlim(0, 1.45)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], None if pruned else ["0", "2", "4", "6", "8"])
+    ax.set_xlabel(("sparsity reached" if pruned else "weight bits") + " (bar); level, method")
     ax.set_title("level chosen", fontsize=10)
 
 
@@ -139,8 +154,8 @@ def _sensitivity_panel(ax: Any, layers: list[LayerResult], sens: dict[str, Any],
     rank = {s["layer"]: i + 1 for i, s in enumerate(summary["layers"])}
     for y, x, e in zip(ys, layers, errs):
         if x.name in rank:
-            ax.text(e, y, f" #{rank[x.name]}", va="center", fontsize=7)
-    ax.set_xlim(0, max(errs + [1e-12]) * 1.15)
+            ax.text(e, y, f" #{rank[x.name]}  {e:.3g}", va="center", fontsize=7)
+    ax.set_xlim(0, max(errs + [1e-12]) * 1.25)
     ax.set_xlabel(f"output error, only this layer compressed ({summary['set']})")
     ax.set_title("sensitivity (red: exclude first)", fontsize=10)
 
