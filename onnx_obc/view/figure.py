@@ -80,9 +80,9 @@ def _title(r: Report) -> str:
            f"{c['prune']['nm'][0]}:{c['prune']['nm'][1]}" if c["prune"].get("nm") else "",
            f"w{c['quant']['bits']}" if c["quant"].get("bits") else "",
            f"a{c['quant']['act_bits']}" if c["quant"].get("act_bits") else "",
-           f"dp over {c['alloc']['budget']}" if c["alloc"].get("mode") == "dp" else "",
+           f"allocate dp ({c['alloc']['budget']})" if c["alloc"].get("mode") == "dp" else "",
            c["solver"].get("method", "")] if c.get("prune") else []
-    return (f"{name} ({' '.join(h for h in how if h)}): {len(r.layers)} layers compressed"
+    return (f"{name} ({', '.join(h for h in how if h)}): {len(r.layers)} layers compressed"
             + ("; " if done else "") + "; ".join(done))
 
 

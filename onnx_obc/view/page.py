@@ -52,13 +52,17 @@ def _cell(v: Any) -> str:
     return f"<td>{escape('-' if v is None else str(v))}</td>"
 
 
+def _pct(x: float | None) -> str | None:
+    return None if x is None else f"{100 * x:.2f}%"
+
+
 def _fidelity(r: Report) -> list[str]:
     out = []
     for set_name, models in r.fidelity.items():
         out.append(f"<h2>Model fidelity on {escape(set_name)}</h2>")
         out += _table(["model", "rel. output error", "top-1 agreement", "accuracy"],
-                      [[m, max(f.rel_error.values(), default=0.0),
-                        f.top1_agreement, f.accuracy] for m, f in models.items()])
+                      [[m, max(f.rel_error.values(), default=0.0), _pct(f.top1_agreement),
+                        _pct(f.accuracy)] for m, f in models.items()])
     return out
 
 
@@ -82,7 +86,7 @@ def _sensitivity(r: Report) -> list[str]:
            "samples) with only that layer compressed, the others dense; worst first.</p>"]
     first = set(s["exclude"])
     out += _table(["#", "layer", "output error", "share of squared errors", "top-1 agreement"],
-                  [[i + 1, x["layer"], x["error"], x["share"], x["top1_agreement"]]
+                  [[i + 1, x["layer"], x["error"], _pct(x["share"]), _pct(x["top1_agreement"])]
                    for i, x in enumerate(s["layers"])],
                   [x["layer"] in first for x in s["layers"]])
     if s["flags"]:
