@@ -18,8 +18,13 @@ from onnx_obc.calib import load_data
 from onnx_obc.capture import providers_for
 from onnx_obc.config import Selection
 from onnx_obc.layers import find_layers
-from onnx_obc.sensitivity import (LayerSensitivity, exclude_flags, measure_sensitivity,
-                                  suggest_exclude, summarize)
+from onnx_obc.sensitivity import (
+    LayerSensitivity,
+    exclude_flags,
+    measure_sensitivity,
+    suggest_exclude,
+    summarize,
+)
 from onnx_obc.solve import HostSolution, HostWeights
 
 from . import builders as b

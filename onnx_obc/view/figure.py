@@ -99,18 +99,18 @@ def _ratio_panel(ax: Any, layers: list[LayerResult], r: Report) -> None:
     methods = sorted({x.method_used or x.method for x in layers})
     palette = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
     color = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-    ratios = [x.ratio if math.isfinite(x.ratio) and x.ratio > 0 else math.nan for x in layers]
-    finite = [v for v in ratios if v == v] or [1.0]
+    ratios = [x.ratio if math.isfinite(x.ratio) and x.ratio > 0 else None for x in layers]
+    finite = [v for v in ratios if v is not None] or [1.0]
     floor = min(finite + [1.0]) / 2
     for y, x, v in zip(ys, layers, ratios):
         limited = x.data_limited
-        ax.barh(y, (v if v == v else floor) - floor, left=floor,
+        ax.barh(y, (floor if v is None else v) - floor, left=floor,
                 color=color[x.method_used or x.method], height=0.7,
                 edgecolor=DATA_LIMITED if limited else "none", hatch="///" if limited else None,
                 linewidth=1.2 if limited else 0)
-        note = f" {v:.3g}" if v == v else " -"
+        note = " -" if v is None else f" {v:.3g}"
         note += f"  rank {x.rank}/{x.cols}" if limited else ""
-        ax.text(v if v == v else floor, y, note, va="center", fontsize=7,
+        ax.text(floor if v is None else v, y, note, va="center", fontsize=7,
                 color=DATA_LIMITED if limited else "#333333")
     ax.set_xscale("log")
     ax.set_xlim(floor, max(finite + [1.0]) * 4)
