@@ -37,7 +37,7 @@ def check(plot: str | os.PathLike | None, html: str | os.PathLike | None,
         raise MissingExtra(f"{' and '.join(f for f, _ in paths)} need matplotlib: "
                            "pip install onnx-obc[plot] (or pip install matplotlib)")
     if plot and not os.fspath(plot).lower().endswith(FIGURES):
-        raise ConfigError(f"--plot must name a {', '.join(FIGURES)} file, got {plot!r} "
+        raise ConfigError(f"--plot must name a {', '.join(FIGURES)} file, got {os.fspath(plot)!r} "
                           "(e.g. report.png)")
     taken = {os.path.realpath(os.fspath(p)) for p in inputs if p}
     for flag, p in paths:
