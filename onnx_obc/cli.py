@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .config import LAYER_OPS, Selection
-from .flags import config_from_flags, flags_in
+from .flags import config_from_flags, flags_in, view_options
 from .errors import ConfigError, ObcError
 
 
@@ -223,6 +223,7 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--custom-op-library", type=click.Path(exists=True, dir_okay=False),
               help="Shared library of custom ops for onnxruntime (register_custom_ops_library).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@view_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log details.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -233,10 +234,11 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
     from .pipeline import convert
 
     _logging(verbose, debug)
+    views = {k: opts.pop(k) for k in ("plot", "html")}  # outputs, not in the recipe
     try:
         cfg = config_from_flags(click.get_current_context(), recipe, opts)
         result = convert(model, output, calib=calib, eval_data=eval_data, config=cfg,
-                         report_path=report_path, progress=not quiet)
+                         report_path=report_path, progress=not quiet, **views)
     except ConfigError as exc:  # contradictory or missing options: a usage error (exit 2)
         raise click.UsageError(flags_in(str(exc))) from None
     except ObcError as exc:

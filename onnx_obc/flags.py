@@ -76,3 +76,22 @@ def flags_in(message: str) -> str:
     names = sorted(table, key=len, reverse=True)
     pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in names) + r")\b")
     return pattern.sub(lambda m: table[m.group(1)], message)
+
+
+def view_options(command: Any) -> Any:
+    """The `compress` options of the report views: --sensitivity (a RunOptions field),
+    --plot and --html (convert's `plot` / `html`, not in the recipe)."""
+    command = click.option(
+        "--html", type=click.Path(dir_okay=False),
+        help="Also write the report as one self-contained HTML page (the figure and the "
+             "tables). Needs matplotlib: pip install onnx-obc[plot].")(command)
+    command = click.option(
+        "--plot", type=click.Path(dir_okay=False),
+        help="Also write the report as a figure (.png, .svg or .pdf): per-layer loss ratio, "
+             "level, data-limited flag, sensitivity, the DP's error-versus-budget curve. "
+             "Needs matplotlib: pip install onnx-obc[plot].")(command)
+    return click.option(
+        "--sensitivity", is_flag=True,
+        help="Also measure each layer alone: the output error on the held-out samples with "
+             "only that layer compressed, ranked, with the --exclude flags for the layers "
+             "to leave dense first.")(command)

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import export, preflight
+from . import export, preflight, view
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, prune_channels
@@ -30,6 +30,7 @@ from .layers import select_layers
 from .modelio import open_model, save_model
 from .report import Report
 from .schedule import Compressed, compress_layers
+from .sensitivity import measure_sensitivity, summarize
 from .verify import measure
 
 
@@ -43,6 +44,7 @@ class ConvertResult:
 def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None,
             *, calib: Any = None, eval_data: Any = None, config: CompressConfig | None = None,
             report_path: str | os.PathLike | None = None, progress: bool = True,
+            plot: str | os.PathLike | None = None, html: str | os.PathLike | None = None,
             **options: Any) -> ConvertResult:
     """Compress `model` and (if `output` is given) write it atomically.
 
@@ -50,8 +52,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     onnxruntime CalibrationDataReader (see calib/); None synthesizes random inputs (not
     representative). `eval_data`: optional .npz with the inputs and `labels`, for accuracy.
     `config` (a CompressConfig or a recipe's) and/or flat `options` (sparsity=0.5, bits=4...).
+    `plot` / `html`: the report as a figure / an HTML page too (view/; needs matplotlib).
     """
     cfg = CompressConfig.from_options(config, **options)
+    view.check(plot, html, [m for m in (model, output, report_path)
+                            if isinstance(m, (str, os.PathLike))])
     clock: dict[str, float] = {}
     with _timed(clock, "load"):
         src, proto = open_model(model, output)
@@ -91,12 +96,17 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                     if chan is not None and cfg.run.compare_baseline else {})}
         fidelity = measure(named, data.sets(), data.batch, runtime)
         fusion = export.fusion.check(models["compressed"], layers, runtime)
+    ranked = {}
+    if cfg.run.sensitivity and done.solutions:  # timed only when it runs
+        with _timed(clock, "sensitivity"):
+            ranked = _sensitivity(proto, layers, done, data, runtime, cfg)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend.device_label, data, skipped, done, fixes,
-                     fidelity, checks, {**clock, **done.seconds}, fusion, chan)
+                     fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked)
     if report_path is not None:
         report.write_json(report_path)
+    written += [Path(p) for p in view.write_views(report, plot, html)]
     return ConvertResult(models["compressed"], report, written)
 
 
@@ -106,6 +116,16 @@ def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibratio
     return prune_channels(proto, layers, data.fit, data.batch, backend, cfg.prune.channels,
                           cfg.solver.damp, cfg.run.memory_budget_mb, runtime, progress,
                           align=cfg.prune.channel_align)
+
+
+def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
+                 data: calibration.Calibration, runtime: Any, cfg: CompressConfig) -> dict:
+    """Each layer alone in the dense model, on the held-out samples (else the fit set)."""
+    name, ds = next(iter(data.sets().items()))
+    ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.batch, runtime,
+                                 act_values=done.act_values, target=cfg.export.runtime,
+                                 target_options=cfg.export.target_options())
+    return summarize(ranked, name, ds.n)
 
 
 def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
@@ -137,9 +157,10 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
             data: calibration.Calibration, skipped: list, done: Compressed,
             fixes: CorrectionResult | None, fidelity: dict, checks: list[str],
             seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
-            chan: ChannelResult | None = None) -> Report:
+            chan: ChannelResult | None = None, sensitivity: dict | None = None) -> Report:
     """The run's report, assembled from what the stages returned."""
-    order = ("load", "channels", "capture", "allocate", "solve", "correct", "export", "verify")
+    order = ("load", "channels", "capture", "allocate", "solve", "correct", "export", "verify",
+             "sensitivity")
     seconds = {k: seconds[k] for k in order if k in seconds}
     warnings = [*checks, *data.warnings, *(chan.warnings if chan else []), *done.warnings]
     if fixes is not None:
@@ -152,7 +173,7 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         correction={} if fixes is None else fixes.summary(), profile=dict(done.profile),
         fusion={} if fusion is None or not fusion.layers else fusion.to_dict(),
-        channels={} if chan is None else chan.to_dict())
+        channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}))
 
 
 @contextmanager

@@ -72,6 +72,7 @@ class Report:
     profile: dict[str, Any] = field(default_factory=dict)  # non-uniform levels per layer
     fusion: dict[str, Any] = field(default_factory=dict)  # export.fusion.Fusion.to_dict()
     channels: dict[str, Any] = field(default_factory=dict)  # channels.ChannelResult.to_dict()
+    sensitivity: dict[str, Any] = field(default_factory=dict)  # sensitivity.summarize()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,7 +106,7 @@ class Report:
     def table(self) -> str:
         return "\n".join(_channel_lines(self) + _layer_lines(self) + _profile_lines(self)
                          + _skip_lines(self) + _fidelity_lines(self) + _fusion_lines(self)
-                         + _footer(self))
+                         + _sensitivity_lines(self) + _footer(self))
 
 
 def short_name(name: str, width: int) -> str:
@@ -238,6 +239,21 @@ def _fidelity_lines(r: Report) -> list[str]:
             rel = max(f.rel_error.values()) if f.rel_error else 0.0
             lines.append(f"  {m:<{w}} {rel:>18.4f} {_pct(f.top1_agreement):>12} "
                          f"{_pct(f.accuracy):>9}")
+    return lines
+
+
+def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
+    """The layers ranked by the output error with only that layer compressed; the first
+    to exclude, as flags."""
+    s = r.sensitivity
+    if not s:
+        return []
+    lines = ["", f"sensitivity on {s['set']} ({s['samples']} samples), output error with only "
+                 f"that layer compressed (top {min(top, len(s['layers']))} of {len(s['layers'])}):"]
+    lines += [f"  {short_name(x['layer'], NAME_WIDTH):<{NAME_WIDTH}} {x['error']:>9.4f} "
+              f"{x['share']:>6.1%}" for x in s["layers"][:top]]
+    if s["exclude"]:
+        lines.append(f"  exclude first: {s['flags']}")
     return lines
 
 

@@ -284,6 +284,7 @@ class RunOptions:
     compare_baseline: bool = True
     external_data: bool | None = None
     custom_op_library: str | None = None
+    sensitivity: bool = False  # also measure each layer alone, ranked (sensitivity.py)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

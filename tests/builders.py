@@ -304,6 +304,21 @@ def conv_bad_group(seed: int = 0) -> onnx.ModelProto:
                 [weight("W", (5, 2, 3, 3), seed)], check=False)
 
 
+def mlp3(dims: Sequence[int] = (8, 24, 16, 6), seed: int = 0) -> onnx.ModelProto:
+    """x -> fc1 -> Relu -> fc2 -> Relu -> fc3 -> y (MatMul layers)."""
+    nodes, inits, prev = [], [], "x"
+    for i, (a, c) in enumerate(zip(dims, dims[1:]), 1):
+        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"h{i}"], name=f"fc{i}"))
+        inits.append(weight(f"W{i}", (a, c), seed + i))
+        prev = f"h{i}"
+        if i < len(dims) - 1:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"], name=f"relu{i}"))
+            prev = f"r{i}"
+    nodes[-1].output[0] = "y"
+    return make(nodes, [vi("x", [BATCH, dims[0]])], [vi("y", [BATCH, dims[-1]])],
+                  inits)
+
+
 def cnn(seed: int = 0) -> onnx.ModelProto:
     """Conv -> Relu -> Flatten -> Gemm, a small classifier (fixed spatial size).
 

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..hessian import HessianAccumulator
 from ..layers import Layer
 from ..specs import Allocation, Pruning, Quantization, SolverOptions
+from .curve import error_curve
 from .dp import LevelTable, allocate, target_budget
 from .levels import Level
 from .profiles import load_profile, save_profile
@@ -126,7 +127,9 @@ def from_tables(layers: list[Layer], tables: list[LevelTable], target: Target, *
     chosen = allocate(tables, budget)
     profile = {"choice": chosen.choice, "budget": alloc.budget, "score": alloc.score,
                "cost": chosen.cost, "dense_cost": dense, "error": chosen.error,
-               "reduction": dense / chosen.cost if chosen.cost else math.inf}
+               "reduction": dense / chosen.cost if chosen.cost else math.inf,
+               "target": chosen.budget,  # the budget the DP met, and its curve:
+               "curve": [list(p) for p in error_curve(tables, chosen)]}  # [[budget, error]]
     if alloc.save_profile:
         save_profile(alloc.save_profile, chosen,
                      {"budget_kind": alloc.budget, "score": alloc.score})

@@ -52,7 +52,8 @@ def test_dp_path_gives_levels_by_weight_and_the_reports_profile(mlp, tmp_path):
     got = _choose(mlp, prune=Pruning(sparsity=0.6), save_profile=str(path))
     assert set(got.levels) == {L.weight for L in layers} and got.warnings == ()
     p = got.profile
-    assert list(p) == ["choice", "budget", "score", "cost", "dense_cost", "error", "reduction"]
+    assert list(p) == ["choice", "budget", "score", "cost", "dense_cost", "error", "reduction",
+                       "target", "curve"]
     assert p["budget"] == "sparsity" and p["score"] == "loss"
     assert p["cost"] <= 0.4 * p["dense_cost"] + 1e-9
     assert p["reduction"] == pytest.approx(p["dense_cost"] / p["cost"])

@@ -1,0 +1,40 @@
+"""The views' checks come before any work: a missing matplotlib (pip install
+onnx-obc[plot]), a figure format matplotlib does not write, a path over an input, a
+directory that does not exist. Runs without matplotlib."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from onnx_obc import convert, pipeline, view
+from onnx_obc.cli import main
+from onnx_obc.errors import ConfigError
+
+from .. import builders as b
+
+
+def test_the_checks_come_before_any_work(tmp_path, monkeypatch):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b.mlp3().SerializeToString())
+
+    def no_work(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(pipeline, "open_model", no_work)
+    with pytest.raises(ConfigError, match="--plot must name a .png"):
+        convert(model, None, sparsity=0.5, plot=tmp_path / "r.jpg")
+    with pytest.raises(ConfigError, match="would overwrite"):
+        convert(model, None, sparsity=0.5, html=model)
+    with pytest.raises(ConfigError, match="not writable"):
+        convert(model, None, sparsity=0.5, plot=tmp_path / "no" / "r.png")
+    real = view.importlib.util.find_spec
+    monkeypatch.setattr(view.importlib.util, "find_spec",
+                        lambda n, *a: None if n == "matplotlib" else real(n, *a))
+    with pytest.raises(view.MissingExtra, match=r"pip install onnx-obc\[plot\]"):
+        convert(model, None, sparsity=0.5, html=tmp_path / "r.html")
+    convert_ok = CliRunner().invoke(main, [str(model), str(tmp_path / "o.onnx"),
+                                           "--sparsity", "0.5", "--plot",
+                                           str(tmp_path / "r.png")])
+    assert convert_ok.exit_code == 1 and "pip install onnx-obc[plot]" in convert_ok.output
+    assert not (tmp_path / "o.onnx").exists()
