@@ -27,8 +27,7 @@ import numpy as np
 
 from .errors import DeviceError
 
-
-_STAND_IN: dict[type, "Backend"] = {}  # array type -> its stand-in device (tests only)
+_STAND_IN: dict[type, Backend] = {}  # array type -> its stand-in device (tests only)
 
 
 def array_module(*arrays: Any) -> ModuleType:
@@ -52,7 +51,7 @@ def to_numpy(a: Any) -> np.ndarray:
 
 
 @contextmanager
-def stand_in_device(name: str, module: ModuleType, array_type: type) -> Iterator["Backend"]:
+def stand_in_device(name: str, module: ModuleType, array_type: type) -> Iterator[Backend]:
     """Within the block `module` (a CuPy look-alike whose arrays are `array_type`) is the
     device: array_module recognises its arrays, to_numpy copies them back with `.get()`,
     and get_backend("auto" / "cuda") returns a Backend on it instead of CuPy. For tests: a

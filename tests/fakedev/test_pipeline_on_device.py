@@ -29,6 +29,7 @@ MODES = {  # name: (model, options)
     "gptq-act-order": (MLP, dict(method="gptq", bits=4, act_order=True)),
     "dp-sparsity": (CONV, dict(allocate="dp", sparsity=0.6)),
     "dp-bops": (MLP, dict(allocate="dp", budget="bops", target=8)),
+    "dp-output-score": (CONV, dict(allocate="dp", sparsity=0.6, score="output")),
     "correct": (CONV, dict(sparsity=0.5, correct=True, correct_scale=True)),
     "sequential": (CONV, dict(sparsity=0.5, sequential=True)),
     "act-bits": (CONV, dict(bits=8, act_bits=8)),
@@ -38,10 +39,11 @@ MODES = {  # name: (model, options)
 # copies per compressed layer outside the calibration capture, as measured (an added copy
 # fails; bench/device_crossings.py --sites lists them): W in, results out (weights, and when
 # quantized codes, scale, zero, of the compressed and the baseline solution: 2 or 8), host
-# index arrays of the solvers (row batches, column groups); the DP solves every level
+# index arrays of the solvers (row batches, column groups); the DP solves every level (the
+# output score evaluates each level's weights with onnxruntime, on the host)
 PER_LAYER = {"unstructured": 5, "nm": 7, "blocks": 8, "obq": 10, "obs+obq": 12,
              "obq-groups-asym": 10, "gptq": 9, "gptq-act-order": 9, "dp-sparsity": 7,
-             "dp-bops": 21, "correct": 5, "sequential": 5, "act-bits": 10, "channels": 8,
+             "dp-bops": 21, "dp-output-score": 38, "correct": 5, "sequential": 5, "act-bits": 10, "channels": 8,
              "onnxruntime": 10}
 
 # activation copies of the capture: 3 batches of 8 fit samples x 2 layers; sequential adds the
