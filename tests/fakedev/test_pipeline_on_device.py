@@ -43,8 +43,8 @@ MODES = {  # name: (model, options)
 # output score evaluates each level's weights with onnxruntime, on the host)
 PER_LAYER = {"unstructured": 5, "nm": 7, "blocks": 8, "obq": 10, "obs+obq": 12,
              "obq-groups-asym": 10, "gptq": 9, "gptq-act-order": 9, "dp-sparsity": 7,
-             "dp-bops": 21, "dp-output-score": 38, "correct": 5, "sequential": 5, "act-bits": 10, "channels": 8,
-             "onnxruntime": 10}
+             "dp-bops": 21, "dp-output-score": 38, "correct": 5, "sequential": 5,
+             "act-bits": 10, "channels": 8, "onnxruntime": 10}
 
 # activation copies of the capture: 3 batches of 8 fit samples x 2 layers; sequential adds the
 # dense model's inputs of its second group; the channel stage captures its one consumer
@@ -105,3 +105,27 @@ def test_copies_per_layer_do_not_grow_with_the_layer_width(options, saved, fake)
     narrow, wide = counts
     assert {k: wide[k] for k in TRANSFERS} == {k: narrow[k] for k in TRANSFERS}
     assert wide["sync"] <= 1.5 * narrow["sync"], counts
+
+
+def _qkv(d: int = 8):
+    """A MatMul, then three MatMuls on its output (attention's Q, K, V), summed."""
+    from onnx import helper
+
+    nodes = [helper.make_node("MatMul", ["x", "W0"], ["h"], name="fc")]
+    nodes += [helper.make_node("MatMul", ["h", f"W{n}"], [n], name=n) for n in "qkv"]
+    nodes += [helper.make_node("Add", ["q", "k"], ["s"], name="add1"),
+              helper.make_node("Add", ["s", "v"], ["y"], name="add2")]
+    inits = [builders.weight(f"W{n}", (d, d), i) for i, n in enumerate("0qkv")]
+    return builders.make(nodes, [builders.vi("x", ["N", d])], [builders.vi("y", ["N", d])], inits)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_an_input_shared_by_layers_is_copied_once_per_batch(sequential, saved, fake):
+    path, data = saved(_qkv(), n=24, seed=1)
+    res = convert(path, None, calib=data, progress=False, device="cuda", batch_size=8,
+                  sparsity=0.5, sequential=sequential, sequential_groups=2 if sequential else None)
+    assert len(res.report.layers) == 4
+    capture = sum(n for s, n in sites(("h2d",)).items() if "onnx_obc/collect.py" in s)
+    # per batch (3) x and h once each, not once per layer; sequential (groups fc, q | k, v):
+    # the second group's h, of the compressed and of the dense model, once each
+    assert capture == 3 * (4 if sequential else 2)
