@@ -18,6 +18,15 @@ def test_implicit_conversion_to_numpy_raises_like_cupy(convert):
         convert(a)
 
 
+def test_a_non_scalar_does_not_become_a_number():
+    with pytest.raises(TypeError):
+        float(fc.ones(3))
+    with pytest.raises(TypeError):
+        int(fc.ones((2, 2)))
+    with pytest.raises(ValueError):  # ambiguous truth value, as in NumPy and CuPy
+        bool(fc.ones(2))
+
+
 @pytest.mark.parametrize("op", [lambda a, h: a + h, lambda a, h: h * a, lambda a, h: a @ h.T,
                                 lambda a, h: fc.where(a > 0, h, 0.0),
                                 lambda a, h: fc.take_along_axis(a, h.astype(int), axis=1),
