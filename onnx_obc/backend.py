@@ -145,8 +145,8 @@ def get_backend(device: str = "auto") -> Backend:
     """Backend for "auto" (CuPy if usable, else NumPy), "cpu" or "cuda"."""
     if device == "cpu":
         return Backend("numpy", np)
-    for stand_in in _STAND_IN.values():
-        return stand_in
+    if _STAND_IN:
+        return next(iter(_STAND_IN.values()))
     cupy, reason = _cupy_or_reason()
     if cupy is not None:
         return Backend("cupy", cupy)

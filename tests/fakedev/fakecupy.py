@@ -347,6 +347,12 @@ for _name in ("nonzero", "unique", "argwhere", "flatnonzero"):
     globals()[_name] = _device(getattr(np, _name), _name, sync=True)
 
 
+def argsort(a: Any, axis: int = -1, kind: Any = None) -> ndarray:
+    if kind not in (None, "stable"):  # CuPy sorts stably and takes no other kind
+        raise ValueError(f"kind {kind!r} is not supported by CuPy's argsort")
+    return ndarray(np.argsort(_unwrap(a), axis=axis, kind="stable"))
+
+
 def bincount(x: Any, weights: Any = None, minlength: int = 0) -> ndarray:
     _count("sync")  # CuPy reads max(x) on the host to size the output
     return ndarray(np.bincount(_unwrap(x), _unwrap(weights), minlength))
