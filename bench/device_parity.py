@@ -1,14 +1,17 @@
 """The whole job on NumPy and on CuPy: same masks? same losses? how much faster?
 
-    python bench/device_parity.py [model.onnx calib.npz ...]
+    python bench/device_parity.py [--fake] [model.onnx calib.npz ...]
 
 Default: every shipped model in models/ (and bench/synthetic/ocr_like.onnx when present).
 Per model: per-layer mask agreement between the two devices, the largest relative loss
 difference, and the solve/total seconds on each (prints figures; asserts nothing).
+--fake: the strict fake device of the tests (tests/fakedev/fakecupy.py) stands in for the GPU,
+to check this script and the device path without one (its seconds mean nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,8 +25,8 @@ from onnx_obc import convert  # noqa: E402
 
 
 def pairs() -> list[tuple[Path, Path]]:
-    if len(sys.argv) > 1:
-        a = sys.argv[1:]
+    a = [x for x in sys.argv[1:] if x != "--fake"]
+    if a:
         return [(Path(a[i]), Path(a[i + 1])) for i in range(0, len(a), 2)]
     found = [(p, p.with_name(p.name[:-5] + ".calib.npz"))
              for p in sorted((ROOT / "models").glob("*.onnx"))]
@@ -37,7 +40,21 @@ def weights(model) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
+def gpu() -> contextlib.AbstractContextManager:
+    if "--fake" not in sys.argv:
+        return contextlib.nullcontext()
+    from onnx_obc.backend import stand_in_device
+    from tests.fakedev import fakecupy
+
+    return stand_in_device("fake", fakecupy, fakecupy.ndarray)
+
+
 def main() -> None:
+    with gpu():
+        run()
+
+
+def run() -> None:
     for model, calib in pairs():
         runs = {}
         for device in ("cpu", "cuda"):

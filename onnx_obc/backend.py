@@ -9,11 +9,16 @@ cumsum, maximum.accumulate is NOT shared (use `cummax` below).
 CuPy's cuSOLVER Cholesky does not raise on a non-positive-definite matrix: `cholesky`
 here checks the factor and raises `numpy.linalg.LinAlgError` on both backends.
 TF32 stays off: CuPy only uses it when CUPY_TF32 > 0, which we never set.
+
+Tests stand a strict fake device in for CuPy (`stand_in_device`, tests/fakedev/): arrays
+that refuse implicit conversion to NumPy and count every host<->device crossing.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -22,20 +27,41 @@ import numpy as np
 
 from .errors import DeviceError
 
+_STAND_IN: dict[type, Backend] = {}  # array type -> its stand-in device (tests only)
+
 
 def array_module(*arrays: Any) -> ModuleType:
-    """numpy, or cupy when any argument is a CuPy array (without importing CuPy otherwise)."""
+    """numpy, or cupy when any argument is a CuPy array (without importing CuPy otherwise),
+    or a stand-in device's module for its arrays."""
     for a in arrays:
-        if type(a).__module__.split(".")[0] == "cupy":
+        t = type(a)
+        if t.__module__.split(".")[0] == "cupy":
             return sys.modules["cupy"]
+        if t in _STAND_IN:
+            return _STAND_IN[t].xp
     return np
 
 
 def to_numpy(a: Any) -> np.ndarray:
     """A host NumPy copy/view of `a`, whatever its module."""
-    if type(a).__module__.split(".")[0] == "cupy":
+    t = type(a)
+    if t.__module__.split(".")[0] == "cupy" or t in _STAND_IN:
         return a.get()
     return np.asarray(a)
+
+
+@contextmanager
+def stand_in_device(name: str, module: ModuleType, array_type: type) -> Iterator[Backend]:
+    """Within the block `module` (a CuPy look-alike whose arrays are `array_type`) is the
+    device: array_module recognises its arrays, to_numpy copies them back with `.get()`,
+    and get_backend("auto" / "cuda") returns a Backend on it instead of CuPy. For tests: a
+    strict fake device checks the device path on a machine without a GPU."""
+    backend = Backend(name, module)
+    _STAND_IN[array_type] = backend
+    try:
+        yield backend
+    finally:
+        del _STAND_IN[array_type]
 
 
 def cholesky(A: Any) -> Any:
@@ -61,10 +87,15 @@ def cummax(a: Any, axis: int = -1) -> Any:
 
 @dataclass(frozen=True)
 class Backend:
-    """Where solver arrays live. `name` is "numpy" or "cupy"."""
+    """Where solver arrays live. `name` is "numpy", "cupy" or a stand-in device's name (its
+    `xp` then mimics CuPy's module, cuda runtime and memory pool included)."""
 
     name: str
     xp: ModuleType
+
+    @property
+    def on_device(self) -> bool:
+        return self.name != "numpy"
 
     def to_device(self, a: np.ndarray) -> Any:
         return self.xp.asarray(a)
@@ -73,16 +104,16 @@ class Backend:
         return to_numpy(a)
 
     def sync(self) -> None:
-        if self.name == "cupy":
+        if self.on_device:
             self.xp.cuda.get_current_stream().synchronize()
 
     def free(self) -> None:
-        if self.name == "cupy":
+        if self.on_device:
             self.xp.get_default_memory_pool().free_all_blocks()
 
     def free_bytes(self) -> int | None:
         """Free device memory (CuPy), None on the host."""
-        if self.name != "cupy":
+        if not self.on_device:
             return None
         free, _ = self.xp.cuda.runtime.memGetInfo()
         return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
@@ -93,7 +124,7 @@ class Backend:
             return "cpu (NumPy)"
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        return f"cuda (CuPy, {name})"
+        return f"cuda (CuPy, {name})" if self.name == "cupy" else f"{self.name} ({name})"
 
 
 def _cupy_or_reason() -> tuple[ModuleType | None, str]:
@@ -114,6 +145,8 @@ def get_backend(device: str = "auto") -> Backend:
     """Backend for "auto" (CuPy if usable, else NumPy), "cpu" or "cuda"."""
     if device == "cpu":
         return Backend("numpy", np)
+    if _STAND_IN:
+        return next(iter(_STAND_IN.values()))
     cupy, reason = _cupy_or_reason()
     if cupy is not None:
         return Backend("cupy", cupy)

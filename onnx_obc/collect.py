@@ -4,6 +4,8 @@ range observers); activations are dropped batch by batch."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tqdm.auto import tqdm
 
 import onnx
@@ -58,14 +60,16 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             for n, obs in observers.items():
                 if n in acts and (n in group or (n in inputs and group is groups[0])):
                     obs.add(acts[n])
+            last: list = []  # layers sharing an input (Q, K, V) copy it to the device once
+            last_ref: list = []
             for L in todo:
                 for u in L.uses:
-                    chunks = columns(L, u, backend.to_device(acts[u.input]), budget // 4)
+                    chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4)
                     if dense_acts is None:
                         for X in chunks:
                             accs[L.weight].add(X)
                         continue
-                    ref_chunks = columns(L, u, backend.to_device(dense_acts[u.input]),
+                    ref_chunks = columns(L, u, _on_device(last_ref, u.input, dense_acts, backend),
                                          budget // 4)
                     for X, X0 in zip(chunks, ref_chunks):
                         accs[L.weight].add(X, X0)
@@ -77,3 +81,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     return accs, observers
 
 
+def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:
+    """acts[name] on the backend's device, copied once for consecutive uses of one input;
+    `last` ([name, copy]) keeps only the latest copy."""
+    if not last or last[0] != name:
+        last[:] = [name, backend.to_device(acts[name])]
+    return last[1]

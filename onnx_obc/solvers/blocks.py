@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_module, cummax
-from .fast import Traces, _Limit, drive, fold_block
+from .fast import Traces, _Limit, drive, fold_block, kept
 from .registry import register_pruner, register_tracer
 from .select import rebuild, select_counts
 from .solution import Pruned, Stage
@@ -125,8 +125,8 @@ def _block_rows(Wp: Any, Hp: Any, group: Any, rows: Any, tr: Traces, b: int, fol
             if s0 + s + 1 == nb:
                 return
             if limit.count is not None and ((s + 1) % check == 0 or s + 1 == ns):
-                keep = key <= limit.threshold()  # the others' later steps cannot be selected
-                n_keep = int(keep.sum())
+                # the others' later steps cannot be selected
+                n_keep, keep = kept(key <= limit.threshold())
                 if n_keep == 0:
                     return
                 if n_keep <= B - max(1, B // 8):  # compact when worth a copy

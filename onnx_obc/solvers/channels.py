@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module
+from ..backend import array_module, to_numpy
 
 __all__ = [
     "ChannelTrace",
@@ -57,25 +57,26 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int) -> ChannelTrace:
     W = W.astype(xp.float64, copy=True)
     Hinv = Hinv.astype(xp.float64, copy=True)
     C = W.shape[1] // width
-    alive = np.ones(C, dtype=bool)
-    order, losses = [], []
-    for _ in range(min(steps, C)):
-        idx = np.nonzero(alive)[0]
-        cols = _columns(xp.asarray(idx), width, xp)  # [k, w]
+    n = min(steps, C)
+    alive = xp.ones(C, dtype=bool)
+    order, losses = xp.zeros(n, dtype=xp.int64), xp.zeros(n, dtype=xp.float64)
+    for i in range(n):  # no host round trip per step: the choice stays on W's device
+        idx = xp.argsort(xp.where(alive, 0, 1), kind="stable")[:C - i]  # [k] alive, in order
+        cols = _columns(idx, width, xp)  # [k, w]
         D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
         Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
         sol = xp.linalg.solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
         score = (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))  # [k]
-        best = int(xp.argmin(score))
-        c, S = int(idx[best]), cols[best]
+        best = xp.argmin(score)
+        c, S = idx[best], cols[best]
         Dinv_rows = xp.linalg.solve(D[best], Hinv[S, :])  # [w, d] = D^-1 Hinv_S,:
         W -= W[:, S] @ Dinv_rows
         W[:, S] = 0.0
         Hinv -= Hinv[:, S] @ Dinv_rows
         alive[c] = False
-        order.append(c)
-        losses.append(max(float(score[best]), 0.0))
-    return ChannelTrace(np.asarray(order, dtype=np.int64), np.asarray(losses, dtype=np.float64))
+        order[i] = c
+        losses[i] = xp.maximum(score[best], 0.0)
+    return ChannelTrace(to_numpy(order), to_numpy(losses))
 
 
 def obs_update(W: Any, Hinv: Any, width: int, removed: Any) -> Any:

@@ -113,16 +113,26 @@ class _Limit:
         R = tr.keys.shape[0]
         self.local = None if count is None else max(1, round(count * seen_rows / R))
 
-    def threshold(self) -> float:
+    def threshold(self) -> Any:
+        """The bound, a scalar on the keys' device (no host round trip); inf without a
+        count."""
         if self.count is None:
             return float("inf")
         xp = array_module(self.tr.keys)
         flat = self.tr.keys.reshape(-1)
-        bound = float(xp.partition(flat, self.count - 1)[self.count - 1])  # inf if too few
+        bound = xp.partition(flat, self.count - 1)[self.count - 1]  # inf if too few
         if self.estimate and self.local is not None:
-            local = float(xp.partition(flat, self.local - 1)[self.local - 1])
-            bound = min(bound, MARGIN * local)
+            local = xp.partition(flat, self.local - 1)[self.local - 1]
+            bound = xp.minimum(bound, MARGIN * local)
         return bound
+
+
+def kept(keep: Any) -> tuple[int, Any]:
+    """How many rows a stop check keeps (its one host round trip) and, found on the device,
+    their indices in order (indexing with them needs no further round trip, unlike a mask)."""
+    xp = array_module(keep)
+    n = int(keep.sum())
+    return n, xp.argsort(xp.where(keep, 0, 1), kind="stable")[:n]
 
 
 def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
@@ -177,8 +187,8 @@ def _run_rows(W: Any, Hinv: Any, group: Any, rows: Any, tr: Traces, block: int,
                     tr.final[rows] = fixed if steps == d else xp.where(free, w, fixed)
                 return
             if limit.count is not None and ((t + 1) % check == 0 or t + 1 == nb):
-                keep = key <= limit.threshold()  # the others' later steps cannot be selected
-                n_keep = int(keep.sum())
+                # the others' later steps cannot be selected
+                n_keep, keep = kept(key <= limit.threshold())
                 if n_keep == 0:
                     return
                 if n_keep <= len(rows) - max(1, len(rows) // 8):  # compact when worth a copy

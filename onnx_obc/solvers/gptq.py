@@ -30,7 +30,7 @@ BLOCK = 128
 
 def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 0,
          qmax: int = 0, sparsity: float = 0.0, act_order: bool = False, diagH: Any = None,
-         block: int = BLOCK) -> tuple[Any, float]:
+         block: int = BLOCK) -> tuple[Any, Any]:
     """W [r, d] rows sharing Hinv [d, d]; scale/zero [r, d] per column (None: no rounding).
     Returns (W_hat [r, d], loss = sum of err^2, i.e. tr(dW H dW^T) with the damped H)."""
     xp = array_module(W, Hinv)
@@ -64,11 +64,11 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
                 t = quantize(t, scale[:, c], zero[:, c], qmin, qmax)
             Q[:, i1 + i] = t
             err = (w - t) / U1[i, i]  # [r]
-            loss += float((err * err).sum())
+            loss += (err * err).sum()  # stays on the device: no host round trip per column
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             Err[:, i] = err
         W[:, i2:] -= Err @ U[i1:i2, i2:]  # lazy update of the remaining columns
-    return Q[:, inv], loss
+    return Q[:, inv], loss  # loss: a float on the host, a 0-d array on a device
 
 
 def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
@@ -91,6 +91,7 @@ def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
             qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=act_order,
             diagH=xp.diagonal(prep.H[g]))
         obs_loss += loss
+    obs_loss = float(obs_loss)  # one host round trip for all the groups
     if not grid:
         return out, None, obs_loss
     out_codes = codes(out, grid)
