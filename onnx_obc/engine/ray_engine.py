@@ -1,0 +1,133 @@
+"""The Ray engine: each task is a Ray task, its arrays put once in the object store.
+
+Submission: largest predicted cost first, at most `workers` tasks in flight (each built by
+`make(i)` only when submitted, so the driver holds `workers` tasks' arrays at a time); Ray
+places them on its workers (one CPU each; one GPU each on CUDA, solved on the worker's own
+CuPy backend). A task whose worker dies is retried by Ray (`max_retries`); one that still
+fails, or raises, stops the map with an EngineError naming it. One progress bar, updated as
+results arrive (ray.wait). BLAS threads: Ray runs a one-CPU task with one OpenBLAS/OpenMP
+thread; the solvers' results do not depend on the thread count (the engine tests compare
+the outputs byte for byte with the serial run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..backend import Backend, get_backend, to_numpy
+from ..errors import ConfigError, EngineError
+
+INSTALL = "pip install onnx-obc[ray]"
+
+
+def import_ray() -> ModuleType:
+    """The ray module, or a ConfigError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(f"run.engine ray needs Ray, which is not importable ({exc}): "
+                          f"{INSTALL}, or use run.engine local") from None
+    return ray
+
+
+@dataclass
+class RayEngine:
+    """workers: tasks in flight (and the CPUs of a Ray started here; None: Ray's default,
+    every CPU); address: a running cluster ("HEAD:6379", "auto"; None: RAY_ADDRESS when
+    set, else a local Ray started in this process); device "cpu" or "cuda"."""
+
+    workers: int | None = None
+    address: str | None = None
+    device: str = "cpu"
+    max_retries: int = 3
+    name: str = "ray"
+
+    def map(self, fn: Callable[[Any, Backend], Any], n: int, make: Callable[[int], Any],
+            cost: Sequence[float] = (), *, desc: str = "", labels: Sequence[str] = (),
+            progress: bool = False) -> list[Any]:
+        ray = self._connect()
+        remote = _remote(ray).options(
+            num_cpus=1, num_gpus=1 if self.device == "cuda" else 0,
+            max_retries=self.max_retries, retry_exceptions=False)
+        order = iter(sorted(range(n), key=lambda i: (-cost[i], i)) if cost else range(n))
+        results: list[Any] = [None] * n
+        pending: dict[Any, int] = {}  # object ref -> task index
+
+        def submit() -> None:
+            i = next(order, None)
+            if i is not None:
+                task = ray.put(_on_host(make(i)))  # the task's arrays, once
+                pending[remote.remote(fn, task, self.device)] = i
+
+        for _ in range(min(n, self.workers or n)):
+            submit()
+        with tqdm(total=n, desc=desc, unit="layer", disable=not progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                try:
+                    results[i] = ray.get(done[0])
+                except ray.exceptions.RayError as exc:  # RayTaskError, WorkerCrashedError...
+                    for ref in pending:
+                        ray.cancel(ref)
+                    what = labels[i] if labels else f"task {i}"
+                    raise EngineError(
+                        f"{desc} {what} failed on a Ray worker (retried up to "
+                        f"{self.max_retries} times if the worker died): "
+                        f"{type(exc).__name__}: {_cause(exc)}") from None
+                if labels:
+                    bar.set_postfix_str(labels[i][:40])
+                bar.update()
+                submit()
+        return results
+
+    def _connect(self) -> ModuleType:
+        ray = import_ray()
+        if not ray.is_initialized():
+            if self.address or os.environ.get("RAY_ADDRESS"):
+                ray.init(address=self.address)  # None: RAY_ADDRESS
+            else:
+                ray.init(num_cpus=self.workers, include_dashboard=False)
+        return ray
+
+
+def _run(fn: Callable[[Any, Backend], Any], task: Any, device: str) -> Any:
+    """On the worker: the task on the worker's own backend."""
+    return fn(task, _worker_backend(device))
+
+
+@cache
+def _worker_backend(device: str) -> Backend:
+    return get_backend(device)
+
+
+_REMOTE: list[Any] = []
+
+
+def _remote(ray: ModuleType) -> Any:
+    """ray.remote(_run), made once (Ray exports it again to a new session by itself)."""
+    if not _REMOTE:
+        _REMOTE.append(ray.remote(_run))
+    return _REMOTE[0]
+
+
+def _on_host(task: Any) -> Any:
+    """The task with its arrays as NumPy (a device array would pin the driver's GPU)."""
+    if not dataclasses.is_dataclass(task):
+        return task
+    arrays = {f.name: to_numpy(v) for f in dataclasses.fields(task)
+              if hasattr(v := getattr(task, f.name), "shape") and hasattr(v, "dtype")}
+    return dataclasses.replace(task, **arrays)
+
+
+def _cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)  # RayTaskError: the worker's exception
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
