@@ -5,9 +5,13 @@ Submission: largest predicted cost first, at most `workers` tasks in flight (eac
 places them on its workers (one CPU each; one GPU each on CUDA, solved on the worker's own
 CuPy backend). A task whose worker dies is retried by Ray (`max_retries`); one that still
 fails, or raises, stops the map with an EngineError naming it. One progress bar, updated as
-results arrive (ray.wait). BLAS threads: Ray runs a one-CPU task with one OpenBLAS/OpenMP
-thread; the solvers' results do not depend on the thread count (the engine tests compare
-the outputs byte for byte with the serial run).
+results arrive (ray.wait).
+
+BLAS threads: some BLAS results depend on the thread count (OBQ on the shipped CNN differs in
+the last bits between 1 and 2 OpenBLAS threads), and Ray runs a one-CPU task with one. Each
+task therefore runs with the driver's BLAS thread counts (threadpoolctl), so its results are
+the bytes the serial run gives; on a machine with fewer cores than workers x threads that
+oversubscribes the CPUs (the price of identical bytes).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def import_ray() -> ModuleType:
     """The ray module, or a ConfigError saying how to install it."""
     try:
         import ray
+        import threadpoolctl  # noqa: F401  (the workers' BLAS threads)
     except ImportError as exc:
         raise ConfigError(f"run.engine ray needs Ray, which is not importable ({exc}): "
                           f"{INSTALL}, or use run.engine local") from None
@@ -57,6 +62,7 @@ class RayEngine:
         remote = _remote(ray).options(
             num_cpus=1, num_gpus=1 if self.device == "cuda" else 0,
             max_retries=self.max_retries, retry_exceptions=False)
+        blas = blas_threads()
         order = iter(sorted(range(n), key=lambda i: (-cost[i], i)) if cost else range(n))
         results: list[Any] = [None] * n
         pending: dict[Any, int] = {}  # object ref -> task index
@@ -65,7 +71,7 @@ class RayEngine:
             i = next(order, None)
             if i is not None:
                 task = ray.put(_on_host(make(i)))  # the task's arrays, once
-                pending[remote.remote(fn, task, self.device)] = i
+                pending[remote.remote(fn, task, self.device, blas)] = i
 
         for _ in range(min(n, self.workers or n)):
             submit()
@@ -81,8 +87,8 @@ class RayEngine:
                     what = labels[i] if labels else f"task {i}"
                     raise EngineError(
                         f"{desc} {what} failed on a Ray worker (retried up to "
-                        f"{self.max_retries} times if the worker died): "
-                        f"{type(exc).__name__}: {_cause(exc)}") from None
+                        f"{self.max_retries} times if the worker died): {_cause(exc)}"
+                    ) from None
                 if labels:
                     bar.set_postfix_str(labels[i][:40])
                 bar.update()
@@ -99,9 +105,20 @@ class RayEngine:
         return ray
 
 
-def _run(fn: Callable[[Any, Backend], Any], task: Any, device: str) -> Any:
-    """On the worker: the task on the worker's own backend."""
-    return fn(task, _worker_backend(device))
+def blas_threads() -> dict[str, int]:
+    """This process's BLAS libraries and their thread counts (threadpoolctl prefixes)."""
+    from threadpoolctl import threadpool_info
+
+    return {i["prefix"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def _run(fn: Callable[[Any, Backend], Any], task: Any, device: str, blas: dict[str, int]
+         ) -> Any:
+    """On the worker: the task on the worker's own backend, with the driver's BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas):
+        return fn(task, _worker_backend(device))
 
 
 @cache
@@ -124,10 +141,12 @@ def _on_host(task: Any) -> Any:
     if not dataclasses.is_dataclass(task):
         return task
     arrays = {f.name: to_numpy(v) for f in dataclasses.fields(task)
-              if hasattr(v := getattr(task, f.name), "shape") and hasattr(v, "dtype")}
+              if hasattr(v := getattr(task, f.name), "__array__")
+              and not dataclasses.is_dataclass(v)}
     return dataclasses.replace(task, **arrays)
 
 
 def _cause(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)  # RayTaskError: the worker's exception
-    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    """The worker's exception (a RayTaskError's cause), else Ray's own (worker crashed...)."""
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {cause}"
