@@ -2,16 +2,17 @@
 
 Submission: largest predicted cost first, at most `workers` tasks in flight (each built by
 `make(i)` only when submitted, so the driver holds `workers` tasks' arrays at a time); Ray
-places them on its workers (one CPU each; one GPU each on CUDA, solved on the worker's own
-CuPy backend). A task whose worker dies is retried by Ray (`max_retries`); one that still
-fails, or raises, stops the map with an EngineError naming it. One progress bar, updated as
-results arrive (ray.wait).
+places them on its workers (as many CPUs each as the driver's BLAS threads, at most a
+node's; on CUDA one GPU and one CPU each, solved on the worker's own CuPy backend). A task
+whose worker dies is retried by Ray (`max_retries`); one that still fails, or raises, stops
+the map with an EngineError naming it. One progress bar, updated as results arrive.
 
-BLAS threads: some BLAS results depend on the thread count (OBQ on the shipped CNN differs in
-the last bits between 1 and 2 OpenBLAS threads), and Ray runs a one-CPU task with one. Each
-task therefore runs with the driver's BLAS thread counts (threadpoolctl), so its results are
-the bytes the serial run gives; on a machine with fewer cores than workers x threads that
-oversubscribes the CPUs (the price of identical bytes).
+BLAS threads: OpenBLAS's Cholesky, inverse and solve give other last bits with another
+thread count (from d = 128; matrix products do not), which can flip a later choice (OBQ on
+the shipped CNN), and Ray runs a one-CPU task with one thread. Each task therefore runs with
+the driver's BLAS thread counts (threadpoolctl), so its results are the bytes of the serial
+run at the same thread count. A local Ray started here gets workers x threads CPUs; on a
+small machine run both with OMP_NUM_THREADS=1 (bench/bench_ray.py).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def import_ray() -> ModuleType:
 
 @dataclass
 class RayEngine:
-    """workers: tasks in flight (and the CPUs of a Ray started here; None: Ray's default,
-    every CPU); address: a running cluster ("HEAD:6379", "auto"; None: RAY_ADDRESS when
-    set, else a local Ray started in this process); device "cpu" or "cuda"."""
+    """workers: tasks in flight (a Ray started here gets workers x BLAS threads CPUs;
+    None: every CPU); address: a running cluster ("HEAD:6379", "auto"; None: RAY_ADDRESS
+    when set, else a local Ray started in this process); device "cpu" or "cuda"."""
 
     workers: int | None = None
     address: str | None = None
@@ -58,11 +59,13 @@ class RayEngine:
     def map(self, fn: Callable[[Any, Backend], Any], n: int, make: Callable[[int], Any],
             cost: Sequence[float] = (), *, desc: str = "", labels: Sequence[str] = (),
             progress: bool = False) -> list[Any]:
-        ray = self._connect()
-        remote = _remote(ray).options(
-            num_cpus=1, num_gpus=1 if self.device == "cuda" else 0,
-            max_retries=self.max_retries, retry_exceptions=False)
         blas = blas_threads()
+        threads = max(blas.values(), default=1)
+        ray = self._connect(threads)
+        cuda = self.device == "cuda"
+        remote = _remote(ray).options(
+            num_cpus=1 if cuda else min(threads, _largest_node(ray)), num_gpus=int(cuda),
+            max_retries=self.max_retries, retry_exceptions=False)
         order = iter(sorted(range(n), key=lambda i: (-cost[i], i)) if cost else range(n))
         results: list[Any] = [None] * n
         pending: dict[Any, int] = {}  # object ref -> task index
@@ -95,14 +98,21 @@ class RayEngine:
                 submit()
         return results
 
-    def _connect(self) -> ModuleType:
+    def _connect(self, threads: int) -> ModuleType:
         ray = import_ray()
         if not ray.is_initialized():
             if self.address or os.environ.get("RAY_ADDRESS"):
                 ray.init(address=self.address)  # None: RAY_ADDRESS
             else:
-                ray.init(num_cpus=self.workers, include_dashboard=False)
+                ray.init(num_cpus=self.workers and self.workers * threads,
+                         include_dashboard=False)
         return ray
+
+
+def _largest_node(ray: ModuleType) -> int:
+    """The most CPUs of one live node (a task asking for more would never run)."""
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(max(cpus, default=1)))
 
 
 def blas_threads() -> dict[str, int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from onnx_obc import convert
 from onnx_obc.backend import get_backend
@@ -44,12 +45,9 @@ def test_a_worker_that_dies_is_retried_by_ray(local_ray, tmp_path):
     assert out == ["done"] and marker.read_text() == "died"
 
 
-def test_a_task_that_keeps_failing_is_reported_by_name(local_ray, tmp_path):
-    engine = RayEngine(workers=2, max_retries=0)
-    with pytest.raises(EngineError, match=r"solve conv7 failed on a Ray worker .*(Worker|Crash|died)"):
-        engine.map(tasks.dies_once, 1, lambda i: str(tmp_path / "x"), [1.0], desc="solve",
-                   labels=["conv7"])
-    with pytest.raises(EngineError, match=r"levels fc[12] failed on a Ray worker .*: ValueError: no good: 3$"):
+def test_a_task_that_raises_is_reported_by_name(local_ray):
+    failed = r"levels fc[12] failed on a Ray worker .*: ValueError: no good: 3$"
+    with pytest.raises(EngineError, match=failed):
         RayEngine(workers=2).map(tasks.raises, 2, lambda i: 3, [1.0, 2.0], desc="levels",
                                  labels=["fc1", "fc2"])
 
@@ -58,13 +56,27 @@ def test_tasks_run_with_the_drivers_blas_threads(local_ray):
     driver = blas_threads()
     assert driver and RayEngine(workers=2).map(tasks.blas, 2, lambda i: i, [1, 1]) == [
         driver, driver]  # Ray alone would give a one-CPU task one thread
+    with threadpool_limits(1):
+        one = RayEngine(workers=2).map(tasks.blas, 2, lambda i: i, [1, 1])
+    assert one == [dict.fromkeys(driver, 1)] * 2
 
 
-def _same_bytes(name: str, **options) -> None:
+@pytest.mark.slow
+def test_a_worker_that_dies_past_the_retries_is_reported_by_name(local_ray, tmp_path):
+    engine = RayEngine(workers=2, max_retries=0)
+    died = r"solve conv7 failed on a Ray worker .*(Worker|Crash|died)"
+    with pytest.raises(EngineError, match=died):
+        engine.map(tasks.dies_once, 1, lambda i: str(tmp_path / "x"), [1.0], desc="solve",
+                   labels=["conv7"])
+
+
+def _same_bytes(name: str, threads: int | None = None, **options) -> None:
+    """Serial and Ray runs at the driver's BLAS threads (`threads`: limited to that many)."""
     kw = dict(calib=MODELS / f"{name}.calib.npz", progress=False, device="cpu",
               calib_samples=96, compare_baseline=False, **options)
-    serial = convert(MODELS / f"{name}.onnx", None, **kw)
-    ray = convert(MODELS / f"{name}.onnx", None, engine="ray", workers=2, **kw)
+    with threadpool_limits(threads):
+        serial = convert(MODELS / f"{name}.onnx", None, **kw)
+        ray = convert(MODELS / f"{name}.onnx", None, engine="ray", workers=2, **kw)
     assert ray.model.SerializeToString() == serial.model.SerializeToString()
     assert [(x.name, x.loss, x.rank) for x in ray.report.layers] == [
         (x.name, x.loss, x.rank) for x in serial.report.layers]
@@ -72,7 +84,7 @@ def _same_bytes(name: str, **options) -> None:
 
 
 FAST = [("digits_cnn", {"bits": 4}),  # OBQ here depends on the BLAS thread count
-        ("digits_vit", {"allocate": "dp", "sparsity": 0.6})]
+        ("digits_vit", {"allocate": "dp", "sparsity": 0.6, "threads": 1})]  # 2 at once
 SLOW = [(m, o) for m in ("digits_cnn", "digits_vit") for o in (
     {"sparsity": 0.5}, {"nm": (2, 4)}, {"bits": 4}, {"bits": 8, "act_bits": 8},
     {"allocate": "dp", "sparsity": 0.6}, {"allocate": "dp", "budget": "bops", "target": 12.0},
