@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -87,9 +88,9 @@ class RayEngine:
                 except ray.exceptions.RayError as exc:  # RayTaskError, WorkerCrashedError...
                     for ref in pending:
                         ray.cancel(ref)
-                    what = labels[i] if labels else f"task {i}"
+                    what = f"{desc} {labels[i] if labels else f'task {i}'}".strip()
                     raise EngineError(
-                        f"{desc} {what} failed on a Ray worker (retried up to "
+                        f"{what} failed on a Ray worker (retried up to "
                         f"{self.max_retries} times if the worker died): {_cause(exc)}"
                     ) from None
                 if labels:
@@ -104,8 +105,10 @@ class RayEngine:
             if self.address or os.environ.get("RAY_ADDRESS"):
                 ray.init(address=self.address)  # None: RAY_ADDRESS
             else:
+                here = str(Path(__file__).resolve().parents[2])  # workers import onnx_obc
+                path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
                 ray.init(num_cpus=self.workers and self.workers * threads,
-                         include_dashboard=False)
+                         include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
         return ray
 
 
