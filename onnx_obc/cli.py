@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .config import LAYER_OPS, Selection
-from .flags import config_from_flags, flags_in, view_options
+from .flags import config_from_flags, engine_options, flags_in, view_options
 from .errors import ConfigError, ObcError
 
 
@@ -196,6 +196,7 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               help="Relative dampening: H += damp * mean(diag H) * I.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Solver device: CuPy on a GPU, or NumPy.")
+@engine_options
 @click.option("--include", multiple=True, metavar="PATTERN",
               help="Only compress nodes whose name matches (glob; repeatable).")
 @click.option("--exclude", multiple=True, metavar="PATTERN",

@@ -25,3 +25,7 @@ class NotPositiveDefinite(ObcError):
 
 class DeviceError(ObcError):
     """The requested compute device is not available."""
+
+
+class EngineError(ObcError):
+    """A task failed on the engine's workers (after the engine's retries)."""

@@ -95,3 +95,20 @@ def view_options(command: Any) -> Any:
         help="Also measure each layer alone: the output error on the held-out samples with "
              "only that layer compressed, ranked, with the --exclude flags for the layers "
              "to leave dense first.")(command)
+
+
+def engine_options(f: Any) -> Any:
+    """The `compress` options of the engine (RunOptions engine, workers, ray_address)."""
+    for option in reversed((
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True,
+                     help="Where the layer solves run: here one after another, or as Ray tasks "
+                          "on many workers (pip install onnx-obc[ray]); same output bytes."),
+        click.option("--workers", type=click.IntRange(min=1),
+                     help="With --engine ray: tasks in flight (and the CPUs of a local Ray "
+                          "started here; default all)."),
+        click.option("--ray-address", metavar="ADDR",
+                     help="With --engine ray: a running Ray cluster (HEAD:6379); default "
+                          "RAY_ADDRESS, else a local Ray."))):
+        f = option(f)
+    return f

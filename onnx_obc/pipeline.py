@@ -26,6 +26,7 @@ from .capture import providers_for
 from .channels import ChannelResult, prune_channels
 from .config import CompressConfig
 from .correct import CorrectionResult, correct_outputs
+from .engine import make_engine
 from .layers import select_layers
 from .modelio import open_model, save_model
 from .report import Report
@@ -69,6 +70,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                                  sequential=cfg.run.sequential)
         data = calibration.plan(proto, calib, eval_data, cfg.run)
         backend = get_backend(cfg.run.device)
+        engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     dense, chan = proto, None
     if cfg.prune.channels is not None:  # its own stage: the rest runs on the shrunk model
@@ -76,7 +78,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
             proto = chan.model
             layers, skipped = select_layers(proto, cfg.select)
-    done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress)
+    done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine)
             if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
     fixes = None
     if cfg.correct.active and done.solutions:  # timed only when it runs

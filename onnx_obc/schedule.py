@@ -20,6 +20,7 @@ from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
 from .collect import collect
+from .engine import Engine
 from .config import CompressConfig
 from .layers import Layer, Skipped
 from .report import LayerResult
@@ -53,8 +54,9 @@ def layer_groups(layers: list[Layer], run: Any) -> list[list[Layer]]:
 
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
                     backend: Backend, cfg: CompressConfig, runtime: Runtime,
-                    progress: bool = False) -> Compressed:
-    """Capture, allocate (when asked) and solve every layer; see the module docstring."""
+                    progress: bool = False, engine: Engine | None = None) -> Compressed:
+    """Capture, allocate (when asked) and solve every layer; see the module docstring.
+    `engine` runs the layer and level-table solves (default: here, one after another)."""
     seconds: dict[str, float] = {}
     observe = export.act_tensors(proto, layers, cfg.export.runtime) if cfg.quant.act_bits else []
     budget = solver_budget(cfg.run, backend)
@@ -77,7 +79,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         nonlocal levels, profile
         t = time.perf_counter()
         chosen = _choose_levels(proto, group, hessians, backend, cfg, data, budget,
-                                _scales(observers, cfg), runtime, progress)
+                                _scales(observers, cfg), runtime, progress, engine)
         levels, profile = chosen.levels, chosen.profile
         warnings.extend(chosen.warnings)
         _add(seconds, "allocate", t)
@@ -91,7 +93,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         t = time.perf_counter()
         solved = solve_all(proto, group, hessians, backend, prune=cfg.prune, quant=cfg.quant,
                            solver=cfg.solver, budget_bytes=budget, level_for=levels,
-                           alloc_budget=cfg.alloc.budget, progress=progress)
+                           alloc_budget=cfg.alloc.budget, progress=progress, engine=engine)
         rows += solved.rows
         skipped += solved.skipped
         warnings += solved.warnings
@@ -115,14 +117,14 @@ def _scales(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, float] 
 
 def _choose_levels(proto: onnx.ModelProto, layers: list[Layer], hessians: dict,
                    backend: Backend, cfg: CompressConfig, data: Calibration, budget: int,
-                   act_scales: dict[str, float] | None, runtime: Runtime, progress: bool
-                   ) -> Any:
+                   act_scales: dict[str, float] | None, runtime: Runtime, progress: bool,
+                   engine: Engine | None = None) -> Any:
     from .allocation import choose_levels
 
     return choose_levels(proto, layers, hessians, backend, prune=cfg.prune, quant=cfg.quant,
                          solver=cfg.solver, alloc=cfg.alloc, data=data.fit, batch=data.batch,
                          budget_bytes=budget, act_scales=act_scales, runtime=runtime,
-                         progress=progress)
+                         progress=progress, engine=engine)
 
 
 def _add(seconds: dict[str, float], stage: str, t: float) -> None:

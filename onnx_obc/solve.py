@@ -6,23 +6,23 @@ DequantizeLinear parameters), plus the per-layer report rows, skipped layers and
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
-from .backend import Backend, array_module
+from .backend import Backend
+from .engine import Engine, LocalEngine
 from .export.qweights import group_size_for
 from .hessian import HessianAccumulator
+from .layerjob import LayerJob, effective_rank, host_grid, solve_cost, solve_job  # noqa: F401
 from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
 from .report import LayerResult
-from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
-from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups, solve_layer
+from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups
 from .solvers.prepare import fit_to_reference
+from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 
 if TYPE_CHECKING:  # annotations only: the allocation package imports this module
     from .allocation import Level
@@ -64,23 +64,34 @@ class Solved:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A layer's settings, decided before any solve; job False: nothing to solve."""
+
+    L: Layer
+    lspec: QuantSpec | None
+    structure: Any
+    target: float | None
+    samples: int
+    notes: list[str]
+    job: bool = True
+
+
 def solve_all(proto: onnx.ModelProto, layers: list[Layer],
               hessians: dict[str, HessianAccumulator], backend: Backend, *, prune: Pruning,
               quant: Quantization, solver: SolverOptions, budget_bytes: int,
               level_for: dict[str, Level] | None = None, alloc_budget: str = "sparsity",
-              progress: bool = False) -> Solved:
+              progress: bool = False, engine: Engine | None = None) -> Solved:
     """Solve every layer (its Hessian is popped from `hessians`): compressed and baseline
     weights in ONNX layout and, when quantizing, their integer codes and grids. `level_for`
     (weight -> Level): per-layer levels from the allocation (`alloc_budget`: its budget
     kind, for the message of layers it keeps dense); a level's missing bits / structure come
-    from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches."""
+    from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches. `engine`
+    runs the layer solves (default: here, one after another)."""
     weights = constant_weights(proto.graph)
-    budget = budget_bytes
     out = Solved()
-    bar = tqdm(layers, desc="solve", unit="layer", disable=not progress)
-    for L in bar:
-        bar.set_postfix_str(L.name[:40])
-        t = time.perf_counter()
+    plans = []
+    for L in layers:
         lv = None if level_for is None else level_for[L.weight]
         if lv is not None and lv.is_dense and quant.bits is None:
             out.skipped.append(Skipped(L.name, L.op, (
@@ -88,9 +99,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
                 L.weight))
             hessians.pop(L.weight)
             continue
-        lspec = _layer_spec(L, quant, lv, out.warnings)
-        acc = hessians.pop(L.weight)
-        W, H = _matrices(L, weights, acc, backend, solver.damp)
+        notes: list[str] = []
+        lspec = _layer_spec(L, quant, lv, notes)
         target = prune.sparsity if lv is None else lv.sparsity
         nm = prune.nm if lv is None or lv.nm is None else lv.nm
         st = structure_for(L, prune, nm=nm, sparsity=target)
@@ -99,40 +109,49 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
             out.skipped.append(Skipped(L.name, L.op, (
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
+                hessians.pop(L.weight)
+                plans.append(_Plan(L, None, None, None, 0, notes, job=False))
                 continue
             target = None
         elif st is not None:
             target = st.sparsity
         elif target:
             st = Unstructured(target)
-        res = solve_layer(W, H, structure=st, quant=lspec, method=solver.method,
-                          damp=solver.damp, budget_bytes=budget,
-                          act_order=solver.act_order)
-        out.solutions[L.weight] = HostSolution(
-            _host(L, res.W, res.codes, res.grid, lspec, backend),
-            _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
-        backend.sync()
-        rank = effective_rank(H)
-        out.rows.append(replace(
-            _row(L, res, solver.method, target, lspec, time.perf_counter() - t),
-            rank=rank, samples=acc.samples, data_limited=rank < L.matrix_shape[2] - res.dead))
-        if res.escalations:
-            out.warnings.append(f"{L.name}: Cholesky failed with dampening "
-                                f"{list(res.escalations)}; used {res.damp}")
-        backend.free()
+        plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples, notes))
+    todo = [p for p in plans if p.job]
+
+    def make(i: int) -> LayerJob:
+        p = todo[i]
+        W, H = _matrices(p.L, weights, hessians.pop(p.L.weight), backend, solver.damp)
+        return LayerJob(W, H, p.structure, p.lspec, solver.method, solver.damp, budget_bytes,
+                        solver.act_order)
+
+    engine = engine or LocalEngine(backend)
+    done = iter(engine.map(solve_job, len(todo), make, [solve_cost(p.L) for p in todo],
+                           desc="solve", labels=[p.L.name for p in todo], progress=progress))
+    for p in plans:
+        out.warnings.extend(p.notes)
+        if p.job:
+            _assemble(out, p, *next(done), solver.method, backend)
     limited = [x for x in out.rows if x.data_limited]
     if limited:
         out.warnings.append(data_warning(limited))
     return out
 
 
-def effective_rank(H: Any) -> int:
-    """Smallest over groups of the number of eigenvalues of H [G, d, d] (undampened) above
-    1e-6 of the largest: how many input directions the calibration data spans."""
-    xp = array_module(H)
-    ev = xp.linalg.eigvalsh(H.astype(xp.float64))  # [G, d] ascending
-    top = xp.maximum(ev[:, -1:], 0.0)
-    return int((ev > 1e-6 * top).sum(axis=1).min()) if top.size else 0
+def _assemble(out: Solved, p: _Plan, res: Any, rank: int, seconds: float, method: str,
+              backend: Backend) -> None:
+    """A solved layer's host weights, report row and warnings into `out`."""
+    L, lspec = p.L, p.lspec
+    out.solutions[L.weight] = HostSolution(
+        _host(L, res.W, res.codes, res.grid, lspec, backend),
+        _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
+    out.rows.append(replace(
+        _row(L, res, method, p.target, lspec, seconds),
+        rank=rank, samples=p.samples, data_limited=rank < L.matrix_shape[2] - res.dead))
+    if res.escalations:
+        out.warnings.append(f"{L.name}: Cholesky failed with dampening "
+                            f"{list(res.escalations)}; used {res.damp}")
 
 
 def data_warning(rows: list[LayerResult]) -> str:
@@ -179,7 +198,7 @@ def _host(L: Layer, W: Any, codes: Any, grid: Grid | None, spec: QuantSpec | Non
     weight = L.from_matrix(backend.to_host(W))
     if spec is None:
         return HostWeights(weight)
-    return HostWeights(weight, backend.to_host(codes), _host_grid(grid, backend), spec.bits)
+    return HostWeights(weight, backend.to_host(codes), host_grid(grid, backend), spec.bits)
 
 
 def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec | None,
@@ -194,10 +213,6 @@ def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec
         rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,
         method_used=res.method_used,
         group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss)
-
-
-def _host_grid(g: Grid, backend: Backend) -> Grid:
-    return Grid(backend.to_host(g.scale), backend.to_host(g.zero), g.qmin, g.qmax, g.group_size)
 
 
 def _axis_len(L: Layer) -> int:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .engine.options import check_engine
 from .errors import ConfigError
 from .quant import QuantSpec
 
@@ -261,16 +262,13 @@ class ExportOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """How the pipeline runs. sequential: compress layers in topological groups, each
-    calibrated on the model with the earlier groups compressed (sequential_groups; None:
-    one per layer). device: "auto" (CuPy GPU if usable), "cpu" or "cuda". batch_size:
-    samples per onnxruntime run; calib_samples: at most this many; holdout: fraction kept
-    out of the Hessians to measure fidelity. memory_budget_mb: captured activations per
-    pass (and solver row batches on the CPU); solver_memory_mb: solver row batches (None:
-    memory_budget_mb on the CPU, 60% of free GPU memory). seed: synthetic data and the
-    held-out split. compare_baseline: also build and measure the baseline model.
-    external_data: weights in a side file (None: only when needed, > 2 GB).
-    custom_op_library: a shared library of custom ops for onnxruntime."""
+    """How the pipeline runs. sequential: layers in topological groups (sequential_groups;
+    None: one per layer), each calibrated on the model with the earlier ones compressed.
+    device: "auto" (CuPy GPU if usable), "cpu", "cuda". batch_size: samples per onnxruntime
+    run; calib_samples: at most this many; holdout: fraction kept out for fidelity. *_mb:
+    activations per pass, solver row batches (None: memory_budget_mb on CPU, 60% of free
+    GPU memory). seed: synthetic data, held-out split. external_data: weights in a side file
+    (None: when needed, > 2 GB). engine: where layer solves run, "local" or "ray" (engine/)."""
 
     sequential: bool = False
     sequential_groups: int | None = None
@@ -281,19 +279,23 @@ class RunOptions:
     memory_budget_mb: int = 2048
     solver_memory_mb: int | None = None
     seed: int = 0
-    compare_baseline: bool = True
+    compare_baseline: bool = True  # also build and measure the baseline model
     external_data: bool | None = None
-    custom_op_library: str | None = None
+    custom_op_library: str | None = None  # shared library of custom ops for onnxruntime
     sensitivity: bool = False  # also measure each layer alone, ranked (sensitivity.py)
+    engine: str = "local"
+    workers: int | None = None  # ray: tasks in flight (and CPUs of a Ray started here)
+    ray_address: str | None = None  # ray: a cluster's address (None: RAY_ADDRESS, or local)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
                               f"{self.device!r}")
         for name, least in (("sequential_groups", 1), ("batch_size", 1), ("calib_samples", 1),
-                            ("memory_budget_mb", 16), ("solver_memory_mb", 16)):
+                            ("memory_budget_mb", 16), ("solver_memory_mb", 16), ("workers", 1)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise ConfigError(f"run.{name} must be an integer >= {least}, got {v!r}")
         if not 0.0 <= self.holdout < 1.0:
             raise ConfigError(f"run.holdout must be a fraction in [0, 1), got {self.holdout}")
+        check_engine(self.engine, self.workers, self.ray_address)

@@ -4,6 +4,7 @@ table must be what the main job prints today). The README cannot go stale."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -17,6 +18,8 @@ from onnx_obc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+NEEDS_RAY = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="--engine ray needs the [ray] extra")
 
 
 def _commands() -> list[str]:
@@ -51,7 +54,8 @@ def test_the_readme_has_runnable_commands():
     assert any("--report" in c for c in COMMANDS) and any("inspect" in c for c in COMMANDS)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [  # --engine ray: only with the [ray] extra
+    pytest.param(c, marks=NEEDS_RAY) if "--engine ray" in c else c for c in COMMANDS])
 def test_readme_command_runs_as_pasted(command, in_repo_copy):
     args = shlex.split(command)[1:]
     res = CliRunner().invoke(main, args + ([] if "inspect" in args else ["-q"]))

@@ -23,6 +23,7 @@ import onnx
 from ..backend import Backend
 from ..calib import CalibrationSource
 from ..capture import Runtime, providers_for
+from ..engine import Engine
 from ..errors import ConfigError
 from ..hessian import HessianAccumulator
 from ..layers import Layer
@@ -66,13 +67,14 @@ def choose_levels(proto: onnx.ModelProto, layers: list[Layer],
                   prune: Pruning, quant: Quantization, solver: SolverOptions,
                   alloc: Allocation, data: CalibrationSource, batch: int, budget_bytes: int,
                   act_scales: dict[str, Any] | None = None, runtime: Runtime | None = None,
-                  progress: bool = False, export_target: str = "tensorrt") -> Allocated:
+                  progress: bool = False, export_target: str = "tensorrt",
+                  engine: Engine | None = None) -> Allocated:
     """Per-layer levels: alloc.profile when given, else the DP over the level tables built
     from `hessians` (read, not consumed) and, for the "output" score, measured on `data`
     with sessions built by `runtime` (default: the backend's providers) on candidates
     deployed for `export_target`. `act_scales`: that target's activation values (tensor ->
     scale for tensorrt: export.act_values) for the int8 inputs of quantized levels;
-    `budget_bytes`: the solver's memory for row batches."""
+    `budget_bytes`: the solver's memory for row batches; `engine` runs the tables' solves."""
     if alloc.profile:
         return from_profile(layers, alloc.profile)
     target = resolve_target(alloc, prune)
@@ -82,7 +84,8 @@ def choose_levels(proto: onnx.ModelProto, layers: list[Layer],
                                      target=export_target)
     tables = build_tables(proto, layers, hessians, backend,
                           TableSpecs(prune, quant, solver, alloc), data, batch, budget_bytes,
-                          progress=progress, act_scales=act_scales, scorer=scorer)
+                          progress=progress, act_scales=act_scales, scorer=scorer,
+                          engine=engine)
     return from_tables(layers, tables, target, alloc=alloc, quant=quant)
 
 

@@ -13,19 +13,19 @@ sample), or its bit-operations (levels.py), depending on the budget kind.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from ..backend import Backend
 from ..calib import CalibrationSource
 from ..capture import activation_bytes
+from ..engine import Engine, LocalEngine
 from ..export.qweights import group_size_for
 from ..hessian import HessianAccumulator
+from ..layerjob import solve_cost
 from ..layers import Layer, constant_weights, weight_matrix
 from ..quant import QuantSpec
 from ..solve import structure_for
@@ -94,42 +94,91 @@ def dense_cost(tables: list[LevelTable]) -> float:
     return math.fsum(t.cost[0] for t in tables)
 
 
+@dataclass(frozen=True)
+class TableJob:
+    """One layer's level table as an engine task (engine/): W [G, r, d] float32, H
+    [G, d, d] (host or the run's device), the specs and the sparsity levels. weights: also
+    return each level's weights on the host (for the "output" score, measured here)."""
+
+    L: Layer
+    W: Any
+    H: Any
+    specs: TableSpecs
+    levels: tuple[float, ...]
+    per_weight: float
+    budget_bytes: int
+    weights: bool = False
+
+
+def table_job(job: TableJob, backend: Backend) -> tuple[LevelTable, list[Any] | None]:
+    """The layer's table (errors: the normalised layer loss) and, when asked, the host
+    weights at each of its levels (for a mixed table, the levels after fp32)."""
+    W, H = backend.to_device(job.W), backend.to_device(job.H)
+    if job.specs.alloc.budget == "bops":
+        return _mixed_table(job.L, W, H, backend, job.specs, job.per_weight, job.budget_bytes,
+                            job.weights)
+    return _sparsity_table(job.L, W, H, backend, job.specs, job.levels, job.per_weight,
+                           job.budget_bytes, job.weights)
+
+
 def build_tables(proto: onnx.ModelProto, layers: list[Layer],
                  hessians: dict[str, HessianAccumulator], backend: Backend, specs: TableSpecs,
                  data: CalibrationSource, batch: int, budget_bytes: int, *,
                  progress: bool = False, act_scales: dict[str, Any] | None = None,
-                 scorer: OutputScore | None = None) -> list[LevelTable]:
+                 scorer: OutputScore | None = None, engine: Engine | None = None
+                 ) -> list[LevelTable]:
     """One table per layer: sparsity levels, or the mixed levels under a BOP budget.
-    `scorer` (the "output" score) measures the errors; None: the normalised layer loss."""
+    `scorer` (the "output" score) measures the errors; None: the normalised layer loss.
+    `engine` runs the layers' solves (default: here, one after another)."""
     per_weight = _per_weight(proto, layers, specs.alloc.budget, data, batch)
-    rows = _on_device(proto, layers, hessians, backend, progress)
-    if specs.alloc.budget == "bops":
-        return [_mixed_table(L, W, H, backend, specs, per_weight[L.weight], budget_bytes,
-                             scorer, act_scales) for L, W, H in rows]
+    weights = constant_weights(proto.graph)
     levels = level_grid(specs.alloc.max_sparsity)
     if scorer is not None:  # one onnxruntime evaluation per level: a coarser grid
         levels = levels[:-1:2] + levels[-1:]
-    return [_sparsity_table(L, W, H, backend, specs, levels, per_weight[L.weight],
-                            budget_bytes, scorer) for L, W, H in rows]
+
+    def make(i: int) -> TableJob:
+        L = layers[i]
+        return TableJob(L, backend.to_device(weight_matrix(weights, L)),
+                        hessians[L.weight].mean(), specs, levels, per_weight[L.weight],
+                        budget_bytes, scorer is not None)
+
+    engine = engine or LocalEngine(backend)
+    done = engine.map(table_job, len(layers), make, [solve_cost(L) for L in layers],
+                      desc="levels", labels=[L.name for L in layers], progress=progress)
+    if scorer is None:
+        return [t for t, _ in done]
+    return [_scored(L, t, ws, specs, scorer, act_scales) for L, (t, ws) in zip(layers, done)]
+
+
+def _scored(L: Layer, t: LevelTable, weights: list[Any], specs: TableSpecs,
+            scorer: OutputScore, act_scales: dict[str, Any] | None) -> LevelTable:
+    """The table with the errors measured by `scorer` on the levels' weights."""
+    if specs.alloc.budget != "bops":
+        return LevelTable(t.name, t.levels, t.cost, scorer.errors(L, iter(weights)))
+    alloc = specs.alloc
+    st = structure_for(L, specs.prune, nm=alloc.level_nm) if alloc.level_nm else None
+    levels = mixed_levels(alloc.level_bits, alloc.level_nm, st is not None)
+    a = _input_scale(L, act_scales)  # quantized levels with their int8 input, if deployed so
+    errs = (0.0,) + scorer.errors(L, iter(weights),
+                                  (a if lv.bits is not None else None for lv in levels[1:]))
+    return LevelTable(t.name, t.levels, t.cost, errs)
 
 
 def _sparsity_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
                     levels: tuple[float, ...], per_weight: float, budget_bytes: int,
-                    scorer: OutputScore | None) -> LevelTable:
+                    weights: bool) -> tuple[LevelTable, list[Any] | None]:
     st = structure_for(L, specs.prune) if specs.prune.block else None
     if specs.prune.block and st is None:  # cannot hold blocks: stays dense, one level
-        return LevelTable(L.name, (0.0,), (math.prod(L.matrix_shape) * per_weight,), (0.0,))
+        t = LevelTable(L.name, (0.0,), (math.prod(L.matrix_shape) * per_weight,), (0.0,))
+        return t, [backend.to_host(W)] if weights else None
     run = traces(W, H, st, levels[-1], damp=specs.solver.damp, budget_bytes=budget_bytes)
     t = layer_table(L, W, H, run, levels, per_weight)
-    if scorer is None:
-        return t
-    rebuilt = (backend.to_host(rebuild_at(run, s)) for s in levels)
-    return LevelTable(t.name, t.levels, t.cost, scorer.errors(L, rebuilt))
+    return t, [backend.to_host(rebuild_at(run, s)) for s in levels] if weights else None
 
 
 def _mixed_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
-                 per_weight: float, budget_bytes: int, scorer: OutputScore | None,
-                 act_scales: dict[str, Any] | None) -> LevelTable:
+                 per_weight: float, budget_bytes: int, weights: bool
+                 ) -> tuple[LevelTable, list[Any] | None]:
     """OBC's mixed database for one layer: solved at every mixed level (fp32, w<b>, N:M,
     N:M + w<b>) from the same dense Hessian; cost = BOPs per sample."""
     alloc = specs.alloc
@@ -142,17 +191,13 @@ def _mixed_table(L: Layer, W: Any, H: Any, backend: Backend, specs: TableSpecs,
                                 budget_bytes=budget_bytes, pruned=alone if lv.nm else None))
         if lv.nm and lv.bits is None:
             alone = sols[-1]
-    if scorer is not None:  # quantized levels with their int8 input, if deployed so
-        a = _input_scale(L, act_scales)
-        errs = (0.0,) + scorer.errors(L, (backend.to_host(sol.W) for sol in sols),
-                                      (a if lv.bits is not None else None for lv in levels[1:]))
-    else:
-        energy = _energy(W, H)
-        errs = (0.0,) + tuple(sol.loss / energy for sol in sols)
+    energy = _energy(W, H)
+    errs = (0.0,) + tuple(sol.loss / energy for sol in sols)
     n = math.prod(W.shape)
     cost = tuple(n * per_weight * lv.bops_per_mac(specs.quant.act_bits) for lv in levels)
+    host = [backend.to_host(sol.W) for sol in sols] if weights else None
     backend.free()
-    return LevelTable(L.name, tuple(lv.label for lv in levels), cost, errs)
+    return LevelTable(L.name, tuple(lv.label for lv in levels), cost, errs), host
 
 
 def _input_scale(L: Layer, act_scales: dict[str, Any] | None) -> Any:
@@ -179,15 +224,3 @@ def _per_weight(proto: onnx.ModelProto, layers: list[Layer], budget: str,
     if budget in ("flops", "bops"):
         return positions_per_sample(proto, layers, next(data.batches(batch))[1])
     return {L.weight: 1.0 for L in layers}
-
-
-def _on_device(proto: onnx.ModelProto, layers: list[Layer],
-               hessians: dict[str, HessianAccumulator], backend: Backend, progress: bool
-               ) -> Iterator[tuple[Layer, Any, Any]]:
-    """(layer, W [G, r, d] float32, H [G, d, d]) on the solver's device, one at a time, with
-    a progress bar (levels for every layer before the DP)."""
-    weights = constant_weights(proto.graph)
-    bar = tqdm(layers, desc="levels", unit="layer", disable=not progress)
-    for L in bar:
-        bar.set_postfix_str(L.name[:40])
-        yield L, backend.to_device(weight_matrix(weights, L)), hessians[L.weight].mean()
