@@ -5,7 +5,7 @@ one consumer layer through per-channel nodes only.
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
     MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
 
-Per-channel nodes: unary activations, Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
+Per-channel nodes: unary activations, gated ones (x * sigmoid(x) as Sigmoid + Mul), Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
 when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
 weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
 residual Add, a Concat, a node that moves the channel axis, a graph output or more than
@@ -139,6 +139,11 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     path, grouped = [], []
     t, prev = node.output[0], node.op_type
     while True:
+        gate = _gate(g, t)
+        if gate is not None:  # x * sigmoid(x) (SiLU / Swish / HardSwish as two nodes)
+            path += gate[0]
+            t, prev = gate[1], "Mul"
+            continue
         label, nxt = _only_user(g, t)
         if nxt.op_type in ("Conv", "Gemm", "MatMul") and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
@@ -174,6 +179,21 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             raise _Refused(_mixes(g, nxt, label))
         path.append(label)
         t, prev = nxt.output[0], op
+
+
+def _gate(g: _Graph, t: str) -> tuple[list[str], str] | None:
+    """([unary label, Mul label], Mul output) when `t` feeds exactly a unary node u and
+    Mul(t, u(t)) (a gated activation, per channel); None otherwise."""
+    users = g.users.get(t, [])
+    if len(users) != 2 or t in g.outputs:
+        return None
+    for (lu, u), (lm, m) in (users, users[::-1]):
+        if (u.op_type in UNARY and len(u.input) == 1 and m.op_type == "Mul"
+                and u.output[0] not in g.outputs
+                and [x for x, _ in g.users.get(u.output[0], [])] == [lm]
+                and sorted(m.input) == sorted([t, u.output[0]])):
+            return [lu, lm], m.output[0]
+    return None
 
 
 def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:

@@ -52,6 +52,18 @@ def depthwise_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0):
     return b.make(nodes, [b.vi("x", ["N", c_in, 5, 5])], [b.vi("y", ["N", c_out, 5, 5])], inits)
 
 
+def conv_silu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0):
+    """Conv(3x3, bias) -> x * Sigmoid(x) (SiLU as exported by PyTorch) -> Conv(1x1)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("p.w", (mid, c_in, 3, 3), seed), _c("p.b", rng.standard_normal(mid)),
+             _w("c.w", (c_out, mid, 1, 1), seed + 1)]
+    nodes = [helper.make_node("Conv", ["x", "p.w", "p.b"], ["p"], name="prod", pads=[1] * 4),
+             helper.make_node("Sigmoid", ["p"], ["sg"], name="sig"),
+             helper.make_node("Mul", ["p", "sg"], ["r"], name="silu"),
+             helper.make_node("Conv", ["r", "c.w"], ["y"], name="cons")]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])], inits)
+
+
 def transformer_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0):
     """[N, T, d] MatMul -> Add bias -> Relu -> MatMul -> Add bias."""
     rng = np.random.default_rng(seed)

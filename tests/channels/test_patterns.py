@@ -31,6 +31,12 @@ def test_depthwise_between_is_cut_with_its_group():
     assert cut == {"slope": 0, "dw.w": 0, "dw.b": 0, "s": 1}  # Clip bounds are scalars
 
 
+def test_gated_activation_is_per_channel():
+    """x * Sigmoid(x): the producer's output feeds two nodes, both per channel."""
+    (s,), _ = _find(graphs.conv_silu_conv())
+    assert s.path == ("sig", "silu") and s.width == 1 and s.channels == 8
+
+
 @pytest.mark.parametrize("build", [graphs.transformer_mlp, graphs.gemm_pair])
 def test_linear_pairs(build):
     (s,), _ = _find(build())
