@@ -26,7 +26,7 @@ from ..solvers.channels import (
     obs_update,
     output_energy,
 )
-from ..solvers.prepare import prepare
+from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 
@@ -196,7 +196,10 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
            steps: int) -> _Solved:
     c = site.consumer
     W = backend.to_device(weight_matrix(weights, c))  # [1, r, d]
-    prep = prepare(W, hessians[c.weight].mean(), damp)
+    acc = hessians[c.weight]
+    if acc.cross is not None:  # sequential: fit the dense model's output first
+        W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
+    prep = prepare(W, acc.mean(), damp)
     trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps)
     return _Solved(site, backend.to_host(prep.W[0]), prep.H[0], prep.Hinv[0], trace,
                    output_energy(prep.W[0], prep.H[0]))

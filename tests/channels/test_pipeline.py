@@ -44,8 +44,11 @@ def test_config_rules():
         CompressConfig.from_options(sparsity=0.5, channel_align=8)
     with pytest.raises(ConfigError, match="prune.channels alone"):
         CompressConfig.from_options(channels=0.3, correct=True)
-    with pytest.raises(ConfigError, match="sequential"):
-        CompressConfig.from_options(channels=0.3, sequential=True)
+    with pytest.raises(ConfigError, match="channel_allocate"):
+        CompressConfig.from_options(channels=0.3, channel_allocate="best")
+    with pytest.raises(ConfigError, match="prune.channels"):
+        CompressConfig.from_options(sparsity=0.5, channel_allocate="uniform")
+    assert CompressConfig.from_options(channels=0.3, sequential=True).run.sequential
 
 
 def test_channel_align_on_the_cnn():
