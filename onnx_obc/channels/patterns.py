@@ -5,8 +5,9 @@ one consumer layer through per-channel nodes only.
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
     MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
 
-Per-channel nodes: unary activations, gated ones (x * sigmoid(x) as Sigmoid + Mul), Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
-when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
+Per-channel nodes: unary activations, gated ones (x * sigmoid(x) as Sigmoid + Mul), the
+attention mix A @ V (value channels: V projection -> A @ V -> output projection), Clip,
+Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
 weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
 residual Add, a Concat, a node that moves the channel axis, a graph output or more than
 one node stays, with one reason (`Refusal`).
@@ -173,6 +174,8 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
         elif op in POOLS and conv and len(nxt.output) == 1:
             pass
+        elif _attention_mix(g, nxt, t, conv):
+            pass  # A @ V: mixes the tokens, keeps the value channels (last axis)
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         else:
@@ -194,6 +197,13 @@ def _gate(g: _Graph, t: str) -> tuple[list[str], str] | None:
                 and sorted(m.input) == sorted([t, u.output[0]])):
             return [lu, lm], m.output[0]
     return None
+
+
+def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
+    """MatMul(A, t) of two activations with `t` the right operand: each of t's channels (last
+    axis) maps to the same output channel, the attention weights A mix only the tokens."""
+    return (n.op_type == "MatMul" and not conv and len(n.input) == 2 and n.input[1] == t
+            and n.input[0] != t and n.input[0] not in g.inits)
 
 
 def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
@@ -222,14 +232,28 @@ def _mixes(g: _Graph, n: onnx.NodeProto, label: str) -> str:
     if n.op_type == "Concat":
         return f"its channels reach Concat {label!r}"
     if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
-        return (f"its channels reach MatMul {label!r} of two activations (attention; heads "
-                "are not pruned)")
+        return (f"its channels reach MatMul {label!r} of two activations as the summed axis "
+                "(attention query/key channels; only value channels, A @ V, are pruned)")
+    if n.op_type in ("Reshape", "Transpose") and _feeds_scores(g, n):
+        return (f"its channels reach {n.op_type} {label!r} into the attention scores or "
+                "heads (query/key channels and multi-head splits are not pruned)")
     if n.op_type in ("Conv", "Gemm", "MatMul"):
         return (f"the next layer {n.op_type} {label!r} is not a usable consumer (not "
                 "selected, shared or reads the channels as its weight)")
     if n.op_type in MOVES:
         return f"its channels reach {n.op_type} {label!r}, which mixes or moves the channel axis"
     return f"its channels reach {n.op_type} {label!r}, which is not a per-channel op"
+
+
+def _feeds_scores(g: _Graph, n: onnx.NodeProto, depth: int = 3) -> bool:
+    """Whether n's output reaches, through Reshape/Transpose only, a MatMul of two
+    activations (the attention scores or the per-head A @ V)."""
+    for _, m in g.users.get(n.output[0], []):
+        if m.op_type == "MatMul" and not any(x in g.inits for x in m.input):
+            return True
+        if m.op_type in ("Reshape", "Transpose") and depth > 1 and _feeds_scores(g, m, depth - 1):
+            return True
+    return False
 
 
 def _consumer_checks(c: Layer, channels: int, label: str) -> Layer:

@@ -77,6 +77,24 @@ def transformer_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0):
     return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
 
 
+def attention(d: int = 8, t: int = 5, seed: int = 0):
+    """Single-head self-attention [N, T, d]: q, k, v projections (v with bias), softmax(q k^T)
+    @ v, output projection. Only v -> out is a site (value channels)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("q.w", (d, d), seed), _w("k.w", (d, d), seed + 1), _w("v.w", (d, d), seed + 2),
+             _c("v.b", rng.standard_normal(d)), _w("o.w", (d, d), seed + 3)]
+    nodes = [helper.make_node("MatMul", ["x", "q.w"], ["q"], name="q"),
+             helper.make_node("MatMul", ["x", "k.w"], ["k"], name="k"),
+             helper.make_node("MatMul", ["x", "v.w"], ["v0"], name="v"),
+             helper.make_node("Add", ["v0", "v.b"], ["v"], name="v.add"),
+             helper.make_node("Transpose", ["k"], ["kT"], name="kT", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kT"], ["s"], name="scores"),
+             helper.make_node("Softmax", ["s"], ["a"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["a", "v"], ["m"], name="mix"),
+             helper.make_node("MatMul", ["m", "o.w"], ["y"], name="out")]
+    return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
+
+
 def gemm_pair(d: int = 8, hidden: int = 12, out: int = 5, seed: int = 0):
     """Gemm(transB=1, bias) -> LeakyRelu -> Gemm(transB=0, bias)."""
     rng = np.random.default_rng(seed)
