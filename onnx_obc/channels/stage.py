@@ -1,7 +1,8 @@
 """The channel-pruning stage: find the sites, capture the consumers' Hessians on the dense
-model, trace the greedy group OBS of every consumer, choose the channels across sites by
-normalised loss per FLOP until `prune.channels` of the layers' FLOPs are saved, and cut
-the graph (OBS-updated consumers; beside it the L2-norm baseline at the same counts).
+model, trace the greedy group OBS of every consumer (`plan_channels`), choose how many
+channels each site loses until `prune.channels` of the layers' FLOPs are saved (allocate.py:
+exact DP over the traces, greedy or uniform) and cut the graph (`cut_channels`:
+OBS-updated consumers; beside it the L2-norm baseline at the same counts).
 
 The rest of the run (sparsity, quantization) then works on the shrunk model.
 """
