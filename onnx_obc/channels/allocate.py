@@ -9,8 +9,8 @@ sites' greedy group-OBS traces (solvers/channels.py):
   down), so the goal is always met and the DP is exact on that lattice (exact outright for
   integer FLOPs totalling at most BUCKETS).
 - "greedy": repeatedly the cheapest move by normalised loss per FLOP (select_channels).
-- "uniform": one fraction f of every site's channels (rounded down to the align), the
-  smallest f that reaches the goal.
+- "uniform": one fraction f of every site's channels (each site's nearest allowed count),
+  the smallest f that reaches the goal.
 
 The first-order saving sum k_i * flops_i is what all three meet; the caller raises the goal
 until the exact saving (patterns.saved_macs) reaches the target.
@@ -75,10 +75,18 @@ def _dp(traces: Sequence[ChannelTrace], energies: Sequence[float],
 
 def _uniform(options: list[list[int]], flops: Sequence[float], goal: float,
              channels: Sequence[int]) -> list[int]:
-    fractions = sorted({k / C for o, C in zip(options, channels) for k in o})
-    pick = [0] * len(options)
-    for f in fractions:
-        pick = [max(k for k in o if k <= f * C + 1e-9) for o, C in zip(options, channels)]
-        if sum(k * fl for k, fl in zip(pick, flops)) >= goal:
-            break
-    return pick
+    """The smallest common fraction f whose counts (each site's option nearest f * C, so
+    coarse aligns round both ways) save the goal, by bisection (the saving grows with f)."""
+    def pick(f: float) -> list[int]:
+        return [min(o, key=lambda k, C=C: (abs(k - f * C), k)) for o, C in zip(options, channels)]
+
+    def saves(ks: list[int]) -> float:
+        return sum(k * fl for k, fl in zip(ks, flops))
+
+    lo, hi = 0.0, 1.0
+    if saves(pick(hi)) < goal:
+        return pick(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if saves(pick(mid)) >= goal else (mid, hi)
+    return pick(hi)

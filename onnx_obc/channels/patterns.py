@@ -22,15 +22,13 @@ import onnx
 from onnx import helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
+from .reasons import mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
 BINARY = {"Add", "Sub", "Mul", "Div", "PRelu"}
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool"}
-MOVES = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice",
-         "Gather", "DepthToSpace", "SpaceToDepth", "Softmax", "LayerNormalization",
-         "ReduceMean", "ReduceSum", "ReduceMax", "MatMul", "Gemm", "Conv"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +165,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         elif op in BINARY:
             other = [x for x in nxt.input if x != t]
             if len(other) != 1 or other[0] not in g.inits:
-                raise _Refused(_residual(nxt, label))
+                raise _Refused(residual_reason(nxt, label))
             sliced += [x for x in [_cut(g, other[0], C, axis, nxt, optional=True)] if x]
         elif op == "BatchNormalization" and (conv or L.op == "Gemm") and len(nxt.output) == 1:
             _constant_inputs(g, nxt, label, first=1)
@@ -179,7 +177,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         else:
-            raise _Refused(_mixes(g, nxt, label))
+            raise _Refused(mixes_reason(g, nxt, label))
         path.append(label)
         t, prev = nxt.output[0], op
 
@@ -220,40 +218,6 @@ def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
             raise _Refused(f"its channels also reach Concat {label!r}")
     names = ", ".join(repr(lb) for lb, _ in users) or "none"
     raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
-
-
-def _residual(n: onnx.NodeProto, label: str) -> str:
-    if n.op_type in ("Add", "Sub", "Mul"):
-        return f"its channels reach the residual {n.op_type} {label!r} (no constant operand)"
-    return f"{n.op_type} {label!r} has no single constant per-channel operand"
-
-
-def _mixes(g: _Graph, n: onnx.NodeProto, label: str) -> str:
-    if n.op_type == "Concat":
-        return f"its channels reach Concat {label!r}"
-    if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
-        return (f"its channels reach MatMul {label!r} of two activations as the summed axis "
-                "(attention query/key channels; only value channels, A @ V, are pruned)")
-    if n.op_type in ("Reshape", "Transpose") and _feeds_scores(g, n):
-        return (f"its channels reach {n.op_type} {label!r} into the attention scores or "
-                "heads (query/key channels and multi-head splits are not pruned)")
-    if n.op_type in ("Conv", "Gemm", "MatMul"):
-        return (f"the next layer {n.op_type} {label!r} is not a usable consumer (not "
-                "selected, shared or reads the channels as its weight)")
-    if n.op_type in MOVES:
-        return f"its channels reach {n.op_type} {label!r}, which mixes or moves the channel axis"
-    return f"its channels reach {n.op_type} {label!r}, which is not a per-channel op"
-
-
-def _feeds_scores(g: _Graph, n: onnx.NodeProto, depth: int = 3) -> bool:
-    """Whether n's output reaches, through Reshape/Transpose only, a MatMul of two
-    activations (the attention scores or the per-head A @ V)."""
-    for _, m in g.users.get(n.output[0], []):
-        if m.op_type == "MatMul" and not any(x in g.inits for x in m.input):
-            return True
-        if m.op_type in ("Reshape", "Transpose") and depth > 1 and _feeds_scores(g, m, depth - 1):
-            return True
-    return False
 
 
 def _consumer_checks(c: Layer, channels: int, label: str) -> Layer:

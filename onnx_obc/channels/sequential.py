@@ -23,8 +23,16 @@ from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
 from .patterns import find_sites, layer_macs, saved_macs
-from .stage import (ChannelResult, ChannelRow, _counts, _norm_removed, _relabel, _solve,
-                    _zeroed_loss, plan_channels)
+from .stage import (
+    ChannelResult,
+    ChannelRow,
+    _counts,
+    _norm_removed,
+    _relabel,
+    _solve,
+    _zeroed_loss,
+    plan_channels,
+)
 
 
 def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data: Any,
