@@ -65,6 +65,9 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         names = {s.producer.weight for s in order[g:g + size]}
         found, _ = find_sites(current, _relabel(layers, current))
         sites = [s for s in found if s.producer.weight in names]
+        if len(sites) != len(names):  # a cut never removes a site's pattern
+            raise RuntimeError(f"internal error: sites {sorted(names)} not found again after "
+                               "the earlier groups' cut")
         consumers = [s.consumer for s in sites]
         hessians, _ = collect(current, consumers, data, batch, backend, memory_mb, progress,
                               dense=proto if current is not proto else None, runtime=runtime)
