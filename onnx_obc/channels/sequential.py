@@ -9,7 +9,7 @@ the next one is captured. With `fit_dense` each consumer is first fitted to the 
 model's output (cross moments, solvers/prepare.fit_to_reference), as the layer-wise
 --sequential does; measured, that was slightly worse than without (output error on 6 small
 chains: mean 0.356 with, 0.347 without, one-shot 0.346; ocr_like at 30%, 3 groups: 0.0205
-with, one-shot 0.0187), so it is off.
+with, 0.0187 without, one-shot 0.0187), so it is off.
 """
 
 from __future__ import annotations
