@@ -1,12 +1,18 @@
-"""Structured channel pruning (--channels) on the shipped models and the synthetic one
-(prints a table; asserts nothing).
+"""Structured channel pruning (--channels): how the FLOP cut is spread over the sites (the
+DP over the greedy OBS traces, the greedy by loss per FLOP, one uniform fraction) and the
+L2-norm baseline, at several FLOP cuts (prints a table; asserts nothing).
 
-    python bench/bench_channels.py [--fraction 0.3] [--models digits_cnn digits_vit ocr_like]
+    python bench/bench_channels.py [--models ocr_like common_det common]
+                                   [--fractions 0.2 0.3 0.4] [--align 8]
 
-Per model: the layer-FLOP cut reached, onnxruntime CPU latency (1 thread, ORT_ENABLE_ALL,
-median of --rounds alternating runs of dense / OBS / L2-norm on one batch), file size, and
-the output error relative to dense (held-out eval inputs) and accuracy of OBS channel
-pruning next to the L2-norm baseline at the same channel counts per layer.
+Per model the Hessians and the sites' greedy traces are computed once; per FLOP cut and
+allocation: the layer-FLOP cut reached, the summed normalised consumer loss (the DP's
+objective), the output error relative to dense (||y - y_dense|| / ||y_dense|| on held-out
+inputs), the task metric where the model has one (accuracy, CTC text accuracy, box F1 vs
+dense), the file size and the onnxruntime CPU latency ratio to fp32 (1 thread,
+ORT_ENABLE_ALL, medians of --rounds runs alternating dense and every variant in one
+process). The L2-norm baseline removes the same number of channels per site as the DP
+(same shapes, so its latency is the DP's).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np
 import onnx
@@ -26,16 +33,19 @@ import onnxruntime as ort
 
 from onnx_obc.backend import get_backend
 from onnx_obc.calib import DataSet
-from onnx_obc.channels import prune_channels
+from onnx_obc.channels.stage import cut_channels, plan_channels
 from onnx_obc.layers import find_layers
 
 MODELS = {"digits_cnn": ROOT / "models", "digits_vit": ROOT / "models",
-          "ocr_like": ROOT / "bench" / "synthetic"}
+          "ocr_like": ROOT / "bench" / "synthetic", "common": ROOT / "bench" / "real",
+          "common_det": ROOT / "bench" / "real"}
+METHODS = ("uniform", "greedy", "dp")
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
@@ -54,64 +64,83 @@ def _latency(models: dict[str, onnx.ModelProto], feed: dict, rounds: int) -> dic
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def _outputs(model: onnx.ModelProto, data: dict, batch: int = 64) -> np.ndarray:
+def _outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[np.ndarray]:
     s = _session(model)
-    n = len(next(iter(data.values())))
-    return np.concatenate([s.run(None, {k: v[i:i + batch] for k, v in data.items()})[0]
-                           for i in range(0, n, batch)])
+    return [s.run(None, f)[0] for f in feeds]
 
 
-def _row(name: str, fraction: float, rounds: int, samples: int, align: int) -> str:
+def _metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) -> str:
+    import deploy
+
+    m = deploy.task_metric(name, ys, dense, ev)
+    return "-" if m is None else f"{100 * m:.1f}"
+
+
+def _model(name: str, a: argparse.Namespace) -> list[str]:
     folder = MODELS[name]
     model = onnx.load(folder / f"{name}.onnx")
-    calib = dict(np.load(folder / f"{name}.calib.npz"))
-    calib = {k: v[:samples] for k, v in calib.items()}
+    fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    calib = {k: v[:a.samples] for k, v in np.load(folder / f"{name}.calib.npz").items()}
     ev = dict(np.load(folder / f"{name}.eval.npz"))
-    labels = ev.pop("labels", None)
-    ev = {k: v[:256] for k, v in ev.items()}
+    inputs = [i.name for i in model.graph.input]
+    n = min(a.eval, len(ev[inputs[0]]))
+    step = 1 if fixed else 16
+    feeds = [{k: ev[k][i:i + step] for k in inputs} for i in range(0, n, step)]
+    latfeed = {k: ev[k][:1 if fixed else a.batch] for k in inputs}
     layers = find_layers(model)[0]
     t = time.perf_counter()
-    res = prune_channels(model, layers, DataSet(calib, "calib"), 32, get_backend("cpu"),
-                         fraction, 0.01, 2048, align=align)
-    wall = time.perf_counter() - t
-    feed = {k: v[:32] for k, v in ev.items()}
-    lat = _latency({"dense": model, "obs": res.model, "l2": res.baseline}, feed, rounds)
-    ref = _outputs(model, ev)
-    err, acc = {}, {}
-    for k, m in (("obs", res.model), ("l2", res.baseline)):
-        y = _outputs(m, ev)
-        err[k] = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
-        acc[k] = (f"{100 * np.mean(y.argmax(-1) == labels[:len(y)]):.1f}"
-                  if labels is not None and y.ndim == 2 else "-")
-    dense_acc = (f"{100 * np.mean(ref.argmax(-1) == labels[:len(ref)]):.1f}"
-                 if labels is not None and ref.ndim == 2 else "-")
-    size = [len(m.SerializeToString()) / 1e6 for m in (model, res.model)]
-    cut = 1 - res.macs[1] / res.macs[0]
-    removed = sum(r.removed for r in res.rows)
-    total = sum(r.channels for r in res.rows)
-    return (f"| {name} | {cut:.1%} | {removed}/{total} | {lat['dense']:.2f} | {lat['obs']:.2f} "
-            f"({lat['dense'] / lat['obs']:.2f}x) | {size[0]:.2f} -> {size[1]:.2f} | "
-            f"{err['obs']:.3f} | {err['l2']:.3f} | {dense_acc} / {acc['obs']} / {acc['l2']} "
-            f"| {wall:.1f} s |")
+    plan = plan_channels(model, layers, DataSet(calib, "calib"), 1 if fixed else 16,
+                         get_backend("cpu"), 0.01, 2048, fraction=max(a.fractions))
+    print(f"  {name}: {len(plan.sites)} sites, {len(plan.refused)} layers refused, "
+          f"traces in {time.perf_counter() - t:.0f} s", flush=True)
+    dense = _outputs(model, feeds)
+    ref = np.concatenate([y.ravel() for y in dense])
+    size0 = len(model.SerializeToString()) / 1e6
+    lines = []
+    for f in a.fractions:
+        res = {m: cut_channels(plan, f, a.align, m) for m in METHODS}
+        variants = {m: r.model for m, r in res.items()}
+        variants["l2"] = res["dp"].baseline
+        lat = _latency({"dense": model, **{m: res[m].model for m in METHODS}}, latfeed,
+                       a.rounds)
+        lat["l2"] = lat["dp"]
+        for k, m in variants.items():
+            ys = _outputs(m, feeds)
+            err = np.linalg.norm(np.concatenate([y.ravel() for y in ys]) - ref) / \
+                np.linalg.norm(ref)
+            r = res["dp" if k == "l2" else k]
+            cut = 1 - r.macs[1] / r.macs[0]
+            obj = sum((row.norm_loss if k == "l2" else row.loss) / max(row.energy, 1e-30)
+                      for row in r.rows)
+            lines.append(f"| {name} | {f:.0%} | {k} | {cut:.1%} | {obj:.3f} | {err:.4f} | "
+                         f"{_metric(name, ys, dense, ev)} | {size0:.2f} -> "
+                         f"{len(m.SerializeToString()) / 1e6:.2f} | "
+                         f"{lat['dense'] / lat[k]:.2f}x |")
+            print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fraction", type=float, default=0.3)
-    ap.add_argument("--models", nargs="+", default=["digits_cnn", "digits_vit", "ocr_like"])
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.3, 0.4])
+    ap.add_argument("--models", nargs="+", default=["ocr_like", "common_det", "common"])
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--samples", type=int, default=128, help="calibration samples")
-    ap.add_argument("--align", type=int, default=1, help="keep multiples of this many channels")
+    ap.add_argument("--eval", type=int, default=48, help="held-out samples for the error")
+    ap.add_argument("--batch", type=int, default=8, help="latency batch (1 for fixed-batch)")
+    ap.add_argument("--align", type=int, default=8, help="keep multiples of this many channels")
     a = ap.parse_args()
-    print(f"fraction {a.fraction}, align {a.align}, {a.rounds} rounds, batch 32, 1 thread")
-    print("| model | FLOP cut | channels removed | dense ms | OBS ms (speed-up) | MB | "
-          "error OBS | error L2 | acc. dense / OBS / L2 | prune wall |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"fractions {a.fractions}, align {a.align}, {a.rounds} rounds, 1 thread")
+    head = ("| model | FLOP cut asked | selection | FLOP cut | summed norm. loss | output "
+            "error | metric | MB | speed-up vs fp32 |\n|---|---|---|---|---|---|---|---|---|")
+    print(head, flush=True)
+    lines = []
     for name in a.models:
         if not (MODELS[name] / f"{name}.onnx").exists():
-            print(f"| {name} | missing (python bench/make_synthetic.py) |")
+            print(f"| {name} | missing |")
             continue
-        print(_row(name, a.fraction, a.rounds, a.samples, a.align), flush=True)
+        lines += _model(name, a)
+    print("\n" + head + "\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--channel-align", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --channels: keep a multiple of this many channels per layer (8 suits "
                    "onnxruntime's blocked CPU Conv kernels).")
+@click.option("--channel-allocate", type=click.Choice(["dp", "greedy", "uniform"]), default="dp",
+              show_default=True, help="With --channels: how the cut is spread over the layers.")
 @click.option("--bits", type=click.IntRange(2, 8),
               help="Quantize weights with OBQ to this many bits (QDQ output); with "
                    "--sparsity, pruning comes first and the zeros are kept.")

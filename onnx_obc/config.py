@@ -137,9 +137,12 @@ def _check_combination(c: CompressConfig) -> None:
     if (p.nm or p.block) and method == "gptq":
         raise ConfigError("solver.method gptq prunes unstructured only; use the default "
                           "solver.method for prune.nm / prune.block")
-    if p.channels is not None and c.run.sequential:
-        raise ConfigError("prune.channels is not supported with run.sequential: drop one "
-                          "(channel pruning is one-shot, on the dense model's Hessians)")
+    if p.channel_allocate not in ("dp", "greedy", "uniform"):
+        raise ConfigError(f"prune.channel_allocate must be dp, greedy or uniform, got "
+                          f"{p.channel_allocate!r}")
+    if p.channel_allocate != "dp" and p.channels is None:
+        raise ConfigError("prune.channel_allocate only applies to channel pruning: add "
+                          "prune.channels")
     if type(p.channel_align) is not int or p.channel_align < 1:  # bools are refused too
         raise ConfigError(f"prune.channel_align must be an integer >= 1, got "
                           f"{p.channel_align!r} (e.g. 8)")

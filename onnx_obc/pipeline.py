@@ -23,7 +23,7 @@ from . import calib as calibration
 from . import export, preflight, view
 from .backend import get_backend
 from .capture import providers_for
-from .channels import ChannelResult, prune_channels
+from .channels import ChannelResult, prune_channels, prune_channels_sequential
 from .config import CompressConfig
 from .correct import CorrectionResult, correct_outputs
 from .engine import make_engine
@@ -115,9 +115,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
 def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibration,
               backend: Any, cfg: CompressConfig, runtime: Any, progress: bool) -> Any:
     """The channel-pruning stage: the shrunk model, its L2-norm baseline and the sites."""
+    if cfg.run.sequential:  # the earlier groups cut before the next one's Hessians
+        return prune_channels_sequential(
+            proto, layers, data.fit, data.batch, backend, cfg.prune.channels, cfg.solver.damp,
+            cfg.run.memory_budget_mb, runtime, progress, align=cfg.prune.channel_align,
+            allocate=cfg.prune.channel_allocate, groups=cfg.run.sequential_groups)
     return prune_channels(proto, layers, data.fit, data.batch, backend, cfg.prune.channels,
                           cfg.solver.damp, cfg.run.memory_budget_mb, runtime, progress,
-                          align=cfg.prune.channel_align)
+                          align=cfg.prune.channel_align, allocate=cfg.prune.channel_allocate)
 
 
 def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,

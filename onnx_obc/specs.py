@@ -63,13 +63,15 @@ class Pruning:
     nm: (n, m), n zeros in every m consecutive weights along the axis TensorRT reads.
     block: prune blocks of this many consecutive input channels (with sparsity).
     channels: fraction of the layers' FLOPs to remove as whole channels (structured OBS, the
-    graph shrinks; first), keeping a multiple of channel_align channels per layer."""
+    graph shrinks; first), keeping a multiple of channel_align channels per layer, the cut
+    spread over the layers by channel_allocate (dp exact, greedy, uniform)."""
 
     sparsity: float | None = None
     nm: tuple[int, int] | None = None
     block: int | None = None
     channels: float | None = None
     channel_align: int = 1
+    channel_allocate: str = "dp"
 
     def __post_init__(self) -> None:
         _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")

@@ -5,8 +5,9 @@ one consumer layer through per-channel nodes only.
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
     MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
 
-Per-channel nodes: unary activations, Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
-when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
+Per-channel nodes: unary activations, gated ones (x * sigmoid(x) as Sigmoid + Mul), the
+attention mix A @ V (value channels: V projection -> A @ V -> output projection), Clip,
+Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
 weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
 residual Add, a Concat, a node that moves the channel axis, a graph output or more than
 one node stays, with one reason (`Refusal`).
@@ -21,15 +22,13 @@ import onnx
 from onnx import helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
+from .reasons import mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
 BINARY = {"Add", "Sub", "Mul", "Div", "PRelu"}
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool"}
-MOVES = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice",
-         "Gather", "DepthToSpace", "SpaceToDepth", "Softmax", "LayerNormalization",
-         "ReduceMean", "ReduceSum", "ReduceMax", "MatMul", "Gemm", "Conv"}
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,11 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     path, grouped = [], []
     t, prev = node.output[0], node.op_type
     while True:
+        gate = _gate(g, t)
+        if gate is not None:  # x * sigmoid(x) (SiLU / Swish / HardSwish as two nodes)
+            path += gate[0]
+            t, prev = gate[1], "Mul"
+            continue
         label, nxt = _only_user(g, t)
         if nxt.op_type in ("Conv", "Gemm", "MatMul") and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
@@ -161,19 +165,43 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         elif op in BINARY:
             other = [x for x in nxt.input if x != t]
             if len(other) != 1 or other[0] not in g.inits:
-                raise _Refused(_residual(nxt, label))
+                raise _Refused(residual_reason(nxt, label))
             sliced += [x for x in [_cut(g, other[0], C, axis, nxt, optional=True)] if x]
         elif op == "BatchNormalization" and (conv or L.op == "Gemm") and len(nxt.output) == 1:
             _constant_inputs(g, nxt, label, first=1)
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
         elif op in POOLS and conv and len(nxt.output) == 1:
             pass
+        elif _attention_mix(g, nxt, t, conv):
+            pass  # A @ V: mixes the tokens, keeps the value channels (last axis)
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         else:
-            raise _Refused(_mixes(g, nxt, label))
+            raise _Refused(mixes_reason(g, nxt, label))
         path.append(label)
         t, prev = nxt.output[0], op
+
+
+def _gate(g: _Graph, t: str) -> tuple[list[str], str] | None:
+    """([unary label, Mul label], Mul output) when `t` feeds exactly a unary node u and
+    Mul(t, u(t)) (a gated activation, per channel); None otherwise."""
+    users = g.users.get(t, [])
+    if len(users) != 2 or t in g.outputs:
+        return None
+    for (lu, u), (lm, m) in (users, users[::-1]):
+        if (u.op_type in UNARY and len(u.input) == 1 and m.op_type == "Mul"
+                and u.output[0] not in g.outputs
+                and [x for x, _ in g.users.get(u.output[0], [])] == [lm]
+                and sorted(m.input) == sorted([t, u.output[0]])):
+            return [lu, lm], m.output[0]
+    return None
+
+
+def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
+    """MatMul(A, t) of two activations with `t` the right operand: each of t's channels (last
+    axis) maps to the same output channel, the attention weights A mix only the tokens."""
+    return (n.op_type == "MatMul" and not conv and len(n.input) == 2 and n.input[1] == t
+            and n.input[0] != t and n.input[0] not in g.inits)
 
 
 def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
@@ -190,26 +218,6 @@ def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
             raise _Refused(f"its channels also reach Concat {label!r}")
     names = ", ".join(repr(lb) for lb, _ in users) or "none"
     raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
-
-
-def _residual(n: onnx.NodeProto, label: str) -> str:
-    if n.op_type in ("Add", "Sub", "Mul"):
-        return f"its channels reach the residual {n.op_type} {label!r} (no constant operand)"
-    return f"{n.op_type} {label!r} has no single constant per-channel operand"
-
-
-def _mixes(g: _Graph, n: onnx.NodeProto, label: str) -> str:
-    if n.op_type == "Concat":
-        return f"its channels reach Concat {label!r}"
-    if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
-        return (f"its channels reach MatMul {label!r} of two activations (attention; heads "
-                "are not pruned)")
-    if n.op_type in ("Conv", "Gemm", "MatMul"):
-        return (f"the next layer {n.op_type} {label!r} is not a usable consumer (not "
-                "selected, shared or reads the channels as its weight)")
-    if n.op_type in MOVES:
-        return f"its channels reach {n.op_type} {label!r}, which mixes or moves the channel axis"
-    return f"its channels reach {n.op_type} {label!r}, which is not a per-channel op"
 
 
 def _consumer_checks(c: Layer, channels: int, label: str) -> Layer:

@@ -1,7 +1,8 @@
 """The channel-pruning stage: find the sites, capture the consumers' Hessians on the dense
-model, trace the greedy group OBS of every consumer, choose the channels across sites by
-normalised loss per FLOP until `prune.channels` of the layers' FLOPs are saved, and cut
-the graph (OBS-updated consumers; beside it the L2-norm baseline at the same counts).
+model, trace the greedy group OBS of every consumer (`plan_channels`), choose how many
+channels each site loses until `prune.channels` of the layers' FLOPs are saved (allocate.py:
+exact DP over the traces, greedy or uniform) and cut the graph (`cut_channels`:
+OBS-updated consumers; beside it the L2-norm baseline at the same counts).
 
 The rest of the run (sparsity, quantization) then works on the shrunk model.
 """
@@ -25,9 +26,9 @@ from ..solvers.channels import (
     norm_order,
     obs_update,
     output_energy,
-    select_channels,
 )
-from ..solvers.prepare import prepare
+from ..solvers.prepare import fit_to_reference, prepare
+from .allocate import counts as allocate_counts
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 
 
@@ -76,79 +77,119 @@ class _Solved:
     energy: float
 
 
-def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
-                   backend: Backend, fraction: float, damp: float, memory_mb: int,
-                   runtime: Any = None, progress: bool = False, align: int = 1
-                   ) -> ChannelResult:
-    """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
-    docstring); `data` is the calibration source the Hessians come from; every site keeps
-    a multiple of `align` channels."""
+@dataclass
+class ChannelPlan:
+    """The sites of a model and their greedy traces on the dense Hessians (the traces grow
+    when a selection needs more of them), ready to cut at any FLOP fraction."""
+
+    proto: onnx.ModelProto
+    layers: list[Layer]
+    sites: list[Site]
+    refused: list[Refusal]
+    dense: float  # layer multiply-adds per sample
+    solved: list[_Solved]
+    weights: dict
+    hessians: dict
+    backend: Backend
+    damp: float
+    seconds: float = 0.0
+
+
+def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
+                  backend: Backend, damp: float, memory_mb: int, runtime: Any = None,
+                  progress: bool = False, fraction: float = 1.0) -> ChannelPlan:
+    """Find the sites, capture their consumers' Hessians on `proto` and trace each
+    consumer's greedy group OBS over the prefix a `fraction` cut is likely to use."""
     t0 = time.perf_counter()
     sites, refused = find_sites(proto, layers)
     dense = layer_macs(proto, layers)
-    if not sites:
-        return ChannelResult(proto, proto, [], refused, (dense, dense),
-                             ["channel pruning found no prunable producer -> consumer pair"],
-                             time.perf_counter() - t0)
-    consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
-    hessians, _ = collect(proto, consumers, data, batch, backend, memory_mb, progress,
-                          runtime=runtime)
+    hessians: dict = {}
+    if sites:
+        consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
+        hessians, _ = collect(proto, consumers, data, batch, backend, memory_mb, progress,
+                              runtime=runtime)
     weights = constant_weights(proto.graph)
-    solved, counts = _solve_all(sites, weights, hessians, backend, damp, fraction * dense,
-                                fraction, align)
+    steps = [min(s.channels - 1, int(np.ceil(s.channels * min(1.0, 2 * fraction + 0.25))))
+             for s in sites]
+    solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
+    return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
+                       backend, damp, time.perf_counter() - t0)
+
+
+def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp"
+                 ) -> ChannelResult:
+    """Remove `fraction` of the layers' multiply-adds as whole channels of `plan`'s sites,
+    spread by `allocate` (channels/allocate.py), each site keeping a multiple of `align`."""
+    t0 = time.perf_counter()
+    proto, backend, dense = plan.proto, plan.backend, plan.dense
+    if not plan.sites:
+        return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
+                             ["channel pruning found no prunable producer -> consumer pair"],
+                             plan.seconds)
+    counts = _counts(plan, fraction * dense, align, allocate)
     warnings = []
-    saved = saved_macs(sites, counts)
+    saved = saved_macs(plan.sites, counts)
     if saved < fraction * dense:
         warnings.append(f"channel pruning saves {saved / dense:.1%} of the layer FLOPs, short "
                         f"of prune.channels {fraction:.1%}: the prunable sites cover too little")
     rows, keep, keep_norm, updated = [], [], [], {}
-    for k, s in zip(counts, solved):
+    for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]
         W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, removed)
         updated[s.site.consumer.weight] = s.site.consumer.from_matrix(backend.to_host(W)[None])
-        base = _norm_removed(s.site, weights, k)
+        base = _norm_removed(s.site, plan.weights, k)
         keep.append(np.setdiff1d(np.arange(s.site.channels), removed))
         keep_norm.append(np.setdiff1d(np.arange(s.site.channels), base))
         rows.append(ChannelRow(s.site.producer.name, s.site.consumer.name, s.site.channels, k,
                                float(s.trace.losses[:k].sum()),
                                _zeroed_loss(s, base, backend), s.energy, k * s.site.macs,
                                tuple(int(c) for c in np.sort(removed))))
-    model = shrink(proto, sites, keep, updated)
-    baseline = shrink(proto, sites, keep_norm)
-    pruned = layer_macs(model, _relabel(layers, model))
-    return ChannelResult(model, baseline, rows, refused, (dense, pruned), warnings,
-                         time.perf_counter() - t0)
+    model = shrink(proto, plan.sites, keep, updated)
+    baseline = shrink(proto, plan.sites, keep_norm)
+    pruned = layer_macs(model, _relabel(plan.layers, model))
+    return ChannelResult(model, baseline, rows, plan.refused, (dense, pruned), warnings,
+                         plan.seconds + time.perf_counter() - t0)
 
 
-def _solve_all(sites: list[Site], weights: dict, hessians: dict, backend: Backend,
-               damp: float, target: float, fraction: float, align: int
-               ) -> tuple[list[_Solved], list[int]]:
-    """Every site's greedy trace and the selected counts. The traces first cover the prefix
-    the selection is likely to use; a site whose trace runs out gets its whole greedy."""
-    steps = [min(s.channels - 1, int(np.ceil(s.channels * min(1.0, 2 * fraction + 0.25))))
-             for s in sites]
-    solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
-    counts = _select(solved, target, align)
-    short = [i for i, (k, s) in enumerate(zip(counts, solved))
+def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
+                   backend: Backend, fraction: float, damp: float, memory_mb: int,
+                   runtime: Any = None, progress: bool = False, align: int = 1,
+                   allocate: str = "dp") -> ChannelResult:
+    """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
+    docstring); `data` is the calibration source the Hessians come from; every site keeps
+    a multiple of `align` channels; `allocate` spreads the cut over the sites
+    (channels/allocate.py: dp, greedy or uniform)."""
+    plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
+                         progress, fraction)
+    return cut_channels(plan, fraction, align, allocate)
+
+
+def _counts(plan: ChannelPlan, target: float, align: int, method: str) -> list[int]:
+    """The selected counts; a site whose trace prefix the selection uses up gets its whole
+    greedy trace, and the selection runs again."""
+    counts = _select(plan.solved, target, align, method)
+    short = [i for i, (k, s) in enumerate(zip(counts, plan.solved))
              if k == len(s.trace.losses) < s.site.channels - 1]
     for i in short:
-        solved[i] = _solve(sites[i], weights, hessians, backend, damp, sites[i].channels - 1)
-    return solved, (_select(solved, target, align) if short else counts)
+        plan.solved[i] = _solve(plan.sites[i], plan.weights, plan.hessians, plan.backend,
+                                plan.damp, plan.sites[i].channels - 1)
+    return _select(plan.solved, target, align, method) if short else counts
 
 
-def _select(solved: list[_Solved], target: float, align: int) -> list[int]:
-    """select_channels until the exact saving (saved_macs) reaches `target`: the first-order
-    per-channel savings overcount layers cut on both sides, so the goal is raised by the
-    shortfall a few times."""
+def _select(solved: list[_Solved], target: float, align: int, method: str) -> list[int]:
+    """allocate.counts until the exact saving (saved_macs) reaches `target`: the first-order
+    per-channel savings overcount layers cut on both sides, so the goal is raised past the
+    counts' own first-order saving by the shortfall, a few times."""
     goal, counts, last = target, [], None
     for _ in range(8):
-        counts = select_channels([s.trace for s in solved], [s.energy for s in solved],
-                                 [s.site.macs for s in solved], goal,
-                                 [s.site.channels for s in solved], align)
+        counts = allocate_counts(method, [s.trace for s in solved],
+                                 [s.energy for s in solved], [s.site.macs for s in solved],
+                                 goal, [s.site.channels for s in solved], align)
         saved = saved_macs([s.site for s in solved], counts)
         if saved >= target or counts == last:  # reached, or nothing more to take
             break
-        goal, last = goal + target - saved, counts
+        first = sum(k * s.site.macs for k, s in zip(counts, solved))  # >= goal: overshoot
+        goal, last = max(goal, first) + target - saved, counts
     return counts
 
 
@@ -156,7 +197,10 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
            steps: int) -> _Solved:
     c = site.consumer
     W = backend.to_device(weight_matrix(weights, c))  # [1, r, d]
-    prep = prepare(W, hessians[c.weight].mean(), damp)
+    acc = hessians[c.weight]
+    if acc.cross is not None:  # sequential: fit the dense model's output first
+        W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
+    prep = prepare(W, acc.mean(), damp)
     trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps)
     return _Solved(site, backend.to_host(prep.W[0]), prep.H[0], prep.Hinv[0], trace,
                    output_energy(prep.W[0], prep.H[0]))

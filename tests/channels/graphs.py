@@ -52,6 +52,18 @@ def depthwise_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0):
     return b.make(nodes, [b.vi("x", ["N", c_in, 5, 5])], [b.vi("y", ["N", c_out, 5, 5])], inits)
 
 
+def conv_silu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0):
+    """Conv(3x3, bias) -> x * Sigmoid(x) (SiLU as exported by PyTorch) -> Conv(1x1)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("p.w", (mid, c_in, 3, 3), seed), _c("p.b", rng.standard_normal(mid)),
+             _w("c.w", (c_out, mid, 1, 1), seed + 1)]
+    nodes = [helper.make_node("Conv", ["x", "p.w", "p.b"], ["p"], name="prod", pads=[1] * 4),
+             helper.make_node("Sigmoid", ["p"], ["sg"], name="sig"),
+             helper.make_node("Mul", ["p", "sg"], ["r"], name="silu"),
+             helper.make_node("Conv", ["r", "c.w"], ["y"], name="cons")]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])], inits)
+
+
 def transformer_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0):
     """[N, T, d] MatMul -> Add bias -> Relu -> MatMul -> Add bias."""
     rng = np.random.default_rng(seed)
@@ -62,6 +74,24 @@ def transformer_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0):
              helper.make_node("Relu", ["hb"], ["r"], name="act"),
              helper.make_node("MatMul", ["r", "fc2.w"], ["o"], name="fc2"),
              helper.make_node("Add", ["o", "fc2.b"], ["y"], name="bias2")]
+    return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
+
+
+def attention(d: int = 8, t: int = 5, seed: int = 0):
+    """Single-head self-attention [N, T, d]: q, k, v projections (v with bias), softmax(q k^T)
+    @ v, output projection. Only v -> out is a site (value channels)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("q.w", (d, d), seed), _w("k.w", (d, d), seed + 1), _w("v.w", (d, d), seed + 2),
+             _c("v.b", rng.standard_normal(d)), _w("o.w", (d, d), seed + 3)]
+    nodes = [helper.make_node("MatMul", ["x", "q.w"], ["q"], name="q"),
+             helper.make_node("MatMul", ["x", "k.w"], ["k"], name="k"),
+             helper.make_node("MatMul", ["x", "v.w"], ["v0"], name="v"),
+             helper.make_node("Add", ["v0", "v.b"], ["v"], name="v.add"),
+             helper.make_node("Transpose", ["k"], ["kT"], name="kT", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kT"], ["s"], name="scores"),
+             helper.make_node("Softmax", ["s"], ["a"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["a", "v"], ["m"], name="mix"),
+             helper.make_node("MatMul", ["m", "o.w"], ["y"], name="out")]
     return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
 
 

@@ -31,6 +31,21 @@ def test_depthwise_between_is_cut_with_its_group():
     assert cut == {"slope": 0, "dw.w": 0, "dw.b": 0, "s": 1}  # Clip bounds are scalars
 
 
+def test_gated_activation_is_per_channel():
+    """x * Sigmoid(x): the producer's output feeds two nodes, both per channel."""
+    (s,), _ = _find(graphs.conv_silu_conv())
+    assert s.path == ("sig", "silu") and s.width == 1 and s.channels == 8
+
+
+def test_attention_value_channels_and_why_query_key_stay():
+    sites, refused = _find(graphs.attention())
+    (s,) = sites
+    assert (s.producer.weight, s.consumer.weight, s.path) == ("v.w", "o.w", ("v.add", "mix"))
+    why = {r.producer: r.reason for r in refused}
+    assert "query/key" in why["q"] and "query/key" in why["k"]
+    assert "graph output" in why["out"]
+
+
 @pytest.mark.parametrize("build", [graphs.transformer_mlp, graphs.gemm_pair])
 def test_linear_pairs(build):
     (s,), _ = _find(build())
@@ -53,7 +68,8 @@ def test_shipped_models():
     import onnx
 
     sites, refused = _find(onnx.load("models/digits_vit.onnx"))
-    assert [(s.producer.name, s.consumer.name) for s in sites] == [("mlp.fc1", "mlp.fc2")]
+    assert [(s.producer.name, s.consumer.name) for s in sites] == [("attn.v", "attn.out"),
+                                                                   ("mlp.fc1", "mlp.fc2")]
     reasons = {r.producer: r.reason for r in refused}
     assert "attention" in reasons["attn.q"] and "residual" in reasons["mlp.fc2"]
     sites, refused = _find(onnx.load("models/digits_cnn.onnx"))

@@ -44,10 +44,39 @@ def test_config_rules():
         CompressConfig.from_options(sparsity=0.5, channel_align=8)
     with pytest.raises(ConfigError, match="prune.channels alone"):
         CompressConfig.from_options(channels=0.3, correct=True)
-    with pytest.raises(ConfigError, match="sequential"):
-        CompressConfig.from_options(channels=0.3, sequential=True)
+    with pytest.raises(ConfigError, match="channel_allocate"):
+        CompressConfig.from_options(channels=0.3, channel_allocate="best")
+    with pytest.raises(ConfigError, match="prune.channels"):
+        CompressConfig.from_options(sparsity=0.5, channel_allocate="uniform")
+    assert CompressConfig.from_options(channels=0.3, sequential=True).run.sequential
 
 
 def test_channel_align_on_the_cnn():
     r = convert(CNN, None, calib=CALIB, channels=0.3, channel_align=8, progress=False)
     assert all((x["channels"] - x["removed"]) % 8 == 0 for x in r.report.channels["rows"])
+
+
+def test_channels_with_w8a8_for_onnxruntime():
+    """--channels 0.3 --bits 8 --act-bits 8 --runtime onnxruntime: the shrunk model is
+    quantized, its layers run on onnxruntime's integer kernels, the output stays close."""
+    import numpy as np
+
+    from tests import builders as b
+
+    model = graphs.conv_bn_relu_conv(mid=16)
+    r = convert(model, None, calib=[b.feeds(model, 128, seed=1)], channels=0.3, bits=8,
+                act_bits=8, runtime="onnxruntime", progress=False)
+    (row,) = r.report.channels["rows"]
+    assert row["removed"] > 0
+    shapes = [tuple(t.dims) for t in r.model.graph.initializer]
+    kept = 16 - row["removed"]
+    assert (5, kept, 3, 3) in shapes and (kept, 3, 3, 3) in shapes  # both layers shrank
+    assert (5, 16, 3, 3) not in shapes
+    f = r.report.fusion
+    assert f["layers"] == 2 and f["kernels"] == {"QLinearConv": 1}  # the producer; the
+    assert "graph output" in f["unfused"][0]["why"]  # consumer's output stays float
+    feed = b.feeds(model, 16, seed=5)
+    y, ref = b.run(r.model, feed)[0], b.run(model, feed)[0]
+    fid = r.report.fidelity["held-out calibration"]
+    assert fid["compressed"].rel_error["y"] < 0.5 * fid["channels-l2"].rel_error["y"]
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.5

@@ -1,0 +1,92 @@
+"""How many channels each site removes so that the removed FLOPs reach a goal, from the
+sites' greedy group-OBS traces (solvers/channels.py):
+
+- "dp": exact over the traces. A multiple-choice knapsack (allocation/dp.py): site i removes
+  k of its channels (k a greedy-trace prefix leaving a multiple of `align` channels) at the
+  normalised loss sum(losses[:k]) / energy_i; the DP minimises the summed normalised loss
+  with sum_i k_i * flops_i >= goal. Costs are the FLOPs left in each site's option range in
+  units of 1/BUCKETS of their total (single FLOPs when fewer), rounded up (the budget
+  down), so the goal is always met and the DP is exact on that lattice (exact outright for
+  integer FLOPs totalling at most BUCKETS).
+- "greedy": repeatedly the cheapest move by normalised loss per FLOP (select_channels).
+- "uniform": one fraction f of every site's channels (each site's nearest allowed count),
+  the smallest f that reaches the goal.
+
+The first-order saving sum k_i * flops_i is what all three meet; the caller raises the goal
+until the exact saving (patterns.saved_macs) reaches the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..allocation.dp import LevelTable, allocate
+from ..errors import ConfigError
+from ..solvers.channels import ChannelTrace, select_channels
+
+METHODS = ("dp", "greedy", "uniform")
+BUCKETS = 20000
+
+
+def counts(method: str, traces: Sequence[ChannelTrace], energies: Sequence[float],
+           flops: Sequence[float], goal: float, channels: Sequence[int], align: int = 1
+           ) -> list[int]:
+    """Channels each site removes (method: one of METHODS; see the module docstring)."""
+    if method == "greedy":
+        return select_channels(list(traces), list(energies), list(flops), goal,
+                               list(channels), align)
+    options = [allowed(len(t.losses), C, align) for t, C in zip(traces, channels)]
+    if method == "uniform":
+        return _uniform(options, flops, goal, channels)
+    if method == "dp":
+        return _dp(traces, energies, options, flops, goal)
+    raise ConfigError(f"channel allocation must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def allowed(steps: int, C: int, align: int) -> list[int]:
+    """Removal counts 0 .. steps that leave a multiple of `align` of the C channels (0 too)."""
+    return [0] + [k for k in range(1, steps + 1) if (C - k) % align == 0]
+
+
+def loss_curve(trace: ChannelTrace, energy: float) -> np.ndarray:
+    """[steps + 1] normalised loss of removing the first k channels of the trace."""
+    return np.concatenate([[0.0], np.cumsum(trace.losses)]) / max(energy, 1e-30)
+
+
+def _dp(traces: Sequence[ChannelTrace], energies: Sequence[float],
+        options: list[list[int]], flops: Sequence[float], goal: float) -> list[int]:
+    most = [max(o) * f for o, f in zip(options, flops)]
+    budget = sum(most) - goal  # FLOPs the sites may keep of their option ranges
+    if budget <= 0:
+        return [max(o) for o in options]
+    unit = max(1.0, sum(most) / BUCKETS)  # FLOPs kept in whole units, rounded up
+    tables = []
+    for i, (t, e, o, f) in enumerate(zip(traces, energies, options, flops)):
+        curve = loss_curve(t, e)
+        tables.append(LevelTable(f"site{i}", tuple(float(k) for k in o),
+                                 tuple(float(np.ceil((most[i] - k * f) / unit - 1e-9))
+                                       for k in o),
+                                 tuple(float(curve[k]) for k in o)))
+    choice = allocate(tables, float(np.floor(budget / unit + 1e-9))).choice
+    return [int(choice[f"site{i}"]) for i in range(len(tables))]
+
+
+def _uniform(options: list[list[int]], flops: Sequence[float], goal: float,
+             channels: Sequence[int]) -> list[int]:
+    """The smallest common fraction f whose counts (each site's option nearest f * C, so
+    coarse aligns round both ways) save the goal, by bisection (the saving grows with f)."""
+    def pick(f: float) -> list[int]:
+        return [min(o, key=lambda k, C=C: (abs(k - f * C), k)) for o, C in zip(options, channels)]
+
+    def saves(ks: list[int]) -> float:
+        return sum(k * fl for k, fl in zip(ks, flops))
+
+    lo, hi = 0.0, 1.0
+    if saves(pick(hi)) < goal:
+        return pick(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if saves(pick(mid)) >= goal else (mid, hi)
+    return pick(hi)
