@@ -64,7 +64,8 @@ def test_blocks_beat_the_baseline_and_keep_the_format(st, q, method):
     res = solve_blocked(W, Hb, structure=st, quant=q, method=method)
     assert res.W.shape == (G, r, d)
     if st is not None:
-        assert res.zeros == round(0.5 * G * r * d)  # exact layer-wide count
+        n = round(0.5 * G * r * d)  # the exact layer-wide count (rounding adds zeros)
+        assert res.zeros == n if q is None else res.zeros >= n
     if q is not None:  # one scale per output row (per group of 4): the full rows' grid
         assert res.grid.scale.shape == (G * r, d // (q.group_size or d))
         s, z = res.grid.columns()
