@@ -57,7 +57,7 @@ def test_block_layout_round_trips():
 
 @pytest.mark.parametrize("st,q,method", CASES)
 def test_blocks_beat_the_baseline_and_keep_the_format(st, q, method):
-    G, r, d, k = 2, 10, 48, 4
+    G, r, d, k = 2, 10, 48, 2
     W = np.concatenate([weights(r, d, s) for s in range(G)]).astype(np.float32)
     H = np.stack([correlated_H(d, s) for s in range(G)])
     Hb = _diag_blocks(H, k)
@@ -70,7 +70,7 @@ def test_blocks_beat_the_baseline_and_keep_the_format(st, q, method):
         assert res.grid.scale.shape == (G * r, d // (q.group_size or d))
         s, z = res.grid.columns()
         np.testing.assert_allclose(res.W.reshape(G * r, d), s * (res.codes.reshape(G * r, d) - z))
-    assert res.loss < (0.6 if method == "obc" else 0.85) * res.baseline_loss  # block-diag H
+    assert res.loss < (0.2 if method == "obc" else 0.6) * res.baseline_loss  # block-diag H
 
 
 def test_block_accumulation_is_the_diagonal_of_the_full_hessian():
