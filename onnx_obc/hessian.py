@@ -115,6 +115,18 @@ class HessianAccumulator:
             raise ValueError("no calibration samples were accumulated")
         return self.total / self.samples
 
+    def take_mean(self) -> tuple[Any, Any]:
+        """(H, C): mean() and the cross moments' mean (None unless sequential), computed in
+        place (no second copy of the sums); the accumulator is spent afterwards."""
+        if self.samples == 0 or self.total is None:
+            raise ValueError("no calibration samples were accumulated (or already taken)")
+        H, C = self.total, self.cross
+        H /= self.samples
+        if C is not None:
+            C /= self.samples
+        self.total = self.cross = None
+        return H, C
+
 
 class BlockHessianAccumulator(HessianAccumulator):
     """The diagonal blocks of sum X X^T over k contiguous column blocks of bs = d / k

@@ -16,16 +16,18 @@ from tqdm.auto import tqdm
 
 from .backend import Backend, array_module
 from .export.qweights import group_size_for
-from .hessian import HessianAccumulator
+from .hessian import BlockHessianAccumulator, HessianAccumulator
 from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
 from .report import LayerResult
 from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups, solve_layer
+from .solvers.blocked import solve_blocked
 from .solvers.prepare import fit_to_reference
 
 if TYPE_CHECKING:  # annotations only: the allocation package imports this module
     from .allocation import Level
+    from .costplan import Plan
 
 
 
@@ -68,12 +70,14 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
               hessians: dict[str, HessianAccumulator], backend: Backend, *, prune: Pruning,
               quant: Quantization, solver: SolverOptions, budget_bytes: int,
               level_for: dict[str, Level] | None = None, alloc_budget: str = "sparsity",
-              progress: bool = False) -> Solved:
+              progress: bool = False, plan: Plan | None = None) -> Solved:
     """Solve every layer (its Hessian is popped from `hessians`): compressed and baseline
     weights in ONNX layout and, when quantizing, their integer codes and grids. `level_for`
     (weight -> Level): per-layer levels from the allocation (`alloc_budget`: its budget
     kind, for the message of layers it keeps dense); a level's missing bits / structure come
-    from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches."""
+    from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches. `plan`
+    (costplan.py): per layer the method (with a time budget) and the Hessian's column blocks
+    (a layer in blocks is solved by solvers/blocked.py), and the predicted seconds."""
     weights = constant_weights(proto.graph)
     budget = budget_bytes
     out = Solved()
@@ -105,17 +109,23 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
             target = st.sparsity
         elif target:
             st = Unstructured(target)
-        res = solve_layer(W, H, structure=st, quant=lspec, method=solver.method,
-                          damp=solver.damp, budget_bytes=budget,
-                          act_order=solver.act_order)
+        lp = plan.get(L.weight) if plan is not None else None
+        method = solver.method if lp is None else lp.method
+        blocked = isinstance(acc, BlockHessianAccumulator)
+        res = (solve_blocked if blocked else solve_layer)(
+            W, H, structure=st, quant=lspec, method=method, damp=solver.damp,
+            budget_bytes=budget, act_order=solver.act_order)
         out.solutions[L.weight] = HostSolution(
             _host(L, res.W, res.codes, res.grid, lspec, backend),
             _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
         backend.sync()
-        rank = effective_rank(H)
+        rank = None if blocked else effective_rank(H)  # (the full H is not held in blocks)
+        del H
         out.rows.append(replace(
-            _row(L, res, solver.method, target, lspec, time.perf_counter() - t),
-            rank=rank, samples=acc.samples, data_limited=rank < L.matrix_shape[2] - res.dead))
+            _row(L, res, method if lp is None else lp.label, target, lspec,
+                 time.perf_counter() - t),
+            rank=rank, samples=acc.samples, predicted_seconds=None if lp is None else lp.seconds,
+            data_limited=rank is not None and rank < L.matrix_shape[2] - res.dead))
         if res.escalations:
             out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                                 f"{list(res.escalations)}; used {res.damp}")
@@ -168,9 +178,9 @@ def _matrices(L: Layer, weights: dict[str, tuple[str, onnx.TensorProto]],
     """W [G, r, d] float32 and H [G, d, d] on the device; sequential: W fitted to the dense
     model's output."""
     W = backend.to_device(weight_matrix(weights, L))  # [G, r, d] float32
-    H = acc.mean()
-    if acc.cross is not None:  # sequential: fit the dense model's output
-        W = fit_to_reference(W, H, acc.cross / acc.samples, max(damp, 1e-4))
+    H, C = acc.take_mean()  # in place: the accumulator is not used again
+    if C is not None:  # sequential: fit the dense model's output
+        W = fit_to_reference(W, H, C, max(damp, 1e-4))
     return W, H
 
 

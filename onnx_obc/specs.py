@@ -270,7 +270,10 @@ class RunOptions:
     memory_budget_mb on the CPU, 60% of free GPU memory). seed: synthetic data and the
     held-out split. compare_baseline: also build and measure the baseline model.
     external_data: weights in a side file (None: only when needed, > 2 GB).
-    custom_op_library: a shared library of custom ops for onnxruntime."""
+    custom_op_library: a shared library of custom ops for onnxruntime.
+    memory_budget_mb also bounds the Hessians (layers too wide for it are solved in column
+    blocks; costplan.py). time_budget_s: predicted seconds for the solves; with method obc,
+    each layer gets ExactOBS or the fast path so the predicted total fits (None: as asked)."""
 
     sequential: bool = False
     sequential_groups: int | None = None
@@ -284,8 +287,13 @@ class RunOptions:
     compare_baseline: bool = True
     external_data: bool | None = None
     custom_op_library: str | None = None
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
+        t = self.time_budget_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                              or not math.isfinite(t) or t <= 0):
+            raise ConfigError(f"run.time_budget_s must be a number of seconds > 0, got {t!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
                               f"{self.device!r}")
