@@ -28,8 +28,10 @@ from onnx_obc.specs import MB
 from . import builders as b
 from .solvers.data import correlated_H, weights
 
-RATES = Rates(flop32=1e-10, flop64=1e-10, prep=1e-8, eig=1e-8, solve=1e-10, step=1e-5,
-              elem=1e-9, col=1e-5, gelem=1e-9, grid=1e-9, fixed=1e-3)  # fixed, for the chooser
+RATES = Rates(flop32=1e-10, flop64=1e-10, prep=1e-8, eig=1e-8, chol=1e-9, solve=1e-10,
+              gemv_in=1e-9, gemv_out=2e-9, step=1e-5,
+              elem=1e-9, qstep=1e-5, qelem=1e-9, col=1e-5, grid=1e-9, sort=1e-9, fixed=1e-3,
+              qfixed=2e-3)  # fixed, for the chooser
 
 
 def _cfg(**kw):
@@ -130,3 +132,22 @@ def test_the_report_carries_the_plan_and_the_chosen_methods():
     assert res.report.plan["time_budget_s"] == 1e-6
     assert all(x.predicted_seconds is not None for x in res.report.layers)
     assert "plan: solve predicted" in res.report.table()
+
+
+@pytest.mark.slow
+def test_a_128_by_65536_conv_compresses_within_the_memory_budget():
+    """Cin 1024, kernel 64x1: d = 65,536 columns, a 32 GiB Hessian unblocked. Within 8 GB
+    it is held in column blocks; the time budget picks what it can afford. (Peak RSS and
+    times: bench/cost_model.py --wide.)"""
+    model = b.conv(c_in=1024, c_out=128, kernel=(64, 1), spatial=(64, 1), bias=False)
+    layers, _ = find_layers(model)
+    assert layers[0].matrix_shape == (1, 128, 65536)
+    budget = 8000
+    res = convert(model, None, calib=[b.feeds(model, 48)], sparsity=0.5, bits=4,
+                  memory_budget_mb=budget, time_budget_s=900, progress=False,
+                  compare_baseline=False)
+    (row,) = res.report.layers
+    plan = res.report.plan
+    assert "-blocked(" in row.method and row.sparsity >= 0.5
+    assert plan["hessian_bytes"] + plan["layers"][0]["solver_bytes"] <= budget * MB
+    assert row.loss < row.magnitude_loss
