@@ -13,9 +13,9 @@ n = d; blocked Gv = G * k, n = bs):
     GPTQ / SparseGPT Gv (t_chol(n) + n column steps) + R n min(n, 128) / 2 element updates
                      + 2 R n^2 flops (lazy block updates)
     grid search      R d element passes per clip candidate
-Every rate is measured by `calibrate` (a ~0.3-0.5 s micro-benchmark of the same kernels the
-solvers run on small layers, cached per process and array module); nothing here is a guessed constant but
-the shape of the model. bench/cost_model.py compares predictions with measured layer times.
+Every rate is measured by `calibrate` (a ~1-2 s micro-benchmark of the same kernels the
+solvers run, on small layers, cached per process and array module); nothing here is a guessed
+constant but the shape of the model. bench/cost_model.py compares predictions with measured layer times.
 """
 
 from __future__ import annotations

@@ -208,8 +208,9 @@ def _refusal(layers: list[Layer], shapes: dict[str, Shape], need: int, M: int,
                       for L in big)
     why = ("" if blockable else " Solving in column blocks, which would fit, needs unstructured"
            " sparsity or quantization only, without run.sequential or an allocation; ")
+    how = f"in blocks of {MIN_BLOCK} columns" if blockable else "unblocked"
     return (f"the layers' Hessians and solver need {need / MB:.0f} MB, more than "
-            f"run.memory_budget_mb {M // MB} MB, even {'unblocked' if not blockable else f'in blocks of {MIN_BLOCK} columns'} "
+            f"run.memory_budget_mb {M // MB} MB, even {how} "
             f"(largest: {names}).{why} raise run.memory_budget_mb to at least "
             f"{math.ceil(need / MB)}, or exclude the widest layers with --exclude")
 

@@ -148,7 +148,8 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
             seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
             chan: ChannelResult | None = None, plan: costplan.Plan | None = None) -> Report:
     """The run's report, assembled from what the stages returned."""
-    order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export", "verify")
+    order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export",
+             "verify")
     seconds = {k: seconds[k] for k in order if k in seconds}
     warnings = [*checks, *data.warnings, *(chan.warnings if chan else []),
                 *(plan.warnings if plan else []), *done.warnings]

@@ -262,18 +262,14 @@ class ExportOptions:
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How the pipeline runs. sequential: compress layers in topological groups, each
-    calibrated on the model with the earlier groups compressed (sequential_groups; None:
-    one per layer). device: "auto" (CuPy GPU if usable), "cpu" or "cuda". batch_size:
-    samples per onnxruntime run; calib_samples: at most this many; holdout: fraction kept
-    out of the Hessians to measure fidelity. memory_budget_mb: captured activations per
-    pass (and solver row batches on the CPU); solver_memory_mb: solver row batches (None:
-    memory_budget_mb on the CPU, 60% of free GPU memory). seed: synthetic data and the
-    held-out split. compare_baseline: also build and measure the baseline model.
-    external_data: weights in a side file (None: only when needed, > 2 GB).
-    custom_op_library: a shared library of custom ops for onnxruntime.
-    memory_budget_mb also bounds the Hessians (layers too wide for it are solved in column
-    blocks; costplan.py). time_budget_s: predicted seconds for the solves; with method obc,
-    each layer gets ExactOBS or the fast path so the predicted total fits (None: as asked)."""
+    calibrated on the model with the earlier groups compressed (sequential_groups; None: one
+    per layer). device: "auto" (CuPy GPU if usable), "cpu" or "cuda". batch_size: samples per
+    onnxruntime run; calib_samples: at most this many; holdout: fraction kept out of the
+    Hessians to measure fidelity. memory_budget_mb: Hessians, activations per capture pass and
+    solves; solver_memory_mb: row batches at most (None: what is left on the CPU, 60% of free
+    GPU memory); time_budget_s: the solves' predicted seconds (both: costplan.py). seed:
+    synthetic data, held-out split. compare_baseline: also build and measure the baseline.
+    external_data: weights in a side file (None: > 2 GB). custom_op_library: for onnxruntime."""
 
     sequential: bool = False
     sequential_groups: int | None = None
@@ -290,9 +286,7 @@ class RunOptions:
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
-        t = self.time_budget_s
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
-                              or not math.isfinite(t) or t <= 0):
+        if (t := self.time_budget_s) is not None and not (type(t) in (int, float) and 0 < t < 1e12):
             raise ConfigError(f"run.time_budget_s must be a number of seconds > 0, got {t!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
