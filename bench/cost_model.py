@@ -49,7 +49,7 @@ if model == "WIDE":
     model = b.conv(c_in=1024, c_out=128, kernel=(64, 1), spatial=(64, 1), bias=False)
     opts["calib"] = [b.feeds(model, opts.pop("samples"), correlated=True)]
 t = time.perf_counter()
-res = convert(model, None, progress=False, **opts)
+res = convert(model, None, **{"progress": False, **opts})
 wall = time.perf_counter() - t
 rep = res.report
 out = {"wall": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -128,6 +128,7 @@ def main() -> None:
         print(f"predicted / measured, layers >= {args.min_seconds} s: {summary(big_r)}")
     if args.wide or not args.runs:
         opts = {"model": "WIDE", "samples": 64, "memory_budget_mb": args.wide_budget,
+                "progress": True,  # the plan table and the bars, on stderr
                 "compare_baseline": False, **WHAT[args.wide_what]}
         if args.wide_time:
             opts["time_budget_s"] = args.wide_time

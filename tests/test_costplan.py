@@ -136,15 +136,15 @@ def test_the_report_carries_the_plan_and_the_chosen_methods():
 
 @pytest.mark.slow
 def test_a_128_by_65536_conv_compresses_within_the_memory_budget():
-    """Cin 1024, kernel 64x1: d = 65,536 columns, a 32 GiB Hessian unblocked. Within 8 GB
+    """Cin 1024, kernel 64x1: d = 65,536 columns, a 32 GiB Hessian unblocked. Within 6 GB
     it is held in column blocks; the time budget picks what it can afford. (Peak RSS and
     times: bench/cost_model.py --wide.)"""
     model = b.conv(c_in=1024, c_out=128, kernel=(64, 1), spatial=(64, 1), bias=False)
     layers, _ = find_layers(model)
     assert layers[0].matrix_shape == (1, 128, 65536)
-    budget = 8000
+    budget = 6000
     res = convert(model, None, calib=[b.feeds(model, 48)], sparsity=0.5, bits=4,
-                  memory_budget_mb=budget, time_budget_s=900, progress=False,
+                  memory_budget_mb=budget, time_budget_s=60, progress=False,
                   compare_baseline=False)
     (row,) = res.report.layers
     plan = res.report.plan
