@@ -44,6 +44,7 @@ class Rates:
     eig: float  # eigvalsh of one n x n matrix, s / n^3
     chol: float  # Cholesky alone, s / n^3
     solve: float  # batched LU solves (the rebuild), s / flop
+    spill: float  # an elementwise pass over arrays beyond the cache / within it (ratio)
     gemv_in: float  # a greedy step's column from the pending updates, s / multiply-add,
     gemv_out: float  # with the updates in cache / streamed from memory
     step: float  # one pruning greedy step of one row batch (fixed part), s
@@ -63,6 +64,7 @@ class Rates:
 N_REF = 256
 PASSES = 16  # passes over a row batch [B, n] per greedy step (scores, update, bookkeeping)
 IN_CACHE = 8 << 20  # pending updates up to this size run at the in-cache gemv rate
+ROWS_IN_CACHE = 1 << 20  # row batches [B, n] up to this size: passes at the in-cache rate
 _CACHE: dict[str, Rates] = {}
 
 
@@ -104,6 +106,9 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     rhs = xp.asarray(rng.standard_normal((16, 96, 1)))
     solve = _best(lambda: xp.linalg.solve(S, rhs), sync) / (16 * 96 ** 3 / 3)
     chol = _best(lambda: xp.linalg.cholesky(H), sync) / N_REF ** 3
+    a, c = (xp.asarray(rng.standard_normal(m).astype(np.float32)) for m in (1 << 16, 4 << 20))
+    spill = max(1.0, _best(lambda: c * c - c, sync) / c.size
+                / (_best(lambda: [a * a - a for _ in range(64)], sync) / (64 * a.size)))
     # each greedy step rebuilds its column from the pending updates: a stacked gemv per row,
     # in cache (small layers) or streaming from memory (large ones)
     gemv = []
@@ -147,7 +152,8 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     Ht = xp.asarray(np.eye(8)[None])
     fixed = _best(lambda: solve_layer(Wt, Ht, structure=Unstructured(0.5)), sync)
     qfixed = _best(lambda: solve_layer(Wt, Ht, quant=spec), sync)
-    rates = Rates(flop32, flop64, prep, eig, chol, solve, gemv[0], gemv[1], step, elem, qstep,
+    rates = Rates(flop32, flop64, prep, eig, chol, solve, spill, gemv[0], gemv[1], step, elem,
+                  qstep,
                   qelem, col, grid, sort, fixed, qfixed)
     _CACHE[key] = rates
     return rates
@@ -219,6 +225,8 @@ def _greedy(s: Shape, rt: Rates, row_budget: int, work: float, quant: bool) -> f
     step, elem = (rt.qstep, rt.qelem) if quant else (rt.step, rt.elem)
     pending = min(R, rows_per_batch(n, R, row_budget)) * f * n * FP32
     gemv = rt.gemv_in if pending <= IN_CACHE else rt.gemv_out
+    B = min(R, rows_per_batch(n, R, row_budget))
+    elem *= rt.spill if B * n * FP32 > ROWS_IN_CACHE else 1.0
     return (2 * R * n ** 3 * work * rt.flop32 + R * n * n * work * (f / 2 * gemv + PASSES * elem)
             + n * work * _batches(s, row_budget) * step)
 
@@ -228,7 +236,8 @@ def _gptq(s: Shape, rt: Rates, sparsity: float = 0.0) -> float:
     passes per column, the lazy block updates, SparseGPT's per-block selection."""
     R, n, Gv = s.rows * s.k, s.n, s.hessians
     b = min(n, 128)
-    t = (Gv * (n ** 3 * rt.chol + n * rt.col) + R * n * (b / 2 + PASSES) * rt.elem
+    elem = rt.elem * (rt.spill if R // Gv * b * FP64 > ROWS_IN_CACHE else 1.0)
+    t = (Gv * (n ** 3 * rt.chol + n * rt.col) + R * n * (b / 2 + PASSES) * elem
          + 2 * R * n * n * rt.flop64)
     return t + (Gv * -(-n // b) * _sort(R // Gv * b, rt) if sparsity else 0.0)
 
