@@ -4,7 +4,8 @@ SparseGPT), from the layer's shape and rates measured on this machine.
 
 Work model (Gv Hessians of n columns, R rows in all, nb row batches; unblocked Gv = G,
 n = d; blocked Gv = G * k, n = bs):
-    factorisation    Gv * t_prep(n)          Cholesky, inverse (+ G * t_eig(d) for the rank)
+    factorisation    Gv * t_prep(n)          Cholesky, inverse (+ G * t_eig(d) for the rank),
+                     measured at n = N_REF and 2 N_REF, grown by the measured exponent
     ExactOBS greedy  2 R n^3 w flops (the deferred folds, float32 batched GEMM)
                      + R n^2 (fold(n)/2 + 16) w row work (each step's column from the
                      pending updates, passes over the row) + n w nb steps (Python-level)
@@ -15,7 +16,8 @@ n = d; blocked Gv = G * k, n = bs):
     grid search      R d element passes per clip candidate
 Every rate is measured by `calibrate` (a ~1-2 s micro-benchmark of the same kernels the
 solvers run, on small layers, cached per process and array module); nothing here is a guessed
-constant but the shape of the model. bench/cost_model.py compares predictions with measured layer times.
+constant but the shape of the model. bench/cost_model.py compares predictions with measured
+layer times.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ class Rates:
 
     flop32: float  # batched float32 GEMM (the greedy's folds), s / flop
     flop64: float  # float64 GEMM, s / flop
-    prep: float  # Cholesky + inverse of one n x n Hessian, s / n^3 (at n = N_REF)
-    eig: float  # eigvalsh of one n x n matrix, s / n^3
+    prep: float  # Cholesky + inverse of one n x n Hessian, s at n = N_REF, ~ n^prep_exp
+    eig: float  # eigvalsh of one n x n matrix, s at n = N_REF, ~ n^eig_exp
     chol: float  # Cholesky alone, s / n^3
     solve: float  # batched LU solves (the rebuild), s / flop
+    prep_exp: float  # how the factorisations grow with n (measured from n / 2 to n)
+    eig_exp: float
     spill: float  # an elementwise pass over arrays beyond the cache / within it (ratio)
     gemv_in: float  # a greedy step's column from the pending updates, s / multiply-add,
     gemv_out: float  # with the updates in cache / streamed from memory
@@ -100,8 +104,14 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     Hn = X @ X.T / X.shape[1]
     H = xp.asarray(Hn[None])  # [1, n, n]
     W = xp.asarray(rng.standard_normal((1, 2, N_REF)).astype(np.float32))
-    prep = _best(lambda: prepare(W, H, 0.01), sync) / N_REF ** 3
-    eig = _best(lambda: xp.linalg.eigvalsh(H), sync) / N_REF ** 3
+    # the factorisations at n and 2 n: their growth (LAPACK gets faster with n)
+    X2 = rng.standard_normal((2 * N_REF, 4 * N_REF))
+    H2 = xp.asarray((X2 @ X2.T / X2.shape[1])[None])
+    W2 = xp.asarray(rng.standard_normal((1, 2, 2 * N_REF)).astype(np.float32))
+    prep, eig = (_best(f, sync) for f in (lambda: prepare(W, H, 0.01),
+                                          lambda: xp.linalg.eigvalsh(H)))
+    prep_exp, eig_exp = (min(3.0, max(2.0, math.log2(_best(f, sync, 2) / t))) for t, f in (
+        (prep, lambda: prepare(W2, H2, 0.01)), (eig, lambda: xp.linalg.eigvalsh(H2))))
     S = xp.asarray(np.repeat(Hn[None, :96, :96], 16, axis=0))
     rhs = xp.asarray(rng.standard_normal((16, 96, 1)))
     solve = _best(lambda: xp.linalg.solve(S, rhs), sync) / (16 * 96 ** 3 / 3)
@@ -152,9 +162,8 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     Ht = xp.asarray(np.eye(8)[None])
     fixed = _best(lambda: solve_layer(Wt, Ht, structure=Unstructured(0.5)), sync)
     qfixed = _best(lambda: solve_layer(Wt, Ht, quant=spec), sync)
-    rates = Rates(flop32, flop64, prep, eig, chol, solve, spill, gemv[0], gemv[1], step, elem,
-                  qstep,
-                  qelem, col, grid, sort, fixed, qfixed)
+    rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, gemv[0],
+                  gemv[1], step, elem, qstep, qelem, col, grid, sort, fixed, qfixed)
     _CACHE[key] = rates
     return rates
 
@@ -245,10 +254,10 @@ def _gptq(s: Shape, rt: Rates, sparsity: float = 0.0) -> float:
 def _common(s: Shape, rt: Rates, quant: bool, sparsity: float) -> float:
     """Factorisation, the rank (unblocked), losses, the baseline's magnitude selection and
     the grid searches, and the per-layer overhead."""
-    t = (s.hessians * s.n ** 3 * rt.prep + 6 * s.rows * s.d * s.n * rt.flop64
+    t = (s.hessians * rt.prep * (s.n / N_REF) ** rt.prep_exp + 6 * s.rows * s.d * s.n * rt.flop64
          + (rt.qfixed if quant else rt.fixed))
     if s.k == 1:
-        t += s.G * s.d ** 3 * rt.eig
+        t += s.G * rt.eig * (s.d / N_REF) ** rt.eig_exp
     if quant:
         t += 2 * s.rows * s.d * 80 * rt.grid
     if sparsity:
