@@ -210,7 +210,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2,
               show_default=True, help="Fraction of calibration samples kept for fidelity.")
 @click.option("--memory-budget", type=click.IntRange(min=16), default=2048, show_default=True,
-              help="MB for captured activations per pass (and solver row batches on CPU).")
+              help="MB for Hessians (too wide: column blocks), activations, solver batches.")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), help="Seconds "
+              "for the solves (predicted): ExactOBS or the fast path per layer to fit.")
 @click.option("--solver-memory", type=click.IntRange(min=16), default=None,
               help="MB for the solver's row batches (default: --memory-budget on CPU, 60% "
                    "of free GPU memory with --device cuda).")

@@ -15,7 +15,7 @@ from .actrange import RangeObserver
 from .backend import Backend
 from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
                       providers_for)
-from .hessian import HessianAccumulator, columns
+from .hessian import BlockHessianAccumulator, HessianAccumulator, columns
 from .layers import Layer
 from .specs import MB
 
@@ -24,17 +24,19 @@ from .specs import MB
 def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet, batch: int,
             backend: Backend, memory_mb: int, progress: bool,
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
-            runtime: Runtime | None = None,
+            runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
     With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
     the cross moments of the dense model's layer inputs X with these inputs X_hat (same
     samples): the layer is then fitted to the dense model's output W X. `runtime`: how
-    sessions are built (providers, custom-op library); default: the backend's providers."""
+    sessions are built (providers, custom-op library); default: the backend's providers.
+    `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
+    layer's Hessian (BlockHessianAccumulator)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
-    accs = {L.weight: HessianAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
+    accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
             for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}
     units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
@@ -87,3 +89,8 @@ def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:
     if not last or last[0] != name:
         last[:] = [name, backend.to_device(acts[name])]
     return last[1]
+
+
+def _accumulator(L: Layer, k: int, xp: object) -> HessianAccumulator:
+    G, _, d = L.matrix_shape
+    return BlockHessianAccumulator(G, d, k, xp) if k > 1 else HessianAccumulator(G, d, xp)

@@ -21,6 +21,7 @@ _PARAM: dict[str, tuple[str, Any]] = {
     "act_bits": ("act_bits", lambda v: None if v is None else int(v)),
     "memory_budget": ("memory_budget_mb", None),
     "solver_memory": ("solver_memory_mb", None),
+    "time_budget": ("time_budget_s", None),
     "baseline": ("compare_baseline", None),
 }
 

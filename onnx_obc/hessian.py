@@ -4,6 +4,8 @@
 multiply W's rows: im2col for Conv, following ONNX Conv semantics exactly: explicit or
 auto_pad padding, strides, dilations, 1-D/2-D/3-D, groups). `HessianAccumulator` keeps the
 float64 sum of X X^T and the number of calibration samples; H = sum / samples.
+`BlockHessianAccumulator` keeps only the k diagonal blocks of that sum over contiguous
+column blocks (never the d x d matrix), for layers whose full Hessian does not fit.
 """
 
 from __future__ import annotations
@@ -112,3 +114,39 @@ class HessianAccumulator:
         if self.samples == 0:
             raise ValueError("no calibration samples were accumulated")
         return self.total / self.samples
+
+    def take_mean(self) -> tuple[Any, Any]:
+        """(H, C): mean() and the cross moments' mean (None unless sequential), computed in
+        place (no second copy of the sums); the accumulator is spent afterwards."""
+        if self.samples == 0 or self.total is None:
+            raise ValueError("no calibration samples were accumulated (or already taken)")
+        H, C = self.total, self.cross
+        H /= self.samples
+        if C is not None:
+            C /= self.samples
+        self.total = self.cross = None
+        return H, C
+
+
+class BlockHessianAccumulator(HessianAccumulator):
+    """The diagonal blocks of sum X X^T over k contiguous column blocks of bs = d / k
+    columns each: total [G, k, bs, bs] (float64), G * d * bs * 8 bytes instead of G * d^2 * 8.
+    mean() is [G, k, bs, bs]: block j is H[g, j*bs:(j+1)*bs, j*bs:(j+1)*bs]."""
+
+    def __init__(self, groups: int, d: int, blocks: int, xp: Any) -> None:
+        if blocks < 1 or d % blocks:
+            raise ValueError(f"{blocks} blocks do not divide the layer's {d} columns")
+        bs = d // blocks
+        self.blocks = blocks
+        self.total = xp.zeros((groups, blocks, bs, bs), dtype=xp.float64)  # [G, k, bs, bs]
+        self.cross = None  # sequential mode is not supported with blocks
+        self.samples = 0
+
+    def add(self, X: Any, X0: Any = None) -> None:
+        """X [G, d, n] float64: each block's rows of X times their transpose."""
+        if X0 is not None:
+            raise ValueError("block-diagonal Hessians do not keep the cross moments of "
+                             "sequential mode")
+        G, d, n = X.shape
+        Xb = X.reshape(G, self.blocks, d // self.blocks, n)  # [G, k, bs, n]
+        self.total += Xb @ Xb.swapaxes(2, 3)

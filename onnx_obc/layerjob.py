@@ -13,6 +13,7 @@ from .backend import Backend, array_module
 from .layers import Layer
 from .quant import Grid, QuantSpec
 from .solvers import solve_layer
+from .solvers.blocked import solve_blocked
 
 
 @dataclass(frozen=True)
@@ -28,21 +29,24 @@ class LayerJob:
     damp: float
     budget_bytes: int
     act_order: bool
+    blocked: bool = False  # H holds the diagonal column blocks only (solvers/blocked.py)
 
 
-def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int, float]:
+def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
     """Solve one layer on `backend` (an engine's worker): the solution with its arrays on
     the host, the effective rank of H, and the seconds it took."""
     t = time.perf_counter()
     W, H = backend.to_device(job.W), backend.to_device(job.H)
-    res = solve_layer(W, H, structure=job.structure, quant=job.quant, method=job.method,
-                      damp=job.damp, budget_bytes=job.budget_bytes, act_order=job.act_order)
+    res = (solve_blocked if job.blocked else solve_layer)(
+        W, H, structure=job.structure, quant=job.quant, method=job.method, damp=job.damp,
+        budget_bytes=job.budget_bytes, act_order=job.act_order)
     host = {k: None if getattr(res, k) is None else backend.to_host(getattr(res, k))
             for k in ("W", "baseline", "codes", "baseline_codes")}
     grids = {k: None if getattr(res, k) is None else host_grid(getattr(res, k), backend)
              for k in ("grid", "baseline_grid")}
     backend.sync()
-    rank = effective_rank(H)
+    rank = None if job.blocked else effective_rank(H)  # the full H is not held in blocks
+    del H
     backend.free()
     return replace(res, **host, **grids), rank, time.perf_counter() - t
 

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import export, preflight, view
+from . import costplan, export, preflight, view
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, prune_channels, prune_channels_sequential
@@ -62,14 +62,20 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     with _timed(clock, "load"):
         src, proto = open_model(model, output)
         layers, skipped = select_layers(proto, cfg.select)
+        backend = get_backend(cfg.run.device)
+    plan = None
+    if _layerwise(cfg):  # before any work: refuses what cannot fit the memory budget
+        with _timed(clock, "plan"):
+            plan = costplan.planned(layers, cfg, backend, progress)
+    with _timed(clock, "load"):
         checks = preflight.check(proto, layers, model_path=src, output=output,
                                  report_path=report_path, external=cfg.run.external_data,
                                  bits=bool(cfg.quant.bits or cfg.alloc.budget == "bops"),
                                  act_bits=bool(cfg.quant.act_bits), calib=calib,
                                  custom_op_library=cfg.run.custom_op_library,
-                                 sequential=cfg.run.sequential)
+                                 sequential=cfg.run.sequential,
+                                 blocks=None if plan is None else plan.blocks())
         data = calibration.plan(proto, calib, eval_data, cfg.run)
-        backend = get_backend(cfg.run.device)
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     dense, chan = proto, None
@@ -78,7 +84,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
             proto = chan.model
             layers, skipped = select_layers(proto, cfg.select)
-    done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine)
+        if plan is not None:  # the shrunk layers
+            with _timed(clock, "plan"):
+                plan = costplan.planned(layers, cfg, backend, progress)
+    done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine, plan)
             if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
     fixes = None
     if cfg.correct.active and done.solutions:  # timed only when it runs
@@ -105,7 +114,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend.device_label, data, skipped, done, fixes,
-                     fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked)
+                     fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked, plan)
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
@@ -164,12 +173,14 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
             data: calibration.Calibration, skipped: list, done: Compressed,
             fixes: CorrectionResult | None, fidelity: dict, checks: list[str],
             seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
-            chan: ChannelResult | None = None, sensitivity: dict | None = None) -> Report:
+            chan: ChannelResult | None = None, sensitivity: dict | None = None,
+            plan: costplan.Plan | None = None) -> Report:
     """The run's report, assembled from what the stages returned."""
-    order = ("load", "channels", "capture", "allocate", "solve", "correct", "export", "verify",
-             "sensitivity")
+    order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export",
+             "verify", "sensitivity")
     seconds = {k: seconds[k] for k in order if k in seconds}
-    warnings = [*checks, *data.warnings, *(chan.warnings if chan else []), *done.warnings]
+    warnings = [*checks, *data.warnings, *(chan.warnings if chan else []),
+                *(plan.warnings if plan else []), *done.warnings]
     if fixes is not None:
         warnings += [f"correction skipped for {w}" for w in fixes.skipped]
     return Report(
@@ -180,7 +191,8 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         correction={} if fixes is None else fixes.summary(), profile=dict(done.profile),
         fusion={} if fusion is None or not fusion.layers else fusion.to_dict(),
-        channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}))
+        channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}),
+        plan={} if plan is None else plan.to_dict())
 
 
 @contextmanager

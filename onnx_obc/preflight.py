@@ -32,9 +32,10 @@ def check(proto: onnx.ModelProto, layers: list[Layer], *, model_path: str | None
           output: str | os.PathLike | None, report_path: str | os.PathLike | None = None,
           external: bool | None = None, bits: bool = False, act_bits: bool = False,
           custom_op_library: str | None = None, calib: Any = None, sequential: bool = False,
-          memory_limit: int | None = None) -> list[str]:
+          memory_limit: int | None = None, blocks: dict[str, int] | None = None) -> list[str]:
     """Every up-front check; returns the warnings (logged too). bits / act_bits: weights /
-    activations will be QDQ; memory_limit: bytes (None: what is available now)."""
+    activations will be QDQ; memory_limit: bytes (None: what is available now); blocks:
+    weight -> column blocks its Hessian is held in (the plan's; default 1)."""
     check_custom_ops(proto, custom_op_library)
     reads = modelio.input_files(model_path) if model_path is not None else ()
     if isinstance(calib, (str, os.PathLike)):
@@ -50,7 +51,7 @@ def check(proto: onnx.ModelProto, layers: list[Layer], *, model_path: str | None
     check_dtypes(layers, bits, act_bits)
     check_finite(proto, layers)
     check_memory(layers, available_memory() if memory_limit is None else memory_limit,
-                 sequential)
+                 sequential, blocks)
     notes += input_initializers(proto)
     for n in notes:
         log.warning(n)
@@ -182,16 +183,21 @@ def available_memory() -> int:
     return avail
 
 
-def layer_memory(L: Layer, sequential: bool = False) -> tuple[int, int]:
-    """(Hessian accumulator bytes, solver working set bytes) of one layer."""
+def layer_memory(L: Layer, sequential: bool = False, blocks: int = 1) -> tuple[int, int]:
+    """(Hessian accumulator bytes, solver working set bytes) of one layer, its Hessian held
+    in `blocks` diagonal blocks."""
     G, _, d = L.matrix_shape
-    return G * d * d * 8 * (2 if sequential else 1), 3 * d * d * 4
+    n = d // blocks
+    return G * d * n * 8 * (2 if sequential else 1), 3 * d * n * 4
 
 
-def check_memory(layers: list[Layer], limit: int, sequential: bool = False) -> None:
-    """Each layer's Hessian (and, one-shot, all of them together) must fit in `limit`."""
+def check_memory(layers: list[Layer], limit: int, sequential: bool = False,
+                 blocks: dict[str, int] | None = None) -> None:
+    """Each layer's Hessian (and, one-shot, all of them together) must fit in `limit`;
+    `blocks` (weight -> k): the Hessians the plan keeps in k diagonal blocks."""
+    k = {L.weight: (blocks or {}).get(L.weight, 1) for L in layers}
     for L in layers:
-        hess, work = layer_memory(L, sequential)
+        hess, work = layer_memory(L, sequential, k[L.weight])
         if hess + work > limit:
             G, _, d = L.matrix_shape
             raise ModelError(
@@ -200,9 +206,10 @@ def check_memory(layers: list[Layer], limit: int, sequential: bool = False) -> N
                 f"about {_size(work)} for the solver, and {_size(limit)} are available. Leave "
                 f"it out with --exclude {L.uses[0].node!r}, or compress a smaller model")
     if not sequential and layers:
-        total = sum(layer_memory(L)[0] for L in layers) + max(layer_memory(L)[1] for L in layers)
+        mem = {L.weight: layer_memory(L, False, k[L.weight]) for L in layers}
+        total = sum(m[0] for m in mem.values()) + max(m[1] for m in mem.values())
         if total > limit:
-            big = sorted(layers, key=lambda L: -layer_memory(L)[0])[:3]
+            big = sorted(layers, key=lambda L: -mem[L.weight][0])[:3]
             raise ModelError(
                 f"the Hessians of all {len(layers)} layers need about {_size(total)} together "
                 f"and {_size(limit)} are available; compress in groups with --sequential "

@@ -45,6 +45,7 @@ class LayerResult:
     rank: int | None = None  # effective rank of H (eigenvalues > 1e-6 max, undampened), min
     samples: int | None = None  # over groups; calibration samples N behind H
     data_limited: bool = False  # rank < live inputs: H is singular on the calibration data
+    predicted_seconds: float | None = None  # the plan's prediction (costplan.py) of `seconds`
 
     @property
     def ratio(self) -> float:
@@ -73,6 +74,7 @@ class Report:
     fusion: dict[str, Any] = field(default_factory=dict)  # export.fusion.Fusion.to_dict()
     channels: dict[str, Any] = field(default_factory=dict)  # channels.ChannelResult.to_dict()
     sensitivity: dict[str, Any] = field(default_factory=dict)  # sensitivity.summarize()
+    plan: dict[str, Any] = field(default_factory=dict)  # costplan.Plan.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -262,6 +264,12 @@ def _footer(r: Report) -> list[str]:
     t = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
     lines.append(f"device: {r.device}; time: {t}" + (
         f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else ""))
+    if r.plan:
+        p = r.plan
+        lines.append(f"plan: solve predicted {p['predicted_seconds']:.1f}s, measured "
+                     f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "
+                     f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
+                     f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
 

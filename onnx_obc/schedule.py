@@ -22,9 +22,11 @@ from .capture import Runtime
 from .collect import collect
 from .engine import Engine
 from .config import CompressConfig
+from .costplan import Plan
 from .layers import Layer, Skipped
 from .report import LayerResult
 from .solve import HostSolution, solve_all, solver_budget
+from .specs import MB
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,16 @@ def layer_groups(layers: list[Layer], run: Any) -> list[list[Layer]]:
 
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
                     backend: Backend, cfg: CompressConfig, runtime: Runtime,
-                    progress: bool = False, engine: Engine | None = None) -> Compressed:
+                    progress: bool = False, engine: Engine | None = None,
+                    plan: Plan | None = None) -> Compressed:
     """Capture, allocate (when asked) and solve every layer; see the module docstring.
-    `engine` runs the layer and level-table solves (default: here, one after another)."""
+    `engine` runs the layer and level-table solves (default: here, one after another);
+    `plan` (costplan.py): the memory split, Hessian blocks and per-layer methods."""
     seconds: dict[str, float] = {}
     observe = export.act_tensors(proto, layers, cfg.export.runtime) if cfg.quant.act_bits else []
-    budget = solver_budget(cfg.run, backend)
+    budget = solver_budget(cfg.run, backend) if plan is None else plan.row_bytes
+    act_mb = cfg.run.memory_budget_mb if plan is None else plan.activation_bytes // MB
+    blocks = None if plan is None else {p.weight: p.blocks for p in plan.layers}
     observers: dict[str, Any] = {}
     solutions: dict[str, HostSolution] = {}
     rows, skipped, warnings = [], [], []
@@ -68,9 +74,9 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
 
     def capture(model: onnx.ModelProto, group: list[Layer], wanted: list[str]) -> dict:
         t = time.perf_counter()
-        hessians, obs = collect(model, group, data.fit, data.batch, backend,
-                                cfg.run.memory_budget_mb, progress, wanted,
-                                dense=proto if model is not proto else None, runtime=runtime)
+        hessians, obs = collect(model, group, data.fit, data.batch, backend, act_mb, progress,
+                                wanted, dense=proto if model is not proto else None,
+                                runtime=runtime, blocks=blocks)
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians
@@ -93,7 +99,8 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         t = time.perf_counter()
         solved = solve_all(proto, group, hessians, backend, prune=cfg.prune, quant=cfg.quant,
                            solver=cfg.solver, budget_bytes=budget, level_for=levels,
-                           alloc_budget=cfg.alloc.budget, progress=progress, engine=engine)
+                           alloc_budget=cfg.alloc.budget, progress=progress, engine=engine,
+                           plan=plan)
         rows += solved.rows
         skipped += solved.skipped
         warnings += solved.warnings

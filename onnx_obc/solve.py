@@ -15,7 +15,7 @@ import onnx
 from .backend import Backend
 from .engine import Engine, LocalEngine
 from .export.qweights import group_size_for
-from .hessian import HessianAccumulator
+from .hessian import BlockHessianAccumulator, HessianAccumulator
 from .layerjob import LayerJob, effective_rank, host_grid, solve_cost, solve_job  # noqa: F401
 from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
@@ -26,6 +26,7 @@ from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 
 if TYPE_CHECKING:  # annotations only: the allocation package imports this module
     from .allocation import Level
+    from .costplan import Plan
 
 
 
@@ -75,19 +76,25 @@ class _Plan:
     samples: int
     notes: list[str]
     job: bool = True
+    method: str = "obc"  # what the solver runs (the plan's choice under a time budget)
+    label: str = "obc"  # the report's method, e.g. "obc-blocked(4 blocks)"
+    predicted: float | None = None  # the plan's predicted seconds
 
 
 def solve_all(proto: onnx.ModelProto, layers: list[Layer],
               hessians: dict[str, HessianAccumulator], backend: Backend, *, prune: Pruning,
               quant: Quantization, solver: SolverOptions, budget_bytes: int,
               level_for: dict[str, Level] | None = None, alloc_budget: str = "sparsity",
-              progress: bool = False, engine: Engine | None = None) -> Solved:
+              progress: bool = False, engine: Engine | None = None, plan: Plan | None = None
+              ) -> Solved:
     """Solve every layer (its Hessian is popped from `hessians`): compressed and baseline
     weights in ONNX layout and, when quantizing, their integer codes and grids. `level_for`
     (weight -> Level): per-layer levels from the allocation (`alloc_budget`: its budget
     kind, for the message of layers it keeps dense); a level's missing bits / structure come
     from `quant` / `prune`. `budget_bytes`: the solver's memory for row batches. `engine`
-    runs the layer solves (default: here, one after another)."""
+    runs the layer solves (default: here, one after another). `plan` (costplan.py): per
+    layer the method (with a time budget) and the Hessian's column blocks (a layer in
+    blocks is solved by solvers/blocked.py), and the predicted seconds."""
     weights = constant_weights(proto.graph)
     out = Solved()
     plans = []
@@ -117,29 +124,35 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
             target = st.sparsity
         elif target:
             st = Unstructured(target)
-        plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples, notes))
+        lp = plan.get(L.weight) if plan is not None else None
+        plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples, notes,
+                           method=solver.method if lp is None else lp.method,
+                           label=solver.method if lp is None else lp.label,
+                           predicted=None if lp is None else lp.seconds))
     todo = [p for p in plans if p.job]
 
     def make(i: int) -> LayerJob:
         p = todo[i]
-        W, H = _matrices(p.L, weights, hessians.pop(p.L.weight), backend, solver.damp)
-        return LayerJob(W, H, p.structure, p.lspec, solver.method, solver.damp, budget_bytes,
-                        solver.act_order)
+        acc = hessians.pop(p.L.weight)
+        W, H = _matrices(p.L, weights, acc, backend, solver.damp)
+        return LayerJob(W, H, p.structure, p.lspec, p.method, solver.damp, budget_bytes,
+                        solver.act_order, blocked=isinstance(acc, BlockHessianAccumulator))
 
     engine = engine or LocalEngine(backend)
-    done = iter(engine.map(solve_job, len(todo), make, [solve_cost(p.L) for p in todo],
-                           desc="solve", labels=[p.L.name for p in todo], progress=progress))
+    cost = [p.predicted if p.predicted is not None else solve_cost(p.L) for p in todo]
+    done = iter(engine.map(solve_job, len(todo), make, cost, desc="solve",
+                           labels=[p.L.name for p in todo], progress=progress))
     for p in plans:
         out.warnings.extend(p.notes)
         if p.job:
-            _assemble(out, p, *next(done), solver.method, backend)
+            _assemble(out, p, *next(done), backend)
     limited = [x for x in out.rows if x.data_limited]
     if limited:
         out.warnings.append(data_warning(limited))
     return out
 
 
-def _assemble(out: Solved, p: _Plan, res: Any, rank: int, seconds: float, method: str,
+def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,
               backend: Backend) -> None:
     """A solved layer's host weights, report row and warnings into `out`."""
     L, lspec = p.L, p.lspec
@@ -147,8 +160,9 @@ def _assemble(out: Solved, p: _Plan, res: Any, rank: int, seconds: float, method
         _host(L, res.W, res.codes, res.grid, lspec, backend),
         _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
     out.rows.append(replace(
-        _row(L, res, method, p.target, lspec, seconds),
-        rank=rank, samples=p.samples, data_limited=rank < L.matrix_shape[2] - res.dead))
+        _row(L, res, p.label, p.target, lspec, seconds),
+        rank=rank, samples=p.samples, predicted_seconds=p.predicted,  # rank None: in blocks
+        data_limited=rank is not None and rank < L.matrix_shape[2] - res.dead))
     if res.escalations:
         out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                             f"{list(res.escalations)}; used {res.damp}")
@@ -187,9 +201,9 @@ def _matrices(L: Layer, weights: dict[str, tuple[str, onnx.TensorProto]],
     """W [G, r, d] float32 and H [G, d, d] on the device; sequential: W fitted to the dense
     model's output."""
     W = backend.to_device(weight_matrix(weights, L))  # [G, r, d] float32
-    H = acc.mean()
-    if acc.cross is not None:  # sequential: fit the dense model's output
-        W = fit_to_reference(W, H, acc.cross / acc.samples, max(damp, 1e-4))
+    H, C = acc.take_mean()  # in place: the accumulator is not used again
+    if C is not None:  # sequential: fit the dense model's output
+        W = fit_to_reference(W, H, C, max(damp, 1e-4))
     return W, H
 
 

@@ -267,10 +267,11 @@ class RunOptions:
     """How the pipeline runs. sequential: layers in topological groups (sequential_groups;
     None: one per layer), each calibrated on the model with the earlier ones compressed.
     device: "auto" (CuPy GPU if usable), "cpu", "cuda". batch_size: samples per onnxruntime
-    run; calib_samples: at most this many; holdout: fraction kept out for fidelity. *_mb:
-    activations per pass, solver row batches (None: memory_budget_mb on CPU, 60% of free
-    GPU memory). seed: synthetic data, held-out split. external_data: weights in a side file
-    (None: when needed, > 2 GB). engine: where layer solves run, "local" or "ray" (engine/)."""
+    run; calib_samples: at most this many; holdout: fraction kept out for fidelity.
+    memory_budget_mb: Hessians, activations per capture pass and solves; solver_memory_mb:
+    row batches at most; time_budget_s: the solves' predicted seconds (both: costplan.py).
+    seed: synthetic data, held-out split. external_data: weights in a side file (None: when
+    needed, > 2 GB). engine: where layer solves run, "local" or "ray" (engine/)."""
 
     sequential: bool = False
     sequential_groups: int | None = None
@@ -288,8 +289,11 @@ class RunOptions:
     engine: str = "local"
     workers: int | None = None  # ray: tasks in flight (and CPUs of a Ray started here)
     ray_address: str | None = None  # ray: a cluster's address (None: RAY_ADDRESS, or local)
+    time_budget_s: float | None = None  # the solves' predicted seconds (costplan.py)
 
     def __post_init__(self) -> None:
+        if (t := self.time_budget_s) is not None and not (type(t) in (int, float) and 0 < t < 1e12):
+            raise ConfigError(f"run.time_budget_s must be a number of seconds > 0, got {t!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
                               f"{self.device!r}")

@@ -1,0 +1,261 @@
+"""The plan, made before capture: per layer the Hessian bytes, the solver's bytes and the
+predicted seconds of ExactOBS and of the fast path (costmodel.py); which layers are solved
+in column blocks (block-diagonal H, solvers/blocked.py) so everything fits
+`run.memory_budget_mb`; and with `run.time_budget_s`, which layers get exact solves.
+
+Memory: the Hessians of every layer are held from capture to their solve, so the budget
+must cover them all plus the larger of (captured activations, one solve's working set). When
+that does not fit, layers wider than a block cap are solved in blocks of at most that many
+columns, the cap halving until it fits; if even blocks of MIN_BLOCK columns do not fit, the
+run stops before any work with the figures. What is left of the budget goes to the
+activations of a capture pass and to the solver's row batches.
+
+Time (method obc, unstructured or quantization only): every layer starts on the fast path;
+exact solves are then bought, cheapest extra seconds per weight first, while the predicted
+total stays within the budget (a weight's expected gain from an exact solve is about the
+same across layers, so this buys the most exactly-solved weights for the time). A blocked
+layer may get an exact solve on smaller blocks when its memory-sized blocks cost too much.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .costmodel import (Rates, Shape, baseline_seconds, calibrate, exact_seconds, fast_seconds,
+                        hessian_bytes, row_bytes, solver_bytes, solver_fixed_bytes)
+from .errors import ConfigError
+from .layers import Layer
+from .specs import MB
+
+MIN_BLOCK = 64  # the smallest Hessian block (columns) the planner uses
+MIN_ACTIVATIONS = 8 * MB  # the least a capture pass is given
+OBQ_CANDIDATES = 4  # GPTQ solves beside OBQ in the obc quantization stage (solvers/choose.py)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    weight: str
+    G: int
+    r: int
+    d: int
+    blocks: int  # column blocks of the Hessian (1: the full d x d)
+    method: str  # what solves it: obc, gptq, magnitude or rtn
+    hessian_bytes: int
+    solver_bytes: int
+    exact_seconds: float | None  # predicted, at `blocks` (None: no exact solver applies)
+    fast_seconds: float | None  # predicted (None: no fast path for the structure)
+    seconds: float  # predicted for `method`
+
+    @property
+    def label(self) -> str:
+        return self.method + (f"-blocked({self.blocks} blocks)" if self.blocks > 1 else "")
+
+
+@dataclass(frozen=True)
+class Plan:
+    layers: list[LayerPlan]
+    budget_bytes: int
+    activation_bytes: int  # for the activations of one capture pass
+    row_bytes: int  # for the solver's row batches
+    time_budget_s: float | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def blocks(self) -> dict[str, int]:
+        """weight -> column blocks of its Hessian."""
+        return {p.weight: p.blocks for p in self.layers}
+
+    def get(self, weight: str) -> LayerPlan | None:
+        return next((p for p in self.layers if p.weight == weight), None)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.layers)
+
+    @property
+    def hessian_total(self) -> int:
+        return sum(p.hessian_bytes for p in self.layers)
+
+    def summary(self) -> str:
+        blocked = sum(p.blocks > 1 for p in self.layers)
+        exact = sum(p.method == "obc" for p in self.layers)
+        return (f"plan: {len(self.layers)} layers, solve predicted {self.seconds:.1f} s"
+                f" ({exact} exact, {len(self.layers) - exact} other"
+                + (f", {blocked} in column blocks" if blocked else "") + "); Hessians "
+                f"{self.hessian_total / MB:.0f} MB, largest solve "
+                f"{max((p.solver_bytes for p in self.layers), default=0) / MB:.0f} MB, of "
+                f"--memory-budget {self.budget_bytes / MB:.0f} MB"
+                + (f"; --time-budget {self.time_budget_s:g} s" if self.time_budget_s else ""))
+
+    def table(self) -> str:
+        from .report import short_name
+
+        w = max([12] + [min(40, len(p.name)) for p in self.layers])
+        head = (f"{'layer':<{w}} {'W [out,in]':>12} {'hessian':>9} {'solver':>9} "
+                f"{'exact s':>9} {'fast s':>9} method")
+        mb = lambda b: f"{b / MB:.1f}M"  # noqa: E731
+        sec = lambda s: "-" if s is None else f"{s:.3g}"  # noqa: E731
+        lines = [head, "-" * len(head)] + [
+            f"{short_name(p.name, w):<{w}} {f'{p.G * p.r}x{p.d}':>12} "
+            f"{mb(p.hessian_bytes):>9} {mb(p.solver_bytes):>9} {sec(p.exact_seconds):>9} "
+            f"{sec(p.fast_seconds):>9} {p.label}" for p in self.layers]
+        return "\n".join([*lines, self.summary()])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [{**asdict(p), "label": p.label} for p in self.layers],
+                "budget_bytes": self.budget_bytes, "activation_bytes": self.activation_bytes,
+                "row_bytes": self.row_bytes, "time_budget_s": self.time_budget_s,
+                "predicted_seconds": self.seconds, "hessian_bytes": self.hessian_total,
+                "rates": dict(self.rates)}
+
+
+def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan:
+    """The run's plan on `backend` (row batches at most solve.solver_budget); shown as a
+    table on stderr with progress, its summary logged otherwise."""
+    import logging
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from .solve import solver_budget
+
+    plan = make_plan(layers, cfg, backend.xp, backend.sync, solver_budget(cfg.run, backend))
+    if progress:
+        tqdm.write(plan.table(), file=sys.stderr)
+    else:
+        logging.getLogger(__name__).info(plan.summary())
+    return plan
+
+
+def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda: None,
+              row_cap: int | None = None, rates: Rates | None = None) -> Plan:
+    """The plan for `layers` under cfg.run's budgets (see the module docstring). `row_cap`:
+    an upper bound on the solver's row-batch bytes (--solver-memory, or the GPU's memory);
+    `rates`: measured rates (default: costmodel.calibrate on `xp`)."""
+    import numpy as np
+
+    run, q, prune = cfg.run, cfg.quant, cfg.prune
+    M = run.memory_budget_mb * MB
+    method = cfg.solver.method
+    st_free = not (prune.nm or prune.block)
+    blockable = st_free and not run.sequential and not cfg.alloc.active
+    align = q.group_size or 1
+    shapes = {L.weight: Shape(*L.matrix_shape) for L in layers}
+    per_hess = 2 if run.sequential else 1  # sequential keeps the cross moments too
+    cap = max((s.d for s in shapes.values()), default=0)
+    while True:
+        plan_shapes = {w: _blocked(s, cap, align) for w, s in shapes.items()}
+        need, row = _memory(plan_shapes, M, per_hess)
+        if need <= M:
+            break
+        smaller = cap // 2
+        if not blockable or smaller < max(MIN_BLOCK, align):
+            raise ConfigError(_refusal(layers, plan_shapes, need, M, blockable, cfg))
+        cap = smaller
+    if row_cap is not None:
+        row = min(row, row_cap)
+    rt = rates or calibrate(xp or np, sync)
+    sparsity = 0.0 if not st_free else (prune.sparsity or 0.0)
+    quant = bool(q.bits)
+    plans = []
+    for L in layers:
+        s = plan_shapes[L.weight]
+        ex = exact_seconds(s, rt, sparsity=prune.sparsity or (
+            prune.nm[0] / prune.nm[1] if prune.nm else 0.0),
+                           quant=quant, row_budget=row, candidates=OBQ_CANDIDATES
+                           if quant and not sparsity and s.k == 1 else 0)
+        fa = fast_seconds(s, rt, sparsity=sparsity, quant=quant) if st_free else None
+        if method in ("magnitude", "rtn"):
+            secs = baseline_seconds(s, rt, quant=quant)
+        else:
+            secs = ex if method == "obc" else fa
+        plans.append(LayerPlan(L.name, L.weight, s.G, s.r, s.d, s.k, method,
+                               hessian_bytes(s) * per_hess, solver_bytes(s, row), ex, fa, secs))
+    out = Plan(plans, M, max(MIN_ACTIVATIONS, M - sum(p.hessian_bytes for p in plans)), row,
+               run.time_budget_s, rt.to_dict())
+    if run.time_budget_s is not None and method == "obc" and st_free:
+        out = _fit_time(out, rt, sparsity, quant, row, align)
+    return out
+
+
+def _blocked(s: Shape, cap: int, align: int) -> Shape:
+    """`s` with its columns in blocks of at most `cap` (the largest divisor of d that is a
+    multiple of the quantization group size; unblocked when d <= cap)."""
+    if s.d <= cap:
+        return Shape(s.G, s.r, s.d, 1)
+    for bs in range(cap, 0, -1):
+        if s.d % bs == 0 and (bs % align == 0 or align % bs == 0):
+            return Shape(s.G, s.r, s.d, s.d // bs)
+    return Shape(s.G, s.r, s.d, s.d)
+
+
+def _memory(shapes: dict[str, Shape], M: int, per_hess: int) -> tuple[int, int]:
+    """(bytes needed with one-row batches, bytes left for the row batches)."""
+    held = sum(hessian_bytes(s) * per_hess for s in shapes.values())
+    fixed = max((solver_fixed_bytes(s) for s in shapes.values()), default=0)
+    one = max((row_bytes(s) for s in shapes.values()), default=0)
+    return held + max(MIN_ACTIVATIONS, fixed + one), max(M - held - fixed, one)
+
+
+def _refusal(layers: list[Layer], shapes: dict[str, Shape], need: int, M: int,
+             blockable: bool, cfg: Any) -> str:
+    big = sorted(layers, key=lambda L: -hessian_bytes(shapes[L.weight]))[:3]
+    names = ", ".join(f"{L.name} ({shapes[L.weight].G * shapes[L.weight].r}x"
+                      f"{shapes[L.weight].d}: {hessian_bytes(shapes[L.weight]) / MB:.0f} MB)"
+                      for L in big)
+    why = ("" if blockable else " Solving in column blocks, which would fit, needs unstructured"
+           " sparsity or quantization only, without run.sequential or an allocation; ")
+    how = f"in blocks of {MIN_BLOCK} columns" if blockable else "unblocked"
+    return (f"the layers' Hessians and solver need {need / MB:.0f} MB, more than "
+            f"run.memory_budget_mb {M // MB} MB, even {how} "
+            f"(largest: {names}).{why} raise run.memory_budget_mb to at least "
+            f"{math.ceil(need / MB)}, or exclude the widest layers with --exclude")
+
+
+def _fit_time(plan: Plan, rt: Rates, sparsity: float, quant: bool, row: int,
+              align: int) -> Plan:
+    """Choose per layer ExactOBS or the fast path so the predicted total fits the budget."""
+    T = plan.time_budget_s
+    layers = [_as(p, "gptq", p.blocks, p.fast_seconds) for p in plan.layers]
+    left = T - sum(p.seconds for p in layers)
+    warnings = list(plan.warnings)
+    if left < 0:
+        warnings.append(f"the fast path alone is predicted to take {T - left:.0f} s, more than "
+                        f"the --time-budget {T:g} s; every layer takes the fast path")
+        return Plan(layers, plan.budget_bytes, plan.activation_bytes, plan.row_bytes, T,
+                    plan.rates, warnings)
+    options = {}
+    for i, p in enumerate(plan.layers):  # exact at the planned blocks, or at smaller ones
+        opts, bs = [(p.blocks, p.exact_seconds)], p.d // p.blocks
+        while p.blocks > 1 and bs // 2 >= max(MIN_BLOCK, align):
+            bs //= 2
+            s = _blocked(Shape(p.G, p.r, p.d), bs, align)
+            opts.append((s.k, exact_seconds(s, rt, sparsity=sparsity, quant=quant,
+                                            candidates=0, row_budget=row)))
+        options[i] = [(k, t - layers[i].seconds) for k, t in opts]
+    order = sorted(options, key=lambda i: min(x for _, x in options[i]) / (
+        plan.layers[i].G * plan.layers[i].r * plan.layers[i].d))
+    for i in order:
+        fit = [(k, x) for k, x in options[i] if x <= left]
+        if fit:
+            k, extra = fit[0]  # the largest blocks that fit
+            p = plan.layers[i]
+            s = Shape(p.G, p.r, p.d, k)
+            layers[i] = _as(p, "obc", k, layers[i].seconds + extra,
+                            hessian_bytes(s), solver_bytes(s, row))
+            left -= extra
+    return Plan(layers, plan.budget_bytes, plan.activation_bytes, plan.row_bytes, T,
+                plan.rates, warnings)
+
+
+def _as(p: LayerPlan, method: str, blocks: int, seconds: float | None,
+        hbytes: int | None = None, sbytes: int | None = None) -> LayerPlan:
+    from dataclasses import replace
+
+    ex = p.exact_seconds if blocks == p.blocks else seconds
+    return replace(p, method=method, blocks=blocks, seconds=seconds or 0.0, exact_seconds=ex,
+                   hessian_bytes=p.hessian_bytes if hbytes is None else hbytes,
+                   solver_bytes=p.solver_bytes if sbytes is None else sbytes)

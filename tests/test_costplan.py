@@ -1,0 +1,154 @@
+"""The plan (costplan.py, costmodel.py): its byte figures are the arrays' sizes, the solve
+stays within its predicted working set, layers too wide for the memory budget are solved in
+column blocks (and refused before any work when even blocks do not fit), and a time budget
+picks ExactOBS or the fast path per layer."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from onnx_obc import convert
+from onnx_obc.backend import get_backend
+from onnx_obc.collect import collect
+from onnx_obc.calib import DataSet
+from onnx_obc.config import CompressConfig
+from onnx_obc.costmodel import Rates, Shape, hessian_bytes, solver_bytes
+from onnx_obc.costplan import make_plan
+from onnx_obc.errors import ConfigError
+from onnx_obc.hessian import BlockHessianAccumulator
+from onnx_obc.layers import find_layers
+from onnx_obc.solve import effective_rank
+from onnx_obc.solvers import Unstructured, solve_layer
+from onnx_obc.solvers.blocked import solve_blocked
+from onnx_obc.specs import MB
+
+from . import builders as b
+from .solvers.data import correlated_H, weights
+
+RATES = Rates(flop32=1e-10, flop64=1e-10, prep=0.2, eig=0.2, chol=1e-9, solve=1e-10,
+              prep_exp=3, eig_exp=3, spill=2,
+              gemv_in=1e-9, gemv_out=2e-9, step=1e-5,
+              elem=1e-9, qstep=1e-5, qelem=1e-9, col=1e-5, grid=1e-9, sort=1e-9, fixed=1e-3,
+              qfixed=2e-3)  # fixed, for the chooser
+
+
+def _cfg(**kw):
+    return CompressConfig.from_options(**{"sparsity": 0.5, **kw})
+
+
+def test_hessian_bytes_are_the_accumulators_sizes():
+    model = b.matmul(d_in=2048, d_out=16)
+    layers, _ = find_layers(model)
+    plan = make_plan(layers, _cfg(memory_budget_mb=64), rates=RATES)
+    p = plan.layers[0]
+    assert p.blocks > 1 and p.label == f"obc-blocked({p.blocks} blocks)"
+    feed = b.feeds(model, 40)
+    accs, _ = collect(model, layers, DataSet(feed, "feeds"), 16, get_backend("cpu"),
+                      plan.activation_bytes // MB, False, blocks={p.weight: p.blocks})
+    acc = accs[p.weight]
+    assert isinstance(acc, BlockHessianAccumulator)
+    assert acc.total.nbytes == p.hessian_bytes == 2048 * (2048 // p.blocks) * 8
+    unblocked = make_plan(layers, _cfg(), rates=RATES).layers[0]
+    assert unblocked.blocks == 1 and unblocked.hessian_bytes == 2048 * 2048 * 8
+    assert plan.hessian_total + plan.activation_bytes <= 64 * MB
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_solve_stays_within_its_predicted_working_set(k):
+    G, r, d = 1, 32, 256
+    W = weights(r, d, 0).astype(np.float32)
+    H = correlated_H(d, 0)[None]
+    row_budget = 2 * MB
+    if k > 1:
+        bs = d // k
+        H = np.stack([H[:, j * bs:(j + 1) * bs, j * bs:(j + 1) * bs] for j in range(k)], 1)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    if k > 1:
+        solve_blocked(W, H, structure=Unstructured(0.5), budget_bytes=row_budget)
+    else:
+        solve_layer(W, H, structure=Unstructured(0.5), budget_bytes=row_budget)
+        effective_rank(H)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    s = Shape(G, r, d, k)
+    assert H.nbytes == hessian_bytes(s)
+    predicted = solver_bytes(s, row_budget)
+    assert 0.4 * predicted <= peak <= predicted, (peak / MB, predicted / MB)
+
+
+def test_too_wide_even_in_blocks_is_refused_before_any_work():
+    model = b.matmul(d_in=32768, d_out=4)
+    with pytest.raises(ConfigError, match="memory_budget_mb.*at least"):
+        convert(model, None, calib=None, sparsity=0.5, memory_budget_mb=16, progress=False)
+    # N:M cannot be solved in blocks: refused too, saying why
+    layers, _ = find_layers(b.matmul(d_in=4096, d_out=8))
+    with pytest.raises(ConfigError, match="column blocks"):
+        make_plan(layers, CompressConfig.from_options(nm=(2, 4), memory_budget_mb=64),
+                  rates=RATES)
+
+
+def test_a_wide_layer_is_solved_in_blocks_within_the_budget():
+    model = b.matmul(d_in=1024, d_out=8)  # H 8 MiB, 48 MiB to solve: blocks of 256 fit
+    res = convert(model, None, calib=[b.feeds(model, 48)], sparsity=0.5, bits=4,
+                  memory_budget_mb=16, progress=False)
+    (row,) = res.report.layers
+    assert row.method.startswith("obc-blocked(") and row.predicted_seconds > 0
+    assert row.sparsity >= 0.5 and row.loss < row.magnitude_loss
+    assert res.report.plan["layers"][0]["blocks"] == 4
+
+
+def test_the_time_budget_buys_exact_solves_cheapest_first():
+    layers, _ = find_layers(b.mlp((64, 512, 8)))  # fc1 512x64, fc2 8x512
+    fast = make_plan(layers, _cfg(time_budget_s=1e-9), rates=RATES)
+    assert {p.method for p in fast.layers} == {"gptq"} and fast.warnings
+    free = make_plan(layers, _cfg(time_budget_s=1e6), rates=RATES)
+    assert {p.method for p in free.layers} == {"obc"}
+    asked = make_plan(layers, _cfg(), rates=RATES)  # no budget: as asked
+    assert [p.seconds for p in asked.layers] == [p.exact_seconds for p in free.layers]
+    # room for the exact solve of fc1 (cheaper per weight) but not of fc2's (d^3 per row)
+    fc1, fc2 = free.layers
+    assert fc1.exact_seconds / (fc1.r * fc1.d) < fc2.exact_seconds / (fc2.r * fc2.d)
+    budget = fc1.exact_seconds + fc2.fast_seconds * 1.01
+    mid = make_plan(layers, _cfg(time_budget_s=budget), rates=RATES)
+    assert [p.method for p in mid.layers] == ["obc", "gptq"]
+    assert mid.seconds <= budget
+
+
+def test_time_budget_option():
+    assert _cfg(time_budget_s=30).run.time_budget_s == 30
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigError, match="time_budget_s"):
+            _cfg(time_budget_s=bad)
+
+
+def test_the_report_carries_the_plan_and_the_chosen_methods():
+    model = b.mlp((16, 64, 8))
+    res = convert(model, None, calib=[b.feeds(model, 64)], sparsity=0.5, progress=False,
+                  time_budget_s=1e-6)
+    assert {x.method for x in res.report.layers} == {"gptq"}
+    assert res.report.plan["time_budget_s"] == 1e-6
+    assert all(x.predicted_seconds is not None for x in res.report.layers)
+    assert "plan: solve predicted" in res.report.table()
+
+
+@pytest.mark.slow
+def test_a_128_by_65536_conv_compresses_within_the_memory_budget():
+    """Cin 1024, kernel 64x1: d = 65,536 columns, a 32 GiB Hessian unblocked. Within 6 GB
+    it is held in column blocks; the time budget picks what it can afford. (Peak RSS and
+    times: bench/cost_model.py --wide.)"""
+    model = b.conv(c_in=1024, c_out=128, kernel=(64, 1), spatial=(64, 1), bias=False)
+    layers, _ = find_layers(model)
+    assert layers[0].matrix_shape == (1, 128, 65536)
+    budget = 6000
+    res = convert(model, None, calib=[b.feeds(model, 48)], sparsity=0.5, bits=4,
+                  memory_budget_mb=budget, time_budget_s=60, progress=False,
+                  compare_baseline=False)
+    (row,) = res.report.layers
+    plan = res.report.plan
+    assert "-blocked(" in row.method and row.sparsity >= 0.5
+    assert plan["hessian_bytes"] + plan["layers"][0]["solver_bytes"] <= budget * MB
+    assert row.loss < row.magnitude_loss
