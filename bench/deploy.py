@@ -3,13 +3,17 @@
     python bench/make_synthetic.py && python bench/setup_models.py   # optional models
     python bench/deploy.py [--models digits_cnn,digits_vit,ocr_like,common,common_det]
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
+                           [--runtimes tensorrt,onnxruntime]
                            [--out bench/results/deploy.json]
 
 Rows per model: fp32 (the dense model); W8A8 with each export target (`--runtime tensorrt`
-and `--runtime onnxruntime`, OBQ weights; GPTQ for the two large real models, where OBQ's
-per-row cost ~cols^3 takes hours on a 2-core CPU); and onnxruntime's own `quantize_static`
-(QDQ, per channel, MinMax, uint8 activations / int8 weights, the same calibration samples;
-models below opset 13 are converted to 13 first, as per-channel QDQ needs) as the reference.
+and `--runtime onnxruntime`, the default method: at 8 bits each layer keeps the better of
+GPTQ and RTN on the H-aware grid, solvers/choose.py; `method` counts what each layer kept);
+and onnxruntime's own `quantize_static` (QDQ, per channel, MinMax, uint8 activations / int8
+weights, the same calibration samples; models below opset 13 are converted to 13 first, as
+per-channel QDQ needs) as the reference. `seconds`: conversion wall time of each row (ours:
+the whole convert() call with its verification; quantize_static: its call), in one run;
+`cpu_s` the CPU time of the same calls (all threads: steadier on a shared machine).
 
 Columns: file size; latency = median of --runs runs per model, the models of one row set
 run alternately in the same process (so the ratios to fp32 compare like with like), with
@@ -18,7 +22,10 @@ cores; output error = mean over the eval samples of
 ||y - y_dense|| / ||y_dense|| (first output); agreement = top-1 (argmax over the last axis)
 agreement with dense; the task metric: accuracy on the labels (digits), text accuracy of the
 CTC-decoded recognizer output on the rendered captchas (common), box F1 against the dense
-detector's boxes (score > 0.5, IoU > 0.5; common_det); integer = quantized layers that
+detector's boxes (score > 0.5, IoU > 0.5; common_det) and, for the detector, the output
+error on the anchors that matter ("fg error": anchors whose dense score obj * cls > 0.01,
+about 1% of them; the whole-output error is dominated by the box regressions of background
+anchors, outputs no loss trained and that the decoder drops); integer = quantized layers that
 onnxruntime runs on integer kernels (the run's fusion check). Every run uses --holdout 0
 (all calibration samples fit, for ours and quantize_static alike) and is evaluated on a
 separate eval set. Writes bench/results/deploy.json and prints a markdown table.
@@ -51,9 +58,9 @@ MODELS = {  # name -> (model, calib, eval, method)
     "ocr_like": ("bench/synthetic/ocr_like.onnx", "bench/synthetic/ocr_like.calib.npz",
                  "bench/synthetic/ocr_like.eval.npz", "obc"),
     "common": ("bench/real/common.onnx", "bench/real/common.calib.npz",
-               "bench/real/common.eval.npz", "gptq"),
+               "bench/real/common.eval.npz", "obc"),
     "common_det": ("bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
-                   "bench/real/common_det.eval.npz", "gptq"),
+                   "bench/real/common_det.eval.npz", "obc"),
 }
 
 
@@ -100,6 +107,27 @@ def latency(paths: dict[str, str], feed: dict, runs: int, threads: int
             times[k].append(time.perf_counter() - t)
     return ({k: 1e3 * float(np.median(v)) for k, v in times.items()},
             {k: 1e3 * float(np.min(v)) for k, v in times.items()})
+
+
+def optimized_ops(path: str) -> dict[str, int]:
+    """Op types of the graph onnxruntime runs (ORT_ENABLE_ALL, 1 thread), with counts."""
+    with tempfile.TemporaryDirectory(prefix="deploy-opt-") as tmp:
+        o = _opts(1)
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        o.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+        g = onnx.load(o.optimized_model_filepath).graph
+    ops: dict[str, int] = {}
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
+def fg_error(ys: list[np.ndarray], dense: list[np.ndarray], thr: float = 0.01) -> float:
+    """Detector: ||y - y_dense|| / ||y_dense|| over the anchors with dense obj * cls > thr."""
+    y, d = np.concatenate([a[0] for a in ys]), np.concatenate([a[0] for a in dense])
+    keep = d[:, 4] * d[:, 5] > thr
+    return float(np.linalg.norm((y - d)[keep]) / max(np.linalg.norm(d[keep]), 1e-12))
 
 
 def ctc_texts(ys: list[np.ndarray], charset: list[str]) -> list[str]:
@@ -206,7 +234,8 @@ def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> 
 
 
 def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str],
-              method_override: str | None = None) -> list[dict]:
+              method_override: str | None = None,
+              runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime")) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     method = MODELS[name][3]
     if quick or method_override:
@@ -222,26 +251,35 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
     feeds = _batches(model, ev, n_eval)
     paths = {"fp32": mpath}
     info: dict[str, dict] = {"fp32": {"integer": None}}
-    targets = [("tensorrt", "u8")] + [("onnxruntime", a) for a in act_types]
+    targets = ([("tensorrt", "u8")] if "tensorrt" in runtimes else []) + (
+        [("onnxruntime", a) for a in act_types] if "onnxruntime" in runtimes else [])
     for runtime, act_type in targets:
         key = f"W8A8 {runtime}" + (f" {act_type}" if runtime == "onnxruntime" and (
             len(act_types) > 1 or act_type != "u8") else "")
         out = str(work / f"{name}.{runtime}.{act_type}.onnx")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         r = convert(mpath, out, calib=cpath, bits=8, act_bits=8, method=method,
                     runtime=runtime, act_type=act_type, holdout=0.0,
                     compare_baseline=False, progress=False)
         f = r.report.fusion
+        used: dict[str, int] = {}
+        for row in r.report.layers:
+            used[row.method_used] = used.get(row.method_used, 0) + 1
         info[key] = {"integer": f"{f.get('integer', 0)}/{f.get('layers', 0)}",
                      "unfused": [u["why"] for u in f.get("unfused", [])],
-                     "seconds": time.perf_counter() - t, "method": method}
+                     "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
+                     "method": method,
+                     "method_used": used, "stage_seconds": dict(r.report.seconds)}
         paths[key] = out
         print(f"  {name} {key}: {info[key]['integer']} on integer kernels "
               f"({info[key]['seconds']:.0f} s)", flush=True)
     out = str(work / f"{name}.quantize_static.onnx")
+    t, c = time.perf_counter(), time.process_time()
     quantize_static(mpath, out, calib, model)
     paths["quantize_static"] = out
-    info["quantize_static"] = {"integer": None}
+    info["quantize_static"] = {"integer": None, "seconds": time.perf_counter() - t,
+                               "cpu_s": time.process_time() - c}
+    print(f"  {name} quantize_static ({info['quantize_static']['seconds']:.0f} s)", flush=True)
     dense = outputs(mpath, feeds)
     rows = []
     (lat1, min1) = latency(paths, feeds[0] if len(next(iter(feeds[0].values()))) == 1 else
@@ -259,21 +297,38 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
                      "ratio_1t": lat1[key] / lat1["fp32"], "ratio_all": latn[key] / latn["fp32"],
                      "min_1t": min1[key], "ratio_min_1t": min1[key] / min1["fp32"],
                      "error": err, "agreement": agree,
-                     "task": task_metric(name, ys, dense, ev), **info[key]})
+                     "task": task_metric(name, ys, dense, ev),
+                     "fg_error": fg_error(ys, dense) if name == "common_det" else None,
+                     "ops": optimized_ops(p), **info[key]})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     head = ("| model | format | size MB | ms 1 thread | × fp32 | min × fp32 | ms all | × fp32 "
-            "| output error | top-1 agree | task metric | integer layers |")
-    lines = [head, "|" + "---|" * 12]
+            "| output error | fg error | top-1 agree | task metric | integer layers "
+            "| convert s | convert CPU s |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         task = "" if r["task"] is None else f"{100 * r['task']:.2f}"
+        fg = "" if r.get("fg_error") is None else f"{r['fg_error']:.4f}"
+        sec = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
+        cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
         lines.append(f"| {r['model']} | {r['format']} | {r['size_mb']:.2f} | {r['ms_1t']:.2f} "
                      f"| {r['ratio_1t']:.3f} | {r['ratio_min_1t']:.3f} | {r['ms_all']:.2f} "
                      f"| {r['ratio_all']:.3f} "
-                     f"| {r['error']:.4f} | {100 * r['agreement']:.2f} | {task} "
-                     f"| {r['integer'] or ''} |")
+                     f"| {r['error']:.4f} | {fg} | {100 * r['agreement']:.2f} | {task} "
+                     f"| {r['integer'] or ''} | {sec} | {cpu} |")
+    lines.append("")
+    fused = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",
+             "QLinearMul", "QLinearConcat", "QLinearSigmoid", "QLinearGlobalAveragePool",
+             "QLinearAveragePool", "QLinearLeakyRelu", "QuantizeLinear", "DequantizeLinear",
+             "Conv", "MatMul", "FusedConv", "FusedMatMul", "Gemm")
+    lines.append("| model | format | " + " | ".join(fused) + " |")
+    lines.append("|" + "---|" * (len(fused) + 2))
+    for r in rows:
+        ops = r.get("ops", {})
+        lines.append(f"| {r['model']} | {r['format']} | "
+                     + " | ".join(str(ops.get(k, 0)) for k in fused) + " |")
     return "\n".join(lines)
 
 
@@ -285,6 +340,8 @@ def main() -> None:
     ap.add_argument("--method", default=None, choices=["obc", "gptq", "rtn"],
                     help="weights of every model by this method (default: per model)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/deploy.json"))
+    ap.add_argument("--runtimes", default="tensorrt,onnxruntime",
+                    help="export targets of the W8A8 rows (onnxruntime: its row alone)")
     ap.add_argument("--act-types", default="u8",
                     help="activation types of the onnxruntime target rows (u8,s8: both)")
     args = ap.parse_args()
@@ -297,7 +354,8 @@ def main() -> None:
                 continue
             print(f"{name} ...", flush=True)
             rows += run_model(name, args.runs, Path(tmp), args.quick,
-                              args.act_types.split(","), args.method)
+                              args.act_types.split(","), args.method,
+                              tuple(args.runtimes.split(",")))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"onnxruntime": ort.__version__, "cpus": os.cpu_count(),

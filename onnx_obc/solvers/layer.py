@@ -1,7 +1,8 @@
 """`solve_layer`: W [G, r, d] and H [G, d, d] in, a `LayerSolution` out, dispatched through
 the registry on (type of the structure, method); and the staged "obc" pipeline: the
 structure's pruning stage (ExactOBS, global selection across rows), then OBQ on a grid fixed
-before the loop, on the surviving weights with the zeros kept."""
+before the loop, on the surviving weights with the zeros kept (quantization alone: the best of
+OBQ, GPTQ and RTN per layer, and at 8 bits only GPTQ / RTN; choose.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..backend import array_module
 from ..errors import ConfigError
 from ..quant import QuantSpec, codes, fit_grid
 from .baselines import baseline
-from .choose import Candidate, best_quantized
+from .choose import Candidate, best_quantized, exact_pays, fast_quantized
 from .fast import greedy_traces
 from .prepare import layer_loss, prepare, stage_of
 from .registry import register_pipeline, solver_for
@@ -77,7 +78,11 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         prune_loss = layer_loss(W, rows.reshape(G, r, d), H64)
     grid, out_codes, method_used = None, None, ("obs" if count else "")
     b = task.baseline
-    if quant:
+    if quant and not count and not exact_pays(quant.bits):  # 8 bits: GPTQ or RTN
+        obq = fast_quantized(W, H64, prep, b)
+        grid, out_codes, method_used, obs_loss = obq.grid, obq.codes, obq.name, obq.obs_loss
+        rows = obq.W.reshape(G * r, d)
+    elif quant:
         grid = fit_grid(rows, quant)  # fixed before the loop, on the (pruned) weights
         s, z = grid.columns()
         pinned = (rows == 0) if count else None

@@ -92,3 +92,33 @@ def test_h_aware_grid_with_equal_diagonal_is_the_weight_space_search():
     np.testing.assert_array_equal(aware.scale[~same], mm.scale[~same])
     res = solve_layer(W[None], np.eye(32)[None], quant=spec, damp=0.0)
     np.testing.assert_array_equal(res.codes, res.baseline_codes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_eight_bit_weights_skip_obq_and_keep_the_better_of_gptq_and_rtn(seed):
+    """At 8 bits (choose.FAST_BITS) only GPTQ and RTN on the H-aware grid are solved: the
+    kept loss is the lowest of GPTQ (both orders) and RTN, is named, and beats RTN on
+    correlated inputs."""
+    from onnx_obc.solvers.choose import exact_pays
+
+    assert not exact_pays(8) and exact_pays(4)
+    W, H = se_layer(d=96, r=24, n=40, seed=seed)
+    spec = QuantSpec(bits=8)
+    obc = solve_layer(W, H, quant=spec)
+    assert obc.method_used in ("gptq/H-grid", "gptq+act-order/H-grid", "rtn/H-grid")
+    assert obc.loss <= obc.baseline_loss * (1 + 1e-12)
+    assert obc.loss < 0.5 * obc.baseline_loss  # correlated inputs: GPTQ wins clearly
+    assert obc.method_used.startswith("gptq")
+    assert obc.loss == pytest.approx(layer_loss(W, obc.W, H), rel=1e-12)
+    np.testing.assert_array_equal(obc.grid.scale, obc.baseline_grid.scale)  # the H-aware grid
+    c = obc.codes.reshape(24, 96)
+    s, z = obc.grid.columns()
+    np.testing.assert_allclose(obc.W.reshape(24, 96), s * (c - z), atol=1e-12)
+
+
+def test_eight_bit_weights_with_identity_hessian_are_rtn():
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((1, 20, 32))
+    res = solve_layer(W, np.eye(32)[None], quant=QuantSpec(bits=8), damp=0.0)
+    assert res.method_used == "rtn/H-grid"
+    np.testing.assert_array_equal(res.codes, res.baseline_codes)
