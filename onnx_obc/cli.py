@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .config import LAYER_OPS, Selection
-from .flags import config_from_flags, flags_in
+from .flags import calib_options, config_from_flags, flags_in
 from .errors import ConfigError, ObcError
 
 
@@ -54,7 +54,7 @@ def main() -> None:
       --bits B             OBQ weight quantization, 2-8 bits (QDQ output)
       --act-bits 8         int8 activation Q/DQ
       --runtime R          Q/DQ placement for tensorrt or onnxruntime (integer kernels)
-      --calib PATH         calibration data (.npz, or a directory of .npz/.npy)
+      --calib PATH         calibration data (.npz/.npy, or a directory of them or images)
       --allocate dp        per-layer levels under a global budget
       --include/--exclude  which layers (glob on node names)
       --report PATH        the full report as JSON
@@ -145,10 +145,7 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
                    "(faster for single rows and wide layers).")
 @click.option("--minmax", is_flag=True,
               help="Plain min-max weight ranges instead of OBC's clipping search.")
-@click.option("--calib", type=click.Path(exists=True),
-              help=".npz (keys = input names, axis 0 = samples) or a directory of per-sample "
-                   ".npz/.npy files. Without it, random inputs are used (not representative).")
-@click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N samples.")
+@calib_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--method", type=click.Choice(["obc", "gptq", "magnitude", "rtn"]),
               default="obc", show_default=True,

@@ -76,3 +76,27 @@ def flags_in(message: str) -> str:
     names = sorted(table, key=len, reverse=True)
     pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in names) + r")\b")
     return pattern.sub(lambda m: table[m.group(1)], message)
+
+
+_CALIB_OPTIONS = [
+    click.option("--calib", type=click.Path(exists=True),
+                 help=".npz/.npy (samples along the model's sample axis; memory-mapped) or a "
+                      "directory of per-sample .npz/.npy files or images, read one at a time. "
+                      "Without it, random inputs are used (not representative)."),
+    click.option("--calib-samples", type=click.IntRange(min=1),
+                 help="Use at most N samples (the data is not read past them)."),
+    click.option("--calib-preprocess", metavar="SPEC",
+                 help="How files of a --calib directory become input: resize=224,crop=224,"
+                      "mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw (scale, color) "
+                      "or module:function (path -> array or {input: array})."),
+    click.option("--calib-sample-axis", "calib_sample_axes", metavar="INPUT=AXIS,...",
+                 help="Override the sample axis read from the model's symbolic dimensions "
+                      "(INPUT=none: fed whole to every run)."),
+]
+
+
+def calib_options(command: Any) -> Any:
+    """The calibration-data options of `compress`, in this order on its --help."""
+    for option in reversed(_CALIB_OPTIONS):
+        command = option(command)
+    return command
