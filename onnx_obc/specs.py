@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .calibspec import CalibReading
 from .errors import ConfigError
 from .quant import QuantSpec
 
@@ -260,7 +261,7 @@ class ExportOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunOptions:
+class RunOptions(CalibReading):
     """How the pipeline runs. sequential: compress layers in topological groups, each
     calibrated on the model with the earlier groups compressed (sequential_groups; None:
     one per layer). device: "auto" (CuPy GPU if usable), "cpu" or "cuda". batch_size:
@@ -270,9 +271,7 @@ class RunOptions:
     memory_budget_mb on the CPU, 60% of free GPU memory). seed: synthetic data and the
     held-out split. compare_baseline: also build and measure the baseline model.
     external_data: weights in a side file (None: only when needed, > 2 GB).
-    custom_op_library: a shared library of custom ops for onnxruntime. calib_preprocess:
-    how image (or other) files of a --calib directory become input (calib/images.py);
-    calib_sample_axes: "INPUT=AXIS|none,..." overrides the sample axes read from the model."""
+    custom_op_library: a shared library of custom ops for onnxruntime."""
 
     sequential: bool = False
     sequential_groups: int | None = None
@@ -286,18 +285,9 @@ class RunOptions:
     compare_baseline: bool = True
     external_data: bool | None = None
     custom_op_library: str | None = None
-    calib_preprocess: str | None = None
-    calib_sample_axes: str | None = None
 
     def __post_init__(self) -> None:
-        from .calib.images import Preprocess
-        from .calib.layout import parse_axes
-        for name, parse in (("calib_preprocess", Preprocess.parse),
-                            ("calib_sample_axes", parse_axes)):
-            try:
-                parse(getattr(self, name))
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise ConfigError(f"run.{name}: {exc}") from None
+        self._check_calib()  # calib_preprocess, calib_sample_axes (calibspec.py)
         if self.device not in DEVICES:
             raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
                               f"{self.device!r}")

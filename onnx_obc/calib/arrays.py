@@ -29,6 +29,7 @@ class DataSet:
     axes: dict[str, int | None] | None = None  # sample axis per input; None: fed whole
     rows: np.ndarray | None = None  # the samples in use (memory-mapped arrays only)
     read_as: str = "in memory"  # how the samples are held, for the report
+    dtypes: dict[str, np.dtype] | None = None  # memory-mapped arrays: batches cast to these
 
     def axis(self, name: str) -> int | None:
         return 0 if self.axes is None else self.axes[name]
@@ -65,6 +66,8 @@ class DataSet:
                 out[k] = np.asarray(np.ascontiguousarray(v[(slice(None),) * ax + (idx,)]))
             else:
                 out[k] = np.asarray(np.take(v, idx, axis=ax))  # a plain array, not a memmap
+            if self.dtypes is not None and out[k].dtype != self.dtypes[k]:
+                out[k] = out[k].astype(self.dtypes[k])
         return out
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

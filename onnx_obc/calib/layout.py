@@ -142,10 +142,12 @@ class Layout:
                 v.shape[:self.axis[n]] + (samples,) + v.shape[self.axis[n] + 1:]
                 for n, v in item.items()}
 
-    def check(self, arrays: Feed, desc: str, add_axis: bool = False) -> Feed:
+    def check(self, arrays: Feed, desc: str, add_axis: bool = False, lazy_cast: bool = False
+              ) -> Feed:
         """`arrays` checked against the model (names, ranks, fixed dims, dtypes, finite
         values, one sample count) and cast to the model's dtypes. add_axis: a per-sample
-        input one axis short (one sample saved without its sample axis) gets it."""
+        input one axis short (one sample saved without its sample axis) gets it. lazy_cast:
+        memory-mapped arrays keep their dtype (checked; the batches are cast)."""
         names = self.names
         extra = sorted(set(arrays) - set(names))
         missing = [n for n in names if n not in arrays]
@@ -160,7 +162,7 @@ class Layout:
             if add_axis and ax is not None and a.ndim == len(s.shape) - 1:
                 a = np.expand_dims(a, ax)
             _check_shape(a, s, ax, desc)
-            a = _cast(a, s, desc)
+            a = _cast(a, s, desc, lazy_cast and isinstance(a, np.memmap))
             _check_finite(a, s.name, ax, desc)
             if ax is not None:
                 if n is not None and a.shape[ax] != n:
@@ -220,12 +222,12 @@ def _check_finite(a: np.ndarray, name: str, ax: int | None, desc: str) -> None:
                 f"of {m.shape[0]}, counting from 0); drop or fix those samples (numpy.isfinite)")
 
 
-def _cast(a: np.ndarray, s: InputSpec, desc: str) -> np.ndarray:
+def _cast(a: np.ndarray, s: InputSpec, desc: str, lazy: bool = False) -> np.ndarray:
     if a.dtype == s.dtype:
         return a
     if a.dtype.kind == s.dtype.kind or (a.dtype.kind in "iu" and s.dtype.kind in "iu"):
         log.info("%s: casting input %r from %s to the model's %s", desc, s.name, a.dtype, s.dtype)
-        return a.astype(s.dtype)
+        return a if lazy else a.astype(s.dtype)
     raise CalibrationError(f"{desc}: input {s.name!r} is {a.dtype} but the model expects "
                            f"{s.dtype}; convert it (array.astype(np.{s.dtype}))")
 

@@ -83,8 +83,9 @@ def _from_file(path: str, layout: Layout, limit: int | None, allow_labels: bool)
         for k, ax in per_sample:
             arrays[k] = arrays[k][(slice(None),) * ax + (slice(0, limit),)]
         labels = None if labels is None else labels[:limit]
-    ds = DataSet(layout.check(arrays, path), path, labels=None if labels is None else
-                 np.asarray(labels), axes=layout.axis, read_as=held)
+    ds = DataSet(layout.check(arrays, path, lazy_cast=True), path, labels=None if labels is None
+                 else np.asarray(labels), axes=layout.axis, read_as=held,
+                 dtypes={sp.name: sp.dtype for sp in layout.specs})
     return ds
 
 

@@ -185,3 +185,14 @@ def test_plan_on_a_directory_reports_how_it_reads(tmp_path):
     _images(tmp_path, [(16, 16)] * 10)
     p = plan(models.dynamic_cnn(), tmp_path, None, RunOptions(holdout=0.2))
     assert (p.fit.n, p.held.n) == (8, 2) and p.info["read"] == "one file at a time (10 files)"
+
+
+def test_a_mapped_float64_npz_is_cast_batch_by_batch(tmp_path):
+    model = b.matmul(6, 5, rank=3)
+    x = b.feeds(model, 5000)["x"].astype(np.float64)  # 1.2 MB: mapped
+    np.savez(tmp_path / "c.npz", x=x)
+    ds = load_data(tmp_path / "c.npz", model)
+    assert ds.mapped and ds.arrays["x"].dtype == np.float64  # not converted as a whole
+    got = _all(ds)["x"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, x.astype(np.float32))
