@@ -2,7 +2,7 @@
 sizes on a model with symbolic H and W, and an image directory from the CLI (prints a
 table; asserts nothing).
 
-    python bench/calib_stream.py [--big 10000] [--small 256] [--side 96]
+    python bench/calib_stream.py [--big 10000] [--small 256] [--side 64]
 
 Every case runs in a child process of its own and reports that process's peak RSS
 (getrusage ru_maxrss), so cases cannot share or hide memory:
@@ -11,8 +11,8 @@ Every case runs in a child process of its own and reports that process's peak RS
              a fresh generator of noisy digits (the shipped calibration digits plus noise):
              --small vs --big samples
     images   the same with a Conv net with symbolic H/W (tests/calib/models.dynamic_cnn) on
-             3 x side x side images (about 110 KB each at side 96), where holding --big samples
-             would take over 1 GB: --small vs --big streamed, and --big from a one-shot
+             3 x side x side images (48 KB each at side 64), where holding --big samples
+             would take 490 MB: --small vs --big streamed, and --big from a one-shot
              generator (held in memory: the control that shows the measure sees the data)
     sizes    the symbolic-H/W net calibrated on images of three sizes (shape-grouped batches)
     cli      `onnx-obc compress` on a directory of PNGs of three sizes with
@@ -131,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", type=int, default=10000)
     ap.add_argument("--small", type=int, default=256)
-    ap.add_argument("--side", type=int, default=96)
+    ap.add_argument("--side", type=int, default=64)
     ap.add_argument("--child", nargs=3, metavar=("CASE", "N", "SIDE"))
     args = ap.parse_args()
     if args.child:

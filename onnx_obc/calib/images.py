@@ -103,12 +103,14 @@ def reader(pre: Preprocess, layout: Layout) -> Callable[[str], dict[str, np.ndar
                                        f"model has inputs {layout.names}; return a dict")
             return {layout.specs[0].name: np.asarray(out)}
         return call
-    per_sample = [s for s in layout.specs if layout.axis[s.name] is not None]
-    if len(layout.specs) != 1 or len(per_sample[0].shape) != 4:
-        raise CalibrationError(f"images feed a model with one input of rank 4 (NCHW or NHWC); "
-                               f"this one has {[(s.name, s.shape) for s in layout.specs]}. "
-                               "Read the files with --calib-preprocess module:function instead")
-    spec = per_sample[0]
+    spec = layout.specs[0]
+    if len(layout.specs) != 1 or len(spec.shape) != 4 or layout.axis[spec.name] is None:
+        def refuse(path: str) -> dict[str, np.ndarray]:
+            raise CalibrationError(
+                f"images ({path!r}) feed a model with one input of rank 4 (NCHW or NHWC); this "
+                f"one has {[(s.name, s.shape) for s in layout.specs]}. Read the files with "
+                "--calib-preprocess module:function instead")
+        return refuse
     return lambda path: {spec.name: load_image(path, pre, spec, layout.axis[spec.name])}
 
 

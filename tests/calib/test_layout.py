@@ -108,3 +108,16 @@ def test_axis_one_samples_are_batched_along_axis_one():
 
 def test_input_specs_unchanged_for_the_layout():
     assert [s.name for s in input_specs(models.vad())] == ["input", "h", "c"]
+
+
+def test_the_issue_example_compresses_end_to_end_and_the_report_says_so(tmp_path):
+    from onnx_obc import convert
+
+    np.savez(tmp_path / "vad.npz", **models.vad_feeds(160))
+    res = convert(models.vad(), tmp_path / "out.onnx", calib=tmp_path / "vad.npz",
+                  sparsity=0.5, method="gptq", progress=False, compare_baseline=False)
+    rep = res.report
+    assert rep.calibration["sample_axes"] == {"input": 0, "h": None, "c": None}
+    assert any("fed whole to every run" in w for w in rep.warnings)
+    assert "fed whole to every run" in rep.table()
+    assert {x.name for x in rep.layers} == {"proj", "head"}
