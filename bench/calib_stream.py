@@ -138,10 +138,12 @@ def main() -> None:
         case, n, side = args.child
         print(json.dumps(child(case, int(n), int(side))))
         return
-    rows = [run_child("digits", args.small, args.side), run_child("digits", args.big, args.side),
-            run_child("images", args.small, args.side), run_child("images", args.big, args.side),
-            run_child("images-held", args.big, args.side),
-            run_child("sizes", 300, args.side), run_cli(60)]
+    cases = [("digits", args.small), ("digits", args.big), ("images", args.small),
+             ("images", args.big), ("images-held", args.big), ("sizes", 300), ("cli", 60)]
+    rows = []
+    for case, n in cases:  # each row as it comes (the big cases take minutes)
+        rows.append(run_cli(n) if case == "cli" else run_child(case, n, args.side))
+        print(json.dumps(rows[-1]), flush=True)
     print(f"{'case':<12} {'samples':>8} {'fit':>6} {'shapes':>6} {'peak MB':>8} {'wall s':>7}  read")
     for r in rows:
         print(f"{r['case']:<12} {r['n']:>8} {r['samples']:>6} {r['shapes']:>6} "
