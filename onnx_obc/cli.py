@@ -12,8 +12,15 @@ from typing import Any
 import click
 
 from .config import LAYER_OPS, Selection
-from .flags import config_from_flags, engine_options, flags_in, view_options
 from .errors import ConfigError, ObcError
+from .flags import (
+    calib_options,
+    config_from_flags,
+    engine_options,
+    export_options,
+    flags_in,
+    view_options,
+)
 
 
 class _DefaultToCompress(click.Group):
@@ -54,7 +61,7 @@ def main() -> None:
       --bits B             OBQ weight quantization, 2-8 bits (QDQ output)
       --act-bits 8         int8 activation Q/DQ
       --runtime R          Q/DQ placement for tensorrt or onnxruntime (integer kernels)
-      --calib PATH         calibration data (.npz, or a directory of .npz/.npy)
+      --calib PATH         calibration data (.npz/.npy, or a directory of them or images)
       --allocate dp        per-layer levels under a global budget
       --include/--exclude  which layers (glob on node names)
       --report PATH        the full report as JSON
@@ -127,30 +134,10 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               default="minmax", show_default=True, help="Activation range estimate.")
 @click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
               default=99.99, show_default=True)
-@click.option("--runtime", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt",
-              show_default=True,
-              help="Where the quantized model runs, i.e. how Q/DQ are placed: tensorrt (Q/DQ on "
-                   "layer inputs, symmetric int8) or onnxruntime (inputs and outputs of every "
-                   "op its CPU optimizer fuses into integer kernels: QLinearConv, QLinearMatMul"
-                   ", QGemm, QLinearAdd...; int32 biases).")
-@click.option("--act-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
-              help="With --runtime onnxruntime: uint8 asymmetric activations (fastest on x86) "
-                   "or int8 symmetric.")
-@click.option("--matmul-nbits/--no-matmul-nbits", default=True, show_default=True,
-              help="With --runtime onnxruntime: MatMul/Gemm weights of <= 4 bits as "
-                   "com.microsoft.MatMulNBits (Conv stays DequantizeLinear).")
-@click.option("--nbits-block-size", type=click.IntRange(min=16),
-              help="MatMulNBits block along K, a power of two >= 16 dividing --group-size "
-                   "(default: the group size, or K up to 128).")
-@click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
-              help="MatMulNBits accuracy_level: 0 float activations, 4 int8 per block "
-                   "(faster for single rows and wide layers).")
+@export_options
 @click.option("--minmax", is_flag=True,
               help="Plain min-max weight ranges instead of OBC's clipping search.")
-@click.option("--calib", type=click.Path(exists=True),
-              help=".npz (keys = input names, axis 0 = samples) or a directory of per-sample "
-                   ".npz/.npy files. Without it, random inputs are used (not representative).")
-@click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N samples.")
+@calib_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--method", type=click.Choice(["obc", "gptq", "magnitude", "rtn"]),
               default="obc", show_default=True,

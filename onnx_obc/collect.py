@@ -44,7 +44,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     observers = {n: RangeObserver() for n in observe or []}
     units += [[n] for n in observers if n not in inputs]
     names = list(dict.fromkeys(n for unit in units for n in unit))
-    first = next(data.batches(batch))[1]
+    first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
     groups = plan_groups(units, sizes, budget) if names else [[]]
     n_batches = -(-data.n // batch)

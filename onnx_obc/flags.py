@@ -113,3 +113,56 @@ def engine_options(f: Any) -> Any:
                           "RAY_ADDRESS, else a local Ray."))):
         f = option(f)
     return f
+
+
+_CALIB_OPTIONS = [
+    click.option("--calib", type=click.Path(exists=True),
+                 help=".npz/.npy (samples along the model's sample axis; memory-mapped) or a "
+                      "directory of per-sample .npz/.npy files or images, read one at a time. "
+                      "Without it, random inputs are used (not representative)."),
+    click.option("--calib-samples", type=click.IntRange(min=1),
+                 help="Use at most N samples (the data is not read past them)."),
+    click.option("--calib-preprocess", metavar="SPEC",
+                 help="How files of a --calib directory become input: resize=224,crop=224,"
+                      "mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw (scale, color) "
+                      "or module:function (path -> array or {input: array})."),
+    click.option("--calib-sample-axis", "calib_sample_axes", metavar="INPUT=AXIS,...",
+                 help="Override the sample axis read from the model's symbolic dimensions "
+                      "(INPUT=none: fed whole to every run)."),
+]
+
+
+def calib_options(command: Any) -> Any:
+    """The calibration-data options of `compress`, in this order on its --help."""
+    for option in reversed(_CALIB_OPTIONS):
+        command = option(command)
+    return command
+
+
+_EXPORT_OPTIONS = [
+    click.option("--runtime", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt",
+                 show_default=True,
+                 help="Where the quantized model runs, i.e. how Q/DQ are placed: tensorrt (Q/DQ on "
+                      "layer inputs, symmetric int8) or onnxruntime (inputs and outputs of every "
+                      "op its CPU optimizer fuses into integer kernels: QLinearConv, QLinearMatMul"
+                      ", QGemm, QLinearAdd...; int32 biases)."),
+    click.option("--act-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
+                 help="With --runtime onnxruntime: uint8 asymmetric activations (fastest on x86) "
+                      "or int8 symmetric."),
+    click.option("--matmul-nbits/--no-matmul-nbits", default=True, show_default=True,
+                 help="With --runtime onnxruntime: MatMul/Gemm weights of <= 4 bits as "
+                      "com.microsoft.MatMulNBits (Conv stays DequantizeLinear)."),
+    click.option("--nbits-block-size", type=click.IntRange(min=16),
+                 help="MatMulNBits block along K, a power of two >= 16 dividing --group-size "
+                      "(default: the group size, or K up to 128)."),
+    click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
+                 help="MatMulNBits accuracy_level: 0 float activations, 4 int8 per block "
+                      "(faster for single rows and wide layers)."),
+]
+
+
+def export_options(command: Any) -> Any:
+    """The `compress` options of ExportOptions (where the quantized model runs)."""
+    for option in reversed(_EXPORT_OPTIONS):
+        command = option(command)
+    return command

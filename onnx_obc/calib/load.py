@@ -1,209 +1,137 @@
-"""Calibration and evaluation data: load, check against the model, batch.
+"""Calibration and evaluation data: any accepted input -> a checked source.
 
-Accepted sources: a `.npz` (keys = model input names, axis 0 = samples); a directory of
-`.npz`/`.npy` files, one sample each (sorted by name; `.npy` only for single-input models);
-any iterable of feed dicts (e.g. onnxruntime's CalibrationDataReader, whose `get_next()`
-is also supported), each with a leading batch axis; or None, which synthesizes inputs
-from the model's input spec and marks the run as not representative.
+Accepted: a `.npz` (keys = model input names, samples along each input's sample axis) or a
+`.npy` for a single-input model, memory-mapped when they can be; a directory of `.npz`/`.npy`
+sample files or images (`preprocess`), read one file at a time; any re-iterable of feed
+dicts, a function returning a fresh iterator of them, or an onnxruntime
+CalibrationDataReader, read one item at a time on every pass; or None, which synthesizes
+inputs from the model's input spec and marks the run as not representative. A one-shot
+iterator (a generator object, a reader without rewind()) can be read only once: its items
+are held in memory. Which axis holds the samples, and which inputs are fed whole to every
+run, comes from the model (layout.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import onnx
 
 from ..errors import CalibrationError
-from .arrays import DataSet, InputSpec, input_specs
-from .stream import StreamSource, reopenable
+from .arrays import DataSet
+from .files import LABELS, directory, read_arrays, single_input
+from .images import Preprocess, reader
+from .layout import Feed, Layout, input_specs
+from .stream import Scan, StreamSource, reopenable
 
 log = logging.getLogger(__name__)
-LABELS = "labels"
 
 
 def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
-              allow_labels: bool = True) -> DataSet | StreamSource:
-    """A calibration / eval source from any accepted input, checked against the model.
-
-    Files and directories are read into an array source (DataSet). A re-iterable of feed
-    dicts, or a CalibrationDataReader with rewind(), becomes a StreamSource read one item at
-    a time on every pass; this first pass checks every item and counts the samples. A
-    one-shot iterator cannot be read twice, so it is read into memory."""
-    specs = input_specs(model)
+              allow_labels: bool = True, preprocess: str | None = None,
+              sample_axes: dict[str, int | None] | None = None
+              ) -> DataSet | StreamSource:
+    """A calibration / eval source from any accepted input, checked against the model;
+    at most `limit` samples, and the input is not read past them."""
+    layout = Layout.of(input_specs(model), sample_axes)
     if not isinstance(source, (str, os.PathLike)):
+        desc = type(source).__name__
         again = reopenable(source)
         if again is not None:
-            return _stream(again, specs, type(source).__name__, limit)
-        arrays, labels, desc = _from_iterable(source), None, type(source).__name__
-    else:
-        path = os.fspath(source)
-        if os.path.isdir(path):
-            arrays, labels = _from_directory(path, specs), None
-        elif os.path.isfile(path):
-            arrays, labels = _from_file(path, specs)
-        else:
-            raise CalibrationError(f"calibration data {path!r} does not exist")
-        desc = path
-    if labels is not None and not allow_labels:
-        labels = None
-    ds = DataSet(_check(arrays, specs, desc), desc, labels=labels)
-    if labels is not None and labels.shape[0] != ds.n:
-        raise CalibrationError(f"{desc}: 'labels' has {labels.shape[0]} entries for {ds.n} samples")
-    if limit is not None and limit < ds.n:
-        ds = ds.take(np.arange(limit))
+            return _stream(again, layout, desc, limit)
+        return _one_shot(source, layout, desc, limit)
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        try:
+            pre = Preprocess.parse(preprocess)
+        except ValueError as exc:
+            raise CalibrationError(f"--calib-preprocess: {exc}") from None
+        read = reader(pre, layout) if preprocess or _has_images(path) else None
+        return directory(path, layout, limit, read,
+                         lambda f: f.lower().endswith((".npz", ".npy")) or (
+                             read is not None and pre.accepts(f)))
+    if not os.path.isfile(path):
+        raise CalibrationError(f"calibration data {path!r} does not exist")
+    return _from_file(path, layout, limit, allow_labels)
+
+
+def _has_images(path: str) -> bool:
+    from .images import IMAGE_FILES
+    return any(f.lower().endswith(IMAGE_FILES) for _, _, fs in os.walk(path) for f in fs)
+
+
+def _from_file(path: str, layout: Layout, limit: int | None, allow_labels: bool) -> DataSet:
+    arrays, held = read_arrays(path)
+    if held.startswith("in memory ("):
+        log.warning("%s: %s", path, held)
+    arrays = single_input(arrays, layout, path)
+    labels = arrays.pop(LABELS, None)
+    labels = labels if allow_labels else None
+    per_sample = [(k, ax) for k, ax in layout.axis.items()
+                  if ax is not None and k in arrays and arrays[k].ndim > ax]
+    if labels is not None and per_sample:
+        total = arrays[per_sample[0][0]].shape[per_sample[0][1]]
+        if np.ndim(labels) == 0 or len(labels) != total:
+            raise CalibrationError(f"{path}: 'labels' has {np.size(labels)} entries for "
+                                   f"{total} samples")
+    if limit is not None:  # cut before checking: samples past the limit are never read
+        for k, ax in per_sample:
+            arrays[k] = arrays[k][(slice(None),) * ax + (slice(0, limit),)]
+        labels = None if labels is None else labels[:limit]
+    ds = DataSet(layout.check(arrays, path, lazy_cast=True), path, labels=None if labels is None
+                 else np.asarray(labels), axes=layout.axis, read_as=held,
+                 dtypes={sp.name: sp.dtype for sp in layout.specs})
     return ds
 
 
-def _stream(again: Any, specs: list[InputSpec], desc: str, limit: int | None) -> StreamSource:
-    def check(item: Any, first: int) -> dict[str, np.ndarray]:
+def _check_item(layout: Layout, desc: str):
+    def check(item: Any, first: int) -> Feed:
         if not isinstance(item, dict):
             raise CalibrationError(f"{desc}: the item at sample {first} is a "
                                    f"{type(item).__name__}, not a feed dict "
-                                   "{input_name: array with a leading batch axis}")
-        return _check({k: np.asarray(v) for k, v in item.items()}, specs,
-                      f"{desc} (the item starting at sample {first})")
-
-    src = StreamSource(open_pass=again, check=check, source=desc)
-    n = sum(k for k, _ in src.batches(1 << 30))  # one pass: every item checked, n counted
-    if not n:
-        raise CalibrationError(f"calibration iterable {desc} yielded no samples; it must yield "
-                               "dicts {input_name: array with a leading batch axis}")
-    return src.head(n if limit is None else min(n, limit))
+                                   "{input_name: array with a sample axis}")
+        return layout.check({k: np.asarray(v) for k, v in item.items()},
+                            f"{desc} (the item starting at sample {first})")
+    return check
 
 
-MAGIC = (b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")  # .npy; .npz (a zip, or an empty one)
-FORMATS = ("a .npz with one array per model input (numpy.savez(path, **{input_name: array}), "
-           "axis 0 = samples), a .npy for a single-input model, or a directory of them")
+def _stream(again: Any, layout: Layout, desc: str, limit: int | None) -> StreamSource:
+    """Stream a re-readable source: this first pass checks every item (up to `limit`
+    samples), counts the samples and notes their shapes."""
+    src = StreamSource(open_pass=again, check=_check_item(layout, desc), source=desc,
+                       layout=layout, largest={}, stop=limit)
+    scan = Scan()
+    for item in src._samples():
+        scan.add(item, layout)
+    if not scan.n:
+        raise CalibrationError(f"calibration source {desc} yielded no samples; it must yield "
+                               "dicts {input_name: array with a sample axis}")
+    return replace(src, stop=scan.n, largest=scan.largest, shapes=len(scan.keys))
 
 
-def _from_file(path: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], Any]:
-    try:
-        with open(path, "rb") as f:  # our handle: closed even when numpy fails mid-read
-            if not (head := f.read(6)).startswith(MAGIC):
-                raise CalibrationError(f"cannot read calibration data {path!r}: not an "
-                                       f".npz/.npy file (it starts with {head!r}); give {FORMATS}")
-            f.seek(0)
-            data = np.load(f, allow_pickle=False)
-            if isinstance(data, np.ndarray):
-                arrays = {"": data}
-            else:
-                arrays = {k: data[k] for k in data.files}
-    except CalibrationError:
-        raise
-    except Exception as exc:
+def _one_shot(source: Any, layout: Layout, desc: str, limit: int | None) -> StreamSource:
+    """An iterator that can be read once: its items (up to `limit` samples) are checked
+    and kept in memory."""
+    it = iter(source.get_next, None) if hasattr(source, "get_next") else source
+    if not isinstance(it, Iterator):
         raise CalibrationError(
-            f"cannot read calibration data {path!r} ({exc}). Save it with "
-            "numpy.savez(path, **{input_name: array}) with axis 0 = samples, numeric arrays only."
-        ) from None
-    if "" in arrays:
-        if len(specs) != 1:
-            raise CalibrationError(f"{path!r} is a single array but the model has "
-                                   f"{len(specs)} inputs; use a .npz keyed by input name")
-        return {specs[0].name: arrays[""]}, None
-    labels = arrays.pop(LABELS, None)
-    return arrays, labels
-
-
-def _from_directory(path: str, specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    files = sorted(f for f in os.listdir(path) if f.endswith((".npz", ".npy")))
-    if not files:
-        raise CalibrationError(f"directory {path!r} has no .npz or .npy files (one sample each)")
-    samples = []
-    for f in files:
-        arrays, _ = _from_file(os.path.join(path, f), specs)
-        samples.append({k: _add_sample_axis(v, k, specs) for k, v in arrays.items()})
-    return _concat(samples, path)
-
-
-def _add_sample_axis(a: np.ndarray, name: str, specs: list[InputSpec]) -> np.ndarray:
-    spec = next((s for s in specs if s.name == name), None)
-    if spec is not None and a.ndim == len(spec.shape) - 1:
-        return a[None]
-    return a
-
-
-def _from_iterable(source: Any) -> dict[str, np.ndarray]:
-    if hasattr(source, "get_next"):  # onnxruntime CalibrationDataReader protocol
-        source = iter(source.get_next, None)
-    try:
-        items = list(source)
-    except TypeError:
-        raise CalibrationError(
-            f"calibration data of type {type(source).__name__} is not a path, an iterable of "
-            "feed dicts, or a CalibrationDataReader"
-        ) from None
-    if not items or not all(isinstance(i, dict) for i in items):
-        raise CalibrationError("calibration iterable must yield at least one dict "
-                               "{input_name: array with a leading batch axis}")
-    return _concat([{k: np.asarray(v) for k, v in i.items()} for i in items], "iterable")
-
-
-def _concat(samples: list[dict[str, np.ndarray]], desc: str) -> dict[str, np.ndarray]:
-    keys = set(samples[0])
-    for i, s in enumerate(samples):
-        if set(s) != keys:
-            raise CalibrationError(f"{desc}: item {i} has keys {sorted(s)}, the first has "
-                                   f"{sorted(keys)}")
-    try:
-        return {k: np.concatenate([s[k] for s in samples], axis=0) for k in keys}
-    except ValueError as exc:
-        raise CalibrationError(f"{desc}: samples have different shapes ({exc})") from None
-
-
-def _check(arrays: dict[str, np.ndarray], specs: list[InputSpec], desc: str) -> dict:
-    names = [s.name for s in specs]
-    extra = sorted(set(arrays) - set(names))
-    missing = [n for n in names if n not in arrays]
-    if missing or extra:
-        raise CalibrationError(
-            f"{desc}: the model's inputs are {names} but the data has {sorted(arrays)} "
-            f"(missing {missing}, unexpected {extra}). Name each array after the model input "
-            "it feeds (plus optional 'labels' for evaluation)."
-        )
-    out, n = {}, None
-    for s in specs:
-        a = arrays[s.name]
-        if a.ndim != len(s.shape):
-            hint = " Add a sample axis (a[None])." if a.ndim == len(s.shape) - 1 else ""
-            raise CalibrationError(f"{desc}: input {s.name!r} has shape {a.shape} but the model "
-                                   f"expects rank {len(s.shape)} {_fmt(s.shape)}.{hint}")
-        for ax, (got, want) in enumerate(zip(a.shape, s.shape)):
-            if ax > 0 and isinstance(want, int) and want > 0 and got != want:
-                raise CalibrationError(f"{desc}: input {s.name!r} has shape {a.shape}; the model "
-                                       f"expects {_fmt(s.shape)} (axis {ax} must be {want})")
-        a = _cast(a, s, desc)
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise CalibrationError(_not_finite(a, s.name, desc))
-        if n is not None and a.shape[0] != n:
-            raise CalibrationError(f"{desc}: inputs have different sample counts "
-                                   f"({n} vs {a.shape[0]} for {s.name!r})")
-        n = a.shape[0]
-        out[s.name] = a
-    if not n:
-        raise CalibrationError(f"{desc}: no samples")
-    return out
-
-
-def _not_finite(a: np.ndarray, name: str, desc: str) -> str:
-    """Which samples (axis 0) of input `name` hold NaN or inf."""
-    bad = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))
-    shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
-    return (f"{desc}: input {name!r} contains NaN or inf in sample(s) {shown} ({len(bad)} of "
-            f"{a.shape[0]}, counting from 0); drop or fix those samples (numpy.isfinite)")
-
-
-def _cast(a: np.ndarray, s: InputSpec, desc: str) -> np.ndarray:
-    if a.dtype == s.dtype:
-        return a
-    if a.dtype.kind == s.dtype.kind or (a.dtype.kind in "iu" and s.dtype.kind in "iu"):
-        log.info("%s: casting input %r from %s to the model's %s", desc, s.name, a.dtype, s.dtype)
-        return a.astype(s.dtype)
-    raise CalibrationError(f"{desc}: input {s.name!r} is {a.dtype} but the model expects "
-                           f"{s.dtype}; convert it (array.astype(np.{s.dtype}))")
-
-
-def _fmt(shape: tuple) -> str:
-    return "[" + ", ".join(str(d) if d else "?" for d in shape) + "]"
+            f"calibration data of type {desc} is not a path, an iterable of feed dicts, or a "
+            "CalibrationDataReader (or a function returning an iterator of feed dicts)")
+    check, items, n = _check_item(layout, desc), [], 0
+    for item in it:
+        items.append(check(item, n))
+        n += layout.count(items[-1])
+        if limit is not None and n >= limit:
+            break
+    if items:
+        log.info("%s can be read only once: its %d samples are held in memory (pass a "
+                 "function returning a fresh iterator to stream them)", desc, n)
+    src = _stream(lambda: iter(items), layout, desc, limit)
+    return replace(src, check=lambda item, first: item,
+                   read_as="in memory (a one-shot iterator: pass a function returning a "
+                           "fresh iterator to stream)")

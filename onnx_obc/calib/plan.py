@@ -11,7 +11,8 @@ import onnx
 
 from ..errors import ObcError
 from ..specs import RunOptions
-from .arrays import input_specs, synthesize
+from .arrays import synthesize
+from .layout import Layout, fixed, input_specs, parse_axes
 from .load import load_data
 from .stream import CalibrationSource
 
@@ -48,12 +49,20 @@ def held_out_count(n: int, fraction: float) -> int:
 def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) -> Calibration:
     """Load (or synthesize) the calibration data, split it, choose the batch size."""
     notes: list[str] = []
+    axes = parse_axes(run.calib_sample_axes)
+    layout = Layout.of(input_specs(proto), axes)
+    opts = {"preprocess": run.calib_preprocess, "sample_axes": axes}
     if calib is None:
         data = synthesize(proto, run.calib_samples, run.seed)
         notes.append(NOT_REPRESENTATIVE)
         log.warning(NOT_REPRESENTATIVE)
     else:
-        data = load_data(calib, proto, limit=run.calib_samples)
+        data = load_data(calib, proto, limit=run.calib_samples, **opts)
+    if layout.whole:
+        notes.append(f"input(s) {', '.join(map(repr, layout.whole))} have no sample axis in the "
+                     "model (all dimensions fixed): the same array is fed whole to every run "
+                     "(--calib-sample-axis INPUT=AXIS to change)")
+        log.warning(notes[-1])
     total = data.n
     if calib is not None and total < FEW_SAMPLES:
         notes.append(f"only {total} calibration sample(s): the Hessians rest on very little "
@@ -62,26 +71,27 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
         log.warning(notes[-1])
     h = held_out_count(total, run.holdout)
     fit, held = data.split(h, run.seed) if h else (data, None)
-    batch, fixed = _batch_size(proto, run.batch_size, fit.n, notes)
-    ev = load_data(eval_data, proto) if eval_data is not None else None
-    if fixed:  # a fixed batch axis takes full batches only
+    batch, fixed_batch = _batch_size(layout, run.batch_size, fit.n, notes)
+    ev = load_data(eval_data, proto, **opts) if eval_data is not None else None
+    if fixed_batch:  # a fixed batch axis takes full batches only
         fit, held = _full_batches(fit, batch), _full_batches(held, batch)
         if eval_data is not None and (ev := _full_batches(ev, batch)) is None:
             notes.append(f"the eval set has fewer samples than the model's fixed batch of "
                          f"{batch}; it was not evaluated")
     info = {"source": data.source, "synthetic": data.synthetic, "total": total,
-            "samples": fit.n, "holdout": 0 if held is None else held.n}
+            "samples": fit.n, "holdout": 0 if held is None else held.n,
+            "read": getattr(data, "read_as", "in memory"), "shapes": getattr(data, "shapes", 1),
+            "sample_axes": dict(layout.axis)}
     return Calibration(fit, held, ev, batch, info, tuple(notes))
 
 
-def _batch_size(proto: onnx.ModelProto, wanted: int, n: int, notes: list[str]
-                ) -> tuple[int, bool]:
+def _batch_size(layout: Layout, wanted: int, n: int, notes: list[str]) -> tuple[int, bool]:
     """(batch size, whether the model fixes it)."""
-    fixed = {s.shape[0] for s in input_specs(proto)
-             if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    if not fixed:
+    sizes = {s.shape[ax] for s in layout.specs
+             if (ax := layout.axis[s.name]) is not None and fixed(s.shape[ax])}
+    if not sizes:
         return min(wanted, n), False
-    b = fixed.pop()
+    b = sizes.pop()
     if n < b:
         raise ObcError(f"the model's batch axis is fixed at {b} but only {n} calibration "
                        "samples remain after the holdout; give more samples or --holdout 0")

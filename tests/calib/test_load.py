@@ -22,11 +22,13 @@ def good(n: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
     return b.feeds(MODEL, n, seed)
 
 
-def assert_same(ds: DataSet, arrays: dict[str, np.ndarray]) -> None:
-    assert sorted(ds.arrays) == sorted(arrays)
+def assert_same(ds, arrays: dict[str, np.ndarray]) -> None:
+    """Every sample of one pass over any source equals `arrays` (axis 0 = samples)."""
+    got = _all(ds)
+    assert sorted(got) == sorted(arrays)
     for k, v in arrays.items():
-        np.testing.assert_array_equal(ds.arrays[k], v)
-        assert ds.arrays[k].dtype == v.dtype
+        np.testing.assert_array_equal(got[k], v)
+        assert got[k].dtype == v.dtype
 
 
 def bad(source, model=MODEL, match: str | None = None, **kw) -> str:
@@ -88,8 +90,8 @@ def test_directory_of_npy_for_a_single_input_model(tmp_path):
     for i in range(3):
         np.save(tmp_path / f"{i}.npy", x[i])
     ds = load_data(str(tmp_path), model)
-    assert ds.arrays["x"].shape == (3, 5, 6)
-    np.testing.assert_array_equal(ds.arrays["x"], x)
+    assert _all(ds)["x"].shape == (3, 5, 6)
+    np.testing.assert_array_equal(_all(ds)["x"], x)
 
 
 def test_single_npy_file_for_a_single_input_model(tmp_path):
@@ -133,7 +135,7 @@ def test_object_with_only_get_next():
     parts = [good(2, seed=s) for s in range(3)]
     ds = load_data(GetNextOnly(parts), MODEL)
     assert ds.n == 6
-    np.testing.assert_array_equal(ds.arrays["b"], np.concatenate([p["b"] for p in parts]))
+    np.testing.assert_array_equal(_all(ds)["b"], np.concatenate([p["b"] for p in parts]))
 
 
 def _ort_reader(with_len: bool):
@@ -155,14 +157,14 @@ def test_onnxruntime_calibration_data_reader_with_len():
     parts = [good(3, seed=s) for s in range(2)]
     ds = load_data(_ort_reader(with_len=True)(parts), MODEL)
     assert ds.n == 6
-    np.testing.assert_array_equal(ds.arrays["a"], np.concatenate([p["a"] for p in parts]))
+    np.testing.assert_array_equal(_all(ds)["a"], np.concatenate([p["a"] for p in parts]))
 
 
 def test_onnxruntime_calibration_data_reader_plain():
     parts = [good(3, seed=s) for s in range(2)]
     ds = load_data(_ort_reader(with_len=False)(parts), MODEL)
     assert ds.n == 6
-    np.testing.assert_array_equal(ds.arrays["a"], np.concatenate([p["a"] for p in parts]))
+    np.testing.assert_array_equal(_all(ds)["a"], np.concatenate([p["a"] for p in parts]))
 
 
 def test_limit_takes_the_first_samples(tmp_path):
@@ -299,26 +301,19 @@ def test_npy_directory_for_a_multi_input_model(tmp_path):
     assert "single array but the model has 3 inputs" in msg
 
 
-def test_directory_samples_with_different_shapes(tmp_path):
-    model = b.symbolic_feature()  # x [N, T, 4]: T may vary, but not within one stack
-    np.save(tmp_path / "0.npy", np.zeros((2, 4), np.float32))
-    np.save(tmp_path / "1.npy", np.zeros((3, 4), np.float32))
-    assert "samples have different shapes" in bad(tmp_path, model=model)
-
-
 def test_iterable_items_with_different_keys():
     first, second = good(2), good(2)
     del second["ids"]
     msg = bad([first, second])
     assert "item starting at sample 2" in msg and "missing ['ids']" in msg
     msg = bad(iter([first, second]))  # a one-shot iterator is read into memory first
-    assert "item 1 has keys ['a', 'b']" in msg
+    assert "item starting at sample 2" in msg and "missing ['ids']" in msg
 
 
 @pytest.mark.parametrize("source", [[], [1, 2], ["a"]])
 def test_iterable_without_dicts(source):
     assert re.search("yielded no samples|not a feed dict", bad(source))
-    assert "must yield at least one dict" in bad(iter(source))
+    assert re.search("yielded no samples|not a feed dict", bad(iter(source)))
 
 
 def test_object_that_is_not_a_source():

@@ -26,7 +26,8 @@ def test_array_source_split_by_count_and_seeded():
     assert isinstance(p.fit, StreamSource)  # a list of feed dicts is streamed
     assert (p.fit.n, p.held.n, p.batch) == (24, 6, 8)
     assert p.info == {"source": "list", "synthetic": False, "total": 30, "samples": 24,
-                      "holdout": 6}
+                      "holdout": 6, "read": "streamed, one item at a time", "shapes": 1,
+                      "sample_axes": {"x": 0}}
     assert list(p.sets()) == ["held-out calibration"]
 
 

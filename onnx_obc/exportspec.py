@@ -1,0 +1,53 @@
+"""ExportOptions: where the quantized model is deployed (re-exported by specs.py, the
+home of the other frozen option specs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+RUNTIMES = ("tensorrt", "onnxruntime")
+ACT_TYPES = ("u8", "s8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """Where the quantized model is deployed, i.e. how the Q/DQ pairs are placed (export/).
+    runtime "tensorrt": activation Q/DQ on the inputs of the quantized layers (and residual
+    Adds), symmetric int8, as TensorRT's explicit quantization reads it; "onnxruntime": on
+    the inputs and outputs of every node onnxruntime's CPU optimizer can fuse into an integer
+    kernel (QLinearConv, QLinearMatMul, QGemm, QLinearAdd...), with int32 biases. act_type
+    (onnxruntime): "u8" asymmetric (uint8, zero point) or "s8" symmetric int8 activations.
+    matmul_nbits: <= 4-bit MatMul/Gemm weights as MatMulNBits (onnxruntime; export/nbits.py),
+    nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8."""
+
+    runtime: str = "tensorrt"
+    act_type: str = "u8"
+    matmul_nbits: bool = True
+    nbits_block_size: int | None = None
+    accuracy_level: int = 0
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
+                              f"{self.runtime!r}")
+        if self.act_type not in ACT_TYPES:
+            raise ConfigError(f"export.act_type must be one of {', '.join(ACT_TYPES)}, got "
+                              f"{self.act_type!r}")
+        b = self.nbits_block_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 16
+                              or b & (b - 1)):
+            raise ConfigError(f"export.nbits_block_size must be a power of two >= 16 (16, 32, "
+                              f"64, 128...), got {b!r}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4) or isinstance(self.accuracy_level, bool):
+            raise ConfigError(f"export.accuracy_level must be 0, 1, 2, 3 or 4, got "
+                              f"{self.accuracy_level!r}")
+
+    def target_options(self) -> dict[str, Any]:
+        """The keyword options of the target's deploy (export.build)."""
+        if self.runtime != "onnxruntime":
+            return {}
+        return {"act_type": self.act_type, "matmul_nbits": self.matmul_nbits,
+                "nbits_block_size": self.nbits_block_size, "accuracy_level": self.accuracy_level}
