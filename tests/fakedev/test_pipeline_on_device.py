@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from onnx_obc import convert
+from onnx_obc import convert, costmodel
 from tests import builders
 from tests.channels import graphs
 
@@ -66,6 +66,7 @@ def _run(saved, spec, options, device):
 def test_every_mode_on_the_fake_device_is_the_numpy_run(mode, saved, fake):
     spec, options = MODES[mode]
     cpu = _run(saved, spec, options, "cpu")
+    costmodel.calibrate(fake.xp, fake.sync)  # the plan's rates: measured once per process
     fc.reset()
     dev = _run(saved, spec, options, "cuda")
     assert dev.report.device.startswith("fake")
