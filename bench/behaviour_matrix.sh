@@ -12,15 +12,15 @@ run() { name=$1; shift
     echo "$m.$name rc=$? $(sha256sum "$out/$m.$name.onnx" 2>/dev/null | cut -c1-16)"
   done
 }
-run s50 --sparsity 0.5
+run s50 --sparsity 0.5 --allocate uniform
 run dp70 --sparsity 0.7 --allocate dp
 run nm24 --nm 2:4
 run blk4 --sparsity 0.5 --block 4
 run w4 --bits 4
 run w8a8 --bits 8 --act-bits 8
-run s50w4 --sparsity 0.5 --bits 4
+run s50w4 --sparsity 0.5 --bits 4 --allocate uniform
 run gptq --bits 4 --method gptq
-run cscale --sparsity 0.5 --correct-scale
-run seq --sparsity 0.5 --sequential
+run cscale --sparsity 0.5 --correct-scale --allocate uniform
+run seq --sparsity 0.5 --sequential --allocate uniform
 run bops32 --allocate dp --budget bops --target 32 --act-bits 8
-run correct --sparsity 0.5 --correct
+run correct --sparsity 0.5 --correct --allocate uniform

@@ -35,7 +35,8 @@ def main() -> None:
     for name in names:
         for s in args.sparsity:
             t = time.perf_counter()
-            res = convert(ROOT / "models" / f"{name}.onnx", None, sparsity=s, device=args.device,
+            res = convert(ROOT / "models" / f"{name}.onnx", None, sparsity=s, allocate="uniform",
+                          device=args.device,
                           calib=ROOT / "models" / f"{name}.calib.npz",
                           eval_data=ROOT / "models" / f"{name}.eval.npz", progress=False)
             wall = time.perf_counter() - t

@@ -203,7 +203,7 @@ def main() -> None:
                 out["s3"].append(dict(model=name, what=k, acc=fid[k][0], err=fid[k][1],
                                       kb=kb(p), ops=",".join(ops)))
         # 4. compound
-        rep, _, wall = run("s50b8", sparsity=0.5, bits=8, method="obc")
+        rep, _, wall = run("s50b8", sparsity=0.5, allocate="uniform", bits=8, method="obc")
         e = rep.fidelity["eval"]
         base = [k for k in e if k not in ("dense", "compressed")]
         hi, med = stats(rep.layers)

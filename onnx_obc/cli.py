@@ -143,10 +143,12 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               default="obc", show_default=True,
               help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT in one pass); or the "
                    "baselines (magnitude pruning / round to nearest).")
-@click.option("--allocate", type=click.Choice(["uniform", "dp"]), default="uniform",
+@click.option("--allocate", type=click.Choice(["auto", "uniform", "dp"]), default="auto",
               show_default=True,
               help="dp: per-layer sparsity chosen by an exact DP to meet the global "
-                   "--sparsity with the least estimated error.")
+                   "--sparsity with the least estimated error; uniform: every layer at "
+                   "--sparsity; auto: dp for unstructured --sparsity with --method obc, else "
+                   "uniform.")
 @click.option("--budget", type=click.Choice(["sparsity", "params", "flops", "bops"]),
               default="sparsity", show_default=True,
               help="What the global target bounds with --allocate dp. bops: bit-operations, "

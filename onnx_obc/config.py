@@ -57,6 +57,10 @@ class CompressConfig:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got "
                                   f"{type(getattr(self, name)).__name__}")
+        if self.alloc.mode == "auto":  # kept for replace(): the resolved mode is what runs
+            object.__setattr__(self, "_alloc_auto", self.alloc)
+            object.__setattr__(self, "alloc", dataclasses.replace(
+                self.alloc, mode=_auto_mode(self)))
         _check_combination(self)
 
     @classmethod
@@ -72,6 +76,8 @@ class CompressConfig:
             s, f = FLAT[k]
             changes.setdefault(s, {})[f] = _coerce(SECTIONS[s], f, v)
         specs = {s: getattr(base, s) if base else c() for s, c in SECTIONS.items()}
+        if base is not None and hasattr(base, "_alloc_auto"):
+            specs["alloc"] = base._alloc_auto  # re-resolved for the changed options
         return cls(**{s: dataclasses.replace(spec, **changes.get(s, {}))
                       for s, spec in specs.items()})
 
@@ -106,6 +112,18 @@ class CompressConfig:
                                   f"fields are {', '.join(names)}")
             specs[s] = cls_s(**{k: _coerce(cls_s, k, v) for k, v in values.items()})
         return cls(**specs)
+
+
+def _auto_mode(c: CompressConfig) -> str:
+    """alloc.mode "auto": the DP over the weight budget when the run prunes to a global
+    unstructured prune.sparsity with ExactOBS (solver.method obc), else uniform. The DP's
+    level tables are ExactOBS traces, about the cost of the obc solve itself; with the fast
+    path (gptq) they would cost more than the run, so it stays uniform unless asked."""
+    p, a = c.prune, c.alloc
+    dp = (p.sparsity is not None and p.nm is None and p.block is None and a.budget != "bops"
+          and a.target is None and a.profile is None and p.sparsity < a.max_sparsity
+          and c.solver.method == "obc")
+    return "dp" if dp else "uniform"
 
 
 def _check_combination(c: CompressConfig) -> None:

@@ -155,14 +155,15 @@ class SolverOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class Allocation:
-    """mode "uniform" (every layer at the same level) or "dp" (per-layer levels by an exact
-    DP under the global budget: "sparsity"/"params", "flops" or "bops"). target: reduction
-    factor of the budget vs the dense FP32 model. score: level errors from the layer loss
-    ("loss") or the measured output error ("output"). profile: a saved per-layer profile to
-    apply instead of the DP; save_profile: where to write the chosen one. level_bits /
-    level_nm: the mixed levels of "bops"."""
+    """mode "uniform" (every layer at the same level), "dp" (per-layer levels by an exact DP
+    under the global budget: "sparsity"/"params", "flops" or "bops") or "auto" (default: dp
+    for a global unstructured prune.sparsity with solver.method obc, else uniform; resolved
+    by CompressConfig; README "Defaults"). target: reduction factor of the budget vs the
+    dense FP32 model. score: level errors from the layer loss ("loss") or the measured output
+    error ("output"). profile: a saved per-layer profile to apply instead of the DP;
+    save_profile: where to write the chosen one. level_bits / level_nm: the "bops" levels."""
 
-    mode: str = "uniform"
+    mode: str = "auto"
     budget: str = "sparsity"
     target: float | None = None
     score: str = "loss"
@@ -173,8 +174,9 @@ class Allocation:
     save_profile: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("uniform", "dp"):
-            raise ConfigError(f"alloc.mode must be 'uniform' or 'dp', got {self.mode!r}")
+        if self.mode not in ("auto", "uniform", "dp"):
+            raise ConfigError(f"alloc.mode must be 'auto', 'uniform' or 'dp', got "
+                              f"{self.mode!r}")
         if self.budget not in ("sparsity", "params", "flops", "bops"):
             raise ConfigError(f"alloc.budget must be sparsity, params, flops or bops, got "
                               f"{self.budget!r}")

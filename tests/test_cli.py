@@ -32,7 +32,7 @@ def mlp_files(saved):
 def test_compress_writes_the_model_and_prints_the_table(mlp_files, tmp_path):
     model, data = mlp_files
     out = tmp_path / "out.onnx"
-    res = invoke(model, out, "--sparsity", "0.5", "--calib", data, "-q")
+    res = invoke(model, out, "--sparsity", "0.5", "--allocate", "uniform", "--calib", data, "-q")
     assert res.exit_code == 0, res.output
     assert out.is_file()
     compressed = onnx.load(str(out))
@@ -52,7 +52,8 @@ def test_compress_writes_the_model_and_prints_the_table(mlp_files, tmp_path):
 def test_report_json(mlp_files, tmp_path):
     model, data = mlp_files
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
-    res = invoke(model, out, "--sparsity", "0.25", "--calib", data, "-q", "--report", report)
+    res = invoke(model, out, "--sparsity", "0.25", "--allocate", "uniform", "--calib", data, "-q",
+                 "--report", report)
     assert res.exit_code == 0, res.output
     assert str(report) in res.output
     rep = json.loads(report.read_text())
@@ -152,7 +153,8 @@ def test_without_calib_warns_loudly(mlp_files, tmp_path):
 
 def test_cnn_end_to_end(saved, tmp_path):
     model, data = saved(b.cnn(), n=20)
-    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--calib", data, "-q",
+    res = invoke(model, tmp_path / "out.onnx", "--sparsity", "0.5", "--allocate", "uniform",
+                 "--calib", data, "-q",
                  "--exclude", "fc")
     assert res.exit_code == 0, res.output
     assert "fc (Gemm): excluded by --exclude 'fc'" in res.output

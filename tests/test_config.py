@@ -110,7 +110,7 @@ def test_from_options_refuses_unknown_names():
 
 
 def test_replace_keeps_the_original(tmp_path):
-    a = CompressConfig.from_options(sparsity=0.5)
+    a = CompressConfig.from_options(sparsity=0.5, allocate="uniform")
     b = a.replace(bits=4, allocate="dp")
     assert a.quant.bits is None and a.alloc.mode == "uniform"
     assert b.quant.bits == 4 and b.alloc == Allocation(mode="dp") and b.prune == a.prune

@@ -31,7 +31,8 @@ def _run(model, feed):
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
 def test_shipped_model_at_half_sparsity(name, tmp_path):
     out = tmp_path / "out.onnx"
-    res = convert(MODELS / f"{name}.onnx", out, sparsity=0.5, calib=MODELS / f"{name}.calib.npz",
+    res = convert(MODELS / f"{name}.onnx", out, sparsity=0.5, allocate="uniform",
+                  calib=MODELS / f"{name}.calib.npz",
                   eval_data=MODELS / f"{name}.eval.npz", progress=False, device="cpu")
     rep = res.report
     for layer in rep.layers:  # every compressed layer at the target +- 1 weight
@@ -52,7 +53,8 @@ def test_shipped_model_at_half_sparsity(name, tmp_path):
 def test_constant_node_weight_is_pruned_in_place():
     model = b.constant_weight(12, 7)
     feed = b.feeds(model, 64)
-    res = convert(model, None, sparsity=0.5, calib=[feed], progress=False, device="cpu")
+    res = convert(model, None, sparsity=0.5, allocate="uniform", calib=[feed], progress=False,
+                  device="cpu")
     storage, t = constant_weights(res.model.graph)["W"]
     assert storage == "constant"
     w = numpy_helper.to_array(t)
@@ -63,7 +65,8 @@ def test_constant_node_weight_is_pruned_in_place():
 def test_shared_weight_is_compressed_once_with_the_merged_hessian():
     model = b.shared_weight(16, 8)
     feed = b.feeds(model, 128)
-    res = convert(model, None, sparsity=0.5, calib=[feed], progress=False, device="cpu",
+    res = convert(model, None, sparsity=0.5, allocate="uniform", calib=[feed], progress=False,
+                  device="cpu",
                   holdout=0.0)
     [layer] = res.report.layers
     assert layer.name == "mm1, mm2"

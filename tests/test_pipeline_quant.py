@@ -55,7 +55,7 @@ def test_obq_4bit_halves_rtn_loss_on_wide_layers(name):
 
 
 def test_compound_keeps_every_zero_in_the_qdq_model():
-    res = _run("digits_cnn", sparsity=0.5, bits=8)
+    res = _run("digits_cnn", sparsity=0.5, allocate="uniform", bits=8)
     inits = _inits(res.model)
     for layer in res.report.layers:
         codes = inits[f"{layer.weight}_quantized"]

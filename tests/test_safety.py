@@ -64,7 +64,8 @@ def test_the_inputs_external_data_is_never_written_over(tmp_path, saved):
     inp, out = tmp_path / "a.onnx", tmp_path / "b.onnx"
     save_with_data(model, inp, "b.onnx.data")  # a.onnx reads its weights from b.onnx.data
     before = (tmp_path / "b.onnx.data").read_bytes()
-    res = convert(inp, out, sparsity=0.5, calib=data, external_data=True, progress=False)
+    res = convert(inp, out, sparsity=0.5, allocate="uniform", calib=data, external_data=True,
+                  progress=False)
     assert (tmp_path / "b.onnx.data").read_bytes() == before
     assert res.written == [out, tmp_path / "b.onnx.obc.data"]
     assert any("b.onnx.obc.data" in w for w in res.report.warnings)
@@ -246,7 +247,8 @@ def test_ir3_weights_listed_as_inputs_are_compressed_as_constants(tmp_path, save
     path, data = saved(model, n=64)
     assert list(np.load(data)) == ["x"]  # calibration feeds only the real input
     with caplog.at_level(logging.WARNING, logger="onnx_obc"):
-        res = convert(path, tmp_path / "out.onnx", sparsity=0.5, calib=data, progress=False)
+        res = convert(path, tmp_path / "out.onnx", sparsity=0.5, allocate="uniform", calib=data,
+                      progress=False)
     assert [x.name for x in res.report.layers] == ["fc1", "fc2"]
     assert any("3 graph input(s) also have initializers" in w for w in res.report.warnings)
     assert "3 graph input(s) also have initializers" in caplog.text

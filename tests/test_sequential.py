@@ -22,8 +22,8 @@ def _run(**kw):
 
 
 def test_sequential_lowers_the_output_error_on_held_out_data():
-    one = _run(sparsity=0.7)
-    seq = _run(sparsity=0.7, sequential=True)
+    one = _run(sparsity=0.7, allocate="uniform")
+    seq = _run(sparsity=0.7, allocate="uniform", sequential=True)
     e1 = max(one.report.fidelity["eval"]["compressed"].rel_error.values())
     e2 = max(seq.report.fidelity["eval"]["compressed"].rel_error.values())
     assert e2 < 0.8 * e1

@@ -34,7 +34,7 @@ def test_level_grid_is_obcs():
 
 
 def test_dp_meets_the_budget_and_beats_uniform(tmp_path):
-    uni = _run(sparsity=0.7)
+    uni = _run(sparsity=0.7, allocate="uniform")
     dp = _run(sparsity=0.7, allocate="dp", save_profile=str(tmp_path / "p.json"))
     total = sum(x.rows * x.cols for x in dp.report.layers)
     zeros = sum(round(x.sparsity * x.rows * x.cols) for x in dp.report.layers)

@@ -1,0 +1,215 @@
+"""The settings matrix on the real bench models: 50% uniform vs DP, 2:4, W8A8, W4 (OBQ / GPTQ
+/ RTN, per channel and --group-size 32), with the task metric, output error, wall time and
+peak memory of each run.
+
+    python bench/setup_models.py && python bench/make_synthetic.py     # the models
+    python bench/real_matrix.py [--models efficientnet_lite0,ppocr_cls,...] [--runs s50u,s50dp]
+                                [--method-prune gptq] [--out bench/results/real_matrix.jsonl]
+    python bench/real_matrix.py --table                                # the markdown table
+
+Each run is `convert()` in a child process (so its peak resident memory, ru_maxrss, is its
+own) with --holdout 0 and no baseline model; its output is evaluated here on the model's
+separate eval set against the dense model: output error = mean over eval batches of
+||y - y_dense|| / ||y_dense|| (first output); agree = top-1 (argmax over the last axis)
+agreement; KL = mean KL(softmax dense || softmax compressed) over the classes (the
+classifiers); task = top-1 agreement with dense (efficientnet_lite0: no ImageNet labels on
+these photos), label accuracy (ppocr_cls), text accuracy of the CTC decode (ppocr_rec,
+case-folded; common, as bench/deploy.py), box F1 against the dense boxes (common_det, as
+bench/deploy.py), map F1 > 0.3 against the dense map (ppocr_det), top-1 agreement
+(ocr_like). Results are appended to --out (JSON lines; a run already there is skipped, so
+the matrix can be run a piece at a time) and printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+R, S = "bench/real/", "bench/synthetic/"
+MODELS = {  # name -> (path prefix, pruning method: obc, or gptq where ExactOBS takes hours)
+    "efficientnet_lite0": (R + "efficientnet_lite0", "obc"),
+    "ppocr_cls": (R + "ppocr_cls", "obc"),
+    "ppocr_rec": (R + "ppocr_rec", "obc"),
+    "ppocr_det": (R + "ppocr_det", "obc"),
+    "ocr_like": (S + "ocr_like", "obc"),
+    "common": (R + "common", "gptq"),
+    "common_det": (R + "common_det", "gptq"),
+}
+RUNS = {  # name -> convert() options (the pruning method is the model's unless given)
+    "s50u": {"sparsity": 0.5, "allocate": "uniform"},
+    "s50dp": {"sparsity": 0.5, "allocate": "dp", "budget": "params"},
+    "2:4": {"nm": (2, 4), "method": "obc"},
+    "w8a8": {"bits": 8, "act_bits": 8},
+    "w4 obc": {"bits": 4, "method": "obc"},
+    "w4 gptq": {"bits": 4, "method": "gptq"},
+    "w4 rtn": {"bits": 4, "method": "rtn"},
+    "w4g32 obc": {"bits": 4, "group_size": 32, "method": "obc"},
+    "w4g32 gptq": {"bits": 4, "group_size": 32, "method": "gptq"},
+    "w4g32 rtn": {"bits": 4, "group_size": 32, "method": "rtn"},
+}
+
+
+def child(args: str) -> None:
+    """One convert() run; prints a JSON line with its wall time and peak memory."""
+    from onnx_obc import convert
+
+    a = json.loads(args)
+    t = time.perf_counter()
+    r = convert(a["model"], a["out"], calib=a["calib"], holdout=0.0, compare_baseline=False,
+                progress=False, **a["options"])
+    used: dict[str, int] = {}
+    for x in r.report.layers:
+        used[x.method_used or x.method] = used.get(x.method_used or x.method, 0) + 1
+    layers = [{"name": x.name, "cols": x.cols, "sparsity": x.sparsity, "loss": x.loss,
+               "baseline": x.magnitude_loss, "method_used": x.method_used}
+              for x in r.report.layers]
+    print(json.dumps({"seconds": time.perf_counter() - t, "methods_used": used,
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "layers": layers}))
+
+
+def _feeds(path: str, data: dict) -> list[dict]:
+    import onnx
+    from deploy import _batches
+
+    m = onnx.load(path, load_external_data=False)
+    n = len(next(v for k, v in data.items() if k not in ("labels", "texts")))
+    return _batches(m, data, n)
+
+
+def _softmax(y: np.ndarray) -> np.ndarray:
+    e = np.exp(y - y.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def metrics(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) -> dict:
+    import real_ppocr
+    from deploy import task_metric
+
+    err = float(np.mean([np.linalg.norm(y - d) / max(np.linalg.norm(d), 1e-12)
+                         for y, d in zip(ys, dense)]))
+    agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
+                                          for y, d in zip(ys, dense)])))
+    out = {"error": err, "agree": agree, "kl": None}
+    if name in ("efficientnet_lite0", "ppocr_cls"):
+        p = [_softmax(d) if name != "ppocr_cls" else d for d in dense]
+        q = [_softmax(y) if name != "ppocr_cls" else y for y in ys]
+        out["kl"] = float(np.mean(np.concatenate([
+            (a * (np.log(a + 1e-12) - np.log(b + 1e-12))).sum(-1) for a, b in zip(p, q)])))
+    if name == "ppocr_cls":
+        pred = np.concatenate([y.argmax(-1) for y in ys])
+        out["task"] = float(np.mean(pred == ev["labels"]))
+    elif name == "ppocr_rec":
+        cs = json.loads((ROOT / R / "ppocr_charset.json").read_text())
+        got = real_ppocr.ctc(ys, cs)
+        out["task"] = float(np.mean([g.lower() == str(t).lower()
+                                     for g, t in zip(got, ev["texts"])]))
+    elif name == "ppocr_det":
+        out["task"] = real_ppocr.map_f1(dense, ys)
+    elif name in ("common", "common_det"):
+        out["task"] = task_metric(name, ys, dense, ev)
+    else:
+        out["task"] = agree
+    return out
+
+
+def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: list[dict],
+            ev: dict, work: Path) -> dict:
+    from deploy import outputs
+
+    prefix, options = MODELS[name][0], opts
+    out = str(work / f"{name}.{run.replace(' ', '_').replace(':', '')}.onnx")
+    job = {"model": str(ROOT / f"{prefix}.onnx"), "calib": str(ROOT / f"{prefix}.calib.npz"),
+           "out": out, "options": options}
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
+                       capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        return {"model": name, "run": run, "options": options, "failed":
+                (p.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    ys = outputs(out, feeds)
+    os.remove(out)
+    return {"model": name, "run": run, "options": options, "convert_s": info["seconds"],
+            "peak_mb": info["peak_mb"], "methods_used": info["methods_used"],
+            "layers": info["layers"],
+            **metrics(name, ys, dense, ev)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | run | method | task | agree | KL | output error | time s | peak MB |",
+             "|" + "---|" * 9]
+    for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['model']} | {r['run']} | {r['options'].get('method', '')} "
+                         f"| failed: {r['failed'][:60]} | | | | {r['wall_s']:.0f} | |")
+            continue
+        kl = "" if r.get("kl") is None else f"{r['kl']:.4f}"
+        sec = "" if r.get("convert_s") is None else f"{r['convert_s']:.0f}"
+        mb = "" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
+        lines.append(f"| {r['model']} | {r['run']} | {r['options'].get('method', '')} "
+                     f"| {100 * r['task']:.2f} | {100 * r['agree']:.2f} | {kl} "
+                     f"| {r['error']:.4f} | {sec} | {mb} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--method-prune", default=None, choices=["obc", "gptq"],
+                    help="the pruning method of every model (default: per model)")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/real_matrix.jsonl"))
+    ap.add_argument("--table", action="store_true", help="only print the table of --out")
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child)
+    out = Path(a.out)
+    done = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    if a.table:
+        return print(table(done))
+    from deploy import outputs
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    have = {(r["model"], r["run"], r["options"].get("method")) for r in done}
+    with tempfile.TemporaryDirectory(prefix="real-matrix-") as tmp:
+        for name in a.models.split(","):
+            prefix, method = MODELS[name]
+            method = a.method_prune or method
+            if not (ROOT / f"{prefix}.onnx").is_file():
+                print(f"skipping {name}: {prefix}.onnx is missing (bench/setup_models.py)")
+                continue
+            ev = dict(np.load(ROOT / f"{prefix}.eval.npz"))
+            feeds = _feeds(str(ROOT / f"{prefix}.onnx"), ev)
+            dense = outputs(str(ROOT / f"{prefix}.onnx"), feeds)
+            for run in a.runs.split(","):
+                opts = dict(RUNS[run])
+                opts["method"] = opts.get("method", method)
+                if (name, run, opts["method"]) in have:
+                    continue
+                r = run_one(name, run, opts, dense, feeds, ev, Path(tmp))
+                with out.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                print(table([r]).splitlines()[-1], flush=True)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
