@@ -112,6 +112,22 @@ class Plan:
                 "rates": dict(self.rates)}
 
 
+def without_auto_dp(layers: list[Layer], cfg: Any) -> tuple[Any, str | None]:
+    """(cfg, None), or when the default allocation (alloc.mode "auto" resolved to the DP,
+    which needs every full Hessian) cannot hold the layers' Hessians within the memory
+    budget: (cfg with uniform sparsity, which blocked OBS can solve, the note saying so)."""
+    if getattr(cfg, "_alloc_auto", None) is None or cfg.alloc.mode != "dp":
+        return cfg, None
+    shapes = {L.weight: Shape(*L.matrix_shape) for L in layers}
+    need, _ = _memory(shapes, cfg.run.memory_budget_mb * MB, 2 if cfg.run.sequential else 1)
+    if need <= cfg.run.memory_budget_mb * MB:
+        return cfg, None
+    return cfg.replace(allocate="uniform"), (
+        f"uniform sparsity instead of the default DP allocation: the DP needs every layer's "
+        f"full Hessian ({need / MB:.0f} MB), over --memory-budget "
+        f"{cfg.run.memory_budget_mb} MB; raise the budget to allocate by the DP")
+
+
 def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan:
     """The run's plan on `backend` (row batches at most solve.solver_budget); shown as a
     table on stderr with progress, its summary logged otherwise."""

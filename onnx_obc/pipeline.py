@@ -63,8 +63,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         src, proto = open_model(model, output)
         layers, skipped = select_layers(proto, cfg.select)
         backend = get_backend(cfg.run.device)
-    plan = None
+    plan, fallback = None, None
     if _layerwise(cfg):  # before any work: refuses what cannot fit the memory budget
+        cfg, fallback = costplan.without_auto_dp(layers, cfg)
         with _timed(clock, "plan"):
             plan = costplan.planned(layers, cfg, backend, progress)
     with _timed(clock, "load"):
@@ -75,6 +76,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                                  custom_op_library=cfg.run.custom_op_library,
                                  sequential=cfg.run.sequential,
                                  blocks=None if plan is None else plan.blocks())
+        checks += [fallback] if fallback else []
         data = calibration.plan(proto, calib, eval_data, cfg.run)
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)

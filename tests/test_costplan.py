@@ -16,7 +16,7 @@ from onnx_obc.collect import collect
 from onnx_obc.calib import DataSet
 from onnx_obc.config import CompressConfig
 from onnx_obc.costmodel import Rates, Shape, hessian_bytes, solver_bytes
-from onnx_obc.costplan import make_plan
+from onnx_obc.costplan import make_plan, without_auto_dp
 from onnx_obc.errors import ConfigError
 from onnx_obc.hessian import BlockHessianAccumulator
 from onnx_obc.layers import find_layers
@@ -36,7 +36,7 @@ RATES = Rates(flop32=1e-10, flop64=1e-10, prep=0.2, eig=0.2, chol=1e-9, solve=1e
 
 
 def _cfg(**kw):
-    return CompressConfig.from_options(**{"sparsity": 0.5, **kw})
+    return CompressConfig.from_options(**{"sparsity": 0.5, "allocate": "uniform", **kw})
 
 
 def test_hessian_bytes_are_the_accumulators_sizes():
@@ -152,3 +152,22 @@ def test_a_128_by_65536_conv_compresses_within_the_memory_budget():
     assert "-blocked(" in row.method and row.sparsity >= 0.5
     assert plan["hessian_bytes"] + plan["layers"][0]["solver_bytes"] <= budget * MB
     assert row.loss < row.magnitude_loss
+
+
+def test_the_default_dp_falls_back_to_uniform_when_hessians_need_blocks(saved, tmp_path):
+    """--sparsity alone allocates by the DP, which needs every full Hessian: when they do not
+    fit the memory budget the run takes uniform sparsity in column blocks, and says so."""
+    model = b.matmul(d_in=2048, d_out=16)
+    layers, _ = find_layers(model)
+    cfg = CompressConfig.from_options(sparsity=0.5, memory_budget_mb=64)
+    assert cfg.alloc.mode == "dp"
+    fell, note = without_auto_dp(layers, cfg)
+    assert fell.alloc.mode == "uniform" and "memory-budget 64 MB" in note
+    same, none = without_auto_dp(layers, CompressConfig.from_options(sparsity=0.5))
+    assert same.alloc.mode == "dp" and none is None  # fits: the DP stays
+    asked = CompressConfig.from_options(sparsity=0.5, allocate="dp", memory_budget_mb=64)
+    assert without_auto_dp(layers, asked) == (asked, None)  # asked for: refused later
+    path, data = saved(model, n=40)
+    res = convert(path, None, calib=data, progress=False, sparsity=0.5, memory_budget_mb=64)
+    assert any("instead of the default DP" in w for w in res.report.warnings)
+    assert res.report.layers[0].method.startswith("obc-blocked")

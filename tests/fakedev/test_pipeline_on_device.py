@@ -19,19 +19,19 @@ from .conftest import TRANSFERS, sites
 CONV = dict(model=lambda: graphs.conv_bn_relu_conv(c_in=4, mid=8, c_out=8))
 MLP = dict(model=lambda: graphs.transformer_mlp(d=16, hidden=32))
 MODES = {  # name: (model, options)
-    "unstructured": (CONV, dict(sparsity=0.5)),
+    "unstructured": (CONV, dict(sparsity=0.5, allocate="uniform")),
     "nm": (CONV, dict(nm=(2, 4))),
     "blocks": (CONV, dict(block=4, sparsity=0.5)),
     "obq": (CONV, dict(bits=4)),
-    "obs+obq": (CONV, dict(bits=8, sparsity=0.5)),
+    "obs+obq": (CONV, dict(bits=8, sparsity=0.5, allocate="uniform")),
     "obq-groups-asym": (MLP, dict(bits=4, group_size=8, symmetric=False)),
     "gptq": (CONV, dict(method="gptq", bits=4, sparsity=0.5)),
     "gptq-act-order": (MLP, dict(method="gptq", bits=4, act_order=True)),
     "dp-sparsity": (CONV, dict(allocate="dp", sparsity=0.6)),
     "dp-bops": (MLP, dict(allocate="dp", budget="bops", target=8)),
     "dp-output-score": (CONV, dict(allocate="dp", sparsity=0.6, score="output")),
-    "correct": (CONV, dict(sparsity=0.5, correct=True, correct_scale=True)),
-    "sequential": (CONV, dict(sparsity=0.5, sequential=True)),
+    "correct": (CONV, dict(sparsity=0.5, allocate="uniform", correct=True, correct_scale=True)),
+    "sequential": (CONV, dict(sparsity=0.5, allocate="uniform", sequential=True)),
     "act-bits": (CONV, dict(bits=8, act_bits=8)),
     "channels": (CONV, dict(channels=0.3)),
     "onnxruntime": (MLP, dict(bits=4, act_bits=8, runtime="onnxruntime")),
@@ -124,7 +124,7 @@ def _qkv(d: int = 8):
 def test_an_input_shared_by_layers_is_copied_once_per_batch(sequential, saved, fake):
     path, data = saved(_qkv(), n=24, seed=1)
     res = convert(path, None, calib=data, progress=False, device="cuda", batch_size=8,
-                  sparsity=0.5, sequential=sequential, sequential_groups=2 if sequential else None)
+                  sparsity=0.5, allocate="uniform", sequential=sequential, sequential_groups=2 if sequential else None)
     assert len(res.report.layers) == 4
     capture = sum(n for s, n in sites(("h2d",)).items() if "onnx_obc/collect.py" in s)
     # per batch (3) x and h once each, not once per layer; sequential (groups fc, q | k, v):
