@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import copy
 import sys
 import time
 from pathlib import Path
@@ -48,8 +49,9 @@ def load() -> str:
 
 
 def solve(proto, layers, hessians, backend, cfg, engine):
+    """One solve of every layer (on a copy of the accumulators: a solve spends them)."""
     t = time.perf_counter()
-    out = solve_all(proto, layers, dict(hessians), backend, prune=cfg.prune, quant=cfg.quant,
+    out = solve_all(proto, layers, copy.deepcopy(hessians), backend, prune=cfg.prune, quant=cfg.quant,
                     solver=cfg.solver, budget_bytes=solver_budget(cfg.run, backend),
                     engine=engine)
     return out, time.perf_counter() - t
