@@ -132,11 +132,16 @@ _CALIB_OPTIONS = [
 ]
 
 
-def calib_options(command: Any) -> Any:
-    """The calibration-data options of `compress`, in this order on its --help."""
-    for option in reversed(_CALIB_OPTIONS):
+def _with(options: list[Any], command: Any) -> Any:
+    """`command` with `options`, in this order on its --help."""
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def calib_options(command: Any) -> Any:
+    """The calibration-data options of `compress`."""
+    return _with(_CALIB_OPTIONS, command)
 
 
 _EXPORT_OPTIONS = [
@@ -163,6 +168,4 @@ _EXPORT_OPTIONS = [
 
 def export_options(command: Any) -> Any:
     """The `compress` options of ExportOptions (where the quantized model runs)."""
-    for option in reversed(_EXPORT_OPTIONS):
-        command = option(command)
-    return command
+    return _with(_EXPORT_OPTIONS, command)

@@ -7,13 +7,14 @@ import errno
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model
 
-from .errors import ModelError
+from .errors import ModelError, ObcError
 
 PROTO_LIMIT = 2_000_000_000  # protobuf's 2 GB message limit, with margin
 _READS: dict[Path, tuple[tuple[int, int], tuple[Path, ...]]] = {}  # memo: model -> files read
@@ -167,6 +168,28 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, what: str, flag: str) -> None:
+    """Write `data` to a temp file beside `path`, then rename it into place; on any failure
+    the temp file is removed, an existing file at `path` is kept, and an OSError becomes an
+    ObcError naming `what` ("the report") and the option (`flag`) to give another path."""
+    path = os.fspath(path)
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise ObcError(f"cannot write {what} {path!r} ({exc.strerror or exc}); "
+                           + ("free space in its directory or " if full else "")
+                           + f"give {flag} a path in a writable directory") from None
+        raise
 
 
 def write_error(path: Path, exc: OSError) -> str:

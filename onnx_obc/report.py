@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ObcError
 from .layers import Skipped
+from .modelio import write_atomic
 from .verify import Fidelity
 
 NAME_WIDTH = 40  # node names in the layer table (whole in the JSON)
@@ -86,24 +84,8 @@ class Report:
     def write_json(self, path: str | os.PathLike) -> None:
         """Write atomically: a temp file beside `path`, then a rename; on any failure the
         temp file is removed and an existing report at `path` is kept."""
-        path = os.fspath(path)
-        folder, base = os.path.split(os.path.abspath(path))
-        tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "x") as f:
-                json.dump(self.to_dict(), f, indent=2, default=_jsonable)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise ObcError(f"cannot write the report {path!r} ({exc.strerror or exc}); "
-                               + ("free space in its directory or " if exc.errno in (
-                                   errno.ENOSPC, errno.EDQUOT) else "")
-                               + "give --report a path in a writable directory") from None
-            raise
+        text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        write_atomic(path, text.encode(), "the report", "--report")
 
     def table(self) -> str:
         return "\n".join(_channel_lines(self) + _layer_lines(self) + _profile_lines(self)

@@ -204,11 +204,11 @@ def test_write_json_failure_keeps_the_old_report_and_leaves_no_temp(tmp_path, mo
     path = tmp_path / "r.json"
     path.write_text("old")
 
-    def full(obj, f, **kw):
-        f.write('{"partial": ')
+    def full(src, dst):  # the temp file is written; moving it into place fails
+        assert os.path.getsize(src) > 0
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(json, "dump", full)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(ObcError, match=r"cannot write the report .*No space left.*free space"):
         tiny_report().write_json(path)
     assert listing(tmp_path) == ["r.json"] and path.read_text() == "old"

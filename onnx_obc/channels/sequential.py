@@ -25,15 +25,15 @@ from ..collect import collect
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
-from .patterns import find_sites, layer_macs, saved_macs
+from .patterns import find_sites, layer_macs
 from .stage import (
     ChannelResult,
     ChannelRow,
-    _counts,
     _norm_removed,
     _relabel,
     _solve,
     _zeroed_loss,
+    counts_for,
     plan_channels,
 )
 
@@ -55,12 +55,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],
                              time.perf_counter() - t0)
-    counts = _counts(plan, fraction * dense, align, allocate)
-    warnings = []
-    saved = saved_macs(plan.sites, counts)
-    if saved < fraction * dense:
-        warnings.append(f"channel pruning saves {saved / dense:.1%} of the layer FLOPs, short "
-                        f"of prune.channels {fraction:.1%}: the prunable sites cover too little")
+    counts, warnings = counts_for(plan, fraction, align, allocate)
     want = {s.producer.weight: k for s, k in zip(plan.sites, counts)}
     order = _topological(proto, [s for s, k in zip(plan.sites, counts) if k])
     n = groups or len(order)

@@ -116,6 +116,19 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
                        backend, damp, time.perf_counter() - t0)
 
 
+def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str
+               ) -> tuple[list[int], list[str]]:
+    """Channels to remove per site for `fraction` of the layers' multiply-adds, and the
+    warning when the prunable sites cover too little."""
+    counts = _counts(plan, fraction * plan.dense, align, allocate)
+    saved = saved_macs(plan.sites, counts)
+    if saved >= fraction * plan.dense:
+        return counts, []
+    why = (f"channel pruning saves {saved / plan.dense:.1%} of the layer FLOPs, short of "
+           f"prune.channels {fraction:.1%}: the prunable sites cover too little")
+    return counts, [why]
+
+
 def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp"
                  ) -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels of `plan`'s sites,
@@ -126,12 +139,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],
                              plan.seconds)
-    counts = _counts(plan, fraction * dense, align, allocate)
-    warnings = []
-    saved = saved_macs(plan.sites, counts)
-    if saved < fraction * dense:
-        warnings.append(f"channel pruning saves {saved / dense:.1%} of the layer FLOPs, short "
-                        f"of prune.channels {fraction:.1%}: the prunable sites cover too little")
+    counts, warnings = counts_for(plan, fraction, align, allocate)
     rows, keep, keep_norm, updated = [], [], [], {}
     for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import uuid
 from collections.abc import Iterable
 
 from ..errors import ConfigError, ObcError
+from ..modelio import write_atomic
 from ..report import Report
 
 FIGURES = (".png", ".svg", ".pdf")  # --plot's formats
@@ -60,29 +60,10 @@ def write_views(report: Report, plot: str | os.PathLike | None = None,
     written = []
     if plot:
         fmt = os.fspath(plot).rsplit(".", 1)[-1].lower()
-        write_atomic(plot, figure.render(report, fmt))
+        write_atomic(plot, figure.render(report, fmt), "the figure", "--plot")
         written.append(os.fspath(plot))
     if html:
-        write_atomic(html, page.render(report, figure.render(report, "png")).encode())
+        write_atomic(html, page.render(report, figure.render(report, "png")).encode(),
+                     "the HTML report", "--html")
         written.append(os.fspath(html))
     return written
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """A temp file beside `path`, then a rename; on failure the temp file is removed."""
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ObcError(f"cannot write {path!r} ({exc.strerror or exc}); give a path in a "
-                           "writable directory") from None
-        raise

@@ -73,7 +73,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     (tmp_path / "keep.png").write_bytes(b"old")
     (tmp_path / "d").mkdir()
     with pytest.raises(ObcError, match="cannot write"):
-        view.write_atomic(tmp_path / "d", b"new")  # a directory cannot be replaced
+        view.write_atomic(tmp_path / "d", b"new", "the figure", "--plot")  # a directory cannot be replaced
     assert sorted(os.listdir(tmp_path)) == ["d", "keep.png"]
 
 
