@@ -85,7 +85,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         nonlocal levels, profile
         t = time.perf_counter()
         chosen = _choose_levels(proto, group, hessians, backend, cfg, data, budget,
-                                _scales(observers, cfg), runtime, progress, engine)
+                                _values(observers, cfg), runtime, progress, engine)
         levels, profile = chosen.levels, chosen.profile
         warnings.extend(chosen.warnings)
         _add(seconds, "allocate", t)
@@ -109,8 +109,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
             current = export.apply_weights(current, group, {
                 k: s.compressed.weight for k, s in solved.solutions.items()})
         _add(seconds, "solve", t)
-    values = (export.act_values(observers, cfg.export.runtime, cfg.quant.act_calibration,
-                                cfg.quant.act_percentile) if cfg.quant.act_bits else None)
+    values = _values(observers, cfg)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
                       seconds, values)
 
@@ -122,6 +121,14 @@ def _scales(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, float] 
     return {n: o.scale(q.act_calibration, q.act_percentile) for n, o in observers.items()}
 
 
+def _values(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, Any] | None:
+    """The activation values cfg.export.runtime's target takes (export.act_values)."""
+    q = cfg.quant
+    if not q.act_bits:
+        return None
+    return export.act_values(observers, cfg.export.runtime, q.act_calibration, q.act_percentile)
+
+
 def _choose_levels(proto: onnx.ModelProto, layers: list[Layer], hessians: dict,
                    backend: Backend, cfg: CompressConfig, data: Calibration, budget: int,
                    act_scales: dict[str, float] | None, runtime: Runtime, progress: bool,
@@ -131,7 +138,7 @@ def _choose_levels(proto: onnx.ModelProto, layers: list[Layer], hessians: dict,
     return choose_levels(proto, layers, hessians, backend, prune=cfg.prune, quant=cfg.quant,
                          solver=cfg.solver, alloc=cfg.alloc, data=data.fit, batch=data.batch,
                          budget_bytes=budget, act_scales=act_scales, runtime=runtime,
-                         progress=progress, engine=engine)
+                         progress=progress, export_target=cfg.export.runtime, engine=engine)
 
 
 def _add(seconds: dict[str, float], stage: str, t: float) -> None:

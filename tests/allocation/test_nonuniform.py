@@ -149,3 +149,23 @@ def test_output_score_puts_the_deployed_input_qdq_in_place():
     score = OutputScore.measure(model, data, 32, providers_for(get_backend("cpu").name))
     errs = score.errors(L, iter([dense, dense]), iter([None, amax / 127]))
     assert errs[0] == 0.0 and errs[1] > 1e-7  # same weights: only the input Q/DQ differs
+
+
+def test_output_score_deploys_candidates_for_the_runs_export_target(monkeypatch):
+    """With --runtime onnxruntime the allocation scores candidates as onnxruntime runs them
+    (its (lo, hi) activation ranges), not in TensorRT's form."""
+    import onnx_obc.allocation as allocation
+
+    seen = {}
+    real = allocation.choose_levels
+
+    def spy(*a, **k):
+        seen.update(target=k["export_target"], values=k["act_scales"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(allocation, "choose_levels", spy)
+    for runtime, kind in (("onnxruntime", tuple), ("tensorrt", float)):
+        _run(allocate="dp", budget="bops", target=16, act_bits=8, runtime=runtime,
+             score="output")
+        assert seen["target"] == runtime
+        assert seen["values"] and all(isinstance(v, kind) for v in seen["values"].values())
