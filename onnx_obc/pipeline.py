@@ -63,20 +63,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         src, proto = open_model(model, output)
         layers, skipped = select_layers(proto, cfg.select)
         backend = get_backend(cfg.run.device)
-    plan, fallback = None, None
-    if _layerwise(cfg):  # before any work: refuses what cannot fit the memory budget
-        cfg, fallback = costplan.without_auto_dp(layers, cfg)
-        with _timed(clock, "plan"):
-            plan = costplan.planned(layers, cfg, backend, progress)
+    cfg, plan, notes = _plan(layers, cfg, backend, progress, clock)  # before any work
     with _timed(clock, "load"):
-        checks = preflight.check(proto, layers, model_path=src, output=output,
-                                 report_path=report_path, external=cfg.run.external_data,
-                                 bits=bool(cfg.quant.bits or cfg.alloc.budget == "bops"),
-                                 act_bits=bool(cfg.quant.act_bits), calib=calib,
-                                 custom_op_library=cfg.run.custom_op_library,
-                                 sequential=cfg.run.sequential,
-                                 blocks=None if plan is None else plan.blocks())
-        checks += [fallback] if fallback else []
+        checks = notes + _preflight(proto, layers, src, output, report_path, calib, cfg, plan)
         data = calibration.plan(proto, calib, eval_data, cfg.run)
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
@@ -87,27 +76,17 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             proto = chan.model
             layers, skipped = select_layers(proto, cfg.select)
         if plan is not None:  # the shrunk layers
-            with _timed(clock, "plan"):
-                plan = costplan.planned(layers, cfg, backend, progress)
+            cfg, plan, _ = _plan(layers, cfg, backend, progress, clock)
     done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine, plan)
             if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
-    fixes = None
-    if cfg.correct.active and done.solutions:  # timed only when it runs
-        with _timed(clock, "correct"):
-            fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
-                                    done.solutions, data.fit, data.batch, runtime,
-                                    cfg.correct.scale)
+    fixes = _correct(proto, layers, done, data, runtime, cfg, clock)
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
                                   act_scales=done.act_values, target=cfg.export.runtime,
                                   target_options=cfg.export.target_options())
     with _timed(clock, "verify"):
-        named = {"dense": dense, **{baseline_name(cfg) if k == "baseline" else k: m
-                                    for k, m in models.items()},
-                 **({"channels-l2": chan.baseline}
-                    if chan is not None and cfg.run.compare_baseline else {})}
-        fidelity = measure(named, data.sets(), data.batch, runtime)
+        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime)
         fusion = export.fusion.check(models["compressed"], layers, runtime)
     ranked = {}
     if cfg.run.sensitivity and done.solutions:  # timed only when it runs
@@ -121,6 +100,52 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
     return ConvertResult(models["compressed"], report, written)
+
+
+def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
+             data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
+             clock: dict[str, float]) -> Any:
+    """The correction stage (timed only when it runs): per-node factors, or None."""
+    if not (cfg.correct.active and done.solutions):
+        return None
+    with _timed(clock, "correct"):
+        return correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
+                               done.solutions, data.fit, data.batch, runtime, cfg.correct.scale)
+
+
+def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
+          clock: dict[str, float]) -> tuple[CompressConfig, Any, list[str]]:
+    """The cost plan of a layer-wise run (refuses what cannot fit the memory budget): the
+    config (the default DP falls back to uniform when the full Hessians cannot fit), the
+    plan (None without layer solves) and what the fallback says."""
+    if not _layerwise(cfg):
+        return cfg, None, []
+    cfg, fallback = costplan.without_auto_dp(layers, cfg)
+    with _timed(clock, "plan"):
+        plan = costplan.planned(layers, cfg, backend, progress)
+    return cfg, plan, [fallback] if fallback else []
+
+
+def _preflight(proto: onnx.ModelProto, layers: list, src: str | None, output: Any,
+               report_path: Any, calib: Any, cfg: CompressConfig, plan: Any) -> list[str]:
+    """preflight.check with the run's settings: what can be known before any work."""
+    return preflight.check(proto, layers, model_path=src, output=output,
+                           report_path=report_path, external=cfg.run.external_data,
+                           bits=bool(cfg.quant.bits or cfg.alloc.budget == "bops"),
+                           act_bits=bool(cfg.quant.act_bits), calib=calib,
+                           custom_op_library=cfg.run.custom_op_library,
+                           sequential=cfg.run.sequential,
+                           blocks=None if plan is None else plan.blocks())
+
+
+def _named(dense: onnx.ModelProto, models: dict, chan: Any, cfg: CompressConfig) -> dict:
+    """The models verify measures: dense, the built variants (the baseline under its
+    method's name) and the channel stage's L2-norm model."""
+    named = {"dense": dense, **{baseline_name(cfg) if k == "baseline" else k: m
+                                for k, m in models.items()}}
+    if chan is not None and cfg.run.compare_baseline:
+        named["channels-l2"] = chan.baseline
+    return named
 
 
 def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibration,
