@@ -52,7 +52,7 @@ def build(name: str, outdir: Path, samples: int) -> tuple[Path, Path]:
 
 
 def _has_flag(flag: str) -> bool:
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], check=False, capture_output=True,
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "compress", "--help"], check=False, capture_output=True,
                          text=True, cwd=ROOT).stdout
     return flag in out
 
