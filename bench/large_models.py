@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,8 @@ def run_one(model: Path, calib: Path, opts: list[str], outdir: Path) -> dict:
     files = [out] + sorted(outdir.glob(f"{out.name}*.data"))
     row.update(out_mb=round(sum(f.stat().st_size for f in files) / 1e6, 1),
                fidelity=rep.get("fidelity"), layers=len(rep.get("layers", [])),
-               stage_seconds=rep.get("seconds"))
+               stage_seconds=rep.get("seconds"),
+               methods=dict(Counter(str(ly.get("method")) for ly in rep.get("layers", []))))
     for f in [*files, report]:
         f.unlink(missing_ok=True)
     return row
