@@ -86,7 +86,7 @@ def run_one(model: Path, calib: Path, opts: list[str], outdir: Path) -> dict:
     row.update(out_mb=round(sum(f.stat().st_size for f in files) / 1e6, 1),
                fidelity=rep.get("fidelity"), layers=len(rep.get("layers", [])),
                stage_seconds=rep.get("seconds"),
-               methods=dict(Counter(str(ly.get("method")) for ly in rep.get("layers", []))))
+               methods=dict(Counter(ly.get("method_used") or ly.get("method") for ly in rep.get("layers", []))))
     for f in [*files, report]:
         f.unlink(missing_ok=True)
     return row
