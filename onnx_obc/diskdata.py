@@ -6,14 +6,16 @@ ModelProto keeps a reference to the input's data file, so the copies the stages 
 model (the compressed, uncorrected and baseline models, capture and verify sessions) stay
 small. Its location is rewritten relative to the filesystem root (`ROOT`), so every reader
 finds it without knowing the input's folder: onnxruntime, given the model as bytes, with
-`session_options(opts)` (it maps the file itself), and `modelio.write_external`, which copies
-the bytes from the input's file into the output's, in chunks.
+`session_options(opts)` (one read-only mapping of the file shared by every session of the
+process), and `modelio.write_external`, which copies the bytes from the input's file into the
+output's, in chunks.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +94,8 @@ def keep(model: onnx.ModelProto, base: Path) -> set[str]:
         if not path.is_file() or offset + length > path.stat().st_size:
             raise ModelError(f"external data of {t.name!r} is missing: {str(path)!r} does not "
                              f"hold {length} bytes at offset {offset}")
+        if not path.is_relative_to(ROOT):
+            continue  # another drive: loaded as before
         _point(t, path.relative_to(ROOT).as_posix(), offset, length)
         kept.add(t.name)
     return kept
@@ -162,8 +166,8 @@ _MAPPED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 def _mapped(t: onnx.TensorProto) -> _Mapped | None:
     path, offset, _ = source(t)
-    if t.data_type not in NUMPY or offset % ITEMSIZE[t.data_type]:
-        return None
+    if t.data_type not in NUMPY or offset % ITEMSIZE[t.data_type] or sys.byteorder != "little":
+        return None  # onnxruntime maps or reads it itself
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size, offset, t.data_type, tuple(t.dims))
     m = _MAPPED.get(key)

@@ -93,13 +93,16 @@ def test_save_copies_the_kept_table_into_the_output(tmp_path, external):
     assert diskdata.kept(m)  # the model still points at the input's file
 
 
-def test_convert_gives_what_a_loaded_model_gives(tmp_path):
+@pytest.mark.parametrize("options", [
+    dict(bits=4, method="gptq"), dict(channels=0.3),  # channels: the shrink's full check
+    dict(bits=8, act_bits=8, runtime="onnxruntime", correct=True)], ids=str)
+def test_convert_gives_what_a_loaded_model_gives(tmp_path, options):
     """The run on a model whose table stays on disk equals the run on the same model in
-    memory: same layer errors, same output values."""
+    memory: same layer losses, same fidelity, same output values."""
     path, feed = table_model(tmp_path)
     x = feed(32)
     calib = [{"ids": x["ids"][i:i + 1]} for i in range(32)]
-    opts = dict(calib=calib, bits=4, method="gptq", progress=False, holdout=0.25)
+    opts = dict(calib=calib, progress=False, holdout=0.25, **options)
     disk = convert(path, tmp_path / "out.onnx", **opts)
     mem = convert(onnx.load(path), **opts)
     assert diskdata.kept(disk.model) and not diskdata.kept(mem.model)
