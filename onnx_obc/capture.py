@@ -19,8 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .errors import ModelError
 from . import diskdata
+from .errors import ModelError
 from .modelio import serialized_or_path
 
 

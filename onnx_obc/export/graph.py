@@ -13,8 +13,8 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper, version_converter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from ..errors import ModelError
 from ..diskdata import as_inputs
+from ..errors import ModelError
 from ..modelio import needs_external, payloads_aside
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
