@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from . import diskdata
 from .errors import ModelError
 from .modelio import serialized_or_path
 
@@ -72,8 +73,11 @@ def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bo
     opts = rt.options(optimize)
     with tempfile.TemporaryDirectory(prefix="onnx-obc-") as tmp:
         src = serialized_or_path(model, Path(tmp))
+        shared = diskdata.session_options(model, opts) if isinstance(src, bytes) else []
         try:
-            return ort.InferenceSession(src, sess_options=opts, providers=list(rt.providers))
+            sess = ort.InferenceSession(src, sess_options=opts, providers=list(rt.providers))
+            sess._obc_shared = shared  # the mapped tensors it reads live as long as it does
+            return sess
         except Exception as exc:
             hint = ("; if it is a custom op, pass the shared library that implements it with "
                     "--custom-op-library" if "is not a registered function/op" in str(exc)

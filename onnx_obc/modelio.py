@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model
+from onnx.external_data_helper import (ExternalDataInfo, load_external_data_for_tensor,
+                                       uses_external_data)
 
+from . import diskdata
 from .errors import ModelError, ObcError
 
 PROTO_LIMIT = 2_000_000_000  # protobuf's 2 GB message limit, with margin
@@ -27,7 +29,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:  # as onnx.load does, in two steps to note the external data files the model reads
         model = onnx.load(str(p), load_external_data=False)
         _remember_reads(p, model)
-        load_external_data_for_model(model, str(p.parent))
+        kept = diskdata.keep(model, p.parent)  # large tensors no stage reads stay on disk
+        for t in onnx.external_data_helper._get_all_tensors(model):
+            if uses_external_data(t) and t.name not in kept:
+                load_external_data_for_tensor(t, str(p.parent))
     except Exception as exc:
         hint = (" Keep the external data file next to the model."
                 if "external" in str(exc).lower() or ".data" in str(exc) else "")
@@ -108,7 +113,8 @@ def data_file_name(out: str | os.PathLike, inp: str | os.PathLike | None) -> str
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of initializer and Constant tensor payloads (what decides the 2 GB limit)."""
+    """Bytes of initializer and Constant tensor payloads in memory (what decides the 2 GB
+    limit; tensors kept in the input's data file, diskdata.py, are not counted)."""
     total = sum(len(t.raw_data) or 4 * len(t.float_data) for t in model.graph.initializer)
     for node in model.graph.node:
         for a in node.attribute:
@@ -119,6 +125,17 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 def needs_external(model: onnx.ModelProto) -> bool:
     return tensor_bytes(model) > PROTO_LIMIT
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all the model's tensor payloads: in memory and kept on disk."""
+    return tensor_bytes(model) + diskdata.kept_bytes(model)
+
+
+def writes_external(model: onnx.ModelProto) -> bool:
+    """Whether an automatic save writes an external data file: over the 2 GB limit, or
+    tensors kept in the input's data file (they are copied to the output's)."""
+    return needs_external(model) or bool(diskdata.kept(model))
 
 
 def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None) -> Path:
@@ -142,7 +159,7 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
                external: bool | None = None) -> list[Path]:
     """Write atomically: into a temp dir beside `out`, then rename. Returns written paths."""
     o = check_output_path(out, inp)
-    external = needs_external(model) if external is None else external
+    external = writes_external(model) if external is None else external
     data_name = data_file_name(o, inp) if external else ""  # never a file the input reads
     written: list[Path] = []
     try:
@@ -153,6 +170,12 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
         target = tmp / o.name
         if external:
             write_external(model, target, data_name)
+        elif diskdata.kept(model):  # inline asked for: the kept tensors are read in
+            inline = onnx.ModelProto()
+            inline.CopyFrom(model)
+            diskdata.load(inline)
+            onnx.save_model(inline, str(target))
+            del inline
         else:
             onnx.save_model(model, str(target))
         if external and (tmp / data_name).exists():  # absent when every tensor is tiny
@@ -205,7 +228,8 @@ def write_error(path: Path, exc: OSError) -> str:
 
 
 def serialized_or_path(model: onnx.ModelProto, workdir: Path) -> bytes | str:
-    """What onnxruntime.InferenceSession accepts: bytes, or a file path for >2 GB models."""
+    """What onnxruntime.InferenceSession accepts: bytes, or a file path for >2 GB models
+    (bytes of a model with tensors kept on disk also need diskdata.session_options)."""
     if not needs_external(model):
         return model.SerializeToString()
     path = workdir / "model.onnx"
@@ -236,24 +260,30 @@ def write_external(model: onnx.ModelProto, target: Path, data_name: str,
     """Write `model` to `target` with every initializer payload over `over` bytes in
     target's folder / `data_name` (4 KiB-aligned offsets), one tensor at a time and without
     copying the model (onnx.save_model's external-data path empties the proto it is given,
-    so it needs a whole copy); `model` is left as it was."""
+    so it needs a whole copy); tensors kept in the input's data file (diskdata.py) are
+    copied from it in chunks; `model` is left as it was."""
     with payloads_aside(model, over) as aside:
         shell = onnx.ModelProto()
         shell.CopyFrom(model)  # everything but the large payloads
+        on_disk = {t.name for t in diskdata.kept(shell)}
         offset = 0
         with open(target.parent / data_name, "wb") as f:
             for t in shell.graph.initializer:
                 data = aside.get(t.name)
-                if data is None:
+                if data is None and t.name not in on_disk:
                     continue
                 pad = -offset % 4096
                 f.write(b"\0" * pad)
                 offset += pad
-                f.write(data)
+                if data is None:
+                    length = diskdata.copy_bytes(t, f)
+                else:
+                    f.write(data)
+                    length = len(data)
                 t.data_location = onnx.TensorProto.EXTERNAL
                 del t.external_data[:]
                 for k, v in (("location", data_name), ("offset", str(offset)),
-                             ("length", str(len(data)))):
+                             ("length", str(length))):
                     t.external_data.add(key=k, value=v)
-                offset += len(data)
+                offset += length
         onnx.save_model(shell, str(target))

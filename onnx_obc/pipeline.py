@@ -37,7 +37,8 @@ from .verify import measure
 
 @dataclass(frozen=True)
 class ConvertResult:
-    model: onnx.ModelProto  # the compressed model
+    model: onnx.ModelProto  # the compressed model (its large untouched tensors may still be
+    # references to the input's data file, diskdata.py: save it with modelio.save_model)
     report: Report
     written: list[Path]  # files written (empty when no output path was given)
 

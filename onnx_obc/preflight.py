@@ -43,7 +43,7 @@ def check(proto: onnx.ModelProto, layers: list[Layer], *, model_path: str | None
     notes: list[str] = []
     writes: tuple[Path, ...] = ()
     if output is not None:
-        check_output_space(output, modelio.tensor_bytes(proto) + MARGIN)
+        check_output_space(output, modelio.weight_bytes(proto) + MARGIN)
         name, notes = external_data_name(output, model_path, external, proto)
         writes = (Path(output).resolve(), Path(output).resolve().parent / name)
     if report_path is not None:
@@ -91,7 +91,7 @@ def external_data_name(output: str | os.PathLike, model_path: str | None,
     """(name of the output's data file, a warning when the usual name is the input's)."""
     name = modelio.data_file_name(output, model_path)
     usual = Path(output).name + ".data"
-    uses = external or (external is None and modelio.needs_external(proto))
+    uses = external or (external is None and modelio.writes_external(proto))
     if not uses or name == usual:
         return name, []
     return name, [f"the input model reads its weights from {usual}, so the output's weights go "

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from .calib import CalibrationSource
 from .capture import Runtime, session
-from .modelio import tensor_bytes
+from .modelio import weight_bytes
 
 ONE_AT_A_TIME = 1 << 30  # bytes of weights over all the models measured
 
@@ -84,7 +84,7 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     (graph optimizations on), relative to models["dense"]. Models over `ONE_AT_A_TIME`
     bytes of weights hold only two sessions at once (dense + one, the dense model re-run
     per model) instead of one per model."""
-    if sum(tensor_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
+    if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
         return {name: evaluate(sessions, ds, batch_size) for name, ds in sets.items()}
     dense = session(models["dense"], runtime, optimize=True)

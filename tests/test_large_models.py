@@ -15,12 +15,26 @@ import onnxruntime as ort
 import pytest
 
 from onnx_obc import convert
+from onnx_obc.capture import session
 from tests.builders import huge_external
 
+def _available() -> int:
+    """Bytes of memory available now (MemAvailable: free plus reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(ln.split()[1]) << 10 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# The whole test (building the model, the run, the checks) peaks at 1.24 GB RSS, the CLI run
+# alone (python bench/large_models.py --models huge --runs gptq4) at 1.27 GB: the 2.2 GB
+# table stays in the input's data file (diskdata.py), one read-only mapping of it shared by
+# every session; before that, a run peaked near 10x the weights (a 0.53 GB model: 5.2 GB)
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") < 24 << 30,
-    reason="needs ~24 GB of free memory: a run peaks near 10x the model's weights today "
-           "(bench/large_models.py --models huge measures it)")]
+    _available() < 3 << 30,
+    reason="needs ~3 GB of available memory (it peaks at 1.24 GB RSS, mapped pages of the "
+           "2.2 GB data file included: python -m pytest -m slow tests/test_large_models.py)")]
 
 
 def _fingerprint(path) -> tuple[int, int, str]:
@@ -52,10 +66,13 @@ def test_a_model_over_2gb_round_trips_with_external_data(tmp_path):
     assert [p.name for p in res.written] == ["out.onnx", "out.onnx.data"]
     assert {r.name for r in res.report.layers} == {"fc1", "fc2"}
 
-    ids = calib["ids"][:8]
-    dense = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    comp = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    y0 = dense.run(None, {"ids": ids})[0]
-    y1 = comp.run(None, {"ids": ids})[0]
+    ids = {"ids": calib["ids"][:8]}
+    y0 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, ids)[0]
+    y1 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, ids)[0]
+    # the written file is the model the run returned (its table still read from the input)
+    np.testing.assert_array_equal(y1, session(res.model, ["CPUExecutionProvider"],
+                                              optimize=True).run(None, ids)[0])
     rel = np.linalg.norm(y1 - y0) / np.linalg.norm(y0)
-    assert 0 < rel < 0.2  # 4-bit weights: close to dense, and not the dense model itself
+    # 4-bit per-channel weights of two Gaussian layers: ~0.2 (RTN's expected error), far
+    # from 1 (a wrong or zero table) and from 0 (the dense model itself)
+    assert 0 < rel < 0.3

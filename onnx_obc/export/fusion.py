@@ -62,6 +62,7 @@ class Fusion:
 def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelProto:
     """The graph onnxruntime's CPU session runs for `model` at ORT_ENABLE_ALL."""
     from ..capture import Runtime
+    from ..diskdata import as_inputs
     from ..modelio import serialized_or_path
 
     rt = Runtime.of(runtime) if runtime is not None else Runtime()
@@ -70,7 +71,7 @@ def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelPr
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = os.path.join(tmp, "optimized.onnx")
         opts.optimized_model_filepath = path
-        src = serialized_or_path(model, Path(tmp))
+        src = serialized_or_path(as_inputs(model), Path(tmp))  # kept tensors: not dumped
         ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
         return onnx.load(path)
 

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper, version_converter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from ..diskdata import as_inputs
 from ..errors import ModelError
 from ..modelio import needs_external, payloads_aside
 
@@ -117,7 +118,7 @@ def check(model: onnx.ModelProto) -> None:
     """ModelError when the edited model fails onnx.checker."""
     if needs_external(model):
         return  # checked from the saved file by the caller (protobuf cannot hold it in memory)
-    try:
-        onnx.checker.check_model(model)
+    try:  # tensors kept in the input's data file are checked as inputs (no data read)
+        onnx.checker.check_model(as_inputs(model))
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the rewritten model fails onnx.checker: {exc}") from None

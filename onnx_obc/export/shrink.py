@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..diskdata import as_inputs
 from ..errors import ModelError
 from ..layers import Layer, node_label
 from .graph import export_graph, model_opset
@@ -67,7 +68,7 @@ def checked(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.value_info[:]
     try:
         out = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        onnx.checker.check_model(out, full_check=True)
+        onnx.checker.check_model(as_inputs(out), full_check=True)  # kept tensors: no data
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelError(f"the channel-pruned model fails shape inference: {exc}") from None
     return out
