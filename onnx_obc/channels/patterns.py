@@ -16,13 +16,15 @@ one node stays, with one reason (`Refusal`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
-from .reasons import mixes_reason, residual_reason
+from .flops import layer_macs, positions, saved_macs
+from .reasons import feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
@@ -45,6 +47,8 @@ class Site:
     macs: float  # multiply-adds saved per removed channel
     cell: float = 0.0  # consumer MACs of one (row, channel) pair: counted twice when the
     # consumer also loses rows as the producer of another site (see overlap)
+    unit: int = 1  # producer rows (and sliced entries, consumer columns) per channel: a head's dh
+    split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ class _Graph:
     inits: dict[str, tuple[int, ...]]  # initializer -> shape
     outputs: set[str]
     shapes: dict[str, list[int | None]]
+    makers: dict[str, tuple[str, onnx.NodeProto]] = field(default_factory=dict)  # tensor ->
+    # (label, node) writing it
+    values: dict[str, list[int]] = field(default_factory=dict)  # small int64 initializers
 
     def spatial(self, tensor: str, conv: bool) -> int:
         """Positions per channel (conv: the spatial dims; linear: the token dims)."""
@@ -77,13 +84,17 @@ class _Graph:
 
 def graph_of(model: onnx.ModelProto) -> _Graph:
     g = model.graph
-    nodes, users = {}, {}
+    nodes, users, makers = {}, {}, {}
     for i, n in enumerate(g.node):
         label = node_label(n, i)
         nodes[label] = n
         for t in n.input:
             if t:
                 users.setdefault(t, []).append((label, n))
+        makers.update({o: (label, n) for o in n.output if o})
+    values = {i.name: [int(v) for v in numpy_helper.to_array(i).reshape(-1)]
+              for i in g.initializer
+              if i.data_type == onnx.TensorProto.INT64 and math.prod(i.dims) <= 8}
     inits = {i.name: tuple(i.dims) for i in g.initializer}
     try:
         inferred = shape_inference.infer_shapes(model).graph
@@ -94,7 +105,7 @@ def graph_of(model: onnx.ModelProto) -> _Graph:
     for v in [*inferred.value_info, *inferred.input, *inferred.output]:
         dims = v.type.tensor_type.shape.dim
         shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes)
+    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes, makers, values)
 
 
 def find_sites(model: onnx.ModelProto, layers: list[Layer]
@@ -172,8 +183,12 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
         elif op in POOLS and conv and len(nxt.output) == 1:
             pass
-        elif _attention_mix(g, nxt, t, conv):
-            pass  # A @ V: mixes the tokens, keeps the value channels (last axis)
+        elif _attention_mix(g, nxt, t, conv):  # A @ V: mixes the tokens, keeps the value
+            macs += positions(g, nxt.input[0])  # channels (last axis); Tq * Tk per channel
+        elif op == "Reshape" and feeds_scores(g, nxt):
+            from .heads import head_site  # V -> [bias] -> heads -> A @ V -> merge -> Wo
+
+            return head_site(g, L, label, nxt, C, tuple(path), tuple(sliced), macs, by_node)
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         else:
@@ -271,27 +286,5 @@ def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def saved_macs(sites: list[Site], counts: list[int]) -> float:
-    """Exact multiply-adds saved by removing counts[i] channels of sites[i]: the per-channel
-    savings less the (row, column) pairs of a layer that loses both (consumer of one site,
-    producer of another), which they count twice."""
-    total = sum(k * s.macs for s, k in zip(sites, counts))
-    rows = {s.producer.weight: k for s, k in zip(sites, counts)}
-    return total - sum(k * rows.get(s.consumer.weight, 0) * s.cell
-                       for s, k in zip(sites, counts))
-
-
-def layer_macs(model: onnx.ModelProto, layers: list[Layer]) -> float:
-    """Multiply-adds of `layers` on one sample (spatial/token sizes from shape inference;
-    unknown sizes count 1)."""
-    g = graph_of(model)
-    total = 0.0
-    for L in layers:
-        for u in L.uses:
-            node = g.nodes[u.node]
-            G, r, d = L.matrix_shape
-            total += G * r * d * g.spatial(node.output[0], L.op == "Conv")
-    return total
-
-
-__all__ = ["Refusal", "Site", "constant_weights", "find_sites", "graph_of", "layer_macs"]
+__all__ = ["Refusal", "Site", "constant_weights", "find_sites", "graph_of", "layer_macs",
+           "saved_macs"]

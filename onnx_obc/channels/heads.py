@@ -1,0 +1,286 @@
+"""Whole attention heads as a channel site: the standard multi-head self-attention as
+PyTorch / HF / our builders export it,
+
+    Q = X Wq (+ bq), K, V likewise -> Reshape [B, T, H, dh] -> Transpose
+    -> MatMul(Q, Kᵀ) -> [Mul/Div by a scalar] -> [Add a mask shared by the heads] -> Softmax
+    -> MatMul(., V) -> Transpose -> Reshape [B, T, H·dh] -> MatMul Wo (+ bo)
+
+Head h is channel h of a site whose producer is the V projection (dh output columns per
+head: `Site.unit`) and whose consumer is Wo (dh input columns per head: `Site.width`), so
+the group OBS of solvers/channels.py runs on Wo's Hessian over each head's dh columns.
+Removing a head also cuts its dh columns of Wq and Wk (and biases: `HeadSplit.tied`) and
+rewrites the Reshape shape constants H -> H - k (`HeadSplit.shapes`). Anything else (a
+head count from a Shape op, a per-head score bias, a fused QKV projection, Transposes that
+do not compose to the standard layout) refuses the V projection with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx
+
+from ..layers import Layer
+from .patterns import (
+    Site,
+    _attr,
+    _consumer_checks,
+    _Graph,
+    _only_user,
+    _producer_checks,
+    _Refused,
+)
+
+SCALE = ("Mul", "Div")
+TO_HEADS = (0, 2, 1, 3)  # [B, T, H, dh] -> [B, H, T, dh] (Q, V; and back for the context)
+KEY_T = (0, 2, 3, 1)  # [B, T, H, dh] -> [B, H, dh, T]
+
+
+@dataclass(frozen=True)
+class HeadSplit:
+    heads: int
+    tied: tuple[tuple[str, int, int], ...]  # (initializer, axis, entries per head): Wq, Wk
+    # and their biases, cut with the heads
+    shapes: tuple[tuple[str, int, int], ...]  # (Reshape node label, index, per head): the
+    # shape constant's entry becomes kept heads * per head
+
+
+def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
+              path: tuple[str, ...], sliced: tuple[tuple[str, int], ...], macs: float,
+              by_node: dict[str, Layer]) -> Site:
+    """The head site of V projection L whose channels (C = H·dh) reach the Reshape `split`
+    (label) after the per-channel `path`; `macs` so far: L's per output column."""
+    H, dh = _split_shape(g, label, split, C, "value")
+    shapes = [(label, 2, 1)]
+    av_label, av, ts = _transposes(g, split.output[0], None, "value")
+    if av.op_type == "MatMul" and not (av.input[1] == ts and av.input[0] in g.makers
+                                       and g.makers[av.input[0]][1].op_type == "Softmax"):
+        raise _Refused(f"its channels are attention query/key channels (they reach the scores "
+                       f"{av_label!r}): removed only with whole heads, at the value "
+                       "projection's site")
+    _transposes(g, split.output[0], TO_HEADS, "value")
+    if not (av.op_type == "MatMul" and av.input[0] not in g.inits):
+        raise _Refused(f"the value heads reach {av.op_type} {av_label!r}, not A @ V")
+    s_label, scores = _scores(g, av.input[0])
+    tied, qk_macs = [], 0.0
+    for t, perm, role in ((scores.input[0], TO_HEADS, "query"), (scores.input[1], KEY_T, "key")):
+        Lp, lb, n_tied, dq = _projection(g, t, perm, H, role, by_node)
+        if Lp.weight == L.weight:
+            raise _Refused(f"the {role} and value projections share the weight {L.weight!r}")
+        shapes.append((lb, 2, 1))
+        tied += n_tied
+        qk_macs += Lp.matrix_shape[2] * dq * g.spatial(_output(g, Lp), False)
+    qk_macs += _per_head(g, scores.output[0]) * dq  # Q Kᵀ: T_q·T_k·dq per head
+    macs = macs * dh + qk_macs + _per_head(g, av.input[0]) * dh  # V columns, A @ V
+    m_label, merge, _ = _transposes(g, av.output[0], TO_HEADS, "context")
+    if merge.op_type != "Reshape":
+        raise _Refused(f"the attention context reaches {merge.op_type} {m_label!r}, not the "
+                       "Reshape merging the heads")
+    index = _merge_shape(g, m_label, merge, C)
+    if index is not None:
+        shapes.append((m_label, index, dh))
+    c_label, cons = _only_user(g, merge.output[0])
+    if not (cons.op_type in ("MatMul", "Gemm") and c_label in by_node
+            and cons.input[0] == merge.output[0]):
+        raise _Refused(f"the merged heads reach {cons.op_type} {c_label!r}, not a selected "
+                       "output projection")
+    Wo = _consumer_checks(by_node[c_label], C, c_label)
+    cell = dh * g.spatial(cons.output[0], False)
+    macs += Wo.matrix_shape[1] * cell
+    return Site(L, Wo, H, dh, path, sliced, (), macs, cell, dh,
+                HeadSplit(H, tuple(tied), tuple(shapes)))
+
+
+def _output(g: _Graph, L: Layer) -> str:
+    return g.nodes[L.uses[0].node].output[0]
+
+
+def _per_head(g: _Graph, t: str) -> float:
+    """T_q·T_k of the [B, H, T_q, T_k] tensor `t` (unknown sizes count 1)."""
+    dims = g.shapes.get(t) or []
+    return float(math.prod(d if d else 1 for d in dims[2:]))
+
+
+def _single(g: _Graph, t: str, role: str) -> None:
+    if t in g.outputs or len(g.users.get(t, [])) != 1:
+        raise _Refused(f"the {role} tensor {t!r} is read by other nodes or is a graph output "
+                       "(its heads cannot be cut alone)")
+
+
+def _maker(g: _Graph, t: str, role: str) -> tuple[str, onnx.NodeProto]:
+    if t not in g.makers:
+        raise _Refused(f"the {role} tensor {t!r} is a graph input or an initializer")
+    return g.makers[t]
+
+
+def _scalar(g: _Graph, n: onnx.NodeProto) -> str | None:
+    """The activation operand of Mul/Div `n` by a scalar constant; None
+    when it is not one."""
+    if n.op_type not in SCALE or len(n.input) != 2:
+        return None
+    for a, c in ((n.input[0], n.input[1]), (n.input[1], n.input[0]))[:2 if n.op_type == "Mul"
+                                                                      else 1]:
+        if c in g.inits and g.inits[c] in ((), (1,)) and a not in g.inits:
+            return a
+    return None
+
+
+def _compose(perms: list[tuple[int, ...]]) -> tuple[int, ...]:
+    axes = (0, 1, 2, 3)
+    for p in perms:
+        if len(p) != 4:
+            return ()
+        axes = tuple(axes[i] for i in p)
+    return axes
+
+
+def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str
+                ) -> tuple[str, onnx.NodeProto, str]:
+    """Follow `t` through Transposes and scalar Mul/Div (single users) to the next node:
+    (label, node, the tensor it reads); the Transposes must compose to `want` (None: any)."""
+    perms = []
+    while True:
+        _single(g, t, role)
+        label, n = _only_user(g, t)
+        if n.op_type == "Transpose":
+            perms.append(tuple(_attr(n, "perm", ())))
+        elif _scalar(g, n) != t:
+            break
+        t = n.output[0]
+    if want is not None and _compose(perms) != want:
+        raise _Refused(f"the {role} heads are transposed by {perms or 'nothing'}, not to "
+                       f"{list(want)}")
+    return label, n, t
+
+
+def _scores(g: _Graph, p: str) -> tuple[str, onnx.NodeProto]:
+    """The scores MatMul(Q, Kᵀ) behind the attention weights `p`: Softmax(axis -1) <- [Add
+    mask shared by the heads] <- [Mul/Div scalar] (any order) <- MatMul."""
+    _single(g, p, "attention weights")
+    label, n = _maker(g, p, "attention weights")
+    if n.op_type != "Softmax" or _attr(n, "axis", -1) not in (-1, 3):
+        raise _Refused(f"the attention weights come from {n.op_type} {label!r}, not a "
+                       "Softmax over the keys")
+    t = n.input[0]
+    while True:
+        _single(g, t, "scores")
+        label, n = _maker(g, t, "scores")
+        if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
+            return label, n
+        if (a := _scalar(g, n)) is not None:
+            t = a
+        elif n.op_type == "Add" and len(n.input) == 2:
+            t = _mask(g, n, label)
+        else:
+            raise _Refused(f"{n.op_type} {label!r} between the scores and the Softmax is not a "
+                           "scale or a mask")
+
+
+def _mask(g: _Graph, n: onnx.NodeProto, label: str) -> str:
+    """The scores operand of the mask Add `n`; the mask must broadcast over the heads."""
+    for t, m in ((n.input[0], n.input[1]), (n.input[1], n.input[0])):
+        if t in g.makers and g.makers[t][1].op_type in ("MatMul", *SCALE, "Add"):
+            dims = list(g.inits[m]) if m in g.inits else g.shapes.get(m)
+            if dims is None:
+                raise _Refused(f"the mask {m!r} of Add {label!r} has an unknown shape (it "
+                               "may differ per head)")
+            if len(dims) >= 3 and dims[-3] != 1:
+                raise _Refused(f"the mask or score bias {m!r} {dims} of Add {label!r} differs "
+                               "per head (not cut)")
+            return t
+    raise _Refused(f"Add {label!r} before the Softmax has no scores operand")
+
+
+def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
+                by_node: dict[str, Layer]
+                ) -> tuple[Layer, str, list[tuple[str, int, int]], int]:
+    """Walk back from the scores operand `t`: [scalar Mul/Div] <- Transposes (composing to
+    `want`) <- Reshape into H heads <- [bias / scale] <- projection. (layer, Reshape label,
+    its tied cuts, dh)."""
+    perms = []
+    while True:
+        _single(g, t, role)
+        label, n = _maker(g, t, role)
+        if n.op_type == "Transpose":
+            perms.insert(0, tuple(_attr(n, "perm", ())))
+            t = n.input[0]
+        elif (a := _scalar(g, n)) is not None:
+            t = a
+        elif n.op_type == "Reshape":
+            break
+        else:
+            raise _Refused(f"the {role} path meets {n.op_type} {label!r} (a fused QKV "
+                           "projection, or no Reshape into heads)")
+    if _compose(perms) != want:
+        raise _Refused(f"the {role} heads are transposed by {perms or 'nothing'}, not to "
+                       f"{list(want)}")
+    r_label, split = label, n
+    tied: list[tuple[str, int, int]] = []
+    t = split.input[0]
+    while True:
+        _single(g, t, role)
+        label, n = _maker(g, t, role)
+        if label in by_node and n.op_type in ("MatMul", "Gemm"):
+            break
+        const = [x for x in n.input if x in g.inits]
+        if n.op_type not in ("Add", "Sub", *SCALE) or len(n.input) != 2 or len(const) != 1:
+            raise _Refused(f"the {role} path meets {n.op_type} {label!r}, not a selected "
+                           "projection, bias or scale")
+        if g.inits[const[0]] not in ((), (1,)):
+            tied.append((const[0], len(g.inits[const[0]]) - 1, 0))  # per head: set below
+        t = n.input[1] if n.input[0] == const[0] else n.input[0]
+    Lp = by_node[label]
+    _, Cq, _ = _producer_checks(g, Lp)
+    _, dq = _split_shape(g, r_label, split, Cq, role, H)
+    out = []
+    for name, axis, _ in tied:
+        if len(g.users.get(name, [])) != 1 or g.inits[name][axis] != Cq:
+            raise _Refused(f"the {role} constant {name!r} is shared or not per channel")
+        out.append((name, axis, dq))
+    out.append((Lp.weight, 1 if Lp.layout == "cols" else 0, dq))
+    if len(n.input) > 2 and n.input[2]:  # Gemm bias
+        if len(g.users.get(n.input[2], [])) != 1 or n.input[2] not in g.inits:
+            raise _Refused(f"the {role} bias {n.input[2]!r} is shared or not constant")
+        out.append((n.input[2], len(g.inits[n.input[2]]) - 1, dq))
+    return Lp, r_label, out, dq
+
+
+def _split_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int, role: str,
+                 heads: int | None = None) -> tuple[int, int]:
+    """(H, dh) of the Reshape [B, T, C] -> [B, T, H, dh] `n` with a constant shape."""
+    v = _shape_values(g, label, n, role)
+    dims = g.shapes.get(n.input[0])
+    if len(v) != 4 or (dims is not None and len(dims) != 3):
+        raise _Refused(f"the {role} Reshape {label!r} to {v} is not [B, T, C] -> [B, T, H, dh]")
+    H = v[2]
+    if H <= 0 or C % H or v[3] not in (C // H, -1) or -1 in v[:2] and v[3] == -1:
+        raise _Refused(f"the {role} Reshape {label!r} to {v} does not split the {C} channels "
+                       "into an explicit head count")
+    if heads is not None and H != heads:
+        raise _Refused(f"the {role} Reshape {label!r} splits {H} heads, the values {heads}")
+    if heads is None and H < 2:
+        raise _Refused("a single attention head (its value channels are not cut)")
+    return H, C // H
+
+
+def _merge_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int) -> int | None:
+    """Index of the H·dh entry of the merging Reshape's shape (None when it is -1)."""
+    v = _shape_values(g, label, n, "context")
+    out = g.shapes.get(n.output[0])
+    if v and v[-1] == C:
+        return len(v) - 1
+    if v and v[-1] == -1 and (out and out[-1] == C or len(v) == 3 and v[:2] == [0, 0]):
+        return None
+    raise _Refused(f"the Reshape {label!r} to {v} does not merge the heads into the last "
+                   f"axis of {C}")
+
+
+def _shape_values(g: _Graph, label: str, n: onnx.NodeProto, role: str) -> list[int]:
+    s = n.input[1]
+    if s not in g.values:
+        raise _Refused(f"the {role} Reshape {label!r} takes its shape from {s!r}, not a "
+                       "constant initializer (a head count it cannot rewrite)")
+    if _attr(n, "allowzero", 0):
+        raise _Refused(f"the {role} Reshape {label!r} has allowzero=1")
+    return list(g.values[s])
