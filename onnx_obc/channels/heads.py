@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..layers import Layer
+from .head_shapes import Where, merge_shape, split_shape
 from .patterns import (
     Site,
     _attr,
@@ -42,8 +43,10 @@ class HeadSplit:
     heads: int
     tied: tuple[tuple[str, int, int], ...]  # (initializer, axis, entries per head): Wq, Wk
     # and their biases, cut with the heads
-    shapes: tuple[tuple[str, int, int], ...]  # (Reshape node label, index, per head): the
-    # shape constant's entry becomes kept heads * per head
+    shapes: tuple[tuple[str, int, tuple[int, ...], int, int], ...]  # (node label, input
+    # index, constant values, position, per head): that input of the node (a Reshape's
+    # shape, or a piece of the Concat making it) becomes the values with the entry at
+    # position set to kept heads * per head
 
 
 def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
@@ -51,8 +54,8 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
               by_node: dict[str, Layer]) -> Site:
     """The head site of V projection L whose channels (C = H·dh) reach the Reshape `split`
     (label) after the per-channel `path`; `macs` so far: L's per output column."""
-    H, dh = _split_shape(g, label, split, C, "value")
-    shapes = [(label, 2, 1)]
+    H, dh, where = split_shape(g, label, split, C, "value")
+    shapes = [(*where, 1)]
     av_label, av, ts = _transposes(g, split.output[0], None, "value")
     if av.op_type == "MatMul" and not (av.input[1] == ts and av.input[0] in g.makers
                                        and g.makers[av.input[0]][1].op_type == "Softmax"):
@@ -65,10 +68,10 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
     s_label, scores = _scores(g, av.input[0])
     tied, qk_macs = [], 0.0
     for t, perm, role in ((scores.input[0], TO_HEADS, "query"), (scores.input[1], KEY_T, "key")):
-        Lp, lb, n_tied, dq = _projection(g, t, perm, H, role, by_node)
+        Lp, q_where, n_tied, dq = _projection(g, t, perm, H, role, by_node)
         if Lp.weight == L.weight:
             raise _Refused(f"the {role} and value projections share the weight {L.weight!r}")
-        shapes.append((lb, 2, 1))
+        shapes.append((*q_where, 1))
         tied += n_tied
         qk_macs += Lp.matrix_shape[2] * dq * g.spatial(_output(g, Lp), False)
     qk_macs += _per_head(g, scores.output[0]) * dq  # Q Kᵀ: T_q·T_k·dq per head
@@ -77,9 +80,9 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
     if merge.op_type != "Reshape":
         raise _Refused(f"the attention context reaches {merge.op_type} {m_label!r}, not the "
                        "Reshape merging the heads")
-    index = _merge_shape(g, m_label, merge, C)
-    if index is not None:
-        shapes.append((m_label, index, dh))
+    m_where = merge_shape(g, m_label, merge, C)
+    if m_where is not None:
+        shapes.append((*m_where, dh))
     c_label, cons = _only_user(g, merge.output[0])
     if not (cons.op_type in ("MatMul", "Gemm") and c_label in by_node
             and cons.input[0] == merge.output[0]):
@@ -194,10 +197,10 @@ def _mask(g: _Graph, n: onnx.NodeProto, label: str) -> str:
 
 def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
                 by_node: dict[str, Layer]
-                ) -> tuple[Layer, str, list[tuple[str, int, int]], int]:
+                ) -> tuple[Layer, Where, list[tuple[str, int, int]], int]:
     """Walk back from the scores operand `t`: [scalar Mul/Div] <- Transposes (composing to
-    `want`) <- Reshape into H heads <- [bias / scale] <- projection. (layer, Reshape label,
-    its tied cuts, dh)."""
+    `want`) <- Reshape into H heads <- [bias / scale] <- projection. (layer, where the
+    Reshape's head count lives, its tied cuts, dh)."""
     perms = []
     while True:
         _single(g, t, role)
@@ -232,7 +235,7 @@ def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
         t = n.input[1] if n.input[0] == const[0] else n.input[0]
     Lp = by_node[label]
     _, Cq, _ = _producer_checks(g, Lp)
-    _, dq = _split_shape(g, r_label, split, Cq, role, H)
+    _, dq, where = split_shape(g, r_label, split, Cq, role, H)
     out = []
     for name, axis, _ in tied:
         if len(g.users.get(name, [])) != 1 or g.inits[name][axis] != Cq:
@@ -243,44 +246,4 @@ def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
         if len(g.users.get(n.input[2], [])) != 1 or n.input[2] not in g.inits:
             raise _Refused(f"the {role} bias {n.input[2]!r} is shared or not constant")
         out.append((n.input[2], len(g.inits[n.input[2]]) - 1, dq))
-    return Lp, r_label, out, dq
-
-
-def _split_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int, role: str,
-                 heads: int | None = None) -> tuple[int, int]:
-    """(H, dh) of the Reshape [B, T, C] -> [B, T, H, dh] `n` with a constant shape."""
-    v = _shape_values(g, label, n, role)
-    dims = g.shapes.get(n.input[0])
-    if len(v) != 4 or (dims is not None and len(dims) != 3):
-        raise _Refused(f"the {role} Reshape {label!r} to {v} is not [B, T, C] -> [B, T, H, dh]")
-    H = v[2]
-    if H <= 0 or C % H or v[3] not in (C // H, -1) or -1 in v[:2] and v[3] == -1:
-        raise _Refused(f"the {role} Reshape {label!r} to {v} does not split the {C} channels "
-                       "into an explicit head count")
-    if heads is not None and H != heads:
-        raise _Refused(f"the {role} Reshape {label!r} splits {H} heads, the values {heads}")
-    if heads is None and H < 2:
-        raise _Refused("a single attention head (its value channels are not cut)")
-    return H, C // H
-
-
-def _merge_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int) -> int | None:
-    """Index of the H·dh entry of the merging Reshape's shape (None when it is -1)."""
-    v = _shape_values(g, label, n, "context")
-    out = g.shapes.get(n.output[0])
-    if v and v[-1] == C:
-        return len(v) - 1
-    if v and v[-1] == -1 and (out and out[-1] == C or len(v) == 3 and v[:2] == [0, 0]):
-        return None
-    raise _Refused(f"the Reshape {label!r} to {v} does not merge the heads into the last "
-                   f"axis of {C}")
-
-
-def _shape_values(g: _Graph, label: str, n: onnx.NodeProto, role: str) -> list[int]:
-    s = n.input[1]
-    if s not in g.values:
-        raise _Refused(f"the {role} Reshape {label!r} takes its shape from {s!r}, not a "
-                       "constant initializer (a head count it cannot rewrite)")
-    if _attr(n, "allowzero", 0):
-        raise _Refused(f"the {role} Reshape {label!r} has allowzero=1")
-    return list(g.values[s])
+    return Lp, where, out, dq

@@ -92,12 +92,14 @@ def graph_of(model: onnx.ModelProto) -> _Graph:
             if t:
                 users.setdefault(t, []).append((label, n))
         makers.update({o: (label, n) for o in n.output if o})
-    values = {i.name: [int(v) for v in numpy_helper.to_array(i).reshape(-1)]
-              for i in g.initializer
-              if i.data_type == onnx.TensorProto.INT64 and math.prod(i.dims) <= 8}
+    small = [*((i.name, i) for i in g.initializer),
+             *((n.output[0], a.t) for n in g.node if n.op_type == "Constant"
+               for a in n.attribute if a.name == "value")]
+    values = {k: [int(v) for v in numpy_helper.to_array(t).reshape(-1)] for k, t in small
+              if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 8}
     inits = {i.name: tuple(i.dims) for i in g.initializer}
-    try:
-        inferred = shape_inference.infer_shapes(model).graph
+    try:  # data_prop: sizes read with Shape -> Gather -> Concat (PyTorch exports) too
+        inferred = shape_inference.infer_shapes(model, data_prop=True).graph
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         # shapes only size the FLOPs; without them every position counts 1
         inferred = g

@@ -58,11 +58,11 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         if site.split is not None:
             for name, axis, per in site.split.tied:
                 cut(name, axis, _expand(kept, per))
-            for label, index, per in site.split.shapes:
+            for label, j, vals, index, per in site.split.shapes:
                 node = graph.nodes[labels[label]]
-                shape = np.array(node.inputs[1].values, dtype=np.int64)
+                shape = np.array(vals, dtype=np.int64)
                 shape[index] = len(kept) * per
-                node.inputs[1] = gs.Constant(f"{node.inputs[1].name}.{label}.heads", shape)
+                node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
     for name, arr in values.items():
         tensors[name].values = np.ascontiguousarray(arr.astype(tensors[name].dtype))
     outer = {t.name for t in [*graph.inputs, *graph.outputs]}

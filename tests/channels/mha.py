@@ -19,7 +19,9 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     scale -> causal mask Add [T, T] -> Softmax -> A @ V -> Transpose -> Reshape [0, 0, d] ->
     Wo (+ bias). variant: "bert" (one shared heads shape, Kᵀ by perm [0, 2, 3, 1]), "hf"
     (per-projection shapes [0, -1, H, dh], Kᵀ as two Transposes, Q scaled before the
-    scores, merge to [0, 0, -1]), "dynamic" (the heads shape from Shape/Concat), "bias"
+    scores, merge to [0, 0, -1]), "torch" (every shape a Concat of B, T from Shape ->
+    Gather and constants), "const" (the heads shapes as Constant nodes), "dynamic" (as
+    torch, the value head count computed as C / dh at run time), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
     Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     rng = np.random.default_rng(seed)
@@ -42,11 +44,24 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     if variant == "hf":
         inits += [_c(f"{p}.shape", [0, -1, heads, dh], np.int64) for p in "qkv"]
         shapes = {p: f"{p}.shape" for p in "qkv"}
-    if variant == "dynamic":
-        inits += [_c("hd", [heads, dh], np.int64)]
-        bt = node("Slice", [node("Shape", ["x"], "x.shape"), "zero", "two"], "bt")
-        inits += [_c("zero", [0], np.int64), _c("two", [2], np.int64)]
-        shapes["v"] = node("Concat", [bt, "hd"], "v.shape", axis=0)
+    if variant in ("torch", "dynamic"):  # B, T read at run time: Shape -> Gather
+        inits += [_c("i0", 0, np.int64), _c("i1", 1, np.int64), _c("ax0", [0], np.int64),
+                  _c("H", [heads], np.int64), _c("dh", [dh], np.int64), _c("C", [d], np.int64)]
+        sx = node("Shape", ["x"], "x.shape")
+        bt = [node("Unsqueeze", [node("Gather", [sx, f"i{i}"], f"g{i}"), "ax0"], f"u{i}")
+              for i in range(2)]
+        for p in "qkv":
+            shapes[p] = node("Concat", [*bt, "H", "dh"], f"{p}.shape", axis=0)
+        if variant == "dynamic":  # the head count from the feature size: C / dh
+            h = node("Div", [node("Gather", [sx, "two"], "gc"), "dh"], "hdyn")
+            inits.append(_c("two", [2], np.int64))
+            shapes["v"] = node("Concat", [*bt, h, "dh"], "v.shape.dyn", axis=0)
+        merge = node("Concat", [*bt, "C"], "merge.shape", axis=0)
+    if variant == "const":  # shapes as Constant nodes
+        for p in "qkv":
+            nodes.append(helper.make_node("Constant", [], [f"{p}.shape"], name=f"{p}.const",
+                                          value=_c("v", [0, 0, heads, dh], np.int64)))
+            shapes[p] = f"{p}.shape"
     q = node("Transpose", [proj("q", shapes["q"])], "q.t", perm=[0, 2, 1, 3])
     v = node("Transpose", [proj("v", shapes["v"])], "v.t", perm=[0, 2, 1, 3])
     if variant == "hf":
@@ -65,7 +80,9 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     if variant != "perm":
         a = node("Transpose", [a], "ctx.t", perm=[0, 2, 1, 3])
     inits.append(_c("merge2", [0, 0, -1] if variant == "hf" else [0, -1, d], np.int64))
-    a = node("Reshape", [a, "merge2" if variant in ("hf", "perm") else "merge"], "ctx.merged")
+    if variant not in ("torch", "dynamic"):
+        merge = "merge2" if variant in ("hf", "perm") else "merge"
+    a = node("Reshape", [a, merge], "ctx.merged")
     y = node("Add", [node("MatMul", [a, "o.w"], "o.mm"), "o.b"], "o.out" if mlp else "y")
     if mlp:  # Wo -> Relu -> MatMul: Wo is also the producer of a channel site
         inits.append(b.weight("f.w", (d, d), seed + 9))

@@ -30,7 +30,10 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
                           allocate=allocate), layers, data
 
 
-@pytest.mark.parametrize("variant", ["bert", "hf"])
+VARIANTS = ["bert", "hf", "torch", "const"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_head_site_and_query_key_reasons(variant):
     model = mha.mha(D, HEADS, T, variant=variant)
     sites, refused = find_sites(model, find_layers(model)[0])
@@ -43,7 +46,7 @@ def test_head_site_and_query_key_reasons(variant):
     assert "query/key" in reasons["q.w"] and "query/key" in reasons["k.w"]
 
 
-@pytest.mark.parametrize("variant", ["bert", "hf"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_pruned_heads_equal_the_obs_oracle(variant):
     model = mha.mha(D, HEADS, T, variant=variant)
     res, layers, data = _prune(model, 0.3)
@@ -60,11 +63,13 @@ def test_pruned_heads_equal_the_obs_oracle(variant):
     for p in "qkv":
         assert w[f"{p}.w"].shape == (D, kept) and w[f"{p}.b"].shape == (kept,)
     assert w["o.w"].shape == (kept, D) and w["o.b"].shape == (D,)
-    shapes = [list(v) for k, v in w.items() if v.dtype == np.int64]
-    assert [0, 0, HEADS - row.removed, DH] in shapes or \
-        [0, -1, HEADS - row.removed, DH] in shapes
     out = onnx.shape_inference.infer_shapes(res.model, check_type=True, strict_mode=True)
     onnx.checker.check_model(out, full_check=True)
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in onnx.shape_inference.infer_shapes(res.model, data_prop=True).graph.value_info}
+    for p in "qkv":  # the Reshapes split the kept heads
+        assert dims[f"{p}.heads"][1:] == [T, HEADS - row.removed, DH]
+    assert dims["ctx.merged"][1:] == [T, kept]
     assert b.run(res.baseline, feed)[0].shape == (8, T, D)
 
 
@@ -85,7 +90,7 @@ def test_flops_saved_are_exact_with_an_overlapping_site():
 
 
 @pytest.mark.parametrize("variant, reason", [
-    ("dynamic", "not a constant initializer"),
+    ("dynamic", "constant head count"),
     ("bias", "differs per head"),
     ("perm", "transposed by"),
 ])
@@ -125,3 +130,28 @@ def test_sequential_finds_the_head_site_again():
     one, _, _ = _prune(model, 0.5)
     assert [r.removed for r in res.rows] == [r.removed for r in one.rows]
     assert res.macs[1] == one.macs[1]
+
+
+@pytest.mark.parametrize("allocate", ["dp", "greedy", "uniform"])
+def test_every_allocation_takes_heads_whatever_the_align(allocate):
+    """--channel-align applies to channels, not heads (each already dh of them): align 4
+    would leave no count of the 4 heads to remove but 0."""
+    model = mha.mha(D, HEADS, T, mlp=True)
+    layers = find_layers(model)[0]
+    data = DataSet(b.feeds(model, 96, seed=1), "feeds")
+    res = prune_channels(model, layers, data, 32, get_backend("cpu"), 0.4, DAMP, 2048,
+                         align=4, allocate=allocate)
+    heads = [r for r in res.rows if r.unit > 1]
+    assert heads and res.macs[1] <= 0.6 * res.macs[0]
+    assert all((r.channels - r.removed) % 4 == 0 for r in res.rows if r.unit == 1)
+
+
+def test_convert_reports_heads_then_quantizes():
+    from onnx_obc import convert
+
+    r = convert(mha.mha(D, HEADS, T, variant="hf"), None, channels=0.3, bits=8,
+                progress=False)
+    (row,) = r.report.channels["rows"]
+    assert row["unit"] == DH and row["removed"] > 0
+    assert f"/{HEADS}h" in r.report.table()
+    assert r.report.layers and all(x.bits == 8 for x in r.report.layers)
