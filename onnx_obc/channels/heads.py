@@ -23,6 +23,7 @@ import onnx
 
 from ..layers import Layer
 from .head_shapes import Where, merge_shape, split_shape
+from .readers import shape_readers
 from .patterns import (
     Site,
     _attr,
@@ -76,14 +77,14 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
         qk_macs += Lp.matrix_shape[2] * dq * g.spatial(_output(g, Lp), False)
     qk_macs += _per_head(g, scores.output[0]) * dq  # Q Kᵀ: T_q·T_k·dq per head
     macs = macs * dh + qk_macs + _per_head(g, av.input[0]) * dh  # V columns, A @ V
-    m_label, merge, _ = _transposes(g, av.output[0], TO_HEADS, "context")
+    m_label, merge, _ = _transposes(g, av.output[0], TO_HEADS, "context", 1)
     if merge.op_type != "Reshape":
         raise _Refused(f"the attention context reaches {merge.op_type} {m_label!r}, not the "
                        "Reshape merging the heads")
     m_where = merge_shape(g, m_label, merge, C)
     if m_where is not None:
         shapes.append((*m_where, dh))
-    c_label, cons = _only_user(g, merge.output[0])
+    c_label, cons = _only_user(g, merge.output[0], -1)
     if not (cons.op_type in ("MatMul", "Gemm") and c_label in by_node
             and cons.input[0] == merge.output[0]):
         raise _Refused(f"the merged heads reach {cons.op_type} {c_label!r}, not a selected "
@@ -105,8 +106,15 @@ def _per_head(g: _Graph, t: str) -> float:
     return float(math.prod(d if d else 1 for d in dims[2:]))
 
 
-def _single(g: _Graph, t: str, role: str) -> None:
-    if t in g.outputs or len(g.users.get(t, [])) != 1:
+def _single(g: _Graph, t: str, role: str, axis: int) -> None:
+    """`t` (its head axis `axis`) is read by one node, besides Shape nodes reading other
+    sizes, and is no graph output."""
+    users = {lb for lb, _ in g.users.get(t, [])} - shape_readers(g, t, axis)
+    shapes = sorted(lb for lb in users if g.nodes[lb].op_type == "Shape")
+    if shapes and t not in g.outputs:
+        raise _Refused(f"the {role} tensor {t!r} has its head count read at run time by "
+                       f"{', '.join(repr(x) for x in shapes)}")
+    if t in g.outputs or len(users) != 1:
         raise _Refused(f"the {role} tensor {t!r} is read by other nodes or is a graph output "
                        "(its heads cannot be cut alone)")
 
@@ -118,13 +126,14 @@ def _maker(g: _Graph, t: str, role: str) -> tuple[str, onnx.NodeProto]:
 
 
 def _scalar(g: _Graph, n: onnx.NodeProto) -> str | None:
-    """The activation operand of Mul/Div `n` by a scalar constant; None
-    when it is not one."""
+    """The tensor operand of Mul/Div `n` by a scalar (a constant, or one computed at run
+    time, e.g. 1 / sqrt(dh) from the shape); None when it is not one."""
     if n.op_type not in SCALE or len(n.input) != 2:
         return None
     for a, c in ((n.input[0], n.input[1]), (n.input[1], n.input[0]))[:2 if n.op_type == "Mul"
                                                                       else 1]:
-        if c in g.inits and g.inits[c] in ((), (1,)) and a not in g.inits:
+        scalar = g.inits[c] in ((), (1,)) if c in g.inits else g.shapes.get(c) in ([], [1])
+        if scalar and a not in g.inits and g.shapes.get(a) not in ([], [1]):
             return a
     return None
 
@@ -138,16 +147,18 @@ def _compose(perms: list[tuple[int, ...]]) -> tuple[int, ...]:
     return axes
 
 
-def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str
+def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str, h: int = 2
                 ) -> tuple[str, onnx.NodeProto, str]:
-    """Follow `t` through Transposes and scalar Mul/Div (single users) to the next node:
-    (label, node, the tensor it reads); the Transposes must compose to `want` (None: any)."""
+    """Follow `t` (heads on axis `h`) through Transposes and scalar Mul/Div (single users) to
+    the next node: (label, node, the tensor it reads); the Transposes must compose to `want`
+    (None: any)."""
     perms = []
     while True:
-        _single(g, t, role)
-        label, n = _only_user(g, t)
+        _single(g, t, role, h)
+        label, n = _only_user(g, t, h)
         if n.op_type == "Transpose":
             perms.append(tuple(_attr(n, "perm", ())))
+            h = perms[-1].index(h) if h in perms[-1] else -1
         elif _scalar(g, n) != t:
             break
         t = n.output[0]
@@ -160,14 +171,14 @@ def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str
 def _scores(g: _Graph, p: str) -> tuple[str, onnx.NodeProto]:
     """The scores MatMul(Q, Kᵀ) behind the attention weights `p`: Softmax(axis -1) <- [Add
     mask shared by the heads] <- [Mul/Div scalar] (any order) <- MatMul."""
-    _single(g, p, "attention weights")
+    _single(g, p, "attention weights", 1)
     label, n = _maker(g, p, "attention weights")
     if n.op_type != "Softmax" or _attr(n, "axis", -1) not in (-1, 3):
         raise _Refused(f"the attention weights come from {n.op_type} {label!r}, not a "
                        "Softmax over the keys")
     t = n.input[0]
     while True:
-        _single(g, t, "scores")
+        _single(g, t, "scores", 1)
         label, n = _maker(g, t, "scores")
         if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
             return label, n
@@ -201,10 +212,10 @@ def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
     """Walk back from the scores operand `t`: [scalar Mul/Div] <- Transposes (composing to
     `want`) <- Reshape into H heads <- [bias / scale] <- projection. (layer, where the
     Reshape's head count lives, its tied cuts, dh)."""
-    perms = []
+    perms, chain = [], []
     while True:
-        _single(g, t, role)
         label, n = _maker(g, t, role)
+        chain.insert(0, (t, n))
         if n.op_type == "Transpose":
             perms.insert(0, tuple(_attr(n, "perm", ())))
             t = n.input[0]
@@ -218,11 +229,17 @@ def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
     if _compose(perms) != want:
         raise _Refused(f"the {role} heads are transposed by {perms or 'nothing'}, not to "
                        f"{list(want)}")
+    h = 2  # the heads' axis, from the split forward
+    for x, m in chain:
+        if m.op_type == "Transpose":
+            p = tuple(_attr(m, "perm", ()))
+            h = p.index(h) if h in p else -1
+        _single(g, x, role, h)
     r_label, split = label, n
     tied: list[tuple[str, int, int]] = []
     t = split.input[0]
     while True:
-        _single(g, t, role)
+        _single(g, t, role, -1)
         label, n = _maker(g, t, role)
         if label in by_node and n.op_type in ("MatMul", "Gemm"):
             break

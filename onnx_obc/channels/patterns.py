@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
 from .flops import layer_macs, positions, saved_macs
+from .readers import shape_readers
 from .reasons import feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
@@ -156,7 +157,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             path += gate[0]
             t, prev = gate[1], "Mul"
             continue
-        label, nxt = _only_user(g, t)
+        label, nxt = _only_user(g, t, axis)
         if nxt.op_type in ("Conv", "Gemm", "MatMul") and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
             cons = _consumer_checks(by_node[label], C, label)
@@ -221,18 +222,24 @@ def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
             and n.input[0] != t and n.input[0] not in g.inits)
 
 
-def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
+def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.NodeProto]:
+    """The one node reading `t`, besides Shape nodes that read no size of `axis` (the
+    channel axis; None: every node counts)."""
     if t in g.outputs:
         raise _Refused(f"its channels reach the graph output {t!r}")
     users = g.users.get(t, [])
+    if axis is not None and len(users) > 1:
+        shapes = shape_readers(g, t, axis)
+        users = [u for u in users if u[0] not in shapes]
     if len(users) == 1:
         return users[0]
     for label, n in users:
         if n.op_type in ("Add", "Sum", "Sub", "Mul") and not any(x in g.inits for x in n.input):
             raise _Refused(f"its channels also reach the residual {n.op_type} {label!r}")
     for label, n in users:
-        if n.op_type == "Concat":
-            raise _Refused(f"its channels also reach Concat {label!r}")
+        if n.op_type in ("Concat", "Shape"):
+            raise _Refused(f"its channels also reach Concat {label!r}" if n.op_type == "Concat"
+                           else f"its channel count is read at run time by Shape {label!r}")
     names = ", ".join(repr(lb) for lb, _ in users) or "none"
     raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
 

@@ -19,9 +19,12 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     scale -> causal mask Add [T, T] -> Softmax -> A @ V -> Transpose -> Reshape [0, 0, d] ->
     Wo (+ bias). variant: "bert" (one shared heads shape, Kᵀ by perm [0, 2, 3, 1]), "hf"
     (per-projection shapes [0, -1, H, dh], Kᵀ as two Transposes, Q scaled before the
-    scores, merge to [0, 0, -1]), "torch" (every shape a Concat of B, T from Shape ->
-    Gather and constants), "const" (the heads shapes as Constant nodes), "dynamic" (as
-    torch, the value head count computed as C / dh at run time), "bias"
+    scores, merge to [0, 0, -1]), "torch" (as torch.onnx exports HF attention: each shape
+    a Concat of B, T read from the tensor itself by Shape -> Gather, and constants), "sdpa"
+    (as torch exports scaled_dot_product_attention: q and k each scaled by a run-time
+    sqrt(1 / sqrt(dh)), dh read from q's shape), "const" (the heads shapes as Constant
+    nodes), "dynamic" (as torch, the value head count computed as C / dh at run time),
+    "runtime_merge" (as torch, the merged size H * dh read from the context's shape), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
     Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     rng = np.random.default_rng(seed)
@@ -36,27 +39,30 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
         return out
 
+    def sizes(y, keep=(0, 1), tag=""):  # Shape -> Gather -> Unsqueeze, as torch exports
+        sy = node("Shape", [y], f"{y}.shape{tag}")
+        return [node("Unsqueeze", [node("Gather", [sy, f"i{i}"], f"{y}.g{i}{tag}"), "ax0"],
+                     f"{y}.u{i}{tag}") for i in keep]
+
     def proj(p, shape):
         y = node("Add", [node("MatMul", ["x", f"{p}.w"], f"{p}.mm"), f"{p}.b"], f"{p}.out")
+        if shape is None:  # B, T read from y at run time
+            h = "H"
+            if variant == "dynamic" and p == "v":  # the head count from C / dh
+                h = node("Div", [sizes(y, (2,), "c")[0], "dh"], "v.hdyn")
+            shape = node("Concat", [*sizes(y), h, "dh"], f"{p}.shape", axis=0)
         return node("Reshape", [y, shape], f"{p}.heads")
 
     shapes = {p: "heads" for p in "qkv"}
+    runtime = variant in ("torch", "sdpa", "dynamic", "runtime_merge")
+    inits += [_c("i0", 0, np.int64), _c("i1", 1, np.int64), _c("i2", 2, np.int64),
+              _c("i3", 3, np.int64), _c("ax0", [0], np.int64), _c("H", [heads], np.int64),
+              _c("dh", [dh], np.int64), _c("C", [d], np.int64)]
     if variant == "hf":
         inits += [_c(f"{p}.shape", [0, -1, heads, dh], np.int64) for p in "qkv"]
         shapes = {p: f"{p}.shape" for p in "qkv"}
-    if variant in ("torch", "dynamic"):  # B, T read at run time: Shape -> Gather
-        inits += [_c("i0", 0, np.int64), _c("i1", 1, np.int64), _c("ax0", [0], np.int64),
-                  _c("H", [heads], np.int64), _c("dh", [dh], np.int64), _c("C", [d], np.int64)]
-        sx = node("Shape", ["x"], "x.shape")
-        bt = [node("Unsqueeze", [node("Gather", [sx, f"i{i}"], f"g{i}"), "ax0"], f"u{i}")
-              for i in range(2)]
-        for p in "qkv":
-            shapes[p] = node("Concat", [*bt, "H", "dh"], f"{p}.shape", axis=0)
-        if variant == "dynamic":  # the head count from the feature size: C / dh
-            h = node("Div", [node("Gather", [sx, "two"], "gc"), "dh"], "hdyn")
-            inits.append(_c("two", [2], np.int64))
-            shapes["v"] = node("Concat", [*bt, h, "dh"], "v.shape.dyn", axis=0)
-        merge = node("Concat", [*bt, "C"], "merge.shape", axis=0)
+    if runtime:
+        shapes = {p: None for p in "qkv"}
     if variant == "const":  # shapes as Constant nodes
         for p in "qkv":
             nodes.append(helper.make_node("Constant", [], [f"{p}.shape"], name=f"{p}.const",
@@ -69,6 +75,15 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         k = node("Transpose", [node("Transpose", [proj("k", shapes["k"])], "k.t",
                                     perm=[0, 2, 1, 3])], "k.tt", perm=[0, 1, 3, 2])
         s = node("MatMul", [q, k], "scores")
+    elif variant == "sdpa":  # q, k each times sqrt(1 / sqrt(dh)), dh read from q's shape
+        inits += [_c("end", [2 ** 62], np.int64), _c("last", [-1], np.int64), _c("one", 1.0)]
+        dq = node("Cast", [node("Slice", [node("Shape", [q], "q.t.shape"), "last", "end"],
+                                "q.dh")], "q.dhf", to=1)
+        half = node("Sqrt", [node("Div", ["one", node("Sqrt", [dq], "sqrt.dh")], "inv")],
+                    "half")
+        k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
+        s = node("MatMul", [node("Mul", [q, half], "q.s"), node("Mul", [k, half], "k.s")],
+                 "scores")
     else:
         k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
         s = node("Mul", [node("MatMul", [q, k], "scores"), "scale"], "scaled")
@@ -80,8 +95,12 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     if variant != "perm":
         a = node("Transpose", [a], "ctx.t", perm=[0, 2, 1, 3])
     inits.append(_c("merge2", [0, 0, -1] if variant == "hf" else [0, -1, d], np.int64))
-    if variant not in ("torch", "dynamic"):
-        merge = "merge2" if variant in ("hf", "perm") else "merge"
+    merge = "merge2" if variant in ("hf", "perm") else "merge"
+    if runtime:
+        last = "C"
+        if variant == "runtime_merge":  # H * dh read back from the context's shape
+            last = node("Mul", sizes(a, (2, 3), "hd"), "ctx.hd")
+        merge = node("Concat", [*sizes(a), last], "merge.shape", axis=0)
     a = node("Reshape", [a, merge], "ctx.merged")
     y = node("Add", [node("MatMul", [a, "o.w"], "o.mm"), "o.b"], "o.out" if mlp else "y")
     if mlp:  # Wo -> Relu -> MatMul: Wo is also the producer of a channel site

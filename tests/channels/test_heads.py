@@ -30,7 +30,7 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
                           allocate=allocate), layers, data
 
 
-VARIANTS = ["bert", "hf", "torch", "const"]
+VARIANTS = ["bert", "hf", "torch", "sdpa", "const"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -90,9 +90,10 @@ def test_flops_saved_are_exact_with_an_overlapping_site():
 
 
 @pytest.mark.parametrize("variant, reason", [
-    ("dynamic", "constant head count"),
+    ("dynamic", "read at run time"),
     ("bias", "differs per head"),
     ("perm", "transposed by"),
+    ("runtime_merge", "head count read at run time"),
 ])
 def test_ambiguous_variants_are_refused_with_their_reason(variant, reason):
     model = mha.mha(D, HEADS, T, variant=variant)
