@@ -5,7 +5,8 @@ one consumer layer through per-channel nodes only.
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
     MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
 
-Per-channel nodes: unary activations, gated ones (x * sigmoid(x) as Sigmoid + Mul), the
+Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU,
+GELU, HardSwish: channels/regions.py), the
 attention mix A @ V (value channels: V projection -> A @ V -> output projection), Clip,
 Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
 weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
@@ -25,6 +26,7 @@ from onnx import helper, numpy_helper, shape_inference
 from ..layers import Layer, constant_weights, node_label
 from .flops import layer_macs, positions, saved_macs
 from .readers import shape_readers
+from .regions import region
 from .reasons import feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
@@ -152,8 +154,8 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     path, grouped = [], []
     t, prev = node.output[0], node.op_type
     while True:
-        gate = _gate(g, t)
-        if gate is not None:  # x * sigmoid(x) (SiLU / Swish / HardSwish as two nodes)
+        gate = region(g, t, UNARY)
+        if gate is not None:  # SiLU, GELU, HardSwish as several elementwise nodes
             path += gate[0]
             t, prev = gate[1], "Mul"
             continue
@@ -198,21 +200,6 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             raise _Refused(mixes_reason(g, nxt, label))
         path.append(label)
         t, prev = nxt.output[0], op
-
-
-def _gate(g: _Graph, t: str) -> tuple[list[str], str] | None:
-    """([unary label, Mul label], Mul output) when `t` feeds exactly a unary node u and
-    Mul(t, u(t)) (a gated activation, per channel); None otherwise."""
-    users = g.users.get(t, [])
-    if len(users) != 2 or t in g.outputs:
-        return None
-    for (lu, u), (lm, m) in (users, users[::-1]):
-        if (u.op_type in UNARY and len(u.input) == 1 and m.op_type == "Mul"
-                and u.output[0] not in g.outputs
-                and [x for x, _ in g.users.get(u.output[0], [])] == [lm]
-                and sorted(m.input) == sorted([t, u.output[0]])):
-            return [lu, lm], m.output[0]
-    return None
 
 
 def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
