@@ -1,7 +1,8 @@
 """Whole-head pruning (channels/heads.py) inside the channel-pruning stage: at each FLOP
 cut (layer + attention MatMul multiply-adds), the DP-selected OBS cut against the L2-norm
 baseline at the same counts (a head's V-projection rows), output error relative to dense
-on held-out inputs, and the heads each attention layer loses (prints a table; asserts
+on held-out inputs, and the heads each attention layer loses; with the head sites and
+without them (the same traces) where the model has any (prints a table; asserts
 nothing).
 
     python bench/bench_heads.py [--models bert_small ocr_like] [--fractions 0.3]
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,18 +79,27 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
     print(f"  {name}: {len(plan.sites)} sites ({heads} of heads), {len(plan.refused)} layers "
           f"refused, traces in {time.perf_counter() - t:.0f} s", flush=True)
     ref = _outputs(model, held)
+    keep = [i for i, s in enumerate(plan.sites) if s.split is None]
+    plans = {"heads allowed": plan}
+    if heads:  # the same traces without the head sites
+        plans["no heads"] = replace(plan, sites=[plan.sites[i] for i in keep],
+                                    solved=[plan.solved[i] for i in keep])
     lines = []
     for f in a.fractions:
-        r = cut_channels(plan, f, 1, "dp")
-        err = {k: float(np.linalg.norm(_outputs(m, held) - ref) / np.linalg.norm(ref))
-               for k, m in (("obs", r.model), ("l2", r.baseline))}
-        cut = 1 - r.macs[1] / r.macs[0]
-        per = [f"{row.producer.split('.')[0]} {row.removed}/{row.channels}"
-               for row in r.rows if row.unit > 1]
-        chans = sum(row.removed for row in r.rows if row.unit == 1)
-        lines.append(f"| {name} | {f:.0%} | {cut:.1%} | {err['obs']:.4f} | {err['l2']:.4f} | "
-                     f"{err['obs'] / err['l2']:.2f} | {', '.join(per) or '-'} | {chans} |")
-        print(lines[-1], flush=True)
+        for kind, p in plans.items():
+            r = cut_channels(p, f, 1, "dp")
+            err = {k: float(np.linalg.norm(_outputs(m, held) - ref) / np.linalg.norm(ref))
+                   for k, m in (("obs", r.model), ("l2", r.baseline))}
+            cut = 1 - r.macs[1] / r.macs[0]
+            per = [f"{row.producer.split('.')[0]} {row.removed}/{row.channels}"
+                   for row in r.rows if row.unit > 1]
+            chans = sum(row.removed for row in r.rows if row.unit == 1)
+            total = sum(row.channels for row in r.rows if row.unit == 1)
+            obj = sum(row.loss / max(row.energy, 1e-30) for row in r.rows)
+            lines.append(f"| {name} | {kind} | {f:.0%} | {cut:.1%} | {obj:.3f} | "
+                         f"{err['obs']:.4f} | {err['l2']:.4f} | {err['obs'] / err['l2']:.2f} | "
+                         f"{', '.join(per) or '-'} | {chans}/{total} |")
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -99,9 +110,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64, help="calibration samples")
     ap.add_argument("--eval", type=int, default=32, help="held-out samples for the error")
     a = ap.parse_args()
-    print("| model | FLOP cut asked | FLOP cut | output error OBS | output error L2 | ratio | "
-          "heads removed per layer | other channels removed |\n|---|---|---|---|---|---|---|---|",
-          flush=True)
+    print("| model | sites | FLOP cut asked | FLOP cut | summed norm. loss | output error OBS | "
+          "output error L2 | ratio | heads removed per layer | other channels removed |\n"
+          "|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for name in a.models:
         _model(name, a)
 

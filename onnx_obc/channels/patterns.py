@@ -6,12 +6,13 @@ one consumer layer through per-channel nodes only.
     MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
 
 Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU,
-GELU, HardSwish: channels/regions.py), the
-attention mix A @ V (value channels: V projection -> A @ V -> output projection), Clip,
-Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
-weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
-residual Add, a Concat, a node that moves the channel axis, a graph output or more than
-one node stays, with one reason (`Refusal`).
+GELU, HardSwish: channels/regions.py), the attention mix A @ V (value channels: V
+projection -> A @ V -> output projection), Clip, Add/Sub/Mul/Div/PRelu with a constant
+(sliced when it has the channel axis), BatchNormalization, depthwise Conv (group =
+channels, its weight rows, bias and `group` cut too), pooling. Whole attention heads of
+multi-head attention are sites too (channels/heads.py). A producer whose channels also
+reach a residual Add, a Concat, a node that moves the channel axis, a graph output or more
+than one node stays, with one reason (`Refusal`).
 """
 
 from __future__ import annotations
