@@ -23,7 +23,6 @@ import onnx
 
 from ..layers import Layer
 from .head_shapes import Where, merge_shape, split_shape
-from .readers import shape_readers
 from .patterns import (
     Site,
     _attr,
@@ -33,6 +32,7 @@ from .patterns import (
     _producer_checks,
     _Refused,
 )
+from .readers import shape_readers
 
 SCALE = ("Mul", "Div")
 TO_HEADS = (0, 2, 1, 3)  # [B, T, H, dh] -> [B, H, T, dh] (Q, V; and back for the context)
@@ -66,7 +66,7 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
     _transposes(g, split.output[0], TO_HEADS, "value")
     if not (av.op_type == "MatMul" and av.input[0] not in g.inits):
         raise _Refused(f"the value heads reach {av.op_type} {av_label!r}, not A @ V")
-    s_label, scores = _scores(g, av.input[0])
+    s_label, scores = _scores(g, av.input[0], H)
     tied, qk_macs = [], 0.0
     for t, perm, role in ((scores.input[0], TO_HEADS, "query"), (scores.input[1], KEY_T, "key")):
         Lp, q_where, n_tied, dq = _projection(g, t, perm, H, role, by_node)
@@ -132,10 +132,15 @@ def _scalar(g: _Graph, n: onnx.NodeProto) -> str | None:
         return None
     for a, c in ((n.input[0], n.input[1]), (n.input[1], n.input[0]))[:2 if n.op_type == "Mul"
                                                                       else 1]:
-        scalar = g.inits[c] in ((), (1,)) if c in g.inits else g.shapes.get(c) in ([], [1])
-        if scalar and a not in g.inits and g.shapes.get(a) not in ([], [1]):
+        if _one(g, c) and a not in g.inits and not _one(g, a):
             return a
     return None
+
+
+def _one(g: _Graph, t: str) -> bool:
+    """Whether `t` holds one value (a constant or a run-time tensor of known shape)."""
+    dims = list(g.inits[t]) if t in g.inits else g.shapes.get(t)
+    return dims is not None and all(d == 1 for d in dims)
 
 
 def _compose(perms: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -168,7 +173,7 @@ def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str, h: i
     return label, n, t
 
 
-def _scores(g: _Graph, p: str) -> tuple[str, onnx.NodeProto]:
+def _scores(g: _Graph, p: str, H: int) -> tuple[str, onnx.NodeProto]:
     """The scores MatMul(Q, Kᵀ) behind the attention weights `p`: Softmax(axis -1) <- [Add
     mask shared by the heads] <- [Mul/Div scalar] (any order) <- MatMul."""
     _single(g, p, "attention weights", 1)
@@ -185,15 +190,20 @@ def _scores(g: _Graph, p: str) -> tuple[str, onnx.NodeProto]:
         if (a := _scalar(g, n)) is not None:
             t = a
         elif n.op_type == "Add" and len(n.input) == 2:
-            t = _mask(g, n, label)
+            t = _mask(g, n, label, H)
         else:
             raise _Refused(f"{n.op_type} {label!r} between the scores and the Softmax is not a "
                            "scale or a mask")
 
 
-def _mask(g: _Graph, n: onnx.NodeProto, label: str) -> str:
-    """The scores operand of the mask Add `n`; the mask must broadcast over the heads."""
-    for t, m in ((n.input[0], n.input[1]), (n.input[1], n.input[0])):
+def _mask(g: _Graph, n: onnx.NodeProto, label: str, H: int) -> str:
+    """The scores operand of the mask Add `n` (the one of shape [B, H, T, T] when the shapes
+    are known, else the one made by a MatMul, scale or Add); the mask must broadcast over
+    the heads."""
+    pairs = [(n.input[0], n.input[1]), (n.input[1], n.input[0])]
+    heads = [(t, m) for t, m in pairs if (g.shapes.get(t) or [0, 0])[-3:][:1] == [H]
+             and (g.shapes.get(m) or [0, 0, 0])[-3:][:1] != [H]]
+    for t, m in heads or pairs:
         if t in g.makers and g.makers[t][1].op_type in ("MatMul", *SCALE, "Add"):
             dims = list(g.inits[m]) if m in g.inits else g.shapes.get(m)
             if dims is None:
@@ -247,7 +257,7 @@ def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
         if n.op_type not in ("Add", "Sub", *SCALE) or len(n.input) != 2 or len(const) != 1:
             raise _Refused(f"the {role} path meets {n.op_type} {label!r}, not a selected "
                            "projection, bias or scale")
-        if g.inits[const[0]] not in ((), (1,)):
+        if not _one(g, const[0]):
             tied.append((const[0], len(g.inits[const[0]]) - 1, 0))  # per head: set below
         t = n.input[1] if n.input[0] == const[0] else n.input[0]
     Lp = by_node[label]

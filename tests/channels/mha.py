@@ -24,7 +24,8 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     (as torch exports scaled_dot_product_attention: q and k each scaled by a run-time
     sqrt(1 / sqrt(dh)), dh read from q's shape), "const" (the heads shapes as Constant
     nodes), "dynamic" (as torch, the value head count computed as C / dh at run time),
-    "runtime_merge" (as torch, the merged size H * dh read from the context's shape), "bias"
+    "runtime_merge" (as torch, the merged size H * dh read from the context's shape),
+    "hfmask" (the mask the first Add operand, (1 - m) * -1e4 from an input m), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
     Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     rng = np.random.default_rng(seed)
@@ -87,7 +88,12 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     else:
         k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
         s = node("Mul", [node("MatMul", [q, k], "scores"), "scale"], "scaled")
-    s = node("Add", [s, "mask"], "masked")
+    if variant == "hfmask":  # HF's extended mask, (1 - m) * -1e4 from an input [N, 1, 1, T]
+        inits += [_c("onef", 1.0), _c("big", -1e4)]
+        ext = node("Mul", [node("Sub", ["onef", "m"], "m.inv"), "big"], "m.ext")
+        s = node("Add", [ext, s], "masked")
+    else:
+        s = node("Add", [s, "mask"], "masked")
     if variant == "bias":
         inits.append(_c("rel", 0.1 * rng.standard_normal((1, heads, t, t))))
         s = node("Add", [s, "rel"], "biased")
@@ -106,7 +112,9 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     if mlp:  # Wo -> Relu -> MatMul: Wo is also the producer of a channel site
         inits.append(b.weight("f.w", (d, d), seed + 9))
         node("MatMul", [node("Relu", [y], "o.relu"), "f.w"], "y")
-    return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
+    inputs = [b.vi("x", ["N", t, d])] + ([b.vi("m", ["N", 1, 1, t])] if variant == "hfmask"
+                                         else [])
+    return b.make(nodes, inputs, [b.vi("y", ["N", t, d])], inits)
 
 
 def fused(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0):

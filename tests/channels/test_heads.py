@@ -30,7 +30,7 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
                           allocate=allocate), layers, data
 
 
-VARIANTS = ["bert", "hf", "torch", "sdpa", "const"]
+VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
