@@ -257,8 +257,8 @@ def _footer(r: Report) -> list[str]:
 
 
 def _channel_lines(r: Report) -> list[str]:
-    """Channel pruning: removed channels per producer -> consumer, OBS vs L2-norm loss, and
-    one reason per producer whose channels stay."""
+    """Channel pruning: removed channels (or whole heads, "h") per producer -> consumer, OBS
+    vs L2-norm loss, and one reason per producer whose channels stay."""
     c = r.channels
     if not c:
         return []
@@ -268,11 +268,12 @@ def _channel_lines(r: Report) -> list[str]:
     for row in c["rows"]:
         e = row["energy"] or 1.0
         pair = short_name(f"{row['producer']} -> {row['consumer']}", 34)
-        lines.append(f"{pair:<34} {row['removed']:>4}/{row['channels']:<4} "
+        of = f"{row['channels']}{'h' if row.get('unit', 1) > 1 else ''}"  # h: whole heads
+        lines.append(f"{pair:<34} {row['removed']:>4}/{of:<4} "
                      f"{row['loss'] / e:>12.4g} {row['norm_loss'] / e:>10.4g} "
                      f"{row['ratio']:>7.3f}")
     dense, pruned = c["macs_dense"], c["macs_pruned"]
-    lines.append(f"layer FLOPs {dense:,.0f} -> {pruned:,.0f} per sample "
+    lines.append(f"layer + attention FLOPs {dense:,.0f} -> {pruned:,.0f} per sample "
                  f"({1 - pruned / dense if dense else 0:.1%} fewer)")
     lines += [f"  channels kept: {x['producer']}: {x['reason']}" for x in c["refused"]]
     return lines + [""]

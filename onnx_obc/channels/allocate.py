@@ -31,13 +31,15 @@ BUCKETS = 20000
 
 
 def counts(method: str, traces: Sequence[ChannelTrace], energies: Sequence[float],
-           flops: Sequence[float], goal: float, channels: Sequence[int], align: int = 1
-           ) -> list[int]:
-    """Channels each site removes (method: one of METHODS; see the module docstring)."""
+           flops: Sequence[float], goal: float, channels: Sequence[int],
+           align: int | Sequence[int] = 1) -> list[int]:
+    """Channels each site removes (method: one of METHODS; see the module docstring);
+    `align`: one for every site, or one per site."""
+    aligns = [align] * len(traces) if isinstance(align, int) else list(align)
     if method == "greedy":
         return select_channels(list(traces), list(energies), list(flops), goal,
-                               list(channels), align)
-    options = [allowed(len(t.losses), C, align) for t, C in zip(traces, channels)]
+                               list(channels), aligns)
+    options = [allowed(len(t.losses), C, a) for t, C, a in zip(traces, channels, aligns)]
     if method == "uniform":
         return _uniform(options, flops, goal, channels)
     if method == "dp":

@@ -5,24 +5,30 @@ one consumer layer through per-channel nodes only.
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
     MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
 
-Per-channel nodes: unary activations, gated ones (x * sigmoid(x) as Sigmoid + Mul), the
-attention mix A @ V (value channels: V projection -> A @ V -> output projection), Clip,
-Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel axis), BatchNormalization, depthwise Conv (group = channels, its
-weight rows, bias and `group` cut too), pooling. A producer whose channels also reach a
-residual Add, a Concat, a node that moves the channel axis, a graph output or more than
-one node stays, with one reason (`Refusal`).
+Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU,
+GELU, HardSwish: channels/regions.py), the attention mix A @ V (value channels: V
+projection -> A @ V -> output projection), Clip, Add/Sub/Mul/Div/PRelu with a constant
+(sliced when it has the channel axis), BatchNormalization, depthwise Conv (group =
+channels, its weight rows, bias and `group` cut too), pooling. Whole attention heads of
+multi-head attention are sites too (channels/heads.py). A producer whose channels also
+reach a residual Add, a Concat, a node that moves the channel axis, a graph output or more
+than one node stays, with one reason (`Refusal`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
-from .reasons import mixes_reason, residual_reason
+from .flops import layer_macs, positions, saved_macs
+from .readers import shape_readers
+from .regions import region
+from .reasons import feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
@@ -45,6 +51,8 @@ class Site:
     macs: float  # multiply-adds saved per removed channel
     cell: float = 0.0  # consumer MACs of one (row, channel) pair: counted twice when the
     # consumer also loses rows as the producer of another site (see overlap)
+    unit: int = 1  # producer rows (and sliced entries, consumer columns) per channel: a head's dh
+    split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class _Graph:
     inits: dict[str, tuple[int, ...]]  # initializer -> shape
     outputs: set[str]
     shapes: dict[str, list[int | None]]
+    makers: dict[str, tuple[str, onnx.NodeProto]] = field(default_factory=dict)  # tensor ->
+    # (label, node) writing it
+    values: dict[str, list[int]] = field(default_factory=dict)  # small int64 initializers
 
     def spatial(self, tensor: str, conv: bool) -> int:
         """Positions per channel (conv: the spatial dims; linear: the token dims)."""
@@ -77,16 +88,22 @@ class _Graph:
 
 def graph_of(model: onnx.ModelProto) -> _Graph:
     g = model.graph
-    nodes, users = {}, {}
+    nodes, users, makers = {}, {}, {}
     for i, n in enumerate(g.node):
         label = node_label(n, i)
         nodes[label] = n
         for t in n.input:
             if t:
                 users.setdefault(t, []).append((label, n))
+        makers.update({o: (label, n) for o in n.output if o})
+    small = [*((i.name, i) for i in g.initializer),
+             *((n.output[0], a.t) for n in g.node if n.op_type == "Constant"
+               for a in n.attribute if a.name == "value")]
+    values = {k: [int(v) for v in numpy_helper.to_array(t).reshape(-1)] for k, t in small
+              if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 8}
     inits = {i.name: tuple(i.dims) for i in g.initializer}
-    try:
-        inferred = shape_inference.infer_shapes(model).graph
+    try:  # data_prop: sizes read with Shape -> Gather -> Concat (PyTorch exports) too
+        inferred = shape_inference.infer_shapes(model, data_prop=True).graph
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         # shapes only size the FLOPs; without them every position counts 1
         inferred = g
@@ -94,7 +111,7 @@ def graph_of(model: onnx.ModelProto) -> _Graph:
     for v in [*inferred.value_info, *inferred.input, *inferred.output]:
         dims = v.type.tensor_type.shape.dim
         shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes)
+    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes, makers, values)
 
 
 def find_sites(model: onnx.ModelProto, layers: list[Layer]
@@ -138,12 +155,12 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     path, grouped = [], []
     t, prev = node.output[0], node.op_type
     while True:
-        gate = _gate(g, t)
-        if gate is not None:  # x * sigmoid(x) (SiLU / Swish / HardSwish as two nodes)
+        gate = region(g, t, UNARY)
+        if gate is not None:  # SiLU, GELU, HardSwish as several elementwise nodes
             path += gate[0]
             t, prev = gate[1], "Mul"
             continue
-        label, nxt = _only_user(g, t)
+        label, nxt = _only_user(g, t, axis)
         if nxt.op_type in ("Conv", "Gemm", "MatMul") and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
             cons = _consumer_checks(by_node[label], C, label)
@@ -172,29 +189,18 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
         elif op in POOLS and conv and len(nxt.output) == 1:
             pass
-        elif _attention_mix(g, nxt, t, conv):
-            pass  # A @ V: mixes the tokens, keeps the value channels (last axis)
+        elif _attention_mix(g, nxt, t, conv):  # A @ V: mixes the tokens, keeps the value
+            macs += positions(g, nxt.input[0])  # channels (last axis); Tq * Tk per channel
+        elif op == "Reshape" and feeds_scores(g, nxt):
+            from .heads import head_site  # V -> [bias] -> heads -> A @ V -> merge -> Wo
+
+            return head_site(g, L, label, nxt, C, tuple(path), tuple(sliced), macs, by_node)
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         else:
             raise _Refused(mixes_reason(g, nxt, label))
         path.append(label)
         t, prev = nxt.output[0], op
-
-
-def _gate(g: _Graph, t: str) -> tuple[list[str], str] | None:
-    """([unary label, Mul label], Mul output) when `t` feeds exactly a unary node u and
-    Mul(t, u(t)) (a gated activation, per channel); None otherwise."""
-    users = g.users.get(t, [])
-    if len(users) != 2 or t in g.outputs:
-        return None
-    for (lu, u), (lm, m) in (users, users[::-1]):
-        if (u.op_type in UNARY and len(u.input) == 1 and m.op_type == "Mul"
-                and u.output[0] not in g.outputs
-                and [x for x, _ in g.users.get(u.output[0], [])] == [lm]
-                and sorted(m.input) == sorted([t, u.output[0]])):
-            return [lu, lm], m.output[0]
-    return None
 
 
 def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
@@ -204,18 +210,24 @@ def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
             and n.input[0] != t and n.input[0] not in g.inits)
 
 
-def _only_user(g: _Graph, t: str) -> tuple[str, onnx.NodeProto]:
+def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.NodeProto]:
+    """The one node reading `t`, besides Shape nodes that read no size of `axis` (the
+    channel axis; None: every node counts)."""
     if t in g.outputs:
         raise _Refused(f"its channels reach the graph output {t!r}")
     users = g.users.get(t, [])
+    if axis is not None and len(users) > 1:
+        shapes = shape_readers(g, t, axis)
+        users = [u for u in users if u[0] not in shapes]
     if len(users) == 1:
         return users[0]
     for label, n in users:
         if n.op_type in ("Add", "Sum", "Sub", "Mul") and not any(x in g.inits for x in n.input):
             raise _Refused(f"its channels also reach the residual {n.op_type} {label!r}")
     for label, n in users:
-        if n.op_type == "Concat":
-            raise _Refused(f"its channels also reach Concat {label!r}")
+        if n.op_type in ("Concat", "Shape"):
+            raise _Refused(f"its channels also reach Concat {label!r}" if n.op_type == "Concat"
+                           else f"its channel count is read at run time by Shape {label!r}")
     names = ", ".join(repr(lb) for lb, _ in users) or "none"
     raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
 
@@ -271,27 +283,5 @@ def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-def saved_macs(sites: list[Site], counts: list[int]) -> float:
-    """Exact multiply-adds saved by removing counts[i] channels of sites[i]: the per-channel
-    savings less the (row, column) pairs of a layer that loses both (consumer of one site,
-    producer of another), which they count twice."""
-    total = sum(k * s.macs for s, k in zip(sites, counts))
-    rows = {s.producer.weight: k for s, k in zip(sites, counts)}
-    return total - sum(k * rows.get(s.consumer.weight, 0) * s.cell
-                       for s, k in zip(sites, counts))
-
-
-def layer_macs(model: onnx.ModelProto, layers: list[Layer]) -> float:
-    """Multiply-adds of `layers` on one sample (spatial/token sizes from shape inference;
-    unknown sizes count 1)."""
-    g = graph_of(model)
-    total = 0.0
-    for L in layers:
-        for u in L.uses:
-            node = g.nodes[u.node]
-            G, r, d = L.matrix_shape
-            total += G * r * d * g.spatial(node.output[0], L.op == "Conv")
-    return total
-
-
-__all__ = ["Refusal", "Site", "constant_weights", "find_sites", "graph_of", "layer_macs"]
+__all__ = ["Refusal", "Site", "constant_weights", "find_sites", "graph_of", "layer_macs",
+           "saved_macs"]

@@ -1,5 +1,6 @@
 """Why a producer's channels stay: the refusal messages of patterns.py for a node that is
-not per-channel (a residual, a node moving the channel axis, the attention scores)."""
+not per-channel (a residual, a node moving the channel axis, the attention scores; those of
+the multi-head pattern are in heads.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def mixes_reason(g: Any, n: onnx.NodeProto, label: str) -> str:
         return (f"its channels reach MatMul {label!r} of two activations as the summed axis "
                 "(attention query/key channels; only value channels, A @ V, are pruned)")
     if n.op_type in ("Reshape", "Transpose") and feeds_scores(g, n):
-        return (f"its channels reach {n.op_type} {label!r} into the attention scores or "
-                "heads (query/key channels and multi-head splits are not pruned)")
+        return (f"its channels reach {n.op_type} {label!r} into the attention scores or heads "
+                "(query/key channels go only as whole heads of the standard multi-head "
+                "pattern)")
     if n.op_type in ("Conv", "Gemm", "MatMul"):
         return (f"the next layer {n.op_type} {label!r} is not a usable consumer (not "
                 "selected, shared or reads the channels as its weight)")
@@ -35,12 +37,13 @@ def mixes_reason(g: Any, n: onnx.NodeProto, label: str) -> str:
     return f"its channels reach {n.op_type} {label!r}, which is not a per-channel op"
 
 
-def feeds_scores(g: Any, n: onnx.NodeProto, depth: int = 3) -> bool:
-    """Whether n's output reaches, through Reshape/Transpose only, a MatMul of two
-    activations (the attention scores or the per-head A @ V)."""
+def feeds_scores(g: Any, n: onnx.NodeProto, depth: int = 4) -> bool:
+    """Whether n's output reaches, through Reshape/Transpose (and a scale Mul/Div) only, a
+    MatMul of two activations (the attention scores or the per-head A @ V)."""
     for _, m in g.users.get(n.output[0], []):
         if m.op_type == "MatMul" and not any(x in g.inits for x in m.input):
             return True
-        if m.op_type in ("Reshape", "Transpose") and depth > 1 and feeds_scores(g, m, depth - 1):
+        if m.op_type in ("Reshape", "Transpose", "Mul", "Div") and depth > 1 and \
+                feeds_scores(g, m, depth - 1):
             return True
     return False

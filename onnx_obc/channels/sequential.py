@@ -89,7 +89,8 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         base = _norm_removed(site, plan.weights, k)
         out.append(ChannelRow(site.producer.name, site.consumer.name, site.channels, k,
                               float(s.trace.losses[:k].sum()), _zeroed_loss(p, base, backend),
-                              s.energy, k * site.macs, tuple(int(c) for c in np.sort(removed))))
+                              s.energy, k * site.macs, tuple(int(c) for c in np.sort(removed)),
+                              site.unit))
     keep_norm = [np.setdiff1d(np.arange(s.channels), _norm_removed(s, plan.weights, k))
                  for s, k in zip(plan.sites, counts)]
     baseline = shrink(proto, plan.sites, keep_norm)

@@ -43,6 +43,7 @@ class ChannelRow:
     energy: float  # tr(W H W^T), the consumer's output energy
     macs_saved: float
     removed_ids: tuple[int, ...] = ()  # producer channels removed (dense numbering)
+    unit: int = 1  # producer rows per channel: > 1 when the channels are attention heads
 
     @property
     def ratio(self) -> float:
@@ -132,7 +133,8 @@ def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str
 def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp"
                  ) -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels of `plan`'s sites,
-    spread by `allocate` (channels/allocate.py), each site keeping a multiple of `align`."""
+    spread by `allocate` (channels/allocate.py), each site keeping a multiple of `align`
+    (head sites: any number of heads, each already dh channels)."""
     t0 = time.perf_counter()
     proto, backend, dense = plan.proto, plan.backend, plan.dense
     if not plan.sites:
@@ -151,7 +153,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
         rows.append(ChannelRow(s.site.producer.name, s.site.consumer.name, s.site.channels, k,
                                float(s.trace.losses[:k].sum()),
                                _zeroed_loss(s, base, backend), s.energy, k * s.site.macs,
-                               tuple(int(c) for c in np.sort(removed))))
+                               tuple(int(c) for c in np.sort(removed)), s.site.unit))
     model = shrink(proto, plan.sites, keep, updated)
     baseline = shrink(proto, plan.sites, keep_norm)
     pruned = layer_macs(model, _relabel(plan.layers, model))
@@ -192,7 +194,8 @@ def _select(solved: list[_Solved], target: float, align: int, method: str) -> li
     for _ in range(8):
         counts = allocate_counts(method, [s.trace for s in solved],
                                  [s.energy for s in solved], [s.site.macs for s in solved],
-                                 goal, [s.site.channels for s in solved], align)
+                                 goal, [s.site.channels for s in solved],
+                                 [1 if s.site.split else align for s in solved])
         saved = saved_macs([s.site for s in solved], counts)
         if saved >= target or counts == last:  # reached, or nothing more to take
             break
@@ -215,9 +218,10 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
 
 
 def _norm_removed(site: Site, weights: dict, k: int) -> np.ndarray:
-    """The baseline's k channels: smallest L2 norm of the producer's output rows."""
-    rows = weight_matrix(weights, site.producer)[0]  # [C, d]
-    return np.sort(norm_order(rows)[:k])
+    """The baseline's k channels: smallest L2 norm of the producer's output rows (of a
+    head's dh rows of the V projection together)."""
+    rows = weight_matrix(weights, site.producer)[0]  # [C * unit, d]
+    return np.sort(norm_order(rows.reshape(site.channels, -1))[:k])
 
 
 def _zeroed_loss(s: _Solved, removed: np.ndarray, backend: Backend) -> float:

@@ -1,6 +1,9 @@
 """Physically remove channels: the producer's weight rows and bias, the per-channel
 constants in between (BatchNormalization parameters, Add/Mul/PRelu constants, depthwise
-Conv weight rows and bias, whose `group` follows), and the consumer's weight columns.
+Conv weight rows and bias, whose `group` follows), and the consumer's weight columns. For a
+whole-head site (channels/heads.py) each channel is a head: dh rows / columns each, the
+query and key projections (and biases) lose theirs too, and each Reshape into or out of
+the heads gets its own shape constant with the kept head count.
 
 The edit goes through onnx-graphsurgeon; intermediate shapes are cleared and re-inferred,
 and the result passes onnx.checker with full (strict) shape inference.
@@ -46,12 +49,21 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             continue
         if len(kept) == 0:
             raise ModelError(f"cannot remove every channel of {site.producer.name!r}")
-        cut(site.producer.weight, weight_axes(site.producer)[0], kept)
-        cut(site.consumer.weight, weight_axes(site.consumer)[1], kept)
+        rows = _expand(kept, site.unit)
+        cut(site.producer.weight, weight_axes(site.producer)[0], rows)
+        cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
         for name, axis in site.sliced:
-            cut(name, axis, kept)
+            cut(name, axis, rows)
         for label in site.grouped:
             graph.nodes[labels[label]].attrs["group"] = len(kept)
+        if site.split is not None:
+            for name, axis, per in site.split.tied:
+                cut(name, axis, _expand(kept, per))
+            for label, j, vals, index, per in site.split.shapes:
+                node = graph.nodes[labels[label]]
+                shape = np.array(vals, dtype=np.int64)
+                shape[index] = len(kept) * per
+                node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
     for name, arr in values.items():
         tensors[name].values = np.ascontiguousarray(arr.astype(tensors[name].dtype))
     outer = {t.name for t in [*graph.inputs, *graph.outputs]}
@@ -60,6 +72,13 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             t.shape = None
     out = export_graph(graph, model, model_opset(model))
     return checked(out)
+
+
+def _expand(kept: np.ndarray, unit: int) -> np.ndarray:
+    """Entry ids of channels `kept` that are `unit` consecutive entries each."""
+    if unit == 1:
+        return kept
+    return (kept[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
 
 
 def checked(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -101,18 +101,20 @@ def output_energy(W: Any, H: Any) -> float:
 
 def select_channels(traces: list[ChannelTrace], energies: list[float],
                     flops: list[float], target_flops: float, channels: list[int] | None = None,
-                    align: int = 1) -> list[int]:
+                    align: int | list[int] = 1) -> list[int]:
     """How many channels each site removes: repeatedly take the site whose next move costs
     least normalised loss (loss / energy) per FLOP saved (flops[i] per channel of site i),
     until the saved FLOPs reach `target_flops` or every trace is used up. A move is one
     greedy step, or with `align` > 1 the steps up to the next count that leaves a multiple
-    of `align` channels (channels[i] in site i)."""
+    of `align` channels (channels[i] in site i; `align` one for all or one per site)."""
+    aligns = [align] * len(traces) if isinstance(align, int) else list(align)
     taken = [0] * len(traces)
     saved = 0.0
     while saved < target_flops:
         best, key, size = -1, np.inf, 0
         for i, t in enumerate(traces):
-            n = _move(taken[i], len(t.losses), 1 if channels is None else channels[i], align)
+            n = _move(taken[i], len(t.losses), 1 if channels is None else channels[i],
+                      aligns[i])
             if n and flops[i] > 0:
                 k = t.losses[taken[i]:taken[i] + n].sum() / max(energies[i], 1e-30) / (
                     n * flops[i])

@@ -77,6 +77,26 @@ def transformer_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0):
     return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
 
 
+def mlp_gelu(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0, leak: bool = False):
+    """[N, T, d] MatMul -> Add bias -> GELU as PyTorch exports it before opset 20 (x * 0.5 *
+    (1 + Erf(x / sqrt 2)), five nodes) -> MatMul. `leak`: the Erf output is also a graph
+    output (the region does not close)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("fc1.w", (d, hidden), seed), _c("fc1.b", rng.standard_normal(hidden)),
+             _w("fc2.w", (hidden, d), seed + 1), _c("half", 0.5), _c("one", 1.0),
+             _c("rsqrt2", 2 ** -0.5)]
+    nodes = [helper.make_node("MatMul", ["x", "fc1.w"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "fc1.b"], ["u"], name="bias1"),
+             helper.make_node("Mul", ["u", "half"], ["uh"], name="gelu.h"),
+             helper.make_node("Mul", ["u", "rsqrt2"], ["us"], name="gelu.s"),
+             helper.make_node("Erf", ["us"], ["e"], name="gelu.erf"),
+             helper.make_node("Add", ["e", "one"], ["p"], name="gelu.p"),
+             helper.make_node("Mul", ["uh", "p"], ["g"], name="gelu"),
+             helper.make_node("MatMul", ["g", "fc2.w"], ["y"], name="fc2")]
+    outs = [b.vi("y", ["N", t, d])] + ([b.vi("e", ["N", t, hidden])] if leak else [])
+    return b.make(nodes, [b.vi("x", ["N", t, d])], outs, inits)
+
+
 def attention(d: int = 8, t: int = 5, seed: int = 0):
     """Single-head self-attention [N, T, d]: q, k, v projections (v with bias), softmax(q k^T)
     @ v, output projection. Only v -> out is a site (value channels)."""

@@ -37,6 +37,15 @@ def test_gated_activation_is_per_channel():
     assert s.path == ("sig", "silu") and s.width == 1 and s.channels == 8
 
 
+def test_erf_gelu_is_one_per_channel_region():
+    """GELU as five elementwise nodes reading the producer's output twice: one region; when
+    an inner tensor leaks (a graph output) the channels stay."""
+    (s,), _ = _find(graphs.mlp_gelu())
+    assert s.path == ("bias1", "gelu.h", "gelu.s", "gelu.erf", "gelu.p", "gelu")
+    sites, refused = _find(graphs.mlp_gelu(leak=True))
+    assert not sites and "feeds 2 nodes" in {r.weight: r.reason for r in refused}["fc1.w"]
+
+
 def test_attention_value_channels_and_why_query_key_stay():
     sites, refused = _find(graphs.attention())
     (s,) = sites

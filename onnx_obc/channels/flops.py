@@ -1,0 +1,49 @@
+"""Multiply-adds of the channel-pruning sites: the layers' (Conv/Gemm/MatMul with a constant
+weight) and the attention MatMuls of two activations (scores Q Kᵀ and A @ V: T_q·T_k per
+value channel, T_q·T_k·dh per head for each), per sample, from shape inference (unknown
+sizes count 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import onnx
+
+from ..layers import Layer
+
+
+def positions(g: Any, tensor: str) -> int:
+    """Product of `tensor`'s dims past the batch axis (unknown sizes count 1)."""
+    dims = g.shapes.get(tensor) or []
+    return math.prod(d if d else 1 for d in dims[1:])
+
+
+def saved_macs(sites: list[Any], counts: list[int]) -> float:
+    """Exact multiply-adds saved by removing counts[i] channels of sites[i]: the per-channel
+    savings less the (row, column) pairs of a layer that loses both (consumer of one site,
+    producer of another), which they count twice."""
+    total = sum(k * s.macs for s, k in zip(sites, counts))
+    rows = {s.producer.weight: k * s.unit for s, k in zip(sites, counts)}
+    return total - sum(k * rows.get(s.consumer.weight, 0) * s.cell
+                       for s, k in zip(sites, counts))
+
+
+def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = True) -> float:
+    """Multiply-adds of `layers` on one sample, and (`attention`) of every MatMul of two
+    activations (the attention scores and A @ V)."""
+    from .patterns import graph_of
+
+    g = graph_of(model)
+    total = 0.0
+    for L in layers:
+        for u in L.uses:
+            node = g.nodes[u.node]
+            G, r, d = L.matrix_shape
+            total += G * r * d * g.spatial(node.output[0], L.op == "Conv")
+    if attention:
+        for n in g.nodes.values():
+            if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
+                a = g.shapes.get(n.input[0]) or [None]
+                total += positions(g, n.output[0]) * (a[-1] or 1)
+    return total

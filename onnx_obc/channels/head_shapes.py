@@ -1,0 +1,75 @@
+"""The shapes of the Reshapes into and out of the attention heads (channels/heads.py): an
+int64 constant (initializer or Constant node), or a Concat (axis 0) of such constants and
+one-element run-time pieces (the batch and sequence sizes PyTorch / HF exports read with
+Shape -> Gather). The head count and dh must be constants there, so the rewrite H -> H - k
+is unambiguous; `Where` says which constant entry the rewrite replaces."""
+
+from __future__ import annotations
+
+import onnx
+
+from .patterns import _attr, _Graph, _Refused
+
+Where = tuple[str, int, tuple[int, ...], int]  # (node label, input index, the constant's
+# values, position in it)
+Entry = tuple[int | None, Where | None]  # value (None: known at run time only), its place
+
+
+def entries(g: _Graph, label: str, n: onnx.NodeProto, role: str) -> list[Entry]:
+    """The shape entries of Reshape `n` (label)."""
+    if _attr(n, "allowzero", 0):
+        raise _Refused(f"the {role} Reshape {label!r} has allowzero=1")
+    s = n.input[1]
+    if s in g.values:
+        return [(v, (label, 1, tuple(g.values[s]), i)) for i, v in enumerate(g.values[s])]
+    c_label, c = g.makers.get(s, ("", None))
+    if c is None or c.op_type != "Concat" or _attr(c, "axis", 0) not in (0, -1) or \
+            len(g.users.get(s, [])) != 1:
+        raise _Refused(f"the {role} Reshape {label!r} takes its shape from {s!r}, not a "
+                       "constant or a Concat of constants and batch / sequence sizes (a "
+                       "head count it cannot rewrite)")
+    out: list[Entry] = []
+    for j, x in enumerate(c.input):
+        if x in g.values:
+            out += [(v, (c_label, j, tuple(g.values[x]), i)) for i, v in enumerate(g.values[x])]
+        elif g.shapes.get(x) == [1]:
+            out.append((None, None))
+        else:
+            raise _Refused(f"the {role} shape Concat {c_label!r} reads {x!r} of unknown length")
+    return out
+
+
+def split_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int, role: str,
+                heads: int | None = None) -> tuple[int, int, Where]:
+    """(H, dh, where H lives) of the Reshape [B, T, C] -> [B, T, H, dh] `n`."""
+    e = entries(g, label, n, role)
+    v = [x for x, _ in e]
+    shown = ["?" if x is None else x for x in v]
+    dims = g.shapes.get(n.input[0])
+    if len(v) != 4 or (dims is not None and len(dims) != 3):
+        raise _Refused(f"the {role} Reshape {label!r} to {shown} is not [B, T, C] -> "
+                       "[B, T, H, dh]")
+    H, where = e[2]
+    if H is None or where is None or H <= 0 or C % H or v[3] not in (C // H, -1) or \
+            v[3] == -1 and any(x in (None, -1) for x in v[:2]):
+        raise _Refused(f"the {role} Reshape {label!r} to {shown} does not split the {C} "
+                       "channels into a constant head count")
+    if heads is not None and H != heads:
+        raise _Refused(f"the {role} Reshape {label!r} splits {H} heads, the values {heads}")
+    if heads is None and H < 2:
+        raise _Refused("a single attention head (its value channels are not cut)")
+    return H, C // H, where
+
+
+def merge_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int) -> Where | None:
+    """Where the H·dh entry of the merging Reshape's shape lives (None when it is -1)."""
+    e = entries(g, label, n, "context")
+    v = [x for x, _ in e]
+    out = g.shapes.get(n.output[0])
+    if v and v[-1] == C and e[-1][1] is not None:
+        return e[-1][1]
+    if v and v[-1] == -1 and (out and out[-1] == C or len(v) == 3 and v[:2] == [0, 0]):
+        return None
+    shown = ["?" if x is None else x for x in v]
+    raise _Refused(f"the Reshape {label!r} to {shown} does not merge the heads into the last "
+                   f"axis of {C}")
