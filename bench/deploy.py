@@ -25,7 +25,11 @@ CTC-decoded recognizer output on the rendered captchas (common), box F1 against 
 detector's boxes (score > 0.5, IoU > 0.5; common_det) and, for the detector, the output
 error on the anchors that matter ("fg error": anchors whose dense score obj * cls > 0.01,
 about 1% of them; the whole-output error is dominated by the box regressions of background
-anchors, outputs no loss trained and that the decoder drops); integer = quantized layers that
+anchors, outputs no loss trained and that the decoder drops); weights-only error = the
+output error of the dense model with the row's dequantized int8 weights and float
+activations (the weights' own share; on the detector the W8A8 whole-output error is
+dominated by the activation quantization and swings with tiny changes of either side, see
+bench/w8a8_draws.py); integer = quantized layers that
 onnxruntime runs on integer kernels (the run's fusion check). Every run uses --holdout 0
 (all calibration samples fit, for ours and quantize_static alike) and is evaluated on a
 separate eval set. Writes bench/results/deploy.json and prints a markdown table.
@@ -121,6 +125,41 @@ def optimized_ops(path: str) -> dict[str, int]:
     for n in g.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
+def weights_only(qpath: str, fpath: str, out: str) -> str:
+    """The dense model with the quantized file's weights (every constant DequantizeLinear
+    input of a Conv / Gemm / MatMul, dequantized, into the same-named float node's
+    initializer) and float activations: the weights' own share of the W8A8 error."""
+    from onnx import numpy_helper as nh
+    q, f = onnx.load(qpath), onnx.load(fpath)
+    qinit = {t.name: nh.to_array(t) for t in q.graph.initializer}
+    prod = {o: n for n in q.graph.node for o in n.output}
+    finit = {t.name: t for t in f.graph.initializer}
+    fnodes = {n.name: n for n in f.graph.node if n.name}
+    done = 0
+    for n in q.graph.node:
+        fn = fnodes.get(n.name)
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or fn is None:
+            continue
+        for slot, (qi, fi) in enumerate(zip(n.input, fn.input)):
+            dq = prod.get(qi)
+            if (slot == 0 or fi not in finit or dq is None or dq.op_type != "DequantizeLinear"
+                    or not all(i in qinit for i in dq.input if i)):
+                continue
+            x, s = qinit[dq.input[0]].astype(np.float64), qinit[dq.input[1]]
+            z = qinit[dq.input[2]] if len(dq.input) > 2 and dq.input[2] else 0
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            shape = [1] * x.ndim
+            if np.ndim(s):  # per channel (a 1-D tensor, e.g. a bias: elementwise)
+                shape[axis if x.ndim > 1 else 0] = -1
+            w = (x - np.reshape(z, shape)) * np.reshape(s, shape)
+            finit[fi].CopyFrom(nh.from_array(w.astype(np.float32), fi))
+            done += 1
+    if not done:
+        print(f"  weights-only: no layer of {qpath} matched the dense model's node names")
+    onnx.save(f, out)
+    return out
 
 
 def fg_error(ys: list[np.ndarray], dense: list[np.ndarray], thr: float = 0.01) -> float:
@@ -288,35 +327,42 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
                    {k: v[:1] for k, v in feeds[0].items()}, runs, 0)
     for key, p in paths.items():
         ys = dense if key == "fp32" else outputs(p, feeds)
-        err = float(np.mean([np.linalg.norm(y - d) / max(np.linalg.norm(d), 1e-12)
-                             for y, d in zip(ys, dense)]))
+        err = _rel(ys, dense)
+        w_err = None if key == "fp32" else _rel(outputs(weights_only(
+            p, mpath, str(work / f"{name}.{key.replace(' ', '_')}.weights.onnx")), feeds), dense)
         agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
                                               for y, d in zip(ys, dense)])))
         rows.append({"model": name, "format": key, "size_mb": os.path.getsize(p) / 1e6,
                      "ms_1t": lat1[key], "ms_all": latn[key],
                      "ratio_1t": lat1[key] / lat1["fp32"], "ratio_all": latn[key] / latn["fp32"],
                      "min_1t": min1[key], "ratio_min_1t": min1[key] / min1["fp32"],
-                     "error": err, "agreement": agree,
+                     "error": err, "weights_error": w_err, "agreement": agree,
                      "task": task_metric(name, ys, dense, ev),
                      "fg_error": fg_error(ys, dense) if name == "common_det" else None,
                      "ops": optimized_ops(p), **info[key]})
     return rows
 
 
+def _rel(ys: list[np.ndarray], dense: list[np.ndarray]) -> float:
+    return float(np.mean([np.linalg.norm(y - d) / max(np.linalg.norm(d), 1e-12)
+                          for y, d in zip(ys, dense)]))
+
+
 def table(rows: list[dict]) -> str:
     head = ("| model | format | size MB | ms 1 thread | × fp32 | min × fp32 | ms all | × fp32 "
-            "| output error | fg error | top-1 agree | task metric | integer layers "
-            "| convert s | convert CPU s |")
-    lines = [head, "|" + "---|" * 15]
+            "| output error | weights-only error | fg error | top-1 agree | task metric "
+            "| integer layers | convert s | convert CPU s |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         task = "" if r["task"] is None else f"{100 * r['task']:.2f}"
         fg = "" if r.get("fg_error") is None else f"{r['fg_error']:.4f}"
+        we = "" if r.get("weights_error") is None else f"{r['weights_error']:.4f}"
         sec = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
         cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
         lines.append(f"| {r['model']} | {r['format']} | {r['size_mb']:.2f} | {r['ms_1t']:.2f} "
                      f"| {r['ratio_1t']:.3f} | {r['ratio_min_1t']:.3f} | {r['ms_all']:.2f} "
                      f"| {r['ratio_all']:.3f} "
-                     f"| {r['error']:.4f} | {fg} | {100 * r['agreement']:.2f} | {task} "
+                     f"| {r['error']:.4f} | {we} | {fg} | {100 * r['agreement']:.2f} | {task} "
                      f"| {r['integer'] or ''} | {sec} | {cpu} |")
     lines.append("")
     fused = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",

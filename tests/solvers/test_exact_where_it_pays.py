@@ -122,3 +122,33 @@ def test_eight_bit_weights_with_identity_hessian_are_rtn():
     res = solve_layer(W, np.eye(32)[None], quant=QuantSpec(bits=8), damp=0.0)
     assert res.method_used == "rtn/H-grid"
     np.testing.assert_array_equal(res.codes, res.baseline_codes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_eight_bit_choice_holds_when_the_layer_input_is_quantized_too(seed):
+    """W8A8: the layer reads X_q (uint8 per-tensor, min-max) instead of X. Scored by what
+    the deployed layer computes, E||W X - W_hat X_q||^2 minus W's own share (the input
+    rounding with exact weights), the kept 8-bit weights beat min-max RTN by as much as the
+    loss under H = X X^T / n says: the input rounding does not change the ranking."""
+    rng = np.random.default_rng(seed)
+    d, r, n = 96, 32, 4000
+    Z = rng.standard_normal((d, 6)) @ rng.standard_normal((6, n))
+    X = Z + 0.3 * rng.standard_normal((d, n))
+    X = X / (1.0 + np.exp(-X))  # SiLU of correlated pre-activations
+    lo, hi = min(X.min(), 0.0), X.max()
+    s = (hi - lo) / 255
+    z = np.round(-lo / s)
+    Xq = (np.clip(np.round(X / s) + z, 0, 255) - z) * s
+    W = rng.standard_t(4, size=(1, r, d)) * 0.05
+    H = (X @ X.T / n)[None]
+    kept = solve_layer(W, H, quant=QuantSpec(bits=8))
+    mm = rtn(W[0], fit_grid(W[0], QuantSpec(bits=8, mse=False)))
+    own = np.sum((W[0] @ X - W[0] @ Xq) ** 2) / n
+
+    def deployed(W_hat):
+        return np.sum((W[0] @ X - W_hat @ Xq) ** 2) / n - own
+
+    ratio = deployed(kept.W[0]) / deployed(mm)
+    ratio_h = kept.loss / layer_loss(W, mm[None], H)
+    assert ratio < 0.5
+    assert ratio == pytest.approx(ratio_h, rel=0.25)
