@@ -99,6 +99,7 @@ def test_cli_quantization_options(tmp_path):
                                   calib, "-q"])
     assert r.exit_code == 0, r.output
     assert "quantized per output channel instead" in r.output  # 48 does not divide 64
+    assert "--group-size 48: blocked scales on 0 of" in r.output  # and a run-level summary
     assert Path(out).exists()
 
 
