@@ -8,8 +8,9 @@ row by delta (one grid step, so e_j changes by t = delta * s_j) changes that row
     dE = 2 t (e H)_j + t^2 H_jj
 
 exactly. A sweep visits the columns in order and, for all rows (and Hessian groups) at once,
-moves the code by the step of {-1, +1} with the most negative dE, if any, inside
-[qmin, qmax] and off the pinned (pruned) weights; (e H) is kept current (eagerly inside blocks
+moves the code one step against the gradient (e H)_j (of the two steps the only one that can
+lower E: the t^2 H_jj term is the same both ways) where that lowers E, stays inside
+[qmin, qmax] and is off the pinned (pruned) weights; (e H) is kept current (eagerly inside blocks
 of columns, one matrix product per block for the rest). Sweeps repeat until none moves a code
 or `sweeps` ran. Greedy OBQ and GPTQ fix each weight once, against the weights still free;
 this pass revisits every weight against all the others' final values, which is where the
@@ -26,6 +27,8 @@ is checked against the start's, the input returned when not lower.
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from ..backend import array_module
 
@@ -54,38 +57,31 @@ def refine_codes(W: Any, H: Any, grid: Any, codes: Any, pinned: Any = None,
     moved_total = 0
     for _ in range(sweeps):
         EH = E @ H  # [G, r, d], exact at each sweep's start
-        moved = 0
+        moved = xp.zeros((), dtype=xp.int64)
         for a in range(0, d, block):
             b = min(d, a + block)
             D = xp.zeros((G, r, b - a))  # this block's changes of e
             for j in range(a, b):
-                sj, hjj = s[:, :, j], Hd[:, j][:, None]  # [G, r], [G, 1]
-                g = EH[:, :, j]
-                best_d = xp.zeros((G, r))
-                best_t = xp.zeros((G, r))
-                for step in (-1.0, 1.0):
-                    t = step * sj
-                    dE = 2.0 * t * g + t * t * hjj
-                    ok = (c[:, :, j] + step >= grid.qmin) & (c[:, :, j] + step <= grid.qmax)
-                    if pinned is not None:
-                        ok &= ~pinned[:, :, j]
-                    ok &= dE < -TOL * t * t * hjj
-                    take = ok & (dE < best_d)
-                    best_d = xp.where(take, dE, best_d)
-                    best_t = xp.where(take, step, best_t)
-                n = int((best_t != 0).sum())
-                if not n:
+                g = EH[:, :, j]  # [G, r]
+                step = -xp.sign(g)  # the t^2 H_jj term is the same both ways: descend
+                t = step * s[:, :, j]
+                t2h = t * t * Hd[:, j][:, None]
+                cj = c[:, :, j] + step
+                ok = (2.0 * t * g + t2h < -TOL * t2h) & (cj >= grid.qmin) & (cj <= grid.qmax)
+                if pinned is not None:
+                    ok &= ~pinned[:, :, j]
+                if xp is np and not ok.any():  # on a device: no host round trip per column
                     continue
-                moved += n
-                c[:, :, j] += best_t
-                t = best_t * sj  # [G, r]
+                t = xp.where(ok, t, 0.0)
+                c[:, :, j] += xp.where(ok, step, 0.0)
                 E[:, :, j] += t
                 D[:, :, j - a] = t
                 EH[:, :, a:b] += t[:, :, None] * H[:, j, a:b][:, None, :]
-            if bool((D != 0).any()):  # the other columns' (e H), once per block
-                upd = D @ H[:, a:b, :]  # [G, r, d]
-                upd[:, :, a:b] = 0.0  # already applied eagerly
-                EH += upd
+                moved += ok.sum()
+            upd = D @ H[:, a:b, :]  # the other columns' (e H), once per block
+            upd[:, :, a:b] = 0.0  # already applied eagerly
+            EH += upd
+        moved = int(moved)  # one host round trip per sweep
         moved_total += moved
         if not moved:
             break
