@@ -28,7 +28,11 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--rows", type=int, default=256, help="at most this many rows per layer")
     ap.add_argument("--minmax", action="store_true")
-    ap.add_argument("--methods", default="obc,gptq")
+    ap.add_argument("--methods", default="obc,gptq",
+                    help="solvers; a suffix :refine / :norefine sets QuantSpec.refine")
+    ap.add_argument("--group-size", type=int, default=None)
+    ap.add_argument("--max-d", type=int, default=0, help="skip layers with more inputs (OBQ's "
+                    "cost is rows * d^3 on this CPU)")
     ap.add_argument("--only", default="")
     a = ap.parse_args()
     z = np.load(a.data)
@@ -36,13 +40,14 @@ def main() -> None:
         names = [f"L{i}" for i in range(len(z["names"]))]
     else:
         names = sorted({k.split("/")[0] for k in z.files}, key=lambda n: int(n.split("_")[-1]))
-    spec = QuantSpec(bits=a.bits, mse=not a.minmax)
-    mm = QuantSpec(bits=a.bits, mse=False)
+    gs = a.group_size
+    mm = QuantSpec(bits=a.bits, mse=False, group_size=gs)
     methods = a.methods.split(",")
     print(f"{'layer':10} {'W':>10} {'rank':>9} {'N':>4} " + " ".join(f"{m:>7}" for m in methods)
           + f" {'rtn':>7}   (loss / min-max RTN; rtn on the H-aware grid)  method used")
     ratios = {m: [] for m in methods}
-    wide = []  # (name, d, obc ratio) of the layers with >= 64 inputs
+    wide = []  # (name, d, ratio of every method) of the layers with >= 64 inputs
+    secs = {m: 0.0 for m in methods}
     solved = []
     for n in names:
         if a.only and n not in a.only.split(","):
@@ -51,6 +56,12 @@ def main() -> None:
         solved.append(n)
         W = W[:, :a.rows]
         G, r, d = W.shape
+        if a.max_d and d > a.max_d:
+            print(f"{n:10} {f'{r}x{d}':>10} skipped: more than --max-d {a.max_d} inputs")
+            continue
+        if gs and d % gs:
+            print(f"{n:10} {f'{r}x{d}':>10} skipped: group size {gs} does not divide {d}")
+            continue
         ev = np.linalg.eigvalsh(H[0])
         rank = int((ev > 1e-6 * ev.max()).sum())
         base = layer_loss(W, rtn(W.reshape(G * r, d), fit_grid(W.reshape(G * r, d), mm))
@@ -58,27 +69,33 @@ def main() -> None:
         out, used = [], []
         for m in methods:
             t = time.time()
-            sol = solve_layer(W, H, quant=spec, method=m)
+            name, _, opt = m.partition(":")
+            q = QuantSpec(bits=a.bits, mse=not a.minmax, group_size=gs,
+                          refine={"": None, "refine": True, "norefine": False}[opt])
+            sol = solve_layer(W, H, quant=q, method=name)
+            secs[m] += time.time() - t
             out.append(sol.loss / base)
             ratios[m].append(sol.loss / base)
             used.append(sol.method_used)
         out.append(sol.baseline_loss / base)
-        if d >= 64 and methods[0] == "obc":
-            wide.append((n, d, out[0]))
+        if d >= 64:
+            wide.append((n, d, out))
         print(f"{n:10} {f'{r}x{d}':>10} {f'{rank}/{d}':>9} {N:4} "
               + " ".join(f"{v:7.3f}" for v in out) + "  " + " ".join(used))
-    for m in methods:
-        print(f"worst {m}: {max(ratios[m]):.3f}")
-        print(f"median {m}: {np.median(ratios[m]):.3f}")
-    if len(methods) == 2:
-        a0, a1 = np.array(ratios[methods[0]]), np.array(ratios[methods[1]])
-        print(f"{methods[0]} <= {methods[1]} on {(a0 <= a1 * 1.0001).mean():.0%} of layers")
-        worse = [n for n, x, y in zip(solved, a0, a1) if x > y * 1.0001]
-        print(f"{methods[0]} > {methods[1]} on: {', '.join(worse) or 'none'}")
-    if wide:
-        bad = [f"{n} ({d} inputs: {v:.3f})" for n, d, v in wide if v > 0.5]
-        print(f"obc <= 0.5x min-max RTN on {len(wide) - len(bad)}/{len(wide)} layers with >= 64 "
-              f"inputs; above: {', '.join(bad) or 'none'}")
+    last = np.array(ratios[methods[-1]])
+    for i, m in enumerate(methods):
+        v = np.array(ratios[m])
+        print(f"{m}: worst {v.max():.3f}, median {np.median(v):.3f}, "
+              f"{secs[m]:.0f} s", end="")
+        if i < len(methods) - 1:
+            worse = [n for n, x, y in zip(solved, v, last) if x > y * 1.0001]
+            print(f"; <= {methods[-1]} on {len(v) - len(worse)}/{len(v)} layers (above: "
+                  f"{', '.join(worse) or 'none'})", end="")
+        if wide:
+            bad = [f"{n} ({d} inputs: {r[i]:.3f})" for n, d, r in wide if r[i] > 0.5]
+            print(f"; <= 0.5x min-max RTN on {len(wide) - len(bad)}/{len(wide)} layers with "
+                  f">= 64 inputs (above: {', '.join(bad) or 'none'})", end="")
+        print()
     if "names" in z.files:
         print("layers: " + ", ".join(f"L{i}={v}" for i, v in enumerate(z["names"])))
 

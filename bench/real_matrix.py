@@ -17,7 +17,10 @@ these photos), label accuracy (ppocr_cls), text accuracy of the CTC decode (ppoc
 case-folded; common, as bench/deploy.py), box F1 against the dense boxes (common_det, as
 bench/deploy.py), map F1 > 0.3 against the dense map (ppocr_det), top-1 agreement
 (ocr_like). Results are appended to --out (JSON lines; a run already there is skipped, so
-the matrix can be run a piece at a time) and printed as a table.
+the matrix can be run a piece at a time) and printed as a table. A --group-size run records
+the run's warnings and on how many layers the groups applied (the others fall back to per
+output channel where the size does not divide their inputs, e.g. 3x3 and depthwise convs, or
+equals them), and the table says so next to the run.
 """
 
 from __future__ import annotations
@@ -74,11 +77,14 @@ def child(args: str) -> None:
     for x in r.report.layers:
         used[x.method_used or x.method] = used.get(x.method_used or x.method, 0) + 1
     layers = [{"name": x.name, "cols": x.cols, "sparsity": x.sparsity, "loss": x.loss,
-               "baseline": x.magnitude_loss, "method_used": x.method_used}
+               "baseline": x.magnitude_loss, "method_used": x.method_used,
+               "group_size": x.group_size}
               for x in r.report.layers]
+    grouped = sum(1 for x in r.report.layers if x.group_size and x.group_size < x.cols)
     print(json.dumps({"seconds": time.perf_counter() - t, "methods_used": used,
                       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "layers": layers}))
+                      "layers": layers, "warnings": r.report.warnings,
+                      "grouped": grouped if a["options"].get("group_size") else None}))
 
 
 def _feeds(path: str, data: dict) -> list[dict]:
@@ -147,7 +153,7 @@ def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: lis
     os.remove(out)
     return {"model": name, "run": run, "options": options, "convert_s": info["seconds"],
             "peak_mb": info["peak_mb"], "methods_used": info["methods_used"],
-            "layers": info["layers"],
+            "layers": info["layers"], "warnings": info["warnings"], "grouped": info["grouped"],
             **metrics(name, ys, dense, ev)}
 
 
@@ -162,7 +168,10 @@ def table(rows: list[dict]) -> str:
         kl = "" if r.get("kl") is None else f"{r['kl']:.4f}"
         sec = "" if r.get("convert_s") is None else f"{r['convert_s']:.0f}"
         mb = "" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
-        lines.append(f"| {r['model']} | {r['run']} | {r['options'].get('method', '')} "
+        run = r["run"]  # a grouped run says on how many layers the groups applied
+        if r.get("grouped") is not None:
+            run += f" (groups on {r['grouped']}/{len(r['layers'])} layers)"
+        lines.append(f"| {r['model']} | {run} | {r['options'].get('method', '')} "
                      f"| {100 * r['task']:.2f} | {100 * r['agree']:.2f} | {kl} "
                      f"| {r['error']:.4f} | {sec} | {mb} |")
     return "\n".join(lines)

@@ -137,6 +137,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @export_options
 @click.option("--minmax", is_flag=True,
               help="Plain min-max weight ranges instead of OBC's clipping search.")
+@click.option("--refine/--no-refine", default=None,
+              help="H-aware code descent after the quantization solve (lowers the layer "
+                   "loss, never raises it); default: on with --method obc, off with gptq.")
 @calib_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--method", type=click.Choice(["obc", "gptq", "magnitude", "rtn"]),

@@ -28,6 +28,8 @@ class QuantSpec:
     norm: float = 2.4
     grid: int = 100
     maxshrink: float = 0.8
+    refine: bool | None = None  # H-aware code descent after the solve (solvers/refine.py);
+    # None: the method's default (on for "obc", off for "gptq", which stays reference GPTQ)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
@@ -35,6 +37,8 @@ class QuantSpec:
         g = self.group_size
         if g is not None and (not isinstance(g, int) or g < 2):
             raise ConfigError(f"group_size must be an integer >= 2, got {g!r}")
+        if self.refine is not None and not isinstance(self.refine, bool):
+            raise ConfigError(f"refine must be true, false or None, got {self.refine!r}")
 
     @property
     def qmin(self) -> int:

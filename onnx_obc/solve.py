@@ -149,7 +149,25 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
     limited = [x for x in out.rows if x.data_limited]
     if limited:
         out.warnings.append(data_warning(limited))
+    out.warnings.extend(_group_summary(quant, plans))
     return out
+
+
+def _group_summary(quant: Quantization, plans: list[Any]) -> list[str]:
+    """One line when --group-size leaves some quantized layers per output channel (its size
+    does not divide their inputs, or equals them), so a run whose groups mostly fell back
+    does not read as a grouped one."""
+    q = [p for p in plans if p.lspec is not None]
+    if not quant.group_size or not q:
+        return []
+    grouped = [p for p in q if p.lspec.group_size and p.lspec.group_size < p.L.matrix_shape[2]]
+    if len(grouped) == len(q):
+        return []
+    size = lambda ps: sum(math.prod(p.L.matrix_shape) for p in ps)  # noqa: E731
+    return [f"--group-size {quant.group_size}: blocked scales on {len(grouped)} of {len(q)} "
+            f"quantized layers ({size(grouped) / max(size(q), 1):.1%} of their weights); the "
+            "others are quantized per output channel (the size does not divide their inputs "
+            "or equals them)"]
 
 
 def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,

@@ -97,12 +97,15 @@ class Quantization:
     """bits: weight bits (2..8, OBQ); group_size: columns per scale (None: per output
     channel); symmetric grid (zero point 0, TensorRT) or asymmetric; clip_search: OBC's
     clipping search (False: min-max). act_bits 8: static per-tensor int8 Q/DQ on the inputs
-    of the quantized layers, ranges from the capture ("minmax" or "percentile")."""
+    of the quantized layers, ranges from the capture ("minmax" or "percentile"). refine: the
+    H-aware code descent after the solve (solvers/refine.py); None: the method's default (on
+    for "obc" below 8 bits, off for "gptq", which then stays reference GPTQ)."""
 
     bits: int | None = None
     group_size: int | None = None
     symmetric: bool = True
     clip_search: bool = True
+    refine: bool | None = None
     act_bits: int | None = None
     act_calibration: str = "minmax"
     act_percentile: float = 99.99
@@ -115,6 +118,8 @@ class Quantization:
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
             raise ConfigError(f"quant.group_size must be an integer >= 2, got {g!r} "
                               "(e.g. 128)")
+        if self.refine is not None and not isinstance(self.refine, bool):
+            raise ConfigError(f"quant.refine must be true, false or null, got {self.refine!r}")
         if self.act_bits is not None and self.act_bits != 8:
             raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got "
                               f"{self.act_bits!r}")
@@ -131,7 +136,7 @@ class Quantization:
         if bits is None:
             return None
         return QuantSpec(bits=bits, symmetric=self.symmetric, mse=self.clip_search,
-                         group_size=self.group_size)
+                         group_size=self.group_size, refine=self.refine)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,7 @@ from onnx_obc.flags import flags_in, load_recipe
     (dict(block=4), "add prune.sparsity", "add --sparsity"),
     (dict(sparsity=0.5, group_size=64), "add quant.bits", "add --bits"),
     (dict(bits=1), "quant.bits must be", "--bits must be"),
+    (dict(bits=4, refine="yes"), "quant.refine must be", "--refine must be"),
     (dict(), "nothing to do", "--sparsity 0.5"),
 ])
 def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
@@ -127,3 +128,10 @@ def test_recipe_file_and_report_config(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read the recipe"):
         load_recipe(str(bad))
+
+
+@pytest.mark.parametrize("refine", [None, True, False])
+def test_refine_reaches_the_solver_spec(refine):
+    """quant.refine (--refine / --no-refine) is carried into the layer's QuantSpec."""
+    cfg = CompressConfig.from_options(bits=4, refine=refine)
+    assert cfg.quant.spec().refine is refine

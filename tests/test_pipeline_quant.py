@@ -61,7 +61,10 @@ def test_compound_keeps_every_zero_in_the_qdq_model():
         codes = inits[f"{layer.weight}_quantized"]
         n = codes.size
         assert abs(int((codes == 0).sum()) - n // 2) <= 1, layer.name
-        assert layer.prune_loss is not None and layer.loss >= layer.prune_loss
+        # quantizing adds loss, up to the dampening: the pruned survivors are optimal for the
+        # dampened H, the code descent (refine.py) lowers the undampened loss on the same
+        # mask, so an 8-bit grid can land just below the pruning loss (measured: 0.47% on fc)
+        assert layer.prune_loss is not None and layer.loss >= 0.99 * layer.prune_loss
     ev = res.report.fidelity["eval"]
     assert ev["dense"].accuracy - ev["compressed"].accuracy <= 0.01
     assert "magnitude+rtn" in ev
@@ -99,6 +102,7 @@ def test_cli_quantization_options(tmp_path):
                                   calib, "-q"])
     assert r.exit_code == 0, r.output
     assert "quantized per output channel instead" in r.output  # 48 does not divide 64
+    assert "--group-size 48: blocked scales on 0 of" in r.output  # and a run-level summary
     assert Path(out).exists()
 
 

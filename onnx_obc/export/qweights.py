@@ -26,6 +26,7 @@ math).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -136,7 +137,7 @@ def group_size_for(layer: Layer, spec: QuantSpec) -> tuple[QuantSpec, str]:
     if d % g or g % k:
         why = (f"group size {g} does not divide its {d} inputs per output"
                if d % g else f"group size {g} is not a multiple of its kernel size {k}")
-        return QuantSpec(bits=spec.bits, symmetric=spec.symmetric, mse=spec.mse), \
+        return dataclasses.replace(spec, group_size=None), \
             f"{layer.name}: {why}; quantized per output channel instead"
     return spec, ""
 

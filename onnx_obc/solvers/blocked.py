@@ -11,7 +11,8 @@ block-diagonal H add up over blocks, so the selection is still exact for that H)
 or the fast path (GPTQ / SparseGPT) per block. The quantization grid is fitted on the full
 rows (per output channel, or per column group with group_size dividing bs), so the exported
 grid is the same kind as unblocked. With k = 1 the solution equals solve_layer's (pruning,
-GPTQ, prune + OBQ) exactly. Losses are under the block-diagonal H (the only one held), for the
+GPTQ, prune + OBQ, each with the code descent of refine.py where solve_layer runs it)
+exactly. Losses are under the block-diagonal H (the only one held), for the
 solution and the baseline alike; the baseline's grid is the weight-space clip search.
 """
 
@@ -26,6 +27,8 @@ from .baselines import magnitude_prune
 from .fast import greedy_traces
 from .gptq import gptq_rows
 from .prepare import layer_loss, prepare, rows_per_batch
+from .choose import exact_pays
+from .refine import refine_codes
 from .rules import QuantRule
 from .solution import LayerSolution, Stage, count_zeros
 from .structures import Unstructured
@@ -106,13 +109,17 @@ def solve_blocked(W: Any, H: Any, *, structure: Any = None, quant: QuantSpec | N
         out, cv, obs_loss = gptq_rows(rows, prep, _block_grid(grid, G, r, k) if grid else None,
                                       st.sparsity or 0.0, act_order)
         rows, used = out, "gptq+act-order" if act_order else "gptq"
-    else:
+        refine = bool(quant and quant.refine)  # reference GPTQ unless asked
+        pinned = (rows == 0) if quant and st.sparsity else None  # pruned (and 0-coded)
+    else:  # as solve_layer: not for 8-bit quantization alone (its fast path)
+        refine = bool(quant and quant.refine is not False and (count or exact_pays(quant.bits)))
         if count:
             p = obs_prune(Stage(rows, prep.Hinv, group, rpb), st, count)
             rows = p.rows.astype(xp.float32)
             obs_loss, steps, reruns = p.obs_loss, p.steps_run, p.rerun_rows
             prune_loss = layer_loss(Wv, rows.reshape(G * k, r, bs), Hv)
             used = "obs"
+        pinned = (rows == 0) if count else None  # the pruned weights
         if quant:
             grid = fit_grid(full(rows), quant)  # fixed before the loop, on the pruned rows
             gv = _block_grid(grid, G, r, k)
@@ -125,6 +132,14 @@ def solve_blocked(W: Any, H: Any, *, structure: Any = None, quant: QuantSpec | N
             obs_loss += float(tq.losses.sum())
             used = "obs+obq" if count else "obq"
     Wv_hat = rows.astype(xp.float64).reshape(G * k, r, bs)
+    if refine:  # the H-aware code descent within each block; pruned weights stay 0
+        before = layer_loss(Wv, Wv_hat, Hv)
+        Wv_hat, cv, moved = refine_codes(Wv, Hv, _block_grid(grid, G, r, k),
+                                         cv.reshape(G * k, r, bs),
+                                         None if pinned is None else pinned.reshape(Wv.shape))
+        if moved:
+            used += "+refine"
+            obs_loss += layer_loss(Wv, Wv_hat, Hv) - before
     if grid is not None:
         out_codes = from_blocks(cv.reshape(G * k, r, bs), G)
     W_hat = from_blocks(Wv_hat, G)

@@ -10,6 +10,10 @@ stage solves the candidates below and keeps the lowest loss (ties: the earlier o
     OBQ on OBC's grid (given) | GPTQ, GPTQ act-order on that grid | the same on the baseline's
     H-aware grid | RTN on the H-aware grid (the baseline itself)
 
+With `refine` (solvers/refine.py, the obc default below FAST_BITS) every candidate first goes
+through the H-aware code descent, which can only lower its loss ("+refine" is appended to the
+name of a candidate it changed), and the least loss is kept among the refined ones.
+
 `method_used` names the winner. With H = I every candidate is RTN on its grid and the least
 loss is the baseline's grid (never worse than min-max under H), so the exact reduction holds.
 
@@ -27,6 +31,7 @@ from typing import Any
 
 from .gptq import gptq_rows
 from .prepare import layer_loss
+from .refine import refine_codes
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,22 @@ def fast_quantized(W: Any, H64: Any, prep: Any, baseline: Any) -> Candidate:
     return min(cands, key=lambda c: c.loss)
 
 
-def best_quantized(W: Any, H64: Any, prep: Any, first: Candidate, baseline: Any
-                   ) -> Candidate:
+def refined(c: Candidate, W: Any, H64: Any, pinned: Any = None) -> Candidate:
+    """`c` after the H-aware code descent (itself when no code moved)."""
+    W_hat, new_codes, moved = refine_codes(W, H64, c.grid, c.codes, pinned)
+    if not moved:
+        return c
+    loss = layer_loss(W, W_hat, H64)  # obs_loss gains the (exact) change: the descent's steps
+    return Candidate(c.name + "+refine", W_hat, c.grid, new_codes, c.obs_loss + loss - c.loss,
+                     loss)
+
+
+def best_quantized(W: Any, H64: Any, prep: Any, first: Candidate, baseline: Any,
+                   refine: bool = False) -> Candidate:
     """`first` (OBQ on its grid) against GPTQ (both orders) on its grid and on the baseline's
     grid, and the baseline RTN itself; W [G, r, d] the original weights, H64 [G, d, d] the
-    undampened Hessians, prep the prepared layer (solvers.prepare)."""
+    undampened Hessians, prep the prepared layer (solvers.prepare); refine: each candidate
+    through the code descent first."""
     G, r, d = W.shape
     rows = prep.W.reshape(G * r, d)
     cands = [first]
@@ -85,6 +101,8 @@ def best_quantized(W: Any, H64: Any, prep: Any, first: Candidate, baseline: Any
     if baseline.grid is not None:
         cands.append(Candidate("rtn" + ("/H-grid" if len(grids) > 1 else ""), baseline.W,
                                baseline.grid, baseline.codes, baseline.loss, baseline.loss))
+    if refine:
+        cands = [refined(c, W, H64) for c in cands]
     return min(cands, key=lambda c: c.loss)  # min keeps the first of equal losses
 
 

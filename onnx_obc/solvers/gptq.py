@@ -21,6 +21,7 @@ from typing import Any
 from ..backend import array_module, cholesky
 from ..quant import codes, fit_grid, quantize
 from .prepare import layer_loss, prepare
+from .refine import refine_codes
 from .registry import register_solver
 from .solution import LayerSolution, Task, count_zeros
 from .structures import Unstructured
@@ -101,7 +102,9 @@ def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
 @register_solver(Unstructured, "gptq")
 def gptq_solver(task: Task) -> LayerSolution:
     """The whole layer in one pass per Hessian group: SparseGPT pruning at the structure's
-    sparsity and / or GPTQ on a grid fitted to the dense weights, jointly."""
+    sparsity and / or GPTQ on a grid fitted to the dense weights, jointly; with
+    QuantSpec.refine=True (off by default: reference GPTQ) the codes then go through the
+    H-aware code descent (refine.py), pruned weights kept at 0."""
     W, H64, quant = task.W, task.H, task.quant
     G, r, d = W.shape
     prep = prepare(W, H64, task.damp)
@@ -110,6 +113,14 @@ def gptq_solver(task: Task) -> LayerSolution:
     out, out_codes, obs_loss = gptq_rows(rows, prep, grid, task.structure.sparsity or 0.0,
                                          task.act_order)
     W_hat = out.reshape(G, r, d)
+    used = "gptq+act-order" if task.act_order else "gptq"
+    if quant and quant.refine:
+        pinned = (W_hat == 0) if task.structure.sparsity else None  # pruned (and 0-coded)
+        before = layer_loss(W, W_hat, H64)
+        W_hat, new_codes, moved = refine_codes(W, H64, grid, out_codes.reshape(G, r, d), pinned)
+        if moved:  # obs_loss gains the descent's (exact) change
+            out_codes, used = new_codes, used + "+refine"
+            obs_loss += layer_loss(W, W_hat, H64) - before
     b = task.baseline
     return LayerSolution(
         W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,
@@ -117,4 +128,4 @@ def gptq_solver(task: Task) -> LayerSolution:
         escalations=prep.escalations, grid=grid,
         codes=None if out_codes is None else out_codes.reshape(G, r, d),
         baseline_codes=b.codes, baseline_grid=b.grid,
-        method_used="gptq+act-order" if task.act_order else "gptq")
+        method_used=used)

@@ -2,7 +2,9 @@
 the registry on (type of the structure, method); and the staged "obc" pipeline: the
 structure's pruning stage (ExactOBS, global selection across rows), then OBQ on a grid fixed
 before the loop, on the surviving weights with the zeros kept (quantization alone: the best of
-OBQ, GPTQ and RTN per layer, and at 8 bits only GPTQ / RTN; choose.py)."""
+OBQ, GPTQ and RTN per layer, and at 8 bits only GPTQ / RTN; choose.py). Below 8 bits the
+quantized weights then go through the H-aware code descent (refine.py; QuantSpec.refine=False
+switches it off), which can only lower the loss and keeps pruned weights at 0."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from ..backend import array_module
 from ..errors import ConfigError
 from ..quant import QuantSpec, codes, fit_grid
 from .baselines import baseline
-from .choose import Candidate, best_quantized, exact_pays, fast_quantized
+from .choose import Candidate, best_quantized, exact_pays, fast_quantized, refined
 from .fast import greedy_traces
 from .prepare import layer_loss, prepare, stage_of
 from .registry import register_pipeline, solver_for
@@ -93,8 +95,11 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         W_hat = (s * (out_codes.reshape(G * r, d) - z)).reshape(G, r, d)  # exactly on the grid
         obq = Candidate("obs+obq" if count else "obq", W_hat, grid, out_codes,
                         float(tq.losses.sum()), layer_loss(W, W_hat, H64))
+        refine = quant.refine is not False  # on unless switched off
         if not count:  # quantization only: keep the least loss of OBQ, GPTQ, RTN
-            obq = best_quantized(W, H64, prep, obq, b)
+            obq = best_quantized(W, H64, prep, obq, b, refine)
+        elif refine:  # the pruned weights stay at exactly 0
+            obq = refined(obq, W, H64, pinned.reshape(G, r, d))
         grid, out_codes, method_used = obq.grid, obq.codes, obq.name
         obs_loss += obq.obs_loss
         rows = obq.W.reshape(G * r, d)

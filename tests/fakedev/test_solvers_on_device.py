@@ -30,6 +30,7 @@ def _modes(d: int) -> dict:
         "gptq": dict(method="gptq", structure=Unstructured(0.5), quant=q4),
         "gptq-act-order": dict(method="gptq", quant=QuantSpec(bits=4, group_size=16),
                                act_order=True),
+        "gptq+refine": dict(method="gptq", quant=QuantSpec(bits=4, refine=True)),
         "magnitude": dict(method="magnitude", structure=Unstructured(0.5)),
         "rtn": dict(method="rtn", quant=q4),
     }
