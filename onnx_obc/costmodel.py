@@ -22,8 +22,9 @@ pending updates [B, f, n], GPTQ's block [R / Gv, b], the grid search's [R, d]) s
 IN_CACHE bytes, and `spill` times slower beyond: with thousands of rows in a batch each step
 streams its pending updates from memory (measured 2-3x slower per element).
 Every rate is measured by `calibrate` (costrates.py: a ~1-2 s micro-benchmark of the
-solvers' own code on small layers and on one batch beyond the cache); nothing here is a guessed constant but the shape of the model. bench/cost_model.py compares
-predictions with measured layer times, bench/cost_sweep.py on synthetic rows x d layers.
+solvers' own code on small layers and on one batch beyond the cache); nothing here is a
+guessed constant but the shape of the model. bench/cost_model.py compares predictions with
+measured layer times on the bench models, bench/cost_sweep.py on synthetic rows x d layers.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 machine by running the solvers' own code on small layers (`calibrate`, ~1-2 s, once per
 process and array module; best of a few runs of each).
 
-The greedy (ExactOBS / OBQ) is timed whole, on one batch of R rows of n = GN columns, less
-its folds' flops: t(R, n) = n step + R n (row + n (f/2 + PASSES) elem), f = fold_block(n).
-One row gives `step`; 64 rows at n = GN and GN / 4 give `row` and `elem` (each step of each row: a
-fixed part, the scatters of its loss and choice, and element operations over the row and
-its pending updates); a batch whose pending updates [B, f, n] exceed IN_CACHE gives the
-`spill` ratio. GPTQ is timed on one block at two row counts (`col`, `gelem`), the rebuild
-on rows of a known count (`gather`).
+The greedy (ExactOBS / OBQ) is timed whole, on one batch of R rows of n columns, less its
+folds' flops: t(R, n) = n step + R n (row + n (f/2 + PASSES) elem), f = fold_block(n).
+One row gives `step`; 64 rows at n = GN and GN / 4 give `row` and `elem` (each step of each
+row: a fixed part, the scatters of its loss and choice, and element operations over the row
+and its pending updates); a batch whose pending updates [B, f, n] are far beyond IN_CACHE,
+over its first f steps, gives the `spill` ratio. GPTQ is timed on one block at two row
+counts (`col`, `gelem`), the rebuild on rows of a known count (`gather`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ PASSES = 16  # passes over a row per greedy / GPTQ step (scores, update, bookkee
 IN_CACHE = 8 << 20  # arrays a step streams up to this size: element operations in cache
 GN = 128  # columns of the calibration's greedy and GPTQ layers
 GREEDY_ROWS = 64  # rows of its in-cache greedy batches (pending updates 1.7 MB at GN)
-STREAM_ROWS = 384  # and beyond IN_CACHE (10 MB)
+STREAM_ROWS = 1024  # and far beyond IN_CACHE (27 MB; inverses 67 MB)
 GPTQ_ROWS = (16, 2048)  # GPTQ blocks [r, GN] of 16 KB and 2 MB
 _CACHE: dict[str, "Rates"] = {}
 
@@ -134,8 +134,9 @@ def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
     from .solvers.prepare import prepare
     from .solvers.rules import QuantRule
 
-    def run(R: int, n: int, quant: bool, repeat: int = 5) -> float:
-        """t - folds = n step + R n row + R n^2 (f/2 + PASSES) elem."""
+    def run(R: int, n: int, quant: bool, repeat: int = 5, steps: int | None = None) -> float:
+        """t - folds = n step + R n row + R n^2 (f/2 + PASSES) elem (`steps` < n: one
+        block of steps, no fold, the same average pending updates)."""
         Hi = prepare(xp.zeros((1, 1, n), dtype=xp.float32), xp.asarray(Hn[None, :n, :n]),
                      0.01).Hinv
         Wr = xp.asarray(rng.standard_normal((R, n)).astype(np.float32))
@@ -143,8 +144,8 @@ def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
         sc, zc = g.columns()
         rule = QuantRule(sc.astype(xp.float32), zc.astype(xp.float32), g.qmin, g.qmax)
         return _best(lambda: greedy_traces(Wr, Hi, xp.zeros(R, dtype=xp.int64), R, None,
-                                           rule=rule if quant else None), sync, repeat
-                     ) - 2 * R * n ** 3 * flop32
+                                           rule=rule if quant else None, max_steps=steps),
+                     sync, repeat) - (0.0 if steps else 2 * R * n ** 3 * flop32)
 
     ops = lambda n: n * n * (fold_block(n) / 2 + PASSES)  # noqa: E731 element ops per row
     out: dict[str, float] = {}
@@ -155,9 +156,9 @@ def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
         elem = max((a / n - b / m) / (ops(n) / n - ops(m) / m), 1e-12)
         out.update({q + "step": step, q + "elem": elem,
                     q + "row": max((a - ops(n) * elem) / n, 1e-9)})
-    per_row = n * out["row"] + ops(n) * out["elem"]
-    streamed = (run(STREAM_ROWS, n, False, 2) - n * out["step"]) / STREAM_ROWS
-    out["spill"] = max(1.0, streamed / per_row)
+    f = fold_block(n)  # a batch far beyond the cache, over its first f steps
+    streamed = (run(STREAM_ROWS, n, False, 2, f) - f * out["step"]) / (STREAM_ROWS * f)
+    out["spill"] = max(1.0, streamed / (out["row"] + ops(n) / n * out["elem"]))
     return out
 
 
