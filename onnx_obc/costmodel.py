@@ -18,7 +18,7 @@ Gv = G, n = d; blocked Gv = G * k, n = bs):
                      (b = min(n, 128): the in-block updates) + 2 R n^2 flops (lazy updates)
     grid search      R d element passes per clip candidate
 Element operations run at the in-cache rate while the arrays they stream (the greedy's
-pending updates [B, f, n], GPTQ's block [R / Gv, b], the grid search's [R, d]) stay within
+pending updates [B, f, n], GPTQ's rows [R / Gv, n], the grid search's [R, d]) stay within
 IN_CACHE bytes, and `spill` times slower beyond: with thousands of rows in a batch each step
 streams its pending updates from memory (measured 2-3x slower per element).
 Every rate is measured by `calibrate` (costrates.py: a ~1-2 s micro-benchmark of the
@@ -122,11 +122,12 @@ def _greedy(s: Shape, rt: Rates, row_budget: int, work: float, quant: bool) -> f
 
 def _gptq(s: Shape, rt: Rates, sparsity: float = 0.0) -> float:
     """Per Hessian: the Cholesky and n column steps; per row: the in-block updates and PASSES
-    passes per column (streamed when a block [R / Gv, b] outgrows the cache), the lazy block
-    updates, SparseGPT's per-block selection."""
+    passes per column (streamed when the rows [R / Gv, n] outgrow the cache: each column step
+    reads and writes a column of them), the lazy block updates, SparseGPT's per-block
+    selection."""
     R, n, Gv = s.rows * s.k, s.n, s.hessians
     b = min(n, 128)
-    elem = rt.gelem * _streamed(R // Gv * b * FP64, rt)
+    elem = rt.gelem * _streamed(R // Gv * n * FP64, rt)
     t = (Gv * (n ** 3 * rt.chol + n * rt.col) + R * n * (b / 2 + PASSES) * elem
          + 2 * R * n * n * rt.flop64)
     return t + (Gv * -(-n // b) * _sort(R // Gv * b, rt) if sparsity else 0.0)

@@ -69,9 +69,9 @@ def test_element_work_spills_once_a_batchs_pending_updates_outgrow_the_cache():
     assert _exact(s, replace(rt, spill=1.0), budget=BIG) == pytest.approx(cached)
 
 
-def test_gptq_row_work_has_its_own_rate_and_spills_with_the_block():
+def test_gptq_row_work_has_its_own_rate_and_spills_with_the_rows():
     only = replace(ZERO, gelem=1e-9, spill=2.0)
-    small, large = Shape(1, 1000, 256), Shape(1, 16000, 256)  # blocks [R, 128] of 1 / 16 MB
+    small, large = Shape(1, 1000, 256), Shape(1, 16000, 256)  # rows [R, 256] of 2 / 32 MB
     assert fast_seconds(small, only, sparsity=0.0, quant=False) > 0
     ratio = (fast_seconds(large, only, sparsity=0.0, quant=False)
              / fast_seconds(small, only, sparsity=0.0, quant=False))
