@@ -4,7 +4,7 @@ process and array module; best of a few runs of each).
 
 The greedy (ExactOBS / OBQ) is timed whole, on one batch of R rows of n columns, less its
 folds' flops: t(R, n) = n step + R n (row + n (f/2 + PASSES) elem), f = fold_block(n).
-One row gives `step`; 64 rows at n = GN and GN / 4 give `row` and `elem` (each step of each
+One row gives `step`; 128 rows at n = GN and 512 at GN / 4 give `row` and `elem` (each step of each
 row: a fixed part, the scatters of its loss and choice, and element operations over the row
 and its pending updates); a batch whose pending updates [B, f, n] are far beyond IN_CACHE,
 over its first f steps, gives the `spill` ratio. GPTQ is timed on one block at two row
@@ -24,7 +24,8 @@ N_REF = 256  # the factorisations' reference size
 PASSES = 16  # passes over a row per greedy / GPTQ step (scores, update, bookkeeping)
 IN_CACHE = 8 << 20  # arrays a step streams up to this size: element operations in cache
 GN = 128  # columns of the calibration's greedy and GPTQ layers
-GREEDY_ROWS = 64  # rows of its in-cache greedy batches (pending updates 1.7 MB at GN)
+GREEDY = ((128, GN), (512, GN // 4))  # in-cache greedy batches (rows, n): pending updates
+# 3.3 and 1.6 MB, the per-row work well above the per-step part
 STREAM_ROWS = 1024  # and far beyond IN_CACHE (27 MB; inverses 67 MB)
 GPTQ_ROWS = (16, 2048)  # GPTQ blocks [r, GN] of 16 KB and 2 MB
 _CACHE: dict[str, "Rates"] = {}
@@ -127,14 +128,14 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
 
 def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
                   flop32: float) -> dict[str, float]:
-    """step, row, elem (and OBQ's) from the whole greedy on 1 row and on GREEDY_ROWS rows at
-    n = GN and GN / 4; spill from STREAM_ROWS rows at GN (see the module docstring)."""
+    """step, row, elem (and OBQ's) from the whole greedy on 1 row and on the GREEDY batches;
+    spill from STREAM_ROWS rows at GN (see the module docstring)."""
     from .quant import fit_grid
     from .solvers.fast import fold_block, greedy_traces
     from .solvers.prepare import prepare
     from .solvers.rules import QuantRule
 
-    def run(R: int, n: int, quant: bool, repeat: int = 5, steps: int | None = None) -> float:
+    def run(R: int, n: int, quant: bool, repeat: int = 3, steps: int | None = None) -> float:
         """t - folds = n step + R n row + R n^2 (f/2 + PASSES) elem (`steps` < n: one
         block of steps, no fold, the same average pending updates)."""
         Hi = prepare(xp.zeros((1, 1, n), dtype=xp.float32), xp.asarray(Hn[None, :n, :n]),
@@ -149,10 +150,10 @@ def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
 
     ops = lambda n: n * n * (fold_block(n) / 2 + PASSES)  # noqa: E731 element ops per row
     out: dict[str, float] = {}
-    R, n, m = GREEDY_ROWS, GN, GN // 4
+    (_, n), (_, m) = GREEDY
     for q in ("", "q"):
         step = max(run(1, n, bool(q)) / n, 1e-7)  # one row: the per-row work is ~2%
-        a, b = ((run(R, k, bool(q)) - k * step) / R for k in (n, m))  # per row: k row + ops
+        a, b = ((run(r, k, bool(q)) - k * step) / r for r, k in GREEDY)  # per row: k row + ops
         elem = max((a / n - b / m) / (ops(n) / n - ops(m) / m), 1e-12)
         out.update({q + "step": step, q + "elem": elem,
                     q + "row": max((a - ops(n) * elem) / n, 1e-9)})
