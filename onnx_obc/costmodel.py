@@ -14,7 +14,7 @@ Gv = G, n = d; blocked Gv = G * k, n = bs):
                      w: the fraction of greedy steps computed (rows stop early when pruning)
     rebuild          R p^3 / 3 flops + R p^2 gathers (each row's system on its removed set,
                      padded to the batch's largest count p ~ w n) + the selection's sort
-    GPTQ / SparseGPT Gv (t_chol(n) + n column steps) + R n (b/2 + PASSES) element operations
+    GPTQ / SparseGPT Gv (t_chol(n) + call + n column steps) + R n (b/2 + PASSES) element ops
                      (b = min(n, 128): the in-block updates) + 2 R n^2 flops (lazy updates)
     grid search      R d element passes per clip candidate
 Element operations run at the in-cache rate while the arrays they stream (the greedy's
@@ -121,15 +121,15 @@ def _greedy(s: Shape, rt: Rates, row_budget: int, work: float, quant: bool) -> f
 
 
 def _gptq(s: Shape, rt: Rates, sparsity: float = 0.0) -> float:
-    """Per Hessian: the Cholesky and n column steps; per row: the in-block updates and PASSES
-    passes per column (streamed when the rows [R / Gv, n] outgrow the cache: each column step
-    reads and writes a column of them), the lazy block updates, SparseGPT's per-block
-    selection."""
+    """Per Hessian: the Cholesky, a call's setup and n column steps; per row: the in-block
+    updates and PASSES passes per column (streamed when the rows [R / Gv, n] outgrow the
+    cache: each column step reads and writes a column of them), the lazy block updates,
+    SparseGPT's per-block selection."""
     R, n, Gv = s.rows * s.k, s.n, s.hessians
     b = min(n, 128)
     elem = rt.gelem * _streamed(R // Gv * n * FP64, rt)
-    t = (Gv * (n ** 3 * rt.chol + n * rt.col) + R * n * (b / 2 + PASSES) * elem
-         + 2 * R * n * n * rt.flop64)
+    t = (Gv * (n ** 3 * rt.chol + n * rt.col + rt.gcall)
+         + R * n * (b / 2 + PASSES) * elem + 2 * R * n * n * rt.flop64)
     return t + (Gv * -(-n // b) * _sort(R // Gv * b, rt) if sparsity else 0.0)
 
 

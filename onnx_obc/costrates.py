@@ -4,11 +4,12 @@ process and array module; best of a few runs of each).
 
 The greedy (ExactOBS / OBQ) is timed whole, on one batch of R rows of n columns, less its
 folds' flops: t(R, n) = n step + R n (row + n (f/2 + PASSES) elem), f = fold_block(n).
-One row gives `step`; 128 rows at n = GN and 512 at GN / 4 give `row` and `elem` (each step of each
-row: a fixed part, the scatters of its loss and choice, and element operations over the row
-and its pending updates); a batch whose pending updates [B, f, n] are far beyond IN_CACHE,
-over its first f steps, gives the `spill` ratio. GPTQ is timed on one block at two row
-counts (`col`, `gelem`), the rebuild on rows of a known count (`gather`).
+One row gives `step`; 128 rows at n = GN and 512 at GN / 4 give `row` and `elem` (each
+step of each row: a fixed part, the scatters of its loss and choice, and element operations
+over the row and its pending updates); a batch whose pending updates [B, f, n] are far
+beyond IN_CACHE, over its first f steps, gives the `spill` ratio. GPTQ is timed on one
+block at two row counts and on a tiny one (`gelem`, `col`, `gcall`), the rebuild on rows of
+a known count (`gather`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Rates:
     qelem: float
     gelem: float  # one element operation of a GPTQ column step (in cache), s
     col: float  # one GPTQ column step (fixed part), s
+    gcall: float  # one GPTQ call, on one Hessian (fixed part: its setup), s
     gather: float  # the rebuild: one element of a row's system, gathered and solved, s
     grid: float  # one element of one clip-search candidate, s
     sort: float  # argsort (magnitude pruning, the selections), s / (element * log2 size)
@@ -109,7 +111,7 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     chol = _best(lambda: xp.linalg.cholesky(H), sync) / N_REF ** 3
     spec = QuantSpec(bits=4)
     g = _greedy_rates(xp, sync, rng, Hn, spec, flop32)
-    gelem, col = _gptq_rates(xp, sync, rng, Hn, spec, chol)
+    gelem, col, gcall = _gptq_rates(xp, sync, rng, Hn, spec, chol)
     gather = _gather_rate(xp, sync, rng, Hn, solve)
     Wg = xp.asarray(rng.standard_normal((64, 256)))
     grid = _best(lambda: fit_grid(Wg, spec), sync) / (64 * 256 * spec.maxshrink * spec.grid)
@@ -121,7 +123,7 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     qfixed = _best(lambda: solve_layer(Wt, Ht, quant=spec), sync)
     rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, g["spill"],
                   g["step"], g["row"], g["elem"], g["qstep"], g["qrow"], g["qelem"], gelem, col,
-                  gather, grid, sort, fixed, qfixed)
+                  gcall, gather, grid, sort, fixed, qfixed)
     _CACHE[key] = rates
     return rates
 
@@ -164,24 +166,27 @@ def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
 
 
 def _gptq_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
-                chol: float) -> tuple[float, float]:
-    """GPTQ on one block of n = GN columns, few and many rows:
-    t = n^3 chol + n col + r n (b/2 + PASSES) gelem -> (gelem, col)."""
+                chol: float) -> tuple[float, float, float]:
+    """GPTQ on one block of n = GN columns, few and many rows, and on one row of 8 and 16:
+    t = n^3 chol + gcall + n col + r n (b/2 + PASSES) gelem -> (gelem, col, gcall)."""
     from .quant import fit_grid
     from .solvers.gptq import gptq
 
-    n = GN
-    Hg = xp.asarray(np.linalg.inv(Hn[:n, :n] + 0.01 * np.eye(n)))
-    t = []
-    for r in GPTQ_ROWS:
+    def run(r: int, n: int) -> float:
+        Hg = xp.asarray(np.linalg.inv(Hn[:n, :n] + 0.01 * np.eye(n)))
         Wr = xp.asarray(rng.standard_normal((r, n)))
         g = fit_grid(Wr, spec)
         sc, zc = g.columns()
-        t.append(_best(lambda: gptq(Wr, Hg, scale=sc, zero=zc, qmin=g.qmin, qmax=g.qmax),
-                       sync) - n ** 3 * chol)
-    (r1, r2), per_row = GPTQ_ROWS, n * (min(n, 128) / 2 + PASSES)
-    gelem = max((t[1] - t[0]) / ((r2 - r1) * per_row), 1e-12)
-    return gelem, max((t[0] - r1 * per_row * gelem) / n, 1e-7)
+        k = 1 if n == GN else 20  # tiny calls: timed 20 at a time
+        return _best(lambda: [gptq(Wr, Hg, scale=sc, zero=zc, qmin=g.qmin, qmax=g.qmax)
+                              for _ in range(k)], sync, 5 if k > 1 else 3) / k - n ** 3 * chol
+
+    n, (r1, r2) = GN, GPTQ_ROWS
+    t1, t2 = run(r1, n), run(r2, n)
+    per_row = n * (min(n, 128) / 2 + PASSES)
+    gelem = max((t2 - t1) / ((r2 - r1) * per_row), 1e-12)
+    col = max((t1 - r1 * per_row * gelem) / n, 1e-7)
+    return gelem, col, max(2 * run(1, 8) - run(1, 16), 1e-7)  # 8 columns fewer: the setup
 
 
 def _gather_rate(xp: Any, sync: Any, rng: Any, Hn: Any, solve: float) -> float:

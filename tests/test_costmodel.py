@@ -17,8 +17,8 @@ from onnx_obc.solvers.prepare import rows_per_batch
 
 RT = Rates(flop32=1e-11, flop64=2e-11, prep=5e-3, eig=2e-3, chol=4e-11, solve=2e-10,
            prep_exp=2.8, eig_exp=2.4, spill=2.0, step=3e-5, row=7e-7, elem=2e-10, qstep=5e-5,
-           qrow=7e-7, qelem=3e-10, gelem=2.5e-9, col=2e-5, gather=1e-8, grid=8e-9, sort=6e-9,
-           fixed=5e-4, qfixed=5e-3)
+           qrow=7e-7, qelem=3e-10, gelem=2.5e-9, col=2e-5, gcall=1e-4, gather=1e-8, grid=8e-9,
+           sort=6e-9, fixed=5e-4, qfixed=5e-3)
 ZERO = Rates(**{k: 0.0 for k in RT.to_dict()} | {"prep_exp": 3.0, "eig_exp": 3.0,
                                                   "spill": 1.0})
 BIG = 1 << 40  # a row budget holding every row in one batch
