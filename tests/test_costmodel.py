@@ -90,3 +90,11 @@ def test_calibration_measures_every_rate():
         assert math.isfinite(v) and v > 0, k
     assert rt.spill >= 1.0 and 2.0 <= rt.prep_exp <= 3.0
     assert calibrate() is rt  # once per process
+
+
+def test_many_hessian_groups_pay_gptqs_setup_per_group():
+    rt = replace(ZERO, gcall=1e-4, col=1e-5)
+    grouped, dense = Shape(1152, 1, 25), Shape(1, 1152, 25)  # depthwise vs one Hessian
+    assert fast_seconds(grouped, rt, sparsity=0.0, quant=True) == pytest.approx(
+        1152 * (1e-4 + 25 * 1e-5))
+    assert fast_seconds(dense, rt, sparsity=0.0, quant=True) == pytest.approx(1e-4 + 25 * 1e-5)
