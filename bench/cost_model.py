@@ -6,11 +6,13 @@ budget (prints figures; asserts nothing).
     python bench/cost_model.py --runs digits_cnn:obc:s ocr_like:gptq:w4
     python bench/cost_model.py --wide --wide-budget 8000 --wide-time 600
 
-A run is MODEL:METHOD:WHAT (WHAT: s = 50% sparsity, w4 = 4 bits, s+w4 = both). Each run is
-a fresh subprocess (its own calibration of the rates, its own peak RSS). Per layer the ratio
-predicted / measured; the summary gives its median, range and the share within 2x, over
-every layer and over the layers measured at >= 0.05 s (below that, timer and scheduler noise
-on a shared machine dominates). --threads (default 1) pins BLAS threads in every run, the
+A run is MODEL:METHOD:WHAT (WHAT: s = 50% sparsity, w4 = 4 bits, s+w4 = both); runs whose
+model is not installed (bench/setup_models.py, bench/make_synthetic.py) are skipped. Each run
+is a fresh subprocess (its own calibration of the rates, its own peak RSS). Per layer the
+ratio predicted / measured; the summary gives its median, range and the share within 2x,
+over every layer and over the layers measured at >= 0.05 s (below that, timer and scheduler
+noise on a shared machine dominates), per kind of layer (method x rows), and the worst
+layers. --threads (default 1) pins BLAS threads in every run, the
 rates' calibration included; --clock cpu times everything in CPU seconds (see --help).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -27,11 +30,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"digits_cnn": ROOT / "models/digits_cnn", "digits_vit": ROOT / "models/digits_vit",
-          "ocr_like": ROOT / "bench/synthetic/ocr_like", "common": ROOT / "bench/real/common"}
+          "ocr_like": ROOT / "bench/synthetic/ocr_like",
+          **{m: ROOT / "bench/real" / m for m in ("common", "common_det", "efficientnet_lite0",
+                                                  "ppocr_det", "ppocr_rec", "ppocr_cls")}}
 RUNS = ["digits_cnn:obc:s", "digits_cnn:obc:w4", "digits_cnn:gptq:s+w4",
         "digits_vit:obc:s", "digits_vit:obc:w4", "digits_vit:gptq:w4",
         "ocr_like:obc:s", "ocr_like:gptq:s", "ocr_like:gptq:w4",
-        "common:gptq:s", "common:gptq:w4"]
+        "common:gptq:s", "common:gptq:w4", "common_det:gptq:s",
+        "efficientnet_lite0:gptq:s", "efficientnet_lite0:gptq:w4",
+        "ppocr_det:gptq:w4", "ppocr_rec:gptq:s", "ppocr_rec:gptq:w4", "ppocr_cls:obc:s"]
 WHAT = {"s": {"sparsity": 0.5}, "w4": {"bits": 4}, "s+w4": {"sparsity": 0.5, "bits": 4}}
 
 CHILD = r"""
@@ -79,6 +86,29 @@ def summary(ratios: list[float]) -> str:
             f"p90 {q(0.9):.2f}, min {r[0]:.2f}, max {r[-1]:.2f}; within 2x: {within:.0%}")
 
 
+def kind(x: dict) -> str:
+    """method x rows: where the model's per-row terms dominate (thousands of rows)."""
+    rows = x["rows"]
+    size = "<256 rows" if rows < 256 else "256-999 rows" if rows < 1000 else ">=1000 rows"
+    return f"{x['method'].split('-')[0]:<5} {size}"
+
+
+def report(layers: list[dict], min_seconds: float) -> None:
+    """The summaries: every layer, the timed ones, per kind, the worst ten."""
+    ratio = lambda x: x["predicted"] / max(x["seconds"], 1e-6)  # noqa: E731
+    big = [x for x in layers if x["seconds"] >= min_seconds]
+    print(f"\npredicted / measured, every layer: {summary([ratio(x) for x in layers])}")
+    print(f"predicted / measured, layers >= {min_seconds} s: "
+          f"{summary([ratio(x) for x in big])}")
+    for k in sorted({kind(x) for x in big}):
+        print(f"  {k:<20} {summary([ratio(x) for x in big if kind(x) == k])}")
+    worst = sorted(big, key=lambda x: abs(math.log(max(ratio(x), 1e-9))))[-10:][::-1]
+    print(f"worst layers >= {min_seconds} s (predicted / measured):")
+    for x in worst:
+        print(f"  {ratio(x):6.2f}  {x['run']:<28} {x['name'][-36:]:<36} "
+              f"{x['rows']}x{x['cols']} {x['seconds']:.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", nargs="*", default=None, help="MODEL:METHOD:WHAT (default: all)")
@@ -103,10 +133,13 @@ def main() -> None:
         for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[v] = args.threads
     results = {}
-    all_r, big_r = [], []
+    layers: list[dict] = []
     for run in ([] if args.wide else args.runs or RUNS):
         name, method, what = run.split(":")
         base = MODELS[name]
+        if not Path(str(base) + ".onnx").exists():
+            print(f"\n=== {run}: skipped, {base}.onnx not installed")
+            continue
         res = child({"model": str(base) + ".onnx", "calib": str(base) + ".calib.npz",
                      "method": method, "calib_samples": args.calib_samples,
                      "compare_baseline": False, **WHAT[what]})
@@ -117,15 +150,12 @@ def main() -> None:
         print(f"{'layer':<40} {'W [out,in]':>12} {'measured':>9} {'predicted':>9} {'ratio':>6}")
         for x in res["layers"]:
             ratio = x["predicted"] / max(x["seconds"], 1e-6)
-            all_r.append(ratio)
-            if x["seconds"] >= args.min_seconds:
-                big_r.append(ratio)
+            layers.append({**x, "run": run})
             shape = f"{x['rows']}x{x['cols']}"
             print(f"{x['name'][-40:]:<40} {shape:>12} "
                   f"{x['seconds']:>9.3f} {x['predicted']:>9.3f} {ratio:>6.2f}")
-    if all_r:
-        print(f"\npredicted / measured, every layer: {summary(all_r)}")
-        print(f"predicted / measured, layers >= {args.min_seconds} s: {summary(big_r)}")
+    if layers:
+        report(layers, args.min_seconds)
     if args.wide or not args.runs:
         opts = {"model": "WIDE", "samples": 64, "memory_budget_mb": args.wide_budget,
                 "progress": True,  # the plan table and the bars, on stderr

@@ -29,10 +29,9 @@ from . import builders as b
 from .solvers.data import correlated_H, weights
 
 RATES = Rates(flop32=1e-10, flop64=1e-10, prep=0.2, eig=0.2, chol=1e-9, solve=1e-10,
-              prep_exp=3, eig_exp=3, spill=2,
-              gemv_in=1e-9, gemv_out=2e-9, step=1e-5,
-              elem=1e-9, qstep=1e-5, qelem=1e-9, col=1e-5, grid=1e-9, sort=1e-9, fixed=1e-3,
-              qfixed=2e-3)  # fixed, for the chooser
+              prep_exp=3, eig_exp=3, spill=2, step=1e-5, row=1e-7, elem=1e-9, qstep=1e-5,
+              qrow=1e-7, qelem=1e-9, gelem=1e-9, col=1e-5, gcall=1e-4, gather=1e-8, grid=1e-9,
+              sort=1e-9, fixed=1e-3, qfixed=2e-3)  # fixed, for the chooser
 
 
 def _cfg(**kw):
