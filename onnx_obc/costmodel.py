@@ -41,6 +41,9 @@ __all__ = ["Rates", "Shape", "baseline_seconds", "calibrate", "exact_seconds", "
 # cannot be selected (fast.py); measured on the bench models (bench/cost_model.py): about
 # the sparsity plus a margin, all steps for quantization
 PRUNE_WORK_MARGIN = 0.2
+# sweeps of the code descent (solvers/refine.py) per candidate: 4-8 to converge from OBQ,
+# GPTQ and RTN starts on correlated layers (at most 8), plus the sweep that finds no move
+REFINE_SWEEPS = 7
 FP64, FP32 = 8, 4
 
 
@@ -163,11 +166,24 @@ def _sort(m: int, rt: Rates) -> float:
     return m * math.log2(max(m, 2)) * rt.sort
 
 
+def _refine(s: Shape, rt: Rates) -> float:
+    """The code descent on one candidate: per sweep (e H) and the block updates as float64
+    GEMMs (~4 R n^2 flops), each column's step over all rows with the in-block updates, a
+    fixed cost per column step."""
+    from .solvers.refine import BLOCK
+
+    R, n = s.rows * s.k, s.n
+    b = min(n, BLOCK)
+    sweep = 4 * R * n * n * rt.flop64 + R * n * (b / 2 + PASSES) * rt.gelem + s.k * n * rt.col
+    return REFINE_SWEEPS * sweep
+
+
 def exact_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool, candidates: int,
-                  row_budget: int) -> float:
+                  row_budget: int, refined: int = 0) -> float:
     """ExactOBS pruning at `sparsity` and / or OBQ, with `candidates` GPTQ solves beside OBQ
-    (quantization only: the obc pipeline keeps the best of OBQ, GPTQ and RTN)."""
-    t = _common(s, rt, quant, sparsity)
+    (quantization only: the obc pipeline keeps the best of OBQ, GPTQ and RTN) and `refined`
+    of them through the code descent."""
+    t = _common(s, rt, quant, sparsity) + refined * _refine(s, rt)
     if sparsity:
         work = min(1.0, sparsity + PRUNE_WORK_MARGIN)
         t += _greedy(s, rt, row_budget, work, False)

@@ -128,6 +128,16 @@ def without_auto_dp(layers: list[Layer], cfg: Any) -> tuple[Any, str | None]:
         f"{cfg.run.memory_budget_mb} MB; raise the budget to allocate by the DP")
 
 
+def _refined(q: Any, candidates: int) -> int:
+    """How many candidates the obc solve sends through the code descent (solvers/choose.py:
+    OBQ, the GPTQ solves and RTN; after pruning only OBQ; none at 8 bits or when off)."""
+    from .solvers.choose import exact_pays
+
+    if not q.bits or q.refine is False or not exact_pays(q.bits):
+        return 0
+    return candidates + 2 if candidates else 1
+
+
 def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan:
     """The run's plan on `backend` (row batches at most solve.solver_budget); shown as a
     table on stderr with progress, its summary logged otherwise."""
@@ -179,10 +189,11 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     plans = []
     for L in layers:
         s = plan_shapes[L.weight]
+        cands = OBQ_CANDIDATES if quant and not sparsity and s.k == 1 else 0
         ex = exact_seconds(s, rt, sparsity=prune.sparsity or (
             prune.nm[0] / prune.nm[1] if prune.nm else 0.0),
-                           quant=quant, row_budget=row, candidates=OBQ_CANDIDATES
-                           if quant and not sparsity and s.k == 1 else 0)
+                           quant=quant, row_budget=row, candidates=cands,
+                           refined=_refined(q, cands))
         fa = fast_seconds(s, rt, sparsity=sparsity, quant=quant) if st_free else None
         if method in ("magnitude", "rtn"):
             secs = baseline_seconds(s, rt, quant=quant)

@@ -98,3 +98,16 @@ def test_many_hessian_groups_pay_gptqs_setup_per_group():
     assert fast_seconds(grouped, rt, sparsity=0.0, quant=True) == pytest.approx(
         1152 * (1e-4 + 25 * 1e-5))
     assert fast_seconds(dense, rt, sparsity=0.0, quant=True) == pytest.approx(1e-4 + 25 * 1e-5)
+
+
+def test_the_code_descent_is_priced_per_refined_candidate():
+    """The obc quantization refines OBQ, its GPTQ candidates and RTN (solvers/choose.py):
+    each refined candidate adds the same positive cost, growing with rows and columns."""
+    q = dict(sparsity=0.0, quant=True, candidates=4)
+    for s in (Shape(1, 64, 64), Shape(1, 1000, 256), Shape(4, 32, 512, k=4)):
+        t = [_exact(s, **q, refined=n) for n in (0, 1, 6)]
+        assert t[0] < t[1] < t[2]
+        assert math.isclose(t[2] - t[0], 6 * (t[1] - t[0]), rel_tol=1e-9)
+    one = [_exact(s, **q, refined=1) - _exact(s, **q) for s in
+           (Shape(1, 64, 256), Shape(1, 256, 256), Shape(1, 256, 1024))]
+    assert one == sorted(one)

@@ -170,3 +170,18 @@ def test_the_default_dp_falls_back_to_uniform_when_hessians_need_blocks(saved, t
     res = convert(path, None, calib=data, progress=False, sparsity=0.5, memory_budget_mb=64)
     assert any("instead of the default DP" in w for w in res.report.warnings)
     assert res.report.layers[0].method.startswith("obc-blocked")
+
+
+@pytest.mark.parametrize("opts,refined", [
+    (dict(bits=4), True),                      # obc: the code descent on by default
+    (dict(bits=4, refine=False), False),
+    (dict(bits=8), False),                     # 8 bits: RTN / GPTQ only, no descent
+    (dict(bits=4, sparsity=0.5, allocate="uniform"), True),
+])
+def test_the_plan_prices_the_code_descent_where_the_solve_runs_it(opts, refined):
+    layers, _ = find_layers(b.mlp())
+    plan = make_plan(layers, CompressConfig.from_options(**opts), rates=RATES).layers
+    off = make_plan(layers, CompressConfig.from_options(**{**opts, "refine": False}),
+                    rates=RATES).layers
+    for p, o in zip(plan, off):
+        assert (p.exact_seconds > o.exact_seconds) == refined
