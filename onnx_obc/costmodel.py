@@ -41,9 +41,11 @@ __all__ = ["Rates", "Shape", "baseline_seconds", "calibrate", "exact_seconds", "
 # cannot be selected (fast.py); measured on the bench models (bench/cost_model.py): about
 # the sparsity plus a margin, all steps for quantization
 PRUNE_WORK_MARGIN = 0.2
-# sweeps of the code descent (solvers/refine.py) per candidate: 4-8 to converge from OBQ,
-# GPTQ and RTN starts on correlated layers (at most 8), plus the sweep that finds no move
-REFINE_SWEEPS = 7
+# full-cost sweeps of the code descent (solvers/refine.py) per candidate: 4-8 sweeps converge
+# from OBQ, GPTQ and RTN starts on correlated layers (at most 8), but the later ones move few
+# codes and skip most columns; 4 fits bench/cost_model.py's obc w4 runs (7 over-predicted
+# them 1.39x at the median)
+REFINE_SWEEPS = 4
 FP64, FP32 = 8, 4
 
 
