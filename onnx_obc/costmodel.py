@@ -82,15 +82,19 @@ def _best(fn: Any, sync: Any, repeat: int = 3) -> float:
     return best
 
 
-def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
-    """Measure the rates on this machine (best of 3 of each kernel), once per process."""
+def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rates:
+    """Measure the rates on this machine (best of 3 of each kernel), once per process.
+    exact=False (plans where no layer can use ExactOBS / OBQ, e.g. 8-bit quantization
+    alone): the greedy's rates (gemv_in, gemv_out, step, qstep, qelem) are not measured and
+    are 0, and elem (GPTQ's element passes) is the in-cache elementwise rate; the full
+    measurement, if already made, is returned instead."""
     key = xp.__name__
     if key in _CACHE:
         return _CACHE[key]
+    if not exact and key + ":fast" in _CACHE:
+        return _CACHE[key + ":fast"]
     from .quant import QuantSpec, fit_grid
-    from .solvers import Unstructured, solve_layer
     from .solvers.fast import fold_block, greedy_traces
-    from .solvers.gptq import gptq
     from .solvers.prepare import prepare
     from .solvers.rules import QuantRule
 
@@ -117,8 +121,14 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     solve = _best(lambda: xp.linalg.solve(S, rhs), sync) / (16 * 96 ** 3 / 3)
     chol = _best(lambda: xp.linalg.cholesky(H), sync) / N_REF ** 3
     a, c = (xp.asarray(rng.standard_normal(m).astype(np.float32)) for m in (1 << 16, 4 << 20))
-    spill = max(1.0, _best(lambda: c * c - c, sync) / c.size
-                / (_best(lambda: [a * a - a for _ in range(64)], sync) / (64 * a.size)))
+    in_cache = _best(lambda: [a * a - a for _ in range(64)], sync) / (64 * a.size)
+    spill = max(1.0, _best(lambda: c * c - c, sync) / c.size / in_cache)
+    spec = QuantSpec(bits=4)
+    if not exact:
+        rates = _fast_rates(xp, sync, rng, Hn, spec, flop32, flop64, prep, eig, chol, solve,
+                            prep_exp, eig_exp, spill, in_cache)
+        _CACHE[key + ":fast"] = rates
+        return rates
     # each greedy step rebuilds its column from the pending updates: a stacked gemv per row,
     # in cache (small layers) or streaming from memory (large ones)
     gemv = []
@@ -128,7 +138,6 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
         gemv.append(_best(lambda: U[ar, :t, q][:, None, :] @ U[:, :t, :], sync) / (B * t * n))
     # the greedy with the rules the solvers use, on a tiny and a mid-size layer: t = n step +
     # R n (n fold/2 gemv + PASSES n elem) solved for step and elem (gemv measured above)
-    spec = QuantSpec(bits=4)
     fits = []
     for quant in (False, True):
         eqs = []
@@ -147,6 +156,30 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
         e = max((t2 - t1 * a2 / a1) / (b2 - b1 * a2 / a1), 1e-12)
         fits += [max((t1 - b1 * e) / a1, 1e-7), e]
     step, elem, qstep, qelem = fits
+    col, grid, sort, fixed, qfixed = _fast_path(xp, sync, rng, Hn, spec, chol, flop64, elem)
+    rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, gemv[0],
+                  gemv[1], step, elem, qstep, qelem, col, grid, sort, fixed, qfixed)
+    _CACHE[key] = rates
+    return rates
+
+
+def _fast_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any, flop32: float,
+                flop64: float, prep: float, eig: float, chol: float, solve: float,
+                prep_exp: float, eig_exp: float, spill: float, elem: float) -> Rates:
+    """calibrate(exact=False): the rates without the greedy's (0)."""
+    col, grid, sort, fixed, qfixed = _fast_path(xp, sync, rng, Hn, spec, chol, flop64, elem)
+    return Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, 0.0, 0.0,
+                 0.0, elem, 0.0, 0.0, col, grid, sort, fixed, qfixed)
+
+
+def _fast_path(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any, chol: float, flop64: float,
+               elem: float) -> tuple[float, float, float, float, float]:
+    """(col, grid, sort, fixed, qfixed): GPTQ's column steps, the clip search, argsort and
+    the per-layer overheads."""
+    from .quant import fit_grid
+    from .solvers import Unstructured, solve_layer
+    from .solvers.gptq import gptq
+
     n, r = N_REF, 64  # GPTQ: per column, beyond the Cholesky and the lazy block updates
     Hg = xp.asarray(np.linalg.inv(Hn[:n, :n] + 0.01 * np.eye(n)))
     Wr = xp.asarray(rng.standard_normal((r, n)))
@@ -162,10 +195,7 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     Ht = xp.asarray(np.eye(8)[None])
     fixed = _best(lambda: solve_layer(Wt, Ht, structure=Unstructured(0.5)), sync)
     qfixed = _best(lambda: solve_layer(Wt, Ht, quant=spec), sync)
-    rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, gemv[0],
-                  gemv[1], step, elem, qstep, qelem, col, grid, sort, fixed, qfixed)
-    _CACHE[key] = rates
-    return rates
+    return col, grid, sort, fixed, qfixed
 
 
 @dataclass(frozen=True)
@@ -286,6 +316,12 @@ def exact_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool, candidat
 def fast_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool) -> float:
     """GPTQ / SparseGPT: one pass per Hessian block, pruning and rounding jointly."""
     return _common(s, rt, quant, sparsity) + _gptq(s, rt, sparsity)
+
+
+def fast_quant_seconds(s: Shape, rt: Rates, *, candidates: int) -> float:
+    """Quantization alone where OBQ does not pay (solvers/choose.py, 8 bits): the H-aware
+    grid and RTN, then `candidates` GPTQ solves on it."""
+    return _common(s, rt, True, 0.0) + candidates * _gptq(s, rt)
 
 
 def baseline_seconds(s: Shape, rt: Rates, *, quant: bool) -> float:

@@ -171,3 +171,25 @@ def test_the_default_dp_falls_back_to_uniform_when_hessians_need_blocks(saved, t
     res = convert(path, None, calib=data, progress=False, sparsity=0.5, memory_budget_mb=64)
     assert any("instead of the default DP" in w for w in res.report.warnings)
     assert res.report.layers[0].method.startswith("obc-blocked")
+
+
+def test_an_8_bit_only_plan_skips_the_greedys_micro_benchmark(monkeypatch):
+    """No layer can take ExactOBS / OBQ with 8-bit quantization alone (choose.FAST_BITS):
+    the plan measures no greedy rates (their kernels are never run), predicts the fast
+    candidates' time and shows no exact time; at 4 bits the greedy is measured."""
+    import onnx_obc.costmodel as cm
+    import onnx_obc.solvers.fast as fast
+
+    calls = []
+    real = fast.greedy_traces
+    monkeypatch.setattr(fast, "greedy_traces", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cm, "_CACHE", {})
+    layers, _ = find_layers(b.matmul(d_in=64, d_out=16))
+    plan = make_plan(layers, CompressConfig.from_options(bits=8, act_bits=8))
+    assert not calls
+    assert plan.rates["step"] == 0.0 and plan.rates["col"] > 0
+    p = plan.layers[0]
+    assert p.exact_seconds is None and p.method == "obc" and p.seconds > p.fast_seconds > 0
+    make_plan(layers, CompressConfig.from_options(bits=4))
+    assert calls
+    assert make_plan(layers, CompressConfig.from_options(bits=4)).layers[0].exact_seconds
