@@ -108,15 +108,15 @@ def main() -> None:
                 wall = float(np.median([w for w, _ in times[k]]))
                 cpu = float(np.median([u for _, u in times[k]]))
                 rows.append({"model": name, "run": k, "wall_s": wall, "cpu_s": cpu,
-                             "x_quantize_static": wall / qs,
+                             "x_quantize_static": wall / qs, "runs": times[k],
                              "error": None if ev is None else error(str(ROOT / m), out[k], ev)})
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after each model
+            Path(args.out).write_text(json.dumps({"reps": args.reps, "rows": rows}, indent=2))
     head = "| model | run | wall s | CPU s | × quantize_static (wall) | output error |"
     print("\n".join([head, "|---|---|---|---|---|---|"] + [
         f"| {r['model']} | {r['run']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
         f"| {r['x_quantize_static']:.2f} | "
         + ("" if r["error"] is None else f"{r['error']:.4f}") + " |" for r in rows]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"reps": args.reps, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

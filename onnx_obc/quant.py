@@ -147,7 +147,7 @@ def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g
     lo32, hi32 = lo.astype(xp.float32), hi.astype(xp.float32)
 
     def err(i: Any) -> Any:  # i: shrink index, scalar or [R, G]
-        p = 1.0 - xp.asarray(i, dtype=xp.float32) / spec.grid
+        p = 1.0 - (i / spec.grid if isinstance(i, int) else i.astype(xp.float32) / spec.grid)
         sc, z = (a[..., None].astype(xp.float32) for a in _params(p * lo32, p * hi32, spec))
         t = W32 / sc  # quantize(), in place: the dequantized error |q(w) - w|^norm
         xp.rint(t, out=t)
