@@ -10,7 +10,8 @@ its own process from the command line, imports included: the CLI with default op
 uint8 activations / int8 weights, the same calibration .npz). Reports the median wall and
 CPU seconds (all threads) of each, their ratio to quantize_static, and the output error of
 each model on the first EVAL samples of the eval set (mean ||y - y_dense|| / ||y_dense||,
-first output; bench/deploy.py has the task metrics). Timing only: the lead re-measures on an idle machine.
+first output; bench/deploy.py has the task metrics). On a shared machine compare the CPU
+seconds; wall ratios need an idle one.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ MODELS = {
 }
 EVAL = 64  # eval samples for the output error
 QS = ("import sys, numpy as np, onnx; sys.path.insert(0, 'bench'); "
-      "from deploy import quantize_static; "
-      "quantize_static(sys.argv[1], sys.argv[2], dict(np.load(sys.argv[3])), onnx.load(sys.argv[1]))")
+      "from deploy import quantize_static; a = sys.argv; "
+      "quantize_static(a[1], a[2], dict(np.load(a[3])), onnx.load(a[1]))")
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:

@@ -83,18 +83,15 @@ def _best(fn: Any, sync: Any, repeat: int = 3) -> float:
 
 
 def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rates:
-    """Measure the rates on this machine (best of 3 of each kernel), once per process.
-    exact=False (plans where no layer can use ExactOBS / OBQ, e.g. 8-bit quantization
-    alone): the greedy's rates (gemv_in, gemv_out, step, qstep, qelem) are not measured and
-    are 0, and elem (GPTQ's element passes) is the in-cache elementwise rate; the full
-    measurement, if already made, is returned instead."""
+    """Measure the rates on this machine (best of 3 of each kernel), once per process; with
+    exact=False (no ExactOBS / OBQ: 8 bits alone) the greedy's are 0, elem the in-cache one."""
     key = xp.__name__
-    if key in _CACHE:
-        return _CACHE[key]
-    if not exact and key + ":fast" in _CACHE:
-        return _CACHE[key + ":fast"]
+    if key in _CACHE or (not exact and key + ":fast" in _CACHE):
+        return _CACHE.get(key) or _CACHE[key + ":fast"]
     from .quant import QuantSpec, fit_grid
+    from .solvers import Unstructured, solve_layer
     from .solvers.fast import fold_block, greedy_traces
+    from .solvers.gptq import gptq
     from .solvers.prepare import prepare
     from .solvers.rules import QuantRule
 
@@ -124,62 +121,33 @@ def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rat
     in_cache = _best(lambda: [a * a - a for _ in range(64)], sync) / (64 * a.size)
     spill = max(1.0, _best(lambda: c * c - c, sync) / c.size / in_cache)
     spec = QuantSpec(bits=4)
-    if not exact:
-        rates = _fast_rates(xp, sync, rng, Hn, spec, flop32, flop64, prep, eig, chol, solve,
-                            prep_exp, eig_exp, spill, in_cache)
-        _CACHE[key + ":fast"] = rates
-        return rates
-    # each greedy step rebuilds its column from the pending updates: a stacked gemv per row,
-    # in cache (small layers) or streaming from memory (large ones)
-    gemv = []
-    for B, t, n in ((32, 24, 256), (128, 48, 512)):  # t of the 2 t pending ones, as mid-fold
-        U = xp.asarray(rng.standard_normal((B, 2 * t, n)).astype(np.float32))
-        ar, q = xp.arange(B), xp.asarray(rng.integers(0, n, B))
-        gemv.append(_best(lambda: U[ar, :t, q][:, None, :] @ U[:, :t, :], sync) / (B * t * n))
-    # the greedy with the rules the solvers use, on a tiny and a mid-size layer: t = n step +
-    # R n (n fold/2 gemv + PASSES n elem) solved for step and elem (gemv measured above)
-    fits = []
-    for quant in (False, True):
-        eqs = []
-        for R, n in ((4, 48), (32, 192)):
-            Hi = prepare(W[:, :, :n], H[:, :n, :n], 0.01).Hinv  # [1, n, n]
-            Wr = xp.asarray(rng.standard_normal((R, n)).astype(np.float32))
-            grp = xp.zeros(R, dtype=xp.int64)
-            g = fit_grid(Wr, spec)
-            sc, zc = g.columns()
-            rule = QuantRule(sc.astype(xp.float32), zc.astype(xp.float32), g.qmin, g.qmax)
-            t = _best(lambda: greedy_traces(Wr, Hi, grp, R, None, rule=rule if quant
-                                            else None), sync, 2)
-            t -= R * n * n * (2 * n * flop32 + fold_block(n) / 2 * gemv[0])
-            eqs.append((n, R * n * n * PASSES, t))  # t = n step + R n^2 PASSES elem
-        (a1, b1, t1), (a2, b2, t2) = eqs
-        e = max((t2 - t1 * a2 / a1) / (b2 - b1 * a2 / a1), 1e-12)
-        fits += [max((t1 - b1 * e) / a1, 1e-7), e]
-    step, elem, qstep, qelem = fits
-    col, grid, sort, fixed, qfixed = _fast_path(xp, sync, rng, Hn, spec, chol, flop64, elem)
-    rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, gemv[0],
-                  gemv[1], step, elem, qstep, qelem, col, grid, sort, fixed, qfixed)
-    _CACHE[key] = rates
-    return rates
-
-
-def _fast_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any, flop32: float,
-                flop64: float, prep: float, eig: float, chol: float, solve: float,
-                prep_exp: float, eig_exp: float, spill: float, elem: float) -> Rates:
-    """calibrate(exact=False): the rates without the greedy's (0)."""
-    col, grid, sort, fixed, qfixed = _fast_path(xp, sync, rng, Hn, spec, chol, flop64, elem)
-    return Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, 0.0, 0.0,
-                 0.0, elem, 0.0, 0.0, col, grid, sort, fixed, qfixed)
-
-
-def _fast_path(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any, chol: float, flop64: float,
-               elem: float) -> tuple[float, float, float, float, float]:
-    """(col, grid, sort, fixed, qfixed): GPTQ's column steps, the clip search, argsort and
-    the per-layer overheads."""
-    from .quant import fit_grid
-    from .solvers import Unstructured, solve_layer
-    from .solvers.gptq import gptq
-
+    gemv, step, elem, qstep, qelem = [0.0, 0.0], 0.0, in_cache, 0.0, 0.0
+    if exact:
+        # each greedy step's column from the pending updates: a stacked gemv per row, in cache
+        gemv = []  # (small layers) or streaming from memory (large ones)
+        for B, t, n in ((32, 24, 256), (128, 48, 512)):  # t of the 2 t pending ones, as mid-fold
+            U = xp.asarray(rng.standard_normal((B, 2 * t, n)).astype(np.float32))
+            ar, q = xp.arange(B), xp.asarray(rng.integers(0, n, B))
+            gemv.append(_best(lambda: U[ar, :t, q][:, None, :] @ U[:, :t, :], sync) / (B * t * n))
+        # the greedy with the solvers' rules, on a tiny and a mid-size layer: t = n step +
+        fits = []  # R n (n fold/2 gemv + PASSES n elem) solved for step and elem
+        for quant in (False, True):
+            eqs = []
+            for R, n in ((4, 48), (32, 192)):
+                Hi = prepare(W[:, :, :n], H[:, :n, :n], 0.01).Hinv  # [1, n, n]
+                Wr = xp.asarray(rng.standard_normal((R, n)).astype(np.float32))
+                grp = xp.zeros(R, dtype=xp.int64)
+                g = fit_grid(Wr, spec)
+                sc, zc = g.columns()
+                rule = QuantRule(sc.astype(xp.float32), zc.astype(xp.float32), g.qmin, g.qmax)
+                t = _best(lambda: greedy_traces(Wr, Hi, grp, R, None, rule=rule if quant
+                                                else None), sync, 2)
+                t -= R * n * n * (2 * n * flop32 + fold_block(n) / 2 * gemv[0])
+                eqs.append((n, R * n * n * PASSES, t))  # t = n step + R n^2 PASSES elem
+            (a1, b1, t1), (a2, b2, t2) = eqs
+            e = max((t2 - t1 * a2 / a1) / (b2 - b1 * a2 / a1), 1e-12)
+            fits += [max((t1 - b1 * e) / a1, 1e-7), e]
+        step, elem, qstep, qelem = fits
     n, r = N_REF, 64  # GPTQ: per column, beyond the Cholesky and the lazy block updates
     Hg = xp.asarray(np.linalg.inv(Hn[:n, :n] + 0.01 * np.eye(n)))
     Wr = xp.asarray(rng.standard_normal((r, n)))
@@ -195,7 +163,10 @@ def _fast_path(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any, chol: float, fl
     Ht = xp.asarray(np.eye(8)[None])
     fixed = _best(lambda: solve_layer(Wt, Ht, structure=Unstructured(0.5)), sync)
     qfixed = _best(lambda: solve_layer(Wt, Ht, quant=spec), sync)
-    return col, grid, sort, fixed, qfixed
+    rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, spill, gemv[0],
+                  gemv[1], step, elem, qstep, qelem, col, grid, sort, fixed, qfixed)
+    _CACHE[key if exact else key + ":fast"] = rates
+    return rates
 
 
 @dataclass(frozen=True)
@@ -319,8 +290,7 @@ def fast_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool) -> float:
 
 
 def fast_quant_seconds(s: Shape, rt: Rates, *, candidates: int) -> float:
-    """Quantization alone where OBQ does not pay (solvers/choose.py, 8 bits): the H-aware
-    grid and RTN, then `candidates` GPTQ solves on it."""
+    """Quantization alone at choose.FAST_BITS: the H-aware grid, RTN, `candidates` GPTQs."""
     return _common(s, rt, True, 0.0) + candidates * _gptq(s, rt)
 
 
