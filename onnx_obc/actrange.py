@@ -15,22 +15,28 @@ BINS = 2048
 
 
 class RangeObserver:
-    def __init__(self) -> None:
+    def __init__(self, histogram: bool = True) -> None:
+        """histogram=False: only the extremes (the "minmax" scale and bounds), one pass
+        fewer per batch; the percentile scale is then the minmax one."""
         self.amax = 0.0
         self.top = 0.0  # histogram covers [0, top)
+        self.histogram = histogram
         self.hist = np.zeros(BINS, dtype=np.int64)
         self.lo = 0.0  # running min(x) and max(x), each widened to include 0
         self.hi = 0.0
 
     def add(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32)
-        a = np.abs(x).ravel()
-        if a.size == 0:
+        if x.size == 0:
             return
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
-        m = float(a.max())
+        lo, hi = float(x.min()), float(x.max())
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+        m = max(-lo, hi)  # max |x|, exactly
         self.amax = max(self.amax, m)
+        if not self.histogram:
+            return
+        a = np.abs(x).ravel()
         if self.top == 0.0:
             self.top = m * 1.0001 if m > 0 else 1.0
         while m >= self.top:

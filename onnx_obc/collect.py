@@ -25,6 +25,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             backend: Backend, memory_mb: int, progress: bool,
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
+            hessian_dtype: Any = None, histogram: bool = True,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -33,7 +34,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     samples): the layer is then fitted to the dense model's output W X. `runtime`: how
     sessions are built (providers, custom-op library); default: the backend's providers.
     `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
-    layer's Hessian (BlockHessianAccumulator)."""
+    layer's Hessian (BlockHessianAccumulator). `hessian_dtype`: the precision of each
+    batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
+    observers keep |x|'s histogram (only percentile ranges read it)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
@@ -41,7 +44,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     inputs = {s.name for s in calib_mod.input_specs(proto)}
     units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
              for L in layers]
-    observers = {n: RangeObserver() for n in observe or []}
+    observers = {n: RangeObserver(histogram) for n in observe or []}
     units += [[n] for n in observers if n not in inputs]
     names = list(dict.fromkeys(n for unit in units for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
@@ -66,13 +69,14 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             last_ref: list = []
             for L in todo:
                 for u in L.uses:
-                    chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4)
+                    chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4,
+                                     hessian_dtype)
                     if dense_acts is None:
                         for X in chunks:
                             accs[L.weight].add(X)
                         continue
                     ref_chunks = columns(L, u, _on_device(last_ref, u.input, dense_acts, backend),
-                                         budget // 4)
+                                         budget // 4, hessian_dtype)
                     for X, X0 in zip(chunks, ref_chunks):
                         accs[L.weight].add(X, X0)
                 accs[L.weight].count(samples)
@@ -81,6 +85,16 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         backend.free()
     bar.close()
     return accs, observers
+
+
+def hessian_dtype(cfg: Any, xp: Any) -> Any:
+    """float32 for runs where no layer takes ExactOBS / OBQ (8-bit quantization alone,
+    costplan.exact_applies): GPTQ and RTN at 8 bits do not see float32's rounding of each
+    batch's X X^T (summed in float64), and the capture's im2col and GEMM take half the time;
+    float64 otherwise."""
+    from .costplan import exact_applies
+
+    return xp.float64 if exact_applies(cfg) else xp.float32
 
 
 def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:

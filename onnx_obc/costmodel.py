@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from .costrates import IN_CACHE, N_REF, PASSES, Rates, calibrate
 
 __all__ = ["Rates", "Shape", "baseline_seconds", "calibrate", "exact_seconds", "fast_seconds",
+           "fast_quant_seconds",
            "hessian_bytes", "solver_bytes", "solver_fixed_bytes", "row_bytes", "IN_CACHE"]
 
 # the fraction of greedy steps ExactOBS pruning computes: rows stop once their later steps
@@ -198,6 +199,11 @@ def exact_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool, candidat
 def fast_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool) -> float:
     """GPTQ / SparseGPT: one pass per Hessian block, pruning and rounding jointly."""
     return _common(s, rt, quant, sparsity) + _gptq(s, rt, sparsity)
+
+
+def fast_quant_seconds(s: Shape, rt: Rates, *, candidates: int) -> float:
+    """Quantization alone at choose.FAST_BITS: the H-aware grid, RTN, `candidates` GPTQs."""
+    return _common(s, rt, True, 0.0) + candidates * _gptq(s, rt)
 
 
 def baseline_seconds(s: Shape, rt: Rates, *, quant: bool) -> float:

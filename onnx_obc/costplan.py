@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .costmodel import (Rates, Shape, baseline_seconds, calibrate, exact_seconds, fast_seconds,
-                        hessian_bytes, row_bytes, solver_bytes, solver_fixed_bytes)
+                        fast_quant_seconds, hessian_bytes, row_bytes, solver_bytes,
+                        solver_fixed_bytes)
 from .errors import ConfigError
 from .layers import Layer
 from .specs import MB
@@ -32,6 +33,7 @@ from .specs import MB
 MIN_BLOCK = 64  # the smallest Hessian block (columns) the planner uses
 MIN_ACTIVATIONS = 8 * MB  # the least a capture pass is given
 OBQ_CANDIDATES = 4  # GPTQ solves beside OBQ in the obc quantization stage (solvers/choose.py)
+FAST_CANDIDATES = 2  # GPTQ solves where OBQ does not pay (choose.fast_quantized)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Plan:
 
     def summary(self) -> str:
         blocked = sum(p.blocks > 1 for p in self.layers)
-        exact = sum(p.method == "obc" for p in self.layers)
+        exact = sum(p.method == "obc" and p.exact_seconds is not None for p in self.layers)
         return (f"plan: {len(self.layers)} layers, solve predicted {self.seconds:.1f} s"
                 f" ({exact} exact, {len(self.layers) - exact} other"
                 + (f", {blocked} in column blocks" if blocked else "") + "); Hessians "
@@ -129,13 +131,10 @@ def without_auto_dp(layers: list[Layer], cfg: Any) -> tuple[Any, str | None]:
 
 
 def _refined(q: Any, candidates: int) -> int:
-    """How many candidates the obc solve sends through the code descent (solvers/choose.py:
-    OBQ, the GPTQ solves and RTN; after pruning only OBQ; none at 8 bits or when off)."""
+    """Candidates the obc solve refines (choose.py: OBQ, the GPTQs, RTN; after pruning OBQ)."""
     from .solvers.choose import exact_pays
-
-    if not q.bits or q.refine is False or not exact_pays(q.bits):
-        return 0
-    return candidates + 2 if candidates else 1
+    return 0 if not q.bits or q.refine is False or not exact_pays(q.bits) else (
+        candidates + 2 if candidates else 1)
 
 
 def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan:
@@ -183,7 +182,8 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
         cap = smaller
     if row_cap is not None:
         row = min(row, row_cap)
-    rt = rates or calibrate(xp or np, sync)
+    exact = exact_applies(cfg)
+    rt = rates or calibrate(xp or np, sync, exact=exact)
     sparsity = 0.0 if not st_free else (prune.sparsity or 0.0)
     quant = bool(q.bits)
     plans = []
@@ -193,9 +193,11 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
         ex = exact_seconds(s, rt, sparsity=prune.sparsity or (
             prune.nm[0] / prune.nm[1] if prune.nm else 0.0),
                            quant=quant, row_budget=row, candidates=cands,
-                           refined=_refined(q, cands))
+                           refined=_refined(q, cands)) if exact else None
         fa = fast_seconds(s, rt, sparsity=sparsity, quant=quant) if st_free else None
-        if method in ("magnitude", "rtn"):
+        if not exact and method == "obc":  # choose.fast_quantized: GPTQ, both orders
+            secs = fast_quant_seconds(s, rt, candidates=FAST_CANDIDATES)
+        elif method in ("magnitude", "rtn"):
             secs = baseline_seconds(s, rt, quant=quant)
         else:
             secs = ex if method == "obc" else fa
@@ -203,9 +205,19 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
                                hessian_bytes(s) * per_hess, solver_bytes(s, row), ex, fa, secs))
     out = Plan(plans, M, max(MIN_ACTIVATIONS, M - sum(p.hessian_bytes for p in plans)), row,
                run.time_budget_s, rt.to_dict())
-    if run.time_budget_s is not None and method == "obc" and st_free:
+    if run.time_budget_s is not None and method == "obc" and st_free and exact:
         out = _fit_time(out, rt, sparsity, quant, row, align)
     return out
+
+
+def exact_applies(cfg: Any) -> bool:
+    """Whether any layer of the run can take ExactOBS / OBQ: not with quantization alone at
+    choose.FAST_BITS or more (no pruning, no allocation), where the obc method solves only
+    GPTQ and RTN; the plan then skips the greedy's micro-benchmark."""
+    from .solvers.choose import exact_pays
+
+    q = cfg.quant
+    return not q.bits or exact_pays(q.bits) or cfg.prune.active or cfg.alloc.active
 
 
 def _blocked(s: Shape, cap: int, align: int) -> Shape:

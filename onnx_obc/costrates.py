@@ -79,11 +79,13 @@ def _spd(rng: Any, n: int) -> Any:
     return X @ X.T / X.shape[1]
 
 
-def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
-    """Measure the rates on this machine (best of 3 of each kernel), once per process."""
+def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rates:
+    """Measure the rates on this machine (best of 3 of each kernel), once per process; with
+    exact=False (no ExactOBS / OBQ: 8 bits alone) the greedy's and the rebuild's rates are
+    not measured (0; spill 1)."""
     key = xp.__name__
-    if key in _CACHE:
-        return _CACHE[key]
+    if key in _CACHE or (not exact and key + ":fast" in _CACHE):
+        return _CACHE.get(key) or _CACHE[key + ":fast"]
     from .quant import QuantSpec, fit_grid
     from .solvers import Unstructured, solve_layer
     from .solvers.gptq import gptq
@@ -110,9 +112,10 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     solve = _best(lambda: xp.linalg.solve(S, rhs), sync) / (16 * 96 ** 3 / 3)
     chol = _best(lambda: xp.linalg.cholesky(H), sync) / N_REF ** 3
     spec = QuantSpec(bits=4)
-    g = _greedy_rates(xp, sync, rng, Hn, spec, flop32)
+    g = _greedy_rates(xp, sync, rng, Hn, spec, flop32) if exact else dict.fromkeys(
+        ("step", "row", "elem", "qstep", "qrow", "qelem"), 0.0) | {"spill": 1.0}
     gelem, col, gcall = _gptq_rates(xp, sync, rng, Hn, spec, chol)
-    gather = _gather_rate(xp, sync, rng, Hn, solve)
+    gather = _gather_rate(xp, sync, rng, Hn, solve) if exact else 0.0
     Wg = xp.asarray(rng.standard_normal((64, 256)))
     grid = _best(lambda: fit_grid(Wg, spec), sync) / (64 * 256 * spec.maxshrink * spec.grid)
     Ws = xp.asarray(rng.standard_normal(1 << 18))  # sorts of a few MB (the selections)
@@ -124,7 +127,7 @@ def calibrate(xp: Any = np, sync: Any = lambda: None) -> Rates:
     rates = Rates(flop32, flop64, prep, eig, chol, solve, prep_exp, eig_exp, g["spill"],
                   g["step"], g["row"], g["elem"], g["qstep"], g["qrow"], g["qelem"], gelem, col,
                   gcall, gather, grid, sort, fixed, qfixed)
-    _CACHE[key] = rates
+    _CACHE[key if exact else key + ":fast"] = rates
     return rates
 
 

@@ -3,7 +3,10 @@
 `columns(use, act)` turns one captured activation into X [G, d, n] (the columns that
 multiply W's rows: im2col for Conv, following ONNX Conv semantics exactly: explicit or
 auto_pad padding, strides, dilations, 1-D/2-D/3-D, groups). `HessianAccumulator` keeps the
-float64 sum of X X^T and the number of calibration samples; H = sum / samples.
+float64 sum of X X^T and the number of calibration samples; H = sum / samples. Each
+batch's X X^T is one GEMM in X's precision: float64 by default, float32 (columns' dtype)
+for runs that only quantize at 8 bits (collect.hessian_dtype), where it is within float32
+rounding of float64 and half the im2col memory and GEMM time.
 `BlockHessianAccumulator` keeps only the k diagonal blocks of that sum over contiguous
 column blocks (never the d x d matrix), for layers whose full Hessian does not fit.
 """
@@ -70,18 +73,21 @@ def linear_columns(use: Use, x: Any, d: int) -> Any:
     return X[None]
 
 
-def columns(layer: Layer, use: Use, act: Any, budget_bytes: int) -> Iterator[Any]:
-    """Yield X [G, d, n] chunks (float64) for one activation, each within budget_bytes."""
+def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = None
+            ) -> Iterator[Any]:
+    """Yield X [G, d, n] chunks (float64, or `dtype`) for one activation, each within
+    budget_bytes (as float64)."""
     xp = array_module(act)
+    dtype = xp.float64 if dtype is None else dtype
     G, _, d = layer.matrix_shape
     if layer.layout != "conv":
-        yield linear_columns(use, act, d).astype(xp.float64)
+        yield linear_columns(use, act, d).astype(dtype)
         return
     N = act.shape[0]
     per_sample = 8 * d * G * max(1, math.prod(act.shape[2:])) * 2
     step = max(1, budget_bytes // per_sample)
     for n0 in range(0, N, step):
-        yield conv_columns(use, act[n0:n0 + step].astype(xp.float64))
+        yield conv_columns(use, act[n0:n0 + step].astype(dtype))
 
 
 class HessianAccumulator:
@@ -93,7 +99,8 @@ class HessianAccumulator:
         self.samples = 0
 
     def add(self, X: Any, X0: Any = None) -> None:
-        """X [G, d, n] float64; X0 (optional, same shape): the dense model's inputs."""
+        """X [G, d, n] float64 (or float32: each batch's product in float32, summed in
+        float64); X0 (optional, same shape): the dense model's inputs."""
         self.total += X @ X.swapaxes(1, 2)
         if X0 is not None:
             if self.cross is None:

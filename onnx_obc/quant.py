@@ -114,6 +114,8 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
         return Grid(scale, zero, spec.qmin, spec.qmax, g)
     wts = 1.0 if H is None else _row_diag(H, R).reshape(R, d // g, g)  # [R, G, g]
     s0, z0 = scale, zero
+    if spec.bits >= COARSE_BITS:
+        return _coarse_fine(W, Wg, lo, hi, wts, spec, g, H)
     best = xp.full(scale.shape, xp.inf)
     for i in range(int(spec.maxshrink * spec.grid)):
         p = 1.0 - i / spec.grid
@@ -131,6 +133,72 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
     return Grid(scale, zero, spec.qmin, spec.qmax, g)
 
 
+COARSE_BITS = 8  # grids of at least this many bits: coarse-to-fine search in float32
+COARSE_STEP = 4  # the coarse pass tries every COARSE_STEP-th shrink, then its neighbours
+
+
+def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g: int,
+                 H: Any) -> Grid:
+    """fit_grid's search at COARSE_BITS and more, where clipping moves the loss little and
+    the search is most of an 8-bit layer's time: the same criterion on every COARSE_STEP-th
+    shrink, then per row (group) on the shrinks around the best one, in float32 (about a
+    quarter of the candidates, each half the memory traffic); the min-max check under H in
+    float32 too. The chosen shrink's grid is computed in float64."""
+    xp = array_module(W)
+    n = int(spec.maxshrink * spec.grid)
+    W32 = Wg.astype(xp.float32)
+    w32 = wts if isinstance(wts, float) else wts.astype(xp.float32)
+    lo32, hi32 = lo.astype(xp.float32), hi.astype(xp.float32)
+
+    def err(i: Any) -> Any:  # i: shrink index, scalar or [R, G]
+        p = 1.0 - (i / spec.grid if isinstance(i, int) else i.astype(xp.float32) / spec.grid)
+        sc, z = (a[..., None].astype(xp.float32) for a in _params(p * lo32, p * hi32, spec))
+        t = W32 / sc  # quantize(), in place: the dequantized error |q(w) - w|^norm
+        xp.rint(t, out=t)
+        if spec.symmetric:
+            xp.clip(t, spec.qmin, spec.qmax, out=t)
+        else:
+            t += z
+            xp.clip(t, spec.qmin, spec.qmax, out=t)
+            t -= z
+        t *= sc
+        t -= W32
+        xp.abs(t, out=t)
+        xp.power(t, spec.norm, out=t)
+        if not isinstance(w32, float):
+            t *= w32
+        return t.sum(axis=2)  # [R, G]
+
+    best_i = xp.zeros(lo.shape, dtype=xp.int64)
+    best = xp.full(lo.shape, xp.inf, dtype=xp.float32)
+    coarse = list(range(0, n, COARSE_STEP))
+    fine = [o for o in range(1 - COARSE_STEP, COARSE_STEP) if o]
+    for i in coarse:
+        e = err(i)
+        better = e < best
+        best, best_i = xp.where(better, e, best), xp.where(better, i, best_i)
+    center = best_i
+    for o in fine:
+        i = xp.clip(center + o, 0, n - 1)
+        e = err(i)
+        better = e < best
+        best, best_i = xp.where(better, e, best), xp.where(better, i, best_i)
+    scale, zero = _params((1.0 - best_i / spec.grid) * lo, (1.0 - best_i / spec.grid) * hi, spec)
+    if H is not None:  # never worse than min-max under H, row by row (the clipped ones)
+        s0, z0 = _params(lo, hi, spec)
+        R = W.shape[0]
+        G = H.shape[0]
+        moved = xp.nonzero((best_i > 0).reshape(G, R // G, -1).any(axis=(0, 2)))[0]
+        if moved.size:  # rows j of every group: their losses, against min-max's
+            rows = (xp.arange(G)[:, None] * (R // G) + moved[None, :]).reshape(-1)
+            H32 = H.astype(xp.float32)
+            worse = (_rtn_row_loss(W[rows], scale[rows], zero[rows], spec, g, H32, xp.float32)
+                     > _rtn_row_loss(W[rows], s0[rows], z0[rows], spec, g, H32, xp.float32))
+            back = rows[worse]
+            scale[back], zero[back] = s0[back], z0[back]
+    return Grid(scale, zero, spec.qmin, spec.qmax, g)
+
+
 def _row_diag(H: Any, R: int) -> Any:
     """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks)."""
     xp = array_module(H)
@@ -138,14 +206,18 @@ def _row_diag(H: Any, R: int) -> Any:
     return xp.repeat(D, R // D.shape[0], axis=0)
 
 
-def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any) -> Any:
-    """Round-to-nearest loss e H e^T of every row [R] on the grid (scale, zero [R, G])."""
+def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any,
+                  dtype: Any = None) -> Any:
+    """Round-to-nearest loss e H e^T of every row [R] on the grid (scale, zero [R, G]); the
+    rounding in float64, the product in `dtype` (default float64)."""
     xp = array_module(W)
+    dtype = xp.float64 if dtype is None else dtype
     R, d = W.shape
     W64 = W.astype(xp.float64)
     s, z = xp.repeat(scale, g, axis=1), xp.repeat(zero, g, axis=1)
     E = (quantize(W64, s, z, spec.qmin, spec.qmax) - W64).reshape(H.shape[0], -1, d)
-    return ((E @ H.astype(xp.float64)) * E).sum(axis=2).reshape(R)
+    E = E.astype(dtype, copy=False)
+    return ((E @ H.astype(dtype, copy=False)) * E).sum(axis=2, dtype=xp.float64).reshape(R)
 
 
 def rtn(W: Any, grid: Grid) -> Any:

@@ -19,7 +19,7 @@ from . import export
 from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
-from .collect import collect
+from .collect import collect, hessian_dtype
 from .engine import Engine
 from .config import CompressConfig
 from .costplan import Plan
@@ -76,7 +76,9 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         t = time.perf_counter()
         hessians, obs = collect(model, group, data.fit, data.batch, backend, act_mb, progress,
                                 wanted, dense=proto if model is not proto else None,
-                                runtime=runtime, blocks=blocks)
+                                runtime=runtime, blocks=blocks,
+                                hessian_dtype=hessian_dtype(cfg, backend.xp),
+                                histogram=cfg.quant.act_calibration == "percentile")
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

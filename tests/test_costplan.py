@@ -184,4 +184,26 @@ def test_the_plan_prices_the_code_descent_where_the_solve_runs_it(opts, refined)
     off = make_plan(layers, CompressConfig.from_options(**{**opts, "refine": False}),
                     rates=RATES).layers
     for p, o in zip(plan, off):
-        assert (p.exact_seconds > o.exact_seconds) == refined
+        assert ((p.exact_seconds or 0) > (o.exact_seconds or 0)) == refined
+
+
+def test_an_8_bit_only_plan_skips_the_greedys_micro_benchmark(monkeypatch):
+    """No layer can take ExactOBS / OBQ with 8-bit quantization alone (choose.FAST_BITS):
+    the plan measures no greedy rates (their kernels are never run), predicts the fast
+    candidates' time and shows no exact time; at 4 bits the greedy is measured."""
+    import onnx_obc.costrates as cm
+    import onnx_obc.solvers.fast as fast
+
+    calls = []
+    real = fast.greedy_traces
+    monkeypatch.setattr(fast, "greedy_traces", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cm, "_CACHE", {})
+    layers, _ = find_layers(b.matmul(d_in=64, d_out=16))
+    plan = make_plan(layers, CompressConfig.from_options(bits=8, act_bits=8))
+    assert not calls
+    assert plan.rates["step"] == 0.0 and plan.rates["col"] > 0
+    p = plan.layers[0]
+    assert p.exact_seconds is None and p.method == "obc" and p.seconds > p.fast_seconds > 0
+    make_plan(layers, CompressConfig.from_options(bits=4))
+    assert calls
+    assert make_plan(layers, CompressConfig.from_options(bits=4)).layers[0].exact_seconds

@@ -284,3 +284,37 @@ def test_pipeline_hessian_of_intermediate_and_shared_weights():
     assert accs["W"].samples == 6
     np.testing.assert_allclose(accs["W"].mean()[0], (x.T @ x + t.T @ t) / 6, rtol=1e-5,
                                atol=1e-8)
+
+
+@pytest.mark.parametrize("case", ["2d_everything", "2d_group"])
+def test_float32_products_summed_in_float64_match_float64(case):
+    """hessian_dtype float32 (8-bit-only runs): each batch's X X^T in float32, summed in
+    float64, is the float64 Hessian within float32 rounding; the sums stay float64."""
+    model = b.conv(**CONV_CASES[case])
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    G, _, d = L.matrix_shape
+    x = b.feeds(model, 6)["x"]
+    accs = {}
+    for dt in (np.float64, np.float32):
+        acc = HessianAccumulator(G, d, np)
+        for lo in range(0, 6, 2):
+            for X in columns(L, u, x[lo:lo + 2], BIG, dt):
+                assert X.dtype == dt
+                acc.add(X)
+            acc.count(2)
+        assert acc.total.dtype == np.float64
+        accs[dt] = acc.mean()
+    H64, H32 = accs[np.float64], accs[np.float32]
+    scale = np.abs(H64).max()
+    assert np.abs(H32 - H64).max() <= 1e-5 * scale
+    assert not np.array_equal(H32, H64)  # float32 products indeed
+
+
+def test_only_8_bit_quantization_alone_captures_in_float32():
+    from onnx_obc.collect import hessian_dtype
+
+    f = lambda **kw: hessian_dtype(CompressConfig.from_options(**kw), np)  # noqa: E731
+    assert f(bits=8) is np.float32 and f(bits=8, act_bits=8) is np.float32
+    assert f(bits=4) is np.float64 and f(sparsity=0.5) is np.float64
+    assert f(bits=8, sparsity=0.5) is np.float64

@@ -47,28 +47,32 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
     loss = 0.0
     for i1 in range(0, d, block):
         i2 = min(d, i1 + block)
-        W1 = W[:, i1:i2].copy()  # [r, b]
+        # the block transposed [b, r]: column steps on contiguous rows (the same arithmetic,
+        # element by element, as on W[:, i1:i2]; the lazy update gets Err as [r, b])
+        W1 = xp.ascontiguousarray(W[:, i1:i2].T)  # [b, r]
         U1 = U[i1:i2, i1:i2]  # [b, b]
-        Err = xp.zeros_like(W1)
+        Err = xp.zeros_like(W1)  # [b, r]
         prune = None
         if total:  # this block's share of the exact layer count
             k = int(round(total * i2 / d)) - int(round(total * i1 / d))
-            sal = (W1 / xp.diagonal(U1)[None, :]) ** 2  # [r, b] OBS saliency
-            prune = xp.zeros(W1.size, dtype=bool)
+            sal = (W1.T / xp.diagonal(U1)[None, :]) ** 2  # [r, b] OBS saliency
+            prune = xp.zeros(sal.size, dtype=bool)
             prune[xp.argsort(sal.reshape(-1), kind="stable")[:k]] = True
-            prune = prune.reshape(W1.shape)
+            prune = xp.ascontiguousarray(prune.reshape(sal.shape).T)  # [b, r]
+        if scale is not None:
+            S1 = xp.ascontiguousarray(scale[:, i1:i2].T)
+            Z1 = xp.ascontiguousarray(zero[:, i1:i2].T)
         for i in range(i2 - i1):
-            w = W1[:, i]
-            t = w if prune is None else xp.where(prune[:, i], 0.0, w)
+            w = W1[i]
+            t = w if prune is None else xp.where(prune[i], 0.0, w)
             if scale is not None:
-                c = i1 + i
-                t = quantize(t, scale[:, c], zero[:, c], qmin, qmax)
+                t = quantize(t, S1[i], Z1[i], qmin, qmax)
             Q[:, i1 + i] = t
             err = (w - t) / U1[i, i]  # [r]
             loss += (err * err).sum()  # stays on the device: no host round trip per column
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
-            Err[:, i] = err
-        W[:, i2:] -= Err @ U[i1:i2, i2:]  # lazy update of the remaining columns
+            W1[i:] -= U1[i, i:][:, None] * err[None, :]
+            Err[i] = err
+        W[:, i2:] -= xp.ascontiguousarray(Err.T) @ U[i1:i2, i2:]  # lazy update of the rest
     return Q[:, inv], loss  # loss: a float on the host, a 0-d array on a device
 
 
