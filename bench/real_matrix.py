@@ -186,6 +186,9 @@ def main() -> None:
                     help="the pruning method of every model (default: per model)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/real_matrix.jsonl"))
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
+    ap.add_argument("--eval-file", action="append", default=[], metavar="MODEL=PATH",
+                    help="another eval set for MODEL (e.g. more text lines: the task metric's "
+                         "sampling error on 200 lines is ~3 points)")
     a = ap.parse_args()
     if a.child:
         return child(a.child)
@@ -204,7 +207,8 @@ def main() -> None:
             if not (ROOT / f"{prefix}.onnx").is_file():
                 print(f"skipping {name}: {prefix}.onnx is missing (bench/setup_models.py)")
                 continue
-            ev = dict(np.load(ROOT / f"{prefix}.eval.npz"))
+            evals = dict(x.split("=", 1) for x in a.eval_file)
+            ev = dict(np.load(evals.get(name, ROOT / f"{prefix}.eval.npz")))
             feeds = _feeds(str(ROOT / f"{prefix}.onnx"), ev)
             dense = outputs(str(ROOT / f"{prefix}.onnx"), feeds)
             for run in a.runs.split(","):
