@@ -12,7 +12,8 @@ projection -> A @ V -> output projection), Clip, Add/Sub/Mul/Div/PRelu with a co
 channels, its weight rows, bias and `group` cut too), pooling. Whole attention heads of
 multi-head attention are sites too (channels/heads.py). A producer whose channels also
 reach a residual Add, a Concat, a node that moves the channel axis, a graph output or more
-than one node stays, with one reason (`Refusal`).
+than one node stays, with one reason (`Refusal`). Weights and per-channel constants may be
+initializers or Constant node outputs (channels/constants.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
+from .constants import constant_shapes
 from .flops import layer_macs, positions, saved_macs
 from .readers import shape_readers
 from .regions import region
@@ -70,7 +72,7 @@ class _Refused(Exception):
 class _Graph:
     nodes: dict[str, onnx.NodeProto]  # label -> node
     users: dict[str, list[tuple[str, onnx.NodeProto]]]  # tensor -> (label, node) reading it
-    inits: dict[str, tuple[int, ...]]  # initializer -> shape
+    inits: dict[str, tuple[int, ...]]  # constant (initializer or Constant node) -> shape
     outputs: set[str]
     shapes: dict[str, list[int | None]]
     makers: dict[str, tuple[str, onnx.NodeProto]] = field(default_factory=dict)  # tensor ->
@@ -101,7 +103,7 @@ def graph_of(model: onnx.ModelProto) -> _Graph:
                for a in n.attribute if a.name == "value")]
     values = {k: [int(v) for v in numpy_helper.to_array(t).reshape(-1)] for k, t in small
               if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 8}
-    inits = {i.name: tuple(i.dims) for i in g.initializer}
+    inits = {**{i.name: tuple(i.dims) for i in g.initializer}, **constant_shapes(g)}
     try:  # data_prop: sizes read with Shape -> Gather -> Concat (PyTorch exports) too
         inferred = shape_inference.infer_shapes(model, data_prop=True).graph
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
@@ -133,8 +135,6 @@ def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
     """(node, channels, channel axis from the end) of a usable producer, or _Refused."""
     if len(L.uses) != 1:
         raise _Refused(f"weight {L.weight!r} is shared by {len(L.uses)} nodes")
-    if L.storage != "initializer":
-        raise _Refused("weight is a Constant node output (only initializers are cut)")
     node = g.nodes[L.uses[0].node]
     if L.op == "Conv" and L.groups != 1:
         raise _Refused(f"grouped Conv (group={L.groups}): its channels are tied to its inputs")
@@ -233,8 +233,6 @@ def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.No
 
 
 def _consumer_checks(c: Layer, channels: int, label: str) -> Layer:
-    if c.storage != "initializer":
-        raise _Refused(f"consumer {label!r} weight is a Constant node output")
     if c.op == "Conv" and c.groups != 1:
         raise _Refused(f"consumer Conv {label!r} is grouped (group={c.groups})")
     if c.op == "Gemm" and c.uses[0].trans_a:
@@ -259,10 +257,10 @@ def _constant_inputs(g: _Graph, n: onnx.NodeProto, label: str, first: int) -> No
 
 def _cut(g: _Graph, name: str, C: int, axis: int, n: onnx.NodeProto,
          optional: bool = False) -> tuple[str, int] | None:
-    """(name, axis) when initializer `name` has the channel axis (from the end) of size C;
+    """(name, axis) when constant `name` has the channel axis (from the end) of size C;
     None when it broadcasts over it (optional); _Refused otherwise."""
     if name not in g.inits:
-        raise _Refused(f"{n.op_type} reads {name!r}, which is not an initializer")
+        raise _Refused(f"{n.op_type} reads {name!r}, which is not a constant")
     if len(g.users.get(name, [])) != 1:
         raise _Refused(f"per-channel constant {name!r} is shared with other nodes")
     shape = g.inits[name]

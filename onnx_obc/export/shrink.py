@@ -1,6 +1,7 @@
 """Physically remove channels: the producer's weight rows and bias, the per-channel
 constants in between (BatchNormalization parameters, Add/Mul/PRelu constants, depthwise
-Conv weight rows and bias, whose `group` follows), and the consumer's weight columns. For a
+Conv weight rows and bias, whose `group` follows), and the consumer's weight columns; each
+an initializer or a Constant node's value (rewritten in place, still a Constant node). For a
 whole-head site (channels/heads.py) each channel is a head: dh rows / columns each, the
 query and key projections (and biases) lose theirs too, and each Reshape into or out of
 the heads gets its own shape constant with the kept head count.
@@ -21,7 +22,7 @@ import onnx_graphsurgeon as gs
 from ..diskdata import as_inputs
 from ..errors import ModelError
 from ..layers import Layer, node_label
-from .graph import export_graph, model_opset
+from .graph import constant, export_graph, model_opset
 
 
 def weight_axes(L: Layer) -> tuple[int, int]:
@@ -40,7 +41,7 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
     values: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (weights or {}).items()}
 
     def cut(name: str, axis: int, kept: np.ndarray) -> None:
-        arr = values[name] if name in values else np.asarray(tensors[name].values)
+        arr = values[name] if name in values else read_constant(tensors[name])
         values[name] = np.take(arr, kept, axis=axis)
 
     for site, kept in zip(sites, keep):
@@ -65,13 +66,42 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
                 shape[index] = len(kept) * per
                 node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
     for name, arr in values.items():
-        tensors[name].values = np.ascontiguousarray(arr.astype(tensors[name].dtype))
+        write_constant(tensors[name], arr)
     outer = {t.name for t in [*graph.inputs, *graph.outputs]}
     for t in tensors.values():
         if isinstance(t, gs.Variable) and t.name not in outer:
             t.shape = None
     out = export_graph(graph, model, model_opset(model))
     return checked(out)
+
+
+def read_constant(t: gs.Tensor) -> np.ndarray:
+    """The payload of an initializer (gs.Constant) or of the Constant node writing `t`."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    key, v = _constant_attr(t)
+    if key == "value":
+        return np.asarray(v.values)
+    return np.asarray(v, dtype=np.float32 if key.startswith("value_float") else np.int64)
+
+
+def write_constant(t: gs.Tensor, arr: np.ndarray) -> None:
+    """Replace `t`'s payload in place, in its dtype: an initializer's values, or the Constant
+    node's attribute (as one `value` tensor; its output keeps its name)."""
+    if isinstance(t, gs.Constant):
+        t.values = np.ascontiguousarray(arr.astype(t.dtype))
+        return
+    key, v = _constant_attr(t)
+    dtype = v.dtype if key == "value" else read_constant(t).dtype
+    t.inputs[0].attrs = {"value": constant("", np.ascontiguousarray(arr.astype(dtype)))}
+
+
+def _constant_attr(t: gs.Tensor) -> tuple[str, Any]:
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None or node.op != "Constant" or len(node.attrs) != 1:
+        raise ModelError(f"internal error: {t.name!r} is neither an initializer nor the "
+                         "output of a one-attribute Constant node")
+    return next(iter(node.attrs.items()))
 
 
 def _expand(kept: np.ndarray, unit: int) -> np.ndarray:

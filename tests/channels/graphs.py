@@ -166,3 +166,25 @@ def chain(dims=(8, 12, 10, 4), seed: int = 0):
             nodes.append(helper.make_node("Relu", [t], [f"r{i}"], name=f"act{i}"))
             t = f"r{i}"
     return b.make(nodes, [b.vi("x", ["N", dims[0]])], [b.vi(t, ["N", dims[-1]])], inits)
+
+
+def as_constants(model):
+    """`model` with every initializer moved into a Constant node before the graph, as
+    TensorFlow and Paddle export their weights (float scalars as `value_float`)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    nodes = []
+    for t in g.initializer:
+        arr = numpy_helper.to_array(t)
+        kw = ({"value_float": float(arr)} if arr.ndim == 0 and arr.dtype == np.float32
+              else {"value": t})
+        nodes.append(helper.make_node("Constant", [], [t.name], name=f"const.{t.name}", **kw))
+    nodes += list(g.node)
+    del g.initializer[:]
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
