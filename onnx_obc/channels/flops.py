@@ -1,7 +1,7 @@
 """Multiply-adds of the channel-pruning sites: the layers' (Conv/Gemm/MatMul with a constant
 weight) and the attention MatMuls of two activations (scores Q Kᵀ and A @ V: T_q·T_k per
-value channel, T_q·T_k·dh per head for each), per sample, from shape inference (unknown
-sizes count 1)."""
+value channel, T_q·T_k·dh per head for each), per sample, from shape inference and the
+sizes probe.py measured where it leaves them unknown (still unknown sizes count 1)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..layers import Layer
 
 def positions(g: Any, tensor: str) -> int:
     """Product of `tensor`'s dims past the batch axis (unknown sizes count 1)."""
-    dims = g.shapes.get(tensor) or []
+    dims = g.dims(tensor) or []
     return math.prod(d if d else 1 for d in dims[1:])
 
 
@@ -29,12 +29,13 @@ def saved_macs(sites: list[Any], counts: list[int]) -> float:
                        for s, k in zip(sites, counts))
 
 
-def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = True) -> float:
+def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = True,
+               sizes: dict | None = None) -> float:
     """Multiply-adds of `layers` on one sample, and (`attention`) of every MatMul of two
-    activations (the attention scores and A @ V)."""
+    activations (the attention scores and A @ V); `sizes`: probe.probe_sizes."""
     from .patterns import graph_of
 
-    g = graph_of(model)
+    g = graph_of(model, sizes)
     total = 0.0
     for L in layers:
         for u in L.uses:
@@ -44,6 +45,6 @@ def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = Tr
     if attention:
         for n in g.nodes.values():
             if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):
-                a = g.shapes.get(n.input[0]) or [None]
+                a = g.dims(n.input[0]) or [None]
                 total += positions(g, n.output[0]) * (a[-1] or 1)
     return total

@@ -102,7 +102,7 @@ def _output(g: _Graph, L: Layer) -> str:
 
 def _per_head(g: _Graph, t: str) -> float:
     """T_q·T_k of the [B, H, T_q, T_k] tensor `t` (unknown sizes count 1)."""
-    dims = g.shapes.get(t) or []
+    dims = g.dims(t) or []
     return float(math.prod(d if d else 1 for d in dims[2:]))
 
 

@@ -78,17 +78,25 @@ class _Graph:
     makers: dict[str, tuple[str, onnx.NodeProto]] = field(default_factory=dict)  # tensor ->
     # (label, node) writing it
     values: dict[str, list[int]] = field(default_factory=dict)  # small int64 initializers
+    sizes: dict[str, list[int | None]] = field(default_factory=dict)  # probe.py
+
+    def dims(self, tensor: str) -> list[int | None] | None:
+        """Inferred shape, its unknown sizes (or all) filled by the probed ones."""
+        inferred, probed = self.shapes.get(tensor), self.sizes.get(tensor)
+        if probed is None or (inferred and len(inferred) != len(probed)):
+            return inferred
+        return [a if a else b for a, b in zip(inferred or probed, probed)]
 
     def spatial(self, tensor: str, conv: bool) -> int:
         """Positions per channel (conv: the spatial dims; linear: the token dims)."""
-        dims = self.shapes.get(tensor)
+        dims = self.dims(tensor)
         if not dims:
             return 1
         inner = dims[2:] if conv else dims[1:-1]
         return math.prod(d if d else 1 for d in inner)
 
 
-def graph_of(model: onnx.ModelProto) -> _Graph:
+def graph_of(model: onnx.ModelProto, sizes: dict | None = None) -> _Graph:
     g = model.graph
     nodes, users, makers = {}, {}, {}
     for i, n in enumerate(g.node):
@@ -113,14 +121,16 @@ def graph_of(model: onnx.ModelProto) -> _Graph:
     for v in [*inferred.value_info, *inferred.input, *inferred.output]:
         dims = v.type.tensor_type.shape.dim
         shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes, makers, values)
+    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes, makers, values,
+                  sizes or {})
 
 
-def find_sites(model: onnx.ModelProto, layers: list[Layer]
+def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None = None
                ) -> tuple[list[Site], list[Refusal]]:
     """Every channel-prunable site among `layers` (producer and consumer both selected),
-    and one refusal per other layer with the reason its output channels stay."""
-    g = graph_of(model)
+    and one refusal per other layer with the reason its output channels stay; `sizes`
+    (probe.py) fill the sizes shape inference leaves unknown."""
+    g = graph_of(model, sizes)
     by_node = {L.uses[0].node: L for L in layers if len(L.uses) == 1}
     sites, refused = [], []
     for L in layers:

@@ -26,6 +26,7 @@ from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
 from .patterns import find_sites, layer_macs
+from .probe import probe_sizes
 from .stage import (
     ChannelResult,
     ChannelRow,
@@ -94,7 +95,8 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
     keep_norm = [np.setdiff1d(np.arange(s.channels), _norm_removed(s, plan.weights, k))
                  for s, k in zip(plan.sites, counts)]
     baseline = shrink(proto, plan.sites, keep_norm)
-    pruned = layer_macs(current, _relabel(layers, current))
+    pruned = layer_macs(current, _relabel(layers, current),
+                        sizes=probe_sizes(current, plan.feed))
     return ChannelResult(current, baseline, out, plan.refused, (dense, pruned), warnings,
                          time.perf_counter() - t0)
 

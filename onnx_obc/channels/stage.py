@@ -30,6 +30,7 @@ from ..solvers.channels import (
 from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
+from .probe import probe_feed, probe_sizes
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class ChannelPlan:
     backend: Backend
     damp: float
     seconds: float = 0.0
+    feed: dict | None = None  # a small calibration batch: probe.py's sizes of a cut model
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -102,8 +104,10 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     """Find the sites, capture their consumers' Hessians on `proto` and trace each
     consumer's greedy group OBS over the prefix a `fraction` cut is likely to use."""
     t0 = time.perf_counter()
-    sites, refused = find_sites(proto, layers)
-    dense = layer_macs(proto, layers)
+    feed = probe_feed(data)
+    sizes = probe_sizes(proto, feed)
+    sites, refused = find_sites(proto, layers, sizes)
+    dense = layer_macs(proto, layers, sizes=sizes)
     hessians: dict = {}
     if sites:
         consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
@@ -114,7 +118,7 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
              for s in sites]
     solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
     return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
-                       backend, damp, time.perf_counter() - t0)
+                       backend, damp, time.perf_counter() - t0, feed)
 
 
 def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str
@@ -156,7 +160,8 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
                                tuple(int(c) for c in np.sort(removed)), s.site.unit))
     model = shrink(proto, plan.sites, keep, updated)
     baseline = shrink(proto, plan.sites, keep_norm)
-    pruned = layer_macs(model, _relabel(plan.layers, model))
+    pruned = layer_macs(model, _relabel(plan.layers, model),
+                        sizes=probe_sizes(model, plan.feed))
     return ChannelResult(model, baseline, rows, plan.refused, (dense, pruned), warnings,
                          plan.seconds + time.perf_counter() - t0)
 

@@ -118,3 +118,21 @@ def test_sequential_on_constant_nodes():
     assert sum(r.removed for r in res.rows) > 0
     assert all(t.data_type == onnx.TensorProto.INT64 for t in res.model.graph.initializer)
     onnx.checker.check_model(res.model, full_check=True)
+
+
+def test_sizes_unknown_to_shape_inference_are_probed():
+    """A sequence length only known at run time (as after Paddle's Shape -> Cast -> Concat
+    reshapes): the stage measures it on the calibration batch, so the FLOPs (and the cut
+    reached) are those of the model with the length written in."""
+    from onnx_obc.channels import layer_macs
+
+    static = graphs.transformer_mlp(t=4)
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(static)
+    for v in [*dynamic.graph.input, *dynamic.graph.output]:
+        v.type.tensor_type.shape.dim[1].dim_param = "T"
+    layers = find_layers(static)[0]
+    assert layer_macs(dynamic, layers) * 4 == layer_macs(static, layers)  # T counted 1
+    res, _, _ = _run(dynamic)
+    ref, _, _ = _run(static)
+    assert res.macs == ref.macs and res.macs[0] == layer_macs(static, layers)
