@@ -24,7 +24,8 @@ def saved_macs(sites: list[Any], counts: list[int]) -> float:
     savings less the (row, column) pairs of a layer that loses both (consumer of one site,
     producer of another), which they count twice."""
     total = sum(k * s.macs for s, k in zip(sites, counts))
-    rows = {s.producer.weight: k * s.unit for s, k in zip(sites, counts)}
+    rows = {s.producer.weight: k * s.unit * (s.split.blocks if s.split else 1)
+            for s, k in zip(sites, counts)}
     return total - sum(k * rows.get(s.consumer.weight, 0) * s.cell
                        for s, k in zip(sites, counts))
 

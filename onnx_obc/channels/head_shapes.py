@@ -1,6 +1,6 @@
 """The shapes of the Reshapes into and out of the attention heads (channels/heads.py): an
-int64 constant (initializer or Constant node), or a Concat (axis 0) of such constants and
-one-element run-time pieces (the batch and sequence sizes PyTorch / HF exports read with
+int64 constant (initializer or Constant node), or a Concat (axis 0) of such constants (or
+Casts of int32 ones, as Paddle exports them) and one-element run-time pieces (the batch and sequence sizes PyTorch / HF exports read with
 Shape -> Gather). The head count and dh must be constants there, so the rewrite H -> H - k
 is unambiguous; `Where` says which constant entry the rewrite replaces."""
 
@@ -30,13 +30,30 @@ def entries(g: _Graph, label: str, n: onnx.NodeProto, role: str) -> list[Entry]:
                        "head count it cannot rewrite)")
     out: list[Entry] = []
     for j, x in enumerate(c.input):
+        at, cast = (c_label, j), g.makers.get(x, ("", None))
+        if cast[1] is not None and cast[1].op_type == "Cast" and cast[1].input[0] in g.values \
+                and len(g.users.get(x, [])) == 1:  # Paddle: Cast(int32 constant) pieces
+            at, x = (cast[0], 0), cast[1].input[0]
         if x in g.values:
-            out += [(v, (c_label, j, tuple(g.values[x]), i)) for i, v in enumerate(g.values[x])]
-        elif g.shapes.get(x) == [1]:
+            out += [(v, (*at, tuple(g.values[x]), i)) for i, v in enumerate(g.values[x])]
+        elif g.shapes.get(x) == [1] or _one_entry(g, x):
             out.append((None, None))
         else:
             raise _Refused(f"the {role} shape Concat {c_label!r} reads {x!r} of unknown length")
     return out
+
+
+def _one_entry(g: _Graph, x: str) -> bool:
+    """Whether `x` is one entry sliced from a shape, [Cast ->] Slice(starts [i], ends [i + 1])
+    (Paddle's run-time sizes, whose length shape inference leaves unknown)."""
+    n = g.makers.get(x, ("", None))[1]
+    if n is not None and n.op_type == "Cast":
+        n = g.makers.get(n.input[0], ("", None))[1]
+    if n is None or n.op_type != "Slice" or len(n.input) < 3 or \
+            not all(t in g.values for t in n.input[1:3]):
+        return False
+    start, end = g.values[n.input[1]], g.values[n.input[2]]
+    return len(start) == 1 and len(end) == 1 and 0 <= start[0] and end[0] == start[0] + 1
 
 
 def split_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int, role: str,

@@ -10,19 +10,21 @@ head: `Site.unit`) and whose consumer is Wo (dh input columns per head: `Site.wi
 the group OBS of solvers/channels.py runs on Wo's Hessian over each head's dh columns.
 Removing a head also cuts its dh columns of Wq and Wk (and biases: `HeadSplit.tied`) and
 rewrites the Reshape shape constants H -> H - k (`HeadSplit.shapes`). Anything else (a
-head count from a Shape op, a per-head score bias, a fused QKV projection, Transposes that
-do not compose to the standard layout) refuses the V projection with its reason.
+head count from a Shape op, a per-head score bias, a QKV projection cut by a Split before
+its Reshapes, Transposes that do not compose to the standard layout) refuses the V
+projection with its reason; a fused QKV projection reshaped into [B, T, 3, H, dh] is
+fused_heads.py's.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
 from ..layers import Layer
-from .head_shapes import Where, merge_shape, split_shape
+from .head_shapes import Where, entries, merge_shape, split_shape
 from .patterns import (
     Site,
     _attr,
@@ -48,13 +50,19 @@ class HeadSplit:
     # index, constant values, position, per head): that input of the node (a Reshape's
     # shape, or a piece of the Concat making it) becomes the values with the entry at
     # position set to kept heads * per head
+    blocks: int = 1  # a fused QKV projection: its 3 blocks of H·dh rows each lose the head
 
 
 def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
               path: tuple[str, ...], sliced: tuple[tuple[str, int], ...], macs: float,
               by_node: dict[str, Layer]) -> Site:
     """The head site of V projection L whose channels (C = H·dh) reach the Reshape `split`
-    (label) after the per-channel `path`; `macs` so far: L's per output column."""
+    (label) after the per-channel `path`; `macs` so far: L's per output column. A Reshape
+    into [B, T, 3, H, dh]: L is a fused QKV projection (fused_heads.py)."""
+    if len(entries(g, label, split, "value")) == 5:
+        from .fused_heads import fused_site
+
+        return fused_site(g, L, label, split, C, path, sliced, macs, by_node)
     H, dh, where = split_shape(g, label, split, C, "value")
     shapes = [(*where, 1)]
     av_label, av, ts = _transposes(g, split.output[0], None, "value")
@@ -77,13 +85,22 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
         qk_macs += Lp.matrix_shape[2] * dq * g.spatial(_output(g, Lp), False)
     qk_macs += _per_head(g, scores.output[0]) * dq  # Q Kᵀ: T_q·T_k·dq per head
     macs = macs * dh + qk_macs + _per_head(g, av.input[0]) * dh  # V columns, A @ V
+    return merge_site(g, L, av, C, H, path, sliced, macs, HeadSplit(H, tuple(tied),
+                                                                   tuple(shapes)), by_node)
+
+
+def merge_site(g: _Graph, L: Layer, av: onnx.NodeProto, C: int, H: int,
+               path: tuple[str, ...], sliced: tuple[tuple[str, int], ...], macs: float,
+               split: HeadSplit, by_node: dict[str, Layer]) -> Site:
+    """The site from the A @ V MatMul `av` on: -> Transpose -> Reshape merging the H heads
+    into C = H·dh channels -> output projection Wo (its dh columns per head)."""
+    dh = C // H
     m_label, merge, _ = _transposes(g, av.output[0], TO_HEADS, "context", 1)
     if merge.op_type != "Reshape":
         raise _Refused(f"the attention context reaches {merge.op_type} {m_label!r}, not the "
                        "Reshape merging the heads")
     m_where = merge_shape(g, m_label, merge, C)
-    if m_where is not None:
-        shapes.append((*m_where, dh))
+    shapes = split.shapes + (((*m_where, dh),) if m_where is not None else ())
     c_label, cons = _only_user(g, merge.output[0], -1)
     if not (cons.op_type in ("MatMul", "Gemm") and c_label in by_node
             and cons.input[0] == merge.output[0]):
@@ -92,8 +109,7 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
     Wo = _consumer_checks(by_node[c_label], C, c_label)
     cell = dh * g.spatial(cons.output[0], False)
     macs += Wo.matrix_shape[1] * cell
-    return Site(L, Wo, H, dh, path, sliced, (), macs, cell, dh,
-                HeadSplit(H, tuple(tied), tuple(shapes)))
+    return Site(L, Wo, H, dh, path, sliced, (), macs, cell, dh, replace(split, shapes=shapes))
 
 
 def _output(g: _Graph, L: Layer) -> str:

@@ -77,7 +77,7 @@ class _Graph:
     shapes: dict[str, list[int | None]]
     makers: dict[str, tuple[str, onnx.NodeProto]] = field(default_factory=dict)  # tensor ->
     # (label, node) writing it
-    values: dict[str, list[int]] = field(default_factory=dict)  # small int64 initializers
+    values: dict[str, list[int]] = field(default_factory=dict)  # small int64/32 constants
     sizes: dict[str, list[int | None]] = field(default_factory=dict)  # probe.py
 
     def dims(self, tensor: str) -> list[int | None] | None:
@@ -110,7 +110,8 @@ def graph_of(model: onnx.ModelProto, sizes: dict | None = None) -> _Graph:
              *((n.output[0], a.t) for n in g.node if n.op_type == "Constant"
                for a in n.attribute if a.name == "value")]
     values = {k: [int(v) for v in numpy_helper.to_array(t).reshape(-1)] for k, t in small
-              if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 8}
+              if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+              and math.prod(t.dims) <= 8}
     inits = {**{i.name: tuple(i.dims) for i in g.initializer}, **constant_shapes(g)}
     try:  # data_prop: sizes read with Shape -> Gather -> Concat (PyTorch exports) too
         inferred = shape_inference.infer_shapes(model, data_prop=True).graph
@@ -119,6 +120,8 @@ def graph_of(model: onnx.ModelProto, sizes: dict | None = None) -> _Graph:
         inferred = g
     shapes = {}
     for v in [*inferred.value_info, *inferred.input, *inferred.output]:
+        if not v.type.tensor_type.HasField("shape"):
+            continue  # rank unknown (not a scalar)
         dims = v.type.tensor_type.shape.dim
         shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes, makers, values,

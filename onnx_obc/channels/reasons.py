@@ -37,13 +37,15 @@ def mixes_reason(g: Any, n: onnx.NodeProto, label: str) -> str:
     return f"its channels reach {n.op_type} {label!r}, which is not a per-channel op"
 
 
-def feeds_scores(g: Any, n: onnx.NodeProto, depth: int = 4) -> bool:
-    """Whether n's output reaches, through Reshape/Transpose (and a scale Mul/Div) only, a
-    MatMul of two activations (the attention scores or the per-head A @ V)."""
+def feeds_scores(g: Any, n: onnx.NodeProto, depth: int = 5) -> bool:
+    """Whether n's output reaches, through Reshape/Transpose (and a scale Mul/Div; Gather,
+    Slice, Squeeze taking a fused QKV projection apart) only, a MatMul of two activations
+    (the attention scores or the per-head A @ V)."""
     for _, m in g.users.get(n.output[0], []):
         if m.op_type == "MatMul" and not any(x in g.inits for x in m.input):
             return True
-        if m.op_type in ("Reshape", "Transpose", "Mul", "Div") and depth > 1 and \
+        if m.op_type in ("Reshape", "Transpose", "Mul", "Div", "Gather", "Slice", "Squeeze") \
+                and depth > 1 and \
                 feeds_scores(g, m, depth - 1):
             return True
     return False

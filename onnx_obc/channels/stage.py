@@ -224,9 +224,10 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
 
 def _norm_removed(site: Site, weights: dict, k: int) -> np.ndarray:
     """The baseline's k channels: smallest L2 norm of the producer's output rows (of a
-    head's dh rows of the V projection together)."""
-    rows = weight_matrix(weights, site.producer)[0]  # [C * unit, d]
-    return np.sort(norm_order(rows.reshape(site.channels, -1))[:k])
+    head's dh rows of the V projection together; of a fused QKV projection's V block)."""
+    rows = weight_matrix(weights, site.producer)[0]  # [blocks * C * unit, d]
+    blocks = site.split.blocks if site.split is not None else 1
+    return np.sort(norm_order(rows.reshape(blocks, site.channels, -1)[-1])[:k])
 
 
 def _zeroed_loss(s: _Solved, removed: np.ndarray, backend: Backend) -> float:

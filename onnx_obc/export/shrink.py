@@ -51,10 +51,12 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         if len(kept) == 0:
             raise ModelError(f"cannot remove every channel of {site.producer.name!r}")
         rows = _expand(kept, site.unit)
-        cut(site.producer.weight, weight_axes(site.producer)[0], rows)
+        blocks = site.split.blocks if site.split is not None else 1  # fused QKV: 3
+        produced = np.concatenate([b * site.channels * site.unit + rows for b in range(blocks)])
+        cut(site.producer.weight, weight_axes(site.producer)[0], produced)
         cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
         for name, axis in site.sliced:
-            cut(name, axis, rows)
+            cut(name, axis, produced)
         for label in site.grouped:
             graph.nodes[labels[label]].attrs["group"] = len(kept)
         if site.split is not None:

@@ -136,3 +136,63 @@ def fused(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0):
               helper.make_node("Reshape", ["ct", "merge"], ["m"], name="ctx.merged"),
               helper.make_node("MatMul", ["m", "o.w"], ["y"], name="o.mm")]
     return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
+
+
+def fused_qkv(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "paddle"):
+    """One QKV projection [d, 3d] (+ bias) -> Reshape [B, T, 3, H, dh] -> Transpose
+    [2, 0, 3, 1, 4] -> q, k, v -> scale q -> q @ kᵀ -> Softmax -> @ v -> Transpose ->
+    Reshape [B, T, d] -> Wo (+ bias). variant: "paddle" (as paddle2onnx exports SVTR: q, k,
+    v by Slice + Squeeze, both shapes Concats of Cast(int32 constant) pieces and the
+    sequence length sliced from Shape(x)), "timm" (q, k, v by Gather, constant shapes),
+    "perm" (timm with the Transpose [2, 0, 1, 3, 4]: refused)."""
+    rng = np.random.default_rng(seed)
+    dh = d // heads
+    inits = [b.weight("qkv.w", (d, 3 * d), seed), _c("qkv.b", rng.standard_normal(3 * d)),
+             b.weight("o.w", (d, d), seed + 1), _c("o.b", rng.standard_normal(d)),
+             _c("scale", [dh ** -0.5])]
+    nodes = []
+
+    def node(op, ins, out, **kw):
+        nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
+        return out
+
+    def shape(vals, tag):
+        if variant != "paddle":
+            inits.append(_c(tag, vals, np.int64))
+            return tag
+        pieces = []
+        for i, v in enumerate(vals):
+            if v is None:  # the sequence length, Shape(x)[1:2]
+                pieces.append(node("Cast", [node("Slice", [node("Cast", [node(
+                    "Shape", ["x"], f"{tag}.shape")], f"{tag}.s64", to=7), "one", "two",
+                    "zero"], f"{tag}.t")], f"{tag}.tc", to=7))
+            else:
+                inits.append(_c(f"{tag}.{i}", [v], np.int32))
+                pieces.append(node("Cast", [f"{tag}.{i}"], f"{tag}.c{i}", to=7))
+        return node("Concat", pieces, tag, axis=0)
+
+    if variant == "paddle":
+        inits += [_c(n, [v], np.int64) for n, v in (("zero", 0), ("one", 1), ("two", 2))]
+    qkv = node("Add", [node("MatMul", ["x", "qkv.w"], "qkv.mm"), "qkv.b"], "qkv.out")
+    r = node("Reshape", [qkv, shape([0, None if variant == "paddle" else -1, 3, heads, dh],
+                                    "qkv.shape")], "qkv.heads")
+    tr = node("Transpose", [r], "qkv.t",
+              perm=[2, 0, 1, 3, 4] if variant == "perm" else [2, 0, 3, 1, 4])
+    parts = []
+    for i, p in enumerate("qkv"):
+        if variant == "paddle":
+            inits += [_c(f"{p}.start", [i], np.int64), _c(f"{p}.end", [i + 1], np.int64)]
+            sl = node("Slice", [tr, f"{p}.start", f"{p}.end", "zero"], f"{p}.slice")
+            parts.append(node("Squeeze", [sl, "zero"], f"{p}.part"))
+        else:
+            inits.append(_c(f"{p}.i", i, np.int64))
+            parts.append(node("Gather", [tr, f"{p}.i"], f"{p}.part", axis=0))
+    q, k, v = parts
+    s = node("MatMul", [node("Mul", [q, "scale"], "q.scaled"),
+                        node("Transpose", [k], "k.t", perm=[0, 1, 3, 2])], "scores")
+    a = node("MatMul", [node("Softmax", [s], "probs", axis=-1), v], "ctx")
+    a = node("Transpose", [a], "ctx.t", perm=[0, 2, 1, 3])
+    m = node("Reshape", [a, shape([0, None if variant == "paddle" else -1, d], "merge")],
+             "ctx.merged")
+    node("Add", [node("MatMul", [m, "o.w"], "o.mm"), "o.b"], "y")
+    return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
