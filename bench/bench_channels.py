@@ -2,8 +2,8 @@
 DP over the greedy OBS traces, the greedy by loss per FLOP, one uniform fraction) and the
 L2-norm baseline, at several FLOP cuts (prints a table; asserts nothing).
 
-    python bench/bench_channels.py [--models ocr_like common_det common]
-                                   [--fractions 0.2 0.3 0.4] [--align 8]
+    python bench/bench_channels.py [--models ocr_like common_det common ppocr_rec ...]
+                                   [--fractions 0.2 0.3 0.4] [--align 8] [--rounds 0]
 
 Per model the Hessians and the sites' greedy traces are computed once; per FLOP cut and
 allocation: the layer-FLOP cut reached, the summed normalised consumer loss (the DP's
@@ -11,8 +11,13 @@ objective), the output error relative to dense (||y - y_dense|| / ||y_dense|| on
 inputs), the task metric where the model has one (accuracy, CTC text accuracy, box F1 vs
 dense), the file size and the onnxruntime CPU latency ratio to fp32 (1 thread,
 ORT_ENABLE_ALL, medians of --rounds runs alternating dense and every variant in one
-process). The L2-norm baseline removes the same number of channels per site as the DP
-(same shapes, so its latency is the DP's).
+process; --rounds 0: none, "-"). The L2-norm baseline removes the same number of channels
+per site as the DP (same shapes, so its latency is the DP's). Per model it first prints how
+many sites were found and the refused layers grouped by reason. Real models from
+bench/real (bench/setup_models.py): ppocr_rec / ppocr_det / ppocr_cls (Paddle exports, weights
+in Constant nodes) and efficientnet_lite0 take bench/real_matrix.metrics' task metric (text
+accuracy of the CTC decode, case-folded; map F1 against dense; label accuracy; top-1
+agreement with dense).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from onnx_obc.layers import find_layers
 MODELS = {"digits_cnn": ROOT / "models", "digits_vit": ROOT / "models",
           "ocr_like": ROOT / "bench" / "synthetic", "common": ROOT / "bench" / "real",
           "common_det": ROOT / "bench" / "real"}
+MODELS.update({k: ROOT / "bench" / "real" for k in ("ppocr_rec", "ppocr_det", "ppocr_cls",
+                                                     "efficientnet_lite0")})
+REAL = ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0")  # real_matrix.metrics
 METHODS = ("uniform", "greedy", "dp")
 
 
@@ -72,6 +80,11 @@ def _outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[np.ndarray]:
 def _metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) -> str:
     import deploy
 
+    if name in REAL:
+        import real_matrix
+
+        ev = {k: v[:sum(len(y) for y in ys)] for k, v in ev.items()}
+        return f"{100 * real_matrix.metrics(name, ys, dense, ev)['task']:.1f}"
     m = deploy.task_metric(name, ys, dense, ev)
     return "-" if m is None else f"{100 * m:.1f}"
 
@@ -93,6 +106,7 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
                          get_backend("cpu"), 0.01, 2048, fraction=max(a.fractions))
     print(f"  {name}: {len(plan.sites)} sites, {len(plan.refused)} layers refused, "
           f"traces in {time.perf_counter() - t:.0f} s", flush=True)
+    refusals(plan.refused)
     dense = _outputs(model, feeds)
     ref = np.concatenate([y.ravel() for y in dense])
     size0 = len(model.SerializeToString()) / 1e6
@@ -102,22 +116,34 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
         variants = {m: r.model for m, r in res.items()}
         variants["l2"] = res["dp"].baseline
         lat = _latency({"dense": model, **{m: res[m].model for m in METHODS}}, latfeed,
-                       a.rounds)
-        lat["l2"] = lat["dp"]
+                       a.rounds) if a.rounds else {}
+        if lat:
+            lat["l2"] = lat["dp"]
         for k, m in variants.items():
             ys = _outputs(m, feeds)
             err = np.linalg.norm(np.concatenate([y.ravel() for y in ys]) - ref) / \
                 np.linalg.norm(ref)
             r = res["dp" if k == "l2" else k]
             cut = 1 - r.macs[1] / r.macs[0]
+            speed = f"{lat['dense'] / lat[k]:.2f}x" if lat else "-"
             obj = sum((row.norm_loss if k == "l2" else row.loss) / max(row.energy, 1e-30)
                       for row in r.rows)
             lines.append(f"| {name} | {f:.0%} | {k} | {cut:.1%} | {obj:.3f} | {err:.4f} | "
                          f"{_metric(name, ys, dense, ev)} | {size0:.2f} -> "
                          f"{len(m.SerializeToString()) / 1e6:.2f} | "
-                         f"{lat['dense'] / lat[k]:.2f}x |")
+                         f"{speed} |")
             print(lines[-1], flush=True)
     return lines
+
+
+def refusals(refused: list) -> None:
+    """The refused layers grouped by reason (node names and numbers blanked out)."""
+    import collections
+    import re
+
+    why = collections.Counter(re.sub(r"'[^']*'|\d+", "#", r.reason) for r in refused)
+    for reason, n in why.most_common():
+        print(f"    {n:3d} x {reason}", flush=True)
 
 
 def main() -> None:
