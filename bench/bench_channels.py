@@ -17,7 +17,10 @@ many sites were found and the refused layers grouped by reason. Real models from
 bench/real (bench/setup_models.py): ppocr_rec / ppocr_det / ppocr_cls (Paddle exports, weights
 in Constant nodes) and efficientnet_lite0 take bench/real_matrix.metrics' task metric (text
 accuracy of the CTC decode, case-folded; map F1 against dense; label accuracy; top-1
-agreement with dense).
+agreement with dense). --sequential adds the DP cut with --sequential (no latency);
+--sites cuts each site the DP uses alone at the DP's count and prints its normalised loss
+and the output error and metric it causes (rows "P -> C alone | removed/channels | norm.
+loss | output error | metric").
 """
 
 from __future__ import annotations
@@ -119,13 +122,20 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
                        a.rounds) if a.rounds else {}
         if lat:
             lat["l2"] = lat["dp"]
+        if a.sequential:
+            from onnx_obc.channels import prune_channels_sequential
+
+            seq = prune_channels_sequential(model, layers, DataSet(calib, "calib"),
+                                            1 if fixed else 16, get_backend("cpu"), f, 0.01,
+                                            2048, align=a.align)
+            variants["dp --sequential"], res["dp --sequential"] = seq.model, seq
         for k, m in variants.items():
             ys = _outputs(m, feeds)
             err = np.linalg.norm(np.concatenate([y.ravel() for y in ys]) - ref) / \
                 np.linalg.norm(ref)
             r = res["dp" if k == "l2" else k]
             cut = 1 - r.macs[1] / r.macs[0]
-            speed = f"{lat['dense'] / lat[k]:.2f}x" if lat else "-"
+            speed = f"{lat['dense'] / lat[k]:.2f}x" if k in lat else "-"
             obj = sum((row.norm_loss if k == "l2" else row.loss) / max(row.energy, 1e-30)
                       for row in r.rows)
             lines.append(f"| {name} | {f:.0%} | {k} | {cut:.1%} | {obj:.3f} | {err:.4f} | "
@@ -133,7 +143,33 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
                          f"{len(m.SerializeToString()) / 1e6:.2f} | "
                          f"{speed} |")
             print(lines[-1], flush=True)
+        if a.sites:
+            lines += _alone(name, plan, res["dp"], feeds, ref, dense, ev, f)
     return lines
+
+
+def _alone(name: str, plan, dp, feeds: list[dict], ref: np.ndarray, dense: list, ev: dict,
+           f: float) -> list[str]:
+    """Each site the DP cuts, cut alone at the DP's count (OBS): its normalised loss
+    against the output error it causes."""
+    from onnx_obc.export.shrink import shrink
+    from onnx_obc.solvers.channels import obs_update
+
+    out, be = [], plan.backend
+    for row, s in zip(dp.rows, plan.solved):
+        if not row.removed:
+            continue
+        removed = s.trace.order[:row.removed]
+        W = obs_update(be.to_device(s.W), s.Hinv, s.site.width, removed)
+        m = shrink(plan.proto, [s.site], [np.setdiff1d(np.arange(s.site.channels), removed)],
+                   {s.site.consumer.weight: s.site.consumer.from_matrix(be.to_host(W)[None])})
+        ys = _outputs(m, feeds)
+        err = np.linalg.norm(np.concatenate([y.ravel() for y in ys]) - ref) / np.linalg.norm(ref)
+        out.append(f"| {name} | {f:.0%} | {row.producer} -> {row.consumer} alone | "
+                   f"{row.removed}/{row.channels} | {row.loss / row.energy:.4f} | {err:.4f} | "
+                   f"{_metric(name, ys, dense, ev)} |")
+        print(out[-1], flush=True)
+    return out
 
 
 def refusals(refused: list) -> None:
@@ -155,6 +191,10 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=48, help="held-out samples for the error")
     ap.add_argument("--batch", type=int, default=8, help="latency batch (1 for fixed-batch)")
     ap.add_argument("--align", type=int, default=8, help="keep multiples of this many channels")
+    ap.add_argument("--sequential", action="store_true",
+                    help="also the DP with --sequential (prune_channels_sequential)")
+    ap.add_argument("--sites", action="store_true",
+                    help="also each site the DP cuts, alone at its count (loss vs error)")
     a = ap.parse_args()
     print(f"fractions {a.fractions}, align {a.align}, {a.rounds} rounds, 1 thread")
     head = ("| model | FLOP cut asked | selection | FLOP cut | summed norm. loss | output "

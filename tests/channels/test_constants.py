@@ -136,3 +136,15 @@ def test_sizes_unknown_to_shape_inference_are_probed():
     res, _, _ = _run(dynamic)
     ref, _, _ = _run(static)
     assert res.macs == ref.macs and res.macs[0] == layer_macs(static, layers)
+
+
+def test_convert_cuts_constant_node_weights_then_quantizes():
+    """Through convert(): fused heads and MLP channels of a Constant-node model, then W8."""
+    from onnx_obc import convert
+
+    model = graphs.as_constants(mha.fused_qkv(12, 4, 6, variant="paddle"))
+    r = convert(model, None, channels=0.3, bits=8, progress=False)
+    (row,) = r.report.channels["rows"]
+    assert row["removed"] > 0 and row["unit"] == 3
+    assert not any("Constant" in x["reason"] for x in r.report.channels["refused"])
+    assert r.report.layers and all(x.bits == 8 for x in r.report.layers)
