@@ -100,3 +100,21 @@ def test_obs_beats_the_norm_baseline_on_fused_heads():
     y = b.run(model, feed)[0]
     err = [np.linalg.norm(b.run(m, feed)[0] - y) for m in (res.model, res.baseline)]
     assert err[0] < 0.8 * err[1], err
+
+
+def test_sequential_finds_the_fused_site_again():
+    """After a cut the Reshape's head count is a new constant behind the Cast: the site is
+    found again, and --sequential removes the one-shot counts."""
+    from onnx_obc.backend import get_backend
+    from onnx_obc.calib import DataSet
+    from onnx_obc.channels import prune_channels_sequential
+
+    model = graphs.as_constants(mha.fused_qkv(D, HEADS, T, variant="paddle"))
+    one, layers, _ = _prune(model, 0.5)
+    (s,), _ = find_sites(one.model, find_layers(one.model)[0])
+    assert s.channels == HEADS - one.rows[0].removed and s.split.blocks == 3
+    data = DataSet(b.feeds(model, 96, seed=1), "feeds")
+    res = prune_channels_sequential(model, layers, data, 32, get_backend("cpu"), 0.5, 0.01,
+                                    2048)
+    assert [r.removed for r in res.rows] == [r.removed for r in one.rows]
+    assert res.macs[1] == one.macs[1]
