@@ -172,13 +172,48 @@ def evaluate(models: list[str], data_path: str) -> list[dict]:
     return rows
 
 
+def baseline(src: str, dst: str, bits: int = 0, sparsity: float = 0.0) -> None:
+    """The plain baselines on every Conv / Gemm weight, no data: per-row magnitude pruning
+    at `sparsity` (the smallest |w| of each output channel zeroed) and / or round to nearest
+    on a per-output-channel symmetric min-max grid of `bits` (stored dequantized)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(src)
+    users = {n.input[1] for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+    for init in m.graph.initializer:
+        if init.name not in users:
+            continue
+        w = numpy_helper.to_array(init).astype(np.float32)
+        rows = w.reshape(w.shape[0], -1).copy()
+        if sparsity:
+            k = int(rows.shape[1] * sparsity)
+            idx = np.argsort(np.abs(rows), axis=1)[:, :k]
+            np.put_along_axis(rows, idx, 0.0, axis=1)
+        if bits:
+            qmax = 2 ** (bits - 1) - 1
+            scale = np.maximum(np.abs(rows).max(axis=1, keepdims=True), 1e-12) / qmax
+            rows = np.clip(np.round(rows / scale), -qmax - 1, qmax) * scale
+        init.CopyFrom(numpy_helper.from_array(rows.reshape(w.shape).astype(np.float32),
+                                              init.name))
+    onnx.save(m, dst)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("eval", help="pitch accuracy; the first model is the reference")
     e.add_argument("models", nargs="+")
     e.add_argument("--data", default=None, help="default: <first model>.eval.npz")
+    b = sub.add_parser("baseline", help="RTN (min-max, per channel) / magnitude, no data")
+    b.add_argument("src")
+    b.add_argument("dst")
+    b.add_argument("--bits", type=int, default=0)
+    b.add_argument("--sparsity", type=float, default=0.0)
     a = ap.parse_args()
+    if a.cmd == "baseline":
+        baseline(a.src, a.dst, a.bits, a.sparsity)
+        return
     first = Path(a.models[0])
     evaluate(a.models, a.data or str(first.with_suffix("").with_suffix(".eval.npz")))
 
