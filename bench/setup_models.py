@@ -171,9 +171,10 @@ def crepe(out: Path, n: int) -> None:
             tmp = out / f"crepe_{cap}.part.onnx"
             real_crepe.export(cap, str(tmp))
             tmp.replace(path)
-        for part, seed in (("calib", 21), ("eval", 22)):
-            x, f0 = real_crepe.data(max(n // 8, 8), seed, n)
-            np.savez(out / f"crepe_{cap}.{part}.npz", frames=x, f0=f0)
+        x, _ = real_crepe.data(max(n // 8, 8), 21, n)  # calibration: the model input only
+        np.savez(out / f"crepe_{cap}.calib.npz", frames=x)
+        x, f0 = real_crepe.data(max(n // 8, 8), 22, n)
+        np.savez(out / f"crepe_{cap}.eval.npz", frames=x, f0=f0)
     print(f"wrote crepe_full.onnx, crepe_tiny.onnx and {n} + {n} frames each to {out}")
 
 
