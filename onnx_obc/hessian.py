@@ -97,11 +97,13 @@ class HessianAccumulator:
         self.total = xp.zeros((groups, d, d), dtype=xp.float64)  # [G, d, d]
         self.cross = None  # [G, d, d] sum of X0 X^T, when fitting to a reference's inputs X0
         self.samples = 0
+        self.columns = 0  # columns of X seen (samples x positions): a bound on H's rank
 
     def add(self, X: Any, X0: Any = None) -> None:
         """X [G, d, n] float64 (or float32: each batch's product in float32, summed in
         float64); X0 (optional, same shape): the dense model's inputs."""
         self.total += X @ X.swapaxes(1, 2)
+        self.columns += X.shape[2]
         if X0 is not None:
             if self.cross is None:
                 self.cross = self.total * 0.0
@@ -115,6 +117,7 @@ class HessianAccumulator:
         if other.cross is not None:
             self.cross = other.cross.copy() if self.cross is None else self.cross + other.cross
         self.samples += other.samples
+        self.columns += other.columns
 
     def mean(self) -> Any:
         """H [G, d, d] = X X^T / N (N = calibration samples, not tokens or positions)."""
@@ -148,6 +151,7 @@ class BlockHessianAccumulator(HessianAccumulator):
         self.total = xp.zeros((groups, blocks, bs, bs), dtype=xp.float64)  # [G, k, bs, bs]
         self.cross = None  # sequential mode is not supported with blocks
         self.samples = 0
+        self.columns = 0
 
     def add(self, X: Any, X0: Any = None) -> None:
         """X [G, d, n] float64: each block's rows of X times their transpose."""
@@ -157,3 +161,4 @@ class BlockHessianAccumulator(HessianAccumulator):
         G, d, n = X.shape
         Xb = X.reshape(G, self.blocks, d // self.blocks, n)  # [G, k, bs, n]
         self.total += Xb @ Xb.swapaxes(2, 3)
+        self.columns += n

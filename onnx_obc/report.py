@@ -43,6 +43,7 @@ class LayerResult:
     rank: int | None = None  # effective rank of H (eigenvalues > 1e-6 max, undampened), min
     samples: int | None = None  # over groups; calibration samples N behind H
     data_limited: bool = False  # rank < live inputs: H is singular on the calibration data
+    columns: int | None = None  # columns behind H (samples x positions), a bound on its rank
     predicted_seconds: float | None = None  # the plan's prediction (costplan.py) of `seconds`
 
     @property
@@ -140,7 +141,9 @@ def _layer_lines(r: Report) -> list[str]:
         damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
         work = f"{x.work:.0%}" if x.target else "-"
         bits = "-" if not x.bits else f"{x.bits}" + (f"/g{x.group_size}" if x.group_size else "")
-        rank = "-" if x.rank is None else f"{x.rank}/{cols}" + ("!" if x.data_limited else "")
+        rank = ("-" if x.rank is None and not x.data_limited else
+                f"{'<' if x.rank is None else ''}{x.columns if x.rank is None else x.rank}/{cols}"
+                + ("!" if x.data_limited else ""))
         lines.append(
             f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {bits:>6} "
             f"{x.loss:>10.3g} "

@@ -79,6 +79,7 @@ class _Plan:
     method: str = "obc"  # what the solver runs (the plan's choice under a time budget)
     label: str = "obc"  # the report's method, e.g. "obc-blocked(4 blocks)"
     predicted: float | None = None  # the plan's predicted seconds
+    columns: int | None = None  # columns behind H (samples x positions)
 
 
 def solve_all(proto: onnx.ModelProto, layers: list[Layer],
@@ -128,7 +129,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples, notes,
                            method=solver.method if lp is None else lp.method,
                            label=solver.method if lp is None else lp.label,
-                           predicted=None if lp is None else lp.seconds))
+                           predicted=None if lp is None else lp.seconds,
+                           columns=getattr(hessians[L.weight], "columns", None)))
     todo = [p for p in plans if p.job]
 
     def make(i: int) -> LayerJob:
@@ -179,24 +181,38 @@ def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,
         _host(L, res.baseline, res.baseline_codes, res.baseline_grid, lspec, backend))
     out.rows.append(replace(
         _row(L, res, p.label, p.target, lspec, seconds),
-        rank=rank, samples=p.samples, predicted_seconds=p.predicted,  # rank None: in blocks
-        data_limited=rank is not None and rank < L.matrix_shape[2] - res.dead))
+        rank=rank, samples=p.samples, predicted_seconds=p.predicted, columns=p.columns,
+        data_limited=_limited(rank, p.columns, L.matrix_shape[2] - res.dead)))
     if res.escalations:
         out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                             f"{list(res.escalations)}; used {res.damp}")
 
 
+def _limited(rank: int | None, columns: int | None, live: int) -> bool:
+    """H singular on the data: its rank below the live inputs; in blocks (rank None: the
+    full H is not held) when fewer columns than live inputs were seen (rank <= columns)."""
+    return rank < live if rank is not None else bool(columns) and columns < live
+
+
+def _need(x: LayerResult) -> int:
+    """Calibration samples for as many columns as live inputs (positions per sample)."""
+    per = x.columns / x.samples if x.columns and x.samples else 1
+    return math.ceil((x.cols - x.dead_inputs) / per)
+
+
 def data_warning(rows: list[LayerResult]) -> str:
     """Name the data-limited layers and the samples that would lift the limit."""
-    few = [x for x in rows if x.samples is not None and x.samples < x.cols - x.dead_inputs]
-    need = max((x.cols - x.dead_inputs for x in few), default=0)
-    names = ", ".join(f"{x.name} (rank {x.rank}/{x.cols}, {x.samples} samples)"
+    few = [x for x in rows if x.samples is not None and x.samples < _need(x)]
+    need = max((_need(x) for x in few), default=0)
+    names = ", ".join(f"{x.name} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
+                      f"{x.cols}, {x.samples} samples)"
                       for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
     msg = (f"{len(rows)} layer(s) data-limited (the calibration data spans fewer input "
            f"directions than the layer has inputs; the dampening decides the rest): {names}.")
     if few:
         msg += f" At least {need} calibration samples would let every one of them reach full rank"
-        msg += (" (one column per sample, e.g. globally pooled inputs)." if need else ".")
+        msg += (" (one column per sample, e.g. globally pooled inputs)." if need and all(
+            not x.columns or x.columns == x.samples for x in few) else ".")
     if len(few) < len(rows):
         msg += (" Where there are already more samples than inputs the inputs themselves are "
                 "collinear or constant; more samples of the same kind may not lift it.")

@@ -35,3 +35,34 @@ def test_warning_names_the_layers_and_the_samples_that_lift_it():
     assert "collinear or constant" in msg
     assert few.data_limited and not _row("ok", 60, 60, 500).data_limited
     assert not _row("dead", 60, 58, 500, dead=2).data_limited  # dead inputs are not missing data
+
+
+def test_a_layer_solved_in_blocks_is_flagged_when_fewer_columns_than_inputs_were_seen():
+    """CREPE-full's 128 x 65,536 conv: 410 frames x 128 positions = 52,480 columns < 65,536
+    inputs, and in blocks no rank is computed (the full H is not held) -- it read as not
+    data-limited. Here: 4,096 inputs in blocks (16 MB budget), 40 samples x 9 positions."""
+    from onnx_obc import convert
+
+    from . import builders as b
+
+    model = b.conv(c_in=512, c_out=8, kernel=(8, 1), spatial=(16, 1), bias=False)
+    res = convert(model, None, calib=[b.feeds(model, 50)], bits=4, memory_budget_mb=16,
+                  holdout=0.2, progress=False, compare_baseline=False)
+    (row,) = res.report.layers
+    assert "-blocked(" in row.method and row.rank is None
+    assert row.samples == 40 and row.columns == 40 * 9
+    assert row.data_limited
+    msg = next(w for w in res.report.warnings if "data-limited" in w)
+    assert "rank <= 360/4096, 40 samples" in msg
+    assert "At least 456 calibration samples" in msg  # ceil(4096 / 9 positions)
+    assert "<360/4096!" in res.report.table()
+
+
+def test_enough_columns_in_blocks_is_not_flagged_and_positions_count_in_the_need():
+    conv = _row("conv", 512, 100, 20)  # 20 samples x 16 positions = 320 columns: 32 needed
+    conv = LayerResult(**{**conv.__dict__, "columns": 320})
+    assert "At least 32 calibration samples" in data_warning([conv])
+    from onnx_obc.solve import _limited
+
+    assert _limited(None, 320, 512) and not _limited(None, 600, 512)  # in blocks: columns
+    assert not _limited(None, None, 512) and _limited(100, 600, 512)  # unknown; rank decides
