@@ -21,6 +21,7 @@ from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
 from .report import LayerResult
 from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups
+from .solvers.choose import exact_pays
 from .solvers.prepare import fit_to_reference
 from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 
@@ -136,7 +137,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         acc = hessians.pop(p.L.weight)
         W, H = _matrices(p.L, weights, acc, backend, solver.damp)
         return LayerJob(W, H, p.structure, p.lspec, p.method, solver.damp, budget_bytes,
-                        solver.act_order, blocked=isinstance(acc, BlockHessianAccumulator))
+                        solver.act_order, blocked=isinstance(acc, BlockHessianAccumulator),
+                        rank=ranked(p.structure, p.lspec))
 
     engine = engine or LocalEngine(backend)
     cost = [p.predicted if p.predicted is not None else solve_cost(p.L) for p in todo]
@@ -180,10 +182,18 @@ def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,
     out.rows.append(replace(
         _row(L, res, p.label, p.target, lspec, seconds),
         rank=rank, samples=p.samples, predicted_seconds=p.predicted,  # rank None: in blocks
-        data_limited=rank is not None and rank < L.matrix_shape[2] - res.dead))
+        data_limited=(rank is not None and rank < L.matrix_shape[2] - res.dead) if ranked(
+            p.structure, lspec) else None))  # None: not computed
     if res.escalations:
         out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                             f"{list(res.escalations)}; used {res.damp}")
+
+
+def ranked(structure: Any, lspec: QuantSpec | None) -> bool:
+    """Whether a layer's solve computes the effective rank of H (and so the data-limited
+    flag): not for quantization alone at 8 bits or more (choose.exact_pays), where rounding
+    is near-lossless and the O(d^3) eigendecomposition costs more than the solve."""
+    return structure is not None or lspec is None or exact_pays(lspec.bits)
 
 
 def data_warning(rows: list[LayerResult]) -> str:

@@ -79,11 +79,11 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         obs_loss, steps_run, reruns = p.obs_loss, p.steps_run, p.rerun_rows
         prune_loss = layer_loss(W, rows.reshape(G, r, d), H64)
     grid, out_codes, method_used = None, None, ("obs" if count else "")
-    b = task.baseline
+    b, loss = task.baseline, None  # loss: the kept candidate's, when it is the final one
     if quant and not count and not exact_pays(quant.bits):  # 8 bits: GPTQ or RTN
         obq = fast_quantized(W, H64, prep, b)
         grid, out_codes, method_used, obs_loss = obq.grid, obq.codes, obq.name, obq.obs_loss
-        rows = obq.W.reshape(G * r, d)
+        rows, loss = obq.W.reshape(G * r, d), obq.loss  # float64: the same tr(dW H dW^T)
     elif quant:
         grid = fit_grid(rows, quant)  # fixed before the loop, on the (pruned) weights
         s, z = grid.columns()
@@ -105,7 +105,8 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         rows = obq.W.reshape(G * r, d)
     W_hat = rows.astype(xp.float64).reshape(G, r, d)
     return LayerSolution(
-        W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,
+        W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64) if loss is None else loss,
+        baseline_loss=b.loss,
         obs_loss=obs_loss, zeros=count_zeros(W_hat), dead=prep.dead, damp=prep.damp,
         escalations=prep.escalations, steps_run=steps_run, rerun_rows=reruns,
         prune_loss=prune_loss, grid=grid, codes=out_codes, baseline_codes=b.codes,

@@ -73,3 +73,26 @@ def test_gptq_and_sparsegpt_beat_the_baselines_on_correlated_data(seed):
     assert p.loss <= 0.5 * p.baseline_loss
     j = solve_layer(W, H, structure=Unstructured(0.5), quant=QuantSpec(bits=8), method="gptq")
     assert j.zeros >= 32 * 64 // 2  # joint: the pruned weights stay 0 after rounding
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_all_groups_at_once_equal_one_call_per_group(act_order):
+    """gptq_groups (depthwise layers at 8 bits: many small Hessian groups) takes the same
+    column steps as gptq_rows' call per group: the same weights, codes and loss."""
+    from onnx_obc.solvers.gptq import gptq_groups, gptq_rows
+
+    rng = np.random.default_rng(3)
+    G, r, d = 12, 2, 9
+    X = rng.standard_normal((G, d, 30)) * rng.uniform(0.2, 3.0, (G, d, 1))
+    H = X @ X.transpose(0, 2, 1) / 30
+    W = rng.standard_normal((G, r, d)).astype(np.float32)
+    prep = prepare(W, H, 0.01)
+    rows = prep.W.reshape(G * r, d)
+    grid = fit_grid(rows, QuantSpec(bits=8), H)
+    a = gptq_rows(rows, prep, grid, act_order=act_order)
+    b = gptq_groups(rows, prep, grid, act_order=act_order)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert b[2] == pytest.approx(a[2], rel=1e-12)
+    from onnx_obc.quant import codes, rtn
+    assert not np.array_equal(b[1], codes(rtn(rows, grid), grid))  # compensated, not RTN
