@@ -50,14 +50,20 @@ def conv_out(use: Use, spatial: tuple[int, ...]) -> list[int]:
             for size, k, s, dl in zip(padded, use.kernel, use.strides, use.dilations)]
 
 
-def conv_columns(use: Use, x: Any, step: int = 1, phase: int = 0) -> Any:
-    """x [N, C, *S] -> X [G, C/G * prod(k), N * L] with W's (Cin, *kernel) column order.
-    step > 1: only the output positions i with i % step == the phase's digit (base step) on
-    each spatial axis (L the subgrid's positions)."""
+def conv_columns(use: Use, x: Any, step: int = 1, phase: int = 0, dtype: Any = None) -> Any:
+    """x [N, C, *S] -> X [G, C/G * prod(k), N * L] with W's (Cin, *kernel) column order, in
+    `dtype` (default x's). step > 1: only the output positions i with i % step == the
+    phase's digit (base step) on each spatial axis (L the subgrid's positions). Each kernel
+    offset's patch is copied once, straight into X's layout."""
     xp = array_module(x)
     N, C = x.shape[:2]
     pads = conv_pads(use, tuple(x.shape[2:]))
-    x = xp.pad(x, [(0, 0), (0, 0), *pads])
+    if any(a or b for a, b in pads):  # zeros around x (as numpy.pad, one copy)
+        padded = xp.zeros((N, C, *(n + a + b for n, (a, b) in zip(x.shape[2:], pads))),
+                          dtype=x.dtype)
+        padded[(slice(None), slice(None), *(slice(a, a + n) for n, (a, _) in
+                                            zip(x.shape[2:], pads)))] = x
+        x = padded
     strides = use.strides
     if step > 1:  # the subgrid: an offset of the phase's digit, then step times the stride
         offs = [(phase // step ** i) % step for i in range(len(strides))]
@@ -67,17 +73,15 @@ def conv_columns(use: Use, x: Any, step: int = 1, phase: int = 0) -> Any:
         max(0, (size - ((k - 1) * dl + 1)) // s + 1)
         for size, k, s, dl in zip(x.shape[2:], use.kernel, strides, use.dilations)
     ]
-    patches = []
-    for offs in itertools.product(*(range(k) for k in use.kernel)):
+    G, K, L = use.group, math.prod(use.kernel), math.prod(out)
+    X = xp.empty((C, K, N, *out), dtype=x.dtype if dtype is None else dtype)
+    for j, offs in enumerate(itertools.product(*(range(k) for k in use.kernel)) if L else ()):
         sl = tuple(
             slice(o * dl, o * dl + (n - 1) * s + 1, s)
             for o, dl, n, s in zip(offs, use.dilations, out, strides)
         )
-        patches.append(x[(slice(None), slice(None), *sl)])  # [N, C, *out]
-    P = xp.stack(patches, axis=2)  # [N, C, K, *out]
-    G, K, L = use.group, len(patches), math.prod(out)
-    P = P.reshape(N, G, (C // G) * K, L)  # [N, G, d, L]
-    return xp.moveaxis(P, 0, 2).reshape(G, (C // G) * K, N * L)  # [G, d, N*L]
+        X[:, j] = xp.swapaxes(x[(slice(None), slice(None), *sl)], 0, 1)  # [C, N, *out]
+    return X.reshape(G, (C // G) * K, N * L)  # [G, d, N*L]: (c, k) rows, (n, l) columns
 
 
 def linear_columns(use: Use, x: Any, d: int) -> Any:
@@ -112,7 +116,7 @@ def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = No
     chunk = max(1, budget_bytes // per_sample)
     full = math.prod(conv_out(use, tuple(act.shape[2:])))
     for n0 in range(0, N, chunk):
-        X = conv_columns(use, act[n0:n0 + chunk].astype(dtype), step, phase)
+        X = conv_columns(use, act[n0:n0 + chunk], step, phase, dtype)
         if step > 1 and X.shape[2]:  # kept columns of min(chunk, N - n0) samples
             X *= math.sqrt(full * min(chunk, N - n0) / X.shape[2])
         yield X
