@@ -63,7 +63,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         ref = capture_session(dense, group, rt) if (
             group and dense is not None) else None
         ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
-        for phase, (samples, acts) in enumerate(capture(sess, group, data.batches(batch))):
+        seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
+        for samples, acts in capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
             for n, obs in observers.items():
                 if n in acts and (n in group or (n in inputs and group is groups[0])):
@@ -75,7 +76,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                     if (L.weight, i) not in steps:
                         steps[L.weight, i] = position_step(
                             L, u, acts[u.input].shape, data.n) if subsample else 1
-                    sub = {"step": steps[L.weight, i], "phase": phase}
+                    sub = {"step": steps[L.weight, i], "phase": seen}
                     chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4,
                                      hessian_dtype, **sub)
                     if dense_acts is None:
@@ -87,6 +88,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                     for X, X0 in zip(chunks, ref_chunks):
                         accs[L.weight].add(X, X0)
                 accs[L.weight].count(samples)
+            seen += samples
             bar.update(1)
         done.update(L.weight for L in todo)
         backend.free()

@@ -9,8 +9,8 @@ for runs that only quantize at 8 bits (collect.hessian_dtype), where it is withi
 rounding of float64 and half the im2col memory and GEMM time.
 For those 8-bit runs `columns` can also take a subgrid of the output positions (`step`,
 position_step): every step-th position along each spatial axis (tokens for MatMul), the
-subgrid's phase moving from batch to batch, the columns scaled by sqrt(positions / kept) so
-that H stays an estimate of the same X X^T / N; step 1 is the full X.
+subgrid's phase moving from sample to sample, the columns scaled by sqrt(positions / kept)
+so that H stays an estimate of the same X X^T / N; step 1 is the full X.
 `BlockHessianAccumulator` keeps only the k diagonal blocks of that sum over contiguous
 column blocks (never the d x d matrix), for layers whose full Hessian does not fit.
 """
@@ -98,8 +98,11 @@ def linear_columns(use: Use, x: Any, d: int) -> Any:
 def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = None,
             step: int = 1, phase: int = 0) -> Iterator[Any]:
     """Yield X [G, d, n] chunks (float64, or `dtype`) for one activation, each within
-    budget_bytes (as float64); step > 1: the positions' subgrid of `phase` (conv_columns;
-    tokens phase, phase + step, ... for MatMul / Gemm), scaled by sqrt(positions / kept)."""
+    budget_bytes (as float64). step > 1: each sample keeps one subgrid of the positions
+    (conv_columns; tokens t with t % step == its phase for MatMul / Gemm), the phases
+    taken in turn by the samples (`phase`: the overall index of act's first sample, so
+    that every subgrid gets the same share of the samples whatever the batch size), each
+    chunk scaled by sqrt(positions / kept)."""
     xp = array_module(act)
     dtype = xp.float64 if dtype is None else dtype
     G, _, d = layer.matrix_shape
@@ -107,22 +110,31 @@ def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = No
         X = linear_columns(use, act, d)
         if step > 1:
             n = X.shape[2]
-            X = X[:, :, phase % step::step]
-            X = X * math.sqrt(n / max(X.shape[2], 1))
+            i = xp.arange(n)
+            t = max(1, n // max(1, act.shape[0]))  # tokens per sample
+            keep = (i % t + i // t + phase) % step == 0
+            X = X[:, :, keep] * math.sqrt(n / max(int(keep.sum()), 1))
         yield X.astype(dtype)
         return
     N = act.shape[0]
     per_sample = 8 * d * G * max(1, math.prod(act.shape[2:])) * 2
     chunk = max(1, budget_bytes // per_sample)
     full = math.prod(conv_out(use, tuple(act.shape[2:])))
+    P = step ** len(use.kernel)  # the subgrids
     for n0 in range(0, N, chunk):
-        X = conv_columns(use, act[n0:n0 + chunk], step, phase, dtype)
-        if step > 1 and X.shape[2]:  # kept columns of min(chunk, N - n0) samples
-            X *= math.sqrt(full * min(chunk, N - n0) / X.shape[2])
-        yield X
+        part = act[n0:n0 + chunk]
+        if step == 1:
+            yield conv_columns(use, part, dtype=dtype)
+            continue
+        for j in range(min(P, part.shape[0])):  # samples n0 + j, n0 + j + P, ...
+            X = conv_columns(use, part[j::P], step, (phase + n0 + j) % P, dtype)
+            if X.shape[2]:
+                X *= math.sqrt(full * part[j::P].shape[0] / X.shape[2])
+            yield X
 
 
 SUBSAMPLE_COLUMNS = 4  # position_step keeps at least this many columns per input (x d)
+SUBSAMPLE_MIN = 4096  # and at least this many in all (small layers gain nothing)
 MAX_STEP = 4  # and every step-th position along each axis at most
 
 
@@ -139,7 +151,8 @@ def position_step(layer: Layer, use: Use, shape: tuple[int, ...], samples: int,
         out = [math.prod(shape[1:-1])] if len(shape) > 2 and not use.trans_a else [1]
     step = 1
     for k in range(2, max_step + 1):
-        if min(out) < k or samples * math.prod(o // k for o in out) < per_input * d:
+        if min(out) < k or samples * math.prod(o // k for o in out) < max(
+                per_input * d, SUBSAMPLE_MIN):
             break
         step = k
     return step
