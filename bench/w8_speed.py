@@ -1,7 +1,8 @@
 """Default W8A8 conversion time against onnxruntime's quantize_static, same calibration.
 
     python bench/w8_speed.py [--models common,ppocr_rec,ocr_like] [--reps 3]
-                             [--out bench/results/w8_speed.json]
+                             [--out bench/results/w8_speed.json] [--before TREE]
+                             [--runs default,ort,qs]
 
 Per model and repetition, alternately (so a shared machine's load hits all alike), each as
 its own process from the command line, imports included: the CLI with default options
@@ -11,7 +12,10 @@ uint8 activations / int8 weights, the same calibration .npz). Reports the median
 CPU seconds (all threads) of each, their ratio to quantize_static, and the output error of
 each model on the first EVAL samples of the eval set (mean ||y - y_dense|| / ||y_dense||,
 first output; bench/deploy.py has the task metrics). On a shared machine compare the CPU
-seconds; wall ratios need an idle one.
+seconds; wall ratios need an idle one. `--before TREE` (another checkout, e.g. `git archive
+COMMIT | tar -x -C TREE`) also runs that tree's CLI with default options, in the same
+alternation ("before (default)"); `--runs` picks which of default, ort (`--runtime
+onnxruntime`), qs (quantize_static) and before run.
 """
 
 from __future__ import annotations
@@ -43,12 +47,12 @@ QS = ("import sys, numpy as np, onnx; sys.path.insert(0, 'bench'); "
       "quantize_static(a[1], a[2], dict(np.load(a[3])), onnx.load(a[1]))")
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall, CPU seconds of the child, all threads)."""
+def timed(cmd: list[str], path: Path = ROOT) -> tuple[float, float]:
+    """(wall, CPU seconds of the child, all threads); `path`: the tree imported."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                   stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(path)})
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -75,7 +79,13 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench/results/w8_speed.json"))
+    ap.add_argument("--before", default=None, help="another checkout to run alongside")
+    ap.add_argument("--runs", default="default,ort,qs,before")
     args = ap.parse_args()
+    keys = {"default": "ours (default)", "ort": "ours --runtime onnxruntime",
+            "qs": "quantize_static", "before": "before (default)"}
+    wanted = {keys[k] for k in args.runs.split(",")} | {"quantize_static"}
+    before = Path(args.before).resolve() if args.before else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="w8speed-") as tmp:
         for name in args.models.split(","):
@@ -94,10 +104,16 @@ def main() -> None:
             out = {"ours (default)": f"{tmp}/{name}.trt.onnx",
                    "ours --runtime onnxruntime": f"{tmp}/{name}.ort.onnx",
                    "quantize_static": f"{tmp}/{name}.qs.onnx"}
+            if before is not None:
+                runs["before (default)"] = [sys.executable, str(before / "cli.py"), m,
+                                            f"{tmp}/{name}.before.onnx", "--calib", c,
+                                            "--bits", "8", "--act-bits", "8", "-q"]
+                out["before (default)"] = f"{tmp}/{name}.before.onnx"
+            runs = {k: v for k, v in runs.items() if k in wanted}
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
             for rep in range(args.reps):
                 for k, cmd in runs.items():
-                    times[k].append(timed(cmd))
+                    times[k].append(timed(cmd, before if k.startswith("before") else ROOT))
                     print(f"  {name} {k} rep {rep}: {times[k][-1][0]:.1f} s", flush=True)
             if not (ROOT / e).is_file() and name == "ocr_like":  # as bench/deploy.py
                 sys.path.insert(0, str(ROOT / "bench"))

@@ -208,8 +208,8 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--solver-memory", type=click.IntRange(min=16), default=None,
               help="MB for the solver's row batches (default: --memory-budget on CPU, 60% "
                    "of free GPU memory with --device cuda).")
-@click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Also measure the magnitude-pruned model.")
+@click.option("--baseline/--no-baseline", default=None, help="Also build and measure the "
+              "baseline model (magnitude / RTN; default: yes, but not at 8 bits alone).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Weights in a side file (default: only when the model needs it, >2 GB).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),

@@ -15,7 +15,7 @@ from .actrange import RangeObserver
 from .backend import Backend
 from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
                       providers_for)
-from .hessian import BlockHessianAccumulator, HessianAccumulator, columns
+from .hessian import BlockHessianAccumulator, HessianAccumulator, columns, position_step
 from .layers import Layer
 from .specs import MB
 
@@ -25,7 +25,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             backend: Backend, memory_mb: int, progress: bool,
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
-            hessian_dtype: Any = None, histogram: bool = True,
+            hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -36,7 +36,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
     layer's Hessian (BlockHessianAccumulator). `hessian_dtype`: the precision of each
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
-    observers keep |x|'s histogram (only percentile ranges read it)."""
+    observers keep |x|'s histogram (only percentile ranges read it); `subsample`: each
+    layer's Hessian from a subgrid of its output positions (hessian.position_step; the
+    8-bit runs of hessian_dtype)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
@@ -53,6 +55,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     done: set[str] = set()
+    steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
@@ -60,6 +63,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         ref = capture_session(dense, group, rt) if (
             group and dense is not None) else None
         ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
+        seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
         for samples, acts in capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
             for n, obs in observers.items():
@@ -68,18 +72,23 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             last: list = []  # layers sharing an input (Q, K, V) copy it to the device once
             last_ref: list = []
             for L in todo:
-                for u in L.uses:
+                for i, u in enumerate(L.uses):
+                    if (L.weight, i) not in steps:
+                        steps[L.weight, i] = position_step(
+                            L, u, acts[u.input].shape, data.n) if subsample else 1
+                    sub = {"step": steps[L.weight, i], "phase": seen}
                     chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4,
-                                     hessian_dtype)
+                                     hessian_dtype, **sub)
                     if dense_acts is None:
                         for X in chunks:
                             accs[L.weight].add(X)
                         continue
                     ref_chunks = columns(L, u, _on_device(last_ref, u.input, dense_acts, backend),
-                                         budget // 4, hessian_dtype)
+                                         budget // 4, hessian_dtype, **sub)
                     for X, X0 in zip(chunks, ref_chunks):
                         accs[L.weight].add(X, X0)
                 accs[L.weight].count(samples)
+            seen += samples
             bar.update(1)
         done.update(L.weight for L in todo)
         backend.free()
@@ -95,6 +104,15 @@ def hessian_dtype(cfg: Any, xp: Any) -> Any:
     from .costplan import exact_applies
 
     return xp.float64 if exact_applies(cfg) else xp.float32
+
+
+def subsampled(cfg: Any) -> bool:
+    """Whether the Hessians come from a subgrid of the output positions: in the runs of
+    hessian_dtype's float32 (8-bit quantization alone), where GPTQ and RTN need H only to
+    about a percent; see README "W8A8 conversion time" for the measured trade."""
+    from .costplan import exact_applies
+
+    return not exact_applies(cfg)
 
 
 def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:

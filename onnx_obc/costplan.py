@@ -29,7 +29,7 @@ from .specs import MB
 MIN_BLOCK = 64  # the smallest Hessian block (columns) the planner uses
 MIN_ACTIVATIONS = 8 * MB  # the least a capture pass is given
 OBQ_CANDIDATES = 4  # GPTQ solves beside OBQ in the obc quantization stage (solvers/choose.py)
-FAST_CANDIDATES = 2  # GPTQ solves where OBQ does not pay (choose.fast_quantized)
+FAST_CANDIDATES = 1  # GPTQ solves where OBQ does not pay (choose.fast_quantized)
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
                            quant=quant, row_budget=row, candidates=cands,
                            refined=_refined(q, cands)) if exact else None
         fa = fast_seconds(s, rt, sparsity=sparsity, quant=quant) if st_free else None
-        if not exact and method == "obc":  # choose.fast_quantized: GPTQ, both orders
+        if not exact and method == "obc":  # choose.fast_quantized: GPTQ act-order
             secs = fast_quant_seconds(s, rt, candidates=FAST_CANDIDATES)
         elif method in ("magnitude", "rtn"):
             secs = baseline_seconds(s, rt, quant=quant)

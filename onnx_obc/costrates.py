@@ -81,8 +81,9 @@ def _spd(rng: Any, n: int) -> Any:
 
 def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rates:
     """Measure the rates on this machine (best of 3 of each kernel), once per process; with
-    exact=False (no ExactOBS / OBQ: 8 bits alone) the greedy's and the rebuild's rates are
-    not measured (0; spill 1)."""
+    exact=False (no ExactOBS / OBQ: 8 bits alone) the greedy's and the rebuild's rates and
+    eigvalsh's (no rank there, solve.ranked) are not measured (0; spill 1, eig_exp 3), and
+    GPTQ's are the best of fewer runs."""
     key = xp.__name__
     if key in _CACHE or (not exact and key + ":fast" in _CACHE):
         return _CACHE.get(key) or _CACHE[key + ":fast"]
@@ -103,10 +104,12 @@ def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rat
     # the factorisations at n and 2 n: their growth (LAPACK gets faster with n)
     H2 = xp.asarray(_spd(rng, 2 * N_REF)[None])
     W2 = xp.asarray(rng.standard_normal((1, 2, 2 * N_REF)).astype(np.float32))
-    prep, eig = (_best(f, sync) for f in (lambda: prepare(W, H, 0.01),
-                                          lambda: xp.linalg.eigvalsh(H)))
-    prep_exp, eig_exp = (min(3.0, max(2.0, math.log2(_best(f, sync, 2) / t))) for t, f in (
-        (prep, lambda: prepare(W2, H2, 0.01)), (eig, lambda: xp.linalg.eigvalsh(H2))))
+    prep = _best(lambda: prepare(W, H, 0.01), sync)
+    prep_exp = _grows(prep, lambda: prepare(W2, H2, 0.01), sync)
+    eig, eig_exp = 0.0, 3.0  # not measured without a rank (8 bits alone)
+    if exact:
+        eig = _best(lambda: xp.linalg.eigvalsh(H), sync)
+        eig_exp = _grows(eig, lambda: xp.linalg.eigvalsh(H2), sync)
     S = xp.asarray(np.repeat(Hn[None, :96, :96], 16, axis=0))
     rhs = xp.asarray(rng.standard_normal((16, 96, 1)))
     solve = _best(lambda: xp.linalg.solve(S, rhs), sync) / (16 * 96 ** 3 / 3)
@@ -114,7 +117,7 @@ def calibrate(xp: Any = np, sync: Any = lambda: None, exact: bool = True) -> Rat
     spec = QuantSpec(bits=4)
     g = _greedy_rates(xp, sync, rng, Hn, spec, flop32) if exact else dict.fromkeys(
         ("step", "row", "elem", "qstep", "qrow", "qelem"), 0.0) | {"spill": 1.0}
-    gelem, col, gcall = _gptq_rates(xp, sync, rng, Hn, spec, chol)
+    gelem, col, gcall = _gptq_rates(xp, sync, rng, Hn, spec, chol, 1 if exact else 3)
     gather = _gather_rate(xp, sync, rng, Hn, solve) if exact else 0.0
     Wg = xp.asarray(rng.standard_normal((64, 256)))
     grid = _best(lambda: fit_grid(Wg, spec), sync) / (64 * 256 * spec.maxshrink * spec.grid)
@@ -168,8 +171,13 @@ def _greedy_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
     return out
 
 
-def _gptq_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
-                chol: float) -> tuple[float, float, float]:
+def _grows(t: float, f: Any, sync: Any) -> float:
+    """The exponent of a factorisation's growth from n (t seconds) to 2 n (`f`), in [2, 3]."""
+    return min(3.0, max(2.0, math.log2(_best(f, sync, 2) / t)))
+
+
+def _gptq_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any, chol: float,
+                fewer: int = 1) -> tuple[float, float, float]:
     """GPTQ on one block of n = GN columns, few and many rows, and on one row of 8 and 16:
     t = n^3 chol + gcall + n col + r n (b/2 + PASSES) gelem -> (gelem, col, gcall)."""
     from .quant import fit_grid
@@ -180,9 +188,10 @@ def _gptq_rates(xp: Any, sync: Any, rng: Any, Hn: Any, spec: Any,
         Wr = xp.asarray(rng.standard_normal((r, n)))
         g = fit_grid(Wr, spec)
         sc, zc = g.columns()
-        k = 1 if n == GN else 20  # tiny calls: timed 20 at a time
+        k = 1 if n == GN else 20 // fewer  # tiny calls: timed 20 (or fewer) at a time
         return _best(lambda: [gptq(Wr, Hg, scale=sc, zero=zc, qmin=g.qmin, qmax=g.qmax)
-                              for _ in range(k)], sync, 5 if k > 1 else 3) / k - n ** 3 * chol
+                              for _ in range(k)], sync, max(1, (5 if k > 1 else 3) // fewer)
+                     ) / k - n ** 3 * chol
 
     n, (r1, r2) = GN, GPTQ_ROWS
     t1, t2 = run(r1, n), run(r2, n)

@@ -7,6 +7,10 @@ float64 sum of X X^T and the number of calibration samples; H = sum / samples. E
 batch's X X^T is one GEMM in X's precision: float64 by default, float32 (columns' dtype)
 for runs that only quantize at 8 bits (collect.hessian_dtype), where it is within float32
 rounding of float64 and half the im2col memory and GEMM time.
+For those 8-bit runs `columns` can also take a subgrid of the output positions (`step`,
+position_step): every step-th position along each spatial axis (tokens for MatMul), the
+subgrid's phase moving from sample to sample, the columns scaled by sqrt(positions / kept)
+so that H stays an estimate of the same X X^T / N; step 1 is the full X.
 `BlockHessianAccumulator` keeps only the k diagonal blocks of that sum over contiguous
 column blocks (never the d x d matrix), for layers whose full Hessian does not fit.
 """
@@ -39,27 +43,45 @@ def conv_pads(use: Use, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(use.pads[i], use.pads[i + nd]) for i in range(nd)]
 
 
-def conv_columns(use: Use, x: Any) -> Any:
-    """x [N, C, *S] -> X [G, C/G * prod(k), N * L] with W's (Cin, *kernel) column order."""
+def conv_out(use: Use, spatial: tuple[int, ...]) -> list[int]:
+    """The Conv's output size per spatial axis for an input of `spatial`."""
+    padded = [n + a + b for n, (a, b) in zip(spatial, conv_pads(use, spatial))]
+    return [(size - ((k - 1) * dl + 1)) // s + 1
+            for size, k, s, dl in zip(padded, use.kernel, use.strides, use.dilations)]
+
+
+def conv_columns(use: Use, x: Any, step: int = 1, phase: int = 0, dtype: Any = None) -> Any:
+    """x [N, C, *S] -> X [G, C/G * prod(k), N * L] with W's (Cin, *kernel) column order, in
+    `dtype` (default x's). step > 1: only the output positions i with i % step == the
+    phase's digit (base step) on each spatial axis (L the subgrid's positions). Each kernel
+    offset's patch is copied once, straight into X's layout."""
     xp = array_module(x)
     N, C = x.shape[:2]
     pads = conv_pads(use, tuple(x.shape[2:]))
-    x = xp.pad(x, [(0, 0), (0, 0), *pads])
+    if any(a or b for a, b in pads):  # zeros around x (as numpy.pad, one copy)
+        padded = xp.zeros((N, C, *(n + a + b for n, (a, b) in zip(x.shape[2:], pads))),
+                          dtype=x.dtype)
+        padded[(slice(None), slice(None), *(slice(a, a + n) for n, (a, _) in
+                                            zip(x.shape[2:], pads)))] = x
+        x = padded
+    strides = use.strides
+    if step > 1:  # the subgrid: an offset of the phase's digit, then step times the stride
+        offs = [(phase // step ** i) % step for i in range(len(strides))]
+        x = x[(slice(None), slice(None), *(slice(o * s, None) for o, s in zip(offs, strides)))]
+        strides = tuple(s * step for s in strides)
     out = [
-        (size - ((k - 1) * dl + 1)) // s + 1
-        for size, k, s, dl in zip(x.shape[2:], use.kernel, use.strides, use.dilations)
+        max(0, (size - ((k - 1) * dl + 1)) // s + 1)
+        for size, k, s, dl in zip(x.shape[2:], use.kernel, strides, use.dilations)
     ]
-    patches = []
-    for offs in itertools.product(*(range(k) for k in use.kernel)):
+    G, K, L = use.group, math.prod(use.kernel), math.prod(out)
+    X = xp.empty((C, K, N, *out), dtype=x.dtype if dtype is None else dtype)
+    for j, offs in enumerate(itertools.product(*(range(k) for k in use.kernel)) if L else ()):
         sl = tuple(
             slice(o * dl, o * dl + (n - 1) * s + 1, s)
-            for o, dl, n, s in zip(offs, use.dilations, out, use.strides)
+            for o, dl, n, s in zip(offs, use.dilations, out, strides)
         )
-        patches.append(x[(slice(None), slice(None), *sl)])  # [N, C, *out]
-    P = xp.stack(patches, axis=2)  # [N, C, K, *out]
-    G, K, L = use.group, len(patches), math.prod(out)
-    P = P.reshape(N, G, (C // G) * K, L)  # [N, G, d, L]
-    return xp.moveaxis(P, 0, 2).reshape(G, (C // G) * K, N * L)  # [G, d, N*L]
+        X[:, j] = xp.swapaxes(x[(slice(None), slice(None), *sl)], 0, 1)  # [C, N, *out]
+    return X.reshape(G, (C // G) * K, N * L)  # [G, d, N*L]: (c, k) rows, (n, l) columns
 
 
 def linear_columns(use: Use, x: Any, d: int) -> Any:
@@ -73,21 +95,67 @@ def linear_columns(use: Use, x: Any, d: int) -> Any:
     return X[None]
 
 
-def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = None
-            ) -> Iterator[Any]:
+def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = None,
+            step: int = 1, phase: int = 0) -> Iterator[Any]:
     """Yield X [G, d, n] chunks (float64, or `dtype`) for one activation, each within
-    budget_bytes (as float64)."""
+    budget_bytes (as float64). step > 1: each sample keeps one subgrid of the positions
+    (conv_columns; tokens t with t % step == its phase for MatMul / Gemm), the phases
+    taken in turn by the samples (`phase`: the overall index of act's first sample, so
+    that every subgrid gets the same share of the samples whatever the batch size), each
+    chunk scaled by sqrt(positions / kept)."""
     xp = array_module(act)
     dtype = xp.float64 if dtype is None else dtype
     G, _, d = layer.matrix_shape
     if layer.layout != "conv":
-        yield linear_columns(use, act, d).astype(dtype)
+        X = linear_columns(use, act, d)
+        if step > 1:
+            n = X.shape[2]
+            i = xp.arange(n)
+            t = max(1, n // max(1, act.shape[0]))  # tokens per sample
+            keep = (i % t + i // t + phase) % step == 0
+            X = X[:, :, keep] * math.sqrt(n / max(int(keep.sum()), 1))
+        yield X.astype(dtype)
         return
     N = act.shape[0]
     per_sample = 8 * d * G * max(1, math.prod(act.shape[2:])) * 2
-    step = max(1, budget_bytes // per_sample)
-    for n0 in range(0, N, step):
-        yield conv_columns(use, act[n0:n0 + step].astype(dtype))
+    chunk = max(1, budget_bytes // per_sample)
+    full = math.prod(conv_out(use, tuple(act.shape[2:])))
+    P = step ** len(use.kernel)  # the subgrids
+    for n0 in range(0, N, chunk):
+        part = act[n0:n0 + chunk]
+        if step == 1:
+            yield conv_columns(use, part, dtype=dtype)
+            continue
+        for j in range(min(P, part.shape[0])):  # samples n0 + j, n0 + j + P, ...
+            X = conv_columns(use, part[j::P], step, (phase + n0 + j) % P, dtype)
+            if X.shape[2]:
+                X *= math.sqrt(full * part[j::P].shape[0] / X.shape[2])
+            yield X
+
+
+SUBSAMPLE_COLUMNS = 4  # position_step keeps at least this many columns per input (x d)
+SUBSAMPLE_MIN = 4096  # and at least this many in all (small layers gain nothing)
+MAX_STEP = 4  # and every step-th position along each axis at most
+
+
+def position_step(layer: Layer, use: Use, shape: tuple[int, ...], samples: int,
+                  per_input: int = SUBSAMPLE_COLUMNS, max_step: int = MAX_STEP) -> int:
+    """The largest step (1: all positions) whose subgrid of an activation of `shape` still
+    gives `samples` calibration samples at least per_input * d columns, every axis keeping
+    at least one position per phase; MatMul / Gemm: along the tokens (all but the last
+    axis beyond the first)."""
+    _, _, d = layer.matrix_shape
+    if layer.layout == "conv":
+        out = conv_out(use, tuple(shape[2:]))
+    else:
+        out = [math.prod(shape[1:-1])] if len(shape) > 2 and not use.trans_a else [1]
+    step = 1
+    for k in range(2, max_step + 1):
+        if min(out) < k or samples * math.prod(o // k for o in out) < max(
+                per_input * d, SUBSAMPLE_MIN):
+            break
+        step = k
+    return step
 
 
 class HessianAccumulator:

@@ -1,6 +1,6 @@
 """One layer's solve as an engine task (engine/): what crosses to a worker (the layer's
 W, its Hessian mean and the solver settings) and what comes back (the solution with host
-arrays, the effective rank of H, the seconds). solve.py builds the jobs and assembles
+arrays, the effective rank of H or None, the seconds). solve.py builds the jobs and assembles
 the results; `solve_job` is the same code on every engine, so the results are too."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class LayerJob:
     budget_bytes: int
     act_order: bool
     blocked: bool = False  # H holds the diagonal column blocks only (solvers/blocked.py)
+    rank: bool = True  # compute the effective rank of H (False: 8-bit quantization alone)
 
 
 def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
@@ -45,7 +46,8 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
     grids = {k: None if getattr(res, k) is None else host_grid(getattr(res, k), backend)
              for k in ("grid", "baseline_grid")}
     backend.sync()
-    rank = None if job.blocked else effective_rank(H)  # the full H is not held in blocks
+    # the full H is not held in blocks; at 8 bits alone its eigvalsh would outweigh the solve
+    rank = effective_rank(H) if job.rank and not job.blocked else None
     del H
     backend.free()
     return replace(res, **host, **grids), rank, time.perf_counter() - t

@@ -144,7 +144,7 @@ def _named(dense: onnx.ModelProto, models: dict, chan: Any, cfg: CompressConfig)
     method's name) and the channel stage's L2-norm model."""
     named = {"dense": dense, **{baseline_name(cfg) if k == "baseline" else k: m
                                 for k, m in models.items()}}
-    if chan is not None and cfg.run.compare_baseline:
+    if chan is not None and compares_baseline(cfg):
         named["channels-l2"] = chan.baseline
     return named
 
@@ -176,10 +176,19 @@ def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
     """The models to build: the compressed one, and (to compare) the uncorrected one and
     the baseline, deployed the same way."""
     which = ["compressed"]
-    if cfg.run.compare_baseline and _layerwise(cfg):
+    if compares_baseline(cfg) and _layerwise(cfg):
         which += ["uncorrected"] if fixes is not None else []
         which += ["baseline"] if cfg.solver.method not in ("magnitude", "rtn") else []
     return which
+
+
+def compares_baseline(cfg: CompressConfig) -> bool:
+    """run.compare_baseline, by default on except for quantization alone at 8 bits
+    (costplan.exact_applies; with channel pruning the L2-norm channel model stays), where
+    the RTN model's build and verification cost more than the solve (README "W8A8
+    conversion time")."""
+    c = cfg.run.compare_baseline
+    return (costplan.exact_applies(cfg) or cfg.prune.channels is not None) if c is None else c
 
 
 def _layerwise(cfg: CompressConfig) -> bool:

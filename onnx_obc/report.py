@@ -42,7 +42,8 @@ class LayerResult:
     method_used: str = ""  # what produced the weights (obq, gptq, gptq+act-order, rtn, ...)
     rank: int | None = None  # effective rank of H (eigenvalues > 1e-6 max, undampened), min
     samples: int | None = None  # over groups; calibration samples N behind H
-    data_limited: bool = False  # rank < live inputs: H is singular on the calibration data
+    data_limited: bool | None = False  # rank < live inputs: H is singular on the calibration
+    # data; None: not computed (solve.ranked: 8-bit quantization alone)
     columns: int | None = None  # columns behind H (samples x positions), a bound on its rank
     predicted_seconds: float | None = None  # the plan's prediction (costplan.py) of `seconds`
 
@@ -141,9 +142,10 @@ def _layer_lines(r: Report) -> list[str]:
         damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
         work = f"{x.work:.0%}" if x.target else "-"
         bits = "-" if not x.bits else f"{x.bits}" + (f"/g{x.group_size}" if x.group_size else "")
-        rank = ("-" if x.rank is None and not x.data_limited else
-                f"{'<' if x.rank is None else ''}{x.columns if x.rank is None else x.rank}/{cols}"
-                + ("!" if x.data_limited else ""))
+        rank = "n/c" if x.data_limited is None else (
+            "-" if x.rank is None and not x.data_limited else
+            f"{'<' if x.rank is None else ''}{x.columns if x.rank is None else x.rank}/{cols}"
+            + ("!" if x.data_limited else ""))
         lines.append(
             f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {bits:>6} "
             f"{x.loss:>10.3g} "
@@ -158,6 +160,9 @@ def _layer_lines(r: Report) -> list[str]:
     methods = ", ".join(sorted({x.method for x in r.layers}))
     lines.append(f"{len(r.layers)} layers ({methods}), {total:,} weights, {zeros / total:.2%} "
                  f"zeros; loss/{base} median {med:.3f}, worst {ratios[-1]:.3f}")
+    if (nc := sum(x.data_limited is None for x in r.layers)):
+        lines.append(f"rank of H not computed (n/c) for {nc} layers quantized at 8 bits alone: "
+                     "their data-limited flag is unknown")
     kept = [x.method_used for x in r.layers if x.bits and x.method == "obc" and x.method_used]
     if kept:  # obc keeps, per layer, the least loss of OBQ, GPTQ and RTN (method_used)
         used = {m: kept.count(m) for m in sorted(set(kept))}

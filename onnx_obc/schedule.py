@@ -19,7 +19,7 @@ from . import export
 from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
-from .collect import collect, hessian_dtype
+from .collect import collect, hessian_dtype, subsampled
 from .engine import Engine
 from .config import CompressConfig
 from .costplan import Plan
@@ -78,7 +78,8 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 wanted, dense=proto if model is not proto else None,
                                 runtime=runtime, blocks=blocks,
                                 hessian_dtype=hessian_dtype(cfg, backend.xp),
-                                histogram=cfg.quant.act_calibration == "percentile")
+                                histogram=cfg.quant.act_calibration == "percentile",
+                                subsample=subsampled(cfg))
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

@@ -21,6 +21,7 @@ from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
 from .report import LayerResult
 from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups
+from .solvers.choose import exact_pays
 from .solvers.prepare import fit_to_reference
 from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 
@@ -138,7 +139,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         acc = hessians.pop(p.L.weight)
         W, H = _matrices(p.L, weights, acc, backend, solver.damp)
         return LayerJob(W, H, p.structure, p.lspec, p.method, solver.damp, budget_bytes,
-                        solver.act_order, blocked=isinstance(acc, BlockHessianAccumulator))
+                        solver.act_order, blocked=isinstance(acc, BlockHessianAccumulator),
+                        rank=ranked(p.structure, p.lspec))
 
     engine = engine or LocalEngine(backend)
     cost = [p.predicted if p.predicted is not None else solve_cost(p.L) for p in todo]
@@ -182,22 +184,27 @@ def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,
     out.rows.append(replace(
         _row(L, res, p.label, p.target, lspec, seconds),
         rank=rank, samples=p.samples, predicted_seconds=p.predicted, columns=p.columns,
-        data_limited=_limited(rank, p.columns, L.matrix_shape[2] - res.dead)))
+        data_limited=_limited(rank, p.columns, L.matrix_shape[2] - res.dead) if ranked(
+            p.structure, lspec) else None))  # None: not computed
     if res.escalations:
         out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                             f"{list(res.escalations)}; used {res.damp}")
 
 
 def _limited(rank: int | None, columns: int | None, live: int) -> bool:
-    """H singular on the data: its rank below the live inputs; in blocks (rank None: the
-    full H is not held) when fewer columns than live inputs were seen (rank <= columns)."""
+    """Rank below the live inputs; in blocks (no rank) fewer columns than live inputs."""
     return rank < live if rank is not None else bool(columns) and columns < live
 
 
-def _need(x: LayerResult) -> int:
-    """Calibration samples for as many columns as live inputs (positions per sample)."""
+def _need(x: LayerResult) -> int:  # samples for as many columns as live inputs
     per = x.columns / x.samples if x.columns and x.samples else 1
     return math.ceil((x.cols - x.dead_inputs) / per)
+
+
+def ranked(structure: Any, lspec: QuantSpec | None) -> bool:
+    """Whether the solve computes H's rank (the data-limited flag): not for 8-bit quantization
+    alone (choose.exact_pays), where its O(d^3) eigendecomposition outweighs the solve."""
+    return structure is not None or lspec is None or exact_pays(lspec.bits)
 
 
 def data_warning(rows: list[LayerResult]) -> str:

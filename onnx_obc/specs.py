@@ -247,7 +247,8 @@ class RunOptions(CalibReading):
     memory_budget_mb: int = 2048
     solver_memory_mb: int | None = None
     seed: int = 0
-    compare_baseline: bool = True  # also build and measure the baseline model
+    compare_baseline: bool | None = None  # also build and measure the baseline model
+    # (None: yes, except for quantization alone at 8 bits: pipeline.compares_baseline)
     external_data: bool | None = None
     custom_op_library: str | None = None  # shared library of custom ops for onnxruntime
     sensitivity: bool = False  # also measure each layer alone, ranked (sensitivity.py)
@@ -268,6 +269,9 @@ class RunOptions(CalibReading):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise ConfigError(f"run.{name} must be an integer >= {least}, got {v!r}")
+        if self.compare_baseline not in (None, True, False):
+            raise ConfigError("run.compare_baseline must be true, false or null (auto), got "
+                              f"{self.compare_baseline!r}")
         if not 0.0 <= self.holdout < 1.0:
             raise ConfigError(f"run.holdout must be a fraction in [0, 1), got {self.holdout}")
         check_engine(self.engine, self.workers, self.ray_address)

@@ -203,7 +203,8 @@ def test_an_8_bit_only_plan_skips_the_greedys_micro_benchmark(monkeypatch):
     assert not calls
     assert plan.rates["step"] == 0.0 and plan.rates["col"] > 0
     p = plan.layers[0]
-    assert p.exact_seconds is None and p.method == "obc" and p.seconds > p.fast_seconds > 0
+    assert p.exact_seconds is None and p.method == "obc" and p.fast_seconds > 0
+    assert p.seconds == pytest.approx(p.fast_seconds)  # one GPTQ (act-order), as --method gptq
     make_plan(layers, CompressConfig.from_options(bits=4))
     assert calls
     assert make_plan(layers, CompressConfig.from_options(bits=4)).layers[0].exact_seconds

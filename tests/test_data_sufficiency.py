@@ -66,3 +66,33 @@ def test_enough_columns_in_blocks_is_not_flagged_and_positions_count_in_the_need
 
     assert _limited(None, 320, 512) and not _limited(None, 600, 512)  # in blocks: columns
     assert not _limited(None, None, 512) and _limited(100, 600, 512)  # unknown; rank decides
+
+
+def test_eight_bit_runs_say_the_rank_is_not_computed():
+    """8-bit quantization alone skips the rank's eigendecomposition (solve.ranked): the
+    rows say so (rank None, data_limited None, "n/c" in the table, null in the JSON) rather
+    than show a rank or a clean flag; 4 bits and pruning still compute it, and the flag
+    fires on a layer with fewer samples than inputs."""
+    import json
+
+    from onnx_obc import convert
+    from onnx_obc.quant import QuantSpec
+    from onnx_obc.solve import ranked
+    from onnx_obc.solvers import Unstructured
+
+    from . import builders as b
+
+    assert not ranked(None, QuantSpec(bits=8))
+    assert ranked(None, QuantSpec(bits=4)) and ranked(Unstructured(0.5), QuantSpec(bits=8))
+    assert ranked(Unstructured(0.5), None)
+    model = b.mlp3((8, 24, 16, 6))
+    feeds = [b.feeds(model, 20)]  # 16 fit samples < 24 inputs of the second layer
+    r8 = convert(model, None, calib=feeds, bits=8, progress=False).report
+    assert all(x.rank is None and x.data_limited is None for x in r8.layers)
+    assert "n/c" in r8.table() and "not computed" in r8.table()
+    d = json.loads(json.dumps(r8.to_dict()))
+    assert all(x["data_limited"] is None and x["rank"] is None for x in d["layers"])
+    assert not any("data-limited" in w for w in r8.warnings)
+    r4 = convert(model, None, calib=feeds, bits=4, progress=False).report
+    assert all(x.rank is not None and x.data_limited is not None for x in r4.layers)
+    assert any(x.data_limited for x in r4.layers) and "n/c" not in r4.table()

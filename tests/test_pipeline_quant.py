@@ -109,14 +109,32 @@ def test_cli_quantization_options(tmp_path):
 def test_the_baseline_is_measured_with_the_same_activation_quantization():
     """RTN beside W8A8 gets the same activation Q/DQ (a fair comparison), so its error is
     above the weight-only RTN model's."""
-    a8 = _run("digits_vit", bits=8, act_bits=8).report.fidelity["eval"]["rtn"]
-    w8 = _run("digits_vit", bits=8).report.fidelity["eval"]["rtn"]
+    a8 = _run("digits_vit", bits=8, act_bits=8, compare_baseline=True
+              ).report.fidelity["eval"]["rtn"]
+    w8 = _run("digits_vit", bits=8, compare_baseline=True).report.fidelity["eval"]["rtn"]
     assert max(a8.rel_error.values()) > 1.5 * max(w8.rel_error.values())
 
 
 def test_the_baseline_is_deployed_like_the_rtn_method():
     """The RTN model beside OBQ is exported as QDQ too: it measures exactly what
     `--method rtn` writes (same codes, same kernels)."""
-    beside = _run("digits_vit", bits=8, act_bits=8).report.fidelity["eval"]["rtn"]
+    beside = _run("digits_vit", bits=8, act_bits=8, compare_baseline=True
+                  ).report.fidelity["eval"]["rtn"]
     alone = _run("digits_vit", bits=8, act_bits=8, method="rtn").report.fidelity["eval"]
     assert beside.rel_error == pytest.approx(alone["compressed"].rel_error, rel=1e-6)
+
+
+def test_the_rtn_model_is_built_at_8_bits_only_on_request():
+    """run.compare_baseline None (the default): the baseline model is built and measured,
+    except for quantization alone at 8 bits, where --baseline asks for it."""
+    from onnx_obc.config import CompressConfig
+    from onnx_obc.errors import ConfigError
+    from onnx_obc.pipeline import compares_baseline
+
+    f = lambda **kw: compares_baseline(CompressConfig.from_options(**kw))  # noqa: E731
+    assert not f(bits=8) and not f(bits=8, act_bits=8)
+    assert f(bits=8, compare_baseline=True) and f(bits=4) and f(sparsity=0.5)
+    assert f(bits=8, sparsity=0.5) and not f(bits=4, compare_baseline=False)
+    assert "rtn" not in _run("digits_cnn", bits=8, act_bits=8).report.fidelity["eval"]
+    with pytest.raises(ConfigError, match="compare_baseline"):
+        CompressConfig.from_options(bits=8, compare_baseline="yes")

@@ -16,6 +16,7 @@ from ..quant import QuantSpec, codes, fit_grid
 from .baselines import baseline
 from .choose import Candidate, best_quantized, exact_pays, fast_quantized, refined
 from .fast import greedy_traces
+from .gptq import BLOCK
 from .prepare import layer_loss, prepare, stage_of
 from .registry import register_pipeline, solver_for
 from .rules import QuantRule
@@ -62,7 +63,9 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
     W, H64, count, quant, pruned = task.W, task.H, task.count, task.quant, task.pruned
     xp = array_module(W, H64)
     G, r, d = W.shape
-    prep = prepare(W, H64, task.damp)
+    fast = bool(quant) and not count and not exact_pays(quant.bits)  # 8 bits: GPTQ or RTN
+    # (GPTQ factors H itself there, gptq.inverse_factor; H^-1 only for the depthwise groups)
+    prep = prepare(W, H64, task.damp, inverse=not fast or (G > 1 and d <= BLOCK))
     stage = stage_of(prep, task.budget_bytes)
     rows = stage.rows  # [R, d] float32
     obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None
@@ -79,11 +82,11 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         obs_loss, steps_run, reruns = p.obs_loss, p.steps_run, p.rerun_rows
         prune_loss = layer_loss(W, rows.reshape(G, r, d), H64)
     grid, out_codes, method_used = None, None, ("obs" if count else "")
-    b = task.baseline
-    if quant and not count and not exact_pays(quant.bits):  # 8 bits: GPTQ or RTN
+    b, loss = task.baseline, None  # loss: the kept candidate's, when it is the final one
+    if fast:
         obq = fast_quantized(W, H64, prep, b)
         grid, out_codes, method_used, obs_loss = obq.grid, obq.codes, obq.name, obq.obs_loss
-        rows = obq.W.reshape(G * r, d)
+        rows, loss = obq.W.reshape(G * r, d), obq.loss  # float64: the same tr(dW H dW^T)
     elif quant:
         grid = fit_grid(rows, quant)  # fixed before the loop, on the (pruned) weights
         s, z = grid.columns()
@@ -105,7 +108,8 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         rows = obq.W.reshape(G * r, d)
     W_hat = rows.astype(xp.float64).reshape(G, r, d)
     return LayerSolution(
-        W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,
+        W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64) if loss is None else loss,
+        baseline_loss=b.loss,
         obs_loss=obs_loss, zeros=count_zeros(W_hat), dead=prep.dead, damp=prep.damp,
         escalations=prep.escalations, steps_run=steps_run, rerun_rows=reruns,
         prune_loss=prune_loss, grid=grid, codes=out_codes, baseline_codes=b.codes,

@@ -27,14 +27,16 @@ class Prepared:
 
     W: Any  # [G, r, d] float32, dead columns zeroed
     H: Any  # [G, d, d] float64, dead diagonal filled and dampened
-    Hinv: Any  # [G, d, d] float64
+    Hinv: Any  # [G, d, d] float64 (None: not computed, prepare(inverse=False))
     dead: int  # dead input columns (zero diagonal of H), summed over groups
     damp: float  # relative dampening finally used
     escalations: tuple[float, ...]  # dampening values that failed before `damp`
 
 
-def prepare(W: Any, H: Any, damp: float) -> Prepared:
-    """Dead inputs -> H_jj = mean live diag and W[:, j] = 0; H += damp*mean(diag)*I; Hinv.
+def prepare(W: Any, H: Any, damp: float, inverse: bool = True) -> Prepared:
+    """Dead inputs -> H_jj = mean live diag and W[:, j] = 0; H += damp*mean(diag)*I; Hinv
+    (inverse=False: not computed, only the Cholesky that checks the dampening; GPTQ at 8
+    bits factors H itself, gptq.inverse_factor).
 
     Dampening is relative (scale invariant). If Cholesky fails, dampening escalates through
     ESCALATION; the failed values are returned so the report can show them. Raises
@@ -70,6 +72,8 @@ def prepare(W: Any, H: Any, damp: float) -> Prepared:
         except np.linalg.LinAlgError:
             failed.append(lam)
             continue
+        if not inverse:
+            return Prepared(W, Hd, None, n_dead, lam, tuple(failed))
         Linv = xp.linalg.inv(L)  # [G, d, d]
         Hinv = xp.swapaxes(Linv, 1, 2) @ Linv  # H^-1 = L^-T L^-1, symmetric by construction
         return Prepared(W, Hd, Hinv, n_dead, lam, tuple(failed))

@@ -55,6 +55,8 @@ def check(plot: str | os.PathLike | None, html: str | os.PathLike | None,
 def write_views(report: Report, plot: str | os.PathLike | None = None,
                 html: str | os.PathLike | None = None) -> list[str]:
     """Write the figure and/or the page; returns the paths written."""
+    if not (plot or html):  # matplotlib's import alone is a second of every run
+        return []
     from . import figure, page
 
     written = []

@@ -70,8 +70,10 @@ def _layers(r: Report) -> list[str]:
     if not r.layers:
         return []
     rows = [[x.name, x.op, f"{x.rows}x{x.cols}", level_text(x), x.sparsity, x.loss,
-             x.magnitude_loss, x.ratio, "-" if x.rank is None else f"{x.rank}/{x.cols}",
-             x.samples, "yes" if x.data_limited else "", x.seconds] for x in r.layers]
+             x.magnitude_loss, x.ratio, "not computed" if x.data_limited is None else "-"
+             if x.rank is None else f"{x.rank}/{x.cols}",
+             x.samples, "yes" if x.data_limited else "n/c" if x.data_limited is None else "",
+             x.seconds] for x in r.layers]
     return ["<h2>Layers</h2>"] + _table(
         ["layer", "op", "W [out,in]", "level", "sparsity", "loss", "baseline loss",
          "ratio", "rank of H", "samples", "data-limited", "s"], rows,

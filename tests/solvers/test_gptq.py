@@ -73,3 +73,58 @@ def test_gptq_and_sparsegpt_beat_the_baselines_on_correlated_data(seed):
     assert p.loss <= 0.5 * p.baseline_loss
     j = solve_layer(W, H, structure=Unstructured(0.5), quant=QuantSpec(bits=8), method="gptq")
     assert j.zeros >= 32 * 64 // 2  # joint: the pruned weights stay 0 after rounding
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_all_groups_at_once_equal_one_call_per_group(act_order):
+    """gptq_groups (depthwise layers at 8 bits: many small Hessian groups) takes the same
+    column steps as gptq_rows' call per group: the same weights, codes and loss."""
+    from onnx_obc.solvers.gptq import gptq_groups, gptq_rows
+
+    rng = np.random.default_rng(3)
+    G, r, d = 12, 2, 9
+    X = rng.standard_normal((G, d, 30)) * rng.uniform(0.2, 3.0, (G, d, 1))
+    H = X @ X.transpose(0, 2, 1) / 30
+    W = rng.standard_normal((G, r, d)).astype(np.float32)
+    prep = prepare(W, H, 0.01)
+    rows = prep.W.reshape(G * r, d)
+    grid = fit_grid(rows, QuantSpec(bits=8), H)
+    a = gptq_rows(rows, prep, grid, act_order=act_order)
+    b = gptq_groups(rows, prep, grid, act_order=act_order)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert b[2] == pytest.approx(a[2], rel=1e-12)
+    from onnx_obc.quant import codes, rtn
+    assert not np.array_equal(b[1], codes(rtn(rows, grid), grid))  # compensated, not RTN
+
+
+@pytest.mark.parametrize("d", [5, 128, 300])
+def test_inverse_factor_is_the_cholesky_factor_of_the_inverse(d):
+    """gptq.inverse_factor(H) (8-bit GPTQ, no H^-1 formed) is upper triangular and equals
+    the transposed Cholesky factor of H^-1 that gptq takes from Hinv, within rounding."""
+    from onnx_obc.solvers.gptq import inverse_factor, upper_inverse
+
+    rng = np.random.default_rng(d)
+    X = rng.standard_normal((d, 2 * d)) * rng.uniform(0.1, 5.0, (d, 1))
+    H = X @ X.T / (2 * d) + 0.01 * np.eye(d)
+    U = inverse_factor(H)
+    np.testing.assert_array_equal(U, np.triu(U))
+    ref = np.linalg.cholesky(np.linalg.inv(H)).T
+    np.testing.assert_allclose(U, ref, rtol=1e-6, atol=1e-8 * np.abs(ref).max())
+    R = np.linalg.cholesky(H).T  # upper
+    np.testing.assert_allclose(upper_inverse(R, leaf=16) @ R, np.eye(d), atol=1e-8)
+
+
+def test_gptq_from_h_equals_gptq_from_its_inverse():
+    """gptq(Hinv=None, H=...) (the 8-bit path) takes the same steps as gptq(Hinv): the same
+    codes on a correlated layer, the loss within rounding."""
+    W, H = weights(24, 160, seed=4), correlated_H(160, seed=4)
+    prep = prepare(W, H[None], 0.01)
+    grid = fit_grid(prep.W[0], QuantSpec(bits=8), H[None])
+    s, z = grid.columns()
+    kw = dict(scale=s, zero=z, qmin=grid.qmin, qmax=grid.qmax, act_order=True,
+              diagH=np.diagonal(prep.H[0]))
+    a, la = gptq(prep.W[0], prep.Hinv[0], **kw)
+    b, lb = gptq(prep.W[0], None, H=prep.H[0], **kw)
+    np.testing.assert_allclose(b, a, atol=1e-9 * np.abs(a).max())
+    assert lb == pytest.approx(la, rel=1e-6)

@@ -1,0 +1,139 @@
+"""The 8-bit runs' Hessians from a subgrid of the output positions (hessian.position_step,
+columns(step, phase)): the phases' subgrids partition the positions exactly, step 1 is the
+full X, the scaled subsample estimates the full H, and only 8-bit quantization alone
+subsamples."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from onnx_obc import calib
+from onnx_obc.backend import get_backend
+from onnx_obc.collect import collect, subsampled
+from onnx_obc.config import CompressConfig
+from onnx_obc.hessian import SUBSAMPLE_MIN, columns, conv_columns, position_step
+from onnx_obc.layers import find_layers
+
+from . import builders as b
+from .test_hessian import BIG, CONV_CASES
+
+CASES = ["2d", "2d_strides", "2d_everything", "2d_same_upper", "2d_depthwise", "3d"]
+
+
+def _xxt(L, u, x, **kw):
+    X = np.concatenate(list(columns(L, u, x, BIG, np.float64, **kw)), axis=2)
+    return X @ X.transpose(0, 2, 1), X.shape[2]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("step", [2, 3])
+def test_the_phases_partition_the_positions(case, step):
+    """conv_columns' step^nd subgrids add up to the full X X^T (every output position in
+    exactly one), and step 1 is the full X itself."""
+    model = b.conv(**CONV_CASES[case])
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    x = b.feeds(model, 3)["x"].astype(np.float64)
+    X = conv_columns(u, x)
+    full = X @ X.transpose(0, 2, 1)
+    np.testing.assert_array_equal(conv_columns(u, x, 1, 5), X)
+    total, kept = np.zeros_like(full), 0
+    for phase in range(step ** len(u.kernel)):
+        Xp = conv_columns(u, x, step, phase)
+        total += Xp @ Xp.transpose(0, 2, 1)
+        kept += Xp.shape[2]
+    assert kept == X.shape[2]
+    np.testing.assert_allclose(total, full, rtol=1e-9, atol=1e-9 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("case", ["2d", "2d_everything", "3d"])
+def test_the_samples_take_the_subgrids_in_turn(case):
+    """columns(step): sample i takes subgrid (phase + i) mod step^nd, so step^nd copies of
+    one input cover its positions exactly once (each chunk unscaled by its
+    sqrt(positions / kept)), from any starting phase."""
+    model = b.conv(**CONV_CASES[case])
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    one = b.feeds(model, 1)["x"]
+    X1 = np.concatenate(list(columns(L, u, one, BIG, np.float64)), axis=2)
+    full, positions = X1 @ X1.transpose(0, 2, 1), X1.shape[2]
+    P = 2 ** len(u.kernel)
+    for phase in (0, 3):
+        total = np.zeros_like(full)
+        for X in columns(L, u, np.repeat(one, P, axis=0), BIG, np.float64, 2, phase):
+            assert X.shape[2]  # one sample per chunk here
+            X = X / np.sqrt(positions / X.shape[2])
+            total += X @ X.transpose(0, 2, 1)
+        np.testing.assert_allclose(total, full, rtol=1e-9, atol=1e-9 * np.abs(full).max())
+
+
+def test_the_scaled_subsample_estimates_the_full_hessian():
+    """On a stationary signal the subgrid's H (scaled to the same N) is close to the full
+    one, and not equal to it (a real subsample)."""
+    model = b.conv(c_in=2, c_out=4, kernel=2, spatial=(40, 40))  # d = 8
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8, 2, 40, 40)) + [[[[1.0]], [[-0.5]]]]).astype(np.float32)
+    full, n = _xxt(L, u, x)
+    sub, m = _xxt(L, u, x, step=2, phase=1)
+    assert 0 < m < n
+    rel = np.linalg.norm(sub - full) / np.linalg.norm(full)
+    assert 0 < rel < 0.05
+
+
+def test_matmul_tokens_are_subsampled_too():
+    model = b.matmul(6, 5, rank=3)
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    x = np.random.default_rng(0).standard_normal((4, 40, 6)).astype(np.float32)
+    full, n = _xxt(L, u, x)
+    assert position_step(L, u, (4000, 40, 6), 4000, per_input=4) == 4
+    assert position_step(L, u, x.shape, 4, per_input=4) == 1  # fewer than SUBSAMPLE_MIN
+    sub, m = _xxt(L, u, x, step=4, phase=1)
+    assert m == n // 4
+    np.testing.assert_allclose(np.trace(sub[0]), np.trace(full[0]), rtol=0.2)
+
+
+def test_position_step_keeps_enough_columns_per_input():
+    model = b.conv(c_in=4, c_out=6, kernel=3, spatial=(16, 16))  # d = 36, 14 x 14 positions
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    shape = (1, 4, 16, 16)
+    least = lambda per_input: max(per_input * 36, SUBSAMPLE_MIN)  # noqa: E731
+    for samples, per_input, max_step in itertools.product((1, 40, 1000), (4, 16), (2, 4, 8)):
+        k = position_step(L, u, shape, samples, per_input=per_input, max_step=max_step)
+        assert 1 <= k <= max_step
+        if k > 1:
+            assert samples * (14 // k) ** 2 >= least(per_input)
+        if k < max_step:  # the next step would keep too few (or no position per axis)
+            assert samples * (14 // (k + 1)) ** 2 < least(per_input) or 14 < k + 1
+    assert position_step(L, u, shape, 40, per_input=4) == 1  # 7,840 columns, 2 would keep 1,960
+    assert position_step(L, u, shape, 1000, per_input=4, max_step=4) == 4
+
+
+def test_only_8_bit_quantization_alone_subsamples():
+    f = lambda **kw: subsampled(CompressConfig.from_options(**kw))  # noqa: E731
+    assert f(bits=8) and f(bits=8, act_bits=8)
+    assert not f(bits=4) and not f(sparsity=0.5) and not f(bits=8, sparsity=0.5)
+    assert not f(bits=4, act_bits=8)
+
+
+def test_collect_subsamples_on_request_only():
+    """collect(subsample=True) changes a wide layer's H (within sampling error), the
+    default keeps the full one; the sample count is N either way."""
+    model = b.conv(c_in=2, c_out=3, kernel=2, spatial=(70, 70))
+    layers, _ = find_layers(model)
+    data = calib.DataSet(b.feeds(model, 8, seed=1), "feeds")
+    out = {}
+    for sub in (False, True):
+        accs, _ = collect(model, layers, data, 4, get_backend("cpu"), 64, False,
+                          subsample=sub)
+        assert accs["W"].samples == 8
+        out[sub] = accs["W"].mean()
+    assert not np.array_equal(out[True], out[False])
+    t = [np.trace(out[k][0]) for k in (True, False)]  # the same scale: H = X X^T / N
+    assert t[0] == pytest.approx(t[1], rel=0.1)
