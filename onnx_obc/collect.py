@@ -36,7 +36,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
     layer's Hessian (BlockHessianAccumulator). `hessian_dtype`: the precision of each
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
-    observers keep |x|'s histogram (only percentile ranges read it)."""
+    observers keep x's histogram (only percentile and mse ranges read it)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
