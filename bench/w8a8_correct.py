@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--model", default="common_det", choices=list(deploy.MODELS))
     ap.add_argument("--variants", default="none,correct,correct-act")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--correct-samples", type=int, default=None,
+                    help="the corrections measured on the first N calibration samples only")
     a = ap.parse_args()
     mpath, cpath, epath = (str(ROOT / p) for p in deploy.MODELS[a.model][:3])
     res_dir = ROOT / "bench/results"
@@ -117,14 +119,16 @@ def main() -> None:
         c = [p for p in parts if p.startswith("correct")]
         if c:
             act = c[0].endswith("-act")
-            fixes = correct_outputs(proto, solved, done.solutions, data.fit, data.batch,
+            fit = data.fit if a.correct_samples is None else data.fit.head(a.correct_samples)
+            fixes = correct_outputs(proto, solved, done.solutions, fit, data.batch,
                                     runtime, scale=c[0].startswith("correct-scale"),
                                     act_values=values if act else None, target="onnxruntime",
                                     target_options=topts).fixes
         secs = time.perf_counter() - t
         m = export.build(proto, layers, done.solutions, corrections=fixes, act_scales=values,
                          target="onnxruntime", target_options=topts)
-        score(v, deploy.outputs(m.SerializeToString(), feeds), {"correct_s": secs})
+        score(v, deploy.outputs(m.SerializeToString(), feeds),
+              {"correct_s": secs, "correct_samples": a.correct_samples if c else None})
     out = Path(a.out or res_dir / f"w8a8_correct_{a.model}.json")
     old = json.loads(out.read_text())["rows"] if out.is_file() else []
     keep = {r["variant"] for r in rows}
