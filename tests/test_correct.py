@@ -210,3 +210,24 @@ def test_correction_with_activation_quantization_in_the_loop_removes_its_mean_sh
     assert [n.op_type for n in fixed.graph.node] == [n.op_type for n in built().graph.node]
     biases = [t for t in fixed.graph.initializer if t.data_type == onnx.TensorProto.INT32]
     assert biases  # the correction went into the int32 bias codes
+
+
+def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
+    """convert(correct=True, act_bits=8) hands the run's activation ranges and target to the
+    correction (the deployed model in the loop); every layer still runs on integer kernels."""
+    import onnx_obc.pipeline as pipeline
+
+    seen = {}
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return correct_outputs(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "correct_outputs", spy)
+    model = _gemm_relu_gemm()
+    feed = {"x": np.random.default_rng(1).lognormal(0.0, 1.0, (128, 8)).astype(np.float32)}
+    res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
+                  calib=[feed], progress=False, device="cpu")
+    assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
+    assert res.report.fusion["integer"] == res.report.fusion["layers"] == 2
+    assert "uncorrected" in next(iter(res.report.fidelity.values()))
