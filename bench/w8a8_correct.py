@@ -132,8 +132,8 @@ def main() -> None:
     out = Path(a.out or res_dir / f"w8a8_correct_{a.model}.json")
     old = json.loads(out.read_text())["rows"] if out.is_file() else []
     keep = {r["variant"] for r in rows}
-    out.write_text(json.dumps({"model": a.model, "rows": [r for r in old if r["variant"] not in keep]
-                               + rows}, indent=2))
+    rows = [r for r in old if r["variant"] not in keep] + rows
+    out.write_text(json.dumps({"model": a.model, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
