@@ -15,7 +15,8 @@ graph): a paired comparison, the same activation ranges for both weight sets. Pr
 and mean ± std of the output error, fg error and box F1 (detector) / task metric, the number
 of draws each side wins (with the first of --methods), `--methods minmax,mse`: each draw's
 ranges also by another `--act-calibration` method (onnx_obc.actrange) from the same half,
-and the weights-only error of both files (their dequantized weights in the dense model, float activations: bench/deploy.py's `weights-only error`).
+and the weights-only error of both files (their dequantized weights in the dense model,
+float activations: bench/deploy.py's `weights-only error`).
 """
 
 from __future__ import annotations
