@@ -172,7 +172,8 @@ def test_correction_with_activation_quantization_in_the_loop_removes_its_mean_sh
     """The input's 8-bit range clips its long tail (lognormal, range cut at its 90th
     percentile): a known shift of every layer output's mean that only the deployed
     (activation Q/DQ) model shows. Measured with the Q/DQ in the loop the correction removes
-    it, in the int32 biases of the onnxruntime graph (same nodes, integer kernels); measured on the float model it cannot."""
+    it, in the int32 biases of the onnxruntime graph (same nodes, integer kernels); measured
+    on the float model it cannot."""
     model = _gemm_relu_gemm()
     layers, _ = find_layers(model)
     w = tensors(model)
