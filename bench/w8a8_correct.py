@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import deploy  # noqa: E402
 from onnx_obc import calib as calibration, export, schedule  # noqa: E402
 from onnx_obc import pipeline  # noqa: E402
+from onnx_obc.actrange import RangeObserver  # noqa: E402
 from onnx_obc.backend import get_backend  # noqa: E402
-from onnx_obc.capture import providers_for  # noqa: E402
+from onnx_obc.capture import capture, capture_session, providers_for  # noqa: E402
 from onnx_obc.config import CompressConfig  # noqa: E402
 from onnx_obc.correct import correct_outputs  # noqa: E402
 from onnx_obc.layers import select_layers  # noqa: E402
@@ -73,11 +74,26 @@ def solve(mpath: str, cpath: str, cache: Path):
     return cfg, proto, layers, data, runtime, done, obs
 
 
+def recapture(proto: onnx.ModelProto, names: list[str], data, runtime) -> dict:
+    """Fresh observers (with histograms) of `names` over the calibration samples."""
+    inputs = {i.name for i in proto.graph.input}
+    obs = {n: RangeObserver() for n in names}
+    inner = [n for n in names if n not in inputs]
+    sess = capture_session(proto, inner, runtime)
+    for _, acts in capture(sess, inner, data.fit.batches(data.batch)):
+        for n, o in obs.items():
+            o.add(acts[n])
+    return obs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="common_det", choices=list(deploy.MODELS))
     ap.add_argument("--variants", default="none,correct,correct-act")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--recapture", action="store_true",
+                    help="range observers captured again on the dense model (the current "
+                         "onnx_obc.actrange), the cached solve's weights kept")
     ap.add_argument("--correct-samples", type=int, default=None,
                     help="the corrections measured on the first N calibration samples only")
     a = ap.parse_args()
@@ -86,6 +102,8 @@ def main() -> None:
     res_dir.mkdir(parents=True, exist_ok=True)
     cfg, proto, layers, data, runtime, done, obs = solve(
         mpath, cpath, res_dir / f"w8a8_correct_{a.model}.pkl")
+    if a.recapture:
+        obs = recapture(proto, list(obs), data, runtime)
     model = onnx.load(mpath)
     ev = dict(np.load(epath, allow_pickle=False))
     n_eval = len(next(v for k, v in ev.items() if k not in ("labels", "texts")))
