@@ -1,6 +1,7 @@
 """W8A8 weights compared without the luck of one activation calibration (onnxruntime target).
 
-    python bench/w8a8_draws.py [--model common_det] [--draws 6] [--out bench/results/w8a8_draws.json]
+    python bench/w8a8_draws.py [--model common_det] [--draws 6] [--methods minmax,mse]
+                               [--out bench/results/w8a8_draws.json]
 
 On the ddddocr detector the whole-output error of a W8A8 model is dominated by the
 activation quantization and reacts chaotically to tiny changes (1% of the int8 weight codes
@@ -12,8 +13,10 @@ activation Q/DQ range of our graph to that half's min-max (int32 biases re-coded
 with our weights and with quantize_static's int8 weights (same codes and scales put into our
 graph): a paired comparison, the same activation ranges for both weight sets. Prints per draw
 and mean ± std of the output error, fg error and box F1 (detector) / task metric, the number
-of draws each side wins, and the weights-only error of both files (their dequantized weights
-in the dense model, float activations: bench/deploy.py's `weights-only error`).
+of draws each side wins (with the first of --methods), `--methods minmax,mse`: each draw's
+ranges also by another `--act-calibration` method (onnx_obc.actrange) from the same half,
+and the weights-only error of both files (their dequantized weights in the dense model,
+float activations: bench/deploy.py's `weights-only error`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import deploy  # noqa: E402
 from onnx_obc import convert  # noqa: E402
+from onnx_obc.actrange import RangeObserver  # noqa: E402
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -86,18 +90,20 @@ def quantized_tensors(q: onnx.ModelProto, dense: onnx.ModelProto) -> list[str]:
                               and nh.to_array(init[n.input[2]]).dtype == np.uint8))
 
 
-def ranges(dense_path: str, names: list[str], feeds: list[dict]) -> dict[str, tuple]:
-    """(lo, hi) per tensor: min-max over `feeds`, the range always containing 0."""
+def ranges(dense_path: str, names: list[str], feeds: list[dict], method: str = "minmax"
+           ) -> dict[str, tuple]:
+    """(lo, hi) per tensor over `feeds`, the range always containing 0: the min-max, or
+    another `--act-calibration` method's range (onnx_obc.actrange) from the same tensors."""
     m = onnx.load(dense_path)
     for nm in names:
         m.graph.output.append(onnx.helper.make_tensor_value_info(nm, onnx.TensorProto.FLOAT,
                                                                  None))
     s = deploy._session(m.SerializeToString())
-    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    obs = {nm: RangeObserver(histogram=method != "minmax") for nm in names}
     for f in feeds:
         for nm, a in zip(names, s.run(names, f)):
-            lo[nm], hi[nm] = min(lo[nm], float(a.min())), max(hi[nm], float(a.max()))
-    return {nm: (lo[nm], hi[nm]) for nm in names}
+            obs[nm].add(a)
+    return {nm: o.bounds(method) for nm, o in obs.items()}
 
 
 def with_ranges(q: onnx.ModelProto, r: dict[str, tuple]) -> onnx.ModelProto:
@@ -119,6 +125,10 @@ def with_ranges(q: onnx.ModelProto, r: dict[str, tuple]) -> onnx.ModelProto:
     return m
 
 
+def _key(weights: str, method: str, methods: list[str]) -> str:
+    return weights if methods == ["minmax"] else f"{weights}, {method} ranges"
+
+
 def scores(name: str, ys: list, dense: list, ev: dict) -> dict:
     out = {"error": deploy._rel(ys, dense), "task": deploy.task_metric(name, ys, dense, ev)}
     if name == "common_det":
@@ -132,6 +142,8 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench/results/w8a8_draws.json"))
+    ap.add_argument("--methods", default="minmax",
+                    help="activation range methods per draw (minmax,mse: both, paired)")
     a = ap.parse_args()
     mpath, cpath, epath = (str(ROOT / p) for p in deploy.MODELS[a.model][:3])
     model, calib = onnx.load(mpath), dict(np.load(cpath))
@@ -152,26 +164,36 @@ def main() -> None:
     sets = {"ours": ours, "quantize_static weights": put_weights(ours, qs)}
     names = quantized_tensors(ours, model)
     rng = np.random.default_rng(a.seed)
+    methods = a.methods.split(",")
     rows = []
     for k in range(a.draws):
         idx = np.sort(rng.choice(n_cal, n_cal // 2, replace=False))
         half = {key: v[idx] for key, v in calib.items()}
-        r = ranges(mpath, names, deploy._batches(model, half, len(idx)))
-        for key, q in sets.items():
-            ys = deploy.outputs(with_ranges(q, r).SerializeToString(), feeds)
-            rows.append({"draw": k, "weights": key, **scores(a.model, ys, dense, ev)})
-            print(json.dumps(rows[-1]), flush=True)
+        for method in methods:
+            r = ranges(mpath, names, deploy._batches(model, half, len(idx)), method)
+            for key, q in sets.items():
+                ys = deploy.outputs(with_ranges(q, r).SerializeToString(), feeds)
+                rows.append({"draw": k, "weights": _key(key, method, methods),
+                             **scores(a.model, ys, dense, ev)})
+                print(json.dumps(rows[-1]), flush=True)
     summary = {}
-    for key in sets:
+    keys = list(dict.fromkeys(x["weights"] for x in rows))
+    for key in keys:
         mine = [x for x in rows if x["weights"] == key]
         summary[key] = {f: (float(np.mean([x[f] for x in mine])), float(np.std([x[f] for x in mine])))
                         for f in mine[0] if f not in ("draw", "weights") and mine[0][f] is not None}
-    a_, b_ = ([x for x in rows if x["weights"] == k] for k in sets)
+    a_, b_ = ([x for x in rows if x["weights"] == _key(k, methods[0], methods)] for k in sets)
     wins = {"error": sum(x["error"] < y["error"] for x, y in zip(a_, b_))}
     if a_[0].get("fg_error") is not None:
         wins["fg_error"] = sum(x["fg_error"] < y["fg_error"] for x, y in zip(a_, b_))
     if a_[0]["task"] is not None:
         wins["task"] = sum(x["task"] > y["task"] for x, y in zip(a_, b_))
+    for m in methods[1:]:  # ours with each other method's ranges vs the first's
+        c_, d_ = ([x for x in rows if x["weights"] == _key("ours", k, methods)]
+                  for k in (m, methods[0]))
+        wins[f"{m} vs {methods[0]} (ours)"] = {
+            f: sum((x[f] > y[f]) if f == "task" else (x[f] < y[f]) for x, y in zip(c_, d_))
+            for f in ("error", "fg_error", "task") if c_[0].get(f) is not None}
     res = {"model": a.model, "draws": a.draws, "weights_only_error": w_only, "mean_std": summary,
            "ours_wins_of_draws": wins, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -130,8 +130,11 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--act-bits", type=click.Choice(["8"]), default=None,
               help="Static per-tensor symmetric int8 Q/DQ on the inputs of compressed layers "
                    "(and residual Add inputs), placed as TensorRT expects.")
-@click.option("--act-calibration", type=click.Choice(["minmax", "percentile"]),
-              default="minmax", show_default=True, help="Activation range estimate.")
+@click.option("--act-calibration", type=click.Choice(["auto", "minmax", "percentile", "mse"]),
+              default="auto", show_default=True,
+              help="Activation range estimate (mse: least expected squared quantization error "
+                   "on each tensor's histogram; auto: mse with --runtime onnxruntime, else "
+                   "minmax).")
 @click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
               default=99.99, show_default=True)
 @export_options

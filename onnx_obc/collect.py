@@ -36,7 +36,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
     layer's Hessian (BlockHessianAccumulator). `hessian_dtype`: the precision of each
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
-    observers keep |x|'s histogram (only percentile ranges read it); `subsample`: each
+    observers keep x's histogram (only percentile and mse ranges read it); `subsample`: each
     layer's Hessian from a subgrid of its output positions (hessian.position_step; the
     8-bit runs of hessian_dtype)."""
     budget = memory_mb * MB

@@ -11,7 +11,11 @@ bias (b <- a b + d; Gemm: d / beta), the scale into the weight rows and, for qua
 layers, into the DequantizeLinear scales, so the integer codes (and the zeros) stay.
 Means and scales shift downstream as upstream layers change, so layers are corrected in
 topological order, level by level, each measured on a model the exporter builds with the
-upstream corrections in place. Where a Conv / Gemm has no bias one is added; a MatMul is
+upstream corrections in place. With activation quantization (`act_values`: the run's
+activation ranges) that model is the deployed one, activation Q/DQ included, so the shift the
+8-bit activations cause is measured and removed too (empirical bias correction, Nagel et al.
+2019; AIMET); the onnxruntime target then codes the corrected bias as int32, so the deployed
+graph and its kernels stay the same. Where a Conv / Gemm has no bias one is added; a MatMul is
 corrected through the Add that consumes it when that Add's other input is a constant vector,
 and otherwise left as it is, with the reason. A weight read by several nodes gets no scale
 (one factor per use cannot fold into one weight), with the reason.
@@ -28,7 +32,7 @@ import onnx
 
 from .calib import DataSet
 from .capture import capture, capture_session
-from .export import ChannelFix, bias_targets, float_model
+from .export import ChannelFix, bias_targets, build, float_model
 from .layers import Layer, node_label
 
 if TYPE_CHECKING:
@@ -164,13 +168,17 @@ def _depth_levels(model: onnx.ModelProto, labels: set[str]) -> list[list[str]]:
 
 def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                     solutions: Mapping[str, HostSolution], data: DataSet, batch: int,
-                    providers: list[str], scale: bool = False) -> CorrectionResult:
+                    providers: list[str], scale: bool = False,
+                    act_values: dict[str, Any] | None = None, target: str = "tensorrt",
+                    target_options: Mapping[str, Any] | None = None) -> CorrectionResult:
     """The per-channel corrections of the compressed `layers` (their `solutions`) against
     the `dense` model, and the reasons for layers left alone (or without a scale).
 
     Layers are corrected level by level in topological order (one onnxruntime pass each, two
-    with `scale`), each measured on the compressed float model with every upstream
-    correction already in place; correcting all at once would count upstream shifts twice."""
+    with `scale`), each measured on the compressed model with every upstream correction
+    already in place; correcting all at once would count upstream shifts twice. That model
+    is the float one, or with `act_values` the one `target` deploys (activation Q/DQ in the
+    loop: the layer's output before its own output quantization is measured)."""
     sites, skipped = bias_targets(dense, layers)
     scalable, why = _scalable(layers) if scale else ({}, [])
     skipped += why
@@ -179,7 +187,9 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     fixes: dict[str, ChannelFix] = {}
     shifts = []
     for level in _depth_levels(dense, set(sites)):
-        model = float_model(dense, layers, solutions, corrections=fixes)
+        model = (float_model(dense, layers, solutions, corrections=fixes) if act_values is None
+                 else build(dense, layers, solutions, corrections=fixes, act_scales=act_values,
+                            target=target, target_options=target_options))
         sub = {k: outputs[k] for k in level}
         a: dict[str, np.ndarray] = {}
         if scale:

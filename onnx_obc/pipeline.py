@@ -106,12 +106,15 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
              clock: dict[str, float]) -> Any:
-    """The correction stage (timed only when it runs): per-node factors, or None."""
+    """The correction stage (timed only when it runs): per-node factors, or None. With
+    activation quantization it measures the deployed model, activation Q/DQ included."""
     if not (cfg.correct.active and done.solutions):
         return None
     with _timed(clock, "correct"):
         return correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
-                               done.solutions, data.fit, data.batch, runtime, cfg.correct.scale)
+                               done.solutions, data.fit, data.batch, runtime, cfg.correct.scale,
+                               act_values=done.act_values, target=cfg.export.runtime,
+                               target_options=cfg.export.target_options())
 
 
 def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,

@@ -78,7 +78,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 wanted, dense=proto if model is not proto else None,
                                 runtime=runtime, blocks=blocks,
                                 hessian_dtype=hessian_dtype(cfg, backend.xp),
-                                histogram=cfg.quant.act_calibration == "percentile",
+                                histogram=_method(cfg) != "minmax",
                                 subsample=subsampled(cfg))
         observers.update(obs)
         _add(seconds, "capture", t)
@@ -121,7 +121,7 @@ def _scales(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, float] 
     q = cfg.quant
     if not q.act_bits:
         return None
-    return {n: o.scale(q.act_calibration, q.act_percentile) for n, o in observers.items()}
+    return {n: o.scale(_method(cfg), q.act_percentile) for n, o in observers.items()}
 
 
 def _values(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, Any] | None:
@@ -129,7 +129,11 @@ def _values(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, Any] | 
     q = cfg.quant
     if not q.act_bits:
         return None
-    return export.act_values(observers, cfg.export.runtime, q.act_calibration, q.act_percentile)
+    return export.act_values(observers, cfg.export.runtime, _method(cfg), q.act_percentile)
+
+
+def _method(cfg: CompressConfig) -> str:
+    return cfg.quant.act_method(cfg.export.runtime)
 
 
 def _choose_levels(proto: onnx.ModelProto, layers: list[Layer], hessians: dict,

@@ -18,6 +18,7 @@ LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the layer kinds onnx-obc compresses
 MB = 1 << 20  # the unit of the *_mb options
 METHODS = ("obc", "gptq", "magnitude", "rtn")
 DEVICES = ("auto", "cpu", "cuda")
+ACT_CALIBRATIONS = ("auto", "minmax", "percentile", "mse")  # quant.act_calibration
 
 
 def _nm_ok(nm: Any, name: str) -> None:
@@ -97,7 +98,8 @@ class Quantization:
     """bits: weight bits (2..8, OBQ); group_size: columns per scale (None: per output
     channel); symmetric grid (zero point 0, TensorRT) or asymmetric; clip_search: OBC's
     clipping search (False: min-max). act_bits 8: static per-tensor int8 Q/DQ on the inputs
-    of the quantized layers, ranges from the capture ("minmax" or "percentile"). refine: the
+    of the quantized layers, ranges from the capture ("minmax", "percentile" or "mse":
+    actrange.py; "auto": act_method). refine: the
     H-aware code descent after the solve (solvers/refine.py); None: the method's default (on
     for "obc" below 8 bits, off for "gptq", which then stays reference GPTQ)."""
 
@@ -107,7 +109,7 @@ class Quantization:
     clip_search: bool = True
     refine: bool | None = None
     act_bits: int | None = None
-    act_calibration: str = "minmax"
+    act_calibration: str = "auto"
     act_percentile: float = 99.99
 
     def __post_init__(self) -> None:
@@ -123,12 +125,20 @@ class Quantization:
         if self.act_bits is not None and self.act_bits != 8:
             raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got "
                               f"{self.act_bits!r}")
-        if self.act_calibration not in ("minmax", "percentile"):
-            raise ConfigError("quant.act_calibration must be 'minmax' or 'percentile', got "
-                              f"{self.act_calibration!r}")
+        if self.act_calibration not in ACT_CALIBRATIONS:
+            raise ConfigError("quant.act_calibration must be 'auto', 'minmax', 'percentile' or "
+                              f"'mse', got {self.act_calibration!r}")
         if not 50.0 < self.act_percentile <= 100.0:
             raise ConfigError(f"quant.act_percentile must be in (50, 100], got "
                               f"{self.act_percentile}")
+
+    def act_method(self, runtime: str) -> str:
+        """The activation range method that runs: act_calibration, where "auto" is "mse"
+        for the onnxruntime target (lower W8A8 error on its u8 grids: README "Defaults")
+        and "minmax" for tensorrt."""
+        if self.act_calibration != "auto":
+            return self.act_calibration
+        return "mse" if runtime == "onnxruntime" else "minmax"
 
     def spec(self, bits: int | None = None) -> QuantSpec | None:
         """The solver's weight grid for `bits` (default: quant.bits); None without bits."""

@@ -40,3 +40,56 @@ def test_without_the_histogram_the_minmax_figures_are_the_same():
     assert lean.scale("minmax") == full.scale("minmax")
     assert lean.bounds("minmax") == full.bounds("minmax") == (float(x.min()), float(x.max()))
     assert lean.hist.sum() == 0 < full.hist.sum()
+
+
+def _grid_error(x: np.ndarray, lo: float, hi: float) -> float:
+    """Mean squared error of x through the uint8 grid of [lo, hi] (as the exporter codes it)."""
+    s = (hi - lo) / 255
+    z = np.clip(np.rint(-lo / s), 0, 255)
+    return float(np.mean((x - (np.clip(np.rint(x / s) + z, 0, 255) - z) * s) ** 2))
+
+
+def test_signed_histogram_folds_into_the_histogram_of_abs_x():
+    rng = np.random.default_rng(2)
+    batches = [rng.standard_normal(4000) * s + m for s, m in ((0.5, 1.0), (3.0, -2.0))]
+    obs = RangeObserver()
+    for bt in batches:
+        obs.add(bt)
+    x = np.concatenate(batches).astype(np.float32)
+    assert obs.signed[:2048].sum() == (x < 0).sum() and obs.signed.sum() == x.size
+    expect = np.bincount(np.minimum((np.abs(x) / obs.top * 2048).astype(np.int64), 2047),
+                         minlength=2048)
+    assert np.abs(obs.hist - expect).sum() <= 2e-3 * x.size  # float32 rounding at bin edges
+    assert obs.hist.sum() == x.size
+
+
+def test_mse_range_beats_minmax_and_percentile_on_a_heavy_tail():
+    """A heavy-tailed activation (Student t, 3 degrees of freedom, shifted): the mse range
+    clips the rare extremes and has the lower quantization error on the data itself."""
+    x = (np.random.default_rng(3).standard_t(3, 200_000) + 0.5).astype(np.float32)
+    obs = RangeObserver()
+    for part in np.array_split(x, 5):
+        obs.add(part)
+    err = {m: _grid_error(x, *obs.bounds(m)) for m in ("minmax", "percentile", "mse")}
+    assert err["mse"] < 0.8 * err["minmax"] and err["mse"] < err["percentile"]
+    lo, hi = obs.bounds("mse")
+    assert x.min() < lo < 0 < hi < x.max()
+    assert 0 < obs.scale("mse") < obs.scale("minmax")
+
+
+def test_mse_range_keeps_a_tail_free_range():
+    """Uniform data has no tail to clip: the mse range stays within 5% of min-max."""
+    x = np.random.default_rng(4).uniform(-1.0, 3.0, 100_000).astype(np.float32)
+    obs = RangeObserver()
+    obs.add(x)
+    lo, hi = obs.bounds("mse")
+    assert lo <= 0.95 * x.min() and hi >= 0.95 * x.max()
+    assert _grid_error(x, lo, hi) <= _grid_error(x, *obs.bounds("minmax")) * 1.0001
+
+
+def test_without_a_histogram_mse_falls_back_to_minmax():
+    x = np.random.default_rng(5).laplace(0.0, 1.0, 1000)
+    lean = RangeObserver(histogram=False)
+    lean.add(x)
+    assert lean.bounds("mse") == lean.bounds("minmax")
+    assert lean.scale("mse") == lean.scale("minmax")

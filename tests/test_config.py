@@ -41,6 +41,8 @@ from onnx_obc.flags import flags_in, load_recipe
     (dict(sparsity=0.5, group_size=64), "add quant.bits", "add --bits"),
     (dict(bits=1), "quant.bits must be", "--bits must be"),
     (dict(bits=4, refine="yes"), "quant.refine must be", "--refine must be"),
+    (dict(bits=8, act_bits=8, act_calibration="entropy"), "'percentile' or 'mse'",
+     "--act-calibration must be"),
     (dict(), "nothing to do", "--sparsity 0.5"),
 ])
 def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
@@ -62,6 +64,17 @@ def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
 def test_valid_allocation_options(kw):
     cfg = CompressConfig.from_options(**kw)
     assert cfg.alloc.active
+
+
+@pytest.mark.parametrize("runtime, given, runs", [
+    ("onnxruntime", None, "mse"), ("tensorrt", None, "minmax"),
+    ("onnxruntime", "minmax", "minmax"), ("tensorrt", "mse", "mse"),
+    ("tensorrt", "percentile", "percentile")])
+def test_activation_ranges_default_to_mse_for_onnxruntime(runtime, given, runs):
+    opts = {} if given is None else {"act_calibration": given}
+    cfg = CompressConfig.from_options(bits=8, act_bits=8, runtime=runtime, **opts)
+    assert cfg.quant.act_calibration == (given or "auto")
+    assert cfg.quant.act_method(cfg.export.runtime) == runs
 
 
 def test_specs_are_not_mutated_on_construction():

@@ -15,12 +15,16 @@ from onnx import numpy_helper
 
 from onnx_obc import calib as calib_mod
 from onnx_obc import convert, export
+from onnx_obc.actrange import RangeObserver
+from onnx_obc.capture import capture, capture_session
 from onnx_obc.correct import correct_outputs
-from onnx_obc.export import bias_targets
+from onnx_obc.export import act_tensors, act_values, bias_targets
 from onnx_obc.layers import find_layers
 
 from . import builders as b
-from .export.helpers import mixed, paddle_convs, solutions, tensors
+from onnx_obc.solve import HostSolution
+
+from .export.helpers import _host, mixed, paddle_convs, solutions, tensors
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -152,3 +156,79 @@ def test_correct_outputs_returns_per_node_factors_that_the_exporter_folds():
         ("plain", export.build(model, layers, sols)),
         ("fixed", export.build(model, layers, sols, corrections=corr.fixes)))}
     assert err["fixed"] < 1e-4 < err["plain"]  # the output means match the dense model's
+
+
+def _gemm_relu_gemm(seed: int = 0) -> onnx.ModelProto:
+    """x [N, 8] --fc1(W1 [16, 8], b1)--> Relu --fc2(W2 [4, 16], b2)--> y [N, 4]."""
+    nodes = [onnx.helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
+             onnx.helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             onnx.helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], name="fc2", transB=1)]
+    inits = [b.weight("W1", (16, 8), seed), b.weight("b1", (16,), seed + 1),
+             b.weight("W2", (4, 16), seed + 2), b.weight("b2", (4,), seed + 3)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 8])], [b.vi("y", [b.BATCH, 4])], inits)
+
+
+def test_correction_with_activation_quantization_in_the_loop_removes_its_mean_shift():
+    """The input's 8-bit range clips its long tail (lognormal, range cut at its 90th
+    percentile): a known shift of every layer output's mean that only the deployed
+    (activation Q/DQ) model shows. Measured with the Q/DQ in the loop the correction removes
+    it, in the int32 biases of the onnxruntime graph (same nodes, integer kernels); measured
+    on the float model it cannot."""
+    model = _gemm_relu_gemm()
+    layers, _ = find_layers(model)
+    w = tensors(model)
+    sols = {L.weight: HostSolution(*[_host(L, L.to_matrix(w[L.weight]).astype(np.float64), 8)]
+                                   * 2) for L in layers}  # RTN int8 weights, nothing pruned
+    rng = np.random.default_rng(0)
+    x = {k: rng.lognormal(0.0, 1.0, (4096, 8)).astype(np.float32) for k in ("fit", "test")}
+    data = calib_mod.DataSet({"x": x["fit"]}, "feeds")
+    names = act_tensors(model, layers, "onnxruntime")
+    obs = {n: RangeObserver() for n in names}
+    for _, acts in capture(capture_session(model, names, ["CPUExecutionProvider"]), names,
+                           data.batches(64)):
+        for n, o in obs.items():
+            o.add(acts[n])
+    values = act_values(obs, "onnxruntime")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    values["x"] = (0.0, float(np.quantile(x["fit"], 0.9)))  # clip the input's tail
+
+    def built(fixes=None):
+        return export.build(model, layers, sols, corrections=fixes, act_scales=values,
+                            target="onnxruntime")
+
+    def shift(m):
+        y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]
+                                 ).run(None, {"x": x["test"]})[0]
+        return float(np.abs((y - sess.run(None, {"x": x["test"]})[0]).mean(0)).mean())
+
+    run = ["CPUExecutionProvider"]
+    loop = correct_outputs(model, layers, sols, data, 512, run, act_values=values,
+                           target="onnxruntime")
+    flt = correct_outputs(model, layers, sols, data, 512, run)
+    before, after, floated = shift(built()), shift(built(loop.fixes)), shift(built(flt.fixes))
+    assert after < 0.1 * before and floated > 0.5 * before
+    fixed = built(loop.fixes)
+    assert [n.op_type for n in fixed.graph.node] == [n.op_type for n in built().graph.node]
+    biases = [t for t in fixed.graph.initializer if t.data_type == onnx.TensorProto.INT32]
+    assert biases  # the correction went into the int32 bias codes
+
+
+def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
+    """convert(correct=True, act_bits=8) hands the run's activation ranges and target to the
+    correction (the deployed model in the loop); every layer still runs on integer kernels."""
+    import onnx_obc.pipeline as pipeline
+
+    seen = {}
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return correct_outputs(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "correct_outputs", spy)
+    model = _gemm_relu_gemm()
+    feed = {"x": np.random.default_rng(1).lognormal(0.0, 1.0, (128, 8)).astype(np.float32)}
+    res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
+                  calib=[feed], progress=False, device="cpu", compare_baseline=True)
+    assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
+    assert res.report.fusion["integer"] == res.report.fusion["layers"] == 2
+    assert "uncorrected" in next(iter(res.report.fidelity.values()))
