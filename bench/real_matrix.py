@@ -59,6 +59,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4 obc": {"bits": 4, "method": "obc"},
     "w4 gptq": {"bits": 4, "method": "gptq"},
     "w4 rtn": {"bits": 4, "method": "rtn"},
+    "w4 obc seq": {"bits": 4, "method": "obc", "sequential": True},
+    "w4 gptq seq": {"bits": 4, "method": "gptq", "sequential": True},
     "w4g32 obc": {"bits": 4, "group_size": 32, "method": "obc"},
     "w4g32 gptq": {"bits": 4, "group_size": 32, "method": "gptq"},
     "w4g32 rtn": {"bits": 4, "group_size": 32, "method": "rtn"},
@@ -133,7 +135,7 @@ def metrics(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) 
 
 
 def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: list[dict],
-            ev: dict, work: Path) -> dict:
+            ev: dict, work: Path, keep: Path | None = None) -> dict:
     from deploy import outputs
 
     prefix, options = MODELS[name][0], opts
@@ -150,7 +152,11 @@ def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: lis
                 (p.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
     info = json.loads(p.stdout.strip().splitlines()[-1])
     ys = outputs(out, feeds)
-    os.remove(out)
+    if keep is None:
+        os.remove(out)
+    else:  # for a paired evaluation on other eval sets (bench/real_paired.py)
+        keep.mkdir(parents=True, exist_ok=True)
+        os.replace(out, keep / Path(out).name)
     return {"model": name, "run": run, "options": options, "convert_s": info["seconds"],
             "peak_mb": info["peak_mb"], "methods_used": info["methods_used"],
             "layers": info["layers"], "warnings": info["warnings"], "grouped": info["grouped"],
@@ -189,6 +195,9 @@ def main() -> None:
     ap.add_argument("--eval-file", action="append", default=[], metavar="MODEL=PATH",
                     help="another eval set for MODEL (e.g. more text lines: the task metric's "
                          "sampling error on 200 lines is ~3 points)")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep the compressed models in DIR (MODEL.RUN.onnx) instead of "
+                         "deleting them")
     a = ap.parse_args()
     if a.child:
         return child(a.child)
@@ -216,7 +225,8 @@ def main() -> None:
                 opts["method"] = opts.get("method", method)
                 if (name, run, opts["method"]) in have:
                     continue
-                r = run_one(name, run, opts, dense, feeds, ev, Path(tmp))
+                r = run_one(name, run, opts, dense, feeds, ev, Path(tmp),
+                            Path(a.keep) if a.keep else None)
                 with out.open("a") as f:
                     f.write(json.dumps(r) + "\n")
                 print(table([r]).splitlines()[-1], flush=True)
