@@ -117,7 +117,7 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
     size0 = len(model.SerializeToString()) / 1e6
     lines = []
     for f in a.fractions:
-        res = {m: cut_channels(plan, f, a.align, m) for m in METHODS}
+        res = {m: cut_channels(plan, f, a.align, m, "layer") for m in METHODS}
         if "output" in a.objectives:  # sensitivity.py's factors: measured once per model
             res["dp output"] = cut_channels(plan, f, a.align, "dp", "output")
             print(f"  output factors in {plan.factor_seconds:.1f} s: " + ", ".join(
@@ -135,7 +135,7 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
 
             seq = prune_channels_sequential(model, layers, DataSet(calib, "calib"),
                                             1 if fixed else 16, get_backend("cpu"), f, 0.01,
-                                            2048, align=a.align)
+                                            2048, align=a.align, objective="layer")
             variants["dp --sequential"], res["dp --sequential"] = seq.model, seq
         for k, m in variants.items():
             ys = _outputs(m, feeds)

@@ -161,7 +161,7 @@ def _check_combination(c: CompressConfig) -> None:
     if p.channel_objective not in ("layer", "output"):
         raise ConfigError(f"prune.channel_objective must be layer or output, got "
                           f"{p.channel_objective!r}")
-    if p.channel_objective != "layer" and p.channels is None:
+    if p.channel_objective != "output" and p.channels is None:
         raise ConfigError("prune.channel_objective only applies to channel pruning: add "
                           "prune.channels")
     if p.channel_allocate != "dp" and p.channels is None:

@@ -67,8 +67,8 @@ class Pruning:
     channels: fraction of the layers' FLOPs to remove as whole channels (structured OBS, the
     graph shrinks; first), keeping a multiple of channel_align channels per layer, the cut
     spread over the layers by channel_allocate (dp exact, greedy, uniform) minimising
-    channel_objective (layer: normalised consumer losses; output: each scaled by the site's
-    measured output gain, channels/sensitivity.py)."""
+    channel_objective (output, default: the normalised consumer losses each scaled by the
+    site's measured output gain, channels/sensitivity.py; layer: unscaled)."""
 
     sparsity: float | None = None
     nm: tuple[int, int] | None = None
@@ -76,7 +76,7 @@ class Pruning:
     channels: float | None = None
     channel_align: int = 1
     channel_allocate: str = "dp"
-    channel_objective: str = "layer"
+    channel_objective: str = "output"
 
     def __post_init__(self) -> None:
         _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")

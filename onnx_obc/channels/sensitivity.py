@@ -57,10 +57,14 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float]:
     """Per solved site of `plan` (stage.ChannelPlan) its probes, and the seconds spent; from
     plan.data's first SAMPLES samples. A probe whose normalised loss is ~0 has factor 1."""
     t0 = time.perf_counter()
+    unit = [(np.zeros(1), np.ones(1))] * len(plan.solved)  # the layer objective
     feeds = sample_feeds(plan.data, plan.batch)
     if not feeds:
-        return [(np.zeros(1), np.ones(1))] * len(plan.solved), 0.0
-    dense = _run(plan.proto, feeds)
+        return unit, 0.0
+    try:
+        dense = _run(plan.proto, feeds, plan.runtime)
+    except Exception:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
+        return unit, time.perf_counter() - t0
     ref = sum(float(np.sum(y ** 2)) for y in dense)
     out = []
     for s in plan.solved:
@@ -89,17 +93,17 @@ def _gain(plan: Any, s: Any, k: int, feeds: list[dict], dense: list[np.ndarray],
     W = obs_update(be.to_device(s.W), s.Hinv, s.site.width, removed)
     m = shrink(plan.proto, [s.site], [np.setdiff1d(np.arange(s.site.channels), removed)],
                {s.site.consumer.weight: s.site.consumer.from_matrix(be.to_host(W)[None])})
-    err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(_run(m, feeds), dense))
+    err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(_run(m, feeds, plan.runtime), dense))
     return max(err / ref / norm, TINY)
 
 
-def _run(model: onnx.ModelProto, feeds: list[dict]) -> list[np.ndarray]:
-    """Every graph output on every feed (onnxruntime CPU, flattened in order)."""
-    import onnxruntime as ort
+def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None
+         ) -> list[np.ndarray]:
+    """Every graph output on every feed, flattened in order (float64), with `runtime`'s
+    providers and custom ops (capture.Runtime; default the CPU)."""
+    from ..capture import Runtime, session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = session(model, runtime or Runtime())
     names = {i.name for i in s.get_inputs()}
     return [np.asarray(y, dtype=np.float64).ravel() for f in feeds
             for y in s.run(None, {k: v for k, v in f.items() if k in names})]

@@ -44,7 +44,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                               memory_mb: int, runtime: Any = None, progress: bool = False,
                               align: int = 1, allocate: str = "dp",
                               groups: int | None = None, fit_dense: bool = False,
-                              objective: str = "layer") -> ChannelResult:
+                              objective: str = "output") -> ChannelResult:
     """prune_channels (stage.py) with the sites cut group by group; see the module
     docstring. `fit_dense`: fit each consumer to the dense model's output first (off by
     default: measured slightly worse, see the module docstring)."""

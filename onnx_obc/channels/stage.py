@@ -102,6 +102,7 @@ class ChannelPlan:
     batch: int = 1
     probes: list | None = None  # sensitivity.py's output factors per site, once measured
     factor_seconds: float = 0.0
+    runtime: Any = None  # capture.Runtime of the run (sensitivity.py's sessions)
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -124,11 +125,12 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
              for s in sites]
     solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
     return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
-                       backend, damp, time.perf_counter() - t0, feed, data, batch)
+                       backend, damp, time.perf_counter() - t0, feed, data, batch,
+                       runtime=runtime)
 
 
 def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
-               objective: str = "layer") -> tuple[list[int], list[str]]:
+               objective: str = "output") -> tuple[list[int], list[str]]:
     """Channels to remove per site for `fraction` of the layers' multiply-adds, and the
     warning when the prunable sites cover too little; `objective` "output" scales each
     site's normalised loss by its measured output factor (sensitivity.py)."""
@@ -148,7 +150,7 @@ def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
 
 
 def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp",
-                 objective: str = "layer") -> ChannelResult:
+                 objective: str = "output") -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels of `plan`'s sites,
     spread by `allocate` (channels/allocate.py), each site keeping a multiple of `align`
     (head sites: any number of heads, each already dh channels)."""
@@ -182,12 +184,13 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
 def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
                    backend: Backend, fraction: float, damp: float, memory_mb: int,
                    runtime: Any = None, progress: bool = False, align: int = 1,
-                   allocate: str = "dp", objective: str = "layer") -> ChannelResult:
+                   allocate: str = "dp", objective: str = "output") -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
     docstring); `data` is the calibration source the Hessians come from; every site keeps
     a multiple of `align` channels; `allocate` spreads the cut over the sites
-    (channels/allocate.py: dp, greedy or uniform) by the `objective` (layer: normalised
-    consumer losses; output: scaled by each site's measured output factor)."""
+    (channels/allocate.py: dp, greedy or uniform) by the `objective` (output: normalised
+    consumer losses scaled by each site's measured output gain, sensitivity.py; layer:
+    unscaled)."""
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
                          progress, fraction)
     return cut_channels(plan, fraction, align, allocate, objective)

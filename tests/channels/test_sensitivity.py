@@ -74,7 +74,8 @@ def test_unit_factors_reduce_to_the_layer_objective():
     model = _branches(gain=1.0)
     plan = _plan(model, 64, damp=0.01)
     plan.probes = [(np.zeros(1), np.ones(1))] * len(plan.solved)
-    assert counts_for(plan, 0.25, 1, "dp", "output") == counts_for(plan, 0.25, 1, "dp")
+    assert (counts_for(plan, 0.25, 1, "dp", "output")
+            == counts_for(plan, 0.25, 1, "dp", "layer"))
 
 
 def test_probe_counts_are_allowed_and_inside_the_trace():
@@ -110,9 +111,24 @@ def test_objective_is_validated():
     with pytest.raises(ConfigError, match="channel_objective"):
         CompressConfig.from_options(channels=0.3, channel_objective="fisher")
     with pytest.raises(ConfigError, match="channel_objective"):
-        CompressConfig.from_options(sparsity=0.5, channel_objective="output")
-    assert CompressConfig.from_options(channels=0.3, channel_objective="output"
-                                       ).prune.channel_objective == "output"
+        CompressConfig.from_options(sparsity=0.5, channel_objective="layer")
+    assert CompressConfig.from_options(channels=0.3).prune.channel_objective == "output"
+    assert CompressConfig.from_options(sparsity=0.5).prune.channel_objective == "output"
     plan = _plan(graphs.chain(dims=(8, 12, 4)), SAMPLES)
     with pytest.raises(ConfigError, match="objective"):
         counts_for(plan, 0.3, 1, "dp", "fisher")
+
+
+def test_convert_with_the_output_objective_and_its_fallback():
+    from onnx_obc import convert
+    from onnx_obc.channels.sensitivity import site_factors
+
+    model = _branches()
+    r = convert(model, None, calib=[b.feeds(model, 64, seed=1)], channels=0.25,
+                channel_objective="output", progress=False)
+    rows = {x["producer"]: x["removed"] for x in r.report.channels["rows"]}
+    assert rows["fb0"] > rows["fa0"]
+    plan = _plan(model, 64)
+    plan.data = None  # no samples: every factor 1, the layer objective
+    probes, _ = site_factors(plan, 1)
+    assert all(np.all(g == 1.0) for _, g in probes)
