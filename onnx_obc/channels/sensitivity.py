@@ -2,7 +2,7 @@
 per-site cost, the consumer's normalised loss sum(losses[:k]) / tr(W H W^T), says how much
 the consumer's output moves, not how much the model's output does. Each site is cut alone
 at two probe counts of its greedy trace (the middle and the end of the traced prefix;
-OBS-updated consumer, as cut_channels does), the model runs on SAMPLES calibration samples,
+OBS-updated consumer, as cut_channels does, its removed columns zero in place of a cut), the model runs on SAMPLES calibration samples,
 and at each probe k the site's factor is
 
     g(k) = (||y - y_dense||^2 / ||y_dense||^2) / normalised loss(k)
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from ..export.shrink import shrink
+from ..layers import constant_weights
 from ..solvers.channels import ChannelTrace, obs_update
 from .allocate import allowed, loss_curve
 
@@ -70,7 +71,8 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float]:
     for s in plan.solved:
         ks = probe_counts(len(s.trace.losses), s.site.channels, 1 if s.site.split else align)
         curve = loss_curve(s.trace, s.energy)
-        gains = [_gain(plan, s, k, feeds, dense, ref, float(curve[k])) for k in ks]
+        W = plan.backend.to_device(s.W) if ks else None  # once per site
+        gains = [_gain(plan, s, W, k, feeds, dense, ref, float(curve[k])) for k in ks]
         out.append((np.array(ks or [0], float), np.array(gains or [1.0])))
     return out, time.perf_counter() - t0
 
@@ -84,17 +86,28 @@ def scaled_trace(trace: ChannelTrace, energy: float, probes: Probes) -> ChannelT
     return ChannelTrace(trace.order, np.diff(cost))
 
 
-def _gain(plan: Any, s: Any, k: int, feeds: list[dict], dense: list[np.ndarray], ref: float,
-          norm: float) -> float:
-    """The measured relative output error^2 of site `s` cut alone at k, over `norm`."""
+def _gain(plan: Any, s: Any, W: Any, k: int, feeds: list[dict], dense: list[np.ndarray],
+          ref: float, norm: float) -> float:
+    """The measured relative output error^2 of site `s` (device weight W) cut alone at k,
+    over `norm`."""
     if norm <= TINY or ref <= 0:
         return 1.0
-    be, removed = plan.backend, s.trace.order[:k]
-    W = obs_update(be.to_device(s.W), s.Hinv, s.site.width, removed)
-    m = shrink(plan.proto, [s.site], [np.setdiff1d(np.arange(s.site.channels), removed)],
-               {s.site.consumer.weight: s.site.consumer.from_matrix(be.to_host(W)[None])})
+    W = obs_update(W, s.Hinv, s.site.width, s.trace.order[:k])  # removed columns 0
+    m = _with_weight(plan.proto, s.site.consumer.weight,
+                     s.site.consumer.from_matrix(plan.backend.to_host(W)[None]))
     err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(_run(m, feeds, plan.runtime), dense))
     return max(err / ref / norm, TINY)
+
+
+def _with_weight(proto: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.ModelProto:
+    """A copy of `proto` with weight `name` (initializer or Constant node) set to `value`:
+    the consumer with the removed channels' columns zero computes what the shrunk model
+    does (stage.py's oracle test), without the cost of shrinking the graph."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    t = constant_weights(m.graph)[name][1]
+    t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), t.name))
+    return m
 
 
 def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None

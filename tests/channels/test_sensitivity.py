@@ -132,3 +132,25 @@ def test_convert_with_the_output_objective_and_its_fallback():
     plan.data = None  # no samples: every factor 1, the layer objective
     probes, _ = site_factors(plan, 1)
     assert all(np.all(g == 1.0) for _, g in probes)
+
+
+@pytest.mark.parametrize("build", [graphs.conv_bn_relu_conv, graphs.depthwise_block,
+                                   graphs.attention, graphs.mlp_gelu],
+                         ids=lambda f: f.__name__)
+def test_zeroed_columns_compute_what_the_shrunk_model_does(build):
+    from onnx_obc.channels.sensitivity import _with_weight
+    from onnx_obc.export.shrink import shrink
+    from onnx_obc.solvers.channels import obs_update
+
+    model = build()
+    plan = _plan(model, 64, damp=0.01)
+    s = plan.solved[0]
+    k = probe_counts(len(s.trace.losses), s.site.channels, 1)[0]
+    removed = s.trace.order[:k]
+    W = obs_update(s.W, s.Hinv, s.site.width, removed)
+    new = s.site.consumer.from_matrix(np.asarray(W)[None])
+    cut = shrink(model, [s.site], [np.setdiff1d(np.arange(s.site.channels), removed)],
+                 {s.site.consumer.weight: new})
+    feed = b.feeds(model, 8, seed=5)
+    np.testing.assert_allclose(_run(_with_weight(model, s.site.consumer.weight, new), [feed]),
+                               _run(cut, [feed]), rtol=1e-4, atol=1e-5)
