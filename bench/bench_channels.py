@@ -18,7 +18,9 @@ bench/real (bench/setup_models.py): ppocr_rec / ppocr_det / ppocr_cls (Paddle ex
 in Constant nodes) and efficientnet_lite0 take bench/real_matrix.metrics' task metric (text
 accuracy of the CTC decode, case-folded; map F1 against dense; label accuracy; top-1
 agreement with dense). --sequential adds the DP cut with --sequential (no latency);
---sites cuts each site the DP uses alone at the DP's count and prints its normalised loss
+--objectives layer output (default) adds the row "dp output": the DP by each site's measured
+output factor (channels/sensitivity.py, --channel-objective output; the seconds it took are
+printed); --sites cuts each site the DP uses alone at the DP's count and prints its normalised loss
 and the output error and metric it causes (rows "P -> C alone | removed/channels | norm.
 loss | output error | metric").
 """
@@ -115,10 +117,16 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
     size0 = len(model.SerializeToString()) / 1e6
     lines = []
     for f in a.fractions:
-        res = {m: cut_channels(plan, f, a.align, m) for m in METHODS}
+        res = {m: cut_channels(plan, f, a.align, m, "layer") for m in METHODS}
+        if "output" in a.objectives:  # sensitivity.py's factors: measured once per model
+            res["dp output"] = cut_channels(plan, f, a.align, "dp", "output")
+            print(f"  output factors in {plan.factor_seconds:.1f} s: " + ", ".join(
+                f"{s.site.producer.name}->{s.site.consumer.name} " + "/".join(
+                    f"{g:.3g}@{k:.0f}" for k, g in zip(*p)) for s, p in zip(plan.solved, plan.probes)),
+                flush=True)
         variants = {m: r.model for m, r in res.items()}
         variants["l2"] = res["dp"].baseline
-        lat = _latency({"dense": model, **{m: res[m].model for m in METHODS}}, latfeed,
+        lat = _latency({"dense": model, **{m: r.model for m, r in res.items()}}, latfeed,
                        a.rounds) if a.rounds else {}
         if lat:
             lat["l2"] = lat["dp"]
@@ -127,7 +135,7 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
 
             seq = prune_channels_sequential(model, layers, DataSet(calib, "calib"),
                                             1 if fixed else 16, get_backend("cpu"), f, 0.01,
-                                            2048, align=a.align)
+                                            2048, align=a.align, objective="layer")
             variants["dp --sequential"], res["dp --sequential"] = seq.model, seq
         for k, m in variants.items():
             ys = _outputs(m, feeds)
@@ -193,6 +201,9 @@ def main() -> None:
     ap.add_argument("--align", type=int, default=8, help="keep multiples of this many channels")
     ap.add_argument("--sequential", action="store_true",
                     help="also the DP with --sequential (prune_channels_sequential)")
+    ap.add_argument("--objectives", nargs="+", default=["layer", "output"],
+                    choices=["layer", "output"],
+                    help="output: also the DP with --channel-objective output ('dp output')")
     ap.add_argument("--sites", action="store_true",
                     help="also each site the DP cuts, alone at its count (loss vs error)")
     a = ap.parse_args()

@@ -119,6 +119,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
                    "onnxruntime's blocked CPU Conv kernels).")
 @click.option("--channel-allocate", type=click.Choice(["dp", "greedy", "uniform"]), default="dp",
               show_default=True, help="With --channels: how the cut is spread over the layers.")
+@click.option("--channel-objective", type=click.Choice(["layer", "output"]), default="output",
+              show_default=True, help="With --channels: what the spread minimises (output: "
+              "each layer's loss scaled by its measured effect on the model output).")
 @click.option("--bits", type=click.IntRange(2, 8),
               help="Quantize weights with OBQ to this many bits (QDQ output); with "
                    "--sparsity, pruning comes first and the zeros are kept.")

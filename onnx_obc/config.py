@@ -158,6 +158,12 @@ def _check_combination(c: CompressConfig) -> None:
     if p.channel_allocate not in ("dp", "greedy", "uniform"):
         raise ConfigError(f"prune.channel_allocate must be dp, greedy or uniform, got "
                           f"{p.channel_allocate!r}")
+    if p.channel_objective not in ("layer", "output"):
+        raise ConfigError(f"prune.channel_objective must be layer or output, got "
+                          f"{p.channel_objective!r}")
+    if p.channel_objective != "output" and p.channels is None:
+        raise ConfigError("prune.channel_objective only applies to channel pruning: add "
+                          "prune.channels")
     if p.channel_allocate != "dp" and p.channels is None:
         raise ConfigError("prune.channel_allocate only applies to channel pruning: add "
                           "prune.channels")

@@ -67,7 +67,9 @@ class Pruning:
     block: prune blocks of this many consecutive input channels (with sparsity).
     channels: fraction of the layers' FLOPs to remove as whole channels (structured OBS, the
     graph shrinks; first), keeping a multiple of channel_align channels per layer, the cut
-    spread over the layers by channel_allocate (dp exact, greedy, uniform)."""
+    spread over the layers by channel_allocate (dp exact, greedy, uniform) minimising
+    channel_objective (output, default: the normalised consumer losses each scaled by the
+    site's measured output gain, channels/sensitivity.py; layer: unscaled)."""
 
     sparsity: float | None = None
     nm: tuple[int, int] | None = None
@@ -75,6 +77,7 @@ class Pruning:
     channels: float | None = None
     channel_align: int = 1
     channel_allocate: str = "dp"
+    channel_objective: str = "output"
 
     def __post_init__(self) -> None:
         _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")

@@ -43,8 +43,8 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                               batch: int, backend: Backend, fraction: float, damp: float,
                               memory_mb: int, runtime: Any = None, progress: bool = False,
                               align: int = 1, allocate: str = "dp",
-                              groups: int | None = None, fit_dense: bool = False
-                              ) -> ChannelResult:
+                              groups: int | None = None, fit_dense: bool = False,
+                              objective: str = "output") -> ChannelResult:
     """prune_channels (stage.py) with the sites cut group by group; see the module
     docstring. `fit_dense`: fit each consumer to the dense model's output first (off by
     default: measured slightly worse, see the module docstring)."""
@@ -56,7 +56,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],
                              time.perf_counter() - t0)
-    counts, warnings = counts_for(plan, fraction, align, allocate)
+    counts, warnings = counts_for(plan, fraction, align, allocate, objective)
     want = {s.producer.weight: k for s, k in zip(plan.sites, counts)}
     order = _topological(proto, [s for s, k in zip(plan.sites, counts) if k])
     n = groups or len(order)

@@ -18,6 +18,7 @@ import onnx
 
 from ..backend import Backend
 from ..collect import collect
+from ..errors import ConfigError
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights, weight_matrix
 from ..solvers.channels import (
@@ -31,6 +32,7 @@ from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
+from .sensitivity import OBJECTIVES, scaled_trace, site_factors
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,11 @@ class ChannelPlan:
     damp: float
     seconds: float = 0.0
     feed: dict | None = None  # a small calibration batch: probe.py's sizes of a cut model
+    data: Any = None  # the calibration source, and its batch (sensitivity.py's samples)
+    batch: int = 1
+    probes: list | None = None  # sensitivity.py's output factors per site, once measured
+    factor_seconds: float = 0.0
+    runtime: Any = None  # capture.Runtime of the run (sensitivity.py's sessions)
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -118,14 +125,22 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
              for s in sites]
     solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
     return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
-                       backend, damp, time.perf_counter() - t0, feed)
+                       backend, damp, time.perf_counter() - t0, feed, data, batch,
+                       runtime=runtime)
 
 
-def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str
-               ) -> tuple[list[int], list[str]]:
+def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
+               objective: str = "output") -> tuple[list[int], list[str]]:
     """Channels to remove per site for `fraction` of the layers' multiply-adds, and the
-    warning when the prunable sites cover too little."""
-    counts = _counts(plan, fraction * plan.dense, align, allocate)
+    warning when the prunable sites cover too little; `objective` "output" scales each
+    site's normalised loss by its measured output factor (sensitivity.py)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"channel objective must be one of {', '.join(OBJECTIVES)}, "
+                          f"got {objective!r}")
+    if objective == "output" and plan.probes is None:
+        plan.probes, plan.factor_seconds = site_factors(plan, align)
+    scale = plan.probes if objective == "output" else None
+    counts = _counts(plan, fraction * plan.dense, align, allocate, scale)
     saved = saved_macs(plan.sites, counts)
     if saved >= fraction * plan.dense:
         return counts, []
@@ -134,8 +149,8 @@ def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str
     return counts, [why]
 
 
-def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp"
-                 ) -> ChannelResult:
+def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp",
+                 objective: str = "output") -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels of `plan`'s sites,
     spread by `allocate` (channels/allocate.py), each site keeping a multiple of `align`
     (head sites: any number of heads, each already dh channels)."""
@@ -145,7 +160,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],
                              plan.seconds)
-    counts, warnings = counts_for(plan, fraction, align, allocate)
+    counts, warnings = counts_for(plan, fraction, align, allocate, objective)
     rows, keep, keep_norm, updated = [], [], [], {}
     for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]
@@ -169,35 +184,41 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
 def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
                    backend: Backend, fraction: float, damp: float, memory_mb: int,
                    runtime: Any = None, progress: bool = False, align: int = 1,
-                   allocate: str = "dp") -> ChannelResult:
+                   allocate: str = "dp", objective: str = "output") -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
     docstring); `data` is the calibration source the Hessians come from; every site keeps
     a multiple of `align` channels; `allocate` spreads the cut over the sites
-    (channels/allocate.py: dp, greedy or uniform)."""
+    (channels/allocate.py: dp, greedy or uniform) by the `objective` (output: normalised
+    consumer losses scaled by each site's measured output gain, sensitivity.py; layer:
+    unscaled)."""
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
                          progress, fraction)
-    return cut_channels(plan, fraction, align, allocate)
+    return cut_channels(plan, fraction, align, allocate, objective)
 
 
-def _counts(plan: ChannelPlan, target: float, align: int, method: str) -> list[int]:
+def _counts(plan: ChannelPlan, target: float, align: int, method: str,
+            scale: list | None = None) -> list[int]:
     """The selected counts; a site whose trace prefix the selection uses up gets its whole
     greedy trace, and the selection runs again."""
-    counts = _select(plan.solved, target, align, method)
+    counts = _select(plan.solved, target, align, method, scale)
     short = [i for i, (k, s) in enumerate(zip(counts, plan.solved))
              if k == len(s.trace.losses) < s.site.channels - 1]
     for i in short:
         plan.solved[i] = _solve(plan.sites[i], plan.weights, plan.hessians, plan.backend,
                                 plan.damp, plan.sites[i].channels - 1)
-    return _select(plan.solved, target, align, method) if short else counts
+    return _select(plan.solved, target, align, method, scale) if short else counts
 
 
-def _select(solved: list[_Solved], target: float, align: int, method: str) -> list[int]:
+def _select(solved: list[_Solved], target: float, align: int, method: str,
+            scale: list | None = None) -> list[int]:
     """allocate.counts until the exact saving (saved_macs) reaches `target`: the first-order
     per-channel savings overcount layers cut on both sides, so the goal is raised past the
     counts' own first-order saving by the shortfall, a few times."""
     goal, counts, last = target, [], None
+    traces = [s.trace if scale is None else scaled_trace(s.trace, s.energy, p)
+              for s, p in zip(solved, scale or solved)]
     for _ in range(8):
-        counts = allocate_counts(method, [s.trace for s in solved],
+        counts = allocate_counts(method, traces,
                                  [s.energy for s in solved], [s.site.macs for s in solved],
                                  goal, [s.site.channels for s in solved],
                                  [1 if s.site.split else align for s in solved])

@@ -40,11 +40,13 @@ MODES = {  # name: (model, options)
 # fails; bench/device_crossings.py --sites lists them): W in, results out (weights, and when
 # quantized codes, scale, zero, of the compressed and the baseline solution: 2 or 8), host
 # index arrays of the solvers (row batches, column groups); the DP solves every level (the
-# output score evaluates each level's weights with onnxruntime, on the host)
+# output score evaluates each level's weights with onnxruntime, on the host); channels: 8
+# with --channel-objective layer, + 5 as measured for the output objective's two probe cuts
+# per site (sensitivity.py: the consumer's W in once, its update out per probe, ...)
 PER_LAYER = {"unstructured": 5, "nm": 7, "blocks": 8, "obq": 10, "obs+obq": 12,
              "obq-groups-asym": 10, "gptq": 9, "gptq-act-order": 9, "dp-sparsity": 7,
              "dp-bops": 21, "dp-output-score": 38, "correct": 5, "sequential": 5,
-             "act-bits": 10, "channels": 8, "onnxruntime": 10}
+             "act-bits": 10, "channels": 13, "onnxruntime": 10}
 
 # activation copies of the capture: 3 batches of 8 fit samples x 2 layers; sequential adds the
 # dense model's inputs of its second group; the channel stage captures its one consumer

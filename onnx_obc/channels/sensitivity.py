@@ -1,0 +1,122 @@
+"""An end-to-end scale per channel site (`--channel-objective output`): the allocation's
+per-site cost, the consumer's normalised loss sum(losses[:k]) / tr(W H W^T), says how much
+the consumer's output moves, not how much the model's output does. Each site is cut alone
+at two probe counts of its greedy trace (the middle and the end of the traced prefix;
+OBS-updated consumer, as cut_channels does, its removed columns zero in place of a cut), the model runs on SAMPLES calibration samples,
+and at each probe k the site's factor is
+
+    g(k) = (||y - y_dense||^2 / ||y_dense||^2) / normalised loss(k)
+
+(over all graph outputs), a first-order propagation gain, interpolated linearly in k
+between the probes and constant outside them. The allocation then minimises
+sum_s g_s(k) * normloss_s(k), the predicted relative output error^2 summed over the sites:
+`scaled_trace` rewrites a site's trace so that allocate.py's normalised curve is that cost
+(made non-decreasing). Costs two forward passes of the samples per site (plus the dense).
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..layers import constant_weights
+from ..solvers.channels import ChannelTrace, obs_update
+from .allocate import allowed, loss_curve
+
+OBJECTIVES = ("layer", "output")
+SAMPLES = 16  # calibration samples the factors are measured on
+TINY = 1e-12  # normalised losses below this carry no measurable signal: factor 1
+
+
+def sample_feeds(data: Any, batch: int, n: int = SAMPLES) -> list[dict[str, np.ndarray]]:
+    """About `n` calibration samples of `data` (a calib.DataSet) in batches of `batch`."""
+    try:
+        return [f for _, f in islice(data.batches(batch), max(1, -(-n // max(batch, 1))))]
+    except AttributeError:
+        return []
+
+
+def probe_counts(trace_steps: int, channels: int, align: int) -> list[int]:
+    """The probes: the allowed counts (>= 1) nearest the middle and the end of the traced
+    prefix (one when they coincide, none without an allowed count)."""
+    opts = [k for k in allowed(trace_steps, channels, align) if k > 0]
+    if not opts:
+        return []
+    return sorted({min(opts, key=lambda k: (abs(k - t), k)) for t in (trace_steps / 2,
+                                                                         trace_steps)})
+
+
+Probes = tuple[np.ndarray, np.ndarray]  # (counts, factors) of one site, counts increasing
+
+
+def site_factors(plan: Any, align: int) -> tuple[list[Probes], float]:
+    """Per solved site of `plan` (stage.ChannelPlan) its probes, and the seconds spent; from
+    plan.data's first SAMPLES samples. A probe whose normalised loss is ~0 has factor 1."""
+    t0 = time.perf_counter()
+    unit = [(np.zeros(1), np.ones(1))] * len(plan.solved)  # the layer objective
+    feeds = sample_feeds(plan.data, plan.batch)
+    if not feeds:
+        return unit, 0.0
+    try:
+        dense = _run(plan.proto, feeds, plan.runtime)
+    except Exception:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
+        return unit, time.perf_counter() - t0
+    ref = sum(float(np.sum(y ** 2)) for y in dense)
+    out = []
+    for s in plan.solved:
+        ks = probe_counts(len(s.trace.losses), s.site.channels, 1 if s.site.split else align)
+        curve = loss_curve(s.trace, s.energy)
+        W = plan.backend.to_device(s.W) if ks else None  # once per site
+        gains = [_gain(plan, s, W, k, feeds, dense, ref, float(curve[k])) for k in ks]
+        out.append((np.array(ks or [0], float), np.array(gains or [1.0])))
+    return out, time.perf_counter() - t0
+
+
+def scaled_trace(trace: ChannelTrace, energy: float, probes: Probes) -> ChannelTrace:
+    """`trace` with increments such that loss_curve(result, energy)[k] is the running
+    maximum of g(k) * loss_curve(trace, energy)[k] (g: the probes interpolated)."""
+    curve = loss_curve(trace, energy)
+    g = np.interp(np.arange(len(curve)), probes[0], probes[1])
+    cost = np.maximum.accumulate(curve * g) * max(energy, 1e-30)
+    return ChannelTrace(trace.order, np.diff(cost))
+
+
+def _gain(plan: Any, s: Any, W: Any, k: int, feeds: list[dict], dense: list[np.ndarray],
+          ref: float, norm: float) -> float:
+    """The measured relative output error^2 of site `s` (device weight W) cut alone at k,
+    over `norm`."""
+    if norm <= TINY or ref <= 0:
+        return 1.0
+    W = obs_update(W, s.Hinv, s.site.width, s.trace.order[:k])  # removed columns 0
+    m = _with_weight(plan.proto, s.site.consumer.weight,
+                     s.site.consumer.from_matrix(plan.backend.to_host(W)[None]))
+    err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(_run(m, feeds, plan.runtime), dense))
+    return max(err / ref / norm, TINY)
+
+
+def _with_weight(proto: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.ModelProto:
+    """A copy of `proto` with weight `name` (initializer or Constant node) set to `value`:
+    the consumer with the removed channels' columns zero computes what the shrunk model
+    does (stage.py's oracle test), without the cost of shrinking the graph."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    t = constant_weights(m.graph)[name][1]
+    t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), t.name))
+    return m
+
+
+def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None
+         ) -> list[np.ndarray]:
+    """Every graph output on every feed, flattened in order (float64), with `runtime`'s
+    providers and custom ops (capture.Runtime; default the CPU)."""
+    from ..capture import Runtime, session
+
+    s = session(model, runtime or Runtime())
+    names = {i.name for i in s.get_inputs()}
+    return [np.asarray(y, dtype=np.float64).ravel() for f in feeds
+            for y in s.run(None, {k: v for k, v in f.items() if k in names})]
