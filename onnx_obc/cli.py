@@ -15,6 +15,7 @@ from .config import LAYER_OPS, Selection
 from .errors import ConfigError, ObcError
 from .flags import (
     calib_options,
+    channel_options,
     config_from_flags,
     engine_options,
     export_options,
@@ -111,17 +112,7 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
                    "M consecutive input channels.")
 @click.option("--block", type=click.IntRange(min=2),
               help="Prune blocks of this many consecutive input channels (with --sparsity).")
-@click.option("--channels", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Remove this fraction of the layers' FLOPs as whole channels (structured "
-                   "OBS; the graph shrinks), e.g. 0.3.")
-@click.option("--channel-align", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With --channels: keep a multiple of this many channels per layer (8 suits "
-                   "onnxruntime's blocked CPU Conv kernels).")
-@click.option("--channel-allocate", type=click.Choice(["dp", "greedy", "uniform"]), default="dp",
-              show_default=True, help="With --channels: how the cut is spread over the layers.")
-@click.option("--channel-objective", type=click.Choice(["layer", "output"]), default="output",
-              show_default=True, help="With --channels: what the spread minimises (output: "
-              "each layer's loss scaled by its measured effect on the model output).")
+@channel_options
 @click.option("--bits", type=click.IntRange(2, 8),
               help="Quantize weights with OBQ to this many bits (QDQ output); with "
                    "--sparsity, pruning comes first and the zeros are kept.")

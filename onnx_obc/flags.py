@@ -169,3 +169,25 @@ _EXPORT_OPTIONS = [
 def export_options(command: Any) -> Any:
     """The `compress` options of ExportOptions (where the quantized model runs)."""
     return _with(_EXPORT_OPTIONS, command)
+
+
+_CHANNEL_OPTIONS = [
+    click.option("--channels", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                 help="Remove this fraction of the layers' FLOPs as whole channels (structured "
+                      "OBS; the graph shrinks), e.g. 0.3."),
+    click.option("--channel-align", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="With --channels: keep a multiple of this many channels per layer (8 "
+                      "suits onnxruntime's blocked CPU Conv kernels)."),
+    click.option("--channel-allocate", type=click.Choice(["dp", "greedy", "uniform"]),
+                 default="dp", show_default=True,
+                 help="With --channels: how the cut is spread over the layers."),
+    click.option("--channel-objective", type=click.Choice(["layer", "output"]),
+                 default="output", show_default=True,
+                 help="With --channels: what the spread minimises (output: each layer's loss "
+                      "scaled by its measured effect on the model output)."),
+]
+
+
+def channel_options(command: Any) -> Any:
+    """The `compress` options of channel pruning (--channels and how it is spread)."""
+    return _with(_CHANNEL_OPTIONS, command)
