@@ -61,6 +61,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4 rtn": {"bits": 4, "method": "rtn"},
     "w4 obc seq": {"bits": 4, "method": "obc", "sequential": True},
     "w4 gptq seq": {"bits": 4, "method": "gptq", "sequential": True},
+    "w4 obc corr": {"bits": 4, "method": "obc", "correct": True},
+    "w4 gptq corr": {"bits": 4, "method": "gptq", "correct": True},
     "w4g32 obc": {"bits": 4, "group_size": 32, "method": "obc"},
     "w4g32 gptq": {"bits": 4, "group_size": 32, "method": "gptq"},
     "w4g32 rtn": {"bits": 4, "group_size": 32, "method": "rtn"},
