@@ -2,7 +2,8 @@
 per-site cost, the consumer's normalised loss sum(losses[:k]) / tr(W H W^T), says how much
 the consumer's output moves, not how much the model's output does. Each site is cut alone
 at two probe counts of its greedy trace (the middle and the end of the traced prefix;
-OBS-updated consumer, as cut_channels does, its removed columns zero in place of a cut), the model runs on SAMPLES calibration samples,
+OBS-updated consumer, as cut_channels does, its removed columns zero in place of a cut),
+the model runs on SAMPLES calibration samples,
 and at each probe k the site's factor is
 
     g(k) = (||y - y_dense||^2 / ||y_dense||^2) / normalised loss(k)
@@ -54,18 +55,20 @@ def probe_counts(trace_steps: int, channels: int, align: int) -> list[int]:
 Probes = tuple[np.ndarray, np.ndarray]  # (counts, factors) of one site, counts increasing
 
 
-def site_factors(plan: Any, align: int) -> tuple[list[Probes], float]:
-    """Per solved site of `plan` (stage.ChannelPlan) its probes, and the seconds spent; from
-    plan.data's first SAMPLES samples. A probe whose normalised loss is ~0 has factor 1."""
+def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
+    """Per solved site of `plan` (stage.ChannelPlan) its probes, the seconds spent and why
+    the layer objective was used instead ("" when measured); from plan.data's first SAMPLES
+    samples. A probe whose normalised loss is ~0 has factor 1."""
     t0 = time.perf_counter()
     unit = [(np.zeros(1), np.ones(1))] * len(plan.solved)  # the layer objective
     feeds = sample_feeds(plan.data, plan.batch)
+    why = "--channel-objective output fell back to the layer objective: "
     if not feeds:
-        return unit, 0.0
+        return unit, 0.0, why + "no calibration samples to measure the output factors on"
     try:
         dense = _run(plan.proto, feeds, plan.runtime)
-    except Exception:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
-        return unit, time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
+        return unit, time.perf_counter() - t0, why + f"onnxruntime could not run the model ({e})"
     ref = sum(float(np.sum(y ** 2)) for y in dense)
     out = []
     for s in plan.solved:
@@ -74,7 +77,7 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float]:
         W = plan.backend.to_device(s.W) if ks else None  # once per site
         gains = [_gain(plan, s, W, k, feeds, dense, ref, float(curve[k])) for k in ks]
         out.append((np.array(ks or [0], float), np.array(gains or [1.0])))
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, ""
 
 
 def scaled_trace(trace: ChannelTrace, energy: float, probes: Probes) -> ChannelTrace:

@@ -102,6 +102,7 @@ class ChannelPlan:
     batch: int = 1
     probes: list | None = None  # sensitivity.py's output factors per site, once measured
     factor_seconds: float = 0.0
+    factor_note: str = ""  # why the output factors were not measured ("" when they were)
     runtime: Any = None  # capture.Runtime of the run (sensitivity.py's sessions)
 
 
@@ -138,15 +139,16 @@ def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
         raise ConfigError(f"channel objective must be one of {', '.join(OBJECTIVES)}, "
                           f"got {objective!r}")
     if objective == "output" and plan.probes is None:
-        plan.probes, plan.factor_seconds = site_factors(plan, align)
+        plan.probes, plan.factor_seconds, plan.factor_note = site_factors(plan, align)
     scale = plan.probes if objective == "output" else None
+    notes = [plan.factor_note] if scale is not None and plan.factor_note else []
     counts = _counts(plan, fraction * plan.dense, align, allocate, scale)
     saved = saved_macs(plan.sites, counts)
     if saved >= fraction * plan.dense:
-        return counts, []
+        return counts, notes
     why = (f"channel pruning saves {saved / plan.dense:.1%} of the layer FLOPs, short of "
            f"prune.channels {fraction:.1%}: the prunable sites cover too little")
-    return counts, [why]
+    return counts, notes + [why]
 
 
 def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp",

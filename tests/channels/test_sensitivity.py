@@ -130,8 +130,13 @@ def test_convert_with_the_output_objective_and_its_fallback():
     assert rows["fb0"] > rows["fa0"]
     plan = _plan(model, 64)
     plan.data = None  # no samples: every factor 1, the layer objective
-    probes, _ = site_factors(plan, 1)
+    probes, _, why = site_factors(plan, 1)
     assert all(np.all(g == 1.0) for _, g in probes)
+    assert "fell back to the layer objective" in why and "no calibration samples" in why
+    from onnx_obc.channels.stage import counts_for
+
+    _, warnings = counts_for(plan, 0.25, 1, "dp", "output")
+    assert any("fell back to the layer objective" in w for w in warnings)
 
 
 @pytest.mark.parametrize("build", [graphs.conv_bn_relu_conv, graphs.depthwise_block,
