@@ -234,6 +234,7 @@ def test_convert_reports_the_fusion(tmp_path: Path) -> None:
     assert f["layers"] == 6 and f["integer"] == 6 and f["unfused"] == []
     assert f["kernels"] == {"QLinearConv": 5, "QGemm": 1}
     assert "6 of 6 quantized layers run on integer kernels" in r.report.table()
+    assert "--runtime onnxruntime" not in r.report.table()
     assert r.report.to_dict()["fusion"]["integer"] == 6
     assert {k: r.report.to_dict()["config"]["export"][k] for k in ("runtime", "act_type")} \
         == {"runtime": "onnxruntime", "act_type": "u8"}
@@ -245,6 +246,7 @@ def test_convert_reports_the_fusion(tmp_path: Path) -> None:
                 progress=False, compare_baseline=False, method="rtn")
     assert r.report.fusion["integer"] == 0 and len(r.report.fusion["unfused"]) == 6
     assert "0 of 6 quantized layers" in r.report.table()
+    assert "use --runtime onnxruntime" in r.report.table()
 
 
 def test_fusion_temp_dir_is_removed(monkeypatch) -> None:
