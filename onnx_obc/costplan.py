@@ -132,7 +132,8 @@ def without_auto_dp(layers: list[Layer], cfg: Any) -> tuple[Any, str | None]:
 def _refined(q: Any, candidates: int) -> int:
     """Candidates the obc solve refines (choose.py: OBQ, the GPTQs, RTN; after pruning OBQ)."""
     from .solvers.choose import exact_pays
-    return 0 if not q.bits or q.refine is False or not exact_pays(q.bits) else (
+    from .solvers.refine import wanted
+    return 0 if not q.bits or not wanted(q, exact=True) or not exact_pays(q.bits) else (
         candidates + 2 if candidates else 1)
 
 
