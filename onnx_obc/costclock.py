@@ -99,6 +99,18 @@ def _blas_limit() -> tuple[Any, int]:
     return (c.limit if threads > 1 else None), threads
 
 
+def solve_threads(rates: dict[str, float]) -> Any:
+    """Where the plan's rates found the BLAS's threads contended (so its kernels' rates are
+    the one-thread ones): a context that runs the solves on one BLAS thread, as predicted;
+    the contended threads slow the solve's small kernels as they slowed the benchmark's
+    (PP-OCR's classifier at W4, load 8 on 2 cores: solve 48.8 s on 2 threads, 13.8 s on one).
+    Otherwise (or on a GPU: `threads` 1 there) nothing changes."""
+    if rates.get("contention", 1.0) <= CONTENDED or rates.get("threads", 1.0) <= 1:
+        return nullcontext()
+    limit, _ = _blas_limit()
+    return limit(limits=1, user_api="blas") if limit else nullcontext()
+
+
 def contention_note(rates: Any) -> str | None:
     """The plan's warning when the micro-benchmark's multi-threaded kernels were much slower
     than with one thread ("" fields: rates made elsewhere, never contended)."""
@@ -108,4 +120,4 @@ def contention_note(rates: Any) -> str | None:
     return (f"the cost plan's micro-benchmark looked contended: with {rates.threads:g} BLAS "
             f"threads {', '.join(slow)} ran up to {rates.contention:.0f}x slower than with one "
             "thread (another process busy on the cores?); the plan uses the one-thread times "
-            "there, and the solve may take longer than predicted")
+            "and the solves run on one BLAS thread")

@@ -95,3 +95,39 @@ def test_contended_rates_equal_the_uncontended_ones_and_the_plan_says_so():
     assert [(p.method, p.blocks) for p in fit[0].layers] == [
         (p.method, p.blocks) for p in fit[1].layers]
     assert "obc" in {p.method for p in fit[0].layers} and fit[0].seconds <= T
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_a_contended_plan_solves_on_one_blas_thread(monkeypatch):
+    """The rates are then the one-thread ones, and the solve runs as predicted: on one
+    thread (the contended threads slow the solve's small kernels as the benchmark's)."""
+    from threadpoolctl import threadpool_limits
+
+    import onnx_obc.costplan as cp
+    import onnx_obc.pipeline as pipeline
+    from onnx_obc import convert
+    from onnx_obc.costclock import solve_threads
+
+    contended = calibrate(timer=Fake(100.0), threads=2)
+    clean = calibrate(timer=Fake(1.0), threads=2)
+    with threadpool_limits(limits=2, user_api="blas"):
+        with solve_threads(contended.to_dict()):
+            assert _blas_threads() == 1
+        with solve_threads(clean.to_dict()), solve_threads({}):
+            assert _blas_threads() == 2
+        seen = []
+        real = pipeline.compress_layers
+        monkeypatch.setattr(pipeline, "compress_layers",
+                            lambda *a, **k: seen.append(_blas_threads()) or real(*a, **k))
+        model = b.matmul(d_in=16, d_out=4)
+        for rates in (contended, clean):
+            monkeypatch.setattr(cp, "calibrate", lambda *a, **k: rates)
+            r = convert(model, None, calib=[b.feeds(model, 32)], sparsity=0.5, progress=False)
+            assert any("solves run on one BLAS thread" in w
+                       for w in r.report.warnings) == (rates is contended)
+        assert seen == [1, 2] and _blas_threads() == 2
