@@ -10,8 +10,9 @@ bounded by its one-thread time: the best of `repeat` runs of each, the one-threa
 (a multi-threaded series stops early once it is SLOW times slower, and once GIVE_UP kernels
 looked contended the rest are timed with one thread only). A kernel whose
 multi-threaded time was over CONTENDED times its one-thread time is recorded (`Clock.slow`)
-and the plan says the rates looked contended. On a GPU (xp not numpy), without threadpoolctl
-or with one BLAS thread, kernels are timed as they are.
+and the plan says the rates looked contended; the solves then run on one BLAS thread
+(`solve_threads`), as the one-thread rates predict. On a GPU (xp not numpy), without
+threadpoolctl or with one BLAS thread, kernels are timed as they are.
 """
 
 from __future__ import annotations
