@@ -106,7 +106,7 @@ def _blas_threads() -> int:
 def test_a_contended_plan_solves_on_one_blas_thread(monkeypatch):
     """The rates are then the one-thread ones, and the solve runs as predicted: on one
     thread (the contended threads slow the solve's small kernels as the benchmark's)."""
-    from threadpoolctl import threadpool_limits
+    threadpool_limits = pytest.importorskip("threadpoolctl").threadpool_limits
 
     import onnx_obc.costplan as cp
     import onnx_obc.pipeline as pipeline
