@@ -107,7 +107,8 @@ def _transformer(plan):
     layers = [L for L in plan.layers if L.weight in names]
     from onnx_obc.channels.probe import probe_sizes
 
-    dense = layer_macs(plan.proto, layers, sizes=probe_sizes(plan.proto, plan.feed))
+    sizes, _ = probe_sizes(plan.proto, plan.feed, plan.runtime)
+    dense = layer_macs(plan.proto, layers, sizes=sizes)
     return replace(plan, layers=layers, dense=dense, sites=[plan.sites[i] for i in keep],
                    solved=[plan.solved[i] for i in keep])
 

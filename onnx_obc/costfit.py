@@ -4,8 +4,10 @@ SparseGPT), and of the column blocks each is solved in, so the predicted solve f
 Every layer starts on the fast path at the blocks the memory plan gave it. When that alone
 is predicted over the budget, the blocked layers' blocks are halved (block-diagonal H over
 smaller blocks: the fast path costs ~bs^2 per row and column instead of ~d^2), the layer
-whose halving saves the most seconds first, until the total fits or no block can halve
-(MIN_BLOCK columns); only then does a warning say the budget is missed. Exact solves are
+whose halving saves the most seconds first, until the total fits. When even blocks of
+MIN_BLOCK columns do not fit, the halving would only lose accuracy (a coarser block-diagonal
+H) without meeting the budget: every layer keeps the memory plan's blocks on the fast path
+and a warning says the budget is missed. Exact solves are
 then bought, cheapest extra seconds per weight first, while the predicted total stays within
 the budget (a weight's expected gain from an exact solve is about the same across layers, so
 this buys the most exactly-solved weights for the time); a blocked layer may get its exact
@@ -25,14 +27,19 @@ def fit_time(plan: Plan, rt: Rates, sparsity: float, quant: bool, row: int,
     """Choose per layer ExactOBS or the fast path so the predicted total fits the budget."""
     T = plan.time_budget_s
     layers = [replace(p, method="gptq", seconds=p.fast_seconds or 0.0) for p in plan.layers]
-    layers = _shrink_fast(layers, rt, sparsity, quant, row, align, T)
-    left = T - sum(p.seconds for p in layers)
+    shrunk = _shrink_fast(layers, rt, sparsity, quant, row, align, T)
+    left = T - sum(p.seconds for p in shrunk)
     warnings = list(plan.warnings)
-    if left < 0:
-        warnings.append(f"the fast path alone is predicted to take {T - left:.0f} s, more than "
-                        f"the --time-budget {T:g} s even in blocks of {MIN_BLOCK} columns; "
-                        "every layer takes the fast path")
+    if left < 0:  # unreachable: keep the memory plan's (more accurate) blocks
+        kept = sum(p.seconds for p in layers)
+        blocked = any(p.blocks > 1 for p in layers)
+        warnings.append(f"the fast path alone is predicted to take {kept:.0f} s, more than "
+                        f"the --time-budget {T:g} s"
+                        + (f" (still {T - left:.0f} s in blocks of {MIN_BLOCK} columns): every "
+                           "layer takes the fast path, in the memory plan's column blocks"
+                           if blocked else ": every layer takes the fast path"))
         return replace(plan, layers=layers, warnings=warnings)
+    layers = shrunk
     options = {}
     for i, p in enumerate(plan.layers):  # exact at the planned blocks, or at smaller ones
         opts, bs = [(p.blocks, p.exact_seconds)], p.d // p.blocks

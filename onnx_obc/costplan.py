@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .costclock import CONTENDED, contention_note
 from .costmodel import (Rates, Shape, baseline_seconds, calibrate, exact_seconds, fast_seconds,
                         fast_quant_seconds, hessian_bytes, row_bytes, solver_bytes,
                         solver_fixed_bytes)
@@ -86,7 +87,9 @@ class Plan:
                 f"{self.hessian_total / MB:.0f} MB, largest solve "
                 f"{max((p.solver_bytes for p in self.layers), default=0) / MB:.0f} MB, of "
                 f"--memory-budget {self.budget_bytes / MB:.0f} MB"
-                + (f"; --time-budget {self.time_budget_s:g} s" if self.time_budget_s else ""))
+                + (f"; --time-budget {self.time_budget_s:g} s" if self.time_budget_s else "")
+                + ("; rates contended, one-thread times used" if self.rates.get(
+                    "contention", 1.0) > CONTENDED else ""))
 
     def table(self) -> str:
         from .report import short_name
@@ -129,7 +132,8 @@ def without_auto_dp(layers: list[Layer], cfg: Any) -> tuple[Any, str | None]:
 def _refined(q: Any, candidates: int) -> int:
     """Candidates the obc solve refines (choose.py: OBQ, the GPTQs, RTN; after pruning OBQ)."""
     from .solvers.choose import exact_pays
-    return 0 if not q.bits or q.refine is False or not exact_pays(q.bits) else (
+    from .solvers.refine import wanted
+    return 0 if not q.bits or not wanted(q, exact=True) or not exact_pays(q.bits) else (
         candidates + 2 if candidates else 1)
 
 
@@ -199,8 +203,9 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
             secs = ex if method == "obc" else fa
         plans.append(LayerPlan(L.name, L.weight, s.G, s.r, s.d, s.k, method,
                                hessian_bytes(s) * per_hess, solver_bytes(s, row), ex, fa, secs))
+    note = contention_note(rt)  # the micro-benchmark's BLAS threads were contended
     out = Plan(plans, M, max(MIN_ACTIVATIONS, M - sum(p.hessian_bytes for p in plans)), row,
-               run.time_budget_s, rt.to_dict())
+               run.time_budget_s, rt.to_dict(), [note] if note else [])
     if run.time_budget_s is not None and method == "obc" and st_free and exact:
         from .costfit import fit_time
         out = fit_time(out, rt, sparsity, quant, row, align)

@@ -26,6 +26,7 @@ from .capture import providers_for
 from .channels import ChannelResult, prune_channels, prune_channels_sequential
 from .config import CompressConfig
 from .correct import CorrectionResult, correct_outputs
+from .costclock import solve_threads
 from .engine import make_engine
 from .layers import select_layers
 from .modelio import open_model, save_model
@@ -78,8 +79,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             layers, skipped = select_layers(proto, cfg.select)
         if plan is not None:  # the shrunk layers
             cfg, plan, _ = _plan(layers, cfg, backend, progress, clock)
-    done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine, plan)
-            if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
+    with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
+        done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
+                                plan) if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
     fixes = _correct(proto, layers, done, data, runtime, cfg, clock)
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),

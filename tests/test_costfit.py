@@ -46,6 +46,35 @@ def test_the_fast_path_takes_smaller_blocks_when_its_memory_sized_ones_miss_the_
     assert tiny.warnings and {q.method for q in tiny.layers} == {"gptq"}
 
 
+@pytest.mark.parametrize("opts", [dict(bits=4), dict(sparsity=0.5, allocate="uniform")])
+def test_an_unreachable_budget_keeps_the_memory_plans_blocks(opts):
+    """When even blocks of MIN_BLOCK columns miss the budget, halving would only coarsen H
+    (CREPE-full under contention was cut into 1,024 blocks of 64 columns for nothing): the
+    layer keeps the memory plan's blocks on the fast path, and the warning says so."""
+    from onnx_obc.costplan import MIN_BLOCK
+
+    layers = _layers()
+    cfg = dict(memory_budget_mb=20000, **opts)
+    (mem,) = make_plan(layers, CompressConfig.from_options(**cfg), rates=RATES).layers
+    smallest = make_plan(layers, CompressConfig.from_options(time_budget_s=1e-9, **cfg),
+                         rates=RATES)
+    (p,) = smallest.layers
+    assert p.method == "gptq" and p.blocks == mem.blocks > 1
+    assert p.fast_seconds == mem.fast_seconds and p.seconds == mem.fast_seconds
+    assert p.hessian_bytes == mem.hessian_bytes
+    (w,) = smallest.warnings
+    assert f"blocks of {MIN_BLOCK} columns" in w and "memory plan's column blocks" in w
+    # just under / over the fast path in blocks of MIN_BLOCK: kept / cut to MIN_BLOCK
+    from onnx_obc.costmodel import Shape, fast_seconds
+    from onnx_obc.costplan import _blocked
+
+    s = _blocked(Shape(1, 128, 65536), MIN_BLOCK, 1)
+    t = fast_seconds(s, RATES, sparsity=opts.get("sparsity", 0.0), quant="bits" in opts)
+    under, over = (make_plan(layers, CompressConfig.from_options(time_budget_s=T, **cfg),
+                             rates=RATES).layers[0] for T in (t * 0.99, t * 1.01))
+    assert under.blocks == mem.blocks and over.blocks == s.k == 65536 // MIN_BLOCK
+
+
 def test_a_run_solves_in_the_blocks_the_time_budget_chose(monkeypatch):
     """End to end: a 1024-input layer held in 4 blocks by a 16 MB budget; a time budget
     under those blocks' fast path makes it solve in smaller ones, still beating magnitude."""

@@ -3,7 +3,8 @@ compute their Reshape shapes at run time (Paddle: Shape -> Cast -> Concat) hide 
 spatial and token sizes of every later layer, and an unknown size counts 1. One inference
 on a small calibration batch fetches the layers' and attention MatMuls' inputs and outputs
 whose inferred shape has an unknown size past the batch axis (channels/flops.py reads only
-those sizes, never the batch)."""
+those sizes, never the batch), in a session of the run's Runtime (its providers and custom
+ops, as sensitivity.py's); when it cannot run, the reason becomes a run warning."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ def probe_feed(data: Any, n: int = 2) -> dict[str, np.ndarray] | None:
         return None
 
 
-def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None
-                ) -> dict[str, list[int | None]]:
-    """Tensor -> dims measured on `feed` (batch axis None) for the layer / attention MatMul
-    tensors whose inferred shape is unknown past the batch axis; {} when every one is known,
-    without a feed, or when onnxruntime cannot run the model on the CPU."""
+def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None,
+                runtime: Any = None) -> tuple[dict[str, list[int | None]], str]:
+    """(tensor -> dims measured on `feed` (batch axis None) for the layer / attention MatMul
+    tensors whose inferred shape is unknown past the batch axis, why they were not
+    measured): ({}, "") when every one is known; ({}, the reason) without a feed or when
+    onnxruntime cannot run the model with `runtime` (capture.Runtime: the run's providers
+    and custom ops; default the CPU), the FLOP count then counting the unknown sizes 1."""
     from .patterns import graph_of
 
     g = graph_of(model)
@@ -35,21 +38,24 @@ def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None
         t for n in g.nodes.values() if n.op_type in OPS and n.domain in ("", "ai.onnx")
         for t in [*n.input[:2], n.output[0]] if t and t not in g.inits
         and (not g.shapes.get(t) or None in g.shapes[t][1:])))  # [] is no shape here
-    if not names or feed is None:
-        return {}
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    known = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in known)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not names:
+        return {}, ""
+    why = (f"channel pruning counts the FLOPs with {len(names)} layer tensor sizes unknown "
+           "to shape inference taken as 1 (the per-site savings and --channels' fraction may "
+           "be off): ")
+    if feed is None:
+        return {}, why + "no calibration sample to measure them on"
     try:
-        s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        outs = s.run(names, {k: v for k, v in feed.items()
-                             if k in {i.name for i in m.graph.input}})
-    except Exception:  # noqa: BLE001 - custom ops, CPU-less types: keep the inferred shapes
-        return {}
-    return {t: [None, *np.shape(y)[1:]] for t, y in zip(names, outs)}
+        s = _session(model, names, runtime)
+        inputs = {i.name for i in s.get_inputs()}
+        outs = s.run(names, {k: v for k, v in feed.items() if k in inputs})
+    except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run: inferred shapes
+        return {}, why + f"onnxruntime could not run the model ({e})"
+    return {t: [None, *np.shape(y)[1:]] for t, y in zip(names, outs)}, ""
+
+
+def _session(model: onnx.ModelProto, names: list[str], runtime: Any) -> Any:
+    """A session of `model` fetching `names` too, built as the run's (capture.Runtime)."""
+    from ..capture import Runtime, capture_session
+
+    return capture_session(model, names, runtime or Runtime())

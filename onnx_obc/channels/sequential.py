@@ -26,7 +26,6 @@ from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
 from .patterns import find_sites, layer_macs
-from .probe import probe_sizes
 from .stage import (
     ChannelResult,
     ChannelRow,
@@ -36,6 +35,7 @@ from .stage import (
     _zeroed_loss,
     counts_for,
     plan_channels,
+    pruned_sizes,
 )
 
 
@@ -96,7 +96,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                  for s, k in zip(plan.sites, counts)]
     baseline = shrink(proto, plan.sites, keep_norm)
     pruned = layer_macs(current, _relabel(layers, current),
-                        sizes=probe_sizes(current, plan.feed))
+                        sizes=pruned_sizes(plan, current, warnings))
     return ChannelResult(current, baseline, out, plan.refused, (dense, pruned), warnings,
                          time.perf_counter() - t0)
 

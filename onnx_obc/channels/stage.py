@@ -103,7 +103,8 @@ class ChannelPlan:
     probes: list | None = None  # sensitivity.py's output factors per site, once measured
     factor_seconds: float = 0.0
     factor_note: str = ""  # why the output factors were not measured ("" when they were)
-    runtime: Any = None  # capture.Runtime of the run (sensitivity.py's sessions)
+    runtime: Any = None  # capture.Runtime of the run (probe.py's, sensitivity.py's sessions)
+    probe_note: str = ""  # why probe.py could not measure the sizes ("" when it did)
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -113,7 +114,7 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     consumer's greedy group OBS over the prefix a `fraction` cut is likely to use."""
     t0 = time.perf_counter()
     feed = probe_feed(data)
-    sizes = probe_sizes(proto, feed)
+    sizes, probe_note = probe_sizes(proto, feed, runtime)
     sites, refused = find_sites(proto, layers, sizes)
     dense = layer_macs(proto, layers, sizes=sizes)
     hessians: dict = {}
@@ -127,7 +128,7 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
     return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
                        backend, damp, time.perf_counter() - t0, feed, data, batch,
-                       runtime=runtime)
+                       runtime=runtime, probe_note=probe_note)
 
 
 def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
@@ -141,7 +142,7 @@ def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
     if objective == "output" and plan.probes is None:
         plan.probes, plan.factor_seconds, plan.factor_note = site_factors(plan, align)
     scale = plan.probes if objective == "output" else None
-    notes = [plan.factor_note] if scale is not None and plan.factor_note else []
+    notes = [n for n in (plan.probe_note, plan.factor_note if scale is not None else "") if n]
     counts = _counts(plan, fraction * plan.dense, align, allocate, scale)
     saved = saved_macs(plan.sites, counts)
     if saved >= fraction * plan.dense:
@@ -178,9 +179,18 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
     model = shrink(proto, plan.sites, keep, updated)
     baseline = shrink(proto, plan.sites, keep_norm)
     pruned = layer_macs(model, _relabel(plan.layers, model),
-                        sizes=probe_sizes(model, plan.feed))
+                        sizes=pruned_sizes(plan, model, warnings))
     return ChannelResult(model, baseline, rows, plan.refused, (dense, pruned), warnings,
                          plan.seconds + time.perf_counter() - t0)
+
+
+def pruned_sizes(plan: ChannelPlan, model: onnx.ModelProto, warnings: list[str]) -> dict:
+    """probe.probe_sizes of the cut `model`; its fallback joins `warnings` unless the dense
+    model's already did."""
+    sizes, why = probe_sizes(model, plan.feed, plan.runtime)
+    if why and not plan.probe_note:
+        warnings.append(why + " (the pruned model)")
+    return sizes
 
 
 def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,

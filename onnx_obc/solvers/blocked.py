@@ -28,7 +28,7 @@ from .fast import greedy_traces
 from .gptq import gptq_rows
 from .prepare import layer_loss, prepare, rows_per_batch
 from .choose import exact_pays
-from .refine import refine_codes
+from .refine import descend, wanted
 from .rules import QuantRule
 from .solution import LayerSolution, Stage, count_zeros
 from .structures import Unstructured
@@ -109,10 +109,10 @@ def solve_blocked(W: Any, H: Any, *, structure: Any = None, quant: QuantSpec | N
         out, cv, obs_loss = gptq_rows(rows, prep, _block_grid(grid, G, r, k) if grid else None,
                                       st.sparsity or 0.0, act_order)
         rows, used = out, "gptq+act-order" if act_order else "gptq"
-        refine = bool(quant and quant.refine)  # reference GPTQ unless asked
+        refine = wanted(quant, exact=False)  # reference GPTQ unless asked
         pinned = (rows == 0) if quant and st.sparsity else None  # pruned (and 0-coded)
     else:  # as solve_layer: not for 8-bit quantization alone (its fast path)
-        refine = bool(quant and quant.refine is not False and (count or exact_pays(quant.bits)))
+        refine = wanted(quant, exact=True) and bool(count or exact_pays(quant.bits))
         if count:
             p = obs_prune(Stage(rows, prep.Hinv, group, rpb), st, count)
             rows = p.rows.astype(xp.float32)
@@ -133,13 +133,9 @@ def solve_blocked(W: Any, H: Any, *, structure: Any = None, quant: QuantSpec | N
             used = "obs+obq" if count else "obq"
     Wv_hat = rows.astype(xp.float64).reshape(G * k, r, bs)
     if refine:  # the H-aware code descent within each block; pruned weights stay 0
-        before = layer_loss(Wv, Wv_hat, Hv)
-        Wv_hat, cv, moved = refine_codes(Wv, Hv, _block_grid(grid, G, r, k),
-                                         cv.reshape(G * k, r, bs),
-                                         None if pinned is None else pinned.reshape(Wv.shape))
-        if moved:
-            used += "+refine"
-            obs_loss += layer_loss(Wv, Wv_hat, Hv) - before
+        Wv_hat, cv, used, obs_loss, _ = descend(
+            Wv, Hv, _block_grid(grid, G, r, k), cv.reshape(G * k, r, bs), Wv_hat, used, obs_loss,
+            None if pinned is None else pinned.reshape(Wv.shape))
     if grid is not None:
         out_codes = from_blocks(cv.reshape(G * k, r, bs), G)
     W_hat = from_blocks(Wv_hat, G)

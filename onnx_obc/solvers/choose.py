@@ -33,7 +33,7 @@ from typing import Any
 
 from .gptq import BLOCK, gptq_groups, gptq_rows
 from .prepare import layer_loss
-from .refine import refine_codes
+from .refine import descend
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,10 @@ def fast_quantized(W: Any, H64: Any, prep: Any, baseline: Any) -> Candidate:
 
 
 def refined(c: Candidate, W: Any, H64: Any, pinned: Any = None) -> Candidate:
-    """`c` after the H-aware code descent (itself when no code moved)."""
-    W_hat, new_codes, moved = refine_codes(W, H64, c.grid, c.codes, pinned)
-    if not moved:
-        return c
-    loss = layer_loss(W, W_hat, H64)  # obs_loss gains the (exact) change: the descent's steps
-    return Candidate(c.name + "+refine", W_hat, c.grid, new_codes, c.obs_loss + loss - c.loss,
-                     loss)
+    """`c` after the H-aware code descent (refine.descend; its fields when no code moved)."""
+    W_hat, codes, name, obs_loss, loss = descend(W, H64, c.grid, c.codes, c.W, c.name,
+                                                 c.obs_loss, pinned, c.loss)
+    return Candidate(name, W_hat, c.grid, codes, obs_loss, loss)
 
 
 def best_quantized(W: Any, H64: Any, prep: Any, first: Candidate, baseline: Any,

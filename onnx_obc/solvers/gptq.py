@@ -21,7 +21,7 @@ from typing import Any
 from ..backend import array_module, cholesky
 from ..quant import codes, fit_grid, quantize
 from .prepare import layer_loss, prepare
-from .refine import refine_codes
+from .refine import descend, wanted
 from .registry import register_solver
 from .solution import LayerSolution, Task, count_zeros
 from .structures import Unstructured
@@ -176,13 +176,10 @@ def gptq_solver(task: Task) -> LayerSolution:
                                          task.act_order)
     W_hat = out.reshape(G, r, d)
     used = "gptq+act-order" if task.act_order else "gptq"
-    if quant and quant.refine:
+    if wanted(quant, exact=False):
         pinned = (W_hat == 0) if task.structure.sparsity else None  # pruned (and 0-coded)
-        before = layer_loss(W, W_hat, H64)
-        W_hat, new_codes, moved = refine_codes(W, H64, grid, out_codes.reshape(G, r, d), pinned)
-        if moved:  # obs_loss gains the descent's (exact) change
-            out_codes, used = new_codes, used + "+refine"
-            obs_loss += layer_loss(W, W_hat, H64) - before
+        W_hat, out_codes, used, obs_loss, _ = descend(W, H64, grid, out_codes.reshape(G, r, d),
+                                                      W_hat, used, obs_loss, pinned)
     b = task.baseline
     return LayerSolution(
         W=W_hat, baseline=b.W, loss=layer_loss(W, W_hat, H64), baseline_loss=b.loss,

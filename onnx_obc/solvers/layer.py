@@ -18,6 +18,7 @@ from .choose import Candidate, best_quantized, exact_pays, fast_quantized, refin
 from .fast import greedy_traces
 from .gptq import BLOCK
 from .prepare import layer_loss, prepare, stage_of
+from .refine import wanted
 from .registry import register_pipeline, solver_for
 from .rules import QuantRule
 from .solution import LayerSolution, Task, count_zeros
@@ -98,7 +99,7 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         W_hat = (s * (out_codes.reshape(G * r, d) - z)).reshape(G, r, d)  # exactly on the grid
         obq = Candidate("obs+obq" if count else "obq", W_hat, grid, out_codes,
                         float(tq.losses.sum()), layer_loss(W, W_hat, H64))
-        refine = quant.refine is not False  # on unless switched off
+        refine = wanted(quant, exact=True)  # on unless switched off
         if not count:  # quantization only: keep the least loss of OBQ, GPTQ, RTN
             obq = best_quantized(W, H64, prep, obq, b, refine)
         elif refine:  # the pruned weights stay at exactly 0

@@ -31,10 +31,37 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_module
+from .prepare import layer_loss
 
 SWEEPS = 8
 BLOCK = 128
 TOL = 1e-9  # a step must lower E by more than TOL * t^2 H_jj (no moves on rounding noise)
+
+
+def wanted(quant: Any, exact: bool) -> bool:
+    """Whether a solve runs the descent: after ExactOBS / OBQ (`exact`) unless switched off
+    (refine False), after GPTQ only when asked (refine True: reference GPTQ by default);
+    never without quantization. The one place the solvers (layer.py, gptq.py, blocked.py)
+    and the cost plan decide it."""
+    if not quant:
+        return False
+    return quant.refine is not False if exact else bool(quant.refine)
+
+
+def descend(W: Any, H: Any, grid: Any, codes: Any, W_hat: Any, name: str, obs_loss: float,
+            pinned: Any = None, loss: float | None = None
+            ) -> tuple[Any, Any, str, float, float]:
+    """The descent on a solved layer (or a candidate, choose.py): W [G, r, d] the original
+    weights, H [G, d, d] undampened, W_hat / codes [G, r, d] its solution on `grid`, named
+    `name`, with OBS loss `obs_loss` and layer loss `loss` (computed when None). Returns
+    (W_hat, codes, name, obs_loss, loss): when a code moved, the descended weights, "+refine"
+    appended to the name and obs_loss plus the descent's (exact) change; else the inputs."""
+    before = layer_loss(W, W_hat, H) if loss is None else loss
+    new, new_codes, moved = refine_codes(W, H, grid, codes, pinned)
+    if not moved:
+        return W_hat, codes, name, obs_loss, before
+    after = layer_loss(W, new, H)
+    return new, new_codes, name + "+refine", obs_loss + (after - before), after
 
 
 def refine_codes(W: Any, H: Any, grid: Any, codes: Any, pinned: Any = None,
