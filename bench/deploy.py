@@ -323,18 +323,32 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
 
 def _gt(ys: list[np.ndarray], ev: dict) -> dict:
     c, c5 = gt_counts(ys, ev), gt_counts(ys, ev, 0.5)
+    gts = dm.gt_boxes(ev["boxes"], len(ys))
+    rec = [dm.ap_records(g, *dm.scored(y, dm.AP_SCORE)) for g, y in zip(gts, ys)]
     return {"gt_f1": dm.f1(c), "gt_f1_05": dm.f1(c5), "gt_counts": c.tolist(),
+            "gt_counts_05": c5.tolist(), "gt_ap": dm.average_precision(rec, len(ev["boxes"])),
+            "gt_ap_records": [r.tolist() for r in rec],
             "gt_recall": float(c[:, 0].sum() / max(c[:, 1].sum(), 1)),
             "gt_precision": float(c[:, 0].sum() / max(c[:, 2].sum(), 1))}
 
 
 def _paired(rows: list[dict]) -> None:
-    """Per-image paired bootstrap of F1 vs GT: each row minus fp32 and minus quantize_static."""
-    by = {r["format"]: np.array(r["gt_counts"]) for r in rows}
+    """Per-image paired bootstraps against the drawn boxes (F1 at both score thresholds,
+    AP): each row minus fp32 and minus quantize_static."""
+    by = {r["format"]: r for r in rows}
+    n_gt = np.array([c[1] for c in rows[0]["gt_counts"]])
     for r in rows:
-        for ref, key in (("fp32", "gt_vs_fp32"), ("quantize_static", "gt_vs_qs")):
-            if r["format"] != ref and ref in by:
-                r[key] = dm.bootstrap_diff(by[r["format"]], by[ref])
+        for ref, tag in (("fp32", "fp32"), ("quantize_static", "qs")):
+            if r["format"] == ref or ref not in by:
+                continue
+            o = by[ref]
+            r[f"gt_vs_{tag}"] = dm.bootstrap_diff(np.array(r["gt_counts"]),
+                                                  np.array(o["gt_counts"]))
+            r[f"gt05_vs_{tag}"] = dm.bootstrap_diff(np.array(r["gt_counts_05"]),
+                                                    np.array(o["gt_counts_05"]))
+            r[f"ap_vs_{tag}"] = dm.bootstrap_ap_diff(
+                [np.array(x).reshape(-1, 2) for x in r["gt_ap_records"]],
+                [np.array(x).reshape(-1, 2) for x in o["gt_ap_records"]], n_gt)
 
 
 def _rel(ys: list[np.ndarray], dense: list[np.ndarray]) -> float:
@@ -376,17 +390,23 @@ def table(rows: list[dict]) -> str:
 
 def gt_table(rows: list[dict]) -> list[str]:
     """Detector rows against the drawn characters: F1 (score > 0.1, ddddocr's threshold;
-    and > 0.5), recall, precision, paired bootstrap 95% intervals of the F1 differences."""
-    ci = lambda d: "" if d is None else f"{100 * d[0]:+.2f} [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]"  # noqa: E731,E501
-    lines = ["| model | format | F1 vs GT | F1 vs GT (score > 0.5) | recall | precision "
-             "| − fp32 (95% CI) | − quantize_static (95% CI) | F1 vs dense | fg error |",
-             "|" + "---|" * 10]
+    and > 0.5), recall, precision, AP at IoU 0.5; each with the paired bootstrap 95%
+    interval of its difference to fp32 and to quantize_static."""
+    def ci(r: dict, key: str) -> str:
+        d = r.get(key)
+        return "" if d is None else f"{100 * d[0]:+.2f} [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]"
+
+    lines = ["| model | format | F1 vs GT | − fp32 | − qs | F1 (score > 0.5) | − fp32 | − qs "
+             "| AP50 | − fp32 | − qs | recall | precision | F1 vs dense | fg error |",
+             "|" + "---|" * 15]
     for r in rows:
+        fg = "" if r.get("fg_error") is None else f"{r['fg_error']:.4f}"
         lines.append(f"| {r['model']} | {r['format']} | {100 * r['gt_f1']:.2f} "
-                     f"| {100 * r['gt_f1_05']:.2f} | {100 * r['gt_recall']:.2f} "
-                     f"| {100 * r['gt_precision']:.2f} | {ci(r.get('gt_vs_fp32'))} "
-                     f"| {ci(r.get('gt_vs_qs'))} | {100 * r['task']:.2f} "
-                     f"| {'' if r.get('fg_error') is None else format(r['fg_error'], '.4f')} |")
+                     f"| {ci(r, 'gt_vs_fp32')} | {ci(r, 'gt_vs_qs')} | {100 * r['gt_f1_05']:.2f} "
+                     f"| {ci(r, 'gt05_vs_fp32')} | {ci(r, 'gt05_vs_qs')} | {100 * r['gt_ap']:.2f} "
+                     f"| {ci(r, 'ap_vs_fp32')} | {ci(r, 'ap_vs_qs')} "
+                     f"| {100 * r['gt_recall']:.2f} | {100 * r['gt_precision']:.2f} "
+                     f"| {100 * r['task']:.2f} | {fg} |")
     return lines
 
 
@@ -420,6 +440,8 @@ def main() -> None:
                               tuple(args.runtimes.split(",")), evals.get(name))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r.pop("gt_ap_records", None)  # per-detection lists: only for the intervals
     out.write_text(json.dumps({"onnxruntime": ort.__version__, "cpus": os.cpu_count(),
                                "rows": rows}, indent=2))
     print(table(rows))

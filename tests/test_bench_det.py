@@ -120,3 +120,28 @@ def test_deploy_scores_detections_against_the_drawn_boxes():
     c = deploy.gt_counts([y, np.zeros_like(y)], ev)
     assert c.tolist() == [[1, 1, 1], [0, 1, 0]]  # found at ddddocr's 0.1, not at 0.5
     assert deploy.gt_counts([y, np.zeros_like(y)], ev, 0.5)[:, 0].sum() == 0
+
+
+def test_average_precision_reads_the_ranking_not_the_threshold():
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
+    hit, miss = gt.copy(), gt + 100
+    perfect = dm.ap_records(gt, hit, np.array([0.9, 0.8]))
+    assert perfect[:, 1].tolist() == [1, 1]
+    assert dm.average_precision([perfect], 2) == pytest.approx(1.0)
+    # a false positive ranked below both hits costs nothing; ranked first it costs a third
+    b = np.concatenate([hit, miss[:1]])
+    low = dm.ap_records(gt, b, np.array([0.9, 0.8, 0.1]))
+    assert dm.average_precision([low], 2) == pytest.approx(1.0)
+    high = dm.ap_records(gt, b[[2, 0, 1]], np.array([0.95, 0.9, 0.8]))
+    assert dm.average_precision([high], 2) == pytest.approx(2 / 3)  # envelope: 2/3 at both
+    # a detection cannot take an already matched box; an unfound box caps recall
+    twice = dm.ap_records(gt[:1], np.stack([hit[0], hit[0]]), np.array([0.9, 0.8]))
+    assert twice[:, 1].tolist() == [1, 0]
+    assert dm.average_precision([dm.ap_records(gt, hit[:1], np.array([0.9]))], 2) == 0.5
+    # every score scaled (a quantized model's shift): the same AP, not the same F1 at 0.5
+    rng = np.random.default_rng(0)
+    recs = [dm.ap_records(gt, np.concatenate([hit, miss]), rng.random(4)) for _ in range(20)]
+    shifted = [np.stack([r[:, 0] ** 3, r[:, 1]], 1) for r in recs]
+    assert dm.average_precision(shifted, 40) == pytest.approx(dm.average_precision(recs, 40))
+    d, lo, hi = dm.bootstrap_ap_diff(recs, shifted, np.full(20, 2), reps=200)
+    assert d == pytest.approx(0) and lo == pytest.approx(0) and hi == pytest.approx(0)
