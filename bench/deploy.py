@@ -2,6 +2,7 @@
 
     python bench/make_synthetic.py && python bench/setup_models.py   # optional models
     python bench/deploy.py [--models digits_cnn,digits_vit,ocr_like,common,common_det]
+                           [--eval common_det=bench/results/detgt/common_det.eval_gt.npz]
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
                            [--runtimes tensorrt,onnxruntime]
                            [--out bench/results/deploy.json]
@@ -33,6 +34,12 @@ bench/w8a8_draws.py); integer = quantized layers that
 onnxruntime runs on integer kernels (the run's fusion check). Every run uses --holdout 0
 (all calibration samples fit, for ours and quantize_static alike) and is evaluated on a
 separate eval set. Writes bench/results/deploy.json and prints a markdown table.
+
+The detector against ground truth: `--eval common_det=FILE` with an eval set that has the
+drawn characters' boxes (`python bench/setup_models.py --models det_eval --out DIR` writes
+DIR/common_det.eval_gt.npz, 200 scenes) adds a table of box F1 against them (ddddocr's own
+decoding, score > 0.1; bench/det_metric.py), recall, precision, and per-image paired
+bootstrap 95% intervals of each row's F1 minus fp32's and minus quantize_static's.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnx_obc import convert
+
+sys.path.insert(0, str(ROOT / "bench"))
+import det_metric as dm  # noqa: E402
 
 MODELS = {  # name -> (model, calib, eval, method)
     "digits_cnn": ("models/digits_cnn.onnx", "models/digits_cnn.calib.npz",
@@ -182,51 +192,14 @@ def ctc_texts(ys: list[np.ndarray], charset: list[str]) -> list[str]:
     return out
 
 
-def boxes(y: np.ndarray, thr: float = 0.5) -> np.ndarray:
-    """YOLOX head [1, A, 6] (x, y, log w, log h, obj, cls) -> boxes [k, 4] in grid units
-    (the anchors' own grid: enough to compare two models' outputs)."""
-    sizes, strides = [52, 26, 13], [8, 16, 32]
-    grids = np.concatenate([np.stack(np.meshgrid(np.arange(s), np.arange(s)), -1).reshape(-1, 2)
-                            for s in sizes])
-    st = np.concatenate([np.full((s * s, 1), t) for s, t in zip(sizes, strides)])
-    y = y[0]
-    keep = y[:, 4] * y[:, 5] > thr
-    xy = (y[keep, :2] + grids[keep]) * st[keep]
-    wh = np.exp(np.clip(y[keep, 2:4], -10, 10)) * st[keep]
-    b = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
-    return _nms(b, (y[keep, 4] * y[keep, 5]))
-
-
-def _nms(b: np.ndarray, s: np.ndarray, thr: float = 0.45) -> np.ndarray:
-    order, keep = np.argsort(-s), []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        order = order[1:][_iou(b[i], b[order[1:]]) < thr]
-    return b[keep]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(a[:2], b[:, :2]), np.minimum(a[2:], b[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda x: np.prod(x[..., 2:] - x[..., :2], axis=-1)
-    return inter / (area(a) + area(b) - inter + 1e-9)
-
-
 def box_f1(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    tp = n_ref = n_got = 0
-    for y0, y1 in zip(ref, got):
-        b0, b1 = boxes(y0), boxes(y1)
-        n_ref, n_got = n_ref + len(b0), n_got + len(b1)
-        used = set()
-        for b in b0:
-            if len(b1):
-                iou = _iou(b, b1)
-                j = int(np.argmax(iou))
-                if iou[j] > 0.5 and j not in used:
-                    used.add(j)
-                    tp += 1
-    return 2 * tp / max(n_ref + n_got, 1)
+    """Box F1 of got's boxes against ref's (raw outputs of two detectors; score > 0.5)."""
+    return dm.f1(dm.counts([dm.boxes(y) for y in ref], [dm.boxes(y) for y in got]))
+
+
+def gt_counts(ys: list[np.ndarray], ev: dict, thr: float = dm.GT_SCORE) -> np.ndarray:
+    """Detector: per-image (TP, #GT, #predicted) against the eval set's drawn boxes."""
+    return dm.counts(dm.gt_boxes(ev["boxes"], len(ys)), [dm.boxes(y, thr) for y in ys])
 
 
 def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict
@@ -274,8 +247,10 @@ def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> 
 
 def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str],
               method_override: str | None = None,
-              runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime")) -> list[dict]:
+              runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime"),
+              eval_path: str | None = None) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
+    epath = eval_path or epath
     method = MODELS[name][3]
     if quick or method_override:
         method = "rtn" if quick else method_override
@@ -339,8 +314,41 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
                      "error": err, "weights_error": w_err, "agreement": agree,
                      "task": task_metric(name, ys, dense, ev),
                      "fg_error": fg_error(ys, dense) if name == "common_det" else None,
+                     **(_gt(ys, ev) if "boxes" in ev else {}),
                      "ops": optimized_ops(p), **info[key]})
+    if "boxes" in ev:
+        _paired(rows)
     return rows
+
+
+def _gt(ys: list[np.ndarray], ev: dict) -> dict:
+    c, c5 = gt_counts(ys, ev), gt_counts(ys, ev, 0.5)
+    gts = dm.gt_boxes(ev["boxes"], len(ys))
+    rec = [dm.ap_records(g, *dm.scored(y, dm.AP_SCORE)) for g, y in zip(gts, ys)]
+    return {"gt_f1": dm.f1(c), "gt_f1_05": dm.f1(c5), "gt_counts": c.tolist(),
+            "gt_counts_05": c5.tolist(), "gt_ap": dm.average_precision(rec, len(ev["boxes"])),
+            "gt_ap_records": [r.tolist() for r in rec],
+            "gt_recall": float(c[:, 0].sum() / max(c[:, 1].sum(), 1)),
+            "gt_precision": float(c[:, 0].sum() / max(c[:, 2].sum(), 1))}
+
+
+def _paired(rows: list[dict]) -> None:
+    """Per-image paired bootstraps against the drawn boxes (F1 at both score thresholds,
+    AP): each row minus fp32 and minus quantize_static."""
+    by = {r["format"]: r for r in rows}
+    n_gt = np.array([c[1] for c in rows[0]["gt_counts"]])
+    for r in rows:
+        for ref, tag in (("fp32", "fp32"), ("quantize_static", "qs")):
+            if r["format"] == ref or ref not in by:
+                continue
+            o = by[ref]
+            r[f"gt_vs_{tag}"] = dm.bootstrap_diff(np.array(r["gt_counts"]),
+                                                  np.array(o["gt_counts"]))
+            r[f"gt05_vs_{tag}"] = dm.bootstrap_diff(np.array(r["gt_counts_05"]),
+                                                    np.array(o["gt_counts_05"]))
+            r[f"ap_vs_{tag}"] = dm.bootstrap_ap_diff(
+                [np.array(x).reshape(-1, 2) for x in r["gt_ap_records"]],
+                [np.array(x).reshape(-1, 2) for x in o["gt_ap_records"]], n_gt)
 
 
 def _rel(ys: list[np.ndarray], dense: list[np.ndarray]) -> float:
@@ -365,6 +373,8 @@ def table(rows: list[dict]) -> str:
                      f"| {r['error']:.4f} | {we} | {fg} | {100 * r['agreement']:.2f} | {task} "
                      f"| {r['integer'] or ''} | {sec} | {cpu} |")
     lines.append("")
+    if any("gt_f1" in r for r in rows):
+        lines += gt_table([r for r in rows if "gt_f1" in r]) + [""]
     fused = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",
              "QLinearMul", "QLinearConcat", "QLinearSigmoid", "QLinearGlobalAveragePool",
              "QLinearAveragePool", "QLinearLeakyRelu", "QuantizeLinear", "DequantizeLinear",
@@ -376,6 +386,28 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['format']} | "
                      + " | ".join(str(ops.get(k, 0)) for k in fused) + " |")
     return "\n".join(lines)
+
+
+def gt_table(rows: list[dict]) -> list[str]:
+    """Detector rows against the drawn characters: F1 (score > 0.1, ddddocr's threshold;
+    and > 0.5), recall, precision, AP at IoU 0.5; each with the paired bootstrap 95%
+    interval of its difference to fp32 and to quantize_static."""
+    def ci(r: dict, key: str) -> str:
+        d = r.get(key)
+        return "" if d is None else f"{100 * d[0]:+.2f} [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]"
+
+    lines = ["| model | format | F1 vs GT | − fp32 | − qs | F1 (score > 0.5) | − fp32 | − qs "
+             "| AP50 | − fp32 | − qs | recall | precision | F1 vs dense | fg error |",
+             "|" + "---|" * 15]
+    for r in rows:
+        fg = "" if r.get("fg_error") is None else f"{r['fg_error']:.4f}"
+        lines.append(f"| {r['model']} | {r['format']} | {100 * r['gt_f1']:.2f} "
+                     f"| {ci(r, 'gt_vs_fp32')} | {ci(r, 'gt_vs_qs')} | {100 * r['gt_f1_05']:.2f} "
+                     f"| {ci(r, 'gt05_vs_fp32')} | {ci(r, 'gt05_vs_qs')} | {100 * r['gt_ap']:.2f} "
+                     f"| {ci(r, 'ap_vs_fp32')} | {ci(r, 'ap_vs_qs')} "
+                     f"| {100 * r['gt_recall']:.2f} | {100 * r['gt_precision']:.2f} "
+                     f"| {100 * r['task']:.2f} | {fg} |")
+    return lines
 
 
 def main() -> None:
@@ -390,7 +422,11 @@ def main() -> None:
                     help="export targets of the W8A8 rows (onnxruntime: its row alone)")
     ap.add_argument("--act-types", default="u8",
                     help="activation types of the onnxruntime target rows (u8,s8: both)")
+    ap.add_argument("--eval", action="append", default=[], metavar="MODEL=NPZ",
+                    help="another eval set for a model (the detector's with `boxes`: F1 "
+                         "against the drawn characters, bench/setup_models.py det_eval)")
     args = ap.parse_args()
+    evals = dict(e.split("=", 1) for e in args.eval)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         for name in args.models.split(","):
@@ -401,9 +437,11 @@ def main() -> None:
             print(f"{name} ...", flush=True)
             rows += run_model(name, args.runs, Path(tmp), args.quick,
                               args.act_types.split(","), args.method,
-                              tuple(args.runtimes.split(",")))
+                              tuple(args.runtimes.split(",")), evals.get(name))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r.pop("gt_ap_records", None)  # per-detection lists: only for the intervals
     out.write_text(json.dumps({"onnxruntime": ort.__version__, "cpus": os.cpu_count(),
                                "rows": rows}, indent=2))
     print(table(rows))

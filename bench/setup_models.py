@@ -28,8 +28,10 @@ Their charset is written beside them (charset.json) to decode the recognizer's C
 Calibration and evaluation data are rendered here with PIL (DejaVu fonts): captcha-like
 text lines of 4-6 characters at the recognizer's input height (64 x 192, per ddddocr's
 preprocessing: resize to height 64, grey, / 255) with their labels, and 416 x 416 scenes of
-scattered characters for the detector. Nothing here is committed: the models stay under
-bench/real/.
+scattered characters for the detector, with each drawn character's box (the detector's
+ground truth: common_det.eval.npz, 50 scenes, and common_det.eval_gt.npz, 200 scenes of a
+new seed; `--models det_eval` writes only these two). Nothing here is committed: the models
+stay under bench/real/.
 """
 
 from __future__ import annotations
@@ -116,31 +118,58 @@ def text_lines(n: int, seed: int, width: int = 192, height: int = 64
     return np.stack(images), labels
 
 
-def scenes(n: int, seed: int, size: int = 416) -> np.ndarray:
+def scenes(n: int, seed: int, size: int = 416, with_boxes: bool = False
+           ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """n detector inputs [n, 3, 416, 416] in 0..255: captcha-like images of scattered
-    characters, resized into the 416 square and padded with 114 (ddddocr's preproc)."""
+    characters, resized into the 416 square and padded with 114 (ddddocr's preproc).
+
+    with_boxes: also each drawn character's box [K, 5] (image index, x0, y0, x1, y1) in the
+    416 input's pixels: PIL's textbbox at the drawn position (ink-tight vertically, the
+    advance width horizontally), clipped to the scene, times the resize factor of each axis.
+    The random stream is the same either way (the boxes draw nothing): the images of a seed
+    do not depend on with_boxes."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+    out, gt = [], []
+    for k in range(n):
         w, h = int(rng.integers(260, 420)), int(rng.integers(120, 300))
         img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(150, 256, 3)))
         d = ImageDraw.Draw(img)
         for _ in range(int(rng.integers(2, 8))):
             d.line([tuple(int(v) for v in rng.integers(0, (w, h))) for _ in range(2)],
                    fill=tuple(int(v) for v in rng.integers(0, 200, 3)), width=2)
+        drawn = []
         for _ in range(int(rng.integers(3, 9))):
             ch = str(rng.choice(list(TEXT + "的是不了人我在有他这")))
-            d.text((int(rng.integers(0, w - 40)), int(rng.integers(0, h - 50))), ch,
-                   font=_font(rng, rng.integers(24, 56)),
-                   fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+            xy = (int(rng.integers(0, w - 40)), int(rng.integers(0, h - 50)))
+            font = _font(rng, rng.integers(24, 56))
+            d.text(xy, ch, font=font, fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+            drawn.append(d.textbbox(xy, ch, font=font))
         r = min(size / h, size / w)
         img = img.resize((int(w * r), int(h * r)))
+        sx, sy = img.size[0] / w, img.size[1] / h
+        for x0, y0, x1, y1 in drawn:
+            gt.append((k, max(x0, 0) * sx, max(y0, 0) * sy, min(x1, w) * sx, min(y1, h) * sy))
         pad = np.full((size, size, 3), 114, dtype=np.uint8)
         pad[: img.size[1], : img.size[0]] = np.asarray(img)
         out.append(pad.transpose(2, 0, 1).astype(np.float32))
-    return np.stack(out)
+    images = np.stack(out)
+    if not with_boxes:
+        return images
+    return images, np.asarray(gt, dtype=np.float32).reshape(-1, 5)
+
+
+def det_eval(out: Path, n: int) -> None:
+    """The detector's eval scenes with their ground-truth character boxes (`boxes` [K, 5]:
+    image index, x0, y0, x1, y1 in input pixels): common_det.eval.npz (n // 4 scenes, seed 4:
+    the images as before) and common_det.eval_gt.npz (n scenes, seed 5)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, k, seed in (("common_det.eval.npz", max(n // 4, 16), 4),
+                          ("common_det.eval_gt.npz", n, 5)):
+        images, boxes = scenes(k, seed=seed, with_boxes=True)
+        np.savez(out / name, images=images, boxes=boxes)
+    print(f"wrote common_det.eval.npz and common_det.eval_gt.npz ({n} scenes) to {out}")
 
 
 def efficientnet(out: Path, n: int) -> None:
@@ -186,7 +215,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256,
                     help="EfficientNet calibration and eval samples (each)")
     ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe")
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe",
+                    help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
     if "efficientnet" in args.models.split(","):
@@ -200,6 +230,8 @@ def main() -> None:
         print(f"wrote ppocr_rec/cls/det.onnx, ppocr_charset.json and their data to {out}")
     if "crepe" in args.models.split(","):
         crepe(out, args.frames)
+    if "det_eval" in args.models.split(","):
+        det_eval(out, args.eval)
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)
@@ -208,7 +240,7 @@ def main() -> None:
     x, labels = text_lines(args.eval, seed=2)
     np.savez(out / "common.eval.npz", input1=x, texts=np.array(labels))
     np.savez(out / "common_det.calib.npz", images=scenes(max(args.samples // 2, 16), seed=3))
-    np.savez(out / "common_det.eval.npz", images=scenes(max(args.eval // 4, 16), seed=4))
+    det_eval(out, args.eval)
     print(f"wrote {', '.join(FILES)}, charset.json and calibration / eval data to {out}")
 
 
