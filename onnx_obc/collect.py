@@ -13,6 +13,7 @@ import onnx
 from . import calib as calib_mod
 from .actrange import RangeObserver
 from .backend import Backend
+from .batching import batch_free, per_sample, sample_axes
 from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
                       providers_for)
 from .hessian import BlockHessianAccumulator, HessianAccumulator, columns, position_step
@@ -26,6 +27,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
             hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
+            free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -38,7 +40,10 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
     observers keep x's histogram (only percentile and mse ranges read it); `subsample`: each
     layer's Hessian from a subgrid of its output positions (hessian.position_step; the
-    8-bit runs of hessian_dtype)."""
+    8-bit runs of hessian_dtype). `free_batch` > 1 (a model whose batch is fixed at 1,
+    Calibration.free_batch): that many samples per run when the batch-free graph passes
+    batching.sample_axes' check, one per run otherwise; the same tensors either way
+    (`sample_axes`: each input's sample axis, calib.layout; default 0)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
@@ -51,6 +56,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     names = list(dict.fromkeys(n for unit in units for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
+    if free_batch > 1 and dense is None:  # the groups must hold a batched run's tensors
+        sizes = {n: None if v is None else v * free_batch for n, v in sizes.items()}
     groups = plan_groups(units, sizes, budget) if names else [[]]
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
@@ -59,12 +66,14 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
-        sess = capture_session(proto, group, rt) if group else None
+        runs = _batched(proto, group, rt, data, free_batch, sample_axes) if (
+            group and free_batch > 1 and dense is None) else None
+        sess = capture_session(proto, group, rt) if group and runs is None else None
         ref = capture_session(dense, group, rt) if (
             group and dense is not None) else None
         ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
-        for samples, acts in capture(sess, group, data.batches(batch)):
+        for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
             for n, obs in observers.items():
                 if n in acts and (n in group or (n in inputs and group is groups[0])):
@@ -94,6 +103,21 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         backend.free()
     bar.close()
     return accs, observers
+
+
+def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, free: int,
+             axes: dict[str, int | None] | None) -> Any:
+    """The per-sample tensors of `group` from runs of `free` samples at once (batching.py),
+    or None when the batch-free graph fails the check (then: one sample per run)."""
+    inputs = {s.name: 0 for s in calib_mod.input_specs(proto)} | dict(axes or {})
+    if any(a is None for a in inputs.values()):  # an input fed whole: no batch to free
+        return None
+    with batch_free(proto, inputs):
+        sess = capture_session(proto, group, rt)
+    axes = sample_axes(sess, group, data)
+    if axes is None:
+        return None
+    return per_sample(sess, group, axes, inputs, data.batches(free))
 
 
 def hessian_dtype(cfg: Any, xp: Any) -> Any:
