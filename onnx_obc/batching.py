@@ -8,9 +8,9 @@ every per-sample input's sample axis made symbolic (its value_info and output sh
 while the session is built; the proto is restored afterwards) and checks, before any work,
 that a run on PROBE samples at once gives every captured tensor of each sample as the run on
 that sample alone does (one axis PROBE times the sample's size, holding the samples one
-after another or interleaved, the slices equal within float rounding). A model that hard-codes its batch (Reshape to
-[1, -1], a fixed Expand) fails that check or the run itself, and is captured one sample per
-run as before. The caller gets each sample's tensors as the per-sample runs would have given
+after another or interleaved, the slices equal within float rounding). A model that
+hard-codes its batch (Reshape to [1, -1], a fixed Expand) fails that check or the run
+itself, and is captured one sample per run as before. The caller gets each sample's tensors as the per-sample runs would have given
 them (views into the batched outputs), so everything downstream is unchanged.
 """
 
@@ -60,10 +60,10 @@ def batch_free(model: onnx.ModelProto, axes: dict[str, int | None]) -> Iterator[
 
 def sample_axes(sess: Any, names: list[str], data: Any
                 ) -> dict[str, tuple[int, bool]] | None:
-    """Each of `names`' sample layout (axis, interleaved) in `sess` (a batch-free session, batch_free) when its
-    run on the first PROBE samples at once gives every sample's tensors as its run on that
-    sample alone (the batch-1 graph); None when it does not, cannot run, or there are fewer
-    than PROBE samples."""
+    """Each of `names`' sample layout (axis, interleaved) in `sess` (a batch-free session,
+    batch_free) when its run on the first PROBE samples at once gives every sample's tensors
+    as its run on that sample alone (the batch-1 graph); None when it does not, cannot run,
+    or there are fewer than PROBE samples."""
     n, feed = next(iter(data.batches(PROBE)), (0, None))
     if n < PROBE or not names:
         return None
