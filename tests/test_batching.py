@@ -122,3 +122,27 @@ def test_the_check_finds_each_tensors_sample_layout():
     with batch_free(mixed, {"x": 0}):
         sess = capture_session(mixed, ["r"], Runtime())
     assert sample_axes(sess, ["r"], _data()) is None
+
+
+@pytest.mark.parametrize("shape_op", ["dynamic", "hardcoded"])
+def test_verification_runs_batches_when_every_model_passes_the_check(shape_op, monkeypatch):
+    """verify.measure with free_batch: the dense model and a perturbed copy run 4 samples
+    at once when both batch-free graphs pass the check (the same errors as one sample per
+    run, within float rounding), one per run when the batch is hard-coded."""
+    from onnx_obc.verify import measure
+
+    dense = _fixed_model(shape_op)
+    other = onnx.ModelProto()
+    other.CopyFrom(dense)
+    w = onnx.numpy_helper.to_array(other.graph.initializer[1]) * 1.01
+    other.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(w, "W"))
+    models = {"dense": dense, "compressed": other}
+    sets = {"held": _data(10)}
+    one = measure(models, sets, 1, Runtime())
+    sizes = _runs(monkeypatch)
+    four = measure(models, sets, 1, Runtime(), free_batch=4)
+    assert (max(sizes) == 4) == (shape_op == "dynamic")
+    a, b = one["held"]["compressed"], four["held"]["compressed"]
+    assert b.samples == a.samples == 10
+    assert b.rel_error["y"] == pytest.approx(a.rel_error["y"], rel=1e-5)
+    assert b.top1_agreement == pytest.approx(a.top1_agreement)
