@@ -49,7 +49,8 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
     if scale is not None:
         scale, zero = scale[:, perm], zero[:, perm]
     total = int(round(sparsity * r * d))
-    Q = xp.zeros_like(W)
+    Qt = xp.zeros((d, r), dtype=W.dtype)  # Q transposed: each column step writes a row
+    sym = scale is not None and not bool(xp.any(zero))  # zero points all 0: no +z, -z
     loss = 0.0
     for i1 in range(0, d, block):
         i2 = min(d, i1 + block)
@@ -71,15 +72,20 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
         for i in range(i2 - i1):
             w = W1[i]
             t = w if prune is None else xp.where(prune[i], 0.0, w)
-            if scale is not None:
+            if sym:  # quantize() without its zero point (rint is round; the codes agree)
+                t = xp.rint(t / S1[i])
+                xp.clip(t, qmin, qmax, out=t)
+                t *= S1[i]
+            elif scale is not None:
                 t = quantize(t, S1[i], Z1[i], qmin, qmax)
-            Q[:, i1 + i] = t
+            Qt[i1 + i] = t
             err = (w - t) / U1[i, i]  # [r]
             loss += (err * err).sum()  # stays on the device: no host round trip per column
             W1[i:] -= U1[i, i:][:, None] * err[None, :]
             Err[i] = err
         W[:, i2:] -= xp.ascontiguousarray(Err.T) @ U[i1:i2, i2:]  # lazy update of the rest
-    return Q[:, inv], loss  # loss: a float on the host, a 0-d array on a device
+    return xp.ascontiguousarray(Qt[inv].T), loss  # loss: a float on the host, a 0-d array
+    # on a device
 
 
 def inverse_factor(H: Any) -> Any:
