@@ -63,6 +63,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     done: set[str] = set()
     steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
+    pending = _Pending(accs, budget // 8, backend.xp)
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
@@ -90,7 +91,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                                      hessian_dtype, **sub)
                     if dense_acts is None:
                         for X in chunks:
-                            accs[L.weight].add(X)
+                            pending.add(L.weight, X)
                         continue
                     ref_chunks = columns(L, u, _on_device(last_ref, u.input, dense_acts, backend),
                                          budget // 4, hessian_dtype, **sub)
@@ -99,10 +100,40 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                 accs[L.weight].count(samples)
             seen += samples
             bar.update(1)
+        pending.flush()
         done.update(L.weight for L in todo)
         backend.free()
     bar.close()
     return accs, observers
+
+
+class _Pending:
+    """float32 column chunks narrower than their layer's d (one sample of a fixed-batch
+    model, one subgrid of a small batch) gathered per layer until d columns (or
+    `limit` bytes) wide, then added as one product: the d x d float64 sum once per d
+    columns instead of once per chunk. float64 chunks (runs below 8 bits) go straight in."""
+
+    def __init__(self, accs: dict, limit: int, xp: Any) -> None:
+        self.accs, self.limit, self.xp = accs, limit, xp
+        self.parts: dict[str, list] = {}
+
+    def add(self, weight: str, X: Any) -> None:
+        G, d, n = X.shape
+        if X.dtype != self.xp.float32 or n >= d:
+            self.accs[weight].add(X)
+            return
+        parts = self.parts.setdefault(weight, [])
+        parts.append(X)
+        wide = sum(p.shape[2] for p in parts)
+        if wide >= d or wide * G * d * 4 >= self.limit:
+            self.flush(weight)
+
+    def flush(self, weight: str | None = None) -> None:
+        for k in [weight] if weight is not None else list(self.parts):
+            parts = self.parts.pop(k, [])
+            if parts:
+                self.accs[k].add(parts[0] if len(parts) == 1 else self.xp.concatenate(
+                    parts, axis=2))
 
 
 def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, free: int,

@@ -146,3 +146,28 @@ def test_verification_runs_batches_when_every_model_passes_the_check(shape_op, m
     assert b.samples == a.samples == 10
     assert b.rel_error["y"] == pytest.approx(a.rel_error["y"], rel=1e-5)
     assert b.top1_agreement == pytest.approx(a.top1_agreement)
+
+
+def test_narrow_float32_chunks_are_gathered_before_the_product(monkeypatch):
+    """One sample per chunk (a fixed-batch model, 8-bit float32 products): the chunks of a
+    layer narrower than its d are added d columns at a time (fewer d x d sums), H within
+    float32 rounding of the float64 capture, which adds every chunk as it comes."""
+    from onnx_obc.hessian import HessianAccumulator
+
+    calls = []
+    real = HessianAccumulator.add
+    monkeypatch.setattr(HessianAccumulator, "add",
+                        lambda self, X, X0=None: calls.append(X.dtype) or real(self, X, X0))
+    model = _fixed_model("dynamic")
+    layers, _ = find_layers(model)
+    out = {}
+    for dt in (np.float64, np.float32):
+        calls.clear()
+        accs, _ = collect(model, layers, _data(), 1, get_backend("cpu"), 64, False,
+                          hessian_dtype=dt)
+        out[dt] = ({k: a.mean() for k, a in accs.items()}, len(calls))
+    assert out[np.float64][1] == 2 * 10  # two layers, ten samples
+    assert out[np.float32][1] < out[np.float64][1]
+    for k, H in out[np.float64][0].items():
+        np.testing.assert_allclose(out[np.float32][0][k], H, rtol=1e-5,
+                                   atol=1e-6 * np.abs(H).max())
