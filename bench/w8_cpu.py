@@ -48,12 +48,13 @@ OURS = ("import sys, resource, time\n" + PATCH +
 
 
 def cpu_of(code: str, args: list[str], tree: Path = ROOT) -> float:
-    """CPU seconds (user + system) of a fresh Python process running `code` (importing
-    onnx_obc from `tree`)."""
+    """CPU seconds (user + system) of a fresh Python process running `code` in `tree`
+    (`python -c` imports onnx_obc from its working directory first; relative paths
+    resolve there too)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True, env=env,
+    subprocess.run([sys.executable, "-c", code, *args], cwd=tree, check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
