@@ -50,7 +50,7 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
         scale, zero = scale[:, perm], zero[:, perm]
     total = int(round(sparsity * r * d))
     Qt = xp.zeros((d, r), dtype=W.dtype)  # Q transposed: each column step writes a row
-    sym = scale is not None and not bool(xp.any(zero))  # zero points all 0: no +z, -z
+    sym = scale is not None and qmin < 0  # symmetric grid (quant.py): zero points all 0
     loss = 0.0
     for i1 in range(0, d, block):
         i2 = min(d, i1 + block)
