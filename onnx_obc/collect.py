@@ -13,6 +13,7 @@ import onnx
 from . import calib as calib_mod
 from .actrange import RangeObserver
 from .backend import Backend
+from .batching import batch_free, per_sample, sample_axes
 from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
                       providers_for)
 from .hessian import BlockHessianAccumulator, HessianAccumulator, columns, position_step
@@ -26,6 +27,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
             hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
+            free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -38,7 +40,10 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
     observers keep x's histogram (only percentile and mse ranges read it); `subsample`: each
     layer's Hessian from a subgrid of its output positions (hessian.position_step; the
-    8-bit runs of hessian_dtype)."""
+    8-bit runs of hessian_dtype). `free_batch` > 1 (a model whose batch is fixed at 1,
+    Calibration.free_batch): that many samples per run when the batch-free graph passes
+    batching.sample_axes' check, one per run otherwise; the same tensors either way
+    (`sample_axes`: each input's sample axis, calib.layout; default 0)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
@@ -51,20 +56,25 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     names = list(dict.fromkeys(n for unit in units for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
+    if free_batch > 1 and dense is None:  # the groups must hold a batched run's tensors
+        sizes = {n: None if v is None else v * free_batch for n, v in sizes.items()}
     groups = plan_groups(units, sizes, budget) if names else [[]]
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     done: set[str] = set()
     steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
+    pending = _Pending(accs, budget // 8, backend.xp)
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
-        sess = capture_session(proto, group, rt) if group else None
+        runs = _batched(proto, group, rt, data, free_batch, sample_axes) if (
+            group and free_batch > 1 and dense is None) else None
+        sess = capture_session(proto, group, rt) if group and runs is None else None
         ref = capture_session(dense, group, rt) if (
             group and dense is not None) else None
         ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
-        for samples, acts in capture(sess, group, data.batches(batch)):
+        for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
             for n, obs in observers.items():
                 if n in acts and (n in group or (n in inputs and group is groups[0])):
@@ -81,7 +91,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                                      hessian_dtype, **sub)
                     if dense_acts is None:
                         for X in chunks:
-                            accs[L.weight].add(X)
+                            pending.add(L.weight, X)
                         continue
                     ref_chunks = columns(L, u, _on_device(last_ref, u.input, dense_acts, backend),
                                          budget // 4, hessian_dtype, **sub)
@@ -90,10 +100,55 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                 accs[L.weight].count(samples)
             seen += samples
             bar.update(1)
+        pending.flush()
         done.update(L.weight for L in todo)
         backend.free()
     bar.close()
     return accs, observers
+
+
+class _Pending:
+    """float32 column chunks narrower than their layer's d (one sample of a fixed-batch
+    model, one subgrid of a small batch) gathered per layer until d columns (or
+    `limit` bytes) wide, then added as one product: the d x d float64 sum once per d
+    columns instead of once per chunk. float64 chunks (runs below 8 bits) go straight in."""
+
+    def __init__(self, accs: dict, limit: int, xp: Any) -> None:
+        self.accs, self.limit, self.xp = accs, limit, xp
+        self.parts: dict[str, list] = {}
+
+    def add(self, weight: str, X: Any) -> None:
+        G, d, n = X.shape
+        if X.dtype != self.xp.float32 or n >= d:
+            self.accs[weight].add(X)
+            return
+        parts = self.parts.setdefault(weight, [])
+        parts.append(X)
+        wide = sum(p.shape[2] for p in parts)
+        if wide >= d or wide * G * d * 4 >= self.limit:
+            self.flush(weight)
+
+    def flush(self, weight: str | None = None) -> None:
+        for k in [weight] if weight is not None else list(self.parts):
+            parts = self.parts.pop(k, [])
+            if parts:
+                self.accs[k].add(parts[0] if len(parts) == 1 else self.xp.concatenate(
+                    parts, axis=2))
+
+
+def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, free: int,
+             axes: dict[str, int | None] | None) -> Any:
+    """The per-sample tensors of `group` from runs of `free` samples at once (batching.py),
+    or None when the batch-free graph fails the check (then: one sample per run)."""
+    inputs = {s.name: 0 for s in calib_mod.input_specs(proto)} | dict(axes or {})
+    if any(a is None for a in inputs.values()):  # an input fed whole: no batch to free
+        return None
+    with batch_free(proto, inputs):
+        sess = capture_session(proto, group, rt)
+    axes = sample_axes(sess, group, data)
+    if axes is None:
+        return None
+    return per_sample(sess, group, axes, inputs, data.batches(free))
 
 
 def hessian_dtype(cfg: Any, xp: Any) -> Any:

@@ -46,7 +46,7 @@ class LayerPlan:
     solver_bytes: int
     exact_seconds: float | None  # predicted, at `blocks` (None: no exact solver applies)
     fast_seconds: float | None  # predicted (None: no fast path for the structure)
-    seconds: float  # predicted for `method`
+    seconds: float | None  # predicted for `method` (None: not predicted, make_plan)
 
     @property
     def label(self) -> str:
@@ -71,7 +71,10 @@ class Plan:
         return next((p for p in self.layers if p.weight == weight), None)
 
     @property
-    def seconds(self) -> float:
+    def seconds(self) -> float | None:
+        """The predicted solve seconds (None: not predicted, 8 bits alone; make_plan)."""
+        if any(p.seconds is None for p in self.layers):
+            return None
         return sum(p.seconds for p in self.layers)
 
     @property
@@ -81,8 +84,10 @@ class Plan:
     def summary(self) -> str:
         blocked = sum(p.blocks > 1 for p in self.layers)
         exact = sum(p.method == "obc" and p.exact_seconds is not None for p in self.layers)
-        return (f"plan: {len(self.layers)} layers, solve predicted {self.seconds:.1f} s"
-                f" ({exact} exact, {len(self.layers) - exact} other"
+        t = self.seconds
+        return (f"plan: {len(self.layers)} layers, solve "
+                + ("not predicted" if t is None else f"predicted {t:.1f} s")
+                + f" ({exact} exact, {len(self.layers) - exact} other"
                 + (f", {blocked} in column blocks" if blocked else "") + "); Hessians "
                 f"{self.hessian_total / MB:.0f} MB, largest solve "
                 f"{max((p.solver_bytes for p in self.layers), default=0) / MB:.0f} MB, of "
@@ -159,7 +164,10 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
               row_cap: int | None = None, rates: Rates | None = None) -> Plan:
     """The plan for `layers` under cfg.run's budgets (see the module docstring). `row_cap`:
     an upper bound on the solver's row-batch bytes (--solver-memory, or the GPU's memory);
-    `rates`: measured rates (default: costmodel.calibrate on `xp`)."""
+    `rates`: measured rates (default: costmodel.calibrate on `xp`). Runs that quantize
+    alone at 8 bits (not exact_applies) without `run.time_budget_s` and `rates` measure
+    none and predict no time (every seconds field None): nothing in them reads it, and the
+    micro-benchmarks were a tenth of such a run (README "W8A8 conversion time")."""
     import numpy as np
 
     run, q, prune = cfg.run, cfg.quant, cfg.prune
@@ -183,12 +191,18 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     if row_cap is not None:
         row = min(row, row_cap)
     exact = exact_applies(cfg)
-    rt = rates or calibrate(xp or np, sync, exact=exact)
+    timed = rates is not None or exact or run.time_budget_s is not None
+    rt = (rates or calibrate(xp or np, sync, exact=exact)) if timed else None
     sparsity = 0.0 if not st_free else (prune.sparsity or 0.0)
     quant = bool(q.bits)
     plans = []
     for L in layers:
         s = plan_shapes[L.weight]
+        if rt is None:  # 8 bits alone, no --time-budget: no time is predicted (unmeasured)
+            plans.append(LayerPlan(L.name, L.weight, s.G, s.r, s.d, s.k, method,
+                                   hessian_bytes(s) * per_hess, solver_bytes(s, row), None,
+                                   None, None))
+            continue
         cands = OBQ_CANDIDATES if quant and not sparsity and s.k == 1 else 0
         ex = exact_seconds(s, rt, sparsity=prune.sparsity or (
             prune.nm[0] / prune.nm[1] if prune.nm else 0.0),
@@ -205,7 +219,7 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
                                hessian_bytes(s) * per_hess, solver_bytes(s, row), ex, fa, secs))
     note = contention_note(rt)  # the micro-benchmark's BLAS threads were contended
     out = Plan(plans, M, max(MIN_ACTIVATIONS, M - sum(p.hessian_bytes for p in plans)), row,
-               run.time_budget_s, rt.to_dict(), [note] if note else [])
+               run.time_budget_s, {} if rt is None else rt.to_dict(), [note] if note else [])
     if run.time_budget_s is not None and method == "obc" and st_free and exact:
         from .costfit import fit_time
         out = fit_time(out, rt, sparsity, quant, row, align)

@@ -89,7 +89,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                                   act_scales=done.act_values, target=cfg.export.runtime,
                                   target_options=cfg.export.target_options())
     with _timed(clock, "verify"):
-        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime)
+        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime,
+                           data.free_batch, data.info.get("sample_axes"))
         fusion = export.fusion.check(models["compressed"], layers, runtime)
     ranked = {}
     if cfg.run.sensitivity and done.solutions:  # timed only when it runs

@@ -135,6 +135,8 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
 
 COARSE_BITS = 8  # grids of at least this many bits: coarse-to-fine search in float32
 COARSE_STEP = 4  # the coarse pass tries every COARSE_STEP-th shrink, then its neighbours
+SEARCH_CHUNK = 1 << 16  # elements per pass of the search on the CPU (row chunks: the same
+# numbers as whole-matrix passes, each pass in the cache instead of main memory)
 
 
 def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g: int,
@@ -150,24 +152,16 @@ def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g
     w32 = wts if isinstance(wts, float) else wts.astype(xp.float32)
     lo32, hi32 = lo.astype(xp.float32), hi.astype(xp.float32)
 
+    R = Wg.shape[0]
+    rows = max(1, SEARCH_CHUNK // max(1, Wg[0].size)) if xp.__name__ == "numpy" else R
+
     def err(i: Any) -> Any:  # i: shrink index, scalar or [R, G]
-        p = 1.0 - (i / spec.grid if isinstance(i, int) else i.astype(xp.float32) / spec.grid)
-        sc, z = (a[..., None].astype(xp.float32) for a in _params(p * lo32, p * hi32, spec))
-        t = W32 / sc  # quantize(), in place: the dequantized error |q(w) - w|^norm
-        xp.rint(t, out=t)
-        if spec.symmetric:
-            xp.clip(t, spec.qmin, spec.qmax, out=t)
-        else:
-            t += z
-            xp.clip(t, spec.qmin, spec.qmax, out=t)
-            t -= z
-        t *= sc
-        t -= W32
-        xp.abs(t, out=t)
-        xp.power(t, spec.norm, out=t)
-        if not isinstance(w32, float):
-            t *= w32
-        return t.sum(axis=2)  # [R, G]
+        out = xp.empty(lo.shape, dtype=xp.float32)
+        for r0 in range(0, R, rows):  # row chunks: each pass below stays in the cache
+            sl = slice(r0, r0 + rows)
+            out[sl] = _err(i if isinstance(i, int) else i[sl], W32[sl], lo32[sl], hi32[sl],
+                           w32 if isinstance(w32, float) else w32[sl], spec)
+        return out
 
     best_i = xp.zeros(lo.shape, dtype=xp.int64)
     best = xp.full(lo.shape, xp.inf, dtype=xp.float32)
@@ -197,6 +191,29 @@ def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g
             back = rows[worse]
             scale[back], zero[back] = s0[back], z0[back]
     return Grid(scale, zero, spec.qmin, spec.qmax, g)
+
+
+def _err(i: Any, W32: Any, lo32: Any, hi32: Any, w32: Any, spec: QuantSpec) -> Any:
+    """The clipping criterion sum_j w_j |q(w_j) - w_j|^norm of rows W32 [R, G, g] at shrink
+    index i (scalar or [R, G]), in float32: [R, G]."""
+    xp = array_module(W32)
+    p = 1.0 - (i / spec.grid if isinstance(i, int) else i.astype(xp.float32) / spec.grid)
+    sc, z = (a[..., None].astype(xp.float32) for a in _params(p * lo32, p * hi32, spec))
+    t = W32 / sc  # quantize(), in place: the dequantized error |q(w) - w|^norm
+    xp.rint(t, out=t)
+    if spec.symmetric:
+        xp.clip(t, spec.qmin, spec.qmax, out=t)
+    else:
+        t += z
+        xp.clip(t, spec.qmin, spec.qmax, out=t)
+        t -= z
+    t *= sc
+    t -= W32
+    xp.abs(t, out=t)
+    xp.power(t, spec.norm, out=t)
+    if not isinstance(w32, float):
+        t *= w32
+    return t.sum(axis=2)  # [R, G]
 
 
 def _row_diag(H: Any, R: int) -> Any:

@@ -260,7 +260,9 @@ def _footer(r: Report) -> list[str]:
         f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else ""))
     if r.plan:
         p = r.plan
-        lines.append(f"plan: solve predicted {p['predicted_seconds']:.1f}s, measured "
+        t = p["predicted_seconds"]
+        lines.append("plan: solve " + ("not predicted (8 bits alone)" if t is None else
+                                       f"predicted {t:.1f}s") + ", measured "
                      f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "
                      f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
                      f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")

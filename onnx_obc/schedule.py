@@ -79,7 +79,8 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 runtime=runtime, blocks=blocks,
                                 hessian_dtype=hessian_dtype(cfg, backend.xp),
                                 histogram=_method(cfg) != "minmax",
-                                subsample=subsampled(cfg))
+                                subsample=subsampled(cfg), free_batch=data.free_batch,
+                                sample_axes=data.info.get("sample_axes"))
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

@@ -79,12 +79,19 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource,
 
 
 def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
-            batch_size: int, runtime: Runtime) -> dict[str, dict[str, Fidelity]]:
+            batch_size: int, runtime: Runtime, free_batch: int = 0,
+            sample_axes: dict[str, int | None] | None = None) -> dict[str, dict[str, Fidelity]]:
     """Fidelity of every model on every data set, each model run as onnxruntime deploys it
     (graph optimizations on), relative to models["dense"]. Models over `ONE_AT_A_TIME`
     bytes of weights hold only two sessions at once (dense + one, the dense model re-run
-    per model) instead of one per model."""
+    per model) instead of one per model. `free_batch` > 1 (a model whose batch is fixed at
+    1, Calibration.free_batch): run `free_batch` samples at once when every model's
+    batch-free graph passes batching.sample_axes' check on its outputs (sets without
+    labels; the measures are sums over samples and positions, whatever the order)."""
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
+        free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes)
+        if free is not None:
+            return {name: evaluate(free, ds, free_batch) for name, ds in sets.items()}
         sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
         return {name: evaluate(sessions, ds, batch_size) for name, ds in sets.items()}
     dense = session(models["dense"], runtime, optimize=True)
@@ -95,4 +102,27 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
         for name, ds in sets.items():
             out[name][k] = evaluate(pair, ds, batch_size)[k]
         del pair
+    return out
+
+
+def _batch_free_sessions(models: dict[str, onnx.ModelProto],
+                         sets: dict[str, CalibrationSource], runtime: Runtime, free: int,
+                         axes: dict[str, int | None] | None) -> dict | None:
+    """The models' batch-free sessions (batching.py) when all of them pass the check on
+    their outputs, else None (then: the fixed batch)."""
+    from .batching import batch_free, sample_axes
+    from .calib import input_specs
+
+    if free <= 1 or not sets or any(ds.labels is not None for ds in sets.values()):
+        return None
+    probe = next(iter(sets.values()))
+    out = {}
+    for k, m in models.items():
+        inputs = {s.name: 0 for s in input_specs(m)} | dict(axes or {})
+        if any(a is None for a in inputs.values()):
+            return None
+        with batch_free(m, inputs):
+            out[k] = session(m, runtime, optimize=True)
+        if sample_axes(out[k], [o.name for o in out[k].get_outputs()], probe) is None:
+            return None
     return out

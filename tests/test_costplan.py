@@ -199,7 +199,7 @@ def test_an_8_bit_only_plan_skips_the_greedys_micro_benchmark(monkeypatch):
     monkeypatch.setattr(fast, "greedy_traces", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(cm, "_CACHE", {})
     layers, _ = find_layers(b.matmul(d_in=64, d_out=16))
-    plan = make_plan(layers, CompressConfig.from_options(bits=8, act_bits=8))
+    plan = make_plan(layers, CompressConfig.from_options(bits=8, act_bits=8, time_budget_s=60))
     assert not calls
     assert plan.rates["step"] == 0.0 and plan.rates["col"] > 0
     p = plan.layers[0]
@@ -208,3 +208,26 @@ def test_an_8_bit_only_plan_skips_the_greedys_micro_benchmark(monkeypatch):
     make_plan(layers, CompressConfig.from_options(bits=4))
     assert calls
     assert make_plan(layers, CompressConfig.from_options(bits=4)).layers[0].exact_seconds
+
+
+def test_an_8_bit_only_plan_without_a_time_budget_measures_nothing(monkeypatch):
+    """8-bit quantization alone without --time-budget: no micro-benchmark runs at all
+    (costrates.calibrate is never called) and no time is predicted; the memory plan (bytes,
+    blocks) is the same as with measured rates, and --bits 4 still measures."""
+    import onnx_obc.costplan as cp
+
+    calls = []
+    real = cp.calibrate
+    monkeypatch.setattr(cp, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layers, _ = find_layers(b.matmul(d_in=64, d_out=16))
+    cfg = CompressConfig.from_options(bits=8, act_bits=8)
+    plan = make_plan(layers, cfg)
+    assert not calls and plan.rates == {} and plan.seconds is None
+    p = plan.layers[0]
+    assert p.seconds is None and p.exact_seconds is None and p.fast_seconds is None
+    timed = make_plan(layers, cfg, rates=RATES).layers[0]
+    assert (p.hessian_bytes, p.solver_bytes, p.blocks) == (
+        timed.hessian_bytes, timed.solver_bytes, timed.blocks) and timed.seconds > 0
+    assert "not predicted" in plan.summary() and "-" in plan.table()
+    make_plan(layers, CompressConfig.from_options(bits=4))
+    assert calls

@@ -31,21 +31,26 @@ BLOCK = 128
 
 def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 0,
          qmax: int = 0, sparsity: float = 0.0, act_order: bool = False, diagH: Any = None,
-         block: int = BLOCK, H: Any = None) -> tuple[Any, Any]:
+         block: int = BLOCK, H: Any = None, factor: Any = None) -> tuple[Any, Any]:
     """W [r, d] rows sharing Hinv [d, d]; scale/zero [r, d] per column (None: no rounding).
-    Hinv None: U from the dampened H [d, d] itself (inverse_factor).
+    Hinv None: U from the dampened H [d, d] itself (inverse_factor), or from `factor`
+    (act_order only: the lower Cholesky factor inverse_factor would take; prepare(factor=1)).
     Returns (W_hat [r, d], loss = sum of err^2, i.e. tr(dW H dW^T) with the damped H)."""
     xp = array_module(W, H if Hinv is None else Hinv)
     r, d = W.shape
     perm = xp.argsort(-diagH, kind="stable") if act_order else xp.arange(d)
     inv = xp.argsort(perm)
     W = W.astype(xp.float64)[:, perm]  # [r, d] in processing order
-    U = (inverse_factor(H[perm][:, perm]) if Hinv is None  # [d, d] upper: Hinv = U^T U
-         else xp.swapaxes(cholesky(Hinv[perm][:, perm]), 0, 1))
+    if Hinv is None and factor is not None and act_order:
+        U = upper_inverse(factor[::-1, ::-1])  # as inverse_factor, its Cholesky done
+    else:
+        U = (inverse_factor(H[perm][:, perm]) if Hinv is None  # [d, d] upper: Hinv = U^T U
+             else xp.swapaxes(cholesky(Hinv[perm][:, perm]), 0, 1))
     if scale is not None:
         scale, zero = scale[:, perm], zero[:, perm]
     total = int(round(sparsity * r * d))
-    Q = xp.zeros_like(W)
+    Qt = xp.zeros((d, r), dtype=W.dtype)  # Q transposed: each column step writes a row
+    sym = scale is not None and qmin < 0  # symmetric grid (quant.py): zero points all 0
     loss = 0.0
     for i1 in range(0, d, block):
         i2 = min(d, i1 + block)
@@ -67,15 +72,20 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
         for i in range(i2 - i1):
             w = W1[i]
             t = w if prune is None else xp.where(prune[i], 0.0, w)
-            if scale is not None:
+            if sym:  # quantize() without its zero point (rint is round; the codes agree)
+                t = xp.rint(t / S1[i])
+                xp.clip(t, qmin, qmax, out=t)
+                t *= S1[i]
+            elif scale is not None:
                 t = quantize(t, S1[i], Z1[i], qmin, qmax)
-            Q[:, i1 + i] = t
+            Qt[i1 + i] = t
             err = (w - t) / U1[i, i]  # [r]
             loss += (err * err).sum()  # stays on the device: no host round trip per column
             W1[i:] -= U1[i, i:][:, None] * err[None, :]
             Err[i] = err
         W[:, i2:] -= xp.ascontiguousarray(Err.T) @ U[i1:i2, i2:]  # lazy update of the rest
-    return Q[:, inv], loss  # loss: a float on the host, a 0-d array on a device
+    return xp.ascontiguousarray(Qt[inv].T), loss  # loss: a float on the host, a 0-d array
+    # on a device
 
 
 def inverse_factor(H: Any) -> Any:
@@ -121,7 +131,8 @@ def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
             scale=None if s is None else s[sl], H=prep.H[g],
             zero=None if z is None else z[sl], qmin=grid.qmin if grid else 0,
             qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=act_order,
-            diagH=xp.diagonal(prep.H[g]))
+            diagH=xp.diagonal(prep.H[g]),
+            factor=None if getattr(prep, "factor", None) is None else prep.factor[g])
         obs_loss += loss
     obs_loss = float(obs_loss)  # one host round trip for all the groups
     if not grid:

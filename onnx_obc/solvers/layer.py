@@ -66,7 +66,8 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
     G, r, d = W.shape
     fast = bool(quant) and not count and not exact_pays(quant.bits)  # 8 bits: GPTQ or RTN
     # (GPTQ factors H itself there, gptq.inverse_factor; H^-1 only for the depthwise groups)
-    prep = prepare(W, H64, task.damp, inverse=not fast or (G > 1 and d <= BLOCK))
+    inverse = not fast or (G > 1 and d <= BLOCK)
+    prep = prepare(W, H64, task.damp, inverse=inverse, factor=not inverse)
     stage = stage_of(prep, task.budget_bytes)
     rows = stage.rows  # [R, d] float32
     obs_loss, steps_run, reruns, prune_loss = 0.0, 0, 0, None

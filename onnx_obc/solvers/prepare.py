@@ -31,12 +31,17 @@ class Prepared:
     dead: int  # dead input columns (zero diagonal of H), summed over groups
     damp: float  # relative dampening finally used
     escalations: tuple[float, ...]  # dampening values that failed before `damp`
+    factor: Any = None  # [G, d, d] prepare(factor=True): each group's lower Cholesky factor
+    # of H in act order (descending diagonal), reversed: what gptq.inverse_factor factors
 
 
-def prepare(W: Any, H: Any, damp: float, inverse: bool = True) -> Prepared:
+def prepare(W: Any, H: Any, damp: float, inverse: bool = True, factor: bool = False
+            ) -> Prepared:
     """Dead inputs -> H_jj = mean live diag and W[:, j] = 0; H += damp*mean(diag)*I; Hinv
     (inverse=False: not computed, only the Cholesky that checks the dampening; GPTQ at 8
-    bits factors H itself, gptq.inverse_factor).
+    bits factors H itself, gptq.inverse_factor). factor (with inverse=False): that check's
+    Cholesky is of each group's H in act order, reversed, kept as Prepared.factor for GPTQ
+    act-order (one factorisation per layer instead of two; the same factor).
 
     Dampening is relative (scale invariant). If Cholesky fails, dampening escalates through
     ESCALATION; the failed values are returned so the report can show them. Raises
@@ -68,12 +73,12 @@ def prepare(W: Any, H: Any, damp: float, inverse: bool = True) -> Prepared:
     for lam in tried:
         Hd = H + (lam * mean_diag)[:, None, None] * eye  # [G, d, d]
         try:
-            L = cholesky(Hd)  # [G, d, d] lower
+            L = cholesky(_act_reversed(Hd) if factor and not inverse else Hd)  # lower
         except np.linalg.LinAlgError:
             failed.append(lam)
             continue
         if not inverse:
-            return Prepared(W, Hd, None, n_dead, lam, tuple(failed))
+            return Prepared(W, Hd, None, n_dead, lam, tuple(failed), L if factor else None)
         Linv = xp.linalg.inv(L)  # [G, d, d]
         Hinv = xp.swapaxes(Linv, 1, 2) @ Linv  # H^-1 = L^-T L^-1, symmetric by construction
         return Prepared(W, Hd, Hinv, n_dead, lam, tuple(failed))
@@ -82,6 +87,16 @@ def prepare(W: Any, H: Any, damp: float, inverse: bool = True) -> Prepared:
         f"(tried {tried}). Add calibration samples, check for constant or duplicated inputs, "
         "or exclude this layer."
     )
+
+
+def _act_reversed(H: Any) -> Any:
+    """Each group's H [G, d, d] in act order (gptq: descending diagonal, stable), reversed."""
+    xp = array_module(H)
+    out = xp.empty_like(H)
+    for g in range(H.shape[0]):
+        perm = xp.argsort(-xp.diagonal(H[g]), kind="stable")
+        out[g] = H[g][perm][:, perm][::-1, ::-1]
+    return out
 
 
 def rows_per_batch(d: int, rows: int, budget_bytes: int, itemsize: int = 4) -> int:

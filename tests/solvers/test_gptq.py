@@ -128,3 +128,20 @@ def test_gptq_from_h_equals_gptq_from_its_inverse():
     b, lb = gptq(prep.W[0], None, H=prep.H[0], **kw)
     np.testing.assert_allclose(b, a, atol=1e-9 * np.abs(a).max())
     assert lb == pytest.approx(la, rel=1e-6)
+
+
+def test_the_factor_prepared_for_act_order_gives_the_same_gptq():
+    """prepare(inverse=False, factor=True) (8 bits alone: its dampening check factors H in
+    act order, reversed) hands GPTQ act-order the factor it would compute itself: the same
+    weights and loss bit for bit, one Cholesky per layer instead of two."""
+    from onnx_obc.solvers.gptq import gptq_rows
+
+    W, H = weights(24, 160, seed=5), correlated_H(160, seed=5)
+    plain = prepare(W, H[None], 0.01, inverse=False)
+    kept = prepare(W, H[None], 0.01, inverse=False, factor=True)
+    assert plain.factor is None and kept.factor.shape == (1, 160, 160)
+    grid = fit_grid(plain.W[0], QuantSpec(bits=8), H[None])
+    a = gptq_rows(plain.W[0], plain, grid, act_order=True)
+    b = gptq_rows(kept.W[0], kept, grid, act_order=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[2] == b[2]
