@@ -63,7 +63,8 @@ def _decode(name: str, y: np.ndarray, cs: list[str]) -> list[str]:
     return ctc_texts([y], cs)
 
 
-def evaluate(name: str, models: dict[str, str], evals: list[str]) -> dict[str, dict]:
+def evaluate(name: str, models: dict[str, str], evals: list[str], threads: int = 1
+             ) -> dict[str, dict]:
     """Per model: correct, same-as-dense and relative-error arrays over all eval lines."""
     import onnx
     from deploy import _batches, _session
@@ -71,7 +72,8 @@ def evaluate(name: str, models: dict[str, str], evals: list[str]) -> dict[str, d
     cs = json.loads((ROOT / "bench/real" / ("ppocr_charset.json" if name == "ppocr_rec"
                                               else "charset.json")).read_text())
     proto = onnx.load(str(ROOT / DENSE[name]), load_external_data=False)
-    sess = {k: _session(p) for k, p in {"dense": str(ROOT / DENSE[name]), **models}.items()}
+    sess = {k: _session(p, threads)  # 1 thread: a shared machine's spare cores are not spare
+            for k, p in {"dense": str(ROOT / DENSE[name]), **models}.items()}
     out = {k: {"correct": [], "same": [], "error": []} for k in sess}
     for path in evals:
         ev = dict(np.load(path))
@@ -120,12 +122,14 @@ def main() -> None:
     ap.add_argument("--load", action="append", default=[], metavar="NPZ",
                     help="also the models of an earlier --flags file (same --eval files, in "
                          "the same order)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="onnxruntime intra-op threads per session (0: its default, all cores)")
     ap.add_argument("models", nargs="*", metavar="NAME=PATH")
     a = ap.parse_args()
     models = dict(x.split("=", 1) for x in a.models)
     if models and not a.eval:
         raise SystemExit("give the eval sets (--eval) to evaluate the models on")
-    res = evaluate(a.model, models, a.eval) if models else {}
+    res = evaluate(a.model, models, a.eval, a.threads) if models else {}
     for path in a.load:
         with np.load(path) as z:
             for key in z.files:
