@@ -4,6 +4,7 @@
     python bench/deploy.py [--models digits_cnn,digits_vit,ocr_like,common,common_det]
                            [--eval common_det=bench/results/detgt/common_det.eval_gt.npz]
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
+                           [--latency-batch 8]
                            [--runtimes tensorrt,onnxruntime]
                            [--out bench/results/deploy.json]
 
@@ -76,6 +77,9 @@ MODELS = {  # name -> (model, calib, eval, method)
     "common_det": ("bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
                    "bench/real/common_det.eval.npz", "obc"),
 }
+for _n in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0"):  # real_matrix's metrics
+    MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
+                  f"bench/real/{_n}.eval.npz", "obc")
 
 
 def _opts(threads: int) -> ort.SessionOptions:
@@ -204,6 +208,9 @@ def gt_counts(ys: list[np.ndarray], ev: dict, thr: float = dm.GT_SCORE) -> np.nd
 
 def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict
                 ) -> float | None:
+    if name in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0"):
+        from real_matrix import metrics  # text / map F1 / label accuracy / top-1 agreement
+        return metrics(name, ys, dense, ev)["task"]
     if "labels" in ev:
         pred = np.concatenate([y.argmax(-1) for y in ys])
         return float(np.mean(pred == ev["labels"][:len(pred)]))
@@ -248,7 +255,7 @@ def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> 
 def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str],
               method_override: str | None = None,
               runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime"),
-              eval_path: str | None = None) -> list[dict]:
+              eval_path: str | None = None, lat_batch: int = 1) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     epath = eval_path or epath
     method = MODELS[name][3]
@@ -296,10 +303,9 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
     print(f"  {name} quantize_static ({info['quantize_static']['seconds']:.0f} s)", flush=True)
     dense = outputs(mpath, feeds)
     rows = []
-    (lat1, min1) = latency(paths, feeds[0] if len(next(iter(feeds[0].values()))) == 1 else
-                   {k: v[:1] for k, v in feeds[0].items()}, runs, 1)
-    (latn, _) = latency(paths, feeds[0] if len(next(iter(feeds[0].values()))) == 1 else
-                   {k: v[:1] for k, v in feeds[0].items()}, runs, 0)
+    lat_feed = {k: v[:lat_batch] for k, v in feeds[0].items()}  # fixed-batch models: 1
+    (lat1, min1) = latency(paths, lat_feed, runs, 1)
+    (latn, _) = latency(paths, lat_feed, runs, 0)
     for key, p in paths.items():
         ys = dense if key == "fp32" else outputs(p, feeds)
         err = _rel(ys, dense)
@@ -425,6 +431,8 @@ def main() -> None:
     ap.add_argument("--eval", action="append", default=[], metavar="MODEL=NPZ",
                     help="another eval set for a model (the detector's with `boxes`: F1 "
                          "against the drawn characters, bench/setup_models.py det_eval)")
+    ap.add_argument("--latency-batch", type=int, default=1,
+                    help="samples per latency run of models with a dynamic batch")
     args = ap.parse_args()
     evals = dict(e.split("=", 1) for e in args.eval)
     rows: list[dict] = []
@@ -437,7 +445,8 @@ def main() -> None:
             print(f"{name} ...", flush=True)
             rows += run_model(name, args.runs, Path(tmp), args.quick,
                               args.act_types.split(","), args.method,
-                              tuple(args.runtimes.split(",")), evals.get(name))
+                              tuple(args.runtimes.split(",")), evals.get(name),
+                              args.latency_batch)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:
