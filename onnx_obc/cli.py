@@ -181,6 +181,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--correct-scale", is_flag=True,
               help="Also a per-output-channel scale (least squares vs the dense outputs), "
                    "folded into the weights / QDQ scales. Implies --correct.")
+@click.option("--w8-hessian", type=click.Choice(["auto", "diag", "full"]), default="auto",
+              show_default=True, help="8-bit quantization alone, --method obc: diag: diag(H), "
+              "RTN on its grid; full: H, GPTQ against RTN; auto: full on small layers.")
 @click.option("--act-order", is_flag=True,
               help="With --method gptq: columns by descending Hessian diagonal.")
 @click.option("--damp", type=click.FloatRange(0, 10), default=0.01, show_default=True,

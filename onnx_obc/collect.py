@@ -16,7 +16,8 @@ from .backend import Backend
 from .batching import batch_free, per_sample, sample_axes
 from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
                       providers_for)
-from .hessian import BlockHessianAccumulator, HessianAccumulator, columns, position_step
+from .hessian import (BlockHessianAccumulator, DiagonalAccumulator, HessianAccumulator, columns,
+                      position_step)
 from .layers import Layer
 from .specs import MB
 
@@ -28,7 +29,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
             hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
-            ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
+            diagonal: frozenset[str] = frozenset()) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
     With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
@@ -43,10 +44,12 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     8-bit runs of hessian_dtype). `free_batch` > 1 (a model whose batch is fixed at 1,
     Calibration.free_batch): that many samples per run when the batch-free graph passes
     batching.sample_axes' check, one per run otherwise; the same tensors either way
-    (`sample_axes`: each input's sample axis, calib.layout; default 0)."""
+    (`sample_axes`: each input's sample axis, calib.layout; default 0). `diagonal`: the
+    weights whose layers keep only diag(H) (DiagonalAccumulator; diagonal_hessians)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
-    accs = {L.weight: _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
+    accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
+            if L.weight in diagonal else _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
             for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}
     units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
@@ -119,7 +122,8 @@ class _Pending:
 
     def add(self, weight: str, X: Any) -> None:
         G, d, n = X.shape
-        if X.dtype != self.xp.float32 or n >= d:
+        if X.dtype != self.xp.float32 or n >= d or isinstance(self.accs[weight],
+                                                               DiagonalAccumulator):
             self.accs[weight].add(X)
             return
         parts = self.parts.setdefault(weight, [])
@@ -168,6 +172,27 @@ def subsampled(cfg: Any) -> bool:
     from .costplan import exact_applies
 
     return not exact_applies(cfg)
+
+
+W8_FULL_FLOPS = 1e9  # "auto": the full H where d^2 (r + d) is at most this (GPTQ's order)
+
+
+def diagonal_hessians(cfg: Any, layers: list[Layer]) -> frozenset[str]:
+    """The 8-bit tier, decided here only: the layers (weights) that keep diag(H) instead
+    of H, in the runs of subsampled() with the default method (not sequential: its fit
+    needs the cross moments); solver.w8_hessian "diag": all of them, "full": none, "auto":
+    those whose GPTQ cost d^2 (r + d) per group exceeds W8_FULL_FLOPS (the Hessian's
+    product grows with d^2 too), the small layers keeping H and GPTQ. Their solve is RTN on
+    the grid searched under diag(H) (solvers/layer.py). Measured (README "W8A8 conversion
+    time"): "diag" everywhere raised ocr_like's W8A8 error 0.016 -> 0.023 and cost common 2
+    points of text accuracy; "auto" (2 of ocr_like's 24 layers, 1 of common's 22 diagonal)
+    kept both within 0.001 / 0 points for 0.7x the CPU seconds."""
+    mode = cfg.solver.w8_hessian
+    if not subsampled(cfg) or cfg.solver.method != "obc" or cfg.run.sequential or (
+            mode == "full"):
+        return frozenset()
+    return frozenset(L.weight for L in layers if mode == "diag" or (
+        L.matrix_shape[2] ** 2 * (L.matrix_shape[1] + L.matrix_shape[2]) > W8_FULL_FLOPS))
 
 
 def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:

@@ -12,7 +12,8 @@ position_step): every step-th position along each spatial axis (tokens for MatMu
 subgrid's phase moving from sample to sample, the columns scaled by sqrt(positions / kept)
 so that H stays an estimate of the same X X^T / N; step 1 is the full X.
 `BlockHessianAccumulator` keeps only the k diagonal blocks of that sum over contiguous
-column blocks (never the d x d matrix), for layers whose full Hessian does not fit.
+column blocks (never the d x d matrix), for layers whose full Hessian does not fit;
+`DiagonalAccumulator` only its diagonal (8-bit quantization alone, collect.diagonal_hessians).
 """
 
 from __future__ import annotations
@@ -230,3 +231,24 @@ class BlockHessianAccumulator(HessianAccumulator):
         Xb = X.reshape(G, self.blocks, d // self.blocks, n)  # [G, k, bs, n]
         self.total += Xb @ Xb.swapaxes(2, 3)
         self.columns += n
+
+
+class DiagonalAccumulator(HessianAccumulator):
+    """Only diag(sum X X^T), each input's energy: total [G, d] (float64), O(n d) per batch
+    instead of the product's O(n d^2). mean() is [G, d], diag(H); the 8-bit solves that
+    take it (collect.diagonal_hessians) are RTN on a grid searched under it."""
+
+    def __init__(self, groups: int, d: int, xp: Any) -> None:
+        self.total = xp.zeros((groups, d), dtype=xp.float64)  # [G, d]
+        self.cross = None  # sequential mode keeps the full Hessians
+        self.samples = 0
+        self.columns = 0
+
+    def add(self, X: Any, X0: Any = None) -> None:
+        """X [G, d, n] (float32 or float64): the squares summed in float64."""
+        if X0 is not None:
+            raise ValueError("diagonal Hessians do not keep the cross moments of sequential "
+                             "mode")
+        xp = array_module(X)
+        self.total += xp.square(X).sum(axis=2, dtype=xp.float64)
+        self.columns += X.shape[2]

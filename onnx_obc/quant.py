@@ -135,6 +135,7 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
 
 COARSE_BITS = 8  # grids of at least this many bits: coarse-to-fine search in float32
 COARSE_STEP = 4  # the coarse pass tries every COARSE_STEP-th shrink, then its neighbours
+STOP = 2.0  # the coarse pass leaves a row (group) once a shrink's error is STOP x its best
 SEARCH_CHUNK = 1 << 16  # elements per pass of the search on the CPU (row chunks: the same
 # numbers as whole-matrix passes, each pass in the cache instead of main memory)
 
@@ -142,10 +143,13 @@ SEARCH_CHUNK = 1 << 16  # elements per pass of the search on the CPU (row chunks
 def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g: int,
                  H: Any) -> Grid:
     """fit_grid's search at COARSE_BITS and more, where clipping moves the loss little and
-    the search is most of an 8-bit layer's time: the same criterion on every COARSE_STEP-th
-    shrink, then per row (group) on the shrinks around the best one, in float32 (about a
-    quarter of the candidates, each half the memory traffic); the min-max check under H in
-    float32 too. The chosen shrink's grid is computed in float64."""
+    the search is most of an 8-bit layer's time: the same criterion in float32 (half the
+    memory traffic) on every COARSE_STEP-th shrink in increasing order, each row (group)
+    left once a shrink's error exceeds STOP x its best so far (at 8 bits clipping soon
+    costs more than all the rounding: the bench models' rows leave after 2-3 shrinks),
+    then on the shrinks around the best one. The min-max check under H in float32 too;
+    the chosen shrink's grid is computed in float64.
+    """
     xp = array_module(W)
     n = int(spec.maxshrink * spec.grid)
     W32 = Wg.astype(xp.float32)
@@ -155,28 +159,28 @@ def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g
     R = Wg.shape[0]
     rows = max(1, SEARCH_CHUNK // max(1, Wg[0].size)) if xp.__name__ == "numpy" else R
 
-    def err(i: Any) -> Any:  # i: shrink index, scalar or [R, G]
-        out = xp.empty(lo.shape, dtype=xp.float32)
-        for r0 in range(0, R, rows):  # row chunks: each pass below stays in the cache
-            sl = slice(r0, r0 + rows)
-            out[sl] = _err(i if isinstance(i, int) else i[sl], W32[sl], lo32[sl], hi32[sl],
-                           w32 if isinstance(w32, float) else w32[sl], spec)
-        return out
-
     best_i = xp.zeros(lo.shape, dtype=xp.int64)
-    best = xp.full(lo.shape, xp.inf, dtype=xp.float32)
-    coarse = list(range(0, n, COARSE_STEP))
     fine = [o for o in range(1 - COARSE_STEP, COARSE_STEP) if o]
-    for i in coarse:
-        e = err(i)
-        better = e < best
-        best, best_i = xp.where(better, e, best), xp.where(better, i, best_i)
-    center = best_i
-    for o in fine:
-        i = xp.clip(center + o, 0, n - 1)
-        e = err(i)
-        better = e < best
-        best, best_i = xp.where(better, e, best), xp.where(better, i, best_i)
+    for r0 in range(0, R, rows):  # row chunks: each pass stays in the cache
+        sl = slice(r0, r0 + rows)
+        args = (W32[sl], lo32[sl], hi32[sl], w32 if isinstance(w32, float) else w32[sl], spec)
+        best = xp.full(lo[sl].shape, xp.inf, dtype=xp.float32)
+        bi = xp.zeros(lo[sl].shape, dtype=xp.int64)
+        done = xp.zeros(lo[sl].shape, dtype=bool)  # past the best by STOP x: frozen
+        for i in range(0, n, COARSE_STEP):
+            e = _err(i, *args)
+            better = (e < best) & ~done
+            best, bi = xp.where(better, e, best), xp.where(better, i, bi)
+            done |= e > STOP * best
+            if bool(done.all()):
+                break
+        center = bi
+        for o in fine:
+            i = xp.clip(center + o, 0, n - 1)
+            e = _err(i, *args)
+            better = e < best
+            best, bi = xp.where(better, e, best), xp.where(better, i, bi)
+        best_i[sl] = bi
     scale, zero = _params((1.0 - best_i / spec.grid) * lo, (1.0 - best_i / spec.grid) * hi, spec)
     if H is not None:  # never worse than min-max under H, row by row (the clipped ones)
         s0, z0 = _params(lo, hi, spec)
@@ -217,9 +221,10 @@ def _err(i: Any, W32: Any, lo32: Any, hi32: Any, w32: Any, spec: QuantSpec) -> A
 
 
 def _row_diag(H: Any, R: int) -> Any:
-    """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks)."""
+    """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks); H is
+    [G, d, d] or its diagonal [G, d] (hessian.DiagonalAccumulator)."""
     xp = array_module(H)
-    D = xp.diagonal(H, axis1=1, axis2=2).astype(xp.float64)  # [G, d]
+    D = (H if H.ndim == 2 else xp.diagonal(H, axis1=1, axis2=2)).astype(xp.float64)  # [G, d]
     return xp.repeat(D, R // D.shape[0], axis=0)
 
 
@@ -234,7 +239,8 @@ def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any
     s, z = xp.repeat(scale, g, axis=1), xp.repeat(zero, g, axis=1)
     E = (quantize(W64, s, z, spec.qmin, spec.qmax) - W64).reshape(H.shape[0], -1, d)
     E = E.astype(dtype, copy=False)
-    return ((E @ H.astype(dtype, copy=False)) * E).sum(axis=2, dtype=xp.float64).reshape(R)
+    HE = E * H.astype(dtype)[:, None, :] if H.ndim == 2 else E @ H.astype(dtype, copy=False)
+    return (HE * E).sum(axis=2, dtype=xp.float64).reshape(R)  # H [G, d]: its diagonal
 
 
 def rtn(W: Any, grid: Grid) -> Any:

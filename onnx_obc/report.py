@@ -167,7 +167,9 @@ def _layer_lines(r: Report) -> list[str]:
     if kept:  # obc keeps, per layer, the least loss of OBQ, GPTQ and RTN (method_used)
         used = {m: kept.count(m) for m in sorted(set(kept))}
         lines.append("kept per layer by least loss: " + ", ".join(
-            f"{m} {n}" for m, n in used.items()) + " (method_used in the JSON report)")
+            f"{m} {n}" for m, n in used.items()) + " (method_used in the JSON report)" + (
+            "; rtn/diag-H: the 8-bit tier's layers, diag(H) only (--w8-hessian), their "
+            "losses under it" if "rtn/diag-H" in used else ""))
     compound = [x for x in r.layers if x.bits and x.prune_loss is not None]
     if compound:
         p = sum(x.prune_loss for x in compound)

@@ -19,7 +19,7 @@ from . import export
 from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
-from .collect import collect, hessian_dtype, subsampled
+from .collect import collect, diagonal_hessians, hessian_dtype, subsampled
 from .engine import Engine
 from .config import CompressConfig
 from .costplan import Plan
@@ -80,7 +80,8 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 hessian_dtype=hessian_dtype(cfg, backend.xp),
                                 histogram=_method(cfg) != "minmax",
                                 subsample=subsampled(cfg), free_batch=data.free_batch,
-                                sample_axes=data.info.get("sample_axes"))
+                                sample_axes=data.info.get("sample_axes"),
+                                diagonal=diagonal_hessians(cfg, group))
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

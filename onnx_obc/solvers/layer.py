@@ -65,6 +65,8 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
     xp = array_module(W, H64)
     G, r, d = W.shape
     fast = bool(quant) and not count and not exact_pays(quant.bits)  # 8 bits: GPTQ or RTN
+    if fast and H64.ndim == 2:  # diag(H) alone (collect.diagonal_hessians): GPTQ is RTN
+        return _diagonal(task)
     # (GPTQ factors H itself there, gptq.inverse_factor; H^-1 only for the depthwise groups)
     inverse = not fast or (G > 1 and d <= BLOCK)
     prep = prepare(W, H64, task.damp, inverse=inverse, factor=not inverse)
@@ -116,3 +118,15 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
         escalations=prep.escalations, steps_run=steps_run, rerun_rows=reruns,
         prune_loss=prune_loss, grid=grid, codes=out_codes, baseline_codes=b.codes,
         baseline_grid=b.grid, method_used=method_used)
+
+
+def _diagonal(task: Task) -> LayerSolution:
+    """8 bits, H [G, d] its diagonal: the baseline (RTN on the grid searched under diag(H),
+    never worse than min-max under it) is the solution; GPTQ under a diagonal H compensates
+    nothing, so it would be the same weights. Losses are under diag(H)."""
+    b = task.baseline
+    dead = int((task.H <= 0).sum())
+    return LayerSolution(W=b.W, baseline=b.W, loss=b.loss, baseline_loss=b.loss, obs_loss=0.0,
+                         zeros=count_zeros(b.W), dead=dead, damp=0.0, escalations=(),
+                         grid=b.grid, codes=b.codes, baseline_codes=b.codes,
+                         baseline_grid=b.grid, method_used="rtn/diag-H")

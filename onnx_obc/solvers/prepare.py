@@ -115,9 +115,12 @@ def stage_of(prep: Prepared, budget_bytes: int) -> Stage:
 
 
 def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
-    """E = sum_g tr(dW_g H_g dW_g^T) = (1/N)||(W_hat - W) X||^2 for H = X X^T / N."""
+    """E = sum_g tr(dW_g H_g dW_g^T) = (1/N)||(W_hat - W) X||^2 for H = X X^T / N; H [G, d]
+    (diag(H) alone, hessian.DiagonalAccumulator): sum_g sum_j H_gj ||dW_g[:, j]||^2."""
     xp = array_module(W, H)
     dW = W_hat.astype(xp.float64) - W.astype(xp.float64)  # [G, r, d]
+    if H.ndim == 2:
+        return float((xp.square(dW).sum(axis=1) * H).sum())
     return float(((dW @ H) * dW).sum())
 
 
