@@ -289,5 +289,8 @@ def _channel_lines(r: Report) -> list[str]:
     dense, pruned = c["macs_dense"], c["macs_pruned"]
     lines.append(f"layer + attention FLOPs {dense:,.0f} -> {pruned:,.0f} per sample "
                  f"({1 - pruned / dense if dense else 0:.1%} fewer)")
+    if t := c.get("latency"):  # --channel-budget latency: predicted vs measured
+        lines.append(f"latency {t['model_ms']:.3g} ms: predicted {t['predicted_saved_ms']:.3g} ms "
+                     f"saved, measured {t['measured_dense_ms'] - t['measured_cut_ms']:.3g} ms")
     lines += [f"  channels kept: {x['producer']}: {x['reason']}" for x in c["refused"]]
     return lines + [""]
