@@ -84,6 +84,13 @@ def test_dp_meets_the_latency_budget_where_flops_mislead():
     assert lat["predicted_saved_ms"] == pytest.approx(
         1e3 * timing.predicted(plan.latency, counts, plan.sites))
     assert lat["measured_dense_ms"] > 0 and lat["measured_cut_ms"] > 0  # real ORT: noisy
+    from types import SimpleNamespace
+
+    from onnx_obc.report import _channel_lines
+
+    (line,) = [x for x in _channel_lines(SimpleNamespace(channels=res.to_dict()))
+               if x.startswith("latency")]
+    assert f"predicted {lat['predicted_saved_ms']:.3g} ms saved" in line and "measured" in line
 
 
 def test_flops_budget_is_untouched(monkeypatch):
