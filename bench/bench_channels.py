@@ -48,6 +48,7 @@ import onnxruntime as ort
 from onnx_obc.backend import get_backend
 from onnx_obc.calib import DataSet
 from onnx_obc.channels.stage import cut_channels, plan_channels
+from onnx_obc.channels import timing
 from onnx_obc.layers import find_layers
 
 MODELS = {"digits_cnn": ROOT / "models", "digits_vit": ROOT / "models",
@@ -133,11 +134,17 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
                            ("uniform", "layer")):
                 r = res[f"{m} latency"] = cut_channels(plan, f, a.align, m, obj, "latency")
                 t = r.latency
-                print(f"  {m} latency: model {t['model_ms']:.2f} ms (batch {plan.batch}), "
+                print(f"  {m} latency: model {t['model_ms']:.2f} ms (batch "
+                      f"{min(timing.BATCH, plan.batch)}), "
                       f"predicted saving {t['predicted_saved_ms'] / t['model_ms']:.1%}, "
                       f"measured {1 - t['measured_cut_ms'] / t['measured_dense_ms']:.1%} "
                       f"({t['measured_dense_ms']:.2f} -> {t['measured_cut_ms']:.2f} ms); table "
                       f"in {t['timing_seconds']:.1f} s; warnings: {r.warnings}", flush=True)
+            tab = plan.latency  # the most the sites can save: each at its largest count
+            most = [len(c) - 1 for c in tab.curves]
+            print(f"  latency bound: every site at its largest count saves a predicted "
+                  f"{timing.predicted(tab, most, plan.sites) / tab.model:.1%} of the model",
+                  flush=True)
             print("  timed (counts: saved ms): " + ", ".join(
                 f"{s.site.producer.name}->{s.site.consumer.name} " + "/".join(
                     f"{k}:{1e3 * v:.1f}" for k, v in zip(*p))
