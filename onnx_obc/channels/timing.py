@@ -11,16 +11,18 @@ ORT_ENABLE_ALL (Conv + BN + activation fuse as in the whole model). The sessions
 alternation (drifts in the machine's load hit all alike) after one warm-up run, at least
 ROUNDS rounds and until SECONDS have passed; each gets its median. The saving at count k
 is the dense median less the cut one, linear in k between the timed counts. The model is
-timed the same way (MODEL_ROUNDS rounds) on the same batch: the first BATCH calibration
-samples (fewer when the run's batch is smaller). `--channels F` then means: the predicted
-saving reaches F of the model's measured latency, the prediction being the curves summed
-less the double count of a layer both sites of a chain cut (the consumer of one, the
-producer of the next: both subgraphs time it), taken as its FLOP share as flops.saved_macs
-does. cut_channels times the cut model against the dense one (latency_report), so the
+timed on the same batch (the first BATCH calibration samples, fewer when the run's batch
+is smaller) MODEL_ROUNDS times and once after each site, its median taken over the same
+stretch of the machine's load as the sites' (a loaded machine's load drifts 2x and more
+within a minute, README). `--channels F` then means: the predicted saving reaches F of
+the model's measured latency, the prediction being the curves summed less the double
+count of a layer both sites of a chain cut (the consumer of one, the producer of the
+next: both subgraphs time it), taken as its FLOP share as flops.saved_macs does. cut_channels times the cut model against the dense one (latency_report), so the
 report shows the prediction beside what happened.
 
 Costs: one dense run capturing the subgraphs' inputs, POINTS small sessions per site for
-~SECONDS each, the model MODEL_ROUNDS + 1 times, and 2 x (MODEL_ROUNDS + 1) for the report.
+~SECONDS each, the model MODEL_ROUNDS + sites + 1 times, 2 x (MODEL_ROUNDS + 1) for the
+report.
 """
 
 from __future__ import annotations
@@ -58,21 +60,28 @@ class LatencyTable:
     note: str  # why some sites count no saving ("" when all were measured)
 
 
-def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECONDS) -> Timer:
-    """Median seconds of each model on `feed`, 1 thread, run in alternation."""
+def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECONDS,
+              keep: bool = False) -> Timer:
+    """Median seconds of each model on `feed`, 1 thread, run in alternation; `keep`: a
+    model timed again (the same object) reuses its session, already warm."""
+    built: dict[int, tuple[onnx.ModelProto, Any]] = {}
+
     def timer(models: Sequence[onnx.ModelProto], feed: dict) -> list[float]:
+        import onnxruntime as ort
+
         from ..capture import Runtime
 
         rt = runtime or Runtime()
-        import onnxruntime as ort
-
         opts = rt.options(optimize=True)
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        sessions = [ort.InferenceSession(m.SerializeToString(), opts,
-                                         providers=list(rt.providers)) for m in models]
+        for m in models:
+            if id(m) not in built:
+                s = ort.InferenceSession(m.SerializeToString(), opts,
+                                         providers=list(rt.providers))
+                s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})  # warm-up
+                built[id(m)] = (m, s)
+        sessions = [built[id(m)][1] for m in models]
         feeds = [{i.name: feed[i.name] for i in s.get_inputs()} for s in sessions]
-        for s, f in zip(sessions, feeds):
-            s.run(None, f)  # warm-up
         times: list[list[float]] = [[] for _ in sessions]
         t_end = time.perf_counter() + seconds
         while len(times[0]) < rounds or time.perf_counter() < t_end:
@@ -82,6 +91,8 @@ def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECOND
                 ts.append(time.perf_counter() - t)
             if len(times[0]) >= 20 * rounds:
                 break
+        if not keep:
+            built.clear()
         return [statistics.median(ts) for ts in times]
     return timer
 
@@ -96,7 +107,8 @@ def latency_table(plan: Any, align: int, timer: Timer | None = None) -> LatencyT
         return LatencyTable(0.0, zero, [((0,), (0.0,))] * len(zero), 0.0,
                             "no calibration batch to time the model on: no site saves")
     feed = feeds[0]
-    (model,) = (timer or ort_timer(plan.runtime, MODEL_ROUNDS, 0.0))([plan.proto], feed)
+    whole = timer or ort_timer(plan.runtime, 1, 0.0, keep=True)  # one run per site, spread over the
+    model = [whole([plan.proto], feed)[0] for _ in range(MODEL_ROUNDS)]  # table: same load
     timer = timer or ort_timer(plan.runtime)
     subs = [site_subgraph(plan.proto, s.site) for s in plan.solved]
     values = capture(plan.proto, feed, [n for _, i, o in subs for n in i + o], plan.runtime)
@@ -109,6 +121,7 @@ def latency_table(plan: Any, align: int, timer: Timer | None = None) -> LatencyT
             cut = [sub if k == 0 else shrink(sub, [s.site], [np.arange(C - k)]) for k in ks]
             t = timer(cut, {n: values[n] for n in names})
             saved = [t[0] - x for x in t]
+            model.append(whole([plan.proto], feed)[0])
         except Exception as e:  # noqa: BLE001 - a subgraph that will not cut or run: no saving
             failed.append(f"{s.site.producer.name} ({type(e).__name__}: {e})"[:160])
             ks, saved = [0], [0.0]
@@ -116,7 +129,8 @@ def latency_table(plan: Any, align: int, timer: Timer | None = None) -> LatencyT
         curves.append(np.interp(np.arange(C), ks, saved))
     note = (f"--channel-budget latency: {len(failed)} site(s) could not be timed and count "
             f"no saving: {'; '.join(failed)}") if failed else ""
-    return LatencyTable(model, curves, points, time.perf_counter() - t0, note)
+    return LatencyTable(statistics.median(model), curves, points, time.perf_counter() - t0,
+                        note)
 
 
 def counts_to_time(C: int, align: int) -> list[int]:
