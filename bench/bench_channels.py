@@ -18,6 +18,10 @@ bench/real (bench/setup_models.py): ppocr_rec / ppocr_det / ppocr_cls (Paddle ex
 in Constant nodes) and efficientnet_lite0 take bench/real_matrix.metrics' task metric (text
 accuracy of the CTC decode, case-folded; map F1 against dense; label accuracy; top-1
 agreement with dense). --sequential adds the DP cut with --sequential (no latency);
+--budgets flops latency adds the rows "dp latency" (the DP by the output objective, or the
+layer one without it) and "uniform latency" with --channel-budget latency (channels/timing.py:
+F of the model's measured latency; the predicted and the stage's own measured saving and the
+timing's seconds are printed);
 --objectives layer output (default) adds the row "dp output": the DP by each site's measured
 output factor (channels/sensitivity.py, --channel-objective output; the seconds it took are
 printed); --sites cuts each site the DP uses alone at the DP's count and prints its normalised loss
@@ -44,6 +48,7 @@ import onnxruntime as ort
 from onnx_obc.backend import get_backend
 from onnx_obc.calib import DataSet
 from onnx_obc.channels.stage import cut_channels, plan_channels
+from onnx_obc.channels import timing
 from onnx_obc.layers import find_layers
 
 MODELS = {"digits_cnn": ROOT / "models", "digits_vit": ROOT / "models",
@@ -124,6 +129,26 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
                 f"{s.site.producer.name}->{s.site.consumer.name} " + "/".join(
                     f"{g:.3g}@{k:.0f}" for k, g in zip(*p)) for s, p in zip(plan.solved, plan.probes)),
                 flush=True)
+        if "latency" in a.budgets:  # --channel-budget latency: F of the model's latency
+            for m, obj in (("dp", "output" if "output" in a.objectives else "layer"),
+                           ("uniform", "layer")):
+                r = res[f"{m} latency"] = cut_channels(plan, f, a.align, m, obj, "latency")
+                t = r.latency
+                print(f"  {m} latency: model {t['model_ms']:.2f} ms (batch "
+                      f"{min(timing.BATCH, plan.batch)}), "
+                      f"predicted saving {t['predicted_saved_ms'] / t['model_ms']:.1%}, "
+                      f"measured {1 - t['measured_cut_ms'] / t['measured_dense_ms']:.1%} "
+                      f"({t['measured_dense_ms']:.2f} -> {t['measured_cut_ms']:.2f} ms); table "
+                      f"in {t['timing_seconds']:.1f} s; warnings: {r.warnings}", flush=True)
+            tab = plan.latency  # the most the sites can save: each at its largest count
+            most = [len(c) - 1 for c in tab.curves]
+            print(f"  latency bound: every site at its largest count saves a predicted "
+                  f"{timing.predicted(tab, most, plan.sites) / tab.model:.1%} of the model",
+                  flush=True)
+            print("  timed (counts: saved ms): " + ", ".join(
+                f"{s.site.producer.name}->{s.site.consumer.name} " + "/".join(
+                    f"{k}:{1e3 * v:.1f}" for k, v in zip(*p))
+                for s, p in zip(plan.solved, plan.latency.points)), flush=True)
         variants = {m: r.model for m, r in res.items()}
         variants["l2"] = res["dp"].baseline
         lat = _latency({"dense": model, **{m: r.model for m, r in res.items()}}, latfeed,
@@ -204,6 +229,9 @@ def main() -> None:
     ap.add_argument("--objectives", nargs="+", default=["layer", "output"],
                     choices=["layer", "output"],
                     help="output: also the DP with --channel-objective output ('dp output')")
+    ap.add_argument("--budgets", nargs="+", default=["flops"], choices=["flops", "latency"],
+                    help="latency: also 'dp latency' and 'uniform latency' (--channel-budget "
+                         "latency: F of the model's measured 1-thread latency)")
     ap.add_argument("--sites", action="store_true",
                     help="also each site the DP cuts, alone at its count (loss vs error)")
     a = ap.parse_args()

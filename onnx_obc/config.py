@@ -161,6 +161,12 @@ def _check_combination(c: CompressConfig) -> None:
     if p.channel_objective not in ("layer", "output"):
         raise ConfigError(f"prune.channel_objective must be layer or output, got "
                           f"{p.channel_objective!r}")
+    if p.channel_budget not in ("flops", "latency"):
+        raise ConfigError(f"prune.channel_budget must be flops or latency, got "
+                          f"{p.channel_budget!r}")
+    if p.channel_budget != "flops" and (p.channels is None or p.channel_allocate == "greedy"):
+        raise ConfigError("prune.channel_budget latency needs prune.channels and "
+                          "prune.channel_allocate dp or uniform")
     if p.channel_objective != "output" and p.channels is None:
         raise ConfigError("prune.channel_objective only applies to channel pruning: add "
                           "prune.channels")

@@ -185,6 +185,10 @@ _CHANNEL_OPTIONS = [
                  default="output", show_default=True,
                  help="With --channels: what the spread minimises (output: each layer's loss "
                       "scaled by its measured effect on the model output)."),
+    click.option("--channel-budget", type=click.Choice(["flops", "latency"]),
+                 default="flops", show_default=True,
+                 help="With --channels: F of the layers' FLOPs, or of the model's latency "
+                      "(each layer's saving timed in onnxruntime, 1 thread)."),
 ]
 
 

@@ -163,11 +163,12 @@ def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibratio
             proto, layers, data.fit, data.batch, backend, cfg.prune.channels, cfg.solver.damp,
             cfg.run.memory_budget_mb, runtime, progress, align=cfg.prune.channel_align,
             allocate=cfg.prune.channel_allocate, groups=cfg.run.sequential_groups,
-            objective=cfg.prune.channel_objective)
+            objective=cfg.prune.channel_objective, budget=cfg.prune.channel_budget)
     return prune_channels(proto, layers, data.fit, data.batch, backend, cfg.prune.channels,
                           cfg.solver.damp, cfg.run.memory_budget_mb, runtime, progress,
                           align=cfg.prune.channel_align, allocate=cfg.prune.channel_allocate,
-                          objective=cfg.prune.channel_objective)
+                          objective=cfg.prune.channel_objective,
+                          budget=cfg.prune.channel_budget)
 
 
 def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,

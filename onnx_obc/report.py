@@ -291,5 +291,10 @@ def _channel_lines(r: Report) -> list[str]:
     dense, pruned = c["macs_dense"], c["macs_pruned"]
     lines.append(f"layer + attention FLOPs {dense:,.0f} -> {pruned:,.0f} per sample "
                  f"({1 - pruned / dense if dense else 0:.1%} fewer)")
+    if t := c.get("latency"):  # --channel-budget latency: predicted vs measured
+        d, cut, p = t["measured_dense_ms"], t["measured_cut_ms"], t["predicted_saved_ms"]
+        lines.append(f"latency {t['model_ms']:.3g} ms: predicted {p:.3g} ms saved "
+                     f"({p / max(t['model_ms'], 1e-30):.1%}), measured {d:.3g} -> {cut:.3g} ms "
+                     f"({1 - cut / d if d else 0:.1%})")
     lines += [f"  channels kept: {x['producer']}: {x['reason']}" for x in c["refused"]]
     return lines + [""]

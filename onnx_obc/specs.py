@@ -69,7 +69,9 @@ class Pruning:
     graph shrinks; first), keeping a multiple of channel_align channels per layer, the cut
     spread over the layers by channel_allocate (dp exact, greedy, uniform) minimising
     channel_objective (output, default: the normalised consumer losses each scaled by the
-    site's measured output gain, channels/sensitivity.py; layer: unscaled)."""
+    site's measured output gain, channels/sensitivity.py; layer: unscaled); channel_budget
+    flops counts the FLOPs, latency the model's latency measured in onnxruntime (1 thread;
+    each site's saving timed on its subgraph, channels/timing.py; dp or uniform)."""
 
     sparsity: float | None = None
     nm: tuple[int, int] | None = None
@@ -78,6 +80,7 @@ class Pruning:
     channel_align: int = 1
     channel_allocate: str = "dp"
     channel_objective: str = "output"
+    channel_budget: str = "flops"
 
     def __post_init__(self) -> None:
         _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")

@@ -92,3 +92,43 @@ def _uniform(options: list[list[int]], flops: Sequence[float], goal: float,
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if saves(pick(mid)) >= goal else (mid, hi)
     return pick(hi)
+
+
+def by_saving(method: str, traces: Sequence[ChannelTrace], energies: Sequence[float],
+              curves: Sequence[np.ndarray], goal: float,
+              aligns: Sequence[int]) -> list[int]:
+    """`counts` with each site's saving a measured curve (curves[i][k]: what removing k of
+    its len(curves[i]) channels saves, e.g. seconds; channels/timing.py) in place of k
+    times its FLOPs: "dp" (same lattice, the kept saving in units of 1/BUCKETS of the
+    total) or "uniform"."""
+    options = [allowed(len(t.losses), len(c), a) for t, c, a in zip(traces, curves, aligns)]
+    if method == "uniform":
+        def pick(f: float) -> list[int]:
+            return [min(o, key=lambda k, C=len(c): (abs(k - f * C), k))
+                    for o, c in zip(options, curves)]
+        lo, hi = 0.0, 1.0
+        if sum(c[k] for c, k in zip(curves, pick(hi))) < goal:
+            return pick(hi)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if sum(c[k] for c, k in zip(curves, pick(mid))) >= goal \
+                else (mid, hi)
+        return pick(hi)
+    if method != "dp":
+        raise ConfigError(f"a measured channel budget allocates by dp or uniform, got "
+                          f"{method!r}")
+    most = [max(float(c[k]) for k in o) for o, c in zip(options, curves)]
+    best = [max(o, key=lambda k, c=c: (float(c[k]), -k)) for o, c in zip(options, curves)]
+    budget = sum(most) - goal  # saving the sites may forgo
+    if budget <= 0 or sum(most) <= 0:
+        return best
+    unit = sum(most) / BUCKETS
+    tables = []
+    for i, (t, e, o, c) in enumerate(zip(traces, energies, options, curves)):
+        curve = loss_curve(t, e)
+        tables.append(LevelTable(f"site{i}", tuple(float(k) for k in o),
+                                 tuple(float(np.ceil((most[i] - float(c[k])) / unit - 1e-9))
+                                       for k in o),
+                                 tuple(float(curve[k]) for k in o)))
+    choice = allocate(tables, float(np.floor(budget / unit + 1e-9))).choice
+    return [int(choice[f"site{i}"]) for i in range(len(tables))]

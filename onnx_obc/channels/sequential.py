@@ -37,6 +37,7 @@ from .stage import (
     plan_channels,
     pruned_sizes,
 )
+from .timing import latency_report
 
 
 def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data: Any,
@@ -44,7 +45,8 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                               memory_mb: int, runtime: Any = None, progress: bool = False,
                               align: int = 1, allocate: str = "dp",
                               groups: int | None = None, fit_dense: bool = False,
-                              objective: str = "output") -> ChannelResult:
+                              objective: str = "output", budget: str = "flops"
+                              ) -> ChannelResult:
     """prune_channels (stage.py) with the sites cut group by group; see the module
     docstring. `fit_dense`: fit each consumer to the dense model's output first (off by
     default: measured slightly worse, see the module docstring)."""
@@ -56,7 +58,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],
                              time.perf_counter() - t0)
-    counts, warnings = counts_for(plan, fraction, align, allocate, objective)
+    counts, warnings = counts_for(plan, fraction, align, allocate, objective, budget)
     want = {s.producer.weight: k for s, k in zip(plan.sites, counts)}
     order = _topological(proto, [s for s, k in zip(plan.sites, counts) if k])
     n = groups or len(order)
@@ -97,8 +99,9 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
     baseline = shrink(proto, plan.sites, keep_norm)
     pruned = layer_macs(current, _relabel(layers, current),
                         sizes=pruned_sizes(plan, current, warnings))
+    timed = latency_report(plan, counts, current) if budget == "latency" else {}
     return ChannelResult(current, baseline, out, plan.refused, (dense, pruned), warnings,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, timed)
 
 
 def _topological(proto: onnx.ModelProto, sites: list) -> list:

@@ -33,6 +33,7 @@ from .allocate import counts as allocate_counts
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
 from .sensitivity import OBJECTIVES, scaled_trace, site_factors
+from .timing import BUDGETS, latency_counts, latency_report
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,15 @@ class ChannelResult:
     macs: tuple[float, float]  # layer multiply-adds per sample: dense, pruned
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    latency: dict = field(default_factory=dict)  # --channel-budget latency: timing.latency_report
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return {"rows": [{**asdict(r), "ratio": r.ratio} for r in self.rows],
                 "refused": [asdict(r) for r in self.refused],
-                "macs_dense": self.macs[0], "macs_pruned": self.macs[1]}
+                "macs_dense": self.macs[0], "macs_pruned": self.macs[1],
+                **({"latency": self.latency} if self.latency else {})}
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class ChannelPlan:
     factor_note: str = ""  # why the output factors were not measured ("" when they were)
     runtime: Any = None  # capture.Runtime of the run (probe.py's, sensitivity.py's sessions)
     probe_note: str = ""  # why probe.py could not measure the sizes ("" when it did)
+    latency: Any = None  # timing.LatencyTable, once measured (--channel-budget latency)
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -132,17 +136,21 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
 
 
 def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
-               objective: str = "output") -> tuple[list[int], list[str]]:
-    """Channels to remove per site for `fraction` of the layers' multiply-adds, and the
-    warning when the prunable sites cover too little; `objective` "output" scales each
-    site's normalised loss by its measured output factor (sensitivity.py)."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"channel objective must be one of {', '.join(OBJECTIVES)}, "
-                          f"got {objective!r}")
+               objective: str = "output", budget: str = "flops") -> tuple[list[int], list[str]]:
+    """Channels to remove per site for `fraction` of the layers' multiply-adds (`budget`
+    "latency": of the model's measured latency, timing.py), and the warning when the
+    prunable sites cover too little; `objective` "output" scales each site's normalised
+    loss by its measured output factor (sensitivity.py)."""
+    if objective not in OBJECTIVES or budget not in BUDGETS:
+        raise ConfigError(f"channel objective must be one of {', '.join(OBJECTIVES)} and the "
+                          f"budget one of {', '.join(BUDGETS)}, got {objective!r}, {budget!r}")
     if objective == "output" and plan.probes is None:
         plan.probes, plan.factor_seconds, plan.factor_note = site_factors(plan, align)
     scale = plan.probes if objective == "output" else None
     notes = [n for n in (plan.probe_note, plan.factor_note if scale is not None else "") if n]
+    if budget == "latency":
+        counts, why = latency_counts(plan, fraction, align, allocate, scale)
+        return counts, notes + why
     counts = _counts(plan, fraction * plan.dense, align, allocate, scale)
     saved = saved_macs(plan.sites, counts)
     if saved >= fraction * plan.dense:
@@ -153,7 +161,7 @@ def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,
 
 
 def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: str = "dp",
-                 objective: str = "output") -> ChannelResult:
+                 objective: str = "output", budget: str = "flops") -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels of `plan`'s sites,
     spread by `allocate` (channels/allocate.py), each site keeping a multiple of `align`
     (head sites: any number of heads, each already dh channels)."""
@@ -163,7 +171,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],
                              plan.seconds)
-    counts, warnings = counts_for(plan, fraction, align, allocate, objective)
+    counts, warnings = counts_for(plan, fraction, align, allocate, objective, budget)
     rows, keep, keep_norm, updated = [], [], [], {}
     for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]
@@ -180,8 +188,9 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
     baseline = shrink(proto, plan.sites, keep_norm)
     pruned = layer_macs(model, _relabel(plan.layers, model),
                         sizes=pruned_sizes(plan, model, warnings))
+    timed = latency_report(plan, counts, model) if budget == "latency" else {}
     return ChannelResult(model, baseline, rows, plan.refused, (dense, pruned), warnings,
-                         plan.seconds + time.perf_counter() - t0)
+                         plan.seconds + time.perf_counter() - t0, timed)
 
 
 def pruned_sizes(plan: ChannelPlan, model: onnx.ModelProto, warnings: list[str]) -> dict:
@@ -196,16 +205,17 @@ def pruned_sizes(plan: ChannelPlan, model: onnx.ModelProto, warnings: list[str])
 def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
                    backend: Backend, fraction: float, damp: float, memory_mb: int,
                    runtime: Any = None, progress: bool = False, align: int = 1,
-                   allocate: str = "dp", objective: str = "output") -> ChannelResult:
+                   allocate: str = "dp", objective: str = "output", budget: str = "flops"
+                   ) -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
     docstring); `data` is the calibration source the Hessians come from; every site keeps
     a multiple of `align` channels; `allocate` spreads the cut over the sites
     (channels/allocate.py: dp, greedy or uniform) by the `objective` (output: normalised
     consumer losses scaled by each site's measured output gain, sensitivity.py; layer:
-    unscaled)."""
+    unscaled); `budget` latency: `fraction` of the model's measured latency (timing.py)."""
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
                          progress, fraction)
-    return cut_channels(plan, fraction, align, allocate, objective)
+    return cut_channels(plan, fraction, align, allocate, objective, budget)
 
 
 def _counts(plan: ChannelPlan, target: float, align: int, method: str,

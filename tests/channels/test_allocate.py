@@ -88,3 +88,30 @@ def test_dp_beats_uniform_when_sensitivities_differ():
 def test_unknown_method_is_refused():
     with pytest.raises(ConfigError, match="dp, greedy, uniform"):
         counts("best", _traces([4], 0), [1.0], [1.0], 1.0, [4])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_by_measured_saving_equals_brute_force(seed):
+    """by_saving (the latency budget's DP): exact over the traces' prefixes when the curves
+    are integers whose maxima sum to a divisor of BUCKETS (the lattice is then exact), with
+    savings that are not proportional to k."""
+    from onnx_obc.channels.allocate import by_saving
+
+    rng = np.random.default_rng(seed)
+    traces = _traces([4, 5, 6, 4], seed)
+    energies = list(rng.uniform(0.5, 2.0, len(traces)))
+    curves = []
+    for t in traces:  # each site's largest saving is 25 (sum 100), reached at its last step
+        c = np.concatenate([[0], np.sort(rng.integers(0, 25, len(t.losses) - 1)), [25]])
+        curves.append(c.astype(float))
+    for goal in (20.0, 50.0, 83.0):
+        ks = by_saving("dp", traces, energies, curves, goal, [1] * 4)
+        assert sum(c[k] for c, k in zip(curves, ks)) >= goal
+        best = min(_objective(traces, energies, p)
+                   for p in itertools.product(*[range(len(c)) for c in curves])
+                   if sum(c[k] for c, k in zip(curves, p)) >= goal)
+        assert _objective(traces, energies, ks) == pytest.approx(best, rel=1e-9, abs=1e-12)
+        uni = by_saving("uniform", traces, energies, curves, goal, [1] * 4)
+        assert sum(c[k] for c, k in zip(curves, uni)) >= goal
+    with pytest.raises(ConfigError):
+        by_saving("greedy", traces, energies, curves, 10.0, [1] * 4)
