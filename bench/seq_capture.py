@@ -3,7 +3,7 @@ each later group (the partly compressed model and the dense reference, collect.p
 `dense`) one sample per run (as before both were batched) against both batched, in one
 process, alternating, on the same groups.
 
-    OPENBLAS_NUM_THREADS=1 python bench/seq_capture.py --model common [--groups 22] [--reps 1]
+    OPENBLAS_NUM_THREADS=1 python bench/seq_capture.py --model common [--groups 22] [--reps 1] [--samples 32]
 
 The "compressed" model is the dense one with every layer's weights scaled by 1.01 (the
 capture's cost does not depend on the values). Prints per path: CPU seconds (this process,
@@ -40,10 +40,12 @@ def main() -> None:
     ap.add_argument("--model", default="common")
     ap.add_argument("--groups", type=int, default=None, help="default: one per layer")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=None, help="calibration samples (all)")
     a = ap.parse_args()
     path = ROOT / f"bench/real/{a.model}"
     proto = onnx.load(f"{path}.onnx")
-    cfg = CompressConfig.from_options(bits=4, sequential=True, sequential_groups=a.groups)
+    cfg = CompressConfig.from_options(bits=4, sequential=True, sequential_groups=a.groups,
+                                     calib_samples=a.samples, holdout=0.0)
     layers, _ = select_layers(proto, cfg.select)
     data = calibration.plan(proto, f"{path}.calib.npz", None, cfg.run)
     current = onnx.ModelProto()
@@ -65,8 +67,16 @@ def main() -> None:
     ort.InferenceSession.run = counted
     print(f"{a.model}: {len(layers)} layers, {len(groups)} later groups, "
           f"{data.fit.n} samples, free_batch {data.free_batch}")
+    import onnx_obc.collect as collect_mod
+
+    pruned = collect_mod.capture_session
+    whole = lambda m, names, rt, prune=False: pruned(m, names, rt)  # noqa: E731
+    paths = (("one sample per run, whole graph (before)", 0, whole),
+             ("batched, whole graph", data.free_batch, whole),
+             ("batched, the captured tensors' ancestors only", data.free_batch, pruned))
     for rep in range(a.reps):
-        for label, free in (("one sample per run (before)", 0), ("batched", data.free_batch)):
+        for label, free, make in paths:
+            collect_mod.capture_session = make
             runs[0] = 0
             load = os.getloadavg()[0]
             c, t = time.process_time(), time.perf_counter()

@@ -75,8 +75,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             runs is not None and dense is not None) else None
         if dense is not None and (runs is None) != (ref_runs is None):
             runs = ref_runs = None  # both one sample per run, so that the samples pair up
-        sess = capture_session(proto, group, rt) if group and runs is None else None
-        ref = capture_session(dense, group, rt) if (
+        sess = capture_session(proto, group, rt, prune=True) if (
+            group and runs is None) else None
+        ref = capture_session(dense, group, rt, prune=True) if (
             group and dense is not None and ref_runs is None) else None
         ref_acts = (ref_runs or capture(ref, group, data.batches(batch))
                     ) if dense is not None else None
@@ -151,7 +152,7 @@ def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, f
     if any(a is None for a in inputs.values()):  # an input fed whole: no batch to free
         return None
     with batch_free(proto, inputs):
-        sess = capture_session(proto, group, rt)
+        sess = capture_session(proto, group, rt, prune=True)
     axes = sample_axes(sess, group, data)
     if axes is None:
         return None
