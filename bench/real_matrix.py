@@ -61,6 +61,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4 rtn": {"bits": 4, "method": "rtn"},
     "w4 obc seq": {"bits": 4, "method": "obc", "sequential": True},
     "w4 gptq seq": {"bits": 4, "method": "gptq", "sequential": True},
+    "w4 obc seq2": {"bits": 4, "method": "obc", "sequential": True, "sequential_groups": 2},
+    "w4 obc seq4": {"bits": 4, "method": "obc", "sequential": True, "sequential_groups": 4},
     "w4 obc corr": {"bits": 4, "method": "obc", "correct": True},
     "w4 gptq corr": {"bits": 4, "method": "gptq", "correct": True},
     "w4g32 obc": {"bits": 4, "group_size": 32, "method": "obc"},
@@ -85,7 +87,10 @@ def child(args: str) -> None:
                "group_size": x.group_size}
               for x in r.report.layers]
     grouped = sum(1 for x in r.report.layers if x.group_size and x.group_size < x.cols)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": time.perf_counter() - t, "methods_used": used,
+                      "cpu_s": ru.ru_utime + ru.ru_stime, "stages": r.report.seconds,
+                      "load": os.getloadavg()[0],
                       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "layers": layers, "warnings": r.report.warnings,
                       "grouped": grouped if a["options"].get("group_size") else None}))
@@ -161,6 +166,7 @@ def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: lis
         os.replace(out, keep / Path(out).name)
     return {"model": name, "run": run, "options": options, "convert_s": info["seconds"],
             "peak_mb": info["peak_mb"], "methods_used": info["methods_used"],
+            "cpu_s": info.get("cpu_s"), "stages": info.get("stages"), "load": info.get("load"),
             "layers": info["layers"], "warnings": info["warnings"], "grouped": info["grouped"],
             **metrics(name, ys, dense, ev)}
 

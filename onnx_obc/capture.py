@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,16 @@ def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bo
 
 
 def capture_session(model: onnx.ModelProto, names: Iterable[str],
-                    providers: Runtime | list[str]) -> ort.InferenceSession:
+                    providers: Runtime | list[str], prune: bool = False
+                    ) -> ort.InferenceSession:
     """Session of `model` whose outputs also include `names`. The outputs are appended to
-    the proto only while the session is built (no copy of a possibly huge model)."""
+    the proto only while the session is built (no copy of a possibly huge model). `prune`:
+    the outputs are `names` alone and only the nodes they depend on are kept (onnxruntime
+    runs every node of a graph whatever is fetched; the same kernels on the same inputs,
+    so the same tensors)."""
+    if prune:
+        with _ancestors_only(model, list(dict.fromkeys(names))):
+            return session(model, providers)
     have = {o.name for o in model.graph.output}
     extra = [n for n in dict.fromkeys(names) if n not in have]
     n0 = len(model.graph.output)
@@ -97,6 +105,43 @@ def capture_session(model: onnx.ModelProto, names: Iterable[str],
         return session(model, providers)
     finally:
         del model.graph.output[n0:]
+
+
+@contextmanager
+def _ancestors_only(model: onnx.ModelProto, names: list[str]) -> Iterator[None]:
+    """While the block runs, `model`'s graph with only the nodes `names` depend on (names a
+    subgraph reads from the outer scope count) and `names` as its outputs; restored after."""
+    g = model.graph
+    nodes, outputs = list(g.node), list(g.output)
+    need, keep = set(names), []
+    for node in reversed(nodes):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(n for n in node.input if n)
+            need.update(_subgraph_reads(node))
+    try:
+        del g.node[:]
+        g.node.extend(reversed(keep))
+        del g.output[:]
+        g.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+        yield
+    finally:
+        del g.node[:]
+        g.node.extend(nodes)
+        del g.output[:]
+        g.output.extend(outputs)
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every input name of the nodes in `node`'s subgraphs (If / Loop / Scan bodies), outer
+    scope or not (an over-approximation is harmless: a name no node makes is ignored)."""
+    out: set[str] = set()
+    for a in node.attribute:
+        for g in [a.g] if a.HasField("g") else list(a.graphs):
+            for n in g.node:
+                out.update(i for i in n.input if i)
+                out.update(_subgraph_reads(n))
+    return out
 
 
 def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]

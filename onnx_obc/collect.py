@@ -44,7 +44,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     8-bit runs of hessian_dtype). `free_batch` > 1 (a model whose batch is fixed at 1,
     Calibration.free_batch): that many samples per run when the batch-free graph passes
     batching.sample_axes' check, one per run otherwise; the same tensors either way
-    (`sample_axes`: each input's sample axis, calib.layout; default 0). `diagonal`: the
+    (`sample_axes`: each input's sample axis, calib.layout; default 0); with `dense` both
+    models batched, or both one sample per run (the samples must pair up). `diagonal`: the
     weights whose layers keep only diag(H) (DiagonalAccumulator; diagonal_hessians)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
@@ -59,8 +60,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     names = list(dict.fromkeys(n for unit in units for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
-    if free_batch > 1 and dense is None:  # the groups must hold a batched run's tensors
-        sizes = {n: None if v is None else v * free_batch for n, v in sizes.items()}
+    if free_batch > 1:  # the groups must hold a batched run's tensors (twice with `dense`)
+        k = free_batch * (2 if dense is not None else 1)
+        sizes = {n: None if v is None else v * k for n, v in sizes.items()}
     groups = plan_groups(units, sizes, budget) if names else [[]]
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
@@ -71,11 +73,17 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
         runs = _batched(proto, group, rt, data, free_batch, sample_axes) if (
-            group and free_batch > 1 and dense is None) else None
-        sess = capture_session(proto, group, rt) if group and runs is None else None
-        ref = capture_session(dense, group, rt) if (
-            group and dense is not None) else None
-        ref_acts = capture(ref, group, data.batches(batch)) if dense is not None else None
+            group and free_batch > 1) else None
+        ref_runs = _batched(dense, group, rt, data, free_batch, sample_axes) if (
+            runs is not None and dense is not None) else None
+        if dense is not None and (runs is None) != (ref_runs is None):
+            runs = ref_runs = None  # both one sample per run, so that the samples pair up
+        sess = capture_session(proto, group, rt, prune=True) if (
+            group and runs is None) else None
+        ref = capture_session(dense, group, rt, prune=True) if (
+            group and dense is not None and ref_runs is None) else None
+        ref_acts = (ref_runs or capture(ref, group, data.batches(batch))
+                    ) if dense is not None else None
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
         for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
@@ -148,7 +156,7 @@ def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, f
     if any(a is None for a in inputs.values()):  # an input fed whole: no batch to free
         return None
     with batch_free(proto, inputs):
-        sess = capture_session(proto, group, rt)
+        sess = capture_session(proto, group, rt, prune=True)
     axes = sample_axes(sess, group, data)
     if axes is None:
         return None

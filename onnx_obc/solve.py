@@ -22,13 +22,12 @@ from .quant import Grid, QuantSpec
 from .report import LayerResult
 from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups
 from .solvers.choose import exact_pays
-from .solvers.prepare import fit_to_reference
+from .solvers.prepare import FIT_COLUMNS, fit_to_reference
 from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
 
 if TYPE_CHECKING:  # annotations only: the allocation package imports this module
     from .allocation import Level
     from .costplan import Plan
-
 
 
 def solver_budget(run: RunOptions, backend: Backend) -> int:
@@ -242,8 +241,9 @@ def _matrices(L: Layer, weights: dict[str, tuple[str, onnx.TensorProto]],
     """W [G, r, d] float32 and H [G, d, d] on the device; sequential: W fitted to the dense
     model's output."""
     W = backend.to_device(weight_matrix(weights, L))  # [G, r, d] float32
+    enough = acc.columns >= FIT_COLUMNS * W.shape[2]  # else the fit learns the samples
     H, C = acc.take_mean()  # in place: the accumulator is not used again
-    if C is not None:  # sequential: fit the dense model's output
+    if C is not None and enough:  # sequential: fit the dense model's output
         W = fit_to_reference(W, H, C, max(damp, 1e-4))
     return W, H
 

@@ -59,8 +59,34 @@ def test_sequential_with_the_dp_keeps_the_dense_allocation_and_lowers_the_error(
     assert seq.report.profile["choice"] == one.report.profile["choice"]  # from the dense model
     e1 = max(one.report.fidelity["eval"]["compressed"].rel_error.values())
     e2 = max(seq.report.fidelity["eval"]["compressed"].rel_error.values())
-    assert e2 < 0.9 * e1
+    assert e2 < 0.95 * e1  # 0.91 (the head, 204 columns for 64 inputs, is not refitted)
     levels = seq.report.profile["choice"]
     for layer in seq.report.layers:  # each layer at its allocated level
         n = layer.rows * layer.cols
         assert abs(layer.sparsity * n - levels[layer.name] * n) <= 1
+
+
+def test_a_layer_seen_in_too_few_columns_is_not_refitted():
+    """The dense-output refit is a least-squares fit of d inputs per row: from fewer than
+    FIT_COLUMNS * d columns (a squeeze-excite conv: one per sample) it would learn the
+    calibration samples, so the weights stay as they are; from enough it runs."""
+    from onnx_obc.backend import get_backend
+    from onnx_obc.hessian import HessianAccumulator
+    from onnx_obc.layers import constant_weights, find_layers
+    from onnx_obc.solve import _matrices
+    from onnx_obc.solvers.prepare import FIT_COLUMNS
+
+    from . import builders as b
+
+    model = b.mlp((12, 5, 3))
+    L = find_layers(model)[0][0]
+    weights = constant_weights(model.graph)
+    rng = np.random.default_rng(0)
+    for n, refit in ((FIT_COLUMNS * 12 - 1, False), (FIT_COLUMNS * 12, True)):
+        X0 = rng.standard_normal((1, 12, n))
+        acc = HessianAccumulator(1, 12, np)
+        acc.add(X0 + 0.3 * rng.standard_normal(X0.shape), X0)  # upstream error
+        acc.count(n)
+        W, _ = _matrices(L, weights, acc, get_backend("cpu"), 0.01)
+        dense = L.to_matrix(numpy_helper.to_array(weights[L.weight][1]))
+        assert np.array_equal(W, dense) is not refit

@@ -124,6 +124,11 @@ def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
     return float(((dW @ H) * dW).sum())
 
 
+FIT_COLUMNS = 8  # sequential mode refits a layer (fit_to_reference) only from at least this
+# many columns of X per input (samples x positions >= 8 d): a squeeze-excite conv sees one
+# column per sample, and refitted on ppocr_cls's 96 samples the model fell apart (README)
+
+
 def fit_to_reference(W: Any, H: Any, C: Any, damp: float) -> Any:
     """Sequential mode: the weights that best map this layer's (compressed-model) inputs X
     to the dense model's output W X0, ridge-regularized towards W:
