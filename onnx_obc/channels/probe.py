@@ -16,8 +16,9 @@ import onnx
 OPS = ("Conv", "Gemm", "MatMul")
 
 
-def probe_feed(data: Any, n: int = 2) -> dict[str, np.ndarray] | None:
-    """The first `n` calibration samples of `data` (a calib.DataSet), None without any."""
+def probe_feed(data: Any, n: int) -> dict[str, np.ndarray] | None:
+    """The first batch of `n` calibration samples of `data` (a calib.DataSet; `n` the run's
+    batch, which a model with a fixed batch axis fixes), None without any."""
     try:
         return next(data.batches(n))[1]
     except (StopIteration, AttributeError):

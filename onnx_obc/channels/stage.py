@@ -117,7 +117,7 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     """Find the sites, capture their consumers' Hessians on `proto` and trace each
     consumer's greedy group OBS over the prefix a `fraction` cut is likely to use."""
     t0 = time.perf_counter()
-    feed = probe_feed(data)
+    feed = probe_feed(data, batch)  # the run's batch: a fixed batch axis takes no other
     sizes, probe_note = probe_sizes(proto, feed, runtime)
     sites, refused = find_sites(proto, layers, sizes)
     dense = layer_macs(proto, layers, sizes=sizes)

@@ -64,3 +64,23 @@ def test_a_probe_that_cannot_run_is_a_run_warning(monkeypatch):
     assert "could not run the model (Foo is not a registered op)" in w
     layers = find_layers(model)[0]
     assert r.report.channels["macs_dense"] == layer_macs(model, layers)  # inferred: T = 1
+
+
+def test_a_model_with_a_fixed_batch_of_one_is_probed_at_its_batch():
+    """A probe batch of 2 cannot run a model whose batch axis is fixed at 1 (ddddocr's
+    recognizer): the probe runs the run's own batch, so T is measured, not taken as 1."""
+    from onnx_obc import convert
+
+    dynamic = _dynamic()
+    feed = b.feeds(dynamic, 64, seed=1)  # [64, T=4, 8]: the samples along the batch axis
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(dynamic)
+    for v in [*fixed.graph.input, *fixed.graph.output]:
+        v.type.tensor_type.shape.dim[0].dim_value = 1  # batch fixed at 1, T still symbolic
+    r = convert(fixed, None, calib=[feed], channels=0.3, progress=False)
+    assert not [w for w in r.report.warnings if "taken as 1" in w]
+    layers = find_layers(fixed)[0]
+    sizes = {t: [None, 4, *d[2:]] for t, d in {"x": [1, 4, 8], "h": [1, 4, 16], "r": [1, 4, 16],
+                                               "o": [1, 4, 8]}.items()}
+    assert r.report.channels["macs_dense"] == layer_macs(fixed, layers, sizes=sizes)
+    assert r.report.channels["macs_dense"] == 4 * layer_macs(fixed, layers)  # T = 4, not 1
