@@ -21,13 +21,16 @@ class ExportOptions:
     kernel (QLinearConv, QLinearMatMul, QGemm, QLinearAdd...), with int32 biases. act_type
     (onnxruntime): "u8" asymmetric (uint8, zero point) or "s8" symmetric int8 activations.
     matmul_nbits: <= 4-bit MatMul/Gemm weights as MatMulNBits (onnxruntime; export/nbits.py),
-    nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8."""
+    nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8.
+    dynamic_lstm (onnxruntime, with activation quantization): LSTMs as
+    com.microsoft.DynamicQuantizeLSTM, int8 weights per row (export/ortlstm.py)."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"
     matmul_nbits: bool = True
     nbits_block_size: int | None = None
     accuracy_level: int = 0
+    dynamic_lstm: bool = True
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -50,4 +53,5 @@ class ExportOptions:
         if self.runtime != "onnxruntime":
             return {}
         return {"act_type": self.act_type, "matmul_nbits": self.matmul_nbits,
-                "nbits_block_size": self.nbits_block_size, "accuracy_level": self.accuracy_level}
+                "nbits_block_size": self.nbits_block_size, "accuracy_level": self.accuracy_level,
+                "dynamic_lstm": self.dynamic_lstm}

@@ -163,6 +163,10 @@ _EXPORT_OPTIONS = [
     click.option("--accuracy-level", type=click.IntRange(0, 4), default=0, show_default=True,
                  help="MatMulNBits accuracy_level: 0 float activations, 4 int8 per block "
                       "(faster for single rows and wide layers)."),
+    click.option("--dynamic-lstm/--no-dynamic-lstm", default=True, show_default=True,
+                 help="With --runtime onnxruntime and --act-bits 8: LSTMs as "
+                      "com.microsoft.DynamicQuantizeLSTM (int8 weights per row, rounded to "
+                      "nearest; activations quantized at run time)."),
 ]
 
 

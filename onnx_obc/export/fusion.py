@@ -114,8 +114,8 @@ def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tu
         if (n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1
                 and n.input[1] in weights and n.input[1] in dq_codes):
             out[node_label(n, i)] = (dq_codes[n.input[1]], i)
-        elif n.op_type == "MatMulNBits" and n.domain == "com.microsoft":  # export/nbits.py
-            out[node_label(n, i)] = (n.input[1], i)
+        elif n.op_type in ("MatMulNBits", "DynamicQuantizeLSTM") and n.domain == "com.microsoft":
+            out[node_label(n, i)] = (n.input[1], i)  # export/nbits.py, export/ortlstm.py
     return out
 
 

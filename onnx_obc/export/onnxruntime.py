@@ -57,7 +57,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits
+from . import nbits, ortlstm
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
 from .qweights import QuantizedWeight, quantize_weights
@@ -84,11 +84,28 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
            qweights: dict[str, QuantizedWeight],
            act_scales: dict[str, tuple[float, float]] | None, act_type: str = DEFAULT_ACT_TYPE,
            matmul_nbits: bool = False, nbits_block_size: int | None = None,
-           accuracy_level: int = 0) -> onnx.ModelProto:
+           accuracy_level: int = 0, dynamic_lstm: bool = True) -> onnx.ModelProto:
     """`model` (compressed float weights in place) as onnxruntime runs it fastest: `qweights`
     behind DequantizeLinear and, with activation ranges (tensor -> (lo, hi)), Q/DQ pairs on
     every tensor of the integer region (see the module docstring). matmul_nbits: MatMul /
-    Gemm weights of at most 4 bits as com.microsoft.MatMulNBits (nbits.py) instead."""
+    Gemm weights of at most 4 bits as com.microsoft.MatMulNBits (nbits.py) instead.
+    dynamic_lstm (with activation ranges): LSTMs as com.microsoft.DynamicQuantizeLSTM, int8
+    weights per row (ortlstm.py)."""
+    model = _deploy(model, layers, solved, qweights, act_scales, act_type, matmul_nbits,
+                    nbits_block_size, accuracy_level)
+    if act_scales is None or not dynamic_lstm:
+        return model
+    model, notes = ortlstm.rewrite(model)
+    for note in notes:
+        log.warning(note)
+    return model
+
+
+def _deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
+            qweights: dict[str, QuantizedWeight],
+            act_scales: dict[str, tuple[float, float]] | None, act_type: str,
+            matmul_nbits: bool, nbits_block_size: int | None, accuracy_level: int
+            ) -> onnx.ModelProto:
     if act_type not in ACT_TYPES:
         raise ConfigError(f"export.act_type must be one of {', '.join(ACT_TYPES)}, got "
                           f"{act_type!r}")
