@@ -133,7 +133,7 @@ def checked_once() -> Iterator[None]:
 
 def check(model: onnx.ModelProto) -> None:
     """ModelError when the edited model fails onnx.checker (not inside `checked_once`)."""
-    if _DEFERRED.get() or needs_external(model):
+    if _DEFERRED.get(False) or needs_external(model):
         return  # checked from the saved file by the caller (protobuf cannot hold it in memory)
     try:  # tensors kept in the input's data file are checked as inputs (no data read)
         onnx.checker.check_model(as_inputs(model))
