@@ -64,6 +64,7 @@ from onnx_obc import convert
 
 sys.path.insert(0, str(ROOT / "bench"))
 import det_metric as dm  # noqa: E402
+from qs_static import _batches, _inputs, quantize_static  # noqa: E402,F401
 
 MODELS = {  # name -> (model, calib, eval, method)
     "digits_cnn": ("models/digits_cnn.onnx", "models/digits_cnn.calib.npz",
@@ -91,18 +92,6 @@ def _opts(threads: int) -> ort.SessionOptions:
 
 def _session(path: str, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(path, _opts(threads), providers=["CPUExecutionProvider"])
-
-
-def _inputs(model: onnx.ModelProto, data: dict) -> list[str]:
-    init = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in init]
-
-
-def _batches(model: onnx.ModelProto, data: dict, n: int) -> list[dict]:
-    names = _inputs(model, data)
-    fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    step = 1 if fixed else 16
-    return [{k: data[k][i:min(i + step, n)] for k in names} for i in range(0, n, step)]
 
 
 def outputs(path: str, feeds: list[dict]) -> list[np.ndarray]:
@@ -221,35 +210,6 @@ def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: di
     if name == "common_det":
         return box_f1(dense, ys)
     return None
-
-
-def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> None:
-    from onnx import version_converter
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-    )
-    from onnxruntime.quantization import quantize_static as qs
-
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:
-        m13 = version_converter.convert_version(model, 13)
-        src = out + ".opset13.onnx"
-        onnx.save(m13, src)
-    feeds = _batches(model, calib, len(next(iter(calib.values()))))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(feeds)
-
-        def get_next(self) -> dict | None:
-            return next(self.it, None)
-
-    qs(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-       activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-       calibrate_method=CalibrationMethod.MinMax)
 
 
 def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str],

@@ -43,7 +43,7 @@ MODELS = {
 }
 EVAL = 64  # eval samples for the output error
 QS = ("import sys, numpy as np, onnx; sys.path.insert(0, 'bench'); "
-      "from deploy import quantize_static; a = sys.argv; "
+      "from qs_static import quantize_static; a = sys.argv; "
       "quantize_static(a[1], a[2], dict(np.load(a[3])), onnx.load(a[1]))")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -172,6 +173,33 @@ def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, n
                 vi.type.tensor_type.elem_type)).itemsize
             out[n] = itemsize * math.prod(dims)
     return out
+
+
+def measured_bytes(model: onnx.ModelProto, sizes: dict[str, int | None], feed: dict[str, Any],
+                   data: Any, providers: Runtime | list[str], budget: int
+                   ) -> dict[str, int | None]:
+    """`sizes` (activation_bytes for a batch shaped like `feed`) with the unknown ones (shape
+    inference could not tell, e.g. convs behind a "same" Pad whose pads the graph computes
+    at run time, as EfficientNet's PyTorch export) measured: one sample of `data` through
+    a session pruned to them, fetched in the groups plan_groups packs with them unknown (no
+    fetch holds more than such a group), each tensor's bytes scaled by the elements of
+    `feed` over the sample's. Without it every unknown tensor counted as the largest known
+    one (budget / 8 when none is known), and efficientnet_lite0's 50 layer inputs took 13
+    capture passes, each re-running the network up to its group, instead of one. Left
+    unknown when the run fails."""
+    unknown = [n for n, v in sizes.items() if v is None]
+    try:
+        _, one = next(iter(data.batches(1)))
+        scale = sum(math.prod(v.shape) for v in feed.values()) / max(
+            1, sum(math.prod(np.shape(v)) for v in one.values()))
+        sess = capture_session(model, unknown, providers, prune=True)
+        out = dict(sizes)
+        for group in plan_groups([[n] for n in unknown], sizes, budget):
+            for n, y in zip(group, sess.run(group, one)):
+                out[n] = int(y.nbytes * scale)
+        return out
+    except Exception:  # onnxruntime's errors have no common base class
+        return sizes
 
 
 def _shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -14,8 +14,8 @@ from . import calib as calib_mod
 from .actrange import RangeObserver
 from .backend import Backend
 from .batching import batch_free, per_sample, sample_axes
-from .capture import (Runtime, activation_bytes, capture, capture_session, plan_groups,
-                      providers_for)
+from .capture import (Runtime, activation_bytes, capture, capture_session, measured_bytes,
+                      plan_groups, providers_for)
 from .hessian import (BlockHessianAccumulator, DiagonalAccumulator, HessianAccumulator, columns,
                       position_step)
 from .layers import Layer
@@ -60,6 +60,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     names = list(dict.fromkeys(n for unit in units for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
+    if any(v is None for v in sizes.values()):  # shapes known only at run time: measured
+        sizes = measured_bytes(proto, sizes, first, data, rt, budget)
     if free_batch > 1:  # the groups must hold a batched run's tensors (twice with `dense`)
         k = free_batch * (2 if dense is not None else 1)
         sizes = {n: None if v is None else v * k for n, v in sizes.items()}

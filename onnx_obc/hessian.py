@@ -55,33 +55,37 @@ def conv_columns(use: Use, x: Any, step: int = 1, phase: int = 0, dtype: Any = N
     """x [N, C, *S] -> X [G, C/G * prod(k), N * L] with W's (Cin, *kernel) column order, in
     `dtype` (default x's). step > 1: only the output positions i with i % step == the
     phase's digit (base step) on each spatial axis (L the subgrid's positions). Each kernel
-    offset's patch is copied once, straight into X's layout."""
+    offset's patch is copied once, straight into X's layout, from x itself: the padding's
+    zeros are X's (each offset writes the positions whose input lies inside x), so no
+    padded copy of the whole activation is made (it cost as much as the rest at step 4)."""
     xp = array_module(x)
     N, C = x.shape[:2]
-    pads = conv_pads(use, tuple(x.shape[2:]))
-    if any(a or b for a, b in pads):  # zeros around x (as numpy.pad, one copy)
-        padded = xp.zeros((N, C, *(n + a + b for n, (a, b) in zip(x.shape[2:], pads))),
-                          dtype=x.dtype)
-        padded[(slice(None), slice(None), *(slice(a, a + n) for n, (a, _) in
-                                            zip(x.shape[2:], pads)))] = x
-        x = padded
-    strides = use.strides
-    if step > 1:  # the subgrid: an offset of the phase's digit, then step times the stride
-        offs = [(phase // step ** i) % step for i in range(len(strides))]
-        x = x[(slice(None), slice(None), *(slice(o * s, None) for o, s in zip(offs, strides)))]
-        strides = tuple(s * step for s in strides)
-    out = [
-        max(0, (size - ((k - 1) * dl + 1)) // s + 1)
-        for size, k, s, dl in zip(x.shape[2:], use.kernel, strides, use.dilations)
-    ]
+    sizes = tuple(x.shape[2:])
+    pads = conv_pads(use, sizes)
+    offs = [(phase // step ** i) % step if step > 1 else 0 for i in range(len(sizes))]
+    starts = [o * s for o, s in zip(offs, use.strides)]  # in padded coordinates
+    strides = tuple(s * step for s in use.strides)
+    out = [max(0, (n + a + b - q - ((k - 1) * dl + 1)) // s + 1)
+           for n, (a, b), q, k, s, dl in zip(sizes, pads, starts, use.kernel, strides,
+                                               use.dilations)]
     G, K, L = use.group, math.prod(use.kernel), math.prod(out)
-    X = xp.empty((C, K, N, *out), dtype=x.dtype if dtype is None else dtype)
-    for j, offs in enumerate(itertools.product(*(range(k) for k in use.kernel)) if L else ()):
-        sl = tuple(
-            slice(o * dl, o * dl + (n - 1) * s + 1, s)
-            for o, dl, n, s in zip(offs, use.dilations, out, strides)
-        )
-        X[:, j] = xp.swapaxes(x[(slice(None), slice(None), *sl)], 0, 1)  # [C, N, *out]
+    dt = x.dtype if dtype is None else dtype
+    padded = any(a or b for a, b in pads)
+    X = (xp.zeros if padded else xp.empty)((C, K, N, *out), dtype=dt)
+    for j, koffs in enumerate(itertools.product(*(range(k) for k in use.kernel)) if L else ()):
+        src, dst = [], []
+        for n, (a, _), q, ko, s, dl, m in zip(sizes, pads, starts, koffs, strides,
+                                                use.dilations, out):
+            first = q + ko * dl - a  # x's index of output position 0 (may be outside)
+            lo = max(0, -(first // s)) if first < 0 else 0  # ceil(-first / s)
+            hi = min(m, (n - 1 - first) // s + 1) if n - 1 >= first else 0
+            hi = max(hi, lo)
+            src.append(slice(first + lo * s, first + (hi - 1) * s + 1 if hi > lo else
+                             first + lo * s, s))
+            dst.append(slice(lo, hi))
+        if all(d.stop > d.start for d in dst):
+            X[(slice(None), j, slice(None), *dst)] = xp.swapaxes(
+                x[(slice(None), slice(None), *src)], 0, 1)  # [C, N, *out]
     return X.reshape(G, (C // G) * K, N * L)  # [G, d, N*L]: (c, k) rows, (n, l) columns
 
 

@@ -38,6 +38,20 @@ def _is_logits(y: np.ndarray) -> bool:
     return y.ndim >= 2 and y.shape[-1] > 1
 
 
+def _sum_sq(y: np.ndarray, y0: np.ndarray | None = None) -> float:
+    """sum((y - y0)^2) (y0 None: sum(y^2)), summed in float64. float32 outputs: the
+    difference and its square in float32 (relative rounding 1e-7 of each term), only the
+    sum in float64, without the two float64 copies of the output (most of verification's
+    own arithmetic on a model with wide logits, e.g. a 6,625-class CTC head)."""
+    if y.dtype == np.float32 and (y0 is None or y0.dtype == np.float32):
+        d = np.square(y) if y0 is None else np.subtract(y, y0)
+        if y0 is not None:
+            np.square(d, out=d)
+        return float(d.sum(dtype=np.float64))
+    d = y.astype(np.float64) if y0 is None else y.astype(np.float64) - y0
+    return float(np.square(d).sum())
+
+
 def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource, batch_size: int,
              reference: str = "dense") -> dict[str, Fidelity]:
     """Fidelity of every session on `data`, relative to sessions[reference]."""
@@ -53,10 +67,10 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource,
         ref = ys[reference]
         logits = _is_logits(ref[0]) if logits is None else logits
         for n, y in zip(out_names, ref):
-            ref_sq[n] += float(np.square(y.astype(np.float64)).sum())
+            ref_sq[n] += _sum_sq(y)
         for k, outs in ys.items():
             for n, y, y0 in zip(out_names, outs, ref):
-                err[k][n] += float(np.square(y.astype(np.float64) - y0).sum())
+                err[k][n] += 0.0 if k == reference else _sum_sq(y, y0)
             if logits:
                 agree[k] += int((outs[0].argmax(-1) == ref[0].argmax(-1)).sum())
                 if data.labels is not None:

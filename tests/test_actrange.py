@@ -93,3 +93,16 @@ def test_without_a_histogram_mse_falls_back_to_minmax():
     lean.add(x)
     assert lean.bounds("mse") == lean.bounds("minmax")
     assert lean.scale("mse") == lean.scale("minmax")
+
+
+def test_histogram_bins_are_those_of_the_integer_cap():
+    """The in-place binning (capped in float32 before the cast) puts every value in the bin
+    of the earlier formula (cast to int32, then capped), extremes at +-max|x| included."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(200_000) * 3).astype(np.float32)
+    x[:2] = [np.abs(x).max(), -np.abs(x).max()]
+    obs = RangeObserver()
+    obs.add(x)
+    k = (x * np.float32(2048 / obs.top) + np.float32(2048)).astype(np.int32)
+    np.minimum(k, 2 * 2048 - 1, out=k)
+    np.testing.assert_array_equal(obs.signed, np.bincount(k, minlength=2 * 2048))

@@ -49,3 +49,34 @@ def test_names_read_inside_a_subgraph_keep_their_producers():
     with _ancestors_only(model, ["y"]):
         assert [n.op_type for n in model.graph.node] == ["Relu", "If"]  # not Abs
     assert [n.op_type for n in model.graph.node] == ["Relu", "Abs", "If"]
+
+
+def test_sizes_shape_inference_cannot_tell_are_measured_with_one_sample():
+    """A conv behind a Pad whose pads the graph computes at run time (EfficientNet's "same"
+    padding): activation_bytes cannot size its input; measured_bytes runs one sample and
+    scales by the batch, so the capture plans one group instead of one per such tensor."""
+    from onnx import helper
+
+    from onnx_obc import calib
+    from onnx_obc.capture import activation_bytes, measured_bytes, plan_groups
+
+    pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)
+    nodes = [helper.make_node("Identity", ["pads0"], ["pads"])]  # not a constant to inference
+    inits = [helper.make_tensor("pads0", 7, [8], pads)]
+    for i in range(9):  # h_i -> Pad -> p_i -> Conv -> h_{i+1}, 4 channels, 10 x 10
+        nodes += [helper.make_node("Pad", [f"h{i}", "pads"], [f"p{i}"]),
+                  helper.make_node("Conv", [f"p{i}", f"W{i}"], [f"h{i + 1}"], name=f"c{i}")]
+        inits.append(b.weight(f"W{i}", [4, 4, 3, 3], i))
+    model = b.make(nodes, [b.vi("h0", [b.BATCH, 4, 10, 10])],
+                   [b.vi("h9", [b.BATCH, 4, "H", "W"])], inits)
+    data = calib.DataSet(b.feeds(model, 6), "feeds")
+    feed = next(data.batches(4))[1]
+    names = [f"p{i}" for i in range(9)]
+    sizes = activation_bytes(model, names, feed)
+    assert sizes == {n: None for n in names}
+    budget = 100_000
+    units = [[n] for n in names]
+    assert len(plan_groups(units, sizes, budget)) == 2  # unknown: budget / 8 each
+    got = measured_bytes(model, sizes, feed, data, Runtime(), budget)
+    assert got == {n: 4 * 4 * 12 * 12 * 4 for n in names}  # one sample's bytes x 4
+    assert len(plan_groups(units, got, budget)) == 1

@@ -137,3 +137,43 @@ def test_collect_subsamples_on_request_only():
     assert not np.array_equal(out[True], out[False])
     t = [np.trace(out[k][0]) for k in (True, False)]  # the same scale: H = X X^T / N
     assert t[0] == pytest.approx(t[1], rel=0.1)
+
+
+def _padded_columns(use, x, step=1, phase=0):
+    """The earlier conv_columns: numpy.pad, the phase's offset, then one strided slice per
+    kernel offset (the reference for the version that never pads x)."""
+    from onnx_obc.hessian import conv_pads
+
+    pads = conv_pads(use, tuple(x.shape[2:]))
+    x = np.pad(x, [(0, 0), (0, 0), *pads])
+    strides = use.strides
+    if step > 1:
+        offs = [(phase // step ** i) % step for i in range(len(strides))]
+        x = x[(slice(None), slice(None), *(slice(o * s, None) for o, s in zip(offs, strides)))]
+        strides = tuple(s * step for s in strides)
+    out = [max(0, (n - ((k - 1) * dl + 1)) // s + 1)
+           for n, k, s, dl in zip(x.shape[2:], use.kernel, strides, use.dilations)]
+    N, C = x.shape[:2]
+    K = int(np.prod(use.kernel))
+    X = np.zeros((C, K, N, *out), dtype=x.dtype)
+    for j, offs in enumerate(itertools.product(*(range(k) for k in use.kernel))):
+        sl = tuple(slice(o * dl, o * dl + (n - 1) * s + 1, s)
+                   for o, dl, n, s in zip(offs, use.dilations, out, strides))
+        if all(n > 0 for n in out):
+            X[:, j] = np.swapaxes(x[(slice(None), slice(None), *sl)], 0, 1)
+    return X.reshape(use.group, (C // use.group) * K, -1)
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+@pytest.mark.parametrize("step", [1, 2, 3, 4])
+def test_columns_without_a_padded_copy_equal_the_padded_ones(case, step):
+    """conv_columns writes the padding's zeros into X instead of padding x: the same X,
+    bit for bit, for every conv case, step and phase (the phases whose subgrid is empty
+    included)."""
+    model = b.conv(**CONV_CASES[case])
+    (L,), _ = find_layers(model)
+    u = L.uses[0]
+    x = b.feeds(model, 3)["x"]
+    for phase in range(step ** len(u.kernel)):
+        np.testing.assert_array_equal(conv_columns(u, x, step, phase),
+                                      _padded_columns(u, x, step, phase))

@@ -37,3 +37,17 @@ def test_two_sessions_at_a_time_give_the_same_fidelity(monkeypatch):
     errs = [together["held-out"][k].rel_error for k in ("dense", "a", "b")]
     assert all(v == 0 for v in errs[0].values())
     assert all(v > 0 for e in errs[1:] for v in e.values())
+
+
+def test_sums_of_squares_in_float32_match_float64():
+    """verify's error sums: float32 outputs squared in float32, summed in float64, within
+    1e-6 relative of the all-float64 sums (other dtypes take float64 throughout)."""
+    rng = np.random.default_rng(3)
+    y0 = (rng.standard_normal((4, 40, 6625)) * 3).astype(np.float32)
+    y = y0 + (0.01 * rng.standard_normal(y0.shape)).astype(np.float32)
+    want_ref = float(np.square(y0.astype(np.float64)).sum())
+    want_err = float(np.square(y.astype(np.float64) - y0).sum())
+    assert abs(verify._sum_sq(y0) - want_ref) <= 1e-6 * want_ref
+    assert abs(verify._sum_sq(y, y0) - want_err) <= 1e-6 * want_err
+    ints = np.arange(10, dtype=np.int64)
+    assert verify._sum_sq(ints, ints[::-1].copy()) == float(np.square(ints - ints[::-1]).sum())

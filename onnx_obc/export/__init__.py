@@ -32,6 +32,7 @@ import onnx
 from ..errors import ConfigError
 from ..layers import Layer
 from . import fusion, onnxruntime, tensorrt
+from .graph import check, checked_once
 from .qweights import QuantizedWeight, to_onnx
 from .values import (ChannelFix, apply_weights, bias_targets, channel_scales, fold_biases,
                      scale_codes, scale_rows)
@@ -94,10 +95,13 @@ def build(proto: onnx.ModelProto, layers: list[Layer], solutions: Mapping[str, H
     if which not in WHICH:
         raise ConfigError(f"unknown model {which!r} to build; expected one of {', '.join(WHICH)}")
     fixes = corrections if which == "compressed" else None
-    model = float_model(proto, layers, solutions, which=which, corrections=fixes)
-    qweights = quantized_weights(layers, solutions, which=which, corrections=fixes)
-    return deploy(model, layers, set(solutions), qweights, act_scales,
-                  **dict(target_options or {}))
+    with checked_once():  # the checker once, on the model the edits end in
+        model = float_model(proto, layers, solutions, which=which, corrections=fixes)
+        qweights = quantized_weights(layers, solutions, which=which, corrections=fixes)
+        model = deploy(model, layers, set(solutions), qweights, act_scales,
+                       **dict(target_options or {}))
+    check(model)
+    return model
 
 
 def build_all(proto: onnx.ModelProto, layers: list[Layer],

@@ -7,6 +7,10 @@ existing tensor's payload stay proto-level (values.py says why) and end in `chec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -18,6 +22,7 @@ from ..errors import ModelError
 from ..modelio import needs_external, payloads_aside
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+_DEFERRED: ContextVar[bool] = ContextVar("obc_checks_deferred", default=False)
 
 
 def model_opset(model: onnx.ModelProto) -> int:
@@ -114,9 +119,21 @@ def set_inputs(model: onnx.ModelProto, values: dict[int, tuple[int, str, np.ndar
     return export_graph(graph, model, model_opset(model))
 
 
+@contextmanager
+def checked_once() -> Iterator[None]:
+    """Inside the block `check` does nothing: the caller checks the model the block's
+    edits end in, once (export.build: each of its three edits ended in a checker pass,
+    which serialises the whole model; 0.3 s CPU of a 13.5 M-parameter W8A8 run)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
 def check(model: onnx.ModelProto) -> None:
-    """ModelError when the edited model fails onnx.checker."""
-    if needs_external(model):
+    """ModelError when the edited model fails onnx.checker (not inside `checked_once`)."""
+    if _DEFERRED.get(False) or needs_external(model):
         return  # checked from the saved file by the caller (protobuf cannot hold it in memory)
     try:  # tensors kept in the input's data file are checked as inputs (no data read)
         onnx.checker.check_model(as_inputs(model))

@@ -60,3 +60,33 @@ def test_opset_raise_sets_large_payloads_aside_and_restores_them(monkeypatch):
             np.testing.assert_array_equal(got[k], v)
     feed = b.feeds(model, 3)
     np.testing.assert_array_equal(run(out, feed)[0], run(model, feed)[0])
+
+
+def test_checked_once_defers_the_checker_and_build_checks_its_result_once(monkeypatch):
+    """Inside `checked_once` check() is a no-op (the caller checks the result); export.build
+    runs onnx.checker once per model built, on the model its edits end in."""
+    import onnx
+
+    from onnx_obc import export
+    from onnx_obc.export.graph import checked_once
+    from onnx_obc.layers import find_layers
+
+    from . import helpers as h
+
+    bad = b.mlp()
+    bad.graph.node.append(helper.make_node("Relu", ["undefined_tensor"], ["zz"]))
+    with checked_once():
+        check(bad)  # deferred
+    with pytest.raises(ModelError, match="fails onnx.checker"):
+        check(bad)  # and back on after the block
+    model = h.mixed()
+    layers, _ = find_layers(model)
+    calls = []
+    real = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model",
+                        lambda m, *a, **k: (calls.append(m), real(m, *a, **k))[1])
+    out = export.build(model, layers, h.solutions(model, layers, bits=8),
+                       act_scales={n: 0.05 for n in export.act_tensors(model, layers)})
+    assert len(calls) == 1
+    assert any(n.op_type == "QuantizeLinear" for n in calls[0].graph.node)
+    assert {n.op_type for n in calls[0].graph.node} == {n.op_type for n in out.graph.node}

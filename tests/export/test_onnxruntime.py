@@ -161,9 +161,14 @@ def test_s8_activations_symmetric_and_relu_at_lowest_code() -> None:
     assert rel(fake, run(weights_only, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)) <= 0.05
 
 
-def test_fusion_check_names_the_layers_that_cannot_fuse() -> None:
+def test_fusion_check_names_the_layers_that_cannot_fuse(monkeypatch) -> None:
     trt, _, layers = compressed(residual_cnn(), runtime="tensorrt")
+    built = []
+    real_maps = fusion.graph_maps
+    monkeypatch.setattr(fusion, "graph_maps", lambda m: (built.append(1), real_maps(m))[1])
     result = fusion.check(trt, layers)
+    assert len(built) == 1  # the graph's maps once, for every unfused layer's reasons
+    monkeypatch.undo()
     assert result.layers == 3 and result.integer < 3
     why = dict(result.unfused)
     assert "c2" in why and "output not quantized (read in float by Add 'add')" in why["c2"]
