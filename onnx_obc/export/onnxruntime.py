@@ -29,6 +29,9 @@ Hence the placement (`plan`):
     Attention (MatMul of two activations, Softmax) and Add / Mul with a constant stay float
     (ortplan.py: INTEGER_ATTENTION, QUANTIZE_CONSTANT_INPUTS; measured: less accurate, no
     faster);
+  - Add / Mul / pooling nodes whose region reaches no integer layer stay float
+    (ortplan.INTEGER_ISLANDS: a Q per input and a DQ per output buy nothing there and
+    cost accuracy, e.g. hardswish's products in PP-OCRv4);
   - every activation input of an integer node, and every output, is quantized: x -> Q ->
     DQ, one DQ per integer reader; when the producer is an integer node, float readers read
     a DQ too. A Relu/Clip that is the only reader of an integer node's output takes the
@@ -51,6 +54,7 @@ weight DQ and run in float between float activations.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -124,6 +128,11 @@ def _deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
     if not integer:  # no int8 layer: nothing runs on integers, no activation Q/DQ
         return model
     p = plan(model, layer_nodes(model, integer))
+    if p.islands:
+        ops = Counter(model.graph.node[i].op_type for i in p.islands)
+        log.info("onnxruntime target: %d nodes stay float, no integer layer in their region "
+                 "(ortplan.INTEGER_ISLANDS): %s", len(p.islands),
+                 ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
     if not p.tensors:
         return model
     return place(model, p, act_scales, qweights, act_type)

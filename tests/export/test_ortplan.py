@@ -1,0 +1,108 @@
+"""The onnxruntime placement plan: Add / Mul nodes between float ops, connected to no
+integer layer ("islands", e.g. hardswish's x * relu6(x + 3) between per-channel affine ops),
+stay float; those next to a layer keep their integer kernels."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx_obc.export import build, ortplan
+from onnx_obc.layers import find_layers
+
+from .. import builders as b
+from . import helpers as h
+from .test_onnxruntime import compressed, optimized_ops, rel, run
+
+
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def hardswish_cnn(seed: int = 0) -> onnx.ModelProto:
+    """PP-OCRv4's backbone block in small: Conv -> per-channel Mul / Add (constants) ->
+    hardswish as x * Clip(x + 3, 0, 6) / 6 -> Conv -> swish (Sigmoid, Mul) -> pool -> Gemm.
+
+        x [N, 4, 6, 6] --c1--> *s +t = a --hardswish: Mul(a, Clip(a + 3)) "hsmul" / 6-->
+          --c2--> c2 * Sigmoid(c2) "swmul" --GlobalAveragePool, Flatten--> fc -> y [N, 5]
+    """
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("Mul", ["c1", "s"], ["m"], name="affine_mul"),
+             helper.make_node("Add", ["m", "t"], ["a"], name="affine_add"),
+             helper.make_node("Add", ["a", "three"], ["a3"], name="plus3"),
+             helper.make_node("Clip", ["a3", "zero", "six"], ["cl"], name="relu6"),
+             helper.make_node("Mul", ["a", "cl"], ["hm"], name="hsmul"),
+             helper.make_node("Div", ["hm", "six"], ["hs"], name="div6"),
+             helper.make_node("Conv", ["hs", "W2", "B2"], ["c2"], name="c2", pads=[1] * 4),
+             helper.make_node("Sigmoid", ["c2"], ["sg"], name="sigmoid"),
+             helper.make_node("Mul", ["c2", "sg"], ["sw"], name="swmul"),
+             helper.make_node("GlobalAveragePool", ["sw"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1)]
+    inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             b.weight("W2", (8, 8, 3, 3), seed + 2), b.weight("B2", (8,), seed + 3),
+             b.weight("Wf", (5, 8), seed + 4), b.weight("bf", (5,), seed + 5),
+             _const("s", rng.uniform(0.5, 2.0, (1, 8, 1, 1))),
+             _const("t", rng.normal(0, 0.5, (1, 8, 1, 1))),
+             _const("three", 3.0), _const("zero", 0.0), _const("six", 6.0)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 6, 6])], [b.vi("y", [b.BATCH, 5])], inits)
+
+
+def _index(model: onnx.ModelProto) -> dict[str, int]:
+    return {n.name: i for i, n in enumerate(model.graph.node)}
+
+
+def test_islands_stay_float_and_anchored_nodes_stay_integer(monkeypatch) -> None:
+    model = hardswish_cnn()
+    layers = find_layers(model)[0]
+    at = _index(model)
+    p = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert [model.graph.node[i].name for i in p.islands] == ["hsmul"]
+    assert at["hsmul"] not in p.roles
+    assert {"a", "cl", "hm"}.isdisjoint(p.tensors)  # no Q/DQ around the island
+    # the swish reads c2 (a layer's output), the pool feeds fc: they stay integer
+    assert {p.roles[at[n]] for n in ("sigmoid", "swmul", "gap")} == {"compute"}
+    assert {"hs", "c2", "sg", "sw", "p", "f"} <= set(p.tensors)
+    monkeypatch.setattr(ortplan, "INTEGER_ISLANDS", True)
+    old = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert old.islands == [] and old.roles[at["hsmul"]] == "compute"
+    assert {"a", "cl", "hm"} <= set(old.tensors)
+
+
+def test_islands_fused_graph(monkeypatch) -> None:
+    """Same layers on integer kernels with and without the islands; without them one
+    QLinearMul and its three Q (and DQ) fewer, and the result still runs like its own QDQ
+    graph executed in float."""
+    model = hardswish_cnn()
+    new, feed, layers = compressed(model)
+    monkeypatch.setattr(ortplan, "INTEGER_ISLANDS", True)
+    old, _, _ = compressed(model)
+    ops_new, ops_old = optimized_ops(new), optimized_ops(old)
+    for k in ("QLinearConv", "QGemm", "QLinearSigmoid", "QLinearGlobalAveragePool"):
+        assert ops_new[k] == ops_old[k] >= 1, (k, ops_new, ops_old)
+    assert (ops_new["QLinearMul"], ops_old["QLinearMul"]) == (1, 2)
+    q_new = Counter(n.op_type for n in new.graph.node)["QuantizeLinear"]
+    q_old = Counter(n.op_type for n in old.graph.node)["QuantizeLinear"]
+    assert q_new == q_old - 3
+    fused = run(new, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    fake = run(new, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert rel(fused, fake) <= 0.02
+    ref = run(build(model, layers, h.solutions(model, layers, bits=8)), feed,
+              ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert rel(fused, ref) <= 0.05
+
+
+@pytest.mark.parametrize("builder", [b.mlp, b.cnn])
+def test_models_without_islands_are_unchanged(builder, monkeypatch) -> None:
+    model = builder()
+    layers = find_layers(model)[0]
+    new = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    monkeypatch.setattr(ortplan, "INTEGER_ISLANDS", True)
+    old = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert (new.roles, new.tensors, new.islands) == (old.roles, old.tensors, [])
