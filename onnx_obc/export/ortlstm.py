@@ -74,12 +74,10 @@ def rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if not take:
         return model, notes
     consts = constant_weights(model.graph)
-    labels = {node_label(model.graph.node[i], i): i for i in take}
-    graph = gs.import_onnx(model)
+    graph = gs.import_onnx(model)  # its nodes in the model's order
     tensors = graph.tensors()
-    by_label = {node_label(model.graph.node[i], i): graph.nodes[i] for i in take}
-    for label in labels:
-        node = by_label[label]
+    for i in take:
+        node, label = graph.nodes[i], node_label(model.graph.node[i], i)
         extra = []
         for k in (1, 2):
             name = node.inputs[k].name
