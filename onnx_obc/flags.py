@@ -145,6 +145,10 @@ def calib_options(command: Any) -> Any:
 
 
 _EXPORT_OPTIONS = [
+    click.option("--fold/--no-fold", default=True, show_default=True,
+                 help="First fold BatchNormalization and per-channel Mul/Add/Sub/Div into the "
+                      "layers and write hardswish as x * HardSigmoid(x) (float-exact; faster "
+                      "on onnxruntime, and the solvers see the deployed weights)."),
     click.option("--runtime", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt",
                  show_default=True,
                  help="Where the quantized model runs, i.e. how Q/DQ are placed: tensorrt (Q/DQ on "

@@ -28,6 +28,7 @@ from .config import CompressConfig
 from .correct import CorrectionResult, correct_outputs
 from .costclock import solve_threads
 from .engine import make_engine
+from .fold import fold
 from .layers import select_layers
 from .modelio import open_model, save_model
 from .report import Report
@@ -62,7 +63,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                             if isinstance(m, (str, os.PathLike))])
     clock: dict[str, float] = {}
     with _timed(clock, "load"):
-        src, proto = open_model(model, output)
+        src, dense = open_model(model, output)  # dense: what the verification compares with
+        proto, folded = fold(dense) if cfg.select.fold else (dense, None)
         layers, skipped = select_layers(proto, cfg.select)
         backend = get_backend(cfg.run.device)
     cfg, plan, notes = _plan(layers, cfg, backend, progress, clock)  # before any work
@@ -71,7 +73,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         data = calibration.plan(proto, calib, eval_data, cfg.run)
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
-    dense, chan = proto, None
+    chan = None
     if cfg.prune.channels is not None:  # its own stage: the rest runs on the shrunk model
         with _timed(clock, "channels"):
             chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
@@ -99,7 +101,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend.device_label, data, skipped, done, fixes,
-                     fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked, plan)
+                     fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked, plan,
+                     folded)
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
@@ -220,7 +223,7 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
             fixes: CorrectionResult | None, fidelity: dict, checks: list[str],
             seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
             chan: ChannelResult | None = None, sensitivity: dict | None = None,
-            plan: costplan.Plan | None = None) -> Report:
+            plan: costplan.Plan | None = None, folded: Any = None) -> Report:
     """The run's report, assembled from what the stages returned."""
     order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export",
              "verify", "sensitivity")
@@ -238,7 +241,8 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
         correction={} if fixes is None else fixes.summary(), profile=dict(done.profile),
         fusion={} if fusion is None or not fusion.layers else fusion.to_dict(),
         channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}),
-        plan={} if plan is None else plan.to_dict())
+        plan={} if plan is None else plan.to_dict(),
+        folded=folded.to_dict() if folded is not None and folded.changed else {})
 
 
 @contextmanager

@@ -75,6 +75,7 @@ class Report:
     channels: dict[str, Any] = field(default_factory=dict)  # channels.ChannelResult.to_dict()
     sensitivity: dict[str, Any] = field(default_factory=dict)  # sensitivity.summarize()
     plan: dict[str, Any] = field(default_factory=dict)  # costplan.Plan.to_dict()
+    folded: dict[str, Any] = field(default_factory=dict)  # fold.Folded.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,9 +123,7 @@ def short_name(name: str, width: int) -> str:
 
 
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
+    return str(x)  # what json cannot write (paths, numpy scalars) as text
 
 
 def _layer_lines(r: Report) -> list[str]:
@@ -226,7 +225,7 @@ def _fusion_lines(r: Report) -> list[str]:
 
 
 def _fidelity_lines(r: Report) -> list[str]:
-    lines = []
+    lines: list[str] = []
     for set_name, models in r.fidelity.items():
         any_f = next(iter(models.values()))
         w = max([10] + [len(m) for m in models])
@@ -261,13 +260,13 @@ def _footer(r: Report) -> list[str]:
     lines.append(f"device: {r.device}; time: {t}" + (
         f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else ""))
     if r.plan:
-        p = r.plan
-        t = p["predicted_seconds"]
+        p, t = r.plan, r.plan["predicted_seconds"]
         lines.append("plan: solve " + ("not predicted (8 bits alone)" if t is None else
                                        f"predicted {t:.1f}s") + ", measured "
                      f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "
                      f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
                      f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")
+    lines += [r.folded["summary"]] if r.folded.get("summary") else []
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
 

@@ -1,6 +1,6 @@
-"""The specs a recipe is made of: one frozen dataclass per concern, each validated on
-construction and never changed afterwards. `config.CompressConfig` composes them and checks
-the rules that involve two of them. Errors name the Python field (`prune.sparsity`)."""
+"""The specs a recipe is made of: one frozen dataclass per concern, validated on construction,
+never changed; `config.CompressConfig` composes them and checks the rules that involve two of
+them. Errors name the Python field (`prune.sparsity`)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,8 @@ ACT_CALIBRATIONS = ("auto", "minmax", "percentile", "mse")  # quant.act_calibrat
 
 
 def _nm_ok(nm: Any, name: str) -> None:
-    if nm is None:
-        return
-    if not (isinstance(nm, tuple) and len(nm) == 2 and all(isinstance(x, int) for x in nm)
-            and 0 < nm[0] < nm[1]):
+    if nm is not None and not (isinstance(nm, tuple) and len(nm) == 2 and all(
+            isinstance(x, int) for x in nm) and 0 < nm[0] < nm[1]):
         raise ConfigError(f"{name} needs a tuple of integers (N, M) with 0 < N < M, got {nm!r} "
                           "(e.g. (2, 4))")
 
@@ -44,16 +42,19 @@ def _patterns(value: Any, name: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Selection:
-    """Which layers: op_types, and glob patterns on node names (fnmatch); a layer is
-    compressed when it matches an include pattern (or there are none) and no exclude."""
+    """Which layers: op_types, glob patterns on node names (a layer matching an include, or
+    there are none, and no exclude); fold: affine ops into the layers first (fold/)."""
 
     op_types: tuple[str, ...] = LAYER_OPS
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    fold: bool = True
 
     def __post_init__(self) -> None:
         for name in ("op_types", "include", "exclude"):
             _patterns(getattr(self, name), f"select.{name}")
+        if not isinstance(self.fold, bool):
+            raise ConfigError(f"select.fold must be true or false, got {self.fold!r}")
         bad = [t for t in self.op_types if t not in LAYER_OPS]
         if bad or not self.op_types:
             raise ConfigError(f"select.op_types must be a non-empty subset of "
@@ -270,8 +271,7 @@ class RunOptions(CalibReading):
     memory_budget_mb: int = 2048
     solver_memory_mb: int | None = None
     seed: int = 0
-    compare_baseline: bool | None = None  # also build and measure the baseline model
-    # (None: yes, except for quantization alone at 8 bits: pipeline.compares_baseline)
+    compare_baseline: bool | None = None  # the baseline too (None: pipeline.compares_baseline)
     external_data: bool | None = None
     custom_op_library: str | None = None  # shared library of custom ops for onnxruntime
     sensitivity: bool = False  # also measure each layer alone, ranked (sensitivity.py)

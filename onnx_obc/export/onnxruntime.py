@@ -131,7 +131,8 @@ def _deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
     if p.islands:
         ops = Counter(model.graph.node[i].op_type for i in p.islands)
         log.info("onnxruntime target: %d nodes stay float, no integer layer in their region "
-                 "(ortplan.INTEGER_ISLANDS): %s", len(p.islands),
+                 "or a float gate x * f(x) (ortplan.INTEGER_ISLANDS, INTEGER_FLOAT_GATES): %s",
+                 len(p.islands),
                  ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
     if not p.tensors:
         return model

@@ -106,3 +106,27 @@ def test_models_without_islands_are_unchanged(builder, monkeypatch) -> None:
     monkeypatch.setattr(ortplan, "INTEGER_ISLANDS", True)
     old = ortplan.plan(model, ortplan.layer_nodes(model, layers))
     assert (new.roles, new.tensors, new.islands) == (old.roles, old.tensors, [])
+
+
+def test_a_float_gate_product_stays_float_after_the_fold(monkeypatch) -> None:
+    """After the fold, hardswish is c1 * HardSigmoid(c1) right on a layer's output: no island
+    any more, but its gate has no integer kernel, so the product stays float (the rule
+    INTEGER_FLOAT_GATES); the swish c2 * Sigmoid(c2) (QLinearSigmoid) stays integer."""
+    from onnx_obc.fold import fold
+
+    model, done = fold(hardswish_cnn())
+    assert done.hardswish == 1 and dict(done.after) == {"Mul": 1, "Add": 1}
+    layers = find_layers(model)[0]
+    gate = next(i for i, n in enumerate(model.graph.node) if n.op_type == "Mul"
+                and any(model.graph.node[j].op_type == "HardSigmoid" and
+                        model.graph.node[j].output[0] in n.input
+                        for j in range(len(model.graph.node))))
+    swmul = _index(model)["swmul"]
+    p = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert gate not in p.roles and gate in p.islands and p.roles[swmul] == "compute"
+    assert model.graph.node[gate].output[0] in p.tensors  # the next Conv's input, quantized
+    monkeypatch.setattr(ortplan, "INTEGER_FLOAT_GATES", True)
+    old = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert old.roles[gate] == "compute"
+    hs = next(n.output[0] for n in model.graph.node if n.op_type == "HardSigmoid")
+    assert hs in old.tensors and hs not in p.tensors  # the gate's own Q, gone

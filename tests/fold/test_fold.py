@@ -1,0 +1,209 @@
+"""The fold stage: float-exact rewrites (affine ops into the layers before and after them,
+hardswish as x * HardSigmoid(x)), what it refuses, and what it changes in a run."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx_obc import convert
+from onnx_obc.errors import ConfigError
+from onnx_obc.fold import fold
+from onnx_obc.specs import Selection
+
+from .. import builders as b
+
+
+def _c(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})
+
+
+def _ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _same(a: onnx.ModelProto, f: onnx.ModelProto, shape, seed: int = 1) -> None:
+    x = np.random.default_rng(seed).normal(0, 2, shape).astype(np.float32)
+    for u, v in zip(_run(a, x), _run(f, x)):
+        assert np.linalg.norm(u - v) <= 1e-5 * np.linalg.norm(u)
+
+
+def ppocr_block(seed: int = 0) -> onnx.ModelProto:
+    """PP-OCRv4's backbone in small: Conv -> BatchNormalization -> Mul(s) -> Add(t) ->
+    hardswish written out (x * Clip(x + 3, 0, 6) / 6) -> Mul(s') -> Add(t') read by a 1x1 Conv
+    (pads nothing) and a padding depthwise 3x3 Conv -> Add -> output."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"],
+                              name="bn", epsilon=1e-5),
+             helper.make_node("Mul", ["bn", "s"], ["m"], name="lab_mul"),
+             helper.make_node("Add", ["m", "t"], ["a"], name="lab_add"),
+             helper.make_node("Add", ["a", "three"], ["a3"], name="plus3"),
+             helper.make_node("Clip", ["a3", "zero", "six"], ["cl"], name="relu6"),
+             helper.make_node("Mul", ["a", "cl"], ["hm"], name="hsmul"),
+             helper.make_node("Div", ["hm", "six"], ["hs"], name="div6"),
+             helper.make_node("Mul", ["hs", "s2"], ["m2"], name="lab2_mul"),
+             helper.make_node("Add", ["m2", "t2"], ["a2"], name="lab2_add"),
+             helper.make_node("Conv", ["a2", "W2", "B2"], ["pw"], name="pointwise"),
+             helper.make_node("Conv", ["a2", "W3"], ["dw"], name="depthwise", pads=[1] * 4,
+                              group=8),
+             helper.make_node("Add", ["pw", "dw"], ["y"], name="sum")]
+    inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             _c("g", rng.uniform(0.5, 2, 8)), _c("be", rng.normal(0, 1, 8)),
+             _c("mu", rng.normal(0, 1, 8)), _c("var", rng.uniform(0.2, 3, 8)),
+             _c("s", [1.7]), _c("t", [0.3]), _c("three", 3.0), _c("zero", 0.0), _c("six", 6.0),
+             _c("s2", rng.uniform(0.5, 2, (8, 1, 1))), _c("t2", rng.normal(0, 1, (8, 1, 1))),
+             b.weight("W2", (8, 8, 1, 1), seed + 2), b.weight("B2", (8,), seed + 3),
+             b.weight("W3", (8, 1, 3, 3), seed + 4)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 6, 6])], [b.vi("y", [b.BATCH, 8, 6, 6])],
+                  inits)
+
+
+def test_ppocr_block_folds_float_exact() -> None:
+    model = ppocr_block()
+    out, done = fold(model)
+    _same(model, out, (3, 4, 6, 6))
+    ops = _ops(out)
+    # BN, the affine after c1, the hardswish's Clip / Div are gone; x * HardSigmoid(x)
+    assert ops["BatchNormalization"] == ops["Clip"] == ops["Div"] == 0
+    assert ops["HardSigmoid"] == 1 and ops["Mul"] == 1
+    # the affine before the Convs: its scale went into both, its shift into the 1x1 Conv's
+    # bias, and (the depthwise pads) stays once as an Add of t / s before them
+    assert ops["Add"] == 2  # the kept shift and the final sum
+    assert dict(done.after) == {"BatchNormalization": 1, "Mul": 1, "Add": 1}
+    assert dict(done.before) == {"Mul": 1, "Add": 1} and done.kept_adds == 1
+    assert (done.hardswish, done.hardsigmoid) == (1, 0)
+    assert "hardswish" in done.summary()
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_shift_into_a_conv_that_pads_nothing_needs_no_add() -> None:
+    model = ppocr_block()
+    g = model.graph
+    dw = next(n for n in g.node if n.name == "depthwise")
+    g.node.remove(dw)
+    sum_node = next(n for n in g.node if n.name == "sum")
+    sum_node.input[1] = "a2"  # the 1x1 Conv is the only Conv reading a2... and the Add too
+    out, done = fold(model)
+    _same(model, out, (2, 4, 6, 6))
+    assert not done.before  # a2 is also read by an Add: nothing folds before
+    sum_node.input[1] = "pw"
+    out, done = fold(model)
+    _same(model, out, (2, 4, 6, 6))
+    assert dict(done.before) == {"Mul": 1, "Add": 1} and done.kept_adds == 0
+    assert _ops(out)["Add"] == 1  # the sum alone
+
+
+def test_gemm_and_matmul_scales() -> None:
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["g"], name="fc", transB=1, beta=0.5),
+             helper.make_node("Mul", ["g", "s"], ["gm"], name="gm"),
+             helper.make_node("Sub", ["gm", "t"], ["gs"], name="gs"),
+             helper.make_node("MatMul", ["gs", "V"], ["mm"], name="mm"),
+             helper.make_node("Div", ["mm", "d"], ["md"], name="md"),
+             helper.make_node("Add", ["md", "u"], ["y"], name="bias")]
+    inits = [b.weight("W", (5, 6), 1), b.weight("B", (5,), 2), _c("s", rng.uniform(.5, 2, 5)),
+             _c("t", rng.normal(0, 1, (1, 5))), b.weight("V", (5, 4), 3),
+             _c("d", rng.uniform(.5, 2, 4)), _c("u", rng.normal(0, 1, 4))]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 6])], [b.vi("y", [b.BATCH, 4])], inits)
+    out, done = fold(model)
+    _same(model, out, (7, 6))
+    # Gemm takes scale and shift; MatMul (no bias) only the scale, its bias Add stays
+    assert dict(done.after) == {"Mul": 1, "Sub": 1, "Div": 1}
+    assert _ops(out) == Counter({"Gemm": 1, "MatMul": 1, "Add": 1})
+
+
+def _conv_then(op: str, const_shape, fan: bool = False, output: bool = False
+               ) -> onnx.ModelProto:
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="c"),
+             helper.make_node(op, ["c", "k"], ["y"], name="affine")]
+    outs = [b.vi("y", None)]
+    if fan:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
+        outs.append(b.vi("r", None))
+    if output:
+        outs.append(b.vi("c", None))
+    inits = [b.weight("W", (6, 4, 1, 1), 0),
+             _c("k", np.random.default_rng(1).uniform(0.5, 2, const_shape))]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])], outs, inits, check=False)
+
+
+@pytest.mark.parametrize("case", ["spatial", "grows", "fan", "output", "div_by_zero"])
+def test_refused_chains_leave_the_model_as_it_is(case) -> None:
+    model = {"spatial": lambda: _conv_then("Mul", (1, 1, 5, 1)),  # acts along H
+             "grows": lambda: _conv_then("Mul", (2, 1, 6, 1, 1)),  # broadcasts to rank 5
+             "fan": lambda: _conv_then("Mul", (6, 1, 1), fan=True),  # c read twice
+             "output": lambda: _conv_then("Mul", (6, 1, 1), output=True),  # c is an output
+             "div_by_zero": lambda: _conv_then("Div", (6, 1, 1))}[case]()
+    if case == "div_by_zero":
+        model.graph.initializer[1].CopyFrom(_c("k", np.zeros((6, 1, 1))))
+    out, done = fold(model)
+    assert out is model and not done.changed and done.summary() == ""
+
+
+def test_a_shared_weight_is_copied_not_changed_for_the_other_reader() -> None:
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c1"], name="c1"),
+             helper.make_node("Mul", ["c1", "k"], ["y1"], name="scale"),
+             helper.make_node("Conv", ["x", "W"], ["y2"], name="c2")]
+    inits = [b.weight("W", (6, 4, 1, 1), 0), _c("k", np.arange(1, 7).reshape(6, 1, 1))]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])], [b.vi("y1", [b.BATCH, 6, 5, 5]),
+                                                           b.vi("y2", [b.BATCH, 6, 5, 5])], inits)
+    out, done = fold(model)
+    _same(model, out, (2, 4, 5, 5))
+    assert dict(done.after) == {"Mul": 1}
+    weights = {n.name: n.input[1] for n in out.graph.node}
+    assert weights["c2"] == "W" and weights["c1"] != "W"
+
+
+def test_written_out_hardsigmoid_alone() -> None:
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="c"),
+             helper.make_node("Add", ["three", "c"], ["a"], name="plus3"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["cl"], name="relu6"),
+             helper.make_node("Mul", ["cl", "sixth"], ["y"], name="over6")]
+    inits = [b.weight("W", (6, 4, 1, 1), 0), _c("three", 3.0), _c("zero", 0.0),
+             _c("six", 6.0), _c("sixth", 1 / 6)]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])], [b.vi("y", [b.BATCH, 6, 5, 5])],
+                   inits)
+    out, done = fold(model)
+    _same(model, out, (2, 4, 5, 5))
+    assert (done.hardswish, done.hardsigmoid) == (0, 1)
+    assert _ops(out) == Counter({"Conv": 1, "HardSigmoid": 1})
+
+
+def test_nothing_to_fold_returns_the_model_itself() -> None:
+    model = b.cnn()
+    out, done = fold(model)
+    assert out is model and not done.changed
+
+
+def test_convert_folds_by_default_and_no_fold_keeps_the_graph(tmp_path) -> None:
+    model = ppocr_block()
+    calib = np.random.default_rng(0).normal(0, 1, (24, 4, 6, 6)).astype(np.float32)
+    kw = dict(calib=[{"x": calib[i:i + 8]} for i in range(0, 24, 8)], bits=8, progress=False)
+    res = convert(model, tmp_path / "f.onnx", report_path=tmp_path / "f.json", **kw)
+    assert res.report.folded["hardswish"] == 1
+    assert "folded" in res.report.table()
+    assert _ops(res.model)["BatchNormalization"] == 0
+    kept = convert(model, fold=False, **kw)
+    assert kept.report.folded == {} and _ops(kept.model)["BatchNormalization"] == 1
+    for r in (res, kept):  # measured against the input model either way: small error
+        assert r.report.fidelity and all(
+            f.rel_error and max(f.rel_error.values()) < 0.05
+            for s in r.report.fidelity.values() for m, f in s.items() if m == "compressed")
+
+
+def test_fold_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError, match="select.fold"):
+        Selection(fold="yes")
