@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from fractions import Fraction
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def mcnemar_p(b: int, c: int) -> float:
     n, k = b + c, min(b, c)
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = float(Fraction(sum(math.comb(n, i) for i in range(k + 1)), 1 << n))  # n > 1023
     return min(1.0, 2.0 * tail)
 
 

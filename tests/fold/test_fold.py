@@ -207,3 +207,15 @@ def test_convert_folds_by_default_and_no_fold_keeps_the_graph(tmp_path) -> None:
 def test_fold_must_be_a_bool() -> None:
     with pytest.raises(ConfigError, match="select.fold"):
         Selection(fold="yes")
+
+
+def test_a_matmul_keeps_its_bias_add_even_of_zeros() -> None:
+    """MatMul -> Add(b): the Add is what keeps the MatMul's output float on onnxruntime
+    (MatMulIntegerToFloat + float bias); folding an all-zero b moved ocr_like's MatMuls to
+    QLinearMatMul with a quantized output (W8A8 error 0.0125 -> 0.0187)."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "z"], ["y"], name="bias")]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 6])], [b.vi("y", [b.BATCH, 4])],
+                   [b.weight("W", (6, 4), 0), _c("z", np.zeros(4))])
+    out, done = fold(model)
+    assert out is model and not done.changed
