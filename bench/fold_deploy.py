@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import deploy as D  # noqa: E402
-from ort_sensitivity import evaluate  # noqa: E402
+from ort_islands import score  # noqa: E402
 
 from onnx_obc import convert  # noqa: E402
 from onnx_obc.fold import fold  # noqa: E402
@@ -65,29 +64,7 @@ def main() -> None:
         if not out.is_file():
             D.quantize_static(src, str(out), calib, onnx.load(src))
         paths[tag] = str(out)
-    if a.lines:
-        import real_ppocr
-        x, texts, _ = real_ppocr.lines(a.lines, seed=22)
-        ev = {"x": x, "texts": np.array(texts)}
-    else:
-        ev = dict(np.load(epath, allow_pickle=False))
-    n = len(next(v for k, v in ev.items() if k not in ("labels", "texts")))
-    feeds = D._batches(model, ev, n)
-    dense = D.outputs(mpath, feeds)
-    res: dict = {"n": n, "load": [os.getloadavg()[0]], "files": paths}
-    for k, p in paths.items():
-        res[k] = evaluate(a.model, onnx.load(p), feeds, dense, ev)
-        res[k]["ops"] = D.optimized_ops(p)
-        res[k]["mb"] = os.path.getsize(p) / 1e6
-        print(k, {m: v for m, v in res[k].items() if m != "ops"}, flush=True)
-    feed = {k: v[:a.latency_batch] for k, v in feeds[0].items()}
-    med, low = D.latency(paths, feed, a.runs, 1)
-    for k in paths:
-        res[k].update(ms_1t=med[k], ratio_1t=med[k] / med["fp32"],
-                      ratio_min_1t=low[k] / low["fp32"])
-        print(f"{k:<24} x fp32 1 thread {med[k] / med['fp32']:.3f} "
-              f"(min {low[k] / low['fp32']:.3f})")
-    res["load"].append(os.getloadavg()[0])
+    res = score(a.model, mpath, epath, paths, a.lines, a.runs, a.latency_batch)
     out = ROOT / f"bench/results/fold_deploy_{a.model}.json"
     out.write_text(json.dumps(res, indent=1, default=str))
     print(f"wrote {out}")

@@ -38,6 +38,39 @@ from onnx_obc import convert  # noqa: E402
 from onnx_obc.export import ortplan  # noqa: E402
 
 
+def score(name: str, mpath: str, epath: str, paths: dict[str, str], lines: int | None,
+          runs: int, latency_batch: int) -> dict:
+    """Each file of `paths` ("fp32" first) on the model's eval set (ppocr_rec with `lines`:
+    `real_ppocr.lines(lines, seed=22)`): ort_sensitivity.evaluate's figures, the optimized
+    graph's ops and the file's size; then 1-thread latency, all alternating (medians, minima,
+    ratios to "fp32" of the same run)."""
+    model = onnx.load(mpath)
+    if lines:
+        import real_ppocr
+        x, texts, _ = real_ppocr.lines(lines, seed=22)
+        ev = {"x": x, "texts": np.array(texts)}
+    else:
+        ev = dict(np.load(epath, allow_pickle=False))
+    n = len(next(v for k, v in ev.items() if k not in ("labels", "texts")))
+    feeds = D._batches(model, ev, n)
+    dense = D.outputs(mpath, feeds)
+    res: dict = {"n": n, "load": [os.getloadavg()[0]], "files": paths}
+    for k, p in paths.items():
+        res[k] = evaluate(name, onnx.load(p), feeds, dense, ev)
+        res[k]["ops"] = D.optimized_ops(p)
+        res[k]["mb"] = os.path.getsize(p) / 1e6
+        print(k, {m: v for m, v in res[k].items() if m != "ops"}, flush=True)
+    feed = {k: v[:latency_batch] for k, v in feeds[0].items()}
+    med, low = D.latency(paths, feed, runs, 1)
+    for k in paths:
+        res[k].update(ms_1t=med[k], ratio_1t=med[k] / med["fp32"],
+                      ratio_min_1t=low[k] / low["fp32"])
+        print(f"{k:<24} x fp32 1 thread {med[k] / med['fp32']:.3f} "
+              f"(min {low[k] / low['fp32']:.3f})")
+    res["load"].append(os.getloadavg()[0])
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, choices=list(D.MODELS))
@@ -55,8 +88,8 @@ def main() -> None:
         if not out.is_file():
             ortplan.INTEGER_ISLANDS = islands
             convert(mpath, str(out), calib=cpath, bits=8, act_bits=8, method="obc",
-                    runtime="onnxruntime", act_type="u8", holdout=0.0,
-                    compare_baseline=False, progress=False)
+                    runtime="onnxruntime", act_type="u8", holdout=0.0, fold=False,
+                    compare_baseline=False, progress=False)  # the graph as exported
         paths[tag] = str(out)
     ortplan.INTEGER_ISLANDS = False
     model = onnx.load(mpath)
@@ -64,29 +97,9 @@ def main() -> None:
     if not qs.is_file():
         D.quantize_static(mpath, str(qs), dict(np.load(cpath)), model)
     paths["quantize_static"] = str(qs)
-    if a.lines:
-        import real_ppocr
-        x, texts, _ = real_ppocr.lines(a.lines, seed=22)
-        ev = {"x": x, "texts": np.array(texts)}
-    else:
-        ev = dict(np.load(epath, allow_pickle=False))
-    n = len(next(v for k, v in ev.items() if k not in ("labels", "texts")))
-    feeds = D._batches(model, ev, n)
-    dense = D.outputs(mpath, feeds)
-    res: dict = {"n": n, "load": [os.getloadavg()[0]]}
-    for k, p in paths.items():
-        res[k] = evaluate(a.model, onnx.load(p), feeds, dense, ev)
-        res[k]["ops"] = D.optimized_ops(p)
-        print(k, {m: v for m, v in res[k].items() if m != "ops"}, flush=True)
-    feed = {k: v[:a.latency_batch] for k, v in feeds[0].items()}
-    med, low = D.latency(paths, feed, a.runs, 1)
-    for k in paths:
-        res[k].update(ms_1t=med[k], ratio_1t=med[k] / med["fp32"],
-                      ratio_min_1t=low[k] / low["fp32"])
-        print(k, f"x fp32 1 thread {med[k] / med['fp32']:.3f} (min {low[k] / low['fp32']:.3f})")
-    res["load"].append(os.getloadavg()[0])
+    res = score(a.model, mpath, epath, paths, a.lines, a.runs, a.latency_batch)
     out = ROOT / f"bench/results/ort_islands_{a.model}.json"
-    out.write_text(json.dumps(res, indent=1))
+    out.write_text(json.dumps(res, indent=1, default=str))
     print(f"wrote {out}")
 
 
