@@ -3,9 +3,9 @@
 
     python bench/fold_ablate.py VARIANT [--seed S --holdout H] [--minmax]
 
-VARIANT: fold (the default run), nofold (--no-fold), nobefore (no fold into the layers
-after the affine ops), noafter (none into the layer before them), nobn (BatchNormalization
-not folded), nohs (hardswish left written out). Converts as bench/fold_deploy.py does
+VARIANT: fold (the default run), nofold (--no-fold), or parts turned off, joined by "+":
+nobefore (no fold into the layers after the affine ops), noafter (none into the layer before
+them), nobn (BatchNormalization not folded), nohs (hardswish left written out). Converts as bench/fold_deploy.py does
 (holdout 0 unless given; --minmax: min-max activation ranges), then prints output error,
 per-frame agreement and text accuracy on `real_ppocr.lines(2000, seed=27)[:600]`
 (bench/real/ppocr_rec.eval2000s27.npz, written on first use).
@@ -38,15 +38,18 @@ OFF = {"nobefore": (F, "fold_before", lambda *a: ([], False)),
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("variant", choices=["fold", "nofold", *OFF])
+    ap.add_argument("variant", help="fold, nofold, or parts off joined by '+' (nohs+noafter)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", type=float, default=0.0)
     ap.add_argument("--minmax", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    if a.variant in OFF:
-        module, name, stub = OFF[a.variant]
-        setattr(module, name, stub)
+    for part in a.variant.split("+"):
+        if part in OFF:
+            module, name, stub = OFF[part]
+            setattr(module, name, stub)
+        elif part not in ("fold", "nofold"):
+            ap.error(f"unknown variant part {part!r}: fold, nofold, {', '.join(OFF)}")
     evpath = ROOT / "bench/real/ppocr_rec.eval2000s27.npz"
     if not evpath.is_file():
         import real_ppocr
