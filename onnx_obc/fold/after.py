@@ -44,7 +44,7 @@ def fold_after(node: gs.Node, outputs: set[str], fixed: set[str]) -> list[str]:
             c = operand(nxt, z, fixed)
             c = None if c is None else per_channel(c, rank, axis, n)
             s2, t2 = s.copy(), t.copy()
-            if c is None or not compose(nxt, z, c, s2, t2) or (
+            if c is None or not compose(nxt, c, s2, t2) or (
                     op == "MatMul" and nxt.op in ("Add", "Sub")):  # MatMul has no bias, and
                 break  # its bias Add keeps its output float on onnxruntime (ortplan.py)
             s, t = s2, t2

@@ -68,7 +68,7 @@ def fold_before(graph: gs.Graph, y: gs.Tensor, outputs: set[str], fixed: set[str
         z = x
     s, t = np.ones(cin), np.zeros(cin)
     for p, x, c in chain:
-        if not compose(p, x, c, s, t):
+        if not compose(p, c, s, t):
             return [], False
     if not chain:
         return [], False

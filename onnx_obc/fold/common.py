@@ -57,10 +57,9 @@ def per_channel(c: np.ndarray, rank: int, axis: int, n: int) -> np.ndarray | Non
     return np.broadcast_to(c.astype(np.float64).reshape(-1), (n,)).copy()
 
 
-def compose(node: gs.Node, x: gs.Tensor, c: np.ndarray, s: np.ndarray, t: np.ndarray
-             ) -> bool:
-    """Apply node (reading x, constant per-channel c) to y = s*z + t in place; False when
-    it cannot be (a division by zero)."""
+def compose(node: gs.Node, c: np.ndarray, s: np.ndarray, t: np.ndarray) -> bool:
+    """Apply node (its constant per-channel c, as `operand` read it) to y = s*z + t in place;
+    False when it cannot be (a division by zero)."""
     if node.op == "Mul":
         s *= c
         t *= c
