@@ -81,6 +81,17 @@ def constant(name: str, values: np.ndarray) -> gs.Constant:
     return gs.Constant(name, values=LazyValues(numpy_helper.from_array(values, name)))
 
 
+def constant_value(t: gs.Tensor) -> np.ndarray | None:
+    """The value of a gs.Constant, or of a Variable a Constant node outputs (paddle2onnx
+    stores weights and biases that way); None for any other tensor."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and isinstance(
+            v := t.inputs[0].attrs.get("value"), gs.Constant):
+        return np.asarray(v.values)
+    return None
+
+
 def export_graph(graph: gs.Graph, source: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """Export `graph` at `opset`, keeping the other opset imports and model metadata."""
     graph.cleanup().toposort()

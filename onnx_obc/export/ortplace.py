@@ -13,8 +13,9 @@ from onnx import numpy_helper
 
 from ..errors import ModelError
 from ..layers import constant_weights
-from .graph import constant, ensure_opset, export_graph, model_opset
+from .graph import constant, constant_value, ensure_opset, export_graph, model_opset
 from .ortplan import Plan
+from .ortshift import shifts
 from .qweights import QuantizedWeight
 
 
@@ -68,6 +69,9 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
             for t in g.node[i].output:
                 if t in producer_integer and not (r in ("layer", "compute") and i in p.absorbed):
                     producer_integer[t] = True
+    moved = shifts(graph, tensors, params, integer_ids)  # v = x + c into the zero points
+    for t, m in moved.items():
+        params[t] = QParams(m.scale, params[t].zero_point, params[t].dtype)
     made = 0
     for t, qp in params.items():
         x = tensors.get(t)
@@ -83,8 +87,13 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
         zero = constant(_unique(tensors, f"{t}_zero_point"),
                         np.array(qp.zero_point, dtype=qp.dtype))
         q = gs.Variable(_unique(tensors, f"{t}_quantized"), dtype=qp.dtype, shape=x.shape)
+        q_in, q_zero = x, zero
+        if (m := moved.get(t)) is not None:  # Q(x; S', Z + k) = Q(x + c; S', Z)
+            q_in = m.source
+            q_zero = constant(_unique(tensors, f"{t}_shifted_zero_point"),
+                              np.array(m.zero_point, dtype=qp.dtype))
         graph.nodes.append(gs.Node("QuantizeLinear", f"{t}_QuantizeLinear",
-                                   inputs=[x, scale, zero], outputs=[q]))
+                                   inputs=[q_in, scale, q_zero], outputs=[q]))
         groups = [[n] for n in data_readers]
         if float_readers and producer_integer[t]:
             groups.append(float_readers)
@@ -154,10 +163,10 @@ def _int32_bias(graph: gs.Graph, tensors: dict[str, gs.Tensor], node: gs.Node,
     q = qweights.get(w)
     if x not in params or q is None or len(node.inputs) < 3:
         return
-    b = node.inputs[2]
-    if not isinstance(b, gs.Constant):
+    value = constant_value(node.inputs[2])  # an initializer or a Constant node's output
+    if value is None:
         return
-    value = np.asarray(b.values, dtype=np.float64)
+    value = value.astype(np.float64)
     beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
     m = q.scale.size
     if value.size != m or value.ndim not in (1, 2) or (value.ndim == 2 and value.shape[0] != 1):
