@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .graph import constant_value
+
 
 ABSORB_SHIFTS = True  # measured on ppocr_det / ppocr_rec (README "Deployment")
 TOLERANCE = 0.05  # relative change of the scale allowed
@@ -50,11 +52,12 @@ def shifts(graph: gs.Graph, tensors: dict[str, gs.Tensor], params: dict,
         add = v.inputs[0]
         if add.op != "Add" or id(add) in integer_ids or len(add.inputs) != 2:
             continue
-        consts = [y for y in add.inputs if isinstance(y, gs.Constant)]
-        xs = [y for y in add.inputs if isinstance(y, gs.Variable)]
-        if len(consts) != 1 or len(xs) != 1 or consts[0].values.size == 0:
+        values = [constant_value(y) for y in add.inputs]  # initializer or Constant node
+        xs = [y for y, c in zip(add.inputs, values) if c is None]
+        cs = [c for c in values if c is not None]
+        if len(cs) != 1 or len(xs) != 1 or cs[0].size == 0:
             continue
-        x, c = xs[0], np.asarray(consts[0].values, np.float64)
+        x, c = xs[0], cs[0].astype(np.float64)
         if (x.name in params or x.name in outputs or not v.outputs or np.ptp(c) != 0
                 or not np.isfinite(c.flat[0]) or not _keeps_shape(x.shape, c.shape)):
             continue

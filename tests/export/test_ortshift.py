@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import helper, numpy_helper
 
 from onnx_obc.export import act_tensors, act_values, build
@@ -23,10 +24,11 @@ from .test_onnxruntime import optimized_ops, ranges, rel, run
 SHIFT = 3.0  # many steps of v's natural grid
 
 
-def gated(shift: np.ndarray | float = SHIFT, float_reader: bool = False, seed: int = 0
-          ) -> onnx.ModelProto:
+def gated(shift: np.ndarray | float = SHIFT, float_reader: bool = False, seed: int = 0,
+          constant_node: bool = False) -> onnx.ModelProto:
     """x [N, 4, 6, 6] --c1 (pads 1)--> a --a * HardSigmoid(a)--> g --Add(shift)--> v
-       --c2 (pads 1)--> y [N, 6, 6, 6]; float_reader: v also goes to a Relu output."""
+       --c2 (pads 1)--> y [N, 6, 6, 6]; float_reader: v also goes to a Relu output;
+    constant_node: the shift is a Constant node's output (as paddle2onnx writes it)."""
     c = np.broadcast_to(np.asarray(shift, np.float32), (1, 6, 1, 1)).copy()
     nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="c1", pads=[1] * 4),
              helper.make_node("HardSigmoid", ["a"], ["s"], name="hsig", alpha=1 / 6),
@@ -36,6 +38,8 @@ def gated(shift: np.ndarray | float = SHIFT, float_reader: bool = False, seed: i
     inits = [b.weight("W1", (6, 4, 3, 3), seed), b.weight("B1", (6,), seed + 1),
              b.weight("W2", (6, 6, 3, 3), seed + 2), b.weight("B2", (6,), seed + 3),
              numpy_helper.from_array(c, "shift")]
+    if constant_node:
+        nodes.insert(0, helper.make_node("Constant", [], ["shift"], value=inits.pop()))
     # B1 - 4: most of a is <= -3, where x = a * HardSigmoid(a) is 0 (71% of x here)
     inits[1] = numpy_helper.from_array(numpy_helper.to_array(inits[1]) - 4, "B1")
     outputs = [b.vi("y", [b.BATCH, 6, 6, 6])]
@@ -67,8 +71,9 @@ def q_of(model: onnx.ModelProto, tensor: str) -> tuple[float, int]:
     return float(inits[q.input[1]]), int(inits[q.input[2]])
 
 
-def test_the_add_leaves_and_the_zero_point_takes_the_shift(monkeypatch) -> None:
-    model = gated()
+@pytest.mark.parametrize("constant_node", [False, True])
+def test_the_add_leaves_and_the_zero_point_takes_the_shift(monkeypatch, constant_node) -> None:
+    model = gated(constant_node=constant_node)
     out, feed = export(model, monkeypatch=monkeypatch)
     onnx.checker.check_model(out, full_check=True)
     assert "Add" not in {n.op_type for n in out.graph.node}
