@@ -49,7 +49,7 @@ def _output_means(model: onnx.ModelProto, outputs: dict[str, str], data: DataSet
                   providers: list[str]) -> dict[str, np.ndarray]:
     """Mean per output channel of each node output (node label -> [M])."""
     names = list(dict.fromkeys(outputs.values()))
-    sess = capture_session(model, names, providers)
+    sess = capture_session(model, names, providers, prune=True)  # up to them
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     ops = {n: op for n, op in _ops(model).items()}
@@ -117,7 +117,7 @@ def _paired_stats(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[
     """Per channel: (E[y], E[y_hat], Cov(y, y_hat) / Var(y_hat)); 1 where Var(y_hat) ~ 0."""
     names = list(dict.fromkeys(outputs.values()))
     ops = _ops(model)
-    runs = [capture(capture_session(m, names, providers), names, data.batches(batch))
+    runs = [capture(capture_session(m, names, providers, prune=True), names, data.batches(batch))
             for m in (dense, model)]
     acc: dict[str, _Moments] = {}
     for (_, ya), (_, yb) in zip(*runs):

@@ -234,3 +234,28 @@ def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
     assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
     assert res.report.fusion["integer"] == res.report.fusion["layers"] == 2
     assert "uncorrected" in next(iter(res.report.fidelity.values()))
+
+
+def test_output_means_on_the_pruned_graph_equal_the_whole_graph_s(monkeypatch):
+    """Each level's means come from a session of only the nodes its outputs depend on (the
+    correction's passes were most of a W8A8 `--correct` run); the same tensors as running
+    the whole model."""
+    import onnx_obc.correct as C
+
+    model = onnx.load(MODELS / "digits_cnn.onnx")
+    layers = find_layers(model)[0]
+    sites, _ = bias_targets(model, layers)
+    outputs = {k: s.output for k, s in list(sites.items())[:2]}  # the two first layers
+    data = calib_mod.DataSet({"input": np.load(MODELS / "digits_cnn.calib.npz")["input"][:64]},
+                           "calib")
+    pruned = C._output_means(model, outputs, data, 16, ["CPUExecutionProvider"])
+    full = capture_session
+
+    def unpruned(m, names, providers, prune=False):
+        return full(m, names, providers)
+
+    monkeypatch.setattr(C, "capture_session", unpruned)
+    whole = C._output_means(model, outputs, data, 16, ["CPUExecutionProvider"])
+    assert pruned.keys() == whole.keys() == outputs.keys()
+    for k in outputs:
+        np.testing.assert_allclose(pruned[k], whole[k], rtol=1e-6, atol=1e-7)
