@@ -73,31 +73,15 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         data = calibration.plan(proto, calib, eval_data, cfg.run)
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
-    chan = None
-    if cfg.prune.channels is not None:  # its own stage: the rest runs on the shrunk model
-        with _timed(clock, "channels"):
-            chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
-            proto = chan.model
-            layers, skipped = select_layers(proto, cfg.select)
-        if plan is not None:  # the shrunk layers
-            cfg, plan, _ = _plan(layers, cfg, backend, progress, clock)
+    proto, layers, skipped, chan, cfg, plan = _channel_stage(
+        proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan) if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
     fixes = _correct(proto, layers, done, data, runtime, cfg, clock)
-    with _timed(clock, "export"):
-        models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
-                                  corrections=None if fixes is None else fixes.fixes,
-                                  act_scales=done.act_values, target=cfg.export.runtime,
-                                  target_options=cfg.export.target_options())
-    with _timed(clock, "verify"):
-        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime,
-                           data.free_batch, data.info.get("sample_axes"))
-        fusion = export.fusion.check(models["compressed"], layers, runtime)
-    ranked = {}
-    if cfg.run.sensitivity and done.solutions:  # timed only when it runs
-        with _timed(clock, "sensitivity"):
-            ranked = _sensitivity(proto, layers, done, data, runtime, cfg)
+    models, fidelity, fusion = _build_and_verify(dense, proto, layers, done, fixes, chan, data,
+                                                 runtime, cfg, clock)
+    ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend.device_label, data, skipped, done, fixes,
@@ -107,6 +91,39 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
     return ConvertResult(models["compressed"], report, written)
+
+
+def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
+                   data: calibration.Calibration, backend: Any, cfg: CompressConfig, plan: Any,
+                   runtime: Any, progress: bool, clock: dict[str, float]) -> tuple:
+    """Channel pruning, its own stage: the rest runs on the shrunk model, its layers
+    selected and planned again. Returns (proto, layers, skipped, chan or None, cfg, plan)."""
+    if cfg.prune.channels is None:
+        return proto, layers, skipped, None, cfg, plan
+    with _timed(clock, "channels"):
+        chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
+        layers, skipped = select_layers(chan.model, cfg.select)
+    if plan is not None:  # the shrunk layers
+        cfg, plan, _ = _plan(layers, cfg, backend, progress, clock)
+    return chan.model, layers, skipped, chan, cfg, plan
+
+
+def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
+                      done: Compressed, fixes: CorrectionResult | None, chan: Any,
+                      data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
+                      clock: dict[str, float]) -> tuple[dict, dict, Any]:
+    """Export (the compressed model and its comparison variants, deployed alike) and
+    verify (fidelity against the input model; what onnxruntime fuses)."""
+    with _timed(clock, "export"):
+        models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
+                                  corrections=None if fixes is None else fixes.fixes,
+                                  act_scales=done.act_values, target=cfg.export.runtime,
+                                  target_options=cfg.export.target_options())
+    with _timed(clock, "verify"):
+        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime,
+                           data.free_batch, data.info.get("sample_axes"))
+        fusion = export.fusion.check(models["compressed"], layers, runtime)
+    return models, fidelity, fusion
 
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
@@ -175,13 +192,18 @@ def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibratio
 
 
 def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
-                 data: calibration.Calibration, runtime: Any, cfg: CompressConfig) -> dict:
-    """Each layer alone in the dense model, on the held-out samples (else the fit set)."""
-    name, ds = next(iter(data.sets().items()))
-    ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.batch, runtime,
-                                 act_values=done.act_values, target=cfg.export.runtime,
-                                 target_options=cfg.export.target_options())
-    return summarize(ranked, name, ds.n)
+                 data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
+                 clock: dict[str, float]) -> dict:
+    """With run.sensitivity (timed only then): each layer alone in the dense model, on the
+    held-out samples (else the fit set)."""
+    if not (cfg.run.sensitivity and done.solutions):
+        return {}
+    with _timed(clock, "sensitivity"):
+        name, ds = next(iter(data.sets().items()))
+        ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.batch, runtime,
+                                     act_values=done.act_values, target=cfg.export.runtime,
+                                     target_options=cfg.export.target_options())
+        return summarize(ranked, name, ds.n)
 
 
 def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
