@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from ..errors import ModelError
 from ..layers import constant_weights
 from .graph import constant, constant_value, ensure_opset, export_graph, model_opset
+from .ortpad import pads_on_codes, shape_readers_to_codes
 from .ortplan import Plan
 from .ortshift import shifts
 from .qweights import QuantizedWeight
@@ -94,6 +95,8 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
                               np.array(m.zero_point, dtype=qp.dtype))
         graph.nodes.append(gs.Node("QuantizeLinear", f"{t}_QuantizeLinear",
                                    inputs=[q_in, scale, q_zero], outputs=[q]))
+        if producer_integer[t]:  # Shape(x) = Shape(q): no float copy for it
+            float_readers = shape_readers_to_codes(x, q, float_readers)
         groups = [[n] for n in data_readers]
         if float_readers and producer_integer[t]:
             groups.append(float_readers)
@@ -133,6 +136,7 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
             _int32_bias(graph, tensors, nodes[i], g.node[i], params, qweights)
     if not made:
         return model
+    pads_on_codes(graph)
     return export_graph(graph, model, opset)
 
 

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from ..layers import Layer, constant_weights
 from .graph import DEFAULT_DOMAINS
+from .ortpad import zero_pad
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 # ops onnxruntime runs as QLinear* kernels when their inputs come from DQ and output goes to Q
@@ -126,7 +127,7 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
         if not data or any(not t or t not in floats for t in data) or len(n.output) != 1:
             continue
         fixed = [t for t in data if t in consts]
-        if op in MOVE_OPS:
+        if op in MOVE_OPS or zero_pad(n, g):  # a zero Pad runs on the codes (ortpad.py)
             if not fixed:
                 p.roles[i] = "move"
         elif op in CLIP_OPS:

@@ -1,0 +1,147 @@
+"""Zero padding on the codes, and shapes read from the codes (the onnxruntime target).
+
+TensorFlow-style "same" convolutions are exported as a `Pad` whose pads the graph computes
+at run time from the input's `Shape`, then a Conv without padding (EfficientNet-Lite0 from
+PyTorch ports, tf2onnx / paddle2onnx graphs). onnxruntime has no integer rule for Pad, so a
+placement that treats it as a float op leaves DequantizeLinear -> Pad -> QuantizeLinear on
+every such feature map, and each Shape reader gets a DequantizeLinear of its own (onnxruntime
+gives every consumer of a DQ its copy): on EfficientNet-Lite0 those DQ, Pad and Q nodes were
+over half of the W8A8 model's time, more than its 49 integer convolutions.
+
+Both are exact on the codes. With q = QuantizeLinear(x; s, z), for a constant-mode Pad with
+pad value 0 (and 0 a code: z = QuantizeLinear(0)),
+
+    QuantizeLinear(Pad(x, 0); s, z)  =  Pad(QuantizeLinear(x; s, z), z)
+
+so the QuantizeLinear after a Pad moves in front of it, and the Pad pads the codes with the
+zero point (onnxruntime's Pad runs on uint8 / int8). Where the Pad read DequantizeLinear(q)
+with the same s and z (the plan ties a Pad's output to its input's parameters, like the
+data-movement ops), the QuantizeLinear(DequantizeLinear(q)) pair is q itself and both nodes
+go. And Shape(DequantizeLinear(q)) = Shape(q).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph import constant, constant_value
+
+PAD_CODES = True  # measured on EfficientNet-Lite0 (README "Deployment")
+SHAPE_CODES = True
+SHAPE_OPS = ("Shape", "Size")
+
+
+def zero_pad(node: onnx.NodeProto, g: onnx.GraphProto) -> bool:
+    """A constant-mode Pad (opset >= 11 form) whose pad value is absent or a constant 0."""
+    if not PAD_CODES or node.op_type != "Pad" or len(node.input) < 2:
+        return False
+    modes = [a.s for a in node.attribute if a.name == "mode"]
+    if modes and modes[0] not in (b"constant", "constant"):
+        return False
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    value = _const(node.input[2], g)
+    return value is not None and value.size == 1 and float(value.reshape(-1)[0]) == 0.0
+
+
+def _const(name: str, g: onnx.GraphProto) -> np.ndarray | None:
+    for t in g.initializer:
+        if t.name == name:
+            return onnx.numpy_helper.to_array(t)
+    for n in g.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    return onnx.numpy_helper.to_array(a.t)
+    return None
+
+
+def shape_readers_to_codes(x: gs.Variable, q: gs.Variable, readers: list[gs.Node]
+                           ) -> list[gs.Node]:
+    """Point the Shape / Size nodes among x's `readers` at its codes q; the others."""
+    rest = []
+    for n in readers:
+        if SHAPE_CODES and n.op in SHAPE_OPS and n.inputs[0] is x:
+            n.inputs[0] = q
+        else:
+            rest.append(n)
+    return rest
+
+
+def pads_on_codes(graph: gs.Graph) -> int:
+    """Rewrite each zero Pad whose output only QuantizeLinear nodes read (after placement):
+    the Pad pads the codes with the zero point; a DequantizeLinear -> QuantizeLinear pair of
+    equal parameters in front of it cancels. Returns how many Pads run on codes."""
+    if not PAD_CODES:
+        return 0
+    from .ortplan import MOVE_OPS  # onnxruntime moves a Q up through these (and runs them
+    # on codes, which the plan chose not to: crepe's uint8 MaxPool ran 9x slower than float)
+    done = 0
+    for pad in [n for n in graph.nodes if n.op == "Pad"]:
+        y = pad.outputs[0]
+        qs = list(y.outputs)
+        if (not qs or y in graph.outputs or not all(n.op == "QuantizeLinear" for n in qs)
+                or not _zero_value(pad) or not _same_params(qs)):
+            continue
+        q = qs[0]
+        scale, zero = q.inputs[1], q.inputs[2]
+        x = pad.inputs[0]
+        src = _codes_of(x, scale, zero)
+        if src is None and x.inputs and x.inputs[0].op in MOVE_OPS:
+            continue
+        codes = q.outputs[0]
+        for other in qs[1:]:  # one set of codes for every reader
+            for n in list(other.outputs[0].outputs):
+                n.inputs[[i for i, t in enumerate(n.inputs) if t is other.outputs[0]][0]] = codes
+            other.outputs.clear()
+        if src is None:  # quantize before the Pad
+            src = gs.Variable(f"{codes.name}_unpadded", dtype=codes.dtype)
+            graph.nodes.append(gs.Node("QuantizeLinear", f"{codes.name}_unpadded_Q",
+                                       inputs=[x, scale, zero], outputs=[src]))
+        value = constant(f"{codes.name}_pad_value",
+                         np.asarray(constant_value(zero)).reshape(()).copy())
+        pad.inputs = [src, pad.inputs[1], value, *pad.inputs[3:]]
+        q.outputs.clear()
+        pad.outputs = [codes]
+        done += 1
+    return done
+
+
+def _zero_value(pad: gs.Node) -> bool:
+    if pad.attrs.get("mode", "constant") not in ("constant", b"constant") or len(pad.inputs) < 2:
+        return False
+    if len(pad.inputs) < 3 or pad.inputs[2].name == "":
+        return True
+    v = constant_value(pad.inputs[2])
+    return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 0.0
+
+
+def _same_params(qs: list[gs.Node]) -> bool:
+    """Every QuantizeLinear per tensor, with one scale, zero point and type."""
+    vals = []
+    for q in qs:
+        if len(q.inputs) < 3:
+            return False
+        s, z = (constant_value(t) for t in q.inputs[1:3])
+        if s is None or z is None or s.size != 1 or z.size != 1:
+            return False
+        vals.append((float(s.reshape(-1)[0]), int(z.reshape(-1)[0]), z.dtype))
+    return len(set(vals)) == 1
+
+
+def _codes_of(x: gs.Tensor, scale: gs.Tensor, zero: gs.Tensor) -> gs.Variable | None:
+    """q if x = DequantizeLinear(q) with the same scale and zero point, else None."""
+    if len(x.inputs) != 1 or x.inputs[0].op != "DequantizeLinear":
+        return None
+    dq = x.inputs[0]
+    if len(dq.inputs) < 3:
+        return None
+    a = [constant_value(t) for t in (dq.inputs[1], dq.inputs[2], scale, zero)]
+    if any(v is None or v.size != 1 for v in a):
+        return None
+    if float(a[0].reshape(-1)[0]) != float(a[2].reshape(-1)[0]) or \
+            int(a[1].reshape(-1)[0]) != int(a[3].reshape(-1)[0]) or a[1].dtype != a[3].dtype:
+        return None
+    return dq.inputs[0]
