@@ -1,19 +1,18 @@
 """Find where whole channels can go: a producer layer whose output channels reach exactly
 one consumer layer through per-channel nodes only.
 
-    Conv -> [BatchNormalization] -> [act] -> [depthwise Conv] -> [act] -> [pool] -> Conv
-    Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul
-    MatMul -> [Add bias] -> act -> MatMul          Gemm -> act -> Gemm
+    Conv -> [BatchNormalization] -> [act] -> [Pad] -> [depthwise Conv] -> [act] -> [pool] -> Conv
+    Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul;  MatMul/Gemm -> act -> MatMul/Gemm
 
 Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU,
 GELU, HardSwish: channels/regions.py), the attention mix A @ V (value channels: V
 projection -> A @ V -> output projection), Clip, Add/Sub/Mul/Div/PRelu with a constant
 (sliced when it has the channel axis), BatchNormalization, depthwise Conv (group =
-channels, its weight rows, bias and `group` cut too), pooling. Whole attention heads of
-multi-head attention are sites too (channels/heads.py). A producer whose channels also
-reach a residual Add, a Concat, a node that moves the channel axis, a graph output or more
-than one node stays, with one reason (`Refusal`). Weights and per-channel constants may be
-initializers or Constant node outputs (channels/constants.py).
+channels, its weight rows, bias and `group` cut too), pooling, a Pad of no channel
+(channels/padding.py). Whole attention heads are sites too (channels/heads.py). A producer
+whose channels also reach a residual Add, a Concat, a node that moves the channel axis, a
+graph output or more than one node stays, with one reason (`Refusal`). Weights and
+per-channel constants may be initializers or Constant node outputs (channels/constants.py).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from onnx import helper, numpy_helper, shape_inference
 from ..layers import Layer, constant_weights, node_label
 from .constants import constant_shapes
 from .flops import layer_macs, positions, saved_macs
+from .padding import pad_reason
 from .readers import shape_readers
 from .regions import region
 from .reasons import feeds_scores, mixes_reason, residual_reason
@@ -202,6 +202,9 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
         elif op in POOLS and conv and len(nxt.output) == 1:
             pass
+        elif op == "Pad" and conv:  # one that pads no channel passes (padding.py)
+            if (why := pad_reason(g, nxt, axis)) is not None:
+                raise _Refused(why)
         elif _attention_mix(g, nxt, t, conv):  # A @ V: mixes the tokens, keeps the value
             macs += positions(g, nxt.input[0])  # channels (last axis); Tq * Tk per channel
         elif op == "Reshape" and feeds_scores(g, nxt):
@@ -294,5 +297,4 @@ def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
-__all__ = ["Refusal", "Site", "constant_weights", "find_sites", "graph_of", "layer_macs",
-           "saved_macs"]
+__all__ = ["Refusal", "Site", "find_sites", "graph_of", "layer_macs", "saved_macs"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests import builders as b
 
@@ -50,6 +50,36 @@ def depthwise_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0):
              helper.make_node("Clip", ["m", "lo", "hi"], ["r"], name="clip"),
              helper.make_node("Conv", ["r", "c.w"], ["y"], name="cons")]
     return b.make(nodes, [b.vi("x", ["N", c_in, 5, 5])], [b.vi("y", ["N", c_out, 5, 5])], inits)
+
+
+def same_pad_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0,
+                   pads_input: bool = False):
+    """Conv 1x1 -> Clip -> Pad (a "same" pad computed at run time from Shape, as PyTorch
+    exports TF-style padding) -> depthwise Conv 3x3 (no pads) -> Clip -> Conv 1x1;
+    pads_input: the pads are a graph input instead (nothing to evaluate them from)."""
+    rng = np.random.default_rng(seed)
+    ints = {"two": [2], "zeros2": [0, 0], "one": [1]}
+    inits = [_w("p.w", (mid, c_in, 1, 1), seed), _c("dw.w", rng.standard_normal((mid, 1, 3, 3))),
+             _c("dw.b", rng.standard_normal(mid)), _c("lo", 0.0), _c("hi", 6.0),
+             _w("c.w", (c_out, mid, 1, 1), seed + 1),
+             *(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items())]
+    nodes = [helper.make_node("Conv", ["x", "p.w"], ["p"], name="prod"),
+             helper.make_node("Clip", ["p", "lo", "hi"], ["a"], name="relu6")]
+    if not pads_input:  # (H - H) + 1 on each side of H and W
+        nodes += [helper.make_node("Shape", ["a"], ["shape"], name="shape"),
+                  helper.make_node("Gather", ["shape", "two"], ["h"], name="h", axis=0),
+                  helper.make_node("Sub", ["h", "h"], ["zero"], name="zero"),
+                  helper.make_node("Add", ["zero", "one"], ["q"], name="q"),
+                  helper.make_node("Concat", ["zeros2", "q", "q", "zeros2", "q", "q"],
+                                   ["pads"], name="pads", axis=0)]
+    nodes += [helper.make_node("Pad", ["a", "pads"], ["ap"], name="pad"),
+              helper.make_node("Conv", ["ap", "dw.w", "dw.b"], ["d"], name="dw", group=mid),
+              helper.make_node("Clip", ["d", "lo", "hi"], ["r"], name="clip"),
+              helper.make_node("Conv", ["r", "c.w"], ["y"], name="cons")]
+    ins = [b.vi("x", ["N", c_in, 5, 5])]
+    if pads_input:
+        ins.append(helper.make_tensor_value_info("pads", TensorProto.INT64, [8]))
+    return b.make(nodes, ins, [b.vi("y", ["N", c_out, 5, 5])], inits)
 
 
 def conv_silu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0):

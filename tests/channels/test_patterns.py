@@ -31,6 +31,16 @@ def test_depthwise_between_is_cut_with_its_group():
     assert cut == {"slope": 0, "dw.w": 0, "dw.b": 0, "s": 1}  # Clip bounds are scalars
 
 
+def test_a_same_pad_computed_from_shape_keeps_the_channels():
+    """Pads evaluated from the sizes Shape reads: none on the channel axis, so the channels
+    go through the Pad (and its Shape reads only H); pads from a graph input cannot be
+    evaluated and stop the cut with that reason."""
+    (s,), _ = _find(graphs.same_pad_block())
+    assert s.path == ("relu6", "pad", "dw", "clip") and s.grouped == ("dw",)
+    sites, refused = _find(graphs.same_pad_block(pads_input=True))
+    assert not sites and "its pads read 'pads'" in refused[0].reason
+
+
 def test_gated_activation_is_per_channel():
     """x * Sigmoid(x): the producer's output feeds two nodes, both per channel."""
     (s,), _ = _find(graphs.conv_silu_conv())

@@ -18,7 +18,8 @@ from tests import builders as b
 from tests.channels import graphs
 
 BUILDS = [graphs.conv_bn_relu_conv, graphs.depthwise_block, graphs.transformer_mlp,
-          graphs.gemm_pair, graphs.conv_silu_conv, graphs.attention, graphs.mlp_gelu]
+          graphs.gemm_pair, graphs.conv_silu_conv, graphs.attention, graphs.mlp_gelu,
+          graphs.same_pad_block]
 DAMP = 0.01
 
 
