@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 2048
+CHUNK = 1 << 16  # values binned per step (a float32 and an intp buffer of this size)
 FRACTIONS = np.geomspace(1.0, 0.01, 80)  # of each observed end, tried by the "mse" search
 ROUNDS = 3  # alternating searches of the two ends (asymmetric grids)
 METHODS = ("minmax", "percentile", "mse")
@@ -59,14 +60,7 @@ class RangeObserver:
             pad = np.zeros(BINS // 2, dtype=np.int64)
             self.signed = np.concatenate([np.concatenate([neg, pad])[::-1], pos, pad])
             self.top *= 2.0
-        # bin of x on the uniform grid over [-top, top): one multiply-add (float32), 2.9x
-        # faster than binning |x| and its sign apart (x >= -max|x| > -top: no negative index);
-        # in place, capped before the cast (the same bins: truncation is monotone) and cast
-        # to bincount's own intp (1.3x: 4.7 against 6.1 ms on 692 k values)
-        k = x.ravel() * np.float32(BINS / self.top)
-        k += np.float32(BINS)
-        np.minimum(k, np.float32(2 * BINS - 1), out=k)
-        self.signed += np.bincount(k.astype(np.intp), minlength=2 * BINS)
+        self.signed += bins(x.ravel(), self.top)
 
     def scale(self, method: str = "minmax", percentile: float = 99.99, qmax: int = 127
               ) -> float:
@@ -111,6 +105,29 @@ class RangeObserver:
                 k = int(np.argmin(_errors(w, c, -z * s, (qmax - z) * s, s)))
                 lo, hi = float(los[k]), float(his[k])
         return lo, hi
+
+
+def bins(v: np.ndarray, top: float) -> np.ndarray:
+    """Counts of flat float32 `v` (|v| < top) in the 2 BINS bins over [-top, top).
+
+    One multiply-add (float32) per value, 2.9x faster than binning |x| and its sign apart
+    (v >= -max|v| > -top: no negative index), capped before the cast (the same bins:
+    truncation is monotone) and cast to bincount's own intp (1.3x). In chunks of CHUNK
+    values through two reused buffers that stay in cache: 1.8-2.2x on a 38 M-value
+    EfficientNet-Lite0 batch (0.14-0.18 against 0.32-0.35 s), the same counts."""
+    n = v.size
+    kbuf, ibuf = np.empty(min(CHUNK, n), np.float32), np.empty(min(CHUNK, n), np.intp)
+    a, b, cap = np.float32(BINS / top), np.float32(BINS), np.float32(2 * BINS - 1)
+    out = np.zeros(2 * BINS, dtype=np.int64)
+    for s in range(0, n, CHUNK):
+        part = v[s:s + CHUNK]
+        k, i = kbuf[:part.size], ibuf[:part.size]
+        np.multiply(part, a, out=k)
+        k += b
+        np.minimum(k, cap, out=k)
+        np.copyto(i, k, casting="unsafe")  # truncation, as astype
+        out += np.bincount(i, minlength=2 * BINS)
+    return out
 
 
 def _errors(w: np.ndarray, c: np.ndarray, a: np.ndarray, b: np.ndarray, s: np.ndarray

@@ -106,3 +106,19 @@ def test_histogram_bins_are_those_of_the_integer_cap():
     k = (x * np.float32(2048 / obs.top) + np.float32(2048)).astype(np.int32)
     np.minimum(k, 2 * 2048 - 1, out=k)
     np.testing.assert_array_equal(obs.signed, np.bincount(k, minlength=2 * 2048))
+
+
+def test_chunked_binning_counts_what_one_pass_counts():
+    """The histogram is binned CHUNK values at a time through reused buffers: the counts of
+    a batch spanning 3.3 chunks equal those of one multiply-add-cast pass over all of it."""
+    from onnx_obc import actrange
+
+    x = np.random.default_rng(9).standard_t(3, int(3.3 * actrange.CHUNK)).astype(np.float32)
+    top = float(np.abs(x).max()) * 1.0001
+    k = x * np.float32(actrange.BINS / top) + np.float32(actrange.BINS)
+    k = np.minimum(k, np.float32(2 * actrange.BINS - 1)).astype(np.intp)
+    want = np.bincount(k, minlength=2 * actrange.BINS)
+    np.testing.assert_array_equal(actrange.bins(x, top), want)
+    obs = RangeObserver()
+    obs.add(x)
+    np.testing.assert_array_equal(obs.signed, actrange.bins(x, obs.top))
