@@ -17,7 +17,9 @@ so the QuantizeLinear after a Pad moves in front of it, and the Pad pads the cod
 zero point (onnxruntime's Pad runs on uint8 / int8). Where the Pad read DequantizeLinear(q)
 with the same s and z (the plan ties a Pad's output to its input's parameters, like the
 data-movement ops), the QuantizeLinear(DequantizeLinear(q)) pair is q itself and both nodes
-go. And Shape(DequantizeLinear(q)) = Shape(q).
+go. And Shape(DequantizeLinear(q)) = Shape(q). Both for uint8 codes only: with int8 ones
+onnxruntime's x86 optimizer turns each adjacent Q -> DQ pair into uint8 before it fuses, and a
+Pad or Shape between them kept the Conv after it float (tests/export/test_ortpad.py).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def pads_on_codes(graph: gs.Graph) -> int:
         y = pad.outputs[0]
         qs = list(y.outputs)
         if (not qs or y in graph.outputs or not all(n.op == "QuantizeLinear" for n in qs)
-                or not _zero_value(pad) or not _same_params(qs)):
+                or not _zero_value(pad) or not _same_params(qs, np.uint8)):
             continue
         q = qs[0]
         scale, zero = q.inputs[1], q.inputs[2]
@@ -118,8 +120,8 @@ def _zero_value(pad: gs.Node) -> bool:
     return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 0.0
 
 
-def _same_params(qs: list[gs.Node]) -> bool:
-    """Every QuantizeLinear per tensor, with one scale, zero point and type."""
+def _same_params(qs: list[gs.Node], dtype: type) -> bool:
+    """Every QuantizeLinear per tensor, with one scale, zero point and type, that `dtype`."""
     vals = []
     for q in qs:
         if len(q.inputs) < 3:
@@ -128,7 +130,7 @@ def _same_params(qs: list[gs.Node]) -> bool:
         if s is None or z is None or s.size != 1 or z.size != 1:
             return False
         vals.append((float(s.reshape(-1)[0]), int(z.reshape(-1)[0]), z.dtype))
-    return len(set(vals)) == 1
+    return len(set(vals)) == 1 and vals[0][2] == dtype
 
 
 def _codes_of(x: gs.Tensor, scale: gs.Tensor, zero: gs.Tensor) -> gs.Variable | None:

@@ -95,7 +95,7 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
                               np.array(m.zero_point, dtype=qp.dtype))
         graph.nodes.append(gs.Node("QuantizeLinear", f"{t}_QuantizeLinear",
                                    inputs=[q_in, scale, q_zero], outputs=[q]))
-        if producer_integer[t]:  # Shape(x) = Shape(q): no float copy for it
+        if producer_integer[t] and qp.dtype == np.uint8:  # Shape(x) = Shape(q) (ortpad.py)
             float_readers = shape_readers_to_codes(x, q, float_readers)
         groups = [[n] for n in data_readers]
         if float_readers and producer_integer[t]:

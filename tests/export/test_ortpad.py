@@ -62,7 +62,8 @@ def same_pad_block(mode: str = "constant", value: float | None = None,
                   inits)
 
 
-def export(model: onnx.ModelProto, on: bool, monkeypatch) -> tuple[onnx.ModelProto, dict]:
+def export(model: onnx.ModelProto, on: bool, monkeypatch, act_type: str = "u8"
+           ) -> tuple[onnx.ModelProto, dict]:
     monkeypatch.setattr(ortpad, "PAD_CODES", on)
     monkeypatch.setattr(ortpad, "SHAPE_CODES", on)
     layers = find_layers(model)[0]
@@ -70,7 +71,7 @@ def export(model: onnx.ModelProto, on: bool, monkeypatch) -> tuple[onnx.ModelPro
     scales = act_values(ranges(model, feed, act_tensors(model, layers, "onnxruntime")),
                         "onnxruntime")
     out = build(model, layers, h.solutions(model, layers, bits=8), act_scales=scales,
-                target="onnxruntime", target_options={"act_type": "u8"})
+                target="onnxruntime", target_options={"act_type": act_type})
     onnx.checker.check_model(out, full_check=True)
     return out, feed
 
@@ -115,6 +116,17 @@ def test_other_pads_stay_as_they_were(monkeypatch, kw) -> None:
     full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # the same codes; a float stem conv may run another kernel (a rounding flip or two)
     assert rel(run(on, feed, full), run(off, feed, full)) < 1e-3
+
+
+def test_int8_codes_keep_the_float_pad(monkeypatch) -> None:
+    """With int8 activations onnxruntime (x86) rewrites each adjacent Q -> DQ pair to uint8
+    before fusing; a Pad or a Shape between them kept the next Conv float, so int8 codes
+    keep the float Pad and the Shape's DequantizeLinear: the same kernels either way."""
+    model = same_pad_block()
+    on, feed = export(model, True, monkeypatch, "s8")
+    off, _ = export(model, False, monkeypatch, "s8")
+    assert set(pad_input_types(on).values()) == {onnx.TensorProto.FLOAT}
+    assert optimized_ops(on)["QLinearConv"] == optimized_ops(off)["QLinearConv"]
 
 
 def test_zero_pad_reads_the_pad_value_and_mode() -> None:
