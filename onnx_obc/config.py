@@ -173,13 +173,13 @@ def _check_combination(c: CompressConfig) -> None:
     if p.channel_allocate != "dp" and p.channels is None:
         raise ConfigError("prune.channel_allocate only applies to channel pruning: add "
                           "prune.channels")
-    if type(p.channel_align) is not int or p.channel_align < 1:  # bools are refused too
-        raise ConfigError(f"prune.channel_align must be an integer >= 1, got "
+    if type(p.channel_align) is not int or p.channel_align < 0:  # bools are refused too
+        raise ConfigError(f"prune.channel_align must be an integer >= 1 (or 0: auto), got "
                           f"{p.channel_align!r} (e.g. 8)")
     if p.channels is not None and c.correct.active and not (p.active or q.bits or a.active):
         raise ConfigError("correct.mean / correct.scale correct the layer solves: with "
                           "prune.channels alone there are none; add prune.sparsity or quant.bits")
-    if p.channel_align != 1 and p.channels is None:
+    if p.channel_align != 0 and p.channels is None:
         raise ConfigError("prune.channel_align only applies to channel pruning: add "
                           "prune.channels")
     if not p.active and q.bits is None and not a.active and p.channels is None:

@@ -183,9 +183,10 @@ _CHANNEL_OPTIONS = [
     click.option("--channels", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                  help="Remove this fraction of the layers' FLOPs as whole channels (structured "
                       "OBS; the graph shrinks), e.g. 0.3."),
-    click.option("--channel-align", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="With --channels: keep a multiple of this many channels per layer (8 "
-                      "suits onnxruntime's blocked CPU Conv kernels)."),
+    click.option("--channel-align", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="With --channels: keep a multiple of this many channels per layer; 0: "
+                      "8 where the dense count is a multiple of 8 (onnxruntime's blocked CPU "
+                      "Conv kernels), else 1."),
     click.option("--channel-allocate", type=click.Choice(["dp", "greedy", "uniform"]),
                  default="dp", show_default=True,
                  help="With --channels: how the cut is spread over the layers."),

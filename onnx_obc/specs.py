@@ -78,7 +78,7 @@ class Pruning:
     nm: tuple[int, int] | None = None
     block: int | None = None
     channels: float | None = None
-    channel_align: int = 1
+    channel_align: int = 0  # 0: auto (channels/allocate.py site_align)
     channel_allocate: str = "dp"
     channel_objective: str = "output"
     channel_budget: str = "flops"

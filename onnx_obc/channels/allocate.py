@@ -19,6 +19,7 @@ until the exact saving (patterns.saved_macs) reaches the target.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,22 @@ def counts(method: str, traces: Sequence[ChannelTrace], energies: Sequence[float
     if method == "dp":
         return _dp(traces, energies, options, flops, goal)
     raise ConfigError(f"channel allocation must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+AUTO_ALIGN = 8  # onnxruntime's blocked (NCHWc) CPU convolutions take channels in 8s
+
+
+def site_align(site: Any, align: int) -> int:
+    """The multiple of channels `site` keeps: 1 for whole heads (each is dh channels);
+    `align` when given; 0 (auto): 8 where the dense count is a multiple of 8 and at least
+    16, else 1. Measured on EfficientNet-Lite0 at a 30% FLOP cut (README): odd counts ran
+    1.29x slower than dense, multiples of 8 0.81x, at the same output error."""
+    if getattr(site, "split", None):
+        return 1
+    if align:
+        return align
+    C = site.channels
+    return AUTO_ALIGN if C % AUTO_ALIGN == 0 and C >= 2 * AUTO_ALIGN else 1
 
 
 def allowed(steps: int, C: int, align: int) -> list[int]:

@@ -27,7 +27,7 @@ from onnx import numpy_helper
 
 from ..layers import constant_weights
 from ..solvers.channels import ChannelTrace, obs_update
-from .allocate import allowed, loss_curve
+from .allocate import allowed, loss_curve, site_align
 
 OBJECTIVES = ("layer", "output")
 SAMPLES = 16  # calibration samples the factors are measured on
@@ -72,7 +72,7 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
     ref = sum(float(np.sum(y ** 2)) for y in dense)
     out = []
     for s in plan.solved:
-        ks = probe_counts(len(s.trace.losses), s.site.channels, 1 if s.site.split else align)
+        ks = probe_counts(len(s.trace.losses), s.site.channels, site_align(s.site, align))
         curve = loss_curve(s.trace, s.energy)
         W = plan.backend.to_device(s.W) if ks else None  # once per site
         gains = [_gain(plan, s, W, k, feeds, dense, ref, float(curve[k])) for k in ks]

@@ -30,6 +30,7 @@ from ..solvers.channels import (
 )
 from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
+from .allocate import site_align
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
 from .sensitivity import OBJECTIVES, scaled_trace, site_factors
@@ -243,7 +244,7 @@ def _select(solved: list[_Solved], target: float, align: int, method: str,
         counts = allocate_counts(method, traces,
                                  [s.energy for s in solved], [s.site.macs for s in solved],
                                  goal, [s.site.channels for s in solved],
-                                 [1 if s.site.split else align for s in solved])
+                                 [site_align(s.site, align) for s in solved])
         saved = saved_macs([s.site for s in solved], counts)
         if saved >= target or counts == last:  # reached, or nothing more to take
             break

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from ..export.shrink import shrink
-from .allocate import allowed
+from .allocate import allowed, site_align
 from .allocate import by_saving as allocate_by_saving
 from .subgraph import capture, site_subgraph, typed
 
@@ -114,7 +114,7 @@ def latency_table(plan: Any, align: int, timer: Timer | None = None) -> LatencyT
     values = capture(plan.proto, feed, [n for _, i, o in subs for n in i + o], plan.runtime)
     curves, points, failed = [], [], []
     for s, (sub, names, outs) in zip(plan.solved, subs):
-        C, a = s.site.channels, 1 if s.site.split else align
+        C, a = s.site.channels, site_align(s.site, align)
         ks = counts_to_time(C, a)
         try:
             sub = typed(sub, names, outs, values)
@@ -154,7 +154,7 @@ def latency_counts(plan: Any, fraction: float, align: int, method: str,
     tab, target = plan.latency, fraction * plan.latency.model
     if tab.model <= 0:
         return [0] * len(plan.solved), [tab.note]
-    aligns = [1 if s.site.split else align for s in plan.solved]
+    aligns = [site_align(s.site, align) for s in plan.solved]
 
     def select(goal: float) -> list[int]:
         traces = [s.trace if scale is None else scaled_trace(s.trace, s.energy, p)

@@ -56,6 +56,25 @@ def test_channel_align_on_the_cnn():
     assert all((x["channels"] - x["removed"]) % 8 == 0 for x in r.report.channels["rows"])
 
 
+def test_auto_align_keeps_multiples_of_8_where_the_dense_count_is_one():
+    """The default (0): sites of 16+ channels in 8s stay in 8s; others take any count."""
+    from onnx_obc.channels.allocate import site_align
+    from onnx_obc.channels.patterns import Site
+
+    site = Site.__new__(Site)
+    for C, want in ((32, 8), (16, 8), (8, 1), (24, 8), (30, 1), (6, 1)):
+        object.__setattr__(site, "channels", C)
+        object.__setattr__(site, "split", None)
+        assert site_align(site, 0) == want and site_align(site, 4) == 4
+    object.__setattr__(site, "split", object())
+    assert site_align(site, 8) == 1  # whole heads
+    assert CompressConfig.from_options(channels=0.3).prune.channel_align == 0
+    r = convert(CNN, None, calib=CALIB, channels=0.3, progress=False)
+    for x in r.report.channels["rows"]:
+        if x["channels"] % 8 == 0 and x["channels"] >= 16:
+            assert (x["channels"] - x["removed"]) % 8 == 0
+
+
 def test_channels_with_w8a8_for_onnxruntime():
     """--channels 0.3 --bits 8 --act-bits 8 --runtime onnxruntime: the shrunk model is
     quantized, its layers run on onnxruntime's integer kernels, the output stays close."""
