@@ -55,7 +55,7 @@ def _evaluate(g: Any, pads: str, axis: int, channels: int | None, spatial: int
             return f"its pads read {t!r}, not a shape or a small constant"
         n = made[1]
         if n.op_type == "Shape":
-            dims = g.dims(n.input[0]) or g.shapes.get(n.input[0])
+            dims = g.dims(n.input[0])
             if not dims:
                 return f"the rank of {n.input[0]!r} is unknown"
             full = [d if d else spatial for d in dims]

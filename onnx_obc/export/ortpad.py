@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from .graph import constant, constant_value
 
@@ -35,8 +36,9 @@ SHAPE_CODES = True
 SHAPE_OPS = ("Shape", "Size")
 
 
-def zero_pad(node: onnx.NodeProto, g: onnx.GraphProto) -> bool:
-    """A constant-mode Pad (opset >= 11 form) whose pad value is absent or a constant 0."""
+def zero_pad(node: onnx.NodeProto, weights: dict[str, tuple[str, onnx.TensorProto]]) -> bool:
+    """A constant-mode Pad (opset >= 11 form) whose pad value is absent or a constant 0
+    (`weights`: layers.constant_weights of the graph)."""
     if not PAD_CODES or node.op_type != "Pad" or len(node.input) < 2:
         return False
     modes = [a.s for a in node.attribute if a.name == "mode"]
@@ -44,20 +46,12 @@ def zero_pad(node: onnx.NodeProto, g: onnx.GraphProto) -> bool:
         return False
     if len(node.input) < 3 or not node.input[2]:
         return True
-    value = _const(node.input[2], g)
-    return value is not None and value.size == 1 and float(value.reshape(-1)[0]) == 0.0
+    t = weights.get(node.input[2])
+    return t is not None and _is_zero(numpy_helper.to_array(t[1]))
 
 
-def _const(name: str, g: onnx.GraphProto) -> np.ndarray | None:
-    for t in g.initializer:
-        if t.name == name:
-            return onnx.numpy_helper.to_array(t)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    return onnx.numpy_helper.to_array(a.t)
-    return None
+def _is_zero(v: np.ndarray | None) -> bool:
+    return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 0.0
 
 
 def shape_readers_to_codes(x: gs.Variable, q: gs.Variable, readers: list[gs.Node]
@@ -83,21 +77,16 @@ def pads_on_codes(graph: gs.Graph) -> int:
     done = 0
     for pad in [n for n in graph.nodes if n.op == "Pad"]:
         y = pad.outputs[0]
-        qs = list(y.outputs)
-        if (not qs or y in graph.outputs or not all(n.op == "QuantizeLinear" for n in qs)
-                or not _zero_value(pad) or not _same_params(qs, np.uint8)):
-            continue
-        q = qs[0]
+        if (y in graph.outputs or len(y.outputs) != 1 or y.outputs[0].op != "QuantizeLinear"
+                or not _zero_value(pad) or not _uint8_per_tensor(y.outputs[0])):
+            continue  # (the placement writes one QuantizeLinear per tensor)
+        q = y.outputs[0]
         scale, zero = q.inputs[1], q.inputs[2]
         x = pad.inputs[0]
         src = _codes_of(x, scale, zero)
         if src is None and x.inputs and x.inputs[0].op in MOVE_OPS:
             continue
         codes = q.outputs[0]
-        for other in qs[1:]:  # one set of codes for every reader
-            for n in list(other.outputs[0].outputs):
-                n.inputs[[i for i, t in enumerate(n.inputs) if t is other.outputs[0]][0]] = codes
-            other.outputs.clear()
         if src is None:  # quantize before the Pad
             src = gs.Variable(f"{codes.name}_unpadded", dtype=codes.dtype)
             graph.nodes.append(gs.Node("QuantizeLinear", f"{codes.name}_unpadded_Q",
@@ -116,21 +105,15 @@ def _zero_value(pad: gs.Node) -> bool:
         return False
     if len(pad.inputs) < 3 or pad.inputs[2].name == "":
         return True
-    v = constant_value(pad.inputs[2])
-    return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 0.0
+    return _is_zero(constant_value(pad.inputs[2]))
 
 
-def _same_params(qs: list[gs.Node], dtype: type) -> bool:
-    """Every QuantizeLinear per tensor, with one scale, zero point and type, that `dtype`."""
-    vals = []
-    for q in qs:
-        if len(q.inputs) < 3:
-            return False
-        s, z = (constant_value(t) for t in q.inputs[1:3])
-        if s is None or z is None or s.size != 1 or z.size != 1:
-            return False
-        vals.append((float(s.reshape(-1)[0]), int(z.reshape(-1)[0]), z.dtype))
-    return len(set(vals)) == 1 and vals[0][2] == dtype
+def _uint8_per_tensor(q: gs.Node) -> bool:
+    """A per-tensor QuantizeLinear to uint8 (constant scale and zero point)."""
+    if len(q.inputs) < 3:
+        return False
+    s, z = (constant_value(t) for t in q.inputs[1:3])
+    return s is not None and z is not None and s.size == z.size == 1 and z.dtype == np.uint8
 
 
 def _codes_of(x: gs.Tensor, scale: gs.Tensor, zero: gs.Tensor) -> gs.Variable | None:

@@ -102,7 +102,8 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
     """The integer region and its quantized tensors for `model` (onnxruntime.py's docstring
     says where and why); `layer_nodes`: the nodes of the layers with int8 weights."""
     g = model.graph
-    consts = set(constant_weights(g))
+    weights = constant_weights(g)
+    consts = set(weights)
     consts |= {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"
                and n.input[0] in consts}  # dequantized weights count as constants
     floats = float_tensors(model)
@@ -127,7 +128,7 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
         if not data or any(not t or t not in floats for t in data) or len(n.output) != 1:
             continue
         fixed = [t for t in data if t in consts]
-        if op in MOVE_OPS or zero_pad(n, g):  # a zero Pad runs on the codes (ortpad.py)
+        if op in MOVE_OPS or zero_pad(n, weights):  # a zero Pad runs on the codes (ortpad.py)
             if not fixed:
                 p.roles[i] = "move"
         elif op in CLIP_OPS:

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from onnx_obc.export import act_tensors, act_values, build
 from onnx_obc.export import ortpad
-from onnx_obc.layers import find_layers
+from onnx_obc.layers import constant_weights, find_layers
 
 from .. import builders as b
 from . import helpers as h
@@ -132,10 +132,12 @@ def test_int8_codes_keep_the_float_pad(monkeypatch) -> None:
 def test_zero_pad_reads_the_pad_value_and_mode() -> None:
     g = same_pad_block().graph
     pad = next(n for n in g.node if n.name == "same_pad")
-    assert ortpad.zero_pad(pad, g)
+    assert ortpad.zero_pad(pad, constant_weights(g))
     g = same_pad_block(value=0.0).graph
-    assert ortpad.zero_pad(next(n for n in g.node if n.name == "same_pad"), g)
+    assert ortpad.zero_pad(next(n for n in g.node if n.name == "same_pad"), constant_weights(g))
     g = same_pad_block(value=0.5).graph
-    assert not ortpad.zero_pad(next(n for n in g.node if n.name == "same_pad"), g)
+    assert not ortpad.zero_pad(next(n for n in g.node if n.name == "same_pad"),
+                               constant_weights(g))
     g = same_pad_block(mode="edge").graph
-    assert not ortpad.zero_pad(next(n for n in g.node if n.name == "same_pad"), g)
+    assert not ortpad.zero_pad(next(n for n in g.node if n.name == "same_pad"),
+                               constant_weights(g))
