@@ -34,6 +34,7 @@ from .calib import DataSet
 from .capture import capture, capture_session
 from .export import ChannelFix, bias_targets, build, float_model
 from .layers import Layer, node_label
+from .segments import TooLarge, run_in_segments
 
 if TYPE_CHECKING:
     from .solve import HostSolution
@@ -139,9 +140,10 @@ class CorrectionResult:
     fixes: dict[str, ChannelFix]
     skipped: tuple[str, ...] = ()
     shifts: tuple[float, ...] = ()
+    how: str = "level by level"
 
     def summary(self) -> dict:
-        d: dict = {"mean_abs_shift_per_pass": list(self.shifts)}
+        d: dict = {"mean_abs_shift_per_level": list(self.shifts), "measured": self.how}
         scales = [f.scale for f in self.fixes.values() if f.scale is not None]
         if scales:
             dev = np.concatenate([np.abs(a - 1.0) for a in scales])
@@ -166,30 +168,73 @@ def _depth_levels(model: onnx.ModelProto, labels: set[str]) -> list[list[str]]:
     return [levels[k] for k in sorted(levels)]
 
 
+def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str, str],
+              ref: dict[str, np.ndarray], data: DataSet, batch: int, providers: list[str],
+              budget: int) -> dict[str, ChannelFix]:
+    """The mean corrections from one pass over the uncorrected `model`, piece by piece: each
+    site's output is measured with every upstream site corrected, then corrected in the
+    tensors the rest of the model reads (adding the shift to the output is what the corrected
+    bias does), as the level-by-level passes do; the kept tensors must fit `budget` bytes."""
+    label_of = {t: label for label, t in outputs.items()}
+    ops, fixes = _ops(dense), {}
+
+    def visit(t: str, ys: list[np.ndarray]) -> list[np.ndarray]:
+        label = label_of[t]
+        axes = _mean_axes(ys[0], ops[label])
+        count = sum(y.size // (y.shape[1 if ops[label] == "Conv" else -1]) for y in ys)
+        got = sum(y.sum(axis=axes, dtype=np.float64) for y in ys) / count
+        fixes[label] = ChannelFix(ref[label] - got, None)
+        shape = [1] * ys[0].ndim
+        shape[1 if ops[label] == "Conv" else -1] = -1
+        d = fixes[label].shift.reshape(shape)
+        return [(y + d).astype(y.dtype) for y in ys]
+
+    run_in_segments(model, list(label_of), data.batches(batch), providers, visit, budget)
+    return fixes
+
+
 def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                     solutions: Mapping[str, HostSolution], data: DataSet, batch: int,
                     providers: list[str], scale: bool = False,
                     act_values: dict[str, Any] | None = None, target: str = "tensorrt",
-                    target_options: Mapping[str, Any] | None = None) -> CorrectionResult:
+                    target_options: Mapping[str, Any] | None = None,
+                    budget: int = 2 << 30) -> CorrectionResult:
     """The per-channel corrections of the compressed `layers` (their `solutions`) against
     the `dense` model, and the reasons for layers left alone (or without a scale).
 
-    Layers are corrected level by level in topological order (one onnxruntime pass each, two
-    with `scale`), each measured on the compressed model with every upstream correction
-    already in place; correcting all at once would count upstream shifts twice. That model
-    is the float one, or with `act_values` the one `target` deploys (activation Q/DQ in the
-    loop: the layer's output before its own output quantization is measured)."""
+    Layers are corrected in topological order, each measured on the compressed model with
+    every upstream correction already in place; correcting all at once would count upstream
+    shifts twice. That model is the float one, or with `act_values` the one `target` deploys
+    (activation Q/DQ in the loop: the layer's output before its own output quantization is
+    measured). The mean correction runs the model once, piece by piece, keeping the tensors
+    that cross each cut (up to `budget` bytes); the scale correction, or a run whose kept
+    tensors would not fit, runs one onnxruntime pass per topological level (two with
+    `scale`), each from the graph inputs."""
     sites, skipped = bias_targets(dense, layers)
     scalable, why = _scalable(layers) if scale else ({}, [])
     skipped += why
     outputs = {label: site.output for label, site in sites.items()}
     ref = {} if scale or not sites else _output_means(dense, outputs, data, batch, providers)
     fixes: dict[str, ChannelFix] = {}
+    levels = _depth_levels(dense, set(sites))
+
+    def deployed(fixes: dict[str, ChannelFix]) -> onnx.ModelProto:
+        return (float_model(dense, layers, solutions, corrections=fixes) if act_values is None
+                else build(dense, layers, solutions, corrections=fixes, act_scales=act_values,
+                           target=target, target_options=target_options))
+
+    how = "level by level"
+    if sites and not scale and len(set(outputs.values())) == len(outputs):
+        try:
+            fixes = _streamed(dense, deployed({}), outputs, ref, data, batch, providers, budget)
+            shifts = [float(np.mean([np.abs(fixes[k].shift).mean() for k in level]))
+                      for level in levels]
+            return CorrectionResult(fixes, tuple(skipped), tuple(shifts), "one pass in pieces")
+        except TooLarge as exc:
+            how, fixes = f"level by level ({exc})", {}
     shifts = []
-    for level in _depth_levels(dense, set(sites)):
-        model = (float_model(dense, layers, solutions, corrections=fixes) if act_values is None
-                 else build(dense, layers, solutions, corrections=fixes, act_scales=act_values,
-                            target=target, target_options=target_options))
+    for level in levels:
+        model = deployed(fixes)
         sub = {k: outputs[k] for k in level}
         a: dict[str, np.ndarray] = {}
         if scale:
@@ -202,4 +247,4 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
             delta = plain = {k: ref[k] - got[k] for k in level}
         shifts.append(float(np.mean([np.abs(v).mean() for v in plain.values()])))
         fixes.update({k: ChannelFix(delta[k], a.get(k)) for k in level})
-    return CorrectionResult(fixes, tuple(skipped), tuple(shifts))
+    return CorrectionResult(fixes, tuple(skipped), tuple(shifts), how)

@@ -137,7 +137,8 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
         return correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
                                done.solutions, data.fit, data.batch, runtime, cfg.correct.scale,
                                act_values=done.act_values, target=cfg.export.runtime,
-                               target_options=cfg.export.target_options())
+                               target_options=cfg.export.target_options(),
+                               budget=cfg.run.memory_budget_mb << 20)
 
 
 def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,

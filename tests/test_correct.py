@@ -40,7 +40,7 @@ def test_correction_lowers_the_output_error_on_held_out_data():
                   calib=MODELS / "digits_vit.calib.npz", eval_data=MODELS / "digits_vit.eval.npz",
                   progress=False, device="cpu")
     assert _err(res, "compressed") < 0.9 * _err(res, "uncorrected")
-    shifts = res.report.correction["mean_abs_shift_per_pass"]
+    shifts = res.report.correction["mean_abs_shift_per_level"]
     assert len(shifts) >= 2 and all(s >= 0 for s in shifts)
 
 
@@ -141,7 +141,7 @@ def test_correct_outputs_returns_per_node_factors_that_the_exporter_folds():
     assert [f.shift.shape for f in corr.fixes.values()] == [(3,), (4,), (6,), (5,)]
     assert all(f.scale is None for f in corr.fixes.values()) and not corr.skipped
     assert len(corr.shifts) == 4 and corr.summary() == {
-        "mean_abs_shift_per_pass": list(corr.shifts)}
+        "mean_abs_shift_per_level": list(corr.shifts), "measured": "one pass in pieces"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         corr.fixes = {}
     scaled = correct_outputs(model, layers, sols, data, 32, ["CPUExecutionProvider"],
@@ -232,6 +232,8 @@ def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
     res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
                   calib=[feed], progress=False, device="cpu", compare_baseline=True)
     assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
+    assert seen["budget"] == 2048 << 20  # run.memory_budget_mb bounds the kept tensors
+    assert res.report.correction["measured"] == "one pass in pieces"
     assert res.report.fusion["integer"] == res.report.fusion["layers"] == 2
     assert "uncorrected" in next(iter(res.report.fidelity.values()))
 
@@ -259,3 +261,39 @@ def test_output_means_on_the_pruned_graph_equal_the_whole_graph_s(monkeypatch):
     assert pruned.keys() == whole.keys() == outputs.keys()
     for k in outputs:
         np.testing.assert_allclose(pruned[k], whole[k], rtol=1e-6, atol=1e-7)
+
+
+def _observed(model, layers, data, target="onnxruntime"):
+    names = act_tensors(model, layers, target)
+    obs = {n: RangeObserver() for n in names}
+    for _, acts in capture(capture_session(model, names, ["CPUExecutionProvider"]), names,
+                           data.batches(64)):
+        for n, o in obs.items():
+            o.add(acts[n])
+    return act_values(obs, target)
+
+
+@pytest.mark.parametrize("loop", ["float", "onnxruntime W8A8"])
+def test_one_pass_in_pieces_gives_the_level_by_level_corrections(loop):
+    """The mean correction runs the model once, piece by piece, adding each shift to the kept
+    output instead of rebuilding the model with the corrected bias and running it again from
+    the inputs per level: the same corrections (up to the int32 coding of the biases the
+    level passes read, with the activation Q/DQ in the loop); a budget too small for the
+    kept tensors takes the level passes, and the summary says which."""
+    model = mixed()
+    layers, _ = find_layers(model)
+    data = calib_mod.DataSet(b.feeds(model, 96), "feeds")
+    act = loop != "float"
+    sols = solutions(model, layers, bits=8 if act else None)
+    kw = dict(act_values=_observed(model, layers, data), target="onnxruntime") if act else {}
+    run = ["CPUExecutionProvider"]
+    fast = correct_outputs(model, layers, sols, data, 32, run, **kw)
+    slow = correct_outputs(model, layers, sols, data, 32, run, budget=0, **kw)
+    assert fast.how == "one pass in pieces" and slow.how.startswith("level by level (")
+    assert list(fast.fixes) == list(slow.fixes) == ["conv1", "conv2", "gemm", "mm"]
+    for k, f in fast.fixes.items():
+        ref = slow.fixes[k].shift
+        assert np.abs(f.shift).max() > 1e-3  # a real shift, not a vacuous match
+        np.testing.assert_allclose(f.shift, ref, rtol=0, atol=(2e-3 if act else 1e-5)
+                                   * np.abs(ref).max())
+    np.testing.assert_allclose(fast.shifts, slow.shifts, rtol=2e-3 if act else 1e-5)

@@ -1,0 +1,102 @@
+"""Run a model piece by piece over a set of batches, each piece one onnxruntime session that
+starts where the previous one stopped, with chosen tensors open to change between pieces.
+
+What a sequential measurement needs (correct.py: each layer's output measured with every
+upstream correction in place) without running the whole prefix again for every layer: the
+tensors that cross each cut are kept, for every batch, and fed to the next piece. Memory is
+the set of tensors alive across a cut times the number of samples; over `budget` bytes the
+run stops with `TooLarge` before any piece runs past it (the caller falls back to whole-
+prefix passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .capture import _subgraph_reads, session
+
+
+class TooLarge(RuntimeError):
+    """The tensors kept across a cut would exceed the memory budget."""
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    return {x for x in node.input if x} | _subgraph_reads(node)
+
+
+def _piece(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray],
+           outputs: list[str]) -> onnx.ModelProto:
+    """A model of `nodes` reading `inputs` (name -> an example value, for the type) and the
+    initializers they use, giving `outputs`."""
+    need = set().union(*(_reads(n) for n in nodes))
+    inits = [t for t in model.graph.initializer if t.name in need and t.name not in inputs]
+    ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), None)
+           for k, v in inputs.items()]
+    outs = [helper.make_empty_tensor_value_info(o) for o in outputs]
+    graph = helper.make_graph(nodes, "piece", ins, outs, initializer=inits)
+    piece = helper.make_model(graph, opset_imports=list(model.opset_import),
+                              ir_version=model.ir_version)
+    piece.functions.extend(model.functions)
+    return piece
+
+
+def run_in_segments(model: onnx.ModelProto, stops: list[str],
+                    batches: Iterable[tuple[int, dict[str, np.ndarray]]], providers: Any,
+                    visit: Callable[[str, list[np.ndarray]], list[np.ndarray]],
+                    budget: int) -> None:
+    """Run `model` over `batches` up to each tensor of `stops` in topological order; at each,
+    `visit(name, its value per batch)` returns the values every later node reads instead.
+    Only the nodes the stops depend on run (graph.node must be topological)."""
+    nodes = list(model.graph.node)
+    made = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    missing = [s for s in stops if s not in made]
+    if missing:
+        raise ValueError(f"no node makes {missing}")
+    need, keep = set(stops), []
+    for i in range(len(nodes) - 1, -1, -1):
+        if any(o in need for o in nodes[i].output):
+            keep.append(i)
+            need |= _reads(nodes[i])
+    keep.reverse()
+    at = {i: k for k, i in enumerate(keep)}  # node index -> position among the kept
+    last: dict[str, int] = {}  # tensor -> last kept position reading it
+    for k, i in enumerate(keep):
+        for x in _reads(nodes[i]):
+            last[x] = k
+    for s in stops:
+        last[s] = max(last.get(s, -1), at[made[s]])
+    inits = {t.name for t in model.graph.initializer}
+    cache: dict[str, list[np.ndarray]] = {}
+    for _, feed in batches:
+        for k, v in feed.items():
+            cache.setdefault(k, []).append(v)
+    nbatch = len(next(iter(cache.values()), []))
+    ends = sorted({at[made[s]] for s in stops})
+    start = 0
+    for end in ends:
+        part = [nodes[i] for i in keep[start:end + 1]]
+        made_here = {o for n in part for o in n.output if o}
+        reads = set().union(*(_reads(n) for n in part)) - made_here
+        ins = sorted(x for x in reads if x in cache and x not in inits)
+        outs = [o for o in sorted(made_here) if last.get(o, -1) > end or o in stops]
+        kept = sum(v.nbytes for vs in cache.values() for v in vs)
+        sess = session(_piece(model, part, {k: cache[k][0] for k in ins}, outs), providers)
+        got: dict[str, list[np.ndarray]] = {o: [] for o in outs}
+        for b in range(nbatch):
+            for o, v in zip(outs, sess.run(outs, {k: cache[k][b] for k in ins})):
+                got[o].append(v)
+            if b == 0 and (size := kept + nbatch * sum(v[0].nbytes for v in got.values())
+                           ) > budget:  # projected from the first batch
+                raise TooLarge(f"{size / 2**20:.0f} MiB of tensors kept across a cut "
+                               f"(budget {budget / 2**20:.0f} MiB)")
+        cache.update(got)
+        for s in (s for s in stops if at[made[s]] == end):
+            cache[s] = visit(s, cache[s])
+        for x in [x for x in cache if last.get(x, -1) <= end]:
+            del cache[x]
+        start = end + 1
