@@ -24,7 +24,7 @@ and otherwise left as it is, with the reason. A weight read by several nodes get
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -141,9 +141,11 @@ class CorrectionResult:
     skipped: tuple[str, ...] = ()
     shifts: tuple[float, ...] = ()
     how: str = "level by level"
+    decision: str = ""  # the automatic correction's keep-or-drop line
 
     def summary(self) -> dict:
         d: dict = {"mean_abs_shift_per_level": list(self.shifts), "measured": self.how}
+        d.update({"decision": self.decision} if self.decision else {})
         scales = [f.scale for f in self.fixes.values() if f.scale is not None]
         if scales:
             dev = np.concatenate([np.abs(a - 1.0) for a in scales])
@@ -248,3 +250,22 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
         shifts.append(float(np.mean([np.abs(v).mean() for v in plain.values()])))
         fixes.update({k: ChannelFix(delta[k], a.get(k)) for k in level})
     return CorrectionResult(fixes, tuple(skipped), tuple(shifts), how)
+
+
+MARGIN = 0.02  # the automatic correction is kept where it lowers the output error by >= 2%
+
+
+def auto_decision(fixes: CorrectionResult, fidelity: Mapping[str, Any], on: str
+                  ) -> tuple[bool, CorrectionResult]:
+    """Keep the automatic correction? `fidelity[on]` holds the "compressed" (corrected) and
+    "uncorrected" models' measures on the set `on` (the held-out calibration samples, else
+    the calibration samples); kept where its mean relative output error is at least MARGIN
+    below the uncorrected model's. Returns the verdict and `fixes` with the reason."""
+    err = {k: float(np.mean(list(fidelity[on][k].rel_error.values())))
+           for k in ("compressed", "uncorrected")}
+    keep = err["compressed"] <= (1.0 - MARGIN) * err["uncorrected"]
+    line = (f"bias correction (automatic with --act-bits 8 on onnxruntime): "
+            f"{'kept' if keep else 'not kept'}, output error on {on} {err['uncorrected']:.4g} "
+            f"without, {err['compressed']:.4g} with it"
+            + ("" if keep else f" (kept only {MARGIN:.0%} or more lower)"))
+    return keep, replace(fixes, decision=line)

@@ -25,7 +25,7 @@ from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, prune_channels, prune_channels_sequential
 from .config import CompressConfig
-from .correct import CorrectionResult, correct_outputs
+from .correct import CorrectionResult, auto_decision, correct_outputs
 from .costclock import solve_threads
 from .engine import make_engine
 from .fold import fold
@@ -79,8 +79,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan) if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
     fixes = _correct(proto, layers, done, data, runtime, cfg, clock)
-    models, fidelity, fusion = _build_and_verify(dense, proto, layers, done, fixes, chan, data,
-                                                 runtime, cfg, clock)
+    models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
+                                                        data, runtime, cfg, clock)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
@@ -111,9 +111,10 @@ def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
 def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
                       done: Compressed, fixes: CorrectionResult | None, chan: Any,
                       data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-                      clock: dict[str, float]) -> tuple[dict, dict, Any]:
+                      clock: dict[str, float]) -> tuple[dict, dict, Any, Any]:
     """Export (the compressed model and its comparison variants, deployed alike) and
-    verify (fidelity against the input model; what onnxruntime fuses)."""
+    verify (fidelity against the input model; what onnxruntime fuses); an automatic
+    correction kept or dropped on the verified errors."""
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
@@ -122,8 +123,15 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
     with _timed(clock, "verify"):
         fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime,
                            data.free_batch, data.info.get("sample_axes"))
+        if fixes is not None and correction_mode(cfg) == "auto":
+            keep, fixes = auto_decision(fixes, fidelity, next(iter(fidelity)))
+            if not keep:  # what is written is the uncorrected model, and named so
+                models["compressed"] = models.pop("uncorrected")
+                fidelity = {s: {"corrected (not kept)" if k == "compressed" else
+                                "compressed" if k == "uncorrected" else k: f
+                                for k, f in v.items()} for s, v in fidelity.items()}
         fusion = export.fusion.check(models["compressed"], layers, runtime)
-    return models, fidelity, fusion
+    return models, fidelity, fusion, fixes
 
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
@@ -131,7 +139,7 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              clock: dict[str, float]) -> Any:
     """The correction stage (timed only when it runs): per-node factors, or None. With
     activation quantization it measures the deployed model, activation Q/DQ included."""
-    if not (cfg.correct.active and done.solutions):
+    if correction_mode(cfg) == "off" or not done.solutions:
         return None
     with _timed(clock, "correct"):
         return correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
@@ -207,12 +215,26 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
         return summarize(ranked, name, ds.n)
 
 
+def correction_mode(cfg: CompressConfig) -> str:
+    """"on" (asked for), "auto" (by default where it was measured to pay: quantization alone
+    with 8-bit activations on the onnxruntime target, kept where it lowers the output
+    error, `_keep_correction`) or "off"."""
+    c, q = cfg.correct, cfg.quant
+    if c.active:
+        return "on"
+    auto = (c.mean is None and q.bits is not None and q.act_bits == 8
+            and cfg.export.runtime == "onnxruntime" and not cfg.prune.active
+            and not cfg.alloc.active and cfg.prune.channels is None)
+    return "auto" if auto else "off"
+
+
 def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
     """The models to build: the compressed one, and (to compare) the uncorrected one and
     the baseline, deployed the same way."""
     which = ["compressed"]
+    if fixes is not None and (compares_baseline(cfg) or correction_mode(cfg) == "auto"):
+        which += ["uncorrected"]
     if compares_baseline(cfg) and _layerwise(cfg):
-        which += ["uncorrected"] if fixes is not None else []
         which += ["baseline"] if cfg.solver.method not in ("magnitude", "rtn") else []
     return which
 

@@ -267,6 +267,7 @@ def _footer(r: Report) -> list[str]:
                      f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
                      f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")
     lines += [r.folded["summary"]] if r.folded.get("summary") else []
+    lines += [r.correction["decision"]] if r.correction.get("decision") else []
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
 

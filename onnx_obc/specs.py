@@ -238,44 +238,44 @@ class Allocation:
 
 @dataclass(frozen=True, kw_only=True)
 class Correction:
-    """mean: fold a per-output-channel mean correction (compressed vs dense outputs on the
-    calibration data) into the biases. scale: the mean plus a per-output-channel scale
-    (least squares), folded into the weights (the QDQ scales when quantized)."""
+    """mean: per-output-channel mean correction vs the dense outputs, into the biases (None:
+    automatic, pipeline.correction_mode); scale: also a scale, into the weights / QDQ scales."""
 
-    mean: bool = False
+    mean: bool | None = None
     scale: bool = False
 
+    def __post_init__(self) -> None:
+        if not (self.mean in (True, False, None) and self.scale in (True, False)):
+            raise ConfigError(f"correct.mean: true, false or null (automatic); correct.scale: "
+                              f"a bool; got {self.mean!r}, {self.scale!r}")
+
     @property
-    def active(self) -> bool:
-        return self.mean or self.scale
+    def active(self) -> bool:  # asked for: always applied
+        return self.mean is True or self.scale
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions(CalibReading):
-    """How the pipeline runs (the calibration-reading fields: calibspec.py). sequential:
-    layers in topological groups (sequential_groups; None: one per layer), each calibrated
-    on the model with the earlier ones compressed. device: "auto" (CuPy GPU if usable),
-    "cpu", "cuda". batch_size: samples per onnxruntime run; calib_samples: at most this
-    many; holdout: fraction kept out for fidelity. memory_budget_mb: Hessians, activations
-    per capture pass and solves; solver_memory_mb: row batches at most; time_budget_s: the
-    solves' predicted seconds (both: costplan.py). seed: synthetic data, held-out split.
-    external_data: weights in a side file (None: when needed, > 2 GB). engine: where layer
-    solves run, "local" or "ray" (engine/)."""
+    """How the pipeline runs (calibration reading: calibspec.py). sequential: topological
+    groups (sequential_groups; None: one per layer), each calibrated on the model with the
+    earlier ones compressed. device: "auto" (CuPy GPU if usable), "cpu", "cuda". holdout:
+    fraction kept out for fidelity. memory_budget_mb: Hessians, activations per capture, solves,
+    the correction's kept tensors; solver_memory_mb: row batches (costplan.py)."""
 
     sequential: bool = False
     sequential_groups: int | None = None
     device: str = "auto"
-    batch_size: int = 32
-    calib_samples: int | None = None
+    batch_size: int = 32  # samples per onnxruntime run
+    calib_samples: int | None = None  # at most this many
     holdout: float = 0.2
     memory_budget_mb: int = 2048
     solver_memory_mb: int | None = None
-    seed: int = 0
+    seed: int = 0  # synthetic data, held-out split
     compare_baseline: bool | None = None  # the baseline too (None: pipeline.compares_baseline)
-    external_data: bool | None = None
+    external_data: bool | None = None  # weights in a side file (None: when > 2 GB)
     custom_op_library: str | None = None  # shared library of custom ops for onnxruntime
     sensitivity: bool = False  # also measure each layer alone, ranked (sensitivity.py)
-    engine: str = "local"
+    engine: str = "local"  # where layer solves run: "local" or "ray" (engine/)
     workers: int | None = None  # ray: tasks in flight (and CPUs of a Ray started here)
     ray_address: str | None = None  # ray: a cluster's address (None: RAY_ADDRESS, or local)
     time_budget_s: float | None = None  # the solves' predicted seconds (costplan.py)

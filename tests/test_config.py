@@ -81,7 +81,7 @@ def test_specs_are_not_mutated_on_construction():
     """Validation never rewrites a field: the scale correction does not switch `mean` on, and
     lists are refused instead of being silently converted."""
     c = Correction(scale=True)
-    assert c.active and c.mean is False
+    assert c.active and c.mean is None  # not switched on (None: the automatic default)
     with pytest.raises(ConfigError, match="select.include must be a tuple"):
         Selection(include=["a*"])
     with pytest.raises(ConfigError, match="prune.nm"):

@@ -297,3 +297,50 @@ def test_one_pass_in_pieces_gives_the_level_by_level_corrections(loop):
         np.testing.assert_allclose(f.shift, ref, rtol=0, atol=(2e-3 if act else 1e-5)
                                    * np.abs(ref).max())
     np.testing.assert_allclose(fast.shifts, slow.shifts, rtol=2e-3 if act else 1e-5)
+
+
+def _lognormal_w8a8(**kw):
+    model = _gemm_relu_gemm()
+    feed = {"x": np.random.default_rng(1).lognormal(0.0, 1.0, (512, 8)).astype(np.float32)}
+    return convert(model, None, bits=8, act_bits=8, calib=[feed], progress=False,
+                   device="cpu", **kw)
+
+
+def test_w8a8_on_onnxruntime_corrects_by_default_and_keeps_what_lowers_the_error():
+    """Default (correct.mean None): W8A8 on the onnxruntime target is corrected, the
+    uncorrected model is verified beside it and the correction kept (digits_vit: the
+    held-out error falls by a quarter), said so in the report; --no-correct and the tensorrt
+    target run none."""
+    res = convert(MODELS / "digits_vit.onnx", None, bits=8, act_bits=8, runtime="onnxruntime",
+                  calib=MODELS / "digits_vit.calib.npz", progress=False, device="cpu")
+    line = res.report.correction["decision"]
+    assert line.startswith("bias correction (automatic") and ": kept," in line
+    assert line in res.report.table()
+    held = next(iter(res.report.fidelity.values()))
+    err = {k: np.mean(list(held[k].rel_error.values())) for k in ("compressed", "uncorrected")}
+    assert err["compressed"] <= 0.98 * err["uncorrected"]
+    for kw in (dict(runtime="onnxruntime", correct=False), dict(runtime="tensorrt")):
+        off = _lognormal_w8a8(**kw)
+        assert off.report.correction == {} and "uncorrected" not in next(iter(
+            off.report.fidelity.values()))
+
+
+def test_an_automatic_correction_that_does_not_lower_the_error_is_not_written(monkeypatch):
+    """Shifts of zero (a correction that changes nothing): not 2% lower, so the written model
+    is the uncorrected one, the measures are named for what they are, and the report says so;
+    asked for with --correct, the same correction is written."""
+    import onnx_obc.pipeline as pipeline
+
+    def zero(*args, **kw):
+        res = correct_outputs(*args, **kw)
+        return dataclasses.replace(res, fixes={k: dataclasses.replace(f, shift=0 * f.shift)
+                                               for k, f in res.fixes.items()})
+
+    monkeypatch.setattr(pipeline, "correct_outputs", zero)
+    res = _lognormal_w8a8(runtime="onnxruntime")
+    assert ": not kept," in res.report.correction["decision"]
+    held = next(iter(res.report.fidelity.values()))
+    assert {"compressed", "corrected (not kept)"} <= set(held) and "uncorrected" not in held
+    forced = _lognormal_w8a8(runtime="onnxruntime", correct=True)
+    assert "decision" not in forced.report.correction
+    assert "uncorrected" not in next(iter(forced.report.fidelity.values()))  # not compared
