@@ -119,7 +119,7 @@ def _ancestors_only(model: onnx.ModelProto, names: list[str]) -> Iterator[None]:
         if any(o in need for o in node.output):
             keep.append(node)
             need.update(n for n in node.input if n)
-            need.update(_subgraph_reads(node))
+            need.update(subgraph_reads(node))
     try:
         del g.node[:]
         g.node.extend(reversed(keep))
@@ -133,7 +133,7 @@ def _ancestors_only(model: onnx.ModelProto, names: list[str]) -> Iterator[None]:
         g.output.extend(outputs)
 
 
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
     """Every input name of the nodes in `node`'s subgraphs (If / Loop / Scan bodies), outer
     scope or not (an over-approximation is harmless: a name no node makes is ignored)."""
     out: set[str] = set()
@@ -141,7 +141,7 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
         for g in [a.g] if a.HasField("g") else list(a.graphs):
             for n in g.node:
                 out.update(i for i in n.input if i)
-                out.update(_subgraph_reads(n))
+                out.update(subgraph_reads(n))
     return out
 
 

@@ -10,8 +10,11 @@ This module measures; it returns per node a shift d = E[y] - a E[y_hat] and a sc
 bias (b <- a b + d; Gemm: d / beta), the scale into the weight rows and, for quantized
 layers, into the DequantizeLinear scales, so the integer codes (and the zeros) stay.
 Means and scales shift downstream as upstream layers change, so layers are corrected in
-topological order, level by level, each measured on a model the exporter builds with the
-upstream corrections in place. With activation quantization (`act_values`: the run's
+topological order, each measured with the upstream corrections in place: the mean in one
+pass over the model, piece by piece (segments.py), the shift added to each kept output; the
+scale level by level, each level on a model the exporter builds with the upstream
+corrections. `auto_decision` keeps or drops an automatic correction on the verified output
+errors (pipeline.correction_mode says where it runs). With activation quantization (`act_values`: the run's
 activation ranges) that model is the deployed one, activation Q/DQ included, so the shift the
 8-bit activations cause is measured and removed too (empirical bias correction, Nagel et al.
 2019; AIMET); the onnxruntime target then codes the corrected bias as int32, so the deployed

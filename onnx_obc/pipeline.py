@@ -218,7 +218,7 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
 def correction_mode(cfg: CompressConfig) -> str:
     """"on" (asked for), "auto" (by default where it was measured to pay: quantization alone
     with 8-bit activations on the onnxruntime target, kept where it lowers the output
-    error, `_keep_correction`) or "off"."""
+    error: correct.auto_decision) or "off"."""
     c, q = cfg.correct, cfg.quant
     if c.active:
         return "on"

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .capture import _subgraph_reads, session
+from .capture import subgraph_reads, session
 
 
 class TooLarge(RuntimeError):
@@ -26,7 +26,7 @@ class TooLarge(RuntimeError):
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
-    return {x for x in node.input if x} | _subgraph_reads(node)
+    return {x for x in node.input if x} | subgraph_reads(node)
 
 
 def _piece(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray],
