@@ -4,9 +4,10 @@ starts where the previous one stopped, with chosen tensors open to change betwee
 What a sequential measurement needs (correct.py: each layer's output measured with every
 upstream correction in place) without running the whole prefix again for every layer: the
 tensors that cross each cut are kept, for every batch, and fed to the next piece. Memory is
-the set of tensors alive across a cut times the number of samples; over `budget` bytes the
-run stops with `TooLarge` before any piece runs past it (the caller falls back to whole-
-prefix passes).
+the set of tensors alive across a cut times the number of samples (one copy of those that
+read no graph input: dequantized weights, shapes); over `budget` bytes the run stops with
+`TooLarge` before any piece runs past its first batch (the caller falls back to
+whole-prefix passes).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def run_in_segments(model: onnx.ModelProto, stops: list[str],
         for k, v in feed.items():
             cache.setdefault(k, []).append(v)
     nbatch = len(next(iter(cache.values()), []))
+    varies = set(cache) - inits  # tensors that differ between batches (not weights, shapes)
+    for i in keep:
+        if _reads(nodes[i]) & varies:
+            varies.update(o for o in nodes[i].output if o)
     ends = sorted({at[made[s]] for s in stops})
     start = 0
     for end in ends:
@@ -84,16 +89,19 @@ def run_in_segments(model: onnx.ModelProto, stops: list[str],
         reads = set().union(*(_reads(n) for n in part)) - made_here
         ins = sorted(x for x in reads if x in cache and x not in inits)
         outs = [o for o in sorted(made_here) if last.get(o, -1) > end or o in stops]
-        kept = sum(v.nbytes for vs in cache.values() for v in vs)
+        kept = sum({id(v): v.nbytes for vs in cache.values() for v in vs}.values())
         sess = session(_piece(model, part, {k: cache[k][0] for k in ins}, outs), providers)
-        got: dict[str, list[np.ndarray]] = {o: [] for o in outs}
-        for b in range(nbatch):
-            for o, v in zip(outs, sess.run(outs, {k: cache[k][b] for k in ins})):
+        got = dict(zip(outs, ([v] for v in sess.run(outs, {k: cache[k][0] for k in ins}))))
+        if (size := kept + sum(v[0].nbytes * (nbatch if o in varies else 1)
+                               for o, v in got.items())) > budget:  # from the first batch
+            raise TooLarge(f"{size / 2**20:.0f} MiB of tensors kept across a cut "
+                           f"(budget {budget / 2**20:.0f} MiB)")
+        dyn = [o for o in outs if o in varies]
+        for b in range(1, nbatch):
+            for o, v in zip(dyn, sess.run(dyn, {k: cache[k][b] for k in ins}) if dyn else []):
                 got[o].append(v)
-            if b == 0 and (size := kept + nbatch * sum(v[0].nbytes for v in got.values())
-                           ) > budget:  # projected from the first batch
-                raise TooLarge(f"{size / 2**20:.0f} MiB of tensors kept across a cut "
-                               f"(budget {budget / 2**20:.0f} MiB)")
+        for o in outs:  # one copy of what every batch shares (dequantized weights, shapes)
+            got[o] = got[o] if o in varies else got[o] * nbatch
         cache.update(got)
         for s in (s for s in stops if at[made[s]] == end):
             cache[s] = visit(s, cache[s])

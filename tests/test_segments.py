@@ -95,3 +95,28 @@ def test_a_budget_too_small_stops_before_the_run_and_unknown_stops_are_refused()
     assert calls == []  # nothing visited: the first piece's projection is over the budget
     with pytest.raises(ValueError, match="no node makes"):
         run_in_segments(model, ["nope"], batches, RUN, lambda n, ys: ys, budget=1 << 30)
+
+
+def test_what_reads_no_input_is_kept_once_for_all_batches():
+    """A tensor computed from weights alone (a dequantized weight: here a 1 MiB Identity of
+    an initializer, made before the first cut and read after it) is the same for every
+    batch: kept once, so 40 batches fit a budget 40 copies would not, same results."""
+    big = onnx.numpy_helper.from_array(np.full((256, 1024), 0.5, np.float32), "Wbig")
+    model = _residual()
+    g = model.graph
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend([helper.make_node("Identity", ["Wbig"], ["wbig"], name="deq")] + nodes[:4]
+                  + [helper.make_node("ReduceMean", ["wbig"], ["m"], name="mean", keepdims=0),
+                     helper.make_node("Add", ["c", "m"], ["c_m"], name="shift")]
+                  + [helper.make_node("Add", ["c_m", "r"], ["s"], name="res")] + nodes[5:])
+    g.initializer.append(big)
+    onnx.checker.check_model(model)
+    batches = _batches(40)
+    seen = {}
+    run_in_segments(model, ["a0", "y"], batches, RUN,
+                    lambda n, ys: seen.setdefault(n, ys), budget=8 << 20)
+    ref = _whole(model, ["y"], batches)
+    for y, r in zip(seen["y"], ref):
+        np.testing.assert_allclose(y, r["y"], rtol=1e-6, atol=1e-6)
+    assert 40 * big.ByteSize() > 8 << 20  # forty copies would not have fit
