@@ -59,9 +59,9 @@ def _output_means(model: onnx.ModelProto, outputs: dict[str, str], data: DataSet
     ops = {n: op for n, op in _ops(model).items()}
     for _, acts in capture(sess, names, data.batches(batch)):
         for label, t in outputs.items():
-            y = acts[t].astype(np.float64)
+            y = acts[t]
             axes = _mean_axes(y, ops[label])
-            sums[label] = sums.get(label, 0.0) + y.sum(axis=axes)
+            sums[label] = sums.get(label, 0.0) + y.sum(axis=axes, dtype=np.float64)
             counts[label] = counts.get(label, 0) + int(y.size // y.shape[
                 1 if ops[label] == "Conv" else -1])
     return {k: sums[k] / counts[k] for k in sums}
@@ -191,8 +191,10 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
         fixes[label] = ChannelFix(ref[label] - got, None)
         shape = [1] * ys[0].ndim
         shape[1 if ops[label] == "Conv" else -1] = -1
-        d = fixes[label].shift.reshape(shape)
-        return [(y + d).astype(y.dtype) for y in ys]
+        d = fixes[label].shift.reshape(shape).astype(ys[0].dtype)
+        for y in ys:
+            y += d  # in place: onnxruntime's outputs, ours alone
+        return ys
 
     run_in_segments(model, list(label_of), data.batches(batch), providers, visit, budget)
     return fixes
