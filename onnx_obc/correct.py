@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from .calib import DataSet
 from .capture import capture, capture_session
@@ -175,7 +176,7 @@ def _depth_levels(model: onnx.ModelProto, labels: set[str]) -> list[list[str]]:
 
 def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str, str],
               ref: dict[str, np.ndarray], data: DataSet, batch: int, providers: list[str],
-              budget: int) -> dict[str, ChannelFix]:
+              budget: int, bar: Any) -> dict[str, ChannelFix]:
     """The mean corrections from one pass over the uncorrected `model`, piece by piece: each
     site's output is measured with every upstream site corrected, then corrected in the
     tensors the rest of the model reads (adding the shift to the output is what the corrected
@@ -194,6 +195,7 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
         d = fixes[label].shift.reshape(shape).astype(ys[0].dtype)
         for y in ys:
             y += d  # in place: onnxruntime's outputs, ours alone
+        bar.update()
         return ys
 
     run_in_segments(model, list(label_of), data.batches(batch), providers, visit, budget)
@@ -205,7 +207,7 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                     providers: list[str], scale: bool = False,
                     act_values: dict[str, Any] | None = None, target: str = "tensorrt",
                     target_options: Mapping[str, Any] | None = None,
-                    budget: int = 2 << 30) -> CorrectionResult:
+                    budget: int = 2 << 30, progress: bool = False) -> CorrectionResult:
     """The per-channel corrections of the compressed `layers` (their `solutions`) against
     the `dense` model, and the reasons for layers left alone (or without a scale).
 
@@ -231,14 +233,18 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                            target=target, target_options=target_options))
 
     how = "level by level"
+    bar = tqdm(total=len(sites), desc="correct", unit="layer", disable=not progress)
     if sites and not scale and len(set(outputs.values())) == len(outputs):
         try:
-            fixes = _streamed(dense, deployed({}), outputs, ref, data, batch, providers, budget)
+            fixes = _streamed(dense, deployed({}), outputs, ref, data, batch, providers, budget,
+                              bar)
             shifts = [float(np.mean([np.abs(fixes[k].shift).mean() for k in level]))
                       for level in levels]
+            bar.close()
             return CorrectionResult(fixes, tuple(skipped), tuple(shifts), "one pass in pieces")
         except TooLarge as exc:
             how, fixes = f"level by level ({exc})", {}
+            bar.reset()
     shifts = []
     for level in levels:
         model = deployed(fixes)
@@ -254,6 +260,8 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
             delta = plain = {k: ref[k] - got[k] for k in level}
         shifts.append(float(np.mean([np.abs(v).mean() for v in plain.values()])))
         fixes.update({k: ChannelFix(delta[k], a.get(k)) for k in level})
+        bar.update(len(level))
+    bar.close()
     return CorrectionResult(fixes, tuple(skipped), tuple(shifts), how)
 
 

@@ -78,7 +78,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan) if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
-    fixes = _correct(proto, layers, done, data, runtime, cfg, clock)
+    fixes = _correct(proto, layers, done, data, runtime, cfg, clock, progress)
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
                                                         data, runtime, cfg, clock)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
@@ -136,7 +136,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-             clock: dict[str, float]) -> Any:
+             clock: dict[str, float], progress: bool = False) -> Any:
     """The correction stage (timed only when it runs): per-node factors, or None. With
     activation quantization it measures the deployed model, activation Q/DQ included."""
     if correction_mode(cfg) == "off" or not done.solutions:
@@ -146,7 +146,7 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
                                done.solutions, data.fit, data.batch, runtime, cfg.correct.scale,
                                act_values=done.act_values, target=cfg.export.runtime,
                                target_options=cfg.export.target_options(),
-                               budget=cfg.run.memory_budget_mb << 20)
+                               budget=cfg.run.memory_budget_mb << 20, progress=progress)
 
 
 def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
