@@ -8,6 +8,7 @@ one pass over the calibration data per group.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,8 @@ from onnx import helper
 from . import diskdata
 from .errors import ModelError
 from .modelio import serialized_or_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,8 @@ def measured_bytes(model: onnx.ModelProto, sizes: dict[str, int | None], feed: d
     `feed` over the sample's. Without it every unknown tensor counted as the largest known
     one (budget / 8 when none is known), and efficientnet_lite0's 50 layer inputs took 13
     capture passes, each re-running the network up to its group, instead of one. Left
-    unknown when the run fails."""
+    unknown, with a logged warning, when the run fails (the capture then takes more passes,
+    the same tensors)."""
     unknown = [n for n, v in sizes.items() if v is None]
     try:
         _, one = next(iter(data.batches(1)))
@@ -198,7 +202,10 @@ def measured_bytes(model: onnx.ModelProto, sizes: dict[str, int | None], feed: d
             for n, y in zip(group, sess.run(group, one)):
                 out[n] = int(y.nbytes * scale)
         return out
-    except Exception:  # onnxruntime's errors have no common base class
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        log.warning("the sizes of %d activations shape inference cannot tell were not "
+                    "measured (%s); each counts as the largest known one, which may take more "
+                    "capture passes", len(unknown), exc)
         return sizes
 
 

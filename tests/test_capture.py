@@ -80,3 +80,18 @@ def test_sizes_shape_inference_cannot_tell_are_measured_with_one_sample():
     got = measured_bytes(model, sizes, feed, data, Runtime(), budget)
     assert got == {n: 4 * 4 * 12 * 12 * 4 for n in names}  # one sample's bytes x 4
     assert len(plan_groups(units, got, budget)) == 1
+
+
+def test_sizes_left_unknown_when_the_measuring_run_fails_say_so(caplog):
+    """A measuring run that onnxruntime refuses leaves the sizes unknown (the capture takes
+    more passes, the same tensors) with a warning naming why, not silently."""
+    from onnx_obc import calib
+    from onnx_obc.capture import measured_bytes
+
+    model = b.mlp()
+    data = calib.DataSet(b.feeds(model, 2), "feeds")
+    feed = next(data.batches(2))[1]
+    with caplog.at_level("WARNING", logger="onnx_obc.capture"):
+        got = measured_bytes(model, {"no_such_tensor": None}, feed, data, Runtime(), 1 << 20)
+    assert got == {"no_such_tensor": None}
+    assert "not measured" in caplog.text and "capture passes" in caplog.text
