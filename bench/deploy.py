@@ -250,10 +250,11 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
                      "unfused": [u["why"] for u in f.get("unfused", [])],
                      "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
                      "method": method,
-                     "method_used": used, "stage_seconds": dict(r.report.seconds)}
+                     "method_used": used, "stage_seconds": dict(r.report.seconds),
+                     "correction": r.report.correction.get("decision")}
         paths[key] = out
         print(f"  {name} {key}: {info[key]['integer']} on integer kernels "
-              f"({info[key]['seconds']:.0f} s)", flush=True)
+              f"({info[key]['seconds']:.0f} s); {info[key]['correction']}", flush=True)
     out = str(work / f"{name}.quantize_static.onnx")
     t, c = time.perf_counter(), time.process_time()
     quantize_static(mpath, out, calib, model)
