@@ -14,10 +14,10 @@ topological order, each measured with the upstream corrections in place: the mea
 pass over the model, piece by piece (segments.py), the shift added to each kept output; the
 scale level by level, each level on a model the exporter builds with the upstream
 corrections. `auto_decision` keeps or drops an automatic correction on the verified output
-errors (pipeline.correction_mode says where it runs). With activation quantization (`act_values`: the run's
-activation ranges) that model is the deployed one, activation Q/DQ included, so the shift the
-8-bit activations cause is measured and removed too (empirical bias correction, Nagel et al.
-2019; AIMET); the onnxruntime target then codes the corrected bias as int32, so the deployed
+errors (pipeline.correction_mode says where it runs). With activation quantization
+(`act_values`: the run's activation ranges) that model is the deployed one, activation Q/DQ
+included, so the shift the 8-bit activations cause is measured and removed too (empirical
+bias correction, Nagel et al. 2019; AIMET); the onnxruntime target then codes the corrected bias as int32, so the deployed
 graph and its kernels stay the same. Where a Conv / Gemm has no bias one is added; a MatMul is
 corrected through the Add that consumes it when that Add's other input is a constant vector,
 and otherwise left as it is, with the reason. A weight read by several nodes gets no scale
@@ -193,7 +193,7 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
         shape = [1] * ys[0].ndim
         shape[1 if ops[label] == "Conv" else -1] = -1
         d = fixes[label].shift.reshape(shape).astype(ys[0].dtype)
-        for y in ys:
+        for y in {id(y): y for y in ys}.values():  # each array once (a batch-free one is shared)
             y += d  # in place: onnxruntime's outputs, ours alone
         bar.update()
         return ys
