@@ -18,10 +18,11 @@ errors (pipeline.correction_mode says where it runs). With activation quantizati
 (`act_values`: the run's activation ranges) that model is the deployed one, activation Q/DQ
 included, so the shift the 8-bit activations cause is measured and removed too (empirical
 bias correction, Nagel et al. 2019; AIMET); the onnxruntime target then codes the corrected
-bias as int32, so the deployed graph and its kernels stay the same. Where a Conv / Gemm has no bias one is added; a MatMul is
-corrected through the Add that consumes it when that Add's other input is a constant vector,
-and otherwise left as it is, with the reason. A weight read by several nodes gets no scale
-(one factor per use cannot fold into one weight), with the reason.
+bias as int32, so the deployed graph and its kernels stay the same. Where a Conv / Gemm has
+no bias one is added; a MatMul is corrected through the Add that consumes it when that Add's
+other input is a constant vector, and otherwise left as it is, with the reason. A weight
+read by several nodes gets no scale (one factor per use cannot fold into one weight), with
+the reason.
 """
 
 from __future__ import annotations
