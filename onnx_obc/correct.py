@@ -45,10 +45,13 @@ if TYPE_CHECKING:
     from .solve import HostSolution
 
 
+def _channel_axis(op: str) -> int:
+    return 1 if op == "Conv" else -1  # [N, M, *spatial] or [..., M]
+
+
 def _mean_axes(y: np.ndarray, op: str) -> tuple[int, ...]:
-    if op == "Conv":
-        return (0, *range(2, y.ndim))  # [N, M, *spatial] -> per channel M
-    return tuple(range(y.ndim - 1))  # [..., M]
+    """Every axis but the output channels'."""
+    return tuple(a for a in range(y.ndim) if a != _channel_axis(op) % y.ndim)
 
 
 def _output_means(model: onnx.ModelProto, outputs: dict[str, str], data: DataSet, batch: int,
@@ -65,7 +68,7 @@ def _output_means(model: onnx.ModelProto, outputs: dict[str, str], data: DataSet
             axes = _mean_axes(y, ops[label])
             sums[label] = sums.get(label, 0.0) + y.sum(axis=axes, dtype=np.float64)
             counts[label] = counts.get(label, 0) + int(y.size // y.shape[
-                1 if ops[label] == "Conv" else -1])
+                _channel_axis(ops[label])])
     return {k: sums[k] / counts[k] for k in sums}
 
 
@@ -128,7 +131,7 @@ def _paired_stats(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[
     acc: dict[str, _Moments] = {}
     for (_, ya), (_, yb) in zip(*runs):
         for label, t in outputs.items():
-            ax = 1 if ops[label] == "Conv" else -1
+            ax = _channel_axis(ops[label])
             y = np.moveaxis(ya[t], ax, -1).reshape(-1, ya[t].shape[ax]).astype(np.float64)
             z = np.moveaxis(yb[t], ax, -1).reshape(-1, yb[t].shape[ax]).astype(np.float64)
             if label not in acc:
@@ -188,11 +191,11 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
     def visit(t: str, ys: list[np.ndarray]) -> list[np.ndarray]:
         label = label_of[t]
         axes = _mean_axes(ys[0], ops[label])
-        count = sum(y.size // (y.shape[1 if ops[label] == "Conv" else -1]) for y in ys)
+        count = sum(y.size // y.shape[_channel_axis(ops[label])] for y in ys)
         got = sum(y.sum(axis=axes, dtype=np.float64) for y in ys) / count
         fixes[label] = ChannelFix(ref[label] - got, None)
         shape = [1] * ys[0].ndim
-        shape[1 if ops[label] == "Conv" else -1] = -1
+        shape[_channel_axis(ops[label])] = -1
         d = fixes[label].shift.reshape(shape).astype(ys[0].dtype)
         for y in {id(y): y for y in ys}.values():  # each array once (a batch-free one is shared)
             y += d  # in place: onnxruntime's outputs, ours alone
