@@ -29,7 +29,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
             hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
-            diagonal: frozenset[str] = frozenset()) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
+            diagonal: frozenset[str] = frozenset(), means: dict[str, ChannelMean] | None = None,
+            shrink: bool = False) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
     With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
@@ -46,7 +47,11 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     batching.sample_axes' check, one per run otherwise; the same tensors either way
     (`sample_axes`: each input's sample axis, calib.layout; default 0); with `dense` both
     models batched, or both one sample per run (the samples must pair up). `diagonal`: the
-    weights whose layers keep only diag(H) (DiagonalAccumulator; diagonal_hessians)."""
+    weights whose layers keep only diag(H) (DiagonalAccumulator; diagonal_hessians).
+    `means` (tensor -> ChannelMean): filled from the same runs where those tensors fit the
+    groups the rest needs (no extra pass for them), else left empty (ChannelMean.n == 0).
+    `shrink` (a model whose batch is not fixed): where a `batch` run's tensors do not fit
+    the budget together, smaller runs (down to MIN_BATCH samples) before several passes."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
@@ -57,7 +62,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
              for L in layers]
     observers = {n: RangeObserver(histogram) for n in observe or []}
     units += [[n] for n in observers if n not in inputs]
-    names = list(dict.fromkeys(n for unit in units for n in unit))
+    fetched = {n for unit in units for n in unit}
+    extra = [[n] for n in means or {} if n not in inputs and n not in fetched]
+    names = list(dict.fromkeys(n for unit in units + extra for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
     if any(v is None for v in sizes.values()):  # shapes known only at run time: measured
@@ -65,10 +72,12 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     if free_batch > 1:  # the groups must hold a batched run's tensors (twice with `dense`)
         k = free_batch * (2 if dense is not None else 1)
         sizes = {n: None if v is None else v * k for n, v in sizes.items()}
-    groups = plan_groups(units, sizes, budget) if names else [[]]
+    batch, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
+    means = {n: m for n, m in (means or {}).items() if n not in inputs} if keep else {}
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     done: set[str] = set()
+    taken: set[str] = set()  # means complete
     steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
     pending = _Pending(accs, budget // 8, backend.xp)
     for group in groups:
@@ -92,6 +101,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             for n, obs in observers.items():
                 if n in acts and (n in group or (n in inputs and group is groups[0])):
                     obs.add(acts[n])
+            for n, mean in means.items():
+                if n in group and n not in taken:
+                    mean.add(acts[n])
             last: list = []  # layers sharing an input (Q, K, V) copy it to the device once
             last_ref: list = []
             for L in todo:
@@ -114,10 +126,51 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             seen += samples
             bar.update(1)
         pending.flush()
+        taken.update(n for n in means if n in group)  # a tensor in two groups counts once
         done.update(L.weight for L in todo)
         backend.free()
     bar.close()
     return accs, observers
+
+
+MIN_BATCH = 8  # `shrink` halves a capture run down to this many samples before adding passes
+
+
+def _passes(units: list[list[str]], extra: list[list[str]], sizes: dict[str, int | None],
+            budget: int, batch: int, shrink: bool) -> tuple[int, list[list[str]], bool]:
+    """(samples per run, groups of tensors fetched together, whether the `extra` tensors are
+    in them): one pass with them at the largest batch that fits (halved down to MIN_BATCH
+    where `shrink`: a run of fewer samples costs onnxruntime about the same per sample,
+    each further pass runs the model again); else one pass without them; else the groups
+    at `batch`, with them where they add no pass. `sizes`: per run of `batch` samples."""
+    def groups(b: int, us: list[list[str]]) -> list[list[str]]:
+        return plan_groups(us, {n: None if v is None else v * b // batch
+                                for n, v in sizes.items()}, budget) if us else [[]]
+
+    runs = [batch]
+    while shrink and runs[-1] // 2 >= MIN_BATCH:
+        runs.append(runs[-1] // 2)
+    for us, keep in ((units + extra, True), (units, False)) if extra else ((units, True),):
+        for b in runs:
+            if len(g := groups(b, us)) == 1:
+                return b, g, keep
+    plain, both = groups(batch, units), groups(batch, units + extra)
+    return (batch, both, True) if len(both) == len(plain) else (batch, plain, False)
+
+
+class ChannelMean:
+    """Streaming per-channel mean of a tensor (channel `axis`), summed in float64."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis, self.n, self.sum = axis, 0, 0.0
+
+    def add(self, y: Any) -> None:
+        axes = tuple(a for a in range(y.ndim) if a != self.axis % y.ndim)
+        self.sum = self.sum + y.sum(axis=axes, dtype="float64")
+        self.n += y.size // y.shape[self.axis]
+
+    def mean(self) -> Any:
+        return self.sum / self.n
 
 
 class _Pending:

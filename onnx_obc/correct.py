@@ -5,26 +5,17 @@ Mean (--correct):     y_hat  <-  y_hat + (E[y] - E[y_hat])
 Scale (--correct-scale), the least-squares affine fit per channel:
                       y_hat  <-  a (y_hat - E[y_hat]) + E[y],   a = Cov(y, y_hat) / Var(y_hat)
 
-This module measures; it returns per node a shift d = E[y] - a E[y_hat] and a scale a [M]
-(`export.ChannelFix`), and the exporter folds them (export/values.py): the shift into the
-bias (b <- a b + d; Gemm: d / beta), the scale into the weight rows and, for quantized
-layers, into the DequantizeLinear scales, so the integer codes (and the zeros) stay.
-Means and scales shift downstream as upstream layers change, so layers are corrected in
-topological order, each measured with the upstream corrections in place: the mean in one
-pass over the model, piece by piece (segments.py), the shift added to each kept output; the
-scale level by level, each level on a model the exporter builds with the upstream
-corrections. `auto_decision` keeps or drops an automatic correction on the verified output
-errors (pipeline.correction_mode says where it runs). With activation quantization
-(`act_values`: the run's activation ranges) that model is the deployed one, activation Q/DQ
-included, so the shift the 8-bit activations cause is measured and removed too (empirical
-bias correction, Nagel et al. 2019; AIMET); the onnxruntime target then codes the corrected
-bias as int32, so the deployed graph and its kernels stay the same. Where a Conv / Gemm has
-no bias one is added; a MatMul is corrected through the Add that consumes it when that Add's
-other input is a constant vector, and otherwise left as it is, with the reason. A weight
-read by several nodes gets no scale (one factor per use cannot fold into one weight), with
-the reason.
+This module measures a shift d = E[y] - a E[y_hat] and a scale a [M] per node
+(`export.ChannelFix`); the exporter folds them (export/values.py) into the bias and the
+weight rows (or DequantizeLinear scales: the integer codes stay). Layers are corrected in
+topological order, each with the upstream corrections in place: the mean in one pass, piece
+by piece (segments.py), the scale level by level. With activation quantization
+(`act_values`) the model measured is the deployed one, activation Q/DQ included (empirical
+bias correction, Nagel et al. 2019; AIMET). Conv / Gemm without a bias get one; a MatMul is
+corrected through the Add that consumes it where its other input is a constant vector; a
+weight read by several nodes gets no scale; the rest is left, with the reason.
+`correction_mode` says where it runs, `auto_decision` keeps or drops an automatic one.
 """
-
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -37,11 +28,13 @@ from tqdm.auto import tqdm
 
 from .calib import DataSet
 from .capture import capture, capture_session
+from .collect import ChannelMean
 from .export import ChannelFix, bias_targets, build, float_model
 from .layers import Layer, node_label
 from .segments import TooLarge, run_in_segments
 
 if TYPE_CHECKING:
+    from .config import CompressConfig
     from .solve import HostSolution
 
 
@@ -49,27 +42,42 @@ def _channel_axis(op: str) -> int:
     return 1 if op == "Conv" else -1  # [N, M, *spatial] or [..., M]
 
 
-def _mean_axes(y: np.ndarray, op: str) -> tuple[int, ...]:
-    """Every axis but the output channels'."""
-    return tuple(a for a in range(y.ndim) if a != _channel_axis(op) % y.ndim)
-
-
 def _output_means(model: onnx.ModelProto, outputs: dict[str, str], data: DataSet, batch: int,
                   providers: list[str]) -> dict[str, np.ndarray]:
     """Mean per output channel of each node output (node label -> [M])."""
     names = list(dict.fromkeys(outputs.values()))
     sess = capture_session(model, names, providers, prune=True)  # up to them
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    ops = {n: op for n, op in _ops(model).items()}
+    ops = _ops(model)
+    acc = {label: ChannelMean(_channel_axis(ops[label])) for label in outputs}
     for _, acts in capture(sess, names, data.batches(batch)):
         for label, t in outputs.items():
-            y = acts[t]
-            axes = _mean_axes(y, ops[label])
-            sums[label] = sums.get(label, 0.0) + y.sum(axis=axes, dtype=np.float64)
-            counts[label] = counts.get(label, 0) + int(y.size // y.shape[
-                _channel_axis(ops[label])])
-    return {k: sums[k] / counts[k] for k in sums}
+            acc[label].add(acts[t])
+    return {k: m.mean() for k, m in acc.items()}
+
+
+def correction_mode(cfg: CompressConfig) -> str:
+    """"on" (asked for), "auto" (by default where it was measured to pay: quantization alone
+    with 8-bit activations on the onnxruntime target, kept where it lowers the output
+    error: auto_decision) or "off"."""
+    c, q = cfg.correct, cfg.quant
+    if c.active:
+        return "on"
+    auto = (c.mean is None and q.bits is not None and q.act_bits == 8
+            and cfg.export.runtime == "onnxruntime" and not cfg.prune.active
+            and not cfg.alloc.active and cfg.prune.channels is None)
+    return "auto" if auto else "off"
+
+
+def reference_means(dense: onnx.ModelProto, layers: list[Layer], cfg: CompressConfig
+                    ) -> dict[str, ChannelMean] | None:
+    """Per correction site's output an empty ChannelMean for the capture to fill from its runs
+    of the dense model, where the mean correction runs after a one-shot capture (not
+    sequential: that capture runs the compressed model; not with the scale, paired)."""
+    if correction_mode(cfg) == "off" or cfg.correct.scale or cfg.run.sequential:
+        return None
+    sites, _ = bias_targets(dense, layers)
+    ops = _ops(dense)
+    return {site.output: ChannelMean(_channel_axis(ops[label])) for label, site in sites.items()}
 
 
 def _ops(model: onnx.ModelProto) -> dict[str, str]:
@@ -189,11 +197,10 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
     ops, fixes = _ops(dense), {}
 
     def visit(t: str, ys: list[np.ndarray]) -> list[np.ndarray]:
-        label = label_of[t]
-        axes = _mean_axes(ys[0], ops[label])
-        count = sum(y.size // y.shape[_channel_axis(ops[label])] for y in ys)
-        got = sum(y.sum(axis=axes, dtype=np.float64) for y in ys) / count
-        fixes[label] = ChannelFix(ref[label] - got, None)
+        label, got = label_of[t], ChannelMean(_channel_axis(ops[label_of[t]]))
+        for y in ys:
+            got.add(y)
+        fixes[label] = ChannelFix(ref[label] - got.mean(), None)
         shape = [1] * ys[0].ndim
         shape[_channel_axis(ops[label])] = -1
         d = fixes[label].shift.reshape(shape).astype(ys[0].dtype)
@@ -211,7 +218,8 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                     providers: list[str], scale: bool = False,
                     act_values: dict[str, Any] | None = None, target: str = "tensorrt",
                     target_options: Mapping[str, Any] | None = None,
-                    budget: int = 2 << 30, progress: bool = False) -> CorrectionResult:
+                    budget: int = 2 << 30, progress: bool = False,
+                    means: Mapping[str, ChannelMean] | None = None) -> CorrectionResult:
     """The per-channel corrections of the compressed `layers` (their `solutions`) against
     the `dense` model, and the reasons for layers left alone (or without a scale).
 
@@ -222,12 +230,16 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     measured). The mean correction runs the model once, piece by piece, keeping the tensors
     that cross each cut (up to `budget` bytes); the scale correction, or a run whose kept
     tensors would not fit, runs one onnxruntime pass per topological level (two with
-    `scale`), each from the graph inputs."""
+    `scale`), each from the graph inputs. `means` (reference_means, filled by the capture):
+    the dense outputs' means, where every site's was taken; else a pass measures them."""
     sites, skipped = bias_targets(dense, layers)
     scalable, why = _scalable(layers) if scale else ({}, [])
     skipped += why
     outputs = {label: site.output for label, site in sites.items()}
-    ref = {} if scale or not sites else _output_means(dense, outputs, data, batch, providers)
+    taken = means is not None and all(t in means and means[t].n for t in outputs.values())
+    ref = ({} if scale or not sites else
+           {k: means[t].mean() for k, t in outputs.items()} if taken else
+           _output_means(dense, outputs, data, batch, providers))
     fixes: dict[str, ChannelFix] = {}
     levels = _depth_levels(dense, set(sites))
 

@@ -25,7 +25,8 @@ from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, prune_channels, prune_channels_sequential
 from .config import CompressConfig
-from .correct import CorrectionResult, auto_decision, correct_outputs
+from .correct import (CorrectionResult, auto_decision, correct_outputs, correction_mode,
+                      reference_means)
 from .costclock import solve_threads
 from .engine import make_engine
 from .fold import fold
@@ -75,10 +76,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
+    means = reference_means(proto, layers, cfg) if _layerwise(cfg) else None  # capture fills
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
-                                plan) if _layerwise(cfg) else Compressed({}, [], [], [], {}, None))
-    fixes = _correct(proto, layers, done, data, runtime, cfg, clock, progress)
+                                plan, means) if _layerwise(cfg)
+                else Compressed({}, [], [], [], {}, None))
+    fixes = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means)
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
                                                         data, runtime, cfg, clock)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
@@ -136,7 +139,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-             clock: dict[str, float], progress: bool = False) -> Any:
+             clock: dict[str, float], progress: bool = False, means: Any = None) -> Any:
     """The correction stage (timed only when it runs): per-node factors, or None. With
     activation quantization it measures the deployed model, activation Q/DQ included."""
     if correction_mode(cfg) == "off" or not done.solutions:
@@ -146,7 +149,8 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
                                done.solutions, data.fit, data.batch, runtime, cfg.correct.scale,
                                act_values=done.act_values, target=cfg.export.runtime,
                                target_options=cfg.export.target_options(),
-                               budget=cfg.run.memory_budget_mb << 20, progress=progress)
+                               budget=cfg.run.memory_budget_mb << 20, progress=progress,
+                               means=means)
 
 
 def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
@@ -213,19 +217,6 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
                                      act_values=done.act_values, target=cfg.export.runtime,
                                      target_options=cfg.export.target_options())
         return summarize(ranked, name, ds.n)
-
-
-def correction_mode(cfg: CompressConfig) -> str:
-    """"on" (asked for), "auto" (by default where it was measured to pay: quantization alone
-    with 8-bit activations on the onnxruntime target, kept where it lowers the output
-    error: correct.auto_decision) or "off"."""
-    c, q = cfg.correct, cfg.quant
-    if c.active:
-        return "on"
-    auto = (c.mean is None and q.bits is not None and q.act_bits == 8
-            and cfg.export.runtime == "onnxruntime" and not cfg.prune.active
-            and not cfg.alloc.active and cfg.prune.channels is None)
-    return "auto" if auto else "off"
 
 
 def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:

@@ -57,10 +57,12 @@ def layer_groups(layers: list[Layer], run: Any) -> list[list[Layer]]:
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
                     backend: Backend, cfg: CompressConfig, runtime: Runtime,
                     progress: bool = False, engine: Engine | None = None,
-                    plan: Plan | None = None) -> Compressed:
+                    plan: Plan | None = None, means: dict[str, Any] | None = None
+                    ) -> Compressed:
     """Capture, allocate (when asked) and solve every layer; see the module docstring.
     `engine` runs the layer and level-table solves (default: here, one after another);
-    `plan` (costplan.py): the memory split, Hessian blocks and per-layer methods."""
+    `plan` (costplan.py): the memory split, Hessian blocks and per-layer methods; `means`
+    (tensor -> collect.ChannelMean; one-shot runs): filled by the dense model's capture."""
     seconds: dict[str, float] = {}
     observe = export.act_tensors(proto, layers, cfg.export.runtime) if cfg.quant.act_bits else []
     budget = solver_budget(cfg.run, backend) if plan is None else plan.row_bytes
@@ -81,7 +83,9 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 histogram=_method(cfg) != "minmax",
                                 subsample=subsampled(cfg), free_batch=data.free_batch,
                                 sample_axes=data.info.get("sample_axes"),
-                                diagonal=diagonal_hessians(cfg, group))
+                                diagonal=diagonal_hessians(cfg, group),
+                                means=means if model is proto and not cfg.run.sequential
+                                else None, shrink=not (data.fixed_batch or data.free_batch))
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

@@ -239,7 +239,7 @@ class Allocation:
 @dataclass(frozen=True, kw_only=True)
 class Correction:
     """mean: per-output-channel mean correction vs the dense outputs, into the biases (None:
-    automatic, pipeline.correction_mode); scale: also a scale, into the weights / QDQ scales."""
+    automatic, correct.correction_mode); scale: also a scale, into the weights / QDQ scales."""
 
     mean: bool | None = None
     scale: bool = False

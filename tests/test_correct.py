@@ -344,3 +344,29 @@ def test_an_automatic_correction_that_does_not_lower_the_error_is_not_written(mo
     forced = _lognormal_w8a8(runtime="onnxruntime", correct=True)
     assert "decision" not in forced.report.correction
     assert "uncorrected" not in next(iter(forced.report.fidelity.values()))  # not compared
+
+
+def test_the_dense_means_come_from_the_capture_without_a_pass_of_their_own(monkeypatch):
+    """A one-shot W8A8 run takes the dense outputs' means in its capture: the correction runs
+    no reference pass (`_output_means` not called) and finds the same shifts as with it."""
+    import onnx_obc.correct as C
+    import onnx_obc.pipeline as pipeline
+
+    calls = []
+    real = C._output_means
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(C, "_output_means", counted)
+    run = dict(bits=8, act_bits=8, runtime="onnxruntime", calib=MODELS / "digits_vit.calib.npz",
+               progress=False, device="cpu")
+    taken = convert(MODELS / "digits_vit.onnx", None, **run)
+    assert calls == [] and taken.report.correction["measured"] == "one pass in pieces"
+    monkeypatch.setattr(pipeline, "reference_means", lambda *a: None)
+    passed = convert(MODELS / "digits_vit.onnx", None, **run)
+    assert calls == [1]
+    a, b_ = (r.report.correction["mean_abs_shift_per_level"] for r in (taken, passed))
+    assert min(a) > 1e-4  # real shifts
+    np.testing.assert_allclose(a, b_, rtol=1e-4)

@@ -34,6 +34,7 @@ class Calibration:
     warnings: tuple[str, ...] = ()
     free_batch: int = 0  # a model whose batch axis is fixed at 1: the samples per capture
     # run to try with that axis made symbolic (batching.py; 0: do not try)
+    fixed_batch: bool = False  # the model fixes `batch` (no smaller runs)
 
     def sets(self) -> dict[str, CalibrationSource]:
         """The data sets fidelity is measured on, by report name."""
@@ -85,7 +86,8 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
             "read": getattr(data, "read_as", "in memory"), "shapes": getattr(data, "shapes", 1),
             "sample_axes": dict(layout.axis)}
     free = min(run.batch_size, fit.n) if fixed_batch and batch == 1 and not layout.whole else 0
-    return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0)
+    return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,
+                       fixed_batch)
 
 
 def _batch_size(layout: Layout, wanted: int, n: int, notes: list[str]) -> tuple[int, bool]:
