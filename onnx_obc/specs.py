@@ -258,8 +258,8 @@ class Correction:
 class RunOptions(CalibReading):
     """How the pipeline runs (calibration reading: calibspec.py). sequential: topological
     groups (sequential_groups; None: one per layer), each calibrated on the model with the
-    earlier ones compressed. device: "auto" (CuPy GPU if usable), "cpu", "cuda". holdout:
-    fraction kept out for fidelity. memory_budget_mb: Hessians, activations per capture, solves,
+    earlier ones compressed. device: "auto" (CuPy GPU if usable), "cpu", "cuda". holdout: see
+    calib/plan.held_out_count. memory_budget_mb: Hessians, activations per capture, solves,
     the correction's kept tensors; solver_memory_mb: row batches (costplan.py)."""
 
     sequential: bool = False
@@ -267,7 +267,7 @@ class RunOptions(CalibReading):
     device: str = "auto"
     batch_size: int = 32  # samples per onnxruntime run
     calib_samples: int | None = None  # at most this many
-    holdout: float = 0.2
+    holdout: float | None = None
     memory_budget_mb: int = 2048
     solver_memory_mb: int | None = None
     seed: int = 0  # synthetic data, held-out split
@@ -295,6 +295,6 @@ class RunOptions(CalibReading):
         if self.compare_baseline not in (None, True, False):
             raise ConfigError("run.compare_baseline must be true, false or null (auto), got "
                               f"{self.compare_baseline!r}")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ConfigError(f"run.holdout must be a fraction in [0, 1), got {self.holdout}")
+        if (h := self.holdout) is not None and not (type(h) in (int, float) and 0 <= h < 1):
+            raise ConfigError(f"run.holdout must be a fraction in [0, 1) or null (auto), got {h!r}")
         check_engine(self.engine, self.workers, self.ray_address)

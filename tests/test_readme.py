@@ -76,6 +76,7 @@ def test_readme_python_blocks_run_as_pasted(in_repo_copy, capsys):
     assert "layers" in capsys.readouterr().out
 
 
+@pytest.mark.auto_holdout
 def test_readme_sample_output_is_what_the_main_job_prints(in_repo_copy):
     """The table under "What a run prints" has today's columns, layers and fidelity rows."""
     setup = next(c for c in COMMANDS if "--report" in c)

@@ -18,6 +18,7 @@ from .stream import CalibrationSource
 
 log = logging.getLogger(__name__)
 MAX_HELD_OUT = 256
+AUTO_HOLDOUT, AUTO_HOLDOUT_MIN = 0.2, 1280  # the default: 20% kept out from 1,280 samples on
 FEW_SAMPLES = 8
 NOT_REPRESENTATIVE = ("NO CALIBRATION DATA: the Hessians come from random inputs, so the "
                       "result is NOT representative of the model on real data. Pass --calib "
@@ -43,8 +44,13 @@ class Calibration:
         return {**out, **({"eval": self.eval} if self.eval is not None else {})}
 
 
-def held_out_count(n: int, fraction: float) -> int:
-    """Samples kept out: round(n * fraction), at most 256, none when too few remain."""
+def held_out_count(n: int, fraction: float | None) -> int:
+    """Samples kept out: round(n * fraction), at most 256, none when too few remain. None
+    (the default): AUTO_HOLDOUT of AUTO_HOLDOUT_MIN samples or more (at most 256: <= 20%),
+    none below, where every sample calibrates: keeping 19 of the PP-OCR recognizer's 96
+    lines out cost its W8A8 file 2.5 to 5 points of text accuracy in each of 4 splits."""
+    if fraction is None:
+        fraction = AUTO_HOLDOUT if n >= AUTO_HOLDOUT_MIN else 0.0
     h = min(int(round(n * fraction)), MAX_HELD_OUT)
     return h if 1 <= h < n else 0
 

@@ -63,3 +63,28 @@ def test_a_fixed_batch_axis_takes_full_batches_and_refuses_too_few():
     assert any("last 2 calibration samples are not used" in w for w in p.warnings)
     with pytest.raises(ObcError, match="fixed at 4 but only 3"):
         plan(model, [b.feeds(free, 3)], None, RunOptions(holdout=0.0))
+
+
+@pytest.mark.auto_holdout
+def test_the_default_holds_out_a_fifth_only_from_1280_samples_on():
+    """holdout None (the default): every sample calibrates below 1,280 (a held-out fifth
+    cost a real recognizer's W8A8 file points of accuracy), 20% capped at 256 from there;
+    a fraction given is used as it is."""
+    from onnx_obc.calib.plan import held_out_count
+
+    assert [held_out_count(n, None) for n in (96, 1279, 1280, 5000)] == [0, 0, 256, 256]
+    assert held_out_count(96, 0.2) == 19 and held_out_count(96, 0.0) == 0
+    model = b.mlp()
+    feeds = b.feeds(model, 40, seed=1)
+    p = plan(model, [feeds], None, RunOptions())
+    assert p.held is None and p.fit.n == 40 and list(p.sets()) == ["calibration (not held out)"]
+    p = plan(model, [feeds], None, RunOptions(holdout=0.2))
+    assert (p.fit.n, p.held.n) == (32, 8)
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, -0.1, "0.2"])
+def test_a_holdout_that_is_not_a_fraction_is_refused(bad):
+    from onnx_obc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="run.holdout must be a fraction"):
+        RunOptions(holdout=bad)
