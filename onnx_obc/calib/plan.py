@@ -19,6 +19,7 @@ from .stream import CalibrationSource
 log = logging.getLogger(__name__)
 MAX_HELD_OUT = 256
 AUTO_HOLDOUT, AUTO_HOLDOUT_MIN = 0.2, 1280  # the default: 20% kept out from 1,280 samples on
+IN_SAMPLE_CHECK = 64  # none held out: fidelity measured on this many calibration samples
 FEW_SAMPLES = 8
 NOT_REPRESENTATIVE = ("NO CALIBRATION DATA: the Hessians come from random inputs, so the "
                       "result is NOT representative of the model on real data. Pass --calib "
@@ -36,11 +37,13 @@ class Calibration:
     free_batch: int = 0  # a model whose batch axis is fixed at 1: the samples per capture
     # run to try with that axis made symbolic (batching.py; 0: do not try)
     fixed_batch: bool = False  # the model fixes `batch` (no smaller runs)
+    check: CalibrationSource | None = None  # none held out: the calibration samples measured
 
     def sets(self) -> dict[str, CalibrationSource]:
-        """The data sets fidelity is measured on, by report name."""
+        """The data sets fidelity is measured on, by report name: the held-out samples, else
+        (at most IN_SAMPLE_CHECK of) the calibration samples; the eval set."""
         out = {"held-out calibration": self.held} if self.held is not None else {
-            "calibration (not held out)": self.fit}
+            "calibration (not held out)": self.fit if self.check is None else self.check}
         return {**out, **({"eval": self.eval} if self.eval is not None else {})}
 
 
@@ -82,8 +85,10 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
     fit, held = data.split(h, run.seed) if h else (data, None)
     batch, fixed_batch = _batch_size(layout, run.batch_size, fit.n, notes)
     ev = load_data(eval_data, proto, **opts) if eval_data is not None else None
+    check = fit.split(IN_SAMPLE_CHECK, run.seed)[1] if (
+        held is None and fit.n > IN_SAMPLE_CHECK) else None  # a seeded subset, not re-fitted
     if fixed_batch:  # a fixed batch axis takes full batches only
-        fit, held = _full_batches(fit, batch), _full_batches(held, batch)
+        fit, held, check = (_full_batches(x, batch) for x in (fit, held, check))
         if eval_data is not None and (ev := _full_batches(ev, batch)) is None:
             notes.append(f"the eval set has fewer samples than the model's fixed batch of "
                          f"{batch}; it was not evaluated")
@@ -93,7 +98,7 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
             "sample_axes": dict(layout.axis)}
     free = min(run.batch_size, fit.n) if fixed_batch and batch == 1 and not layout.whole else 0
     return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,
-                       fixed_batch)
+                       fixed_batch, check)
 
 
 def _batch_size(layout: Layout, wanted: int, n: int, notes: list[str]) -> tuple[int, bool]:

@@ -88,3 +88,15 @@ def test_a_holdout_that_is_not_a_fraction_is_refused(bad):
 
     with pytest.raises(ConfigError, match="run.holdout must be a fraction"):
         RunOptions(holdout=bad)
+
+
+@pytest.mark.auto_holdout
+def test_none_held_out_measures_fidelity_on_at_most_64_calibration_samples():
+    """Every sample calibrates; the fidelity (and the automatic correction's check) reads a
+    seeded 64 of them, not all (each measured sample runs every compared model once)."""
+    model = b.mlp()
+    p = plan(model, [b.feeds(model, 100, seed=1)], None, RunOptions())
+    ((name, check),) = p.sets().items()
+    assert name == "calibration (not held out)" and (p.fit.n, check.n) == (100, 64)
+    small = plan(model, [b.feeds(model, 40, seed=1)], None, RunOptions())
+    assert next(iter(small.sets().values())) is small.fit
