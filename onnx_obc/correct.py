@@ -16,6 +16,7 @@ corrected through the Add that consumes it where its other input is a constant v
 weight read by several nodes gets no scale; the rest is left, with the reason.
 `correction_mode` says where it runs, `auto_decision` keeps or drops an automatic one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -70,9 +71,8 @@ def correction_mode(cfg: CompressConfig) -> str:
 
 def reference_means(dense: onnx.ModelProto, layers: list[Layer], cfg: CompressConfig
                     ) -> dict[str, ChannelMean] | None:
-    """Per correction site's output an empty ChannelMean for the capture to fill from its runs
-    of the dense model, where the mean correction runs after a one-shot capture (not
-    sequential: that capture runs the compressed model; not with the scale, paired)."""
+    """Per correction site's output an empty ChannelMean the capture fills from its dense runs,
+    where the mean correction follows a one-shot capture (not sequential, not the scale)."""
     if correction_mode(cfg) == "off" or cfg.correct.scale or cfg.run.sequential:
         return None
     sites, _ = bias_targets(dense, layers)
