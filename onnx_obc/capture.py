@@ -111,21 +111,27 @@ def capture_session(model: onnx.ModelProto, names: Iterable[str],
         del model.graph.output[n0:]
 
 
+def ancestors(nodes: list[onnx.NodeProto], names: Iterable[str]) -> list[int]:
+    """Indices, in order, of the `nodes` (topological) that `names` depend on; names a
+    subgraph reads from the outer scope count."""
+    need, keep = set(names), []
+    for i in range(len(nodes) - 1, -1, -1):
+        if any(o in need for o in nodes[i].output):
+            keep.append(i)
+            need.update(n for n in nodes[i].input if n)
+            need.update(subgraph_reads(nodes[i]))
+    return keep[::-1]
+
+
 @contextmanager
 def _ancestors_only(model: onnx.ModelProto, names: list[str]) -> Iterator[None]:
     """While the block runs, `model`'s graph with only the nodes `names` depend on (names a
     subgraph reads from the outer scope count) and `names` as its outputs; restored after."""
     g = model.graph
     nodes, outputs = list(g.node), list(g.output)
-    need, keep = set(names), []
-    for node in reversed(nodes):
-        if any(o in need for o in node.output):
-            keep.append(node)
-            need.update(n for n in node.input if n)
-            need.update(subgraph_reads(node))
     try:
         del g.node[:]
-        g.node.extend(reversed(keep))
+        g.node.extend(nodes[i] for i in ancestors(nodes, names))
         del g.output[:]
         g.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
         yield

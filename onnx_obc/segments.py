@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .capture import subgraph_reads, session
+from .capture import ancestors, session, subgraph_reads
 
 
 class TooLarge(RuntimeError):
@@ -58,12 +58,7 @@ def run_in_segments(model: onnx.ModelProto, stops: list[str],
     missing = [s for s in stops if s not in made]
     if missing:
         raise ValueError(f"no node makes {missing}")
-    need, keep = set(stops), []
-    for i in range(len(nodes) - 1, -1, -1):
-        if any(o in need for o in nodes[i].output):
-            keep.append(i)
-            need |= _reads(nodes[i])
-    keep.reverse()
+    keep = ancestors(nodes, stops)
     at = {i: k for k, i in enumerate(keep)}  # node index -> position among the kept
     last: dict[str, int] = {}  # tensor -> last kept position reading it
     for k, i in enumerate(keep):
