@@ -72,7 +72,8 @@ def child(opts: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="cost-model-") as tmp:
         out = Path(tmp) / "out.json"
         subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(out), json.dumps(opts)],
-                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
         return json.loads(out.read_text())
 
 
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--wide-budget", type=int, default=8000, help="MB")
     ap.add_argument("--wide-time", type=float, default=None, help="--time-budget, seconds")
     ap.add_argument("--wide-what", default="s+w4")
+    ap.add_argument("--device", default="cpu", help="the wide run's --device (cpu / cuda)")
     ap.add_argument("--threads", default="1",
                     help="BLAS / OpenMP threads of each run ('' keeps the environment's): one "
                          "thread keeps timings steady on a shared machine")
@@ -159,13 +161,13 @@ def main() -> None:
     if args.wide or not args.runs:
         opts = {"model": "WIDE", "samples": 64, "memory_budget_mb": args.wide_budget,
                 "progress": True,  # the plan table and the bars, on stderr
-                "compare_baseline": False, **WHAT[args.wide_what]}
+                "compare_baseline": False, "device": args.device, **WHAT[args.wide_what]}
         if args.wide_time:
             opts["time_budget_s"] = args.wide_time
         res = child(opts)
         results["wide"] = res
         (x,) = res["layers"]
-        print(f"\n=== wide Conv 128x65536 ({args.wide_what}), --memory-budget "
+        print(f"\n=== wide Conv 128x65536 ({args.wide_what}, {args.device}), --memory-budget "
               f"{args.wide_budget} MB" + (f", --time-budget {args.wide_time:g} s"
                                           if args.wide_time else "") + " ===")
         print(f"method {x['method']}, sparsity {x['sparsity']:.2%}, loss/baseline "

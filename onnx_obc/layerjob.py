@@ -37,6 +37,7 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
     """Solve one layer on `backend` (an engine's worker): the solution with its arrays on
     the host, the effective rank of H, and the seconds it took."""
     t = time.perf_counter()
+    backend = backend.for_width(job.W.shape[-1])
     W, H = backend.to_device(job.W), backend.to_device(job.H)
     res = (solve_blocked if job.blocked else solve_layer)(
         W, H, structure=job.structure, quant=job.quant, method=job.method, damp=job.damp,

@@ -113,6 +113,7 @@ class TableJob:
 def table_job(job: TableJob, backend: Backend) -> tuple[LevelTable, list[Any] | None]:
     """The layer's table (errors: the normalised layer loss) and, when asked, the host
     weights at each of its levels (for a mixed table, the levels after fp32)."""
+    backend = backend.for_width(job.W.shape[-1])
     W, H = backend.to_device(job.W), backend.to_device(job.H)
     if job.specs.alloc.budget == "bops":
         return _mixed_table(job.L, W, H, backend, job.specs, job.per_weight, job.budget_bytes,

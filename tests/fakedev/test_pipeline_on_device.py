@@ -132,3 +132,52 @@ def test_an_input_shared_by_layers_is_copied_once_per_batch(sequential, saved, f
     # per batch (3) x and h once each, not once per layer; sequential (groups fc, q | k, v):
     # the second group's h, of the compressed and of the dense model, once each
     assert capture == 3 * (4 if sequential else 2)
+
+
+@pytest.mark.parametrize("options", [dict(sparsity=0.5, allocate="uniform"),
+                                     dict(sparsity=0.6, allocate="dp"), dict(bits=4)],
+                         ids=["solve", "dp-levels", "obq"])
+def test_layers_narrower_than_the_device_minimum_are_solved_on_the_host(options, saved, fake,
+                                                                          monkeypatch):
+    """A real GPU solves narrow layers slower than the host (README, "GPU"): below the
+    backend's min_columns the solve and the DP's level tables run on NumPy, with the same
+    output as the device run; the capture stays on the device."""
+    import dataclasses
+
+    from onnx_obc import backend as backend_mod
+
+    spec = MLP  # layer inputs d = 16 and 32
+    on_device = _run(saved, spec, options, "cuda")
+    monkeypatch.setitem(backend_mod._STAND_IN, fc.ndarray,
+                        dataclasses.replace(fake, min_columns=32))  # the 16-wide one: host
+    fc.reset()
+    routed = _run(saved, spec, options, "cuda")
+    a, b = _inits(on_device.model), _inits(routed.model)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert [x.loss for x in routed.report.layers] == [x.loss for x in on_device.report.layers]
+    solver = [s for s in sites() if "onnx_obc/solvers/" in s]
+    assert solver, "the 32-wide layer is still solved on the device"
+    capture = sum(n for s, n in sites(TRANSFERS).items() if "onnx_obc/collect.py" in s)
+    assert capture == 6  # 3 batches x 2 layers: the Hessians are still built on the device
+    monkeypatch.setitem(backend_mod._STAND_IN, fc.ndarray,
+                        dataclasses.replace(fake, min_columns=10**6))
+    fc.reset()
+    host = _run(saved, spec, options, "cuda")
+    assert not [s for s in sites() if "onnx_obc/solvers/" in s]  # no layer on the device
+    for k, v in _inits(host.model).items():
+        np.testing.assert_array_equal(a[k], v, err_msg=k)
+
+
+def test_for_width_picks_the_host_below_min_columns(fake):
+    import dataclasses
+
+    from onnx_obc.backend import get_backend
+
+    cpu = get_backend("cpu")
+    assert cpu.for_width(10) is cpu and fake.for_width(1) is fake  # a stand-in: every layer
+    dev = dataclasses.replace(fake, min_columns=64)
+    assert dev.for_width(64) is dev and dev.for_width(63).name == "numpy"
+    x = dev.to_device(np.arange(3.0))
+    back = dev.for_width(8).to_device(x)  # a device array onto the host backend: copied back
+    assert type(back) is np.ndarray and back.tolist() == [0.0, 1.0, 2.0]
