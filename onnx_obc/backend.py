@@ -123,6 +123,16 @@ class Backend:
         if self.on_device:
             self.xp.cuda.get_current_stream().synchronize()
 
+    def label_for(self, widths: list[int]) -> str:
+        """device_label, and how many of the solved layers (their input widths) for_width
+        put on the host."""
+        host = sum(self.for_width(d) is not self for d in widths)
+        if not host:
+            return self.device_label
+        least = DEVICE_MIN_COLUMNS if self.min_columns is None else self.min_columns
+        return (f"{self.device_label}; {host} of {len(widths)} layers (those under {least:,} "
+                "inputs) solved on the host, which is faster for them")
+
     def free(self) -> None:
         if self.on_device:
             self.xp.get_default_memory_pool().free_all_blocks()

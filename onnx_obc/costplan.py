@@ -143,8 +143,9 @@ def _refined(q: Any, candidates: int) -> int:
 
 
 def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan:
-    """The run's plan on `backend` (row batches at most solve.solver_budget); shown as a
-    table on stderr with progress, its summary logged otherwise."""
+    """The run's plan on `backend` (row batches at most solve.solver_budget), or on the
+    host when every layer is solved there (Backend.for_width); shown as a table on stderr
+    with progress, its summary logged otherwise."""
     import logging
     import sys
 
@@ -152,6 +153,9 @@ def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan
 
     from .solve import solver_budget
 
+    on = [backend.for_width(L.matrix_shape[2]) for L in layers]
+    if on and all(b is not backend for b in on):  # every layer solved on the host (narrow)
+        backend = on[0]
     plan = make_plan(layers, cfg, backend.xp, backend.sync, solver_budget(cfg.run, backend))
     if progress:
         tqdm.write(plan.table(), file=sys.stderr)

@@ -87,7 +87,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
-    report = _report(src, output, cfg, backend.device_label, data, skipped, done, fixes,
+    solved = [L.matrix_shape[2] for L in layers if L.weight in done.solutions]
+    report = _report(src, output, cfg, backend.label_for(solved), data, skipped, done, fixes,
                      fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked, plan,
                      folded)
     if report_path is not None:

@@ -158,13 +158,23 @@ def test_layers_narrower_than_the_device_minimum_are_solved_on_the_host(options,
     assert [x.loss for x in routed.report.layers] == [x.loss for x in on_device.report.layers]
     solver = [s for s in sites() if "onnx_obc/solvers/" in s]
     assert solver, "the 32-wide layer is still solved on the device"
+    assert routed.report.device.endswith("1 of 2 layers (those under 32 inputs) solved on the "
+                                         "host, which is faster for them")
+    assert on_device.report.device == "fake (fake device (NumPy behind a boundary))"
     capture = sum(n for s, n in sites(TRANSFERS).items() if "onnx_obc/collect.py" in s)
     assert capture == 6  # 3 batches x 2 layers: the Hessians are still built on the device
     monkeypatch.setitem(backend_mod._STAND_IN, fc.ndarray,
                         dataclasses.replace(fake, min_columns=10**6))
+    from onnx_obc import costplan
+
+    planned_on, make_plan = [], costplan.make_plan
+    monkeypatch.setattr(costplan, "make_plan",
+                        lambda layers, cfg, xp, *a, **k: planned_on.append(xp) or make_plan(
+                            layers, cfg, xp, *a, **k))
     fc.reset()
     host = _run(saved, spec, options, "cuda")
     assert not [s for s in sites() if "onnx_obc/solvers/" in s]  # no layer on the device
+    assert planned_on == [np]  # the plan's rates are the host's, where every layer runs
     for k, v in _inits(host.model).items():
         np.testing.assert_array_equal(a[k], v, err_msg=k)
 
