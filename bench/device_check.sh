@@ -10,11 +10,16 @@
 #    bench/real/, in that order): per layer the same masks / codes? the same losses? seconds
 #    on each device;
 # 3. bench/device_crossover.py: one layer's solve on each device over widths, per job;
-# 4. bench/cost_model.py --wide --device cuda: the 128 x 65,536 conv within the memory budget.
+# 4. bench/cost_model.py --wide --device cuda --wide-time 60 (WIDE_TIME): the 128 x 65,536 conv
+#    within the memory budget, the plan choosing per layer under that time budget.
 # STEPS (default "pytest parity crossover wide") picks some of them.
-# Each step under its own timeout (STEP_S, default 150 s; WIDE_S for step 3, default 120 s),
+# Each step under its own timeout (STEP_S, default 150 s; WIDE_S for step 4, default 120 s),
 # its log in $OUT (or /tmp/device_out).
 # Wheels in .whl/ (e.g. onnx-graphsurgeon, which the device image lacks) are put on PYTHONPATH.
+# As run through the device tool (one H200, 2026-12-04; README "Numerics", GPU): .whl holding
+# onnx_graphsurgeon-0.6.1-py2.py3-none-any.whl, .gpu holding copies of bench/real's ppocr_cls,
+# ppocr_rec and crepe_tiny (.onnx + .calib.npz, 42 MB), both in .git/info/exclude and carried:
+#   STEP_S=150 bash bench/device_check.sh .gpu/ppocr_cls.onnx .gpu/ppocr_rec.onnx .gpu/crepe_tiny.onnx
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_out}
@@ -57,5 +62,6 @@ if [[ $STEPS == *crossover* ]]; then
     step crossover "${STEP_S:-150}" python3 bench/device_crossover.py
 fi
 if [[ $STEPS == *wide* ]]; then
-    step wide "${WIDE_S:-120}" python3 bench/cost_model.py --wide --device cuda
+    step wide "${WIDE_S:-120}" python3 bench/cost_model.py --wide --device cuda \
+        --wide-time "${WIDE_TIME:-60}"
 fi
