@@ -24,6 +24,8 @@ Pad or Shape between them kept the Conv after it float (tests/export/test_ortpad
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -39,15 +41,26 @@ SHAPE_OPS = ("Shape", "Size")
 def zero_pad(node: onnx.NodeProto, weights: dict[str, tuple[str, onnx.TensorProto]]) -> bool:
     """A constant-mode Pad (opset >= 11 form) whose pad value is absent or a constant 0
     (`weights`: layers.constant_weights of the graph)."""
-    if not PAD_CODES or node.op_type != "Pad" or len(node.input) < 2:
+    if not PAD_CODES or node.op_type != "Pad":
         return False
     modes = [a.s for a in node.attribute if a.name == "mode"]
-    if modes and modes[0] not in (b"constant", "constant"):
+
+    def value() -> np.ndarray | None:
+        t = weights.get(node.input[2])
+        return None if t is None else numpy_helper.to_array(t[1])
+
+    return _pads_zeros(modes[0] if modes else "constant", list(node.input), value)
+
+
+def _pads_zeros(mode: str | bytes, names: list[str], value: Callable[[], np.ndarray | None]
+                ) -> bool:
+    """A Pad of `mode` whose inputs are named `names` (data, pads[, value]) pads with 0:
+    constant mode, and its value input absent, empty or a constant 0 (`value()`: that
+    input's array, None where it is no constant). One rule for the plan's ONNX nodes and
+    the rewrite's graphsurgeon ones."""
+    if mode not in ("constant", b"constant") or len(names) < 2:
         return False
-    if len(node.input) < 3 or not node.input[2]:
-        return True
-    t = weights.get(node.input[2])
-    return t is not None and _is_zero(numpy_helper.to_array(t[1]))
+    return len(names) < 3 or not names[2] or _is_zero(value())
 
 
 def _is_zero(v: np.ndarray | None) -> bool:
@@ -101,11 +114,8 @@ def pads_on_codes(graph: gs.Graph) -> int:
 
 
 def _zero_value(pad: gs.Node) -> bool:
-    if pad.attrs.get("mode", "constant") not in ("constant", b"constant") or len(pad.inputs) < 2:
-        return False
-    if len(pad.inputs) < 3 or pad.inputs[2].name == "":
-        return True
-    return _is_zero(constant_value(pad.inputs[2]))
+    return _pads_zeros(pad.attrs.get("mode", "constant"), [t.name for t in pad.inputs],
+                       lambda: constant_value(pad.inputs[2]))
 
 
 def _uint8_per_tensor(q: gs.Node) -> bool:
