@@ -1,10 +1,12 @@
 """Streaming activation ranges for static per-tensor quantization.
 
 Each batch updates the running extremes and a signed histogram of x (2 x 2048 bins over
-[-top, top)). The histogram's range starts at the first batch's max |x| and doubles, merging
-bins pairwise, whenever a batch exceeds it, so no activation is ever stored. Folded at 0 it is
-the histogram of |x| (bin i: i top / 2048 <= |x| < (i + 1) top / 2048, up to float32
-rounding at the bin edges).
+[-top, top)). The histogram's range starts at the least power of two above the first batch's
+max |x| and doubles, merging bins pairwise, whenever a batch exceeds it, so no activation is
+ever stored, and it ends at the least power of two above the max |x| of all batches: the
+same bins whatever the batches (capture runs of 8 or 32 samples give the same ranges).
+Folded at 0 it is the histogram of |x| (bin i: i top / 2048 <= |x| < (i + 1) top / 2048;
+the scaling to bins is exact, a power of two, up to float32 rounding of the offset).
 
 Symmetric int8 scales (`scale`): max|x| / 127 ("minmax"), the p-th percentile of |x| / 127
 ("percentile", p = 99.99 by default), or the clip that minimizes the expected squared
@@ -52,8 +54,11 @@ class RangeObserver:
         self.amax = max(self.amax, m)
         if not self.histogram:
             return
-        if self.top == 0.0:
-            self.top = m * 1.0001 if m > 0 else 1.0
+        if m == 0.0:  # all zeros: bin [0, top / BINS) whatever top becomes
+            self.signed[BINS] += x.size
+            return
+        if self.top == 0.0:  # the least power of two above max |x| (frexp: m < 2^e)
+            self.top = float(np.ldexp(1.0, np.frexp(m)[1]))
         while m >= self.top:
             neg = self.signed[:BINS][::-1].reshape(-1, 2).sum(axis=1)  # by |x|, merged
             pos = self.signed[BINS:].reshape(-1, 2).sum(axis=1)

@@ -122,3 +122,30 @@ def test_chunked_binning_counts_what_one_pass_counts():
     obs = RangeObserver()
     obs.add(x)
     np.testing.assert_array_equal(obs.signed, actrange.bins(x, obs.top))
+
+
+def test_the_histogram_does_not_depend_on_how_the_samples_are_batched():
+    """The range ends at the least power of two above max |x| whatever the first batch's
+    max, so runs of 8 or 32 samples (or a first batch of zeros) give the same bins and the
+    same ranges; before, the first batch's max set the grid and the mse ranges moved."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 40)) * np.linspace(0.1, 3.0, 64)[:, None]).astype(np.float32)
+    x[5, 7] = 17.5  # a late outlier: the small batches' range doubles to reach it
+    splits = {}
+    for size, zeros in ((1, False), (8, False), (32, False), (64, False), (8, True)):
+        obs = RangeObserver()
+        if zeros:
+            obs.add(np.zeros((3, 40), np.float32))  # counted in bin 0, sets no range
+        for i in range(0, 64, size):
+            obs.add(x[::-1][i:i + size])  # the outlier near the end
+        splits[size, zeros] = obs
+    ref = splits[64, False]
+    assert ref.top == 32.0  # the least power of two above 17.5
+    for (size, zeros), obs in splits.items():
+        np.testing.assert_array_equal(obs.signed[:2048], ref.signed[:2048])
+        np.testing.assert_array_equal(obs.signed[2049:], ref.signed[2049:])
+        assert obs.signed[2048] == ref.signed[2048] + (3 * 40 if zeros else 0)
+        if not zeros:
+            assert obs.bounds("mse") == ref.bounds("mse")
+            assert obs.scale("mse") == ref.scale("mse")
+            assert obs.scale("percentile") == ref.scale("percentile")

@@ -84,10 +84,10 @@ def test_channel_mean_streams_batches_in_float64():
                                rtol=1e-12)
 
 
-def test_a_run_of_fewer_samples_before_a_second_pass(monkeypatch):
-    """Where a batch's tensors exceed the budget but half a batch's fit, the capture runs
-    half batches in one pass (a second pass would run the model again) where the batch is
-    free; the same Hessians. With shrink off (a fixed batch): the groups, as before."""
+def test_a_free_batch_is_captured_in_runs_of_capture_batch_samples(monkeypatch):
+    """Where the batch is free (shrink) the capture runs CAPTURE_BATCH samples at a time,
+    in one pass where a full batch's tensors would not fit the budget; the same Hessians.
+    With shrink off (a fixed batch): full batches, in groups, as before."""
     import onnx_obc.collect as K
 
     model, layers, data = _digits()  # 48 samples
@@ -109,24 +109,28 @@ def test_a_run_of_fewer_samples_before_a_second_pass(monkeypatch):
     budget = int(0.75 * total)
     assert len(K.plan_groups([[n] for n in names], K.activation_bytes(model, names, first),
                              budget)) > 1
-    half, _ = collect(model, layers, data, 48, get_backend("cpu"), budget, False, shrink=True)
-    assert [s for _, s in seen] == [24, 24] and len({p for p, _ in seen}) == 1
+    small, _ = collect(model, layers, data, 48, get_backend("cpu"), budget, False, shrink=True)
+    assert [s for _, s in seen] == [K.CAPTURE_BATCH] * (48 // K.CAPTURE_BATCH)
+    assert len({p for p, _ in seen}) == 1
     for w, acc in whole.items():
-        np.testing.assert_allclose(half[w].mean(), acc.mean(), rtol=1e-10)
+        np.testing.assert_allclose(small[w].mean(), acc.mean(), rtol=1e-10)
     seen.clear()
     collect(model, layers, data, 48, get_backend("cpu"), budget, False, shrink=False)
     assert len({p for p, _ in seen}) > 1 and {s for _, s in seen} == {48}
 
 
-def test_the_means_are_worth_half_a_batch_not_a_second_pass():
-    """_passes: the means' tensors in one pass at half the batch before one pass without
-    them; with a fixed batch they are left out rather than costing a second pass, and kept
-    where the passes are several anyway and they add none."""
-    from onnx_obc.collect import _passes
+def test_the_means_are_worth_a_pass_only_when_they_add_none():
+    """_passes: runs of CAPTURE_BATCH samples where the batch is free, the means' tensors in
+    the one pass where they fit; with a fixed batch they are left out rather than costing a
+    second pass, and kept where the passes are several anyway and they add none."""
+    from onnx_obc.collect import CAPTURE_BATCH, _passes
 
     units, extra = [["a"], ["b"]], [["c"]]
     sizes = {"a": 60, "b": 50, "c": 40}
-    assert _passes(units, extra, sizes, 120, 32, True) == (16, [["a", "b", "c"]], True)
+    assert CAPTURE_BATCH == 8
+    assert _passes(units, extra, sizes, 120, 32, True) == (8, [["a", "b", "c"]], True)
+    assert _passes(units, extra, sizes, 30, 32, True) == (8, [["a", "b"]], False)  # 37.5
     assert _passes(units, extra, sizes, 120, 32, False) == (32, [["a", "b"]], False)
     assert _passes(units, extra, sizes, 90, 32, False) == (32, [["a"], ["b", "c"]], True)
-    assert _passes(units, [], sizes, 100, 32, True) == (16, [["a", "b"]], True)
+    assert _passes(units, [], sizes, 100, 32, True) == (8, [["a", "b"]], True)
+    assert _passes(units, [], sizes, 100, 4, True) == (4, [["a"], ["b"]], True)  # < 8
