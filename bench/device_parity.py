@@ -6,7 +6,7 @@ Default: every shipped model in models/ (and bench/synthetic/ocr_like.onnx when 
 Per model: per-layer mask agreement between the two devices, the largest relative loss
 difference, and the solve/total seconds on each (prints figures; asserts nothing).
 Default job: 50% sparsity; --bits N quantizes instead (N bits, OBQ; "same mask" then compares
-the written weights' values).
+the written integer codes).
 --fake: the strict fake device of the tests (tests/fakedev/fakecupy.py) stands in for the GPU,
 to check this script and the device path without one (its seconds mean nothing).
 """

@@ -98,8 +98,7 @@ class Backend:
 
     name: str
     xp: ModuleType
-    min_columns: int | None = None  # narrower layers are solved on the host (None: the default)
-
+    min_columns: int | None = None  # narrower layers are solved on the host (None: default)
 
     @property
     def on_device(self) -> bool:
