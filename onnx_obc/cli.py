@@ -138,9 +138,6 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               help="H-aware code descent after the quantization solve (lowers the layer "
                    "loss, never raises it); default: on with --method obc, off with gptq.")
 @calib_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Samples per onnxruntime run (the capture runs at most 8 where the "
-                   "model's batch is free: faster and lighter).")
 @click.option("--method", type=click.Choice(["obc", "gptq", "magnitude", "rtn"]),
               default="obc", show_default=True,
               help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT in one pass); or the "
