@@ -137,7 +137,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
 # (histograms, im2col) cost less per sample on small runs, and memory follows the run:
 # W8A8 one-thread CPU s / peak RSS at 8 against 32 samples per run (README "W8A8
 # conversion time"): ppocr_rec 19.2 / 1.1 GB vs 27.9 / 3.7 GB, ppocr_det 13.1 / 1.3 vs
-# 18.4 / 3.0, EfficientNet-Lite0 48.6 / 2.5 vs 53.3 / 3.6.
+# 18.4 / 3.0, EfficientNet-Lite0 48.6 / 2.5 vs 53.3 / 3.6. The correction and the
+# verification run as many (calib.Calibration.run_batch).
 CAPTURE_BATCH = 8
 
 

@@ -130,8 +130,8 @@ _CALIB_OPTIONS = [
                  help="Override the sample axis read from the model's symbolic dimensions "
                       "(INPUT=none: fed whole to every run)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-                 help="Samples per onnxruntime run (the capture runs at most 8 where the "
-                      "model's batch is free: faster and lighter)."),
+                 help="Samples per onnxruntime run (capture, correction and verification "
+                      "run at most 8 where the model's batch is free: faster and lighter)."),
 ]
 
 

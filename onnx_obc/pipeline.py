@@ -125,7 +125,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
                                   act_scales=done.act_values, target=cfg.export.runtime,
                                   target_options=cfg.export.target_options())
     with _timed(clock, "verify"):
-        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.batch, runtime,
+        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.run_batch, runtime,
                            data.free_batch, data.info.get("sample_axes"))
         if fixes is not None and correction_mode(cfg) == "auto":
             keep, fixes = auto_decision(fixes, fidelity, next(iter(fidelity)))
@@ -147,7 +147,8 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
         return None
     with _timed(clock, "correct"):
         return correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
-                               done.solutions, data.fit, data.batch, runtime, cfg.correct.scale,
+                               done.solutions, data.fit, data.run_batch, runtime,
+                               cfg.correct.scale,
                                act_values=done.act_values, target=cfg.export.runtime,
                                target_options=cfg.export.target_options(),
                                budget=cfg.run.memory_budget_mb << 20, progress=progress,

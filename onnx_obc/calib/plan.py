@@ -39,6 +39,16 @@ class Calibration:
     fixed_batch: bool = False  # the model fixes `batch` (no smaller runs)
     check: CalibrationSource | None = None  # none held out: the calibration samples measured
 
+    @property
+    def run_batch(self) -> int:
+        """Samples per onnxruntime run of the correction and the verification: at most
+        collect.CAPTURE_BATCH where the model's batch is free (as the capture runs), where
+        smaller runs measured faster and lighter; else `batch`."""
+        from ..collect import CAPTURE_BATCH
+
+        free = not (self.fixed_batch or self.free_batch)
+        return min(self.batch, CAPTURE_BATCH) if free else self.batch
+
     def sets(self) -> dict[str, CalibrationSource]:
         """The data sets fidelity is measured on, by report name: the held-out samples, else
         (at most IN_SAMPLE_CHECK of) the calibration samples; the eval set."""

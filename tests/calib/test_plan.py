@@ -100,3 +100,17 @@ def test_none_held_out_measures_fidelity_on_at_most_64_calibration_samples():
     assert name == "calibration (not held out)" and (p.fit.n, check.n) == (100, 64)
     small = plan(model, [b.feeds(model, 40, seed=1)], None, RunOptions())
     assert next(iter(small.sets().values())) is small.fit
+
+
+def test_the_correction_and_verification_run_8_samples_where_the_batch_is_free():
+    """Calibration.run_batch: at most collect.CAPTURE_BATCH (8) where the batch is free, as
+    the capture runs; a fixed batch (here 16) and a batch-free run (fixed at 1) keep theirs."""
+    free = b.mlp()
+    p = plan(free, [b.feeds(free, 40)], None, RunOptions(holdout=0.0))
+    assert p.batch == 32 and p.run_batch == 8
+    assert plan(free, [b.feeds(free, 40)], None, RunOptions(holdout=0.0, batch_size=4)
+                ).run_batch == 4
+    fixed = plan(_fixed_batch(16), [b.feeds(free, 40)], None, RunOptions(holdout=0.0))
+    assert fixed.batch == 16 and fixed.run_batch == 16
+    one = plan(_fixed_batch(1), [b.feeds(free, 40)], None, RunOptions(holdout=0.0))
+    assert one.free_batch > 1 and one.run_batch == one.batch == 1
