@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 import onnx
 
 from . import calib as calib_mod
+from .calib.plan import RUN_BATCH
 from .actrange import RangeObserver
 from .backend import Backend
 from .batching import batch_free, per_sample, sample_axes
@@ -133,13 +134,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     return accs, observers
 
 
-# `shrink`: capture runs of this many samples. onnxruntime and the per-batch arithmetic
-# (histograms, im2col) cost less per sample on small runs, and memory follows the run:
-# W8A8 one-thread CPU s / peak RSS at 8 against 32 samples per run (README "W8A8
-# conversion time"): ppocr_rec 19.2 / 1.1 GB vs 27.9 / 3.7 GB, ppocr_det 13.1 / 1.3 vs
-# 18.4 / 3.0, EfficientNet-Lite0 48.6 / 2.5 vs 53.3 / 3.6. The correction and the
-# verification run as many (calib.Calibration.run_batch).
-CAPTURE_BATCH = 8
+CAPTURE_BATCH = RUN_BATCH  # `shrink`: samples per capture run (calib.plan.RUN_BATCH)
 
 
 def _passes(units: list[list[str]], extra: list[list[str]], sizes: dict[str, int | None],

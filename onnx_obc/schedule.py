@@ -85,7 +85,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 sample_axes=data.info.get("sample_axes"),
                                 diagonal=diagonal_hessians(cfg, group),
                                 means=means if model is proto and not cfg.run.sequential
-                                else None, shrink=not (data.fixed_batch or data.free_batch))
+                                else None, shrink=data.batch_is_free)
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

@@ -103,7 +103,7 @@ def test_none_held_out_measures_fidelity_on_at_most_64_calibration_samples():
 
 
 def test_the_correction_and_verification_run_8_samples_where_the_batch_is_free():
-    """Calibration.run_batch: at most collect.CAPTURE_BATCH (8) where the batch is free, as
+    """Calibration.run_batch: at most RUN_BATCH (8) where the batch is free, as
     the capture runs; a fixed batch (here 16) and a batch-free run (fixed at 1) keep theirs."""
     free = b.mlp()
     p = plan(free, [b.feeds(free, 40)], None, RunOptions(holdout=0.0))
