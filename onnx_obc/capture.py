@@ -42,9 +42,10 @@ class Runtime:
     def of(cls, value: Runtime | Iterable[str]) -> Runtime:
         return value if isinstance(value, Runtime) else cls(tuple(value))
 
-    def options(self, optimize: bool = False) -> ort.SessionOptions:
+    def options(self, optimize: bool = False, arena: bool = True) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.enable_cpu_mem_arena = arena
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if self.custom_op_library is not None:
@@ -72,10 +73,11 @@ def providers_for(backend_name: str, custom_op_library: str | None = None) -> Ru
     return Runtime(("CPUExecutionProvider",), custom_op_library)
 
 
-def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bool = False
-            ) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bool = False,
+            arena: bool = True) -> ort.InferenceSession:
+    """`arena=False`: no CPU memory arena (segments.py: outputs kept past the run)."""
     rt = Runtime.of(providers)
-    opts = rt.options(optimize)
+    opts = rt.options(optimize, arena)
     with tempfile.TemporaryDirectory(prefix="onnx-obc-") as tmp:
         src = serialized_or_path(model, Path(tmp))
         shared = diskdata.session_options(model, opts) if isinstance(src, bytes) else []

@@ -120,3 +120,44 @@ def test_what_reads_no_input_is_kept_once_for_all_batches():
     for y, r in zip(seen["y"], ref):
         np.testing.assert_allclose(y, r["y"], rtol=1e-6, atol=1e-6)
     assert 40 * big.ByteSize() > 8 << 20  # forty copies would not have fit
+
+
+def test_pieces_reading_large_kept_tensors_run_without_the_memory_arena(monkeypatch):
+    """A piece whose kept input per run is ARENA_MAX bytes or more gets a session without
+    onnxruntime's CPU memory arena, the others keep it; the tensors are the same."""
+    import onnx_obc.segments as S
+
+    model, batches = _residual(), _batches()
+    made: list[bool] = []
+    real = S.session
+
+    def spy(m, providers, arena=True):
+        made.append(arena)
+        return real(m, providers, arena=arena)
+
+    def run(limit):
+        seen: dict[str, list[np.ndarray]] = {}
+
+        def visit(name, ys):
+            seen[name] = [y.copy() for y in ys]
+            return ys
+
+        made.clear()
+        monkeypatch.setattr(S, "ARENA_MAX", limit)
+        run_in_segments(model, ["a", "c", "y"], batches, RUN, visit, 1 << 30)
+        return seen, list(made)
+
+    monkeypatch.setattr(S, "session", spy)
+    small, arenas = run(1 << 30)
+    assert arenas == [True, True, True]
+    # the first piece reads the graph input x (5 x 3 x 6 x 6 floats: 2,160 bytes a run),
+    # the later ones kept 5 x 4 x 6 x 6 tensors (2,880 bytes)
+    _, arenas = run(2881)
+    assert arenas == [True, True, True]
+    _, arenas = run(2880)
+    assert arenas == [True, False, False]
+    large, arenas = run(2160)
+    assert arenas == [False, False, False]
+    for k in small:
+        for u, v in zip(small[k], large[k]):
+            np.testing.assert_array_equal(u, v)
