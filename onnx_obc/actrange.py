@@ -67,6 +67,11 @@ class RangeObserver:
             self.top *= 2.0
         self.signed += bins(x.ravel(), self.top)
 
+    def add_zeros(self, count: int) -> None:
+        """`count` more zeros (a zero Pad's padding, observe.py), as add() would bin them."""
+        if count and self.histogram:
+            self.signed[BINS] += count
+
     def scale(self, method: str = "minmax", percentile: float = 99.99, qmax: int = 127
               ) -> float:
         if method == "minmax" or self.signed.sum() == 0:

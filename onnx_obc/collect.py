@@ -20,6 +20,7 @@ from .capture import (Runtime, activation_bytes, capture, capture_session, measu
 from .hessian import (BlockHessianAccumulator, DiagonalAccumulator, HessianAccumulator, columns,
                       position_step)
 from .layers import Layer
+from .observe import Observers
 from .specs import MB
 
 
@@ -61,8 +62,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     inputs = {s.name for s in calib_mod.input_specs(proto)}
     units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
              for L in layers]
-    observers = {n: RangeObserver(histogram) for n in observe or []}
-    units += [[n] for n in observers if n not in inputs]
+    observers = Observers(proto, observe or [], histogram)
+    units += observers.fetch(inputs)
     fetched = {n for unit in units for n in unit}
     extra = [[n] for n in means or {} if n not in inputs and n not in fetched]
     names = list(dict.fromkeys(n for unit in units + extra for n in unit))
@@ -99,9 +100,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
         for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
-            for n, obs in observers.items():
-                if n in acts and (n in group or (n in inputs and group is groups[0])):
-                    obs.add(acts[n])
+            observers.add(acts, lambda n: n in group or (n in inputs and group is groups[0]))
             for n, mean in means.items():
                 if n in group and n not in taken:
                     mean.add(acts[n])
@@ -131,7 +130,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         done.update(L.weight for L in todo)
         backend.free()
     bar.close()
-    return accs, observers
+    return accs, observers.result()
 
 
 CAPTURE_BATCH = RUN_BATCH  # `shrink`: samples per capture run (calib.plan.RUN_BATCH)
