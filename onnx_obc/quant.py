@@ -68,17 +68,35 @@ class Grid:
 
 
 def quantize(x: Any, scale: Any, zero: Any, qmin: int, qmax: int) -> Any:
-    """Fake-quantize x onto the grid (dequantized values, x's float dtype)."""
+    """Fake-quantize x onto the grid (dequantized values, x's float dtype); one temporary,
+    worked in place."""
     xp = array_module(x)
-    q = xp.clip(xp.round(x / scale) + zero, qmin, qmax)
-    return (scale * (q - zero)).astype(x.dtype, copy=False)
+    t = x / scale
+    xp.rint(t, out=t)
+    t += zero
+    xp.clip(t, qmin, qmax, out=t)
+    t -= zero
+    t *= scale
+    return t.astype(x.dtype, copy=False)
 
 
 def codes(x: Any, grid: Grid) -> Any:
     """Integer codes [R, d] (signed for symmetric grids) of values already on the grid."""
     xp = array_module(x)
-    s, z = grid.columns()
-    return xp.clip(xp.round(x / s) + z, grid.qmin, grid.qmax).astype(xp.int32)
+    xg, s, z = _by_group(x, grid)
+    t = xg / s
+    xp.rint(t, out=t)
+    t += z
+    xp.clip(t, grid.qmin, grid.qmax, out=t)
+    return t.astype(xp.int32).reshape(x.shape)
+
+
+def _by_group(x: Any, grid: Grid) -> tuple[Any, Any, Any]:
+    """x [R, d] as [R, n_groups, group_size] and the grid's scale and zero [R, n_groups, 1]:
+    elementwise the same as Grid.columns(), without its two [R, d] copies."""
+    R, d = x.shape
+    return (x.reshape(R, d // grid.group_size, grid.group_size), grid.scale[..., None],
+            grid.zero[..., None])
 
 
 def _params(lo: Any, hi: Any, spec: QuantSpec) -> tuple[Any, Any]:
@@ -106,16 +124,17 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
     g = spec.group_size or d
     if d % g:
         raise ConfigError(f"group size {g} does not divide the layer's {d} inputs per output")
-    Wg = W.astype(xp.float64).reshape(R, d // g, g)  # [R, G, g]
-    lo = xp.minimum(Wg.min(axis=2), 0.0)  # the range always contains 0
-    hi = xp.maximum(Wg.max(axis=2), 0.0)
+    Wd = W.reshape(R, d // g, g)  # [R, G, g], W's dtype (min and max exact in it)
+    lo = xp.minimum(Wd.min(axis=2).astype(xp.float64), 0.0)  # the range always contains 0
+    hi = xp.maximum(Wd.max(axis=2).astype(xp.float64), 0.0)
     scale, zero = _params(lo, hi, spec)
     if not spec.mse:
         return Grid(scale, zero, spec.qmin, spec.qmax, g)
+    if spec.bits >= COARSE_BITS:
+        return _coarse_fine(W, Wd, lo, hi, spec, g, H)
+    Wg = Wd.astype(xp.float64)
     wts = 1.0 if H is None else _row_diag(H, R).reshape(R, d // g, g)  # [R, G, g]
     s0, z0 = scale, zero
-    if spec.bits >= COARSE_BITS:
-        return _coarse_fine(W, Wg, lo, hi, wts, spec, g, H)
     best = xp.full(scale.shape, xp.inf)
     for i in range(int(spec.maxshrink * spec.grid)):
         p = 1.0 - i / spec.grid
@@ -138,32 +157,38 @@ COARSE_STEP = 4  # the coarse pass tries every COARSE_STEP-th shrink, then its n
 STOP = 2.0  # the coarse pass leaves a row (group) once a shrink's error is STOP x its best
 SEARCH_CHUNK = 1 << 16  # elements per pass of the search on the CPU (row chunks: the same
 # numbers as whole-matrix passes, each pass in the cache instead of main memory)
+CHECK_CHUNK = 1 << 20  # weights per step of the min-max check under H (its float64 rounding
+# temporaries stay below the allocator's 32 MB mmap threshold: reused, not faulted in)
 
 
-def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g: int,
-                 H: Any) -> Grid:
+def _coarse_fine(W: Any, Wd: Any, lo: Any, hi: Any, spec: QuantSpec, g: int, H: Any) -> Grid:
     """fit_grid's search at COARSE_BITS and more, where clipping moves the loss little and
     the search is most of an 8-bit layer's time: the same criterion in float32 (half the
     memory traffic) on every COARSE_STEP-th shrink in increasing order, each row (group)
     left once a shrink's error exceeds STOP x its best so far (at 8 bits clipping soon
     costs more than all the rounding: the bench models' rows leave after 2-3 shrinks),
     then on the shrinks around the best one. The min-max check under H in float32 too;
-    the chosen shrink's grid is computed in float64.
+    the chosen shrink's grid is computed in float64. Wd [R, G, g]: W's groups in W's dtype.
+    Every pass and the check run on row chunks (numpy): a layer like ddddocr's 8210 x 1024
+    classifier made a dozen 67 MB temporaries, each fresh memory from the system (its page
+    faults were 1.1 s of system time against 0.65 s of compute).
     """
     xp = array_module(W)
     n = int(spec.maxshrink * spec.grid)
-    W32 = Wg.astype(xp.float32)
-    w32 = wts if isinstance(wts, float) else wts.astype(xp.float32)
+    W32 = Wd.astype(xp.float32, copy=False)
+    D32 = None if H is None else _group_diag(H).astype(xp.float32)  # [Gh, d]
     lo32, hi32 = lo.astype(xp.float32), hi.astype(xp.float32)
 
-    R = Wg.shape[0]
-    rows = max(1, SEARCH_CHUNK // max(1, Wg[0].size)) if xp.__name__ == "numpy" else R
+    R = Wd.shape[0]
+    rows = max(1, SEARCH_CHUNK // max(1, Wd[0].size)) if xp.__name__ == "numpy" else R
 
     best_i = xp.zeros(lo.shape, dtype=xp.int64)
     fine = [o for o in range(1 - COARSE_STEP, COARSE_STEP) if o]
     for r0 in range(0, R, rows):  # row chunks: each pass stays in the cache
         sl = slice(r0, r0 + rows)
-        args = (W32[sl], lo32[sl], hi32[sl], w32 if isinstance(w32, float) else w32[sl], spec)
+        w32 = 1.0 if D32 is None else _rows_of(D32, r0, min(R, r0 + rows), R).reshape(
+            W32[sl].shape)  # each row's diag(H), float32
+        args = (W32[sl], lo32[sl], hi32[sl], w32, spec)
         best = xp.full(lo[sl].shape, xp.inf, dtype=xp.float32)
         bi = xp.zeros(lo[sl].shape, dtype=xp.int64)
         done = xp.zeros(lo[sl].shape, dtype=bool)  # past the best by STOP x: frozen
@@ -187,9 +212,10 @@ def _coarse_fine(W: Any, Wg: Any, lo: Any, hi: Any, wts: Any, spec: QuantSpec, g
         R = W.shape[0]
         G = H.shape[0]
         moved = xp.nonzero((best_i > 0).reshape(G, R // G, -1).any(axis=(0, 2)))[0]
-        if moved.size:  # rows j of every group: their losses, against min-max's
-            rows = (xp.arange(G)[:, None] * (R // G) + moved[None, :]).reshape(-1)
-            H32 = H.astype(xp.float32)
+        H32 = H.astype(xp.float32) if moved.size else None
+        step = max(1, CHECK_CHUNK // (G * W.shape[1])) if xp.__name__ == "numpy" else R
+        for c0 in range(0, moved.size, step):  # rows j of every group, against min-max's
+            rows = (xp.arange(G)[:, None] * (R // G) + moved[None, c0:c0 + step]).reshape(-1)
             worse = (_rtn_row_loss(W[rows], scale[rows], zero[rows], spec, g, H32, xp.float32)
                      > _rtn_row_loss(W[rows], s0[rows], z0[rows], spec, g, H32, xp.float32))
             back = rows[worse]
@@ -220,12 +246,25 @@ def _err(i: Any, W32: Any, lo32: Any, hi32: Any, w32: Any, spec: QuantSpec) -> A
     return t.sum(axis=2)  # [R, G]
 
 
-def _row_diag(H: Any, R: int) -> Any:
-    """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks); H is
-    [G, d, d] or its diagonal [G, d] (hessian.DiagonalAccumulator)."""
+def _group_diag(H: Any) -> Any:
+    """diag(H) of each Hessian group, [G, d] float64; H is [G, d, d] or its diagonal [G, d]
+    (hessian.DiagonalAccumulator)."""
     xp = array_module(H)
-    D = (H if H.ndim == 2 else xp.diagonal(H, axis1=1, axis2=2)).astype(xp.float64)  # [G, d]
-    return xp.repeat(D, R // D.shape[0], axis=0)
+    return (H if H.ndim == 2 else xp.diagonal(H, axis1=1, axis2=2)).astype(xp.float64)
+
+
+def _row_diag(H: Any, R: int) -> Any:
+    """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks)."""
+    D = _group_diag(H)
+    return array_module(H).repeat(D, R // D.shape[0], axis=0)
+
+
+def _rows_of(D: Any, r0: int, r1: int, R: int) -> Any:
+    """Rows r0:r1 of _row_diag's [R, d] from D [G, d] (a view when G = 1)."""
+    xp = array_module(D)
+    if D.shape[0] == 1:
+        return xp.broadcast_to(D[0], (r1 - r0, D.shape[1]))
+    return D[xp.arange(r0, r1) // (R // D.shape[0])]
 
 
 def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any,
@@ -245,5 +284,5 @@ def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any
 
 def rtn(W: Any, grid: Grid) -> Any:
     """Round to nearest on the grid: the baseline."""
-    s, z = grid.columns()
-    return quantize(W.astype(s.dtype), s, z, grid.qmin, grid.qmax)
+    Wg, s, z = _by_group(W, grid)
+    return quantize(Wg.astype(s.dtype, copy=False), s, z, grid.qmin, grid.qmax).reshape(W.shape)
