@@ -74,12 +74,18 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     if free_batch > 1:  # the groups must hold a batched run's tensors (twice with `dense`)
         k = free_batch * (2 if dense is not None else 1)
         sizes = {n: None if v is None else v * k for n, v in sizes.items()}
-    batch, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
+    run, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
+    if len(groups) > 1 and observers.padded:  # a Pad copy's source must be in step with it
+        observers = Observers(proto, observe or [], histogram, pads=False)
+        units = units[:len(layers)] + observers.fetch(inputs)
+        run, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
+    batch = run
     means = {n: m for n, m in (means or {}).items() if n not in inputs} if keep else {}
     n_batches = -(-data.n // batch)
     bar = tqdm(total=len(groups) * n_batches, desc="capture", unit="batch", disable=not progress)
     done: set[str] = set()
     taken: set[str] = set()  # means complete
+    observed: set[str] = set()  # tensors of the groups done
     steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
     pending = _Pending(accs, budget // 8, backend.xp)
     for group in groups:
@@ -100,7 +106,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
         for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
-            observers.add(acts, lambda n: n in group or (n in inputs and group is groups[0]))
+            observers.add(acts, lambda n: n not in observed and (
+                n in group or (n in inputs and group is groups[0])))
             for n, mean in means.items():
                 if n in group and n not in taken:
                     mean.add(acts[n])
@@ -127,6 +134,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             bar.update(1)
         pending.flush()
         taken.update(n for n in means if n in group)  # a tensor in two groups counts once
+        observed.update(group)  # so does an observed one
         done.update(L.weight for L in todo)
         backend.free()
     bar.close()

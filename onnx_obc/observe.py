@@ -38,11 +38,17 @@ class _Copy:
 class Observers:
     """Range observers of the `names` tensors of `proto` (host side, numpy)."""
 
-    def __init__(self, proto: onnx.ModelProto, names: list[str], histogram: bool = True
-                 ) -> None:
-        self.copies = _copies(proto, names)
+    def __init__(self, proto: onnx.ModelProto, names: list[str], histogram: bool = True,
+                 pads: bool = True) -> None:
+        """pads=False: zero Pads binned on their own (a capture in several passes: a Pad's
+        copy reads its source's observer in step, run by run)."""
+        self.copies = {t: c for t, c in _copies(proto, names).items() if pads or not c.padded}
         self.own = {n: RangeObserver(histogram) for n in names if n not in self.copies}
         self.names = list(names)
+
+    @property
+    def padded(self) -> bool:
+        return any(c.padded for c in self.copies.values())
 
     def fetch(self, inputs: set[str]) -> list[list[str]]:
         """What the capture fetches for them, each list in one run: the own ones; a zero

@@ -96,14 +96,16 @@ def test_which_tensors_are_copies_and_what_is_fetched_for_them():
     assert not any("t" in u or "sq" in u for u in units)  # value copies are not fetched
 
 
-@pytest.mark.parametrize("shift", [0.0, -3.0])
-def test_derived_observers_equal_binning_every_tensor(shift):
+@pytest.mark.parametrize("shift,memory_mb", [(0.0, 2048), (-3.0, 2048), (-3.0, 0)])
+def test_derived_observers_equal_binning_every_tensor(shift, memory_mb):
     """Same histogram, extremes and ranges as binning each tensor, run by run: through
     value-preserving chains, constant zero pads, run-time pads, and (shift < 0) a run
-    whose pads crop, after which that tensor is binned on its own."""
+    whose pads crop, after which that tensor is binned on its own; with no memory (a
+    capture in several passes, tensors in more than one) each observed once, the Pads
+    binned on their own."""
     model, data = _model(), _data(shift)
     layers, _ = find_layers(model)
-    _, got = collect(model, layers, data, 8, get_backend("cpu"), 2048, False,
+    _, got = collect(model, layers, data, 8, get_backend("cpu"), memory_mb, False,
                      observe=OBSERVED)
     ref = _direct(model, data, OBSERVED)
     assert list(got) == OBSERVED
