@@ -14,9 +14,9 @@ onnx_obc: bench/deploy.py's, imported before 2026-12-03, pulled onnx_obc in), pr
 cProfile (CPU clock) of each of our runs there. `--before TREE` (another checkout, e.g.
 `git archive COMMIT | tar -x -C TREE`): its CLI too, in the same alternation.
 `--runtimes`: our run once per target (`--runtime R`; default: tensorrt, the CLI's
-default). Models: bench/w8_speed.py's and efficientnet_lite0 (bench/real). Also the output
-error of each model written by the last repetition on the first 64 eval samples (mean
-||y - y_dense|| / ||y_dense||, bench/w8_speed.py's `error`).
+default). Models: bench/w8_speed.py's, efficientnet_lite0 and common_det (bench/real).
+Also the output error of each model written by the last repetition on the first 64 eval
+samples (mean ||y - y_dense|| / ||y_dense||, bench/w8_speed.py's `error`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ from w8_speed import MODELS, QS, error  # noqa: E402
 
 MODELS = {**MODELS, "efficientnet_lite0": (
     "bench/real/efficientnet_lite0.onnx", "bench/real/efficientnet_lite0.calib.npz",
-    "bench/real/efficientnet_lite0.eval.npz")}
+    "bench/real/efficientnet_lite0.eval.npz"), "common_det": (
+    "bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
+    "bench/real/common_det.eval.npz")}
 
 PATCH = ("import onnxruntime as _o\n"
          "class _S(_o.SessionOptions):\n"

@@ -43,7 +43,8 @@ class Calibration:
     info: dict[str, Any] = field(default_factory=dict)  # for the report
     warnings: tuple[str, ...] = ()
     free_batch: int = 0  # a model whose batch axis is fixed at 1: the samples per capture
-    # run to try with that axis made symbolic (batching.py; 0: do not try)
+    # and verification run to try with that axis made symbolic (batching.py; 0: do not try;
+    # at most RUN_BATCH)
     fixed_batch: bool = False  # the model fixes `batch` (no smaller runs)
     check: CalibrationSource | None = None  # none held out: the calibration samples measured
 
@@ -116,7 +117,8 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
             "samples": fit.n, "holdout": 0 if held is None else held.n,
             "read": getattr(data, "read_as", "in memory"), "shapes": getattr(data, "shapes", 1),
             "sample_axes": dict(layout.axis)}
-    free = min(run.batch_size, fit.n) if fixed_batch and batch == 1 and not layout.whole else 0
+    free = (min(run.batch_size, RUN_BATCH, fit.n)  # runs of 8: README "W8A8 conversion time"
+            if fixed_batch and batch == 1 and not layout.whole else 0)
     return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,
                        fixed_batch, check)
 
