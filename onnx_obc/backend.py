@@ -112,8 +112,12 @@ class Backend:
         """Where to solve a layer of d input columns: this device from `min_columns`
         (default DEVICE_MIN_COLUMNS) on, the host below it (the greedy solvers' per-column
         steps are kernel launches)."""
-        least = DEVICE_MIN_COLUMNS if self.min_columns is None else self.min_columns
-        return self if not self.on_device or d >= least else Backend("numpy", np)
+        return self if not self.on_device or d >= self.least_columns else Backend("numpy", np)
+
+    @property
+    def least_columns(self) -> int:
+        """The narrowest layer solved on this device (min_columns, or DEVICE_MIN_COLUMNS)."""
+        return DEVICE_MIN_COLUMNS if self.min_columns is None else self.min_columns
 
     def to_host(self, a: Any) -> np.ndarray:
         return to_numpy(a)
@@ -128,9 +132,8 @@ class Backend:
         host = sum(self.for_width(d) is not self for d in widths)
         if not host:
             return self.device_label
-        least = DEVICE_MIN_COLUMNS if self.min_columns is None else self.min_columns
-        return (f"{self.device_label}; {host} of {len(widths)} layers (those under {least:,} "
-                "inputs) solved on the host, which is faster for them")
+        return (f"{self.device_label}; {host} of {len(widths)} layers (those under "
+                f"{self.least_columns:,} inputs) solved on the host, which is faster for them")
 
     def free(self) -> None:
         if self.on_device:

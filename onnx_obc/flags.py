@@ -131,7 +131,8 @@ _CALIB_OPTIONS = [
                       "(INPUT=none: fed whole to every run)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
                  help="Samples per onnxruntime run (capture, correction and verification "
-                      "run at most 8 where the model's batch is free: faster and lighter)."),
+                      "run at most 8 where the model's batch is free, and a batch fixed at 1 "
+                      "runs batch-free 8 at a time: faster and lighter)."),
 ]
 
 
