@@ -15,8 +15,8 @@ from .calib.plan import RUN_BATCH
 from .actrange import RangeObserver
 from .backend import Backend
 from .batching import batch_free, per_sample, sample_axes
-from .capture import (Runtime, activation_bytes, capture, capture_session, measured_bytes,
-                      plan_groups, providers_for)
+from .capture import (ARENA_MAX, Runtime, activation_bytes, capture, capture_session,
+                      measured_bytes, plan_groups, providers_for)
 from .hessian import (BlockHessianAccumulator, DiagonalAccumulator, HessianAccumulator, columns,
                       position_step)
 from .layers import Layer
@@ -79,6 +79,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         observers = Observers(proto, observe or [], histogram, pads=False)
         units = units[:len(layers)] + observers.fetch(inputs)
         run, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
+    big = {n for n, v in sizes.items() if v and v * run // batch >= ARENA_MAX}  # per run
     batch = run
     means = {n: m for n, m in (means or {}).items() if n not in inputs} if keep else {}
     n_batches = -(-data.n // batch)
@@ -91,15 +92,16 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
-        runs = _batched(proto, group, rt, data, free_batch, sample_axes) if (
+        arena = not big.intersection(group)  # capture.ARENA_MAX
+        runs = _batched(proto, group, rt, data, free_batch, sample_axes, arena) if (
             group and free_batch > 1) else None
-        ref_runs = _batched(dense, group, rt, data, free_batch, sample_axes) if (
+        ref_runs = _batched(dense, group, rt, data, free_batch, sample_axes, arena) if (
             runs is not None and dense is not None) else None
         if dense is not None and (runs is None) != (ref_runs is None):
             runs = ref_runs = None  # both one sample per run, so that the samples pair up
-        sess = capture_session(proto, group, rt, prune=True) if (
+        sess = capture_session(proto, group, rt, prune=True, arena=arena) if (
             group and runs is None) else None
-        ref = capture_session(dense, group, rt, prune=True) if (
+        ref = capture_session(dense, group, rt, prune=True, arena=arena) if (
             group and dense is not None and ref_runs is None) else None
         ref_acts = (ref_runs or capture(ref, group, data.batches(batch))
                     ) if dense is not None else None
@@ -208,14 +210,14 @@ class _Pending:
 
 
 def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, free: int,
-             axes: dict[str, int | None] | None) -> Any:
+             axes: dict[str, int | None] | None, arena: bool = True) -> Any:
     """The per-sample tensors of `group` from runs of `free` samples at once (batching.py),
     or None when the batch-free graph fails the check (then: one sample per run)."""
     inputs = {s.name: 0 for s in calib_mod.input_specs(proto)} | dict(axes or {})
     if any(a is None for a in inputs.values()):  # an input fed whole: no batch to free
         return None
     with batch_free(proto, inputs):
-        sess = capture_session(proto, group, rt, prune=True)
+        sess = capture_session(proto, group, rt, prune=True, arena=arena)
     axes = sample_axes(sess, group, data)
     if axes is None:
         return None

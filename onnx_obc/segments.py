@@ -28,10 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .capture import ancestors, session, subgraph_reads
-
-
-ARENA_MAX = 4 << 20  # pieces reading a kept tensor this large per run: no memory arena
+from .capture import ARENA_MAX, ancestors, session, subgraph_reads
 
 
 class TooLarge(RuntimeError):

@@ -134,3 +134,33 @@ def test_the_means_are_worth_a_pass_only_when_they_add_none():
     assert _passes(units, extra, sizes, 90, 32, False) == (32, [["a"], ["b", "c"]], True)
     assert _passes(units, [], sizes, 100, 32, True) == (8, [["a", "b"]], True)
     assert _passes(units, [], sizes, 100, 4, True) == (4, [["a"], ["b"]], True)  # < 8
+
+def test_capture_runs_fetching_large_tensors_do_without_the_memory_arena(monkeypatch):
+    """A capture session fetching a tensor of capture.ARENA_MAX bytes or more per run is
+    built without onnxruntime's CPU memory arena, the others keep it; the Hessians are the
+    same either way."""
+    import onnx_obc.capture as CA
+    import onnx_obc.collect as CO
+
+    model, layers, data = _digits()
+    made: list[bool] = []
+    real = CA.session
+
+    def spy(m, providers, optimize=False, arena=True):
+        made.append(arena)
+        return real(m, providers, optimize, arena)
+
+    monkeypatch.setattr(CA, "session", spy)
+
+    def run(limit):
+        made.clear()
+        monkeypatch.setattr(CO, "ARENA_MAX", limit)
+        accs, _ = collect(model, layers, data, 16, get_backend("cpu"), 2048, False)
+        return accs, list(made)
+
+    kept, arenas = run(1 << 30)
+    assert arenas and all(arenas)
+    less, arenas = run(1)
+    assert arenas and not any(arenas)
+    for w in kept:
+        np.testing.assert_array_equal(kept[w].mean(), less[w].mean())
