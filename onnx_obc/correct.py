@@ -114,9 +114,8 @@ class _Moments:
 
     def plus(self, y: np.ndarray, z: np.ndarray) -> _Moments:
         y, z = y - self.ky, z - self.kz
-        return _Moments(self.ky, self.kz, self.n + len(y), self.sy + y.sum(0),
-                        self.sz + z.sum(0), self.szz + (z * z).sum(0),
-                        self.syz + (y * z).sum(0))
+        return _Moments(self.ky, self.kz, self.n + len(y), self.sy + y.sum(0), self.sz + z.sum(0),
+                        self.szz + (z * z).sum(0), self.syz + (y * z).sum(0))
 
     def stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(E[y], E[z], Cov(y, z) / Var(z)); 1 where Var(z) ~ 0."""
@@ -219,19 +218,19 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                     act_values: dict[str, Any] | None = None, target: str = "tensorrt",
                     target_options: Mapping[str, Any] | None = None,
                     budget: int = 2 << 30, progress: bool = False,
-                    means: Mapping[str, ChannelMean] | None = None) -> CorrectionResult:
+                    means: Mapping[str, ChannelMean] | None = None,
+                    uncorrected: onnx.ModelProto | None = None) -> CorrectionResult:
     """The per-channel corrections of the compressed `layers` (their `solutions`) against
     the `dense` model, and the reasons for layers left alone (or without a scale).
 
-    Layers are corrected in topological order, each measured on the compressed model with
-    every upstream correction already in place; correcting all at once would count upstream
-    shifts twice. That model is the float one, or with `act_values` the one `target` deploys
-    (activation Q/DQ in the loop: the layer's output before its own output quantization is
-    measured). The mean correction runs the model once, piece by piece, keeping the tensors
-    that cross each cut (up to `budget` bytes); the scale correction, or a run whose kept
-    tensors would not fit, runs one onnxruntime pass per topological level (two with
-    `scale`), each from the graph inputs. `means` (reference_means, filled by the capture):
-    the dense outputs' means, where every site's was taken; else a pass measures them."""
+    Each layer is measured with every upstream correction in place (all at once would count
+    upstream shifts twice), on the float model or with `act_values` the one `target` deploys
+    (the layer's output before its own output quantization). The mean correction runs the
+    model once, piece by piece, keeping the tensors that cross each cut (up to `budget`
+    bytes); the scale correction, or a run whose kept tensors would not fit, one pass per
+    topological level (two with `scale`). `means` (reference_means, filled by the capture):
+    the dense outputs' means, where every site's was taken; else a pass measures them.
+    `uncorrected`: that model without corrections, where the caller built it."""
     sites, skipped = bias_targets(dense, layers)
     scalable, why = _scalable(layers) if scale else ({}, [])
     skipped += why
@@ -244,7 +243,8 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     levels = _depth_levels(dense, set(sites))
 
     def deployed(fixes: dict[str, ChannelFix]) -> onnx.ModelProto:
-        return (float_model(dense, layers, solutions, corrections=fixes) if act_values is None
+        return (uncorrected if uncorrected is not None and not fixes else
+                float_model(dense, layers, solutions, corrections=fixes) if act_values is None
                 else build(dense, layers, solutions, corrections=fixes, act_scales=act_values,
                            target=target, target_options=target_options))
 

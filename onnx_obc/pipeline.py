@@ -81,9 +81,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan, means) if _layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
-    fixes = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means)
+    fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means)
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
-                                                        data, runtime, cfg, clock)
+                                                        data, runtime, cfg, clock, built)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
@@ -115,15 +115,16 @@ def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
 def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
                       done: Compressed, fixes: CorrectionResult | None, chan: Any,
                       data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-                      clock: dict[str, float]) -> tuple[dict, dict, Any, Any]:
-    """Export (the compressed model and its comparison variants, deployed alike) and
-    verify (fidelity against the input model; what onnxruntime fuses); an automatic
-    correction kept or dropped on the verified errors."""
+                      clock: dict[str, float], built: dict | None = None
+                      ) -> tuple[dict, dict, Any, Any]:
+    """Export (the compressed model and its comparison variants, deployed alike; those in
+    `built` made before) and verify (fidelity against the input model; what onnxruntime
+    fuses); an automatic correction kept or dropped on the verified errors."""
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
                                   act_scales=done.act_values, target=cfg.export.runtime,
-                                  target_options=cfg.export.target_options())
+                                  target_options=cfg.export.target_options(), built=built)
     with _timed(clock, "verify"):
         fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.run_batch, runtime,
                            data.free_batch, data.info.get("sample_axes"))
@@ -140,19 +141,24 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-             clock: dict[str, float], progress: bool = False, means: Any = None) -> Any:
-    """The correction stage (timed only when it runs): per-node factors, or None. With
-    activation quantization it measures the deployed model, activation Q/DQ included."""
+             clock: dict[str, float], progress: bool = False, means: Any = None) -> tuple:
+    """The correction stage (timed only when it runs): per-node factors, or None, and the
+    models it built that export needs too. With activation quantization it measures the
+    deployed model, activation Q/DQ included: the "uncorrected" variant, built once here."""
     if correction_mode(cfg) == "off" or not done.solutions:
-        return None
+        return None, None
     with _timed(clock, "correct"):
-        return correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
-                               done.solutions, data.fit, data.run_batch, runtime,
-                               cfg.correct.scale,
-                               act_values=done.act_values, target=cfg.export.runtime,
-                               target_options=cfg.export.target_options(),
-                               budget=cfg.run.memory_budget_mb << 20, progress=progress,
-                               means=means)
+        built = None if done.act_values is None else {"uncorrected": export.build(
+            proto, layers, done.solutions, which="uncorrected", act_scales=done.act_values,
+            target=cfg.export.runtime, target_options=cfg.export.target_options())}
+        fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
+                                done.solutions, data.fit, data.run_batch, runtime,
+                                cfg.correct.scale, act_values=done.act_values,
+                                target=cfg.export.runtime,
+                                target_options=cfg.export.target_options(),
+                                budget=cfg.run.memory_budget_mb << 20, progress=progress,
+                                means=means, uncorrected=built and built["uncorrected"])
+    return fixes, built
 
 
 def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,

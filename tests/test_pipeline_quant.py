@@ -138,3 +138,26 @@ def test_the_rtn_model_is_built_at_8_bits_only_on_request():
     assert "rtn" not in _run("digits_cnn", bits=8, act_bits=8).report.fidelity["eval"]
     with pytest.raises(ConfigError, match="compare_baseline"):
         CompressConfig.from_options(bits=8, compare_baseline="yes")
+
+
+def test_the_uncorrected_model_is_built_once(monkeypatch):
+    """The automatic W8A8 correction on the onnxruntime target measures the uncorrected
+    deployed model and the verification measures it again: it is built once, and what the
+    verification measures is that model."""
+    import onnx_obc.correct as C
+    import onnx_obc.export as E
+
+    built: list[str] = []
+    real = E.build
+
+    def counted(*a, **kw):
+        built.append(kw.get("which", "compressed") if kw.get("corrections") else
+                     kw.get("which", "compressed") + " (no fixes)")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E, "build", counted)
+    monkeypatch.setattr(C, "build", counted)
+    res = _run("digits_cnn", bits=8, act_bits=8, runtime="onnxruntime")
+    fid = res.report.fidelity["eval"]
+    assert {"compressed", "uncorrected"} <= set(fid) or "corrected (not kept)" in fid
+    assert sorted(built) == ["compressed", "uncorrected (no fixes)"], built

@@ -108,11 +108,13 @@ def build_all(proto: onnx.ModelProto, layers: list[Layer],
               solutions: Mapping[str, HostSolution], *, which: Sequence[str] = WHICH,
               corrections: Mapping[str, ChannelFix] | None = None,
               act_scales: dict[str, Any] | None = None, target: str = "tensorrt",
-              target_options: Mapping[str, Any] | None = None) -> dict[str, onnx.ModelProto]:
-    """{name: build(..., which=name)} for each name in `which`, in that order."""
-    return {w: build(proto, layers, solutions, which=w, corrections=corrections,
-                     act_scales=act_scales, target=target, target_options=target_options)
-            for w in which}
+              target_options: Mapping[str, Any] | None = None,
+              built: Mapping[str, onnx.ModelProto] | None = None) -> dict[str, onnx.ModelProto]:
+    """{name: build(..., which=name)} for each name in `which`, in that order; those in
+    `built` (the same arguments' models, built before) taken from there."""
+    return {w: (built or {})[w] if w in (built or {}) else build(
+        proto, layers, solutions, which=w, corrections=corrections, act_scales=act_scales,
+        target=target, target_options=target_options) for w in which}
 
 
 def _side(solutions: Mapping[str, HostSolution], which: str) -> dict[str, HostWeights]:
