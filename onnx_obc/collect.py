@@ -57,8 +57,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
-            if L.weight in diagonal else _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp)
-            for L in layers}
+            if L.weight in diagonal else
+            _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp) for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}
     units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
              for L in layers]

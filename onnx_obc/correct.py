@@ -19,7 +19,7 @@ weight read by several nodes gets no scale; the rest is left, with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -191,22 +191,19 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
     """The mean corrections from one pass over the uncorrected `model`, piece by piece: each
     site's output is measured with every upstream site corrected, then corrected in the
     tensors the rest of the model reads (adding the shift to the output is what the corrected
-    bias does), as the level-by-level passes do; the kept tensors must fit `budget` bytes."""
+    bias does), as the level-by-level passes do; kept tensors over `budget` bytes on disk."""
     label_of = {t: label for label, t in outputs.items()}
     ops, fixes = _ops(dense), {}
 
-    def visit(t: str, ys: list[np.ndarray]) -> list[np.ndarray]:
+    def visit(t: str, ys: Sequence[np.ndarray]) -> np.ndarray:
         label, got = label_of[t], ChannelMean(_channel_axis(ops[label_of[t]]))
         for y in ys:
             got.add(y)
         fixes[label] = ChannelFix(ref[label] - got.mean(), None)
         shape = [1] * ys[0].ndim
         shape[_channel_axis(ops[label])] = -1
-        d = fixes[label].shift.reshape(shape).astype(ys[0].dtype)
-        for y in {id(y): y for y in ys}.values():  # each array once (a batch-free one is shared)
-            y += d  # in place: onnxruntime's outputs, ours alone
         bar.update()
-        return ys
+        return fixes[label].shift.reshape(shape).astype(ys[0].dtype)  # what later nodes read
 
     run_in_segments(model, list(label_of), data.batches(batch), providers, visit, budget)
     return fixes
@@ -226,9 +223,9 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     Each layer is measured with every upstream correction in place (all at once would count
     upstream shifts twice), on the float model or with `act_values` the one `target` deploys
     (the layer's output before its own output quantization). The mean correction runs the
-    model once, piece by piece, keeping the tensors that cross each cut (up to `budget`
-    bytes); the scale correction, or a run whose kept tensors would not fit, one pass per
-    topological level (two with `scale`). `means` (reference_means, filled by the capture):
+    model once, piece by piece, keeping the tensors that cross each cut (over `budget` bytes
+    on disk, segments.py); the scale correction, or a run whose kept tensors fit neither, one
+    pass per topological level (two with `scale`). `means` (reference_means, filled by the capture):
     the dense outputs' means, where every site's was taken; else a pass measures them.
     `uncorrected`: that model without corrections, where the caller built it."""
     sites, skipped = bias_targets(dense, layers)

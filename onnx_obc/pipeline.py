@@ -34,6 +34,7 @@ from .layers import select_layers
 from .modelio import open_model, save_model
 from .report import Report
 from .schedule import Compressed, compress_layers
+from .segments import resident_bytes
 from .sensitivity import measure_sensitivity, summarize
 from .verify import measure
 
@@ -142,9 +143,9 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
              clock: dict[str, float], progress: bool = False, means: Any = None) -> tuple:
-    """The correction stage (timed only when it runs): per-node factors, or None, and the
-    models it built that export needs too. With activation quantization it measures the
-    deployed model, activation Q/DQ included: the "uncorrected" variant, built once here."""
+    """The correction stage (timed only when it runs): per-node factors or None, and the
+    "uncorrected" model it measures (with activation Q/DQ), which export reuses; its kept
+    tensors get the memory budget less what the process holds (segments.py)."""
     if correction_mode(cfg) == "off" or not done.solutions:
         return None, None
     with _timed(clock, "correct"):
@@ -156,7 +157,8 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
                                 cfg.correct.scale, act_values=done.act_values,
                                 target=cfg.export.runtime,
                                 target_options=cfg.export.target_options(),
-                                budget=cfg.run.memory_budget_mb << 20, progress=progress,
+                                budget=max(0, (cfg.run.memory_budget_mb << 20)
+                                           - resident_bytes()), progress=progress,
                                 means=means, uncorrected=built and built["uncorrected"])
     return fixes, built
 

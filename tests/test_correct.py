@@ -232,7 +232,13 @@ def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
     res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
                   calib=[feed], progress=False, device="cpu", compare_baseline=True)
     assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
-    assert seen["budget"] == 2048 << 20  # run.memory_budget_mb bounds the kept tensors
+    import onnx_obc.segments as S
+
+    monkeypatch.setattr(pipeline, "resident_bytes", lambda: 300 << 20)
+    res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
+                  calib=[feed], progress=False, device="cpu", compare_baseline=True)
+    # run.memory_budget_mb less what the process holds bounds the kept tensors
+    assert seen["budget"] == (2048 - 300) << 20 and S.resident_bytes() > 0
     assert res.report.correction["measured"] == "one pass in pieces"
     assert res.report.fusion["integer"] == res.report.fusion["layers"] == 2
     assert "uncorrected" in next(iter(res.report.fidelity.values()))
@@ -274,12 +280,17 @@ def _observed(model, layers, data, target="onnxruntime"):
 
 
 @pytest.mark.parametrize("loop", ["float", "onnxruntime W8A8"])
-def test_one_pass_in_pieces_gives_the_level_by_level_corrections(loop):
+def test_one_pass_in_pieces_gives_the_level_by_level_corrections(loop, monkeypatch, tmp_path):
     """The mean correction runs the model once, piece by piece, adding each shift to the kept
     output instead of rebuilding the model with the corrected bias and running it again from
     the inputs per level: the same corrections (up to the int32 coding of the biases the
-    level passes read, with the activation Q/DQ in the loop); a budget too small for the
-    kept tensors takes the level passes, and the summary says which."""
+    level passes read, with the activation Q/DQ in the loop). Over the memory budget the
+    kept tensors go to the temporary folder (the same corrections, bit for bit, and no file
+    left); with no room there either, the level passes, and the summary says which."""
+    import tempfile
+
+    import onnx_obc.segments as S
+
     model = mixed()
     layers, _ = find_layers(model)
     data = calib_mod.DataSet(b.feeds(model, 96), "feeds")
@@ -288,8 +299,15 @@ def test_one_pass_in_pieces_gives_the_level_by_level_corrections(loop):
     kw = dict(act_values=_observed(model, layers, data), target="onnxruntime") if act else {}
     run = ["CPUExecutionProvider"]
     fast = correct_outputs(model, layers, sols, data, 32, run, **kw)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    disk = correct_outputs(model, layers, sols, data, 32, run, budget=0, **kw)
+    assert disk.how == "one pass in pieces" and list(tmp_path.iterdir()) == []
+    for k, f in fast.fixes.items():
+        np.testing.assert_array_equal(f.shift, disk.fixes[k].shift)
+    monkeypatch.setattr(S, "SPARE", 1 << 62)  # no room on any disk
     slow = correct_outputs(model, layers, sols, data, 32, run, budget=0, **kw)
     assert fast.how == "one pass in pieces" and slow.how.startswith("level by level (")
+    assert "would not fit in" in slow.how and list(tmp_path.iterdir()) == []
     assert list(fast.fixes) == list(slow.fixes) == ["conv1", "conv2", "gemm", "mm"]
     for k, f in fast.fixes.items():
         ref = slow.fixes[k].shift

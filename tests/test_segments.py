@@ -57,7 +57,6 @@ def test_pieces_give_the_tensors_of_one_session():
 
     def visit(name, ys):
         seen[name] = list(ys)
-        return ys
 
     run_in_segments(model, ["a0", "c", "y"], batches, RUN, visit, budget=1 << 30)
     assert list(seen) == ["a0", "c", "y"]  # topological order, each once
@@ -68,17 +67,27 @@ def test_pieces_give_the_tensors_of_one_session():
             np.testing.assert_allclose(y, r[name], rtol=1e-6, atol=1e-6)
 
 
-def test_a_change_at_a_stop_reaches_every_later_node():
+@pytest.mark.parametrize("budget", [1 << 30, 0])
+def test_a_change_at_a_stop_reaches_every_later_node(budget, monkeypatch, tmp_path):
     """+1 on c1's output at its stop = the model with an Add of 1 there, on both branches
-    of the residual (the Conv and the skip) and through the run-time Reshape."""
+    of the residual (the Conv and the skip) and through the run-time Reshape; the same with
+    every kept tensor on disk (budget 0: the shift added as each is read back), and the
+    spill folder gone afterwards."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     model, batches = _residual(), _batches()
     got = {}
+    saved = []
+    real = np.save
+    monkeypatch.setattr(np, "save", lambda f, v: saved.append(f) or real(f, v))
 
     def visit(name, ys):
-        got[name] = ys
-        return [y + 1.0 for y in ys] if name == "a0" else ys
+        got[name] = list(ys)
+        return np.float32(1.0) if name == "a0" else None
 
-    run_in_segments(model, ["a0", "y"], batches, RUN, visit, budget=1 << 30)
+    run_in_segments(model, ["a0", "y"], batches, RUN, visit, budget=budget)
+    assert (len(saved) > 0) == (budget == 0) and list(tmp_path.iterdir()) == []
     ref = _whole(_residual(extra_add=True), ["y"], batches)
     base = _whole(model, ["y"], batches)
     for y, r, r0 in zip(got["y"], ref, base):
@@ -86,15 +95,39 @@ def test_a_change_at_a_stop_reaches_every_later_node():
         assert np.abs(y - r0["y"]).max() > 0.1  # the change did reach y
 
 
-def test_a_budget_too_small_stops_before_the_run_and_unknown_stops_are_refused():
+def test_a_budget_too_small_stops_before_the_run_and_unknown_stops_are_refused(monkeypatch):
     model, batches = _residual(), _batches()
     calls = []
     with pytest.raises(TooLarge, match="budget"):
         run_in_segments(model, ["a0", "y"], batches, RUN,
-                        lambda n, ys: calls.append(n) or ys, budget=1000)
+                        lambda n, ys: calls.append(n), budget=1000, spill=False)
     assert calls == []  # nothing visited: the first piece's projection is over the budget
+    import onnx_obc.segments as S
+
     with pytest.raises(ValueError, match="no node makes"):
-        run_in_segments(model, ["nope"], batches, RUN, lambda n, ys: ys, budget=1 << 30)
+        run_in_segments(model, ["nope"], batches, RUN, lambda n, ys: None, budget=1 << 30)
+    monkeypatch.setattr(S, "SPARE", 1 << 62)  # spilling allowed, but no room: the same
+    with pytest.raises(TooLarge, match="would not fit in .*GiB free; TMPDIR"):
+        run_in_segments(model, ["a0", "y"], batches, RUN, lambda n, ys: None, budget=1000)
+    monkeypatch.setattr(S, "SPARE", 0)  # room, but in memory: refused too
+    monkeypatch.setattr(S, "_in_memory", lambda path: True)
+    with pytest.raises(TooLarge, match=r"memory \(tmpfs\), not a disk"):
+        run_in_segments(model, ["a0", "y"], batches, RUN, lambda n, ys: None, budget=1000)
+
+
+def test_a_folder_on_tmpfs_is_in_memory(tmp_path):
+    """The deepest mount holding the folder decides: tmpfs / ramfs are memory."""
+    from pathlib import Path
+
+    from onnx_obc.segments import _in_memory
+
+    table = tmp_path / "mounts"
+    table.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n"
+                     "/dev/vdb /tmp/disk ext4 rw 0 0\nramfs /r ramfs rw 0 0\n")
+    assert _in_memory(Path("/tmp/x"), str(table)) and _in_memory(Path("/r"), str(table))
+    assert not _in_memory(Path("/tmp/disk/x"), str(table))
+    assert not _in_memory(Path("/tmpx"), str(table)) and not _in_memory(Path("/"), str(table))
+    assert not _in_memory(Path("/tmp"), str(tmp_path / "none"))  # no table: a disk
 
 
 def test_what_reads_no_input_is_kept_once_for_all_batches():
@@ -115,7 +148,8 @@ def test_what_reads_no_input_is_kept_once_for_all_batches():
     batches = _batches(40)
     seen = {}
     run_in_segments(model, ["a0", "y"], batches, RUN,
-                    lambda n, ys: seen.setdefault(n, ys), budget=8 << 20)
+                    lambda n, ys: seen.setdefault(n, list(ys)) and None, budget=8 << 20,
+                    spill=False)
     ref = _whole(model, ["y"], batches)
     for y, r in zip(seen["y"], ref):
         np.testing.assert_allclose(y, r["y"], rtol=1e-6, atol=1e-6)
@@ -140,7 +174,6 @@ def test_pieces_reading_large_kept_tensors_run_without_the_memory_arena(monkeypa
 
         def visit(name, ys):
             seen[name] = [y.copy() for y in ys]
-            return ys
 
         made.clear()
         monkeypatch.setattr(S, "ARENA_MAX", limit)
@@ -161,3 +194,20 @@ def test_pieces_reading_large_kept_tensors_run_without_the_memory_arena(monkeypa
     for k in small:
         for u, v in zip(small[k], large[k]):
             np.testing.assert_array_equal(u, v)
+
+
+def test_the_spill_folder_is_removed_when_the_run_fails(monkeypatch, tmp_path):
+    """A visit that raises after kept tensors went to disk: the error reaches the caller and
+    the spill folder with its files is gone."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, batches = _residual(), _batches()
+
+    def visit(name, ys):
+        assert any(tmp_path.iterdir())  # on disk now
+        raise KeyError("stop here")
+
+    with pytest.raises(KeyError, match="stop here"):
+        run_in_segments(model, ["a0", "y"], batches, RUN, visit, budget=0)
+    assert list(tmp_path.iterdir()) == []
