@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
+import onnx_obc.segments as S
 from onnx_obc.segments import TooLarge, run_in_segments
 
 from . import builders as b
@@ -76,6 +77,7 @@ def test_a_change_at_a_stop_reaches_every_later_node(budget, monkeypatch, tmp_pa
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(S, "_in_memory", lambda path: False)  # a tmpfs /tmp counts as disk
     model, batches = _residual(), _batches()
     got = {}
     saved = []
@@ -102,8 +104,6 @@ def test_a_budget_too_small_stops_before_the_run_and_unknown_stops_are_refused(m
         run_in_segments(model, ["a0", "y"], batches, RUN,
                         lambda n, ys: calls.append(n), budget=1000, spill=False)
     assert calls == []  # nothing visited: the first piece's projection is over the budget
-    import onnx_obc.segments as S
-
     with pytest.raises(ValueError, match="no node makes"):
         run_in_segments(model, ["nope"], batches, RUN, lambda n, ys: None, budget=1 << 30)
     monkeypatch.setattr(S, "SPARE", 1 << 62)  # spilling allowed, but no room: the same
@@ -159,8 +159,6 @@ def test_what_reads_no_input_is_kept_once_for_all_batches():
 def test_pieces_reading_large_kept_tensors_run_without_the_memory_arena(monkeypatch):
     """A piece whose kept input per run is ARENA_MAX bytes or more gets a session without
     onnxruntime's CPU memory arena, the others keep it; the tensors are the same."""
-    import onnx_obc.segments as S
-
     model, batches = _residual(), _batches()
     made: list[bool] = []
     real = S.session
@@ -202,6 +200,7 @@ def test_the_spill_folder_is_removed_when_the_run_fails(monkeypatch, tmp_path):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(S, "_in_memory", lambda path: False)  # a tmpfs /tmp counts as disk
     model, batches = _residual(), _batches()
 
     def visit(name, ys):
