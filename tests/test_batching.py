@@ -93,6 +93,23 @@ def test_batched_capture_gives_the_per_sample_hessians_and_ranges(shape_op, monk
         assert np.abs(R4[k][2] - R1[k][2]).sum() <= 2  # a value on a bin edge at most
 
 
+def test_large_samples_are_captured_fewer_at_a_time(monkeypatch):
+    """collect.FREE_RUN_BYTES bounds a batch-free run's fetched tensors: with room for two
+    samples' (the MatMul's input r; x is fed, not fetched), runs of 2 instead of 4, the same
+    Hessians."""
+    import onnx_obc.collect as CO
+
+    model = _fixed_model("dynamic")
+    H4, _ = _hessians(model, free=4)
+    per = T * C * D * 4  # r, float32, one sample
+    monkeypatch.setattr(CO, "FREE_RUN_BYTES", 2 * per + per // 2)
+    sizes = _runs(monkeypatch)
+    H2, _ = _hessians(model, free=4)
+    assert max(sizes) == 2 and len(sizes) > 5  # the check's runs and five of 2 samples
+    for k in H4:
+        np.testing.assert_allclose(H2[k], H4[k], rtol=1e-5, atol=1e-7)
+
+
 def test_a_hardcoded_batch_falls_back_to_one_sample_per_run(monkeypatch, caplog):
     """Reshape to [T, C*D] pins the batch: the check run fails (onnxruntime refuses the
     reshape of 2 samples), nothing crashes, every capture run has one sample and the
