@@ -147,10 +147,11 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
 
 CAPTURE_BATCH = RUN_BATCH  # `shrink`: samples per capture run (calib.plan.RUN_BATCH)
 # A fixed-batch model's batch-free capture runs fetch at most this many bytes (fewer than
-# `free_batch` samples where one sample's tensors are large): ddddocr's detector (416 x 416,
-# 41 MB of layer inputs a sample) at 8 samples a run W8A8 capture 16.7 s, peak RSS 2.5 GB;
-# at 4: 13.2 s, 1.5 GB, the same file (README "W8A8 conversion time"); its recognizer
-# (4.8 MB a sample) keeps 8, where 4 cost it 7% more CPU time.
+# `free_batch` samples where one sample's tensors are large; one: the per-sample runs).
+# ddddocr's detector (416 x 416, over 80 MB fetched a sample) at 8 samples a run: W8A8
+# capture 16.7 s, peak RSS 2.5 GB; at 4 13.2 s, 1.5 GB; one a run (this bound) 11.8-12.2 s,
+# 1.1 GB, the same file (README "W8A8 conversion time"). Its recognizer (under 5 MB a
+# sample) keeps 8, where 4 cost it 7% more CPU time.
 FREE_RUN_BYTES = 160 << 20
 
 

@@ -225,8 +225,8 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     (the layer's output before its own output quantization). The mean correction runs the
     model once, piece by piece, keeping the tensors that cross each cut (over `budget` bytes
     on disk, segments.py); the scale correction, or a run whose kept tensors fit neither, one
-    pass per topological level (two with `scale`). `means` (reference_means, filled by the capture):
-    the dense outputs' means, where every site's was taken; else a pass measures them.
+    pass per topological level (two with `scale`). `means` (reference_means, filled by the
+    capture): the dense outputs' means, where every site's was taken; else a pass measures them.
     `uncorrected`: that model without corrections, where the caller built it."""
     sites, skipped = bias_targets(dense, layers)
     scalable, why = _scalable(layers) if scale else ({}, [])
