@@ -34,7 +34,7 @@ from .layers import select_layers
 from .modelio import open_model, save_model
 from .report import Report
 from .schedule import Compressed, compress_layers
-from .segments import resident_bytes
+from .segments import kept_budget
 from .sensitivity import measure_sensitivity, summarize
 from .verify import measure
 
@@ -157,8 +157,8 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
                                 cfg.correct.scale, act_values=done.act_values,
                                 target=cfg.export.runtime,
                                 target_options=cfg.export.target_options(),
-                                budget=max(0, (cfg.run.memory_budget_mb << 20)
-                                           - resident_bytes()), progress=progress,
+                                budget=kept_budget(cfg.run.memory_budget_mb << 20),
+                                progress=progress,
                                 means=means, uncorrected=built and built["uncorrected"])
     return fixes, built
 

@@ -234,11 +234,14 @@ def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
     assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
     import onnx_obc.segments as S
 
-    monkeypatch.setattr(pipeline, "resident_bytes", lambda: 300 << 20)
+    import sys
+
+    assert S.resident_bytes() > 100 << 20 or not sys.platform.startswith("linux")  # /proc
+    monkeypatch.setattr(S, "resident_bytes", lambda: 300 << 20)
     res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
                   calib=[feed], progress=False, device="cpu", compare_baseline=True)
-    # run.memory_budget_mb less what the process holds bounds the kept tensors
-    assert seen["budget"] == (2048 - 300) << 20 and S.resident_bytes() > 0
+    # run.memory_budget_mb less what the process holds bounds the kept tensors (3/4 of it)
+    assert seen["budget"] == ((2048 - 300) << 20) * 3 // 4
     assert res.report.correction["measured"] == "one pass in pieces"
     assert res.report.fusion["integer"] == res.report.fusion["layers"] == 2
     assert "uncorrected" in next(iter(res.report.fidelity.values()))
