@@ -218,7 +218,10 @@ def test_correction_with_activation_quantization_in_the_loop_removes_its_mean_sh
 def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
     """convert(correct=True, act_bits=8) hands the run's activation ranges and target to the
     correction (the deployed model in the loop); every layer still runs on integer kernels."""
+    import sys
+
     import onnx_obc.pipeline as pipeline
+    import onnx_obc.segments as S
 
     seen = {}
 
@@ -229,17 +232,11 @@ def test_w8a8_runs_correct_on_the_deployed_model(monkeypatch):
     monkeypatch.setattr(pipeline, "correct_outputs", spy)
     model = _gemm_relu_gemm()
     feed = {"x": np.random.default_rng(1).lognormal(0.0, 1.0, (128, 8)).astype(np.float32)}
-    res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
-                  calib=[feed], progress=False, device="cpu", compare_baseline=True)
-    assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
-    import onnx_obc.segments as S
-
-    import sys
-
     assert S.resident_bytes() > 100 << 20 or not sys.platform.startswith("linux")  # /proc
     monkeypatch.setattr(S, "resident_bytes", lambda: 300 << 20)
     res = convert(model, None, bits=8, act_bits=8, runtime="onnxruntime", correct=True,
                   calib=[feed], progress=False, device="cpu", compare_baseline=True)
+    assert seen["target"] == "onnxruntime" and set(seen["act_values"]) >= {"x"}
     # run.memory_budget_mb less what the process holds bounds the kept tensors (3/4 of it)
     assert seen["budget"] == ((2048 - 300) << 20) * 3 // 4
     assert res.report.correction["measured"] == "one pass in pieces"
