@@ -72,8 +72,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     if any(v is None for v in sizes.values()):  # shapes known only at run time: measured
         sizes = measured_bytes(proto, sizes, first, data, rt, budget)
     if free_batch > 1:  # the groups must hold a batched run's tensors (twice with `dense`)
-        free_batch = min(free_batch, FREE_RUN_BYTES // max(1, sum(
-            v or 0 for v in sizes.values())))  # samples per run: see FREE_RUN_BYTES
+        free_batch = max(1, min(free_batch, FREE_RUN_BYTES // max(1, sum(
+            v or 0 for v in sizes.values()))))  # samples per run: see FREE_RUN_BYTES
         k = free_batch * (2 if dense is not None else 1)
         sizes = {n: None if v is None else v * k for n, v in sizes.items()}
     run, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)

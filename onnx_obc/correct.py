@@ -197,13 +197,13 @@ def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str,
 
     def visit(t: str, ys: Sequence[np.ndarray]) -> np.ndarray:
         label, got = label_of[t], ChannelMean(_channel_axis(ops[label_of[t]]))
-        for y in ys:
+        for y in ys:  # each read once (those on disk, segments.py)
             got.add(y)
         fixes[label] = ChannelFix(ref[label] - got.mean(), None)
-        shape = [1] * ys[0].ndim
+        shape = [1] * y.ndim
         shape[_channel_axis(ops[label])] = -1
         bar.update()
-        return fixes[label].shift.reshape(shape).astype(ys[0].dtype)  # what later nodes read
+        return fixes[label].shift.reshape(shape).astype(y.dtype)  # what later nodes read
 
     run_in_segments(model, list(label_of), data.batches(batch), providers, visit, budget)
     return fixes

@@ -108,6 +108,16 @@ def test_large_samples_are_captured_fewer_at_a_time(monkeypatch):
     assert max(sizes) == 2 and len(sizes) > 5  # the check's runs and five of 2 samples
     for k in H4:
         np.testing.assert_allclose(H2[k], H4[k], rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(CO, "FREE_RUN_BYTES", per // 2)  # not even one sample: one a run
+    planned = []
+    real = CO._passes
+    monkeypatch.setattr(CO, "_passes", lambda *a: planned.append(dict(a[2])) or real(*a))
+    sizes.clear()
+    H1, _ = _hessians(model, free=4)
+    assert max(sizes) == 1 and len(sizes) == 10
+    assert planned and all(v > 0 for p in planned for v in p.values())  # groups see sizes
+    for k in H4:
+        np.testing.assert_allclose(H1[k], H4[k], rtol=1e-5, atol=1e-7)
 
 
 def test_a_hardcoded_batch_falls_back_to_one_sample_per_run(monkeypatch, caplog):
