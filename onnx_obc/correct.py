@@ -35,6 +35,7 @@ from .layers import Layer, node_label
 from .segments import TooLarge, run_in_segments
 
 if TYPE_CHECKING:
+    from .calib.plan import Calibration
     from .config import CompressConfig
     from .solve import HostSolution
 
@@ -69,11 +70,13 @@ def correction_mode(cfg: CompressConfig) -> str:
     return "auto" if auto else "off"
 
 
-def reference_means(dense: onnx.ModelProto, layers: list[Layer], cfg: CompressConfig
-                    ) -> dict[str, ChannelMean] | None:
+def reference_means(dense: onnx.ModelProto, layers: list[Layer], cfg: CompressConfig,
+                    data: Calibration) -> dict[str, ChannelMean] | None:
     """Per correction site's output an empty ChannelMean the capture fills from its dense runs,
-    where the mean correction follows a one-shot capture (not sequential, not the scale)."""
-    if correction_mode(cfg) == "off" or cfg.correct.scale or cfg.run.sequential:
+    where the mean correction follows a one-shot capture (not sequential, not the scale) and
+    measures every calibration sample (a subset: its own pass, paired with its samples)."""
+    if (correction_mode(cfg) == "off" or cfg.correct.scale or cfg.run.sequential
+            or data.corrected is not data.fit):
         return None
     sites, _ = bias_targets(dense, layers)
     ops = _ops(dense)
@@ -157,9 +160,11 @@ class CorrectionResult:
     shifts: tuple[float, ...] = ()
     how: str = "level by level"
     decision: str = ""  # the automatic correction's keep-or-drop line
+    samples: int = 0  # the calibration samples measured
 
     def summary(self) -> dict:
-        d: dict = {"mean_abs_shift_per_level": list(self.shifts), "measured": self.how}
+        d: dict = {"mean_abs_shift_per_level": list(self.shifts), "measured": self.how,
+                   "samples": self.samples}
         d.update({"decision": self.decision} if self.decision else {})
         scales = [f.scale for f in self.fixes.values() if f.scale is not None]
         if scales:
@@ -245,7 +250,7 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                 else build(dense, layers, solutions, corrections=fixes, act_scales=act_values,
                            target=target, target_options=target_options))
 
-    how = "level by level"
+    how, shifts = "level by level", []
     bar = tqdm(total=len(sites), desc="correct", unit="layer", disable=not progress)
     if sites and not scale and len(set(outputs.values())) == len(outputs):
         try:
@@ -253,13 +258,11 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                               bar)
             shifts = [float(np.mean([np.abs(fixes[k].shift).mean() for k in level]))
                       for level in levels]
-            bar.close()
-            return CorrectionResult(fixes, tuple(skipped), tuple(shifts), "one pass in pieces")
+            how = "one pass in pieces"
         except TooLarge as exc:
             how, fixes = f"level by level ({exc})", {}
             bar.reset()
-    shifts = []
-    for level in levels:
+    for level in levels if how.startswith("level") else ():
         model = deployed(fixes)
         sub = {k: outputs[k] for k in level}
         a: dict[str, np.ndarray] = {}
@@ -275,7 +278,7 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
         fixes.update({k: ChannelFix(delta[k], a.get(k)) for k in level})
         bar.update(len(level))
     bar.close()
-    return CorrectionResult(fixes, tuple(skipped), tuple(shifts), how)
+    return CorrectionResult(fixes, tuple(skipped), tuple(shifts), how, samples=data.n)
 
 
 MARGIN = 0.02  # the automatic correction is kept where it lowers the output error by >= 2%

@@ -122,6 +122,9 @@ _CALIB_OPTIONS = [
                       "Without it, random inputs are used (not representative)."),
     click.option("--calib-samples", type=click.IntRange(min=1),
                  help="Use at most N samples (the data is not read past them)."),
+    click.option("--correct-samples", type=click.IntRange(min=1),
+                 help="The bias correction measures a seeded N of the calibration samples "
+                      "(default all): its time falls with N, its gain too on average."),
     click.option("--calib-preprocess", metavar="SPEC",
                  help="How files of a --calib directory become input: resize=224,crop=224,"
                       "mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw (scale, color) "

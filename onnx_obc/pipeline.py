@@ -77,7 +77,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
-    means = reference_means(proto, layers, cfg) if _layerwise(cfg) else None  # capture fills
+    means = reference_means(proto, layers, cfg, data) if _layerwise(cfg) else None  # capture fills
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan, means) if _layerwise(cfg)
@@ -153,7 +153,7 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
             proto, layers, done.solutions, which="uncorrected", act_scales=done.act_values,
             target=cfg.export.runtime, target_options=cfg.export.target_options())}
         fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
-                                done.solutions, data.fit, data.run_batch, runtime,
+                                done.solutions, data.corrected, data.run_batch, runtime,
                                 cfg.correct.scale, act_values=done.act_values,
                                 target=cfg.export.runtime,
                                 target_options=cfg.export.target_options(),

@@ -106,9 +106,9 @@ class Quantization:
     channel); symmetric grid (zero point 0, TensorRT) or asymmetric; clip_search: OBC's
     clipping search (False: min-max). act_bits 8: static per-tensor int8 Q/DQ on the inputs
     of the quantized layers, ranges from the capture ("minmax", "percentile" or "mse":
-    actrange.py; "auto": act_method). refine: the
-    H-aware code descent after the solve (solvers/refine.py); None: the method's default (on
-    for "obc" below 8 bits, off for "gptq", which then stays reference GPTQ)."""
+    actrange.py; "auto": act_method). refine: the H-aware code descent after the solve
+    (solvers/refine.py); None: the method's default (on for "obc" below 8 bits, off for
+    "gptq", which then stays reference GPTQ)."""
 
     bits: int | None = None
     group_size: int | None = None
@@ -125,8 +125,7 @@ class Quantization:
             raise ConfigError(f"quant.bits must be an integer from 2 to 8, got {self.bits!r}")
         g = self.group_size
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
-            raise ConfigError(f"quant.group_size must be an integer >= 2, got {g!r} "
-                              "(e.g. 128)")
+            raise ConfigError(f"quant.group_size must be an integer >= 2, got {g!r} (e.g. 128)")
         if self.refine is not None and not isinstance(self.refine, bool):
             raise ConfigError(f"quant.refine must be true, false or null, got {self.refine!r}")
         if self.act_bits is not None and self.act_bits != 8:
@@ -267,6 +266,7 @@ class RunOptions(CalibReading):
     device: str = "auto"
     batch_size: int = 32  # samples per onnxruntime run
     calib_samples: int | None = None  # at most this many
+    correct_samples: int | None = None  # the correction measures at most this many (calib/plan)
     holdout: float | None = None
     memory_budget_mb: int = 2048
     solver_memory_mb: int | None = None
@@ -284,11 +284,11 @@ class RunOptions(CalibReading):
         if (t := self.time_budget_s) is not None and not (type(t) in (int, float) and 0 < t < 1e12):
             raise ConfigError(f"run.time_budget_s must be a number of seconds > 0, got {t!r}")
         self._check_calib()  # calib_preprocess, calib_sample_axes (calibspec.py)
-        if self.device not in DEVICES:
-            raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got "
-                              f"{self.device!r}")
+        if (d := self.device) not in DEVICES:
+            raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got {d!r}")
         for name, least in (("sequential_groups", 1), ("batch_size", 1), ("calib_samples", 1),
-                            ("memory_budget_mb", 16), ("solver_memory_mb", 16), ("workers", 1)):
+                            ("correct_samples", 1), ("memory_budget_mb", 16),
+                            ("solver_memory_mb", 16), ("workers", 1)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise ConfigError(f"run.{name} must be an integer >= {least}, got {v!r}")

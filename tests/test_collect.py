@@ -5,6 +5,7 @@ groups the Hessians need."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -30,12 +31,16 @@ def _digits():
 W8A8_ORT = CompressConfig.from_options(None, bits=8, act_bits=8, runtime="onnxruntime")
 
 
+def _all(data):  # a Calibration whose correction measures every calibration sample
+    return SimpleNamespace(fit=data, corrected=data)
+
+
 def test_the_capture_takes_the_means_the_correction_pass_measures():
     """Every correction site's output mean from the capture equals the correction's own
     pass over the same samples (conv outputs: per channel over batch and positions; the
     Gemm's over the batch)."""
     model, layers, data = _digits()
-    means = C.reference_means(model, layers, W8A8_ORT)
+    means = C.reference_means(model, layers, W8A8_ORT, _all(data))
     assert len(means) == len(layers) >= 3
     collect(model, layers, data, 16, get_backend("cpu"), 2048, False, means=means)
     sites, _ = C.bias_targets(model, layers)
@@ -51,7 +56,7 @@ def test_means_that_would_cost_another_pass_are_not_taken():
     """With a budget that gives every tensor a group of its own (each group one pass over
     the data), the outputs would add passes: none is taken, the Hessians are unchanged."""
     model, layers, data = _digits()
-    means = C.reference_means(model, layers, W8A8_ORT)
+    means = C.reference_means(model, layers, W8A8_ORT, _all(data))
     tight, _ = collect(model, layers, data, 16, get_backend("cpu"), 0, False, means=means)
     assert all(m.n == 0 for m in means.values())
     plain, _ = collect(model, layers, data, 16, get_backend("cpu"), 0, False)
@@ -61,13 +66,17 @@ def test_means_that_would_cost_another_pass_are_not_taken():
 
 def test_no_means_where_the_correction_does_not_run_on_the_captured_model():
     """None (the capture takes none) where no correction runs (tensorrt target, --no-correct),
-    with the scale correction and with --sequential."""
-    model, layers, _ = _digits()
+    with the scale correction and with --sequential, and where the correction measures a
+    subset of the calibration samples (its means then from its own pass over them)."""
+    model, layers, data = _digits()
     for kw in (dict(runtime="tensorrt"), dict(correct=False), dict(correct_scale=True),
                dict(sequential=True)):
         cfg = CompressConfig.from_options(None, bits=8, act_bits=8,
                                           **{"runtime": "onnxruntime", **kw})
-        assert C.reference_means(model, layers, cfg) is None, kw
+        assert C.reference_means(model, layers, cfg, _all(data)) is None, kw
+    assert C.reference_means(model, layers, W8A8_ORT, _all(data))
+    subset = SimpleNamespace(fit=data, corrected=data.take(np.arange(16)))
+    assert C.reference_means(model, layers, W8A8_ORT, subset) is None
 
 
 def test_channel_mean_streams_batches_in_float64():

@@ -141,7 +141,8 @@ def test_correct_outputs_returns_per_node_factors_that_the_exporter_folds():
     assert [f.shift.shape for f in corr.fixes.values()] == [(3,), (4,), (6,), (5,)]
     assert all(f.scale is None for f in corr.fixes.values()) and not corr.skipped
     assert len(corr.shifts) == 4 and corr.summary() == {
-        "mean_abs_shift_per_level": list(corr.shifts), "measured": "one pass in pieces"}
+        "mean_abs_shift_per_level": list(corr.shifts), "measured": "one pass in pieces",
+        "samples": 64}
     with pytest.raises(dataclasses.FrozenInstanceError):
         corr.fixes = {}
     scaled = correct_outputs(model, layers, sols, data, 32, ["CPUExecutionProvider"],
@@ -383,9 +384,32 @@ def test_the_dense_means_come_from_the_capture_without_a_pass_of_their_own(monke
                progress=False, device="cpu")
     taken = convert(MODELS / "digits_vit.onnx", None, **run)
     assert calls == [] and taken.report.correction["measured"] == "one pass in pieces"
+    assert taken.report.correction["samples"] == 205  # 256, 51 held out (tests' holdout)
     monkeypatch.setattr(pipeline, "reference_means", lambda *a: None)
     passed = convert(MODELS / "digits_vit.onnx", None, **run)
     assert calls == [1]
     a, b_ = (r.report.correction["mean_abs_shift_per_level"] for r in (taken, passed))
     assert min(a) > 1e-4  # real shifts
     np.testing.assert_allclose(a, b_, rtol=1e-4)
+
+
+def test_a_subset_correction_pairs_its_dense_means_with_its_own_samples(monkeypatch):
+    """--correct-samples N: the correction measures the seeded N (calib.plan), its dense
+    means from one pass over those samples (not the capture's over all of them), the same
+    shifts as correct_outputs given that subset alone."""
+    import onnx_obc.correct as C
+    import onnx_obc.pipeline as pipeline
+
+    seen, calls, real = [], [], C._output_means
+    monkeypatch.setattr(C, "_output_means", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "correct_outputs",
+                        lambda *a, **k: seen.append((a, k)) or correct_outputs(*a, **k))
+    res = convert(MODELS / "digits_vit.onnx", None, bits=8, act_bits=8, runtime="onnxruntime",
+                  calib=MODELS / "digits_vit.calib.npz", progress=False, device="cpu",
+                  correct_samples=128)
+    assert res.report.correction["samples"] == 128
+    ((args, kw),) = seen
+    assert kw["means"] is None and args[3].n == 128 and calls == [args[3]]  # its own pass
+    again = correct_outputs(*args, **{**kw, "means": None})
+    np.testing.assert_allclose(res.report.correction["mean_abs_shift_per_level"],
+                               again.shifts, rtol=1e-6)

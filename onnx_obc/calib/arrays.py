@@ -81,6 +81,10 @@ class DataSet:
         perm = np.random.default_rng(seed).permutation(self.n)
         return self.take(np.sort(perm[h:])), self.take(np.sort(perm[:h]))
 
+    def sample(self, h: int, seed: int) -> DataSet:
+        """split's held-out part alone: the other samples are not copied."""
+        return self.take(np.sort(np.random.default_rng(seed).permutation(self.n)[:h]))
+
     def shape_feed(self, batch_size: int) -> dict[str, Any]:
         """Objects with the `.shape` of a batch of `batch_size` samples (for sizing)."""
         from .stream import Shape

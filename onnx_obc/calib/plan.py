@@ -47,6 +47,7 @@ class Calibration:
     # at most RUN_BATCH)
     fixed_batch: bool = False  # the model fixes `batch` (no smaller runs)
     check: CalibrationSource | None = None  # none held out: the calibration samples measured
+    correct: CalibrationSource | None = None  # --correct-samples: what the correction measures
 
     @property
     def batch_is_free(self) -> bool:
@@ -59,6 +60,11 @@ class Calibration:
         """Samples per onnxruntime run of the capture, the correction and the verification:
         at most RUN_BATCH where the batch is free, else `batch`."""
         return min(self.batch, RUN_BATCH) if self.batch_is_free else self.batch
+
+    @property
+    def corrected(self) -> CalibrationSource:
+        """The samples the correction measures (all of fit unless --correct-samples)."""
+        return self.fit if self.correct is None else self.correct
 
     def sets(self) -> dict[str, CalibrationSource]:
         """The data sets fidelity is measured on, by report name: the held-out samples, else
@@ -106,10 +112,12 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
     fit, held = data.split(h, run.seed) if h else (data, None)
     batch, fixed_batch = _batch_size(layout, run.batch_size, fit.n, notes)
     ev = load_data(eval_data, proto, **opts) if eval_data is not None else None
-    check = fit.split(IN_SAMPLE_CHECK, run.seed)[1] if (
+    check = _subset(fit, IN_SAMPLE_CHECK, run.seed) if (
         held is None and fit.n > IN_SAMPLE_CHECK) else None  # a seeded subset, not re-fitted
+    k = run.correct_samples  # the same seed: the in-sample check's among them
+    corr = _subset(fit, k, run.seed) if k is not None and fit.n > k else None
     if fixed_batch:  # a fixed batch axis takes full batches only
-        fit, held, check = (_full_batches(x, batch) for x in (fit, held, check))
+        fit, held, check, corr = (_full_batches(x, batch) for x in (fit, held, check, corr))
         if eval_data is not None and (ev := _full_batches(ev, batch)) is None:
             notes.append(f"the eval set has fewer samples than the model's fixed batch of "
                          f"{batch}; it was not evaluated")
@@ -120,7 +128,13 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
     free = (min(run.batch_size, RUN_BATCH, fit.n)  # runs of 8: README "W8A8 conversion time"
             if fixed_batch and batch == 1 and not layout.whole else 0)
     return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,
-                       fixed_batch, check)
+                       fixed_batch, check, corr)
+
+
+def _subset(src: CalibrationSource, n: int, seed: int) -> CalibrationSource:
+    """split's `n` held-out samples (a seeded subset, the same for the same seed; of an
+    array source without copying the other samples)."""
+    return src.sample(n, seed) if hasattr(src, "sample") else src.split(n, seed)[1]
 
 
 def _batch_size(layout: Layout, wanted: int, n: int, notes: list[str]) -> tuple[int, bool]:

@@ -114,3 +114,47 @@ def test_the_correction_and_verification_run_8_samples_where_the_batch_is_free()
     assert fixed.batch == 16 and fixed.run_batch == 16
     one = plan(_fixed_batch(1), [b.feeds(free, 40)], None, RunOptions(holdout=0.0))
     assert one.free_batch > 1 and one.run_batch == one.batch == 1
+
+
+@pytest.mark.parametrize("source", ["arrays", "stream"])
+def test_the_correction_measures_a_seeded_subset_holding_the_check(source, tmp_path):
+    """--correct-samples N: the correction measures a seeded N of the calibration samples,
+    the same for the same seed, the in-sample check's among them; all of them by default
+    and where there are no more than N."""
+    from onnx_obc.calib.plan import IN_SAMPLE_CHECK
+
+    model = b.mlp()
+    feeds = b.feeds(model, 300, seed=1)
+    np.savez(tmp_path / "c.npz", **feeds)
+    calib = tmp_path / "c.npz" if source == "arrays" else [feeds]
+    p = plan(model, calib, None, RunOptions(holdout=0.0, seed=3, correct_samples=128))
+    rows = lambda src: [r.tobytes() for _, f in src.batches(64) for r in f["x"]]  # noqa: E731
+    fit, corr, check = rows(p.fit), rows(p.corrected), rows(p.check)
+    assert len(fit) == 300 and len(corr) == 128 and len(check) == IN_SAMPLE_CHECK
+    assert set(check) <= set(corr) <= set(fit)
+    again = plan(model, calib, None, RunOptions(holdout=0.0, seed=3, correct_samples=128))
+    assert rows(again.corrected) == corr
+    if source == "arrays":  # a random subset, not the first samples
+        assert corr != fit[:128]
+        assert rows(plan(model, calib, None, RunOptions(holdout=0.0, seed=4, correct_samples=128)
+                         ).corrected) != corr
+    every = plan(model, calib, None, RunOptions(holdout=0.0))
+    assert every.correct is None and every.corrected is every.fit
+    small = plan(model, calib, None, RunOptions(holdout=0.0, correct_samples=300))
+    assert small.correct is None and small.corrected is small.fit
+
+
+def test_a_fixed_batch_corrects_on_full_batches():
+    run = RunOptions(holdout=0.0, correct_samples=128)
+    p = plan(_fixed_batch(48), [b.feeds(b.mlp(), 300)], None, run)
+    assert p.batch == 48 and p.corrected.n == 96  # 128 cut to whole batches of 48
+    big = plan(_fixed_batch(200), [b.feeds(b.mlp(), 300)], None, run)
+    assert big.corrected is big.fit  # not one whole batch among 128: all samples
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "64"])
+def test_correct_samples_must_be_a_positive_integer(bad):
+    from onnx_obc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="run.correct_samples must be an integer >= 1"):
+        RunOptions(correct_samples=bad)
