@@ -77,7 +77,7 @@ def sample_axes(sess: Any, names: list[str], data: Any
     for k, (name, y) in enumerate(zip(names, together)):
         ys = [a[k] for a in alone]
         found = next((ax for ax in _axes(y.shape, ys[0].shape) if all(
-            _close(_slice(y, ax, i, PROBE), ys[i]) for i in range(PROBE))), None)
+            _close(take_sample(y, ax, i, PROBE), ys[i]) for i in range(PROBE))), None)
         if found is None:
             log.info("batched capture refused: %r is not per-sample in the batched run", name)
             return None
@@ -118,12 +118,12 @@ def per_sample(sess: Any, names: list[str], axes: dict[str, tuple[int, bool]],
     for samples, feed in batches:
         outs = dict(zip(names, sess.run(names, feed)))
         for i in range(samples):
-            acts = {n: _slice(v, (inputs[n], False), i, samples) for n, v in feed.items()}
-            acts.update({n: _slice(v, axes[n], i, samples) for n, v in outs.items()})
+            acts = {n: take_sample(v, (inputs[n], False), i, samples) for n, v in feed.items()}
+            acts.update({n: take_sample(v, axes[n], i, samples) for n, v in outs.items()})
             yield 1, acts
 
 
-def _slice(v: np.ndarray, layout: tuple[int, bool], i: int, samples: int) -> np.ndarray:
+def take_sample(v: np.ndarray, layout: tuple[int, bool], i: int, samples: int) -> np.ndarray:
     """Sample i of `samples` in v (a view): along the axis, the i-th of `samples` equal
     parts, or every samples-th element from i (interleaved)."""
     ax, interleaved = layout

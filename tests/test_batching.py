@@ -175,6 +175,49 @@ def test_verification_runs_batches_when_every_model_passes_the_check(shape_op, m
     assert b.top1_agreement == pytest.approx(a.top1_agreement)
 
 
+def _dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its input through DynamicQuantizeLinear -> DequantizeLinear (the
+    scale from the whole run: samples of one run interact)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for n in g.node:
+        n.input[:] = ["xd" if i == "x" else i for i in n.input]
+    g.node.insert(0, helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]))
+    g.node.insert(1, helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]))
+    return out
+
+
+@pytest.mark.parametrize("other", ["hardcoded", "dynamic-quantized"])
+def test_verification_batches_the_models_that_pass_and_runs_the_others_per_sample(
+        other, monkeypatch):
+    """A model whose batch-free graph fails the check (a hard-coded batch) or that quantizes
+    with run-wide scales (never tried: DynamicQuantize* ops) runs one sample per run while
+    the dense model runs 4 at once; the errors are those of one sample per run for both."""
+    import onnx_obc.batching as batching
+    from onnx_obc.verify import measure
+
+    dense = _fixed_model("flatten")  # at one sample, the same function as "hardcoded"
+    comp = _fixed_model("hardcoded")
+    w = onnx.numpy_helper.to_array(comp.graph.initializer[1]) * 1.01
+    comp.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(w, "W"))
+    comp = comp if other == "hardcoded" else _dynamic(comp)
+    models = {"dense": dense, "compressed": comp}
+    sets = {"held": _data(10)}
+    one = measure(models, sets, 1, Runtime())
+    checked = []
+    real = batching.sample_axes
+    monkeypatch.setattr(batching, "sample_axes", lambda s, *a: checked.append(s) or real(s, *a))
+    sizes = _runs(monkeypatch)
+    four = measure(models, sets, 1, Runtime(), free_batch=4)
+    assert max(sizes) == 4 and sizes.count(1) >= 10  # dense in fours, the other alone
+    assert len(checked) == (2 if other == "hardcoded" else 1)
+    a, b_ = one["held"]["compressed"], four["held"]["compressed"]
+    assert b_.samples == a.samples == 10 and a.rel_error["y"] > 1e-3
+    assert b_.rel_error["y"] == pytest.approx(a.rel_error["y"], rel=1e-5)
+    assert b_.top1_agreement == pytest.approx(a.top1_agreement)
+
+
 def test_narrow_float32_chunks_are_gathered_before_the_product(monkeypatch):
     """One sample per chunk (a fixed-batch model, 8-bit float32 products): the chunks of a
     layer narrower than its d are added d columns at a time (fewer d x d sums), H within
