@@ -118,7 +118,8 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes)
         if free is not None:
-            return {name: _score(free[1], _per_sample(free, ds, free_batch), None)
+            names = free[1]  # the dense model's outputs
+            return {name: _score(names, _per_sample(free, ds, free_batch), None)
                     for name, ds in sets.items()}
         sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
         return {name: evaluate(sessions, ds, batch_size) for name, ds in sets.items()}
