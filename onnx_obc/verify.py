@@ -118,7 +118,10 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes)
         if free is not None:
-            names = free[1]  # the dense model's outputs
+            sessions, names = free[0], free[1]  # names: the dense model's outputs
+            if all(lay for _, lay in sessions.values()):  # every model: whole batches
+                return {name: evaluate({k: s for k, (s, _) in sessions.items()}, ds, free_batch)
+                        for name, ds in sets.items()}
             return {name: _score(names, _per_sample(free, ds, free_batch), None)
                     for name, ds in sets.items()}
         sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()}
