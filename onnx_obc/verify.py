@@ -147,7 +147,7 @@ def _batch_free_sessions(models: dict[str, onnx.ModelProto],
                          axes: dict[str, int | None] | None) -> tuple | None:
     """(per model its batch-free session and outputs' sample layouts where it passes the
     check on its outputs, else its batch-1 session and None; the output names; the inputs'
-    sample axes), or None where no model passes (then: the fixed batch)."""
+    sample axes), or None where the dense model does not pass (then: the fixed batch)."""
     from .batching import batch_free, sample_axes
     from .calib import input_specs
 
@@ -159,15 +159,15 @@ def _batch_free_sessions(models: dict[str, onnx.ModelProto],
     if any(a is None for a in inputs.values()):
         return None
     out = {}
-    for k, m in models.items():
+    for k, m in sorted(models.items(), key=lambda km: km[0] != "dense"):  # dense first
         layouts = None
         if not DYNAMIC_OPS.intersection(n.op_type for n in m.graph.node):
             with batch_free(m, inputs):
                 sess = session(m, runtime, optimize=True)
             layouts = sample_axes(sess, names, probe)
+        if k == "dense" and not layouts:  # the others would gain little: the fixed batch
+            return None
         out[k] = (sess, layouts) if layouts else (session(m, runtime, optimize=True), None)
-    if not any(layouts for _, layouts in out.values()):
-        return None
     return out, names, inputs
 
 
