@@ -10,8 +10,9 @@ that a run on PROBE samples at once gives every captured tensor of each sample a
 that sample alone does (one axis PROBE times the sample's size, holding the samples one
 after another or interleaved, the slices equal within float rounding). A model that
 hard-codes its batch (Reshape to [1, -1], a fixed Expand) fails that check or the run
-itself, and is captured one sample per run as before. The caller gets each sample's tensors as the per-sample runs would have given
-them (views into the batched outputs), so everything downstream is unchanged.
+itself, and is captured one sample per run as before. The caller gets each sample's tensors
+as the per-sample runs would have given them (views into the batched outputs), so
+everything downstream is unchanged.
 """
 
 from __future__ import annotations

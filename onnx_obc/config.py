@@ -24,7 +24,8 @@ from .specs import (DEVICES, LAYER_OPS, METHODS, Allocation, Correction, ExportO
                     Pruning, Quantization, RunOptions, Selection, SolverOptions)
 
 __all__ = ["CompressConfig", "Selection", "Pruning", "Quantization", "SolverOptions",
-           "Allocation", "Correction", "ExportOptions", "RunOptions", "LAYER_OPS", "METHODS", "DEVICES"]
+           "Allocation", "Correction", "ExportOptions", "RunOptions", "LAYER_OPS", "METHODS",
+           "DEVICES"]
 
 
 SECTIONS: dict[str, type] = {"select": Selection, "prune": Pruning, "quant": Quantization,

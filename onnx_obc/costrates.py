@@ -141,7 +141,8 @@ def _measure(xp: Any, sync: Any, exact: bool, clock: Clock) -> Rates:
     gelem, col, gcall = _gptq_rates(xp, sync, rng, Hn, spec, chol, 1 if exact else 3)
     gather = _gather_rate(xp, sync, rng, Hn, solve) if exact else 0.0
     Wg = xp.asarray(rng.standard_normal((64, 256)))
-    grid = _best(lambda: fit_grid(Wg, spec), sync, label="grid") / (64 * 256 * spec.maxshrink * spec.grid)
+    grid = _best(lambda: fit_grid(Wg, spec), sync, label="grid") / (
+        64 * 256 * spec.maxshrink * spec.grid)
     Ws = xp.asarray(rng.standard_normal(1 << 18))  # sorts of a few MB (the selections)
     sort = _best(lambda: xp.argsort(Ws, kind="stable"), sync, label="sort") / ((1 << 18) * 18)
     Wt = xp.asarray(rng.standard_normal((1, 2, 8)).astype(np.float32))

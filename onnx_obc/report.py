@@ -171,8 +171,8 @@ def _layer_lines(r: Report) -> list[str]:
             "losses under it" if "rtn/diag-H" in used else ""))
     compound = [x for x in r.layers if x.bits and x.prune_loss is not None]
     if compound:
-        p = sum(x.prune_loss for x in compound)
-        lines.append(f"loss after pruning {p:.4g}, after quantization {sum(x.loss for x in compound):.4g}"
+        p, q = sum(x.prune_loss for x in compound), sum(x.loss for x in compound)
+        lines.append(f"loss after pruning {p:.4g}, after quantization {q:.4g}"
                      " (per layer: prune_loss and loss in the JSON report)")
     if any(x.damp_failed for x in r.layers):
         lines.append("! dampening was escalated after a Cholesky failure (see damp_failed in JSON)")
@@ -219,8 +219,8 @@ def _fusion_lines(r: Report) -> list[str]:
     lines += [f"  {u['why']}" for u in f.get("unfused", [])]
     exp = r.config.get("export", {})
     if exp.get("runtime") == "tensorrt" and f["integer"] < f["layers"]:
-        lines.append("  (this is the TensorRT placement; for onnxruntime use --runtime onnxruntime, "
-                     "which places Q/DQ so that its CPU optimizer fuses the quantized layers)")
+        lines.append("  (this is the TensorRT placement; --runtime onnxruntime places Q/DQ so that "
+                     "onnxruntime's CPU optimizer fuses the quantized layers)")
     return lines
 
 

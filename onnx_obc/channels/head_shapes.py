@@ -1,8 +1,9 @@
 """The shapes of the Reshapes into and out of the attention heads (channels/heads.py): an
 int64 constant (initializer or Constant node), or a Concat (axis 0) of such constants (or
-Casts of int32 ones, as Paddle exports them) and one-element run-time pieces (the batch and sequence sizes PyTorch / HF exports read with
-Shape -> Gather). The head count and dh must be constants there, so the rewrite H -> H - k
-is unambiguous; `Where` says which constant entry the rewrite replaces."""
+Casts of int32 ones, as Paddle exports them) and one-element run-time pieces (the batch and
+sequence sizes PyTorch / HF exports read with Shape -> Gather). The head count and dh must
+be constants there, so the rewrite H -> H - k is unambiguous; `Where` says which constant
+entry the rewrite replaces."""
 
 from __future__ import annotations
 

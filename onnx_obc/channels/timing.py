@@ -17,8 +17,9 @@ stretch of the machine's load as the sites' (a loaded machine's load drifts 2x a
 within a minute, README). `--channels F` then means: the predicted saving reaches F of
 the model's measured latency, the prediction being the curves summed less the double
 count of a layer both sites of a chain cut (the consumer of one, the producer of the
-next: both subgraphs time it), taken as its FLOP share as flops.saved_macs does. cut_channels times the cut model against the dense one (latency_report), so the
-report shows the prediction beside what happened.
+next: both subgraphs time it), taken as its FLOP share as flops.saved_macs does.
+cut_channels times the cut model against the dense one (latency_report), so the report
+shows the prediction beside what happened.
 
 Costs: one dense run capturing the subgraphs' inputs, POINTS small sessions per site for
 ~SECONDS each, the model MODEL_ROUNDS + sites + 1 times, 2 x (MODEL_ROUNDS + 1) for the

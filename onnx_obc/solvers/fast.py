@@ -2,7 +2,8 @@
 
 The greedy step of a row needs only diag(Hinv) and the column Hinv[:, q] of the current
 inverse. After t eliminations since the last fold, the current inverse is
-    Hinv_t = Hb - U_t U_t^T ,   U_t = [u_1 .. u_t],  u_s = Hinv_{s-1}[:, q_s] / sqrt([Hinv_{s-1}]_qq)
+    Hinv_t = Hb - U_t U_t^T ,   U_t = [u_1 .. u_t],
+    u_s = Hinv_{s-1}[:, q_s] / sqrt([Hinv_{s-1}]_qq)
 so  column q = Hb[:, q] - U_t (U_t[q, :])^T   (O(d t))  and  diag -= u_t^2   (O(d)).
 Every `block` steps the t updates are folded into Hb with one batched matrix product
 (Hb -= U U^T), which is compute-bound instead of streaming d x d numbers per step.
