@@ -96,8 +96,9 @@ def test_without_a_histogram_mse_falls_back_to_minmax():
 
 
 def test_histogram_bins_are_those_of_the_integer_cap():
-    """The in-place binning (capped in float32 before the cast) puts every value in the bin
-    of the earlier formula (cast to int32, then capped), extremes at +-max|x| included."""
+    """The in-place binning (index 2 BINS folded into the last bin after counting) puts
+    every value in the bin of the earlier formula (cast to int32, then capped), extremes at
+    +-max|x| included."""
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(200_000) * 3).astype(np.float32)
     x[:2] = [np.abs(x).max(), -np.abs(x).max()]
@@ -106,6 +107,20 @@ def test_histogram_bins_are_those_of_the_integer_cap():
     k = (x * np.float32(2048 / obs.top) + np.float32(2048)).astype(np.int32)
     np.minimum(k, 2 * 2048 - 1, out=k)
     np.testing.assert_array_equal(obs.signed, np.bincount(k, minlength=2 * 2048))
+
+
+def test_values_just_below_top_land_in_the_last_bin():
+    """|v| < top, but v * BINS / top can round up to BINS: index 2 BINS, folded into the last
+    bin (2 BINS - 1), as the cap put it; the most negative value lands in bin 0."""
+    from onnx_obc import actrange
+
+    top, B = 8.0, actrange.BINS
+    below = np.nextafter(np.float32(top), np.float32(0))
+    x = np.array([below] * 3 + [-below, 0.0, np.float32(top / 2)], np.float32)
+    assert x[0] * np.float32(B / top) + np.float32(B) == np.float32(2 * B)  # the edge case
+    got = actrange.bins(x, top)
+    assert got.shape == (2 * B,) and got.sum() == x.size
+    assert got[2 * B - 1] == 3 and got[0] == 1 and got[B] == 1 and got[B + B // 2] == 1
 
 
 def test_chunked_binning_counts_what_one_pass_counts():
