@@ -219,8 +219,8 @@ def _fusion_lines(r: Report) -> list[str]:
     lines += [f"  {u['why']}" for u in f.get("unfused", [])]
     exp = r.config.get("export", {})
     if exp.get("runtime") == "tensorrt" and f["integer"] < f["layers"]:
-        lines.append("  (this is the TensorRT placement; --runtime onnxruntime places Q/DQ so that "
-                     "onnxruntime's CPU optimizer fuses the quantized layers)")
+        lines.append("  (this is the TensorRT placement; for onnxruntime use --runtime "
+                     "onnxruntime, which places Q/DQ so that its CPU optimizer fuses them)")
     return lines
 
 
