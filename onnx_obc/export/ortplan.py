@@ -19,7 +19,11 @@ COMPUTE_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigm
                "LeakyRelu", "Softmax", "MatMul")
 # ops that only move data: DQ -> op -> Q with equal parameters runs the op on the codes
 MOVE_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
-            "Gather", "Expand", "Tile", "Resize")
+            "Gather", "Expand", "Tile", "Resize", "Split")
+# Split (several outputs): onnxruntime's dropSplitQDQ rule runs it on the codes when every
+# output goes to a QuantizeLinear of the input's parameters. Left float (each output with a
+# range of its own), YOLOv8's C2f blocks paid a DequantizeLinear, a float Split and two
+# QuantizeLinear (a second rounding) each: README "Deployment", Split on the codes.
 CLIP_OPS = ("Relu", "Clip")
 # Add/Mul with one constant input: quantize the constant (QLinearAdd/QLinearMul) or leave the
 # node float. A MatMul's bias Add stays float: MatMulIntegerToFloat then adds it in float.
@@ -125,7 +129,8 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
             p.roles[i] = "layer"
             continue
         op, data = n.op_type, data_inputs(n)
-        if not data or any(not t or t not in floats for t in data) or len(n.output) != 1:
+        if not data or any(not t or t not in floats for t in data) or (
+                len(n.output) != 1 and op != "Split"):
             continue
         fixed = [t for t in data if t in consts]
         if op in MOVE_OPS or zero_pad(n, weights):  # a zero Pad runs on the codes (ortpad.py)
@@ -177,10 +182,11 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
                     p.tensors.setdefault(t, None)
     for i, n in enumerate(g.node):  # outputs, in topological order
         role = p.roles.get(i)
-        if role == "move":
+        if role == "move":  # every output (Split: each read, none a graph output)
             src = n.input[0]
-            if src in p.tensors and n.output[0] not in outputs:
-                p.tensors[n.output[0]] = src
+            if src in p.tensors and all(o and o not in outputs and readers.get(o)
+                                        for o in n.output):
+                p.tensors.update({o: src for o in n.output})
             else:
                 del p.roles[i]
         elif role in ("layer", "compute"):

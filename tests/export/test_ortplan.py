@@ -130,3 +130,75 @@ def test_a_float_gate_product_stays_float_after_the_fold(monkeypatch) -> None:
     assert old.roles[gate] == "compute"
     hs = next(n.output[0] for n in model.graph.node if n.op_type == "HardSigmoid")
     assert hs in old.tensors and hs not in p.tensors  # the gate's own Q, gone
+
+
+def c2f_cnn(seed: int = 0, split_to_output: bool = False) -> onnx.ModelProto:
+    """YOLOv8's C2f block in small: a Conv's output split in two channel halves, one through a
+    bottleneck Conv with a residual Add, all three concatenated into the next Conv.
+
+        x [N, 3, 8, 8] --c1--> a [N, 8] --Split--> s0, s1 [N, 4]
+        s1 --c2--> b; r = s1 + b; Concat(s0, s1, r) --c3--> GlobalAveragePool, Flatten --fc--> y
+    split_to_output: s0 is also a graph output (the Split then cannot run on the codes)."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Split", ["a", "sizes"], ["s0", "s1"], name="split", axis=1),
+             helper.make_node("Conv", ["s1", "W2", "B2"], ["bo"], name="c2", pads=[1] * 4),
+             helper.make_node("Add", ["s1", "bo"], ["r"], name="residual"),
+             helper.make_node("Concat", ["s0", "s1", "r"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "W3", "B3"], ["c3"], name="c3"),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1)]
+    inits = [b.weight("W1", (8, 3, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             b.weight("W2", (4, 4, 3, 3), seed + 2), b.weight("B2", (4,), seed + 3),
+             b.weight("W3", (8, 12, 1, 1), seed + 4), b.weight("B3", (8,), seed + 5),
+             b.weight("Wf", (5, 8), seed + 6), b.weight("bf", (5,), seed + 7),
+             numpy_helper.from_array(np.array([4, 4], np.int64), "sizes")]
+    outs = [b.vi("y", [b.BATCH, 5])] + ([b.vi("s0", [b.BATCH, 4, 8, 8])] if split_to_output
+                                        else [])
+    return b.make(nodes, [b.vi("x", [b.BATCH, 3, 8, 8])], outs, inits)
+
+
+def test_split_runs_on_the_codes_of_its_input() -> None:
+    """Split is data movement: both halves take the Conv output's scale and zero point."""
+    model = c2f_cnn()
+    layers = find_layers(model)[0]
+    at = _index(model)
+    p = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert p.roles[at["split"]] == "move"
+    assert p.tensors["a"] is None and p.tensors["s0"] == p.tensors["s1"] == "a"
+    # a half that is a graph output keeps the Split float: each half its own range, as before
+    model = c2f_cnn(split_to_output=True)
+    p = ortplan.plan(model, ortplan.layer_nodes(model, find_layers(model)[0]))
+    assert at["split"] not in p.roles and p.tensors["s0"] is None and p.tensors["s1"] is None
+
+
+def test_split_fused_graph(monkeypatch) -> None:
+    """onnxruntime runs the Split on uint8 codes (no DequantizeLinear -> Split ->
+    QuantizeLinear left), with one Q / DQ pair fewer per half than when each half has its own
+    range (the rule off: Split not a MOVE_OPS member), the same integer kernels, and the
+    halves not rounded a second time."""
+    model = c2f_cnn()
+    new, feed, layers = compressed(model)
+    monkeypatch.setattr(ortplan, "MOVE_OPS", tuple(o for o in ortplan.MOVE_OPS if o != "Split"))
+    old, _, _ = compressed(model)
+    opt_new = fusion_graph(new)
+    ops_new, ops_old = Counter(n.op_type for n in opt_new.graph.node), optimized_ops(old)
+    for k in ("QLinearConv", "QLinearAdd", "QLinearConcat", "QGemm"):
+        assert ops_new[k] == ops_old[k] >= 1, (k, ops_new, ops_old)
+    made = {o: n for n in opt_new.graph.node for o in n.output}
+    split = next(n for n in opt_new.graph.node if n.op_type == "Split")
+    assert made[split.input[0]].op_type != "DequantizeLinear"  # it reads codes
+    assert ops_new["QuantizeLinear"] == ops_old["QuantizeLinear"] - 2
+    assert ops_new["DequantizeLinear"] == ops_old["DequantizeLinear"] - 1
+    fused = run(new, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert rel(fused, run(new, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)) <= 0.02
+    dense = run(model, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    err_new = rel(fused, dense)
+    err_old = rel(run(old, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), dense)
+    assert err_new <= 1.1 * err_old, (err_new, err_old)
+
+
+def fusion_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnx_obc.export import fusion
+
+    return fusion.optimized_graph(model)
