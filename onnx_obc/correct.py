@@ -1,6 +1,5 @@
 """Correction after compression, per output channel of every compressed layer, measured on
 the calibration data: the compressed model's layer output y_hat against the dense model's y.
-
 Mean (--correct):     y_hat  <-  y_hat + (E[y] - E[y_hat])
 Scale (--correct-scale), the least-squares affine fit per channel:
                       y_hat  <-  a (y_hat - E[y_hat]) + E[y],   a = Cov(y, y_hat) / Var(y_hat)
@@ -13,9 +12,8 @@ by piece (segments.py), the scale level by level. With activation quantization
 (`act_values`) the model measured is the deployed one, activation Q/DQ included (empirical
 bias correction, Nagel et al. 2019; AIMET). Conv / Gemm without a bias get one; a MatMul is
 corrected through the Add that consumes it where its other input is a constant vector; a
-weight read by several nodes gets no scale; the rest is left, with the reason.
-`correction_mode` says where it runs, `auto_decision` keeps or drops an automatic one.
-"""
+weight read by several nodes gets no scale; the rest is left, with the reason. Where it
+runs: `correction_mode`; `auto_decision` keeps or drops an automatic one."""
 
 from __future__ import annotations
 
@@ -292,9 +290,11 @@ def auto_decision(fixes: CorrectionResult, fidelity: Mapping[str, Any], on: str
     below the uncorrected model's. Returns the verdict and `fixes` with the reason."""
     err = {k: float(np.mean(list(fidelity[on][k].rel_error.values())))
            for k in ("compressed", "uncorrected")}
-    keep = err["compressed"] <= (1.0 - MARGIN) * err["uncorrected"]
+    keep, n = err["compressed"] <= (1.0 - MARGIN) * err["uncorrected"], len(
+        fidelity[on]["compressed"].rel_error)  # the table shows the largest of n outputs
     line = (f"bias correction (automatic with --act-bits 8 on onnxruntime): "
-            f"{'kept' if keep else 'not kept'}, output error on {on} {err['uncorrected']:.4g} "
+            f"{'kept' if keep else 'not kept'}, output error on {on}"
+            f"{f' (mean of {n} outputs)' if n > 1 else ''} {err['uncorrected']:.4g} "
             f"without, {err['compressed']:.4g} with it"
             + ("" if keep else f" (kept only {MARGIN:.0%} or more lower)"))
     return keep, replace(fixes, decision=line)

@@ -413,3 +413,25 @@ def test_a_subset_correction_pairs_its_dense_means_with_its_own_samples(monkeypa
     again = correct_outputs(*args, **{**kw, "means": None})
     np.testing.assert_allclose(res.report.correction["mean_abs_shift_per_level"],
                                again.shifts, rtol=1e-6)
+
+
+def test_the_decision_on_several_outputs_is_the_mean_and_says_so():
+    """The automatic decision weighs each model output alike (the mean of their errors)
+    while the fidelity table shows the largest: the line says which it used. A correction
+    that lowers one output's error a lot and raises the other's is kept or dropped by the
+    mean, not by either alone."""
+    from onnx_obc.correct import CorrectionResult, auto_decision
+    from onnx_obc.verify import Fidelity
+
+    fixes = CorrectionResult({}, (), (), "one pass", samples=8)
+    two = {"calibration": {"uncorrected": Fidelity(8, {"a": 0.10, "b": 0.50}),
+                           "compressed": Fidelity(8, {"a": 0.02, "b": 0.52})}}
+    keep, res = auto_decision(fixes, two, "calibration")
+    assert keep and "(mean of 2 outputs) 0.3 without, 0.27 with it" in res.decision
+    two["calibration"]["compressed"] = Fidelity(8, {"a": 0.09, "b": 0.60})
+    keep, res = auto_decision(fixes, two, "calibration")
+    assert not keep and "not kept" in res.decision
+    one = {"calibration": {"uncorrected": Fidelity(8, {"y": 0.10}),
+                           "compressed": Fidelity(8, {"y": 0.05})}}
+    keep, res = auto_decision(fixes, one, "calibration")
+    assert keep and "output error on calibration 0.1 without, 0.05 with it" in res.decision
