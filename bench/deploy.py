@@ -78,7 +78,8 @@ MODELS = {  # name -> (model, calib, eval, method)
     "common_det": ("bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
                    "bench/real/common_det.eval.npz", "obc"),
 }
-for _n in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0"):  # real_matrix's metrics
+for _n in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0",  # real_matrix's metrics
+           "yolov8n", "picodet_layout"):  # bench/real_detect.py: output error only
     MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
                   f"bench/real/{_n}.eval.npz", "obc")
 

