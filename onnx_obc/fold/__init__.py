@@ -9,7 +9,9 @@ the weights the deployed model multiplies by.
   result only Convs read: the scale goes into their weights; the shift into their biases when
   they pad nothing, else it stays as one Add (of shift / scale) in front of them;
 - hardswish written out, x * Clip(x + 3, 0, 6) / 6 (paddle2onnx, older PyTorch exports),
-  becomes x * HardSigmoid(x) (alpha 1/6, beta 1/2), and Clip(x + 3, 0, 6) / 6 HardSigmoid(x).
+  becomes x * HardSigmoid(x) (alpha 1/6, beta 1/2), and Clip(x + 3, 0, 6) / 6 HardSigmoid(x);
+  then every x * HardSigmoid(x) one HardSwish(x), the model raised to opset 14 where it is
+  older (onnx's version converter; where that fails, the pairs stay, and the summary says so).
 
 Why: onnxruntime folds such nodes into a float Conv itself, but not once the weight is behind
 a DequantizeLinear, so in a W8A8 model each one runs in float between the integer kernels
@@ -24,12 +26,13 @@ from dataclasses import dataclass, field
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..export.graph import export_graph, model_opset
+from ..errors import ModelError
+from ..export.graph import ensure_opset, export_graph, model_opset
 from ..layers import overridable
 from .after import fold_after
 from .before import fold_before
-from .hardswish import hardswish
 from .common import weight
+from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
 
 
 @dataclass
@@ -42,10 +45,13 @@ class Folded:
     kept_adds: int = 0
     hardswish: int = 0
     hardsigmoid: int = 0
+    hardswish_ops: int = 0  # x * HardSigmoid(x) pairs written as one HardSwish
+    opset: str = ""  # "13 -> 14" where HardSwish raised it; why not, where it could not
 
     @property
     def changed(self) -> bool:
-        return bool(self.after or self.before or self.hardswish or self.hardsigmoid)
+        return bool(self.after or self.before or self.hardswish or self.hardsigmoid
+                    or self.hardswish_ops)
 
     def summary(self) -> str:
         """One line for the report ('' when nothing changed)."""
@@ -59,15 +65,19 @@ class Folded:
         if self.kept_adds:
             parts.append(f"{self.kept_adds} shifts kept as an Add (the Conv pads)")
         if self.hardswish or self.hardsigmoid:
-            parts.append(f"{self.hardswish} hardswish as x * HardSigmoid(x), "
+            parts.append(f"{self.hardswish} written-out hardswish as x * HardSigmoid(x), "
                          f"{self.hardsigmoid} written-out hardsigmoid as HardSigmoid")
+        if self.hardswish_ops or self.opset:
+            parts.append(f"{self.hardswish_ops} x * HardSigmoid(x) as HardSwish"
+                         + (f" (opset {self.opset})" if self.opset else ""))
         return "folded (float-exact, --no-fold keeps the graph): " + "; ".join(parts) \
             if parts else ""
 
     def to_dict(self) -> dict:
         return {"after": dict(self.after), "before": dict(self.before),
                 "kept_adds": self.kept_adds, "hardswish": self.hardswish,
-                "hardsigmoid": self.hardsigmoid, "summary": self.summary()}
+                "hardsigmoid": self.hardsigmoid, "hardswish_ops": self.hardswish_ops,
+                "opset": self.opset, "summary": self.summary()}
 
 
 def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
@@ -91,8 +101,26 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
             ops, kept = fold_before(graph, node.inputs[0], outputs, fixed)
             done.before.update(ops)
             done.kept_adds += kept
-    if not done.changed:
-        return model, done
-    return export_graph(graph, model, model_opset(model)), done
+    out = export_graph(graph, model, model_opset(model)) if done.changed else model
+    return _hardswish_ops(out, done), done
 
+
+def _hardswish_ops(model: onnx.ModelProto, done: Folded) -> onnx.ModelProto:
+    """`model` with its x * HardSigmoid(x) pairs as HardSwish, at opset >= 14."""
+    graph = gs.import_onnx(model)
+    outputs = {t.name for t in graph.outputs}
+    if not hardswish_pairs(graph, outputs):
+        return model
+    old = model_opset(model)
+    try:
+        raised = ensure_opset(model, HARDSWISH_OPSET, "HardSwish needs opset 14")
+    except ModelError as exc:
+        done.opset = f"{old}, kept: not raised to {HARDSWISH_OPSET}, {exc}"[:200]
+        return model
+    graph = gs.import_onnx(raised)
+    pairs = hardswish_pairs(graph, outputs)
+    as_hardswish(graph, pairs)
+    done.hardswish_ops = len(pairs)
+    done.opset = f"{old} -> {model_opset(raised)}" if model_opset(raised) != old else ""
+    return export_graph(graph, raised, model_opset(raised))
 

@@ -89,3 +89,36 @@ def hardswish(graph: gs.Graph, add: gs.Node, outputs: set[str], fixed: set[str])
     if kind == "hardswish":
         graph.nodes.append(gs.Node("Mul", f"{name}_hardswish", inputs=[x, hs_out], outputs=[out]))
     return kind
+
+
+HARDSWISH_OPSET = 14  # the single HardSwish op
+
+
+def hardswish_pairs(graph: gs.Graph, outputs: set[str]) -> list[tuple[gs.Node, gs.Node]]:
+    """(HardSigmoid, Mul) pairs computing x * HardSigmoid(x) (alpha 1/6, beta 1/2), the gate
+    read by the product alone: HardSwish(x)."""
+    pairs = []
+    for mul in graph.nodes:
+        if mul.op != "Mul" or len(mul.inputs) != 2:
+            continue
+        for x, h in ((mul.inputs[0], mul.inputs[1]), (mul.inputs[1], mul.inputs[0])):
+            gate = h.inputs[0] if len(h.inputs) == 1 else None
+            if (gate is not None and gate.op == "HardSigmoid" and gate.inputs[0] is x
+                    and _only(h, outputs) is mul
+                    and abs(gate.attrs.get("alpha", 0.2) - 1 / 6) < 1e-7
+                    and abs(gate.attrs.get("beta", 0.5) - 0.5) < 1e-7):
+                pairs.append((gate, mul))
+                break
+    return pairs
+
+
+def as_hardswish(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -> None:
+    """Each pair as one HardSwish node (opset >= HARDSWISH_OPSET): x * HardSigmoid(x) is
+    HardSwish(x) by definition; onnxruntime runs one pass over x instead of two, and one
+    DequantizeLinear in front of it instead of one per reader (PP-PicoDet W8A8: 0.718 ->
+    0.677x fp32, the same outputs; README "Deployment")."""
+    for gate, mul in pairs:
+        x = gate.inputs[0]
+        gate.outputs.clear()
+        mul.op, mul.inputs = "HardSwish", [x]
+        mul.attrs.clear()

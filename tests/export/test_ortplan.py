@@ -109,11 +109,22 @@ def test_models_without_islands_are_unchanged(builder, monkeypatch) -> None:
 
 
 def test_a_float_gate_product_stays_float_after_the_fold(monkeypatch) -> None:
-    """After the fold, hardswish is c1 * HardSigmoid(c1) right on a layer's output: no island
-    any more, but its gate has no integer kernel, so the product stays float (the rule
-    INTEGER_FLOAT_GATES); the swish c2 * Sigmoid(c2) (QLinearSigmoid) stays integer."""
+    """After the fold, hardswish is one HardSwish(c1) right on a layer's output: float (no
+    integer kernel), its output quantized for c2. Where it stays c1 * HardSigmoid(c1) (an
+    opset the converter cannot raise), no island any more, but its gate has no integer
+    kernel, so the product stays float (the rule INTEGER_FLOAT_GATES); the swish
+    c2 * Sigmoid(c2) (QLinearSigmoid) stays integer either way."""
+    import onnx_obc.fold as fold_mod
     from onnx_obc.fold import fold
 
+    model, done = fold(hardswish_cnn())
+    assert done.hardswish == done.hardswish_ops == 1
+    hsw = next(i for i, n in enumerate(model.graph.node) if n.op_type == "HardSwish")
+    p = ortplan.plan(model, ortplan.layer_nodes(model, find_layers(model)[0]))
+    assert hsw not in p.roles and p.roles[_index(model)["swmul"]] == "compute"
+    assert model.graph.node[hsw].output[0] in p.tensors and model.graph.node[hsw].input[0] in (
+        p.tensors)  # c1's output and c2's input: integer kernels on both sides
+    monkeypatch.setattr(fold_mod, "hardswish_pairs", lambda graph, outputs: [])
     model, done = fold(hardswish_cnn())
     assert done.hardswish == 1 and dict(done.after) == {"Mul": 1, "Add": 1}
     layers = find_layers(model)[0]

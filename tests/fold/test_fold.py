@@ -1,5 +1,5 @@
 """The fold stage: float-exact rewrites (affine ops into the layers before and after them,
-hardswish as x * HardSigmoid(x)), what it refuses, and what it changes in a run."""
+hardswish as one HardSwish op), what it refuses, and what it changes in a run."""
 
 from __future__ import annotations
 
@@ -76,17 +76,76 @@ def test_ppocr_block_folds_float_exact() -> None:
     out, done = fold(model)
     _same(model, out, (3, 4, 6, 6))
     ops = _ops(out)
-    # BN, the affine after c1, the hardswish's Clip / Div are gone; x * HardSigmoid(x)
+    # BN, the affine after c1, the hardswish's Clip / Div are gone; one HardSwish (opset 17)
     assert ops["BatchNormalization"] == ops["Clip"] == ops["Div"] == 0
-    assert ops["HardSigmoid"] == 1 and ops["Mul"] == 1
+    assert ops["HardSwish"] == 1 and ops["HardSigmoid"] == ops["Mul"] == 0
     # the affine before the Convs: its scale went into both, its shift into the 1x1 Conv's
     # bias, and (the depthwise pads) stays once as an Add of t / s before them
     assert ops["Add"] == 2  # the kept shift and the final sum
     assert dict(done.after) == {"BatchNormalization": 1, "Mul": 1, "Add": 1}
     assert dict(done.before) == {"Mul": 1, "Add": 1} and done.kept_adds == 1
-    assert (done.hardswish, done.hardsigmoid) == (1, 0)
-    assert "hardswish" in done.summary()
+    assert (done.hardswish, done.hardsigmoid, done.hardswish_ops) == (1, 0, 1)
+    assert "hardswish" in done.summary() and done.opset == ""  # 17 already
     onnx.checker.check_model(out, full_check=True)
+
+
+def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """The same graph declared at `opset` (the builders' ops mean the same there)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    next(o for o in m.opset_import if o.domain in ("", "ai.onnx")).version = opset
+    return m
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_hardswish_raises_an_older_model_to_opset_14(opset) -> None:
+    """paddle2onnx writes opset 11-13 (PP-OCR 11 / 12, PP-PicoDet 13): the model goes to
+    opset 14 (onnx's converter) for the one HardSwish node, float-exact, and says so."""
+    model = _at_opset(ppocr_block(), opset)
+    model.ir_version = 7
+    out, done = fold(model)
+    _same(model, out, (3, 4, 6, 6))
+    assert _ops(out)["HardSwish"] == 1 and _ops(out)["HardSigmoid"] == 0
+    assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 14
+    assert done.opset == f"{opset} -> 14" and f"(opset {opset} -> 14)" in done.summary()
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_hardswish_stays_a_pair_where_the_opset_cannot_be_raised(monkeypatch) -> None:
+    import onnx_obc.fold as fold_mod
+    from onnx_obc.errors import ModelError
+
+    def refuse(*a, **k):
+        raise ModelError("converter says no")
+
+    monkeypatch.setattr(fold_mod, "ensure_opset", refuse)
+    model = _at_opset(ppocr_block(), 12)
+    out, done = fold(model)
+    _same(model, out, (3, 4, 6, 6))
+    assert _ops(out)["HardSigmoid"] == 1 and _ops(out)["Mul"] == 1 and not _ops(out)["HardSwish"]
+    assert done.hardswish_ops == 0 and "converter says no" in done.summary()
+
+
+def test_an_exported_hardsigmoid_pair_becomes_hardswish_but_not_a_shared_gate() -> None:
+    """PyTorch below opset 14 exports nn.Hardswish as x * HardSigmoid(x): one HardSwish. A
+    gate read by another node too (or of another tensor, a squeeze-excite gate) stays."""
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="c"),
+             helper.make_node("HardSigmoid", ["c"], ["h"], name="hs", alpha=1 / 6),
+             helper.make_node("Mul", ["h", "c"], ["y"], name="prod")]
+    inits = [b.weight("W", (6, 4, 1, 1), 0)]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])], [b.vi("y", [b.BATCH, 6, 5, 5])],
+                   inits)
+    out, done = fold(model)
+    _same(model, out, (2, 4, 5, 5))
+    assert _ops(out) == Counter({"Conv": 1, "HardSwish": 1}) and done.hardswish_ops == 1
+    shared = b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])],
+                    [b.vi("y", [b.BATCH, 6, 5, 5]), b.vi("h", [b.BATCH, 6, 5, 5])], inits)
+    assert fold(shared)[0] is shared
+    se = b.make([nodes[0], helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+                 helper.make_node("HardSigmoid", ["p"], ["h"], name="hs", alpha=1 / 6),
+                 helper.make_node("Mul", ["c", "h"], ["y"], name="gate")],
+                [b.vi("x", [b.BATCH, 4, 5, 5])], [b.vi("y", [b.BATCH, 6, 5, 5])], inits)
+    assert fold(se)[0] is se  # a squeeze-excite gate: c * HardSigmoid(pool(c))
 
 
 def test_shift_into_a_conv_that_pads_nothing_needs_no_add() -> None:
