@@ -43,8 +43,9 @@ INTEGER_ATTENTION = False
 INTEGER_ISLANDS = False
 # A product x * f(x) whose gate f runs in float (HardSigmoid: no integer kernel; hardswish
 # where the fold could not make it one HardSwish) stays float too: on integers the gate gets
-# a Q of its own for this one kernel. Measured on the folded ppocr_rec (README "Deployment"): with it on integers, 68.0%
-# text accuracy on 200 lines (error 0.219); float, 74.0% (0.134), at the same latency.
+# a Q of its own for this one kernel. Measured on the folded ppocr_rec (README "Deployment"):
+# with it on integers, 68.0% text accuracy on 200 lines (error 0.219); float, 74.0% (0.134),
+# at the same latency.
 INTEGER_FLOAT_GATES = False
 
 

@@ -107,6 +107,8 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
 
 def _hardswish_ops(model: onnx.ModelProto, done: Folded) -> onnx.ModelProto:
     """`model` with its x * HardSigmoid(x) pairs as HardSwish, at opset >= 14."""
+    if not any(n.op_type == "HardSigmoid" for n in model.graph.node):
+        return model
     graph = gs.import_onnx(model)
     outputs = {t.name for t in graph.outputs}
     if not hardswish_pairs(graph, outputs):
@@ -123,4 +125,3 @@ def _hardswish_ops(model: onnx.ModelProto, done: Folded) -> onnx.ModelProto:
     done.hardswish_ops = len(pairs)
     done.opset = f"{old} -> {model_opset(raised)}" if model_opset(raised) != old else ""
     return export_graph(graph, raised, model_opset(raised))
-
