@@ -114,8 +114,8 @@ def hardswish_pairs(graph: gs.Graph, outputs: set[str]) -> list[tuple[gs.Node, g
 
 def as_hardswish(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -> None:
     """Each pair as one HardSwish node (opset >= HARDSWISH_OPSET): x * HardSigmoid(x) is
-    HardSwish(x) by definition; onnxruntime runs one pass over x instead of two, and one
-    DequantizeLinear in front of it instead of one per reader (PP-PicoDet W8A8: 0.718 ->
+    HardSwish(x) by definition; onnxruntime (1.31, CPU) expands it back after its QDQ pass,
+    so it runs behind one DequantizeLinear instead of one per reader (PP-PicoDet W8A8: 0.718 ->
     0.660x fp32, the same outputs; README "Deployment")."""
     for gate, mul in pairs:
         x = gate.inputs[0]
