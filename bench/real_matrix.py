@@ -51,6 +51,12 @@ MODELS = {  # name -> (path prefix, pruning method: obc, or gptq where ExactOBS 
     "common": (R + "common", "gptq"),
     "common_det": (R + "common_det", "gptq"),
 }
+DEFAULT = list(MODELS)
+EXTRA = {  # not in the default set (no task labels: output error only; bench/real_detect.py)
+    "yolov8n": (R + "yolov8n", "obc"),
+    "picodet_layout": (R + "picodet_layout", "obc"),
+}
+MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)
     "s50u": {"sparsity": 0.5, "allocate": "uniform"},
     "s50dp": {"sparsity": 0.5, "allocate": "dp", "budget": "params"},
@@ -194,7 +200,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(DEFAULT),
+                    help=f"also: {', '.join(EXTRA)} (output error only)")
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--method-prune", default=None, choices=["obc", "gptq"],
                     help="the pruning method of every model (default: per model)")
