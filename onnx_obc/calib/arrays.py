@@ -64,8 +64,11 @@ class DataSet:
                 out[k] = v
             elif isinstance(idx, slice):
                 out[k] = np.asarray(np.ascontiguousarray(v[(slice(None),) * ax + (idx,)]))
-            else:
-                out[k] = np.asarray(np.take(v, idx, axis=ax))  # a plain array, not a memmap
+            else:  # a plain array, not a memmap; indexing, not np.take: on a memmap whose
+                # data is not 4-byte aligned in its file (an .npz member's offset) np.take
+                # copied at ~40 MB/s (PP-PicoDet's 5.8 MB inputs: 0.12 s a sample, 29 s of a
+                # 115 s conversion), indexing at memory speed, the same values
+                out[k] = np.ascontiguousarray(v[(slice(None),) * ax + (idx,)])
             if self.dtypes is not None and out[k].dtype != self.dtypes[k]:
                 out[k] = out[k].astype(self.dtypes[k])
         return out
