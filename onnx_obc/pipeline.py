@@ -3,8 +3,7 @@ solve -> correct -> export -> verify -> save, each stage one call into its own m
 
 Arrays cross between the host (onnx, onnxruntime) and the solver's device only inside the
 layer-wise stages (schedule.py: activations into collect.py, weights into solve.py and the
-allocation, host-side solutions out of solve.py); everything after them works on the host.
-"""
+allocation, host-side solutions out of solve.py); everything after them works on the host."""
 
 from __future__ import annotations
 
@@ -136,7 +135,8 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
                 fidelity = {s: {"corrected (not kept)" if k == "compressed" else
                                 "compressed" if k == "uncorrected" else k: f
                                 for k, f in v.items()} for s, v in fidelity.items()}
-        fusion = export.fusion.check(models["compressed"], layers, runtime)
+        fusion = export.fusion.check(models["compressed"], layers, runtime, *(
+            (dense, data.sets()) if cfg.export.runtime == "onnxruntime" else ()))
     return models, fidelity, fusion, fixes
 
 

@@ -45,6 +45,7 @@ class Fusion:
     unfused: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
     ops: dict[str, int] = field(default_factory=dict)  # op counts of the optimized graph
     error: str = ""  # why the check could not run ("" when it ran)
+    latency: dict[str, Any] = field(default_factory=dict)  # measured against the input model
 
     def line(self) -> str:
         if self.error:
@@ -56,7 +57,40 @@ class Fusion:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["unfused"] = [{"node": n, "why": w} for n, w in self.unfused]
+        d["latency_line"] = latency_line(self.latency)
         return d
+
+
+LATENCY_ROUNDS = 9  # alternating runs of the input and the written model, at least ...
+LATENCY_SECONDS = 0.5  # ... and until this long has passed (channels/timing.ort_timer)
+
+
+def latency(model: onnx.ModelProto, dense: onnx.ModelProto, sets: dict, runtime: Any = None
+            ) -> dict[str, Any]:
+    """1-thread onnxruntime medians of the input model `dense` and the written `model` on
+    one sample of the first fidelity set, run in alternation: whether the output pays off
+    where it runs, measured on every --runtime onnxruntime run (PP-LCNet's W8A8 file ran
+    1.34x slower than its input: its float hardswish between the integer convs)."""
+    from ..channels.timing import ort_timer
+
+    try:
+        _, feed = next(iter(next(iter(sets.values())).batches(1)))
+        d, m = ort_timer(runtime, LATENCY_ROUNDS, LATENCY_SECONDS)([dense, model], feed)
+    except Exception as exc:  # no sample, a model onnxruntime will not serialize (> 2 GB)
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {"input_ms": 1e3 * d, "ms": 1e3 * m, "ratio": m / d, "batch": 1,
+            "runs": LATENCY_ROUNDS}
+
+
+def latency_line(t: dict[str, Any]) -> str:
+    """The report's line for `latency` ("" when not measured)."""
+    if not t:
+        return ""
+    if t.get("error"):
+        return f"latency not measured: {t['error']}"
+    return (f"latency, 1 thread, batch 1 (medians of >= {t['runs']} alternating runs): "
+            f"{t['ratio']:.3f}x the input model's ({t['ms']:.3g} vs {t['input_ms']:.3g} ms)"
+            + (" -- SLOWER than the input model on this CPU" if t["ratio"] > 1.0 else ""))
 
 
 def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelProto:
@@ -76,16 +110,19 @@ def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelPr
         return onnx.load(path)
 
 
-def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None) -> Fusion:
+def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
+          dense: onnx.ModelProto | None = None, sets: dict | None = None) -> Fusion:
     """Which nodes of `layers` (those whose weight is stored as codes behind a
-    DequantizeLinear in `model`) onnxruntime's CPU optimizer runs on integer kernels."""
+    DequantizeLinear in `model`) onnxruntime's CPU optimizer runs on integer kernels; with
+    the input model `dense` and the fidelity `sets`, also `latency` against it."""
     uses = _quantized_uses(model, layers)
     if not uses:
         return Fusion(0, 0)
+    timed = latency(model, dense, sets, runtime) if dense is not None and sets else {}
     try:
         opt = optimized_graph(model, runtime)
     except Exception as exc:  # onnxruntime refuses the model, or cannot write it (> 2 GB)
-        return Fusion(len(uses), 0, error=f"{type(exc).__name__}: {exc}"[:300])
+        return Fusion(len(uses), 0, error=f"{type(exc).__name__}: {exc}"[:300], latency=timed)
     kernels: Counter[str] = Counter()
     unfused = []
     maps = None
@@ -100,7 +137,7 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None) -> F
                                f"DequantizeLinear inputs — {why_not(model, index, maps)}"))
     ops = Counter(n.op_type for n in opt.graph.node)
     return Fusion(len(uses), sum(kernels.values()), dict(kernels), unfused,
-                  dict(sorted(ops.items())))
+                  dict(sorted(ops.items())), latency=timed)
 
 
 def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tuple[str, int]]:

@@ -252,6 +252,32 @@ def test_convert_reports_the_fusion(tmp_path: Path) -> None:
     assert r.report.fusion["integer"] == 0 and len(r.report.fusion["unfused"]) == 6
     assert "0 of 6 quantized layers" in r.report.table()
     assert "use --runtime onnxruntime" in r.report.table()
+    assert r.report.fusion["latency"] == {} and "latency" not in r.report.table()
+
+
+def test_the_onnxruntime_target_times_the_written_model_against_the_input():
+    """Every --runtime onnxruntime run with quantized layers times the written model
+    against the input one (1 thread, alternating; the figures are the machine's: only
+    their consistency is asserted here) and says so in the report, SLOWER where it is."""
+    from onnx_obc.export import fusion
+
+    r = convert(str(ROOT / "models/digits_cnn.onnx"), None, bits=8, act_bits=8,
+                runtime="onnxruntime", calib=str(ROOT / "models/digits_cnn.calib.npz"),
+                calib_samples=32, progress=False, compare_baseline=False, method="rtn")
+    t = r.report.fusion["latency"]
+    assert t["input_ms"] > 0 and t["ms"] > 0 and t["batch"] == 1
+    assert t["ratio"] == pytest.approx(t["ms"] / t["input_ms"])
+    assert fusion.latency_line(t) in r.report.table()
+    assert r.report.to_dict()["fusion"]["latency"]["runs"] == fusion.LATENCY_ROUNDS
+    slow = fusion.latency_line({"input_ms": 3.0, "ms": 4.0, "ratio": 4 / 3, "batch": 1,
+                                "runs": 9})
+    assert "1.333x the input model's (4 vs 3 ms)" in slow and "SLOWER" in slow
+    assert "SLOWER" not in fusion.latency_line({**t, "ratio": 0.5})
+    # what cannot be timed is said, and the check itself still runs
+    model = onnx.load(str(ROOT / "models/digits_cnn.onnx"))
+    empty = {"none": type("Empty", (), {"batches": lambda self, n: iter(())})()}
+    assert fusion.latency(model, model, empty)["error"].startswith("StopIteration")
+    assert fusion.latency_line({"error": "X: y"}) == "latency not measured: X: y"
 
 
 def test_fusion_temp_dir_is_removed(monkeypatch) -> None:
