@@ -70,7 +70,7 @@ def latency(model: onnx.ModelProto, dense: onnx.ModelProto, sets: dict, runtime:
     """1-thread onnxruntime medians of the input model `dense` and the written `model` on
     one sample of the first fidelity set, run in alternation: whether the output pays off
     where it runs, measured on every --runtime onnxruntime run (PP-LCNet's W8A8 file ran
-    1.34x slower than its input: its float hardswish between the integer convs)."""
+    1.33x slower than its input: its float hardswish between the integer convs)."""
     from ..channels.timing import ort_timer
 
     try:
