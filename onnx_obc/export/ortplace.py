@@ -17,6 +17,7 @@ from .graph import constant, constant_value, ensure_opset, export_graph, model_o
 from .ortpad import pads_on_codes, shape_readers_to_codes
 from .ortplan import Plan
 from .ortshift import shifts
+from .ortswish import hardswish_on_codes
 from .qweights import QuantizedWeight
 
 
@@ -137,6 +138,7 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
     if not made:
         return model
     pads_on_codes(graph)
+    hardswish_on_codes(graph, lambda base: _unique(tensors, base))
     return export_graph(graph, model, opset)
 
 

@@ -1,0 +1,137 @@
+"""HardSwish on the codes (export/ortswish.py): QLinearAdd + QLinearMul instead of a float
+DequantizeLinear -> HardSwish -> QuantizeLinear island."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from onnx_obc.export import act_tensors, act_values, build, ortswish
+from onnx_obc.export.graph import constant
+from onnx_obc.layers import find_layers
+
+from .. import builders as b
+from . import helpers as h
+from .test_onnxruntime import optimized_ops, ranges, rel, run
+
+FULL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def swish_cnn(seed: int = 0) -> onnx.ModelProto:
+    """x [N, 4, 8, 8] --c1--> HardSwish --c2--> GlobalAveragePool, Flatten --fc--> y [N, 5]."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("HardSwish", ["c1"], ["hs"], name="hardswish"),
+             helper.make_node("Conv", ["hs", "W2", "B2"], ["c2"], name="c2", pads=[1] * 4),
+             helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1)]
+    inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             b.weight("W2", (8, 8, 3, 3), seed + 2), b.weight("B2", (8,), seed + 3),
+             b.weight("Wf", (5, 8), seed + 4), b.weight("bf", (5,), seed + 5)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 8, 8])], [b.vi("y", [b.BATCH, 5])], inits)
+
+
+def export(model: onnx.ModelProto, on: bool, monkeypatch, act_type: str = "u8"
+           ) -> tuple[onnx.ModelProto, dict]:
+    monkeypatch.setattr(ortswish, "HARDSWISH_ON_CODES", on)
+    layers = find_layers(model)[0]
+    feed = b.feeds(model, 32, seed=3)
+    feed = {k: v * 3.0 for k, v in feed.items()}  # c1 spans both ends of the gate
+    scales = act_values(ranges(model, feed, act_tensors(model, layers, "onnxruntime")),
+                        "onnxruntime")
+    out = build(model, layers, h.solutions(model, layers, bits=8), act_scales=scales,
+                target="onnxruntime", target_options={"act_type": act_type})
+    onnx.checker.check_model(out, full_check=True)
+    return out, feed
+
+
+def test_hardswish_runs_on_integer_kernels(monkeypatch) -> None:
+    model = swish_cnn()
+    on, feed = export(model, True, monkeypatch)
+    off, _ = export(model, False, monkeypatch)
+    assert not any(n.op_type == "HardSwish" for n in on.graph.node)
+    ops_on, ops_off = optimized_ops(on), optimized_ops(off)
+    assert ops_on["QLinearConv"] == ops_off["QLinearConv"] == 2
+    assert ops_on["QLinearAdd"] == ops_on["QLinearMul"] == 1
+    assert ops_on["HardSwish"] == ops_on["HardSigmoid"] == 0
+    assert ops_off["HardSwish"] + ops_off["HardSigmoid"] == 1  # the float island before
+    dense = run(model, feed, FULL)
+    got_on, got_off = run(on, feed, FULL), run(off, feed, FULL)
+    assert rel(got_on, got_off) < 0.02
+    assert rel(got_on, dense) <= 1.1 * rel(got_off, dense) + 1e-3
+
+
+def _island(scale: float, zero: int, out_scale: float, out_zero: int,
+            y_is_output: bool = False) -> gs.Graph:
+    """codes (uint8, all 256) -> DequantizeLinear -> HardSwish -> QuantizeLinear -> codes."""
+    q = gs.Variable("q", dtype=np.uint8, shape=[256])
+    x, y = gs.Variable("x", np.float32, [256]), gs.Variable("y", np.float32, [256])
+    out = gs.Variable("out", np.uint8, [256])
+    nodes = [gs.Node("DequantizeLinear", "dq", inputs=[
+                 q, constant("s", np.array(scale, np.float32)),
+                 constant("z", np.array(zero, np.uint8))], outputs=[x]),
+             gs.Node("HardSwish", "hardswish", inputs=[x], outputs=[y]),
+             gs.Node("QuantizeLinear", "quant", inputs=[
+                 y, constant("so", np.array(out_scale, np.float32)),
+                 constant("zo", np.array(out_zero, np.uint8))], outputs=[out])]
+    return gs.Graph(nodes=nodes, inputs=[q], outputs=[out, y] if y_is_output else [out],
+                    opset=14)
+
+
+def _codes(graph: gs.Graph) -> np.ndarray:
+    model = gs.export_onnx(graph.cleanup().toposort())
+    model.ir_version = 8
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(["out"], {"q": np.arange(256, dtype=np.uint8)})[0].astype(np.int64)
+
+
+def test_every_code_within_one_step_and_exact_where_the_gate_saturates() -> None:
+    """All 256 input codes, for grids with the gate's ends inside and outside the range: the
+    codes equal the float path's or differ by one, and are equal where x <= -3 or x >= 3
+    (the gate is 0 or 1 exactly)."""
+    for scale, zero, out_scale, out_zero in [(7.3 / 255, 101, 6.2 / 255, 9),
+                                             (0.1129, 27, 0.1025, 8),
+                                             (5.5 / 255, 60, 4.3 / 255, 21)]:
+        ref = _codes(_island(scale, zero, out_scale, out_zero))
+        graph = _island(scale, zero, out_scale, out_zero)
+        names = iter(range(100))
+        assert ortswish.hardswish_on_codes(graph, lambda base: f"{base}_{next(names)}") == 1
+        assert not any(n.op == "HardSwish" for n in graph.cleanup().nodes)
+        got = _codes(graph)
+        x = (np.arange(256) - zero) * np.float32(scale)
+        assert np.abs(got - ref).max() <= 1
+        flat = (x <= -3) | (x >= 3)
+        assert flat.sum() > 0
+        np.testing.assert_array_equal(got[flat], ref[flat])
+        assert (got != ref).mean() < 0.2
+
+
+def test_left_where_the_output_is_read_in_float_or_the_codes_are_int8(monkeypatch) -> None:
+    graph = _island(0.03, 128, 0.025, 20, y_is_output=True)
+    assert ortswish.hardswish_on_codes(graph, lambda base: base + "_new") == 0
+    model = swish_cnn()
+    s8, _ = export(model, True, monkeypatch, "s8")  # x86 fuses no int8 Add / Mul
+    assert sum(n.op_type == "HardSwish" for n in s8.graph.node) == 1
+
+
+def test_the_constants_are_shared() -> None:
+    """Two rewrites, one copy of each fixed constant (the gate's grid, the 1/2)."""
+    graph = _island(0.03, 128, 0.025, 20)
+    q2, x2, y2, out2 = (gs.Variable("q2", np.uint8, [256]), gs.Variable("x2", np.float32),
+                        gs.Variable("y2", np.float32), gs.Variable("out2", np.uint8))
+    s, z = graph.nodes[0].inputs[1], graph.nodes[0].inputs[2]
+    graph.nodes += [gs.Node("DequantizeLinear", inputs=[q2, s, z], outputs=[x2]),
+                    gs.Node("HardSwish", inputs=[x2], outputs=[y2]),
+                    gs.Node("QuantizeLinear", inputs=[y2, s, z], outputs=[out2])]
+    graph.inputs.append(q2)
+    graph.outputs.append(out2)
+    names = iter(range(100))
+    assert ortswish.hardswish_on_codes(graph, lambda base: f"{base}_{next(names)}") == 2
+    model = gs.export_onnx(graph.cleanup().toposort())
+    fixed = [t.name for t in model.graph.initializer if t.name.startswith("hardswish_")]
+    assert len(fixed) == 4  # gate scale and zero point, the 1/2's code and scale
+    assert {numpy_helper.to_array(t).item() for t in model.graph.initializer
+            if t.name.startswith("hardswish_half_scale")} == {0.5}
