@@ -131,10 +131,12 @@ def optimized_ops(path: str) -> dict[str, int]:
     return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
 
 
-def weights_only(qpath: str, fpath: str, out: str) -> str:
+def weights_only(qpath: str, fpath: str, out: str) -> str | None:
     """The dense model with the quantized file's weights (every constant DequantizeLinear
     input of a Conv / Gemm / MatMul, dequantized, into the same-named float node's
-    initializer) and float activations: the weights' own share of the W8A8 error."""
+    initializer) and float activations: the weights' own share of the W8A8 error. None where
+    no node name matches (a folded model's, quantize_static's on paddle2onnx graphs): the
+    dense model unchanged would read as a 0 error."""
     from onnx import numpy_helper as nh
     q, f = onnx.load(qpath), onnx.load(fpath)
     qinit = {t.name: nh.to_array(t) for t in q.graph.initializer}
@@ -162,6 +164,7 @@ def weights_only(qpath: str, fpath: str, out: str) -> str:
             done += 1
     if not done:
         print(f"  weights-only: no layer of {qpath} matched the dense model's node names")
+        return None
     onnx.save(f, out)
     return out
 
@@ -271,8 +274,9 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
     for key, p in paths.items():
         ys = dense if key == "fp32" else outputs(p, feeds)
         err = _rel(ys, dense)
-        w_err = None if key == "fp32" else _rel(outputs(weights_only(
-            p, mpath, str(work / f"{name}.{key.replace(' ', '_')}.weights.onnx")), feeds), dense)
+        wpath = None if key == "fp32" else weights_only(
+            p, mpath, str(work / f"{name}.{key.replace(' ', '_')}.weights.onnx"))
+        w_err = None if wpath is None else _rel(outputs(wpath, feeds), dense)
         agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
                                               for y, d in zip(ys, dense)])))
         rows.append({"model": name, "format": key, "size_mb": os.path.getsize(p) / 1e6,
