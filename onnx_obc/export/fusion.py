@@ -70,7 +70,8 @@ def latency(model: onnx.ModelProto, dense: onnx.ModelProto, sets: dict, runtime:
     """1-thread onnxruntime medians of the input model `dense` and the written `model` on
     one sample of the first fidelity set, run in alternation: whether the output pays off
     where it runs, measured on every --runtime onnxruntime run (PP-LCNet's W8A8 file ran
-    1.33x slower than its input: its float hardswish between the integer convs)."""
+    1.33x slower than its input while its hardswish ran in float between the integer
+    convs; ppocr_cls's, a 1 ms model, still runs 1.4x slower)."""
     from ..channels.timing import ort_timer
 
     try:
