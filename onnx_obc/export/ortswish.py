@@ -32,6 +32,9 @@ def hardswish_on_codes(graph: gs.Graph, unique) -> int:
     as above; returns how many. `unique(base)` gives a tensor name the graph lacks."""
     if not HARDSWISH_ON_CODES:
         return 0
+    if not any(n.op == "HardSwish" for n in graph.nodes):
+        return 0
+    graph.cleanup()  # readers the placement left unread (a shift's Add, ortshift.py) go
     outputs = {t.name for t in graph.outputs}
     shared: dict[str, gs.Constant] = {}  # one copy of each fixed constant per graph
 

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+import pytest
 from onnx import helper, numpy_helper
 
 from onnx_obc.export import act_tensors, act_values, build, ortswish
@@ -20,10 +21,14 @@ from .test_onnxruntime import optimized_ops, ranges, rel, run
 FULL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
-def swish_cnn(seed: int = 0) -> onnx.ModelProto:
-    """x [N, 4, 8, 8] --c1--> HardSwish --c2--> GlobalAveragePool, Flatten --fc--> y [N, 5]."""
+def swish_cnn(seed: int = 0, shift: bool = False) -> onnx.ModelProto:
+    """x [N, 4, 8, 8] --c1--> HardSwish --c2--> GlobalAveragePool, Flatten --fc--> y [N, 5].
+    shift: HardSwish(c1) + 2.5 into c2 (PP-OCRv4's affine bias; ortshift.py takes it into the
+    zero point, so the HardSwish output's QuantizeLinear reads it first)."""
+    hs = "hs0" if shift else "hs"
     nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
-             helper.make_node("HardSwish", ["c1"], ["hs"], name="hardswish"),
+             helper.make_node("HardSwish", ["c1"], [hs], name="hardswish"),
+             *([helper.make_node("Add", ["hs0", "c"], ["hs"], name="shift")] if shift else []),
              helper.make_node("Conv", ["hs", "W2", "B2"], ["c2"], name="c2", pads=[1] * 4),
              helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="gap"),
              helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
@@ -31,6 +36,8 @@ def swish_cnn(seed: int = 0) -> onnx.ModelProto:
     inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
              b.weight("W2", (8, 8, 3, 3), seed + 2), b.weight("B2", (8,), seed + 3),
              b.weight("Wf", (5, 8), seed + 4), b.weight("bf", (5,), seed + 5)]
+    if shift:
+        inits.append(numpy_helper.from_array(np.array(2.5, np.float32), "c"))
     return b.make(nodes, [b.vi("x", [b.BATCH, 4, 8, 8])], [b.vi("y", [b.BATCH, 5])], inits)
 
 
@@ -48,8 +55,9 @@ def export(model: onnx.ModelProto, on: bool, monkeypatch, act_type: str = "u8"
     return out, feed
 
 
-def test_hardswish_runs_on_integer_kernels(monkeypatch) -> None:
-    model = swish_cnn()
+@pytest.mark.parametrize("shift", [False, True])
+def test_hardswish_runs_on_integer_kernels(monkeypatch, shift) -> None:
+    model = swish_cnn(shift=shift)
     on, feed = export(model, True, monkeypatch)
     off, _ = export(model, False, monkeypatch)
     assert not any(n.op_type == "HardSwish" for n in on.graph.node)
