@@ -8,6 +8,8 @@ the weights the deployed model multiplies by.
 - before Conv layers: a chain of Mul / Add / Sub / Div by a per-input-channel constant whose
   result only Convs read: the scale goes into their weights; the shift into their biases when
   they pad nothing, else it stays as one Add (of shift / scale) in front of them;
+- shape arithmetic over static sizes (TensorFlow-style "same" pads computed from Shape at
+  run time under a free batch size) becomes constants (shapes.py);
 - hardswish written out, x * Clip(x + 3, 0, 6) / 6 (paddle2onnx, older PyTorch exports),
   becomes x * HardSigmoid(x) (alpha 1/6, beta 1/2), and Clip(x + 3, 0, 6) / 6 HardSigmoid(x);
   then every x * HardSigmoid(x) one HardSwish(x), the model raised to opset 14 where it is
@@ -33,6 +35,7 @@ from .after import fold_after
 from .before import fold_before
 from .common import weight
 from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
+from .shapes import static_shapes
 
 
 @dataclass
@@ -46,16 +49,18 @@ class Folded:
     hardswish: int = 0
     hardsigmoid: int = 0
     hardswish_ops: int = 0  # x * HardSigmoid(x) pairs written as one HardSwish
+    shapes: int = 0  # shape-arithmetic results made constants (shapes.py)
     opset: str = ""  # "13 -> 14" where HardSwish raised it; why not, where it could not
 
     @property
     def changed(self) -> bool:
         return bool(self.after or self.before or self.hardswish or self.hardsigmoid
-                    or self.hardswish_ops)
+                    or self.hardswish_ops or self.shapes)
 
     def summary(self) -> str:
         """One line for the report ('' when nothing changed)."""
-        parts = []
+        parts = [f"{self.shapes} shape computations over static sizes as constants"] if (
+            self.shapes) else []
         for what, c in (("into the layer before them", self.after),
                         ("into the layers after them", self.before)):
             if c:
@@ -77,7 +82,7 @@ class Folded:
         return {"after": dict(self.after), "before": dict(self.before),
                 "kept_adds": self.kept_adds, "hardswish": self.hardswish,
                 "hardsigmoid": self.hardsigmoid, "hardswish_ops": self.hardswish_ops,
-                "opset": self.opset, "summary": self.summary()}
+                "opset": self.opset, "shapes": self.shapes, "summary": self.summary()}
 
 
 def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
@@ -86,6 +91,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
     done = Folded()
     outputs = {t.name for t in graph.outputs}
     fixed = overridable(model) | {t.name for t in graph.inputs}  # a caller may feed them
+    done.shapes = static_shapes(model, graph)
     for node in list(graph.nodes):  # first: x + 3 is no affine op to fold
         kind = hardswish(graph, node, outputs, fixed) if node.op == "Add" else None
         done.hardswish += kind == "hardswish"
