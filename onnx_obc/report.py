@@ -217,7 +217,7 @@ def _fusion_lines(r: Report) -> list[str]:
     lines = ["", f"onnxruntime CPU (ORT_ENABLE_ALL): {f['integer']} of {f['layers']} quantized "
                  f"layers run on integer kernels" + (f" ({kinds})" if kinds else "")]
     lines += [f"  {u['why']}" for u in f.get("unfused", [])]
-    lines += [f"  {t}" for t in [f.get("latency_line")] if t]  # --runtime onnxruntime
+    lines += [f"  {t}" for t in (f.get("float_line"), f.get("latency_line")) if t]
     if r.config.get("export", {}).get("runtime") == "tensorrt" and f["integer"] < f["layers"]:
         lines.append("  (this is the TensorRT placement; for onnxruntime use --runtime "
                      "onnxruntime, which places Q/DQ so that its CPU optimizer fuses them)")

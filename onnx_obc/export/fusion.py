@@ -46,6 +46,8 @@ class Fusion:
     ops: dict[str, int] = field(default_factory=dict)  # op counts of the optimized graph
     error: str = ""  # why the check could not run ("" when it ran)
     latency: dict[str, Any] = field(default_factory=dict)  # measured against the input model
+    float_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes of the optimized
+    # graph that read a dequantized activation in float (float_line)
 
     def line(self) -> str:
         if self.error:
@@ -58,7 +60,16 @@ class Fusion:
         d = asdict(self)
         d["unfused"] = [{"node": n, "why": w} for n, w in self.unfused]
         d["latency_line"] = latency_line(self.latency)
+        d["float_line"] = float_line(self.float_ops)
         return d
+
+
+def float_line(ops: dict[str, int], most: int = 8) -> str:
+    """Where the optimized graph still computes in float between quantized tensors."""
+    top = sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ("float ops on dequantized activations (no integer kernel in onnxruntime, or "
+            "kept float by the placement): " + ", ".join(f"{k} {v}" for k, v in top[:most])
+            + (f", {len(top) - most} more kinds" if len(top) > most else "")) if ops else ""
 
 
 LATENCY_ROUNDS = 9  # alternating runs of the input and the written model, at least ...
@@ -69,9 +80,8 @@ def latency(model: onnx.ModelProto, dense: onnx.ModelProto, sets: dict, runtime:
             ) -> dict[str, Any]:
     """1-thread onnxruntime medians of the input model `dense` and the written `model` on
     one sample of the first fidelity set, run in alternation: whether the output pays off
-    where it runs, measured on every --runtime onnxruntime run (PP-LCNet's W8A8 file ran
-    1.33x slower than its input while its hardswish ran in float between the integer
-    convs; ppocr_cls's, a 1 ms model, still runs 1.4x slower)."""
+    where it runs, on every --runtime onnxruntime run (ppocr_cls's W8A8, a 1 ms model, runs
+    1.4x slower; PP-LCNet's ran 1.33x slower while its hardswish was float)."""
     from ..channels.timing import ort_timer
 
     try:
@@ -137,8 +147,13 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
         unfused.append((label, f"{node.op_type} {label}: float {kernel or node.op_type} with "
                                f"DequantizeLinear inputs — {why_not(model, index, maps)}"))
     ops = Counter(n.op_type for n in opt.graph.node)
+    inits = {t.name for t in opt.graph.initializer}
+    acts = {n.output[0] for n in opt.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] not in inits}
+    floats = Counter(n.op_type for n in opt.graph.node if set(n.input) & acts and n.op_type
+                     not in ("QuantizeLinear", "DequantizeLinear", "Shape", "Size"))
     return Fusion(len(uses), sum(kernels.values()), dict(kernels), unfused,
-                  dict(sorted(ops.items())), latency=timed)
+                  dict(sorted(ops.items())), latency=timed, float_ops=dict(floats))
 
 
 def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tuple[str, int]]:

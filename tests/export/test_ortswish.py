@@ -143,3 +143,21 @@ def test_the_constants_are_shared() -> None:
     assert len(fixed) == 4  # gate scale and zero point, the 1/2's code and scale
     assert {numpy_helper.to_array(t).item() for t in model.graph.initializer
             if t.name.startswith("hardswish_half_scale")} == {0.5}
+
+
+def test_the_fusion_check_names_the_float_ops_left(monkeypatch) -> None:
+    """The report's float line: the float island before, nothing after."""
+    from onnx_obc.export import fusion
+
+    model = swish_cnn()
+    layers = find_layers(model)[0]
+    for on in (False, True):
+        out, _ = export(model, on, monkeypatch)
+        f = fusion.check(out, layers)
+        assert f.integer == f.layers == 3
+        line = f.to_dict()["float_line"]
+        if on:
+            assert f.float_ops == {} and line == ""
+        else:
+            assert set(f.float_ops) & {"HardSwish", "HardSigmoid"}
+            assert line.startswith("float ops on dequantized activations") and "Hard" in line
