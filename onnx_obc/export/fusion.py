@@ -3,14 +3,13 @@
     result = check(model, layers)        # the model as exported, its quantized layers
     print(result.line()); result.unfused  # [(node, why), ...]
 
-The model is loaded in an onnxruntime CPU session at ORT_ENABLE_ALL with
-`optimized_model_filepath` set (in a temporary directory, always removed); the optimized
-graph it writes tells, for each node that reads int8 codes through a DequantizeLinear, which
-kernel runs it: an integer one (QLinearConv, QLinearMatMul, QGemm, MatMulIntegerToFloat,
-MatMulNBits, ...) or a float op fed by dequantized weights. For a float one the exported
-graph is read to say why onnxruntime's QDQ rules did not match (see onnxruntime.py for the
-rules): an input that is not quantized, an output read by a float op, a graph output, a
-float bias, int8 activations on x86, 4-bit or blocked weights.
+The model is loaded in an onnxruntime CPU session at ORT_ENABLE_ALL; the optimized graph it
+writes (in a temporary directory) tells, for each node that reads int8 codes through a
+DequantizeLinear, which kernel runs it: an integer one (QLinearConv, QGemm, MatMulNBits...)
+or a float op fed by dequantized weights; for a float one the exported graph says why
+onnxruntime's QDQ rules did not match (onnxruntime.py has the rules): an input not
+quantized, an output read in float, a graph output, a float bias, int8 activations on x86,
+4-bit or blocked weights, a 2-D MatMul fused with its bias into a float Gemm.
 """
 
 from __future__ import annotations
@@ -198,15 +197,13 @@ def _kernel_of(opt: onnx.ModelProto, label: str, codes: str) -> tuple[str, bool]
 
 
 def graph_maps(model: onnx.ModelProto) -> tuple[dict, dict, set, dict]:
-    """(producer of each tensor, readers of each tensor, graph outputs, constant weights):
-    what why_not reads, built once per model by check (each call built them again: 0.9 s
-    of EfficientNet-Lite0's fusion line)."""
+    """(producer and readers of each tensor, graph outputs, constant weights): what why_not
+    reads, built once per model by check (0.9 s of EfficientNet-Lite0's line, per call)."""
     g = model.graph
     producer = {t: m for m in g.node for t in m.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
-    for m in g.node:
-        for t in m.input:
-            readers.setdefault(t, []).append(m)
+    for m, t in ((m, t) for m in g.node for t in m.input):
+        readers.setdefault(t, []).append(m)
     return producer, readers, {o.name for o in g.output}, constant_weights(g)
 
 
@@ -245,6 +242,10 @@ def why_not(model: onnx.ModelProto, index: int, maps: tuple | None = None) -> st
         why.append("Gemm beta != 1 with a bias")
     out = n.output[0]
     after = readers.get(out, [])
+    if n.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add" and any(
+            i in consts for i in after[0].input):
+        why.append("onnxruntime fuses a MatMul of a 2-D input and the bias Add after it into a "
+                   "float Gemm before its QDQ rules run, and none takes a float bias")
     if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and out not in outputs:
         clip = after[0]
         nxt = readers.get(clip.output[0], [])

@@ -293,3 +293,19 @@ def test_fusion_temp_dir_is_removed(monkeypatch) -> None:
     out, _, layers = compressed(b.gemm())
     assert fusion.check(out, layers).integer == 1
     assert made and not any(Path(d).exists() for d in made)
+
+
+def test_a_2d_matmul_with_its_bias_add_is_reported_as_onnxruntime_s_float_gemm() -> None:
+    """x [N, 8] --fc1--> Relu --fc2 (MatMul)--> + b --> y: onnxruntime turns fc2 and its bias
+    Add into one float Gemm before its QDQ rules (ppocr_cls's and PP-LCNet's heads); the
+    report says so instead of "no rule matched"."""
+    base = b.mlp()
+    g = base.graph
+    g.node[2].output[0] = "z"
+    g.node.append(helper.make_node("Add", ["z", "b2"], ["y"], name="bias"))
+    g.initializer.append(b.weight("b2", (4,), 9))
+    out, _, layers = compressed(base)
+    f = fusion.check(out, layers)
+    why = dict(f.unfused)
+    assert "fc2" in why and "into a float Gemm" in why["fc2"]
+    assert f.float_ops.get("Gemm") == 1
