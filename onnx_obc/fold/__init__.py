@@ -8,6 +8,7 @@ the weights the deployed model multiplies by.
 - before Conv layers: a chain of Mul / Add / Sub / Div by a per-input-channel constant whose
   result only Convs read: the scale goes into their weights; the shift into their biases when
   they pad nothing, else it stays as one Add (of shift / scale) in front of them;
+- a MatMul of a 2-D input and the Add of its bias vector become one Gemm (gemm.py);
 - shape arithmetic over static sizes (TensorFlow-style "same" pads computed from Shape at
   run time under a free batch size) becomes constants (shapes.py);
 - hardswish written out, x * Clip(x + 3, 0, 6) / 6 (paddle2onnx, older PyTorch exports),
@@ -35,7 +36,8 @@ from .after import fold_after
 from .before import fold_before
 from .common import weight
 from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
-from .shapes import static_shapes
+from .gemm import as_gemm, candidates
+from .shapes import ranks, static_shapes
 
 
 @dataclass
@@ -50,17 +52,19 @@ class Folded:
     hardsigmoid: int = 0
     hardswish_ops: int = 0  # x * HardSigmoid(x) pairs written as one HardSwish
     shapes: int = 0  # shape-arithmetic results made constants (shapes.py)
+    gemm: int = 0  # 2-D MatMul + bias Add pairs as one Gemm (gemm.py)
     opset: str = ""  # "13 -> 14" where HardSwish raised it; why not, where it could not
 
     @property
     def changed(self) -> bool:
         return bool(self.after or self.before or self.hardswish or self.hardsigmoid
-                    or self.hardswish_ops or self.shapes)
+                    or self.hardswish_ops or self.shapes or self.gemm)
 
     def summary(self) -> str:
         """One line for the report ('' when nothing changed)."""
         parts = [f"{self.shapes} shape computations over static sizes as constants"] if (
             self.shapes) else []
+        parts += [f"{self.gemm} MatMul + bias Add as Gemm"] if self.gemm else []
         for what, c in (("into the layer before them", self.after),
                         ("into the layers after them", self.before)):
             if c:
@@ -82,7 +86,8 @@ class Folded:
         return {"after": dict(self.after), "before": dict(self.before),
                 "kept_adds": self.kept_adds, "hardswish": self.hardswish,
                 "hardsigmoid": self.hardsigmoid, "hardswish_ops": self.hardswish_ops,
-                "opset": self.opset, "shapes": self.shapes, "summary": self.summary()}
+                "opset": self.opset, "shapes": self.shapes, "gemm": self.gemm,
+                "summary": self.summary()}
 
 
 def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
@@ -92,6 +97,8 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
     outputs = {t.name for t in graph.outputs}
     fixed = overridable(model) | {t.name for t in graph.inputs}  # a caller may feed them
     done.shapes = static_shapes(model, graph)
+    heads = candidates(graph, outputs, fixed)
+    done.gemm = as_gemm(heads, ranks(model)) if heads else 0
     for node in list(graph.nodes):  # first: x + 3 is no affine op to fold
         kind = hardswish(graph, node, outputs, fixed) if node.op == "Add" else None
         done.hardswish += kind == "hardswish"

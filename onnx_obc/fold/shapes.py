@@ -129,6 +129,21 @@ def _batch_symbols(model: onnx.ModelProto) -> set | None:
     return names
 
 
+def ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor -> its rank, where shape inference finds one, or (a Reshape to a computed
+    shape, paddle2onnx's flatten) where the length of the Reshape's shape input is known."""
+    from ..capture import _shapes_only  # weights as typed inputs: no payload copied
+
+    dims = _inferred_dims(_shapes_only(model))
+    out = {k: len(v) for k, v in dims.items()}
+    for n in model.graph.node:
+        if n.op_type == "Reshape" and n.output[0] not in out and len(n.input) > 1:
+            d = dims.get(n.input[1])
+            if d is not None and len(d) == 1 and isinstance(d[0], int):
+                out[n.output[0]] = d[0]
+    return out
+
+
 def _inferred_dims(model: onnx.ModelProto) -> dict[str, list]:
     """Tensor -> its dims (int or dim_param name) where shape inference found a rank."""
     try:

@@ -271,10 +271,11 @@ def test_fold_must_be_a_bool() -> None:
 def test_a_matmul_keeps_its_bias_add_even_of_zeros() -> None:
     """MatMul -> Add(b): the Add is what keeps the MatMul's output float on onnxruntime
     (MatMulIntegerToFloat + float bias); folding an all-zero b moved ocr_like's MatMuls to
-    QLinearMatMul with a quantized output (W8A8 error 0.0125 -> 0.0187)."""
+    QLinearMatMul with a quantized output (W8A8 error 0.0125 -> 0.0187). 3-D, as there (a
+    2-D one becomes a Gemm with that bias: tests/fold/test_gemm.py)."""
     nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"),
              helper.make_node("Add", ["m", "z"], ["y"], name="bias")]
-    model = b.make(nodes, [b.vi("x", [b.BATCH, 6])], [b.vi("y", [b.BATCH, 4])],
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 5, 6])], [b.vi("y", [b.BATCH, 5, 4])],
                    [b.weight("W", (6, 4), 0), _c("z", np.zeros(4))])
     out, done = fold(model)
     assert out is model and not done.changed
