@@ -34,7 +34,7 @@ def static_shapes(model: onnx.ModelProto, graph: gs.Graph) -> int:
     `graph` (`model` imported; the nodes that computed it are left unread, for the
     export's cleanup); returns how many tensors. Rounds until none is found: a Pad's
     constant pads let shape inference size its output, and so the next Pad's input."""
-    if not SHAPE_FOLD:
+    if not SHAPE_FOLD or not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
         return 0
     batch = _batch_symbols(model)
     if batch is None:
