@@ -35,8 +35,8 @@ from ..layers import overridable
 from .after import fold_after
 from .before import fold_before
 from .common import weight
-from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
 from .gemm import as_gemm, candidates
+from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
 from .shapes import ranks, static_shapes
 
 
