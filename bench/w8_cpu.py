@@ -14,8 +14,8 @@ onnx_obc: bench/deploy.py's, imported before 2026-12-03, pulled onnx_obc in), pr
 cProfile (CPU clock) of each of our runs there. `--before TREE` (another checkout, e.g.
 `git archive COMMIT | tar -x -C TREE`): its CLI too, in the same alternation.
 `--runtimes`: our run once per target (`--runtime R`; default: tensorrt, the CLI's
-default). Models: bench/w8_speed.py's, efficientnet_lite0, common_det, yolov8n and
-picodet_layout (bench/real).
+default). Models: bench/w8_speed.py's, efficientnet_lite0, common_det, yolov8n,
+picodet_layout and lcnet_orient (bench/real).
 Also the output error of each model written by the last repetition on the first 64 eval
 samples (mean ||y - y_dense|| / ||y_dense||, bench/w8_speed.py's `error`).
 """
