@@ -52,9 +52,10 @@ MODELS = {  # name -> (path prefix, pruning method: obc, or gptq where ExactOBS 
     "common_det": (R + "common_det", "gptq"),
 }
 DEFAULT = list(MODELS)
-EXTRA = {  # not in the default set (no task labels: output error only; bench/real_detect.py)
+EXTRA = {  # not in the default set (bench/real_detect.py; the detectors: output error only)
     "yolov8n": (R + "yolov8n", "obc"),
     "picodet_layout": (R + "picodet_layout", "obc"),
+    "lcnet_orient": (R + "lcnet_orient", "obc"),  # orientation accuracy on its eval labels
 }
 MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)
@@ -125,12 +126,13 @@ def metrics(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) 
     agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
                                           for y, d in zip(ys, dense)])))
     out = {"error": err, "agree": agree, "kl": None}
-    if name in ("efficientnet_lite0", "ppocr_cls"):
-        p = [_softmax(d) if name != "ppocr_cls" else d for d in dense]
-        q = [_softmax(y) if name != "ppocr_cls" else y for y in ys]
+    probs = name in ("ppocr_cls", "lcnet_orient")  # their outputs are softmax already
+    if name in ("efficientnet_lite0", "ppocr_cls", "lcnet_orient"):
+        p = [d if probs else _softmax(d) for d in dense]
+        q = [y if probs else _softmax(y) for y in ys]
         out["kl"] = float(np.mean(np.concatenate([
             (a * (np.log(a + 1e-12) - np.log(b + 1e-12))).sum(-1) for a, b in zip(p, q)])))
-    if name == "ppocr_cls":
+    if name in ("ppocr_cls", "lcnet_orient"):
         pred = np.concatenate([y.argmax(-1) for y in ys])
         out["task"] = float(np.mean(pred == ev["labels"]))
     elif name == "ppocr_rec":
