@@ -77,10 +77,13 @@ def ranges(model: onnx.ModelProto, feed: dict[str, np.ndarray], names: list[str]
 
 
 def compressed(model: onnx.ModelProto, runtime: str = "onnxruntime", act_type: str = "u8",
-               bits: int = 8, seed: int = 1) -> tuple[onnx.ModelProto, dict, list]:
+               bits: int = 8, seed: int = 1, feed: dict | None = None
+               ) -> tuple[onnx.ModelProto, dict, list]:
+    """`model` with 8-bit (or `bits`) RTN solutions and activation ranges from `feed` (32
+    seeded samples when None), built for `runtime`; the feed and the layers."""
     layers = find_layers(model)[0]
     sols = h.solutions(model, layers, bits=bits)
-    feed = b.feeds(model, 32, seed=seed)
+    feed = b.feeds(model, 32, seed=seed) if feed is None else feed
     obs = ranges(model, feed, act_tensors(model, layers, runtime))
     out = build(model, layers, sols, act_scales=act_values(obs, runtime), target=runtime,
                 target_options={"act_type": act_type} if runtime == "onnxruntime" else None)

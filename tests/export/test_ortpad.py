@@ -12,13 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from onnx_obc.export import act_tensors, act_values, build
 from onnx_obc.export import ortpad
-from onnx_obc.layers import constant_weights, find_layers
+from onnx_obc.layers import constant_weights
 
 from .. import builders as b
-from . import helpers as h
-from .test_onnxruntime import optimized_ops, ranges, rel, run
+from .test_onnxruntime import compressed, optimized_ops, rel, run
 
 
 def same_pad_block(mode: str = "constant", value: float | None = None,
@@ -66,12 +64,7 @@ def export(model: onnx.ModelProto, on: bool, monkeypatch, act_type: str = "u8"
            ) -> tuple[onnx.ModelProto, dict]:
     monkeypatch.setattr(ortpad, "PAD_CODES", on)
     monkeypatch.setattr(ortpad, "SHAPE_CODES", on)
-    layers = find_layers(model)[0]
-    feed = b.feeds(model, 32, seed=3)
-    scales = act_values(ranges(model, feed, act_tensors(model, layers, "onnxruntime")),
-                        "onnxruntime")
-    out = build(model, layers, h.solutions(model, layers, bits=8), act_scales=scales,
-                target="onnxruntime", target_options={"act_type": act_type})
+    out, feed, _ = compressed(model, act_type=act_type, seed=3)
     onnx.checker.check_model(out, full_check=True)
     return out, feed
 

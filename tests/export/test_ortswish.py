@@ -10,13 +10,12 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from onnx_obc.export import act_tensors, act_values, build, ortswish
+from onnx_obc.export import ortswish
 from onnx_obc.export.graph import constant
 from onnx_obc.layers import find_layers
 
 from .. import builders as b
-from . import helpers as h
-from .test_onnxruntime import optimized_ops, ranges, rel, run
+from .test_onnxruntime import compressed, optimized_ops, rel, run
 
 FULL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
@@ -44,13 +43,8 @@ def swish_cnn(seed: int = 0, shift: bool = False) -> onnx.ModelProto:
 def export(model: onnx.ModelProto, on: bool, monkeypatch, act_type: str = "u8"
            ) -> tuple[onnx.ModelProto, dict]:
     monkeypatch.setattr(ortswish, "HARDSWISH_ON_CODES", on)
-    layers = find_layers(model)[0]
-    feed = b.feeds(model, 32, seed=3)
-    feed = {k: v * 3.0 for k, v in feed.items()}  # c1 spans both ends of the gate
-    scales = act_values(ranges(model, feed, act_tensors(model, layers, "onnxruntime")),
-                        "onnxruntime")
-    out = build(model, layers, h.solutions(model, layers, bits=8), act_scales=scales,
-                target="onnxruntime", target_options={"act_type": act_type})
+    feed = {k: v * 3.0 for k, v in b.feeds(model, 32, seed=3).items()}  # c1 spans both
+    out, feed, _ = compressed(model, act_type=act_type, feed=feed)  # ends of the gate
     onnx.checker.check_model(out, full_check=True)
     return out, feed
 
