@@ -23,7 +23,10 @@ class ExportOptions:
     matmul_nbits: <= 4-bit MatMul/Gemm weights as MatMulNBits (onnxruntime; export/nbits.py),
     nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8.
     dynamic_lstm (onnxruntime, with activation quantization): LSTMs as
-    com.microsoft.DynamicQuantizeLSTM, int8 weights per row (export/ortlstm.py)."""
+    com.microsoft.DynamicQuantizeLSTM, int8 weights per row (export/ortlstm.py).
+    float_stem (onnxruntime, 8-bit activations): the image stem's Convs (and a narrow
+    depthwise Conv after them) stay float, faster and more accurate there (export/ortstem.py);
+    False quantizes them too."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"
@@ -31,6 +34,7 @@ class ExportOptions:
     nbits_block_size: int | None = None
     accuracy_level: int = 0
     dynamic_lstm: bool = True
+    float_stem: bool = True
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:

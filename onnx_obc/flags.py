@@ -178,6 +178,10 @@ _EXPORT_OPTIONS = [
                  help="With --runtime onnxruntime and --act-bits 8: LSTMs as "
                       "com.microsoft.DynamicQuantizeLSTM (int8 weights per row, rounded to "
                       "nearest; activations quantized at run time)."),
+    click.option("--float-stem/--int8-stem", default=True, show_default=True,
+                 help="With --runtime onnxruntime and --act-bits 8: keep the image stem float "
+                      "(the Convs on the model input with <= 4 channels, a depthwise Conv on "
+                      "<= 32 channels right after them): faster and more accurate there."),
 ]
 
 

@@ -22,7 +22,7 @@ from . import calib as calibration
 from . import costplan, export, preflight, view
 from .backend import get_backend
 from .capture import providers_for
-from .channels import ChannelResult, prune_channels, prune_channels_sequential
+from .channels import ChannelResult, run_channels
 from .config import CompressConfig
 from .correct import (CorrectionResult, auto_decision, correct_outputs, correction_mode,
                       reference_means)
@@ -66,7 +66,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     with _timed(clock, "load"):
         src, dense = open_model(model, output)  # dense: what the verification compares with
         proto, folded = fold(dense) if cfg.select.fold else (dense, None)
-        layers, skipped = select_layers(proto, cfg.select)
+        picked = select_layers(proto, cfg.select)  # all: the channel stage prunes them
+        layers, skipped = _select(proto, cfg, *picked)
         backend = get_backend(cfg.run.device)
     cfg, plan, notes = _plan(layers, cfg, backend, progress, clock)  # before any work
     with _timed(clock, "load"):
@@ -75,7 +76,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
-        proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
+        proto, picked[0], layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
     means = reference_means(proto, layers, cfg, data) if _layerwise(cfg) else None  # capture fills
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
@@ -97,19 +98,27 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     return ConvertResult(models["compressed"], report, written)
 
 
-def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
+def _channel_stage(proto: onnx.ModelProto, picked: list, layers: list, skipped: list,
                    data: calibration.Calibration, backend: Any, cfg: CompressConfig, plan: Any,
                    runtime: Any, progress: bool, clock: dict[str, float]) -> tuple:
-    """Channel pruning, its own stage: the rest runs on the shrunk model, its layers
-    selected and planned again. Returns (proto, layers, skipped, chan or None, cfg, plan)."""
+    """Channel pruning (of every selected layer, `picked`), its own stage: the rest runs on
+    the shrunk model, its layers selected and planned again. Returns (proto, layers,
+    skipped, chan or None, cfg, plan)."""
     if cfg.prune.channels is None:
         return proto, layers, skipped, None, cfg, plan
     with _timed(clock, "channels"):
-        chan = _channels(proto, layers, data, backend, cfg, runtime, progress)
-        layers, skipped = select_layers(chan.model, cfg.select)
+        chan = run_channels(proto, picked, data, backend, cfg, runtime, progress)
+        layers, skipped = _select(chan.model, cfg, *select_layers(chan.model, cfg.select))
     if plan is not None:  # the shrunk layers
         cfg, plan, _ = _plan(layers, cfg, backend, progress, clock)
     return chan.model, layers, skipped, chan, cfg, plan
+
+
+def _select(proto: onnx.ModelProto, cfg: CompressConfig, layers: list, skipped: list
+            ) -> tuple[list, list]:
+    """The selected layers less those the export target keeps float (as skipped, with why)."""
+    return export.kept_float(proto, layers, skipped, cfg.export.runtime, cfg.quant.act_bits,
+                             float_stem=cfg.export.float_stem)
 
 
 def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
@@ -196,22 +205,6 @@ def _named(dense: onnx.ModelProto, models: dict, chan: Any, cfg: CompressConfig)
     if chan is not None and compares_baseline(cfg):
         named["channels-l2"] = chan.baseline
     return named
-
-
-def _channels(proto: onnx.ModelProto, layers: list, data: calibration.Calibration,
-              backend: Any, cfg: CompressConfig, runtime: Any, progress: bool) -> Any:
-    """The channel-pruning stage: the shrunk model, its L2-norm baseline and the sites."""
-    if cfg.run.sequential:  # the earlier groups cut before the next one's Hessians
-        return prune_channels_sequential(
-            proto, layers, data.fit, data.batch, backend, cfg.prune.channels, cfg.solver.damp,
-            cfg.run.memory_budget_mb, runtime, progress, align=cfg.prune.channel_align,
-            allocate=cfg.prune.channel_allocate, groups=cfg.run.sequential_groups,
-            objective=cfg.prune.channel_objective, budget=cfg.prune.channel_budget)
-    return prune_channels(proto, layers, data.fit, data.batch, backend, cfg.prune.channels,
-                          cfg.solver.damp, cfg.run.memory_budget_mb, runtime, progress,
-                          align=cfg.prune.channel_align, allocate=cfg.prune.channel_allocate,
-                          objective=cfg.prune.channel_objective,
-                          budget=cfg.prune.channel_budget)
 
 
 def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,

@@ -61,7 +61,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits, ortlstm
+from . import nbits, ortlstm, ortstem
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
 from .qweights import QuantizedWeight, quantize_weights
@@ -76,6 +76,13 @@ LAYER_OPS = ("Conv", "Gemm", "MatMul")
 def act_tensors(proto: onnx.ModelProto, layers: list[Layer]) -> list[str]:
     """Every activation the placement may quantize when all `layers` are int8 layers."""
     return plan(proto, layer_nodes(proto, layers)).observed
+
+
+def float_layers(proto: onnx.ModelProto, layers: list[Layer], act_bits: int | None,
+                 float_stem: bool = True) -> dict[str, str]:
+    """weight -> why this target keeps that layer float: with 8-bit activations, the image
+    stem (ortstem.py) unless `float_stem` is False."""
+    return ortstem.stem_layers(proto, layers) if act_bits == 8 and float_stem else {}
 
 
 def act_values(observers: dict, method: str = "minmax", percentile: float = 99.99
@@ -147,4 +154,4 @@ def int8_layer(q: QuantizedWeight) -> bool:
 
 
 __all__ = ["ACT_TYPES", "DEFAULT_ACT_TYPE", "NAME", "Plan", "QParams", "act_tensors",
-           "act_values", "deploy", "float_tensors", "int8_layer", "plan", "qparams"]
+           "act_values", "deploy", "float_layers", "float_tensors", "int8_layer", "plan", "qparams"]

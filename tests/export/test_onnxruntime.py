@@ -238,12 +238,13 @@ def test_convert_reports_the_fusion(tmp_path: Path) -> None:
     r = convert(str(ROOT / "models/digits_cnn.onnx"), out, bits=8, act_bits=8,
                 runtime="onnxruntime", calib=str(ROOT / "models/digits_cnn.calib.npz"),
                 calib_samples=64, progress=False, compare_baseline=False, method="rtn")
-    f = r.report.fusion
-    assert f["layers"] == 6 and f["integer"] == 6 and f["unfused"] == []
-    assert f["kernels"] == {"QLinearConv": 5, "QGemm": 1}
-    assert "6 of 6 quantized layers run on integer kernels" in r.report.table()
+    f = r.report.fusion  # the 1-channel stem conv stays float (ortstem.py)
+    assert f["layers"] == 5 and f["integer"] == 5 and f["unfused"] == []
+    assert f["kernels"] == {"QLinearConv": 4, "QGemm": 1}
+    assert "5 of 5 quantized layers run on integer kernels" in r.report.table()
+    assert [s.reason.split(" (")[0] for s in r.report.skipped] == ["stem conv on the model input"]
     assert "--runtime onnxruntime" not in r.report.table()
-    assert r.report.to_dict()["fusion"]["integer"] == 6
+    assert r.report.to_dict()["fusion"]["integer"] == 5
     assert {k: r.report.to_dict()["config"]["export"][k] for k in ("runtime", "act_type")} \
         == {"runtime": "onnxruntime", "act_type": "u8"}
     err = r.report.fidelity["held-out calibration"]["compressed"]

@@ -1,0 +1,87 @@
+"""The onnxruntime target's float stem: with 8-bit activations, the first layers of an image
+model stay float.
+
+  - a Conv that reads a model input through no other layer (Pad, Cast, a normalisation...)
+    and sees at most STEM_CHANNELS input channels per group (an image's 1-4);
+  - a depthwise Conv (one input channel per group) on at most DEPTHWISE_CHANNELS channels
+    whose input comes from those stem Convs alone (through their BN / activation).
+
+On x86 (onnxruntime 1.31, one thread) these run slower as QLinearConv than as onnxruntime's
+float Conv with its activation fused: PP-LCNet's 3->16 stem 328 vs 147 us and its
+16-channel depthwise 186 vs 85 us at 112x112, EfficientNet-Lite0's 393 vs 213 and 229 vs
+154 us (the integer kernels run channels-last and vectorise over channels, which few
+channels leave idle), and quantizing the image itself costs accuracy: PP-LCNet's output
+error 0.032 -> 0.017 and 0.98x -> 0.83x fp32 with both float (README "A float stem").
+Keeping them float needs no Q/DQ in front (the model input is float) and one Q after, where
+the first integer layer reads them. ExportOptions.float_stem = False (--int8-stem)
+quantizes them like every other layer.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..layers import Layer
+
+STEM_CHANNELS = 4  # input channels per group of a stem Conv
+DEPTHWISE_CHANNELS = 32  # channels of a depthwise Conv kept float after the stem
+
+
+def _upstream(tensor: str, producers: dict[str, onnx.NodeProto], layer_nodes: dict[str, str],
+              inputs: set[str]) -> tuple[set[str], bool]:
+    """(weights of the layers first met walking back from `tensor`, whether a model input is
+    reached without passing one)."""
+    met: set[str] = set()
+    reached = False
+    seen: set[str] = set()
+    todo = [tensor]
+    while todo:
+        t = todo.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if t in inputs:
+            reached = True
+            continue
+        node = producers.get(t)
+        if node is None:  # an initializer
+            continue
+        if node.name in layer_nodes:
+            met.add(layer_nodes[node.name])
+            continue
+        todo.extend(node.input)
+    return met, reached
+
+
+def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
+    """weight -> why its layer stays float (the stem Convs and the depthwise Convs after
+    them; see the module docstring)."""
+    g = proto.graph
+    producers = {o: n for n in g.node for o in n.output}
+    inits = {t.name for t in g.initializer}
+    inputs = {i.name for i in g.input if i.name not in inits}
+    layer_nodes = {u.node: L.weight for L in layers for u in L.uses}
+    convs = [L for L in layers if L.op == "Conv" and len(L.uses) == 1]
+    out: dict[str, str] = {}
+    for L in convs:
+        met, reached = _upstream(L.uses[0].input, producers, layer_nodes, inputs)
+        if reached and not met and L.shape[1] <= STEM_CHANNELS:
+            out[L.weight] = (
+                f"stem conv on the model input ({L.shape[1]} input channel"
+                f"{'s' if L.shape[1] > 1 else ''}"
+                f"{' per group' if L.uses[0].group > 1 else ''}), kept float for onnxruntime: "
+                "its integer kernel is slower than the float one there and quantizing the "
+                "input costs accuracy (--int8-stem quantizes it)")
+    stems = set(out)
+    for L in convs:
+        channels = L.shape[0]
+        if (L.weight in out or L.shape[1] != 1 or L.uses[0].group != channels
+                or channels > DEPTHWISE_CHANNELS):
+            continue
+        met, _ = _upstream(L.uses[0].input, producers, layer_nodes, inputs)
+        if met and met <= stems:
+            out[L.weight] = (
+                f"depthwise conv on {channels} channels after the float stem, kept float for "
+                "onnxruntime: its integer kernel is slower than the float one there "
+                "(--int8-stem quantizes it)")
+    return out
