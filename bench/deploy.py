@@ -24,7 +24,9 @@ cores; output error = mean over the eval samples of
 ||y - y_dense|| / ||y_dense|| (first output); agreement = top-1 (argmax over the last axis)
 agreement with dense; the task metric: accuracy on the labels (digits), text accuracy of the
 CTC-decoded recognizer output on the rendered captchas (common), box F1 against the dense
-detector's boxes (score > 0.5, IoU > 0.5; common_det) and, for the detector, the output
+detector's boxes (score > 0.5, IoU > 0.5; common_det; yolov8n and picodet_layout: against
+the dense model's detections decoded as their wheels decode them, bench/real_detect.py, and
+`det_ap` the AP50 of theirs down to score 0.05 with the dense ones as the truth) and, for the detector, the output
 error on the anchors that matter ("fg error": anchors whose dense score obj * cls > 0.01,
 about 1% of them; the whole-output error is dominated by the box regressions of background
 anchors, outputs no loss trained and that the decoder drops); weights-only error = the
@@ -99,6 +101,11 @@ def _session(path: str, threads: int = 0) -> ort.InferenceSession:
 def outputs(path: str, feeds: list[dict]) -> list[np.ndarray]:
     s = _session(path)
     return [s.run(None, f)[0] for f in feeds]
+
+
+def all_outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
+    s = _session(path)
+    return [s.run(None, f) for f in feeds]
 
 
 def latency(paths: dict[str, str], feed: dict, runs: int, threads: int
@@ -207,8 +214,9 @@ def gt_counts(ys: list[np.ndarray], ev: dict, thr: float = dm.GT_SCORE) -> np.nd
     return dm.counts(dm.gt_boxes(ev["boxes"], len(ys)), [dm.boxes(y, thr) for y in ys])
 
 
-def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict
-                ) -> float | None:
+def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict,
+                path: str | None = None, dense_path: str | None = None,
+                feeds: list[dict] | None = None) -> float | None:
     if name in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0"):
         from real_matrix import metrics  # text / map F1 / label accuracy / top-1 agreement
         return metrics(name, ys, dense, ev)["task"]
@@ -221,7 +229,16 @@ def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: di
         return float(np.mean([a == b for a, b in zip(got, ev["texts"])]))
     if name == "common_det":
         return box_f1(dense, ys)
+    if name in ("yolov8n", "picodet_layout") and path is not None:  # every output decoded
+        return detections(name, path, dense_path, feeds)["f1"]
     return None
+
+
+def detections(name: str, path: str, dense_path: str, feeds: list[dict]) -> dict[str, float]:
+    """Box F1 and AP50 against the dense model's detections (bench/real_detect.py)."""
+    import real_detect
+    return real_detect.against_dense(name, all_outputs(dense_path, feeds),
+                                     all_outputs(path, feeds))
 
 
 def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str],
@@ -297,7 +314,9 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
                      "ratio_1t": lat1[key] / lat1["fp32"], "ratio_all": latn[key] / latn["fp32"],
                      "min_1t": min1[key], "ratio_min_1t": min1[key] / min1["fp32"],
                      "error": err, "weights_error": w_err, "agreement": agree,
-                     "task": task_metric(name, ys, dense, ev),
+                     "task": task_metric(name, ys, dense, ev, p, mpath, feeds),
+                     "det_ap": detections(name, p, mpath, feeds)["ap"] if name in (
+                         "yolov8n", "picodet_layout") else None,
                      "fg_error": fg_error(ys, dense) if name == "common_det" else None,
                      **(_gt(ys, ev) if "boxes" in ev else {}),
                      "ops": optimized_ops(p), **info[key]})

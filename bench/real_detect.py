@@ -146,3 +146,79 @@ def data(out: Path, n_calib: int, n_eval: int) -> None:
     np.savez(out / "lcnet_orient.calib.npz", x=x)
     x, labels = turned(4 * n_eval, 8)
     np.savez(out / "lcnet_orient.eval.npz", x=x, labels=labels)
+
+
+# ---------------------------------------------------------------- detections, for F1 vs dense
+# Decoded as the wheels' post-processing does (score threshold, class-aware greedy NMS); the
+# same decoding on a compressed model's outputs and on the dense model's gives the box F1
+# against dense (bench/det_metric.py's matching at IoU 0.5). Boxes of different classes are
+# offset by CLASS_OFFSET pixels per class id, so that neither NMS nor the matching pairs them.
+CLASS_OFFSET = 1e4
+PICODET_STRIDES = (8, 16, 32, 64)
+
+
+def _classed(b: np.ndarray, s: np.ndarray, c: np.ndarray, iou: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    import det_metric as dm
+
+    b = b + (c * CLASS_OFFSET)[:, None]
+    k = dm.nms(b, s, iou)
+    return b[k].reshape(-1, 4), s[k]
+
+
+def yolo_boxes(y: np.ndarray, thr: float = 0.25, iou: float = 0.45
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One image's YOLOv8 output [4 + classes, anchors] (cx, cy, w, h in input pixels, class
+    scores after the sigmoid) -> class-offset boxes [k, 4] with score > thr after NMS
+    (nudenet's 0.25 / 0.45), and their scores (descending)."""
+    s, c = y[4:].max(0), y[4:].argmax(0)
+    keep = s > thr
+    xy, wh = y[:2, keep].T, y[2:4, keep].T
+    return _classed(np.concatenate([xy - wh / 2, xy + wh / 2], 1), s[keep], c[keep], iou)
+
+
+def picodet_boxes(outs: list[np.ndarray], size: tuple[int, int] = (800, 608),
+                  thr: float = 0.5, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """One image's PicoDet outputs (4 levels of scores [anchors, classes] after the sigmoid,
+    then 4 of box distributions [anchors, 4 x bins]) -> class-offset boxes [k, 4] with score
+    > thr after NMS (rapid-layout's 0.5 / 0.5), and their scores: each side's distance is the
+    expectation of a softmax over its bins, in strides, from the anchor's cell centre."""
+    n = len(PICODET_STRIDES)
+    bs, ss, cs = [], [], []
+    for scores, dist, st in zip(outs[:n], outs[n:], PICODET_STRIDES):
+        h, w = -(-size[0] // st), -(-size[1] // st)
+        cy, cx = np.divmod(np.arange(h * w), w)
+        centre = (np.stack([cx, cy], 1) + 0.5) * st
+        s, c = scores.max(1), scores.argmax(1)
+        keep = s > thr
+        d = dist[keep].reshape(-1, 4, dist.shape[1] // 4)
+        p = np.exp(d - d.max(-1, keepdims=True))
+        side = (p / p.sum(-1, keepdims=True) * np.arange(d.shape[-1])).sum(-1) * st
+        ctr = centre[keep]
+        bs.append(np.concatenate([ctr - side[:, :2], ctr + side[:, 2:]], 1))
+        ss.append(s[keep])
+        cs.append(c[keep])
+    return _classed(np.concatenate(bs), np.concatenate(ss), np.concatenate(cs), iou)
+
+
+def against_dense(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]
+                  ) -> dict[str, float]:
+    """`got`'s detections against `ref`'s (the dense model's; per-batch lists of every output
+    of the model `name`: yolov8n its one, picodet_layout its eight), both at the wheel's
+    thresholds: box F1 ("f1"); and threshold-free, the average precision at IoU 0.5 of got's
+    detections down to score 0.05 with ref's as the truth ("ap": a score moved across the
+    threshold costs F1, not AP)."""
+    import det_metric as dm
+
+    def per_image(outs: list[np.ndarray], thr: float | None = None) -> list[tuple]:
+        kw = {} if thr is None else {"thr": thr}
+        if name == "yolov8n":
+            return [yolo_boxes(y, **kw) for y in outs[0]]
+        return [picodet_boxes([o[i] for o in outs], **kw) for i in range(len(outs[0]))]
+
+    refs = [b for outs in ref for b, _ in per_image(outs)]
+    gots = [b for outs in got for b, _ in per_image(outs)]
+    low = [d for outs in got for d in per_image(outs, 0.05)]
+    records = [dm.ap_records(r, b, s) for r, (b, s) in zip(refs, low)]
+    return {"f1": dm.f1(dm.counts(refs, gots)),
+            "ap": dm.average_precision(records, sum(len(r) for r in refs))}
