@@ -40,6 +40,10 @@ class ExportOptions:
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
                               f"{self.runtime!r}")
+        for flag in ("matmul_nbits", "dynamic_lstm", "float_stem"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"export.{flag} must be true or false, got "
+                                  f"{getattr(self, flag)!r}")
         if self.act_type not in ACT_TYPES:
             raise ConfigError(f"export.act_type must be one of {', '.join(ACT_TYPES)}, got "
                               f"{self.act_type!r}")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..solve import HostSolution, HostWeights
 
 __all__ = ["TARGETS", "WHICH", "Target", "ChannelFix", "act_tensors", "act_values",
-           "apply_weights", "bias_targets", "build", "kept_float", "build_all", "float_model",
+           "apply_weights", "bias_targets", "build", "build_all", "float_model", "kept_float",
            "quantized_weights", "target_for"]
 
 WHICH = ("compressed", "uncorrected", "baseline")

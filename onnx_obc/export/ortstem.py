@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import onnx
 
-from ..layers import Layer
+from ..layers import Layer, node_label
 
 STEM_CHANNELS = 4  # input channels per group of a stem Conv
 DEPTHWISE_CHANNELS = 32  # channels of a depthwise Conv kept float after the stem
 
 
-def _upstream(tensor: str, producers: dict[str, onnx.NodeProto], layer_nodes: dict[str, str],
-              inputs: set[str]) -> tuple[set[str], bool]:
+def _upstream(tensor: str, producers: dict[str, tuple[str, onnx.NodeProto]],
+              layer_nodes: dict[str, str], inputs: set[str]) -> tuple[set[str], bool]:
     """(weights of the layers first met walking back from `tensor`, whether a model input is
     reached without passing one)."""
     met: set[str] = set()
@@ -43,11 +43,11 @@ def _upstream(tensor: str, producers: dict[str, onnx.NodeProto], layer_nodes: di
         if t in inputs:
             reached = True
             continue
-        node = producers.get(t)
-        if node is None:  # an initializer
+        if t not in producers:  # an initializer
             continue
-        if node.name in layer_nodes:
-            met.add(layer_nodes[node.name])
+        label, node = producers[t]
+        if label in layer_nodes:
+            met.add(layer_nodes[label])
             continue
         todo.extend(node.input)
     return met, reached
@@ -57,7 +57,7 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
     """weight -> why its layer stays float (the stem Convs and the depthwise Convs after
     them; see the module docstring)."""
     g = proto.graph
-    producers = {o: n for n in g.node for o in n.output}
+    producers = {o: (node_label(n, i), n) for i, n in enumerate(g.node) for o in n.output}
     inits = {t.name for t in g.initializer}
     inputs = {i.name for i in g.input if i.name not in inits}
     layer_nodes = {u.node: L.weight for L in layers for u in L.uses}
@@ -70,8 +70,8 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
                 f"stem conv on the model input ({L.shape[1]} input channel"
                 f"{'s' if L.shape[1] > 1 else ''}"
                 f"{' per group' if L.uses[0].group > 1 else ''}), kept float for onnxruntime: "
-                "its integer kernel is slower than the float one there and quantizing the "
-                "input costs accuracy (--int8-stem quantizes it)")
+                "so few channels gain little or nothing on its integer kernels and quantizing "
+                "the input costs accuracy (--int8-stem quantizes it)")
     stems = set(out)
     for L in convs:
         channels = L.shape[0]
@@ -82,6 +82,6 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
         if met and met <= stems:
             out[L.weight] = (
                 f"depthwise conv on {channels} channels after the float stem, kept float for "
-                "onnxruntime: its integer kernel is slower than the float one there "
+                "onnxruntime: so few channels gain little or nothing on its integer kernels "
                 "(--int8-stem quantizes it)")
     return out

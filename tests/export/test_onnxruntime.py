@@ -230,6 +230,9 @@ def test_config_and_flags() -> None:
         CompressConfig.from_options(bits=8, runtime="tvm")
     with pytest.raises(ConfigError, match="export.act_type"):
         CompressConfig.from_options(bits=8, act_type="u4")
+    with pytest.raises(ConfigError, match="export.float_stem must be true or false"):
+        CompressConfig.from_options(bits=8, float_stem="no")
+    assert not CompressConfig.from_options(bits=8, float_stem=False).export.float_stem
     assert flags_in("export.runtime and export.act_type") == "--runtime and --act-type"
 
 

@@ -146,3 +146,11 @@ def test_the_channel_stage_still_prunes_the_stem() -> None:
     assert (kept_, 3, 3, 3) in shapes  # the stem's float weight, shrunk
     assert [s.node for s in r.report.skipped if "stem" in s.reason] == ["prod"]
     assert [L.name for L in r.report.layers] == ["cons"]
+
+
+def test_unnamed_nodes_are_followed_by_their_labels() -> None:
+    """Layer uses name unnamed nodes "<Op #i>": the walk back must know them as layers."""
+    m = mobile()
+    for n in m.graph.node:
+        n.name = ""
+    assert kept(m) == {"Ws", "Wd"}
