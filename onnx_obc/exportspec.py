@@ -25,8 +25,8 @@ class ExportOptions:
     dynamic_lstm (onnxruntime, with activation quantization): LSTMs as
     com.microsoft.DynamicQuantizeLSTM, int8 weights per row (export/ortlstm.py).
     float_stem (onnxruntime, 8-bit activations): the image stem's Convs (and a narrow
-    depthwise Conv after them) stay float, faster and more accurate there (export/ortstem.py);
-    False quantizes them too."""
+    depthwise Conv after them) stay float where the run measures a lower output error so
+    (export/ortstem.py, floatcheck.py); False quantizes them too."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"

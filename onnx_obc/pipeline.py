@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import costplan, export, preflight, view
+from . import costplan, export, floatcheck, preflight, view
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -66,8 +66,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     with _timed(clock, "load"):
         src, dense = open_model(model, output)  # dense: what the verification compares with
         proto, folded = fold(dense) if cfg.select.fold else (dense, None)
-        picked = select_layers(proto, cfg.select)  # all: the channel stage prunes them
-        layers, skipped = _select(proto, cfg, *picked)
+        layers, skipped = select_layers(proto, cfg.select)
         backend = get_backend(cfg.run.device)
     cfg, plan, notes = _plan(layers, cfg, backend, progress, clock)  # before any work
     with _timed(clock, "load"):
@@ -76,13 +75,18 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
-        proto, picked[0], layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
+        proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
     means = reference_means(proto, layers, cfg, data) if _layerwise(cfg) else None  # capture fills
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan, means) if _layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
-    fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means)
+    with _timed(clock, "verify"):  # the target's float candidates, kept where they measure better
+        layers, done, floated, unfixed = floatcheck.decide(dense, proto, layers, done, data,
+                                                           runtime, cfg)
+    skipped = skipped + floated
+    fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,
+                            unfixed)
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
                                                         data, runtime, cfg, clock, built)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
@@ -98,27 +102,19 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     return ConvertResult(models["compressed"], report, written)
 
 
-def _channel_stage(proto: onnx.ModelProto, picked: list, layers: list, skipped: list,
+def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
                    data: calibration.Calibration, backend: Any, cfg: CompressConfig, plan: Any,
                    runtime: Any, progress: bool, clock: dict[str, float]) -> tuple:
-    """Channel pruning (of every selected layer, `picked`), its own stage: the rest runs on
-    the shrunk model, its layers selected and planned again. Returns (proto, layers,
-    skipped, chan or None, cfg, plan)."""
+    """Channel pruning, its own stage: the rest runs on the shrunk model, its layers
+    selected and planned again. Returns (proto, layers, skipped, chan or None, cfg, plan)."""
     if cfg.prune.channels is None:
         return proto, layers, skipped, None, cfg, plan
     with _timed(clock, "channels"):
-        chan = run_channels(proto, picked, data, backend, cfg, runtime, progress)
-        layers, skipped = _select(chan.model, cfg, *select_layers(chan.model, cfg.select))
+        chan = run_channels(proto, layers, data, backend, cfg, runtime, progress)
+        layers, skipped = select_layers(chan.model, cfg.select)
     if plan is not None:  # the shrunk layers
         cfg, plan, _ = _plan(layers, cfg, backend, progress, clock)
     return chan.model, layers, skipped, chan, cfg, plan
-
-
-def _select(proto: onnx.ModelProto, cfg: CompressConfig, layers: list, skipped: list
-            ) -> tuple[list, list]:
-    """The selected layers less those the export target keeps float (as skipped, with why)."""
-    return export.kept_float(proto, layers, skipped, cfg.export.runtime, cfg.quant.act_bits,
-                             float_stem=cfg.export.float_stem)
 
 
 def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
@@ -151,16 +147,20 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-             clock: dict[str, float], progress: bool = False, means: Any = None) -> tuple:
+             clock: dict[str, float], progress: bool = False, means: Any = None,
+             uncorrected: onnx.ModelProto | None = None) -> tuple:
     """The correction stage (timed only when it runs): per-node factors or None, and the
-    "uncorrected" model it measures (with activation Q/DQ), which export reuses; its kept
-    tensors get the memory budget less what the process holds (segments.py)."""
+    "uncorrected" model it measures (with activation Q/DQ; `uncorrected` where floatcheck
+    built it), which export reuses; its kept tensors get the memory budget less what the
+    process holds (segments.py)."""
     if correction_mode(cfg) == "off" or not done.solutions:
         return None, None
     with _timed(clock, "correct"):
-        built = None if done.act_values is None else {"uncorrected": export.build(
-            proto, layers, done.solutions, which="uncorrected", act_scales=done.act_values,
-            target=cfg.export.runtime, target_options=cfg.export.target_options())}
+        if uncorrected is None and done.act_values is not None:  # else floatcheck built it
+            uncorrected = export.build(
+                proto, layers, done.solutions, which="uncorrected", act_scales=done.act_values,
+                target=cfg.export.runtime, target_options=cfg.export.target_options())
+        built = None if uncorrected is None else {"uncorrected": uncorrected}
         fixes = correct_outputs(proto, [L for L in layers if L.weight in done.solutions],
                                 done.solutions, data.corrected, data.run_batch, runtime,
                                 cfg.correct.scale, act_values=done.act_values,

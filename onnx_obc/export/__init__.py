@@ -20,7 +20,8 @@ A target is a module (or object) with `act_tensors(proto, layers) -> [tensor]` (
 activations need ranges) and `deploy(model, layers, solved, qweights, act_scales, **options)
 -> model`; optionally `act_values(observers, method, percentile)` (what its deploy takes as
 `act_scales`; default: the symmetric int8 scale of each observer) and `float_layers(proto,
-layers, act_bits, **options) -> {weight: reason}` (layers it keeps float: `kept_float`).
+layers, act_bits, **options) -> {weight: reason}` (layers it may keep float; floatcheck.py
+measures whether they do).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
-from ..errors import ConfigError, ModelError
-from ..layers import Layer, Skipped
+from ..errors import ConfigError
+from ..layers import Layer
 from . import fusion, onnxruntime, tensorrt
 from .graph import check, checked_once
 from .qweights import QuantizedWeight, to_onnx
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from ..solve import HostSolution, HostWeights
 
 __all__ = ["TARGETS", "WHICH", "Target", "ChannelFix", "act_tensors", "act_values",
-           "apply_weights", "bias_targets", "build", "build_all", "float_model", "kept_float",
+           "apply_weights", "bias_targets", "build", "build_all", "float_model",
            "quantized_weights", "target_for"]
 
 WHICH = ("compressed", "uncorrected", "baseline")
@@ -82,23 +83,6 @@ def act_values(observers: Mapping[str, Any], target: str = "tensorrt", method: s
     if values is not None:
         return values(dict(observers), method, percentile)
     return {n: o.scale(method, percentile) for n, o in observers.items()}
-
-
-def kept_float(proto: onnx.ModelProto, layers: list[Layer], skipped: list[Skipped],
-               target: str, act_bits: int | None, **options: Any
-               ) -> tuple[list[Layer], list[Skipped]]:
-    """(layers, skipped) less the layers the target keeps float (its `float_layers`), which
-    join `skipped` with its reason; refused when none is left."""
-    keep = getattr(target_for(target), "float_layers", None)
-    reasons = keep(proto, layers, act_bits, **options) if keep is not None else {}
-    if not reasons:
-        return layers, skipped
-    left = [L for L in layers if L.weight not in reasons]
-    if not left:
-        raise ModelError(f"every layer is kept float for {target} ({next(iter(reasons.values()))})"
-                         "; nothing left to compress")
-    return left, skipped + [Skipped(u.node, u.op, reasons[L.weight], L.weight)
-                            for L in layers if L.weight in reasons for u in L.uses]
 
 
 def build(proto: onnx.ModelProto, layers: list[Layer], solutions: Mapping[str, HostSolution],

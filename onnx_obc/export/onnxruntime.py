@@ -80,8 +80,9 @@ def act_tensors(proto: onnx.ModelProto, layers: list[Layer]) -> list[str]:
 
 def float_layers(proto: onnx.ModelProto, layers: list[Layer], act_bits: int | None,
                  float_stem: bool = True) -> dict[str, str]:
-    """weight -> why this target keeps that layer float: with 8-bit activations, the image
-    stem (ortstem.py) unless `float_stem` is False."""
+    """weight -> why this target may keep that layer float: with 8-bit activations, the image
+    stem (ortstem.py) unless `float_stem` is False; floatcheck.py keeps them float where the
+    run measures a lower output error so."""
     return ortstem.stem_layers(proto, layers) if act_bits == 8 and float_stem else {}
 
 
