@@ -1,5 +1,6 @@
 """convert(): load -> select -> check -> calibration -> capture -> Hessians -> allocate ->
-solve -> correct -> export -> verify -> save, each stage one call into its own module.
+solve -> float candidates -> correct -> export -> verify -> save, each stage one call into
+its own module.
 
 Arrays cross between the host (onnx, onnxruntime) and the solver's device only inside the
 layer-wise stages (schedule.py: activations into collect.py, weights into solve.py and the

@@ -117,7 +117,8 @@ def _errors(monkeypatch, float_err: float, quant_err: float) -> None:
     monkeypatch.setattr(floatcheck, "measure", fake)
 
 
-@pytest.mark.parametrize("float_err, quant_err, kept", [(0.01, 0.02, True), (0.03, 0.02, False)])
+@pytest.mark.parametrize("float_err, quant_err, kept", [
+    (0.01, 0.02, True), (0.0203, 0.02, True), (0.0205, 0.02, False), (0.03, 0.02, False)])
 def test_convert_keeps_the_stem_float_where_it_measures_better(
         tmp_path, monkeypatch, float_err: float, quant_err: float, kept: bool) -> None:
     _errors(monkeypatch, float_err, quant_err)
@@ -131,7 +132,7 @@ def test_convert_keeps_the_stem_float_where_it_measures_better(
         assert why == {} and ops["QLinearConv"] == 6 and r.report.fusion["layers"] == 7
         return
     assert set(why) == {"stem", "dw"} and "kept float for onnxruntime" in why["stem"]
-    assert "0.01 with it float, 0.02 quantized" in why["dw"]
+    assert f"{float_err:.4g} with it float, 0.02 quantized" in why["dw"]
     assert {row.name for row in r.report.layers} == {"pw", "dw2", "to3", "narrow", "fc"}
     assert ops["QLinearConv"] == 4 and r.report.fusion["layers"] == 5
     # the stem's weights stay as they were; nothing quantizes the model input
