@@ -26,10 +26,10 @@ agreement with dense; the task metric: accuracy on the labels (digits), text acc
 CTC-decoded recognizer output on the rendered captchas (common), box F1 against the dense
 detector's boxes (score > 0.5, IoU > 0.5; common_det; yolov8n and picodet_layout: against
 the dense model's detections decoded as their wheels decode them, bench/real_detect.py, and
-`det_ap` the AP50 of theirs down to score 0.05 with the dense ones as the truth) and, for the detector, the output
-error on the anchors that matter ("fg error": anchors whose dense score obj * cls > 0.01,
-about 1% of them; the whole-output error is dominated by the box regressions of background
-anchors, outputs no loss trained and that the decoder drops); weights-only error = the
+`det_ap` the AP50 of theirs down to score 0.05 with the dense ones as the truth) and, for
+the detector, the output error on the anchors that matter ("fg error": anchors whose dense
+score obj * cls > 0.01, about 1% of them; the whole-output error is dominated by the box
+regressions of background anchors, outputs no loss trained and that the decoder drops); weights-only error = the
 output error of the dense model with the row's dequantized int8 weights and float
 activations (the weights' own share; on the detector the W8A8 whole-output error is
 dominated by the activation quantization and swings with tiny changes of either side, see

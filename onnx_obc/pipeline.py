@@ -82,7 +82,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan, means) if _layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
-    with _timed(clock, "verify"):  # the target's float candidates, kept where they measure better
+    with _timed(clock, "verify"):  # the target's float candidates, float where measured better
         layers, done, floated, unfixed = floatcheck.decide(dense, proto, layers, done, data,
                                                            runtime, cfg)
     skipped = skipped + floated
