@@ -20,23 +20,23 @@ the whole convert() call with its verification; quantize_static: its call), in o
 Columns: file size; latency = median of --runs runs per model, the models of one row set
 run alternately in the same process (so the ratios to fp32 compare like with like), with
 intra_op_num_threads=1 (median, and the minimum: steadier on a shared machine) and with all
-cores; output error = mean over the eval samples of
-||y - y_dense|| / ||y_dense|| (first output); agreement = top-1 (argmax over the last axis)
-agreement with dense; the task metric: accuracy on the labels (digits), text accuracy of the
-CTC-decoded recognizer output on the rendered captchas (common), box F1 against the dense
-detector's boxes (score > 0.5, IoU > 0.5; common_det; yolov8n and picodet_layout: against
-the dense model's detections decoded as their wheels decode them, bench/real_detect.py, and
-`det_ap` the AP50 of theirs down to score 0.05 with the dense ones as the truth) and, for
-the detector, the output error on the anchors that matter ("fg error": anchors whose dense
-score obj * cls > 0.01, about 1% of them; the whole-output error is dominated by the box
-regressions of background anchors, outputs no loss trained and that the decoder drops); weights-only error = the
+cores; output error = mean over the eval samples of ||y - y_dense|| / ||y_dense|| (first
+output); agreement = top-1 (argmax over the last axis) agreement with dense; the task
+metric: accuracy on the labels (digits), text accuracy of the CTC-decoded recognizer output
+on the rendered captchas (common), box F1 against the dense detector's boxes (score > 0.5,
+IoU > 0.5; common_det; yolov8n and picodet_layout: against the dense model's detections
+decoded as their wheels decode them, bench/real_detect.py, and `det_ap` the AP50 of theirs
+down to score 0.05 with the dense ones as the truth) and, for the detector, the output
+error on the anchors that matter ("fg error": anchors whose dense score obj * cls > 0.01,
+about 1% of them; the whole-output error is dominated by the box regressions of background
+anchors, outputs no loss trained and that the decoder drops); weights-only error = the
 output error of the dense model with the row's dequantized int8 weights and float
 activations (the weights' own share; on the detector the W8A8 whole-output error is
 dominated by the activation quantization and swings with tiny changes of either side, see
-bench/w8a8_draws.py); integer = quantized layers that
-onnxruntime runs on integer kernels (the run's fusion check). Every run uses --holdout 0
-(all calibration samples fit, for ours and quantize_static alike) and is evaluated on a
-separate eval set. Writes bench/results/deploy.json and prints a markdown table.
+bench/w8a8_draws.py); integer = quantized layers that onnxruntime runs on integer kernels
+(the run's fusion check). Every run uses --holdout 0 (all calibration samples fit, for ours
+and quantize_static alike) and is evaluated on a separate eval set. Writes
+bench/results/deploy.json and prints a markdown table.
 
 The detector against ground truth: `--eval common_det=FILE` with an eval set that has the
 drawn characters' boxes (`python bench/setup_models.py --models det_eval --out DIR` writes
