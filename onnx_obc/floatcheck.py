@@ -17,7 +17,7 @@ them apart; one more build and verification pass can (README "A float stem")."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,22 +31,29 @@ log = logging.getLogger(__name__)
 MARGIN = 0.02  # the float variant's error may exceed the quantized one's by this fraction
 
 
+@dataclass(frozen=True)
+class Decision:
+    layers: list[Layer]  # the layers to compress: the candidates kept float taken out
+    done: Any  # schedule.Compressed, their solutions and rows taken out
+    skipped: list[Skipped]  # the candidates kept float, each with its reason and both errors
+    uncorrected: onnx.ModelProto | None = None  # the chosen variant, uncorrected (if built)
+    fidelity: dict[str, Any] | None = None  # its measures: set -> Fidelity
+
+
 def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], done: Any,
-           data: Any, runtime: Any, cfg: Any
-           ) -> tuple[list[Layer], Any, list[Skipped], onnx.ModelProto | None]:
-    """(layers, done, skipped, uncorrected): unchanged, or without the candidates kept float
-    (their solutions and rows dropped, each a Skipped with the target's reason and the two
-    errors); `uncorrected` the chosen variant's uncorrected model where one was built (the
-    correction measures it: built once). `done`: schedule.Compressed; `data`:
-    calib.Calibration; `cfg`: CompressConfig."""
+           data: Any, runtime: Any, cfg: Any) -> Decision:
+    """The layers, solutions and skipped entries after the decision, and the chosen
+    variant's uncorrected model with its measures where one was built (the correction and
+    the verification reuse them: built and measured once). `done`: schedule.Compressed;
+    `data`: calib.Calibration; `cfg`: CompressConfig."""
     hook = getattr(export.target_for(cfg.export.runtime), "float_layers", None)
     if hook is None or done.act_values is None or not done.solutions:
-        return layers, done, [], None
+        return Decision(layers, done, [])
     reasons = hook(proto, layers, cfg.quant.act_bits, float_stem=cfg.export.float_stem)
     chosen = {k for k in reasons if k in done.solutions}
     rest = [L for L in layers if L.weight not in chosen]
     if not chosen or not any(L.weight in done.solutions for L in rest):
-        return layers, done, [], None
+        return Decision(layers, done, [])
     kw = dict(which="uncorrected", act_scales=done.act_values, target=cfg.export.runtime,
               target_options=cfg.export.target_options())
     models = {"dense": dense, "quantized": export.build(proto, layers, done.solutions, **kw),
@@ -62,9 +69,11 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     if err["float"] > (1.0 + MARGIN) * err["quantized"]:
         log.info("%s: the float candidates %s stay quantized (%s)", cfg.export.runtime,
                  ", ".join(L.name for L in layers if L.weight in chosen), measured)
-        return layers, done, [], models["quantized"]
+        return Decision(layers, done, [], models["quantized"],
+                        {s: v["quantized"] for s, v in fidelity.items()})
     skipped = [Skipped(u.node, u.op, f"{reasons[L.weight]}; {measured}", L.weight)
                for L in layers if L.weight in chosen for u in L.uses]
     done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in chosen},
                    rows=[r for r in done.rows if r.weight not in chosen])
-    return rest, done, skipped, models["float"]
+    return Decision(rest, done, skipped, models["float"],
+                    {s: v["float"] for s, v in fidelity.items()})

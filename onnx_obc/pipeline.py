@@ -83,13 +83,14 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                                 plan, means) if _layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
     with _timed(clock, "verify"):  # the target's float candidates, float where measured better
-        layers, done, floated, unfixed = floatcheck.decide(dense, proto, layers, done, data,
-                                                           runtime, cfg)
-    skipped = skipped + floated
+        fc = floatcheck.decide(dense, proto, layers, done, data, runtime, cfg)
+    layers, done, skipped = fc.layers, fc.done, skipped + fc.skipped
     fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,
-                            unfixed)
+                            fc.uncorrected)
+    if built is None and fc.uncorrected is not None and fixes is None:  # the same model
+        built = {"compressed": fc.uncorrected}
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
-                                                        data, runtime, cfg, clock, built)
+                                                        data, runtime, cfg, clock, built, fc)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     written = save_model(models["compressed"], output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
@@ -121,19 +122,24 @@ def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
 def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
                       done: Compressed, fixes: CorrectionResult | None, chan: Any,
                       data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-                      clock: dict[str, float], built: dict | None = None
+                      clock: dict[str, float], built: dict | None = None, fc: Any = None
                       ) -> tuple[dict, dict, Any, Any]:
     """Export (the compressed model and its comparison variants, deployed alike; those in
-    `built` made before) and verify (fidelity against the input model; what onnxruntime
-    fuses); an automatic correction kept or dropped on the verified errors."""
+    `built` made before) and verify (fidelity against the input model, except floatcheck's
+    model `fc`, measured there; what onnxruntime fuses); an automatic correction kept or
+    dropped on the verified errors."""
     with _timed(clock, "export"):
         models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
                                   act_scales=done.act_values, target=cfg.export.runtime,
                                   target_options=cfg.export.target_options(), built=built)
     with _timed(clock, "verify"):
-        fidelity = measure(_named(dense, models, chan, cfg), data.sets(), data.run_batch, runtime,
-                           data.free_batch, data.info.get("sample_axes"))
+        named = _named(dense, models, chan, cfg)
+        known = {k for k, m in named.items() if fc is not None and m is fc.uncorrected}
+        fresh = measure({k: m for k, m in named.items() if k not in known}, data.sets(),
+                        data.run_batch, runtime, data.free_batch, data.info.get("sample_axes"))
+        fidelity = {s: {k: fc.fidelity[s] if k in known else v[k] for k in named}
+                    for s, v in fresh.items()}
         if fixes is not None and correction_mode(cfg) == "auto":
             keep, fixes = auto_decision(fixes, fidelity, next(iter(fidelity)))
             if not keep:  # what is written is the uncorrected model, and named so

@@ -189,3 +189,24 @@ def test_unnamed_nodes_are_followed_by_their_labels() -> None:
     for n in m.graph.node:
         n.name = ""
     assert kept(m) == {"Ws", "Wd"}
+
+
+def test_the_chosen_variant_is_built_and_measured_once(monkeypatch) -> None:
+    """floatcheck's chosen uncorrected model is the one the correction measures and the
+    verification reports: the final verification runs only the dense and corrected models."""
+    import onnx_obc.pipeline as pipeline
+
+    seen: list[list[str]] = []
+    real = pipeline.measure
+
+    def recorded(models, *args, **kw):
+        seen.append(sorted(models))
+        return real(models, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "measure", recorded)
+    r = convert(MODELS / "digits_vit.onnx", None, bits=8, act_bits=8, runtime="onnxruntime",
+                calib=MODELS / "digits_vit.calib.npz", progress=False, device="cpu")
+    assert seen == [["compressed", "dense"]]
+    fid = next(iter(r.report.fidelity.values()))
+    assert list(fid)[0] == "dense" and len(fid) == 3  # compressed and the uncorrected one
+    assert all(max(f.rel_error.values()) > 0 for k, f in fid.items() if k != "dense")
