@@ -16,7 +16,6 @@ them apart; one more build and verification pass can (README "A float stem")."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +26,6 @@ from . import export
 from .layers import Layer, Skipped
 from .verify import measure
 
-log = logging.getLogger(__name__)
 MARGIN = 0.02  # the float variant's error may exceed the quantized one's by this fraction
 
 
@@ -64,16 +62,19 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     on = next(iter(fidelity))
     err = {k: float(np.mean(list(fidelity[on][k].rel_error.values())))
            for k in ("quantized", "float")}
-    measured = (f"output error on {on} {err['float']:.4g} with it float, "
+    measured = (f"output error on {on} {err['float']:.4g} with the candidates float, "
                 f"{err['quantized']:.4g} quantized, before the correction")
+    names = ", ".join(L.name for L in layers if L.weight in chosen)
     if err["float"] > (1.0 + MARGIN) * err["quantized"]:
-        log.info("%s: the float candidates %s stay quantized (%s)", cfg.export.runtime,
-                 ", ".join(L.name for L in layers if L.weight in chosen), measured)
-        return Decision(layers, done, [], models["quantized"],
-                        {s: v["quantized"] for s, v in fidelity.items()})
+        note = (f"float candidates for {cfg.export.runtime} ({names}): quantized, {measured} "
+                f"(kept float only up to {MARGIN:.0%} above)")
+        return Decision(layers, replace(done, notes=[*done.notes, note]), [],
+                        models["quantized"], {s: v["quantized"] for s, v in fidelity.items()})
+    note = f"float candidates for {cfg.export.runtime} ({names}): kept float, {measured}"
     skipped = [Skipped(u.node, u.op, f"{reasons[L.weight]}; {measured}", L.weight)
                for L in layers if L.weight in chosen for u in L.uses]
     done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in chosen},
-                   rows=[r for r in done.rows if r.weight not in chosen])
+                   rows=[r for r in done.rows if r.weight not in chosen],
+                   notes=[*done.notes, note])
     return Decision(rest, done, skipped, models["float"],
                     {s: v["float"] for s, v in fidelity.items()})

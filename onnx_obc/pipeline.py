@@ -87,8 +87,6 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     layers, done, skipped = fc.layers, fc.done, skipped + fc.skipped
     fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,
                             fc.uncorrected)
-    if built is None and fc.uncorrected is not None and fixes is None:  # the same model
-        built = {"compressed": fc.uncorrected}
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
                                                         data, runtime, cfg, clock, built, fc)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
@@ -158,10 +156,10 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
              uncorrected: onnx.ModelProto | None = None) -> tuple:
     """The correction stage (timed only when it runs): per-node factors or None, and the
     "uncorrected" model it measures (with activation Q/DQ; `uncorrected` where floatcheck
-    built it), which export reuses; its kept tensors get the memory budget less what the
-    process holds (segments.py)."""
-    if correction_mode(cfg) == "off" or not done.solutions:
-        return None, None
+    built it, which without a correction is the compressed model), which export reuses; its
+    kept tensors get the memory budget less what the process holds (segments.py)."""
+    if correction_mode(cfg) == "off" or not done.solutions:  # floatcheck's is the compressed one
+        return None, None if uncorrected is None else {"compressed": uncorrected}
     with _timed(clock, "correct"):
         if uncorrected is None and done.act_values is not None:  # else floatcheck built it
             uncorrected = export.build(
@@ -288,7 +286,8 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
         fusion={} if fusion is None or not fusion.layers else fusion.to_dict(),
         channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}),
         plan={} if plan is None else plan.to_dict(),
-        folded=folded.to_dict() if folded is not None and folded.changed else {})
+        folded=folded.to_dict() if folded is not None and folded.changed else {},
+        notes=list(done.notes))
 
 
 @contextmanager

@@ -76,6 +76,7 @@ class Report:
     sensitivity: dict[str, Any] = field(default_factory=dict)  # sensitivity.summarize()
     plan: dict[str, Any] = field(default_factory=dict)  # costplan.Plan.to_dict()
     folded: dict[str, Any] = field(default_factory=dict)  # fold.Folded.to_dict()
+    notes: list[str] = field(default_factory=list)  # decisions a stage explains (floatcheck)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -266,8 +267,7 @@ def _footer(r: Report) -> list[str]:
                      f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "
                      f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
                      f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")
-    lines += [r.folded["summary"]] if r.folded.get("summary") else []
-    lines += [r.correction["decision"]] if r.correction.get("decision") else []
+    lines += [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes) if x]
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
 

@@ -42,6 +42,7 @@ class Compressed:
     seconds: dict[str, float] = field(default_factory=dict)
     act_values: dict[str, Any] | None = None  # what cfg.export.runtime's target takes
     # (export.act_values: the scales above for tensorrt, (lo, hi) ranges for onnxruntime)
+    notes: list[str] = field(default_factory=list)  # decisions after the solve (floatcheck.py)
 
 
 def layer_groups(layers: list[Layer], run: Any) -> list[list[Layer]]:

@@ -128,11 +128,16 @@ def test_convert_keeps_the_stem_float_where_it_measures_better(
     onnx.checker.check_model(r.model, full_check=True)
     why = {s.node: s.reason for s in r.report.skipped}
     ops = optimized_ops(r.model)
+    (note,) = r.report.notes
+    assert note.startswith("float candidates for onnxruntime (stem, dw): ")
+    assert note in r.report.table() and r.report.to_dict()["notes"] == [note]
     if not kept:
         assert why == {} and ops["QLinearConv"] == 6 and r.report.fusion["layers"] == 7
+        assert "quantized, output error on" in note and "up to 2% above" in note
         return
+    assert "kept float, output error on" in note
     assert set(why) == {"stem", "dw"} and "kept float for onnxruntime" in why["stem"]
-    assert f"{float_err:.4g} with it float, 0.02 quantized" in why["dw"]
+    assert f"{float_err:.4g} with the candidates float, 0.02 quantized" in why["dw"]
     assert {row.name for row in r.report.layers} == {"pw", "dw2", "to3", "narrow", "fc"}
     assert ops["QLinearConv"] == 4 and r.report.fusion["layers"] == 5
     # the stem's weights stay as they were; nothing quantizes the model input
@@ -160,7 +165,7 @@ def test_the_real_measurement_on_digits_vit() -> None:
                 calib=MODELS / "digits_vit.calib.npz", progress=False, device="cpu")
     (s,) = [s for s in r.report.skipped if "kept float" in s.reason]
     assert "stem conv on the model input (1 input channel)" in s.reason
-    errors = [float(x) for x in re.findall(r"(\d\.\d+) (?:with it float|quantized)", s.reason)]
+    errors = [float(x) for x in re.findall(r"(\d\.\d+) (?:with the candidates float|quantized)", s.reason)]
     assert len(errors) == 2 and errors[0] < errors[1]
 
 
