@@ -27,12 +27,14 @@ from ..layers import Layer, node_label
 
 STEM_CHANNELS = 4  # input channels per group of a stem Conv
 DEPTHWISE_CHANNELS = 32  # channels of a depthwise Conv kept float after the stem
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # layers, selected or not
 
 
 def _upstream(tensor: str, producers: dict[str, tuple[str, onnx.NodeProto]],
               layer_nodes: dict[str, str], inputs: set[str]) -> tuple[set[str], bool]:
     """(weights of the layers first met walking back from `tensor`, whether a model input is
-    reached without passing one)."""
+    reached without passing one). A Conv / Gemm / MatMul that is not a selected layer (one
+    --exclude left, say) stops the walk too, met as its node label."""
     met: set[str] = set()
     reached = False
     seen: set[str] = set()
@@ -48,8 +50,8 @@ def _upstream(tensor: str, producers: dict[str, tuple[str, onnx.NodeProto]],
         if t not in producers:  # an initializer
             continue
         label, node = producers[t]
-        if label in layer_nodes:
-            met.add(layer_nodes[label])
+        if label in layer_nodes or node.op_type in COMPUTE_OPS:
+            met.add(layer_nodes.get(label, f"node {label}"))
             continue
         todo.extend(node.input)
     return met, reached

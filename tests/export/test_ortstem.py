@@ -188,6 +188,14 @@ def test_the_channel_stage_still_prunes_the_stem(monkeypatch) -> None:
     assert [row.name for row in r.report.layers] == ["cons"]
 
 
+def test_a_layer_left_out_of_the_selection_still_ends_the_stem() -> None:
+    """--exclude on the stem: the depthwise conv after it does not read the input "through
+    no other layer" (the excluded Conv is still one), so it is no stem itself."""
+    m = mobile()
+    layers = [L for L in find_layers(m)[0] if L.weight != "Ws"]
+    assert stem_layers(m, layers) == {}
+
+
 def test_unnamed_nodes_are_followed_by_their_labels() -> None:
     """Layer uses name unnamed nodes "<Op #i>": the walk back must know them as layers."""
     m = mobile()
