@@ -45,8 +45,8 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     the verification reuse them: built and measured once). `done`: schedule.Compressed;
     `data`: calib.Calibration; `cfg`: CompressConfig."""
     hook = getattr(export.target_for(cfg.export.runtime), "float_layers", None)
-    if hook is None or done.act_values is None or not done.solutions:
-        return Decision(layers, done, [])
+    if hook is None or done.act_values is None or not done.solutions or cfg.alloc.active:
+        return Decision(layers, done, [])  # an allocation has budgeted every layer: as it chose
     reasons = hook(proto, layers, cfg.quant.act_bits, float_stem=cfg.export.float_stem)
     chosen = {k for k in reasons if k in done.solutions}
     rest = [L for L in layers if L.weight not in chosen]

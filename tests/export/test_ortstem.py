@@ -156,6 +156,11 @@ def test_int8_stem_and_other_targets_measure_nothing(monkeypatch) -> None:
                dict(runtime="onnxruntime", act_bits=None)):
         r = convert(m, None, calib=calib, bits=8, progress=False, **{"act_bits": 8, **kw})
         assert len(r.report.layers) == 7 and r.report.skipped == []
+    # an allocation (here the BOPs DP) has budgeted every layer: the candidates stay as chosen
+    r = convert(m, None, calib=calib, act_bits=8, runtime="onnxruntime", allocate="dp",
+                budget="bops", target=8, progress=False)
+    assert "stem" in {row.name for row in r.report.layers} and r.report.notes == []
+    assert not any("kept float" in x.reason for x in r.report.skipped)
 
 
 def test_the_real_measurement_on_digits_vit() -> None:
