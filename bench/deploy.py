@@ -4,7 +4,7 @@
     python bench/deploy.py [--models digits_cnn,digits_vit,ocr_like,common,common_det]
                            [--eval common_det=bench/results/detgt/common_det.eval_gt.npz]
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
-                           [--latency-batch 8] [--int8-stem]
+                           [--latency-batch 8] [--int8-stem] [--int8-highres]
                            [--runtimes tensorrt,onnxruntime]
                            [--out bench/results/deploy.json]
 
@@ -245,7 +245,7 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
               method_override: str | None = None,
               runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime"),
               eval_path: str | None = None, lat_batch: int = 1,
-              int8_stem: bool = False) -> list[dict]:
+              int8_stem: bool = False, int8_highres: bool = False) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     epath = eval_path or epath
     method = MODELS[name][3]
@@ -262,19 +262,20 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
     feeds = _batches(model, ev, n_eval)
     paths = {"fp32": mpath}
     info: dict[str, dict] = {"fp32": {"integer": None}}
-    targets = ([("tensorrt", "u8", True)] if "tensorrt" in runtimes else []) + (
-        [("onnxruntime", a, stem) for a in act_types
-         for stem in ((True, False) if int8_stem else (True,))]
+    floats = [(True, True)] + ([(True, False)] if int8_highres else []) + (
+        [(False, False)] if int8_stem else [])  # (float_stem, float_highres) rows
+    targets = ([("tensorrt", "u8", True, True)] if "tensorrt" in runtimes else []) + (
+        [("onnxruntime", a, stem, hires) for a in act_types for stem, hires in floats]
         if "onnxruntime" in runtimes else [])
-    for runtime, act_type, float_stem in targets:
+    for runtime, act_type, float_stem, float_highres in targets:
         key = f"W8A8 {runtime}" + (f" {act_type}" if runtime == "onnxruntime" and (
             len(act_types) > 1 or act_type != "u8") else "") + (
-            "" if float_stem else " int8-stem")
-        out = str(work / f"{name}.{runtime}.{act_type}.{float_stem}.onnx")
+            "" if float_highres else " int8-highres" if float_stem else " int8-stem")
+        out = str(work / f"{name}.{runtime}.{act_type}.{float_stem}.{float_highres}.onnx")
         t, c = time.perf_counter(), time.process_time()
         r = convert(mpath, out, calib=cpath, bits=8, act_bits=8, method=method,
                     runtime=runtime, act_type=act_type, holdout=0.0, float_stem=float_stem,
-                    compare_baseline=False, progress=False)
+                    float_highres=float_highres, compare_baseline=False, progress=False)
         f = r.report.fusion
         used: dict[str, int] = {}
         for row in r.report.layers:
@@ -430,8 +431,11 @@ def main() -> None:
                     help="another eval set for a model (the detector's with `boxes`: F1 "
                          "against the drawn characters, bench/setup_models.py det_eval)")
     ap.add_argument("--int8-stem", action="store_true",
-                    help="also an onnxruntime row with the image stem quantized (--int8-stem; "
-                         "default: kept float, export/ortstem.py)")
+                    help="also an onnxruntime row with every layer quantized (--int8-stem "
+                         "--int8-highres; default: both measured, export/ortstem.py)")
+    ap.add_argument("--int8-highres", action="store_true",
+                    help="also an onnxruntime row with the high-resolution convs quantized "
+                         "(--int8-highres; default: measured, export/orthires.py)")
     ap.add_argument("--latency-batch", type=int, default=1,
                     help="samples per latency run of models with a dynamic batch")
     args = ap.parse_args()
@@ -447,7 +451,7 @@ def main() -> None:
             rows += run_model(name, args.runs, Path(tmp), args.quick,
                               args.act_types.split(","), args.method,
                               tuple(args.runtimes.split(",")), evals.get(name),
-                              args.latency_batch, args.int8_stem)
+                              args.latency_batch, args.int8_stem, args.int8_highres)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:

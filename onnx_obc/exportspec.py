@@ -26,7 +26,9 @@ class ExportOptions:
     com.microsoft.DynamicQuantizeLSTM, int8 weights per row (export/ortlstm.py).
     float_stem (onnxruntime, 8-bit activations): the image stem's Convs (and a narrow
     depthwise Conv after them) stay float where the run measures a lower output error so
-    (export/ortstem.py, floatcheck.py); False quantizes them too."""
+    (export/ortstem.py, floatcheck.py); False quantizes them too. float_highres (likewise):
+    the Convs at stride <= 4 stay float where the run measures a much lower output error
+    at about the same latency (export/orthires.py)."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"
@@ -35,12 +37,13 @@ class ExportOptions:
     accuracy_level: int = 0
     dynamic_lstm: bool = True
     float_stem: bool = True
+    float_highres: bool = True
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
                               f"{self.runtime!r}")
-        for flag in ("matmul_nbits", "dynamic_lstm", "float_stem"):
+        for flag in ("matmul_nbits", "dynamic_lstm", "float_stem", "float_highres"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"export.{flag} must be true or false, got "
                                   f"{getattr(self, flag)!r}")
@@ -55,6 +58,10 @@ class ExportOptions:
         if self.accuracy_level not in (0, 1, 2, 3, 4) or isinstance(self.accuracy_level, bool):
             raise ConfigError(f"export.accuracy_level must be 0, 1, 2, 3 or 4, got "
                               f"{self.accuracy_level!r}")
+
+    def float_options(self) -> dict[str, Any]:
+        """The keyword options of the target's float_candidates (floatcheck.py)."""
+        return {"float_stem": self.float_stem, "float_highres": self.float_highres}
 
     def target_options(self) -> dict[str, Any]:
         """The keyword options of the target's deploy (export.build)."""

@@ -1,18 +1,27 @@
 """The export target's float candidates, decided by measurement (after the solve, before the
-correction): the model is built twice, uncorrected, with the candidates quantized and with
-them float, both verified on the run's fidelity samples beside the input model, and the
-candidates stay float unless that raises the mean relative output error by more than
-MARGIN (differences below it are within the measurement's noise, as for the automatic
-correction, correct.MARGIN; then the float stem's speed decides: faster on five of eight real
-models, the same on one).
+correction). The target offers groups of layers that may stay float, each with its rule
+(export/floatcand.py); the model is built uncorrected without any and with each group float
+on top of the groups before it, all verified together on the run's fidelity samples beside
+the input model, and each group, in order, stays float when its variant's mean relative
+output error is at most the group's `at_most` times the current choice's and, for a group
+that may cost speed, its 1-thread onnxruntime latency (alternating runs on one sample) at
+most `slower` times the current choice's.
 
-The candidates are the target's `float_layers` (export/): for the onnxruntime target with
-8-bit activations the image stem (export/ortstem.py), faster there on most models and more
-accurate on most, but not on all: on the PP-OCRv4 recognizer the float stem read 1.6 text
-points fewer of 2,000 lines (74.40 against 76.00, McNemar p = 0.005), and its calibration
-error said so beforehand (0.2094 float against 0.1934 quantized, uncorrected), as it said
-the opposite on PP-LCNet (0.0345 against 0.0646). A rule on the graph alone cannot tell
-them apart; one more build and verification pass can (README "A float stem")."""
+For the onnxruntime target with 8-bit activations (export/onnxruntime.float_candidates):
+  - the image stem (export/ortstem.py), kept float unless that raises the error by more
+    than 2% (the correction's margin, correct.MARGIN: differences below it are within the
+    measurement's noise; then the float stem's speed decides: faster on five of eight real
+    models, the same on one). It is more accurate on most models, but not on all: on the
+    PP-OCRv4 recognizer the float stem read 1.6 text points fewer of 2,000 lines (74.40
+    against 76.00, McNemar p = 0.005), and its calibration error said so beforehand (0.2094
+    float against 0.1934 quantized, uncorrected), as it said the opposite on PP-LCNet
+    (0.0345 against 0.0646). A rule on the graph alone cannot tell them apart; one more
+    build and verification pass can (README "A float stem").
+  - the high-resolution Convs (export/orthires.py), kept float when the error falls to
+    0.8x or less at no more than 1.05x the latency: the convs that wreck PP-PicoDet's 8-bit
+    detections are there, and so are EfficientNet-Lite0's, which run much faster on
+    integers (README "High-resolution convs").
+"""
 
 from __future__ import annotations
 
@@ -26,14 +35,16 @@ from . import export
 from .layers import Layer, Skipped
 from .verify import measure
 
-MARGIN = 0.02  # the float variant's error may exceed the quantized one's by this fraction
+TIMING_ROUNDS = 21  # alternating 1-thread runs of the two variants timed, at least ...
+TIMING_SECONDS = 1.5  # ... and until this long has passed
+NAMES = 4  # layer names a note lists
 
 
 @dataclass(frozen=True)
 class Decision:
     layers: list[Layer]  # the layers to compress: the candidates kept float taken out
     done: Any  # schedule.Compressed, their solutions and rows taken out
-    skipped: list[Skipped]  # the candidates kept float, each with its reason and both errors
+    skipped: list[Skipped]  # the candidates kept float, each with its reason and measures
     uncorrected: onnx.ModelProto | None = None  # the chosen variant, uncorrected (if built)
     fidelity: dict[str, Any] | None = None  # its measures: set -> Fidelity
 
@@ -44,37 +55,104 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     variant's uncorrected model with its measures where one was built (the correction and
     the verification reuse them: built and measured once). `done`: schedule.Compressed;
     `data`: calib.Calibration; `cfg`: CompressConfig."""
-    hook = getattr(export.target_for(cfg.export.runtime), "float_layers", None)
+    hook = getattr(export.target_for(cfg.export.runtime), "float_candidates", None)
     if hook is None or done.act_values is None or not done.solutions or cfg.alloc.active:
         return Decision(layers, done, [])  # an allocation has budgeted every layer: as it chose
-    reasons = hook(proto, layers, cfg.quant.act_bits, float_stem=cfg.export.float_stem)
-    chosen = {k for k in reasons if k in done.solutions}
-    rest = [L for L in layers if L.weight not in chosen]
-    if not chosen or not any(L.weight in done.solutions for L in rest):
+    feed = _one_sample(data)
+    offered = hook(proto, layers, cfg.quant.act_bits, lambda names: _shapes(
+        proto, names, feed, runtime), **cfg.export.float_options())
+    groups: list[tuple[Any, set[str]]] = []  # (group, the layers it adds)
+    variants: list[set[str]] = [set()]  # float in variant i: groups 1..i
+    for g in offered:
+        new = {k for k in g.reasons if k in done.solutions} - variants[-1]
+        if new:
+            groups.append((g, new))
+            variants.append(variants[-1] | new)
+    if not groups or not any(L.weight in done.solutions and L.weight not in variants[1]
+                             for L in layers):
         return Decision(layers, done, [])
     kw = dict(which="uncorrected", act_scales=done.act_values, target=cfg.export.runtime,
               target_options=cfg.export.target_options())
-    models = {"dense": dense, "quantized": export.build(proto, layers, done.solutions, **kw),
-              "float": export.build(proto, rest, {k: v for k, v in done.solutions.items()
-                                                  if k not in chosen}, **kw)}
+    keys = ["quantized", *(g.kind for g, _ in groups)]  # variant i's model
+    models = {"dense": dense, **{keys[i]: export.build(
+        proto, [L for L in layers if L.weight not in v],
+        {k: s for k, s in done.solutions.items() if k not in v}, **kw)
+        for i, v in enumerate(variants)}}
     fidelity = measure(models, data.sets(), data.run_batch, runtime, data.free_batch,
                        data.info.get("sample_axes"))
     on = next(iter(fidelity))
-    err = {k: float(np.mean(list(fidelity[on][k].rel_error.values())))
-           for k in ("quantized", "float")}
-    measured = (f"output error on {on} {err['float']:.4g} with the candidates float, "
-                f"{err['quantized']:.4g} quantized, before the correction")
-    names = ", ".join(L.name for L in layers if L.weight in chosen)
-    if err["float"] > (1.0 + MARGIN) * err["quantized"]:
-        note = (f"float candidates for {cfg.export.runtime} ({names}): quantized, {measured} "
-                f"(kept float only up to {MARGIN:.0%} above)")
-        return Decision(layers, replace(done, notes=[*done.notes, note]), [],
-                        models["quantized"], {s: v["quantized"] for s, v in fidelity.items()})
-    note = f"float candidates for {cfg.export.runtime} ({names}): kept float, {measured}"
-    skipped = [Skipped(u.node, u.op, f"{reasons[L.weight]}; {measured}", L.weight)
-               for L in layers if L.weight in chosen for u in L.uses]
-    done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in chosen},
-                   rows=[r for r in done.rows if r.weight not in chosen],
-                   notes=[*done.notes, note])
-    return Decision(rest, done, skipped, models["float"],
-                    {s: v["float"] for s, v in fidelity.items()})
+    err = [float(np.mean(list(fidelity[on][k].rel_error.values()))) for k in keys]
+    chosen, notes, measures, kept = 0, [], {}, set()
+    for i, (g, new) in enumerate(groups, start=1):
+        ok, measures[i] = _accept(g, err[chosen], err[i], models[keys[chosen]],
+                                  models[keys[i]], runtime, feed, on)
+        names = _names([L for L in layers if L.weight in new])
+        notes.append(f"float candidates for {cfg.export.runtime}, {g.kind} ({names}): "
+                     + (f"kept float, {measures[i]}" if ok else f"quantized, {measures[i]} "
+                        f"(or {g.flag} quantizes them without measuring)"))
+        if ok:
+            chosen = i
+            kept.add(i)
+    why = {}
+    for i, (g, new) in enumerate(groups[:chosen], start=1):
+        how = measures[i] if i in kept else (
+            f"float with the {groups[chosen - 1][0].kind} kept float: {measures[chosen]}")
+        why.update({k: f"{g.reasons[k]}; {how}" for k in new})
+    float_set = variants[chosen]
+    done = replace(done, solutions={k: v for k, v in done.solutions.items()
+                                    if k not in float_set},
+                   rows=[r for r in done.rows if r.weight not in float_set],
+                   notes=[*done.notes, *notes])
+    skipped = [Skipped(u.node, u.op, why[L.weight], L.weight)
+               for L in layers if L.weight in float_set for u in L.uses]
+    return Decision([L for L in layers if L.weight not in float_set], done, skipped,
+                    models[keys[chosen]], {s: v[keys[chosen]] for s, v in fidelity.items()})
+
+
+def _accept(g: Any, base: float, err: float, base_model: onnx.ModelProto,
+            model: onnx.ModelProto, runtime: Any, feed: dict | None, on: str
+            ) -> tuple[bool, str]:
+    """Whether group `g` stays float (its rule), and the measures for the report."""
+    measured = f"output error on {on} {err:.4g} with them float, {base:.4g} without"
+    if err > g.at_most * base:
+        return False, f"{measured} (kept float only at most {g.at_most:g}x)"
+    if g.slower is None:
+        return True, measured
+    if feed is None:
+        return False, f"{measured}, latency not measured: no sample"
+    from .channels.timing import ort_timer
+
+    t_base, t = ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model], feed)
+    ratio = t / t_base
+    measured += (f", latency {ratio:.3f}x (1 thread, batch 1: {1e3 * t:.3g} vs "
+                 f"{1e3 * t_base:.3g} ms)")
+    if ratio > g.slower:
+        return False, f"{measured} (kept float only at most {g.slower:g}x)"
+    return True, measured
+
+
+def _names(layers: list[Layer]) -> str:
+    names = [L.name for L in layers]
+    more = len(names) - NAMES
+    return ", ".join(names[:NAMES]) + (f" and {more} more" if more > 0 else "")
+
+
+def _one_sample(data: Any) -> dict | None:
+    """One sample of the first fidelity set (the timing's and the shape probe's feed)."""
+    try:
+        return next(iter(next(iter(data.sets().values())).batches(1)))[1]
+    except (StopIteration, AttributeError):
+        return None
+
+
+def _shapes(proto: onnx.ModelProto, names: list[str], feed: dict | None, runtime: Any
+            ) -> dict[str, tuple[int, ...]]:
+    """The named tensors' shapes on `feed` (one run of `proto` pruned to them)."""
+    from .capture import capture_session
+
+    if feed is None or not names:
+        return {}
+    s = capture_session(proto, names, runtime, prune=True)
+    inputs = {i.name for i in s.get_inputs()}
+    outs = s.run(names, {k: v for k, v in feed.items() if k in inputs})
+    return {n: tuple(np.shape(y)) for n, y in zip(names, outs)}

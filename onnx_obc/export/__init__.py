@@ -19,9 +19,10 @@ integer weights and activation Q/DQ pairs. One module per target, registered in 
 A target is a module (or object) with `act_tensors(proto, layers) -> [tensor]` (which
 activations need ranges) and `deploy(model, layers, solved, qweights, act_scales, **options)
 -> model`; optionally `act_values(observers, method, percentile)` (what its deploy takes as
-`act_scales`; default: the symmetric int8 scale of each observer) and `float_layers(proto,
-layers, act_bits, **options) -> {weight: reason}` (layers it may keep float; floatcheck.py
-measures whether they do).
+`act_scales`; default: the symmetric int8 scale of each observer) and `float_candidates(proto,
+layers, act_bits, probe, **options) -> [floatcand.Candidates]` (groups of layers it may keep
+float, each with its rule; `probe(tensors)` gives their shapes on one sample; floatcheck.py
+measures whether they stay float).
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits, ortlstm, ortstem
+from . import nbits, orthires, ortlstm, ortstem
+from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
 from .qweights import QuantizedWeight, quantize_weights
@@ -78,12 +79,21 @@ def act_tensors(proto: onnx.ModelProto, layers: list[Layer]) -> list[str]:
     return plan(proto, layer_nodes(proto, layers)).observed
 
 
-def float_layers(proto: onnx.ModelProto, layers: list[Layer], act_bits: int | None,
-                 float_stem: bool = True) -> dict[str, str]:
-    """weight -> why this target may keep that layer float: with 8-bit activations, the image
-    stem (ortstem.py) unless `float_stem` is False; floatcheck.py keeps them float where the
-    run measures a lower output error so."""
-    return ortstem.stem_layers(proto, layers) if act_bits == 8 and float_stem else {}
+def float_candidates(proto: onnx.ModelProto, layers: list[Layer], act_bits: int | None,
+                     probe: orthires.Probe, float_stem: bool = True, float_highres: bool = True
+                     ) -> list[Candidates]:
+    """The layers this target may keep float, in groups with their rules (floatcand.py),
+    with 8-bit activations: the image stem (ortstem.py; kept float unless that raises the
+    output error by more than 2%) unless `float_stem` is False, then the high-resolution
+    Convs (orthires.py; kept float where they buy accuracy at a small latency cost) unless
+    `float_highres` is False. floatcheck.py measures each group."""
+    if act_bits != 8:
+        return []
+    stem = ortstem.stem_layers(proto, layers) if float_stem else {}
+    out = [Candidates("stem", stem, 1.0 + ortstem.MARGIN, None, "--int8-stem")] if stem else []
+    if float_highres:
+        out += [c for c in orthires.candidates(proto, layers, probe) if set(c.reasons) - set(stem)]
+    return out
 
 
 def act_values(observers: dict, method: str = "minmax", percentile: float = 99.99
@@ -155,4 +165,5 @@ def int8_layer(q: QuantizedWeight) -> bool:
 
 
 __all__ = ["ACT_TYPES", "DEFAULT_ACT_TYPE", "NAME", "Plan", "QParams", "act_tensors",
-           "act_values", "deploy", "float_layers", "float_tensors", "int8_layer", "plan", "qparams"]
+           "act_values", "deploy", "float_candidates", "float_tensors", "int8_layer", "plan",
+           "qparams"]

@@ -28,6 +28,7 @@ from ..layers import Layer, node_label
 
 STEM_CHANNELS = 4  # input channels per group of a stem Conv
 DEPTHWISE_CHANNELS = 32  # channels of a depthwise Conv kept float after the stem
+MARGIN = 0.02  # kept float unless the error with them float is more than this above
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # layers, selected or not
 
 

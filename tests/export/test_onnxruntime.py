@@ -233,6 +233,10 @@ def test_config_and_flags() -> None:
     with pytest.raises(ConfigError, match="export.float_stem must be true or false"):
         CompressConfig.from_options(bits=8, float_stem="no")
     assert not CompressConfig.from_options(bits=8, float_stem=False).export.float_stem
+    with pytest.raises(ConfigError, match="export.float_highres must be true or false"):
+        CompressConfig.from_options(bits=8, float_highres=1)
+    assert CompressConfig.from_options(bits=8).export.float_options() == {
+        "float_stem": True, "float_highres": True}
     assert flags_in("export.runtime and export.act_type") == "--runtime and --act-type"
 
 

@@ -98,21 +98,27 @@ def test_a_depthwise_conv_reading_the_stem_and_another_layer_is_quantized() -> N
 def test_only_the_onnxruntime_target_with_8_bit_activations_offers_it() -> None:
     m = mobile()
     layers = find_layers(m)[0]
-    assert set(ort_target.float_layers(m, layers, 8)) == {"Ws", "Wd"}
-    assert ort_target.float_layers(m, layers, None) == {}
-    assert ort_target.float_layers(m, layers, 8, float_stem=False) == {}
-    assert not hasattr(trt_target, "float_layers")
+
+    def offered(act_bits, **kw):
+        return {g.kind: set(g.reasons) for g in ort_target.float_candidates(
+            m, layers, act_bits, lambda names: {}, **kw)}  # no shapes: no high-res group
+    assert offered(8) == {"stem": {"Ws", "Wd"}}
+    assert offered(None) == {} and offered(8, float_stem=False) == {}
+    assert not hasattr(trt_target, "float_candidates")
 
 
-def _errors(monkeypatch, float_err: float, quant_err: float) -> None:
-    """floatcheck's verification with fixed errors for its two candidate models."""
+def _errors(monkeypatch, float_err: float, quant_err: float, **more: float) -> None:
+    """floatcheck's verification with fixed errors for its candidate models: the stem float,
+    all quantized, and `more` (variant -> error)."""
     real = floatcheck.measure
+    fixed = {"stem": float_err, "quantized": quant_err, **more}
 
     def fake(models, *args, **kw):
         out = real(models, *args, **kw)
         for fid in out.values():
-            for k, e in (("float", float_err), ("quantized", quant_err)):
-                fid[k] = dataclasses.replace(fid[k], rel_error={n: e for n in fid[k].rel_error})
+            for k, e in fixed.items():
+                if k in fid:
+                    fid[k] = dataclasses.replace(fid[k], rel_error={n: e for n in fid[k].rel_error})
         return out
     monkeypatch.setattr(floatcheck, "measure", fake)
 
@@ -124,20 +130,21 @@ def test_convert_keeps_the_stem_float_where_it_measures_better(
     _errors(monkeypatch, float_err, quant_err)
     m = mobile()
     r = convert(m, tmp_path / "out.onnx", calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8,
-                runtime="onnxruntime", progress=False)
+                runtime="onnxruntime", float_highres=False, progress=False)
     onnx.checker.check_model(r.model, full_check=True)
     why = {s.node: s.reason for s in r.report.skipped}
     ops = optimized_ops(r.model)
     (note,) = r.report.notes
-    assert note.startswith("float candidates for onnxruntime (stem, dw): ")
+    assert note.startswith("float candidates for onnxruntime, stem (stem, dw): ")
     assert note in r.report.table() and r.report.to_dict()["notes"] == [note]
     if not kept:
         assert why == {} and ops["QLinearConv"] == 6 and r.report.fusion["layers"] == 7
-        assert "quantized, output error on" in note and "up to 2% above" in note
+        assert "quantized, output error on" in note and "only at most 1.02x" in note
+        assert "--int8-stem quantizes them without measuring" in note
         return
     assert "kept float, output error on" in note
     assert set(why) == {"stem", "dw"} and "kept float for onnxruntime" in why["stem"]
-    assert f"{float_err:.4g} with the candidates float, 0.02 quantized" in why["dw"]
+    assert f"{float_err:.4g} with them float, 0.02 without" in why["dw"]
     assert {row.name for row in r.report.layers} == {"pw", "dw2", "to3", "narrow", "fc"}
     assert ops["QLinearConv"] == 4 and r.report.fusion["layers"] == 5
     # the stem's weights stay as they were; nothing quantizes the model input
@@ -152,7 +159,8 @@ def test_int8_stem_and_other_targets_measure_nothing(monkeypatch) -> None:
     monkeypatch.setattr(floatcheck, "measure", fail)
     m = mobile()
     calib = [b.feeds(m, 24, seed=2)]
-    for kw in (dict(runtime="onnxruntime", float_stem=False), dict(runtime="tensorrt"),
+    for kw in (dict(runtime="onnxruntime", float_stem=False, float_highres=False),
+               dict(runtime="tensorrt"),
                dict(runtime="onnxruntime", act_bits=None)):
         r = convert(m, None, calib=calib, bits=8, progress=False, **{"act_bits": 8, **kw})
         assert len(r.report.layers) == 7 and r.report.skipped == []
@@ -170,7 +178,7 @@ def test_the_real_measurement_on_digits_vit() -> None:
                 calib=MODELS / "digits_vit.calib.npz", progress=False, device="cpu")
     (s,) = [s for s in r.report.skipped if "kept float" in s.reason]
     assert "stem conv on the model input (1 input channel)" in s.reason
-    errors = [float(x) for x in re.findall(r"(\d\.\d+) (?:with the candidates float|quantized)", s.reason)]
+    errors = [float(x) for x in re.findall(r"(\d\.\d+) (?:with them float|without)", s.reason)]
     assert len(errors) == 2 and errors[0] < errors[1]
 
 

@@ -1,0 +1,189 @@
+"""The onnxruntime target's high-resolution float candidates (export/orthires.py) and their
+measured rule in floatcheck.py: kept float only where the output error falls to at most
+0.8x at no more than 1.05x the latency."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnx_obc.channels.timing as timing
+from onnx_obc import convert, floatcheck
+from onnx_obc.capture import Runtime
+from onnx_obc.export import onnxruntime as ort_target
+from onnx_obc.export.orthires import GAIN, SLOWER, hires_layers
+from onnx_obc.layers import find_layers
+
+from .. import builders as b
+from .test_onnxruntime import optimized_ops
+
+
+def pyramid(dims: int = 2, size: int = 32, c_in: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """x [N, c_in, size^dims] -> c1 3x3 s2 -> Relu -> c2 3x3 s2 -> Relu -> c3 3x3 s2 ->
+    Relu -> c4 1x1 -> GlobalAveragePool -> Flatten -> fc [N, 5]: outputs at stride 2, 4,
+    8, 8. c_in 8: no stem (ortstem.py)."""
+    k, p = [3] * dims, [1] * (2 * dims)
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "W1", "B1"], ["a"], name="c1", kernel_shape=k, pads=p,
+                  strides=[2] * dims),
+             node("Relu", ["a"], ["ar"], name="r1"),
+             node("Conv", ["ar", "W2", "B2"], ["c"], name="c2", kernel_shape=k, pads=p,
+                  strides=[2] * dims),
+             node("Relu", ["c"], ["cr"], name="r2"),
+             node("Conv", ["cr", "W3", "B3"], ["d"], name="c3", kernel_shape=k, pads=p,
+                  strides=[2] * dims),
+             node("Relu", ["d"], ["dr"], name="r3"),
+             node("Conv", ["dr", "W4", "B4"], ["e"], name="c4"),
+             node("GlobalAveragePool", ["e"], ["g"], name="gap"),
+             node("Flatten", ["g"], ["f"], name="flatten", axis=1),
+             node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1)]
+    inits = [b.weight("W1", (16, c_in, *k), seed), b.weight("B1", (16,), seed + 1),
+             b.weight("W2", (16, 16, *k), seed + 2), b.weight("B2", (16,), seed + 3),
+             b.weight("W3", (32, 16, *k), seed + 4), b.weight("B3", (32,), seed + 5),
+             b.weight("W4", (32, 32, *[1] * dims), seed + 6), b.weight("B4", (32,), seed + 7),
+             b.weight("Wf", (5, 32), seed + 8), b.weight("bf", (5,), seed + 9)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, c_in, *[size] * dims])], [b.vi("y", [b.BATCH, 5])],
+                  inits)
+
+
+def probe_of(m: onnx.ModelProto):
+    feed = b.feeds(m, 1, seed=3)
+    return lambda names: floatcheck._shapes(m, names, feed, Runtime())
+
+
+@pytest.mark.parametrize("dims, expected", [
+    (2, {"W1", "W2"}),  # 16x16 and 8x8 of 32x32: stride 2 and 4; 4x4 is stride 8
+    (1, {"W1", "W2"}),  # the same per axis on a 1-D signal (positions x 4 >= the input's)
+])
+def test_the_convs_at_stride_4_or_less(dims: int, expected: set[str]) -> None:
+    m = pyramid(dims)
+    reasons = hires_layers(m, find_layers(m)[0], probe_of(m))
+    assert set(reasons) == expected
+    assert "output at stride 2 of the largest conv input" in reasons["W1"]
+    assert "output at stride 4 of the largest conv input" in reasons["W2"]
+    assert all("--int8-highres" in r for r in reasons.values())
+
+
+def test_no_shapes_no_candidates_and_the_switches() -> None:
+    m = pyramid()
+    layers = find_layers(m)[0]
+    assert hires_layers(m, layers, lambda names: {}) == {}  # nothing measured: nothing offered
+    kinds = [g.kind for g in ort_target.float_candidates(m, layers, 8, probe_of(m))]
+    assert kinds == ["high-resolution convs"]  # 8 input channels: no stem
+    (g,) = ort_target.float_candidates(m, layers, 8, probe_of(m))
+    assert (g.at_most, g.slower, g.flag) == (GAIN, SLOWER, "--int8-highres") == (0.8, 1.05,
+                                                                                  "--int8-highres")
+    assert ort_target.float_candidates(m, layers, 8, probe_of(m), float_highres=False) == []
+    assert ort_target.float_candidates(m, layers, None, probe_of(m)) == []
+
+
+def _fixed(monkeypatch, errors: dict[str, float], ms: dict[int, float]) -> list:
+    """floatcheck's verification with fixed errors per variant, and its timer with fixed
+    latencies per model (keyed by the number of Conv weights stored as float)."""
+    real = floatcheck.measure
+
+    def fake(models, *args, **kw):
+        out = real(models, *args, **kw)
+        for fid in out.values():
+            for k, e in errors.items():
+                fid[k] = dataclasses.replace(fid[k], rel_error={n: e for n in fid[k].rel_error})
+        return out
+
+    timed: list = []  # floatcheck's timings (the run's latency line times the input model too:
+    # 4 float convs, left out)
+
+    def timer(*a, **k):
+        def run(models, feed):
+            floats = [sum(t.data_type == onnx.TensorProto.FLOAT and t.name.startswith("W")
+                          and len(t.dims) == 4 for t in m.graph.initializer) for m in models]
+            if floats[0] != 4:
+                timed.append(floats)
+            return [ms.get(f, 1.0) / 1e3 for f in floats]
+        return run
+    monkeypatch.setattr(floatcheck, "measure", fake)
+    monkeypatch.setattr(timing, "ort_timer", timer)
+    return timed
+
+
+@pytest.mark.parametrize("err, ms, kept", [
+    (0.010, 1.00, True),  # half the error, the same speed
+    (0.016, 1.05, True),  # the limits: 0.8x the error, 1.05x the latency
+    (0.0161, 1.00, False),  # not enough gain
+    (0.010, 1.06, False),  # too slow for it
+])
+def test_kept_float_where_it_buys_accuracy_at_little_speed(monkeypatch, err: float, ms: float,
+                                                          kept: bool) -> None:
+    m = pyramid()
+    timed = _fixed(monkeypatch, {"quantized": 0.02, "high-resolution convs": err},
+                   {0: 1.0, 2: ms})
+    r = convert(m, None, calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8,
+                runtime="onnxruntime", progress=False)
+    onnx.checker.check_model(r.model, full_check=True)
+    (note,) = r.report.notes
+    assert note.startswith("float candidates for onnxruntime, high-resolution convs (c1, c2): ")
+    why = {s.node: s.reason for s in r.report.skipped}
+    ops = optimized_ops(r.model)
+    if err <= 0.016:
+        assert timed == [[0, 2]]  # timed only when the error passes, the two variants
+        assert f"latency {ms:.3f}x (1 thread, batch 1: " in note
+    else:
+        assert timed == []
+    if not kept:
+        assert why == {} and ops["QLinearConv"] == 4 and "quantized, output error on" in note
+        assert "--int8-highres quantizes them without measuring" in note
+        return
+    assert set(why) == {"c1", "c2"} and "kept float, output error on" in note
+    assert f"{err:.4g} with them float, 0.02 without" in why["c2"]
+    assert {row.name for row in r.report.layers} == {"c3", "c4", "fc"}
+    assert ops["QLinearConv"] == 2 and r.report.fusion["layers"] == 3
+    floats = {t.name for t in r.model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert {"W1", "W2"} <= floats and "W3" not in floats
+
+
+def test_each_group_on_top_of_the_stem(monkeypatch) -> None:
+    """A stem (3 input channels) and the high-resolution convs: the second group's variant
+    has both float and is weighed against the first group's decision; a stem measured worse
+    alone is still float when the group above it is kept (its measure says so)."""
+    m = pyramid(c_in=3)
+    calib = [b.feeds(m, 24, seed=2)]
+    _fixed(monkeypatch, {"quantized": 0.02, "stem": 0.03, "high-resolution convs": 0.01},
+           {0: 1.0, 1: 1.0, 2: 1.0})
+    r = convert(m, None, calib=calib, bits=8, act_bits=8, runtime="onnxruntime",
+                progress=False)
+    stem, hires = r.report.notes
+    assert stem.startswith("float candidates for onnxruntime, stem (c1): quantized")
+    assert hires.startswith("float candidates for onnxruntime, high-resolution convs (c2): "
+                            "kept float, output error on held-out calibration 0.01 with "
+                            "them float, 0.02 without")  # against the all-quantized variant
+    why = {s.node: s.reason for s in r.report.skipped}
+    assert set(why) == {"c1", "c2"}
+    assert "float with the high-resolution convs kept float: output error" in why["c1"]
+    # the stem kept, the group above it measured against the stem variant
+    _fixed(monkeypatch, {"quantized": 0.02, "stem": 0.015, "high-resolution convs": 0.013},
+           {0: 1.0, 1: 1.0, 2: 1.0})
+    r = convert(m, None, calib=calib, bits=8, act_bits=8, runtime="onnxruntime",
+                progress=False)
+    stem, hires = r.report.notes
+    assert stem.startswith("float candidates for onnxruntime, stem (c1): kept float")
+    assert "quantized, output error on held-out calibration 0.013 with them float, " \
+           "0.015 without (kept float only at most 0.8x)" in hires
+    assert {s.node for s in r.report.skipped} == {"c1"}
+
+
+def test_the_real_measurement_on_a_pyramid() -> None:
+    """No fixed figures: the decision is the rule applied to what the run measured."""
+    m = pyramid()
+    r = convert(m, None, calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8,
+                runtime="onnxruntime", progress=False)
+    (note,) = r.report.notes
+    err = [float(x) for x in note.split("output error on held-out calibration ")[1]
+           .split(" with them float, ")[0:1]]
+    base = float(note.split(" with them float, ")[1].split(" without")[0])
+    kept = "): kept float, " in note
+    assert kept == (err[0] <= GAIN * base and "latency" in note and float(
+        note.split("latency ")[1].split("x")[0]) <= SLOWER)
+    assert np.isfinite(base) and base > 0
