@@ -8,9 +8,11 @@ bench/deploy.py scores them), the calibration error the run reported.
                                  [--stride 4] [--runs 20] [--out bench/results/prefix.json]
 
 The prefix: Convs whose output height is at least the input's / stride, found by running
-the folded model once on a calibration sample, the stem among them; what README "A float
-stem" (Beyond the stem) reports: faster and closer to dense on the narrow mobile backbones,
-slower on EfficientNet-Lite0's wide early convs.
+the folded model once on a calibration sample, the stem among them. This measured the idea
+before it was built: both rows now run with --int8-highres (the CLI offers these convs as
+measured float candidates by default, export/orthires.py; README "High-resolution convs"):
+faster and closer to dense on the narrow mobile backbones, slower on EfficientNet-Lite0's
+wide early convs.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def run(name: str, stride: int, runs: int, work: Path) -> list[dict]:
     for key, exclude in (("W8A8", ()), (f"W8A8, stride <= {stride} float", excluded)):
         out = str(work / f"{name}.{len(exclude)}.onnx")
         r = convert(model, out, calib=calib, bits=8, act_bits=8, runtime="onnxruntime",
-                    exclude=tuple(exclude), progress=False)
+                    exclude=tuple(exclude), float_highres=False, progress=False)
         paths[key] = out
         fid = next(iter(r.report.fidelity.values()))["compressed"]
         info[key] = {"calib_error": float(np.mean(list(fid.rel_error.values()))),

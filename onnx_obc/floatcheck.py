@@ -1,11 +1,12 @@
 """The export target's float candidates, decided by measurement (after the solve, before the
 correction). The target offers groups of layers that may stay float, each with its rule
-(export/floatcand.py); the model is built uncorrected without any and with each group float
-on top of the groups before it, all verified together on the run's fidelity samples beside
-the input model, and each group, in order, stays float when its variant's mean relative
-output error is at most the group's `at_most` times the current choice's and, for a group
-that may cost speed, its 1-thread onnxruntime latency (alternating runs on one sample) at
-most `slower` times the current choice's.
+(export/floatcand.py). The model is built uncorrected with every candidate quantized and
+verified on the run's fidelity samples beside the input model (whose outputs are kept for
+the rest: References); then each group in turn is built float on top of the groups kept so
+far and stays float when that variant's mean relative output error is at most the group's
+`at_most` times the current choice's and, for a group that may cost speed, its 1-thread
+onnxruntime latency (alternating runs on one sample; timed first, so a group too slow is
+never verified) at most `slower` times the current choice's.
 
 For the onnxruntime target with 8-bit activations (export/onnxruntime.float_candidates):
   - the image stem (export/ortstem.py), kept float unless that raises the error by more
@@ -33,7 +34,7 @@ import onnx
 
 from . import export
 from .layers import Layer, Skipped
-from .verify import measure
+from .verify import References, measure
 
 TIMING_ROUNDS = 21  # alternating 1-thread runs of the two variants timed, at least ...
 TIMING_SECONDS = 1.5  # ... and until this long has passed
@@ -47,6 +48,7 @@ class Decision:
     skipped: list[Skipped]  # the candidates kept float, each with its reason and measures
     uncorrected: onnx.ModelProto | None = None  # the chosen variant, uncorrected (if built)
     fidelity: dict[str, Any] | None = None  # its measures: set -> Fidelity
+    references: References | None = None  # the input model's outputs on the sets measured
 
 
 def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], done: Any,
@@ -61,74 +63,75 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     feed = _one_sample(data)
     offered = hook(proto, layers, cfg.quant.act_bits, lambda names: _shapes(
         proto, names, feed, runtime), **cfg.export.float_options())
-    groups: list[tuple[Any, set[str]]] = []  # (group, the layers it adds)
-    variants: list[set[str]] = [set()]  # float in variant i: groups 1..i
-    for g in offered:
-        new = {k for k in g.reasons if k in done.solutions} - variants[-1]
-        if new:
-            groups.append((g, new))
-            variants.append(variants[-1] | new)
-    if not groups or not any(L.weight in done.solutions and L.weight not in variants[1]
-                             for L in layers):
-        return Decision(layers, done, [])
+    solved = {L.weight for L in layers if L.weight in done.solutions}
+    if not any(solved & set(g.reasons) and solved - set(g.reasons) for g in offered):
+        return Decision(layers, done, [])  # no candidate, or none that leaves a layer integer
     kw = dict(which="uncorrected", act_scales=done.act_values, target=cfg.export.runtime,
               target_options=cfg.export.target_options())
-    keys = ["quantized", *(g.kind for g, _ in groups)]  # variant i's model
-    models = {"dense": dense, **{keys[i]: export.build(
-        proto, [L for L in layers if L.weight not in v],
-        {k: s for k, s in done.solutions.items() if k not in v}, **kw)
-        for i, v in enumerate(variants)}}
-    fidelity = measure(models, data.sets(), data.run_batch, runtime, data.free_batch,
-                       data.info.get("sample_axes"))
-    on = next(iter(fidelity))
-    err = [float(np.mean(list(fidelity[on][k].rel_error.values()))) for k in keys]
-    chosen, notes, measures, kept = 0, [], {}, set()
-    for i, (g, new) in enumerate(groups, start=1):
-        ok, measures[i] = _accept(g, err[chosen], err[i], models[keys[chosen]],
-                                  models[keys[i]], runtime, feed, on)
+    refs = References()  # the input model's outputs, measured once (the verification too)
+
+    def build(floats: set[str]) -> onnx.ModelProto:
+        return export.build(proto, [L for L in layers if L.weight not in floats],
+                            {k: v for k, v in done.solutions.items() if k not in floats}, **kw)
+
+    def verified(key: str, model: onnx.ModelProto) -> tuple[dict, float]:
+        fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
+                      data.free_batch, data.info.get("sample_axes"), refs)
+        return {s: v[key] for s, v in fid.items()}, float(
+            np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
+
+    on = next(iter(data.sets()))
+    model = build(set())  # the current choice: every candidate quantized
+    fidelity, err = verified("quantized", model)
+    floats: set[str] = set()
+    notes, why = [], {}
+    for g in offered:
+        new = {k for k in g.reasons if k in solved} - floats
+        if not new or not solved - floats - new:  # nothing to add, or nothing left integer
+            continue
+        other = build(floats | new)
+        ok, measured, fid, e = _accept(g, err, model, other, lambda: verified(g.kind, other),
+                                       runtime, feed, on)
         names = _names([L for L in layers if L.weight in new])
         notes.append(f"float candidates for {cfg.export.runtime}, {g.kind} ({names}): "
-                     + (f"kept float, {measures[i]}" if ok else f"quantized, {measures[i]} "
+                     + (f"kept float, {measured}" if ok else f"quantized, {measured} "
                         f"(or {g.flag} quantizes them without measuring)"))
         if ok:
-            chosen = i
-            kept.add(i)
-    why = {}
-    for i, (g, new) in enumerate(groups[:chosen], start=1):
-        how = measures[i] if i in kept else (
-            f"float with the {groups[chosen - 1][0].kind} kept float: {measures[chosen]}")
-        why.update({k: f"{g.reasons[k]}; {how}" for k in new})
-    float_set = variants[chosen]
-    done = replace(done, solutions={k: v for k, v in done.solutions.items()
-                                    if k not in float_set},
-                   rows=[r for r in done.rows if r.weight not in float_set],
+            floats |= new
+            model, fidelity, err = other, fid, e
+            why.update({k: f"{g.reasons[k]}; {measured}" for k in new})
+    done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in floats},
+                   rows=[r for r in done.rows if r.weight not in floats],
                    notes=[*done.notes, *notes])
     skipped = [Skipped(u.node, u.op, why[L.weight], L.weight)
-               for L in layers if L.weight in float_set for u in L.uses]
-    return Decision([L for L in layers if L.weight not in float_set], done, skipped,
-                    models[keys[chosen]], {s: v[keys[chosen]] for s, v in fidelity.items()})
+               for L in layers if L.weight in floats for u in L.uses]
+    return Decision([L for L in layers if L.weight not in floats], done, skipped, model,
+                    fidelity, refs)
 
 
-def _accept(g: Any, base: float, err: float, base_model: onnx.ModelProto,
-            model: onnx.ModelProto, runtime: Any, feed: dict | None, on: str
-            ) -> tuple[bool, str]:
-    """Whether group `g` stays float (its rule), and the measures for the report."""
-    measured = f"output error on {on} {err:.4g} with them float, {base:.4g} without"
+def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelProto,
+            verify: Any, runtime: Any, feed: dict | None, on: str) -> tuple:
+    """(whether group `g` stays float by its rule, the measures for the report, the float
+    variant's fidelity and error where verified). A group that may cost speed is timed
+    first: one too slow is not verified."""
+    measured = ""
+    if g.slower is not None:
+        if feed is None:
+            return False, "latency not measured: no sample", None, None
+        from .channels.timing import ort_timer
+
+        t_base, t = ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model], feed)
+        measured = (f"latency {t / t_base:.3f}x with them float (1 thread, batch 1: "
+                    f"{1e3 * t:.3g} vs {1e3 * t_base:.3g} ms)")
+        if t / t_base > g.slower:
+            return (False, f"{measured} (kept float only at most {g.slower:g}x; output error "
+                    "not measured)", None, None)
+    fid, err = verify()
+    measured = (f"output error on {on} {err:.4g} with them float, {base:.4g} without"
+                + (f", {measured}" if measured else ""))
     if err > g.at_most * base:
-        return False, f"{measured} (kept float only at most {g.at_most:g}x)"
-    if g.slower is None:
-        return True, measured
-    if feed is None:
-        return False, f"{measured}, latency not measured: no sample"
-    from .channels.timing import ort_timer
-
-    t_base, t = ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model], feed)
-    ratio = t / t_base
-    measured += (f", latency {ratio:.3f}x (1 thread, batch 1: {1e3 * t:.3g} vs "
-                 f"{1e3 * t_base:.3g} ms)")
-    if ratio > g.slower:
-        return False, f"{measured} (kept float only at most {g.slower:g}x)"
-    return True, measured
+        return False, f"{measured} (kept float only at most {g.at_most:g}x)", fid, err
+    return True, measured, fid, err
 
 
 def _names(layers: list[Layer]) -> str:

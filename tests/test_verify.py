@@ -51,3 +51,34 @@ def test_sums_of_squares_in_float32_match_float64():
     assert abs(verify._sum_sq(y, y0) - want_err) <= 1e-6 * want_err
     ints = np.arange(10, dtype=np.int64)
     assert verify._sum_sq(ints, ints[::-1].copy()) == float(np.square(ints - ints[::-1]).sum())
+
+
+def test_the_dense_outputs_are_kept_for_the_next_measure():
+    """References: the second measure on the same sets reads the dense model's outputs of
+    the first (its dense model is not even loaded: an empty proto would fail), with the same
+    fidelity; over the budget nothing is kept and the dense model runs again."""
+    import onnx
+    import pytest
+
+    from onnx_obc.errors import ModelError
+
+    model = b.mlp((8, 12, 4), seed=1)
+    layers, _ = select_layers(model, Selection())
+    w = numpy_helper.to_array(constant_weights(model.graph)[layers[0].weight][1])
+    other = apply_weights(model, layers[:1], {layers[0].weight: w * 1.1})
+    sets = {"held-out": calib.DataSet(b.feeds(model, 40, seed=2), "feeds"),
+            "eval": calib.DataSet(b.feeds(model, 24, seed=3), "feeds")}
+    rt = Runtime(("CPUExecutionProvider",))
+    refs = verify.References()
+    first = verify.measure({"dense": model, "a": other}, sets, 16, rt, refs=refs)
+    assert refs.used > 0 and len(refs.sets) == 2
+    again = verify.measure({"dense": onnx.ModelProto(), "a": other}, sets, 16, rt, refs=refs)
+    for s in sets:
+        assert again[s]["a"].to_dict() == first[s]["a"].to_dict()
+        assert again[s]["a"].rel_error["y"] > 0 and again[s]["dense"].rel_error["y"] == 0
+    assert first == verify.measure({"dense": model, "a": other}, sets, 16, rt)  # no refs
+    small = verify.References(budget=0)
+    verify.measure({"dense": model, "a": other}, sets, 16, rt, refs=small)
+    assert small.sets == {} and small.used == 0
+    with pytest.raises(ModelError):
+        verify.measure({"dense": onnx.ModelProto(), "a": other}, sets, 16, rt, refs=small)
