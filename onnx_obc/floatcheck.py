@@ -120,7 +120,11 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
             return False, "latency not measured: no sample", None, None
         from .channels.timing import ort_timer
 
-        t_base, t = ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model], feed)
+        try:
+            t_base, t = ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model],
+                                                                         feed)
+        except Exception as exc:  # noqa: BLE001 - e.g. a model whose batch is fixed above 1
+            return False, f"latency not measured ({type(exc).__name__}: {exc})"[:300], None, None
         measured = (f"latency {t / t_base:.3f}x with them float (1 thread, batch 1: "
                     f"{1e3 * t:.3g} vs {1e3 * t_base:.3g} ms)")
         if t / t_base > g.slower:
@@ -155,7 +159,10 @@ def _shapes(proto: onnx.ModelProto, names: list[str], feed: dict | None, runtime
 
     if feed is None or not names:
         return {}
-    s = capture_session(proto, names, runtime, prune=True)
-    inputs = {i.name for i in s.get_inputs()}
-    outs = s.run(names, {k: v for k, v in feed.items() if k in inputs})
+    try:
+        s = capture_session(proto, names, runtime, prune=True)
+        inputs = {i.name for i in s.get_inputs()}
+        outs = s.run(names, {k: v for k, v in feed.items() if k in inputs})
+    except Exception:  # noqa: BLE001 - one sample will not run (a batch fixed above 1): no
+        return {}  # shapes, so no candidates that need them
     return {n: tuple(np.shape(y)) for n, y in zip(names, outs)}

@@ -1,7 +1,7 @@
 """The onnxruntime target's high-resolution float candidates: with 8-bit activations, the
-Convs whose output keeps at least 1 / HIRES_STRIDE of the highest-resolution Conv input
-along each spatial axis on average (positions x HIRES_STRIDE^axes >= the largest Conv
-input's positions: stride <= 4 in an image backbone).
+Convs whose output is at stride HIRES_STRIDE or less of the highest-resolution Conv input
+(the ratio of their positions, per axis on average, rounded: a padded input's 225 x 225
+against 56 x 56 is stride 4).
 
 Why: one uint8 grid per tensor is coarsest where a map's channels differ most in range, and
 that is often early: PP-PicoDet's 200 x 152 backbone convs (p2o.Conv.4-9) each push the
@@ -55,12 +55,12 @@ def hires_layers(proto: onnx.ModelProto, layers: list[Layer], probe: Probe) -> d
         sizes = [shapes.get(u.input) for u in L.uses]
         if any(s is None or len(s) < 3 for s in sizes):
             continue
-        ratio = [top[len(s) - 2] / max(1, math.prod(conv_out(u, tuple(s[2:]))))
-                 for u, s in zip(L.uses, sizes)]
         nd = len(sizes[0]) - 2
-        if max(ratio) <= HIRES_STRIDE ** nd:
+        stride = round(max(top[nd] / max(1, math.prod(conv_out(u, tuple(s[2:]))))
+                           for u, s in zip(L.uses, sizes)) ** (1 / nd))  # a pad's +1: 4.02
+        if stride <= HIRES_STRIDE:
             out[L.weight] = (
-                f"high-resolution conv (output at stride {max(ratio) ** (1 / nd):.3g} of the "
+                f"high-resolution conv (output at stride {stride} of the "
                 f"largest conv input), kept float for onnxruntime where that buys accuracy at "
                 "little cost in speed (--int8-highres quantizes them)")
     return out

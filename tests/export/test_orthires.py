@@ -22,14 +22,19 @@ from .. import builders as b
 from .test_onnxruntime import optimized_ops
 
 
-def pyramid(dims: int = 2, size: int = 32, c_in: int = 8, seed: int = 0) -> onnx.ModelProto:
+def pyramid(dims: int = 2, size: int = 32, c_in: int = 8, seed: int = 0,
+            padded: bool = False) -> onnx.ModelProto:
     """x [N, c_in, size^dims] -> c1 3x3 s2 -> Relu -> c2 3x3 s2 -> Relu -> c3 3x3 s2 ->
     Relu -> c4 1x1 -> GlobalAveragePool -> Flatten -> fc [N, 5]: outputs at stride 2, 4,
-    8, 8. c_in 8: no stem (ortstem.py)."""
+    8, 8. c_in 8: no stem (ortstem.py). `padded`: a Pad of one at the end of each axis in
+    front of c1, which then pads nothing (TF "same" as PyTorch ports write it): c1 reads
+    33 x 33 and c2's output is 8 x 8, 17x fewer positions."""
     k, p = [3] * dims, [1] * (2 * dims)
     node = helper.make_node
-    nodes = [node("Conv", ["x", "W1", "B1"], ["a"], name="c1", kernel_shape=k, pads=p,
-                  strides=[2] * dims),
+    pads = [0] * (dims + 2) + [0, 0] + [1] * dims
+    nodes = [node("Pad", ["x", "pads"], ["xp"], name="pad")] if padded else []
+    nodes += [node("Conv", ["xp" if padded else "x", "W1", "B1"], ["a"], name="c1",
+                   kernel_shape=k, pads=[0] * (2 * dims) if padded else p, strides=[2] * dims),
              node("Relu", ["a"], ["ar"], name="r1"),
              node("Conv", ["ar", "W2", "B2"], ["c"], name="c2", kernel_shape=k, pads=p,
                   strides=[2] * dims),
@@ -46,6 +51,8 @@ def pyramid(dims: int = 2, size: int = 32, c_in: int = 8, seed: int = 0) -> onnx
              b.weight("W3", (32, 16, *k), seed + 4), b.weight("B3", (32,), seed + 5),
              b.weight("W4", (32, 32, *[1] * dims), seed + 6), b.weight("B4", (32,), seed + 7),
              b.weight("Wf", (5, 32), seed + 8), b.weight("bf", (5,), seed + 9)]
+    if padded:
+        inits.append(onnx.numpy_helper.from_array(np.array(pads, np.int64), "pads"))
     return b.make(nodes, [b.vi("x", [b.BATCH, c_in, *[size] * dims])], [b.vi("y", [b.BATCH, 5])],
                   inits)
 
@@ -66,6 +73,15 @@ def test_the_convs_at_stride_4_or_less(dims: int, expected: set[str]) -> None:
     assert "output at stride 2 of the largest conv input" in reasons["W1"]
     assert "output at stride 4 of the largest conv input" in reasons["W2"]
     assert all("--int8-highres" in r for r in reasons.values())
+
+
+def test_a_padded_input_rounds_to_the_stride() -> None:
+    """EfficientNet-Lite0's PyTorch port pads the image to 225 x 225 in front of its stem:
+    its 56 x 56 maps are at stride 4.02 by positions, 4 as the convs stride."""
+    m = pyramid(padded=True)
+    reasons = hires_layers(m, find_layers(m)[0], probe_of(m))
+    assert set(reasons) == {"W1", "W2"}
+    assert "output at stride 4 of the largest conv input" in reasons["W2"]
 
 
 def test_no_shapes_no_candidates_and_the_switches() -> None:
@@ -195,3 +211,22 @@ def test_the_real_measurement_on_a_pyramid() -> None:
                  .split(" without")[0].split(" with them float, "))
     assert kept == (err <= GAIN * base) and base > 0 and np.isfinite(err)
     assert {s.node for s in r.report.skipped} == ({"c1", "c2"} if kept else set())
+
+
+def test_a_model_that_will_not_run_on_one_sample_offers_nothing(monkeypatch) -> None:
+    """The shape probe and the timing run one sample: where that fails (a batch fixed above
+    1, say), no shapes (so no high-resolution candidates) and no latency (so not kept)."""
+    m = pyramid()
+    bad = {"x": np.zeros((1, 3, 32, 32), np.float32)}  # 3 channels where the conv wants 8
+    assert floatcheck._shapes(m, ["a"], bad, Runtime()) == {}
+
+    def broken(*a, **k):
+        def run(models, feed):
+            raise RuntimeError("fixed batch of 4")
+        return run
+    monkeypatch.setattr(timing, "ort_timer", broken)
+    r = convert(m, None, calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8,
+                runtime="onnxruntime", progress=False)
+    (note,) = r.report.notes
+    assert ": quantized, latency not measured (RuntimeError: fixed batch of 4)" in note
+    assert r.report.skipped == [] and len(r.report.layers) == 5
