@@ -286,7 +286,8 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
                      "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
                      "method": method,
                      "method_used": used, "stage_seconds": dict(r.report.seconds),
-                     "correction": r.report.correction.get("decision")}
+                     "correction": r.report.correction.get("decision"),
+                     "notes": list(r.report.notes)}
         paths[key] = out
         print(f"  {name} {key}: {info[key]['integer']} on integer kernels "
               f"({info[key]['seconds']:.0f} s); {info[key]['correction']}", flush=True)

@@ -28,7 +28,7 @@ class ExportOptions:
     depthwise Conv after them) stay float where the run measures a lower output error so
     (export/ortstem.py, floatcheck.py); False quantizes them too. float_highres (likewise):
     the Convs at stride <= 4 stay float where the run measures a much lower output error
-    at about the same latency (export/orthires.py)."""
+    at about the same latency, then likewise those at stride 8 (export/orthires.py)."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"

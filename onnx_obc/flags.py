@@ -187,8 +187,8 @@ _EXPORT_OPTIONS = [
     click.option("--float-highres/--int8-highres", default=True, show_default=True,
                  help="With --runtime onnxruntime and --act-bits 8: keep the Convs at stride "
                       "<= 4 float where the run measures an output error at most 0.8x and a "
-                      "latency at most 1.05x those with them quantized; --int8-highres always "
-                      "quantizes them."),
+                      "latency at most 1.05x those with them quantized, then likewise those at "
+                      "stride 8; --int8-highres always quantizes them."),
 ]
 
 

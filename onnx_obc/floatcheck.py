@@ -85,9 +85,11 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     fidelity, err = verified("quantized", model)
     floats: set[str] = set()
     notes, why = [], {}
+    kept = False  # the group before stayed float
     for g in offered:
         new = {k for k in g.reasons if k in solved} - floats
-        if not new or not solved - floats - new:  # nothing to add, or nothing left integer
+        if not new or not solved - floats - new or (g.after_kept and not kept):
+            kept = False  # nothing to add, nothing left integer, or the step before refused
             continue
         other = build(floats | new)
         ok, measured, fid, e = _accept(g, err, model, other, lambda: verified(g.kind, other),
@@ -96,6 +98,7 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
         notes.append(f"float candidates for {cfg.export.runtime}, {g.kind} ({names}): "
                      + (f"kept float, {measured}" if ok else f"quantized, {measured} "
                         f"(or {g.flag} quantizes them without measuring)"))
+        kept = ok
         if ok:
             floats |= new
             model, fidelity, err = other, fid, e

@@ -20,3 +20,5 @@ class Candidates:
     slower: float | None = None  # latency with the group float / without, at most (None:
     # not timed: the group is not slower)
     flag: str = ""  # the option that quantizes the group, for the report
+    after_kept: bool = False  # tried only when the group before it stayed float (a wider
+    # step of the same kind: the narrower one's refusal predicts its own)
