@@ -286,3 +286,18 @@ def test_a_missing_custom_op_library_is_refused(mlp_files, tmp_path):
                  "--custom-op-library", tmp_path / "missing.so")
     assert res.exit_code == 2 and "does not exist" in res.output
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_w8a8_on_onnxruntime_measures_its_float_candidates_or_not(saved, tmp_path):
+    """--runtime onnxruntime --act-bits 8: the footer says what floatcheck decided for the
+    convs (b.cnn's conv reads the input at stride 1: a stem and a high-resolution conv);
+    --int8-stem --int8-highres measure nothing."""
+    model, data = saved(b.cnn(), n=24)
+    res = invoke(model, tmp_path / "a.onnx", "--bits", "8", "--act-bits", "8", "--runtime",
+                 "onnxruntime", "--calib", data, "-q")
+    assert res.exit_code == 0, res.output
+    assert "float candidates for onnxruntime, stem (conv): " in res.output
+    res = invoke(model, tmp_path / "b.onnx", "--bits", "8", "--act-bits", "8", "--runtime",
+                 "onnxruntime", "--calib", data, "-q", "--int8-stem", "--int8-highres")
+    assert res.exit_code == 0, res.output
+    assert "float candidates" not in res.output
