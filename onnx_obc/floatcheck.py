@@ -38,6 +38,8 @@ from .verify import References, measure
 
 TIMING_ROUNDS = 21  # alternating 1-thread runs of the two variants timed, at least ...
 TIMING_SECONDS = 1.5  # ... and until this long has passed
+RETIME_BAND = 0.03  # a latency ratio this close to the group's limit is timed twice (PicoDet's
+# first group measured 1.026-1.041x in four runs against its 1.05x)
 NAMES = 4  # layer names a note lists
 
 
@@ -124,12 +126,16 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
         from .channels.timing import ort_timer
 
         try:
-            t_base, t = ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model],
-                                                                         feed)
+            times = [ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)([base_model, model], feed)]
+            if abs(times[0][1] / times[0][0] - g.slower) <= RETIME_BAND:  # near the margin:
+                times.append(ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS)(
+                    [base_model, model], feed))  # once more, the decision on both
         except Exception as exc:  # noqa: BLE001 - e.g. a model whose batch is fixed above 1
             return False, f"latency not measured ({type(exc).__name__}: {exc})"[:300], None, None
+        t_base, t = (float(np.mean([x[k] for x in times])) for k in (0, 1))
         measured = (f"latency {t / t_base:.3f}x with them float (1 thread, batch 1: "
-                    f"{1e3 * t:.3g} vs {1e3 * t_base:.3g} ms)")
+                    f"{1e3 * t:.3g} vs {1e3 * t_base:.3g} ms"
+                    + (f", the mean of {len(times)} timings" if len(times) > 1 else "") + ")")
         if t / t_base > g.slower:
             return (False, f"{measured} (kept float only at most {g.slower:g}x; output error "
                     "not measured)", None, None)

@@ -198,13 +198,15 @@ def test_kept_float_where_it_buys_accuracy_at_little_speed(monkeypatch, err: flo
     ops = optimized_ops(r.model)
     # the two variants, timed before the error is measured; the stride-8 group (c3, c4) on
     # top only where the first stays float, refused here (no lower error)
-    assert timed == ([[0, 2], [2, 4]] if kept else [[0, 2]])
+    near = abs(ms - 1.05) <= 0.03  # timed twice near the margin
+    assert timed == [[0, 2]] * (2 if near else 1) + ([[2, 4]] if kept else [])
     assert more == ([f"float candidates for onnxruntime, convs at stride 8 (c3, c4): quantized, "
                      f"output error on held-out calibration {err:.4g} with them float, "
                      f"{err:.4g} without, latency {1 / ms:.3f}x with them float (1 thread, "
                      f"batch 1: 1 vs {ms:.3g} ms) (kept float only at most 0.8x) (or "
                      "--int8-highres quantizes them without measuring)"] if kept else [])
     assert f"latency {ms:.3f}x with them float (1 thread, batch 1: " in note
+    assert ("the mean of 2 timings" in note) == near
     if ms > 1.05:
         assert "(kept float only at most 1.05x; output error not measured)" in note
         assert "output error on" not in note
@@ -218,6 +220,29 @@ def test_kept_float_where_it_buys_accuracy_at_little_speed(monkeypatch, err: flo
     assert ops["QLinearConv"] == 2 and r.report.fusion["layers"] == 3
     floats = {t.name for t in r.model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     assert {"W1", "W2"} <= floats and "W3" not in floats
+
+
+def test_near_the_margin_the_decision_is_on_two_timings(monkeypatch) -> None:
+    """A ratio within 0.03 of the 1.05x limit is timed again and the decision taken on the
+    mean of both: 1.06 then 1.03 keeps the group (1.045), 1.06 then 1.08 does not."""
+    for second, kept in ((1.03, True), (1.08, False)):
+        ratios = iter([1.06, second])
+        _fixed(monkeypatch, {"quantized": 0.02, "high-resolution convs": 0.01,
+                             "convs at stride 8": 0.01}, {})
+        timed: list = []
+
+        def timer(*a, **k):
+            def run(models, feed):
+                timed.append(1)
+                return [1e-3, next(ratios, 1.0) * 1e-3]
+            return run
+        monkeypatch.setattr(timing, "ort_timer", timer)
+        m = pyramid()
+        r = convert(m, None, calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8,
+                    runtime="onnxruntime", progress=False)
+        note = r.report.notes[0]
+        assert f"latency {(1.06 + second) / 2:.3f}x with them float" in note
+        assert "the mean of 2 timings)" in note and (": kept float, " in note) == kept
 
 
 def test_each_group_on_top_of_the_groups_kept(monkeypatch) -> None:
