@@ -185,8 +185,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--w8-hessian", type=click.Choice(["auto", "diag", "full"]), default="auto",
               show_default=True, help="8-bit quantization alone, --method obc: diag: diag(H), "
               "RTN on its grid; full: H, GPTQ against RTN; auto: full on small layers.")
-@click.option("--act-order", is_flag=True,
-              help="With --method gptq: columns by descending Hessian diagonal.")
+@click.option("--shrink/--no-shrink", default=True, show_default=True,
+              help="Data-limited layers: H shrunk toward its diagonal as held-out halves choose.")
+@click.option("--act-order", is_flag=True, help="With --method gptq: columns by descending diag H.")
 @click.option("--damp", type=click.FloatRange(0, 10), default=0.01, show_default=True,
               help="Relative dampening: H += damp * mean(diag H) * I.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",

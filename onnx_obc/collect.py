@@ -17,8 +17,8 @@ from .backend import Backend
 from .batching import batch_free, per_sample, sample_axes
 from .capture import (ARENA_MAX, Runtime, activation_bytes, capture, capture_session,
                       measured_bytes, plan_groups, providers_for)
-from .hessian import (BlockHessianAccumulator, DiagonalAccumulator, HessianAccumulator, columns,
-                      position_step)
+from .hessian import (FOLD_MAX_D, BlockHessianAccumulator, DiagonalAccumulator,
+                      HessianAccumulator, columns, position_step)
 from .layers import Layer
 from .observe import Observers
 from .specs import MB
@@ -32,7 +32,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             diagonal: frozenset[str] = frozenset(), means: dict[str, ChannelMean] | None = None,
-            shrink: bool = False) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
+            shrink: bool = False, folds: bool = False
+            ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
     With `dense` (sequential mode, `proto` partly compressed) each accumulator also gets
@@ -53,12 +54,16 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `means` (tensor -> ChannelMean): filled from the same runs where those tensors fit the
     groups the rest needs (no extra pass for them), else left empty (ChannelMean.n == 0).
     `shrink` (a model whose batch is not fixed): runs of CAPTURE_BATCH samples (at most
-    `batch`), which cost less time and memory than larger ones (see _passes)."""
+    `batch`), which cost less time and memory than larger ones (see _passes). `folds`: the
+    full Hessians of at most FOLD_MAX_D inputs also keep a sum over every other batch
+    where the samples give them fewer than FOLD_COLUMNS columns per input (the held-out
+    halves of solvers/shrink.py)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
             if L.weight in diagonal else
-            _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp) for L in layers}
+            _accumulator(L, (blocks or {}).get(L.weight, 1), backend.xp, data.n if folds else 0)
+            for L in layers}
     inputs = {s.name for s in calib_mod.input_specs(proto)}
     units = [list(dict.fromkeys(u.input for u in L.uses if u.input not in inputs))
              for L in layers]
@@ -286,6 +291,7 @@ def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:
     return last[1]
 
 
-def _accumulator(L: Layer, k: int, xp: object) -> HessianAccumulator:
+def _accumulator(L: Layer, k: int, xp: object, folds_for: int = 0) -> HessianAccumulator:
     G, _, d = L.matrix_shape
-    return BlockHessianAccumulator(G, d, k, xp) if k > 1 else HessianAccumulator(G, d, xp)
+    return BlockHessianAccumulator(G, d, k, xp) if k > 1 else HessianAccumulator(
+        G, d, xp, folds_for if d <= FOLD_MAX_D else 0)

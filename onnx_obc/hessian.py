@@ -163,27 +163,54 @@ def position_step(layer: Layer, use: Use, shape: tuple[int, ...], samples: int,
     return step
 
 
+FOLD_COLUMNS = 2  # folds (HessianAccumulator.folds_for) below this many columns per input
+FOLD_MAX_D = 2048  # and for layers of at most this many inputs (collect.py)
+
+
 class HessianAccumulator:
     """Running float64 sum of X X^T over calibration samples, per group: H = total / samples."""
 
-    def __init__(self, groups: int, d: int, xp: Any) -> None:
+    folds_for, half, half_samples, batches = 0, None, 0, 0  # no folds (subclasses: never)
+
+    def __init__(self, groups: int, d: int, xp: Any, folds_for: int = 0) -> None:
         self.total = xp.zeros((groups, d, d), dtype=xp.float64)  # [G, d, d]
         self.cross = None  # [G, d, d] sum of X0 X^T, when fitting to a reference's inputs X0
         self.samples = 0
         self.columns = 0  # columns of X seen (samples x positions): a bound on H's rank
+        # folds_for = N > 0: also the sum over every other batch (`half`, [G, d, d]) where
+        # the first batch shows N samples giving fewer than FOLD_COLUMNS * d columns
+        # (solvers/shrink.py's held-out halves); dropped after the first batch otherwise
+        self.folds_for, self.half, self.half_samples, self.batches = folds_for, None, 0, 0
 
     def add(self, X: Any, X0: Any = None) -> None:
         """X [G, d, n] float64 (or float32: each batch's product in float32, summed in
         float64); X0 (optional, same shape): the dense model's inputs."""
-        self.total += X @ X.swapaxes(1, 2)
+        P = X @ X.swapaxes(1, 2)
+        self.total += P
         self.columns += X.shape[2]
+        if self.folds_for and self.batches % 2 == 0:
+            self.half = P.copy() if self.half is None else self.half + P
         if X0 is not None:
             if self.cross is None:
                 self.cross = self.total * 0.0
             self.cross += X0 @ X.swapaxes(1, 2)
 
     def count(self, samples: int) -> None:
+        if self.folds_for and self.batches == 0 and self.columns * self.folds_for >= (
+                FOLD_COLUMNS * self.total.shape[-1] * max(samples, 1)):
+            self.folds_for, self.half = 0, None  # enough columns: no folds
+        if self.folds_for and self.batches % 2 == 0:
+            self.half_samples += samples
+        self.batches += 1
         self.samples += samples
+
+    def take_folds(self) -> tuple[Any, Any] | None:
+        """The Hessian means of the two halves (even and odd batches), or None (no folds,
+        or a half without samples); call before take_mean."""
+        if self.half is None or not 0 < self.half_samples < self.samples:
+            return None
+        return (self.half / self.half_samples,
+                (self.total - self.half) / (self.samples - self.half_samples))
 
     def merge(self, other: HessianAccumulator) -> None:
         self.total += other.total
@@ -191,6 +218,7 @@ class HessianAccumulator:
             self.cross = other.cross.copy() if self.cross is None else self.cross + other.cross
         self.samples += other.samples
         self.columns += other.columns
+        self.folds_for, self.half = 0, None  # halves of different batch orders: none
 
     def mean(self) -> Any:
         """H [G, d, d] = X X^T / N (N = calibration samples, not tokens or positions)."""

@@ -1,7 +1,10 @@
 """One layer's solve as an engine task (engine/): what crosses to a worker (the layer's
-W, its Hessian mean and the solver settings) and what comes back (the solution with host
-arrays, the effective rank of H or None, the seconds). solve.py builds the jobs and assembles
-the results; `solve_job` is the same code on every engine, so the results are too."""
+W, its Hessian mean, the means of two halves of its samples where it has them, and the
+solver settings) and what comes back (the solution with host arrays, the effective rank of
+H or None, the seconds). solve.py builds the jobs and assembles the results; `solve_job` is
+the same code on every engine, so the results are too. With halves, H is first shrunk
+toward its diagonal by the level they choose (solvers/shrink.py; the fast path scores the
+levels); the solution's losses stay those under H itself."""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ from typing import Any
 from .backend import Backend, array_module
 from .layers import Layer
 from .quant import Grid, QuantSpec
-from .solvers import solve_layer
+from .solvers import shrink, solve_layer
 from .solvers.blocked import solve_blocked
+from .solvers.prepare import layer_loss
+from .solvers.shrink import shrunk
+from .solvers.structures import Unstructured
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class LayerJob:
     act_order: bool
     blocked: bool = False  # H holds the diagonal column blocks only (solvers/blocked.py)
     rank: bool = True  # compute the effective rank of H (False: 8-bit quantization alone)
+    folds: tuple[Any, Any] | None = None  # (H_a, H_b) [G, d, d]: two halves' Hessian means
 
 
 def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
@@ -39,9 +46,19 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
     t = time.perf_counter()
     backend = backend.for_width(job.W.shape[-1])
     W, H = backend.to_device(job.W), backend.to_device(job.H)
-    res = (solve_blocked if job.blocked else solve_layer)(
-        W, H, structure=job.structure, quant=job.quant, method=job.method, damp=job.damp,
-        budget_bytes=job.budget_bytes, act_order=job.act_order)
+    level = _shrink_level(job, W, backend)
+    Hs, pruned = shrunk(H, level), None
+    settings = dict(method=job.method, damp=job.damp, budget_bytes=job.budget_bytes,
+                    act_order=job.act_order)
+    if level and job.structure is not None and job.quant is not None:  # its pruned stage
+        pruned = solve_layer(W, Hs, structure=job.structure, **settings)  # for prune_loss
+    res = (solve_blocked(W, H, structure=job.structure, quant=job.quant, **settings)
+           if job.blocked else solve_layer(W, Hs, structure=job.structure, quant=job.quant,
+                                           pruned=pruned, **settings))
+    if level:  # the losses under H itself, as every other layer's
+        res = replace(res, loss=layer_loss(W, res.W, H), shrink=level,
+                      baseline_loss=layer_loss(W, res.baseline, H),
+                      prune_loss=None if pruned is None else layer_loss(W, pruned.W, H))
     host = {k: None if getattr(res, k) is None else backend.to_host(getattr(res, k))
             for k in ("W", "baseline", "codes", "baseline_codes")}
     grids = {k: None if getattr(res, k) is None else host_grid(getattr(res, k), backend)
@@ -52,6 +69,21 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
     del H
     backend.free()
     return replace(res, **host, **grids), rank, time.perf_counter() - t
+
+
+def _shrink_level(job: LayerJob, W: Any, backend: Backend) -> float:
+    """The shrinkage level the job's halves choose (0 without halves, or for a structure the
+    fast path does not solve: N:M, blocks)."""
+    if job.folds is None or job.blocked or type(job.structure) not in (type(None), Unstructured):
+        return 0.0
+    Ha, Hb = (backend.to_device(h) for h in job.folds)
+
+    def fast(W_: Any, H_: Any) -> Any:  # [G, r, d] under H_ by GPTQ / SparseGPT
+        return solve_layer(W_, H_, structure=job.structure, quant=job.quant, method="gptq",
+                           damp=job.damp, budget_bytes=job.budget_bytes,
+                           act_order=job.act_order).W
+
+    return shrink.choose(W, Ha, Hb, fast)[0]
 
 
 def solve_cost(L: Layer) -> float:

@@ -42,10 +42,10 @@ class LayerResult:
     method_used: str = ""  # what produced the weights (obq, gptq, gptq+act-order, rtn, ...)
     rank: int | None = None  # effective rank of H (eigenvalues > 1e-6 max, undampened), min
     samples: int | None = None  # over groups; calibration samples N behind H
-    data_limited: bool | None = False  # rank < live inputs: H is singular on the calibration
-    # data; None: not computed (solve.ranked: 8-bit quantization alone)
+    data_limited: bool | None = False  # rank < live inputs; None: not computed (8 bits alone)
     columns: int | None = None  # columns behind H (samples x positions), a bound on its rank
     predicted_seconds: float | None = None  # the plan's prediction (costplan.py) of `seconds`
+    shrink: float = 0.0  # H shrunk toward its diagonal by this level (solvers/shrink.py)
 
     @property
     def ratio(self) -> float:

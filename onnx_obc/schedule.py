@@ -22,7 +22,7 @@ from .capture import Runtime
 from .collect import collect, diagonal_hessians, hessian_dtype, subsampled
 from .engine import Engine
 from .config import CompressConfig
-from .costplan import Plan
+from .costplan import Plan, exact_applies
 from .layers import Layer, Skipped
 from .report import LayerResult
 from .solve import HostSolution, solve_all, solver_budget
@@ -74,6 +74,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
     rows, skipped, warnings = [], [], []
     levels, profile = None, {}
     current = proto  # sequential: later groups are calibrated on the compressed model
+    folds = cfg.solver.shrink and cfg.solver.method in ("obc", "gptq") and exact_applies(cfg)
 
     def capture(model: onnx.ModelProto, group: list[Layer], wanted: list[str]) -> dict:
         t = time.perf_counter()
@@ -86,7 +87,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 sample_axes=data.info.get("sample_axes"),
                                 diagonal=diagonal_hessians(cfg, group),
                                 means=means if model is proto and not cfg.run.sequential
-                                else None, shrink=data.batch_is_free)
+                                else None, shrink=data.batch_is_free, folds=folds)
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

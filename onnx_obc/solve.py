@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from .backend import Backend
+from .datalimit import data_warning, limited, shrink_line
 from .engine import Engine, LocalEngine
 from .export.qweights import group_size_for
 from .hessian import BlockHessianAccumulator, HessianAccumulator
@@ -136,10 +137,11 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
     def make(i: int) -> LayerJob:
         p = todo[i]
         acc = hessians.pop(p.L.weight)
+        folds = acc.take_folds()  # before take_mean spends the sums
         W, H = _matrices(p.L, weights, acc, backend, solver.damp)
         return LayerJob(W, H, p.structure, p.lspec, p.method, solver.damp, budget_bytes,
                         solver.act_order, blocked=isinstance(acc, BlockHessianAccumulator),
-                        rank=ranked(p.structure, p.lspec))
+                        rank=ranked(p.structure, p.lspec), folds=folds)
 
     engine = engine or LocalEngine(backend)
     cost = [p.predicted if p.predicted is not None else solve_cost(p.L) for p in todo]
@@ -149,9 +151,9 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         out.warnings.extend(p.notes)
         if p.job:
             _assemble(out, p, *next(done), backend)
-    limited = [x for x in out.rows if x.data_limited]
-    if limited:
-        out.warnings.append(data_warning(limited))
+    short = [x for x in out.rows if x.data_limited]
+    out.warnings.extend(w for w in (data_warning(short) if short else "",
+                                    shrink_line(out.rows)) if w)
     out.warnings.extend(_group_summary(quant, plans))
     return out
 
@@ -183,46 +185,17 @@ def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,
     out.rows.append(replace(
         _row(L, res, p.label, p.target, lspec, seconds),
         rank=rank, samples=p.samples, predicted_seconds=p.predicted, columns=p.columns,
-        data_limited=_limited(rank, p.columns, L.matrix_shape[2] - res.dead) if ranked(
+        data_limited=limited(rank, p.columns, L.matrix_shape[2] - res.dead) if ranked(
             p.structure, lspec) else None))  # None: not computed
     if res.escalations:
         out.warnings.append(f"{L.name}: Cholesky failed with dampening "
                             f"{list(res.escalations)}; used {res.damp}")
 
 
-def _limited(rank: int | None, columns: int | None, live: int) -> bool:
-    """Rank below the live inputs; in blocks (no rank) fewer columns than live inputs."""
-    return rank < live if rank is not None else bool(columns) and columns < live
-
-
-def _need(x: LayerResult) -> int:  # samples for as many columns as live inputs
-    per = x.columns / x.samples if x.columns and x.samples else 1
-    return math.ceil((x.cols - x.dead_inputs) / per)
-
-
 def ranked(structure: Any, lspec: QuantSpec | None) -> bool:
     """Whether the solve computes H's rank (the data-limited flag): not for 8-bit quantization
     alone (choose.exact_pays), where its O(d^3) eigendecomposition outweighs the solve."""
     return structure is not None or lspec is None or exact_pays(lspec.bits)
-
-
-def data_warning(rows: list[LayerResult]) -> str:
-    """Name the data-limited layers and the samples that would lift the limit."""
-    few = [x for x in rows if x.samples is not None and x.samples < _need(x)]
-    need = max((_need(x) for x in few), default=0)
-    names = ", ".join(f"{x.name} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
-                      f"{x.cols}, {x.samples} samples)"
-                      for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
-    msg = (f"{len(rows)} layer(s) data-limited (the calibration data spans fewer input "
-           f"directions than the layer has inputs; the dampening decides the rest): {names}.")
-    if few:
-        msg += f" At least {need} calibration samples would let every one of them reach full rank"
-        msg += (" (one column per sample, e.g. globally pooled inputs)." if need and all(
-            not x.columns or x.columns == x.samples for x in few) else ".")
-    if len(few) < len(rows):
-        msg += (" Where there are already more samples than inputs the inputs themselves are "
-                "collinear or constant; more samples of the same kind may not lift it.")
-    return msg
 
 
 def _layer_spec(L: Layer, quant: Quantization, lv: Level | None, warnings: list[str]
@@ -266,7 +239,7 @@ def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec
         dead_inputs=res.dead, damp=res.damp, damp_failed=res.escalations,
         seconds=seconds, work=res.steps_run / (G * r * d),
         rerun_rows=res.rerun_rows, bits=None if lspec is None else lspec.bits,
-        method_used=res.method_used,
+        method_used=res.method_used, shrink=res.shrink,
         group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss)
 
 

@@ -157,28 +157,28 @@ class Quantization:
 
 @dataclass(frozen=True, kw_only=True)
 class SolverOptions:
-    """method: "obc" (ExactOBS / OBQ), "gptq" (the fast path: GPTQ / SparseGPT in one pass),
-    or the baselines "magnitude" / "rtn". act_order: gptq columns by descending diag H.
-    damp: relative dampening, H += damp * mean(diag H) * I. w8_hessian: what "obc" keeps of
-    H for 8-bit quantization alone (collect.diagonal_hessians): "diag" (column energies,
-    RTN on the grid searched under them), "full" (GPTQ act-order against RTN under H) or
-    "auto" (full on the small layers, diag on the large)."""
+    """method: "obc" (ExactOBS / OBQ), "gptq" (GPTQ / SparseGPT in one pass) or the baselines
+    "magnitude" / "rtn". act_order: gptq columns by descending diag H. damp: H += damp *
+    mean(diag H) * I. w8_hessian: what "obc" keeps of H for 8-bit quantization alone
+    (collect.diagonal_hessians): "diag", "full" or "auto" (full on the small layers).
+    shrink: data-limited layers' H shrunk toward its diagonal (solvers/shrink.py)."""
 
     method: str = "obc"
     act_order: bool = False
     damp: float = 0.01
     w8_hessian: str = "auto"
+    shrink: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"solver.method must be one of {', '.join(METHODS)}, got "
-                              f"{self.method!r}")
+            raise ConfigError(f"solver.method must be one of {', '.join(METHODS)}: {self.method!r}")
         if not 0.0 <= self.damp <= 10.0:
             raise ConfigError(f"solver.damp must be in [0, 10] (relative to mean diag H), got "
                               f"{self.damp}")
         if self.w8_hessian not in ("auto", "diag", "full"):
-            raise ConfigError(f"solver.w8_hessian must be 'auto', 'diag' or 'full', got "
-                              f"{self.w8_hessian!r}")
+            raise ConfigError(f"solver.w8_hessian must be auto, diag or full: {self.w8_hessian!r}")
+        if not isinstance(self.shrink, bool):
+            raise ConfigError(f"solver.shrink must be true or false, got {self.shrink!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -62,7 +62,7 @@ def test_enough_columns_in_blocks_is_not_flagged_and_positions_count_in_the_need
     conv = _row("conv", 512, 100, 20)  # 20 samples x 16 positions = 320 columns: 32 needed
     conv = LayerResult(**{**conv.__dict__, "columns": 320})
     assert "At least 32 calibration samples" in data_warning([conv])
-    from onnx_obc.solve import _limited
+    from onnx_obc.datalimit import limited as _limited
 
     assert _limited(None, 320, 512) and not _limited(None, 600, 512)  # in blocks: columns
     assert not _limited(None, None, 512) and _limited(100, 600, 512)  # unknown; rank decides

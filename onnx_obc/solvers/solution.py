@@ -31,6 +31,7 @@ class LayerSolution:
     baseline_grid: Grid | None = None  # the baseline's grid (RTN), for exporting it as QDQ
     stages: dict[str, float] = field(default_factory=dict)
     method_used: str = ""  # what produced W: "obq", "gptq", "gptq+act-order", "rtn", ...
+    shrink: float = 0.0  # H shrunk toward its diagonal by this level first (shrink.py)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,50 @@
+"""The data-limited flag of a solved layer and the run's warning about such layers: which
+ones, how many calibration samples would lift the limit, and which of them had their
+Hessian shrunk toward its diagonal (solvers/shrink.py)."""
+
+from __future__ import annotations
+
+import math
+
+from .report import LayerResult
+
+
+def limited(rank: int | None, columns: int | None, live: int) -> bool:
+    """Rank below the live inputs; in blocks (no rank) fewer columns than live inputs."""
+    return rank < live if rank is not None else bool(columns) and columns < live
+
+
+def _need(x: LayerResult) -> int:  # samples for as many columns as live inputs
+    per = x.columns / x.samples if x.columns and x.samples else 1
+    return math.ceil((x.cols - x.dead_inputs) / per)
+
+
+def data_warning(rows: list[LayerResult]) -> str:
+    """Name the data-limited layers and the samples that would lift the limit."""
+    few = [x for x in rows if x.samples is not None and x.samples < _need(x)]
+    need = max((_need(x) for x in few), default=0)
+    names = ", ".join(f"{x.name} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
+                      f"{x.cols}, {x.samples} samples)"
+                      for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+    msg = (f"{len(rows)} layer(s) data-limited (the calibration data spans fewer input "
+           f"directions than the layer has inputs; the dampening decides the rest): {names}.")
+    if few:
+        msg += f" At least {need} calibration samples would let every one of them reach full rank"
+        msg += (" (one column per sample, e.g. globally pooled inputs)." if need and all(
+            not x.columns or x.columns == x.samples for x in few) else ".")
+    if len(few) < len(rows):
+        msg += (" Where there are already more samples than inputs the inputs themselves are "
+                "collinear or constant; more samples of the same kind may not lift it.")
+    return msg
+
+
+def shrink_line(rows: list[LayerResult]) -> str:
+    """One line naming the layers whose Hessian was shrunk, with their levels ("" if none)."""
+    shrunk = [x for x in rows if x.shrink]
+    if not shrunk:
+        return ""
+    names = ", ".join(f"{x.name} ({x.shrink:g})" for x in shrunk[:8]) + (
+        f" and {len(shrunk) - 8} more" if len(shrunk) > 8 else "")
+    return (f"{len(shrunk)} layer(s) solved on H shrunk toward its diagonal, (1 - a) H + "
+            f"a diag(H), a chosen by two held-out halves of the samples (--no-shrink: H "
+            f"as captured; losses above are under H): {names}")
