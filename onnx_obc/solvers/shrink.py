@@ -11,7 +11,8 @@ covariance estimator's for N < d (shrinkage toward the diagonal, Ledoit and Wolf
 
 with `a` chosen by two-fold cross-validation on halves of the calibration samples: each
 half's solution (the fast path: GPTQ / SparseGPT with the same grid and structure) scored
-by its loss under the other half's Hessian, tr(dW H_other dW^T), summed over both folds.
+by its loss under the other half's Hessian, tr(dW H_other dW^T), summed over both folds
+(on at most ROWS of W's rows).
 Pure array math (NumPy or CuPy, from the arrays): no onnx, no printing."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..backend import array_module
 
 GRID = (0.0, 0.1, 0.2, 0.4, 0.7, 1.0)  # the shrinkage levels tried
 MARGIN = 0.02  # a level other than 0 is taken only where its held-out loss is this much lower
+ROWS = 64  # the levels are scored on at most this many of W's rows, evenly spaced
 
 
 def shrunk(H: Any, a: float) -> Any:
@@ -48,7 +50,9 @@ def choose(W: Any, Ha: Any, Hb: Any, solve: Callable[[Any, Any], Any],
     """(a, the held-out loss per level of `grid`): `solve(W, H)` -> the compressed W [G, r, d]
     of W [G, r, d] under H [G, d, d]; Ha, Hb [G, d, d] the Hessian means of two disjoint
     halves of the samples. `a` minimises the summed cross-fold loss; 0 unless some level
-    is `margin` lower than 0's (grid[0] must be 0)."""
+    is `margin` lower than 0's (grid[0] must be 0). At most ROWS rows of W are solved: the
+    level is H's (its unseen directions), not a row's."""
+    W = W[:, ::max(1, -(-W.shape[1] // ROWS))]  # [G, <= ROWS, d]
     losses = []
     for a in grid:
         loss = 0.0

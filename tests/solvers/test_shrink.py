@@ -114,3 +114,29 @@ def test_layer_job_solves_on_the_shrunk_h_and_reports_losses_under_h(folds):
     assert np.allclose(res.W, ref.W)
     assert res.loss == pytest.approx(layer_loss(W, res.W, H))
     assert res.baseline_loss == pytest.approx(layer_loss(W, res.baseline, H))
+
+
+def test_a_run_shrinks_a_pooled_gemm_and_says_so():
+    """The whole run: a Gemm on 64 pooled feature vectors of 128 inputs (H of rank 64) gets
+    its level from the halves, the table's losses under the captured H, the JSON its level
+    and a line naming it; --no-shrink solves on H as captured."""
+    from onnx_obc import convert
+
+    from .. import builders as b
+
+    rng = np.random.default_rng(5)
+    d = 128
+    U = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    mix = U / np.sqrt(1.0 + np.arange(d)) * np.exp(rng.standard_normal(d))[:, None]
+    x = _pooled(rng, d, 64, mix).T.astype(np.float32)  # [64, d]
+    model = b.gemm(d_in=d, d_out=32)
+    runs = {s: convert(model, None, calib=[{"x": x[i:i + 8]} for i in range(0, 64, 8)],
+                       bits=4, shrink=s, holdout=0.0, progress=False, compare_baseline=False)
+            for s in (True, False)}
+    (row,), (plain,) = runs[True].report.layers, runs[False].report.layers
+    assert row.shrink > 0 and plain.shrink == 0 and row.data_limited and row.rank == 64
+    line = next(w for w in runs[True].report.warnings if "shrunk toward its diagonal" in w)
+    assert f"gemm ({row.shrink:g})" in line
+    assert not any("shrunk toward" in w for w in runs[False].report.warnings)
+    assert row.loss > plain.loss  # under H itself: the shrunk solve fits the samples less
+    assert runs[True].report.to_dict()["layers"][0]["shrink"] == row.shrink
