@@ -75,6 +75,10 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
     levels, profile = None, {}
     current = proto  # sequential: later groups are calibrated on the compressed model
     folds = cfg.solver.shrink and cfg.solver.method in ("obc", "gptq") and exact_applies(cfg)
+    if folds and plan is not None and 3 * plan.hessian_total > plan.budget_bytes:
+        folds = False  # the halves (up to the Hessians' size again) may not fit
+        warnings.append("--shrink: no held-out halves kept (the Hessians take over a third of "
+                        "--memory-budget); data-limited layers are solved on H as captured")
 
     def capture(model: onnx.ModelProto, group: list[Layer], wanted: list[str]) -> dict:
         t = time.perf_counter()

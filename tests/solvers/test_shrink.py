@@ -140,3 +140,38 @@ def test_a_run_shrinks_a_pooled_gemm_and_says_so():
     assert not any("shrunk toward" in w for w in runs[False].report.warnings)
     assert row.loss > plain.loss  # under H itself: the shrunk solve fits the samples less
     assert runs[True].report.to_dict()["layers"][0]["shrink"] == row.shrink
+
+
+def test_no_halves_where_the_hessians_take_over_a_third_of_the_budget():
+    """The halves may hold as much again as the Hessians: a plan whose Hessians take over
+    a third of the budget keeps none, and the run says so (the same run with the plan's
+    own budget shrinks)."""
+    from dataclasses import replace
+
+    from onnx_obc import calib, costplan
+    from onnx_obc.capture import providers_for
+    from onnx_obc.config import CompressConfig
+    from onnx_obc.layers import select_layers
+    from onnx_obc.schedule import compress_layers
+
+    from .. import builders as b
+
+    rng = np.random.default_rng(6)
+    d = 64
+    U = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    mix = U / np.sqrt(1.0 + np.arange(d)) * np.exp(rng.standard_normal(d))[:, None]
+    x = _pooled(rng, d, 48, mix).T.astype(np.float32)
+    model = b.mlp3(dims=(d, d, d, 8))
+    feeds = [{b.graph_inputs(model)[0].name: x[i:i + 8]} for i in range(0, 48, 8)]
+    cfg = CompressConfig.from_options(None, bits=4, holdout=0.0, compare_baseline=False)
+    backend = get_backend("cpu")
+    layers, _ = select_layers(model, cfg.select)
+    plan = costplan.planned(layers, cfg, backend, False)
+    data = calib.plan(model, feeds, None, cfg.run)
+    rt = providers_for(backend.name)
+    tight = replace(plan, budget_bytes=3 * plan.hessian_total - 1)
+    runs = [compress_layers(model, layers, data, backend, cfg, rt, plan=p) for p in (plan, tight)]
+    assert any(r.shrink for r in runs[0].rows)
+    assert not any(r.shrink for r in runs[1].rows)
+    assert not any("--shrink: no held-out" in w for w in runs[0].warnings)
+    assert any("--shrink: no held-out halves kept" in w for w in runs[1].warnings)
