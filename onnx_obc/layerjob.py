@@ -50,7 +50,7 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
     Hs, pruned = shrunk(H, level), None
     settings = dict(method=job.method, damp=job.damp, budget_bytes=job.budget_bytes,
                     act_order=job.act_order)
-    if level and job.structure is not None and job.quant is not None:  # its pruned stage
+    if level and job.method == "obc" and job.structure is not None and job.quant is not None:
         pruned = solve_layer(W, Hs, structure=job.structure, **settings)  # for prune_loss
     res = (solve_blocked(W, H, structure=job.structure, quant=job.quant, **settings)
            if job.blocked else solve_layer(W, Hs, structure=job.structure, quant=job.quant,

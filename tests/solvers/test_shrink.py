@@ -175,3 +175,21 @@ def test_no_halves_where_the_hessians_take_over_a_third_of_the_budget():
     assert not any(r.shrink for r in runs[1].rows)
     assert not any("--shrink: no held-out" in w for w in runs[0].warnings)
     assert any("--shrink: no held-out halves kept" in w for w in runs[1].warnings)
+
+
+def test_compound_job_reports_its_pruned_stage_under_h():
+    """Pruning then OBQ on the shrunk H: the same weights as the one-call solve, and the
+    pruned stage's loss under H itself."""
+    from onnx_obc.solvers import Unstructured
+
+    W, Ha, Hb, _ = _case(seed=7, d=96, r=16, n=32)
+    H = (Ha + Hb) / 2
+    st = Unstructured(0.5)
+    res, _, _ = solve_job(LayerJob(W, H, st, Q4, "obc", 0.01, 1 << 28, False, folds=(Ha, Hb)),
+                          get_backend("cpu"))
+    assert res.shrink > 0
+    Hs = shrink.shrunk(H, res.shrink)
+    assert np.allclose(res.W, solve_layer(W, Hs, structure=st, quant=Q4).W)
+    pruned = solve_layer(W, Hs, structure=st)
+    assert res.prune_loss == pytest.approx(layer_loss(W, pruned.W, H))
+    assert int((res.W == 0).sum()) >= int((pruned.W == 0).sum())  # every pruned zero kept
