@@ -82,7 +82,8 @@ MODELS = {  # name -> (model, calib, eval, method)
 }
 for _n in ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0",  # real_matrix's metrics
            "yolov8n", "picodet_layout",  # bench/real_detect.py: output error only
-           "lcnet_orient"):  # bench/real_detect.py: orientation accuracy (eval labels)
+           "lcnet_orient",  # bench/real_detect.py: orientation accuracy (eval labels)
+           "magika"):  # bench/real_magika.py: top-1 agreement (file types)
     MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
                   f"bench/real/{_n}.eval.npz", "obc")
 
