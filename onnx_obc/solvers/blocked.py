@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..quant import Grid, QuantSpec, codes, fit_grid, rtn
 from .baselines import magnitude_prune
 from .fast import greedy_traces
-from .gptq import gptq_rows
+from .gptq import BLOCK, gptq_rows
 from .prepare import layer_loss, prepare, rows_per_batch
 from .choose import exact_pays
 from .refine import descend, wanted
@@ -97,7 +97,8 @@ def solve_blocked(W: Any, H: Any, *, structure: Any = None, quant: QuantSpec | N
     if method not in ("obc", "gptq"):
         raise ConfigError(f"solver.method {method!r} cannot solve a blocked layer (obc, gptq, "
                           "magnitude or rtn)")
-    prep = prepare(Wv, Hv, damp)
+    inverse = method != "gptq" or (G * k > 1 and bs <= BLOCK)  # as gptq_solver
+    prep = prepare(Wv, Hv, damp, inverse=inverse, factor=not inverse)
     rows = prep.W.reshape(R, bs)  # [R, bs] float32
     group = xp.repeat(xp.arange(G * k), r)  # [R] virtual group of each row
     rpb = rows_per_batch(bs, R, budget_bytes)

@@ -180,7 +180,8 @@ def gptq_solver(task: Task) -> LayerSolution:
     H-aware code descent (refine.py), pruned weights kept at 0."""
     W, H64, quant = task.W, task.H, task.quant
     G, r, d = W.shape
-    prep = prepare(W, H64, task.damp)
+    inverse = G > 1 and d <= BLOCK  # H^-1 for the depthwise groups at once; else U from H
+    prep = prepare(W, H64, task.damp, inverse=inverse, factor=not inverse)
     rows = prep.W.reshape(G * r, d)  # [R, d] float32
     grid = fit_grid(rows, quant) if quant else None  # on the dense weights, fixed
     out, out_codes, obs_loss = gptq_rows(rows, prep, grid, task.structure.sparsity or 0.0,
