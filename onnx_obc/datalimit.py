@@ -26,8 +26,10 @@ def data_warning(rows: list[LayerResult]) -> str:
     names = ", ".join(f"{x.name} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
                       f"{x.cols}, {x.samples} samples)"
                       for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+    rest = ("the dampening decides the rest" if not any(x.shrink for x in rows) else
+            "the dampening, or the diagonal where H was shrunk, decides the rest")
     msg = (f"{len(rows)} layer(s) data-limited (the calibration data spans fewer input "
-           f"directions than the layer has inputs; the dampening decides the rest): {names}.")
+           f"directions than the layer has inputs; {rest}): {names}.")
     if few:
         msg += f" At least {need} calibration samples would let every one of them reach full rank"
         msg += (" (one column per sample, e.g. globally pooled inputs)." if need and all(

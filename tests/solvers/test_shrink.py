@@ -138,6 +138,9 @@ def test_a_run_shrinks_a_pooled_gemm_and_says_so():
     line = next(w for w in runs[True].report.warnings if "shrunk toward its diagonal" in w)
     assert f"gemm ({row.shrink:g})" in line
     assert not any("shrunk toward" in w for w in runs[False].report.warnings)
+    limited = [next(w for w in r.report.warnings if "data-limited" in w) for r in runs.values()]
+    assert "or the diagonal where H was shrunk" in limited[0]
+    assert "; the dampening decides the rest" in limited[1]
     assert row.loss > plain.loss  # under H itself: the shrunk solve fits the samples less
     assert runs[True].report.to_dict()["layers"][0]["shrink"] == row.shrink
 
