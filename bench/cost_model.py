@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"digits_cnn": ROOT / "models/digits_cnn", "digits_vit": ROOT / "models/digits_vit",
           "ocr_like": ROOT / "bench/synthetic/ocr_like",
           **{m: ROOT / "bench/real" / m for m in ("common", "common_det", "efficientnet_lite0",
-                                                  "ppocr_det", "ppocr_rec", "ppocr_cls")}}
+                                                  "ppocr_det", "ppocr_rec", "ppocr_cls",
+                                                  "lcnet_orient", "magika")}}
 RUNS = ["digits_cnn:obc:s", "digits_cnn:obc:w4", "digits_cnn:gptq:s+w4",
         "digits_vit:obc:s", "digits_vit:obc:w4", "digits_vit:gptq:w4",
         "ocr_like:obc:s", "ocr_like:gptq:s", "ocr_like:gptq:w4",
@@ -147,7 +148,8 @@ def main() -> None:
                      "compare_baseline": False, **WHAT[what]})
         results[run] = res
         print(f"\n=== {run}: solve measured {sum(x['seconds'] for x in res['layers']):.2f} s, "
-              f"predicted {res['plan']['predicted_seconds']:.2f} s; wall {res['wall']:.1f} s, "
+              f"predicted {sum(x['predicted'] or 0.0 for x in res['layers']):.2f} s (the plan before "
+              f"capture {res['plan']['predicted_seconds']:.2f} s); wall {res['wall']:.1f} s, "
               f"peak RSS {res['peak_rss_mb']:.0f} MB")
         print(f"{'layer':<40} {'W [out,in]':>12} {'measured':>9} {'predicted':>9} {'ratio':>6}")
         for x in res["layers"]:

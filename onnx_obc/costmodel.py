@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from .costrates import IN_CACHE, N_REF, PASSES, Rates, calibrate
 
 __all__ = ["Rates", "Shape", "baseline_seconds", "calibrate", "exact_seconds", "fast_seconds",
-           "fast_quant_seconds",
+           "fast_quant_seconds", "shrink_seconds",
            "hessian_bytes", "solver_bytes", "solver_fixed_bytes", "row_bytes", "IN_CACHE"]
 
 # the fraction of greedy steps ExactOBS pruning computes: rows stop once their later steps
@@ -204,6 +204,17 @@ def fast_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool) -> float:
 def fast_quant_seconds(s: Shape, rt: Rates, *, candidates: int) -> float:
     """Quantization alone at choose.FAST_BITS: the H-aware grid, RTN, `candidates` GPTQs."""
     return _common(s, rt, True, 0.0) + candidates * _gptq(s, rt)
+
+
+def shrink_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool, levels: int,
+                   rows: int) -> float:
+    """A data-limited layer's search (solvers/shrink.py): at each of `levels` levels the fast
+    path on each half's Hessian (at most `rows` rows, no rank) and its loss under the other
+    half's (2 R d^2 flops)."""
+    sub = Shape(s.G, -(-s.r // -(-s.r // rows)), s.d)
+    one = (fast_seconds(sub, rt, sparsity=sparsity, quant=quant)
+           - s.G * rt.eig * (s.d / N_REF) ** rt.eig_exp)
+    return 2 * levels * (one + 2 * sub.rows * s.d * s.d * rt.flop64)
 
 
 def baseline_seconds(s: Shape, rt: Rates, *, quant: bool) -> float:

@@ -204,10 +204,15 @@ class HessianAccumulator:
         self.batches += 1
         self.samples += samples
 
+    @property
+    def has_folds(self) -> bool:
+        """Whether take_folds has two halves to give (each with samples)."""
+        return self.half is not None and 0 < self.half_samples < self.samples
+
     def take_folds(self) -> tuple[Any, Any] | None:
         """The Hessian means of the two halves (even and odd batches), or None (no folds,
         or a half without samples); call before take_mean."""
-        if self.half is None or not 0 < self.half_samples < self.samples:
+        if not self.has_folds:
             return None
         return (self.half / self.half_samples,
                 (self.total - self.half) / (self.samples - self.half_samples))

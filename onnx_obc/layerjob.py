@@ -74,7 +74,7 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
 def _shrink_level(job: LayerJob, W: Any, backend: Backend) -> float:
     """The shrinkage level the job's halves choose (0 without halves, or for a structure the
     fast path does not solve: N:M, blocks)."""
-    if job.folds is None or job.blocked or type(job.structure) not in (type(None), Unstructured):
+    if job.folds is None or not searches(job.structure, job.blocked):
         return 0.0
     Ha, Hb = (backend.to_device(h) for h in job.folds)
 
@@ -84,6 +84,12 @@ def _shrink_level(job: LayerJob, W: Any, backend: Backend) -> float:
                            act_order=job.act_order).W
 
     return shrink.choose(W, Ha, Hb, fast)[0]
+
+
+def searches(structure: Any, blocked: bool) -> bool:
+    """Whether a layer with halves searches a shrinkage level: the fast path solves its
+    structure (none or unstructured) on its full Hessian."""
+    return not blocked and type(structure) in (type(None), Unstructured)
 
 
 def solve_cost(L: Layer) -> float:

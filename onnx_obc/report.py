@@ -256,12 +256,12 @@ def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
 
 
 def _footer(r: Report) -> list[str]:
-    lines = [""]
     t = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
-    lines.append(f"device: {r.device}; time: {t}" + (
-        f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else ""))
+    lines = ["", f"device: {r.device}; time: {t}" + (
+        f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else "")]
     if r.plan:
-        p, t = r.plan, r.plan["predicted_seconds"]
+        p, t, each = r.plan, r.plan["predicted_seconds"], [x.predicted_seconds for x in r.layers]
+        t = sum(each) if t is not None and all(each) else t  # with the layers' shrink searches
         lines.append("plan: solve " + ("not predicted (8 bits alone)" if t is None else
                                        f"predicted {t:.1f}s") + ", measured "
                      f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "

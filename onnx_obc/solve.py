@@ -13,15 +13,17 @@ import numpy as np
 import onnx
 
 from .backend import Backend
+from .costmodel import Rates, Shape, shrink_seconds
 from .datalimit import data_warning, limited, shrink_line
 from .engine import Engine, LocalEngine
 from .export.qweights import group_size_for
 from .hessian import BlockHessianAccumulator, HessianAccumulator
-from .layerjob import LayerJob, effective_rank, host_grid, solve_cost, solve_job  # noqa: F401
+from .layerjob import (LayerJob, effective_rank, host_grid, searches, solve_cost,  # noqa: F401
+                       solve_job)
 from .layers import Layer, Skipped, constant_weights, weight_matrix
 from .quant import Grid, QuantSpec
 from .report import LayerResult
-from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups
+from .solvers import NM, Blocks, Unstructured, conv_nm_groups, linear_nm_groups, shrink
 from .solvers.choose import exact_pays
 from .solvers.prepare import FIT_COLUMNS, fit_to_reference
 from .specs import MB, Pruning, Quantization, RunOptions, SolverOptions
@@ -130,7 +132,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples, notes,
                            method=solver.method if lp is None else lp.method,
                            label=solver.method if lp is None else lp.label,
-                           predicted=None if lp is None else lp.seconds,
+                           predicted=_predicted(lp, plan, hessians[L.weight], st, lspec),
                            columns=getattr(hessians[L.weight], "columns", None)))
     todo = [p for p in plans if p.job]
 
@@ -156,6 +158,18 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
                                     shrink_line(out.rows)) if w)
     out.warnings.extend(_group_summary(quant, plans))
     return out
+
+
+def _predicted(lp: Any, plan: Plan | None, acc: HessianAccumulator, structure: Any,
+               lspec: QuantSpec | None) -> float | None:
+    """The plan's seconds for the layer, with its shrinkage search where the capture kept
+    halves (known only after capture: whether a layer is data-limited)."""
+    if lp is None or lp.seconds is None or not plan.rates or not acc.has_folds or not searches(
+            structure, isinstance(acc, BlockHessianAccumulator)):
+        return None if lp is None else lp.seconds
+    return lp.seconds + shrink_seconds(
+        Shape(lp.G, lp.r, lp.d), Rates(**plan.rates), levels=len(shrink.GRID), rows=shrink.ROWS,
+        sparsity=getattr(structure, "sparsity", 0.0) or 0.0, quant=lspec is not None)
 
 
 def _group_summary(quant: Quantization, plans: list[Any]) -> list[str]:

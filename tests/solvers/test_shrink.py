@@ -143,6 +143,16 @@ def test_a_run_shrinks_a_pooled_gemm_and_says_so():
     assert "; the dampening decides the rest" in limited[1]
     assert row.loss > plain.loss  # under H itself: the shrunk solve fits the samples less
     assert runs[True].report.to_dict()["layers"][0]["shrink"] == row.shrink
+    # the predicted seconds carry the search, known after capture; the footer sums them
+    from onnx_obc.costmodel import Rates, Shape, shrink_seconds
+
+    plan = runs[True].report.plan
+    search = shrink_seconds(Shape(1, 32, d), Rates(**plan["rates"]), sparsity=0.0, quant=True,
+                            levels=len(shrink.GRID), rows=shrink.ROWS)
+    assert search > 0 and row.predicted_seconds == pytest.approx(
+        plan["layers"][0]["seconds"] + search)
+    assert plain.predicted_seconds == runs[False].report.plan["layers"][0]["seconds"]
+    assert f"plan: solve predicted {row.predicted_seconds:.1f}s" in runs[True].report.table()
 
 
 def test_no_halves_where_the_hessians_take_over_a_third_of_the_budget():
