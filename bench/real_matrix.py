@@ -67,6 +67,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4 obc": {"bits": 4, "method": "obc"},
     "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False},  # H as captured
     "s50dp noshrink": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "shrink": False},
+    "s50dp seq": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "sequential": True},
+    "s50dp corr": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "correct": True},
     "w4 gptq": {"bits": 4, "method": "gptq"},
     "w4 rtn": {"bits": 4, "method": "rtn"},
     "w4 obc seq": {"bits": 4, "method": "obc", "sequential": True},

@@ -15,7 +15,9 @@ at the same speed. But not everywhere: EfficientNet-Lite0 0.388 -> 0.611x (its w
 convs gain most from the integer kernels), the PP-OCRv4 recognizer 0.455 -> 0.529x and two
 text points fewer of 200 at a lower error. So these are candidates with a rule that weighs
 both (export/floatcand.py): kept float when the output error falls to at most GAIN of the
-error without them and the latency rises by at most SLOWER (floatcheck.py measures both).
+error without them and the latency rises by at most SLOWER, or, from an output error of 0.1
+or more, by more where the error falls further (in proportion, up to SLOWER_CAP: at half the
+error 1.125x; floatcheck.py measures both).
 Where they stay float, the Convs at stride 8 are a second group with the same rule (with
 p2o.Conv.2-6 float, `--sensitivity` ranks PicoDet's p2o.Conv.7-9 first, each 0.18-0.25
 alone; with them float too, AP50 against the dense detections 90.7 -> 96.2 at the same
@@ -37,7 +39,8 @@ from .floatcand import Candidates
 HIRES_STRIDE = 4  # a Conv whose output is at most this stride from the largest Conv input
 NEXT_STRIDE = 8  # then, only where those were kept, the Convs up to this stride
 GAIN = 0.8  # kept float when the error with them float is at most this times the error ...
-SLOWER = 1.05  # ... and the latency at most this times the latency without them
+SLOWER = 1.05  # ... and the latency at most this times the latency without them; where
+SLOWER_CAP = 1.15  # the error falls further, more latency in proportion, up to this
 KIND = "high-resolution convs"
 NEXT_KIND = "convs at stride 8"
 
@@ -104,9 +107,10 @@ def candidates(proto: onnx.ModelProto, layers: list[Layer], probe: Probe) -> lis
     stay float) those at stride 8, each group with the same rule."""
     strides = upstream_strides(proto, layers, conv_strides(layers, probe))
     return [g for g in (
-        Candidates(KIND, _reasons(strides, 1, HIRES_STRIDE), GAIN, SLOWER, "--int8-highres"),
+        Candidates(KIND, _reasons(strides, 1, HIRES_STRIDE), GAIN, SLOWER, "--int8-highres",
+                   slower_cap=SLOWER_CAP),
         Candidates(NEXT_KIND, _reasons(strides, HIRES_STRIDE + 1, NEXT_STRIDE), GAIN, SLOWER,
-                   "--int8-highres", after_kept=True)) if g.reasons]
+                   "--int8-highres", after_kept=True, slower_cap=SLOWER_CAP)) if g.reasons]
 
 
 def _reasons(strides: dict[str, int], lo: int, hi: int) -> dict[str, str]:
