@@ -40,7 +40,8 @@ RUNS = ["digits_cnn:obc:s", "digits_cnn:obc:w4", "digits_cnn:gptq:s+w4",
         "common:gptq:s", "common:gptq:w4", "common_det:gptq:s",
         "efficientnet_lite0:gptq:s", "efficientnet_lite0:gptq:w4",
         "ppocr_det:gptq:w4", "ppocr_rec:gptq:s", "ppocr_rec:gptq:w4", "ppocr_cls:obc:s"]
-WHAT = {"s": {"sparsity": 0.5}, "w4": {"bits": 4}, "s+w4": {"sparsity": 0.5, "bits": 4}}
+WHAT = {"s": {"sparsity": 0.5}, "w4": {"bits": 4}, "s+w4": {"sparsity": 0.5, "bits": 4},
+        "24": {"nm": (2, 4)}}
 
 CHILD = r"""
 import json, os, resource, sys, time

@@ -63,6 +63,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "s50u": {"sparsity": 0.5, "allocate": "uniform"},
     "s50dp": {"sparsity": 0.5, "allocate": "dp", "budget": "params"},
     "2:4": {"nm": (2, 4), "method": "obc"},
+    "2:4 noshrink": {"nm": (2, 4), "method": "obc", "shrink": False},
+    "2:4 gptq": {"nm": (2, 4), "method": "gptq"},  # SparseGPT's N:M
     "w8a8": {"bits": 8, "act_bits": 8},
     "w4 obc": {"bits": 4, "method": "obc"},
     "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False},  # H as captured

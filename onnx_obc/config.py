@@ -153,9 +153,9 @@ def _check_combination(c: CompressConfig) -> None:
                           " (or alloc.target with alloc.budget flops/params)")
     if p.sparsity is not None and a.target is not None:
         raise ConfigError("give the global target once: prune.sparsity or alloc.target")
-    if (p.nm or p.block) and method == "gptq":
-        raise ConfigError("solver.method gptq prunes unstructured only; use the default "
-                          "solver.method for prune.nm / prune.block")
+    if p.block and method == "gptq":
+        raise ConfigError("solver.method gptq prunes unstructured or N:M only; use the "
+                          "default solver.method for prune.block")
     if p.channel_allocate not in ("dp", "greedy", "uniform"):
         raise ConfigError(f"prune.channel_allocate must be dp, greedy or uniform, got "
                           f"{p.channel_allocate!r}")

@@ -212,7 +212,9 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
             prune.nm[0] / prune.nm[1] if prune.nm else 0.0),
                            quant=quant, row_budget=row, candidates=cands,
                            refined=_refined(q, cands)) if exact else None
-        fa = fast_seconds(s, rt, sparsity=sparsity, quant=quant) if st_free else None
+        fa = fast_seconds(s, rt, sparsity=sparsity or (prune.nm[0] / prune.nm[1] if prune.nm
+                                                       else 0.0), quant=quant) if (
+            not prune.block) else None  # the fast path: unstructured or N:M
         if not exact and method == "obc":  # choose.fast_quantized: GPTQ act-order
             secs = fast_quant_seconds(s, rt, candidates=FAST_CANDIDATES)
         elif method in ("magnitude", "rtn"):

@@ -19,7 +19,7 @@ from .solvers import shrink, solve_layer
 from .solvers.blocked import solve_blocked
 from .solvers.prepare import layer_loss
 from .solvers.shrink import shrunk
-from .solvers.structures import Unstructured
+from .solvers.structures import NM, Unstructured
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ def solve_job(job: LayerJob, backend: Backend) -> tuple[Any, int | None, float]:
 
 
 def _shrink_level(job: LayerJob, W: Any, backend: Backend) -> float:
-    """The shrinkage level the job's halves choose (0 without halves, or for a structure the
-    fast path does not solve: N:M, blocks)."""
+    """The shrinkage level the job's halves choose (0 without halves, or for a structure
+    `searches` leaves out: blocks)."""
     if job.folds is None or not searches(job.structure, job.blocked):
         return 0.0
     Ha, Hb = (backend.to_device(h) for h in job.folds)
 
-    def fast(W_: Any, H_: Any) -> Any:  # [G, r, d] under H_ by GPTQ / SparseGPT
+    def fast(W_: Any, H_: Any) -> Any:  # [G, r, d] under H_ by GPTQ / SparseGPT (N:M too)
         return solve_layer(W_, H_, structure=job.structure, quant=job.quant, method="gptq",
                            damp=job.damp, budget_bytes=job.budget_bytes,
                            act_order=job.act_order).W
@@ -87,9 +87,9 @@ def _shrink_level(job: LayerJob, W: Any, backend: Backend) -> float:
 
 
 def searches(structure: Any, blocked: bool) -> bool:
-    """Whether a layer with halves searches a shrinkage level: the fast path solves its
-    structure (none or unstructured) on its full Hessian."""
-    return not blocked and type(structure) in (type(None), Unstructured)
+    """Whether a layer with halves searches a shrinkage level: on its full Hessian, with no
+    structure, unstructured or N:M (the fast path scores the levels)."""
+    return not blocked and type(structure) in (type(None), Unstructured, NM)
 
 
 def solve_cost(L: Layer) -> float:

@@ -148,3 +148,9 @@ def test_refine_reaches_the_solver_spec(refine):
     """quant.refine (--refine / --no-refine) is carried into the layer's QuantSpec."""
     cfg = CompressConfig.from_options(bits=4, refine=refine)
     assert cfg.quant.spec().refine is refine
+
+
+def test_the_fast_path_prunes_nm_but_not_blocks():
+    assert CompressConfig.from_options(None, nm=(2, 4), method="gptq").prune.nm == (2, 4)
+    with pytest.raises(ConfigError, match="gptq prunes unstructured or N:M only"):
+        CompressConfig.from_options(None, block=4, sparsity=0.5, method="gptq")

@@ -11,7 +11,9 @@ smallest w^2 / U_ii^2 of the current (updated) block are set to 0; the per-block
 up to the layer's exact target. Quantization: targets are rounded on a grid fixed before the
 loop, in the original column order (so act_order needs no change at inference).
 Approximate OBS (later columns compensate, earlier ones do not), O(d^3 + rows d^2).
-Registered as the "gptq" solver of Unstructured (the only structure it prunes).
+N:M (SparseGPT's): the columns processed group by group, each row's n of a group's m with the
+smallest w^2 / U_jj^2 pruned when the group comes up. Registered as the "gptq" solver of
+Unstructured and NM.
 """
 
 from __future__ import annotations
@@ -24,21 +26,30 @@ from .prepare import layer_loss, prepare
 from .refine import descend, wanted
 from .registry import register_solver
 from .solution import LayerSolution, Task, count_zeros
-from .structures import Unstructured
+from .structures import NM, Unstructured
 
 BLOCK = 128
 
 
 def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 0,
          qmax: int = 0, sparsity: float = 0.0, act_order: bool = False, diagH: Any = None,
-         block: int = BLOCK, H: Any = None, factor: Any = None) -> tuple[Any, Any]:
+         block: int = BLOCK, H: Any = None, factor: Any = None, nm: Any = None
+         ) -> tuple[Any, Any]:
     """W [r, d] rows sharing Hinv [d, d]; scale/zero [r, d] per column (None: no rounding).
     Hinv None: U from the dampened H [d, d] itself (inverse_factor), or from `factor`
     (act_order only: the lower Cholesky factor inverse_factor would take; prepare(factor=1)).
+    nm: (n, m, order [d]): N:M pruning instead of `sparsity`, the columns processed in
+    `order`, which puts each group of m columns together (SparseGPT's N:M: when a group's
+    first column comes up, each row's n of its m with the smallest w^2 / U_jj^2 of the
+    updated weights are pruned; act_order is not used).
     Returns (W_hat [r, d], loss = sum of err^2, i.e. tr(dW H dW^T) with the damped H)."""
     xp = array_module(W, H if Hinv is None else Hinv)
     r, d = W.shape
-    perm = xp.argsort(-diagH, kind="stable") if act_order else xp.arange(d)
+    if nm is not None:
+        n_, m_, perm = nm[0], nm[1], xp.asarray(nm[2])
+        block, sparsity, act_order = block - block % m_, 0.0, False  # blocks of whole groups
+    else:
+        perm = xp.argsort(-diagH, kind="stable") if act_order else xp.arange(d)
     inv = xp.argsort(perm)
     W = W.astype(xp.float64)[:, perm]  # [r, d] in processing order
     if Hinv is None and factor is not None and act_order:
@@ -69,7 +80,14 @@ def gptq(W: Any, Hinv: Any, *, scale: Any = None, zero: Any = None, qmin: int = 
         if scale is not None:
             S1 = xp.ascontiguousarray(scale[:, i1:i2].T)
             Z1 = xp.ascontiguousarray(zero[:, i1:i2].T)
+        if nm is not None:
+            prune = xp.zeros(W1.shape, dtype=bool)  # [b, r], each group's when it comes up
+            diag = xp.diagonal(U1)[:, None]  # [b, 1]
         for i in range(i2 - i1):
+            if nm is not None and i % m_ == 0:  # a group's first column: its n of m per row
+                sal = (W1[i:i + m_] / diag[i:i + m_]) ** 2  # [m, r] on the updated weights
+                rank = xp.argsort(xp.argsort(sal, axis=0, kind="stable"), axis=0)  # [m, r]
+                prune[i:i + m_] = rank < n_
             w = W1[i]
             t = w if prune is None else xp.where(prune[i], 0.0, w)
             if sym:  # quantize() without its zero point (rint is round; the codes agree)
@@ -113,10 +131,11 @@ def upper_inverse(R: Any, leaf: int = 128) -> Any:
 
 
 def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
-              act_order: bool = False) -> tuple[Any, Any, float]:
-    """GPTQ / SparseGPT over every Hessian group of a prepared layer: rows [R = G * r, d].
-    Returns (W_hat [R, d] float64, exactly on `grid` when given; codes [R, d] or None;
-    the sum of the step losses, tr(dW H dW^T) with the dampened H)."""
+              act_order: bool = False, nm: Any = None) -> tuple[Any, Any, float]:
+    """GPTQ / SparseGPT over every Hessian group of a prepared layer: rows [R = G * r, d]
+    (`nm`: (n, m, order), N:M pruning as gptq's). Returns (W_hat [R, d] float64, exactly on
+    `grid` when given; codes [R, d] or None; the sum of the step losses, tr(dW H dW^T)
+    with the dampened H)."""
     xp = array_module(rows, prep.H)
     G = prep.H.shape[0]
     R, d = rows.shape
@@ -130,7 +149,7 @@ def gptq_rows(rows: Any, prep: Any, grid: Any, sparsity: float = 0.0,
             rows[sl], None if prep.Hinv is None else prep.Hinv[g],
             scale=None if s is None else s[sl], H=prep.H[g],
             zero=None if z is None else z[sl], qmin=grid.qmin if grid else 0,
-            qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=act_order,
+            qmax=grid.qmax if grid else 0, sparsity=sparsity, act_order=act_order, nm=nm,
             diagH=xp.diagonal(prep.H[g]),
             factor=None if getattr(prep, "factor", None) is None else prep.factor[g])
         obs_loss += loss
@@ -173,23 +192,28 @@ def gptq_groups(rows: Any, prep: Any, grid: Any, act_order: bool = True
 
 
 @register_solver(Unstructured, "gptq")
+@register_solver(NM, "gptq")
 def gptq_solver(task: Task) -> LayerSolution:
     """The whole layer in one pass per Hessian group: SparseGPT pruning at the structure's
-    sparsity and / or GPTQ on a grid fitted to the dense weights, jointly; with
-    QuantSpec.refine=True (off by default: reference GPTQ) the codes then go through the
-    H-aware code descent (refine.py), pruned weights kept at 0."""
-    W, H64, quant = task.W, task.H, task.quant
+    sparsity (or N:M, each group decided when it comes up) and / or GPTQ on a grid fitted to
+    the dense weights, jointly; with QuantSpec.refine=True (off by default: reference GPTQ)
+    the codes then go through the H-aware code descent (refine.py), pruned weights kept
+    at 0."""
+    W, H64, quant, st = task.W, task.H, task.quant, task.structure
     G, r, d = W.shape
+    xp = array_module(W, H64)
+    nm = (st.n, st.m, xp.argsort(xp.asarray(st.groups(d)), kind="stable")) if isinstance(
+        st, NM) else None  # the columns group by group
+    act_order = task.act_order and nm is None
     inverse = G > 1 and d <= BLOCK  # H^-1 for the depthwise groups at once; else U from H
     prep = prepare(W, H64, task.damp, inverse=inverse, factor=not inverse)
     rows = prep.W.reshape(G * r, d)  # [R, d] float32
     grid = fit_grid(rows, quant) if quant else None  # on the dense weights, fixed
-    out, out_codes, obs_loss = gptq_rows(rows, prep, grid, task.structure.sparsity or 0.0,
-                                         task.act_order)
+    out, out_codes, obs_loss = gptq_rows(rows, prep, grid, st.sparsity or 0.0, act_order, nm)
     W_hat = out.reshape(G, r, d)
-    used = "gptq+act-order" if task.act_order else "gptq"
+    used = "gptq+act-order" if act_order else "gptq"
     if wanted(quant, exact=False):
-        pinned = (W_hat == 0) if task.structure.sparsity else None  # pruned (and 0-coded)
+        pinned = (W_hat == 0) if st.sparsity else None  # pruned (and 0-coded)
         W_hat, out_codes, used, obs_loss, _ = descend(W, H64, grid, out_codes.reshape(G, r, d),
                                                       W_hat, used, obs_loss, pinned)
     b = task.baseline

@@ -145,3 +145,65 @@ def test_the_factor_prepared_for_act_order_gives_the_same_gptq():
     b = gptq_rows(kept.W[0], kept, grid, act_order=True)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[2] == b[2]
+
+
+def _sparsegpt_nm_reference(W, H, n, m, order):
+    """SparseGPT's N:M by re-inversion: columns fixed in `order` (groups of m together);
+    when a group's first column comes up, each row prunes the n of its m columns with the
+    smallest w^2 / [H_free(j)^-1]_00 (H over column j and every one after it in order)."""
+    W = W.copy()
+    d = len(order)
+    Q, pruned = np.zeros_like(W), np.zeros(W.shape, dtype=bool)
+    for k, i in enumerate(order):
+        if k % m == 0:
+            sal = np.stack([W[:, order[k + t]] ** 2 / np.linalg.inv(
+                H[np.ix_(order[k + t:], order[k + t:])])[0, 0] for t in range(m)])  # [m, r]
+            low = np.argsort(np.argsort(sal, axis=0, kind="stable"), axis=0) < n
+            for t in range(m):
+                pruned[:, order[k + t]] = low[t]
+        free = order[k:]
+        Hinv = np.linalg.inv(H[np.ix_(free, free)])
+        Q[:, i] = np.where(pruned[:, i], 0.0, W[:, i])
+        err = (W[:, i] - Q[:, i]) / Hinv[0, 0]
+        W[:, free[1:]] -= np.outer(err, Hinv[0, 1:])
+    assert d == len(set(order))
+    return Q
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_sparsegpt_nm_equals_step_by_step_reinversion(conv):
+    """The N:M fast path (SparseGPT's) against the re-inverting oracle, on a Linear's
+    consecutive groups and on a Conv's (m input channels at one kernel position: columns
+    kernel-size apart, processed group by group)."""
+    from onnx_obc.solvers import NM, conv_nm_groups, linear_nm_groups
+
+    d, r = 48, 5
+    groups = conv_nm_groups(12, 4, 4) if conv else linear_nm_groups(d, 4)
+    st = NM(2, 4).on_columns(groups)
+    W = weights(r, d, 3)
+    res = solve_layer(W, correlated_H(d, 3)[None], structure=st, method="gptq")
+    prep = prepare(W, correlated_H(d, 3)[None], 0.01)
+    order = list(np.argsort(st.groups(d), kind="stable"))
+    ref = _sparsegpt_nm_reference(prep.W[0].astype(np.float64), prep.H[0], 2, 4, order)
+    np.testing.assert_allclose(res.W[0], ref, atol=1e-8)
+    g = st.groups(d)
+    assert all(((res.W[0][:, g == k] == 0).sum(1) == 2).all() for k in range(d // 4))
+
+
+def test_sparsegpt_nm_reduces_to_magnitude_and_beats_it_on_correlated_data():
+    """H = I: each row's 2 smallest of every 4 (the magnitude N:M baseline) exactly; on
+    correlated activations well below it (and above ExactOBS N:M, which it approximates)."""
+    from onnx_obc.solvers import NM, linear_nm_groups
+
+    st = NM(2, 4).on_columns(linear_nm_groups(64, 4))
+    W = weights(16, 64, 4)
+    eye = solve_layer(W, np.eye(64)[None], structure=st, method="gptq", damp=0.0)
+    np.testing.assert_array_equal(eye.W == 0, eye.baseline == 0)  # the same mask
+    np.testing.assert_allclose(eye.W, eye.baseline, rtol=1e-6)  # (float32 weights)
+    for seed in range(3):
+        H = correlated_H(64, seed)[None]
+        fast = solve_layer(W, H, structure=st, method="gptq")
+        exact = solve_layer(W, H, structure=st, method="obc")
+        assert fast.loss <= 0.5 * fast.baseline_loss and exact.loss <= fast.loss * 1.001
+        j = solve_layer(W, H, structure=st, quant=QuantSpec(bits=4), method="gptq")
+        assert j.zeros >= 16 * 64 // 2 and j.loss <= 0.5 * j.baseline_loss  # joint
