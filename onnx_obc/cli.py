@@ -140,8 +140,8 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @calib_options
 @click.option("--method", type=click.Choice(["obc", "gptq", "magnitude", "rtn"]),
               default="obc", show_default=True,
-              help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT, N:M too, one pass); or the "
-                   "baselines (magnitude pruning / round to nearest).")
+              help="ExactOBS/OBQ; gptq = the fast path (GPTQ / SparseGPT, N:M too, one "
+                   "pass); or the baselines (magnitude pruning / round to nearest).")
 @click.option("--allocate", type=click.Choice(["auto", "uniform", "dp"]), default="auto",
               show_default=True,
               help="dp: per-layer sparsity chosen by an exact DP to meet the global "

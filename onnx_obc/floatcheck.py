@@ -20,9 +20,9 @@ For the onnxruntime target with 8-bit activations (export/onnxruntime.float_cand
     build and verification pass can (README "A float stem").
   - the high-resolution Convs (export/orthires.py), kept float when the error falls to
     0.8x or less at no more than 1.05x the latency, or, from an output error of 0.1 or more,
-    further at more latency in proportion (half the error: 1.125x; at most 1.15x): the convs that wreck PP-PicoDet's 8-bit
-    detections are there, and so are EfficientNet-Lite0's, which run much faster on
-    integers (README "High-resolution convs").
+    further at more latency in proportion (half the error: 1.125x; at most 1.15x): the
+    convs that wreck PP-PicoDet's 8-bit detections are there, and so are EfficientNet-Lite0's,
+    which run much faster on integers (README "High-resolution convs").
 """
 
 from __future__ import annotations
