@@ -21,6 +21,7 @@ MLP = dict(model=lambda: graphs.transformer_mlp(d=16, hidden=32))
 MODES = {  # name: (model, options)
     "unstructured": (CONV, dict(sparsity=0.5, allocate="uniform")),
     "nm": (CONV, dict(nm=(2, 4))),
+    "nm-gptq": (CONV, dict(nm=(2, 4), method="gptq")),
     "blocks": (CONV, dict(block=4, sparsity=0.5)),
     "obq": (CONV, dict(bits=4)),
     "obs+obq": (CONV, dict(bits=8, sparsity=0.5, allocate="uniform")),
@@ -43,7 +44,7 @@ MODES = {  # name: (model, options)
 # output score evaluates each level's weights with onnxruntime, on the host); channels: 8
 # with --channel-objective layer, + 5 as measured for the output objective's two probe cuts
 # per site (sensitivity.py: the consumer's W in once, its update out per probe, ...)
-PER_LAYER = {"unstructured": 5, "nm": 7, "blocks": 8, "obq": 10, "obs+obq": 12,
+PER_LAYER = {"unstructured": 5, "nm": 7, "nm-gptq": 5, "blocks": 8, "obq": 10, "obs+obq": 12,
              "obq-groups-asym": 10, "gptq": 9, "gptq-act-order": 9, "dp-sparsity": 7,
              "dp-bops": 21, "dp-output-score": 38, "correct": 5, "sequential": 5,
              "act-bits": 10, "channels": 13, "onnxruntime": 10}
