@@ -53,6 +53,20 @@ def test_fit_to_reference_is_identity_without_upstream_error_and_fits_otherwise(
     assert err_t < 0.5 * err_w
 
 
+def test_fit_to_reference_leaves_a_dead_group_as_it_is():
+    """A depthwise conv's channel that no sample reaches (its group's H and C all 0, as
+    on EfficientNet-Lite0): the group keeps W (the system was singular), the others fit."""
+    W = weights(6, 20, 2).repeat(2, axis=0)  # [2, 6, 20]
+    rng = np.random.default_rng(3)
+    X0 = rng.standard_normal((20, 300))
+    X = X0 + 0.3 * rng.standard_normal(X0.shape)
+    H = np.stack([X @ X.T / 300, np.zeros((20, 20))])
+    C = np.stack([X0 @ X.T / 300, np.zeros((20, 20))])
+    Wt = fit_to_reference(W, H, C, 0.01)
+    np.testing.assert_array_equal(Wt[1], W[1])
+    assert np.isfinite(Wt).all() and not np.allclose(Wt[0], W[0])
+
+
 def test_sequential_with_the_dp_keeps_the_dense_allocation_and_lowers_the_error():
     one = _run(sparsity=0.7, allocate="dp", compare_baseline=False)
     seq = _run(sparsity=0.7, allocate="dp", sequential=True, compare_baseline=False)

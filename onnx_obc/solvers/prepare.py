@@ -138,6 +138,8 @@ def fit_to_reference(W: Any, H: Any, C: Any, damp: float) -> Any:
     xp = array_module(W, H)
     G, _, d = W.shape
     lam = damp * xp.diagonal(H, axis1=1, axis2=2).mean(axis=1)[:, None, None]  # [G, 1, 1]
+    lam = xp.where(lam > 0, lam, 1.0)  # a dead group (H = C = 0: a depthwise conv's channel
+    # no sample reaches): W_t = W, not a singular system
     eye = xp.eye(d, dtype=xp.float64)
     A = H + lam * eye  # [G, d, d] SPD
     B = W.astype(xp.float64) @ (C + lam * eye)  # [G, r, d]
