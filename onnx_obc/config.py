@@ -156,6 +156,9 @@ def _check_combination(c: CompressConfig) -> None:
     if p.block and method == "gptq":
         raise ConfigError("solver.method gptq prunes unstructured or N:M only; use the "
                           "default solver.method for prune.block")
+    if p.nm and method == "gptq" and c.solver.act_order:
+        raise ConfigError("solver.act_order orders the columns by diag(H), but gptq's N:M "
+                          "(SparseGPT) takes each group of m columns together: drop it")
     if p.channel_allocate not in ("dp", "greedy", "uniform"):
         raise ConfigError(f"prune.channel_allocate must be dp, greedy or uniform, got "
                           f"{p.channel_allocate!r}")

@@ -154,3 +154,5 @@ def test_the_fast_path_prunes_nm_but_not_blocks():
     assert CompressConfig.from_options(None, nm=(2, 4), method="gptq").prune.nm == (2, 4)
     with pytest.raises(ConfigError, match="gptq prunes unstructured or N:M only"):
         CompressConfig.from_options(None, block=4, sparsity=0.5, method="gptq")
+    with pytest.raises(ConfigError, match="gptq's N:M .* drop it"):
+        CompressConfig.from_options(None, nm=(2, 4), method="gptq", act_order=True)
