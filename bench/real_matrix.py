@@ -232,7 +232,8 @@ def main() -> None:
     from deploy import outputs
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    have = {(r["model"], r["run"], r["options"].get("method")) for r in done}
+    have = {(r["model"], r["run"], r["options"].get("method")) for r in done
+            if "failed" not in r}  # a failed run is tried again (after a fix, say)
     with tempfile.TemporaryDirectory(prefix="real-matrix-") as tmp:
         for name in a.models.split(","):
             prefix, method = MODELS[name]
