@@ -104,3 +104,16 @@ def test_a_layer_seen_in_too_few_columns_is_not_refitted():
         W, _ = _matrices(L, weights, acc, get_backend("cpu"), 0.01)
         dense = L.to_matrix(numpy_helper.to_array(weights[L.weight][1]))
         assert np.array_equal(W, dense) is not refit
+
+
+def test_a_one_shot_run_below_8_bits_hints_at_sequential():
+    """The footer says what the bench measured for one-shot W4 runs (quantization alone),
+    and nothing where it does not apply: sequential, 8 bits, pruning."""
+    from onnx_obc.schedule import SEQUENTIAL_HINT
+
+    w4 = _run(bits=4, method="gptq", compare_baseline=False)
+    assert w4.report.notes == [SEQUENTIAL_HINT] and SEQUENTIAL_HINT in w4.report.table()
+    assert "--sequential" in SEQUENTIAL_HINT
+    for kw in (dict(bits=4, method="gptq", sequential=True), dict(bits=8),
+               dict(bits=4, sparsity=0.5, allocate="uniform")):
+        assert SEQUENTIAL_HINT not in _run(compare_baseline=False, **kw).report.notes
