@@ -137,12 +137,13 @@ SEQUENTIAL_HINT = (  # README "Per-layer --sequential at W4 on the other real mo
 
 
 def _one_shot_low(cfg: CompressConfig) -> bool:
-    """A one-shot run that quantizes alone below 8 bits (where the hint applies)."""
+    """A one-shot run that quantizes weights alone below 8 bits, no activation grids (what
+    the hint's figures measured)."""
     from .solvers.choose import exact_pays
 
     q = cfg.quant
     return (not cfg.run.sequential and q.bits is not None and exact_pays(q.bits)
-            and not cfg.prune.active and not cfg.alloc.active
+            and q.act_bits is None and not cfg.prune.active and not cfg.alloc.active
             and cfg.solver.method in ("obc", "gptq"))
 
 

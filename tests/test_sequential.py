@@ -115,5 +115,5 @@ def test_a_one_shot_run_below_8_bits_hints_at_sequential():
     assert w4.report.notes == [SEQUENTIAL_HINT] and SEQUENTIAL_HINT in w4.report.table()
     assert "--sequential" in SEQUENTIAL_HINT
     for kw in (dict(bits=4, method="gptq", sequential=True), dict(bits=8),
-               dict(bits=4, sparsity=0.5, allocate="uniform")):
+               dict(bits=4, sparsity=0.5, allocate="uniform"), dict(bits=4, act_bits=8)):
         assert SEQUENTIAL_HINT not in _run(compare_baseline=False, **kw).report.notes
