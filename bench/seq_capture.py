@@ -34,7 +34,7 @@ def main() -> None:
     from onnx_obc.collect import collect
     from onnx_obc.config import CompressConfig
     from onnx_obc.layers import select_layers
-    from onnx_obc.schedule import layer_groups
+    from onnx_obc.costmem import layer_groups
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="common")

@@ -169,11 +169,11 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
               help="Apply a saved per-layer profile (JSON) instead of solving the DP.")
 @click.option("--save-profile", type=click.Path(dir_okay=False),
               help="Write the chosen per-layer profile as JSON.")
-@click.option("--sequential", is_flag=True,
-              help="Compress layers in topological groups, calibrating each group on the "
-                   "model with the earlier groups already compressed.")
+@click.option("--sequential/--one-shot", default=None,
+              help="Layers in topological groups, each calibrated on the model with the earlier "
+                   "ones compressed. Default: sequential for --bits < 8 alone, else one-shot.")
 @click.option("--sequential-groups", type=click.IntRange(min=1),
-              help="Number of groups for --sequential (default: one per layer).")
+              help="Groups for --sequential (default: one per layer); implies it.")
 @click.option("--correct/--no-correct", default=None,
               help="Fold a per-output-channel mean correction (compressed vs dense outputs on "
                    "the calibration data) into the biases. Default: automatic with --bits 8 "

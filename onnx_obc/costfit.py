@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .costmodel import Rates, Shape, exact_seconds, fast_seconds, hessian_bytes, solver_bytes
-from .costplan import MIN_BLOCK, LayerPlan, Plan, _blocked
+from .costmem import MIN_BLOCK, blocked as in_blocks
+from .costplan import LayerPlan, Plan
 
 
 def fit_time(plan: Plan, rt: Rates, sparsity: float, quant: bool, row: int,
@@ -45,7 +46,7 @@ def fit_time(plan: Plan, rt: Rates, sparsity: float, quant: bool, row: int,
         opts, bs = [(p.blocks, p.exact_seconds)], p.d // p.blocks
         while p.blocks > 1 and bs // 2 >= max(MIN_BLOCK, align):
             bs //= 2
-            s = _blocked(Shape(p.G, p.r, p.d), bs, align)
+            s = in_blocks(Shape(p.G, p.r, p.d), bs, align)
             opts.append((s.k, exact_seconds(s, rt, sparsity=sparsity, quant=quant,
                                             candidates=0, row_budget=row)))
         options[i] = [(k, t - layers[i].seconds) for k, t in opts]
@@ -75,7 +76,7 @@ def _shrink_fast(layers: list[LayerPlan], rt: Rates, sparsity: float, quant: boo
             bs = p.d // p.blocks
             if p.blocks == 1 or bs // 2 < max(MIN_BLOCK, align):
                 continue
-            s = _blocked(Shape(p.G, p.r, p.d), bs // 2, align)
+            s = in_blocks(Shape(p.G, p.r, p.d), bs // 2, align)
             t = fast_seconds(s, rt, sparsity=sparsity, quant=quant)
             if t < p.seconds and (best is None or p.seconds - t > best[0]):
                 best = (p.seconds - t, i, s, t)

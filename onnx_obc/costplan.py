@@ -3,9 +3,9 @@ predicted seconds of ExactOBS and of the fast path (costmodel.py); which layers 
 in column blocks (block-diagonal H, solvers/blocked.py) so everything fits
 `run.memory_budget_mb`; and with `run.time_budget_s`, which layers get exact solves.
 
-Memory: the Hessians of every layer are held from capture to their solve, so the budget
-must cover them all plus the larger of (captured activations, one solve's working set). When
-that does not fit, layers wider than a block cap are solved in blocks of at most that many
+Memory (costmem.py): the Hessians of every layer (sequential: of a group) are held from
+capture to their solve, so the budget must cover them all plus the larger of (captured
+activations, one solve's working set). When that does not fit, layers wider than a block cap are solved in blocks of at most that many
 columns, the cap halving until it fits; if even blocks of MIN_BLOCK columns do not fit, the
 run stops before any work with the figures. What is left of the budget goes to the
 activations of a capture pass and to the solver's row batches.
@@ -15,20 +15,18 @@ Time (method obc, unstructured or quantization only): costfit.py.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .costclock import CONTENDED, contention_note
+from .costmem import (MIN_ACTIVATIONS, MIN_BLOCK, blocked, held, held_groups, memory,
+                      refusal, without_auto)  # noqa: F401  (without_auto: for the pipeline)
 from .costmodel import (Rates, Shape, baseline_seconds, calibrate, exact_seconds, fast_seconds,
-                        fast_quant_seconds, hessian_bytes, row_bytes, solver_bytes,
-                        solver_fixed_bytes)
+                        fast_quant_seconds, hessian_bytes, row_bytes, solver_bytes)
 from .errors import ConfigError
 from .layers import Layer
 from .specs import MB
 
-MIN_BLOCK = 64  # the smallest Hessian block (columns) the planner uses
-MIN_ACTIVATIONS = 8 * MB  # the least a capture pass is given
 OBQ_CANDIDATES = 4  # GPTQ solves beside OBQ in the obc quantization stage (solvers/choose.py)
 FAST_CANDIDATES = 1  # GPTQ solves where OBQ does not pay (choose.fast_quantized)
 
@@ -118,22 +116,6 @@ class Plan:
                 "rates": dict(self.rates)}
 
 
-def without_auto_dp(layers: list[Layer], cfg: Any) -> tuple[Any, str | None]:
-    """(cfg, None), or when the default allocation (alloc.mode "auto" resolved to the DP,
-    which needs every full Hessian) cannot hold the layers' Hessians within the memory
-    budget: (cfg with uniform sparsity, which blocked OBS can solve, the note saying so)."""
-    if getattr(cfg, "_alloc_auto", None) is None or cfg.alloc.mode != "dp":
-        return cfg, None
-    shapes = {L.weight: Shape(*L.matrix_shape) for L in layers}
-    need, _ = _memory(shapes, cfg.run.memory_budget_mb * MB, 2 if cfg.run.sequential else 1)
-    if need <= cfg.run.memory_budget_mb * MB:
-        return cfg, None
-    return cfg.replace(allocate="uniform"), (
-        f"uniform sparsity instead of the default DP allocation: the DP needs every layer's "
-        f"full Hessian ({need / MB:.0f} MB), over --memory-budget "
-        f"{cfg.run.memory_budget_mb} MB; raise the budget to allocate by the DP")
-
-
 def _refined(q: Any, candidates: int) -> int:
     """Candidates the obc solve refines (choose.py: OBQ, the GPTQs, RTN; after pruning OBQ)."""
     from .solvers.choose import exact_pays
@@ -182,15 +164,16 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     align = q.group_size or 1
     shapes = {L.weight: Shape(*L.matrix_shape) for L in layers}
     per_hess = 2 if run.sequential else 1  # sequential keeps the cross moments too
+    groups = held_groups(layers, cfg)
     cap = max((s.d for s in shapes.values()), default=0)
     while True:
-        plan_shapes = {w: _blocked(s, cap, align) for w, s in shapes.items()}
-        need, row = _memory(plan_shapes, M, per_hess)
+        plan_shapes = {w: blocked(s, cap, align) for w, s in shapes.items()}
+        need, row = memory(plan_shapes, M, per_hess, groups)
         if need <= M:
             break
         smaller = cap // 2
         if not blockable or smaller < max(MIN_BLOCK, align):
-            raise ConfigError(_refusal(layers, plan_shapes, need, M, blockable, cfg))
+            raise ConfigError(refusal(layers, plan_shapes, need, M, blockable, cfg))
         cap = smaller
     if row_cap is not None:
         row = min(row, row_cap)
@@ -224,7 +207,7 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
         plans.append(LayerPlan(L.name, L.weight, s.G, s.r, s.d, s.k, method,
                                hessian_bytes(s) * per_hess, solver_bytes(s, row), ex, fa, secs))
     note = contention_note(rt)  # the micro-benchmark's BLAS threads were contended
-    out = Plan(plans, M, max(MIN_ACTIVATIONS, M - sum(p.hessian_bytes for p in plans)), row,
+    out = Plan(plans, M, max(MIN_ACTIVATIONS, M - held(plan_shapes, per_hess, groups)), row,
                run.time_budget_s, {} if rt is None else rt.to_dict(), [note] if note else [])
     if run.time_budget_s is not None and method == "obc" and st_free and exact:
         from .costfit import fit_time
@@ -240,37 +223,3 @@ def exact_applies(cfg: Any) -> bool:
 
     q = cfg.quant
     return not q.bits or exact_pays(q.bits) or cfg.prune.active or cfg.alloc.active
-
-
-def _blocked(s: Shape, cap: int, align: int) -> Shape:
-    """`s` with its columns in blocks of at most `cap` (the largest divisor of d that is a
-    multiple of the quantization group size; unblocked when d <= cap)."""
-    if s.d <= cap:
-        return Shape(s.G, s.r, s.d, 1)
-    for bs in range(cap, 0, -1):
-        if s.d % bs == 0 and (bs % align == 0 or align % bs == 0):
-            return Shape(s.G, s.r, s.d, s.d // bs)
-    return Shape(s.G, s.r, s.d, s.d)
-
-
-def _memory(shapes: dict[str, Shape], M: int, per_hess: int) -> tuple[int, int]:
-    """(bytes needed with one-row batches, bytes left for the row batches)."""
-    held = sum(hessian_bytes(s) * per_hess for s in shapes.values())
-    fixed = max((solver_fixed_bytes(s) for s in shapes.values()), default=0)
-    one = max((row_bytes(s) for s in shapes.values()), default=0)
-    return held + max(MIN_ACTIVATIONS, fixed + one), max(M - held - fixed, one)
-
-
-def _refusal(layers: list[Layer], shapes: dict[str, Shape], need: int, M: int,
-             blockable: bool, cfg: Any) -> str:
-    big = sorted(layers, key=lambda L: -hessian_bytes(shapes[L.weight]))[:3]
-    names = ", ".join(f"{L.name} ({shapes[L.weight].G * shapes[L.weight].r}x"
-                      f"{shapes[L.weight].d}: {hessian_bytes(shapes[L.weight]) / MB:.0f} MB)"
-                      for L in big)
-    why = ("" if blockable else " Solving in column blocks, which would fit, needs unstructured"
-           " sparsity or quantization only, without run.sequential or an allocation; ")
-    how = f"in blocks of {MIN_BLOCK} columns" if blockable else "unblocked"
-    return (f"the layers' Hessians and solver need {need / MB:.0f} MB, more than "
-            f"run.memory_budget_mb {M // MB} MB, even {how} "
-            f"(largest: {names}).{why} raise run.memory_budget_mb to at least "
-            f"{math.ceil(need / MB)}, or exclude the widest layers with --exclude")

@@ -185,10 +185,10 @@ def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
     plan (None without layer solves) and what the fallback says."""
     if not _layerwise(cfg):
         return cfg, None, []
-    cfg, fallback = costplan.without_auto_dp(layers, cfg)
+    cfg, fallbacks = costplan.without_auto(layers, cfg)
     with _timed(clock, "plan"):
         plan = costplan.planned(layers, cfg, backend, progress)
-    return cfg, plan, [fallback] if fallback else []
+    return cfg, plan, fallbacks
 
 
 def _preflight(proto: onnx.ModelProto, layers: list, src: str | None, output: Any,

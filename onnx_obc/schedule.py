@@ -22,6 +22,7 @@ from .capture import Runtime
 from .collect import collect, diagonal_hessians, hessian_dtype, subsampled
 from .engine import Engine
 from .config import CompressConfig
+from .costmem import layer_groups
 from .costplan import Plan, exact_applies
 from .layers import Layer, Skipped
 from .report import LayerResult
@@ -43,16 +44,6 @@ class Compressed:
     act_values: dict[str, Any] | None = None  # what cfg.export.runtime's target takes
     # (export.act_values: the scales above for tensorrt, (lo, hi) ranges for onnxruntime)
     notes: list[str] = field(default_factory=list)  # decisions after the solve (floatcheck.py)
-
-
-def layer_groups(layers: list[Layer], run: Any) -> list[list[Layer]]:
-    """All layers at once, or `run.sequential_groups` topological groups (None: one per
-    layer) with --sequential."""
-    if not run.sequential:
-        return [layers]
-    k = run.sequential_groups or len(layers)
-    size = -(-len(layers) // k)
-    return [layers[i:i + size] for i in range(0, len(layers), size)]
 
 
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
@@ -126,25 +117,20 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         _add(seconds, "solve", t)
     values = _values(observers, cfg)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
-                      seconds, values, notes=[SEQUENTIAL_HINT] if rows and _one_shot_low(cfg)
+                      seconds, values, notes=[SEQUENTIAL_NOTE] if rows and _auto_sequential(cfg)
                       else [])
 
 
-SEQUENTIAL_HINT = (  # README "Per-layer --sequential at W4 on the other real models"
-    "hint: --sequential (each layer calibrated on the compressed model's inputs) lowered the "
-    "output error of each of the seven real models the bench measured at 4 bits, by 18-71% "
-    "(EfficientNet-Lite0 0.645 -> 0.185), at 1.5-4.6x the CPU time")
+SEQUENTIAL_NOTE = (  # README "Per-layer --sequential at W4 on the other real models"
+    "sequential calibration, the default for weights alone below 8 bits (each layer on the "
+    "compressed model's inputs): it lowered the output error of each of the seven real models "
+    "the bench measured at 4 bits, by 18-71%, at 1.5-4.6x the CPU time; --one-shot is faster")
 
 
-def _one_shot_low(cfg: CompressConfig) -> bool:
-    """A one-shot run that quantizes weights alone below 8 bits, no activation grids (what
-    the hint's figures measured)."""
-    from .solvers.choose import exact_pays
-
-    q = cfg.quant
-    return (not cfg.run.sequential and q.bits is not None and exact_pays(q.bits)
-            and q.act_bits is None and not cfg.prune.active and not cfg.alloc.active
-            and cfg.solver.method in ("obc", "gptq"))
+def _auto_sequential(cfg: CompressConfig) -> bool:
+    """Sequential because it is the default (config._auto_sequential), not asked for."""
+    auto = getattr(cfg, "_run_auto", None)
+    return cfg.run.sequential and auto is not None and auto.sequential_groups is None
 
 
 def _scales(observers: dict[str, Any], cfg: CompressConfig) -> dict[str, float] | None:

@@ -203,8 +203,7 @@ class Allocation:
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "uniform", "dp"):
-            raise ConfigError(f"alloc.mode must be 'auto', 'uniform' or 'dp', got "
-                              f"{self.mode!r}")
+            raise ConfigError(f"alloc.mode must be 'auto', 'uniform' or 'dp', got {self.mode!r}")
         if self.budget not in ("sparsity", "params", "flops", "bops"):
             raise ConfigError(f"alloc.budget must be sparsity, params, flops or bops, got "
                               f"{self.budget!r}")
@@ -257,11 +256,11 @@ class Correction:
 class RunOptions(CalibReading):
     """How the pipeline runs (calibration reading: calibspec.py). sequential: topological
     groups (sequential_groups; None: one per layer), each calibrated on the model with the
-    earlier ones compressed. device: "auto" (CuPy GPU if usable), "cpu", "cuda". holdout: see
-    calib/plan.held_out_count. memory_budget_mb: Hessians, activations per capture, solves,
-    the correction's kept tensors; solver_memory_mb: row batches (costplan.py)."""
+    earlier ones compressed (None: config._auto_sequential). device: "auto" (CuPy GPU if
+    usable), "cpu", "cuda". holdout: calib/plan.held_out_count. memory_budget_mb: Hessians,
+    activations per capture, solves, kept tensors; solver_memory_mb: row batches."""
 
-    sequential: bool = False
+    sequential: bool | None = None
     sequential_groups: int | None = None
     device: str = "auto"
     batch_size: int = 32  # samples per onnxruntime run
@@ -287,14 +286,15 @@ class RunOptions(CalibReading):
         if (d := self.device) not in DEVICES:
             raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got {d!r}")
         for name, least in (("sequential_groups", 1), ("batch_size", 1), ("calib_samples", 1),
-                            ("correct_samples", 1), ("memory_budget_mb", 16),
-                            ("solver_memory_mb", 16), ("workers", 1)):
+                            ("correct_samples", 1), ("memory_budget_mb", 16), ("workers", 1),
+                            ("solver_memory_mb", 16)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise ConfigError(f"run.{name} must be an integer >= {least}, got {v!r}")
-        if self.compare_baseline not in (None, True, False):
-            raise ConfigError("run.compare_baseline must be true, false or null (auto), got "
-                              f"{self.compare_baseline!r}")
+        for name in ("compare_baseline", "sequential"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"run.{name} must be true, false or null (auto), got "
+                                  f"{getattr(self, name)!r}")
         if (h := self.holdout) is not None and not (type(h) in (int, float) and 0 <= h < 1):
             raise ConfigError(f"run.holdout must be a fraction in [0, 1) or null (auto), got {h!r}")
         check_engine(self.engine, self.workers, self.ray_address)

@@ -25,7 +25,8 @@ def _layers():
     return layers
 
 
-@pytest.mark.parametrize("opts", [dict(bits=4), dict(sparsity=0.5, allocate="uniform")])
+@pytest.mark.parametrize("opts", [dict(bits=4, sequential=False),  # as without_auto gives
+                                  dict(sparsity=0.5, allocate="uniform")])
 def test_the_fast_path_takes_smaller_blocks_when_its_memory_sized_ones_miss_the_budget(opts):
     layers = _layers()
     cfg = dict(memory_budget_mb=20000, **opts)
@@ -46,7 +47,8 @@ def test_the_fast_path_takes_smaller_blocks_when_its_memory_sized_ones_miss_the_
     assert tiny.warnings and {q.method for q in tiny.layers} == {"gptq"}
 
 
-@pytest.mark.parametrize("opts", [dict(bits=4), dict(sparsity=0.5, allocate="uniform")])
+@pytest.mark.parametrize("opts", [dict(bits=4, sequential=False),  # as without_auto gives
+                                  dict(sparsity=0.5, allocate="uniform")])
 def test_an_unreachable_budget_keeps_the_memory_plans_blocks(opts):
     """When even blocks of MIN_BLOCK columns miss the budget, halving would only coarsen H
     (CREPE-full under contention was cut into 1,024 blocks of 64 columns for nothing): the
@@ -66,9 +68,9 @@ def test_an_unreachable_budget_keeps_the_memory_plans_blocks(opts):
     assert f"blocks of {MIN_BLOCK} columns" in w and "memory plan's column blocks" in w
     # just under / over the fast path in blocks of MIN_BLOCK: kept / cut to MIN_BLOCK
     from onnx_obc.costmodel import Shape, fast_seconds
-    from onnx_obc.costplan import _blocked
+    from onnx_obc.costmem import blocked
 
-    s = _blocked(Shape(1, 128, 65536), MIN_BLOCK, 1)
+    s = blocked(Shape(1, 128, 65536), MIN_BLOCK, 1)
     t = fast_seconds(s, RATES, sparsity=opts.get("sparsity", 0.0), quant="bits" in opts)
     under, over = (make_plan(layers, CompressConfig.from_options(time_budget_s=T, **cfg),
                              rates=RATES).layers[0] for T in (t * 0.99, t * 1.01))

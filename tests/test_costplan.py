@@ -16,7 +16,8 @@ from onnx_obc.collect import collect
 from onnx_obc.calib import DataSet
 from onnx_obc.config import CompressConfig
 from onnx_obc.costmodel import Rates, Shape, hessian_bytes, solver_bytes
-from onnx_obc.costplan import make_plan, without_auto_dp
+from onnx_obc.costmem import needed
+from onnx_obc.costplan import make_plan, without_auto
 from onnx_obc.errors import ConfigError
 from onnx_obc.hessian import BlockHessianAccumulator
 from onnx_obc.layers import find_layers
@@ -160,16 +161,45 @@ def test_the_default_dp_falls_back_to_uniform_when_hessians_need_blocks(saved, t
     layers, _ = find_layers(model)
     cfg = CompressConfig.from_options(sparsity=0.5, memory_budget_mb=64)
     assert cfg.alloc.mode == "dp"
-    fell, note = without_auto_dp(layers, cfg)
+    fell, [note] = without_auto(layers, cfg)
     assert fell.alloc.mode == "uniform" and "memory-budget 64 MB" in note
-    same, none = without_auto_dp(layers, CompressConfig.from_options(sparsity=0.5))
-    assert same.alloc.mode == "dp" and none is None  # fits: the DP stays
+    same, none = without_auto(layers, CompressConfig.from_options(sparsity=0.5))
+    assert same.alloc.mode == "dp" and none == []  # fits: the DP stays
     asked = CompressConfig.from_options(sparsity=0.5, allocate="dp", memory_budget_mb=64)
-    assert without_auto_dp(layers, asked) == (asked, None)  # asked for: refused later
+    assert without_auto(layers, asked) == (asked, [])  # asked for: refused later
     path, data = saved(model, n=40)
     res = convert(path, None, calib=data, progress=False, sparsity=0.5, memory_budget_mb=64)
     assert any("instead of the default DP" in w for w in res.report.warnings)
     assert res.report.layers[0].method.startswith("obc-blocked")
+
+
+def test_the_default_sequential_falls_back_to_one_shot_when_hessians_need_blocks(saved):
+    """W4 alone is sequential by default, which keeps the full Hessians and cross moments:
+    where they do not fit the budget the run is one-shot in column blocks, and says so; a
+    sequential run holds one group's Hessians at a time, not every layer's."""
+    model = b.matmul(d_in=2048, d_out=16)
+    layers, _ = find_layers(model)
+    cfg = CompressConfig.from_options(bits=4, memory_budget_mb=64)
+    assert cfg.run.sequential
+    fell, [note] = without_auto(layers, cfg)
+    assert fell.run.sequential is False and "one-shot instead" in note and "64 MB" in note
+    asked = CompressConfig.from_options(bits=4, sequential=True, memory_budget_mb=64)
+    assert without_auto(layers, asked) == (asked, [])  # asked for: the plan refuses it
+    with pytest.raises(ConfigError, match="run.sequential"):
+        make_plan(layers, asked, rates=RATES)
+    path, data = saved(model, n=40)
+    res = convert(path, None, calib=data, progress=False, bits=4, memory_budget_mb=64)
+    assert any("one-shot instead of the default sequential" in w for w in res.report.warnings)
+    assert res.report.layers[0].method.endswith("blocks)")
+    assert res.report.config["run"]["sequential"] is False
+    three, _ = find_layers(b.mlp3((1024, 1024, 1024, 8)))  # each H 8 MB, 16 with C
+    seq = CompressConfig.from_options(bits=4, memory_budget_mb=145)  # the solver's ~124 MB
+    one = CompressConfig.from_options(bits=4, sequential=False, memory_budget_mb=145)
+    assert without_auto(three, seq) == (seq, [])  # one layer's 16 MB at a time, not 48
+    assert needed(three, seq) < 145 * MB < needed(three, one)
+    p_seq, p_one = (make_plan(three, c.replace(memory_budget_mb=200), rates=RATES)
+                    for c in (seq, one))
+    assert (p_seq.activation_bytes, p_one.activation_bytes) == (184 * MB, 176 * MB)
 
 
 @pytest.mark.parametrize("opts,refined", [

@@ -106,14 +106,31 @@ def test_a_layer_seen_in_too_few_columns_is_not_refitted():
         assert np.array_equal(W, dense) is not refit
 
 
-def test_a_one_shot_run_below_8_bits_hints_at_sequential():
-    """The footer says what the bench measured for one-shot W4 runs (quantization alone),
-    and nothing where it does not apply: sequential, 8 bits, pruning."""
-    from onnx_obc.schedule import SEQUENTIAL_HINT
+def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
+    """The default (run.sequential None) is sequential for quantization alone below 8 bits
+    with OBQ or GPTQ, one-shot elsewhere; `sequential=False` (--one-shot) keeps one-shot; the
+    footer says when the default chose it. Both give the same model as asking explicitly."""
+    from onnx_obc.config import CompressConfig
+    from onnx_obc.schedule import SEQUENTIAL_NOTE
 
-    w4 = _run(bits=4, method="gptq", compare_baseline=False)
-    assert w4.report.notes == [SEQUENTIAL_HINT] and SEQUENTIAL_HINT in w4.report.table()
-    assert "--sequential" in SEQUENTIAL_HINT
-    for kw in (dict(bits=4, method="gptq", sequential=True), dict(bits=8),
-               dict(bits=4, sparsity=0.5, allocate="uniform"), dict(bits=4, act_bits=8)):
-        assert SEQUENTIAL_HINT not in _run(compare_baseline=False, **kw).report.notes
+    auto = _run(bits=4, method="gptq", compare_baseline=False)
+    asked = _run(bits=4, method="gptq", sequential=True, compare_baseline=False)
+    one = _run(bits=4, method="gptq", sequential=False, compare_baseline=False)
+    assert auto.report.notes == [SEQUENTIAL_NOTE] and SEQUENTIAL_NOTE in auto.report.table()
+    assert auto.report.config["run"]["sequential"] is True and asked.report.notes == []
+    assert one.report.notes == [] and one.report.config["run"]["sequential"] is False
+    for x, y, z in zip(auto.model.graph.initializer, asked.model.graph.initializer,
+                       one.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y))
+    differs = [not np.array_equal(numpy_helper.to_array(x), numpy_helper.to_array(z)) for x, z
+               in zip(auto.model.graph.initializer, one.model.graph.initializer)]
+    assert any(differs)  # the later layers saw the compressed inputs
+    for kw, seq in ((dict(bits=3), True), (dict(bits=4, group_size=32), True),
+                    (dict(bits=8), False), (dict(bits=4, act_bits=8), False),
+                    (dict(bits=4, sparsity=0.5), False), (dict(sparsity=0.5), False),
+                    (dict(bits=4, method="rtn"), False), (dict(bits=4, channels=0.2), False),
+                    (dict(sparsity=0.5, sequential_groups=2), True)):
+        assert CompressConfig.from_options(**kw).run.sequential is seq, kw
+    c = CompressConfig.from_options(bits=4)
+    assert c.replace(act_bits=8).run.sequential is False  # re-resolved, as alloc.mode
+    assert c.replace(act_bits=8).replace(act_bits=None).run.sequential is True

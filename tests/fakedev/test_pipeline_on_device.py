@@ -50,8 +50,9 @@ PER_LAYER = {"unstructured": 5, "nm": 7, "nm-gptq": 5, "blocks": 8, "obq": 10, "
              "act-bits": 10, "channels": 13, "onnxruntime": 10}
 
 # activation copies of the capture: 3 batches of 8 fit samples x 2 layers; sequential adds the
-# dense model's inputs of its second group; the channel stage captures its one consumer
-CAPTURE = {"sequential": 9, "channels": 3}
+# dense model's inputs of its second group (also the default of weights alone below 8 bits:
+# obq, obq-groups-asym, gptq-act-order); the channel stage captures its one consumer
+CAPTURE = {"sequential": 9, "obq": 9, "obq-groups-asym": 9, "gptq-act-order": 9, "channels": 3}
 
 
 def _inits(model) -> dict[str, np.ndarray]:
@@ -166,7 +167,8 @@ def test_layers_narrower_than_the_device_minimum_are_solved_on_the_host(options,
                                          "host, which is faster for them")
     assert on_device.report.device == "fake (fake device (NumPy behind a boundary))"
     capture = sum(n for s, n in sites(TRANSFERS).items() if "onnx_obc/collect.py" in s)
-    assert capture == 6  # 3 batches x 2 layers: the Hessians are still built on the device
+    seq = routed.report.config["run"]["sequential"]  # obq: the default, + the dense h
+    assert capture == (9 if seq else 6)  # 3 batches x 2 layers: the Hessians on the device
     monkeypatch.setitem(backend_mod._STAND_IN, fc.ndarray,
                         dataclasses.replace(fake, min_columns=10**6))
     from onnx_obc import costplan
