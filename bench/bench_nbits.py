@@ -56,7 +56,8 @@ def variants(path: str, calib: str, method: str, tmp: Path, groups: list[int | N
             convert(str(ROOT / path), dst, bits=4, group_size=group, method=method,
                     runtime="onnxruntime", calib=str(ROOT / calib), holdout=0.0,
                     op_types=op_types,
-                    compare_baseline=False, progress=False, **opts)
+                    compare_baseline=False, progress=False, sequential=False,  # timed only
+                    **opts)
             out[name] = dst
     return out
 

@@ -66,23 +66,27 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "2:4 noshrink": {"nm": (2, 4), "method": "obc", "shrink": False},
     "2:4 gptq": {"nm": (2, 4), "method": "gptq"},  # SparseGPT's N:M
     "w8a8": {"bits": 8, "act_bits": 8},
-    "w4 obc": {"bits": 4, "method": "obc"},
-    "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False},  # H as captured
+    "w4 obc": {"bits": 4, "method": "obc", "sequential": False},
+    "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False,  # H as captured
+                        "sequential": False},
     "s50dp noshrink": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "shrink": False},
     "s50dp seq": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "sequential": True},
     "s50dp corr": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "correct": True},
-    "w4 gptq": {"bits": 4, "method": "gptq"},
+    "w4 gptq": {"bits": 4, "method": "gptq", "sequential": False},
     "w4 rtn": {"bits": 4, "method": "rtn"},
     "w4 obc seq": {"bits": 4, "method": "obc", "sequential": True},
     "w4 gptq seq": {"bits": 4, "method": "gptq", "sequential": True},
     "w4 obc seq2": {"bits": 4, "method": "obc", "sequential": True, "sequential_groups": 2},
     "w4 obc seq4": {"bits": 4, "method": "obc", "sequential": True, "sequential_groups": 4},
-    "w4 obc corr": {"bits": 4, "method": "obc", "correct": True},
-    "w4 gptq corr": {"bits": 4, "method": "gptq", "correct": True},
-    "w4g32 obc": {"bits": 4, "group_size": 32, "method": "obc"},
-    "w4g32 gptq": {"bits": 4, "group_size": 32, "method": "gptq"},
+    "w4 obc corr": {"bits": 4, "method": "obc", "correct": True, "sequential": False},
+    "w4 gptq corr": {"bits": 4, "method": "gptq", "correct": True, "sequential": False},
+    "w4g32 obc": {"bits": 4, "group_size": 32, "method": "obc", "sequential": False},
+    "w4g32 gptq": {"bits": 4, "group_size": 32, "method": "gptq", "sequential": False},
     "w4g32 rtn": {"bits": 4, "group_size": 32, "method": "rtn"},
-}
+    "w4g32 obc seq": {"bits": 4, "group_size": 32, "method": "obc", "sequential": True},
+    "w3 obc": {"bits": 3, "method": "obc", "sequential": False},
+    "w3 obc seq": {"bits": 3, "method": "obc", "sequential": True},
+}  # the w4 / w3 runs without "seq" are one-shot (the default below 8 bits is sequential)
 
 
 def child(args: str) -> None:

@@ -1,9 +1,12 @@
-"""What --sequential's captures cost on a model whose batch is fixed at 1: the capture of
-each later group (the partly compressed model and the dense reference, collect.py with
-`dense`) one sample per run (as before both were batched) against both batched, in one
-process, alternating, on the same groups.
+"""What --sequential's captures cost: the capture of each later group (the partly compressed
+model and the dense reference, collect.py with `dense`), in one process, alternating, on the
+same groups. A model whose batch is fixed at 1 (common): one sample per run (as before both
+were batched), both batched, both batched and pruned to the captured tensors' ancestors. A
+model with a free batch: the whole graph, the ancestors only (every prefix from the graph
+inputs), and from the last group's cut (frontier.py, the default since).
 
     OPENBLAS_NUM_THREADS=1 python bench/seq_capture.py --model common [--groups 22] [--reps 1] [--samples 32]
+    OPENBLAS_NUM_THREADS=1 python bench/seq_capture.py --model efficientnet_lite0
 
 The "compressed" model is the dense one with every layer's weights scaled by 1.01 (the
 capture's cost does not depend on the values). Prints per path: CPU seconds (this process,
@@ -33,6 +36,7 @@ def main() -> None:
     from onnx_obc.backend import get_backend
     from onnx_obc.collect import collect
     from onnx_obc.config import CompressConfig
+    from onnx_obc.frontier import Frontier
     from onnx_obc.layers import select_layers
     from onnx_obc.costmem import layer_groups
 
@@ -70,20 +74,27 @@ def main() -> None:
     import onnx_obc.collect as collect_mod
 
     pruned = collect_mod.capture_session
-    whole = lambda m, names, rt, prune=False: pruned(m, names, rt)  # noqa: E731
-    paths = (("one sample per run, whole graph (before)", 0, whole),
-             ("batched, whole graph", data.free_batch, whole),
-             ("batched, the captured tensors' ancestors only", data.free_batch, pruned))
+    whole = lambda m, names, rt, prune=False, arena=True: pruned(  # noqa: E731
+        m, names, rt, arena=arena)
+    fixed = data.free_batch > 1
+    paths = (("one sample per run, whole graph (before)", 0, whole, False),
+             ("batched, whole graph", data.free_batch, whole, False),
+             ("batched, the captured tensors' ancestors only", data.free_batch, pruned, False)
+             ) if fixed else (("whole graph", 0, whole, False),
+                              ("the captured tensors' ancestors only", 0, pruned, False),
+                              ("from the last group's cut (frontier.py)", 0, pruned, True))
+    budget = cfg.run.memory_budget_mb
     for rep in range(a.reps):
-        for label, free, make in paths:
+        for label, free, make, cut in paths:
             collect_mod.capture_session = make
             runs[0] = 0
             load = os.getloadavg()[0]
             c, t = time.process_time(), time.perf_counter()
+            fr = Frontier(budget * 2**20 // 2) if cut else None
             for g in groups:
-                collect(current, g, data.fit, data.batch, backend, cfg.run.memory_budget_mb,
-                        False, dense=proto, hessian_dtype=np.float64, free_batch=free,
-                        sample_axes=data.info.get("sample_axes"))
+                collect(current, g, data.fit, data.batch, backend, budget, False, dense=proto,
+                        hessian_dtype=np.float64, free_batch=free, frontier=fr,
+                        sample_axes=data.info.get("sample_axes"), shrink=data.batch_is_free)
             print(f"rep {rep} {label}: cpu {time.process_time() - c:.1f} s, wall "
                   f"{time.perf_counter() - t:.1f} s, {runs[0]} runs, load {load:.2f}",
                   flush=True)

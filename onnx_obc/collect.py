@@ -19,6 +19,7 @@ from .capture import (ARENA_MAX, Runtime, activation_bytes, capture, capture_ses
                       measured_bytes, plan_groups, providers_for)
 from .hessian import (FOLD_MAX_D, BlockHessianAccumulator, DiagonalAccumulator,
                       HessianAccumulator, columns, position_step)
+from .frontier import Frontier
 from .layers import Layer
 from .observe import Observers
 from .specs import MB
@@ -32,7 +33,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             diagonal: frozenset[str] = frozenset(), means: dict[str, ChannelMean] | None = None,
-            shrink: bool = False, folds: bool = False
+            shrink: bool = False, folds: bool = False, frontier: Frontier | None = None
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -57,7 +58,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `batch`), which cost less time and memory than larger ones (see _passes). `folds`: the
     full Hessians of at most FOLD_MAX_D inputs also keep a sum over every other batch
     where the samples give them fewer than FOLD_COLUMNS columns per input (the held-out
-    halves of solvers/shrink.py)."""
+    halves of solvers/shrink.py). `frontier` (sequential, with `dense`): both models run from
+    the last group's cut (frontier.py) where the capture is one pass of per-batch runs."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
@@ -106,6 +108,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             runs is not None and dense is not None) else None
         if dense is not None and (runs is None) != (ref_runs is None):
             runs = ref_runs = None  # both one sample per run, so that the samples pair up
+        if frontier is not None:  # only the nodes since the last cut, else from the start
+            runs, ref_runs = frontier.pair(proto, dense, group, layers, data.batches, batch, rt,
+                                           arena, (runs, ref_runs), len(groups) == 1)
         sess = capture_session(proto, group, rt, prune=True, arena=arena) if (
             group and runs is None) else None
         ref = capture_session(dense, group, rt, prune=True, arena=arena) if (
@@ -142,6 +147,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             seen += samples
             bar.update(1)
         pending.flush()
+        if frontier is not None:
+            frontier.commit()
         taken.update(n for n in means if n in group)  # a tensor in two groups counts once
         observed.update(group)  # so does an observed one
         done.update(L.weight for L in todo)
@@ -241,46 +248,6 @@ def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, f
     if axes is None:
         return None
     return per_sample(sess, group, axes, inputs, data.batches(free))
-
-
-def hessian_dtype(cfg: Any, xp: Any) -> Any:
-    """float32 for runs where no layer takes ExactOBS / OBQ (8-bit quantization alone,
-    costplan.exact_applies): GPTQ and RTN at 8 bits do not see float32's rounding of each
-    batch's X X^T (summed in float64), and the capture's im2col and GEMM take half the time;
-    float64 otherwise."""
-    from .costplan import exact_applies
-
-    return xp.float64 if exact_applies(cfg) else xp.float32
-
-
-def subsampled(cfg: Any) -> bool:
-    """Whether the Hessians come from a subgrid of the output positions: in the runs of
-    hessian_dtype's float32 (8-bit quantization alone), where GPTQ and RTN need H only to
-    about a percent; see README "W8A8 conversion time" for the measured trade."""
-    from .costplan import exact_applies
-
-    return not exact_applies(cfg)
-
-
-W8_FULL_FLOPS = 1e9  # "auto": the full H where d^2 (r + d) is at most this (GPTQ's order)
-
-
-def diagonal_hessians(cfg: Any, layers: list[Layer]) -> frozenset[str]:
-    """The 8-bit tier, decided here only: the layers (weights) that keep diag(H) instead
-    of H, in the runs of subsampled() with the default method (not sequential: its fit
-    needs the cross moments); solver.w8_hessian "diag": all of them, "full": none, "auto":
-    those whose GPTQ cost d^2 (r + d) per group exceeds W8_FULL_FLOPS (the Hessian's
-    product grows with d^2 too), the small layers keeping H and GPTQ. Their solve is RTN on
-    the grid searched under diag(H) (solvers/layer.py). Measured (README "W8A8 conversion
-    time"): "diag" everywhere raised ocr_like's W8A8 error 0.016 -> 0.023 and cost common 2
-    points of text accuracy; "auto" (2 of ocr_like's 24 layers, 1 of common's 22 diagonal)
-    kept both within 0.001 / 0 points for 0.7x the CPU seconds."""
-    mode = cfg.solver.w8_hessian
-    if not subsampled(cfg) or cfg.solver.method != "obc" or cfg.run.sequential or (
-            mode == "full"):
-        return frozenset()
-    return frozenset(L.weight for L in layers if mode == "diag" or (
-        L.matrix_shape[2] ** 2 * (L.matrix_shape[1] + L.matrix_shape[2]) > W8_FULL_FLOPS))
 
 
 def _on_device(last: list, name: str, acts: dict, backend: Backend) -> Any:

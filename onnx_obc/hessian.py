@@ -5,7 +5,7 @@ multiply W's rows: im2col for Conv, following ONNX Conv semantics exactly: expli
 auto_pad padding, strides, dilations, 1-D/2-D/3-D, groups). `HessianAccumulator` keeps the
 float64 sum of X X^T and the number of calibration samples; H = sum / samples. Each
 batch's X X^T is one GEMM in X's precision: float64 by default, float32 (columns' dtype)
-for runs that only quantize at 8 bits (collect.hessian_dtype), where it is within float32
+for runs that only quantize at 8 bits (tier.hessian_dtype), where it is within float32
 rounding of float64 and half the im2col memory and GEMM time.
 For those 8-bit runs `columns` can also take a subgrid of the output positions (`step`,
 position_step): every step-th position along each spatial axis (tokens for MatMul), the
@@ -13,7 +13,7 @@ subgrid's phase moving from sample to sample, the columns scaled by sqrt(positio
 so that H stays an estimate of the same X X^T / N; step 1 is the full X.
 `BlockHessianAccumulator` keeps only the k diagonal blocks of that sum over contiguous
 column blocks (never the d x d matrix), for layers whose full Hessian does not fit;
-`DiagonalAccumulator` only its diagonal (8-bit quantization alone, collect.diagonal_hessians).
+`DiagonalAccumulator` only its diagonal (8-bit quantization alone, tier.diagonal_hessians).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ class BlockHessianAccumulator(HessianAccumulator):
 class DiagonalAccumulator(HessianAccumulator):
     """Only diag(sum X X^T), each input's energy: total [G, d] (float64), O(n d) per batch
     instead of the product's O(n d^2). mean() is [G, d], diag(H); the 8-bit solves that
-    take it (collect.diagonal_hessians) are RTN on a grid searched under it."""
+    take it (tier.diagonal_hessians) are RTN on a grid searched under it."""
 
     def __init__(self, groups: int, d: int, xp: Any) -> None:
         self.total = xp.zeros((groups, d), dtype=xp.float64)  # [G, d]

@@ -19,8 +19,10 @@ from . import export
 from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
-from .collect import collect, diagonal_hessians, hessian_dtype, subsampled
+from .collect import collect
+from .tier import diagonal_hessians, hessian_dtype, subsampled
 from .engine import Engine
+from .frontier import Frontier
 from .config import CompressConfig
 from .costmem import layer_groups
 from .costplan import Plan, exact_applies
@@ -71,6 +73,8 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         warnings.append("--shrink: no held-out halves kept (the Hessians take over a third of "
                         "--memory-budget); data-limited layers are solved on H as captured")
 
+    frontier = Frontier(act_mb * MB // 2) if cfg.run.sequential else None  # frontier.py
+
     def capture(model: onnx.ModelProto, group: list[Layer], wanted: list[str]) -> dict:
         t = time.perf_counter()
         hessians, obs = collect(model, group, data.fit, data.batch, backend, act_mb, progress,
@@ -82,7 +86,8 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 sample_axes=data.info.get("sample_axes"),
                                 diagonal=diagonal_hessians(cfg, group),
                                 means=means if model is proto and not cfg.run.sequential
-                                else None, shrink=data.batch_is_free, folds=folds)
+                                else None, shrink=data.batch_is_free, folds=folds,
+                                frontier=frontier)
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

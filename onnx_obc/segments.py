@@ -47,15 +47,15 @@ class TooLarge(RuntimeError):
     """The tensors kept across a cut would exceed the memory budget."""
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
+def reads(node: onnx.NodeProto) -> set[str]:
     return {x for x in node.input if x} | subgraph_reads(node)
 
 
-def _piece(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray],
+def piece(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: dict[str, np.ndarray],
            outputs: list[str]) -> onnx.ModelProto:
     """A model of `nodes` reading `inputs` (name -> an example value, for the type) and the
     initializers they use, giving `outputs`."""
-    need = set().union(*(_reads(n) for n in nodes))
+    need = set().union(*(reads(n) for n in nodes))
     inits = [t for t in model.graph.initializer if t.name in need and t.name not in inputs]
     ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), None)
            for k, v in inputs.items()]
@@ -185,7 +185,7 @@ def _run(model: onnx.ModelProto, stops: list[str], batches: Iterable, providers:
     at = {i: k for k, i in enumerate(keep)}  # node index -> position among the kept
     last: dict[str, int] = {}  # tensor -> last kept position reading it
     for k, i in enumerate(keep):
-        for x in _reads(nodes[i]):
+        for x in reads(nodes[i]):
             last[x] = k
     for s in stops:
         last[s] = max(last.get(s, -1), at[made[s]])
@@ -198,21 +198,21 @@ def _run(model: onnx.ModelProto, stops: list[str], batches: Iterable, providers:
     nbatch = len(next(iter(cache.values()), []))
     varies = set(cache) - inits  # tensors that differ between batches (not weights, shapes)
     for i in keep:
-        if _reads(nodes[i]) & varies:
+        if reads(nodes[i]) & varies:
             varies.update(o for o in nodes[i].output if o)
     ends = sorted({at[made[s]] for s in stops})
     start = 0
     for end in ends:
         part = [nodes[i] for i in keep[start:end + 1]]
         made_here = {o for n in part for o in n.output if o}
-        reads = set().union(*(_reads(n) for n in part)) - made_here
-        ins = sorted(x for x in reads if x in cache and x not in inits)
+        read = set().union(*(reads(n) for n in part)) - made_here
+        ins = sorted(x for x in read if x in cache and x not in inits)
         outs = [o for o in sorted(made_here) if last.get(o, -1) > end or o in stops]
         kept = sum({id(v): v.nbytes for k, vs in cache.items() if k not in fed for v in vs
                     if not isinstance(v, _OnDisk)}.values())
         wide = max((cache[k][0].nbytes for k in ins if k in varies), default=0) >= ARENA_MAX
         feed = {k: _Loaded(cache[k])[0] for k in ins}
-        sess = session(_piece(model, part, feed, outs), providers,
+        sess = session(piece(model, part, feed, outs), providers,
                        arena=not wide)  # see the module's docstring
         got = dict(zip(outs, ([v] for v in sess.run(outs, feed))))
         dyn = [o for o in outs if o in varies]

@@ -160,7 +160,7 @@ class SolverOptions:
     """method: "obc" (ExactOBS / OBQ), "gptq" (GPTQ / SparseGPT in one pass) or the baselines
     "magnitude" / "rtn". act_order: gptq columns by descending diag H. damp: H += damp *
     mean(diag H) * I. w8_hessian: what "obc" keeps of H for 8-bit quantization alone
-    (collect.diagonal_hessians): "diag", "full" or "auto" (full on the small layers).
+    (tier.diagonal_hessians): "diag", "full" or "auto" (full on the small layers).
     shrink: data-limited layers' H shrunk toward its diagonal (solvers/shrink.py)."""
 
     method: str = "obc"

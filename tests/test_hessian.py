@@ -312,7 +312,7 @@ def test_float32_products_summed_in_float64_match_float64(case):
 
 
 def test_only_8_bit_quantization_alone_captures_in_float32():
-    from onnx_obc.collect import hessian_dtype
+    from onnx_obc.tier import hessian_dtype
 
     f = lambda **kw: hessian_dtype(CompressConfig.from_options(**kw), np)  # noqa: E731
     assert f(bits=8) is np.float32 and f(bits=8, act_bits=8) is np.float32

@@ -12,7 +12,8 @@ import pytest
 
 from onnx_obc import calib
 from onnx_obc.backend import get_backend
-from onnx_obc.collect import collect, subsampled
+from onnx_obc.collect import collect
+from onnx_obc.tier import subsampled
 from onnx_obc.config import CompressConfig
 from onnx_obc.hessian import SUBSAMPLE_MIN, columns, conv_columns, position_step
 from onnx_obc.layers import find_layers

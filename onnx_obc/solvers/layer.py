@@ -65,7 +65,7 @@ def obs_pipeline(task: Task, prune: Any) -> LayerSolution:
     xp = array_module(W, H64)
     G, r, d = W.shape
     fast = bool(quant) and not count and not exact_pays(quant.bits)  # 8 bits: GPTQ or RTN
-    if fast and H64.ndim == 2:  # diag(H) alone (collect.diagonal_hessians): GPTQ is RTN
+    if fast and H64.ndim == 2:  # diag(H) alone (tier.diagonal_hessians): GPTQ is RTN
         return _diagonal(task)
     # (GPTQ factors H itself there, gptq.inverse_factor; H^-1 only for the depthwise groups)
     inverse = not fast or (G > 1 and d <= BLOCK)

@@ -1,4 +1,4 @@
-"""The 8-bit tier (collect.diagonal_hessians): layers that keep only diag(H) are solved as
+"""The 8-bit tier (tier.diagonal_hessians): layers that keep only diag(H) are solved as
 RTN on the grid searched under it; the exact reductions hold (a diagonal H: the full tier's
 weights), the grid is never worse than min-max under diag(H), and on correlated activations
 the tier's loss under the full H stays within a stated ratio of GPTQ's and near min-max's."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_obc.collect import W8_FULL_FLOPS, diagonal_hessians
+from onnx_obc.tier import W8_FULL_FLOPS, diagonal_hessians
 from onnx_obc.config import CompressConfig
 from onnx_obc.hessian import DiagonalAccumulator, HessianAccumulator
 from onnx_obc.layers import find_layers

@@ -1,0 +1,131 @@
+"""Sequential capture without the prefix again for every group: each model's tensors at the
+last cut are kept per batch, and the next group's capture runs only the nodes between.
+
+A sequential run (schedule.py) captures, for each layer group, the partly compressed model
+and the dense one up to the group's inputs. Run from the graph inputs each time, that is
+one forward pass per group and model: on ppocr_cls (54 layers) per-layer groups took the
+capture from 2.8 to 22.3 s of a 31 s run. Here a `Frontier` remembers, for each model (a
+key: "model", "dense"), which nodes have run and, for every batch, the tensors they made
+that a node not yet run reads (a residual branch's skip input, the graph inputs' later
+readers aside: those come from the batch again). The next group runs a piece model of the
+nodes its inputs need that have not run, fed those tensors (segments.piece), and the kept
+set moves to the new cut. The nodes between are the same as in the full prefix, with the
+weights the model has now: the earlier groups' compressed weights apply from the piece
+after their solve on, as they would in a full pass (the layers' own nodes run after their
+inputs' cut), and the tensors are the same ones bit for bit (the same kernels on the same
+inputs; `test_the_frontier_capture_equals_the_full_prefix`).
+
+Kept per batch: a CNN's cut holds one or two activations; where the kept tensors of all
+batches would pass `budget` bytes the frontier stops keeping them (`full`) and every later
+group runs its whole prefix, as before."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+import numpy as np
+import onnx
+
+from .capture import Runtime, ancestors, session
+from .segments import piece, reads
+
+
+@dataclass
+class _State:
+    ran: set[str]  # outputs of the nodes run so far
+    batch: int  # the samples per batch the values were made with
+    values: list[dict[str, np.ndarray]]  # per batch: kept tensors
+
+
+@dataclass
+class Frontier:
+    """Per model key, what the last captures left (see the module docstring)."""
+
+    budget: int  # bytes the kept tensors of all keys and batches may take
+    full: bool = False  # they did not fit once: no longer kept
+    states: dict[str, _State] = field(default_factory=dict)
+    pending: dict[str, _State] = field(default_factory=dict)
+    used: int = 0  # bytes kept: the committed states' and the pending ones' so far
+
+    def runs(self, key: str, model: onnx.ModelProto, names: list[str],
+             batches: Iterable[tuple[int, dict[str, np.ndarray]]], batch: int, rt: Runtime,
+             arena: bool = True, changing: Iterable[str] = ()
+             ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Like capture.capture of a session fetching `names`: (samples, {name: activation},
+        graph inputs included) per batch, running only the nodes not yet run for `key`.
+        `changing`: tensors (weights) the caller changes before the next group: the nodes
+        that read them, or read what those make, count as not run (run again next time,
+        from kept inputs). The new cut counts from commit() on."""
+        nodes = list(model.graph.node)
+        old = self.states.get(key)
+        if old is not None and old.batch != batch:
+            old = None
+        ran = old.ran if old is not None else set()
+        part = [n for n in (nodes[i] for i in ancestors(nodes, names))
+                if not any(o in ran for o in n.output if o)]
+        made = {o for n in part for o in n.output if o}
+        ins = sorted(set().union(*(reads(n) for n in part)) - made
+                     - {t.name for t in model.graph.initializer})
+        stale = set(changing)
+        for n in part:  # topological: what reads a changing tensor is run again next time
+            if stale & (reads(n) | set(n.output)):
+                stale.update(o for o in n.output if o)
+        done = ran | (made - stale)
+        later = set().union(*(reads(n) for n in nodes if not any(o in done for o in n.output)))
+        kept = set(old.values[0]) if old is not None and old.values else set()
+        keep = sorted(x for x in (made - stale) | kept if x in later)  # read after the cut
+        outs = list(dict.fromkeys([n for n in names if n in made] + [x for x in keep
+                                                                      if x in made]))
+        state = _State(done, batch, [])
+        self.pending[key] = state
+        sess = None
+        for b, (samples, feed) in enumerate(batches):
+            have = {**feed, **(old.values[b] if old is not None else {})}
+            if sess is None and outs:
+                sess = session(piece(model, part, {k: have[k] for k in ins}, outs), rt,
+                               arena=arena)
+            if outs:
+                have.update(zip(outs, sess.run(outs, {k: have[k] for k in ins})))
+            if not self.full:
+                state.values.append({x: have[x] for x in keep if x not in feed})
+                self._size(sum(have[x].nbytes for x in keep if x not in feed))
+            yield samples, {**feed, **{n: have[n] for n in names}}
+
+    def pair(self, model: onnx.ModelProto, dense: onnx.ModelProto | None, names: list[str],
+             layers: list[Any], batches: Callable[[int], Iterable], batch: int, rt: Runtime,
+             arena: bool, given: tuple[Any, Any], applies: bool) -> tuple[Any, Any]:
+        """collect.py's (runs, ref_runs) of `model` (its `layers`' weights changed after
+        the solve) and `dense`: from the cuts where `applies` (one capture pass) and nothing
+        else runs them (`given`: the fixed-batch runs of batching.py), else `given` and the
+        next group starts from the graph inputs."""
+        if dense is None or not applies or given != (None, None):
+            self.drop()
+            return given
+        return (self.runs("model", model, names, batches(batch), batch, rt, arena,
+                          changing=[L.weight for L in layers]),
+                self.runs("dense", dense, names, batches(batch), batch, rt, arena))
+
+    def _size(self, add: int) -> None:
+        self.used += add
+        if self.used > self.budget:
+            self.full = True
+
+    def commit(self) -> None:
+        """The captures of this group ran to their end: their cuts are the current ones."""
+        if self.full:
+            self.states.clear()
+        else:
+            self.states.update(self.pending)
+        self.pending.clear()
+        self.used = sum(v.nbytes for s in self.states.values() for vs in s.values
+                        for v in vs.values())
+
+    def drop(self) -> None:
+        """A capture that did not run through here: start from the graph inputs again."""
+        self.states.clear()
+        self.pending.clear()
+        self.used = 0
+
+
+__all__ = ["Frontier"]

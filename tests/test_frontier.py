@@ -1,0 +1,109 @@
+"""frontier.py: a sequential run's captures start from the last group's cut instead of the
+graph inputs, and give the same model bit for bit as running every prefix again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+import onnx_obc.frontier as F
+import onnx_obc.schedule as S
+from onnx_obc import convert
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _run(name: str, **kw):
+    return convert(MODELS / f"{name}.onnx", None, calib=MODELS / f"{name}.calib.npz",
+                   progress=False, device="cpu", compare_baseline=False, **kw)
+
+
+def _same(a, b) -> None:
+    for x, y in zip(a.model.graph.initializer, b.model.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y))
+    assert [r.loss for r in a.report.layers] == [r.loss for r in b.report.layers]
+
+
+def _counting(monkeypatch) -> list[int]:
+    """The node count of every piece model a Frontier runs."""
+    sizes: list[int] = []
+    piece = F.piece
+
+    def counted(model, nodes, *args):
+        sizes.append(len(nodes))
+        return piece(model, nodes, *args)
+
+    monkeypatch.setattr(F, "piece", counted)
+    return sizes
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
+@pytest.mark.parametrize("options", [dict(bits=4), dict(bits=4, sequential_groups=2),
+                                     dict(sparsity=0.5, allocate="uniform", sequential=True)],
+                         ids=["per-layer", "groups", "pruned"])
+def test_the_frontier_capture_equals_the_full_prefix(name, options, monkeypatch):
+    """Per layer (the default below 8 bits), in groups of several layers (a group's later
+    layers read what its earlier ones make, which change after the solve: run again next
+    time) and pruning: the same weights and losses as the full-prefix captures; every node
+    of the two models runs about once, not once per group."""
+    sizes = _counting(monkeypatch)
+    cut = _run(name, **options)
+    pieces = list(sizes)
+    monkeypatch.setattr(S, "Frontier", lambda budget: None)
+    _same(cut, _run(name, **options))
+    nodes = len(cut.model.graph.node)
+    assert pieces and sum(pieces) <= 2 * nodes + 4 * len(cut.report.layers)
+
+
+def test_a_frontier_over_its_budget_runs_every_prefix_again(monkeypatch):
+    """Kept tensors over the budget: the frontier stops keeping them and each later group
+    runs from the graph inputs, the same model."""
+    made = []
+
+    def tiny(budget):
+        made.append(F.Frontier(1))
+        return made[-1]
+
+    sizes = _counting(monkeypatch)
+    _run("digits_cnn", bits=4)
+    kept = list(sizes)
+    sizes.clear()
+    monkeypatch.setattr(S, "Frontier", tiny)
+    small = _run("digits_cnn", bits=4)
+    assert made[0].full and made[0].states == {}
+    assert sizes == sorted(sizes) and sum(sizes) > sum(kept)  # each prefix from the inputs
+    monkeypatch.setattr(S, "Frontier", lambda budget: None)
+    _same(small, _run("digits_cnn", bits=4))
+
+
+def test_a_frontier_keeps_only_what_a_later_node_reads():
+    """x -> a -> b -> c with a skip a -> c: cut at b's input keeps a (read by b and c) and
+    not x; the next cut at c's input runs only b and keeps a for c."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnx_obc.capture import Runtime
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    info = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [info("x", TensorProto.FLOAT, [2, 3])],
+                          [info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    x = np.arange(12, dtype=np.float32).reshape(2, 2, 3) - 5
+    batches = [(2, {"x": x[0]}), (2, {"x": x[1]})]
+    rt = Runtime.of(["CPUExecutionProvider"])
+    fr = F.Frontier(1 << 20)
+    got = list(fr.runs("m", model, ["a"], batches, 2, rt))
+    fr.commit()
+    np.testing.assert_array_equal(got[1][1]["a"], np.maximum(x[1], 0))
+    assert set(fr.states["m"].values[0]) == {"a"} and "x" not in fr.states["m"].values[0]
+    got = list(fr.runs("m", model, ["b", "a"], batches, 2, rt))
+    fr.commit()
+    np.testing.assert_array_equal(got[0][1]["b"], -np.maximum(x[0], 0))
+    assert set(fr.states["m"].values[1]) == {"a", "b"}  # c reads both
+    assert fr.states["m"].ran == {"a", "b"}
