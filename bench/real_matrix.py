@@ -86,6 +86,9 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4g32 obc seq": {"bits": 4, "group_size": 32, "method": "obc", "sequential": True},
     "w3 obc": {"bits": 3, "method": "obc", "sequential": False},
     "w3 obc seq": {"bits": 3, "method": "obc", "sequential": True},
+    "w4a8": {"bits": 4, "act_bits": 8, "sequential": False},
+    "w4a8 seq": {"bits": 4, "act_bits": 8, "sequential": True},
+    "2:4 seq": {"nm": (2, 4), "method": "obc", "sequential": True},
 }  # the w4 / w3 runs without "seq" are one-shot (the default below 8 bits is sequential)
 
 

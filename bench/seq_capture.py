@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=None, help="default: one per layer")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--samples", type=int, default=None, help="calibration samples (all)")
+    ap.add_argument("--paths", default=None, help="the paths to run, by number: 0,1,2 (all)")
     a = ap.parse_args()
     path = ROOT / f"bench/real/{a.model}"
     proto = onnx.load(f"{path}.onnx")
@@ -83,6 +84,8 @@ def main() -> None:
              ) if fixed else (("whole graph", 0, whole, False),
                               ("the captured tensors' ancestors only", 0, pruned, False),
                               ("from the last group's cut (frontier.py)", 0, pruned, True))
+    if a.paths is not None:
+        paths = tuple(paths[int(i)] for i in a.paths.split(","))
     budget = cfg.run.memory_budget_mb
     for rep in range(a.reps):
         for label, free, make, cut in paths:

@@ -59,8 +59,7 @@ def test_the_frontier_capture_equals_the_full_prefix(name, options, monkeypatch)
 
 
 def test_a_frontier_over_its_budget_runs_every_prefix_again(monkeypatch):
-    """Kept tensors over the budget: the frontier stops keeping them and each later group
-    runs from the graph inputs, the same model."""
+    """No cut fits the budget: each later group runs from the graph inputs, the same model."""
     made = []
 
     def tiny(budget):
@@ -73,7 +72,7 @@ def test_a_frontier_over_its_budget_runs_every_prefix_again(monkeypatch):
     sizes.clear()
     monkeypatch.setattr(S, "Frontier", tiny)
     small = _run("digits_cnn", bits=4)
-    assert made[0].full and made[0].states == {}
+    assert made[0].states == {} and not made[0].over
     assert sizes == sorted(sizes) and sum(sizes) > sum(kept)  # each prefix from the inputs
     monkeypatch.setattr(S, "Frontier", lambda budget: None)
     _same(small, _run("digits_cnn", bits=4))
@@ -107,3 +106,12 @@ def test_a_frontier_keeps_only_what_a_later_node_reads():
     np.testing.assert_array_equal(got[0][1]["b"], -np.maximum(x[0], 0))
     assert set(fr.states["m"].values[1]) == {"a", "b"}  # c reads both
     assert fr.states["m"].ran == {"a", "b"}
+    small = F.Frontier(2 * x[0].nbytes)  # a fits (one per batch), a and b do not
+    list(small.runs("m", model, ["a"], batches, 2, rt))
+    small.commit()
+    got = list(small.runs("m", model, ["b"], batches, 2, rt))
+    small.commit()  # over: the cut stays after a
+    assert small.states["m"].ran == {"a"} and not small.over
+    again = list(small.runs("m", model, ["c"], batches, 2, rt))  # b again, from a
+    np.testing.assert_array_equal(again[1][1]["c"], np.maximum(x[1], 0) - np.maximum(x[1], 0))
+    np.testing.assert_array_equal(got[1][1]["b"], -np.maximum(x[1], 0))
