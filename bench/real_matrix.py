@@ -62,9 +62,9 @@ MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)
     "s50u": {"sparsity": 0.5, "allocate": "uniform"},
     "s50dp": {"sparsity": 0.5, "allocate": "dp", "budget": "params"},
-    "2:4": {"nm": (2, 4), "method": "obc"},
-    "2:4 noshrink": {"nm": (2, 4), "method": "obc", "shrink": False},
-    "2:4 gptq": {"nm": (2, 4), "method": "gptq"},  # SparseGPT's N:M
+    "2:4": {"nm": (2, 4), "method": "obc", "sequential": False},
+    "2:4 noshrink": {"nm": (2, 4), "method": "obc", "shrink": False, "sequential": False},
+    "2:4 gptq": {"nm": (2, 4), "method": "gptq", "sequential": False},  # SparseGPT's N:M
     "w8a8": {"bits": 8, "act_bits": 8},
     "w4 obc": {"bits": 4, "method": "obc", "sequential": False},
     "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False,  # H as captured
@@ -89,7 +89,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4a8": {"bits": 4, "act_bits": 8, "sequential": False},
     "w4a8 seq": {"bits": 4, "act_bits": 8, "sequential": True},
     "2:4 seq": {"nm": (2, 4), "method": "obc", "sequential": True},
-}  # the w4 / w3 runs without "seq" are one-shot (the default below 8 bits is sequential)
+    "2:4 gptq seq": {"nm": (2, 4), "method": "gptq", "sequential": True},
+}  # the runs without "seq" are one-shot where the default would be sequential  # the w4 / w3 runs without "seq" are one-shot (the default below 8 bits is sequential)
 
 
 def child(args: str) -> None:

@@ -134,19 +134,21 @@ def _auto_mode(c: CompressConfig) -> str:
 
 
 def _auto_sequential(c: CompressConfig) -> bool:
-    """run.sequential None: in groups when run.sequential_groups is given, or when the run
-    quantizes weights alone below 8 bits with OBQ or GPTQ (no activation grids, pruning,
-    allocation or channel pruning), where sequential lowered the output error of each of
-    seven real models, by 18-71% (README "Per-layer --sequential at W4"); one-shot otherwise
-    (at 50% Magika's DP was worse with it). costplan.without_auto falls back to one-shot
-    where the full Hessians cannot fit."""
+    """run.sequential None: in groups when run.sequential_groups is given, or with OBQ /
+    ExactOBS or GPTQ / SparseGPT when the run quantizes weights alone below 8 bits or prunes
+    to N:M alone (no activation grids, other pruning, allocation or channel pruning), where
+    sequential lowered the output error of every real model measured (README "Per-layer
+    --sequential at W4", "N:M"); one-shot otherwise (at 50% Magika's DP was worse with it,
+    at W4A8 PP-LCNet). costmem.without_auto falls back to one-shot where the full Hessians
+    cannot fit."""
     from .solvers.choose import exact_pays
 
-    q = c.quant
+    q, p = c.quant, c.prune
+    low = q.bits is not None and exact_pays(q.bits) and not p.active
+    nm = p.nm is not None and q.bits is None
     return c.run.sequential_groups is not None or (
-        q.bits is not None and exact_pays(q.bits) and q.act_bits is None
-        and not c.prune.active and not c.alloc.active and c.prune.channels is None
-        and c.solver.method in ("obc", "gptq"))
+        (low or nm) and q.act_bits is None and p.sparsity is None and p.block is None
+        and not c.alloc.active and p.channels is None and c.solver.method in ("obc", "gptq"))
 
 
 def _check_combination(c: CompressConfig) -> None:

@@ -108,7 +108,7 @@ def test_a_layer_seen_in_too_few_columns_is_not_refitted():
 
 def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
     """The default (run.sequential None) is sequential for quantization alone below 8 bits
-    with OBQ or GPTQ, one-shot elsewhere; `sequential=False` (--one-shot) keeps one-shot; the
+    and for N:M alone with OBQ / ExactOBS or GPTQ / SparseGPT, one-shot elsewhere; `sequential=False` (--one-shot) keeps one-shot; the
     footer says when the default chose it. Both give the same model as asking explicitly."""
     from onnx_obc.config import CompressConfig
     from onnx_obc.schedule import SEQUENTIAL_NOTE
@@ -129,7 +129,9 @@ def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
                     (dict(bits=8), False), (dict(bits=4, act_bits=8), False),
                     (dict(bits=4, sparsity=0.5), False), (dict(sparsity=0.5), False),
                     (dict(bits=4, method="rtn"), False), (dict(bits=4, channels=0.2), False),
-                    (dict(sparsity=0.5, sequential_groups=2), True)):
+                    (dict(sparsity=0.5, sequential_groups=2), True), (dict(nm=(2, 4)), True),
+                    (dict(nm=(2, 4), method="gptq"), True), (dict(nm=(2, 4), bits=4), False),
+                    (dict(nm=(2, 4), method="magnitude"), False)):
         assert CompressConfig.from_options(**kw).run.sequential is seq, kw
     c = CompressConfig.from_options(bits=4)
     assert c.replace(act_bits=8).run.sequential is False  # re-resolved, as alloc.mode

@@ -50,9 +50,11 @@ PER_LAYER = {"unstructured": 5, "nm": 7, "nm-gptq": 5, "blocks": 8, "obq": 10, "
              "act-bits": 10, "channels": 13, "onnxruntime": 10}
 
 # activation copies of the capture: 3 batches of 8 fit samples x 2 layers; sequential adds the
-# dense model's inputs of its second group (also the default of weights alone below 8 bits:
-# obq, obq-groups-asym, gptq-act-order); the channel stage captures its one consumer
-CAPTURE = {"sequential": 9, "obq": 9, "obq-groups-asym": 9, "gptq-act-order": 9, "channels": 3}
+# dense model's inputs of its second group (also the default of weights alone below 8 bits
+# and of N:M alone: obq, obq-groups-asym, gptq-act-order, nm, nm-gptq); the channel stage
+# captures its one consumer
+CAPTURE = {"channels": 3, **{m: 9 for m in ("sequential", "obq", "obq-groups-asym",
+                                             "gptq-act-order", "nm", "nm-gptq")}}
 
 
 def _inits(model) -> dict[str, np.ndarray]:
