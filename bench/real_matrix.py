@@ -90,6 +90,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4a8 seq": {"bits": 4, "act_bits": 8, "sequential": True},
     "2:4 seq": {"nm": (2, 4), "method": "obc", "sequential": True},
     "2:4 gptq seq": {"nm": (2, 4), "method": "gptq", "sequential": True},
+    "2:4+w4": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": False},
+    "2:4+w4 seq": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": True},
 }  # the runs without "seq" are one-shot where the default would be sequential  # the w4 / w3 runs without "seq" are one-shot (the default below 8 bits is sequential)
 
 

@@ -5,9 +5,10 @@ in column blocks (block-diagonal H, solvers/blocked.py) so everything fits
 
 Memory (costmem.py): the Hessians of every layer (sequential: of a group) are held from
 capture to their solve, so the budget must cover them all plus the larger of (captured
-activations, one solve's working set). When that does not fit, layers wider than a block cap are solved in blocks of at most that many
-columns, the cap halving until it fits; if even blocks of MIN_BLOCK columns do not fit, the
-run stops before any work with the figures. What is left of the budget goes to the
+activations, one solve's working set). When that does not fit, layers wider than a block
+cap are solved in blocks of at most that many columns, the cap halving until it fits; if
+even blocks of MIN_BLOCK columns do not fit, the run stops before any work with the
+figures. What is left of the budget goes to the
 activations of a capture pass and to the solver's row batches.
 
 Time (method obc, unstructured or quantization only): costfit.py.

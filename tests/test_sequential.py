@@ -108,8 +108,8 @@ def test_a_layer_seen_in_too_few_columns_is_not_refitted():
 
 def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
     """The default (run.sequential None) is sequential for quantization alone below 8 bits
-    and for N:M alone with OBQ / ExactOBS or GPTQ / SparseGPT, one-shot elsewhere; `sequential=False` (--one-shot) keeps one-shot; the
-    footer says when the default chose it. Both give the same model as asking explicitly."""
+    and for N:M alone with OBQ / ExactOBS or GPTQ / SparseGPT, one-shot elsewhere;
+    `sequential=False` (--one-shot) keeps one-shot; the footer says when the default chose it. Both give the same model as asking explicitly."""
     from onnx_obc.config import CompressConfig
     from onnx_obc.schedule import SEQUENTIAL_NOTE
 
