@@ -135,8 +135,8 @@ def _auto_mode(c: CompressConfig) -> str:
 
 def _auto_sequential(c: CompressConfig) -> bool:
     """run.sequential None: in groups when run.sequential_groups is given, or with OBQ /
-    ExactOBS or GPTQ / SparseGPT when the run quantizes weights alone below 8 bits or prunes
-    to N:M alone (no activation grids, other pruning, allocation or channel pruning), where
+    ExactOBS or GPTQ / SparseGPT when the run quantizes weights alone below 8 bits, prunes to
+    N:M, or both (no activation grids, other pruning, allocation or channel pruning), where
     sequential lowered the output error of every real model measured (README "Per-layer
     --sequential at W4", "N:M"); one-shot otherwise (at 50% Magika's DP was worse with it,
     at W4A8 PP-LCNet). costmem.without_auto falls back to one-shot where the full Hessians
@@ -144,8 +144,8 @@ def _auto_sequential(c: CompressConfig) -> bool:
     from .solvers.choose import exact_pays
 
     q, p = c.quant, c.prune
-    low = q.bits is not None and exact_pays(q.bits) and not p.active
-    nm = p.nm is not None and q.bits is None
+    low = q.bits is not None and exact_pays(q.bits)
+    nm = p.nm is not None and (q.bits is None or low)  # 2:4 + W4 measured too
     return c.run.sequential_groups is not None or (
         (low or nm) and q.act_bits is None and p.sparsity is None and p.block is None
         and not c.alloc.active and p.channels is None and c.solver.method in ("obc", "gptq"))

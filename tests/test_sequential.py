@@ -107,8 +107,8 @@ def test_a_layer_seen_in_too_few_columns_is_not_refitted():
 
 
 def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
-    """The default (run.sequential None) is sequential for quantization alone below 8 bits
-    and for N:M alone with OBQ / ExactOBS or GPTQ / SparseGPT, one-shot elsewhere;
+    """The default (run.sequential None) is sequential for weights below 8 bits, N:M or both,
+    without activation grids, with OBQ / ExactOBS or GPTQ / SparseGPT, one-shot elsewhere;
     `sequential=False` (--one-shot) keeps one-shot; the footer says when the default chose it. Both give the same model as asking explicitly."""
     from onnx_obc.config import CompressConfig
     from onnx_obc.schedule import SEQUENTIAL_NOTE
@@ -130,7 +130,8 @@ def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
                     (dict(bits=4, sparsity=0.5), False), (dict(sparsity=0.5), False),
                     (dict(bits=4, method="rtn"), False), (dict(bits=4, channels=0.2), False),
                     (dict(sparsity=0.5, sequential_groups=2), True), (dict(nm=(2, 4)), True),
-                    (dict(nm=(2, 4), method="gptq"), True), (dict(nm=(2, 4), bits=4), False),
+                    (dict(nm=(2, 4), method="gptq"), True), (dict(nm=(2, 4), bits=4), True),
+                    (dict(nm=(2, 4), bits=8), False), (dict(nm=(2, 4), bits=4, act_bits=8), False),
                     (dict(nm=(2, 4), method="magnitude"), False)):
         assert CompressConfig.from_options(**kw).run.sequential is seq, kw
     c = CompressConfig.from_options(bits=4)
