@@ -139,8 +139,8 @@ def _auto_sequential(c: CompressConfig) -> bool:
     N:M, or both (no activation grids, other pruning, allocation or channel pruning), where
     sequential lowered the output error of every real model measured (README "Per-layer
     --sequential at W4", "N:M"); one-shot otherwise (at 50% Magika's DP was worse with it,
-    at W4A8 PP-LCNet). costmem.without_auto falls back to one-shot where the full Hessians
-    cannot fit."""
+    at W4A8 PP-LCNet) and with the Ray engine (its parallel solves). costmem.without_auto
+    falls back to one-shot where the full Hessians cannot fit."""
     from .solvers.choose import exact_pays
 
     q, p = c.quant, c.prune
@@ -148,7 +148,8 @@ def _auto_sequential(c: CompressConfig) -> bool:
     nm = p.nm is not None and (q.bits is None or low)  # 2:4 + W4 measured too
     return c.run.sequential_groups is not None or (
         (low or nm) and q.act_bits is None and p.sparsity is None and p.block is None
-        and not c.alloc.active and p.channels is None and c.solver.method in ("obc", "gptq"))
+        and not c.alloc.active and p.channels is None and c.solver.method in ("obc", "gptq")
+        and c.run.engine == "local")  # Ray: one layer per group would solve one at a time
 
 
 def _check_combination(c: CompressConfig) -> None:

@@ -132,7 +132,8 @@ def test_weights_alone_below_8_bits_are_sequential_by_default_and_say_so():
                     (dict(sparsity=0.5, sequential_groups=2), True), (dict(nm=(2, 4)), True),
                     (dict(nm=(2, 4), method="gptq"), True), (dict(nm=(2, 4), bits=4), True),
                     (dict(nm=(2, 4), bits=8), False), (dict(nm=(2, 4), bits=4, act_bits=8), False),
-                    (dict(nm=(2, 4), method="magnitude"), False)):
+                    (dict(nm=(2, 4), method="magnitude"), False),
+                    (dict(bits=4, engine="ray"), False)):
         assert CompressConfig.from_options(**kw).run.sequential is seq, kw
     c = CompressConfig.from_options(bits=4)
     assert c.replace(act_bits=8).run.sequential is False  # re-resolved, as alloc.mode

@@ -73,7 +73,8 @@ def test_a_worker_that_dies_past_the_retries_is_reported_by_name(local_ray, tmp_
 def _same_bytes(name: str, threads: int | None = None, **options) -> None:
     """Serial and Ray runs at the driver's BLAS threads (`threads`: limited to that many)."""
     kw = dict(calib=MODELS / f"{name}.calib.npz", progress=False, device="cpu",
-              calib_samples=96, compare_baseline=False, **options)
+              calib_samples=96, compare_baseline=False,
+              **{"sequential": False, **options})  # Ray's default is one-shot
     with threadpool_limits(threads):
         serial = convert(MODELS / f"{name}.onnx", None, **kw)
         ray = convert(MODELS / f"{name}.onnx", None, engine="ray", workers=2, **kw)
