@@ -122,7 +122,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
         _add(seconds, "solve", t)
     values = _values(observers, cfg)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
-                      seconds, values, notes=[SEQUENTIAL_NOTE] if rows and _auto_sequential(cfg)
+                      seconds, values, notes=[SEQUENTIAL_NOTE] if rows and _by_default(cfg)
                       else [])
 
 
@@ -134,7 +134,7 @@ SEQUENTIAL_NOTE = (  # README "Per-layer --sequential at W4 ...", "... at 2:4"
     "time; --one-shot is faster")
 
 
-def _auto_sequential(cfg: CompressConfig) -> bool:
+def _by_default(cfg: CompressConfig) -> bool:
     """Sequential because it is the default (config._auto_sequential), not asked for."""
     auto = getattr(cfg, "_run_auto", None)
     return cfg.run.sequential and auto is not None and auto.sequential_groups is None
