@@ -1,7 +1,7 @@
 """Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
-                                 [--models ddddocr,efficientnet,ppocr,crepe,detect,magika]
+                                 [--models ddddocr,efficientnet,ppocr,crepe,detect,magika,vad]
 
 ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
 detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
     ap.add_argument("--detect-samples", type=int, default=64,
                     help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe,detect,magika",
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe,detect,magika,vad",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -257,6 +257,13 @@ def main() -> None:
         real_magika.fetch(out)
         real_magika.data(out)
         print(f"wrote magika.onnx and 256 + 512 files' features to {out}")
+    if "vad" in args.models.split(","):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_vad
+
+        real_vad.fetch(out)
+        real_vad.data(out)
+        print(f"wrote silero_vad.onnx, vad.calib.npz and vad.eval.npz to {out}")
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)

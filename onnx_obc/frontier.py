@@ -70,8 +70,9 @@ class Frontier:
         part = [n for n in (nodes[i] for i in ancestors(nodes, names))
                 if not any(o in ran for o in n.output if o)]
         made = {o for n in part for o in n.output if o}
-        ins = sorted(set().union(*(reads(n) for n in part)) - made
-                     - {t.name for t in model.graph.initializer})
+        top = {i.name for i in model.graph.input} | {o for n in nodes for o in n.output}
+        ins = sorted((set().union(*(reads(n) for n in part)) - made  # not a subgraph's own
+                      - {t.name for t in model.graph.initializer}) & top)
         stale = set(changing)
         for n in part:  # topological: what reads a changing tensor is run again next time
             if stale & (reads(n) | set(n.output)):

@@ -196,8 +196,9 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
             if name:
                 consumers.setdefault(name, []).append((label, sub.op_type))
         if sub.op_type in ("Conv", "Gemm", "MatMul"):
-            skipped.append(Skipped(label, sub.op_type, "inside a control-flow subgraph "
-                                   "(If/Loop/Scan bodies are not compressed)"))
+            skipped.append(Skipped(label, sub.op_type, "inside a control-flow subgraph (Loop"
+                                   "/Scan bodies are not compressed, nor If branches but the "
+                                   "one the data takes of an If at the top)"))
     cands: dict[str, _Candidate] = {}
     for i, node in enumerate(graph.node):
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import costplan, export, floatcheck, preflight, view
+from . import branches, costplan, export, floatcheck, preflight, view
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -36,6 +36,7 @@ from .report import Report
 from .schedule import Compressed, compress_layers
 from .segments import kept_budget
 from .sensitivity import measure_sensitivity, summarize
+from .variants import baseline_name, compares_baseline, layerwise, variants
 from .verify import measure
 
 
@@ -66,21 +67,24 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     clock: dict[str, float] = {}
     with _timed(clock, "load"):
         src, dense = open_model(model, output)  # dense: what the verification compares with
+        dense, fork = branches.inline(dense, calib, eval_data, cfg.run)  # If: the branch taken
         proto, folded = fold(dense) if cfg.select.fold else (dense, None)
         layers, skipped = select_layers(proto, cfg.select)
+        skipped += fork.skipped  # the layers of If branches the data does not take
         backend = get_backend(cfg.run.device)
     cfg, plan, notes = _plan(layers, cfg, backend, progress, clock)  # before any work
     with _timed(clock, "load"):
-        checks = notes + _preflight(proto, layers, src, output, report_path, calib, cfg, plan)
-        data = calibration.plan(proto, calib, eval_data, cfg.run)
+        checks = notes + fork.notes + _preflight(proto, layers, src, output, report_path, calib,
+                                                 cfg, plan)
+        data = fork.data or calibration.plan(proto, calib, eval_data, cfg.run)
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
-    means = reference_means(proto, layers, cfg, data) if _layerwise(cfg) else None  # capture fills
+    means = reference_means(proto, layers, cfg, data) if layerwise(cfg) else None  # capture fills
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
-                                plan, means) if _layerwise(cfg)
+                                plan, means) if layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
     with _timed(clock, "verify"):  # the target's float candidates, float where measured better
         fc = floatcheck.decide(dense, proto, layers, done, data, runtime, cfg)
@@ -90,7 +94,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
                                                         data, runtime, cfg, clock, built, fc)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
-    written = save_model(models["compressed"], output, inp=src,
+    final = fork.restore(models["compressed"], runtime)  # inlined If branches put back
+    written = save_model(final, output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     solved = [L.matrix_shape[2] for L in layers if L.weight in done.solutions]
     report = _report(src, output, cfg, backend.label_for(solved), data, skipped, done, fixes,
@@ -99,7 +104,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
-    return ConvertResult(models["compressed"], report, written)
+    return ConvertResult(final, report, written)
 
 
 def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
@@ -127,7 +132,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
     model `fc`, measured there; what onnxruntime fuses); an automatic correction kept or
     dropped on the verified errors."""
     with _timed(clock, "export"):
-        models = export.build_all(proto, layers, done.solutions, which=_variants(cfg, fixes),
+        models = export.build_all(proto, layers, done.solutions, which=variants(cfg, fixes),
                                   corrections=None if fixes is None else fixes.fixes,
                                   act_scales=done.act_values, target=cfg.export.runtime,
                                   target_options=cfg.export.target_options(), built=built)
@@ -183,7 +188,7 @@ def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
     """The cost plan of a layer-wise run (refuses what cannot fit the memory budget): the
     config (the default DP falls back to uniform when the full Hessians cannot fit), the
     plan (None without layer solves) and what the fallback says."""
-    if not _layerwise(cfg):
+    if not layerwise(cfg):
         return cfg, None, []
     cfg, fallbacks = costplan.without_auto(layers, cfg)
     with _timed(clock, "plan"):
@@ -226,41 +231,6 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
                                      act_values=done.act_values, target=cfg.export.runtime,
                                      target_options=cfg.export.target_options())
         return summarize(ranked, name, ds.n)
-
-
-def _variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
-    """The models to build: the compressed one, and (to compare) the uncorrected one and
-    the baseline, deployed the same way."""
-    which = ["compressed"]
-    if fixes is not None and (compares_baseline(cfg) or correction_mode(cfg) == "auto"):
-        which += ["uncorrected"]
-    if compares_baseline(cfg) and _layerwise(cfg):
-        which += ["baseline"] if cfg.solver.method not in ("magnitude", "rtn") else []
-    return which
-
-
-def compares_baseline(cfg: CompressConfig) -> bool:
-    """run.compare_baseline, by default on except for quantization alone at 8 bits
-    (costplan.exact_applies; with channel pruning the L2-norm channel model stays), where
-    the RTN model's build and verification cost more than the solve (README "W8A8
-    conversion time")."""
-    c = cfg.run.compare_baseline
-    return (costplan.exact_applies(cfg) or cfg.prune.channels is not None) if c is None else c
-
-
-def _layerwise(cfg: CompressConfig) -> bool:
-    """Whether the layer-wise stages have work (not with channel pruning alone)."""
-    return bool(cfg.prune.active or cfg.quant.bits or cfg.alloc.active)
-
-
-def baseline_name(cfg: CompressConfig) -> str:
-    """The baseline model's name in the report: magnitude, rtn or magnitude+rtn."""
-    if cfg.alloc.budget == "bops":  # the mixed levels, each with its own baseline
-        pruned, quant = cfg.alloc.level_nm is not None, True
-    else:
-        pruned = cfg.prune.sparsity or cfg.prune.nm or cfg.alloc.target or cfg.alloc.profile
-        quant = cfg.quant.bits
-    return "+".join(n for n, on in (("magnitude", pruned), ("rtn", quant)) if on)
 
 
 def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
