@@ -6,8 +6,9 @@ every run takes the same branch, that branch's nodes replace the If (an Identity
 output marks the seam) and the run compresses them like any others. `Branches.restore`
 puts the compressed nodes back as that branch of the original If: the nodes the If's
 outputs depend on that do not feed what the branch read from the outer scope (its free
-tensors and the condition), except those an outer node also reads. The other branch is
-kept as it was, its layers reported. An If whose condition differs between runs, or whose
+tensors and the condition), except those an outer node also reads and the QuantizeLinear
+of an outer tensor (onnxruntime fuses it with its producer). The other branch is kept as
+it was, its layers reported. An If whose condition differs between runs, or whose
 branch defines a name the outer graph has, stays an If (its layers reported as before)."""
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Branches:
     data: Any = None  # the calibration plan made to evaluate the conditions (reused)
     source: onnx.ModelProto | None = None  # the input model (its other branches, upgraded
     # where the export raised the opset)
+    after: list[str] = field(default_factory=list)  # what restore() found
 
     def restore(self, model: onnx.ModelProto, runtime: Any) -> onnx.ModelProto:
         """`model` (compressed from the inlined graph) with each inlined branch put back,
@@ -63,6 +65,7 @@ class Branches:
         ifs = {n.name: n for n in src.graph.node if n.op_type == "If"}
         for rec in self.inlined:
             model = _rewrap(model, replace(rec, node=ifs[rec.node.name]))
+            self.after += _unfusable(model, rec)
         _, feed = next(iter(self.data.fit.batches(self.data.run_batch)))
         names = [o.name for o in flat.graph.output]
         for a, b, n in zip(session(flat, runtime).run(names, feed),
@@ -187,6 +190,9 @@ def _region(nodes: list[onnx.NodeProto], rec: Inlined, graph_outputs: set[str]) 
     """Indices of the nodes that go back into the branch."""
     outs = list(rec.node.output)
     region = set(ancestors(nodes, outs)) - set(ancestors(nodes, [*rec.free, rec.node.input[0]]))
+    made = {o for i in region for o in nodes[i].output}
+    region -= {i for i in region if nodes[i].op_type == "QuantizeLinear"  # an outer tensor's
+               and nodes[i].input[0] not in made}  # Q stays with its producer (fused there)
     while True:  # a tensor an outer node (or the graph) reads stays outer, with its producers
         read = {x for i, n in enumerate(nodes) if i not in region
                 for x in (*n.input, *subgraph_reads(n))} | (graph_outputs - set(outs))
@@ -196,6 +202,18 @@ def _region(nodes: list[onnx.NodeProto], rec: Inlined, graph_outputs: set[str]) 
         region -= drop
 
 
+def _unfusable(model: onnx.ModelProto, rec: Inlined) -> list[str]:
+    """The quantized layers outside the If whose output the kept branch also reads in
+    float: onnxruntime cannot fuse them (their output has a float reader)."""
+    other = TAKEN[not rec.cond]
+    free = set(_free(_branch(rec.node, not rec.cond)))
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return [f"{n.name}: its output is read in float by the {other} of If {rec.node.name!r} "
+            "too, so onnxruntime runs it on a float kernel (the integer-kernel count is of "
+            "the graph with the branch inlined)" for n in model.graph.node
+            if n.op_type in LAYER_OPS and set(n.output) & free & quantized]
+
+
 def _rewrap(model: onnx.ModelProto, rec: Inlined) -> onnx.ModelProto:
     g = model.graph
     nodes = list(g.node)
@@ -203,8 +221,8 @@ def _rewrap(model: onnx.ModelProto, rec: Inlined) -> onnx.ModelProto:
     outs = list(rec.node.output)
     if not all(any(o in nodes[i].output for i in region) for o in outs):
         raise ModelError(f"the compressed branch of If {rec.node.name!r} could not be put back "
-                         "(its outputs are not computed inside it); run with the If's "
-                         "condition input varied in the calibration data to keep it whole")
+                         "(its outputs are not computed inside it); please report this "
+                         "model")
     rename = {o: f"{o}/branch" for o in outs}
     inner = [onnx.NodeProto() for _ in sorted(region)]
     for dst, i in zip(inner, sorted(region)):

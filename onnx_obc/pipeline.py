@@ -99,8 +99,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                          external=cfg.run.external_data) if output is not None else []
     solved = [L.matrix_shape[2] for L in layers if L.weight in done.solutions]
     report = _report(src, output, cfg, backend.label_for(solved), data, skipped, done, fixes,
-                     fidelity, checks, {**clock, **done.seconds}, fusion, chan, ranked, plan,
-                     folded)
+                     fidelity, checks + fork.after, {**clock, **done.seconds}, fusion, chan,
+                     ranked, plan, folded)
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]

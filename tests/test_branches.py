@@ -189,3 +189,20 @@ def test_a_condition_that_differs_between_runs_keeps_the_if(tmp_path):
     for which in ("then_branch", "else_branch"):
         for k, w in _weights(_branch(r.model, which)).items():
             np.testing.assert_array_equal(w, _weights(_branch(model, which))[k])
+
+
+def test_a_quantized_layer_before_the_if_is_reported_float(tmp_path):
+    """W8A8 for onnxruntime with a layer before the If: its output's QuantizeLinear stays
+    outside (with its producer), yet the kept branch reads the float output too, so
+    onnxruntime leaves that MatMul float: the run says so (the fusion count is of the
+    inlined graph); the branch's two layers are fused inside the If."""
+    r = convert(_model(pre=True, after=True), None, calib=_npz(tmp_path), bits=8, act_bits=8,
+                runtime="onnxruntime", progress=False)
+    assert [w for w in r.report.warnings if "float kernel" in w][0].startswith("pre:")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(r.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    assert "MatMul" in {n.op_type for n in opt.graph.node}
+    inside = {n.op_type for n in _branch(opt, "then_branch").node}
+    assert "QLinearMatMul" in inside and "MatMul" not in inside
