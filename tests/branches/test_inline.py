@@ -1,4 +1,4 @@
-"""branches.py: an If at the top of the graph whose branches hold the layers (Silero VAD's
+"""branches/: an If at the top of the graph whose branches hold the layers (Silero VAD's
 sample-rate switch). The branch every calibration run takes is compressed in place, the
 other kept as it was; the file keeps both."""
 
@@ -20,9 +20,10 @@ def _w(rng, *shape) -> np.ndarray:
     return rng.normal(0, 0.3, shape).astype(np.float32)
 
 
-def _then(rng, src: str, nested: bool) -> onnx.GraphProto:
+def _then(rng, src: str, nested: bool, shared: bool = False) -> onnx.GraphProto:
     """MatMul (weight a Constant node) -> [a nested If reading the branch's tensors] -> Relu
-    -> MatMul (weight a branch initializer)."""
+    -> MatMul (weight a branch initializer) [+ a MatMul on the weight the else branch has,
+    an outer initializer: `shared`]."""
     nodes = [helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(
                  _w(rng, D, H), "w1v")),
              helper.make_node("MatMul", [src, "w1"], ["t1"], name="then/mm1")]
@@ -42,26 +43,30 @@ def _then(rng, src: str, nested: bool) -> onnx.GraphProto:
                   helper.make_node("If", ["c2"], ["t1n"], name="then/nested",
                                    then_branch=inner, else_branch=ident)]
         mid = "t1n"
+    last = "out_then_2" if shared else "out_then"
     nodes += [helper.make_node("Relu", [mid], ["r1"]),
-              helper.make_node("MatMul", ["r1", "w2"], ["out_then"], name="then/mm2")]
+              helper.make_node("MatMul", ["r1", "w2"], [last], name="then/mm2")]
+    if shared:
+        nodes += [helper.make_node("MatMul", [src, "w3"], ["t0"], name="then/mm0"),
+                  helper.make_node("Add", [last, "t0"], ["out_then"])]
     return helper.make_graph(nodes, "then", [], [
         helper.make_tensor_value_info("out_then", TensorProto.FLOAT, ["N", O])],
         initializer=[numpy_helper.from_array(_w(rng, H, O), "w2")])
 
 
-def _else(rng, src: str) -> onnx.GraphProto:
+def _else(rng, src: str, shared: bool = False) -> onnx.GraphProto:
     """MatMul -> ReduceMean with its axes an attribute (opset 13: an upgrade must convert
-    it) -> Add."""
+    it) -> Add (`shared`: the MatMul's weight is the outer graph's)."""
     nodes = [helper.make_node("MatMul", [src, "w3"], ["e1"], name="else/mm"),
              helper.make_node("ReduceMean", ["e1"], ["e2"], axes=[1], keepdims=1),
              helper.make_node("Add", ["e1", "e2"], ["out_else"])]
     return helper.make_graph(nodes, "else", [], [
         helper.make_tensor_value_info("out_else", TensorProto.FLOAT, ["N", O])],
-        initializer=[numpy_helper.from_array(_w(rng, D, O), "w3")])
+        initializer=[] if shared else [numpy_helper.from_array(_w(rng, D, O), "w3")])
 
 
 def _model(pre: bool = False, after: bool = False, nested: bool = False,
-           cond_from_x: bool = False) -> onnx.ModelProto:
+           cond_from_x: bool = False, shared: bool = False) -> onnx.ModelProto:
     """x [N, 16], sr []: If(sr == 16000) over the branches; `pre`: a MatMul before the If
     (the branches read its output), `after`: a Relu after it (else the If's output is the
     graph's); `cond_from_x`: the condition sum(x) > 0 instead (differs between runs)."""
@@ -79,15 +84,16 @@ def _model(pre: bool = False, after: bool = False, nested: bool = False,
                   helper.make_node("Equal", ["sr", "c16k"], ["cond"])]
     out = "z" if after else "y"
     nodes.append(helper.make_node("If", ["cond"], [out], name="switch",
-                                  then_branch=_then(rng, src, nested),
-                                  else_branch=_else(rng, src)))
+                                  then_branch=_then(rng, src, nested, shared),
+                                  else_branch=_else(rng, src, shared)))
     if after:
         nodes.append(helper.make_node("Relu", ["z"], ["y"]))
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D]),
                      helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", O])],
-        initializer=[numpy_helper.from_array(_w(rng, D, D), "wpre")] if pre else [])
+        initializer=([numpy_helper.from_array(_w(rng, D, D), "wpre")] if pre else [])
+        + ([numpy_helper.from_array(_w(rng, D, O), "w3")] if shared else []))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -206,3 +212,18 @@ def test_a_quantized_layer_before_the_if_is_reported_float(tmp_path):
     assert "MatMul" in {n.op_type for n in opt.graph.node}
     inside = {n.op_type for n in _branch(opt, "then_branch").node}
     assert "QLinearMatMul" in inside and "MatMul" not in inside
+
+
+def test_a_weight_both_branches_read_is_copied_into_the_compressed_one(tmp_path):
+    """An outer initializer read by a layer of each branch: the taken branch gets its own
+    copy, pruned; the other branch reads the original, and computes what it did."""
+    model = _model(shared=True)
+    r = convert(model, None, calib=_npz(tmp_path), sparsity=0.5, allocate="uniform",
+                progress=False)
+    assert "then/mm0" in {row.name for row in r.report.layers}
+    outer = {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    np.testing.assert_array_equal(outer["w3"], numpy_helper.to_array(model.graph.initializer[0]))
+    mine = _weights(_branch(r.model, "then_branch"))["w3/then_branch"]
+    assert (mine == 0).mean() == pytest.approx(0.5, abs=0.02)
+    x = _calib(seed=4)["x"]
+    np.testing.assert_array_equal(_run(r.model, x, 8000), _run(model, x, 8000))
