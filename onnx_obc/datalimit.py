@@ -50,3 +50,10 @@ def shrink_line(rows: list[LayerResult]) -> str:
     return (f"{len(shrunk)} layer(s) solved on H shrunk toward its diagonal, (1 - a) H + "
             f"a diag(H), a chosen by two held-out halves of the samples (--no-shrink: H "
             f"as captured; losses above are under H): {names}")
+
+
+def run_warnings(rows: list[LayerResult]) -> list[str]:
+    """The run's data-limited warning and shrink line over all its layers (a sequential
+    run solves them group by group: one line each, not one per group)."""
+    short = [x for x in rows if x.data_limited]
+    return [w for w in (data_warning(short) if short else "", shrink_line(rows)) if w]

@@ -26,6 +26,7 @@ from .frontier import Frontier
 from .config import CompressConfig
 from .costmem import layer_groups
 from .costplan import Plan, exact_applies
+from .datalimit import run_warnings
 from .layers import Layer, Skipped
 from .report import LayerResult
 from .solve import HostSolution, solve_all, solver_budget
@@ -121,6 +122,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                 k: s.compressed.weight for k, s in solved.solutions.items()})
         _add(seconds, "solve", t)
     values = _values(observers, cfg)
+    warnings += run_warnings(rows)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
                       seconds, values, notes=[SEQUENTIAL_NOTE] if rows and _by_default(cfg)
                       else [])

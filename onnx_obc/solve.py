@@ -14,7 +14,7 @@ import onnx
 
 from .backend import Backend
 from .costmodel import Rates, Shape, shrink_seconds
-from .datalimit import data_warning, limited, shrink_line
+from .datalimit import limited
 from .engine import Engine, LocalEngine
 from .export.qweights import group_size_for
 from .hessian import BlockHessianAccumulator, HessianAccumulator
@@ -153,9 +153,6 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         out.warnings.extend(p.notes)
         if p.job:
             _assemble(out, p, *next(done), backend)
-    short = [x for x in out.rows if x.data_limited]
-    out.warnings.extend(w for w in (data_warning(short) if short else "",
-                                    shrink_line(out.rows)) if w)
     out.warnings.extend(_group_summary(quant, plans))
     return out
 

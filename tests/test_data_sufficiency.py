@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnx_obc.report import LayerResult
-from onnx_obc.solve import data_warning, effective_rank
+from onnx_obc.datalimit import data_warning
+from onnx_obc.solve import effective_rank
 
 
 def _row(name: str, cols: int, rank: int, samples: int, dead: int = 0) -> LayerResult:
@@ -96,3 +97,20 @@ def test_eight_bit_runs_say_the_rank_is_not_computed():
     r4 = convert(model, None, calib=feeds, bits=4, progress=False).report
     assert all(x.rank is not None and x.data_limited is not None for x in r4.layers)
     assert any(x.data_limited for x in r4.layers) and "n/c" not in r4.table()
+
+
+def test_a_sequential_run_warns_once_over_all_its_layers():
+    """Sequential (the default at 4 bits) solves one layer group at a time: the data-limited
+    layers of every group are named in one warning, not one warning per group."""
+    from onnx_obc import convert
+
+    from . import builders as b
+
+    model = b.mlp3((8, 24, 32, 6))
+    feeds = [b.feeds(model, 20)]  # 16 fit samples < 24 and < 32 inputs: two limited layers
+    r = convert(model, None, calib=feeds, bits=4, progress=False).report
+    assert r.config["run"]["sequential"]
+    limited = [x.name for x in r.layers if x.data_limited]
+    lines = [w for w in r.warnings if "data-limited" in w]
+    assert len(limited) >= 2 and len(lines) == 1
+    assert lines[0].startswith(f"{len(limited)} layer(s)") and all(n in lines[0] for n in limited)
