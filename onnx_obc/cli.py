@@ -258,6 +258,7 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
 def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
             exclude: tuple[str, ...]) -> None:
     """List the layers onnx-obc would compress, and why the others are left alone."""
+    from .branches import describe
     from .layers import find_layers
     from .modelio import load_model
     from .preflight import input_initializers, unknown_ops
@@ -269,8 +270,7 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
                                                        exclude=exclude))
     except ObcError as exc:
         raise click.ClickException(str(exc)) from None
-    w = max([12] + [len(L.name) for L in layers])
-    w = min(w, SKIP_NAME_WIDTH)  # long (TensorFlow) names keep their head and tail
+    w = min(max([12] + [len(L.name) for L in layers]), SKIP_NAME_WIDTH)  # long: head, tail
     click.echo(f"{'layer':<{w}} {'op':<6} {'weight shape':<16} {'W [out,in]':>12} "
                f"{'groups':>6} storage")
     for L in layers:
@@ -282,7 +282,7 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
         click.echo(f"\nleft uncompressed ({len(skipped)}):")
         for s in skipped:
             click.echo(f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}")
-    notes = input_initializers(proto)
+    notes = input_initializers(proto) + describe(proto)
     bad = unknown_ops(proto)
     if bad:
         shown = "; ".join(f"{short_name(n, SKIP_NAME_WIDTH)} ({op}, domain {dom!r})"

@@ -74,6 +74,22 @@ def candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
             and any(layers_in(branch_of(n, c)) for c in (True, False))]
 
 
+def describe(model: onnx.ModelProto) -> list[str]:
+    """For `onnx-obc inspect`: each candidate If, its branches' layers, what decides."""
+    out = []
+    for n in candidates(model):
+        nodes = list(model.graph.node)
+        ins = {i.name for i in model.graph.input}
+        reads = sorted({x for i in ancestors(nodes, [n.input[0]]) for x in nodes[i].input
+                        if x in ins} | ({n.input[0]} & ins))
+        out.append(f"If {n.name!r} holds {len(layers_in(branch_of(n, True)))} layer(s) in its "
+                   f"then_branch and {len(layers_in(branch_of(n, False)))} in its else_branch "
+                   "(listed above as in a subgraph): a run compresses the branch every "
+                   f"calibration run takes, its condition {n.input[0]!r} computed from "
+                   f"{', '.join(map(repr, reads)) or 'constants'}")
+    return out
+
+
 def conditions(model: onnx.ModelProto, ifs: list[onnx.NodeProto], data: Any, runtime: Any
                ) -> dict[str, list[bool]]:
     """Per If, its condition on every run over the calibration (fit, held-out) and eval sets."""

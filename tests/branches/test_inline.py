@@ -227,3 +227,21 @@ def test_a_weight_both_branches_read_is_copied_into_the_compressed_one(tmp_path)
     assert (mine == 0).mean() == pytest.approx(0.5, abs=0.02)
     x = _calib(seed=4)["x"]
     np.testing.assert_array_equal(_run(r.model, x, 8000), _run(model, x, 8000))
+
+
+def test_inspect_says_what_a_run_would_compress(tmp_path):
+    """`onnx-obc inspect` (no data): each such If, its branches' layer counts and the inputs
+    its condition is computed from."""
+    from click.testing import CliRunner
+
+    from onnx_obc.branches import describe
+    from onnx_obc.cli import main
+
+    (line,) = describe(_model())
+    assert "2 layer(s) in its then_branch and 1 in its else_branch" in line
+    assert line.endswith("computed from 'sr'")
+    assert describe(_model(cond_from_x=True))[0].endswith("computed from 'x'")
+    assert not describe(onnx.ModelProto())
+    onnx.save(_model(), tmp_path / "m.onnx")
+    out = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx")]).output
+    assert "0 compressible layers" in out and line in out.replace("\n", " ")
