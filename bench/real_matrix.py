@@ -46,6 +46,7 @@ MODELS = {  # name -> (path prefix, pruning method: obc, or gptq where ExactOBS 
     "efficientnet_lite0": (R + "efficientnet_lite0", "obc"),
     "ppocr_cls": (R + "ppocr_cls", "obc"),
     "ppocr_rec": (R + "ppocr_rec", "obc"),
+    "ppocr6_rec": (R + "ppocr6_rec", "obc"),
     "ppocr_det": (R + "ppocr_det", "obc"),
     "ocr_like": (S + "ocr_like", "obc"),
     "common": (R + "common", "gptq"),
@@ -152,8 +153,8 @@ def metrics(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) 
     if name in ("ppocr_cls", "lcnet_orient"):
         pred = np.concatenate([y.argmax(-1) for y in ys])
         out["task"] = float(np.mean(pred == ev["labels"]))
-    elif name == "ppocr_rec":
-        cs = json.loads((ROOT / R / "ppocr_charset.json").read_text())
+    elif name in ("ppocr_rec", "ppocr6_rec"):
+        cs = json.loads((ROOT / R / f"{name.split('_')[0]}_charset.json").read_text())
         got = real_ppocr.ctc(ys, cs)
         out["task"] = float(np.mean([g.lower() == str(t).lower()
                                      for g, t in zip(got, ev["texts"])]))

@@ -1,7 +1,7 @@
 """Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
-                                 [--models ddddocr,efficientnet,ppocr,crepe,detect,magika,vad]
+                                 [--models ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad]
 
 ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
 detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
     ap.add_argument("--detect-samples", type=int, default=64,
                     help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,crepe,detect,magika,vad",
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -239,6 +239,12 @@ def main() -> None:
         real_ppocr.fetch(out)
         real_ppocr.data(out, args.samples, args.eval)
         print(f"wrote ppocr_rec/cls/det.onnx, ppocr_charset.json and their data to {out}")
+    if "ppocr6" in args.models.split(","):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_ppocr
+
+        real_ppocr.fetch_v6(out)
+        print(f"wrote ppocr6_rec.onnx (PP-OCRv6 small), its charset and data to {out}")
     if "crepe" in args.models.split(","):
         crepe(out, args.frames)
     if "det_eval" in args.models.split(","):
