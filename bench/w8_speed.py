@@ -40,6 +40,8 @@ MODELS = {
                   "bench/real/ppocr_rec.eval.npz"),
     "ocr_like": ("bench/synthetic/ocr_like.onnx", "bench/synthetic/ocr_like.calib.npz",
                  "bench/synthetic/ocr_like.eval.npz"),
+    "ppocr6_rec": ("bench/real/ppocr6_rec.onnx", "bench/real/ppocr6_rec.calib.npz",
+                   "bench/real/ppocr6_rec.eval.npz"),
 }
 EVAL = 64  # eval samples for the output error
 QS = ("import sys, numpy as np, onnx; sys.path.insert(0, 'bench'); "
