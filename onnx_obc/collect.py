@@ -102,8 +102,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
         arena = not big.intersection(group)  # capture.ARENA_MAX
+        cut = frontier is not None and dense is not None and len(groups) == 1
         runs = _batched(proto, group, rt, data, free_batch, sample_axes, arena) if (
-            group and free_batch > 1) else None
+            group and free_batch > 1 and not cut) else None  # the frontier runs per sample
         ref_runs = _batched(dense, group, rt, data, free_batch, sample_axes, arena) if (
             runs is not None and dense is not None) else None
         if dense is not None and (runs is None) != (ref_runs is None):

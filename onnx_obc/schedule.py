@@ -10,6 +10,7 @@ solve.py's host-side solutions.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,23 +105,24 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
 
     if cfg.run.sequential and cfg.alloc.active:  # levels from the dense model, once
         allocate(layers, capture(proto, layers, observe))
-    for group in layer_groups(layers, cfg.run):
-        hessians = capture(current, group, [n for n in observe if n not in observers])
-        if levels is None and cfg.alloc.active:  # one-shot: the group is every layer
-            allocate(group, hessians)
-        t = time.perf_counter()
-        solved = solve_all(proto, group, hessians, backend, prune=cfg.prune, quant=cfg.quant,
-                           solver=cfg.solver, budget_bytes=budget, level_for=levels,
-                           alloc_budget=cfg.alloc.budget, progress=progress, engine=engine,
-                           plan=plan)
-        rows += solved.rows
-        skipped += solved.skipped
-        warnings += solved.warnings
-        solutions.update(solved.solutions)
-        if cfg.run.sequential:  # float weights (on the grid when quantized), as solved
-            current = export.apply_weights(current, group, {
-                k: s.compressed.weight for k, s in solved.solutions.items()})
-        _add(seconds, "solve", t)
+    with frontier if frontier is not None else nullcontext():  # its spill folder removed
+        for group in layer_groups(layers, cfg.run):
+            hessians = capture(current, group, [n for n in observe if n not in observers])
+            if levels is None and cfg.alloc.active:  # one-shot: the group is every layer
+                allocate(group, hessians)
+            t = time.perf_counter()
+            solved = solve_all(proto, group, hessians, backend, prune=cfg.prune, quant=cfg.quant,
+                               solver=cfg.solver, budget_bytes=budget, level_for=levels,
+                               alloc_budget=cfg.alloc.budget, progress=progress, engine=engine,
+                               plan=plan)
+            rows += solved.rows
+            skipped += solved.skipped
+            warnings += solved.warnings
+            solutions.update(solved.solutions)
+            if cfg.run.sequential:  # float weights (on the grid when quantized), as solved
+                current = export.apply_weights(current, group, {
+                    k: s.compressed.weight for k, s in solved.solutions.items()})
+            _add(seconds, "solve", t)
     values = _values(observers, cfg)
     warnings += run_warnings(rows)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
