@@ -36,8 +36,10 @@ class Fidelity:
 
 
 def _is_logits(y: np.ndarray) -> bool:
-    """Scores over classes on the last axis: [batch, classes] or [batch, ..., classes]."""
-    return y.ndim >= 2 and y.shape[-1] > 1
+    """Scores over classes on the last axis: [batch, classes] or [batch, steps, classes] (a
+    CTC head). Not a 4-D (or higher) map such as a detector's [N, 1, H, W] probabilities,
+    whose last axis is the image's width: an argmax over it agrees with nothing."""
+    return 2 <= y.ndim <= 3 and y.shape[-1] > 1
 
 
 def _sum_sq(y: np.ndarray, y0: np.ndarray | None = None) -> float:
