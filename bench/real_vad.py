@@ -18,6 +18,7 @@ way it is used: each eval file run through it chunk by chunk with its own carrie
 its speech decisions (probability > 0.5) against the dense model's.
 
     python bench/real_vad.py [--runs "W8A8 onnxruntime,W4,2:4,50%"] [--reps 200]
+    python bench/real_vad.py --score OUT.onnx [...]      # the stream agreement alone
 
 measures each format (the CLI's defaults otherwise) against fp32 and onnxruntime's
 quantize_static (its subgraph option on): file size, onnxruntime CPU latency per chunk
@@ -189,8 +190,13 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--reps", type=int, default=200, help="latency runs per model")
     ap.add_argument("--out", default="bench/results/vad.json")
+    ap.add_argument("--score", nargs="+", help="only score these files (stream agreement)")
     args = ap.parse_args()
     real = Path(args.real)
+    if args.score:
+        for p in args.score:
+            print(p, stream_agreement(p, real))
+        return
     src, calib, ev = real / "silero_vad.onnx", real / "vad.calib.npz", real / "vad.eval.npz"
     work = Path(tempfile.mkdtemp(prefix="vad-"))
     paths, rows = {"fp32": str(src)}, {"fp32": {}}
