@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from .capture import Runtime, ancestors, session
-from .segments import _Folder, _OnDisk, piece, reads
+from .segments import OnDisk, SpillFolder, piece, reads
 
 
 @dataclass
@@ -56,9 +56,9 @@ class Frontier:
     states: dict[str, _State] = field(default_factory=dict)
     pending: dict[str, _State] = field(default_factory=dict)
     used: int = 0  # bytes kept in memory: the committed states' and the pending ones' so far
-    spill: bool | str = True  # where tensors beyond `budget` go (segments._Folder)
+    spill: bool | str = True  # where tensors beyond `budget` go (segments.SpillFolder)
     stack: ExitStack = field(default_factory=ExitStack)  # the spill folder's lifetime
-    folder: _Folder | None = None  # made when first needed
+    folder: SpillFolder | None = None  # made when first needed
 
     def __enter__(self) -> Frontier:
         return self
@@ -103,7 +103,7 @@ class Frontier:
         folder = self._folder()
         for b, (samples, feed) in enumerate(batches):
             kept_b = old.values[b] if old is not None else {}
-            have = {**feed, **{k: v.load() if isinstance(v, _OnDisk) else v
+            have = {**feed, **{k: v.load() if isinstance(v, OnDisk) else v
                                for k, v in kept_b.items()}}
             if sess is None and outs:
                 sess = session(piece(model, part, {k: have[k] for k in ins}, outs), rt,
@@ -112,9 +112,9 @@ class Frontier:
                 have.update(zip(outs, sess.run(outs, {k: have[k] for k in ins})))
             if not self.over:
                 vals = {x: kept_b.get(x, have[x]) for x in keep if x not in feed}
-                size = sum(v.nbytes for v in vals.values() if not isinstance(v, _OnDisk))
+                size = sum(v.nbytes for v in vals.values() if not isinstance(v, OnDisk))
                 if self.used + size > self.budget and folder.room(size):
-                    vals = {x: v if isinstance(v, _OnDisk) else folder.put(v)
+                    vals = {x: v if isinstance(v, OnDisk) else folder.put(v)
                             for x, v in vals.items()}
                     size = 0
                 state.values.append(vals)
@@ -148,7 +148,7 @@ class Frontier:
         self.pending.clear()
         self.over = False
         self.used = sum(v.nbytes for s in self.states.values() for vs in s.values
-                        for v in vs.values() if not isinstance(v, _OnDisk))
+                        for v in vs.values() if not isinstance(v, OnDisk))
         self._remove(before)
 
     def drop(self) -> None:
@@ -159,16 +159,16 @@ class Frontier:
         self.used = 0
         self._remove(before)
 
-    def _folder(self) -> _Folder:
+    def _folder(self) -> SpillFolder:
         if self.folder is None:
-            self.folder = _Folder(self.stack, self.spill)
+            self.folder = SpillFolder(self.stack, self.spill)
         return self.folder
 
-    def _files(self) -> dict[int, _OnDisk]:
+    def _files(self) -> dict[int, OnDisk]:
         return {id(v): v for st in (*self.states.values(), *self.pending.values())
-                for vs in st.values for v in vs.values() if isinstance(v, _OnDisk)}
+                for vs in st.values for v in vs.values() if isinstance(v, OnDisk)}
 
-    def _remove(self, before: dict[int, _OnDisk]) -> None:
+    def _remove(self, before: dict[int, OnDisk]) -> None:
         """Delete the spilled files no cut holds any more."""
         held = self._files()
         for k, v in before.items():

@@ -67,7 +67,7 @@ def piece(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: dict[str,
     return piece
 
 
-class _OnDisk:
+class OnDisk:
     """One batch's value of a kept tensor, in a .npy file, with the shift a visit added."""
 
     def __init__(self, path: Path, value: np.ndarray) -> None:
@@ -92,7 +92,7 @@ class _Loaded(Sequence):
 
     def __getitem__(self, i: Any) -> Any:
         x = self.items[i]
-        return x.load() if isinstance(x, _OnDisk) else x
+        return x.load() if isinstance(x, OnDisk) else x
 
 
 def run_in_segments(model: onnx.ModelProto, stops: list[str],
@@ -105,10 +105,10 @@ def run_in_segments(model: onnx.ModelProto, stops: list[str],
     (graph.node must be topological). `spill`: where kept tensors over `budget` go (True:
     the system's temporary folder; False: nowhere, TooLarge)."""
     with ExitStack() as stack:
-        _run(model, stops, batches, providers, visit, budget, _Folder(stack, spill))
+        _run(model, stops, batches, providers, visit, budget, SpillFolder(stack, spill))
 
 
-class _Folder:
+class SpillFolder:
     """The spill folder (in `where`: True the system's temporary folder, False none), made
     when first needed, removed with `stack` (its files, whatever happens)."""
 
@@ -136,9 +136,9 @@ class _Folder:
         return (f"; {nbytes / 2**30:.1f} GiB would not fit in {self.path.parent} ({where}; "
                 "TMPDIR chooses the folder)")
 
-    def put(self, value: np.ndarray) -> _OnDisk:
+    def put(self, value: np.ndarray) -> OnDisk:
         self.count += 1
-        return _OnDisk(self.path / f"{self.count}.npy", value)
+        return OnDisk(self.path / f"{self.count}.npy", value)
 
 
 def _in_memory(path: Path, table: str = "/proc/mounts") -> bool:
@@ -175,7 +175,7 @@ def kept_budget(total: int) -> int:
 
 
 def _run(model: onnx.ModelProto, stops: list[str], batches: Iterable, providers: Any,
-         visit: Callable, budget: int, folder: _Folder) -> None:
+         visit: Callable, budget: int, folder: SpillFolder) -> None:
     nodes = list(model.graph.node)
     made = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     missing = [s for s in stops if s not in made]
@@ -190,7 +190,7 @@ def _run(model: onnx.ModelProto, stops: list[str], batches: Iterable, providers:
     for s in stops:
         last[s] = max(last.get(s, -1), at[made[s]])
     inits = {t.name for t in model.graph.initializer}
-    cache: dict[str, list[Any]] = {}  # per batch: an array, or _OnDisk
+    cache: dict[str, list[Any]] = {}  # per batch: an array, or OnDisk
     for _, feed in batches:
         for k, v in feed.items():
             cache.setdefault(k, []).append(v)
@@ -209,7 +209,7 @@ def _run(model: onnx.ModelProto, stops: list[str], batches: Iterable, providers:
         ins = sorted(x for x in read if x in cache and x not in inits)
         outs = [o for o in sorted(made_here) if last.get(o, -1) > end or o in stops]
         kept = sum({id(v): v.nbytes for k, vs in cache.items() if k not in fed for v in vs
-                    if not isinstance(v, _OnDisk)}.values())
+                    if not isinstance(v, OnDisk)}.values())
         wide = max((cache[k][0].nbytes for k in ins if k in varies), default=0) >= ARENA_MAX
         feed = {k: _Loaded(cache[k])[0] for k in ins}
         sess = session(piece(model, part, feed, outs), providers,
@@ -235,7 +235,7 @@ def _run(model: onnx.ModelProto, stops: list[str], batches: Iterable, providers:
             _shift(cache[s], visit(s, _Loaded(cache[s])))
         for x in [x for x in cache if last.get(x, -1) <= end]:
             for v in cache.pop(x):
-                if isinstance(v, _OnDisk):
+                if isinstance(v, OnDisk):
                     v.path.unlink(missing_ok=True)
         start = end + 1
 
@@ -246,7 +246,7 @@ def _shift(values: list[Any], d: Any) -> None:
     if d is None:
         return
     for v in {id(v): v for v in values}.values():
-        if isinstance(v, _OnDisk):
+        if isinstance(v, OnDisk):
             v.shift = d if v.shift is None else v.shift + d
         else:
             v += d  # in place: onnxruntime's outputs, ours alone

@@ -84,7 +84,7 @@ def test_a_frontier_over_its_budget_spills_to_disk_and_leaves_nothing(monkeypatc
     prefixes, and no file or folder left in the spill folder's parent after the run."""
     made = []
     written = []
-    put = F._Folder.put
+    put = F.SpillFolder.put
 
     def tiny(budget):
         made.append(F.Frontier(1, spill=str(tmp_path)))
@@ -96,7 +96,7 @@ def test_a_frontier_over_its_budget_spills_to_disk_and_leaves_nothing(monkeypatc
 
     sizes = _counting(monkeypatch)
     monkeypatch.setattr(S, "Frontier", tiny)
-    monkeypatch.setattr(F._Folder, "put", counted)
+    monkeypatch.setattr(F.SpillFolder, "put", counted)
     spilled = _run("digits_cnn", bits=4)
     nodes = len(spilled.model.graph.node)
     assert written and sum(sizes) <= 2 * nodes + 4 * len(spilled.report.layers)
