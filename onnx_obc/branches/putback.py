@@ -85,13 +85,9 @@ def rewrap(model: onnx.ModelProto, rec: Inlined) -> onnx.ModelProto:
     names = {t.name for t in moved}
     keep_init = [t for t in g.initializer if t.name not in names]
     g_inits = {t.name for t in keep_init}
-    first = min((i for i, n in enumerate(nodes) if i not in region
-                 and set(outs) & {*n.input, *subgraph_reads(n)}), default=len(nodes))
     rest = [n for i, n in enumerate(nodes) if i not in region]
-    pos = sum(1 for i in range(first) if i not in region)
     have = {o for n in rest for o in n.output} | g_inits
-    lost = [c for c in rec.outer_nodes if not set(c.output) <= have]
-    rest[pos:pos] = [*lost, node]
+    rest += [c for c in rec.outer_nodes if not set(c.output) <= have] + [node]  # sorted below
     keep_init += [t for t in rec.outer_inits if t.name not in have]
     del g.node[:]
     g.node.extend(rest)
