@@ -84,7 +84,8 @@ for _n in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr_cls",  # real_matrix's
            "efficientnet_lite0",
            "yolov8n", "picodet_layout",  # bench/real_detect.py: output error only
            "lcnet_orient",  # bench/real_detect.py: orientation accuracy (eval labels)
-           "magika"):  # bench/real_magika.py: top-1 agreement (file types)
+           "magika",  # bench/real_magika.py: top-1 agreement (file types)
+           "oww_embed"):  # bench/real_oww.py: output error only (speech embedding)
     MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
                   f"bench/real/{_n}.eval.npz", "obc")
 

@@ -1,7 +1,7 @@
 """Install the real pretrained models for the benches into bench/real/ (gitignored).
 
     python bench/setup_models.py [--out bench/real] [--samples 96]
-                                 [--models ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad]
+                                 [--models ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad,oww]
 
 ppocr (bench/real_ppocr.py): the rapidocr-onnxruntime wheel's PP-OCRv4 recognizer and
 detector and the MobileNetV3-small orientation classifier (squeeze-excite blocks), with
@@ -25,6 +25,10 @@ rendered pages, 64 + 128 turned pages with their labels; --detect-samples).
 
 magika (bench/real_magika.py): the file-type classifier of the `magika` wheel (a jax2tf
 export, 0.78 M parameters, byte input) with features of 256 + 512 real files of this machine.
+
+vad (bench/real_vad.py): Silero VAD from the `silero-vad` wheel and 16 kHz speech; oww
+(bench/real_oww.py, after vad: it reads that speech): openWakeWord's speech embedding (a
+tf2onnx CNN, 0.33 M parameters) from the `openwakeword` 0.4.0 wheel, 214 + 331 mel windows.
 
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
@@ -226,7 +230,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=512, help="CREPE calibration and eval frames")
     ap.add_argument("--detect-samples", type=int, default=64,
                     help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
-    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad",
+    ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad,oww",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -270,6 +274,13 @@ def main() -> None:
         real_vad.fetch(out)
         real_vad.data(out)
         print(f"wrote silero_vad.onnx, vad.calib.npz and vad.eval.npz to {out}")
+    if "oww" in args.models.split(","):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_oww
+
+        real_oww.fetch(out)
+        real_oww.data(out)
+        print(f"wrote oww_embed.onnx (openWakeWord's speech embedding) and its data to {out}")
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)

@@ -61,7 +61,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits, orthires, ortlstm, ortstem
+from . import nbits, ortclamp, orthires, ortlstm, ortstem
 from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
@@ -115,7 +115,13 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
     weights per row (ortlstm.py)."""
     model = _deploy(model, layers, solved, qweights, act_scales, act_type, matmul_nbits,
                     nbits_block_size, accuracy_level)
-    if act_scales is None or not dynamic_lstm:
+    if act_scales is None:
+        return model
+    model, dropped = ortclamp.drop_bounds(model)  # Max / Min bounds its Q/DQ already make
+    if dropped:
+        log.info("onnxruntime target: %d Max / Min bound(s) dropped, their QuantizeLinear "
+                 "saturates there (ortclamp.py)", dropped)
+    if not dynamic_lstm:
         return model
     model, notes = ortlstm.rewrite(model)
     for note in notes:
