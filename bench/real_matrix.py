@@ -58,6 +58,7 @@ EXTRA = {  # not in the default set (bench/real_detect.py; the detectors: output
     "picodet_layout": (R + "picodet_layout", "obc"),
     "lcnet_orient": (R + "lcnet_orient", "obc"),  # orientation accuracy on its eval labels
     "magika": (R + "magika", "obc"),  # file types: top-1 agreement with dense (real_magika.py)
+    "oww_embed": (R + "oww_embed", "obc"),  # speech embedding: output error (real_oww.py)
 }
 MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)

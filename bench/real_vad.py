@@ -170,7 +170,8 @@ def quantize_static(src: Path, out: Path, calib: Path) -> None:
 RUNS = {"W8A8 onnxruntime": {"bits": 8, "act_bits": 8, "runtime": "onnxruntime"},
         "W8A8 tensorrt": {"bits": 8, "act_bits": 8},
         "W8": {"bits": 8}, "W4": {"bits": 4}, "W4 one-shot": {"bits": 4, "sequential": False},
-        "2:4": {"nm": (2, 4)}, "50%": {"sparsity": 0.5}}
+        "2:4": {"nm": (2, 4)}, "50%": {"sparsity": 0.5},
+        "50% uniform": {"sparsity": 0.5, "allocate": "uniform"}}
 
 
 def main() -> None:
