@@ -34,7 +34,7 @@ from .reasons import feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
-BINARY = {"Add", "Sub", "Mul", "Div", "PRelu"}
+BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"}  # the other input a constant
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool"}
 
@@ -277,14 +277,14 @@ def _cut(g: _Graph, name: str, C: int, axis: int, n: onnx.NodeProto,
     None when it broadcasts over it (optional); _Refused otherwise."""
     if name not in g.inits:
         raise _Refused(f"{n.op_type} reads {name!r}, which is not a constant")
-    if len(g.users.get(name, [])) != 1:
-        raise _Refused(f"per-channel constant {name!r} is shared with other nodes")
     shape = g.inits[name]
     idx = len(shape) + axis
-    if idx < 0 or shape[idx] == 1:
+    if idx < 0 or shape[idx] == 1:  # broadcast: nothing to cut, so it may be shared
         if optional:
             return None
         raise _Refused(f"{name!r} {list(shape)} has no channel axis of size {C}")
+    if len(g.users.get(name, [])) != 1:
+        raise _Refused(f"per-channel constant {name!r} is shared with other nodes")
     if shape[idx] != C:
         raise _Refused(f"{name!r} {list(shape)} does not broadcast per channel ({C})")
     return name, idx

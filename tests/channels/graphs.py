@@ -34,6 +34,24 @@ def conv_bn_relu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0
     return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])], inits)
 
 
+def conv_leaky_max_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0,
+                        per_channel: bool = False):
+    """tf2onnx's Conv -> LeakyRelu -> Max(., c) -> Conv, the floor c [1, 1, 1, 1] shared
+    with a second Max on the consumer's output (openWakeWord's embedding shares one);
+    per_channel: c [1, mid, 1, 1] (and c_out = mid), which a cut would have to slice."""
+    rng = np.random.default_rng(seed)
+    c_out = mid if per_channel else c_out
+    inits = [_w("p.w", (mid, c_in, 3, 3), seed), _c("p.b", rng.standard_normal(mid)),
+             _w("c.w", (c_out, mid, 3, 3), seed + 1), _c("c.b", rng.standard_normal(c_out)),
+             _c("floor", np.full((1, mid if per_channel else 1, 1, 1), -0.4))]
+    nodes = [helper.make_node("Conv", ["x", "p.w", "p.b"], ["p"], name="prod", pads=[1] * 4),
+             helper.make_node("LeakyRelu", ["p"], ["l"], name="leaky", alpha=0.2),
+             helper.make_node("Max", ["l", "floor"], ["m"], name="max"),
+             helper.make_node("Conv", ["m", "c.w", "c.b"], ["c"], name="cons", pads=[1] * 4),
+             helper.make_node("Max", ["floor", "c"], ["y"], name="max_out")]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])], inits)
+
+
 def depthwise_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0):
     """Conv 1x1 -> Relu -> depthwise Conv 3x3 (bias) -> Clip -> Conv 1x1, plus a per-channel
     Mul constant [1, C, 1, 1] and PRelu slopes [C, 1, 1] on the way."""

@@ -24,6 +24,16 @@ def test_conv_bn_relu_conv():
     assert "graph output" in refused[0].reason
 
 
+def test_a_shared_broadcast_bound_passes():
+    """Max(., c) with c [1, 1, 1, 1] is per channel; c broadcasts, so nothing is cut and
+    its other reader does not matter (a per-channel constant shared would stop the cut)."""
+    (s,), _ = _find(graphs.conv_leaky_max_conv())
+    assert s.path == ("leaky", "max") and dict(s.sliced) == {"p.b": 0}
+    sites, refused = _find(graphs.conv_leaky_max_conv(per_channel=True))
+    assert not sites
+    assert "'floor' is shared with other nodes" in {r.weight: r.reason for r in refused}["p.w"]
+
+
 def test_depthwise_between_is_cut_with_its_group():
     (s,), _ = _find(graphs.depthwise_block())
     assert s.grouped == ("dw",) and s.width == 1

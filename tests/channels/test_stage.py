@@ -19,7 +19,7 @@ from tests.channels import graphs
 
 BUILDS = [graphs.conv_bn_relu_conv, graphs.depthwise_block, graphs.transformer_mlp,
           graphs.gemm_pair, graphs.conv_silu_conv, graphs.attention, graphs.mlp_gelu,
-          graphs.same_pad_block]
+          graphs.same_pad_block, graphs.conv_leaky_max_conv]
 DAMP = 0.01
 
 
