@@ -14,6 +14,7 @@ import click
 from .config import LAYER_OPS, Selection
 from .errors import ConfigError, ObcError
 from .flags import (
+    Once,
     calib_options,
     channel_options,
     config_from_flags,
@@ -261,7 +262,7 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     from .branches import describe
     from .layers import find_layers
     from .modelio import load_model
-    from .preflight import input_initializers, unknown_ops
+    from .preflight import input_initializers, unknown_ops_note
     from .report import SKIP_NAME_WIDTH, short_name
 
     try:
@@ -283,13 +284,7 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
         for s in skipped:
             click.echo(f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}")
     notes = input_initializers(proto) + describe(proto)
-    bad = unknown_ops(proto)
-    if bad:
-        shown = "; ".join(f"{short_name(n, SKIP_NAME_WIDTH)} ({op}, domain {dom!r})"
-                          for n, op, dom in bad[:8])
-        notes.append(f"onnxruntime does not know {len(bad)} op(s) of this model: {shown}"
-                     f"{' ...' if len(bad) > 8 else ''}; compressing it needs "
-                     "--custom-op-library PATH, the shared library that implements them")
+    notes += [n for n in [unknown_ops_note(proto)] if n]
     for n in notes:
         click.echo(f"\nWARNING: {n}")
 
@@ -298,3 +293,6 @@ def _logging(verbose: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # each message once per run (flags.Once)
+        if not any(isinstance(f, Once) for f in handler.filters):
+            handler.addFilter(Once())

@@ -5,6 +5,7 @@ types (`prune.sparsity` -> `--sparsity`)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -222,3 +223,21 @@ _CHANNEL_OPTIONS = [
 def channel_options(command: Any) -> Any:
     """The `compress` options of channel pruning (--channels and how it is spread)."""
     return _with(_CHANNEL_OPTIONS, command)
+
+
+
+class Once(logging.Filter):
+    """Lets each message through once (the CLI's handlers): a run exports several variants
+    of the model (the compressed one, its uncorrected and baseline twins, float
+    candidates), and a note each export logs would print once per variant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True

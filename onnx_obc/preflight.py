@@ -268,14 +268,22 @@ def check_custom_ops(proto: onnx.ModelProto, library: str | None) -> None:
 
         register_library(ort.SessionOptions(), library)
         return
+    note = unknown_ops_note(proto)
+    if note:
+        raise ModelError(note)
+
+
+def unknown_ops_note(proto: onnx.ModelProto) -> str | None:
+    """Which ops onnxruntime does not know and how to run the model anyway; None: none."""
     bad = unknown_ops(proto)
-    if bad:
-        shown = "; ".join(f"{n} ({op}, domain {dom!r})" for n, op, dom in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise ModelError(f"onnxruntime does not know {len(bad)} op(s) of this model: {shown}"
-                         f"{more}. onnx-obc runs the model in onnxruntime to calibrate: pass "
-                         "the shared library that implements them with --custom-op-library "
-                         "PATH (convert(..., custom_op_library=PATH))")
+    if not bad:
+        return None
+    shown = "; ".join(f"{n} ({op}, domain {dom!r})" for n, op, dom in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return (f"onnxruntime does not know {len(bad)} op(s) of this model: {shown}{more}. "
+            "onnx-obc runs the model in onnxruntime to calibrate: pass the shared library "
+            "that implements them with --custom-op-library PATH (convert(..., "
+            "custom_op_library=PATH))")
 
 
 # --------------------------------------------------------------------------- notes

@@ -301,3 +301,27 @@ def test_w8a8_on_onnxruntime_measures_its_float_candidates_or_not(saved, tmp_pat
                  "onnxruntime", "--calib", data, "-q", "--int8-stem", "--int8-highres")
     assert res.exit_code == 0, res.output
     assert "float candidates" not in res.output
+
+
+def test_a_repeated_log_message_prints_once():
+    """The CLI's handlers let each message through once: every variant a run builds logs
+    its export notes again (W4 on a 20-conv model printed one line 80 times)."""
+    import io
+    import logging
+
+    from onnx_obc.flags import Once
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(Once())
+    log = logging.getLogger("onnx_obc.test_once")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        for _ in range(3):
+            log.warning("4-bit Conv weights stay DequantizeLinear")
+        log.warning("another note")
+    finally:
+        log.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["4-bit Conv weights stay DequantizeLinear",
+                                              "another note"]

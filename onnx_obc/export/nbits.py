@@ -175,16 +175,16 @@ def _use_ok(use_op: str, node: gs.Node | None, n_out: int) -> str:
 def select(model: onnx.ModelProto, layers: list[Layer], qweights: dict[str, QuantizedWeight],
            block_size: int | None = None) -> tuple[dict[str, NBitsWeight], list[str]]:
     """The weights of `qweights` written as MatMulNBits (weight -> inputs), and a note for
-    every weight of at most 4 bits that stays DequantizeLinear, saying why."""
+    every weight of at most 4 bits that stays DequantizeLinear, saying why (one for all
+    the Convs)."""
     nodes = _labelled(gs.import_onnx(model), model) if qweights else {}
-    out, notes = {}, []
+    out, notes, convs = {}, [], []
     for L in layers:
         q = qweights.get(L.weight)
         if q is None or q.bits > 4:
             continue
         if L.layout == "conv":
-            notes.append(f"{L.name}: {q.bits}-bit Conv weights stay DequantizeLinear "
-                         "(MatMulNBits is for MatMul / Gemm weights)")
+            convs.append(L.name)
             continue
         n_out = L.matrix_shape[1]
         why = next((w for u in L.uses if (w := _use_ok(u.op, nodes.get(u.node), n_out))), "")
@@ -195,6 +195,10 @@ def select(model: onnx.ModelProto, layers: list[Layer], qweights: dict[str, Quan
                          f"({why or why_block})")
             continue
         out[L.weight] = to_nbits(L, q, block)
+    if convs:
+        shown = ", ".join(convs[:3]) + (f" and {len(convs) - 3} more" if len(convs) > 3 else "")
+        notes.insert(0, f"{len(convs)} Conv layer(s) at 4 bits or fewer: their weights stay "
+                        f"DequantizeLinear (MatMulNBits is for MatMul / Gemm weights): {shown}")
     return out, notes
 
 

@@ -139,8 +139,8 @@ def _deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
                           f"{act_type!r}")
     if matmul_nbits and qweights:
         packed, notes = nbits.select(model, layers, qweights, nbits_block_size)
-        for note in notes:
-            log.warning(note)
+        for note in notes:  # per variant built; the run's fusion check names each layer
+            log.info(note)
         model = nbits.rewrite(model, layers, packed, accuracy_level)
         qweights = {k: q for k, q in qweights.items() if k not in packed}
     if qweights:

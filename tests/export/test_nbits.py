@@ -143,7 +143,9 @@ def test_conv_at_four_bits_stays_dequantize_linear_and_is_reported() -> None:
     packed, notes = nbits.select(model, layers, qw)
     convs = [L for L in layers if L.layout == "conv"]
     assert convs and not {L.weight for L in convs} & set(packed)
-    assert sum("Conv weights stay DequantizeLinear" in n for n in notes) == len(convs)
+    (note,) = [n for n in notes if "Conv layer(s)" in n]  # one line for them all
+    assert note.startswith(f"{len(convs)} Conv layer(s) at 4 bits or fewer")
+    assert all(L.name in note for L in convs[:3])
     _, nb = both(model, QuantSpec(bits=4))
     assert ops(nb)["DequantizeLinear"] == len(convs)
     result = fusion.check(nb, layers)
