@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import numpy_helper
 
+from ..capture import subgraph_reads
 from ..layers import Layer, constant_weights
 from .graph import DEFAULT_DOMAINS
 from .ortpad import zero_pad
@@ -113,6 +114,10 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
                and n.input[0] in consts}  # dequantized weights count as constants
     floats = float_tensors(model)
     outputs = {o.name for o in g.output}
+    # what If / Loop / Scan bodies read leaves the graph as its outputs do: kept float
+    # (a DequantizeLinear behind such a read crashed onnxruntime's QDQ rewrites, Silero v4)
+    inner = {t for n in g.node for t in subgraph_reads(n)} - outputs
+    outputs |= inner
     producer: dict[str, int] = {}
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(g.node):
@@ -193,7 +198,9 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
         elif role in ("layer", "compute"):
             out = g.node[p.absorbed[i]].output[0] if i in p.absorbed else n.output[0]
             if out in outputs:
-                p.float_out[i] = "its output is a graph output (kept float)"
+                p.float_out[i] = ("its output is read inside an If / Loop / Scan body (kept "
+                                  "float)" if out in inner else
+                                  "its output is a graph output (kept float)")
             elif _feeds_outputs_only(out, readers, tail, outputs):
                 p.float_out[i] = "its output only feeds graph outputs (kept float)"
             elif (role == "layer" and n.op_type in ("MatMul", "Gemm")

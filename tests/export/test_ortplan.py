@@ -213,3 +213,47 @@ def fusion_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx_obc.export import fusion
 
     return fusion.optimized_graph(model)
+
+
+def _branch(name: str, src: str, neg: bool) -> onnx.GraphProto:
+    out = helper.make_tensor_value_info(f"{name}_o", onnx.TensorProto.FLOAT, ["a", "b", "c"])
+    node = helper.make_node("Neg" if neg else "Identity", [src], [f"{name}_o"], name=name)
+    return helper.make_graph([node], name, [], [out])
+
+
+def if_reader_cnn() -> onnx.ModelProto:
+    """x [N, 4, 8] -> c1 -> Relu -> r; r -> Transpose -> read inside If A; r -> c2 ->
+    Sigmoid -> read inside If B (Silero VAD v4's LSTM and head Ifs read outer tensors)."""
+    cond = numpy_helper.from_array(np.array(True), "cond_value")
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["t"], name="tr", perm=[2, 0, 1]),
+             helper.make_node("Constant", [], ["cond"], name="cond", value=cond),
+             helper.make_node("If", ["cond"], ["ya"], name="ifA", then_branch=_branch(
+                 "thenA", "t", False), else_branch=_branch("elseA", "t", True)),
+             helper.make_node("Conv", ["r", "W2", "B2"], ["c2"], name="c2", pads=[1, 1]),
+             helper.make_node("Sigmoid", ["c2"], ["g"], name="sig"),
+             helper.make_node("If", ["cond"], ["yb"], name="ifB", then_branch=_branch(
+                 "thenB", "g", False), else_branch=_branch("elseB", "g", True))]
+    inits = [b.weight("W1", (6, 4, 3), 0), b.weight("B1", (6,), 1),
+             b.weight("W2", (6, 6, 3), 2), b.weight("B2", (6,), 3)]
+    outs = [helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, ["a", "b", "c"])
+            for y in ("ya", "yb")]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 8])], outs, inits)
+
+
+def test_tensors_read_inside_a_subgraph_stay_float() -> None:
+    """What an If body reads leaves the graph as an output does: no Q/DQ on it, nor on a
+    Transpose's input that only feeds it (a DequantizeLinear behind such reads crashed
+    onnxruntime's graph optimizer on Silero VAD v4, the process aborting); the layer
+    between keeps its integer input and output."""
+    model = if_reader_cnn()
+    layers = find_layers(model)[0]
+    p = ortplan.plan(model, ortplan.layer_nodes(model, layers))
+    assert "g" not in p.tensors and "t" not in p.tensors
+    assert "r" in p.tensors and "c2" in p.tensors  # c2's input and output
+    sig = next(i for i, n in enumerate(model.graph.node) if n.name == "sig")
+    assert sig not in p.roles or "inside an If" in p.float_out.get(sig, "")
+    out, feed, _ = compressed(model)
+    onnx.checker.check_model(out, full_check=True)
+    assert optimized_ops(out)["QLinearConv"] == 2
