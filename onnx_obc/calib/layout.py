@@ -151,11 +151,14 @@ class Layout:
         names = self.names
         extra = sorted(set(arrays) - set(names))
         missing = [n for n in names if n not in arrays]
-        if missing or extra:
+        if missing:
             raise CalibrationError(
                 f"{desc}: the model's inputs are {names} but the data has {sorted(arrays)} "
                 f"(missing {missing}, unexpected {extra}). Name each array after the model "
                 "input it feeds (plus optional 'labels' for evaluation).")
+        if extra:  # every input is there: side data (a test set's texts or boxes)
+            log.warning("%s: %s name no model input (the inputs are %s); ignored", desc,
+                        extra, names)
         out, n, first = {}, None, None
         for s in self.specs:
             a, ax = arrays[s.name], self.axis[s.name]

@@ -205,13 +205,27 @@ def test_missing_key(tmp_path):
     assert "missing ['b']" in msg and "Name each array after the model input" in msg
 
 
-def test_extra_key(tmp_path):
-    np.savez(tmp_path / "c.npz", c=np.zeros((3, 1), np.float32), **good(3))
-    assert "unexpected ['c']" in bad(tmp_path / "c.npz")
+def test_extra_key_is_ignored_with_a_warning(tmp_path, caplog):
+    """Every input there plus side data (an eval set's texts or boxes): the side data is
+    ignored, and the run says so; with an input missing the extra names are in the error."""
+    arrays = good(3)
+    np.savez(tmp_path / "c.npz", texts=np.array(["ab", "c", "d"]), **arrays)
+    with caplog.at_level("WARNING"):
+        ds = load_data(tmp_path / "c.npz", MODEL)
+    assert_same(ds, arrays)
+    assert "['texts'] name no model input" in caplog.text
+    del arrays["b"]
+    np.savez(tmp_path / "d.npz", texts=np.array(["ab", "c", "d"]), **arrays)
+    msg = bad(tmp_path / "d.npz")
+    assert "missing ['b'], unexpected ['texts']" in msg
 
 
-def test_extra_key_from_an_iterable():
-    assert "unexpected ['z']" in bad([{**good(2), "z": np.zeros((2, 1))}])
+def test_extra_key_from_an_iterable(caplog):
+    arrays = good(2)
+    with caplog.at_level("WARNING"):
+        ds = load_data([{**arrays, "z": np.zeros((2, 1))}], MODEL)
+    assert_same(ds, arrays)
+    assert "['z'] name no model input" in caplog.text
 
 
 def test_wrong_rank_one_short_hints_at_the_sample_axis(tmp_path):
