@@ -291,8 +291,7 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
 
 def _logging(verbose: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for handler in logging.getLogger().handlers:  # each message once per run (flags.Once)
-        if not any(isinstance(f, Once) for f in handler.filters):
-            handler.addFilter(Once())
+    handler = logging.StreamHandler(sys.stderr)  # each message once per run (flags.Once)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(Once())
+    logging.basicConfig(level=level, handlers=[handler])  # none where a host has handlers
