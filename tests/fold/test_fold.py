@@ -279,3 +279,32 @@ def test_a_matmul_keeps_its_bias_add_even_of_zeros() -> None:
                    [b.weight("W", (6, 4), 0), _c("z", np.zeros(4))])
     out, done = fold(model)
     assert out is model and not done.changed
+
+
+def gelu_conv() -> onnx.ModelProto:
+    """Conv -> GELU written out as paddle2onnx writes it, a * (Erf(a / sqrt 2) + 1) * 0.5,
+    -> Conv."""
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Div", ["a", "sqrt2"], ["d"], name="div"),
+             helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Add", ["e", "one"], ["p"], name="add"),
+             helper.make_node("Mul", ["a", "p"], ["m"], name="mul"),
+             helper.make_node("Mul", ["m", "half"], ["g"], name="half"),
+             helper.make_node("Conv", ["g", "W2", "B2"], ["y"], name="c2", pads=[1] * 4)]
+    inits = [b.weight("W1", (6, 3, 3, 3), 0), b.weight("B1", (6,), 1),
+             b.weight("W2", (4, 6, 3, 3), 2), b.weight("B2", (4,), 3),
+             _c("sqrt2", np.sqrt(2.0)), _c("one", 1.0), _c("half", 0.5)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 3, 6, 6])], [b.vi("y", [b.BATCH, 4, 6, 6])],
+                  inits)
+
+
+def test_a_gelu_keeps_its_half_so_onnxruntime_fuses_it() -> None:
+    """The 0.5 that ends a written-out GELU is not folded into the Conv after it:
+    onnxruntime fuses the five nodes into one Gelu kernel only with it there."""
+    model = gelu_conv()
+    out, done = fold(model)
+    _same(model, out, (2, 3, 6, 6))
+    assert "Mul" not in dict(done.before)
+    from onnx_obc.export import fusion
+
+    assert Counter(n.op_type for n in fusion.optimized_graph(out).graph.node)["Gelu"] == 1
