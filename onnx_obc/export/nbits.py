@@ -236,7 +236,7 @@ def rewrite(model: onnx.ModelProto, layers: list[Layer], packed: dict[str, NBits
                 raise ModelError(f"internal: node {u.node!r} of weight {L.weight!r} not found")
             _replace(graph, node, inputs, p, accuracy_level,
                      node.name or f"{L.weight}_MatMulNBits_{k}")
-    return export_graph(graph, _with_domain(model), model_opset(model))
+    return export_graph(graph, with_domain(model), model_opset(model))
 
 
 def _replace(graph: gs.Graph, node: gs.Node, weights: list[gs.Tensor], p: NBitsWeight,
@@ -257,7 +257,7 @@ def _replace(graph: gs.Graph, node: gs.Node, weights: list[gs.Tensor], p: NBitsW
                                domain=DOMAIN))
 
 
-def _with_domain(model: onnx.ModelProto) -> onnx.ModelProto:
+def with_domain(model: onnx.ModelProto) -> onnx.ModelProto:
     """A graph-less copy of `model`'s header that also imports com.microsoft (what
     export_graph takes its opset imports and metadata from)."""
     head = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,

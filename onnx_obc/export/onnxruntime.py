@@ -61,7 +61,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits, ortclamp, orthires, ortlstm, ortstem
+from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem
 from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
@@ -90,7 +90,8 @@ def float_candidates(proto: onnx.ModelProto, layers: list[Layer], act_bits: int 
     if act_bits != 8:
         return []
     stem = ortstem.stem_layers(proto, layers) if float_stem else {}
-    out = [Candidates("stem", stem, 1.0 + ortstem.MARGIN, None, "--int8-stem")] if stem else []
+    out = [Candidates("stem", stem, 1.0 + ortstem.MARGIN, ortstem.SLOWER, "--int8-stem")
+           ] if stem else []
     if float_highres:
         out += [c for c in orthires.candidates(proto, layers, probe) if set(c.reasons) - set(stem)]
     return out
@@ -118,9 +119,10 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
     if act_scales is None:
         return model
     model, dropped = ortclamp.drop_bounds(model)  # Max / Min bounds its Q/DQ already make
-    if dropped:
-        log.info("onnxruntime target: %d Max / Min bound(s) dropped, their QuantizeLinear "
-                 "saturates there (ortclamp.py)", dropped)
+    model, gelus = ortgelu.gelu_nodes(model)  # written-out GELUs as one Gelu each
+    if dropped or gelus:
+        log.info("onnxruntime target: %d Max / Min bound(s) dropped (their QuantizeLinear "
+                 "saturates there), %d GELU(s) as one Gelu", dropped, gelus)
     if not dynamic_lstm:
         return model
     model, notes = ortlstm.rewrite(model)

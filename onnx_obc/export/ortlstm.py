@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from ..layers import constant_weights, node_label, overridable
 from .graph import constant, export_graph, fresh, model_opset
-from .nbits import DOMAIN, _with_domain
+from .nbits import DOMAIN, with_domain
 
 OP = "DynamicQuantizeLSTM"
 
@@ -95,7 +95,7 @@ def rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         node.outputs.clear()
         graph.nodes.append(gs.Node(OP, f"{label}_quant", attrs, inputs=inputs + extra,
                                    outputs=outputs, domain=DOMAIN))
-    return export_graph(graph, _with_domain(model), model_opset(model)), notes
+    return export_graph(graph, with_domain(model), model_opset(model)), notes
 
 
 __all__ = ["OP", "int8_rows", "plan", "rewrite"]

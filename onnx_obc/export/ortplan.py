@@ -114,8 +114,7 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
                and n.input[0] in consts}  # dequantized weights count as constants
     floats = float_tensors(model)
     outputs = {o.name for o in g.output}
-    # what If / Loop / Scan bodies read leaves the graph as its outputs do: kept float
-    # (a DequantizeLinear behind such a read crashed onnxruntime's QDQ rewrites, Silero v4)
+    # what If / Loop / Scan bodies read stays float as outputs do (Silero v4: ORT aborted)
     inner = {t for n in g.node for t in subgraph_reads(n)} - outputs
     outputs |= inner
     producer: dict[str, int] = {}
@@ -198,9 +197,9 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
         elif role in ("layer", "compute"):
             out = g.node[p.absorbed[i]].output[0] if i in p.absorbed else n.output[0]
             if out in outputs:
-                p.float_out[i] = ("its output is read inside an If / Loop / Scan body (kept "
-                                  "float)" if out in inner else
-                                  "its output is a graph output (kept float)")
+                p.float_out[i] = "its output is " + ("read inside an If / Loop / Scan body"
+                                                     if out in inner else "a graph output"
+                                                     ) + " (kept float)"
             elif _feeds_outputs_only(out, readers, tail, outputs):
                 p.float_out[i] = "its output only feeds graph outputs (kept float)"
             elif (role == "layer" and n.op_type in ("MatMul", "Gemm")
@@ -212,17 +211,36 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
 
 
 def _drop_float_gates(g: onnx.GraphProto, p: Plan, producer: dict[str, int]) -> None:
-    """Remove the role of each Mul x * h whose h comes from a node without one reading x."""
+    """Remove the role of each Mul x * h whose h comes from nodes without one reading x:
+    directly (x * HardSigmoid(x)) or through an Erf (GELU's x * (Erf(x / c) + 1), which the
+    export writes as one Gelu with the 0.5 after it, ortgelu.py)."""
     for i in [i for i, role in p.roles.items() if role == "compute"]:
         n = g.node[i]
         if n.op_type != "Mul":
             continue
         for x, h in ((n.input[0], n.input[1]), (n.input[1], n.input[0])):
-            j = producer.get(h)
-            if j is not None and j not in p.roles and x in g.node[j].input:
+            if _gated_by(g, p, producer, x, h):
                 del p.roles[i]
                 p.islands.append(i)
                 break
+
+
+def _gated_by(g: onnx.GraphProto, p: Plan, producer: dict, x: str, h: str, depth: int = 4
+              ) -> bool:
+    """Whether one float node (no role) makes h of x, or a chain of them through an Erf."""
+    ops = []
+    for _ in range(depth):
+        j = producer.get(h)
+        if j is None or j in p.roles:
+            return False
+        ops.append(g.node[j].op_type)
+        if x in g.node[j].input:
+            return len(ops) == 1 or "Erf" in ops
+        data = [t for t in g.node[j].input if t and t in producer]
+        if len(data) != 1:
+            return False
+        h = data[0]
+    return False
 
 
 def _drop_islands(g: onnx.GraphProto, p: Plan, readers: dict[str, list[int]]) -> None:

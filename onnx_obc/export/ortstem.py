@@ -29,6 +29,10 @@ from ..layers import Layer, node_label
 STEM_CHANNELS = 4  # input channels per group of a stem Conv
 DEPTHWISE_CHANNELS = 32  # channels of a depthwise Conv kept float after the stem
 MARGIN = 0.02  # kept float unless the error with them float is more than this above
+SLOWER = 1.05  # ... or the latency more than this times the quantized stem's: a float stem
+# leaves what follows it on uint8 in NCHW (PP-OCRv6's detector: its stem MaxPool on the
+# codes 4.3 ms against 0.3 in fp32, where a quantized stem puts it in onnxruntime's NHWC
+# region)
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # layers, selected or not
 
 

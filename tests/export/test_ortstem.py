@@ -236,3 +236,22 @@ def test_the_chosen_variant_is_built_and_measured_once(monkeypatch) -> None:
     fid = next(iter(r.report.fidelity.values()))
     assert list(fid)[0] == "dense" and len(fid) == 3  # compressed and the uncorrected one
     assert all(max(f.rel_error.values()) > 0 for k, f in fid.items() if k != "dense")
+
+
+@pytest.mark.parametrize("ms, kept", [(0.95, True), (1.04, True), (1.10, False)])
+def test_a_float_stem_must_not_cost_speed(monkeypatch, ms: float, kept: bool) -> None:
+    """The stem is timed too: more accurate float, it stays float only at no more than
+    ortstem.SLOWER times the latency (PP-OCRv6's detector: its float stem left the MaxPool
+    after it on uint8 in NCHW, 1.18x slower), and a slower one is not verified at all."""
+    from .test_orthires import _fixed, pyramid
+
+    m = pyramid(c_in=3)
+    _fixed(monkeypatch, {"quantized": 0.02, "stem": 0.015, "high-resolution convs": 0.02,
+                         "convs at stride 8": 0.02}, {0: 1.0, 1: ms, 2: 1.0})
+    r = convert(m, None, calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8,
+                runtime="onnxruntime", progress=False)
+    stem = r.report.notes[0]
+    assert stem.startswith("float candidates for onnxruntime, stem (c1): "
+                           + ("kept float" if kept else "quantized"))
+    assert f"latency {ms:.3f}x with them float" in stem
+    assert ("output error not measured" in stem) != kept  # a slower stem is not verified
