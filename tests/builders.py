@@ -491,3 +491,17 @@ def weights_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     from onnx_obc.layers import constant_weights
 
     return {k: numpy_helper.to_array(t) for k, (_, t) in constant_weights(model.graph).items()}
+
+
+def gelu(x: str, y: str, half: float = 0.5) -> tuple[list[onnx.NodeProto],
+                                                    list[onnx.TensorProto]]:
+    """GELU written out as paddle2onnx writes it, y = x * (Erf(x / sqrt 2) + 1) * half:
+    its five nodes and three constants (names prefixed with y)."""
+    c = {k: numpy_helper.from_array(np.array(v, np.float32), f"{y}.{k}")
+         for k, v in (("sqrt2", np.sqrt(2.0)), ("one", 1.0), ("half", half))}
+    nodes = [helper.make_node("Div", [x, f"{y}.sqrt2"], [f"{y}.d"], name=f"{y}.div"),
+             helper.make_node("Erf", [f"{y}.d"], [f"{y}.e"], name=f"{y}.erf"),
+             helper.make_node("Add", [f"{y}.one", f"{y}.e"], [f"{y}.p"], name=f"{y}.add"),
+             helper.make_node("Mul", [f"{y}.p", x], [f"{y}.m"], name=f"{y}.mul"),
+             helper.make_node("Mul", [f"{y}.m", f"{y}.half"], [y], name=f"{y}.half")]
+    return nodes, list(c.values())

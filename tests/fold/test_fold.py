@@ -282,18 +282,13 @@ def test_a_matmul_keeps_its_bias_add_even_of_zeros() -> None:
 
 
 def gelu_conv() -> onnx.ModelProto:
-    """Conv -> GELU written out as paddle2onnx writes it, a * (Erf(a / sqrt 2) + 1) * 0.5,
-    -> Conv."""
+    """Conv -> GELU written out as paddle2onnx writes it -> Conv (tests/builders.gelu)."""
+    gelu, consts = b.gelu("a", "g")
     nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="c1", pads=[1] * 4),
-             helper.make_node("Div", ["a", "sqrt2"], ["d"], name="div"),
-             helper.make_node("Erf", ["d"], ["e"], name="erf"),
-             helper.make_node("Add", ["e", "one"], ["p"], name="add"),
-             helper.make_node("Mul", ["a", "p"], ["m"], name="mul"),
-             helper.make_node("Mul", ["m", "half"], ["g"], name="half"),
+             *gelu,
              helper.make_node("Conv", ["g", "W2", "B2"], ["y"], name="c2", pads=[1] * 4)]
     inits = [b.weight("W1", (6, 3, 3, 3), 0), b.weight("B1", (6,), 1),
-             b.weight("W2", (4, 6, 3, 3), 2), b.weight("B2", (4,), 3),
-             _c("sqrt2", np.sqrt(2.0)), _c("one", 1.0), _c("half", 0.5)]
+             b.weight("W2", (4, 6, 3, 3), 2), b.weight("B2", (4,), 3), *consts]
     return b.make(nodes, [b.vi("x", [b.BATCH, 3, 6, 6])], [b.vi("y", [b.BATCH, 4, 6, 6])],
                   inits)
 
