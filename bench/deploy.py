@@ -80,7 +80,7 @@ MODELS = {  # name -> (model, calib, eval, method)
     "common_det": ("bench/real/common_det.onnx", "bench/real/common_det.calib.npz",
                    "bench/real/common_det.eval.npz", "obc"),
 }
-for _n in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr_cls",  # real_matrix's metrics
+for _n in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr6_det", "ppocr_cls",  # real_matrix's
            "efficientnet_lite0",
            "yolov8n", "picodet_layout",  # bench/real_detect.py: output error only
            "lcnet_orient",  # bench/real_detect.py: orientation accuracy (eval labels)
@@ -220,7 +220,8 @@ def gt_counts(ys: list[np.ndarray], ev: dict, thr: float = dm.GT_SCORE) -> np.nd
 def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict,
                 path: str | None = None, dense_path: str | None = None,
                 feeds: list[dict] | None = None) -> float | None:
-    if name in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0"):
+    if name in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr6_det", "ppocr_cls",
+                "efficientnet_lite0"):
         from real_matrix import metrics  # text / map F1 / label accuracy / top-1 agreement
         return metrics(name, ys, dense, ev)["task"]
     if "labels" in ev:

@@ -48,6 +48,7 @@ MODELS = {  # name -> (path prefix, pruning method: obc, or gptq where ExactOBS 
     "ppocr_rec": (R + "ppocr_rec", "obc"),
     "ppocr6_rec": (R + "ppocr6_rec", "obc"),
     "ppocr_det": (R + "ppocr_det", "obc"),
+    "ppocr6_det": (R + "ppocr6_det", "obc"),
     "ocr_like": (S + "ocr_like", "obc"),
     "common": (R + "common", "gptq"),
     "common_det": (R + "common_det", "gptq"),
@@ -159,7 +160,7 @@ def metrics(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) 
         got = real_ppocr.ctc(ys, cs)
         out["task"] = float(np.mean([g.lower() == str(t).lower()
                                      for g, t in zip(got, ev["texts"])]))
-    elif name == "ppocr_det":
+    elif name in ("ppocr_det", "ppocr6_det"):
         out["task"] = real_ppocr.map_f1(dense, ys)
     elif name in ("common", "common_det"):
         out["task"] = task_metric(name, ys, dense, ev)

@@ -128,31 +128,37 @@ def pages(n: int, seed: int, size: int = 320) -> np.ndarray:
     return out
 
 
-V6 = ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx")
+V6 = ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx",
+      "rapidocr/models/PP-OCRv6_det_small.onnx")
 
 
 def fetch_v6(out: Path) -> None:
-    """PP-OCRv6's small recognizer from the rapidocr 3.10 wheel (5.3 M parameters: a conv
-    backbone, attention blocks with Erf GELU and written-out layer norms, an 18,710-class
-    CTC head; opset 11, input [N, 3, 48, W] as ppocr_rec's): ppocr6_rec.onnx, its charset
-    ppocr6_charset.json and the same rendered lines as ppocr_rec (ppocr6_rec.calib / .eval
-    npz, from data())."""
+    """PP-OCRv6's small recognizer and detector from the rapidocr 3.10 wheel. The
+    recognizer (5.3 M parameters: a conv backbone, attention blocks with Erf GELU and
+    written-out layer norms, an 18,710-class CTC head; opset 11, input [N, 3, 48, W] as
+    ppocr_rec's): ppocr6_rec.onnx, its charset ppocr6_charset.json and the same rendered
+    lines as ppocr_rec (ppocr6_rec.calib / .eval npz, from data()). The detector (83 convs,
+    13 written-out GELUs in conv blocks, a MaxPool after the stem): ppocr6_det.onnx with
+    ppocr_det's rendered pages (ppocr6_det.calib / .eval npz)."""
     import onnx
 
-    if not (out / "ppocr6_rec.onnx").is_file():
+    if not (out / "ppocr6_rec.onnx").is_file() or not (out / "ppocr6_det.onnx").is_file():
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "pip", "download", V6[0], "--no-deps",
                             "--only-binary=:all:", "-q", "-d", tmp], check=True)
             with zipfile.ZipFile(next(Path(tmp).glob("rapidocr-*.whl"))) as z:
                 (out / "ppocr6_rec.onnx").write_bytes(z.read(V6[1]))
+                (out / "ppocr6_det.onnx").write_bytes(z.read(V6[2]))
     meta = {p.key: p.value for p in onnx.load(str(out / "ppocr6_rec.onnx")).metadata_props}
     chars = ["blank"] + meta["character"].splitlines() + [" "]
     (out / "ppocr6_charset.json").write_text(json.dumps(chars, ensure_ascii=False))
     for kind in ("calib", "eval"):
         if not (out / f"ppocr_rec.{kind}.npz").is_file():
             data(out, 96, 200)
-        (out / f"ppocr6_rec.{kind}.npz").write_bytes((out / f"ppocr_rec.{kind}.npz").read_bytes())
+        for m in ("rec", "det"):
+            (out / f"ppocr6_{m}.{kind}.npz").write_bytes(
+                (out / f"ppocr_{m}.{kind}.npz").read_bytes())
 
 
 def data(out: Path, n_calib: int, n_eval: int) -> None:

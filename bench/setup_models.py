@@ -248,7 +248,8 @@ def main() -> None:
         import real_ppocr
 
         real_ppocr.fetch_v6(out)
-        print(f"wrote ppocr6_rec.onnx (PP-OCRv6 small), its charset and data to {out}")
+        print(f"wrote ppocr6_rec.onnx and ppocr6_det.onnx (PP-OCRv6 small), the charset and data "
+              f"to {out}")
     if "crepe" in args.models.split(","):
         crepe(out, args.frames)
     if "det_eval" in args.models.split(","):
