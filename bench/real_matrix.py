@@ -68,7 +68,9 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "2:4": {"nm": (2, 4), "method": "obc", "sequential": False},
     "2:4 noshrink": {"nm": (2, 4), "method": "obc", "shrink": False, "sequential": False},
     "2:4 gptq": {"nm": (2, 4), "method": "gptq", "sequential": False},  # SparseGPT's N:M
-    "w8a8": {"bits": 8, "act_bits": 8},
+    "w8a8": {"bits": 8, "act_bits": 8},  # the tensorrt placement, min-max ranges (auto)
+    "w8a8 mse": {"bits": 8, "act_bits": 8, "act_calibration": "mse"},
+    "w8a8 pct": {"bits": 8, "act_bits": 8, "act_calibration": "percentile"},
     "w4 obc": {"bits": 4, "method": "obc", "sequential": False},
     "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False,  # H as captured
                         "sequential": False},

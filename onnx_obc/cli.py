@@ -128,8 +128,7 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--act-calibration", type=click.Choice(["auto", "minmax", "percentile", "mse"]),
               default="auto", show_default=True,
               help="Activation range estimate (mse: least expected squared quantization error "
-                   "on each tensor's histogram; auto: mse with --runtime onnxruntime, else "
-                   "minmax).")
+                   "on each tensor's histogram, the grid of either target; auto: mse).")
 @click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
               default=99.99, show_default=True)
 @export_options

@@ -67,10 +67,10 @@ def test_valid_allocation_options(kw):
 
 
 @pytest.mark.parametrize("runtime, given, runs", [
-    ("onnxruntime", None, "mse"), ("tensorrt", None, "minmax"),
+    ("onnxruntime", None, "mse"), ("tensorrt", None, "mse"),
     ("onnxruntime", "minmax", "minmax"), ("tensorrt", "mse", "mse"),
     ("tensorrt", "percentile", "percentile")])
-def test_activation_ranges_default_to_mse_for_onnxruntime(runtime, given, runs):
+def test_activation_ranges_default_to_mse(runtime, given, runs):
     opts = {} if given is None else {"act_calibration": given}
     cfg = CompressConfig.from_options(bits=8, act_bits=8, runtime=runtime, **opts)
     assert cfg.quant.act_calibration == (given or "auto")
