@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import string
 import subprocess
@@ -261,27 +262,16 @@ def main() -> None:
         real_detect.fetch(out)
         real_detect.data(out, args.detect_samples, max(args.detect_samples // 2, 8))
         print(f"wrote yolov8n.onnx, picodet_layout.onnx and their data to {out}")
-    if "magika" in args.models.split(","):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import real_magika
-
-        real_magika.fetch(out)
-        real_magika.data(out)
-        print(f"wrote magika.onnx and 256 + 512 files' features to {out}")
-    if "vad" in args.models.split(","):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import real_vad
-
-        real_vad.fetch(out)
-        real_vad.data(out)
-        print(f"wrote silero_vad.onnx, vad.calib.npz and vad.eval.npz to {out}")
-    if "oww" in args.models.split(","):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import real_oww
-
-        real_oww.fetch(out)
-        real_oww.data(out)
-        print(f"wrote oww_embed.onnx (openWakeWord's speech embedding) and its data to {out}")
+    for key, module, what in (  # fetch(out) then data(out): the model and its data
+            ("magika", "real_magika", "magika.onnx and 256 + 512 files' features"),
+            ("vad", "real_vad", "silero_vad.onnx, vad.calib.npz and vad.eval.npz"),
+            ("oww", "real_oww", "oww_embed.onnx (openWakeWord's speech embedding) and its data")):
+        if key in args.models.split(","):
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            mod = importlib.import_module(module)
+            mod.fetch(out)
+            mod.data(out)
+            print(f"wrote {what} to {out}")
     if "ddddocr" not in args.models.split(","):
         return
     fetch(out)
