@@ -225,7 +225,6 @@ def channel_options(command: Any) -> Any:
     return _with(_CHANNEL_OPTIONS, command)
 
 
-
 class Once(logging.Filter):
     """Lets each message through once (the CLI's handlers): a run exports several variants
     of the model (the compressed one, its uncorrected and baseline twins, float
