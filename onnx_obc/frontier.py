@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .capture import Runtime, ancestors, session
+from .capture import Runtime, session
 from .segments import OnDisk, SpillFolder, piece, reads
 
 
@@ -81,20 +81,21 @@ class Frontier:
         if old is not None and old.batch != batch:
             old = None
         ran = old.ran if old is not None else set()
-        part = [n for n in (nodes[i] for i in ancestors(nodes, names))
-                if not any(o in ran for o in n.output if o)]
+        kept = set(old.values[0]) if old is not None and old.values else set()
+        inits = {t.name for t in model.graph.initializer}
+        part = _needed(nodes, names, kept | inits | {i.name for i in model.graph.input})
         made = {o for n in part for o in n.output if o}
         top = {i.name for i in model.graph.input} | {o for n in nodes for o in n.output}
         ins = sorted((set().union(*(reads(n) for n in part)) - made  # not a subgraph's own
-                      - {t.name for t in model.graph.initializer}) & top)
-        stale = set(changing)
-        for n in part:  # topological: what reads a changing tensor is run again next time
-            if stale & (reads(n) | set(n.output)):
-                stale.update(o for o in n.output if o)
-        done = ran | (made - stale)
+                      - inits) & top)
+        stale = set(changing)  # after the solve: what reads a changing tensor, run now or
+        for n in nodes:  # before (a weight shared by nodes before and after the cut), topological
+            outs = {o for o in n.output if o}
+            if outs & (ran | made) and stale & (reads(n) | outs):
+                stale.update(outs)
+        done = (ran | made) - stale
         later = set().union(*(reads(n) for n in nodes if not any(o in done for o in n.output)))
-        kept = set(old.values[0]) if old is not None and old.values else set()
-        keep = sorted(x for x in (made - stale) | kept if x in later)  # read after the cut
+        keep = sorted(x for x in (made | kept) - stale if x in later)  # read after the cut
         outs = list(dict.fromkeys([n for n in names if n in made] + [x for x in keep
                                                                       if x in made]))
         state = _State(done, batch, [])
@@ -174,6 +175,20 @@ class Frontier:
         for k, v in before.items():
             if k not in held:
                 v.path.unlink(missing_ok=True)
+
+
+def _needed(nodes: list[onnx.NodeProto], names: Iterable[str], have: set[str]
+            ) -> list[onnx.NodeProto]:
+    """The `nodes` (topological; in order) that make `names` from the tensors in `have`: each
+    node whose output is wanted and not in `have`, also one that ran for an earlier cut
+    whose output was not kept (Basic Pitch's CQT: one lowpass weight on every octave, its
+    first Conv run for the octave convs' group, its input wanted by its own group after)."""
+    need, idx = set(names) - have, []
+    for i in range(len(nodes) - 1, -1, -1):
+        if any(o in need for o in nodes[i].output if o):
+            idx.append(i)
+            need.update(x for x in reads(nodes[i]) if x not in have)
+    return [nodes[i] for i in reversed(idx)]
 
 
 __all__ = ["Frontier"]

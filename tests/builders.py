@@ -169,6 +169,24 @@ def shared_weight(d: int = 6, d_out: int = 5, seed: int = 0) -> onnx.ModelProto:
                 [weight("W", (d, d_out), seed)])
 
 
+def shared_weight_chain(d: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """A weight A read before and after another layer B (Basic Pitch's CQT: one lowpass on
+    every octave), a layer P before them and a layer C behind B:
+
+        x --mmP(P)--> p --mmA1(A)--> y1
+        p --Tanh--> t --mmB(B)--> u --mmA2(A)--> y2
+                                  u --mmC(C)--> y3
+    """
+    nodes = [helper.make_node("MatMul", ["x", "P"], ["p"], name="mmP"),
+             helper.make_node("MatMul", ["p", "A"], ["y1"], name="mmA1"),
+             helper.make_node("Tanh", ["p"], ["t"], name="tanh"),
+             helper.make_node("MatMul", ["t", "B"], ["u"], name="mmB"),
+             helper.make_node("MatMul", ["u", "A"], ["y2"], name="mmA2"),
+             helper.make_node("MatMul", ["u", "C"], ["y3"], name="mmC")]
+    return make(nodes, [vi("x", [BATCH, d])], [vi(y, [BATCH, d]) for y in ("y1", "y2", "y3")],
+                [weight(w, (d, d), seed + i) for i, w in enumerate("PABC")])
+
+
 def weight_also_used_elsewhere(d: int = 6, seed: int = 0) -> onnx.ModelProto:
     """Initializer W used by a MatMul and by an Add (so it cannot change alone).
 

@@ -58,6 +58,25 @@ def test_the_frontier_capture_equals_the_full_prefix(name, options, monkeypatch)
     assert pieces and sum(pieces) <= 2 * nodes + 4 * len(cut.report.layers)
 
 
+def test_a_weight_read_before_and_after_another_layer_captures_as_the_full_prefix(
+        monkeypatch):
+    """Basic Pitch's CQT (one lowpass weight on every octave) crashed the W4 run: A's group
+    ran B's node for A's second use and kept nothing of B's input, which B's group then
+    wanted (KeyError). Now what is wanted and not kept runs again, and what read B before
+    B's solve (u, kept for C) counts as stale after it: the same weights and losses as the
+    full-prefix captures."""
+    from tests import builders as b
+
+    model = b.shared_weight_chain(d=12)
+    run = lambda: convert(model, None, calib=[b.feeds(model, 64, seed=3)],  # noqa: E731
+                          progress=False, device="cpu", compare_baseline=False, bits=4)
+    sizes = _counting(monkeypatch)
+    cut = run()
+    assert sizes and [r.name for r in cut.report.layers] == ["mmP", "mmA1, mmA2", "mmB", "mmC"]
+    monkeypatch.setattr(S, "Frontier", lambda budget: None)
+    _same(cut, run())
+
+
 def test_a_frontier_over_its_budget_runs_every_prefix_again(monkeypatch):
     """No cut fits the budget: each later group runs from the graph inputs, the same model."""
     made = []
