@@ -2,7 +2,9 @@
 model are candidates to stay float.
 
   - a Conv that reads a model input through no other layer (Pad, Cast, a normalisation...)
-    and sees at most STEM_CHANNELS input channels per group (an image's 1-4);
+    or through stem Convs alone (itself included: Basic Pitch's CQT runs one lowpass weight
+    on every octave, then one filter bank on each), on every use, and sees at most
+    STEM_CHANNELS input channels per group (an image's 1-4, audio's 1);
   - a depthwise Conv (one input channel per group) on at most DEPTHWISE_CHANNELS channels
     whose input comes from those stem Convs alone (through their BN / activation).
 
@@ -71,11 +73,20 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
     inits = {t.name for t in g.initializer}
     inputs = {i.name for i in g.input if i.name not in inits}
     layer_nodes = {u.node: L.weight for L in layers for u in L.uses}
-    convs = [L for L in layers if L.op == "Conv" and len(L.uses) == 1]
+    convs = [L for L in layers if L.op == "Conv"]
+    walks = {L.weight: [_upstream(u.input, producers, layer_nodes, inputs) for u in L.uses]
+             for L in convs}
     out: dict[str, str] = {}
-    for L in convs:
-        met, reached = _upstream(L.uses[0].input, producers, layer_nodes, inputs)
-        if reached and not met and L.shape[1] <= STEM_CHANNELS:
+    grew = True
+    while grew:  # a stem may read other stems, or itself (a weight on every octave)
+        grew = False
+        for L in convs:
+            if L.weight in out or L.shape[1] > STEM_CHANNELS or not all(
+                    met <= set(out) | {L.weight} for met, _ in walks[L.weight]):
+                continue
+            if not any(reached for _, reached in walks[L.weight]):
+                continue
+            grew = True
             out[L.weight] = (
                 f"stem conv on the model input ({L.shape[1]} input channel"
                 f"{'s' if L.shape[1] > 1 else ''}"
@@ -88,8 +99,8 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
         if (L.weight in out or L.shape[1] != 1 or L.uses[0].group != channels
                 or channels > DEPTHWISE_CHANNELS):
             continue
-        met, _ = _upstream(L.uses[0].input, producers, layer_nodes, inputs)
-        if met and met <= stems:
+        mets = [met for met, _ in walks[L.weight]]
+        if all(met and met <= stems for met in mets):
             out[L.weight] = (
                 f"depthwise conv on {channels} channels after the float stem, kept float for "
                 "onnxruntime: so few channels gain little or nothing on its integer kernels "
