@@ -195,11 +195,13 @@ def _profile_lines(r: Report) -> list[str]:
 
 
 def _skip_lines(r: Report) -> list[str]:
-    if not r.skipped:
-        return []
-    lines = ["", f"left uncompressed ({len(r.skipped)}):"]
-    lines += [f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}" for s in r.skipped]
-    return lines
+    seen: dict[tuple, list[str]] = {}  # one line per weight and reason (a weight's nodes)
+    for s in r.skipped:
+        seen.setdefault((s.weight or s.node, s.op, s.reason), []).append(s.node)
+    many = lambda n: f", {len(n)} nodes, one weight" if len(n) > 1 else ""  # noqa: E731
+    return ["", f"left uncompressed ({len(r.skipped)}):"] * bool(r.skipped) + [
+        f"  {short_name(', '.join(n), SKIP_NAME_WIDTH)} ({op}{many(n)}): {why}"
+        for (_, op, why), n in seen.items()]
 
 
 def _pct(x: float | None) -> str:
@@ -250,9 +252,7 @@ def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
                  f"that layer compressed (top {min(top, len(s['layers']))} of {len(s['layers'])}):"]
     lines += [f"  {short_name(x['layer'], NAME_WIDTH):<{NAME_WIDTH}} {x['error']:>9.4f} "
               f"{x['share']:>6.1%}" for x in s["layers"][:top]]
-    if s["exclude"]:
-        lines.append(f"  exclude first: {s['flags']}")
-    return lines
+    return lines + [f"  exclude first: {s['flags']}"] * bool(s["exclude"])
 
 
 def _footer(r: Report) -> list[str]:
