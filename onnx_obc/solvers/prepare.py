@@ -19,6 +19,11 @@ from .solution import Stage
 
 # relative dampening steps tried, in order, after the configured one fails
 ESCALATION = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# An input whose energy H_jj is at most this times the layer's largest (every group's) is
+# dead too: amplitudes 1e-12 of the largest. PP-OCRv6's detector has 26 depthwise channels
+# of ~1e-40 (denormal) activations and weights: H_jj ~ 1e-79, dampened relative to that
+# group alone, gave H^-1 ~ 1e80, past float32, and the 50% allocation's traces NaN.
+DEAD_REL = 1e-24
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,8 @@ class Prepared:
 
 def prepare(W: Any, H: Any, damp: float, inverse: bool = True, factor: bool = False
             ) -> Prepared:
-    """Dead inputs -> H_jj = mean live diag and W[:, j] = 0; H += damp*mean(diag)*I; Hinv
+    """Dead inputs (H_jj <= DEAD_REL * the layer's largest) -> H_jj = mean live diag of
+    the group (1 where none is live) and W[:, j] = 0; H += damp*mean(diag)*I; Hinv
     (inverse=False: not computed, only the Cholesky that checks the dampening; GPTQ at 8
     bits factors H itself, gptq.inverse_factor). factor (with inverse=False): that check's
     Cholesky is of each group's H in act order, reversed, kept as Prepared.factor for GPTQ
@@ -58,7 +64,7 @@ def prepare(W: Any, H: Any, damp: float, inverse: bool = True, factor: bool = Fa
     H = H.astype(xp.float64, copy=True)  # [G, d, d]
     W = W.astype(xp.float32, copy=True)  # [G, r, d]
     diag = xp.diagonal(H, axis1=1, axis2=2)  # [G, d] (view)
-    dead = diag <= 0  # [G, d]
+    dead = diag <= DEAD_REL * max(float(diag.max()), 0.0)  # [G, d]
     n_dead = int(dead.sum())
     if n_dead:
         live_mean = xp.where(dead, 0.0, diag).sum(axis=1) / xp.maximum((~dead).sum(axis=1), 1)

@@ -146,6 +146,26 @@ def test_dead_inputs_are_zeroed_and_reported():
     assert res.zeros == round(0.3 * W.size)
 
 
+def test_a_group_of_denormal_inputs_is_dead_not_nan():
+    """PP-OCRv6's detector: depthwise channels whose activations and weights are ~1e-40
+    (H_jj ~ 1e-79). Dampened relative to their own group, H^-1 passed float32's range and
+    the 50% allocation's loss traces went NaN; now those inputs are dead (weights 0, loss 0
+    on the data) and everything stays finite."""
+    from onnx_obc.solvers import traces
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((8, 9, 300))
+    X[[2, 5]] *= 1e-40
+    H = X @ X.transpose(0, 2, 1) / 300  # [8, 9, 9]: one group per channel
+    W = weights(8, 9, 6).reshape(8, 1, 9)
+    W[[2, 5]] *= 1e-40
+    res = solve_layer(W, H, structure=Unstructured(0.5))
+    assert res.dead == 18 and np.isfinite(res.W).all() and np.isfinite(res.loss)
+    assert np.all(res.W[[2, 5]] == 0)
+    tr = traces(W, H, Unstructured(0.0), 0.95)
+    assert all(np.isfinite(tr.at(s).loss) for s in (0.5, 0.9, 0.95))
+
+
 def test_grouped_hessians_select_globally():
     r, d = 4, 9
     H = np.stack([correlated_H(d, 6), 100 * correlated_H(d, 7)])  # group 1 is costlier
