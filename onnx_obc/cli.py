@@ -185,6 +185,9 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--w8-hessian", type=click.Choice(["auto", "diag", "full"]), default="auto",
               show_default=True, help="8-bit quantization alone, --method obc: diag: diag(H), "
               "RTN on its grid; full: H, GPTQ against RTN; auto: full on small layers.")
+@click.option("--positions", type=click.Choice(["auto", "all"]), default="auto", show_default=True,
+              help="auto: each layer's H from a subgrid of its output positions where the "
+              "columns abound (>= 256 per input; 4 at 8 bits alone); all: every position.")
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
               help="Data-limited layers: H shrunk toward its diagonal as held-out halves choose.")
 @click.option("--act-order", is_flag=True, help="With --method gptq: columns by descending diag H.")

@@ -30,7 +30,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             backend: Backend, memory_mb: int, progress: bool,
             observe: list[str] | None = None, dense: onnx.ModelProto | None = None,
             runtime: Runtime | None = None, blocks: dict[str, int] | None = None,
-            hessian_dtype: Any = None, histogram: bool = True, subsample: bool = False,
+            hessian_dtype: Any = None, histogram: bool = True, subsample: int = 0,
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             diagonal: frozenset[str] = frozenset(), means: dict[str, ChannelMean] | None = None,
             shrink: bool = False, folds: bool = False, frontier: Frontier | None = None
@@ -44,9 +44,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
     layer's Hessian (BlockHessianAccumulator). `hessian_dtype`: the precision of each
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
-    observers keep x's histogram (only percentile and mse ranges read it); `subsample`: each
-    layer's Hessian from a subgrid of its output positions (hessian.position_step; the
-    8-bit runs of hessian_dtype). `free_batch` > 1 (a model whose batch is fixed at 1,
+    observers keep x's histogram (only percentile and mse ranges read it); `subsample` > 0: each
+    layer's Hessian from a subgrid of its output positions that keeps that many columns
+    per input (hessian.position_step; tier.column_floor). `free_batch` > 1 (a model whose batch is fixed at 1,
     Calibration.free_batch): that many samples per run when the batch-free graph passes
     batching.sample_axes' check, one per run otherwise; the same tensors either way
     (`sample_axes`: each input's sample axis, calib.layout; default 0); with `dense` both
@@ -132,7 +132,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                 for i, u in enumerate(L.uses):
                     if (L.weight, i) not in steps:
                         steps[L.weight, i] = position_step(
-                            L, u, acts[u.input].shape, data.n) if subsample else 1
+                            L, u, acts[u.input].shape, data.n, subsample) if subsample else 1
                     sub = {"step": steps[L.weight, i], "phase": seen}
                     chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4,
                                      hessian_dtype, **sub)

@@ -21,7 +21,7 @@ from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
 from .collect import collect
-from .tier import diagonal_hessians, hessian_dtype, subsampled
+from .tier import column_floor, diagonal_hessians, hessian_dtype
 from .engine import Engine
 from .frontier import Frontier
 from .config import CompressConfig
@@ -84,7 +84,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 runtime=runtime, blocks=blocks,
                                 hessian_dtype=hessian_dtype(cfg, backend.xp),
                                 histogram=_method(cfg) != "minmax",
-                                subsample=subsampled(cfg), free_batch=data.free_batch,
+                                subsample=column_floor(cfg), free_batch=data.free_batch,
                                 sample_axes=data.info.get("sample_axes"),
                                 diagonal=diagonal_hessians(cfg, group),
                                 means=means if model is proto and not cfg.run.sequential

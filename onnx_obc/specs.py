@@ -35,6 +35,11 @@ def _fraction(value: Any, name: str, hint: str = "") -> None:
                           f"{value!r}{hint}")
 
 
+def _choice(value: Any, options: tuple[str, ...], name: str) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+
+
 def _patterns(value: Any, name: str) -> None:
     if not isinstance(value, tuple) or not all(isinstance(p, str) for p in value):
         raise ConfigError(f"{name} must be a tuple of strings, got {value!r}")
@@ -131,9 +136,7 @@ class Quantization:
         if self.act_bits is not None and self.act_bits != 8:
             raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got "
                               f"{self.act_bits!r}")
-        if self.act_calibration not in ACT_CALIBRATIONS:
-            raise ConfigError("quant.act_calibration must be 'auto', 'minmax', 'percentile' or "
-                              f"'mse', got {self.act_calibration!r}")
+        _choice(self.act_calibration, ACT_CALIBRATIONS, "quant.act_calibration")
         if not 50.0 < self.act_percentile <= 100.0:
             raise ConfigError(f"quant.act_percentile must be in (50, 100], got "
                               f"{self.act_percentile}")
@@ -160,22 +163,24 @@ class SolverOptions:
     "magnitude" / "rtn". act_order: gptq columns by descending diag H. damp: H += damp *
     mean(diag H) * I. w8_hessian: what "obc" keeps of H for 8-bit quantization alone
     (tier.diagonal_hessians): "diag", "full" or "auto" (full on the small layers).
+    positions: "auto", each layer's H from a subgrid of its output positions where that
+    still gives enough columns (tier.column_floor), or "all".
     shrink: data-limited layers' H shrunk toward its diagonal (solvers/shrink.py)."""
 
     method: str = "obc"
     act_order: bool = False
     damp: float = 0.01
     w8_hessian: str = "auto"
+    positions: str = "auto"
     shrink: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"solver.method must be one of {', '.join(METHODS)}: {self.method!r}")
+        _choice(self.method, METHODS, "solver.method")
         if not 0.0 <= self.damp <= 10.0:
             raise ConfigError(f"solver.damp must be in [0, 10] (relative to mean diag H), got "
                               f"{self.damp}")
-        if self.w8_hessian not in ("auto", "diag", "full"):
-            raise ConfigError(f"solver.w8_hessian must be auto, diag or full: {self.w8_hessian!r}")
+        _choice(self.w8_hessian, ("auto", "diag", "full"), "solver.w8_hessian")
+        _choice(self.positions, ("auto", "all"), "solver.positions")
         if not isinstance(self.shrink, bool):
             raise ConfigError(f"solver.shrink must be true or false, got {self.shrink!r}")
 
@@ -201,13 +206,9 @@ class Allocation:
     save_profile: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "uniform", "dp"):
-            raise ConfigError(f"alloc.mode must be 'auto', 'uniform' or 'dp', got {self.mode!r}")
-        if self.budget not in ("sparsity", "params", "flops", "bops"):
-            raise ConfigError(f"alloc.budget must be sparsity, params, flops or bops, got "
-                              f"{self.budget!r}")
-        if self.score not in ("loss", "output"):
-            raise ConfigError(f"alloc.score must be 'loss' or 'output', got {self.score!r}")
+        _choice(self.mode, ("auto", "uniform", "dp"), "alloc.mode")
+        _choice(self.budget, ("sparsity", "params", "flops", "bops"), "alloc.budget")
+        _choice(self.score, ("loss", "output"), "alloc.score")
         if not 0.0 < self.max_sparsity < 1.0:
             raise ConfigError(f"alloc.max_sparsity must be in (0, 1), got {self.max_sparsity}")
         b = self.level_bits
@@ -282,8 +283,7 @@ class RunOptions(CalibReading):
         if (t := self.time_budget_s) is not None and not (type(t) in (int, float) and 0 < t < 1e12):
             raise ConfigError(f"run.time_budget_s must be a number of seconds > 0, got {t!r}")
         self._check_calib()  # calib_preprocess, calib_sample_axes (calibspec.py)
-        if (d := self.device) not in DEVICES:
-            raise ConfigError(f"run.device must be one of {', '.join(DEVICES)}, got {d!r}")
+        _choice(self.device, DEVICES, "run.device")
         for name, least in (("sequential_groups", 1), ("batch_size", 1), ("calib_samples", 1),
                             ("correct_samples", 1), ("memory_budget_mb", 16), ("workers", 1),
                             ("solver_memory_mb", 16)):

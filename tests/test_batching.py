@@ -57,7 +57,7 @@ def _data(n: int = 10) -> calib.DataSet:
 def _hessians(model: onnx.ModelProto, free: int, observe=("x", "r")):
     layers, _ = find_layers(model)
     accs, obs = collect(model, layers, _data(), 1, get_backend("cpu"), 64, False,
-                        observe=list(observe), free_batch=free, subsample=True,
+                        observe=list(observe), free_batch=free, subsample=4,
                         hessian_dtype=np.float32)
     return ({k: a.mean() for k, a in accs.items()},
             {k: (o.lo, o.hi, o.signed.copy()) for k, o in obs.items()})

@@ -41,7 +41,7 @@ from onnx_obc.flags import flags_in, load_recipe
     (dict(sparsity=0.5, group_size=64), "add quant.bits", "add --bits"),
     (dict(bits=1), "quant.bits must be", "--bits must be"),
     (dict(bits=4, refine="yes"), "quant.refine must be", "--refine must be"),
-    (dict(bits=8, act_bits=8, act_calibration="entropy"), "'percentile' or 'mse'",
+    (dict(bits=8, act_bits=8, act_calibration="entropy"), "'percentile', 'mse', got",
      "--act-calibration must be"),
     (dict(), "nothing to do", "--sparsity 0.5"),
 ])
