@@ -60,6 +60,7 @@ EXTRA = {  # not in the default set (bench/real_detect.py; the detectors: output
     "lcnet_orient": (R + "lcnet_orient", "obc"),  # orientation accuracy on its eval labels
     "magika": (R + "magika", "obc"),  # file types: top-1 agreement with dense (real_magika.py)
     "oww_embed": (R + "oww_embed", "obc"),  # speech embedding: output error (real_oww.py)
+    "basicpitch": (R + "basicpitch", "obc"),  # note transcription: output error (real_pitch.py)
 }
 MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)
@@ -74,6 +75,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4 obc": {"bits": 4, "method": "obc", "sequential": False},
     "w4 obc noshrink": {"bits": 4, "method": "obc", "shrink": False,  # H as captured
                         "sequential": False},
+    "s50dp all": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "positions": "all"},
+    "w4 obc seq all": {"bits": 4, "method": "obc", "sequential": True, "positions": "all"},
     "s50dp noshrink": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "shrink": False},
     "s50dp seq": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "sequential": True},
     "s50dp corr": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "correct": True},
