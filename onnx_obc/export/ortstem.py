@@ -4,7 +4,9 @@ model are candidates to stay float.
   - a Conv that reads a model input through no other layer (Pad, Cast, a normalisation...)
     or through stem Convs alone (itself included: Basic Pitch's CQT runs one lowpass weight
     on every octave, then one filter bank on each), on every use, and sees at most
-    STEM_CHANNELS input channels per group (an image's 1-4, audio's 1);
+    STEM_CHANNELS input channels per group (an image's 1-4, audio's 1), or any number where
+    every model input it reaches is a signal (float, rank <= 3: DNSMOS frames its waveform
+    into 320 samples, the STFT's input channels), whose 8-bit grid loses the quiet parts;
   - a depthwise Conv (one input channel per group) on at most DEPTHWISE_CHANNELS channels
     whose input comes from those stem Convs alone (through their BN / activation).
 
@@ -36,15 +38,20 @@ SLOWER = 1.05  # ... or the latency more than this times the quantized stem's: a
 # codes 4.3 ms against 0.3 in fp32, where a quantized stem puts it in onnxruntime's NHWC
 # region)
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # layers, selected or not
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+FEW = ("so few channels gain little or nothing on its integer kernels and quantizing the "
+       "input costs accuracy")
+SIGNAL = ("it reads a signal (a float model input of rank <= 3: audio, a sensor stream), "
+          "whose 8-bit grid loses its quiet parts")
 
 
 def _upstream(tensor: str, producers: dict[str, tuple[str, onnx.NodeProto]],
-              layer_nodes: dict[str, str], inputs: set[str]) -> tuple[set[str], bool]:
-    """(weights of the layers first met walking back from `tensor`, whether a model input is
+              layer_nodes: dict[str, str], inputs: set[str]) -> tuple[set[str], set[str]]:
+    """(weights of the layers first met walking back from `tensor`, the model inputs
     reached without passing one). A Conv / Gemm / MatMul that is not a selected layer (one
     --exclude left, say) stops the walk too, met as its node label."""
     met: set[str] = set()
-    reached = False
+    reached: set[str] = set()
     seen: set[str] = set()
     todo = [tensor]
     while todo:
@@ -53,7 +60,7 @@ def _upstream(tensor: str, producers: dict[str, tuple[str, onnx.NodeProto]],
             continue
         seen.add(t)
         if t in inputs:
-            reached = True
+            reached.add(t)
             continue
         if t not in producers:  # an initializer
             continue
@@ -72,6 +79,8 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
     producers = {o: (node_label(n, i), n) for i, n in enumerate(g.node) for o in n.output}
     inits = {t.name for t in g.initializer}
     inputs = {i.name for i in g.input if i.name not in inits}
+    signals = {i.name for i in g.input if i.name in inputs and len(
+        i.type.tensor_type.shape.dim) <= 3 and i.type.tensor_type.elem_type in FLOATS}
     layer_nodes = {u.node: L.weight for L in layers for u in L.uses}
     convs = [L for L in layers if L.op == "Conv"]
     walks = {L.weight: [_upstream(u.input, producers, layer_nodes, inputs) for u in L.uses]
@@ -81,18 +90,19 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
     while grew:  # a stem may read other stems, or itself (a weight on every octave)
         grew = False
         for L in convs:
-            if L.weight in out or L.shape[1] > STEM_CHANNELS or not all(
+            reached = set().union(*(r for _, r in walks[L.weight]))
+            signal = bool(reached) and reached <= signals  # then any number of channels
+            if L.weight in out or (L.shape[1] > STEM_CHANNELS and not signal) or not all(
                     met <= set(out) | {L.weight} for met, _ in walks[L.weight]):
                 continue
-            if not any(reached for _, reached in walks[L.weight]):
+            if not reached:  # on some use through no other layer
                 continue
             grew = True
-            out[L.weight] = (
-                f"stem conv on the model input ({L.shape[1]} input channel"
-                f"{'s' if L.shape[1] > 1 else ''}"
-                f"{' per group' if L.uses[0].group > 1 else ''}), kept float for onnxruntime: "
-                "so few channels gain little or nothing on its integer kernels and quantizing "
-                "the input costs accuracy (--int8-stem quantizes it)")
+            out[L.weight] = (f"stem conv on the model input ({L.shape[1]} input channel"
+                             f"{'s' if L.shape[1] > 1 else ''}"
+                             f"{' per group' if L.uses[0].group > 1 else ''}), kept float for "
+                             "onnxruntime: " + (SIGNAL if signal and L.shape[1] > STEM_CHANNELS
+                                                else FEW) + " (--int8-stem quantizes it)")
     stems = set(out)
     for L in convs:
         channels = L.shape[0]
