@@ -86,7 +86,8 @@ for _n in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr6_det", "ppocr_cls",  #
            "lcnet_orient",  # bench/real_detect.py: orientation accuracy (eval labels)
            "magika",  # bench/real_magika.py: top-1 agreement (file types)
            "oww_embed",  # bench/real_oww.py: output error only (speech embedding)
-           "basicpitch"):  # bench/real_pitch.py: note-frame F1 against the dense model's
+           "basicpitch",  # bench/real_pitch.py: note-frame F1 against the dense model's
+           "dnsmos"):  # bench/real_dnsmos.py: output error only (three MOS scores)
     MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
                   f"bench/real/{_n}.eval.npz", "obc")
 

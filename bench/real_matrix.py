@@ -61,6 +61,7 @@ EXTRA = {  # not in the default set (bench/real_detect.py; the detectors: output
     "magika": (R + "magika", "obc"),  # file types: top-1 agreement with dense (real_magika.py)
     "oww_embed": (R + "oww_embed", "obc"),  # speech embedding: output error (real_oww.py)
     "basicpitch": (R + "basicpitch", "obc"),  # note transcription: output error (real_pitch.py)
+    "dnsmos": (R + "dnsmos", "obc"),  # speech quality scores: output error (real_dnsmos.py)
 }
 MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)

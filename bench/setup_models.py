@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--detect-samples", type=int, default=64,
                     help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
     ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad,"
-                    "oww,pitch",
+                    "oww,pitch,dnsmos",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -267,7 +267,8 @@ def main() -> None:
             ("magika", "real_magika", "magika.onnx and 256 + 512 files' features"),
             ("vad", "real_vad", "silero_vad.onnx, vad.calib.npz and vad.eval.npz"),
             ("oww", "real_oww", "oww_embed.onnx (openWakeWord's speech embedding) and its data"),
-            ("pitch", "real_pitch", "basicpitch.onnx (Spotify's Basic Pitch) and note clips")):
+            ("pitch", "real_pitch", "basicpitch.onnx (Spotify's Basic Pitch) and note clips"),
+            ("dnsmos", "real_dnsmos", "dnsmos.onnx (DNSMOS P.835) and noisy speech windows")):
         if key in args.models.split(","):
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             mod = importlib.import_module(module)
