@@ -8,15 +8,16 @@ checked against the model, and planned for a run (held-out split, batch size).
     stream.py  CalibrationSource (the protocol every stage reads), StreamSource, batching
                by shape
     load.py    load_data: any accepted input -> a checked source
-    plan.py    plan(): the fit / held-out / eval sets and the batch size of a run
+    plan.py    plan(): the fit / held-out / eval sets and the batch size of a run;
+               probe_batch(): runs of one sample where an input fed whole pins the batch
 """
 
 from .arrays import DataSet, synthesize
 from .files import LABELS, FileSource
 from .layout import InputSpec, Layout, input_specs
 from .load import load_data
-from .plan import Calibration, plan
+from .plan import Calibration, plan, probe_batch
 from .stream import CalibrationSource, StreamSource
 
 __all__ = ["CalibrationSource", "DataSet", "FileSource", "StreamSource", "InputSpec", "Layout",
-           "input_specs", "load_data", "synthesize", "LABELS", "Calibration", "plan"]
+           "input_specs", "load_data", "synthesize", "LABELS", "Calibration", "plan", "probe_batch"]

@@ -131,6 +131,40 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
                        fixed_batch, check, corr)
 
 
+def probe_batch(data: Calibration, proto: onnx.ModelProto, runtime: Any) -> Calibration:
+    """`data` with runs of one sample where an input fed whole pins the batch at 1 (an RNN's
+    initial state [layers, 1, hidden]: AECMOS's h0; onnxruntime refuses a run of 8 samples
+    beside it, and the capture stopped on that error): one dense run of `run_batch` samples
+    before any work, then one of a single sample. Only where the batch is free, runs hold
+    several samples and some input is fed whole; ModelError where neither runs."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from ..capture import session
+    from ..errors import ModelError
+
+    if not (data.batch_is_free and data.run_batch > 1
+            and None in data.info.get("sample_axes", {}).values()):
+        return data
+    sess, quiet = session(proto, runtime), ort.RunOptions()
+    quiet.log_severity_level = 4  # the refusal is reported below, not logged by onnxruntime
+    try:
+        sess.run(None, next(data.fit.batches(data.run_batch))[1], quiet)
+        return data
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        first = str(exc).splitlines()[0][:300]
+    try:
+        sess.run(None, next(data.fit.batches(1))[1], quiet)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot run the model on the calibration data: "
+                         f"{str(exc).splitlines()[0][:300]}") from None
+    note = (f"onnxruntime refused a run of {data.run_batch} samples ({first}); the inputs fed "
+            "whole fix the batch at 1, so every run takes one sample (--batch-size 1)")
+    log.warning(note)
+    return dataclasses.replace(data, batch=1, warnings=data.warnings + (note,))
+
+
 def _subset(src: CalibrationSource, n: int, seed: int) -> CalibrationSource:
     """split's `n` held-out samples (a seeded subset, the same for the same seed; of an
     array source without copying the other samples)."""

@@ -4,6 +4,7 @@ warnings, with array sources and streamed ones alike."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from onnx_obc.calib import DataSet, StreamSource, plan
@@ -158,3 +159,48 @@ def test_correct_samples_must_be_a_positive_integer(bad):
 
     with pytest.raises(ConfigError, match="run.correct_samples must be an integer >= 1"):
         RunOptions(correct_samples=bad)
+
+
+def _state_pins_the_batch() -> onnx.ModelProto:
+    """x [N, 4] -> MatMul W [4, 6] -> [1, N, 6] -> GRU (3 hidden) with its initial state h0
+    [1, 1, 3] a model input: fed whole, h0 lets the GRU run one sample at a time only."""
+    from onnx import helper
+
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="proj"),
+             helper.make_node("Unsqueeze", ["m", "zero"], ["seq"], name="seq"),
+             helper.make_node("GRU", ["seq", "Wg", "Rg", "", "", "h0"], ["", "y"],
+                              name="gru", hidden_size=3)]
+    inits = [b.weight("W", (4, 6), 0), b.weight("Wg", (1, 9, 6), 1),
+             b.weight("Rg", (1, 9, 3), 2),
+             onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4]), b.vi("h0", [1, 1, 3])],
+                  [b.vi("y", [1, b.BATCH, 3])], inits)
+
+
+def test_a_state_input_fed_whole_that_pins_the_batch_runs_one_sample_at_a_time(monkeypatch):
+    """AECMOS (a GRU whose initial state h0 [4, 1, 96] is a model input): onnxruntime
+    refused the capture's runs of 8 samples and the run stopped on its traceback. Now one
+    dense run before any work finds it, the runs take one sample each, and the report says
+    why; a model that runs no sample at all is a ModelError before any work."""
+    from onnx_obc import convert
+    from onnx_obc.errors import ModelError
+
+    model = _state_pins_the_batch()
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((24, 4)).astype(np.float32),
+            "h0": np.zeros((1, 1, 3), np.float32)}
+    r = convert(model, None, calib=[feed], bits=8, holdout=0.0, progress=False,
+                compare_baseline=False)
+    (note,) = [w for w in r.report.calibration.get("warnings", r.report.warnings)
+               if "refused a run of 8 samples" in w] or [None]
+    assert note is not None and "GRU" in note and "--batch-size 1" in note
+    assert r.report.layers[0].samples == 24
+    import onnx_obc.capture as capture
+
+    class Refuses:  # a model that runs on no batch at all
+        def run(self, *args):
+            raise RuntimeError("no kernel for this node")
+    monkeypatch.setattr(capture, "session", lambda *a, **k: Refuses())
+    with pytest.raises(ModelError, match="onnxruntime cannot run the model on the calibration "
+                                         "data: no kernel for this node"):
+        convert(model, None, calib=[feed], bits=8, progress=False, compare_baseline=False)
