@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .report import LayerResult
+from .report import NAME_WIDTH, LayerResult, short_name
 
 
 def limited(rank: int | None, columns: int | None, live: int) -> bool:
@@ -20,10 +20,11 @@ def _need(x: LayerResult) -> int:  # samples for as many columns as live inputs
 
 
 def data_warning(rows: list[LayerResult]) -> str:
-    """Name the data-limited layers and the samples that would lift the limit."""
+    """Name the data-limited layers (shortened as in the table: a TensorFlow export's node
+    names run to hundreds of characters) and the samples that would lift the limit."""
     few = [x for x in rows if x.samples is not None and x.samples < _need(x)]
     need = max((_need(x) for x in few), default=0)
-    names = ", ".join(f"{x.name} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
+    names = ", ".join(f"{short_name(x.name, NAME_WIDTH)} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
                       f"{x.cols}, {x.samples} samples)"
                       for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
     rest = ("the dampening decides the rest" if not any(x.shrink for x in rows) else
@@ -45,7 +46,7 @@ def shrink_line(rows: list[LayerResult]) -> str:
     shrunk = [x for x in rows if x.shrink]
     if not shrunk:
         return ""
-    names = ", ".join(f"{x.name} ({x.shrink:g})" for x in shrunk[:8]) + (
+    names = ", ".join(f"{short_name(x.name, NAME_WIDTH)} ({x.shrink:g})" for x in shrunk[:8]) + (
         f" and {len(shrunk) - 8} more" if len(shrunk) > 8 else "")
     return (f"{len(shrunk)} layer(s) solved on H shrunk toward its diagonal, (1 - a) H + "
             f"a diag(H), a chosen by two held-out halves of the samples (--no-shrink: H "

@@ -27,6 +27,14 @@ def test_effective_rank_counts_the_directions_the_samples_span():
     assert effective_rank(np.eye(5)[None]) == 5
 
 
+def test_warning_shortens_a_tensorflow_export_s_node_names():
+    """Basic Pitch (tf2onnx): one layer's node name ran to 300 characters in the warning."""
+    name = ";".join(f"model_1/conv2d_1/BiasAdd/ReadVariableOp_{i}" for i in range(7))
+    msg = data_warning([_row(name, 936, 736, 64)])
+    assert name not in msg and "(rank 736/936, 64 samples)" in msg and "…" in msg
+    assert len(msg.split(" (rank")[0].split(": ")[-1]) <= 40
+
+
 def test_warning_names_the_layers_and_the_samples_that_lift_it():
     few = _row("se_expand", 120, 64, 102)
     collinear = _row("conv", 60, 50, 500)
