@@ -80,6 +80,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
         runtime = providers_for(backend.name, cfg.run.custom_op_library)
         data = calibration.probe_batch(data, proto, runtime)  # a state input fixing batch 1
+        data = calibration.fit_runs(data, proto, cfg.run.memory_budget_mb << 20)  # big maps
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
     means = reference_means(proto, layers, cfg, data) if layerwise(cfg) else None  # capture fills

@@ -9,15 +9,17 @@ checked against the model, and planned for a run (held-out split, batch size).
                by shape
     load.py    load_data: any accepted input -> a checked source
     plan.py    plan(): the fit / held-out / eval sets and the batch size of a run;
-               probe_batch(): runs of one sample where an input fed whole pins the batch
+               probe_batch(): runs of one sample where an input fed whole pins the batch;
+               fit_runs(): fewer samples a run where one sample's largest tensor is big
 """
 
 from .arrays import DataSet, synthesize
 from .files import LABELS, FileSource
 from .layout import InputSpec, Layout, input_specs
 from .load import load_data
-from .plan import Calibration, plan, probe_batch
+from .plan import Calibration, fit_runs, plan, probe_batch
 from .stream import CalibrationSource, StreamSource
 
 __all__ = ["CalibrationSource", "DataSet", "FileSource", "StreamSource", "InputSpec", "Layout",
-           "input_specs", "load_data", "synthesize", "LABELS", "Calibration", "plan", "probe_batch"]
+           "input_specs", "load_data", "synthesize", "LABELS", "Calibration", "plan", "probe_batch",
+           "fit_runs"]

@@ -165,6 +165,35 @@ def probe_batch(data: Calibration, proto: onnx.ModelProto, runtime: Any) -> Cali
     return dataclasses.replace(data, batch=1, warnings=data.warnings + (note,))
 
 
+RUN_TENSOR_SHARE = 8  # a run holds at most budget / (this x its largest tensor's bytes)
+
+
+def fit_runs(data: Calibration, proto: onnx.ModelProto, budget: int) -> Calibration:
+    """`data` with fewer samples per run where one sample's largest tensor (shape inference)
+    is big against the memory budget: onnxruntime's working memory for a run is several
+    times it (the largest conv's input, output and buffers), outside the plan's counts.
+    DNSMOS (a 71 MB map a sample) peaked at 3.2 GB in a W8A8 capture of 8 samples a run,
+    0.93 GB at 2, in the same time; the other bench models' largest tensors (15 MB or less)
+    leave their runs at 8."""
+    import dataclasses
+
+    from ..capture import activation_bytes
+
+    if not (data.batch_is_free and data.run_batch > 1):
+        return data
+    names = [o for n in proto.graph.node for o in n.output if o]
+    sizes = activation_bytes(proto, names, next(data.fit.batches(1))[1])
+    top = max((v for v in sizes.values() if v), default=0)
+    k = max(1, budget // max(1, RUN_TENSOR_SHARE * top))
+    if k >= data.run_batch:
+        return data
+    note = (f"runs of {k} sample(s), not {data.run_batch}: one sample's largest tensor is "
+            f"{top / (1 << 20):.0f} MB, and onnxruntime's memory for a run is several times it "
+            "(--memory-budget)")
+    log.info(note)
+    return dataclasses.replace(data, batch=k, info={**data.info, "run_batch": k})
+
+
 def _subset(src: CalibrationSource, n: int, seed: int) -> CalibrationSource:
     """split's `n` held-out samples (a seeded subset, the same for the same seed; of an
     array source without copying the other samples)."""
