@@ -38,8 +38,14 @@ class Fidelity:
 def _is_logits(y: np.ndarray) -> bool:
     """Scores over classes on the last axis: [batch, classes] or [batch, steps, classes] (a
     CTC head). Not a 4-D (or higher) map such as a detector's [N, 1, H, W] probabilities,
-    whose last axis is the image's width: an argmax over it agrees with nothing."""
-    return 2 <= y.ndim <= 3 and y.shape[-1] > 1
+    whose last axis is the image's width: an argmax over it agrees with nothing; nor
+    independent probabilities (all in [0, 1], rows not summing to 1: Basic Pitch's sigmoid
+    note posteriors [N, 172, 88], several notes at once or none)."""
+    if not (2 <= y.ndim <= 3 and y.shape[-1] > 1):
+        return False
+    if np.issubdtype(y.dtype, np.floating) and y.size and y.min() >= 0 and y.max() <= 1:
+        return bool(np.allclose(y.sum(-1, dtype=np.float64), 1.0, atol=1e-3))
+    return True
 
 
 def _sum_sq(y: np.ndarray, y0: np.ndarray | None = None) -> float:
