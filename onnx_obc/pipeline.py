@@ -229,7 +229,7 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
         return {}
     with _timed(clock, "sensitivity"):
         name, ds = next(iter(data.sets().items()))
-        ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.batch, runtime,
+        ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.run_batch, runtime,
                                      act_values=done.act_values, target=cfg.export.runtime,
                                      target_options=cfg.export.target_options())
         return summarize(ranked, name, ds.n)
