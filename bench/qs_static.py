@@ -17,10 +17,17 @@ def _inputs(model: onnx.ModelProto, data: dict) -> list[str]:
 
 
 def _batches(model: onnx.ModelProto, data: dict, n: int) -> list[dict]:
+    """Runs of 16 samples (1 where the batch is fixed at 1); an input whose dimensions are
+    all fixed while another's are not (an RNN state such as AECMOS's h0 [4, 1, 96]) is fed
+    whole, and then one sample a run (such a state usually pins the batch at 1)."""
     names = _inputs(model, data)
+    dims = {i.name: i.type.tensor_type.shape.dim for i in model.graph.input if i.name in names}
+    free = {k for k, ds in dims.items() if any(not d.HasField("dim_value") for d in ds)}
+    whole = {k for k in names if free and k not in free}
     fixed = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    step = 1 if fixed else 16
-    return [{k: data[k][i:min(i + step, n)] for k in names} for i in range(0, n, step)]
+    step = 1 if fixed or whole else 16
+    return [{k: data[k] if k in whole else data[k][i:min(i + step, n)] for k in names}
+            for i in range(0, n, step)]
 
 
 def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> None:
