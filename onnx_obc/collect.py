@@ -44,10 +44,10 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `blocks` (weight -> k > 1, from the plan): keep only the k diagonal blocks of that
     layer's Hessian (BlockHessianAccumulator). `hessian_dtype`: the precision of each
     batch's X X^T (default float64; see hessian_dtype()); `histogram`: whether the range
-    observers keep x's histogram (only percentile and mse ranges read it); `subsample` > 0: each
-    layer's Hessian from a subgrid of its output positions that keeps that many columns
-    per input (hessian.position_step; tier.column_floor). `free_batch` > 1 (a model whose batch is fixed at 1,
-    Calibration.free_batch): that many samples per run when the batch-free graph passes
+    observers keep x's histogram (only percentile and mse ranges read it); `subsample` > 0:
+    each layer's Hessian from a subgrid of its output positions that keeps that many
+    columns per input (hessian.position_step; tier.column_floor). `free_batch` > 1 (a model
+    whose batch is fixed at 1, Calibration.free_batch): that many samples per run when the batch-free graph passes
     batching.sample_axes' check, one per run otherwise; the same tensors either way
     (`sample_axes`: each input's sample axis, calib.layout; default 0); with `dense` both
     models batched, or both one sample per run (the samples must pair up). `diagonal`: the

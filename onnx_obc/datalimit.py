@@ -24,7 +24,8 @@ def data_warning(rows: list[LayerResult]) -> str:
     names run to hundreds of characters) and the samples that would lift the limit."""
     few = [x for x in rows if x.samples is not None and x.samples < _need(x)]
     need = max((_need(x) for x in few), default=0)
-    names = ", ".join(f"{short_name(x.name, NAME_WIDTH)} (rank {x.rank if x.rank is not None else f'<= {x.columns}'}/"
+    names = ", ".join(f"{short_name(x.name, NAME_WIDTH)} (rank "
+                      f"{x.rank if x.rank is not None else f'<= {x.columns}'}/"
                       f"{x.cols}, {x.samples} samples)"
                       for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
     rest = ("the dampening decides the rest" if not any(x.shrink for x in rows) else

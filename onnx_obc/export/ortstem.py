@@ -92,10 +92,9 @@ def stem_layers(proto: onnx.ModelProto, layers: list[Layer]) -> dict[str, str]:
         for L in convs:
             reached = set().union(*(r for _, r in walks[L.weight]))
             signal = bool(reached) and reached <= signals  # then any number of channels
-            if L.weight in out or (L.shape[1] > STEM_CHANNELS and not signal) or not all(
-                    met <= set(out) | {L.weight} for met, _ in walks[L.weight]):
-                continue
-            if not reached:  # on some use through no other layer
+            if (L.weight in out or not reached  # on some use through no other layer
+                    or (L.shape[1] > STEM_CHANNELS and not signal)
+                    or not all(met <= set(out) | {L.weight} for met, _ in walks[L.weight])):
                 continue
             grew = True
             out[L.weight] = (f"stem conv on the model input ({L.shape[1]} input channel"
