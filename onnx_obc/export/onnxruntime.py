@@ -11,8 +11,8 @@ qdq_selectors.cc / qdq_selector_action_transformer.cc, checked with 1.31):
     DQ(a), DQ(b) [, DQ(c int32)] -> Gemm [-> Q]                         QGemm
     DQ, DQ -> Add / Mul -> Q;  DQ* -> Concat -> Q                      QLinearAdd/Mul/Concat
     DQ -> GlobalAveragePool / AveragePool / Sigmoid / LeakyRelu / Softmax -> Q     QLinear*
-    DQ -> Reshape / Transpose / MaxPool / Resize / Slice / ... -> Q   (same scale and zero
-                                                     point): the op runs on the 8-bit codes
+    DQ -> Reshape / Transpose / MaxPool / Resize / Slice / Identity ... -> Q   (same scale and
+                                              zero point): the op runs on the 8-bit codes
 
 Every DQ must feed only its target node, every output edge of the target must be a Q (a
 float reader of the output breaks the group) and the output must not be a graph output; a

@@ -20,7 +20,7 @@ COMPUTE_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigm
                "LeakyRelu", "Softmax", "MatMul")
 # ops that only move data: DQ -> op -> Q with equal parameters runs the op on the codes
 MOVE_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
-            "Gather", "Expand", "Tile", "Resize", "Split")
+            "Identity", "Gather", "Expand", "Tile", "Resize", "Split")  # Identity: PP-LCNet
 # Split (several outputs): onnxruntime's dropSplitQDQ rule runs it on the codes when every
 # output goes to a QuantizeLinear of the input's parameters. Left float (each output with a
 # range of its own), YOLOv8's C2f blocks paid a DequantizeLinear, a float Split and two

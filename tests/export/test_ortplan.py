@@ -257,3 +257,45 @@ def test_tensors_read_inside_a_subgraph_stay_float() -> None:
     out, feed, _ = compressed(model)
     onnx.checker.check_model(out, full_check=True)
     assert optimized_ops(out)["QLinearConv"] == 2
+
+
+def se_cnn(identity: bool) -> onnx.ModelProto:
+    """A squeeze-excite block whose scaled output passes an Identity (paddle2onnx writes
+    one after PP-LCNet's SE multiply) or not:
+
+        x --c1--> c --HardSwish--> h --GlobalAveragePool--> p --se--> s --HardSigmoid--> g
+        Mul(h, g) = m [--Identity--> mi] --c2--> y
+    """
+    last = "mi" if identity else "m"
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c"], name="c1", pads=[1] * 4),
+             helper.make_node("HardSwish", ["c"], ["h"], name="hswish"),
+             helper.make_node("GlobalAveragePool", ["h"], ["p"], name="gap"),
+             helper.make_node("Conv", ["p", "Ws", "Bs"], ["s"], name="se"),
+             helper.make_node("HardSigmoid", ["s"], ["g"], name="hsig", alpha=1 / 6),
+             helper.make_node("Mul", ["h", "g"], ["m"], name="scale"),
+             *([helper.make_node("Identity", ["m"], ["mi"], name="ident")] if identity else []),
+             helper.make_node("Conv", [last, "W2", "B2"], ["y"], name="c2")]
+    inits = [b.weight("W1", (8, 4, 3, 3), 0), b.weight("B1", (8,), 1),
+             b.weight("Ws", (8, 8, 1, 1), 2), b.weight("Bs", (8,), 3),
+             b.weight("W2", (6, 8, 1, 1), 4), b.weight("B2", (6,), 5)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 6, 6])], [b.vi("y", [b.BATCH, 6, 6, 6])],
+                  inits)
+
+
+def test_an_identity_does_not_leave_the_product_before_it_float() -> None:
+    """An Identity moves data: the SE product before it keeps its integer kernel as without
+    it. It had been an island (its inputs from HardSwish and HardSigmoid, ops without a
+    role, and its output to the Identity: joined to no layer), so the product, its gate and
+    the hardswish it reads ran in float (PP-LCNet's last two stages)."""
+    plans, ops = [], []
+    for identity in (False, True):
+        model = se_cnn(identity)
+        p = ortplan.plan(model, ortplan.layer_nodes(model, find_layers(model)[0]))
+        plans.append(p)
+        assert p.roles[_index(model)["scale"]] == "compute" and not p.islands
+        out, _, _ = compressed(model)
+        ops.append(optimized_ops(out))
+    assert plans[1].roles[_index(se_cnn(True))["ident"]] == "move"
+    assert plans[1].tensors["mi"] == "m"  # the codes of its input, unchanged
+    assert ops[0] == ops[1]  # the same fused graph
+    assert ops[1]["QLinearMul"] == 2 and ops[1]["Mul"] == 0  # the hardswish's and the SE's
