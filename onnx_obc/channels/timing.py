@@ -62,9 +62,11 @@ class LatencyTable:
 
 
 def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECONDS,
-              keep: bool = False) -> Timer:
+              keep: bool = False, stop: Callable[[list[list[float]]], bool] | None = None
+              ) -> Timer:
     """Median seconds of each model on `feed`, 1 thread, run in alternation; `keep`: a
-    model timed again (the same object) reuses its session, already warm."""
+    model timed again (the same object) reuses its session, already warm; `stop`: called
+    after each round with every model's times so far, True ends the timing early."""
     built: dict[int, tuple[onnx.ModelProto, Any]] = {}
 
     def timer(models: Sequence[onnx.ModelProto], feed: dict) -> list[float]:
@@ -90,7 +92,7 @@ def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECOND
                 t = time.perf_counter()
                 s.run(None, f)
                 ts.append(time.perf_counter() - t)
-            if len(times[0]) >= 20 * rounds:
+            if len(times[0]) >= 20 * rounds or (stop is not None and stop(times)):
                 break
         if not keep:
             built.clear()
