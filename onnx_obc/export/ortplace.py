@@ -17,7 +17,7 @@ from .graph import constant, constant_value, ensure_opset, export_graph, model_o
 from .ortpad import pads_on_codes, shape_readers_to_codes
 from .ortplan import Plan
 from .ortshift import shifts
-from .ortswish import hardswish_on_codes
+from .ortswish import hardswish_on_codes, snapped, swish_inputs
 from .qweights import QuantizedWeight
 
 
@@ -74,6 +74,14 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
     moved = shifts(graph, tensors, params, integer_ids)  # v = x + c into the zero points
     for t, m in moved.items():
         params[t] = QParams(m.scale, params[t].zero_point, params[t].dtype)
+    shared = {src for src in p.tensors.values() if src is not None}
+    quantized = set(params) | {m.source.name for m in moved.values()}  # what a Q reads
+    for t, y in swish_inputs(graph).items():  # -3 and 3 on codes: the gate a Clip (ortswish)
+        qp = params.get(t)
+        if (qp is not None and y in quantized and qp.dtype == np.uint8 and t not in moved
+                and p.tensors.get(t, "") is None and t not in shared
+                and (grid := snapped(qp.scale, qp.zero_point)) is not None):
+            params[t] = QParams(grid[0], grid[1], qp.dtype)
     made = 0
     for t, qp in params.items():
         x = tensors.get(t)

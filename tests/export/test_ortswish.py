@@ -1,5 +1,6 @@
-"""HardSwish on the codes (export/ortswish.py): QLinearAdd + QLinearMul instead of a float
-DequantizeLinear -> HardSwish -> QuantizeLinear island."""
+"""HardSwish on the codes (export/ortswish.py): QLinearAdd + QLinearMul, or a Clip on the
+codes + QLinearMul where x's grid holds -3 and 3, instead of a float DequantizeLinear ->
+HardSwish -> QuantizeLinear island."""
 
 from __future__ import annotations
 
@@ -50,14 +51,17 @@ def export(model: onnx.ModelProto, on: bool, monkeypatch, act_type: str = "u8"
 
 
 @pytest.mark.parametrize("shift", [False, True])
-def test_hardswish_runs_on_integer_kernels(monkeypatch, shift) -> None:
+@pytest.mark.parametrize("clip", [False, True])
+def test_hardswish_runs_on_integer_kernels(monkeypatch, shift, clip) -> None:
+    monkeypatch.setattr(ortswish, "GATE_BY_CLIP", clip)
     model = swish_cnn(shift=shift)
     on, feed = export(model, True, monkeypatch)
     off, _ = export(model, False, monkeypatch)
     assert not any(n.op_type == "HardSwish" for n in on.graph.node)
     ops_on, ops_off = optimized_ops(on), optimized_ops(off)
     assert ops_on["QLinearConv"] == ops_off["QLinearConv"] == 2
-    assert ops_on["QLinearAdd"] == ops_on["QLinearMul"] == 1
+    assert ops_on["QLinearMul"] == 1
+    assert (ops_on["QLinearAdd"], ops_on["Clip"]) == ((0, 1) if clip else (1, 0))
     assert ops_on["HardSwish"] == ops_on["HardSigmoid"] == 0
     assert ops_off["HardSwish"] + ops_off["HardSigmoid"] == 1  # the float island before
     dense = run(model, feed, FULL)
@@ -111,6 +115,57 @@ def test_every_code_within_one_step_and_exact_where_the_gate_saturates() -> None
         assert (got != ref).mean() < 0.2
 
 
+@pytest.mark.parametrize("k, zero, out_scale, out_zero", [
+    (40, 101, 6.2 / 255, 9),  # both ends of the gate on codes: a Clip
+    (26, 27, 0.1025, 8),  # a coarse grid
+    (128, 128, 3 / 255, 0),  # the grid [-3, 3]: the codes are the gate, no Clip
+    (90, 90, 0.05, 30),  # -3 is the lowest code, 3 inside: a Clip at the top only
+])
+def test_the_clipped_gate_is_exact(k: int, zero: int, out_scale: float, out_zero: int) -> None:
+    """x's grid holding -3 and 3 (scale 3 / k, zero point >= k): every one of the 256 codes
+    as the float path's (within one step where float32 rounds a tie the other way), equal
+    where the gate saturates, and no QLinearAdd's rounding of the gate."""
+    scale = 3.0 / k
+    ref = _codes(_island(scale, zero, out_scale, out_zero))
+    graph = _island(scale, zero, out_scale, out_zero)
+    names = iter(range(100))
+    assert ortswish.hardswish_on_codes(graph, lambda base: f"{base}_{next(names)}") == 1
+    ops = [n.op for n in graph.cleanup().nodes]
+    assert "Add" not in ops and ops.count("Clip") == int(zero > k or zero + k < 255)
+    got = _codes(graph)
+    x = (np.arange(256) - zero) * np.float32(scale)
+    assert np.abs(got - ref).max() <= 1 and (got != ref).mean() < 0.02
+    flat = (x <= -3) | (x >= 3)
+    np.testing.assert_array_equal(got[flat], ref[flat])
+
+
+def test_snapped_grids_hold_minus_and_plus_three() -> None:
+    for scale, zero in [(0.0286, 110), (0.1129, 27), (0.05, 60), (3 / 128, 128)]:
+        s, z = ortswish.snapped(scale, zero)
+        k = 3 / s
+        assert abs(k - round(k)) < 1e-9 and scale <= s <= scale * (1 + 1 / round(k))
+        assert z >= round(k) and abs(z * s - zero * scale) <= s / 2  # -3 on codes, lo kept
+    assert ortswish.snapped(0.05, 40) is None  # lo = -2: -3 below the grid
+    assert ortswish.snapped(3.5, 10) is None  # a step over 3
+
+
+def test_the_placement_snaps_the_hardswish_input(monkeypatch) -> None:
+    """The conv before the HardSwish writes codes on a snapped grid (3 / scale an integer);
+    its own output error no worse than the QLinearAdd gate's on the unsnapped grid."""
+    model = swish_cnn()
+    errs = {}
+    for clip in (False, True):
+        monkeypatch.setattr(ortswish, "GATE_BY_CLIP", clip)
+        out, feed = export(model, True, monkeypatch)
+        q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear"
+                 and n.input[0] == "c1")
+        s = float(numpy_helper.to_array(
+            next(t for t in out.graph.initializer if t.name == q.input[1])))
+        assert (abs(3 / s - round(3 / s)) < 1e-4) is clip
+        errs[clip] = rel(run(out, feed, FULL), run(model, feed, FULL))
+    assert errs[True] <= errs[False] * 1.1
+
+
 def test_left_where_the_output_is_read_in_float_or_the_codes_are_int8(monkeypatch) -> None:
     graph = _island(0.03, 128, 0.025, 20, y_is_output=True)
     assert ortswish.hardswish_on_codes(graph, lambda base: base + "_new") == 0
@@ -121,7 +176,7 @@ def test_left_where_the_output_is_read_in_float_or_the_codes_are_int8(monkeypatc
 
 def test_the_constants_are_shared() -> None:
     """Two rewrites, one copy of each fixed constant (the gate's grid, the 1/2)."""
-    graph = _island(0.03, 128, 0.025, 20)
+    graph = _island(0.031, 128, 0.025, 20)  # 3 / 0.031 not an integer: the QLinearAdd gate
     q2, x2, y2, out2 = (gs.Variable("q2", np.uint8, [256]), gs.Variable("x2", np.float32),
                         gs.Variable("y2", np.float32), gs.Variable("out2", np.uint8))
     s, z = graph.nodes[0].inputs[1], graph.nodes[0].inputs[2]
