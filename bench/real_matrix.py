@@ -60,7 +60,8 @@ EXTRA = {  # not in the default set (bench/real_detect.py; the detectors: output
     "lcnet_orient": (R + "lcnet_orient", "obc"),  # orientation accuracy on its eval labels
     "magika": (R + "magika", "obc"),  # file types: top-1 agreement with dense (real_magika.py)
     "oww_embed": (R + "oww_embed", "obc"),  # speech embedding: output error (real_oww.py)
-    "basicpitch": (R + "basicpitch", "obc"),  # note transcription: output error (real_pitch.py)
+    "basicpitch": (R + "basicpitch", "obc"),  # note transcription: task = note-frame F1
+    # against dense (real_pitch.py), output error
     "dnsmos": (R + "dnsmos", "obc"),  # speech quality scores: output error (real_dnsmos.py)
 }
 MODELS.update(EXTRA)
@@ -193,6 +194,11 @@ def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: lis
                 (p.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
     info = json.loads(p.stdout.strip().splitlines()[-1])
     ys = outputs(out, feeds)
+    scores = metrics(name, ys, dense, ev)
+    if name == "basicpitch":  # note-frame F1 against dense (output 1; real_pitch.py)
+        from deploy import all_outputs
+        from real_pitch import note_f1
+        scores["task"] = note_f1(all_outputs(job["model"], feeds), all_outputs(out, feeds))
     if keep is None:
         os.remove(out)
     else:  # for a paired evaluation on other eval sets (bench/real_paired.py)
@@ -202,7 +208,7 @@ def run_one(name: str, run: str, opts: dict, dense: list[np.ndarray], feeds: lis
             "peak_mb": info["peak_mb"], "methods_used": info["methods_used"],
             "cpu_s": info.get("cpu_s"), "stages": info.get("stages"), "load": info.get("load"),
             "layers": info["layers"], "warnings": info["warnings"], "grouped": info["grouped"],
-            **metrics(name, ys, dense, ev)}
+            **scores}
 
 
 def table(rows: list[dict]) -> str:

@@ -33,7 +33,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             hessian_dtype: Any = None, histogram: bool = True, subsample: int = 0,
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             diagonal: frozenset[str] = frozenset(), means: dict[str, ChannelMean] | None = None,
-            shrink: bool = False, folds: bool = False, frontier: Frontier | None = None
+            shrink: bool = False, folds: bool = False, frontier: Frontier | None = None,
+            outputs: Any = None
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -59,7 +60,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     full Hessians of at most FOLD_MAX_D inputs also keep a sum over every other batch
     where the samples give them fewer than FOLD_COLUMNS columns per input (the held-out
     halves of solvers/shrink.py). `frontier` (sequential, with `dense`): both models run from
-    the last group's cut (frontier.py) where the capture is one pass of per-batch runs."""
+    the last group's cut (frontier.py) where the capture is one pass of per-batch runs.
+    `outputs` (verify.Captured): fetches its graph outputs in the same runs where they fit
+    the groups the rest needs, and hands it each run's (no extra pass for them)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
@@ -72,7 +75,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     observers = Observers(proto, observe or [], histogram)
     units += observers.fetch(inputs)
     fetched = {n for unit in units for n in unit}
-    extra = [[n] for n in means or {} if n not in inputs and n not in fetched]
+    extra = [[n] for n in [*(means or {}), *(outputs.names if outputs is not None else ())]
+             if n not in inputs and n not in fetched]
     names = list(dict.fromkeys(n for unit in units + extra for n in unit))
     first = data.shape_feed(batch) if hasattr(data, "shape_feed") else next(data.batches(batch))[1]
     sizes = activation_bytes(proto, names, first) if names else {}
@@ -126,6 +130,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             for n, mean in means.items():
                 if n in group and n not in taken:
                     mean.add(acts[n])
+            if outputs is not None and keep:
+                outputs.add(acts, seen, samples)
             last: list = []  # layers sharing an input (Q, K, V) copy it to the device once
             last_ref: list = []
             for L in todo:

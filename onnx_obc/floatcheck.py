@@ -59,11 +59,12 @@ class Decision:
 
 
 def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], done: Any,
-           data: Any, runtime: Any, cfg: Any) -> Decision:
+           data: Any, runtime: Any, cfg: Any, captured: dict | None = None) -> Decision:
     """The layers, solutions and skipped entries after the decision, and the chosen
     variant's uncorrected model with its measures where one was built (the correction and
     the verification reuse them: built and measured once). `done`: schedule.Compressed;
-    `data`: calib.Calibration; `cfg`: CompressConfig."""
+    `data`: calib.Calibration; `cfg`: CompressConfig; `captured`: the capture's dense outputs
+    (set name -> verify.Captured)."""
     hook = getattr(export.target_for(cfg.export.runtime), "float_candidates", None)
     if hook is None or done.act_values is None or not done.solutions or cfg.alloc.active:
         return Decision(layers, done, [])  # an allocation has budgeted every layer: as it chose
@@ -83,7 +84,7 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
 
     def verified(key: str, model: onnx.ModelProto) -> tuple[dict, float]:
         fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
-                      data.free_batch, data.info.get("sample_axes"), refs)
+                      data.free_batch, data.info.get("sample_axes"), refs, captured)
         return {s: v[key] for s, v in fid.items()}, float(
             np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
 

@@ -37,7 +37,7 @@ from .schedule import Compressed, compress_layers
 from .segments import kept_budget
 from .sensitivity import measure_sensitivity, summarize
 from .variants import baseline_name, compares_baseline, layerwise, variants
-from .verify import measure
+from .verify import Captured, measure
 
 
 @dataclass(frozen=True)
@@ -84,17 +84,19 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
     means = reference_means(proto, layers, cfg, data) if layerwise(cfg) else None  # capture fills
+    kept = _captured(dense, data, cfg, chan)  # the dense outputs the verification reuses
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
-                                plan, means) if layerwise(cfg)
+                                plan, means, kept) if layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
     with _timed(clock, "verify"):  # the target's float candidates, float where measured better
-        fc = floatcheck.decide(dense, proto, layers, done, data, runtime, cfg)
+        fc = floatcheck.decide(dense, proto, layers, done, data, runtime, cfg, kept)
     layers, done, skipped = fc.layers, fc.done, skipped + fc.skipped
     fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,
                             fc.uncorrected)
     models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
-                                                        data, runtime, cfg, clock, built, fc)
+                                                        data, runtime, cfg, clock, built, fc,
+                                                        kept)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     final = fork.restore(models["compressed"], runtime)  # inlined If branches put back
     written = save_model(final, output, inp=src,
@@ -127,8 +129,8 @@ def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
 def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list,
                       done: Compressed, fixes: CorrectionResult | None, chan: Any,
                       data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-                      clock: dict[str, float], built: dict | None = None, fc: Any = None
-                      ) -> tuple[dict, dict, Any, Any]:
+                      clock: dict[str, float], built: dict | None = None, fc: Any = None,
+                      kept: Any = None) -> tuple[dict, dict, Any, Any]:
     """Export (the compressed model and its comparison variants, deployed alike; those in
     `built` made before) and verify (fidelity against the input model, except floatcheck's
     model `fc`, measured there; what onnxruntime fuses); an automatic correction kept or
@@ -143,7 +145,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
         known = {k for k, m in named.items() if fc is not None and m is fc.uncorrected}
         fresh = measure({k: m for k, m in named.items() if k not in known}, data.sets(),
                         data.run_batch, runtime, data.free_batch, data.info.get("sample_axes"),
-                        None if fc is None else fc.references)
+                        None if fc is None else fc.references, kept)
         fidelity = {s: {k: fc.fidelity[s] if k in known else v[k] for k in named}
                     for s, v in fresh.items()}
         if fixes is not None and correction_mode(cfg) == "auto":
@@ -156,6 +158,16 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
         fusion = export.fusion.check(models["compressed"], layers, runtime, *(
             (dense, data.sets()) if cfg.export.runtime == "onnxruntime" else ()))
     return models, fidelity, fusion, fixes
+
+
+def _captured(dense: onnx.ModelProto, data: calibration.Calibration, cfg: CompressConfig,
+              chan: Any) -> dict[str, Captured] | None:
+    """The in-sample check's dense outputs to keep from a one-shot capture of the unshrunk
+    model (verify.Captured), by set name; None where there is no such capture or set."""
+    if not layerwise(cfg) or cfg.run.sequential or chan is not None or data.check_rows is None:
+        return None
+    name = next(iter(data.sets()))
+    return {name: Captured(data.check_rows, [o.name for o in dense.graph.output])}
 
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,

@@ -53,12 +53,14 @@ class Compressed:
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
                     backend: Backend, cfg: CompressConfig, runtime: Runtime,
                     progress: bool = False, engine: Engine | None = None,
-                    plan: Plan | None = None, means: dict[str, Any] | None = None
-                    ) -> Compressed:
+                    plan: Plan | None = None, means: dict[str, Any] | None = None,
+                    outputs: Any = None) -> Compressed:
     """Capture, allocate (when asked) and solve every layer; see the module docstring.
     `engine` runs the layer and level-table solves (default: here, one after another);
     `plan` (costplan.py): the memory split, Hessian blocks and per-layer methods; `means`
-    (tensor -> collect.ChannelMean; one-shot runs): filled by the dense model's capture."""
+    (tensor -> collect.ChannelMean; one-shot runs): filled by the dense model's capture;
+    `outputs` (set name -> verify.Captured; one-shot runs): the dense outputs the
+    verification reuses, filled alike."""
     seconds: dict[str, float] = {}
     observe = export.act_tensors(proto, layers, cfg.export.runtime) if cfg.quant.act_bits else []
     budget = solver_budget(cfg.run, backend) if plan is None else plan.row_bytes
@@ -89,7 +91,9 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 diagonal=diagonal_hessians(cfg, group),
                                 means=means if model is proto and not cfg.run.sequential
                                 else None, shrink=data.batch_is_free, folds=folds,
-                                frontier=frontier)
+                                frontier=frontier, outputs=next(iter(outputs.values()))
+                                if outputs and model is proto and not cfg.run.sequential
+                                else None)
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

@@ -16,9 +16,9 @@ import onnxruntime as ort
 from .calib import CalibrationSource
 from .capture import Runtime, session
 from .modelio import weight_bytes
+from .refs import Captured, References, sum_sq as _sum_sq
 
 ONE_AT_A_TIME = 1 << 30  # bytes of weights over all the models measured
-REFERENCE_BYTES = 256 << 20  # the dense outputs kept between measures (References)
 
 
 @dataclass
@@ -48,63 +48,38 @@ def _is_logits(y: np.ndarray) -> bool:
     return True
 
 
-def _sum_sq(y: np.ndarray, y0: np.ndarray | None = None) -> float:
-    """sum((y - y0)^2) (y0 None: sum(y^2)), summed in float64. float32 outputs: the
-    difference and its square in float32 (relative rounding 1e-7 of each term), only the
-    sum in float64, without the two float64 copies of the output (most of verification's
-    own arithmetic on a model with wide logits, e.g. a 6,625-class CTC head)."""
-    if y.dtype == np.float32 and (y0 is None or y0.dtype == np.float32):
-        d = np.square(y) if y0 is None else np.subtract(y, y0)
-        if y0 is not None:
-            np.square(d, out=d)
-        return float(d.sum(dtype=np.float64))
-    d = y.astype(np.float64) if y0 is None else y.astype(np.float64) - y0
-    return float(np.square(d).sum())
-
-
 def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource, batch_size: int,
-             reference: str = "dense", refs: References | None = None, name: str = ""
-             ) -> dict[str, Fidelity]:
+             reference: str = "dense", refs: References | None = None, name: str = "",
+             samples: Captured | None = None) -> dict[str, Fidelity]:
     """Fidelity of every session on `data`, relative to sessions[reference]. `refs`: the
     reference's outputs on this set (`name`) kept from an earlier pass, used instead of
-    running it (then `sessions` need not hold it), or kept from this one."""
+    running it (then `sessions` need not hold it), or kept from this one. `samples`: the
+    reference's outputs per sample of this set from the capture's runs, used from the
+    second batch on where the first batch's run matches them (Captured.matches)."""
     kept = refs.get(name, batch_size) if refs is not None else None
     out_names = refs.names if kept is not None else [
         o.name for o in sessions[reference].get_outputs()]
+    trusted = None if samples is not None and samples.names == out_names else False
 
     def runs() -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
+        nonlocal trusted
         store: list | None = [] if refs is not None and kept is None else None
+        start = 0
         for i, (n, feed) in enumerate(data.batches(batch_size)):
             ys = {reference: kept[i]} if kept is not None else {}
+            got = samples.batch(start, n) if kept is None and trusted is not False else None
+            if got is not None and trusted:
+                ys[reference] = got
             ys.update((k, s.run(out_names, feed)) for k, s in sessions.items() if k not in ys)
+            if got is not None and trusted is None:  # the first batch: run and compared
+                trusted = Captured.matches(got, ys[reference])
+            start += n
             if store is not None:
                 store.append(ys[reference])
             yield n, ys
         if store is not None:
             refs.put(name, batch_size, out_names, store)
     return _score(out_names, runs(), data.labels, reference)
-
-
-class References:
-    """The reference (dense) model's outputs per data set, kept from one measure() to the
-    next on the same sets in the same batches (floatcheck.py's and the final verification:
-    one pass of the input model fewer, e.g. 5 of PP-PicoDet's 30 verification seconds), up
-    to `budget` bytes in all (beyond it a set is run again)."""
-
-    def __init__(self, budget: int = REFERENCE_BYTES) -> None:
-        self.budget, self.used = budget, 0
-        self.names: list[str] = []
-        self.sets: dict[tuple[str, int], list[list[np.ndarray]]] = {}
-
-    def get(self, name: str, batch: int) -> list[list[np.ndarray]] | None:
-        return self.sets.get((name, batch))
-
-    def put(self, name: str, batch: int, names: list[str], outs: list[list[np.ndarray]]
-            ) -> None:
-        size = sum(y.nbytes for ys in outs for y in ys)
-        if self.used + size <= self.budget and (not self.names or names == self.names):
-            self.sets[name, batch], self.names = outs, names
-            self.used += size
 
 
 def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.ndarray]]]],
@@ -151,8 +126,8 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
 
 def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
             batch_size: int, runtime: Runtime, free_batch: int = 0,
-            sample_axes: dict[str, int | None] | None = None, refs: References | None = None
-            ) -> dict[str, dict[str, Fidelity]]:
+            sample_axes: dict[str, int | None] | None = None, refs: References | None = None,
+            samples: dict[str, Captured] | None = None) -> dict[str, dict[str, Fidelity]]:
     """Fidelity of every model on every data set, each model run as onnxruntime deploys it
     (graph optimizations on), relative to models["dense"]. Models over `ONE_AT_A_TIME`
     bytes of weights hold only two sessions at once (dense + one, the dense model re-run
@@ -163,21 +138,24 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     ddddocr's recognizer the W8A8 models fail it (DynamicQuantizeLSTM's run-wide scale):
     its dense model in runs of 8 took the verification from 2.45 to 1.65 CPU s. `refs`
     (References): the dense model's outputs kept between calls where each model runs
-    whole batches in one session each (not with `free_batch`, nor one at a time)."""
+    whole batches in one session each (not with `free_batch`, nor one at a time);
+    `samples` (set name -> Captured): the dense outputs the capture kept, used alike."""
+    samples = samples or {}
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes)
         if free is not None:
             sessions, names = free[0], free[1]  # names: the dense model's outputs
             if all(lay for _, lay in sessions.values()):  # every model: whole batches
                 return {name: evaluate({k: s for k, (s, _) in sessions.items()}, ds, free_batch,
-                                       refs=refs, name=name) for name, ds in sets.items()}
+                                       refs=refs, name=name, samples=samples.get(name))
+                        for name, ds in sets.items()}
             return {name: _score(names, _per_sample(free, ds, free_batch), None)
                     for name, ds in sets.items()}
         known = refs is not None and all(refs.get(n, batch_size) for n in sets)
         sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()
                     if not (known and k == "dense")}
-        return {name: evaluate(sessions, ds, batch_size, refs=refs, name=name)
-                for name, ds in sets.items()}
+        return {name: evaluate(sessions, ds, batch_size, refs=refs, name=name,
+                               samples=samples.get(name)) for name, ds in sets.items()}
     dense = session(models["dense"], runtime, optimize=True)
     out: dict[str, dict[str, Fidelity]] = {name: {} for name in sets}
     for k, m in models.items():

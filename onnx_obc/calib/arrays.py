@@ -86,7 +86,11 @@ class DataSet:
 
     def sample(self, h: int, seed: int) -> DataSet:
         """split's held-out part alone: the other samples are not copied."""
-        return self.take(np.sort(np.random.default_rng(seed).permutation(self.n)[:h]))
+        return self.take(self.sample_rows(h, seed))
+
+    def sample_rows(self, h: int, seed: int) -> np.ndarray:
+        """Which of the samples sample(h, seed) takes, in order."""
+        return np.sort(np.random.default_rng(seed).permutation(self.n)[:h])
 
     def shape_feed(self, batch_size: int) -> dict[str, Any]:
         """Objects with the `.shape` of a batch of `batch_size` samples (for sizing)."""

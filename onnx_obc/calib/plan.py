@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from ..errors import ObcError
@@ -48,6 +49,8 @@ class Calibration:
     fixed_batch: bool = False  # the model fixes `batch` (no smaller runs)
     check: CalibrationSource | None = None  # none held out: the calibration samples measured
     correct: CalibrationSource | None = None  # --correct-samples: what the correction measures
+    check_rows: Any = None  # none held out, an array source: which samples of `fit` the
+    # in-sample check measures, in order (the capture keeps their dense outputs for it)
 
     @property
     def batch_is_free(self) -> bool:
@@ -116,11 +119,15 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
         held is None and fit.n > IN_SAMPLE_CHECK) else None  # a seeded subset, not re-fitted
     k = run.correct_samples  # the same seed: the in-sample check's among them
     corr = _subset(fit, k, run.seed) if k is not None and fit.n > k else None
+    arrays = held is None and hasattr(fit, "sample_rows")
+    rows = fit.sample_rows(IN_SAMPLE_CHECK, run.seed) if arrays and check is not None else None
     if fixed_batch:  # a fixed batch axis takes full batches only
         fit, held, check, corr = (_full_batches(x, batch) for x in (fit, held, check, corr))
         if eval_data is not None and (ev := _full_batches(ev, batch)) is None:
             notes.append(f"the eval set has fewer samples than the model's fixed batch of "
                          f"{batch}; it was not evaluated")
+    if arrays and fit is not None:  # the set measured: check's rows, or every sample of fit
+        rows = np.arange(fit.n) if check is None else rows[:check.n]
     info = {"source": data.source, "synthetic": data.synthetic, "total": total,
             "samples": fit.n, "holdout": 0 if held is None else held.n,
             "read": getattr(data, "read_as", "in memory"), "shapes": getattr(data, "shapes", 1),
@@ -128,7 +135,7 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
     free = (min(run.batch_size, RUN_BATCH, fit.n)  # runs of 8: README "W8A8 conversion time"
             if fixed_batch and batch == 1 and not layout.whole else 0)
     return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,
-                       fixed_batch, check, corr)
+                       fixed_batch, check, corr, rows)
 
 
 def probe_batch(data: Calibration, proto: onnx.ModelProto, runtime: Any) -> Calibration:
