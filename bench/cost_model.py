@@ -44,11 +44,13 @@ WHAT = {"s": {"sparsity": 0.5}, "w4": {"bits": 4}, "s+w4": {"sparsity": 0.5, "bi
         "24": {"nm": (2, 4)}}
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 if os.environ.get("COST_MODEL_CLOCK") == "cpu":  # every clock of the run: CPU seconds
     time.perf_counter = time.process_time
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[1] + "/bench")
 from onnx_obc import convert
+from peakmem import peak_mb  # the child's own peak, not its parent's
 opts = json.loads(sys.argv[3])
 model = opts.pop("model")
 if model == "WIDE":
@@ -61,7 +63,7 @@ t = time.perf_counter()
 res = convert(model, None, **{"progress": False, **opts})
 wall = time.perf_counter() - t
 rep = res.report
-out = {"wall": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+out = {"wall": wall, "peak_rss_mb": peak_mb(),
        "plan": rep.plan, "seconds": rep.seconds,
        "layers": [{"name": x.name, "rows": x.rows, "cols": x.cols, "method": x.method,
                    "seconds": x.seconds, "predicted": x.predicted_seconds,

@@ -85,8 +85,9 @@ sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    print("PEAK_RSS_KB", r.ru_maxrss, file=sys.stderr)
+    r = resource.getrusage(resource.RUSAGE_SELF)  # VmHWM: the child's own (peakmem.py)
+    print("PEAK_RSS_KB", open("/proc/self/status").read().split("VmHWM:")[1].split()[0],
+          file=sys.stderr)
     print("CPU_S", r.ru_utime + r.ru_stime, file=sys.stderr)
 """
 

@@ -7,7 +7,7 @@ peak memory of each run.
                                 [--method-prune gptq] [--out bench/results/real_matrix.jsonl]
     python bench/real_matrix.py --table                                # the markdown table
 
-Each run is `convert()` in a child process (so its peak resident memory, ru_maxrss, is its
+Each run is `convert()` in a child process (so its peak resident memory, VmHWM, is its
 own) with --holdout 0 and no baseline model; its output is evaluated here on the model's
 separate eval set against the dense model: output error = mean over eval batches of
 ||y - y_dense|| / ||y_dense|| (first output); agree = top-1 (argmax over the last axis)
@@ -108,6 +108,7 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
 def child(args: str) -> None:
     """One convert() run; prints a JSON line with its wall time and peak memory."""
     from onnx_obc import convert
+    from peakmem import peak_mb
 
     a = json.loads(args)
     t = time.perf_counter()
@@ -125,7 +126,7 @@ def child(args: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t, "methods_used": used,
                       "cpu_s": ru.ru_utime + ru.ru_stime, "stages": r.report.seconds,
                       "load": os.getloadavg()[0],
-                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_mb": peak_mb(),
                       "layers": layers, "warnings": r.report.warnings,
                       "grouped": grouped if a["options"].get("group_size") else None}))
 

@@ -84,7 +84,8 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
 
     def verified(key: str, model: onnx.ModelProto) -> tuple[dict, float]:
         fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
-                      data.free_batch, data.info.get("sample_axes"), refs, captured)
+                      data.free_batch, data.info.get("sample_axes"), refs, captured,
+                      data.arena)
         return {s: v[key] for s, v in fid.items()}, float(
             np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
 

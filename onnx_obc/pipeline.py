@@ -145,7 +145,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
         known = {k for k, m in named.items() if fc is not None and m is fc.uncorrected}
         fresh = measure({k: m for k, m in named.items() if k not in known}, data.sets(),
                         data.run_batch, runtime, data.free_batch, data.info.get("sample_axes"),
-                        None if fc is None else fc.references, kept)
+                        None if fc is None else fc.references, kept, data.arena)
         fidelity = {s: {k: fc.fidelity[s] if k in known else v[k] for k in named}
                     for s, v in fresh.items()}
         if fixes is not None and correction_mode(cfg) == "auto":

@@ -127,7 +127,8 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
 def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
             batch_size: int, runtime: Runtime, free_batch: int = 0,
             sample_axes: dict[str, int | None] | None = None, refs: References | None = None,
-            samples: dict[str, Captured] | None = None) -> dict[str, dict[str, Fidelity]]:
+            samples: dict[str, Captured] | None = None, arena: bool = True
+            ) -> dict[str, dict[str, Fidelity]]:
     """Fidelity of every model on every data set, each model run as onnxruntime deploys it
     (graph optimizations on), relative to models["dense"]. Models over `ONE_AT_A_TIME`
     bytes of weights hold only two sessions at once (dense + one, the dense model re-run
@@ -139,10 +140,11 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     its dense model in runs of 8 took the verification from 2.45 to 1.65 CPU s. `refs`
     (References): the dense model's outputs kept between calls where each model runs
     whole batches in one session each (not with `free_batch`, nor one at a time);
-    `samples` (set name -> Captured): the dense outputs the capture kept, used alike."""
+    `samples` (set name -> Captured): the dense outputs the capture kept, used alike;
+    `arena`: the sessions' CPU memory arena (calib.Calibration.arena)."""
     samples = samples or {}
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
-        free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes)
+        free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes, arena)
         if free is not None:
             sessions, names = free[0], free[1]  # names: the dense model's outputs
             if all(lay for _, lay in sessions.values()):  # every model: whole batches
@@ -152,15 +154,15 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
             return {name: _score(names, _per_sample(free, ds, free_batch), None)
                     for name, ds in sets.items()}
         known = refs is not None and all(refs.get(n, batch_size) for n in sets)
-        sessions = {k: session(m, runtime, optimize=True) for k, m in models.items()
+        sessions = {k: session(m, runtime, True, arena) for k, m in models.items()
                     if not (known and k == "dense")}
         return {name: evaluate(sessions, ds, batch_size, refs=refs, name=name,
                                samples=samples.get(name)) for name, ds in sets.items()}
-    dense = session(models["dense"], runtime, optimize=True)
+    dense = session(models["dense"], runtime, True, arena)
     out: dict[str, dict[str, Fidelity]] = {name: {} for name in sets}
     for k, m in models.items():
         pair = {"dense": dense} if k == "dense" else {
-            "dense": dense, k: session(m, runtime, optimize=True)}
+            "dense": dense, k: session(m, runtime, True, arena)}
         for name, ds in sets.items():
             out[name][k] = evaluate(pair, ds, batch_size)[k]
         del pair
@@ -174,7 +176,8 @@ DYNAMIC_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeM
 
 def _batch_free_sessions(models: dict[str, onnx.ModelProto],
                          sets: dict[str, CalibrationSource], runtime: Runtime, free: int,
-                         axes: dict[str, int | None] | None) -> tuple | None:
+                         axes: dict[str, int | None] | None, arena: bool = True
+                         ) -> tuple | None:
     """(per model its batch-free session and outputs' sample layouts where it passes the
     check on its outputs, else its batch-1 session and None; the output names; the inputs'
     sample axes), or None where the dense model does not pass (then: the fixed batch)."""
@@ -193,11 +196,11 @@ def _batch_free_sessions(models: dict[str, onnx.ModelProto],
         layouts = None
         if not DYNAMIC_OPS.intersection(n.op_type for n in m.graph.node):
             with batch_free(m, inputs):
-                sess = session(m, runtime, optimize=True)
+                sess = session(m, runtime, True, arena)
             layouts = sample_axes(sess, names, probe)
         if k == "dense" and not layouts:  # the others would gain little: the fixed batch
             return None
-        out[k] = (sess, layouts) if layouts else (session(m, runtime, optimize=True), None)
+        out[k] = (sess, layouts) if layouts else (session(m, runtime, True, arena), None)
     return out, names, inputs
 
 

@@ -65,6 +65,13 @@ class Calibration:
         return min(self.batch, RUN_BATCH) if self.batch_is_free else self.batch
 
     @property
+    def arena(self) -> bool:
+        """Whether the verification's sessions keep onnxruntime's CPU memory arena: not
+        where a run's largest tensor is ARENA_RUN bytes or more (fit_runs measured it); each
+        session's arena holds its largest run's memory while the others run."""
+        return self.info.get("largest_tensor", 0) * self.run_batch < ARENA_RUN
+
+    @property
     def corrected(self) -> CalibrationSource:
         """The samples the correction measures (all of fit unless --correct-samples)."""
         return self.fit if self.correct is None else self.correct
@@ -173,6 +180,9 @@ def probe_batch(data: Calibration, proto: onnx.ModelProto, runtime: Any) -> Cali
 
 
 RUN_TENSOR_SHARE = 8  # a run holds at most budget / (this x its largest tensor's bytes)
+ARENA_RUN = 64 << 20  # Calibration.arena: DNSMOS's verification (3 samples a run of 71 MB
+# maps, the dense and the compressed session) peaked at 2.25 GB with the arenas, over the
+# 2 GB default budget
 
 
 def fit_runs(data: Calibration, proto: onnx.ModelProto, budget: int) -> Calibration:
@@ -191,6 +201,7 @@ def fit_runs(data: Calibration, proto: onnx.ModelProto, budget: int) -> Calibrat
     names = [o for n in proto.graph.node for o in n.output if o]
     sizes = activation_bytes(proto, names, next(data.fit.batches(1))[1])
     top = max((v for v in sizes.values() if v), default=0)
+    data = dataclasses.replace(data, info={**data.info, "largest_tensor": top})
     k = max(1, budget // max(1, RUN_TENSOR_SHARE * top))
     if k >= data.run_batch:
         return data
