@@ -48,9 +48,10 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     observers keep x's histogram (only percentile and mse ranges read it); `subsample` > 0:
     each layer's Hessian from a subgrid of its output positions that keeps that many
     columns per input (hessian.position_step; tier.column_floor). `free_batch` > 1 (a model
-    whose batch is fixed at 1, Calibration.free_batch): that many samples per run when the batch-free graph passes
-    batching.sample_axes' check, one per run otherwise; the same tensors either way
-    (`sample_axes`: each input's sample axis, calib.layout; default 0); with `dense` both
+    whose batch is fixed at 1, Calibration.free_batch): that many samples per run when the
+    batch-free graph passes batching.sample_axes' check, one per run otherwise; the same
+    tensors either way (`sample_axes`: each input's sample axis, calib.layout; default 0);
+    with `dense` both
     models batched, or both one sample per run (the samples must pair up). `diagonal`: the
     weights whose layers keep only diag(H) (DiagonalAccumulator; diagonal_hessians).
     `means` (tensor -> ChannelMean): filled from the same runs where those tensors fit the
@@ -91,6 +92,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     if len(groups) > 1 and observers.padded:  # a Pad copy's source must be in step with it
         observers = Observers(proto, observe or [], histogram, pads=False)
         units = units[:len(layers)] + observers.fetch(inputs)
+        run, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
+    if not keep and means and outputs is not None:  # the outputs cost the means their pass
+        extra, outputs = [e for e in extra if e[0] in means or e[0] not in outputs.names], None
         run, groups, keep = _passes(units, extra, sizes, budget, batch, shrink)
     big = {n for n, v in sizes.items() if v and v * run // batch >= ARENA_MAX}  # per run
     batch = run

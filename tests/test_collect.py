@@ -173,3 +173,33 @@ def test_capture_runs_fetching_large_tensors_do_without_the_memory_arena(monkeyp
     assert arenas and not any(arenas)
     for w in kept:
         np.testing.assert_array_equal(kept[w].mean(), less[w].mean())
+
+
+def test_kept_outputs_give_way_to_the_means(monkeypatch):
+    """The graph outputs a Captured keeps ride in the capture's runs like the means; where
+    the two together would cost a pass and the means alone would not, the means are taken
+    and the outputs left (the verification then runs the dense model)."""
+    from onnx_obc import collect as collect_mod
+    from onnx_obc.refs import Captured
+
+    model, layers, data = _digits()  # + a Softmax: an output no correction site shares
+    model.graph.node.append(onnx.helper.make_node("Softmax", ["logits"], ["probs"]))
+    model.graph.output[0].name = "probs"
+    names = ["probs"]
+    passes = collect_mod._passes
+
+    def tight(units, extra, sizes, budget, batch, shrink):  # no room for the outputs
+        run, groups, keep = passes(units, extra, sizes, budget, batch, shrink)
+        return run, groups, keep and not any(e[0] in names for e in extra)
+    monkeypatch.setattr(collect_mod, "_passes", tight)
+    means = C.reference_means(model, layers, W8A8_ORT, _all(data))
+    kept = Captured(np.arange(data.n), names)
+    collect(model, layers, data, 16, get_backend("cpu"), 2048, False, means=means,
+            outputs=kept)
+    assert all(m.n > 0 for m in means.values()) and not kept.per
+    monkeypatch.setattr(collect_mod, "_passes", passes)  # room for both
+    means = C.reference_means(model, layers, W8A8_ORT, _all(data))
+    kept = Captured(np.arange(data.n), names)
+    collect(model, layers, data, 16, get_backend("cpu"), 2048, False, means=means,
+            outputs=kept)
+    assert all(m.n > 0 for m in means.values()) and len(kept.per) == data.n
