@@ -189,6 +189,35 @@ def test_the_output_score_equals_the_old_per_layer_computation(mlp):
         assert new[0] == 0.0 and min(new[1:]) > 0.0
 
 
+def test_the_output_score_reads_every_float_output():
+    """Two heads on one hidden layer: a level of the second head's weight changes only the
+    second output, and the score is the mean of the two outputs' relative errors (it read
+    the first alone, so such a level scored 0: Basic Pitch's note and onset maps)."""
+    from onnx import helper
+
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="l1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y1"], name="head1"),
+             helper.make_node("MatMul", ["r", "W3"], ["y2"], name="head2")]
+    inits = [b.weight("W1", (8, 16), 0), b.weight("W2", (16, 4), 1), b.weight("W3", (16, 5), 2)]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 8])],
+                   [b.vi("y1", [b.BATCH, 4]), b.vi("y2", [b.BATCH, 5])], inits)
+    layers = {L.weight: L for L in find_layers(model)[0]}
+    data = load_data([b.feeds(model, 32, seed=1)], model)
+    score = OutputScore.measure(model, data, BATCH, providers_for("numpy"))
+    assert len(score.energy) == 2
+    W = weight_matrix(constant_weights(model.graph), layers["W3"]).astype(np.float64)
+    half = W * (np.random.default_rng(0).random(W.shape) > 0.5)
+    (same, pruned), = [score.errors(layers["W3"], iter([W, half]))]
+    assert same == 0.0 and pruned > 0.0
+    sess = session(apply_weights(model, [layers["W3"]], {"W3": layers["W3"].from_matrix(
+        half.reshape(layers["W3"].matrix_shape))}), providers_for("numpy"), optimize=True)
+    dense = session(model, providers_for("numpy"), optimize=True)
+    e2 = sum(float(np.square(sess.run(None, f)[1] - dense.run(None, f)[1]).sum())
+             for _, f in data.head(64).batches(BATCH))
+    assert pruned == pytest.approx(e2 / score.energy[1] / 2, rel=1e-6)
+
+
 def test_weight_matrix_is_the_layers_w_view(mlp):
     model, layers, _, _, _ = mlp
     weights = constant_weights(model.graph)
