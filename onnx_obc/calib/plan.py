@@ -179,7 +179,11 @@ def probe_batch(data: Calibration, proto: onnx.ModelProto, runtime: Any) -> Cali
     return dataclasses.replace(data, batch=1, warnings=data.warnings + (note,))
 
 
-RUN_TENSOR_SHARE = 8  # a run holds at most budget / (this x its largest tensor's bytes)
+RUN_TENSOR_SHARE = 16  # a run holds at most budget / (this x its largest tensor's bytes):
+# half the budget for onnxruntime's working memory, the rest for what the stage keeps (the
+# capture's fetched tensors, the correction's). At 8, DNSMOS's onnxruntime-target W8A8 (3
+# samples a run) peaked at 2.24 GB in the capture and 2.35 in the correction; at 16 (one) at
+# 0.93 and 1.65, 66 -> 58 s, the same output error; the other bench models keep 8 a run
 ARENA_RUN = 64 << 20  # Calibration.arena: DNSMOS's verification (3 samples a run of 71 MB
 # maps, the dense and the compressed session) peaked at 2.25 GB with the arenas, over the
 # 2 GB default budget
