@@ -62,7 +62,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     where the samples give them fewer than FOLD_COLUMNS columns per input (the held-out
     halves of solvers/shrink.py). `frontier` (sequential, with `dense`): both models run from
     the last group's cut (frontier.py) where the capture is one pass of per-batch runs.
-    `outputs` (verify.Captured): fetches its graph outputs in the same runs where they fit
+    `outputs` (refs.Captured): fetches its graph outputs in the same runs where they fit
     the groups the rest needs, and hands it each run's (no extra pass for them)."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)

@@ -64,7 +64,7 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     variant's uncorrected model with its measures where one was built (the correction and
     the verification reuse them: built and measured once). `done`: schedule.Compressed;
     `data`: calib.Calibration; `cfg`: CompressConfig; `captured`: the capture's dense outputs
-    (set name -> verify.Captured)."""
+    (set name -> refs.Captured)."""
     hook = getattr(export.target_for(cfg.export.runtime), "float_candidates", None)
     if hook is None or done.act_values is None or not done.solutions or cfg.alloc.active:
         return Decision(layers, done, [])  # an allocation has budgeted every layer: as it chose

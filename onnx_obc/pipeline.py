@@ -76,11 +76,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     with _timed(clock, "load"):
         checks = notes + fork.notes + _preflight(proto, layers, src, output, report_path, calib,
                                                  cfg, plan)
-        data = fork.data or calibration.plan(proto, calib, eval_data, cfg.run)
-        engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
-        runtime = providers_for(backend.name, cfg.run.custom_op_library)
-        data = calibration.probe_batch(data, proto, runtime)  # a state input fixing batch 1
-        data = calibration.fit_runs(data, proto, cfg.run.memory_budget_mb << 20)  # big maps
+        data, engine, runtime = _calibration(proto, calib, eval_data, cfg, backend, fork)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
     means = reference_means(proto, layers, cfg, data) if layerwise(cfg) else None  # capture fills
@@ -101,14 +97,25 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     final = fork.restore(models["compressed"], runtime)  # inlined If branches put back
     written = save_model(final, output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
-    solved = [L.matrix_shape[2] for L in layers if L.weight in done.solutions]
-    report = _report(src, output, cfg, backend.label_for(solved), data, skipped, done, fixes,
+    report = _report(src, output, cfg, backend, layers, data, skipped, done, fixes,
                      fidelity, checks + fork.after, {**clock, **done.seconds}, fusion, chan,
                      ranked, plan, folded)
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
     return ConvertResult(final, report, written)
+
+
+def _calibration(proto: onnx.ModelProto, calib: Any, eval_data: Any, cfg: CompressConfig,
+                 backend: Any, fork: Any) -> tuple[calibration.Calibration, Any, Any]:
+    """The calibration data planned for this model's runs (batch, state inputs, big maps),
+    the engine and the onnxruntime providers."""
+    data = fork.data or calibration.plan(proto, calib, eval_data, cfg.run)
+    engine = make_engine(cfg.run, backend)  # --engine ray without Ray: fails here
+    runtime = providers_for(backend.name, cfg.run.custom_op_library)
+    data = calibration.probe_batch(data, proto, runtime)  # a state input fixing batch 1
+    data = calibration.fit_runs(data, proto, cfg.run.memory_budget_mb << 20)  # big maps
+    return data, engine, runtime
 
 
 def _channel_stage(proto: onnx.ModelProto, layers: list, skipped: list,
@@ -163,7 +170,7 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 def _captured(dense: onnx.ModelProto, data: calibration.Calibration, cfg: CompressConfig,
               chan: Any) -> dict[str, Captured] | None:
     """The in-sample check's dense outputs to keep from a one-shot capture of the unshrunk
-    model (verify.Captured), by set name; None where there is no such capture or set."""
+    model (refs.Captured), by set name; None where there is no such capture or set."""
     if not layerwise(cfg) or cfg.run.sequential or chan is not None or data.check_rows is None:
         return None
     name = next(iter(data.sets()))
@@ -247,13 +254,14 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
         return summarize(ranked, name, ds.n)
 
 
-def _report(src: str | None, output: Any, cfg: CompressConfig, device: str,
+def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, layers: list,
             data: calibration.Calibration, skipped: list, done: Compressed,
             fixes: CorrectionResult | None, fidelity: dict, checks: list[str],
             seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
             chan: ChannelResult | None = None, sensitivity: dict | None = None,
             plan: costplan.Plan | None = None, folded: Any = None) -> Report:
     """The run's report, assembled from what the stages returned."""
+    device = backend.label_for([L.matrix_shape[2] for L in layers if L.weight in done.solutions])
     order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export",
              "verify", "sensitivity")
     seconds = {k: seconds[k] for k in order if k in seconds}

@@ -59,7 +59,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
     `engine` runs the layer and level-table solves (default: here, one after another);
     `plan` (costplan.py): the memory split, Hessian blocks and per-layer methods; `means`
     (tensor -> collect.ChannelMean; one-shot runs): filled by the dense model's capture;
-    `outputs` (set name -> verify.Captured; one-shot runs): the dense outputs the
+    `outputs` (set name -> refs.Captured; one-shot runs): the dense outputs the
     verification reuses, filled alike."""
     seconds: dict[str, float] = {}
     observe = export.act_tensors(proto, layers, cfg.export.runtime) if cfg.quant.act_bits else []
