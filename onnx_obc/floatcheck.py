@@ -22,7 +22,9 @@ For the onnxruntime target with 8-bit activations (export/onnxruntime.float_cand
     0.8x or less at no more than 1.05x the latency, or, from an output error of 0.1 or more,
     further at more latency in proportion (half the error: 1.125x; at most 1.15x): the
     convs that wreck PP-PicoDet's 8-bit detections are there, and so are EfficientNet-Lite0's,
-    which run much faster on integers (README "High-resolution convs").
+    which run much faster on integers (README "High-resolution convs"). A group kept float
+    then gives its last layers back to the integer kernels one at a time where each, float,
+    does not pass the same rule on its own (_trim).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ EARLY_ROUNDS = 5  # a variant whose fastest of this many runs or more is slower 
 # (then the ratio of medians is above that limit too). DNSMOS's high-resolution convs float
 # (3.3x, 0.35 s a run) took 21 rounds, 9.6 s
 NAMES = 4  # layer names a note lists
+TRIM_STEPS = 3  # a kept group's last layers tried back on integer kernels, at most (_trim)
+TRIM_FASTER = 1.02  # ... each quantized again only where the float one is slower than this
+# (a measurable gain: YOLOv8n's three early convs at 0.998-1.010x went back for nothing, the
+# output error 0.0109 -> 0.0136; PP-PicoDet's p2o.Conv.9 float at 0.992x and 0.90x the error)
+NOT_TIMED = "latency not measured"
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,13 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
             floats |= new
             model, fidelity, err = other, fid, e
             why.update({k: f"{g.reasons[k]}; {measured}" for k in new})
+            if g.trim:
+                back, (model, fidelity, err), trims = _trim(
+                    g, [L for L in layers if L.weight in new], floats, (model, fidelity, err),
+                    build, verified, runtime, feed, on)
+                floats -= back
+                notes += [f"float candidates for {cfg.export.runtime}, {t}" for t in trims]
+                kept = not back  # the boundary is found: no wider step of this kind
     done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in floats},
                    rows=[r for r in done.rows if r.weight not in floats],
                    notes=[*done.notes, *notes])
@@ -121,13 +135,56 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
                     fidelity, refs)
 
 
+def _trim(g: Any, members: list[Layer], floats: set[str], current: tuple, build: Any,
+          verified: Any, runtime: Any, feed: dict | None, on: str
+          ) -> tuple[set[str], tuple, list[str]]:
+    """A kept group's float tail back on integer kernels: from its last layer (graph order),
+    one at a time (at most TRIM_STEPS, at least one left float), each step built and
+    verified with that layer quantized and kept so where that is measurably faster (the
+    float one over TRIM_FASTER x its latency) and the layer float does not pass the group's
+    own rule against it (_accept with the roles swapped: the float layer must buy its
+    latency with accuracy); the first layer that stays float ends the trim. A group is
+    judged whole; its last layers are often the widest, where integer kernels gain most:
+    PP-LCNet's 64 x 64 1 x 1 conv at stride 4 runs 0.26 ms float against 0.10 on
+    QLinearConv, its group float 1.068x the latency with it quantized (the rule allows
+    1.05x), and held out its error is no higher with it quantized (0.0088 against 0.0104 on
+    128 images). Returns (the layers quantized again, the current (model, fidelity, error),
+    the report's notes)."""
+    model, fidelity, err = current
+    back: set[str] = set()
+    notes: list[str] = []
+    if feed is None:
+        return back, current, notes
+    for L in members[::-1][:min(TRIM_STEPS, len(members) - 1)]:
+        trial = build(floats - back - {L.weight})
+        fid, e = verified(f"{g.kind} but {L.name}", trial)
+        kept, ratio = (fidelity, err), []
+        keep, measured, _, _ = _accept(g, e, trial, model, lambda: kept, runtime, feed, on,
+                                       timing=ratio)
+        if not ratio:
+            break  # no timing: the group stays as kept
+        if not keep and ratio[0] <= TRIM_FASTER:
+            keep, measured = True, (f"{measured} (quantized again only where the float one "
+                                    f"is over {TRIM_FASTER:g}x slower)")
+        notes.append(f"{g.kind}, its last {L.name}: " + (
+            f"kept float, {measured}" if keep else f"quantized again, {measured}"))
+        if keep:
+            break
+        back.add(L.weight)
+        model, fidelity, err = trial, fid, e
+    return back, (model, fidelity, err), notes
+
+
 def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelProto,
-            verify: Any, runtime: Any, feed: dict | None, on: str) -> tuple:
+            verify: Any, runtime: Any, feed: dict | None, on: str,
+            timing: list[float] | None = None) -> tuple:
     """(whether group `g` stays float by its rule, the measures for the report, the float
     variant's fidelity and error where verified). A group that may cost speed is timed
     first: one slower than any error gain could buy (g.allowed) is not verified; a ratio
     within RETIME_BAND of the latency its error allows is timed once more, the decision on
-    the mean."""
+    the mean. `timing` (a list; _trim): the float variant's error is known already
+    (`verify` costs nothing), so the measures always name it, and the latency ratio is
+    appended to it."""
     if g.slower is None:
         fid, err = verify()
         measured = f"output error on {on} {err:.4g} with them float, {base:.4g} without"
@@ -135,8 +192,8 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
             return False, f"{measured} (kept float only at most {g.at_most:g}x)", fid, err
         return True, measured, fid, err
     if feed is None:
-        return False, "latency not measured: no sample", None, None
-    from .channels.timing import ort_timer
+        return False, f"{NOT_TIMED}: no sample", None, None
+    from .channels.timing import BLOCK, ort_timer
 
     times: list = []
     cap = g.allowed(0.0, base)  # the most any gain buys from this error
@@ -145,8 +202,8 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
         return len(ts[1]) >= EARLY_ROUNDS and min(ts[1]) > (cap + RETIME_BAND) * max(ts[0])
 
     def timed() -> tuple[float, str]:  # the latency ratio so far, and its words
-        times.append(ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS, stop=too_slow)(
-            [base_model, model], feed))
+        times.append(ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS, stop=too_slow,
+                               block=BLOCK)([base_model, model], feed))
         t_base, t = (float(np.mean([x[k] for x in times])) for k in (0, 1))
         return t / t_base, (f"latency {t / t_base:.3f}x with them float (1 thread, batch 1: "
                             f"{1e3 * t:.3g} vs {1e3 * t_base:.3g} ms" + (
@@ -158,14 +215,16 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
         if abs(ratio - cap) <= RETIME_BAND:  # near the most any gain buys: once more
             ratio, lat = timed()
     except Exception as exc:  # noqa: BLE001 - e.g. a model whose batch is fixed above 1
-        return False, f"latency not measured ({type(exc).__name__}: {exc})"[:300], None, None
-    if ratio > cap:
+        return False, f"{NOT_TIMED} ({type(exc).__name__}: {exc})"[:300], None, None
+    if ratio > cap and timing is None:
         return (False, f"{lat} (kept float only at most {cap:g}x; output error not "
                 "measured)", None, None)
     fid, err = verify()
     limit = g.allowed(err / base if base > 0 else 1.0, base)
     if len(times) == 1 and err <= g.at_most * base and abs(ratio - limit) <= RETIME_BAND:
         ratio, lat = timed()  # near the latency this gain allows: once more
+    if timing is not None:
+        timing.append(ratio)
     measured = f"output error on {on} {err:.4g} with them float, {base:.4g} without, {lat}"
     if err > g.at_most * base:
         return False, f"{measured} (kept float only at most {g.at_most:g}x)", fid, err

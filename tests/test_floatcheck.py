@@ -13,7 +13,7 @@ from onnx_obc.export.floatcand import Candidates
 def _fake_timer(ms: tuple[float, float], calls: list[int]):
     """ort_timer's stand-in: rounds of the two variants at `ms` (the float one's runs
     spread ±2%), honouring `stop`; `calls` gets the rounds each timing ran."""
-    def timer(runtime=None, rounds=21, seconds=0.0, keep=False, stop=None):
+    def timer(runtime=None, rounds=21, seconds=0.0, keep=False, stop=None, block=0.0):
         def run(models, feed):
             times: list[list[float]] = [[], []]
             while len(times[0]) < rounds:

@@ -47,6 +47,7 @@ POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of a site's largest allowed co
 ROUNDS = 9  # per site: at least this many alternating rounds ...
 SECONDS = 0.3  # ... and until this long has passed
 MODEL_ROUNDS = 5  # the whole model (dense; dense and cut for the report): rounds only
+BLOCK = 0.02  # seconds of back-to-back runs a whole model's round takes (ort_timer `block`)
 BATCH = 8  # samples timed per run (fewer when the run's batch is smaller: fixed batch 1)
 
 Timer = Callable[[Sequence[onnx.ModelProto], dict], list[float]]  # models, feed -> seconds
@@ -62,11 +63,15 @@ class LatencyTable:
 
 
 def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECONDS,
-              keep: bool = False, stop: Callable[[list[list[float]]], bool] | None = None
-              ) -> Timer:
+              keep: bool = False, stop: Callable[[list[list[float]]], bool] | None = None,
+              block: float = 0.0) -> Timer:
     """Median seconds of each model on `feed`, 1 thread, run in alternation; `keep`: a
     model timed again (the same object) reuses its session, already warm; `stop`: called
-    after each round with every model's times so far, True ends the timing early."""
+    after each round with every model's times so far, True ends the timing early; `block`
+    > 0: in each round a model runs back to back for about that many seconds (its per-run
+    mean counts; at least one run), as a deployed model runs: one run right after another
+    model's pays for the switch (PP-LCNet: about 0.3 ms of its 2.4-3.7, fp32 and W8A8
+    alike, which pulls their ratio toward 1; bench/deploy.py BLOCK_S)."""
     built: dict[int, tuple[onnx.ModelProto, Any]] = {}
 
     def timer(models: Sequence[onnx.ModelProto], feed: dict) -> list[float]:
@@ -85,19 +90,30 @@ def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECOND
                 built[id(m)] = (m, s)
         sessions = [built[id(m)][1] for m in models]
         feeds = [{i.name: feed[i.name] for i in s.get_inputs()} for s in sessions]
+        n = [_block_runs(s, f, block) for s, f in zip(sessions, feeds)]
         times: list[list[float]] = [[] for _ in sessions]
         t_end = time.perf_counter() + seconds
         while len(times[0]) < rounds or time.perf_counter() < t_end:
-            for s, f, ts in zip(sessions, feeds, times):
+            for s, f, ts, k in zip(sessions, feeds, times, n):
                 t = time.perf_counter()
-                s.run(None, f)
-                ts.append(time.perf_counter() - t)
+                for _ in range(k):
+                    s.run(None, f)
+                ts.append((time.perf_counter() - t) / k)
             if len(times[0]) >= 20 * rounds or (stop is not None and stop(times)):
                 break
         if not keep:
             built.clear()
         return [statistics.median(ts) for ts in times]
     return timer
+
+
+def _block_runs(session: Any, feed: dict, block: float) -> int:
+    """Runs of `session` that take about `block` seconds (one run timed), at least one."""
+    if block <= 0:
+        return 1
+    t = time.perf_counter()
+    session.run(None, feed)
+    return max(1, round(block / max(time.perf_counter() - t, 1e-6)))
 
 
 def latency_table(plan: Any, align: int, timer: Timer | None = None) -> LatencyTable:

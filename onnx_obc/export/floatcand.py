@@ -30,6 +30,8 @@ class Candidates:
     # step of the same kind: the narrower one's refusal predicts its own)
     slower_cap: float | None = None  # the most latency any error gain buys (None: `slower`)
     large_error: float = 0.1  # ... where the error without the group is at least this
+    trim: bool = False  # once kept float, its last layers (graph order) are tried back on
+    # integer kernels one at a time, each by the same rule (floatcheck._trim)
 
     def allowed(self, ratio: float, base: float = math.inf) -> float:
         """The latency ratio the group may cost at an error ratio `ratio` (with / without it

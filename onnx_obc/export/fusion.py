@@ -71,25 +71,25 @@ def float_line(ops: dict[str, int], most: int = 8) -> str:
             + (f", {len(top) - most} more kinds" if len(top) > most else "")) if ops else ""
 
 
-LATENCY_ROUNDS = 9  # alternating runs of the input and the written model, at least ...
-LATENCY_SECONDS = 0.5  # ... and until this long has passed (channels/timing.ort_timer)
+LATENCY_ROUNDS = 9  # alternating rounds of the input and the written model (each a block of
+LATENCY_SECONDS = 0.5  # runs, timing.BLOCK), at least, and until this long has passed
 
 
 def latency(model: onnx.ModelProto, dense: onnx.ModelProto, sets: dict, runtime: Any = None
             ) -> dict[str, Any]:
     """1-thread onnxruntime medians of the input model `dense` and the written `model` on
     one sample of the first fidelity set, run in alternation: whether the output pays off
-    where it runs, on every --runtime onnxruntime run (ppocr_cls's W8A8, a 1 ms model, runs
-    1.4x slower; PP-LCNet's ran 1.33x slower while its hardswish was float)."""
-    from ..channels.timing import ort_timer
+    where it runs, on every --runtime onnxruntime run (ppocr_cls's W8A8, a 1 ms model, runs 1.4x
+    slower; PP-LCNet's 1.33x while its hardswish was float)."""
+    from ..channels.timing import BLOCK, ort_timer
 
     try:
         _, feed = next(iter(next(iter(sets.values())).batches(1)))
-        d, m = ort_timer(runtime, LATENCY_ROUNDS, LATENCY_SECONDS)([dense, model], feed)
+        timer = ort_timer(runtime, LATENCY_ROUNDS, LATENCY_SECONDS, block=BLOCK)
+        d, m = timer([dense, model], feed)
     except Exception as exc:  # no sample, a model onnxruntime will not serialize (> 2 GB)
         return {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    return {"input_ms": 1e3 * d, "ms": 1e3 * m, "ratio": m / d, "batch": 1,
-            "runs": LATENCY_ROUNDS}
+    return {"input_ms": 1e3 * d, "ms": 1e3 * m, "ratio": m / d, "batch": 1, "runs": LATENCY_ROUNDS}
 
 
 def latency_line(t: dict[str, Any]) -> str:
@@ -98,7 +98,7 @@ def latency_line(t: dict[str, Any]) -> str:
         return ""
     if t.get("error"):
         return f"latency not measured: {t['error']}"
-    return (f"latency, 1 thread, batch 1 (medians of >= {t['runs']} alternating runs): "
+    return (f"latency, 1 thread, batch 1 (medians of >= {t['runs']} alternating rounds of runs): "
             f"{t['ratio']:.3f}x the input model's ({t['ms']:.3g} vs {t['input_ms']:.3g} ms)"
             + (" -- SLOWER than the input model on this CPU" if t["ratio"] > 1.0 else ""))
 

@@ -108,9 +108,10 @@ def candidates(proto: onnx.ModelProto, layers: list[Layer], probe: Probe) -> lis
     strides = upstream_strides(proto, layers, conv_strides(layers, probe))
     return [g for g in (
         Candidates(KIND, _reasons(strides, 1, HIRES_STRIDE), GAIN, SLOWER, "--int8-highres",
-                   slower_cap=SLOWER_CAP),
+                   slower_cap=SLOWER_CAP, trim=True),
         Candidates(NEXT_KIND, _reasons(strides, HIRES_STRIDE + 1, NEXT_STRIDE), GAIN, SLOWER,
-                   "--int8-highres", after_kept=True, slower_cap=SLOWER_CAP)) if g.reasons]
+                   "--int8-highres", after_kept=True, slower_cap=SLOWER_CAP, trim=True)
+    ) if g.reasons]
 
 
 def _reasons(strides: dict[str, int], lo: int, hi: int) -> dict[str, str]:

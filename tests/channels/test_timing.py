@@ -134,3 +134,33 @@ def test_a_layer_cut_on_both_sides_is_counted_once():
         assert timing.predicted(tab, counts, sites) == pytest.approx(
             timing.predicted(tab, counts) - share * tab.curves[0][counts[0]])
         assert (overlap > 0) == all(counts)
+
+
+class _Sleeper:
+    """A session whose run takes `ms` milliseconds and counts its runs."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms, self.runs = ms, 0
+
+    def run(self, names, feed):
+        import time
+
+        self.runs += 1
+        time.sleep(self.ms / 1e3)
+
+
+def test_a_block_is_the_runs_that_fill_it() -> None:
+    """ort_timer's `block`: a round runs a model back to back for about that long (one run
+    timed to size it), at least once; without a block, once."""
+    s = _Sleeper(2.0)
+    n = timing._block_runs(s, {}, 0.02)
+    assert 5 <= n <= 10 and s.runs == 1  # about 10 runs of 2 ms; sleep overshoots, never less
+    assert timing._block_runs(_Sleeper(30.0), {}, 0.02) == 1
+    assert timing._block_runs(s, {}, 0.0) == 1 and s.runs == 1  # no block: nothing timed
+
+
+def test_the_timer_in_blocks_times_real_sessions() -> None:
+    """Real onnxruntime sessions in blocks: medians of the per-run means, one per model."""
+    m = b.mlp()
+    t = timing.ort_timer(None, rounds=3, seconds=0.0, block=0.005)([m, m], b.feeds(m, 1))
+    assert len(t) == 2 and all(0 < x < 0.005 for x in t)
