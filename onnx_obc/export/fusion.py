@@ -1,7 +1,6 @@
 """Which quantized layers onnxruntime runs on integer kernels: the fusion check of a run.
 
-    result = check(model, layers)        # the model as exported, its quantized layers
-    print(result.line()); result.unfused  # [(node, why), ...]
+    result = check(model, layers); print(result.line()); result.unfused  # [(node, why)]
 
 The model is loaded in an onnxruntime CPU session at ORT_ENABLE_ALL; the optimized graph it
 writes (in a temporary directory) tells, for each node that reads int8 codes through a
@@ -9,7 +8,8 @@ DequantizeLinear, which kernel runs it: an integer one (QLinearConv, QGemm, MatM
 or a float op fed by dequantized weights; for a float one the exported graph says why
 onnxruntime's QDQ rules did not match (onnxruntime.py has the rules): an input not
 quantized, an output read in float, a graph output, a float bias, int8 activations on x86,
-4-bit or blocked weights, a 2-D MatMul fused with its bias into a float Gemm.
+4-bit or blocked weights, a 2-D MatMul fused with its bias into a float Gemm; or codes that
+the session dequantizes once at load (export/ortweights.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from ..layers import Layer, constant_weights, node_label
+from .ortweights import folded
 
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
                    "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits",
@@ -38,7 +39,7 @@ FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGem
 class Fusion:
     """The fusion check's result (JSON-ready through to_dict)."""
 
-    layers: int  # quantized layer nodes (nodes that read int8/int4 codes through a DQ)
+    layers: int  # quantized layer nodes (nodes that read codes: DQ, ortweights.folded)
     integer: int  # of these, run by an integer kernel
     kernels: dict[str, int] = field(default_factory=dict)  # integer kernel -> layers
     unfused: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
@@ -111,10 +112,8 @@ def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelPr
 
     rt = Runtime.of(runtime) if runtime is not None else Runtime()
     with tempfile.TemporaryDirectory(prefix="onnx-obc-fusion-") as tmp:
-        opts = rt.options(optimize=True)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = os.path.join(tmp, "optimized.onnx")
-        opts.optimized_model_filepath = path
+        opts = rt.options(optimize=True)  # onnxruntime's default level: ORT_ENABLE_ALL
+        opts.optimized_model_filepath = path = os.path.join(tmp, "optimized.onnx")
         src = serialized_or_path(as_inputs(model), Path(tmp))  # kept tensors: not dumped
         ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
         return onnx.load(path)
@@ -122,9 +121,9 @@ def optimized_graph(model: onnx.ModelProto, runtime: Any = None) -> onnx.ModelPr
 
 def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
           dense: onnx.ModelProto | None = None, sets: dict | None = None) -> Fusion:
-    """Which nodes of `layers` (those whose weight is stored as codes behind a
-    DequantizeLinear in `model`) onnxruntime's CPU optimizer runs on integer kernels; with
-    the input model `dense` and the fidelity `sets`, also `latency` against it."""
+    """Which nodes of `layers` (those whose weight is stored as codes) onnxruntime's CPU
+    optimizer runs on integer kernels; with the input model `dense` and the fidelity
+    `sets`, also `latency` against it."""
     uses = _quantized_uses(model, layers)
     if not uses:
         return Fusion(0, 0)
@@ -135,7 +134,7 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
         return Fusion(len(uses), 0, error=f"{type(exc).__name__}: {exc}"[:300], latency=timed)
     kernels: Counter[str] = Counter()
     unfused = []
-    maps = None
+    maps, once = None, folded(model)  # once: codes dequantized at load (ortweights.py)
     for label, (codes, index) in uses.items():
         kernel, integer = _kernel_of(opt, label, codes)
         if integer:
@@ -143,8 +142,9 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
             continue
         node = model.graph.node[index]
         maps = maps or graph_maps(model)
-        unfused.append((label, f"{node.op_type} {label}: float {kernel or node.op_type} with "
-                               f"DequantizeLinear inputs — {why_not(model, index, maps)}"))
+        why = f", {once[node.input[1]][1]}" if node.input[1] in once else (
+            f" with DequantizeLinear inputs — {why_not(model, index, maps)}")
+        unfused.append((label, f"{node.op_type} {label}: float {kernel or node.op_type}{why}"))
     ops = Counter(n.op_type for n in opt.graph.node)
     inits = {t.name for t in opt.graph.initializer}
     acts = {n.output[0] for n in opt.graph.node
@@ -162,6 +162,7 @@ def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tu
     consts = constant_weights(g)
     dq_codes = {n.output[0]: n.input[0] for n in g.node
                 if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    dq_codes.update({w: c for w, (c, _) in folded(model).items()})
     weights = {L.weight for L in layers}
     out = {}
     for i, n in enumerate(g.node):
@@ -197,8 +198,7 @@ def _kernel_of(opt: onnx.ModelProto, label: str, codes: str) -> tuple[str, bool]
 
 
 def graph_maps(model: onnx.ModelProto) -> tuple[dict, dict, set, dict]:
-    """(producer and readers of each tensor, graph outputs, constant weights): what why_not
-    reads, built once per model by check (0.9 s of EfficientNet-Lite0's line, per call)."""
+    """(producer and readers of each tensor, graph outputs, constant weights): why_not's."""
     g = model.graph
     producer = {t: m for m in g.node for t in m.output}
     readers: dict[str, list[onnx.NodeProto]] = {}

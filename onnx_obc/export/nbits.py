@@ -198,7 +198,8 @@ def select(model: onnx.ModelProto, layers: list[Layer], qweights: dict[str, Quan
     if convs:
         shown = ", ".join(convs[:3]) + (f" and {len(convs) - 3} more" if len(convs) > 3 else "")
         notes.insert(0, f"{len(convs)} Conv layer(s) at 4 bits or fewer: their weights stay "
-                        f"DequantizeLinear (MatMulNBits is for MatMul / Gemm weights): {shown}")
+                        "codes the session dequantizes once at load, the Conv float "
+                        f"(MatMulNBits is for MatMul / Gemm weights; ortweights.py): {shown}")
     return out, notes
 
 

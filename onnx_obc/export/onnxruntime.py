@@ -61,7 +61,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem
+from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem, ortweights
 from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
@@ -113,21 +113,24 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
     every tensor of the integer region (see the module docstring). matmul_nbits: MatMul /
     Gemm weights of at most 4 bits as com.microsoft.MatMulNBits (nbits.py) instead.
     dynamic_lstm (with activation ranges): LSTMs as com.microsoft.DynamicQuantizeLSTM, int8
-    weights per row (ortlstm.py)."""
+    weights per row (ortlstm.py). Codes no integer kernel would take are dequantized once,
+    when the session loads (ortweights.py)."""
     model = _deploy(model, layers, solved, qweights, act_scales, act_type, matmul_nbits,
                     nbits_block_size, accuracy_level)
-    if act_scales is None:
-        return model
-    model, dropped = ortclamp.drop_bounds(model)  # Max / Min bounds its Q/DQ already make
-    model, gelus = ortgelu.gelu_nodes(model)  # written-out GELUs as one Gelu each
-    if dropped or gelus:
-        log.info("onnxruntime target: %d Max / Min bound(s) dropped (their QuantizeLinear "
-                 "saturates there), %d GELU(s) as one Gelu", dropped, gelus)
-    if not dynamic_lstm:
-        return model
-    model, notes = ortlstm.rewrite(model)
-    for note in notes:
-        log.warning(note)
+    if act_scales is not None:
+        model, dropped = ortclamp.drop_bounds(model)  # Max / Min bounds its Q/DQ make
+        model, gelus = ortgelu.gelu_nodes(model)  # written-out GELUs as one Gelu each
+        if dropped or gelus:
+            log.info("onnxruntime target: %d Max / Min bound(s) dropped (their QuantizeLinear"
+                     " saturates there), %d GELU(s) as one Gelu", dropped, gelus)
+        if dynamic_lstm:
+            model, notes = ortlstm.rewrite(model)
+            for note in notes:
+                log.warning(note)
+    model, folded = ortweights.fold(model)  # codes only ever dequantized: once, at load
+    if folded:
+        log.info("onnxruntime target: %d weight(s) no integer kernel takes stored as codes "
+                 "that the session dequantizes once when it loads", len(folded))
     return model
 
 

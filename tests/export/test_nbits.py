@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from onnx_obc import convert
 from onnx_obc.config import CompressConfig
 from onnx_obc.errors import ConfigError
-from onnx_obc.export import build, fusion, nbits, quantized_weights
+from onnx_obc.export import build, fusion, nbits, ortweights, quantized_weights
 from onnx_obc.flags import flags_in
 from onnx_obc.layers import constant_weights, find_layers
 from onnx_obc.quant import QuantSpec, codes, fit_grid, rtn
@@ -136,7 +136,9 @@ def test_packed_bytes_round_trip_to_the_codes() -> None:
             assert all(p.zero_points is None for p in packed.values())
 
 
-def test_conv_at_four_bits_stays_dequantize_linear_and_is_reported() -> None:
+def test_conv_at_four_bits_is_folded_at_load_and_reported() -> None:
+    """A 4-bit Conv weight is not for MatMulNBits: stored as codes the session dequantizes
+    once at load (ortweights.py), named in the fusion check with that reason."""
     model = b.cnn()
     layers = find_layers(model)[0]
     qw = quantized_weights(layers, solutions(model, QuantSpec(bits=4)))
@@ -147,10 +149,13 @@ def test_conv_at_four_bits_stays_dequantize_linear_and_is_reported() -> None:
     assert note.startswith(f"{len(convs)} Conv layer(s) at 4 bits or fewer")
     assert all(L.name in note for L in convs[:3])
     _, nb = both(model, QuantSpec(bits=4))
-    assert ops(nb)["DequantizeLinear"] == len(convs)
+    assert ops(nb)["DequantizeLinear"] == 0 and ops(nb)["Cast"] == len(convs)
+    assert set(ortweights.folded(nb)) == {L.weight for L in convs}
     result = fusion.check(nb, layers)
     assert result.kernels.get("MatMulNBits", 0) == len(layers) - len(convs)
-    assert all("MatMulNBits takes MatMul / Gemm weights only" in w for _, w in result.unfused)
+    assert len(result.unfused) == len(convs) and all(
+        "weights dequantized once at load — no integer kernel takes 4-bit Conv weights" in w
+        for _, w in result.unfused)
 
 
 def test_group_size_without_a_power_of_two_block_stays_qdq() -> None:
