@@ -34,6 +34,7 @@ from .layers import select_layers
 from .modelio import open_model, save_model
 from .report import Report
 from .schedule import Compressed, compress_layers
+from .allocation import guard
 from .segments import kept_budget
 from .sensitivity import measure_sensitivity, summarize
 from .variants import baseline_name, compares_baseline, layerwise, variants
@@ -85,7 +86,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan, means, kept) if layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
-    with _timed(clock, "verify"):  # the target's float candidates, float where measured better
+    with _timed(clock, "verify"):  # the DP against uniform; the target's float candidates
+        done = guard.decide(dense, proto, layers, done, data, runtime, cfg, kept)
         fc = floatcheck.decide(dense, proto, layers, done, data, runtime, cfg, kept)
     layers, done, skipped = fc.layers, fc.done, skipped + fc.skipped
     fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,

@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 
 from . import export
+from .allocation import guard
 from .backend import Backend
 from .calib import Calibration
 from .capture import Runtime
@@ -48,6 +49,8 @@ class Compressed:
     act_values: dict[str, Any] | None = None  # what cfg.export.runtime's target takes
     # (export.act_values: the scales above for tensorrt, (lo, hi) ranges for onnxruntime)
     notes: list[str] = field(default_factory=list)  # decisions after the solve (floatcheck.py)
+    uniform: Any = None  # --allocate auto's DP: the same layers solved uniform (solve.Solved),
+    # for the model-level check (allocation/guard.py); None where not solved
 
 
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
@@ -69,7 +72,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
     observers: dict[str, Any] = {}
     solutions: dict[str, HostSolution] = {}
     rows, skipped, warnings = [], [], []
-    levels, profile = None, {}
+    levels, profile, uniform = None, {}, None
     current = proto  # sequential: later groups are calibrated on the compressed model
     folds = cfg.solver.shrink and cfg.solver.method in ("obc", "gptq") and exact_applies(cfg)
     if folds and plan is not None and 3 * plan.hessian_total > plan.budget_bytes:
@@ -115,10 +118,15 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
             if levels is None and cfg.alloc.active:  # one-shot: the group is every layer
                 allocate(group, hessians)
             t = time.perf_counter()
+            spare = guard.spare(hessians, cfg, plan) if levels else None  # solves spend them
             solved = solve_all(proto, group, hessians, backend, prune=cfg.prune, quant=cfg.quant,
                                solver=cfg.solver, budget_bytes=budget, level_for=levels,
                                alloc_budget=cfg.alloc.budget, progress=progress, engine=engine,
                                plan=plan)
+            if spare is not None:
+                uniform = solve_all(proto, group, spare, backend, prune=cfg.prune,
+                                    quant=cfg.quant, solver=cfg.solver, budget_bytes=budget,
+                                    progress=progress, engine=engine, plan=plan)
             rows += solved.rows
             skipped += solved.skipped
             warnings += solved.warnings
@@ -131,7 +139,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
     warnings += run_warnings(rows)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
                       seconds, values, notes=[SEQUENTIAL_NOTE] if rows and _by_default(cfg)
-                      else [])
+                      else [], uniform=uniform)
 
 
 SEQUENTIAL_NOTE = (  # README "Per-layer --sequential at W4 ...", "... at 2:4"
