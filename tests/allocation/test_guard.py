@@ -3,7 +3,6 @@ uniform ones, both solved from the same Hessians, kept by the measured output er
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from onnx import numpy_helper
 
 from onnx_obc import convert, verify
 from onnx_obc.allocation import guard
+
+from ..fakes import fixed_errors
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -33,17 +34,7 @@ def _same(a, b) -> bool:
 
 def _fixed(monkeypatch, errors: dict[str, float]) -> None:
     """The check's verification with a fixed error per variant ("dp", "uniform")."""
-    real = verify.measure
-
-    def fake(models, *args, **kw):
-        out = real(models, *args, **kw)
-        for fid in out.values():
-            for k, e in errors.items():
-                if k in fid:
-                    fid[k] = dataclasses.replace(fid[k],
-                                                 rel_error={n: e for n in fid[k].rel_error})
-        return out
-    monkeypatch.setattr(verify, "measure", fake)
+    monkeypatch.setattr(verify, "measure", fixed_errors(verify.measure, errors))
 
 
 @pytest.mark.parametrize("dp_err, uni_err, kept", [

@@ -4,7 +4,6 @@ measured rule in floatcheck.py: kept float only where the output error falls to 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import numpy as np
@@ -22,6 +21,7 @@ from onnx_obc.export.orthires import (GAIN, SLOWER, SLOWER_CAP, conv_strides, hi
 from onnx_obc.layers import find_layers
 
 from .. import builders as b
+from ..fakes import fixed_errors
 from .test_onnxruntime import optimized_ops
 
 
@@ -153,17 +153,7 @@ def test_no_shapes_no_candidates_and_the_switches() -> None:
 def _fixed(monkeypatch, errors: dict[str, float], ms: dict[int, float]) -> list:
     """floatcheck's verification with fixed errors per variant, and its timer with fixed
     latencies per model (keyed by the number of Conv weights stored as float)."""
-    real = floatcheck.measure
-
-    def fake(models, *args, **kw):
-        out = real(models, *args, **kw)
-        for fid in out.values():
-            for k, e in errors.items():
-                if k in fid:
-                    fid[k] = dataclasses.replace(fid[k],
-                                                 rel_error={n: e for n in fid[k].rel_error})
-        return out
-
+    fake = fixed_errors(floatcheck.measure, errors)
     timed: list = []  # floatcheck's timings (the run's latency line times the input model too:
     # 4 float convs, left out)
 
