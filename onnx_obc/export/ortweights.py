@@ -51,7 +51,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         name = n.outputs[0].name
         grouped, bshape = _grouping(shape, axis, block, np.shape(scale.values))
         if grouped is None:
-            continue  # a last partial block: DequantizeLinear stays
+            continue  # a last partial block, or scales of another shape: DequantizeLinear stays
         x = _op(graph, "Cast", f"{name}_FoldCast", [codes], {"to": onnx.TensorProto.FLOAT})
         if grouped != shape:
             x = _op(graph, "Reshape", f"{name}_FoldIn", [x, constant(
@@ -118,9 +118,14 @@ def _dequantized(t: gs.Tensor) -> bool:
 def _grouping(shape: list[int], axis: int, block: int, scale_shape: tuple[int, ...]
               ) -> tuple[list[int] | None, list[int]]:
     """(the shape the codes take for the Mul: `shape` itself, or with the block axis split
-    in [n / b, b]; None where b does not divide n), the scale's shape for it."""
+    in [n / b, b]; None where b does not divide n or the scales have another shape), the
+    scale's shape for it (all ones for one scale per tensor)."""
     if not block:
         bshape = [1] * len(shape)
+        if int(np.prod(scale_shape)) == 1:  # per tensor (an input model's own weights)
+            return shape, bshape
+        if tuple(scale_shape) != (shape[axis],):
+            return None, []
         bshape[axis] = shape[axis]
         return shape, bshape
     if shape[axis] % block or tuple(scale_shape) != tuple(

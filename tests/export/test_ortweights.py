@@ -105,3 +105,22 @@ def test_weights_only_and_four_bit_convs_run_folded_through_convert(bits: int) -
                f"load — {reason}" in w for k, w in why.items())
     assert ort_r.report.fusion["layers"] == 2
     assert ort_r.report.fusion["integer"] == (1 if bits == 4 else 0)  # MatMulNBits: the Gemm
+
+
+def test_an_input_models_per_tensor_weight_is_folded_too() -> None:
+    """A weight the input model already stores behind DequantizeLinear with one scale and
+    zero point for the tensor (another tool's weight-only file): folded alike, bit-equal."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 255, (6, 4, 3, 3)).astype(np.uint8)
+    inits = [numpy_helper.from_array(codes, "Wq"),
+             numpy_helper.from_array(np.array(0.02, np.float32), "Ws"),
+             numpy_helper.from_array(np.array(128, np.uint8), "Wz")]
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "Ws", "Wz"], ["W"], name="dq"),
+             helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    m = b.make(nodes, [b.vi("x", [1, 4, 5, 5])], [b.vi("y", [1, 6, 5, 5])], inits)
+    out, done = ortweights.fold(m)
+    assert done == ["W"] and _ops(out)["Sub"] == 1 and _ops(out)["DequantizeLinear"] == 0
+    feed = {"x": rng.standard_normal((1, 4, 5, 5)).astype(np.float32)}
+    assert np.array_equal(_plain(out, feed), _plain(m, feed))
