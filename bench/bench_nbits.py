@@ -8,8 +8,9 @@ Rows per model: fp32 (dense); W4 as DQ -> MatMul (`--runtime onnxruntime
 and 0 (float activations); each per output channel and with --group-size 32 (the same solved
 weights within a pair: one solve per grid, exported both ways). OBQ on digits_vit, GPTQ on the
 2.6 M-parameter synthetic ocr_like model (`python bench/make_synthetic.py`); --holdout 0;
-only the MatMul / Gemm layers are quantized (--op-types; 4-bit Conv weights stay
-DequantizeLinear, dequantized on every run, which would hide the MatMul difference).
+only the MatMul / Gemm layers are quantized (--op-types; 4-bit Conv weights were
+DequantizeLinear, dequantized on every run, which would have hidden the MatMul difference;
+since export/ortweights.py they are dequantized once at load: bench/w4_deploy.py).
 
 Columns: whole file size and its ratio to fp32; the MatMul/Gemm weights written as
 MatMulNBits (packed codes + scales + zero points) against their fp32 bytes; latency = median

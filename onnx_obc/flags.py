@@ -168,7 +168,7 @@ _EXPORT_OPTIONS = [
                       "or int8 symmetric."),
     click.option("--matmul-nbits/--no-matmul-nbits", default=True, show_default=True,
                  help="With --runtime onnxruntime: MatMul/Gemm weights of <= 4 bits as "
-                      "com.microsoft.MatMulNBits (Conv stays DequantizeLinear)."),
+                      "com.microsoft.MatMulNBits (Conv weights: codes dequantized once at load)."),
     click.option("--nbits-block-size", type=click.IntRange(min=16),
                  help="MatMulNBits block along K, a power of two >= 16 dividing --group-size "
                       "(default: the group size, or K up to 128)."),

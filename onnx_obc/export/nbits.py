@@ -28,7 +28,8 @@ From our grids (QuantizedWeight, corrections already folded into its scales):
 Only weights of at most 4 bits whose every use is a MatMul, or a Gemm with transA=0,
 alpha=1 and (if any) a constant bias of N values with beta=1 (the bias becomes MatMulNBits'
 bias input), are written this way; the others (Conv, a group size with no power-of-two block,
-other Gemms) stay DequantizeLinear, with a note saying why.
+other Gemms) stay DequantizeLinear, with a note saying why (a Conv's, and a Gemm's with
+transB = 1, then become codes the session dequantizes once at load: ortweights.py).
 """
 
 from __future__ import annotations
