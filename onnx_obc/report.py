@@ -181,8 +181,7 @@ def _layer_lines(r: Report) -> list[str]:
 
 
 def _profile_lines(r: Report) -> list[str]:
-    p = r.profile
-    if not p:
+    if not (p := r.profile):
         return []
     lines = ["", "non-uniform profile: " + ", ".join(
         f"{short_name(k, NAME_WIDTH)} {v}" if isinstance(v, str)
@@ -209,8 +208,7 @@ def _pct(x: float | None) -> str:
 
 
 def _fusion_lines(r: Report) -> list[str]:
-    """The fusion check: how many quantized layers onnxruntime runs on integer kernels, and
-    why the others are not."""
+    """The fusion check: the quantized layers on integer kernels, one line per other reason."""
     f = r.fusion
     if not f or not f.get("layers"):
         return []
@@ -219,7 +217,11 @@ def _fusion_lines(r: Report) -> list[str]:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.get("kernels", {}).items()))
     lines = ["", f"onnxruntime CPU (ORT_ENABLE_ALL): {f['integer']} of {f['layers']} quantized "
                  f"layers run on integer kernels" + (f" ({kinds})" if kinds else "")]
-    lines += [f"  {u['why']}" for u in f.get("unfused", [])]
+    why: dict[str, list[str]] = {}  # "op node: reason", the nodes of one reason on one line
+    for u in f.get("unfused", []):
+        why.setdefault(u["why"].partition(": ")[2], []).append(u["why"].partition(": ")[0])
+    lines += [f"  {', '.join(n[:3])}{f' and {len(n) - 3} more' * (len(n) > 3)}: {w}"
+              for w, n in why.items()]
     lines += [f"  {t}" for t in (f.get("float_line"), f.get("latency_line")) if t]
     if r.config.get("export", {}).get("runtime") == "tensorrt" and f["integer"] < f["layers"]:
         lines.append("  (this is the TensorRT placement; for onnxruntime use --runtime "
@@ -243,8 +245,7 @@ def _fidelity_lines(r: Report) -> list[str]:
 
 
 def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
-    """The layers ranked by the output error with only that layer compressed; the first
-    to exclude, as flags."""
+    """Layers ranked by the error with only that layer compressed; the first to exclude."""
     s = r.sensitivity
     if not s:
         return []
@@ -273,8 +274,7 @@ def _footer(r: Report) -> list[str]:
 
 
 def _channel_lines(r: Report) -> list[str]:
-    """Channel pruning: removed channels (or whole heads, "h") per producer -> consumer, OBS
-    vs L2-norm loss, and one reason per producer whose channels stay."""
+    """Channels (or heads, "h") removed per producer -> consumer, OBS vs L2-norm, refusals."""
     c = r.channels
     if not c:
         return []
