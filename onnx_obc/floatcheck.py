@@ -37,7 +37,7 @@ import onnx
 
 from . import export
 from .layers import Layer, Skipped
-from .verify import References, measure
+from .verify import References, variant
 
 TIMING_ROUNDS = 21  # alternating 1-thread runs of the two variants timed, at least ...
 TIMING_SECONDS = 1.5  # ... and until this long has passed
@@ -90,11 +90,7 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
                             {k: v for k, v in done.solutions.items() if k not in floats}, **kw)
 
     def verified(key: str, model: onnx.ModelProto) -> tuple[dict, float]:
-        fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
-                      data.free_batch, data.info.get("sample_axes"), refs, captured,
-                      data.arena)
-        return {s: v[key] for s, v in fid.items()}, float(
-            np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
+        return variant(dense, key, model, data, runtime, refs, captured)
 
     on = next(iter(data.sets()))
     model = build(set())  # the current choice: every candidate quantized

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -172,6 +173,18 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
 # Ops whose quantization scales come from the whole run (every sample in it): a model with
 # them gives each sample other outputs in a run of several (onnxruntime's LSTM rewrite).
 DYNAMIC_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"}
+
+
+def variant(dense: onnx.ModelProto, key: str, model: onnx.ModelProto, data: Any,
+            runtime: Runtime, refs: References | None = None,
+            captured: dict[str, Captured] | None = None) -> tuple[dict[str, Fidelity], float]:
+    """One candidate model's fidelity beside `dense` on each set of `data`
+    (calib.Calibration), and its mean relative output error (every float output) on the
+    first set: what the measured decisions compare (floatcheck.py, allocation/guard.py)."""
+    fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
+                  data.free_batch, data.info.get("sample_axes"), refs, captured, data.arena)
+    return {s: v[key] for s, v in fid.items()}, float(
+        np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
 
 
 def _batch_free_sessions(models: dict[str, onnx.ModelProto],

@@ -20,7 +20,6 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import onnx
 
 MARGIN = 0.02  # uniform replaces the DP's choice only with an output error this much lower
@@ -48,17 +47,14 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list, done: A
     if alt is None:
         return done
     from .. import export
-    from ..verify import References, measure
+    from ..verify import References, variant
 
     kw = dict(which="uncorrected", act_scales=done.act_values, target=cfg.export.runtime,
               target_options=cfg.export.target_options())
     refs, err = References(), {}
     for key, sols in (("dp", done.solutions), ("uniform", alt.solutions)):
         model = export.build(proto, [L for L in layers if L.weight in sols], sols, **kw)
-        fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
-                      data.free_batch, data.info.get("sample_axes"), refs, captured,
-                      data.arena)
-        err[key] = float(np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
+        err[key] = variant(dense, key, model, data, runtime, refs, captured)[1]
     on = next(iter(data.sets()))
     keep = err["uniform"] < (1.0 - MARGIN) * err["dp"]
     note = (f"allocation (--allocate auto): output error on {on} {err['dp']:.4g} with the "

@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 import onnx_obc.channels.timing as timing
-from onnx_obc import convert, floatcheck
+from onnx_obc import convert, floatcheck, verify
 from onnx_obc.capture import Runtime
 from onnx_obc.export import onnxruntime as ort_target
 from onnx_obc.export.floatcand import Candidates
@@ -153,7 +153,7 @@ def test_no_shapes_no_candidates_and_the_switches() -> None:
 def _fixed(monkeypatch, errors: dict[str, float], ms: dict[int, float]) -> list:
     """floatcheck's verification with fixed errors per variant, and its timer with fixed
     latencies per model (keyed by the number of Conv weights stored as float)."""
-    fake = fixed_errors(floatcheck.measure, errors)
+    fake = fixed_errors(verify.measure, errors)
     timed: list = []  # floatcheck's timings (the run's latency line times the input model too:
     # 4 float convs, left out)
 
@@ -165,7 +165,7 @@ def _fixed(monkeypatch, errors: dict[str, float], ms: dict[int, float]) -> list:
                 timed.append(floats)
             return [ms.get(f, 1.0) / 1e3 for f in floats]
         return run
-    monkeypatch.setattr(floatcheck, "measure", fake)
+    monkeypatch.setattr(verify, "measure", fake)
     monkeypatch.setattr(timing, "ort_timer", timer)
     return timed
 

@@ -4,7 +4,6 @@ and stay float where the run measures a lower output error with them float (floa
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import Counter
 from pathlib import Path
@@ -14,13 +13,14 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnx_obc import convert, floatcheck
+from onnx_obc import convert, verify
 from onnx_obc.export import onnxruntime as ort_target
 from onnx_obc.export import tensorrt as trt_target
 from onnx_obc.export.ortstem import stem_layers
 from onnx_obc.layers import find_layers
 
 from .. import builders as b
+from ..fakes import fixed_errors
 from .test_onnxruntime import optimized_ops
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -172,17 +172,8 @@ def test_only_the_onnxruntime_target_with_8_bit_activations_offers_it() -> None:
 def _errors(monkeypatch, float_err: float, quant_err: float, **more: float) -> None:
     """floatcheck's verification with fixed errors for its candidate models: the stem float,
     all quantized, and `more` (variant -> error)."""
-    real = floatcheck.measure
     fixed = {"stem": float_err, "quantized": quant_err, **more}
-
-    def fake(models, *args, **kw):
-        out = real(models, *args, **kw)
-        for fid in out.values():
-            for k, e in fixed.items():
-                if k in fid:
-                    fid[k] = dataclasses.replace(fid[k], rel_error={n: e for n in fid[k].rel_error})
-        return out
-    monkeypatch.setattr(floatcheck, "measure", fake)
+    monkeypatch.setattr(verify, "measure", fixed_errors(verify.measure, fixed))
 
 
 @pytest.mark.parametrize("float_err, quant_err, kept", [
@@ -218,7 +209,7 @@ def test_convert_keeps_the_stem_float_where_it_measures_better(
 def test_int8_stem_and_other_targets_measure_nothing(monkeypatch) -> None:
     def fail(*a, **k):
         raise AssertionError("no float candidates to measure")
-    monkeypatch.setattr(floatcheck, "measure", fail)
+    monkeypatch.setattr(verify, "measure", fail)
     m = mobile()
     calib = [b.feeds(m, 24, seed=2)]
     for kw in (dict(runtime="onnxruntime", float_stem=False, float_highres=False),
