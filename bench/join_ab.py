@@ -1,0 +1,99 @@
+"""The Concat grids of the onnxruntime target (export/ortplace.JOIN) on and off, in one run.
+
+    python bench/join_ab.py [--models common_det,yolov8n,basicpitch] [--all-int]
+                            [--rounds 30] [--out bench/results/join_ab.json]
+
+Per model: W8A8 `--runtime onnxruntime --holdout 0` conversions with JOIN off and on
+(`--all-int`: `--int8-stem --int8-highres` too, so that no float decision differs between
+the two), the output error of each against the input model on the first 64 eval samples
+(mean and median of ||y - y_dense|| / ||y_dense||, first output) and the 1-thread latency
+of both files on one sample, alternating blocks of runs of about 50 ms (median of --rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnx_obc import convert  # noqa: E402
+from onnx_obc.export import ortplace  # noqa: E402
+
+
+def _session(path: str, threads: int) -> ort.InferenceSession:
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+
+
+def _latency(paths: list[str], feed: dict, rounds: int) -> list[float]:
+    sessions = [_session(p, 1) for p in paths]
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i, s in enumerate(sessions):
+            t, k = time.perf_counter(), 0
+            while True:
+                s.run(None, feed)
+                k += 1
+                if time.perf_counter() - t > 0.05:
+                    break
+            times[i].append((time.perf_counter() - t) / k * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="common_det,yolov8n,basicpitch")
+    ap.add_argument("--all-int", action="store_true")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/join_ab.json"))
+    args = ap.parse_args()
+    extra = dict(float_stem=False, float_highres=False) if args.all_int else {}
+    rows = []
+    for name in args.models.split(","):
+        src = str(ROOT / f"bench/real/{name}.onnx")
+        files = {}
+        for join in (False, True):
+            ortplace.JOIN = join
+            files[join] = f"/tmp/join_ab_{name}_{int(join)}.onnx"
+            convert(src, files[join], calib=str(ROOT / f"bench/real/{name}.calib.npz"),
+                    bits=8, act_bits=8, runtime="onnxruntime", holdout=0, progress=False,
+                    **extra)
+        ortplace.JOIN = True
+        ev = np.load(ROOT / f"bench/real/{name}.eval.npz")
+        dense = _session(src, 2)
+        names = [i.name for i in dense.get_inputs()]
+        runs = {j: _session(f, 2) for j, f in files.items()}
+        errs: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(min(64, len(ev[names[0]]))):
+            feed = {k: ev[k][i:i + 1] for k in names}
+            y = dense.run(None, feed)[0]
+            for j, s in runs.items():
+                errs[j].append(float(np.linalg.norm(s.run(None, feed)[0] - y)
+                                     / np.linalg.norm(y)))
+        ms = _latency([files[False], files[True]], {k: ev[k][:1] for k in names}, args.rounds)
+        row = dict(model=name, all_int=args.all_int, ms_off=ms[0], ms_on=ms[1],
+                   ratio=ms[1] / ms[0], **{f"error_{k}": float(np.mean(errs[j]))
+                                           for k, j in (("off", False), ("on", True))},
+                   **{f"median_{k}": float(np.median(errs[j]))
+                      for k, j in (("off", False), ("on", True))})
+        rows.append(row)
+        print(f"{name}: error mean / median off {row['error_off']:.4f} / "
+              f"{row['median_off']:.4f}, on {row['error_on']:.4f} / {row['median_on']:.4f}; "
+              f"1 thread {ms[0]:.2f} -> {ms[1]:.2f} ms ({row['ratio']:.3f}x)", flush=True)
+        for f in files.values():
+            Path(f).unlink(missing_ok=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
