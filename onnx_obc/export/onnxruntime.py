@@ -43,9 +43,9 @@ Hence the placement (`plan`):
     boxes and scores or logits to 8 bits costs accuracy; such a Conv runs in float);
   - Conv / Gemm biases become int32 codes round(b / (x_scale * w_scale)) behind a
     DequantizeLinear with that scale;
-  - around an integer Concat, an input nothing else reads is quantized onto the Concat's
-    grid, and the output takes the grid its other inputs share (ortplace.JOIN): onnxruntime
-    then copies their codes instead of requantizing them.
+  - an integer Concat's output takes the finest of its inputs' grids that holds every
+    input's range, where one does (ortplace.JOIN): onnxruntime then copies that input's
+    codes instead of requantizing them.
 
 Activations are "u8" (uint8, asymmetric: zero point from the observed min/max) or "s8"
 (int8, symmetric, zero point 0; a Relu/Clip output taken into its producer gets zero point

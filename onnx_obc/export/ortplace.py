@@ -23,15 +23,12 @@ from .qweights import QuantizedWeight
 
 # onnxruntime's QLinearConcat copies the codes of an input on its output's grid and
 # requantizes the others (a 256-entry table each). With a range of its own (mse) for every
-# tensor, every input of every Concat was requantized: ddddocr's detector's integer Concats
-# took 0.73 ms a run against quantize_static's 0.60 (its min-max output ranges often equal an
-# input's). JOIN (_params): an input that only the Concat reads goes straight onto the
-# Concat's grid where that grid holds its range (one rounding, not two; where it would clip
-# the input, the values' placement on the grid cost more than the finer step gained: the
-# detector's error 0.1004 -> 0.1046 without that condition), and the output takes the grid the
-# other inputs share where it holds them all. With every layer integer (bench/results, README
-# "Concat inputs on the Concat's grid"): 1.6-1.8% faster on ddddocr's detector, YOLOv8n and
-# Basic Pitch, output errors within 2%.
+# tensor, no input ever matched: ddddocr's detector's integer Concats took 0.73 ms a run
+# against quantize_static's 0.60 (its min-max output ranges often equal an input's). JOIN
+# (_params): the output takes the finest of its inputs' grids that holds every input's range,
+# where one does; 1-2% faster on YOLOv8n, PP-PicoDet and Basic Pitch, output errors within
+# 3% (README "A Concat's output on an input's grid", which also says why the inputs keep
+# their grids).
 JOIN = True
 
 
@@ -160,10 +157,9 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
 def _params(g: onnx.GraphProto, p: Plan, ranges: dict[str, tuple[float, float]],
             act_type: str) -> dict[str, QParams]:
     """Each quantized tensor's scale and zero point: its own range's; a data-movement output
-    its source's (where the source comes first in the plan); then JOIN for every integer
-    Concat, from the last: an input read by the Concat alone takes the output's grid
-    (quantized once, onto the grid it is read on), and where every other input shares one
-    grid, the output takes that grid (passed on to the tensors that share the output's)."""
+    its source's (where the source comes first in the plan); then JOIN, for every integer
+    Concat in graph order: the output takes the finest of its inputs' grids that holds every
+    input's range (passed on to the tensors that share the output's), where one does."""
     from_zero = {g.node[c].output[0] for c in p.absorbed.values()}
     params: dict[str, QParams] = {}
     for t, src in p.tensors.items():  # own ranges first, then shared ones in order
@@ -172,30 +168,19 @@ def _params(g: onnx.GraphProto, p: Plan, ranges: dict[str, tuple[float, float]],
     for t, src in p.tensors.items():
         if src is not None and src in params:
             params[t] = params[src]
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for t in set(n.input):
-            readers[t] = readers.get(t, 0) + 1
-    outputs = {o.name for o in g.output}
-    taken: set[str] = set()  # tensors given an outer Concat's grid
-    for i in sorted((i for i, r in p.roles.items() if JOIN and r == "compute"
-                     and g.node[i].op_type == "Concat" and i not in p.absorbed), reverse=True):
-        out, ins = g.node[i].output[0], list(dict.fromkeys(g.node[i].input))
-        if out not in params or any(t not in params for t in ins):
+    for i in sorted(i for i, r in p.roles.items() if JOIN and r == "compute"
+                    and g.node[i].op_type == "Concat" and i not in p.absorbed):
+        out, grids = g.node[i].output[0], [params.get(t) for t in g.node[i].input]
+        if out not in params or p.tensors.get(out) is not None or None in grids:
             continue
-        free = [t for t in ins if p.tensors.get(t, "") is None and readers.get(t) == 1
-                and t not in outputs and (t not in from_zero or _from_bottom(params[out]))
-                and _holds(params[out], [params[t]])]
-        fixed = {params[t] for t in ins if t not in free}
-        if (len(fixed) == 1 and out not in taken and p.tensors.get(out) is None
-                and _holds(next(iter(fixed)), [params[t] for t in free])):
-            changed = {out}
-            params[out] = fixed.pop()
-            while changed:  # the outputs of data movement that share it
-                changed = {t for t, src in p.tensors.items() if src in changed and t in params}
-                params.update({t: params[p.tensors[t]] for t in changed})  # type: ignore[index]
-        params.update({t: params[out] for t in free})
-        taken.update(free)
+        holds = [q for q in grids if _holds(q, grids)]  # type: ignore[arg-type]
+        if not holds:
+            continue
+        changed = {out}
+        params[out] = min(holds, key=lambda q: q.scale)  # type: ignore[union-attr]
+        while changed:  # the outputs of data movement that share it
+            changed = {t for t, src in p.tensors.items() if src in changed and t in params}
+            params.update({t: params[p.tensors[t]] for t in changed})  # type: ignore[index]
     return params
 
 
@@ -207,11 +192,6 @@ def _holds(q: QParams, others: list[QParams]) -> bool:
 
     lo, hi = span(q)
     return all(lo - q.scale <= a and b <= hi + q.scale for a, b in map(span, others))
-
-
-def _from_bottom(q: QParams) -> bool:
-    """Whether the grid's zero point is its lowest code (a Relu before it is redundant)."""
-    return q.zero_point == (-128 if q.dtype == np.int8 else 0)
 
 
 def _unique(tensors: dict[str, gs.Tensor], base: str) -> str:
