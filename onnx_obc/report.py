@@ -209,23 +209,23 @@ def _pct(x: float | None) -> str:
 
 def _fusion_lines(r: Report) -> list[str]:
     """The fusion check: the quantized layers on integer kernels, one line per other reason."""
-    f = r.fusion
-    if not f or not f.get("layers"):
+    if not (f := r.fusion) or not f.get("layers"):
         return []
     if f.get("error"):
         return ["", f"onnxruntime fusion check not run: {f['error']}"]
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(f.get("kernels", {}).items()))
     lines = ["", f"onnxruntime CPU (ORT_ENABLE_ALL): {f['integer']} of {f['layers']} quantized "
                  f"layers run on integer kernels" + (f" ({kinds})" if kinds else "")]
-    why: dict[str, list[str]] = {}  # "op node: reason", the nodes of one reason on one line
+    why: dict[str, list[str]] = {}  # "op node: reason", the nodes of one reason on a line
     for u in f.get("unfused", []):
         why.setdefault(u["why"].partition(": ")[2], []).append(u["why"].partition(": ")[0])
+    trt = r.config.get("export", {}).get("runtime") == "tensorrt"  # reasons: in the JSON
     lines += [f"  {', '.join(n[:3])}{f' and {len(n) - 3} more' * (len(n) > 3)}: {w}"
-              for w, n in why.items()]
-    lines += [f"  {t}" for t in (f.get("float_line"), f.get("latency_line")) if t]
-    if r.config.get("export", {}).get("runtime") == "tensorrt" and f["integer"] < f["layers"]:
-        lines.append("  (this is the TensorRT placement; for onnxruntime use --runtime "
-                     "onnxruntime, which places Q/DQ so that its CPU optimizer fuses them)")
+              for w, n in why.items() if not trt]
+    lines += [f"  {t}" for t in (f.get("float_line"), f.get("latency_line")) if t] + [
+        "  (this is the TensorRT placement, each layer's reason in the JSON report's fusion "
+        "section; for onnxruntime use --runtime onnxruntime, which places Q/DQ so that its "
+        "CPU optimizer fuses them)"] * (trt and f["integer"] < f["layers"])
     return lines
 
 

@@ -37,3 +37,22 @@ def test_the_fusion_checks_layers_of_one_reason_are_one_line():
     assert lines[start + 1:start + 3] == [
         f"  Conv c0, Conv c1, Conv c2 and 2 more: {why}",
         "  Gemm g: float Gemm with DequantizeLinear inputs — beta"]
+
+
+def test_the_tensorrt_placement_leaves_the_layers_reasons_to_the_json():
+    """A model placed for TensorRT runs few layers on onnxruntime's integer kernels by design:
+    the printed check is the count, the float ops and the hint (the reasons stay in the
+    JSON); the onnxruntime placement prints each reason."""
+    unfused = [{"node": "c", "why": "Conv c: float Conv with DequantizeLinear inputs — bias"}]
+    fusion = {"layers": 2, "integer": 1, "kernels": {"QLinearConv": 1}, "unfused": unfused,
+              "float_line": "float ops on dequantized activations: Conv 1"}
+    trt, ort = (Report(model="m.onnx", output=None, config={"export": {"runtime": rt}},
+                       device="cpu", calibration={}, fusion=fusion)
+                for rt in ("tensorrt", "onnxruntime"))
+    lines = trt.table().splitlines()
+    start = lines.index("onnxruntime CPU (ORT_ENABLE_ALL): 1 of 2 quantized layers run on "
+                        "integer kernels (QLinearConv 1)")
+    assert lines[start + 1] == "  float ops on dequantized activations: Conv 1"
+    assert lines[start + 2].startswith("  (this is the TensorRT placement, each layer's reason")
+    assert "Conv c: float Conv" not in trt.table() and "Conv c: float Conv" in ort.table()
+    assert trt.to_dict()["fusion"]["unfused"] == unfused
