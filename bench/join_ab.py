@@ -7,7 +7,8 @@ Per model: W8A8 `--runtime onnxruntime --holdout 0` conversions with JOIN off an
 (`--all-int`: `--int8-stem --int8-highres` too, so that no float decision differs between
 the two), the output error of each against the input model on the first 64 eval samples
 (mean and median of ||y - y_dense|| / ||y_dense||, first output) and the 1-thread latency
-of both files on one sample, alternating blocks of runs of about 50 ms (median of --rounds).
+of both files on one sample, alternating blocks of runs of about 50 ms (median of --rounds;
+channels.timing.ort_timer, as the run's own timings).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnx_obc import convert  # noqa: E402
+from onnx_obc.channels.timing import ort_timer  # noqa: E402
 from onnx_obc.export import ortplace  # noqa: E402
 
 
@@ -32,21 +35,6 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
-
-
-def _latency(paths: list[str], feed: dict, rounds: int) -> list[float]:
-    sessions = [_session(p, 1) for p in paths]
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            t, k = time.perf_counter(), 0
-            while True:
-                s.run(None, feed)
-                k += 1
-                if time.perf_counter() - t > 0.05:
-                    break
-            times[i].append((time.perf_counter() - t) / k * 1e3)
-    return [float(np.median(t)) for t in times]
 
 
 def main() -> None:
@@ -79,7 +67,9 @@ def main() -> None:
             for j, s in runs.items():
                 errs[j].append(float(np.linalg.norm(s.run(None, feed)[0] - y)
                                      / np.linalg.norm(y)))
-        ms = _latency([files[False], files[True]], {k: ev[k][:1] for k in names}, args.rounds)
+        timer = ort_timer(rounds=args.rounds, seconds=0.0, block=0.05)
+        ms = [1e3 * t for t in timer([onnx.load(files[False]), onnx.load(files[True])],
+                                       {k: ev[k][:1] for k in names})]
         row = dict(model=name, all_int=args.all_int, ms_off=ms[0], ms_on=ms[1],
                    ratio=ms[1] / ms[0], **{f"error_{k}": float(np.mean(errs[j]))
                                            for k, j in (("off", False), ("on", True))},
