@@ -83,20 +83,33 @@ def quantize(x: Any, scale: Any, zero: Any, qmin: int, qmax: int) -> Any:
 def codes(x: Any, grid: Grid) -> Any:
     """Integer codes [R, d] (signed for symmetric grids) of values already on the grid."""
     xp = array_module(x)
-    xg, s, z = _by_group(x, grid)
-    t = xg / s
-    xp.rint(t, out=t)
-    t += z
-    xp.clip(t, grid.qmin, grid.qmax, out=t)
-    return t.astype(xp.int32).reshape(x.shape)
+    out = xp.empty((x.shape[0], x.shape[1] // grid.group_size, grid.group_size), xp.int32)
+    for rows in _row_chunks(x):
+        xg, s, z = _by_group(x[rows], grid, rows)
+        t = xg / s
+        xp.rint(t, out=t)
+        t += z
+        out[rows] = xp.clip(t, grid.qmin, grid.qmax, out=t)
+    return out.reshape(x.shape)
 
 
-def _by_group(x: Any, grid: Grid) -> tuple[Any, Any, Any]:
-    """x [R, d] as [R, n_groups, group_size] and the grid's scale and zero [R, n_groups, 1]:
-    elementwise the same as Grid.columns(), without its two [R, d] copies."""
+ROW_CHUNK = 1 << 18  # weights per step of codes() / rtn() on the CPU: 2 MB temporaries, reused
+# (an 8210 x 1024 classifier's 67 MB ones were fresh memory each: 0.65 s of its 0.9 s baseline)
+
+
+def _row_chunks(x: Any) -> list[slice]:
+    """Row slices of x [R, d] of about ROW_CHUNK elements on the CPU; one slice elsewhere."""
     R, d = x.shape
-    return (x.reshape(R, d // grid.group_size, grid.group_size), grid.scale[..., None],
-            grid.zero[..., None])
+    step = max(1, ROW_CHUNK // max(1, d)) if array_module(x).__name__ == "numpy" else max(1, R)
+    return [slice(r0, r0 + step) for r0 in range(0, R, step)]
+
+
+def _by_group(x: Any, grid: Grid, rows: slice = slice(None)) -> tuple[Any, Any, Any]:
+    """x [R, d] (the grid's `rows`) as [R, n_groups, group_size], the grid's scale and zero
+    [R, n_groups, 1]: elementwise Grid.columns() without its two [R, d] copies."""
+    R, d = x.shape
+    return (x.reshape(R, d // grid.group_size, grid.group_size), grid.scale[rows, :, None],
+            grid.zero[rows, :, None])
 
 
 def _params(lo: Any, hi: Any, spec: QuantSpec) -> tuple[Any, Any]:
@@ -133,7 +146,8 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
     if spec.bits >= COARSE_BITS:
         return _coarse_fine(W, Wd, lo, hi, spec, g, H)
     Wg = Wd.astype(xp.float64)
-    wts = 1.0 if H is None else _row_diag(H, R).reshape(R, d // g, g)  # [R, G, g]
+    wts = 1.0 if H is None else xp.repeat(_group_diag(H), R // H.shape[0], axis=0).reshape(
+        R, d // g, g)  # [R, G, g]: each row's diag(H) (rows are G contiguous blocks)
     s0, z0 = scale, zero
     best = xp.full(scale.shape, xp.inf)
     for i in range(int(spec.maxshrink * spec.grid)):
@@ -162,16 +176,13 @@ CHECK_CHUNK = 1 << 20  # weights per step of the min-max check under H (its floa
 
 
 def _coarse_fine(W: Any, Wd: Any, lo: Any, hi: Any, spec: QuantSpec, g: int, H: Any) -> Grid:
-    """fit_grid's search at COARSE_BITS and more, where clipping moves the loss little and
-    the search is most of an 8-bit layer's time: the same criterion in float32 (half the
-    memory traffic) on every COARSE_STEP-th shrink in increasing order, each row (group)
-    left once a shrink's error exceeds STOP x its best so far (at 8 bits clipping soon
-    costs more than all the rounding: the bench models' rows leave after 2-3 shrinks),
-    then on the shrinks around the best one. The min-max check under H in float32 too;
-    the chosen shrink's grid is computed in float64. Wd [R, G, g]: W's groups in W's dtype.
-    Every pass and the check run on row chunks (numpy): a layer like ddddocr's 8210 x 1024
-    classifier made a dozen 67 MB temporaries, each fresh memory from the system (its page
-    faults were 1.1 s of system time against 0.65 s of compute).
+    """fit_grid's search at COARSE_BITS and more (clipping moves the loss little; the search
+    was most of an 8-bit layer's time): the same criterion in float32 on every COARSE_STEP-th
+    shrink in increasing order, each row (group) left once a shrink's error exceeds STOP x
+    its best so far (the bench models' rows leave after 2-3), then on the shrinks around the
+    best. The min-max check under H in float32 too; the chosen grid in float64. Wd [R, G, g]:
+    W's groups in W's dtype. Passes and check on row chunks (numpy): whole-matrix 67 MB
+    temporaries were fresh memory each (ddddocr's classifier: 1.1 s of page faults).
     """
     xp = array_module(W)
     n = int(spec.maxshrink * spec.grid)
@@ -253,14 +264,8 @@ def _group_diag(H: Any) -> Any:
     return (H if H.ndim == 2 else xp.diagonal(H, axis1=1, axis2=2)).astype(xp.float64)
 
 
-def _row_diag(H: Any, R: int) -> Any:
-    """diag(H) of every row's Hessian group, [R, d] (rows are G contiguous blocks)."""
-    D = _group_diag(H)
-    return array_module(H).repeat(D, R // D.shape[0], axis=0)
-
-
 def _rows_of(D: Any, r0: int, r1: int, R: int) -> Any:
-    """Rows r0:r1 of _row_diag's [R, d] from D [G, d] (a view when G = 1)."""
+    """Rows r0:r1 of every row's diag(H) [R, d] from D [G, d] (a view when G = 1)."""
     xp = array_module(D)
     if D.shape[0] == 1:
         return xp.broadcast_to(D[0], (r1 - r0, D.shape[1]))
@@ -283,6 +288,10 @@ def _rtn_row_loss(W: Any, scale: Any, zero: Any, spec: QuantSpec, g: int, H: Any
 
 
 def rtn(W: Any, grid: Grid) -> Any:
-    """Round to nearest on the grid: the baseline."""
-    Wg, s, z = _by_group(W, grid)
-    return quantize(Wg.astype(s.dtype, copy=False), s, z, grid.qmin, grid.qmax).reshape(W.shape)
+    """Round to nearest on the grid: the baseline, in the grid's dtype (float64)."""
+    R, d = W.shape
+    out = array_module(W).empty((R, d // grid.group_size, grid.group_size), grid.scale.dtype)
+    for rows in _row_chunks(W):
+        Wg, s, z = _by_group(W[rows], grid, rows)
+        out[rows] = quantize(Wg.astype(s.dtype, copy=False), s, z, grid.qmin, grid.qmax)
+    return out.reshape(W.shape)

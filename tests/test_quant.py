@@ -109,3 +109,25 @@ def test_below_8_bits_the_search_is_the_full_float64_one(monkeypatch):
     np.testing.assert_array_equal(fit_grid(W, spec, H).scale, g.scale)
     monkeypatch.setattr(quant, "COARSE_BITS", 4)
     assert not np.array_equal(fit_grid(W, spec, H).scale, g.scale)
+
+
+@pytest.mark.parametrize("group_size", [None, 8])
+def test_rtn_and_codes_on_row_chunks_equal_the_whole_matrix(monkeypatch, group_size):
+    """The CPU works rtn() and codes() in row chunks (fresh memory for layer-sized float64
+    temporaries was most of an 8-bit classifier's baseline); the chunks must not show."""
+    import onnx_obc.quant as q
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((37, 24)).astype(np.float32)
+    spec = QuantSpec(bits=4, symmetric=False, group_size=group_size)
+    grid = fit_grid(W, spec)
+    whole = rtn(W, grid), codes(rtn(W, grid), grid)
+    monkeypatch.setattr(q, "ROW_CHUNK", 50)  # two rows a step, the last step one row
+    chunked = rtn(W, grid), codes(rtn(W, grid), grid)
+    assert len(q._row_chunks(W)) == 19
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    assert chunked[0].dtype == np.float64 and chunked[1].dtype == np.int32
+    s, z = grid.columns()  # the definition, whole-matrix
+    ref = s * (np.clip(np.rint(W / s) + z, spec.qmin, spec.qmax) - z)
+    np.testing.assert_allclose(chunked[0], ref, rtol=0, atol=1e-12)

@@ -91,11 +91,12 @@ def baseline(W: Any, H64: Any, structure: Any, count: int, quant: QuantSpec | No
     search weighted by diag(H) and never worse than min-max under H (quant.fit_grid)."""
     xp = array_module(W, H64)
     G, r, d = W.shape
-    W64 = W.astype(xp.float64)
-    base = baseline_for(structure)(W64, structure, count) if count else W64
+    base = baseline_for(structure)(W.astype(xp.float64), structure, count) if count else W
     grid = fit_grid(base.reshape(G * r, d), quant, H64) if quant else None
-    if quant:
+    if quant:  # float64 (rtn works on row chunks: no float64 copy of W first)
         base = rtn(base.reshape(G * r, d), grid).reshape(G, r, d)  # zeros stay 0
+    elif not count:
+        base = W.astype(xp.float64)
     loss = layer_loss(W, base, H64)
     base_codes = codes(base.reshape(G * r, d), grid).reshape(G, r, d) if quant else None
     return Baseline(W=base, loss=loss, grid=grid, codes=base_codes)
