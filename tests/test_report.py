@@ -45,7 +45,8 @@ def test_the_tensorrt_placement_leaves_the_layers_reasons_to_the_json():
     JSON); the onnxruntime placement prints each reason."""
     unfused = [{"node": "c", "why": "Conv c: float Conv with DequantizeLinear inputs — bias"}]
     fusion = {"layers": 2, "integer": 1, "kernels": {"QLinearConv": 1}, "unfused": unfused,
-              "float_line": "float ops on dequantized activations: Conv 1"}
+              "float_line": "float ops on dequantized activations: Conv 1",
+              "nbits_line": "1 MatMul(s) ... run as onnxruntime's own MatMulNBits"}
     trt, ort = (Report(model="m.onnx", output=None, config={"export": {"runtime": rt}},
                        device="cpu", calibration={}, fusion=fusion)
                 for rt in ("tensorrt", "onnxruntime"))
@@ -53,6 +54,7 @@ def test_the_tensorrt_placement_leaves_the_layers_reasons_to_the_json():
     start = lines.index("onnxruntime CPU (ORT_ENABLE_ALL): 1 of 2 quantized layers run on "
                         "integer kernels (QLinearConv 1)")
     assert lines[start + 1] == "  float ops on dequantized activations: Conv 1"
-    assert lines[start + 2].startswith("  (this is the TensorRT placement, each layer's reason")
+    assert lines[start + 2] == "  1 MatMul(s) ... run as onnxruntime's own MatMulNBits"
+    assert lines[start + 3].startswith("  (this is the TensorRT placement, each layer's reason")
     assert "Conv c: float Conv" not in trt.table() and "Conv c: float Conv" in ort.table()
     assert trt.to_dict()["fusion"]["unfused"] == unfused

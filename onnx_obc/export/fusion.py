@@ -3,13 +3,13 @@
     result = check(model, layers); print(result.line()); result.unfused  # [(node, why)]
 
 The model is loaded in an onnxruntime CPU session at ORT_ENABLE_ALL; the optimized graph it
-writes (in a temporary directory) tells, for each node that reads int8 codes through a
-DequantizeLinear, which kernel runs it: an integer one (QLinearConv, QGemm, MatMulNBits...)
-or a float op fed by dequantized weights; for a float one the exported graph says why
-onnxruntime's QDQ rules did not match (onnxruntime.py has the rules): an input not
-quantized, an output read in float, a graph output, a float bias, int8 activations on x86,
-4-bit or blocked weights, a 2-D MatMul fused with its bias into a float Gemm; or codes that
-the session dequantizes once at load (export/ortweights.py).
+writes (in a temporary directory) tells, for each node reading int8 codes through a DQ, which
+kernel runs it: an integer one (QLinearConv, QGemm, MatMulNBits...) or a float op fed by
+dequantized weights; for a float one the exported graph says why onnxruntime's QDQ rules did
+not match (onnxruntime.py has the rules): an input not quantized, an output read in float, a
+graph output, a float bias, int8 activations on x86, 4-bit or blocked weights, a 2-D MatMul
+fused with its bias into a float Gemm; or codes that the session dequantizes once at load
+(export/ortweights.py). Also the MatMulNBits onnxruntime made itself (nbits.made_line).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from typing import Any
 
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from ..layers import Layer, constant_weights, node_label
+from .nbits import made_by_onnxruntime, made_line
 from .ortweights import folded
+from .ortwhy import graph_maps, why_not
 
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
                    "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits",
@@ -48,6 +49,7 @@ class Fusion:
     latency: dict[str, Any] = field(default_factory=dict)  # measured against the input model
     float_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes of the optimized
     # graph that read a dequantized activation in float (float_line)
+    made_nbits: dict[int, int] = field(default_factory=dict)  # nbits.made_by_onnxruntime
 
     def line(self) -> str:
         if self.error:
@@ -61,6 +63,7 @@ class Fusion:
         d["unfused"] = [{"node": n, "why": w} for n, w in self.unfused]
         d["latency_line"] = latency_line(self.latency)
         d["float_line"] = float_line(self.float_ops)
+        d["nbits_line"] = made_line(self.made_nbits)
         return d
 
 
@@ -80,8 +83,7 @@ def latency(model: onnx.ModelProto, dense: onnx.ModelProto, sets: dict, runtime:
             ) -> dict[str, Any]:
     """1-thread onnxruntime medians of the input model `dense` and the written `model` on
     one sample of the first fidelity set, run in alternation: whether the output pays off
-    where it runs, on every --runtime onnxruntime run (ppocr_cls's W8A8, a 1 ms model, runs 1.4x
-    slower; PP-LCNet's 1.33x while its hardswish was float)."""
+    where it runs, on every --runtime onnxruntime run (ppocr_cls's W8A8 ran 1.4x slower)."""
     from ..channels.timing import BLOCK, ort_timer
 
     try:
@@ -152,7 +154,8 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
     floats = Counter(n.op_type for n in opt.graph.node if set(n.input) & acts and n.op_type
                      not in ("QuantizeLinear", "DequantizeLinear", "Shape", "Size"))
     return Fusion(len(uses), sum(kernels.values()), dict(kernels), unfused,
-                  dict(sorted(ops.items())), latency=timed, float_ops=dict(floats))
+                  dict(sorted(ops.items())), latency=timed, float_ops=dict(floats),
+                  made_nbits=made_by_onnxruntime(model, opt))
 
 
 def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tuple[str, int]]:
@@ -195,106 +198,3 @@ def _kernel_of(opt: onnx.ModelProto, label: str, codes: str) -> tuple[str, bool]
             if nxt:
                 return nxt[0].op_type, False
     return "", False
-
-
-def graph_maps(model: onnx.ModelProto) -> tuple[dict, dict, set, dict]:
-    """(producer and readers of each tensor, graph outputs, constant weights): why_not's."""
-    g = model.graph
-    producer = {t: m for m in g.node for t in m.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for m, t in ((m, t) for m in g.node for t in m.input):
-        readers.setdefault(t, []).append(m)
-    return producer, readers, {o.name for o in g.output}, constant_weights(g)
-
-
-def why_not(model: onnx.ModelProto, index: int, maps: tuple | None = None) -> str:
-    """Why onnxruntime's QDQ rules do not turn graph.node[index] (a Conv / Gemm / MatMul
-    whose weight is dequantized) into an integer kernel, read from the exported graph (every
-    reason found, "; " between them). `maps`: graph_maps(model), when the caller has it."""
-    g = model.graph
-    n = g.node[index]
-    producer, readers, outputs, consts = maps if maps is not None else graph_maps(model)
-    why = []
-    wdq = producer.get(n.input[1])
-    if wdq is not None and wdq.op_type == "DequantizeLinear":
-        t = consts.get(wdq.input[0])
-        if t is not None and t[1].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            why.append("4-bit weights: onnxruntime has no QLinear kernel for them"
-                       + (" (MatMulNBits takes MatMul / Gemm weights only)"
-                          if n.op_type == "Conv" else ""))
-        if any(a.name == "block_size" and a.i for a in wdq.attribute):
-            why.append("blocked (--group-size) weight scales: no QLinear kernel for them")
-    xdq = producer.get(n.input[0])
-    x_type = None
-    if xdq is None or xdq.op_type != "DequantizeLinear":
-        why.append("its input activation is not quantized (no QuantizeLinear -> "
-                   "DequantizeLinear before it)")
-    else:
-        x_type = _zero_point_type(g, xdq, consts)
-    if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]:
-        bdq = producer.get(n.input[2])
-        t = (consts.get(bdq.input[0]) if bdq is not None and bdq.op_type == "DequantizeLinear"
-             else None)
-        if t is None or t[1].data_type != onnx.TensorProto.INT32:
-            why.append("its bias is float (onnxruntime needs int32 codes behind "
-                       "DequantizeLinear)")
-    if n.op_type == "Gemm" and any(a.name == "beta" and a.f != 1.0 for a in n.attribute):
-        why.append("Gemm beta != 1 with a bias")
-    out = n.output[0]
-    after = readers.get(out, [])
-    if n.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add" and any(
-            i in consts for i in after[0].input):
-        why.append("onnxruntime fuses a MatMul of a 2-D input and the bias Add after it into a "
-                   "float Gemm before its QDQ rules run, and none takes a float bias")
-    if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and out not in outputs:
-        clip = after[0]
-        nxt = readers.get(clip.output[0], [])
-        if (nxt and all(m.op_type == "QuantizeLinear" for m in nxt)
-                and not _zero_point_is_lowest(g, nxt[0], consts)):
-            why.append(f"the {clip.op_type} after it is not made redundant by its output "
-                       "quantization (zero point is not the lowest code)")
-        out, after = clip.output[0], nxt
-    qs = [m for m in after if m.op_type == "QuantizeLinear"]
-    if out in outputs and n.op_type == "Conv":
-        why.append("its output is a graph output (kept float)")
-    elif n.op_type == "Conv" and after and _only_to_outputs(out, readers, outputs):
-        why.append("its output only feeds graph outputs (through Concat / data movement), "
-                   "kept float for accuracy")
-    elif n.op_type == "Conv" and len(qs) < len(after):
-        shown = ", ".join(f"{m.op_type} {m.name!r}" for m in after
-                          if m.op_type != "QuantizeLinear")
-        why.append(f"output not quantized (read in float by {shown})")
-    elif qs and len(qs) < len(after):
-        why.append("its output is read both through a QuantizeLinear and in float")
-    if qs and x_type is not None and _zero_point_type(g, qs[0], consts) != x_type:
-        why.append("input and output are quantized to different types")
-    if not why and x_type == onnx.TensorProto.INT8 and n.op_type in ("Conv", "MatMul"):
-        why.append("int8 (s8) activations: onnxruntime fuses int8 Conv/MatMul groups only on "
-                   "ARM or with session option session.qdq_is_int8_allowed=1 (x86: use u8)")
-    return "; ".join(why) or "no onnxruntime QDQ rule matched"
-
-
-def _only_to_outputs(t: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str],
-                     depth: int = 0) -> bool:
-    """Whether `t` reaches only graph outputs, through Concat / data-movement ops."""
-    from .ortplan import MOVE_OPS
-
-    r = readers.get(t, [])
-    if depth > 64 or not (r or t in outputs):
-        return False
-    return all(m.op_type in MOVE_OPS + ("Concat",) and all(
-        _only_to_outputs(o, readers, outputs, depth + 1) for o in m.output) for m in r)
-
-
-def _zero_point_type(g: onnx.GraphProto, node: onnx.NodeProto, consts: dict) -> int | None:
-    if len(node.input) < 3 or node.input[2] not in consts:
-        return onnx.TensorProto.UINT8 if node.op_type == "QuantizeLinear" else None
-    return consts[node.input[2]][1].data_type
-
-
-def _zero_point_is_lowest(g: onnx.GraphProto, q: onnx.NodeProto, consts: dict) -> bool:
-    if len(q.input) < 3 or q.input[2] not in consts:
-        return True  # default uint8 zero point 0
-    t = consts[q.input[2]][1]
-    zp = int(numpy_helper.to_array(t).reshape(-1)[0])
-    return zp == {onnx.TensorProto.INT8: -128, onnx.TensorProto.UINT8: 0}.get(t.data_type, zp)

@@ -35,6 +35,7 @@ transB = 1, then become codes the session dequantizes once at load: ortweights.p
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,3 +271,22 @@ def with_domain(model: onnx.ModelProto) -> onnx.ModelProto:
     if not any(op.domain == DOMAIN for op in model.opset_import):
         head.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return head
+
+
+def made_by_onnxruntime(model: onnx.ModelProto, optimized: onnx.ModelProto) -> dict[int, int]:
+    """accuracy_level -> MatMulNBits nodes onnxruntime's optimizer made itself (from a
+    DequantizeLinear of int8 / int4 weights and a MatMul, onnxruntime >= 1.20) in the graph
+    it runs for `model`; the nodes `model` has (rewrite's) are not counted."""
+    ours = {n.name for n in model.graph.node if n.op_type == "MatMulNBits"}
+    return dict(Counter(next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
+                        for n in optimized.graph.node
+                        if n.op_type == "MatMulNBits" and not (n.name and n.name in ours)))
+
+
+def made_line(levels: dict[int, int]) -> str:
+    """The report's line for made_by_onnxruntime ("" where it made none at a level > 0)."""
+    n = sum(k for level, k in levels.items() if level > 0)
+    return (f"{n} MatMul(s) with DequantizeLinear weights run as onnxruntime's own MatMulNBits "
+            f"at accuracy_level {max(levels)}: it rounds their activations to int8 per block "
+            "at run time (its default; the session option session.qdq_matmulnbits_accuracy_level"
+            "=0 keeps them float)") if n else ""

@@ -195,3 +195,24 @@ def test_convert_writes_matmul_nbits_for_the_vit(tmp_path: Path) -> None:
     assert r.report.fusion["kernels"]["MatMulNBits"] == n["MatMulNBits"]
     err = r.report.fidelity["held-out calibration"]["compressed"]
     assert max(err.rel_error.values()) < 0.2
+
+
+def test_the_matmulnbits_onnxruntime_makes_itself_are_reported() -> None:
+    """W8 weights-only MatMuls written as DequantizeLinear -> MatMul: onnxruntime (>= 1.20)
+    fuses each into a MatMulNBits of its own at accuracy_level 4 (int8 activations per block
+    at run time), which the fusion check reports; ours (rewrite, accuracy_level 0) are not."""
+    model = b.mlp((40, 32, 8))
+    layers = find_layers(model)[0]
+    dq, nb = both(model, QuantSpec(bits=4))
+    w8 = build(model, layers, solutions(model, QuantSpec(bits=8)), target="onnxruntime")
+    result = fusion.check(w8, layers)
+    made = result.kernels.get("MatMulNBits", 0)  # (onnxruntime 1.31: the 40 x 32 one)
+    assert made >= 1 and result.made_nbits == {4: made}
+    line = result.to_dict()["nbits_line"]
+    assert line.startswith(f"{made} MatMul(s) with DequantizeLinear weights run as "
+                           "onnxruntime's own MatMulNBits at accuracy_level 4")
+    assert "session.qdq_matmulnbits_accuracy_level=0" in line
+    ours = fusion.check(nb, layers)
+    assert ours.kernels == {"MatMulNBits": len(layers)} and ours.made_nbits == {}
+    assert ours.to_dict()["nbits_line"] == ""
+    assert nbits.made_line({0: 3}) == ""  # float activations: nothing to say
