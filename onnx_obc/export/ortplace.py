@@ -30,6 +30,12 @@ from .qweights import QuantizedWeight
 # 3% (README "A Concat's output on an input's grid", which also says why the inputs keep
 # their grids).
 JOIN = True
+# A data-movement output takes its chain's grid however the plan lists it (CHAINS, _params):
+# the plan lists a tensor a layer reads before the move that makes it, and with one pass in
+# that order a Pad after a MaxPool, a Transpose after a Reshape had no grid yet: the layer
+# reading it stayed float (YOLOv8n 2 tensors, PP-OCRv6 rec / det 4 / 8, Basic Pitch 24).
+# Measured: README "Chains of data movement".
+CHAINS = True
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,7 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
 def _params(g: onnx.GraphProto, p: Plan, ranges: dict[str, tuple[float, float]],
             act_type: str) -> dict[str, QParams]:
     """Each quantized tensor's scale and zero point: its own range's; a data-movement output
-    its source's (where the source comes first in the plan); then JOIN, for every integer
+    its chain's first tensor's (CHAINS); then JOIN, for every integer
     Concat in graph order: the output takes the finest of its inputs' grids that holds every
     input's range (passed on to the tensors that share the output's), where one does."""
     from_zero = {g.node[c].output[0] for c in p.absorbed.values()}
@@ -165,7 +171,9 @@ def _params(g: onnx.GraphProto, p: Plan, ranges: dict[str, tuple[float, float]],
     for t, src in p.tensors.items():  # own ranges first, then shared ones in order
         if src is None and t in ranges:
             params[t] = qparams(*ranges[t], act_type, from_zero=t in from_zero)
-    for t, src in p.tensors.items():
+    for t, src in p.tensors.items():  # a data-movement output: its chain's first tensor's
+        while CHAINS and src is not None and src not in params:
+            src = p.tensors.get(src)
         if src is not None and src in params:
             params[t] = params[src]
     for i in sorted(i for i, r in p.roles.items() if JOIN and r == "compute"

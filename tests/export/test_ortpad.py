@@ -24,13 +24,15 @@ def same_pad_block(mode: str = "constant", value: float | None = None,
     """x [N, 3, 9, 9] --Pad(1, 1) (constant pads)--> c1 (3x3) --Clip(0, 6)--> a
        --Pad (pads from Shape(a): (9 - H) // 2 + 1 each side)--> c2 (depthwise 3x3)
        --c3 (1x1)--> y [N, 4, 9, 9];
-    mode / value: the second Pad's; pool: a MaxPool(1x1) between the Clip and that Pad."""
+    mode / value: the second Pad's; pool: a float per-channel Mul (crepe's batch norm after
+    its ReLU) and a MaxPool(1x1) between the Clip and that Pad."""
     a = "a"
     nodes = [helper.make_node("Pad", ["x", "stem_pads"], ["xp"], name="stem_pad"),
              helper.make_node("Conv", ["xp", "W1", "B1"], ["c"], name="c1"),
              helper.make_node("Clip", ["c", "lo", "hi"], ["a"], name="relu6")]
     if pool:
-        nodes.append(helper.make_node("MaxPool", ["a"], ["m"], name="pool", kernel_shape=[1, 1]))
+        nodes += [helper.make_node("Mul", ["a", "bn"], ["an"], name="bn"),
+                  helper.make_node("MaxPool", ["an"], ["m"], name="pool", kernel_shape=[1, 1])]
         a = "m"
     nodes += [helper.make_node("Shape", [a], ["shape"], name="shape"),
               helper.make_node("Gather", ["shape", "two"], ["h"], name="h", axis=0),
@@ -56,6 +58,9 @@ def same_pad_block(mode: str = "constant", value: float | None = None,
              numpy_helper.from_array(np.zeros(2, np.int64), "zeros2")]
     if value is not None:
         inits.append(numpy_helper.from_array(np.array(value, np.float32), "value"))
+    if pool:
+        inits.append(numpy_helper.from_array(np.linspace(0.5, 1.5, 6, dtype=np.float32
+                                                         ).reshape(1, 6, 1, 1), "bn"))
     return b.make(nodes, [b.vi("x", [b.BATCH, 3, 9, 9])], [b.vi("y", [b.BATCH, 4, 9, 9])],
                   inits)
 
