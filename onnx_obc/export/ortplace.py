@@ -31,10 +31,10 @@ from .qweights import QuantizedWeight
 # their grids).
 JOIN = True
 # A data-movement output takes its chain's grid however the plan lists it (CHAINS, _params):
-# the plan lists a tensor a layer reads before the move that makes it, and with one pass in
-# that order a Pad after a MaxPool, a Transpose after a Reshape had no grid yet: the layer
-# reading it stayed float (YOLOv8n 2 tensors, PP-OCRv6 rec / det 4 / 8, Basic Pitch 24).
-# Measured: README "Chains of data movement".
+# the plan lists a tensor a layer or a Concat reads before the move that makes it, and in one
+# pass in that order a move reading another move's output (Transpose -> Unsqueeze) had no
+# grid yet: no QuantizeLinear, and a Concat reading it no JOIN (Basic Pitch 24 tensors,
+# PP-OCRv6 det / rec 8 / 4, YOLOv8n 2). Measured: README "Chains of data movement".
 CHAINS = True
 
 
@@ -163,9 +163,9 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
 def _params(g: onnx.GraphProto, p: Plan, ranges: dict[str, tuple[float, float]],
             act_type: str) -> dict[str, QParams]:
     """Each quantized tensor's scale and zero point: its own range's; a data-movement output
-    its chain's first tensor's (CHAINS); then JOIN, for every integer
-    Concat in graph order: the output takes the finest of its inputs' grids that holds every
-    input's range (passed on to the tensors that share the output's), where one does."""
+    its chain's first tensor's (CHAINS); then JOIN, for every integer Concat in graph order:
+    the output takes the finest of its inputs' grids that holds every input's range (passed
+    on to the tensors that share the output's), where one does."""
     from_zero = {g.node[c].output[0] for c in p.absorbed.values()}
     params: dict[str, QParams] = {}
     for t, src in p.tensors.items():  # own ranges first, then shared ones in order

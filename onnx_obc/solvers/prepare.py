@@ -125,7 +125,7 @@ def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
     (diag(H) alone, hessian.DiagonalAccumulator): sum_g sum_j H_gj ||dW_g[:, j]||^2."""
     xp = array_module(W, H)
     G, r, d = W.shape
-    step = max(1, LOSS_CHUNK // (G * d)) if xp.__name__ == "numpy" else r
+    step = max(1, LOSS_CHUNK // max(1, G * d) if xp.__name__ == "numpy" else r)
     total = 0.0
     for r0 in range(0, r, step):  # row chunks on the CPU: no layer-sized float64 temporaries
         dW = W_hat[:, r0:r0 + step].astype(xp.float64) - W[:, r0:r0 + step]  # [G, c, d]
