@@ -4,10 +4,14 @@ or two at a time (large models)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
 from onnx import numpy_helper
 
 from onnx_obc import calib, verify
 from onnx_obc.capture import Runtime
+from onnx_obc.refs import Captured
 from onnx_obc.export.values import apply_weights
 from onnx_obc.layers import constant_weights, select_layers
 from onnx_obc.specs import Selection
@@ -100,3 +104,40 @@ def test_top1_agreement_only_for_class_scores():
     assert not _is_logits(1 / (1 + np.exp(-logits)))  # sigmoid: several classes or none
     assert not _is_logits(np.zeros((4, 1, 32, 32))) and not _is_logits(np.zeros((4, 1)))
     assert not _is_logits(np.zeros(4))
+
+
+@pytest.mark.parametrize("kept_as", ["dense", "perturbed", "none"])
+def test_per_sample_verification_takes_the_captured_dense_outputs(kept_as, monkeypatch):
+    """A compressed model with run-wide scales runs one sample at a time beside the dense
+    model's batch-free runs of 4: with the dense outputs the capture kept (Captured), the
+    dense model runs for the first batch only, whose outputs are compared first; kept
+    outputs that do not match, or none, and it runs for every batch. The same fidelity."""
+    from onnx import helper
+
+    from .test_batching import C, D, T, _data, _dynamic, _runs
+
+    def conv(scale: float) -> onnx.ModelProto:  # x [1, C, T, D] -> y [1, C, T, D]
+        w = numpy_helper.to_array(b.weight("cw", [C, C, 1, 1], 1)) * scale
+        return b.make([helper.make_node("Conv", ["x", "cw"], ["y"], kernel_shape=[1, 1])],
+                      [b.vi("x", [1, C, T, D])], [b.vi("y", [1, C, T, D])],
+                      [numpy_helper.from_array(w, "cw")])
+
+    dense, data = conv(1.0), _data(10)
+    models = {"dense": dense, "compressed": _dynamic(conv(1.01))}
+    kept = Captured(np.arange(data.n), ["y"])
+    one = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    for i, (_, feed) in enumerate(data.batches(1)):
+        y = one.run(["y"], feed)[0] * (1.01 if kept_as == "perturbed" else 1.0)
+        kept.add({"y": y}, i, 1)
+    assert kept.batch(9, 1) is not None
+    rt = Runtime(("CPUExecutionProvider",))
+    want = verify.measure(models, {"held": data}, 1, rt, free_batch=4)
+    sizes = _runs(monkeypatch)
+    got = verify.measure(models, {"held": data}, 1, rt, free_batch=4,
+                         samples={"held": kept} if kept_as != "none" else None)
+    assert got["held"]["compressed"].rel_error["y"] == pytest.approx(
+        want["held"]["compressed"].rel_error["y"], rel=1e-6)
+    assert got["held"]["compressed"].rel_error["y"] > 1e-3
+    dense_runs = [s for s in sizes if s > 1]  # the batch-free check's probe (2), then the
+    assert dense_runs == ([2, 4] if kept_as == "dense" else [2, 4, 4, 2])  # dense model's
+    assert sizes.count(1) >= 10  # the compressed model: one sample a run
