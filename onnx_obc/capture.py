@@ -80,6 +80,11 @@ def providers_for(backend_name: str, custom_op_library: str | None = None) -> Ru
 # time 9.7 -> 5.0-5.5 s, peak RSS 3.6 -> 2.5 GB; EfficientNet-Lite0 2.2 -> 1.0-1.1 s.
 # Small runs keep it (segments.py: without it every intermediate is a fresh allocation).
 ARENA_MAX = 4 << 20
+# NO_SPIN: the run's own sessions (capture, correction, verification) let onnxruntime's
+# intra-op threads sleep after a run instead of spinning, waiting for the next: between runs
+# this process hashes the outputs into Hessians and histograms, and on 2 cores a spinning
+# thread took one of them (default W8A8 of ddddocr's recognizer: capture 3.2 -> 2.9 s, user
+# CPU 11.3 -> 9.3 s). Latency timings (channels/timing.py, fusion.py) keep the default.
 
 
 def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bool = False,
@@ -87,6 +92,7 @@ def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bo
     """`arena=False`: no CPU memory arena (segments.py: outputs kept past the run)."""
     rt = Runtime.of(providers)
     opts = rt.options(optimize, arena)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # NO_SPIN
     with tempfile.TemporaryDirectory(prefix="onnx-obc-") as tmp:
         src = serialized_or_path(model, Path(tmp))
         shared = diskdata.session_options(model, opts) if isinstance(src, bytes) else []

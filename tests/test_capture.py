@@ -95,3 +95,18 @@ def test_sizes_left_unknown_when_the_measuring_run_fails_say_so(caplog):
         got = measured_bytes(model, {"no_such_tensor": None}, feed, data, Runtime(), 1 << 20)
     assert got == {"no_such_tensor": None}
     assert "not measured" in caplog.text and "capture passes" in caplog.text
+
+
+def test_the_runs_own_sessions_do_not_spin_and_timed_ones_keep_the_default():
+    """capture.session (capture, correction, verification): onnxruntime's intra-op threads
+    sleep between runs (NO_SPIN: the Hessians are computed between them); the options the
+    latency timings build from (Runtime.options) keep onnxruntime's default."""
+    import pytest
+
+    from onnx_obc.capture import session
+
+    key = "session.intra_op.allow_spinning"
+    sess = session(b.mlp((4, 3, 2)), Runtime())
+    assert sess.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(Exception, match="does not have configuration"):
+        Runtime().options(optimize=True).get_session_config_entry(key)
