@@ -28,7 +28,10 @@ class ExportOptions:
     depthwise Conv after them) stay float where the run measures a lower output error so
     (export/ortstem.py, floatcheck.py); False quantizes them too. float_highres (likewise):
     the Convs at stride <= 4 stay float where the run measures a much lower output error
-    at about the same latency, then likewise those at stride 8 (export/orthires.py)."""
+    at about the same latency, then likewise those at stride 8 (export/orthires.py).
+    float_heads (likewise): a Conv whose output only feeds graph outputs (a detector's box
+    convs) stays float where the run measures an output error more than 2% lower so at
+    about the same latency (export/onnxruntime.head_convs); False quantizes them."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"
@@ -38,12 +41,14 @@ class ExportOptions:
     dynamic_lstm: bool = True
     float_stem: bool = True
     float_highres: bool = True
+    float_heads: bool = True
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
                               f"{self.runtime!r}")
-        for flag in ("matmul_nbits", "dynamic_lstm", "float_stem", "float_highres"):
+        for flag in ("matmul_nbits", "dynamic_lstm", "float_stem", "float_highres",
+                     "float_heads"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"export.{flag} must be true or false, got "
                                   f"{getattr(self, flag)!r}")
@@ -61,7 +66,8 @@ class ExportOptions:
 
     def float_options(self) -> dict[str, Any]:
         """The keyword options of the target's float_candidates (floatcheck.py)."""
-        return {"float_stem": self.float_stem, "float_highres": self.float_highres}
+        return {"float_stem": self.float_stem, "float_highres": self.float_highres,
+                "float_heads": self.float_heads}
 
     def target_options(self) -> dict[str, Any]:
         """The keyword options of the target's deploy (export.build)."""

@@ -190,6 +190,11 @@ _EXPORT_OPTIONS = [
                       "<= 4 float where the run measures an output error at most 0.8x and a "
                       "latency at most 1.05x those with them quantized, then likewise those at "
                       "stride 8; --int8-highres always quantizes them."),
+    click.option("--float-heads/--int8-heads", default=True, show_default=True,
+                 help="With --runtime onnxruntime and --act-bits 8: keep a Conv whose output "
+                      "only feeds graph outputs (through Concat / data movement) float where "
+                      "the run measures an output error more than 2% below and a latency at "
+                      "most 1.05x those with it quantized; --int8-heads always quantizes it."),
 ]
 
 

@@ -21,10 +21,9 @@ COMPUTE_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigm
 # ops that only move data: DQ -> op -> Q with equal parameters runs the op on the codes
 MOVE_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
             "Identity", "Gather", "Expand", "Tile", "Resize", "Split")  # Identity: PP-LCNet
-# Split (several outputs): onnxruntime's dropSplitQDQ rule runs it on the codes when every
-# output goes to a QuantizeLinear of the input's parameters. Left float (each output with a
-# range of its own), YOLOv8's C2f blocks paid a DequantizeLinear, a float Split and two
-# QuantizeLinear (a second rounding) each: README "Deployment", Split on the codes.
+# Split: onnxruntime's dropSplitQDQ rule runs it on the codes when every output goes to a Q
+# of the input's parameters. Left float (each output with a range of its own), YOLOv8's C2f
+# blocks paid a DQ, a float Split and two Q (a second rounding) each: README "Deployment".
 CLIP_OPS = ("Relu", "Clip")
 # Add/Mul with one constant input: quantize the constant (QLinearAdd/QLinearMul) or leave the
 # node float. A MatMul's bias Add stays float: MatMulIntegerToFloat then adds it in float.
@@ -63,6 +62,7 @@ class Plan:
     # stays float
     islands: list[int] = field(default_factory=list)  # nodes left float: no integer layer
     # in their region (INTEGER_ISLANDS)
+    heads: list[int] = field(default_factory=list)  # Convs read only by the tail (quantized)
 
     @property
     def observed(self) -> list[str]:
@@ -151,7 +151,7 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
             elif not fixed and (op not in ("MatMul", "Softmax") or INTEGER_ATTENTION):
                 p.roles[i] = "compute"
     # the tail: Concat / data movement that only leads to graph outputs stays float, and so
-    # do the outputs that only feed it (detector boxes and scores, logits keep full precision)
+    # do the outputs that only feed it but a Conv's (detector scores, logits keep precision)
     tail: set[int] = set()
     for i in range(len(g.node) - 1, -1, -1):
         n = g.node[i]
@@ -200,8 +200,11 @@ def plan(model: onnx.ModelProto, layer_nodes: set[int]) -> Plan:
                 p.float_out[i] = "its output is " + ("read inside an If / Loop / Scan body"
                                                      if out in inner else "a graph output"
                                                      ) + " (kept float)"
-            elif _feeds_outputs_only(out, readers, tail, outputs):
+            elif _feeds_outputs_only(out, readers, tail, outputs) and n.op_type != "Conv":
                 p.float_out[i] = "its output only feeds graph outputs (kept float)"
+            elif _feeds_outputs_only(out, readers, tail, outputs):  # onnxruntime.head_convs
+                p.heads.append(i)
+                p.tensors.setdefault(out, None)
             elif (role == "layer" and n.op_type in ("MatMul", "Gemm")
                   and not integer_reader(out)):
                 p.float_out[i] = "no integer reader: float output"
@@ -277,10 +280,7 @@ def _bias_adds(g: onnx.GraphProto, layer_nodes: set[int], consts: set[str],
                readers: dict[str, list[int]]) -> set[int]:
     """Adds of a constant to a MatMul layer's output that alone reads it (its bias)."""
     found = set()
-    for i in layer_nodes:
-        n = g.node[i]
-        if n.op_type != "MatMul":
-            continue
+    for n in (g.node[i] for i in layer_nodes if g.node[i].op_type == "MatMul"):
         r = readers.get(n.output[0], [])
         if len(r) == 1 and g.node[r[0]].op_type == "Add" and any(
                 t in consts for t in g.node[r[0]].input):

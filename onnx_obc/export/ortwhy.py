@@ -74,8 +74,8 @@ def why_not(model: onnx.ModelProto, index: int, maps: tuple | None = None) -> st
     if out in outputs and n.op_type == "Conv":
         why.append("its output is a graph output (kept float)")
     elif n.op_type == "Conv" and after and _only_to_outputs(out, readers, outputs):
-        why.append("its output only feeds graph outputs (through Concat / data movement), "
-                   "kept float for accuracy")
+        why.append("its output only feeds graph outputs (through Concat / data movement) "
+                   "and is not quantized")
     elif n.op_type == "Conv" and len(qs) < len(after):
         shown = ", ".join(f"{m.op_type} {m.name!r}" for m in after
                           if m.op_type != "QuantizeLinear")

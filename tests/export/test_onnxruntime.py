@@ -15,17 +15,23 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_obc import convert
+import onnx_obc.channels.timing as timing
+from onnx_obc import convert, verify
 from onnx_obc.actrange import RangeObserver
 from onnx_obc.capture import capture, capture_session
 from onnx_obc.config import CompressConfig
 from onnx_obc.errors import ConfigError
 from onnx_obc.export import act_tensors, act_values, build, fusion
+from onnx_obc.export import onnxruntime as ort_target
+from onnx_obc.export import ortstem
 from onnx_obc.export.onnxruntime import plan, qparams
+from onnx_obc.export.orthires import SLOWER
+from onnx_obc.export.ortplan import layer_nodes
 from onnx_obc.flags import flags_in
 from onnx_obc.layers import find_layers
 
 from .. import builders as b
+from ..fakes import fixed_errors
 from . import helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,7 +242,8 @@ def test_config_and_flags() -> None:
     with pytest.raises(ConfigError, match="export.float_highres must be true or false"):
         CompressConfig.from_options(bits=8, float_highres=1)
     assert CompressConfig.from_options(bits=8).export.float_options() == {
-        "float_stem": True, "float_highres": True}
+        "float_stem": True, "float_highres": True, "float_heads": True}
+    assert not CompressConfig.from_options(bits=8, float_heads=False).export.float_heads
     assert flags_in("export.runtime and export.act_type") == "--runtime and --act-type"
 
 
@@ -320,3 +327,92 @@ def test_a_2d_matmul_with_its_bias_add_is_reported_as_onnxruntime_s_float_gemm()
     why = dict(f.unfused)
     assert "fc2" in why and "into a float Gemm" in why["fc2"]
     assert f.float_ops.get("Gemm") == 1
+
+
+def head_cnn(seed: int = 0) -> onnx.ModelProto:
+    """A detector's head in small: a box Conv read only by the output Concat (the tail),
+    a score Conv behind a Sigmoid, the Concat reshaped to the graph output:
+
+        x [N, 4, 8, 8] --c1--> Relu r --box(Wb [4, 8, 1, 1])--> bx --------+
+                                      --score(Ws [2, 8, 1, 1])--> Sigmoid --+--Concat-->
+          Reshape --> y [N, 6, 64]
+    """
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "Wb", "Bb"], ["bx"], name="box"),
+             helper.make_node("Conv", ["r", "Ws", "Bs"], ["sc"], name="score"),
+             helper.make_node("Sigmoid", ["sc"], ["sg"], name="sigmoid"),
+             helper.make_node("Concat", ["bx", "sg"], ["cat"], name="cat", axis=1),
+             helper.make_node("Reshape", ["cat", "shape"], ["y"], name="reshape")]
+    inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             b.weight("Wb", (4, 8, 1, 1), seed + 2), b.weight("Bb", (4,), seed + 3),
+             b.weight("Ws", (2, 8, 1, 1), seed + 4), b.weight("Bs", (2,), seed + 5),
+             onnx.numpy_helper.from_array(np.array([0, 6, -1], np.int64), "shape")]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 8, 8])], [b.vi("y", [b.BATCH, 6, 64])], inits)
+
+
+def test_a_conv_read_only_by_the_tail_gets_an_integer_output() -> None:
+    """The box Conv's output only reaches the graph output through Concat / Reshape (the
+    tail, float): it gets a quantized output of its own and runs on QLinearConv (float, it
+    read its input through a DequantizeLinear and a layout Transpose: ddddocr's detector
+    paid 0.28 ms of 24 for that); the Sigmoid there keeps its float output."""
+    model = head_cnn()
+    layers = find_layers(model)[0]
+    p = plan(model, layer_nodes(model, layers))
+    idx = {n.name: i for i, n in enumerate(model.graph.node)}
+    assert p.heads == [idx["box"]] and "bx" in p.tensors and idx["box"] not in p.float_out
+    assert p.float_out[idx["sigmoid"]] == "its output only feeds graph outputs (kept float)"
+    assert ort_target.head_convs(model, layers) == {"Wb": "its output only feeds graph outputs"}
+    out, feed, _ = compressed(model)
+    onnx.checker.check_model(out, full_check=True)
+    ops = optimized_ops(out)
+    assert ops["QLinearConv"] == 3 and ops["Conv"] == 0 and ops["Sigmoid"] == 1
+    ref = run(out, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert rel(run(out, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), ref) < 0.02
+
+
+def test_output_convs_are_a_float_candidate() -> None:
+    model = head_cnn()
+    layers = find_layers(model)[0]
+    probe = lambda names: {}  # noqa: E731  (no shapes: no high-resolution group)
+    stem, g = ort_target.float_candidates(model, layers, 8, probe)  # c1: the image stem
+    assert (stem.kind, set(stem.reasons)) == ("stem", {"W1"})
+    assert (g.kind, set(g.reasons), g.flag) == ("output convs", {"Wb"}, "--int8-heads")
+    assert g.at_most == 1 - ortstem.MARGIN == 0.98 and g.slower == SLOWER
+    assert ort_target.float_candidates(model, layers, 8, probe, float_heads=False) == [stem]
+    assert ort_target.float_candidates(model, layers, None, probe) == []
+
+
+@pytest.mark.parametrize("err, ms, kept", [
+    (0.0100, 1.00, False),  # no lower error with the box conv float: quantized
+    (0.0099, 1.00, False),  # 1% lower: within the measurement's noise (2%)
+    (0.0090, 1.00, True),  # a tenth lower at the same speed: float
+    (0.0090, 1.20, False),  # ... but not at 1.2x the latency (not verified)
+])
+def test_output_convs_float_only_where_the_run_measures_a_lower_error(
+        monkeypatch, err: float, ms: float, kept: bool) -> None:
+    def timer(*a, **k):  # the variant with Wb stored float takes `ms`
+        return lambda models, feed: [
+            (ms if any(t.name == "Wb" and t.data_type == TensorProto.FLOAT
+                       for t in m.graph.initializer) else 1.0) / 1e3 for m in models]
+    monkeypatch.setattr(verify, "measure", fixed_errors(
+        verify.measure, {"quantized": 0.0100, "output convs": err}))
+    monkeypatch.setattr(timing, "ort_timer", timer)
+    m = head_cnn()
+    kw = dict(calib=[b.feeds(m, 24, seed=2)], bits=8, act_bits=8, runtime="onnxruntime",
+              progress=False, float_stem=False, float_highres=False)  # the one group
+    r = convert(m, None, **kw)
+    [note] = r.report.notes
+    assert note.startswith("float candidates for onnxruntime, output convs (box): ")
+    why = {s.node: s.reason for s in r.report.skipped}
+    ops = optimized_ops(r.model)
+    if kept:
+        assert "kept float" in note and why["box"].startswith(
+            "its output only feeds graph outputs; output error on")
+        assert ops["QLinearConv"] == 2 and ops["Conv"] == 1
+        return
+    assert why == {} and ops["QLinearConv"] == 3 and ops["Conv"] == 0
+    assert note.endswith("(or --int8-heads quantizes them without measuring)")
+    if ms > SLOWER:
+        assert "output error not measured" in note
+    assert convert(m, None, **kw, float_heads=False).report.notes == []
