@@ -176,17 +176,20 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
             timing: list[float] | None = None) -> tuple:
     """(whether group `g` stays float by its rule, the measures for the report, the float
     variant's fidelity and error where verified). A group that may cost speed is timed
-    first: one slower than any error gain could buy (g.allowed) is not verified; a ratio
+    first (verified first where `g.error_first`: one whose error does not fall enough is
+    not timed): one slower than any error gain could buy (g.allowed) is not verified; a ratio
     within RETIME_BAND of the latency its error allows is timed once more, the decision on
     the mean. `timing` (a list; _trim): the float variant's error is known already
     (`verify` costs nothing), so the measures always name it, and the latency ratio is
     appended to it."""
-    if g.slower is None:
+    if g.slower is None or (g.error_first and timing is None):
         fid, err = verify()
         measured = f"output error on {on} {err:.4g} with them float, {base:.4g} without"
         if err > g.at_most * base:
             return False, f"{measured} (kept float only at most {g.at_most:g}x)", fid, err
-        return True, measured, fid, err
+        if g.slower is None:
+            return True, measured, fid, err
+        verify, timing = (lambda: (fid, err)), []  # as for _trim: known, the timing decides
     if feed is None:
         return False, f"{NOT_TIMED}: no sample", None, None
     from .channels.timing import BLOCK, ort_timer

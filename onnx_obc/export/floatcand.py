@@ -32,6 +32,8 @@ class Candidates:
     large_error: float = 0.1  # ... where the error without the group is at least this
     trim: bool = False  # once kept float, its last layers (graph order) are tried back on
     # integer kernels one at a time, each by the same rule (floatcheck._trim)
+    error_first: bool = False  # verified before it is timed: for a group rarely slower
+    # whose error rarely falls enough (a model's output convs), the timing is then skipped
 
     def allowed(self, ratio: float, base: float = math.inf) -> float:
         """The latency ratio the group may cost at an error ratio `ratio` (with / without it

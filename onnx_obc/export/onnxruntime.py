@@ -102,7 +102,7 @@ def float_candidates(proto: onnx.ModelProto, layers: list[Layer], act_bits: int 
     heads = head_convs(proto, layers) if float_heads else {}  # floatcheck skips the ones
     # an earlier group keeps float
     return out + ([Candidates(HEAD_KIND, heads, 1.0 - ortstem.MARGIN, orthires.SLOWER,
-                              "--int8-heads")] if heads else [])
+                              "--int8-heads", error_first=True)] if heads else [])
 
 
 HEAD_KIND = "output convs"
