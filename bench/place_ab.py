@@ -1,5 +1,6 @@
 """A switch of the onnxruntime target's placement (export/ortplace.JOIN: the Concat grids;
-CHAINS: chains of data movement) off and on, in one run.
+CHAINS: chains of data movement; export/ortswish.SE_GATES: squeeze-excite gates on the codes)
+off and on, in one run.
 
     python bench/place_ab.py [--switch JOIN] [--models common_det,yolov8n,basicpitch]
                              [--all-int] [--rounds 30] [--out bench/results/join_ab.json]
@@ -31,13 +32,17 @@ sys.path.insert(0, str(ROOT))
 
 from onnx_obc import convert  # noqa: E402
 from onnx_obc.channels.timing import ort_timer  # noqa: E402
-from onnx_obc.export import ortplace  # noqa: E402
+from onnx_obc.export import ortplace, ortswish  # noqa: E402
 
 
 def _session(path: str, threads: int) -> ort.InferenceSession:
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+
+
+def _module(switch: str):
+    return ortswish if switch == "SE_GATES" else ortplace
 
 
 def _integer(res) -> str:
@@ -48,7 +53,7 @@ def _integer(res) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--switch", default="JOIN", choices=("JOIN", "CHAINS"))
+    ap.add_argument("--switch", default="JOIN", choices=("JOIN", "CHAINS", "SE_GATES"))
     ap.add_argument("--models", default="common_det,yolov8n,basicpitch")
     ap.add_argument("--all-int", action="store_true")
     ap.add_argument("--rounds", type=int, default=30)
@@ -61,13 +66,13 @@ def main() -> None:
         src = str(ROOT / f"bench/real/{name}.onnx")
         files, integer = {}, {}
         for on in (False, True):
-            setattr(ortplace, args.switch, on)
+            setattr(_module(args.switch), args.switch, on)
             files[on] = f"/tmp/place_ab_{name}_{int(on)}.onnx"
             res = convert(src, files[on], calib=str(ROOT / f"bench/real/{name}.calib.npz"),
                           bits=8, act_bits=8, runtime="onnxruntime", holdout=0,
                           progress=False, **extra)
             integer[on] = _integer(res)
-        setattr(ortplace, args.switch, True)
+        setattr(_module(args.switch), args.switch, True)
         ev = np.load(ROOT / f"bench/real/{name}.eval.npz")
         dense = _session(src, 2)
         names = [i.name for i in dense.get_inputs()]

@@ -17,7 +17,8 @@ from .graph import constant, constant_value, ensure_opset, export_graph, model_o
 from .ortpad import pads_on_codes, shape_readers_to_codes
 from .ortplan import Plan
 from .ortshift import shifts
-from .ortswish import hardswish_on_codes, snapped, swish_inputs
+from .ortswish import (gate_inputs, hardsigmoid_on_codes, hardswish_on_codes, snapped,
+                       swish_inputs)
 from .qweights import QuantizedWeight
 
 
@@ -92,6 +93,16 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
                 and p.tensors.get(t, "") is None and t not in shared
                 and (grid := snapped(qp.scale, qp.zero_point)) is not None):
             params[t] = QParams(grid[0], grid[1], qp.dtype)
+    for t, (y, alpha) in gate_inputs(graph).items():  # a squeeze-excite gate on codes too
+        root = _root(p, t)  # snapped with every tensor on its grid (an Identity's output)
+        qp, members = params.get(root), [u for u in params if _root(p, u) == root]
+        if (qp is not None and t in params and y in params and qp.dtype == np.uint8
+                and not moved.keys() & {y, *members} and y not in shared
+                and all(params[u] == qp for u in members)
+                and (grid := snapped(qp.scale, qp.zero_point, 0.5 / alpha))):
+            params.update({u: QParams(grid[0], grid[1], qp.dtype) for u in members})
+            params[y] = QParams(alpha * grid[0], grid[1] - round(0.5 / alpha / grid[0]),
+                                qp.dtype)
     made = 0
     for t, qp in params.items():
         x = tensors.get(t)
@@ -157,7 +168,15 @@ def place(model: onnx.ModelProto, p: Plan, ranges: dict[str, tuple[float, float]
         return model
     pads_on_codes(graph)
     hardswish_on_codes(graph, lambda base: _unique(tensors, base))
+    hardsigmoid_on_codes(graph, lambda base: _unique(tensors, base))
     return export_graph(graph, model, opset)
+
+
+def _root(p: Plan, t: str) -> str:
+    """The first tensor of t's chain of data movement (t itself where its grid is its own)."""
+    while p.tensors.get(t) is not None:
+        t = p.tensors[t]
+    return t
 
 
 def _params(g: onnx.GraphProto, p: Plan, ranges: dict[str, tuple[float, float]],

@@ -24,6 +24,11 @@ before placement) the gate needs no arithmetic: it is x's own codes clipped to
 
 a Clip on uint8 (one pass with no requantization: 10.6 against 22.8 us for QLinearAdd on a
 64 x 56 x 56 map, 1 thread) or nothing where x's grid is [-3, 3] or within it.
+
+A squeeze-excite gate HardSigmoid(x) = clip(alpha x + 1/2, 0, 1) alone (PP-OCR's alpha 1/5,
+PP-LCNet's 1/6) is the same on codes with h = 1 / (2 alpha) for 3: gate_inputs names them,
+the placement snaps x's grid and gives the gate's output the grid (alpha s, z - k), and
+hardsigmoid_on_codes writes DequantizeLinear -> HardSigmoid -> QuantizeLinear as the Clip.
 """
 
 from __future__ import annotations
@@ -37,19 +42,71 @@ from .graph import DEFAULT_DOMAINS, constant, constant_value
 
 HARDSWISH_ON_CODES = True  # measured (README "Deployment", HardSwish on the codes)
 GATE_BY_CLIP = True  # the clipped-codes gate where the grid allows (README, the same section)
+SE_GATES = True  # squeeze-excite HardSigmoid gates on the codes likewise (gate_inputs)
 
 
-def snapped(scale: float, zero: int) -> tuple[float, int] | None:
-    """The uint8 grid (scale, zero point) nearest (scale, zero) whose codes hold -3 and 3:
-    scale 3 / k for the integer k = floor(3 / scale) (coarser by at most 1 / k, the range
-    kept), the zero point moved with it; None where -3 is below the grid (zero < k: the
-    gate's zero point z - k would be negative) or the step is over 3."""
-    k = math.floor(3.0 / scale + 1e-6) if scale > 0 else 0
+def snapped(scale: float, zero: int, h: float = 3.0) -> tuple[float, int] | None:
+    """The uint8 grid (scale, zero point) nearest (scale, zero) whose codes hold -h and h
+    (hardswish's gate: 3): scale h / k for the integer k = floor(h / scale) (coarser by at
+    most 1 / k, the range kept), the zero point moved with it; None where -h is below the
+    grid (zero < k: the gate's zero point z - k would be negative) or the step is over h."""
+    k = math.floor(h / scale + 1e-6) if scale > 0 else 0
     if not GATE_BY_CLIP or k < 1:
         return None
-    s = 3.0 / k
+    s = h / k
     z = int(np.clip(np.rint(zero * scale / s), 0, 255))
     return (s, z) if z >= k else None
+
+
+def gate_inputs(graph: gs.Graph) -> dict[str, tuple[str, float]]:
+    """HardSigmoid(x) = clip(alpha x + 1/2, 0, 1) (a squeeze-excite gate; PP-LCNet's
+    alpha 1/6, PP-OCR's 1/5): x's name -> (its output's name, alpha). On x's codes with -h
+    and h on the grid (h = 1 / (2 alpha), scale s = h / k, zero point z >= k) the gate is
+    those codes clipped to [z - k, z + k] read with scale alpha s and zero point z - k,
+    exactly (hardsigmoid_on_codes)."""
+    out = {}
+    for n in graph.nodes if SE_GATES else []:
+        a = {k: float(v) for k, v in n.attrs.items()} if n.op == "HardSigmoid" else {}
+        if (a and (n.domain or "") in DEFAULT_DOMAINS and n.inputs and a.get("alpha", 0.2) > 0
+                and a.get("beta", 0.5) == 0.5):
+            out[n.inputs[0].name] = (n.outputs[0].name, a.get("alpha", 0.2))
+    return out
+
+
+def hardsigmoid_on_codes(graph: gs.Graph, unique) -> int:
+    """Each DequantizeLinear(uint8 x) -> HardSigmoid -> QuantizeLinear whose grids the
+    placement set as gate_inputs says, as a Clip on x's codes (or nothing where x's grid
+    is within [-h, h]): onnxruntime has no integer HardSigmoid, so the gate ran three float
+    nodes between two integer ones. Returns how many."""
+    done = 0
+    for node in [n for n in graph.nodes if n.op == "HardSigmoid"]:
+        codes, y = _uint8_source(node.inputs[0]), node.outputs[0]
+        alpha = float(node.attrs.get("alpha", 0.2))
+        if codes is None or float(node.attrs.get("beta", 0.5)) != 0.5 or len(y.outputs) != 1:
+            continue
+        q, scale, zero = codes
+        quant = y.outputs[0]
+        if quant.op != "QuantizeLinear" or len(quant.inputs) != 3 or quant.inputs[0] is not y:
+            continue
+        s, z = float(constant_value(scale)), int(constant_value(zero))
+        k = round(0.5 / alpha / s)
+        gs_, gz = (constant_value(t) if isinstance(t, gs.Constant) else None
+                   for t in quant.inputs[1:])
+        if (gs_ is None or gz is None or gz.dtype != np.uint8 or k < 1 or k > z
+                or abs(0.5 / alpha / s - k) > 1e-4 or int(gz) != z - k
+                or abs(float(gs_) - alpha * s) > 1e-6 * alpha * s):
+            continue
+        out = quant.outputs[0]
+        lo, hi = constant(unique(f"{out.name}_min"), np.array(z - k, np.uint8)), constant(
+            unique(f"{out.name}_max"), np.array(min(z + k, 255), np.uint8))
+        graph.nodes.append(gs.Node("Clip", f"{out.name}_Clip", inputs=[q, lo, hi],
+                                   outputs=[out]) if z - k > 0 or z + k < 255 else
+                           gs.Node("Identity", f"{out.name}_Identity", inputs=[q],
+                                   outputs=[out]))
+        quant.outputs.clear()  # the QuantizeLinear, HardSigmoid (and DQ, if alone) go
+        quant.inputs.clear()
+        done += 1
+    return done
 
 
 def swish_inputs(graph: gs.Graph) -> dict[str, str]:

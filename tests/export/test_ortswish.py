@@ -210,3 +210,107 @@ def test_the_fusion_check_names_the_float_ops_left(monkeypatch) -> None:
         else:
             assert set(f.float_ops) & {"HardSwish", "HardSigmoid"}
             assert line.startswith("float ops on dequantized activations") and "Hard" in line
+
+
+def _gate_island(alpha: float, scale: float, zero: int, out_scale: float, out_zero: int
+                 ) -> gs.Graph:
+    """codes (uint8, all 256) -> DequantizeLinear -> HardSigmoid(alpha, 1/2) -> Q -> codes."""
+    q = gs.Variable("q", dtype=np.uint8, shape=[256])
+    x, y = gs.Variable("x", np.float32, [256]), gs.Variable("y", np.float32, [256])
+    out = gs.Variable("out", np.uint8, [256])
+    nodes = [gs.Node("DequantizeLinear", "dq", inputs=[
+                 q, constant("s", np.array(scale, np.float32)),
+                 constant("z", np.array(zero, np.uint8))], outputs=[x]),
+             gs.Node("HardSigmoid", "gate", attrs={"alpha": alpha, "beta": 0.5}, inputs=[x],
+                     outputs=[y]),
+             gs.Node("QuantizeLinear", "quant", inputs=[
+                 y, constant("so", np.array(out_scale, np.float32)),
+                 constant("zo", np.array(out_zero, np.uint8))], outputs=[out])]
+    return gs.Graph(nodes=nodes, inputs=[q], outputs=[out], opset=14)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1 / 6])
+@pytest.mark.parametrize("k, zero", [(20, 101), (7, 7), (128, 128), (60, 200)])
+def test_a_squeeze_excite_gate_on_the_codes_is_exact(alpha: float, k: int, zero: int) -> None:
+    """HardSigmoid(x) = clip(alpha x + 1/2, 0, 1) on x's codes where -h and h (h = 1 / (2
+    alpha): 2.5 for PP-OCR's gates, 3 for PP-LCNet's) are on the grid and the output's grid
+    is (alpha s, z - k), as the placement sets it: every one of the 256 codes the float
+    path's, by a Clip (none where the grid is [-h, h])."""
+    scale = 0.5 / alpha / k
+    args = (alpha, scale, zero, np.float32(alpha * scale), zero - k)
+    ref = _codes(_gate_island(*args))
+    graph = _gate_island(*args)
+    names = iter(range(100))
+    assert ortswish.hardsigmoid_on_codes(graph, lambda base: f"{base}_{next(names)}") == 1
+    ops = [n.op for n in graph.cleanup().nodes]
+    assert "HardSigmoid" not in ops and "QuantizeLinear" not in ops
+    assert ops.count("Clip") == int(zero > k or zero + k < 255)
+    np.testing.assert_array_equal(_codes(graph), ref)
+
+
+def test_a_gate_on_another_grid_is_left() -> None:
+    """The output's grid not the one the codes give (an observed range, say): left as is."""
+    for out_scale, out_zero in [(1 / 255, 0), (0.025, 0)]:
+        graph = _gate_island(0.2, 0.125, 40, out_scale, out_zero)  # k = 20, z - k = 20
+        assert ortswish.hardsigmoid_on_codes(graph, lambda base: base + "_new") == 0
+    graph = _gate_island(0.2, 0.13, 40, np.float32(0.2 * 0.13), 21)  # 2.5 / s not an integer
+    assert ortswish.hardsigmoid_on_codes(graph, lambda base: base + "_new") == 0
+
+
+def se_cnn(seed: int = 0, identity: bool = False) -> onnx.ModelProto:
+    """A squeeze-excite block as PP-OCR's: x [N, 4, 8, 8] --c1--> Relu r --GlobalAveragePool
+    --se(Wse, 1 x 1)--> HardSigmoid(alpha 0.2) g; r * g --c2--> pool, Flatten --fc--> y.
+    identity: an Identity between the se conv and the gate (PP-OCRv6's export)."""
+    gate_in = "e1" if identity else "e"
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p1"], name="squeeze"),
+             helper.make_node("Conv", ["p1", "Wse", "Bse"], ["e"], name="se"),
+             *([helper.make_node("Identity", ["e"], ["e1"], name="id")] if identity else []),
+             helper.make_node("HardSigmoid", [gate_in], ["g"], name="gate", alpha=0.2,
+                              beta=0.5),
+             helper.make_node("Mul", ["r", "g"], ["m"], name="excite"),
+             helper.make_node("Conv", ["m", "W2", "B2"], ["c2"], name="c2", pads=[1] * 4),
+             helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="fc", transB=1)]
+    inits = [b.weight("W1", (8, 4, 3, 3), seed), b.weight("B1", (8,), seed + 1),
+             b.weight("Wse", (8, 8, 1, 1), seed + 2), b.weight("Bse", (8,), seed + 3),
+             b.weight("W2", (8, 8, 3, 3), seed + 4), b.weight("B2", (8,), seed + 5),
+             b.weight("Wf", (5, 8), seed + 6), b.weight("bf", (5,), seed + 7)]
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 8, 8])], [b.vi("y", [b.BATCH, 5])], inits)
+
+
+@pytest.mark.parametrize("identity", [False, True])
+def test_a_squeeze_excite_gate_runs_on_the_codes(monkeypatch, identity: bool) -> None:
+    """The placement snaps the gate's input grid (2.5 / scale an integer) and gives the gate
+    the grid its codes make, and the export writes the gate as a Clip on the codes: no float
+    HardSigmoid left after onnxruntime's optimizer, the product on QLinearMul, the outputs
+    those of the same grids through the float HardSigmoid; without it (SE_GATES off) the
+    gate runs float between a DequantizeLinear and a QuantizeLinear."""
+    from onnx_obc.export import ortplace
+
+    model = se_cnn(identity=identity)  # the Identity's output on the se conv's grid, both
+    feed = {k: v * 4.0 for k, v in b.feeds(model, 32, seed=3).items()}  # snapped; e: +-2.5
+    on, feed, _ = compressed(model, feed=feed)
+    onnx.checker.check_model(on, full_check=True)
+    monkeypatch.setattr(ortplace, "hardsigmoid_on_codes", lambda graph, unique: 0)
+    snapped_only, _, _ = compressed(model, feed=feed)  # the same grids, the gate in float
+    monkeypatch.setattr(ortswish, "SE_GATES", False)
+    off, _, _ = compressed(model, feed=feed)
+    ops_on, ops_off = optimized_ops(on), optimized_ops(off)
+    assert "HardSigmoid" not in [n.op_type for n in on.graph.node]
+    assert ops_on["HardSigmoid"] == 0 and ops_off["HardSigmoid"] == 1
+    assert ops_on["QLinearMul"] == ops_off["QLinearMul"] == 1
+    assert ops_on["QLinearConv"] == ops_off["QLinearConv"] == 3
+    assert ops_on["QuantizeLinear"] < ops_off["QuantizeLinear"]
+    for t in ("e", "e1") if identity else ("e",):
+        q = next(n for n in on.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == t)
+        s = float(numpy_helper.to_array(next(i for i in on.graph.initializer
+                                             if i.name == q.input[1])))
+        assert abs(2.5 / s - round(2.5 / s)) < 1e-4
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    np.testing.assert_allclose(run(on, feed, level), run(snapped_only, feed, level),
+                               rtol=1e-5, atol=1e-5)
+    dense = run(model, feed, FULL)
+    assert rel(run(on, feed, FULL), dense) <= 1.1 * rel(run(off, feed, FULL), dense) + 1e-3
