@@ -71,15 +71,18 @@ def test_hardswish_runs_on_integer_kernels(monkeypatch, shift, clip) -> None:
 
 
 def _island(scale: float, zero: int, out_scale: float, out_zero: int,
-            y_is_output: bool = False) -> gs.Graph:
-    """codes (uint8, all 256) -> DequantizeLinear -> HardSwish -> QuantizeLinear -> codes."""
+            y_is_output: bool = False, alpha: float | None = None) -> gs.Graph:
+    """codes (uint8, all 256) -> DequantizeLinear -> HardSwish (with `alpha`: HardSigmoid(
+    alpha, 1/2)) -> QuantizeLinear -> codes."""
     q = gs.Variable("q", dtype=np.uint8, shape=[256])
     x, y = gs.Variable("x", np.float32, [256]), gs.Variable("y", np.float32, [256])
     out = gs.Variable("out", np.uint8, [256])
     nodes = [gs.Node("DequantizeLinear", "dq", inputs=[
                  q, constant("s", np.array(scale, np.float32)),
                  constant("z", np.array(zero, np.uint8))], outputs=[x]),
-             gs.Node("HardSwish", "hardswish", inputs=[x], outputs=[y]),
+             gs.Node("HardSwish", "hardswish", inputs=[x], outputs=[y]) if alpha is None else
+             gs.Node("HardSigmoid", "gate", attrs={"alpha": alpha, "beta": 0.5}, inputs=[x],
+                     outputs=[y]),
              gs.Node("QuantizeLinear", "quant", inputs=[
                  y, constant("so", np.array(out_scale, np.float32)),
                  constant("zo", np.array(out_zero, np.uint8))], outputs=[out])]
@@ -212,23 +215,6 @@ def test_the_fusion_check_names_the_float_ops_left(monkeypatch) -> None:
             assert line.startswith("float ops on dequantized activations") and "Hard" in line
 
 
-def _gate_island(alpha: float, scale: float, zero: int, out_scale: float, out_zero: int
-                 ) -> gs.Graph:
-    """codes (uint8, all 256) -> DequantizeLinear -> HardSigmoid(alpha, 1/2) -> Q -> codes."""
-    q = gs.Variable("q", dtype=np.uint8, shape=[256])
-    x, y = gs.Variable("x", np.float32, [256]), gs.Variable("y", np.float32, [256])
-    out = gs.Variable("out", np.uint8, [256])
-    nodes = [gs.Node("DequantizeLinear", "dq", inputs=[
-                 q, constant("s", np.array(scale, np.float32)),
-                 constant("z", np.array(zero, np.uint8))], outputs=[x]),
-             gs.Node("HardSigmoid", "gate", attrs={"alpha": alpha, "beta": 0.5}, inputs=[x],
-                     outputs=[y]),
-             gs.Node("QuantizeLinear", "quant", inputs=[
-                 y, constant("so", np.array(out_scale, np.float32)),
-                 constant("zo", np.array(out_zero, np.uint8))], outputs=[out])]
-    return gs.Graph(nodes=nodes, inputs=[q], outputs=[out], opset=14)
-
-
 @pytest.mark.parametrize("alpha", [0.2, 1 / 6])
 @pytest.mark.parametrize("k, zero", [(20, 101), (7, 7), (128, 128), (60, 200)])
 def test_a_squeeze_excite_gate_on_the_codes_is_exact(alpha: float, k: int, zero: int) -> None:
@@ -237,9 +223,9 @@ def test_a_squeeze_excite_gate_on_the_codes_is_exact(alpha: float, k: int, zero:
     is (alpha s, z - k), as the placement sets it: every one of the 256 codes the float
     path's, by a Clip (none where the grid is [-h, h])."""
     scale = 0.5 / alpha / k
-    args = (alpha, scale, zero, np.float32(alpha * scale), zero - k)
-    ref = _codes(_gate_island(*args))
-    graph = _gate_island(*args)
+    args = (scale, zero, np.float32(alpha * scale), zero - k)
+    ref = _codes(_island(*args, alpha=alpha))
+    graph = _island(*args, alpha=alpha)
     names = iter(range(100))
     assert ortswish.hardsigmoid_on_codes(graph, lambda base: f"{base}_{next(names)}") == 1
     ops = [n.op for n in graph.cleanup().nodes]
@@ -251,9 +237,9 @@ def test_a_squeeze_excite_gate_on_the_codes_is_exact(alpha: float, k: int, zero:
 def test_a_gate_on_another_grid_is_left() -> None:
     """The output's grid not the one the codes give (an observed range, say): left as is."""
     for out_scale, out_zero in [(1 / 255, 0), (0.025, 0)]:
-        graph = _gate_island(0.2, 0.125, 40, out_scale, out_zero)  # k = 20, z - k = 20
+        graph = _island(0.125, 40, out_scale, out_zero, alpha=0.2)  # k = 20, z - k = 20
         assert ortswish.hardsigmoid_on_codes(graph, lambda base: base + "_new") == 0
-    graph = _gate_island(0.2, 0.13, 40, np.float32(0.2 * 0.13), 21)  # 2.5 / s not an integer
+    graph = _island(0.13, 40, np.float32(0.2 * 0.13), 21, alpha=0.2)  # 2.5 / s not whole
     assert ortswish.hardsigmoid_on_codes(graph, lambda base: base + "_new") == 0
 
 
