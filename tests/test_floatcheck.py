@@ -1,5 +1,6 @@
 """floatcheck's timing of a float candidate group: a variant clearly slower than any error
-gain could buy ends its timing early, with the decision the full timing gives."""
+gain could buy, or clearly within any limit, ends its timing early, with the decision the
+full timing gives."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def _fake_timer(ms: tuple[float, float], calls: list[int]):
     (1.2, floatcheck.EARLY_ROUNDS, False),  # over the cap by more than the retime band
     (1.1, floatcheck.TIMING_ROUNDS, False),  # the runs overlap the band: every round
     (1.0, floatcheck.TIMING_ROUNDS, True),  # as fast: timed in full, then verified
+    (1.01, floatcheck.TIMING_ROUNDS, True),  # its slowest runs not clearly within: in full
+    (0.84, floatcheck.EARLY_ROUNDS, True),  # PP-LCNet's stem float: clearly within any
+    # limit, stopped early, then verified
 ])
 def test_a_clearly_slower_variant_stops_its_timing_early(monkeypatch, slower: float,
                                                          rounds: int, kept: bool) -> None:
