@@ -48,7 +48,8 @@ EARLY_ROUNDS = 5  # a variant whose fastest of this many runs or more is slower 
 # (then the ratio of medians is above that limit too). DNSMOS's high-resolution convs float
 # (3.3x, 0.35 s a run) took 21 rounds, 9.6 s. Likewise one whose slowest is faster than the
 # other's fastest times the least limit (less RETIME_BAND): within any limit, whatever more
-# rounds would give (PP-LCNet's stem float, 0.84x, took TIMING_SECONDS)
+# rounds would give (ppocr_cls's stem and high-resolution groups float, 0.93x and 0.90x,
+# took TIMING_SECONDS each)
 NAMES = 4  # layer names a note lists
 TRIM_STEPS = 3  # a kept group's last layers tried back on integer kernels, at most (_trim)
 TRIM_FASTER = 1.02  # ... each quantized again only where the float one is slower than this

@@ -35,7 +35,7 @@ def _fake_timer(ms: tuple[float, float], calls: list[int]):
     (1.1, floatcheck.TIMING_ROUNDS, False),  # the runs overlap the band: every round
     (1.0, floatcheck.TIMING_ROUNDS, True),  # as fast: timed in full, then verified
     (1.01, floatcheck.TIMING_ROUNDS, True),  # its slowest runs not clearly within: in full
-    (0.84, floatcheck.EARLY_ROUNDS, True),  # PP-LCNet's stem float: clearly within any
+    (0.84, floatcheck.EARLY_ROUNDS, True),  # a float stem at 0.84x: clearly within any
     # limit, stopped early, then verified
 ])
 def test_a_clearly_slower_variant_stops_its_timing_early(monkeypatch, slower: float,
