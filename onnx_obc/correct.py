@@ -91,8 +91,7 @@ def _scalable(layers: list[Layer]) -> tuple[dict[str, Layer], list[str]]:
     for L in layers:
         G, r, _ = L.matrix_shape
         if len(L.uses) > 1:
-            why.append(f"{L.name}: no scale correction (its weight is read by {len(L.uses)} "
-                       "nodes)")
+            why.append(f"{L.name}: no scale correction (its weight is read by {len(L.uses)} nodes)")
         elif L.layout != "conv" and len(L.shape) != 2:
             why.append(f"{L.name}: no scale correction ({len(L.shape)}-D MatMul weight)")
         else:
@@ -158,6 +157,7 @@ class CorrectionResult:
     shifts: tuple[float, ...] = ()
     how: str = "level by level"
     decision: str = ""  # the automatic correction's keep-or-drop line
+    kept: bool | None = None  # its verdict (None: not automatic; pinned.py)
     samples: int = 0  # the calibration samples measured
 
     def summary(self) -> dict:
@@ -297,4 +297,4 @@ def auto_decision(fixes: CorrectionResult, fidelity: Mapping[str, Any], on: str
             f"{f' (mean of {n} outputs)' if n > 1 else ''} {err['uncorrected']:.4g} "
             f"without, {err['compressed']:.4g} with it"
             + ("" if keep else f" (kept only {MARGIN:.0%} or more lower)"))
-    return keep, replace(fixes, decision=line)
+    return keep, replace(fixes, decision=line, kept=keep)

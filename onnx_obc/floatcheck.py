@@ -125,11 +125,12 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
                 floats -= back
                 notes += [f"float candidates for {cfg.export.runtime}, {t}" for t in trims]
                 kept = not back  # the boundary is found: no wider step of this kind
-    done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in floats},
-                   rows=[r for r in done.rows if r.weight not in floats],
-                   notes=[*done.notes, *notes])
     skipped = [Skipped(u.node, u.op, why[L.weight], L.weight)
                for L in layers if L.weight in floats for u in L.uses]
+    done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in floats},
+                   rows=[r for r in done.rows if r.weight not in floats],
+                   notes=[*done.notes, *notes], decided={**done.decided, **(
+                       {"float": [s.node for s in skipped]} if notes else {})})  # pinned.py
     return Decision([L for L in layers if L.weight not in floats], done, skipped, model,
                     fidelity, refs)
 

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import branches, costplan, export, floatcheck, preflight, view
+from . import branches, costplan, export, floatcheck, pinned, preflight, view
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -267,6 +267,8 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, lay
     order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export",
              "verify", "sensitivity")
     seconds = {k: seconds[k] for k in order if k in seconds}
+    pin = pinned.pinned(cfg, {**done.decided, **({"correct": fixes.kept} if fixes is not None
+                                                 and fixes.kept is not None else {})})
     warnings = [*checks, *data.warnings, *(chan.warnings if chan else []),
                 *(plan.warnings if plan else []), *done.warnings]
     if fixes is not None:
@@ -282,7 +284,7 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, lay
         channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}),
         plan={} if plan is None else plan.to_dict(),
         folded=folded.to_dict() if folded is not None and folded.changed else {},
-        notes=list(done.notes))
+        notes=list(done.notes), pinned=pin)
 
 
 @contextmanager

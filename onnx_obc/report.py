@@ -77,6 +77,7 @@ class Report:
     plan: dict[str, Any] = field(default_factory=dict)  # costplan.Plan.to_dict()
     folded: dict[str, Any] = field(default_factory=dict)  # fold.Folded.to_dict()
     notes: list[str] = field(default_factory=list)  # decisions a stage explains (floatcheck)
+    pinned: dict[str, Any] = field(default_factory=dict)  # the options repeating them (pinned.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -123,8 +124,7 @@ def short_name(name: str, width: int) -> str:
     return name[: (keep + 1) // 2] + "…" + name[len(name) - keep // 2:]
 
 
-def _jsonable(x: Any) -> Any:
-    return str(x)  # what json cannot write (paths, numpy scalars) as text
+_jsonable = str  # what json cannot write (paths, numpy scalars), as text
 
 
 def _layer_lines(r: Report) -> list[str]:
@@ -232,9 +232,8 @@ def _fusion_lines(r: Report) -> list[str]:
 def _fidelity_lines(r: Report) -> list[str]:
     lines: list[str] = []
     for set_name, models in r.fidelity.items():
-        any_f = next(iter(models.values()))
-        w = max([10] + [len(m) for m in models])
-        lines += ["", f"model fidelity on {set_name} ({any_f.samples} samples):",
+        w, n = max([10] + [len(m) for m in models]), next(iter(models.values())).samples
+        lines += ["", f"model fidelity on {set_name} ({n} samples):",
                   f"  {'model':<{w}} {'rel. output error':>18} {'top-1 agree':>12} "
                   f"{'accuracy':>9}"]
         for m, f in models.items():
@@ -268,7 +267,8 @@ def _footer(r: Report) -> list[str]:
                      f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "
                      f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
                      f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")
-    lines += [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes) if x]
+    lines += [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes,
+                          r.pinned.get("line")) if x]
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
 

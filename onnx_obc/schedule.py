@@ -51,6 +51,7 @@ class Compressed:
     notes: list[str] = field(default_factory=list)  # decisions after the solve (floatcheck.py)
     uniform: Any = None  # --allocate auto's DP: the same layers solved uniform (solve.Solved),
     # for the model-level check (allocation/guard.py); None where not solved
+    decided: dict[str, Any] = field(default_factory=dict)  # measured choices (pinned.py)
 
 
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,

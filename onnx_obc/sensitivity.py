@@ -18,14 +18,13 @@ least `min(0.5, 2 / layers)` (twice the mean share), at most `MOST` of them, nev
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
 
-from . import export
+from . import export, pinned
 from .calib import CalibrationSource
 from .capture import Runtime, session
 from .layers import Layer
@@ -89,13 +88,8 @@ def suggest_exclude(ranked: list[LayerSensitivity]) -> list[LayerSensitivity]:
 
 
 def exclude_flags(layers: list[LayerSensitivity]) -> str:
-    """`--exclude 'node'` for every node of `layers`, glob characters escaped, shell-quoted."""
-    return " ".join(f"--exclude {shlex.quote(_literal(n))}" for s in layers for n in s.nodes)
-
-
-def _literal(name: str) -> str:
-    """A glob (fnmatch) pattern that matches exactly `name`."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+    """`--exclude 'node'` for every node of `layers` (pinned.exclude_flags)."""
+    return pinned.exclude_flags(n for s in layers for n in s.nodes)
 
 
 def summarize(ranked: list[LayerSensitivity], set_name: str, samples: int) -> dict[str, Any]:

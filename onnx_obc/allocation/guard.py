@@ -62,10 +62,11 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list, done: A
                 "kept uniform (the DP's sum of layer losses is not the model's error; "
                 "--allocate dp keeps the DP)" if keep else
                 f"kept the DP (uniform only where {MARGIN:.0%} lower)"))
+    decided = {**done.decided, "allocate": "uniform" if keep else "dp"}  # pinned.py
     if not keep:
-        return replace(done, uniform=None, notes=[*done.notes, note])
+        return replace(done, uniform=None, notes=[*done.notes, note], decided=decided)
     from ..datalimit import run_warnings
 
     return replace(done, solutions=alt.solutions, rows=alt.rows, profile={}, uniform=None,
                    skipped=alt.skipped, warnings=[*alt.warnings, *run_warnings(alt.rows)],
-                   notes=[*done.notes, note])
+                   notes=[*done.notes, note], decided=decided)
