@@ -46,6 +46,14 @@ def column_floor(cfg: Any) -> int:
     return SUBSAMPLE_COLUMNS if subsampled(cfg) else EXACT_COLUMNS
 
 
+def channel_floor(cfg: Any) -> int:
+    """column_floor for the channel stage's consumer Hessians, whose group OBS reads H as
+    ExactOBS does: EXACT_COLUMNS (0 with solver.positions "all"). With every position,
+    DNSMOS's --channels 0.2 spent 598 of its 684 s in that stage's capture, two shared
+    cores (README "Hessians from a subgrid of the positions")."""
+    return 0 if cfg.solver.positions == "all" else EXACT_COLUMNS
+
+
 W8_FULL_FLOPS = 1e9  # "auto": the full H where d^2 (r + d) is at most this (GPTQ's order)
 
 

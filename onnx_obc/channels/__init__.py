@@ -6,6 +6,7 @@ cuts group by group (--sequential); `run_channels` is the pipeline's stage."""
 
 from typing import Any
 
+from ..tier import channel_floor
 from .patterns import Refusal, Site, find_sites, layer_macs
 from .sequential import prune_channels_sequential
 from .stage import ChannelResult, ChannelRow, cut_channels, plan_channels, prune_channels
@@ -33,7 +34,8 @@ def run_channels(proto: Any, layers: list, data: Any, backend: Any, cfg: Any, ru
     args = (proto, layers, data.fit, data.batch, backend, p.channels, cfg.solver.damp,
             cfg.run.memory_budget_mb, runtime, progress)
     kw = dict(align=p.channel_align, allocate=p.channel_allocate,
-              objective=p.channel_objective, budget=p.channel_budget)
+              objective=p.channel_objective, budget=p.channel_budget,
+              subsample=channel_floor(cfg))
     if cfg.run.sequential:  # the earlier groups cut before the next one's Hessians
         return prune_channels_sequential(*args, groups=cfg.run.sequential_groups, **kw)
     return prune_channels(*args, **kw)

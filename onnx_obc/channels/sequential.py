@@ -45,14 +45,14 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                               memory_mb: int, runtime: Any = None, progress: bool = False,
                               align: int = 1, allocate: str = "dp",
                               groups: int | None = None, fit_dense: bool = False,
-                              objective: str = "output", budget: str = "flops"
-                              ) -> ChannelResult:
+                              objective: str = "output", budget: str = "flops",
+                              subsample: int = 0) -> ChannelResult:
     """prune_channels (stage.py) with the sites cut group by group; see the module
     docstring. `fit_dense`: fit each consumer to the dense model's output first (off by
     default: measured slightly worse, see the module docstring)."""
     t0 = time.perf_counter()
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
-                         progress, fraction)
+                         progress, fraction, subsample)
     dense = plan.dense
     if not plan.sites:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
@@ -74,7 +74,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         consumers = [s.consumer for s in sites]
         hessians, _ = collect(current, consumers, data, batch, backend, memory_mb, progress,
                               dense=proto if fit_dense and current is not proto else None,
-                              runtime=runtime)
+                              runtime=runtime, subsample=subsample)
         weights = constant_weights(current.graph)
         keep, updated = [], {}
         for site in sites:

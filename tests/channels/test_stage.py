@@ -123,3 +123,38 @@ def test_short_traces_are_extended_when_the_selection_needs_them():
     (row,) = res.rows
     assert row.removed == 3 and not res.warnings
     assert _run(model, fraction=0.15)[0].warnings  # beyond the site: said, not hidden
+
+
+def test_the_consumers_hessians_come_from_a_subgrid_where_positions_abound(monkeypatch):
+    """The stage takes its consumers' H from a subgrid of the positions as the exact runs do
+    (tier.channel_floor: EXACT_COLUMNS per input, none with --positions all): a 1x1 pair
+    over 64 x 64 positions (consumer d = 4) keeps every 4th along each axis, the H within
+    sampling error of the full one, the same channels cut."""
+    from onnx import helper
+
+    from onnx_obc import CompressConfig, convert
+    from onnx_obc.channels import plan_channels
+    from onnx_obc.tier import EXACT_COLUMNS, channel_floor
+
+    cfg = lambda **kw: CompressConfig.from_options(channels=0.3, **kw)  # noqa: E731
+    assert channel_floor(cfg()) == EXACT_COLUMNS and channel_floor(cfg(positions="all")) == 0
+    nodes = [helper.make_node("Conv", ["x", "p.w"], ["p"], name="prod"),
+             helper.make_node("Relu", ["p"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "c.w"], ["y"], name="cons")]
+    model = b.make(nodes, [b.vi("x", ["N", 2, 64, 64])], [b.vi("y", ["N", 3, 64, 64])],
+                   [b.weight("p.w", (4, 2, 1, 1), 1), b.weight("c.w", (3, 4, 1, 1), 2)])
+    layers = find_layers(model)[0]
+    data = DataSet(b.feeds(model, 16, seed=1), "feeds")
+    H = {sub: plan_channels(model, layers, data, 8, get_backend("cpu"), DAMP, 2048,
+                            subsample=sub).hessians["c.w"].mean()[0] for sub in (0, EXACT_COLUMNS)}
+    assert not np.array_equal(H[0], H[EXACT_COLUMNS])
+    np.testing.assert_allclose(H[EXACT_COLUMNS], H[0], rtol=0.1, atol=0.02 * H[0].max())
+    from onnx_obc.channels import stage
+
+    asked, real = [], stage.collect
+    monkeypatch.setattr(stage, "collect", lambda *a, **k: asked.append(k["subsample"]) or real(
+        *a, **k))
+    runs = [convert(model, None, calib=[b.feeds(model, 16, seed=1)], channels=0.3,
+                    positions=pos, progress=False).report.channels for pos in ("all", "auto")]
+    assert asked == [0, EXACT_COLUMNS]  # the run's stage, as --positions says
+    assert runs[0]["rows"][0]["removed_ids"] == runs[1]["rows"][0]["removed_ids"] != []
