@@ -291,6 +291,8 @@ def test_the_onnxruntime_target_times_the_written_model_against_the_input():
                                 "runs": 9})
     assert "1.333x the input model's (4 vs 3 ms)" in slow and "SLOWER" in slow
     assert "SLOWER" not in fusion.latency_line({**t, "ratio": 0.5})
+    level = fusion.latency_line({**t, "ratio": 1.0 + fusion.LEVEL / 2})
+    assert "SLOWER" not in level and "level with the input model" in level
     # what cannot be timed is said, and the check itself still runs
     model = onnx.load(str(ROOT / "models/digits_cnn.onnx"))
     empty = {"none": type("Empty", (), {"batches": lambda self, n: iter(())})()}
