@@ -196,6 +196,13 @@ def exact_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool, candidat
     return t
 
 
+def trace_seconds(s: Shape, rt: Rates, *, sparsity: float, row_budget: int) -> float:
+    """ExactOBS's loss trace to `sparsity` (solvers/traces.py, the DP's level tables): the
+    greedy pass without the rebuild (the weights at a level are rebuilt when asked)."""
+    return _common(s, rt, False, sparsity) + _greedy(
+        s, rt, row_budget, min(1.0, sparsity + PRUNE_WORK_MARGIN), False)
+
+
 def fast_seconds(s: Shape, rt: Rates, *, sparsity: float, quant: bool) -> float:
     """GPTQ / SparseGPT: one pass per Hessian block, pruning and rounding jointly."""
     return _common(s, rt, quant, sparsity) + _gptq(s, rt, sparsity)

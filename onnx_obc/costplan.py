@@ -23,7 +23,8 @@ from .costclock import CONTENDED, contention_note
 from .costmem import (MIN_ACTIVATIONS, MIN_BLOCK, blocked, held, held_groups, memory,
                       refusal, without_auto)  # noqa: F401  (without_auto: for the pipeline)
 from .costmodel import (Rates, Shape, baseline_seconds, calibrate, exact_seconds, fast_seconds,
-                        fast_quant_seconds, hessian_bytes, row_bytes, solver_bytes)
+                        fast_quant_seconds, hessian_bytes, row_bytes, solver_bytes,
+                        trace_seconds)
 from .errors import ConfigError
 from .layers import Layer
 from .specs import MB
@@ -61,6 +62,7 @@ class Plan:
     time_budget_s: float | None = None
     rates: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    allocate_seconds: float | None = None  # predicted for the DP's stage (allocation_seconds)
 
     def blocks(self) -> dict[str, int]:
         """weight -> column blocks of its Hessian."""
@@ -92,6 +94,8 @@ class Plan:
                 f"{max((p.solver_bytes for p in self.layers), default=0) / MB:.0f} MB, of "
                 f"--memory-budget {self.budget_bytes / MB:.0f} MB"
                 + (f"; --time-budget {self.time_budget_s:g} s" if self.time_budget_s else "")
+                + ("" if self.allocate_seconds is None else
+                   f"; allocation predicted {self.allocate_seconds:.1f} s")
                 + ("; rates contended, one-thread times used" if self.rates.get(
                     "contention", 1.0) > CONTENDED else ""))
 
@@ -114,7 +118,7 @@ class Plan:
                 "budget_bytes": self.budget_bytes, "activation_bytes": self.activation_bytes,
                 "row_bytes": self.row_bytes, "time_budget_s": self.time_budget_s,
                 "predicted_seconds": self.seconds, "hessian_bytes": self.hessian_total,
-                "rates": dict(self.rates)}
+                "rates": dict(self.rates), "allocate_seconds": self.allocate_seconds}
 
 
 def _refined(q: Any, candidates: int) -> int:
@@ -209,11 +213,47 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
                                hessian_bytes(s) * per_hess, solver_bytes(s, row), ex, fa, secs))
     note = contention_note(rt)  # the micro-benchmark's BLAS threads were contended
     out = Plan(plans, M, max(MIN_ACTIVATIONS, M - held(plan_shapes, per_hess, groups)), row,
-               run.time_budget_s, {} if rt is None else rt.to_dict(), [note] if note else [])
+               run.time_budget_s, {} if rt is None else rt.to_dict(), [note] if note else [],
+               allocation_seconds(plan_shapes, cfg, rt, row))
     if run.time_budget_s is not None and method == "obc" and st_free and exact:
         from .costfit import fit_time
         out = fit_time(out, rt, sparsity, quant, row, align)
     return out
+
+
+def plan_line(p: dict[str, Any], layers: list[tuple[float | None, float]],
+              allocate: float | None) -> str:
+    """The report's line, predicted against measured: `p` Plan.to_dict(), `layers` each
+    solved layer's (predicted, measured) seconds (with its shrink search), `allocate` the
+    measured allocation stage."""
+    t, each, a = p["predicted_seconds"], [x for x, _ in layers], p.get("allocate_seconds")
+    t = sum(each) if t is not None and all(each) else t
+    solved = sum(m for _, m in layers)
+    return ("plan: solve " + ("not predicted (8 bits alone)" if t is None else
+                              f"predicted {t:.1f}s") + f", measured {solved:.1f}s"
+            + ("" if a is None else f"; allocation predicted {a:.1f}s, measured "
+               f"{allocate or 0.0:.1f}s") + f"; Hessians {p['hessian_bytes'] / MB:.0f} MB of "
+            f"the {p['budget_bytes'] / MB:.0f} MB memory budget")
+
+
+def allocation_seconds(shapes: dict[str, Shape], cfg: Any, rt: Rates | None, row: int
+                       ) -> float | None:
+    """The DP's stage over weight or FLOP budgets with the layer-loss score (allocation/):
+    per layer one ExactOBS trace to alloc.max_sparsity (tables.py), and where the default's
+    check runs (allocation/guard.py), the uniform solve; None for the other allocations
+    (mixed levels, the output score: not modelled) and runs without rates. Before it, a
+    default --sparsity run's printed plan covered the solve alone, about half the layer
+    work (openWakeWord at 50%: allocate 3.8 s, solve 1.6 s)."""
+    a, prune = cfg.alloc, cfg.prune
+    if (rt is None or not a.active or a.budget == "bops" or a.score != "loss"
+            or prune.nm or prune.block or not prune.sparsity):
+        return None
+    from .allocation.guard import applies
+
+    guard, quant = applies(cfg), bool(cfg.quant.bits)
+    return sum(trace_seconds(s, rt, sparsity=a.max_sparsity, row_budget=row) + (
+        exact_seconds(s, rt, sparsity=prune.sparsity, quant=quant, candidates=0,
+                      row_budget=row) if guard else 0.0) for s in shapes.values())
 
 
 def exact_applies(cfg: Any) -> bool:

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .costplan import plan_line
 from .layers import Skipped
 from .modelio import write_atomic
 from .verify import Fidelity
@@ -260,13 +261,8 @@ def _footer(r: Report) -> list[str]:
     lines = ["", f"device: {r.device}; time: {t}" + (
         f"; peak memory {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb else "")]
     if r.plan:
-        p, t, each = r.plan, r.plan["predicted_seconds"], [x.predicted_seconds for x in r.layers]
-        t = sum(each) if t is not None and all(each) else t  # with the layers' shrink searches
-        lines.append("plan: solve " + ("not predicted (8 bits alone)" if t is None else
-                                       f"predicted {t:.1f}s") + ", measured "
-                     f"{sum(x.seconds for x in r.layers):.1f}s; Hessians "
-                     f"{p['hessian_bytes'] / (1 << 20):.0f} MB of the "
-                     f"{p['budget_bytes'] / (1 << 20):.0f} MB memory budget")
+        lines.append(plan_line(r.plan, [(x.predicted_seconds, x.seconds) for x in r.layers],
+                               r.seconds.get("allocate")))
     lines += [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes,
                           r.pinned.get("line")) if x]
     lines += [f"WARNING: {w}" for w in r.warnings]

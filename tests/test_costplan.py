@@ -261,3 +261,37 @@ def test_an_8_bit_only_plan_without_a_time_budget_measures_nothing(monkeypatch):
     assert "not predicted" in plan.summary() and "-" in plan.table()
     make_plan(layers, CompressConfig.from_options(bits=4))
     assert calls
+
+
+def test_the_plan_predicts_the_dp_s_stage_too():
+    """allocation_seconds: one ExactOBS trace to the maximum sparsity per layer, plus the
+    uniform solve where the default's check runs (allocation/guard.py); none where the
+    allocation is not modelled (mixed levels, the output score) or uniform."""
+    from onnx_obc.costmodel import exact_seconds, trace_seconds
+
+    layers, _ = find_layers(b.mlp((64, 96, 32)))
+    default = CompressConfig.from_options(sparsity=0.5)  # --allocate auto: the DP, checked
+    plan = make_plan(layers, default, rates=RATES)
+    shapes = [Shape(p.G, p.r, p.d) for p in plan.layers]
+    traces = sum(trace_seconds(s, RATES, sparsity=0.95, row_budget=plan.row_bytes)
+                 for s in shapes)
+    uniform = sum(exact_seconds(s, RATES, sparsity=0.5, quant=False, candidates=0,
+                                row_budget=plan.row_bytes) for s in shapes)
+    assert 0 < traces and plan.allocate_seconds == pytest.approx(traces + uniform)
+    asked = make_plan(layers, CompressConfig.from_options(sparsity=0.5, allocate="dp"),
+                      rates=RATES)  # asked for: not checked against uniform
+    assert asked.allocate_seconds == pytest.approx(traces)
+    assert "allocation predicted" in plan.summary() and plan.to_dict()["allocate_seconds"]
+    for kw in (dict(allocate="uniform"), dict(allocate="dp", score="output")):
+        assert make_plan(layers, _cfg(**kw), rates=RATES).allocate_seconds is None
+    bops = CompressConfig.from_options(allocate="dp", budget="bops", target=8)
+    assert make_plan(layers, bops, rates=RATES).allocate_seconds is None
+
+
+def test_the_report_says_the_allocation_s_predicted_and_measured_seconds():
+    model = b.mlp((16, 64, 8))
+    r = convert(model, None, calib=[b.feeds(model, 64)], sparsity=0.5, progress=False)
+    line = next(x for x in r.report.table().splitlines() if x.startswith("plan: "))
+    a = r.report.plan["allocate_seconds"]
+    assert a > 0 and f"allocation predicted {a:.1f}s, measured " \
+        f"{r.report.seconds['allocate']:.1f}s" in line
