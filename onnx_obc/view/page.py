@@ -1,5 +1,6 @@
 """The report as one self-contained HTML page: the figure inline (base64 PNG), then the
-tables (fidelity, layers, sensitivity with the --exclude flags, the allocation, warnings).
+tables (fidelity, layers, sensitivity with the --exclude flags, the allocation, the
+decisions with the options that repeat them, warnings).
 Every name is escaped; nothing is loaded from elsewhere."""
 
 from __future__ import annotations
@@ -25,13 +26,24 @@ def render(report: Report, png: bytes) -> str:
             + escape(", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())) + "</p>",
             f'<img alt="report figure" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode()}">']
-    body += _fidelity(r) + _layers(r) + _sensitivity(r) + _allocation(r)
+    body += _fidelity(r) + _layers(r) + _sensitivity(r) + _allocation(r) + _decisions(r)
     if r.warnings:
         body += ["<h2>Warnings</h2><ul>"] + [f"<li>{escape(w)}</li>" for w in r.warnings]
         body += ["</ul>"]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>onnx-obc report"
             f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body)
             + "\n</body></html>\n")
+
+
+def _decisions(r: Report) -> list[str]:
+    """What the run measured and kept (the footer's lines), and the options that repeat it
+    without measuring (pinned.py)."""
+    said = [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes) if x]
+    if not said and not r.pinned:
+        return []
+    out = ["<h2>Decisions</h2><ul>"] + [f"<li>{escape(x)}</li>" for x in said] + ["</ul>"]
+    return out + ([f"<p>The same choices without measuring: <code>"
+                   f"{escape(r.pinned['flags'])}</code></p>"] if r.pinned else [])
 
 
 def _table(head: list[str], rows: list[list[Any]], flagged: list[bool] | None = None

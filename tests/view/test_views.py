@@ -69,6 +69,19 @@ def test_names_are_escaped_and_every_format_renders(run, tmp_path):
     assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_the_page_lists_the_decisions_and_the_options_that_repeat_them(run, tmp_path):
+    res, _ = run
+    note = "float candidates for onnxruntime, stem (<conv>): kept float"
+    rep = replace(res.report, notes=[note], pinned={"flags": "--exclude '<conv>' --int8-stem"})
+    view.write_views(rep, None, tmp_path / "d.html")
+    page = (tmp_path / "d.html").read_text()
+    assert "<h2>Decisions</h2>" in page and "stem (&lt;conv&gt;): kept float" in page
+    assert "<code>--exclude &#x27;&lt;conv&gt;&#x27; --int8-stem</code>" in page
+    plain = replace(res.report, notes=[], pinned={}, folded={}, correction={})
+    view.write_views(plain, None, tmp_path / "e.html")
+    assert "Decisions" not in (tmp_path / "e.html").read_text()
+
+
 def test_a_failed_write_leaves_nothing_behind(tmp_path):
     (tmp_path / "keep.png").write_bytes(b"old")
     (tmp_path / "d").mkdir()
