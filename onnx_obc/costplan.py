@@ -129,10 +129,12 @@ def _refined(q: Any, candidates: int) -> int:
         candidates + 2 if candidates else 1)
 
 
-def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan:
+def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool,
+            rates: dict[str, float] | None = None) -> Plan:
     """The run's plan on `backend` (row batches at most solve.solver_budget), or on the
     host when every layer is solved there (Backend.for_width); shown as a table on stderr
-    with progress, its summary logged otherwise."""
+    with progress, its summary logged otherwise. `rates`: an earlier plan's (Plan.rates),
+    not measured again."""
     import logging
     import sys
 
@@ -143,7 +145,8 @@ def planned(layers: list[Layer], cfg: Any, backend: Any, progress: bool) -> Plan
     on = [backend.for_width(L.matrix_shape[2]) for L in layers]
     if on and all(b is not backend for b in on):  # every layer solved on the host (narrow)
         backend = on[0]
-    plan = make_plan(layers, cfg, backend.xp, backend.sync, solver_budget(cfg.run, backend))
+    rt = Rates(**rates) if rates else None
+    plan = make_plan(layers, cfg, backend.xp, backend.sync, solver_budget(cfg.run, backend), rt)
     if progress:
         tqdm.write(plan.table(), file=sys.stderr)
     else:
@@ -234,6 +237,19 @@ def plan_line(p: dict[str, Any], layers: list[tuple[float | None, float]],
             + ("" if a is None else f"; allocation predicted {a:.1f}s, measured "
                f"{allocate or 0.0:.1f}s") + f"; Hessians {p['hessian_bytes'] / MB:.0f} MB of "
             f"the {p['budget_bytes'] / MB:.0f} MB memory budget")
+
+
+def over_time(cfg: Any, plan: Plan) -> str | None:
+    """Where --time-budget cannot hold the default DP (`--allocate auto`): its predicted
+    level tables and check with the fitted solves over the budget, which bounds the solves
+    only. The note for taking uniform sparsity instead (its solves fitted), else None."""
+    t, a = cfg.run.time_budget_s, plan.allocate_seconds
+    if (t is None or a is None or getattr(cfg, "_alloc_auto", None) is None
+            or cfg.alloc.mode != "dp" or a + (plan.seconds or 0.0) <= t):
+        return None
+    return (f"uniform sparsity instead of the default DP allocation: its level tables and check "
+            f"(predicted {a:.1f} s) with the solves ({plan.seconds or 0.0:.1f} s) are over "
+            f"--time-budget {t:g} s; --allocate dp keeps the DP")
 
 
 def allocation_seconds(shapes: dict[str, Shape], cfg: Any, rt: Rates | None, row: int

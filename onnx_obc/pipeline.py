@@ -216,6 +216,9 @@ def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
     cfg, fallbacks = costplan.without_auto(layers, cfg)
     with _timed(clock, "plan"):
         plan = costplan.planned(layers, cfg, backend, progress)
+        if (slow := costplan.over_time(cfg, plan)) is not None:  # the DP's tables do not fit
+            cfg, fallbacks = cfg.replace(allocate="uniform"), [*fallbacks, slow]
+            plan = costplan.planned(layers, cfg, backend, progress, plan.rates)
     return cfg, plan, fallbacks
 
 

@@ -295,3 +295,22 @@ def test_the_report_says_the_allocation_s_predicted_and_measured_seconds():
     a = r.report.plan["allocate_seconds"]
     assert a > 0 and f"allocation predicted {a:.1f}s, measured " \
         f"{r.report.seconds['allocate']:.1f}s" in line
+
+
+def test_a_time_budget_too_small_for_the_dp_s_tables_takes_uniform_sparsity():
+    """--time-budget bounds the solves (costfit.py); the default DP's level tables and
+    check come on top, so where those with the fitted solves are predicted over it the
+    default takes uniform sparsity and says so; an asked-for DP stays."""
+    model = b.mlp((16, 64, 8))
+    calib = [b.feeds(model, 64)]
+    tight = convert(model, None, calib=calib, sparsity=0.5, progress=False, time_budget_s=1e-6)
+    assert tight.report.config["alloc"]["mode"] == "uniform" and not tight.report.profile
+    (note,) = [w for w in tight.report.warnings if "instead of the default DP" in w]
+    assert "over --time-budget 1e-06 s; --allocate dp keeps the DP" in note
+    assert tight.report.plan["allocate_seconds"] is None  # uniform: no allocation stage
+    roomy = convert(model, None, calib=calib, sparsity=0.5, progress=False, time_budget_s=1e6)
+    assert roomy.report.config["alloc"]["mode"] == "dp" and roomy.report.profile
+    asked = convert(model, None, calib=calib, sparsity=0.5, allocate="dp", progress=False,
+                    time_budget_s=1e-6)
+    assert asked.report.config["alloc"]["mode"] == "dp"
+    assert not [w for w in asked.report.warnings if "instead of the default DP" in w]
