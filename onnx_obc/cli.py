@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from . import procenv  # noqa: F401  (first of the package: before numpy loads)
 from .config import LAYER_OPS, Selection
 from .errors import ConfigError, ObcError
 from .flags import (
