@@ -25,6 +25,10 @@ For the onnxruntime target with 8-bit activations (export/onnxruntime.float_cand
     which run much faster on integers (README "High-resolution convs"). A group kept float
     then gives its last layers back to the integer kernels one at a time where each, float,
     does not pass the same rule on its own (_trim).
+
+In a run that also prunes, a candidate kept float keeps its zeros (its solved weights, on
+the grid, written float): the sparsity and an allocation's budget hold, so the candidates are
+measured under `--sparsity`'s default DP too (not where the allocation chose bit widths).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import onnx
 
 from . import export
 from .layers import Layer, Skipped
+from .solve import HostSolution, HostWeights
 from .verify import References, variant
 
 TIMING_ROUNDS = 21  # alternating 1-thread runs of the two variants timed, at least ...
@@ -76,8 +81,9 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     `data`: calib.Calibration; `cfg`: CompressConfig; `captured`: the capture's dense outputs
     (set name -> refs.Captured)."""
     hook = getattr(export.target_for(cfg.export.runtime), "float_candidates", None)
-    if hook is None or done.act_values is None or not done.solutions or cfg.alloc.active:
-        return Decision(layers, done, [])  # an allocation has budgeted every layer: as it chose
+    if hook is None or done.act_values is None or not done.solutions or bits_allocated(cfg):
+        return Decision(layers, done, [])  # an allocation of bits has budgeted them: as chosen
+    pruned = cfg.prune.active  # a float candidate keeps its zeros (and an allocation's budget)
     feed = _one_sample(data)
     offered = hook(proto, layers, cfg.quant.act_bits, lambda names: _shapes(
         proto, names, feed, runtime), **cfg.export.float_options())
@@ -89,6 +95,8 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     refs = References()  # the input model's outputs, measured once (the verification too)
 
     def build(floats: set[str]) -> onnx.ModelProto:
+        if pruned:
+            return export.build(proto, layers, _unquantized(done.solutions, floats), **kw)
         return export.build(proto, [L for L in layers if L.weight not in floats],
                             {k: v for k, v in done.solutions.items() if k not in floats}, **kw)
 
@@ -125,6 +133,13 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
                 floats -= back
                 notes += [f"float candidates for {cfg.export.runtime}, {t}" for t in trims]
                 kept = not back  # the boundary is found: no wider step of this kind
+    if pruned:  # pruned still, each as solved: only the quantization dropped
+        done = replace(done, solutions=_unquantized(done.solutions, floats), rows=[
+            replace(r, bits=None, group_size=None) if r.weight in floats else r
+            for r in done.rows], notes=[*done.notes, *notes], decided={**done.decided, **(
+                {"float": [u.node for L in layers if L.weight in floats for u in L.uses]}
+                if notes else {})})
+        return Decision(layers, done, [], model, fidelity, refs)
     skipped = [Skipped(u.node, u.op, why[L.weight], L.weight)
                for L in layers if L.weight in floats for u in L.uses]
     done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in floats},
@@ -133,6 +148,20 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
                        {"float": [s.node for s in skipped]} if notes else {})})  # pinned.py
     return Decision([L for L in layers if L.weight not in floats], done, skipped, model,
                     fidelity, refs)
+
+
+def bits_allocated(cfg: Any) -> bool:
+    """Whether the run's allocation chose the layers' bit widths (a float layer would leave
+    its budget): `--budget bops` or a saved profile; a sparsity, params or flops budget
+    allocates zeros only, which a float candidate keeps."""
+    return cfg.alloc.active and (cfg.alloc.budget == "bops" or cfg.alloc.profile is not None)
+
+
+def _unquantized(solutions: dict[str, Any], floats: set[str]) -> dict[str, Any]:
+    """`solutions` with those of `floats` as float weights: their solved values (pruned, on
+    the grid they were solved on) without codes, so that the export writes them float."""
+    return {k: HostSolution(HostWeights(v.compressed.weight), HostWeights(v.baseline.weight))
+            if k in floats else v for k, v in solutions.items()}
 
 
 def _trim(g: Any, members: list[Layer], floats: set[str], current: tuple, build: Any,

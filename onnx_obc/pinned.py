@@ -33,9 +33,10 @@ def pinned(cfg: Any, decided: Mapping[str, Any]) -> dict[str, Any]:
     for the choices in `decided` ("float": node labels kept float by the measured candidates,
     "correct": whether the automatic correction was kept, "allocate": "dp" or "uniform");
     {} when nothing was measured. `cfg`: the run's CompressConfig. The float candidates are
-    left out with --sequential or --channels, where an --exclude would change more than
-    them: the layers after them fitted on their float outputs, or their channels kept."""
-    if cfg.run.sequential or cfg.prune.channels is not None:
+    left out with --sequential, --channels or pruning, where an --exclude would change more
+    than them: the layers after them fitted on their float outputs, their channels kept, or
+    their zeros (floatcheck.py: pruned, they stay pruned)."""
+    if cfg.run.sequential or cfg.prune.channels is not None or cfg.prune.active:
         decided = {k: v for k, v in decided.items() if k != "float"}
     if not decided:
         return {}

@@ -81,7 +81,7 @@ def test_a_pinned_run_writes_the_same_file_measuring_nothing(tmp_path, monkeypat
 
 
 def test_float_candidates_are_not_pinned_where_an_exclude_changes_more() -> None:
-    for kw in (dict(sequential=True), dict(channels=0.2)):
+    for kw in (dict(sequential=True), dict(channels=0.2), dict(sparsity=0.5), dict(nm=(2, 4))):
         cfg = CompressConfig.from_options(bits=8, act_bits=8, runtime="onnxruntime", **kw)
         assert pinned(cfg, {"float": ["stem"]}) == {}
         assert pinned(cfg, {"float": ["stem"], "correct": True})["flags"] == "--correct"

@@ -308,3 +308,29 @@ def test_a_float_stem_must_not_cost_speed(monkeypatch, ms: float, kept: bool) ->
                            + ("kept float" if kept else "quantized"))
     assert f"latency {ms:.3f}x with them float" in stem
     assert ("output error not measured" in stem) != kept  # a slower stem is not verified
+
+
+@pytest.mark.parametrize("allocate", ["auto", "uniform"])
+def test_a_pruned_stem_kept_float_keeps_its_zeros(monkeypatch, allocate: str) -> None:
+    """Pruning with W8A8 on onnxruntime (the default DP allocation, or uniform levels): the
+    stem is measured as in a quantize-only run and, kept float, keeps the zeros it was solved
+    with (an allocation's budget holds), written float; its row stays, without bits."""
+    from .test_orthires import _fixed
+
+    _fixed(monkeypatch, {"quantized": 0.02, "stem": 0.01}, {0: 1.0, 2: 0.9})
+    m = mobile()
+    r = convert(m, None, calib=[b.feeds(m, 64, seed=2)], sparsity=0.5, bits=8, act_bits=8,
+                runtime="onnxruntime", allocate=allocate, progress=False)
+    note = next(n for n in r.report.notes if n.startswith("float candidates"))
+    assert note.startswith("float candidates for onnxruntime, stem (stem, dw): kept float")
+    assert r.report.skipped == []
+    rows = {row.name: row for row in r.report.layers}
+    assert set(rows) == {"stem", "dw", "pw", "dw2", "to3", "narrow", "fc"}
+    assert rows["stem"].bits is None and rows["dw"].bits is None and rows["pw"].bits == 8
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    for w, name in (("Ws", "stem"), ("Wd", "dw")):
+        assert inits[w].dtype == np.float32
+        assert np.isclose((inits[w] == 0).mean(), rows[name].sparsity)
+    assert rows["stem"].sparsity > 0 or rows["dw"].sparsity > 0
+    assert r.report.fusion["layers"] == 5 and optimized_ops(r.model)["QLinearConv"] == 4
+    assert "--exclude" not in (r.report.to_dict().get("pinned") or {}).get("flags", "")
