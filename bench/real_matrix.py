@@ -81,6 +81,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w4 obc seq all": {"bits": 4, "method": "obc", "sequential": True, "positions": "all"},
     "s50dp noshrink": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "shrink": False},
     "s50dp seq": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "sequential": True},
+    "s50u seq": {"sparsity": 0.5, "allocate": "uniform", "sequential": True},
+    "s50u corr": {"sparsity": 0.5, "allocate": "uniform", "correct": True},
     "s50dp corr": {"sparsity": 0.5, "allocate": "dp", "budget": "params", "correct": True},
     "w4 gptq": {"bits": 4, "method": "gptq", "sequential": False},
     "w4 rtn": {"bits": 4, "method": "rtn"},
