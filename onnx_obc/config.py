@@ -184,6 +184,10 @@ def _check_combination(c: CompressConfig) -> None:
     if p.nm and method == "gptq" and c.solver.act_order:
         raise ConfigError("solver.act_order orders the columns by diag(H), but gptq's N:M "
                           "(SparseGPT) takes each group of m columns together: drop it")
+    if c.export.float_layers and q.bits is None and a.budget != "bops":
+        raise ConfigError("export.float_layers keeps quantized layers float, and nothing is "
+                          "quantized: add quant.bits, or use select.exclude to leave layers "
+                          "out")
     if p.channel_allocate not in ("dp", "greedy", "uniform"):
         raise ConfigError(f"prune.channel_allocate must be dp, greedy or uniform, got "
                           f"{p.channel_allocate!r}")

@@ -31,7 +31,11 @@ class ExportOptions:
     at about the same latency, then likewise those at stride 8 (export/orthires.py).
     float_heads (likewise): a Conv whose output only feeds graph outputs (a detector's box
     convs) stays float where the run measures an output error more than 2% lower so at
-    about the same latency (export/onnxruntime.head_convs); False quantizes them."""
+    about the same latency (export/onnxruntime.head_convs); False quantizes them.
+    float_layers: glob patterns on layer node names; those layers are solved with the rest
+    and written float, unquantized, as a float candidate kept float is (floatcheck.py: with
+    their zeros in a run that prunes; the layers after them fitted as with them quantized).
+    Unlike select.exclude, which leaves a layer out of every stage."""
 
     runtime: str = "tensorrt"
     act_type: str = "u8"
@@ -42,8 +46,13 @@ class ExportOptions:
     float_stem: bool = True
     float_highres: bool = True
     float_heads: bool = True
+    float_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.float_layers, tuple) or not all(
+                isinstance(x, str) for x in self.float_layers):
+            raise ConfigError(f"export.float_layers must be a tuple of strings (glob patterns "
+                              f"on layer node names), got {self.float_layers!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
                               f"{self.runtime!r}")

@@ -33,15 +33,14 @@ measured under `--sparsity`'s default DP too (not where the allocation chose bit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
-from . import export
+from . import export, floatlayers
 from .layers import Layer, Skipped
-from .solve import HostSolution, HostWeights
 from .verify import References, variant
 
 TIMING_ROUNDS = 21  # alternating 1-thread runs of the two variants timed, at least ...
@@ -79,35 +78,38 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     variant's uncorrected model with its measures where one was built (the correction and
     the verification reuse them: built and measured once). `done`: schedule.Compressed;
     `data`: calib.Calibration; `cfg`: CompressConfig; `captured`: the capture's dense outputs
-    (set name -> refs.Captured)."""
+    (set name -> refs.Captured). The layers `--float-layer` names are float from the start,
+    not measured (floatlayers.py)."""
+    pruned = cfg.prune.active  # a float layer keeps its zeros (and an allocation's budget)
+    forced = floatlayers.forced(layers, done.solutions, cfg.export.float_layers)
+    why = {k: f"kept float by --float-layer {p!r}" for k, p in forced.items()}
+    head = [f"--float-layer: {_names([L for L in layers if L.weight in forced])} written "
+            "float, not measured"] if forced else []
     hook = getattr(export.target_for(cfg.export.runtime), "float_candidates", None)
-    if hook is None or done.act_values is None or not done.solutions or bits_allocated(cfg):
-        return Decision(layers, done, [])  # an allocation of bits has budgeted them: as chosen
-    pruned = cfg.prune.active  # a float candidate keeps its zeros (and an allocation's budget)
-    feed = _one_sample(data)
+    measure = not (hook is None or done.act_values is None or not done.solutions
+                   or floatlayers.bits_allocated(cfg))  # bits allocated: as chosen
+    feed = _one_sample(data) if measure else None
     offered = hook(proto, layers, cfg.quant.act_bits, lambda names: _shapes(
-        proto, names, feed, runtime), **cfg.export.float_options())
-    solved = {L.weight for L in layers if L.weight in done.solutions}
+        proto, names, feed, runtime), **cfg.export.float_options()) if measure else []
+    solved = {L.weight for L in layers if L.weight in done.solutions} - set(forced)
     if not any(solved & set(g.reasons) and solved - set(g.reasons) for g in offered):
-        return Decision(layers, done, [])  # no candidate, or none that leaves a layer integer
+        return Decision(*floatlayers.apply(layers, done, set(forced), why, head, pruned))
     kw = dict(which="uncorrected", act_scales=done.act_values, target=cfg.export.runtime,
               target_options=cfg.export.target_options())
     refs = References()  # the input model's outputs, measured once (the verification too)
 
     def build(floats: set[str]) -> onnx.ModelProto:
-        if pruned:
-            return export.build(proto, layers, _unquantized(done.solutions, floats), **kw)
-        return export.build(proto, [L for L in layers if L.weight not in floats],
-                            {k: v for k, v in done.solutions.items() if k not in floats}, **kw)
+        return export.build(proto, *floatlayers.solutions_for(layers, done.solutions, floats,
+                                                              pruned), **kw)
 
     def verified(key: str, model: onnx.ModelProto) -> tuple[dict, float]:
         return variant(dense, key, model, data, runtime, refs, captured)
 
     on = next(iter(data.sets()))
-    model = build(set())  # the current choice: every candidate quantized
+    floats: set[str] = set(forced)
+    model = build(floats)  # the current choice: every candidate quantized
     fidelity, err = verified("quantized", model)
-    floats: set[str] = set()
-    notes, why = [], {}
+    notes = []
     kept = False  # the group before stayed float
     for g in offered:
         new = {k for k in g.reasons if k in solved} - floats
@@ -133,35 +135,9 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
                 floats -= back
                 notes += [f"float candidates for {cfg.export.runtime}, {t}" for t in trims]
                 kept = not back  # the boundary is found: no wider step of this kind
-    if pruned:  # pruned still, each as solved: only the quantization dropped
-        done = replace(done, solutions=_unquantized(done.solutions, floats), rows=[
-            replace(r, bits=None, group_size=None) if r.weight in floats else r
-            for r in done.rows], notes=[*done.notes, *notes], decided={**done.decided, **(
-                {"float": [u.node for L in layers if L.weight in floats for u in L.uses]}
-                if notes else {})})
-        return Decision(layers, done, [], model, fidelity, refs)
-    skipped = [Skipped(u.node, u.op, why[L.weight], L.weight)
-               for L in layers if L.weight in floats for u in L.uses]
-    done = replace(done, solutions={k: v for k, v in done.solutions.items() if k not in floats},
-                   rows=[r for r in done.rows if r.weight not in floats],
-                   notes=[*done.notes, *notes], decided={**done.decided, **(
-                       {"float": [s.node for s in skipped]} if notes else {})})  # pinned.py
-    return Decision([L for L in layers if L.weight not in floats], done, skipped, model,
-                    fidelity, refs)
-
-
-def bits_allocated(cfg: Any) -> bool:
-    """Whether the run's allocation chose the layers' bit widths (a float layer would leave
-    its budget): `--budget bops` or a saved profile; a sparsity, params or flops budget
-    allocates zeros only, which a float candidate keeps."""
-    return cfg.alloc.active and (cfg.alloc.budget == "bops" or cfg.alloc.profile is not None)
-
-
-def _unquantized(solutions: dict[str, Any], floats: set[str]) -> dict[str, Any]:
-    """`solutions` with those of `floats` as float weights: their solved values (pruned, on
-    the grid they were solved on) without codes, so that the export writes them float."""
-    return {k: HostSolution(HostWeights(v.compressed.weight), HostWeights(v.baseline.weight))
-            if k in floats else v for k, v in solutions.items()}
+    measured_floats = floatlayers.nodes(layers, floats - set(forced)) if notes else None
+    return Decision(*floatlayers.apply(layers, done, floats, why, head + notes, pruned,
+                                       measured_floats), model, fidelity, refs)
 
 
 def _trim(g: Any, members: list[Layer], floats: set[str], current: tuple, build: Any,

@@ -8,9 +8,10 @@ the output error: correct.auto_decision) and `--allocate auto`'s DP against unif
 (PP-LCNet's high-resolution convs at 1.035x and 1.25x against 1.05x in two runs of one
 command on a busy machine), so two runs of the same command can write different files.
 The report names the options that repeat this run's choices with nothing measured: the
-layers kept float as `--exclude`, the float candidates' `--int8-*` (nothing left to
-measure), `--correct` / `--no-correct`, `--allocate dp` / `uniform`; and the same as a
-recipe (the report's `pinned`). Such a run writes the same file (tests/test_pinned.py), in
+layers kept float as `--exclude` (`--float-layer` where the run prunes, cuts channels or is
+sequential), the float candidates' `--int8-*` (nothing left to measure), `--correct` /
+`--no-correct`, `--allocate dp` / `uniform`; and the same as a recipe (the report's
+`pinned`). Such a run writes the same file (tests/test_pinned.py), in
 less time (PP-LCNet W8A8 on the onnxruntime target: 5.7 s against 15.3 s, README).
 
     decided = {"float": ["Conv.0", "Conv.1"], "correct": False}  # Compressed.decided
@@ -32,19 +33,21 @@ def pinned(cfg: Any, decided: Mapping[str, Any]) -> dict[str, Any]:
     """{"flags": the options as one shell line, "recipe": cfg's dict with them applied, ...}
     for the choices in `decided` ("float": node labels kept float by the measured candidates,
     "correct": whether the automatic correction was kept, "allocate": "dp" or "uniform");
-    {} when nothing was measured. `cfg`: the run's CompressConfig. The float candidates are
-    left out with --sequential, --channels or pruning, where an --exclude would change more
-    than them: the layers after them fitted on their float outputs, their channels kept, or
-    their zeros (floatcheck.py: pruned, they stay pruned)."""
-    if cfg.run.sequential or cfg.prune.channels is not None or cfg.prune.active:
-        decided = {k: v for k, v in decided.items() if k != "float"}
+    {} when nothing was measured. `cfg`: the run's CompressConfig. The float candidates
+    kept float are `--exclude`d (their solve skipped too), except where an exclude would
+    change more than them — with --sequential (the layers after them fitted on their
+    quantized outputs), --channels (their channels cut) or pruning (their zeros): there
+    `--float-layer` writes them float after the same solve (floatlayers.py)."""
     if not decided:
         return {}
     d, flags = cfg.to_dict(), []
     if "float" in decided:
         nodes = list(decided["float"])
-        d["select"]["exclude"] = [*d["select"]["exclude"], *map(literal, nodes)]
-        flags.append(exclude_flags(nodes))
+        after = cfg.run.sequential or cfg.prune.channels is not None or cfg.prune.active
+        section, field, flag = ("export", "float_layers", "--float-layer") if after else (
+            "select", "exclude", "--exclude")
+        d[section][field] = [*d[section][field], *map(literal, nodes)]
+        flags.append(exclude_flags(nodes, flag))
         for option, flag in FLOAT_FLAGS.items():
             if d["export"][option]:
                 d["export"][option] = False
@@ -65,9 +68,9 @@ WHAT = {"float": "the float candidates (timed: near a limit, either way between 
         "correct": "the bias correction", "allocate": "the DP against uniform levels"}
 
 
-def exclude_flags(nodes: Iterable[str]) -> str:
-    """`--exclude 'node'` for every node, glob characters escaped, shell-quoted."""
-    return " ".join(f"--exclude {shlex.quote(literal(n))}" for n in nodes)
+def exclude_flags(nodes: Iterable[str], flag: str = "--exclude") -> str:
+    """`--exclude 'node'` (or `flag`) for every node, glob characters escaped, shell-quoted."""
+    return " ".join(f"{flag} {shlex.quote(literal(n))}" for n in nodes)
 
 
 def literal(name: str) -> str:

@@ -80,8 +80,51 @@ def test_a_pinned_run_writes_the_same_file_measuring_nothing(tmp_path, monkeypat
     assert (tmp_path / "b.onnx").read_bytes() == a and (tmp_path / "c.onnx").read_bytes() == a
 
 
-def test_float_candidates_are_not_pinned_where_an_exclude_changes_more() -> None:
+def test_float_candidates_are_written_float_where_an_exclude_changes_more() -> None:
+    """With --sequential, --channels or pruning an --exclude would change more than the
+    float decision (the later layers' fit, the channel cut, the zeros): --float-layer."""
     for kw in (dict(sequential=True), dict(channels=0.2), dict(sparsity=0.5), dict(nm=(2, 4))):
         cfg = CompressConfig.from_options(bits=8, act_bits=8, runtime="onnxruntime", **kw)
-        assert pinned(cfg, {"float": ["stem"]}) == {}
-        assert pinned(cfg, {"float": ["stem"], "correct": True})["flags"] == "--correct"
+        p = pinned(cfg, {"float": ["stem", "a*"], "correct": True})
+        assert shlex.split(p["flags"]) == ["--float-layer", "stem", "--float-layer", "a[*]",
+                                           "--int8-stem", "--int8-highres", "--int8-heads",
+                                           "--correct"]
+        again = CompressConfig.from_dict(p["recipe"])
+        assert again.export.float_layers == ("stem", "a[*]") and again.select.exclude == ()
+
+
+def test_a_pinned_pruned_run_writes_the_same_file(tmp_path, monkeypatch) -> None:
+    """digits_vit at 50% + W8A8 on onnxruntime (the default DP, checked against uniform):
+    its patch embedding kept float, pruned (its float variant timed as faster here); the
+    flags repeat the float layer, the allocation and the correction, measuring nothing."""
+    from tests.export.test_orthires import _fixed
+
+    _fixed(monkeypatch, {}, {0: 1.0, 1: 0.9})  # the float patch embedding: 0.9x the latency
+    calib = MODELS / "digits_vit.calib.npz"
+    first = convert(MODELS / "digits_vit.onnx", tmp_path / "a.onnx", calib=calib,
+                    sparsity=0.5, bits=8, act_bits=8, runtime="onnxruntime", progress=False,
+                    device="cpu")
+    p = first.report.to_dict()["pinned"]
+    assert "--float-layer patch --int8-stem --int8-highres --int8-heads" in p["flags"]
+    assert "--allocate " in p["flags"] and "--exclude" not in p["flags"]
+    row = next(r for r in first.report.layers if r.name == "patch")
+    assert row.bits is None and row.sparsity > 0
+
+    def fail(*a, **k):
+        raise AssertionError("a pinned run measures nothing")
+    monkeypatch.setattr(floatcheck, "_accept", fail)
+    res = CliRunner().invoke(main, [str(MODELS / "digits_vit.onnx"), str(tmp_path / "b.onnx"),
+                                    "--calib", str(calib), "--sparsity", "0.5", "--bits", "8",
+                                    "--act-bits", "8", "--runtime", "onnxruntime", "--device",
+                                    "cpu", "-q", *shlex.split(p["flags"])])
+    assert res.exit_code == 0, res.output
+    assert "measured this run" not in res.output and "allocation (--allocate" not in res.output
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
+def test_float_layer_without_quantization_is_refused() -> None:
+    import pytest
+
+    from onnx_obc import ConfigError
+    with pytest.raises(ConfigError, match="nothing is quantized"):
+        CompressConfig.from_options(sparsity=0.5, float_layers=["stem"])

@@ -1,0 +1,57 @@
+"""Layers written float after the solve (onnx_obc/floatlayers.py): --float-layer, without
+measuring, quantize-only (the layer left out, its input weights) and pruned (its zeros
+kept, written float, its row without bits)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnx_obc import convert, floatcheck
+from onnx_obc.floatlayers import forced
+from onnx_obc.layers import find_layers
+
+from . import builders as b
+from .export.test_ortstem import mobile
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_patterns_name_solved_layers_by_their_nodes() -> None:
+    layers = find_layers(mobile())[0]
+    solved = {L.weight: None for L in layers if L.weight != "Wd2"}
+    assert forced(layers, solved, ("dw*", "fc")) == {"Wd": "dw*", "Wf": "fc"}  # dw2 unsolved
+    assert forced(layers, solved, ()) == {}
+
+
+def test_a_float_layer_in_a_quantize_only_run_keeps_its_input_weights(monkeypatch) -> None:
+    def fail(*a, **k):
+        raise AssertionError("--float-layer measures nothing")
+    monkeypatch.setattr(floatcheck, "_accept", fail)
+    m = mobile()
+    r = convert(m, None, calib=[b.feeds(m, 24, seed=2)], bits=8, float_layers=["pw"],
+                progress=False)
+    (s,) = r.report.skipped
+    assert (s.node, s.reason) == ("pw", "kept float by --float-layer 'pw'")
+    assert "pw" not in {row.name for row in r.report.layers} and len(r.report.layers) == 6
+    assert np.array_equal(_weights(r.model)["Wp"], _weights(m)["Wp"])
+    assert "--float-layer: pw written float, not measured" in r.report.notes
+
+
+def test_a_float_layer_in_a_pruned_run_keeps_its_zeros() -> None:
+    """W8A8 on onnxruntime at 50%: the named layer solved with the rest (pruned, on the
+    grid), written float: its row stays, without bits; one integer layer fewer."""
+    m = mobile()
+    kw = dict(calib=[b.feeds(m, 64, seed=2)], sparsity=0.5, allocate="uniform", bits=8,
+              act_bits=8, runtime="onnxruntime", float_stem=False, float_highres=False,
+              float_heads=False, progress=False)
+    r = convert(m, None, float_layers=["pw"], **kw)
+    base = convert(m, None, **kw)
+    rows = {row.name: row for row in r.report.layers}
+    assert r.report.skipped == [] and rows["pw"].bits is None and rows["dw2"].bits == 8
+    w = _weights(r.model)["Wp"]
+    assert w.dtype == np.float32 and np.isclose((w == 0).mean(), rows["pw"].sparsity)
+    assert rows["pw"].sparsity > 0.3
+    assert r.report.fusion["layers"] == base.report.fusion["layers"] - 1
