@@ -12,6 +12,7 @@ import fnmatch
 from dataclasses import replace
 from typing import Any
 
+from .errors import ConfigError
 from .layers import Layer, Skipped
 from .solve import HostSolution, HostWeights
 
@@ -21,6 +22,19 @@ def bits_allocated(cfg: Any) -> bool:
     its budget): `--budget bops` or a saved profile; a sparsity, params or flops budget
     allocates zeros only, which a float layer keeps."""
     return cfg.alloc.active and (cfg.alloc.budget == "bops" or cfg.alloc.profile is not None)
+
+
+def check(layers: list[Layer], patterns: tuple[str, ...]) -> None:
+    """Each pattern names a layer to compress, before any work: a pattern that matches
+    none (a typo) would quietly quantize the layer meant to stay float."""
+    labels = [u.node for L in layers for u in L.uses]
+    bad = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in labels)]
+    if bad:
+        some = ", ".join(labels[:6]) + (f" and {len(labels) - 6} more" if len(labels) > 6
+                                         else "")
+        raise ConfigError(f"export.float_layers {', '.join(map(repr, bad))} matches no layer "
+                          f"to compress (glob on node names; the layers: {some}); "
+                          "`onnx-obc inspect MODEL` lists them")
 
 
 def forced(layers: list[Layer], solutions: dict[str, Any], patterns: tuple[str, ...]

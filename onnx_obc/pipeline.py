@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import branches, costplan, export, floatcheck, pinned, preflight, view
+from . import branches, costplan, export, floatcheck, floatlayers, pinned, preflight, view
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -225,6 +225,7 @@ def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
 def _preflight(proto: onnx.ModelProto, layers: list, src: str | None, output: Any,
                report_path: Any, calib: Any, cfg: CompressConfig, plan: Any) -> list[str]:
     """preflight.check with the run's settings: what can be known before any work."""
+    floatlayers.check(layers, cfg.export.float_layers)
     return preflight.check(proto, layers, model_path=src, output=output,
                            report_path=report_path, external=cfg.run.external_data,
                            bits=bool(cfg.quant.bits or cfg.alloc.budget == "bops"),

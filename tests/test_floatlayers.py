@@ -55,3 +55,18 @@ def test_a_float_layer_in_a_pruned_run_keeps_its_zeros() -> None:
     assert w.dtype == np.float32 and np.isclose((w == 0).mean(), rows["pw"].sparsity)
     assert rows["pw"].sparsity > 0.3
     assert r.report.fusion["layers"] == base.report.fusion["layers"] - 1
+
+
+def test_a_pattern_that_names_no_layer_is_refused_before_any_work(monkeypatch) -> None:
+    import pytest
+
+    import onnx_obc.pipeline as pipeline
+    from onnx_obc import ConfigError
+
+    def fail(*a, **k):
+        raise AssertionError("refused before the calibration data is read")
+    monkeypatch.setattr(pipeline, "_calibration", fail)
+    m = mobile()
+    with pytest.raises(ConfigError, match=r"'pww' matches no layer to compress .*stem, dw"):
+        convert(m, None, calib=[b.feeds(m, 8, seed=2)], bits=8, float_layers=["pw", "pww"],
+                progress=False)
