@@ -64,9 +64,9 @@ NOT_TIMED = "latency not measured"
 
 @dataclass(frozen=True)
 class Decision:
-    layers: list[Layer]  # the layers to compress: the candidates kept float taken out
-    done: Any  # schedule.Compressed, their solutions and rows taken out
-    skipped: list[Skipped]  # the candidates kept float, each with its reason and measures
+    layers: list[Layer]  # the layers to compress: those kept float taken out (floatlayers:
+    done: Any  # schedule.Compressed, their solutions and rows taken out; in a run that
+    skipped: list[Skipped]  # prunes kept, unquantized), and each with its reason
     uncorrected: onnx.ModelProto | None = None  # the chosen variant, uncorrected (if built)
     fidelity: dict[str, Any] | None = None  # its measures: set -> Fidelity
     references: References | None = None  # the input model's outputs on the sets measured

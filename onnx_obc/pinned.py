@@ -44,10 +44,10 @@ def pinned(cfg: Any, decided: Mapping[str, Any]) -> dict[str, Any]:
     if "float" in decided:
         nodes = list(decided["float"])
         after = cfg.run.sequential or cfg.prune.channels is not None or cfg.prune.active
-        section, field, flag = ("export", "float_layers", "--float-layer") if after else (
+        section, field, named = ("export", "float_layers", "--float-layer") if after else (
             "select", "exclude", "--exclude")
         d[section][field] = [*d[section][field], *map(literal, nodes)]
-        flags.append(exclude_flags(nodes, flag))
+        flags.append(exclude_flags(nodes, named))
         for option, flag in FLOAT_FLAGS.items():
             if d["export"][option]:
                 d["export"][option] = False
