@@ -51,6 +51,20 @@ def test_the_allocation_and_a_kept_correction() -> None:
         assert not guard.applies(again)  # asked for: not measured again
 
 
+def _repeat(monkeypatch, out: Path, options: list[str], flags: str) -> str:
+    """digits_vit W8A8 on onnxruntime with `options` and the pinned `flags`, from the command
+    line, no float candidate measured (floatcheck._accept fails); its printed output."""
+    def fail(*a, **k):
+        raise AssertionError("a pinned run measures no float candidate")
+    monkeypatch.setattr(floatcheck, "_accept", fail)
+    res = CliRunner().invoke(main, [str(MODELS / "digits_vit.onnx"), str(out), "--calib",
+                                    str(MODELS / "digits_vit.calib.npz"), *options,
+                                    "--act-bits", "8", "--runtime", "onnxruntime", "--device",
+                                    "cpu", "-q", *shlex.split(flags)])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
 def test_a_pinned_run_writes_the_same_file_measuring_nothing(tmp_path, monkeypatch) -> None:
     """digits_vit W8A8 on onnxruntime: its patch embedding's float candidate timed and
     verified, the bias correction verified (float and kept where they measured better: the
@@ -64,14 +78,7 @@ def test_a_pinned_run_writes_the_same_file_measuring_nothing(tmp_path, monkeypat
     assert p["flags"].split()[-1] in ("--correct", "--no-correct")
     assert p["line"] in first.report.table()
 
-    def fail(*a, **k):
-        raise AssertionError("a pinned run measures no float candidate")
-    monkeypatch.setattr(floatcheck, "_accept", fail)
-    res = CliRunner().invoke(main, [str(MODELS / "digits_vit.onnx"), str(tmp_path / "b.onnx"),
-                                    "--calib", str(calib), "--bits", "8", "--act-bits", "8",
-                                    "--runtime", "onnxruntime", "--device", "cpu", "-q",
-                                    *shlex.split(p["flags"])])
-    assert res.exit_code == 0, res.output
+    _repeat(monkeypatch, tmp_path / "b.onnx", ["--bits", "8"], p["flags"])
     again = convert(MODELS / "digits_vit.onnx", tmp_path / "c.onnx", calib=calib,
                     config=CompressConfig.from_dict(p["recipe"]), progress=False)
     assert again.report.pinned == {} and "measured this run" not in again.report.table()
@@ -110,15 +117,9 @@ def test_a_pinned_pruned_run_writes_the_same_file(tmp_path, monkeypatch) -> None
     row = next(r for r in first.report.layers if r.name == "patch")
     assert row.bits is None and row.sparsity > 0
 
-    def fail(*a, **k):
-        raise AssertionError("a pinned run measures nothing")
-    monkeypatch.setattr(floatcheck, "_accept", fail)
-    res = CliRunner().invoke(main, [str(MODELS / "digits_vit.onnx"), str(tmp_path / "b.onnx"),
-                                    "--calib", str(calib), "--sparsity", "0.5", "--bits", "8",
-                                    "--act-bits", "8", "--runtime", "onnxruntime", "--device",
-                                    "cpu", "-q", *shlex.split(p["flags"])])
-    assert res.exit_code == 0, res.output
-    assert "measured this run" not in res.output and "allocation (--allocate" not in res.output
+    out = _repeat(monkeypatch, tmp_path / "b.onnx", ["--sparsity", "0.5", "--bits", "8"],
+                  p["flags"])
+    assert "measured this run" not in out and "allocation (--allocate" not in out
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
 
 
