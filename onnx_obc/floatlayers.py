@@ -19,9 +19,16 @@ from .solve import HostSolution, HostWeights
 
 def bits_allocated(cfg: Any) -> bool:
     """Whether the run's allocation chose the layers' bit widths (a float layer would leave
-    its budget): `--budget bops` or a saved profile; a sparsity, params or flops budget
-    allocates zeros only, which a float layer keeps."""
-    return cfg.alloc.active and (cfg.alloc.budget == "bops" or cfg.alloc.profile is not None)
+    its budget): `--budget bops`, or a saved profile with bits in its levels; a sparsity,
+    params or flops budget allocates zeros only, which a float layer keeps."""
+    a = cfg.alloc
+    if not a.active or a.budget == "bops":
+        return a.active
+    if a.profile is None:
+        return False
+    from .allocation.profiles import load_profile
+
+    return any(level.bits is not None for level in load_profile(a.profile).values())
 
 
 def check(layers: list[Layer], patterns: tuple[str, ...]) -> None:

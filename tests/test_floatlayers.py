@@ -70,3 +70,22 @@ def test_a_pattern_that_names_no_layer_is_refused_before_any_work(monkeypatch) -
     with pytest.raises(ConfigError, match=r"'pww' matches no layer to compress .*stem, dw"):
         convert(m, None, calib=[b.feeds(m, 8, seed=2)], bits=8, float_layers=["pw", "pww"],
                 progress=False)
+
+
+def test_bits_allocated_by_bops_or_a_profile_with_bits(tmp_path) -> None:
+    import json
+
+    from onnx_obc import CompressConfig
+    from onnx_obc.floatlayers import bits_allocated
+
+    def profile(choice: dict) -> str:
+        path = tmp_path / f"p{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"version": 1, "choice": choice, "cost": 1.0, "error": 0.0,
+                                    "budget": 1.0}))
+        return str(path)
+    cfg = CompressConfig.from_options
+    assert not bits_allocated(cfg(bits=8, act_bits=8))
+    assert not bits_allocated(cfg(sparsity=0.5, bits=8))  # the default DP: zeros only
+    assert bits_allocated(cfg(allocate="dp", budget="bops", target=8))
+    assert bits_allocated(cfg(bits=8, profile=profile({"fc": "2:4+w4", "pw": 0.5})))
+    assert not bits_allocated(cfg(bits=8, profile=profile({"fc": 0.7, "pw": "0.3"})))
