@@ -5,13 +5,14 @@
                            [--eval common_det=bench/results/detgt/common_det.eval_gt.npz]
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
                            [--latency-batch 8] [--int8-stem] [--int8-highres]
-                           [--runtimes tensorrt,onnxruntime]
+                           [--runtimes tensorrt,onnxruntime] [--sparsity 0.5]
                            [--out bench/results/deploy.json]
 
 Rows per model: fp32 (the dense model); W8A8 with each export target (`--runtime tensorrt`
 and `--runtime onnxruntime`, the default method: at 8 bits each layer keeps the better of
 GPTQ and RTN on the H-aware grid, solvers/choose.py; `method` counts what each layer kept);
-and onnxruntime's own `quantize_static` (QDQ, per channel, MinMax, uint8 activations / int8
+`--sparsity S`: those rows pruned too ("50% + W8A8 onnxruntime"); and onnxruntime's own
+`quantize_static` (QDQ, per channel, MinMax, uint8 activations / int8
 weights, the same calibration samples; models below opset 13 are converted to 13 first, as
 per-channel QDQ needs) as the reference. `seconds`: conversion wall time of each row (ours:
 the whole convert() call with its verification; quantize_static: its call), in one run;
@@ -269,7 +270,8 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
               method_override: str | None = None,
               runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime"),
               eval_path: str | None = None, lat_batch: int = 1,
-              int8_stem: bool = False, int8_highres: bool = False) -> list[dict]:
+              int8_stem: bool = False, int8_highres: bool = False,
+              sparsity: float | None = None) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     epath = eval_path or epath
     method = MODELS[name][3]
@@ -292,21 +294,24 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
         [("onnxruntime", a, stem, hires) for a in act_types for stem, hires in floats]
         if "onnxruntime" in runtimes else [])
     for runtime, act_type, float_stem, float_highres in targets:
-        key = f"W8A8 {runtime}" + (f" {act_type}" if runtime == "onnxruntime" and (
+        key = (f"{sparsity:.0%} + " if sparsity else "") + f"W8A8 {runtime}" + (
+            f" {act_type}" if runtime == "onnxruntime" and (
             len(act_types) > 1 or act_type != "u8") else "") + (
             "" if float_highres else " int8-highres" if float_stem else " int8-stem")
         out = str(work / f"{name}.{runtime}.{act_type}.{float_stem}.{float_highres}.onnx")
         t, c = time.perf_counter(), time.process_time()
         r = convert(mpath, out, calib=cpath, bits=8, act_bits=8, method=method,
                     runtime=runtime, act_type=act_type, holdout=0.0, float_stem=float_stem,
-                    float_highres=float_highres, compare_baseline=False, progress=False)
+                    float_highres=float_highres, compare_baseline=False, progress=False,
+                    **({"sparsity": sparsity} if sparsity else {}))
         f = r.report.fusion
         used: dict[str, int] = {}
         for row in r.report.layers:
             used[row.method_used] = used.get(row.method_used, 0) + 1
         info[key] = {"integer": f"{f.get('integer', 0)}/{f.get('layers', 0)}",
                      "unfused": [u["why"] for u in f.get("unfused", [])],
-                     "kept_float": [x.node for x in r.report.skipped if "kept float" in x.reason],
+                     "kept_float": [x.node for x in r.report.skipped if "kept float" in x.reason]
+                     + [row.name for row in r.report.layers if row.bits is None],  # pruned
                      "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
                      "method": method,
                      "method_used": used, "stage_seconds": dict(r.report.seconds),
@@ -470,6 +475,9 @@ def main() -> None:
                          "(--int8-highres; default: measured, export/orthires.py)")
     ap.add_argument("--latency-batch", type=int, default=1,
                     help="samples per latency run of models with a dynamic batch")
+    ap.add_argument("--sparsity", type=float, default=None,
+                    help="the W8A8 rows pruned too, at this sparsity (--sparsity's default "
+                         "DP; quantize_static's row stays W8A8 alone)")
     args = ap.parse_args()
     evals = dict(e.split("=", 1) for e in args.eval)
     rows: list[dict] = []
@@ -483,7 +491,8 @@ def main() -> None:
             rows += run_model(name, args.runs, Path(tmp), args.quick,
                               args.act_types.split(","), args.method,
                               tuple(args.runtimes.split(",")), evals.get(name),
-                              args.latency_batch, args.int8_stem, args.int8_highres)
+                              args.latency_batch, args.int8_stem, args.int8_highres,
+                              args.sparsity)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:
