@@ -93,6 +93,11 @@ class Report:
         text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
         write_atomic(path, text.encode(), "the report", "--report")
 
+    def decisions(self) -> list[str]:
+        """The run's decision lines: the fold, the correction, the notes (floatcheck...)."""
+        return [x for x in (self.folded.get("summary"), self.correction.get("decision"),
+                            *self.notes) if x]
+
     def table(self) -> str:
         return "\n".join(_channel_lines(self) + _layer_lines(self) + _profile_lines(self)
                          + _skip_lines(self) + _fidelity_lines(self) + _fusion_lines(self)
@@ -263,8 +268,7 @@ def _footer(r: Report) -> list[str]:
     if r.plan:
         lines.append(plan_line(r.plan, [(x.predicted_seconds, x.seconds) for x in r.layers],
                                r.seconds.get("allocate")))
-    lines += [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes,
-                          r.pinned.get("line")) if x]
+    lines += r.decisions() + ([r.pinned["line"]] if r.pinned.get("line") else [])
     lines += [f"WARNING: {w}" for w in r.warnings]
     return lines
 

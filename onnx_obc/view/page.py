@@ -38,7 +38,7 @@ def render(report: Report, png: bytes) -> str:
 def _decisions(r: Report) -> list[str]:
     """What the run measured and kept (the footer's lines), and the options that repeat it
     without measuring (pinned.py)."""
-    said = [x for x in (r.folded.get("summary"), r.correction.get("decision"), *r.notes) if x]
+    said = r.decisions()
     if not said and not r.pinned:
         return []
     out = ["<h2>Decisions</h2><ul>"] + [f"<li>{escape(x)}</li>" for x in said] + ["</ul>"]
