@@ -7,7 +7,9 @@ Rows per model: fp32 (dense); W4 as DQ -> MatMul (`--runtime onnxruntime
 --no-matmul-nbits`); W4 as MatMulNBits with accuracy_level 4 (int8 activations, the default)
 and 0 (float activations); each per output channel and with --group-size 32 (the same solved
 weights within a pair: one solve per grid, exported both ways). OBQ on digits_vit, GPTQ on the
-2.6 M-parameter synthetic ocr_like model (`python bench/make_synthetic.py`); --holdout 0;
+2.6 M-parameter synthetic ocr_like model (`python bench/make_synthetic.py`) and on the real
+all-MiniLM-L6-v2 sentence embedder (`setup_models.py --models minilm`; its "accuracy" is
+retrieval recall@1, its word-embedding table 4-bit GatherBlockQuantized); --holdout 0;
 only the MatMul / Gemm layers are quantized (--op-types; 4-bit Conv weights were
 DequantizeLinear, dequantized on every run, which would have hidden the MatMul difference;
 since export/ortweights.py they are dequantized once at load: bench/w4_deploy.py).
@@ -42,7 +44,9 @@ from onnx_obc import convert
 MODELS = {"digits_vit": ("models/digits_vit.onnx", "models/digits_vit.calib.npz",
                          "models/digits_vit.eval.npz", "obc"),
           "ocr_like": ("bench/synthetic/ocr_like.onnx", "bench/synthetic/ocr_like.calib.npz",
-                       "bench/synthetic/ocr_like.eval.npz", "gptq")}
+                       "bench/synthetic/ocr_like.eval.npz", "gptq"),
+          "minilm": ("bench/real/minilm.onnx", "bench/real/minilm.calib.npz",  # a real BERT:
+                     "bench/real/minilm.eval.npz", "gptq")}  # bench/real_minilm.py
 
 
 def variants(path: str, calib: str, method: str, tmp: Path, groups: list[int | None],
@@ -95,8 +99,8 @@ def latency(paths: dict[str, Path], feed: dict, runs: int, threads: int,
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def fidelity(path: Path, dense: np.ndarray, data: dict, labels: np.ndarray | None
-             ) -> tuple[float, float | None]:
+def fidelity(path: Path, dense: np.ndarray, data: dict, labels: np.ndarray | None,
+             name: str = "") -> tuple[float, float | None]:
     s = session(path, 0)
     y = np.concatenate([s.run(None, {k: v[i:i + 50] for k, v in data.items()})[0]
                         for i in range(0, len(next(iter(data.values()))), 50)])
@@ -104,6 +108,10 @@ def fidelity(path: Path, dense: np.ndarray, data: dict, labels: np.ndarray | Non
     err = np.linalg.norm((y - dense).reshape(n, -1), axis=1) / np.linalg.norm(
         dense.reshape(n, -1), axis=1)
     acc = None if labels is None else float((y.argmax(-1) == labels).mean())
+    if name == "minilm":  # its task: retrieval recall@1 (queries, then their passages)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from real_minilm import recall_at_1
+        acc = recall_at_1(y)
     return float(err.mean()), acc
 
 
@@ -127,7 +135,7 @@ def bench(name: str, runs: int, batch: int, groups: list[int | None],
         for k, p in paths.items():
             m = onnx.load(p)
             packed, fp32 = nbits_bytes(m, dense_model)
-            err, acc = fidelity(p, dense, ev, labels)
+            err, acc = fidelity(p, dense, ev, labels, name)
             rows.append({"model": name, "run": k, "bytes": p.stat().st_size,
                          "size_ratio": p.stat().st_size / size0,
                          "nbits_weight_ratio": packed / fp32 if fp32 else None,

@@ -5,7 +5,7 @@
                            [--eval common_det=bench/results/detgt/common_det.eval_gt.npz]
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
                            [--latency-batch 8] [--int8-stem] [--int8-highres]
-                           [--runtimes tensorrt,onnxruntime] [--sparsity 0.5]
+                           [--runtimes tensorrt,onnxruntime] [--sparsity 0.5] [--dynamic]
                            [--out bench/results/deploy.json]
 
 Rows per model: fp32 (the dense model); W8A8 with each export target (`--runtime tensorrt`
@@ -14,7 +14,8 @@ GPTQ and RTN on the H-aware grid, solvers/choose.py; `method` counts what each l
 `--sparsity S`: those rows pruned too ("50% + W8A8 onnxruntime"); and onnxruntime's own
 `quantize_static` (QDQ, per channel, MinMax, uint8 activations / int8
 weights, the same calibration samples; models below opset 13 are converted to 13 first, as
-per-channel QDQ needs) as the reference. `seconds`: conversion wall time of each row (ours:
+per-channel QDQ needs) as the reference; `--dynamic`: also its `quantize_dynamic` (int8
+weights per channel, activations quantized per run; its advice for transformers). `seconds`: conversion wall time of each row (ours:
 the whole convert() call with its verification; quantize_static: its call), in one run;
 `cpu_s` the CPU time of the same calls (all threads: steadier on a shared machine).
 
@@ -91,7 +92,8 @@ for _n in ("ppocr_rec", "ppocr6_rec", "ppocr_det", "ppocr6_det", "ppocr_cls",  #
            "magika",  # bench/real_magika.py: top-1 agreement (file types)
            "oww_embed",  # bench/real_oww.py: output error only (speech embedding)
            "basicpitch",  # bench/real_pitch.py: note-frame F1 against the dense model's
-           "dnsmos"):  # bench/real_dnsmos.py: output error only (three MOS scores)
+           "dnsmos",  # bench/real_dnsmos.py: output error only (three MOS scores)
+           "minilm"):  # bench/real_minilm.py: retrieval recall@1 (a sentence embedder)
     MODELS[_n] = (f"bench/real/{_n}.onnx", f"bench/real/{_n}.calib.npz",
                   f"bench/real/{_n}.eval.npz", "obc")
 
@@ -254,6 +256,9 @@ def task_metric(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: di
     if name == "basicpitch" and path is not None:  # the note posteriors, output 1
         import real_pitch
         return real_pitch.note_f1(all_outputs(dense_path, feeds), all_outputs(path, feeds))
+    if name == "minilm":  # queries then their passages: recall@1 of the retrieval
+        import real_minilm
+        return real_minilm.recall_at_1(np.concatenate(ys))
     if name in ("yolov8n", "picodet_layout") and path is not None:  # every output decoded
         return detections(name, path, dense_path, feeds)["f1"]
     return None
@@ -271,7 +276,7 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
               runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime"),
               eval_path: str | None = None, lat_batch: int = 1,
               int8_stem: bool = False, int8_highres: bool = False,
-              sparsity: float | None = None) -> list[dict]:
+              sparsity: float | None = None, dynamic: bool = False) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     epath = eval_path or epath
     method = MODELS[name][3]
@@ -332,6 +337,14 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
               flush=True)
     except Exception as exc:  # onnxruntime's errors have no common base class
         print(f"  {name} quantize_static FAILED: {str(exc).splitlines()[0][:300]}", flush=True)
+    if dynamic:  # onnxruntime's advice for transformers: int8 weights, activations per run
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        out = str(work / f"{name}.quantize_dynamic.onnx")
+        t, c = time.perf_counter(), time.process_time()
+        quantize_dynamic(mpath, out, weight_type=QuantType.QInt8, per_channel=True)
+        paths["quantize_dynamic"] = out
+        info["quantize_dynamic"] = {"integer": None, "seconds": time.perf_counter() - t,
+                                    "cpu_s": time.process_time() - c}
     dense = outputs(mpath, feeds)
     rows = []
     lat_feed = {k: v[:lat_batch] for k, v in feeds[0].items()}  # fixed-batch models: 1
@@ -478,6 +491,9 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=None,
                     help="the W8A8 rows pruned too, at this sparsity (--sparsity's default "
                          "DP; quantize_static's row stays W8A8 alone)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="also onnxruntime's quantize_dynamic (int8 weights per channel, "
+                         "activations quantized per run): its advice for transformers")
     args = ap.parse_args()
     evals = dict(e.split("=", 1) for e in args.eval)
     rows: list[dict] = []
@@ -492,7 +508,7 @@ def main() -> None:
                               args.act_types.split(","), args.method,
                               tuple(args.runtimes.split(",")), evals.get(name),
                               args.latency_batch, args.int8_stem, args.int8_highres,
-                              args.sparsity)
+                              args.sparsity, args.dynamic)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:

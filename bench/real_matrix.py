@@ -63,6 +63,7 @@ EXTRA = {  # not in the default set (bench/real_detect.py; the detectors: output
     "basicpitch": (R + "basicpitch", "obc"),  # note transcription: task = note-frame F1
     # against dense (real_pitch.py), output error
     "dnsmos": (R + "dnsmos", "obc"),  # speech quality scores: output error (real_dnsmos.py)
+    "minilm": (R + "minilm", "obc"),  # sentence embedder: retrieval recall@1 (real_minilm.py)
 }
 MODELS.update(EXTRA)
 RUNS = {  # name -> convert() options (the pruning method is the model's unless given)
@@ -176,7 +177,7 @@ def metrics(name: str, ys: list[np.ndarray], dense: list[np.ndarray], ev: dict) 
                                      for g, t in zip(got, ev["texts"])]))
     elif name in ("ppocr_det", "ppocr6_det"):
         out["task"] = real_ppocr.map_f1(dense, ys)
-    elif name in ("common", "common_det"):
+    elif name in ("common", "common_det", "minilm"):
         out["task"] = task_metric(name, ys, dense, ev)
     else:
         out["task"] = agree

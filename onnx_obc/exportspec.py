@@ -32,6 +32,9 @@ class ExportOptions:
     float_heads (likewise): a Conv whose output only feeds graph outputs (a detector's box
     convs) stays float where the run measures an output error more than 2% lower so at
     about the same latency (export/onnxruntime.head_convs); False quantizes them.
+    quantize_tables (onnxruntime, with quantized weights): float [V, D] lookup tables read
+    only by Gathers (word embeddings) stored as GatherBlockQuantized codes, 8 bits, or 4
+    where every quantized layer has at most 4 (export/orttables.py); False keeps them float.
     float_layers: glob patterns on layer node names; those layers are solved with the rest
     and written float, unquantized, as a float candidate kept float is (floatcheck.py: with
     their zeros in a run that prunes; the layers after them fitted as with them quantized).
@@ -46,6 +49,7 @@ class ExportOptions:
     float_stem: bool = True
     float_highres: bool = True
     float_heads: bool = True
+    quantize_tables: bool = True
     float_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -57,7 +61,7 @@ class ExportOptions:
             raise ConfigError(f"export.runtime must be one of {', '.join(RUNTIMES)}, got "
                               f"{self.runtime!r}")
         for flag in ("matmul_nbits", "dynamic_lstm", "float_stem", "float_highres",
-                     "float_heads"):
+                     "float_heads", "quantize_tables"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"export.{flag} must be true or false, got "
                                   f"{getattr(self, flag)!r}")
@@ -84,4 +88,4 @@ class ExportOptions:
             return {}
         return {"act_type": self.act_type, "matmul_nbits": self.matmul_nbits,
                 "nbits_block_size": self.nbits_block_size, "accuracy_level": self.accuracy_level,
-                "dynamic_lstm": self.dynamic_lstm}
+                "dynamic_lstm": self.dynamic_lstm, "tables": self.quantize_tables}

@@ -195,6 +195,10 @@ _EXPORT_OPTIONS = [
                       "only feeds graph outputs (through Concat / data movement) float where "
                       "the run measures an output error more than 2% below and a latency at "
                       "most 1.05x those with it quantized; --int8-heads always quantizes it."),
+    click.option("--quantize-tables/--float-tables", default=True, show_default=True,
+                 help="With --runtime onnxruntime and --bits: store lookup tables read only by "
+                      "Gathers (word embeddings) as GatherBlockQuantized codes, 8 bits (4 where "
+                      "every layer has <= 4); --float-tables keeps them float."),
     click.option("--float-layer", "float_layers", multiple=True, metavar="PATTERN",
                  help="Write the layers whose node names match (glob) float, unquantized, "
                       "after solving them with the rest (pruned still, where the run prunes); "

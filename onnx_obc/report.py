@@ -88,8 +88,7 @@ class Report:
         return d
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Write atomically: a temp file beside `path`, then a rename; on any failure the
-        temp file is removed and an existing report at `path` is kept."""
+        """Atomically: a temp file beside `path`, renamed; on failure removed, `path` kept."""
         text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
         write_atomic(path, text.encode(), "the report", "--report")
 
@@ -228,7 +227,8 @@ def _fusion_lines(r: Report) -> list[str]:
     trt = r.config.get("export", {}).get("runtime") == "tensorrt"  # reasons: in the JSON
     lines += [f"  {', '.join(n[:3])}{f' and {len(n) - 3} more' * (len(n) > 3)}: {w}"
               for w, n in why.items() if not trt]
-    lines += [f"  {t}" for t in map(f.get, ("float_line", "nbits_line", "latency_line")) if t] + [
+    lines += [f"  {t}" for t in map(f.get, ("float_line", "nbits_line", "tables_line",
+                                            "latency_line")) if t] + [
         "  (this is the TensorRT placement, each layer's reason in the JSON report's fusion "
         "section; for onnxruntime use --runtime onnxruntime, which places Q/DQ so that its "
         "CPU optimizer fuses them)"] * (trt and f["integer"] < f["layers"])

@@ -41,12 +41,14 @@ def _is_logits(y: np.ndarray) -> bool:
     CTC head). Not a 4-D (or higher) map such as a detector's [N, 1, H, W] probabilities,
     whose last axis is the image's width: an argmax over it agrees with nothing; nor
     independent probabilities (all in [0, 1], rows not summing to 1: Basic Pitch's sigmoid
-    note posteriors [N, 172, 88], several notes at once or none)."""
+    note posteriors [N, 172, 88], several notes at once or none), nor an L2-normalized
+    embedding (every row of unit norm: a sentence embedder's [N, 384], whose largest
+    coordinate is no class)."""
     if not (2 <= y.ndim <= 3 and y.shape[-1] > 1):
         return False
     if np.issubdtype(y.dtype, np.floating) and y.size and y.min() >= 0 and y.max() <= 1:
         return bool(np.allclose(y.sum(-1, dtype=np.float64), 1.0, atol=1e-3))
-    return True
+    return not np.allclose(np.linalg.norm(y.astype(np.float64), axis=-1), 1.0, atol=1e-3)
 
 
 def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource, batch_size: int,

@@ -104,6 +104,8 @@ def test_top1_agreement_only_for_class_scores():
     assert not _is_logits(1 / (1 + np.exp(-logits)))  # sigmoid: several classes or none
     assert not _is_logits(np.zeros((4, 1, 32, 32))) and not _is_logits(np.zeros((4, 1)))
     assert not _is_logits(np.zeros(4))
+    emb = logits[:, 0] / np.linalg.norm(logits[:, 0], axis=-1, keepdims=True)
+    assert not _is_logits(emb.astype(np.float32))  # a normalized embedding: no classes
 
 
 @pytest.mark.parametrize("kept_as", ["dense", "perturbed", "none"])

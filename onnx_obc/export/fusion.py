@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from ..layers import Layer, constant_weights, node_label
 from .nbits import made_by_onnxruntime, made_line
+from .orttables import line
 from .ortweights import folded
 from .ortwhy import graph_maps, why_not
 
@@ -50,6 +51,7 @@ class Fusion:
     float_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes of the optimized
     # graph that read a dequantized activation in float (float_line)
     made_nbits: dict[int, int] = field(default_factory=dict)  # nbits.made_by_onnxruntime
+    tables_line: str = ""  # orttables.line: the lookup tables stored as codes
 
     def line(self) -> str:
         if self.error:
@@ -160,7 +162,7 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
                      not in ("QuantizeLinear", "DequantizeLinear", "Shape", "Size"))
     return Fusion(len(uses), sum(kernels.values()), dict(kernels), unfused,
                   dict(sorted(ops.items())), latency=timed, float_ops=dict(floats),
-                  made_nbits=made_by_onnxruntime(model, opt))
+                  made_nbits=made_by_onnxruntime(model, opt), tables_line=line(model))
 
 
 def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tuple[str, int]]:

@@ -65,7 +65,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
-from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem, ortweights
+from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem, orttables, ortweights
 from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
@@ -132,14 +132,17 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
            qweights: dict[str, QuantizedWeight],
            act_scales: dict[str, tuple[float, float]] | None, act_type: str = DEFAULT_ACT_TYPE,
            matmul_nbits: bool = False, nbits_block_size: int | None = None,
-           accuracy_level: int = 0, dynamic_lstm: bool = True) -> onnx.ModelProto:
+           accuracy_level: int = 0, dynamic_lstm: bool = True, tables: bool = True
+           ) -> onnx.ModelProto:
     """`model` (compressed float weights in place) as onnxruntime runs it fastest: `qweights`
     behind DequantizeLinear and, with activation ranges (tensor -> (lo, hi)), Q/DQ pairs on
     every tensor of the integer region (see the module docstring). matmul_nbits: MatMul /
     Gemm weights of at most 4 bits as com.microsoft.MatMulNBits (nbits.py) instead.
     dynamic_lstm (with activation ranges): LSTMs as com.microsoft.DynamicQuantizeLSTM, int8
     weights per row (ortlstm.py). Codes no integer kernel would take are dequantized once,
-    when the session loads (ortweights.py)."""
+    when the session loads (ortweights.py). tables: float lookup tables read only by Gathers
+    as GatherBlockQuantized codes, at 4 bits where every quantized weight has at most 4,
+    else 8 (orttables.py)."""
     model = _deploy(model, layers, solved, qweights, act_scales, act_type, matmul_nbits,
                     nbits_block_size, accuracy_level)
     if act_scales is not None:
@@ -152,6 +155,11 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
             model, notes = ortlstm.rewrite(model)
             for note in notes:
                 log.warning(note)
+    if tables and qweights:
+        model, lines = orttables.rewrite(model, 4 if max(q.bits for q in qweights.values()) <= 4
+                                         else 8)
+        for line in lines:
+            log.info("onnxruntime target: lookup table %s", line)
     model, folded = ortweights.fold(model)  # codes only ever dequantized: once, at load
     if folded:
         log.info("onnxruntime target: %d weight(s) no integer kernel takes stored as codes "

@@ -1,0 +1,139 @@
+"""The onnxruntime target's lookup tables: a float [V, D] initializer read only by Gathers on
+axis 0 (a transformer's word embeddings) stored as `com.microsoft.GatherBlockQuantized`.
+
+A sentence embedder's vocabulary table is most of its file (all-MiniLM-L6-v2: 30,522 x 384
+floats, 46.9 of 90.4 MB) and no layer of the OBS stages: its "input" is an index. Its
+layer-wise problem is still exact here: Gather's output row is the table's row for the
+token, so the Hessian of the table is diag(token counts) x I and the loss of a grid is a sum
+of independent per-row squared errors; with a grid per row block, round-to-nearest on each
+block's MSE-searched grid (quant.fit_grid, norm 2) is that problem's solution, whatever
+the counts (so no calibration data is needed).
+
+    data [V, D] float32 --codes--> GatherBlockQuantized(codes uint8, ids, scales [V, D/B],
+                                                        zero points)  -> [..ids, D] float32
+
+onnxruntime's CPU kernel dequantizes only the gathered rows, (q - z) * s in float32, what
+DequantizeLinear computes. Codes: 8 bits (one byte each, block 128 where it divides D) or,
+where every quantized layer of the run has at most 4 bits, 4 bits (two per byte, low
+nibble first; block 32), asymmetric with a zero point per block. `quantize_static` stores
+the same table as int8 codes behind a DequantizeLinear, which the session then runs on the
+whole table at every inference. Left float: tables under MIN_ELEMENTS, gathered at
+constant indices (the session folds them), of another dtype or rank, read by anything
+else than an axis-0 Gather, or also a graph input; D without a block that divides it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..quant import QuantSpec, codes, fit_grid
+from .graph import constant, export_graph, fresh, model_opset
+from .nbits import DOMAIN, with_domain
+
+MIN_ELEMENTS = 1 << 16  # smaller tables stay float (a token-type table: 2 x 384)
+BLOCKS = {8: (128, 64, 32, 16), 4: (32, 16)}  # block sizes tried, largest first
+
+
+def tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """initializer name -> (V, D) for every table this module quantizes (module docstring)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consts = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    inputs = {i.name for i in g.input}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for name in set(n.input):
+            readers.setdefault(name, []).append(n)
+    out = {}
+    for name, t in inits.items():
+        users = readers.get(name, [])
+        if (t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2 or name in inputs
+                or t.dims[0] * t.dims[1] < MIN_ELEMENTS or not users):
+            continue
+        if all(n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] == name
+               and n.input[1] not in consts and _axis(n) == 0 for n in users):
+            out[name] = (int(t.dims[0]), int(t.dims[1]))
+    return out
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 0)
+
+
+def block_for(bits: int, d: int) -> int | None:
+    """The block size along D: the largest of BLOCKS[bits] that divides it, else None."""
+    return next((b for b in BLOCKS[bits] if d % b == 0), None)
+
+
+def quantize_table(W: np.ndarray, bits: int, block: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W [V, D] float -> (codes [V, D] uint8 in [0, 2^bits - 1], scales [V, D / block]
+    float32, zero points [V, D / block] uint8): asymmetric RTN on each block's MSE-searched
+    grid (quant.fit_grid)."""
+    spec = QuantSpec(bits=bits, symmetric=False, group_size=block, norm=2.0)
+    grid = fit_grid(W, spec)
+    q = codes(W, grid).astype(np.uint8)  # [V, D], asymmetric: 0 .. 2^bits - 1
+    return q, grid.scale.astype(np.float32), grid.zero.astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, block: int
+               ) -> np.ndarray:
+    """(q - z) * s per block, in float32: what onnxruntime's kernel computes. [V, D]"""
+    V, D = q.shape
+    x = q.reshape(V, D // block, block).astype(np.float32) - zeros[..., None].astype(np.float32)
+    return (x * scales[..., None]).reshape(V, D)
+
+
+def pack4(q: np.ndarray) -> np.ndarray:
+    """[V, n] 4-bit codes -> [V, ceil(n / 2)] bytes, two per byte, low nibble first."""
+    if q.shape[1] % 2:
+        q = np.concatenate([q, np.zeros((q.shape[0], 1), q.dtype)], axis=1)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+
+
+def rewrite(model: onnx.ModelProto, bits: int) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with each of its tables (`tables`) read through GatherBlockQuantized at
+    `bits` (8 or 4), and a line per table ("" lines none); `model` itself when it has none."""
+    found = {k: v for k, v in tables(model).items() if block_for(bits, v[1])}
+    if not found:
+        return model, []
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    lines = []
+    for name, (V, D) in found.items():
+        B = block_for(bits, D)
+        W = np.asarray(tensors[name].values, np.float32)
+        q, s, z = quantize_table(W, bits, B)
+        data, zp = (q, z) if bits == 8 else (pack4(q), pack4(z))
+        fresh(tensors, *(f"{name}_{k}" for k in ("gbq", "gbq_scales", "gbq_zero_points")))
+        ins = [constant(f"{name}_gbq", data), None, constant(f"{name}_gbq_scales", s),
+               constant(f"{name}_gbq_zero_points", zp)]
+        for n in [n for n in graph.nodes if n.op == "Gather" and n.inputs[0] is tensors[name]]:
+            outputs = list(n.outputs)
+            ids = n.inputs[1]
+            n.outputs.clear()
+            n.inputs.clear()
+            graph.nodes.append(gs.Node(
+                "GatherBlockQuantized", n.name, {"gather_axis": 0, "quantize_axis": 1,
+                                                 "block_size": B, "bits": bits},
+                inputs=[ins[0], ids, *ins[2:]], outputs=outputs, domain=DOMAIN))
+        lines.append(f"{name} [{V}, {D}] as {bits}-bit GatherBlockQuantized (block {B}): "
+                     f"{4 * V * D / 1e6:.1f} -> {(data.nbytes + s.nbytes + zp.nbytes) / 1e6:.1f}"
+                     " MB")
+    return export_graph(graph, with_domain(model), model_opset(model)), lines
+
+
+def line(model: onnx.ModelProto) -> str:
+    """The report's line for the tables `model` stores quantized ("" where none)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    parts = []
+    for n in model.graph.node:
+        if n.op_type == "GatherBlockQuantized" and n.domain == DOMAIN and n.input[0] in inits:
+            a = {x.name: x.i for x in n.attribute}
+            rows, width = inits[n.input[0]].dims
+            parts.append(f"{n.input[0].removesuffix('_gbq')} [{rows}, "
+                         f"{width * 8 // a.get('bits', 4)}] at {a.get('bits', 4)} bits")
+    return ("lookup tables stored as codes (GatherBlockQuantized, dequantized per gathered row;"
+            " --float-tables keeps them float): " + ", ".join(parts)) if parts else ""
