@@ -15,8 +15,9 @@ GPTQ and RTN on the H-aware grid, solvers/choose.py; `method` counts what each l
 `quantize_static` (QDQ, per channel, MinMax, uint8 activations / int8
 weights, the same calibration samples; models below opset 13 are converted to 13 first, as
 per-channel QDQ needs) as the reference; `--dynamic`: also its `quantize_dynamic` (int8
-weights per channel, activations quantized per run; its advice for transformers). `seconds`: conversion wall time of each row (ours:
-the whole convert() call with its verification; quantize_static: its call), in one run;
+weights per channel, activations quantized per run; its advice for transformers).
+`seconds`: conversion wall time of each row (ours: the whole convert() call with its
+verification; quantize_static: its call), in one run;
 `cpu_s` the CPU time of the same calls (all threads: steadier on a shared machine).
 
 Columns: file size; latency = median of --runs rounds per model, the models of one row set
