@@ -9,9 +9,19 @@ import math
 from .report import NAME_WIDTH, LayerResult, short_name
 
 
+COLLINEAR = 0.01  # a rank deficit of one, or of this share of the live inputs, with at least
+ENOUGH = 4  # this many columns per live input, is the inputs' own collinearity, not too
+# little data: a LayerNorm's output (every transformer's Q / K / V and FFN input) reads rank
+# d - 1 over any number of tokens (all-MiniLM-L6-v2: 383 / 384 on 8,192 columns)
+
+
 def limited(rank: int | None, columns: int | None, live: int) -> bool:
-    """Rank below the live inputs; in blocks (no rank) fewer columns than live inputs."""
-    return rank < live if rank is not None else bool(columns) and columns < live
+    """Rank below the live inputs (except a deficit of one or of at most COLLINEAR of them,
+    with ENOUGH columns per input); in blocks (no rank) fewer columns than live inputs."""
+    if rank is None:
+        return bool(columns) and columns < live
+    return rank < live and not (columns is not None and columns >= ENOUGH * live
+                                and live - rank <= max(1.0, COLLINEAR * live))
 
 
 def _need(x: LayerResult) -> int:  # samples for as many columns as live inputs

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx_obc.report import LayerResult
+from onnx_obc import convert
 from onnx_obc.datalimit import data_warning
+from onnx_obc.report import LayerResult
 from onnx_obc.solve import effective_rank
+
+from . import builders as b
 
 
 def _row(name: str, cols: int, rank: int, samples: int, dead: int = 0) -> LayerResult:
@@ -75,6 +78,33 @@ def test_enough_columns_in_blocks_is_not_flagged_and_positions_count_in_the_need
 
     assert _limited(None, 320, 512) and not _limited(None, 600, 512)  # in blocks: columns
     assert not _limited(None, None, 512) and _limited(100, 600, 512)  # unknown; rank decides
+    # collinear inputs, not too little data: a deficit of one (or 1%) with 4 columns per input
+    assert not _limited(383, 8192, 384) and _limited(383, 1000, 384)
+    assert _limited(370, 8192, 384) and _limited(383, None, 384)
+    assert not _limited(47, 384, 48) and _limited(46, 384, 48)
+
+
+def test_a_layer_norm_output_is_collinear_not_data_limited():
+    """Every row of a LayerNorm's output x_hat * g + b has x_hat summing to 0: the layer after
+    it sees rank d - 1 however many tokens come; with 4x more columns than inputs that is not
+    flagged (the rank column still shows it), with fewer it is."""
+    from onnx import TensorProto, helper
+
+    d = 48
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "bb"], ["h"], name="ln",
+                              axis=-1),
+             helper.make_node("MatMul", ["h", "W"], ["y"], name="mm")]
+    rng = np.random.default_rng(0)
+    inits = [helper.make_tensor("g", TensorProto.FLOAT, [d], rng.uniform(0.5, 1.5, d)),
+             helper.make_tensor("bb", TensorProto.FLOAT, [d], np.zeros(d)),
+             b.weight("W", (d, 32), 1)]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 16, d])], [b.vi("y", [b.BATCH, 16, 32])],
+                   inits)
+    for n, flagged in ((24, False), (2, True)):  # 384 and 32 token columns for 48 inputs
+        x = rng.standard_normal((n, 16, d)).astype(np.float32)
+        (row,) = convert(model, calib=[{"x": x}], sparsity=0.5, progress=False, holdout=0.0,
+                         allocate="uniform").report.layers
+        assert row.rank == min(d - 1, n * 16) and row.data_limited == flagged
 
 
 def test_eight_bit_runs_say_the_rank_is_not_computed():
