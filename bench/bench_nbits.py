@@ -4,8 +4,8 @@ vs the fp32 model (export/nbits.py).
     python bench/bench_nbits.py [--models digits_vit,ocr_like] [--runs 30] [--batch 32]
 
 Rows per model: fp32 (dense); W4 as DQ -> MatMul (`--runtime onnxruntime
---no-matmul-nbits`); W4 as MatMulNBits with accuracy_level 4 (int8 activations, the default)
-and 0 (float activations); each per output channel and with --group-size 32 (the same solved
+--no-matmul-nbits`); W4 as MatMulNBits with accuracy_level 4 (int8 activations per block)
+and 0 (float activations, the default); each per output channel and with --group-size 32 (the same solved
 weights within a pair: one solve per grid, exported both ways). OBQ on digits_vit, GPTQ on the
 2.6 M-parameter synthetic ocr_like model (`python bench/make_synthetic.py`) and on the real
 all-MiniLM-L6-v2 sentence embedder (`setup_models.py --models minilm`; its "accuracy" is
@@ -55,7 +55,7 @@ def variants(path: str, calib: str, method: str, tmp: Path, groups: list[int | N
     out = {"fp32": ROOT / path}
     for tag, group in ((f" g{g}" if g else "", g) for g in groups):
         for name, opts in ((f"W4{tag} DQ+MatMul", {"matmul_nbits": False}),
-                           (f"W4{tag} MatMulNBits acc4", {}),
+                           (f"W4{tag} MatMulNBits acc4", {"accuracy_level": 4}),
                            (f"W4{tag} MatMulNBits acc0", {"accuracy_level": 0})):
             dst = tmp / (name.replace(" ", "_").replace("+", "") + ".onnx")
             convert(str(ROOT / path), dst, bits=4, group_size=group, method=method,

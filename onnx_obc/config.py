@@ -221,7 +221,8 @@ def _check_combination(c: CompressConfig) -> None:
     if q.group_size is not None and q.bits is None and a.budget != "bops":
         raise ConfigError("quant.group_size only applies to quantization: add quant.bits")
     e = c.export
-    if e.runtime != "onnxruntime" and (e.nbits_block_size is not None or e.accuracy_level != 0):
+    if e.runtime != "onnxruntime" and (e.nbits_block_size is not None
+                                       or e.accuracy_level is not None):
         raise ConfigError("export.nbits_block_size and export.accuracy_level set MatMulNBits "
                           "(4-bit MatMul weights): add export.runtime onnxruntime")
     if e.nbits_block_size and q.group_size and q.group_size % e.nbits_block_size:

@@ -21,7 +21,8 @@ class ExportOptions:
     kernel (QLinearConv, QLinearMatMul, QGemm, QLinearAdd...), with int32 biases. act_type
     (onnxruntime): "u8" asymmetric (uint8, zero point) or "s8" symmetric int8 activations.
     matmul_nbits: <= 4-bit MatMul/Gemm weights as MatMulNBits (onnxruntime; export/nbits.py),
-    nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8.
+    nbits_block_size: its block along K, accuracy_level: 0 float activations, 4 int8 per
+    block, None measured where the run writes MatMulNBits (nbitslevel.py; else 0).
     dynamic_lstm (onnxruntime, with activation quantization): LSTMs as
     com.microsoft.DynamicQuantizeLSTM, int8 weights per row (export/ortlstm.py).
     float_stem (onnxruntime, 8-bit activations): the image stem's Convs (and a narrow
@@ -44,7 +45,7 @@ class ExportOptions:
     act_type: str = "u8"
     matmul_nbits: bool = True
     nbits_block_size: int | None = None
-    accuracy_level: int = 0
+    accuracy_level: int | None = None
     dynamic_lstm: bool = True
     float_stem: bool = True
     float_highres: bool = True
@@ -73,8 +74,9 @@ class ExportOptions:
                               or b & (b - 1)):
             raise ConfigError(f"export.nbits_block_size must be a power of two >= 16 (16, 32, "
                               f"64, 128...), got {b!r}")
-        if self.accuracy_level not in (0, 1, 2, 3, 4) or isinstance(self.accuracy_level, bool):
-            raise ConfigError(f"export.accuracy_level must be 0, 1, 2, 3 or 4, got "
+        if self.accuracy_level not in (None, 0, 1, 2, 3, 4) or isinstance(self.accuracy_level,
+                                                                           bool):
+            raise ConfigError(f"export.accuracy_level must be 0, 1, 2, 3, 4 or None, got "
                               f"{self.accuracy_level!r}")
 
     def float_options(self) -> dict[str, Any]:
@@ -87,5 +89,6 @@ class ExportOptions:
         if self.runtime != "onnxruntime":
             return {}
         return {"act_type": self.act_type, "matmul_nbits": self.matmul_nbits,
-                "nbits_block_size": self.nbits_block_size, "accuracy_level": self.accuracy_level,
+                "nbits_block_size": self.nbits_block_size,
+                "accuracy_level": self.accuracy_level or 0,  # None: measured (nbitslevel.py)
                 "dynamic_lstm": self.dynamic_lstm, "tables": self.quantize_tables}

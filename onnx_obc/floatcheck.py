@@ -88,7 +88,7 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
     hook = getattr(export.target_for(cfg.export.runtime), "float_candidates", None)
     measure = not (hook is None or done.act_values is None or not done.solutions
                    or floatlayers.bits_allocated(cfg))  # bits allocated: as chosen
-    feed = _one_sample(data) if measure else None
+    feed = one_sample(data) if measure else None
     offered = hook(proto, layers, cfg.quant.act_bits, lambda names: _shapes(
         proto, names, feed, runtime), **cfg.export.float_options()) if measure else []
     solved = {L.weight for L in layers if L.weight in done.solutions} - set(forced)
@@ -252,7 +252,7 @@ def _names(layers: list[Layer]) -> str:
     return ", ".join(names[:NAMES]) + (f" and {more} more" if more > 0 else "")
 
 
-def _one_sample(data: Any) -> dict | None:
+def one_sample(data: Any) -> dict | None:
     """One sample of the first fidelity set (the timing's and the shape probe's feed)."""
     try:
         return next(iter(next(iter(data.sets().values())).batches(1)))[1]

@@ -10,9 +10,10 @@ command on a busy machine), so two runs of the same command can write different 
 The report names the options that repeat this run's choices with nothing measured: the
 layers kept float as `--exclude` (`--float-layer` where the run prunes, cuts channels or is
 sequential), the float candidates' `--int8-*` (nothing left to measure), `--correct` /
-`--no-correct`, `--allocate dp` / `uniform`; and the same as a recipe (the report's
-`pinned`). Such a run writes the same file (tests/test_pinned.py), in
-less time (PP-LCNet W8A8 on the onnxruntime target: 5.7 s against 15.3 s, README).
+`--no-correct`, `--allocate dp` / `uniform`, `--accuracy-level` (nbitslevel.py); and the
+same as a recipe (the report's `pinned`). Such a run writes the same file
+(tests/test_pinned.py), in less time (PP-LCNet W8A8 on the onnxruntime target: 5.7 s
+against 15.3 s, README).
 
     decided = {"float": ["Conv.0", "Conv.1"], "correct": False}  # Compressed.decided
     pinned(cfg, decided)  # {"flags": "--exclude Conv.0 ... --no-correct", "recipe": {...},
@@ -58,6 +59,9 @@ def pinned(cfg: Any, decided: Mapping[str, Any]) -> dict[str, Any]:
     if "allocate" in decided:
         d["alloc"]["mode"] = decided["allocate"]
         flags.append(f"--allocate {decided['allocate']}")
+    if "accuracy_level" in decided:
+        d["export"]["accuracy_level"] = decided["accuracy_level"]
+        flags.append(f"--accuracy-level {decided['accuracy_level']}")
     measured, text = [WHAT[k] for k in WHAT if k in decided], " ".join(f for f in flags if f)
     return {"flags": text, "recipe": d, "measured": measured,
             "line": f"measured this run: {', '.join(measured)}; the same choices without "
@@ -65,7 +69,8 @@ def pinned(cfg: Any, decided: Mapping[str, Any]) -> dict[str, Any]:
 
 
 WHAT = {"float": "the float candidates (timed: near a limit, either way between runs)",
-        "correct": "the bias correction", "allocate": "the DP against uniform levels"}
+        "correct": "the bias correction", "allocate": "the DP against uniform levels",
+        "accuracy_level": "MatMulNBits' accuracy level (timed)"}
 
 
 def exclude_flags(nodes: Iterable[str], flag: str = "--exclude") -> str:

@@ -1,5 +1,5 @@
 """convert(): load -> select -> check -> calibration -> capture -> Hessians -> allocate ->
-solve -> float candidates -> correct -> export -> verify -> save, each stage one call into
+solve -> measured choices -> correct -> export -> verify -> save, each stage one call into
 its own module.
 
 Arrays cross between the host (onnx, onnxruntime) and the solver's device only inside the
@@ -20,7 +20,8 @@ from typing import Any
 import onnx
 
 from . import calib as calibration
-from . import branches, costplan, export, floatcheck, floatlayers, pinned, preflight, view
+from . import (branches, costplan, export, floatcheck, floatlayers, nbitslevel, pinned,
+               preflight, view)
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -86,8 +87,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         done = (compress_layers(proto, layers, data, backend, cfg, runtime, progress, engine,
                                 plan, means, kept) if layerwise(cfg)
                 else Compressed({}, [], [], [], {}, None))
-    with _timed(clock, "verify"):  # the DP against uniform; the target's float candidates
+    with _timed(clock, "verify"):  # the DP against uniform; MatMulNBits level; float candidates
         done = guard.decide(dense, proto, layers, done, data, runtime, cfg, kept)
+        cfg, done = nbitslevel.decide(dense, proto, layers, done, data, runtime, cfg, kept)
         fc = floatcheck.decide(dense, proto, layers, done, data, runtime, cfg, kept)
     layers, done, skipped = fc.layers, fc.done, skipped + fc.skipped
     fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,
@@ -236,8 +238,7 @@ def _preflight(proto: onnx.ModelProto, layers: list, src: str | None, output: An
 
 
 def _named(dense: onnx.ModelProto, models: dict, chan: Any, cfg: CompressConfig) -> dict:
-    """The models verify measures: dense, the built variants (the baseline under its
-    method's name) and the channel stage's L2-norm model."""
+    """dense, the built variants (the baseline by its method) and channels' L2-norm model."""
     named = {"dense": dense, **{baseline_name(cfg) if k == "baseline" else k: m
                                 for k, m in models.items()}}
     if chan is not None and compares_baseline(cfg):
@@ -248,8 +249,7 @@ def _named(dense: onnx.ModelProto, models: dict, chan: Any, cfg: CompressConfig)
 def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
                  data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
                  clock: dict[str, float]) -> dict:
-    """With run.sensitivity (timed only then): each layer alone in the dense model, on the
-    held-out samples (else the fit set)."""
+    """With run.sensitivity (timed then): each layer alone in the dense model, held out or fit."""
     if not (cfg.run.sensitivity and done.solutions):
         return {}
     with _timed(clock, "sensitivity"):
