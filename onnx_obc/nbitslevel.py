@@ -11,8 +11,13 @@ layers, 17 tokens) runs 0.19 ms at level 0 and 0.26 at level 4; all-MiniLM-L6-v2
 compressed model is built (uncorrected) at level 0 and timed against the same file at level
 4 (alternating 1-thread runs on one sample, as floatcheck.py times its candidates); level 4
 is kept where it runs at most FASTER x level 0's latency and its output error on the run's
-fidelity samples is at most 1 + MARGIN times level 0's (the correction's margin: below it
-the measurement's noise). The report says which and why; the pinned options repeat it.
+fidelity samples rises by at most TRADE times the share of the latency it saves, plus
+MARGIN (the correction's margin: below it the measurement's noise). The trade, because the
+in-sample error of level 0 is biased low (the solve fitted these samples) while level 4's
+rounding adds the same wherever it runs: on MiniLM W4 it adds 0.039 in quadrature to the
+calibration samples' error (0.0812 -> 0.0900, +11%) and 0.037 held out (0.191 -> 0.195,
++2%), at 0.66x the latency (+19% allowed). The report says which and why; the pinned
+options repeat it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from .floatcheck import NOT_TIMED, TIMING_ROUNDS, TIMING_SECONDS, one_sample
 from .layers import Layer
 from .verify import References, variant
 
-FASTER = 0.95  # level 4 kept at most this x level 0's latency (and within the error's margin)
+FASTER = 0.95  # level 4 kept at most this x level 0's latency, and ...
+TRADE = 0.5  # ... its output error at most 1 + MARGIN + TRADE x (1 - the latency ratio) x 0's
 
 
 def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], done: Any,
@@ -76,8 +82,10 @@ def _chosen(dense: onnx.ModelProto, m0: onnx.ModelProto, m4: onnx.ModelProto, da
     e0, e4 = (variant(dense, f"level {k}", m, data, runtime, refs, captured)[1]
               for k, m in ((0, m0), (4, m4)))
     err = f"output error on {on} {e4:.4g} at level 4, {e0:.4g} at 0"
-    if e4 > (1 + MARGIN) * e0:
-        return 0, f"0 (float activations), {lat}, {err} (kept only at most {1 + MARGIN:g}x)"
+    limit = 1 + MARGIN + TRADE * (1 - t4 / t0)
+    if e4 > limit * e0:
+        return 0, (f"0 (float activations), {lat}, {err} (at this latency kept only at most "
+                   f"{limit:.3f}x)")
     return 4, f"4 (int8 activations per block), {lat}, {err}"
 
 
