@@ -12,7 +12,9 @@ scale and zero point ("DequantizeLinear": what the onnxruntime target wrote befo
 outputs agree to float rounding). Columns as bench/deploy.py's (whose helpers it uses):
 file size, latency medians over --runs alternating rounds of back-to-back runs (1 thread,
 and all threads), ratios to fp32 in the same run; output error and task metric on the eval
-set; the optimized graph's Conv / DequantizeLinear / MatMulNBits counts.
+set; the optimized graph's Conv / DequantizeLinear / MatMulNBits counts. At 4 bits also
+onnxruntime's own weight-only quantizer, `MatMulNBitsQuantizer` (RTN on its defaults, and
+at accuracy_level 4; `pip install onnx-ir`), in the same alternation.
 """
 
 from __future__ import annotations
@@ -81,6 +83,27 @@ def unfold(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+ORT_NBITS = ("MatMulNBitsQuantizer", "MatMulNBitsQuantizer acc4")
+
+
+def ort_nbits(mpath: str, work: Path) -> dict[str, str]:
+    """onnxruntime's MatMulNBitsQuantizer on the fp32 model (RTN, its defaults: block 128,
+    asymmetric; and the same at accuracy_level 4); {} where it cannot run (it needs the
+    `onnx-ir` package)."""
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        print(f"  MatMulNBitsQuantizer skipped: {exc}")
+        return {}
+    out = {}
+    for key, level in zip(ORT_NBITS, (None, 4)):
+        q = MatMulNBitsQuantizer(onnx.load(mpath), accuracy_level=level)
+        q.process()
+        out[key] = str(work / f"{key.replace(' ', '_')}.onnx")
+        q.model.save_model_to_file(out[key], use_external_data_format=False)
+    return out
+
+
 def run_model(name: str, bits: int, runs: int, work: Path) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     model = onnx.load(mpath)
@@ -95,6 +118,8 @@ def run_model(name: str, bits: int, runs: int, work: Path) -> list[dict]:
     dq = str(work / f"{name}.w{bits}.dq.onnx")
     onnx.save(unfold(onnx.load(out)), dq)
     paths = {"fp32": mpath, "folded": out, "DequantizeLinear": dq}
+    if bits == 4:  # onnxruntime's own 4-bit weight quantizer (RTN), as a user runs it
+        paths.update(ort_nbits(mpath, work))
     dense = outputs(mpath, feeds)
     lat_feed = {k: v[:1] for k, v in feeds[0].items()}
     lat1, _ = latency(paths, lat_feed, runs, 1)
@@ -103,7 +128,8 @@ def run_model(name: str, bits: int, runs: int, work: Path) -> list[dict]:
     for key, p in paths.items():
         ys = dense if key == "fp32" else outputs(p, feeds)
         ops = optimized_ops(p)
-        rows.append({"model": name, "format": key if key == "fp32" else f"W{bits} {key}",
+        rows.append({"model": name, "format": key if key in ("fp32", *ORT_NBITS)
+                     else f"W{bits} {key}",
                      "size_mb": os.path.getsize(p) / 1e6, "ms_1t": lat1[key],
                      "ratio_1t": lat1[key] / lat1["fp32"], "ms_all": latn[key],
                      "ratio_all": latn[key] / latn["fp32"], "error": _rel(ys, dense),

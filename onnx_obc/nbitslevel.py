@@ -63,7 +63,7 @@ def decide(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: list[Layer], 
 
 def _chosen(dense: onnx.ModelProto, m0: onnx.ModelProto, m4: onnx.ModelProto, data: Any,
             runtime: Any, captured: dict | None) -> tuple[int, str]:
-    """The level kept, and it with its measures in words (FASTER and MARGIN decide)."""
+    """The level kept, and it with its measures in words (FASTER, MARGIN, TRADE decide)."""
     from .channels.timing import BLOCK, ort_timer
 
     feed = one_sample(data)

@@ -95,7 +95,7 @@ def pack4(q: np.ndarray) -> np.ndarray:
 
 def rewrite(model: onnx.ModelProto, bits: int) -> tuple[onnx.ModelProto, list[str]]:
     """`model` with each of its tables (`tables`) read through GatherBlockQuantized at
-    `bits` (8 or 4), and a line per table ("" lines none); `model` itself when it has none."""
+    `bits` (8 or 4), and a line per table; `model` itself (and no lines) when it has none."""
     found = {k: v for k, v in tables(model).items() if block_for(bits, v[1])}
     if not found:
         return model, []
@@ -108,17 +108,16 @@ def rewrite(model: onnx.ModelProto, bits: int) -> tuple[onnx.ModelProto, list[st
         q, s, z = quantize_table(W, bits, B)
         data, zp = (q, z) if bits == 8 else (pack4(q), pack4(z))
         fresh(tensors, *(f"{name}_{k}" for k in ("gbq", "gbq_scales", "gbq_zero_points")))
-        ins = [constant(f"{name}_gbq", data), None, constant(f"{name}_gbq_scales", s),
-               constant(f"{name}_gbq_zero_points", zp)]
+        codes_c, scales_c, zeros_c = (constant(f"{name}_{k}", v) for k, v in (
+            ("gbq", data), ("gbq_scales", s), ("gbq_zero_points", zp)))
         for n in [n for n in graph.nodes if n.op == "Gather" and n.inputs[0] is tensors[name]]:
-            outputs = list(n.outputs)
-            ids = n.inputs[1]
+            outputs, ids = list(n.outputs), n.inputs[1]
             n.outputs.clear()
             n.inputs.clear()
             graph.nodes.append(gs.Node(
                 "GatherBlockQuantized", n.name, {"gather_axis": 0, "quantize_axis": 1,
                                                  "block_size": B, "bits": bits},
-                inputs=[ins[0], ids, *ins[2:]], outputs=outputs, domain=DOMAIN))
+                inputs=[codes_c, ids, scales_c, zeros_c], outputs=outputs, domain=DOMAIN))
         lines.append(f"{name} [{V}, {D}] as {bits}-bit GatherBlockQuantized (block {B}): "
                      f"{4 * V * D / 1e6:.1f} -> {(data.nbytes + s.nbytes + zp.nbytes) / 1e6:.1f}"
                      " MB")
@@ -128,12 +127,12 @@ def rewrite(model: onnx.ModelProto, bits: int) -> tuple[onnx.ModelProto, list[st
 def line(model: onnx.ModelProto) -> str:
     """The report's line for the tables `model` stores quantized ("" where none)."""
     inits = {t.name: t for t in model.graph.initializer}
-    parts = []
+    parts: dict[str, str] = {}  # codes -> words (a table two Gathers read: once)
     for n in model.graph.node:
         if n.op_type == "GatherBlockQuantized" and n.domain == DOMAIN and n.input[0] in inits:
-            a = {x.name: x.i for x in n.attribute}
+            bits = next((x.i for x in n.attribute if x.name == "bits"), 4)
             rows, width = inits[n.input[0]].dims
-            parts.append(f"{n.input[0].removesuffix('_gbq')} [{rows}, "
-                         f"{width * 8 // a.get('bits', 4)}] at {a.get('bits', 4)} bits")
+            parts[n.input[0]] = (f"{n.input[0].removesuffix('_gbq')} [{rows}, "
+                                 f"{width * 8 // bits}] at {bits} bits")
     return ("lookup tables stored as codes (GatherBlockQuantized, dequantized per gathered row;"
-            " --float-tables keeps them float): " + ", ".join(parts)) if parts else ""
+            " --float-tables keeps them float): " + ", ".join(parts.values())) if parts else ""
