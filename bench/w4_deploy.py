@@ -138,7 +138,8 @@ def run_model(name: str, bits: int, runs: int, work: Path) -> list[dict]:
                      "ops": {k: ops.get(k, 0) for k in ("Conv", "FusedConv",
                                                         "DequantizeLinear", "MatMulNBits")},
                      "seconds": seconds if key == "folded" else None,
-                     "integer": r.report.fusion.get("integer") if key == "folded" else None})
+                     "integer": r.report.fusion.get("integer") if key == "folded" else None,
+                     "notes": list(r.report.notes) if key == "folded" else None})
         print(f"  {name} {rows[-1]['format']}: {rows[-1]['ratio_1t']:.3f}x fp32", flush=True)
     return rows
 
