@@ -124,8 +124,10 @@ def _params(lo: Any, hi: Any, spec: QuantSpec) -> tuple[Any, Any]:
     return scale, zero
 
 
-def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
+def fit_grid(W: Any, spec: QuantSpec, H: Any = None, coarse: bool | None = None) -> Grid:
     """Grid for W [R, d], per row and column group (d must divide by group_size).
+    coarse: the coarse-to-fine search (_coarse_fine) at any width; None: at COARSE_BITS and
+    more (an embedding table at 4 bits: 0.61 s against 15.2, the same error to 4 digits).
 
     H [G, d, d] (optional, undampened; rows are G blocks of R / G): the clipping search
     weighs each column's error by H_jj, sum_j H_jj |q(w_j) - w_j|^norm, so it sees which
@@ -143,7 +145,7 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None) -> Grid:
     scale, zero = _params(lo, hi, spec)
     if not spec.mse:
         return Grid(scale, zero, spec.qmin, spec.qmax, g)
-    if spec.bits >= COARSE_BITS:
+    if coarse or (coarse is None and spec.bits >= COARSE_BITS):
         return _coarse_fine(W, Wd, lo, hi, spec, g, H)
     Wg = Wd.astype(xp.float64)
     wts = 1.0 if H is None else xp.repeat(_group_diag(H), R // H.shape[0], axis=0).reshape(

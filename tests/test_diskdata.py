@@ -98,14 +98,17 @@ def test_save_copies_the_kept_table_into_the_output(tmp_path, external):
     dict(bits=8, act_bits=8, runtime="onnxruntime", correct=True)], ids=str)
 def test_convert_gives_what_a_loaded_model_gives(tmp_path, options):
     """The run on a model whose table stays on disk equals the run on the same model in
-    memory: same layer losses, same fidelity, same output values."""
+    memory: same layer losses, same fidelity, same output values. The onnxruntime target
+    stores the table as codes (export/orttables.py), read from the input's file in chunks:
+    then nothing is left kept."""
     path, feed = table_model(tmp_path)
     x = feed(32)
     calib = [{"ids": x["ids"][i:i + 1]} for i in range(32)]
     opts = dict(calib=calib, progress=False, holdout=0.25, **options)
     disk = convert(path, tmp_path / "out.onnx", **opts)
     mem = convert(onnx.load(path), **opts)
-    assert diskdata.kept(disk.model) and not diskdata.kept(mem.model)
+    codes = options.get("runtime") == "onnxruntime"
+    assert bool(diskdata.kept(disk.model)) != codes and not diskdata.kept(mem.model)
     assert [r.loss for r in disk.report.layers] == [r.loss for r in mem.report.layers]
     assert disk.report.fidelity == mem.report.fidelity
     y_mem = session(mem.model, ["CPUExecutionProvider"]).run(None, x)[0]
