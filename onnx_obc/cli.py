@@ -266,7 +266,7 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     from .layers import find_layers
     from .modelio import load_model
     from .preflight import input_initializers, unknown_ops_note
-    from .report import SKIP_NAME_WIDTH, short_name
+    from .names import SKIP_NAME_WIDTH, short_name, shortener
 
     try:
         proto = load_model(model)
@@ -277,18 +277,18 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     w = min(max([12] + [len(L.name) for L in layers]), SKIP_NAME_WIDTH)  # long: head, tail
     click.echo(f"{'layer':<{w}} {'op':<6} {'weight shape':<16} {'W [out,in]':>12} "
                f"{'groups':>6} storage")
+    short = shortener([L.name for L in layers], w)
     for L in layers:
         G, r, d = L.matrix_shape
-        click.echo(f"{short_name(L.name, w):<{w}} {L.op:<6} {str(list(L.shape)):<16} "
+        click.echo(f"{short(L.name):<{w}} {L.op:<6} {str(list(L.shape)):<16} "
                    f"{f'{G * r}x{d}':>12} {G:>6} {L.storage}")
     click.echo(f"{len(layers)} compressible layers")
     if skipped:
         click.echo(f"\nleft uncompressed ({len(skipped)}):")
         for s in skipped:
             click.echo(f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}")
-    notes = input_initializers(proto) + describe(proto)
-    notes += [n for n in [unknown_ops_note(proto)] if n]
-    for n in notes:
+    notes = input_initializers(proto) + describe(proto) + [unknown_ops_note(proto)]
+    for n in filter(None, notes):
         click.echo(f"\nWARNING: {n}")
 
 

@@ -100,15 +100,16 @@ class Plan:
                     "contention", 1.0) > CONTENDED else ""))
 
     def table(self) -> str:
-        from .report import short_name
+        from .names import shortener
 
         w = max([12] + [min(40, len(p.name)) for p in self.layers])
+        short_name = shortener([p.name for p in self.layers], w)
         head = (f"{'layer':<{w}} {'W [out,in]':>12} {'hessian':>9} {'solver':>9} "
                 f"{'exact s':>9} {'fast s':>9} method")
         mb = lambda b: f"{b / MB:.1f}M"  # noqa: E731
         sec = lambda s: "-" if s is None else f"{s:.3g}"  # noqa: E731
         lines = [head, "-" * len(head)] + [
-            f"{short_name(p.name, w):<{w}} {f'{p.G * p.r}x{p.d}':>12} "
+            f"{short_name(p.name):<{w}} {f'{p.G * p.r}x{p.d}':>12} "
             f"{mb(p.hessian_bytes):>9} {mb(p.solver_bytes):>9} {sec(p.exact_seconds):>9} "
             f"{sec(p.fast_seconds):>9} {p.label}" for p in self.layers]
         return "\n".join([*lines, self.summary()])

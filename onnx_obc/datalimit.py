@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 
-from .report import NAME_WIDTH, LayerResult, short_name
+from .names import shortener
+from .report import NAME_WIDTH, LayerResult
 
 
 COLLINEAR = 0.01  # a rank deficit of one, or of this share of the live inputs, with at least
@@ -34,7 +35,8 @@ def data_warning(rows: list[LayerResult]) -> str:
     names run to hundreds of characters) and the samples that would lift the limit."""
     few = [x for x in rows if x.samples is not None and x.samples < _need(x)]
     need = max((_need(x) for x in few), default=0)
-    names = ", ".join(f"{short_name(x.name, NAME_WIDTH)} (rank "
+    short = shortener([x.name for x in rows], NAME_WIDTH)
+    names = ", ".join(f"{short(x.name)} (rank "
                       f"{x.rank if x.rank is not None else f'<= {x.columns}'}/"
                       f"{x.cols}, {x.samples} samples)"
                       for x in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
@@ -57,7 +59,8 @@ def shrink_line(rows: list[LayerResult]) -> str:
     shrunk = [x for x in rows if x.shrink]
     if not shrunk:
         return ""
-    names = ", ".join(f"{short_name(x.name, NAME_WIDTH)} ({x.shrink:g})" for x in shrunk[:8]) + (
+    short = shortener([x.name for x in shrunk], NAME_WIDTH)
+    names = ", ".join(f"{short(x.name)} ({x.shrink:g})" for x in shrunk[:8]) + (
         f" and {len(shrunk) - 8} more" if len(shrunk) > 8 else "")
     return (f"{len(shrunk)} layer(s) solved on H shrunk toward its diagonal, (1 - a) H + "
             f"a diag(H), a chosen by two held-out halves of the samples (--no-shrink: H "

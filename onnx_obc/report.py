@@ -11,10 +11,10 @@ from typing import Any
 from .costplan import plan_line
 from .layers import Skipped
 from .modelio import write_atomic
+from .names import NAME_WIDTH, SKIP_NAME_WIDTH, short_name, shortener  # noqa: F401 - the
+# widths and short_name: for the views, the CLI and the tests, as before
 from .verify import Fidelity
 
-NAME_WIDTH = 40  # node names in the layer table (whole in the JSON)
-SKIP_NAME_WIDTH = 72  # node names in the list of skipped layers
 
 
 @dataclass(frozen=True)
@@ -103,32 +103,6 @@ class Report:
                          + _sensitivity_lines(self) + _footer(self))
 
 
-def short_name(name: str, width: int) -> str:
-    """`name` in at most `width` characters: its head and tail, "…" between (whole "/"
-    components where they fit: "StatefulPartitionedCall/model/…/conv2d_3/Conv2D")."""
-    if len(name) <= width:
-        return name
-    parts = name.split("/")
-    head, tail = parts[:1], parts[-1:]
-    if len(parts) > 2 and len(head[0]) + len(tail[0]) + 3 <= width:
-        i, j = 1, len(parts) - 2  # next head component, next tail component
-        while i <= j:
-            grew = False
-            for side in ("tail", "head"):
-                if i > j:
-                    break
-                h, t = (head, [parts[j], *tail]) if side == "tail" else ([*head, parts[i]], tail)
-                if len("/".join(h)) + len("/".join(t)) + 3 <= width and (i < j or side == "head"):
-                    head, tail = h, t
-                    i, j = (i, j - 1) if side == "tail" else (i + 1, j)
-                    grew = True
-            if not grew:
-                break
-        return "/".join(head) + "/…/" + "/".join(tail)
-    keep = width - 1
-    return name[: (keep + 1) // 2] + "…" + name[len(name) - keep // 2:]
-
-
 _jsonable = str  # what json cannot write (paths, numpy scalars), as text
 
 
@@ -141,8 +115,9 @@ def _layer_lines(r: Report) -> list[str]:
             f"{'loss':>10} {base:>10} {'ratio':>7} {'dead':>4} {'rank':>10} {'damp':>7} "
             f"{'work':>5} {'sec':>6}")
     lines = [head, "-" * len(head)]
+    short = shortener([x.name for x in r.layers], w)
     for x in r.layers:
-        name = short_name(x.name, w)
+        name = short(x.name)
         rows, cols = x.rows, x.cols
         damp = f"{x.damp:.0e}" + ("!" if x.damp_failed else "")
         work = f"{x.work:.0%}" if x.target else "-"
@@ -256,7 +231,8 @@ def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
         return []
     lines = ["", f"sensitivity on {s['set']} ({s['samples']} samples), output error with only "
                  f"that layer compressed (top {min(top, len(s['layers']))} of {len(s['layers'])}):"]
-    lines += [f"  {short_name(x['layer'], NAME_WIDTH):<{NAME_WIDTH}} {x['error']:>9.4f} "
+    short = shortener([x["layer"] for x in s["layers"]], NAME_WIDTH)
+    lines += [f"  {short(x['layer']):<{NAME_WIDTH}} {x['error']:>9.4f} "
               f"{x['share']:>6.1%}" for x in s["layers"][:top]]
     return lines + [f"  exclude first: {s['flags']}"] * bool(s["exclude"])
 
