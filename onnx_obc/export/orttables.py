@@ -40,6 +40,10 @@ from .nbits import DOMAIN, with_domain
 
 MIN_ELEMENTS = 1 << 16  # smaller tables stay float (a token-type table: 2 x 384)
 BLOCKS = {8: (128, 64, 32, 16), 4: (32, 16)}  # block sizes tried, largest first
+CHUNK = 1 << 22  # table values quantized at a time (a table kept on disk is read so)
+KEEP = 2  # tables quantized last, kept: a run builds its model several times (the float
+# choices, the correction, the variants), each with the same table (MiniLM's: 0.5 s a time)
+_DONE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
 
 def tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
@@ -108,12 +112,6 @@ def quantize_table(W: np.ndarray, bits: int, block: int
             _DONE.popitem(last=False)
     _DONE.move_to_end(key)
     return _DONE[key]
-
-
-CHUNK = 1 << 22  # table values quantized at a time (a table kept on disk is read so)
-KEEP = 2  # tables quantized last, kept: a run builds its model several times (the float
-_DONE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()  # choices,
-# the correction, the variants), each the same table; MiniLM's 8-bit table took 0.5 s
 
 
 def dequantize(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, block: int
