@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 NAME_WIDTH = 40  # node names in the layer table (whole in the JSON)
 SKIP_NAME_WIDTH = 72  # node names in the list of skipped layers
 
+
 def short_name(name: str, width: int) -> str:
     """`name` in at most `width` characters: its head and tail, "…" between (whole "/"
     components where they fit: "StatefulPartitionedCall/model/…/conv2d_3/Conv2D")."""
