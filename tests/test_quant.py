@@ -111,6 +111,25 @@ def test_below_8_bits_the_search_is_the_full_float64_one(monkeypatch):
     assert not np.array_equal(fit_grid(W, spec, H).scale, g.scale)
 
 
+def test_coarse_asked_for_below_8_bits_is_the_coarse_search(monkeypatch):
+    """fit_grid(coarse=True) runs the coarse-to-fine search at any width (export/orttables.py
+    at 4 bits): what COARSE_BITS = 4 gives, within 1% of the full search's loss; coarse=False
+    the full one even at 8 bits."""
+    import onnx_obc.quant as quant
+
+    W, H = _clippable(4)
+    spec = QuantSpec(bits=4, symmetric=False, group_size=8, norm=2.0)
+    asked, full = fit_grid(W, spec, coarse=True), fit_grid(W, spec, coarse=False)
+    monkeypatch.setattr(quant, "COARSE_BITS", 4)
+    np.testing.assert_array_equal(asked.scale, fit_grid(W, spec).scale)
+    eye = np.eye(W.shape[1])
+    assert _h_loss(W, asked, eye) <= 1.01 * _h_loss(W, full, eye)
+    spec8 = QuantSpec(bits=8)
+    monkeypatch.setattr(quant, "COARSE_BITS", 99)  # the full search for every width
+    np.testing.assert_array_equal(fit_grid(W, spec8, coarse=False).scale,
+                                  fit_grid(W, spec8).scale)
+
+
 @pytest.mark.parametrize("group_size", [None, 8])
 def test_rtn_and_codes_on_row_chunks_equal_the_whole_matrix(monkeypatch, group_size):
     """The CPU works rtn() and codes() in row chunks (fresh memory for layer-sized float64
