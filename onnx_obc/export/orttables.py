@@ -43,6 +43,7 @@ BLOCKS = {8: (128, 64, 32, 16), 4: (32, 16)}  # block sizes tried, largest first
 CHUNK = 1 << 22  # table values quantized at a time (a table kept on disk is read so)
 KEEP = 2  # tables quantized last, kept: a run builds its model several times (the float
 # choices, the correction, the variants), each with the same table (MiniLM's: 0.5 s a time)
+KEEP_BYTES = 256 << 20  # ... where its codes are at most this (the process keeps them)
 _DONE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
 
@@ -105,9 +106,11 @@ def quantize_table(W: np.ndarray, bits: int, block: int
             grid = fit_grid(rows, spec, coarse=True)
             q[r0:r0 + step] = codes(rows, grid)  # asymmetric: 0 .. 2^bits - 1
             s[r0:r0 + step], z[r0:r0 + step] = grid.scale, grid.zero
-        _DONE[key] = (q, s, z)
-        for a in _DONE[key]:
+        for a in (q, s, z):
             a.setflags(write=False)  # shared by every build of the run
+        if q.nbytes > KEEP_BYTES:  # not held after the run: quantized again each build
+            return q, s, z
+        _DONE[key] = (q, s, z)
         while len(_DONE) > KEEP:
             _DONE.popitem(last=False)
     _DONE.move_to_end(key)
