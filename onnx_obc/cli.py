@@ -16,6 +16,7 @@ from .config import LAYER_OPS, Selection
 from .errors import ConfigError, ObcError
 from .flags import (
     Once,
+    act_options,
     calib_options,
     channel_options,
     config_from_flags,
@@ -123,15 +124,7 @@ def _ops(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, .
 @click.option("--asymmetric", is_flag=True,
               help="Asymmetric weight grid (uint codes, zero points); default symmetric, "
                    "zero point 0 as TensorRT requires.")
-@click.option("--act-bits", type=click.Choice(["8"]), default=None,
-              help="Static per-tensor symmetric int8 Q/DQ on the inputs of compressed layers "
-                   "(and residual Add inputs), placed as TensorRT expects.")
-@click.option("--act-calibration", type=click.Choice(["auto", "minmax", "percentile", "mse"]),
-              default="auto", show_default=True,
-              help="Activation range estimate (mse: least expected squared quantization error "
-                   "on each tensor's histogram, the grid of either target; auto: mse).")
-@click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
-              default=99.99, show_default=True)
+@act_options
 @export_options
 @click.option("--minmax", is_flag=True,
               help="Plain min-max weight ranges instead of OBC's clipping search.")

@@ -111,9 +111,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                 and all(u.input in inputs or u.input in group for u in L.uses)]
         arena = not big.intersection(group)  # capture.ARENA_MAX
         cut = frontier is not None and dense is not None and len(groups) == 1
-        runs = _batched(proto, group, rt, data, free_batch, sample_axes, arena) if (
+        runs = batched(proto, group, rt, data, free_batch, sample_axes, arena) if (
             group and free_batch > 1 and not cut) else None  # the frontier runs per sample
-        ref_runs = _batched(dense, group, rt, data, free_batch, sample_axes, arena) if (
+        ref_runs = batched(dense, group, rt, data, free_batch, sample_axes, arena) if (
             runs is not None and dense is not None) else None
         if dense is not None and (runs is None) != (ref_runs is None):
             runs = ref_runs = None  # both one sample per run, so that the samples pair up
@@ -246,7 +246,7 @@ class _Pending:
                     parts, axis=2))
 
 
-def _batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, free: int,
+def batched(proto: onnx.ModelProto, group: list[str], rt: Runtime, data: Any, free: int,
              axes: dict[str, int | None] | None, arena: bool = True) -> Any:
     """The per-sample tensors of `group` from runs of `free` samples at once (batching.py),
     or None when the batch-free graph fails the check (then: one sample per run)."""

@@ -220,6 +220,9 @@ def _check_combination(c: CompressConfig) -> None:
                           "weight bits (quant.bits 8)")
     if q.group_size is not None and q.bits is None and a.budget != "bops":
         raise ConfigError("quant.group_size only applies to quantization: add quant.bits")
+    if q.smooth and q.act_bits is None:
+        raise ConfigError("quant.smooth scales layer inputs for activation quantization: add "
+                          "quant.act_bits 8")
     e = c.export
     if e.runtime != "onnxruntime" and (e.nbits_block_size is not None
                                        or e.accuracy_level is not None):

@@ -255,3 +255,30 @@ class Once(logging.Filter):
             return False
         self.seen.add(key)
         return True
+
+
+_ACT_OPTIONS = [
+    click.option("--act-bits", type=click.Choice(["8"]), default=None,
+                 help="Static per-tensor symmetric int8 Q/DQ on the inputs of compressed layers "
+                      "(and residual Add inputs), placed as TensorRT expects."),
+    click.option("--act-calibration", type=click.Choice(["auto", "minmax", "percentile",
+                                                          "mse"]),
+                 default="auto", show_default=True,
+                 help="Activation range estimate (mse: least expected squared quantization "
+                      "error on each tensor's histogram, the grid of either target; auto: mse)."),
+    click.option("--act-percentile", type=click.FloatRange(50, 100, min_open=True),
+                 default=99.99, show_default=True),
+    click.option("--smooth/--no-smooth", default=None,
+                 help="With --act-bits 8: MatMul/Gemm inputs scaled per channel into their "
+                      "weights (SmoothQuant, float-exact; one Mul before each activation "
+                      "quantizer). Default: on with --bits 8 --runtime onnxruntime."),
+    click.option("--smooth-alpha", type=click.FloatRange(0, 1, min_open=True), default=None,
+                 help="SmoothQuant's migration strength for every input (1: all into the "
+                      "weights); default: per input, of 0.5 / 0.75 / 1 or none, the lowest "
+                      "estimated 8-bit output error."),
+]
+
+
+def act_options(command: Any) -> Any:
+    """The activation quantization options of `compress`."""
+    return _with(_ACT_OPTIONS, command)

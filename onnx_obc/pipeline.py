@@ -21,7 +21,7 @@ import onnx
 
 from . import calib as calibration
 from . import (branches, costplan, export, floatcheck, floatlayers, nbitslevel, pinned,
-               preflight, view)
+               preflight, smooth, view)
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -81,6 +81,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
         data, engine, runtime = _calibration(proto, calib, eval_data, cfg, backend, fork)
     proto, layers, skipped, chan, cfg, plan = _channel_stage(
         proto, layers, skipped, data, backend, cfg, plan, runtime, progress, clock)
+    proto, layers, smoothed = smooth.stage(proto, layers, data, runtime, cfg, clock)
     means = reference_means(proto, layers, cfg, data) if layerwise(cfg) else None  # capture fills
     kept = _captured(dense, data, cfg, chan)  # the dense outputs the verification reuses
     with solve_threads(plan.rates if plan is not None else {}):  # one, where contended
@@ -94,16 +95,15 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     layers, done, skipped = fc.layers, fc.done, skipped + fc.skipped
     fixes, built = _correct(proto, layers, done, data, runtime, cfg, clock, progress, means,
                             fc.uncorrected)
-    models, fidelity, fusion, fixes = _build_and_verify(dense, proto, layers, done, fixes, chan,
-                                                        data, runtime, cfg, clock, built, fc,
-                                                        kept)
+    models, fidelity, fusion, fixes = _build_and_verify(
+        dense, proto, layers, done, fixes, chan, data, runtime, cfg, clock, built, fc, kept)
     ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
     final = fork.restore(models["compressed"], runtime)  # inlined If branches put back
     written = save_model(final, output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend, layers, data, skipped, done, fixes,
                      fidelity, checks + fork.after, {**clock, **done.seconds}, fusion, chan,
-                     ranked, plan, folded)
+                     ranked, plan, folded, smoothed)
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]
@@ -173,8 +173,8 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
 
 def _captured(dense: onnx.ModelProto, data: calibration.Calibration, cfg: CompressConfig,
               chan: Any) -> dict[str, Captured] | None:
-    """The in-sample check's dense outputs to keep from a one-shot capture of the unshrunk
-    model (refs.Captured), by set name; None where there is no such capture or set."""
+    """The in-sample check's dense outputs a one-shot capture of the unshrunk model keeps
+    (refs.Captured), by set name; None without such a capture or set."""
     if not layerwise(cfg) or cfg.run.sequential or chan is not None or data.check_rows is None:
         return None
     name = next(iter(data.sets()))
@@ -210,9 +210,8 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
 
 def _plan(layers: list, cfg: CompressConfig, backend: Any, progress: bool,
           clock: dict[str, float]) -> tuple[CompressConfig, Any, list[str]]:
-    """The cost plan of a layer-wise run (refuses what cannot fit the memory budget): the
-    config (the default DP falls back to uniform when the full Hessians cannot fit), the
-    plan (None without layer solves) and what the fallback says."""
+    """A layer-wise run's cost plan (refusing what cannot fit the memory budget): the config
+    (the DP falls back to uniform where its Hessians cannot fit), plan (or None), fallbacks."""
     if not layerwise(cfg):
         return cfg, None, []
     cfg, fallbacks = costplan.without_auto(layers, cfg)
@@ -265,11 +264,11 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, lay
             fixes: CorrectionResult | None, fidelity: dict, checks: list[str],
             seconds: dict[str, float], fusion: export.fusion.Fusion | None = None,
             chan: ChannelResult | None = None, sensitivity: dict | None = None,
-            plan: costplan.Plan | None = None, folded: Any = None) -> Report:
+            plan: Any = None, folded: Any = None, smoothed: Any = None) -> Report:
     """The run's report, assembled from what the stages returned."""
     device = backend.label_for([L.matrix_shape[2] for L in layers if L.weight in done.solutions])
-    order = ("load", "channels", "plan", "capture", "allocate", "solve", "correct", "export",
-             "verify", "sensitivity")
+    order = ("load", "channels", "smooth", "plan", "capture", "allocate", "solve", "correct",
+             "export", "verify", "sensitivity")
     seconds = {k: seconds[k] for k in order if k in seconds}
     pin = pinned.pinned(cfg, {**done.decided, **({"correct": fixes.kept} if fixes is not None
                                                  and fixes.kept is not None else {})})
@@ -288,6 +287,7 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, lay
         channels={} if chan is None else chan.to_dict(), sensitivity=dict(sensitivity or {}),
         plan={} if plan is None else plan.to_dict(),
         folded=folded.to_dict() if folded is not None and folded.changed else {},
+        smoothed={} if smoothed is None else smoothed.to_dict(),
         notes=list(done.notes), pinned=pin)
 
 

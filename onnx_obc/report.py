@@ -77,6 +77,7 @@ class Report:
     sensitivity: dict[str, Any] = field(default_factory=dict)  # sensitivity.summarize()
     plan: dict[str, Any] = field(default_factory=dict)  # costplan.Plan.to_dict()
     folded: dict[str, Any] = field(default_factory=dict)  # fold.Folded.to_dict()
+    smoothed: dict[str, Any] = field(default_factory=dict)  # smooth.Smoothed.to_dict()
     notes: list[str] = field(default_factory=list)  # decisions a stage explains (floatcheck)
     pinned: dict[str, Any] = field(default_factory=dict)  # the options repeating them (pinned.py)
 
@@ -93,8 +94,9 @@ class Report:
         write_atomic(path, text.encode(), "the report", "--report")
 
     def decisions(self) -> list[str]:
-        """The run's decision lines: the fold, the correction, the notes (floatcheck...)."""
-        return [x for x in (self.folded.get("summary"), self.correction.get("decision"),
+        """The run's decision lines: the fold, the smoothing, the correction, the notes."""
+        return [x for x in (self.folded.get("summary"), self.smoothed.get("summary"),
+                            self.correction.get("decision"),
                             *self.notes) if x]
 
     def table(self) -> str:

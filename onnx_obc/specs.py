@@ -113,7 +113,7 @@ class Quantization:
     of the quantized layers, ranges from the capture ("minmax", "percentile" or "mse":
     actrange.py; "auto": act_method). refine: the H-aware code descent after the solve
     (solvers/refine.py); None: the method's default (on for "obc" below 8 bits, off for
-    "gptq", which then stays reference GPTQ)."""
+    "gptq", which then stays reference GPTQ). smooth, smooth_alpha: smooth.py (None: auto)."""
 
     bits: int | None = None
     group_size: int | None = None
@@ -123,6 +123,8 @@ class Quantization:
     act_bits: int | None = None
     act_calibration: str = "auto"
     act_percentile: float = 99.99
+    smooth: bool | None = None
+    smooth_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(
@@ -131,30 +133,29 @@ class Quantization:
         g = self.group_size
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
             raise ConfigError(f"quant.group_size must be an integer >= 2, got {g!r} (e.g. 128)")
-        if self.refine is not None and not isinstance(self.refine, bool):
-            raise ConfigError(f"quant.refine must be true, false or null, got {self.refine!r}")
+        for f, v in (("refine", self.refine), ("smooth", self.smooth)):
+            if v is not None and not isinstance(v, bool):
+                raise ConfigError(f"quant.{f} must be true, false or null, got {v!r}")
         if self.act_bits is not None and self.act_bits != 8:
-            raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got "
-                              f"{self.act_bits!r}")
+            raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got {self.act_bits!r}")
         _choice(self.act_calibration, ACT_CALIBRATIONS, "quant.act_calibration")
         if not 50.0 < self.act_percentile <= 100.0:
             raise ConfigError(f"quant.act_percentile must be in (50, 100], got "
                               f"{self.act_percentile}")
+        if self.smooth_alpha is not None and not 0.0 < self.smooth_alpha <= 1.0:
+            raise ConfigError(f"quant.smooth_alpha must be in (0, 1], got {self.smooth_alpha}")
 
     def act_method(self, runtime: str) -> str:
-        """The activation range method that runs: act_calibration, where "auto" is "mse"
-        for both targets (lower W8A8 error than min-max on onnxruntime's u8 grids and on
-        TensorRT's symmetric int8 ones, on every real bench model: README "Defaults");
-        `runtime` is kept for a target that would differ."""
+        """act_calibration, "auto" being "mse" for both targets (lower W8A8 error than min-max
+        on every real bench model: README "Defaults"); `runtime`: for a target that differs."""
         return "mse" if self.act_calibration == "auto" else self.act_calibration
 
     def spec(self, bits: int | None = None) -> QuantSpec | None:
         """The solver's weight grid for `bits` (default: quant.bits); None without bits."""
         bits = self.bits if bits is None else bits
-        if bits is None:
-            return None
-        return QuantSpec(bits=bits, symmetric=self.symmetric, mse=self.clip_search,
-                         group_size=self.group_size, refine=self.refine)
+        return None if bits is None else QuantSpec(
+            bits=bits, symmetric=self.symmetric, mse=self.clip_search,
+            group_size=self.group_size, refine=self.refine)
 
 
 @dataclass(frozen=True, kw_only=True)
