@@ -6,7 +6,7 @@
                            [--runs 20] [--quick] [--method rtn] [--act-types u8,s8]
                            [--latency-batch 8] [--int8-stem] [--int8-highres]
                            [--runtimes tensorrt,onnxruntime] [--sparsity 0.5] [--dynamic]
-                           [--out bench/results/deploy.json]
+                           [--smooth-rows] [--out bench/results/deploy.json]
 
 Rows per model: fp32 (the dense model); W8A8 with each export target (`--runtime tensorrt`
 and `--runtime onnxruntime`, the default method: at 8 bits each layer keeps the better of
@@ -277,7 +277,8 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
               runtimes: tuple[str, ...] = ("tensorrt", "onnxruntime"),
               eval_path: str | None = None, lat_batch: int = 1,
               int8_stem: bool = False, int8_highres: bool = False,
-              sparsity: float | None = None, dynamic: bool = False) -> list[dict]:
+              sparsity: float | None = None, dynamic: bool = False,
+              smooth_rows: bool = False) -> list[dict]:
     mpath, cpath, epath = (str(ROOT / p) for p in MODELS[name][:3])
     epath = eval_path or epath
     method = MODELS[name][3]
@@ -296,20 +297,25 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
     info: dict[str, dict] = {"fp32": {"integer": None}}
     floats = [(True, True)] + ([(True, False)] if int8_highres else []) + (
         [(False, False)] if int8_stem else [])  # (float_stem, float_highres) rows
-    targets = ([("tensorrt", "u8", True, True)] if "tensorrt" in runtimes else []) + (
-        [("onnxruntime", a, stem, hires) for a in act_types for stem, hires in floats]
-        if "onnxruntime" in runtimes else [])
-    for runtime, act_type, float_stem, float_highres in targets:
+    smooths = [None, False] if smooth_rows else [None]  # None: the run's default
+    targets = ([("tensorrt", "u8", True, True, sm) for sm in ([None, True] if smooth_rows
+                                                             else [None])]
+               if "tensorrt" in runtimes else []) + (
+        [("onnxruntime", a, stem, hires, sm) for a in act_types for stem, hires in floats
+         for sm in smooths] if "onnxruntime" in runtimes else [])
+    for runtime, act_type, float_stem, float_highres, smooth in targets:
         key = (f"{sparsity:.0%} + " if sparsity else "") + f"W8A8 {runtime}" + (
             f" {act_type}" if runtime == "onnxruntime" and (
             len(act_types) > 1 or act_type != "u8") else "") + (
-            "" if float_highres else " int8-highres" if float_stem else " int8-stem")
-        out = str(work / f"{name}.{runtime}.{act_type}.{float_stem}.{float_highres}.onnx")
+            "" if float_highres else " int8-highres" if float_stem else " int8-stem") + (
+            "" if smooth is None else " smooth" if smooth else " no-smooth")
+        out = str(work / f"{name}.{runtime}.{act_type}.{float_stem}.{float_highres}.{smooth}"
+                  ".onnx")
         t, c = time.perf_counter(), time.process_time()
         r = convert(mpath, out, calib=cpath, bits=8, act_bits=8, method=method,
                     runtime=runtime, act_type=act_type, holdout=0.0, float_stem=float_stem,
                     float_highres=float_highres, compare_baseline=False, progress=False,
-                    **({"sparsity": sparsity} if sparsity else {}))
+                    smooth=smooth, **({"sparsity": sparsity} if sparsity else {}))
         f = r.report.fusion
         used: dict[str, int] = {}
         for row in r.report.layers:
@@ -495,6 +501,9 @@ def main() -> None:
     ap.add_argument("--dynamic", action="store_true",
                     help="also onnxruntime's quantize_dynamic (int8 weights per channel, "
                          "activations quantized per run): its advice for transformers")
+    ap.add_argument("--smooth-rows", action="store_true",
+                    help="also the onnxruntime rows with --no-smooth and a tensorrt row with "
+                         "--smooth (smooth.py: by default on for the onnxruntime target only)")
     args = ap.parse_args()
     evals = dict(e.split("=", 1) for e in args.eval)
     rows: list[dict] = []
@@ -509,7 +518,7 @@ def main() -> None:
                               args.act_types.split(","), args.method,
                               tuple(args.runtimes.split(",")), evals.get(name),
                               args.latency_batch, args.int8_stem, args.int8_highres,
-                              args.sparsity, args.dynamic)
+                              args.sparsity, args.dynamic, args.smooth_rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in rows:

@@ -24,7 +24,11 @@ ALPHAS = (0.5, 0.75, 1.0)
 FLOOR = 1e-2  # scales at least FLOOR x the largest: a channel (nearly) dead on the
 # calibration samples is not blown up by 1 / its maximum (unseen inputs would clip)
 CLIPS = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2)  # the activation grid's clip search, fractions of max
-MARGIN = 0.98  # a strength is taken only where its error is under MARGIN x no smoothing's
+MARGIN = 0.5  # a strength is taken only where its error is under MARGIN x no smoothing's:
+# each smoothed input costs one float Mul at run time (1-3% of the latency on the real
+# bench models, 14% on the shipped 60-us digits_vit), and small estimated gains did not
+# show (MARGIN 0.98: digits_cnn's classifier input at 0.83x its estimate, the model's
+# held-out error 0.0062 -> 0.0068; PP-LCNet's 0.0244 -> 0.0242; README "Smoothing ...")
 NEAR = 1.1  # of the strengths within NEAR x the lowest error, the largest is taken: the
 # estimate rounds the weights to nearest, while the run's GPTQ / OBQ compensates their
 # error, so it overstates what a larger alpha costs the weights (all-MiniLM-L6-v2's W8A8
@@ -69,16 +73,18 @@ def fake_weights(W, bits: int = 8):
     return xp.clip(xp.rint(W / step), -q, q) * step
 
 
-def output_error(X, Ws: list, s, fit=None) -> float:
+def output_error(X, Ws: list, s, fit=None, Ys: list | None = None) -> float:
     """sum over the layers of ||X W^T - Qa(X / s) Qw(W s)^T||^2 / ||X W^T||^2, the
-    activation grid fitted on the rows `fit` (default X)."""
+    activation grid fitted on the rows `fit` (default X); `Ys`: the X W^T, if known."""
+    s = s.astype(X.dtype)
     Xq = fake_activations(X / s[None, :], None if fit is None else fit / s[None, :])
     total = 0.0
-    for W in Ws:
-        Y = X @ W.T  # [n, r]
-        den = float((Y ** 2).sum())
+    for i, W in enumerate(Ws):
+        Y = X @ W.T if Ys is None else Ys[i]  # [n, r]
+        den = float((Y ** 2).sum(dtype=float))
         if den > 0:
-            total += float(((Y - Xq @ fake_weights(W * s[None, :]).T) ** 2).sum()) / den
+            E = Y - Xq @ fake_weights(W * s[None, :]).T
+            total += float((E ** 2).sum(dtype=float)) / den
     return total
 
 
@@ -96,15 +102,16 @@ def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS) -> Choice
     samples overfit: alpha 1 leaves every channel at its own calibration maximum, no
     headroom), the mean of both ways; with one, in-sample."""
     xp = xp_of(halves[0][0])
-    halves = [(X.astype(xp.float64), a) for X, a in halves]
-    Ws = [W.astype(xp.float64) for W in Ws]
+    halves = [(X.astype(xp.float32), a, [X.astype(xp.float32) @ W.astype(xp.float32).T
+                                         for W in Ws]) for X, a in halves]
+    Ws = [W.astype(xp.float32) for W in Ws]
     wmax = xp.max(xp.stack([xp.abs(W).max(axis=0) for W in Ws]), axis=0)
     pairs = [(halves[0], halves[1]), (halves[1], halves[0])] if len(halves) == 2 else [
         (halves[0], halves[0])]
 
-    def error(alpha: float | None) -> float:
+    def error(alpha: float | None) -> float:  # each fold: one half's scales, the other's rows
         return sum(output_error(test[0], Ws, xp.ones(test[0].shape[1]) if alpha is None else
-                                scales(fit[1], wmax, alpha), fit[0])
+                                scales(fit[1], wmax, alpha), fit[0], test[2])
                    for fit, test in pairs) / len(pairs)
     errors = {"off": error(None), **{f"{a:g}": error(a) for a in alphas}}
     low = min(errors[f"{a:g}"] for a in alphas)
