@@ -95,7 +95,8 @@ def test_save_copies_the_kept_table_into_the_output(tmp_path, external):
 
 @pytest.mark.parametrize("options", [
     dict(bits=4, method="gptq"), dict(channels=0.3),  # channels: the shrink's full check
-    dict(bits=8, act_bits=8, runtime="onnxruntime", correct=True)], ids=str)
+    dict(bits=8, act_bits=8, runtime="onnxruntime", correct=True),
+    dict(bits=8, act_bits=8, runtime="onnxruntime", smooth_alpha=1.0)], ids=str)  # smooth.py
 def test_convert_gives_what_a_loaded_model_gives(tmp_path, options):
     """The run on a model whose table stays on disk equals the run on the same model in
     memory: same layer losses, same fidelity, same output values. The onnxruntime target
