@@ -323,7 +323,9 @@ def test_the_real_measurement_on_a_pyramid(timed, monkeypatch) -> None:
                       r"without", note)  # the set's name: held out or not, by sample count
     err, base = float(found[1]), float(found[2])
     limit = Candidates("", {}, GAIN, SLOWER, slower_cap=SLOWER_CAP).allowed(err / base, base)
-    assert kept == (err <= GAIN * base and ratio <= limit) and base > 0 and np.isfinite(err)
+    assert base > 0 and np.isfinite(err)
+    edge = abs(ratio - limit) <= 6e-4 or abs(err / base - GAIN) <= 1e-3  # the note rounds
+    assert kept == (err <= GAIN * base and ratio <= limit) or edge  # them: either way there
     floated = {s.node for s in r.report.skipped}
     if not kept:
         assert floated == set() and len(r.report.notes) == 1
