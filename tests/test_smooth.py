@@ -202,3 +202,20 @@ def test_cli(tmp_path):
     assert sum(n.op_type == "Mul" for n in onnx.load(tmp_path / "o.onnx").graph.node) == 2
     r = CliRunner().invoke(main, args + ["--smooth"])
     assert r.exit_code == 2 and "--act-bits" in r.output
+
+
+def test_a_tensorrt_run_with_many_candidates_says_smooth_exists(tmp_path, monkeypatch):
+    """The stage does not run on the tensorrt target unless asked; with HINT_SITES or more
+    candidate inputs (a transformer) the report says so, and writes nothing else."""
+    np.savez(tmp_path / "c.npz", x=inputs(16, 1))
+    m = block(extra="gemm")  # h, h1, r: 3 candidates
+    r = convert(m, None, calib=str(tmp_path / "c.npz"), bits=8, act_bits=8, progress=False)
+    assert not r.report.smoothed
+    n = len(smooth.sites(m, select_layers(m, Selection())[0]))
+    assert n == 3 < smooth.HINT_SITES
+    monkeypatch.setattr(smooth, "HINT_SITES", 3)
+    r = convert(m, None, calib=str(tmp_path / "c.npz"), bits=8, act_bits=8, progress=False)
+    line = r.report.smoothed["hint"]
+    assert line.startswith("not smoothed: 3 MatMul/Gemm inputs") and "--smooth" in line
+    assert line in r.report.table() and "smooth" not in r.report.seconds
+    assert not any(n.op_type == "Mul" for n in r.model.graph.node)
