@@ -39,8 +39,8 @@ from .specs import MB
 ROWS = 512  # rows of each input kept to choose its strength (solvers/smoothquant.choose)
 
 OPS = ("MatMul", "Gemm")
-HINT_SITES = 4  # a W8A8 tensorrt run with this many candidate inputs (a transformer block
-# has 4: Q/K/V, attention output, FFN in and out share 4 inputs) says --smooth exists
+HINT_SITES = 4  # a W8A8 tensorrt run with this many candidate inputs says --smooth exists
+# (a transformer block has 4: Q/K/V's shared input, the attention output's, the FFN's two)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ grids W s.
     s_j = max|X_j|^alpha / max_i |W_ij|^(1 - alpha)
 
 alpha 1 moves every channel's range into the weights (each X_j / s_j peaks at 1), 0.5 splits
-it. Which is best depends on the input and its weights: on all-MiniLM-L6-v2 alpha 1 gave the
-lowest W8A8 output error of {0.5, 0.75, 0.9, 1} on every input; on the tests' LayerNorm
-block alpha 1 on its ReLU -> MatMul input raised the model's error (0.0247 -> 0.0276) where
-0.5 lowered it, and on the shipped digits_cnn's classifier input 0.75 raised it (0.0062 ->
-0.0068). So each input takes the candidate (or none) of lowest estimated error."""
+it. Which is best depends on the input and its weights: one strength on every input of
+all-MiniLM-L6-v2, alpha 1 gave the lowest W8A8 output error of {0.5, 0.75, 0.9, 1}; on the
+tests' LayerNorm block alpha 1 on its ReLU -> MatMul input raised the model's error (0.0247
+-> 0.0276) where 0.5 lowered it, and on the shipped digits_cnn's classifier input 0.75 raised
+it (0.0062 -> 0.0068). So each input takes the candidate (or none) of lowest estimated
+error."""
 
 from __future__ import annotations
 
