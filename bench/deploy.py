@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnx_obc import convert
+from onnx_obc.verify import is_logits
 
 sys.path.insert(0, str(ROOT / "bench"))
 import det_metric as dm  # noqa: E402
@@ -365,7 +366,8 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
             p, mpath, str(work / f"{name}.{key.replace(' ', '_')}.weights.onnx"))
         w_err = None if wpath is None else _rel(outputs(wpath, feeds), dense)
         agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
-                                              for y, d in zip(ys, dense)])))
+                                              for y, d in zip(ys, dense)]))) if (
+            is_logits(dense[0])) else None  # not for an embedding (verify.is_logits)
         rows.append({"model": name, "format": key, "size_mb": os.path.getsize(p) / 1e6,
                      "ms_1t": lat1[key], "ms_all": latn[key],
                      "ratio_1t": lat1[key] / lat1["fp32"], "ratio_all": latn[key] / latn["fp32"],
@@ -429,10 +431,11 @@ def table(rows: list[dict]) -> str:
         we = "" if r.get("weights_error") is None else f"{r['weights_error']:.4f}"
         sec = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
         cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
+        agree = "" if r["agreement"] is None else f"{100 * r['agreement']:.2f}"
         lines.append(f"| {r['model']} | {r['format']} | {r['size_mb']:.2f} | {r['ms_1t']:.2f} "
                      f"| {r['ratio_1t']:.3f} | {r['ratio_1t_switch']:.3f} | {r['ms_all']:.2f} "
                      f"| {r['ratio_all']:.3f} "
-                     f"| {r['error']:.4f} | {we} | {fg} | {100 * r['agreement']:.2f} | {task} "
+                     f"| {r['error']:.4f} | {we} | {fg} | {agree} | {task} "
                      f"| {r['integer'] or ''} | {sec} | {cpu} |")
     lines.append("")
     if any("gt_f1" in r for r in rows):

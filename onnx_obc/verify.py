@@ -36,7 +36,7 @@ class Fidelity:
                 "top1_agreement": self.top1_agreement, "accuracy": self.accuracy}
 
 
-def _is_logits(y: np.ndarray) -> bool:
+def is_logits(y: np.ndarray) -> bool:
     """Scores over classes on the last axis: [batch, classes] or [batch, steps, classes] (a
     CTC head). Not a 4-D (or higher) map such as a detector's [N, 1, H, W] probabilities,
     whose last axis is the image's width: an argmax over it agrees with nothing; nor
@@ -100,7 +100,7 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
             agree.setdefault(k, 0)
             correct.setdefault(k, 0)
         ref = ys[reference]
-        logits = _is_logits(ref[0]) if logits is None else logits
+        logits = is_logits(ref[0]) if logits is None else logits
         for n, y in zip(out_names, ref):
             ref_sq[n] += _sum_sq(y)
         for k, outs in ys.items():

@@ -94,18 +94,18 @@ def test_top1_agreement_only_for_class_scores():
     text detectors reported 41% "agreement" on a map within 0.08 of dense); nor do
     independent probabilities (Basic Pitch's sigmoid notes: 31% "agreement" at a note-frame
     F1 of 98), while a softmax's rows, summing to 1, do."""
-    from onnx_obc.verify import _is_logits
+    from onnx_obc.verify import is_logits
 
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((4, 40, 97))
-    assert _is_logits(logits[:, 0]) and _is_logits(logits)
+    assert is_logits(logits[:, 0]) and is_logits(logits)
     soft = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    assert _is_logits(soft.astype(np.float32))
-    assert not _is_logits(1 / (1 + np.exp(-logits)))  # sigmoid: several classes or none
-    assert not _is_logits(np.zeros((4, 1, 32, 32))) and not _is_logits(np.zeros((4, 1)))
-    assert not _is_logits(np.zeros(4))
+    assert is_logits(soft.astype(np.float32))
+    assert not is_logits(1 / (1 + np.exp(-logits)))  # sigmoid: several classes or none
+    assert not is_logits(np.zeros((4, 1, 32, 32))) and not is_logits(np.zeros((4, 1)))
+    assert not is_logits(np.zeros(4))
     emb = logits[:, 0] / np.linalg.norm(logits[:, 0], axis=-1, keepdims=True)
-    assert not _is_logits(emb.astype(np.float32))  # a normalized embedding: no classes
+    assert not is_logits(emb.astype(np.float32))  # a normalized embedding: no classes
 
 
 @pytest.mark.parametrize("kept_as", ["dense", "perturbed", "none"])
