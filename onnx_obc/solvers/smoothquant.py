@@ -31,6 +31,7 @@ MARGIN = 0.5  # a strength is taken only where its error is under MARGIN x no sm
 # bench models, 14% on the shipped 60-us digits_vit), and small estimated gains did not
 # show (MARGIN 0.98: digits_cnn's classifier input at 0.83x its estimate, the model's
 # held-out error 0.0062 -> 0.0068; PP-LCNet's 0.0244 -> 0.0242; README "Smoothing ...")
+OUT_ROWS = 512  # a layer's output rows the estimate computes (_rows)
 NEAR = 1.1  # of the strengths within NEAR x the lowest error, the largest is taken: the
 # estimate rounds the weights to nearest, while the run's GPTQ / OBQ compensates their
 # error, so it overstates what a larger alpha costs the weights (all-MiniLM-L6-v2's W8A8
@@ -96,6 +97,14 @@ class Choice:
     errors: dict[str, float] = field(default_factory=dict)  # "off" / str(alpha) -> error
 
 
+def _rows(W):
+    """At most OUT_ROWS of W's rows, an even spread: the output error is a sum over rows,
+    each row's weight grid its own, so a spread of them estimates it at a fraction of the
+    cost (ddddocr's 8210 x 1024 classifier: ~3 s of estimates at every row)."""
+    r = W.shape[0]
+    return W if r <= OUT_ROWS else W[(xp_of(W).arange(OUT_ROWS) * r) // OUT_ROWS]
+
+
 def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS) -> Choice:
     """The strength of lowest output error for the layers Ws (each [r, d]) reading the
     input, or None where none is MARGIN below no smoothing's. `halves`: [(X [n, d], amax
@@ -104,10 +113,10 @@ def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS) -> Choice
     samples overfit: alpha 1 leaves every channel at its own calibration maximum, no
     headroom), the mean of both ways; with one, in-sample."""
     xp = xp_of(halves[0][0])
-    halves = [(X.astype(xp.float32), a, [X.astype(xp.float32) @ W.astype(xp.float32).T
-                                         for W in Ws]) for X, a in halves]
-    Ws = [W.astype(xp.float32) for W in Ws]
-    wmax = xp.max(xp.stack([xp.abs(W).max(axis=0) for W in Ws]), axis=0)
+    wmax = xp.max(xp.stack([xp.abs(W).max(axis=0) for W in Ws]), axis=0)  # every row's
+    Ws = [_rows(W).astype(xp.float32) for W in Ws]
+    halves = [(X.astype(xp.float32), a, [X.astype(xp.float32) @ W.T for W in Ws])
+              for X, a in halves]
     pairs = [(halves[0], halves[1]), (halves[1], halves[0])] if len(halves) == 2 else [
         (halves[0], halves[0])]
 

@@ -75,3 +75,16 @@ def test_the_error_counts_both_grids():
     wq = np.sum((Y - X @ sq.fake_weights(W).T) ** 2) / np.sum(Y ** 2)
     aq = np.sum((Y - sq.fake_activations(X) @ W.T) ** 2) / np.sum(Y ** 2)
     assert wq > 0 and aq > 0 and both == pytest.approx(wq + aq, rel=0.5)
+
+
+def test_wide_layers_are_estimated_on_a_spread_of_rows():
+    """A layer of more than OUT_ROWS outputs is estimated on an even spread of them: W
+    repeated 40 times (1,280 rows, each row's error its own) gives the same choice and
+    errors within 10% of W's."""
+    X = inputs(5, outliers=(3, 17))
+    halves = [(X[:N // 2], np.abs(X[:N // 2]).max(0)), (X[N // 2:], np.abs(X[N // 2:]).max(0))]
+    W = weights(6)
+    one, big = sq.choose(halves, [W]), sq.choose(halves, [np.tile(W, (40, 1))])
+    assert 40 * R > sq.OUT_ROWS and big.alpha == one.alpha
+    for k, v in one.errors.items():
+        assert big.errors[k] == pytest.approx(v, rel=0.1)
