@@ -109,7 +109,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "2:4 gptq seq": {"nm": (2, 4), "method": "gptq", "sequential": True},
     "2:4+w4": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": False},
     "2:4+w4 seq": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": True},
-}  # the runs without "seq" are one-shot where the default would be sequential  # the w4 / w3 runs without "seq" are one-shot (the default below 8 bits is sequential)
+}  # the runs without "seq" are one-shot where the default would be sequential (below 8
+# bits); any run + " nomask": the same with --token-mask none (calib/tokens.py)
 
 
 def child(args: str) -> None:
@@ -279,7 +280,8 @@ def main() -> None:
             feeds = _feeds(str(ROOT / f"{prefix}.onnx"), ev)
             dense = outputs(str(ROOT / f"{prefix}.onnx"), feeds)
             for run in a.runs.split(","):
-                opts = dict(RUNS[run])
+                base = run.removesuffix(" nomask")  # "... nomask": the padding kept in
+                opts = dict(RUNS[base], **({"token_mask": "none"} if base != run else {}))
                 opts["method"] = opts.get("method", method)
                 if (name, run, opts["method"]) in have:
                     continue

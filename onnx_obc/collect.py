@@ -11,6 +11,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from . import calib as calib_mod
+from .calib import tokens
 from .calib.plan import RUN_BATCH
 from .actrange import RangeObserver
 from .backend import Backend
@@ -34,7 +35,7 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             free_batch: int = 0, sample_axes: dict[str, int | None] | None = None,
             diagonal: frozenset[str] = frozenset(), means: dict[str, ChannelMean] | None = None,
             shrink: bool = False, folds: bool = False, frontier: Frontier | None = None,
-            outputs: Any = None
+            outputs: Any = None, token_mask: str | None = None
             ) -> tuple[dict[str, HessianAccumulator], dict[str, RangeObserver]]:
     """Hessians of every layer; range observers for the `observe` tensors (host side).
 
@@ -63,7 +64,10 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     halves of solvers/shrink.py). `frontier` (sequential, with `dense`): both models run from
     the last group's cut (frontier.py) where the capture is one pass of per-batch runs.
     `outputs` (refs.Captured): fetches its graph outputs in the same runs where they fit
-    the groups the rest needs, and hands it each run's (no extra pass for them)."""
+    the groups the rest needs, and hands it each run's (no extra pass for them).
+    `token_mask` (an input's name, calib/tokens.py): the Hessians and ranges of the tensors
+    laid out [batch, tokens, ...] (not the Conv layers' inputs) from the positions the mask
+    keeps; the means and `outputs` from every position."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
@@ -106,6 +110,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     observed: set[str] = set()  # tensors of the groups done
     steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
     pending = _Pending(accs, budget // 8, backend.xp)
+    convs = {u.input for L in layers if L.op == "Conv" for u in L.uses}  # [N, C, ...]: no tokens
+    flat = {u.input for L in layers if L.op in ("MatMul", "Gemm") for u in L.uses}
     for group in groups:
         todo = [L for L in layers if L.weight not in done
                 and all(u.input in inputs or u.input in group for u in L.uses)]
@@ -129,13 +135,18 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
         for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
-            observers.add(acts, lambda n: n not in observed and (
-                n in group or (n in inputs and group is groups[0])))
-            for n, mean in means.items():
+            for n, mean in means.items():  # every position: the correction measures so
                 if n in group and n not in taken:
                     mean.add(acts[n])
             if outputs is not None and keep:
                 outputs.add(acts, seen, samples)
+            if token_mask is not None:  # the token positions only, from here on
+                cut = [n for n in (*group, *inputs) if n not in convs]
+                acts = tokens.select(acts, token_mask, cut, flat)
+                if dense_acts is not None:
+                    dense_acts = tokens.select(dense_acts, token_mask, cut, flat)
+            observers.add(acts, lambda n: n not in observed and (
+                n in group or (n in inputs and group is groups[0])))
             last: list = []  # layers sharing an input (Q, K, V) copy it to the device once
             last_ref: list = []
             for L in todo:

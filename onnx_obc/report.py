@@ -94,8 +94,10 @@ class Report:
         write_atomic(path, text.encode(), "the report", "--report")
 
     def decisions(self) -> list[str]:
-        """The run's decision lines: the fold, the smoothing, the correction, the notes."""
-        return [x for x in (self.folded.get("summary"), self.smoothed.get("summary"),
+        """The run's decision lines: the token mask, the fold, the smoothing, the correction,
+        the notes."""
+        return [x for x in (self.calibration.get("token_mask", {}).get("summary"),
+                            self.folded.get("summary"), self.smoothed.get("summary"),
                             self.correction.get("decision"),
                             *self.notes) if x]
 

@@ -97,7 +97,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                                 else None, shrink=data.batch_is_free, folds=folds,
                                 frontier=frontier, outputs=next(iter(outputs.values()))
                                 if outputs and model is proto and not cfg.run.sequential
-                                else None)
+                                else None, token_mask=data.token_mask)
         observers.update(obs)
         _add(seconds, "capture", t)
         return hessians

@@ -110,8 +110,9 @@ def channel_stats(proto: onnx.ModelProto, names: list[str], data, runtime, memor
     channel (the last axis); and per half of the samples (even and odd ones) its rows, a
     uniform random sample of at most ROWS / 2 (fewer where every tensor's would take over a
     quarter of `memory_mb`), with that half's maxima: [(rows, maxima)], one entry where
-    only one half has samples. In passes whose tensors fit `memory_mb`."""
-    fit = data.fit
+    only one half has samples. In passes whose tensors fit `memory_mb`. A tensor laid out
+    [batch, tokens, ...] counts only the positions of the run's token mask (calib/tokens.py)."""
+    fit, mask = data.fit, getattr(data, "token_mask", None)
     first = next(fit.batches(data.run_batch))[1]
     sizes = activation_bytes(proto, names, first)
     amax: dict[str, list] = {}
@@ -124,6 +125,7 @@ def channel_stats(proto: onnx.ModelProto, names: list[str], data, runtime, memor
             runs = capture(sess, group, fit.batches(data.run_batch))
         seen = 0
         for k, acts in runs:
+            keep = np.asarray(acts[mask]) != 0 if mask in acts else None
             for n in group:
                 y = np.asarray(acts[n])
                 if n not in rows:
@@ -131,7 +133,7 @@ def channel_stats(proto: onnx.ModelProto, names: list[str], data, runtime, memor
                     rows[n] = [_Reservoir(max(16, min(ROWS // 2, cap)), 2 * len(rows) + h)
                                for h in (0, 1)]
                     amax[n] = [None, None]
-                for h, part in _halves(y, k, seen):
+                for h, part in _halves(y, k, seen, keep):
                     m = np.abs(part).max(0)
                     amax[n][h] = m if amax[n][h] is None else np.maximum(amax[n][h], m)
                     rows[n][h].add(part)
@@ -140,14 +142,22 @@ def channel_stats(proto: onnx.ModelProto, names: list[str], data, runtime, memor
     return {n: np.max([a for _, a in v], axis=0) for n, v in both.items()}, both
 
 
-def _halves(y: np.ndarray, samples: int, seen: int) -> list[tuple[int, np.ndarray]]:
+def _halves(y: np.ndarray, samples: int, seen: int, keep: np.ndarray | None = None
+            ) -> list[tuple[int, np.ndarray]]:
     """(half, rows [m, d]) of a run's tensor y: samples by parity where y's first axis holds
-    them (or the run is one sample), else the whole run by the parity of its index."""
+    them (or the run is one sample), else the whole run by the parity of its index. `keep`
+    (the run's token mask, [batch, tokens]): only those positions where y is laid out so
+    (calib/tokens.select's rule); halves left without rows are left out."""
     d = y.shape[-1]
+    use = keep is not None and y.ndim >= 3 and tuple(y.shape[:2]) == keep.shape
     if samples > 1 and y.ndim > 1 and y.shape[0] == samples:
         idx = (np.arange(samples) + seen) % 2
-        return [(h, y[idx == h].reshape(-1, d)) for h in (0, 1) if (idx == h).any()]
-    return [((seen if samples == 1 else seen // samples) % 2, y.reshape(-1, d))]
+        parts = [(h, (y[idx == h][keep[idx == h]] if use else y[idx == h]).reshape(-1, d))
+                 for h in (0, 1) if (idx == h).any()]
+    else:
+        parts = [((seen if samples == 1 else seen // samples) % 2,
+                  (y[keep] if use else y).reshape(-1, d))]
+    return [(h, p) for h, p in parts if len(p)]
 
 
 class _Reservoir:

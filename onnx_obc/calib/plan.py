@@ -12,6 +12,7 @@ import onnx
 
 from ..errors import ObcError
 from ..specs import RunOptions
+from . import tokens
 from .arrays import synthesize
 from .layout import Layout, fixed, input_specs, parse_axes
 from .load import load_data
@@ -57,6 +58,11 @@ class Calibration:
         """Whether runs of fewer than `batch` samples are possible (the model fixes no batch
         and is not run batch-free)."""
         return not (self.fixed_batch or self.free_batch)
+
+    @property
+    def token_mask(self) -> str | None:
+        """The input marking padded positions (calib/tokens.py), or None."""
+        return self.info.get("token_mask", {}).get("input")
 
     @property
     def run_batch(self) -> int:
@@ -139,6 +145,8 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
             "samples": fit.n, "holdout": 0 if held is None else held.n,
             "read": getattr(data, "read_as", "in memory"), "shapes": getattr(data, "shapes", 1),
             "sample_axes": dict(layout.axis)}
+    if calib is not None and (mask := tokens.find(proto, fit, run.token_mask)) is not None:
+        info["token_mask"] = mask
     free = (min(run.batch_size, RUN_BATCH, fit.n)  # runs of 8: README "W8A8 conversion time"
             if fixed_batch and batch == 1 and not layout.whole else 0)
     return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,

@@ -35,7 +35,7 @@ def run_channels(proto: Any, layers: list, data: Any, backend: Any, cfg: Any, ru
             cfg.run.memory_budget_mb, runtime, progress)
     kw = dict(align=p.channel_align, allocate=p.channel_allocate,
               objective=p.channel_objective, budget=p.channel_budget,
-              subsample=channel_floor(cfg))
+              subsample=channel_floor(cfg), token_mask=data.token_mask)
     if cfg.run.sequential:  # the earlier groups cut before the next one's Hessians
         return prune_channels_sequential(*args, groups=cfg.run.sequential_groups, **kw)
     return prune_channels(*args, **kw)

@@ -46,13 +46,14 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                               align: int = 1, allocate: str = "dp",
                               groups: int | None = None, fit_dense: bool = False,
                               objective: str = "output", budget: str = "flops",
-                              subsample: int = 0) -> ChannelResult:
+                              subsample: int = 0, token_mask: str | None = None
+                              ) -> ChannelResult:
     """prune_channels (stage.py) with the sites cut group by group; see the module
     docstring. `fit_dense`: fit each consumer to the dense model's output first (off by
     default: measured slightly worse, see the module docstring)."""
     t0 = time.perf_counter()
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
-                         progress, fraction, subsample)
+                         progress, fraction, subsample, token_mask)
     dense = plan.dense
     if not plan.sites:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
@@ -74,7 +75,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         consumers = [s.consumer for s in sites]
         hessians, _ = collect(current, consumers, data, batch, backend, memory_mb, progress,
                               dense=proto if fit_dense and current is not proto else None,
-                              runtime=runtime, subsample=subsample)
+                              runtime=runtime, subsample=subsample, token_mask=token_mask)
         weights = constant_weights(current.graph)
         keep, updated = [], {}
         for site in sites:

@@ -114,11 +114,12 @@ class ChannelPlan:
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
                   backend: Backend, damp: float, memory_mb: int, runtime: Any = None,
-                  progress: bool = False, fraction: float = 1.0, subsample: int = 0
-                  ) -> ChannelPlan:
+                  progress: bool = False, fraction: float = 1.0, subsample: int = 0,
+                  token_mask: str | None = None) -> ChannelPlan:
     """Find the sites, capture their consumers' Hessians on `proto` (`subsample`: from a
-    subgrid of the positions, collect.py) and trace each consumer's greedy group OBS over
-    the prefix a `fraction` cut is likely to use."""
+    subgrid of the positions, collect.py; `token_mask`: the token positions only) and
+    trace each consumer's greedy group OBS over the prefix a `fraction` cut is likely to
+    use."""
     t0 = time.perf_counter()
     feed = probe_feed(data, batch)  # the run's batch: a fixed batch axis takes no other
     sizes, probe_note = probe_sizes(proto, feed, runtime)
@@ -128,7 +129,7 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     if sites:
         consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
         hessians, _ = collect(proto, consumers, data, batch, backend, memory_mb, progress,
-                              runtime=runtime, subsample=subsample)
+                              runtime=runtime, subsample=subsample, token_mask=token_mask)
     weights = constant_weights(proto.graph)
     steps = [min(s.channels - 1, int(np.ceil(s.channels * min(1.0, 2 * fraction + 0.25))))
              for s in sites]
@@ -209,16 +210,17 @@ def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch
                    backend: Backend, fraction: float, damp: float, memory_mb: int,
                    runtime: Any = None, progress: bool = False, align: int = 1,
                    allocate: str = "dp", objective: str = "output", budget: str = "flops",
-                   subsample: int = 0) -> ChannelResult:
+                   subsample: int = 0, token_mask: str | None = None) -> ChannelResult:
     """Remove `fraction` of the layers' multiply-adds as whole channels (see the module
     docstring); `data` is the calibration source the Hessians come from; every site keeps
     a multiple of `align` channels; `allocate` spreads the cut over the sites
     (channels/allocate.py: dp, greedy or uniform) by the `objective` (output: normalised
     consumer losses scaled by each site's measured output gain, sensitivity.py; layer:
     unscaled); `budget` latency: `fraction` of the model's measured latency (timing.py);
-    `subsample`: the Hessians' columns per input from a subgrid (0: every position)."""
+    `subsample`: the Hessians' columns per input from a subgrid (0: every position);
+    `token_mask`: the input marking padded positions (calib/tokens.py), left out of them."""
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
-                         progress, fraction, subsample)
+                         progress, fraction, subsample, token_mask)
     return cut_channels(plan, fraction, align, allocate, objective, budget)
 
 
