@@ -1,6 +1,5 @@
-"""convert(): load -> select -> check -> calibration -> capture -> Hessians -> allocate ->
-solve -> measured choices -> correct -> export -> verify -> save, each stage one call into
-its own module.
+"""convert(): load -> select -> check -> calibration -> capture -> Hessians -> allocate -> solve
+-> measured choices -> correct -> export -> verify -> save, each stage one call into its module.
 
 Arrays cross between the host (onnx, onnxruntime) and the solver's device only inside the
 layer-wise stages (schedule.py: activations into collect.py, weights into solve.py and the
@@ -44,8 +43,7 @@ from .verify import Captured, measure
 
 @dataclass(frozen=True)
 class ConvertResult:
-    model: onnx.ModelProto  # the compressed model (its large untouched tensors may still be
-    # references to the input's data file, diskdata.py: save it with modelio.save_model)
+    model: onnx.ModelProto  # may reference the input's data file: save with modelio.save_model
     report: Report
     written: list[Path]  # files written (empty when no output path was given)
 
@@ -156,7 +154,8 @@ def _build_and_verify(dense: onnx.ModelProto, proto: onnx.ModelProto, layers: li
         known = {k for k, m in named.items() if fc is not None and m is fc.uncorrected}
         fresh = measure({k: m for k, m in named.items() if k not in known}, data.sets(),
                         data.run_batch, runtime, data.free_batch, data.info.get("sample_axes"),
-                        None if fc is None else fc.references, kept, data.arena)
+                        None if fc is None else fc.references, kept, data.arena,
+                        data.token_mask)
         fidelity = {s: {k: fc.fidelity[s] if k in known else v[k] for k in named}
                     for s, v in fresh.items()}
         if fixes is not None and correction_mode(cfg) == "auto":
@@ -255,7 +254,8 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
         name, ds = next(iter(data.sets().items()))
         ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.run_batch, runtime,
                                      act_values=done.act_values, target=cfg.export.runtime,
-                                     target_options=cfg.export.target_options())
+                                     target_options=cfg.export.target_options(),
+                                     token_mask=data.token_mask)
         return summarize(ranked, name, ds.n)
 
 

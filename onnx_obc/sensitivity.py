@@ -51,9 +51,10 @@ class LayerSensitivity:
 def measure_sensitivity(proto: onnx.ModelProto, layers: list[Layer],
                         solutions: Mapping[str, HostSolution], data: CalibrationSource,
                         batch: int, runtime: Runtime, *, act_values: dict[str, Any] | None = None,
-                        target: str = "tensorrt", target_options: Mapping[str, Any] | None = None
-                        ) -> list[LayerSensitivity]:
-    """One LayerSensitivity per layer of `layers` that has a solution, worst first."""
+                        target: str = "tensorrt", target_options: Mapping[str, Any] | None = None,
+                        token_mask: str | None = None) -> list[LayerSensitivity]:
+    """One LayerSensitivity per layer of `layers` that has a solution, worst first (outputs
+    on the token positions of `token_mask`'s input where given: verify.evaluate)."""
     todo = [L for L in layers if L.weight in solutions]
     if not todo:
         return []
@@ -68,7 +69,7 @@ def measure_sensitivity(proto: onnx.ModelProto, layers: list[Layer],
                                  act_scales=act_values, target=target,
                                  target_options=target_options)
             sessions[f"#{k}"] = session(model, runtime, optimize=True)
-        fid = evaluate(sessions, data, batch)
+        fid = evaluate(sessions, data, batch, token_mask=token_mask)
         measured += [(L, fid[f"#{k}"]) for k, L in enumerate(chunk)]
     total = sum(max(f.rel_error.values(), default=0.0) ** 2 for _, f in measured) or 1.0
     ranked = [LayerSensitivity(L.name, tuple(u.node for u in L.uses),

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from .calib import CalibrationSource
+from .calib.tokens import select
 from .capture import Runtime, session
 from .modelio import weight_bytes
 from .refs import Captured, References, sum_sq as _sum_sq
@@ -53,12 +54,16 @@ def is_logits(y: np.ndarray) -> bool:
 
 def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource, batch_size: int,
              reference: str = "dense", refs: References | None = None, name: str = "",
-             samples: Captured | None = None) -> dict[str, Fidelity]:
+             samples: Captured | None = None, token_mask: str | None = None
+             ) -> dict[str, Fidelity]:
     """Fidelity of every session on `data`, relative to sessions[reference]. `refs`: the
     reference's outputs on this set (`name`) kept from an earlier pass, used instead of
     running it (then `sessions` need not hold it), or kept from this one. `samples`: the
     reference's outputs per sample of this set from the capture's runs, used from the
-    second batch on where the first batch's run matches them (Captured.matches)."""
+    second batch on where the first batch's run matches them (Captured.matches).
+    `token_mask` (an input, calib/tokens.py): outputs laid out [batch, tokens, ...] scored
+    on the token positions only (not with labels)."""
+    mask = token_mask if data.labels is None else None
     kept = refs.get(name, batch_size) if refs is not None else None
     out_names = refs.names if kept is not None else [
         o.name for o in sessions[reference].get_outputs()]
@@ -79,7 +84,7 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource,
             start += n
             if store is not None:
                 store.append(ys[reference])
-            yield n, ys
+            yield n, _tokens(ys, feed, mask)
         if store is not None:
             refs.put(name, batch_size, out_names, store)
     return _score(out_names, runs(), data.labels, reference)
@@ -130,8 +135,8 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
 def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
             batch_size: int, runtime: Runtime, free_batch: int = 0,
             sample_axes: dict[str, int | None] | None = None, refs: References | None = None,
-            samples: dict[str, Captured] | None = None, arena: bool = True
-            ) -> dict[str, dict[str, Fidelity]]:
+            samples: dict[str, Captured] | None = None, arena: bool = True,
+            token_mask: str | None = None) -> dict[str, dict[str, Fidelity]]:
     """Fidelity of every model on every data set, each model run as onnxruntime deploys it
     (graph optimizations on), relative to models["dense"]. Models over `ONE_AT_A_TIME`
     bytes of weights hold only two sessions at once (dense + one, the dense model re-run
@@ -144,7 +149,8 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     (References): the dense model's outputs kept between calls where each model runs
     whole batches in one session each (not with `free_batch`, nor one at a time);
     `samples` (set name -> Captured): the dense outputs the capture kept, used alike;
-    `arena`: the sessions' CPU memory arena (calib.Calibration.arena)."""
+    `arena`: the sessions' CPU memory arena (calib.Calibration.arena); `token_mask`: see
+    evaluate."""
     samples = samples or {}
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes, arena)
@@ -152,22 +158,24 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
             sessions, names = free[0], free[1]  # names: the dense model's outputs
             if all(lay for _, lay in sessions.values()):  # every model: whole batches
                 return {name: evaluate({k: s for k, (s, _) in sessions.items()}, ds, free_batch,
-                                       refs=refs, name=name, samples=samples.get(name))
-                        for name, ds in sets.items()}
-            return {name: _score(names, _per_sample(free, ds, free_batch, samples.get(name)),
-                                 None) for name, ds in sets.items()}
+                                       refs=refs, name=name, samples=samples.get(name),
+                                       token_mask=token_mask) for name, ds in sets.items()}
+            return {name: _score(names, _per_sample(free, ds, free_batch, samples.get(name),
+                                                    token_mask), None)
+                    for name, ds in sets.items()}
         known = refs is not None and all(refs.get(n, batch_size) for n in sets)
         sessions = {k: session(m, runtime, True, arena) for k, m in models.items()
                     if not (known and k == "dense")}
         return {name: evaluate(sessions, ds, batch_size, refs=refs, name=name,
-                               samples=samples.get(name)) for name, ds in sets.items()}
+                               samples=samples.get(name), token_mask=token_mask)
+                for name, ds in sets.items()}
     dense = session(models["dense"], runtime, True, arena)
     out: dict[str, dict[str, Fidelity]] = {name: {} for name in sets}
     for k, m in models.items():
         pair = {"dense": dense} if k == "dense" else {
             "dense": dense, k: session(m, runtime, True, arena)}
         for name, ds in sets.items():
-            out[name][k] = evaluate(pair, ds, batch_size)[k]
+            out[name][k] = evaluate(pair, ds, batch_size, token_mask=token_mask)[k]
         del pair
     return out
 
@@ -177,14 +185,22 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
 DYNAMIC_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"}
 
 
+def measure_on(models: dict[str, onnx.ModelProto], data: Any, runtime: Runtime,
+               refs: References | None = None, captured: dict[str, Captured] | None = None
+               ) -> dict[str, dict[str, Fidelity]]:
+    """measure() on the sets of `data` (calib.Calibration) with its run settings."""
+    return measure(models, data.sets(), data.run_batch, runtime, data.free_batch,
+                   data.info.get("sample_axes"), refs, captured, data.arena,
+                   getattr(data, "token_mask", None))
+
+
 def variant(dense: onnx.ModelProto, key: str, model: onnx.ModelProto, data: Any,
             runtime: Runtime, refs: References | None = None,
             captured: dict[str, Captured] | None = None) -> tuple[dict[str, Fidelity], float]:
     """One candidate model's fidelity beside `dense` on each set of `data`
     (calib.Calibration), and its mean relative output error (every float output) on the
     first set: what the measured decisions compare (floatcheck.py, allocation/guard.py)."""
-    fid = measure({"dense": dense, key: model}, data.sets(), data.run_batch, runtime,
-                  data.free_batch, data.info.get("sample_axes"), refs, captured, data.arena)
+    fid = measure_on({"dense": dense, key: model}, data, runtime, refs, captured)
     return {s: v[key] for s, v in fid.items()}, float(
         np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
 
@@ -219,7 +235,8 @@ def _batch_free_sessions(models: dict[str, onnx.ModelProto],
     return out, names, inputs
 
 
-def _per_sample(free: tuple, data: CalibrationSource, batch: int, kept: Captured | None = None
+def _per_sample(free: tuple, data: CalibrationSource, batch: int, kept: Captured | None = None,
+                token_mask: str | None = None
                 ) -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
     """(1, {model: its outputs for one sample}) per sample: runs of `batch` samples on the
     batch-free sessions, each sample's slice of the feed on the others. `kept`: the dense
@@ -246,7 +263,17 @@ def _per_sample(free: tuple, data: CalibrationSource, batch: int, kept: Captured
                 ys["dense"] = own[i]
             elif trusted is None and own and own[i] is not None:  # the first batch: compared
                 checked.append(Captured.matches(own[i], ys["dense"]))
-            yield 1, ys
+            yield 1, _tokens(ys, one, token_mask)
         if trusted is None:
             trusted = bool(checked) and all(checked) and len(checked) == samples
         start += samples
+
+
+def _tokens(ys: dict[str, list[np.ndarray]], feed: dict[str, Any], mask: str | None
+            ) -> dict[str, list[np.ndarray]]:
+    """Each model's outputs laid out [batch, tokens, ...] cut to the feed's token positions
+    (calib/tokens.select); `ys` itself without a mask."""
+    if mask is None or mask not in feed:
+        return ys
+    return {k: [select({mask: feed[mask], "y": y}, mask, ["y"])["y"] for y in outs]
+            for k, outs in ys.items()}

@@ -185,3 +185,29 @@ def test_channel_pruning_takes_its_consumer_hessians_from_the_tokens():
         cols[mask] = p.hessians["W2"].columns
     assert cols[None] == 16 * T
     assert cols["attention_mask"] == int(data["attention_mask"].sum())
+
+
+def test_the_verification_scores_per_token_outputs_on_the_tokens(tmp_path):
+    """A model that outputs every position ([N, T, O], as a BERT's last_hidden_state): its
+    fidelity is the relative error over the token positions, which the calibration fitted
+    (exact against onnxruntime on the written file); with --token-mask none over all."""
+    model = padded_model()
+    out = next(n for n in model.graph.node if n.output[0] == "out")
+    out.input[:] = ["y", "y"]  # y + y: the padding's outputs are output too
+    out.op_type = "Add"
+    onnx.checker.check_model(model)
+    ev = padded_data(32, 6)
+    np.savez(tmp_path / "eval.npz", **ev)
+    keep = ev["attention_mask"].astype(bool)
+    for mask in ("auto", "none"):
+        res = convert(model, tmp_path / f"{mask}.onnx", calib=[padded_data(64, 7)], bits=4,
+                      method="gptq", token_mask=mask, eval_data=tmp_path / "eval.npz",
+                      progress=False, compare_baseline=False)
+        run = {k: ort.InferenceSession(m.SerializeToString(), providers=[
+            "CPUExecutionProvider"]).run(["out"], ev)[0] for k, m in (
+            ("dense", model), ("compressed", res.model))}
+        sel = keep if mask == "auto" else np.ones_like(keep)
+        want = np.linalg.norm(run["compressed"][sel] - run["dense"][sel]) / np.linalg.norm(
+            run["dense"][sel])
+        got = res.report.fidelity["eval"]["compressed"].rel_error["out"]
+        assert got == pytest.approx(float(want), rel=1e-4)
