@@ -66,8 +66,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     `outputs` (refs.Captured): fetches its graph outputs in the same runs where they fit
     the groups the rest needs, and hands it each run's (no extra pass for them).
     `token_mask` (an input's name, calib/tokens.py): the Hessians and ranges of the tensors
-    laid out [batch, tokens, ...] (not the Conv layers' inputs) from the positions the mask
-    keeps; the means and `outputs` from every position."""
+    laid out [batch, tokens, ...] (not the Conv layers' inputs) and the channels-last means
+    from the positions the mask keeps; `outputs` from every position."""
     budget = memory_mb * MB
     rt = runtime or providers_for(backend.name)
     accs = {L.weight: DiagonalAccumulator(L.matrix_shape[0], L.matrix_shape[2], backend.xp)
@@ -135,9 +135,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
         seen = 0  # samples before this batch: the subgrids' phase (hessian.columns)
         for samples, acts in runs or capture(sess, group, data.batches(batch)):
             dense_acts = next(ref_acts)[1] if ref_acts is not None else None
-            for n, mean in means.items():  # every position: the correction measures so
+            for n, mean in means.items():  # the correction measures them alike (corrstats)
                 if n in group and n not in taken:
-                    mean.add(acts[n])
+                    mean.add(tokens.on_tokens(acts[n], acts, token_mask, mean.axis))
             if outputs is not None and keep:
                 outputs.add(acts, seen, samples)
             if token_mask is not None:  # the token positions only, from here on

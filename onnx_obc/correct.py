@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from .calib import DataSet
 from .capture import capture, capture_session
 from .collect import ChannelMean
+from .calib.tokens import on_tokens
+from .corrstats import channel_axis, node_ops, paired_stats
 from .export import ChannelFix, bias_targets, build, float_model
 from .layers import Layer, node_label
 from .segments import TooLarge, run_in_segments
@@ -38,20 +40,17 @@ if TYPE_CHECKING:
     from .solve import HostSolution
 
 
-def _channel_axis(op: str) -> int:
-    return 1 if op == "Conv" else -1  # [N, M, *spatial] or [..., M]
-
-
 def _output_means(model: onnx.ModelProto, outputs: dict[str, str], data: DataSet, batch: int,
-                  providers: list[str]) -> dict[str, np.ndarray]:
-    """Mean per output channel of each node output (node label -> [M])."""
+                  providers: list[str], token_mask: str | None = None) -> dict[str, np.ndarray]:
+    """Mean per output channel of each node output (node label -> [M]); on the token
+    positions of `token_mask` where the channels are last (calib/tokens.on_tokens)."""
     names = list(dict.fromkeys(outputs.values()))
     sess = capture_session(model, names, providers, prune=True)  # up to them
-    ops = _ops(model)
-    acc = {label: ChannelMean(_channel_axis(ops[label])) for label in outputs}
+    ops = node_ops(model)
+    acc = {label: ChannelMean(channel_axis(ops[label])) for label in outputs}
     for _, acts in capture(sess, names, data.batches(batch)):
         for label, t in outputs.items():
-            acc[label].add(acts[t])
+            acc[label].add(on_tokens(acts[t], acts, token_mask, acc[label].axis))
     return {k: m.mean() for k, m in acc.items()}
 
 
@@ -77,12 +76,8 @@ def reference_means(dense: onnx.ModelProto, layers: list[Layer], cfg: CompressCo
             or data.corrected is not data.fit):
         return None
     sites, _ = bias_targets(dense, layers)
-    ops = _ops(dense)
-    return {site.output: ChannelMean(_channel_axis(ops[label])) for label, site in sites.items()}
-
-
-def _ops(model: onnx.ModelProto) -> dict[str, str]:
-    return {node_label(n, i): n.op_type for i, n in enumerate(model.graph.node)}
+    ops = node_ops(dense)
+    return {site.output: ChannelMean(channel_axis(ops[label])) for label, site in sites.items()}
 
 
 def _scalable(layers: list[Layer]) -> tuple[dict[str, Layer], list[str]]:
@@ -97,54 +92,6 @@ def _scalable(layers: list[Layer]) -> tuple[dict[str, Layer], list[str]]:
         else:
             ok[L.uses[0].node] = L
     return ok, why
-
-
-@dataclass(frozen=True)
-class _Moments:
-    """Per-channel sums of y (dense) and z (compressed), shifted by their first batch's
-    means (no cancellation for large means)."""
-
-    ky: np.ndarray  # the shifts
-    kz: np.ndarray
-    n: int = 0
-    sy: Any = 0.0  # sum (y - ky)
-    sz: Any = 0.0
-    szz: Any = 0.0  # sum (z - kz)^2
-    syz: Any = 0.0  # sum (y - ky)(z - kz)
-
-    def plus(self, y: np.ndarray, z: np.ndarray) -> _Moments:
-        y, z = y - self.ky, z - self.kz
-        return _Moments(self.ky, self.kz, self.n + len(y), self.sy + y.sum(0), self.sz + z.sum(0),
-                        self.szz + (z * z).sum(0), self.syz + (y * z).sum(0))
-
-    def stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(E[y], E[z], Cov(y, z) / Var(z)); 1 where Var(z) ~ 0."""
-        my, mz = self.sy / self.n, self.sz / self.n
-        var = self.szz / self.n - mz * mz
-        cov = self.syz / self.n - my * mz
-        tiny = var <= 1e-12 * (np.square(mz + self.kz) + 1e-30)
-        a = np.where(tiny, 1.0, cov / np.where(tiny, 1.0, var))
-        return my + self.ky, mz + self.kz, a
-
-
-def _paired_stats(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str, str],
-                  data: DataSet, batch: int, providers: list[str]
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per channel: (E[y], E[y_hat], Cov(y, y_hat) / Var(y_hat)); 1 where Var(y_hat) ~ 0."""
-    names = list(dict.fromkeys(outputs.values()))
-    ops = _ops(model)
-    runs = [capture(capture_session(m, names, providers, prune=True), names, data.batches(batch))
-            for m in (dense, model)]
-    acc: dict[str, _Moments] = {}
-    for (_, ya), (_, yb) in zip(*runs):
-        for label, t in outputs.items():
-            ax = _channel_axis(ops[label])
-            y = np.moveaxis(ya[t], ax, -1).reshape(-1, ya[t].shape[ax]).astype(np.float64)
-            z = np.moveaxis(yb[t], ax, -1).reshape(-1, yb[t].shape[ax]).astype(np.float64)
-            if label not in acc:
-                acc[label] = _Moments(y.mean(0), z.mean(0))
-            acc[label] = acc[label].plus(y, z)
-    return {label: m.stats() for label, m in acc.items()}
 
 
 @dataclass(frozen=True)
@@ -190,21 +137,22 @@ def _depth_levels(model: onnx.ModelProto, labels: set[str]) -> list[list[str]]:
 
 def _streamed(dense: onnx.ModelProto, model: onnx.ModelProto, outputs: dict[str, str],
               ref: dict[str, np.ndarray], data: DataSet, batch: int, providers: list[str],
-              budget: int, bar: Any) -> dict[str, ChannelFix]:
+              budget: int, bar: Any, token_mask: str | None = None) -> dict[str, ChannelFix]:
     """The mean corrections from one pass over the uncorrected `model`, piece by piece: each
     site's output is measured with every upstream site corrected, then corrected in the
     tensors the rest of the model reads (adding the shift to the output is what the corrected
     bias does), as the level-by-level passes do; kept tensors over `budget` bytes on disk."""
     label_of = {t: label for label, t in outputs.items()}
-    ops, fixes = _ops(dense), {}
+    ops, fixes = node_ops(dense), {}
+    feeds = [{token_mask: f[token_mask]} for _, f in data.batches(batch)] if token_mask else None
 
     def visit(t: str, ys: Sequence[np.ndarray]) -> np.ndarray:
-        label, got = label_of[t], ChannelMean(_channel_axis(ops[label_of[t]]))
-        for y in ys:  # each read once (those on disk, segments.py)
-            got.add(y)
+        label, got = label_of[t], ChannelMean(channel_axis(ops[label_of[t]]))
+        for i, y in enumerate(ys):  # each read once (those on disk, segments.py)
+            got.add(y if feeds is None else on_tokens(y, feeds[i], token_mask, got.axis))
         fixes[label] = ChannelFix(ref[label] - got.mean(), None)
         shape = [1] * y.ndim
-        shape[_channel_axis(ops[label])] = -1
+        shape[channel_axis(ops[label])] = -1
         bar.update()
         return fixes[label].shift.reshape(shape).astype(y.dtype)  # what later nodes read
 
@@ -219,7 +167,8 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
                     target_options: Mapping[str, Any] | None = None,
                     budget: int = 2 << 30, progress: bool = False,
                     means: Mapping[str, ChannelMean] | None = None,
-                    uncorrected: onnx.ModelProto | None = None) -> CorrectionResult:
+                    uncorrected: onnx.ModelProto | None = None, token_mask: str | None = None
+                    ) -> CorrectionResult:
     """The per-channel corrections of the compressed `layers` (their `solutions`) against
     the `dense` model, and the reasons for layers left alone (or without a scale).
 
@@ -230,7 +179,9 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     on disk, segments.py); the scale correction, or a run whose kept tensors fit neither, one
     pass per topological level (two with `scale`). `means` (reference_means, filled by the
     capture): the dense outputs' means, where every site's was taken; else a pass measures them.
-    `uncorrected`: that model without corrections, where the caller built it."""
+    `uncorrected`: that model without corrections, where the caller built it. `token_mask`
+    (calib/tokens.py): outputs with channels last measured on the token positions only
+    (as the capture's `means`)."""
     sites, skipped = bias_targets(dense, layers)
     scalable, why = _scalable(layers) if scale else ({}, [])
     skipped += why
@@ -238,7 +189,7 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     taken = means is not None and all(t in means and means[t].n for t in outputs.values())
     ref = ({} if scale or not sites else
            {k: means[t].mean() for k, t in outputs.items()} if taken else
-           _output_means(dense, outputs, data, batch, providers))
+           _output_means(dense, outputs, data, batch, providers, token_mask))
     fixes: dict[str, ChannelFix] = {}
     levels = _depth_levels(dense, set(sites))
 
@@ -253,7 +204,7 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
     if sites and not scale and len(set(outputs.values())) == len(outputs):
         try:
             fixes = _streamed(dense, deployed({}), outputs, ref, data, batch, providers, budget,
-                              bar)
+                              bar, token_mask)
             shifts = [float(np.mean([np.abs(fixes[k].shift).mean() for k in level]))
                       for level in levels]
             how = "one pass in pieces"
@@ -265,12 +216,12 @@ def correct_outputs(dense: onnx.ModelProto, layers: list[Layer],
         sub = {k: outputs[k] for k in level}
         a: dict[str, np.ndarray] = {}
         if scale:
-            stats = _paired_stats(dense, model, sub, data, batch, providers)
+            stats = paired_stats(dense, model, sub, data, batch, providers, token_mask)
             a = {k: stats[k][2] for k in level if k in scalable}
             delta = {k: stats[k][0] - a.get(k, 1.0) * stats[k][1] for k in level}
             plain = {k: stats[k][0] - stats[k][1] for k in level}
         else:
-            got = _output_means(model, sub, data, batch, providers)
+            got = _output_means(model, sub, data, batch, providers, token_mask)
             delta = plain = {k: ref[k] - got[k] for k in level}
         shifts.append(float(np.mean([np.abs(v).mean() for v in plain.values()])))
         fixes.update({k: ChannelFix(delta[k], a.get(k)) for k in level})

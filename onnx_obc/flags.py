@@ -135,8 +135,9 @@ _CALIB_OPTIONS = [
                       "(INPUT=none: fed whole to every run)."),
     click.option("--token-mask", metavar="auto|none|INPUT", default="auto", show_default=True,
                  help="The input marking a padded sequence's tokens (1) and padding (0): the "
-                      "Hessians, activation ranges and smoothing statistics leave the padding "
-                      "out. auto: an input named *attention_mask* or *input_mask* of 0/1 values."),
+                      "Hessians, activation ranges, smoothing statistics and per-token outputs' "
+                      "fidelity leave the padding out. auto: an input named *attention_mask* "
+                      "or *input_mask* of 0/1 values."),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
                  help="Samples per onnxruntime run (capture, correction and verification "
                       "run at most 8 where the model's batch is free, and a batch fixed at 1 "

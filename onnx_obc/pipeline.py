@@ -202,7 +202,7 @@ def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,
                                 target=cfg.export.runtime,
                                 target_options=cfg.export.target_options(),
                                 budget=kept_budget(cfg.run.memory_budget_mb << 20),
-                                progress=progress,
+                                progress=progress, token_mask=data.token_mask,
                                 means=means, uncorrected=built and built["uncorrected"])
     return fixes, built
 

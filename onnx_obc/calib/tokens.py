@@ -6,12 +6,12 @@ attention_mask of 1 on the tokens and 0 on the padding) computes every position,
 included; its outputs read only the tokens (mean pooling under the mask, a CLS token, a
 per-token head scored on the tokens). all-MiniLM-L6-v2's calibration sentences are 56%
 padding: the layers' Hessians and the activation ranges were mostly positions whose hidden
-states no output reads. With the mask, the
-capture keeps only the token positions of each sequence-shaped tensor ([batch, tokens,
-...] with the mask's [batch, tokens], or [batch * tokens, ...] for a layer that flattens
-them) in the Hessians, the activation ranges and the smoothing statistics, and the
-verification scores outputs so laid out on the tokens (verify.py); the correction's means
-keep every position.
+states no output reads. With the mask, the capture keeps only the token positions of each
+sequence-shaped tensor ([batch, tokens, ...] with the mask's [batch, tokens], or
+[batch * tokens, ...] for a layer that flattens them) in the Hessians, the activation ranges
+and the smoothing statistics, and the verification scores outputs so laid out on the tokens
+(verify.py); the correction's means keep every position. Measured: README "Padded
+sequences" under "Calibration data".
 
 `--token-mask auto` (default): a graph input whose name contains "attention_mask" or
 "input_mask", of rank 2, whose calibration values are 0 and 1; NAME: that input (checked,
@@ -75,24 +75,37 @@ def _not_mask(dims: tuple, data: Any, name: str) -> str | None:
 
 def select(acts: dict[str, Any], mask: str | None, names: Iterable[str],
            flat: Iterable[str] = ()) -> dict[str, Any]:
-    """`acts` (one run's tensors, the feed included) with each tensor of `names` whose
-    leading axes are the mask's [batch, tokens] cut to the token positions, [1, n, ...];
-    those of `flat` (2-D layer inputs) also where their first axis holds batch * tokens,
-    [n, ...]. `acts` itself where there is no mask, the mask keeps every position, or none
-    (a sequence of padding only is left whole: no empty tensors downstream)."""
+    """`acts` (one run's tensors, the feed included) with each tensor of `names` cut to the
+    positions its mask input keeps (positions(); `flat`: 2-D layer inputs, [batch * tokens,
+    ...]); `acts` itself without the mask."""
     if mask is None or mask not in acts:
         return acts
     keep = np.asarray(acts[mask]) != 0
     if keep.ndim != 2 or keep.all() or not keep.any():
         return acts
     flat = set(flat)
-    out = dict(acts)
-    for n in names:
-        v = acts.get(n)
-        if n == mask or v is None or getattr(v, "ndim", 0) < 2:
-            continue
-        if v.ndim >= 3 and tuple(v.shape[:2]) == keep.shape:
-            out[n] = v[keep][None]
-        elif n in flat and v.ndim == 2 and v.shape[0] == keep.size:
-            out[n] = v[keep.reshape(-1)]
-    return out
+    return {**acts, **{n: positions(acts[n], keep, n in flat) for n in names
+                       if n != mask and n in acts}}
+
+
+def positions(y: Any, keep: np.ndarray | None, flat: bool = False) -> Any:
+    """y at the token positions of `keep` ([batch, tokens] booleans) where its leading axes
+    are keep's: [1, n, ...]; with `flat` also where its first axis holds batch * tokens
+    ([n, ...]); y itself otherwise, and where keep marks every position or none (a run of
+    padding only is left whole: no empty tensors downstream)."""
+    if keep is None or keep.ndim != 2 or keep.all() or not keep.any() or getattr(
+            y, "ndim", 0) < 2:
+        return y
+    if y.ndim >= 3 and tuple(y.shape[:2]) == keep.shape:
+        return y[keep][None]
+    if flat and y.ndim == 2 and y.shape[0] == keep.size:
+        return y[keep.reshape(-1)]
+    return y
+
+
+def on_tokens(y: Any, feed: dict[str, Any], mask: str | None, axis: int = -1) -> Any:
+    """y at the feed's token positions where its channels are last (`axis` -1: a MatMul /
+    Gemm output, [batch, tokens, ..., C]); y itself otherwise (a Conv's [N, C, ...])."""
+    if mask is None or axis != -1 or mask not in feed:
+        return y
+    return positions(y, np.asarray(feed[mask]) != 0)

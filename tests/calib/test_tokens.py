@@ -211,3 +211,28 @@ def test_the_verification_scores_per_token_outputs_on_the_tokens(tmp_path):
             run["dense"][sel])
         got = res.report.fidelity["eval"]["compressed"].rel_error["out"]
         assert got == pytest.approx(float(want), rel=1e-4)
+
+
+def test_the_correction_measures_channels_last_outputs_on_the_tokens():
+    """Exact: the mean correction's per-channel means (and the scale correction's moments)
+    of a MatMul output are those of its token rows; the capture's reference means alike."""
+    from onnx_obc import correct as C
+    from onnx_obc.collect import ChannelMean
+    from onnx_obc.corrstats import paired_stats
+
+    model = padded_model()
+    data = padded_data(24, 8)
+    fit = DataSet(data, "calib")
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h1 = (data["x"] + w["b0"]) @ w["W1"]
+    keep = data["attention_mask"].astype(bool)
+    cpu = ["CPUExecutionProvider"]
+    for mask, rows in ((None, h1.reshape(-1, H)), ("attention_mask", h1[keep])):
+        got = C._output_means(model, {"fc1": "h1"}, fit, 8, cpu, mask)["fc1"]
+        np.testing.assert_allclose(got, rows.mean(0), rtol=1e-5, atol=1e-6)
+        ey, ez, _ = paired_stats(model, model, {"fc1": "h1"}, fit, 8, cpu, mask)["fc1"]
+        np.testing.assert_allclose(ey, rows.mean(0), rtol=1e-5, atol=1e-6)
+        means = {"h1": ChannelMean(-1)}
+        collect(model, find_layers(model)[0], fit, 8, get_backend("cpu"), 256, False,
+                means=means, token_mask=mask)
+        np.testing.assert_allclose(means["h1"].mean(), rows.mean(0), rtol=1e-5, atol=1e-6)
