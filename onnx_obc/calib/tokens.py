@@ -90,14 +90,17 @@ def select(acts: dict[str, Any], mask: str | None, names: Iterable[str],
 
 def positions(y: Any, keep: np.ndarray | None, flat: bool = False) -> Any:
     """y at the token positions of `keep` ([batch, tokens] booleans) where its leading axes
-    are keep's: [1, n, ...]; with `flat` also where its first axis holds batch * tokens
-    ([n, ...]); y itself otherwise, and where keep marks every position or none (a run of
-    padding only is left whole: no empty tensors downstream)."""
+    are keep's: [1, n, ...] (or its transpose's, [tokens, batch, ...]: a sequence-first
+    transformer, nn.Transformer's default layout); with `flat` also where its first axis
+    holds batch * tokens ([n, ...]); y itself otherwise, and where keep marks every position
+    or none (a run of padding only is left whole: no empty tensors downstream)."""
     if keep is None or keep.ndim != 2 or keep.all() or not keep.any() or getattr(
             y, "ndim", 0) < 2:
         return y
     if y.ndim >= 3 and tuple(y.shape[:2]) == keep.shape:
         return y[keep][None]
+    if y.ndim >= 3 and tuple(y.shape[:2]) == keep.shape[::-1]:  # square: taken as above
+        return y[keep.T][None]
     if flat and y.ndim == 2 and y.shape[0] == keep.size:
         return y[keep.reshape(-1)]
     return y

@@ -92,6 +92,9 @@ def test_select_cuts_sequence_tensors_to_the_tokens():
     np.testing.assert_array_equal(out["y"], y[keep.astype(bool)][None])
     np.testing.assert_array_equal(out["f"], flat[keep.reshape(-1).astype(bool)])
     assert out["o"] is other and out["y"].shape == (1, 3, 3)
+    first = {"m": keep, "t": y.transpose(1, 0, 2)}  # [tokens, batch, C]: sequence-first
+    np.testing.assert_array_equal(select(first, "m", ["t"])["t"][0],
+                                  y.transpose(1, 0, 2)[keep.T.astype(bool)])
     ones = {"m": np.ones((2, 4)), "y": y}
     assert select(ones, "m", ["y"]) is ones  # nothing to leave out
     zeros = {"m": np.zeros((2, 4)), "y": y}
