@@ -26,9 +26,9 @@ import onnx
 from tqdm.auto import tqdm
 
 from .calib import DataSet
+from .calib.tokens import on_tokens
 from .capture import capture, capture_session
 from .collect import ChannelMean
-from .calib.tokens import on_tokens
 from .corrstats import channel_axis, node_ops, paired_stats
 from .export import ChannelFix, bias_targets, build, float_model
 from .layers import Layer, node_label

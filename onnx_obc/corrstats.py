@@ -1,7 +1,7 @@
-"""What the correction (correct.py) measures of a layer output per channel: its mean, and for
-the scale correction the paired moments of the dense model's y and the compressed model's
-y_hat. Outputs laid out [batch, tokens, ..., channels] count the token positions of the
-run's token mask only (calib/tokens.py), as the capture's reference means do (collect.py)."""
+"""The correction's per-channel statistics (correct.py measures the means): each site's
+channel axis, and for the scale correction the paired moments of the dense model's y and
+the compressed model's y_hat. Outputs laid out [batch, tokens, ..., channels] count the
+token positions of the run's token mask only (calib/tokens.py), as the means do."""
 
 from __future__ import annotations
 
