@@ -140,8 +140,11 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                     mean.add(tokens.on_tokens(acts[n], acts, token_mask, mean.axis))
             if outputs is not None and keep:
                 outputs.add(acts, seen, samples)
+            whole, share = acts, 1.0  # share: of the positions, the tokens (position_step)
             if token_mask is not None:  # the token positions only, from here on
                 cut = [n for n in (*group, *inputs) if n not in convs]
+                share = float(np.mean(np.asarray(acts[token_mask]) != 0)) if (
+                    token_mask in acts) else 1.0
                 acts = tokens.select(acts, token_mask, cut, flat)
                 if dense_acts is not None:
                     dense_acts = tokens.select(dense_acts, token_mask, cut, flat)
@@ -151,9 +154,9 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
             last_ref: list = []
             for L in todo:
                 for i, u in enumerate(L.uses):
-                    if (L.weight, i) not in steps:
-                        steps[L.weight, i] = position_step(
-                            L, u, acts[u.input].shape, data.n, subsample) if subsample else 1
+                    if (L.weight, i) not in steps:  # from one sample's shape, all positions
+                        steps[L.weight, i] = position_step(L, u, whole[u.input].shape, round(
+                            data.n * share), subsample) if subsample else 1
                     sub = {"step": steps[L.weight, i], "phase": seen}
                     chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4,
                                      hessian_dtype, **sub)

@@ -239,3 +239,20 @@ def test_the_correction_measures_channels_last_outputs_on_the_tokens():
         collect(model, find_layers(model)[0], fit, 8, get_backend("cpu"), 256, False,
                 means=means, token_mask=mask)
         np.testing.assert_allclose(means["h1"].mean(), rows.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_subsampled_capture_keeps_its_column_floor_on_the_tokens(monkeypatch):
+    """The 8-bit tier's subgrid step (hessian.position_step) from one sample's positions and
+    the samples' token share (the first batch's; here every sample holds 6 tokens of 12):
+    at least 4 columns per input remain, 72 (a step from the cut tensor, a batch's tokens
+    taken as one sample's, kept 36)."""
+    import onnx_obc.hessian as hs
+
+    monkeypatch.setattr(hs, "SUBSAMPLE_MIN", 0)
+    model = padded_model()
+    data = padded_data(24, 9)
+    data["attention_mask"] = np.repeat((np.arange(T) < 6)[None], 24, 0).astype(np.int64)
+    accs, _ = collect(model, find_layers(model)[0], DataSet(data, "calib"), 8,
+                      get_backend("cpu"), 256, False, subsample=4, token_mask="attention_mask")
+    tokens = int(data["attention_mask"].sum())
+    assert 4 * C <= accs["W1"].columns < tokens  # subsampled, above the floor
