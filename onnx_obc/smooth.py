@@ -146,8 +146,8 @@ def _halves(y: np.ndarray, samples: int, seen: int, keep: np.ndarray | None = No
             ) -> list[tuple[int, np.ndarray]]:
     """(half, rows [m, d]) of a run's tensor y: samples by parity where y's first axis holds
     them (or the run is one sample), else the whole run by the parity of its index. `keep`
-    (the run's token mask, [batch, tokens]): only those positions where y is laid out so
-    (calib/tokens.select's rule); halves left without rows are left out."""
+    (the run's token mask, [batch, tokens]): only those positions where y is laid out so,
+    batch first; halves left without rows are left out."""
     d = y.shape[-1]
     use = keep is not None and y.ndim >= 3 and tuple(y.shape[:2]) == keep.shape
     if samples > 1 and y.ndim > 1 and y.shape[0] == samples:

@@ -7,11 +7,12 @@ included; its outputs read only the tokens (mean pooling under the mask, a CLS t
 per-token head scored on the tokens). all-MiniLM-L6-v2's calibration sentences are 56%
 padding: the layers' Hessians and the activation ranges were mostly positions whose hidden
 states no output reads. With the mask, the capture keeps only the token positions of each
-sequence-shaped tensor ([batch, tokens, ...] with the mask's [batch, tokens], or
-[batch * tokens, ...] for a layer that flattens them) in the Hessians, the activation ranges
-and the smoothing statistics, and the verification scores outputs so laid out on the tokens
-(verify.py); the correction's means keep every position. Measured: README "Padded
-sequences" under "Calibration data".
+sequence-shaped tensor ([batch, tokens, ...] with the mask's [batch, tokens], sequence-first
+[tokens, batch, ...], or [batch * tokens, ...] for a layer that flattens them) in the
+Hessians, the activation ranges and the smoothing statistics; the correction measures its
+channels-last means there (correct.py, corrstats.py), and the verification scores outputs so
+laid out on the tokens (verify.py). Measured: README "Padded sequences" under "Calibration
+data".
 
 `--token-mask auto` (default): a graph input whose name contains "attention_mask" or
 "input_mask", of rank 2, whose calibration values are 0 and 1; NAME: that input (checked,
@@ -52,8 +53,8 @@ def find(proto: onnx.ModelProto, data: Any, option: str) -> dict[str, Any] | Non
             return {"input": name, "padding": round(pad, 4), "summary": (
                 f"token mask: input {name!r} marks {pad:.0%} of the calibration positions as "
                 f"padding (first {min(data.n, PROBE)} samples); the Hessians, activation "
-                "ranges, smoothing statistics and per-token outputs' fidelity leave them out "
-                "(--token-mask none keeps them)")}
+                "ranges, smoothing statistics, correction means and per-token outputs' "
+                "fidelity leave them out (--token-mask none keeps them)")}
         if option != "auto":
             raise ConfigError(f"--token-mask {name!r}: {why}; use --token-mask none")
     return None
