@@ -189,7 +189,8 @@ def _choose_levels(proto: onnx.ModelProto, layers: list[Layer], hessians: dict,
     return choose_levels(proto, layers, hessians, backend, prune=cfg.prune, quant=cfg.quant,
                          solver=cfg.solver, alloc=cfg.alloc, data=data.fit, batch=data.batch,
                          budget_bytes=budget, act_scales=act_scales, runtime=runtime,
-                         progress=progress, export_target=cfg.export.runtime, engine=engine)
+                         progress=progress, export_target=cfg.export.runtime, engine=engine,
+                         token_mask=data.token_mask)
 
 
 def _add(seconds: dict[str, float], stage: str, t: float) -> None:

@@ -68,20 +68,21 @@ def choose_levels(proto: onnx.ModelProto, layers: list[Layer],
                   alloc: Allocation, data: CalibrationSource, batch: int, budget_bytes: int,
                   act_scales: dict[str, Any] | None = None, runtime: Runtime | None = None,
                   progress: bool = False, export_target: str = "tensorrt",
-                  engine: Engine | None = None) -> Allocated:
+                  engine: Engine | None = None, token_mask: str | None = None) -> Allocated:
     """Per-layer levels: alloc.profile when given, else the DP over the level tables built
     from `hessians` (read, not consumed) and, for the "output" score, measured on `data`
     with sessions built by `runtime` (default: the backend's providers) on candidates
     deployed for `export_target`. `act_scales`: that target's activation values (tensor ->
     scale for tensorrt: export.act_values) for the int8 inputs of quantized levels;
-    `budget_bytes`: the solver's memory for row batches; `engine` runs the tables' solves."""
+    `budget_bytes`: the solver's memory for row batches; `engine` runs the tables' solves;
+    `token_mask`: the "output" score on the token positions of per-token outputs."""
     if alloc.profile:
         return from_profile(layers, alloc.profile)
     target = resolve_target(alloc, prune)
     scorer = None
     if alloc.score == "output":
         scorer = OutputScore.measure(proto, data, batch, runtime or providers_for(backend.name),
-                                     target=export_target)
+                                     target=export_target, token_mask=token_mask)
     tables = build_tables(proto, layers, hessians, backend,
                           TableSpecs(prune, quant, solver, alloc), data, batch, budget_bytes,
                           progress=progress, act_scales=act_scales, scorer=scorer,

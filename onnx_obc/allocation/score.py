@@ -20,6 +20,7 @@ import onnx
 
 from .. import export
 from ..calib import CalibrationSource
+from ..calib.tokens import positions
 from ..capture import Runtime, session
 from ..layers import Layer
 from ..solve import HostSolution, HostWeights
@@ -38,19 +39,20 @@ class OutputScore:
     reference: tuple[list[np.ndarray], ...]  # the dense model's float outputs, per batch
     energy: tuple[float, ...]  # per output, the sum of its squares (1 when 0)
     target: str = "tensorrt"  # the export target the candidates are deployed for
+    token_mask: str | None = None  # per-token outputs scored on its tokens (calib/tokens.py)
 
     @classmethod
     def measure(cls, proto: onnx.ModelProto, data: CalibrationSource, batch: int,
-                runtime: Runtime, *, samples: int = SAMPLES, target: str = "tensorrt"
-                ) -> OutputScore:
+                runtime: Runtime, *, samples: int = SAMPLES, target: str = "tensorrt",
+                token_mask: str | None = None) -> OutputScore:
         """Run the dense model once on the first `samples` samples of `data`."""
         data = data.head(samples)
         dense = session(proto, runtime, optimize=True)
-        ref = tuple([y for y in dense.run(None, feed) if np.issubdtype(y.dtype, np.floating)]
+        ref = tuple(_floats(dense.run(None, feed), feed, token_mask)
                     for _, feed in data.batches(batch))
         energy = tuple(sum(float(np.square(ys[k]).sum()) for ys in ref) or 1.0
                        for k in range(len(ref[0]) if ref else 0))
-        return cls(proto, data, batch, runtime, ref, energy, target)
+        return cls(proto, data, batch, runtime, ref, energy, target, token_mask)
 
     def candidate(self, L: Layer, W: np.ndarray, act_scale: Any = None
                   ) -> onnx.ModelProto:
@@ -70,7 +72,7 @@ class OutputScore:
         sess = session(model, self.runtime, optimize=True)
         e = np.zeros(len(self.energy))
         for (_, feed), ref in zip(self.data.batches(self.batch), self.reference):
-            ys = [y for y in sess.run(None, feed) if np.issubdtype(y.dtype, np.floating)]
+            ys = _floats(sess.run(None, feed), feed, self.token_mask)
             e += [float(np.square(y - r).sum()) for y, r in zip(ys, ref)]
         return float(np.mean(e / np.asarray(self.energy))) if len(e) else 0.0
 
@@ -84,3 +86,10 @@ class OutputScore:
             a = next(scales) if scales is not None else None
             errs.append(self.error(self.candidate(L, W, a)))
         return tuple(errs)
+
+
+def _floats(ys: list[np.ndarray], feed: dict[str, np.ndarray], mask: str | None
+            ) -> list[np.ndarray]:
+    """A run's float outputs, each on the feed's token positions (calib/tokens.positions)."""
+    keep = np.asarray(feed[mask]) != 0 if mask is not None and mask in feed else None
+    return [positions(y, keep) for y in ys if np.issubdtype(y.dtype, np.floating)]

@@ -10,8 +10,9 @@ states no output reads. With the mask, the capture keeps only the token position
 sequence-shaped tensor ([batch, tokens, ...] with the mask's [batch, tokens], sequence-first
 [tokens, batch, ...], or [batch * tokens, ...] for a layer that flattens them) in the
 Hessians, the activation ranges and the smoothing statistics; the correction measures its
-channels-last means there (correct.py, corrstats.py), and the verification scores outputs so
-laid out on the tokens (verify.py). Measured: README "Padded sequences" under "Calibration
+channels-last means there (correct.py, corrstats.py), and the verification, the DP's
+`--score output` and the channel stage's output probes score outputs so laid out on the
+tokens (verify.py, allocation/score.py, channels/sensitivity.py). Measured: README "Padded sequences" under "Calibration
 data".
 
 `--token-mask auto` (default): a graph input whose name contains "attention_mask" or

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..calib.tokens import on_tokens
 from ..layers import constant_weights
 from ..solvers.channels import ChannelTrace, obs_update
 from .allocate import allowed, loss_curve, site_align
@@ -66,7 +67,7 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
     if not feeds:
         return unit, 0.0, why + "no calibration samples to measure the output factors on"
     try:
-        dense = _run(plan.proto, feeds, plan.runtime)
+        dense = _run(plan.proto, feeds, plan.runtime, plan.token_mask)
     except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
         return unit, time.perf_counter() - t0, why + f"onnxruntime could not run the model ({e})"
     ref = sum(float(np.sum(y ** 2)) for y in dense)
@@ -98,7 +99,8 @@ def _gain(plan: Any, s: Any, W: Any, k: int, feeds: list[dict], dense: list[np.n
     W = obs_update(W, s.Hinv, s.site.width, s.trace.order[:k])  # removed columns 0
     m = _with_weight(plan.proto, s.site.consumer.weight,
                      s.site.consumer.from_matrix(plan.backend.to_host(W)[None]))
-    err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(_run(m, feeds, plan.runtime), dense))
+    ys = _run(m, feeds, plan.runtime, plan.token_mask)
+    err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(ys, dense))
     return max(err / ref / norm, TINY)
 
 
@@ -113,13 +115,14 @@ def _with_weight(proto: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.M
     return m
 
 
-def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None
-         ) -> list[np.ndarray]:
+def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None,
+         token_mask: str | None = None) -> list[np.ndarray]:
     """Every graph output on every feed, flattened in order (float64), with `runtime`'s
-    providers and custom ops (capture.Runtime; default the CPU)."""
+    providers and custom ops (capture.Runtime; default the CPU); per-token outputs on the
+    token positions of `token_mask` (calib/tokens.on_tokens)."""
     from ..capture import Runtime, session
 
     s = session(model, runtime or Runtime())
     names = {i.name for i in s.get_inputs()}
-    return [np.asarray(y, dtype=np.float64).ravel() for f in feeds
+    return [np.asarray(on_tokens(y, f, token_mask), dtype=np.float64).ravel() for f in feeds
             for y in s.run(None, {k: v for k, v in f.items() if k in names})]

@@ -256,3 +256,49 @@ def test_a_subsampled_capture_keeps_its_column_floor_on_the_tokens(monkeypatch):
                       get_backend("cpu"), 256, False, subsample=4, token_mask="attention_mask")
     tokens = int(data["attention_mask"].sum())
     assert 4 * C <= accs["W1"].columns < tokens  # subsampled, above the floor
+
+
+def test_the_dps_output_score_reads_the_token_positions():
+    """--score output: a per-token output's error over the token positions only (exact
+    against numpy on onnxruntime's outputs); without the mask over every position."""
+    from onnx_obc.allocation.score import OutputScore
+
+    model = padded_model()
+    out = next(n for n in model.graph.node if n.output[0] == "out")
+    out.input[:], out.op_type = ["y", "y"], "Add"  # the padding's outputs are output too
+    data = padded_data(16, 10)
+    fit = DataSet(data, "calib")
+    L = next(x for x in find_layers(model)[0] if x.weight == "W2")
+    W = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W2"))
+    cand = L.to_matrix(W) * 1.1  # a candidate: every weight 10% larger
+    cpu = ["CPUExecutionProvider"]
+    keep = data["attention_mask"].astype(bool)
+    for mask, sel in ((None, np.ones_like(keep)), ("attention_mask", keep)):
+        s = OutputScore.measure(model, fit, 8, cpu, token_mask=mask)
+        moved = s.candidate(L, cand)
+        dense, y = (ort.InferenceSession(m.SerializeToString(), providers=cpu).run(
+            ["out"], data)[0] for m in (model, moved))
+        want = np.square(y[sel] - dense[sel]).sum() / np.square(dense[sel]).sum()
+        assert s.error(moved) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_the_channel_stages_output_probes_read_the_token_positions():
+    """--channel-objective output: the probes' outputs (channels/sensitivity._run) on the
+    token positions only; the plan carries the mask from the run."""
+    from onnx_obc.channels import sensitivity
+    from onnx_obc.channels.stage import plan_channels
+
+    model = padded_model()
+    out = next(n for n in model.graph.node if n.output[0] == "out")
+    out.input[:], out.op_type = ["y", "y"], "Add"  # the padding's outputs are output too
+    data = padded_data(8, 11)
+    keep = data["attention_mask"].astype(bool)
+    full = ort.InferenceSession(model.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(["out"], data)[0]
+    [got] = sensitivity._run(model, [data], None, "attention_mask")
+    np.testing.assert_allclose(got, full[keep].ravel(), rtol=1e-6)
+    [every] = sensitivity._run(model, [data])
+    assert every.size == full.size
+    p = plan_channels(model, find_layers(model)[0], DataSet(data, "calib"), 8,
+                      get_backend("cpu"), 0.01, 256, token_mask="attention_mask")
+    assert p.token_mask == "attention_mask"
