@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .calib.tokens import positions
 from .capture import activation_bytes, capture, capture_session, plan_groups
 from .collect import batched
 from .export.graph import constant, export_graph, fresh, model_opset, rewire
@@ -146,17 +147,16 @@ def _halves(y: np.ndarray, samples: int, seen: int, keep: np.ndarray | None = No
             ) -> list[tuple[int, np.ndarray]]:
     """(half, rows [m, d]) of a run's tensor y: samples by parity where y's first axis holds
     them (or the run is one sample), else the whole run by the parity of its index. `keep`
-    (the run's token mask, [batch, tokens]): only those positions where y is laid out so,
-    batch first; halves left without rows are left out."""
+    (the run's token mask, [batch, tokens]): only its token positions where y is laid out
+    so (calib/tokens.positions); halves left without rows are left out."""
     d = y.shape[-1]
-    use = keep is not None and y.ndim >= 3 and tuple(y.shape[:2]) == keep.shape
     if samples > 1 and y.ndim > 1 and y.shape[0] == samples:
         idx = (np.arange(samples) + seen) % 2
-        parts = [(h, (y[idx == h][keep[idx == h]] if use else y[idx == h]).reshape(-1, d))
-                 for h in (0, 1) if (idx == h).any()]
+        parts = [(h, positions(y[idx == h], None if keep is None else keep[idx == h])
+                  .reshape(-1, d)) for h in (0, 1) if (idx == h).any()]
     else:
         parts = [((seen if samples == 1 else seen // samples) % 2,
-                  (y[keep] if use else y).reshape(-1, d))]
+                  positions(y, keep).reshape(-1, d))]
     return [(h, p) for h, p in parts if len(p)]
 
 

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from .calib import CalibrationSource
-from .calib.tokens import select
+from .calib.tokens import on_tokens
 from .capture import Runtime, session
 from .modelio import weight_bytes
 from .refs import Captured, References, sum_sq as _sum_sq
@@ -272,8 +272,7 @@ def _per_sample(free: tuple, data: CalibrationSource, batch: int, kept: Captured
 def _tokens(ys: dict[str, list[np.ndarray]], feed: dict[str, Any], mask: str | None
             ) -> dict[str, list[np.ndarray]]:
     """Each model's outputs laid out [batch, tokens, ...] cut to the feed's token positions
-    (calib/tokens.select); `ys` itself without a mask."""
+    (calib/tokens.on_tokens); `ys` itself without a mask."""
     if mask is None or mask not in feed:
         return ys
-    return {k: [select({mask: feed[mask], "y": y}, mask, ["y"])["y"] for y in outs]
-            for k, outs in ys.items()}
+    return {k: [on_tokens(y, feed, mask) for y in outs] for k, outs in ys.items()}
