@@ -110,7 +110,21 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "2:4+w4": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": False},
     "2:4+w4 seq": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": True},
 }  # the runs without "seq" are one-shot where the default would be sequential (below 8
-# bits); any run + " nomask": the same with --token-mask none (calib/tokens.py)
+# bits); any run + " nomask": the same with --token-mask none (calib/tokens.py); any run +
+# " damp=L": the same with relative dampening L (--damp; default 0.01)
+
+
+def run_options(run: str) -> dict:
+    """convert() options of a run name: RUNS[base] with its " nomask" / " damp=L" suffixes."""
+    words = run.split(" ")
+    damp = [w for w in words if w.startswith("damp=")]
+    base = " ".join(w for w in words if w != "nomask" and not w.startswith("damp="))
+    opts = dict(RUNS[base])
+    if "nomask" in words:  # the padding kept in
+        opts["token_mask"] = "none"
+    if damp:
+        opts["damp"] = float(damp[-1].removeprefix("damp="))
+    return opts
 
 
 def child(args: str) -> None:
@@ -280,8 +294,7 @@ def main() -> None:
             feeds = _feeds(str(ROOT / f"{prefix}.onnx"), ev)
             dense = outputs(str(ROOT / f"{prefix}.onnx"), feeds)
             for run in a.runs.split(","):
-                base = run.removesuffix(" nomask")  # "... nomask": the padding kept in
-                opts = dict(RUNS[base], **({"token_mask": "none"} if base != run else {}))
+                opts = run_options(run)
                 opts["method"] = opts.get("method", method)
                 if (name, run, opts["method"]) in have:
                     continue

@@ -212,8 +212,10 @@ def _coarse_fine(W: Any, Wd: Any, lo: Any, hi: Any, spec: QuantSpec, g: int, H: 
             done |= e > STOP * best
             if bool(done.all()):
                 break
-        center = bi
+        center, top = bi, int(bi.max())
         for o in fine:
+            if top + o <= 0:  # every row at shrink 0, the coarse pass's first: known
+                continue
             i = xp.clip(center + o, 0, n - 1)
             e = _err(i, *args)
             better = e < best
