@@ -115,11 +115,11 @@ def data_file_name(out: str | os.PathLike, inp: str | os.PathLike | None) -> str
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Bytes of initializer and Constant tensor payloads in memory (what decides the 2 GB
     limit; tensors kept in the input's data file, diskdata.py, are not counted)."""
-    total = sum(len(t.raw_data) or 4 * len(t.float_data) for t in model.graph.initializer)
+    total = sum(diskdata.payload_bytes(t) for t in model.graph.initializer)
     for node in model.graph.node:
         for a in node.attribute:
             if a.name == "value" and a.HasField("t"):
-                total += len(a.t.raw_data) or 4 * len(a.t.float_data)
+                total += diskdata.payload_bytes(a.t)
     return total
 
 
@@ -244,7 +244,7 @@ def payloads_aside(model: onnx.ModelProto, over: int) -> Iterator[dict[str, byte
     model inside the block is cheap and never meets protobuf's 2 GB limit."""
     aside: dict[str, bytes] = {}
     for t in model.graph.initializer:
-        if len(t.raw_data) > over:
+        if diskdata.payload_bytes(t) > over:
             aside[t.name] = t.raw_data
             t.ClearField("raw_data")  # one copy of each payload at any time
     try:

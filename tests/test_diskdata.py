@@ -116,3 +116,18 @@ def test_convert_gives_what_a_loaded_model_gives(tmp_path, options):
     y_out = session(onnx.load(str(tmp_path / "out.onnx")), ["CPUExecutionProvider"]).run(
         None, x)[0]
     np.testing.assert_array_equal(y_out, y_mem)
+
+
+def test_payload_bytes_equal_the_payload_without_reading_it():
+    """payload_bytes: len(raw_data) (else 4 x float_data) for every kind of tensor, packed
+    4-bit and string-free types from dims and type, the others read."""
+    T = TensorProto
+    tensors = [numpy_helper.from_array(np.ones((3, 5), dt), "a") for dt in
+               (np.float32, np.float16, np.int8, np.uint8, np.int64, np.float64, np.bool_)]
+    tensors += [helper.make_tensor("f", T.FLOAT, [4], [1.0, 2.0, 3.0, 4.0]),  # float_data
+                helper.make_tensor("q", T.INT4, [5], [1, -2, 3, 0, 7]),  # packed: read
+                helper.make_tensor("e", T.FLOAT, [0], [])]
+    for t in tensors:
+        assert diskdata.payload_bytes(t) == (len(t.raw_data) or 4 * len(t.float_data)), t.name
+    assert diskdata.payload_bytes(tensors[0]) == 60
+    assert diskdata.payload_bytes(tensors[-3]) == 16
