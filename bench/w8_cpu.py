@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from w8_speed import MODELS, QS, error  # noqa: E402
+from w8_speed import MODELS, QS, compiled, error  # noqa: E402
 
 MODELS = {**MODELS, "efficientnet_lite0": (
     "bench/real/efficientnet_lite0.onnx", "bench/real/efficientnet_lite0.calib.npz",
@@ -60,21 +60,6 @@ OURS = ("import sys, resource, time\n" + PATCH +
         "try:\n    main(standalone_mode=False)\n"
         "finally:\n"
         "    if prof: prof.disable(); prof.dump_stats(out)\n")
-
-
-_COMPILED: set[Path] = set()
-
-
-def compiled(tree: Path) -> None:
-    """Byte-compile `tree`'s onnx_obc once (its __pycache__, gitignored), as pip does when
-    it installs a package: with PYTHONDONTWRITEBYTECODE set (this machine's environment)
-    every run would otherwise compile its ~100 modules again (0.35-0.45 s CPU each run,
-    which no installed copy pays). The bench's quantize_static process (qs_static.py)
-    imports only onnxruntime and onnx, whose installed modules are compiled."""
-    if tree not in _COMPILED:
-        import compileall
-        compileall.compile_dir(str(tree / "onnx_obc"), quiet=1)
-        _COMPILED.add(tree)
 
 
 def cpu_of(code: str, args: list[str], tree: Path = ROOT) -> float:

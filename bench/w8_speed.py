@@ -11,11 +11,13 @@ its own process from the command line, imports included: the CLI with default op
 uint8 activations / int8 weights, the same calibration .npz). Reports the median wall and
 CPU seconds (all threads) of each, their ratio to quantize_static, and the output error of
 each model on the first EVAL samples of the eval set (mean ||y - y_dense|| / ||y_dense||,
-first output; bench/deploy.py has the task metrics). On a shared machine compare the CPU
-seconds; wall ratios need an idle one. `--before TREE` (another checkout, e.g. `git archive
-COMMIT | tar -x -C TREE`) also runs that tree's CLI with default options, in the same
-alternation ("before (default)"); `--runs` picks which of default, ort (`--runtime
-onnxruntime`), qs (quantize_static) and before run.
+first output; bench/deploy.py has the task metrics). onnx_obc is byte-compiled first, as an
+installed copy is (`compiled`; since 2026-12-06: before, each CLI run compiled its ~150
+modules again on this machine, PYTHONDONTWRITEBYTECODE, 0.3-0.4 s that `quantize_static`
+never paid). On a shared machine compare the CPU seconds; wall ratios need an idle one.
+`--before TREE` (another checkout, e.g. `git archive COMMIT | tar -x -C TREE`) also runs
+that tree's CLI with default options, in the same alternation ("before (default)"); `--runs`
+picks which of default, ort (`--runtime onnxruntime`), qs (quantize_static) and before run.
 """
 
 from __future__ import annotations
@@ -49,8 +51,25 @@ QS = ("import sys, numpy as np, onnx; sys.path.insert(0, 'bench'); "
       "quantize_static(a[1], a[2], dict(np.load(a[3])), onnx.load(a[1]))")
 
 
+_COMPILED: set[Path] = set()
+
+
+def compiled(tree: Path) -> None:
+    """Byte-compile `tree`'s onnx_obc once (its __pycache__, gitignored), as pip does when
+    it installs a package: with PYTHONDONTWRITEBYTECODE set (this machine's environment)
+    every run would otherwise compile its ~100 modules again (0.35-0.45 s CPU each run,
+    which no installed copy pays). The bench's quantize_static process (qs_static.py)
+    imports only onnxruntime and onnx, whose installed modules are compiled."""
+    if tree not in _COMPILED:
+        import compileall
+        compileall.compile_dir(str(tree / "onnx_obc"), quiet=1)
+        _COMPILED.add(tree)
+
+
 def timed(cmd: list[str], path: Path = ROOT) -> tuple[float, float]:
-    """(wall, CPU seconds of the child, all threads); `path`: the tree imported."""
+    """(wall, CPU seconds of the child, all threads); `path`: the tree imported, its
+    onnx_obc byte-compiled first (`compiled`)."""
+    compiled(path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
