@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 NEEDS_RAY = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="--engine ray needs the [ray] extra")
+NEEDS_PLOT = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                reason="--plot / --html need the [plot] extra")
 
 
 def _commands() -> list[str]:
@@ -54,8 +56,10 @@ def test_the_readme_has_runnable_commands():
     assert any("--report" in c for c in COMMANDS) and any("inspect" in c for c in COMMANDS)
 
 
-@pytest.mark.parametrize("command", [  # --engine ray: only with the [ray] extra
-    pytest.param(c, marks=NEEDS_RAY) if "--engine ray" in c else c for c in COMMANDS])
+@pytest.mark.parametrize("command", [  # --engine ray, --plot: only with their extras
+    pytest.param(c, marks=NEEDS_RAY) if "--engine ray" in c else
+    pytest.param(c, marks=NEEDS_PLOT) if "--plot" in c or "--html" in c else c
+    for c in COMMANDS])
 def test_readme_command_runs_as_pasted(command, in_repo_copy):
     args = shlex.split(command)[1:]
     res = CliRunner().invoke(main, args + ([] if "inspect" in args else ["-q"]))
