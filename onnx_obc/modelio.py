@@ -244,7 +244,7 @@ def payloads_aside(model: onnx.ModelProto, over: int) -> Iterator[dict[str, byte
     model inside the block is cheap and never meets protobuf's 2 GB limit."""
     aside: dict[str, bytes] = {}
     for t in model.graph.initializer:
-        if diskdata.payload_bytes(t) > over:
+        if t.HasField("raw_data") and diskdata.payload_bytes(t) > over:
             aside[t.name] = t.raw_data
             t.ClearField("raw_data")  # one copy of each payload at any time
     try:

@@ -171,8 +171,7 @@ def fit_grid(W: Any, spec: QuantSpec, H: Any = None, coarse: bool | None = None)
 COARSE_BITS = 8  # grids of at least this many bits: coarse-to-fine search in float32
 COARSE_STEP = 4  # the coarse pass tries every COARSE_STEP-th shrink, then its neighbours
 STOP = 2.0  # the coarse pass leaves a row (group) once a shrink's error is STOP x its best
-SEARCH_CHUNK = 1 << 16  # elements per pass of the search on the CPU (row chunks: the same
-# numbers as whole-matrix passes, each pass in the cache instead of main memory)
+SEARCH_CHUNK = 1 << 16  # elements per pass of the search on the CPU (in cache; same numbers)
 CHECK_CHUNK = 1 << 20  # weights per step of the min-max check under H (its float64 rounding
 # temporaries stay below the allocator's 32 MB mmap threshold: reused, not faulted in)
 
@@ -212,9 +211,9 @@ def _coarse_fine(W: Any, Wd: Any, lo: Any, hi: Any, spec: QuantSpec, g: int, H: 
             done |= e > STOP * best
             if bool(done.all()):
                 break
-        center, top = bi, int(bi.max())
+        center = bi
         for o in fine:
-            if top + o <= 0:  # every row at shrink 0, the coarse pass's first: known
+            if int(center.max()) + o <= 0:  # all rows at shrink 0 (the coarse pass's first)
                 continue
             i = xp.clip(center + o, 0, n - 1)
             e = _err(i, *args)

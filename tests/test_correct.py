@@ -26,6 +26,7 @@ from . import builders as b
 from onnx_obc.solve import HostSolution
 
 from .export.helpers import _host, mixed, paddle_convs, solutions, tensors
+from .cpu import NEEDS_VNNI
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -171,6 +172,7 @@ def _gemm_relu_gemm(seed: int = 0) -> onnx.ModelProto:
     return b.make(nodes, [b.vi("x", [b.BATCH, 8])], [b.vi("y", [b.BATCH, 4])], inits)
 
 
+@NEEDS_VNNI
 def test_correction_with_activation_quantization_in_the_loop_removes_its_mean_shift():
     """The input's 8-bit range clips its long tail (lognormal, range cut at its 90th
     percentile): a known shift of every layer output's mean that only the deployed
@@ -326,6 +328,7 @@ def _lognormal_w8a8(**kw):
                    device="cpu", **kw)
 
 
+@NEEDS_VNNI
 def test_w8a8_on_onnxruntime_corrects_by_default_and_keeps_what_lowers_the_error():
     """Default (correct.mean None): W8A8 on the onnxruntime target is corrected, the
     uncorrected model is verified beside it and the correction kept (digits_vit: the

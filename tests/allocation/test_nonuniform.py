@@ -14,6 +14,7 @@ from onnx import TensorProto, numpy_helper
 from onnx_obc import convert
 from onnx_obc.errors import ObcError
 from onnx_obc.allocation import Level, UnreachableTarget, level_grid
+from ..cpu import NEEDS_VNNI
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -80,6 +81,7 @@ def _layer_inputs(model, node_name):
     return [producer.get(x) for x in node.input]
 
 
+@NEEDS_VNNI
 def test_bops_budget_mixes_levels_beats_uniform_and_deploys(tmp_path):
     """OBC's mixed database under a BOP budget: 1/32 of the dense FP32 bit-ops is what every
     layer at 4-bit weights and 8-bit activations costs; the DP's mix does better."""

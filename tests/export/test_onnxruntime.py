@@ -32,6 +32,7 @@ from onnx_obc.layers import find_layers
 
 from .. import builders as b
 from ..fakes import fixed_errors
+from ..cpu import NEEDS_VNNI
 from . import helpers as h
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,7 @@ def rel(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
 
 
+@NEEDS_VNNI
 @pytest.mark.parametrize("builder, expected", [
     (residual_cnn, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearGlobalAveragePool": 1,
                     "QGemm": 1}),
@@ -247,6 +249,7 @@ def test_config_and_flags() -> None:
     assert flags_in("export.runtime and export.act_type") == "--runtime and --act-type"
 
 
+@NEEDS_VNNI
 def test_convert_reports_the_fusion(tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     r = convert(str(ROOT / "models/digits_cnn.onnx"), out, bits=8, act_bits=8,

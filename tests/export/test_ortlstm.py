@@ -16,6 +16,7 @@ from onnx_obc.export import fusion, ortlstm
 from onnx_obc.layers import find_layers
 
 from .. import builders as b
+from ..cpu import NEEDS_VNNI
 
 T, IN, HID = 6, 12, 10
 
@@ -75,6 +76,7 @@ def test_int8_rows_round_to_nearest_per_row():
     assert np.abs(codes).max() == 127 and not codes[1, :, 3].any()
 
 
+@NEEDS_VNNI
 def test_the_rewrite_runs_the_lstm_on_int8_weights():
     for direction in ("forward", "bidirectional"):
         model = lstm_model(direction)
@@ -113,6 +115,7 @@ def test_constant_node_weights_are_rewritten_and_batch_first_stays_float():
     assert len(notes) == 1 and "lstm stays float" in notes[0] and "layout = 1" in notes[0]
 
 
+@NEEDS_VNNI
 def test_w8a8_onnxruntime_target_quantizes_the_lstm_and_reports_it(tmp_path):
     model = lstm_model(head=True)
     layers = find_layers(model)[0]

@@ -13,6 +13,7 @@ from onnx_obc.export import ortplace, ortplan
 from onnx_obc.layers import find_layers
 
 from .. import builders as b
+from ..cpu import NEEDS_VNNI
 from .test_onnxruntime import compressed, optimized_ops, rel, run
 from .test_ortplan import c2f_cnn
 
@@ -43,6 +44,7 @@ def grids(model: onnx.ModelProto) -> dict[str, tuple[float, int]]:
             for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
 
+@NEEDS_VNNI
 def test_the_built_concat_runs_on_an_inputs_grid() -> None:
     """Built and fused: the Concat's output is quantized on one input's grid (here b's,
     min-max ranges: b's holds a's), onnxruntime runs a QLinearConcat, and the fused model
@@ -121,6 +123,7 @@ def _scaled(t: onnx.TensorProto, k: float) -> onnx.TensorProto:
     return onnx.numpy_helper.from_array(k * onnx.numpy_helper.to_array(t), t.name)
 
 
+@NEEDS_VNNI
 def test_a_chain_of_data_movement_takes_its_first_tensors_grid(monkeypatch) -> None:
     """The plan lists each Unsqueeze output (the Concat reads it) before the Transpose output
     it copies. Resolved in that order (CHAINS off) the Unsqueeze outputs had no grid, so the
