@@ -202,9 +202,10 @@ def _deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
 
 
 def int8_layer(q: QuantizedWeight) -> bool:
-    """Whether onnxruntime has an integer kernel for this weight: 8-bit signed codes, one
-    scale per output channel, zero point 0."""
-    return (q.bits == 8 and q.signed and q.block_size is None
+    """Whether onnxruntime has an integer kernel for this weight: signed codes of 5-8 bits
+    (int8 storage; at 7 bits x86 CPUs without VNNI cannot saturate their int16 pair sums),
+    one scale per output channel, zero point 0."""
+    return (5 <= q.bits <= 8 and q.signed and q.block_size is None
             and not np.any(q.zero_point))
 
 

@@ -141,6 +141,26 @@ def test_fuses_into_integer_kernels_and_matches_fake_quant(builder, expected) ->
         sum(len(L.uses) for L in layers), sum(len(L.uses) for L in layers), [])
 
 
+@pytest.mark.parametrize("builder, expected", [
+    (residual_cnn, {"QLinearConv": 2, "QGemm": 1}),
+    (deep_mlp, {"QLinearMatMul": 2, "MatMulIntegerToFloat": 1}),
+])
+def test_seven_bit_weights_run_on_the_integer_kernels_and_match_fake_quant_anywhere(
+        builder, expected) -> None:
+    """--bits 7 --act-bits 8: codes in [-63, 63] on the same int8 kernels, whose int16 pair
+    sums (x86 without VNNI, tests/cpu.py) cannot saturate (2 x 255 x 63 < 2^15): the fused
+    model equals fake quantization on every CPU, with no skip."""
+    model = builder()
+    out, feed, layers = compressed(model, bits=7)
+    ops = optimized_ops(out)
+    assert {k: ops[k] for k in expected} == expected, ops
+    codes = [onnx.numpy_helper.to_array(t) for t in out.graph.initializer if t.data_type == 3]
+    assert codes and max(int(np.abs(c.astype(np.int16)).max()) for c in codes) <= 64
+    fused = run(out, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    fake = run(out, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert rel(fused, fake) <= 0.02
+
+
 def test_int32_bias_and_output_quantization() -> None:
     out, _, _ = compressed(residual_cnn())
     nodes = {n.name: n for n in out.graph.node}
