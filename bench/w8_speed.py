@@ -12,7 +12,7 @@ uint8 activations / int8 weights, the same calibration .npz). Reports the median
 CPU seconds (all threads) of each, their ratio to quantize_static, and the output error of
 each model on the first EVAL samples of the eval set (mean ||y - y_dense|| / ||y_dense||,
 first output; bench/deploy.py has the task metrics). onnx_obc is byte-compiled first, as an
-installed copy is (`compiled`; since 2026-12-06: before, each CLI run compiled its ~150
+installed copy is (`compiled`; since 2026-12-07: before, each CLI run compiled its ~150
 modules again on this machine, PYTHONDONTWRITEBYTECODE, 0.3-0.4 s that `quantize_static`
 never paid). On a shared machine compare the CPU seconds; wall ratios need an idle one.
 `--before TREE` (another checkout, e.g. `git archive COMMIT | tar -x -C TREE`) also runs

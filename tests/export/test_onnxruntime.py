@@ -147,8 +147,8 @@ def test_fuses_into_integer_kernels_and_matches_fake_quant(builder, expected) ->
 ])
 def test_seven_bit_weights_run_on_the_integer_kernels_and_match_fake_quant_anywhere(
         builder, expected) -> None:
-    """--bits 7 --act-bits 8: codes in [-63, 63] on the same int8 kernels, whose int16 pair
-    sums (x86 without VNNI, tests/cpu.py) cannot saturate (2 x 255 x 63 < 2^15): the fused
+    """--bits 7 --act-bits 8: codes in [-64, 63] on the same int8 kernels, whose int16 pair
+    sums (x86 without VNNI, tests/cpu.py) cannot saturate (2 x 255 x 64 < 2^15): the fused
     model equals fake quantization on every CPU, with no skip."""
     model = builder()
     out, feed, layers = compressed(model, bits=7)
