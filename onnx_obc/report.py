@@ -207,7 +207,7 @@ def _fusion_lines(r: Report) -> list[str]:
     lines += [f"  {', '.join(n[:3])}{f' and {len(n) - 3} more' * (len(n) > 3)}: {w}"
               for w, n in why.items() if not trt]
     lines += [f"  {t}" for t in map(f.get, ("float_line", "nbits_line", "tables_line",
-                                            "latency_line")) if t] + [
+                                            "latency_line", "saturation_line")) if t] + [
         "  (this is the TensorRT placement, each layer's reason in the JSON report's fusion "
         "section; for onnxruntime use --runtime onnxruntime, which places Q/DQ so that its "
         "CPU optimizer fuses them)"] * (trt and f["integer"] < f["layers"])

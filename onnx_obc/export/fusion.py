@@ -15,6 +15,7 @@ fused with its bias into a float Gemm; or codes that the session dequantizes onc
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ class Fusion:
     # graph that read a dequantized activation in float (float_line)
     made_nbits: dict[int, int] = field(default_factory=dict)  # nbits.made_by_onnxruntime
     tables_line: str = ""  # orttables.line: the lookup tables stored as codes
+    saturation_line: str = ""  # saturating_cpu: integer layers whose codes can overflow here
 
     def line(self) -> str:
         if self.error:
@@ -142,12 +144,13 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
     except Exception as exc:  # onnxruntime refuses the model, or cannot write it (> 2 GB)
         return Fusion(len(uses), 0, error=f"{type(exc).__name__}: {exc}"[:300], latency=timed)
     kernels: Counter[str] = Counter()
-    unfused = []
+    unfused, on_integer = [], []
     maps, once = None, folded(model)  # once: codes dequantized at load (ortweights.py)
     for label, (codes, index) in uses.items():
         kernel, integer = _kernel_of(opt, label, codes)
         if integer:
             kernels[kernel] += 1
+            on_integer.append(codes)
             continue
         node = model.graph.node[index]
         maps = maps or graph_maps(model)
@@ -162,7 +165,39 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
                      not in ("QuantizeLinear", "DequantizeLinear", "Shape", "Size"))
     return Fusion(len(uses), sum(kernels.values()), dict(kernels), unfused,
                   dict(sorted(ops.items())), latency=timed, float_ops=dict(floats),
-                  made_nbits=made_by_onnxruntime(model, opt), tables_line=line(model))
+                  made_nbits=made_by_onnxruntime(model, opt), tables_line=line(model),
+                  saturation_line=_saturation_line(model, on_integer))
+
+
+def saturating_cpu() -> bool:
+    """Whether onnxruntime's uint8 x int8 CPU kernels can saturate here: an x86 CPU without
+    VNNI sums pairs of products in int16 (vpmaddubsw); codes in [-64, 63] cannot overflow it
+    (2 x 255 x 64 < 2^15). False where /proc/cpuinfo cannot tell."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def _saturation_line(model: onnx.ModelProto, codes: list[str]) -> str:
+    """The line for integer layers whose int8 codes leave [-64, 63] on a saturating CPU."""
+    if not codes or not saturating_cpu():
+        return ""
+    inits = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    wide = sum(1 for c in codes if c in inits and _beyond(inits[c]))
+    return "" if not wide else (
+        f"this CPU (x86 without VNNI) can saturate onnxruntime's uint8 x int8 kernels on {wide} "
+        "of these layers (8-bit codes beyond [-64, 63]): the figures above include it; for "
+        "onnxruntime on such CPUs, --bits 7 keeps the integer kernels without it (README, "
+        "Deployment)")
+
+
+def _beyond(t: onnx.TensorProto) -> bool:
+    a = onnx.numpy_helper.to_array(t)
+    return bool(a.size) and (int(a.min()) < -64 or int(a.max()) > 63)
 
 
 def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tuple[str, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -159,6 +160,25 @@ def test_seven_bit_weights_run_on_the_integer_kernels_and_match_fake_quant_anywh
     fused = run(out, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     fake = run(out, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     assert rel(fused, fake) <= 0.02
+
+
+def test_the_fusion_check_names_codes_that_can_saturate_on_this_cpu(monkeypatch) -> None:
+    """On a CPU that saturates (fusion.saturating_cpu) the check says how many integer layers
+    have 8-bit codes beyond [-64, 63] and that --bits 7 avoids it, and the report prints it;
+    nothing at 7 bits or on another CPU."""
+    from onnx_obc.report import _fusion_lines
+    model = deep_mlp()
+    out8, _, layers = compressed(model)
+    out7, _, _ = compressed(model, bits=7)
+    monkeypatch.setattr(fusion, "saturating_cpu", lambda: True)
+    f8 = fusion.check(out8, layers)
+    assert f8.integer == 3 and "on 3 of these layers" in f8.saturation_line
+    assert "--bits 7" in f8.saturation_line
+    assert fusion.check(out7, layers).saturation_line == ""
+    r = SimpleNamespace(fusion=f8.to_dict(), config={"export": {"runtime": "onnxruntime"}})
+    assert any("can saturate" in line for line in _fusion_lines(r))
+    monkeypatch.setattr(fusion, "saturating_cpu", lambda: False)
+    assert fusion.check(out8, layers).saturation_line == ""
 
 
 def test_int32_bias_and_output_quantization() -> None:
