@@ -109,6 +109,9 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "2:4 gptq seq": {"nm": (2, 4), "method": "gptq", "sequential": True},
     "2:4+w4": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": False},
     "2:4+w4 seq": {"nm": (2, 4), "bits": 4, "method": "obc", "sequential": True},
+    "w8a8 ort": {"bits": 8, "act_bits": 8, "runtime": "onnxruntime", "reduce_range": "off"},
+    "w7a8 ort": {"bits": 7, "act_bits": 8, "runtime": "onnxruntime"},  # OBQ at 7 bits
+    "w8a8 ort rr": {"bits": 8, "act_bits": 8, "runtime": "onnxruntime", "reduce_range": "on"},
 }  # the runs without "seq" are one-shot where the default would be sequential (below 8
 # bits); any run + " nomask": the same with --token-mask none (calib/tokens.py); any run +
 # " damp=L": the same with relative dampening L (--damp; default 0.01)

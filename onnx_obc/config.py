@@ -58,14 +58,11 @@ class CompressConfig:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got "
                                   f"{type(getattr(self, name)).__name__}")
-        if self.alloc.mode == "auto":  # kept for replace(): the resolved mode is what runs
-            object.__setattr__(self, "_alloc_auto", self.alloc)
-            object.__setattr__(self, "alloc", dataclasses.replace(
-                self.alloc, mode=_auto_mode(self)))
-        if self.run.sequential is None:  # the same for run.sequential
-            object.__setattr__(self, "_run_auto", self.run)
-            object.__setattr__(self, "run", dataclasses.replace(
-                self.run, sequential=_auto_sequential(self)))
+        for s, f, unset, resolve in _AUTO:  # in order: run.sequential reads alloc.mode
+            spec = getattr(self, s)
+            if getattr(spec, f) == unset:  # kept as _<s>_auto for replace(); the resolved runs
+                object.__setattr__(self, f"_{s}_auto", spec)
+                object.__setattr__(self, s, dataclasses.replace(spec, **{f: resolve(self)}))
         _check_combination(self)
 
     @classmethod
@@ -80,11 +77,8 @@ class CompressConfig:
         for k, v in options.items():
             s, f = FLAT[k]
             changes.setdefault(s, {})[f] = _coerce(SECTIONS[s], f, v)
-        specs = {s: getattr(base, s) if base else c() for s, c in SECTIONS.items()}
-        if base is not None and hasattr(base, "_alloc_auto"):
-            specs["alloc"] = base._alloc_auto  # re-resolved for the changed options
-        if base is not None and hasattr(base, "_run_auto"):
-            specs["run"] = base._run_auto
+        specs = {s: getattr(base, f"_{s}_auto", getattr(base, s)) if base else c()
+                 for s, c in SECTIONS.items()}  # an automatic field: re-resolved
         return cls(**{s: dataclasses.replace(spec, **changes.get(s, {}))
                       for s, spec in specs.items()})
 
@@ -152,9 +146,39 @@ def _auto_sequential(c: CompressConfig) -> bool:
         and c.run.engine == "local")  # Ray: one layer per group would solve one at a time
 
 
+def _auto_reduce(c: CompressConfig) -> str:
+    """quant.reduce_range "auto": on for 8-bit weights and activations with the onnxruntime
+    target where this CPU's uint8 x int8 kernels can saturate (cpu.saturating_cpu: x86
+    without VNNI), off otherwise. The converting CPU stands for the deployment one (the run
+    verifies the written file on it); the report says so (reduce_note)."""
+    from .cpu import saturating_cpu
+
+    q = c.quant
+    on = (q.bits == 8 and q.act_bits == 8 and c.export.runtime == "onnxruntime"
+          and saturating_cpu())
+    return "on" if on else "off"
+
+
+def reduce_note(c: CompressConfig) -> list[str]:
+    """The report's line when quant.reduce_range "auto" turned on."""
+    auto = getattr(c, "_quant_auto", None) is not None and c.quant.reduce_range == "on"
+    return [
+        "reduce range on (automatic: this CPU, x86 without VNNI, can saturate onnxruntime's "
+        "uint8 x int8 kernels with 8-bit weight codes): 8-bit weights in 7 bits' range, codes "
+        "in [-63, 63]; for a deployment CPU with VNNI use --reduce-range off (README, "
+        "Deployment)"] * auto
+
+
+_AUTO = (("alloc", "mode", "auto", _auto_mode), ("run", "sequential", None, _auto_sequential),
+         ("quant", "reduce_range", "auto", _auto_reduce))  # (section, field, unset, resolved)
+
+
 def _check_combination(c: CompressConfig) -> None:
     """Rules that involve two specs, in the order a user meets them."""
     p, q, a, method = c.prune, c.quant, c.alloc, c.solver.method
+    if q.reduce_range == "on" and q.bits != 8 and a.budget != "bops":
+        raise ConfigError("quant.reduce_range keeps 8-bit weights in 7 bits' range: it needs "
+                          "quant.bits 8 (for fewer bits set quant.bits)")
     if p.block is not None and p.sparsity is None and not a.active:
         raise ConfigError("prune.block prunes a fraction of the blocks: add prune.sparsity")
     if p.nm and a.active:

@@ -171,6 +171,11 @@ _EXPORT_OPTIONS = [
     click.option("--act-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
                  help="With --runtime onnxruntime: uint8 asymmetric activations (fastest on x86) "
                       "or int8 symmetric."),
+    click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]), default="auto",
+                 show_default=True,
+                 help="With --bits 8: on stores 7-bit weight codes, which onnxruntime's uint8 x "
+                      "int8 CPU kernels cannot saturate on x86 without VNNI; auto: on with "
+                      "--act-bits 8 --runtime onnxruntime when this CPU is such a one."),
     click.option("--matmul-nbits/--no-matmul-nbits", default=True, show_default=True,
                  help="With --runtime onnxruntime: MatMul/Gemm weights of <= 4 bits as "
                       "com.microsoft.MatMulNBits (Conv weights: codes dequantized once at load)."),

@@ -24,7 +24,7 @@ from . import (branches, costplan, export, floatcheck, floatlayers, nbitslevel, 
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
-from .config import CompressConfig
+from .config import CompressConfig, reduce_note
 from .correct import (CorrectionResult, auto_decision, correct_outputs, correction_mode,
                       reference_means)
 from .costclock import solve_threads
@@ -288,7 +288,7 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, lay
         plan={} if plan is None else plan.to_dict(),
         folded=folded.to_dict() if folded is not None and folded.changed else {},
         smoothed={} if smoothed is None else smoothed.to_dict(),
-        notes=list(done.notes), pinned=pin)
+        notes=list(done.notes), pinned=pin, machine=reduce_note(cfg))
 
 
 @contextmanager

@@ -30,6 +30,7 @@ class QuantSpec:
     maxshrink: float = 0.8
     refine: bool | None = None  # H-aware code descent after the solve (solvers/refine.py);
     # None: the method's default (on for "obc", off for "gptq", which stays reference GPTQ)
+    reduced: bool = False  # 8-bit codes in 7 bits' range (quant.reduce_range); else as bits
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
@@ -42,11 +43,12 @@ class QuantSpec:
 
     @property
     def qmin(self) -> int:
-        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+        return -self.qmax if self.symmetric else 0
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+        b = self.bits - 1 if self.reduced else self.bits
+        return 2 ** (b - 1) - 1 if self.symmetric else 2**b - 1
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,6 @@ def _coarse_fine(W: Any, Wd: Any, lo: Any, hi: Any, spec: QuantSpec, g: int, H: 
     W32 = Wd.astype(xp.float32, copy=False)
     D32 = None if H is None else _group_diag(H).astype(xp.float32)  # [Gh, d]
     lo32, hi32 = lo.astype(xp.float32), hi.astype(xp.float32)
-
     R = Wd.shape[0]
     rows = max(1, SEARCH_CHUNK // max(1, Wd[0].size)) if xp.__name__ == "numpy" else R
 
@@ -223,7 +224,6 @@ def _coarse_fine(W: Any, Wd: Any, lo: Any, hi: Any, spec: QuantSpec, g: int, H: 
     scale, zero = _params((1.0 - best_i / spec.grid) * lo, (1.0 - best_i / spec.grid) * hi, spec)
     if H is not None:  # never worse than min-max under H, row by row (the clipped ones)
         s0, z0 = _params(lo, hi, spec)
-        R = W.shape[0]
         G = H.shape[0]
         moved = xp.nonzero((best_i > 0).reshape(G, R // G, -1).any(axis=(0, 2)))[0]
         H32 = H.astype(xp.float32) if moved.size else None

@@ -80,6 +80,7 @@ class Report:
     smoothed: dict[str, Any] = field(default_factory=dict)  # smooth.Smoothed.to_dict()
     notes: list[str] = field(default_factory=list)  # decisions a stage explains (floatcheck)
     pinned: dict[str, Any] = field(default_factory=dict)  # the options repeating them (pinned.py)
+    machine: list[str] = field(default_factory=list)  # settings "auto" took from this CPU
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,9 +95,9 @@ class Report:
         write_atomic(path, text.encode(), "the report", "--report")
 
     def decisions(self) -> list[str]:
-        """The run's decision lines: the token mask, the fold, the smoothing, the correction,
-        the notes."""
-        return [x for x in (self.calibration.get("token_mask", {}).get("summary"),
+        """The run's decision lines: the settings taken from this machine, the token mask, the
+        fold, the smoothing, the correction, the notes."""
+        return [x for x in (*self.machine, self.calibration.get("token_mask", {}).get("summary"),
                             self.folded.get("summary"), self.smoothed.get("summary"),
                             self.correction.get("decision"),
                             *self.notes) if x]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from .calibspec import CalibReading
+from .checks import choice, fraction, nm_ok, patterns
 from .engine.options import check_engine
 from .errors import ConfigError
 from .exportspec import ACT_TYPES, RUNTIMES, ExportOptions  # noqa: F401  (re-exported)
@@ -19,30 +19,6 @@ MB = 1 << 20  # the unit of the *_mb options
 METHODS = ("obc", "gptq", "magnitude", "rtn")
 DEVICES = ("auto", "cpu", "cuda")
 ACT_CALIBRATIONS = ("auto", "minmax", "percentile", "mse")  # quant.act_calibration
-
-
-def _nm_ok(nm: Any, name: str) -> None:
-    if nm is not None and not (isinstance(nm, tuple) and len(nm) == 2 and all(
-            isinstance(x, int) for x in nm) and 0 < nm[0] < nm[1]):
-        raise ConfigError(f"{name} needs a tuple of integers (N, M) with 0 < N < M, got {nm!r} "
-                          "(e.g. (2, 4))")
-
-
-def _fraction(value: Any, name: str, hint: str = "") -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not 0.0 < value < 1.0):
-        raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got "
-                          f"{value!r}{hint}")
-
-
-def _choice(value: Any, options: tuple[str, ...], name: str) -> None:
-    if value not in options:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
-
-
-def _patterns(value: Any, name: str) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(p, str) for p in value):
-        raise ConfigError(f"{name} must be a tuple of strings, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +33,7 @@ class Selection:
 
     def __post_init__(self) -> None:
         for name in ("op_types", "include", "exclude"):
-            _patterns(getattr(self, name), f"select.{name}")
+            patterns(getattr(self, name), f"select.{name}")
         if not isinstance(self.fold, bool):
             raise ConfigError(f"select.fold must be true or false, got {self.fold!r}")
         bad = [t for t in self.op_types if t not in LAYER_OPS]
@@ -89,9 +65,9 @@ class Pruning:
     channel_budget: str = "flops"
 
     def __post_init__(self) -> None:
-        _fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")
-        _fraction(self.channels, "prune.channels", " (for a 30% FLOP cut use 0.3)")
-        _nm_ok(self.nm, "prune.nm")
+        fraction(self.sparsity, "prune.sparsity", " (for 50% use 0.5)")
+        fraction(self.channels, "prune.channels", " (for a 30% FLOP cut use 0.3)")
+        nm_ok(self.nm, "prune.nm")
         if self.nm is not None and self.sparsity is not None:
             raise ConfigError("prune.nm sets the sparsity (N/M): drop prune.sparsity")
         if self.block is not None:
@@ -113,7 +89,9 @@ class Quantization:
     of the quantized layers, ranges from the capture ("minmax", "percentile" or "mse":
     actrange.py; "auto": act_method). refine: the H-aware code descent after the solve
     (solvers/refine.py); None: the method's default (on for "obc" below 8 bits, off for
-    "gptq", which then stays reference GPTQ). smooth, smooth_alpha: smooth.py (None: auto)."""
+    "gptq", which then stays reference GPTQ). smooth, smooth_alpha: smooth.py (None: auto).
+    reduce_range "on": 8-bit weights in 7 bits' range ([-63, 63], symmetric), which
+    onnxruntime's uint8 x int8 kernels cannot saturate (cpu.py); "auto": config._auto_reduce."""
 
     bits: int | None = None
     group_size: int | None = None
@@ -125,6 +103,7 @@ class Quantization:
     act_percentile: float = 99.99
     smooth: bool | None = None
     smooth_alpha: float | None = None
+    reduce_range: str = "auto"
 
     def __post_init__(self) -> None:
         if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(
@@ -138,7 +117,8 @@ class Quantization:
                 raise ConfigError(f"quant.{f} must be true, false or null, got {v!r}")
         if self.act_bits is not None and self.act_bits != 8:
             raise ConfigError(f"quant.act_bits must be 8 (int8 activations), got {self.act_bits!r}")
-        _choice(self.act_calibration, ACT_CALIBRATIONS, "quant.act_calibration")
+        choice(self.act_calibration, ACT_CALIBRATIONS, "quant.act_calibration")
+        choice(self.reduce_range, ("auto", "on", "off"), "quant.reduce_range")
         if not 50.0 < self.act_percentile <= 100.0:
             raise ConfigError(f"quant.act_percentile must be in (50, 100], got "
                               f"{self.act_percentile}")
@@ -151,11 +131,13 @@ class Quantization:
         return "mse" if self.act_calibration == "auto" else self.act_calibration
 
     def spec(self, bits: int | None = None) -> QuantSpec | None:
-        """The solver's weight grid for `bits` (default: quant.bits); None without bits."""
+        """The solver's weight grid for `bits` (default: quant.bits; 8 with reduce_range on:
+        in 7 bits' range); None without bits."""
         bits = self.bits if bits is None else bits
         return None if bits is None else QuantSpec(
             bits=bits, symmetric=self.symmetric, mse=self.clip_search,
-            group_size=self.group_size, refine=self.refine)
+            group_size=self.group_size, refine=self.refine,
+            reduced=bits == 8 and self.reduce_range == "on")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,12 +158,12 @@ class SolverOptions:
     shrink: bool = True
 
     def __post_init__(self) -> None:
-        _choice(self.method, METHODS, "solver.method")
+        choice(self.method, METHODS, "solver.method")
         if not 0.0 <= self.damp <= 10.0:
             raise ConfigError(f"solver.damp must be in [0, 10] (relative to mean diag H), got "
                               f"{self.damp}")
-        _choice(self.w8_hessian, ("auto", "diag", "full"), "solver.w8_hessian")
-        _choice(self.positions, ("auto", "all"), "solver.positions")
+        choice(self.w8_hessian, ("auto", "diag", "full"), "solver.w8_hessian")
+        choice(self.positions, ("auto", "all"), "solver.positions")
         if not isinstance(self.shrink, bool):
             raise ConfigError(f"solver.shrink must be true or false, got {self.shrink!r}")
 
@@ -207,9 +189,9 @@ class Allocation:
     save_profile: str | None = None
 
     def __post_init__(self) -> None:
-        _choice(self.mode, ("auto", "uniform", "dp"), "alloc.mode")
-        _choice(self.budget, ("sparsity", "params", "flops", "bops"), "alloc.budget")
-        _choice(self.score, ("loss", "output"), "alloc.score")
+        choice(self.mode, ("auto", "uniform", "dp"), "alloc.mode")
+        choice(self.budget, ("sparsity", "params", "flops", "bops"), "alloc.budget")
+        choice(self.score, ("loss", "output"), "alloc.score")
         if not 0.0 < self.max_sparsity < 1.0:
             raise ConfigError(f"alloc.max_sparsity must be in (0, 1), got {self.max_sparsity}")
         b = self.level_bits
@@ -218,7 +200,7 @@ class Allocation:
                        for x in b)):
             raise ConfigError(f"alloc.level_bits must be a tuple of distinct integers from 2 "
                               f"to 8, got {b!r}")
-        _nm_ok(self.level_nm, "alloc.level_nm")
+        nm_ok(self.level_nm, "alloc.level_nm")
         t = self.target
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
                               or not math.isfinite(t) or t < 1.0):
@@ -284,7 +266,7 @@ class RunOptions(CalibReading):
         if (t := self.time_budget_s) is not None and not (type(t) in (int, float) and 0 < t < 1e12):
             raise ConfigError(f"run.time_budget_s must be a number of seconds > 0, got {t!r}")
         self._check_calib()  # calib_preprocess, calib_sample_axes (calibspec.py)
-        _choice(self.device, DEVICES, "run.device")
+        choice(self.device, DEVICES, "run.device")
         for name, least in (("sequential_groups", 1), ("batch_size", 1), ("calib_samples", 1),
                             ("correct_samples", 1), ("memory_budget_mb", 16), ("workers", 1),
                             ("solver_memory_mb", 16)):

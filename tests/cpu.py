@@ -1,10 +1,10 @@
-"""The CPU onnxruntime's integer kernels run on here (export/fusion.saturating_cpu)."""
+"""The CPU onnxruntime's integer kernels run on here (onnx_obc/cpu.saturating_cpu)."""
 
 from __future__ import annotations
 
 import pytest
 
-from onnx_obc.export.fusion import saturating_cpu
+from onnx_obc.cpu import saturating_cpu
 
 
 NEEDS_VNNI = pytest.mark.skipif(saturating_cpu(), reason=(

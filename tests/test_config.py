@@ -44,6 +44,8 @@ from onnx_obc.flags import flags_in, load_recipe
     (dict(bits=8, act_bits=8, act_calibration="entropy"), "'percentile', 'mse', got",
      "--act-calibration must be"),
     (dict(), "nothing to do", "--sparsity 0.5"),
+    (dict(bits=4, reduce_range="on"), "needs quant.bits 8", "needs --bits 8"),
+    (dict(bits=8, reduce_range="yes"), "quant.reduce_range must be", "--reduce-range must be"),
 ])
 def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
     with pytest.raises(ConfigError, match=match) as info:

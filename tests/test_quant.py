@@ -31,6 +31,20 @@ def test_grid_values_and_codes(bits, symmetric, mse):
     assert np.all(quantize(np.zeros_like(W), s, z, grid.qmin, grid.qmax) == 0)  # 0 exact
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_reduced_8_bit_grid_is_the_7_bit_one(symmetric):
+    """quant.reduce_range: 8-bit weights in 7 bits' range, the same grid and codes as 7 bits
+    (the search at 8 bits' coarse-to-fine, asked for at 7 too), the 8-bit paths kept."""
+    W = weights(7, 24, 8)[0]
+    red = QuantSpec(bits=8, symmetric=symmetric, reduced=True)
+    seven = QuantSpec(bits=7, symmetric=symmetric)
+    assert (red.qmin, red.qmax) == (seven.qmin, seven.qmax) == ((-63, 63) if symmetric
+                                                                 else (0, 127))
+    g7, g8 = fit_grid(W, seven, coarse=True), fit_grid(W, red)
+    np.testing.assert_array_equal(codes(rtn(W, g8), g8), codes(rtn(W, g7), g7))
+    assert red.bits == 8
+
+
 def test_clipping_search_lowers_the_p_norm_error():
     W = np.random.default_rng(0).standard_t(3, size=(16, 64))  # heavy tails
     err = {}

@@ -15,7 +15,6 @@ fused with its bias into a float Gemm; or codes that the session dequantizes onc
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from .. import cpu
 from ..layers import Layer, constant_weights, node_label
 from .nbits import made_by_onnxruntime, made_line
 from .orttables import line
@@ -169,30 +169,17 @@ def check(model: onnx.ModelProto, layers: list[Layer], runtime: Any = None,
                   saturation_line=_saturation_line(model, on_integer))
 
 
-def saturating_cpu() -> bool:
-    """Whether onnxruntime's uint8 x int8 CPU kernels can saturate here: an x86 CPU without
-    VNNI sums pairs of products in int16 (vpmaddubsw); codes in [-64, 63] cannot overflow it
-    (2 x 255 x 64 < 2^15). False where /proc/cpuinfo cannot tell."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
 def _saturation_line(model: onnx.ModelProto, codes: list[str]) -> str:
     """The line for integer layers whose int8 codes leave [-64, 63] on a saturating CPU."""
-    if not codes or not saturating_cpu():
+    if not codes or not cpu.saturating_cpu():
         return ""
     inits = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     wide = sum(1 for c in codes if c in inits and _beyond(inits[c]))
     return "" if not wide else (
         f"this CPU (x86 without VNNI) can saturate onnxruntime's uint8 x int8 kernels on {wide} "
-        "of these layers (8-bit codes beyond [-64, 63]): the figures above include it; for "
-        "onnxruntime on such CPUs, --bits 7 keeps the integer kernels without it (README, "
-        "Deployment)")
+        "of these layers (8-bit codes beyond [-64, 63]): the figures above include it; "
+        "--reduce-range on (the default on such CPUs) stores 7-bit codes, which cannot "
+        "(README, Deployment)")
 
 
 def _beyond(t: onnx.TensorProto) -> bool:

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_obc.channels.timing as timing
-from onnx_obc import convert, verify
+from onnx_obc import convert, cpu, verify
 from onnx_obc.actrange import RangeObserver
 from onnx_obc.capture import capture, capture_session
 from onnx_obc.config import CompressConfig
@@ -163,21 +163,21 @@ def test_seven_bit_weights_run_on_the_integer_kernels_and_match_fake_quant_anywh
 
 
 def test_the_fusion_check_names_codes_that_can_saturate_on_this_cpu(monkeypatch) -> None:
-    """On a CPU that saturates (fusion.saturating_cpu) the check says how many integer layers
-    have 8-bit codes beyond [-64, 63] and that --bits 7 avoids it, and the report prints it;
+    """On a CPU that saturates (cpu.saturating_cpu) the check says how many integer layers
+    have 8-bit codes beyond [-64, 63] and that --reduce-range avoids it, and the report says so;
     nothing at 7 bits or on another CPU."""
     from onnx_obc.report import _fusion_lines
     model = deep_mlp()
     out8, _, layers = compressed(model)
     out7, _, _ = compressed(model, bits=7)
-    monkeypatch.setattr(fusion, "saturating_cpu", lambda: True)
+    monkeypatch.setattr(cpu, "saturating_cpu", lambda: True)
     f8 = fusion.check(out8, layers)
     assert f8.integer == 3 and "on 3 of these layers" in f8.saturation_line
-    assert "--bits 7" in f8.saturation_line
+    assert "--reduce-range on" in f8.saturation_line
     assert fusion.check(out7, layers).saturation_line == ""
     r = SimpleNamespace(fusion=f8.to_dict(), config={"export": {"runtime": "onnxruntime"}})
     assert any("can saturate" in line for line in _fusion_lines(r))
-    monkeypatch.setattr(fusion, "saturating_cpu", lambda: False)
+    monkeypatch.setattr(cpu, "saturating_cpu", lambda: False)
     assert fusion.check(out8, layers).saturation_line == ""
 
 
