@@ -185,6 +185,7 @@ def smooth(proto: onnx.ModelProto, layers: list[Layer], data, runtime, cfg
     if not found:
         return proto, None
     alpha = cfg.quant.smooth_alpha
+    wbits = 7 if cfg.quant.reduce_range == "on" else 8  # the weights' grid (quant.spec)
     amax, sample = channel_stats(proto, list(found), data, runtime, cfg.run.memory_budget_mb)
     graph = gs.import_onnx(proto)
     tensors = graph.tensors()
@@ -198,7 +199,8 @@ def smooth(proto: onnx.ModelProto, layers: list[Layer], data, runtime, cfg
         wmax = np.max([np.abs(m).max(axis=(0, 1)) for m in mats], axis=0)
         if a.shape != wmax.shape or a.max() <= 0:
             continue
-        pick = choose(sample[t], [m[0] for m in mats]) if alpha is None else Choice(alpha)
+        pick = choose(sample[t], [m[0] for m in mats], wbits=wbits) if alpha is None else (
+            Choice(alpha))
         med = float(np.median(a))
         ratio = float(a.max() / med) if med > 0 else float("inf")
         if pick.alpha is None:

@@ -76,9 +76,10 @@ def fake_weights(W, bits: int = 8):
     return xp.clip(xp.rint(W / step), -q, q) * step
 
 
-def output_error(X, Ws: list, s, fit=None, Ys: list | None = None) -> float:
+def output_error(X, Ws: list, s, fit=None, Ys: list | None = None, wbits: int = 8) -> float:
     """sum over the layers of ||X W^T - Qa(X / s) Qw(W s)^T||^2 / ||X W^T||^2, the
-    activation grid fitted on the rows `fit` (default X); `Ys`: the X W^T, if known."""
+    activation grid fitted on the rows `fit` (default X); `Ys`: the X W^T, if known; Qw on
+    `wbits` (7: the reduced range)."""
     s = s.astype(X.dtype)
     Xq = fake_activations(X / s[None, :], None if fit is None else fit / s[None, :])
     total = 0.0
@@ -86,7 +87,7 @@ def output_error(X, Ws: list, s, fit=None, Ys: list | None = None) -> float:
         Y = X @ W.T if Ys is None else Ys[i]  # [n, r]
         den = float((Y ** 2).sum(dtype=float))
         if den > 0:
-            E = Y - Xq @ fake_weights(W * s[None, :]).T
+            E = Y - Xq @ fake_weights(W * s[None, :], wbits).T
             total += float((E ** 2).sum(dtype=float)) / den
     return total
 
@@ -105,7 +106,8 @@ def _rows(W):
     return W if r <= OUT_ROWS else W[(xp_of(W).arange(OUT_ROWS) * r) // OUT_ROWS]
 
 
-def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS) -> Choice:
+def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS, wbits: int = 8
+           ) -> Choice:
     """The strength of lowest output error for the layers Ws (each [r, d]) reading the
     input, or None where none is MARGIN below no smoothing's. `halves`: [(X [n, d], amax
     [d])] per half of the calibration samples (rows and per-channel maxima): with two, each
@@ -122,7 +124,7 @@ def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS) -> Choice
 
     def error(alpha: float | None) -> float:  # each fold: one half's scales, the other's rows
         return sum(output_error(test[0], Ws, xp.ones(test[0].shape[1]) if alpha is None else
-                                scales(fit[1], wmax, alpha), fit[0], test[2])
+                                scales(fit[1], wmax, alpha), fit[0], test[2], wbits)
                    for fit, test in pairs) / len(pairs)
     errors = {"off": error(None), **{f"{a:g}": error(a) for a in alphas}}
     low = min(errors[f"{a:g}"] for a in alphas)
