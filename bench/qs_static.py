@@ -1,6 +1,7 @@
 """onnxruntime's `quantize_static` as the bench runs it (QDQ, per channel, MinMax, uint8
-activations / int8 weights; models below opset 13 converted to 13 first, as per-channel QDQ
-needs), in a module that imports only numpy, onnx and onnxruntime: timing it as its own
+activations / int8 weights, 7-bit ones where the CPU lacks VNNI; models below opset 13
+converted to 13 first, as per-channel QDQ needs), in a module that imports only numpy,
+onnx and onnxruntime (and onnx_obc/cpu.py, platform and pathlib only): timing it as its own
 process (bench/w8_cpu.py, bench/w8_speed.py) then counts what a user of `quantize_static`
 pays, not onnx-obc's imports (bench/deploy.py imported onnx_obc; it now imports these from
 here).
@@ -30,7 +31,11 @@ def _batches(model: onnx.ModelProto, data: dict, n: int) -> list[dict]:
             for i in range(0, n, step)]
 
 
-def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> None:
+def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto,
+                    reduce_range: bool | None = None) -> None:
+    """`reduce_range` (7-bit weights) None: where this CPU saturates onnxruntime's uint8 x
+    int8 kernels (x86 without VNNI, onnx_obc/cpu.py), as onnxruntime's documentation
+    advises there and as onnx-obc's --reduce-range auto does; before 2026-12-07 never."""
     from onnx import version_converter
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -54,6 +59,9 @@ def quantize_static(src: str, out: str, calib: dict, model: onnx.ModelProto) -> 
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
+    if reduce_range is None:
+        from onnx_obc.cpu import saturating_cpu
+        reduce_range = saturating_cpu()
     qs(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-       calibrate_method=CalibrationMethod.MinMax)
+       calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
