@@ -151,8 +151,9 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
         if dropped or gelus:
             log.info("onnxruntime target: %d Max / Min bound(s) dropped (their QuantizeLinear"
                      " saturates there), %d GELU(s) as one Gelu", dropped, gelus)
-        if dynamic_lstm:
-            model, notes = ortlstm.rewrite(model)
+        if dynamic_lstm:  # on the layers' range: reduced where theirs is (quant.reduce_range)
+            model, notes = ortlstm.rewrite(model, 63 if any(
+                q.reduced for q in qweights.values()) else 127)
             for note in notes:
                 log.warning(note)
     if tables and qweights:

@@ -32,14 +32,15 @@ from .nbits import DOMAIN, with_domain
 OP = "DynamicQuantizeLSTM"
 
 
-def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def int8_rows(w: np.ndarray, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """(codes int8 [dirs, cols, rows] (transposed), scales float32 [dirs, rows]) of an LSTM
-    weight w [dirs, rows = 4·hidden, cols]: symmetric per row, scale max |w| / 127 (1 for an
-    all-zero row), codes round(w / scale) in [-127, 127]."""
+    weight w [dirs, rows = 4·hidden, cols]: symmetric per row, scale max |w| / qmax (1 for an
+    all-zero row), codes round(w / scale) in [-qmax, qmax] (63: the reduced range, which its
+    uint8 x int8 products cannot saturate on x86 without VNNI, as the layers' codes)."""
     w = np.asarray(w, np.float64)
-    scale = np.abs(w).max(axis=2) / 127.0  # [dirs, rows]
+    scale = np.abs(w).max(axis=2) / float(qmax)  # [dirs, rows]
     scale[scale == 0] = 1.0
-    codes = np.clip(np.rint(w / scale[:, :, None]), -127, 127).astype(np.int8)
+    codes = np.clip(np.rint(w / scale[:, :, None]), -qmax, qmax).astype(np.int8)
     return np.ascontiguousarray(codes.transpose(0, 2, 1)), scale.astype(np.float32)
 
 
@@ -67,9 +68,10 @@ def plan(model: onnx.ModelProto) -> tuple[list[int], list[str]]:
     return take, notes
 
 
-def rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def rewrite(model: onnx.ModelProto, qmax: int = 127) -> tuple[onnx.ModelProto, list[str]]:
     """Copy of `model` with each LSTM that `plan` takes as a DynamicQuantizeLSTM (same name
-    + "_quant", same outputs and attributes); `model` itself when there is none."""
+    + "_quant", same outputs and attributes), its weights' codes in [-qmax, qmax] (int8_rows);
+    `model` itself when there is none."""
     take, notes = plan(model)
     if not take:
         return model, notes
@@ -82,7 +84,7 @@ def rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         for k in (1, 2):
             name = node.inputs[k].name
             fresh(tensors, f"{name}_int8", f"{name}_int8_scale", f"{name}_int8_zero_point")
-            codes, scale = int8_rows(onnx.numpy_helper.to_array(consts[name][1]))
+            codes, scale = int8_rows(onnx.numpy_helper.to_array(consts[name][1]), qmax)
             node.inputs[k] = constant(f"{name}_int8", codes)
             extra += [constant(f"{name}_int8_scale", scale),
                       constant(f"{name}_int8_zero_point", np.zeros(scale.shape, np.int8))]

@@ -52,6 +52,7 @@ class QuantizedWeight:
     block_size: int | None  # None = per-axis
     bits: int  # 2..8
     signed: bool  # True: int8/int4 storage; False: uint8/uint4
+    reduced: bool = False  # 8-bit codes in 7 bits' range (quant.reduce_range)
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -149,20 +150,21 @@ def to_onnx(layer: Layer, codes: np.ndarray, grid: Grid, bits: int) -> Quantized
     scale = np.asarray(grid.scale, dtype=np.float32)  # [R, n_groups]
     zero = np.asarray(grid.zero).round().astype(np.int32)
     signed = grid.qmin < 0
+    kind = (bits, signed, bits == 8 and grid.qmax < (127 if signed else 255))  # reduced
     if grid.group_size == d:  # per output channel
         axis = 1 if layer.layout == "cols" else 0
-        return QuantizedWeight(q, scale[:, 0], zero[:, 0], axis, None, bits, signed)
+        return QuantizedWeight(q, scale[:, 0], zero[:, 0], axis, None, *kind)
     g = grid.group_size
     if layer.layout == "rows":
-        return QuantizedWeight(q, scale, zero, 1, g, bits, signed)
+        return QuantizedWeight(q, scale, zero, 1, g, *kind)
     if layer.layout == "cols":
-        return QuantizedWeight(q, scale.T.copy(), zero.T.copy(), 0, g, bits, signed)
+        return QuantizedWeight(q, scale.T.copy(), zero.T.copy(), 0, g, *kind)
     k = layer.shape[2:]
     m = g // math.prod(k)  # input channels per block
     shape = (layer.shape[0], layer.shape[1] // m) + (1,) * len(k)
     scale_c = np.broadcast_to(scale.reshape(shape), shape[:2] + tuple(k)).copy()
     zero_c = np.broadcast_to(zero.reshape(shape), shape[:2] + tuple(k)).copy()
-    return QuantizedWeight(q, scale_c, zero_c, 1, m, bits, signed)
+    return QuantizedWeight(q, scale_c, zero_c, 1, m, *kind)
 
 
 def quantize_weights(model: onnx.ModelProto, layers: list[Layer],

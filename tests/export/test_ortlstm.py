@@ -141,6 +141,24 @@ def test_w8a8_onnxruntime_target_quantizes_the_lstm_and_reports_it(tmp_path):
     assert ortlstm.OP not in r3.report.fusion.get("kernels", {})
 
 
+def test_the_reduced_range_reaches_the_lstm_weights(tmp_path):
+    """--reduce-range on: the LSTM's int8 weights in [-63, 63] as the layers' codes (its
+    uint8 x int8 products cannot saturate either), at most twice int8_rows' 127 step."""
+    model = lstm_model(head=True)
+    kw = dict(calib=[feed(64, seed=3)], bits=8, act_bits=8, runtime="onnxruntime",
+              progress=False, compare_baseline=False)
+    codes = {}
+    for rr in ("on", "off"):
+        r = convert(model, None, reduce_range=rr, **kw)
+        lstm = next(n for n in r.model.graph.node if n.op_type == ortlstm.OP)
+        inits = {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}
+        codes[rr] = np.concatenate([inits[lstm.input[k]].ravel() for k in (1, 2)])
+        x = feed(8, seed=4)
+        assert rel(run(r.model, x), run(model, x)) < 0.05
+    assert np.abs(codes["on"]).max() == 63 and np.abs(codes["off"]).max() == 127
+    assert codes["on"].dtype == np.int8
+
+
 def test_the_option_is_frozen_and_only_reaches_the_onnxruntime_target():
     cfg = CompressConfig.from_options(bits=8, act_bits=8, runtime="onnxruntime",
                                       dynamic_lstm=False)
