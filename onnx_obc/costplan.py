@@ -29,6 +29,9 @@ from .errors import ConfigError
 from .layers import Layer
 from .specs import MB
 
+SMALL_WORK = 2e9  # exact work (sum of G r d^3 over the layers) at most this: rates unmeasured
+# (their micro-benchmark, ~2.9 s on a 2-core machine, was 80% of the shipped digits_cnn's
+# 3.6 s --sparsity 0.5 run, whose solves and allocation took 0.4 s; work 1.5e9)
 OBQ_CANDIDATES = 4  # GPTQ solves beside OBQ in the obc quantization stage (solvers/choose.py)
 FAST_CANDIDATES = 1  # GPTQ solves where OBQ does not pay (choose.fast_quantized)
 
@@ -63,6 +66,7 @@ class Plan:
     rates: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     allocate_seconds: float | None = None  # predicted for the DP's stage (allocation_seconds)
+    untimed: str = ""  # why no time is predicted ("" where it is)
 
     def blocks(self) -> dict[str, int]:
         """weight -> column blocks of its Hessian."""
@@ -73,7 +77,7 @@ class Plan:
 
     @property
     def seconds(self) -> float | None:
-        """The predicted solve seconds (None: not predicted, 8 bits alone; make_plan)."""
+        """The predicted solve seconds (None: not predicted, `untimed` says why)."""
         if any(p.seconds is None for p in self.layers):
             return None
         return sum(p.seconds for p in self.layers)
@@ -119,7 +123,8 @@ class Plan:
                 "budget_bytes": self.budget_bytes, "activation_bytes": self.activation_bytes,
                 "row_bytes": self.row_bytes, "time_budget_s": self.time_budget_s,
                 "predicted_seconds": self.seconds, "hessian_bytes": self.hessian_total,
-                "rates": dict(self.rates), "allocate_seconds": self.allocate_seconds}
+                "rates": dict(self.rates), "allocate_seconds": self.allocate_seconds,
+                "untimed": self.untimed}
 
 
 def _refined(q: Any, candidates: int) -> int:
@@ -160,9 +165,11 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     """The plan for `layers` under cfg.run's budgets (see the module docstring). `row_cap`:
     an upper bound on the solver's row-batch bytes (--solver-memory, or the GPU's memory);
     `rates`: measured rates (default: costmodel.calibrate on `xp`). Runs that quantize
-    alone at 8 bits (not exact_applies) without `run.time_budget_s` and `rates` measure
-    none and predict no time (every seconds field None): nothing in them reads it, and the
-    micro-benchmarks were a tenth of such a run (README "W8A8 conversion time")."""
+    alone at 8 bits (not exact_applies), or whose exact work is at most SMALL_WORK, without
+    `run.time_budget_s` and `rates` measure none and predict no time (every seconds field
+    None, Plan.untimed says why): nothing in them reads it but the printed plan, and the
+    micro-benchmarks were a tenth of such an 8-bit run (README "W8A8 conversion time"),
+    most of a small one."""
     import numpy as np
 
     run, q, prune = cfg.run, cfg.quant, cfg.prune
@@ -187,7 +194,9 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     if row_cap is not None:
         row = min(row, row_cap)
     exact = exact_applies(cfg)
-    timed = rates is not None or exact or run.time_budget_s is not None
+    work = sum(s.G * s.r * float(s.d) ** 3 for s in plan_shapes.values())
+    timed = rates is not None or (exact and work > SMALL_WORK) or run.time_budget_s is not None
+    untimed = "" if timed else "8 bits alone" if not exact else "a small run"
     rt = (rates or calibrate(xp or np, sync, exact=exact)) if timed else None
     sparsity = 0.0 if not st_free else (prune.sparsity or 0.0)
     quant = bool(q.bits)
@@ -218,7 +227,7 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     note = contention_note(rt)  # the micro-benchmark's BLAS threads were contended
     out = Plan(plans, M, max(MIN_ACTIVATIONS, M - held(plan_shapes, per_hess, groups)), row,
                run.time_budget_s, {} if rt is None else rt.to_dict(), [note] if note else [],
-               allocation_seconds(plan_shapes, cfg, rt, row))
+               allocation_seconds(plan_shapes, cfg, rt, row), untimed)
     if run.time_budget_s is not None and method == "obc" and st_free and exact:
         from .costfit import fit_time
         out = fit_time(out, rt, sparsity, quant, row, align)
@@ -233,7 +242,8 @@ def plan_line(p: dict[str, Any], layers: list[tuple[float | None, float]],
     t, each, a = p["predicted_seconds"], [x for x, _ in layers], p.get("allocate_seconds")
     t = sum(each) if t is not None and all(each) else t
     solved = sum(m for _, m in layers)
-    return ("plan: solve " + ("not predicted (8 bits alone)" if t is None else
+    return ("plan: solve " + (f"not predicted ({p.get('untimed') or '8 bits alone'})"
+                              if t is None else
                               f"predicted {t:.1f}s") + f", measured {solved:.1f}s"
             + ("" if a is None else f"; allocation predicted {a:.1f}s, measured "
                f"{allocate or 0.0:.1f}s") + f"; Hessians {p['hessian_bytes'] / MB:.0f} MB of "

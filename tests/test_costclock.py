@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from onnx_obc import costplan
 from onnx_obc.config import CompressConfig
 from onnx_obc.costclock import CONTENDED, GIVE_UP, Clock
 from onnx_obc.costplan import make_plan
@@ -104,6 +105,7 @@ def _blas_threads() -> int:
 
 
 def test_a_contended_plan_solves_on_one_blas_thread(monkeypatch):
+    monkeypatch.setattr(costplan, "SMALL_WORK", 0.0)  # its predictions on a small model
     """The rates are then the one-thread ones, and the solve runs as predicted: on one
     thread (the contended threads slow the solve's small kernels as the benchmark's)."""
     threadpool_limits = pytest.importorskip("threadpoolctl").threadpool_limits

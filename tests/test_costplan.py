@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from onnx_obc import convert
+from onnx_obc import convert, costplan
 from onnx_obc.backend import get_backend
 from onnx_obc.collect import collect
 from onnx_obc.calib import DataSet
@@ -28,6 +28,12 @@ from onnx_obc.specs import MB
 
 from . import builders as b
 from .solvers.data import correlated_H, weights
+
+
+@pytest.fixture(autouse=True)
+def timed_plans(monkeypatch):
+    """These tests read the predictions on layers far below costplan.SMALL_WORK."""
+    monkeypatch.setattr(costplan, "SMALL_WORK", 0.0)
 
 RATES = Rates(flop32=1e-10, flop64=1e-10, prep=0.2, eig=0.2, chol=1e-9, solve=1e-10,
               prep_exp=3, eig_exp=3, spill=2, step=1e-5, row=1e-7, elem=1e-9, qstep=1e-5,
@@ -314,3 +320,24 @@ def test_a_time_budget_too_small_for_the_dp_s_tables_takes_uniform_sparsity():
                     time_budget_s=1e-6)
     assert asked.report.config["alloc"]["mode"] == "dp"
     assert not [w for w in asked.report.warnings if "instead of the default DP" in w]
+
+
+def test_a_small_run_measures_no_rates_and_says_why(monkeypatch):
+    """Exact work (sum of G r d^3) at most SMALL_WORK and no --time-budget: the rates are not
+    measured (their micro-benchmark was most of such a run) and no time is predicted; the
+    report's plan line says why. Above it, or with a time budget, they are."""
+    from onnx_obc import costrates
+    monkeypatch.setattr(costplan, "SMALL_WORK", 2e9)
+    calls = []
+    monkeypatch.setattr(costplan, "calibrate", lambda *a, **k: calls.append(1) or (
+        costrates.calibrate(*a, **k)))
+    layers = find_layers(b.mlp((16, 64, 8)))[0]
+    plan = make_plan(layers, CompressConfig.from_options(sparsity=0.5))
+    assert not calls and plan.seconds is None and plan.untimed == "a small run"
+    assert plan.allocate_seconds is None and all(p.hessian_bytes for p in plan.layers)
+    assert "not predicted (a small run)" in costplan.plan_line(plan.to_dict(), [(None, 0.1)],
+                                                               None)
+    assert make_plan(layers, CompressConfig.from_options(sparsity=0.5, time_budget_s=60)
+                     ).seconds is not None and calls
+    monkeypatch.setattr(costplan, "SMALL_WORK", 0.0)
+    assert make_plan(layers, CompressConfig.from_options(sparsity=0.5)).untimed == ""
