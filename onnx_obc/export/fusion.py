@@ -178,8 +178,8 @@ def _saturation_line(model: onnx.ModelProto, codes: list[str]) -> str:
     return "" if not wide else (
         f"this CPU (x86 without VNNI) can saturate onnxruntime's uint8 x int8 kernels on {wide} "
         "of these layers (8-bit codes beyond [-64, 63]): the figures above include it; "
-        "--reduce-range on (the default on such CPUs) stores 7-bit codes, which cannot "
-        "(README, Deployment)")
+        "--reduce-range on keeps the codes in [-63, 63], which cannot (the default on such "
+        "CPUs with --act-bits 8 --runtime onnxruntime; README, Deployment)")
 
 
 def _beyond(t: onnx.TensorProto) -> bool:
