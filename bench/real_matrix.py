@@ -112,6 +112,8 @@ RUNS = {  # name -> convert() options (the pruning method is the model's unless 
     "w8a8 ort": {"bits": 8, "act_bits": 8, "runtime": "onnxruntime", "reduce_range": "off"},
     "w7a8 ort": {"bits": 7, "act_bits": 8, "runtime": "onnxruntime"},  # OBQ at 7 bits
     "w8a8 ort rr": {"bits": 8, "act_bits": 8, "runtime": "onnxruntime", "reduce_range": "on"},
+    "w8a8 ort rr full": {"bits": 8, "act_bits": 8, "runtime": "onnxruntime",
+                         "reduce_range": "on", "w8_hessian": "full"},
 }  # the runs without "seq" are one-shot where the default would be sequential (below 8
 # bits); any run + " nomask": the same with --token-mask none (calib/tokens.py); any run +
 # " damp=L": the same with relative dampening L (--damp; default 0.01)
