@@ -162,6 +162,29 @@ def test_seven_bit_weights_run_on_the_integer_kernels_and_match_fake_quant_anywh
     assert rel(fused, fake) <= 0.02
 
 
+@pytest.mark.parametrize("builder, expected", [
+    (residual_cnn, {"QLinearConv": 2, "QGemm": 1}),
+    (deep_mlp, {"QLinearMatMul": 2, "MatMulIntegerToFloat": 1}),
+])
+def test_the_reduced_range_matches_fake_quant_anywhere(builder, expected) -> None:
+    """--reduce-range on (the default where the CPU lacks VNNI): the whole W8A8 run's file,
+    every layer integer, its codes in [-63, 63], equals fake quantization on every CPU (the
+    full 8-bit codes need VNNI for that: NEEDS_VNNI above)."""
+    model = builder()
+    feed = b.feeds(model, 32, seed=1)
+    r = convert(model, None, calib=[feed], bits=8, act_bits=8, runtime="onnxruntime",
+                reduce_range="on", float_stem=False, float_highres=False,
+                float_heads=False, progress=False, compare_baseline=False)
+    ops = optimized_ops(r.model)
+    assert {k: ops[k] for k in expected} == expected, ops
+    codes = [onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer
+             if t.data_type == TensorProto.INT8]
+    assert codes and max(int(np.abs(c.astype(np.int16)).max()) for c in codes) == 63
+    fused = run(r.model, feed, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    fake = run(r.model, feed, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert rel(fused, fake) <= 0.02
+
+
 def test_the_fusion_check_names_codes_that_can_saturate_on_this_cpu(monkeypatch) -> None:
     """On a CPU that saturates (cpu.saturating_cpu) the check says how many integer layers
     have 8-bit codes beyond [-64, 63] and that --reduce-range avoids it, and the report says so;
