@@ -22,7 +22,7 @@ Measured: README "Smoothing activation outliers" under Deployment."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -185,7 +185,7 @@ def smooth(proto: onnx.ModelProto, layers: list[Layer], data, runtime, cfg
     if not found:
         return proto, None
     alpha = cfg.quant.smooth_alpha
-    wbits = 7 if cfg.quant.reduce_range == "on" else 8  # the weights' grid (quant.spec)
+    qmax = replace(cfg.quant.spec(8), symmetric=True).qmax  # the weights' 8-bit grid
     amax, sample = channel_stats(proto, list(found), data, runtime, cfg.run.memory_budget_mb)
     graph = gs.import_onnx(proto)
     tensors = graph.tensors()
@@ -199,7 +199,7 @@ def smooth(proto: onnx.ModelProto, layers: list[Layer], data, runtime, cfg
         wmax = np.max([np.abs(m).max(axis=(0, 1)) for m in mats], axis=0)
         if a.shape != wmax.shape or a.max() <= 0:
             continue
-        pick = choose(sample[t], [m[0] for m in mats], wbits=wbits) if alpha is None else (
+        pick = choose(sample[t], [m[0] for m in mats], qmax=qmax) if alpha is None else (
             Choice(alpha))
         med = float(np.median(a))
         ratio = float(a.max() / med) if med > 0 else float("inf")

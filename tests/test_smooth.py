@@ -191,6 +191,23 @@ def test_auto_and_the_report(tmp_path):
     assert not r.report.smoothed and "smooth" not in r.report.seconds
 
 
+def test_the_strengths_are_chosen_on_the_run_s_weight_grid(tmp_path, monkeypatch):
+    """--reduce-range on: `choose` scores the strengths on the 7-bit range's codes (qmax 63),
+    off on the full 8-bit ones (127), the same grid the solver then writes."""
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(k["qmax"])
+        return smooth_choose(*a, **k)
+    smooth_choose = smooth.choose
+    monkeypatch.setattr(smooth, "choose", spy)
+    np.savez(tmp_path / "c.npz", x=inputs(32, 1))
+    for rr in ("on", "off"):
+        convert(block(), tmp_path / "o.onnx", calib=str(tmp_path / "c.npz"), bits=8,
+                act_bits=8, runtime="onnxruntime", reduce_range=rr, progress=False)
+    assert set(seen[:len(seen) // 2]) == {63} and set(seen[len(seen) // 2:]) == {127}
+
+
 def test_cli(tmp_path):
     onnx.save(block(), tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=inputs(16, 1))

@@ -67,19 +67,21 @@ def fake_activations(X, fit=None, bits: int = 8):
     return grid(c, X)
 
 
-def fake_weights(W, bits: int = 8):
-    """W [r, d] rounded to nearest on symmetric per-row min-max grids."""
+def fake_weights(W, qmax: int = 127):
+    """W [r, d] rounded to nearest on symmetric per-row min-max grids, codes in
+    [-qmax, qmax] (127: 8 bits; 63: 8 bits in 7 bits' range, quant.QuantSpec.reduced)."""
     xp = xp_of(W)
-    q = 2 ** (bits - 1) - 1
+    q = qmax
     step = xp.abs(W).max(axis=1, keepdims=True) / q
     step = xp.where(step > 0, step, 1.0)
     return xp.clip(xp.rint(W / step), -q, q) * step
 
 
-def output_error(X, Ws: list, s, fit=None, Ys: list | None = None, wbits: int = 8) -> float:
+def output_error(X, Ws: list, s, fit=None, Ys: list | None = None, qmax: int = 127
+                 ) -> float:
     """sum over the layers of ||X W^T - Qa(X / s) Qw(W s)^T||^2 / ||X W^T||^2, the
-    activation grid fitted on the rows `fit` (default X); `Ys`: the X W^T, if known; Qw on
-    `wbits` (7: the reduced range)."""
+    activation grid fitted on the rows `fit` (default X); `Ys`: the X W^T, if known; Qw's
+    codes in [-qmax, qmax] (fake_weights)."""
     s = s.astype(X.dtype)
     Xq = fake_activations(X / s[None, :], None if fit is None else fit / s[None, :])
     total = 0.0
@@ -87,7 +89,7 @@ def output_error(X, Ws: list, s, fit=None, Ys: list | None = None, wbits: int = 
         Y = X @ W.T if Ys is None else Ys[i]  # [n, r]
         den = float((Y ** 2).sum(dtype=float))
         if den > 0:
-            E = Y - Xq @ fake_weights(W * s[None, :], wbits).T
+            E = Y - Xq @ fake_weights(W * s[None, :], qmax).T
             total += float((E ** 2).sum(dtype=float)) / den
     return total
 
@@ -106,7 +108,7 @@ def _rows(W):
     return W if r <= OUT_ROWS else W[(xp_of(W).arange(OUT_ROWS) * r) // OUT_ROWS]
 
 
-def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS, wbits: int = 8
+def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS, qmax: int = 127
            ) -> Choice:
     """The strength of lowest output error for the layers Ws (each [r, d]) reading the
     input, or None where none is MARGIN below no smoothing's. `halves`: [(X [n, d], amax
@@ -124,7 +126,7 @@ def choose(halves: list, Ws: list, alphas: tuple[float, ...] = ALPHAS, wbits: in
 
     def error(alpha: float | None) -> float:  # each fold: one half's scales, the other's rows
         return sum(output_error(test[0], Ws, xp.ones(test[0].shape[1]) if alpha is None else
-                                scales(fit[1], wmax, alpha), fit[0], test[2], wbits)
+                                scales(fit[1], wmax, alpha), fit[0], test[2], qmax)
                    for fit, test in pairs) / len(pairs)
     errors = {"off": error(None), **{f"{a:g}": error(a) for a in alphas}}
     low = min(errors[f"{a:g}"] for a in alphas)

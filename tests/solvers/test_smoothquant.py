@@ -78,16 +78,16 @@ def test_the_error_counts_both_grids():
 
 
 def test_the_weight_grid_is_the_run_s_own():
-    """wbits 7 (quant.reduce_range): the weights' part of the error on 7 bits' grid, about 4x
+    """qmax 63 (quant.reduce_range): the weights' part of the error on 7 bits' grid, about 4x
     the 8-bit one's, and the strengths' errors of `choose` follow it."""
     X, W = inputs(3), weights(4)
     Y = X @ W.T
-    part = {b: np.sum((Y - X @ sq.fake_weights(W, b).T) ** 2) / np.sum(Y ** 2) for b in (7, 8)}
-    assert 3.0 < part[7] / part[8] < 5.0
+    part = {q: np.sum((Y - X @ sq.fake_weights(W, q).T) ** 2) / np.sum(Y ** 2) for q in (63, 127)}
+    assert 3.0 < part[63] / part[127] < 5.0
     ones = np.ones(D)
-    assert sq.output_error(X, [W], ones, wbits=7) > sq.output_error(X, [W], ones)
+    assert sq.output_error(X, [W], ones, qmax=63) > sq.output_error(X, [W], ones)
     X = inputs(0, outliers=(3, 17, 40))
-    c7, c8 = (sq.choose([(X, np.abs(X).max(0))], [W], wbits=b) for b in (7, 8))
+    c7, c8 = (sq.choose([(X, np.abs(X).max(0))], [W], qmax=q) for q in (63, 127))
     assert all(c7.errors[k] > c8.errors[k] for k in c8.errors)
 
 
