@@ -26,6 +26,7 @@ import numpy as np
 from ..allocation.dp import LevelTable, allocate
 from ..errors import ConfigError
 from ..solvers.channels import ChannelTrace, select_channels
+from .flops import saved_macs
 
 METHODS = ("dp", "greedy", "uniform")
 BUCKETS = 20000
@@ -149,3 +150,24 @@ def by_saving(method: str, traces: Sequence[ChannelTrace], energies: Sequence[fl
                                  tuple(float(curve[k]) for k in o)))
     choice = allocate(tables, float(np.floor(budget / unit + 1e-9))).choice
     return [int(choice[f"site{i}"]) for i in range(len(tables))]
+
+
+def reachable(sites: Sequence[Any], refused: Sequence[Any], dense: float, fraction: float,
+              align: int) -> None:
+    """ConfigError, before any capture, when `fraction` of the layers' FLOPs is more than
+    the sites save with every one cut to its last channels (the multiple of its `align`
+    kept): the cut could only take what there is, each site down to one channel, and write
+    a wrecked model (ppocr_cls at 0.3: 8.2% reachable, output error 0.78)."""
+    most = [max(allowed(s.channels - 1, s.channels, site_align(s, align))) for s in sites]
+    top = saved_macs(sites, most) / dense if dense > 0 else 0.0
+    if top >= fraction:
+        return
+    kept = f"; {len(refused)} producers keep their channels (the first: " \
+        f"{refused[0].producer}: {refused[0].reason})" if refused else ""
+    n = len(sites)
+    raise ConfigError(
+        f"--channels {fraction:g} cannot be reached here: the {n} prunable producer -> "
+        f"consumer site{'' if n == 1 else 's'} save{'s' if n == 1 else ''} at most {top:.1%} "
+        f"of the layers' FLOPs, each cut to its last channels{kept}. Ask for --channels "
+        f"{np.floor(top * 100) / 100:g} or less (the report then lists every kept producer "
+        f"and why); the cut is spread by loss, so well below that maximum is far gentler")

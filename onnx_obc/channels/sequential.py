@@ -53,7 +53,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
     default: measured slightly worse, see the module docstring)."""
     t0 = time.perf_counter()
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
-                         progress, fraction, subsample, token_mask)
+                         progress, fraction, subsample, token_mask, budget, align)
     dense = plan.dense
     if not plan.sites:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),

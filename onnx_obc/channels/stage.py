@@ -30,7 +30,7 @@ from ..solvers.channels import (
 )
 from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
-from .allocate import site_align
+from .allocate import reachable, site_align
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
 from .sensitivity import OBJECTIVES, scaled_trace, site_factors
@@ -116,16 +116,18 @@ class ChannelPlan:
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
                   backend: Backend, damp: float, memory_mb: int, runtime: Any = None,
                   progress: bool = False, fraction: float = 1.0, subsample: int = 0,
-                  token_mask: str | None = None) -> ChannelPlan:
+                  token_mask: str | None = None, budget: str = "", align: int = 0) -> ChannelPlan:
     """Find the sites, capture their consumers' Hessians on `proto` (`subsample`: from a
     subgrid of the positions, collect.py; `token_mask`: the token positions only) and
     trace each consumer's greedy group OBS over the prefix a `fraction` cut is likely to
-    use."""
+    use. A "flops" `budget` the sites cannot reach is refused first (`reachable`)."""
     t0 = time.perf_counter()
     feed = probe_feed(data, batch)  # the run's batch: a fixed batch axis takes no other
     sizes, probe_note = probe_sizes(proto, feed, runtime)
     sites, refused = find_sites(proto, layers, sizes)
     dense = layer_macs(proto, layers, sizes=sizes)
+    if budget == "flops":
+        reachable(sites, refused, dense, fraction, align)
     hessians: dict = {}
     if sites:
         consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
@@ -221,7 +223,7 @@ def prune_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch
     `subsample`: the Hessians' columns per input from a subgrid (0: every position);
     `token_mask`: the input marking padded positions (calib/tokens.py), left out of them."""
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
-                         progress, fraction, subsample, token_mask)
+                         progress, fraction, subsample, token_mask, budget, align)
     return cut_channels(plan, fraction, align, allocate, objective, budget)
 
 

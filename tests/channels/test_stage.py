@@ -14,6 +14,7 @@ from onnx_obc.calib import DataSet
 from onnx_obc.channels import find_sites, prune_channels
 from onnx_obc.collect import collect
 from onnx_obc.layers import constant_weights, find_layers, weight_matrix
+from onnx_obc.errors import ConfigError
 from tests import builders as b
 from tests.channels import graphs
 
@@ -91,11 +92,14 @@ def test_obs_beats_the_norm_baseline(build):
     assert row.loss < 0.7 * row.norm_loss, (row.loss, row.norm_loss)
 
 
-def test_no_site_leaves_the_model_and_says_why():
-    model = graphs.refused("residual")
-    res, _, _ = _run(model)
-    assert res.model is model and not res.rows and res.warnings
-    assert any("residual" in r.reason for r in res.refused)
+def test_no_site_is_refused_before_any_capture_and_says_why(monkeypatch):
+    """Nothing prunable: a usage error naming a refused producer and its reason, raised
+    before the consumers' Hessians are captured."""
+    from onnx_obc.channels import stage
+
+    monkeypatch.setattr(stage, "collect", lambda *a, **k: pytest.fail("captured"))
+    with pytest.raises(ConfigError, match=r"0 prunable .* at most 0\.0%.*residual Add"):
+        _run(graphs.refused("residual"))
 
 
 def test_chained_sites_reach_the_exact_flop_cut():
@@ -122,7 +126,9 @@ def test_short_traces_are_extended_when_the_selection_needs_them():
     res, _, _ = _run(model, fraction=0.08)  # 93 of 1160 MACs: 3 channels of 34
     (row,) = res.rows
     assert row.removed == 3 and not res.warnings
-    assert _run(model, fraction=0.15)[0].warnings  # beyond the site: said, not hidden
+    with pytest.raises(ConfigError, match=r"--channels 0\.15 cannot be reached here: the 1 "
+                       r"prunable .* saves at most 8\.8% .*Ask for --channels 0\.08 or less"):
+        _run(model, fraction=0.15)  # beyond the site (3 of its 4 channels: 102 of 1160 MACs)
 
 
 def test_the_consumers_hessians_come_from_a_subgrid_where_positions_abound(monkeypatch):
