@@ -31,7 +31,7 @@ from .costplan import Plan, exact_applies
 from .datalimit import run_warnings
 from .layers import Layer, Skipped
 from .report import LayerResult
-from .solve import HostSolution, solve_all, solver_budget
+from .solve import HostSolution, group_summary, solve_all, solver_budget
 from .specs import MB
 
 
@@ -141,7 +141,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                     k: s.compressed.weight for k, s in solved.solutions.items()})
             _add(seconds, "solve", t)
     values = _values(observers, cfg)
-    warnings += run_warnings(rows)
+    warnings += run_warnings(rows) + group_summary(cfg.quant.group_size, rows)
     return Compressed(solutions, rows, skipped, warnings, profile, _scales(observers, cfg),
                       seconds, values, notes=[SEQUENTIAL_NOTE] if rows and _by_default(cfg)
                       else [], uniform=uniform)

@@ -85,7 +85,6 @@ class _Plan:
     structure: Any
     target: float | None
     samples: int
-    notes: list[str]
     job: bool = True
     method: str = "obc"  # what the solver runs (the plan's choice under a time budget)
     label: str = "obc"  # the report's method, e.g. "obc-blocked(4 blocks)"
@@ -118,8 +117,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
                 L.weight))
             hessians.pop(L.weight)
             continue
-        notes: list[str] = []
-        lspec = _layer_spec(L, quant, lv, notes)
+        lspec = _layer_spec(L, quant, lv)
         target = prune.sparsity if lv is None else lv.sparsity
         nm = prune.nm if lv is None or lv.nm is None else lv.nm
         st = structure_for(L, prune, nm=nm, sparsity=target)
@@ -129,7 +127,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
                 f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
                 hessians.pop(L.weight)
-                plans.append(_Plan(L, None, None, None, 0, notes, job=False))
+                plans.append(_Plan(L, None, None, None, 0, job=False))
                 continue
             target = None
         elif st is not None:
@@ -137,7 +135,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         elif target:
             st = Unstructured(target)
         lp = plan.get(L.weight) if plan is not None else None
-        plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples, notes,
+        plans.append(_Plan(L, lspec, st, target, hessians[L.weight].samples,
                            method=solver.method if lp is None else lp.method,
                            label=solver.method if lp is None else lp.label,
                            predicted=_predicted(lp, plan, hessians[L.weight], st, lspec),
@@ -158,10 +156,8 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
     done = iter(engine.map(solve_job, len(todo), make, cost, desc="solve",
                            labels=[p.L.name for p in todo], progress=progress))
     for p in plans:
-        out.warnings.extend(p.notes)
         if p.job:
             _assemble(out, p, *next(done), backend)
-    out.warnings.extend(_group_summary(quant, plans))
     return out
 
 
@@ -177,21 +173,24 @@ def _predicted(lp: Any, plan: Plan | None, acc: HessianAccumulator, structure: A
         sparsity=getattr(structure, "sparsity", 0.0) or 0.0, quant=lspec is not None)
 
 
-def _group_summary(quant: Quantization, plans: list[Any]) -> list[str]:
-    """One line when --group-size leaves some quantized layers per output channel (its size
-    does not divide their inputs, or equals them), so a run whose groups mostly fell back
-    does not read as a grouped one."""
-    q = [p for p in plans if p.lspec is not None]
-    if not quant.group_size or not q:
+def group_summary(group_size: int | None, rows: list[LayerResult]) -> list[str]:
+    """One line for the run (a sequential run solves group by group) when --group-size
+    leaves some quantized layers per output channel, naming them, so a run whose groups
+    mostly fell back does not read as a grouped one (group_size_for decides per layer)."""
+    q = [x for x in rows if x.bits]
+    if not group_size or not q:
         return []
-    grouped = [p for p in q if p.lspec.group_size and p.lspec.group_size < p.L.matrix_shape[2]]
+    grouped = [x for x in q if x.group_size and x.group_size < x.cols]
     if len(grouped) == len(q):
         return []
-    size = lambda ps: sum(math.prod(p.L.matrix_shape) for p in ps)  # noqa: E731
-    return [f"--group-size {quant.group_size}: blocked scales on {len(grouped)} of {len(q)} "
+    size = lambda xs: sum(x.rows * x.cols * x.groups for x in xs)  # noqa: E731
+    why = [f"{x.name} ({x.cols} inputs)" for x in q if not any(x is y for y in grouped)]
+    more = f" and {len(why) - 4} more" if len(why) > 4 else ""
+    return [f"--group-size {group_size}: blocked scales on {len(grouped)} of {len(q)} "
             f"quantized layers ({size(grouped) / max(size(q), 1):.1%} of their weights); the "
-            "others are quantized per output channel (the size does not divide their inputs "
-            "or equals them)"]
+            "others are quantized per output channel, the size not dividing their inputs per "
+            "output, not a multiple of their kernel size, or equal to their inputs (the "
+            f"report's group_size null): {', '.join(why[:4])}{more}"]
 
 
 def _assemble(out: Solved, p: _Plan, res: Any, rank: int | None, seconds: float,
@@ -217,15 +216,11 @@ def ranked(structure: Any, lspec: QuantSpec | None) -> bool:
     return structure is not None or lspec is None or exact_pays(lspec.bits)
 
 
-def _layer_spec(L: Layer, quant: Quantization, lv: Level | None, warnings: list[str]
-                ) -> QuantSpec | None:
-    """The layer's weight grid spec (a level's bits, else quant.bits), or None; why it
-    differs from the requested group size goes to `warnings`."""
+def _layer_spec(L: Layer, quant: Quantization, lv: Level | None) -> QuantSpec | None:
+    """The layer's weight grid spec (a level's bits, else quant.bits), or None; per output
+    channel where the requested group size does not fit it (group_summary says so)."""
     spec = quant.spec(lv.bits if lv is not None and lv.bits else None)
-    lspec, why = group_size_for(L, spec) if spec else (None, "")
-    if why:
-        warnings.append(why)
-    return lspec
+    return group_size_for(L, spec)[0] if spec else None
 
 
 def _matrices(L: Layer, weights: dict[str, tuple[str, onnx.TensorProto]],
