@@ -58,8 +58,9 @@ def _one_entry(g: _Graph, x: str) -> bool:
 
 
 def split_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int, role: str,
-                heads: int | None = None) -> tuple[int, int, Where]:
-    """(H, dh, where H lives) of the Reshape [B, T, C] -> [B, T, H, dh] `n`."""
+                heads: int | None = None) -> tuple[int, int, Where | None]:
+    """(H, dh, where H lives: None for a -1 beside a constant dh, which needs no rewrite) of
+    the Reshape [B, T, C] -> [B, T, H, dh] `n`."""
     e = entries(g, label, n, role)
     v = [x for x, _ in e]
     shown = ["?" if x is None else x for x in v]
@@ -68,7 +69,13 @@ def split_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int, role: str,
         raise _Refused(f"the {role} Reshape {label!r} to {shown} is not [B, T, C] -> "
                        "[B, T, H, dh]")
     H, where = e[2]
-    if H is None or where is None or H <= 0 or C % H or v[3] not in (C // H, -1) or \
+    if H == -1 and v[3] is not None and v[3] > 0 and not C % v[3] and C // v[3] > 1:
+        H, where = C // v[3], None  # [B, T, -1, dh] (HF's view(*shape, -1, dh)): H follows
+        known = (g.dims(n.output[0]) or [None] * 4)[2:3]  # the channels, nothing rewritten
+        if known not in ([None], [H]):
+            raise _Refused(f"the {role} Reshape {label!r} to {shown} gives {known[0]} heads, "
+                           f"not {C} / {v[3]}")
+    elif H is None or where is None or H <= 0 or C % H or v[3] not in (C // H, -1) or \
             v[3] == -1 and any(x in (None, -1) for x in v[:2]):
         raise _Refused(f"the {role} Reshape {label!r} to {shown} does not split the {C} "
                        "channels into a constant head count")
@@ -83,7 +90,7 @@ def merge_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int) -> Where | Non
     """Where the H·dh entry of the merging Reshape's shape lives (None when it is -1)."""
     e = entries(g, label, n, "context")
     v = [x for x, _ in e]
-    out = g.shapes.get(n.output[0])
+    out = g.dims(n.output[0])  # Wo's input: probed where shape inference cannot tell
     if v and v[-1] == C and e[-1][1] is not None:
         return e[-1][1]
     if v and v[-1] == -1 and (out and out[-1] == C or len(v) == 3 and v[:2] == [0, 0]):
@@ -91,3 +98,28 @@ def merge_shape(g: _Graph, label: str, n: onnx.NodeProto, C: int) -> Where | Non
     shown = ["?" if x is None else x for x in v]
     raise _Refused(f"the Reshape {label!r} to {shown} does not merge the heads into the last "
                    f"axis of {C}")
+
+
+def keeps_heads(g: _Graph, label: str, n: onnx.NodeProto, dh: int) -> bool:
+    """Whether Reshape `n` of the context [B, H, T, dh] only restates it: [B, -1, T, dh]
+    with B, T, dh run-time sizes, 0 or constants (dh's own), as torch exports SDPA's output
+    (all-MiniLM-L6-v2). The -1 then follows the kept heads."""
+    try:
+        v = [x for x, _ in entries(g, label, n, "context")]
+    except _Refused:
+        return False
+    return len(v) == 4 and v[1] == -1 and v[0] in (None, 0) and v[3] in (None, 0, dh) and \
+        (v[2] is None or v[2] >= 0)
+
+
+def unguard(g: _Graph, t: str) -> tuple[str, set[str]]:
+    """`t` = Where(IsNaN(x), c, x) with c a constant (the NaN guard torch's SDPA export puts
+    after the Softmax of fully masked rows): (x, the labels of the guard's two nodes, the
+    only other readers x may have); else (t, empty)."""
+    label, n = g.makers.get(t, ("", None))
+    if n is None or n.op_type != "Where" or len(n.input) != 3 or n.input[1] not in g.inits:
+        return t, set()
+    c_label, c = g.makers.get(n.input[0], ("", None))
+    if c is None or c.op_type != "IsNaN" or c.input[0] != n.input[2]:
+        return t, set()
+    return n.input[2], {label, c_label}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import onnx
 
 from ..layers import Layer
-from .head_shapes import Where, entries, merge_shape, split_shape
+from .head_shapes import Where, entries, keeps_heads, merge_shape, split_shape, unguard
 from .patterns import (
     Site,
     _attr,
@@ -64,10 +64,11 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
 
         return fused_site(g, L, label, split, C, path, sliced, macs, by_node)
     H, dh, where = split_shape(g, label, split, C, "value")
-    shapes = [(*where, 1)]
+    shapes = [(*where, 1)] if where else []  # a -1 head count follows the cut by itself
     av_label, av, ts = _transposes(g, split.output[0], None, "value")
-    if av.op_type == "MatMul" and not (av.input[1] == ts and av.input[0] in g.makers
-                                       and g.makers[av.input[0]][1].op_type == "Softmax"):
+    p = unguard(g, av.input[0])[0]
+    if av.op_type == "MatMul" and not (av.input[1] == ts and p in g.makers
+                                       and g.makers[p][1].op_type == "Softmax"):
         raise _Refused(f"its channels are attention query/key channels (they reach the scores "
                        f"{av_label!r}): removed only with whole heads, at the value "
                        "projection's site")
@@ -80,7 +81,7 @@ def head_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
         Lp, q_where, n_tied, dq = _projection(g, t, perm, H, role, by_node)
         if Lp.weight == L.weight:
             raise _Refused(f"the {role} and value projections share the weight {L.weight!r}")
-        shapes.append((*q_where, 1))
+        shapes += [(*q_where, 1)] if q_where else []
         tied += n_tied
         qk_macs += Lp.matrix_shape[2] * dq * g.spatial(_output(g, Lp), False)
     qk_macs += _per_head(g, scores.output[0]) * dq  # Q Kᵀ: T_q·T_k·dq per head
@@ -95,7 +96,11 @@ def merge_site(g: _Graph, L: Layer, av: onnx.NodeProto, C: int, H: int,
     """The site from the A @ V MatMul `av` on: -> Transpose -> Reshape merging the H heads
     into C = H·dh channels -> output projection Wo (its dh columns per head)."""
     dh = C // H
-    m_label, merge, _ = _transposes(g, av.output[0], TO_HEADS, "context", 1)
+    m_label, merge, _ = _transposes(g, av.output[0], None, "context", 1)
+    if merge.op_type == "Reshape" and keeps_heads(g, m_label, merge, dh):  # SDPA's restate
+        m_label, merge, _ = _transposes(g, merge.output[0], TO_HEADS, "context", 1)
+    else:
+        _transposes(g, av.output[0], TO_HEADS, "context", 1)  # the composed layout
     if merge.op_type != "Reshape":
         raise _Refused(f"the attention context reaches {merge.op_type} {m_label!r}, not the "
                        "Reshape merging the heads")
@@ -193,6 +198,9 @@ def _scores(g: _Graph, p: str, H: int) -> tuple[str, onnx.NodeProto]:
     """The scores MatMul(Q, Kᵀ) behind the attention weights `p`: Softmax(axis -1) <- [Add
     mask shared by the heads] <- [Mul/Div scalar] (any order) <- MatMul."""
     _single(g, p, "attention weights", 1)
+    p, guard = unguard(g, p)  # Where(IsNaN(p), 0, p) after the Softmax: p read by both
+    if guard and ({lb for lb, _ in g.users.get(p, [])} != guard or p in g.outputs):
+        raise _Refused(f"the attention weights {p!r} are read beside their NaN guard")
     label, n = _maker(g, p, "attention weights")
     if n.op_type != "Softmax" or _attr(n, "axis", -1) not in (-1, 3):
         raise _Refused(f"the attention weights come from {n.op_type} {label!r}, not a "
@@ -221,7 +229,7 @@ def _mask(g: _Graph, n: onnx.NodeProto, label: str, H: int) -> str:
              and (g.shapes.get(m) or [0, 0, 0])[-3:][:1] != [H]]
     for t, m in heads or pairs:
         if t in g.makers and g.makers[t][1].op_type in ("MatMul", *SCALE, "Add"):
-            dims = list(g.inits[m]) if m in g.inits else g.shapes.get(m)
+            dims = list(g.inits[m]) if m in g.inits else g.dims(m)  # probed where unknown
             if dims is None:
                 raise _Refused(f"the mask {m!r} of Add {label!r} has an unknown shape (it "
                                "may differ per head)")

@@ -1,9 +1,10 @@
 """Sizes the FLOP count needs where shape inference leaves them unknown: exports that
 compute their Reshape shapes at run time (Paddle: Shape -> Cast -> Concat) hide the
 spatial and token sizes of every later layer, and an unknown size counts 1. One inference
-on a small calibration batch fetches the layers' and attention MatMuls' inputs and outputs
-whose inferred shape has an unknown size past the batch axis (channels/flops.py reads only
-those sizes, never the batch), in a session of the run's Runtime (its providers and custom
+on a small calibration batch fetches the layers' and attention MatMuls' inputs and outputs,
+and the operands of an Add before a Softmax (an attention mask: heads.py), whose inferred
+shape has an unknown size past the batch axis (channels/flops.py reads only those sizes,
+never the batch), in a session of the run's Runtime (its providers and custom
 ops, as sensitivity.py's); when it cannot run, the reason becomes a run warning."""
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None,
     from .patterns import graph_of
 
     g = graph_of(model)
+    masks = [n for n in g.nodes.values() if n.op_type == "Add" and any(  # before a Softmax:
+        u.op_type == "Softmax" for _, u in g.users.get(n.output[0], []))]  # heads.py's mask
     names = list(dict.fromkeys(
         t for n in g.nodes.values() if n.op_type in OPS and n.domain in ("", "ai.onnx")
-        for t in [*n.input[:2], n.output[0]] if t and t not in g.inits
+        or n in masks for t in [*n.input[:2], n.output[0]] if t and t not in g.inits
         and (not g.shapes.get(t) or None in g.shapes[t][1:])))  # [] is no shape here
     if not names:
         return {}, ""

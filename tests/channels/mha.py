@@ -25,7 +25,11 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     sqrt(1 / sqrt(dh)), dh read from q's shape), "const" (the heads shapes as Constant
     nodes), "dynamic" (as torch, the value head count computed as C / dh at run time),
     "runtime_merge" (as torch, the merged size H * dh read from the context's shape),
-    "hfmask" (the mask the first Add operand, (1 - m) * -1e4 from an input m), "bias"
+    "hfmask" (the mask the first Add operand, (1 - m) * -1e4 from an input m), "sdpa_hf"
+    (as torch exports HF's SDPA attention, all-MiniLM-L6-v2: each heads shape a Concat of
+    B, T read at run time, -1 and dh; q and kᵀ each times a constant; a mask of a shape
+    known only at run time; the Softmax behind its NaN guard Where(IsNaN(p), 0, p); the
+    context restated as [B, -1, T, dh] before its Transpose; merged to [B, T, -1]), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
     Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     rng = np.random.default_rng(seed)
@@ -48,17 +52,18 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     def proj(p, shape):
         y = node("Add", [node("MatMul", ["x", f"{p}.w"], f"{p}.mm"), f"{p}.b"], f"{p}.out")
         if shape is None:  # B, T read from y at run time
-            h = "H"
+            h = "m1" if variant == "sdpa_hf" else "H"
             if variant == "dynamic" and p == "v":  # the head count from C / dh
                 h = node("Div", [sizes(y, (2,), "c")[0], "dh"], "v.hdyn")
             shape = node("Concat", [*sizes(y), h, "dh"], f"{p}.shape", axis=0)
         return node("Reshape", [y, shape], f"{p}.heads")
 
     shapes = {p: "heads" for p in "qkv"}
-    runtime = variant in ("torch", "sdpa", "dynamic", "runtime_merge")
+    runtime = variant in ("torch", "sdpa", "dynamic", "runtime_merge", "sdpa_hf")
     inits += [_c("i0", 0, np.int64), _c("i1", 1, np.int64), _c("i2", 2, np.int64),
               _c("i3", 3, np.int64), _c("ax0", [0], np.int64), _c("H", [heads], np.int64),
-              _c("dh", [dh], np.int64), _c("C", [d], np.int64)]
+              _c("dh", [dh], np.int64), _c("C", [d], np.int64), _c("m1", [-1], np.int64),
+              _c("one1", [1], np.int64)]
     if variant == "hf":
         inits += [_c(f"{p}.shape", [0, -1, heads, dh], np.int64) for p in "qkv"]
         shapes = {p: f"{p}.shape" for p in "qkv"}
@@ -85,6 +90,16 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
         s = node("MatMul", [node("Mul", [q, half], "q.s"), node("Mul", [k, half], "k.s")],
                  "scores")
+    elif variant == "sdpa_hf":  # q and kᵀ each times a constant, a run-time shaped mask
+        inits.append(_c("root", np.sqrt(1 / np.sqrt(dh))))
+        k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
+        s = node("MatMul", [node("Mul", [q, "root"], "q.s"), node("Mul", [k, "root"], "k.s")],
+                 "scores")
+        ms = node("Concat", [sizes("x", (0,), "m")[0], "one1", "one1",
+                             sizes("x", (1,), "t")[0]], "mask.shape", axis=0)
+        m = node("Reshape", [node("ReduceMax", ["x"], "x.max", axes=[2], keepdims=0), ms],
+                 "mask.r")
+        s = node("Add", [s, node("Mul", [m, "scale"], "mask.rt")], "masked")
     else:
         k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
         s = node("Mul", [node("MatMul", [q, k], "scores"), "scale"], "scaled")
@@ -92,12 +107,20 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         inits += [_c("onef", 1.0), _c("big", -1e4)]
         ext = node("Mul", [node("Sub", ["onef", "m"], "m.inv"), "big"], "m.ext")
         s = node("Add", [ext, s], "masked")
-    else:
+    elif variant != "sdpa_hf":
         s = node("Add", [s, "mask"], "masked")
     if variant == "bias":
         inits.append(_c("rel", 0.1 * rng.standard_normal((1, heads, t, t))))
         s = node("Add", [s, "rel"], "biased")
-    a = node("MatMul", [node("Softmax", [s], "probs", axis=-1), v], "ctx")
+    p = node("Softmax", [s], "probs", axis=-1)
+    if variant == "sdpa_hf":  # the NaN guard, the context restated as [B, -1, T, dh]
+        inits.append(_c("zero", 0.0))
+        p = node("Where", [node("IsNaN", [p], "probs.nan"), "zero", p], "probs.safe")
+    a = node("MatMul", [p, v], "ctx")
+    if variant == "sdpa_hf":
+        back = node("Concat", [sizes(a, (0,), "b")[0], "m1", *sizes(q, (2, 3), "q")],
+                    "ctx.shape", axis=0)
+        a = node("Reshape", [a, back], "ctx.same")
     if variant != "perm":
         a = node("Transpose", [a], "ctx.t", perm=[0, 2, 1, 3])
     inits.append(_c("merge2", [0, 0, -1] if variant == "hf" else [0, -1, d], np.int64))
@@ -106,6 +129,8 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         last = "C"
         if variant == "runtime_merge":  # H * dh read back from the context's shape
             last = node("Mul", sizes(a, (2, 3), "hd"), "ctx.hd")
+        if variant == "sdpa_hf":
+            last = "m1"
         merge = node("Concat", [*sizes(a), last], "merge.shape", axis=0)
     a = node("Reshape", [a, merge], "ctx.merged")
     y = node("Add", [node("MatMul", [a, "o.w"], "o.mm"), "o.b"], "o.out" if mlp else "y")

@@ -14,6 +14,7 @@ from onnx_obc.backend import get_backend
 from onnx_obc.calib import DataSet
 from onnx_obc.channels import find_sites, layer_macs, prune_channels, prune_channels_sequential
 from onnx_obc.channels.patterns import saved_macs
+from onnx_obc.channels.probe import probe_sizes
 from onnx_obc.layers import find_layers
 from tests import builders as b
 from tests.channels import mha
@@ -30,13 +31,18 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
                           allocate=allocate), layers, data
 
 
-VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask"]
+VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask", "sdpa_hf"]
+
+
+def _sites(model):
+    """find_sites with the sizes the stage probes (sdpa_hf's mask and merge need them)."""
+    return find_sites(model, find_layers(model)[0], probe_sizes(model, b.feeds(model, 2))[0])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_head_site_and_query_key_reasons(variant):
     model = mha.mha(D, HEADS, T, variant=variant)
-    sites, refused = find_sites(model, find_layers(model)[0])
+    sites, refused = _sites(model)
     (s,) = sites
     assert (s.producer.weight, s.consumer.weight) == ("v.w", "o.w")
     assert (s.channels, s.width, s.unit) == (HEADS, DH, DH)
@@ -52,7 +58,7 @@ def test_pruned_heads_equal_the_obs_oracle(variant):
     res, layers, data = _prune(model, 0.3)
     (row,) = res.rows
     assert 0 < row.removed < HEADS and row.unit == DH
-    ref, site, (dW, H) = _oracle(model, layers, data, row.removed_ids)
+    ref, site, (dW, H) = _oracle(model, layers, data, row.removed_ids, _sites(model)[0][0])
     feed = b.feeds(model, 8, seed=7)
     np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0],
                                rtol=1e-4, atol=1e-4)
@@ -67,6 +73,13 @@ def test_pruned_heads_equal_the_obs_oracle(variant):
     onnx.checker.check_model(out, full_check=True)
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in onnx.shape_inference.infer_shapes(res.model, data_prop=True).graph.value_info}
+    if variant == "sdpa_hf":  # -1 head counts: the sizes at run time
+        m = onnx.ModelProto()
+        m.CopyFrom(res.model)
+        m.graph.output.extend(b.vi(t, None) for t in ("q.heads", "k.heads", "v.heads",
+                                                        "ctx.merged"))
+        dims = dict(zip(["y", "q.heads", "k.heads", "v.heads", "ctx.merged"],
+                        [list(y.shape) for y in b.run(m, feed)]))
     for p in "qkv":  # the Reshapes split the kept heads
         assert dims[f"{p}.heads"][1:] == [T, HEADS - row.removed, DH]
     assert dims["ctx.merged"][1:] == [T, kept]
@@ -100,6 +113,14 @@ def test_ambiguous_variants_are_refused_with_their_reason(variant, reason):
     sites, refused = find_sites(model, find_layers(model)[0])
     assert not sites
     assert reason in {r.weight: r.reason for r in refused}["v.w"]
+
+
+def test_sdpa_attention_weights_read_beside_their_nan_guard_are_refused():
+    model = mha.mha(D, HEADS, T, variant="sdpa_hf")
+    model.graph.output.append(b.vi("probs", None))  # the Softmax's output read elsewhere too
+    sites, refused = _sites(model)
+    assert not sites and "beside their NaN guard" in {r.weight: r.reason
+                                                      for r in refused}["v.w"]
 
 
 def test_fused_qkv_is_refused():

@@ -31,9 +31,10 @@ def _run(model, fraction=0.3, n=96):
     return res, layers, data
 
 
-def _oracle(model, layers, data, removed):
-    """Dense model with the consumer updated by W - W_S ([Hinv]_SS)^-1 Hinv_S,: (W_S = 0)."""
-    site = find_sites(model, layers)[0][0]
+def _oracle(model, layers, data, removed, site=None):
+    """Dense model with the consumer updated by W - W_S ([Hinv]_SS)^-1 Hinv_S,: (W_S = 0);
+    `site`: the site (default: the first find_sites finds without probed sizes)."""
+    site = site or find_sites(model, layers)[0][0]
     c = site.consumer
     hess, _ = collect(model, [c], data, 32, get_backend("cpu"), 2048, False)
     H = hess[c.weight].mean()[0]
