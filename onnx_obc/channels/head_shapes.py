@@ -113,13 +113,22 @@ def keeps_heads(g: _Graph, label: str, n: onnx.NodeProto, dh: int) -> bool:
 
 
 def unguard(g: _Graph, t: str) -> tuple[str, set[str]]:
-    """`t` = Where(IsNaN(x), c, x) with c a constant (the NaN guard torch's SDPA export puts
-    after the Softmax of fully masked rows): (x, the labels of the guard's two nodes, the
-    only other readers x may have); else (t, empty)."""
-    label, n = g.makers.get(t, ("", None))
-    if n is None or n.op_type != "Where" or len(n.input) != 3 or n.input[1] not in g.inits:
-        return t, set()
-    c_label, c = g.makers.get(n.input[0], ("", None))
-    if c is None or c.op_type != "IsNaN" or c.input[0] != n.input[2]:
-        return t, set()
-    return n.input[2], {label, c_label}
+    """Strip from `t` what exports put between the Softmax and A @ V without changing the
+    weights: Where(IsNaN(x), c, x) with c a constant (torch's SDPA: fully masked rows) and
+    Casts to float (HF's eager `softmax(..., dtype=float32).to(dtype)`): (x, the labels
+    of the nodes stripped); (t, empty) when there are none."""
+    seen: set[str] = set()
+    while True:
+        label, n = g.makers.get(t, ("", None))
+        if n is not None and n.op_type == "Cast" and _attr(n, "to", 0) == onnx.TensorProto.FLOAT:
+            seen.add(label)
+            t = n.input[0]
+            continue
+        if n is None or n.op_type != "Where" or len(n.input) != 3 or \
+                n.input[1] not in g.inits:
+            return t, seen
+        c_label, c = g.makers.get(n.input[0], ("", None))
+        if c is None or c.op_type != "IsNaN" or c.input[0] != n.input[2]:
+            return t, seen
+        seen |= {label, c_label}
+        t = n.input[2]

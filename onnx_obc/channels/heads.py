@@ -3,7 +3,8 @@ PyTorch / HF / our builders export it,
 
     Q = X Wq (+ bq), K, V likewise -> Reshape [B, T, H, dh] -> Transpose
     -> MatMul(Q, Kᵀ) -> [Mul/Div by a scalar] -> [Add a mask shared by the heads] -> Softmax
-    -> MatMul(., V) -> Transpose -> Reshape [B, T, H·dh] -> MatMul Wo (+ bo)
+    -> [NaN guard, Casts] -> MatMul(., V) -> [Reshape [B, -1, T, dh]] -> Transpose
+    -> Reshape [B, T, H·dh] -> MatMul Wo (+ bo)   (H may be -1 beside a constant dh)
 
 Head h is channel h of a site whose producer is the V projection (dh output columns per
 head: `Site.unit`) and whose consumer is Wo (dh input columns per head: `Site.width`), so
@@ -11,9 +12,8 @@ the group OBS of solvers/channels.py runs on Wo's Hessian over each head's dh co
 Removing a head also cuts its dh columns of Wq and Wk (and biases: `HeadSplit.tied`) and
 rewrites the Reshape shape constants H -> H - k (`HeadSplit.shapes`). Anything else (a
 head count from a Shape op, a per-head score bias, a QKV projection cut by a Split before
-its Reshapes, Transposes that do not compose to the standard layout) refuses the V
-projection with its reason; a fused QKV projection reshaped into [B, T, 3, H, dh] is
-fused_heads.py's.
+its Reshapes, Transposes not composing to the standard layout) refuses the V projection
+with its reason; a fused QKV projection reshaped into [B, T, 3, H, dh] is fused_heads.py's.
 """
 
 from __future__ import annotations
@@ -97,10 +97,9 @@ def merge_site(g: _Graph, L: Layer, av: onnx.NodeProto, C: int, H: int,
     into C = H·dh channels -> output projection Wo (its dh columns per head)."""
     dh = C // H
     m_label, merge, _ = _transposes(g, av.output[0], None, "context", 1)
-    if merge.op_type == "Reshape" and keeps_heads(g, m_label, merge, dh):  # SDPA's restate
-        m_label, merge, _ = _transposes(g, merge.output[0], TO_HEADS, "context", 1)
-    else:
-        _transposes(g, av.output[0], TO_HEADS, "context", 1)  # the composed layout
+    restated = merge.op_type == "Reshape" and keeps_heads(g, m_label, merge, dh)  # SDPA's
+    m_label, merge, _ = _transposes(g, merge.output[0] if restated else av.output[0],
+                                    TO_HEADS, "context", 1)
     if merge.op_type != "Reshape":
         raise _Refused(f"the attention context reaches {merge.op_type} {m_label!r}, not the "
                        "Reshape merging the heads")
@@ -195,12 +194,13 @@ def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str, h: i
 
 
 def _scores(g: _Graph, p: str, H: int) -> tuple[str, onnx.NodeProto]:
-    """The scores MatMul(Q, Kᵀ) behind the attention weights `p`: Softmax(axis -1) <- [Add
-    mask shared by the heads] <- [Mul/Div scalar] (any order) <- MatMul."""
+    """The scores MatMul(Q, Kᵀ) behind the attention weights `p`: [unguard] Softmax(axis
+    -1) <- [Add mask shared by the heads] <- [Mul/Div scalar] (any order) <- MatMul."""
     _single(g, p, "attention weights", 1)
-    p, guard = unguard(g, p)  # Where(IsNaN(p), 0, p) after the Softmax: p read by both
-    if guard and ({lb for lb, _ in g.users.get(p, [])} != guard or p in g.outputs):
-        raise _Refused(f"the attention weights {p!r} are read beside their NaN guard")
+    top, (p, guard) = p, unguard(g, p)
+    if any(not {lb for lb, _ in g.users.get(x, [])} <= guard or x in g.outputs for x in
+           [p, *(g.nodes[lb].output[0] for lb in guard)] if x != top):
+        raise _Refused(f"the attention weights {p!r} are read beside their NaN guard / Casts")
     label, n = _maker(g, p, "attention weights")
     if n.op_type != "Softmax" or _attr(n, "axis", -1) not in (-1, 3):
         raise _Refused(f"the attention weights come from {n.op_type} {label!r}, not a "

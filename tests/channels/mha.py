@@ -29,7 +29,9 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     (as torch exports HF's SDPA attention, all-MiniLM-L6-v2: each heads shape a Concat of
     B, T read at run time, -1 and dh; q and kᵀ each times a constant; a mask of a shape
     known only at run time; the Softmax behind its NaN guard Where(IsNaN(p), 0, p); the
-    context restated as [B, -1, T, dh] before its Transpose; merged to [B, T, -1]), "bias"
+    context restated as [B, -1, T, dh] before its Transpose; merged to [B, T, -1]),
+    "hf_cast" (as "torch", the attention weights through two Casts to float, as HF's eager
+    attention exports), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
     Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     rng = np.random.default_rng(seed)
@@ -59,7 +61,7 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         return node("Reshape", [y, shape], f"{p}.heads")
 
     shapes = {p: "heads" for p in "qkv"}
-    runtime = variant in ("torch", "sdpa", "dynamic", "runtime_merge", "sdpa_hf")
+    runtime = variant in ("torch", "sdpa", "dynamic", "runtime_merge", "sdpa_hf", "hf_cast")
     inits += [_c("i0", 0, np.int64), _c("i1", 1, np.int64), _c("i2", 2, np.int64),
               _c("i3", 3, np.int64), _c("ax0", [0], np.int64), _c("H", [heads], np.int64),
               _c("dh", [dh], np.int64), _c("C", [d], np.int64), _c("m1", [-1], np.int64),
@@ -113,6 +115,8 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         inits.append(_c("rel", 0.1 * rng.standard_normal((1, heads, t, t))))
         s = node("Add", [s, "rel"], "biased")
     p = node("Softmax", [s], "probs", axis=-1)
+    if variant == "hf_cast":  # HF eager: softmax(..., dtype=float32).to(dtype), two Casts
+        p = node("Cast", [node("Cast", [p], "probs.f32", to=1)], "probs.cast", to=1)
     if variant == "sdpa_hf":  # the NaN guard, the context restated as [B, -1, T, dh]
         inits.append(_c("zero", 0.0))
         p = node("Where", [node("IsNaN", [p], "probs.nan"), "zero", p], "probs.safe")

@@ -31,7 +31,7 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
                           allocate=allocate), layers, data
 
 
-VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask", "sdpa_hf"]
+VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask", "sdpa_hf", "hf_cast"]
 
 
 def _sites(model):
@@ -115,12 +115,16 @@ def test_ambiguous_variants_are_refused_with_their_reason(variant, reason):
     assert reason in {r.weight: r.reason for r in refused}["v.w"]
 
 
-def test_sdpa_attention_weights_read_beside_their_nan_guard_are_refused():
+def test_attention_weights_read_beside_their_nan_guard_or_casts_are_refused():
     model = mha.mha(D, HEADS, T, variant="sdpa_hf")
     model.graph.output.append(b.vi("probs", None))  # the Softmax's output read elsewhere too
     sites, refused = _sites(model)
     assert not sites and "beside their NaN guard" in {r.weight: r.reason
                                                       for r in refused}["v.w"]
+    model = mha.mha(D, HEADS, T, variant="hf_cast")
+    model.graph.output.append(b.vi("probs.f32", None))  # between the Casts
+    assert "beside their NaN guard / Casts" in {r.weight: r.reason
+                                                for r in _sites(model)[1]}["v.w"]
 
 
 def test_fused_qkv_is_refused():
