@@ -26,6 +26,7 @@ from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
 from .patterns import find_sites, layer_macs
+from .probe import probe_sizes
 from .stage import (
     ChannelResult,
     ChannelRow,
@@ -67,7 +68,8 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
     current, rows = proto, {}
     for g in range(0, len(order), size):
         names = {s.producer.weight for s in order[g:g + size]}
-        found, _ = find_sites(current, _relabel(layers, current))
+        found, _ = find_sites(current, _relabel(layers, current),  # sizes of the cut model
+                              probe_sizes(current, plan.feed, runtime)[0])
         sites = [s for s in found if s.producer.weight in names]
         if len(sites) != len(names):  # a cut never removes a site's pattern
             raise RuntimeError(f"internal error: sites {sorted(names)} not found again after "

@@ -147,8 +147,9 @@ def test_obs_beats_the_norm_head_baseline():
     assert err[0] < 0.8 * err[1], err
 
 
-def test_sequential_finds_the_head_site_again():
-    model = mha.mha(D, HEADS, T, mlp=True)
+@pytest.mark.parametrize("variant", ["bert", "sdpa_hf"])  # sdpa_hf: found on probed sizes
+def test_sequential_finds_the_head_site_again(variant):
+    model = mha.mha(D, HEADS, T, mlp=True, variant=variant)
     layers = find_layers(model)[0]
     data = DataSet(b.feeds(model, 96, seed=1), "feeds")
     res = prune_channels_sequential(model, layers, data, 32, get_backend("cpu"), 0.5, DAMP,

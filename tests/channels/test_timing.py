@@ -137,24 +137,28 @@ def test_a_layer_cut_on_both_sides_is_counted_once():
 
 
 class _Sleeper:
-    """A session whose run takes `ms` milliseconds and counts its runs."""
+    """A session whose run takes `ms` milliseconds of a fake clock (`now`, which the test puts
+    in place of timing's perf_counter: no sleep, so no load can stretch it) and counts its
+    runs."""
+
+    now = 0.0
 
     def __init__(self, ms: float) -> None:
         self.ms, self.runs = ms, 0
 
     def run(self, names, feed):
-        import time
-
         self.runs += 1
-        time.sleep(self.ms / 1e3)
+        _Sleeper.now += self.ms / 1e3
 
 
-def test_a_block_is_the_runs_that_fill_it() -> None:
+def test_a_block_is_the_runs_that_fill_it(monkeypatch) -> None:
     """ort_timer's `block`: a round runs a model back to back for about that long (one run
     timed to size it), at least once; without a block, once."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: _Sleeper.now))
     s = _Sleeper(2.0)
-    n = timing._block_runs(s, {}, 0.02)
-    assert 5 <= n <= 10 and s.runs == 1  # about 10 runs of 2 ms; sleep overshoots, never less
+    assert timing._block_runs(s, {}, 0.02) == 10 and s.runs == 1  # 10 runs of 2 ms
     assert timing._block_runs(_Sleeper(30.0), {}, 0.02) == 1
     assert timing._block_runs(s, {}, 0.0) == 1 and s.runs == 1  # no block: nothing timed
 
