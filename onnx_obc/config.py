@@ -248,6 +248,15 @@ def _check_combination(c: CompressConfig) -> None:
         raise ConfigError("quant.smooth scales layer inputs for activation quantization: add "
                           "quant.act_bits 8")
     e = c.export
+    if q.act_bits and e.runtime == "onnxruntime" and q.bits is not None and not a.active and (
+            q.bits < 5 or not q.symmetric):  # export/onnxruntime.int8_layer
+        raise ConfigError(
+            f"quant.act_bits with export.runtime onnxruntime quantizes the activations of the "
+            f"layers onnxruntime's integer kernels take, symmetric 5-8-bit weights; "
+            f"{q.bits}-bit{'' if q.symmetric else ' asymmetric'} weights run in float between "
+            "float activations there, so it would change nothing: drop quant.act_bits "
+            "(MatMulNBits quantizes 4-bit MatMuls' activations itself), or quantize to "
+            "quant.bits 8 on a symmetric grid, or use export.runtime tensorrt")
     if e.runtime != "onnxruntime" and (e.nbits_block_size is not None
                                        or e.accuracy_level is not None):
         raise ConfigError("export.nbits_block_size and export.accuracy_level set MatMulNBits "

@@ -46,6 +46,11 @@ from onnx_obc.flags import flags_in, load_recipe
     (dict(), "nothing to do", "--sparsity 0.5"),
     (dict(bits=4, reduce_range="on"), "needs quant.bits 8", "needs --bits 8"),
     (dict(bits=8, reduce_range="yes"), "quant.reduce_range must be", "--reduce-range must be"),
+    # no onnxruntime integer kernel takes these weights: the activations would stay float
+    (dict(bits=4, act_bits=8, runtime="onnxruntime"), "4-bit weights run in float",
+     "drop --act-bits"),
+    (dict(bits=8, act_bits=8, runtime="onnxruntime", symmetric=False),
+     "8-bit asymmetric weights run in float", "--runtime tensorrt"),
 ])
 def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
     with pytest.raises(ConfigError, match=match) as info:
@@ -55,6 +60,8 @@ def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
 
 @pytest.mark.parametrize("kw", [
     dict(allocate="dp", budget="bops", target=32, act_bits=8),
+    dict(allocate="dp", budget="bops", target=32, act_bits=8, runtime="onnxruntime"),  # 8-bit
+    # levels take integer kernels there
     dict(allocate="dp", budget="bops", target=8, level_bits=(4,), level_nm=None,
          group_size=32),
     dict(allocate="dp", budget="flops", target=3.0),
@@ -66,6 +73,15 @@ def test_bad_options_name_the_field_and_the_flag(kw, match, flag):
 def test_valid_allocation_options(kw):
     cfg = CompressConfig.from_options(**kw)
     assert cfg.alloc.active
+
+
+@pytest.mark.parametrize("kw", [
+    dict(bits=4, act_bits=8),  # TensorRT's Q/DQ: W4A8
+    dict(bits=7, act_bits=8, runtime="onnxruntime"),  # 7-bit codes on the integer kernels
+    dict(bits=8, act_bits=8, symmetric=False),  # an asymmetric grid under TensorRT's Q/DQ
+])
+def test_activation_bits_where_a_kernel_takes_the_weights(kw):
+    assert CompressConfig.from_options(**kw).quant.act_bits == 8
 
 
 @pytest.mark.parametrize("runtime, given, runs", [

@@ -95,7 +95,8 @@ W8A8_ORT = {"bits": 8, "act_bits": 8, "runtime": "onnxruntime"}
     (False, W8A8_ORT, False),
     (True, {**W8A8_ORT, "runtime": "tensorrt"}, False),  # TensorRT's int8 does not saturate
     (True, {"bits": 8, "runtime": "onnxruntime"}, False),  # no uint8 activations
-    (True, {**W8A8_ORT, "bits": 4}, False),
+    (True, {**W8A8_ORT, "bits": 4, "runtime": "tensorrt"}, False),
+    (True, {**W8A8_ORT, "bits": 7}, False),
     (True, {**W8A8_ORT, "reduce_range": "off"}, False),
     (False, {"bits": 8, "reduce_range": "on"}, True),
 ])

@@ -173,7 +173,7 @@ def test_auto_and_the_report(tmp_path):
     def on(**o):
         return smooth.active(CompressConfig.from_options(**o))
     assert on(bits=8, act_bits=8, runtime="onnxruntime")
-    assert not on(bits=8, act_bits=8) and not on(bits=4, act_bits=8, runtime="onnxruntime")
+    assert not on(bits=8, act_bits=8) and not on(bits=7, act_bits=8, runtime="onnxruntime")
     assert not on(bits=8, runtime="onnxruntime") and on(bits=8, act_bits=8, smooth=True)
     assert not on(bits=8, act_bits=8, runtime="onnxruntime", smooth=False)
     with pytest.raises(ConfigError, match="act_bits"):

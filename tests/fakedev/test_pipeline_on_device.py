@@ -35,7 +35,7 @@ MODES = {  # name: (model, options)
     "sequential": (CONV, dict(sparsity=0.5, allocate="uniform", sequential=True)),
     "act-bits": (CONV, dict(bits=8, act_bits=8)),
     "channels": (CONV, dict(channels=0.3)),
-    "onnxruntime": (MLP, dict(bits=4, act_bits=8, runtime="onnxruntime")),
+    "onnxruntime": (MLP, dict(bits=4, runtime="onnxruntime", correct=True, sequential=False)),
 }
 # copies per compressed layer outside the calibration capture, as measured (an added copy
 # fails; bench/device_crossings.py --sites lists them): W in, results out (weights, and when
