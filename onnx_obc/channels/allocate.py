@@ -166,8 +166,8 @@ def reachable(sites: Sequence[Any], refused: Sequence[Any], dense: float, fracti
         f"{refused[0].producer}: {refused[0].reason})" if refused else ""
     n = len(sites)
     raise ConfigError(
-        f"--channels {fraction:g} cannot be reached here: the {n} prunable producer -> "
+        f"prune.channels {fraction:g} cannot be reached here: the {n} prunable producer -> "
         f"consumer site{'' if n == 1 else 's'} save{'s' if n == 1 else ''} at most {top:.1%} "
-        f"of the layers' FLOPs, each cut to its last channels{kept}. Ask for --channels "
+        f"of the layers' FLOPs, each cut to its last channels{kept}. Ask for prune.channels "
         f"{np.floor(top * 100) / 100:g} or less (the report then lists every kept producer "
         f"and why); the cut is spread by loss, so well below that maximum is far gentler")

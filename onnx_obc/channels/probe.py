@@ -36,11 +36,11 @@ def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None,
     from .patterns import graph_of
 
     g = graph_of(model)
-    masks = [n for n in g.nodes.values() if n.op_type == "Add" and any(  # before a Softmax:
-        u.op_type == "Softmax" for _, u in g.users.get(n.output[0], []))]  # heads.py's mask
+    masks = {id(n) for n in g.nodes.values() if n.op_type == "Add" and any(  # before a
+        u.op_type == "Softmax" for _, u in g.users.get(n.output[0], []))}  # Softmax: a mask
     names = list(dict.fromkeys(
         t for n in g.nodes.values() if n.op_type in OPS and n.domain in ("", "ai.onnx")
-        or n in masks for t in [*n.input[:2], n.output[0]] if t and t not in g.inits
+        or id(n) in masks for t in [*n.input[:2], n.output[0]] if t and t not in g.inits
         and (not g.shapes.get(t) or None in g.shapes[t][1:])))  # [] is no shape here
     if not names:
         return {}, ""

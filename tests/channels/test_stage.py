@@ -127,8 +127,8 @@ def test_short_traces_are_extended_when_the_selection_needs_them():
     res, _, _ = _run(model, fraction=0.08)  # 93 of 1160 MACs: 3 channels of 34
     (row,) = res.rows
     assert row.removed == 3 and not res.warnings
-    with pytest.raises(ConfigError, match=r"--channels 0\.15 cannot be reached here: the 1 "
-                       r"prunable .* saves at most 8\.8% .*Ask for --channels 0\.08 or less"):
+    with pytest.raises(ConfigError, match=r"prune.channels 0\.15 cannot be reached here: the 1 "
+                       r"prunable .* saves at most 8\.8% .*Ask for prune.channels 0\.08 or less"):
         _run(model, fraction=0.15)  # beyond the site (3 of its 4 channels: 102 of 1160 MACs)
 
 
