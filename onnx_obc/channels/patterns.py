@@ -26,11 +26,12 @@ from onnx import helper, numpy_helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
 from .constants import constant_shapes
+from .flat import keeps_last, row_positions
 from .flops import layer_macs, positions, saved_macs
 from .padding import pad_reason
 from .readers import shape_readers
 from .regions import region
-from .reasons import feeds_scores, mixes_reason, residual_reason
+from .reasons import attention_mix, feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
@@ -55,6 +56,7 @@ class Site:
     # consumer also loses rows as the producer of another site (see overlap)
     unit: int = 1  # producer rows (and sliced entries, consumer columns) per channel: a head's dh
     split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
+    shapes: tuple = ()  # flat.Rewrite: Reshape shape entries set to the kept channel count
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class _Graph:
         dims = self.dims(tensor)
         if not dims:
             return 1
+        if not conv and len(dims) == 2 and (rows := row_positions(self, tensor)) is not None:
+            return rows  # a Gemm on flattened token rows (flat.py)
         inner = dims[2:] if conv else dims[1:-1]
         return math.prod(d if d else 1 for d in inner)
 
@@ -165,7 +169,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     if len(node.input) > 2 and node.input[2]:
         sliced.append(_cut(g, node.input[2], C, -1, node))
     macs = L.matrix_shape[2] * g.spatial(node.output[0], conv)
-    path, grouped = [], []
+    path, grouped, shapes = [], [], []
     t, prev = node.output[0], node.op_type
     while True:
         gate = region(g, t, UNARY)
@@ -181,7 +185,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             cell = width * g.spatial(nxt.output[0], cons.op == "Conv")
             macs += cons.matrix_shape[1] * cell
             return Site(L, cons, C, width, tuple(path), tuple(sliced), tuple(grouped), macs,
-                        cell)
+                        cell, shapes=tuple(shapes))
         op = nxt.op_type
         if op == "Conv" and conv and _is_depthwise(g, nxt, C):
             ws = g.inits[nxt.input[1]]
@@ -205,25 +209,20 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         elif op == "Pad" and conv:  # one that pads no channel passes (padding.py)
             if (why := pad_reason(g, nxt, axis)) is not None:
                 raise _Refused(why)
-        elif _attention_mix(g, nxt, t, conv):  # A @ V: mixes the tokens, keeps the value
+        elif attention_mix(g, nxt, t, conv):  # A @ V: mixes the tokens, keeps the value
             macs += positions(g, nxt.input[0])  # channels (last axis); Tq * Tk per channel
         elif op == "Reshape" and feeds_scores(g, nxt):
             from .heads import head_site  # V -> [bias] -> heads -> A @ V -> merge -> Wo
 
             return head_site(g, L, label, nxt, C, tuple(path), tuple(sliced), macs, by_node)
+        elif op == "Reshape" and not conv and (rw := keeps_last(g, label, nxt, C)) is not None:
+            shapes += rw  # GPT-2's Conv1D: [B·T, C] <-> [B, T, C] (flat.py)
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         else:
             raise _Refused(mixes_reason(g, nxt, label))
         path.append(label)
         t, prev = nxt.output[0], op
-
-
-def _attention_mix(g: _Graph, n: onnx.NodeProto, t: str, conv: bool) -> bool:
-    """MatMul(A, t) of two activations with `t` the right operand: each of t's channels (last
-    axis) maps to the same output channel, the attention weights A mix only the tokens."""
-    return (n.op_type == "MatMul" and not conv and len(n.input) == 2 and n.input[1] == t
-            and n.input[0] != t and n.input[0] not in g.inits)
 
 
 def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.NodeProto]:

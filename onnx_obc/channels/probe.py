@@ -2,7 +2,8 @@
 compute their Reshape shapes at run time (Paddle: Shape -> Cast -> Concat) hide the
 spatial and token sizes of every later layer, and an unknown size counts 1. One inference
 on a small calibration batch fetches the layers' and attention MatMuls' inputs and outputs,
-and the operands of an Add before a Softmax (an attention mask: heads.py), whose inferred
+the operands of an Add before a Softmax (an attention mask: heads.py) and the input of a
+Reshape into a layer (token rows flattened around a Gemm: flat.py), whose inferred
 shape has an unknown size past the batch axis (channels/flops.py reads only those sizes,
 never the batch), in a session of the run's Runtime (its providers and custom
 ops, as sensitivity.py's); when it cannot run, the reason becomes a run warning."""
@@ -38,9 +39,13 @@ def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None,
     g = graph_of(model)
     masks = {id(n) for n in g.nodes.values() if n.op_type == "Add" and any(  # before a
         u.op_type == "Softmax" for _, u in g.users.get(n.output[0], []))}  # Softmax: a mask
+    flats = {id(n) for n in g.nodes.values() if n.op_type == "Reshape" and any(  # rows into
+        u.op_type in OPS for _, u in g.users.get(n.output[0], []))}  # a Gemm: flat.py's
     names = list(dict.fromkeys(
         t for n in g.nodes.values() if n.op_type in OPS and n.domain in ("", "ai.onnx")
-        or id(n) in masks for t in [*n.input[:2], n.output[0]] if t and t not in g.inits
+        or id(n) in masks or id(n) in flats
+        for t in ([n.input[0]] if id(n) in flats else [*n.input[:2], n.output[0]])
+        if t and t not in g.inits
         and (not g.shapes.get(t) or None in g.shapes[t][1:])))  # [] is no shape here
     if not names:
         return {}, ""

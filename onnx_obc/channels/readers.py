@@ -1,6 +1,7 @@
 """Nodes that read only a tensor's shape, never the axis a cut changes: Shape -> Gather /
 Slice of constant positions (PyTorch / HF exports read the batch and sequence sizes, or dh,
-this way). They do not stop a cut: the sizes they read stay the same."""
+this way). They do not stop a cut: the sizes they read stay the same. Nor does a Shape whose
+read of the cut (last) axis only sizes a Reshape of the same tensor (flat.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import onnx
 from onnx import helper
+
+from .flat import shape_feeds_own_width
 
 
 def shape_readers(g: Any, t: str, axis: int) -> set[str]:
@@ -28,6 +31,8 @@ def shape_readers(g: Any, t: str, axis: int) -> set[str]:
         elif lo == 0 and hi == rank and (users := g.users.get(n.output[0])) and \
                 all(_reads_other(g, m, rank, axis) for _, m in users):
             out.add(label)
+        elif axis == rank - 1 and shape_feeds_own_width(g, n, t):  # flat.py: the cut
+            out.add(label)  # width reaches only a Reshape of t itself, which follows it
     return out
 
 

@@ -49,3 +49,10 @@ def feeds_scores(g: Any, n: onnx.NodeProto, depth: int = 5) -> bool:
                 feeds_scores(g, m, depth - 1):
             return True
     return False
+
+
+def attention_mix(g: Any, n: onnx.NodeProto, t: str, conv: bool) -> bool:
+    """MatMul(A, t) of two activations with `t` the right operand: each of t's channels (last
+    axis) maps to the same output channel, the attention weights A mix only the tokens."""
+    return (n.op_type == "MatMul" and not conv and len(n.input) == 2 and n.input[1] == t
+            and n.input[0] != t and n.input[0] not in g.inits)

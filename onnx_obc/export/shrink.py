@@ -62,11 +62,12 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         if site.split is not None:
             for name, axis, per in site.split.tied:
                 cut(name, axis, _expand(kept, per))
-            for label, j, vals, index, per in site.split.shapes:
-                node = graph.nodes[labels[label]]
-                shape = np.array(vals, dtype=np.int64)
-                shape[index] = len(kept) * per
-                node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
+        for label, j, vals, index, per in (*site.shapes, *(site.split.shapes if site.split
+                                                           else ())):  # shape entries
+            node = graph.nodes[labels[label]]
+            shape = np.array(vals, dtype=np.int64)
+            shape[index] = len(kept) * per
+            node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
     for name, arr in values.items():
         write_constant(tensors[name], arr)
     outer = {t.name for t in [*graph.inputs, *graph.outputs]}

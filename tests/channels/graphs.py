@@ -188,8 +188,9 @@ def refused(kind: str, d: int = 6, seed: int = 0):
         nodes += [helper.make_node("Concat", ["r", "x"], ["cat"], name="cat", axis=1),
                   helper.make_node("MatMul", ["cat", "e.w2"], ["y"], name="cons")]
         inits.append(_w("e.w2", (2 * d, d), seed + 3))
-    elif kind == "reshape":
-        inits.append(numpy_helper.from_array(np.array([-1, d], dtype=np.int64), "shape"))
+    elif kind == "reshape":  # [N, d] -> [N / 2, 2 d]: channels of two rows side by side
+        inits.append(numpy_helper.from_array(np.array([-1, 2 * d], dtype=np.int64), "shape"))
+        inits[1] = _w("c.w", (d, 2 * d), seed + 1)
         nodes += [helper.make_node("Reshape", ["r", "shape"], ["rs"], name="reshape"),
                   helper.make_node("Gemm", ["rs", "c.w"], ["y"], name="cons", transB=1)]
     elif kind == "output":
@@ -236,3 +237,42 @@ def as_constants(model):
     g.node.extend(nodes)
     onnx.checker.check_model(out)
     return out
+
+
+def conv1d_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0, shared: bool = False):
+    """An MLP as GPT-2's Conv1D exports it: x [N, T, d] -> Reshape [-1, d] -> Gemm (fc, its
+    weight [d, hidden]) -> Reshape to Concat(B, T read from x, [hidden]) -> Relu -> Reshape
+    to Concat([-1], the Relu output's last size read at run time: Shape -> Slice [-1:] ->
+    Squeeze -> Unsqueeze) -> Gemm (proj) -> Reshape back to [B, T, d]. `shared`: that last
+    size also feeds a second graph output (read elsewhere: refused)."""
+    big = 2 ** 63 - 1
+    inits = [_w("fc.w", (d, hidden), seed), _c("fc.b", np.linspace(-0.2, 0.2, hidden)),
+             _w("proj.w", (hidden, d), seed + 1), _c("proj.b", np.zeros(d))]
+    ints = {"flat": [-1, d], "i0": 0, "i1": 1, "ax0": [0], "h": [hidden], "dd": [d],
+            "m1": [-1], "end": [big]}
+    inits += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in ints.items()]
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["xs"], name="xs"),
+             n("Gather", ["xs", "i0"], ["b0"], name="b0", axis=0),
+             n("Gather", ["xs", "i1"], ["t0"], name="t0", axis=0),
+             n("Unsqueeze", ["b0", "ax0"], ["B"], name="B"),
+             n("Unsqueeze", ["t0", "ax0"], ["T"], name="T"),
+             n("Reshape", ["x", "flat"], ["xf"], name="fc.flat"),
+             n("Gemm", ["xf", "fc.w", "fc.b"], ["h0"], name="fc"),
+             n("Concat", ["B", "T", "h"], ["hs"], name="fc.shape", axis=0),
+             n("Reshape", ["h0", "hs"], ["h1"], name="fc.view"),
+             n("Relu", ["h1"], ["a"], name="act"),
+             n("Shape", ["a"], ["as"], name="a.shape"),
+             n("Slice", ["as", "m1", "end", "ax0"], ["aw"], name="a.width"),
+             n("Squeeze", ["aw", "ax0"], ["aw0"], name="a.sq"),
+             n("Unsqueeze", ["aw0", "ax0"], ["aw1"], name="a.unsq"),
+             n("Concat", ["m1", "aw1"], ["ps"], name="proj.shape", axis=0),
+             n("Reshape", ["a", "ps"], ["af"], name="proj.flat"),
+             n("Gemm", ["af", "proj.w", "proj.b"], ["y0"], name="proj"),
+             n("Concat", ["B", "T", "dd"], ["ys"], name="proj.shape2", axis=0),
+             n("Reshape", ["y0", "ys"], ["y"], name="proj.view")]
+    outs = [b.vi("y", ["N", t, d])]
+    if shared:
+        nodes.append(n("Identity", ["aw0"], ["width"], name="width.out"))
+        outs.append(b.vi("width", [], TensorProto.INT64))
+    return b.make(nodes, [b.vi("x", ["N", t, d])], outs, inits)
