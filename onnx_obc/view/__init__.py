@@ -34,7 +34,8 @@ def check(plot: str | os.PathLike | None, html: str | os.PathLike | None,
     if not paths:
         return
     if importlib.util.find_spec("matplotlib") is None:
-        raise MissingExtra(f"{' and '.join(f for f, _ in paths)} need matplotlib: "
+        raise MissingExtra(f"{' and '.join(f for f, _ in paths)} "
+                           f"need{'s' if len(paths) == 1 else ''} matplotlib: "
                            "pip install onnx-obc[plot] (or pip install matplotlib)")
     if plot and not os.fspath(plot).lower().endswith(FIGURES):
         raise ConfigError(f"--plot must name a {', '.join(FIGURES)} file, got {os.fspath(plot)!r} "

@@ -39,3 +39,17 @@ def test_the_checks_come_before_any_work(tmp_path, monkeypatch):
                                            str(tmp_path / "r.png")])
     assert convert_ok.exit_code == 1 and "pip install onnx-obc[plot]" in convert_ok.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_missing_matplotlib_is_named_for_each_view_asked(monkeypatch):
+    """Without matplotlib (patched here, so it runs with or without it): the error names the
+    views asked and the extra to install, before anything else is checked."""
+    real = view.importlib.util.find_spec
+    monkeypatch.setattr(view.importlib.util, "find_spec",
+                        lambda n, *a: None if n == "matplotlib" else real(n, *a))
+    for plot, html, said in (("r.png", None, "--plot needs"), (None, "r.html", "--html needs"),
+                             ("r.png", "r.html", "--plot and --html need")):
+        with pytest.raises(view.MissingExtra, match=rf"^{said} matplotlib: pip install "
+                           r"onnx-obc\[plot\]"):
+            view.check(plot, html)
+    view.check(None, None)  # no view asked: nothing needed
