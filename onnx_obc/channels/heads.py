@@ -227,7 +227,7 @@ def _mask(g: _Graph, n: onnx.NodeProto, label: str, H: int) -> str:
     pairs = [(n.input[0], n.input[1]), (n.input[1], n.input[0])]
     heads = [(t, m) for t, m in pairs if (g.shapes.get(t) or [0, 0])[-3:][:1] == [H]
              and (g.shapes.get(m) or [0, 0, 0])[-3:][:1] != [H]]
-    for t, m in heads or pairs:
+    for t, m in heads + [p for p in pairs if p not in heads]:  # the shapes, then any order
         if t in g.makers and g.makers[t][1].op_type in ("MatMul", *SCALE, "Add"):
             dims = list(g.inits[m]) if m in g.inits else g.dims(m)  # probed where unknown
             if dims is None:
