@@ -106,3 +106,25 @@ def _last(g: Any, n: onnx.NodeProto) -> bool:
         return len(n.input) > 1 and g.values.get(n.input[1]) == [-1]
     return len(n.input) >= 3 and g.values.get(n.input[1]) == [-1] and \
         (g.values.get(n.input[2]) or [0])[0] >= 2 ** 31 - 1
+
+
+def restores_shape(g: Any, shape: onnx.NodeProto, t: str) -> bool:
+    """Whether Shape node `shape` of `t` only gives a Reshape back the shape of `t` after a
+    Softmax over its last axis on a 2-D view (paddle2onnx: Flatten(axis = last) -> Softmax ->
+    Reshape(Shape(t))): a size it reads follows any cut."""
+    users = g.users.get(shape.output[0], [])
+    if len(users) != 1 or any(a.name in ("start", "end") for a in shape.attribute):
+        return False
+    r = users[0][1]
+    sm = g.makers.get(r.input[0], ("", None))[1] if r.op_type == "Reshape" else None
+    fl = g.makers.get(sm.input[0], ("", None))[1] if sm is not None and \
+        sm.op_type == "Softmax" else None
+    dims = g.shapes.get(t)
+    return sm is not None and r.input[1] == shape.output[0] and fl is not None and \
+        fl.op_type == "Flatten" and fl.input[0] == t and bool(dims) and \
+        _axis(fl) in (len(dims) - 1, -1)
+
+
+def _axis(n: onnx.NodeProto) -> int:
+    return next((int(onnx.helper.get_attribute_value(a)) for a in n.attribute
+                 if a.name == "axis"), 1)

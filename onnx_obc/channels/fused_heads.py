@@ -18,9 +18,9 @@ from __future__ import annotations
 import onnx
 
 from ..layers import Layer
-from .head_shapes import entries
-from .heads import HeadSplit, _compose, _maker, _per_head, _scalar, _scores, _single, \
-    _transposes, merge_site
+from .head_shapes import compose, entries, softmax_input, unguard
+from .heads import HeadSplit, _maker, _per_head, _scalar, _scores, _single, _transposes, \
+    merge_site
 from .patterns import Site, _attr, _Graph, _Refused
 
 QKV_T = (2, 0, 3, 1, 4)  # [B, T, 3, H, dh] -> [3, B, H, T, dh]
@@ -42,8 +42,8 @@ def fused_site(g: _Graph, L: Layer, label: str, split: onnx.NodeProto, C: int,
     dh = C // 3 // H
     q, k, val = _parts(g, split.output[0])
     av_label, av, ts = _transposes(g, val, (0, 1, 2, 3), "value", 1)
-    if not (av.op_type == "MatMul" and av.input[1] == ts and av.input[0] in g.makers
-            and g.makers[av.input[0]][1].op_type == "Softmax"):
+    if not (av.op_type == "MatMul" and av.input[1] == ts
+            and softmax_input(g, unguard(g, av.input[0])[0])):  # [guard, Casts] <- Softmax
         raise _Refused(f"the value heads reach {av.op_type} {av_label!r}, not A @ V")
     s_label, scores = _scores(g, av.input[0], H)
     _back(g, scores.input[0], q, (0, 1, 2, 3), "query")
@@ -115,6 +115,6 @@ def _back(g: _Graph, t: str, part: str, want: tuple[int, ...], role: str) -> Non
             raise _Refused(f"the {role} path meets {n.op_type} {label!r}, not the fused "
                            f"projection's {role} heads")
     _single(g, part, role, 1)
-    if _compose(perms) != want:
+    if compose(perms) != want:
         raise _Refused(f"the {role} heads are transposed by {perms or 'nothing'}, not to "
                        f"{list(want)}")

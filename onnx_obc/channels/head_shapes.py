@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 
+from .flat import restores_shape
 from .patterns import _attr, _Graph, _Refused
 
 Where = tuple[str, int, tuple[int, ...], int]  # (node label, input index, the constant's
@@ -124,6 +125,12 @@ def unguard(g: _Graph, t: str) -> tuple[str, set[str]]:
             seen.add(label)
             t = n.input[0]
             continue
+        if n is not None and n.op_type == "Reshape" and softmax_input(g, n.input[0]) and (
+                sh := g.makers.get(n.input[1], ("", None)))[1] is not None and \
+                restores_shape(g, sh[1], softmax_input(g, n.input[0])):
+            seen |= {label, sh[0]}  # paddle2onnx: Reshape(Softmax(Flatten(s)), Shape(s))
+            t = n.input[0]
+            continue
         if n is None or n.op_type != "Where" or len(n.input) != 3 or \
                 n.input[1] not in g.inits:
             return t, seen
@@ -132,3 +139,27 @@ def unguard(g: _Graph, t: str) -> tuple[str, set[str]]:
             return t, seen
         seen |= {label, c_label}
         t = n.input[2]
+
+
+def softmax_input(g: _Graph, p: str) -> str:
+    """The scores behind Softmax output `p`: its input, or the 4-D tensor a Flatten(axis 3)
+    made its 2-D input from (paddle2onnx's Softmax over the last axis); "" when `p` is no
+    Softmax output."""
+    n = g.makers.get(p, ("", None))[1]
+    if n is None or n.op_type != "Softmax":
+        return ""
+    f = g.makers.get(n.input[0], ("", None))[1]
+    if f is not None and f.op_type == "Flatten" and len(g.shapes.get(f.input[0]) or []) == 4 \
+            and _attr(f, "axis", 1) in (3, -1) and len(g.users.get(n.input[0], [])) == 1:
+        return f.input[0]
+    return n.input[0]
+
+
+def compose(perms: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The axes of a 4-D tensor after the Transposes `perms` in order (() if one is not 4-D)."""
+    axes = (0, 1, 2, 3)
+    for p in perms:
+        if len(p) != 4:
+            return ()
+        axes = tuple(axes[i] for i in p)
+    return axes

@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 import onnx
 
 from ..layers import Layer
-from .head_shapes import Where, entries, keeps_heads, merge_shape, split_shape, unguard
+from .head_shapes import (Where, compose, entries, keeps_heads, merge_shape, softmax_input,
+                          split_shape, unguard)
 from .patterns import (
     Site,
     _attr,
@@ -163,15 +164,6 @@ def _one(g: _Graph, t: str) -> bool:
     return dims is not None and all(d == 1 for d in dims)
 
 
-def _compose(perms: list[tuple[int, ...]]) -> tuple[int, ...]:
-    axes = (0, 1, 2, 3)
-    for p in perms:
-        if len(p) != 4:
-            return ()
-        axes = tuple(axes[i] for i in p)
-    return axes
-
-
 def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str, h: int = 2
                 ) -> tuple[str, onnx.NodeProto, str]:
     """Follow `t` (heads on axis `h`) through Transposes and scalar Mul/Div (single users) to
@@ -187,7 +179,7 @@ def _transposes(g: _Graph, t: str, want: tuple[int, ...] | None, role: str, h: i
         elif _scalar(g, n) != t:
             break
         t = n.output[0]
-    if want is not None and _compose(perms) != want:
+    if want is not None and compose(perms) != want:
         raise _Refused(f"the {role} heads are transposed by {perms or 'nothing'}, not to "
                        f"{list(want)}")
     return label, n, t
@@ -205,7 +197,7 @@ def _scores(g: _Graph, p: str, H: int) -> tuple[str, onnx.NodeProto]:
     if n.op_type != "Softmax" or _attr(n, "axis", -1) not in (-1, 3):
         raise _Refused(f"the attention weights come from {n.op_type} {label!r}, not a "
                        "Softmax over the keys")
-    t = n.input[0]
+    t = softmax_input(g, p)  # its input, or the scores a Flatten made it from
     while True:
         _single(g, t, "scores", 1)
         label, n = _maker(g, t, "scores")
@@ -260,7 +252,7 @@ def _projection(g: _Graph, t: str, want: tuple[int, ...], H: int, role: str,
         else:
             raise _Refused(f"the {role} path meets {n.op_type} {label!r} (a fused QKV "
                            "projection, or no Reshape into heads)")
-    if _compose(perms) != want:
+    if compose(perms) != want:
         raise _Refused(f"the {role} heads are transposed by {perms or 'nothing'}, not to "
                        f"{list(want)}")
     h = 2  # the heads' axis, from the split forward

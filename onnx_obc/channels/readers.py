@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from .flat import shape_feeds_own_width
+from .flat import restores_shape, shape_feeds_own_width
 
 
 def shape_readers(g: Any, t: str, axis: int) -> set[str]:
@@ -33,6 +33,8 @@ def shape_readers(g: Any, t: str, axis: int) -> set[str]:
             out.add(label)
         elif axis == rank - 1 and shape_feeds_own_width(g, n, t):  # flat.py: the cut
             out.add(label)  # width reaches only a Reshape of t itself, which follows it
+        elif restores_shape(g, n, t):  # t's shape back after a Softmax on a 2-D view
+            out.add(label)
     return out
 
 

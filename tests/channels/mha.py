@@ -31,7 +31,8 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     known only at run time; the Softmax behind its NaN guard Where(IsNaN(p), 0, p); the
     context restated as [B, -1, T, dh] before its Transpose; merged to [B, T, -1]),
     "hf_cast" (as "torch", the attention weights through two Casts to float, as HF's eager
-    attention exports), "bias"
+    attention exports), "paddle_softmax" (the Softmax over a Flatten(axis 3) of the scores,
+    shaped back by Reshape(Shape(scores)), as paddle2onnx exports it), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
     Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     rng = np.random.default_rng(seed)
@@ -114,7 +115,11 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     if variant == "bias":
         inits.append(_c("rel", 0.1 * rng.standard_normal((1, heads, t, t))))
         s = node("Add", [s, "rel"], "biased")
-    p = node("Softmax", [s], "probs", axis=-1)
+    if variant == "paddle_softmax":  # paddle2onnx: the Softmax on a 2-D view, shaped back
+        f = node("Softmax", [node("Flatten", [s], "probs.flat", axis=3)], "probs.2d", axis=-1)
+        p = node("Reshape", [f, node("Shape", [s], "probs.shape")], "probs")
+    else:
+        p = node("Softmax", [s], "probs", axis=-1)
     if variant == "hf_cast":  # HF eager: softmax(..., dtype=float32).to(dtype), two Casts
         p = node("Cast", [node("Cast", [p], "probs.f32", to=1)], "probs.cast", to=1)
     if variant == "sdpa_hf":  # the NaN guard, the context restated as [B, -1, T, dh]

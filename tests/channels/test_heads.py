@@ -31,7 +31,8 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
                           allocate=allocate), layers, data
 
 
-VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask", "sdpa_hf", "hf_cast"]
+VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask", "sdpa_hf", "hf_cast",
+            "paddle_softmax"]
 
 
 def _sites(model):
