@@ -65,6 +65,7 @@ import onnx
 
 from ..errors import ConfigError
 from ..layers import Layer
+from ..quant import QuantSpec
 from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem, orttables, ortweights
 from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
@@ -152,8 +153,8 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
             log.info("onnxruntime target: %d Max / Min bound(s) dropped (their QuantizeLinear"
                      " saturates there), %d GELU(s) as one Gelu", dropped, gelus)
         if dynamic_lstm:  # on the layers' range: reduced where theirs is (quant.reduce_range)
-            model, notes = ortlstm.rewrite(model, 63 if any(
-                q.reduced for q in qweights.values()) else 127)
+            model, notes = ortlstm.rewrite(model, QuantSpec(bits=8, reduced=any(
+                q.reduced for q in qweights.values())).qmax)
             for note in notes:
                 log.warning(note)
     if tables and qweights:
