@@ -6,6 +6,7 @@ cuts group by group (--sequential); `run_channels` is the pipeline's stage."""
 
 from typing import Any
 
+from ..export.shrink import check_input
 from ..tier import channel_floor
 from .patterns import Refusal, Site, find_sites, layer_macs
 from .sequential import prune_channels_sequential
@@ -30,6 +31,7 @@ def run_channels(proto: Any, layers: list, data: Any, backend: Any, cfg: Any, ru
                  progress: bool) -> ChannelResult:
     """The channel-pruning stage with a run's settings (`cfg` a CompressConfig, `data` its
     Calibration): the shrunk model, its L2-norm baseline and the sites."""
+    check_input(proto)  # what the shrunk model's check would fail on anyway, before the work
     p = cfg.prune
     args = (proto, layers, data.fit, data.batch, backend, p.channels, cfg.solver.damp,
             cfg.run.memory_budget_mb, runtime, progress)

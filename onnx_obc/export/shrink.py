@@ -117,10 +117,33 @@ def _expand(kept: np.ndarray, unit: int) -> np.ndarray:
 def checked(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its intermediate shapes re-inferred; ModelError when strict shape
     inference or the full checker fails."""
-    del model.graph.value_info[:]
     try:
-        out = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        onnx.checker.check_model(as_inputs(out), full_check=True)  # kept tensors: no data
+        return _strict(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelError(f"the channel-pruned model fails shape inference: {exc}") from None
+
+
+def check_input(model: onnx.ModelProto) -> None:
+    """ModelError, before any work, where `model` as given already fails the check the
+    shrunk model gets (checked): a stale or wrong value_info (a float16 conversion that
+    left a Cast's declared type behind) would otherwise surface only after the whole
+    channel stage, blamed on the pruning. `model` itself is not changed."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # tensors kept on disk are not in the proto: cheap for big ones
+    try:
+        _strict(copy)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelError(
+            "--channels rewrites tensor shapes and checks the model it writes with ONNX's "
+            "strict shape inference and full checker, and the input model fails them "
+            f"already: {str(exc).strip()}. Fix the input (re-export it; "
+            "onnx.shape_inference.infer_shapes(model, strict_mode=True) names the node) or "
+            "compress without --channels") from None
+
+
+def _strict(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Strict shape inference and the full checker on `model`, its value_info cleared."""
+    del model.graph.value_info[:]
+    out = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(as_inputs(out), full_check=True)  # kept tensors: no data
     return out
