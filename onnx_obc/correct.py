@@ -107,6 +107,17 @@ class CorrectionResult:
     kept: bool | None = None  # its verdict (None: not automatic; pinned.py)
     samples: int = 0  # the calibration samples measured
 
+    def skipped_lines(self) -> list[str]:
+        """The report's warnings: one line per reason, naming its nodes (the first three
+        and how many more), not one line per node (ALBERT: 12 nodes, one reason)."""
+        nodes: dict[str, list[str]] = {}
+        for s in self.skipped:
+            node, _, why = s.partition(": ")
+            nodes.setdefault(why, []).append(node)
+        return [f"correction skipped for {', '.join(n[:3])}"
+                + (f" and {len(n) - 3} more" if len(n) > 3 else "") + f": {why}"
+                for why, n in nodes.items()]
+
     def summary(self) -> dict:
         d: dict = {"mean_abs_shift_per_level": list(self.shifts), "measured": self.how,
                    "samples": self.samples}

@@ -147,10 +147,9 @@ def _conv_use(node: onnx.NodeProto, label: str, wshape: tuple[int, ...]) -> Use:
     )
 
 
-def _describe_use(
-    node: onnx.NodeProto, label: str, weights: dict[str, tuple[str, onnx.TensorProto]],
-    wname: str,
-) -> tuple[Use | None, str, str]:
+def _describe_use(node: onnx.NodeProto, label: str,
+                  weights: dict[str, tuple[str, onnx.TensorProto]], wname: str
+                  ) -> tuple[Use | None, str, str]:
     """(use, layout, "") or (None, "", reason)."""
     op = node.op_type
     storage_t = weights[wname][1]
@@ -292,8 +291,10 @@ def _not_constant_reason(graph: onnx.GraphProto, wname: str) -> str:
             return (f"weight {wname!r} is a graph input, not a constant (its initializer is a "
                     "default the caller may override; drop it from graph.input to compress it)")
         return f"weight {wname!r} is a graph input, not a constant"
-    for node in graph.node:
-        if wname in node.output:
-            return (f"weight {wname!r} is computed by a {node.op_type} node (both inputs are "
-                    "activations, or the weight is transformed at run time)")
+    for node in (n for n in graph.node if wname in n.output):
+        return (f"weight {wname!r} is an Identity of {node.input[0]!r} (a weight used twice, "
+                "as PyTorch exports it: compressed as one layer unless --no-fold)"
+                if node.op_type == "Identity" else  # the fold reads through it
+                f"weight {wname!r} is computed by a {node.op_type} node (both inputs are "
+                "activations, or the weight is transformed at run time)")
     return f"weight {wname!r} is not a constant"

@@ -275,7 +275,7 @@ def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, lay
     warnings = [*checks, *data.warnings, *(chan.warnings if chan else []),
                 *(plan.warnings if plan else []), *done.warnings]
     if fixes is not None:
-        warnings += [f"correction skipped for {w}" for w in fixes.skipped]
+        warnings += fixes.skipped_lines()
     return Report(
         model=src or "<ModelProto>", output=None if output is None else os.fspath(output),
         config=cfg.to_dict(), device=device, calibration=dict(data.info),

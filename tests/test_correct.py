@@ -441,3 +441,13 @@ def test_the_decision_on_several_outputs_is_the_mean_and_says_so():
                            "compressed": Fidelity(8, {"y": 0.05})}}
     keep, res = auto_decision(fixes, one, "calibration")
     assert keep and "output error on calibration 0.1 without, 0.05 with it" in res.decision
+
+
+def test_skipped_nodes_are_one_warning_line_per_reason():
+    """ALBERT's 12 bias-less MatMuls were 12 warning lines; one per reason now."""
+    from onnx_obc.correct import CorrectionResult
+
+    r = CorrectionResult({}, skipped=("a: no bias", "b: no bias", "c: no bias", "d: no bias",
+                                      "e: 3-D weight"))
+    assert r.skipped_lines() == ["correction skipped for a, b, c and 1 more: no bias",
+                                 "correction skipped for e: 3-D weight"]

@@ -12,7 +12,8 @@ contract. Corrections (correct.py measures them) fold the same way:
     weight rows:  W_c <- a_c W_c;   DequantizeLinear scales:  s_c <- a_c s_c (codes stay)
 
 A Conv / Gemm without a bias, or whose bias constant other nodes read too, gets a new bias
-input; that is a graph edit, done through graph-surgeon (graph.set_inputs).
+input, and the Add after a MatMul whose vector other nodes read too (a layer applied twice,
+ALBERT) a new vector; that is a graph edit, done through graph-surgeon (graph.set_inputs).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class BiasSite:
     via_add: bool = False  # the bias is the following Add's vector (after the output)
     beta: float = 1.0  # Gemm's beta (the bias is scaled by it)
     source: str | None = None  # a new bias starts from this (shared) constant's value
+    add_input: tuple[int, int] | None = None  # via_add, shared: (the Add's index, its input)
 
 
 def apply_weights(model: onnx.ModelProto, layers: list[Layer],
@@ -120,8 +122,12 @@ def bias_targets(model: onnx.ModelProto, layers: list[Layer]
         if add is not None and add.op_type == "Add":
             other = [x for x in add.input if x != out]
             t = consts.get(other[0]) if len(other) == 1 else None
-            if t is not None and len(t[1].dims) == 1 and len(consumers[other[0]]) == 1:
-                sites[u.node] = BiasSite(i, out, other[0], via_add=True)
+            if t is not None and len(t[1].dims) == 1:
+                own = len(consumers[other[0]]) == 1  # else this Add gets its own copy
+                sites[u.node] = BiasSite(i, out, other[0] if own else None, via_add=True,
+                                         source=None if own else other[0],
+                                         add_input=None if own else (
+                                             users[0], list(add.input).index(other[0])))
                 continue
         skipped.append(f"{u.node}: no bias to fold the correction into (the MatMul output "
                        "is not consumed by a single Add with a constant vector)")
@@ -161,7 +167,8 @@ def fold_biases(model: onnx.ModelProto, layers: list[Layer],
              if site.source else np.zeros(fix.shift.shape))
         name = f"{label}_bias_correction".replace("<", "").replace(">", "").replace(
             " ", "_").replace("#", "")
-        added[site.node] = (2, name, _corrected(b, fix, site).astype(dtype))
+        where = site.add_input or (site.node, 2)
+        added[where[0]] = (where[1], name, _corrected(b, fix, site).astype(dtype))
     check(out)
     return set_inputs(out, added)
 

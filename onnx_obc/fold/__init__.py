@@ -8,6 +8,8 @@ the weights the deployed model multiplies by.
 - before Conv layers: a chain of Mul / Add / Sub / Div by a per-input-channel constant whose
   result only Convs read: the scale goes into their weights; the shift into their biases when
   they pad nothing, else it stays as one Add (of shift / scale) in front of them;
+- an Identity of a constant (PyTorch's form of a weight used twice) read through: the
+  layers reading it become one layer with several uses (identity.py);
 - a MatMul of a 2-D input and the Add of its bias vector become one Gemm (gemm.py);
 - shape arithmetic over static sizes (TensorFlow-style "same" pads computed from Shape at
   run time under a free batch size) becomes constants (shapes.py);
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..capture import subgraph_reads
 from ..errors import ModelError
 from ..export.graph import ensure_opset, export_graph, model_opset
 from ..layers import overridable
@@ -36,6 +39,7 @@ from .after import fold_after
 from .before import fold_before
 from .common import weight
 from .gemm import as_gemm, candidates
+from .identity import read_through_identities
 from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
 from .shapes import ranks, static_shapes
 
@@ -53,17 +57,20 @@ class Folded:
     hardswish_ops: int = 0  # x * HardSigmoid(x) pairs written as one HardSwish
     shapes: int = 0  # shape-arithmetic results made constants (shapes.py)
     gemm: int = 0  # 2-D MatMul + bias Add pairs as one Gemm (gemm.py)
+    identities: int = 0  # Identity of a constant read through (identity.py)
     opset: str = ""  # "13 -> 14" where HardSwish raised it; why not, where it could not
 
     @property
     def changed(self) -> bool:
         return bool(self.after or self.before or self.hardswish or self.hardsigmoid
-                    or self.hardswish_ops or self.shapes or self.gemm)
+                    or self.hardswish_ops or self.shapes or self.gemm or self.identities)
 
     def summary(self) -> str:
         """One line for the report ('' when nothing changed)."""
         parts = [f"{self.shapes} shape computations over static sizes as constants"] if (
             self.shapes) else []
+        parts += [f"{self.identities} Identity of a constant read through (a shared "
+                  "weight: one layer with several uses)"] if self.identities else []
         parts += [f"{self.gemm} MatMul + bias Add as Gemm"] if self.gemm else []
         for what, c in (("into the layer before them", self.after),
                         ("into the layers after them", self.before)):
@@ -87,6 +94,7 @@ class Folded:
                 "kept_adds": self.kept_adds, "hardswish": self.hardswish,
                 "hardsigmoid": self.hardsigmoid, "hardswish_ops": self.hardswish_ops,
                 "opset": self.opset, "shapes": self.shapes, "gemm": self.gemm,
+                "identities": self.identities,
                 "summary": self.summary()}
 
 
@@ -97,6 +105,8 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
     outputs = {t.name for t in graph.outputs}
     fixed = overridable(model) | {t.name for t in graph.inputs}  # a caller may feed them
     done.shapes = static_shapes(model, graph)
+    inner = {n for node in model.graph.node for n in subgraph_reads(node)}
+    done.identities = read_through_identities(graph, outputs, fixed, inner)
     heads = candidates(graph, outputs, fixed)
     done.gemm = as_gemm(heads, ranks(model)) if heads else 0
     for node in list(graph.nodes):  # first: x + 3 is no affine op to fold
