@@ -5,6 +5,8 @@ the input's Shape (Shape -> Gather -> Sub -> ... -> Concat -> Reshape -> Slice -
 Cast), so the pads are evaluated here with onnx's reference evaluator from the sizes the
 Shape nodes read, at the channel count and at another one and at two stand-in spatial sizes:
 the channel axis must get no padding in each, so it gets none at any size after the cut.
+Constant pads (the fold's static-shape pass makes PyTorch's computation one where the sizes
+are fixed) are read as they are.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def _evaluate(g: Any, pads: str, axis: int, channels: int | None, spatial: int
     """The pads tensor's value with each Shape input sized from its inferred dims (the
     channel axis `channels` when given, unknown sizes `spatial`); a reason when the pads
     depend on anything but shapes and small constants."""
+    if pads in g.values:  # a constant (the fold's static shapes make PyTorch's one): any size
+        return np.array(g.values[pads], np.int64)
     nodes, shapes, seen, todo = [], {}, set(), [pads]
     while todo:
         t = todo.pop()

@@ -74,7 +74,8 @@ def same_pad_block(c_in: int = 3, mid: int = 6, c_out: int = 4, seed: int = 0,
                    pads_input: bool = False):
     """Conv 1x1 -> Clip -> Pad (a "same" pad computed at run time from Shape, as PyTorch
     exports TF-style padding) -> depthwise Conv 3x3 (no pads) -> Clip -> Conv 1x1;
-    pads_input: the pads are a graph input instead (nothing to evaluate them from)."""
+    pads_input: the pads are a graph input instead (nothing to evaluate them from).
+    The spatial size is fixed (5 x 5), so the fold makes the pads a constant."""
     rng = np.random.default_rng(seed)
     ints = {"two": [2], "zeros2": [0, 0], "one": [1]}
     inits = [_w("p.w", (mid, c_in, 1, 1), seed), _c("dw.w", rng.standard_normal((mid, 1, 3, 3))),

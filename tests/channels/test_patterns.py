@@ -51,6 +51,26 @@ def test_a_same_pad_computed_from_shape_keeps_the_channels():
     assert not sites and "its pads read 'pads'" in refused[0].reason
 
 
+def test_constant_pads_from_the_fold_keep_the_channels_and_padded_channels_stop_them():
+    """The fold makes the run-time pads a constant (fixed 5 x 5): read as they are (the
+    evaluation had nothing to run on and refused every such Pad, so EfficientNet-Lite0 had
+    2 sites where it has 16); constant pads on the channel axis stop the cut."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from onnx_obc.fold import fold
+
+    folded, done = fold(graphs.same_pad_block())
+    assert done.shapes and not [n for n in folded.graph.node if n.op_type == "Shape"]
+    (s,), _ = _find(folded)
+    assert s.path == ("relu6", "pad", "dw", "clip")
+    pads = next(n.input[1] for n in folded.graph.node if n.op_type == "Pad")
+    t = next(t for t in folded.graph.initializer if t.name == pads)
+    t.CopyFrom(numpy_helper.from_array(np.array([0, 1, 1, 1, 0, 0, 1, 1], np.int64), pads))
+    sites, refused = _find(folded)
+    assert not sites and "pads the channel axis" in refused[0].reason
+
+
 def test_gated_activation_is_per_channel():
     """x * Sigmoid(x): the producer's output feeds two nodes, both per channel."""
     (s,), _ = _find(graphs.conv_silu_conv())
