@@ -50,7 +50,18 @@ def open_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.Path
     src = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if output is not None:
         check_output_path(output, src)
-    return src, model if src is None else load_model(src)
+    proto = model if src is None else load_model(src)
+    g = proto.graph
+    made = {t.name: "an input or initializer" for t in [*g.initializer, *g.input]}
+    for i, n in enumerate(g.node):  # single assignment: else a cycle in every edit
+        for o in (o for o in n.output if o):
+            if o in made:  # dynamo names a value like an output name given to it (MiniLM)
+                raise ModelError(f"the model defines tensor {o!r} twice ({made[o]} and "
+                                 f"{n.op_type} node {n.name or i!r}): not valid ONNX (onnx."
+                                 "checker and onnxruntime refuse it). Re-export it (torch's "
+                                 "dynamo exporter: choose other output_names)")
+            made[o] = f"{n.op_type} node {n.name or i!r}"
+    return src, proto
 
 
 def _external_locations(model: onnx.ModelProto, base: Path) -> tuple[Path, ...]:

@@ -451,3 +451,22 @@ def test_tables_shorten_long_names_and_json_keeps_them(tmp_path):
     r.write_json(tmp_path / "r.json")
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["layers"][0]["name"] == TF_NAME and d["skipped"][0]["node"] == TF_NAME + "_skip"
+
+
+@pytest.mark.parametrize("clash", ["two nodes", "an initializer"])
+def test_a_tensor_defined_twice_is_refused_before_any_work(tmp_path, no_work, clash):
+    """Not single assignment (torch's dynamo exporter named MiniLM's word-embedding Gather
+    like the output name it was given): a clear error at load, not graph-surgeon's "Cycle
+    detected" from the fold; the ModelProto path too."""
+    model = b.mlp((4, 6, 3))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    if clash == "two nodes":
+        relu.output[0] = model.graph.output[0].name
+    else:
+        relu.output[0] = model.graph.initializer[0].name
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    for src in (str(path), model):
+        with pytest.raises(ModelError, match=r"defines tensor .* twice .*Re-export it"):
+            convert(src, tmp_path / "out.onnx", sparsity=0.5, progress=False)
+    assert listing(tmp_path) == ["m.onnx"]

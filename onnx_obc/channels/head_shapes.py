@@ -18,9 +18,16 @@ Entry = tuple[int | None, Where | None]  # value (None: known at run time only),
 
 
 def entries(g: _Graph, label: str, n: onnx.NodeProto, role: str) -> list[Entry]:
-    """The shape entries of Reshape `n` (label)."""
-    if _attr(n, "allowzero", 0):
-        raise _Refused(f"the {role} Reshape {label!r} has allowzero=1")
+    """The shape entries of Reshape `n` (label). allowzero=1 (torch's dynamo exporter sets
+    it on every Reshape) differs only where an entry is 0: refused there alone (the rewrite
+    writes a head count of at least 1; run-time entries are batch and sequence sizes)."""
+    out = _entries(g, label, n, role)
+    if _attr(n, "allowzero", 0) and any(v == 0 for v, _ in out):
+        raise _Refused(f"the {role} Reshape {label!r} has allowzero=1 and a 0 entry")
+    return out
+
+
+def _entries(g: _Graph, label: str, n: onnx.NodeProto, role: str) -> list[Entry]:
     s = n.input[1]
     if s in g.values:
         return [(v, (label, 1, tuple(g.values[s]), i)) for i, v in enumerate(g.values[s])]

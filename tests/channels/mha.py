@@ -34,7 +34,10 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     attention exports), "paddle_softmax" (the Softmax over a Flatten(axis 3) of the scores,
     shaped back by Reshape(Shape(scores)), as paddle2onnx exports it), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
-    Transpose back). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
+    Transpose back), "dynamo" (as "sdpa_hf", every Reshape with allowzero=1 as torch's dynamo
+    exporter writes them). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
+    dynamo = variant == "dynamo"
+    variant = "sdpa_hf" if dynamo else variant
     rng = np.random.default_rng(seed)
     dh = d // heads
     inits = [b.weight(f"{p}.w", (d, d), seed + i) for i, p in enumerate("qkvo")]
@@ -148,6 +151,8 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
         node("MatMul", [node("Relu", [y], "o.relu"), "f.w"], "y")
     inputs = [b.vi("x", ["N", t, d])] + ([b.vi("m", ["N", 1, 1, t])] if variant == "hfmask"
                                          else [])
+    for n in nodes if dynamo else []:
+        n.attribute.extend([helper.make_attribute("allowzero", 1)] * (n.op_type == "Reshape"))
     return b.make(nodes, inputs, [b.vi("y", ["N", t, d])], inits)
 
 

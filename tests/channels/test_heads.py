@@ -32,7 +32,7 @@ def _prune(model, fraction, n=96, seed=1, allocate="dp"):
 
 
 VARIANTS = ["bert", "hf", "torch", "sdpa", "const", "hfmask", "sdpa_hf", "hf_cast",
-            "paddle_softmax"]
+            "paddle_softmax", "dynamo"]
 
 
 def _sites(model):
@@ -74,7 +74,7 @@ def test_pruned_heads_equal_the_obs_oracle(variant):
     onnx.checker.check_model(out, full_check=True)
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in onnx.shape_inference.infer_shapes(res.model, data_prop=True).graph.value_info}
-    if variant == "sdpa_hf":  # -1 head counts: the sizes at run time
+    if variant in ("sdpa_hf", "dynamo"):  # -1 head counts: the sizes at run time
         m = onnx.ModelProto()
         m.CopyFrom(res.model)
         m.graph.output.extend(b.vi(t, None) for t in ("q.heads", "k.heads", "v.heads",
@@ -183,3 +183,18 @@ def test_convert_reports_heads_then_quantizes():
     assert row["unit"] == DH and row["removed"] > 0
     assert f"/{HEADS}h" in r.report.table()
     assert r.report.layers and all(x.bits == 8 for x in r.report.layers)
+
+
+def test_allowzero_is_refused_only_beside_a_0_entry():
+    """allowzero=1 (dynamo) changes a Reshape only where its shape has a 0: the "bert"
+    shapes [0, 0, H, dh] copy B and T with 0, so with allowzero=1 they are refused, with
+    that reason; the "dynamo" variant (sizes read at run time, no 0) keeps its site."""
+    model = mha.mha(D, HEADS, T, variant="bert")
+    for n in model.graph.node:
+        if n.op_type == "Reshape":
+            n.attribute.extend([onnx.helper.make_attribute("allowzero", 1)])
+    sites, refused = _sites(model)
+    assert not [s for s in sites if s.consumer.weight == "o.w"]
+    assert any("allowzero=1 and a 0 entry" in r.reason for r in refused)
+    assert [s.consumer.weight for s in _sites(mha.mha(D, HEADS, T, variant="dynamo"))[0]] \
+        == ["o.w"]
