@@ -10,6 +10,8 @@ the weights the deployed model multiplies by.
   they pad nothing, else it stays as one Add (of shift / scale) in front of them;
 - an Identity of a constant (PyTorch's form of a weight used twice) read through: the
   layers reading it become one layer with several uses (identity.py);
+- a swap of the last two axes written as Reshape -> Transpose -> Reshape (torch's dynamo
+  export of kᵀ) as one Transpose (swaplast.py);
 - a MatMul of a 2-D input and the Add of its bias vector become one Gemm (gemm.py);
 - shape arithmetic over static sizes (TensorFlow-style "same" pads computed from Shape at
   run time under a free batch size) becomes constants (shapes.py);
@@ -40,8 +42,9 @@ from .before import fold_before
 from .common import weight
 from .gemm import as_gemm, candidates
 from .identity import read_through_identities
+from .swaplast import swap_last_two
 from .hardswish import HARDSWISH_OPSET, as_hardswish, hardswish, hardswish_pairs
-from .shapes import ranks, static_shapes
+from .shapes import inferred_dims, ranks, static_shapes
 
 
 @dataclass
@@ -58,12 +61,14 @@ class Folded:
     shapes: int = 0  # shape-arithmetic results made constants (shapes.py)
     gemm: int = 0  # 2-D MatMul + bias Add pairs as one Gemm (gemm.py)
     identities: int = 0  # Identity of a constant read through (identity.py)
+    swaps: int = 0  # Reshape -> Transpose -> Reshape swaps of the last two axes (swaplast.py)
     opset: str = ""  # "13 -> 14" where HardSwish raised it; why not, where it could not
 
     @property
     def changed(self) -> bool:
         return bool(self.after or self.before or self.hardswish or self.hardsigmoid
-                    or self.hardswish_ops or self.shapes or self.gemm or self.identities)
+                    or self.hardswish_ops or self.shapes or self.gemm or self.identities
+                    or self.swaps)
 
     def summary(self) -> str:
         """One line for the report ('' when nothing changed)."""
@@ -71,6 +76,8 @@ class Folded:
             self.shapes) else []
         parts += [f"{self.identities} Identity of a constant read through (a shared "
                   "weight: one layer with several uses)"] if self.identities else []
+        parts += [f"{self.swaps} Reshape -> Transpose -> Reshape swaps of the last two axes "
+                  "as one Transpose"] if self.swaps else []
         parts += [f"{self.gemm} MatMul + bias Add as Gemm"] if self.gemm else []
         for what, c in (("into the layer before them", self.after),
                         ("into the layers after them", self.before)):
@@ -94,7 +101,7 @@ class Folded:
                 "kept_adds": self.kept_adds, "hardswish": self.hardswish,
                 "hardsigmoid": self.hardsigmoid, "hardswish_ops": self.hardswish_ops,
                 "opset": self.opset, "shapes": self.shapes, "gemm": self.gemm,
-                "identities": self.identities,
+                "identities": self.identities, "swaps": self.swaps,
                 "summary": self.summary()}
 
 
@@ -107,6 +114,9 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
     done.shapes = static_shapes(model, graph)
     inner = {n for node in model.graph.node for n in subgraph_reads(node)}
     done.identities = read_through_identities(graph, outputs, fixed, inner)
+    if any(n.op == "Transpose" and list(n.attrs.get("perm", [])) == [0, 2, 1]
+           for n in graph.nodes):  # (the shape inference only where one may be)
+        done.swaps = swap_last_two(graph, inferred_dims(model), outputs)
     heads = candidates(graph, outputs, fixed)
     done.gemm = as_gemm(heads, ranks(model)) if heads else 0
     for node in list(graph.nodes):  # first: x + 3 is no affine op to fold

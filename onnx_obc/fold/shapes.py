@@ -132,9 +132,7 @@ def _batch_symbols(model: onnx.ModelProto) -> set | None:
 def ranks(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor -> its rank, where shape inference finds one, or (a Reshape to a computed
     shape, paddle2onnx's flatten) where the length of the Reshape's shape input is known."""
-    from ..capture import _shapes_only  # weights as typed inputs: no payload copied
-
-    dims = _inferred_dims(_shapes_only(model))
+    dims = inferred_dims(model)
     out = {k: len(v) for k, v in dims.items()}
     for n in model.graph.node:
         if n.op_type == "Reshape" and n.output[0] not in out and len(n.input) > 1:
@@ -142,6 +140,13 @@ def ranks(model: onnx.ModelProto) -> dict[str, int]:
             if d is not None and len(d) == 1 and isinstance(d[0], int):
                 out[n.output[0]] = d[0]
     return out
+
+
+def inferred_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Tensor -> its dims (int or dim_param name) where shape inference found a rank."""
+    from ..capture import _shapes_only  # weights as typed inputs: no payload copied
+
+    return _inferred_dims(_shapes_only(model))
 
 
 def _inferred_dims(model: onnx.ModelProto) -> dict[str, list]:

@@ -34,8 +34,9 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
     attention exports), "paddle_softmax" (the Softmax over a Flatten(axis 3) of the scores,
     shaped back by Reshape(Shape(scores)), as paddle2onnx exports it), "bias"
     (a per-head score bias [1, H, T, T]), "perm" (the context merged without its
-    Transpose back), "dynamo" (as "sdpa_hf", every Reshape with allowzero=1 as torch's dynamo
-    exporter writes them). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
+    Transpose back), "dynamo" (as "sdpa_hf", every Reshape with allowzero=1 and kᵀ as a
+    Reshape to [-1, T, dh], a Transpose and a Reshape back, as torch's dynamo exporter
+    writes them; channel sites after the fold, fold/swaplast.py). `mlp`: Wo -> Relu -> MatMul after it (a second, overlapping site)."""
     dynamo = variant == "dynamo"
     variant = "sdpa_hf" if dynamo else variant
     rng = np.random.default_rng(seed)
@@ -98,7 +99,21 @@ def mha(d: int = 12, heads: int = 4, t: int = 6, seed: int = 0, variant: str = "
                  "scores")
     elif variant == "sdpa_hf":  # q and kᵀ each times a constant, a run-time shaped mask
         inits.append(_c("root", np.sqrt(1 / np.sqrt(dh))))
-        k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
+        if not dynamo:
+            k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 3, 1])
+        else:  # kᵀ as dynamo writes it: [B, H, T, dh] -> [-1, T, dh] -> swap -> back
+            inits += [_c("big", [2 ** 62], np.int64), _c("small", [-2 ** 62], np.int64),
+                      _c("m2", [-2], np.int64)]
+            k = node("Transpose", [proj("k", shapes["k"])], "k.t", perm=[0, 2, 1, 3])
+            ks = node("Shape", [k], "k.t.shape")
+            d3 = node("Slice", [ks, "m1", "big"], "k.d3")
+            d2 = node("Slice", [ks, "m2", "m1"], "k.d2")
+            lead = node("Slice", [ks, "small", "m2"], "k.lead")
+            flat = node("Reshape", [k, node("Concat", ["m1", d2, d3], "k.flat.shape", axis=0)],
+                        "k.flat")
+            k = node("Reshape", [node("Transpose", [flat], "k.swap", perm=[0, 2, 1]),
+                                 node("Concat", [lead, d3, d2], "k.back.shape", axis=0)],
+                     "k.back")
         s = node("MatMul", [node("Mul", [q, "root"], "q.s"), node("Mul", [k, "root"], "k.s")],
                  "scores")
         ms = node("Concat", [sizes("x", (0,), "m")[0], "one1", "one1",
