@@ -78,14 +78,17 @@ def ort_timer(runtime: Any = None, rounds: int = ROUNDS, seconds: float = SECOND
         import onnxruntime as ort
 
         from ..capture import Runtime
+        from ..diskdata import session_options
 
         rt = runtime or Runtime()
-        opts = rt.options(optimize=True)
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         for m in models:
             if id(m) not in built:
+                opts = rt.options(optimize=True)
+                opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+                shared = session_options(m, opts)  # tensors kept in the input's data file
                 s = ort.InferenceSession(m.SerializeToString(), opts,
                                          providers=list(rt.providers))
+                s._obc_shared = shared  # the mapped tensors live as long as the session
                 s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})  # warm-up
                 built[id(m)] = (m, s)
         sessions = [built[id(m)][1] for m in models]

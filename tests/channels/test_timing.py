@@ -168,3 +168,19 @@ def test_the_timer_in_blocks_times_real_sessions() -> None:
     m = b.mlp()
     t = timing.ort_timer(None, rounds=3, seconds=0.0, block=0.005)([m, m], b.feeds(m, 1))
     assert len(t) == 2 and all(0 < x < 0.005 for x in t)
+
+
+def test_a_model_with_a_table_kept_on_disk_is_timed(tmp_path):
+    """A loaded model whose Gather table stays in the input's data file (diskdata.py) is
+    timed: its session gets the kept tensor (before, onnxruntime refused the bytes: "External
+    data path ... escapes working directory", and the report said "latency not measured";
+    every dynamo export of a transformer keeps its embeddings so)."""
+    from onnx_obc import diskdata, modelio
+    from onnx_obc.channels.timing import ort_timer
+    from tests.test_diskdata import table_model
+
+    path, feed = table_model(tmp_path)
+    m = modelio.load_model(path)
+    assert [t.name for t in diskdata.kept(m)] == ["table"]
+    (t,) = ort_timer(None, 2, 0.0)([m], feed(1))
+    assert t > 0
