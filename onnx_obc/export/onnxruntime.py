@@ -66,7 +66,8 @@ import onnx
 from ..errors import ConfigError
 from ..layers import Layer
 from ..quant import QuantSpec
-from . import nbits, ortclamp, ortgelu, orthires, ortlstm, ortstem, orttables, ortweights
+from . import (nbits, ortbias, ortclamp, ortgelu, orthires, ortlstm, ortstem, orttables,
+               ortweights)
 from .floatcand import Candidates
 from .ortplace import QParams, place, qparams
 from .ortplan import Plan, float_tensors, layer_nodes, plan
@@ -149,9 +150,11 @@ def deploy(model: onnx.ModelProto, layers: list[Layer], solved: set[str],
     if act_scales is not None:
         model, dropped = ortclamp.drop_bounds(model)  # Max / Min bounds its Q/DQ make
         model, gelus = ortgelu.gelu_nodes(model)  # written-out GELUs as one Gelu each
-        if dropped or gelus:
+        model, rows = ortbias.bias_rows(model)  # not a float Gemm at static sizes
+        if dropped or gelus or rows:
             log.info("onnxruntime target: %d Max / Min bound(s) dropped (their QuantizeLinear"
-                     " saturates there), %d GELU(s) as one Gelu", dropped, gelus)
+                     " saturates there), %d GELU(s) as one Gelu, %d MatMul bias(es) as [1, N]"
+                     " (static sizes: not fused into a float Gemm)", dropped, gelus, rows)
         if dynamic_lstm:  # on the layers' range: reduced where theirs is (quant.reduce_range)
             model, notes = ortlstm.rewrite(model, QuantSpec(bits=8, reduced=any(
                 q.reduced for q in qweights.values())).qmax)
