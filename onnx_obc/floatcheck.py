@@ -202,6 +202,7 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
     if feed is None:
         return False, f"{NOT_TIMED}: no sample", None, None
     from .channels.timing import BLOCK, ort_timer
+    from .export.fusion import fixed_batch
 
     times: list = []
     cap = g.allowed(0.0, base)  # the most any gain buys from this error
@@ -217,7 +218,8 @@ def _accept(g: Any, base: float, base_model: onnx.ModelProto, model: onnx.ModelP
         times.append(ort_timer(runtime, TIMING_ROUNDS, TIMING_SECONDS, stop=settled,
                                block=BLOCK)([base_model, model], feed))
         t_base, t = (float(np.mean([x[k] for x in times])) for k in (0, 1))
-        return t / t_base, (f"latency {t / t_base:.3f}x with them float (1 thread, batch 1: "
+        n = fixed_batch(base_model)  # the batch the feed has
+        return t / t_base, (f"latency {t / t_base:.3f}x with them float (1 thread, batch {n}: "
                             f"{1e3 * t:.3g} vs {1e3 * t_base:.3g} ms" + (
                                 f", the mean of {len(times)} timings" if len(times) > 1 else "")
                             + ")")
@@ -253,9 +255,11 @@ def _names(layers: list[Layer]) -> str:
 
 
 def one_sample(data: Any) -> dict | None:
-    """One sample of the first fidelity set (the timing's and the shape probe's feed)."""
+    """One sample of the first fidelity set (the timing's and the shape probe's feed); as
+    many as a batch fixed above 1 takes."""
+    n = data.batch if getattr(data, "fixed_batch", False) else 1
     try:
-        return next(iter(next(iter(data.sets().values())).batches(1)))[1]
+        return next(iter(next(iter(data.sets().values())).batches(n)))[1]
     except (StopIteration, AttributeError):
         return None
 
