@@ -18,7 +18,8 @@ from onnx import numpy_helper
 
 
 def bias_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """`model` with each such bias reshaped (in place where only its Add reads it); how many."""
+    """A copy of `model` with each such bias reshaped (only where its Add alone reads it);
+    how many (`model` itself where none)."""
     g = model.graph
     makers = {o: n for n in g.node for o in n.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -44,10 +45,13 @@ def bias_rows(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     from ..fold.shapes import inferred_dims  # only where there is a candidate
 
     dims = inferred_dims(model)
-    done = 0
-    for a, t in found:
-        d = dims.get(a) or []
-        if len(d) > 2 and all(isinstance(x, int) and x > 0 for x in d):
+    names = {t.name for a, t in found
+             if len(d := dims.get(a) or []) > 2 and all(isinstance(x, int) and x > 0 for x in d)}
+    if not names:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # the caller's model stays as it is
+    for t in out.graph.initializer:
+        if t.name in names:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1, -1), t.name))
-            done += 1
-    return model, done
+    return out, len(names)
