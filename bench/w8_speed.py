@@ -1,9 +1,11 @@
 """Default W8A8 conversion time against onnxruntime's quantize_static, same calibration.
 
-    python bench/w8_speed.py [--models common,ppocr_rec,ocr_like] [--reps 3]
+    python bench/w8_speed.py [--models common,ppocr_rec,ocr_like,...] [--reps 3]
                              [--out bench/results/w8_speed.json] [--before TREE]
                              [--runs default,ort,qs]
 
+`--models` also takes the other bench/real models (ppocr_cls, ppocr_det, lcnet_orient,
+efficientnet_lite0, yolov8n, common_det, picodet_layout; setup_models.py installs them).
 Per model and repetition, alternately (so a shared machine's load hits all alike), each as
 its own process from the command line, imports included: the CLI with default options
 (`onnx-obc IN OUT --calib C --bits 8 --act-bits 8`, the tensorrt target), the same with
@@ -44,6 +46,9 @@ MODELS = {
                  "bench/synthetic/ocr_like.eval.npz"),
     "ppocr6_rec": ("bench/real/ppocr6_rec.onnx", "bench/real/ppocr6_rec.calib.npz",
                    "bench/real/ppocr6_rec.eval.npz"),
+    **{k: (f"bench/real/{k}.onnx", f"bench/real/{k}.calib.npz", f"bench/real/{k}.eval.npz")
+       for k in ("ppocr_cls", "ppocr_det", "lcnet_orient", "efficientnet_lite0", "yolov8n",
+                 "common_det", "picodet_layout")},
 }
 EVAL = 64  # eval samples for the output error
 QS = ("import sys, numpy as np, onnx; sys.path.insert(0, 'bench'); "
@@ -97,7 +102,7 @@ def error(dense: str, path: str, ev: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default="common,ppocr_rec,ocr_like,ppocr6_rec")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench/results/w8_speed.json"))
     ap.add_argument("--before", default=None, help="another checkout to run alongside")
