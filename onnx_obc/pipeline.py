@@ -55,8 +55,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             **options: Any) -> ConvertResult:
     """Compress `model` and (if `output` is given) write it atomically.
 
-    `calib`: .npz path, directory of per-sample files, a re-iterable of feed dicts or an
-    onnxruntime CalibrationDataReader (see calib/); None synthesizes random inputs (not
+    `calib`: .npz path or its arrays ({input_name: array}), directory of per-sample files,
+    a re-iterable of feed dicts or an onnxruntime CalibrationDataReader (calib/); None synthesizes random inputs (not
     representative). `eval_data`: optional .npz with the inputs and `labels`, for accuracy.
     `config` (a CompressConfig or a recipe's) and/or flat `options` (sparsity=0.5, bits=4...).
     `plot` / `html`: the report as a figure / an HTML page too (view/; needs matplotlib).

@@ -1,7 +1,9 @@
 """Calibration and evaluation data: any accepted input -> a checked source.
 
 Accepted: a `.npz` (keys = model input names, samples along each input's sample axis) or a
-`.npy` for a single-input model, memory-mapped when they can be; a directory of `.npz`/`.npy`
+`.npy` for a single-input model, memory-mapped when they can be; the same in memory (a
+mapping {input_name: array}, e.g. numpy.load's result or a dict of arrays, or one array for
+a single-input model); a directory of `.npz`/`.npy`
 sample files or images (`preprocess`), read one file at a time; any re-iterable of feed
 dicts, a function returning a fresh iterator of them, or an onnxruntime
 CalibrationDataReader, read one item at a time on every pass; or None, which synthesizes
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +41,10 @@ def load_data(source: Any, model: onnx.ModelProto, *, limit: int | None = None,
     """A calibration / eval source from any accepted input, checked against the model;
     at most `limit` samples, and the input is not read past them."""
     layout = Layout.of(input_specs(model), sample_axes)
+    arrays = _in_memory(source)
+    if arrays is not None:
+        return _from_arrays(arrays, "in memory", type(source).__name__, layout, limit,
+                            allow_labels)
     if not isinstance(source, (str, os.PathLike)):
         desc = type(source).__name__
         again = reopenable(source)
@@ -65,10 +71,35 @@ def _has_images(path: str) -> bool:
     return any(f.lower().endswith(IMAGE_FILES) for _, _, fs in os.walk(path) for f in fs)
 
 
+def _in_memory(source: Any) -> dict[str, Any] | None:
+    """A .npz's arrays held in memory: one array ("", a single-input model's), or a mapping
+    of input names to arrays (numpy.load's NpzFile, a dict, with at least one array among
+    its values: the others are checked as the file's would be); None for every other
+    source (a mapping is otherwise iterated as keys, which no feed dict is)."""
+    if isinstance(source, np.ndarray):
+        return {"": source}
+    if not isinstance(source, Mapping) or not all(isinstance(k, str) for k in source):
+        return None
+    values = {k: source[k] for k in source}
+    if not any(isinstance(v, np.ndarray) for v in values.values()):
+        return None
+    try:
+        return {k: np.asarray(v) for k, v in values.items()}
+    except Exception as exc:  # ragged lists and the like
+        raise CalibrationError(f"{type(source).__name__}: its values are not arrays ({exc}); "
+                               "give {input_name: array with a sample axis}") from None
+
+
 def _from_file(path: str, layout: Layout, limit: int | None, allow_labels: bool) -> DataSet:
     arrays, held = read_arrays(path)
     if held.startswith("in memory ("):
         log.warning("%s: %s", path, held)
+    return _from_arrays(arrays, held, path, layout, limit, allow_labels)
+
+
+def _from_arrays(arrays: dict[str, Any], held: str, path: str, layout: Layout,
+                 limit: int | None, allow_labels: bool) -> DataSet:
+    """A DataSet of a .npz's arrays (`path`: where they came from, for the messages)."""
     arrays = single_input(arrays, layout, path)
     labels = arrays.pop(LABELS, None)
     labels = labels if allow_labels else None
@@ -120,8 +151,9 @@ def _one_shot(source: Any, layout: Layout, desc: str, limit: int | None) -> Stre
     it = iter(source.get_next, None) if hasattr(source, "get_next") else source
     if not isinstance(it, Iterator):
         raise CalibrationError(
-            f"calibration data of type {desc} is not a path, an iterable of feed dicts, or a "
-            "CalibrationDataReader (or a function returning an iterator of feed dicts)")
+            f"calibration data of type {desc} is not a path, a dict {{input_name: array}}, an "
+            "iterable of feed dicts, or a CalibrationDataReader (or a function returning an "
+            "iterator of feed dicts)")
     check, items, n = _check_item(layout, desc), [], 0
     for item in it:
         items.append(check(item, n))

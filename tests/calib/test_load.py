@@ -101,6 +101,31 @@ def test_single_npy_file_for_a_single_input_model(tmp_path):
     np.testing.assert_array_equal(load_data(tmp_path / "x.npy", model).arrays["x"], x)
 
 
+def test_arrays_in_memory_are_a_source_like_the_npz(tmp_path):
+    """A dict {input_name: array} (what a user of convert() has in hand), numpy.load's
+    NpzFile and, for a single-input model, one array: the .npz's own checks, casts,
+    labels and limit (before, a dict was iterated as its keys: "the item at sample 0 is a
+    str, not a feed dict")."""
+    arrays = good(5)
+    ds = load_data(arrays, MODEL)
+    assert isinstance(ds, DataSet) and ds.n == 5 and ds.source == "dict"
+    assert_same(ds, arrays)
+    np.savez(tmp_path / "c.npz", **arrays, labels=np.arange(5))
+    with np.load(tmp_path / "c.npz") as npz:
+        ds = load_data(npz, MODEL, limit=3)
+    assert ds.n == 3 and ds.labels.tolist() == [0, 1, 2]
+    assert_same(ds, {k: v[:3] for k, v in arrays.items()})
+    cast = load_data({**arrays, "a": arrays["a"].astype(np.float64)}, MODEL)
+    assert _all(cast)["a"].dtype == np.float32
+    single = b.matmul(6, 5)
+    x = b.feeds(single, 4)["x"]
+    np.testing.assert_array_equal(load_data(x, single).arrays["x"], x)
+    assert "single array but the model has 3 inputs" in bad(arrays["a"])
+    assert "input 'a' contains NaN or inf" in bad({**arrays, "a": arrays["a"] * np.nan})
+    assert "missing ['ids']" in bad({k: v for k, v in arrays.items() if k != "ids"})
+    assert "its values are not arrays" in bad({**arrays, "b": [np.zeros(3), np.zeros(2)]})
+
+
 def _all(source) -> dict[str, np.ndarray]:
     """Every sample of one pass over `source`, concatenated."""
     feeds = [f for _, f in source.batches(5)]
@@ -332,7 +357,8 @@ def test_iterable_without_dicts(source):
 
 def test_object_that_is_not_a_source():
     msg = bad(42)
-    assert "not a path, an iterable of feed dicts, or a CalibrationDataReader" in msg
+    assert "not a path, a dict {input_name: array}, an iterable of feed dicts, or a " \
+        "CalibrationDataReader" in msg
 
 
 # --------------------------------------------------------------------------- split
