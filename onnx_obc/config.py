@@ -240,8 +240,9 @@ def _check_combination(c: CompressConfig) -> None:
         raise ConfigError("prune.channel_align only applies to channel pruning: add "
                           "prune.channels")
     if not p.active and q.bits is None and not a.active and p.channels is None:
-        raise ConfigError("nothing to do: give a target sparsity (prune.sparsity 0.5) and/or "
-                          "weight bits (quant.bits 8)")
+        raise ConfigError("nothing to do: give a target sparsity (prune.sparsity 0.5), an N:M "
+                          "pattern (prune.nm 2:4), a FLOP cut by channels (prune.channels "
+                          "0.3) and/or weight bits (quant.bits 8)")
     if q.group_size is not None and q.bits is None and a.budget != "bops":
         raise ConfigError("quant.group_size only applies to quantization: add quant.bits")
     if q.smooth and q.act_bits is None:

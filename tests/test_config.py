@@ -43,7 +43,8 @@ from onnx_obc.flags import flags_in, load_recipe
     (dict(bits=4, refine="yes"), "quant.refine must be", "--refine must be"),
     (dict(bits=8, act_bits=8, act_calibration="entropy"), "'percentile', 'mse', got",
      "--act-calibration must be"),
-    (dict(), "nothing to do", "--sparsity 0.5"),
+    (dict(), "nothing to do", "--sparsity 0.5), an N:M pattern (--nm 2:4), a FLOP cut by "
+     "channels (--channels 0.3) and/or weight bits (--bits 8)"),
     (dict(bits=4, reduce_range="on"), "needs quant.bits 8", "needs --bits 8"),
     (dict(bits=8, reduce_range="yes"), "quant.reduce_range must be", "--reduce-range must be"),
     # no onnxruntime integer kernel takes these weights: the activations would stay float
