@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,8 @@ from onnx.external_data_helper import (ExternalDataInfo, load_external_data_for_
                                        uses_external_data)
 
 from . import diskdata
-from .errors import ModelError, ObcError
+from .atomic import write_error
+from .errors import ModelError
 
 PROTO_LIMIT = 2_000_000_000  # protobuf's 2 GB message limit, with margin
 _READS: dict[Path, tuple[tuple[int, int], tuple[Path, ...]]] = {}  # memo: model -> files read
@@ -43,10 +42,15 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def open_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None
-               ) -> tuple[str | None, onnx.ModelProto]:
+def open_model(model: str | os.PathLike | onnx.ModelProto | bytes,
+               output: str | os.PathLike | None) -> tuple[str | None, onnx.ModelProto]:
     """(the input's path or None, the model), the output path checked first: never the input
     model or a file it reads, in an existing directory, ending in .onnx."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        model = _parsed(bytes(model))
+    elif not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise ModelError(f"model: give a path, an onnx.ModelProto or its serialized bytes, "
+                         f"not a {type(model).__name__}")
     src = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if output is not None:
         check_output_path(output, src)
@@ -62,6 +66,20 @@ def open_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.Path
                                  "dynamo exporter: choose other output_names)")
             made[o] = f"{n.op_type} node {n.name or i!r}"
     return src, proto
+
+
+def _parsed(data: bytes) -> onnx.ModelProto:
+    """A model from its serialized bytes (as onnxruntime takes it); refused where its
+    tensors are in external data files, which bytes cannot locate."""
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:
+        raise ModelError(f"the bytes given are not a serialized ONNX model "
+                         f"({type(exc).__name__}: {exc})") from None
+    if any(uses_external_data(t) for t in onnx.external_data_helper._get_all_tensors(model)):
+        raise ModelError("the serialized model keeps tensors in external data files, which "
+                         "bytes cannot locate: pass the model's path")
+    return model
 
 
 def _external_locations(model: onnx.ModelProto, base: Path) -> tuple[Path, ...]:
@@ -202,40 +220,6 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, *, inp: str | os.
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, what: str, flag: str) -> None:
-    """Write `data` to a temp file beside `path`, then rename it into place; on any failure
-    the temp file is removed, an existing file at `path` is kept, and an OSError becomes an
-    ObcError naming `what` ("the report") and the option (`flag`) to give another path."""
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise ObcError(f"cannot write {what} {path!r} ({exc.strerror or exc}); "
-                           + ("free space in its directory or " if full else "")
-                           + f"give {flag} a path in a writable directory") from None
-        raise
-
-
-def write_error(path: Path, exc: OSError) -> str:
-    """What went wrong writing `path`, and what to do about it."""
-    why = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        hint = f"free space in {str(path.parent)!r} or write the output elsewhere"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "choose an output path in a directory you can write to"
-    else:
-        hint = "check the output directory, or write the output elsewhere"
-    return f"cannot write {str(path)!r} ({why}); {hint}"
 
 
 def serialized_or_path(model: onnx.ModelProto, workdir: Path) -> bytes | str:

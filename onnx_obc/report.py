@@ -10,7 +10,7 @@ from typing import Any
 
 from .costplan import plan_line
 from .layers import Skipped
-from .modelio import write_atomic
+from .atomic import write_atomic
 from .names import NAME_WIDTH, SKIP_NAME_WIDTH, short_name, shortener  # noqa: F401 - the
 # widths and short_name: for the views, the CLI and the tests, as before
 from .verify import Fidelity

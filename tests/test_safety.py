@@ -470,3 +470,24 @@ def test_a_tensor_defined_twice_is_refused_before_any_work(tmp_path, no_work, cl
         with pytest.raises(ModelError, match=r"defines tensor .* twice .*Re-export it"):
             convert(src, tmp_path / "out.onnx", sparsity=0.5, progress=False)
     assert listing(tmp_path) == ["m.onnx"]
+
+
+def test_a_model_given_as_its_serialized_bytes(tmp_path):
+    """bytes (as onnxruntime takes a model) are the model; bytes that are no model, a model
+    whose tensors are in external files (bytes cannot locate them) and other types are
+    refused at load with what to give instead."""
+    model = b.mlp((4, 6, 3))
+    calib = b.feeds(model, 16)
+    out = convert(model.SerializeToString(), tmp_path / "out.onnx", sparsity=0.5, calib=calib,
+                  progress=False)
+    ref = convert(model, None, sparsity=0.5, calib=calib, progress=False)
+    assert out.model.SerializeToString() == ref.model.SerializeToString()
+    assert listing(tmp_path) == ["out.onnx"]
+    for bad_input, match in ((b"not a model", "not a serialized ONNX model"),
+                             (42, "give a path, an onnx.ModelProto or its serialized bytes")):
+        with pytest.raises(ModelError, match=match):
+            convert(bad_input, None, sparsity=0.5, progress=False)
+    save_with_data(model, tmp_path / "ext.onnx", "ext.data")
+    kept = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+    with pytest.raises(ModelError, match="external data files.*pass the model's path"):
+        convert(kept.SerializeToString(), None, sparsity=0.5, progress=False)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 
 from ..errors import ConfigError, ObcError
-from ..modelio import write_atomic
+from ..atomic import write_atomic
 from ..report import Report
 
 FIGURES = (".png", ".svg", ".pdf")  # --plot's formats
