@@ -53,11 +53,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
             report_path: str | os.PathLike | None = None, progress: bool = True,
             plot: str | os.PathLike | None = None, html: str | os.PathLike | None = None,
             **options: Any) -> ConvertResult:
-    """Compress `model` and (if `output` is given) write it atomically.
+    """Compress `model` (a path, a ModelProto or its bytes) and write `output` atomically.
 
     `calib`: .npz path or its arrays ({input_name: array}), directory of per-sample files,
-    a re-iterable of feed dicts or an onnxruntime CalibrationDataReader (calib/); None synthesizes random inputs (not
-    representative). `eval_data`: optional .npz with the inputs and `labels`, for accuracy.
+    a re-iterable of feed dicts or an onnxruntime CalibrationDataReader (calib/); None
+    synthesizes random inputs (not representative). `eval_data`: the same, with `labels`.
     `config` (a CompressConfig or a recipe's) and/or flat `options` (sparsity=0.5, bits=4...).
     `plot` / `html`: the report as a figure / an HTML page too (view/; needs matplotlib).
     """
