@@ -68,6 +68,13 @@ def open_model(model: str | os.PathLike | onnx.ModelProto | bytes,
     return src, proto
 
 
+def tensor_outputs(model: onnx.ModelProto) -> list[str]:
+    """The graph outputs that are tensors, what the verification compares (not skl2onnx's
+    ZipMap, a sequence of maps: its probabilities are also a tensor before it)."""
+    return [o.name for o in model.graph.output
+            if o.type.WhichOneof("value") in (None, "tensor_type")]
+
+
 def _parsed(data: bytes) -> onnx.ModelProto:
     """A model from its serialized bytes (as onnxruntime takes it); refused where its
     tensors are in external data files, which bytes cannot locate."""

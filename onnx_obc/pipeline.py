@@ -31,7 +31,7 @@ from .costclock import solve_threads
 from .engine import make_engine
 from .fold import fold
 from .layers import select_layers
-from .modelio import open_model, save_model
+from .modelio import open_model, save_model, tensor_outputs
 from .report import Report
 from .schedule import Compressed, compress_layers
 from .allocation import guard
@@ -177,7 +177,7 @@ def _captured(dense: onnx.ModelProto, data: calibration.Calibration, cfg: Compre
     if not layerwise(cfg) or cfg.run.sequential or chan is not None or data.check_rows is None:
         return None
     name = next(iter(data.sets()))
-    return {name: Captured(data.check_rows, [o.name for o in dense.graph.output])}
+    return {name: Captured(data.check_rows, tensor_outputs(dense))}
 
 
 def _correct(proto: onnx.ModelProto, layers: list, done: Compressed,

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from .calib import CalibrationSource
 from .calib.tokens import on_tokens
 from .capture import Runtime, session
-from .modelio import weight_bytes
+from .modelio import tensor_outputs, weight_bytes
 from .refs import Captured, References, sum_sq as _sum_sq
 
 ONE_AT_A_TIME = 1 << 30  # bytes of weights over all the models measured
@@ -66,7 +66,7 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource,
     mask = token_mask if data.labels is None else None
     kept = refs.get(name, batch_size) if refs is not None else None
     out_names = refs.names if kept is not None else [
-        o.name for o in sessions[reference].get_outputs()]
+        o.name for o in sessions[reference].get_outputs() if o.type.startswith("tensor")]
     trusted = None if samples is not None and samples.names == out_names else False
 
     def runs() -> Iterator[tuple[int, dict[str, list[np.ndarray]]]]:
@@ -98,26 +98,28 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
     agree: dict[str, int] = {}
     correct: dict[str, int] = {}
     seen = positions = 0
-    logits = None
+    logits, i = None, 0  # i: the scores' output (after integer ones: sklearn's labels)
     for samples, ys in runs:
         for k in ys:
             err.setdefault(k, {n: 0.0 for n in out_names})
             agree.setdefault(k, 0)
             correct.setdefault(k, 0)
         ref = ys[reference]
-        logits = is_logits(ref[0]) if logits is None else logits
+        if logits is None:
+            i = next((j for j, y in enumerate(ref) if np.issubdtype(y.dtype, np.floating)), 0)
+            logits = is_logits(ref[i])
         for n, y in zip(out_names, ref):
             ref_sq[n] += _sum_sq(y)
         for k, outs in ys.items():
             for n, y, y0 in zip(out_names, outs, ref):
                 err[k][n] += 0.0 if k == reference else _sum_sq(y, y0)
             if logits:
-                agree[k] += int((outs[0].argmax(-1) == ref[0].argmax(-1)).sum())
+                agree[k] += int((outs[i].argmax(-1) == ref[i].argmax(-1)).sum())
                 if labels is not None:
                     lab = labels[seen:seen + samples]
-                    correct[k] += int((outs[0].argmax(-1) == lab.reshape(
-                        outs[0].shape[:-1])).sum())
-        positions += int(np.prod(ref[0].shape[:-1])) if logits else 0
+                    correct[k] += int((outs[i].argmax(-1) == lab.reshape(
+                        outs[i].shape[:-1])).sum())
+        positions += int(np.prod(ref[i].shape[:-1])) if logits else 0
         seen += samples
     result = {}
     for k in err:
@@ -151,7 +153,7 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     `samples` (set name -> Captured): the dense outputs the capture kept, used alike;
     `arena`: the sessions' CPU memory arena (calib.Calibration.arena); `token_mask`: see
     evaluate."""
-    samples = samples or {}
+    samples, models = samples or {}, {k: scored(m) for k, m in models.items()}
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes, arena)
         if free is not None:
@@ -178,6 +180,22 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
             out[name][k] = evaluate(pair, ds, batch_size, token_mask=token_mask)[k]
         del pair
     return out
+
+
+def scored(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each ZipMap output's input (the class scores, a tensor) an output too,
+    named alike in every model: what is compared where an output is a sequence of maps
+    (skl2onnx's classifiers); `model` itself where none is."""
+    zips = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "ZipMap"}
+    outs = [o.name for o in model.graph.output if o.name in zips]
+    if not outs:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for o in outs:
+        m.graph.node.append(onnx.helper.make_node("Identity", [zips[o]], [f"{o}.scores"]))
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(f"{o}.scores"))
+    return m
 
 
 # Ops whose quantization scales come from the whole run (every sample in it): a model with
@@ -219,7 +237,7 @@ def _batch_free_sessions(models: dict[str, onnx.ModelProto],
         return None
     probe = next(iter(sets.values()))
     inputs = {s.name: 0 for s in input_specs(models["dense"])} | dict(axes or {})
-    names = [o.name for o in models["dense"].graph.output]
+    names = tensor_outputs(models["dense"])
     if any(a is None for a in inputs.values()):
         return None
     out = {}

@@ -130,6 +130,35 @@ def matmul(d_in: int = 6, d_out: int = 5, rank: int = 2, seed: int = 0,
                 [vi("y", [BATCH, *lead, d_out], elem)], [weight("W", (d_in, d_out), seed, dtype)])
 
 
+def zipmap_classifier(d_in: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0
+                      ) -> onnx.ModelProto:
+    """skl2onnx's classifier layout: a label output first, the probabilities as a sequence
+    of maps (ZipMap, ai.onnx.ml) second.
+
+        x [N, d_in] --MatMul--Relu--MatMul--Softmax--> p --ArgMax--> label [N] (int64)
+                                                         p --ZipMap--> probs seq(map(int64, float))
+    """
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["z"], name="fc2"),
+             helper.make_node("Softmax", ["z"], ["p"], axis=1),
+             helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
+             helper.make_node("ZipMap", ["p"], ["probs"], domain="ai.onnx.ml",
+                              classlabels_int64s=list(range(classes)))]
+    probs = helper.make_value_info("probs", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(onnx.TensorProto.INT64,
+                                   helper.make_tensor_type_proto(F32, []))))
+    graph = helper.make_graph(nodes, "g", [vi("x", [BATCH, d_in])],
+                              [vi("label", [BATCH], onnx.TensorProto.INT64), probs],
+                              [weight("W1", (d_in, hidden), seed),
+                               weight("W2", (hidden, classes), seed + 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
 def mlp(dims: Sequence[int] = (8, 12, 4), seed: int = 0, named: bool = True) -> onnx.ModelProto:
     """MatMul -> Relu -> MatMul (unnamed nodes when named=False: labels "<MatMul #i>").
 

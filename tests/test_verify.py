@@ -143,3 +143,33 @@ def test_per_sample_verification_takes_the_captured_dense_outputs(kept_as, monke
     dense_runs = [s for s in sizes if s > 1]  # the batch-free check's probe (2), then the
     assert dense_runs == ([2, 4] if kept_as == "dense" else [2, 4, 4, 2])  # dense model's
     assert sizes.count(1) >= 10  # the compressed model: one sample a run
+
+
+@pytest.mark.parametrize("opts", [dict(sparsity=0.5), dict(bits=8, act_bits=8),
+                                  dict(bits=4, runtime="onnxruntime")])
+def test_a_classifier_with_a_label_output_and_a_sequence_of_maps(tmp_path, opts):
+    """skl2onnx's layout (label [N] int64 first, the probabilities as ZipMap's sequence of
+    maps): the run compares the class scores ZipMap reads and scores top-1 and accuracy
+    on them (before: a traceback in the capture, "'list' object has no attribute
+    'ndim'"); the written file keeps its outputs' types (graph-surgeon wrote the sequence
+    as a tensor of no type, which onnxruntime refused after MatMulNBits)."""
+    import onnxruntime as ort
+
+    from onnx_obc import convert
+
+    model = b.zipmap_classifier()
+    calib = b.feeds(model, 64)
+    ev = {**b.feeds(model, 32, seed=1)}
+    dense = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ev["labels"] = dense.run(["label"], ev)[0]
+    r = convert(model, tmp_path / "out.onnx", calib=calib, eval_data=ev, progress=False, **opts)
+    fid = r.report.fidelity["eval"]["compressed"]
+    assert set(fid.rel_error) == {"label", "probs.scores"}
+    assert 0 < fid.rel_error["probs.scores"] < 0.5
+    assert fid.top1_agreement is not None and fid.accuracy is not None and fid.accuracy > 0.5
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [o.type for o in out.graph.output] == [o.type for o in model.graph.output]
+    s = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    label, probs = s.run(None, {"x": ev["x"]})
+    assert isinstance(probs, list) and set(probs[0]) == {0, 1, 2, 3}
+    assert np.mean(label == ev["labels"]) == pytest.approx(fid.accuracy)

@@ -92,4 +92,5 @@ def _floats(ys: list[np.ndarray], feed: dict[str, np.ndarray], mask: str | None
             ) -> list[np.ndarray]:
     """A run's float outputs, each on the feed's token positions (calib/tokens.positions)."""
     keep = np.asarray(feed[mask]) != 0 if mask is not None and mask in feed else None
-    return [positions(y, keep) for y in ys if np.issubdtype(y.dtype, np.floating)]
+    return [positions(y, keep) for y in ys  # not a sequence (of maps: skl2onnx's ZipMap)
+            if isinstance(y, np.ndarray) and np.issubdtype(y.dtype, np.floating)]

@@ -125,4 +125,5 @@ def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None,
     s = session(model, runtime or Runtime())
     names = {i.name for i in s.get_inputs()}
     return [np.asarray(on_tokens(y, f, token_mask), dtype=np.float64).ravel() for f in feeds
-            for y in s.run(None, {k: v for k, v in f.items() if k in names})]
+            for y in s.run(None, {k: v for k, v in f.items() if k in names})
+            if isinstance(y, np.ndarray)]  # not a sequence (of maps: skl2onnx's ZipMap)

@@ -103,6 +103,11 @@ def export_graph(graph: gs.Graph, source: onnx.ModelProto, opset: int) -> onnx.M
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(out, field, getattr(source, field))
     out.metadata_props.extend(source.metadata_props)
+    other = {vi.name: vi for vi in [*source.graph.input, *source.graph.output]
+             if vi.type.WhichOneof("value") not in (None, "tensor_type")}
+    for vi in [*out.graph.input, *out.graph.output]:  # graph-surgeon writes them as tensors
+        if vi.name in other:  # of no type (skl2onnx's ZipMap: a sequence of maps)
+            vi.CopyFrom(other[vi.name])
     check(out)
     return out
 

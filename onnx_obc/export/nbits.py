@@ -261,13 +261,16 @@ def _replace(graph: gs.Graph, node: gs.Node, weights: list[gs.Tensor], p: NBitsW
 
 
 def with_domain(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A graph-less copy of `model`'s header that also imports com.microsoft (what
-    export_graph takes its opset imports and metadata from)."""
+    """A copy of `model`'s header and graph inputs and outputs (no nodes, no tensors) that
+    also imports com.microsoft (what export_graph takes its opset imports, metadata and
+    the inputs' and outputs' non-tensor types from)."""
     head = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
                            producer_version=model.producer_version, domain=model.domain,
                            model_version=model.model_version, doc_string=model.doc_string)
     head.opset_import.extend(model.opset_import)
     head.metadata_props.extend(model.metadata_props)
+    head.graph.input.extend(model.graph.input)
+    head.graph.output.extend(model.graph.output)
     if not any(op.domain == DOMAIN for op in model.opset_import):
         head.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return head
