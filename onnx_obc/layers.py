@@ -11,7 +11,6 @@ Conv/Gemm/MatMul node that is not compressed is returned as `Skipped` with its r
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError
+from .skips import QUANTIZED, not_constant_reason, selection_reason
 from .specs import Selection
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -203,12 +203,12 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
         label = node_label(node, i)
-        reason = _selection_reason(label, node.op_type, select)
+        reason = selection_reason(label, node.op_type, select)
         wname = node.input[1] if len(node.input) > 1 else ""
         if node.op_type == "MatMul" and wname not in weights and node.input[0] in weights:
             reason = reason or "constant is the first MatMul input (W @ X); only X @ W is handled"
         elif wname not in weights:
-            reason = reason or _not_constant_reason(graph, wname)
+            reason = reason or not_constant_reason(graph, wname)
         if reason and wname not in weights:
             skipped.append(Skipped(label, node.op_type, reason, wname or None))
             continue
@@ -255,8 +255,15 @@ def select_layers(model: onnx.ModelProto, select: Selection | None = None
                   ) -> tuple[list[Layer], list[Skipped]]:
     """find_layers, refusing a model with nothing to compress (the reasons named)."""
     layers, skipped = find_layers(model, select)
+    quantized = [s.node for s in skipped if s.reason.endswith(QUANTIZED)]
+    if not layers and quantized:
+        raise ModelError(f"the model is quantized already: the weights of {len(quantized)} "
+                         f"layers ({', '.join(quantized[:3])}{', ...' * (len(quantized) > 3)}) "
+                         "are DequantizeLinear of integer codes; onnx-obc compresses float "
+                         "models: give it the float model this one was quantized from")
     if not layers:
-        reasons = "; ".join(f"{s.node}: {s.reason}" for s in skipped[:8]) or "no Conv/Gemm/MatMul"
+        reasons = "; ".join(f"{s.node}: {s.reason}" for s in skipped[:3]) + (
+            f"; {len(skipped) - 3} more" if len(skipped) > 3 else "") or "no Conv/Gemm/MatMul"
         raise ModelError(f"no compressible layer in the model ({reasons}). Check select.op_types"
                          ", select.include / select.exclude, or run `onnx-obc inspect` on it.")
     return layers, skipped
@@ -270,31 +277,3 @@ def _subgraph_nodes(graph: onnx.GraphProto):  # -> Iterator[(owner label, node)]
                 for n in sub.node:
                     yield node_label(node, i), n
                 yield from _subgraph_nodes(sub)
-
-
-def _selection_reason(label: str, op: str, cfg: Selection) -> str:
-    if op not in cfg.op_types:
-        return f"op type {op} not selected (--op-types {','.join(cfg.op_types)})"
-    if cfg.include and not any(fnmatch.fnmatchcase(label, p) for p in cfg.include):
-        return f"not matched by --include {' '.join(cfg.include)}"
-    for p in cfg.exclude:
-        if fnmatch.fnmatchcase(label, p):
-            return f"excluded by --exclude {p!r}"
-    return ""
-
-
-def _not_constant_reason(graph: onnx.GraphProto, wname: str) -> str:
-    if not wname:
-        return "node has no weight input"
-    if any(i.name == wname for i in graph.input):
-        if any(t.name == wname for t in graph.initializer):
-            return (f"weight {wname!r} is a graph input, not a constant (its initializer is a "
-                    "default the caller may override; drop it from graph.input to compress it)")
-        return f"weight {wname!r} is a graph input, not a constant"
-    for node in (n for n in graph.node if wname in n.output):
-        return (f"weight {wname!r} is an Identity of {node.input[0]!r} (a weight used twice, "
-                "as PyTorch exports it: compressed as one layer unless --no-fold)"
-                if node.op_type == "Identity" else  # the fold reads through it
-                f"weight {wname!r} is computed by a {node.op_type} node (both inputs are "
-                "activations, or the weight is transformed at run time)")
-    return f"weight {wname!r} is not a constant"
