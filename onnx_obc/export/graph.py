@@ -57,7 +57,29 @@ def ensure_opset(model: onnx.ModelProto, needed: int, why: str) -> onnx.ModelPro
             f"upgrade it to opset {needed} ({type(exc).__name__}: {exc}). Re-export the model "
             f"at opset >= {needed}{hint}.") from None
     out.ir_version = max(out.ir_version, min_ir_version(needed))
+    _names_back(model, out)
     return out
+
+
+def _names_back(src: onnx.ModelProto, out: onnx.ModelProto) -> None:
+    """The version converter names anew the outputs of the nodes it rewrites (opset 9's
+    Upsample became a Resize writing '_v_28'): each tensor a named node of `src` reads is
+    renamed back in `out` where that node reads another name in that slot, so the layers
+    and ranges found on `src` still find their tensors."""
+    g = out.graph
+    made = {o for n in g.node for o in n.output} | {t.name for t in [*g.input, *g.initializer]}
+    by_name = {n.name: n for n in g.node if n.name}
+    back = {}
+    for n in src.graph.node:
+        m = by_name.get(n.name) if n.name else None
+        if m is not None and m.op_type == n.op_type:
+            back.update((b, a) for a, b in zip(n.input, m.input) if a and b and a != b
+                        and a not in made and b not in {t.name for t in g.initializer})
+    for n in g.node if back else ():
+        n.input[:] = [back.get(i, i) for i in n.input]
+        n.output[:] = [back.get(o, o) for o in n.output]
+    for vi in [*g.output, *g.value_info] if back else ():
+        vi.name = back.get(vi.name, vi.name)
 
 
 def fresh(tensors: dict[str, gs.Tensor], *names: str) -> None:

@@ -90,3 +90,39 @@ def test_checked_once_defers_the_checker_and_build_checks_its_result_once(monkey
     assert len(calls) == 1
     assert any(n.op_type == "QuantizeLinear" for n in calls[0].graph.node)
     assert {n.op_type for n in calls[0].graph.node} == {n.op_type for n in out.graph.node}
+
+
+def _upsample_conv_opset9():
+    """x [N, 2, 4, 4] --Upsample(nearest, x2; opset 9)--> u --Conv(W [3, 2, 3, 3])--> y."""
+    import onnx
+    from onnx import numpy_helper
+
+    nodes = [helper.make_node("Upsample", ["x", "sc"], ["u"], name="up", mode="nearest"),
+             helper.make_node("Conv", ["u", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"),
+             b.weight("W", (3, 2, 3, 3), 0)]
+    graph = helper.make_graph(nodes, "g", [b.vi("x", [b.BATCH, 2, 4, 4])],
+                              [b.vi("y", [b.BATCH, 3, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_an_opset_raise_keeps_the_names_of_the_tensors_a_node_reads():
+    """onnx's version converter writes opset 9's Upsample as a Resize with a fresh output
+    name ('_v_...'): the conv's input is named back, so the layer and its range found on
+    the input model still find it (before: "activation 'u' is not a variable tensor of the
+    graph" from W8A8 with the tensorrt target); the outputs are the same."""
+    from onnx_obc import convert
+    from onnx_obc.export.graph import ensure_opset
+
+    model = _upsample_conv_opset9()
+    out = ensure_opset(model, 13, "a test needs it")
+    conv = next(n for n in out.graph.node if n.op_type == "Conv")
+    assert conv.input[0] == "u" and any(n.op_type == "Resize" and n.output[0] == "u"
+                                        for n in out.graph.node)
+    feed = b.feeds(model, 3)
+    np.testing.assert_allclose(run(out, feed)[0], run(model, feed)[0], rtol=1e-6)
+    r = convert(model, None, calib=b.feeds(model, 32), bits=8, act_bits=8, progress=False)
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] == "u" for n in r.model.graph.node)
