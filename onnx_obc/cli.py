@@ -259,12 +259,14 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     from .layers import find_layers
     from .modelio import load_model
     from .preflight import input_initializers, unknown_ops_note
+    from .skips import outside
     from .names import SKIP_NAME_WIDTH, short_name, shortener
 
     try:
         proto = load_model(model)
         layers, skipped = find_layers(proto, Selection(op_types=op_types, include=include,
                                                        exclude=exclude))
+        skipped += outside(proto, proto)
     except ObcError as exc:
         raise click.ClickException(str(exc)) from None
     w = min(max([12] + [len(L.name) for L in layers]), SKIP_NAME_WIDTH)  # long: head, tail

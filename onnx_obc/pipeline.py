@@ -20,7 +20,7 @@ import onnx
 
 from . import calib as calibration
 from . import (branches, costplan, export, floatcheck, floatlayers, nbitslevel, pinned,
-               preflight, smooth, view)
+               preflight, skips, smooth, view)
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -99,9 +99,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     final = fork.restore(models["compressed"], runtime)  # inlined If branches put back
     written = save_model(final, output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
-    report = _report(src, output, cfg, backend, layers, data, skipped, done, fixes,
-                     fidelity, checks + fork.after, {**clock, **done.seconds}, fusion, chan,
-                     ranked, plan, folded, smoothed)
+    report = _report(src, output, cfg, backend, layers, data, skipped + skips.outside(
+        proto, models["compressed"]), done, fixes, fidelity, checks + fork.after,
+        {**clock, **done.seconds}, fusion, chan, ranked, plan, folded, smoothed)
     if report_path is not None:
         report.write_json(report_path)
     written += [Path(p) for p in view.write_views(report, plot, html)]

@@ -1,13 +1,24 @@
 """Why a Conv/Gemm/MatMul node is no layer (layers.find_layers): not selected, or a weight
-that is no constant, in the words the report and the errors use."""
+that is no constant, in the words the report and the errors use; and the weights of other
+ops (an LSTM, an embedding table, a transposed conv), which no layer holds (`outside`)."""
 
 from __future__ import annotations
 
 import fnmatch
 
+from typing import Any
+
+import numpy as np
 import onnx
 
 from .specs import Selection
+
+OUTSIDE_MIN = 4096  # values: smaller constants (norms, biases, positions) are not listed
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+HINTS = {"LSTM": " (--runtime onnxruntime --act-bits 8 writes an LSTM as DynamicQuantizeLSTM, "
+                 "int8)",
+         "Gather": " (a lookup table: --runtime onnxruntime --bits 8 --quantize-tables stores "
+                   "it in 8 bits)"}
 
 
 def selection_reason(label: str, op: str, cfg: Selection) -> str:
@@ -42,3 +53,35 @@ _COMPUTED = {  # why a weight computed by such a node is no layer (Identity: the
     "DequantizeLinear": "the dequantized codes {src!r}" + QUANTIZED,
     "": "computed by a {op} node (both inputs are activations, or the weight is transformed "
         "at run time)"}
+
+
+def outside(model: onnx.ModelProto, written: onnx.ModelProto) -> list[Any]:
+    """A `Skipped` for each top-level node of another op than Conv/Gemm/MatMul that reads
+    float constants of OUTSIDE_MIN values or more which no Conv/Gemm/MatMul reads, all of
+    which `written` (the compressed model) still holds as float constants (none rewritten by
+    the export): weights a run leaves as they are (common's LSTM: 31% of its weights), with
+    their share of the model's."""
+    from .layers import Skipped, constant_weights, node_label
+
+    g = model.graph
+    weights = {k: t for k, (_, t) in constant_weights(g).items()
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    kept = {k for k, (_, t) in constant_weights(written.graph).items() if k in weights and
+            t.data_type == weights[k].data_type}
+    total = sum(int(np.prod(t.dims)) for t in weights.values()) or 1
+    read = {i for n in g.node if n.op_type in LAYER_OPS for i in n.input}
+    out = []
+    for i, n in enumerate(g.node):
+        if n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx") or n.op_type == "Constant":
+            continue
+        big = [k for k in dict.fromkeys(n.input) if k in weights and k not in read
+               and int(np.prod(weights[k].dims)) >= OUTSIDE_MIN]
+        mine = [k for k in big if k in kept]  # all: none rewritten (DynamicQuantizeLSTM's W, R)
+        size = sum(int(np.prod(weights[k].dims)) for k in mine)
+        if mine and len(mine) == len(big):
+            out.append(Skipped(node_label(n, i), n.op_type, (
+                f"{n.op_type} is no layer kind onnx-obc solves (Conv, Gemm, MatMul): its "
+                f"constants {', '.join(repr(k) for k in mine[:3])} ({size:,} values, "
+                f"{size / total:.1%} of the model's) stay as they are{HINTS.get(n.op_type, '')}"),
+                mine[0]))
+    return out

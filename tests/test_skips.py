@@ -64,3 +64,43 @@ def test_a_weight_computed_at_run_time_says_so():
                    [b.vi("y", [b.BATCH, 4])])
     _, (s,) = find_layers(model)
     assert "computed by a Transpose node" in s.reason
+
+
+def _lstm_then_matmul(hidden: int = 32):
+    """x [T, N, 32] --LSTM(W [1, 4h, 32], R [1, 4h, h])--> Y_h [1, N, h] --MatMul(V [h, 8])."""
+    h = hidden
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["", "yh"], name="lstm", hidden_size=h),
+             helper.make_node("MatMul", ["yh", "V"], ["y"], name="head")]
+    inits = [b.weight("W", (1, 4 * h, 32), 0), b.weight("R", (1, 4 * h, h), 1),
+             b.weight("V", (h, 8), 2)]
+    return b.make(nodes, [b.vi("x", [5, b.BATCH, 32])], [b.vi("y", [1, b.BATCH, 8])], inits)
+
+
+def test_the_weights_no_layer_holds_are_listed_with_their_share():
+    """skips.outside: an LSTM's W and R (not a layer kind) are listed with their values and
+    share of the model's; not where the written model rewrote them (DynamicQuantizeLSTM's
+    int8 W and R), nor small constants, nor a layer's weight."""
+    from onnx_obc.skips import OUTSIDE_MIN, outside
+
+    model = _lstm_then_matmul()
+    (s,) = outside(model, model)
+    assert (s.node, s.op, s.weight) == ("lstm", "LSTM", "W")
+    total = 128 * 32 + 128 * 32 + 32 * 8
+    assert f"'W', 'R' (8,192 values, {8192 / total:.1%} of the model's)" in s.reason
+    assert "DynamicQuantizeLSTM" in s.reason
+    written = onnx.ModelProto()
+    written.CopyFrom(model)
+    w = next(t for t in written.graph.initializer if t.name == "W")
+    w.CopyFrom(numpy_helper.from_array(np.zeros((1, 128, 32), np.int8), "W"))
+    assert outside(model, written) == []  # rewritten by the export
+    assert outside(_lstm_then_matmul(hidden=8), _lstm_then_matmul(hidden=8)) == [] and (
+        4 * 8 * 32 < OUTSIDE_MIN)
+
+
+def test_a_run_reports_the_weights_it_leaves_outside_the_layers():
+    from onnx_obc import convert
+
+    model = _lstm_then_matmul()
+    r = convert(model, None, calib=b.feeds(model, 16), bits=8, progress=False)
+    assert [s.op for s in r.report.skipped] == ["LSTM"]
+    assert "lstm (LSTM): LSTM is no layer kind" in r.report.table()
