@@ -15,6 +15,11 @@ from .specs import Selection
 
 OUTSIDE_MIN = 4096  # values: smaller constants (norms, biases, positions) are not listed
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
+NOT_WEIGHTED = {  # ops whose constants are no weights to compress (biases, scales, positions)
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "PRelu", "Clip",
+    "Equal", "Less", "Greater", "Expand", "Concat", "Reshape", "Pad", "Resize", "Tile", "Slice",
+    "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+    "SkipLayerNormalization", "SimplifiedLayerNormalization"}
 HINTS = {"LSTM": " (--runtime onnxruntime --act-bits 8 writes an LSTM as DynamicQuantizeLSTM, "
                  "int8)",
          "Gather": " (a lookup table: --runtime onnxruntime --bits 8 --quantize-tables stores "
@@ -56,7 +61,8 @@ _COMPUTED = {  # why a weight computed by such a node is no layer (Identity: the
 
 
 def outside(model: onnx.ModelProto, written: onnx.ModelProto) -> list[Any]:
-    """A `Skipped` for each top-level node of another op than Conv/Gemm/MatMul that reads
+    """A `Skipped` for each top-level node of another op than Conv/Gemm/MatMul (and than the
+    elementwise and normalization ops of NOT_WEIGHTED) that reads
     float constants of OUTSIDE_MIN values or more which no Conv/Gemm/MatMul reads, all of
     which `written` (the compressed model) still holds as float constants (none rewritten by
     the export): weights a run leaves as they are (common's LSTM: 31% of its weights), with
@@ -64,15 +70,17 @@ def outside(model: onnx.ModelProto, written: onnx.ModelProto) -> list[Any]:
     from .layers import Skipped, constant_weights, node_label
 
     g = model.graph
-    weights = {k: t for k, (_, t) in constant_weights(g).items()
+    every = constant_weights(g)
+    weights = {k: t for k, (_, t) in every.items()
                if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
     kept = {k for k, (_, t) in constant_weights(written.graph).items() if k in weights and
             t.data_type == weights[k].data_type}
-    total = sum(int(np.prod(t.dims)) for t in weights.values()) or 1
+    total = sum(int(np.prod(t.dims)) for _, t in every.values()) or 1
     read = {i for n in g.node if n.op_type in LAYER_OPS for i in n.input}
     out = []
     for i, n in enumerate(g.node):
-        if n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx") or n.op_type == "Constant":
+        if n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx") or n.op_type == "Constant" \
+                or n.op_type in NOT_WEIGHTED:
             continue
         big = [k for k in dict.fromkeys(n.input) if k in weights and k not in read
                and int(np.prod(weights[k].dims)) >= OUTSIDE_MIN]
