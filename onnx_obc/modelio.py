@@ -186,6 +186,9 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None) -> 
                              "reads; choose another output path (the input is never overwritten)")
     if not o.parent.is_dir():
         raise ModelError(f"output directory {str(o.parent)!r} does not exist; create it first")
+    if o.is_dir():
+        raise ModelError(f"output {str(out)!r} is a directory; give a file path in it, e.g. "
+                         f"{str(Path(out) / 'model.onnx')!r}")
     if o.suffix != ".onnx":
         raise ModelError(f"output {str(out)!r} should end in .onnx")
     return o

@@ -491,3 +491,11 @@ def test_a_model_given_as_its_serialized_bytes(tmp_path):
     kept = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
     with pytest.raises(ModelError, match="external data files.*pass the model's path"):
         convert(kept.SerializeToString(), None, sparsity=0.5, progress=False)
+
+
+def test_an_output_that_is_a_directory_fails_before_any_work(tmp_path, saved, no_work):
+    """Before: the whole run, then "cannot write ... (Is a directory)" at the save."""
+    model, data = saved(b.mlp())
+    (tmp_path / "out.onnx").mkdir()
+    with pytest.raises(ModelError, match="is a directory; give a file path in it"):
+        convert(model, tmp_path / "out.onnx", calib=data, sparsity=0.5, progress=False)
