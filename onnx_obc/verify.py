@@ -98,7 +98,7 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
     agree: dict[str, int] = {}
     correct: dict[str, int] = {}
     seen = positions = 0
-    logits, i = None, 0  # i: the scores' output (after integer ones: sklearn's labels)
+    logits, i, ints = None, 0, set()  # i: the scores (after integer outputs: sklearn's labels)
     for samples, ys in runs:
         for k in ys:
             err.setdefault(k, {n: 0.0 for n in out_names})
@@ -107,7 +107,9 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
         ref = ys[reference]
         if logits is None:
             i = next((j for j, y in enumerate(ref) if np.issubdtype(y.dtype, np.floating)), 0)
-            logits = is_logits(ref[i])
+            logits = is_logits(ref[i])  # integer outputs beside floats: no relative error
+            ints = {n for n, y in zip(out_names, ref) if not np.issubdtype(y.dtype, np.floating)}
+            ints = ints if len(ints) < len(out_names) else set()
         for n, y in zip(out_names, ref):
             ref_sq[n] += _sum_sq(y)
         for k, outs in ys.items():
@@ -124,7 +126,7 @@ def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.nda
     result = {}
     for k in err:
         rel = {n: float(np.sqrt(err[k][n] / ref_sq[n])) if ref_sq[n] > 0 else float(
-            np.sqrt(err[k][n])) for n in out_names}
+            np.sqrt(err[k][n])) for n in out_names if n not in ints}
         result[k] = Fidelity(
             samples=seen, rel_error=rel,
             top1_agreement=agree[k] / positions if logits and positions else None,
