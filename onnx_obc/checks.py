@@ -8,11 +8,20 @@ from typing import Any
 from .errors import ConfigError
 
 
+def nm_value(nm: Any) -> Any:
+    """An N:M pattern as the tuple (N, M) from the command line's "2:4" or a recipe's [2, 4];
+    anything else as it is (nm_ok judges it)."""
+    if isinstance(nm, str) and nm.count(":") == 1 and all(
+            p.strip().isdigit() for p in nm.split(":")):
+        return tuple(int(p) for p in nm.split(":"))
+    return tuple(nm) if isinstance(nm, list) else nm
+
+
 def nm_ok(nm: Any, name: str) -> None:
     if nm is not None and not (isinstance(nm, tuple) and len(nm) == 2 and all(
             isinstance(x, int) for x in nm) and 0 < nm[0] < nm[1]):
         raise ConfigError(f"{name} needs a tuple of integers (N, M) with 0 < N < M, got {nm!r} "
-                          "(e.g. (2, 4))")
+                          "(e.g. (2, 4) or \"2:4\")")
 
 
 def fraction(value: Any, name: str, hint: str = "") -> None:

@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import nm_value
 from .errors import ConfigError
 from .specs import (DEVICES, LAYER_OPS, METHODS, Allocation, Correction, ExportOptions,
                     Pruning, Quantization, RunOptions, Selection, SolverOptions)
@@ -282,8 +283,10 @@ def _plain(v: Any) -> Any:
 
 def _coerce(cls: type, name: str, v: Any) -> Any:
     """Lists (JSON, click) become tuples in tuple-typed fields; a str in a tuple-of-str field
-    becomes a 1-tuple; ints in float fields stay (they compare equal)."""
+    becomes a 1-tuple, an "N:M" str in an (N, M) field the pair; ints in float fields stay."""
     hint = str(typing.get_type_hints(cls)[name])
+    if "tuple[int, int]" in hint and isinstance(v, str):
+        return nm_value(v)
     if "tuple" in hint and isinstance(v, list):
         return tuple(_coerce_inner(x) for x in v)
     if "tuple[str" in hint and isinstance(v, str):

@@ -175,3 +175,19 @@ def test_the_fast_path_prunes_nm_but_not_blocks():
         CompressConfig.from_options(None, block=4, sparsity=0.5, method="gptq")
     with pytest.raises(ConfigError, match="gptq's N:M .* drop it"):
         CompressConfig.from_options(None, nm=(2, 4), method="gptq", act_order=True)
+
+
+def test_nm_takes_the_command_lines_form_as_an_option():
+    """nm= / level_nm= as (2, 4) or "2:4" (what a user of the CLI writes) in the flat options
+    and recipes (the input layer's coercion); the specs themselves still take the tuple
+    only, and other strings are refused naming both forms."""
+    assert CompressConfig.from_options(None, nm="2:4").prune.nm == (2, 4)
+    assert CompressConfig.from_options(None, nm=" 1 : 8 ").prune.nm == (1, 8)
+    assert CompressConfig.from_options(None, budget="bops", allocate="dp", target=8, level_nm="1:4"
+                                       ).alloc.level_nm == (1, 4)
+    assert CompressConfig.from_dict({"prune": {"nm": "2:4"}}).prune.nm == (2, 4)
+    for bad in ("2:x", "2-4", "4:2"):
+        with pytest.raises(ConfigError, match=r'\(e\.g\. \(2, 4\) or "2:4"\)'):
+            CompressConfig.from_options(None, nm=bad)
+    with pytest.raises(ConfigError, match="prune.nm"):
+        Pruning(nm="2:4")
