@@ -100,7 +100,7 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
     written = save_model(final, output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
     report = _report(src, output, cfg, backend, layers, data, skipped + skips.outside(
-        proto, models["compressed"]), done, fixes, fidelity, checks + fork.after,
+        proto, models["compressed"], cfg), done, fixes, fidelity, checks + fork.after,
         {**clock, **done.seconds}, fusion, chan, ranked, plan, folded, smoothed)
     if report_path is not None:
         report.write_json(report_path)

@@ -60,13 +60,14 @@ _COMPUTED = {  # why a weight computed by such a node is no layer (Identity: the
         "at run time)"}
 
 
-def outside(model: onnx.ModelProto, written: onnx.ModelProto) -> list[Any]:
+def outside(model: onnx.ModelProto, written: onnx.ModelProto, cfg: Any = None) -> list[Any]:
     """A `Skipped` for each top-level node of another op than Conv/Gemm/MatMul (and than the
     elementwise and normalization ops of NOT_WEIGHTED) that reads
     float constants of OUTSIDE_MIN values or more which no Conv/Gemm/MatMul reads, all of
     which `written` (the compressed model) still holds as float constants (none rewritten by
     the export): weights a run leaves as they are (common's LSTM: 31% of its weights), with
-    their share of the model's."""
+    their share of the model's; the option that would compress them where `cfg` (the run's
+    CompressConfig; None: inspect) did not ask for it already."""
     from .layers import Skipped, constant_weights, node_label
 
     g = model.graph
@@ -77,6 +78,9 @@ def outside(model: onnx.ModelProto, written: onnx.ModelProto) -> list[Any]:
             t.data_type == weights[k].data_type}
     total = sum(int(np.prod(t.dims)) for _, t in every.values()) or 1
     read = {i for n in g.node if n.op_type in LAYER_OPS for i in n.input}
+    ort = cfg is not None and cfg.export.runtime == "onnxruntime"
+    asked = {"LSTM": ort and bool(cfg.quant.act_bits) and cfg.export.dynamic_lstm,
+             "Gather": ort and cfg.quant.bits is not None and cfg.export.quantize_tables}
     out = []
     for i, n in enumerate(g.node):
         if n.op_type in LAYER_OPS and n.domain in ("", "ai.onnx") or n.op_type == "Constant" \
@@ -90,6 +94,7 @@ def outside(model: onnx.ModelProto, written: onnx.ModelProto) -> list[Any]:
             out.append(Skipped(node_label(n, i), n.op_type, (
                 f"{n.op_type} is no layer kind onnx-obc solves (Conv, Gemm, MatMul): its "
                 f"constants {', '.join(repr(k) for k in mine[:3])} ({size:,} values, "
-                f"{size / total:.1%} of the model's) stay as they are{HINTS.get(n.op_type, '')}"),
+                f"{size / total:.1%} of the model's) stay as they are"
+                + ("" if asked.get(n.op_type) else HINTS.get(n.op_type, ""))),
                 mine[0]))
     return out

@@ -88,6 +88,11 @@ def test_the_weights_no_layer_holds_are_listed_with_their_share():
     total = 128 * 32 + 128 * 32 + 32 * 8
     assert f"'W', 'R' (8,192 values, {8192 / total:.1%} of the model's)" in s.reason
     assert "DynamicQuantizeLSTM" in s.reason
+    from onnx_obc import CompressConfig  # a run that asked for it: no hint (it did not apply)
+
+    asked = CompressConfig.from_options(None, bits=8, act_bits=8, runtime="onnxruntime")
+    (s2,) = outside(model, model, asked)
+    assert s2.reason.endswith("stay as they are") and "DynamicQuantizeLSTM" not in s2.reason
     written = onnx.ModelProto()
     written.CopyFrom(model)
     w = next(t for t in written.graph.initializer if t.name == "W")
