@@ -5,7 +5,6 @@ ops (an LSTM, an embedding table, a transposed conv), which no layer holds (`out
 from __future__ import annotations
 
 import fnmatch
-
 from typing import Any
 
 import numpy as np
@@ -62,12 +61,12 @@ _COMPUTED = {  # why a weight computed by such a node is no layer (Identity: the
 
 def outside(model: onnx.ModelProto, written: onnx.ModelProto, cfg: Any = None) -> list[Any]:
     """A `Skipped` for each top-level node of another op than Conv/Gemm/MatMul (and than the
-    elementwise and normalization ops of NOT_WEIGHTED) that reads
-    float constants of OUTSIDE_MIN values or more which no Conv/Gemm/MatMul reads, all of
-    which `written` (the compressed model) still holds as float constants (none rewritten by
-    the export): weights a run leaves as they are (common's LSTM: 31% of its weights), with
-    their share of the model's; the option that would compress them where `cfg` (the run's
-    CompressConfig; None: inspect) did not ask for it already."""
+    elementwise and normalization ops of NOT_WEIGHTED) that reads float constants of
+    OUTSIDE_MIN values or more which no Conv/Gemm/MatMul reads, all of which `written` (the
+    compressed model) still holds as float constants (none rewritten by the export): weights
+    a run leaves as they are (common's LSTM: 31% of its weights), with their share of the
+    model's; the option that would compress them where `cfg` (the run's CompressConfig;
+    None: inspect) did not ask for it already."""
     from .layers import Skipped, constant_weights, node_label
 
     g = model.graph

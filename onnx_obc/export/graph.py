@@ -67,14 +67,15 @@ def _names_back(src: onnx.ModelProto, out: onnx.ModelProto) -> None:
     renamed back in `out` where that node reads another name in that slot, so the layers
     and ranges found on `src` still find their tensors."""
     g = out.graph
-    made = {o for n in g.node for o in n.output} | {t.name for t in [*g.input, *g.initializer]}
+    inits = {t.name for t in g.initializer}
+    made = {o for n in g.node for o in n.output} | {t.name for t in g.input} | inits
     by_name = {n.name: n for n in g.node if n.name}
     back = {}
     for n in src.graph.node:
         m = by_name.get(n.name) if n.name else None
         if m is not None and m.op_type == n.op_type:
             back.update((b, a) for a, b in zip(n.input, m.input) if a and b and a != b
-                        and a not in made and b not in {t.name for t in g.initializer})
+                        and a not in made and b not in inits)
     for n in g.node if back else ():
         n.input[:] = [back.get(i, i) for i in n.input]
         n.output[:] = [back.get(o, o) for o in n.output]
