@@ -9,12 +9,12 @@ from .errors import ConfigError
 
 
 def nm_value(nm: Any) -> Any:
-    """An N:M pattern as the tuple (N, M) from the command line's "2:4" or a recipe's [2, 4];
-    anything else as it is (nm_ok judges it)."""
+    """An N:M pattern as the tuple (N, M) from the command line's "2:4"; anything else as it
+    is (lists become tuples in config._coerce; nm_ok judges the rest)."""
     if isinstance(nm, str) and nm.count(":") == 1 and all(
             p.strip().isdigit() for p in nm.split(":")):
         return tuple(int(p) for p in nm.split(":"))
-    return tuple(nm) if isinstance(nm, list) else nm
+    return nm
 
 
 def nm_ok(nm: Any, name: str) -> None:
