@@ -110,7 +110,8 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
     observed: set[str] = set()  # tensors of the groups done
     steps: dict[tuple[str, int], int] = {}  # (weight, use) -> position step
     pending = _Pending(accs, budget // 8, backend.xp)
-    convs = {u.input for L in layers if L.op == "Conv" for u in L.uses}  # [N, C, ...]: no tokens
+    convs = {u.input for L in layers if L.layout in ("conv", "deconv")
+             for u in L.uses}  # [N, C, ...]: no tokens
     flat = {u.input for L in layers if L.op in ("MatMul", "Gemm") for u in L.uses}
     for group in groups:
         todo = [L for L in layers if L.weight not in done

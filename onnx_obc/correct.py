@@ -87,7 +87,7 @@ def _scalable(layers: list[Layer]) -> tuple[dict[str, Layer], list[str]]:
         G, r, _ = L.matrix_shape
         if len(L.uses) > 1:
             why.append(f"{L.name}: no scale correction (its weight is read by {len(L.uses)} nodes)")
-        elif L.layout != "conv" and len(L.shape) != 2:
+        elif L.layout not in ("conv", "deconv") and len(L.shape) != 2:
             why.append(f"{L.name}: no scale correction ({len(L.shape)}-D MatMul weight)")
         else:
             ok[L.uses[0].node] = L

@@ -18,7 +18,7 @@ from .layers import node_label
 
 
 def channel_axis(op: str) -> int:
-    return 1 if op == "Conv" else -1  # [N, M, *spatial] or [..., M]
+    return 1 if op in ("Conv", "ConvTranspose") else -1  # [N, M, *spatial] or [..., M]
 
 
 def node_ops(model: onnx.ModelProto) -> dict[str, str]:

@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from . import deconv
 from .backend import array_module
 from .layers import Layer, Use
 
@@ -111,7 +112,7 @@ def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = No
     xp = array_module(act)
     dtype = xp.float64 if dtype is None else dtype
     G, _, d = layer.matrix_shape
-    if layer.layout != "conv":
+    if layer.layout not in ("conv", "deconv"):
         X = linear_columns(use, act, d)
         if step > 1:
             n = X.shape[2]
@@ -121,13 +122,19 @@ def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = No
             X = X[:, :, keep] * math.sqrt(n / max(int(keep.sum()), 1))
         yield X.astype(dtype)
         return
+    filled, sizes = layer.layout == "deconv", tuple(act.shape[2:])  # deconv: the equivalent
+    if filled:  # Conv over the zero-filled input, made chunk by chunk (deconv.py)
+        deconv_use, (use, one) = use, deconv.as_conv(use, act[:1])
+        sizes = tuple(one.shape[2:])
     N = act.shape[0]
-    per_sample = 8 * d * G * max(1, math.prod(act.shape[2:])) * 2
+    per_sample = 8 * d * G * max(1, math.prod(sizes)) * 2
     chunk = max(1, budget_bytes // per_sample)
-    full = math.prod(conv_out(use, tuple(act.shape[2:])))
+    full = math.prod(conv_out(use, sizes))
     P = step ** len(use.kernel)  # the subgrids
     for n0 in range(0, N, chunk):
         part = act[n0:n0 + chunk]
+        if filled:
+            part = deconv.as_conv(deconv_use, part)[1]
         if step == 1:
             yield conv_columns(use, part, dtype=dtype)
             continue
@@ -150,6 +157,8 @@ def position_step(layer: Layer, use: Use, shape: tuple[int, ...], samples: int,
     at least one position per phase; MatMul / Gemm: along the tokens (all but the last
     axis beyond the first)."""
     _, _, d = layer.matrix_shape
+    if layer.layout == "deconv":
+        return 1  # its positions are mostly the inserted zeros' (deconv.py)
     if layer.layout == "conv":
         out = conv_out(use, tuple(shape[2:]))
     else:

@@ -5,8 +5,10 @@ every node that uses it as its weight:
   Conv(X, W[M, C/g, *k])   -> G = group, W_g [M/G, C/g * prod(k)] (im2col column order)
   Gemm(A, B)               -> W = B (transB=1) or B^T (transB=0), rows = outputs
   MatMul(X, B[K, N])       -> W = B^T [N, K], X of any rank (leading axes flattened)
+  ConvTranspose(X, W[C, M, *k]) -> W [M, C * prod(k)], the kernel flipped (deconv.py)
 A weight used by several such nodes is compressed once with their merged Hessian. Every
-Conv/Gemm/MatMul node that is not compressed is returned as `Skipped` with its reason.
+Conv/Gemm/MatMul/ConvTranspose node that is not compressed is returned as `Skipped` with its
+reason.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import deconv
 from .errors import ModelError
 from .skips import QUANTIZED, not_constant_reason, selection_reason
-from .specs import Selection
+from .specs import LAYER_OPS, Selection
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 
@@ -38,6 +41,7 @@ class Use:
     pads: tuple[int, ...] = ()  # begins then ends
     auto_pad: str = "NOTSET"
     group: int = 1
+    output_padding: tuple[int, ...] = ()  # ConvTranspose only
     trans_a: bool = False  # Gemm only
     alpha: float = 1.0
 
@@ -49,7 +53,7 @@ class Layer:
     shape: tuple[int, ...]
     dtype: str
     op: str
-    layout: str  # "conv", "rows" (stored [out, in]) or "cols" (stored [in, out])
+    layout: str  # "conv", "rows" (stored [out, in]), "cols" (stored [in, out]) or "deconv"
     uses: tuple[Use, ...]
     groups: int = 1
 
@@ -63,12 +67,16 @@ class Layer:
         if self.layout == "conv":
             G = self.groups
             return G, self.shape[0] // G, math.prod(self.shape[1:])
+        if self.layout == "deconv":
+            return deconv.matrix_shape(self.shape)
         if self.layout == "rows":
             return 1, self.shape[0], self.shape[1]
         return 1, self.shape[1], self.shape[0]
 
     def to_matrix(self, w: np.ndarray) -> np.ndarray:
         """ONNX weight -> W [G, r, d]."""
+        if self.layout == "deconv":
+            return deconv.to_matrix(w)
         if self.layout == "cols":
             w = w.T
         return np.ascontiguousarray(w).reshape(self.matrix_shape)
@@ -76,6 +84,8 @@ class Layer:
     def from_matrix(self, m: np.ndarray) -> np.ndarray:
         """W [G, r, d] -> ONNX weight layout (inverse of to_matrix)."""
         G, r, d = self.matrix_shape
+        if self.layout == "deconv":
+            return deconv.from_matrix(m, self.shape)
         if self.layout == "cols":
             return np.ascontiguousarray(m.reshape(r, d).T)
         return m.reshape(self.shape)
@@ -137,7 +147,8 @@ def _conv_use(node: onnx.NodeProto, label: str, wshape: tuple[int, ...]) -> Use:
     nd = len(wshape) - 2
     ap = attrs.get("auto_pad", b"NOTSET")
     return Use(
-        node=label, op="Conv", input=node.input[0],
+        node=label, op=node.op_type, input=node.input[0],
+        output_padding=tuple(attrs.get("output_padding", ())),
         kernel=tuple(attrs.get("kernel_shape", wshape[2:])),
         strides=tuple(attrs.get("strides", [1] * nd)),
         dilations=tuple(attrs.get("dilations", [1] * nd)),
@@ -164,6 +175,11 @@ def _describe_use(node: onnx.NodeProto, label: str,
         if shape[0] % use.group:
             return None, "", f"Conv group {use.group} does not divide {shape[0]} outputs"
         return use, f"conv/{use.group}", ""
+    if op == deconv.OP:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        why = f"{op} weight {wname!r} has rank {len(shape)}" if len(shape) < 3 else \
+            deconv.refusal(attrs)
+        return (None, "", why) if why else (_conv_use(node, label, shape), "deconv", "")
     if len(shape) != 2:
         return None, "", f"{op} weight {wname!r} has rank {len(shape)}; only 2-D weights are " \
             "compressed"
@@ -177,7 +193,7 @@ def _describe_use(node: onnx.NodeProto, label: str,
 
 def find_layers(model: onnx.ModelProto, select: Selection | None = None
                 ) -> tuple[list[Layer], list[Skipped]]:
-    """Compressible layers (one per weight) and every skipped Conv/Gemm/MatMul with a reason."""
+    """Compressible layers (one per weight) and every skipped layer op with a reason."""
     select = select or Selection()
     graph = model.graph
     fed = overridable(model)  # an initializer that is also an input can be overridden
@@ -194,13 +210,13 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
         for name in sub.input:
             if name:
                 consumers.setdefault(name, []).append((label, sub.op_type))
-        if sub.op_type in ("Conv", "Gemm", "MatMul"):
+        if sub.op_type in LAYER_OPS:
             skipped.append(Skipped(label, sub.op_type, "inside a control-flow subgraph (Loop"
                                    "/Scan bodies are not compressed, nor If branches but the "
                                    "one the data takes of an If at the top)"))
     cands: dict[str, _Candidate] = {}
     for i, node in enumerate(graph.node):
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
             continue
         label = node_label(node, i)
         reason = selection_reason(label, node.op_type, select)
@@ -263,7 +279,7 @@ def select_layers(model: onnx.ModelProto, select: Selection | None = None
                          "models: give it the float model this one was quantized from")
     if not layers:
         reasons = "; ".join(f"{s.node}: {s.reason}" for s in skipped[:3]) + (
-            f"; {len(skipped) - 3} more" if len(skipped) > 3 else "") or "no Conv/Gemm/MatMul"
+            f"; {len(skipped) - 3} more" if len(skipped) > 3 else "") or "no " + "/".join(LAYER_OPS)
         raise ModelError(f"no compressible layer in the model ({reasons}). Check select.op_types"
                          ", select.include / select.exclude, or run `onnx-obc inspect` on it.")
     return layers, skipped

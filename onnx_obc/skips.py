@@ -1,6 +1,6 @@
-"""Why a Conv/Gemm/MatMul node is no layer (layers.find_layers): not selected, or a weight
-that is no constant, in the words the report and the errors use; and the weights of other
-ops (an LSTM, an embedding table, a transposed conv), which no layer holds (`outside`)."""
+"""Why a Conv/Gemm/MatMul/ConvTranspose node is no layer (layers.find_layers): not selected,
+or a weight that is no constant, in the words the report and the errors use; and the weights
+of other ops (an LSTM, an embedding table), which no layer holds (`outside`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .specs import Selection
+from .specs import LAYER_OPS, Selection
 
 OUTSIDE_MIN = 4096  # values: smaller constants (norms, biases, positions) are not listed
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
 NOT_WEIGHTED = {  # ops whose constants are no weights to compress (biases, scales, positions)
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "PRelu", "Clip",
     "Equal", "Less", "Greater", "Expand", "Concat", "Reshape", "Pad", "Resize", "Tile", "Slice",
@@ -91,7 +90,7 @@ def outside(model: onnx.ModelProto, written: onnx.ModelProto, cfg: Any = None) -
         size = sum(int(np.prod(weights[k].dims)) for k in mine)
         if mine and len(mine) == len(big):
             out.append(Skipped(node_label(n, i), n.op_type, (
-                f"{n.op_type} is no layer kind onnx-obc solves (Conv, Gemm, MatMul): its "
+                f"{n.op_type} is no layer kind onnx-obc solves ({', '.join(LAYER_OPS)}): its "
                 f"constants {', '.join(repr(k) for k in mine[:3])} ({size:,} values, "
                 f"{size / total:.1%} of the model's) stay as they are"
                 + ("" if asked.get(n.op_type) else HINTS.get(n.op_type, ""))),

@@ -123,8 +123,9 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         st = structure_for(L, prune, nm=nm, sparsity=target)
         if (nm or prune.block) and st is None:
             m = nm[1] if nm else prune.block
-            out.skipped.append(Skipped(L.name, L.op, (
-                f"left dense: its reduction axis ({_axis_len(L)}) does not divide by {m}")))
+            out.skipped.append(Skipped(L.name, L.op, "left dense: " + (
+                NM_DECONV if nm and L.layout == "deconv" else
+                f"its reduction axis ({_axis_len(L)}) does not divide by {m}")))
             if lspec is None:
                 hessians.pop(L.weight)
                 plans.append(_Plan(L, None, None, None, 0, job=False))
@@ -257,8 +258,14 @@ def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec
         group_size=None if lspec is None else lspec.group_size, prune_loss=res.prune_loss)
 
 
+NM_DECONV = ("N:M is for sparse kernels, and those run Conv / MatMul / Gemm weights (TensorRT's "
+             "sparse tactics, checked by polygraphy), not a ConvTranspose: it would cost "
+             "accuracy for no speed")
+
+
 def _axis_len(L: Layer) -> int:
-    return L.shape[1] if L.layout == "conv" else L.matrix_shape[2]
+    """Input channels (per group) of a Conv / ConvTranspose, inputs of a MatMul / Gemm."""
+    return {"conv": L.shape[1], "deconv": L.shape[0]}.get(L.layout, L.matrix_shape[2])
 
 
 def structure_for(L: Layer, prune: Pruning, nm: tuple[int, int] | None = None,
@@ -268,15 +275,16 @@ def structure_for(L: Layer, prune: Pruning, nm: tuple[int, int] | None = None,
     TensorRT reads: for Conv, m consecutive input channels at one kernel position; for
     MatMul / Gemm, m consecutive inputs (K). None when unstructured, or when the axis does
     not divide by m. `nm` / `block` override the configured ones (a per-layer level);
-    `sparsity` the fraction of blocks (default: prune.sparsity, or 0)."""
+    `sparsity` the fraction of blocks (default: prune.sparsity, or 0). None for N:M on a
+    ConvTranspose (NM_DECONV)."""
     nm = nm or (prune.nm if block is None else None)
     block = block or (prune.block if nm is None else None)
-    if not nm and not block:
+    if not nm and not block or nm and L.layout == "deconv":
         return None
     m = nm[1] if nm else block
     _, _, d = L.matrix_shape
-    if L.layout == "conv":
-        groups = conv_nm_groups(L.shape[1], math.prod(L.shape[2:]), m)
+    if L.layout in ("conv", "deconv"):
+        groups = conv_nm_groups(_axis_len(L), math.prod(L.shape[2:]), m)
     else:
         groups = linear_nm_groups(d, m)
     if groups is None:

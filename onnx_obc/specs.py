@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .exportspec import ACT_TYPES, RUNTIMES, ExportOptions  # noqa: F401  (re-exported)
 from .quant import QuantSpec
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")  # the layer kinds onnx-obc compresses
+LAYER_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")  # the layer kinds onnx-obc compresses
 MB = 1 << 20  # the unit of the *_mb options
 METHODS = ("obc", "gptq", "magnitude", "rtn")
 DEVICES = ("auto", "cpu", "cuda")

@@ -93,6 +93,53 @@ def conv(dims: int = 2, c_in: int = 4, c_out: int = 6, kernel: int | Sequence[in
     return make([node], [vi("x", [BATCH, c_in, *sp])], [vi("y", out_shape)], inits)
 
 
+def conv_transpose(dims: int = 2, c_in: int = 4, c_out: int = 6,
+                   kernel: int | Sequence[int] = 3, spatial: int | Sequence[int] = 5,
+                   strides: Sequence[int] | None = None, pads: Sequence[int] | None = None,
+                   output_padding: Sequence[int] | None = None,
+                   dilations: Sequence[int] | None = None, group: int = 1,
+                   auto_pad: str | None = None, bias: bool = True, seed: int = 0
+                   ) -> onnx.ModelProto:
+    """One ConvTranspose, 1-D/2-D/3-D, on the graph input.
+
+        x [N, c_in, *spatial] --ConvTranspose(W [c_in, c_out/group, *k], B [c_out])--> y
+    """
+    k = _tuple(kernel, dims)
+    attrs: dict = {"kernel_shape": list(k)}
+    for name, v in (("strides", strides), ("pads", pads), ("output_padding", output_padding),
+                    ("dilations", dilations), ("auto_pad", auto_pad)):
+        if v is not None:
+            attrs[name] = v if isinstance(v, str) else list(v)
+    if group != 1:
+        attrs["group"] = group
+    inits = [weight("W", (c_in, c_out // group, *k), seed)]
+    ins = ["x", "W"]
+    if bias:
+        inits.append(weight("B", (c_out,), seed + 1))
+        ins.append("B")
+    node = helper.make_node("ConvTranspose", ins, ["y"], name="deconv", **attrs)
+    out_shape = [BATCH, c_out, *(f"o{i}" for i in range(dims))]
+    return make([node], [vi("x", [BATCH, c_in, *_tuple(spatial, dims)])],
+                [vi("y", out_shape)], inits)
+
+
+def decoder(seed: int = 0, c: int = 16) -> onnx.ModelProto:
+    """Conv -> Relu -> ConvTranspose (2x up) -> Relu -> Conv, an upsampling decoder.
+
+        x [N, 4, 6, 6] --conv1(W1 [c, 4, 3, 3])--> Relu --up(Wt [c, c, 4, 4], stride 2,
+        pads 1)--> [N, c, 12, 12] Relu --conv2(W2 [3, c, 3, 3])--> y [N, 3, 12, 12]
+    """
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu1"),
+             helper.make_node("ConvTranspose", ["ra", "Wt", "Bt"], ["u"], name="up",
+                              kernel_shape=[4, 4], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("Relu", ["u"], ["ru"], name="relu2"),
+             helper.make_node("Conv", ["ru", "W2", "B2"], ["y"], name="conv2", pads=[1] * 4)]
+    inits = [weight("W1", (c, 4, 3, 3), seed), weight("B1", (c,), seed + 1),
+             weight("Wt", (c, c, 4, 4), seed + 2), weight("Bt", (c,), seed + 3),
+             weight("W2", (3, c, 3, 3), seed + 4), weight("B2", (3,), seed + 5)]
+    return make(nodes, [vi("x", [BATCH, 4, 6, 6])], [vi("y", [BATCH, 3, 12, 12])], inits)
+
 def gemm(d_in: int = 6, d_out: int = 5, trans_a: bool = False, trans_b: bool = True,
          alpha: float = 1.0, beta: float = 1.0, bias: bool = True, seed: int = 0
          ) -> onnx.ModelProto:

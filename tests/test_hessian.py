@@ -65,7 +65,7 @@ def check_layers_against_ort(model: onnx.ModelProto, n: int = 3, seed: int = 0,
         assert X.shape[:2] == (G, d)
         Y = W @ X  # [G, r, n]
         y = vals[node.output[0]].astype(np.float64)
-        if u.op == "Conv":
+        if u.op in ("Conv", "ConvTranspose"):
             N, L_out = y.shape[0], int(np.prod(y.shape[2:]))
             assert X.shape[2] == N * L_out  # sample-major, then output positions
             got = Y.reshape(G, r, N, L_out).transpose(2, 0, 1, 3).reshape(y.shape)

@@ -42,7 +42,9 @@ def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = Tr
         for u in L.uses:
             node = g.nodes[u.node]
             G, r, d = L.matrix_shape
-            total += G * r * d * g.spatial(node.output[0], L.op == "Conv")
+            at = node.input[0] if L.layout == "deconv" else node.output[0]  # a ConvTranspose
+            total += G * r * d * g.spatial(at, L.layout in ("conv", "deconv"))  # reads each
+            # input position once with every weight
     if attention:
         for n in g.nodes.values():
             if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):

@@ -31,7 +31,8 @@ from .flops import layer_macs, positions, saved_macs
 from .padding import pad_reason
 from .readers import shape_readers
 from .regions import region
-from .reasons import attention_mix, feeds_scores, mixes_reason, residual_reason
+from .reasons import (attention_mix, feeds_scores, mixes_reason, producer_reason,
+                      residual_reason)
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
@@ -153,8 +154,8 @@ def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
     if len(L.uses) != 1:
         raise _Refused(f"weight {L.weight!r} is shared by {len(L.uses)} nodes")
     node = g.nodes[L.uses[0].node]
-    if L.op == "Conv" and L.groups != 1:
-        raise _Refused(f"grouped Conv (group={L.groups}): its channels are tied to its inputs")
+    if L.op == "ConvTranspose" or L.op == "Conv" and L.groups != 1:
+        raise _Refused(producer_reason(L.op, L.groups))
     if L.op == "Gemm" and L.uses[0].trans_a:
         raise _Refused("Gemm with transA")
     channels = L.matrix_shape[1]

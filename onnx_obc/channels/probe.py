@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-OPS = ("Conv", "Gemm", "MatMul")
+from ..specs import LAYER_OPS as OPS
 
 
 def probe_feed(data: Any, n: int) -> dict[str, np.ndarray] | None:

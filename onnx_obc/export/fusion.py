@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from .. import cpu
 from ..layers import Layer, constant_weights, node_label
+from ..specs import LAYER_OPS
 from .nbits import made_by_onnxruntime, made_line
 from .orttables import line
 from .ortweights import folded
@@ -208,7 +209,7 @@ def _quantized_uses(model: onnx.ModelProto, layers: list[Layer]) -> dict[str, tu
     weights = {L.weight for L in layers}
     out = {}
     for i, n in enumerate(g.node):
-        if (n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1
+        if (n.op_type in LAYER_OPS and len(n.input) > 1
                 and n.input[1] in weights and n.input[1] in dq_codes):
             out[node_label(n, i)] = (dq_codes[n.input[1]], i)
         elif n.op_type in ("MatMulNBits", "DynamicQuantizeLSTM") and n.domain == "com.microsoft":

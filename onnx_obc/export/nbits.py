@@ -185,7 +185,7 @@ def select(model: onnx.ModelProto, layers: list[Layer], qweights: dict[str, Quan
         q = qweights.get(L.weight)
         if q is None or q.bits > 4:
             continue
-        if L.layout == "conv":
+        if L.layout in ("conv", "deconv"):
             convs.append(L.name)
             continue
         n_out = L.matrix_shape[1]

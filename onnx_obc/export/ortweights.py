@@ -78,21 +78,25 @@ def folded(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """weight -> (its codes, why it runs in float) for the weights `fold` wrote (a Cast
     named "<weight>_FoldCast" of a constant)."""
     types = {t.name: t.data_type for t in model.graph.initializer}
+    deconv = {n.input[1] for n in model.graph.node if n.op_type == "ConvTranspose"}
     out = {}
     for n in model.graph.node:
         if n.op_type == "Cast" and n.name.endswith("_FoldCast") and n.input[0] in types:
             four = types[n.input[0]] in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
-            out[n.name[:-len("_FoldCast")]] = (n.input[0], "weights dequantized once at "
-                "load — " + ("no integer kernel takes 4-bit Conv weights" if four else
-                             "its input activation is float (weights only)")
+            w = n.name[:-len("_FoldCast")]
+            out[w] = (n.input[0], "weights dequantized once at load — " + (
+                "onnxruntime has no integer ConvTranspose kernel" if w in deconv else
+                "no integer kernel takes 4-bit Conv weights" if four else
+                "its input activation is float (weights only)")
                 + " (codes behind Cast · scale, constant-folded: fp32 speed)")
     return out
 
 
 def _foldable(n: gs.Node) -> bool:
     """A layer weight's DequantizeLinear (constant codes, scale and zero point, float32 out)
-    read as the weight of Convs (or of Gemms with transB = 1) alone, whose readers will run
-    in float: 4-bit codes, or no reader with a dequantized activation beside it. MatMul and
+    read as the weight of Convs, ConvTransposes (or of Gemms with transB = 1) alone, whose
+    readers will run in float: 4-bit codes, ConvTransposes, or no reader with a dequantized
+    activation beside it. MatMul and
     Gemm with transB = 0 are left to onnxruntime, which fuses a per-axis DequantizeLinear
     before them into MatMulNBits itself (checked with 1.31: 8, 4 and 3 bits); constant
     operands of the integer Add / Mul / Concat kernels are not layer weights."""
@@ -106,8 +110,8 @@ def _foldable(n: gs.Node) -> bool:
     if not readers or any(r.op not in FOLDED or r.inputs[1] is not w or (
             r.op == "Gemm" and not r.attrs.get("transB", 0)) for r in readers):
         return False
-    if str(ins[0].dtype) in ("int4", "uint4"):
-        return True
+    if str(ins[0].dtype) in ("int4", "uint4") or all(r.op == "ConvTranspose" for r in readers):
+        return True  # no integer kernel for these (checked with onnxruntime 1.31, CPU)
     return not any(_dequantized(t) for r in readers for t in r.inputs if t is not w)
 
 

@@ -31,6 +31,8 @@ def why_not(model: onnx.ModelProto, index: int, maps: tuple | None = None) -> st
     n = g.node[index]
     producer, readers, outputs, consts = maps if maps is not None else graph_maps(model)
     why = []
+    if n.op_type == "ConvTranspose":
+        why.append("onnxruntime has no integer ConvTranspose kernel (CPU)")
     wdq = producer.get(n.input[1])
     if wdq is not None and wdq.op_type == "DequantizeLinear":
         t = consts.get(wdq.input[0])

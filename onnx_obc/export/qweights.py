@@ -4,10 +4,11 @@ layout (`to_onnx`), their validation and opset needs, and the edit that stores t
 Grids are per row and column group of W [rows, cols]; in the ONNX layout:
 
   per output channel: Conv W[M, C/g, *k] axis 0; Gemm transB=1 B[N, K] axis 0;
-                      MatMul / Gemm transB=0 B[K, N] axis 1
+                      MatMul / Gemm transB=0 B[K, N] axis 1; ConvTranspose W[C, M, *k] axis 1
   column groups (blocked, opset 21) along the reduction axis: B[N, K] axis 1; B[K, N] axis 0;
-                      Conv axis 1 (input channels), when the group size is a multiple of
-                      prod(kernel) so that a block is whole channels at every kernel position
+                      Conv axis 1, ConvTranspose axis 0 (input channels), when the group size
+                      is a multiple of prod(kernel) so that a block is whole channels at every
+                      kernel position
 
 Each quantized float weight `W` (initializer or Constant node) becomes
 
@@ -134,7 +135,7 @@ def group_size_for(layer: Layer, spec: QuantSpec) -> tuple[QuantSpec, str]:
     if g is None:
         return spec, ""
     _, _, d = layer.matrix_shape
-    k = math.prod(layer.shape[2:]) if layer.layout == "conv" else 1
+    k = math.prod(layer.shape[2:]) if layer.layout in ("conv", "deconv") else 1
     if d % g or g % k:
         why = (f"group size {g} does not divide its {d} inputs per output"
                if d % g else f"group size {g} is not a multiple of its kernel size {k}")
@@ -152,7 +153,7 @@ def to_onnx(layer: Layer, codes: np.ndarray, grid: Grid, bits: int) -> Quantized
     signed = grid.qmin < 0
     kind = (bits, signed, bits == 8 and grid.qmax < (127 if signed else 255))  # reduced
     if grid.group_size == d:  # per output channel
-        axis = 1 if layer.layout == "cols" else 0
+        axis = 1 if layer.layout in ("cols", "deconv") else 0
         return QuantizedWeight(q, scale[:, 0], zero[:, 0], axis, None, *kind)
     g = grid.group_size
     if layer.layout == "rows":
@@ -160,11 +161,15 @@ def to_onnx(layer: Layer, codes: np.ndarray, grid: Grid, bits: int) -> Quantized
     if layer.layout == "cols":
         return QuantizedWeight(q, scale.T.copy(), zero.T.copy(), 0, g, *kind)
     k = layer.shape[2:]
-    m = g // math.prod(k)  # input channels per block
-    shape = (layer.shape[0], layer.shape[1] // m) + (1,) * len(k)
+    m = g // math.prod(k)  # input channels per block: blocks along the input channel axis
+    if layer.layout == "deconv":  # W [C, M, *k]: scale [M, C/m] -> [C/m, M, *k]
+        shape, scale, zero, axis = (layer.shape[0] // m, layer.shape[1]) + (1,) * len(k), \
+            scale.T, zero.T, 0
+    else:  # W [M, C, *k]: scale [M, C/m] -> [M, C/m, *k]
+        shape, axis = (layer.shape[0], layer.shape[1] // m) + (1,) * len(k), 1
     scale_c = np.broadcast_to(scale.reshape(shape), shape[:2] + tuple(k)).copy()
     zero_c = np.broadcast_to(zero.reshape(shape), shape[:2] + tuple(k)).copy()
-    return QuantizedWeight(q, scale_c, zero_c, 1, m, *kind)
+    return QuantizedWeight(q, scale_c, zero_c, axis, m, *kind)
 
 
 def quantize_weights(model: onnx.ModelProto, layers: list[Layer],

@@ -106,7 +106,7 @@ def bias_targets(model: onnx.ModelProto, layers: list[Layer]
     for u in (u for L in layers for u in L.uses):
         i, node = by_label[u.node]
         out = node.output[0]
-        if node.op_type in ("Conv", "Gemm"):
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
             b = node.input[2] if len(node.input) > 2 else ""
             beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
             if b and b not in consts:

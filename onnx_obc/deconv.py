@@ -1,0 +1,85 @@
+"""ConvTranspose layers: which ones are compressed, their W view and their Hessian's inputs.
+
+ConvTranspose(X [N, C, *S], W [C, M, *k]) (group 1) equals the Conv of W' [M, C, *k] =
+W with its two channel axes swapped and its kernel flipped, at stride 1, over X with
+s - 1 zeros between neighbours along each axis (s the stride), padded by (k - 1) dl - p
+(dl the dilation, p the pad; output_padding added at the end). So one row of its W view
+is one output channel, W [1, M, C * prod(k)] with the kernel flipped: row m, column
+(c, j) is W[c, m, k - 1 - j], and the Hessian is X' X'^T over that Conv's columns (X' the
+zero-filled input): the solvers, N:M along the input channels at one kernel position and
+the blocked grids of whole kernels then hold as for a Conv. The zeros cost s^prod of
+the positions in the Hessian's products; ConvTransposes are few and late in a network.
+
+Grouped ConvTransposes are not compressed (a per-channel scale has one entry per output
+channel of a group on the weight's axis 1, shared by the groups), nor ones given
+`auto_pad` or `output_shape` (their padding is computed at run time): each gets its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+
+OP = "ConvTranspose"
+
+
+def refusal(attrs: dict[str, Any]) -> str:
+    """Why a ConvTranspose with these attributes is not compressed ("" when it is)."""
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if int(attrs.get("group", 1)) != 1:
+        return (f"grouped ConvTranspose (group={attrs['group']}): its per-channel scales would"
+                " be shared by the groups")
+    if auto not in ("NOTSET", "VALID"):
+        return f"ConvTranspose with auto_pad={auto} (padding computed at run time)"
+    if attrs.get("output_shape"):
+        return "ConvTranspose with output_shape (padding computed at run time)"
+    return ""
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(G, r, d) of the W view of a weight [C, M, *k]."""
+    return 1, shape[1], shape[0] * math.prod(shape[2:])
+
+
+def to_matrix(w: np.ndarray) -> np.ndarray:
+    """W [C, M, *k] -> [1, M, C * prod(k)], the kernel flipped (module docstring)."""
+    C, M = w.shape[:2]
+    flipped = np.flip(w, axis=tuple(range(2, w.ndim)))
+    return np.ascontiguousarray(np.swapaxes(flipped.reshape(C, M, -1), 0, 1)).reshape(1, M, -1)
+
+
+def from_matrix(m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of to_matrix: [1, M, C * prod(k)] -> W [C, M, *k]."""
+    C, M = shape[:2]
+    w = np.swapaxes(np.asarray(m).reshape(M, C, -1), 0, 1).reshape(shape)
+    return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, len(shape)))))
+
+
+def as_conv(use: Any, x: Any) -> tuple[Any, Any]:
+    """(the equivalent Conv's Use, its input): x [N, C, *S] with stride - 1 zeros between
+    neighbours, cropped where a pad exceeds the kernel's reach; the Use at stride 1 with
+    the padding (k - 1) dl - p (+ output_padding at the end)."""
+    nd = len(use.kernel)
+    reach = [(k - 1) * dl for k, dl in zip(use.kernel, use.dilations)]
+    begins = [r - p for r, p in zip(reach, use.pads[:nd])]
+    ends = [r - p + o for r, p, o in zip(reach, use.pads[nd:], use.output_padding or (0,) * nd)]
+    N, C, *S = x.shape
+    filled = [(n - 1) * s + 1 if n else 0 for n, s in zip(S, use.strides)]
+    z = x
+    if any(s > 1 for s in use.strides):
+        z = array_module(x).zeros((N, C, *filled), dtype=x.dtype)
+        z[(slice(None), slice(None), *(slice(None, None, s) for s in use.strides))] = x
+    crop = tuple(slice(max(0, -b), (f - max(0, -e)) if f else None)
+                 for b, e, f in zip(begins, ends, filled))
+    z = z[(slice(None), slice(None), *crop)]
+    pads = tuple(max(0, b) for b in begins) + tuple(max(0, e) for e in ends)
+    conv = dataclasses.replace(use, op="Conv", strides=(1,) * nd, pads=pads,
+                               auto_pad="NOTSET", output_padding=())
+    return conv, z
+

@@ -1,0 +1,178 @@
+"""ConvTranspose layers (onnx_obc/deconv.py): the W view and the zero-filled Conv's columns
+against onnxruntime's output, the attributes refused with their reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx_obc import convert, deconv
+from onnx_obc.channels.patterns import find_sites
+from onnx_obc.layers import find_layers
+
+from . import builders as b
+from .test_hessian import check_layers_against_ort
+
+CASES = {
+    "2d_stride2": dict(kernel=4, strides=[2, 2], pads=[1, 1, 1, 1]),
+    "2d_default": dict(),
+    "2d_output_padding": dict(kernel=3, strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[1, 1]),
+    "2d_uneven": dict(kernel=(4, 3), strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2],
+                      spatial=(5, 6)),
+    "2d_pads_beyond_kernel": dict(kernel=3, strides=[3, 2], pads=[3, 0, 0, 2],
+                                  output_padding=[2, 1]),  # cropped, not padded
+    "2d_1x1_stride2": dict(kernel=1, strides=[2, 2]),
+    "2d_no_bias_valid": dict(kernel=2, strides=[2, 2], bias=False, auto_pad="VALID"),
+    "1d": dict(dims=1, kernel=5, strides=[4], pads=[2, 1], spatial=7),
+    "3d": dict(dims=3, kernel=(2, 3, 2), strides=[2, 1, 2], pads=[0, 1, 0, 0, 1, 1],
+               spatial=(3, 4, 3), c_out=4),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_columns_reproduce_onnxruntime(case):
+    check_layers_against_ort(b.conv_transpose(**CASES[case]), n=3)
+
+
+def test_columns_with_a_tiny_budget_match_onnxruntime():
+    check_layers_against_ort(b.conv_transpose(**CASES["2d_uneven"]), n=3, budget=1)
+
+
+def test_w_view_is_output_channels_by_flipped_input_columns():
+    model = b.conv_transpose(c_in=3, c_out=5, kernel=(2, 3))
+    (L,), _ = find_layers(model)
+    assert (L.layout, L.matrix_shape) == ("deconv", (1, 5, 3 * 2 * 3))
+    w = np.arange(3 * 5 * 2 * 3, dtype=np.float32).reshape(3, 5, 2, 3)
+    m = L.to_matrix(w)
+    assert m[0, 4, 1 * 6 + 0] == w[1, 4, 1, 2]  # column (c=1, offset 0) = W[c, m, k-1-0]
+    np.testing.assert_array_equal(L.from_matrix(m), w)
+    np.testing.assert_array_equal(deconv.from_matrix(deconv.to_matrix(w), w.shape), w)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(group=2, c_in=4, c_out=6), "grouped ConvTranspose (group=2)"),
+    (dict(auto_pad="SAME_UPPER", strides=[2, 2]), "auto_pad=SAME_UPPER"),
+])
+def test_refused_attributes_are_skipped_with_their_reason(kw, words):
+    layers, skipped = find_layers(b.conv_transpose(**kw))
+    assert not layers
+    assert [s.op for s in skipped] == ["ConvTranspose"] and words in skipped[0].reason
+
+
+def test_output_shape_is_refused():
+    model = b.conv_transpose(strides=[2, 2])
+    model.graph.node[0].attribute.append(helper.make_attribute("output_shape", [10, 10]))
+    layers, skipped = find_layers(model)
+    assert not layers and "output_shape" in skipped[0].reason
+
+
+def test_not_selected_when_op_types_leave_it_out():
+    from onnx_obc.specs import Selection
+
+    layers, skipped = find_layers(b.decoder(), Selection(op_types=("Conv",)))
+    assert [L.op for L in layers] == ["Conv", "Conv"]
+    assert [s.op for s in skipped] == ["ConvTranspose"] and "not selected" in skipped[0].reason
+
+
+# --------------------------------------------------------------------------- through convert
+
+CALIB = 128
+
+
+def _convert(**options):
+    model = b.decoder()
+    return model, convert(model, None, calib=b.feeds(model, CALIB, 0), progress=False,
+                          **options)
+
+
+def _layer(result, name: str = "up"):
+    return next(L for L in result.report.layers if L.name == name)
+
+
+def _error(result) -> float:
+    (sets,) = result.report.fidelity.values()
+    return sets["compressed"].rel_error["y"]
+
+
+def _initializers(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_pruned_exactly_and_beats_magnitude_on_correlated_inputs():
+    dense, r = _convert(sparsity=0.5, allocate="uniform")
+    _, mag = _convert(sparsity=0.5, allocate="uniform", method="magnitude")
+    up = _layer(r)
+    assert up.op == "ConvTranspose" and up.sparsity == pytest.approx(0.5)
+    assert up.loss < 0.5 * up.magnitude_loss  # measured 0.26
+    assert _error(r) < 0.5 * _error(mag)  # measured 0.060 vs 0.177
+    w = _initializers(r.model)["Wt"]
+    assert w.shape == (16, 16, 4, 4) and (w == 0).mean() == pytest.approx(0.5)
+    feed = b.feeds(dense, 4, 1)
+    y, y0 = b.run(r.model, feed)[0], b.run(dense, feed)[0]
+    assert np.abs(y - y0).max() < 0.5 * np.abs(y0).max()
+
+
+def test_2_4_leaves_it_dense_with_the_reason():
+    _, r = _convert(nm="2:4")
+    (why,) = [x.reason for x in r.report.skipped if x.node == "up"]
+    assert why.startswith("left dense: N:M is for sparse kernels")
+    assert (_initializers(r.model)["Wt"] != 0).all()
+    assert _layer(r, "conv2").sparsity == pytest.approx(0.5)  # the Convs are 2:4
+
+
+def test_blocks_run_along_the_input_channels_at_each_kernel_position():
+    _, r = _convert(sparsity=0.5, block=4)
+    w = _initializers(r.model)["Wt"].reshape(4, 4, 16, 4, 4)  # [C/4, 4, M, kh, kw]
+    zeros = (w == 0).sum(axis=1)  # per block of 4 input channels
+    assert set(np.unique(zeros)) == {0, 4} and (w == 0).mean() == pytest.approx(0.5)
+
+
+def test_w8a8_tensorrt_quantizes_the_weight_per_output_channel_on_axis_1():
+    dense, r = _convert(bits=8, act_bits=8)
+    g = r.model.graph
+    dq = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] == "Wt")
+    axis = next(a.i for a in dq.attribute if a.name == "axis")
+    scale = _initializers(r.model)[dq.input[1]]
+    assert axis == 1 and scale.shape == (16,)
+    up = next(n for n in g.node if n.op_type == "ConvTranspose")
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] == up.input[0] for n in g.node)
+    assert _error(r) < 0.02  # measured 0.008
+
+
+def test_w8a8_onnxruntime_names_the_float_convtranspose_and_stores_its_codes():
+    _, r = _convert(bits=8, act_bits=8, runtime="onnxruntime", float_stem=False,
+                    float_heads=False, float_highres=False)
+    why = dict((u["node"], u["why"]) for u in r.report.fusion["unfused"])
+    assert "no integer ConvTranspose kernel" in why["up"]
+    assert r.report.fusion["kernels"] == {"QLinearConv": 1}  # conv1
+    codes = _initializers(r.model)["Wt_quantized"]
+    assert codes.dtype == np.int8 and codes.shape == (16, 16, 4, 4)
+
+
+def test_blocked_4_bit_grid_is_whole_kernels_of_input_channel_blocks():
+    """RTN at 4 bits, groups of 32 columns = 2 input channels x 16 kernel positions: the
+    written codes and scales (blocked on axis 0) give exactly the min-max grid of each
+    (output channel, channel block), computed here from the dense weight."""
+    dense, r = _convert(bits=4, group_size=32, method="rtn", clip_search=False)
+    inits = _initializers(r.model)
+    dq = next(n for n in r.model.graph.node if n.output[0] == "Wt")
+    attrs = {a.name: a.i for a in dq.attribute}
+    assert attrs == {"axis": 0, "block_size": 2}
+    got = inits["Wt_quantized"].astype(np.float32) * np.repeat(inits["Wt_scale"], 2, axis=0)
+    w = _initializers(dense)["Wt"].reshape(8, 2, 16, 4, 4)
+    scale = np.abs(w).max(axis=(1, 3, 4), keepdims=True) / 7
+    want = (np.clip(np.round(w / scale), -7, 7) * scale).reshape(16, 16, 4, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert _layer(r).group_size == 32
+
+
+def test_channel_pruning_names_the_convtranspose_in_its_refusals():
+    model = b.decoder()
+    layers, _ = find_layers(model)
+    sites, refused = find_sites(model, layers)
+    why = {x.producer: x.reason for x in refused}
+    assert not sites
+    assert "reach ConvTranspose 'up'" in why["conv1"]
+    assert why["up"].startswith("a ConvTranspose")
