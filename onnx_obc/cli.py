@@ -270,12 +270,13 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     except ObcError as exc:
         raise click.ClickException(str(exc)) from None
     w = min(max([12] + [len(L.name) for L in layers]), SKIP_NAME_WIDTH)  # long: head, tail
-    click.echo(f"{'layer':<{w}} {'op':<6} {'weight shape':<16} {'W [out,in]':>12} "
+    o = max([6] + [len(L.op) for L in layers])  # ConvTranspose: 13
+    click.echo(f"{'layer':<{w}} {'op':<{o}} {'weight shape':<16} {'W [out,in]':>12} "
                f"{'groups':>6} storage")
     short = shortener([L.name for L in layers], w)
     for L in layers:
         G, r, d = L.matrix_shape
-        click.echo(f"{short(L.name):<{w}} {L.op:<6} {str(list(L.shape)):<16} "
+        click.echo(f"{short(L.name):<{w}} {L.op:<{o}} {str(list(L.shape)):<16} "
                    f"{f'{G * r}x{d}':>12} {G:>6} {L.storage}")
     click.echo(f"{len(layers)} compressible layers")
     if skipped:

@@ -11,6 +11,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from . import calib as calib_mod
+from . import deconv
 from .calib import tokens
 from .calib.plan import RUN_BATCH
 from .actrange import RangeObserver
@@ -159,16 +160,16 @@ def collect(proto: onnx.ModelProto, layers: list[Layer], data: calib_mod.DataSet
                         steps[L.weight, i] = position_step(L, u, whole[u.input].shape, round(
                             data.n * share), subsample) if subsample else 1
                     sub = {"step": steps[L.weight, i], "phase": seen}
-                    chunks = columns(L, u, _on_device(last, u.input, acts, backend), budget // 4,
-                                     hessian_dtype, **sub)
+                    chunks = _chunks(L, u, _on_device(last, u.input, acts, backend), budget // 4,
+                                     hessian_dtype, sub, accs[L.weight])
                     if dense_acts is None:
-                        for X in chunks:
-                            pending.add(L.weight, X)
+                        for rows, X in chunks:
+                            pending.add(L.weight, X, rows)
                         continue
-                    ref_chunks = columns(L, u, _on_device(last_ref, u.input, dense_acts, backend),
-                                         budget // 4, hessian_dtype, **sub)
-                    for X, X0 in zip(chunks, ref_chunks):
-                        accs[L.weight].add(X, X0)
+                    ref_chunks = _chunks(L, u, _on_device(last_ref, u.input, dense_acts, backend),
+                                         budget // 4, hessian_dtype, sub, accs[L.weight])
+                    for (rows, X), (_, X0) in zip(chunks, ref_chunks):
+                        accs[L.weight].add(X, X0, rows=rows)
                 accs[L.weight].count(samples)
             seen += samples
             bar.update(1)
@@ -231,6 +232,13 @@ class ChannelMean:
         return self.sum / self.n
 
 
+def _chunks(L: Layer, u: Any, act: Any, budget: int, dtype: Any, sub: dict, acc: Any) -> Any:
+    """(rows, X): a ConvTranspose's phases (blocks of a full H, deconv.py), else rows None."""
+    if L.layout == "deconv" and type(acc) is HessianAccumulator:
+        return deconv.phase_columns(u, act, budget, dtype)
+    return ((None, X) for X in columns(L, u, act, budget, dtype, **sub))
+
+
 class _Pending:
     """float32 column chunks narrower than their layer's d (one sample of a fixed-batch
     model, one subgrid of a small batch) gathered per layer until d columns (or
@@ -241,8 +249,10 @@ class _Pending:
         self.accs, self.limit, self.xp = accs, limit, xp
         self.parts: dict[str, list] = {}
 
-    def add(self, weight: str, X: Any) -> None:
+    def add(self, weight: str, X: Any, rows: Any = None) -> None:
         G, d, n = X.shape
+        if rows is not None:  # a ConvTranspose's phase: its block of H
+            return self.accs[weight].add(X, rows=rows)
         if X.dtype != self.xp.float32 or n >= d or isinstance(self.accs[weight],
                                                                DiagonalAccumulator):
             self.accs[weight].add(X)

@@ -112,7 +112,10 @@ def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = No
     xp = array_module(act)
     dtype = xp.float64 if dtype is None else dtype
     G, _, d = layer.matrix_shape
-    if layer.layout not in ("conv", "deconv"):
+    if layer.layout == "deconv":  # the equivalent Conv, chunk by chunk (deconv.py)
+        yield from deconv.full_columns(use, act, budget_bytes, dtype)
+        return
+    if layer.layout != "conv":
         X = linear_columns(use, act, d)
         if step > 1:
             n = X.shape[2]
@@ -122,19 +125,13 @@ def columns(layer: Layer, use: Use, act: Any, budget_bytes: int, dtype: Any = No
             X = X[:, :, keep] * math.sqrt(n / max(int(keep.sum()), 1))
         yield X.astype(dtype)
         return
-    filled, sizes = layer.layout == "deconv", tuple(act.shape[2:])  # deconv: the equivalent
-    if filled:  # Conv over the zero-filled input, made chunk by chunk (deconv.py)
-        deconv_use, (use, one) = use, deconv.as_conv(use, act[:1])
-        sizes = tuple(one.shape[2:])
     N = act.shape[0]
-    per_sample = 8 * d * G * max(1, math.prod(sizes)) * 2
+    per_sample = 8 * d * G * max(1, math.prod(act.shape[2:])) * 2
     chunk = max(1, budget_bytes // per_sample)
-    full = math.prod(conv_out(use, sizes))
+    full = math.prod(conv_out(use, tuple(act.shape[2:])))
     P = step ** len(use.kernel)  # the subgrids
     for n0 in range(0, N, chunk):
         part = act[n0:n0 + chunk]
-        if filled:
-            part = deconv.as_conv(deconv_use, part)[1]
         if step == 1:
             yield conv_columns(use, part, dtype=dtype)
             continue
@@ -191,18 +188,20 @@ class HessianAccumulator:
         # (solvers/shrink.py's held-out halves); dropped after the first batch otherwise
         self.folds_for, self.half, self.half_samples, self.batches = folds_for, None, 0, 0
 
-    def add(self, X: Any, X0: Any = None) -> None:
+    def add(self, X: Any, X0: Any = None, rows: Any = None) -> None:
         """X [G, d, n] float64 (or float32: each batch's product in float32, summed in
-        float64); X0 (optional, same shape): the dense model's inputs."""
+        float64); X0 (optional, same shape): the dense model's inputs. `rows`: X holds only
+        these rows of the layer's columns, the others zero (deconv.phase_columns)."""
         P = X @ X.swapaxes(1, 2)
-        self.total += P
+        deconv.into(self.total, P, rows)
         self.columns += X.shape[2]
         if self.folds_for and self.batches % 2 == 0:
-            self.half = P.copy() if self.half is None else self.half + P
+            self.half = self.total * 0.0 if self.half is None else self.half
+            deconv.into(self.half, P, rows)
         if X0 is not None:
             if self.cross is None:
                 self.cross = self.total * 0.0
-            self.cross += X0 @ X.swapaxes(1, 2)
+            deconv.into(self.cross, X0 @ X.swapaxes(1, 2), rows)
 
     def count(self, samples: int) -> None:
         if self.folds_for and self.batches == 0 and self.columns * self.folds_for >= (

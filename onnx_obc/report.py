@@ -115,8 +115,9 @@ def _layer_lines(r: Report) -> list[str]:
     if not r.layers:
         return [] if r.channels else ["no layer was compressed"]
     w = max(12, min(NAME_WIDTH, max(len(x.name) for x in r.layers)))
+    o = max(6, *(len(x.op) for x in r.layers))  # ConvTranspose: 13
     base = "baseline" if any(x.bits for x in r.layers) else "magnitude"
-    head = (f"{'layer':<{w}} {'op':<6} {'W [out,in]':>12} {'sparsity':>8} {'bits':>6} "
+    head = (f"{'layer':<{w}} {'op':<{o}} {'W [out,in]':>12} {'sparsity':>8} {'bits':>6} "
             f"{'loss':>10} {base:>10} {'ratio':>7} {'dead':>4} {'rank':>10} {'damp':>7} "
             f"{'work':>5} {'sec':>6}")
     lines = [head, "-" * len(head)]
@@ -132,7 +133,7 @@ def _layer_lines(r: Report) -> list[str]:
             f"{'<' if x.rank is None else ''}{x.columns if x.rank is None else x.rank}/{cols}"
             + ("!" if x.data_limited else ""))
         lines.append(
-            f"{name:<{w}} {x.op:<6} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {bits:>6} "
+            f"{name:<{w}} {x.op:<{o}} {f'{rows}x{cols}':>12} {x.sparsity:>8.2%} {bits:>6} "
             f"{x.loss:>10.3g} "
             f"{x.magnitude_loss:>10.3g} {x.ratio:>7.3f} {x.dead_inputs:>4} {rank:>10} {damp:>7} "
             f"{work:>5} {x.seconds:>6.2f}"
