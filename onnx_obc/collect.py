@@ -234,7 +234,7 @@ class ChannelMean:
 
 def _chunks(L: Layer, u: Any, act: Any, budget: int, dtype: Any, sub: dict, acc: Any) -> Any:
     """(rows, X): a ConvTranspose's phases (blocks of a full H, deconv.py), else rows None."""
-    if L.layout == "deconv" and type(acc) is HessianAccumulator:
+    if L.layout == "deconv" and type(acc) in (HessianAccumulator, DiagonalAccumulator):
         return deconv.phase_columns(u, act, budget, dtype)
     return ((None, X) for X in columns(L, u, act, budget, dtype, **sub))
 

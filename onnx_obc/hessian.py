@@ -289,11 +289,12 @@ class DiagonalAccumulator(HessianAccumulator):
         self.samples = 0
         self.columns = 0
 
-    def add(self, X: Any, X0: Any = None) -> None:
-        """X [G, d, n] (float32 or float64): the squares summed in float64."""
+    def add(self, X: Any, X0: Any = None, rows: Any = None) -> None:
+        """X [G, d, n] (float32 or float64), or X's `rows` only: the squares in float64."""
         if X0 is not None:
             raise ValueError("diagonal Hessians do not keep the cross moments of sequential "
                              "mode")
         xp = array_module(X)
-        self.total += xp.square(X).sum(axis=2, dtype=xp.float64)
+        self.total[:, slice(None) if rows is None else xp.asarray(rows)] += xp.square(X).sum(
+            axis=2, dtype=xp.float64)
         self.columns += X.shape[2]

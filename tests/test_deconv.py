@@ -9,7 +9,7 @@ from onnx import helper, numpy_helper
 
 from onnx_obc import convert, deconv
 from onnx_obc.channels.patterns import find_sites
-from onnx_obc.hessian import HessianAccumulator, columns
+from onnx_obc.hessian import DiagonalAccumulator, HessianAccumulator, columns
 from onnx_obc.layers import find_layers
 
 from . import builders as b
@@ -69,6 +69,19 @@ def test_output_phases_in_tiny_chunks_and_float32():
     full, phased = _hessians("2d_uneven", budget=1, dtype=np.float32)
     np.testing.assert_allclose(phased.total, full.total, rtol=1e-5,
                                atol=1e-6 * np.abs(full.total).max())
+
+
+def test_output_phases_give_the_8_bit_tier_its_diagonal():
+    model = b.conv_transpose(**CASES["2d_output_padding"])
+    (L,), _ = find_layers(model)
+    (u,), d = L.uses, L.matrix_shape[2]
+    x = b.feeds(model, 3, 0)["x"]
+    full, phased = DiagonalAccumulator(1, d, np), DiagonalAccumulator(1, d, np)
+    for X in columns(L, u, x, 1 << 30):
+        full.add(X)
+    for rows, X in deconv.phase_columns(u, x, 1 << 30):
+        phased.add(X, rows=rows)
+    np.testing.assert_allclose(phased.total, full.total, rtol=1e-12)
 
 
 def test_w_view_is_output_channels_by_flipped_input_columns():
