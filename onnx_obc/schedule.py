@@ -28,10 +28,12 @@ from .frontier import Frontier
 from .config import CompressConfig
 from .costmem import layer_groups
 from .costplan import Plan, exact_applies
+from .errors import ConfigError
 from .datalimit import run_warnings
 from .layers import Layer, Skipped
 from .report import LayerResult
-from .solve import HostSolution, group_summary, solve_all, solver_budget
+from .solve import (HostSolution, dense_reason, group_summary, solve_all, solver_budget,
+                    structure_for)
 from .specs import MB
 
 
@@ -54,6 +56,22 @@ class Compressed:
     decided: dict[str, Any] = field(default_factory=dict)  # measured choices (pinned.py)
 
 
+def _left_dense(layers: list[Layer], cfg: CompressConfig) -> list[Skipped]:
+    """An N:M or block run without quantization or an allocation: the layers whose
+    structure does not apply (solve.structure_for), left dense with their reason."""
+    p = cfg.prune
+    if not (p.nm or p.block) or cfg.quant.bits is not None or cfg.alloc.active:
+        return []
+    dense = [Skipped(L.name, L.op, dense_reason(L, p.nm, p.block)) for L in layers
+             if structure_for(L, p) is None]
+    if layers and len(dense) == len(layers):
+        what = f"prune.nm {p.nm[0]}:{p.nm[1]}" if p.nm else f"prune.block {p.block}"
+        raise ConfigError(f"{what} leaves all {len(layers)} selected layers dense, so nothing "
+                          f"would be compressed ({dense[0].node}: {dense[0].reason}). Use "
+                          "prune.sparsity (unstructured) or quantization for this model")
+    return dense
+
+
 def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibration,
                     backend: Backend, cfg: CompressConfig, runtime: Runtime,
                     progress: bool = False, engine: Engine | None = None,
@@ -72,7 +90,9 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
     blocks = None if plan is None else {p.weight: p.blocks for p in plan.layers}
     observers: dict[str, Any] = {}
     solutions: dict[str, HostSolution] = {}
-    rows, skipped, warnings = [], [], []
+    skipped = _left_dense(layers, cfg)  # known before any capture: no Hessian for them
+    layers = [L for L in layers if L.name not in {s.node for s in skipped}]
+    rows, warnings = [], []
     levels, profile, uniform = None, {}, None
     current = proto  # sequential: later groups are calibrated on the compressed model
     folds = cfg.solver.shrink and cfg.solver.method in ("obc", "gptq") and exact_applies(cfg)

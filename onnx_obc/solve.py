@@ -122,10 +122,7 @@ def solve_all(proto: onnx.ModelProto, layers: list[Layer],
         nm = prune.nm if lv is None or lv.nm is None else lv.nm
         st = structure_for(L, prune, nm=nm, sparsity=target)
         if (nm or prune.block) and st is None:
-            m = nm[1] if nm else prune.block
-            out.skipped.append(Skipped(L.name, L.op, "left dense: " + (
-                NM_DECONV if nm and L.layout == "deconv" else
-                f"its reduction axis ({_axis_len(L)}) does not divide by {m}")))
+            out.skipped.append(Skipped(L.name, L.op, dense_reason(L, nm, prune.block)))
             if lspec is None:
                 hessians.pop(L.weight)
                 plans.append(_Plan(L, None, None, None, 0, job=False))
@@ -261,6 +258,14 @@ def _row(L: Layer, res: Any, method: str, target: float | None, lspec: QuantSpec
 NM_DECONV = ("N:M is for sparse kernels, and those run Conv / MatMul / Gemm weights (TensorRT's "
              "sparse tactics, checked by polygraphy), not a ConvTranspose: it would cost "
              "accuracy for no speed")
+
+
+def dense_reason(L: Layer, nm: tuple[int, int] | None, block: int | None) -> str:
+    """Why N:M (nm) or blocks leave L dense: structure_for gave it none."""
+    if nm and L.layout == "deconv":
+        return "left dense: " + NM_DECONV
+    return (f"left dense: its reduction axis ({_axis_len(L)}) does not divide by "
+            f"{nm[1] if nm else block}")
 
 
 def _axis_len(L: Layer) -> int:

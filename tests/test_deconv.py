@@ -9,6 +9,7 @@ from onnx import helper, numpy_helper
 
 from onnx_obc import convert, deconv
 from onnx_obc.channels.patterns import find_sites
+from onnx_obc.errors import ConfigError
 from onnx_obc.hessian import DiagonalAccumulator, HessianAccumulator, columns
 from onnx_obc.layers import find_layers
 
@@ -230,3 +231,25 @@ def test_4_bit_sequential_beats_rtn_through_the_phase_hessians():
     assert r.report.config["run"]["sequential"]
     assert _layer(r).loss < 0.6 * _layer(r).magnitude_loss  # measured 0.38 of RTN's
     assert _error(r) < 0.7 * _error(rtn)  # measured 0.030 vs 0.062
+
+
+def test_n_m_leaves_it_dense_before_any_capture(monkeypatch):
+    import onnx_obc.schedule as schedule
+
+    seen = []
+    real = schedule.collect
+
+    def spy(model, group, *args, **kwargs):
+        seen.extend(L.name for L in group)
+        return real(model, group, *args, **kwargs)
+
+    monkeypatch.setattr(schedule, "collect", spy)
+    _, r = _convert(nm="2:4")
+    assert "up" not in seen and {"conv1", "conv2"} <= set(seen)
+    assert [x.node for x in r.report.skipped if x.reason.startswith("left dense")] == ["up"]
+
+
+def test_n_m_on_a_model_of_convtransposes_only_is_a_usage_error():
+    model = b.conv_transpose(strides=[2, 2])
+    with pytest.raises(ConfigError, match="prune.nm 2:4 leaves all 1 selected layers dense"):
+        convert(model, None, calib=b.feeds(model, 16, 0), nm="2:4", progress=False)
