@@ -6,9 +6,10 @@ s - 1 zeros between neighbours along each axis (s the stride), padded by (k - 1)
 (dl the dilation, p the pad; output_padding added at the end). So one row of its W view
 is one output channel, W [1, M, C * prod(k)] with the kernel flipped: row m, column
 (c, j) is W[c, m, k - 1 - j], and the Hessian is X' X'^T over that Conv's columns (X' the
-zero-filled input): the solvers, N:M along the input channels at one kernel position and
-the blocked grids of whole kernels then hold as for a Conv. The zeros cost s^prod of
-the positions in the Hessian's products; ConvTransposes are few and late in a network.
+zero-filled input): the solvers, blocks along the input channels at one kernel position
+and the blocked grids of whole kernels then hold as for a Conv. The capture does not
+multiply the inserted zeros: each output phase fills its own block of H from its own taps'
+columns (phase_columns; full_columns, the zero-filled Conv's, is the tests' oracle).
 
 Grouped ConvTransposes are not compressed (a per-channel scale has one entry per output
 channel of a group on the weight's axis 1, shared by the groups), nor ones given
@@ -84,7 +85,6 @@ def as_conv(use: Any, x: Any) -> tuple[Any, Any]:
     conv = dataclasses.replace(use, op="Conv", strides=(1,) * nd, pads=pads,
                                auto_pad="NOTSET", output_padding=())
     return conv, z
-
 
 
 def full_columns(use: Any, act: Any, budget_bytes: int, dtype: Any = None) -> Iterator[Any]:
