@@ -83,14 +83,21 @@ def conv(dims: int = 2, c_in: int = 4, c_out: int = 6, kernel: int | Sequence[in
         attrs["auto_pad"] = auto_pad
     if group != 1:
         attrs["group"] = group
-    inits = [weight("W", (c_out, c_in // group, *k), seed)]
+    return _one_layer("Conv", (c_out, c_in // group, *k), c_in, c_out, sp, attrs, bias, seed)
+
+
+def _one_layer(op: str, wshape: tuple[int, ...], c_in: int, c_out: int,
+               spatial: tuple[int, ...], attrs: dict, bias: bool, seed: int
+               ) -> onnx.ModelProto:
+    """x [N, c_in, *spatial] --op(W [wshape], B [c_out] if bias, **attrs)--> y."""
+    inits = [weight("W", wshape, seed)]
     ins = ["x", "W"]
     if bias:
         inits.append(weight("B", (c_out,), seed + 1))
         ins.append("B")
-    node = helper.make_node("Conv", ins, ["y"], name="conv", **attrs)
-    out_shape = [BATCH, c_out, *(f"o{i}" for i in range(dims))]
-    return make([node], [vi("x", [BATCH, c_in, *sp])], [vi("y", out_shape)], inits)
+    node = helper.make_node(op, ins, ["y"], name="conv" if op == "Conv" else "deconv", **attrs)
+    out_shape = [BATCH, c_out, *(f"o{i}" for i in range(len(spatial)))]
+    return make([node], [vi("x", [BATCH, c_in, *spatial])], [vi("y", out_shape)], inits)
 
 
 def conv_transpose(dims: int = 2, c_in: int = 4, c_out: int = 6,
@@ -112,15 +119,8 @@ def conv_transpose(dims: int = 2, c_in: int = 4, c_out: int = 6,
             attrs[name] = v if isinstance(v, str) else list(v)
     if group != 1:
         attrs["group"] = group
-    inits = [weight("W", (c_in, c_out // group, *k), seed)]
-    ins = ["x", "W"]
-    if bias:
-        inits.append(weight("B", (c_out,), seed + 1))
-        ins.append("B")
-    node = helper.make_node("ConvTranspose", ins, ["y"], name="deconv", **attrs)
-    out_shape = [BATCH, c_out, *(f"o{i}" for i in range(dims))]
-    return make([node], [vi("x", [BATCH, c_in, *_tuple(spatial, dims)])],
-                [vi("y", out_shape)], inits)
+    return _one_layer("ConvTranspose", (c_in, c_out // group, *k), c_in, c_out,
+                      _tuple(spatial, dims), attrs, bias, seed)
 
 
 def decoder(seed: int = 0, c: int = 16) -> onnx.ModelProto:
