@@ -213,14 +213,28 @@ def test_blocked_4_bit_grid_is_whole_kernels_of_input_channel_blocks():
     assert _layer(r).group_size == 32
 
 
-def test_channel_pruning_names_the_convtranspose_in_its_refusals():
+def test_channel_sites_through_it_count_its_input_positions():
+    """conv1 -> up: conv1's 36 inputs at 36 positions, and up's 16 rows x 16 columns (taps)
+    per channel at its 36 input positions; up -> conv2: up's 256 inputs at those 36, conv2's
+    3 rows x 9 taps at 144 output positions. conv2 feeds the graph output."""
     model = b.decoder()
     layers, _ = find_layers(model)
     sites, refused = find_sites(model, layers)
-    why = {x.producer: x.reason for x in refused}
-    assert not sites
-    assert "reach ConvTranspose 'up'" in why["conv1"]
-    assert why["up"].startswith("a ConvTranspose")
+    got = {(s.producer.name, s.consumer.name): (s.width, s.macs, s.cell) for s in sites}
+    assert got == {("conv1", "up"): (16, 36 * 36 + 16 * 16 * 36, 16 * 36),
+                   ("up", "conv2"): (9, 256 * 36 + 3 * 9 * 144, 9 * 144)}
+    assert [x.producer for x in refused] == ["conv2"]
+
+
+def test_channels_cut_its_output_axis_1_and_input_axis_0_and_beat_the_norm():
+    dense, r = _convert(channels=0.3, channel_allocate="uniform")
+    w = _initializers(r.model)
+    c1, c2 = w["W1"].shape[0], w["Wt"].shape[1]
+    assert c1 < 16 and c2 < 16
+    assert w["Wt"].shape == (c1, c2, 4, 4) and w["Bt"].shape == (c2,)
+    assert w["W2"].shape == (3, c2, 3, 3)
+    (sets,) = r.report.fidelity.values()
+    assert _error(r) < 0.8 * sets["channels-l2"].rel_error["y"]
 
 
 def test_4_bit_sequential_beats_rtn_through_the_phase_hessians():

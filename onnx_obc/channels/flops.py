@@ -19,6 +19,15 @@ def positions(g: Any, tensor: str) -> int:
     return math.prod(d if d else 1 for d in dims[1:])
 
 
+def reads(g: Any, node: onnx.NodeProto, L: Layer) -> int:
+    """Positions at which L's node multiplies its whole W view: a Conv's output positions,
+    a ConvTranspose's input positions (each meets every weight once), a MatMul / Gemm's
+    token rows."""
+    if L.layout == "deconv":
+        return g.spatial(node.input[0], True)
+    return g.spatial(node.output[0], L.layout == "conv")
+
+
 def saved_macs(sites: list[Any], counts: list[int]) -> float:
     """Exact multiply-adds saved by removing counts[i] channels of sites[i]: the per-channel
     savings less the (row, column) pairs of a layer that loses both (consumer of one site,
@@ -42,9 +51,7 @@ def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = Tr
         for u in L.uses:
             node = g.nodes[u.node]
             G, r, d = L.matrix_shape
-            at = node.input[0] if L.layout == "deconv" else node.output[0]  # a ConvTranspose
-            total += G * r * d * g.spatial(at, L.layout in ("conv", "deconv"))  # reads each
-            # input position once with every weight
+            total += G * r * d * reads(g, node, L)
     if attention:
         for n in g.nodes.values():
             if n.op_type == "MatMul" and not any(x in g.inits for x in n.input):

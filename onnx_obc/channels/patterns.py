@@ -25,14 +25,14 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ..layers import Layer, constant_weights, node_label
+from ..specs import LAYER_OPS
 from .constants import constant_shapes
 from .flat import keeps_last, row_positions
-from .flops import layer_macs, positions, saved_macs
+from .flops import layer_macs, positions, reads, saved_macs
 from .padding import pad_reason
 from .readers import shape_readers
 from .regions import region
-from .reasons import (attention_mix, feeds_scores, mixes_reason, producer_reason,
-                      residual_reason)
+from .reasons import attention_mix, feeds_scores, mixes_reason, residual_reason
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
@@ -154,22 +154,22 @@ def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
     if len(L.uses) != 1:
         raise _Refused(f"weight {L.weight!r} is shared by {len(L.uses)} nodes")
     node = g.nodes[L.uses[0].node]
-    if L.op == "ConvTranspose" or L.op == "Conv" and L.groups != 1:
-        raise _Refused(producer_reason(L.op, L.groups))
+    if L.op == "Conv" and L.groups != 1:
+        raise _Refused(f"grouped Conv (group={L.groups}): its channels are tied to its inputs")
     if L.op == "Gemm" and L.uses[0].trans_a:
         raise _Refused("Gemm with transA")
     channels = L.matrix_shape[1]
-    axis = -(len(L.shape) - 1) if L.op == "Conv" else -1
+    axis = -(len(L.shape) - 1) if L.layout in ("conv", "deconv") else -1
     return node, channels, axis
 
 
 def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     node, C, axis = _producer_checks(g, L)
-    conv = L.op == "Conv"
+    conv = L.layout in ("conv", "deconv")
     sliced: list[tuple[str, int]] = []
     if len(node.input) > 2 and node.input[2]:
         sliced.append(_cut(g, node.input[2], C, -1, node))
-    macs = L.matrix_shape[2] * g.spatial(node.output[0], conv)
+    macs = L.matrix_shape[2] * reads(g, node, L)
     path, grouped, shapes = [], [], []
     t, prev = node.output[0], node.op_type
     while True:
@@ -179,11 +179,11 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             t, prev = gate[1], "Mul"
             continue
         label, nxt = _only_user(g, t, axis)
-        if nxt.op_type in ("Conv", "Gemm", "MatMul") and label in by_node and \
+        if nxt.op_type in LAYER_OPS and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
             cons = _consumer_checks(by_node[label], C, label)
             width = cons.matrix_shape[2] // C
-            cell = width * g.spatial(nxt.output[0], cons.op == "Conv")
+            cell = width * reads(g, nxt, cons)
             macs += cons.matrix_shape[1] * cell
             return Site(L, cons, C, width, tuple(path), tuple(sliced), tuple(grouped), macs,
                         cell, shapes=tuple(shapes))

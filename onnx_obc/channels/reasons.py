@@ -13,12 +13,6 @@ MOVES = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Sl
          "ReduceMean", "ReduceSum", "ReduceMax", "MatMul", "Gemm", "Conv"}
 
 
-def producer_reason(op: str, groups: int) -> str:
-    if op == "ConvTranspose":
-        return "a ConvTranspose: channel pruning takes Conv, Gemm and MatMul producers"
-    return f"grouped Conv (group={groups}): its channels are tied to its inputs"
-
-
 def residual_reason(n: onnx.NodeProto, label: str) -> str:
     if n.op_type in ("Add", "Sub", "Mul"):
         return f"its channels reach the residual {n.op_type} {label!r} (no constant operand)"
@@ -35,10 +29,7 @@ def mixes_reason(g: Any, n: onnx.NodeProto, label: str) -> str:
         return (f"its channels reach {n.op_type} {label!r} into the attention scores or heads "
                 "(query/key channels go only as whole heads of the standard multi-head "
                 "pattern)")
-    if n.op_type == "ConvTranspose":
-        return (f"its channels reach ConvTranspose {label!r} (channel pruning takes Conv, Gemm "
-                "and MatMul consumers)")
-    if n.op_type in ("Conv", "Gemm", "MatMul"):
+    if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
         return (f"the next layer {n.op_type} {label!r} is not a usable consumer (not "
                 "selected, shared or reads the channels as its weight)")
     if n.op_type in MOVES:

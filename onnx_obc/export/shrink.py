@@ -27,7 +27,7 @@ from .graph import constant, export_graph, model_opset
 
 def weight_axes(L: Layer) -> tuple[int, int]:
     """(output-channel axis, input-channel axis) of L's ONNX weight."""
-    return (1, 0) if L.layout == "cols" else (0, 1)
+    return (1, 0) if L.layout in ("cols", "deconv") else (0, 1)
 
 
 def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarray],

@@ -34,6 +34,38 @@ def conv_bn_relu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0
     return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])], inits)
 
 
+
+def deconv_bn_relu_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0):
+    """ConvTranspose(4x4, stride 2, bias) -> BatchNormalization -> Relu -> Conv(3x3): a
+    ConvTranspose producer, its output channels on its weight's axis 1."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("p.w", (c_in, mid, 4, 4), seed), _c("p.b", rng.standard_normal(mid)),
+             _c("bn.s", 1 + 0.1 * rng.standard_normal(mid)), _c("bn.b", rng.standard_normal(mid)),
+             _c("bn.m", 0.1 * rng.standard_normal(mid)), _c("bn.v", 1 + rng.random(mid)),
+             _w("c.w", (c_out, mid, 3, 3), seed + 1), _c("c.b", rng.standard_normal(c_out))]
+    nodes = [helper.make_node("ConvTranspose", ["x", "p.w", "p.b"], ["p"], name="prod",
+                              kernel_shape=[4, 4], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["p", "bn.s", "bn.b", "bn.m", "bn.v"],
+                              ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "c.w", "c.b"], ["y"], name="cons", pads=[1] * 4)]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 5, 5])], [b.vi("y", ["N", c_out, 10, 10])],
+                  inits)
+
+
+def conv_relu_deconv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0):
+    """Conv(3x3) -> Relu -> ConvTranspose(2x2, stride 2): a ConvTranspose consumer, its
+    input channels on its weight's axis 0 (a U-Net's up-sampler)."""
+    rng = np.random.default_rng(seed)
+    inits = [_w("p.w", (mid, c_in, 3, 3), seed), _c("p.b", rng.standard_normal(mid)),
+             _w("c.w", (mid, c_out, 2, 2), seed + 1), _c("c.b", rng.standard_normal(c_out))]
+    nodes = [helper.make_node("Conv", ["x", "p.w", "p.b"], ["p"], name="prod", pads=[1] * 4),
+             helper.make_node("Relu", ["p"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "c.w", "c.b"], ["y"], name="cons",
+                              kernel_shape=[2, 2], strides=[2, 2])]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 12, 12])],
+                  inits)
+
 def conv_leaky_max_conv(c_in: int = 3, mid: int = 8, c_out: int = 5, seed: int = 0,
                         per_channel: bool = False):
     """tf2onnx's Conv -> LeakyRelu -> Max(., c) -> Conv, the floor c [1, 1, 1, 1] shared

@@ -20,7 +20,8 @@ from tests.channels import graphs
 
 BUILDS = [graphs.conv_bn_relu_conv, graphs.depthwise_block, graphs.transformer_mlp,
           graphs.gemm_pair, graphs.conv_silu_conv, graphs.attention, graphs.mlp_gelu,
-          graphs.same_pad_block, graphs.conv_leaky_max_conv]
+          graphs.same_pad_block, graphs.conv_leaky_max_conv, graphs.deconv_bn_relu_conv,
+          graphs.conv_relu_deconv]
 DAMP = 0.01
 
 
@@ -68,8 +69,9 @@ def test_shrunk_model_equals_the_obs_oracle(build):
     # the tensors shrank, shapes are consistent, the baseline runs too
     kept = row.channels - row.removed
     w = b.weights_of(res.model)
-    assert w[site.producer.weight].shape[1 if site.producer.layout == "cols" else 0] == kept
-    assert w[site.consumer.weight].shape[0 if site.consumer.layout == "cols" else 1] == kept
+    out_axis = {"cols": 1, "deconv": 1}  # MatMul B [K, N], ConvTranspose W [C, M, *k]
+    assert w[site.producer.weight].shape[out_axis.get(site.producer.layout, 0)] == kept
+    assert w[site.consumer.weight].shape[1 - out_axis.get(site.consumer.layout, 0)] == kept
     for name, axis in site.sliced:
         assert w[name].shape[axis] == kept
     onnx.checker.check_model(res.model, full_check=True)
