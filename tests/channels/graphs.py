@@ -11,6 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 from tests import builders as b
 
 
+def axes(layer) -> tuple[int, int]:
+    """(output-channel axis, input-channel axis) of a layer's ONNX weight, spelled out for
+    the tests: MatMul B [K, N] and ConvTranspose W [C, M, *k] hold their outputs on axis 1."""
+    return (1, 0) if layer.layout in ("cols", "deconv") else (0, 1)
+
+
 def _c(name: str, arr: np.ndarray):
     return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
 
