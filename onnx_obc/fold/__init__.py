@@ -124,7 +124,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Folded]:
         done.hardswish += kind == "hardswish"
         done.hardsigmoid += kind == "hardsigmoid"
     for node in list(graph.nodes):
-        if (node.op in ("Conv", "Gemm", "MatMul") and node.outputs
+        if (node.op in ("Conv", "Gemm", "MatMul", "ConvTranspose") and node.outputs
                 and weight(node, fixed) is not None):
             done.after.update(fold_after(node, outputs, fixed))
     seen: set[str] = set()

@@ -1,5 +1,5 @@
 """Fold the per-output-channel affine ops after a layer (BatchNormalization, Mul / Add / Sub /
-Div by a constant) into its weight and bias."""
+Div by a constant) into its weight and bias (a ConvTranspose's: its weight's axis 1)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def fold_after(node: gs.Node, outputs: set[str], fixed: set[str]) -> list[str]:
     op = node.op
     if op == "Conv":
         n, rank, axis = W.shape[0], W.ndim, 1
+    elif op == "ConvTranspose":  # W [C, M, *k]: the output channels on axis 1 (group 1)
+        if int(node.attrs.get("group", 1)) != 1:
+            return []
+        n, rank, axis = W.shape[1], W.ndim, 1
     elif op == "Gemm":
         n, rank, axis = W.shape[0 if node.attrs.get("transB", 0) else 1], 2, 1
     else:
@@ -53,8 +57,9 @@ def fold_after(node: gs.Node, outputs: set[str], fixed: set[str]) -> list[str]:
     if not chain:
         return []
     bias = bias_of(node, n)
-    if op == "Conv":
-        set_input(node, 1, W * s.reshape((-1,) + (1,) * (W.ndim - 1)))
+    if op in ("Conv", "ConvTranspose"):
+        lead = (-1,) if op == "Conv" else (1, -1)
+        set_input(node, 1, W * s.reshape(lead + (1,) * (W.ndim - len(lead))))
         set_input(node, 2, bias * s + t)
     elif op == "Gemm":
         beta = float(node.attrs.get("beta", 1.0))

@@ -303,3 +303,31 @@ def test_a_gelu_keeps_its_half_so_onnxruntime_fuses_it() -> None:
     from onnx_obc.export import fusion
 
     assert Counter(n.op_type for n in fusion.optimized_graph(out).graph.node)["Gelu"] == 1
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_batchnorm_and_scale_after_a_convtranspose_fold_into_its_axis_1(bias) -> None:
+    """ConvTranspose W [C, M, k, k] -> BatchNormalization -> Mul: one ConvTranspose, the
+    scale on W's output-channel axis 1, float-exact; a grouped one is left as it is."""
+    rng = np.random.default_rng(0)
+    ins = ["x", "W", "B"] if bias else ["x", "W"]
+    nodes = [helper.make_node("ConvTranspose", ins, ["u"], name="up", kernel_shape=[4, 4],
+                              strides=[2, 2], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["u", "g", "be", "m", "v"], ["n"],
+                              name="bn"),
+             helper.make_node("Mul", ["n", "s"], ["y"], name="scale")]
+    inits = [b.weight("W", (4, 6, 4, 4), 1), _c("g", rng.uniform(.5, 2, 6)),
+             _c("be", rng.normal(0, 1, 6)), _c("m", rng.normal(0, 1, 6)),
+             _c("v", rng.uniform(.5, 2, 6)), _c("s", rng.uniform(.5, 2, (6, 1, 1)))]
+    inits += [b.weight("B", (6,), 2)] if bias else []
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])], [b.vi("y", [b.BATCH, 6, 10, 10])],
+                   inits)
+    out, done = fold(model)
+    _same(model, out, (3, 4, 5, 5))
+    assert dict(done.after) == {"BatchNormalization": 1, "Mul": 1}
+    assert _ops(out) == Counter({"ConvTranspose": 1})
+    grouped = onnx.ModelProto()
+    grouped.CopyFrom(model)
+    grouped.graph.node[0].attribute.append(helper.make_attribute("group", 2))
+    grouped.graph.initializer[0].CopyFrom(b.weight("W", (4, 3, 4, 4), 1))
+    assert fold(grouped)[0] is grouped
