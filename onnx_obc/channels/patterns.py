@@ -1,18 +1,17 @@
 """Find where whole channels can go: a producer layer whose output channels reach exactly
-one consumer layer through per-channel nodes only.
+one consumer layer through per-channel nodes only (a ConvTranspose like a Conv).
 
     Conv -> [BatchNormalization] -> [act] -> [Pad] -> [depthwise Conv] -> [act] -> [pool] -> Conv
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul;  MatMul/Gemm -> act -> MatMul/Gemm
 
-Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU,
-GELU, HardSwish: channels/regions.py), the attention mix A @ V (value channels: V
-projection -> A @ V -> output projection), Clip, Add/Sub/Mul/Div/PRelu with a constant
-(sliced when it has the channel axis), BatchNormalization, depthwise Conv (group =
-channels, its weight rows, bias and `group` cut too), pooling, a Pad of no channel
-(channels/padding.py). Whole attention heads are sites too (channels/heads.py). A producer
-whose channels also reach a residual Add, a Concat, a node that moves the channel axis, a
-graph output or more than one node stays, with one reason (`Refusal`). Weights and
-per-channel constants may be initializers or Constant node outputs (channels/constants.py).
+Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU, GELU,
+HardSwish: channels/regions.py), the attention mix A @ V (value channels: V projection -> A @ V ->
+output projection), Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel
+axis), BatchNormalization, depthwise Conv (group = channels, its weight rows, bias and `group` cut
+too), pooling, a Pad of no channel (channels/padding.py). Whole attention heads are sites too
+(channels/heads.py). A producer whose channels also reach a residual Add, a Concat, a node that
+moves the channel axis, a graph output or more than one node stays, with one reason (`Refusal`).
+Weights and per-channel constants may be initializers or Constant outputs (constants.py).
 """
 
 from __future__ import annotations
@@ -158,7 +157,8 @@ def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
         raise _Refused(f"grouped Conv (group={L.groups}): its channels are tied to its inputs")
     if L.op == "Gemm" and L.uses[0].trans_a:
         raise _Refused("Gemm with transA")
-    channels = L.matrix_shape[1]
+    if (channels := L.matrix_shape[1]) == 1:
+        raise _Refused("a single output channel: nothing to remove")
     axis = -(len(L.shape) - 1) if L.layout in ("conv", "deconv") else -1
     return node, channels, axis
 

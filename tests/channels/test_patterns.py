@@ -142,3 +142,13 @@ def test_saved_macs_is_exact_on_a_chain():
     cut = shrink(model, sites, [np.arange(k, s.channels) for s, k in zip(sites, counts)])
     after = layer_macs(cut, find_layers(cut)[0])
     assert layer_macs(model, layers) - after == saved_macs(sites, counts)
+
+
+def test_a_single_channel_producer_says_there_is_nothing_to_remove():
+    """A 1-channel Conv with its bias [1] before a consumer (a DBNet head's last up-sampler
+    feeds a 1-channel map): not "'B' [1] has no channel axis of size 1"."""
+    model = graphs.conv_bn_relu_conv(mid=1)
+    sites, refused = find_sites(model, find_layers(model)[0])
+    assert not sites
+    assert {r.producer: r.reason for r in refused}["prod"] == (
+        "a single output channel: nothing to remove")
