@@ -136,8 +136,8 @@ def phase_columns(use: Any, act: Any, budget_bytes: int, dtype: Any = None
             valid = valid & ok.reshape(shape)
         taps = np.ravel_multi_index(np.meshgrid(*(t for t, _, _ in combo), indexing="ij"),
                                     use.kernel).reshape(-1)
-        rows = (np.arange(C)[:, None] * K + taps[None, :]).reshape(-1)
-        mask = xp.asarray(valid, dtype=dtype)
+        rows = xp.asarray((np.arange(C)[:, None] * K + taps[None, :]).reshape(-1))  # once
+        mask = xp.asarray(valid, dtype=dtype)  # per phase, on the activations' device
         for n0 in range(0, N, chunk):
             x = act[n0:n0 + chunk].astype(dtype, copy=False)
             g = x[(slice(None), slice(None), *index)] * mask  # [n, C, T..., Q...]

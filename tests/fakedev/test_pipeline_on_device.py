@@ -18,6 +18,7 @@ from .conftest import TRANSFERS, sites
 
 CONV = dict(model=lambda: graphs.conv_bn_relu_conv(c_in=4, mid=8, c_out=8))
 MLP = dict(model=lambda: graphs.transformer_mlp(d=16, hidden=32))
+DECONV = dict(model=lambda: graphs.deconv_bn_relu_conv(c_in=4, mid=8, c_out=8))
 MODES = {  # name: (model, options)
     "unstructured": (CONV, dict(sparsity=0.5, allocate="uniform")),
     "nm": (CONV, dict(nm=(2, 4))),
@@ -36,6 +37,8 @@ MODES = {  # name: (model, options)
     "act-bits": (CONV, dict(bits=8, act_bits=8)),
     "channels": (CONV, dict(channels=0.3)),
     "onnxruntime": (MLP, dict(bits=4, runtime="onnxruntime", correct=True, sequential=False)),
+    "deconv": (DECONV, dict(sparsity=0.5, allocate="uniform")),  # its phases' Hessian blocks
+    "deconv-obq": (DECONV, dict(bits=4)),  # sequential: the phases' cross moments too
 }
 # copies per compressed layer outside the calibration capture, as measured (an added copy
 # fails; bench/device_crossings.py --sites lists them): W in, results out (weights, and when
@@ -47,14 +50,17 @@ MODES = {  # name: (model, options)
 PER_LAYER = {"unstructured": 5, "nm": 7, "nm-gptq": 5, "blocks": 8, "obq": 10, "obs+obq": 12,
              "obq-groups-asym": 10, "gptq": 9, "gptq-act-order": 9, "dp-sparsity": 7,
              "dp-bops": 21, "dp-output-score": 38, "correct": 5, "sequential": 5,
-             "act-bits": 10, "channels": 13, "onnxruntime": 10}
+             "act-bits": 10, "channels": 13, "onnxruntime": 10, "deconv": 5, "deconv-obq": 10}
 
 # activation copies of the capture: 3 batches of 8 fit samples x 2 layers; sequential adds the
 # dense model's inputs of its second group (also the default of weights alone below 8 bits
 # and of N:M alone: obq, obq-groups-asym, gptq-act-order, nm, nm-gptq); the channel stage
 # captures its one consumer
 CAPTURE = {"channels": 3, **{m: 9 for m in ("sequential", "obq", "obq-groups-asym",
-                                             "gptq-act-order", "nm", "nm-gptq")}}
+                                             "gptq-act-order", "nm", "nm-gptq", "deconv-obq")}}
+# a ConvTranspose's phase Hessians (deconv.phase_columns): per batch and output phase, its
+# two index arrays, its rows and its mask (3 batches x 4 phases of a 2-D stride 2 x 4)
+PHASES = {"deconv": 48, "deconv-obq": 48}
 
 
 def _inits(model) -> dict[str, np.ndarray]:
@@ -89,7 +95,10 @@ def test_every_mode_on_the_fake_device_is_the_numpy_run(mode, saved, fake):
     crossings = sites(TRANSFERS)
     capture = sum(n for s, n in crossings.items() if "onnx_obc/collect.py" in s)
     assert capture == CAPTURE.get(mode, 6)  # 3 batches x 2 layers, nothing per step
-    others = {s: n for s, n in crossings.items() if "onnx_obc/collect.py" not in s}
+    assert sum(n for s, n in crossings.items() if "onnx_obc/deconv.py" in s) == PHASES.get(
+        mode, 0)
+    others = {s: n for s, n in crossings.items()
+              if "onnx_obc/collect.py" not in s and "onnx_obc/deconv.py" not in s}
     layers = max(1, len(dev.report.layers))
     assert sum(others.values()) <= PER_LAYER[mode] * layers, others
     assert fc.COUNTS["h2d_implicit"] == 0, others  # no host array hides in a device index
