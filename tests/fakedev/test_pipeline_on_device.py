@@ -58,9 +58,9 @@ PER_LAYER = {"unstructured": 5, "nm": 7, "nm-gptq": 5, "blocks": 8, "obq": 10, "
 # captures its one consumer
 CAPTURE = {"channels": 3, **{m: 9 for m in ("sequential", "obq", "obq-groups-asym",
                                              "gptq-act-order", "nm", "nm-gptq", "deconv-obq")}}
-# a ConvTranspose's phase Hessians (deconv.phase_columns): per batch and output phase, its
-# two index arrays, its rows and its mask (3 batches x 4 phases of a 2-D stride 2 x 4)
-PHASES = {"deconv": 48, "deconv-obq": 48}
+# a ConvTranspose's phase Hessians (deconv.phase_columns): per batch and output phase, the
+# indices of its block of H (3 batches x 4 phases of a 2-D stride 2)
+PHASES = {"deconv": 12, "deconv-obq": 12}
 
 
 def _inits(model) -> dict[str, np.ndarray]:
