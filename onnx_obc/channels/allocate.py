@@ -165,6 +165,13 @@ def reachable(sites: Sequence[Any], refused: Sequence[Any], dense: float, fracti
     kept = f"; {len(refused)} producers keep their channels (the first: " \
         f"{refused[0].producer}: {refused[0].reason})" if refused else ""
     n = len(sites)
+    if np.floor(top * 100) == 0:  # nothing to ask for: name why, not "--channels 0"
+        raise ConfigError(
+            f"prune.channels {fraction:g} cannot be reached here: the {n} prunable producer "
+            f"-> consumer site{'' if n == 1 else 's'} save{'s' if n == 1 else ''} at most "
+            f"{top:.1%} of the layers' FLOPs{kept}. Channel pruning needs a producer whose "
+            "output channels reach one consumer layer through per-channel nodes only "
+            "(README \"Channel pruning\"); compress this model without prune.channels")
     raise ConfigError(
         f"prune.channels {fraction:g} cannot be reached here: the {n} prunable producer -> "
         f"consumer site{'' if n == 1 else 's'} save{'s' if n == 1 else ''} at most {top:.1%} "

@@ -100,8 +100,10 @@ def test_no_site_is_refused_before_any_capture_and_says_why(monkeypatch):
     from onnx_obc.channels import stage
 
     monkeypatch.setattr(stage, "collect", lambda *a, **k: pytest.fail("captured"))
-    with pytest.raises(ConfigError, match=r"0 prunable .* at most 0\.0%.*residual Add"):
+    with pytest.raises(ConfigError, match=r"0 prunable .* at most 0\.0%.*residual Add") as e:
         _run(graphs.refused("residual"))
+    assert "Ask for" not in str(e.value)  # not "prune.channels 0 or less": a refused value
+    assert "without prune.channels" in str(e.value)
 
 
 def test_chained_sites_reach_the_exact_flop_cut():
