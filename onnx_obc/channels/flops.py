@@ -33,10 +33,20 @@ def saved_macs(sites: list[Any], counts: list[int]) -> float:
     savings less the (row, column) pairs of a layer that loses both (consumer of one site,
     producer of another), which they count twice."""
     total = sum(k * s.macs for s, k in zip(sites, counts))
-    rows = {s.producer.weight: k * s.unit * (s.split.blocks if s.split else 1)
-            for s, k in zip(sites, counts)}
+    rows = cut_rows(sites, counts)
     return total - sum(k * rows.get(s.consumer.weight, 0) * s.cell
                        for s, k in zip(sites, counts))
+
+
+def cut_rows(sites: list[Any], counts: list[int]) -> dict[str, int]:
+    """Output rows each producer weight loses: counts[i] channels of sites[i] (a head's dh
+    rows each, in every block of a fused QKV projection; a gated unit's two producers)."""
+    rows = {}
+    for s, k in zip(sites, counts):
+        rows[s.producer.weight] = k * s.unit * (s.split.blocks if s.split else 1)
+        if s.gate is not None:
+            rows[s.gate.producer.weight] = k * s.unit
+    return rows
 
 
 def layer_macs(model: onnx.ModelProto, layers: list[Layer], attention: bool = True,

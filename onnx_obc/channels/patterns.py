@@ -4,30 +4,30 @@ one consumer layer through per-channel nodes only (a ConvTranspose like a Conv).
     Conv -> [BatchNormalization] -> [act] -> [Pad] -> [depthwise Conv] -> [act] -> [pool] -> Conv
     Conv -> ... -> GlobalAveragePool -> Flatten -> Gemm/MatMul;  MatMul/Gemm -> act -> MatMul/Gemm
 
-Per-channel nodes: unary activations, ones exported as several elementwise nodes (SiLU, GELU,
-HardSwish: channels/regions.py), the attention mix A @ V (value channels: V projection -> A @ V ->
-output projection), Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced when it has the channel
-axis), BatchNormalization, depthwise Conv (group = channels, its weight rows, bias and `group` cut
-too), pooling, a Pad of no channel (channels/padding.py). Whole attention heads are sites too
-(channels/heads.py). A producer whose channels also reach a residual Add, a Concat, a node that
-moves the channel axis, a graph output or more than one node stays, with one reason (`Refusal`).
-Weights and per-channel constants may be initializers or Constant outputs (constants.py).
+Per-channel nodes: unary activations, ones exported as several elementwise nodes (regions.py),
+the attention mix A @ V (value channels), Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
+when it has the channel axis), BatchNormalization, depthwise Conv (its weight rows, bias and
+`group` cut too), pooling, a Pad of no channel (padding.py), the Mul of a gated unit (its other
+producer cut too: gated.py). Whole attention heads are sites too (heads.py). A producer whose
+channels also reach a residual Add, a Concat, a node that moves the channel axis, a graph
+output or more than one node stays, with one reason (`Refusal`). Weights and per-channel
+constants may be initializers or Constant outputs (constants.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper
 
-from ..layers import Layer, constant_weights, node_label
+from ..layers import Layer
 from ..specs import LAYER_OPS
-from .constants import constant_shapes
-from .flat import keeps_last, row_positions
+from .flat import keeps_last
 from .flops import layer_macs, positions, reads, saved_macs
+from .graphview import _Graph, graph_of
 from .padding import pad_reason
 from .readers import shape_readers
 from .regions import region
@@ -57,6 +57,7 @@ class Site:
     unit: int = 1  # producer rows (and sliced entries, consumer columns) per channel: a head's dh
     split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
     shapes: tuple = ()  # flat.Rewrite: Reshape shape entries set to the kept channel count
+    gate: Any = None  # gated.Gate: a gated unit's other producer, cut with this one
 
 
 @dataclass(frozen=True)
@@ -68,68 +69,6 @@ class Refusal:
 
 class _Refused(Exception):
     pass
-
-
-@dataclass
-class _Graph:
-    nodes: dict[str, onnx.NodeProto]  # label -> node
-    users: dict[str, list[tuple[str, onnx.NodeProto]]]  # tensor -> (label, node) reading it
-    inits: dict[str, tuple[int, ...]]  # constant (initializer or Constant node) -> shape
-    outputs: set[str]
-    shapes: dict[str, list[int | None]]
-    makers: dict[str, tuple[str, onnx.NodeProto]] = field(default_factory=dict)  # tensor ->
-    # (label, node) writing it
-    values: dict[str, list[int]] = field(default_factory=dict)  # small int64/32 constants
-    sizes: dict[str, list[int | None]] = field(default_factory=dict)  # probe.py
-
-    def dims(self, tensor: str) -> list[int | None] | None:
-        """Inferred shape, its unknown sizes (or all) filled by the probed ones."""
-        inferred, probed = self.shapes.get(tensor), self.sizes.get(tensor)
-        if probed is None or (inferred and len(inferred) != len(probed)):
-            return inferred
-        return [a if a else b for a, b in zip(inferred or probed, probed)]
-
-    def spatial(self, tensor: str, conv: bool) -> int:
-        """Positions per channel (conv: the spatial dims; linear: the token dims)."""
-        dims = self.dims(tensor)
-        if not dims:
-            return 1
-        if not conv and len(dims) == 2 and (rows := row_positions(self, tensor)) is not None:
-            return rows  # a Gemm on flattened token rows (flat.py)
-        inner = dims[2:] if conv else dims[1:-1]
-        return math.prod(d if d else 1 for d in inner)
-
-
-def graph_of(model: onnx.ModelProto, sizes: dict | None = None) -> _Graph:
-    g = model.graph
-    nodes, users, makers = {}, {}, {}
-    for i, n in enumerate(g.node):
-        label = node_label(n, i)
-        nodes[label] = n
-        for t in n.input:
-            if t:
-                users.setdefault(t, []).append((label, n))
-        makers.update({o: (label, n) for o in n.output if o})
-    small = [*((i.name, i) for i in g.initializer),
-             *((n.output[0], a.t) for n in g.node if n.op_type == "Constant"
-               for a in n.attribute if a.name == "value")]
-    values = {k: [int(v) for v in numpy_helper.to_array(t).reshape(-1)] for k, t in small
-              if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-              and math.prod(t.dims) <= 8}
-    inits = {**{i.name: tuple(i.dims) for i in g.initializer}, **constant_shapes(g)}
-    try:  # data_prop: sizes read with Shape -> Gather -> Concat (PyTorch exports) too
-        inferred = shape_inference.infer_shapes(model, data_prop=True).graph
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
-        # shapes only size the FLOPs; without them every position counts 1
-        inferred = g
-    shapes = {}
-    for v in [*inferred.value_info, *inferred.input, *inferred.output]:
-        if not v.type.tensor_type.HasField("shape"):
-            continue  # rank unknown (not a scalar)
-        dims = v.type.tensor_type.shape.dim
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return _Graph(nodes, users, inits, {o.name for o in g.output}, shapes, makers, values,
-                  sizes or {})
 
 
 def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None = None
@@ -145,7 +84,8 @@ def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None =
             sites.append(_site(g, L, by_node))
         except _Refused as r:
             refused.append(Refusal(L.name, L.weight, str(r)))
-    return sites, refused
+    gates = {s.gate.producer.weight for s in sites if s.gate is not None}
+    return sites, [r for r in refused if r.weight not in gates]  # those go with a site
 
 
 def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
@@ -170,7 +110,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     if len(node.input) > 2 and node.input[2]:
         sliced.append(_cut(g, node.input[2], C, -1, node))
     macs = L.matrix_shape[2] * reads(g, node, L)
-    path, grouped, shapes = [], [], []
+    path, grouped, shapes, paired = [], [], [], None
     t, prev = node.output[0], node.op_type
     while True:
         gate = region(g, t, UNARY)
@@ -186,7 +126,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             cell = width * reads(g, nxt, cons)
             macs += cons.matrix_shape[1] * cell
             return Site(L, cons, C, width, tuple(path), tuple(sliced), tuple(grouped), macs,
-                        cell, shapes=tuple(shapes))
+                        cell, shapes=tuple(shapes), gate=paired)
         op = nxt.op_type
         if op == "Conv" and conv and _is_depthwise(g, nxt, C):
             ws = g.inits[nxt.input[1]]
@@ -199,9 +139,15 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             _constant_inputs(g, nxt, label, first=1)
         elif op in BINARY:
             other = [x for x in nxt.input if x != t]
-            if len(other) != 1 or other[0] not in g.inits:
+            if op == "Mul" and paired is None and len(other) == 1 and other[0] not in g.inits:
+                from .gated import partner  # down(act(gate(x)) * up(x)): both producers go
+
+                paired = partner(g, L, label, nxt, other[0], C, axis, by_node)
+                macs += paired.macs
+            elif len(other) != 1 or other[0] not in g.inits:
                 raise _Refused(residual_reason(nxt, label))
-            sliced += [x for x in [_cut(g, other[0], C, axis, nxt, optional=True)] if x]
+            else:
+                sliced += [x for x in [_cut(g, other[0], C, axis, nxt, optional=True)] if x]
         elif op == "BatchNormalization" and (conv or L.op == "Gemm") and len(nxt.output) == 1:
             _constant_inputs(g, nxt, label, first=1)
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
@@ -212,7 +158,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
                 raise _Refused(why)
         elif attention_mix(g, nxt, t, conv):  # A @ V: mixes the tokens, keeps the value
             macs += positions(g, nxt.input[0])  # channels (last axis); Tq * Tk per channel
-        elif op == "Reshape" and feeds_scores(g, nxt):
+        elif op == "Reshape" and feeds_scores(g, nxt) and paired is None:
             from .heads import head_site  # V -> [bias] -> heads -> A @ V -> merge -> Wo
 
             return head_site(g, L, label, nxt, C, tuple(path), tuple(sliced), macs, by_node)

@@ -21,13 +21,7 @@ from ..collect import collect
 from ..errors import ConfigError
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights, weight_matrix
-from ..solvers.channels import (
-    ChannelTrace,
-    channel_trace,
-    norm_order,
-    obs_update,
-    output_energy,
-)
+from ..solvers.channels import ChannelTrace, channel_trace, norm_order, obs_update, output_energy
 from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
 from .allocate import reachable, site_align
@@ -276,10 +270,14 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
 
 def _norm_removed(site: Site, weights: dict, k: int) -> np.ndarray:
     """The baseline's k channels: smallest L2 norm of the producer's output rows (of a
-    head's dh rows of the V projection together; of a fused QKV projection's V block)."""
+    head's dh rows of the V projection together; of a fused QKV projection's V block; of
+    a gated unit's two producers together)."""
     rows = weight_matrix(weights, site.producer)[0]  # [blocks * C * unit, d]
     blocks = site.split.blocks if site.split is not None else 1
-    return np.sort(norm_order(rows.reshape(blocks, site.channels, -1)[-1])[:k])
+    rows = rows.reshape(blocks, site.channels, -1)[-1]
+    if site.gate is not None:  # [C, d + d_gate]
+        rows = np.hstack([rows, weight_matrix(weights, site.gate.producer)[0]])
+    return np.sort(norm_order(rows)[:k])
 
 
 def _zeroed_loss(s: _Solved, removed: np.ndarray, backend: Backend) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..export.shrink import tied_cuts
 from ..layers import node_label
 
 
@@ -30,8 +31,7 @@ def site_subgraph(proto: onnx.ModelProto, site: Any) -> tuple[onnx.ModelProto, l
         for t in n.input:
             users.setdefault(t, []).append(i)
     cut = {name for name, _ in site.sliced} | {site.producer.weight}
-    if site.split is not None:
-        cut |= {name for name, _, _ in site.split.tied}
+    cut |= {name for name, _, _ in tied_cuts(site)}
     forced = [lab for lab in site.grouped] + [x[0] for x in (site.split.shapes
                                                              if site.split else ())]
     sources = {at[u.node] for u in site.producer.uses} | {at[lab] for lab in forced} | {

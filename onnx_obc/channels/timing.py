@@ -40,6 +40,7 @@ import onnx
 from ..export.shrink import shrink
 from .allocate import allowed, site_align
 from .allocate import by_saving as allocate_by_saving
+from .flops import cut_rows
 from .subgraph import capture, site_subgraph, typed
 
 BUDGETS = ("flops", "latency")
@@ -218,8 +219,7 @@ def predicted(tab: LatencyTable, counts: Sequence[int], sites: Sequence[Any] | N
     total = float(sum(c[k] for c, k in zip(tab.curves, counts)))
     if sites is None:
         return total
-    rows = {s.producer.weight: k * s.unit * (s.split.blocks if s.split else 1)
-            for s, k in zip(sites, counts)}
+    rows = cut_rows(list(sites), list(counts))
     return total - float(sum(c[k] * rows.get(s.consumer.weight, 0) * s.cell / s.macs
                              for s, k, c in zip(sites, counts, tab.curves) if k and s.macs))
 

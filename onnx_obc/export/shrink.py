@@ -4,7 +4,8 @@ Conv weight rows and bias, whose `group` follows), and the consumer's weight col
 an initializer or a Constant node's value (rewritten in place, still a Constant node). For a
 whole-head site (channels/heads.py) each channel is a head: dh rows / columns each, the
 query and key projections (and biases) lose theirs too, and each Reshape into or out of
-the heads gets its own shape constant with the kept head count.
+the heads gets its own shape constant with the kept head count. A gated unit's other
+producer (channels/gated.py) loses the same rows.
 
 The edit goes through onnx-graphsurgeon; intermediate shapes are cleared and re-inferred,
 and the result passes onnx.checker with full (strict) shape inference.
@@ -59,9 +60,8 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             cut(name, axis, produced)
         for label in site.grouped:
             graph.nodes[labels[label]].attrs["group"] = len(kept)
-        if site.split is not None:
-            for name, axis, per in site.split.tied:
-                cut(name, axis, _expand(kept, per))
+        for name, axis, per in tied_cuts(site):  # query / key projections, a gate
+            cut(name, axis, _expand(kept, per))
         for label, j, vals, index, per in (*site.shapes, *(site.split.shapes if site.split
                                                            else ())):  # shape entries
             node = graph.nodes[labels[label]]
@@ -76,6 +76,14 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             t.shape = None
     out = export_graph(graph, model, model_opset(model))
     return checked(out)
+
+
+def tied_cuts(site: Any) -> tuple[tuple[str, int, int], ...]:
+    """Every (constant, axis, entries per channel) cut with `site`'s channels besides its
+    producer's weight and `sliced`: a head site's query / key projections, a gated unit's
+    other producer and its constants (channels/gated.py)."""
+    heads = site.split.tied if site.split is not None else ()
+    return (*heads, *(site.gate.cuts(site.unit) if site.gate is not None else ()))
 
 
 def read_constant(t: gs.Tensor) -> np.ndarray:
