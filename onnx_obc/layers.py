@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from . import deconv
 from .errors import ModelError
-from .skips import QUANTIZED, not_constant_reason, selection_reason
+from .skips import QUANTIZED, fed_by_inputs, not_constant_reason, selection_reason
 from .specs import LAYER_OPS, Selection
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -215,6 +215,7 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
                                    "/Scan bodies are not compressed, nor If branches but the "
                                    "one the data takes of an If at the top)"))
     cands: dict[str, _Candidate] = {}
+    fed: set[str] | None = None  # tensors computed from the data inputs
     for i, node in enumerate(graph.node):
         if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
             continue
@@ -224,7 +225,8 @@ def find_layers(model: onnx.ModelProto, select: Selection | None = None
         if node.op_type == "MatMul" and wname not in weights and node.input[0] in weights:
             reason = reason or "constant is the first MatMul input (W @ X); only X @ W is handled"
         elif wname not in weights:
-            reason = reason or not_constant_reason(graph, wname)
+            fed = fed_by_inputs(graph) if fed is None else fed  # once, where needed
+            reason = reason or not_constant_reason(graph, wname, fed)
         if reason and wname not in weights:
             skipped.append(Skipped(label, node.op_type, reason, wname or None))
             continue

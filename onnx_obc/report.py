@@ -10,6 +10,7 @@ from typing import Any
 
 from .costplan import plan_line
 from .layers import Skipped
+from .skips import TWO_ACTIVATIONS
 from .atomic import write_atomic
 from .names import NAME_WIDTH, SKIP_NAME_WIDTH, short_name, shortener  # noqa: F401 - the
 # widths and short_name: for the views, the CLI and the tests, as before
@@ -180,13 +181,15 @@ def _profile_lines(r: Report) -> list[str]:
 
 
 def _skip_lines(r: Report) -> list[str]:
-    seen: dict[tuple, list[str]] = {}  # one line per weight and reason (a weight's nodes)
-    for s in r.skipped:
-        seen.setdefault((s.weight or s.node, s.op, s.reason), []).append(s.node)
-    many = lambda n: f", {len(n)} nodes, one weight" if len(n) > 1 else ""  # noqa: E731
+    seen: dict[tuple, list[str]] = {}  # one line per weight and reason (a weight's nodes);
+    for s in r.skipped:  # one for all products of two activations (two per attention)
+        key = None if s.reason == TWO_ACTIVATIONS else s.weight or s.node
+        seen.setdefault((key, s.op, s.reason), []).append(s.node)
+    many = lambda k, n: "" if len(n) == 1 else f", {len(n)} nodes" + (  # noqa: E731
+        "" if k is None else ", one weight")
     return ["", f"left uncompressed ({len(r.skipped)}):"] * bool(r.skipped) + [
-        f"  {short_name(', '.join(n), SKIP_NAME_WIDTH)} ({op}{many(n)}): {why}"
-        for (_, op, why), n in seen.items()]
+        f"  {short_name(', '.join(n), SKIP_NAME_WIDTH)} ({op}{many(k, n)}): {why}"
+        for (k, op, why), n in seen.items()]
 
 
 def _pct(x: float | None) -> str:

@@ -35,7 +35,26 @@ def selection_reason(label: str, op: str, cfg: Selection) -> str:
     return ""
 
 
-def not_constant_reason(graph: onnx.GraphProto, wname: str) -> str:
+TWO_ACTIVATIONS = ("a product of two activations (as attention's scores and A @ V): its "
+                   "second input is computed from the model's inputs, no constant weight")
+
+
+def fed_by_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed from the graph's data inputs (not from constants alone)."""
+    inits = {t.name for t in graph.initializer}
+    fed = {i.name for i in graph.input if i.name not in inits}
+    for n in graph.node:  # topological order
+        if any(x in fed for x in n.input):
+            fed.update(n.output)
+    return fed
+
+
+def not_constant_reason(graph: onnx.GraphProto, wname: str, fed: set[str] = frozenset()
+                        ) -> str:
+    """Why weight `wname` is no constant; `fed`: fed_by_inputs(graph), where a weight
+    computed from the data makes the node a product of two activations."""
+    if wname in fed and wname not in {i.name for i in graph.input}:
+        return TWO_ACTIVATIONS
     if not wname:
         return "node has no weight input"
     if any(i.name == wname for i in graph.input):
@@ -54,8 +73,8 @@ _COMPUTED = {  # why a weight computed by such a node is no layer (Identity: the
     "Identity": "an Identity of {src!r} (a weight used twice, as PyTorch exports it: "
                 "compressed as one layer unless --no-fold)",
     "DequantizeLinear": "the dequantized codes {src!r}" + QUANTIZED,
-    "": "computed by a {op} node (both inputs are activations, or the weight is transformed "
-        "at run time)"}
+    "": "computed from constants by a {op} node at run time (the fold evaluates such "
+        "nodes where it can: --no-fold keeps them)"}
 
 
 def outside(model: onnx.ModelProto, written: onnx.ModelProto, cfg: Any = None) -> list[Any]:

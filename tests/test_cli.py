@@ -77,7 +77,7 @@ def test_inspect_lists_layers_and_reasons(saved):
     rows = {line.split()[0]: line for line in out.splitlines() if line and line[0] in "qk"}
     assert "MatMul" in rows["q"] and "6x6" in rows["q"] and "initializer" in rows["q"]
     assert "left uncompressed (1)" in out
-    assert "scores (MatMul): weight 'kT' is computed by a Transpose node" in out
+    assert "scores (MatMul): a product of two activations (as attention's scores" in out
 
 
 def test_inspect_with_selection_options(saved):

@@ -153,8 +153,8 @@ SKIP_CASES = {
     # builder: (expected layer weights, {node: key phrase of its reason})
     "weight_also_used_elsewhere": ([], {"mm": "also feeds Add node add"}),
     "activation_matmul": ([], {"bmm": "'b' is a graph input, not a constant"}),
-    "attention_scores": (["Wq", "Wk"], {"scores": "computed by a Transpose node"}),
-    "weight_from_transpose": ([], {"mm": "computed by a Transpose node"}),
+    "attention_scores": (["Wq", "Wk"], {"scores": "a product of two activations"}),
+    "weight_from_transpose": ([], {"mm": "computed from constants by a Transpose node"}),
     "weight_is_graph_input": ([], {"mm": "'W' is a graph input, not a constant"}),
     "weight_first_matmul": ([], {"mm": "first MatMul input (W @ X)"}),
     "int_matmul": ([], {"mm": "non-float type INT32"}),

@@ -22,6 +22,23 @@ def test_the_nodes_of_one_weight_left_for_one_reason_are_one_line():
         "  mm (MatMul): no constant weight", "  mm2 (MatMul): no constant weight"]
 
 
+def test_the_products_of_two_activations_are_one_line():
+    """A transformer's attention MatMuls (two per layer, no weight): one line naming them
+    and their count, not one per node (48 lines for a 24-layer decoder)."""
+    from onnx_obc.skips import TWO_ACTIVATIONS
+
+    skipped = [Skipped(f"l{i}/{m}", "MatMul", TWO_ACTIVATIONS, f"l{i}/{m}.in")
+               for i in range(3) for m in ("scores", "mix")] + [
+        Skipped("emb", "Gather", "no layer kind", "table")]
+    r = Report(model="m.onnx", output=None, config={}, device="cpu", calibration={},
+               skipped=skipped)
+    lines = r.table().splitlines()
+    start = lines.index("left uncompressed (7):")
+    assert lines[start + 1] == ("  l0/scores, l0/mix, l1/scores, l1/mix, l2/scores, l2/mix "
+                                f"(MatMul, 6 nodes): {TWO_ACTIVATIONS}")
+    assert lines[start + 2] == "  emb (Gather): no layer kind"
+
+
 def test_the_fusion_checks_layers_of_one_reason_are_one_line():
     """A W4 conv model's 38 folded convs: one line naming three and the count, not 38; a
     layer with another reason keeps its own line; the count is the layers'."""

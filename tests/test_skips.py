@@ -58,12 +58,27 @@ def test_selection_reasons():
 
 
 def test_a_weight_computed_at_run_time_says_so():
+    """From constants (a Transpose of an initializer the fold would evaluate): said so; from
+    the model's inputs (attention's scores and A @ V): a product of two activations, one
+    reason text for all of them (the report makes them one line)."""
+    from onnx_obc.skips import TWO_ACTIVATIONS
+
     nodes = [helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0]),
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    model = b.make(nodes, [b.vi("x", [b.BATCH, 4])], [b.vi("y", [b.BATCH, 4])],
+                   [b.weight("wt", (4, 4), 0)])
+    _, (s,) = find_layers(model)
+    assert "computed from constants by a Transpose node at run time" in s.reason
     model = b.make(nodes, [b.vi("x", [b.BATCH, 4]), b.vi("wt", [4, 4])],
                    [b.vi("y", [b.BATCH, 4])])
     _, (s,) = find_layers(model)
-    assert "computed by a Transpose node" in s.reason
+    assert s.reason == TWO_ACTIVATIONS
+    from tests.channels import graphs  # single-head attention: the scores and A @ V
+
+    layers, skipped = find_layers(graphs.attention())
+    assert {x.node: x.reason for x in skipped} == {"scores": TWO_ACTIVATIONS,
+                                                  "mix": TWO_ACTIVATIONS}
+    assert len(layers) == 4
 
 
 def _lstm_then_matmul(hidden: int = 32):
