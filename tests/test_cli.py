@@ -172,6 +172,14 @@ def test_root_cli_shim_help():
     assert "Usage:" in res.stdout and "inspect" in res.stdout and "compress" in res.stdout
 
 
+def test_python_dash_m_runs_the_command():
+    """`python -m onnx_obc` (no console script on the PATH, a notebook's `!python -m`)."""
+    res = subprocess.run([sys.executable, "-m", "onnx_obc", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "Usage: onnx-obc" in res.stdout and "inspect" in res.stdout
+
+
 def test_root_cli_shim_compress_help():
     res = subprocess.run([sys.executable, "cli.py", "compress", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
