@@ -16,7 +16,8 @@ channels' unequal importance).
 
 `run`, per FLOP cut F: the channel stage as `--channels F` runs it (channels/stage.py: the
 DP over the sites' OBS traces by the output objective) and the L2-norm baseline at the same
-counts (the same shapes); then the CLI path `convert(channels=F)` (fold, verification) and
+counts (the same shapes); the stage on the same model with each MLP's gate and up
+projections fused into one MatMul and a Split (Phi-3's layout, `fuse_gate_up`: float-exact); then the CLI path `convert(channels=F)` (fold, verification) and
 its combination with `--bits 4 --runtime onnxruntime` (MatMulNBits); W4 MatMulNBits and
 W8A8 onnxruntime alone, and onnxruntime's `quantize_static` (bench/qs_static.py) as the
 reference row. Columns: layer-FLOP cut, next-
@@ -192,6 +193,37 @@ def _latency(models: dict, rounds: int) -> dict:
     return {k: [statistics.median(times[k, j]) for j in range(len(feeds))] for k in sess}
 
 
+def fuse_gate_up(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with each MLP's gate and up projections as one MatMul [d, 2F] and a
+    Split into the two halves (Phi-3's gate_up_proj as ONNX writes torch's chunk at opset
+    17): float-exact."""
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {t.name: t for t in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    for i in range(LAYERS):
+        gate = by_name[f"/m/model/layers.{i}/mlp/gate_proj/MatMul"]
+        up = by_name[f"/m/model/layers.{i}/mlp/up_proj/MatMul"]
+        w = np.hstack([numpy_helper.to_array(inits[gate.input[1]]),
+                       numpy_helper.to_array(inits[up.input[1]])])
+        name = f"gate_up.{i}"
+        g.initializer.append(numpy_helper.from_array(w, name))
+        fusedmm = helper.make_node("MatMul", [gate.input[0], name], [f"{name}.out"],
+                                   name=f"/m/model/layers.{i}/mlp/gate_up_proj/MatMul")
+        split = helper.make_node("Split", [f"{name}.out"], [gate.output[0], up.output[0]],
+                                 name=f"/m/model/layers.{i}/mlp/chunk", axis=-1)
+        at = list(g.node).index(gate)
+        g.node.remove(gate)
+        g.node.remove(up)
+        g.node.insert(at, split)
+        g.node.insert(at, fusedmm)
+    onnx.checker.check_model(out)
+    return out
+
+
 def run(folder: Path, fractions: list[float], rounds: int) -> None:
     from qs_static import quantize_static
 
@@ -212,6 +244,12 @@ def run(folder: Path, fractions: list[float], rounds: int) -> None:
                          get_backend("cpu"), 0.01, 2048, fraction=max(fractions))
     print(f"{len(plan.sites)} sites, {len(plan.refused)} producers kept; plan "
           f"{plan.seconds:.1f} s", flush=True)
+    fusedm = fuse_gate_up(model)
+    fplan = plan_channels(fusedm, find_layers(fusedm)[0], DataSet(calib, "calib"), 16,
+                          get_backend("cpu"), 0.01, 2048, fraction=max(fractions))
+    print(f"fused gate-up: {len(fplan.sites)} sites; its dense output error "
+          f"{np.linalg.norm(_logits(_session(fusedm), ev) - dense) / np.linalg.norm(dense):.1e}",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for f in fractions:
             r = cut_channels(plan, f, 0, "dp", "output")
@@ -221,6 +259,11 @@ def run(folder: Path, fractions: list[float], rounds: int) -> None:
             cuts[f"{f:.0%} OBS (stage)"] = cuts[f"{f:.0%} L2 (same counts)"] = cut
             print(f"  {f:.0%}: removed " + ", ".join(f"{row.removed}/{row.channels}"
                                                   for row in r.rows), flush=True)
+            fr = cut_channels(fplan, f, 0, "dp", "output")
+            models[f"{f:.0%} OBS, fused gate-up"] = fr.model
+            cuts[f"{f:.0%} OBS, fused gate-up"] = 1 - fr.macs[1] / fr.macs[0]
+            print(f"  {f:.0%} fused gate-up: removed " + ", ".join(
+                f"{row.removed}/{row.channels}" for row in fr.rows), flush=True)
             for label, kw in ((f"{f:.0%} convert", {}),
                               (f"{f:.0%} convert + W4 MatMulNBits",
                                {"bits": 4, "runtime": "onnxruntime"})):

@@ -44,8 +44,8 @@ def cut_rows(sites: list[Any], counts: list[int]) -> dict[str, int]:
     rows = {}
     for s, k in zip(sites, counts):
         rows[s.producer.weight] = k * s.unit * (s.split.blocks if s.split else 1)
-        if s.gate is not None:
-            rows[s.gate.producer.weight] = k * s.unit
+        if s.gate is not None:  # another producer, or a fused one's second half
+            rows[s.gate.producer.weight] = rows.get(s.gate.producer.weight, 0) + k * s.unit
     return rows
 
 

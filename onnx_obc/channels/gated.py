@@ -7,6 +7,12 @@ both producers (and of the per-channel constants on either branch) and column j 
 consumer; the consumer's Hessian is over the Mul's output, so the group OBS of the site
 (its removal cost and the update of the consumer) is the plain site's. The site belongs to
 the branch whose producer comes first in the graph; the other producer is the `Gate`.
+
+    down(act(h[:F]) * h[F:]),  h = gate_up(x)    one producer chunked in two (Phi-3, GLU)
+
+The halves of one producer's 2F channels (a Split into two equal parts, or two Slices whose
+bounds follow the size) meeting in a Mul: the site's channel j is rows j and F + j of it,
+the Gate its second half (`offset` F).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import onnx
 from ..export.shrink import weight_axes
 from ..layers import Layer
 from .flops import reads
-from .patterns import BINARY, UNARY, _constant_inputs, _cut, _Graph, _only_user, \
+from .padding import _evaluate
+from .patterns import BINARY, UNARY, _attr, _constant_inputs, _cut, _Graph, _only_user, \
     _producer_checks, _Refused
 from .regions import region
 
@@ -31,11 +38,16 @@ class Gate:
     path: tuple[str, ...]  # node labels from its output up to the Mul (not included)
     sliced: tuple[tuple[str, int], ...]  # its bias and per-channel constants: (name, axis)
     macs: float  # its multiply-adds per output channel
+    offset: int = 0  # a fused gate-up projection (the site's producer, chunked in two): the
+    # second half's rows start here
+    halved: tuple[tuple[str, int], ...] = ()  # its constants before the chunk (2C entries)
 
-    def cuts(self, unit: int) -> tuple[tuple[str, int, int], ...]:
-        """(constant, axis, entries per channel) cut with the site's channels."""
-        return ((self.producer.weight, weight_axes(self.producer)[0], unit),
-                *((name, axis, unit) for name, axis in self.sliced))
+    def cuts(self, unit: int) -> tuple[tuple[str, int, int, int], ...]:
+        """(constant, axis, entries per channel, first entry) cut with the site's channels."""
+        off = self.offset
+        return ((self.producer.weight, weight_axes(self.producer)[0], unit, off),
+                *((name, axis, unit, off) for name, axis in self.halved),
+                *((name, axis, unit, 0) for name, axis in self.sliced))
 
 
 def partner(g: _Graph, L: Layer, label: str, mul: onnx.NodeProto, other: str, C: int,
@@ -84,13 +96,132 @@ def _producers(g: _Graph, t: str, by_node: dict[str, Layer]) -> list[str]:
     return found
 
 
-def _branch(g: _Graph, node: onnx.NodeProto, C: int, axis: int, target: str
-            ) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]] | None:
-    """(labels, sliced constants) of the per-channel nodes from producer `node`'s output to
-    `target`; None where the walk leaves that chain."""
-    sliced = [_cut(g, node.input[2], C, -1, node)] if len(node.input) > 2 and \
-        node.input[2] else []
-    t, path = node.output[0], []
+def fused(g: _Graph, L: Layer, t: str, C: int, axis: int, sliced: list
+          ) -> tuple[Gate, str, list[str], list] | None:
+    """Producer L's output `t` (C channels) chunked in two halves that meet in a Mul, as
+    Phi-3's gate-up projection and torch.nn.GLU export: (the Gate: L's second half, its
+    constants `sliced` so far halved; the Mul's output; the labels on the way; the first
+    half's constants), or None where `t` is not read that way."""
+    split = halves(g, t, axis, C)
+    if split is None:
+        return None
+    labels, first, second = split
+    b = _to_mul(g, second, C // 2, axis)
+    if b is None:
+        return None
+    b_path, b_sliced, mul_label, mul, other = b
+    a = _chain(g, first, C // 2, axis, other)
+    if a is None:
+        return None
+    node = g.nodes[L.uses[0].node]
+    gate = Gate(L, (*labels, *a[0], *b_path), tuple(b_sliced),
+                L.matrix_shape[2] * reads(g, node, L), C // 2, tuple(sliced))
+    return gate, mul.output[0], [*labels, *a[0], *b_path, mul_label], list(a[1])
+
+
+def halves(g: _Graph, t: str, axis: int, C: int) -> tuple[list[str], str, str] | None:
+    """(the splitting nodes' labels, first half, second half) where `t`'s C channels (on
+    `axis`) are read only as [0, C/2) and [C/2, C): by one Split into two equal outputs,
+    or by two Slices whose bounds follow C (torch's chunk computes them from t's Shape;
+    evaluated at C and C - 2) besides Shape nodes that feed only those bounds."""
+    dims = g.dims(t)
+    if C % 2 or t in g.outputs or not dims or dims[axis] not in (C, None):
+        return None
+    rank, users = len(dims), g.users.get(t, [])
+    ax = axis % rank
+    if len(users) == 1 and users[0][1].op_type == "Split":
+        label, n = users[0]
+        equal = len(n.input) < 2 or not n.input[1]
+        if equal and len(n.output) == 2 and _attr(n, "axis", 0) % rank == ax and \
+                _attr(n, "num_outputs", 2) == 2 and not _attr(n, "split", ()):
+            return [label], n.output[0], n.output[1]
+        return None
+    cuts = [(lb, n) for lb, n in users if n.op_type == "Slice" and n.input[0] == t]
+    shapes = [(lb, n) for lb, n in users if n.op_type == "Shape"]
+    if len(cuts) != 2 or len(cuts) + len(shapes) != len(users) or \
+            not _bounds_only(g, [n for _, n in shapes], [n for _, n in cuts]):
+        return None
+    spans = []
+    for delta in (0, -2):
+        for _, n in cuts:
+            v = [_evaluate(g, _at(n, i), ax, delta, 7) if _at(n, i) else None
+                 for i in (1, 2, 3, 4)]
+            if any(isinstance(x, str) for x in v) or any(x is not None and x.size != 1
+                                                         for x in v):
+                return None
+            start, end, axes, step = (None if x is None else int(x[0]) for x in v)
+            n_c = C + delta
+            if start is None or end is None or (axes or 0) % rank != ax or (step or 1) != 1:
+                return None
+            spans.append((start % n_c if start < 0 else start, min(end, n_c)))
+    F = [C // 2, C // 2 - 1]
+    if spans != [(0, F[0]), (F[0], C), (0, F[1]), (F[1], C - 2)] and \
+            spans != [(F[0], C), (0, F[0]), (F[1], C - 2), (0, F[1])]:
+        return None
+    order = [0, 1] if spans[0][0] == 0 else [1, 0]
+    return [lb for lb, _ in cuts], cuts[order[0]][1].output[0], cuts[order[1]][1].output[0]
+
+
+def _at(n: onnx.NodeProto, i: int) -> str:
+    return n.input[i] if len(n.input) > i else ""
+
+
+def _bounds_only(g: _Graph, shapes: list, cuts: list) -> bool:
+    """Whether every node downstream of the Shape nodes computes the Slices' bounds only."""
+    todo, seen = [o for n in shapes for o in n.output], set()
+    while todo:
+        x = todo.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        if x in g.outputs:
+            return False
+        for _, n in g.users.get(x, []):
+            if any(n is c for c in cuts):
+                if n.input[0] == x:
+                    return False
+                continue
+            todo += list(n.output)
+    return True
+
+
+def _to_mul(g: _Graph, t: str, C: int, axis: int):
+    """(labels, constants, the Mul's label, the Mul, its other operand) of the per-channel
+    nodes from `t` to the first Mul of two activations; None where the walk leaves them."""
+    path, sliced = [], []
+    while True:
+        gate = region(g, t, UNARY)
+        if gate is not None:
+            path += gate[0]
+            t = gate[1]
+            continue
+        label, n = _only_user(g, t, axis)
+        rest = [x for x in n.input if x != t]
+        if n.op_type == "Mul" and len(rest) == 1 and rest[0] not in g.inits:
+            return path, sliced, label, n, rest[0]
+        if not _step(g, t, n, label, C, axis, rest, sliced):
+            return None
+        path.append(label)
+        t = n.output[0]
+
+
+def _step(g: _Graph, t: str, n: onnx.NodeProto, label: str, C: int, axis: int,
+          rest: list[str], sliced: list) -> bool:
+    """Whether `n` (reading `t`) passes the channels one to one; its constants to `sliced`."""
+    if n.op_type in UNARY or n.op_type == "Clip":
+        _constant_inputs(g, n, label, first=1)
+    elif n.op_type in BINARY and len(rest) == 1 and rest[0] in g.inits:
+        sliced += [x for x in [_cut(g, rest[0], C, axis, n, optional=True)] if x]
+    else:
+        return False
+    return True
+
+
+def _chain(g: _Graph, t: str, C: int, axis: int, target: str
+           ) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]] | None:
+    """(labels, sliced constants) of the per-channel nodes from `t` to `target`, which
+    only the Mul reads; None where the walk leaves that chain."""
+    path, sliced = [], []
     while t != target:
         gate = region(g, t, UNARY)
         if gate is not None:
@@ -98,17 +229,20 @@ def _branch(g: _Graph, node: onnx.NodeProto, C: int, axis: int, target: str
             t = gate[1]
             continue
         label, n = _only_user(g, t, axis)
-        if n.op_type in UNARY or n.op_type == "Clip":
-            _constant_inputs(g, n, label, first=1)
-        elif n.op_type in BINARY:
-            rest = [x for x in n.input if x != t]
-            if len(rest) != 1 or rest[0] not in g.inits:
-                return None
-            sliced += [x for x in [_cut(g, rest[0], C, axis, n, optional=True)] if x]
-        else:
+        if not _step(g, t, n, label, C, axis, [x for x in n.input if x != t], sliced):
             return None
         path.append(label)
         t = n.output[0]
     _only_user(g, t, axis)  # the Mul alone reads it (its readers' count was checked)
     return tuple(path), tuple(sliced)
+
+
+def _branch(g: _Graph, node: onnx.NodeProto, C: int, axis: int, target: str
+            ) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]] | None:
+    """(labels, sliced constants) of the per-channel nodes from producer `node`'s output to
+    `target`; None where the walk leaves that chain."""
+    bias = [_cut(g, node.input[2], C, -1, node)] if len(node.input) > 2 and \
+        node.input[2] else []
+    chain = _chain(g, node.output[0], C, axis, target)
+    return None if chain is None else (chain[0], (*bias, *chain[1]))
 

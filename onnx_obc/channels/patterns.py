@@ -113,6 +113,12 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     path, grouped, shapes, paired = [], [], [], None
     t, prev = node.output[0], node.op_type
     while True:
+        from .gated import fused  # one producer chunked in two halves that meet in a Mul
+
+        if paired is None and (f := fused(g, L, t, C, axis, sliced)) is not None:
+            paired, t, prev, C = f[0], f[1], "Mul", C // 2
+            path, sliced, macs = path + f[2], sliced + f[3], macs + paired.macs
+            continue
         gate = region(g, t, UNARY)
         if gate is not None:  # SiLU, GELU, HardSwish as several elementwise nodes
             path += gate[0]

@@ -273,9 +273,11 @@ def _norm_removed(site: Site, weights: dict, k: int) -> np.ndarray:
     head's dh rows of the V projection together; of a fused QKV projection's V block; of
     a gated unit's two producers together)."""
     rows = weight_matrix(weights, site.producer)[0]  # [blocks * C * unit, d]
-    blocks = site.split.blocks if site.split is not None else 1
-    rows = rows.reshape(blocks, site.channels, -1)[-1]
-    if site.gate is not None:  # [C, d + d_gate]
+    fused = site.gate is not None and site.gate.offset  # its two halves: [C, 2 d]
+    blocks = 2 if fused else site.split.blocks if site.split is not None else 1
+    parts = rows.reshape(blocks, site.channels, -1)
+    rows = np.hstack(list(parts)) if fused else parts[-1]
+    if site.gate is not None and not fused:  # [C, d + d_gate]
         rows = np.hstack([rows, weight_matrix(weights, site.gate.producer)[0]])
     return np.sort(norm_order(rows)[:k])
 

@@ -31,7 +31,7 @@ def site_subgraph(proto: onnx.ModelProto, site: Any) -> tuple[onnx.ModelProto, l
         for t in n.input:
             users.setdefault(t, []).append(i)
     cut = {name for name, _ in site.sliced} | {site.producer.weight}
-    cut |= {name for name, _, _ in tied_cuts(site)}
+    cut |= {x[0] for x in tied_cuts(site)}
     forced = [lab for lab in site.grouped] + [x[0] for x in (site.split.shapes
                                                              if site.split else ())]
     sources = {at[u.node] for u in site.producer.uses} | {at[lab] for lab in forced} | {

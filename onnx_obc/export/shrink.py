@@ -40,10 +40,11 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
     tensors = graph.tensors()
     labels = {node_label(n, i): i for i, n in enumerate(model.graph.node)}
     values: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (weights or {}).items()}
+    cuts: dict[str, dict[int, list[np.ndarray]]] = {}  # name -> axis -> entries kept, in
+    # pieces (a fused gate-up projection keeps two blocks of its rows)
 
     def cut(name: str, axis: int, kept: np.ndarray) -> None:
-        arr = values[name] if name in values else read_constant(tensors[name])
-        values[name] = np.take(arr, kept, axis=axis)
+        cuts.setdefault(name, {}).setdefault(axis, []).append(kept)
 
     for site, kept in zip(sites, keep):
         kept = np.asarray(kept, dtype=np.int64)
@@ -60,14 +61,19 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             cut(name, axis, produced)
         for label in site.grouped:
             graph.nodes[labels[label]].attrs["group"] = len(kept)
-        for name, axis, per in tied_cuts(site):  # query / key projections, a gate
-            cut(name, axis, _expand(kept, per))
+        for name, axis, per, first in tied_cuts(site):  # query / key projections, a gate
+            cut(name, axis, first + _expand(kept, per))
         for label, j, vals, index, per in (*site.shapes, *(site.split.shapes if site.split
                                                            else ())):  # shape entries
             node = graph.nodes[labels[label]]
             shape = np.array(vals, dtype=np.int64)
             shape[index] = len(kept) * per
             node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
+    for name, by_axis in cuts.items():
+        arr = values[name] if name in values else read_constant(tensors[name])
+        for axis, pieces in by_axis.items():
+            arr = np.take(arr, np.concatenate(pieces), axis=axis)
+        values[name] = arr
     for name, arr in values.items():
         write_constant(tensors[name], arr)
     outer = {t.name for t in [*graph.inputs, *graph.outputs]}
@@ -78,11 +84,12 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
     return checked(out)
 
 
-def tied_cuts(site: Any) -> tuple[tuple[str, int, int], ...]:
-    """Every (constant, axis, entries per channel) cut with `site`'s channels besides its
-    producer's weight and `sliced`: a head site's query / key projections, a gated unit's
-    other producer and its constants (channels/gated.py)."""
-    heads = site.split.tied if site.split is not None else ()
+def tied_cuts(site: Any) -> tuple[tuple[str, int, int, int], ...]:
+    """Every (constant, axis, entries per channel, first entry) cut with `site`'s channels
+    besides its producer's weight and `sliced`: a head site's query / key projections, a
+    gated unit's other producer (or a fused one's second half) and its constants
+    (channels/gated.py)."""
+    heads = tuple((*x, 0) for x in site.split.tied) if site.split is not None else ()
     return (*heads, *(site.gate.cuts(site.unit) if site.gate is not None else ()))
 
 

@@ -24,7 +24,8 @@ def gated_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0, act: str 
               bias: bool = False, up_first: bool = False, scale: bool = False):
     """[N, T, d] -> gate MatMul (+ bias) -> act -> Mul <- up MatMul (+ bias) -> down MatMul.
     act: silu (Sigmoid + Mul), tanh, none (a bilinear GLU); `up_first`: the up projection
-    comes first in the graph (it owns the site then); `scale`: a per-channel constant Mul on the up branch (sliced with it)."""
+    comes first in the graph (it owns the site then); `scale`: a per-channel constant Mul on
+    the up branch (sliced with it)."""
     rng = np.random.default_rng(seed)
     inits = [b.weight("gate.w", (d, hidden), seed), b.weight("up.w", (d, hidden), seed + 1),
              b.weight("down.w", (hidden, d), seed + 2)]
@@ -98,3 +99,66 @@ def not_gated(kind: str, d: int = 8, t: int = 4, seed: int = 0):
     nodes += [n("Mul", ["p", other], ["h"], name="mul"),
               n("MatMul", ["h", "c.w"], ["y"], name="cons")]
     return b.make(nodes, [b.vi("x", ["N", t, d])], outs, inits)
+
+
+def fused_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0, how: str = "split",
+              bias: bool = True):
+    """The gate and up projections of gated_mlp(bias=...) as one MatMul [d, 2 hidden] (+ a
+    bias Add [2 hidden]) chunked in two, as Phi-3 exports: how `split` (Split into two
+    equal outputs), `slices` (two Slices whose bounds torch's chunk computes from Shape:
+    half = size / 2), `constant` (two Slices with constant bounds: refused), `uneven` (a
+    Split with sizes [h + 1, h - 1]: refused). Same weights as gated_mlp(bias=bias, seed)."""
+    base = gated_mlp(d, hidden, t, seed, bias=bias)
+    w = {i.name: numpy_helper.to_array(i) for i in base.graph.initializer}
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.hstack([w["gate.w"], w["up.w"]]), "gu.w"),
+             numpy_helper.from_array(w["down.w"], "down.w")]
+    nodes = [n("MatMul", ["x", "gu.w"], ["h0"], name="gu")]
+    h = "h0"
+    if bias:
+        inits.append(numpy_helper.from_array(np.concatenate([w["gate.b"], w["up.b"]]), "gu.b"))
+        nodes.append(n("Add", ["h0", "gu.b"], ["h1"], name="gu.add"))
+        h = "h1"
+    ints = lambda k, v: numpy_helper.from_array(np.array(v, dtype=np.int64), k)  # noqa: E731
+    if how in ("split", "uneven"):
+        extra = [] if how == "split" else ["sizes"]
+        if how == "uneven":
+            inits.append(ints("sizes", [hidden + 1, hidden - 1]))
+        nodes.append(n("Split", [h, *extra], ["g", "u"], name="chunk", axis=-1))
+    elif how == "slices":
+        inits += [ints("last", -1), ints("two", 2), ints("zero", [0]), ints("ax", [-1]),
+                  ints("big", [2 ** 62]), ints("at0", [0])]
+        nodes += [n("Shape", [h], ["s"], name="shape"),
+                  n("Gather", ["s", "last"], ["c"], name="size", axis=0),
+                  n("Div", ["c", "two"], ["half0"], name="half"),
+                  n("Unsqueeze", ["half0", "at0"], ["half1"], name="half.u"),
+                  n("Slice", [h, "zero", "half1", "ax"], ["g"], name="first"),
+                  n("Slice", [h, "half1", "big", "ax"], ["u"], name="second")]
+    else:  # constant bounds
+        inits += [ints("zero", [0]), ints("hid", [hidden]), ints("end", [2 * hidden]),
+                  ints("ax", [-1])]
+        nodes += [n("Slice", [h, "zero", "hid", "ax"], ["g"], name="first"),
+                  n("Slice", [h, "hid", "end", "ax"], ["u"], name="second")]
+    nodes += _silu("g", "act") + [n("Mul", ["act.o", "u"], ["m"], name="glu"),
+                                  n("MatMul", ["m", "down.w"], ["y"], name="down")]
+    return b.make(nodes, [b.vi("x", ["N", t, d])], [b.vi("y", ["N", t, d])], inits)
+
+
+def glu_conv(c_in: int = 4, mid: int = 8, c_out: int = 5, seed: int = 0):
+    """A Conformer convolution module: Conv 1x1 to 2 mid channels -> GLU on the channel axis
+    (Split, Sigmoid of the second half, Mul) -> depthwise Conv 3x3 (bias) -> Relu -> Conv."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    inits = [b.weight("pw1.w", (2 * mid, c_in, 1, 1), seed),
+             _c("pw1.b", rng.standard_normal(2 * mid)),
+             b.weight("dw.w", (mid, 1, 3, 3), seed + 1), _c("dw.b", rng.standard_normal(mid)),
+             b.weight("pw2.w", (c_out, mid, 1, 1), seed + 2)]
+    nodes = [n("Conv", ["x", "pw1.w", "pw1.b"], ["p"], name="pw1"),
+             n("Split", ["p"], ["a", "g"], name="glu.split", axis=1),
+             n("Sigmoid", ["g"], ["s"], name="glu.sig"),
+             n("Mul", ["a", "s"], ["m"], name="glu"),
+             n("Conv", ["m", "dw.w", "dw.b"], ["d"], name="dw", group=mid, pads=[1, 1, 1, 1]),
+             n("Relu", ["d"], ["r"], name="act"),
+             n("Conv", ["r", "pw2.w"], ["y"], name="pw2")]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])],
+                  inits)

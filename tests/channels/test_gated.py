@@ -149,3 +149,65 @@ def test_sequential_and_convert_cut_the_gated_unit(tmp_path):
         (row,) = rep.report.channels["rows"]
         assert row["removed"] == 48 - kept and row["producer"] == "gate"
         assert "up" not in {x["producer"] for x in rep.report.channels["refused"]}
+
+
+FUSED = {"split": lambda: glu.fused_mlp(how="split"),
+         "slices": lambda: glu.fused_mlp(how="slices"),
+         "slices_no_bias": lambda: glu.fused_mlp(how="slices", bias=False),
+         "glu_conv": glu.glu_conv}
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_a_fused_gate_up_projection_loses_both_halves_rows(name):
+    """One producer chunked in two (Phi-3's gate_up_proj, torch.nn.GLU): channel j takes rows
+    j and F + j (and the bias entries), the constants after the chunk their entry j; the cut
+    equals the OBS oracle and its FLOPs are exact."""
+    model = FUSED[name]()
+    layers = find_layers(model)[0]
+    (s,), _ = find_sites(model, layers)
+    F = s.channels
+    assert s.gate.producer is s.producer and s.gate.offset == F
+    res, layers, data = _run(model)
+    (row,) = res.rows
+    kept = F - row.removed
+    ref, _, (dW, H) = _oracle(model, layers, data, row.removed_ids)
+    feed = b.feeds(model, 8, seed=7)
+    np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0],
+                               rtol=1e-4, atol=1e-4)
+    assert row.loss == pytest.approx(np.trace(dW @ H @ dW.T), rel=1e-4)
+    w, src = b.weights_of(res.model), b.weights_of(model)
+    out_axis = graphs.axes(s.producer)[0]
+    assert w[s.producer.weight].shape[out_axis] == 2 * kept
+    keep = np.setdiff1d(np.arange(F), row.removed_ids)
+    np.testing.assert_array_equal(  # the rows kept: j and F + j, in that order
+        w[s.producer.weight], np.take(src[s.producer.weight], np.r_[keep, F + keep], out_axis))
+    for name_, axis in s.gate.halved:
+        assert w[name_].shape[axis] == 2 * kept
+    for name_, axis in s.sliced:
+        assert w[name_].shape[axis] == (2 * kept if (name_, axis) in s.gate.halved else kept)
+    onnx.checker.check_model(res.model, full_check=True)
+    onnx.shape_inference.infer_shapes(res.model, check_type=True, strict_mode=True)
+    cut = shrink(model, [s], [np.arange(3, F)])
+    assert layer_macs(model, layers) - layer_macs(cut, find_layers(cut)[0]) == \
+        saved_macs([s], [3])
+
+
+@pytest.mark.parametrize("how", ["split", "slices"])
+def test_the_fused_projection_cuts_as_the_two_projections_do(how):
+    """The same weights as two MatMuls (gated_mlp) and as one chunked in two: the same
+    consumer Hessian, so the same channels removed and the same outputs."""
+    two, one = _run(glu.gated_mlp(bias=True)), _run(glu.fused_mlp(how=how))
+    assert two[0].rows[0].removed_ids == one[0].rows[0].removed_ids
+    feed = b.feeds(glu.gated_mlp(bias=True), 8, seed=5)
+    for a, c in ((one[0].model, two[0].model), (one[0].baseline, two[0].baseline)):
+        np.testing.assert_allclose(b.run(a, feed)[0], b.run(c, feed)[0], rtol=1e-4, atol=1e-5)
+    assert one[0].rows[0].norm_loss == pytest.approx(two[0].rows[0].norm_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("how, words", [("constant", "feeds 2 nodes"),
+                                        ("uneven", "Split 'chunk'")])
+def test_chunks_that_do_not_follow_the_cut_keep_the_channels(how, words):
+    """Slices with constant bounds (they would not follow the cut) or a Split into unequal
+    parts are no fused gate-up projection."""
+    sites, refused = _find(glu.fused_mlp(how=how))
+    assert not sites and words in {r.producer: r.reason for r in refused}["gu"]
