@@ -41,13 +41,18 @@ class Gate:
     offset: int = 0  # a fused gate-up projection (the site's producer, chunked in two): the
     # second half's rows start here
     halved: tuple[tuple[str, int], ...] = ()  # its constants before the chunk (2C entries)
+    squeeze: Layer | None = None  # a squeeze-excite block's squeeze layer: it loses the
+    # pooled channels' columns, updated by OBS on its own Hessian (excite.py)
+    squeeze_cell: float = 0.0  # its MACs per (row, column) pair
 
     def cuts(self, unit: int) -> tuple[tuple[str, int, int, int], ...]:
         """(constant, axis, entries per channel, first entry) cut with the site's channels."""
         off = self.offset
         return ((self.producer.weight, weight_axes(self.producer)[0], unit, off),
                 *((name, axis, unit, off) for name, axis in self.halved),
-                *((name, axis, unit, 0) for name, axis in self.sliced))
+                *((name, axis, unit, 0) for name, axis in self.sliced),
+                *(((self.squeeze.weight, weight_axes(self.squeeze)[1], unit, 0),)
+                  if self.squeeze else ()))
 
 
 def partner(g: _Graph, L: Layer, label: str, mul: onnx.NodeProto, other: str, C: int,

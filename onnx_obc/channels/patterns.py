@@ -8,7 +8,8 @@ Per-channel nodes: unary activations, ones exported as several elementwise nodes
 the attention mix A @ V (value channels), Clip, Add/Sub/Mul/Div/PRelu with a constant (sliced
 when it has the channel axis), BatchNormalization, depthwise Conv (its weight rows, bias and
 `group` cut too), pooling, a Pad of no channel (padding.py), the Mul of a gated unit (its other
-producer cut too: gated.py). Whole attention heads are sites too (heads.py). A producer whose
+producer cut too: gated.py), a squeeze-excite block (its excite rows, squeeze columns:
+excite.py). Whole attention heads are sites too (heads.py). A producer whose
 channels also reach a residual Add, a Concat, a node that moves the channel axis, a graph
 output or more than one node stays, with one reason (`Refusal`). Weights and per-channel
 constants may be initializers or Constant outputs (constants.py).
@@ -113,11 +114,16 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     path, grouped, shapes, paired = [], [], [], None
     t, prev = node.output[0], node.op_type
     while True:
+        from .excite import excite
         from .gated import fused  # one producer chunked in two halves that meet in a Mul
 
         if paired is None and (f := fused(g, L, t, C, axis, sliced)) is not None:
             paired, t, prev, C = f[0], f[1], "Mul", C // 2
             path, sliced, macs = path + f[2], sliced + f[3], macs + paired.macs
+            continue
+        if conv and paired is None and (se := excite(g, t, C, axis, by_node)) is not None:
+            paired, t, prev = se[0], se[1], "Mul"  # a squeeze-excite block (excite.py)
+            path, macs = path + se[2], macs + paired.macs
             continue
         gate = region(g, t, UNARY)
         if gate is not None:  # SiLU, GELU, HardSwish as several elementwise nodes
@@ -190,8 +196,11 @@ def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.No
     if len(users) == 1:
         return users[0]
     for label, n in users:
-        if n.op_type in ("Add", "Sum", "Sub", "Mul") and not any(x in g.inits for x in n.input):
+        if n.op_type in ("Add", "Sum", "Sub") and not any(x in g.inits for x in n.input):
             raise _Refused(f"its channels also reach the residual {n.op_type} {label!r}")
+        if n.op_type == "Mul" and not any(x in g.inits for x in n.input):
+            raise _Refused(f"its channels also reach Mul {label!r} of two activations (a "
+                           "gate whose other reader is no squeeze-excite block's pool)")
     for label, n in users:
         if n.op_type in ("Concat", "Shape"):
             raise _Refused(f"its channels also reach Concat {label!r}" if n.op_type == "Concat"

@@ -25,6 +25,7 @@ from ..collect import collect
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
+from .excite import hessian_layers, squeeze_update
 from .patterns import find_sites, layer_macs
 from .probe import probe_sizes
 from .stage import (
@@ -74,8 +75,8 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         if len(sites) != len(names):  # a cut never removes a site's pattern
             raise RuntimeError(f"internal error: sites {sorted(names)} not found again after "
                                "the earlier groups' cut")
-        consumers = [s.consumer for s in sites]
-        hessians, _ = collect(current, consumers, data, batch, backend, memory_mb, progress,
+        hessians, _ = collect(current, hessian_layers(sites), data, batch, backend,
+                              memory_mb, progress,
                               dense=proto if fit_dense and current is not proto else None,
                               runtime=runtime, subsample=subsample, token_mask=token_mask)
         weights = constant_weights(current.graph)
@@ -86,6 +87,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
             removed = s.trace.order[:k]
             W = obs_update(backend.to_device(s.W), s.Hinv, site.width, removed)
             updated[site.consumer.weight] = site.consumer.from_matrix(backend.to_host(W)[None])
+            updated.update(squeeze_update(site, removed, weights, hessians, backend, damp))
             keep.append(np.setdiff1d(np.arange(site.channels), removed))
             rows[site.producer.weight] = (s, removed)
         current = shrink(current, sites, keep, updated)

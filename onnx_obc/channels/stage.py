@@ -21,10 +21,13 @@ from ..collect import collect
 from ..errors import ConfigError
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights, weight_matrix
-from ..solvers.channels import ChannelTrace, channel_trace, norm_order, obs_update, output_energy
+from ..solvers.channels import ChannelTrace, channel_trace, obs_update, output_energy
 from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
 from .allocate import reachable, site_align
+from .baseline import norm_removed as _norm_removed
+from .baseline import zeroed_loss as _zeroed_loss
+from .excite import hessian_layers, squeeze_update
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
 from .sensitivity import OBJECTIVES, scaled_trace, site_factors
@@ -124,9 +127,9 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
         reachable(sites, refused, dense, fraction, align)
     hessians: dict = {}
     if sites:
-        consumers = list({s.consumer.weight: s.consumer for s in sites}.values())
-        hessians, _ = collect(proto, consumers, data, batch, backend, memory_mb, progress,
-                              runtime=runtime, subsample=subsample, token_mask=token_mask)
+        hessians, _ = collect(proto, hessian_layers(sites), data, batch, backend, memory_mb,
+                              progress, runtime=runtime, subsample=subsample,
+                              token_mask=token_mask)
     weights = constant_weights(proto.graph)
     steps = [min(s.channels - 1, int(np.ceil(s.channels * min(1.0, 2 * fraction + 0.25))))
              for s in sites]
@@ -178,6 +181,8 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
         removed = s.trace.order[:k]
         W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, removed)
         updated[s.site.consumer.weight] = s.site.consumer.from_matrix(backend.to_host(W)[None])
+        updated.update(squeeze_update(s.site, removed, plan.weights, plan.hessians, backend,
+                                      plan.damp))  # a squeeze-excite block's squeeze layer
         base = _norm_removed(s.site, plan.weights, k)
         keep.append(np.setdiff1d(np.arange(s.site.channels), removed))
         keep_norm.append(np.setdiff1d(np.arange(s.site.channels), base))
@@ -266,30 +271,6 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
     trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps)
     return _Solved(site, backend.to_host(prep.W[0]), prep.H[0], prep.Hinv[0], trace,
                    output_energy(prep.W[0], prep.H[0]))
-
-
-def _norm_removed(site: Site, weights: dict, k: int) -> np.ndarray:
-    """The baseline's k channels: smallest L2 norm of the producer's output rows (of a
-    head's dh rows of the V projection together; of a fused QKV projection's V block; of
-    a gated unit's two producers together)."""
-    rows = weight_matrix(weights, site.producer)[0]  # [blocks * C * unit, d]
-    fused = site.gate is not None and site.gate.offset  # its two halves: [C, 2 d]
-    blocks = 2 if fused else site.split.blocks if site.split is not None else 1
-    parts = rows.reshape(blocks, site.channels, -1)
-    rows = np.hstack(list(parts)) if fused else parts[-1]
-    if site.gate is not None and not fused:  # [C, d + d_gate]
-        rows = np.hstack([rows, weight_matrix(weights, site.gate.producer)[0]])
-    return np.sort(norm_order(rows)[:k])
-
-
-def _zeroed_loss(s: _Solved, removed: np.ndarray, backend: Backend) -> float:
-    """tr(dW H dW^T) with dW = -W on the removed channels' columns (no update)."""
-    w = s.site.width
-    cols = (removed[:, None] * w + np.arange(w)[None, :]).reshape(-1)
-    dW = np.zeros_like(s.W, dtype=np.float64)
-    dW[:, cols] = -s.W[:, cols]
-    dWd = backend.to_device(dW)
-    return float(((dWd @ s.H) * dWd).sum())
 
 
 def _relabel(layers: list[Layer], model: onnx.ModelProto) -> list[Layer]:

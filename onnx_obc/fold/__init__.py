@@ -3,8 +3,9 @@ compressed model runs, done before the layers are selected, so the solvers see (
 the weights the deployed model multiplies by.
 
 - after a layer: Conv / Gemm / MatMul -> any chain of BatchNormalization (Conv, Gemm) and
-  Mul / Add / Sub / Div by a constant acting per output channel, each intermediate read only by
-  the next, becomes the layer's weight and bias (MatMul, which has no bias: scales only);
+  Mul / Add / Sub / Div by a constant acting per output channel (also a constant Reshaped to
+  a constant shape, paddle2onnx's bias Add), each intermediate read only by the next,
+  becomes the layer's weight and bias (MatMul, which has no bias: scales only);
 - before Conv layers: a chain of Mul / Add / Sub / Div by a per-input-channel constant whose
   result only Convs read: the scale goes into their weights; the shift into their biases when
   they pad nothing, else it stays as one Add (of shift / scale) in front of them;

@@ -12,10 +12,23 @@ from ..export.shrink import read_constant, write_constant
 AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
 
-def const(t: gs.Tensor, fixed: set[str]) -> np.ndarray | None:
-    """A float constant's value (initializer or Constant node), else None."""
+def const(t: gs.Tensor, fixed: set[str], reshaped: bool = False) -> np.ndarray | None:
+    """A float constant's value (initializer or Constant node), else None; `reshaped`: also
+    a Reshape of one to a constant shape (paddle2onnx writes a Conv's bias Add so, its
+    [C] bias Reshape to [1, C, 1, 1]), for values that are read, not rewritten."""
     if t.name in fixed:
         return None
+    if reshaped and len(t.inputs) == 1 and t.inputs[0].op == "Reshape" and \
+            len(t.inputs[0].inputs) == 2:
+        node = t.inputs[0]
+        v, shape = const(node.inputs[0], fixed), _ints(node.inputs[1], fixed)
+        if v is None or shape is None or node.attrs.get("allowzero", 0) and 0 in shape:
+            return None
+        shape = [v.shape[i] if d == 0 else d for i, d in enumerate(shape)]  # 0: copied
+        try:
+            return v.reshape(shape)
+        except ValueError:
+            return None
     if isinstance(t, gs.Constant) or (len(t.inputs) == 1 and t.inputs[0].op == "Constant"):
         try:
             v = read_constant(t)
@@ -23,6 +36,18 @@ def const(t: gs.Tensor, fixed: set[str]) -> np.ndarray | None:
             return None
         return v if v.dtype == np.float32 else None
     return None
+
+
+def _ints(t: gs.Tensor, fixed: set[str]) -> list[int] | None:
+    """An int64 constant's entries (a Reshape's shape), else None."""
+    if t.name in fixed or not (isinstance(t, gs.Constant) or (
+            len(t.inputs) == 1 and t.inputs[0].op == "Constant")):
+        return None
+    try:
+        v = read_constant(t)
+    except Exception:  # noqa: BLE001 - another attribute kind: not a shape
+        return None
+    return [int(x) for x in v.reshape(-1)] if v.dtype == np.int64 else None
 
 
 def weight(node: gs.Node, fixed: set[str]) -> np.ndarray | None:
@@ -40,9 +65,9 @@ def operand(node: gs.Node, x: gs.Tensor, fixed: set[str]) -> np.ndarray | None:
     if node.op not in AFFINE_OPS or len(node.inputs) != 2 or len(node.outputs) != 1:
         return None
     if node.inputs[0] is x and node.inputs[1] is not x:
-        return const(node.inputs[1], fixed)
+        return const(node.inputs[1], fixed, reshaped=True)
     if node.inputs[1] is x and node.op in ("Mul", "Add"):
-        return const(node.inputs[0], fixed)
+        return const(node.inputs[0], fixed, reshaped=True)
     return None
 
 

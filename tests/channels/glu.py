@@ -162,3 +162,35 @@ def glu_conv(c_in: int = 4, mid: int = 8, c_out: int = 5, seed: int = 0):
              n("Conv", ["r", "pw2.w"], ["y"], name="pw2")]
     return b.make(nodes, [b.vi("x", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])],
                   inits)
+
+
+def squeeze_excite(c_in: int = 4, mid: int = 16, squeeze: int = 8, c_out: int = 5,
+                   seed: int = 0, pool: str = "global"):
+    """An inverted-residual block with squeeze-excite (MobileNetV3): Conv 1x1 (expand, bias)
+    -> Relu -> x; x -> GlobalAveragePool -> Conv 1x1 (squeeze, bias) -> Relu -> Conv 1x1
+    (excite, bias) -> HardSigmoid -> Mul(x, .) -> Conv 3x3 (project). `pool`: `global`,
+    `reducemean` (ReduceMean over H, W keeping them), `average` (a 2x2 AveragePool: no global
+    pool, so no squeeze-excite)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    inits = [b.weight("e.w", (mid, c_in, 1, 1), seed), _c("e.b", rng.standard_normal(mid)),
+             b.weight("s.w", (squeeze, mid, 1, 1), seed + 1),
+             _c("s.b", rng.standard_normal(squeeze)),
+             b.weight("x.w", (mid, squeeze, 1, 1), seed + 2), _c("x.b", rng.standard_normal(mid)),
+             b.weight("p.w", (c_out, mid, 3, 3), seed + 3)]
+    if pool == "global":
+        pooled = [n("GlobalAveragePool", ["x"], ["pl"], name="pool")]
+    elif pool == "reducemean":
+        pooled = [n("ReduceMean", ["x"], ["pl"], name="pool", axes=[2, 3], keepdims=1)]
+    else:
+        pooled = [n("AveragePool", ["x"], ["pl"], name="pool", kernel_shape=[6, 6])]
+    nodes = [n("Conv", ["in", "e.w", "e.b"], ["e"], name="expand"),
+             n("Relu", ["e"], ["x"], name="act"), *pooled,
+             n("Conv", ["pl", "s.w", "s.b"], ["sq"], name="squeeze"),
+             n("Relu", ["sq"], ["sr"], name="sq.act"),
+             n("Conv", ["sr", "x.w", "x.b"], ["ex"], name="excite"),
+             n("HardSigmoid", ["ex"], ["gate"], name="gate", alpha=1 / 6, beta=0.5),
+             n("Mul", ["x", "gate"], ["m"], name="scale"),
+             n("Conv", ["m", "p.w"], ["y"], name="project", pads=[1, 1, 1, 1])]
+    return b.make(nodes, [b.vi("in", ["N", c_in, 6, 6])], [b.vi("y", ["N", c_out, 6, 6])],
+                  inits)

@@ -84,7 +84,7 @@ def test_saved_macs_count_both_producers_exactly(name):
 def test_the_norm_baseline_reads_both_producers(monkeypatch):
     """A channel with a tiny up row but a large gate row is not the baseline's first pick
     when the gate's rows are counted: the L2 norm of the pair decides."""
-    from onnx_obc.channels.stage import _norm_removed
+    from onnx_obc.channels.baseline import norm_removed as _norm_removed
     from onnx_obc.layers import constant_weights
 
     model = glu.gated_mlp()

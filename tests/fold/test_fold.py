@@ -331,3 +331,37 @@ def test_batchnorm_and_scale_after_a_convtranspose_fold_into_its_axis_1(bias) ->
     grouped.graph.node[0].attribute.append(helper.make_attribute("group", 2))
     grouped.graph.initializer[0].CopyFrom(b.weight("W", (4, 3, 4, 4), 1))
     assert fold(grouped)[0] is grouped
+
+
+def _paddle_bias(weight_reshaped: bool = False) -> onnx.ModelProto:
+    """A Conv whose bias is an Add of its [C] vector Reshaped to [1, C, 1, 1], as
+    paddle2onnx writes a squeeze-excite conv's; `weight_reshaped`: the weight too comes from
+    a Reshape (never rewritten in place)."""
+    nodes = [helper.make_node("Reshape", ["bvec", "bshape"], ["b4"], name="bias.reshape"),
+             helper.make_node("Conv", ["x", "W4" if weight_reshaped else "W"], ["c"],
+                              name="conv"),
+             helper.make_node("Add", ["c", "b4"], ["y"], name="bias.add")]
+    inits = [b.weight("W", (6, 4, 1, 1), 0), _c("bvec", np.linspace(-1, 1, 6)),
+             numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64), "bshape")]
+    if weight_reshaped:
+        inits += [_c("Wflat", numpy_helper.to_array(inits[0]).reshape(6, 4)),
+                  numpy_helper.from_array(np.array([6, 4, 1, 1], np.int64), "wshape")]
+        nodes.insert(0, helper.make_node("Reshape", ["Wflat", "wshape"], ["W4"], name="w.r"))
+        inits.pop(0)
+    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 5, 5])], [b.vi("y", [b.BATCH, 6, 5, 5])],
+                  inits)
+
+
+def test_a_bias_add_of_a_reshaped_constant_folds_into_the_conv() -> None:
+    """paddle2onnx's Conv + Add(Reshape(b, [1, -1, 1, 1])): the Add becomes the Conv's bias
+    (before, it ran as its own node, and a squeeze-excite block behind it was no channel
+    site); a Conv whose weight is behind a Reshape is left as it is (a weight is rewritten in
+    place, so only constants are)."""
+    model = _paddle_bias()
+    out, done = fold(model)
+    _same(model, out, (2, 4, 5, 5))
+    assert dict(done.after) == {"Add": 1} and _ops(out) == Counter({"Conv": 1})
+    model = _paddle_bias(weight_reshaped=True)
+    out, done = fold(model)
+    _same(model, out, (2, 4, 5, 5))
+    assert not done.after and _ops(out)["Add"] == 1
