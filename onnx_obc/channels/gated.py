@@ -111,11 +111,11 @@ def fused(g: _Graph, L: Layer, t: str, C: int, axis: int, sliced: list
     if split is None:
         return None
     labels, first, second = split
-    b = _to_mul(g, second, C // 2, axis)
+    b = _walk(g, second, C // 2, axis)
     if b is None:
         return None
-    b_path, b_sliced, mul_label, mul, other = b
-    a = _chain(g, first, C // 2, axis, other)
+    b_path, b_sliced, (mul_label, mul, other) = b
+    a = _walk(g, first, C // 2, axis, other)
     if a is None:
         return None
     node = g.nodes[L.uses[0].node]
@@ -190,11 +190,12 @@ def _bounds_only(g: _Graph, shapes: list, cuts: list) -> bool:
     return True
 
 
-def _to_mul(g: _Graph, t: str, C: int, axis: int):
-    """(labels, constants, the Mul's label, the Mul, its other operand) of the per-channel
-    nodes from `t` to the first Mul of two activations; None where the walk leaves them."""
+def _walk(g: _Graph, t: str, C: int, axis: int, target: str | None = None):
+    """(labels, constants, end) of the per-channel nodes from `t`: to `target`, which only
+    the Mul reads (end None), or without one to the first Mul of two activations (end: its
+    label, the node, its other operand); None where the walk leaves such nodes."""
     path, sliced = [], []
-    while True:
+    while t != target:
         gate = region(g, t, UNARY)
         if gate is not None:
             path += gate[0]
@@ -202,12 +203,14 @@ def _to_mul(g: _Graph, t: str, C: int, axis: int):
             continue
         label, n = _only_user(g, t, axis)
         rest = [x for x in n.input if x != t]
-        if n.op_type == "Mul" and len(rest) == 1 and rest[0] not in g.inits:
-            return path, sliced, label, n, rest[0]
+        if target is None and n.op_type == "Mul" and len(rest) == 1 and rest[0] not in g.inits:
+            return path, sliced, (label, n, rest[0])
         if not _step(g, t, n, label, C, axis, rest, sliced):
             return None
         path.append(label)
         t = n.output[0]
+    _only_user(g, t, axis)  # the Mul alone reads it (its readers' count was checked)
+    return path, sliced, None
 
 
 def _step(g: _Graph, t: str, n: onnx.NodeProto, label: str, C: int, axis: int,
@@ -222,32 +225,12 @@ def _step(g: _Graph, t: str, n: onnx.NodeProto, label: str, C: int, axis: int,
     return True
 
 
-def _chain(g: _Graph, t: str, C: int, axis: int, target: str
-           ) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]] | None:
-    """(labels, sliced constants) of the per-channel nodes from `t` to `target`, which
-    only the Mul reads; None where the walk leaves that chain."""
-    path, sliced = [], []
-    while t != target:
-        gate = region(g, t, UNARY)
-        if gate is not None:
-            path += gate[0]
-            t = gate[1]
-            continue
-        label, n = _only_user(g, t, axis)
-        if not _step(g, t, n, label, C, axis, [x for x in n.input if x != t], sliced):
-            return None
-        path.append(label)
-        t = n.output[0]
-    _only_user(g, t, axis)  # the Mul alone reads it (its readers' count was checked)
-    return tuple(path), tuple(sliced)
-
-
 def _branch(g: _Graph, node: onnx.NodeProto, C: int, axis: int, target: str
             ) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]] | None:
     """(labels, sliced constants) of the per-channel nodes from producer `node`'s output to
     `target`; None where the walk leaves that chain."""
     bias = [_cut(g, node.input[2], C, -1, node)] if len(node.input) > 2 and \
         node.input[2] else []
-    chain = _chain(g, node.output[0], C, axis, target)
-    return None if chain is None else (chain[0], (*bias, *chain[1]))
+    chain = _walk(g, node.output[0], C, axis, target)
+    return None if chain is None else (tuple(chain[0]), (*bias, *chain[1]))
 
