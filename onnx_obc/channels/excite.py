@@ -5,9 +5,10 @@ Mul that scales them (MobileNetV3, EfficientNet, PP-LCNet, RegNetY):
 
 Channel j of the Mul's output is x_j times the gate's channel j, so removing it takes the
 excite layer's output row j (and its bias entry: the `Gate`) and the squeeze layer's input
-column j (`Gate.squeeze`) with the site's. The squeeze layer's other outputs lose the pooled
-x_j without an update (the site's OBS update is the consumer's, on the Mul's output), so
-the gates of the kept channels move a little: the cut is measured, not exact, there.
+column j (`Gate.squeeze`) with the site's. The squeeze layer's outputs lose the pooled x_j:
+its other columns take the group OBS update on its own Hessian (`squeeze_update`; the
+site's is the consumer's, on the Mul's output), so the kept channels' gates move as little
+as the data allows; the site's trace still prices the consumer's loss alone.
 """
 
 from __future__ import annotations
@@ -60,9 +61,8 @@ def excite(g: _Graph, t: str, C: int, axis: int, by_node: dict[str, Layer]
             return None
     except _Refused:
         return None
-    macs = ex.matrix_shape[2] * reads(g, node, ex) + squeeze.matrix_shape[1] * \
-        (squeeze.matrix_shape[2] // C) * reads(g, sq_node, squeeze)
-    cell = (squeeze.matrix_shape[2] // C) * reads(g, sq_node, squeeze)
+    cell = (squeeze.matrix_shape[2] // C) * reads(g, sq_node, squeeze)  # per (row, column)
+    macs = ex.matrix_shape[2] * reads(g, node, ex) + squeeze.matrix_shape[1] * cell
     out = Gate(ex, (p_label, *branch[0]), branch[1], macs, squeeze=squeeze, squeeze_cell=cell)
     return out, mul.output[0], [p_label, m_label]
 

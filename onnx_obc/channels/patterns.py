@@ -113,10 +113,10 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     macs = L.matrix_shape[2] * reads(g, node, L)
     path, grouped, shapes, paired = [], [], [], None
     t, prev = node.output[0], node.op_type
-    while True:
-        from .excite import excite
-        from .gated import fused  # one producer chunked in two halves that meet in a Mul
+    from .excite import excite  # (they import this module)
+    from .gated import fused, partner
 
+    while True:
         if paired is None and (f := fused(g, L, t, C, axis, sliced)) is not None:
             paired, t, prev, C = f[0], f[1], "Mul", C // 2
             path, sliced, macs = path + f[2], sliced + f[3], macs + paired.macs
@@ -152,9 +152,8 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         elif op in BINARY:
             other = [x for x in nxt.input if x != t]
             if op == "Mul" and paired is None and len(other) == 1 and other[0] not in g.inits:
-                from .gated import partner  # down(act(gate(x)) * up(x)): both producers go
-
-                paired = partner(g, L, label, nxt, other[0], C, axis, by_node)
+                paired = partner(  # down(act(gate(x)) * up(x)): both producers go
+                    g, L, label, nxt, other[0], C, axis, by_node)
                 macs += paired.macs
             elif len(other) != 1 or other[0] not in g.inits:
                 raise _Refused(residual_reason(nxt, label))
