@@ -73,8 +73,8 @@ _COMPUTED = {  # why a weight computed by such a node is no layer (Identity: the
     "Identity": "an Identity of {src!r} (a weight used twice, as PyTorch exports it: "
                 "compressed as one layer unless --no-fold)",
     "DequantizeLinear": "the dequantized codes {src!r}" + QUANTIZED,
-    "": "computed from constants by a {op} node at run time (the fold evaluates such "
-        "nodes where it can: --no-fold keeps them)"}
+    "": "computed from constants by a {op} node at run time (only constant weights are "
+        "compressed: fold such nodes into a constant first, e.g. with onnxsim)"}
 
 
 def outside(model: onnx.ModelProto, written: onnx.ModelProto, cfg: Any = None) -> list[Any]:

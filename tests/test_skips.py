@@ -58,7 +58,7 @@ def test_selection_reasons():
 
 
 def test_a_weight_computed_at_run_time_says_so():
-    """From constants (a Transpose of an initializer the fold would evaluate): said so; from
+    """From constants (a Transpose of an initializer): said so, with the way out; from
     the model's inputs (attention's scores and A @ V): a product of two activations, one
     reason text for all of them (the report makes them one line)."""
     from onnx_obc.skips import TWO_ACTIVATIONS
