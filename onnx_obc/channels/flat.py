@@ -8,7 +8,8 @@ Gemm's rows are its tokens.
   [Squeeze / Unsqueeze] -> that Concat's last piece, `own_width`): it follows the cut.
 - `own_width`: such a Shape reader does not stop a cut (channels/readers.py).
 - `row_positions`: tokens per sample of a 2-D Gemm / MatMul output whose input is such a
-  flattening of a [B, T.., C] tensor (flops.py counts its MACs per token, not per row).
+  flattening of a [B, T.., C] tensor, or row-wise ops on one (flops.py counts its MACs per
+  token, not per row).
 """
 
 from __future__ import annotations
@@ -84,13 +85,25 @@ def shape_feeds_own_width(g: Any, shape: onnx.NodeProto, t: str) -> bool:
         x = n.output[0]
 
 
+ROW_OPS = {"Gemm", "MatMul", "LayerNormalization", "SimplifiedLayerNormalization", "Add",
+           "Sub", "Mul", "Div", "Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "HardSwish",
+           "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Mish", "Identity", "Cast"}
+
+
 def row_positions(g: Any, tensor: str) -> int | None:
     """Tokens per sample behind the rows of the 2-D output `tensor` of a Gemm / MatMul whose
-    input is a Reshape of a [B, T.., C] tensor to [rows, C]; None otherwise."""
+    input is a Reshape of a [B, T.., C] tensor to [rows, C], directly or through row-wise
+    ops on the 2-D rows (OPT flattens the residual stream once per block: Reshape -> its
+    LayerNorm -> fc1 -> act -> fc2); None otherwise."""
     n = g.makers.get(tensor, ("", None))[1]
     if n is None or n.op_type not in ("Gemm", "MatMul"):
         return None
     r = g.makers.get(n.input[0], ("", None))[1]
+    for _ in range(8):  # back through row-wise 2-D ops to the flattening
+        if r is None or r.op_type == "Reshape" or r.op_type not in ROW_OPS or \
+                len(g.dims(r.output[0]) or []) != 2:
+            break
+        r = g.makers.get(r.input[0], ("", None))[1]
     if r is None or r.op_type != "Reshape":
         return None
     src, flat = g.dims(r.input[0]), g.dims(r.output[0])

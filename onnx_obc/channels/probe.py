@@ -3,7 +3,7 @@ compute their Reshape shapes at run time (Paddle: Shape -> Cast -> Concat) hide 
 spatial and token sizes of every later layer, and an unknown size counts 1. One inference
 on a small calibration batch fetches the layers' and attention MatMuls' inputs and outputs,
 the operands of an Add before a Softmax (an attention mask: heads.py) and the input of a
-Reshape into a layer (token rows flattened around a Gemm: flat.py), whose inferred
+Reshape into a layer or to 2-D rows (token rows flattened around a Gemm: flat.py), whose inferred
 shape has an unknown size past the batch axis (channels/flops.py reads only those sizes,
 never the batch), in a session of the run's Runtime (its providers and custom
 ops, as sensitivity.py's); when it cannot run, the reason becomes a run warning."""
@@ -39,8 +39,10 @@ def probe_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None,
     g = graph_of(model)
     masks = {id(n) for n in g.nodes.values() if n.op_type == "Add" and any(  # before a
         u.op_type == "Softmax" for _, u in g.users.get(n.output[0], []))}  # Softmax: a mask
-    flats = {id(n) for n in g.nodes.values() if n.op_type == "Reshape" and any(  # rows into
-        u.op_type in OPS for _, u in g.users.get(n.output[0], []))}  # a Gemm: flat.py's
+    flats = {id(n) for n in g.nodes.values() if n.op_type == "Reshape" and (any(  # rows into
+        u.op_type in OPS for _, u in g.users.get(n.output[0], [])) or (  # a Gemm (flat.py),
+        len(g.shapes.get(n.output[0]) or []) == 2  # or flattened to 2-D rows before
+        and len(g.shapes.get(n.input[0]) or []) > 2))}  # row-wise ops do (OPT's LayerNorm)
     names = list(dict.fromkeys(
         t for n in g.nodes.values() if n.op_type in OPS and n.domain in ("", "ai.onnx")
         or id(n) in masks or id(n) in flats

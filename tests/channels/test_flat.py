@@ -63,3 +63,30 @@ def test_a_width_read_for_anything_else_is_refused():
     sites, refused = _sites(model)
     assert not sites
     assert "read at run time by Shape" in {r.weight: r.reason for r in refused}["fc.w"]
+
+
+def test_rows_flattened_before_a_layernorm_count_each_token():
+    """OPT flattens its residual stream to [B·T, d] once per block, and the MLP's Gemms read
+    it through the LayerNorm (and fc2 through fc1 and the act): each Gemm's MACs count T
+    tokens a sample, not one row (before: one, so its MLP was 1/T of the FLOPs)."""
+    from onnx import helper, numpy_helper
+
+    n = helper.make_node
+    inits = [b.weight("fc1.w", (D, HIDDEN), 0), b.weight("fc2.w", (HIDDEN, D), 1),
+             numpy_helper.from_array(np.ones(D, np.float32), "ln.g"),
+             numpy_helper.from_array(np.zeros(D, np.float32), "ln.b"),
+             numpy_helper.from_array(np.array([-1, D], np.int64), "flat")]
+    nodes = [n("Shape", ["x"], ["xs"], name="xs"),
+             n("Reshape", ["x", "flat"], ["xf"], name="flatten"),
+             n("LayerNormalization", ["xf", "ln.g", "ln.b"], ["ln"], name="ln", axis=-1),
+             n("Gemm", ["ln", "fc1.w"], ["h"], name="fc1"),
+             n("Relu", ["h"], ["r"], name="act"),
+             n("Gemm", ["r", "fc2.w"], ["o"], name="fc2"),
+             n("Reshape", ["o", "xs"], ["y"], name="back")]
+    model = b.make(nodes, [b.vi("x", ["N", "T", D])], [b.vi("y", ["N", "T", D])], inits)
+    feed = {"x": np.random.default_rng(0).standard_normal((2, T, D)).astype(np.float32)}
+    sizes = probe_sizes(model, feed)[0]
+    layers = find_layers(model)[0]
+    assert layer_macs(model, layers, sizes=sizes) == 2 * D * HIDDEN * T
+    (s,), _ = find_sites(model, layers, sizes)
+    assert s.macs == (D + D) * T
