@@ -111,13 +111,14 @@ def fused(g: _Graph, L: Layer, t: str, C: int, axis: int, sliced: list
     if split is None:
         return None
     labels, first, second = split
-    b = _walk(g, second, C // 2, axis)
-    if b is None:
+    try:  # halves that do not meet in a Mul: the walk's own refusal names the split
+        b = _walk(g, second, C // 2, axis)
+        a = None if b is None else _walk(g, first, C // 2, axis, b[2][2])
+    except _Refused:
         return None
-    b_path, b_sliced, (mul_label, mul, other) = b
-    a = _walk(g, first, C // 2, axis, other)
     if a is None:
         return None
+    b_path, b_sliced, (mul_label, mul, other) = b
     node = g.nodes[L.uses[0].node]
     gate = Gate(L, (*labels, *a[0], *b_path), tuple(b_sliced),
                 L.matrix_shape[2] * reads(g, node, L), C // 2, tuple(sliced))

@@ -211,3 +211,20 @@ def test_chunks_that_do_not_follow_the_cut_keep_the_channels(how, words):
     parts are no fused gate-up projection."""
     sites, refused = _find(glu.fused_mlp(how=how))
     assert not sites and words in {r.producer: r.reason for r in refused}["gu"]
+
+
+def test_halves_read_by_two_layers_are_refused_at_the_split():
+    """A producer chunked in two whose halves feed two different layers (no Mul): refused
+    naming the Split, as before the fused pattern existed."""
+    from onnx import helper
+
+    n = helper.make_node
+    model = b.make([n("MatMul", ["x", "w"], ["h"], name="p"),
+                    n("Split", ["h"], ["a", "c"], name="chunk", axis=-1),
+                    n("MatMul", ["a", "w1"], ["y1"], name="c1"),
+                    n("MatMul", ["c", "w2"], ["y2"], name="c2")],
+                   [b.vi("x", ["N", 4, 8])], [b.vi("y1", ["N", 4, 8]), b.vi("y2", ["N", 4, 8])],
+                   [b.weight("w", (8, 16), 0), b.weight("w1", (8, 8), 1),
+                    b.weight("w2", (8, 8), 2)])
+    sites, refused = _find(model)
+    assert not sites and "Split 'chunk'" in {r.producer: r.reason for r in refused}["p"]
