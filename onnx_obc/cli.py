@@ -252,8 +252,9 @@ def compress(model: str, output: str, calib: str | None, eval_data: str | None,
 @click.option("--op-types", default=",".join(LAYER_OPS), callback=_ops)
 @click.option("--include", multiple=True, metavar="PATTERN")
 @click.option("--exclude", multiple=True, metavar="PATTERN")
+@click.option("--channels", "sites", is_flag=True, help="Also list the channel sites.")
 def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
-            exclude: tuple[str, ...]) -> None:
+            exclude: tuple[str, ...], sites: bool) -> None:
     """List the layers onnx-obc would compress, and why the others are left alone."""
     from .branches import describe
     from .layers import find_layers
@@ -262,10 +263,10 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
     from .skips import outside
     from .names import SKIP_NAME_WIDTH, short_name, shortener
 
+    select = Selection(op_types=op_types, include=include, exclude=exclude)
     try:
         proto = load_model(model)
-        layers, skipped = find_layers(proto, Selection(op_types=op_types, include=include,
-                                                       exclude=exclude))
+        layers, skipped = find_layers(proto, select)
         skipped += outside(proto, proto)
     except ObcError as exc:
         raise click.ClickException(str(exc)) from None
@@ -283,6 +284,9 @@ def inspect(model: str, op_types: tuple[str, ...], include: tuple[str, ...],
         click.echo(f"\nleft uncompressed ({len(skipped)}):")
         for s in skipped:
             click.echo(f"  {short_name(s.node, SKIP_NAME_WIDTH)} ({s.op}): {s.reason}")
+    if sites:  # (the same selection, on the folded model)
+        from .channels.listing import site_lines
+        click.echo("\n".join(site_lines(proto, select)))
     notes = input_initializers(proto) + describe(proto) + [unknown_ops_note(proto)]
     for n in filter(None, notes):
         click.echo(f"\nWARNING: {n}")

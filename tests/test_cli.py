@@ -80,6 +80,22 @@ def test_inspect_lists_layers_and_reasons(saved):
     assert "scores (MatMul): a product of two activations (as attention's scores" in out
 
 
+def test_inspect_lists_the_channel_sites_and_why_the_others_keep_theirs(saved):
+    """`inspect --channels`: the sites a --channels run would find (on the folded model),
+    before any data, and the kept producers grouped by reason; shipped ViT: its value heads
+    and its MLP."""
+    model, _ = saved(b.mlp((8, 16, 4)))
+    res = invoke("inspect", model, "--channels")
+    assert res.exit_code == 0, res.output
+    out = res.output.splitlines()
+    i = next(k for k, line in enumerate(out) if line.startswith("channel sites (1;"))
+    assert "-> " in out[i + 1] and out[i + 1].endswith(": 16 channels")
+    assert out[i + 2] == "channels kept (1 producers):" and "graph output" in out[i + 3]
+    res = invoke("inspect", str(ROOT / "models" / "digits_vit.onnx"), "--channels")
+    assert "attn.v -> attn.out" in res.output and "mlp.fc1 -> mlp.fc2" in res.output
+    assert "channel sites" not in invoke("inspect", model).output
+
+
 def test_inspect_with_selection_options(saved):
     model, _ = saved(b.cnn())
     res = invoke("inspect", model, "--op-types", "Conv")
