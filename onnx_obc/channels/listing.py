@@ -12,6 +12,7 @@ import onnx
 
 from ..names import NAME_WIDTH, short_name
 from .patterns import find_sites
+from .unshare import unshare
 
 GROUPS = 12  # reasons listed; the rest counted
 
@@ -21,7 +22,7 @@ def site_lines(model: onnx.ModelProto, select: Any) -> list[str]:
     from ..fold import fold
     from ..layers import find_layers
 
-    folded, _ = fold(model)
+    folded = unshare(fold(model)[0])[0]
     layers, _ = find_layers(folded, select)
     sites, refused = find_sites(folded, layers)  # sizes unknown: the sites, not their FLOPs
     lines = ["", f"channel sites ({len(sites)}; --channels cuts these, the FLOPs each saves "

@@ -56,7 +56,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
     t0 = time.perf_counter()
     plan = plan_channels(proto, layers, data, batch, backend, damp, memory_mb, runtime,
                          progress, fraction, subsample, token_mask, budget, align)
-    dense = plan.dense
+    dense, proto = plan.dense, plan.proto  # (its shared per-channel constants copied)
     if not plan.sites:
         return ChannelResult(proto, proto, [], plan.refused, (dense, dense),
                              ["channel pruning found no prunable producer -> consumer pair"],

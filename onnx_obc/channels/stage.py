@@ -31,6 +31,7 @@ from .excite import hessian_layers, squeeze_update
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
 from .sensitivity import OBJECTIVES, scaled_trace, site_factors
+from .unshare import unshare
 from .timing import BUDGETS, latency_counts, latency_report
 
 
@@ -119,6 +120,7 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     trace each consumer's greedy group OBS over the prefix a `fraction` cut is likely to
     use. A "flops" `budget` the sites cannot reach is refused first (`reachable`)."""
     t0 = time.perf_counter()
+    proto = unshare(proto)[0]  # a bias the exporter shared between layers: one each
     feed = probe_feed(data, batch)  # the run's batch: a fixed batch axis takes no other
     sizes, probe_note = probe_sizes(proto, feed, runtime)
     sites, refused = find_sites(proto, layers, sizes)
