@@ -19,6 +19,8 @@ from typing import Any
 
 import onnx
 
+from .regions import ELEMENTWISE, UNARY
+
 Rewrite = tuple[str, int, tuple[int, ...], int, int]  # as heads.HeadSplit.shapes
 
 
@@ -85,9 +87,8 @@ def shape_feeds_own_width(g: Any, shape: onnx.NodeProto, t: str) -> bool:
         x = n.output[0]
 
 
-ROW_OPS = {"Gemm", "MatMul", "LayerNormalization", "SimplifiedLayerNormalization", "Add",
-           "Sub", "Mul", "Div", "Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "HardSwish",
-           "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Mish", "Identity", "Cast"}
+ROW_OPS = {"Gemm", "MatMul", "LayerNormalization", "SimplifiedLayerNormalization", "Cast",
+           *ELEMENTWISE, *UNARY}  # ops on 2-D rows that keep them
 
 
 def row_positions(g: Any, tensor: str) -> int | None:

@@ -31,11 +31,9 @@ from .flops import layer_macs, positions, reads, saved_macs
 from .graphview import _Graph, graph_of
 from .padding import pad_reason
 from .readers import shape_readers
-from .regions import region
+from .regions import UNARY, region
 from .reasons import attention_mix, feeds_scores, mixes_reason, residual_reason
 
-UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-         "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
 BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"}  # the other input a constant
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool"}

@@ -10,6 +10,8 @@ from typing import Any
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Clip", "Sqrt", "Exp", "Abs", "Neg",
                "Reciprocal", "Min", "Max", "Where"}
+UNARY = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+         "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu", "Identity", "Erf"}
 MOST = 16  # nodes in one region
 
 
