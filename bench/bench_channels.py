@@ -55,8 +55,9 @@ MODELS = {"digits_cnn": ROOT / "models", "digits_vit": ROOT / "models",
           "ocr_like": ROOT / "bench" / "synthetic", "common": ROOT / "bench" / "real",
           "common_det": ROOT / "bench" / "real"}
 MODELS.update({k: ROOT / "bench" / "real" for k in ("ppocr_rec", "ppocr_det", "ppocr_cls",
-                                                     "efficientnet_lite0")})
-REAL = ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0")  # real_matrix.metrics
+                                                     "efficientnet_lite0", "lcnet_orient")})
+REAL = ("ppocr_rec", "ppocr_det", "ppocr_cls", "efficientnet_lite0",
+        "lcnet_orient")  # real_matrix.metrics
 METHODS = ("uniform", "greedy", "dp")
 
 

@@ -91,6 +91,27 @@ def squeeze_update(site: Any, removed: np.ndarray, weights: dict, hessians: dict
     return {sq.weight: sq.from_matrix(backend.to_host(W)[None])}
 
 
+def held_squeezes(plan: Any, head: Any) -> dict:
+    """{squeeze layer's weight: its Hessian accumulator without the samples of `head` (the
+    first samples of plan.data: the output probes')}, for the sites through a squeeze-excite
+    block; {} without any, or where the other samples are fewer than `head`'s. Fitted on the
+    probes' samples too, the squeeze's update fits their pooled vectors (one column a
+    sample, fewer samples than inputs): PP-LCNet's last block (512 channels, 64 samples) cut
+    264 of them at an output error of 0.0015 on those samples and 0.0587 on new images."""
+    from ..collect import collect
+
+    sq = list({s.gate.squeeze.weight: s.gate.squeeze for s in plan.sites
+               if s.gate is not None and s.gate.squeeze is not None}.values())
+    if not sq or plan.data.n < 2 * head.n:
+        return {}
+    part, _ = collect(plan.proto, sq, head, plan.batch, plan.backend, plan.memory_mb, False,
+                      runtime=plan.runtime)
+    for w, acc in part.items():  # the others' sums: the whole pass's less the head's
+        acc.total = plan.hessians[w].total - acc.total
+        acc.samples = plan.hessians[w].samples - acc.samples
+    return part
+
+
 def _global(g: _Graph, n: onnx.NodeProto, t: str) -> bool:
     """Whether pool `n` averages `t` over every spatial axis, keeping them (size 1)."""
     if n.op_type == "GlobalAveragePool":

@@ -2,9 +2,10 @@
 per-site cost, the consumer's normalised loss sum(losses[:k]) / tr(W H W^T), says how much
 the consumer's output moves, not how much the model's output does. Each site is cut alone
 at two probe counts of its greedy trace (the middle and the end of the traced prefix;
-OBS-updated consumer, as cut_channels does, its removed columns zero in place of a cut),
-the model runs on SAMPLES calibration samples,
-and at each probe k the site's factor is
+OBS-updated consumer, as cut_channels does, its removed columns zero in place of a cut; a
+squeeze-excite block's squeeze layer with its OBS update fitted on the other samples:
+excite.held_squeezes), the model runs on SAMPLES calibration samples, and at each probe k
+the site's factor is
 
     g(k) = (||y - y_dense||^2 / ||y_dense||^2) / normalised loss(k)
 
@@ -29,6 +30,7 @@ from ..calib.tokens import on_tokens
 from ..layers import constant_weights
 from ..solvers.channels import ChannelTrace, obs_update
 from .allocate import allowed, loss_curve, site_align
+from .excite import held_squeezes, squeeze_update
 
 OBJECTIVES = ("layer", "output")
 SAMPLES = 16  # calibration samples the factors are measured on
@@ -38,9 +40,14 @@ TINY = 1e-12  # normalised losses below this carry no measurable signal: factor 
 def sample_feeds(data: Any, batch: int, n: int = SAMPLES) -> list[dict[str, np.ndarray]]:
     """About `n` calibration samples of `data` (a calib.DataSet) in batches of `batch`."""
     try:
-        return [f for _, f in islice(data.batches(batch), max(1, -(-n // max(batch, 1))))]
+        return [f for _, f in islice(data.batches(batch), _batches(batch, n))]
     except AttributeError:
         return []
+
+
+def _batches(batch: int, n: int = SAMPLES) -> int:
+    """How many batches of `batch` sample_feeds takes: the first that hold n samples."""
+    return max(1, -(-n // max(batch, 1)))
 
 
 def probe_counts(trace_steps: int, channels: int, align: int) -> list[int]:
@@ -71,12 +78,13 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
     except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
         return unit, time.perf_counter() - t0, why + f"onnxruntime could not run the model ({e})"
     ref = sum(float(np.sum(y ** 2)) for y in dense)
+    rest = held_squeezes(plan, plan.data.head(_batches(plan.batch) * plan.batch))
     out = []
     for s in plan.solved:
         ks = probe_counts(len(s.trace.losses), s.site.channels, site_align(s.site, align))
         curve = loss_curve(s.trace, s.energy)
         W = plan.backend.to_device(s.W) if ks else None  # once per site
-        gains = [_gain(plan, s, W, k, feeds, dense, ref, float(curve[k])) for k in ks]
+        gains = [_gain(plan, s, W, k, feeds, dense, ref, float(curve[k]), rest) for k in ks]
         out.append((np.array(ks or [0], float), np.array(gains or [1.0])))
     return out, time.perf_counter() - t0, ""
 
@@ -91,13 +99,17 @@ def scaled_trace(trace: ChannelTrace, energy: float, probes: Probes) -> ChannelT
 
 
 def _gain(plan: Any, s: Any, W: Any, k: int, feeds: list[dict], dense: list[np.ndarray],
-          ref: float, norm: float) -> float:
+          ref: float, norm: float, rest: dict) -> float:
     """The measured relative output error^2 of site `s` (device weight W) cut alone at k,
-    over `norm`."""
+    over `norm`; `rest`: held_squeezes."""
     if norm <= TINY or ref <= 0:
         return 1.0
-    W = obs_update(W, s.Hinv, s.site.width, s.trace.order[:k])  # removed columns 0
-    m = _with_weight(plan.proto, s.site.consumer.weight,
+    removed, m = s.trace.order[:k], plan.proto
+    for name, value in squeeze_update(s.site, removed, plan.weights, rest, plan.backend,
+                                      plan.damp).items() if rest else ():
+        m = _with_weight(m, name, value)  # its removed columns 0, the others updated
+    W = obs_update(W, s.Hinv, s.site.width, removed)  # removed columns 0
+    m = _with_weight(m, s.site.consumer.weight,
                      s.site.consumer.from_matrix(plan.backend.to_host(W)[None]))
     ys = _run(m, feeds, plan.runtime, plan.token_mask)
     err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(ys, dense))

@@ -109,6 +109,7 @@ class ChannelPlan:
     probe_note: str = ""  # why probe.py could not measure the sizes ("" when it did)
     latency: Any = None  # timing.LatencyTable, once measured (--channel-budget latency)
     token_mask: str | None = None  # per-token outputs on its tokens (sensitivity.py)
+    memory_mb: int = 2048  # the capture's budget (sensitivity.py's squeeze Hessians)
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -138,7 +139,8 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
     return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
                        backend, damp, time.perf_counter() - t0, feed, data, batch,
-                       runtime=runtime, probe_note=probe_note, token_mask=token_mask)
+                       runtime=runtime, probe_note=probe_note, token_mask=token_mask,
+                       memory_mb=memory_mb)
 
 
 def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,

@@ -97,3 +97,83 @@ def test_obs_beats_the_norm_baseline_on_the_consumer():
     res, _, _ = _run(glu.squeeze_excite(mid=24), fraction=0.4)
     row = next(r for r in res.rows if r.producer == "expand")
     assert row.removed and row.loss < 0.7 * row.norm_loss, (row.loss, row.norm_loss)
+
+
+def _plan(model, n, batch=16):
+    """Inputs that vary from sample to sample more than over the positions (as a late
+    layer's features do), so that the pooled channels differ between samples."""
+    from onnx_obc.backend import get_backend
+    from onnx_obc.calib import DataSet
+    from onnx_obc.channels.stage import plan_channels
+
+    data = DataSet({k: x.mean(axis=(2, 3), keepdims=True) * 6 + 0.2 * x for k, x in
+                    b.feeds(model, n, seed=1, correlated=False).items()}, "feeds")
+    return plan_channels(model, find_layers(model)[0], data, batch, get_backend("cpu"), 0.01,
+                         2048, fraction=0.3)
+
+
+def test_held_squeezes_leave_the_probes_samples_out():
+    from onnx_obc.backend import get_backend
+    from onnx_obc.channels.excite import held_squeezes
+    from onnx_obc.collect import collect
+
+    model = glu.squeeze_excite(mid=32)
+    plan = _plan(model, 64)
+    rest = held_squeezes(plan, plan.data.head(16))
+    sq = _se_site(model)[0]["expand"].gate.squeeze
+    assert list(rest) == [sq.weight] and rest[sq.weight].samples == 48
+    tail, _ = collect(model, [sq], plan.data.take(np.arange(16, 64)), 16, get_backend("cpu"),
+                      2048, False)
+    np.testing.assert_allclose(rest[sq.weight].mean(), tail[sq.weight].mean(), rtol=1e-9,
+                               atol=1e-12)
+    assert plan.hessians[sq.weight].samples == 64  # the cut's: every sample, untouched
+    assert held_squeezes(plan, plan.data.head(40)) == {}  # fewer others than probe samples
+    assert held_squeezes(_plan(glu.gated_conv(), 64), plan.data.head(16)) == {}  # no block
+
+
+def test_an_se_sites_probe_updates_the_squeeze_on_the_other_samples():
+    """The output probe of a site through a squeeze-excite block runs the model with the
+    consumer's OBS update (as for any site) and the squeeze conv's, fitted without the probe
+    samples: with fewer samples than pooled channels, the in-sample fit reproduces the
+    squeeze's output on the samples it saw (error 0.0009 here, 0.144 fitted on the others),
+    which no new input gets."""
+    from onnx_obc.channels.allocate import loss_curve
+    from onnx_obc.channels.excite import held_squeezes, squeeze_update
+    from onnx_obc.channels.sensitivity import _run as run
+    from onnx_obc.channels.sensitivity import _with_weight, probe_counts
+    from onnx_obc.channels.stage import counts_for
+    from onnx_obc.solvers.channels import obs_update
+
+    model = glu.squeeze_excite(c_in=96, mid=96, squeeze=16)  # pooled: ~96 directions
+    plan = _plan(model, 40)  # 16 probe samples, 24 others: fewer than the 96 pooled inputs
+    counts_for(plan, 0.3, 1, "dp", "output")
+    i, s = next((i, s) for i, s in enumerate(plan.solved) if s.site.producer.name == "expand")
+    k = probe_counts(len(s.trace.losses), s.site.channels, 1)[0]  # keeps more than 40
+    removed = s.trace.order[:k]
+    feeds = [f for _, f in plan.data.head(16).batches(16)]
+    rest = held_squeezes(plan, plan.data.head(16))
+
+    def probe(hessians):
+        m = model
+        for name, value in squeeze_update(s.site, removed, plan.weights, hessians,
+                                          plan.backend, plan.damp).items():
+            m = _with_weight(m, name, value)
+        W = obs_update(s.W, s.Hinv, s.site.width, removed)
+        m = _with_weight(m, s.site.consumer.weight, s.site.consumer.from_matrix(W[None]))
+        (y,), (ref,) = run(m, feeds), run(model, feeds)
+        return np.sum((y - ref) ** 2) / np.sum(ref ** 2)
+
+    want = probe(rest) / loss_curve(s.trace, s.energy)[k]
+    np.testing.assert_allclose(plan.probes[i][1][0], want, rtol=1e-6)
+    pooled = onnx.ModelProto()  # the squeeze's input on the probe samples
+    pooled.CopyFrom(model)
+    pooled.graph.output.append(onnx.helper.make_tensor_value_info("pl", 1, None))
+    P = np.concatenate([b.run(pooled, f)[1] for f in feeds])[:, :, 0, 0].T  # [96, 16]
+    W0 = b.weights_of(model)["s.w"][:, :, 0, 0]
+
+    def moved(hessians):  # the squeeze's output error on the probe samples
+        W = squeeze_update(s.site, removed, plan.weights, hessians, plan.backend,
+                           plan.damp)["s.w"][:, :, 0, 0]
+        return np.sum(((W - W0) @ P) ** 2) / np.sum((W0 @ P) ** 2)
+
+    assert moved(rest) > 20 * moved(plan.hessians)  # in-sample its fit looks free (163x)
