@@ -230,7 +230,21 @@ def _fidelity_lines(r: Report) -> list[str]:
             rel = max(f.rel_error.values()) if f.rel_error else 0.0
             lines.append(f"  {m:<{w}} {rel:>18.4f} {_pct(f.top1_agreement):>12} "
                          f"{_pct(f.accuracy):>9}")
+        lines += _first_output(models)
     return lines
+
+
+def _first_output(models: dict) -> list[str]:
+    """Where the table's error (the largest over the outputs) is another output's than the
+    first's, the first's: a decoder's logits beside its KV-cache outputs."""
+    errs = {m: f.rel_error for m, f in models.items() if f.rel_error}
+    first = next((next(iter(e)) for e in errs.values()), None)
+    if first is None or all(max(e, key=e.get) == first for e in errs.values()):
+        return []
+    n = len(next(iter(errs.values())))
+    return [f"  (the largest of {n} outputs' errors; the first, {first!r}: " + ", ".join(
+        f"{m} {e[first]:.4f}" for m, e in errs.items() if first in e) +
+        "; each output's in the JSON report)"]
 
 
 def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:

@@ -75,3 +75,24 @@ def test_the_tensorrt_placement_leaves_the_layers_reasons_to_the_json():
     assert lines[start + 3].startswith("  (this is the TensorRT placement, each layer's reason")
     assert "Conv c: float Conv" not in trt.table() and "Conv c: float Conv" in ort.table()
     assert trt.to_dict()["fusion"]["unfused"] == unfused
+
+
+def test_a_decoders_first_output_beside_the_largest_error():
+    """A decoder exported with its KV cache: the table's error is the largest over the
+    outputs (a late layer's `present` value), so the first output's (the logits) is added
+    on its own line; one output, or the first the largest: no line."""
+    from onnx_obc.verify import Fidelity
+
+    def fid(logits, present):
+        return Fidelity(8, {"logits": logits, "present.3.value": present}, 0.99)
+
+    models = {"dense": fid(0.0, 0.0), "compressed": fid(0.0368, 0.0749)}
+    r = Report(model="m.onnx", output=None, config={}, device="cpu", calibration={},
+               fidelity={"eval": models})
+    lines = r.table().splitlines()
+    i = next(i for i, x in enumerate(lines) if x.startswith("  compressed"))
+    assert "0.0749" in lines[i]
+    assert lines[i + 1] == ("  (the largest of 2 outputs' errors; the first, 'logits': dense "
+                            "0.0000, compressed 0.0368; each output's in the JSON report)")
+    models["compressed"] = fid(0.0749, 0.0368)
+    assert "the largest of" not in r.table()
