@@ -41,11 +41,12 @@ def pad_reason(g: Any, pad: onnx.NodeProto, axis: int) -> str | None:
     return None
 
 
-def _evaluate(g: Any, pads: str, axis: int, channels: int | None, spatial: int
-              ) -> np.ndarray | str:
+def _evaluate(g: Any, pads: str, axis: int, channels: int | None, spatial: int,
+              on: dict[str, int] | None = None) -> np.ndarray | str:
     """The pads tensor's value with each Shape input sized from its inferred dims (the
-    channel axis `channels` when given, unknown sizes `spatial`); a reason when the pads
-    depend on anything but shapes and small constants."""
+    channel axis `channels` more when given, unknown sizes `spatial`); a reason when the pads
+    depend on anything but shapes and small constants. `on` (tensor -> its channel axis):
+    only the Shapes of these tensors get the `channels` more, each on its own axis."""
     if pads in g.values:  # a constant (the fold's static shapes make PyTorch's one): any size
         return np.array(g.values[pads], np.int64)
     nodes, shapes, seen, todo = [], {}, set(), [pads]
@@ -63,8 +64,9 @@ def _evaluate(g: Any, pads: str, axis: int, channels: int | None, spatial: int
             if not dims:
                 return f"the rank of {n.input[0]!r} is unknown"
             full = [d if d else spatial for d in dims]
-            if channels is not None and len(full) > axis:
-                full[axis] = full[axis] + channels
+            ax = axis if on is None else on.get(n.input[0])
+            if channels is not None and ax is not None and len(full) > ax:
+                full[ax] = full[ax] + channels
             start, end = _attr(n, "start", 0), _attr(n, "end", len(full))
             shapes[t] = np.array(full[slice(start, end)], np.int64)
             continue

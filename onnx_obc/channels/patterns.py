@@ -111,8 +111,10 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
     macs = L.matrix_shape[2] * reads(g, node, L)
     path, grouped, shapes, paired = [], [], [], None
     t, prev = node.output[0], node.op_type
+    on: dict[str, int] = {}  # the path's tensors: their channel axis (moves.kept)
     from .excite import excite  # (they import this module)
     from .gated import fused, partner
+    from .moves import kept, transposed
 
     while True:
         if paired is None and (f := fused(g, L, t, C, axis, sliced)) is not None:
@@ -128,9 +130,13 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             path += gate[0]
             t, prev = gate[1], "Mul"
             continue
+        on.update({t: axis % len(d)} if (d := g.dims(t)) else {})
         label, nxt = _only_user(g, t, axis)
         if nxt.op_type in LAYER_OPS and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
+            if (axis == -1) == (nxt.op_type in ("Conv", "ConvTranspose")):
+                raise _Refused(f"its channels reach layer {label!r} on an axis it does not "
+                               "sum over")
             cons = _consumer_checks(by_node[label], C, label)
             width = cons.matrix_shape[2] // C
             cell = width * reads(g, nxt, cons)
@@ -175,6 +181,12 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             shapes += rw  # GPT-2's Conv1D: [B·T, C] <-> [B, T, C] (flat.py)
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
+        elif op == "Transpose" and (moved := transposed(g, nxt, t, axis)) is not None:
+            axis, conv = moved, moved != -1  # [B, T, C] <-> [B, C, T] (moves.py)
+        elif op == "Reshape" and axis != -1:  # [B, C, T] <-> [B, C, H, W] (moves.py)
+            if isinstance(k := kept(g, label, nxt, C, axis, on), str):
+                raise _Refused(k)
+            axis, conv, shapes = k[0], k[0] != -1, shapes + k[1]
         else:
             raise _Refused(mixes_reason(g, nxt, label))
         path.append(label)

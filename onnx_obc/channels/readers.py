@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from .flat import restores_shape, shape_feeds_own_width
+from .moves import feeds_kept
 
 
 def shape_readers(g: Any, t: str, axis: int) -> set[str]:
@@ -34,6 +35,8 @@ def shape_readers(g: Any, t: str, axis: int) -> set[str]:
         elif axis == rank - 1 and shape_feeds_own_width(g, n, t):  # flat.py: the cut
             out.add(label)  # width reaches only a Reshape of t itself, which follows it
         elif restores_shape(g, n, t):  # t's shape back after a Softmax on a 2-D view
+            out.add(label)
+        elif feeds_kept(g, n, t):  # sizes only Reshapes of t the walk checks (moves.py)
             out.add(label)
     return out
 
