@@ -4,7 +4,8 @@ zero biases of an untrained export, or any bitwise-equal vectors) makes one laye
 BatchNormalization parameters another's, and cutting one site's channels from a shared
 vector would cut them from the other reader too (patterns.py refused such a site: "shared
 with other nodes"). Float-exact; only vectors (one axis > 1) read as a bias, a
-BatchNormalization parameter or the constant operand of an elementwise op are copied,
+BatchNormalization or LayerNormalization parameter or the constant operand of an
+elementwise op are copied (HF SegFormer's zero biases were one vector with its LayerNorms'),
 never a layer's weight (a weight used twice is one layer with several uses)."""
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def unshare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 def _per_channel_input(n: onnx.NodeProto, j: int) -> bool:
     return (n.op_type in ("Conv", "ConvTranspose", "Gemm") and j == 2) or \
-        (n.op_type == "BatchNormalization" and j >= 1) or (n.op_type in ELEMENTWISE)
+        (n.op_type in ("BatchNormalization", "LayerNormalization") and j >= 1) or \
+        (n.op_type in ELEMENTWISE)
 
 
 def _vector(t: onnx.TensorProto) -> bool:

@@ -15,10 +15,11 @@ from onnx_obc.layers import find_layers
 from tests import builders as b
 
 
-def _two_mlps(ln_reads_bias: bool = False):
+def _two_mlps(ln_reads_bias: bool = False, softmax_reads_bias: bool = False):
     """x -> Gemm(w1, b) -> Relu -> Gemm(w2) -> Gemm(w3, b) -> Relu -> Gemm(w4): two sites
     whose producers share the bias `b` [12] (zeros), as torch's exporter deduplicates;
-    `ln_reads_bias`: a LayerNormalization also reads it (then it stays shared)."""
+    `ln_reads_bias`: a LayerNormalization also reads it (as HF SegFormer's: copied too);
+    `softmax_reads_bias`: a Softmax reads it as its data (then it stays shared)."""
     n = helper.make_node
     inits = [b.weight("w1", (12, 8), 0), b.weight("w2", (8, 12), 1), b.weight("w3", (12, 8), 2),
              b.weight("w4", (8, 12), 3), numpy_helper.from_array(np.zeros(12, np.float32), "b")]
@@ -33,6 +34,9 @@ def _two_mlps(ln_reads_bias: bool = False):
         inits.append(numpy_helper.from_array(np.ones(12, np.float32), "g"))
         nodes.append(n("LayerNormalization", ["h2", "g", "b"], ["ln"], name="ln"))
         outs.append(b.vi("ln", ["N", 12]))
+    if softmax_reads_bias:
+        nodes.append(n("Softmax", ["b"], ["sb"], name="sm"))
+        outs.append(b.vi("sb", [12]))
     return b.make(nodes, [b.vi("x", ["N", 8])], outs, inits)
 
 
@@ -54,8 +58,13 @@ def test_a_shared_bias_is_copied_and_both_sites_cut():
 
 
 def test_a_vector_read_otherwise_stays_shared_and_weights_are_never_copied():
-    model = _two_mlps(ln_reads_bias=True)
-    assert unshare(model) == (model, 0)  # the LayerNorm's bias input is no per-channel read
+    model = _two_mlps(softmax_reads_bias=True)
+    assert unshare(model) == (model, 0)  # a Softmax's data is no per-channel read
+    model = _two_mlps(ln_reads_bias=True)  # a LayerNorm's bias is: one copy each
+    out, copies = unshare(model)
+    feed = b.feeds(model, 4, seed=2)
+    assert copies == 2 and all(np.array_equal(a, c) for a, c in zip(b.run(out, feed),
+                                                                     b.run(model, feed)))
     n = helper.make_node
     twice = b.make([n("Gemm", ["x", "w", "bb"], ["h"], name="g1", transB=1),
                     n("Gemm", ["h", "w", "bb"], ["y"], name="g2", transB=1)],
