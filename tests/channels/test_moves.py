@@ -95,3 +95,31 @@ def test_a_pooled_map_flattened_into_a_classifier(side, shape):
     feed = b.feeds(model, 8, seed=7)
     np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0], rtol=1e-4,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("perm, ok", [([0, 2, 3, 1], True), ([0, 1, 3, 2], False)])
+def test_a_conv_read_channels_last_by_a_matmul(perm, ok):
+    """Conv -> Relu -> Transpose to [B, H, W, C] -> MatMul: the channels are the MatMul's
+    summed axis, a site equal to the oracle; a perm that leaves a spatial axis last (the
+    MatMul then sums positions): refused."""
+    from onnx import helper
+
+    n = helper.make_node
+    model = b.make([n("Conv", ["x", "wc"], ["c"], name="conv"),
+                    n("Relu", ["c"], ["r"], name="act"),
+                    n("Transpose", ["r"], ["t"], name="nhwc", perm=perm),
+                    n("MatMul", ["t", "wf"], ["y"], name="fc")],
+                   [b.vi("x", ["N", 4, 3, 3])], [b.vi("y", ["N", 3, 3, 5] if ok else
+                                                        ["N", 16, 3, 5])],
+                   [b.weight("wc", (16, 4, 1, 1), 0), b.weight("wf", (16 if ok else 3, 5), 1)])
+    sites, refused = _sites(model)
+    if not ok:
+        assert "on an axis it does not sum over" in refused["conv"]
+        return
+    res, layers, data = _run(model)
+    (row,) = res.rows
+    ref, _, _ = _oracle(model, layers, data, row.removed_ids, sites["conv"])
+    feed = b.feeds(model, 8, seed=7)
+    np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0], rtol=1e-4,
+                               atol=1e-4)
+    assert res.macs[1] < res.macs[0]
