@@ -26,15 +26,17 @@ from .flat import Rewrite
 SHAPE_MATH = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Concat", "Cast")
 
 
-def transposed(g: Any, n: onnx.NodeProto, t: str, axis: int) -> int | None:
-    """The channel axis (from the end) after Transpose `n` of `t`, None without a perm."""
+def transposed(g: Any, n: onnx.NodeProto, t: str, axis: int) -> tuple[int, bool] | None:
+    """(the channel axis (from the end) after Transpose `n` of `t`, whether it is the one
+    after the batch: the layout per-channel Conv-side ops read), None without a perm."""
     from .patterns import _attr
 
     perm = _attr(n, "perm", None)
     if perm is None:
         return None
     rank = len(perm)
-    return list(perm).index(axis % rank) - rank
+    at = list(perm).index(axis % rank)
+    return at - rank, at == 1 and rank > 2
 
 
 def kept(g: Any, label: str, n: onnx.NodeProto, C: int, axis: int, on: dict[str, int]

@@ -134,7 +134,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         label, nxt = _only_user(g, t, axis)
         if nxt.op_type in LAYER_OPS and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
-            if (axis == -1) == (nxt.op_type in ("Conv", "ConvTranspose")):
+            if not conv if nxt.op_type in ("Conv", "ConvTranspose") else axis != -1:
                 raise _Refused(f"its channels reach layer {label!r} on an axis it does not "
                                "sum over")
             cons = _consumer_checks(by_node[label], C, label)
@@ -163,7 +163,8 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
                 raise _Refused(residual_reason(nxt, label))
             else:
                 sliced += [x for x in [_cut(g, other[0], C, axis, nxt, optional=True)] if x]
-        elif op == "BatchNormalization" and (conv or L.op == "Gemm") and len(nxt.output) == 1:
+        elif op == "BatchNormalization" and (conv or L.op == "Gemm" and axis == -1) and \
+                len(nxt.output) == 1:
             _constant_inputs(g, nxt, label, first=1)
             sliced += [_cut(g, x, C, -1, nxt) for x in nxt.input[1:5]]
         elif op in POOLS and conv and len(nxt.output) == 1:
@@ -182,7 +183,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
         elif op == "Flatten" and prev.startswith("Global") and _attr(nxt, "axis", 1) == 1:
             axis, conv = -1, False
         elif op == "Transpose" and (moved := transposed(g, nxt, t, axis)) is not None:
-            axis, conv = moved, moved != -1  # [B, T, C] <-> [B, C, T] (moves.py)
+            axis, conv = moved  # [B, T, C] <-> [B, C, T] (moves.py)
         elif op == "Reshape" and axis != -1:  # [B, C, T] <-> [B, C, H, W] (moves.py)
             if isinstance(k := kept(g, label, nxt, C, axis, on), str):
                 raise _Refused(k)

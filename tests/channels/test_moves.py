@@ -123,3 +123,20 @@ def test_a_conv_read_channels_last_by_a_matmul(perm, ok):
     np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0], rtol=1e-4,
                                atol=1e-4)
     assert res.macs[1] < res.macs[0]
+
+
+def test_a_conv_consumer_reading_another_axis_after_a_transpose_is_refused():
+    """[N, C, H, W] -> Transpose [0, 2, 1, 3] -> [N, H, C, W] -> Conv: the Conv sums H (of
+    size C here, so every shape agrees); the channels are not its input channels."""
+    from onnx import helper
+
+    n = helper.make_node
+    model = b.make([n("Conv", ["x", "wc"], ["c"], name="conv"),
+                    n("Relu", ["c"], ["r"], name="act"),
+                    n("Transpose", ["r"], ["t"], name="swap", perm=[0, 2, 1, 3]),
+                    n("Conv", ["t", "wd"], ["y"], name="next")],
+                   [b.vi("x", ["N", 4, 16, 3])], [b.vi("y", ["N", 5, 16, 3])],
+                   [b.weight("wc", (16, 4, 1, 1), 0), b.weight("wd", (5, 16, 1, 1), 1)])
+    sites, refused = _sites(model)
+    assert "conv" not in sites
+    assert "on an axis it does not sum over" in refused["conv"]
