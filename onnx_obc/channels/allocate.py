@@ -18,6 +18,8 @@ until the exact saving (patterns.saved_macs) reaches the target.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,10 +61,9 @@ def site_align(site: Any, align: int) -> int:
     1.29x slower than dense, multiples of 8 0.81x, at the same output error."""
     if site.split:
         return 1
-    if align:
-        return align
     C = site.channels
-    return AUTO_ALIGN if C % AUTO_ALIGN == 0 and C >= 2 * AUTO_ALIGN else 1
+    a = align or (AUTO_ALIGN if C % AUTO_ALIGN == 0 and C >= 2 * AUTO_ALIGN else 1)
+    return math.lcm(a, site.blocks)  # a grouped producer: as many from every group
 
 
 def allowed(steps: int, C: int, align: int) -> list[int]:

@@ -16,14 +16,15 @@ def norm_removed(site: Any, weights: dict, k: int) -> np.ndarray:
     """The baseline's k channels: smallest L2 norm of the producer's output rows (of a
     head's dh rows of the V projection together; of a fused QKV projection's V block; of
     a gated unit's two producers together)."""
-    rows = weight_matrix(weights, site.producer)[0]  # [blocks * C * unit, d]
+    W = weight_matrix(weights, site.producer)  # [G, r, d]: a grouped producer's G groups
+    rows = W.reshape(-1, W.shape[2])  # [blocks * C * unit, d]
     fused = site.gate is not None and site.gate.offset  # its two halves: [C, 2 d]
     blocks = 2 if fused else site.split.blocks if site.split is not None else 1
     parts = rows.reshape(blocks, site.channels, -1)
     rows = np.hstack(list(parts)) if fused else parts[-1]
     if site.gate is not None and not fused:  # [C, d + d_gate]
         rows = np.hstack([rows, weight_matrix(weights, site.gate.producer)[0]])
-    return np.sort(norm_order(rows)[:k])
+    return np.sort(norm_order(rows, site.blocks)[:k])
 
 
 def zeroed_loss(s: Any, removed: np.ndarray, backend: Any) -> float:

@@ -57,6 +57,8 @@ class Site:
     split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
     shapes: tuple = ()  # flat.Rewrite: Reshape shape entries set to the kept channel count
     gate: Any = None  # gated.Gate: a gated unit's other producer, cut with this one
+    blocks: int = 1  # a grouped Conv producer's groups: its channels go in equal numbers
+    # from each (the trace takes one from every group a round; counts multiples of it)
 
 
 @dataclass(frozen=True)
@@ -87,23 +89,25 @@ def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None =
     return sites, [r for r in refused if r.weight not in gates]  # those go with a site
 
 
-def _producer_checks(g: _Graph, L: Layer) -> tuple[onnx.NodeProto, int, int]:
-    """(node, channels, channel axis from the end) of a usable producer, or _Refused."""
+def _producer_checks(g: _Graph, L: Layer, grouped: bool = False
+                     ) -> tuple[onnx.NodeProto, int, int]:
+    """(node, channels, channel axis from the end) of a usable producer, or _Refused;
+    `grouped`: a grouped Conv with several outputs a group is one (the site's own)."""
     if len(L.uses) != 1:
         raise _Refused(f"weight {L.weight!r} is shared by {len(L.uses)} nodes")
     node = g.nodes[L.uses[0].node]
-    if L.op == "Conv" and L.groups != 1:
+    if L.op == "Conv" and L.groups != 1 and (not grouped or L.matrix_shape[1] < 2):
         raise _Refused(f"grouped Conv (group={L.groups}): its channels are tied to its inputs")
     if L.op == "Gemm" and L.uses[0].trans_a:
         raise _Refused("Gemm with transA")
-    if (channels := L.matrix_shape[1]) == 1:
+    if (channels := L.matrix_shape[0] * L.matrix_shape[1]) == 1:
         raise _Refused("a single output channel: nothing to remove")
     axis = -(len(L.shape) - 1) if L.layout in ("conv", "deconv") else -1
     return node, channels, axis
 
 
 def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
-    node, C, axis = _producer_checks(g, L)
+    node, C, axis = _producer_checks(g, L, grouped=True)
     conv = L.layout in ("conv", "deconv")
     sliced: list[tuple[str, int]] = []
     if len(node.input) > 2 and node.input[2]:
@@ -142,7 +146,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             cell = width * reads(g, nxt, cons)
             macs += cons.matrix_shape[1] * cell
             return Site(L, cons, C, width, tuple(path), tuple(sliced), tuple(grouped), macs,
-                        cell, shapes=tuple(shapes), gate=paired)
+                        cell, shapes=tuple(shapes), gate=paired, blocks=L.groups)
         op = nxt.op_type
         if op == "Conv" and conv and _is_depthwise(g, nxt, C):
             ws = g.inits[nxt.input[1]]

@@ -272,7 +272,7 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
     if acc.cross is not None:  # sequential: fit the dense model's output first
         W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
     prep = prepare(W, acc.mean(), damp)
-    trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps)
+    trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps, site.blocks)
     return _Solved(site, backend.to_host(prep.W[0]), prep.H[0], prep.Hinv[0], trace,
                    output_energy(prep.W[0], prep.H[0]))
 

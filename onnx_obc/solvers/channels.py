@@ -49,19 +49,27 @@ def _columns(channels: Any, width: int, xp: Any) -> Any:
     return channels[:, None] * width + xp.arange(width)[None, :]
 
 
-def channel_trace(W: Any, Hinv: Any, width: int, steps: int) -> ChannelTrace:
+def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1) -> ChannelTrace:
     """Greedy group OBS over the d // width input channels of W [r, d] (Hinv [d, d], the
     dampened inverse Hessian): remove `steps` channels, each the one whose removal costs
-    least given the earlier ones, with the exact Hinv downdate in between."""
+    least given the earlier ones, with the exact Hinv downdate in between. `blocks` > 1
+    (the channels of a grouped producer, in that many equal runs): in rounds, one channel
+    from each block a round, so that every multiple of `blocks` steps takes as many from each."""
     xp = array_module(W, Hinv)
     W = W.astype(xp.float64, copy=True)
     Hinv = Hinv.astype(xp.float64, copy=True)
     C = W.shape[1] // width
     n = min(steps, C)
     alive = xp.ones(C, dtype=bool)
+    block = xp.arange(C) // (C // blocks)  # [C] each channel's block
+    served = xp.zeros(blocks, dtype=bool)  # the blocks this round has taken one from
     order, losses = xp.zeros(n, dtype=xp.int64), xp.zeros(n, dtype=xp.float64)
     for i in range(n):  # no host round trip per step: the choice stays on W's device
-        idx = xp.argsort(xp.where(alive, 0, 1), kind="stable")[:C - i]  # [k] alive, in order
+        if i % blocks == 0:
+            served[:] = False
+        free = alive & ~served[block]  # alive channels of the blocks not served this round
+        k = (C // blocks - i // blocks) * (blocks - i % blocks)  # how many: known here
+        idx = xp.argsort(xp.where(free, 0, 1), kind="stable")[:k]  # [k] free, in order
         cols = _columns(idx, width, xp)  # [k, w]
         D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
         Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
@@ -74,6 +82,7 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int) -> ChannelTrace:
         W[:, S] = 0.0
         Hinv -= Hinv[:, S] @ Dinv_rows
         alive[c] = False
+        served[block[c]] = True
         order[i] = c
         losses[i] = xp.maximum(score[best], 0.0)
     return ChannelTrace(to_numpy(order), to_numpy(losses))
@@ -138,8 +147,16 @@ def _move(taken: int, steps: int, C: int, align: int) -> int:
     return k - taken if k <= steps else 0
 
 
-def norm_order(rows: Any) -> np.ndarray:
-    """The L2-norm baseline: channel ids by ascending norm of the producer's rows [C, ...]."""
+def norm_order(rows: Any, blocks: int = 1) -> np.ndarray:
+    """The L2-norm baseline: channel ids by ascending norm of the producer's rows [C, ...];
+    `blocks` > 1: in rounds of one channel from each of that many equal runs of the rows
+    (a grouped producer), each round in ascending norm."""
     xp = array_module(rows)
     norms = xp.sqrt((rows.reshape(rows.shape[0], -1).astype(xp.float64) ** 2).sum(axis=1))
-    return np.argsort(np.asarray(norms.tolist()), kind="stable")
+    norms = np.asarray(norms.tolist())
+    per = len(norms) // blocks
+    rank = np.empty(len(norms))  # each channel's place within its block, by norm
+    for b in range(blocks):
+        rank[b * per + np.argsort(norms[b * per:(b + 1) * per], kind="stable")] = \
+            np.arange(per)
+    return np.lexsort((norms, rank))  # round by round, ascending norm within a round

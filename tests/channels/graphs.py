@@ -315,3 +315,21 @@ def conv1d_mlp(d: int = 8, hidden: int = 16, t: int = 4, seed: int = 0, shared: 
         nodes.append(n("Identity", ["aw0"], ["width"], name="width.out"))
         outs.append(b.vi("width", [], TensorProto.INT64))
     return b.make(nodes, [b.vi("x", ["N", t, d])], outs, inits)
+
+
+def grouped_block(c_in: int = 4, mid: int = 16, groups: int = 4, c_out: int = 5, seed: int = 0):
+    """A RegNet / ResNeXt bottleneck's middle: Conv 1x1 -> Relu -> grouped Conv 3x3 (`groups`
+    groups of mid / groups channels, bias) -> BatchNormalization -> Relu -> Conv 1x1. The
+    grouped conv is a site's producer (its channels go in equal numbers from each group);
+    it is no consumer (the first conv keeps its channels)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    inits = [_w("a.w", (mid, c_in, 1, 1), seed), _w("g.w", (mid, mid // groups, 3, 3), seed + 1),
+             _c("g.b", rng.standard_normal(mid)), _c("bn.s", 1 + 0.1 * rng.random(mid)),
+             _c("bn.b", rng.standard_normal(mid)), _c("bn.m", 0.1 * rng.standard_normal(mid)),
+             _c("bn.v", 1 + rng.random(mid)), _w("c.w", (c_out, mid, 1, 1), seed + 2)]
+    nodes = [n("Conv", ["x", "a.w"], ["a"], name="first"), n("Relu", ["a"], ["ar"], name="act0"),
+             n("Conv", ["ar", "g.w", "g.b"], ["gc"], name="grouped", group=groups, pads=[1] * 4),
+             n("BatchNormalization", ["gc", "bn.s", "bn.b", "bn.m", "bn.v"], ["bn"], name="bn"),
+             n("Relu", ["bn"], ["r"], name="act1"), n("Conv", ["r", "c.w"], ["y"], name="last")]
+    return b.make(nodes, [b.vi("x", ["N", c_in, 5, 5])], [b.vi("y", ["N", c_out, 5, 5])], inits)

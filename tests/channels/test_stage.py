@@ -168,3 +168,31 @@ def test_the_consumers_hessians_come_from_a_subgrid_where_positions_abound(monke
                     positions=pos, progress=False).report.channels for pos in ("all", "auto")]
     assert asked == [0, EXACT_COLUMNS]  # the run's stage, as --positions says
     assert runs[0]["rows"][0]["removed_ids"] == runs[1]["rows"][0]["removed_ids"] != []
+
+
+def test_a_grouped_producer_loses_as_many_channels_from_every_group():
+    """RegNet's grouped 3x3 conv as a producer: the cut equals the OBS oracle, each of its 4
+    groups loses the same number of channels (the group count stays, each group smaller),
+    the L2 baseline likewise; the conv before it keeps its channels (grouped consumer)."""
+    model = graphs.grouped_block()
+    sites, refused = find_sites(model, find_layers(model)[0])
+    (site,) = [s for s in sites if s.producer.name == "grouped"]
+    assert site.blocks == 4 and site.consumer.name == "last"
+    assert any(r.producer == "first" and "is grouped" in r.reason for r in refused)
+    res, layers, data = _run(model, fraction=0.4)
+    (row,) = [r for r in res.rows if r.producer == "grouped"]
+    assert row.removed and row.removed % 4 == 0
+    assert np.bincount(np.asarray(row.removed_ids) // 4, minlength=4).tolist() == \
+        [row.removed // 4] * 4
+    ref, _, _ = _oracle(model, layers, data, row.removed_ids, site)
+    feed = b.feeds(model, 8, seed=7)
+    np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0], rtol=1e-4,
+                               atol=1e-4)
+    w = b.weights_of(res.model)
+    kept = 16 - row.removed
+    assert w["g.w"].shape == (kept, 4, 3, 3) and w["c.w"].shape[1] == w["bn.v"].shape[0] == kept
+    (g,) = [n for n in res.model.graph.node if n.name == "grouped"]
+    assert next(a.i for a in g.attribute if a.name == "group") == 4
+    onnx.checker.check_model(res.model, full_check=True)
+    assert b.run(res.baseline, feed)[0].shape == b.run(model, feed)[0].shape
+    assert res.macs[1] < res.macs[0]

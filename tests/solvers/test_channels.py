@@ -81,3 +81,31 @@ def test_align_keeps_multiples():
     assert taken == [8, 0]  # 12 -> 8 -> 4 channels kept, never 7 or 5
     assert select_channels([a, b], [1.0, 1.0], [1.0, 1.0], 100.0, channels=[12, 8],
                            align=4) == [8, 4]
+
+
+@pytest.mark.parametrize("blocks", [2, 5])
+def test_blocks_give_one_channel_of_each_a_round(blocks):
+    """A grouped producer's channels (`blocks` equal runs): every multiple of `blocks` steps
+    holds as many of each run, the losses still sum to the measured loss, and the norm
+    baseline takes its rounds alike."""
+    W, H, Hinv, w = _problem(width=2)
+    tr = channel_trace(W, Hinv, w, 10, blocks)
+    per = 10 // blocks
+    for k in range(blocks, 11, blocks):
+        assert np.bincount(tr.order[:k] // per, minlength=blocks).tolist() == [k // blocks] * blocks
+        new = obs_update(W.astype(np.float64), Hinv, w, tr.order[:k])
+        dW = new - W
+        assert tr.losses[:k].sum() == pytest.approx(np.trace(dW @ H @ dW.T), rel=1e-6)
+    first = channel_trace(W, Hinv, w, 1)  # the first pick is unconstrained either way
+    assert tr.order[0] == first.order[0]
+    rows = np.random.default_rng(1).standard_normal((10, 3))
+    order = norm_order(rows, blocks)
+    norms = np.linalg.norm(rows, axis=1)
+    for r in range(per):  # round r: the r-th smallest of each run, ascending
+        rnd = order[r * blocks:(r + 1) * blocks]
+        assert sorted(rnd // per) == list(range(blocks))
+        assert list(norms[rnd]) == sorted(norms[rnd])
+        for c in rnd:
+            run = norms[(c // per) * per:(c // per + 1) * per]
+            assert (run < norms[c]).sum() == r
+    assert norm_order(rows).tolist() == np.argsort(norms, kind="stable").tolist()
