@@ -25,6 +25,7 @@ import onnx
 from onnx import helper
 
 from ..layers import Layer
+from ..solvers.channels import diagonal_blocks
 from ..specs import LAYER_OPS
 from .flat import keeps_last
 from .flops import layer_macs, positions, reads, saved_macs
@@ -57,8 +58,14 @@ class Site:
     split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
     shapes: tuple = ()  # flat.Rewrite: Reshape shape entries set to the kept channel count
     gate: Any = None  # gated.Gate: a gated unit's other producer, cut with this one
-    blocks: int = 1  # a grouped Conv producer's groups: its channels go in equal numbers
-    # from each (the trace takes one from every group a round; counts multiples of it)
+    blocks: int = 1  # a grouped Conv producer's or consumer's groups: its channels go in
+    # equal numbers from each (the trace takes one from every group a round)
+
+    def consumer_array(self, W: Any) -> Any:
+        """The consumer's ONNX weight from the site's view W [r, d] (host): a grouped
+        consumer's is block-diagonal (solvers.channels.block_diagonal), back to its groups."""
+        G = self.consumer.groups if self.consumer.layout == "conv" else 1
+        return self.consumer.from_matrix(diagonal_blocks(W, G) if G > 1 else W[None])
 
 
 @dataclass(frozen=True)
@@ -141,12 +148,13 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             if not conv if nxt.op_type in ("Conv", "ConvTranspose") else axis != -1:
                 raise _Refused(f"its channels reach layer {label!r} on an axis it does not "
                                "sum over")
-            cons = _consumer_checks(by_node[label], C, label)
-            width = cons.matrix_shape[2] // C
+            cons = _consumer_checks(by_node[label], C, label, L.groups)
+            width = cons.matrix_shape[0] * cons.matrix_shape[2] // C
             cell = width * reads(g, nxt, cons)
             macs += cons.matrix_shape[1] * cell
             return Site(L, cons, C, width, tuple(path), tuple(sliced), tuple(grouped), macs,
-                        cell, shapes=tuple(shapes), gate=paired, blocks=L.groups)
+                        cell, shapes=tuple(shapes), gate=paired,
+                        blocks=max(L.groups, cons.groups if cons.layout == "conv" else 1))
         op = nxt.op_type
         if op == "Conv" and conv and _is_depthwise(g, nxt, C):
             ws = g.inits[nxt.input[1]]
@@ -223,13 +231,17 @@ def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.No
     raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
 
 
-def _consumer_checks(c: Layer, channels: int, label: str) -> Layer:
-    if c.op == "Conv" and c.groups != 1:
-        raise _Refused(f"consumer Conv {label!r} is grouped (group={c.groups})")
+def _consumer_checks(c: Layer, channels: int, label: str, produced: int = 1) -> Layer:
+    """`c` as a site's consumer of `channels`, or _Refused; `produced`: the producer's groups
+    (a grouped producer into a grouped consumer: not both)."""
+    if c.op == "Conv" and c.groups != 1 and produced != 1:
+        raise _Refused(f"consumer Conv {label!r} is grouped (group={c.groups}), and so is "
+                       "the producer")
     if c.op == "Gemm" and c.uses[0].trans_a:
         raise _Refused(f"consumer Gemm {label!r} has transA")
-    if c.matrix_shape[2] % channels:
-        raise _Refused(f"consumer {label!r} reads {c.matrix_shape[2]} columns, not a "
+    G, _, d = c.matrix_shape
+    if G * d % channels:
+        raise _Refused(f"consumer {label!r} reads {G * d} columns, not a "
                        f"multiple of the {channels} channels")
     return c
 

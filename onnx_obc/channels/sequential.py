@@ -86,7 +86,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
             s = _solve(site, weights, hessians, backend, damp, k)
             removed = s.trace.order[:k]
             W = obs_update(backend.to_device(s.W), s.Hinv, site.width, removed)
-            updated[site.consumer.weight] = site.consumer.from_matrix(backend.to_host(W)[None])
+            updated[site.consumer.weight] = site.consumer_array(backend.to_host(W))
             updated.update(squeeze_update(site, removed, weights, hessians, backend, damp))
             keep.append(np.setdiff1d(np.arange(site.channels), removed))
             rows[site.producer.weight] = (s, removed)

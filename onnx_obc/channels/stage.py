@@ -21,7 +21,8 @@ from ..collect import collect
 from ..errors import ConfigError
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights, weight_matrix
-from ..solvers.channels import ChannelTrace, channel_trace, obs_update, output_energy
+from ..solvers.channels import (ChannelTrace, block_diagonal, channel_trace, obs_update,
+                                output_energy)
 from ..solvers.prepare import fit_to_reference, prepare
 from .allocate import counts as allocate_counts
 from .allocate import reachable, site_align
@@ -184,7 +185,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
     for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]
         W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, removed)
-        updated[s.site.consumer.weight] = s.site.consumer.from_matrix(backend.to_host(W)[None])
+        updated[s.site.consumer.weight] = s.site.consumer_array(backend.to_host(W))
         updated.update(squeeze_update(s.site, removed, plan.weights, plan.hessians, backend,
                                       plan.damp))  # a squeeze-excite block's squeeze layer
         base = _norm_removed(s.site, plan.weights, k)
@@ -271,10 +272,10 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
     acc = hessians[c.weight]
     if acc.cross is not None:  # sequential: fit the dense model's output first
         W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
-    prep = prepare(W, acc.mean(), damp)
-    trace = channel_trace(prep.W[0], prep.Hinv[0], site.width, steps, site.blocks)
-    return _Solved(site, backend.to_host(prep.W[0]), prep.H[0], prep.Hinv[0], trace,
-                   output_energy(prep.W[0], prep.H[0]))
+    prep = prepare(W, acc.mean(), damp)  # [G, r, d]: a grouped consumer's groups, each
+    W, H, Hinv = (block_diagonal(x) for x in (prep.W, prep.H, prep.Hinv))  # dampened alone
+    trace = channel_trace(W, Hinv, site.width, steps, site.blocks)
+    return _Solved(site, backend.to_host(W), H, Hinv, trace, output_energy(W, H))
 
 
 def _relabel(layers: list[Layer], model: onnx.ModelProto) -> list[Layer]:

@@ -43,6 +43,8 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
     cuts: dict[str, dict[int, list[np.ndarray]]] = {}  # name -> axis -> entries kept, in
     # pieces (a fused gate-up projection keeps two blocks of its rows)
 
+    per_group: dict[str, tuple[np.ndarray, int]] = {}  # a grouped consumer's kept inputs
+
     def cut(name: str, axis: int, kept: np.ndarray) -> None:
         cuts.setdefault(name, {}).setdefault(axis, []).append(kept)
 
@@ -56,7 +58,10 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         blocks = site.split.blocks if site.split is not None else 1  # fused QKV: 3
         produced = np.concatenate([b * site.channels * site.unit + rows for b in range(blocks)])
         cut(site.producer.weight, weight_axes(site.producer)[0], produced)
-        cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
+        if site.consumer.layout == "conv" and site.consumer.groups > 1:  # each group its own
+            per_group[site.consumer.weight] = (rows, site.consumer.groups)  # columns
+        else:
+            cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
         for name, axis in site.sliced:
             cut(name, axis, produced)
         for label in site.grouped:
@@ -69,9 +74,11 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             shape = np.array(vals, dtype=np.int64)
             shape[index] = len(kept) * per
             node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
-    for name, by_axis in cuts.items():
+    for name in dict.fromkeys([*per_group, *cuts]):
         arr = values[name] if name in values else read_constant(tensors[name])
-        for axis, pieces in by_axis.items():
+        if name in per_group:
+            arr = _group_columns(arr, *per_group[name])
+        for axis, pieces in cuts.get(name, {}).items():
             arr = np.take(arr, np.concatenate(pieces), axis=axis)
         values[name] = arr
     for name, arr in values.items():
@@ -82,6 +89,14 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             t.shape = None
     out = export_graph(graph, model, model_opset(model))
     return checked(out)
+
+
+def _group_columns(w: np.ndarray, kept: np.ndarray, G: int) -> np.ndarray:
+    """A grouped Conv weight [M, C / G, *k] keeping the input channels `kept` (global ids,
+    as many in each group): each group's output rows keep their own group's."""
+    M, per = w.shape[0] // G, w.shape[1]
+    return np.concatenate([np.take(w[g * M:(g + 1) * M], kept[kept // per == g] - g * per,
+                                   axis=1) for g in range(G)])
 
 
 def tied_cuts(site: Any) -> tuple[tuple[str, int, int, int], ...]:

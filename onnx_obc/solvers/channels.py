@@ -27,7 +27,9 @@ from ..backend import array_module, to_numpy
 
 __all__ = [
     "ChannelTrace",
+    "block_diagonal",
     "channel_trace",
+    "diagonal_blocks",
     "norm_order",
     "obs_update",
     "output_energy",
@@ -100,6 +102,25 @@ def obs_update(W: Any, Hinv: Any, width: int, removed: Any) -> Any:
     out = W64 - W64[:, S] @ xp.linalg.solve(D, Hinv[S, :])
     out[:, S] = 0.0
     return out.astype(W.dtype)
+
+
+def block_diagonal(M: Any) -> Any:
+    """[G, a, b] -> the [G·a, G·b] matrix with those blocks on its diagonal: a grouped
+    consumer's W (or H) as one layer whose channel c's columns are c·width .. (group c // Cg
+    holds channels g·Cg ..), every other block zero."""
+    xp = array_module(M)
+    G, a, b = M.shape
+    out = xp.zeros((G * a, G * b), dtype=M.dtype)
+    for g in range(G):
+        out[g * a:(g + 1) * a, g * b:(g + 1) * b] = M[g]
+    return out
+
+
+def diagonal_blocks(M: Any, G: int) -> Any:
+    """block_diagonal's inverse: the G diagonal blocks of M [G·a, G·b] as [G, a, b]."""
+    xp = array_module(M)
+    a, b = M.shape[0] // G, M.shape[1] // G
+    return xp.stack([M[g * a:(g + 1) * a, g * b:(g + 1) * b] for g in range(G)])
 
 
 def output_energy(W: Any, H: Any) -> float:

@@ -170,29 +170,66 @@ def test_the_consumers_hessians_come_from_a_subgrid_where_positions_abound(monke
     assert runs[0]["rows"][0]["removed_ids"] == runs[1]["rows"][0]["removed_ids"] != []
 
 
-def test_a_grouped_producer_loses_as_many_channels_from_every_group():
-    """RegNet's grouped 3x3 conv as a producer: the cut equals the OBS oracle, each of its 4
-    groups loses the same number of channels (the group count stays, each group smaller),
-    the L2 baseline likewise; the conv before it keeps its channels (grouped consumer)."""
+def _group_obs(W, H, removed, width):
+    """The OBS update of a grouped consumer, group by group on its own Hessian block: W [G,
+    r, d], H [G, d, d] (dampened as the stage does), removed: global input channels."""
+    G, _, d = W.shape
+    per = d // width
+    out = W.astype(np.float64).copy()
+    for g in range(G):
+        local = np.asarray([c - g * per for c in removed if c // per == g])
+        S = (local[:, None] * width + np.arange(width)).ravel()
+        Hg = H[g] + DAMP * np.mean(np.diag(H[g])) * np.eye(d)
+        Hinv = np.linalg.inv(Hg)
+        out[g] -= out[g][:, S] @ np.linalg.solve(Hinv[np.ix_(S, S)], Hinv[S, :])
+        out[g][:, S] = 0.0
+    return out
+
+
+def test_grouped_convs_lose_as_many_channels_from_every_group():
+    """RegNet's bottleneck middle: the 1x1 conv into the grouped 3x3 (a grouped consumer:
+    each group's columns by OBS on its own Hessian block) and the grouped 3x3 into the last
+    1x1 (a grouped producer) are sites; every group loses as many channels (the group count
+    stays, each group narrower), and the cut model equals the dense one with both consumers
+    OBS-updated (the removed columns zero); the L2 baseline runs; FLOPs exact."""
+    from onnx_obc.channels.patterns import layer_macs, saved_macs
+
     model = graphs.grouped_block()
-    sites, refused = find_sites(model, find_layers(model)[0])
-    (site,) = [s for s in sites if s.producer.name == "grouped"]
-    assert site.blocks == 4 and site.consumer.name == "last"
-    assert any(r.producer == "first" and "is grouped" in r.reason for r in refused)
+    sites = {s.producer.name: s for s in find_sites(model, find_layers(model)[0])[0]}
+    assert sites["first"].consumer.name == "grouped" and sites["first"].width == 9
+    assert sites["grouped"].consumer.name == "last"
+    assert sites["first"].blocks == sites["grouped"].blocks == 4
     res, layers, data = _run(model, fraction=0.4)
-    (row,) = [r for r in res.rows if r.producer == "grouped"]
-    assert row.removed and row.removed % 4 == 0
-    assert np.bincount(np.asarray(row.removed_ids) // 4, minlength=4).tolist() == \
-        [row.removed // 4] * 4
-    ref, _, _ = _oracle(model, layers, data, row.removed_ids, site)
+    rows = {r.producer: r for r in res.rows}
+    assert rows["first"].removed and rows["grouped"].removed
+    for r in rows.values():
+        assert r.removed % 4 == 0 and np.bincount(np.asarray(r.removed_ids) // 4,
+                                                  minlength=4).tolist() == [r.removed // 4] * 4
+    by_w = {L.weight: L for L in layers}
+    hs, _ = collect(model, [by_w["g.w"], by_w["c.w"]], data, 32, get_backend("cpu"), 2048,
+                    False)
+    w = constant_weights(model.graph)
+    grouped = _group_obs(weight_matrix(w, by_w["g.w"]), hs["g.w"].mean(),
+                         rows["first"].removed_ids, 9)
+    last = _group_obs(weight_matrix(w, by_w["c.w"]), hs["c.w"].mean(),
+                      rows["grouped"].removed_ids, 1)
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for t in ref.graph.initializer:
+        new = {"g.w": by_w["g.w"].from_matrix(grouped), "c.w": by_w["c.w"].from_matrix(last)}
+        if t.name in new:
+            t.CopyFrom(numpy_helper.from_array(new[t.name].astype(np.float32), t.name))
     feed = b.feeds(model, 8, seed=7)
     np.testing.assert_allclose(b.run(res.model, feed)[0], b.run(ref, feed)[0], rtol=1e-4,
                                atol=1e-4)
-    w = b.weights_of(res.model)
-    kept = 16 - row.removed
-    assert w["g.w"].shape == (kept, 4, 3, 3) and w["c.w"].shape[1] == w["bn.v"].shape[0] == kept
+    kept_a, kept_g = 16 - rows["first"].removed, 16 - rows["grouped"].removed
+    cut = b.weights_of(res.model)
+    assert cut["g.w"].shape == (kept_g, kept_a // 4, 3, 3) and cut["c.w"].shape[1] == kept_g
     (g,) = [n for n in res.model.graph.node if n.name == "grouped"]
     assert next(a.i for a in g.attribute if a.name == "group") == 4
     onnx.checker.check_model(res.model, full_check=True)
     assert b.run(res.baseline, feed)[0].shape == b.run(model, feed)[0].shape
-    assert res.macs[1] < res.macs[0]
+    order = [s for s in sites.values() if s.producer.name in rows]
+    saved = saved_macs(order, [rows[s.producer.name].removed for s in order])  # predicted
+    assert res.macs[0] - saved == pytest.approx(layer_macs(res.model,  # = measured
+                                                           find_layers(res.model)[0]))
