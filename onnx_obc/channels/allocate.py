@@ -57,13 +57,15 @@ AUTO_ALIGN = 8  # onnxruntime's blocked (NCHWc) CPU convolutions take channels i
 def site_align(site: Any, align: int) -> int:
     """The multiple of channels `site` keeps: 1 for whole heads (each is dh channels);
     `align` when given; 0 (auto): 8 where the dense count is a multiple of 8 and at least
-    16, else 1. Measured on EfficientNet-Lite0 at a 30% FLOP cut (README): odd counts ran
-    1.29x slower than dense, multiples of 8 0.81x, at the same output error."""
+    16, else 1 (measured on EfficientNet-Lite0 at a 30% FLOP cut, README: odd counts ran
+    1.29x slower than dense, multiples of 8 0.81x, at the same output error); a grouped
+    producer's or consumer's: a multiple of its group count (and of `align` when given)."""
     if site.split:
         return 1
     C = site.channels
-    a = align or (AUTO_ALIGN if C % AUTO_ALIGN == 0 and C >= 2 * AUTO_ALIGN else 1)
-    return math.lcm(a, site.blocks)  # a grouped producer: as many from every group
+    if site.blocks > 1:  # a grouped layer's: as many from every group (auto: no more, as
+        return math.lcm(align or 1, site.blocks)  # RegNet's 8-wide groups allow no 8s)
+    return align or (AUTO_ALIGN if C % AUTO_ALIGN == 0 and C >= 2 * AUTO_ALIGN else 1)
 
 
 def allowed(steps: int, C: int, align: int) -> list[int]:
