@@ -65,7 +65,7 @@ def site_align(site: Any, align: int) -> int:
     if site.split:
         return 1
     C, G = site.channels, site.blocks
-    if G > 1 and align:  # a grouped layer's: as many from every group
+    if align:  # a grouped layer's: as many from every group too
         return math.lcm(align, G)
     per = C // G  # auto: each group's count, as an ungrouped layer's (RegNet's 8-wide
     return G * (AUTO_ALIGN if per % AUTO_ALIGN == 0 and per >= 2 * AUTO_ALIGN else 1)  # any)
