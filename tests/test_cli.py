@@ -94,6 +94,12 @@ def test_inspect_lists_the_channel_sites_and_why_the_others_keep_theirs(saved):
     res = invoke("inspect", str(ROOT / "models" / "digits_vit.onnx"), "--channels")
     assert "attn.v -> attn.out" in res.output and "mlp.fc1 -> mlp.fc2" in res.output
     assert "channel sites" not in invoke("inspect", model).output
+    from tests.channels.graphs import grouped_block
+
+    grouped, _ = saved(grouped_block())  # a grouped conv's sites say so
+    res = invoke("inspect", grouped, "--channels")
+    assert "first -> grouped: 16 channels (4 groups: as many from each)" in res.output
+    assert "grouped -> last: 16 channels (4 groups: as many from each)" in res.output
 
 
 def test_inspect_with_selection_options(saved):

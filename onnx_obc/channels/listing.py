@@ -32,6 +32,8 @@ def site_lines(model: onnx.ModelProto, select: Any) -> list[str]:
                 "fused gate-up" if s.gate.offset else
                 "squeeze-excite" if s.gate.squeeze is not None else
                 f"gated, with {s.gate.producer.name}")
+        kind = ", ".join(k for k in (kind, f"{s.blocks} groups: as many from each" * (
+            s.blocks > 1)) if k)
         pair = short_name(f"{s.producer.name} -> {s.consumer.name}", 2 * NAME_WIDTH)
         lines.append(f"  {pair}: {s.channels}{' heads' if s.unit > 1 else ' channels'}"
                      + (f" ({kind})" if kind else ""))
