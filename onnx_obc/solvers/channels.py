@@ -55,8 +55,9 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1) ->
     """Greedy group OBS over the d // width input channels of W [r, d] (Hinv [d, d], the
     dampened inverse Hessian): remove `steps` channels, each the one whose removal costs
     least given the earlier ones, with the exact Hinv downdate in between. `blocks` > 1
-    (the channels of a grouped producer, in that many equal runs): in rounds, one channel
-    from each block a round, so that every multiple of `blocks` steps takes as many from each."""
+    (the channels of a grouped producer or consumer, in that many equal runs): in rounds,
+    one channel from each block a round, so that every multiple of `blocks` steps takes as
+    many from each."""
     xp = array_module(W, Hinv)
     W = W.astype(xp.float64, copy=True)
     Hinv = Hinv.astype(xp.float64, copy=True)
@@ -110,6 +111,8 @@ def block_diagonal(M: Any) -> Any:
     holds channels g·Cg ..), every other block zero."""
     xp = array_module(M)
     G, a, b = M.shape
+    if G == 1:
+        return M[0]  # no copy: an ungrouped consumer's d x d H and H^-1 stay as they are
     out = xp.zeros((G * a, G * b), dtype=M.dtype)
     for g in range(G):
         out[g * a:(g + 1) * a, g * b:(g + 1) * b] = M[g]
