@@ -152,7 +152,7 @@ def _model(name: str, a: argparse.Namespace) -> list[str]:
     lines = []
     for f in a.fractions:
         for kind, p in plans.items():
-            r = cut_channels(p, f, 1, "dp", "layer")  # the figures in README
+            r = cut_channels(p, f, 1, "dp", "layer")  # the figures in docs/channels.md
             ys = {k: _outputs(m, held) for k, m in (("obs", r.model), ("l2", r.baseline))}
             err = {k: float(np.linalg.norm(y - ref) / np.linalg.norm(ref)) for k, y in ys.items()}
             metric = " / ".join(_metric(name, y, shape, texts) for y in ys.values())

@@ -3,7 +3,7 @@ weights, BatchNorm statistics randomized; torch from the `.[models]` extra): a D
 generator (four 4x4 ConvTransposes), an FSRCNN-like x3 super-resolver (a 9x9 stride-3
 ConvTranspose with output padding) and a small U-Net (three 2x2 stride-2 up-samplers), each
 exported with the TorchScript and the dynamo exporter, with 96 smooth calibration inputs
-and 64 held out: OUT/{gen,sr,unet}_{ts,dyn}.onnx and OUT/{name}.{calib,eval}.npz. README
+and 64 held out: OUT/{gen,sr,unet}_{ts,dyn}.onnx and OUT/{name}.{calib,eval}.npz. docs/models.md
 "ConvTranspose layers" converts them with the CLI; bench/deconv_deploy.py times them.
 
     python bench/deconv_models.py OUT
@@ -83,7 +83,7 @@ def randomize_bn(m: nn.Module) -> None:
 
 
 SPECS = {"unet": (UNet(), (1, 3, 64, 64)), "gen": (Gen(), (1, 64, 1, 1)),  # built in this
-         "sr": (SR(), (1, 1, 32, 32))}  # order, first: the README's figures are of these
+         "sr": (SR(), (1, 1, 32, 32))}  # order, first: docs/models.md's figures are of these
 rng = np.random.default_rng(0)
 for name, (m, shape) in SPECS.items():
     randomize_bn(m)

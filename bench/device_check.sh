@@ -16,7 +16,7 @@
 # Each step under its own timeout (STEP_S, default 150 s; WIDE_S for step 4, default 120 s),
 # its log in $OUT (or /tmp/device_out).
 # Wheels in .whl/ (e.g. onnx-graphsurgeon, which the device image lacks) are put on PYTHONPATH.
-# As run through the device tool (one H200, 2026-12-04; README "Numerics", GPU): .whl holding
+# As run through the device tool (one H200, 2026-12-04; docs/numerics.md, GPU): .whl holding
 # onnx_graphsurgeon-0.6.1-py2.py3-none-any.whl, .gpu holding copies of bench/real's ppocr_cls,
 # ppocr_rec and crepe_tiny (.onnx + .calib.npz, 42 MB), both in .git/info/exclude and carried:
 #   STEP_S=150 bash bench/device_check.sh .gpu/ppocr_cls.onnx .gpu/ppocr_rec.onnx .gpu/crepe_tiny.onnx

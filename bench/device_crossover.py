@@ -29,7 +29,7 @@ from onnx_obc.quant import QuantSpec  # noqa: E402
 from onnx_obc.solvers import Unstructured, solve_layer  # noqa: E402
 from tests.solvers.data import correlated_H, weights  # noqa: E402
 
-JOBS = {  # the widths a 16-core host won up to on an H200 (README "Numerics", GPU) and wider
+JOBS = {  # the widths a 16-core host won up to on an H200 (docs/numerics.md, GPU) and wider
     "s50 gptq": ({"structure": Unstructured(0.5), "method": "gptq"},
                  [(256, 1024), (512, 4096), (128, 8192), (128, 16384)]),
     "w4 gptq": ({"quant": QuantSpec(bits=4), "method": "gptq"},

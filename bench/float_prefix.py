@@ -10,7 +10,8 @@ bench/deploy.py scores them), the calibration error the run reported.
 The prefix: Convs whose output height is at least the input's / stride, found by running
 the folded model once on a calibration sample, the stem among them. This measured the idea
 before it was built: both rows now run with --int8-highres (the CLI offers these convs as
-measured float candidates by default, export/orthires.py; README "High-resolution convs"):
+measured float candidates by default, export/orthires.py;
+docs/deployment.md "High-resolution convs"):
 faster and closer to dense on the narrow mobile backbones, slower on EfficientNet-Lite0's
 wide early convs.
 """

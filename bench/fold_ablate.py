@@ -1,5 +1,5 @@
-"""ppocr_rec W8A8 with parts of the fold stage turned off, scored on 600 other lines (README
-"Deployment", the fold stage: what the fold costs the recognizer's text accuracy).
+"""ppocr_rec W8A8 with parts of the fold stage turned off, scored on 600 other lines
+(docs/deployment.md, the fold stage: what the fold costs the recognizer's text accuracy).
 
     python bench/fold_ablate.py VARIANT [--seed S --holdout H] [--minmax]
 

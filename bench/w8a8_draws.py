@@ -5,7 +5,7 @@
 
 On the ddddocr detector the whole-output error of a W8A8 model is dominated by the
 activation quantization and reacts chaotically to tiny changes (1% of the int8 weight codes
-rounded the other way moves it from 0.33 to 0.68; README "Deployment"), so one conversion's
+rounded the other way moves it from 0.33 to 0.68; docs/deployment.md), so one conversion's
 figure says little about the weights. This script converts once with our default (8-bit fast
 path, `--runtime onnxruntime`) and once with onnxruntime's `quantize_static` (bench/deploy.py's
 settings), then, for each of `--draws` random halves of the calibration samples, re-sets every

@@ -32,7 +32,8 @@ _STAND_IN: dict[type, Backend] = {}  # array type -> its stand-in device (tests 
 # Layers narrower than this are solved on the host even when a GPU is in use (the capture's
 # Hessian products stay on it). On an H200 against its 16-core host every solve measured up
 # to 4,096 columns was slower on the GPU: 50% ExactOBS 0.01-0.81x, SparseGPT 0.07-0.83x,
-# 4-bit OBQ 10-40x slower on the real models' layers (README, "GPU"); the ratio rises with d.
+# 4-bit OBQ 10-40x slower on the real models' layers (docs/numerics.md "GPU"); the ratio rises
+# with d.
 DEVICE_MIN_COLUMNS = 8192
 
 

@@ -1,8 +1,8 @@
 """Capture a model whose batch axis is fixed at 1 in batches of many samples.
 
 A model exported with a fixed batch of one ([1, 3, H, W]) takes one onnxruntime run per
-calibration sample, and the capture is then most of a W8A8 run (README "W8A8 conversion
-time"). Most such models compute their shapes at run time (Shape -> Gather -> Reshape) and
+calibration sample, and the capture is then most of a W8A8 run (docs/conversion-time.md).
+Most such models compute their shapes at run time (Shape -> Gather -> Reshape) and
 run as well on a batch of N: this module builds the capture session from the same graph with
 every per-sample input's sample axis made symbolic (its value_info and output shapes dropped
 while the session is built; the proto is restored afterwards) and checks, before any work,

@@ -76,7 +76,7 @@ def providers_for(backend_name: str, custom_op_library: str | None = None) -> Ru
 # Sessions whose fetched (or kept) tensors reach this many bytes per run do without
 # onnxruntime's CPU memory arena: every fetched output is a fresh arena chunk that the arena
 # grows (and faults in page by page) while Python still holds the last one. Capture runs at
-# one thread, W8A8 (README "W8A8 conversion time"): ddddocr's detector (416x416) system
+# one thread, W8A8 (docs/conversion-time.md): ddddocr's detector (416x416) system
 # time 9.7 -> 5.0-5.5 s, peak RSS 3.6 -> 2.5 GB; EfficientNet-Lite0 2.2 -> 1.0-1.1 s.
 # Small runs keep it (segments.py: without it every intermediate is a fresh allocation).
 ARENA_MAX = 4 << 20

@@ -189,7 +189,7 @@ CAPTURE_BATCH = RUN_BATCH  # `shrink`: samples per capture run (calib.plan.RUN_B
 # `free_batch` samples where one sample's tensors are large; one: the per-sample runs).
 # ddddocr's detector (416 x 416, over 80 MB fetched a sample) at 8 samples a run: W8A8
 # capture 16.7 s, peak RSS 2.5 GB; at 4 13.2 s, 1.5 GB; one a run (this bound) 11.8-12.2 s,
-# 1.1 GB, the same file (README "W8A8 conversion time"). Its recognizer (under 5 MB a
+# 1.1 GB, the same file (docs/conversion-time.md). Its recognizer (under 5 MB a
 # sample) keeps 8, where 4 cost it 7% more CPU time.
 FREE_RUN_BYTES = 160 << 20
 

@@ -132,7 +132,7 @@ def _auto_sequential(c: CompressConfig) -> bool:
     """run.sequential None: in groups when run.sequential_groups is given, or with OBQ /
     ExactOBS or GPTQ / SparseGPT when the run quantizes weights alone below 8 bits, prunes to
     N:M, or both (no activation grids, other pruning, allocation or channel pruning), where
-    sequential lowered the output error of every real model measured (README "Per-layer
+    sequential lowered the output error of every real model measured (docs/defaults.md "Per-layer
     --sequential at W4", "N:M"); one-shot otherwise (at 50% Magika's DP was worse with it,
     at W4A8 PP-LCNet) and with the Ray engine (its parallel solves). costmem.without_auto
     falls back to one-shot where the full Hessians cannot fit."""
@@ -166,8 +166,8 @@ def reduce_note(c: CompressConfig) -> list[str]:
     return [
         "reduce range on (automatic: this CPU, x86 without VNNI, can saturate onnxruntime's "
         "uint8 x int8 kernels with 8-bit weight codes): 8-bit weights in 7 bits' range, codes "
-        "in [-63, 63]; for a deployment CPU with VNNI use --reduce-range off (README, "
-        "Deployment)"] * auto
+        "in [-63, 63]; for a deployment CPU with VNNI use --reduce-range off (docs/"
+        "deployment.md)"] * auto
 
 
 _AUTO = (("alloc", "mode", "auto", _auto_mode), ("run", "sequential", None, _auto_sequential),

@@ -168,7 +168,7 @@ def make_plan(layers: list[Layer], cfg: Any, xp: Any = None, sync: Any = lambda:
     alone at 8 bits (not exact_applies), or whose exact work is at most SMALL_WORK, without
     `run.time_budget_s` and `rates` measure none and predict no time (every seconds field
     None, Plan.untimed says why): nothing in them reads it but the printed plan, and the
-    micro-benchmarks were a tenth of such an 8-bit run (README "W8A8 conversion time"),
+    micro-benchmarks were a tenth of such an 8-bit run (docs/conversion-time.md),
     most of a small one."""
     import numpy as np
 

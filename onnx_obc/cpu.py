@@ -4,7 +4,7 @@ saturating_cpu: on x86 without VNNI, onnxruntime's uint8 x int8 kernels sum pair
 products in int16 (vpmaddubsw), which 8-bit weight codes against uint8 activations can
 overflow; codes in [-64, 63] cannot (2 x 255 x 64 < 2^15). quant.reduce_range "auto"
 (config.py) stores 8-bit weights with those 7-bit codes where this says so, for the
-onnxruntime target (README "Deployment: onnxruntime integer kernels")."""
+onnxruntime target (docs/deployment.md "Deployment: onnxruntime integer kernels")."""
 
 from __future__ import annotations
 

@@ -17,14 +17,14 @@ For the onnxruntime target with 8-bit activations (export/onnxruntime.float_cand
     against 76.00, McNemar p = 0.005), and its calibration error said so beforehand (0.2094
     float against 0.1934 quantized, uncorrected), as it said the opposite on PP-LCNet
     (0.0345 against 0.0646). A rule on the graph alone cannot tell them apart; one more
-    build and verification pass can (README "A float stem").
+    build and verification pass can (docs/deployment.md "A float stem").
   - the high-resolution Convs (export/orthires.py), kept float when the error falls to
     0.8x or less at no more than 1.05x the latency, or, from an output error of 0.1 or more,
     further at more latency in proportion (half the error: 1.125x; at most 1.15x): the
     convs that wreck PP-PicoDet's 8-bit detections are there, and so are EfficientNet-Lite0's,
-    which run much faster on integers (README "High-resolution convs"). A group kept float
-    then gives its last layers back to the integer kernels one at a time where each, float,
-    does not pass the same rule on its own (_trim).
+    which run much faster on integers (docs/deployment.md "High-resolution convs"). A group
+    kept float then gives its last layers back to the integer kernels one at a time where
+    each, float, does not pass the same rule on its own (_trim).
 
 In a run that also prunes, a candidate kept float keeps its zeros (its solved weights, on
 the grid, written float): the sparsity and an allocation's budget hold, so the candidates are

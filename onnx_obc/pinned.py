@@ -13,7 +13,7 @@ sequential), the float candidates' `--int8-*` (nothing left to measure), `--corr
 `--no-correct`, `--allocate dp` / `uniform`, `--accuracy-level` (nbitslevel.py); and the
 same as a recipe (the report's `pinned`). Such a run writes the same file
 (tests/test_pinned.py), in less time (PP-LCNet W8A8 on the onnxruntime target: 5.7 s
-against 15.3 s, README).
+against 15.3 s).
 
     decided = {"float": ["Conv.0", "Conv.1"], "correct": False}  # Compressed.decided
     pinned(cfg, decided)  # {"flags": "--exclude Conv.0 ... --no-correct", "recipe": {...},

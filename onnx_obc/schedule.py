@@ -167,7 +167,7 @@ def compress_layers(proto: onnx.ModelProto, layers: list[Layer], data: Calibrati
                       else [], uniform=uniform)
 
 
-SEQUENTIAL_NOTE = (  # README "Per-layer --sequential at W4 ...", "... at 2:4"
+SEQUENTIAL_NOTE = (  # docs/defaults.md "Per-layer --sequential at W4 ...", "... at 2:4"
     "sequential calibration, the default for weights below 8 bits, N:M or both without "
     "activation grids (each layer on the compressed model's inputs): it lowered the output "
     "error of eleven of the twelve real models the bench measured at 4 bits, by 9-71% (Silero "

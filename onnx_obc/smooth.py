@@ -17,7 +17,7 @@ In an ONNX graph S^-1 cannot always be folded into the producer (in a post-LN BE
 LayerNorm's output also feeds the residual Add), so it is one Mul by a constant vector in
 front of the layers that read the tensor (Q, K and V share one); the Mul stays float (a
 constant operand: export/ortplan.py), and the activation quantizer reads its output.
-Measured: README "Smoothing activation outliers" under Deployment."""
+Measured: docs/deployment.md "Smoothing activation outliers" under Deployment."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ def smooth(proto: onnx.ModelProto, layers: list[Layer], data, runtime, cfg
 
 def active(cfg) -> bool:
     """Whether the stage runs: quant.smooth, where None (auto) is on for 8-bit weights and
-    activations on the onnxruntime target (measured there: README "Smoothing activation
+    activations on the onnxruntime target (measured there: docs/deployment.md "Smoothing activation
     outliers"); the tensorrt target takes it with --smooth (its latency untimed here)."""
     q = cfg.quant
     if q.smooth is not None:
@@ -244,8 +244,8 @@ def stage(proto: onnx.ModelProto, layers: list[Layer], data, runtime, cfg,
         return proto, layers, Smoothed(None, (), hint=(
             f"not smoothed: {n} MatMul/Gemm inputs could take SmoothQuant scales (--smooth: a "
             "BERT's W8A8 output error 0.17 -> 0.066 in onnxruntime, TensorRT's latency not "
-            "measured; on by default with --runtime onnxruntime; README \"Smoothing activation "
-            "outliers\")")) if n >= HINT_SITES else None
+            "measured; on by default with --runtime onnxruntime; docs/deployment.md \"Smoothing"
+            " activation outliers\")")) if n >= HINT_SITES else None
     t = time.perf_counter()
     proto, done = smooth(proto, layers, data, runtime, cfg)
     changed = done is not None and any(s.alpha is not None for s in done.sites)

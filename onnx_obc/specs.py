@@ -127,7 +127,7 @@ class Quantization:
 
     def act_method(self, runtime: str) -> str:
         """act_calibration, "auto" being "mse" for both targets (lower W8A8 error than min-max
-        on every real bench model: README "Defaults"); `runtime`: for a target that differs."""
+        on every real bench model: docs/defaults.md); `runtime`: for a target that differs."""
         return "mse" if self.act_calibration == "auto" else self.act_calibration
 
     def spec(self, bits: int | None = None) -> QuantSpec | None:
@@ -173,7 +173,7 @@ class Allocation:
     """mode "uniform" (every layer at the same level), "dp" (per-layer levels by an exact DP
     under the global budget: "sparsity"/"params", "flops" or "bops") or "auto" (default: dp
     for a global unstructured prune.sparsity with solver.method obc, else uniform; resolved
-    by CompressConfig; README "Defaults"). target: reduction factor of the budget vs the
+    by CompressConfig; docs/defaults.md). target: reduction factor of the budget vs the
     dense FP32 model. score: level errors from the layer loss ("loss") or the measured output
     error ("output"). profile: a saved per-layer profile to apply instead of the DP;
     save_profile: where to write the chosen one. level_bits / level_nm: the "bops" levels."""

@@ -24,7 +24,7 @@ def hessian_dtype(cfg: Any, xp: Any) -> Any:
 def subsampled(cfg: Any) -> bool:
     """Whether the Hessians come from a subgrid of the output positions: in the runs of
     hessian_dtype's float32 (8-bit quantization alone), where GPTQ and RTN need H only to
-    about a percent; see README "W8A8 conversion time" for the measured trade."""
+    about a percent; see docs/conversion-time.md for the measured trade."""
     from .costplan import exact_applies
 
     return not exact_applies(cfg)
@@ -39,7 +39,7 @@ def column_floor(cfg: Any) -> int:
     subsampled(), EXACT_COLUMNS where ExactOBS / OBQ / DP read H (solver.positions "all":
     0). Basic Pitch's CQT stack (a 936-input conv over 45,000 positions a clip, a 256-tap
     lowpass over 44,000) gave a 50% run's capture 61.7 s of 70.5 with every position, 13.2
-    with this floor, the same output error on held-out clips (README "Hessians from a
+    with this floor, the same output error on held-out clips (docs/scale.md "Hessians from a
     subgrid of the positions")."""
     if cfg.solver.positions == "all":
         return 0
@@ -50,7 +50,7 @@ def channel_floor(cfg: Any) -> int:
     """column_floor for the channel stage's consumer Hessians, whose group OBS reads H as
     ExactOBS does: EXACT_COLUMNS (0 with solver.positions "all"). With every position,
     DNSMOS's --channels 0.2 spent 598 of its 684 s in that stage's capture, two shared
-    cores (README "Hessians from a subgrid of the positions")."""
+    cores (docs/scale.md "Hessians from a subgrid of the positions")."""
     return 0 if cfg.solver.positions == "all" else EXACT_COLUMNS
 
 
@@ -63,8 +63,8 @@ def diagonal_hessians(cfg: Any, layers: list[Layer]) -> frozenset[str]:
     needs the cross moments); solver.w8_hessian "diag": all of them, "full": none, "auto":
     those whose GPTQ cost d^2 (r + d) per group exceeds W8_FULL_FLOPS (the Hessian's
     product grows with d^2 too), the small layers keeping H and GPTQ. Their solve is RTN on
-    the grid searched under diag(H) (solvers/layer.py). Measured (README "W8A8 conversion
-    time"): "diag" everywhere raised ocr_like's W8A8 error 0.016 -> 0.023 and cost common 2
+    the grid searched under diag(H) (solvers/layer.py). Measured (docs/conversion-time.md):
+    "diag" everywhere raised ocr_like's W8A8 error 0.016 -> 0.023 and cost common 2
     points of text accuracy; "auto" (2 of ocr_like's 24 layers, 1 of common's 22 diagonal)
     kept both within 0.001 / 0 points for 0.7x the CPU seconds."""
     mode = cfg.solver.w8_hessian

@@ -27,8 +27,7 @@ def variants(cfg: CompressConfig, fixes: CorrectionResult | None) -> list[str]:
 def compares_baseline(cfg: CompressConfig) -> bool:
     """run.compare_baseline, by default on except for quantization alone at 8 bits
     (costplan.exact_applies; with channel pruning the L2-norm channel model stays), where
-    the RTN model's build and verification cost more than the solve (README "W8A8
-    conversion time")."""
+    the RTN model's build and verification cost more than the solve (docs/conversion-time.md)."""
     c = cfg.run.compare_baseline
     return (costplan.exact_applies(cfg) or cfg.prune.channels is not None) if c is None else c
 

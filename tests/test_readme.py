@@ -1,6 +1,7 @@
 """The README's commands run as tests, as pasted from the repository root: every `onnx-obc`
-command line on a shipped model, every Python block, and the sample output it shows (its
-table must be what the main job prints today). The README cannot go stale."""
+command line on a shipped model (the README's and docs/'s), every Python block, and the sample
+output it shows (its table must be what the main job prints today). The README cannot go
+stale."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from onnx_obc.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+PAGES = [README] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
 NEEDS_RAY = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="--engine ray needs the [ray] extra")
 NEEDS_PLOT = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
@@ -28,13 +30,13 @@ def _commands() -> list[str]:
     """`onnx-obc ...` command lines (set-up lines: the part after `&&`) whose files exist in
     the repository; schematic lines (IN.onnx, [options]) are not commands."""
     found = []
-    for line in README.splitlines():
+    for line in "\n".join(PAGES).splitlines():
         m = re.match(r"^    (?:.*&& )?(onnx-obc .*?)\s*(?:#.*)?$", line)
         if not m or "[" in m.group(1) or "IN.onnx" in m.group(1):
             continue
         args = shlex.split(m.group(1))[1:]
         inputs = [a for a in args if "/" in a]
-        if inputs and all((ROOT / a).exists() for a in inputs):
+        if inputs and all((ROOT / a).exists() for a in inputs) and m.group(1) not in found:
             found.append(m.group(1))
     return found
 

@@ -5,7 +5,7 @@ output error: on two real models the model it chose was worse than uniform spars
 own calibration samples (Basic Pitch at 50%: output error 0.0727 against 0.0596, note F1
 against dense 98.90 against 99.51 on the eval clips; openWakeWord's embedding: 0.1557
 against 0.1381, 0.321 against 0.242 on other speakers), while on the others it was 3-34
-points better (README "Defaults"). So where the DP runs by default (not asked for with
+points better (docs/defaults.md). So where the DP runs by default (not asked for with
 `--allocate dp`), one-shot, the layers are solved uniform as well, from copies of the same
 Hessians (`spare`: only where both sets fit, the Hessians under a third of --memory-budget),
 both models are built uncorrected and verified on the run's fidelity samples, and uniform

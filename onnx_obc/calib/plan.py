@@ -31,7 +31,7 @@ NOT_REPRESENTATIVE = ("NO CALIBRATION DATA: the Hessians come from random inputs
 # Samples per onnxruntime run where the batch is free (Calibration.run_batch). onnxruntime
 # and the per-batch arithmetic (histograms, im2col) cost less per sample on small runs, and
 # memory follows the run: W8A8 one-thread CPU s / peak RSS at 8 against 32 samples per run
-# (README "W8A8 conversion time"): ppocr_rec 19.2 / 1.1 GB vs 27.9 / 3.7 GB, ppocr_det
+# (docs/conversion-time.md): ppocr_rec 19.2 / 1.1 GB vs 27.9 / 3.7 GB, ppocr_det
 # 13.1 / 1.3 vs 18.4 / 3.0, EfficientNet-Lite0 48.6 / 2.5 vs 53.3 / 3.6.
 RUN_BATCH = 8
 
@@ -147,7 +147,7 @@ def plan(proto: onnx.ModelProto, calib: Any, eval_data: Any, run: RunOptions) ->
             "sample_axes": dict(layout.axis)}
     if calib is not None and (mask := tokens.find(proto, fit, run.token_mask)) is not None:
         info["token_mask"] = mask
-    free = (min(run.batch_size, RUN_BATCH, fit.n)  # runs of 8: README "W8A8 conversion time"
+    free = (min(run.batch_size, RUN_BATCH, fit.n)  # runs of 8: docs/conversion-time.md
             if fixed_batch and batch == 1 and not layout.whole else 0)
     return Calibration(fit, held, ev, batch, info, tuple(notes), free if free > 1 else 0,
                        fixed_batch, check, corr, rows)

@@ -57,11 +57,11 @@ AUTO_ALIGN = 8  # onnxruntime's blocked (NCHWc) CPU convolutions take channels i
 def site_align(site: Any, align: int) -> int:
     """The multiple of channels `site` keeps: 1 for whole heads (each is dh channels);
     `align` when given; 0 (auto): 8 where the dense count is a multiple of 8 and at least
-    16, else 1 (measured on EfficientNet-Lite0 at a 30% FLOP cut, README: odd counts ran
+    16, else 1 (measured on EfficientNet-Lite0 at a 30% FLOP cut, docs/defaults.md: odd counts ran
     1.29x slower than dense, multiples of 8 0.81x, at the same output error); a grouped
     producer's or consumer's: as many from every group, each group's count aligned so (auto)
     or the total a multiple of `align` too (ResNeXt's 32-wide groups cut to odd counts ran
-    0.91x of fp32 at a 30% FLOP cut, README)."""
+    0.91x of fp32 at a 30% FLOP cut, docs/channels.md)."""
     if site.split:
         return 1
     C, G = site.channels, site.blocks
@@ -177,7 +177,7 @@ def reachable(sites: Sequence[Any], refused: Sequence[Any], dense: float, fracti
             f"-> consumer site{'' if n == 1 else 's'} save{'s' if n == 1 else ''} at most "
             f"{top:.1%} of the layers' FLOPs{kept}. Channel pruning needs a producer whose "
             "output channels reach one consumer layer through per-channel nodes only "
-            "(README \"Channel pruning\"); compress this model without prune.channels")
+            "(docs/channels.md \"Channel pruning\"); compress this model without prune.channels")
     raise ConfigError(
         f"prune.channels {fraction:g} cannot be reached here: the {n} prunable producer -> "
         f"consumer site{'' if n == 1 else 's'} save{'s' if n == 1 else ''} at most {top:.1%} "

@@ -81,7 +81,7 @@ def squeeze_update(site: Any, removed: np.ndarray, weights: dict, hessians: dict
     """{the squeeze layer's weight: its ONNX-layout array with the removed channels' columns
     gone by group OBS on its own Hessian (over the pooled channels)} for a site through a
     squeeze-excite block, {} for others. Without it the kept channels' gates move: on
-    PP-LCNet at a 30% FLOP cut the output error was 3x the update's (README)."""
+    PP-LCNet at a 30% FLOP cut the output error was 3x the update's (docs/channels.md)."""
     sq = site.gate.squeeze if site.gate is not None else None
     if sq is None or not len(removed):
         return {}

@@ -14,7 +14,7 @@ is the dense median less the cut one, linear in k between the timed counts. The 
 timed on the same batch (the first BATCH calibration samples, fewer when the run's batch
 is smaller) MODEL_ROUNDS times and once after each site, its median taken over the same
 stretch of the machine's load as the sites' (a loaded machine's load drifts 2x and more
-within a minute, README). `--channels F` then means: the predicted saving reaches F of
+within a minute, docs/channels.md). `--channels F` then means: the predicted saving reaches F of
 the model's measured latency, the prediction being the curves summed less the double
 count of a layer both sites of a chain cut (the consumer of one, the producer of the
 next: both subgraphs time it), taken as its FLOP share as flops.saved_macs does.

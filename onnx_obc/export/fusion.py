@@ -190,7 +190,7 @@ def _saturation_line(model: onnx.ModelProto, codes: list[str]) -> str:
         f"this CPU (x86 without VNNI) can saturate onnxruntime's uint8 x int8 kernels on {wide} "
         "of these layers (8-bit codes beyond [-64, 63]): the figures above include it; "
         "--reduce-range on keeps the codes in [-63, 63], which cannot (the default on such "
-        "CPUs with --act-bits 8 --runtime onnxruntime; README, Deployment)")
+        "CPUs with --act-bits 8 --runtime onnxruntime; docs/deployment.md)")
 
 
 def _beyond(t: onnx.TensorProto) -> bool:

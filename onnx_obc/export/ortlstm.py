@@ -14,7 +14,7 @@ are constants into it:
 The weights are rounded to nearest, int8 symmetric per row (one scale per gate row of each
 direction, max |w| / 127, zero point 0): the LSTM is not one of the layers the OBS solvers
 see (its Hessian would be over the input and the recurrent state), and at 8 bits rounding
-adds an output error of the order of the activation quantization (README, Deployment).
+adds an output error of the order of the activation quantization (docs/deployment.md).
 LSTMs left float: weights computed at run time or overridable graph inputs, and
 layout = 1 (batch-first; the contrib op has no layout attribute).
 """

@@ -33,7 +33,7 @@ from onnx import numpy_helper
 
 from .graph import constant, constant_value
 
-PAD_CODES = True  # measured on EfficientNet-Lite0 (README "Deployment")
+PAD_CODES = True  # measured on EfficientNet-Lite0 (docs/deployment.md)
 SHAPE_CODES = True
 SHAPE_OPS = ("Shape", "Size")
 

@@ -28,14 +28,14 @@ from .qweights import QuantizedWeight
 # against quantize_static's 0.60 (its min-max output ranges often equal an input's). JOIN
 # (_params): the output takes the finest of its inputs' grids that holds every input's range,
 # where one does; 1-2% faster on YOLOv8n, PP-PicoDet and Basic Pitch, output errors within
-# 3% (README "A Concat's output on an input's grid", which also says why the inputs keep
+# 3% (docs/deployment.md "A Concat's output on an input's grid", which also says why the inputs keep
 # their grids).
 JOIN = True
 # A data-movement output takes its chain's grid however the plan lists it (CHAINS, _params):
 # the plan lists a tensor a layer or a Concat reads before the move that makes it, and in one
 # pass in that order a move reading another move's output (Transpose -> Unsqueeze) had no
 # grid yet: no QuantizeLinear, and a Concat reading it no JOIN (Basic Pitch 24 tensors,
-# PP-OCRv6 det / rec 8 / 4, YOLOv8n 2). Measured: README "Chains of data movement".
+# PP-OCRv6 det / rec 8 / 4, YOLOv8n 2). Measured: docs/deployment.md "Chains of data movement".
 CHAINS = True
 
 

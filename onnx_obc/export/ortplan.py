@@ -23,7 +23,7 @@ MOVE_OPS = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"
             "Identity", "Gather", "Expand", "Tile", "Resize", "Split")  # Identity: PP-LCNet
 # Split: onnxruntime's dropSplitQDQ rule runs it on the codes when every output goes to a Q
 # of the input's parameters. Left float (each output with a range of its own), YOLOv8's C2f
-# blocks paid a DQ, a float Split and two Q (a second rounding) each: README "Deployment".
+# blocks paid a DQ, a float Split and two Q (a second rounding) each: docs/deployment.md.
 CLIP_OPS = ("Relu", "Clip")
 # Add/Mul with one constant input: quantize the constant (QLinearAdd/QLinearMul) or leave the
 # node float. A MatMul's bias Add stays float: MatMulIntegerToFloat then adds it in float.
@@ -37,13 +37,13 @@ INTEGER_ATTENTION = False
 # "island" between float ops, e.g. hardswish's x * relu6(x + 3) between the float
 # per-channel affine ops of PP-OCRv4's backbone) run on integers as well. Such a node buys
 # one integer kernel with a Q per input and a DQ per output, and each of those roundings
-# costs accuracy: measured on ppocr_rec (README "Deployment"), the 28 hardswish products
+# costs accuracy: measured on ppocr_rec (docs/deployment.md), the 28 hardswish products
 # on u8 alone took the text accuracy from 75.0 to 71.5 and made the output error 0.040 ->
 # 0.149, the most of any activation group. They stay float.
 INTEGER_ISLANDS = False
 # A product x * f(x) whose gate f runs in float (HardSigmoid: no integer kernel; hardswish
 # where the fold could not make it one HardSwish) stays float too: on integers the gate gets
-# a Q of its own for this one kernel. Measured on the folded ppocr_rec (README "Deployment"):
+# a Q of its own for this one kernel. Measured on the folded ppocr_rec (docs/deployment.md):
 # with it on integers, 68.0% text accuracy on 200 lines (error 0.219); float, 74.0% (0.134),
 # at the same latency.
 INTEGER_FLOAT_GATES = False

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from .graph import constant_value
 
 
-ABSORB_SHIFTS = True  # measured on ppocr_det / ppocr_rec (README "Deployment")
+ABSORB_SHIFTS = True  # measured on ppocr_det / ppocr_rec (docs/deployment.md)
 TOLERANCE = 0.05  # relative change of the scale allowed
 
 

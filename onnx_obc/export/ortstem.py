@@ -15,7 +15,7 @@ float Conv with its activation fused: PP-LCNet's 3->16 stem 328 vs 147 us and it
 16-channel depthwise 186 vs 85 us at 112x112, EfficientNet-Lite0's 393 vs 213 and 229 vs
 154 us (the integer kernels run channels-last and vectorise over channels, which few
 channels leave idle), and quantizing the image itself costs accuracy: PP-LCNet's output
-error 0.032 -> 0.017 and 0.98x -> 0.83x fp32 with both float (README "A float stem").
+error 0.032 -> 0.017 and 0.98x -> 0.83x fp32 with both float (docs/deployment.md "A float stem").
 Keeping them float needs no Q/DQ in front (the model input is float) and one Q after, where
 the first integer layer reads them. These are candidates: floatcheck.py keeps them float
 where the run's verification gives an output error at most 2% above the quantized stem's

@@ -23,7 +23,7 @@ the weights the deployed model multiplies by.
 
 Why: onnxruntime folds such nodes into a float Conv itself, but not once the weight is behind
 a DequantizeLinear, so in a W8A8 model each one runs in float between the integer kernels
-(PP-OCRv4's recognizer: 70% of its W8A8 time). README "Deployment" has the measurements.
+(PP-OCRv4's recognizer: 70% of its W8A8 time). docs/deployment.md has the measurements.
 """
 
 from __future__ import annotations

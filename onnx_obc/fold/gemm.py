@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from .common import const
 
-GEMM_HEADS = True  # measured on ppocr_cls and lcnet_orient (README "Deployment")
+GEMM_HEADS = True  # measured on ppocr_cls and lcnet_orient (docs/deployment.md)
 
 
 def candidates(graph: gs.Graph, outputs: set[str], fixed: set[str]) -> list[gs.Node]:

@@ -116,7 +116,7 @@ def as_hardswish(graph: gs.Graph, pairs: list[tuple[gs.Node, gs.Node]]) -> None:
     """Each pair as one HardSwish node (opset >= HARDSWISH_OPSET): x * HardSigmoid(x) is
     HardSwish(x) by definition; onnxruntime (1.31, CPU) expands it back after its QDQ pass,
     so it runs behind one DequantizeLinear instead of one per reader (PP-PicoDet W8A8: 0.718 ->
-    0.660x fp32, the same outputs; README "Deployment")."""
+    0.660x fp32, the same outputs; docs/deployment.md)."""
     for gate, mul in pairs:
         x = gate.inputs[0]
         gate.outputs.clear()

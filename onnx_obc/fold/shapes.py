@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-SHAPE_FOLD = True  # measured on EfficientNet-Lite0 (README "Deployment", static pads)
+SHAPE_FOLD = True  # measured on EfficientNet-Lite0 (docs/deployment.md, static pads)
 BATCHES = (1, 2, 3, 5, 64)  # the batch sizes a folded value must not depend on
 MAX_ELEMENTS = 4096  # larger results (a ConstantOfShape of a feature map) stay computed
 SKIP_OPS = {"If", "Loop", "Scan", "RandomNormal", "RandomUniform", "RandomNormalLike",

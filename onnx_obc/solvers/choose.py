@@ -22,8 +22,8 @@ OBQ pass (O(r d^3) per layer, most of a W8A8 run's time) buys next to nothing, s
 cheap candidates are solved (`fast_quantized`): GPTQ act-order on the baseline's H-aware
 grid, and RTN on it. Measured on the bench models (bench/deploy.py, W8A8): the same end error
 within noise, the solve several times faster. GPTQ's plain column order, also solved there
-until act-order won on 21 of common's 22 layers, all of ocr_like's and ppocr_rec's (README
-"W8A8 conversion time"), is no longer a candidate at 8 bits.
+until act-order won on 21 of common's 22 layers, all of ocr_like's and ppocr_rec's
+(docs/conversion-time.md "The second round"), is no longer a candidate at 8 bits.
 """
 
 from __future__ import annotations

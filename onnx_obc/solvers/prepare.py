@@ -2,7 +2,7 @@
 
 Notation (paper): W [rows, d] with rows = output channels and d = flattened inputs;
 H = X X^T / N [d, d] (the paper's 2 X X^T / N without the factor 2, which cancels in every
-OBS formula; see README "Numerics"). Grouped convolutions carry one Hessian per group, so
+OBS formula; see docs/numerics.md). Grouped convolutions carry one Hessian per group, so
 arrays here have a leading group axis G: W [G, r, d], H [G, d, d].
 """
 
@@ -143,7 +143,7 @@ LOSS_CHUNK = 1 << 18  # weights per step of layer_loss on the CPU (2 MB of float
 
 FIT_COLUMNS = 8  # sequential mode refits a layer (fit_to_reference) only from at least this
 # many columns of X per input (samples x positions >= 8 d): a squeeze-excite conv sees one
-# column per sample, and refitted on ppocr_cls's 96 samples the model fell apart (README)
+# column per sample, and refitted on ppocr_cls's 96 samples the model fell apart (docs/defaults.md)
 
 
 def fit_to_reference(W: Any, H: Any, C: Any, damp: float) -> Any:

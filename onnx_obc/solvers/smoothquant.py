@@ -30,7 +30,7 @@ MARGIN = 0.5  # a strength is taken only where its error is under MARGIN x no sm
 # each smoothed input costs one float Mul at run time (1-3% of the latency on the real
 # bench models, 14% on the shipped 60-us digits_vit), and small estimated gains did not
 # show (MARGIN 0.98: digits_cnn's classifier input at 0.83x its estimate, the model's
-# held-out error 0.0062 -> 0.0068; PP-LCNet's 0.0244 -> 0.0242; README "Smoothing ...")
+# held-out error 0.0062 -> 0.0068; PP-LCNet's 0.0244 -> 0.0242; docs/deployment.md "Smoothing ...")
 OUT_ROWS = 512  # a layer's output rows the estimate computes (_rows)
 NEAR = 1.1  # of the strengths within NEAR x the lowest error, the largest is taken: the
 # estimate rounds the weights to nearest, while the run's GPTQ / OBQ compensates their

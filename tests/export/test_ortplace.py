@@ -128,7 +128,8 @@ def test_a_chain_of_data_movement_takes_its_first_tensors_grid(monkeypatch) -> N
     """The plan lists each Unsqueeze output (the Concat reads it) before the Transpose output
     it copies. Resolved in that order (CHAINS off) the Unsqueeze outputs had no grid, so the
     Concat's output could not take an input's (JOIN) and kept an mse range of its own
-    (Basic Pitch: output error 0.030 with, 0.016 without, README "Chains of data movement")."""
+    (Basic Pitch: output error 0.030 with, 0.016 without,
+    docs/deployment.md "Chains of data movement")."""
     model = stack_cnn()
     p = ortplan.plan(model, ortplan.layer_nodes(model, find_layers(model)[0]))
     assert p.tensors["u0"] == "t0" and p.tensors["t0"] == "a0"

@@ -155,7 +155,7 @@ def test_an_input_shared_by_layers_is_copied_once_per_batch(sequential, saved, f
                          ids=["solve", "dp-levels", "obq"])
 def test_layers_narrower_than_the_device_minimum_are_solved_on_the_host(options, saved, fake,
                                                                           monkeypatch):
-    """A real GPU solves narrow layers slower than the host (README, "GPU"): below the
+    """A real GPU solves narrow layers slower than the host (docs/numerics.md, "GPU"): below the
     backend's min_columns the solve and the DP's level tables run on NumPy, with the same
     output as the device run; the capture stays on the device."""
     import dataclasses
