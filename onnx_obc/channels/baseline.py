@@ -30,7 +30,7 @@ def norm_removed(site: Any, weights: dict, k: int) -> np.ndarray:
 def zeroed_loss(s: Any, removed: np.ndarray, backend: Any) -> float:
     """tr(dW H dW^T) with dW = -W on the removed channels' columns (no update)."""
     w = s.site.width
-    cols = (removed[:, None] * w + np.arange(w)[None, :]).reshape(-1)
+    cols = (s.site.columns(removed)[:, None] * w + np.arange(w)[None, :]).reshape(-1)
     dW = np.zeros_like(s.W, dtype=np.float64)
     dW[:, cols] = -s.W[:, cols]
     dWd = backend.to_device(dW)

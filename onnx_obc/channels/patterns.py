@@ -21,12 +21,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper
 
 from ..layers import Layer
 from ..solvers.channels import diagonal_blocks
 from ..specs import LAYER_OPS
+from .concat import concat_site, one_per_consumer
 from .flat import keeps_last
 from .flops import layer_macs, positions, reads, saved_macs
 from .graphview import _Graph, graph_of
@@ -60,6 +62,12 @@ class Site:
     gate: Any = None  # gated.Gate: a gated unit's other producer, cut with this one
     blocks: int = 1  # a grouped Conv producer's or consumer's groups: its channels go in
     # equal numbers from each (the trace takes one from every group a round)
+    offset: int = 0  # the consumer's input channel of channel 0, and all its input channels
+    span: int = 0  # (0: `channels`): the site is one input of a Concat (concat.py)
+
+    def columns(self, removed: Any) -> Any:
+        """The consumer's input channels of the site's channels `removed`."""
+        return np.asarray(removed, dtype=np.int64) + self.offset
 
     def consumer_array(self, W: Any) -> Any:
         """The consumer's ONNX weight from the site's view W [r, d] (host): a grouped
@@ -93,7 +101,8 @@ def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None =
         except _Refused as r:
             refused.append(Refusal(L.name, L.weight, str(r)))
     gates = {s.gate.producer.weight for s in sites if s.gate is not None}
-    return sites, [r for r in refused if r.weight not in gates]  # those go with a site
+    sites, second = one_per_consumer(sites, Refusal)  # a Concat's other inputs
+    return sites, [r for r in refused if r.weight not in gates] + second
 
 
 def _producer_checks(g: _Graph, L: Layer, grouped: bool = False
@@ -196,6 +205,9 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             axis, conv = -1, False
         elif op == "Transpose" and (moved := transposed(g, nxt, t, axis)) is not None:
             axis, conv = moved  # [B, T, C] <-> [B, C, T] (moves.py)
+        elif op == "Concat" and paired is None and not shapes:  # one input of several
+            return concat_site(g, L, label, nxt, t, C, axis, conv, tuple(path), tuple(sliced),
+                               tuple(grouped), macs, by_node, _Refused)
         elif op == "Reshape" and axis != -1:  # [B, C, T] <-> [B, C, H, W] (moves.py)
             if isinstance(k := kept(g, label, nxt, C, axis, on), str):
                 raise _Refused(k)

@@ -85,7 +85,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
             k = want[site.producer.weight]
             s = _solve(site, weights, hessians, backend, damp, k)
             removed = s.trace.order[:k]
-            W = obs_update(backend.to_device(s.W), s.Hinv, site.width, removed)
+            W = obs_update(backend.to_device(s.W), s.Hinv, site.width, site.columns(removed))
             updated[site.consumer.weight] = site.consumer_array(backend.to_host(W))
             updated.update(squeeze_update(site, removed, weights, hessians, backend, damp))
             keep.append(np.setdiff1d(np.arange(site.channels), removed))

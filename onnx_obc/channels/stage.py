@@ -184,7 +184,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
     rows, keep, keep_norm, updated = [], [], [], {}
     for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]
-        W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, removed)
+        W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, s.site.columns(removed))
         updated[s.site.consumer.weight] = s.site.consumer_array(backend.to_host(W))
         updated.update(squeeze_update(s.site, removed, plan.weights, plan.hessians, backend,
                                       plan.damp))  # a squeeze-excite block's squeeze layer
@@ -274,7 +274,8 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
         W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
     prep = prepare(W, acc.mean(), damp)  # [G, r, d]: a grouped consumer's groups, each
     W, H, Hinv = (block_diagonal(x) for x in (prep.W, prep.H, prep.Hinv))  # dampened alone
-    trace = channel_trace(W, Hinv, site.width, steps, site.blocks)
+    trace = channel_trace(W, Hinv, site.width, steps, site.blocks, site.offset,
+                          site.channels)  # a Concat's input: its own channels only
     return _Solved(site, backend.to_host(W), H, Hinv, trace, output_energy(W, H))
 
 

@@ -61,7 +61,7 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         if site.consumer.layout == "conv" and site.consumer.groups > 1:  # each group its own
             per_group[site.consumer.weight] = (rows, site.consumer.groups)  # columns
         else:
-            cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
+            cut(site.consumer.weight, weight_axes(site.consumer)[1], _inputs_kept(site, rows))
         for name, axis in site.sliced:
             cut(name, axis, produced)
         for label in site.grouped:
@@ -89,6 +89,15 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             t.shape = None
     out = export_graph(graph, model, model_opset(model))
     return checked(out)
+
+
+def _inputs_kept(site: Any, rows: np.ndarray) -> np.ndarray:
+    """The consumer's input channels kept: the site's kept `rows`, and where the site is one
+    input of a Concat (channels/concat.py), every input channel of the others."""
+    if not site.span:
+        return rows
+    before, after = np.arange(site.offset), np.arange(site.offset + site.channels, site.span)
+    return np.concatenate([before, site.offset + rows, after])
 
 
 def _group_columns(w: np.ndarray, kept: np.ndarray, G: int) -> np.ndarray:

@@ -51,27 +51,32 @@ def _columns(channels: Any, width: int, xp: Any) -> Any:
     return channels[:, None] * width + xp.arange(width)[None, :]
 
 
-def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1) -> ChannelTrace:
+def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
+                  first: int = 0, count: int | None = None) -> ChannelTrace:
     """Greedy group OBS over the d // width input channels of W [r, d] (Hinv [d, d], the
     dampened inverse Hessian): remove `steps` channels, each the one whose removal costs
     least given the earlier ones, with the exact Hinv downdate in between. `blocks` > 1
     (the channels of a grouped producer or consumer, in that many equal runs): in rounds,
     one channel from each block a round, so that every multiple of `blocks` steps takes as
-    many from each."""
+    many from each. `first`, `count`: only channels first .. first + count - 1 may go (one
+    input of a Concat the consumer reads; the others stay and compensate); the order counts
+    from `first`."""
     xp = array_module(W, Hinv)
     W = W.astype(xp.float64, copy=True)
     Hinv = Hinv.astype(xp.float64, copy=True)
     C = W.shape[1] // width
-    n = min(steps, C)
-    alive = xp.ones(C, dtype=bool)
-    block = xp.arange(C) // (C // blocks)  # [C] each channel's block
+    count = C - first if count is None else count
+    n = min(steps, count)
+    alive = xp.zeros(C, dtype=bool)
+    alive[first:first + count] = True
+    block = xp.clip((xp.arange(C) - first) // (count // blocks), 0, blocks - 1)  # [C]
     served = xp.zeros(blocks, dtype=bool)  # the blocks this round has taken one from
     order, losses = xp.zeros(n, dtype=xp.int64), xp.zeros(n, dtype=xp.float64)
     for i in range(n):  # no host round trip per step: the choice stays on W's device
         if i % blocks == 0:
             served[:] = False
         free = alive & ~served[block]  # alive channels of the blocks not served this round
-        k = (C // blocks - i // blocks) * (blocks - i % blocks)  # how many: known here
+        k = (count // blocks - i // blocks) * (blocks - i % blocks)  # how many: known here
         idx = xp.argsort(xp.where(free, 0, 1), kind="stable")[:k]  # [k] free, in order
         cols = _columns(idx, width, xp)  # [k, w]
         D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
@@ -86,7 +91,7 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1) ->
         Hinv -= Hinv[:, S] @ Dinv_rows
         alive[c] = False
         served[block[c]] = True
-        order[i] = c
+        order[i] = c - first
         losses[i] = xp.maximum(score[best], 0.0)
     return ChannelTrace(to_numpy(order), to_numpy(losses))
 

@@ -223,10 +223,9 @@ def refused(kind: str, d: int = 6, seed: int = 0):
     if kind == "residual":
         nodes += [helper.make_node("Gemm", ["r", "c.w"], ["c"], name="cons", transB=1),
                   helper.make_node("Add", ["r", "c"], ["y"], name="res")]
-    elif kind == "concat":
-        nodes += [helper.make_node("Concat", ["r", "x"], ["cat"], name="cat", axis=1),
-                  helper.make_node("MatMul", ["cat", "e.w2"], ["y"], name="cons")]
-        inits.append(_w("e.w2", (2 * d, d), seed + 3))
+    elif kind == "concat":  # rows joined (a Concat of channels is a site: concat.py)
+        nodes += [helper.make_node("Concat", ["r", "x"], ["cat"], name="cat", axis=0),
+                  helper.make_node("MatMul", ["cat", "e.w"], ["y"], name="cons")]
     elif kind == "reshape":  # [N, d] -> [N / 2, 2 d]: channels of two rows side by side
         inits.append(numpy_helper.from_array(np.array([-1, 2 * d], dtype=np.int64), "shape"))
         inits[1] = _w("c.w", (d, 2 * d), seed + 1)
