@@ -7,14 +7,17 @@ candidates are the site's own channels only, solvers/channels.channel_trace), an
 keeps every other input channel of the consumer (export/shrink.py). The Concat itself needs
 no change: it joins whatever widths its inputs have.
 
-One site a consumer: where two inputs of one Concat could each be a site, their cuts would
-each update the consumer's columns for the other, so only the one with the most channels is
-kept and the others are refused with that reason (`one_per_consumer`)."""
+Several inputs of one Concat may each be a site (a CSP block's two branches): each site's
+greedy trace prices its own channels on the dense consumer, and the cut removes their union
+from the consumer in one group-OBS update (`joint_columns`: exact for the union; the summed
+traces the allocation reads leave out how the sites' removals interact, as they do for any
+two sites that share a layer)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnx
 
 from ..specs import LAYER_OPS
@@ -58,17 +61,11 @@ def concat_site(g: _Graph, L: Any, label: str, node: onnx.NodeProto, t: str, C: 
                 macs + cons.matrix_shape[1] * cell, cell, offset=offset, span=span)
 
 
-def one_per_consumer(sites: list, refusal: type) -> tuple[list, list]:
-    """`sites` with at most one site a consumer (the most channels; a Concat's inputs), and
-    a `refusal` (patterns.Refusal) for each other."""
-    best: dict[str, Any] = {}
-    for s in sites:
-        if s.span and (s.consumer.weight not in best or
-                       s.channels > best[s.consumer.weight].channels):
-            best[s.consumer.weight] = s
-    kept = [s for s in sites if not s.span or best[s.consumer.weight] is s]
-    out = [refusal(s.producer.name, s.producer.weight,
-                   f"its channels reach {s.consumer.name!r} through a Concat, as do "
-                   f"{best[s.consumer.weight].producer.name!r}'s, which are cut (one site a "
-                   "consumer)") for s in sites if s not in kept]
-    return kept, out
+def joint_columns(sites: list, removed: list) -> dict[str, np.ndarray]:
+    """Consumer weight -> the input channels that every site it is the consumer of removes
+    (`removed[i]`: sites[i]'s own ids): the inputs of one Concat go in one group-OBS update
+    of their consumer, exact for their union whatever each site's trace assumed."""
+    out: dict[str, list] = {}
+    for s, r in zip(sites, removed):
+        out.setdefault(s.consumer.weight, []).append(s.columns(r))
+    return {k: np.concatenate(v) for k, v in out.items()}

@@ -28,7 +28,7 @@ from onnx import helper
 from ..layers import Layer
 from ..solvers.channels import diagonal_blocks
 from ..specs import LAYER_OPS
-from .concat import concat_site, one_per_consumer
+from .concat import concat_site
 from .flat import keeps_last
 from .flops import layer_macs, positions, reads, saved_macs
 from .graphview import _Graph, graph_of
@@ -101,8 +101,7 @@ def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None =
         except _Refused as r:
             refused.append(Refusal(L.name, L.weight, str(r)))
     gates = {s.gate.producer.weight for s in sites if s.gate is not None}
-    sites, second = one_per_consumer(sites, Refusal)  # a Concat's other inputs
-    return sites, [r for r in refused if r.weight not in gates] + second
+    return sites, [r for r in refused if r.weight not in gates]  # those go with a site
 
 
 def _producer_checks(g: _Graph, L: Layer, grouped: bool = False

@@ -25,6 +25,7 @@ from ..collect import collect
 from ..export.shrink import shrink
 from ..layers import Layer, constant_weights
 from ..solvers.channels import obs_update
+from .concat import joint_columns
 from .excite import hessian_layers, squeeze_update
 from .patterns import find_sites, layer_macs
 from .probe import probe_sizes
@@ -81,12 +82,14 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
                               runtime=runtime, subsample=subsample, token_mask=token_mask)
         weights = constant_weights(current.graph)
         keep, updated = [], {}
-        for site in sites:
-            k = want[site.producer.weight]
-            s = _solve(site, weights, hessians, backend, damp, k)
-            removed = s.trace.order[:k]
-            W = obs_update(backend.to_device(s.W), s.Hinv, site.width, site.columns(removed))
-            updated[site.consumer.weight] = site.consumer_array(backend.to_host(W))
+        solved = [_solve(site, weights, hessians, backend, damp, want[site.producer.weight])
+                  for site in sites]
+        cuts = [s.trace.order[:want[site.producer.weight]] for site, s in zip(sites, solved)]
+        joint = joint_columns(sites, cuts)  # a Concat's inputs: one update of the consumer
+        for site, s, removed in zip(sites, solved, cuts):
+            if (cols := joint.pop(site.consumer.weight, None)) is not None:
+                W = obs_update(backend.to_device(s.W), s.Hinv, site.width, cols)
+                updated[site.consumer.weight] = site.consumer_array(backend.to_host(W))
             updated.update(squeeze_update(site, removed, weights, hessians, backend, damp))
             keep.append(np.setdiff1d(np.arange(site.channels), removed))
             rows[site.producer.weight] = (s, removed)

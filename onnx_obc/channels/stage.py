@@ -28,6 +28,7 @@ from .allocate import counts as allocate_counts
 from .allocate import reachable, site_align
 from .baseline import norm_removed as _norm_removed
 from .baseline import zeroed_loss as _zeroed_loss
+from .concat import joint_columns
 from .excite import hessian_layers, squeeze_update
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
@@ -182,10 +183,13 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
                              plan.seconds)
     counts, warnings = counts_for(plan, fraction, align, allocate, objective, budget)
     rows, keep, keep_norm, updated = [], [], [], {}
+    joint = joint_columns([s.site for s in plan.solved],
+                          [s.trace.order[:k] for k, s in zip(counts, plan.solved)])
     for k, s in zip(counts, plan.solved):
         removed = s.trace.order[:k]
-        W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, s.site.columns(removed))
-        updated[s.site.consumer.weight] = s.site.consumer_array(backend.to_host(W))
+        if (cols := joint.pop(s.site.consumer.weight, None)) is not None:  # once a consumer
+            W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, cols)
+            updated[s.site.consumer.weight] = s.site.consumer_array(backend.to_host(W))
         updated.update(squeeze_update(s.site, removed, plan.weights, plan.hessians, backend,
                                       plan.damp))  # a squeeze-excite block's squeeze layer
         base = _norm_removed(s.site, plan.weights, k)

@@ -44,6 +44,7 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
     # pieces (a fused gate-up projection keeps two blocks of its rows)
 
     per_group: dict[str, tuple[np.ndarray, int]] = {}  # a grouped consumer's kept inputs
+    joined: dict[str, tuple[int, int, list]] = {}  # a Concat's consumer: axis, inputs, cut
 
     def cut(name: str, axis: int, kept: np.ndarray) -> None:
         cuts.setdefault(name, {}).setdefault(axis, []).append(kept)
@@ -60,8 +61,12 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         cut(site.producer.weight, weight_axes(site.producer)[0], produced)
         if site.consumer.layout == "conv" and site.consumer.groups > 1:  # each group its own
             per_group[site.consumer.weight] = (rows, site.consumer.groups)  # columns
+        elif site.span:  # one input of a Concat: the consumer cut once for all of them
+            gone = site.columns(np.setdiff1d(np.arange(site.channels), kept))
+            joined.setdefault(site.consumer.weight, (weight_axes(site.consumer)[1], site.span,
+                                                     []))[2].append(gone)
         else:
-            cut(site.consumer.weight, weight_axes(site.consumer)[1], _inputs_kept(site, rows))
+            cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
         for name, axis in site.sliced:
             cut(name, axis, produced)
         for label in site.grouped:
@@ -74,6 +79,8 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             shape = np.array(vals, dtype=np.int64)
             shape[index] = len(kept) * per
             node.inputs[j] = gs.Constant(f"{node.inputs[j].name}.{label}.heads", shape)
+    for name, (axis, span, gone) in joined.items():  # every other input channel stays
+        cut(name, axis, np.setdiff1d(np.arange(span), np.concatenate(gone)))
     for name in dict.fromkeys([*per_group, *cuts]):
         arr = values[name] if name in values else read_constant(tensors[name])
         if name in per_group:
@@ -89,15 +96,6 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             t.shape = None
     out = export_graph(graph, model, model_opset(model))
     return checked(out)
-
-
-def _inputs_kept(site: Any, rows: np.ndarray) -> np.ndarray:
-    """The consumer's input channels kept: the site's kept `rows`, and where the site is one
-    input of a Concat (channels/concat.py), every input channel of the others."""
-    if not site.span:
-        return rows
-    before, after = np.arange(site.offset), np.arange(site.offset + site.channels, site.span)
-    return np.concatenate([before, site.offset + rows, after])
 
 
 def _group_columns(w: np.ndarray, kept: np.ndarray, G: int) -> np.ndarray:

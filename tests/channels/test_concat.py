@@ -1,17 +1,22 @@
 """A producer whose channels reach their consumer as one input of a Concat (channels/concat.py):
 YOLOv8's C2f block ends Concat(split halves, bottleneck) -> 1x1 conv. The cut equals the OBS
 oracle on the consumer's columns at the site's offset (the Concat's other inputs kept and
-updated), the consumer keeps every other input channel, and of two inputs of one Concat only
-one is a site; a Concat on another axis or read by no layer is refused with the reason."""
+updated), the consumer keeps every other input channel; two inputs of one Concat are two
+sites whose union leaves the consumer in one group-OBS update; a Concat on another axis or
+read by no layer is refused with the reason."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
-from onnx_obc.channels import find_sites
+from onnx_obc.backend import get_backend
+from onnx_obc.calib import DataSet
+from onnx_obc.channels import find_sites, prune_channels, prune_channels_sequential
 from onnx_obc.channels.flops import saved_macs
 from onnx_obc.layers import find_layers
 from onnx_obc.solvers.channels import channel_trace
@@ -20,9 +25,10 @@ from tests.channels.graphs import _c, _w
 from tests.channels.test_stage import _oracle, _run
 
 
-def concat_pair(axis: int = 1, tail: str = "conv", seed: int = 0) -> onnx.ModelProto:
+def concat_pair(axis: int = 1, tail: str = "conv", b_site: bool = True, seed: int = 0
+                ) -> onnx.ModelProto:
     """x -> convA (8, 3x3) -> Relu -+-> Concat(b, a) -> cons (5, 3x3)
-       x -> convB (6, 1x1) ---------+"""
+       x -> convB (6, 1x1) ---------+   (b_site False: b is also a graph output)"""
     rng = np.random.default_rng(seed)
     inits = [_w("a.w", (8, 4, 3, 3), seed), _c("a.b", rng.standard_normal(8)),
              _w("b.w", (6, 4, 1, 1), seed + 1), _c("b.b", rng.standard_normal(6)),
@@ -38,6 +44,8 @@ def concat_pair(axis: int = 1, tail: str = "conv", seed: int = 0) -> onnx.ModelP
     else:  # the joined map is the output
         inits = inits[:4]
         out = [b.vi("cat", ["N", 14, 6, 6])]
+    if not b_site:
+        out.append(b.vi("bb", ["N", 6, 6, 6]))
     return b.make(nodes, [b.vi("x", ["N", 4, 6, 6])], out, inits)
 
 
@@ -70,17 +78,19 @@ def _sites(model):
     return {s.producer.name: s for s in sites}, {r.producer: r.reason for r in refused}
 
 
-def test_one_input_of_a_concat_is_a_site_at_its_offset():
-    sites, refused = _sites(concat_pair())
+def test_each_input_of_a_concat_is_a_site_at_its_offset():
+    sites, _ = _sites(concat_pair())
     site = sites["convA"]
     assert (site.consumer.name, site.offset, site.channels, site.span) == ("cons", 6, 8, 14)
     assert site.width == 9 and "cat" in site.path
-    assert "convB" not in sites  # the other input: one site a consumer, the larger kept
-    assert "one site a consumer" in refused["convB"] and "'convA'" in refused["convB"]
+    other = sites["convB"]
+    assert (other.consumer.name, other.offset, other.channels, other.span) == ("cons", 0, 6, 14)
+    _, refused = _sites(concat_pair(b_site=False))
+    assert "graph output" in refused["convB"]
 
 
 def test_the_cut_is_the_oracle_and_keeps_the_other_inputs():
-    model = concat_pair()
+    model = concat_pair(b_site=False)
     res, layers, data = _run(model)
     (row,) = res.rows
     assert row.producer == "convA" and 0 < row.removed < row.channels
@@ -99,6 +109,25 @@ def test_the_cut_is_the_oracle_and_keeps_the_other_inputs():
     # the predicted saving is the cut model's: convA's rows and cons' columns (9 a channel)
     assert res.macs[0] - res.macs[1] == pytest.approx(saved_macs([site], [row.removed]))
     assert site.macs == 4 * 9 * 36 + 5 * 9 * 36
+
+
+def test_two_inputs_leave_their_consumer_in_one_update():
+    """Both inputs cut: the consumer equals the OBS oracle for the union of their columns."""
+    model = concat_pair()
+    res, layers, data = _run(model, fraction=0.4)
+    rows = {r.producer: r for r in res.rows}
+    assert rows["convA"].removed and rows["convB"].removed
+    sites = _sites(model)[0]
+    union = np.concatenate([sites["convB"].columns(rows["convB"].removed_ids),
+                            sites["convA"].columns(rows["convA"].removed_ids)])
+    ref, _, _ = _oracle(model, layers, data, union, dataclasses.replace(sites["convA"], offset=0))
+    w, want = b.weights_of(res.model), b.weights_of(ref)
+    kept = np.setdiff1d(np.arange(14), union)
+    np.testing.assert_allclose(w["c.w"], want["c.w"][:, kept], rtol=1e-4, atol=1e-5)
+    assert w["c.w"].shape[1] == 14 - len(union)
+    assert w["a.w"].shape[0] == 8 - rows["convA"].removed
+    assert w["b.w"].shape[0] == 6 - rows["convB"].removed
+    onnx.checker.check_model(res.model, full_check=True)
 
 
 def test_the_trace_takes_only_the_sites_channels():
@@ -145,3 +174,24 @@ def test_a_concat_that_is_no_site_is_refused(axis, tail, why):
     sites, refused = _sites(concat_pair(axis=axis, tail=tail))
     assert "convA" not in sites
     assert why in refused["convA"], refused["convA"]
+
+
+@pytest.mark.parametrize("groups", [None, 1])  # each site its own group, or both in one
+def test_sequential_cuts_a_concats_inputs(groups):
+    """--sequential: in one group the two inputs leave the consumer in one update (as
+    one-shot); in two, the second is found again at its new offset on the cut model."""
+    model = concat_pair()
+    layers = find_layers(model)[0]
+    data = DataSet(b.feeds(model, 96, seed=1), "feeds")
+    args = (model, layers, data, 32, get_backend("cpu"), 0.4, 0.01, 2048)
+    one, seq = prune_channels(*args), prune_channels_sequential(*args, groups=groups)
+    assert [r.removed for r in seq.rows] == [r.removed for r in one.rows]
+    assert all(r.removed for r in seq.rows) and seq.macs[1] == pytest.approx(one.macs[1])
+    feed = b.feeds(model, 64, seed=9)
+    ref = b.run(model, feed)[0]
+    err = [np.linalg.norm(b.run(m, feed)[0] - ref) / np.linalg.norm(ref)
+           for m in (one.model, seq.model, seq.baseline)]
+    assert err[1] <= 1.1 * err[0] and err[1] < 0.7 * err[2], err
+    if groups == 1:  # one group: the same update as one-shot
+        np.testing.assert_allclose(b.weights_of(seq.model)["c.w"],
+                                   b.weights_of(one.model)["c.w"], rtol=1e-4, atol=1e-5)
