@@ -18,69 +18,26 @@ constants may be initializers or Constant outputs (constants.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import onnx
 from onnx import helper
 
 from ..layers import Layer
-from ..solvers.channels import diagonal_blocks
 from ..specs import LAYER_OPS
 from .concat import concat_site
+from .fanout import fanout_site
 from .flat import keeps_last
 from .flops import layer_macs, positions, reads, saved_macs
 from .graphview import _Graph, graph_of
 from .padding import pad_reason
 from .readers import shape_readers
 from .regions import UNARY, region
+from .site import Refusal, Site
 from .reasons import attention_mix, feeds_scores, mixes_reason, residual_reason
 
 BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"}  # the other input a constant
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool"}
-
-
-@dataclass(frozen=True)
-class Site:
-    """One producer -> consumer pair whose shared channels can be removed."""
-
-    producer: Layer
-    consumer: Layer
-    channels: int  # producer output channels = consumer input channels
-    width: int  # consumer W-view columns per channel (kernel positions of a Conv)
-    path: tuple[str, ...]  # labels of the per-channel nodes in between
-    sliced: tuple[tuple[str, int], ...]  # (initializer, axis) cut with the channels
-    grouped: tuple[str, ...]  # depthwise Conv node labels whose `group` follows the channels
-    macs: float  # multiply-adds saved per removed channel
-    cell: float = 0.0  # consumer MACs of one (row, channel) pair: counted twice when the
-    # consumer also loses rows as the producer of another site (see overlap)
-    unit: int = 1  # producer rows (and sliced entries, consumer columns) per channel: a head's dh
-    split: Any = None  # heads.HeadSplit of a whole-head site (query/key cuts, Reshape shapes)
-    shapes: tuple = ()  # flat.Rewrite: Reshape shape entries set to the kept channel count
-    gate: Any = None  # gated.Gate: a gated unit's other producer, cut with this one
-    blocks: int = 1  # a grouped Conv producer's or consumer's groups: its channels go in
-    # equal numbers from each (the trace takes one from every group a round)
-    offset: int = 0  # the consumer's input channel of channel 0, and all its input channels
-    span: int = 0  # (0: `channels`): the site is one input of a Concat (concat.py)
-
-    def columns(self, removed: Any) -> Any:
-        """The consumer's input channels of the site's channels `removed`."""
-        return np.asarray(removed, dtype=np.int64) + self.offset
-
-    def consumer_array(self, W: Any) -> Any:
-        """The consumer's ONNX weight from the site's view W [r, d] (host): a grouped
-        consumer's is block-diagonal (solvers.channels.block_diagonal), back to its groups."""
-        G = self.consumer.groups if self.consumer.layout == "conv" else 1
-        return self.consumer.from_matrix(diagonal_blocks(W, G) if G > 1 else W[None])
-
-
-@dataclass(frozen=True)
-class Refusal:
-    producer: str  # node label
-    weight: str
-    reason: str
 
 
 class _Refused(Exception):
@@ -150,6 +107,10 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             t, prev = gate[1], "Mul"
             continue
         on.update({t: axis % len(d)} if (d := g.dims(t)) else {})
+        if paired is None and not shapes and (fan := fanout_site(  # several readers
+                g, L, t, C, axis, conv, tuple(path), tuple(sliced), tuple(grouped), macs,
+                by_node, _Refused)) is not None:
+            return fan
         label, nxt = _only_user(g, t, axis)
         if nxt.op_type in LAYER_OPS and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):

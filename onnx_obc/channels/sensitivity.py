@@ -109,7 +109,8 @@ def _gain(plan: Any, s: Any, W: Any, k: int, feeds: list[dict], dense: list[np.n
                                       plan.damp).items() if rest else ():
         m = _with_weight(m, name, value)  # its removed columns 0, the others updated
     W = obs_update(W, s.Hinv, s.site.width, s.site.columns(removed))  # removed columns 0
-    m = _with_weight(m, s.site.consumer.weight, s.site.consumer_array(plan.backend.to_host(W)))
+    for name, value in s.site.consumer_arrays(plan.backend.to_host(W)).items():
+        m = _with_weight(m, name, value)
     ys = _run(m, feeds, plan.runtime, plan.token_mask)
     err = sum(float(np.sum((y - d) ** 2)) for y, d in zip(ys, dense))
     return max(err / ref / norm, TINY)

@@ -89,7 +89,7 @@ def prune_channels_sequential(proto: onnx.ModelProto, layers: list[Layer], data:
         for site, s, removed in zip(sites, solved, cuts):
             if (cols := joint.pop(site.consumer.weight, None)) is not None:
                 W = obs_update(backend.to_device(s.W), s.Hinv, site.width, cols)
-                updated[site.consumer.weight] = site.consumer_array(backend.to_host(W))
+                updated.update(site.consumer_arrays(backend.to_host(W)))
             updated.update(squeeze_update(site, removed, weights, hessians, backend, damp))
             keep.append(np.setdiff1d(np.arange(site.channels), removed))
             rows[site.producer.weight] = (s, removed)

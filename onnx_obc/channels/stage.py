@@ -20,7 +20,7 @@ from ..backend import Backend
 from ..collect import collect
 from ..errors import ConfigError
 from ..export.shrink import shrink
-from ..layers import Layer, constant_weights, weight_matrix
+from ..layers import Layer, constant_weights
 from ..solvers.channels import (ChannelTrace, block_diagonal, channel_trace, obs_update,
                                 output_energy)
 from ..solvers.prepare import fit_to_reference, prepare
@@ -189,7 +189,7 @@ def cut_channels(plan: ChannelPlan, fraction: float, align: int = 1, allocate: s
         removed = s.trace.order[:k]
         if (cols := joint.pop(s.site.consumer.weight, None)) is not None:  # once a consumer
             W = obs_update(backend.to_device(s.W), s.Hinv, s.site.width, cols)
-            updated[s.site.consumer.weight] = s.site.consumer_array(backend.to_host(W))
+            updated.update(s.site.consumer_arrays(backend.to_host(W)))
         updated.update(squeeze_update(s.site, removed, plan.weights, plan.hessians, backend,
                                       plan.damp))  # a squeeze-excite block's squeeze layer
         base = _norm_removed(s.site, plan.weights, k)
@@ -272,7 +272,7 @@ def _select(solved: list[_Solved], target: float, align: int, method: str,
 def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: float,
            steps: int) -> _Solved:
     c = site.consumer
-    W = backend.to_device(weight_matrix(weights, c))  # [1, r, d]
+    W = backend.to_device(site.matrix(weights))  # [1, r, d]: every consumer's rows
     acc = hessians[c.weight]
     if acc.cross is not None:  # sequential: fit the dense model's output first
         W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))

@@ -36,7 +36,7 @@ def site_subgraph(proto: onnx.ModelProto, site: Any) -> tuple[onnx.ModelProto, l
                                                              if site.split else ())]
     sources = {at[u.node] for u in site.producer.uses} | {at[lab] for lab in forced} | {
         i for t in cut for i in users.get(t, []) if nodes[i].op_type != "Constant"}
-    ends = {at[u.node] for u in site.consumer.uses}
+    ends = {at[u.node] for c in site.consumers for u in c.uses}
     down, todo = set(sources), list(sources)
     while todo:
         for t in nodes[todo.pop()].output:

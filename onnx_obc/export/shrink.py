@@ -66,7 +66,8 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             joined.setdefault(site.consumer.weight, (weight_axes(site.consumer)[1], site.span,
                                                      []))[2].append(gone)
         else:
-            cut(site.consumer.weight, weight_axes(site.consumer)[1], rows)
+            for c in site.consumers:  # `also`: readers of the same channels (fanout.py)
+                cut(c.weight, weight_axes(c)[1], rows)
         for name, axis in site.sliced:
             cut(name, axis, produced)
         for label in site.grouped:

@@ -234,9 +234,9 @@ def refused(kind: str, d: int = 6, seed: int = 0):
     elif kind == "output":
         nodes += [helper.make_node("Gemm", ["r", "c.w"], ["y"], name="cons", transB=1)]
         outs.append(b.vi("r", ["N", d]))
-    elif kind == "fanout":
+    elif kind == "fanout":  # a layer and another node (two layers alike: fanout.py's site)
         nodes += [helper.make_node("Gemm", ["r", "c.w"], ["c"], name="cons", transB=1),
-                  helper.make_node("Gemm", ["r", "e.w"], ["e"], name="cons2", transB=1),
+                  helper.make_node("Sigmoid", ["r"], ["e"], name="other"),
                   helper.make_node("Sub", ["c", "e"], ["y"], name="sub")]
     return b.make(nodes, [b.vi("x", ["N", d])], outs, inits)
 

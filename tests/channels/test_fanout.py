@@ -1,0 +1,100 @@
+"""A producer whose channels several layers read with the same columns (channels/fanout.py):
+a CSP block's two 1x1 convs on one tensor share its Hessian, so their stacked rows are one
+consumer: the cut equals the OBS oracle on each reader (the same removed channels, each its
+rows of the update), the greedy prices a channel by the summed loss, the saved FLOPs are the
+cut model's, and readers with different kernels are refused with the reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx_obc.backend import get_backend
+from onnx_obc.calib import DataSet
+from onnx_obc.channels import find_sites, prune_channels_sequential
+from onnx_obc.channels.flops import saved_macs
+from onnx_obc.collect import collect
+from onnx_obc.layers import constant_weights, find_layers, weight_matrix
+from tests import builders as b
+from tests.channels.graphs import _c, _w
+from tests.channels.test_stage import DAMP, _run
+
+
+def csp(kernel2: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """x -> prod (12, 3x3) -> SiLU -> t;  t -> cv1 (5, 1x1) -> y1;  t -> cv2 (6, k x k) -> y2
+    (YOLOX's CSP split: two 1x1 convs on one tensor)."""
+    rng = np.random.default_rng(seed)
+    pad = [kernel2 // 2] * 4
+    inits = [_w("p.w", (12, 4, 3, 3), seed), _c("p.b", rng.standard_normal(12)),
+             _w("c1.w", (5, 12, 1, 1), seed + 1), _c("c1.b", rng.standard_normal(5)),
+             _w("c2.w", (6, 12, kernel2, kernel2), seed + 2), _c("c2.b", rng.standard_normal(6))]
+    nodes = [helper.make_node("Conv", ["x", "p.w", "p.b"], ["p"], name="prod", pads=[1] * 4),
+             helper.make_node("Sigmoid", ["p"], ["p.s"], name="sig"),
+             helper.make_node("Mul", ["p", "p.s"], ["t"], name="silu"),
+             helper.make_node("Conv", ["t", "c1.w", "c1.b"], ["y1"], name="cv1"),
+             helper.make_node("Conv", ["t", "c2.w", "c2.b"], ["y2"], name="cv2", pads=pad)]
+    return b.make(nodes, [b.vi("x", ["N", 4, 6, 6])],
+                  [b.vi("y1", ["N", 5, 6, 6]), b.vi("y2", ["N", 6, 6, 6])], inits)
+
+
+def test_two_readers_with_the_same_columns_are_one_site():
+    model = csp()
+    (site,), _ = find_sites(model, find_layers(model)[0])
+    assert site.producer.name == "prod" and [c.name for c in site.consumers] == ["cv1", "cv2"]
+    assert site.width == 1 and site.macs == (4 * 9 + 5 + 6) * 36
+
+
+def test_the_cut_is_the_oracle_on_every_reader():
+    model = csp()
+    res, layers, data = _run(model, fraction=0.3)
+    (row,) = res.rows
+    assert 0 < row.removed < row.channels
+    (site,), _ = find_sites(model, layers)
+    hess, _ = collect(model, [site.consumer], data, 32, get_backend("cpu"), 2048, False)
+    H = hess[site.consumer.weight].mean()[0]
+    H = H + DAMP * np.mean(np.diag(H)) * np.eye(len(H))
+    Hinv = np.linalg.inv(H)
+    S = np.asarray(row.removed_ids)
+    ref, loss = onnx.ModelProto(), 0.0
+    ref.CopyFrom(model)
+    dense = constant_weights(model.graph)
+    for c in site.consumers:  # each reader: W - W_S [Hinv_SS]^-1 Hinv_S,:, the same S
+        W = weight_matrix(dense, c)[0].astype(np.float64)
+        new = W - W[:, S] @ np.linalg.solve(Hinv[np.ix_(S, S)], Hinv[S, :])
+        new[:, S] = 0.0
+        loss += np.trace((new - W) @ H @ (new - W).T)
+        for t in ref.graph.initializer:
+            if t.name == c.weight:
+                t.CopyFrom(numpy_helper.from_array(c.from_matrix(new[None].astype(np.float32)),
+                                                   c.weight))
+    feed = b.feeds(model, 8, seed=7)
+    for got, want in zip(b.run(res.model, feed), b.run(ref, feed)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert row.loss == pytest.approx(loss, rel=1e-4)  # the summed loss of both readers
+    kept = row.channels - row.removed
+    w = b.weights_of(res.model)
+    assert w["p.w"].shape[0] == w["p.b"].shape[0] == w["c1.w"].shape[1] == w["c2.w"].shape[1] \
+        == kept and w["c1.w"].shape[0] == 5 and w["c2.w"].shape[0] == 6
+    assert res.macs[0] - res.macs[1] == pytest.approx(saved_macs([site], [row.removed]))
+    onnx.checker.check_model(res.model, full_check=True)
+
+
+def test_readers_with_other_kernels_are_refused():
+    model = csp(kernel2=3)
+    sites, refused = find_sites(model, find_layers(model)[0])
+    assert not sites
+    (why,) = [r.reason for r in refused if r.producer == "prod"]
+    assert "2 layers ('cv1', 'cv2') that read them with different columns" in why
+
+
+def test_sequential_cuts_a_fanout_site():
+    model = csp()
+    layers = find_layers(model)[0]
+    data = DataSet(b.feeds(model, 96, seed=1), "feeds")
+    res = prune_channels_sequential(model, layers, data, 32, get_backend("cpu"), 0.3, DAMP,
+                                    2048)
+    (row,) = res.rows
+    w = b.weights_of(res.model)
+    assert 0 < row.removed and w["c1.w"].shape[1] == w["c2.w"].shape[1] == 12 - row.removed
