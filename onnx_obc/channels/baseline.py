@@ -18,6 +18,8 @@ def norm_removed(site: Any, weights: dict, k: int) -> np.ndarray:
     a gated unit's two producers together)."""
     W = weight_matrix(weights, site.producer)  # [G, r, d]: a grouped producer's G groups
     rows = W.reshape(-1, W.shape[2])  # [blocks * C * unit, d]
+    if site.rows:  # one part of a Split (splits.py): its rows
+        rows = rows[site.first_row:site.first_row + site.channels * site.unit]
     fused = site.gate is not None and site.gate.offset  # its two halves: [C, 2 d]
     blocks = 2 if fused else site.split.blocks if site.split is not None else 1
     parts = rows.reshape(blocks, site.channels, -1)

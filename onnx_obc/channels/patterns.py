@@ -33,6 +33,7 @@ from .padding import pad_reason
 from .readers import shape_readers
 from .regions import UNARY, region
 from .site import Refusal, Site
+from .splits import split_site
 from .reasons import attention_mix, feeds_scores, mixes_reason, residual_reason
 
 BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"}  # the other input a constant
@@ -78,15 +79,20 @@ def _producer_checks(g: _Graph, L: Layer, grouped: bool = False
     return node, channels, axis
 
 
-def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
+def _site(g: _Graph, L: Layer, by_node: dict[str, Layer], start: tuple | None = None) -> Site:
+    """L's site; `start`: (tensor, channels, path, macs) to walk on from, one part of a
+    Split of L's channels (splits.py)."""
     node, C, axis = _producer_checks(g, L, grouped=True)
     conv = L.layout in ("conv", "deconv")
     sliced: list[tuple[str, int]] = []
-    if len(node.input) > 2 and node.input[2]:
+    if len(node.input) > 2 and node.input[2] and start is None:
         sliced.append(_cut(g, node.input[2], C, -1, node))
     macs = L.matrix_shape[2] * reads(g, node, L)
     path, grouped, shapes, paired = [], [], [], None
     t, prev = node.output[0], node.op_type
+    if start is not None:
+        t, C, path, macs = start[0], start[1], list(start[2]), start[3]
+        prev = "Split"
     on: dict[str, int] = {}  # the path's tensors: their channel axis (moves.kept)
     from .excite import excite  # (they import this module)
     from .gated import fused, partner
@@ -165,6 +171,9 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer]) -> Site:
             axis, conv = -1, False
         elif op == "Transpose" and (moved := transposed(g, nxt, t, axis)) is not None:
             axis, conv = moved  # [B, T, C] <-> [B, C, T] (moves.py)
+        elif op == "Split" and paired is None and not shapes and not grouped and L.groups == 1:
+            return split_site(g, L, label, nxt, t, C, axis, sliced, path, macs,
+                              lambda s: _site(g, L, by_node, s), _Refused)
         elif op == "Concat" and paired is None and not shapes:  # one input of several
             return concat_site(g, L, label, nxt, t, C, axis, conv, tuple(path), tuple(sliced),
                                tuple(grouped), macs, by_node, _Refused)

@@ -37,6 +37,9 @@ class Site:
     span: int = 0  # (0: `channels`): the site is one input of a Concat (concat.py)
     also: tuple = ()  # other consumers reading the channels with the consumer's columns
     # (fanout.py): their W rows stacked under its, one Hessian
+    first_row: int = 0  # the producer's output row of channel 0, and all its rows (0:
+    rows: int = 0  # `channels`): the site is one part of a Split (splits.py)
+    outer: tuple = ()  # (constant, axis) cut like the producer's rows (its bias, before a Split)
 
     @property
     def consumers(self) -> tuple:
@@ -45,6 +48,15 @@ class Site:
     def columns(self, removed: Any) -> Any:
         """The consumer's input channels of the site's channels `removed`."""
         return np.asarray(removed, dtype=np.int64) + self.offset
+
+    def producer_rows(self, kept: Any) -> np.ndarray:
+        """The producer's output rows kept, from the site's `kept` rows: where the site is
+        one part of a Split (splits.py), at its first row, every other part's rows too."""
+        if not self.rows:
+            return np.asarray(kept)
+        end = self.first_row + self.channels * self.unit
+        return np.concatenate([np.arange(self.first_row), self.first_row + np.asarray(kept),
+                               np.arange(end, self.rows)])
 
     def matrix(self, weights: dict) -> np.ndarray:
         """The consumer's W view [G, r, d]; with `also`, every consumer's rows stacked."""

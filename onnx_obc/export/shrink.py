@@ -58,7 +58,9 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
         rows = _expand(kept, site.unit)
         blocks = site.split.blocks if site.split is not None else 1  # fused QKV: 3
         produced = np.concatenate([b * site.channels * site.unit + rows for b in range(blocks)])
-        cut(site.producer.weight, weight_axes(site.producer)[0], produced)
+        cut(site.producer.weight, weight_axes(site.producer)[0], site.producer_rows(produced))
+        for name, axis in site.outer:  # its bias, where a Split takes part of its rows
+            cut(name, axis, site.producer_rows(produced))
         if site.consumer.layout == "conv" and site.consumer.groups > 1:  # each group its own
             per_group[site.consumer.weight] = (rows, site.consumer.groups)  # columns
         elif site.span:  # one input of a Concat: the consumer cut once for all of them

@@ -154,12 +154,15 @@ def test_yolov8s_c2f_bottleneck_reaches_cv2_through_the_concat():
     assert sites["m.cv1"].consumer.name == "m.cv2" and not sites["m.cv1"].span
     cat = sites["m.cv2"]
     assert (cat.consumer.name, cat.offset, cat.channels, cat.span) == ("cv2", 16, 8, 24)
-    assert "Split" in refused["cv1"]
+    half = sites["cv1"]  # the first half of cv1's Split, read by the Concat alone (splits.py)
+    assert (half.consumer.name, half.offset, half.first_row, half.channels, half.rows) == (
+        "cv2", 0, 0, 8, 16)
     res, _, _ = _run(model, fraction=0.2)
     assert {r.producer for r in res.rows if r.removed} and res.macs[1] < res.macs[0]
     w = b.weights_of(res.model)
     removed = {r.producer: r.removed for r in res.rows}
-    assert w["cv2.w"].shape[1] == 24 - removed["m.cv2"]
+    assert w["cv2.w"].shape[1] == 24 - removed["m.cv2"] - removed["cv1"]
+    assert w["cv1.w"].shape[0] == 16 - removed["cv1"]
     assert w["m2.w"].shape[0] == 8 - removed["m.cv2"]
     assert w["m2.w"].shape[1] == w["m1.w"].shape[0] == 8 - removed["m.cv1"]
     onnx.checker.check_model(res.model, full_check=True)
