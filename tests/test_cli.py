@@ -100,6 +100,16 @@ def test_inspect_lists_the_channel_sites_and_why_the_others_keep_theirs(saved):
     res = invoke("inspect", grouped, "--channels")
     assert "first -> grouped: 16 channels (4 groups: as many from each)" in res.output
     assert "grouped -> last: 16 channels (4 groups: as many from each)" in res.output
+    from tests.channels.test_concat import c2f
+
+    res = invoke("inspect", saved(c2f())[0], "--channels")  # YOLOv8's C2f: where each cut is
+    assert ("cv1 -> cv2: 8 channels (through a Concat: inputs 0..7 of 24, part of a Split: "
+            "rows 0..7 of 16)") in res.output
+    assert "m.cv2 -> cv2: 8 channels (through a Concat: inputs 16..23 of 24)" in res.output
+    from tests.channels.test_fanout import csp
+
+    res = invoke("inspect", saved(csp())[0], "--channels")  # two 1x1 convs on one tensor
+    assert "prod -> cv1: 12 channels (also read by cv2)" in res.output
 
 
 def test_inspect_with_selection_options(saved):

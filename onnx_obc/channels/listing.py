@@ -35,7 +35,8 @@ def site_lines(model: onnx.ModelProto, select: Any) -> list[str]:
         kind = ", ".join(k for k in (kind, f"{s.blocks} groups: as many from each" * (
             s.blocks > 1), f"through a Concat: inputs {s.offset}..{s.offset + s.channels - 1}"
             f" of {s.span}" * bool(s.span), f"part of a Split: rows {s.first_row}.."
-            f"{s.first_row + s.channels - 1} of {s.rows}" * bool(s.rows)) if k)
+            f"{s.first_row + s.channels - 1} of {s.rows}" * bool(s.rows),
+            f"also read by {', '.join(c.name for c in s.also)}" * bool(s.also)) if k)
         pair = short_name(f"{s.producer.name} -> {s.consumer.name}", 2 * NAME_WIDTH)
         lines.append(f"  {pair}: {s.channels}{' heads' if s.unit > 1 else ' channels'}"
                      + (f" ({kind})" if kind else ""))
