@@ -23,6 +23,7 @@ import onnx
 from ..specs import LAYER_OPS
 from .flops import reads
 from .graphview import _Graph
+from .site import Site
 
 
 def concat_site(g: _Graph, L: Any, label: str, node: onnx.NodeProto, t: str, C: int,
@@ -31,7 +32,7 @@ def concat_site(g: _Graph, L: Any, label: str, node: onnx.NodeProto, t: str, C: 
     """The Site whose channels `t` (C of them on `axis`, from the end) join Concat `node`
     (`label`) and, through it, the one layer that reads it; `refused` (patterns._Refused)
     raised with the reason otherwise."""
-    from .patterns import Site, _consumer_checks, _is_depthwise, _only_user
+    from .patterns import _consumer_checks, _is_depthwise, _only_user
 
     dims = [g.dims(x) for x in node.input]
     rank = len(dims[0]) if dims[0] else 0

@@ -16,6 +16,7 @@ import onnx
 from ..specs import LAYER_OPS
 from .flops import reads
 from .graphview import _Graph
+from .site import Site
 from .readers import shape_readers
 
 COLUMNS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")  # what im2col reads
@@ -28,7 +29,7 @@ def fanout_site(g: _Graph, L: Any, t: str, C: int, axis: int, conv: bool, path: 
     columns, None where `t` has one reader or readers that are not all such layers (the walk
     then says why); `refused` (patterns._Refused) where they are layers whose columns
     differ."""
-    from .patterns import Site, _consumer_checks, _is_depthwise
+    from .patterns import _consumer_checks, _is_depthwise
 
     readers = [u for u in g.users.get(t, []) if u[0] not in shape_readers(g, t, axis)]
     if len(readers) < 2 or t in g.outputs or not all(

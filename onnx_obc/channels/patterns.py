@@ -9,9 +9,11 @@ the attention mix A @ V (value channels), Clip, Add/Sub/Mul/Div/PRelu with a con
 when it has the channel axis), BatchNormalization, depthwise Conv (its weight rows, bias and
 `group` cut too), pooling, a Pad of no channel (padding.py), the Mul of a gated unit (its other
 producer cut too: gated.py), a squeeze-excite block (its excite rows, squeeze columns:
-excite.py). Whole attention heads are sites too (heads.py). A producer whose
-channels also reach a residual Add, a Concat, a node that moves the channel axis, a graph
-output or more than one node stays, with one reason (`Refusal`). Weights and per-channel
+excite.py). Whole attention heads are sites too (heads.py), and so are channels that reach
+their consumer as one input of a Concat (concat.py), as one part of a Split (splits.py) or
+through several layers that read them alike (fanout.py). A producer whose channels also
+reach a residual Add, a node that moves the channel axis, a graph output or more than one
+other node stays, with one reason (`Refusal`). Weights and per-channel
 constants may be initializers or Constant outputs (constants.py).
 """
 
