@@ -70,7 +70,7 @@ def excite(g: _Graph, t: str, C: int, axis: int, by_node: dict[str, Layer]
 def hessian_layers(sites: list) -> list[Layer]:
     """The layers whose Hessians the sites' cuts use: each consumer, and each squeeze-excite
     block's squeeze layer (once each)."""
-    out = {s.consumer.weight: s.consumer for s in sites}
+    out = {c.weight: c for s in sites for c in (s.consumers if s.widths else (s.consumer,))}
     out.update({s.gate.squeeze.weight: s.gate.squeeze for s in sites
                 if s.gate is not None and s.gate.squeeze is not None})
     return list(out.values())

@@ -5,7 +5,9 @@ same kernel, stride, pads and dilations, the same im2col columns, so they share 
 H = X Xᵀ: their W rows stacked, [W1; W2; ...] [r1 + r2 + ..., d], are one consumer of the
 site (`Site.also`), the greedy group OBS prices a channel by the loss summed over them and
 each gets its rows of the update (`Site.consumer_arrays`). Readers whose columns differ (a
-1x1 conv beside a 3x3) would need a trace over several Hessians and are refused."""
+1x1 conv beside a 3x3, YOLOv8's SPPF-side convs) keep Hessians of their own (`Site.widths`):
+the problem is then block-diagonal over the readers, its columns reordered channel-major so
+that the one greedy trace prices a channel by the readers' summed loss (`readers`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from typing import Any
 
 import onnx
 
+from ..backend import array_module
+from ..layers import weight_matrix
+from ..solvers.channels import channel_major
+from ..solvers.prepare import fit_to_reference, prepare
 from ..specs import LAYER_OPS
 from .flops import reads
 from .graphview import _Graph
@@ -40,18 +46,51 @@ def fanout_site(g: _Graph, L: Any, t: str, C: int, axis: int, conv: bool, path: 
            for _, n in readers):
         raise refused("its channels reach layers on an axis they do not sum over")
     layers = [_consumer_checks(by_node[lab], C, lab, L.groups) for lab, _ in readers]
-    keys = {_columns(g, n, c) for (_, n), c in zip(readers, layers)}
-    if len(keys) > 1 or any(c.layout == "conv" and c.groups != 1 for c in layers):
+    if any(c.layout == "conv" and c.groups != 1 for c in layers):
         names = ", ".join(repr(lab) for lab, _ in readers)
-        raise refused(f"its channels reach {len(readers)} layers ({names}) that read them "
-                      "with different columns (kernels, strides, pads or groups): one "
-                      "Hessian cannot price them")
-    cons, node = layers[0], readers[0][1]
-    width = cons.matrix_shape[0] * cons.matrix_shape[2] // C
-    cell = width * reads(g, node, cons)
-    return Site(L, cons, C, width, path, sliced, grouped,
-                macs + sum(c.matrix_shape[1] for c in layers) * cell, cell,
-                also=tuple(layers[1:]), blocks=L.groups)
+        raise refused(f"its channels reach {len(readers)} layers ({names}), a grouped one "
+                      "among them")
+    widths = [c.matrix_shape[0] * c.matrix_shape[2] // C for c in layers]
+    cells = [w * reads(g, n, c) for w, (_, n), c in zip(widths, readers, layers)]
+    saved = macs + sum(c.matrix_shape[1] * cell for c, cell in zip(layers, cells))
+    if len({_columns(g, n, c) for (_, n), c in zip(readers, layers)}) == 1:  # one Hessian
+        return Site(L, layers[0], C, widths[0], path, sliced, grouped, saved, cells[0],
+                    also=tuple(layers[1:]), blocks=L.groups)
+    return Site(L, layers[0], C, sum(widths), path, sliced, grouped, saved, cells[0],
+                also=tuple(layers[1:]), blocks=L.groups, widths=tuple(widths),
+                cells=tuple(cells))  # each its own Hessian: block-diagonal (`readers`)
+
+
+def readers(site: Any, weights: dict, hessians: dict, backend: Any, damp: float
+            ) -> tuple[Any, Any, Any]:
+    """(W, H, Hinv) of a site whose readers have their own Hessians (`Site.widths`): each
+    reader prepared alone (dampened, dead inputs, its dense-output fit in --sequential),
+    then one block-diagonal problem, rows stacked, its columns channel-major
+    (solvers.channels.channel_major), so that channel c owns columns c * sum(widths) ..:
+    the greedy's cost of a channel is its readers' summed group-OBS loss, and each reader's
+    update is its own (the blocks do not mix)."""
+    parts = []
+    for c in site.consumers:
+        W = backend.to_device(weight_matrix(weights, c))  # [1, r_i, d_i]
+        acc = hessians[c.weight]
+        if acc.cross is not None:
+            W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
+        p = prepare(W, acc.mean(), damp)
+        parts.append((p.W[0], p.H[0], p.Hinv[0]))
+    xp = array_module(parts[0][0])
+    r = sum(x[0].shape[0] for x in parts)
+    d = sum(x[0].shape[1] for x in parts)
+    W = xp.zeros((r, d), dtype=parts[0][0].dtype)
+    H = xp.zeros((d, d), dtype=parts[0][1].dtype)
+    Hinv = xp.zeros((d, d), dtype=parts[0][2].dtype)
+    at = col = 0
+    for w, h, hi in parts:
+        W[at:at + w.shape[0], col:col + w.shape[1]] = w
+        H[col:col + w.shape[1], col:col + w.shape[1]] = h
+        Hinv[col:col + w.shape[1], col:col + w.shape[1]] = hi
+        at, col = at + w.shape[0], col + w.shape[1]
+    order = xp.asarray(channel_major(site.widths, site.channels))
+    return W[:, order], H[order][:, order], Hinv[order][:, order]
 
 
 def _columns(g: _Graph, n: onnx.NodeProto, c: Any) -> tuple:

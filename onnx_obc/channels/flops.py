@@ -35,7 +35,8 @@ def saved_macs(sites: list[Any], counts: list[int]) -> float:
     total = sum(k * s.macs for s, k in zip(sites, counts))
     rows = cut_rows(sites, counts)
     return total - sum(  # a grouped consumer's (row, column) pairs meet within a group
-        k * sum(rows.get(c.weight, 0) for c in s.consumers) * s.cell / s.consumer.groups
+        k * sum(rows.get(c.weight, 0) * cell for c, cell in s.consumer_cells())
+        / s.consumer.groups
         for s, k in zip(sites, counts)) - sum(  # a squeeze-excite's squeeze
         k * rows.get(s.gate.squeeze.weight, 0) * s.gate.squeeze_cell  # loses columns too
         for s, k in zip(sites, counts) if s.gate is not None and s.gate.squeeze)

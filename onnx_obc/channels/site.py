@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..layers import Layer, weight_matrix
-from ..solvers.channels import diagonal_blocks
+from ..solvers.channels import channel_major, diagonal_blocks
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class Site:
     span: int = 0  # (0: `channels`): the site is one input of a Concat (concat.py)
     also: tuple = ()  # other consumers reading the channels with the consumer's columns
     # (fanout.py): their W rows stacked under its, one Hessian
+    widths: tuple = ()  # with `also` whose columns differ: each reader's columns a channel (its
+    cells: tuple = ()  # own Hessian; the view block-diagonal, channel-major) and (row,
+    # channel) MACs
     first_row: int = 0  # the producer's output row of channel 0, and all its rows (0:
     rows: int = 0  # `channels`): the site is one part of a Split (splits.py)
     outer: tuple = ()  # (constant, axis) cut like the producer's rows (its bias, before a Split)
@@ -70,11 +73,18 @@ class Site:
         if not self.also:
             G = c.groups if c.layout == "conv" else 1
             return {c.weight: c.from_matrix(diagonal_blocks(W, G) if G > 1 else W[None])}
-        out, at = {}, 0
-        for c in self.consumers:
-            rows = c.matrix_shape[1]
-            out[c.weight], at = c.from_matrix(W[at:at + rows][None]), at + rows
+        if self.widths:  # back from channel-major columns to each reader's block
+            W = W[:, np.argsort(channel_major(self.widths, self.channels))]
+        out, at, col = {}, 0, 0
+        for c, w in zip(self.consumers, self.widths or (0,) * len(self.consumers)):
+            rows, cols = c.matrix_shape[1], w * self.channels or W.shape[1]
+            out[c.weight] = c.from_matrix(W[at:at + rows, col:col + cols][None])
+            at, col = at + rows, col + w * self.channels
         return out
+
+    def consumer_cells(self) -> list[tuple[Any, float]]:
+        """(consumer, MACs of one (row, channel) pair) of every consumer."""
+        return list(zip(self.consumers, self.cells or (self.cell,) * len(self.consumers)))
 
 
 @dataclass(frozen=True)

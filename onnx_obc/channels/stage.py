@@ -30,6 +30,7 @@ from .baseline import norm_removed as _norm_removed
 from .baseline import zeroed_loss as _zeroed_loss
 from .concat import joint_columns
 from .excite import hessian_layers, squeeze_update
+from .fanout import readers
 from .patterns import Refusal, Site, find_sites, layer_macs, saved_macs
 from .probe import probe_feed, probe_sizes
 from .sensitivity import OBJECTIVES, scaled_trace, site_factors
@@ -271,13 +272,15 @@ def _select(solved: list[_Solved], target: float, align: int, method: str,
 
 def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: float,
            steps: int) -> _Solved:
-    c = site.consumer
-    W = backend.to_device(site.matrix(weights))  # [1, r, d]: every consumer's rows
-    acc = hessians[c.weight]
-    if acc.cross is not None:  # sequential: fit the dense model's output first
-        W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
-    prep = prepare(W, acc.mean(), damp)  # [G, r, d]: a grouped consumer's groups, each
-    W, H, Hinv = (block_diagonal(x) for x in (prep.W, prep.H, prep.Hinv))  # dampened alone
+    if site.widths:  # readers with Hessians of their own (fanout.py)
+        W, H, Hinv = readers(site, weights, hessians, backend, damp)
+    else:
+        W = backend.to_device(site.matrix(weights))  # [1, r, d]: every consumer's rows
+        acc = hessians[site.consumer.weight]
+        if acc.cross is not None:  # sequential: fit the dense model's output first
+            W = fit_to_reference(W, acc.mean(), acc.cross / acc.samples, max(damp, 1e-4))
+        prep = prepare(W, acc.mean(), damp)  # [G, r, d]: a grouped consumer's groups, each
+        W, H, Hinv = (block_diagonal(x) for x in (prep.W, prep.H, prep.Hinv))  # alone
     trace = channel_trace(W, Hinv, site.width, steps, site.blocks, site.offset,
                           site.channels)  # a Concat's input: its own channels only
     return _Solved(site, backend.to_host(W), H, Hinv, trace, output_energy(W, H))

@@ -220,8 +220,8 @@ def predicted(tab: LatencyTable, counts: Sequence[int], sites: Sequence[Any] | N
     if sites is None:
         return total
     rows = cut_rows(list(sites), list(counts))
-    return total - float(sum(c[k] * sum(rows.get(x.weight, 0) for x in s.consumers) * s.cell
-                             / s.macs
+    return total - float(sum(c[k] * sum(rows.get(x.weight, 0) * cell
+                                        for x, cell in s.consumer_cells()) / s.macs
                              for s, k, c in zip(sites, counts, tab.curves) if k and s.macs))
 
 

@@ -19,7 +19,7 @@ by loss per FLOP saved, each loss normalised by the consumer's output energy tr(
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from ..backend import array_module, to_numpy
 __all__ = [
     "ChannelTrace",
     "block_diagonal",
+    "channel_major",
     "channel_trace",
     "diagonal_blocks",
     "norm_order",
@@ -129,6 +130,17 @@ def diagonal_blocks(M: Any, G: int) -> Any:
     xp = array_module(M)
     a, b = M.shape[0] // G, M.shape[1] // G
     return xp.stack([M[g * a:(g + 1) * a, g * b:(g + 1) * b] for g in range(G)])
+
+
+def channel_major(widths: Sequence[int], C: int) -> np.ndarray:
+    """The column order that puts channel c's columns of every block together: block i of
+    a block-diagonal W holds C * widths[i] columns, channel c's at c * widths[i] ..; the
+    order lists, for each c, each block's columns of c in turn (channel c then owns columns
+    c * sum(widths) .. of the reordered matrix, as channel_trace reads them)."""
+    starts = np.cumsum([0, *(C * w for w in widths)])[:-1]
+    per = np.concatenate([s + np.arange(w) for s, w in zip(starts, widths)])  # channel 0's
+    steps = np.concatenate([np.full(w, w) for w in widths])  # each column's stride per c
+    return (per[None, :] + np.arange(C)[:, None] * steps[None, :]).reshape(-1)
 
 
 def output_energy(W: Any, H: Any) -> float:

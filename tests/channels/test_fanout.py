@@ -2,7 +2,7 @@
 a CSP block's two 1x1 convs on one tensor share its Hessian, so their stacked rows are one
 consumer: the cut equals the OBS oracle on each reader (the same removed channels, each its
 rows of the update), the greedy prices a channel by the summed loss, the saved FLOPs are the
-cut model's, and readers with different kernels are refused with the reason."""
+cut model's; readers with different kernels keep their own Hessians (block-diagonal)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from onnx_obc.channels import find_sites, prune_channels_sequential
 from onnx_obc.channels.flops import saved_macs
 from onnx_obc.collect import collect
 from onnx_obc.layers import constant_weights, find_layers, weight_matrix
+from onnx_obc.solvers.channels import channel_major
 from tests import builders as b
 from tests.channels.graphs import _c, _w
 from tests.channels.test_stage import DAMP, _run
@@ -81,16 +82,49 @@ def test_the_cut_is_the_oracle_on_every_reader():
     onnx.checker.check_model(res.model, full_check=True)
 
 
-def test_readers_with_other_kernels_are_refused():
+def test_readers_with_other_kernels_keep_their_own_hessians():
+    """A 1x1 and a 3x3 conv on one tensor: each reader's update is the OBS oracle on its own
+    Hessian for the same removed channels, and the trace's loss is their sum."""
     model = csp(kernel2=3)
-    sites, refused = find_sites(model, find_layers(model)[0])
-    assert not sites
-    (why,) = [r.reason for r in refused if r.producer == "prod"]
-    assert "2 layers ('cv1', 'cv2') that read them with different columns" in why
+    res, layers, data = _run(model, fraction=0.3)
+    (row,) = res.rows
+    (site,), _ = find_sites(model, layers)
+    assert site.widths == (1, 9) and site.width == 10 and site.cells == (36, 9 * 36)
+    assert 0 < row.removed < row.channels
+    hess, _ = collect(model, list(site.consumers), data, 32, get_backend("cpu"), 2048, False)
+    S = np.asarray(row.removed_ids)
+    ref, loss = onnx.ModelProto(), 0.0
+    ref.CopyFrom(model)
+    dense = constant_weights(model.graph)
+    for c, w in zip(site.consumers, site.widths):
+        H = hess[c.weight].mean()[0]
+        H = H + DAMP * np.mean(np.diag(H)) * np.eye(len(H))
+        Hinv = np.linalg.inv(H)
+        cols = (S[:, None] * w + np.arange(w)).ravel()
+        W = weight_matrix(dense, c)[0].astype(np.float64)
+        new = W - W[:, cols] @ np.linalg.solve(Hinv[np.ix_(cols, cols)], Hinv[cols, :])
+        new[:, cols] = 0.0
+        loss += np.trace((new - W) @ H @ (new - W).T)
+        for t in ref.graph.initializer:
+            if t.name == c.weight:
+                t.CopyFrom(numpy_helper.from_array(c.from_matrix(new[None].astype(np.float32)),
+                                                   c.weight))
+    feed = b.feeds(model, 8, seed=7)
+    for got, want in zip(b.run(res.model, feed), b.run(ref, feed)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert row.loss == pytest.approx(loss, rel=1e-4)
+    assert res.macs[0] - res.macs[1] == pytest.approx(saved_macs([site], [row.removed]))
+    onnx.checker.check_model(res.model, full_check=True)
 
 
-def test_sequential_cuts_a_fanout_site():
-    model = csp()
+def test_the_channel_major_order():
+    order = channel_major((1, 3), 2)  # block 0: 2 columns, block 1: 6 (3 a channel)
+    assert list(order) == [0, 2, 3, 4, 1, 5, 6, 7]
+
+
+@pytest.mark.parametrize("kernel2", [1, 3])
+def test_sequential_cuts_a_fanout_site(kernel2):
+    model = csp(kernel2=kernel2)
     layers = find_layers(model)[0]
     data = DataSet(b.feeds(model, 96, seed=1), "feeds")
     res = prune_channels_sequential(model, layers, data, 32, get_backend("cpu"), 0.3, DAMP,
