@@ -63,6 +63,8 @@ class Site:
 
     def matrix(self, weights: dict) -> np.ndarray:
         """The consumer's W view [G, r, d]; with `also`, every consumer's rows stacked."""
+        if not self.also:
+            return weight_matrix(weights, self.consumer)
         return np.concatenate([weight_matrix(weights, c) for c in self.consumers], axis=1)
 
     def consumer_arrays(self, W: Any) -> dict[str, Any]:
