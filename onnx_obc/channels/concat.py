@@ -32,6 +32,19 @@ def concat_site(g: _Graph, L: Any, label: str, node: onnx.NodeProto, t: str, C: 
     """The Site whose channels `t` (C of them on `axis`, from the end) join Concat `node`
     (`label`) and, through it, the one layer that reads it; `refused` (patterns._Refused)
     raised with the reason otherwise."""
+    nxt, cons, offset, span = through(g, label, node, t, axis, conv, by_node, refused)
+    if L.groups != 1 or (cons.layout == "conv" and cons.groups != 1):
+        raise refused(f"its channels reach Concat {label!r} and a grouped Conv")
+    width = cons.matrix_shape[0] * cons.matrix_shape[2] // span
+    cell = width * reads(g, nxt, cons)
+    return Site(L, cons, C, width, path + (label,), sliced, grouped,
+                macs + cons.matrix_shape[1] * cell, cell, offset=offset, span=span)
+
+
+def through(g: _Graph, label: str, node: onnx.NodeProto, t: str, axis: int, conv: bool,
+            by_node: dict, refused: type) -> tuple[onnx.NodeProto, Any, int, int]:
+    """(the layer's node, the layer, offset, span): the one layer reading Concat `node`'s
+    output, and where `t`'s channels sit among its input channels; `refused` otherwise."""
     from .patterns import _consumer_checks, _is_depthwise, _only_user
 
     dims = [g.dims(x) for x in node.input]
@@ -53,13 +66,7 @@ def concat_site(g: _Graph, L: Any, label: str, node: onnx.NodeProto, t: str, C: 
     if (not conv) if nxt.op_type in ("Conv", "ConvTranspose") else axis != -1:
         raise refused(f"its channels reach layer {cons_label!r} on an axis it does not sum "
                       "over")
-    cons = _consumer_checks(by_node[cons_label], span, cons_label)
-    if L.groups != 1 or (cons.layout == "conv" and cons.groups != 1):
-        raise refused(f"its channels reach Concat {label!r} and a grouped Conv")
-    width = cons.matrix_shape[0] * cons.matrix_shape[2] // span
-    cell = width * reads(g, nxt, cons)
-    return Site(L, cons, C, width, path + (label,), sliced, grouped,
-                macs + cons.matrix_shape[1] * cell, cell, offset=offset, span=span)
+    return nxt, _consumer_checks(by_node[cons_label], span, cons_label), offset, span
 
 
 def joint_columns(sites: list, removed: list) -> dict[str, np.ndarray]:

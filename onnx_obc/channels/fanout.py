@@ -17,7 +17,6 @@ import onnx
 
 from ..backend import array_module
 from ..layers import weight_matrix
-from ..solvers.channels import channel_major
 from ..solvers.prepare import fit_to_reference, prepare
 from ..specs import LAYER_OPS
 from .flops import reads
@@ -31,34 +30,67 @@ COLUMNS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")  # what i
 def fanout_site(g: _Graph, L: Any, t: str, C: int, axis: int, conv: bool, path: tuple,
                 sliced: tuple, grouped: tuple, macs: float, by_node: dict,
                 refused: type) -> Any:
-    """The Site whose channels `t` every one of several layers reads whole with the same
-    columns, None where `t` has one reader or readers that are not all such layers (the walk
-    then says why); `refused` (patterns._Refused) where they are layers whose columns
-    differ."""
+    """The Site whose channels `t` several layers read whole, directly or as one input of a
+    Concat that one layer reads (concat.through); None where `t` has one reader or readers
+    that are none of these (the walk then says why); `refused` (patterns._Refused) where
+    a reader is grouped or reads them on another axis."""
+    from .concat import through
     from .patterns import _consumer_checks, _is_depthwise
 
     readers = [u for u in g.users.get(t, []) if u[0] not in shape_readers(g, t, axis)]
     if len(readers) < 2 or t in g.outputs or not all(
-            n.op_type in LAYER_OPS and lab in by_node and list(n.input).count(t) == 1 and
-            n.input[0] == t and not _is_depthwise(g, n, C) for lab, n in readers):
+            (n.op_type in LAYER_OPS and lab in by_node and n.input[0] == t and
+             not _is_depthwise(g, n, C) or n.op_type == "Concat") and
+            list(n.input).count(t) == 1 for lab, n in readers):
         return None
-    if any((not conv) if n.op_type in ("Conv", "ConvTranspose") else axis != -1
-           for _, n in readers):
-        raise refused("its channels reach layers on an axis they do not sum over")
-    layers = [_consumer_checks(by_node[lab], C, lab, L.groups) for lab, _ in readers]
-    if any(c.layout == "conv" and c.groups != 1 for c in layers):
+    nodes, layers, offsets, spans = [], [], [], []
+    for lab, n in readers:  # each reader: its layer's node, the layer, where t sits in it
+        if n.op_type == "Concat":
+            n, c, offset, span = through(g, lab, n, t, axis, conv, by_node, refused)
+        else:
+            if (not conv) if n.op_type in ("Conv", "ConvTranspose") else axis != -1:
+                raise refused("its channels reach layers on an axis they do not sum over")
+            c, offset, span = _consumer_checks(by_node[lab], C, lab, L.groups), 0, C
+        nodes.append(n), layers.append(c), offsets.append(offset), spans.append(span)
+    if any(c.layout == "conv" and c.groups != 1 for c in layers) or L.groups != 1 or \
+            len({c.weight for c in layers}) < len(layers):
         names = ", ".join(repr(lab) for lab, _ in readers)
         raise refused(f"its channels reach {len(readers)} layers ({names}), a grouped one "
-                      "among them")
-    widths = [c.matrix_shape[0] * c.matrix_shape[2] // C for c in layers]
-    cells = [w * reads(g, n, c) for w, (_, n), c in zip(widths, readers, layers)]
+                      "among them or one twice")
+    widths = [c.matrix_shape[0] * c.matrix_shape[2] // n for c, n in zip(layers, spans)]
+    cells = [w * reads(g, n, c) for w, n, c in zip(widths, nodes, layers)]
     saved = macs + sum(c.matrix_shape[1] * cell for c, cell in zip(layers, cells))
-    if len({_columns(g, n, c) for (_, n), c in zip(readers, layers)}) == 1:  # one Hessian
+    if len({_columns(g, n, c) for n, c in zip(nodes, layers)}) == 1 and not any(offsets) \
+            and set(spans) == {C}:  # one Hessian: rows stacked
         return Site(L, layers[0], C, widths[0], path, sliced, grouped, saved, cells[0],
                     also=tuple(layers[1:]), blocks=L.groups)
+    concat = spans != [C] * len(spans)
     return Site(L, layers[0], C, sum(widths), path, sliced, grouped, saved, cells[0],
                 also=tuple(layers[1:]), blocks=L.groups, widths=tuple(widths),
-                cells=tuple(cells))  # each its own Hessian: block-diagonal (`readers`)
+                cells=tuple(cells), offsets=tuple(offsets) if concat else (),
+                spans=tuple(spans) if concat else ())  # own Hessians: block-diagonal
+
+
+def lone_readers(sites: list, refusal: type) -> tuple[list, list]:
+    """`sites` less those whose readers keep their own Hessians (`widths`) where one of
+    those readers is another site's consumer too (a Concat whose other input is a site):
+    each site updates its readers alone, so two would overwrite one weight; a `refusal`
+    (patterns.Refusal) for each."""
+    seen: dict[str, int] = {}
+    for s in sites:
+        for c in s.consumers:
+            seen[c.weight] = seen.get(c.weight, 0) + 1
+    kept, out = [], []
+    for s in sites:
+        shared = [c.name for c in s.consumers if seen[c.weight] > 1]
+        if s.widths and shared:
+            out.append(refusal(s.producer.name, s.producer.weight,
+                               f"its channels reach {shared[0]!r}, which another site cuts"))
+            for c in s.consumers:
+                seen[c.weight] -= 1
+        else:
+            kept.append(s)
+    return kept, out
 
 
 def readers(site: Any, weights: dict, hessians: dict, backend: Any, damp: float
@@ -89,7 +121,7 @@ def readers(site: Any, weights: dict, hessians: dict, backend: Any, damp: float
         H[col:col + w.shape[1], col:col + w.shape[1]] = h
         Hinv[col:col + w.shape[1], col:col + w.shape[1]] = hi
         at, col = at + w.shape[0], col + w.shape[1]
-    order = xp.asarray(channel_major(site.widths, site.channels))
+    order = xp.asarray(site.order())
     return W[:, order], H[order][:, order], Hinv[order][:, order]
 
 

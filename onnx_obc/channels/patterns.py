@@ -27,7 +27,7 @@ from onnx import helper
 from ..layers import Layer
 from ..specs import LAYER_OPS
 from .concat import concat_site
-from .fanout import fanout_site
+from .fanout import fanout_site, lone_readers
 from .flat import keeps_last
 from .flops import layer_macs, positions, reads, saved_macs
 from .graphview import _Graph, graph_of
@@ -61,7 +61,8 @@ def find_sites(model: onnx.ModelProto, layers: list[Layer], sizes: dict | None =
         except _Refused as r:
             refused.append(Refusal(L.name, L.weight, str(r)))
     gates = {s.gate.producer.weight for s in sites if s.gate is not None}
-    return sites, [r for r in refused if r.weight not in gates]  # those go with a site
+    sites, shared = lone_readers(sites, Refusal)
+    return sites, [r for r in refused if r.weight not in gates] + shared  # gates go with a site
 
 
 def _producer_checks(g: _Graph, L: Layer, grouped: bool = False

@@ -40,6 +40,8 @@ class Site:
     widths: tuple = ()  # with `also` whose columns differ: each reader's columns a channel (its
     cells: tuple = ()  # own Hessian; the view block-diagonal, channel-major) and (row,
     # channel) MACs
+    offsets: tuple = ()  # with `widths`: each reader's input channel of channel 0 and all
+    spans: tuple = ()  # its input channels, where it reads them through a Concat
     first_row: int = 0  # the producer's output row of channel 0, and all its rows (0:
     rows: int = 0  # `channels`): the site is one part of a Split (splits.py)
     outer: tuple = ()  # (constant, axis) cut like the producer's rows (its bias, before a Split)
@@ -76,13 +78,25 @@ class Site:
             G = c.groups if c.layout == "conv" else 1
             return {c.weight: c.from_matrix(diagonal_blocks(W, G) if G > 1 else W[None])}
         if self.widths:  # back from channel-major columns to each reader's block
-            W = W[:, np.argsort(channel_major(self.widths, self.channels))]
+            W = W[:, np.argsort(self.order())]
         out, at, col = {}, 0, 0
-        for c, w in zip(self.consumers, self.widths or (0,) * len(self.consumers)):
-            rows, cols = c.matrix_shape[1], w * self.channels or W.shape[1]
+        for c, w, n in zip(self.consumers, self.widths or (0,) * len(self.consumers),
+                           self.spans or (self.channels,) * len(self.consumers)):
+            rows, cols = c.matrix_shape[1], w * n or W.shape[1]
             out[c.weight] = c.from_matrix(W[at:at + rows, col:col + cols][None])
-            at, col = at + rows, col + w * self.channels
+            at, col = at + rows, col + w * n  # stacked rows (no widths): every column
         return out
+
+    def order(self) -> np.ndarray:
+        """With `widths`: the block-diagonal view's columns, channel-major."""
+        return channel_major(self.widths, self.channels, self.offsets, self.spans)
+
+    def reads(self) -> list[tuple[Any, int, int]]:
+        """(consumer, its input channel of channel 0, its input channels) of every consumer."""
+        n = len(self.consumers)
+        offsets = self.offsets or (self.offset,) + (0,) * (n - 1)
+        spans = self.spans or (self.span or self.channels,) + (self.channels,) * (n - 1)
+        return list(zip(self.consumers, offsets, spans))
 
     def consumer_cells(self) -> list[tuple[Any, float]]:
         """(consumer, MACs of one (row, channel) pair) of every consumer."""

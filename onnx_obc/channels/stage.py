@@ -282,7 +282,7 @@ def _solve(site: Site, weights: dict, hessians: dict, backend: Backend, damp: fl
         prep = prepare(W, acc.mean(), damp)  # [G, r, d]: a grouped consumer's groups, each
         W, H, Hinv = (block_diagonal(x) for x in (prep.W, prep.H, prep.Hinv))  # alone
     trace = channel_trace(W, Hinv, site.width, steps, site.blocks, site.offset,
-                          site.channels if site.span else None)  # a Concat's: its own only
+                          site.channels if site.span or site.spans else None)  # a Concat's: its own
     return _Solved(site, backend.to_host(W), H, Hinv, trace, output_energy(W, H))
 
 

@@ -63,10 +63,11 @@ def shrink(model: onnx.ModelProto, sites: Sequence[Any], keep: Sequence[np.ndarr
             cut(name, axis, site.producer_rows(produced))
         if site.consumer.layout == "conv" and site.consumer.groups > 1:  # each group its own
             per_group[site.consumer.weight] = (rows, site.consumer.groups)  # columns
-        elif site.span:  # one input of a Concat: the consumer cut once for all of them
-            gone = site.columns(np.setdiff1d(np.arange(site.channels), kept))
-            joined.setdefault(site.consumer.weight, (weight_axes(site.consumer)[1], site.span,
-                                                     []))[2].append(gone)
+        elif site.span or site.spans:  # one input of a Concat: each consumer cut once
+            gone = np.setdiff1d(np.arange(site.channels), kept)  # for all of its inputs
+            for c, offset, span in site.reads():
+                joined.setdefault(c.weight, (weight_axes(c)[1], span, []))[2].append(
+                    offset + gone)
         else:
             for c in site.consumers:  # `also`: readers of the same channels (fanout.py)
                 cut(c.weight, weight_axes(c)[1], rows)

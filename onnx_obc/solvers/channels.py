@@ -132,15 +132,22 @@ def diagonal_blocks(M: Any, G: int) -> Any:
     return xp.stack([M[g * a:(g + 1) * a, g * b:(g + 1) * b] for g in range(G)])
 
 
-def channel_major(widths: Sequence[int], C: int) -> np.ndarray:
+def channel_major(widths: Sequence[int], C: int, offsets: Sequence[int] = (),
+                  spans: Sequence[int] = ()) -> np.ndarray:
     """The column order that puts channel c's columns of every block together: block i of
-    a block-diagonal W holds C * widths[i] columns, channel c's at c * widths[i] ..; the
-    order lists, for each c, each block's columns of c in turn (channel c then owns columns
-    c * sum(widths) .. of the reordered matrix, as channel_trace reads them)."""
-    starts = np.cumsum([0, *(C * w for w in widths)])[:-1]
-    per = np.concatenate([s + np.arange(w) for s, w in zip(starts, widths)])  # channel 0's
+    a block-diagonal W holds spans[i] (default C) channels of widths[i] columns, channel c's
+    at (offsets[i] + c) * widths[i] ..; the order lists, for each c < C, each block's
+    columns of c in turn (channel c then owns columns c * sum(widths) .. of the reordered
+    matrix, as channel_trace reads them), then every other column in its order."""
+    spans = list(spans) or [C] * len(widths)
+    offsets = list(offsets) or [0] * len(widths)
+    starts = np.cumsum([0, *(s * w for s, w in zip(spans, widths))])[:-1]
+    per = np.concatenate([s + o * w + np.arange(w)
+                          for s, o, w in zip(starts, offsets, widths)])  # channel 0's
     steps = np.concatenate([np.full(w, w) for w in widths])  # each column's stride per c
-    return (per[None, :] + np.arange(C)[:, None] * steps[None, :]).reshape(-1)
+    head = (per[None, :] + np.arange(C)[:, None] * steps[None, :]).reshape(-1)
+    rest = np.setdiff1d(np.arange(int(sum(s * w for s, w in zip(spans, widths)))), head)
+    return np.concatenate([head, rest])
 
 
 def output_energy(W: Any, H: Any) -> float:
