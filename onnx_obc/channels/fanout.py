@@ -52,9 +52,11 @@ def fanout_site(g: _Graph, L: Any, t: str, C: int, axis: int, conv: bool, path: 
                 raise refused("its channels reach layers on an axis they do not sum over")
             c, offset, span = _consumer_checks(by_node[lab], C, lab, L.groups), 0, C
         nodes.append(n), layers.append(c), offsets.append(offset), spans.append(span)
-    if any(c.layout == "conv" and c.groups != 1 for c in layers) or L.groups != 1 or \
+    names = ", ".join(repr(lab) for lab, _ in readers)
+    if L.groups != 1:
+        raise refused(f"a grouped Conv whose channels reach {len(readers)} nodes ({names})")
+    if any(c.layout == "conv" and c.groups != 1 for c in layers) or \
             len({c.weight for c in layers}) < len(layers):
-        names = ", ".join(repr(lab) for lab, _ in readers)
         raise refused(f"its channels reach {len(readers)} layers ({names}), a grouped one "
                       "among them or one twice")
     widths = [c.matrix_shape[0] * c.matrix_shape[2] // n for c, n in zip(layers, spans)]
