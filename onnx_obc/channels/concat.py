@@ -45,7 +45,7 @@ def through(g: _Graph, label: str, node: onnx.NodeProto, t: str, axis: int, conv
             by_node: dict, refused: type) -> tuple[onnx.NodeProto, Any, int, int]:
     """(the layer's node, the layer, offset, span): the one layer reading Concat `node`'s
     output, and where `t`'s channels sit among its input channels; `refused` otherwise."""
-    from .patterns import _consumer_checks, _is_depthwise, _only_user
+    from .patterns import _consumer_checks, _is_depthwise, _only_user, sums_channels
 
     dims = [g.dims(x) for x in node.input]
     rank = len(dims[0]) if dims[0] else 0
@@ -63,7 +63,7 @@ def through(g: _Graph, label: str, node: onnx.NodeProto, t: str, axis: int, conv
             nxt.input[0] != node.output[0] or _is_depthwise(g, nxt, span):
         raise refused(f"its channels reach Concat {label!r}, whose output {nxt.op_type} "
                       f"{cons_label!r} is no layer that sums its channels")
-    if (not conv) if nxt.op_type in ("Conv", "ConvTranspose") else axis != -1:
+    if not sums_channels(nxt, conv, axis):
         raise refused(f"its channels reach layer {cons_label!r} on an axis it does not sum "
                       "over")
     return nxt, _consumer_checks(by_node[cons_label], span, cons_label), offset, span

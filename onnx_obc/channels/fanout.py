@@ -35,7 +35,7 @@ def fanout_site(g: _Graph, L: Any, t: str, C: int, axis: int, conv: bool, path: 
     that are none of these (the walk then says why); `refused` (patterns._Refused) where
     a reader is grouped or reads them on another axis."""
     from .concat import through
-    from .patterns import _consumer_checks, _is_depthwise
+    from .patterns import _consumer_checks, _is_depthwise, sums_channels
 
     readers = [u for u in g.users.get(t, []) if u[0] not in shape_readers(g, t, axis)]
     if len(readers) < 2 or t in g.outputs or not all(
@@ -48,7 +48,7 @@ def fanout_site(g: _Graph, L: Any, t: str, C: int, axis: int, conv: bool, path: 
         if n.op_type == "Concat":
             n, c, offset, span = through(g, lab, n, t, axis, conv, by_node, refused)
         else:
-            if (not conv) if n.op_type in ("Conv", "ConvTranspose") else axis != -1:
+            if not sums_channels(n, conv, axis):
                 raise refused("its channels reach layers on an axis they do not sum over")
             c, offset, span = _consumer_checks(by_node[lab], C, lab, L.groups), 0, C
         nodes.append(n), layers.append(c), offsets.append(offset), spans.append(span)

@@ -123,7 +123,7 @@ def _site(g: _Graph, L: Layer, by_node: dict[str, Layer], start: tuple | None = 
         label, nxt = _only_user(g, t, axis)
         if nxt.op_type in LAYER_OPS and label in by_node and \
                 nxt.input[0] == t and not _is_depthwise(g, nxt, C):
-            if not conv if nxt.op_type in ("Conv", "ConvTranspose") else axis != -1:
+            if not sums_channels(nxt, conv, axis):
                 raise _Refused(f"its channels reach layer {label!r} on an axis it does not "
                                "sum over")
             cons = _consumer_checks(by_node[label], C, label, L.groups)
@@ -213,6 +213,12 @@ def _only_user(g: _Graph, t: str, axis: int | None = None) -> tuple[str, onnx.No
                            else f"its channel count is read at run time by Shape {label!r}")
     names = ", ".join(repr(lb) for lb, _ in users) or "none"
     raise _Refused(f"tensor {t!r} feeds {len(users)} nodes ({names}); one consumer needed")
+
+
+def sums_channels(n: onnx.NodeProto, conv: bool, axis: int) -> bool:
+    """Whether layer node `n` sums the channels on `axis`: a Conv needs them in conv layout
+    (after the batch), a MatMul / Gemm last."""
+    return conv if n.op_type in ("Conv", "ConvTranspose") else axis == -1
 
 
 def _consumer_checks(c: Layer, channels: int, label: str, produced: int = 1) -> Layer:
