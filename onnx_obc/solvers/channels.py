@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backend import array_module, to_numpy
+from .chanparts import Parts, components, downdate, scores, split_update, worth_splitting
 
 __all__ = [
     "ChannelTrace",
@@ -73,27 +74,26 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
     block = xp.clip((xp.arange(C) - first) // (count // blocks), 0, blocks - 1)  # [C]
     served = xp.zeros(blocks, dtype=bool)  # the blocks this round has taken one from
     order, losses = xp.zeros(n, dtype=xp.int64), xp.zeros(n, dtype=xp.float64)
-    for i in range(n):  # no host round trip per step: the choice stays on W's device
+    comps = components(Hinv)  # independent diagonal blocks (chanparts.py): each alone
+    parts = Parts(W, Hinv, width, C, comps, to_numpy(alive)) if worth_splitting(
+        comps, W.shape[1]) else None
+    for i in range(n):  # one problem: no host round trip per step (the choice on W's device)
         if i % blocks == 0:
             served[:] = False
         free = alive & ~served[block]  # alive channels of the blocks not served this round
-        k = (count // blocks - i // blocks) * (blocks - i % blocks)  # how many: known here
-        idx = xp.argsort(xp.where(free, 0, 1), kind="stable")[:k]  # [k] free, in order
-        cols = _columns(idx, width, xp)  # [k, w]
-        D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
-        Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
-        sol = xp.linalg.solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
-        score = (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))  # [k]
-        best = xp.argmin(score)
-        c, S = idx[best], cols[best]
-        Dinv_rows = xp.linalg.solve(D[best], Hinv[S, :])  # [w, d] = D^-1 Hinv_S,:
-        W -= W[:, S] @ Dinv_rows
-        W[:, S] = 0.0
-        Hinv -= Hinv[:, S] @ Dinv_rows
+        if parts is not None:
+            c, loss = parts.step(free)
+        else:
+            k = (count // blocks - i // blocks) * (blocks - i % blocks)  # how many: known
+            idx = xp.argsort(xp.where(free, 0, 1), kind="stable")[:k]  # [k] free, in order
+            score = scores(W, Hinv, _columns(idx, width, xp))  # [k]
+            best = xp.argmin(score)
+            c, loss = idx[best], score[best]
+            downdate(W, Hinv, _columns(c[None], width, xp)[0])
         alive[c] = False
         served[block[c]] = True
         order[i] = c - first
-        losses[i] = xp.maximum(score[best], 0.0)
+        losses[i] = xp.maximum(loss, 0.0)
     return ChannelTrace(to_numpy(order), to_numpy(losses))
 
 
@@ -104,10 +104,15 @@ def obs_update(W: Any, Hinv: Any, width: int, removed: Any) -> Any:
     W64 = W.astype(xp.float64)
     if len(removed) == 0:
         return W64.astype(W.dtype)
-    S = _columns(xp.asarray(np.asarray(removed, dtype=np.int64)), width, xp).reshape(-1)
-    D = Hinv[S[:, None], S[None, :]]
-    out = W64 - W64[:, S] @ xp.linalg.solve(D, Hinv[S, :])
-    out[:, S] = 0.0
+    S = _columns(np.asarray(removed, dtype=np.int64), width, np).reshape(-1)
+    comps = components(Hinv)
+    if worth_splitting(comps, W.shape[1]):  # block by block (chanparts.py): the same update
+        out = split_update(W64, Hinv, np.sort(S), comps)
+    else:
+        S = xp.asarray(S)
+        D = Hinv[S[:, None], S[None, :]]
+        out = W64 - W64[:, S] @ xp.linalg.solve(D, Hinv[S, :])
+    out[:, xp.asarray(S)] = 0.0
     return out.astype(W.dtype)
 
 
