@@ -30,9 +30,8 @@ WORTH = 0.75  # a split pays where its largest block is at most this share of th
 def components(M: Any) -> list[np.ndarray]:
     """The column sets (host, ascending) of the independent diagonal blocks of the square
     M: connected components of its nonzero pattern; one set where M is dense."""
-    xp = array_module(M)
     d = M.shape[0]
-    if d == 0 or bool(xp.all(M[0] != 0)):  # a dense row: one block
+    if d == 0 or bool((M[0] != 0).all()):  # a dense row: one block
         return [np.arange(d)]
     nz = to_numpy(M != 0)
     nz |= nz.T
@@ -92,7 +91,7 @@ class Parts:
         self.blocks: list[tuple[Any, Any, list[tuple[np.ndarray, Any]]]] = []
         self.where: list[list[tuple[int, Any]]] = [[] for _ in range(C)]
         for b, comp in enumerate(comps):
-            rows = np.flatnonzero(to_numpy(xp.any(W[:, comp] != 0, axis=1)))
+            rows = np.flatnonzero(to_numpy((W[:, xp.asarray(comp)] != 0).any(axis=1)))
             Wb = W[xp.asarray(rows)][:, xp.asarray(comp)]  # [r_b, d_b]: its rows only
             Hb = Hinv[xp.asarray(comp)][:, xp.asarray(comp)]  # [d_b, d_b]
             inb = block[cols] == b  # [C, width]
