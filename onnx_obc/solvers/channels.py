@@ -65,7 +65,6 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
     from `first`."""
     xp = array_module(W, Hinv)
     W = W.astype(xp.float64, copy=True)
-    Hinv = Hinv.astype(xp.float64, copy=True)
     C = W.shape[1] // width
     count = C - first if count is None else count
     n = min(steps, count)
@@ -77,6 +76,9 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
     comps = components(Hinv)  # independent diagonal blocks (chanparts.py): each alone
     parts = Parts(W, Hinv, width, C, comps, to_numpy(alive)) if worth_splitting(
         comps, W.shape[1]) else None
+    lo = first * width  # the steps read only Hinv's rows of the columns that may go (of
+    if parts is None:  # a Concat input's site: its share of the rows downdated), a copy
+        Hinv = Hinv[lo:(first + count) * width].astype(xp.float64, copy=True)
     for i in range(n):  # one problem: no host round trip per step (the choice on W's device)
         if i % blocks == 0:
             served[:] = False
@@ -86,10 +88,10 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
         else:
             k = (count // blocks - i // blocks) * (blocks - i % blocks)  # how many: known
             idx = xp.argsort(xp.where(free, 0, 1), kind="stable")[:k]  # [k] free, in order
-            score = scores(W, Hinv, _columns(idx, width, xp))  # [k]
+            score = scores(W, Hinv, _columns(idx, width, xp), lo)  # [k]
             best = xp.argmin(score)
             c, loss = idx[best], score[best]
-            downdate(W, Hinv, _columns(c[None], width, xp)[0])
+            downdate(W, Hinv, _columns(c[None], width, xp)[0], lo)
         alive[c] = False
         served[block[c]] = True
         order[i] = c - first

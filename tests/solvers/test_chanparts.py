@@ -96,3 +96,34 @@ def test_a_grouped_consumer_split_by_group_takes_the_same_channels(monkeypatch, 
     taken = np.bincount(split.order // per, minlength=G)
     assert np.all(taken == 4)  # as many from each group
 
+
+
+def _greedy(W, Hinv, width, steps, first, count):
+    """The greedy on the whole inverse, written plainly: the reference."""
+    W, Hinv = W.astype(np.float64).copy(), Hinv.copy()
+    alive, order, losses = list(range(first, first + count)), [], []
+    for _ in range(steps):
+        best = None
+        for c in alive:
+            S = np.arange(c * width, c * width + width)
+            L = np.trace(W[:, S] @ np.linalg.solve(Hinv[np.ix_(S, S)], W[:, S].T))
+            best = (L, c) if best is None or L < best[0] else best
+        L, c = best
+        S = np.arange(c * width, c * width + width)
+        R = np.linalg.solve(Hinv[np.ix_(S, S)], Hinv[S, :])
+        W -= W[:, S] @ R
+        Hinv -= Hinv[:, S] @ R
+        alive.remove(c)
+        order.append(c - first)
+        losses.append(L)
+    return np.array(order), np.array(losses)
+
+
+def test_a_concat_inputs_trace_downdates_only_its_rows_and_equals_the_whole_greedy():
+    """One input of a Concat (channels first .. first + count - 1 may go): the trace keeps
+    only those columns' rows of Hinv, and takes what the greedy on all of it takes."""
+    W, H = _block(6, 14 * 3, seed=5)
+    tr = channel_trace(W, np.linalg.inv(H), 3, 6, first=5, count=7)
+    order, losses = _greedy(W, np.linalg.inv(H), 3, 6, 5, 7)
+    np.testing.assert_array_equal(tr.order, order)
+    np.testing.assert_allclose(tr.losses, losses, rtol=1e-8)
