@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 from onnx import numpy_helper
 
 from ..calib.tokens import on_tokens
@@ -84,6 +85,8 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
     cuts = Cuts(plan.proto, feeds, plan.runtime, plan.token_mask)  # downstream.py
     where = [cuts.position(changed(s.site, rest)) for s in plan.solved]
     out: list = [None] * len(plan.solved)
+    bar = tqdm(total=len(plan.solved), desc="output probes", unit="site",
+               disable=not getattr(plan, "progress", False))
     for group in [*cuts.groups([p for p in where if p is not None], plan.memory_mb * MB // 4),
                   [None]]:
         cuts.fetch([p for p in group if p is not None])  # the last group's values dropped
@@ -97,6 +100,8 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
                 else (lambda m, p=where[i]: cuts.run(m, p))
             gains = [_gain(plan, s, W, k, run, dense, ref, float(curve[k]), rest) for k in ks]
             out[i] = (np.array(ks or [0], float), np.array(gains or [1.0]))
+            bar.update(1)
+    bar.close()
     return out, time.perf_counter() - t0, ""
 
 

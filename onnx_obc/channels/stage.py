@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from ..backend import Backend
 from ..collect import collect
@@ -113,6 +114,7 @@ class ChannelPlan:
     latency: Any = None  # timing.LatencyTable, once measured (--channel-budget latency)
     token_mask: str | None = None  # per-token outputs on its tokens (sensitivity.py)
     memory_mb: int = 2048  # the capture's budget (sensitivity.py's squeeze Hessians)
+    progress: bool = False  # bars for the per-site stages (traces, probes, latency timing)
 
 
 def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch: int,
@@ -139,11 +141,12 @@ def plan_channels(proto: onnx.ModelProto, layers: list[Layer], data: Any, batch:
     weights = constant_weights(proto.graph)
     steps = [min(s.channels - 1, int(np.ceil(s.channels * min(1.0, 2 * fraction + 0.25))))
              for s in sites]
-    solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in zip(sites, steps)]
+    solved = [_solve(s, weights, hessians, backend, damp, n) for s, n in tqdm(
+        list(zip(sites, steps)), desc="channel traces", unit="site", disable=not progress)]
     return ChannelPlan(proto, layers, sites, refused, dense, solved, weights, hessians,
                        backend, damp, time.perf_counter() - t0, feed, data, batch,
                        runtime=runtime, probe_note=probe_note, token_mask=token_mask,
-                       memory_mb=memory_mb)
+                       memory_mb=memory_mb, progress=progress)
 
 
 def counts_for(plan: ChannelPlan, fraction: float, align: int, allocate: str,

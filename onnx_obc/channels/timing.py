@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from ..export.shrink import shrink
 from .allocate import allowed, site_align
@@ -136,7 +137,8 @@ def latency_table(plan: Any, align: int, timer: Timer | None = None) -> LatencyT
     subs = [site_subgraph(plan.proto, s.site) for s in plan.solved]
     values = capture(plan.proto, feed, [n for _, i, o in subs for n in i + o], plan.runtime)
     curves, points, failed = [], [], []
-    for s, (sub, names, outs) in zip(plan.solved, subs):
+    for s, (sub, names, outs) in tqdm(list(zip(plan.solved, subs)), desc="latency timing",
+                                      unit="site", disable=not getattr(plan, "progress", False)):
         C, a = s.site.channels, site_align(s.site, align)
         ks = counts_to_time(C, a)
         try:

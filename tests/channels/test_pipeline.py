@@ -102,3 +102,14 @@ def test_channels_with_w8a8_for_onnxruntime():
     fid = r.report.fidelity["held-out calibration"]
     assert fid["compressed"].rel_error["y"] < 0.5 * fid["channels-l2"].rel_error["y"]
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.5
+
+
+def test_the_per_site_stages_show_progress(capsys):
+    """Long work shows progress: the traces, the output probes and the latency timing each
+    a bar (tqdm on stderr), none with progress off."""
+    model = graphs.transformer_mlp()
+    convert(model, None, channels=0.3, channel_budget="latency", progress=True)
+    err = capsys.readouterr().err
+    assert all(f"{d}:" in err for d in ("channel traces", "output probes", "latency timing"))
+    convert(model, None, channels=0.3, progress=False)
+    assert "channel traces" not in capsys.readouterr().err
