@@ -61,18 +61,27 @@ def scores(W: Any, Hinv: Any, cols: Any, lo: int = 0) -> Any:
     xp = array_module(W, Hinv)
     D = Hinv[(cols - lo)[:, :, None], cols[:, None, :]]  # [k, w, w]
     Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
-    sol = xp.linalg.solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
+    sol = _solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
     return (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))
 
 
 def downdate(W: Any, Hinv: Any, S: Any, lo: int = 0) -> None:
     """Remove the columns S [w] in place: the OBS update of W [r, d] (W_S becomes exactly
     0) and the downdate of Hinv's rows lo .. ([d - lo or fewer, d], as in scores)."""
-    xp = array_module(W, Hinv)
-    Dinv_rows = xp.linalg.solve(Hinv[(S - lo)[:, None], S[None, :]], Hinv[S - lo, :])  # [w, d]
+    Dinv_rows = _solve(Hinv[(S - lo)[:, None], S[None, :]], Hinv[S - lo, :])  # [w, d]
     W -= W[:, S] @ Dinv_rows
     W[:, S] = 0.0
     Hinv -= Hinv[:, S] @ Dinv_rows
+
+
+def _solve(D: Any, B: Any) -> Any:
+    """D^-1 B for (a stack of) w x w D; for w = 1 (a MatMul consumer's channel: one column)
+    the product with 1 / D, as LAPACK's solve computes it (the same bits with OpenBLAS) at
+    a fraction of its per-matrix cost: all-MiniLM-L6-v2's six 1,536-wide MLP sites, 7,900
+    greedy steps, spent 41 s in 1 x 1 solves."""
+    if D.shape[-1] == 1:
+        return B * (1.0 / D)
+    return array_module(D, B).linalg.solve(D, B)
 
 
 class Parts:

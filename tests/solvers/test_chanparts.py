@@ -127,3 +127,14 @@ def test_a_concat_inputs_trace_downdates_only_its_rows_and_equals_the_whole_gree
     order, losses = _greedy(W, np.linalg.inv(H), 3, 6, 5, 7)
     np.testing.assert_array_equal(tr.order, order)
     np.testing.assert_allclose(tr.losses, losses, rtol=1e-8)
+
+
+def test_one_column_blocks_solve_by_the_reciprocal():
+    """w = 1 (a MatMul consumer's channels): D^-1 B as a product with 1 / D, what LAPACK's
+    solve gives (to the last bit with OpenBLAS; within rounding anywhere)."""
+    rng = np.random.default_rng(4)
+    D, B = rng.random((50, 1, 1)) + 0.1, rng.standard_normal((50, 1, 30))
+    np.testing.assert_allclose(chanparts._solve(D, B), np.linalg.solve(D, B), rtol=1e-15)
+    D3 = rng.random((5, 3, 3)) + 3 * np.eye(3)
+    np.testing.assert_array_equal(chanparts._solve(D3, B[:5].repeat(3, 1)),
+                                  np.linalg.solve(D3, B[:5].repeat(3, 1)))
