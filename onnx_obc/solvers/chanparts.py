@@ -55,20 +55,19 @@ def worth_splitting(comps: list[np.ndarray], d: int) -> bool:
     return len(comps) > 1 and max(len(c) for c in comps) <= WORTH * d
 
 
-def scores(W: Any, Hinv: Any, cols: Any, lo: int = 0) -> Any:
-    """[k] group-OBS losses tr(W_S D^-1 W_S^T) of the column sets cols [k, w]; `Hinv`: the
-    inverse's rows lo .. (those of every column that may go: channel_trace)."""
+def scores(W: Any, Hinv: Any, cols: Any) -> Any:
+    """[k] group-OBS losses tr(W_S D^-1 W_S^T) of the column sets cols [k, w]."""
     xp = array_module(W, Hinv)
-    D = Hinv[(cols - lo)[:, :, None], cols[:, None, :]]  # [k, w, w]
+    D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
     Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
     sol = _solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
     return (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))
 
 
-def downdate(W: Any, Hinv: Any, S: Any, lo: int = 0) -> None:
+def downdate(W: Any, Hinv: Any, S: Any) -> None:
     """Remove the columns S [w] in place: the OBS update of W [r, d] (W_S becomes exactly
-    0) and the downdate of Hinv's rows lo .. ([d - lo or fewer, d], as in scores)."""
-    Dinv_rows = _solve(Hinv[(S - lo)[:, None], S[None, :]], Hinv[S - lo, :])  # [w, d]
+    0) and the downdate of Hinv [d, d]."""
+    Dinv_rows = _solve(Hinv[S[:, None], S[None, :]], Hinv[S, :])  # [w, d]
     W -= W[:, S] @ Dinv_rows
     W[:, S] = 0.0
     Hinv -= Hinv[:, S] @ Dinv_rows

@@ -119,12 +119,13 @@ def _greedy(W, Hinv, width, steps, first, count):
     return np.array(order), np.array(losses)
 
 
-def test_a_concat_inputs_trace_downdates_only_its_rows_and_equals_the_whole_greedy():
+def test_a_concat_inputs_trace_keeps_only_its_block_and_equals_the_whole_greedy():
     """One input of a Concat (channels first .. first + count - 1 may go): the trace keeps
-    only those columns' rows of Hinv, and takes what the greedy on all of it takes."""
+    only those columns' block of Hinv, compacted as channels go (solvers.channels.COMPACT),
+    and takes what the greedy on all of it takes."""
     W, H = _block(6, 14 * 3, seed=5)
-    tr = channel_trace(W, np.linalg.inv(H), 3, 6, first=5, count=7)
-    order, losses = _greedy(W, np.linalg.inv(H), 3, 6, 5, 7)
+    tr = channel_trace(W, np.linalg.inv(H), 3, 7, first=5, count=7)
+    order, losses = _greedy(W, np.linalg.inv(H), 3, 7, 5, 7)
     np.testing.assert_array_equal(tr.order, order)
     np.testing.assert_allclose(tr.losses, losses, rtol=1e-8)
 
