@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backend import array_module, to_numpy
-from .chanparts import Parts, components, downdate, scores, split_update, worth_splitting
+from .chanparts import Lazy, Parts, components, split_update, worth_splitting
 
 __all__ = [
     "ChannelTrace",
@@ -83,8 +83,8 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
         comps, W.shape[1]) else None
     if parts is None:  # the steps read only the candidates' block of Hinv and W's columns
         lo, hi = first * width, (first + count) * width  # (a Concat input's site: its own)
-        Hinv = Hinv[lo:hi, lo:hi].astype(xp.float64, copy=True)
-        W = W[:, lo:hi].copy()
+        one = Lazy(W[:, lo:hi].copy(), Hinv[lo:hi, lo:hi].astype(xp.float64, copy=True),
+                   width)
         slot = xp.arange(C) - first  # channel -> its place in them, removed ones dropped
         wide, since = count, 0  # channels they hold; removed since they were last compacted
     for i in range(n):  # one problem: no host round trip per step (the choice on W's device)
@@ -96,16 +96,15 @@ def channel_trace(W: Any, Hinv: Any, width: int, steps: int, blocks: int = 1,
         else:
             k = (count // blocks - i // blocks) * (blocks - i % blocks)  # how many: known
             idx = xp.argsort(xp.where(free, 0, 1), kind="stable")[:k]  # [k] free, in order
-            score = scores(W, Hinv, _columns(slot[idx], width, xp))  # [k]
+            score = one.scores(_columns(slot[idx], width, xp))  # [k]
             best = xp.argmin(score)
             c, loss = idx[best], score[best]
-            downdate(W, Hinv, _columns(slot[c][None], width, xp)[0])
+            one.remove(_columns(slot[c][None], width, xp)[0])
             since += 1
             if since * COMPACT >= wide and i + 1 < n:  # drop the removed channels' entries
                 alive[c] = False
                 live = xp.flatnonzero(alive)  # ascending: the order kept
-                keep = _columns(slot[live], width, xp).reshape(-1)
-                Hinv, W = Hinv[keep[:, None], keep[None, :]], W[:, keep]
+                one.compact(_columns(slot[live], width, xp).reshape(-1))
                 slot[live] = xp.arange(len(live))
                 wide, since = len(live), 0
         alive[c] = False

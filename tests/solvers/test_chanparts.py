@@ -139,3 +139,15 @@ def test_one_column_blocks_solve_by_the_reciprocal():
     D3 = rng.random((5, 3, 3)) + 3 * np.eye(3)
     np.testing.assert_array_equal(chanparts._solve(D3, B[:5].repeat(3, 1)),
                                   np.linalg.solve(D3, B[:5].repeat(3, 1)))
+
+
+@pytest.mark.parametrize("lazy", [1, 5])
+def test_held_back_downdates_folded_often_take_the_same_channels(monkeypatch, lazy):
+    """Lazy's downdates folded into the inverse every `lazy` columns (several times a trace,
+    between the compactions) give the greedy on the whole inverse."""
+    monkeypatch.setattr(chanparts, "LAZY", lazy)
+    W, H = _block(5, 16 * 2, seed=9)
+    tr = channel_trace(W, np.linalg.inv(H), 2, 12)
+    order, losses = _greedy(W, np.linalg.inv(H), 2, 12, 0, 16)
+    np.testing.assert_array_equal(tr.order, order)
+    np.testing.assert_allclose(tr.losses, losses, rtol=1e-8)
