@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 from onnx import numpy_helper
+from tqdm.auto import tqdm
 
 from ..calib.tokens import on_tokens
 from ..layers import constant_weights

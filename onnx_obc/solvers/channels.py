@@ -50,7 +50,7 @@ class ChannelTrace:
 
 COMPACT = 4  # channel_trace compacts its matrices once a quarter of their channels are gone
 # (a copy of what is left, about one step's cost): later steps downdate less; a 1,536-wide
-# MLP site traced to 85% (1,306 steps): 9.6 -> 7.3 s (docs/channels.md "Conversion time")
+# MLP site traced to 85% (1,306 steps): 9.6 -> 6.7 s (docs/channels.md "Conversion time")
 
 
 def _columns(channels: Any, width: int, xp: Any) -> Any:

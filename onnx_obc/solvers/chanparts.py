@@ -1,5 +1,6 @@
-"""Channel traces on block-diagonal problems (pure array math): solvers/channels.py's
-greedy group OBS where Hinv [d, d] splits into independent diagonal blocks.
+"""The steps of solvers/channels.py's greedy channel trace (pure array math): one problem
+with its inverse's downdates held back (`Lazy`), or, where Hinv [d, d] splits into
+independent diagonal blocks, each block alone (`Parts`).
 
 Two site kinds give such problems: a producer read by several layers with Hessians of their
 own (channels/fanout.py: one block per reader, channel c owning columns in each) and a
@@ -10,7 +11,7 @@ block-diagonal D mixes no blocks), so each block can be scored and downdated alo
     L_c = sum_b tr(W_b,S (D_b)^-1 W_b,S^T),   Hinv_b <- Hinv_b - Hinv_b,:S D_b^-1 Hinv_b,S:
 
 for the blocks b that channel c's columns S reach, with D_b = [Hinv_b]_SS. One step then
-costs sum_b d_b^2 w_b instead of d^2 w (YOLOv8n's SPPF-side site, three 3 x 3 readers of
+costs sum_b d_b^2 w_b instead of d^2 w (a YOLOv8n site whose producer three 3 x 3 convs read,
 128 channels: d = 3,456 against three blocks of 1,152), and a block no removed channel
 reaches keeps its scores (a grouped consumer: one group rescored a step).
 """
