@@ -2,10 +2,11 @@
 change, not from the graph inputs.
 
 A probe changes a site's consumer weights (and a squeeze-excite site's squeeze), so every
-node before the first one that reads (or, a Constant, makes) them computes what the dense
-model does. Each probe is run as the piece of the graph from there on (segments.piece: the
-nodes from that position in topological order), fed the dense values of the tensors that
-cross the cut (a skip branch's too) and the graph inputs. On the two detectors of the bench
+node before the first one that reads them computes what the dense model does. Each probe is
+run as the piece of the graph from there on (segments.piece: the nodes from that position in
+topological order, and the Constant nodes that make those weights where they come earlier,
+as TensorFlow and Paddle exports put them), fed the dense values of the tensors that cross
+the cut (a skip branch's too) and the graph inputs. On the two detectors of the bench
 a site's consumer has 45% (YOLOv8n) and 48% (ddddocr's) of the conv FLOPs at or after it
 on average (docs/channels.md "Conversion time").
 
@@ -43,20 +44,21 @@ class Cuts:
         self.values: dict[str, list[np.ndarray]] = {}
 
     def position(self, weights: Iterable[str]) -> int | None:
-        """The first node that reads or makes one of `weights`; None where the piece from
-        there would not make every graph output (or no node reads them)."""
+        """The first node that reads one of `weights`; None where the piece from there
+        would not make every graph output (or no node reads them)."""
         want = set(weights)
         if not self.tensors:  # a sequence output (skl2onnx's ZipMap): the whole model
             return None
-        at = [i for i, n in enumerate(self.nodes) if want & (reads(n) | set(n.output))]
+        at = [i for i, n in enumerate(self.nodes) if want & reads(n)]
         if not at:
             return None
         p = min(at)
         return p if all(self.made.get(o, -1) >= p for o in self.outputs) else None
 
-    def crossing(self, p: int) -> list[str]:
-        """The tensors nodes before `p` make that nodes from `p` on read."""
-        read = set().union(*(reads(n) for n in self.nodes[p:]))
+    def crossing(self, p: int, weights: Iterable[str] = ()) -> list[str]:
+        """The tensors nodes before `p` make that nodes from `p` on read (`weights`, made
+        in the piece by their Constant nodes, aside)."""
+        read = set().union(*(reads(n) for n in self.nodes[p:])) - set(weights)
         return sorted(x for x in read if self.made.get(x, p) < p)
 
     def groups(self, positions: list[int], budget: int) -> list[list[int]]:
@@ -92,13 +94,17 @@ class Cuts:
             for n, y in zip(names, s.run(names, {k: v for k, v in f.items() if k in ins})):
                 self.values.setdefault(n, []).append(y)
 
-    def run(self, model: onnx.ModelProto, p: int) -> list[np.ndarray]:
-        """Every graph output of `model` (the dense one with changes at or after node `p`)
-        on every feed, flattened in order (float64), as sensitivity._run gives them: the
-        piece from `p` on, fed the crossing tensors' dense values."""
-        cross = self.crossing(p)
+    def run(self, model: onnx.ModelProto, p: int, weights: Iterable[str] = ()
+            ) -> list[np.ndarray]:
+        """Every graph output of `model` (the dense one with `weights` changed, read from
+        node `p` on) on every feed, flattened in order (float64), as sensitivity._run gives
+        them: the piece from `p` on, fed the crossing tensors' dense values."""
+        want = set(weights)
+        nodes = list(model.graph.node)
+        early = [n for n in nodes[:p] if want & set(n.output)]  # their Constant nodes
+        cross = self.crossing(p, want if early else ())
         first = {**self.feeds[0], **{n: self.values[n][0] for n in cross}}
-        nodes = list(model.graph.node)[p:]
+        nodes = early + nodes[p:]
         need = set().union(*(reads(n) for n in nodes))
         example = {k: v for k, v in first.items() if k in need}
         s = session(piece(model, nodes, example, self.outputs), self.runtime, optimize=True)

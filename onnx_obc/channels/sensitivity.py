@@ -97,7 +97,7 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
             curve = loss_curve(s.trace, s.energy)
             W = plan.backend.to_device(s.W) if ks else None  # once per site
             run = (lambda m: _run(m, feeds, plan.runtime, plan.token_mask)) if where[i] is None \
-                else (lambda m, p=where[i]: cuts.run(m, p))
+                else (lambda m, p=where[i], w=changed(s.site, rest): cuts.run(m, p, w))
             gains = [_gain(plan, s, W, k, run, dense, ref, float(curve[k]), rest) for k in ks]
             out[i] = (np.array(ks or [0], float), np.array(gains or [1.0]))
             bar.update(1)

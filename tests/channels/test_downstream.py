@@ -71,13 +71,16 @@ def test_groups_hold_every_position_once(budget):
     assert len(groups) == (3 if budget == 1 else 1)
 
 
-def test_the_factors_are_those_of_whole_runs(monkeypatch):
-    model = _branches()
+@pytest.mark.parametrize("constants", [False, True])
+def test_the_factors_are_those_of_whole_runs(monkeypatch, constants):
+    """Also with every weight a Constant node at the graph's start (TensorFlow and Paddle
+    exports): the cut still falls at the consumer, its Constant node taken into the piece."""
+    model = graphs.as_constants(_branches()) if constants else _branches()
     plan = _plan(model, 64, damp=0.01)
     counts_for(plan, 0.25, 1, "dp", "output")
     cut = plan.probes
-    assert any(p is not None for p in (Cuts(model, [{}]).position({s.site.consumer.weight})
-                                       for s in plan.solved))
+    at = [Cuts(model, [{}]).position({s.site.consumer.weight}) for s in plan.solved]
+    assert all(p is not None and model.graph.node[p].op_type == "MatMul" for p in at)
     monkeypatch.setattr(sensitivity.Cuts, "position", lambda self, weights: None)
     plan.probes = None
     counts_for(plan, 0.25, 1, "dp", "output")
