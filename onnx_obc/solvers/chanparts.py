@@ -58,8 +58,12 @@ def worth_splitting(comps: list[np.ndarray], d: int) -> bool:
 
 def scores(W: Any, Hinv: Any, cols: Any) -> Any:
     """[k] group-OBS losses tr(W_S D^-1 W_S^T) of the column sets cols [k, w]."""
-    xp = array_module(W, Hinv)
-    D = Hinv[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
+    return _losses(W, Hinv[cols[:, :, None], cols[:, None, :]], cols)
+
+
+def _losses(W: Any, D: Any, cols: Any) -> Any:
+    """scores' losses given the diagonal blocks D [k, w, w] of the current inverse."""
+    xp = array_module(W, D)
     Ws = xp.moveaxis(W[:, cols], 0, 1)  # [k, r, w]
     sol = _solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r] = D^-1 W_S^T
     return (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))
@@ -110,13 +114,11 @@ class Lazy:
 
     def scores(self, cols: Any) -> Any:
         """[k] losses of the column sets cols [k, w] (chanparts.scores on the current W, Hinv)."""
-        xp, m = self.xp, self.m
+        m = self.m
         D = self.base[cols[:, :, None], cols[:, None, :]]  # [k, w, w]
         if m:
-            D = D - self.A[cols, :m] @ xp.moveaxis(self.B[:m][:, cols], 0, 1)
-        Ws = xp.moveaxis(self.W[:, cols], 0, 1)  # [k, r, w]
-        sol = _solve(D, xp.swapaxes(Ws, 1, 2))  # [k, w, r]
-        return (Ws * xp.swapaxes(sol, 1, 2)).sum(axis=(1, 2))
+            D = D - self.A[cols, :m] @ self.xp.moveaxis(self.B[:m][:, cols], 0, 1)
+        return _losses(self.W, D, cols)
 
     def remove(self, S: Any) -> None:
         """Remove the columns S [w]: W's OBS update now, the inverse's downdate held back."""
