@@ -108,22 +108,22 @@ def session(model: onnx.ModelProto, providers: Runtime | list[str], optimize: bo
 
 
 def capture_session(model: onnx.ModelProto, names: Iterable[str],
-                    providers: Runtime | list[str], prune: bool = False, arena: bool = True
-                    ) -> ort.InferenceSession:
+                    providers: Runtime | list[str], prune: bool = False, arena: bool = True,
+                    optimize: bool = False) -> ort.InferenceSession:
     """Session of `model` whose outputs also include `names`. The outputs are appended to
     the proto only while the session is built (no copy of a possibly huge model). `prune`:
     the outputs are `names` alone and only the nodes they depend on are kept (onnxruntime
     runs every node of a graph whatever is fetched; the same kernels on the same inputs,
-    so the same tensors). `arena`: see ARENA_MAX."""
+    so the same tensors). `arena`: see ARENA_MAX; `optimize`: see session."""
     if prune:
         with _ancestors_only(model, list(dict.fromkeys(names))):
-            return session(model, providers, arena=arena)
+            return session(model, providers, optimize, arena)
     have = {o.name for o in model.graph.output}
     extra = [n for n in dict.fromkeys(names) if n not in have]
     n0 = len(model.graph.output)
     model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra)
     try:
-        return session(model, providers, arena=arena)
+        return session(model, providers, optimize, arena)
     finally:
         del model.graph.output[n0:]
 

@@ -255,7 +255,8 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
         ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.run_batch, runtime,
                                      act_values=done.act_values, target=cfg.export.runtime,
                                      target_options=cfg.export.target_options(),
-                                     token_mask=data.token_mask)
+                                     token_mask=data.token_mask,
+                                     budget=(cfg.run.memory_budget_mb << 20) // 4)
         return summarize(ranked, name, ds.n)
 
 

@@ -136,3 +136,30 @@ def test_quantized_layers_are_measured_as_deployed():
     e8 = {x["layer"]: x["error"] for x in w8.report.sensitivity["layers"]}
     e3 = {x["layer"]: x["error"] for x in w3.report.sensitivity["layers"]}
     assert set(e8) == set(e3) and all(e3[k] > e8[k] > 0 for k in e8)
+
+
+@pytest.mark.parametrize("budget", [1, 512 << 20])
+def test_each_candidate_runs_as_its_piece_and_gives_every_outputs_whole_model_error(budget):
+    """A residual model with an early output (tests/test_diffpiece.py): each layer's error
+    on each output equals the whole model's, one candidate a chunk (a 1-byte budget for the
+    dense tensors the pieces read) or all in one."""
+    from .test_diffpiece import _residual
+
+    model = _residual()
+    feed = b.feeds(model, 24, seed=5)
+    layers, new = _perturbed(model, (1.0, 0.8, 1.2))
+    sols = {k: HostSolution(HostWeights(v), HostWeights(v)) for k, (_, v) in new.items()}
+    ranked = measure_sensitivity(model, layers, sols, load_data([feed], model), 8,
+                                 providers_for("cpu"), budget=budget)
+    by_name = {s.layer: s for s in ranked}
+    for k, (L, v) in new.items():
+        m = copy.deepcopy(model)
+        for t in m.graph.initializer:
+            if t.name == k:
+                t.CopyFrom(numpy_helper.from_array(v, k))
+        for i, out in enumerate(("y", "early")):
+            y0 = b.run(model, feed)[i].astype(np.float64)
+            y = b.run(m, feed)[i].astype(np.float64)
+            want = float(np.sqrt(((y - y0) ** 2).sum() / (y0 ** 2).sum()))
+            assert by_name[L.name].rel_error[out] == pytest.approx(want, rel=1e-4, abs=1e-9)
+    assert by_name[layers[0].name].rel_error["early"] > 0  # fc1 reaches the early output
