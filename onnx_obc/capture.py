@@ -174,6 +174,12 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
 def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]
                      ) -> dict[str, int | None]:
     """Bytes of each named tensor for one batch shaped like `feed` (None when unknown)."""
+    return activation_infos(model, names, feed)[0]
+
+
+def activation_infos(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]
+                     ) -> tuple[dict[str, int | None], dict[str, int]]:
+    """activation_bytes, and the element type of each named tensor inference tells."""
     m = _shapes_only(model)
     for vi in m.graph.input:
         if vi.name in feed:
@@ -184,9 +190,11 @@ def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, n
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
     except Exception:
-        return {n: None for n in names}
+        return {n: None for n in names}, {}
     infos = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output,
                                      *inferred.graph.input]}
+    types = {n: infos[n].type.tensor_type.elem_type for n in names
+             if n in infos and infos[n].type.tensor_type.elem_type}
     out: dict[str, int | None] = {}
     for n in names:
         vi = infos.get(n)
@@ -198,7 +206,7 @@ def activation_bytes(model: onnx.ModelProto, names: list[str], feed: dict[str, n
             itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(
                 vi.type.tensor_type.elem_type)).itemsize
             out[n] = itemsize * math.prod(dims)
-    return out
+    return out, types
 
 
 def measured_bytes(model: onnx.ModelProto, sizes: dict[str, int | None], feed: dict[str, Any],

@@ -124,16 +124,26 @@ class DenseRuns:
 class PieceRun:
     """A model run as its piece on the dense run's tensors (`dense`, set before the first
     run): the graph outputs it changes from the piece, the others the dense ones. The piece
-    is copied out of the model at once (the model need not be kept); its session is built
-    on the first batch, the crossing tensors' types taken from their values."""
+    is copied out of the model (the model need not be kept) and its session built at once,
+    the crossing tensors typed by `types` (inference's element types); where one is not
+    known, on the first batch, from their values."""
 
-    def __init__(self, model: onnx.ModelProto, cut: Piece, outputs: set[str], runtime: Any
-                 ) -> None:
+    def __init__(self, model: onnx.ModelProto, cut: Piece, outputs: set[str], runtime: Any,
+                 types: dict[str, int]) -> None:
         self.crossing, self.runtime = cut.crossing, runtime
         self.outs = [o for o in cut.outputs if o in outputs]
         self.dense: DenseRuns | None = None
         self.sess: Any = None
         self.proto = piece(model, list(cut.nodes), {}, self.outs) if self.outs else None
+        self.nbytes = self.proto.ByteSize() if self.proto is not None else 0
+        if self.proto is not None and all(n in types for n in self.crossing):
+            self._build({n: types[n] for n in self.crossing})
+
+    def _build(self, types: dict[str, int]) -> None:
+        self.proto.graph.input.extend(helper.make_tensor_value_info(n, t, None)
+                                      for n, t in types.items())
+        self.sess = session(self.proto, self.runtime, optimize=True, arena=False)
+        self.proto = None
 
     def run(self, names: list[str], feed: dict) -> list[Any]:
         if self.dense is None:
@@ -143,10 +153,7 @@ class PieceRun:
         if self.outs:
             ins = {n: v[n] for n in self.crossing}
             if self.sess is None:
-                self.proto.graph.input.extend(
-                    helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype),
-                                                  None) for n, x in ins.items())
-                self.sess = session(self.proto, self.runtime, optimize=True, arena=False)
-                self.proto = None
+                self._build({n: helper.np_dtype_to_tensor_dtype(x.dtype)
+                             for n, x in ins.items()})
             made = dict(zip(self.outs, self.sess.run(self.outs, ins)))
         return [made[n] if n in made else v[n] for n in names]

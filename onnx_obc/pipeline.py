@@ -36,7 +36,7 @@ from .report import Report
 from .schedule import Compressed, compress_layers
 from .allocation import guard
 from .segments import kept_budget
-from .sensitivity import measure_sensitivity, summarize
+from .sensitivity import cache_outputs, measure_sensitivity, summarize
 from .variants import baseline_name, compares_baseline, layerwise, variants
 from .verify import Captured, measure
 
@@ -257,7 +257,7 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
                                      target_options=cfg.export.target_options(),
                                      token_mask=data.token_mask,
                                      budget=(cfg.run.memory_budget_mb << 20) // 4)
-        return summarize(ranked, name, ds.n)
+        return summarize(ranked, name, ds.n, sorted(cache_outputs(proto)))
 
 
 def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, layers: list,

@@ -32,22 +32,25 @@ import onnx
 
 from . import export, pinned
 from .calib import CalibrationSource
-from .capture import Runtime, activation_bytes
+from .capture import Runtime, activation_infos, measured_bytes
 from .diffpiece import DenseRuns, Differ, PieceRun
 from .layers import Layer
 from .solve import HostSolution
 from .verify import evaluate
 
 MOST = 3  # layers suggested for --exclude at most
-CHUNK_BYTES = 256 << 20  # serialized candidate models evaluated together
+CHUNK_BYTES = 256 << 20  # serialized pieces evaluated together
 MOST_CHUNK = 8  # candidates evaluated together at most
+# Nodes that move a tensor without computing on it, between a past input and its cache output
+PASSING = {"Identity", "Concat", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"}
 
 
 @dataclass(frozen=True)
 class LayerSensitivity:
     layer: str  # the layer's node name(s), as in the report's layer table
     nodes: tuple[str, ...]  # the node labels --exclude matches
-    error: float  # relative output error, only this layer compressed (largest output)
+    error: float  # relative output error, only this layer compressed (largest output, the
+    # KV-cache outputs aside where there are others: cache_outputs)
     rel_error: dict[str, float] = field(default_factory=dict)  # per model output
     top1_agreement: float | None = None
     share: float = 0.0  # error^2 / sum of every layer's error^2
@@ -77,18 +80,49 @@ def measure_sensitivity(proto: onnx.ModelProto, layers: list[Layer],
     measured: list[tuple[Layer, Any]] = []
     for chunk, fetched in _chunks(proto, todo, build, data, batch, budget, runtime):
         dense = DenseRuns(proto, fetched, outputs, runtime)
-        for _, run in chunk:
+        runs = {f"#{k}": run for k, (_, run) in enumerate(chunk)}
+        for run in runs.values():
             run.dense = dense
-        sessions = {"dense": dense, **{f"#{k}": run for k, (_, run) in enumerate(chunk)}}
-        fid = evaluate(sessions, data, batch, token_mask=token_mask)
+        fid = evaluate({"dense": dense, **runs}, data, batch, token_mask=token_mask)
         measured += [(L, fid[f"#{k}"]) for k, (L, _) in enumerate(chunk)]
-    total = sum(max(f.rel_error.values(), default=0.0) ** 2 for _, f in measured) or 1.0
-    ranked = [LayerSensitivity(L.name, tuple(u.node for u in L.uses),
-                               max(f.rel_error.values(), default=0.0), dict(f.rel_error),
-                               f.top1_agreement,
-                               max(f.rel_error.values(), default=0.0) ** 2 / total)
+        del dense, runs, run
+        chunk.clear()  # its sessions go before the next chunk's are built
+    cache = cache_outputs(proto)
+
+    def error(f: Any) -> float:
+        return max((e for k, e in f.rel_error.items() if k not in cache), default=0.0)
+
+    total = sum(error(f) ** 2 for _, f in measured) or 1.0
+    ranked = [LayerSensitivity(L.name, tuple(u.node for u in L.uses), error(f),
+                               dict(f.rel_error), f.top1_agreement, error(f) ** 2 / total)
               for L, f in measured]
     return sorted(ranked, key=lambda s: -s.error)
+
+
+def cache_outputs(proto: onnx.ModelProto) -> set[str]:
+    """The graph outputs that are a decoder's KV cache: made by a Concat one of whose inputs
+    is a graph input (a past_key_values tensor), directly or through PASSING nodes of one
+    data input each (an exporter's one-input Concat, a Cast, a Transpose). A layer's own key or value
+    projection lands in its layer's cache output unmixed, so its error there is the layer's
+    own, not what the logits see. None where every output would be one."""
+    g = proto.graph
+    made = {o: n for n in g.node for o in n.output if o}
+    fed = {i.name for i in g.input} - {t.name for t in g.initializer}
+
+    def from_input(name: str) -> bool:
+        for _ in range(len(g.node) + 1):
+            if name in fed:
+                return True
+            n = made.get(name)
+            data = [x for x in n.input if x in made or x in fed] if n is not None else []
+            if n is None or n.op_type not in PASSING or len(data) != 1:
+                return False
+            name = data[0]
+        return False
+
+    found = {o.name for o in g.output if (n := made.get(o.name)) is not None
+             and n.op_type == "Concat" and any(from_input(x) for x in n.input if x)}
+    return found if len(found) < sum(o.type.HasField("tensor_type") for o in g.output) else set()
 
 
 def _chunks(proto: onnx.ModelProto, todo: list[Layer],
@@ -96,30 +130,34 @@ def _chunks(proto: onnx.ModelProto, todo: list[Layer],
             budget: int, runtime: Runtime) -> Iterator[tuple[list[tuple[Layer, PieceRun]],
                                                             list[str]]]:
     """The candidates, built, diffed and made their pieces' sessions, in chunks evaluated
-    together: at most MOST_CHUNK (and CHUNK_BYTES of dense models), the dense tensors their
-    pieces read (graph inputs aside: fed) within `budget` bytes a run of `batch` samples (an
-    unknown size counted as budget / MOST_CHUNK); each chunk with those tensors."""
+    together: at most MOST_CHUNK (and CHUNK_BYTES of pieces), the dense tensors their
+    pieces read (graph inputs aside: fed) within `budget` bytes a run of `batch` samples (the
+    sizes shape inference cannot tell measured, capture.measured_bytes; one still unknown
+    counted as budget / MOST_CHUNK); each chunk with those tensors."""
     differ = Differ(proto)
     inputs = [i.name for i in proto.graph.input]
     names = inputs + [o for n in proto.graph.node for o in n.output if o]
-    sizes = activation_bytes(proto, names, next(iter(data.batches(batch)))[1])
+    feed = next(iter(data.batches(batch)))[1]
+    sizes, types = activation_infos(proto, names, feed)
+    if None in sizes.values():  # shapes computed at run time: measured on one sample
+        sizes = measured_bytes(proto, sizes, feed, data, runtime, budget)
     outputs = {o.name for o in proto.graph.output if o.type.HasField("tensor_type")}
-    most = max(1, min(MOST_CHUNK, CHUNK_BYTES // max(1, proto.ByteSize())))
     unknown = budget // MOST_CHUNK
     pending, left = None, iter(todo)
     while True:
         chunk: list[tuple[Layer, PieceRun]] = []
         held: set[str] = set()
-        while len(chunk) < most:
+        while len(chunk) < MOST_CHUNK:
             if pending is None:
                 L = next(left, None)
                 if L is None:
                     break
                 model = build(L)
-                pending = (L, PieceRun(model, differ.piece(model), outputs, runtime))
+                pending = (L, PieceRun(model, differ.piece(model), outputs, runtime, types))
                 del model
             more = held | (set(pending[1].crossing) - set(inputs))
-            if chunk and sum(sizes.get(n) or unknown for n in more) > budget:
+            if chunk and (sum(sizes.get(n) or unknown for n in more) > budget or sum(
+                    r.nbytes for _, r in chunk) + pending[1].nbytes > CHUNK_BYTES):
                 break  # the next chunk's first
             chunk.append(pending)
             held, pending = more, None
@@ -141,10 +179,13 @@ def exclude_flags(layers: list[LayerSensitivity]) -> str:
     return pinned.exclude_flags(n for s in layers for n in s.nodes)
 
 
-def summarize(ranked: list[LayerSensitivity], set_name: str, samples: int) -> dict[str, Any]:
-    """The report's `sensitivity`: the data set, the ranking and the suggestion."""
+def summarize(ranked: list[LayerSensitivity], set_name: str, samples: int,
+              aside: list[str] | None = None) -> dict[str, Any]:
+    """The report's `sensitivity`: the data set, the ranking and the suggestion; `aside`:
+    the outputs the ranking's errors leave out (cache_outputs)."""
     if not ranked:
         return {}
     first = suggest_exclude(ranked)
     return {"set": set_name, "samples": samples, "layers": [s.to_dict() for s in ranked],
-            "exclude": [s.layer for s in first], "flags": exclude_flags(first)}
+            "exclude": [s.layer for s in first], "flags": exclude_flags(first),
+            "outputs_aside": sorted(aside or [])}

@@ -8,7 +8,7 @@ import copy
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_obc.capture import providers_for
 from onnx_obc.diffpiece import DenseRuns, Differ, PieceRun
@@ -89,8 +89,9 @@ def test_order_names_and_docs_do_not_count_new_and_changed_nodes_do():
     assert _names(p) == ["cst", "bias"] and p.crossing == ("h3",)
 
 
+@pytest.mark.parametrize("typed", [True, False])
 @pytest.mark.parametrize("weight", ["W1", "W2", "W3"])
-def test_the_piece_on_the_dense_runs_values_gives_the_whole_models_outputs(weight):
+def test_the_piece_on_the_dense_runs_values_gives_the_whole_models_outputs(weight, typed):
     dense = _residual()
     m = copy.deepcopy(dense)
     rng = np.random.default_rng(7)
@@ -101,7 +102,9 @@ def test_the_piece_on_the_dense_runs_values_gives_the_whole_models_outputs(weigh
     outputs = ["y", "early"]
     fetched = sorted(set(cut.crossing) - {"x"})
     runs = DenseRuns(dense, fetched, outputs, rt)
-    run = PieceRun(m, cut, set(outputs), rt)
+    types = {n: TensorProto.FLOAT for n in cut.crossing} if typed else {}
+    run = PieceRun(m, cut, set(outputs), rt, types)
+    assert (run.sess is not None) == typed  # built at once where the types are known
     run.dense = runs
     assert [o.name for o in runs.get_outputs()] == outputs  # not the fetched tensors
     for seed in (1, 2):
@@ -119,6 +122,6 @@ def test_a_run_before_its_dense_runs_are_set_is_an_error():
     dense = _residual()
     m = copy.deepcopy(dense)
     _set(m, "W3", np.zeros((8, 5)))
-    run = PieceRun(m, Differ(dense).piece(m), {"y"}, providers_for("cpu"))
+    run = PieceRun(m, Differ(dense).piece(m), {"y"}, providers_for("cpu"), {})
     with pytest.raises(RuntimeError, match="dense"):
         run.run(["y"], b.feeds(dense, 2))
