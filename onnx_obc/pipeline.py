@@ -252,11 +252,10 @@ def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
         return {}
     with _timed(clock, "sensitivity"):
         name, ds = next(iter(data.sets().items()))
-        ranked = measure_sensitivity(proto, layers, done.solutions, ds, data.run_batch, runtime,
-                                     act_values=done.act_values, target=cfg.export.runtime,
-                                     target_options=cfg.export.target_options(),
-                                     token_mask=data.token_mask,
-                                     budget=(cfg.run.memory_budget_mb << 20) // 4)
+        ranked = measure_sensitivity(
+            proto, layers, done.solutions, ds, data.run_batch, runtime, act_values=done.act_values,
+            target=cfg.export.runtime, target_options=cfg.export.target_options(),
+            token_mask=data.token_mask, budget=(cfg.run.memory_budget_mb << 20) // 4)
         return summarize(ranked, name, ds.n, sorted(cache_outputs(proto)))
 
 

@@ -249,8 +249,7 @@ def _first_output(models: dict) -> list[str]:
 
 def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
     """Layers ranked by the error with only that layer compressed; the first to exclude."""
-    s = r.sensitivity
-    if not s:
+    if not (s := r.sensitivity):
         return []
     aside = s.get("outputs_aside") or []
     lines = ["", f"sensitivity on {s['set']} ({s['samples']} samples), output error with only "
