@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnx_obc import convert
-from onnx_obc.verify import is_logits
+from onnx_obc.fidelity import is_logits
 
 sys.path.insert(0, str(ROOT / "bench"))
 import det_metric as dm  # noqa: E402
@@ -367,7 +367,7 @@ def run_model(name: str, runs: int, work: Path, quick: bool, act_types: list[str
         w_err = None if wpath is None else _rel(outputs(wpath, feeds), dense)
         agree = float(np.mean(np.concatenate([(y.argmax(-1) == d.argmax(-1)).ravel()
                                               for y, d in zip(ys, dense)]))) if (
-            is_logits(dense[0])) else None  # not for an embedding (verify.is_logits)
+            is_logits(dense[0])) else None  # not for an embedding (fidelity.is_logits)
         rows.append({"model": name, "format": key, "size_mb": os.path.getsize(p) / 1e6,
                      "ms_1t": lat1[key], "ms_all": latn[key],
                      "ratio_1t": lat1[key] / lat1["fp32"], "ratio_all": latn[key] / latn["fp32"],

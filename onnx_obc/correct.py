@@ -250,10 +250,9 @@ def auto_decision(fixes: CorrectionResult, fidelity: Mapping[str, Any], on: str
     "uncorrected" models' measures on the set `on` (the held-out calibration samples, else
     the calibration samples); kept where its mean relative output error is at least MARGIN
     below the uncorrected model's. Returns the verdict and `fixes` with the reason."""
-    err = {k: float(np.mean(list(fidelity[on][k].rel_error.values())))
-           for k in ("compressed", "uncorrected")}
+    err = {k: fidelity[on][k].mean_error for k in ("compressed", "uncorrected")}
     keep, n = err["compressed"] <= (1.0 - MARGIN) * err["uncorrected"], len(
-        fidelity[on]["compressed"].rel_error)  # the table shows the largest of n outputs
+        fidelity[on]["compressed"].counted)  # the table shows the largest of n outputs
     line = (f"bias correction (automatic with --act-bits 8 on onnxruntime): "
             f"{'kept' if keep else 'not kept'}, output error on {on}"
             f"{f' (mean of {n} outputs)' if n > 1 else ''} {err['uncorrected']:.4g} "

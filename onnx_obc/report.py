@@ -14,8 +14,7 @@ from .skips import TWO_ACTIVATIONS
 from .atomic import write_atomic
 from .names import NAME_WIDTH, SKIP_NAME_WIDTH, short_name, shortener  # noqa: F401 - the
 # widths and short_name: for the views, the CLI and the tests, as before
-from .verify import Fidelity
-
+from .fidelity import Fidelity
 
 
 @dataclass(frozen=True)
@@ -226,25 +225,25 @@ def _fidelity_lines(r: Report) -> list[str]:
         lines += ["", f"model fidelity on {set_name} ({n} samples):",
                   f"  {'model':<{w}} {'rel. output error':>18} {'top-1 agree':>12} "
                   f"{'accuracy':>9}"]
-        for m, f in models.items():
-            rel = max(f.rel_error.values()) if f.rel_error else 0.0
-            lines.append(f"  {m:<{w}} {rel:>18.4f} {_pct(f.top1_agreement):>12} "
-                         f"{_pct(f.accuracy):>9}")
-        lines += _first_output(models)
+        lines += [f"  {m:<{w}} {f.error:>18.4f} {_pct(f.top1_agreement):>12} "
+                  f"{_pct(f.accuracy):>9}" for m, f in models.items()] + _first_output(models)
     return lines
 
 
 def _first_output(models: dict) -> list[str]:
-    """Where the table's error (the largest over the outputs) is another output's than the
-    first's, the first's: a decoder's logits beside its KV-cache outputs."""
-    errs = {m: f.rel_error for m, f in models.items() if f.rel_error}
-    first = next((next(iter(e)) for e in errs.values()), None)
-    if first is None or all(max(e, key=e.get) == first for e in errs.values()):
+    """Which outputs the table's error (the largest over them) reads: the first's where it
+    is another's; a decoder's KV-cache outputs aside (Fidelity.counted)."""
+    fs = {m: f for m, f in models.items() if f.rel_error}
+    if not (f0 := next(iter(fs.values()), None)):
         return []
-    n = len(next(iter(errs.values())))
-    return [f"  (the largest of {n} outputs' errors; the first, {first!r}: " + ", ".join(
-        f"{m} {e[first]:.4f}" for m, e in errs.items() if first in e) +
-        "; each output's in the JSON report)"]
+    counted, aside = list(f0.counted), len(f0.rel_error) - len(f0.counted)
+    n, first = len(counted), counted[0]
+    mixed = any(max(f.counted, key=f.counted.get) != first for f in fs.values())
+    say = ([f"the largest of {n} outputs' errors; the first, {first!r}: " + ", ".join(
+        f"{m} {f.rel_error[first]:.4f}" for m, f in fs.items())] if mixed else
+        [f"the error of {first!r}" if n == 1 else f"the largest of {n} outputs' errors"] *
+        bool(aside)) + [f"the {aside} KV-cache output{'s' * (aside > 1)} aside"] * bool(aside)
+    return ["  (" + "; ".join(say) + "; each output's in the JSON report)"] if say else []
 
 
 def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:

@@ -17,7 +17,7 @@ layer's node, its Q/DQ nodes and everything after them), fed the dense values of
 crossing into it from one dense run a batch for a chunk of candidates; its other outputs are
 the dense ones. The same figures as whole-model runs (YOLOv8n, ddddocr's detector: equal;
 the largest difference on the bench models 8e-4 relative), in a fraction of the time.
-A decoder's KV-cache outputs are left out of the ranking's error (cache_outputs).
+A decoder's KV-cache outputs are left out of the ranking's error (fidelity.cache_outputs).
 
 Suggestion: the layers whose share of the summed squared errors, e_i^2 / sum_j e_j^2, is at
 least `min(0.5, 2 / layers)` (twice the mean share), at most `MOST` of them, never all.
@@ -35,6 +35,7 @@ from . import export, pinned
 from .calib import CalibrationSource
 from .capture import Runtime, activation_infos, measured_bytes
 from .diffpiece import DenseRuns, Differ, PieceRun
+from .fidelity import cache_outputs
 from .layers import Layer
 from .solve import HostSolution
 from .verify import evaluate
@@ -42,8 +43,6 @@ from .verify import evaluate
 MOST = 3  # layers suggested for --exclude at most
 CHUNK_BYTES = 256 << 20  # serialized pieces evaluated together
 MOST_CHUNK = 8  # candidates evaluated together at most
-# Nodes that move a tensor without computing on it, between a past input and its cache output
-PASSING = {"Identity", "Concat", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class LayerSensitivity:
     layer: str  # the layer's node name(s), as in the report's layer table
     nodes: tuple[str, ...]  # the node labels --exclude matches
     error: float  # relative output error, only this layer compressed (largest output, the
-    # KV-cache outputs aside where there are others: cache_outputs)
+    # KV-cache outputs aside where there are others: fidelity.cache_outputs)
     rel_error: dict[str, float] = field(default_factory=dict)  # per model output
     top1_agreement: float | None = None
     share: float = 0.0  # error^2 / sum of every layer's error^2
@@ -78,52 +77,23 @@ def measure_sensitivity(proto: onnx.ModelProto, layers: list[Layer],
                             target=target, target_options=target_options)
 
     outputs = [o.name for o in proto.graph.output if o.type.HasField("tensor_type")]
+    aside = tuple(sorted(cache_outputs(proto)))
     measured: list[tuple[Layer, Any]] = []
     for chunk, fetched in _chunks(proto, todo, build, data, batch, budget, runtime):
         dense = DenseRuns(proto, fetched, outputs, runtime)
         runs = {f"#{k}": run for k, (_, run) in enumerate(chunk)}
         for run in runs.values():
             run.dense = dense
-        fid = evaluate({"dense": dense, **runs}, data, batch, token_mask=token_mask)
+        fid = evaluate({"dense": dense, **runs}, data, batch, token_mask=token_mask,
+                       aside=aside)
         measured += [(L, fid[f"#{k}"]) for k, (L, _) in enumerate(chunk)]
         del dense, runs, run
         chunk.clear()  # its sessions go before the next chunk's are built
-    cache = cache_outputs(proto)
-
-    def error(f: Any) -> float:
-        return max((e for k, e in f.rel_error.items() if k not in cache), default=0.0)
-
-    total = sum(error(f) ** 2 for _, f in measured) or 1.0
-    ranked = [LayerSensitivity(L.name, tuple(u.node for u in L.uses), error(f),
-                               dict(f.rel_error), f.top1_agreement, error(f) ** 2 / total)
+    total = sum(f.error ** 2 for _, f in measured) or 1.0
+    ranked = [LayerSensitivity(L.name, tuple(u.node for u in L.uses), f.error,
+                               dict(f.rel_error), f.top1_agreement, f.error ** 2 / total)
               for L, f in measured]
     return sorted(ranked, key=lambda s: -s.error)
-
-
-def cache_outputs(proto: onnx.ModelProto) -> set[str]:
-    """The graph outputs that are a decoder's KV cache: made by a Concat one of whose inputs
-    is a graph input (a past_key_values tensor), directly or through PASSING nodes of one
-    data input each (an exporter's one-input Concat, a Cast, a Transpose). A layer's own key
-    or value projection lands in its layer's cache output unmixed, so its error there is the
-    layer's own, not what the logits see. None where every output would be one."""
-    g = proto.graph
-    made = {o: n for n in g.node for o in n.output if o}
-    fed = {i.name for i in g.input} - {t.name for t in g.initializer}
-
-    def from_input(name: str) -> bool:
-        for _ in range(len(g.node) + 1):
-            if name in fed:
-                return True
-            n = made.get(name)
-            data = [x for x in n.input if x in made or x in fed] if n is not None else []
-            if n is None or n.op_type not in PASSING or len(data) != 1:
-                return False
-            name = data[0]
-        return False
-
-    found = {o.name for o in g.output if (n := made.get(o.name)) is not None
-             and n.op_type == "Concat" and any(from_input(x) for x in n.input if x)}
-    return found if len(found) < sum(o.type.HasField("tensor_type") for o in g.output) else set()
 
 
 def _chunks(proto: onnx.ModelProto, todo: list[Layer],
@@ -183,7 +153,7 @@ def exclude_flags(layers: list[LayerSensitivity]) -> str:
 def summarize(ranked: list[LayerSensitivity], set_name: str, samples: int,
               aside: list[str] | None = None) -> dict[str, Any]:
     """The report's `sensitivity`: the data set, the ranking and the suggestion; `aside`:
-    the outputs the ranking's errors leave out (cache_outputs)."""
+    the outputs the ranking's errors leave out (fidelity.cache_outputs)."""
     if not ranked:
         return {}
     first = suggest_exclude(ranked)

@@ -1,13 +1,13 @@
 """Run models in onnxruntime and measure fidelity against the dense model.
 
-Streaming over batches: relative output error sqrt(sum|y_c - y|^2 / sum|y|^2) per output,
-top-1 agreement for outputs shaped [batch, classes], accuracy when labels are given.
+Streaming over batches, the measures summed as fidelity.score sums them: relative output
+error per output, top-1 agreement, accuracy; the model's error (Fidelity.error) leaves a
+decoder's KV-cache outputs aside (fidelity.cache_outputs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,52 +17,25 @@ import onnxruntime as ort
 from .calib import CalibrationSource
 from .calib.tokens import on_tokens
 from .capture import Runtime, session
+from .fidelity import Fidelity, cache_outputs, score
 from .modelio import tensor_outputs, weight_bytes
-from .refs import Captured, References, sum_sq as _sum_sq
+from .refs import Captured, References
 
 ONE_AT_A_TIME = 1 << 30  # bytes of weights over all the models measured
 
 
-@dataclass
-class Fidelity:
-    """Fidelity of one model on one data set (dense model as the reference)."""
-
-    samples: int = 0
-    rel_error: dict[str, float] = field(default_factory=dict)
-    top1_agreement: float | None = None
-    accuracy: float | None = None
-
-    def to_dict(self) -> dict:
-        return {"samples": self.samples, "rel_error": self.rel_error,
-                "top1_agreement": self.top1_agreement, "accuracy": self.accuracy}
-
-
-def is_logits(y: np.ndarray) -> bool:
-    """Scores over classes on the last axis: [batch, classes] or [batch, steps, classes] (a
-    CTC head). Not a 4-D (or higher) map such as a detector's [N, 1, H, W] probabilities,
-    whose last axis is the image's width: an argmax over it agrees with nothing; nor
-    independent probabilities (all in [0, 1], rows not summing to 1: Basic Pitch's sigmoid
-    note posteriors [N, 172, 88], several notes at once or none), nor an L2-normalized
-    embedding (every row of unit norm: a sentence embedder's [N, 384], whose largest
-    coordinate is no class)."""
-    if not (2 <= y.ndim <= 3 and y.shape[-1] > 1):
-        return False
-    if np.issubdtype(y.dtype, np.floating) and y.size and y.min() >= 0 and y.max() <= 1:
-        return bool(np.allclose(y.sum(-1, dtype=np.float64), 1.0, atol=1e-3))
-    return not np.allclose(np.linalg.norm(y.astype(np.float64), axis=-1), 1.0, atol=1e-3)
-
-
 def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource, batch_size: int,
              reference: str = "dense", refs: References | None = None, name: str = "",
-             samples: Captured | None = None, token_mask: str | None = None
-             ) -> dict[str, Fidelity]:
+             samples: Captured | None = None, token_mask: str | None = None,
+             aside: tuple[str, ...] = ()) -> dict[str, Fidelity]:
     """Fidelity of every session on `data`, relative to sessions[reference]. `refs`: the
     reference's outputs on this set (`name`) kept from an earlier pass, used instead of
     running it (then `sessions` need not hold it), or kept from this one. `samples`: the
     reference's outputs per sample of this set from the capture's runs, used from the
     second batch on where the first batch's run matches them (Captured.matches).
     `token_mask` (an input, calib/tokens.py): outputs laid out [batch, tokens, ...] scored
-    on the token positions only (not with labels)."""
+    on the token positions only (not with labels). `aside`: the outputs the model's error
+    leaves out (fidelity.cache_outputs)."""
     mask = token_mask if data.labels is None else None
     kept = refs.get(name, batch_size) if refs is not None else None
     out_names = refs.names if kept is not None else [
@@ -87,53 +60,7 @@ def evaluate(sessions: dict[str, ort.InferenceSession], data: CalibrationSource,
             yield n, _tokens(ys, feed, mask)
         if store is not None:
             refs.put(name, batch_size, out_names, store)
-    return _score(out_names, runs(), data.labels, reference)
-
-
-def _score(out_names: list[str], runs: Iterator[tuple[int, dict[str, list[np.ndarray]]]],
-           labels: np.ndarray | None, reference: str = "dense") -> dict[str, Fidelity]:
-    """The fidelity sums over `runs`: (samples, {model: its outputs}) per batch."""
-    err: dict[str, dict[str, float]] = {}
-    ref_sq = {n: 0.0 for n in out_names}
-    agree: dict[str, int] = {}
-    correct: dict[str, int] = {}
-    seen = positions = 0
-    logits, i, ints = None, 0, set()  # i: the scores (after integer outputs: sklearn's labels)
-    for samples, ys in runs:
-        for k in ys:
-            err.setdefault(k, {n: 0.0 for n in out_names})
-            agree.setdefault(k, 0)
-            correct.setdefault(k, 0)
-        ref = ys[reference]
-        if logits is None:
-            i = next((j for j, y in enumerate(ref) if np.issubdtype(y.dtype, np.floating)), 0)
-            logits = is_logits(ref[i])  # integer outputs beside floats: no relative error
-            ints = {n for n, y in zip(out_names, ref) if not np.issubdtype(y.dtype, np.floating)}
-            ints = ints if len(ints) < len(out_names) else set()
-        for n, y in zip(out_names, ref):
-            ref_sq[n] += _sum_sq(y)
-        for k, outs in ys.items():
-            for n, y, y0 in zip(out_names, outs, ref):
-                err[k][n] += 0.0 if k == reference else _sum_sq(y, y0)
-            if logits:
-                agree[k] += int((outs[i].argmax(-1) == ref[i].argmax(-1)).sum())
-                if labels is not None:
-                    lab = labels[seen:seen + samples]
-                    correct[k] += int((outs[i].argmax(-1) == lab.reshape(
-                        outs[i].shape[:-1])).sum())
-        positions += int(np.prod(ref[i].shape[:-1])) if logits else 0
-        seen += samples
-    result = {}
-    for k in err:
-        rel = {n: float(np.sqrt(err[k][n] / ref_sq[n])) if ref_sq[n] > 0 else float(
-            np.sqrt(err[k][n])) for n in out_names if n not in ints}
-        result[k] = Fidelity(
-            samples=seen, rel_error=rel,
-            top1_agreement=agree[k] / positions if logits and positions else None,
-            accuracy=correct[k] / positions if logits and labels is not None and positions
-            else None,
-        )
-    return result
+    return score(out_names, runs(), data.labels, reference, aside)
 
 
 def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSource],
@@ -154,7 +81,8 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
     whole batches in one session each (not with `free_batch`, nor one at a time);
     `samples` (set name -> Captured): the dense outputs the capture kept, used alike;
     `arena`: the sessions' CPU memory arena (calib.Calibration.arena); `token_mask`: see
-    evaluate."""
+    evaluate; the dense model's KV-cache outputs are set aside (fidelity.cache_outputs)."""
+    aside = tuple(sorted(cache_outputs(models["dense"])))
     samples, models = samples or {}, {k: scored(m) for k, m in models.items()}
     if sum(weight_bytes(m) for m in models.values()) <= ONE_AT_A_TIME:
         free = _batch_free_sessions(models, sets, runtime, free_batch, sample_axes, arena)
@@ -163,15 +91,16 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
             if all(lay for _, lay in sessions.values()):  # every model: whole batches
                 return {name: evaluate({k: s for k, (s, _) in sessions.items()}, ds, free_batch,
                                        refs=refs, name=name, samples=samples.get(name),
-                                       token_mask=token_mask) for name, ds in sets.items()}
-            return {name: _score(names, _per_sample(free, ds, free_batch, samples.get(name),
-                                                    token_mask), None)
+                                       token_mask=token_mask, aside=aside)
+                        for name, ds in sets.items()}
+            return {name: score(names, _per_sample(free, ds, free_batch, samples.get(name),
+                                                   token_mask), None, aside=aside)
                     for name, ds in sets.items()}
         known = refs is not None and all(refs.get(n, batch_size) for n in sets)
         sessions = {k: session(m, runtime, True, arena) for k, m in models.items()
                     if not (known and k == "dense")}
         return {name: evaluate(sessions, ds, batch_size, refs=refs, name=name,
-                               samples=samples.get(name), token_mask=token_mask)
+                               samples=samples.get(name), token_mask=token_mask, aside=aside)
                 for name, ds in sets.items()}
     dense = session(models["dense"], runtime, True, arena)
     out: dict[str, dict[str, Fidelity]] = {name: {} for name in sets}
@@ -179,7 +108,8 @@ def measure(models: dict[str, onnx.ModelProto], sets: dict[str, CalibrationSourc
         pair = {"dense": dense} if k == "dense" else {
             "dense": dense, k: session(m, runtime, True, arena)}
         for name, ds in sets.items():
-            out[name][k] = evaluate(pair, ds, batch_size, token_mask=token_mask)[k]
+            out[name][k] = evaluate(pair, ds, batch_size, token_mask=token_mask,
+                                    aside=aside)[k]
         del pair
     return out
 
@@ -218,11 +148,11 @@ def variant(dense: onnx.ModelProto, key: str, model: onnx.ModelProto, data: Any,
             runtime: Runtime, refs: References | None = None,
             captured: dict[str, Captured] | None = None) -> tuple[dict[str, Fidelity], float]:
     """One candidate model's fidelity beside `dense` on each set of `data`
-    (calib.Calibration), and its mean relative output error (every float output) on the
-    first set: what the measured decisions compare (floatcheck.py, allocation/guard.py)."""
+    (calib.Calibration), and its mean relative output error on the first set (every float
+    output, a decoder's KV cache aside: Fidelity.mean_error): what the measured decisions
+    compare (floatcheck.py, allocation/guard.py)."""
     fid = measure_on({"dense": dense, key: model}, data, runtime, refs, captured)
-    return {s: v[key] for s, v in fid.items()}, float(
-        np.mean(list(next(iter(fid.values()))[key].rel_error.values())))
+    return {s: v[key] for s, v in fid.items()}, next(iter(fid.values()))[key].mean_error
 
 
 def _batch_free_sessions(models: dict[str, onnx.ModelProto],

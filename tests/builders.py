@@ -140,6 +140,23 @@ def decoder(seed: int = 0, c: int = 16) -> onnx.ModelProto:
              weight("W2", (3, c, 3, 3), seed + 4), weight("B2", (3,), seed + 5)]
     return make(nodes, [vi("x", [BATCH, 4, 6, 6])], [vi("y", [BATCH, 3, 12, 12])], inits)
 
+
+def decoder_step() -> onnx.ModelProto:
+    """One decoder step with a KV cache: present = Concat(Identity(past), x Wk) (the cache,
+    through an exporter's one-input node), logits = (x W1 + 0.01 x Wk) W2."""
+    nodes = [helper.make_node("MatMul", ["x", "Wk"], ["k"], name="k_proj"),
+             helper.make_node("Identity", ["past"], ["p1"], name="past_in"),
+             helper.make_node("Concat", ["p1", "k"], ["present"], name="cache", axis=1),
+             helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("Mul", ["k", "tenth"], ["k1"], name="mix"),
+             helper.make_node("Add", ["h", "k1"], ["s"], name="add"),
+             helper.make_node("MatMul", ["s", "W2"], ["logits"], name="fc2")]
+    inits = [weight("Wk", (8, 8), 1), weight("W1", (8, 8), 2), weight("W2", (8, 5), 3),
+             numpy_helper.from_array(np.float32(0.01), "tenth")]
+    return make(nodes, [vi("x", [BATCH, 4, 8]), vi("past", [BATCH, 2, 8])],
+                [vi("logits", [BATCH, 4, 5]), vi("present", [BATCH, 6, 8])], inits)
+
+
 def gemm(d_in: int = 6, d_out: int = 5, trans_a: bool = False, trans_b: bool = True,
          alpha: float = 1.0, beta: float = 1.0, bias: bool = True, seed: int = 0
          ) -> onnx.ModelProto:

@@ -427,7 +427,7 @@ def test_the_decision_on_several_outputs_is_the_mean_and_says_so():
     that lowers one output's error a lot and raises the other's is kept or dropped by the
     mean, not by either alone."""
     from onnx_obc.correct import CorrectionResult, auto_decision
-    from onnx_obc.verify import Fidelity
+    from onnx_obc.fidelity import Fidelity
 
     fixes = CorrectionResult({}, (), (), "one pass", samples=8)
     two = {"calibration": {"uncorrected": Fidelity(8, {"a": 0.10, "b": 0.50}),

@@ -77,14 +77,13 @@ def test_the_tensorrt_placement_leaves_the_layers_reasons_to_the_json():
     assert trt.to_dict()["fusion"]["unfused"] == unfused
 
 
-def test_a_decoders_first_output_beside_the_largest_error():
-    """A decoder exported with its KV cache: the table's error is the largest over the
-    outputs (a late layer's `present` value), so the first output's (the logits) is added
-    on its own line; one output, or the first the largest: no line."""
-    from onnx_obc.verify import Fidelity
+def test_the_first_output_beside_the_largest_error():
+    """Two outputs, neither a KV cache: the table's error is the largest over them, so the
+    first output's is added on its own line; the first the largest: no line."""
+    from onnx_obc.fidelity import Fidelity
 
-    def fid(logits, present):
-        return Fidelity(8, {"logits": logits, "present.3.value": present}, 0.99)
+    def fid(logits, other):
+        return Fidelity(8, {"logits": logits, "boxes": other}, 0.99)
 
     models = {"dense": fid(0.0, 0.0), "compressed": fid(0.0368, 0.0749)}
     r = Report(model="m.onnx", output=None, config={}, device="cpu", calibration={},
@@ -95,4 +94,27 @@ def test_a_decoders_first_output_beside_the_largest_error():
     assert lines[i + 1] == ("  (the largest of 2 outputs' errors; the first, 'logits': dense "
                             "0.0000, compressed 0.0368; each output's in the JSON report)")
     models["compressed"] = fid(0.0749, 0.0368)
-    assert "the largest of" not in r.table()
+    assert not [x for x in r.table().splitlines() if x.startswith("  (")]
+
+
+def test_a_decoders_kv_cache_outputs_are_aside_in_the_table_and_json():
+    """A decoder exported with its KV cache: the table's error is the logits' (the cache's
+    larger error aside), the line beneath says so; the JSON keeps every output's error and
+    names those aside; a cache output ranked first by error changes nothing."""
+    from onnx_obc.fidelity import Fidelity
+
+    def fid(logits, p0, p1):
+        return Fidelity(8, {"logits": logits, "present.0.key": p0, "present.1.key": p1}, 0.99,
+                        aside=("present.0.key", "present.1.key"))
+
+    models = {"dense": fid(0.0, 0.0, 0.0), "compressed": fid(0.0245, 0.0548, 0.0301)}
+    r = Report(model="m.onnx", output=None, config={}, device="cpu", calibration={},
+               fidelity={"eval": models})
+    lines = r.table().splitlines()
+    i = next(i for i, x in enumerate(lines) if x.startswith("  compressed"))
+    assert lines[i].split()[1] == "0.0245"
+    assert lines[i + 1] == ("  (the error of 'logits'; the 2 KV-cache outputs aside; each "
+                            "output's in the JSON report)")
+    d = r.to_dict()["fidelity"]["eval"]["compressed"]
+    assert d["error"] == 0.0245 and d["outputs_aside"] == ["present.0.key", "present.1.key"]
+    assert d["rel_error"]["present.0.key"] == 0.0548

@@ -11,16 +11,16 @@ import shlex
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from onnx_obc import convert
 from onnx_obc.calib import load_data
 from onnx_obc.capture import providers_for
 from onnx_obc.config import Selection
+from onnx_obc.fidelity import cache_outputs
 from onnx_obc.layers import find_layers
 from onnx_obc.sensitivity import (
     LayerSensitivity,
-    cache_outputs,
     exclude_flags,
     measure_sensitivity,
     suggest_exclude,
@@ -166,24 +166,8 @@ def test_each_candidate_runs_as_its_piece_and_gives_every_outputs_whole_model_er
     assert by_name[layers[0].name].rel_error["early"] > 0  # fc1 reaches the early output
 
 
-def _decoder_step():
-    """One decoder step with a KV cache: present = Concat(Identity(past), x Wk) (the cache,
-    through an exporter's one-input node), logits = (x W1 + 0.01 x Wk) W2."""
-    nodes = [helper.make_node("MatMul", ["x", "Wk"], ["k"], name="k_proj"),
-             helper.make_node("Identity", ["past"], ["p1"], name="past_in"),
-             helper.make_node("Concat", ["p1", "k"], ["present"], name="cache", axis=1),
-             helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
-             helper.make_node("Mul", ["k", "tenth"], ["k1"], name="mix"),
-             helper.make_node("Add", ["h", "k1"], ["s"], name="add"),
-             helper.make_node("MatMul", ["s", "W2"], ["logits"], name="fc2")]
-    inits = [b.weight("Wk", (8, 8), 1), b.weight("W1", (8, 8), 2), b.weight("W2", (8, 5), 3),
-             numpy_helper.from_array(np.float32(0.01), "tenth")]
-    return b.make(nodes, [b.vi("x", [b.BATCH, 4, 8]), b.vi("past", [b.BATCH, 2, 8])],
-                  [b.vi("logits", [b.BATCH, 4, 5]), b.vi("present", [b.BATCH, 6, 8])], inits)
-
-
 def test_a_decoders_kv_cache_outputs_are_left_out_of_the_ranking():
-    model = _decoder_step()
+    model = b.decoder_step()
     assert cache_outputs(model) == {"present"}
     feed = b.feeds(model, 32, seed=2)
     layers, new = _perturbed(model, (1.0, 1.0, 1.0))
@@ -197,11 +181,3 @@ def test_a_decoders_kv_cache_outputs_are_left_out_of_the_ranking():
     assert ranked[-1].nodes == ("k_proj",)
     table_line = summarize(ranked, "x", 32, ["present"])["outputs_aside"]
     assert table_line == ["present"]
-    # a model whose every output is a cache keeps them all
-    only = copy.deepcopy(model)
-    del only.graph.output[0]
-    assert cache_outputs(only) == set()
-    # a Concat of what layers compute from the inputs is no cache
-    two = copy.deepcopy(model)
-    two.graph.node[1].CopyFrom(helper.make_node("MatMul", ["past", "W1"], ["p1"]))
-    assert cache_outputs(two) == set()

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from onnx_obc import calib, verify
 from onnx_obc.capture import Runtime
-from onnx_obc.refs import Captured
+from onnx_obc.refs import Captured, sum_sq
 from onnx_obc.export.values import apply_weights
 from onnx_obc.layers import constant_weights, select_layers
 from onnx_obc.specs import Selection
@@ -51,10 +51,10 @@ def test_sums_of_squares_in_float32_match_float64():
     y = y0 + (0.01 * rng.standard_normal(y0.shape)).astype(np.float32)
     want_ref = float(np.square(y0.astype(np.float64)).sum())
     want_err = float(np.square(y.astype(np.float64) - y0).sum())
-    assert abs(verify._sum_sq(y0) - want_ref) <= 1e-6 * want_ref
-    assert abs(verify._sum_sq(y, y0) - want_err) <= 1e-6 * want_err
+    assert abs(sum_sq(y0) - want_ref) <= 1e-6 * want_ref
+    assert abs(sum_sq(y, y0) - want_err) <= 1e-6 * want_err
     ints = np.arange(10, dtype=np.int64)
-    assert verify._sum_sq(ints, ints[::-1].copy()) == float(np.square(ints - ints[::-1]).sum())
+    assert sum_sq(ints, ints[::-1].copy()) == float(np.square(ints - ints[::-1]).sum())
 
 
 def test_the_dense_outputs_are_kept_for_the_next_measure():
@@ -86,26 +86,6 @@ def test_the_dense_outputs_are_kept_for_the_next_measure():
     assert small.sets == {} and small.used == 0
     with pytest.raises(ModelError):
         verify.measure({"dense": onnx.ModelProto(), "a": other}, sets, 16, rt, refs=small)
-
-
-def test_top1_agreement_only_for_class_scores():
-    """[batch, classes] and a CTC head's [batch, steps, classes] get a top-1 agreement; a
-    detector's [N, 1, H, W] probability map does not (its last axis is the width: PP-OCR's
-    text detectors reported 41% "agreement" on a map within 0.08 of dense); nor do
-    independent probabilities (Basic Pitch's sigmoid notes: 31% "agreement" at a note-frame
-    F1 of 98), while a softmax's rows, summing to 1, do."""
-    from onnx_obc.verify import is_logits
-
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((4, 40, 97))
-    assert is_logits(logits[:, 0]) and is_logits(logits)
-    soft = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    assert is_logits(soft.astype(np.float32))
-    assert not is_logits(1 / (1 + np.exp(-logits)))  # sigmoid: several classes or none
-    assert not is_logits(np.zeros((4, 1, 32, 32))) and not is_logits(np.zeros((4, 1)))
-    assert not is_logits(np.zeros(4))
-    emb = logits[:, 0] / np.linalg.norm(logits[:, 0], axis=-1, keepdims=True)
-    assert not is_logits(emb.astype(np.float32))  # a normalized embedding: no classes
 
 
 @pytest.mark.parametrize("kept_as", ["dense", "perturbed", "none"])

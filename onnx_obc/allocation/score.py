@@ -22,6 +22,7 @@ from .. import export
 from ..calib import CalibrationSource
 from ..calib.tokens import positions
 from ..capture import Runtime, session
+from ..fidelity import cache_outputs
 from ..layers import Layer
 from ..solve import HostSolution, HostWeights
 
@@ -40,19 +41,21 @@ class OutputScore:
     energy: tuple[float, ...]  # per output, the sum of its squares (1 when 0)
     target: str = "tensorrt"  # the export target the candidates are deployed for
     token_mask: str | None = None  # per-token outputs scored on its tokens (calib/tokens.py)
+    outputs: tuple[str, ...] | None = None  # the outputs scored: a decoder's KV cache aside
 
     @classmethod
     def measure(cls, proto: onnx.ModelProto, data: CalibrationSource, batch: int,
                 runtime: Runtime, *, samples: int = SAMPLES, target: str = "tensorrt",
                 token_mask: str | None = None) -> OutputScore:
         """Run the dense model once on the first `samples` samples of `data`."""
-        data = data.head(samples)
+        data, aside = data.head(samples), cache_outputs(proto)
+        outs = tuple(o.name for o in proto.graph.output if o.name not in aside) if aside else None
         dense = session(proto, runtime, optimize=True)
-        ref = tuple(_floats(dense.run(None, feed), feed, token_mask)
+        ref = tuple(_floats(dense.run(outs and list(outs), feed), feed, token_mask)
                     for _, feed in data.batches(batch))
         energy = tuple(sum(float(np.square(ys[k]).sum()) for ys in ref) or 1.0
                        for k in range(len(ref[0]) if ref else 0))
-        return cls(proto, data, batch, runtime, ref, energy, target, token_mask)
+        return cls(proto, data, batch, runtime, ref, energy, target, token_mask, outs)
 
     def candidate(self, L: Layer, W: np.ndarray, act_scale: Any = None
                   ) -> onnx.ModelProto:
@@ -68,11 +71,13 @@ class OutputScore:
     def error(self, model: onnx.ModelProto) -> float:
         """Relative squared output error of `model` against the dense reference, the mean
         over its float outputs (Basic Pitch: contour, note and onset maps; the first alone
-        let a level trade the note map's error for the contour's)."""
+        let a level trade the note map's error for the contour's), a decoder's KV cache
+        aside (fidelity.cache_outputs)."""
         sess = session(model, self.runtime, optimize=True)
         e = np.zeros(len(self.energy))
         for (_, feed), ref in zip(self.data.batches(self.batch), self.reference):
-            ys = _floats(sess.run(None, feed), feed, self.token_mask)
+            ys = _floats(sess.run(self.outputs and list(self.outputs), feed), feed,
+                         self.token_mask)
             e += [float(np.square(y - r).sum()) for y, r in zip(ys, ref)]
         return float(np.mean(e / np.asarray(self.energy))) if len(e) else 0.0
 

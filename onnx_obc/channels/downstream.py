@@ -26,6 +26,7 @@ import onnx
 
 from ..calib.tokens import on_tokens
 from ..capture import Runtime, activation_bytes, capture_session, plan_groups, session
+from ..fidelity import cache_outputs
 from ..segments import piece, reads
 
 
@@ -38,10 +39,17 @@ class Cuts:
         self.proto, self.feeds, self.token_mask = proto, feeds, token_mask
         self.runtime = runtime or Runtime()
         self.nodes = list(proto.graph.node)
-        self.outputs = [o.name for o in proto.graph.output]
+        self.outputs = self.scored(proto)
         self.tensors = all(o.type.HasField("tensor_type") for o in proto.graph.output)
         self.made = {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
         self.values: dict[str, list[np.ndarray]] = {}
+
+    @staticmethod
+    def scored(proto: onnx.ModelProto) -> list[str]:
+        """The graph outputs the probes score: all but a decoder's KV cache
+        (fidelity.cache_outputs; its layer's own keys and values, not what the logits see)."""
+        aside = cache_outputs(proto)
+        return [o.name for o in proto.graph.output if o.name not in aside]
 
     def position(self, weights: Iterable[str]) -> int | None:
         """The first node that reads one of `weights`; None where the piece from there
@@ -96,7 +104,7 @@ class Cuts:
 
     def run(self, model: onnx.ModelProto, p: int, weights: Iterable[str] = ()
             ) -> list[np.ndarray]:
-        """Every graph output of `model` (the dense one with `weights` changed, read from
+        """The scored outputs of `model` (the dense one with `weights` changed, read from
         node `p` on) on every feed, flattened in order (float64), as sensitivity._run gives
         them: the piece from `p` on, fed the crossing tensors' dense values."""
         want = set(weights)

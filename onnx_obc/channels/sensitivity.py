@@ -9,11 +9,12 @@ the site's factor is
 
     g(k) = (||y - y_dense||^2 / ||y_dense||^2) / normalised loss(k)
 
-(over all graph outputs), a first-order propagation gain, interpolated linearly in k
-between the probes and constant outside them. The allocation then minimises
-sum_s g_s(k) * normloss_s(k), the predicted relative output error^2 summed over the sites:
-`scaled_trace` rewrites a site's trace so that allocate.py's normalised curve is that cost
-(made non-decreasing). Costs two forward passes of the samples per site (plus the dense).
+(over the graph outputs, a decoder's KV cache aside), a first-order propagation gain,
+interpolated linearly in k between the probes and constant outside them. The allocation
+then minimises sum_s g_s(k) * normloss_s(k), the predicted relative output error^2 summed
+over the sites: `scaled_trace` rewrites a site's trace so that allocate.py's normalised
+curve is that cost (made non-decreasing). Costs two forward passes of the samples per site
+(plus the dense).
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
     why = "--channel-objective output fell back to the layer objective: "
     if not feeds:
         return unit, 0.0, why + "no calibration samples to measure the output factors on"
+    outs = Cuts.scored(plan.proto)  # a decoder's KV cache aside
     try:
-        dense = _run(plan.proto, feeds, plan.runtime, plan.token_mask)
+        dense = _run(plan.proto, feeds, plan.runtime, plan.token_mask, outs)
     except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run here: layer objective
         return unit, time.perf_counter() - t0, why + f"onnxruntime could not run the model ({e})"
     ref = sum(float(np.sum(y ** 2)) for y in dense)
@@ -96,8 +98,9 @@ def site_factors(plan: Any, align: int) -> tuple[list[Probes], float, str]:
             ks = probe_counts(len(s.trace.losses), s.site.channels, site_align(s.site, align))
             curve = loss_curve(s.trace, s.energy)
             W = plan.backend.to_device(s.W) if ks else None  # once per site
-            run = (lambda m: _run(m, feeds, plan.runtime, plan.token_mask)) if where[i] is None \
-                else (lambda m, p=where[i], w=changed(s.site, rest): cuts.run(m, p, w))
+            run = (lambda m: _run(m, feeds, plan.runtime, plan.token_mask, outs)) \
+                if where[i] is None else (lambda m, p=where[i], w=changed(s.site, rest):
+                                          cuts.run(m, p, w))
             gains = [_gain(plan, s, W, k, run, dense, ref, float(curve[k]), rest) for k in ks]
             out[i] = (np.array(ks or [0], float), np.array(gains or [1.0]))
             bar.update(1)
@@ -150,8 +153,9 @@ def _with_weight(proto: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.M
 
 
 def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None,
-         token_mask: str | None = None) -> list[np.ndarray]:
-    """Every graph output on every feed, flattened in order (float64), with `runtime`'s
+         token_mask: str | None = None, outputs: list[str] | None = None) -> list[np.ndarray]:
+    """`outputs` (default every graph output) on every feed, flattened in order (float64),
+    with `runtime`'s
     providers and custom ops (capture.Runtime; default the CPU); per-token outputs on the
     token positions of `token_mask` (calib/tokens.on_tokens). Graph optimizations on (as
     onnxruntime deploys it): 1.5x faster runs than without on YOLOv8n and ddddocr's
@@ -161,5 +165,5 @@ def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None,
     s = session(model, runtime or Runtime(), optimize=True)
     names = {i.name for i in s.get_inputs()}
     return [np.asarray(on_tokens(y, f, token_mask), dtype=np.float64).ravel() for f in feeds
-            for y in s.run(None, {k: v for k, v in f.items() if k in names})
+            for y in s.run(outputs, {k: v for k, v in f.items() if k in names})
             if isinstance(y, np.ndarray)]  # not a sequence (of maps: skl2onnx's ZipMap)

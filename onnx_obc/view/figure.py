@@ -73,7 +73,7 @@ def _title(r: Report) -> str:
     for set_name, models in r.fidelity.items():
         f = next((m for k, m in models.items() if k == "compressed"), None)
         if f is not None and f.rel_error:
-            done.append(f"output error {max(f.rel_error.values()):.4f} on {set_name}"
+            done.append(f"output error {f.error:.4f} on {set_name}"
                         + (f", accuracy {f.accuracy:.2%}" if f.accuracy is not None else ""))
     c = r.config
     how = [f"sparsity {c['prune']['sparsity']}" if c["prune"].get("sparsity") else "",

@@ -73,7 +73,7 @@ def _fidelity(r: Report) -> list[str]:
     for set_name, models in r.fidelity.items():
         out.append(f"<h2>Model fidelity on {escape(set_name)}</h2>")
         out += _table(["model", "rel. output error", "top-1 agreement", "accuracy"],
-                      [[m, max(f.rel_error.values(), default=0.0), _pct(f.top1_agreement),
+                      [[m, f.error, _pct(f.top1_agreement),
                         _pct(f.accuracy)] for m, f in models.items()])
     return out
 

@@ -218,6 +218,23 @@ def test_the_output_score_reads_every_float_output():
     assert pruned == pytest.approx(e2 / score.energy[1] / 2, rel=1e-6)
 
 
+def test_the_output_score_sets_a_decoders_kv_cache_aside():
+    """A decoder step with its KV cache: a level of the key projection scores its error on
+    the logits alone (the cache output, the projection's own error, aside)."""
+    model = b.decoder_step()
+    layers = {L.weight: L for L in find_layers(model)[0]}
+    data = load_data([b.feeds(model, 32, seed=1)], model)
+    score = OutputScore.measure(model, data, BATCH, providers_for("numpy"))
+    assert score.outputs == ("logits",) and len(score.energy) == 1
+    L = layers["Wk"]
+    W = weight_matrix(constant_weights(model.graph), L).astype(np.float64)
+    (e,) = score.errors(L, iter([W * 1.3]))
+    m = apply_weights(model, [L], {"Wk": L.from_matrix((W * 1.3).reshape(L.matrix_shape))})
+    y0, y = (np.concatenate([session(x, providers_for("numpy"), optimize=True).run(
+        ["logits"], f)[0] for _, f in data.head(64).batches(BATCH)]) for x in (model, m))
+    assert e == pytest.approx(float(np.square(y - y0).sum() / np.square(y0).sum()), rel=1e-5)
+
+
 def test_weight_matrix_is_the_layers_w_view(mlp):
     model, layers, _, _, _ = mlp
     weights = constant_weights(model.graph)

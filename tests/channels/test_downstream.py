@@ -87,3 +87,14 @@ def test_the_factors_are_those_of_whole_runs(monkeypatch, constants):
     for (k0, g0), (k1, g1) in zip(cut, plan.probes):
         np.testing.assert_array_equal(k0, k1)
         np.testing.assert_allclose(g0, g1, rtol=1e-4)
+
+
+def test_the_probes_score_a_decoders_logits_not_its_kv_cache():
+    """Cuts.scored leaves the cache output out; _run gives the outputs asked for."""
+    model = b.decoder_step()
+    assert Cuts.scored(model) == ["logits"]
+    assert Cuts(model, []).outputs == ["logits"]
+    feeds = [b.feeds(model, 2, seed=1)]
+    every, scored = _run(model, feeds), _run(model, feeds, outputs=["logits"])
+    assert len(every) == 2 and len(scored) == 1 and np.array_equal(scored[0], every[0])
+    assert Cuts.scored(b.mlp()) == ["y"]
