@@ -20,7 +20,7 @@ import onnx
 
 from . import calib as calibration
 from . import (branches, costplan, export, floatcheck, floatlayers, nbitslevel, pinned,
-               preflight, skips, smooth, view)
+               preflight, sensitivity, skips, smooth, view)
 from .backend import get_backend
 from .capture import providers_for
 from .channels import ChannelResult, run_channels
@@ -36,7 +36,6 @@ from .report import Report
 from .schedule import Compressed, compress_layers
 from .allocation import guard
 from .segments import kept_budget
-from .sensitivity import cache_outputs, measure_sensitivity, summarize
 from .variants import baseline_name, compares_baseline, layerwise, variants
 from .verify import Captured, measure
 
@@ -95,7 +94,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLik
                             fc.uncorrected)
     models, fidelity, fusion, fixes = _build_and_verify(
         dense, proto, layers, done, fixes, chan, data, runtime, cfg, clock, built, fc, kept)
-    ranked = _sensitivity(proto, layers, done, data, runtime, cfg, clock)
+    ranked = sensitivity.stage(proto, layers, done, data, runtime, cfg, clock, lambda c: (
+        compress_layers(proto, layers, data, backend, c, runtime, progress, engine, plan)))
     final = fork.restore(models["compressed"], runtime)  # inlined If branches put back
     written = save_model(final, output, inp=src,
                          external=cfg.run.external_data) if output is not None else []
@@ -242,21 +242,6 @@ def _named(dense: onnx.ModelProto, models: dict, chan: Any, cfg: CompressConfig)
     if chan is not None and compares_baseline(cfg):
         named["channels-l2"] = chan.baseline
     return named
-
-
-def _sensitivity(proto: onnx.ModelProto, layers: list, done: Compressed,
-                 data: calibration.Calibration, runtime: Any, cfg: CompressConfig,
-                 clock: dict[str, float]) -> dict:
-    """With run.sensitivity (timed then): each layer alone in the dense model, held out or fit."""
-    if not (cfg.run.sensitivity and done.solutions):
-        return {}
-    with _timed(clock, "sensitivity"):
-        name, ds = next(iter(data.sets().items()))
-        ranked = measure_sensitivity(
-            proto, layers, done.solutions, ds, data.run_batch, runtime, act_values=done.act_values,
-            target=cfg.export.runtime, target_options=cfg.export.target_options(),
-            token_mask=data.token_mask, budget=(cfg.run.memory_budget_mb << 20) // 4)
-        return summarize(ranked, name, ds.n, sorted(cache_outputs(proto)))
 
 
 def _report(src: str | None, output: Any, cfg: CompressConfig, backend: Any, layers: list,

@@ -253,7 +253,8 @@ def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
     aside = s.get("outputs_aside") or []
     lines = ["", f"sensitivity on {s['set']} ({s['samples']} samples), output error with only "
                  f"that layer compressed (top {min(top, len(s['layers']))} of {len(s['layers'])}"
-                 + f"; the {len(aside)} KV-cache outputs aside" * bool(aside) + "):"]
+                 + f"; the {len(aside)} KV-cache outputs aside" * bool(aside) + "; as solved "
+                 "one-shot, on the dense model's inputs" * (s.get("solves") == "one-shot") + "):"]
     short = shortener([x["layer"] for x in s["layers"]], NAME_WIDTH)
     lines += [f"  {short(x['layer']):<{NAME_WIDTH}} {x['error']:>9.4f} "
               f"{x['share']:>6.1%}" for x in s["layers"][:top]]

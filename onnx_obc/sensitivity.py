@@ -26,7 +26,8 @@ least `min(0.5, 2 / layers)` (twice the mean share), at most `MOST` of them, nev
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -148,6 +149,28 @@ def suggest_exclude(ranked: list[LayerSensitivity]) -> list[LayerSensitivity]:
 def exclude_flags(layers: list[LayerSensitivity]) -> str:
     """`--exclude 'node'` for every node of `layers` (pinned.exclude_flags)."""
     return pinned.exclude_flags(n for s in layers for n in s.nodes)
+
+
+def stage(proto: onnx.ModelProto, layers: list[Layer], done: Any, data: Any, runtime: Runtime,
+          cfg: Any, clock: dict[str, float], one_shot: Callable[[Any], Any]) -> dict[str, Any]:
+    """--sensitivity (timed into clock["sensitivity"] when it runs): the report's ranking of
+    `done`'s solutions on data.ranking_set(). Under --sequential on those of a one-shot
+    solve, `one_shot(cfg)` with run.sequential off: a sequential layer's weights also undo
+    the error of the layers before it, which, alone in the dense model, reads as its own
+    (docs/conversion-time.md "--sensitivity under --sequential")."""
+    if not (cfg.run.sensitivity and done.solutions):
+        return {}
+    t = time.perf_counter()
+    if cfg.run.sequential:
+        done = one_shot(replace(cfg, run=replace(cfg.run, sequential=False)))
+    name, ds = data.ranking_set()
+    ranked = measure_sensitivity(
+        proto, layers, done.solutions, ds, data.run_batch, runtime, act_values=done.act_values,
+        target=cfg.export.runtime, target_options=cfg.export.target_options(),
+        token_mask=data.token_mask, budget=(cfg.run.memory_budget_mb << 20) // 4)
+    clock["sensitivity"] = clock.get("sensitivity", 0.0) + time.perf_counter() - t
+    out = summarize(ranked, name, ds.n, sorted(cache_outputs(proto)))
+    return {**out, "solves": "one-shot" if cfg.run.sequential else "the run's"} if out else {}
 
 
 def summarize(ranked: list[LayerSensitivity], set_name: str, samples: int,

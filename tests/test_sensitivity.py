@@ -127,6 +127,41 @@ def test_convert_reports_the_ranking_and_the_flags(tmp_path):
     assert plain.report.sensitivity == {} and "sensitivity" not in plain.report.seconds
 
 
+def test_without_held_out_samples_the_ranking_is_on_the_eval_sets_first_samples():
+    """No calibration sample held out: the ranking runs on the eval set's first samples, as
+    many as the in-sample check (64 here), the same values as an eval set of just those;
+    without an eval set on the calibration samples; a held-out set is kept even with one."""
+    model = b.mlp3()
+    feed, other = b.feeds(model, 64, seed=1), b.feeds(model, 100, seed=7)
+    kw = dict(calib=[feed], progress=False, device="cpu", sparsity=0.6, sensitivity=True)
+    s = convert(model, None, eval_data=[other], holdout=0.0, **kw).report.sensitivity
+    assert s["set"] == "eval" and s["samples"] == 64
+    first = {k: v[:64] for k, v in other.items()}
+    same = convert(model, None, eval_data=[first], holdout=0.0, **kw).report.sensitivity
+    assert same["set"] == "eval" and same["layers"] == s["layers"]
+    fit = convert(model, None, holdout=0.0, **kw).report.sensitivity
+    assert fit["set"] == "calibration (not held out)"
+    assert [x["error"] for x in fit["layers"]] != [x["error"] for x in s["layers"]]
+    held = convert(model, None, eval_data=[other], holdout=0.2, **kw).report.sensitivity
+    assert held["set"] == "held-out calibration" and held["samples"] == 13
+
+
+def test_under_sequential_the_ranking_is_of_one_shot_solves():
+    """A sequential run (W4's default) ranks the layers as the one-shot run does, value for
+    value: its own layers' weights also undo the layers before them, which alone in the
+    dense model would read as their own error; the model written stays the sequential one."""
+    model = b.mlp3()
+    feed = b.feeds(model, 64, seed=1)
+    kw = dict(calib=[feed], progress=False, device="cpu", bits=4, sensitivity=True)
+    seq, one = (convert(model, None, sequential=q, **kw).report for q in (None, False))
+    assert seq.config["run"]["sequential"] and not one.config["run"]["sequential"]
+    assert seq.sensitivity["solves"] == "one-shot" and one.sensitivity["solves"] == "the run's"
+    assert seq.sensitivity["layers"] == one.sensitivity["layers"]
+    assert [x.loss for x in seq.layers] != [x.loss for x in one.layers]
+    assert "as solved one-shot, on the dense model's inputs" in seq.table()
+    assert "as solved one-shot" not in one.table()
+
+
 def test_quantized_layers_are_measured_as_deployed():
     model = b.mlp3()
     feed = b.feeds(model, 64, seed=1)

@@ -89,6 +89,16 @@ class Calibration:
             "calibration (not held out)": self.fit if self.check is None else self.check}
         return {**out, **({"eval": self.eval} if self.eval is not None else {})}
 
+    def ranking_set(self) -> tuple[str, CalibrationSource]:
+        """The set per-layer measurements (--sensitivity) rank on, by report name: the
+        held-out samples; else the eval set's first samples, as many as the in-sample check
+        (a layer's error on the samples it was fit to flatters the layers that overfit them);
+        else the in-sample check."""
+        name, ds = next(iter(self.sets().items()))
+        if self.held is not None or self.eval is None:
+            return name, ds
+        return "eval", self.eval.head(min(ds.n, self.eval.n))
+
 
 def held_out_count(n: int, fraction: float | None) -> int:
     """Samples kept out: round(n * fraction), at most 256, none when too few remain. None
