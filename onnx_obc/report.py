@@ -236,8 +236,7 @@ def _first_output(models: dict) -> list[str]:
     fs = {m: f for m, f in models.items() if f.rel_error}
     if not (f0 := next(iter(fs.values()), None)):
         return []
-    counted, aside = list(f0.counted), len(f0.rel_error) - len(f0.counted)
-    n, first = len(counted), counted[0]
+    n, first, aside = len(f0.counted), next(iter(f0.counted)), len(f0.rel_error) - len(f0.counted)
     mixed = any(max(f.counted, key=f.counted.get) != first for f in fs.values())
     say = ([f"the largest of {n} outputs' errors; the first, {first!r}: " + ", ".join(
         f"{m} {f.rel_error[first]:.4f}" for m, f in fs.items())] if mixed else
@@ -250,15 +249,16 @@ def _sensitivity_lines(r: Report, top: int = 10) -> list[str]:
     """Layers ranked by the error with only that layer compressed; the first to exclude."""
     if not (s := r.sensitivity):
         return []
-    aside = s.get("outputs_aside") or []
+    aside, seq = s.get("outputs_aside") or [], s.get("solves") == "one-shot"
     lines = ["", f"sensitivity on {s['set']} ({s['samples']} samples), output error with only "
                  f"that layer compressed (top {min(top, len(s['layers']))} of {len(s['layers'])}"
                  + f"; the {len(aside)} KV-cache outputs aside" * bool(aside) + "; as solved "
-                 "one-shot, on the dense model's inputs" * (s.get("solves") == "one-shot") + "):"]
+                 "one-shot, on the dense model's inputs" * seq + "):"]
     short = shortener([x["layer"] for x in s["layers"]], NAME_WIDTH)
     lines += [f"  {short(x['layer']):<{NAME_WIDTH}} {x['error']:>9.4f} "
               f"{x['share']:>6.1%}" for x in s["layers"][:top]]
-    return lines + [f"  exclude first: {s['flags']}"] * bool(s["exclude"])
+    return lines + [f"  exclude first: {s['flags']}" + " (check it with a run: under --sequential "
+                    "the layers after them are solved again)" * seq] * bool(s["exclude"])
 
 
 def _footer(r: Report) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from onnx_obc.layers import Skipped
 from onnx_obc.report import Report
 
@@ -118,3 +120,20 @@ def test_a_decoders_kv_cache_outputs_are_aside_in_the_table_and_json():
     d = r.to_dict()["fidelity"]["eval"]["compressed"]
     assert d["error"] == 0.0245 and d["outputs_aside"] == ["present.0.key", "present.1.key"]
     assert d["rel_error"]["present.0.key"] == 0.0548
+
+
+@pytest.mark.parametrize("solves", ["one-shot", "the run's"])
+def test_under_sequential_the_suggestion_says_to_check_it_with_a_run(solves):
+    """The ranking of one-shot solves (a --sequential run): the exclude line adds that the
+    layers after the excluded ones are solved again, the header how the layers were solved."""
+    layers = [{"layer": n, "error": e, "share": e * e / 0.0206} for n, e in
+              (("a", 0.14), ("b", 0.02), ("c", 0.01))]
+    r = Report(model="m.onnx", output=None, config={}, device="cpu", calibration={},
+               sensitivity={"set": "eval", "samples": 64, "layers": layers, "exclude": ["a"],
+                            "flags": "--exclude a", "solves": solves})
+    table = r.table()
+    note = "  exclude first: --exclude a (check it with a run: under --sequential the layers " \
+           "after them are solved again)"
+    assert (note in table.splitlines()) == (solves == "one-shot")
+    assert ("as solved one-shot, on the dense model's inputs" in table) == (solves == "one-shot")
+    assert "  exclude first: --exclude a" in table
