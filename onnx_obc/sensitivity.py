@@ -25,8 +25,8 @@ least `min(0.5, 2 / layers)` (twice the mean share), at most `MOST` of them, nev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 

@@ -155,11 +155,11 @@ def _with_weight(proto: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.M
 def _run(model: onnx.ModelProto, feeds: list[dict], runtime: Any = None,
          token_mask: str | None = None, outputs: list[str] | None = None) -> list[np.ndarray]:
     """`outputs` (default every graph output) on every feed, flattened in order (float64),
-    with `runtime`'s
-    providers and custom ops (capture.Runtime; default the CPU); per-token outputs on the
-    token positions of `token_mask` (calib/tokens.on_tokens). Graph optimizations on (as
-    onnxruntime deploys it): 1.5x faster runs than without on YOLOv8n and ddddocr's
-    detector (docs/channels.md "Conversion time"), the dense and the cut models alike."""
+    with `runtime`'s providers and custom ops (capture.Runtime; default the CPU); per-token
+    outputs on the token positions of `token_mask` (calib/tokens.on_tokens). Graph
+    optimizations on (as onnxruntime deploys it): 1.5x faster runs than without on YOLOv8n
+    and ddddocr's detector (docs/channels.md "Conversion time"), the dense and the cut
+    models alike."""
     from ..capture import Runtime, session
 
     s = session(model, runtime or Runtime(), optimize=True)
