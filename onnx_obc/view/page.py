@@ -75,6 +75,10 @@ def _fidelity(r: Report) -> list[str]:
         out += _table(["model", "rel. output error", "top-1 agreement", "accuracy"],
                       [[m, f.error, _pct(f.top1_agreement),
                         _pct(f.accuracy)] for m, f in models.items()])
+        aside = next((f.aside for f in models.values() if f.aside), ())
+        out += [f"<p>The error is the largest over the outputs but the {len(aside)} KV-cache "
+                f"outputs ({escape(', '.join(aside))}); each output's in the JSON report.</p>"
+                ] * bool(aside)
     return out
 
 
