@@ -15,6 +15,7 @@ error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from .refs import sum_sq as _sum_sq
 
 # Nodes that move a tensor without computing on it, between a past input and its cache output
 PASSING = {"Identity", "Concat", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"}
+# Cache outputs as Hugging Face's exporters name them (present.0.key, present.3.encoder.value)
+NAMED = re.compile(r"present[._]", re.IGNORECASE)
 
 
 @dataclass
@@ -79,9 +82,11 @@ def is_logits(y: np.ndarray) -> bool:
 def cache_outputs(proto: onnx.ModelProto) -> set[str]:
     """The graph outputs that are a decoder's KV cache: made by a Concat one of whose inputs
     is a graph input (a past_key_values tensor), directly or through PASSING nodes of one
-    data input each (an exporter's one-input Concat, a Cast, a Transpose). A layer's own key
-    or value projection lands in its layer's cache output unmixed, so its error there is the
-    layer's own, not what the logits see. None where every output would be one."""
+    data input each (an exporter's one-input Concat, a Cast, a Transpose); or, with no past
+    to concatenate (a first decoding step, an encoder-decoder's cross-attention cache), named
+    as Hugging Face's exporters name them (NAMED). A layer's own key or value projection
+    lands in its layer's cache output unmixed, so its error there is the layer's own, not
+    what the logits see. None where every output would be one."""
     g = proto.graph
     made = {o: n for n in g.node for o in n.output if o}
     fed = {i.name for i in g.input} - {t.name for t in g.initializer}
@@ -97,8 +102,8 @@ def cache_outputs(proto: onnx.ModelProto) -> set[str]:
             name = data[0]
         return False
 
-    found = {o.name for o in g.output if (n := made.get(o.name)) is not None
-             and n.op_type == "Concat" and any(from_input(x) for x in n.input if x)}
+    found = {o.name for o in g.output if NAMED.match(o.name) or (n := made.get(o.name))
+             is not None and n.op_type == "Concat" and any(from_input(x) for x in n.input if x)}
     return found if len(found) < sum(o.type.HasField("tensor_type") for o in g.output) else set()
 
 

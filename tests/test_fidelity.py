@@ -53,6 +53,21 @@ def test_the_kv_cache_outputs_are_found_by_their_concat_of_a_past_input():
     assert cache_outputs(mixed) == set()
 
 
+@pytest.mark.parametrize("name, cache", [("present.0.key", True), ("present_values", True),
+                                         ("PRESENT.1.encoder.value", True), ("keys", False),
+                                         ("presence", False), ("y.present.0", False)])
+def test_with_no_past_input_the_cache_is_known_by_its_name(name, cache):
+    """A first decoding step (no past to concatenate): the cache output is the key
+    projection itself, known by the name Hugging Face's exporters give it."""
+    model = b.decoder_step()
+    g = model.graph
+    g.node[2].CopyFrom(helper.make_node("Identity", ["k"], [name], name="cache"))
+    del g.node[1]
+    del g.input[1]
+    g.output[1].name = name
+    assert cache_outputs(model) == ({name} if cache else set())
+
+
 def test_the_models_error_reads_the_outputs_not_aside():
     f = Fidelity(8, {"logits": 0.02, "present.0": 0.09, "present.1": 0.05},
                  aside=("present.0", "present.1"))
