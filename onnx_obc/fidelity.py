@@ -107,6 +107,12 @@ def cache_outputs(proto: onnx.ModelProto) -> set[str]:
     return found if len(found) < sum(o.type.HasField("tensor_type") for o in g.output) else set()
 
 
+def scored_outputs(proto: onnx.ModelProto) -> list[str]:
+    """The graph outputs the model's error reads, in order: all but its KV cache."""
+    aside = cache_outputs(proto)
+    return [o.name for o in proto.graph.output if o.name not in aside]
+
+
 def score(out_names: list[str], runs: Iterable[tuple[int, dict[str, list[np.ndarray]]]],
           labels: np.ndarray | None, reference: str = "dense", aside: Iterable[str] = ()
           ) -> dict[str, Fidelity]:

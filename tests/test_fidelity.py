@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from onnx_obc import calib, verify
 from onnx_obc.capture import Runtime
-from onnx_obc.fidelity import Fidelity, cache_outputs, is_logits
+from onnx_obc.fidelity import Fidelity, cache_outputs, is_logits, scored_outputs
 
 from . import builders as b
 
@@ -36,7 +36,8 @@ def test_top1_agreement_only_for_class_scores():
 
 def test_the_kv_cache_outputs_are_found_by_their_concat_of_a_past_input():
     model = b.decoder_step()
-    assert cache_outputs(model) == {"present"}
+    assert cache_outputs(model) == {"present"} and scored_outputs(model) == ["logits"]
+    assert scored_outputs(b.mlp()) == ["y"]
     only = copy.deepcopy(model)  # every output a cache: none set aside
     del only.graph.output[0]
     assert cache_outputs(only) == set()

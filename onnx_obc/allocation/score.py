@@ -22,7 +22,7 @@ from .. import export
 from ..calib import CalibrationSource
 from ..calib.tokens import positions
 from ..capture import Runtime, session
-from ..fidelity import cache_outputs
+from ..fidelity import scored_outputs
 from ..layers import Layer
 from ..solve import HostSolution, HostWeights
 
@@ -41,15 +41,14 @@ class OutputScore:
     energy: tuple[float, ...]  # per output, the sum of its squares (1 when 0)
     target: str = "tensorrt"  # the export target the candidates are deployed for
     token_mask: str | None = None  # per-token outputs scored on its tokens (calib/tokens.py)
-    outputs: tuple[str, ...] | None = None  # the outputs scored: a decoder's KV cache aside
+    outputs: tuple[str, ...] | None = None  # the outputs scored (None: all): a KV cache aside
 
     @classmethod
     def measure(cls, proto: onnx.ModelProto, data: CalibrationSource, batch: int,
                 runtime: Runtime, *, samples: int = SAMPLES, target: str = "tensorrt",
                 token_mask: str | None = None) -> OutputScore:
         """Run the dense model once on the first `samples` samples of `data`."""
-        data, aside = data.head(samples), cache_outputs(proto)
-        outs = tuple(o.name for o in proto.graph.output if o.name not in aside) if aside else None
+        data, outs = data.head(samples), tuple(scored_outputs(proto))
         dense = session(proto, runtime, optimize=True)
         ref = tuple(_floats(dense.run(outs and list(outs), feed), feed, token_mask)
                     for _, feed in data.batches(batch))
@@ -72,7 +71,7 @@ class OutputScore:
         """Relative squared output error of `model` against the dense reference, the mean
         over its float outputs (Basic Pitch: contour, note and onset maps; the first alone
         let a level trade the note map's error for the contour's), a decoder's KV cache
-        aside (fidelity.cache_outputs)."""
+        aside (fidelity.scored_outputs)."""
         sess = session(model, self.runtime, optimize=True)
         e = np.zeros(len(self.energy))
         for (_, feed), ref in zip(self.data.batches(self.batch), self.reference):

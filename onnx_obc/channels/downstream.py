@@ -26,7 +26,7 @@ import onnx
 
 from ..calib.tokens import on_tokens
 from ..capture import Runtime, activation_bytes, capture_session, plan_groups, session
-from ..fidelity import cache_outputs
+from ..fidelity import scored_outputs
 from ..segments import piece, reads
 
 
@@ -44,12 +44,9 @@ class Cuts:
         self.made = {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
         self.values: dict[str, list[np.ndarray]] = {}
 
-    @staticmethod
-    def scored(proto: onnx.ModelProto) -> list[str]:
-        """The graph outputs the probes score: all but a decoder's KV cache
-        (fidelity.cache_outputs; its layer's own keys and values, not what the logits see)."""
-        aside = cache_outputs(proto)
-        return [o.name for o in proto.graph.output if o.name not in aside]
+    # the graph outputs the probes score: all but a decoder's KV cache (its layer's own keys
+    # and values, not what the logits see)
+    scored = staticmethod(scored_outputs)
 
     def position(self, weights: Iterable[str]) -> int | None:
         """The first node that reads one of `weights`; None where the piece from there
